@@ -1,0 +1,284 @@
+// The only code that sees Python: relprop._core.  Every binding converts nothing (inputs must
+// already be C-contiguous arrays of the kernel's dtype; relprop.ops makes sure of that), checks
+// shapes, allocates the output, releases the GIL around the kernel, and returns.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <cstdint>
+#include <string>
+
+#include "relprop/check.hpp"
+#include "relprop/kernels.hpp"
+#include "relprop/parallel.hpp"
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+using relprop::idx;
+using relprop::Window2d;
+
+namespace {
+
+template <typename T>
+using CArray = py::array_t<T, py::array::c_style>;
+using Pair = std::array<idx, 2>;
+
+template <typename T>
+void check_ndim(const CArray<T>& a, py::ssize_t ndim, const char* name) {
+  RELPROP_CHECK(a.ndim() == ndim, name, " must have ", ndim, " dimensions, got ", a.ndim());
+}
+
+// An optional bias: None or a C-contiguous array of T with `size` elements.
+template <typename T>
+const T* optional_bias(const py::object& b, idx size, CArray<T>& keep) {
+  if (b.is_none()) return nullptr;
+  if (!py::isinstance<CArray<T>>(b)) throw py::type_error("bias must be a C-contiguous array of the input's dtype");
+  keep = py::reinterpret_borrow<CArray<T>>(b);
+  RELPROP_CHECK(keep.ndim() == 1 && keep.shape(0) == size, "bias must have shape (", size, ",)");
+  return keep.data();
+}
+
+template <typename T>
+Window2d window(const CArray<T>& x, Pair k, Pair s, Pair p) {
+  Window2d g{x.shape(0), x.shape(1), x.shape(2), x.shape(3), k[0], k[1], s[0], s[1], p[0], p[1]};
+  g.validate();
+  return g;
+}
+
+template <typename T>
+CArray<T> dense_forward(const CArray<T>& x, const CArray<T>& w, const py::object& b, int nthreads) {
+  check_ndim(x, 2, "x");
+  check_ndim(w, 2, "weight");
+  const idx n = x.shape(0), in = x.shape(1), out = w.shape(0);
+  RELPROP_CHECK(w.shape(1) == in, "weight.shape[1]=", w.shape(1), " must equal ", in, " (x.shape[1])");
+  CArray<T> keep;
+  const T* bp = optional_bias<T>(b, out, keep);
+  CArray<T> y({n, out});
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::dense_forward<T>(x.data(), w.data(), bp, yp, n, in, out, nthreads);
+  }
+  return y;
+}
+
+template <typename T>
+CArray<T> dense_backward(const CArray<T>& g, const CArray<T>& w, int nthreads) {
+  check_ndim(g, 2, "grad");
+  check_ndim(w, 2, "weight");
+  const idx n = g.shape(0), out = w.shape(0), in = w.shape(1);
+  RELPROP_CHECK(g.shape(1) == out, "grad.shape[1]=", g.shape(1), " must equal ", out, " (weight.shape[0])");
+  CArray<T> gx({n, in});
+  T* gp = gx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::dense_backward<T>(g.data(), w.data(), gp, n, in, out, nthreads);
+  }
+  return gx;
+}
+
+template <typename T>
+CArray<T> conv2d_forward(const CArray<T>& x, const CArray<T>& w, const py::object& b, Pair s, Pair p,
+                         int nthreads) {
+  check_ndim(x, 4, "x");
+  check_ndim(w, 4, "weight");
+  RELPROP_CHECK(w.shape(1) == x.shape(1), "weight.shape[1]=", w.shape(1), " must equal ", x.shape(1),
+                " (channels of x)");
+  const Window2d g = window(x, {w.shape(2), w.shape(3)}, s, p);
+  const idx c_out = w.shape(0);
+  CArray<T> keep;
+  const T* bp = optional_bias<T>(b, c_out, keep);
+  CArray<T> y({g.n, c_out, g.oh(), g.ow()});
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::conv2d_forward<T>(x.data(), w.data(), bp, yp, g, c_out, nthreads);
+  }
+  return y;
+}
+
+// Geometry of a backward pass: from the input size hw and the output gradient gy.
+template <typename T>
+Window2d backward_window(const CArray<T>& gy, idx c, Pair hw, Pair k, Pair s, Pair p) {
+  check_ndim(gy, 4, "grad");
+  Window2d g{gy.shape(0), c, hw[0], hw[1], k[0], k[1], s[0], s[1], p[0], p[1]};
+  g.validate();
+  RELPROP_CHECK(gy.shape(2) == g.oh() && gy.shape(3) == g.ow(), "grad spatial shape (", gy.shape(2),
+                ", ", gy.shape(3), ") must equal the output shape (", g.oh(), ", ", g.ow(), ")");
+  return g;
+}
+
+template <typename T>
+CArray<T> conv2d_backward(const CArray<T>& gy, const CArray<T>& w, Pair hw, Pair s, Pair p,
+                          int nthreads) {
+  check_ndim(w, 4, "weight");
+  const Window2d g = backward_window(gy, w.shape(1), hw, {w.shape(2), w.shape(3)}, s, p);
+  RELPROP_CHECK(gy.shape(1) == w.shape(0), "grad.shape[1]=", gy.shape(1), " must equal ", w.shape(0),
+                " (weight.shape[0])");
+  CArray<T> gx({g.n, g.c, g.h, g.w});
+  T* gp = gx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::conv2d_backward<T>(gy.data(), w.data(), gp, g, w.shape(0), nthreads);
+  }
+  return gx;
+}
+
+template <typename T>
+py::tuple maxpool2d_forward(const CArray<T>& x, Pair k, Pair s, Pair p, int nthreads) {
+  check_ndim(x, 4, "x");
+  const Window2d g = window(x, k, s, p);
+  RELPROP_CHECK(2 * p[0] <= k[0] && 2 * p[1] <= k[1], "padding must be at most half the kernel size");
+  CArray<T> y({g.n, g.c, g.oh(), g.ow()});
+  CArray<std::int64_t> arg({g.n, g.c, g.oh(), g.ow()});
+  T* yp = y.mutable_data();
+  std::int64_t* ap = arg.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::maxpool2d_forward<T>(x.data(), yp, ap, g, nthreads);
+  }
+  return py::make_tuple(y, arg);
+}
+
+template <typename T>
+CArray<T> maxpool2d_backward(const CArray<T>& gy, const CArray<std::int64_t>& arg, Pair hw, Pair k,
+                             Pair s, Pair p, int nthreads) {
+  const Window2d g = backward_window(gy, gy.shape(1), hw, k, s, p);
+  RELPROP_CHECK(arg.ndim() == 4 && arg.size() == gy.size(), "argmax must have the shape of grad");
+  CArray<T> gx({g.n, g.c, g.h, g.w});
+  T* gp = gx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::maxpool2d_backward<T>(gy.data(), arg.data(), gp, g, nthreads);
+  }
+  return gx;
+}
+
+template <typename T>
+CArray<T> avgpool2d_forward(const CArray<T>& x, Pair k, Pair s, Pair p, int nthreads) {
+  check_ndim(x, 4, "x");
+  const Window2d g = window(x, k, s, p);
+  CArray<T> y({g.n, g.c, g.oh(), g.ow()});
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::avgpool2d_forward<T>(x.data(), yp, g, nthreads);
+  }
+  return y;
+}
+
+template <typename T>
+CArray<T> avgpool2d_backward(const CArray<T>& gy, Pair hw, Pair k, Pair s, Pair p, int nthreads) {
+  const Window2d g = backward_window(gy, gy.shape(1), hw, k, s, p);
+  CArray<T> gx({g.n, g.c, g.h, g.w});
+  T* gp = gx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::avgpool2d_backward<T>(gy.data(), gp, g, nthreads);
+  }
+  return gx;
+}
+
+template <typename T>
+CArray<T> like(const CArray<T>& a) {
+  return CArray<T>(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
+}
+
+template <typename T>
+void check_same_shape(const CArray<T>& a, const CArray<T>& b, const char* what) {
+  bool same = a.ndim() == b.ndim();
+  for (py::ssize_t i = 0; same && i < a.ndim(); ++i) same = a.shape(i) == b.shape(i);
+  RELPROP_CHECK(same, what, ": arrays must have the same shape");
+}
+
+template <typename T>
+CArray<T> relu_forward(const CArray<T>& x, int nthreads) {
+  CArray<T> y = like(x);
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::relu_forward<T>(x.data(), yp, x.size(), nthreads);
+  }
+  return y;
+}
+
+template <typename T>
+CArray<T> relu_backward(const CArray<T>& g, const CArray<T>& x, int mode, int nthreads) {
+  check_same_shape(g, x, "relu_backward");
+  RELPROP_CHECK(mode >= 0 && mode <= 2, "mode must be 0, 1 or 2, got ", mode);
+  CArray<T> gx = like(g);
+  T* gp = gx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::relu_backward<T>(g.data(), x.data(), gp, g.size(), mode, nthreads);
+  }
+  return gx;
+}
+
+template <typename T>
+CArray<T> lrp_divide(const CArray<T>& r, const CArray<T>& z, double eps, int nthreads) {
+  check_same_shape(r, z, "lrp_divide");
+  CArray<T> s = like(r);
+  T* sp = s.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::lrp_divide<T>(r.data(), z.data(), sp, r.size(), eps, nthreads);
+  }
+  return s;
+}
+
+// c = op(a) @ op(b) for 2-D arrays (for tests and the benchmark of the GEMM core).
+template <typename T>
+CArray<T> gemm(const CArray<T>& a, const CArray<T>& b, bool trans_a, bool trans_b, int nthreads) {
+  check_ndim(a, 2, "a");
+  check_ndim(b, 2, "b");
+  const idx m = trans_a ? a.shape(1) : a.shape(0), k = trans_a ? a.shape(0) : a.shape(1);
+  const idx kb = trans_b ? b.shape(1) : b.shape(0), n = trans_b ? b.shape(0) : b.shape(1);
+  RELPROP_CHECK(k == kb, "inner dimensions differ: ", k, " and ", kb);
+  const idx rsa = trans_a ? 1 : a.shape(1), csa = trans_a ? a.shape(1) : 1;
+  const idx rsb = trans_b ? 1 : b.shape(1), csb = trans_b ? b.shape(1) : 1;
+  CArray<T> c({m, n});
+  T* cp = c.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::gemm<T>(m, n, k, a.data(), rsa, csa, b.data(), rsb, csb, cp, n, false, nthreads);
+  }
+  return c;
+}
+
+template <typename T>
+void define(py::module_& m) {
+  auto nc = [](const char* name) { return py::arg(name).noconvert(); };
+  m.def("dense_forward", &dense_forward<T>, nc("x"), nc("weight"), "bias"_a, "nthreads"_a);
+  m.def("dense_backward", &dense_backward<T>, nc("grad"), nc("weight"), "nthreads"_a);
+  m.def("conv2d_forward", &conv2d_forward<T>, nc("x"), nc("weight"), "bias"_a, "stride"_a, "padding"_a,
+        "nthreads"_a);
+  m.def("conv2d_backward", &conv2d_backward<T>, nc("grad"), nc("weight"), "in_hw"_a, "stride"_a,
+        "padding"_a, "nthreads"_a);
+  m.def("maxpool2d_forward", &maxpool2d_forward<T>, nc("x"), "kernel"_a, "stride"_a, "padding"_a,
+        "nthreads"_a);
+  m.def("maxpool2d_backward", &maxpool2d_backward<T>, nc("grad"), nc("argmax"), "in_hw"_a, "kernel"_a,
+        "stride"_a, "padding"_a, "nthreads"_a);
+  m.def("avgpool2d_forward", &avgpool2d_forward<T>, nc("x"), "kernel"_a, "stride"_a, "padding"_a,
+        "nthreads"_a);
+  m.def("avgpool2d_backward", &avgpool2d_backward<T>, nc("grad"), "in_hw"_a, "kernel"_a, "stride"_a,
+        "padding"_a, "nthreads"_a);
+  m.def("relu_forward", &relu_forward<T>, nc("x"), "nthreads"_a);
+  m.def("relu_backward", &relu_backward<T>, nc("grad"), nc("x"), "mode"_a, "nthreads"_a);
+  m.def("lrp_divide", &lrp_divide<T>, nc("r"), nc("z"), "eps"_a, "nthreads"_a);
+  m.def("gemm", &gemm<T>, nc("a"), nc("b"), "trans_a"_a, "trans_b"_a, "nthreads"_a);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "relprop's compiled kernels. Use relprop.ops (validated wrappers), not this module.";
+#ifdef RELPROP_VERSION
+  m.attr("__version__") = RELPROP_VERSION;
+#endif
+  m.attr("openmp") = relprop::has_openmp();
+  m.def("default_threads", [] { return relprop::resolve_threads(0); });
+  define<float>(m);
+  define<double>(m);
+}

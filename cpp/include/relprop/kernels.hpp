@@ -1,0 +1,72 @@
+// Layer kernels: forward passes, their vector-Jacobian products and the LRP element-wise steps.
+// Plain C++: raw C-contiguous arrays in, caller-allocated arrays out, nthreads last.
+// Shape letters: n batch, c_in/c_out channels, h/w input size, oh/ow output size, kh/kw kernel.
+#pragma once
+#include <cstdint>
+
+#include "relprop/gemm.hpp"
+
+namespace relprop {
+
+// Geometry of a 2-D window operation (Conv2d, MaxPool2d, AvgPool2d) on an NCHW tensor.
+struct Window2d {
+  idx n, c, h, w;     // input (n, c, h, w)
+  idx kh, kw;         // window
+  idx sh, sw;         // stride
+  idx ph, pw;         // zero padding
+  idx oh() const { return (h + 2 * ph - kh) / sh + 1; }
+  idx ow() const { return (w + 2 * pw - kw) / sw + 1; }
+  void validate() const;  // throws std::invalid_argument on an impossible geometry
+};
+
+// y[n, o] = sum_i x[n, i] * w[o, i] + b[o]          x (n, in), w (out, in), b (out) or null
+template <typename T>
+void dense_forward(const T* x, const T* w, const T* b, T* y, idx n, idx in, idx out, int nthreads);
+
+// gx[n, i] = sum_o g[n, o] * w[o, i]                 g (n, out) -> gx (n, in)
+template <typename T>
+void dense_backward(const T* g, const T* w, T* gx, idx n, idx in, idx out, int nthreads);
+
+// y[n, o, p, q] = b[o] + sum_{c, u, v} w[o, c, u, v] * x[n, c, p*sh + u - ph, q*sw + v - pw]
+// x (n, c_in, h, w) as in `g`; w (c_out, c_in, kh, kw); y (n, c_out, oh, ow)
+template <typename T>
+void conv2d_forward(const T* x, const T* w, const T* b, T* y, const Window2d& g, idx c_out,
+                    int nthreads);
+
+// gx = vector-Jacobian product of conv2d_forward w.r.t. x:   gy (n, c_out, oh, ow) -> gx (n, c_in, h, w)
+template <typename T>
+void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, int nthreads);
+
+// y = max over each window (padding = -inf); arg[n, c, p, q] = flat index (within the h*w plane)
+// of the first maximum in row-major window order.
+template <typename T>
+void maxpool2d_forward(const T* x, T* y, std::int64_t* arg, const Window2d& g, int nthreads);
+
+// gx[n, c, arg[n, c, p, q]] += gy[n, c, p, q]
+template <typename T>
+void maxpool2d_backward(const T* gy, const std::int64_t* arg, T* gx, const Window2d& g,
+                        int nthreads);
+
+// y = sum over each window / (kh * kw)   (zero padding counted, as torch's count_include_pad=True)
+template <typename T>
+void avgpool2d_forward(const T* x, T* y, const Window2d& g, int nthreads);
+
+// gx = transpose of avgpool2d_forward applied to gy
+template <typename T>
+void avgpool2d_backward(const T* gy, T* gx, const Window2d& g, int nthreads);
+
+// y = max(x, 0)
+template <typename T>
+void relu_forward(const T* x, T* y, idx size, int nthreads);
+
+// Backward of ReLU with input x:  mode 0 gradient  g * (x > 0)
+//                                  mode 1 deconvnet max(g, 0)
+//                                  mode 2 guided    g * (x > 0) * (g > 0)
+template <typename T>
+void relu_backward(const T* g, const T* x, T* gx, idx size, int mode, int nthreads);
+
+// s = r / (z + eps * sign(z)) with sign(0) = +1, and s = 0 where that denominator is exactly 0.
+template <typename T>
+void lrp_divide(const T* r, const T* z, T* s, idx size, double eps, int nthreads);
+
+}  // namespace relprop

@@ -1,0 +1,64 @@
+"""relprop: fast, faithful explanations of ReLU networks on the CPU.
+
+Networks are :class:`Sequential` stacks of Dense, Conv2d, ReLU, pooling and Flatten layers; the
+methods (gradient family, Taylor, LRP with Zennit-compatible rules and composites, deconvnet,
+guided backprop) run on C++/OpenMP kernels with a NumPy twin in :mod:`relprop.reference`.
+"""
+from __future__ import annotations
+
+from . import composites, rules
+from ._core import __version__
+from .composites import Composite
+from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dense, Flatten,
+                     GlobalAvgPool2d, MaxPool2d, ReLU)
+from .lrp import conservation, lrp
+from .methods import (TaylorInfo, deconvnet, gradient, gradient_x_input, guided_backprop,
+                      pool_channels, sensitivity, taylor)
+from .network import Sequential, Trace, load
+from .ops import get_num_threads, set_num_threads
+
+METHODS = {
+    "gradient": gradient,
+    "sensitivity": sensitivity,
+    "gradient_x_input": gradient_x_input,
+    "taylor": taylor,
+    "deconvnet": deconvnet,
+    "guided_backprop": guided_backprop,
+}
+
+
+def explain(net, x, target, method="lrp.epsilon_plus_flat", **kwargs):
+    """Explain ``net``'s output ``target`` at ``x`` with a method given by name.
+
+    ``method`` is one of :data:`METHODS` ("gradient", "sensitivity", "gradient_x_input",
+    "taylor", "deconvnet", "guided_backprop", ...) or ``"lrp.<name>"`` with a composite or rule
+    name ("lrp.epsilon_plus_flat", "lrp.epsilon_gamma_box", "lrp.epsilon", ...).  ``kwargs`` go
+    to the method (for LRP: ``batch_size``, ``check_finite``, and the composite's parameters,
+    e.g. ``low``/``high`` for epsilon_gamma_box).
+    """
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, got {type(method).__name__}")
+    if method.startswith("lrp."):
+        return lrp(net, x, target, method[4:], **kwargs)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {sorted(METHODS)} or "
+                         f"'lrp.<composite or rule>' ({sorted(composites.COMPOSITES)})")
+    return METHODS[method](net, x, target, **kwargs)
+
+
+def show_config(file=None) -> dict:
+    """Print (and return) version, OpenMP support and thread count."""
+    from . import _core
+
+    cfg = {"version": __version__, "openmp": bool(_core.openmp), "threads": get_num_threads()}
+    print("\n".join(f"{k}: {v}" for k, v in cfg.items()), file=file)
+    return cfg
+
+
+__all__ = [
+    "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Composite", "Conv2d", "Dense", "Flatten",
+    "GlobalAvgPool2d", "MaxPool2d", "METHODS", "ReLU", "Sequential", "TaylorInfo", "Trace",
+    "__version__", "composites", "conservation", "deconvnet", "explain", "get_num_threads",
+    "gradient", "gradient_x_input", "guided_backprop", "load", "lrp", "pool_channels", "rules",
+    "sensitivity", "set_num_threads", "show_config", "taylor",
+]

@@ -1,0 +1,90 @@
+"""`target` semantics shared by every method, and chunking over the batch."""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ._validate import as_int
+
+
+def _is_int(t):
+    return isinstance(t, (numbers.Integral, np.integer)) and not isinstance(t, (bool, np.bool_))
+
+
+def seed(target, out: np.ndarray, scale: bool) -> np.ndarray:
+    """The output seed for ``target`` given the network output ``out`` (n, n_out).
+
+    * an int: the same class for every sample;
+    * a sequence of n ints: one class per sample;
+    * an array shaped like ``out``: used as the seed directly.
+
+    With ints the seed is one-hot, times ``out`` when ``scale`` (LRP: relevance starts as the
+    explained score).
+    """
+    n = out.shape[0]
+    if _is_int(target):
+        classes = np.full(n, int(target), dtype=np.int64)
+    else:
+        t = np.asarray(target) if not isinstance(target, np.ndarray) else target
+        if t.dtype.kind in "iu" and t.ndim == 1:
+            if t.shape[0] != n:
+                raise ValueError(f"target has {t.shape[0]} classes for a batch of {n} samples")
+            classes = t.astype(np.int64)
+        elif t.dtype.kind == "f" and t.ndim == out.ndim:
+            if t.shape != out.shape:
+                raise ValueError(f"target seed has shape {t.shape} but the output has shape "
+                                 f"{out.shape}")
+            if not np.isfinite(t).all():
+                raise ValueError("target seed contains NaN or infinite values")
+            return np.ascontiguousarray(t, dtype=out.dtype)
+        else:
+            raise TypeError("target must be an int, a sequence of ints (one per sample) or a float "
+                            f"array shaped like the output {out.shape}; got "
+                            f"{type(target).__name__} with dtype {t.dtype} and shape {t.shape}")
+    if out.ndim != 2:
+        raise ValueError(f"class targets need an output of shape (n, n_out), got {out.shape}; "
+                         "pass an array seed instead")
+    n_out = out.shape[1]
+    bad = (classes < 0) | (classes >= n_out)
+    if bad.any():
+        raise ValueError(f"target {int(classes[bad][0])} is out of range for {n_out} outputs "
+                         f"(valid: 0..{n_out - 1})")
+    s = np.zeros_like(out)
+    rows = np.arange(n)
+    s[rows, classes] = out[rows, classes] if scale else 1
+    return s
+
+
+def chunks(x: np.ndarray, target, batch_size):
+    """Yield ``(slice, target chunk)`` pairs covering the batch ``x`` in ``batch_size`` pieces."""
+    n = x.shape[0]
+    if batch_size is None:
+        yield slice(0, n), target
+        return
+    bs = as_int(batch_size, "batch_size", minimum=1)
+    per_sample = not _is_int(target)
+    if per_sample:
+        t = np.asarray(target)
+        if t.ndim == 0 or t.shape[0] != n:
+            raise ValueError(f"target has {t.shape[0] if t.ndim else 0} entries for a batch of "
+                             f"{n} samples")
+    for start in range(0, n, bs):
+        sl = slice(start, min(n, start + bs))
+        yield sl, (t[sl] if per_sample else target)
+
+
+def map_batches(fn, x: np.ndarray, target, batch_size, *extra):
+    """Apply ``fn(x_chunk, target_chunk, *extra_chunks)`` over chunks and stack the results.
+
+    ``extra`` are arrays with the batch on axis 0 (sliced along with ``x``) or None.
+    """
+    if batch_size is None:
+        return fn(x, target, *extra)
+    out = None
+    for sl, t in chunks(x, target, batch_size):
+        part = fn(x[sl], t, *(e if e is None else e[sl] for e in extra))
+        if out is None:
+            out = np.empty((x.shape[0],) + part.shape[1:], dtype=part.dtype)
+        out[sl] = part
+    return out

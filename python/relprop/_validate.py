@@ -1,0 +1,92 @@
+"""Argument checks at the boundary: every user array passes through here exactly once.
+
+Dtype rule (documented in the README): float32 and float64 are computed in their own precision;
+float16, integer and unsigned inputs are converted to float32; bool, complex, object and string
+arrays raise ``TypeError``.  Arrays are made C-contiguous (copied only when needed).
+"""
+from __future__ import annotations
+
+import numbers
+import operator
+
+import numpy as np
+
+#: Largest number of elements relprop allocates for one array (2**34 elements, 64 GiB of
+#: float32): a bigger request is a mistake, and raises before any memory is touched.
+MAX_ELEMENTS = 1 << 34
+
+
+def float_dtype(dtype) -> np.dtype:
+    """The computation dtype for an input of ``dtype`` (see the module docstring)."""
+    dtype = np.dtype(dtype)
+    if dtype in (np.float32, np.float64):
+        return dtype
+    if dtype.kind in "iuf" and dtype != np.longdouble:
+        return np.dtype(np.float32)
+    raise TypeError(f"unsupported dtype {dtype}: relprop computes in float32 or float64 "
+                    "(integer and float16 inputs are converted to float32)")
+
+
+def as_float_array(a, name: str, dtype=None, check_finite: bool = True) -> np.ndarray:
+    """``a`` as a C-contiguous float32/float64 array (``dtype`` forces one)."""
+    if isinstance(a, np.ndarray):
+        arr = a
+    else:
+        try:
+            arr = np.asarray(a)
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"{name} must be an array of numbers: {exc}") from None
+    target = float_dtype(arr.dtype) if dtype is None else np.dtype(dtype)
+    if dtype is not None:
+        float_dtype(arr.dtype)  # reject bool/complex/object even when a dtype is forced
+    arr = np.asarray(arr, dtype=target, order="C")
+    if check_finite and not np.isfinite(arr).all():
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(f"{name} contains {bad} NaN or infinite value(s); pass "
+                         "check_finite=False to skip this check")
+    return arr
+
+
+def check_size(shape, what: str) -> None:
+    """Raise before allocating an array whose size overflows or exceeds MAX_ELEMENTS."""
+    total = 1
+    for d in shape:
+        total *= int(d)
+    if total > MAX_ELEMENTS:
+        raise MemoryError(f"{what} of shape {tuple(shape)} would need {total} elements, more than "
+                          f"relprop's limit of {MAX_ELEMENTS}; use batch_size= to work in chunks")
+
+
+def as_int(value, name: str, minimum: int | None = None) -> int:
+    """An integer argument (bools and floats are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def as_pair(value, name: str, minimum: int = 0) -> tuple[int, int]:
+    """An int or a pair of ints (as torch's kernel_size/stride/padding)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair, got {value!r}")
+        return (as_int(value[0], name, minimum), as_int(value[1], name, minimum))
+    v = as_int(value, name, minimum)
+    return (v, v)
+
+
+def as_scalar(value, name: str, minimum: float | None = None) -> float:
+    """A finite real number."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value

@@ -1,0 +1,66 @@
+"""Layer-wise relevance propagation: one cached forward pass, one backward walk of rules."""
+from __future__ import annotations
+
+import numpy as np
+
+from ._targets import map_batches, seed
+from .composites import as_composite
+from .rules import WinnerTakeAll
+
+
+def lrp(net, x, target, rule_or_composite="epsilon_plus_flat", *, batch_size=None,
+        check_finite=True, **kwargs):
+    """Layer-wise relevance propagation of the explained score down to the input.
+
+    Parameters
+    ----------
+    net : Sequential
+    x : array (n, *input_shape)
+    target : int, sequence of n ints, or float array (n, n_out)
+        With ints, relevance starts as one-hot times ``f(x)`` (so it sums to about the explained
+        score ``f_t(x)``); an array is used as the output relevance directly.
+    rule_or_composite : Composite, Rule or str
+        A composite (``relprop.composites``), a rule for every Dense/Conv2d (``relprop.rules``), or
+        a registered name such as "epsilon_plus_flat" or "epsilon" (``kwargs`` go to its
+        constructor).
+    batch_size : int, optional
+        Process this many samples at a time.
+
+    Returns
+    -------
+    array shaped like ``x``: the input relevance.
+    """
+    x = net.check_input(x, check_finite)
+    rules = as_composite(rule_or_composite, **kwargs).rules(net)
+    return map_batches(lambda xc, tc: _lrp(net, xc, tc, rules), x, target, batch_size)
+
+
+def _lrp(net, x, target, rules):
+    tr = net.trace(x, check_finite=False)
+    r = seed(target, tr.output, scale=True)
+    for i in range(len(net.layers) - 1, -1, -1):
+        layer, a, z = net.layers[i], tr.inputs[i], tr.inputs[i + 1]
+        if isinstance(rules[i], WinnerTakeAll):
+            r = layer.backward(r, a, tr.states[i])
+        else:
+            r = rules[i].relevance(layer, a, z, r)
+    return r
+
+
+def conservation(net, x, target, R):
+    """Per-sample explained score, relevance sum and their difference.
+
+    The explained score is the sum of the LRP output seed (``f_t(x)`` for an int target).
+
+    Returns
+    -------
+    dict with arrays ``score``, ``relevance`` and ``difference`` (score - relevance), each (n,).
+    """
+    x = net.check_input(x)
+    R = np.asarray(R)
+    if R.shape != x.shape:
+        raise ValueError(f"R has shape {R.shape} but x has shape {x.shape}")
+    out = net.forward(x)
+    score = seed(target, out, scale=True).reshape(len(x), -1).sum(axis=1)
+    rel = R.reshape(len(x), -1).sum(axis=1)
+    return {"score": score, "relevance": rel, "difference": score - rel}

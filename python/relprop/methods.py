@@ -1,0 +1,190 @@
+"""The gradient family: sensitivity, gradient x input, simple Taylor, deconvnet, guided backprop.
+
+Every method takes ``(net, x, target)`` and returns an array shaped like ``x`` (float dtype of
+``x``); see :func:`relprop._targets.seed` for ``target``.  ``batch_size=`` processes the batch
+in chunks so that memory stays bounded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._targets import map_batches, seed
+from ._validate import as_float_array, as_int, as_scalar
+
+
+def _backward(net, x, target, relu_mode="gradient"):
+    tr = net.trace(x, check_finite=False)
+    return net.backward(tr, seed(target, tr.output, scale=False), relu_mode)
+
+
+def _method(relu_mode, post=None):
+    def run(net, x, target, *, batch_size=None, check_finite=True):
+        x = net.check_input(x, check_finite)
+
+        def one(xc, tc):
+            g = _backward(net, xc, tc, relu_mode)
+            return g if post is None else post(xc, g)
+
+        return map_batches(one, x, target, batch_size)
+
+    return run
+
+
+def _doc(fn, text):
+    fn.__doc__ = text + """
+
+    Parameters
+    ----------
+    net : Sequential
+    x : array (n, *input_shape)
+    target : int, sequence of n ints, or float array (n, n_out)
+        The explained output: one class for all, one per sample, or a seed used directly.
+    batch_size : int, optional
+        Process this many samples at a time.
+    check_finite : bool
+        Raise ValueError on NaN/Inf in ``x`` (default).
+
+    Returns
+    -------
+    array shaped like ``x``
+    """
+    return fn
+
+
+gradient = _doc(_method("gradient"), "Sensitivity ``dF/dx`` with ``F = sum(seed * f(x))``.")
+gradient.__name__ = "gradient"
+sensitivity = _doc(_method("gradient", lambda x, g: g * g),
+                   "Sensitivity analysis: the squared gradient ``(dF/dx)**2``.")
+sensitivity.__name__ = "sensitivity"
+gradient_x_input = _doc(_method("gradient", lambda x, g: x * g),
+                        "Gradient x input ``x * dF/dx``; for a bias-free ReLU network its sum "
+                        "equals ``F(x)``.")
+gradient_x_input.__name__ = "gradient_x_input"
+deconvnet = _doc(_method("deconvnet"),
+                 "DeconvNet: a gradient pass whose ReLU backward is ``max(0, g)``.")
+deconvnet.__name__ = "deconvnet"
+guided_backprop = _doc(_method("guided"),
+                       "Guided backprop: ReLU backward is ``g * (z > 0) * (g > 0)``.")
+guided_backprop.__name__ = "guided_backprop"
+
+
+@dataclass
+class TaylorInfo:
+    """What :func:`taylor` reports besides the relevance.
+
+    root : the root point used, shaped like x.
+    root_score : ``F(root)`` per sample (the residual of the root search; 0 for an exact root).
+    error : ``F(x) - sum(R)`` per sample (the first-order error of the decomposition).
+    steps : Newton steps taken (``root="nearest"``), else 0.
+    """
+
+    root: np.ndarray
+    root_score: np.ndarray
+    error: np.ndarray
+    steps: int
+
+
+def _score_and_grad(net, x, target):
+    tr = net.trace(x, check_finite=False)
+    s = seed(target, tr.output, scale=False)
+    score = (s * tr.output).reshape(len(x), -1).sum(axis=1)
+    return score, net.backward(tr, s)
+
+
+def _sum(a):
+    return a.reshape(a.shape[0], -1).sum(axis=1)
+
+
+#: Scale of the point ``eps * x`` at which ``root="zero"`` takes the gradient.
+ZERO_ROOT_SCALE = 2.0 ** -20
+
+
+def taylor(net, x, target, root="zero", *, max_steps=50, tol=1e-5, return_info=False,
+           batch_size=None, check_finite=True):
+    """Simple Taylor decomposition ``R = dF/dx|_root * (x - root)``.
+
+    Parameters
+    ----------
+    root : array, "zero" or "nearest"
+        An array shaped like ``x`` (or one sample, broadcast); ``"zero"``: the limit point
+        ``eps * x, eps -> 0`` (the gradient is taken at ``2**-20 * x``, so a bias-free ReLU
+        network gives gradient x input); ``"nearest"``: Newton steps along the gradient from
+        ``x`` until ``|F(root)| <= tol * max(|F(x)|, 1)`` or ``max_steps``.
+    return_info : bool
+        Also return a :class:`TaylorInfo` (root, residual ``F(root)``, error ``F(x) - sum R``).
+
+    The other parameters are those of :func:`relprop.gradient`.
+    """
+    x = net.check_input(x, check_finite)
+    max_steps = as_int(max_steps, "max_steps", minimum=0)
+    tol = as_scalar(tol, "tol", minimum=0.0)
+    if isinstance(root, str):
+        if root not in ("zero", "nearest"):
+            raise ValueError(f"root must be an array, 'zero' or 'nearest', got {root!r}")
+        root_arr = None
+    else:
+        root_arr = as_float_array(root, "root", dtype=x.dtype)
+        try:
+            root_arr = np.ascontiguousarray(np.broadcast_to(root_arr, x.shape))
+        except ValueError:
+            raise ValueError(f"root has shape {root_arr.shape}, not broadcastable to x "
+                             f"{x.shape}") from None
+    infos = []
+
+    def one(xc, tc, rc):
+        steps = 0
+        if root == "zero":
+            r0 = xc * xc.dtype.type(ZERO_ROOT_SCALE)
+            _, g = _score_and_grad(net, r0, tc)
+            r0 = np.zeros_like(xc)
+        elif root == "nearest":
+            r0 = xc.copy()
+            fx = None
+            for steps in range(max_steps + 1):
+                f, g = _score_and_grad(net, r0, tc)
+                if fx is None:
+                    fx = np.abs(f)
+                gn = _sum(g * g)
+                active = (np.abs(f) > tol * np.maximum(fx, 1)) & (gn > 0)
+                if steps == max_steps or not active.any():
+                    break
+                step = np.where(active, f / np.where(gn > 0, gn, 1), 0)
+                r0 = r0 - step.reshape((-1,) + (1,) * (xc.ndim - 1)).astype(xc.dtype) * g
+        else:
+            r0 = rc
+            _, g = _score_and_grad(net, r0, tc)
+        rel = g * (xc - r0)
+        if return_info:
+            f_root = _score_and_grad(net, r0, tc)[0]
+            f_x, _ = _score_and_grad(net, xc, tc)
+            infos.append(TaylorInfo(r0, f_root, f_x - _sum(rel), steps))
+        return rel
+
+    rel = map_batches(one, x, target, batch_size, root_arr)
+    if not return_info:
+        return rel
+    info = TaylorInfo(np.concatenate([i.root for i in infos]),
+                      np.concatenate([i.root_score for i in infos]),
+                      np.concatenate([i.error for i in infos]), max(i.steps for i in infos))
+    return rel, info
+
+
+def pool_channels(R, how="sum"):
+    """Pool a relevance map ``(n, c, h, w)`` over channels to ``(n, h, w)``.
+
+    ``how``: "sum" (keeps conservation), "abs" (sum of magnitudes) or "max" (largest magnitude,
+    with its sign).
+    """
+    R = np.asarray(R)
+    if R.ndim != 4:
+        raise ValueError(f"pool_channels expects (n, c, h, w), got shape {R.shape}")
+    if how == "sum":
+        return R.sum(axis=1)
+    if how == "abs":
+        return np.abs(R).sum(axis=1)
+    if how == "max":
+        idx = np.abs(R).argmax(axis=1)[:, None]
+        return np.take_along_axis(R, idx, axis=1)[:, 0]
+    raise ValueError(f"how must be 'sum', 'abs' or 'max', got {how!r}")

@@ -1,0 +1,244 @@
+"""`Sequential` networks: validation, the cached forward pass, save and load."""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import layers as L
+from ._validate import as_float_array, check_size
+
+FORMAT_VERSION = 1
+#: Bounds on what a model file may declare (checked before anything is built).
+MAX_LAYERS = 10_000
+MAX_PARAM_ELEMENTS = 1 << 31
+
+
+@dataclass
+class Trace:
+    """A forward pass that keeps what every backward pass needs.
+
+    ``inputs[i]`` is the input of layer ``i`` (so ``inputs[i + 1]`` is its output, the
+    pre-activation ``z`` of a linear layer), ``states[i]`` its extra state (pooling winners),
+    ``output`` the network output ``f(x)``.
+    """
+
+    inputs: list
+    states: list
+    output: np.ndarray
+
+
+class Sequential:
+    """A feed-forward network: layers applied in order.
+
+    Parameters
+    ----------
+    layers : sequence of Layer
+        Dense, Conv2d, ReLU, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten; BatchNorm1d/2d are
+        folded into the Dense/Conv2d right before them.
+    input_shape : tuple of int, optional
+        Shape of one sample, e.g. ``(3, 32, 32)``.  When given, the layers are checked against
+        it now, and inputs are checked against it on every call.
+
+    Raises
+    ------
+    ValueError
+        A BatchNorm that cannot be folded, or layers whose shapes do not chain (the message
+        names the layer).
+    """
+
+    def __init__(self, layers, input_shape=None):
+        folded = []
+        for layer in layers:
+            if not isinstance(layer, L.Layer):
+                raise TypeError(f"Sequential takes relprop layers, got {type(layer).__name__}")
+            if isinstance(layer, L.BatchNorm):
+                if not folded:
+                    raise ValueError(f"{layer!r} at the start of the network cannot be folded")
+                folded[-1] = layer.fold_into(folded[-1])
+            else:
+                folded.append(layer)
+        if not folded:
+            raise ValueError("Sequential needs at least one layer")
+        self.layers = tuple(folded)
+        self.input_shape = None
+        self.output_shape = None
+        if input_shape is not None:
+            shape = tuple(int(s) for s in input_shape)
+            if not shape or any(s <= 0 for s in shape):
+                raise ValueError(f"input_shape must be positive sizes, got {tuple(input_shape)}")
+            self.output_shape = self.shapes(shape)[-1]
+            self.input_shape = shape
+
+    # --- shapes -----------------------------------------------------------------------------
+    def shapes(self, input_shape) -> list:
+        """Per-sample shapes: of the input, then after every layer."""
+        shapes = [tuple(input_shape)]
+        for i, layer in enumerate(self.layers):
+            try:
+                shapes.append(tuple(int(s) for s in layer.output_shape(shapes[-1])))
+            except ValueError as exc:
+                raise ValueError(f"layer {i}: {exc}") from None
+        return shapes
+
+    @property
+    def linear_layers(self):
+        return [i for i, layer in enumerate(self.layers) if layer.linear]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __repr__(self):
+        body = ",\n".join(f"  ({i}) {layer!r}" for i, layer in enumerate(self.layers))
+        shape = f", input_shape={self.input_shape}" if self.input_shape else ""
+        return f"Sequential(\n{body}\n{shape})"
+
+    # --- forward ----------------------------------------------------------------------------
+    def check_input(self, x, check_finite=True, name="x"):
+        """Validate ``x`` (n, *input_shape) and return it as a C-contiguous float array."""
+        arr = as_float_array(x, name, check_finite=check_finite)
+        if arr.ndim < 2:
+            raise ValueError(f"{name} must be a batch (n, *sample_shape), got shape {arr.shape}; "
+                             "use x[None] for one sample")
+        if arr.shape[0] == 0:
+            raise ValueError(f"{name} is an empty batch (shape {arr.shape})")
+        if self.input_shape is not None and arr.shape[1:] != self.input_shape:
+            raise ValueError(f"{name} has shape {arr.shape} but the network expects "
+                             f"(n, {', '.join(map(str, self.input_shape))})")
+        shapes = self.shapes(arr.shape[1:])
+        for s in shapes:
+            check_size((arr.shape[0],) + s, "an activation")
+        return arr
+
+    def trace(self, x, check_finite=True) -> Trace:
+        """Forward pass keeping every layer's input and state (see :class:`Trace`)."""
+        x = self.check_input(x, check_finite)
+        inputs, states = [], []
+        for layer in self.layers:
+            inputs.append(x)
+            x, state = layer.forward(x)
+            states.append(state)
+        inputs.append(x)
+        return Trace(inputs, states, x)
+
+    def forward(self, x, check_finite=True):
+        """Output scores ``f(x)`` (logits), shape ``(n, *output_shape)``."""
+        x = self.check_input(x, check_finite)
+        for layer in self.layers:
+            x, _ = layer.forward(x)
+        return x
+
+    __call__ = forward
+
+    def backward(self, trace: Trace, seed, relu_mode="gradient", stop=0):
+        """Vector-Jacobian product of ``seed`` (shaped like the output) down to layer ``stop``'s
+        input.  ``relu_mode`` is "gradient", "deconvnet" or "guided"."""
+        g = seed
+        for i in range(len(self.layers) - 1, stop - 1, -1):
+            g = self.layers[i].backward(g, trace.inputs[i], trace.states[i], relu_mode)
+        return g
+
+    # --- files ------------------------------------------------------------------------------
+    def save(self, path):
+        """Write the network to ``path`` (.npz: parameters plus a JSON description)."""
+        desc = {"format": "relprop", "version": FORMAT_VERSION,
+                "input_shape": list(self.input_shape) if self.input_shape else None,
+                "layers": []}
+        arrays = {}
+        for i, layer in enumerate(self.layers):
+            desc["layers"].append({"kind": layer.kind, **layer.config()})
+            for name, arr in layer.arrays().items():
+                arrays[f"{i}.{name}"] = arr
+        meta = np.frombuffer(json.dumps(desc).encode(), dtype=np.uint8)
+        with open(os.fspath(path), "wb") as fh:
+            np.savez(fh, __relprop__=meta, **arrays)
+
+
+def _get(cfg, key, kind, types=(int,)):
+    if key not in cfg:
+        raise ValueError(f"model file: layer '{kind}' lacks '{key}'")
+    val = cfg[key]
+    if isinstance(val, list):
+        if len(val) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in val):
+            raise ValueError(f"model file: layer '{kind}' has a bad '{key}': {val!r}")
+        return tuple(val)
+    if not isinstance(val, types) or isinstance(val, bool):
+        raise ValueError(f"model file: layer '{kind}' has a bad '{key}': {val!r}")
+    return val
+
+
+def load(path) -> Sequential:
+    """Read a network written by :meth:`Sequential.save`.  Never unpickles: a corrupted,
+    truncated or inconsistent file raises ``ValueError``."""
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as data:
+            if "__relprop__" not in data.files:
+                raise ValueError(f"{path}: not a relprop model file (no '__relprop__' entry)")
+            meta = data["__relprop__"]
+            if meta.dtype != np.uint8 or meta.ndim != 1 or meta.size > (1 << 24):
+                raise ValueError(f"{path}: malformed model description")
+            desc = json.loads(meta.tobytes().decode())
+            arrays = {}
+            for name in data.files:
+                if name == "__relprop__":
+                    continue
+                arr = data[name]
+                if arr.size > MAX_PARAM_ELEMENTS:
+                    raise ValueError(f"{path}: array {name!r} is too large ({arr.size} elements)")
+                arrays[name] = arr
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError, UnicodeDecodeError,
+            json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read model file ({type(exc).__name__}: {exc})") from None
+    return _from_description(desc, arrays, path)
+
+
+def _from_description(desc, arrays, path) -> Sequential:
+    if not isinstance(desc, dict) or desc.get("format") != "relprop":
+        raise ValueError(f"{path}: not a relprop model description")
+    if desc.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported model format version {desc.get('version')!r}")
+    specs = desc.get("layers")
+    if not isinstance(specs, list) or not 0 < len(specs) <= MAX_LAYERS:
+        raise ValueError(f"{path}: 'layers' must be a list of 1 to {MAX_LAYERS} layers")
+    built = []
+    used = set()
+    for i, spec in enumerate(specs):
+        kind = spec.get("kind") if isinstance(spec, dict) else None
+        cls = L.LAYER_TYPES.get(kind)
+        if cls is None:
+            raise ValueError(f"{path}: layer {i} has an unknown kind {kind!r}")
+        try:
+            if cls.linear:
+                w = arrays.get(f"{i}.weight")
+                if w is None:
+                    raise ValueError("missing weight")
+                b = arrays.get(f"{i}.bias")
+                used.update({f"{i}.weight", f"{i}.bias"})
+                if cls is L.Dense:
+                    layer = L.Dense(w, b)
+                    want = (_get(spec, "out_features", kind), _get(spec, "in_features", kind))
+                    if layer.weight.shape != want:
+                        raise ValueError(f"weight shape {layer.weight.shape} != declared {want}")
+                else:
+                    layer = L.Conv2d(w, b, _get(spec, "stride", kind), _get(spec, "padding", kind))
+            elif kind in ("maxpool2d", "avgpool2d"):
+                layer = cls(_get(spec, "kernel_size", kind), _get(spec, "stride", kind),
+                            _get(spec, "padding", kind))
+            else:
+                layer = cls()
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: layer {i} ({kind}): {exc}") from None
+        built.append(layer)
+    extra = set(arrays) - used
+    if extra:
+        raise ValueError(f"{path}: unexpected arrays {sorted(extra)[:5]}")
+    shape = desc.get("input_shape")
+    if shape is not None and (not isinstance(shape, list) or not 0 < len(shape) <= 8 or
+                              not all(isinstance(s, int) and 0 < s < (1 << 31) for s in shape)):
+        raise ValueError(f"{path}: bad input_shape {shape!r}")
+    return Sequential(built, input_shape=shape)
