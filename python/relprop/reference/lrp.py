@@ -1,0 +1,124 @@
+"""LRP rules written from their formulas (DESIGN.md section 4) on a layer's dense matrix.
+
+Notation: ``M`` (out, in) is the layer as a matrix on one flattened sample, ``b`` (out,) its
+bias, ``a`` (n, in) the layer input, ``r`` (n, out) the upper relevance.  Each rule forms the
+contributions ``c[n, k, j]`` of input j to output k and the denominators ``d[n, k]``, and returns
+``R[n, j] = sum_k c[n, k, j] * r[n, k] / stab(d[n, k])`` (0 where ``stab(d) == 0``).
+"""
+import numpy as np
+
+from . import ops
+from .network import as_matrix, forward, layer_backward
+
+pos = lambda v: np.maximum(v, 0)  # noqa: E731
+neg = lambda v: np.minimum(v, 0)  # noqa: E731
+
+
+def _redistribute(c, d, r, eps):
+    """R_j = sum_k c_kj * r_k / stab(d_k)."""
+    return np.einsum("nkj,nk->nj", c, ops.lrp_divide(r, d, eps))
+
+
+def _c(a, m):
+    """Contributions a_j * m_kj as (n, out, in)."""
+    return a[:, None, :] * m[None, :, :]
+
+
+def epsilon(M, b, a, r, epsilon):
+    c = _c(a, M)
+    return _redistribute(c, c.sum(-1) + b, r, epsilon)
+
+
+def alpha_beta(M, b, a, r, alpha, beta, stabilizer):
+    cp = _c(pos(a), pos(M)) + _c(neg(a), neg(M))  # positive contributions
+    cn = _c(pos(a), neg(M)) + _c(neg(a), pos(M))  # negative contributions
+    return (alpha * _redistribute(cp, cp.sum(-1) + pos(b), r, stabilizer)
+            - beta * _redistribute(cn, cn.sum(-1) + neg(b), r, stabilizer))
+
+
+def zplus(M, b, a, r, stabilizer):
+    return alpha_beta(M, b, a, r, 1.0, 0.0, stabilizer)
+
+
+def gamma(M, b, a, r, gamma, stabilizer):
+    m1, m2 = M + gamma * pos(M), M + gamma * neg(M)
+    b1, b2 = b + gamma * pos(b), b + gamma * neg(b)
+    z = _c(a, M).sum(-1) + b
+    c1 = _c(pos(a), m1) + _c(neg(a), m2)  # shares of outputs with z > 0
+    c2 = _c(pos(a), m2) + _c(neg(a), m1)  # shares of outputs with z < 0
+    d1 = _c(pos(a), m1).sum(-1) + b1 + _c(neg(a), m2).sum(-1)
+    d2 = _c(pos(a), m2).sum(-1) + b2 + _c(neg(a), m1).sum(-1)
+    return (_redistribute(c1, d1, np.where(z > 0, r, 0), stabilizer)
+            + _redistribute(c2, d2, np.where(z < 0, r, 0), stabilizer))
+
+
+def zbox(M, b, a, r, low, high, stabilizer):
+    low, high = np.broadcast_to(low, a.shape), np.broadcast_to(high, a.shape)
+    c = _c(a, M) - _c(low, pos(M)) - _c(high, neg(M))
+    d = _c(a, M).sum(-1) + b - (_c(low, pos(M)).sum(-1) + pos(b)) - (_c(high, neg(M)).sum(-1) + neg(b))
+    return _redistribute(c, d, r, stabilizer)
+
+
+def wsquare(M, b, a, r, stabilizer):
+    c = np.broadcast_to(M * M, (len(a),) + M.shape)
+    return _redistribute(c, c.sum(-1) + b * b, r, stabilizer)
+
+
+def flat(S, a, r, stabilizer):
+    """``S`` is the layer's receptive-field matrix (the layer with every weight 1)."""
+    c = np.broadcast_to(S, (len(a),) + S.shape)
+    return _redistribute(c, c.sum(-1), r, stabilizer)
+
+
+RULE_FUNCTIONS = {"Epsilon": epsilon, "ZPlus": zplus, "AlphaBeta": alpha_beta, "Gamma": gamma,
+                  "ZBox": zbox, "WSquare": wsquare, "Flat": flat, "Norm": epsilon}
+
+
+def _bound(v, shape):
+    v = np.asarray(v, dtype=np.float64)
+    if v.ndim == 1 and len(shape) > 1:
+        v = v.reshape((-1,) + (1,) * (len(shape) - 1))
+    return np.broadcast_to(v, shape).ravel()
+
+
+def lrp_layer(layer, rule, a, r):
+    """Relevance of ``layer``'s input ``a`` (n, *shape) from ``r`` (n, *out_shape) under ``rule``
+    (a relprop rule object, read through its class name and parameters)."""
+    name = type(rule).__name__
+    n = len(a)
+    if name == "Pass":
+        return r.reshape(a.shape)
+    if name == "WinnerTakeAll":
+        return layer_backward(layer, r, a)
+    M, b = as_matrix(layer, a.shape[1:], a.dtype)
+    a2, r2 = a.reshape(n, -1), r.reshape(n, -1)
+    if name == "Epsilon":
+        R = epsilon(M, b, a2, r2, rule.epsilon)
+    elif name == "Norm":
+        R = epsilon(M, np.zeros_like(b), a2, r2, rule.stabilizer)
+    elif name == "ZPlus":
+        R = zplus(M, b, a2, r2, rule.stabilizer)
+    elif name == "AlphaBeta":
+        R = alpha_beta(M, b, a2, r2, rule.alpha, rule.beta, rule.stabilizer)
+    elif name == "Gamma":
+        R = gamma(M, b, a2, r2, rule.gamma, rule.stabilizer)
+    elif name == "ZBox":
+        shape = a.shape[1:]
+        R = zbox(M, b, a2, r2, _bound(rule.low, shape), _bound(rule.high, shape), rule.stabilizer)
+    elif name == "WSquare":
+        R = wsquare(M, b, a2, r2, rule.stabilizer)
+    elif name == "Flat":
+        S, _ = as_matrix(layer, a.shape[1:], a.dtype, weight=np.ones_like(layer.weight))
+        R = flat(S, a2, r2, rule.stabilizer)
+    else:
+        raise ValueError(f"reference: no twin for rule {name}")
+    return R.reshape(a.shape)
+
+
+def lrp(net, x, r_out, rules):
+    """Input relevance for output relevance ``r_out`` with one rule per layer."""
+    acts = forward(net, x)
+    r = r_out
+    for i in range(len(net.layers) - 1, -1, -1):
+        r = lrp_layer(net.layers[i], rules[i], acts[i], r)
+    return r

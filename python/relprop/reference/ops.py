@@ -1,0 +1,131 @@
+"""NumPy twins of the layer kernels (same names and arguments as ``relprop.ops``)."""
+import numpy as np
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def dense_forward(x, w, b=None):
+    y = x @ w.T
+    return y if b is None else y + b
+
+
+def dense_backward(g, w):
+    return g @ w
+
+
+def _out_size(h, k, s, p):
+    return (h + 2 * p - k) // s + 1
+
+
+def conv2d_forward(x, w, b=None, stride=1, padding=0):
+    """y[n,o,p,q] = b[o] + sum_{c,u,v} w[o,c,u,v] x_pad[n,c,p*sh+u,q*sw+v]."""
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    oh, ow = _out_size(h, kh, sh, ph), _out_size(wd, kw, sw, pw)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    y = np.zeros((n, o, oh, ow), dtype=x.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            patch = xp[:, :, u:u + sh * (oh - 1) + 1:sh, v:v + sw * (ow - 1) + 1:sw]
+            y += np.einsum("nchw,oc->nohw", patch, w[:, :, u, v])
+    if b is not None:
+        y += b[None, :, None, None]
+    return y
+
+
+def conv2d_backward(g, w, in_hw, stride=1, padding=0):
+    """Transpose of conv2d_forward: scatter each output gradient over its receptive field."""
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    n, o, oh, ow = g.shape
+    _, c, kh, kw = w.shape
+    h, wd = in_hw
+    gp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=g.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            gp[:, :, u:u + sh * (oh - 1) + 1:sh, v:v + sw * (ow - 1) + 1:sw] += np.einsum(
+                "nohw,oc->nchw", g, w[:, :, u, v])
+    return gp[:, :, ph:ph + h, pw:pw + wd]
+
+
+def _windows(h, w, kernel, stride, padding):
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
+    for p in range(_out_size(h, kh, sh, ph)):
+        for q in range(_out_size(w, kw, sw, pw)):
+            cells = [(i, j) for i in range(p * sh - ph, p * sh - ph + kh)
+                     for j in range(q * sw - pw, q * sw - pw + kw) if 0 <= i < h and 0 <= j < w]
+            yield p, q, cells
+
+
+def maxpool2d_forward(x, kernel, stride, padding=0):
+    """Max over each window; argmax = flat index of the first maximum (row-major)."""
+    n, c, h, w = x.shape
+    wins = list(_windows(h, w, kernel, stride, padding))
+    oh, ow = wins[-1][0] + 1, wins[-1][1] + 1
+    y = np.empty((n, c, oh, ow), dtype=x.dtype)
+    arg = np.empty((n, c, oh, ow), dtype=np.int64)
+    for p, q, cells in wins:
+        vals = np.stack([x[:, :, i, j] for i, j in cells], axis=-1)
+        k = vals.argmax(axis=-1)  # first maximum
+        y[:, :, p, q] = np.take_along_axis(vals, k[..., None], -1)[..., 0]
+        flat = np.array([i * w + j for i, j in cells])
+        arg[:, :, p, q] = flat[k]
+    return y, arg
+
+
+def maxpool2d_backward(g, arg, in_hw, kernel, stride, padding=0):
+    n, c = g.shape[:2]
+    h, w = in_hw
+    gx = np.zeros((n, c, h * w), dtype=g.dtype)
+    for a in range(n):
+        for b in range(c):
+            np.add.at(gx[a, b], arg[a, b].ravel(), g[a, b].ravel())
+    return gx.reshape(n, c, h, w)
+
+
+def avgpool2d_forward(x, kernel, stride, padding=0):
+    """Window sums over kh*kw (zero padding counted)."""
+    kh, kw = _pair(kernel)
+    n, c, h, w = x.shape
+    wins = list(_windows(h, w, kernel, stride, padding))
+    y = np.zeros((n, c, wins[-1][0] + 1, wins[-1][1] + 1), dtype=x.dtype)
+    for p, q, cells in wins:
+        y[:, :, p, q] = sum(x[:, :, i, j] for i, j in cells) / (kh * kw)
+    return y
+
+
+def avgpool2d_backward(g, in_hw, kernel, stride, padding=0):
+    kh, kw = _pair(kernel)
+    n, c = g.shape[:2]
+    gx = np.zeros((n, c) + tuple(in_hw), dtype=g.dtype)
+    for p, q, cells in _windows(in_hw[0], in_hw[1], kernel, stride, padding):
+        for i, j in cells:
+            gx[:, :, i, j] += g[:, :, p, q] / (kh * kw)
+    return gx
+
+
+def relu_forward(x):
+    return np.maximum(x, 0)
+
+
+def relu_backward(g, x, mode="gradient"):
+    if mode == "gradient":
+        return np.where(x > 0, g, 0)
+    if mode == "deconvnet":
+        return np.maximum(g, 0)
+    if mode == "guided":
+        return np.where((x > 0) & (g > 0), g, 0)
+    raise ValueError(mode)
+
+
+def stabilize(z, eps):
+    """z + eps * sign(z) with sign(0) = +1."""
+    return z + eps * np.where(z >= 0, 1, -1)
+
+
+def lrp_divide(r, z, eps):
+    d = stabilize(z, eps)
+    safe = np.where(d == 0, 1, d)
+    return np.where(d == 0, 0, r / safe)
