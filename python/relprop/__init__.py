@@ -7,8 +7,11 @@ guided backprop) run on C++/OpenMP kernels with a NumPy twin in :mod:`relprop.re
 from __future__ import annotations
 
 from . import composites, rules
+from . import evaluate
 from ._core import __version__
+from .averaged import integrated_gradients, smoothgrad
 from .composites import Composite
+from .importers import from_onnx, from_sklearn, from_torch
 from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dense, Flatten,
                      GlobalAvgPool2d, MaxPool2d, ReLU)
 from .lrp import conservation, lrp
@@ -16,6 +19,7 @@ from .methods import (TaylorInfo, deconvnet, gradient, gradient_x_input, guided_
                       pool_channels, sensitivity, taylor)
 from .network import Sequential, Trace, load
 from .ops import get_num_threads, set_num_threads
+from .prototypes import GaussianPrior, Prototypes, activation_maximization
 
 METHODS = {
     "gradient": gradient,
@@ -24,6 +28,8 @@ METHODS = {
     "taylor": taylor,
     "deconvnet": deconvnet,
     "guided_backprop": guided_backprop,
+    "smoothgrad": smoothgrad,
+    "integrated_gradients": integrated_gradients,
 }
 
 
@@ -55,10 +61,25 @@ def show_config(file=None) -> dict:
     return cfg
 
 
+_LAZY_SUBMODULES = ("models", "render", "plot", "cli")
+
+
+def __getattr__(name):
+    """Submodules imported on first use (``relprop.models``, ``relprop.render``, ...)."""
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "GaussianPrior", "Prototypes", "activation_maximization", "evaluate", "integrated_gradients",
+    "smoothgrad",
     "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Composite", "Conv2d", "Dense", "Flatten",
     "GlobalAvgPool2d", "MaxPool2d", "METHODS", "ReLU", "Sequential", "TaylorInfo", "Trace",
-    "__version__", "composites", "conservation", "deconvnet", "explain", "get_num_threads",
+    "__version__", "composites", "conservation", "deconvnet", "explain",
+    "from_onnx", "from_sklearn", "from_torch", "get_num_threads",
     "gradient", "gradient_x_input", "guided_backprop", "load", "lrp", "pool_channels", "rules",
     "sensitivity", "set_num_threads", "show_config", "taylor",
 ]

@@ -1,0 +1,64 @@
+"""The bundled digits models: accuracy on the fixed test split, data, and loading."""
+import numpy as np
+import pytest
+
+from relprop import models
+
+
+def _sklearn_split():
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    from sklearn.model_selection import train_test_split
+
+    d = sklearn_datasets.load_digits()
+    return train_test_split(d.data, d.target, test_size=0.25, random_state=0, stratify=d.target)
+
+
+def test_bundled_test_split_is_sklearn_split():
+    _, x_test, _, y_test = _sklearn_split()
+    x, y = models.digits_data()
+    np.testing.assert_array_equal(y, y_test)
+    np.testing.assert_array_equal(x.reshape(len(x), 64) * 16, x_test)
+    assert x.dtype == np.float32 and x.shape == (450, 1, 8, 8)
+    assert 0 <= x.min() and x.max() <= 1
+
+
+@pytest.mark.parametrize("load, shape", [(models.digits_cnn, (1, 8, 8)),
+                                         (models.digits_mlp, (64,))])
+def test_accuracy_above_95_percent(load, shape):
+    _, x_test, _, y_test = _sklearn_split()
+    net = load()
+    assert net.input_shape == shape
+    x = (x_test / 16).astype(np.float32).reshape((-1,) + shape)
+    scores = net(x)
+    assert scores.shape == (len(x), 10)
+    accuracy = np.mean(scores.argmax(axis=1) == y_test)
+    assert accuracy > 0.95, accuracy
+
+
+def test_cnn_architecture():
+    net = models.digits_cnn()
+    kinds = [layer.kind for layer in net.layers]
+    assert kinds == ["conv2d", "relu", "conv2d", "relu", "maxpool2d", "flatten", "dense", "relu",
+                     "dense"]
+    assert net.output_shape == (10,)
+
+
+def test_mlp_flat_data_matches_image_data():
+    x_img, y_img = models.digits_data()
+    x_flat, y_flat = models.digits_data(flat=True)
+    np.testing.assert_array_equal(x_flat, x_img.reshape(len(x_img), 64))
+    np.testing.assert_array_equal(y_flat, y_img)
+
+
+def test_train_split():
+    pytest.importorskip("sklearn")
+    x, y = models.digits_data("train")
+    assert x.shape == (1347, 1, 8, 8) and y.shape == (1347,)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="split"):
+        models.digits_data("validation")
+    with pytest.raises(ValueError, match="64 pixels"):
+        models.preprocess(np.zeros((3, 7)))
+
