@@ -7,9 +7,7 @@ guided backprop) run on C++/OpenMP kernels with a NumPy twin in :mod:`relprop.re
 from __future__ import annotations
 
 from . import composites, rules
-from . import evaluate
 from ._core import __version__
-from .averaged import integrated_gradients, smoothgrad
 from .composites import Composite
 from .importers import from_onnx, from_sklearn, from_torch
 from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dense, Flatten,
@@ -19,7 +17,6 @@ from .methods import (TaylorInfo, deconvnet, gradient, gradient_x_input, guided_
                       pool_channels, sensitivity, taylor)
 from .network import Sequential, Trace, load
 from .ops import get_num_threads, set_num_threads
-from .prototypes import GaussianPrior, Prototypes, activation_maximization
 
 METHODS = {
     "gradient": gradient,
@@ -28,8 +25,6 @@ METHODS = {
     "taylor": taylor,
     "deconvnet": deconvnet,
     "guided_backprop": guided_backprop,
-    "smoothgrad": smoothgrad,
-    "integrated_gradients": integrated_gradients,
 }
 
 
@@ -74,8 +69,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "GaussianPrior", "Prototypes", "activation_maximization", "evaluate", "integrated_gradients",
-    "smoothgrad",
     "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Composite", "Conv2d", "Dense", "Flatten",
     "GlobalAvgPool2d", "MaxPool2d", "METHODS", "ReLU", "Sequential", "TaylorInfo", "Trace",
     "__version__", "composites", "conservation", "deconvnet", "explain",
