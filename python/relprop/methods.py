@@ -120,6 +120,7 @@ def taylor(net, x, target, root="zero", *, max_steps=50, tol=1e-5, return_info=F
     x = net.check_input(x, check_finite)
     max_steps = as_int(max_steps, "max_steps", minimum=0)
     tol = as_scalar(tol, "tol", minimum=0.0)
+    mode = root if isinstance(root, str) else "array"
     if isinstance(root, str):
         if root not in ("zero", "nearest"):
             raise ValueError(f"root must be an array, 'zero' or 'nearest', got {root!r}")
@@ -135,11 +136,11 @@ def taylor(net, x, target, root="zero", *, max_steps=50, tol=1e-5, return_info=F
 
     def one(xc, tc, rc):
         steps = 0
-        if root == "zero":
+        if mode == "zero":
             r0 = xc * xc.dtype.type(ZERO_ROOT_SCALE)
             _, g = _score_and_grad(net, r0, tc)
             r0 = np.zeros_like(xc)
-        elif root == "nearest":
+        elif mode == "nearest":
             r0 = xc.copy()
             fx = None
             for steps in range(max_steps + 1):

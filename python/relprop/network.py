@@ -174,7 +174,7 @@ def load(path) -> Sequential:
     """Read a network written by :meth:`Sequential.save`.  Never unpickles: a corrupted,
     truncated or inconsistent file raises ``ValueError``."""
     try:
-        with np.load(os.fspath(path), allow_pickle=False) as data:
+        with open(os.fspath(path), "rb") as fh, np.load(fh, allow_pickle=False) as data:
             if "__relprop__" not in data.files:
                 raise ValueError(f"{path}: not a relprop model file (no '__relprop__' entry)")
             meta = data["__relprop__"]

@@ -1,0 +1,51 @@
+"""Hypothesis strategies for kernel problems, and the error-model tolerance."""
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+DTYPES = st.sampled_from([np.float32, np.float64])
+
+
+def arrays(dtype, shape, lo=-1.0, hi=1.0):
+    width = 32 if dtype == np.float32 else 64
+    return hnp.arrays(dtype, shape, elements=st.floats(lo, hi, width=width, allow_subnormal=False))
+
+
+def sum_tolerance(dtype, terms, bound):
+    """Each of ``terms`` additions may add a rounding error of eps * bound (XNNPACK's model)."""
+    eps = np.finfo(dtype).eps
+    return 4 * eps * terms * np.asarray(bound, dtype=np.float64) + 1e-300
+
+
+@st.composite
+def window_problems(draw, max_k=4):
+    """(n, c, h, w, kh, kw, stride, padding) with a window that fits the padded input."""
+    n = draw(st.integers(1, 3))
+    c = draw(st.integers(1, 4))
+    kh, kw = draw(st.integers(1, max_k)), draw(st.integers(1, max_k))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    h = draw(st.integers(max(1, kh - 2 * ph), 9))
+    w = draw(st.integers(max(1, kw - 2 * pw), 9))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    return n, c, h, w, (kh, kw), (sh, sw), (ph, pw)
+
+
+@st.composite
+def conv_problems(draw):
+    n, c, h, w, k, s, p = draw(window_problems())
+    dtype = draw(DTYPES)
+    c_out = draw(st.integers(1, 5))
+    x = draw(arrays(dtype, (n, c, h, w)))
+    wt = draw(arrays(dtype, (c_out, c) + k))
+    b = draw(st.one_of(st.none(), arrays(dtype, (c_out,))))
+    return x, wt, b, s, p
+
+
+@st.composite
+def dense_problems(draw):
+    dtype = draw(DTYPES)
+    n, i, o = draw(st.integers(1, 6)), draw(st.integers(1, 40)), draw(st.integers(1, 20))
+    x = draw(arrays(dtype, (n, i)))
+    w = draw(arrays(dtype, (o, i)))
+    b = draw(st.one_of(st.none(), arrays(dtype, (o,))))
+    return x, w, b
