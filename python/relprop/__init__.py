@@ -6,8 +6,9 @@ guided backprop) run on C++/OpenMP kernels with a NumPy twin in :mod:`relprop.re
 """
 from __future__ import annotations
 
-from . import composites, rules
+from . import composites, evaluate, rules
 from ._core import __version__
+from .averaged import integrated_gradients, smoothgrad
 from .composites import Composite
 from .importers import from_onnx, from_sklearn, from_torch
 from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dense, Flatten,
@@ -17,6 +18,7 @@ from .methods import (TaylorInfo, deconvnet, gradient, gradient_x_input, guided_
                       pool_channels, sensitivity, taylor)
 from .network import Sequential, Trace, load
 from .ops import get_num_threads, set_num_threads
+from .prototypes import GaussianPrior, Prototypes, activation_maximization
 
 METHODS = {
     "gradient": gradient,
@@ -25,6 +27,8 @@ METHODS = {
     "taylor": taylor,
     "deconvnet": deconvnet,
     "guided_backprop": guided_backprop,
+    "smoothgrad": smoothgrad,
+    "integrated_gradients": integrated_gradients,
 }
 
 
@@ -69,6 +73,8 @@ def __getattr__(name):
 
 
 __all__ = [
+    "GaussianPrior", "Prototypes", "activation_maximization", "evaluate", "integrated_gradients",
+    "smoothgrad",
     "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Composite", "Conv2d", "Dense", "Flatten",
     "GlobalAvgPool2d", "MaxPool2d", "METHODS", "ReLU", "Sequential", "TaylorInfo", "Trace",
     "__version__", "composites", "conservation", "deconvnet", "explain",

@@ -1,0 +1,82 @@
+"""Reference twins of SmoothGrad, Integrated Gradients, pixel flipping and activation
+maximization: one plain loop per copy, path point, step or sample, on the reference gradient."""
+import numpy as np
+
+from .network import forward, gradient, seed
+
+
+def smoothgrad(net, x, target, n, sigma, seed_):
+    """``1/n sum_j grad(x + sigma * (max - min) * e_j)``; the noise ``e`` is drawn in float64,
+    all copies of sample 0 first, then sample 1, ... from ``default_rng(seed_)``."""
+    noise = np.random.default_rng(seed_).standard_normal((len(x), n) + x.shape[1:])
+    total = np.zeros_like(x)
+    for j in range(n):
+        xj = np.empty_like(x)
+        for i in range(len(x)):
+            xj[i] = x[i] + sigma * (x[i].max() - x[i].min()) * noise[i, j]
+        total += gradient(net, xj, target)
+    return total / n
+
+
+def integrated_gradients(net, x, target, baseline, alphas, weights):
+    """``(x - x') * sum_k weights[k] grad(x' + alphas[k] (x - x'))``."""
+    total = np.zeros_like(x)
+    for a, w in zip(alphas, weights):
+        total += w * gradient(net, baseline + a * (x - baseline), target)
+    return (x - baseline) * total
+
+
+def pixel_flipping(net, x, R, target, steps, patch, fill):
+    """Most-relevant-first region perturbation, one sample and one step at a time.
+
+    ``fill`` is an array shaped like ``x``.  Images: regions are the ``patch x patch`` cells of
+    a grid from the top left, ranked by their relevance summed over channels; other inputs:
+    every element is a region.  Returns the score curves ``(n, steps + 1)``.
+    """
+    curves = np.zeros((len(x), steps + 1))
+    for i in range(len(x)):
+        if x.ndim == 4:
+            h, w = x.shape[2:]
+            cells = [(r, c) for r in range(0, h, patch) for c in range(0, w, patch)]
+            scores = [R[i, :, r:r + patch, c:c + patch].sum() for r, c in cells]
+        else:
+            cells = list(range(x[i].size))
+            scores = list(R[i].ravel())
+        ranked = sorted(range(len(cells)), key=lambda j: (-scores[j], j))
+        for k in range(steps + 1):
+            xi = x[i].copy()
+            for j in ranked[:int(round(k * len(cells) / steps))]:
+                if x.ndim == 4:
+                    r, c = cells[j]
+                    xi[:, r:r + patch, c:c + patch] = fill[i, :, r:r + patch, c:c + patch]
+                else:
+                    xi.flat[j] = fill[i].flat[j]
+            out = forward(net, xi[None])[-1]
+            t = target if np.ndim(target) == 0 else np.asarray(target)[i:i + 1]
+            curves[i, k] = (seed(t, out) * out).sum()
+    return curves
+
+
+def activation_maximization(net, targets, x0, start, steps, lr, l2, low, high, prior=None,
+                            beta1=0.9, beta2=0.999):
+    """Adam ascent on ``f_c(x) - l2 ||x - x0||^2 [- weight * nll(x)]``, one class at a time.
+
+    ``prior`` is ``(mean, precision, weight)`` on flattened samples.  Returns the prototypes
+    and the score trace ``(steps, n_classes)``.
+    """
+    protos, trace = [], np.zeros((steps, len(targets)))
+    for c, t in enumerate(targets):
+        x = np.clip(start[c:c + 1].copy(), low, high)
+        m, v = np.zeros_like(x), np.zeros_like(x)
+        for s in range(1, steps + 1):
+            trace[s - 1, c] = forward(net, x)[-1][0, t]
+            g = gradient(net, x, [t]) - 2 * l2 * (x - x0[c:c + 1])
+            if prior is not None:
+                mean, precision, weight = prior
+                g = g - weight * (precision @ (x.ravel() - mean)).reshape(x.shape)
+            m = beta1 * m + (1 - beta1) * g
+            v = beta2 * v + (1 - beta2) * g ** 2
+            step = lr * (m / (1 - beta1 ** s)) / (np.sqrt(v / (1 - beta2 ** s)) + 1e-8)
+            x = np.clip(x + step, low, high)
+        protos.append(x[0])
+    return np.array(protos), trace
