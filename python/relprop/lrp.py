@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._targets import map_batches, seed
+from ._targets import chunks, map_batches, seed
 from .composites import as_composite
 from .rules import WinnerTakeAll
 
 
 def lrp(net, x, target, rule_or_composite="epsilon_plus_flat", *, batch_size=None,
-        check_finite=True, **kwargs):
+        check_finite=True, layerwise=False, **kwargs):
     """Layer-wise relevance propagation of the explained score down to the input.
 
     Parameters
@@ -25,26 +25,36 @@ def lrp(net, x, target, rule_or_composite="epsilon_plus_flat", *, batch_size=Non
         constructor).
     batch_size : int, optional
         Process this many samples at a time.
+    layerwise : bool
+        Return the relevance at every layer's input instead: a list ``R`` with ``R[i]`` shaped
+        like the input of layer ``i`` and ``R[-1]`` the output relevance (to check conservation
+        layer by layer).
 
     Returns
     -------
-    array shaped like ``x``: the input relevance.
+    array shaped like ``x``: the input relevance (a list of arrays with ``layerwise``).
     """
     x = net.check_input(x, check_finite)
     rules = as_composite(rule_or_composite, **kwargs).rules(net)
+    if layerwise:
+        parts = [_lrp(net, x[sl], t, rules, True) for sl, t in chunks(x, target, batch_size)]
+        return [np.concatenate(level) for level in zip(*parts)]
     return map_batches(lambda xc, tc: _lrp(net, xc, tc, rules), x, target, batch_size)
 
 
-def _lrp(net, x, target, rules):
+def _lrp(net, x, target, rules, layerwise=False):
     tr = net.trace(x, check_finite=False)
     r = seed(target, tr.output, scale=True)
+    levels = [r]
     for i in range(len(net.layers) - 1, -1, -1):
         layer, a, z = net.layers[i], tr.inputs[i], tr.inputs[i + 1]
         if isinstance(rules[i], WinnerTakeAll):
             r = layer.backward(r, a, tr.states[i])
         else:
             r = rules[i].relevance(layer, a, z, r)
-    return r
+        if layerwise:
+            levels.append(r)
+    return levels[::-1] if layerwise else r
 
 
 def conservation(net, x, target, R):
