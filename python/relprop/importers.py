@@ -155,12 +155,31 @@ def _torch_walk(module, path, out):
     if layer is None:
         return
     if isinstance(layer, L.BatchNorm):
-        prev = out[-1][1] if out else None
-        if not isinstance(prev, layer.expects):
-            raise ValueError(f"module '{path}' ({type(module).__name__}) cannot be folded: it must "
-                             f"follow a {' or '.join(t.__name__ for t in layer.expects)}, not "
-                             f"{prev!r}")
+        _check_foldable(layer, out[-1][1] if out else None,
+                        f"module '{path}' ({type(module).__name__})")
     out.append((path, layer))
+
+
+def _check_foldable(bn, prev, where):
+    if not isinstance(prev, bn.expects):
+        after = "the start of the network" if prev is None else repr(prev)
+        raise ValueError(f"{where} cannot be folded: it must follow a "
+                         f"{' or '.join(t.__name__ for t in bn.expects)}, not {after}")
+
+
+def _chain_shapes(found, input_shape):
+    """Check that the layers chain from ``input_shape``, naming the module path on failure."""
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"input_shape must be a tuple of ints, got {input_shape!r}") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise ValueError(f"input_shape must be positive sizes, got {shape}")
+    for path, layer in found:
+        try:
+            shape = tuple(layer.output_shape(shape))
+        except ValueError as exc:
+            raise ValueError(f"module '{path}': {exc}") from None
 
 
 def from_torch(module, input_shape, *, check=True, rtol=CHECK_RTOL) -> Sequential:
@@ -202,6 +221,7 @@ def from_torch(module, input_shape, *, check=True, rtol=CHECK_RTOL) -> Sequentia
     _torch_walk(module, "", found)
     if not found:
         raise ValueError(f"{type(module).__name__} has no layers relprop can use")
+    _chain_shapes(found, input_shape)
     net = Sequential([layer for _, layer in found], input_shape=input_shape)
     if check:
         dtype = net.layers[0].weight.dtype if net.layers[0].linear else np.float32
@@ -473,11 +493,9 @@ class _OnnxReader:
             scale, shift, mean, var = (self.const(node, i, n) for i, n in
                                        enumerate(("scale", "B", "mean", "var"), start=1))
             cls = L.BatchNorm2d if len(self.shape) == 3 else L.BatchNorm1d
-            prev = self.layers[-1] if self.layers else None
-            if not isinstance(prev, cls.expects):
-                raise ValueError(f"{where}: cannot be folded; it must follow a "
-                                 f"{' or '.join(t.__name__ for t in cls.expects)}, not {prev!r}")
-            self.add(cls(scale, shift, mean, var, eps=float(attrs.get("epsilon", 1e-5))), node)
+            bn = cls(scale, shift, mean, var, eps=float(attrs.get("epsilon", 1e-5)))
+            _check_foldable(bn, self.layers[-1] if self.layers else None, where)
+            self.add(bn, node)
         elif op in ("Dropout", "Identity"):
             pass
         else:

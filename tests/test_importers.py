@@ -1,0 +1,389 @@
+"""Importers: torch, ONNX and scikit-learn models give the same outputs in relprop as in their
+own framework (the peer computes the expected values), and unsupported models fail clearly."""
+import importlib
+import warnings
+
+import numpy as np
+import pytest
+
+import relprop
+
+
+def _optional(name):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+torch = _optional("torch")
+onnx = _optional("onnx")
+sklearn_nn = _optional("sklearn.neural_network")
+needs_torch = pytest.mark.skipif(torch is None, reason="needs torch")
+needs_onnx = pytest.mark.skipif(onnx is None, reason="needs onnx")
+needs_sklearn = pytest.mark.skipif(sklearn_nn is None, reason="needs scikit-learn")
+nn = torch.nn if torch is not None else None
+
+
+def _rel_err(got, want):
+    return np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max()
+
+
+# ----------------------------------------------------------------------------------- torch --
+def _with_running_stats(module, shape, seed=0):
+    """Give every BatchNorm non-trivial running statistics and affine parameters."""
+    gen = torch.Generator().manual_seed(seed)
+    module.train()
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.momentum = 1.0
+                if m.affine:
+                    m.weight.uniform_(0.5, 1.5, generator=gen)
+                    m.bias.uniform_(-0.5, 0.5, generator=gen)
+        module(torch.rand((16,) + shape, generator=gen) * 2 - 0.5)
+    return module.eval()
+
+
+def _torch_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.Sequential(nn.Conv2d(6, 8, (3, 2), padding=(1, 0), bias=False),
+                      nn.BatchNorm2d(8, affine=False), nn.ReLU(inplace=True)),
+        nn.Dropout2d(0.3), nn.MaxPool2d(2, stride=1), nn.AvgPool2d(2, padding=1),
+        nn.Identity(), nn.Flatten(),
+        nn.Linear(8 * 3 * 2, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(12, 5),
+    )
+
+
+CNN_SHAPE = (3, 12, 10)
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_from_torch_matches_torch(dtype):
+    dtype = getattr(torch, dtype)
+    module = _with_running_stats(_torch_cnn(), CNN_SHAPE).to(dtype)
+    net = relprop.from_torch(module, CNN_SHAPE)
+    # BatchNorm folded, Dropout/Identity skipped
+    assert [l.kind for l in net.layers] == ["conv2d", "relu", "conv2d", "relu", "maxpool2d",
+                                           "avgpool2d", "flatten", "dense", "relu", "dense"]
+    x = np.random.default_rng(1).uniform(-1, 2, (7,) + CNN_SHAPE)
+    x = x.astype(np.float32 if dtype == torch.float32 else np.float64)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    got = net(x)
+    assert got.dtype == x.dtype
+    assert _rel_err(got, want) <= (1e-5 if dtype == torch.float32 else 1e-12)
+
+
+@needs_torch
+def test_from_torch_gradient_matches_autograd():
+    module = _with_running_stats(_torch_cnn(), CNN_SHAPE).double()
+    net = relprop.from_torch(module, CNN_SHAPE)
+    x = np.random.default_rng(2).uniform(0, 1, (4,) + CNN_SHAPE)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    module(xt)[:, 3].sum().backward()
+    np.testing.assert_allclose(relprop.gradient(net, x, 3), xt.grad.numpy(), rtol=1e-9,
+                               atol=1e-12)
+
+
+@needs_torch
+def test_from_torch_global_pool_and_training_mode_restored():
+    torch.manual_seed(3)
+    module = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d((1, 1)),
+                           nn.Flatten(), nn.Linear(4, 3))
+    module.train()
+    net = relprop.from_torch(module, (2, 6, 6))
+    assert module.training and all(m.training for m in module.modules())
+    assert net.layers[2].kind == "globalavgpool2d"
+    x = np.random.default_rng(0).standard_normal((3, 2, 6, 6)).astype(np.float32)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    assert _rel_err(net(x), want) <= 1e-5
+
+
+@needs_torch
+def test_from_torch_same_padding_and_single_module():
+    module = nn.Sequential(nn.Conv2d(1, 2, 5, padding="same"), nn.ReLU())
+    net = relprop.from_torch(module, (1, 7, 7))
+    assert net.layers[0].padding == (2, 2)
+    lin = nn.Linear(4, 2)
+    assert relprop.from_torch(lin, (4,)).layers[0].kind == "dense"
+
+
+@needs_torch
+@pytest.mark.parametrize("module, shape, match", [
+    (lambda: nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Tanh())), (4,), r"'1\.0' \(Tanh\)"),
+    (lambda: nn.Sequential(nn.Conv2d(2, 2, 3, dilation=2)), (2, 8, 8), "dilation"),
+    (lambda: nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)), (2, 8, 8), "groups=2"),
+    (lambda: nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")), (2, 8, 8),
+     "padding_mode"),
+    (lambda: nn.Sequential(nn.Conv2d(1, 1, 4, padding="same")), (1, 8, 8), "asymmetric"),
+    (lambda: nn.Sequential(nn.MaxPool2d(2, ceil_mode=True)), (1, 5, 5), "ceil_mode"),
+    (lambda: nn.Sequential(nn.MaxPool2d(3, dilation=2)), (1, 8, 8), "dilation"),
+    (lambda: nn.Sequential(nn.AvgPool2d(3, padding=1, count_include_pad=False)), (1, 8, 8),
+     "count_include_pad"),
+    (lambda: nn.Sequential(nn.AdaptiveAvgPool2d(2)), (1, 8, 8), "output_size"),
+    (lambda: nn.Sequential(nn.Flatten(0)), (4,), "start_dim"),
+    (lambda: nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 2)), (4,), "'0'.*cannot be folded.*start"),
+    (lambda: nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.BatchNorm1d(4)), (4,), "cannot be folded"),
+    (lambda: nn.Sequential(nn.Linear(4, 3)), (5,), "expects"),
+])
+def test_from_torch_unsupported(module, shape, match):
+    with pytest.raises(ValueError, match=match):
+        relprop.from_torch(module(), shape)
+
+
+@needs_torch
+def test_from_torch_custom_forward_fails_self_check():
+    class Shifted(nn.Sequential):
+        def forward(self, x):
+            return super().forward(x) + 1.0
+
+    with pytest.raises(ValueError, match="self-check failed"):
+        relprop.from_torch(Shifted(nn.Linear(4, 3)), (4,))
+    net = relprop.from_torch(Shifted(nn.Linear(4, 3)), (4,), check=False)
+    assert len(net) == 1
+
+
+@needs_torch
+def test_from_torch_not_a_module():
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        relprop.from_torch([1, 2], (4,))
+    with pytest.raises(ValueError, match="GRU"):
+        relprop.from_torch(nn.GRU(4, 4), (4,))
+
+
+# ------------------------------------------------------------------------------------ ONNX --
+if onnx is not None:
+    from onnx import TensorProto, helper, numpy_helper
+
+
+def _export(module, shape, path):
+    module.eval()
+    torch.onnx.export(module, (torch.zeros((2,) + shape),), str(path), dynamo=True,
+                      input_names=["x"], dynamic_shapes=({0: torch.export.Dim("n")},),
+                      external_data=False, verbose=False)
+    return path
+
+
+def _ort(path_or_model, x):
+    ort = pytest.importorskip("onnxruntime")
+    data = path_or_model if isinstance(path_or_model, (str, bytes)) else \
+        path_or_model.SerializeToString()
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+@needs_torch
+@needs_onnx
+def test_from_onnx_torch_export_matches_torch_and_onnxruntime(tmp_path):
+    module = _with_running_stats(_torch_cnn(), CNN_SHAPE)
+    path = _export(nn.Sequential(module, nn.Softmax(dim=1)), CNN_SHAPE, tmp_path / "m.onnx")
+    net = relprop.from_onnx(path)
+    x = np.random.default_rng(4).uniform(-1, 2, (5,) + CNN_SHAPE).astype(np.float32)
+    with torch.no_grad():
+        logits = module(torch.from_numpy(x)).numpy()
+    got = net(x)
+    assert _rel_err(got, logits) <= 1e-5  # Softmax dropped: relprop explains the logits
+    e = np.exp(got - got.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(e / e.sum(axis=1, keepdims=True), _ort(str(path), x), rtol=1e-5,
+                               atol=1e-7)
+    # also from bytes and from a ModelProto
+    assert len(relprop.from_onnx(path.read_bytes())) == len(net)
+    assert len(relprop.from_onnx(onnx.load(str(path)))) == len(net)
+
+
+def _graph(nodes, inits, in_shape, out_shape, name="g"):
+    g = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", *in_shape])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", *out_shape])],
+        [numpy_helper.from_array(np.asarray(v, np.int64 if np.asarray(v).dtype.kind == "i"
+                                            else np.float32), k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _handmade(rng):
+    """Conv -> BatchNormalization -> Relu -> AveragePool(pads) -> MaxPool(strides 1) -> Dropout
+    -> Identity -> Reshape -> MatMul + Add -> Relu -> Gemm(transB=0, alpha, beta) -> GAP-free."""
+    inits = {
+        "w": rng.standard_normal((4, 2, 3, 3)), "b": rng.standard_normal(4),
+        "s": rng.uniform(0.5, 1.5, 4), "sh": rng.standard_normal(4),
+        "m": rng.standard_normal(4), "v": rng.uniform(0.5, 2, 4),
+        "shape": np.array([0, -1]), "mm": rng.standard_normal((36, 7)),
+        "mb": rng.standard_normal((1, 7)), "gw": rng.standard_normal((7, 3)),
+        "gb": rng.standard_normal(3),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "s", "sh", "m", "v"], ["bn"], name="bn",
+                         epsilon=1e-3),
+        helper.make_node("Relu", ["bn"], ["r"], name="relu"),
+        helper.make_node("AveragePool", ["r"], ["ap"], name="avg", kernel_shape=[2, 2],
+                         strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1),
+        helper.make_node("MaxPool", ["ap"], ["mp"], name="max", kernel_shape=[2, 2]),
+        helper.make_node("Dropout", ["mp"], ["d"], name="drop"),
+        helper.make_node("Identity", ["d"], ["i"], name="id"),
+        helper.make_node("Reshape", ["i", "shape"], ["f"], name="flat"),
+        helper.make_node("MatMul", ["f", "mm"], ["mmo"], name="matmul"),
+        helper.make_node("Add", ["mmo", "mb"], ["a"], name="add"),
+        helper.make_node("Relu", ["a"], ["r2"], name="relu2"),
+        helper.make_node("Gemm", ["r2", "gw", "gb"], ["y"], name="gemm", alpha=0.5, beta=2.0),
+    ]
+    return _graph(nodes, inits, (2, 7, 7), (3,))
+
+
+@needs_onnx
+def test_from_onnx_handmade_graph_matches_onnxruntime():
+    rng = np.random.default_rng(5)
+    model = _handmade(rng)
+    net = relprop.from_onnx(model)
+    assert [l.kind for l in net.layers] == ["conv2d", "relu", "avgpool2d", "maxpool2d",
+                                           "flatten", "dense", "relu", "dense"]
+    x = rng.standard_normal((6, 2, 7, 7)).astype(np.float32)
+    assert _rel_err(net(x), _ort(model, x)) <= 1e-5
+
+
+@needs_onnx
+def test_from_onnx_gemm_transb_and_global_pool():
+    rng = np.random.default_rng(6)
+    model = _graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", strides=[2, 2]),
+         helper.make_node("GlobalAveragePool", ["c"], ["g"], name="gap"),
+         helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+         helper.make_node("Gemm", ["f", "gw", "gb"], ["y"], name="gemm", transB=1)],
+        {"w": rng.standard_normal((5, 3, 3, 3)), "gw": rng.standard_normal((2, 5)),
+         "gb": rng.standard_normal((1, 2))}, (3, 9, 9), (2,))
+    net = relprop.from_onnx(model)
+    x = rng.standard_normal((4, 3, 9, 9)).astype(np.float32)
+    assert _rel_err(net(x), _ort(model, x)) <= 1e-5
+
+
+def _chain(op, **attrs):
+    return _graph([helper.make_node("Relu", ["x"], ["r"], name="first"),
+                   helper.make_node(op, ["r"], ["y"], name="the_node", **attrs)], {}, (4,), (4,))
+
+
+@needs_onnx
+def test_from_onnx_unsupported_operator_names_op_and_node():
+    with pytest.raises(ValueError, match=r"'the_node'.*Tanh"):
+        relprop.from_onnx(_chain("Tanh"))
+
+
+@needs_onnx
+def test_from_onnx_softmax_must_be_last():
+    model = _graph([helper.make_node("Softmax", ["x"], ["s"], name="sm"),
+                    helper.make_node("Relu", ["s"], ["y"], name="relu")], {}, (4,), (4,))
+    with pytest.raises(ValueError, match="Softmax is only supported as the last node"):
+        relprop.from_onnx(model)
+
+
+@needs_onnx
+def test_from_onnx_not_a_chain():
+    model = _graph([helper.make_node("Relu", ["x"], ["r"], name="relu"),
+                    helper.make_node("Add", ["r", "x"], ["y"], name="residual")],
+                   {}, (4,), (4,))
+    with pytest.raises(ValueError, match="linear chains"):
+        relprop.from_onnx(model)
+
+
+@needs_onnx
+def test_from_onnx_unsupported_attributes():
+    rng = np.random.default_rng(7)
+    w = {"w": rng.standard_normal((2, 2, 3, 3))}
+    cases = [
+        (dict(pads=[1, 1, 0, 0]), "symmetric"),
+        (dict(dilations=[2, 2]), "dilations"),
+        (dict(group=2), "group"),
+    ]
+    for attrs, match in cases:
+        model = _graph([helper.make_node("Conv", ["x", "w"], ["y"], name="cv", **attrs)], w,
+                       (2, 8, 8), (2, 6, 6))
+        with pytest.raises(ValueError, match=match):
+            relprop.from_onnx(model, check=False)
+    model = _graph([helper.make_node("MaxPool", ["x"], ["y"], name="mp", kernel_shape=[2, 2],
+                                     ceil_mode=1)], {}, (1, 5, 5), (1, 3, 3))
+    with pytest.raises(ValueError, match="ceil_mode"):
+        relprop.from_onnx(model)
+    model = _graph([helper.make_node("Flatten", ["x"], ["y"], name="fl", axis=2)], {},
+                   (2, 3), (6,))
+    with pytest.raises(ValueError, match="axis"):
+        relprop.from_onnx(model)
+
+
+@needs_onnx
+def test_from_onnx_malformed_files(tmp_path):
+    good = _chain("Relu").SerializeToString()
+    bad = tmp_path / "truncated.onnx"
+    bad.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="truncated.onnx"):
+        relprop.from_onnx(bad)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\xff\x00 this is not a protobuf \x13\x37" * 10)
+    with pytest.raises(ValueError, match="junk.onnx"):
+        relprop.from_onnx(junk)
+    with pytest.raises(FileNotFoundError):
+        relprop.from_onnx(tmp_path / "missing.onnx")
+    with pytest.raises(TypeError):
+        relprop.from_onnx(42)
+
+
+# --------------------------------------------------------------------------------- sklearn --
+def _fit(est, x, y):
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(x, y)
+
+
+def _numpy_forward(mlp, x):
+    a = x
+    for i, (w, b) in enumerate(zip(mlp.coefs_, mlp.intercepts_)):
+        a = a @ w + b
+        if i < len(mlp.coefs_) - 1:
+            a = np.maximum(a, 0)
+    return a
+
+
+@needs_sklearn
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_from_sklearn_classifier(n_classes):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((60, 5))
+    y = rng.integers(0, n_classes, 60)
+    mlp = _fit(sklearn_nn.MLPClassifier(hidden_layer_sizes=(8, 6), max_iter=50, random_state=0), x, y)
+    net = relprop.from_sklearn(mlp)
+    logits = net(x)
+    np.testing.assert_allclose(logits, _numpy_forward(mlp, x), rtol=1e-5, atol=1e-9)
+    if n_classes == 2:
+        p = 1 / (1 + np.exp(-logits[:, 0]))
+        prob = np.stack([1 - p, p], axis=1)
+    else:
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        prob = e / e.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(prob, mlp.predict_proba(x), rtol=1e-5, atol=1e-9)
+
+
+@needs_sklearn
+def test_from_sklearn_regressor():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((40, 3))
+    mlp = _fit(sklearn_nn.MLPRegressor(hidden_layer_sizes=(5,), max_iter=50, random_state=0), x, x.sum(axis=1))
+    net = relprop.from_sklearn(mlp)
+    np.testing.assert_allclose(net(x)[:, 0], mlp.predict(x), rtol=1e-5, atol=1e-9)
+
+
+@needs_sklearn
+def test_from_sklearn_refuses():
+    x = np.random.default_rng(10).standard_normal((20, 3))
+    tanh = _fit(sklearn_nn.MLPClassifier(hidden_layer_sizes=(4,), activation="tanh", max_iter=5), x, x[:, 0] > 0)
+    with pytest.raises(ValueError, match="activation='tanh'"):
+        relprop.from_sklearn(tanh)
+    with pytest.raises(ValueError, match="not fitted"):
+        relprop.from_sklearn(sklearn_nn.MLPClassifier())
+    with pytest.raises(TypeError, match="MLPClassifier or MLPRegressor"):
+        relprop.from_sklearn(object())
