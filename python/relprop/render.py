@@ -1,0 +1,261 @@
+"""Render relevance maps as RGB images: a symmetric blue-white-red colormap, overlays, grids, PNG.
+
+Everything here is NumPy; only :func:`save_png` needs Pillow (imported when called), and a
+colormap name other than the built-in ones needs matplotlib.
+
+Colours are scaled per sample by the largest magnitude ``max |R|``: with the default
+``cmap="bwr"``, ``R = 0`` is exactly white ``(255, 255, 255)``, ``R = +max|R|`` pure red
+``(255, 0, 0)`` and ``R = -max|R|`` pure blue ``(0, 0, 255)``, linear in between.
+
+Example
+-------
+>>> import relprop, relprop.render as rr
+>>> net = relprop.models.digits_cnn(); x, y = relprop.models.digits_data()
+>>> R = relprop.lrp(net, x[:8], y[:8], "epsilon_plus_flat")
+>>> rr.save_png("heatmaps.png", rr.grid(rr.heatmap(R), scale=16))  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .methods import pool_channels
+
+#: Built-in colormaps: value in [-1, 1] -> RGB in [0, 1].
+CMAPS = ("bwr", "gray")
+
+
+def _bwr(v):
+    """Blue (-1) - white (0) - red (+1), linear in each half; 0 maps to exactly white."""
+    pos, neg = np.clip(v, 0, 1), np.clip(-v, 0, 1)
+    return np.stack([1 - neg, 1 - pos - neg, 1 - pos], axis=-1)
+
+
+def _gray(v):
+    """Black (-1) to white (+1)."""
+    g = (np.clip(v, -1, 1) + 1) / 2
+    return np.stack([g, g, g], axis=-1)
+
+
+def _colormap(name):
+    if name == "bwr":
+        return _bwr
+    if name == "gray":
+        return _gray
+    if not isinstance(name, str):
+        raise TypeError(f"cmap must be a colormap name, got {type(name).__name__}")
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError(f"colormap {name!r} needs matplotlib (pip install matplotlib); "
+                          f"built-in colormaps: {', '.join(CMAPS)}") from None
+    try:
+        cm = matplotlib.colormaps[name]
+    except KeyError:
+        raise ValueError(f"unknown colormap {name!r}; built-in: {', '.join(CMAPS)}, or any "
+                         "matplotlib colormap name") from None
+    return lambda v: cm((np.clip(v, -1, 1) + 1) / 2)[..., :3]
+
+
+def _maps(R, pool):
+    """Relevance as a batch of 2-D maps (n, h, w), and whether the input was a single map."""
+    R = np.asarray(R)
+    if R.dtype.kind not in "iuf":
+        raise TypeError(f"R must be a real array, got dtype {R.dtype}")
+    if R.ndim == 2:
+        return R[None].astype(np.float64), True
+    if R.ndim == 3:
+        return R.astype(np.float64), False
+    if R.ndim == 4:
+        return pool_channels(R.astype(np.float64), pool), False
+    raise ValueError(f"R must be a map (h, w), a batch of maps (n, h, w) or of images "
+                     f"(n, c, h, w); got shape {R.shape}")
+
+
+def _scale(maps, symmetric):
+    """Per-sample scaling of (n, h, w) maps to [-1, 1]."""
+    if not np.isfinite(maps).all():
+        raise ValueError("R contains NaN or infinite values")
+    if symmetric:
+        m = np.abs(maps).max(axis=(1, 2), keepdims=True)
+        return maps / np.where(m > 0, m, 1)
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    hi = maps.max(axis=(1, 2), keepdims=True)
+    span = np.where(hi > lo, hi - lo, 1)
+    return np.where(hi > lo, 2 * (maps - lo) / span - 1, 0)
+
+
+def _to_uint8(rgb):
+    return np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def image(x, *, invert=False):
+    """Input images as uint8 RGB for display, each sample scaled to its own min..max.
+
+    Parameters
+    ----------
+    x : array (h, w), (n, h, w) or (n, c, h, w)
+        One channel is shown in gray, three as RGB; other channel counts are averaged to gray.
+    invert : bool
+        Show high values dark (e.g. digits as dark ink on white).
+
+    Returns
+    -------
+    uint8 array (n, h, w, 3), or (h, w, 3) for a single (h, w) image.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    single = x.ndim == 2
+    if single:
+        x = x[None]
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise ValueError(f"x must be (h, w), (n, h, w) or (n, c, h, w); got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("x contains NaN or infinite values")
+    if x.shape[1] != 3:
+        x = x.mean(axis=1, keepdims=True)
+    lo = x.min(axis=(1, 2, 3), keepdims=True)
+    hi = x.max(axis=(1, 2, 3), keepdims=True)
+    v = (x - lo) / np.where(hi > lo, hi - lo, 1)
+    if invert:
+        v = 1 - v
+    rgb = np.broadcast_to(v, (v.shape[0], 3) + v.shape[2:]).transpose(0, 2, 3, 1)
+    out = _to_uint8(rgb)
+    return out[0] if single else out
+
+
+def heatmap(R, *, cmap="bwr", pool="sum", symmetric=True, overlay=None, alpha=0.7,
+            invert_overlay=False):
+    """Relevance maps as uint8 RGB images.
+
+    Parameters
+    ----------
+    R : array (h, w), (n, h, w) or (n, c, h, w)
+        Relevance; channels are pooled with :func:`relprop.pool_channels` (``pool``).
+    cmap : str
+        "bwr" (blue-white-red, default), "gray", or a matplotlib colormap name (evaluated on
+        ``[-1, 1]`` mapped to ``[0, 1]``).
+    pool : {"sum", "abs", "max"}
+        How channels are pooled (see :func:`relprop.pool_channels`).
+    symmetric : bool
+        Scale each sample by ``max |R|`` so that 0 is the colormap's centre (white for bwr).
+        With ``False`` each sample's min..max spans the whole colormap.
+    overlay : array, optional
+        Input images to show under the heatmap, shaped like ``R`` (``(n, c, h, w)``,
+        ``(n, h, w)`` or ``(h, w)``); shown in gray (or RGB for three channels) scaled to their
+        own range.  Each pixel mixes image and colour by ``alpha * |v|``, where ``v`` is the
+        scaled relevance: zero relevance shows the image, the strongest the colour with opacity
+        ``alpha``.
+    alpha : float
+        Opacity of the colour at the strongest relevance, in [0, 1].
+    invert_overlay : bool
+        Show the overlay's high values dark (see :func:`image`).
+
+    Returns
+    -------
+    uint8 array (n, h, w, 3), or (h, w, 3) for a single (h, w) map.
+
+    Raises
+    ------
+    ValueError
+        Bad shapes, NaN/Inf, an unknown colormap or pooling, ``alpha`` outside [0, 1].
+    """
+    maps, single = _maps(R, pool)
+    v = _scale(maps, symmetric)
+    rgb = _colormap(cmap)(v)
+    if overlay is not None:
+        if not 0 <= float(alpha) <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        img = image(overlay, invert=invert_overlay)
+        if single and img.ndim == 3:
+            img = img[None]
+        if img.shape[:3] != maps.shape:
+            raise ValueError(f"overlay gives images of shape {img.shape[1:3]} for {img.shape[0]} "
+                             f"samples, but R gives maps {maps.shape[1:]} for {maps.shape[0]}")
+        w = float(alpha) * np.abs(v)[..., None]
+        rgb = (1 - w) * (img / 255.0) + w * rgb
+    out = _to_uint8(rgb)
+    return out[0] if single else out
+
+
+def grid(images, ncols=None, *, pad=1, pad_value=255, scale=1):
+    """Tile RGB images into one image.
+
+    Parameters
+    ----------
+    images : uint8 array (n, h, w, 3) or (rows, cols, h, w, 3), or a list of (h, w, 3)
+        Images of one size.  A 5-D array gives its own rows and columns.
+    ncols : int, optional
+        Columns for a flat list (default: about ``sqrt(n)``).
+    pad : int
+        Pixels between tiles (and around), after scaling.
+    pad_value : int
+        Gray level of the padding.
+    scale : int
+        Nearest-neighbour upscaling of every tile (8x8 maps need about 16).
+
+    Returns
+    -------
+    uint8 array (H, W, 3)
+    """
+    a = np.asarray(images)
+    if a.dtype != np.uint8:
+        raise TypeError(f"grid takes uint8 RGB images (from heatmap/image), got dtype {a.dtype}")
+    if a.ndim == 4:
+        n = a.shape[0]
+        if n == 0:
+            raise ValueError("grid needs at least one image")
+        cols = int(ncols) if ncols else int(np.ceil(np.sqrt(n)))
+        rows = -(-n // cols)
+        full = np.full((rows * cols,) + a.shape[1:], pad_value, dtype=np.uint8)
+        full[:n] = a
+        a = full.reshape((rows, cols) + a.shape[1:])
+    if a.ndim != 5 or a.shape[-1] != 3:
+        raise ValueError("grid takes images (n, h, w, 3) or (rows, cols, h, w, 3); got shape "
+                         f"{a.shape}")
+    scale, pad = int(scale), int(pad)
+    if scale < 1 or pad < 0:
+        raise ValueError(f"scale must be >= 1 and pad >= 0, got scale={scale}, pad={pad}")
+    if scale > 1:
+        a = a.repeat(scale, axis=2).repeat(scale, axis=3)
+    rows, cols, h, w, _ = a.shape
+    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), pad_value, np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            y0, x0 = pad + r * (h + pad), pad + c * (w + pad)
+            out[y0:y0 + h, x0:x0 + w] = a[r, c]
+    return out
+
+
+def upscale(rgb, scale):
+    """Nearest-neighbour upscaling of an image (h, w, 3) or a batch (n, h, w, 3)."""
+    rgb = np.asarray(rgb)
+    scale = int(scale)
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+    return rgb.repeat(scale, axis=-3).repeat(scale, axis=-2)
+
+
+def save_png(path, rgb):
+    """Write a uint8 RGB image ``(h, w, 3)`` (or gray ``(h, w)``) to a PNG file (needs Pillow).
+
+    Raises
+    ------
+    ImportError
+        Pillow is not installed.
+    TypeError, ValueError
+        Not a uint8 image of that shape.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8:
+        raise TypeError(f"save_png takes a uint8 image, got dtype {rgb.dtype}")
+    if not (rgb.ndim == 2 or (rgb.ndim == 3 and rgb.shape[2] == 3)) or 0 in rgb.shape:
+        raise ValueError(f"save_png takes an image (h, w, 3) or (h, w), got shape {rgb.shape}")
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError("writing PNG files needs Pillow: pip install pillow "
+                          "(or pip install 'relprop[plot]')") from None
+    Image.fromarray(np.ascontiguousarray(rgb)).save(os.fspath(path), format="PNG")
