@@ -10,6 +10,7 @@
 #include <string>
 
 #include "relprop/check.hpp"
+#include "relprop/cpu.hpp"
 #include "relprop/kernels.hpp"
 #include "relprop/parallel.hpp"
 
@@ -279,6 +280,14 @@ PYBIND11_MODULE(_core, m) {
 #endif
   m.attr("openmp") = relprop::has_openmp();
   m.def("default_threads", [] { return relprop::resolve_threads(0); });
+  // GEMM instruction set (relprop/cpu.hpp); relprop.ops applies RELPROP_ISA at import
+  m.def("isa", [] { return std::string(relprop::isa_name(relprop::active_isa())); });
+  m.def("supported_isas", &relprop::supported_isas);
+  m.def("set_isa", [](const std::string& name) { relprop::set_isa(relprop::parse_isa(name)); },
+        "name"_a);
+  m.def("set_isa_from_env", &relprop::set_isa_from_env);
+  m.def("fma_peak_gflops", &relprop::fma_peak_gflops, "nthreads"_a,
+        py::call_guard<py::gil_scoped_release>());
   define<float>(m);
   define<double>(m);
 }

@@ -1,7 +1,20 @@
-// Conv2d lowered onto the GEMM core through im2col (forward) and col2im (backward).
+// Conv2d on the GEMM core as an implicit GEMM: per sample, y (c_out, oh*ow) = W (c_out, K) times
+// the im2col matrix of x (K, oh*ow), K = c_in*kh*kw.  The weights are packed once per call for
+// all samples; the im2col matrix is never stored: the GEMM packs its panels straight from the
+// image (1x1 stride-1 unpadded convolutions read x as a plain matrix).  The bias is added in
+// the GEMM's epilogue.
+//
+// Backward (w.r.t. x): with stride 1 and padding < kernel size it is itself a convolution, of
+// gy with the flipped, transposed kernel and padding kernel - 1 - padding, so it runs on the
+// same implicit GEMM; otherwise cols = W^T gy per sample and col2im scatters it back.
+//
+// Threads split the (samples x pixel strips) range and, when that is too short, the output
+// channels, into one rectangle per thread; every output element is reduced in the same order
+// for any thread count.
 #include <algorithm>
 #include <vector>
 
+#include "gemm_impl.hpp"
 #include "relprop/check.hpp"
 #include "relprop/kernels.hpp"
 #include "relprop/parallel.hpp"
@@ -19,28 +32,70 @@ void Window2d::validate() const {
 
 namespace {
 
-// cols[(c, u, v), (p, q)] = x[c, p*sh + u - ph, q*sw + v - pw]  (0 outside)
+using detail::GemmArgs;
+using detail::GemmImpl;
+using detail::Im2col;
+
+// n independent GEMMs that share A (packed):  C_s (m, P) = A (m, k) B_s (k, P) [+ bias],
+// B_s the im2col matrix of x + s*x_stride (im != null) or the row-major matrix there,
+// C_s at y + s*y_stride with leading dimension P.
 template <typename T>
-void im2col(const T* x, T* cols, const Window2d& g) {
-  const idx oh = g.oh(), ow = g.ow(), P = oh * ow;
-  for (idx c = 0; c < g.c; ++c)
-    for (idx u = 0; u < g.kh; ++u)
-      for (idx v = 0; v < g.kw; ++v) {
-        T* row = cols + ((c * g.kh + u) * g.kw + v) * P;
-        for (idx p = 0; p < oh; ++p) {
-          const idx i = p * g.sh + u - g.ph;
-          T* dst = row + p * ow;
-          if (i < 0 || i >= g.h) {
-            std::fill(dst, dst + ow, T(0));
-            continue;
-          }
-          const T* src = x + (c * g.h + i) * g.w;
-          for (idx q = 0; q < ow; ++q) {
-            const idx j = q * g.sw + v - g.pw;
-            dst[q] = (j >= 0 && j < g.w) ? src[j] : T(0);
-          }
-        }
-      }
+struct BatchGemm {
+  idx n, m, k, P;
+  const T* apack;
+  const Im2col* im;
+  const T* x;
+  idx x_stride;
+  T* y;
+  idx y_stride;
+  const T* bias;
+
+  GemmArgs<T> sample(idx s) const {
+    GemmArgs<T> g;
+    g.m = m;
+    g.n = P;
+    g.k = k;
+    g.apack = apack;
+    g.b = x + s * x_stride;
+    g.im = im;
+    g.rsb = P;
+    g.csb = 1;
+    g.c = y + s * y_stride;
+    g.ldc = P;
+    g.row_bias = bias;
+    return g;
+  }
+};
+
+template <typename T>
+void run_batch(const GemmImpl<T>& impl, const BatchGemm<T>& bg, int nthreads) {
+  if (bg.n <= 0) return;
+  const idx strips = (bg.P + impl.nr - 1) / impl.nr;  // pixel strips per sample
+  const idx units = bg.n * strips;
+  const int nt = threads_for(nthreads, units * ((bg.m + impl.mr - 1) / impl.mr),
+                             bg.n * bg.m * bg.P * bg.k);
+  if (nt <= 1) {
+    for (idx s = 0; s < bg.n; ++s) detail::run_tile(impl, bg.sample(s), 0, bg.m, 0, bg.P);
+    return;
+  }
+  const detail::Split sp =
+      detail::choose_split(bg.m, units * impl.nr, bg.k, impl.mr, impl.nr, nt, false);
+  const idx sm = (bg.m + impl.mr - 1) / impl.mr;
+  const int tasks = sp.tm * sp.tn;
+#pragma omp parallel for schedule(static) num_threads(tasks)
+  for (int t = 0; t < tasks; ++t) {
+    idx lo_m, hi_m, u0, u1;
+    detail::share(sm, sp.tm, t / sp.tn, lo_m, hi_m);
+    detail::share(units, sp.tn, t % sp.tn, u0, u1);
+    const idx i0 = lo_m * impl.mr, i1 = std::min(hi_m * impl.mr, bg.m);
+    for (idx u = u0; u < u1 && i0 < i1;) {
+      const idx s = u / strips, first = u % strips;
+      const idx last = std::min(strips, first + (u1 - u));  // strips of sample s in [u0, u1)
+      detail::run_tile(impl, bg.sample(s), i0, i1, first * impl.nr,
+                       std::min(last * impl.nr, bg.P));
+      u += last - first;
+    }
+  }
 }
 
 // x[c, i, j] += cols[(c, u, v), (p, q)]  (transpose of im2col); x must be zeroed by the caller
@@ -64,56 +119,75 @@ void col2im(const T* cols, T* x, const Window2d& g) {
       }
 }
 
-// Samples run in parallel (one GEMM thread each) when there are enough of them; otherwise the
-// GEMM itself is parallel.  Either way every output element is reduced in the same order.
-inline void split_threads(int nthreads, idx n, idx work, int& outer, int& inner) {
-  const int t = threads_for(nthreads, 1 << 30, work);
-  outer = (n >= t) ? t : 1;
-  inner = (outer == 1) ? t : 1;
-}
-
 }  // namespace
 
 template <typename T>
 void conv2d_forward(const T* x, const T* w, const T* b, T* y, const Window2d& g, idx c_out,
                     int nthreads) {
   g.validate();
-  const idx P = g.oh() * g.ow(), K = g.c * g.kh * g.kw;
-  int outer, inner;
-  split_threads(nthreads, g.n, g.n * P * K * c_out, outer, inner);
-#pragma omp parallel num_threads(outer)
-  {
-    std::vector<T> cols(static_cast<size_t>(K * P));
-#pragma omp for schedule(static)
-    for (idx s = 0; s < g.n; ++s) {
-      T* ys = y + s * c_out * P;
-      im2col(x + s * g.c * g.h * g.w, cols.data(), g);
-      if (b) {
-        for (idx o = 0; o < c_out; ++o) std::fill(ys + o * P, ys + (o + 1) * P, b[o]);
-      }
-      // ys (c_out, P) = w (c_out, K) . cols (K, P)
-      gemm<T>(c_out, P, K, w, K, 1, cols.data(), P, 1, ys, P, b != nullptr, inner);
-    }
-  }
+  if (g.n == 0) return;
+  const auto& impl = detail::active_gemm<T>();
+  const idx K = g.c * g.kh * g.kw, P = g.oh() * g.ow();
+  std::vector<T> wp(static_cast<size_t>(impl.packed_a_size(c_out, K)));
+  impl.pack_a(impl, w, K, 1, c_out, K, wp.data());
+  const Im2col im{g.c, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh(), g.ow()};
+  // A 1x1 stride-1 unpadded convolution multiplies by x itself, a (c_in, h*w) matrix.
+  const bool plain = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+  const BatchGemm<T> bg{g.n, c_out, K, P, wp.data(), plain ? nullptr : &im,
+                        x, g.c * g.h * g.w, y, c_out * P, b};
+  run_batch(impl, bg, nthreads);
 }
 
 template <typename T>
 void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, int nthreads) {
   g.validate();
+  if (g.n == 0) return;
+  const auto& impl = detail::active_gemm<T>();
   const idx P = g.oh() * g.ow(), K = g.c * g.kh * g.kw, S = g.c * g.h * g.w;
-  int outer, inner;
-  split_threads(nthreads, g.n, g.n * P * K * c_out, outer, inner);
-#pragma omp parallel num_threads(outer)
-  {
-    std::vector<T> cols(static_cast<size_t>(K * P));
-#pragma omp for schedule(static)
+  const idx khw = g.kh * g.kw;
+  if (g.sh == 1 && g.sw == 1 && g.ph < g.kh && g.pw < g.kw) {
+    // gx = conv(gy, W'), W'[c, o, u, v] = w[o, c, kh-1-u, kw-1-v], padding kh-1-ph, kw-1-pw
+    const idx K2 = c_out * khw;
+    std::vector<T> wt(static_cast<size_t>(g.c * K2));
+    for (idx o = 0; o < c_out; ++o)
+      for (idx c = 0; c < g.c; ++c) {
+        const T* src = w + (o * g.c + c) * khw;
+        T* dst = wt.data() + c * K2 + o * khw;
+        for (idx q = 0; q < khw; ++q) dst[q] = src[khw - 1 - q];
+      }
+    std::vector<T> wp(static_cast<size_t>(impl.packed_a_size(g.c, K2)));
+    impl.pack_a(impl, wt.data(), K2, 1, g.c, K2, wp.data());
+    const Im2col im{c_out, g.oh(), g.ow(), g.kh, g.kw, 1, 1, g.kh - 1 - g.ph, g.kw - 1 - g.pw,
+                    g.h, g.w};
+    const bool plain = khw == 1;
+    const BatchGemm<T> bg{g.n, g.c, K2, g.h * g.w, wp.data(), plain ? nullptr : &im,
+                          gy, c_out * P, gx, S, nullptr};
+    run_batch(impl, bg, nthreads);
+    return;
+  }
+  // General stride: cols (K, P) = W^T (K, c_out) gy_s (c_out, P), then col2im.
+  std::vector<T> wp(static_cast<size_t>(impl.packed_a_size(K, c_out)));
+  impl.pack_a(impl, w, 1, K, K, c_out, wp.data());
+  const int nt = threads_for(nthreads, g.n, g.n * P * K * c_out);
+  if (nt > 1 && g.n >= nt) {
+#pragma omp parallel for schedule(static) num_threads(nt)
     for (idx s = 0; s < g.n; ++s) {
-      // cols (K, P) = w^T (K, c_out) . gy (c_out, P)
-      gemm<T>(K, P, c_out, w, 1, K, gy + s * c_out * P, P, 1, cols.data(), P, false, inner);
-      T* gxs = gx + s * S;
-      std::fill(gxs, gxs + S, T(0));
-      col2im(cols.data(), gxs, g);
+      T* cols = detail::scratch<T>(2, static_cast<size_t>(K * P));
+      const BatchGemm<T> one{1, K, c_out, P, wp.data(), nullptr, gy + s * c_out * P, 0, cols, 0,
+                             nullptr};
+      detail::run_tile(impl, one.sample(0), 0, K, 0, P);
+      std::fill(gx + s * S, gx + (s + 1) * S, T(0));
+      col2im(cols, gx + s * S, g);
     }
+    return;
+  }
+  std::vector<T> cols(static_cast<size_t>(K * P));
+  for (idx s = 0; s < g.n; ++s) {
+    const BatchGemm<T> one{1, K, c_out, P, wp.data(), nullptr, gy + s * c_out * P, 0,
+                           cols.data(), 0, nullptr};
+    run_batch(impl, one, nthreads);
+    std::fill(gx + s * S, gx + (s + 1) * S, T(0));
+    col2im(cols.data(), gx + s * S, g);
   }
 }
 

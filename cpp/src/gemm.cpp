@@ -1,62 +1,337 @@
-// Cache-blocked GEMM: c (+)= A B on strided operands.  Parallel over output tiles only.
-#include "relprop/gemm.hpp"
-
-#include <algorithm>
+// The GEMM core's dispatch and threading (baseline instruction set): which ISA's kernels run,
+// how C is cut among threads, per-thread scratch buffers, and the measured FMA peak.
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string>
 #include <vector>
 
+#include "gemm_impl.hpp"
+#include "relprop/check.hpp"
+#include "relprop/cpu.hpp"
+#include "relprop/gemm.hpp"
 #include "relprop/parallel.hpp"
 
 namespace relprop {
+
+// ---------------------------------------------------------------------------------------------
+// Instruction sets
+
 namespace {
 
-constexpr idx kMB = 64;   // rows of C per tile
-constexpr idx kNB = 256;  // columns of C per tile
-constexpr idx kKB = 256;  // reduction block
+bool compiled(Isa isa) {
+  switch (isa) {
+    case Isa::generic:
+      return true;
+    case Isa::avx2:
+#if defined(RELPROP_HAVE_AVX2)
+      return true;
+#else
+      return false;
+#endif
+    case Isa::avx512:
+#if defined(RELPROP_HAVE_AVX512)
+      return true;
+#else
+      return false;
+#endif
+  }
+  return false;
+}
+
+bool cpu_has(Isa isa) {
+  if (isa == Isa::generic) return true;
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  // libgcc's checks include the operating system's support (XCR0) for the wider registers.
+  __builtin_cpu_init();
+  if (isa == Isa::avx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (isa == Isa::avx512) return __builtin_cpu_supports("avx512f");
+#endif
+  return false;
+}
+
+constexpr Isa kAllIsas[] = {Isa::generic, Isa::avx2, Isa::avx512};
+
+std::atomic<int> g_active{-1};  // -1: not chosen yet (best_isa() on first use)
+
+}  // namespace
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::generic:
+      return "generic";
+    case Isa::avx2:
+      return "avx2";
+    case Isa::avx512:
+      return "avx512";
+  }
+  return "unknown";
+}
+
+bool isa_supported(Isa isa) { return compiled(isa) && cpu_has(isa); }
+
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> out;
+  for (Isa isa : kAllIsas)
+    if (isa_supported(isa)) out.emplace_back(isa_name(isa));
+  return out;
+}
+
+Isa best_isa() {
+  Isa best = Isa::generic;
+  for (Isa isa : kAllIsas)
+    if (isa_supported(isa)) best = isa;
+  return best;
+}
+
+Isa active_isa() {
+  int v = g_active.load(std::memory_order_relaxed);
+  if (v < 0) {
+    v = static_cast<int>(best_isa());
+    g_active.store(v, std::memory_order_relaxed);
+  }
+  return static_cast<Isa>(v);
+}
+
+namespace {
+std::string supported_list() {
+  std::string s;
+  for (const auto& n : supported_isas()) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
+}  // namespace
+
+void set_isa(Isa isa) {
+  RELPROP_CHECK(isa_supported(isa), "ISA '", isa_name(isa), "' is not supported ",
+                compiled(isa) ? "by this CPU" : "by this build", " (supported: ", supported_list(),
+                ")");
+  g_active.store(static_cast<int>(isa), std::memory_order_relaxed);
+}
+
+Isa parse_isa(const std::string& name) {
+  if (name.empty() || name == "auto") return best_isa();
+  for (Isa isa : kAllIsas)
+    if (name == isa_name(isa)) return isa;
+  fail("unknown ISA '", name, "': use one of avx512, avx2, generic, auto");
+}
+
+void set_isa_from_env() {
+  const char* env = std::getenv("RELPROP_ISA");
+  const std::string value = env ? env : "";
+  try {
+    set_isa(parse_isa(value));
+  } catch (const std::invalid_argument& e) {
+    fail("RELPROP_ISA=", value, ": ", e.what());
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threading and scratch memory
+
+namespace detail {
+
+template <>
+const GemmImpl<float>& active_gemm<float>() {
+  switch (active_isa()) {
+#if defined(RELPROP_HAVE_AVX512)
+    case Isa::avx512:
+      return avx512::f32;
+#endif
+#if defined(RELPROP_HAVE_AVX2)
+    case Isa::avx2:
+      return avx2::f32;
+#endif
+    default:
+      return generic::f32;
+  }
+}
+
+template <>
+const GemmImpl<double>& active_gemm<double>() {
+  switch (active_isa()) {
+#if defined(RELPROP_HAVE_AVX512)
+    case Isa::avx512:
+      return avx512::f64;
+#endif
+#if defined(RELPROP_HAVE_AVX2)
+    case Isa::avx2:
+      return avx2::f64;
+#endif
+    default:
+      return generic::f64;
+  }
+}
+
+namespace {
+
+struct Scratch {
+  static constexpr int kSlots = 3;
+  void* ptr[kSlots] = {};
+  std::size_t bytes[kSlots] = {};
+  ~Scratch() {
+    for (void* p : ptr) std::free(p);
+  }
+  void* get(int slot, std::size_t want) {
+    if (want > bytes[slot]) {
+      std::free(ptr[slot]);
+      ptr[slot] = nullptr;
+      bytes[slot] = 0;
+      const std::size_t size = (want + 63) / 64 * 64;
+      void* p = std::aligned_alloc(64, size);
+      if (!p) throw std::bad_alloc();
+      ptr[slot] = p;
+      bytes[slot] = size;
+    }
+    return ptr[slot];
+  }
+};
+
+thread_local Scratch t_scratch;
 
 }  // namespace
 
 template <typename T>
-void gemm(idx m, idx n, idx k, const T* a, idx rsa, idx csa, const T* b, idx rsb, idx csb, T* c,
-          idx ldc, bool accumulate, int nthreads) {
-  if (m <= 0 || n <= 0) return;
-  if (!accumulate) {
-    for (idx i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, T(0));
-  }
-  if (k <= 0) return;
-  const idx tm = (m + kMB - 1) / kMB, tn = (n + kNB - 1) / kNB;
-  const int nt = threads_for(nthreads, tm * tn, m * n * k);
-#pragma omp parallel num_threads(nt)
-  {
-    std::vector<T> ap(kMB * kKB), bp(kKB * kNB);
-#pragma omp for collapse(2) schedule(static)
-    for (idx ti = 0; ti < tm; ++ti) {
-      for (idx tj = 0; tj < tn; ++tj) {
-        const idx i0 = ti * kMB, j0 = tj * kNB;
-        const idx mb = std::min(kMB, m - i0), nb = std::min(kNB, n - j0);
-        for (idx p0 = 0; p0 < k; p0 += kKB) {
-          const idx kb = std::min(kKB, k - p0);
-          for (idx i = 0; i < mb; ++i)
-            for (idx p = 0; p < kb; ++p) ap[i * kb + p] = a[(i0 + i) * rsa + (p0 + p) * csa];
-          for (idx p = 0; p < kb; ++p)
-            for (idx j = 0; j < nb; ++j) bp[p * nb + j] = b[(p0 + p) * rsb + (j0 + j) * csb];
-          for (idx i = 0; i < mb; ++i) {
-            T* ci = c + (i0 + i) * ldc + j0;
-            for (idx p = 0; p < kb; ++p) {
-              const T av = ap[i * kb + p];
-              const T* bpp = bp.data() + p * nb;
-#pragma omp simd
-              for (idx j = 0; j < nb; ++j) ci[j] += av * bpp[j];
-            }
-          }
-        }
-      }
+T* scratch(int slot, std::size_t elements) {
+  return static_cast<T*>(t_scratch.get(slot, elements * sizeof(T)));
+}
+template float* scratch<float>(int, std::size_t);
+template double* scratch<double>(int, std::size_t);
+
+Split choose_split(idx m, idx n, idx k, int mr, int nr, int nt, bool pack_a) {
+  (void)k;
+  const idx sm = (m + mr - 1) / mr, sn = (n + nr - 1) / nr;
+  Split best;
+  double best_cost = -1;
+  // Per thread: its share of the multiply-adds plus the panels it packs (one packed element
+  // costs about as much as a few multiply-adds); ties go to splitting along n.
+  for (int tm = 1; tm <= nt; ++tm) {
+    if (nt % tm) continue;
+    const int tn = nt / tm;
+    if (tm > sm || tn > sn) continue;
+    const double rows = static_cast<double>((sm + tm - 1) / tm * mr);
+    const double cols = static_cast<double>((sn + tn - 1) / tn * nr);
+    const double cost = rows * cols + 4.0 * (cols + (pack_a ? rows : 0.0));
+    if (best_cost < 0 || cost < best_cost) {
+      best_cost = cost;
+      best = Split{tm, tn};
     }
   }
+  if (best_cost < 0 && nt > 1) return choose_split(m, n, k, mr, nr, nt - 1, pack_a);
+  return best;
+}
+
+template <typename T>
+void run_tile(const GemmImpl<T>& impl, const GemmArgs<T>& g, idx i0, idx i1, idx j0, idx j1) {
+  T* wa = g.apack ? nullptr : scratch<T>(0, static_cast<std::size_t>(impl.wa_size()));
+  T* wb = scratch<T>(1, static_cast<std::size_t>(impl.wb_size(j1 - j0)));
+  impl.tile(impl, g, i0, i1, j0, j1, wa, wb);
+}
+
+namespace {
+
+// C = init for k == 0 (nothing to multiply).
+template <typename T>
+void init_only(const GemmArgs<T>& g) {
+  if (g.accumulate) return;
+  for (idx i = 0; i < g.m; ++i) {
+    T* ci = g.c + i * g.ldc;
+    for (idx j = 0; j < g.n; ++j)
+      ci[j] = g.row_bias ? g.row_bias[i] : g.col_bias ? g.col_bias[j] : T(0);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void run_gemm(const GemmImpl<T>& impl, const GemmArgs<T>& g, int nthreads) {
+  if (g.m <= 0 || g.n <= 0) return;
+  if (g.k <= 0) {
+    init_only(g);
+    return;
+  }
+  const idx sm = (g.m + impl.mr - 1) / impl.mr, sn = (g.n + impl.nr - 1) / impl.nr;
+  const int nt = threads_for(nthreads, sm * sn, g.m * g.n * g.k);
+  if (nt <= 1) {
+    run_tile(impl, g, 0, g.m, 0, g.n);
+    return;
+  }
+  const Split s = choose_split(g.m, g.n, g.k, impl.mr, impl.nr, nt, g.apack == nullptr);
+  const int tasks = s.tm * s.tn;
+#pragma omp parallel for schedule(static) num_threads(tasks)
+  for (int t = 0; t < tasks; ++t) {
+    idx lo_m, hi_m, lo_n, hi_n;
+    share(sm, s.tm, t / s.tn, lo_m, hi_m);
+    share(sn, s.tn, t % s.tn, lo_n, hi_n);
+    const idx i1 = hi_m * impl.mr < g.m ? hi_m * impl.mr : g.m;
+    const idx j1 = hi_n * impl.nr < g.n ? hi_n * impl.nr : g.n;
+    if (lo_m * impl.mr < i1 && lo_n * impl.nr < j1)
+      run_tile(impl, g, lo_m * impl.mr, i1, lo_n * impl.nr, j1);
+  }
+}
+
+#define RELPROP_INSTANTIATE(T)                                                              \
+  template void run_tile<T>(const GemmImpl<T>&, const GemmArgs<T>&, idx, idx, idx, idx); \
+  template void run_gemm<T>(const GemmImpl<T>&, const GemmArgs<T>&, int);
+RELPROP_INSTANTIATE(float)
+RELPROP_INSTANTIATE(double)
+#undef RELPROP_INSTANTIATE
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------------
+// Public entry points
+
+template <typename T>
+void gemm(idx m, idx n, idx k, const T* a, idx rsa, idx csa, const T* b, idx rsb, idx csb, T* c,
+          idx ldc, bool accumulate, int nthreads) {
+  detail::GemmArgs<T> g;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.a = a;
+  g.rsa = rsa;
+  g.csa = csa;
+  g.b = b;
+  g.rsb = rsb;
+  g.csb = csb;
+  g.c = c;
+  g.ldc = ldc;
+  g.accumulate = accumulate;
+  detail::run_gemm(detail::active_gemm<T>(), g, nthreads);
 }
 
 template void gemm<float>(idx, idx, idx, const float*, idx, idx, const float*, idx, idx, float*,
                           idx, bool, int);
 template void gemm<double>(idx, idx, idx, const double*, idx, idx, const double*, idx, idx,
                            double*, idx, bool, int);
+
+double fma_peak_gflops(int nthreads) {
+  const auto& impl = detail::active_gemm<float>();
+  const int nt = resolve_threads(nthreads);
+  // Calibrate to about 0.1 s per run on one thread, then keep the best of three runs.
+  long iters = 1 << 16;
+  for (;;) {
+    const auto t0 = std::chrono::steady_clock::now();
+    impl.fma_loop(iters);
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (dt > 0.02 || iters > (1L << 40)) {
+      iters = static_cast<long>(static_cast<double>(iters) * 0.1 / (dt > 0 ? dt : 1e-9)) + 1;
+      break;
+    }
+    iters *= 4;
+  }
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    double flop = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel for schedule(static, 1) num_threads(nt) reduction(+ : flop)
+    for (int t = 0; t < nt; ++t) flop += impl.fma_loop(iters);
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (flop / dt > best) best = flop / dt;
+  }
+  return best * 1e-9;
+}
 
 }  // namespace relprop

@@ -51,11 +51,23 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", **kwargs):
     return METHODS[method](net, x, target, **kwargs)
 
 
-def show_config(file=None) -> dict:
-    """Print (and return) version, OpenMP support and thread count."""
-    from . import _core
+def show_config(file=None, peak=False) -> dict:
+    """Print (and return) version, GEMM instruction set, OpenMP support and thread count.
 
-    cfg = {"version": __version__, "openmp": bool(_core.openmp), "threads": get_num_threads()}
+    Parameters
+    ----------
+    file : file-like, optional
+        Where to print (default: stdout).
+    peak : bool
+        Also measure the float32 FMA peak (GFLOP/s) of the instruction set in use on the
+        current thread count (``fma_peak_gflops``); takes about half a second.
+    """
+    from . import _core, ops
+
+    cfg = {"version": __version__, "isa": ops.isa(), "supported_isas": ops.supported_isas(),
+           "openmp": bool(_core.openmp), "threads": get_num_threads()}
+    if peak:
+        cfg["fma_peak_gflops"] = round(ops.fma_peak_gflops(), 1)
     print("\n".join(f"{k}: {v}" for k, v in cfg.items()), file=file)
     return cfg
 

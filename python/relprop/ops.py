@@ -12,6 +12,49 @@ from . import _core
 
 _threads = 0  # 0: the OpenMP default (all cores)
 
+# The GEMM micro-kernels' instruction set: the best this CPU supports, or RELPROP_ISA
+# (avx512, avx2, generic, auto).  An unknown or unsupported value raises ValueError here, at
+# import, rather than falling back silently.
+_core.set_isa_from_env()
+
+
+def isa() -> str:
+    """The instruction set of the GEMM kernels in use: ``"avx512"``, ``"avx2"`` or ``"generic"``."""
+    return str(_core.isa())
+
+
+def supported_isas() -> list:
+    """The instruction sets this build and CPU can use, best last."""
+    return list(_core.supported_isas())
+
+
+def set_isa(name: str) -> None:
+    """Switch the GEMM kernels to ``name`` (``"avx512"``, ``"avx2"``, ``"generic"`` or ``"auto"``).
+
+    For tests and comparisons; results of different ISAs differ by rounding.  Do not call it
+    while kernels run on other threads.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is unknown or not supported by this CPU (see :func:`supported_isas`).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string, got {type(name).__name__}")
+    _core.set_isa(name)
+
+
+def fma_peak_gflops(nthreads=None) -> float:
+    """Measured float32 FMA throughput of the ISA in use, in GFLOP/s over ``nthreads`` threads.
+
+    A register-resident loop of fused multiply-adds (the machine's practical peak); it takes
+    about half a second.  ``nthreads`` defaults to :func:`get_num_threads`.
+    """
+    from ._validate import as_int
+
+    n = get_num_threads() if nthreads is None else as_int(nthreads, "nthreads", minimum=1)
+    return float(_core.fma_peak_gflops(n))
+
 
 def set_num_threads(n: int) -> None:
     """Set the number of threads relprop's kernels use (``0`` restores the default).

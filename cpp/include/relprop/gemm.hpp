@@ -1,4 +1,5 @@
-// The one place where Dense and Conv2d multiply: a strided, cache-blocked GEMM.
+// The one place where Dense and Conv2d multiply: a packed, register-blocked GEMM (BLIS scheme)
+// with AVX-512, AVX2+FMA and portable micro-kernels, chosen at run time (relprop/cpu.hpp).
 #pragma once
 #include <cstdint>
 
@@ -8,8 +9,9 @@ using idx = std::int64_t;
 
 // c[i, j] (+)= sum_p A(i, p) * B(p, j)   for i < m, j < n, p < k
 //   A(i, p) = a[i * rsa + p * csa],  B(p, j) = b[p * rsb + j * csb],  c row-major with leading dim ldc.
-// accumulate=false overwrites c.  Each c[i, j] is reduced over p in ascending order in fixed-size
-// blocks whatever the thread count, so results are bitwise identical for any nthreads.
+// accumulate=false overwrites c.  Each c[i, j] is reduced over p in ascending order in blocks of
+// a size fixed per ISA and type (whatever the thread count and the other rows/columns), so
+// results are bitwise identical for any nthreads and batch size.  c must not overlap a or b.
 template <typename T>
 void gemm(idx m, idx n, idx k, const T* a, idx rsa, idx csa, const T* b, idx rsb, idx csb, T* c,
           idx ldc, bool accumulate, int nthreads);

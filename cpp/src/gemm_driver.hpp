@@ -1,0 +1,335 @@
+// The GEMM driver, packing routines and the micro-kernel templates, compiled once per ISA: each
+// micro-kernel translation unit (gemm_generic.cpp, gemm_avx2.cpp, gemm_avx512.cpp) includes this
+// file and instantiates it with its own kernel policy and compiler flags.  Everything here has
+// internal linkage (anonymous namespace) and uses no standard-library templates, so that no copy
+// compiled with AVX instructions can be picked by the linker for the baseline code.
+//
+// A kernel policy K provides
+//   using T;  static constexpr int MR, NR;
+//   template <int M> static void run(idx kc, const T* a, const T* b, T* c, idx ldc, int n,
+//                                    Init init, const T* rb, const T* cb);
+// which computes the M x NR product of an A strip (kc x MR, element (p, i) at a[p*MR + i]) and
+// a B strip (kc x NR, element (p, j) at b[p*NR + j]), each entry accumulated in ascending p from
+// zero, and stores its first n columns into C through the epilogue `init` (store_tile).
+#pragma once
+#include <cstring>
+
+#include "gemm_impl.hpp"
+
+namespace relprop {
+namespace detail {
+namespace {
+
+// Register arrays are only kept in registers when their loops are fully unrolled.
+#if defined(__clang__)
+#define RELPROP_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define RELPROP_UNROLL _Pragma("GCC unroll 32")
+#else
+#define RELPROP_UNROLL
+#endif
+
+inline idx min_idx(idx a, idx b) { return a < b ? a : b; }
+inline idx max_idx(idx a, idx b) { return a > b ? a : b; }
+
+// How a finished block sum `acc` enters C.
+enum Init { kOverwrite, kAccumulate, kRowBias, kColBias };
+
+// C(i, j) = init + acc[i*NR + j] for i < m, j < n;  rb/cb point at the tile's first row/column.
+template <typename T, int NR>
+inline void store_tile(const T* acc, int m, int n, T* c, idx ldc, Init init, const T* rb,
+                       const T* cb) {
+  for (int i = 0; i < m; ++i) {
+    T* ci = c + i * ldc;
+    const T* ai = acc + i * NR;
+    if (init == kOverwrite) {
+      for (int j = 0; j < n; ++j) ci[j] = ai[j];
+    } else if (init == kAccumulate) {
+      for (int j = 0; j < n; ++j) ci[j] = ci[j] + ai[j];
+    } else if (init == kRowBias) {
+      for (int j = 0; j < n; ++j) ci[j] = rb[i] + ai[j];
+    } else {
+      for (int j = 0; j < n; ++j) ci[j] = cb[j] + ai[j];
+    }
+  }
+}
+
+// Portable micro-kernel: plain loops the compiler vectorizes for the baseline instruction set.
+template <typename T_, int MR_, int NR_>
+struct ScalarKernel {
+  using T = T_;
+  static constexpr int MR = MR_, NR = NR_;
+  template <int M>
+  static void run(idx kc, const T* a, const T* b, T* c, idx ldc, int n, Init init, const T* rb,
+                  const T* cb) {
+    T acc[M * NR];
+    for (int e = 0; e < M * NR; ++e) acc[e] = T(0);
+    for (idx p = 0; p < kc; ++p, a += MR, b += NR) {
+      for (int i = 0; i < M; ++i) {
+        const T ai = a[i];
+        for (int j = 0; j < NR; ++j) acc[i * NR + j] += ai * b[j];
+      }
+    }
+    store_tile<T, NR>(acc, M, n, c, ldc, init, rb, cb);
+  }
+};
+
+// SIMD micro-kernel over a vector policy V (using T, R; W lanes; zero, load, bcast, fma, add,
+// store): an M x (NV*W) tile of C in M*NV registers, one fused multiply-add per entry and step.
+template <class V, int MR_, int NV>
+struct VecKernel {
+  using T = typename V::T;
+  using R = typename V::R;
+  static constexpr int MR = MR_, NR = NV * V::W;
+  template <int M>
+  static void run(idx kc, const T* a, const T* b, T* c, idx ldc, int n, Init init, const T* rb,
+                  const T* cb) {
+    R acc[M][NV];
+    RELPROP_UNROLL
+    for (int i = 0; i < M; ++i)
+      RELPROP_UNROLL
+      for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+    for (idx p = 0; p < kc; ++p, a += MR, b += NR) {
+      R bv[NV];
+      RELPROP_UNROLL
+      for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::W);
+      RELPROP_UNROLL
+      for (int i = 0; i < M; ++i) {
+        const R ai = V::bcast(a + i);
+        RELPROP_UNROLL
+        for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
+      }
+    }
+    if (n == NR) {
+      if (init == kOverwrite) {
+        RELPROP_UNROLL
+        for (int i = 0; i < M; ++i)
+          RELPROP_UNROLL
+          for (int v = 0; v < NV; ++v) V::store(c + i * ldc + v * V::W, acc[i][v]);
+      } else if (init == kAccumulate) {
+        RELPROP_UNROLL
+        for (int i = 0; i < M; ++i)
+          RELPROP_UNROLL
+          for (int v = 0; v < NV; ++v) {
+            T* cv = c + i * ldc + v * V::W;
+            V::store(cv, V::add(V::load(cv), acc[i][v]));
+          }
+      } else if (init == kRowBias) {
+        RELPROP_UNROLL
+        for (int i = 0; i < M; ++i) {
+          const R bi = V::bcast(rb + i);
+          RELPROP_UNROLL
+          for (int v = 0; v < NV; ++v) V::store(c + i * ldc + v * V::W, V::add(bi, acc[i][v]));
+        }
+      } else {
+        RELPROP_UNROLL
+        for (int v = 0; v < NV; ++v) {
+          const R bj = V::load(cb + v * V::W);
+          RELPROP_UNROLL
+          for (int i = 0; i < M; ++i) V::store(c + i * ldc + v * V::W, V::add(bj, acc[i][v]));
+        }
+      }
+    } else {
+      alignas(64) T tmp[M * NR];
+      RELPROP_UNROLL
+      for (int i = 0; i < M; ++i)
+        RELPROP_UNROLL
+        for (int v = 0; v < NV; ++v) V::store(tmp + i * NR + v * V::W, acc[i][v]);
+      store_tile<T, NR>(tmp, M, n, c, ldc, init, rb, cb);
+    }
+  }
+};
+
+// The kernel for m (1 <= m <= K::MR) rows.
+template <class K, int M = K::MR>
+inline void kernel_rows(int m, idx kc, const typename K::T* a, const typename K::T* b,
+                        typename K::T* c, idx ldc, int n, Init init, const typename K::T* rb,
+                        const typename K::T* cb) {
+  if constexpr (M > 1) {
+    if (m < M) {
+      kernel_rows<K, M - 1>(m, kc, a, b, c, ldc, n, init, rb, cb);
+      return;
+    }
+  }
+  K::template run<M>(kc, a, b, c, ldc, n, init, rb, cb);
+}
+
+// Packs rows [0, mc) x steps [0, kc) of A(i, p) = a[i*rsa + p*csa] into MR-high strips:
+// strip s at dst + s*MR*kc, element (p, i) of the strip at p*MR + i.  Rows of a last, partial
+// strip beyond mc are left unset (the kernel for that many rows never reads them).
+template <class K>
+void pack_a_block(const typename K::T* a, idx rsa, idx csa, idx mc, idx kc, typename K::T* dst) {
+  constexpr int MR = K::MR;
+  for (idx s = 0; s < mc; s += MR, dst += MR * kc) {
+    const auto* as = a + s * rsa;
+    const idx rows = min_idx(MR, mc - s);
+    if (rows == MR && rsa == 1) {  // columns of A contiguous: one run of MR per step
+      for (idx p = 0; p < kc; ++p)
+        for (int i = 0; i < MR; ++i) dst[p * MR + i] = as[p * csa + i];
+    } else {  // one row of A at a time (contiguous when csa == 1)
+      for (idx i = 0; i < rows; ++i) {
+        const auto* ai = as + i * rsa;
+        if (csa == 1) {
+          for (idx p = 0; p < kc; ++p) dst[p * MR + i] = ai[p];
+        } else {
+          for (idx p = 0; p < kc; ++p) dst[p * MR + i] = ai[p * csa];
+        }
+      }
+    }
+  }
+}
+
+// Packs steps [pc, pc + kc) x columns [jc, jc + nc) of B into NR-wide strips: strip t at
+// dst + t*NR*kc, element (p, j) at p*NR + j; columns of a last, partial strip are zero.
+// Source rows (csb == 1) or columns (rsb == 1) are read front to back.
+template <class K>
+void pack_b_strided(const typename K::T* b, idx rsb, idx csb, idx pc, idx kc, idx jc, idx nc,
+                    typename K::T* dst) {
+  using T = typename K::T;
+  constexpr int NR = K::NR;
+  const idx full = nc / NR * NR;
+  b += pc * rsb + jc * csb;
+  if (csb == 1) {
+    for (idx p = 0; p < kc; ++p) {
+      const T* bp = b + p * rsb;
+      T* d = dst + p * NR;
+      for (idx t = 0; t < full; t += NR) std::memcpy(d + t * kc, bp + t, NR * sizeof(T));
+    }
+  } else if (rsb == 1) {
+    for (idx t = 0; t < full; t += NR) {
+      T* d = dst + t * kc;
+      for (int j = 0; j < NR; ++j) {
+        const T* bj = b + (t + j) * csb;
+        for (idx p = 0; p < kc; ++p) d[p * NR + j] = bj[p];
+      }
+    }
+  } else {
+    for (idx t = 0; t < full; t += NR) {
+      T* d = dst + t * kc;
+      for (idx p = 0; p < kc; ++p)
+        for (int j = 0; j < NR; ++j) d[p * NR + j] = b[p * rsb + (t + j) * csb];
+    }
+  }
+  if (full < nc) {
+    T* d = dst + full * kc;
+    const idx cols = nc - full;
+    for (idx p = 0; p < kc; ++p) {
+      for (idx j = 0; j < cols; ++j) d[p * NR + j] = b[p * rsb + (full + j) * csb];
+      for (idx j = cols; j < NR; ++j) d[p * NR + j] = T(0);
+    }
+  }
+}
+
+// As pack_b_strided for the implicit im2col matrix of the image x (see Im2col): every strip
+// is cut into runs of pixels of one output row, each a (strided) row of x, zero outside it.
+template <class K>
+void pack_b_im2col(const typename K::T* x, const Im2col& g, idx pc, idx kc, idx jc, idx nc,
+                   typename K::T* dst) {
+  using T = typename K::T;
+  constexpr int NR = K::NR;
+  const idx khw = g.kh * g.kw;
+  for (idx t = 0; t < nc; t += NR, dst += NR * kc) {
+    const idx cols = min_idx(NR, nc - t);
+    const idx j_first = jc + t;
+    const idx oh0 = j_first / g.ow, ow0 = j_first % g.ow;
+    idx c = pc / khw, u = (pc % khw) / g.kw, v = pc % g.kw;
+    for (idx p = 0; p < kc; ++p) {
+      T* d = dst + p * NR;
+      const T* xc = x + c * g.h * g.w;
+      idx e = 0, oh = oh0, ow = ow0;
+      while (e < cols) {
+        const idx len = min_idx(cols - e, g.ow - ow);
+        const idx i = oh * g.sh + u - g.ph;
+        if (i < 0 || i >= g.h) {
+          for (idx q = 0; q < len; ++q) d[e + q] = T(0);
+        } else {
+          const T* row = xc + i * g.w;
+          const idx col0 = ow * g.sw + v - g.pw;  // input column of the run's first pixel
+          if (g.sw == 1) {
+            const idx lo = min_idx(len, max_idx(0, -col0));         // first in-image pixel
+            const idx hi = max_idx(lo, min_idx(len, g.w - col0));   // one past the last
+            for (idx q = 0; q < lo; ++q) d[e + q] = T(0);
+            for (idx q = lo; q < hi; ++q) d[e + q] = row[col0 + q];
+            for (idx q = hi; q < len; ++q) d[e + q] = T(0);
+          } else {
+            for (idx q = 0; q < len; ++q) {
+              const idx col = col0 + q * g.sw;
+              d[e + q] = (col >= 0 && col < g.w) ? row[col] : T(0);
+            }
+          }
+        }
+        e += len;
+        ++oh;
+        ow = 0;
+      }
+      for (idx q = cols; q < NR; ++q) d[q] = T(0);
+      if (++v == g.kw) {
+        v = 0;
+        if (++u == g.kh) {
+          u = 0;
+          ++c;
+        }
+      }
+    }
+  }
+}
+
+template <class K>
+void pack_b(const GemmArgs<typename K::T>& g, idx pc, idx kc, idx jc, idx nc, typename K::T* dst) {
+  if (g.im)
+    pack_b_im2col<K>(g.b, *g.im, pc, kc, jc, nc, dst);
+  else
+    pack_b_strided<K>(g.b, g.rsb, g.csb, pc, kc, jc, nc, dst);
+}
+
+template <class K>
+void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g, idx i0, idx i1,
+          idx j0, idx j1, typename K::T* wa, typename K::T* wb) {
+  using T = typename K::T;
+  constexpr int MR = K::MR, NR = K::NR;
+  const idx mpad = (g.m + MR - 1) / MR * MR;
+  for (idx jc = j0; jc < j1; jc += impl.nc) {
+    const idx nc = min_idx(impl.nc, j1 - jc);
+    for (idx pc = 0; pc < g.k; pc += impl.kc) {
+      const idx kc = min_idx(impl.kc, g.k - pc);
+      pack_b<K>(g, pc, kc, jc, nc, wb);
+      const Init init = (pc > 0 || g.accumulate) ? kAccumulate
+                        : g.row_bias             ? kRowBias
+                        : g.col_bias             ? kColBias
+                                                 : kOverwrite;
+      for (idx ic = i0; ic < i1; ic += impl.mc) {
+        const idx mc = min_idx(impl.mc, i1 - ic);
+        const T* ap = g.apack + pc * mpad + ic * kc;
+        if (!g.apack) {
+          pack_a_block<K>(g.a + ic * g.rsa + pc * g.csa, g.rsa, g.csa, mc, kc, wa);
+          ap = wa;
+        }
+        for (idx jr = 0; jr < nc; jr += NR) {
+          const int n = static_cast<int>(min_idx(NR, nc - jr));
+          const T* bp = wb + jr * kc;
+          const T* cb = g.col_bias ? g.col_bias + jc + jr : nullptr;
+          for (idx ir = 0; ir < mc; ir += MR) {
+            const int m = static_cast<int>(min_idx(MR, mc - ir));
+            const T* rb = g.row_bias ? g.row_bias + ic + ir : nullptr;
+            kernel_rows<K>(m, kc, ap + ir * kc, bp, g.c + (ic + ir) * g.ldc + jc + jr, g.ldc, n,
+                           init, rb, cb);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The whole of A packed for GemmArgs::apack: the block of steps [pc, pc + kc) at
+// dst + pc * round_up(m, MR), laid out as pack_a_block lays out one block.
+template <class K>
+void pack_a_full(const GemmImpl<typename K::T>& impl, const typename K::T* a, idx rsa, idx csa,
+                 idx m, idx k, typename K::T* dst) {
+  const idx mpad = (m + K::MR - 1) / K::MR * K::MR;
+  for (idx pc = 0; pc < k; pc += impl.kc)
+    pack_a_block<K>(a + pc * csa, rsa, csa, m, min_idx(impl.kc, k - pc), dst + pc * mpad);
+}
+
+}  // namespace
+}  // namespace detail
+}  // namespace relprop

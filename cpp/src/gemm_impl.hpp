@@ -1,0 +1,130 @@
+// Internals of the GEMM core shared by the driver (gemm.cpp), the micro-kernel translation units
+// (gemm_generic.cpp, gemm_avx2.cpp, gemm_avx512.cpp) and Conv2d (conv2d.cpp).
+//
+// Scheme (BLIS): C is cut into blocks of nc columns; for each block of kc reduction steps a
+// kc x nc panel of B is packed into NR-wide column strips, then, for each block of mc rows, an
+// mc x kc panel of A into MR-high row strips; the micro-kernel multiplies one A strip by one B
+// strip, keeping the MR x NR tile of C in vector registers, and adds it to C once per kc block.
+// So every C(i, j) is  (((init + s_0) + s_1) + ...)  where s_b is the sum over the b-th block of
+// kc steps, each accumulated in ascending p; the block size kc is fixed per ISA and element type,
+// never derived from the thread count or the problem shape.  Threads only split C into
+// independent rectangles: results are bitwise identical for any thread count, and a row of C
+// does not depend on the other rows (batch size) either.
+//
+// This header only declares plain structs and functions: nothing here is compiled with
+// ISA-specific flags (see gemm_driver.hpp for the code that is).
+#pragma once
+#include <cstddef>
+
+#include "relprop/cpu.hpp"
+#include "relprop/gemm.hpp"
+
+namespace relprop {
+namespace detail {
+
+// B as the implicit im2col matrix of one image x (c, h, w) for a window (kh, kw), stride
+// (sh, sw), zero padding (ph, pw) and output size (oh, ow):
+//   B(p, j) = x[c, oh_j*sh + u - ph, ow_j*sw + v - pw]   (0 outside the image)
+//   with p = (c*kh + u)*kw + v and j = oh_j*ow + ow_j.
+struct Im2col {
+  idx c, h, w, kh, kw, sh, sw, ph, pw, oh, ow;
+};
+
+// One GEMM problem:  C(i, j) = init(i, j) + sum_p A(i, p) B(p, j)   for i < m, j < n, p < k.
+// init is C(i, j) if accumulate, else row_bias[i] or col_bias[j] if given, else 0.
+template <typename T>
+struct GemmArgs {
+  idx m = 0, n = 0, k = 0;
+  const T* a = nullptr;        // A(i, p) = a[i*rsa + p*csa] ...
+  idx rsa = 0, csa = 0;
+  const T* apack = nullptr;    // ... or A packed whole by GemmImpl::pack_a (then a is unused)
+  const T* b = nullptr;        // B(p, j) = b[p*rsb + j*csb] ...
+  idx rsb = 0, csb = 0;
+  const Im2col* im = nullptr;  // ... or the im2col matrix of the image b
+  T* c = nullptr;              // C(i, j) = c[i*ldc + j]
+  idx ldc = 0;
+  bool accumulate = false;
+  const T* row_bias = nullptr;  // (m,) ignored if accumulate
+  const T* col_bias = nullptr;  // (n,) ignored if accumulate or row_bias
+};
+
+// The kernels of one ISA and element type, with its register tile and cache blocks.
+template <typename T>
+struct GemmImpl {
+  Isa isa;
+  int mr, nr;      // register tile of C
+  idx mc, kc, nc;  // cache blocks (mc a multiple of mr, nc of nr)
+  // C(i, j) for i0 <= i < i1, j0 <= j < j1 (i0 a multiple of mr).  wa holds mc*kc elements
+  // (unused with apack), wb kc * round_up(min(nc, j1 - j0), nr); both 64-byte aligned.
+  void (*tile)(const GemmImpl& impl, const GemmArgs<T>& g, idx i0, idx i1, idx j0, idx j1, T* wa,
+               T* wb);
+  // Packs the whole m x k matrix A(i, p) = a[i*rsa + p*csa] into dst, which holds
+  // packed_a_size(m, k) elements, in the layout tile() reads through GemmArgs::apack.
+  void (*pack_a)(const GemmImpl& impl, const T* a, idx rsa, idx csa, idx m, idx k, T* dst);
+  // Runs a register-resident FMA loop of `iters` iterations; returns the FLOP it executed.
+  double (*fma_loop)(long iters);
+
+  // (Only the baseline translation units call these helpers; the ISA ones must not, so that
+  // no copy of them is compiled with ISA-specific instructions.)
+  idx packed_a_size(idx m, idx k) const { return (m + mr - 1) / mr * mr * k; }
+  idx wa_size() const { return mc * kc; }
+  idx wb_size(idx cols) const { return kc * (((cols < nc ? cols : nc) + nr - 1) / nr * nr); }
+};
+
+// Tables defined by the micro-kernel translation units (only those compiled for this target).
+namespace generic {
+extern const GemmImpl<float> f32;
+extern const GemmImpl<double> f64;
+}  // namespace generic
+#if defined(RELPROP_HAVE_AVX2)
+namespace avx2 {
+extern const GemmImpl<float> f32;
+extern const GemmImpl<double> f64;
+}  // namespace avx2
+#endif
+#if defined(RELPROP_HAVE_AVX512)
+namespace avx512 {
+extern const GemmImpl<float> f32;
+extern const GemmImpl<double> f64;
+}  // namespace avx512
+#endif
+
+// The kernels of the active ISA (see relprop/cpu.hpp).
+template <typename T>
+const GemmImpl<T>& active_gemm();
+template <>
+const GemmImpl<float>& active_gemm<float>();
+template <>
+const GemmImpl<double>& active_gemm<double>();
+
+// Per-thread, 64-byte aligned scratch buffers that grow as needed and live as long as the
+// thread (slot 0: A panels, 1: B panels, 2: free for callers such as Conv2d).
+template <typename T>
+T* scratch(int slot, std::size_t elements);
+
+// A rectangle of C per thread: rows [i0, i1), columns [j0, j1).
+struct Split {
+  int tm = 1, tn = 1;  // threads along m and along n; tm * tn threads in all
+};
+
+// How to cut an m x n problem among nt threads (m in strips of mr, n of nr): balances the work
+// and the packing each thread repeats (pack_a = false when A is packed beforehand).
+Split choose_split(idx m, idx n, idx k, int mr, int nr, int nt, bool pack_a);
+
+// [lo, hi) of the part-th of `parts` nearly equal pieces of [0, units)
+inline void share(idx units, int parts, int part, idx& lo, idx& hi) {
+  lo = units * part / parts;
+  hi = units * (part + 1) / parts;
+}
+
+// Runs g on up to nthreads threads (one OpenMP region; rectangles of C per thread).
+template <typename T>
+void run_gemm(const GemmImpl<T>& impl, const GemmArgs<T>& g, int nthreads);
+
+// Runs the rectangle [i0, i1) x [j0, j1) of g on the calling thread (any thread, also inside
+// an OpenMP region), with this thread's scratch buffers.
+template <typename T>
+void run_tile(const GemmImpl<T>& impl, const GemmArgs<T>& g, idx i0, idx i1, idx j0, idx j1);
+
+}  // namespace detail
+}  // namespace relprop
