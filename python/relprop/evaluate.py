@@ -343,92 +343,82 @@ def compare(net, x, target, methods=DEFAULT_METHODS, *, steps=None, patch=1, fil
 
 # --- command line: ``relprop evaluate MODEL INPUTS`` ------------------------------------------
 
-BUNDLED_MODELS = ("digits_cnn", "digits_mlp")
-
-
-def _load_model(spec):
-    if spec in BUNDLED_MODELS:
-        from . import models
-
-        return getattr(models, spec)()
-    from .network import load
-
-    return load(spec)
-
-
-def _load_inputs(spec, net):
-    """``(x, labels or None)`` from a .npy/.npz file, or "digits" (the bundled test split)."""
+def _labels(spec):
+    """The labels that come with INPUTS: the bundled digits' or an .npz's ``y`` (else None)."""
     if spec == "digits":
         from .models import digits_data
 
-        return digits_data("test", flat=net.input_shape is not None and len(net.input_shape) == 1)
-    if spec.endswith(".npz"):
+        return digits_data("test")[1]
+    if spec.lower().endswith(".npz"):
         with np.load(spec, allow_pickle=False) as d:
-            if "x" not in d.files:
-                raise ValueError(f"{spec}: an .npz of inputs needs an array 'x' (and optionally "
-                                 f"'y', the labels); it has {d.files}")
-            return d["x"], (d["y"] if "y" in d.files else None)
-    return np.load(spec, allow_pickle=False), None
+            return d["y"] if "y" in d.files else None
+    return None
 
 
 def add_evaluate_parser(subparsers):
     """Register ``evaluate`` on an ``argparse`` sub-parser set; returns the parser."""
     p = subparsers.add_parser(
         "evaluate", help="compare explanation methods by pixel flipping and conservation",
-        description="Explain INPUTS with several methods and print a table: mean pixel-flipping "
-                    "AUC (most relevant first: lower is better), mean relative conservation "
-                    "error and samples/s.")
+        description="Explain INPUTS with several methods and print a markdown table: mean "
+                    "pixel-flipping AUC (regions perturbed most relevant first: lower is "
+                    "better), mean relative conservation error |f - sum R| / |f|, and "
+                    "samples/s of the explanation.  'random' is a random attribution, the "
+                    "baseline a useful explanation must beat.")
     p.add_argument("model", metavar="MODEL",
-                   help=f"a relprop .npz model, or a bundled one: {', '.join(BUNDLED_MODELS)}")
+                   help="relprop .npz, .onnx, or a bundled model: digits_cnn, digits_mlp")
     p.add_argument("inputs", metavar="INPUTS",
-                   help="a .npy array (n, *input_shape), an .npz with 'x' (and 'y'), or 'digits' "
-                        "(the bundled digits test split)")
+                   help="a .npy array (n, *input_shape), an .npz with 'x' (and labels 'y'), "
+                        "images, or 'digits' (the bundled digits test split)")
     p.add_argument("--target", default="pred",
-                   help="'pred' (the predicted class, default), 'label' (the 'y' of INPUTS) or a "
-                        "class index")
+                   help="'pred' (the predicted class, default), 'label' (the labels of INPUTS: "
+                        "'y' of an .npz, or the digits') or a class index")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help="comma-separated method names (relprop.explain names, and 'random')")
+                   help="comma-separated method names (relprop.explain names, and 'random'); "
+                        f"default {','.join(DEFAULT_METHODS)}")
     p.add_argument("--limit", type=int, default=None, help="use the first LIMIT inputs only")
     p.add_argument("--steps", type=int, default=None,
                    help="perturbation steps (default: one region per step)")
     p.add_argument("--patch", type=int, default=1, help="region size in pixels (images)")
-    p.add_argument("--fill", default="0", help="a number, 'mean' or 'uniform' (default 0)")
+    p.add_argument("--fill", default="0",
+                   help="value of perturbed pixels: a number, 'mean' or 'uniform' (default 0)")
     p.add_argument("--order", choices=ORDERS, default=ORDERS[0])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the random baseline, smoothgrad and fill=uniform (default 0)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows per batched pass (default: all at once)")
     p.set_defaults(func=cli_evaluate)
     return p
 
 
 def cli_evaluate(args, file=None):
-    """Run ``relprop evaluate`` with parsed ``args``; prints the table and returns it."""
-    net = _load_model(args.model)
-    x, labels = _load_inputs(args.inputs, net)
-    if args.limit is not None:
-        x = x[:args.limit]
-        labels = None if labels is None else labels[:args.limit]
-    x = net.check_input(x, name="INPUTS")
-    if args.target == "pred":
-        target = net.forward(x).reshape(len(x), -1).argmax(axis=1)
-    elif args.target == "label":
+    """Run ``relprop evaluate`` with parsed ``args``: print the comparison table; returns 0."""
+    from .cli import check_method, load_inputs, load_model, resolve_target
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        if m != "random":
+            check_method(m)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    net = load_model(args.model)
+    x = np.asarray(load_inputs(args.inputs, net)[0][:args.limit])
+    if args.target == "label":
+        labels = _labels(args.inputs)
         if labels is None:
-            raise ValueError("--target label needs INPUTS with labels ('y' in an .npz)")
-        target = np.asarray(labels, dtype=np.int64)
+            raise ValueError("--target label needs INPUTS with labels ('y' in an .npz, or "
+                             "'digits')")
+        target = np.asarray(labels[:len(x)], dtype=np.int64)
     else:
-        try:
-            target = int(args.target)
-        except ValueError:
-            raise ValueError(f"--target must be 'pred', 'label' or an int, got "
-                             f"{args.target!r}") from None
+        target = resolve_target(args.target, net, x, args.batch_size)
     try:
         fill = float(args.fill)
     except ValueError:
         fill = args.fill
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     table = compare(net, x, target, methods, steps=args.steps, patch=args.patch, fill=fill,
                     order=args.order, seed=args.seed, batch_size=args.batch_size,
                     method_kwargs={"smoothgrad": {"seed": args.seed}})
-    print(f"{args.model} on {len(x)} inputs ({args.inputs}), target={args.target}, "
-          f"fill={args.fill}, patch={args.patch}, order={args.order}", file=file)
+    print(f"{args.model} on {len(x)} inputs of {args.inputs}: target={args.target}, "
+          f"steps={args.steps or 'one region each'}, patch={args.patch}, fill={args.fill}, "
+          f"order={args.order}", file=file)
     print(table.to_markdown(), file=file)
-    return table
+    return 0
