@@ -1,0 +1,183 @@
+"""The GEMM core against NumPy (float64) on awkward shapes, for every instruction set this CPU
+supports; thread-count and batch invariance; the ISA switch and its errors."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from numpy.testing import assert_array_equal
+
+import relprop as rp
+from relprop import ops
+
+from strategies import sum_tolerance
+
+ISAS = ops.supported_isas()
+# sizes around the register tiles (4x8, 6x16, 12x32) and cache blocks, primes, 1
+SIZES = st.one_of(st.integers(1, 40), st.sampled_from([1, 2, 5, 6, 7, 12, 13, 16, 17, 31, 33,
+                                                       47, 97, 130]))
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    old = ops.isa()
+    ops.set_isa(request.param)
+    yield request.param
+    ops.set_isa(old)
+
+
+def operands(m, n, k, dtype, trans_a, trans_b, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(-1, 1, (k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.uniform(-1, 1, (n, k) if trans_b else (k, n)).astype(dtype)
+    return a, b
+
+
+def check_product(c, a, b, trans_a, trans_b):
+    """c against the float64 product within the error model of a k-term sum."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    a64, b64 = (a64.T if trans_a else a64), (b64.T if trans_b else b64)
+    want = a64 @ b64
+    assert c.dtype == a.dtype and c.shape == want.shape
+    bound = np.abs(a64) @ np.abs(b64)
+    assert np.all(np.abs(c - want) <= sum_tolerance(a.dtype, a64.shape[1], bound))
+
+
+@given(m=SIZES, n=SIZES, k=st.one_of(st.just(0), SIZES), dtype=st.sampled_from([np.float32,
+       np.float64]), trans_a=st.booleans(), trans_b=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_gemm_matches_numpy(m, n, k, dtype, trans_a, trans_b, seed):
+    a, b = operands(m, n, k, dtype, trans_a, trans_b, seed)
+    check_product(ops.gemm(a, b, trans_a, trans_b), a, b, trans_a, trans_b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 1000, 1), (1000, 1, 3), (3, 5, 0), (1, 1, 700),
+                                   (13, 29, 257), (97, 53, 1031)])
+def test_every_isa_matches_numpy(isa, m, n, k, dtype):
+    for trans_a, trans_b in [(False, False), (True, False), (False, True), (True, True)]:
+        a, b = operands(m, n, k, dtype, trans_a, trans_b, seed=m * n + k)
+        check_product(ops.gemm(a, b, trans_a, trans_b), a, b, trans_a, trans_b)
+
+
+def test_gemm_spans_every_cache_block(isa):
+    # m, n, k larger than the mc, nc and kc blocks of every ISA, none a multiple of a tile
+    a, b = operands(203, 2113, 611, np.float32, False, True, seed=7)
+    check_product(ops.gemm(a, b, False, True), a, b, False, True)
+
+
+def test_every_isa_close_to_generic(isa):
+    a, b = operands(61, 77, 389, np.float32, False, False, seed=3)
+    got = ops.gemm(a, b)
+    ops.set_isa("generic")
+    want = ops.gemm(a, b)
+    bound = np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))
+    assert np.all(np.abs(got - want) <= 2 * sum_tolerance(np.float32, 389, bound))
+
+
+def test_k_zero_gives_zeros():
+    c = ops.gemm(np.ones((3, 0), np.float32), np.ones((0, 4), np.float32))
+    assert_array_equal(c, np.zeros((3, 4), np.float32))
+
+
+def _with_threads(n, fn):
+    old = rp.get_num_threads()
+    rp.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        rp.set_num_threads(old)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_results_do_not_depend_on_thread_count(isa, dtype):
+    rng = np.random.default_rng(11)
+    u = lambda *shape: rng.uniform(-1, 1, shape).astype(dtype)  # noqa: E731
+    cases = []
+    for m, n, k in [(5, 3001, 300), (301, 7, 300), (131, 257, 517), (1, 4099, 33)]:
+        a, b = u(m, k), u(k, n)
+        cases.append(lambda a=a, b=b: ops.gemm(a, b))
+        cases.append(lambda a=a, b=b: ops.gemm(b, a, True, True))
+    x, w, bias, gd = u(9, 300), u(67, 300), u(67), u(9, 67)
+    cases.append(lambda: ops.dense_forward(x, w, bias))
+    cases.append(lambda: ops.dense_backward(gd, w))
+    for n in (1, 3, 4):  # one sample (GEMM split), odd and even batches (samples split)
+        xc, wc, bc = u(n, 5, 13, 11), u(7, 5, 3, 3), u(7)
+        for stride, pad in [((1, 1), (1, 1)), ((2, 1), (0, 1)), ((1, 1), (0, 0))]:
+            y = ops.conv2d_forward(xc, wc, bc, stride, pad)
+            g = u(*y.shape)
+            cases.append(lambda xc=xc, wc=wc, bc=bc, s=stride, p=pad:
+                         ops.conv2d_forward(xc, wc, bc, s, p))
+            cases.append(lambda g=g, wc=wc, s=stride, p=pad:
+                         ops.conv2d_backward(g, wc, (13, 11), s, p))
+        w1 = u(8, 5, 1, 1)
+        cases.append(lambda xc=xc, w1=w1: ops.conv2d_forward(xc, w1, None))
+    for case in cases:
+        one, two = _with_threads(1, case), _with_threads(2, case)
+        assert_array_equal(one, two)
+
+
+def test_rows_do_not_depend_on_batch_size(isa):
+    rng = np.random.default_rng(5)
+    x, w = rng.uniform(-1, 1, (37, 513)).astype(np.float32), rng.uniform(-1, 1, (300, 513))
+    w = w.astype(np.float32)
+    full = ops.dense_forward(x, w)
+    for i in (0, 17, 36):
+        assert_array_equal(ops.dense_forward(x[i:i + 1], w), full[i:i + 1])
+    xc = rng.uniform(-1, 1, (5, 3, 10, 10)).astype(np.float32)
+    wc = rng.uniform(-1, 1, (6, 3, 3, 3)).astype(np.float32)
+    assert_array_equal(ops.conv2d_forward(xc[2:3], wc, None, (1, 1), (1, 1)),
+                       ops.conv2d_forward(xc, wc, None, (1, 1), (1, 1))[2:3])
+
+
+def test_set_isa_switches_and_validates():
+    old = ops.isa()
+    try:
+        for name in ISAS:
+            ops.set_isa(name)
+            assert ops.isa() == name
+        ops.set_isa("auto")
+        assert ops.isa() == ISAS[-1]
+    finally:
+        ops.set_isa(old)
+    with pytest.raises(ValueError, match="unknown ISA 'sse9'"):
+        ops.set_isa("sse9")
+    with pytest.raises(TypeError):
+        ops.set_isa(2)
+    for name in {"avx2", "avx512"} - set(ISAS):
+        with pytest.raises(ValueError, match="not supported"):
+            ops.set_isa(name)
+    assert ops.isa() == old
+    assert "generic" in ISAS
+
+
+def _import_with_isa(value):
+    env = dict(os.environ, RELPROP_ISA=value)
+    code = "import relprop.ops as o; print(o.isa())"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("name", ISAS)
+def test_environment_variable_selects_isa(name):
+    out = _import_with_isa(name)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == name
+
+
+def test_environment_variable_rejects_bad_values():
+    out = _import_with_isa("fastest")
+    assert out.returncode != 0
+    assert "ValueError: RELPROP_ISA=fastest" in out.stderr
+    for name in {"avx2", "avx512"} - set(ISAS):
+        out = _import_with_isa(name)
+        assert out.returncode != 0 and "not supported by this CPU" in out.stderr
+
+
+def test_fma_peak_is_measured():
+    peak = ops.fma_peak_gflops(1)
+    assert np.isfinite(peak) and peak > 0
+    with pytest.raises(ValueError):
+        ops.fma_peak_gflops(0)
