@@ -5,7 +5,7 @@ import numpy as np
 
 from ._targets import chunks, map_batches, seed
 from .composites import as_composite
-from .rules import WinnerTakeAll
+from .rules import WinnerTakeAll, split_forward
 
 
 def lrp(net, x, target, rule_or_composite="epsilon_plus_flat", *, batch_size=None,
@@ -43,15 +43,28 @@ def lrp(net, x, target, rule_or_composite="epsilon_plus_flat", *, batch_size=Non
 
 
 def _lrp(net, x, target, rules, layerwise=False):
-    tr = net.trace(x, check_finite=False)
-    r = seed(target, tr.output, scale=True)
+    # The forward pass: layers whose rule uses (z+, z-) run once on [W+; W-] when their input is
+    # non-negative (see relprop.rules); every other layer runs its plain forward.
+    inputs, states, parts = [], [], []
+    for layer, rule in zip(net.layers, rules):
+        inputs.append(x)
+        if rule.uses_parts and not (x < 0).any():
+            x, part = split_forward(layer, x)
+            states.append(None)
+            parts.append(part)
+        else:
+            x, state = layer.forward(x)
+            states.append(state)
+            parts.append(None)
+    inputs.append(x)
+    r = seed(target, x, scale=True)
     levels = [r]
     for i in range(len(net.layers) - 1, -1, -1):
-        layer, a, z = net.layers[i], tr.inputs[i], tr.inputs[i + 1]
+        layer, a, z = net.layers[i], inputs[i], inputs[i + 1]
         if isinstance(rules[i], WinnerTakeAll):
-            r = layer.backward(r, a, tr.states[i])
+            r = layer.backward(r, a, states[i])
         else:
-            r = rules[i].relevance(layer, a, z, r)
+            r = rules[i].relevance(layer, a, z, r, parts[i])
         if layerwise:
             levels.append(r)
     return levels[::-1] if layerwise else r

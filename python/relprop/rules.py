@@ -1,23 +1,28 @@
 """LRP rules, as defined in DESIGN.md section 4 (following Zennit 0.5.1's ``rules.py``).
 
 A rule maps the upper relevance ``r`` of a layer's output to its input:
-``rule.relevance(layer, a, z, r)`` with ``a`` the layer input and ``z`` its output, both from
-the one cached forward pass.  Rules are frozen dataclasses (hashable), so the rule-modified
-weights they need are made once per (layer, rule, dtype) by :meth:`Linear.modified`.
+``rule.relevance(layer, a, z, r, parts)`` with ``a`` the layer input and ``z`` its output, both
+from the one forward pass of the LRP walk.  Rules are frozen dataclasses; the rule-modified
+weights they need are made once per (layer, modification, dtype) by :meth:`Linear.modified` and
+cached on the layer.
 
-Cost of one layer, counted in GEMMs of the layer's size (the forward pass is already done):
+Rules with ``uses_parts`` (ZPlus, AlphaBeta, Gamma) get ``parts = (z+, z-)`` when the layer input
+is non-negative (every layer after a ReLU): the walk's forward pass then runs the layer on the
+stacked weights ``[W+; W-]`` (biases ``[b+; b-]``), one GEMM of twice the size that yields
+``z+ = W+ a + b+``, ``z- = W- a + b-`` and ``z = z+ + z-``, so no rule needs a second forward
+pass.  Cost of one layer in GEMMs of the layer's size, forward included (the FLOP floor):
 
-=========== ================= =================================================================
-rule        a >= 0 (after ReLU) any sign (e.g. the input layer)
-=========== ================= =================================================================
-Epsilon     1 (transposed)      1
-ZPlus       2                   4
-AlphaBeta   4                   8
-Gamma       4                   8
-ZBox        -                   3 (the z of the box is data independent) + 3 transposed
-WSquare     1 (z is data independent, computed once per call) 
-Flat        1 (as WSquare)
-=========== ================= =================================================================
+=========== ============================ ==================================================
+rule        a >= 0 (after ReLU)           any sign (the input layer)
+=========== ============================ ==================================================
+Epsilon     2: forward + transposed       2
+ZPlus       3: stacked forward (2) + 1    1 + 2 (W+ a+, W- a-) + 2 transposed
+AlphaBeta   4: stacked forward (2) + 2    1 + 4 (stacked on a+, a-) + 4 (stacked transposed)
+Gamma       4: stacked forward (2) + 2    1 + 4 + 4, as AlphaBeta
+ZBox        -                             1 + 2 transposed (the box term is one sample's)
+WSquare     -                             1 + 1 (z is data independent: one sample's)
+Flat        -                             as WSquare
+=========== ============================ ==================================================
 """
 from __future__ import annotations
 
@@ -48,37 +53,52 @@ def _neg(a):
     return np.minimum(a, 0)
 
 
-def _nonneg(a):
-    return not (a < 0).any()
+def _stack(w, b):
+    """``[W+; W-]`` and ``[b+; b-]`` along the output axis."""
+    return (np.concatenate([_pos(w), _neg(w)]),
+            None if b is None else np.concatenate([_pos(b), _neg(b)]))
 
 
-def _mod(layer, dtype, key):
-    """Rule-modified parameters of ``layer`` by name (cached on the layer)."""
-    return layer.modified(key, _MODS[key], dtype)
+def signed_params(layer, dtype):
+    """``(w2, b2, (w+, b+), (w-, b-))``: the stacked weights and views of their two halves."""
+    w2, b2 = layer.modified("+-", _stack, dtype)
+    out = w2.shape[0] // 2
+    halves = [(w2[:out], None if b2 is None else b2[:out]),
+              (w2[out:], None if b2 is None else b2[out:])]
+    return w2, b2, halves[0], halves[1]
 
 
-_MODS = {
-    "+": lambda w, b: (_pos(w), None if b is None else _pos(b)),
-    "-": lambda w, b: (_neg(w), None if b is None else _neg(b)),
-    "square": lambda w, b: (w * w, None if b is None else b * b),
-    "ones": lambda w, b: (np.ones_like(w), None),
-}
+def _split(y2):
+    """The two halves of a stacked output, along the output (channel) axis."""
+    out = y2.shape[1] // 2
+    return np.ascontiguousarray(y2[:, :out]), np.ascontiguousarray(y2[:, out:])
 
 
-def _gamma_mods(gamma):
-    return {
-        ("gamma+", gamma): lambda w, b: (w + gamma * _pos(w), None if b is None else b + gamma * _pos(b)),
-        ("gamma-", gamma): lambda w, b: (w + gamma * _neg(w), None if b is None else b + gamma * _neg(b)),
-    }
+def split_forward(layer, a):
+    """One GEMM on ``[W+; W-]``: returns ``z = z+ + z-`` and ``(z+, z-)``."""
+    w2, b2, _, _ = signed_params(layer, a.dtype)
+    zp, zn = _split(layer.apply(a, w2, b2))
+    return zp + zn, (zp, zn)
+
+
+def _stacked_t(layer, a, sp, sn):
+    """``W+^T sp + W-^T sn`` as one transposed GEMM on the stacked weights."""
+    w2 = signed_params(layer, a.dtype)[0]
+    return layer.apply_t(np.concatenate([sp, sn], axis=1), w2, a.shape)
 
 
 class Rule:
     """Base class: a rule for linear layers (Dense, Conv2d)."""
 
     applies_to = (L.Dense, L.Conv2d)
+    uses_parts = False
 
-    def relevance(self, layer, a, z, r):
+    def relevance(self, layer, a, z, r, parts=None):
         raise NotImplementedError
+
+
+def _check_stabilizer(rule, name="stabilizer"):
+    object.__setattr__(rule, name, as_scalar(getattr(rule, name), name, minimum=0.0))
 
 
 @register_rule("epsilon")
@@ -93,26 +113,20 @@ class Epsilon(Rule):
     epsilon: float = 1e-6
 
     def __post_init__(self):
-        object.__setattr__(self, "epsilon", as_scalar(self.epsilon, "epsilon", minimum=0.0))
+        _check_stabilizer(self, "epsilon")
 
-    def relevance(self, layer, a, z, r):
+    def relevance(self, layer, a, z, r, parts=None):
         s = ops.lrp_divide(r, z, self.epsilon)
         return a * layer.apply_t(s, layer.params(a.dtype)[0], a.shape)
 
 
-@register_rule("zplus")
-@dataclass(frozen=True)
-class ZPlus(Rule):
-    """LRP-z+ (alpha=1, beta=0): ``z+ = W+ a+ + b+ + W- a-``;
-    ``R_j = a+_j sum w+ R/stab(z+) + a-_j sum w- R/stab(z+)``."""
-
-    stabilizer: float = 1e-6
-
-    def __post_init__(self):
-        object.__setattr__(self, "stabilizer", as_scalar(self.stabilizer, "stabilizer", minimum=0.0))
-
-    def relevance(self, layer, a, z, r):
-        return AlphaBeta(1.0, 0.0, self.stabilizer).relevance(layer, a, z, r)
+def _signed_parts(layer, a):
+    """``[W+; W-]`` applied to ``a+`` (with ``[b+; b-]``) and to ``a-`` (without bias):
+    ``(W+a+ + b+, W-a+ + b-, W+a-, W-a-)``."""
+    w2, b2, _, _ = signed_params(layer, a.dtype)
+    pp, np_ = _split(layer.apply(_pos(a), w2, b2))
+    pn, nn = _split(layer.apply(_neg(a), w2, None))
+    return pp, np_, pn, nn
 
 
 @register_rule("alpha_beta")
@@ -124,6 +138,7 @@ class AlphaBeta(Rule):
     alpha: float = 2.0
     beta: float = 1.0
     stabilizer: float = 1e-6
+    uses_parts = True
 
     def __post_init__(self):
         alpha = as_scalar(self.alpha, "alpha")
@@ -134,57 +149,81 @@ class AlphaBeta(Rule):
             raise ValueError(f"AlphaBeta needs alpha - beta == 1, got alpha={alpha}, beta={beta}")
         object.__setattr__(self, "alpha", alpha)
         object.__setattr__(self, "beta", beta)
-        object.__setattr__(self, "stabilizer", as_scalar(self.stabilizer, "stabilizer", minimum=0.0))
+        _check_stabilizer(self)
 
-    def relevance(self, layer, a, z, r):
-        dt, eps = a.dtype, self.stabilizer
-        wp, bp = _mod(layer, dt, "+")
-        wn, bn = _mod(layer, dt, "-")
-        fwd, bwd = layer.apply, lambda s, w: layer.apply_t(s, w, a.shape)
-        if _nonneg(a):  # a- = 0: one GEMM per sign
-            rel = a * bwd(ops.lrp_divide(r, fwd(a, wp, bp), eps), wp)
-            if self.beta:
-                rel = self.alpha * rel - self.beta * a * bwd(ops.lrp_divide(r, fwd(a, wn, bn), eps), wn)
-            return rel
+    def relevance(self, layer, a, z, r, parts=None):
+        eps, alpha, beta = self.stabilizer, self.alpha, self.beta
+        _, _, (wp, _), (wn, _) = signed_params(layer, a.dtype)
+        if parts is not None:  # a >= 0: z+ and z- come from the walk's stacked forward
+            sp = ops.lrp_divide(r, parts[0], eps)
+            if not beta:
+                return a * layer.apply_t(sp, wp, a.shape)
+            sn = ops.lrp_divide(r, parts[1], eps)
+            return a * _stacked_t(layer, a, alpha * sp, -beta * sn)
         ap, an = _pos(a), _neg(a)
-        sp = ops.lrp_divide(r, fwd(ap, wp, bp) + fwd(an, wn, None), eps)
-        rel = ap * bwd(sp, wp) + an * bwd(sp, wn)
-        if self.beta:
-            sn = ops.lrp_divide(r, fwd(ap, wn, bn) + fwd(an, wp, None), eps)
-            rel = self.alpha * rel - self.beta * (ap * bwd(sn, wn) + an * bwd(sn, wp))
-        return rel
+        if not beta:  # z+ only: two half-size GEMMs
+            _, _, (_, bp), _ = signed_params(layer, a.dtype)
+            sp = ops.lrp_divide(r, layer.apply(ap, wp, bp) + layer.apply(an, wn, None), eps)
+            return ap * layer.apply_t(sp, wp, a.shape) + an * layer.apply_t(sp, wn, a.shape)
+        pp, np_, pn, nn = _signed_parts(layer, a)
+        sp = ops.lrp_divide(r, pp + nn, eps)
+        sn = ops.lrp_divide(r, np_ + pn, eps)
+        return (ap * _stacked_t(layer, a, alpha * sp, -beta * sn)
+                + an * _stacked_t(layer, a, -beta * sn, alpha * sp))
+
+
+@register_rule("zplus")
+@dataclass(frozen=True)
+class ZPlus(AlphaBeta):
+    """LRP-z+ (AlphaBeta with alpha=1, beta=0): ``z+ = W+ a+ + b+ + W- a-``;
+    ``R_j = a+_j sum w+ R/stab(z+) + a-_j sum w- R/stab(z+)``."""
+
+    stabilizer: float = 1e-6
+    alpha: float = 1.0
+    beta: float = 0.0
+
+    def __init__(self, stabilizer=1e-6):
+        object.__setattr__(self, "stabilizer", stabilizer)
+        object.__setattr__(self, "alpha", 1.0)
+        object.__setattr__(self, "beta", 0.0)
+        self.__post_init__()
+
+    def __repr__(self):
+        return f"ZPlus(stabilizer={self.stabilizer})"
 
 
 @register_rule("gamma")
 @dataclass(frozen=True)
 class Gamma(Rule):
     """LRP-gamma: ``W1 = W + gamma W+``, ``W2 = W + gamma W-``; outputs with ``z > 0`` use the
-    denominator ``W1 a+ + b1 + W2 a-``, outputs with ``z < 0`` use ``W2 a+ + b2 + W1 a-``."""
+    denominator ``W1 a+ + b1 + W2 a-``, outputs with ``z < 0`` use ``W2 a+ + b2 + W1 a-``.
+
+    Both are combinations of ``[W+; W-]`` applied to ``a+`` and ``a-``, so the rule runs on the
+    stacked weights: ``W1 = (1+gamma) W+ + W-`` and ``W2 = W+ + (1+gamma) W-``.
+    """
 
     gamma: float = 0.25
     stabilizer: float = 1e-6
+    uses_parts = True
 
     def __post_init__(self):
-        object.__setattr__(self, "gamma", as_scalar(self.gamma, "gamma", minimum=0.0))
-        object.__setattr__(self, "stabilizer", as_scalar(self.stabilizer, "stabilizer", minimum=0.0))
+        _check_stabilizer(self, "gamma")
+        _check_stabilizer(self)
 
-    def relevance(self, layer, a, z, r):
-        dt, eps = a.dtype, self.stabilizer
-        mods = _gamma_mods(self.gamma)
-        (k1, f1), (k2, f2) = mods.items()
-        w1, b1 = layer.modified(k1, f1, dt)
-        w2, b2 = layer.modified(k2, f2, dt)
-        fwd, bwd = layer.apply, lambda s, w: layer.apply_t(s, w, a.shape)
-        rp = np.where(z > 0, r, 0).astype(dt, copy=False)
-        rn = np.where(z < 0, r, 0).astype(dt, copy=False)
-        if _nonneg(a):
-            s1 = ops.lrp_divide(rp, fwd(a, w1, b1), eps)
-            s2 = ops.lrp_divide(rn, fwd(a, w2, b2), eps)
-            return a * (bwd(s1, w1) + bwd(s2, w2))
-        ap, an = _pos(a), _neg(a)
-        s1 = ops.lrp_divide(rp, fwd(ap, w1, b1) + fwd(an, w2, None), eps)
-        s2 = ops.lrp_divide(rn, fwd(ap, w2, b2) + fwd(an, w1, None), eps)
-        return ap * (bwd(s1, w1) + bwd(s2, w2)) + an * (bwd(s1, w2) + bwd(s2, w1))
+    def relevance(self, layer, a, z, r, parts=None):
+        g1, eps = 1.0 + self.gamma, self.stabilizer
+        rp = np.where(z > 0, r, 0).astype(a.dtype, copy=False)
+        rn = np.where(z < 0, r, 0).astype(a.dtype, copy=False)
+        if parts is not None:  # a >= 0
+            p, n = parts
+            s1 = ops.lrp_divide(rp, g1 * p + n, eps)
+            s2 = ops.lrp_divide(rn, p + g1 * n, eps)
+            return a * _stacked_t(layer, a, g1 * s1 + s2, s1 + g1 * s2)
+        pp, np_, pn, nn = _signed_parts(layer, a)
+        s1 = ops.lrp_divide(rp, g1 * pp + np_ + pn + g1 * nn, eps)
+        s2 = ops.lrp_divide(rn, pp + g1 * np_ + g1 * pn + nn, eps)
+        u, v = g1 * s1 + s2, s1 + g1 * s2
+        return _pos(a) * _stacked_t(layer, a, u, v) + _neg(a) * _stacked_t(layer, a, v, u)
 
 
 def _bound(v, a_shape, name):
@@ -223,28 +262,28 @@ class ZBox(Rule):
             raise ValueError("ZBox needs low <= high")
         object.__setattr__(self, "low", lo)
         object.__setattr__(self, "high", hi)
-        object.__setattr__(self, "stabilizer", as_scalar(self.stabilizer, "stabilizer", minimum=0.0))
+        _check_stabilizer(self)
 
-    def relevance(self, layer, a, z, r):
-        dt, eps = a.dtype, self.stabilizer
+    def relevance(self, layer, a, z, r, parts=None):
+        dt = a.dtype
         lo = np.ascontiguousarray(_bound(self.low, a.shape, "low")[None], dtype=dt)
         hi = np.ascontiguousarray(_bound(self.high, a.shape, "high")[None], dtype=dt)
-        w, _ = layer.params(dt)
-        wp, bp = _mod(layer, dt, "+")
-        wn, bn = _mod(layer, dt, "-")
+        _, _, (wp, bp), (wn, bn) = signed_params(layer, dt)
         zb = layer.apply(lo, wp, bp) + layer.apply(hi, wn, bn)  # one sample: independent of a
-        s = ops.lrp_divide(r, z - zb, eps)
-        return (a * layer.apply_t(s, w, a.shape) - lo * layer.apply_t(s, wp, a.shape)
-                - hi * layer.apply_t(s, wn, a.shape))
+        s = ops.lrp_divide(r, z - zb, self.stabilizer)
+        # a W^T s - l W+^T s - h W-^T s, with W = W+ + W-
+        return (a - lo) * layer.apply_t(s, wp, a.shape) + (a - hi) * layer.apply_t(s, wn, a.shape)
 
 
 class _Uniform(Rule):
     """Rules whose ``z = W' 1 + b'`` does not depend on the input (WSquare, Flat)."""
 
-    mod = ""
+    @staticmethod
+    def modify(w, b):
+        raise NotImplementedError
 
-    def relevance(self, layer, a, z, r):
-        w, b = _mod(layer, a.dtype, self.mod)
+    def relevance(self, layer, a, z, r, parts=None):
+        w, b = layer.modified(type(self).__name__, self.modify, a.dtype)
         ones = np.ones((1,) + a.shape[1:], dtype=a.dtype)
         d = np.ascontiguousarray(np.broadcast_to(layer.apply(ones, w, b), r.shape))
         return layer.apply_t(ops.lrp_divide(r, d, self.stabilizer), w, a.shape)
@@ -256,10 +295,13 @@ class WSquare(_Uniform):
     """LRP-w^2: ``z = (W*W) 1 + b*b``; ``R_j = sum_k w_jk^2 R_k / stab(z_k)``."""
 
     stabilizer: float = 1e-6
-    mod = "square"
 
     def __post_init__(self):
-        object.__setattr__(self, "stabilizer", as_scalar(self.stabilizer, "stabilizer", minimum=0.0))
+        _check_stabilizer(self)
+
+    @staticmethod
+    def modify(w, b):
+        return w * w, None if b is None else b * b
 
 
 @register_rule("flat")
@@ -269,10 +311,13 @@ class Flat(_Uniform):
     receptive field)."""
 
     stabilizer: float = 1e-6
-    mod = "ones"
 
     def __post_init__(self):
-        object.__setattr__(self, "stabilizer", as_scalar(self.stabilizer, "stabilizer", minimum=0.0))
+        _check_stabilizer(self)
+
+    @staticmethod
+    def modify(w, b):
+        return np.ones_like(w), None
 
 
 @register_rule("norm")
@@ -285,9 +330,9 @@ class Norm(Rule):
     applies_to = (L.AvgPool2d, L.GlobalAvgPool2d)
 
     def __post_init__(self):
-        object.__setattr__(self, "stabilizer", as_scalar(self.stabilizer, "stabilizer", minimum=0.0))
+        _check_stabilizer(self)
 
-    def relevance(self, layer, a, z, r):
+    def relevance(self, layer, a, z, r, parts=None):
         return a * layer.backward(ops.lrp_divide(r, z, self.stabilizer), a, None)
 
 
@@ -309,5 +354,5 @@ class Pass(Rule):
 
     applies_to = (L.ReLU, L.Flatten)
 
-    def relevance(self, layer, a, z, r):
+    def relevance(self, layer, a, z, r, parts=None):
         return r.reshape(a.shape)
