@@ -1,0 +1,231 @@
+"""The ``relprop`` command line, run end to end in a subprocess on temporary folders."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import relprop
+from relprop import cli, models
+
+
+def run(*args, cwd=None):
+    """Run ``python -m relprop.cli ARGS``; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "relprop.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_user_error(proc, *words):
+    assert proc.returncode == 2, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("relprop: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def png_size(path):
+    Image = pytest.importorskip("PIL.Image")
+    with Image.open(path) as im:
+        return im.size, im.mode
+
+
+# ------------------------------------------------------------------------------------ demo --
+def test_demo_writes_grid_and_relevances(tmp_path):
+    pytest.importorskip("PIL")
+    out = tmp_path / "demo"
+    proc = run("demo", "--out", out, "--n", 3, "--threads", 1)
+    assert proc.returncode == 0, proc.stderr
+    png, npz = out / "digits_grid.png", out / "relevance.npz"
+    assert f"wrote {png}" in proc.stdout and f"wrote {npz}" in proc.stdout
+    for method, _, _ in cli.DEMO_METHODS:
+        assert method in proc.stdout
+    cell, pad, cols = 8 * 16, 3, 1 + len(cli.DEMO_METHODS)
+    (w, h), mode = png_size(png)
+    assert mode == "RGB" and w == cols * (cell + pad) + pad and h > 3 * (cell + pad)
+    with np.load(npz) as d:
+        x, label, target = d["x"], d["label"], d["target"]
+        assert x.shape == (3, 1, 8, 8) and list(label) == [0, 1, 2]
+        net = models.digits_cnn()
+        np.testing.assert_array_equal(target, net(x).argmax(axis=1))
+        for method, _, _ in cli.DEMO_METHODS:
+            assert d[method].shape == (3, 1, 8, 8) and np.isfinite(d[method]).all()
+
+
+# --------------------------------------------------------------------------------- explain --
+def test_explain_npy_with_npz_model(tmp_path):
+    pytest.importorskip("PIL")
+    net = models.digits_cnn()
+    net.save(tmp_path / "cnn.npz")
+    x, _ = models.digits_data()
+    np.save(tmp_path / "x.npy", x[:10])
+    out = tmp_path / "out"
+    proc = run("explain", tmp_path / "cnn.npz", tmp_path / "x.npy", "-m", "lrp.epsilon",
+               "-p", "epsilon=0.01", "-o", out, "--batch-size", 4, "--threads", 1)
+    assert proc.returncode == 0, proc.stderr
+    R = np.load(out / "relevance.npy")
+    assert R.shape == (10, 1, 8, 8) and R.dtype == np.float32
+    pred = net(x[:10]).argmax(axis=1)
+    # the CLI's batching and default target (the predicted class) give the library's result
+    np.testing.assert_allclose(R, relprop.lrp(net, x[:10], pred, "epsilon", epsilon=0.01),
+                               rtol=1e-6, atol=1e-7)
+    for i in range(10):
+        assert png_size(out / "heatmaps" / f"{i}.png") == ((128, 128), "RGB")
+    rows = (out / "explained.csv").read_text().splitlines()
+    assert rows[0] == "name,target,score,relevance_sum" and len(rows) == 11
+    assert [int(r.split(",")[1]) for r in rows[1:]] == list(pred)
+    assert f"wrote {out / 'relevance.npy'}" in proc.stdout
+
+
+def _digits_cnn_onnx(path):
+    """The bundled CNN written as ONNX with onnx.helper (Conv/Relu/MaxPool/Flatten/Gemm)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    lin = [l for l in models.digits_cnn().layers if l.linear]
+    inits = []
+    for k, l in enumerate(lin):
+        inits += [numpy_helper.from_array(l.weight, f"w{k}"),
+                  numpy_helper.from_array(l.bias, f"b{k}")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p"], name="pool", kernel_shape=[2, 2],
+                         strides=[2, 2]),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w2", "b2"], ["d"], name="fc0", transB=1),
+        helper.make_node("Relu", ["d"], ["r2"], name="relu2"),
+        helper.make_node("Gemm", ["r2", "w3", "b3"], ["y"], name="fc1", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "digits", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_explain_onnx_model_on_image_folder(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    model = _digits_cnn_onnx(tmp_path / "digits.onnx")
+    x, _ = models.digits_data()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    pixels = np.rint(x[:3, 0] * 255).astype(np.uint8)
+    Image.fromarray(pixels[0]).save(folder / "a.png")                      # gray, 8x8
+    Image.fromarray(pixels[1]).convert("RGB").save(folder / "b.png")      # RGB -> gray
+    Image.fromarray(pixels[2]).resize((24, 24), Image.NEAREST).save(folder / "c.jpg",
+                                                                    quality=95)  # resized
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    proc = run("explain", model, folder, "-m", "gradient_x_input", "-o", out, "--overlay")
+    assert proc.returncode == 0, proc.stderr
+    R = np.load(out / "relevance.npy")
+    assert R.shape == (3, 1, 8, 8)
+    for stem in "abc":
+        assert png_size(out / "heatmaps" / f"{stem}.png") == ((128, 128), "RGB")
+    # the 8x8 gray PNG is read exactly as pixel / 255
+    net = models.digits_cnn()
+    xa = (pixels[:2].astype(np.float32) / 255)[:, None]
+    want = relprop.gradient_x_input(net, xa, net(xa).argmax(axis=1))
+    np.testing.assert_allclose(R[:2], want, rtol=1e-5, atol=1e-6)
+
+
+def test_explain_features_without_heatmaps(tmp_path):
+    x, _ = models.digits_data(flat=True)
+    np.save(tmp_path / "x.npy", x[:5])
+    out = tmp_path / "out"
+    proc = run("explain", "digits_mlp", tmp_path / "x.npy", "-m", "gradient", "--target", 3,
+               "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    R = np.load(out / "relevance.npy")
+    np.testing.assert_allclose(R, relprop.gradient(models.digits_mlp(), x[:5], 3), rtol=1e-6)
+    assert not (out / "heatmaps").exists() and "no heatmap PNGs" in proc.stdout
+
+
+def test_explain_gamma_box_defaults_to_input_range(tmp_path):
+    x, _ = models.digits_data()
+    np.save(tmp_path / "x.npy", x[:4])
+    proc = run("explain", "digits_cnn", tmp_path / "x.npy", "-m", "lrp.epsilon_gamma_box",
+               "-o", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert "low=0" in proc.stdout and "high=1" in proc.stdout
+    net = models.digits_cnn()
+    want = relprop.lrp(net, x[:4], net(x[:4]).argmax(axis=1), "epsilon_gamma_box",
+                       low=float(x[:4].min()), high=float(x[:4].max()))
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "relevance.npy"), want, rtol=1e-5,
+                               atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------ info --
+def test_info_counts_parameters_and_flops():
+    proc = run("info", "digits_cnn")
+    assert proc.returncode == 0, proc.stderr
+    # by hand from the architecture: weights + biases; 2 FLOPs per multiply-add, 1 per
+    # bias add, ReLU output and pooling window element
+    params = (16 * 9 + 16) + (32 * 16 * 9 + 32) + (512 * 64 + 64) + (64 * 10 + 10)
+    flops = (16 * 64 * (2 * 9 + 1) + 16 * 64 + 32 * 64 * (2 * 16 * 9 + 1) + 32 * 64
+             + 32 * 16 * 4 + (2 * 512 * 64 + 64) + 64 + (2 * 64 * 10 + 10))
+    assert f"parameters: {params:,}" in proc.stdout
+    assert f"FLOPs per sample: {flops:,}" in proc.stdout
+    assert "Conv2d 16->32 3x3" in proc.stdout and "(32, 4, 4)" in proc.stdout
+
+
+def test_info_onnx_and_npz_without_shape(tmp_path):
+    model = _digits_cnn_onnx(tmp_path / "digits.onnx")
+    proc = run("info", model)
+    assert proc.returncode == 0 and "input (1, 8, 8) -> output (10,)" in proc.stdout
+    relprop.Sequential(models.digits_mlp().layers).save(tmp_path / "noshape.npz")
+    proc = run("info", tmp_path / "noshape.npz")
+    assert proc.returncode == 0 and "input shape unknown" in proc.stdout
+    proc = run("info", tmp_path / "noshape.npz", "--input-shape", "64")
+    assert proc.returncode == 0 and "FLOPs per sample: " in proc.stdout
+
+
+# ---------------------------------------------------------------------------------- errors --
+def test_user_errors_print_one_line(tmp_path):
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((5, 3), np.float32))
+    (tmp_path / "model.pt").write_bytes(b"\x80\x02}q\x00.")
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07\x12\x05trunc")
+    out = tmp_path / "out"
+    assert_user_error(run("info", tmp_path / "missing.npz"), "missing.npz", "no such")
+    assert_user_error(run("info", tmp_path / "model.pt"), "unsupported model file")
+    assert_user_error(run("info", tmp_path / "bad.onnx"), "bad.onnx")
+    assert_user_error(run("explain", "digits_cnn", x, "-o", out), "(5, 3)", "(n, 1, 8, 8)")
+    assert_user_error(run("explain", "digits_cnn", "digits", "-m", "lrp.nonsense", "-o", out),
+                      "unknown method", "lrp.nonsense")
+    assert_user_error(run("explain", "digits_cnn", "digits", "--target", 12, "-o", out),
+                      "out of range")
+    assert_user_error(run("explain", "digits_cnn", tmp_path / "nothing", "-o", out), "nothing")
+    assert_user_error(run("explain", "digits_cnn", "digits", "-m", "lrp.epsilon",
+                          "-p", "gamma=2", "-o", out), "gamma")
+    assert_user_error(run("explain", "digits_cnn"), "required")
+    assert_user_error(run("frobnicate"), "frobnicate")
+    assert not out.exists() or not (out / "relevance.npy").exists()
+
+
+def test_image_folder_errors(tmp_path):
+    pytest.importorskip("PIL")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_user_error(run("explain", "digits_cnn", empty, "-o", tmp_path / "o"), "no images")
+    (empty / "broken.png").write_bytes(b"not a png")
+    assert_user_error(run("explain", "digits_cnn", empty, "-o", tmp_path / "o"), "broken.png")
+    assert_user_error(run("explain", "digits_mlp", empty, "-o", tmp_path / "o"),
+                      "(1, h, w) or (3, h, w)")
+
+
+def test_adding_a_subcommand(monkeypatch, capsys):
+    def add_hello_parser(subparsers):
+        p = subparsers.add_parser("hello")
+        p.add_argument("model")
+        p.set_defaults(func=lambda args: print(len(cli.load_model(args.model))))
+
+    monkeypatch.setattr(cli, "SUBCOMMANDS", cli.SUBCOMMANDS + [add_hello_parser])
+    assert cli.main(["hello", "digits_mlp"]) == 0
+    assert capsys.readouterr().out == "3\n"
+    assert cli.main(["hello", "nonexistent.npz"]) == 2
+    err = capsys.readouterr().err
+    assert err == "relprop: error: nonexistent.npz: no such model file\n"
