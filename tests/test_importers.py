@@ -128,8 +128,10 @@ def test_from_torch_same_padding_and_single_module():
      "count_include_pad"),
     (lambda: nn.Sequential(nn.AdaptiveAvgPool2d(2)), (1, 8, 8), "output_size"),
     (lambda: nn.Sequential(nn.Flatten(0)), (4,), "start_dim"),
-    (lambda: nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 2)), (4,), "'0'.*cannot be folded.*start"),
-    (lambda: nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.BatchNorm1d(4)), (4,), "cannot be folded"),
+    (lambda: nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 2)), (4,),
+     "'0'.*cannot be folded.*start"),
+    (lambda: nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.BatchNorm1d(4)), (4,),
+     "cannot be folded"),
     (lambda: nn.Sequential(nn.Linear(4, 3)), (5,), "expects"),
 ])
 def test_from_torch_unsupported(module, shape, match):
@@ -355,7 +357,8 @@ def test_from_sklearn_classifier(n_classes):
     rng = np.random.default_rng(8)
     x = rng.standard_normal((60, 5))
     y = rng.integers(0, n_classes, 60)
-    mlp = _fit(sklearn_nn.MLPClassifier(hidden_layer_sizes=(8, 6), max_iter=50, random_state=0), x, y)
+    mlp = _fit(sklearn_nn.MLPClassifier(hidden_layer_sizes=(8, 6), max_iter=50, random_state=0),
+               x, y)
     net = relprop.from_sklearn(mlp)
     logits = net(x)
     np.testing.assert_allclose(logits, _numpy_forward(mlp, x), rtol=1e-5, atol=1e-9)
@@ -372,7 +375,8 @@ def test_from_sklearn_classifier(n_classes):
 def test_from_sklearn_regressor():
     rng = np.random.default_rng(9)
     x = rng.standard_normal((40, 3))
-    mlp = _fit(sklearn_nn.MLPRegressor(hidden_layer_sizes=(5,), max_iter=50, random_state=0), x, x.sum(axis=1))
+    mlp = _fit(sklearn_nn.MLPRegressor(hidden_layer_sizes=(5,), max_iter=50, random_state=0),
+               x, x.sum(axis=1))
     net = relprop.from_sklearn(mlp)
     np.testing.assert_allclose(net(x)[:, 0], mlp.predict(x), rtol=1e-5, atol=1e-9)
 
@@ -380,7 +384,8 @@ def test_from_sklearn_regressor():
 @needs_sklearn
 def test_from_sklearn_refuses():
     x = np.random.default_rng(10).standard_normal((20, 3))
-    tanh = _fit(sklearn_nn.MLPClassifier(hidden_layer_sizes=(4,), activation="tanh", max_iter=5), x, x[:, 0] > 0)
+    tanh = _fit(sklearn_nn.MLPClassifier(hidden_layer_sizes=(4,), activation="tanh", max_iter=5),
+                x, x[:, 0] > 0)
     with pytest.raises(ValueError, match="activation='tanh'"):
         relprop.from_sklearn(tanh)
     with pytest.raises(ValueError, match="not fitted"):

@@ -463,11 +463,12 @@ class _OnnxReader:
         elif op == "Conv":
             w = self.const(node, 1, "W")
             if w.ndim != 4:
-                raise ValueError(f"{where}: only 2-D convolutions are supported (W shape {w.shape})")
+                raise ValueError(f"{where}: only 2-D convolutions are supported (W shape "
+                                 f"{w.shape})")
             if attrs.get("group", 1) != 1:
                 raise ValueError(f"{where}: group={attrs['group']} is not supported")
             attrs.setdefault("kernel_shape", w.shape[2:])
-            kernel, strides, pads = _window_attrs(attrs, where)
+            _, strides, pads = _window_attrs(attrs, where)
             self.add(L.Conv2d(w, self.const(node, 2, "B"), strides, pads), node)
         elif op == "Relu":
             self.add(L.ReLU(), node)
@@ -576,8 +577,8 @@ def from_onnx(path_or_model, *, check=True, rtol=CHECK_RTOL) -> Sequential:
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx.checker.ValidationError and protobuf errors
-        raise ValueError(f"{where}: invalid ONNX model ({type(exc).__name__}: "
-                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ValueError(f"{where}: invalid ONNX model ({type(exc).__name__}: {first})") from None
     reader = _OnnxReader(model, where)
     layers = reader.run()
     try:
