@@ -19,8 +19,8 @@ MAX_ELEMENTS = 1 << 34
 def float_dtype(dtype) -> np.dtype:
     """The computation dtype for an input of ``dtype`` (see the module docstring)."""
     dtype = np.dtype(dtype)
-    if dtype in (np.float32, np.float64):
-        return dtype
+    if dtype.kind == "f" and dtype.itemsize in (4, 8):  # either byte order: '>f8' stays float64
+        return dtype.newbyteorder("=")
     if dtype.kind in "iuf" and dtype != np.longdouble:
         return np.dtype(np.float32)
     raise TypeError(f"unsupported dtype {dtype}: relprop computes in float32 or float64 "
