@@ -24,7 +24,11 @@ def seed(target, out: np.ndarray, scale: bool) -> np.ndarray:
     """
     n = out.shape[0]
     if _is_int(target):
-        classes = np.full(n, int(target), dtype=np.int64)
+        c = int(target)
+        if out.ndim == 2 and not 0 <= c < out.shape[1]:  # before np.full: 2**63 would overflow
+            raise ValueError(f"target {c} is out of range for {out.shape[1]} outputs "
+                             f"(valid: 0..{out.shape[1] - 1})")
+        classes = np.full(n, c if out.ndim == 2 else 0, dtype=np.int64)
     else:
         t = np.asarray(target) if not isinstance(target, np.ndarray) else target
         if t.dtype.kind in "iu" and t.ndim == 1:
