@@ -24,8 +24,8 @@ Adding a subcommand
 Write one function ``add_<name>_parser(subparsers)`` that creates the sub-parser with
 ``subparsers.add_parser(...)`` and sets ``func=`` (a callable taking the parsed ``args``),
 then add it to :data:`SUBCOMMANDS`.  Raise ``ValueError`` for user mistakes.  The helpers
-:func:`load_model`, :func:`load_inputs` and :func:`resolve_target` read MODEL, INPUTS and
-``--target`` the same way for every subcommand.
+:func:`load_model`, :func:`load_inputs` and :func:`resolve_target` (or :func:`parse_target`) read
+MODEL, INPUTS and ``--target`` the same way for every subcommand.
 """
 from __future__ import annotations
 
@@ -180,17 +180,25 @@ def load_inputs(spec, net):
     return x, [f"{i:0{width}d}" for i in range(len(x))]
 
 
-def resolve_target(spec, net, x, batch_size=None):
-    """``--target``: "pred" (the predicted class of each sample) or a class index."""
+def parse_target(spec):
+    """``--target``: None for "pred" (each sample's predicted class), else the class index."""
     if spec in (None, "pred"):
-        n = len(x)
-        bs = n if batch_size is None else batch_size
-        return np.concatenate([net.forward(np.asarray(x[i:i + bs])).reshape(
-            min(bs, n - i), -1).argmax(axis=1) for i in range(0, n, bs)])
+        return None
     try:
         return int(spec)
     except ValueError:
         raise ValueError(f"--target must be 'pred' or a class index, got {spec!r}") from None
+
+
+def resolve_target(spec, net, x, batch_size=None):
+    """``--target`` for the inputs ``x``: the predicted classes (n,) for "pred", else an int."""
+    fixed = parse_target(spec)
+    if fixed is not None:
+        return fixed
+    n = len(x)
+    bs = n if batch_size is None else batch_size
+    return np.concatenate([net.forward(np.asarray(x[i:i + bs])).reshape(
+        min(bs, n - i), -1).argmax(axis=1) for i in range(0, n, bs)])
 
 
 def check_method(name):
@@ -227,6 +235,15 @@ def _progress(total, desc):
         return None
     return tqdm(total=total, desc=desc, unit="sample", disable=None, file=sys.stderr,
                 leave=False)
+
+
+def _require_pillow(what):
+    """Fail before any work when Pillow, needed to write PNGs, is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("PIL") is None:
+        raise ImportError(f"{what} needs Pillow to write PNG files: pip install pillow "
+                          "(or pip install 'relprop[plot]')")
 
 
 def _heatmap_scale(input_shape):
@@ -286,6 +303,7 @@ def run_demo(args):
 
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
+    _require_pillow("relprop demo")
     if args.threads is not None:
         set_num_threads(args.threads)
     net = models.digits_cnn()
@@ -385,9 +403,11 @@ def run_explain(args):
                 kwargs[key] = float(fn(x))
                 print(f"{args.method}: {key}={kwargs[key]:g} (the range of INPUTS; set it "
                       f"with -p {key}=...)")
-    target = resolve_target(args.target, net, x, args.batch_size)
+    fixed = parse_target(args.target)
     n, bs = len(x), args.batch_size
     images = x.ndim == 4
+    if images:
+        _require_pillow("heatmap images")
     os.makedirs(args.out, exist_ok=True)
     heat_dir = os.path.join(args.out, "heatmaps")
     if images:
@@ -401,7 +421,8 @@ def run_explain(args):
     try:
         for start in range(0, n, bs):
             xb = np.asarray(x[start:start + bs])
-            tb = target if np.ndim(target) == 0 else target[start:start + bs]
+            scores = net.forward(xb).reshape(len(xb), -1)
+            tb = scores.argmax(axis=1) if fixed is None else fixed
             try:
                 R = explain(net, xb, tb, args.method, **kwargs)
             except TypeError as exc:  # a bad -p for this method
@@ -410,7 +431,6 @@ def run_explain(args):
                 rel = np.lib.format.open_memmap(rel_path, mode="w+", dtype=R.dtype,
                                                 shape=(n,) + R.shape[1:])
             rel[start:start + len(xb)] = R
-            scores = net.forward(xb).reshape(len(xb), -1)
             tcls = np.broadcast_to(tb, (len(xb),))
             for i in range(len(xb)):
                 rows.append((names[start + i], int(tcls[i]), float(scores[i, tcls[i]]),
