@@ -2,6 +2,9 @@
 and the matplotlib figures."""
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import relprop
 from relprop import render
@@ -19,6 +22,21 @@ def test_zero_is_exactly_white_and_signs_are_red_and_blue():
     assert r == 255 and g == b and 0 < g < 255
     r, g, b = (int(c) for c in rgb[1, 1])  # -quarter: blue hue, lighter still
     assert b == 255 and r == g and g > int(rgb[1, 0][1])
+
+
+@given(hnp.arrays(np.float64, hnp.array_shapes(min_dims=3, max_dims=3, max_side=6),
+                  elements=st.floats(-1e3, 1e3) | st.just(0.0)))
+def test_colours_follow_the_sign(R):
+    rgb = render.heatmap(R).astype(int)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    zero, pos, neg = R == 0, R > 0, R < 0
+    assert (rgb[zero] == 255).all()
+    assert (r[pos] == 255).all() and (g[pos] == b[pos]).all()
+    assert (b[neg] == 255).all() and (r[neg] == g[neg]).all()
+    # lightness falls with |R| / max|R| of each sample (0 -> 255, the maximum -> 0)
+    m = np.abs(R).max(axis=(1, 2), keepdims=True)
+    want = np.rint(255 * (1 - np.abs(R) / np.where(m > 0, m, 1)))
+    np.testing.assert_array_equal(np.where(pos, g, np.where(neg, r, 255)), want)
 
 
 def test_all_zero_map_is_white():
