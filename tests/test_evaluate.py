@@ -216,3 +216,14 @@ def test_cli_evaluate_on_files(tmp_path, rng):
         _run_cli([str(tmp_path / "m.npz"), str(tmp_path / "in.npy"), "--target", "label"])
     with pytest.raises(ValueError, match="unknown method 'lrp.nope'"):
         _run_cli([str(tmp_path / "m.npz"), str(tmp_path / "in.npy"), "--methods", "lrp.nope"])
+
+
+def test_relprop_evaluate_command(capsys):
+    from relprop import cli
+
+    assert cli.main(["evaluate", "digits_mlp", "digits", "--limit", "10", "--steps", "4",
+                     "--methods", "lrp.epsilon,random"]) == 0
+    out = capsys.readouterr().out
+    assert "| lrp.epsilon |" in out and "| random |" in out
+    assert cli.main(["evaluate", "digits_mlp", "digits", "--methods", "nope"]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The ``relprop`` command line: ``demo``, ``explain``, ``info``.
+"""The ``relprop`` command line: ``demo``, ``explain``, ``info``, ``evaluate``.
 
 ``relprop demo`` explains digits with the bundled CNN under several methods and writes a PNG
 grid; ``relprop explain MODEL INPUTS -m METHOD -o OUTDIR`` explains your own inputs;
@@ -545,10 +545,20 @@ def run_info(args):
 
 
 # --------------------------------------------------------------------------------------------
+# relprop evaluate (defined in relprop.evaluate)
+# --------------------------------------------------------------------------------------------
+def add_evaluate_parser(subparsers):
+    """``relprop evaluate MODEL INPUTS``: see :func:`relprop.evaluate.add_evaluate_parser`."""
+    from .evaluate import add_evaluate_parser as add
+
+    return add(subparsers)
+
+
+# --------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------
 #: One entry per subcommand: ``add(subparsers)`` creates it and sets ``func``.
-SUBCOMMANDS = [add_demo_parser, add_explain_parser, add_info_parser]
+SUBCOMMANDS = [add_demo_parser, add_explain_parser, add_info_parser, add_evaluate_parser]
 
 
 class _Parser(argparse.ArgumentParser):
