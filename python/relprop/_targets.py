@@ -39,9 +39,11 @@ def seed(target, out: np.ndarray, scale: bool) -> np.ndarray:
             if t.shape != out.shape:
                 raise ValueError(f"target seed has shape {t.shape} but the output has shape "
                                  f"{out.shape}")
-            if not np.isfinite(t).all():
-                raise ValueError("target seed contains NaN or infinite values")
-            return np.ascontiguousarray(t, dtype=out.dtype)
+            with np.errstate(over="ignore"):  # 1e300 in a float32 seed is reported below
+                s = np.ascontiguousarray(t, dtype=out.dtype)
+            if not np.isfinite(s).all():
+                raise ValueError(f"target seed contains NaN or infinite values (as {out.dtype})")
+            return s
         else:
             raise TypeError("target must be an int, a sequence of ints (one per sample) or a float "
                             f"array shaped like the output {out.shape}; got "
