@@ -59,7 +59,9 @@ def check_size(shape, what: str) -> None:
 
 def as_int(value, name: str, minimum: int | None = None) -> int:
     """An integer argument (bools and floats are refused)."""
-    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if not isinstance(value, (numbers.Integral, np.integer)):
         try:
             value = operator.index(value)
         except TypeError:
