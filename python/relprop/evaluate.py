@@ -314,7 +314,8 @@ def compare(net, x, target, methods=DEFAULT_METHODS, *, steps=None, patch=1, fil
     -------
     Comparison
         ``rows`` (list of dicts: method, auc, conservation_error, samples_per_s) and
-        ``to_markdown()``.  samples/s times the explanation alone (wall clock, one run).
+        ``to_markdown()``.  samples/s times the explanation alone (wall clock, one run after
+        a warm-up call on two samples).
     """
     from . import explain
 
@@ -327,9 +328,11 @@ def compare(net, x, target, methods=DEFAULT_METHODS, *, steps=None, patch=1, fil
             R = np.random.default_rng(seed).random(x.shape).astype(x.dtype)
             rate = err = None
         else:
+            kw = method_kwargs.get(name, {})
+            t_small = target if np.ndim(target) == 0 else np.asarray(target)[:2]
+            explain(net, x[:2], t_small, method=name, **kw)  # warm-up: rule caches, threads
             t0 = time.perf_counter()
-            R = explain(net, x, target, method=name, batch_size=batch_size,
-                        **method_kwargs.get(name, {}))
+            R = explain(net, x, target, method=name, batch_size=batch_size, **kw)
             rate = len(x) / max(time.perf_counter() - t0, 1e-9)
             err = _conservation(name, score, R.reshape(len(x), -1).sum(axis=1)).mean_rel
         pf = pixel_flipping(net, x, R, target, steps=steps, patch=patch, fill=fill, order=order,
