@@ -106,6 +106,20 @@ def test_from_torch_global_pool_and_training_mode_restored():
 
 
 @needs_torch
+def test_from_torch_adaptive_pool_as_fixed_pooling():
+    torch.manual_seed(4)
+    module = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d((2, 3)),
+                           nn.AdaptiveAvgPool2d((2, 3)), nn.Flatten(), nn.Linear(18, 2))
+    net = relprop.from_torch(module, (2, 4, 6))
+    assert [l.kind for l in net.layers] == ["conv2d", "relu", "avgpool2d", "flatten", "dense"]
+    assert net.layers[2].kernel_size == (2, 2)  # the second pool is the identity: dropped
+    x = np.random.default_rng(5).standard_normal((3, 2, 4, 6)).astype(np.float32)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    assert _rel_err(net(x), want) <= 1e-5
+
+
+@needs_torch
 def test_from_torch_same_padding_and_single_module():
     module = nn.Sequential(nn.Conv2d(1, 2, 5, padding="same"), nn.ReLU())
     net = relprop.from_torch(module, (1, 7, 7))
@@ -126,7 +140,7 @@ def test_from_torch_same_padding_and_single_module():
     (lambda: nn.Sequential(nn.MaxPool2d(3, dilation=2)), (1, 8, 8), "dilation"),
     (lambda: nn.Sequential(nn.AvgPool2d(3, padding=1, count_include_pad=False)), (1, 8, 8),
      "count_include_pad"),
-    (lambda: nn.Sequential(nn.AdaptiveAvgPool2d(2)), (1, 8, 8), "output_size"),
+    (lambda: nn.Sequential(nn.AdaptiveAvgPool2d(3)), (1, 8, 8), "uneven"),
     (lambda: nn.Sequential(nn.Flatten(0)), (4,), "start_dim"),
     (lambda: nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 2)), (4,),
      "'0'.*cannot be folded.*start"),

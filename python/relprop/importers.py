@@ -43,7 +43,7 @@ def _self_check(got, want, source, rtol):
 # --------------------------------------------------------------------------------------------
 # PyTorch
 # --------------------------------------------------------------------------------------------
-_TORCH_SUPPORTED = ("Sequential, Linear, Conv2d, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), "
+_TORCH_SUPPORTED = ("Sequential, Linear, Conv2d, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, "
                     "Flatten, BatchNorm1d, BatchNorm2d, Dropout, Identity")
 
 
@@ -121,10 +121,12 @@ def _torch_layer(m, path):
                            _torch_pair(m.stride or m.kernel_size, "stride", path),
                            _torch_pair(m.padding, "padding", path))
     if isinstance(m, nn.AdaptiveAvgPool2d):
-        size = m.output_size
-        if size not in (1, (1, 1), [1, 1]):
-            raise unsupported(f"output_size={size} (only 1, global average pooling)")
-        return L.GlobalAvgPool2d()
+        size = _torch_pair(m.output_size, "output_size", path)
+        if size == (1, 1):
+            return L.GlobalAvgPool2d()
+        if None in size:
+            raise unsupported(f"output_size={m.output_size}")
+        return _AdaptiveAvgPool(size)
     if isinstance(m, nn.Flatten):
         if m.start_dim != 1 or m.end_dim != -1:
             raise unsupported(f"start_dim={m.start_dim}, end_dim={m.end_dim} (only 1, -1)")
@@ -140,8 +142,12 @@ def _torch_layer(m, path):
     if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
                       nn.Identity)):
         return None
-    raise ValueError(f"module '{path}' ({type(m).__name__}) is not supported; from_torch reads "
-                     f"nn.Sequential stacks of {_TORCH_SUPPORTED}")
+    hint = ""
+    if next(m.children(), None) is not None:
+        hint = (f" ({type(m).__name__} has its own forward(); if it applies its children in "
+                "order, pass nn.Sequential(*children) with the flatten steps made explicit)")
+    raise ValueError(f"module '{path}' ({type(m).__name__}) is not supported{hint}; from_torch "
+                     f"reads nn.Sequential stacks of {_TORCH_SUPPORTED}")
 
 
 def _torch_walk(module, path, out):
@@ -167,19 +173,49 @@ def _check_foldable(bn, prev, where):
                          f"{' or '.join(t.__name__ for t in bn.expects)}, not {after}")
 
 
-def _chain_shapes(found, input_shape):
-    """Check that the layers chain from ``input_shape``, naming the module path on failure."""
+class _AdaptiveAvgPool:
+    """``AdaptiveAvgPool2d(size)``: an AvgPool2d once the input size is known (see _chain)."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def __repr__(self):
+        return f"AdaptiveAvgPool2d({self.size})"
+
+    def resolve(self, shape):
+        """AvgPool2d for an input (c, h, w) that ``size`` divides; None when it is the identity."""
+        if len(shape) != 3:
+            raise ValueError(f"AdaptiveAvgPool2d expects (channels, height, width), got {shape}")
+        (h, w), (oh, ow) = shape[1:], self.size
+        if (h, w) == (oh, ow):
+            return None
+        if h % oh or w % ow:
+            raise ValueError(f"AdaptiveAvgPool2d{self.size} on a {h}x{w} input has uneven windows "
+                             "(only sizes that divide the input are supported)")
+        return L.AvgPool2d((h // oh, w // ow))
+
+
+def _chain(found, input_shape):
+    """The layers chained from ``input_shape``: AdaptiveAvgPool2d resolved to a fixed pooling,
+    and the module path named when shapes do not fit."""
     try:
         shape = tuple(int(s) for s in input_shape)
     except (TypeError, ValueError):
         raise TypeError(f"input_shape must be a tuple of ints, got {input_shape!r}") from None
     if not shape or any(s <= 0 for s in shape):
         raise ValueError(f"input_shape must be positive sizes, got {shape}")
+    layers = []
     for path, layer in found:
         try:
+            if isinstance(layer, _AdaptiveAvgPool):
+                layer = layer.resolve(shape)
+                if layer is None:
+                    continue
             shape = tuple(layer.output_shape(shape))
         except ValueError as exc:
             raise ValueError(f"module '{path}': {exc}") from None
+        layers.append(layer)
+    return layers
 
 
 def from_torch(module, input_shape, *, check=True, rtol=CHECK_RTOL) -> Sequential:
@@ -189,7 +225,8 @@ def from_torch(module, input_shape, *, check=True, rtol=CHECK_RTOL) -> Sequentia
     ----------
     module : torch.nn.Module
         ``nn.Sequential`` (nested ones allowed) of Linear, Conv2d, ReLU, MaxPool2d, AvgPool2d,
-        AdaptiveAvgPool2d(1), Flatten, BatchNorm1d/2d (folded into the layer before), Dropout
+        AdaptiveAvgPool2d (output size 1, or one that divides the input: a fixed AvgPool2d),
+        Flatten, BatchNorm1d/2d (folded into the layer before), Dropout
         and Identity (skipped).  Parameters are copied (float32/float64 kept, other float
         dtypes converted to float32).
     input_shape : tuple of int
@@ -221,8 +258,7 @@ def from_torch(module, input_shape, *, check=True, rtol=CHECK_RTOL) -> Sequentia
     _torch_walk(module, "", found)
     if not found:
         raise ValueError(f"{type(module).__name__} has no layers relprop can use")
-    _chain_shapes(found, input_shape)
-    net = Sequential([layer for _, layer in found], input_shape=input_shape)
+    net = Sequential(_chain(found, input_shape), input_shape=input_shape)
     if check:
         dtype = net.layers[0].weight.dtype if net.layers[0].linear else np.float32
         x = _probe(net.input_shape, dtype)
