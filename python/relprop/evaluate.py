@@ -376,7 +376,8 @@ def add_evaluate_parser(subparsers):
                    help="'pred' (the predicted class, default), 'label' (the labels of INPUTS: "
                         "'y' of an .npz, or the digits') or a class index")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help="comma-separated method names (relprop.explain names, and 'random'); "
+                   help="comma-separated method names (relprop.explain names, and 'random'; "
+                        "lrp.epsilon_gamma_box and lrp.zbox get low/high = the range of INPUTS); "
                         f"default {','.join(DEFAULT_METHODS)}")
     p.add_argument("--limit", type=int, default=None, help="use the first LIMIT inputs only")
     p.add_argument("--steps", type=int, default=None,
@@ -417,9 +418,12 @@ def cli_evaluate(args, file=None):
         fill = float(args.fill)
     except ValueError:
         fill = args.fill
+    kwargs = {"smoothgrad": {"seed": args.seed}}
+    box = {"low": float(x.min()), "high": float(x.max())}  # as 'relprop explain' does
+    kwargs.update({m: box for m in ("lrp.epsilon_gamma_box", "lrp.zbox")})
     table = compare(net, x, target, methods, steps=args.steps, patch=args.patch, fill=fill,
                     order=args.order, seed=args.seed, batch_size=args.batch_size,
-                    method_kwargs={"smoothgrad": {"seed": args.seed}})
+                    method_kwargs=kwargs)
     print(f"{args.model} on {len(x)} inputs of {args.inputs}: target={args.target}, "
           f"steps={args.steps or 'one region each'}, patch={args.patch}, fill={args.fill}, "
           f"order={args.order}", file=file)
