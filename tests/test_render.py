@@ -130,17 +130,27 @@ def test_grid_layout():
         render.grid(np.zeros((2, 3, 3, 3)))
 
 
-def test_save_png_round_trip(tmp_path):
+@pytest.mark.parametrize("shape", [(7, 9, 3), (5, 4), (1, 1, 3)])
+def test_save_png_round_trip_through_pillow(tmp_path, shape):
     Image = pytest.importorskip("PIL.Image")
-    rgb = render.heatmap(np.random.default_rng(2).standard_normal((7, 9)))
+    rgb = np.random.default_rng(2).integers(0, 256, shape, dtype=np.uint8)
     path = tmp_path / "h.png"
     render.save_png(path, rgb)
     with Image.open(path) as im:
-        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), rgb)
+        im.load()  # decodes and checks every chunk's CRC
+        assert im.mode == ("RGB" if len(shape) == 3 else "L")
+        np.testing.assert_array_equal(np.asarray(im), rgb)
+
+
+def test_save_png_refuses_bad_images(tmp_path):
+    path = tmp_path / "h.png"
     with pytest.raises(TypeError, match="uint8"):
-        render.save_png(path, rgb.astype(float))
+        render.save_png(path, np.zeros((2, 2, 3)))
     with pytest.raises(ValueError, match="shape"):
         render.save_png(path, np.zeros((2, 2, 4), np.uint8))
+    with pytest.raises(ValueError, match="shape"):
+        render.save_png(path, np.zeros((0, 2, 3), np.uint8))
+    assert not path.exists()
 
 
 def test_heatmap_of_bundled_model_explanation():

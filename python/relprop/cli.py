@@ -237,15 +237,6 @@ def _progress(total, desc):
                 leave=False)
 
 
-def _require_pillow(what):
-    """Fail before any work when Pillow, needed to write PNGs, is missing."""
-    import importlib.util
-
-    if importlib.util.find_spec("PIL") is None:
-        raise ImportError(f"{what} needs Pillow to write PNG files: pip install pillow "
-                          "(or pip install 'relprop[plot]')")
-
-
 def _heatmap_scale(input_shape):
     return max(1, HEATMAP_PIXELS // max(input_shape[-2:]))
 
@@ -280,8 +271,12 @@ def _demo_samples(y, n):
 
 
 def _titled(rgb, titles, cell, pad):
-    """``rgb`` with a row of column titles on top (drawn with Pillow's default font)."""
-    from PIL import Image, ImageDraw, ImageFont
+    """``rgb`` with a row of column titles on top, drawn with Pillow's default font (without
+    Pillow, ``rgb`` as it is)."""
+    try:
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError:
+        return rgb
 
     try:
         font = ImageFont.load_default(size=12)
@@ -303,7 +298,6 @@ def run_demo(args):
 
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
-    _require_pillow("relprop demo")
     if args.threads is not None:
         set_num_threads(args.threads)
     net = models.digits_cnn()
@@ -406,8 +400,6 @@ def run_explain(args):
     fixed = parse_target(args.target)
     n, bs = len(x), args.batch_size
     images = x.ndim == 4
-    if images:
-        _require_pillow("heatmap images")
     os.makedirs(args.out, exist_ok=True)
     heat_dir = os.path.join(args.out, "heatmaps")
     if images:

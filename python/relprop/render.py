@@ -1,7 +1,7 @@
 """Render relevance maps as RGB images: a symmetric blue-white-red colormap, overlays, grids, PNG.
 
-Everything here is NumPy; only :func:`save_png` needs Pillow (imported when called), and a
-colormap name other than the built-in ones needs matplotlib.
+Everything here is NumPy and the standard library (:func:`save_png` writes PNG files with
+``zlib``); only a colormap name other than the built-in ones needs matplotlib.
 
 Colours are scaled per sample by the largest magnitude ``max |R|``: with the default
 ``cmap="bwr"``, ``R = 0`` is exactly white ``(255, 255, 255)``, ``R = +max|R|`` pure red
@@ -17,6 +17,8 @@ Example
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 
 import numpy as np
 
@@ -238,24 +240,39 @@ def upscale(rgb, scale):
     return rgb.repeat(scale, axis=-3).repeat(scale, axis=-2)
 
 
-def save_png(path, rgb):
-    """Write a uint8 RGB image ``(h, w, 3)`` (or gray ``(h, w)``) to a PNG file (needs Pillow).
+def png_bytes(rgb) -> bytes:
+    """A uint8 image ``(h, w, 3)`` (RGB) or ``(h, w)`` (gray) encoded as PNG (zlib, no filter).
 
-    Raises
-    ------
-    ImportError
-        Pillow is not installed.
-    TypeError, ValueError
-        Not a uint8 image of that shape.
+    Written with the standard library only, so heatmaps can be saved without Pillow.
     """
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8:
-        raise TypeError(f"save_png takes a uint8 image, got dtype {rgb.dtype}")
+        raise TypeError(f"PNG images must be uint8, got dtype {rgb.dtype}")
     if not (rgb.ndim == 2 or (rgb.ndim == 3 and rgb.shape[2] == 3)) or 0 in rgb.shape:
-        raise ValueError(f"save_png takes an image (h, w, 3) or (h, w), got shape {rgb.shape}")
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ImportError("writing PNG files needs Pillow: pip install pillow "
-                          "(or pip install 'relprop[plot]')") from None
-    Image.fromarray(np.ascontiguousarray(rgb)).save(os.fspath(path), format="PNG")
+        raise ValueError(f"a PNG image must be (h, w, 3) or (h, w), got shape {rgb.shape}")
+    h, w = rgb.shape[:2]
+    rows = np.ascontiguousarray(rgb).reshape(h, -1)
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()  # filter 0
+
+    def chunk(tag, data):
+        return (struct.pack(">I", len(data)) + tag + data +
+                struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2 if rgb.ndim == 3 else 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
+            chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+
+
+def save_png(path, rgb):
+    """Write a uint8 RGB image ``(h, w, 3)`` (or gray ``(h, w)``) to a PNG file.
+
+    Needs no Pillow (see :func:`png_bytes`).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Not a uint8 image of that shape.
+    """
+    data = png_bytes(rgb)
+    with open(os.fspath(path), "wb") as fh:
+        fh.write(data)
