@@ -122,13 +122,18 @@ class Sequential:
             x, state = layer.forward(x)
             states.append(state)
         inputs.append(x)
+        _check_overflow(inputs[0], x)
         return Trace(inputs, states, x)
 
     def forward(self, x, check_finite=True):
-        """Output scores ``f(x)`` (logits), shape ``(n, *output_shape)``."""
-        x = self.check_input(x, check_finite)
+        """Output scores ``f(x)`` (logits), shape ``(n, *output_shape)``.
+
+        A finite ``x`` whose scores overflow to inf/NaN raises ``ValueError`` (whatever
+        ``check_finite``, which governs the check of ``x`` only)."""
+        x0 = x = self.check_input(x, check_finite)
         for layer in self.layers:
             x, _ = layer.forward(x)
+        _check_overflow(x0, x)
         return x
 
     __call__ = forward
@@ -155,6 +160,13 @@ class Sequential:
         meta = np.frombuffer(json.dumps(desc).encode(), dtype=np.uint8)
         with open(os.fspath(path), "wb") as fh:
             np.savez(fh, __relprop__=meta, **arrays)
+
+
+def _check_overflow(x, out):
+    """Raise ValueError where a finite input ``x`` gave a non-finite output (an overflow)."""
+    if not np.isfinite(out).all() and np.isfinite(x).all():
+        raise ValueError(f"the forward pass overflowed: a finite input gave inf/NaN outputs in "
+                         f"{out.dtype} (inputs or weights too large; float64 has more range)")
 
 
 def _get(cfg, key, kind, types=(int,)):
