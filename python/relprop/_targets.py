@@ -83,14 +83,24 @@ def chunks(x: np.ndarray, target, batch_size):
 def map_batches(fn, x: np.ndarray, target, batch_size, *extra):
     """Apply ``fn(x_chunk, target_chunk, *extra_chunks)`` over chunks and stack the results.
 
-    ``extra`` are arrays with the batch on axis 0 (sliced along with ``x``) or None.
+    ``extra`` are arrays with the batch on axis 0 (sliced along with ``x``) or None.  A result
+    with inf/NaN from a finite chunk (an overflow) raises ValueError.
     """
     if batch_size is None:
-        return fn(x, target, *extra)
+        return _finite_result(fn, x, target, *extra)
     out = None
     for sl, t in chunks(x, target, batch_size):
-        part = fn(x[sl], t, *(e if e is None else e[sl] for e in extra))
+        part = _finite_result(fn, x[sl], t, *(e if e is None else e[sl] for e in extra))
         if out is None:
             out = np.empty((x.shape[0],) + part.shape[1:], dtype=part.dtype)
         out[sl] = part
+    return out
+
+
+def _finite_result(fn, x, *args):
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below, with the cause
+        out = fn(x, *args)
+    if not np.isfinite(out).all() and np.isfinite(x).all():
+        raise ValueError(f"the result overflowed: a finite input gave inf/NaN in {out.dtype} "
+                         "(a large target seed, input or weights; float64 has more range)")
     return out
