@@ -8,10 +8,12 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "relprop/check.hpp"
 #include "relprop/cpu.hpp"
 #include "relprop/kernels.hpp"
+#include "relprop/memory.hpp"
 #include "relprop/parallel.hpp"
 
 namespace py = pybind11;
@@ -288,6 +290,18 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_isa_from_env", &relprop::set_isa_from_env);
   m.def("fma_peak_gflops", &relprop::fma_peak_gflops, "nthreads"_a,
         py::call_guard<py::gil_scoped_release>());
+  // Bytes in the kernels' counted scratch buffers (relprop/memory.hpp), for memory tests
+  m.def("memory_stats", [] {
+    return py::dict("current_bytes"_a = relprop::memory::current_bytes(),
+                    "peak_bytes"_a = relprop::memory::peak_bytes());
+  });
+  m.def("reset_memory_peak", [] { relprop::memory::reset_peak(); });
+  // The counter's own test: the stats while a counted buffer of `bytes` is alive.
+  m.def("_memory_probe", [](std::size_t bytes) {
+    std::vector<unsigned char, relprop::CountingAllocator<unsigned char>> buf(bytes);
+    return py::dict("current_bytes"_a = relprop::memory::current_bytes(),
+                    "peak_bytes"_a = relprop::memory::peak_bytes());
+  }, "bytes"_a);
   define<float>(m);
   define<double>(m);
 }

@@ -72,6 +72,20 @@ def get_num_threads() -> int:
     return _threads if _threads > 0 else int(_core.default_threads())
 
 
+def memory_stats() -> dict:
+    """Bytes held by the kernels' counted scratch buffers: ``{"current_bytes", "peak_bytes"}``.
+
+    NumPy arrays (every kernel's output) are not included: ``tracemalloc`` sees those.  The
+    peak is process-wide, over all threads, since the last :func:`reset_memory_peak`.
+    """
+    return {k: int(v) for k, v in _core.memory_stats().items()}
+
+
+def reset_memory_peak() -> None:
+    """Start a new peak measurement of :func:`memory_stats` (the peak becomes the current use)."""
+    _core.reset_memory_peak()
+
+
 def _c(a, dtype):
     return np.ascontiguousarray(a, dtype=dtype)
 
