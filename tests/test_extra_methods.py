@@ -165,3 +165,12 @@ def test_bad_arguments(rng, call, err, match):
     net = nets.mlp(rng)
     with pytest.raises(err, match=match):
         call(net, rng.normal(size=(3, 12)))
+
+
+def test_overflow_raises_instead_of_returning_inf():
+    net = rp.Sequential([rp.Dense(np.full((2, 3), 1e20, dtype=np.float32))])
+    seed = np.array([[1e30, 0.0]], dtype=np.float32)
+    with pytest.raises(ValueError, match="overflowed"):
+        rp.smoothgrad(net, np.ones((1, 3), np.float32), seed, n=2, seed=0)
+    with pytest.raises(ValueError, match="overflowed"):
+        rp.integrated_gradients(net, np.ones((1, 3), np.float32), seed, steps=2)

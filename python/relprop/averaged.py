@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._targets import _is_int
+from ._targets import _finite_result, _is_int
 from ._validate import as_float_array, as_int, as_scalar, check_size
 from .methods import _backward
 
@@ -114,7 +114,9 @@ def smoothgrad(net, x, target, n=16, sigma=0.15, seed=None, *, batch_size=None,
         noise = rng.standard_normal((len(i),) + x.shape[1:])
         return (x[i] + scale[i] * noise).astype(x.dtype)
 
-    return averaged_gradient(net, x, target, points, np.full(n, 1.0 / n), batch_size)
+    weights = np.full(n, 1.0 / n)
+    return _finite_result(lambda xc, tc: averaged_gradient(net, xc, tc, points, weights,
+                                                           batch_size), x, target)
 
 
 def _gauss_legendre(s):
@@ -204,4 +206,5 @@ def integrated_gradients(net, x, target, baseline=None, steps=32, quadrature="ri
     def points(i, k):
         return base[i] + alphas[k].reshape(shape) * diff[i]
 
-    return diff * averaged_gradient(net, x, target, points, weights, batch_size)
+    return _finite_result(lambda xc, tc: diff * averaged_gradient(net, xc, tc, points, weights,
+                                                                  batch_size), x, target)
