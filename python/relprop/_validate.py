@@ -16,15 +16,15 @@ import numpy as np
 MAX_ELEMENTS = 1 << 34
 
 
-def float_dtype(dtype) -> np.dtype:
+def float_dtype(dtype, name: str = "input") -> np.dtype:
     """The computation dtype for an input of ``dtype`` (see the module docstring)."""
     dtype = np.dtype(dtype)
     if dtype.kind == "f" and dtype.itemsize in (4, 8):  # either byte order: '>f8' stays float64
         return dtype.newbyteorder("=")
     if dtype.kind in "iuf" and dtype != np.longdouble:
         return np.dtype(np.float32)
-    raise TypeError(f"unsupported dtype {dtype}: relprop computes in float32 or float64 "
-                    "(integer and float16 inputs are converted to float32)")
+    raise TypeError(f"{name} has unsupported dtype {dtype}: relprop computes in float32 or "
+                    "float64 (integer and float16 inputs are converted to float32)")
 
 
 def as_float_array(a, name: str, dtype=None, check_finite: bool = True) -> np.ndarray:
@@ -36,9 +36,9 @@ def as_float_array(a, name: str, dtype=None, check_finite: bool = True) -> np.nd
             arr = np.asarray(a)
         except (ValueError, TypeError) as exc:
             raise TypeError(f"{name} must be an array of numbers: {exc}") from None
-    target = float_dtype(arr.dtype) if dtype is None else np.dtype(dtype)
+    target = float_dtype(arr.dtype, name)  # rejects bool/complex/object even when dtype is forced
     if dtype is not None:
-        float_dtype(arr.dtype)  # reject bool/complex/object even when a dtype is forced
+        target = np.dtype(dtype)
     arr = np.asarray(arr, dtype=target, order="C")
     if check_finite and not np.isfinite(arr).all():
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
