@@ -9,7 +9,7 @@ template <typename T>
 void relu_forward(const T* x, T* y, idx size, int nthreads) {
   const int nt = threads_for(nthreads, size, size);
 #pragma omp parallel for simd schedule(static) num_threads(nt)
-  for (idx i = 0; i < size; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
+  for (idx i = 0; i < size; ++i) y[i] = (x[i] > T(0) || x[i] != x[i]) ? x[i] : T(0);  // NaN stays
 }
 
 template <typename T>
