@@ -28,7 +28,7 @@ void maxpool2d_forward(const T* x, T* y, std::int64_t* arg, const Window2d& g, i
             const idx j = q * g.sw + v - g.pw;
             if (j < 0 || j >= g.w) continue;
             const T val = xs[i * g.w + j];
-            if (where < 0 || val > best) {
+            if (where < 0 || val > best || (val != val && best == best)) {  // first NaN wins
               best = val;
               where = i * g.w + j;
             }
