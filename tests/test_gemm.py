@@ -12,6 +12,7 @@ from numpy.testing import assert_array_equal
 
 import relprop as rp
 from relprop import ops
+from relprop import reference as ref
 
 from strategies import sum_tolerance
 
@@ -105,6 +106,8 @@ def test_results_do_not_depend_on_thread_count(isa, dtype):
     cases.append(lambda: ops.dense_backward(gd, w))
     for n in (1, 3, 4):  # one sample (GEMM split), odd and even batches (samples split)
         xc, wc, bc = u(n, 5, 13, 11), u(7, 5, 3, 3), u(7)
+        w16, g16 = u(40, 5, 3, 3), u(n, 40, 13, 11)  # few inputs: backward through col2im
+        cases.append(lambda g16=g16, w16=w16: ops.conv2d_backward(g16, w16, (13, 11), (1, 1), (1, 1)))
         for stride, pad in [((1, 1), (1, 1)), ((2, 1), (0, 1)), ((1, 1), (0, 0))]:
             y = ops.conv2d_forward(xc, wc, bc, stride, pad)
             g = u(*y.shape)
@@ -117,6 +120,36 @@ def test_results_do_not_depend_on_thread_count(isa, dtype):
     for case in cases:
         one, two = _with_threads(1, case), _with_threads(2, case)
         assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("c_in,c_out,k,stride,pad", [
+    (5, 7, 3, 1, 1),    # stride 1: backward as the flipped convolution
+    (2, 16, 3, 1, 1),   # few input channels: backward through col2im
+    (3, 64, 3, 1, 0),
+    (4, 6, 3, 2, 1),    # strided: col2im
+    (6, 9, 1, 1, 0),    # 1x1: x read as a matrix
+    (3, 5, (2, 4), (1, 2), (1, 2)),
+])
+@pytest.mark.parametrize("n", [1, 3])
+def test_conv_paths_match_reference(isa, c_in, c_out, k, stride, pad, n):
+    rng = np.random.default_rng(c_in * c_out)
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    k, stride, pad = pair(k), pair(stride), pair(pad)
+    x = rng.uniform(-1, 1, (n, c_in, 19, 17))
+    w = rng.uniform(-1, 1, (c_out, c_in) + k)
+    b = rng.uniform(-1, 1, c_out)
+    for dtype in (np.float32, np.float64):
+        xs, ws, bs = x.astype(dtype), w.astype(dtype), b.astype(dtype)
+        y = ops.conv2d_forward(xs, ws, bs, stride, pad)
+        want = ref.conv2d_forward(x, w, b, stride, pad)
+        bound = ref.conv2d_forward(np.abs(x), np.abs(w), np.abs(b), stride, pad)
+        assert np.all(np.abs(y - want) <= sum_tolerance(dtype, w[0].size + 1, bound))
+        g = rng.uniform(-1, 1, y.shape)
+        gx = ops.conv2d_backward(g.astype(dtype), ws, x.shape[2:], stride, pad)
+        want = ref.conv2d_backward(g, w, x.shape[2:], stride, pad)
+        bound = ref.conv2d_backward(np.abs(g), np.abs(w), x.shape[2:], stride, pad)
+        terms = c_out * w.shape[2] * w.shape[3]
+        assert np.all(np.abs(gx - want) <= sum_tolerance(dtype, terms, bound))
 
 
 def test_rows_do_not_depend_on_batch_size(isa):

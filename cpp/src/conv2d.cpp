@@ -6,7 +6,8 @@
 //
 // Backward (w.r.t. x): with stride 1 and padding < kernel size it is itself a convolution, of
 // gy with the flipped, transposed kernel and padding kernel - 1 - padding, so it runs on the
-// same implicit GEMM; otherwise cols = W^T gy per sample and col2im scatters it back.
+// same implicit GEMM; otherwise (and for few input channels) cols = W^T gy per sample and
+// col2im scatters it back.
 //
 // Threads split the (samples x pixel strips) range and, when that is too short, the output
 // channels, into one rectangle per thread; every output element is reduced in the same order
@@ -98,11 +99,12 @@ void run_batch(const GemmImpl<T>& impl, const BatchGemm<T>& bg, int nthreads) {
   }
 }
 
-// x[c, i, j] += cols[(c, u, v), (p, q)]  (transpose of im2col); x must be zeroed by the caller
+// x[c, i, j] += cols[(c, u, v), (p, q)] for channels c0 <= c < c1 (transpose of im2col); x must
+// be zeroed by the caller.  Each x element sums its (u, v) terms in ascending order.
 template <typename T>
-void col2im(const T* cols, T* x, const Window2d& g) {
+void col2im(const T* cols, T* x, const Window2d& g, idx c0, idx c1) {
   const idx oh = g.oh(), ow = g.ow(), P = oh * ow;
-  for (idx c = 0; c < g.c; ++c)
+  for (idx c = c0; c < c1; ++c)
     for (idx u = 0; u < g.kh; ++u)
       for (idx v = 0; v < g.kw; ++v) {
         const T* row = cols + ((c * g.kh + u) * g.kw + v) * P;
@@ -145,7 +147,10 @@ void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_ou
   const auto& impl = detail::active_gemm<T>();
   const idx P = g.oh() * g.ow(), K = g.c * g.kh * g.kw, S = g.c * g.h * g.w;
   const idx khw = g.kh * g.kw;
-  if (g.sh == 1 && g.sw == 1 && g.ph < g.kh && g.pw < g.kw) {
+  // Few input channels (a first layer): the flipped convolution would pack kh*kw*c_out values
+  // per pixel for only c_in multiply-adds each, so go through cols and col2im instead.
+  const bool few_inputs = g.c * 8 <= c_out;
+  if (g.sh == 1 && g.sw == 1 && g.ph < g.kh && g.pw < g.kw && !few_inputs) {
     // gx = conv(gy, W'), W'[c, o, u, v] = w[o, c, kh-1-u, kw-1-v], padding kh-1-ph, kw-1-pw
     const idx K2 = c_out * khw;
     std::vector<T> wt(static_cast<size_t>(g.c * K2));
@@ -165,10 +170,11 @@ void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_ou
     run_batch(impl, bg, nthreads);
     return;
   }
-  // General stride: cols (K, P) = W^T (K, c_out) gy_s (c_out, P), then col2im.
+  // cols (K, P) = W^T (K, c_out) gy_s (c_out, P), then col2im; samples in parallel, or the
+  // GEMM and then col2im (over channels) in parallel for small batches.
   std::vector<T> wp(static_cast<size_t>(impl.packed_a_size(K, c_out)));
   impl.pack_a(impl, w, 1, K, K, c_out, wp.data());
-  const int nt = threads_for(nthreads, g.n, g.n * P * K * c_out);
+  const int nt = threads_for(nthreads, g.n * K, g.n * P * K * c_out);
   if (nt > 1 && g.n >= nt) {
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (idx s = 0; s < g.n; ++s) {
@@ -177,7 +183,7 @@ void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_ou
                              nullptr};
       detail::run_tile(impl, one.sample(0), 0, K, 0, P);
       std::fill(gx + s * S, gx + (s + 1) * S, T(0));
-      col2im(cols, gx + s * S, g);
+      col2im(cols, gx + s * S, g, 0, g.c);
     }
     return;
   }
@@ -186,8 +192,13 @@ void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_ou
     const BatchGemm<T> one{1, K, c_out, P, wp.data(), nullptr, gy + s * c_out * P, 0,
                            cols.data(), 0, nullptr};
     run_batch(impl, one, nthreads);
-    std::fill(gx + s * S, gx + (s + 1) * S, T(0));
-    col2im(cols.data(), gx + s * S, g);
+    T* gxs = gx + s * S;
+    const int ntc = threads_for(nthreads, g.c, K * P);
+#pragma omp parallel for schedule(static) num_threads(ntc)
+    for (idx c = 0; c < g.c; ++c) {
+      std::fill(gxs + c * g.h * g.w, gxs + (c + 1) * g.h * g.w, T(0));
+      col2im(cols.data(), gxs, g, c, c + 1);
+    }
   }
 }
 

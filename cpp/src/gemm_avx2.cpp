@@ -19,6 +19,31 @@ struct F32x8 {
   static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm256_add_ps(a, b); }
   static void store(T* p, R v) { _mm256_storeu_ps(p, v); }
+  static R load_range(const T* p, idx lo, idx hi) {  // masked lanes are not read
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i in = _mm256_andnot_si256(
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(lo)), lane),
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(hi)), lane));
+    return _mm256_maskload_ps(p, in);
+  }
+  static void transpose(const T* src, idx ld, T* dst, idx ldd) {  // 8 x 8
+    __m256 r[8], t[8];
+    for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld);
+    for (int i = 0; i < 8; i += 2) {
+      t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+      r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+      r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+      r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+      r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; ++i) {
+      _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+      _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+    }
+  }
 };
 
 struct F64x4 {
@@ -31,6 +56,22 @@ struct F64x4 {
   static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
   static R add(R a, R b) { return _mm256_add_pd(a, b); }
   static void store(T* p, R v) { _mm256_storeu_pd(p, v); }
+  static R load_range(const T* p, idx lo, idx hi) {  // masked lanes are not read
+    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+    const __m256i in = _mm256_andnot_si256(_mm256_cmpgt_epi64(_mm256_set1_epi64x(lo), lane),
+                                           _mm256_cmpgt_epi64(_mm256_set1_epi64x(hi), lane));
+    return _mm256_maskload_pd(p, in);
+  }
+  static void transpose(const T* src, idx ld, T* dst, idx ldd) {  // 4 x 4
+    const __m256d r0 = _mm256_loadu_pd(src), r1 = _mm256_loadu_pd(src + ld);
+    const __m256d r2 = _mm256_loadu_pd(src + 2 * ld), r3 = _mm256_loadu_pd(src + 3 * ld);
+    const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+    const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+    _mm256_storeu_pd(dst, _mm256_permute2f128_pd(t0, t2, 0x20));
+    _mm256_storeu_pd(dst + ldd, _mm256_permute2f128_pd(t1, t3, 0x20));
+    _mm256_storeu_pd(dst + 2 * ldd, _mm256_permute2f128_pd(t0, t2, 0x31));
+    _mm256_storeu_pd(dst + 3 * ldd, _mm256_permute2f128_pd(t1, t3, 0x31));
+  }
 };
 
 using KernelF32 = VecKernel<F32x8, 6, 2>;
@@ -56,7 +97,12 @@ double fma_loop(long iters) {
 }  // namespace
 
 namespace avx2 {
-const GemmImpl<float> f32{Isa::avx2, KernelF32::MR, KernelF32::NR, 96, 256, 2048,
+#ifndef AVX2_MC
+#define AVX2_MC 96
+#define AVX2_KC 256
+#define AVX2_NC 2048
+#endif
+const GemmImpl<float> f32{Isa::avx2, KernelF32::MR, KernelF32::NR, AVX2_MC, AVX2_KC, AVX2_NC,
                           &tile<KernelF32>, &pack_a_full<KernelF32>, &fma_loop};
 const GemmImpl<double> f64{Isa::avx2, KernelF64::MR, KernelF64::NR, 96, 128, 2048,
                            &tile<KernelF64>, &pack_a_full<KernelF64>, &fma_loop};

@@ -32,6 +32,13 @@ namespace {
 inline idx min_idx(idx a, idx b) { return a < b ? a : b; }
 inline idx max_idx(idx a, idx b) { return a > b ? a : b; }
 
+// The reduction block: k split into ceil(k / kc_max) nearly equal blocks (no short last block).
+// A function of k and the ISA's kc_max only, so the summation order never depends on threads.
+inline idx block_k(idx kc_max, idx k) {
+  const idx blocks = (k + kc_max - 1) / kc_max;
+  return blocks > 0 ? (k + blocks - 1) / blocks : 1;
+}
+
 // How a finished block sum `acc` enters C.
 enum Init { kOverwrite, kAccumulate, kRowBias, kColBias };
 
@@ -72,10 +79,21 @@ struct ScalarKernel {
     }
     store_tile<T, NR>(acc, M, n, c, ldc, init, rb, cb);
   }
+  // d[q] = src[q] for lo <= q < hi, else 0 (q < NR); src[q] outside [lo, hi) is never read.
+  static void copy_range(T* d, const T* src, idx lo, idx hi) {
+    for (int q = 0; q < NR; ++q) d[q] = (q >= lo && q < hi) ? src[q] : T(0);
+  }
+  static void copy_full(T* d, const T* src) { std::memcpy(d, src, NR * sizeof(T)); }
+  // One full strip of B(p, j) = b[j*csb + p] (columns of B contiguous): d[p*NR + j].
+  static void pack_bt(T* d, const T* b, idx csb, idx kc) {
+    for (int j = 0; j < NR; ++j)
+      for (idx p = 0; p < kc; ++p) d[p * NR + j] = b[j * csb + p];
+  }
 };
 
 // SIMD micro-kernel over a vector policy V (using T, R; W lanes; zero, load, bcast, fma, add,
-// store): an M x (NV*W) tile of C in M*NV registers, one fused multiply-add per entry and step.
+// store; load_range(p, lo, hi): lanes lo <= l < hi of p, zero elsewhere, reading no memory
+// outside them; transpose(src, ld, dst, ldd): dst[q*ldd + r] = src[r*ld + q] for r, q < W): an M x (NV*W) tile of C in M*NV registers, one fused multiply-add per entry and step.
 template <class V, int MR_, int NV>
 struct VecKernel {
   using T = typename V::T;
@@ -138,6 +156,24 @@ struct VecKernel {
       store_tile<T, NR>(tmp, M, n, c, ldc, init, rb, cb);
     }
   }
+  static void copy_range(T* d, const T* src, idx lo, idx hi) {
+    RELPROP_UNROLL
+    for (int v = 0; v < NV; ++v)
+      V::store(d + v * V::W, V::load_range(src + v * V::W, lo - v * V::W, hi - v * V::W));
+  }
+  static void copy_full(T* d, const T* src) {
+    RELPROP_UNROLL
+    for (int v = 0; v < NV; ++v) V::store(d + v * V::W, V::load(src + v * V::W));
+  }
+  // One full strip of B(p, j) = b[j*csb + p]: W x W register transposes, then the tail.
+  static void pack_bt(T* d, const T* b, idx csb, idx kc) {
+    constexpr int W = V::W;
+    idx p = 0;
+    for (; p + W <= kc; p += W)
+      for (int v = 0; v < NV; ++v) V::transpose(b + v * W * csb + p, csb, d + p * NR + v * W, NR);
+    for (; p < kc; ++p)
+      for (int j = 0; j < NR; ++j) d[p * NR + j] = b[j * csb + p];
+  }
 };
 
 // The kernel for m (1 <= m <= K::MR) rows.
@@ -196,13 +232,7 @@ void pack_b_strided(const typename K::T* b, idx rsb, idx csb, idx pc, idx kc, id
       for (idx t = 0; t < full; t += NR) std::memcpy(d + t * kc, bp + t, NR * sizeof(T));
     }
   } else if (rsb == 1) {
-    for (idx t = 0; t < full; t += NR) {
-      T* d = dst + t * kc;
-      for (int j = 0; j < NR; ++j) {
-        const T* bj = b + (t + j) * csb;
-        for (idx p = 0; p < kc; ++p) d[p * NR + j] = bj[p];
-      }
-    }
+    for (idx t = 0; t < full; t += NR) K::pack_bt(dst + t * kc, b + t * csb, csb, kc);
   } else {
     for (idx t = 0; t < full; t += NR) {
       T* d = dst + t * kc;
@@ -232,37 +262,52 @@ void pack_b_im2col(const typename K::T* x, const Im2col& g, idx pc, idx kc, idx 
     const idx cols = min_idx(NR, nc - t);
     const idx j_first = jc + t;
     const idx oh0 = j_first / g.ow, ow0 = j_first % g.ow;
+    // The common case: a full strip inside one output row, so each step p copies one run of
+    // NR input pixels (stride 1: contiguous) or zeros.
+    const bool one_row = cols == NR && ow0 + NR <= g.ow;
     idx c = pc / khw, u = (pc % khw) / g.kw, v = pc % g.kw;
     for (idx p = 0; p < kc; ++p) {
       T* d = dst + p * NR;
       const T* xc = x + c * g.h * g.w;
-      idx e = 0, oh = oh0, ow = ow0;
-      while (e < cols) {
-        const idx len = min_idx(cols - e, g.ow - ow);
-        const idx i = oh * g.sh + u - g.ph;
+      if (one_row) {
+        const idx i = oh0 * g.sh + u - g.ph;
+        const idx col0 = ow0 * g.sw + v - g.pw;
         if (i < 0 || i >= g.h) {
-          for (idx q = 0; q < len; ++q) d[e + q] = T(0);
+          for (int q = 0; q < NR; ++q) d[q] = T(0);
+        } else if (g.sw == 1) {  // columns col0 + [lo, hi) are inside the image
+          const idx lo = max_idx(0, -col0), hi = min_idx(NR, g.w - col0);
+          if (lo == 0 && hi == NR)
+            K::copy_full(d, xc + i * g.w + col0);
+          else
+            K::copy_range(d, xc + i * g.w + col0, lo, hi);
         } else {
           const T* row = xc + i * g.w;
-          const idx col0 = ow * g.sw + v - g.pw;  // input column of the run's first pixel
-          if (g.sw == 1) {
-            const idx lo = min_idx(len, max_idx(0, -col0));         // first in-image pixel
-            const idx hi = max_idx(lo, min_idx(len, g.w - col0));   // one past the last
-            for (idx q = 0; q < lo; ++q) d[e + q] = T(0);
-            for (idx q = lo; q < hi; ++q) d[e + q] = row[col0 + q];
-            for (idx q = hi; q < len; ++q) d[e + q] = T(0);
+          for (int q = 0; q < NR; ++q) {
+            const idx col = col0 + q * g.sw;
+            d[q] = (col >= 0 && col < g.w) ? row[col] : T(0);
+          }
+        }
+      } else {
+        idx e = 0, oh = oh0, ow = ow0;
+        while (e < cols) {  // runs of pixels of one output row each
+          const idx len = min_idx(cols - e, g.ow - ow);
+          const idx i = oh * g.sh + u - g.ph;
+          if (i < 0 || i >= g.h) {
+            for (idx q = 0; q < len; ++q) d[e + q] = T(0);
           } else {
+            const T* row = xc + i * g.w;
+            const idx col0 = ow * g.sw + v - g.pw;  // input column of the run's first pixel
             for (idx q = 0; q < len; ++q) {
               const idx col = col0 + q * g.sw;
               d[e + q] = (col >= 0 && col < g.w) ? row[col] : T(0);
             }
           }
+          e += len;
+          ++oh;
+          ow = 0;
         }
-        e += len;
-        ++oh;
-        ow = 0;
+        for (idx q = cols; q < NR; ++q) d[q] = T(0);
       }
-      for (idx q = cols; q < NR; ++q) d[q] = T(0);
       if (++v == g.kw) {
         v = 0;
         if (++u == g.kh) {
@@ -290,8 +335,9 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
   const idx mpad = (g.m + MR - 1) / MR * MR;
   for (idx jc = j0; jc < j1; jc += impl.nc) {
     const idx nc = min_idx(impl.nc, j1 - jc);
-    for (idx pc = 0; pc < g.k; pc += impl.kc) {
-      const idx kc = min_idx(impl.kc, g.k - pc);
+    const idx kb = block_k(impl.kc, g.k);
+    for (idx pc = 0; pc < g.k; pc += kb) {
+      const idx kc = min_idx(kb, g.k - pc);
       pack_b<K>(g, pc, kc, jc, nc, wb);
       const Init init = (pc > 0 || g.accumulate) ? kAccumulate
                         : g.row_bias             ? kRowBias
@@ -326,8 +372,9 @@ template <class K>
 void pack_a_full(const GemmImpl<typename K::T>& impl, const typename K::T* a, idx rsa, idx csa,
                  idx m, idx k, typename K::T* dst) {
   const idx mpad = (m + K::MR - 1) / K::MR * K::MR;
-  for (idx pc = 0; pc < k; pc += impl.kc)
-    pack_a_block<K>(a + pc * csa, rsa, csa, m, min_idx(impl.kc, k - pc), dst + pc * mpad);
+  const idx kb = block_k(impl.kc, k);
+  for (idx pc = 0; pc < k; pc += kb)
+    pack_a_block<K>(a + pc * csa, rsa, csa, m, min_idx(kb, k - pc), dst + pc * mpad);
 }
 
 }  // namespace

@@ -6,8 +6,9 @@
 // mc x kc panel of A into MR-high row strips; the micro-kernel multiplies one A strip by one B
 // strip, keeping the MR x NR tile of C in vector registers, and adds it to C once per kc block.
 // So every C(i, j) is  (((init + s_0) + s_1) + ...)  where s_b is the sum over the b-th block of
-// kc steps, each accumulated in ascending p; the block size kc is fixed per ISA and element type,
-// never derived from the thread count or the problem shape.  Threads only split C into
+// kc steps, each accumulated in ascending p; the block size is ceil(k / ceil(k / kc_max)) with
+// kc_max fixed per ISA and element type: it depends on k alone, never on the thread count or
+// on m and n.  Threads only split C into
 // independent rectangles: results are bitwise identical for any thread count, and a row of C
 // does not depend on the other rows (batch size) either.
 //

@@ -1,0 +1,133 @@
+"""The benchmark models, with seeded random weights built in NumPy (He-normal, so activations
+keep their scale through deep stacks and never become subnormal), as relprop networks and as
+identical torch modules."""
+from __future__ import annotations
+
+import numpy as np
+
+# (kind, args): ("conv", c_in, c_out) 3x3 stride 1 padding 1 + ReLU; ("pool",) 2x2 max pool;
+# ("flatten",); ("dense", in, out) (+ ReLU unless it is the last layer)
+_VGG16_CONVS = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+                512, 512, 512, "M"]
+
+
+def _convs(channels, c_in):
+    spec = []
+    for c in channels:
+        if c == "M":
+            spec.append(("pool",))
+        else:
+            spec.append(("conv", c_in, c))
+            c_in = c
+    return spec
+
+
+def _dense(sizes):
+    return [("dense", a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+
+
+MODELS = {
+    # name: (input shape, layer spec, large batch)
+    "mlp": ((784,), _dense([784, 1024, 1024, 1024, 10]), 256),
+    "cifar_cnn": ((3, 32, 32), _convs([64, 64, "M", 128, 128, "M", 256, 256, "M"], 3)
+                  + [("flatten",)] + _dense([256 * 4 * 4, 512, 10]), 64),
+    "vgg16": ((3, 224, 224), _convs(_VGG16_CONVS, 3) + [("flatten",)]
+              + _dense([512 * 7 * 7, 4096, 4096, 1000]), 8),
+}
+
+
+def weights(name, seed=0):
+    """[(weight, bias)] per conv/dense layer of model `name`, float32."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for layer in MODELS[name][1]:
+        if layer[0] == "conv":
+            _, c_in, c_out = layer
+            fan_in = c_in * 9
+            w = rng.standard_normal((c_out, c_in, 3, 3), dtype=np.float32)
+        elif layer[0] == "dense":
+            _, fan_in, c_out = layer
+            w = rng.standard_normal((c_out, fan_in), dtype=np.float32)
+        else:
+            continue
+        w *= np.float32(np.sqrt(2.0 / fan_in))
+        b = (0.01 * rng.standard_normal(c_out, dtype=np.float32)).astype(np.float32)
+        out.append((w, b))
+    return out
+
+
+def relprop_net(name, params):
+    import relprop as rp
+
+    shape, spec, _ = MODELS[name]
+    layers, it = [], iter(params)
+    dense = [i for i, s in enumerate(spec) if s[0] == "dense"]
+    for i, s in enumerate(spec):
+        if s[0] == "conv":
+            w, b = next(it)
+            layers += [rp.Conv2d(w, b, stride=1, padding=1), rp.ReLU()]
+        elif s[0] == "pool":
+            layers.append(rp.MaxPool2d(2))
+        elif s[0] == "flatten":
+            layers.append(rp.Flatten())
+        else:
+            w, b = next(it)
+            layers.append(rp.Dense(w, b))
+            if i != dense[-1]:
+                layers.append(rp.ReLU())
+    return rp.Sequential(layers, input_shape=shape)
+
+
+def torch_net(name, params):
+    import torch
+    from torch import nn
+
+    _, spec, _ = MODELS[name]
+    mods, it = [], iter(params)
+    dense = [i for i, s in enumerate(spec) if s[0] == "dense"]
+    for i, s in enumerate(spec):
+        if s[0] == "conv":
+            w, b = next(it)
+            conv = nn.Conv2d(s[1], s[2], 3, padding=1)
+            conv.weight.data = torch.from_numpy(w.copy())
+            conv.bias.data = torch.from_numpy(b.copy())
+            mods += [conv, nn.ReLU()]
+        elif s[0] == "pool":
+            mods.append(nn.MaxPool2d(2))
+        elif s[0] == "flatten":
+            mods.append(nn.Flatten())
+        else:
+            w, b = next(it)
+            lin = nn.Linear(s[1], s[2])
+            lin.weight.data = torch.from_numpy(w.copy())
+            lin.bias.data = torch.from_numpy(b.copy())
+            mods.append(lin)
+            if i != dense[-1]:
+                mods.append(nn.ReLU())
+    return nn.Sequential(*mods).eval()
+
+
+def inputs(name, batch, seed=1):
+    """Inputs in [-2, 2] (inside EpsilonGammaBox's box [-3, 3])."""
+    shape = MODELS[name][0]
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-2, 2, (batch,) + shape).astype(np.float32)
+
+
+def forward_macs(net):
+    """Multiply-adds of one sample's forward pass through the Dense and Conv2d layers."""
+    import relprop as rp
+
+    shape, macs, per_layer = tuple(net.input_shape), 0, []
+    for layer in net.layers:
+        out = layer.output_shape(shape)
+        if isinstance(layer, rp.Dense):
+            n = layer.weight.size
+        elif isinstance(layer, rp.Conv2d):
+            n = layer.weight.size * out[1] * out[2]
+        else:
+            n = 0
+        per_layer.append(n)
+        macs += n
+        shape = out
+    return macs, per_layer
