@@ -97,14 +97,10 @@ double fma_loop(long iters) {
 }  // namespace
 
 namespace avx2 {
-#ifndef AVX2_MC
-#define AVX2_MC 96
-#define AVX2_KC 256
-#define AVX2_NC 2048
-#endif
-const GemmImpl<float> f32{Isa::avx2, KernelF32::MR, KernelF32::NR, AVX2_MC, AVX2_KC, AVX2_NC,
+// mc x kc panels of A (144 KiB float) stay in a 512 KiB L2, kc x 16 strips of B (16 KiB) in L1.
+const GemmImpl<float> f32{Isa::avx2, KernelF32::MR, KernelF32::NR, 144, 256, 2048,
                           &tile<KernelF32>, &pack_a_full<KernelF32>, &fma_loop};
-const GemmImpl<double> f64{Isa::avx2, KernelF64::MR, KernelF64::NR, 96, 128, 2048,
+const GemmImpl<double> f64{Isa::avx2, KernelF64::MR, KernelF64::NR, 96, 256, 2048,
                            &tile<KernelF64>, &pack_a_full<KernelF64>, &fma_loop};
 }  // namespace avx2
 

@@ -78,9 +78,9 @@ double fma_loop(long iters) {
 }  // namespace
 
 namespace avx512 {
-const GemmImpl<float> f32{Isa::avx512, KernelF32::MR, KernelF32::NR, 144, 384, 2048,
+const GemmImpl<float> f32{Isa::avx512, KernelF32::MR, KernelF32::NR, 144, 256, 2048,
                           &tile<KernelF32>, &pack_a_full<KernelF32>, &fma_loop};
-const GemmImpl<double> f64{Isa::avx512, KernelF64::MR, KernelF64::NR, 144, 192, 2048,
+const GemmImpl<double> f64{Isa::avx512, KernelF64::MR, KernelF64::NR, 144, 256, 2048,
                            &tile<KernelF64>, &pack_a_full<KernelF64>, &fma_loop};
 }  // namespace avx512
 

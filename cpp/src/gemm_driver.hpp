@@ -107,6 +107,12 @@ struct VecKernel {
     for (int i = 0; i < M; ++i)
       RELPROP_UNROLL
       for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+#if defined(__GNUC__)
+    for (int i = 0; i < M; ++i) {  // the C tile is read or written after the loop
+      __builtin_prefetch(c + i * ldc, 1, 3);
+      __builtin_prefetch(c + i * ldc + NR - 1, 1, 3);
+    }
+#endif
     for (idx p = 0; p < kc; ++p, a += MR, b += NR) {
       R bv[NV];
       RELPROP_UNROLL

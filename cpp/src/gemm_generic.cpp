@@ -26,7 +26,7 @@ double fma_loop(long iters) {
 namespace generic {
 const GemmImpl<float> f32{Isa::generic, Kernel<float>::MR, Kernel<float>::NR, 128, 256, 2048,
                           &tile<Kernel<float>>, &pack_a_full<Kernel<float>>, &fma_loop};
-const GemmImpl<double> f64{Isa::generic, Kernel<double>::MR, Kernel<double>::NR, 128, 128, 2048,
+const GemmImpl<double> f64{Isa::generic, Kernel<double>::MR, Kernel<double>::NR, 128, 256, 2048,
                            &tile<Kernel<double>>, &pack_a_full<Kernel<double>>, &fma_loop};
 }  // namespace generic
 
