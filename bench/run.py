@@ -233,9 +233,10 @@ def bench_model(name, batches, threads, peaks, opts, rows):
         x = M.inputs(name, batch)
         n_out = net(x[:1]).shape[1]
         target = np.arange(batch) % n_out
-        use_ref = opts.reference and (name == "mlp" or batch == 1) and name != "vgg16"
+        use_ref = (opts.reference and name != "vgg16"
+                   and (batch == 1 or (name == "mlp" and not opts.quick)))
         peers = Peers(name, params, net, x, target, use_ref)
-        slow = name == "vgg16" and batch > 1
+        slow = name == "vgg16" and batch > 1  # one warm-up for relprop only, two timed calls
         repeats = 2 if slow else opts.repeats
         for t in threads:
             rp.set_num_threads(t)
@@ -256,11 +257,11 @@ def bench_model(name, batches, threads, peaks, opts, rows):
                                  ("torch", peers.torch_fn(method)),
                                  ("zennit", peers.zennit_fn(method, stack)),
                                  ("captum", peers.captum_fn(method))]:
-                    if fn is None or (peer == "reference" and slow):
+                    if fn is None:
                         continue
                     reps = 1 if peer == "reference" else repeats
-                    row[peer] = batch / median_time(fn, reps, opts.budget,
-                                                    warmup=0 if peer == "reference" else 1)
+                    warm = 0 if peer == "reference" or slow else 1
+                    row[peer] = batch / median_time(fn, reps, opts.budget, warmup=warm)
                 rows.append(row)
                 print("  " + _row_text(row), file=sys.stderr, flush=True)
             for attributor in stack:
@@ -407,8 +408,9 @@ def bench_memory(models, opts):
     lines = ["| model | batch | method | weights MiB | activations MiB | output MiB | "
              "peak growth MiB, cold / warm | (weights + growth) / (weights + activations + "
              "output), cold / warm |", "|---|---:|---|---:|---:|---:|---:|---:|"]
-    for name in models:
-        batch = M.MODELS[name][2] if not opts.quick else min(16, M.MODELS[name][2])
+    quick = ["cifar_cnn"] if "cifar_cnn" in models else models[:1]
+    for name in (quick if opts.quick else models):
+        batch = M.MODELS[name][2] if not opts.quick else 16
         for method in ("lrp.epsilon_plus_flat", "lrp.epsilon_gamma_box"):
             cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-case",
                    json.dumps([name, method, batch, 1])]
@@ -506,7 +508,7 @@ def main(argv=None):
     rows = []
     for name in models:
         if opts.quick:
-            batches = [1, 16 if name == "cifar_cnn" else 64]
+            batches = [1, 8 if name == "cifar_cnn" else 64]
         else:
             batches = [1, M.MODELS[name][2]]
         bench_model(name, batches, threads, peaks, opts, rows)

@@ -238,7 +238,7 @@ void init_only(const GemmArgs<T>& g) {
   for (idx i = 0; i < g.m; ++i) {
     T* ci = g.c + i * g.ldc;
     for (idx j = 0; j < g.n; ++j)
-      ci[j] = g.row_bias ? g.row_bias[i] : g.col_bias ? g.col_bias[j] : T(0);
+      ci[j] = g.row_bias ? g.row_bias[i] : T(0);
   }
 }
 

@@ -7,7 +7,7 @@
 // A kernel policy K provides
 //   using T;  static constexpr int MR, NR;
 //   template <int M> static void run(idx kc, const T* a, const T* b, T* c, idx ldc, int n,
-//                                    Init init, const T* rb, const T* cb);
+//                                    Init init, const T* rb);
 // which computes the M x NR product of an A strip (kc x MR, element (p, i) at a[p*MR + i]) and
 // a B strip (kc x NR, element (p, j) at b[p*NR + j]), each entry accumulated in ascending p from
 // zero, and stores its first n columns into C through the epilogue `init` (store_tile).
@@ -40,12 +40,11 @@ inline idx block_k(idx kc_max, idx k) {
 }
 
 // How a finished block sum `acc` enters C.
-enum Init { kOverwrite, kAccumulate, kRowBias, kColBias };
+enum Init { kOverwrite, kAccumulate, kRowBias };
 
-// C(i, j) = init + acc[i*NR + j] for i < m, j < n;  rb/cb point at the tile's first row/column.
+// C(i, j) = init + acc[i*NR + j] for i < m, j < n;  rb points at the tile's first row's bias.
 template <typename T, int NR>
-inline void store_tile(const T* acc, int m, int n, T* c, idx ldc, Init init, const T* rb,
-                       const T* cb) {
+inline void store_tile(const T* acc, int m, int n, T* c, idx ldc, Init init, const T* rb) {
   for (int i = 0; i < m; ++i) {
     T* ci = c + i * ldc;
     const T* ai = acc + i * NR;
@@ -53,10 +52,8 @@ inline void store_tile(const T* acc, int m, int n, T* c, idx ldc, Init init, con
       for (int j = 0; j < n; ++j) ci[j] = ai[j];
     } else if (init == kAccumulate) {
       for (int j = 0; j < n; ++j) ci[j] = ci[j] + ai[j];
-    } else if (init == kRowBias) {
-      for (int j = 0; j < n; ++j) ci[j] = rb[i] + ai[j];
     } else {
-      for (int j = 0; j < n; ++j) ci[j] = cb[j] + ai[j];
+      for (int j = 0; j < n; ++j) ci[j] = rb[i] + ai[j];
     }
   }
 }
@@ -67,8 +64,8 @@ struct ScalarKernel {
   using T = T_;
   static constexpr int MR = MR_, NR = NR_;
   template <int M>
-  static void run(idx kc, const T* a, const T* b, T* c, idx ldc, int n, Init init, const T* rb,
-                  const T* cb) {
+  static void run(idx kc, const T* a, const T* b, T* c, idx ldc, int n, Init init,
+                  const T* rb) {
     T acc[M * NR];
     for (int e = 0; e < M * NR; ++e) acc[e] = T(0);
     for (idx p = 0; p < kc; ++p, a += MR, b += NR) {
@@ -77,7 +74,7 @@ struct ScalarKernel {
         for (int j = 0; j < NR; ++j) acc[i * NR + j] += ai * b[j];
       }
     }
-    store_tile<T, NR>(acc, M, n, c, ldc, init, rb, cb);
+    store_tile<T, NR>(acc, M, n, c, ldc, init, rb);
   }
   // d[q] = src[q] for lo <= q < hi, else 0 (q < NR); src[q] outside [lo, hi) is never read.
   static void copy_range(T* d, const T* src, idx lo, idx hi) {
@@ -100,8 +97,8 @@ struct VecKernel {
   using R = typename V::R;
   static constexpr int MR = MR_, NR = NV * V::W;
   template <int M>
-  static void run(idx kc, const T* a, const T* b, T* c, idx ldc, int n, Init init, const T* rb,
-                  const T* cb) {
+  static void run(idx kc, const T* a, const T* b, T* c, idx ldc, int n, Init init,
+                  const T* rb) {
     R acc[M][NV];
     RELPROP_UNROLL
     for (int i = 0; i < M; ++i)
@@ -138,19 +135,12 @@ struct VecKernel {
             T* cv = c + i * ldc + v * V::W;
             V::store(cv, V::add(V::load(cv), acc[i][v]));
           }
-      } else if (init == kRowBias) {
+      } else {
         RELPROP_UNROLL
         for (int i = 0; i < M; ++i) {
           const R bi = V::bcast(rb + i);
           RELPROP_UNROLL
           for (int v = 0; v < NV; ++v) V::store(c + i * ldc + v * V::W, V::add(bi, acc[i][v]));
-        }
-      } else {
-        RELPROP_UNROLL
-        for (int v = 0; v < NV; ++v) {
-          const R bj = V::load(cb + v * V::W);
-          RELPROP_UNROLL
-          for (int i = 0; i < M; ++i) V::store(c + i * ldc + v * V::W, V::add(bj, acc[i][v]));
         }
       }
     } else {
@@ -159,7 +149,7 @@ struct VecKernel {
       for (int i = 0; i < M; ++i)
         RELPROP_UNROLL
         for (int v = 0; v < NV; ++v) V::store(tmp + i * NR + v * V::W, acc[i][v]);
-      store_tile<T, NR>(tmp, M, n, c, ldc, init, rb, cb);
+      store_tile<T, NR>(tmp, M, n, c, ldc, init, rb);
     }
   }
   static void copy_range(T* d, const T* src, idx lo, idx hi) {
@@ -185,15 +175,14 @@ struct VecKernel {
 // The kernel for m (1 <= m <= K::MR) rows.
 template <class K, int M = K::MR>
 inline void kernel_rows(int m, idx kc, const typename K::T* a, const typename K::T* b,
-                        typename K::T* c, idx ldc, int n, Init init, const typename K::T* rb,
-                        const typename K::T* cb) {
+                        typename K::T* c, idx ldc, int n, Init init, const typename K::T* rb) {
   if constexpr (M > 1) {
     if (m < M) {
-      kernel_rows<K, M - 1>(m, kc, a, b, c, ldc, n, init, rb, cb);
+      kernel_rows<K, M - 1>(m, kc, a, b, c, ldc, n, init, rb);
       return;
     }
   }
-  K::template run<M>(kc, a, b, c, ldc, n, init, rb, cb);
+  K::template run<M>(kc, a, b, c, ldc, n, init, rb);
 }
 
 // Packs rows [0, mc) x steps [0, kc) of A(i, p) = a[i*rsa + p*csa] into MR-high strips:
@@ -339,15 +328,17 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
   using T = typename K::T;
   constexpr int MR = K::MR, NR = K::NR;
   const idx mpad = (g.m + MR - 1) / MR * MR;
+  const idx kb = block_k(impl.kc, g.k);
+  // Rows that fit one mc block: each B strip is packed right before its only use, so it goes
+  // to L1 and back instead of through a kc x nc panel (same arithmetic, same order).
+  const bool stream_b = i1 - i0 <= impl.mc;
   for (idx jc = j0; jc < j1; jc += impl.nc) {
     const idx nc = min_idx(impl.nc, j1 - jc);
-    const idx kb = block_k(impl.kc, g.k);
     for (idx pc = 0; pc < g.k; pc += kb) {
       const idx kc = min_idx(kb, g.k - pc);
-      pack_b<K>(g, pc, kc, jc, nc, wb);
+      if (!stream_b) pack_b<K>(g, pc, kc, jc, nc, wb);
       const Init init = (pc > 0 || g.accumulate) ? kAccumulate
                         : g.row_bias             ? kRowBias
-                        : g.col_bias             ? kColBias
                                                  : kOverwrite;
       for (idx ic = i0; ic < i1; ic += impl.mc) {
         const idx mc = min_idx(impl.mc, i1 - ic);
@@ -359,12 +350,15 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
         for (idx jr = 0; jr < nc; jr += NR) {
           const int n = static_cast<int>(min_idx(NR, nc - jr));
           const T* bp = wb + jr * kc;
-          const T* cb = g.col_bias ? g.col_bias + jc + jr : nullptr;
+          if (stream_b) {
+            pack_b<K>(g, pc, kc, jc + jr, n, wb);
+            bp = wb;
+          }
           for (idx ir = 0; ir < mc; ir += MR) {
             const int m = static_cast<int>(min_idx(MR, mc - ir));
             const T* rb = g.row_bias ? g.row_bias + ic + ir : nullptr;
             kernel_rows<K>(m, kc, ap + ir * kc, bp, g.c + (ic + ir) * g.ldc + jc + jr, g.ldc, n,
-                           init, rb, cb);
+                           init, rb);
           }
         }
       }

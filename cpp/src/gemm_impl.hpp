@@ -32,7 +32,7 @@ struct Im2col {
 };
 
 // One GEMM problem:  C(i, j) = init(i, j) + sum_p A(i, p) B(p, j)   for i < m, j < n, p < k.
-// init is C(i, j) if accumulate, else row_bias[i] or col_bias[j] if given, else 0.
+// init is C(i, j) if accumulate, else row_bias[i] if given, else 0.
 template <typename T>
 struct GemmArgs {
   idx m = 0, n = 0, k = 0;
@@ -46,7 +46,6 @@ struct GemmArgs {
   idx ldc = 0;
   bool accumulate = false;
   const T* row_bias = nullptr;  // (m,) ignored if accumulate
-  const T* col_bias = nullptr;  // (n,) ignored if accumulate or row_bias
 };
 
 // The kernels of one ISA and element type, with its register tile and cache blocks.
