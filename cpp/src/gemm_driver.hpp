@@ -282,6 +282,27 @@ void pack_b_im2col(const typename K::T* x, const Im2col& g, idx pc, idx kc, idx 
             d[q] = (col >= 0 && col < g.w) ? row[col] : T(0);
           }
         }
+      } else if (g.sw == 1) {
+        // Runs of pixels of one output row each, assembled in tmp: a run written at tmp + e
+        // fills NR lanes (zero past its end), which the next run overwrites.
+        alignas(64) T tmp[2 * NR];
+        idx e = 0, oh = oh0, ow = ow0;
+        while (e < cols) {
+          const idx len = min_idx(cols - e, g.ow - ow);
+          const idx i = oh * g.sh + u - g.ph;
+          const idx col0 = ow + v - g.pw;
+          if (i < 0 || i >= g.h) {
+            K::copy_range(tmp + e, xc, 0, 0);
+          } else {
+            const idx lo = min_idx(len, max_idx(0, -col0));
+            K::copy_range(tmp + e, xc + i * g.w + col0, lo, max_idx(lo, min_idx(len, g.w - col0)));
+          }
+          e += len;
+          ++oh;
+          ow = 0;
+        }
+        if (cols < NR) K::copy_range(tmp + cols, tmp, 0, 0);
+        K::copy_full(d, tmp);
       } else {
         idx e = 0, oh = oh0, ow = ow0;
         while (e < cols) {  // runs of pixels of one output row each
