@@ -52,8 +52,13 @@ CAPTUM_EPS = 1e-9  # Captum's LRP: EpsilonRule(1e-9) on every Linear/Conv2d
 # ------------------------------------------------------------------------------------------
 # timing
 
-def median_time(fn, repeats, budget, warmup=1):
-    """Median wall time of fn() over up to `repeats` calls (at least 2 if time allows)."""
+def median_time(fn, repeats, budget, warmup=1, settle=0.2):
+    """Median wall time of fn() over up to `repeats` calls (at least 2 if time allows).
+
+    Sleeps `settle` seconds first: thread pools of the library timed before (OpenBLAS, torch's
+    and relprop's OpenMP) spin for a while after their last call and would steal cores.
+    """
+    time.sleep(settle)
     for _ in range(warmup):
         fn()
     times, start = [], time.perf_counter()
