@@ -2,19 +2,25 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import tokenize
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib import format as npy
 
 from . import layers as L
 from ._validate import as_float_array, check_size
 
 FORMAT_VERSION = 1
-#: Bounds on what a model file may declare (checked before anything is built).
+#: Bounds on what a model file may declare (checked before anything is read or built): layers,
+#: parameters of all arrays together, bytes of the JSON description.
 MAX_LAYERS = 10_000
 MAX_PARAM_ELEMENTS = 1 << 31
+MAX_DESCRIPTION_BYTES = 1 << 24
 
 
 @dataclass
@@ -183,30 +189,76 @@ def _get(cfg, key, kind, types=(int,)):
 
 
 def load(path) -> Sequential:
-    """Read a network written by :meth:`Sequential.save`.  Never unpickles: a corrupted,
-    truncated or inconsistent file raises ``ValueError``."""
+    """Read a network written by :meth:`Sequential.save`.
+
+    Never unpickles, and checks what the file declares before reading it: at most
+    :data:`MAX_LAYERS` layers, :data:`MAX_PARAM_ELEMENTS` numeric parameters in all, a
+    description of at most :data:`MAX_DESCRIPTION_BYTES`; shapes must agree with the
+    description.  A corrupted, truncated or inconsistent file raises ``ValueError`` (a missing
+    one ``FileNotFoundError``).
+    """
     try:
-        with open(os.fspath(path), "rb") as fh, np.load(fh, allow_pickle=False) as data:
-            if "__relprop__" not in data.files:
-                raise ValueError(f"{path}: not a relprop model file (no '__relprop__' entry)")
-            meta = data["__relprop__"]
-            if meta.dtype != np.uint8 or meta.ndim != 1 or meta.size > (1 << 24):
-                raise ValueError(f"{path}: malformed model description")
-            desc = json.loads(meta.tobytes().decode())
-            arrays = {}
-            for name in data.files:
-                if name == "__relprop__":
-                    continue
-                arr = data[name]
-                if arr.size > MAX_PARAM_ELEMENTS:
-                    raise ValueError(f"{path}: array {name!r} is too large ({arr.size} elements)")
-                arrays[name] = arr
+        with open(os.fspath(path), "rb") as fh, zipfile.ZipFile(fh) as zf:
+            desc, arrays = _read_npz(zf, path)
     except FileNotFoundError:
         raise
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError, UnicodeDecodeError,
-            json.JSONDecodeError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError,
+            NotImplementedError, zlib.error, UnicodeDecodeError, json.JSONDecodeError,
+            OverflowError) as exc:  # RuntimeError: an encrypted entry, or a RecursionError (json)
         raise ValueError(f"{path}: cannot read model file ({type(exc).__name__}: {exc})") from None
     return _from_description(desc, arrays, path)
+
+
+def _read_npz(zf, path):
+    """The JSON description and the arrays of an open model file, every size checked first."""
+    infos = zf.infolist()
+    names = [i.filename for i in infos]
+    if len(infos) > 2 * MAX_LAYERS + 1 or len(set(names)) != len(names) or not all(
+            n.endswith(".npy") for n in names):
+        raise ValueError(f"{path}: not a relprop model file ({len(names)} entries; each must be "
+                         "a uniquely named .npy array)")
+    entries = {n[:-4]: i for n, i in zip(names, infos)}
+    if "__relprop__" not in entries:
+        raise ValueError(f"{path}: not a relprop model file (no '__relprop__' entry)")
+    meta = _read_entry(zf, entries.pop("__relprop__"), path, MAX_DESCRIPTION_BYTES)
+    if meta.dtype != np.uint8 or meta.ndim != 1:
+        raise ValueError(f"{path}: malformed model description")
+    desc = json.loads(meta.tobytes().decode())
+    arrays, budget = {}, MAX_PARAM_ELEMENTS
+    for name, info in entries.items():
+        arrays[name] = _read_entry(zf, info, path, budget)
+        budget -= arrays[name].size
+    return desc, arrays
+
+
+def _read_entry(zf, info, path, max_elements):
+    """One .npy entry.  Its header (dtype, shape) is checked against ``max_elements`` and the
+    entry's size before any data are read, and memory grows only with the data actually there;
+    object arrays are refused (never unpickled)."""
+    with zf.open(info) as f:
+        version = npy.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"{path}: entry {info.filename!r} has .npy version {version}")
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        try:
+            shape, fortran, dtype = read_header(f)
+        except (SyntaxError, tokenize.TokenError) as exc:  # NumPy's header parser lets these out
+            raise ValueError(f"{path}: entry {info.filename!r} has a malformed .npy header "
+                             f"({type(exc).__name__})") from None
+        count = math.prod(shape)
+        if dtype.kind not in "biuf" or dtype.itemsize > 8 or min(shape, default=0) < 0:
+            raise ValueError(f"{path}: entry {info.filename!r} has dtype {dtype} and shape "
+                             f"{shape}; a model file holds numeric arrays")
+        nbytes = count * dtype.itemsize
+        if count > max_elements or nbytes > info.file_size:
+            raise ValueError(f"{path}: entry {info.filename!r} declares shape {shape} ({count} "
+                             f"elements): more than the {max_elements} allowed, or more than its "
+                             f"{info.file_size} bytes hold")
+        data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise ValueError(f"{path}: entry {info.filename!r} is truncated ({len(data)} of {nbytes} "
+                         "bytes)")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
 
 
 def _from_description(desc, arrays, path) -> Sequential:
@@ -238,6 +290,11 @@ def _from_description(desc, arrays, path) -> Sequential:
                         raise ValueError(f"weight shape {layer.weight.shape} != declared {want}")
                 else:
                     layer = L.Conv2d(w, b, _get(spec, "stride", kind), _get(spec, "padding", kind))
+                    k = _get(spec, "kernel_size", kind)
+                    want = (_get(spec, "out_channels", kind), _get(spec, "in_channels", kind),
+                            *(k if isinstance(k, tuple) else (k, k)))
+                    if layer.weight.shape != want:
+                        raise ValueError(f"weight shape {layer.weight.shape} != declared {want}")
             elif kind in ("maxpool2d", "avgpool2d"):
                 layer = cls(_get(spec, "kernel_size", kind), _get(spec, "stride", kind),
                             _get(spec, "padding", kind))
