@@ -11,19 +11,31 @@ accepted (a valid call may not raise), what it rejects must be rejected (NaN inp
 shape, an unsupported dtype, an out-of-range target), a result may not depend on the memory
 layout or byte order of the input, and the forward pass of every network that builds matches
 :mod:`relprop.reference`.
+
+Model files are untrusted input too: ``relprop.load`` never unpickles, checks every declared
+size and count before reading, rejects descriptions that disagree with the arrays, and turns
+every kind of damage (truncation, bit flips, zip-level damage) into ValueError.  The
+coverage-guided fuzzers of the loaders live in ``tests/fuzz/``.
 """
+import io
+import json
 import os
+import pickle
 import tempfile
+import tracemalloc
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from numpy.lib import format as npy_format
 from numpy.testing import assert_allclose, assert_array_equal
 
 import relprop as rp
+import relprop.network as rp_network
 from relprop.reference import network as ref_net
 
 CLEAN = (ValueError, TypeError, MemoryError)
@@ -346,7 +358,7 @@ def layer_stacks(draw):
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
 
     def weights(shape_):
-        shape_ = tuple(max(0, d) for d in shape_)
+        shape_ = tuple(max(0, int(d)) for d in shape_)
         w = rng.normal(size=shape_) / np.sqrt(max(1, int(np.prod(shape_[1:]))))
         spec = draw(st.sampled_from([None] * 12 + ["nan", "zero", "huge", "list"]))
         if spec == "nan" and w.size:
@@ -406,8 +418,10 @@ def layer_stacks(draw):
             chans = cur[0] if fits and image_now else draw(st.integers(0, 4))
             out = draw(st.integers(1, 4))
             k, stride, padding = window(cur[1:] if image_now else (3, 3))
-            kh, kw = k if isinstance(k, tuple) and len(k) == 2 else (k, k) if isinstance(
-                k, int) and k >= 0 else (2, 2)
+            try:  # the weight's kernel size: k itself where it is a size
+                kh, kw = (int(v) for v in (k if isinstance(k, tuple) else (k, k)))
+            except (TypeError, ValueError):
+                kh, kw = 2, 2
             thunks.append(lambda w=weights((out, chans, kh, kw)), s=stride, p=padding: rp.Conv2d(
                 w, rng.normal(size=out), stride=s, padding=p))
             try:
@@ -600,3 +614,235 @@ def test_maxpool_keeps_nan_like_the_reference(dtype):
     want, want_arg = ref_ops.maxpool2d_forward(x, (2, 2), (2, 2))
     assert_array_equal(got, want)
     assert_array_equal(arg, want_arg)
+
+
+# --- untrusted model files --------------------------------------------------------------------
+def _npy(arr):
+    buf = io.BytesIO()
+    npy_format.write_array(buf, np.asarray(arr), allow_pickle=True)
+    return buf.getvalue()
+
+
+def _model_members(net=None):
+    """``(description dict, {entry name: .npy bytes})`` of a saved network (the CNN by default)."""
+    with tempfile.TemporaryDirectory() as d:
+        (net or NETS["cnn"]).save(os.path.join(d, "m.npz"))
+        with zipfile.ZipFile(os.path.join(d, "m.npz")) as zf:
+            members = {i.filename: zf.read(i) for i in zf.infolist()}
+    meta = npy_format.read_array(io.BytesIO(members.pop("__relprop__.npy")))
+    return json.loads(meta.tobytes()), members
+
+
+def _write(path, desc, members, compression=zipfile.ZIP_STORED):
+    meta = desc if isinstance(desc, bytes) else json.dumps(desc).encode()
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        zf.writestr("__relprop__.npy", _npy(np.frombuffer(meta, dtype=np.uint8)))
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _load_error(path, match=None):
+    with pytest.raises(ValueError, match=match) as info:
+        rp.load(path)
+    return info.value
+
+
+class _Payload:
+    ran = False
+
+    def __reduce__(self):
+        return (setattr, (_Payload, "ran", True))
+
+
+def test_load_never_unpickles(tmp_path):
+    desc, members = _model_members()
+    members["0.weight.npy"] = _npy(np.array([_Payload()], dtype=object))
+    _load_error(_write(tmp_path / "obj.npz", desc, members), "numeric arrays")
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(_Payload()))
+    _load_error(tmp_path / "model.pkl", "cannot read")
+    assert not _Payload.ran
+
+
+def test_load_round_trips_the_cnn(tmp_path):
+    net = NETS["cnn"]
+    net.save(tmp_path / "cnn.npz")
+    x = np.random.default_rng(0).normal(size=(2,) + net.input_shape)
+    assert_array_equal(rp.load(tmp_path / "cnn.npz")(x), net(x))
+
+
+def test_truncated_files_raise_value_error(tmp_path):
+    NETS["cnn"].save(tmp_path / "ok.npz")
+    raw = (tmp_path / "ok.npz").read_bytes()
+    for cut in sorted(set(np.linspace(0, len(raw) - 1, 40).astype(int))):
+        (tmp_path / "cut.npz").write_bytes(raw[:cut])
+        _load_error(tmp_path / "cut.npz")
+
+
+def test_corrupted_bytes_raise_value_error_or_load_the_same_network(tmp_path):
+    net = NETS["mlp"]
+    net.save(tmp_path / "ok.npz")
+    raw = (tmp_path / "ok.npz").read_bytes()
+    x = np.ones((1,) + net.input_shape)
+    rng = np.random.default_rng(1)
+    for pos in rng.choice(len(raw), size=60, replace=False):
+        bad = bytearray(raw)
+        bad[pos] ^= 1 << int(rng.integers(8))
+        (tmp_path / "bad.npz").write_bytes(bytes(bad))
+        try:
+            loaded = rp.load(tmp_path / "bad.npz")
+        except ValueError:
+            continue
+        assert_array_equal(loaded(x), net(x))  # a flip in a field nothing reads (e.g. a date)
+
+
+def test_not_a_model_file(tmp_path):
+    np.save(tmp_path / "plain.npy", np.ones(3))
+    _load_error(tmp_path / "plain.npy", "cannot read")
+    np.savez(tmp_path / "other.npz", a=np.ones(3))
+    _load_error(tmp_path / "other.npz", "not a relprop model file")
+    (tmp_path / "text.npz").write_text("hello")
+    _load_error(tmp_path / "text.npz")
+    _load_error(tmp_path, "cannot read")  # a directory
+    with pytest.raises(FileNotFoundError):
+        rp.load(tmp_path / "missing.npz")
+
+
+def test_declared_sizes_are_checked_before_reading(tmp_path, monkeypatch):
+    desc, members = _model_members()
+    # a header declaring 2**40 elements over 8 bytes of data: refused, nothing allocated
+    header = _npy(np.zeros(1))
+    huge = header.replace(b"(1,)", b"(1099511627776,)".ljust(4)[:len(b"(1099511627776,)")])
+    members["0.weight.npy"] = huge
+    tracemalloc.start()
+    try:
+        _load_error(_write(tmp_path / "huge.npz", desc, members), "declares shape")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    # a compressed entry far larger than the file (a zip bomb) is refused before inflating
+    desc, members = _model_members()
+    members["0.weight.npy"] = _npy(np.zeros((1000, 2, 3, 3)))
+    monkeypatch.setattr(rp_network, "MAX_PARAM_ELEMENTS", 10_000)
+    path = _write(tmp_path / "bomb.npz", desc, members, zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 144_000 // 20  # 144 kB of zeros, deflated
+    _load_error(path, "more than the")
+
+
+def test_zip_level_damage_raises_value_error(tmp_path):
+    NETS["mlp"].save(tmp_path / "ok.npz")
+    raw = bytearray((tmp_path / "ok.npz").read_bytes())
+    enc = bytearray(raw)
+    enc[6] |= 1  # general purpose flag "encrypted" in the first local header...
+    cd = enc.rfind(b"PK\x01\x02")
+    enc[cd + 8] |= 1  # ...and in the central directory: zipfile asks for a password
+    (tmp_path / "enc.npz").write_bytes(bytes(enc))
+    _load_error(tmp_path / "enc.npz", "cannot read")
+    method = bytearray(raw)
+    for sig in (b"PK\x03\x04", b"PK\x01\x02"):
+        at = -1
+        while (at := method.find(sig, at + 1)) >= 0:
+            off = 8 if sig == b"PK\x03\x04" else 10
+            method[at + off:at + off + 2] = (99).to_bytes(2, "little")  # unknown compression
+    (tmp_path / "method.npz").write_bytes(bytes(method))
+    _load_error(tmp_path / "method.npz", "cannot read")
+    desc, members = _model_members(NETS["mlp"])
+    deflated = bytearray(_write(tmp_path / "d.npz", desc, members, zipfile.ZIP_DEFLATED)
+                         .read_bytes())
+    first = deflated.find(b"PK\x03\x04")
+    start = first + 30 + int.from_bytes(deflated[first + 26:first + 28], "little")
+    deflated[start:start + 4] = b"\xff\xff\xff\xff"  # a broken deflate stream
+    (tmp_path / "zlib.npz").write_bytes(bytes(deflated))
+    _load_error(tmp_path / "zlib.npz", "cannot read")
+
+
+def _edit(desc, **changes):
+    out = json.loads(json.dumps(desc))
+    for path, value in changes.items():
+        node, keys = out, path.split("__")
+        for k in keys[:-1]:
+            node = node[int(k)] if isinstance(node, list) else node[k]
+        last = keys[-1]
+        if value is KeyError:
+            del node[last]
+        elif isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return out
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"layers__0__in_channels": 3}, "declared"),
+    ({"layers__0__kernel_size": [3, 2]}, "declared"),
+    ({"layers__0__out_channels": 4}, "declared"),
+    ({"layers__8__in_features": 5}, "declared"),
+    ({"layers__0__stride": [0, 1]}, "stride"),
+    ({"layers__0__stride": True}, "bad 'stride'"),
+    ({"layers__0__padding": [1.5, 1]}, "bad 'padding'"),
+    ({"layers__0__padding": "1"}, "bad 'padding'"),
+    ({"layers__0__kernel_size": KeyError}, "lacks 'kernel_size'"),
+    ({"layers__2__kernel_size": [0, 2]}, "kernel_size"),
+    ({"layers__2__kernel_size": [[2], 2]}, "bad 'kernel_size'"),
+    ({"layers__2__padding": [5, 5]}, "at most half"),
+    ({"layers__1__kind": "softmax"}, "unknown kind"),
+    ({"layers__1": "relu"}, "unknown kind"),
+    ({"layers": []}, "1 to"),
+    ({"layers": {"0": "relu"}}, "1 to"),
+    ({"input_shape": [3, 6, 6]}, "input channels"),
+    ({"input_shape": [2, 6, -6]}, "input_shape"),
+    ({"input_shape": [2, 6, 2**40]}, "input_shape"),
+    ({"input_shape": "2,6,6"}, "input_shape"),
+    ({"version": 2}, "version"),
+    ({"format": "keras"}, "not a relprop model description"),
+])
+def test_inconsistent_descriptions_raise_value_error(tmp_path, change, match):
+    desc, members = _model_members()
+    _load_error(_write(tmp_path / "m.npz", _edit(desc, **change), members), match)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda m: m.pop("0.weight.npy"), "missing weight"),
+    (lambda m: m.update({"0.bias.npy": _npy(np.ones(4))}), "bias must have shape"),
+    (lambda m: m.update({"0.weight.npy": _npy(np.ones((3, 2, 3)))}), "4 dimensions"),
+    (lambda m: m.update({"0.weight.npy": _npy(np.ones((3, 2, 3, 3), dtype=bool))}), "bool"),
+    (lambda m: m.update({"0.weight.npy": _npy(np.ones((3, 2, 3, 3), dtype=complex))}), "numeric"),
+    (lambda m: m.update({"0.weight.npy": _npy(np.zeros((2,), dtype=[("a", "<f4")]))}), "numeric"),
+    (lambda m: m.update({"0.weight.npy": _npy(np.full((3, 2, 3, 3), np.nan))}), "NaN"),
+    (lambda m: m.update({"99.weight.npy": _npy(np.ones(2))}), "unexpected arrays"),
+    (lambda m: m.update({"notes.txt": b"hello"}), "not a relprop model file"),
+    (lambda m: m.update({"0.weight.npy": _npy(np.ones(3))[:-5]}), "truncated|bytes hold"),
+    (lambda m: m.update({"0.weight.npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f8'  \n"}),
+     "cannot read|header"),
+    (lambda m: m.update({"0.weight.npy": b"\x93NUMPY\x03\x00" + bytes(12)}), "version"),
+])
+def test_inconsistent_arrays_raise_value_error(tmp_path, edit, match):
+    desc, members = _model_members()
+    edit(members)
+    _load_error(_write(tmp_path / "m.npz", desc, members), match)
+
+
+@pytest.mark.parametrize("meta,match", [
+    (b"\xff\xfe not utf-8", "cannot read"),
+    (b"{not json", "cannot read"),
+    (b"[" * 100_000 + b"]" * 100_000, "cannot read"),  # recursion in the JSON parser
+    (b"[1, 2]", "not a relprop model description"),
+    (b"null", "not a relprop model description"),
+])
+def test_malformed_descriptions_raise_value_error(tmp_path, meta, match):
+    _, members = _model_members()
+    _load_error(_write(tmp_path / "m.npz", meta, members), match)
+
+
+def test_counts_are_bounded(tmp_path, monkeypatch):
+    desc, members = _model_members(NETS["mlp"])
+    monkeypatch.setattr(rp_network, "MAX_LAYERS", 2)
+    _load_error(_write(tmp_path / "layers.npz", desc, members), "1 to 2 layers")
+    monkeypatch.setattr(rp_network, "MAX_DESCRIPTION_BYTES", 16)
+    _load_error(_write(tmp_path / "desc.npz", desc, members), "more than the 16 allowed")
+    path = tmp_path / "dup.npz"
+    _write(path, desc, members)
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("0.weight.npy", _npy(np.zeros((4, 5))))
+    _load_error(path, "uniquely named")
