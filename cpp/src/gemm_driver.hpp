@@ -197,6 +197,9 @@ void pack_a_block(const typename K::T* a, idx rsa, idx csa, idx mc, idx kc, type
     if (rows == MR && rsa == 1) {  // columns of A contiguous: one run of MR per step
       for (idx p = 0; p < kc; ++p)
         for (int i = 0; i < MR; ++i) dst[p * MR + i] = as[p * csa + i];
+    } else if (rows == MR && csa == 1) {  // rows contiguous: MR streams, written in order
+      for (idx p = 0; p < kc; ++p)
+        for (int i = 0; i < MR; ++i) dst[p * MR + i] = as[i * rsa + p];
     } else {  // one row of A at a time (contiguous when csa == 1)
       for (idx i = 0; i < rows; ++i) {
         const auto* ai = as + i * rsa;
