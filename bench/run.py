@@ -498,6 +498,7 @@ def main(argv=None):
     opts.repeats = opts.repeats or (3 if opts.quick else 7)
     opts.budget = opts.budget or (0.3 if opts.quick else 3.0)
     t_start = time.time()
+    load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
 
     info = machine_info(threads)
     peaks = {t: ops.fma_peak_gflops(t) for t in threads}
@@ -523,6 +524,12 @@ def main(argv=None):
         sections += ["## Peak memory of an LRP call (1 thread, RSS high-water growth in a fresh "
                      "process; cold = rule weights made in the call, warm = already cached)", "",
                      bench_memory(models, opts), ""]
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    if load:
+        sections.append(f"_System load average (1/5/15 min) at start {load0[0]:.2f}/{load0[1]:.2f}/"
+                        f"{load0[2]:.2f}, at the end {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f} "
+                        f"(on {os.cpu_count()} cores: above ~0.2 other processes share the "
+                        f"cores and the timings, 2-thread ones most)._")
     sections.append(f"_Run time {time.time() - t_start:.0f} s; `python bench/run.py "
                     f"{' '.join(argv if argv is not None else sys.argv[1:])}`._")
     text = "\n".join(sections) + "\n"
