@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numbers
 import operator
+import os
 
 import numpy as np
 
@@ -70,6 +71,17 @@ def as_int(value, name: str, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def as_threads(value, name: str, minimum: int = 0) -> int:
+    """A thread count: OpenMP ends the whole process when it cannot create the threads it is
+    asked for, so counts far beyond the machine (more than ``max(256, 4 * cpu_count)``) raise."""
+    n = as_int(value, name, minimum)
+    limit = max(256, 4 * (os.cpu_count() or 1))
+    if n > limit:
+        raise ValueError(f"{name}={n} threads is more than relprop's limit of {limit} on this "
+                         f"machine ({os.cpu_count()} CPUs)")
+    return n
 
 
 def as_pair(value, name: str, minimum: int = 0) -> tuple[int, int]:

@@ -50,9 +50,9 @@ def fma_peak_gflops(nthreads=None) -> float:
     A register-resident loop of fused multiply-adds (the machine's practical peak); it takes
     about half a second.  ``nthreads`` defaults to :func:`get_num_threads`.
     """
-    from ._validate import as_int
+    from ._validate import as_threads
 
-    n = get_num_threads() if nthreads is None else as_int(nthreads, "nthreads", minimum=1)
+    n = get_num_threads() if nthreads is None else as_threads(nthreads, "nthreads", minimum=1)
     return float(_core.fma_peak_gflops(n))
 
 
@@ -61,10 +61,10 @@ def set_num_threads(n: int) -> None:
 
     Results do not depend on it: every reduction runs in the same order for any thread count.
     """
-    from ._validate import as_int
+    from ._validate import as_threads
 
     global _threads
-    _threads = as_int(n, "n", minimum=0)
+    _threads = as_threads(n, "n", minimum=0)
 
 
 def get_num_threads() -> int:
