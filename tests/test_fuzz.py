@@ -846,3 +846,14 @@ def test_counts_are_bounded(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(path, "a") as zf:
         zf.writestr("0.weight.npy", _npy(np.zeros((4, 5))))
     _load_error(path, "uniquely named")
+
+
+@pytest.mark.parametrize("n", [10**6, 2**40])
+def test_absurd_thread_counts_raise_instead_of_killing_the_process(n):
+    # libgomp ends the process ("Thread creation failed") when it cannot create the threads
+    old = rp.get_num_threads()
+    with pytest.raises(ValueError, match="threads is more than"):
+        rp.set_num_threads(n)
+    assert rp.get_num_threads() == old
+    with pytest.raises(ValueError, match="threads is more than"):
+        rp.ops.fma_peak_gflops(n)
