@@ -12,9 +12,10 @@ def arrays(dtype, shape, lo=-1.0, hi=1.0):
 
 
 def sum_tolerance(dtype, terms, bound):
-    """Each of ``terms`` additions may add a rounding error of eps * bound (XNNPACK's model)."""
-    eps = np.finfo(dtype).eps
-    return 4 * eps * terms * np.asarray(bound, dtype=np.float64) + 1e-300
+    """Each of ``terms`` additions may add a rounding error of eps * bound (XNNPACK's model),
+    and each product may underflow (absolute error up to the smallest normal number)."""
+    info = np.finfo(dtype)
+    return 4 * info.eps * terms * np.asarray(bound, dtype=np.float64) + terms * float(info.tiny)
 
 
 @st.composite
