@@ -7,13 +7,33 @@
 
 namespace relprop {
 
+namespace {
+
+// The input rows (columns) under window row p (column q): the window clipped to the input, so
+// the loops never visit padding (a huge padded window costs no more than the input it covers).
+struct Span {
+  idx lo, hi;
+};
+inline Span rows(const Window2d& g, idx p) {
+  const idx top = p * g.sh - g.ph;
+  return {std::max<idx>(top, 0), std::min<idx>(top + g.kh, g.h)};
+}
+inline Span cols(const Window2d& g, idx q) {
+  const idx left = q * g.sw - g.pw;
+  return {std::max<idx>(left, 0), std::min<idx>(left + g.kw, g.w)};
+}
+// At most the input elements one window visits (the work of one output).
+inline idx window_area(const Window2d& g) { return std::min(g.kh, g.h) * std::min(g.kw, g.w); }
+
+}  // namespace
+
 // Every (sample, channel) plane is independent: parallel over planes, serial within a plane, so
 // overlapping windows accumulate in the same order for any thread count.
 template <typename T>
 void maxpool2d_forward(const T* x, T* y, std::int64_t* arg, const Window2d& g, int nthreads) {
   g.validate();
   const idx oh = g.oh(), ow = g.ow(), planes = g.n * g.c;
-  const int nt = threads_for(nthreads, planes, planes * oh * ow * g.kh * g.kw);
+  const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (idx pl = 0; pl < planes; ++pl) {
     const T* xs = x + pl * g.h * g.w;
@@ -21,12 +41,9 @@ void maxpool2d_forward(const T* x, T* y, std::int64_t* arg, const Window2d& g, i
       for (idx q = 0; q < ow; ++q) {
         T best = -std::numeric_limits<T>::infinity();
         std::int64_t where = -1;
-        for (idx u = 0; u < g.kh; ++u) {
-          const idx i = p * g.sh + u - g.ph;
-          if (i < 0 || i >= g.h) continue;
-          for (idx v = 0; v < g.kw; ++v) {
-            const idx j = q * g.sw + v - g.pw;
-            if (j < 0 || j >= g.w) continue;
+        const Span r = rows(g, p), c = cols(g, q);
+        for (idx i = r.lo; i < r.hi; ++i) {
+          for (idx j = c.lo; j < c.hi; ++j) {
             const T val = xs[i * g.w + j];
             if (where < 0 || val > best || (val != val && best == best)) {  // first NaN wins
               best = val;
@@ -61,22 +78,17 @@ template <typename T>
 void avgpool2d_forward(const T* x, T* y, const Window2d& g, int nthreads) {
   g.validate();
   const idx oh = g.oh(), ow = g.ow(), planes = g.n * g.c;
-  const T scale = T(1) / static_cast<T>(g.kh * g.kw);
-  const int nt = threads_for(nthreads, planes, planes * oh * ow * g.kh * g.kw);
+  const T scale = T(1) / (static_cast<T>(g.kh) * static_cast<T>(g.kw));  // no int overflow
+  const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (idx pl = 0; pl < planes; ++pl) {
     const T* xs = x + pl * g.h * g.w;
     for (idx p = 0; p < oh; ++p)
       for (idx q = 0; q < ow; ++q) {
         T acc = 0;
-        for (idx u = 0; u < g.kh; ++u) {
-          const idx i = p * g.sh + u - g.ph;
-          if (i < 0 || i >= g.h) continue;
-          for (idx v = 0; v < g.kw; ++v) {
-            const idx j = q * g.sw + v - g.pw;
-            if (j >= 0 && j < g.w) acc += xs[i * g.w + j];
-          }
-        }
+        const Span r = rows(g, p), c = cols(g, q);
+        for (idx i = r.lo; i < r.hi; ++i)
+          for (idx j = c.lo; j < c.hi; ++j) acc += xs[i * g.w + j];
         y[(pl * oh + p) * ow + q] = acc * scale;
       }
   }
@@ -86,8 +98,8 @@ template <typename T>
 void avgpool2d_backward(const T* gy, T* gx, const Window2d& g, int nthreads) {
   g.validate();
   const idx oh = g.oh(), ow = g.ow(), planes = g.n * g.c, S = g.h * g.w;
-  const T scale = T(1) / static_cast<T>(g.kh * g.kw);
-  const int nt = threads_for(nthreads, planes, planes * oh * ow * g.kh * g.kw);
+  const T scale = T(1) / (static_cast<T>(g.kh) * static_cast<T>(g.kw));  // no int overflow
+  const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (idx pl = 0; pl < planes; ++pl) {
     T* gxs = gx + pl * S;
@@ -95,14 +107,9 @@ void avgpool2d_backward(const T* gy, T* gx, const Window2d& g, int nthreads) {
     for (idx p = 0; p < oh; ++p)
       for (idx q = 0; q < ow; ++q) {
         const T share = gy[(pl * oh + p) * ow + q] * scale;
-        for (idx u = 0; u < g.kh; ++u) {
-          const idx i = p * g.sh + u - g.ph;
-          if (i < 0 || i >= g.h) continue;
-          for (idx v = 0; v < g.kw; ++v) {
-            const idx j = q * g.sw + v - g.pw;
-            if (j >= 0 && j < g.w) gxs[i * g.w + j] += share;
-          }
-        }
+        const Span r = rows(g, p), c = cols(g, q);
+        for (idx i = r.lo; i < r.hi; ++i)
+          for (idx j = c.lo; j < c.hi; ++j) gxs[i * g.w + j] += share;
       }
   }
 }
