@@ -84,14 +84,22 @@ def as_threads(value, name: str, minimum: int = 0) -> int:
     return n
 
 
+#: Largest kernel size, stride or padding: the kernels' window geometry (``h + 2 * padding``,
+#: ...) stays far from int64 overflow.
+MAX_WINDOW = (1 << 31) - 1
+
+
 def as_pair(value, name: str, minimum: int = 0) -> tuple[int, int]:
-    """An int or a pair of ints (as torch's kernel_size/stride/padding)."""
+    """An int or a pair of ints (as torch's kernel_size/stride/padding), at most MAX_WINDOW."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(f"{name} must be an int or a pair, got {value!r}")
-        return (as_int(value[0], name, minimum), as_int(value[1], name, minimum))
-    v = as_int(value, name, minimum)
-    return (v, v)
+        pair = (as_int(value[0], name, minimum), as_int(value[1], name, minimum))
+    else:
+        pair = (as_int(value, name, minimum),) * 2
+    if max(pair) > MAX_WINDOW:
+        raise ValueError(f"{name} must be at most {MAX_WINDOW}, got {value!r}")
+    return pair
 
 
 def as_scalar(value, name: str, minimum: float | None = None) -> float:
