@@ -857,3 +857,32 @@ def test_absurd_thread_counts_raise_instead_of_killing_the_process(n):
     assert rp.get_num_threads() == old
     with pytest.raises(ValueError, match="threads is more than"):
         rp.ops.fma_peak_gflops(n)
+
+
+def test_window_parameters_beyond_int32_are_refused():
+    # padding 2**62 with stride 2**62 gives a 3-pixel output, yet h + 2 * padding overflows
+    # int64 in the kernels' window geometry
+    w = np.ones((1, 1, 3, 3))
+    with pytest.raises(ValueError, match="stride must be at most"):
+        rp.Conv2d(w, stride=2**62, padding=2**62)
+    with pytest.raises(ValueError, match="padding must be at most"):
+        rp.Conv2d(w, padding=(0, 2**62))
+    with pytest.raises(ValueError, match="kernel_size must be at most"):
+        rp.MaxPool2d((2**31, 1))
+    assert rp.AvgPool2d(2**31 - 1, padding=2**30 - 1).kernel_size == (2**31 - 1,) * 2
+
+
+@pytest.mark.parametrize("cls", [rp.MaxPool2d, rp.AvgPool2d])
+def test_a_huge_padded_window_costs_no_more_than_the_input(cls):
+    # kernel 2**31 - 1 with padding 2**30 - 1 (a model file may say so): every window covers
+    # the whole 4x5 plane and two billion rows and columns of padding, which the kernels used
+    # to step through one by one (about 10**10 steps per output: minutes for this call)
+    k, p = 2**31 - 1, 2**30 - 1
+    net = rp.Sequential([cls(k, stride=1, padding=p), rp.Flatten()], input_shape=(2, 4, 5))
+    x = np.random.default_rng(0).normal(size=(3, 2, 4, 5))
+    y = net(x).reshape(3, 2, 4, 5)
+    planes = x.reshape(3, 2, 1, 20)
+    want = planes.max(axis=-1) if cls is rp.MaxPool2d else planes.sum(axis=-1) / float(k) ** 2
+    assert_allclose(y, np.broadcast_to(want[..., None], (3, 2, 1, 20)).reshape(3, 2, 4, 5),
+                    rtol=1e-12)
+    assert rp.gradient(net, x, np.ones((3, 40))).shape == x.shape
