@@ -380,7 +380,13 @@ class _OnnxReader:
 
         self.where = where
         g = model.graph
-        self.consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        self.consts = {}
+        for t in g.initializer:
+            try:
+                self.consts[t.name] = numpy_helper.to_array(t)
+            except (KeyError, ValueError, TypeError) as exc:  # unknown or inconsistent data type
+                raise ValueError(f"{where}: initializer {t.name!r} cannot be read "
+                                 f"({type(exc).__name__}: {exc})") from None
         data_inputs = [i for i in g.input if i.name not in self.consts]
         if len(data_inputs) != 1:
             raise ValueError(f"{where}: relprop needs exactly one data input, the graph has "
@@ -504,7 +510,10 @@ class _OnnxReader:
             if attrs.get("group", 1) != 1:
                 raise ValueError(f"{where}: group={attrs['group']} is not supported")
             attrs.setdefault("kernel_shape", w.shape[2:])
-            _, strides, pads = _window_attrs(attrs, where)
+            kernel, strides, pads = _window_attrs(attrs, where)
+            if tuple(kernel) != tuple(w.shape[2:]):
+                raise ValueError(f"{where}: kernel_shape {tuple(kernel)} disagrees with W of shape "
+                                 f"{w.shape}")
             self.add(L.Conv2d(w, self.const(node, 2, "B"), strides, pads), node)
         elif op == "Relu":
             self.add(L.ReLU(), node)
@@ -616,7 +625,10 @@ def from_onnx(path_or_model, *, check=True, rtol=CHECK_RTOL) -> Sequential:
         first = (str(exc).strip().splitlines() or [""])[0]
         raise ValueError(f"{where}: invalid ONNX model ({type(exc).__name__}: {first})") from None
     reader = _OnnxReader(model, where)
-    layers = reader.run()
+    try:
+        layers = reader.run()
+    except TypeError as exc:  # e.g. an initializer of a non-numeric element type
+        raise ValueError(f"{where}: {exc}") from None
     try:
         net = Sequential(layers, input_shape=reader.input_shape)
     except (ValueError, TypeError) as exc:
@@ -634,7 +646,11 @@ def from_onnx(path_or_model, *, check=True, rtol=CHECK_RTOL) -> Sequential:
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ValueError(f"{where}: onnxruntime cannot load the model ({exc})") from None
         x = _probe(net.input_shape, reader.dtype, n=reader.batch or 2)
-        want = sess.run(None, {reader.input_name: x})[0]
+        try:
+            want = sess.run(None, {reader.input_name: x})[0]
+        except Exception as exc:  # onnxruntime's Fail/InvalidArgument: the graph is inconsistent
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise ValueError(f"{where}: onnxruntime cannot run the model ({first})") from None
         got = net(x)
         if reader.softmax:
             got = _softmax(got)
