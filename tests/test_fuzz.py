@@ -260,7 +260,7 @@ def method_kwargs(draw):
 
 
 # --- the calls --------------------------------------------------------------------------------
-def explanation_calls(rule_names=True):
+def explanation_calls():
     """``(name, fn(net, x, target, **kw))`` for every method that returns an array shaped like x."""
     out = [(m.__name__, m) for m in (rp.gradient, rp.sensitivity, rp.gradient_x_input,
                                      rp.deconvnet, rp.guided_backprop)]
@@ -274,9 +274,8 @@ def explanation_calls(rule_names=True):
     for name in rp.composites.COMPOSITES:
         out.append((f"lrp.{name}", lambda n, x, t, _c=name, **k: rp.lrp(
             n, x, t, _c, **COMPOSITE_KWARGS.get(_c, {}), **k)))
-    if rule_names:
-        for name in LINEAR_RULES:
-            out.append((f"lrp.rule.{name}", lambda n, x, t, _r=name, **k: rp.lrp(n, x, t, _r, **k)))
+    for name in LINEAR_RULES:
+        out.append((f"lrp.rule.{name}", lambda n, x, t, _r=name, **k: rp.lrp(n, x, t, _r, **k)))
     for name in rp.METHODS:
         if name not in ("smoothgrad", "integrated_gradients"):  # their defaults are slow here
             out.append((f"explain.{name}", lambda n, x, t, _m=name, **k: rp.explain(
@@ -288,7 +287,7 @@ def explanation_calls(rule_names=True):
 CALLS = explanation_calls()
 
 
-def sample_count(x, net):
+def sample_count(x):
     arr = np.asarray(x)
     return arr.shape[0] if arr.ndim >= 2 else 0
 
@@ -299,7 +298,7 @@ def sample_count(x, net):
 def test_every_method_gives_a_sound_result_or_a_clean_error(net_name, data):
     net = NETS[net_name]
     x, x_status = data.draw(inputs(net.input_shape), label="x")
-    n = max(sample_count(x, net), 1)
+    n = max(sample_count(x), 1)
     t, t_status = data.draw(targets(n, net.output_shape[0]), label="target")
     kw, kw_status = data.draw(method_kwargs(), label="kwargs")
     if x_status == "nonfinite":
