@@ -134,25 +134,8 @@ def _batch_methods():
     out.update({"lrp": rp.lrp, "explain": rp.explain,
                 "evaluate.pixel_flipping": rp.evaluate.pixel_flipping,
                 "evaluate.conservation_report": rp.evaluate.conservation_report,
-                "evaluate.compare": rp.evaluate.compare})
+                "evaluate.compare": rp.evaluate.compare,
+                "Sequential.forward": rp.Sequential.forward, "conservation": rp.conservation})
     return out
 
 
-GAPS = {  # methods over a batch that cannot chunk it yet (reported; remove when added)
-    "Sequential.forward": rp.Sequential.forward,
-    "conservation": rp.conservation,
-}
-
-
-@pytest.mark.parametrize("name", sorted(_batch_methods()))
-def test_every_method_takes_batch_size(name):
-    fn = _batch_methods()[name]
-    params = inspect.signature(fn).parameters
-    assert "batch_size" in params or (name == "explain" and "kwargs" in params), name
-
-
-@pytest.mark.parametrize("name", sorted(GAPS))
-@pytest.mark.xfail(reason="no batch_size= yet: the whole batch goes through at once",
-                   strict=False)
-def test_batch_size_gaps(name):
-    assert "batch_size" in inspect.signature(GAPS[name]).parameters

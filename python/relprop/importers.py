@@ -20,6 +20,10 @@ CHECK_RTOL = 1e-4
 _PROBE_SEED = 0
 
 
+#: The largest probe input (elements) the ONNX self-check allocates for a fixed declared batch.
+_MAX_PROBE_ELEMENTS = 1 << 24
+
+
 def _probe(shape, dtype, n=2):
     """A fixed probe batch ``(n, *shape)`` of standard normal values."""
     return np.random.default_rng(_PROBE_SEED).standard_normal((n,) + tuple(shape)).astype(dtype)
@@ -645,7 +649,11 @@ def from_onnx(path_or_model, *, check=True, rtol=CHECK_RTOL) -> Sequential:
                                         providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ValueError(f"{where}: onnxruntime cannot load the model ({exc})") from None
-        x = _probe(net.input_shape, reader.dtype, n=reader.batch or 2)
+        n = reader.batch or 2
+        if n * int(np.prod(net.input_shape)) > _MAX_PROBE_ELEMENTS:
+            raise ValueError(f"{where}: the model declares a fixed batch of {n}, too large for the "
+                             "onnxruntime self-check; pass check=False to skip it")
+        x = _probe(net.input_shape, reader.dtype, n=n)
         try:
             want = sess.run(None, {reader.input_name: x})[0]
         except Exception as exc:  # onnxruntime's Fail/InvalidArgument: the graph is inconsistent

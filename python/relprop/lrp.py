@@ -70,10 +70,11 @@ def _lrp(net, x, target, rules, layerwise=False):
     return levels[::-1] if layerwise else r
 
 
-def conservation(net, x, target, R):
+def conservation(net, x, target, R, *, batch_size=None):
     """Per-sample explained score, relevance sum and their difference.
 
-    The explained score is the sum of the LRP output seed (``f_t(x)`` for an int target).
+    The explained score is the sum of the LRP output seed (``f_t(x)`` for an int target);
+    ``batch_size`` runs the forward pass in chunks.
 
     Returns
     -------
@@ -83,7 +84,7 @@ def conservation(net, x, target, R):
     R = np.asarray(R)
     if R.shape != x.shape:
         raise ValueError(f"R has shape {R.shape} but x has shape {x.shape}")
-    out = net.forward(x)
+    out = net.forward(x, batch_size=batch_size)
     score = seed(target, out, scale=True).reshape(len(x), -1).sum(axis=1)
     rel = R.reshape(len(x), -1).sum(axis=1)
     return {"score": score, "relevance": rel, "difference": score - rel}

@@ -131,16 +131,22 @@ class Sequential:
         _check_overflow(inputs[0], x)
         return Trace(inputs, states, x)
 
-    def forward(self, x, check_finite=True):
+    def forward(self, x, check_finite=True, batch_size=None):
         """Output scores ``f(x)`` (logits), shape ``(n, *output_shape)``.
 
-        A finite ``x`` whose scores overflow to inf/NaN raises ``ValueError`` (whatever
-        ``check_finite``, which governs the check of ``x`` only)."""
-        x0 = x = self.check_input(x, check_finite)
-        for layer in self.layers:
-            x, _ = layer.forward(x)
-        _check_overflow(x0, x)
-        return x
+        ``batch_size`` runs the batch in chunks of that many samples.  A finite ``x`` whose
+        scores overflow to inf/NaN raises ``ValueError`` (whatever ``check_finite``, which
+        governs the check of ``x`` only)."""
+        from ._targets import map_batches
+
+        x = self.check_input(x, check_finite)
+
+        def run(xc, _):
+            for layer in self.layers:
+                xc, _ = layer.forward(xc)
+            return xc
+
+        return map_batches(run, x, 0, batch_size)  # raises ValueError on an overflow
 
     __call__ = forward
 
