@@ -18,6 +18,7 @@
 #include "gemm_impl.hpp"
 #include "relprop/check.hpp"
 #include "relprop/kernels.hpp"
+#include "relprop/memory.hpp"
 #include "relprop/parallel.hpp"
 
 namespace relprop {
@@ -27,11 +28,19 @@ void Window2d::validate() const {
                 n, ", ", c, ", ", h, ", ", w, ")");
   RELPROP_CHECK(kh > 0 && kw > 0 && sh > 0 && sw > 0 && ph >= 0 && pw >= 0,
                 "window kernel/stride must be positive and padding non-negative");
+  constexpr idx kMax = (idx(1) << 31) - 1;  // keeps h + 2 * ph and every window index in range
+  RELPROP_CHECK(h <= kMax && w <= kMax && kh <= kMax && kw <= kMax && sh <= kMax && sw <= kMax &&
+                    ph <= kMax && pw <= kMax,
+                "window sizes, strides and paddings must be below 2**31");
   RELPROP_CHECK(h + 2 * ph >= kh && w + 2 * pw >= kw, "window (", kh, ", ", kw,
                 ") larger than the padded input (", h + 2 * ph, ", ", w + 2 * pw, ")");
 }
 
 namespace {
+
+// Scratch vectors are counted (relprop::memory) so tests can bound the kernels' memory.
+template <typename T>
+using Buffer = std::vector<T, CountingAllocator<T>>;
 
 using detail::GemmArgs;
 using detail::GemmImpl;
@@ -130,7 +139,7 @@ void conv2d_forward(const T* x, const T* w, const T* b, T* y, const Window2d& g,
   if (g.n == 0) return;
   const auto& impl = detail::active_gemm<T>();
   const idx K = g.c * g.kh * g.kw, P = g.oh() * g.ow();
-  std::vector<T> wp(static_cast<size_t>(impl.packed_a_size(c_out, K)));
+  Buffer<T> wp(static_cast<size_t>(impl.packed_a_size(c_out, K)));
   impl.pack_a(impl, w, K, 1, c_out, K, wp.data());
   const Im2col im{g.c, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh(), g.ow()};
   // A 1x1 stride-1 unpadded convolution multiplies by x itself, a (c_in, h*w) matrix.
@@ -153,14 +162,14 @@ void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_ou
   if (g.sh == 1 && g.sw == 1 && g.ph < g.kh && g.pw < g.kw && !few_inputs) {
     // gx = conv(gy, W'), W'[c, o, u, v] = w[o, c, kh-1-u, kw-1-v], padding kh-1-ph, kw-1-pw
     const idx K2 = c_out * khw;
-    std::vector<T> wt(static_cast<size_t>(g.c * K2));
+    Buffer<T> wt(static_cast<size_t>(g.c * K2));
     for (idx o = 0; o < c_out; ++o)
       for (idx c = 0; c < g.c; ++c) {
         const T* src = w + (o * g.c + c) * khw;
         T* dst = wt.data() + c * K2 + o * khw;
         for (idx q = 0; q < khw; ++q) dst[q] = src[khw - 1 - q];
       }
-    std::vector<T> wp(static_cast<size_t>(impl.packed_a_size(g.c, K2)));
+    Buffer<T> wp(static_cast<size_t>(impl.packed_a_size(g.c, K2)));
     impl.pack_a(impl, wt.data(), K2, 1, g.c, K2, wp.data());
     const Im2col im{c_out, g.oh(), g.ow(), g.kh, g.kw, 1, 1, g.kh - 1 - g.ph, g.kw - 1 - g.pw,
                     g.h, g.w};
@@ -172,13 +181,16 @@ void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_ou
   }
   // cols (K, P) = W^T (K, c_out) gy_s (c_out, P), then col2im; samples in parallel, or the
   // GEMM and then col2im (over channels) in parallel for small batches.
-  std::vector<T> wp(static_cast<size_t>(impl.packed_a_size(K, c_out)));
+  Buffer<T> wp(static_cast<size_t>(impl.packed_a_size(K, c_out)));
   impl.pack_a(impl, w, 1, K, K, c_out, wp.data());
   const int nt = threads_for(nthreads, g.n * K, g.n * P * K * c_out);
   if (nt > 1 && g.n >= nt) {
+    // one cols buffer per thread, allocated here: an allocation failure must not happen inside
+    // the parallel region (an exception may not leave it)
+    Buffer<T> all_cols(static_cast<size_t>(nt * K * P));
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (idx s = 0; s < g.n; ++s) {
-      T* cols = detail::scratch<T>(2, static_cast<size_t>(K * P));
+      T* cols = all_cols.data() + static_cast<idx>(thread_index()) * K * P;
       const BatchGemm<T> one{1, K, c_out, P, wp.data(), nullptr, gy + s * c_out * P, 0, cols, 0,
                              nullptr};
       detail::run_tile(impl, one.sample(0), 0, K, 0, P);
@@ -187,7 +199,7 @@ void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_ou
     }
     return;
   }
-  std::vector<T> cols(static_cast<size_t>(K * P));
+  Buffer<T> cols(static_cast<size_t>(K * P));
   for (idx s = 0; s < g.n; ++s) {
     const BatchGemm<T> one{1, K, c_out, P, wp.data(), nullptr, gy + s * c_out * P, 0,
                            cols.data(), 0, nullptr};

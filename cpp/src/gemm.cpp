@@ -12,6 +12,7 @@
 #include "relprop/check.hpp"
 #include "relprop/cpu.hpp"
 #include "relprop/gemm.hpp"
+#include "relprop/memory.hpp"
 #include "relprop/parallel.hpp"
 
 namespace relprop {
@@ -171,18 +172,23 @@ struct Scratch {
   void* ptr[kSlots] = {};
   std::size_t bytes[kSlots] = {};
   ~Scratch() {
-    for (void* p : ptr) std::free(p);
+    for (int s = 0; s < kSlots; ++s) release(s);
+  }
+  void release(int slot) {
+    std::free(ptr[slot]);
+    memory::note_free(bytes[slot]);
+    ptr[slot] = nullptr;
+    bytes[slot] = 0;
   }
   void* get(int slot, std::size_t want) {
     if (want > bytes[slot]) {
-      std::free(ptr[slot]);
-      ptr[slot] = nullptr;
-      bytes[slot] = 0;
+      release(slot);
       const std::size_t size = (want + 63) / 64 * 64;
       void* p = std::aligned_alloc(64, size);
       if (!p) throw std::bad_alloc();
       ptr[slot] = p;
       bytes[slot] = size;
+      memory::note_alloc(size);
     }
     return ptr[slot];
   }

@@ -28,6 +28,15 @@ inline int resolve_threads(int nthreads) {
 #endif
 }
 
+// The calling thread's index within its OpenMP team (0 outside parallel regions).
+inline int thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 // Threads to use for `tasks` independent tasks of `work` multiply-adds in total.
 inline int threads_for(int nthreads, std::int64_t tasks, std::int64_t work) {
   int t = resolve_threads(nthreads);
