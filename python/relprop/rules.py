@@ -81,6 +81,11 @@ def split_forward(layer, a):
     return zp + zn, (zp, zn)
 
 
+def _times(a, c):
+    """``a * c`` written into ``c`` (a fresh kernel output): one activation-sized array less."""
+    return np.multiply(c, a, out=c)
+
+
 def _stacked_t(layer, a, sp, sn):
     """``W+^T sp + W-^T sn`` as one transposed GEMM on the stacked weights."""
     w2 = signed_params(layer, a.dtype)[0]
@@ -117,7 +122,7 @@ class Epsilon(Rule):
 
     def relevance(self, layer, a, z, r, parts=None):
         s = ops.lrp_divide(r, z, self.epsilon)
-        return a * layer.apply_t(s, layer.params(a.dtype)[0], a.shape)
+        return _times(a, layer.apply_t(s, layer.params(a.dtype)[0], a.shape))
 
 
 def _signed_parts(layer, a):
@@ -157,9 +162,9 @@ class AlphaBeta(Rule):
         if parts is not None:  # a >= 0: z+ and z- come from the walk's stacked forward
             sp = ops.lrp_divide(r, parts[0], eps)
             if not beta:
-                return a * layer.apply_t(sp, wp, a.shape)
+                return _times(a, layer.apply_t(sp, wp, a.shape))
             sn = ops.lrp_divide(r, parts[1], eps)
-            return a * _stacked_t(layer, a, alpha * sp, -beta * sn)
+            return _times(a, _stacked_t(layer, a, alpha * sp, -beta * sn))
         ap, an = _pos(a), _neg(a)
         if not beta:  # z+ only: two half-size GEMMs
             _, _, (_, bp), _ = signed_params(layer, a.dtype)
@@ -218,7 +223,7 @@ class Gamma(Rule):
             p, n = parts
             s1 = ops.lrp_divide(rp, g1 * p + n, eps)
             s2 = ops.lrp_divide(rn, p + g1 * n, eps)
-            return a * _stacked_t(layer, a, g1 * s1 + s2, s1 + g1 * s2)
+            return _times(a, _stacked_t(layer, a, g1 * s1 + s2, s1 + g1 * s2))
         pp, np_, pn, nn = _signed_parts(layer, a)
         s1 = ops.lrp_divide(rp, g1 * pp + np_ + pn + g1 * nn, eps)
         s2 = ops.lrp_divide(rn, pp + g1 * np_ + g1 * pn + nn, eps)
@@ -333,7 +338,7 @@ class Norm(Rule):
         _check_stabilizer(self)
 
     def relevance(self, layer, a, z, r, parts=None):
-        return a * layer.backward(ops.lrp_divide(r, z, self.stabilizer), a, None)
+        return _times(a, layer.backward(ops.lrp_divide(r, z, self.stabilizer), a, None))
 
 
 @register_rule("winner_take_all")
