@@ -322,7 +322,7 @@ def gemm_shapes(quick):
                 h //= 2
             elif s[0] == "conv":
                 mnk = (s[2], h * h, s[1] * 9)
-                if mnk not in conv:
+                if (name, mnk) not in conv:
                     conv.append((name, mnk))
     conv = [(n, mnk) for n, mnk in conv][: (3 if quick else None)]
     return [("square", s) for s in square] + conv

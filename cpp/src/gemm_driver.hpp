@@ -354,8 +354,9 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
   const idx mpad = (g.m + MR - 1) / MR * MR;
   const idx kb = block_k(impl.kc, g.k);
   // Rows that fit one mc block: each B strip is packed right before its only use, so it goes
-  // to L1 and back instead of through a kc x nc panel (same arithmetic, same order).
-  const bool stream_b = i1 - i0 <= impl.mc;
+  // to L1 and back instead of through a kc x nc panel (same arithmetic, same order).  Not for
+  // row-major B, whose rows are best read whole (pack_b_strided).
+  const bool stream_b = i1 - i0 <= impl.mc && (g.im || g.csb != 1);
   for (idx jc = j0; jc < j1; jc += impl.nc) {
     const idx nc = min_idx(impl.nc, j1 - jc);
     for (idx pc = 0; pc < g.k; pc += kb) {
