@@ -18,13 +18,19 @@ void relu_backward(const T* g, const T* x, T* gx, idx size, int mode, int nthrea
   const int nt = threads_for(nthreads, size, size);
   if (mode == 0) {
 #pragma omp parallel for simd schedule(static) num_threads(nt)
-    for (idx i = 0; i < size; ++i) gx[i] = x[i] > T(0) ? g[i] : T(0);
+    for (idx i = 0; i < size; ++i) {
+      const T gi = g[i];  // loaded unconditionally so that the loop vectorizes
+      gx[i] = x[i] > T(0) ? gi : T(0);
+    }
   } else if (mode == 1) {
 #pragma omp parallel for simd schedule(static) num_threads(nt)
     for (idx i = 0; i < size; ++i) gx[i] = g[i] > T(0) ? g[i] : T(0);
   } else {
 #pragma omp parallel for simd schedule(static) num_threads(nt)
-    for (idx i = 0; i < size; ++i) gx[i] = (x[i] > T(0) && g[i] > T(0)) ? g[i] : T(0);
+    for (idx i = 0; i < size; ++i) {
+      const T gi = g[i];
+      gx[i] = (x[i] > T(0) && gi > T(0)) ? gi : T(0);
+    }
   }
 }
 
