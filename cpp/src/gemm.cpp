@@ -12,7 +12,6 @@
 #include "relprop/check.hpp"
 #include "relprop/cpu.hpp"
 #include "relprop/gemm.hpp"
-#include "relprop/memory.hpp"
 #include "relprop/parallel.hpp"
 
 namespace relprop {
@@ -174,9 +173,10 @@ struct Scratch {
   ~Scratch() {
     for (int s = 0; s < kSlots; ++s) release(s);
   }
+  // Not counted by relprop::memory: these per-thread caches live as long as their thread and
+  // are freed at thread exit, at times no measurement could bracket.
   void release(int slot) {
     std::free(ptr[slot]);
-    memory::note_free(bytes[slot]);
     ptr[slot] = nullptr;
     bytes[slot] = 0;
   }
@@ -188,7 +188,6 @@ struct Scratch {
       if (!p) throw std::bad_alloc();
       ptr[slot] = p;
       bytes[slot] = size;
-      memory::note_alloc(size);
     }
     return ptr[slot];
   }
