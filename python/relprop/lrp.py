@@ -5,7 +5,7 @@ import numpy as np
 
 from ._targets import chunks, map_batches, seed
 from .composites import as_composite
-from .rules import WinnerTakeAll, split_forward
+from .rules import WinnerTakeAll
 
 
 def lrp(net, x, target, rule_or_composite="epsilon_plus_flat", *, batch_size=None,
@@ -43,31 +43,38 @@ def lrp(net, x, target, rule_or_composite="epsilon_plus_flat", *, batch_size=Non
 
 
 def _lrp(net, x, target, rules, layerwise=False):
-    # The forward pass: layers whose rule uses (z+, z-) run once on [W+; W-] when their input is
-    # non-negative (see relprop.rules); every other layer runs its plain forward.
-    inputs, states, parts = [], [], []
+    # The forward pass keeps, per layer, only what its rule reads (Rule.reads): a ReLU's input,
+    # for one, is dropped as soon as the ReLU has run unless the layer below reads it as its z.
+    # Layers whose rule uses (z+, z-) compute them in the forward pass when their input is
+    # non-negative (see relprop.rules).  The backward walk frees each layer's share after use.
+    saved = []
     for layer, rule in zip(net.layers, rules):
-        inputs.append(x)
-        if rule.uses_parts and not (x < 0).any():
-            x, part = split_forward(layer, x)
-            states.append(None)
-            parts.append(part)
+        a, state, parts = x, None, None
+        if rule.uses_parts and a.min() >= 0:
+            x, parts = rule.forward_parts(layer, a)
         else:
-            x, state = layer.forward(x)
-            states.append(state)
-            parts.append(None)
-    inputs.append(x)
+            x, state = layer.forward(a)
+        reads = rule.reads(parts is not None)
+        saved.append([a if "a" in reads else _shape_only(a), x if "z" in reads else None,
+                      state, parts])
     r = seed(target, x, scale=True)
+    del x
     levels = [r]
     for i in range(len(net.layers) - 1, -1, -1):
-        layer, a, z = net.layers[i], inputs[i], inputs[i + 1]
+        a, z, state, parts = saved.pop()
         if isinstance(rules[i], WinnerTakeAll):
-            r = layer.backward(r, a, states[i])
+            r = net.layers[i].backward(r, a, state)
         else:
-            r = rules[i].relevance(layer, a, z, r, parts[i])
+            r = rules[i].relevance(net.layers[i], a, z, r, parts)
+        del a, z, state, parts
         if layerwise:
             levels.append(r)
     return levels[::-1] if layerwise else r
+
+
+def _shape_only(a):
+    """An array with ``a``'s shape and dtype and no data (a read-only broadcast of one zero)."""
+    return np.broadcast_to(np.zeros((), a.dtype), a.shape)
 
 
 def conservation(net, x, target, R, *, batch_size=None):

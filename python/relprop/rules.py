@@ -8,9 +8,10 @@ cached on the layer.
 
 Rules with ``uses_parts`` (ZPlus, AlphaBeta, Gamma) get ``parts = (z+, z-)`` when the layer input
 is non-negative (every layer after a ReLU): the walk's forward pass then runs the layer on the
-stacked weights ``[W+; W-]`` (biases ``[b+; b-]``), one GEMM of twice the size that yields
-``z+ = W+ a + b+``, ``z- = W- a + b-`` and ``z = z+ + z-``, so no rule needs a second forward
-pass.  Cost of one layer in GEMMs of the layer's size, forward included (the FLOP floor):
+halves of the stacked weights ``[W+; W-]`` (biases ``[b+; b-]``), ``z+ = W+ a + b+`` and
+``z- = W- a + b-``, and takes ``z = z+ + z-``, so no rule needs a second forward pass (ZPlus,
+which reads only ``z+``, runs the plain forward and ``z+``).  Cost of one layer in GEMMs of the
+layer's size, forward included (the FLOP floor):
 
 =========== ============================ ==================================================
 rule        a >= 0 (after ReLU)           any sign (the input layer)
@@ -23,6 +24,9 @@ ZBox        -                             1 + 2 transposed (the box term is one 
 WSquare     -                             1 + 1 (z is data independent: one sample's)
 Flat        -                             as WSquare
 =========== ============================ ==================================================
+
+Memory: :meth:`Rule.reads` says which of ``a`` and ``z`` a rule reads, so the walk keeps only
+those (and drops each layer's share as soon as its relevance is computed).
 """
 from __future__ import annotations
 
@@ -74,11 +78,21 @@ def _split(y2):
     return np.ascontiguousarray(y2[:, :out]), np.ascontiguousarray(y2[:, out:])
 
 
-def split_forward(layer, a):
-    """One GEMM on ``[W+; W-]``: returns ``z = z+ + z-`` and ``(z+, z-)``."""
-    w2, b2, _, _ = signed_params(layer, a.dtype)
-    zp, zn = _split(layer.apply(a, w2, b2))
+def split_forward(layer, a, both=True):
+    """The layer on ``a >= 0`` with ``z+ = W+ a + b+`` and ``z- = W- a + b-``: returns ``z`` and
+    ``(z+, z-)`` with ``z = z+ + z-`` (two GEMMs of the layer's size).  With ``both=False``,
+    ``(z+, None)`` and the plain forward ``z`` (also two)."""
+    _, _, (wp, bp), (wn, bn) = signed_params(layer, a.dtype)
+    zp = layer.apply(a, wp, bp)
+    if not both:
+        return layer.forward(a)[0], (zp, None)
+    zn = layer.apply(a, wn, bn)
     return zp + zn, (zp, zn)
+
+
+def _where(mask, r):
+    """``r`` where ``mask``, else 0."""
+    return np.where(mask, r, r.dtype.type(0))
 
 
 def _times(a, c):
@@ -92,11 +106,30 @@ def _stacked_t(layer, a, sp, sn):
     return layer.apply_t(np.concatenate([sp, sn], axis=1), w2, a.shape)
 
 
+def _stacked_mix(layer, a, s1, s2, c):
+    """``W+^T (c s1 + s2) + W-^T (s1 + c s2)`` as one transposed GEMM on the stacked weights,
+    the two mixes written straight into its stacked operand."""
+    out = s1.shape[1]
+    buf = np.empty((s1.shape[0], 2 * out) + s1.shape[2:], dtype=s1.dtype)
+    u, v = buf[:, :out], buf[:, out:]
+    np.multiply(s1, c, out=u)
+    u += s2
+    np.multiply(s2, c, out=v)
+    v += s1
+    return layer.apply_t(buf, signed_params(layer, a.dtype)[0], a.shape)
+
+
 class Rule:
     """Base class: a rule for linear layers (Dense, Conv2d)."""
 
     applies_to = (L.Dense, L.Conv2d)
     uses_parts = False
+
+    def reads(self, parts=False):
+        """What :meth:`relevance` reads of the forward pass: ``"a"`` (the layer input) and/or
+        ``"z"`` (its output); ``parts`` says whether it gets ``(z+, z-)``.  The LRP walk keeps
+        only these (others get an array of the right shape and dtype but no data)."""
+        return "az"
 
     def relevance(self, layer, a, z, r, parts=None):
         raise NotImplementedError
@@ -155,6 +188,13 @@ class AlphaBeta(Rule):
         object.__setattr__(self, "alpha", alpha)
         object.__setattr__(self, "beta", beta)
         _check_stabilizer(self)
+
+    def reads(self, parts=False):
+        return "a" if parts else "az"
+
+    def forward_parts(self, layer, a):
+        """``z`` and ``parts`` for ``a >= 0`` (ZPlus needs only ``z+``)."""
+        return split_forward(layer, a, both=bool(self.beta))
 
     def relevance(self, layer, a, z, r, parts=None):
         eps, alpha, beta = self.stabilizer, self.alpha, self.beta
@@ -215,20 +255,31 @@ class Gamma(Rule):
         _check_stabilizer(self, "gamma")
         _check_stabilizer(self)
 
+    def reads(self, parts=False):
+        return "a" if parts else "az"
+
+    def forward_parts(self, layer, a):
+        return split_forward(layer, a)
+
     def relevance(self, layer, a, z, r, parts=None):
         g1, eps = 1.0 + self.gamma, self.stabilizer
-        rp = np.where(z > 0, r, 0).astype(a.dtype, copy=False)
-        rn = np.where(z < 0, r, 0).astype(a.dtype, copy=False)
-        if parts is not None:  # a >= 0
+        if parts is not None:  # a >= 0: z = z+ + z-, as the walk's forward pass computed it
             p, n = parts
-            s1 = ops.lrp_divide(rp, g1 * p + n, eps)
-            s2 = ops.lrp_divide(rn, p + g1 * n, eps)
-            return _times(a, _stacked_t(layer, a, g1 * s1 + s2, s1 + g1 * s2))
+            z = p + n
+            d = np.multiply(p, g1)
+            d += n
+            s1 = ops.lrp_divide(_where(z > 0, r), d, eps)
+            np.multiply(n, g1, out=d)
+            d += p
+            s2 = ops.lrp_divide(_where(z < 0, r), d, eps)
+            del d, z
+            return _times(a, _stacked_mix(layer, a, s1, s2, g1))
+        rp, rn = _where(z > 0, r), _where(z < 0, r)
         pp, np_, pn, nn = _signed_parts(layer, a)
         s1 = ops.lrp_divide(rp, g1 * pp + np_ + pn + g1 * nn, eps)
         s2 = ops.lrp_divide(rn, pp + g1 * np_ + g1 * pn + nn, eps)
-        u, v = g1 * s1 + s2, s1 + g1 * s2
-        return _pos(a) * _stacked_t(layer, a, u, v) + _neg(a) * _stacked_t(layer, a, v, u)
+        return (_pos(a) * _stacked_mix(layer, a, s1, s2, g1)
+                + _neg(a) * _stacked_mix(layer, a, s2, s1, g1))
 
 
 def _bound(v, a_shape, name):
@@ -287,11 +338,15 @@ class _Uniform(Rule):
     def modify(w, b):
         raise NotImplementedError
 
+    def reads(self, parts=False):
+        return ""
+
     def relevance(self, layer, a, z, r, parts=None):
         w, b = layer.modified(type(self).__name__, self.modify, a.dtype)
         ones = np.ones((1,) + a.shape[1:], dtype=a.dtype)
-        d = np.ascontiguousarray(np.broadcast_to(layer.apply(ones, w, b), r.shape))
-        return layer.apply_t(ops.lrp_divide(r, d, self.stabilizer), w, a.shape)
+        # z is one sample's: 1 / stab(z) once, then a broadcast product (no batch-sized z)
+        inv = ops.lrp_divide(np.ones_like(r[:1]), layer.apply(ones, w, b), self.stabilizer)
+        return layer.apply_t(np.multiply(r, inv), w, a.shape)
 
 
 @register_rule("wsquare")
@@ -351,6 +406,9 @@ class WinnerTakeAll(Rule):
 
     applies_to = (L.MaxPool2d,)
 
+    def reads(self, parts=False):
+        return ""
+
 
 @register_rule("pass")
 @dataclass(frozen=True)
@@ -358,6 +416,9 @@ class Pass(Rule):
     """ReLU and Flatten: relevance passes through unchanged (reshaped)."""
 
     applies_to = (L.ReLU, L.Flatten)
+
+    def reads(self, parts=False):
+        return ""
 
     def relevance(self, layer, a, z, r, parts=None):
         return r.reshape(a.shape)
