@@ -98,6 +98,21 @@ def test_lrp_divide_zero_denominator_gives_zero():
     assert_allclose(ops.lrp_divide(r, z, 0.5), [2.0, -4.0, 1.2])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_maxpool_2x2_fast_path_keeps_first_max_and_nan(dtype):
+    # the 2x2 / stride-2 / unpadded kernel has its own vector code: every width from 2 to 21
+    # (vector lanes and the scalar tail), odd heights, many ties (few distinct values), NaN and
+    # infinities
+    rng = np.random.default_rng(7)
+    values = np.array([-np.inf, -1.0, 0.0, 0.0, 1.0, 1.0, np.inf, np.nan], dtype=dtype)
+    for w in range(2, 22):
+        x = rng.choice(values, size=(3, 2, 5 + w % 3, w))
+        y, arg = ops.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
+        y_ref, arg_ref = ref.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
+        assert_array_equal(y, y_ref)
+        assert_array_equal(arg, arg_ref)
+
+
 def _kernels_once(rng, dtype):
     x = rng.normal(size=(5, 7, 19, 17)).astype(dtype)
     w = rng.normal(size=(9, 7, 3, 3)).astype(dtype)
