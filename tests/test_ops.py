@@ -90,6 +90,33 @@ def test_elementwise_match_reference(dtype, data):
         assert_allclose(ops.lrp_divide(g, x, eps), ref.lrp_divide(g, x, dtype(eps)), rtol=1e-6)
 
 
+@given(st.sampled_from([np.float32, np.float64]), st.data())
+def test_stacked_shares_match_reference(dtype, data):
+    shape = data.draw(st.sampled_from([(1, 1), (3, 5), (1, 4, 3, 2), (2, 3, 4, 5)]))
+    r = data.draw(arrays(dtype, shape))
+    # z+ >= 0 and z- <= 0 as the rules give them, with exact zeros (z = 0, 0 denominators)
+    p = np.maximum(data.draw(arrays(dtype, shape)), 0)
+    n = np.minimum(data.draw(arrays(dtype, shape)), 0)
+    tol = dict(rtol=1e-5, atol=0) if dtype == np.float32 else dict(rtol=1e-12, atol=0)
+    for eps in (0.0, 1e-6, 0.25):
+        for gamma in (0.0, 0.25, 2.0):
+            got = ops.lrp_gamma_shares(r, p, n, gamma, eps)
+            assert got.shape == (shape[0], 2 * shape[1]) + shape[2:] and got.dtype == dtype
+            assert_allclose(got, ref.lrp_gamma_shares(r, p, n, dtype(gamma), dtype(eps)), **tol)
+        for alpha, beta in ((1.0, 0.0), (2.0, 1.0)):
+            assert_allclose(ops.lrp_alpha_beta_shares(r, p, n, alpha, beta, eps),
+                            ref.lrp_alpha_beta_shares(r, p, n, dtype(alpha), dtype(beta),
+                                                      dtype(eps)), **tol)
+
+
+def test_stacked_shares_reject_mismatched_shapes():
+    r = np.ones((2, 3))
+    with pytest.raises(ValueError, match="same shape"):
+        ops.lrp_gamma_shares(r, np.ones((2, 4)), r, 0.25, 1e-6)
+    with pytest.raises(ValueError, match="sample and a channel axis"):
+        ops.lrp_alpha_beta_shares(np.ones(3), np.ones(3), np.ones(3), 2.0, 1.0, 1e-6)
+
+
 def test_lrp_divide_zero_denominator_gives_zero():
     r = np.array([1.0, -2.0, 3.0])
     z = np.array([0.0, 0.0, 2.0])

@@ -231,6 +231,47 @@ CArray<T> lrp_divide(const CArray<T>& r, const CArray<T>& z, double eps, int nth
   return s;
 }
 
+// (samples, 2 * channels, ...) for the stacked shares of r, p, n shaped (samples, channels, ...).
+template <typename T>
+CArray<T> stacked_like(const CArray<T>& r, const CArray<T>& p, const CArray<T>& n,
+                       const char* what) {
+  check_same_shape(r, p, what);
+  check_same_shape(r, n, what);
+  RELPROP_CHECK(r.ndim() >= 2, what, ": arrays must have a sample and a channel axis, got ",
+                r.ndim(), " dimensions");
+  std::vector<py::ssize_t> shape(r.shape(), r.shape() + r.ndim());
+  shape[1] *= 2;
+  return CArray<T>(shape);
+}
+
+template <typename T>
+CArray<T> lrp_gamma_shares(const CArray<T>& r, const CArray<T>& p, const CArray<T>& n,
+                           double gamma, double eps, int nthreads) {
+  CArray<T> out = stacked_like(r, p, n, "lrp_gamma_shares");
+  T* op = out.mutable_data();
+  const idx samples = r.shape(0), len = samples ? r.size() / samples : 0;
+  {
+    py::gil_scoped_release nogil;
+    relprop::lrp_gamma_shares<T>(r.data(), p.data(), n.data(), op, samples, len, gamma, eps,
+                                 nthreads);
+  }
+  return out;
+}
+
+template <typename T>
+CArray<T> lrp_alpha_beta_shares(const CArray<T>& r, const CArray<T>& p, const CArray<T>& n,
+                                double alpha, double beta, double eps, int nthreads) {
+  CArray<T> out = stacked_like(r, p, n, "lrp_alpha_beta_shares");
+  T* op = out.mutable_data();
+  const idx samples = r.shape(0), len = samples ? r.size() / samples : 0;
+  {
+    py::gil_scoped_release nogil;
+    relprop::lrp_alpha_beta_shares<T>(r.data(), p.data(), n.data(), op, samples, len, alpha,
+                                      beta, eps, nthreads);
+  }
+  return out;
+}
+
 // c = op(a) @ op(b) for 2-D arrays (for tests and the benchmark of the GEMM core).
 template <typename T>
 CArray<T> gemm(const CArray<T>& a, const CArray<T>& b, bool trans_a, bool trans_b, int nthreads) {
@@ -270,6 +311,10 @@ void define(py::module_& m) {
   m.def("relu_forward", &relu_forward<T>, nc("x"), "nthreads"_a);
   m.def("relu_backward", &relu_backward<T>, nc("grad"), nc("x"), "mode"_a, "nthreads"_a);
   m.def("lrp_divide", &lrp_divide<T>, nc("r"), nc("z"), "eps"_a, "nthreads"_a);
+  m.def("lrp_gamma_shares", &lrp_gamma_shares<T>, nc("r"), nc("p"), nc("n"), "gamma"_a, "eps"_a,
+        "nthreads"_a);
+  m.def("lrp_alpha_beta_shares", &lrp_alpha_beta_shares<T>, nc("r"), nc("p"), nc("n"),
+        "alpha"_a, "beta"_a, "eps"_a, "nthreads"_a);
   m.def("gemm", &gemm<T>, nc("a"), nc("b"), "trans_a"_a, "trans_b"_a, "nthreads"_a);
 }
 

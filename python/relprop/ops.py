@@ -153,6 +153,22 @@ def lrp_divide(r, z, eps):
     return _core.lrp_divide(r, _c(z, r.dtype), float(eps), _threads)
 
 
+def lrp_gamma_shares(r, p, n, gamma, eps):
+    """The stacked shares ``[u; v]`` (channel axis doubled) of LRP-gamma on ``[W+; W-]`` with
+    ``p = z+``, ``n = z-`` (layer input >= 0): ``z = p + n``,
+    ``s1 = [z > 0] r / stab((1+gamma) p + n)``, ``s2 = [z < 0] r / stab(p + (1+gamma) n)``,
+    ``u = (1+gamma) s1 + s2``, ``v = s1 + (1+gamma) s2`` (divisions as :func:`lrp_divide`)."""
+    return _core.lrp_gamma_shares(r, _c(p, r.dtype), _c(n, r.dtype), float(gamma), float(eps),
+                                  _threads)
+
+
+def lrp_alpha_beta_shares(r, p, n, alpha, beta, eps):
+    """The stacked shares ``[alpha r / stab(p); -beta r / stab(n)]`` of LRP-alpha-beta on
+    ``[W+; W-]`` (channel axis doubled; divisions as :func:`lrp_divide`)."""
+    return _core.lrp_alpha_beta_shares(r, _c(p, r.dtype), _c(n, r.dtype), float(alpha),
+                                       float(beta), float(eps), _threads)
+
+
 def gemm(a, b, trans_a=False, trans_b=False):
     """``op(a) @ op(b)`` on relprop's GEMM core (2-D arrays of one float dtype)."""
     a = _c(a, a.dtype)

@@ -200,11 +200,10 @@ class AlphaBeta(Rule):
         eps, alpha, beta = self.stabilizer, self.alpha, self.beta
         _, _, (wp, _), (wn, _) = signed_params(layer, a.dtype)
         if parts is not None:  # a >= 0: z+ and z- come from the walk's stacked forward
-            sp = ops.lrp_divide(r, parts[0], eps)
             if not beta:
-                return _times(a, layer.apply_t(sp, wp, a.shape))
-            sn = ops.lrp_divide(r, parts[1], eps)
-            return _times(a, _stacked_t(layer, a, alpha * sp, -beta * sn))
+                return _times(a, layer.apply_t(ops.lrp_divide(r, parts[0], eps), wp, a.shape))
+            shares = ops.lrp_alpha_beta_shares(r, parts[0], parts[1], alpha, beta, eps)
+            return _times(a, layer.apply_t(shares, signed_params(layer, a.dtype)[0], a.shape))
         ap, an = _pos(a), _neg(a)
         if not beta:  # z+ only: two half-size GEMMs
             _, _, (_, bp), _ = signed_params(layer, a.dtype)
@@ -263,17 +262,9 @@ class Gamma(Rule):
 
     def relevance(self, layer, a, z, r, parts=None):
         g1, eps = 1.0 + self.gamma, self.stabilizer
-        if parts is not None:  # a >= 0: z = z+ + z-, as the walk's forward pass computed it
-            p, n = parts
-            z = p + n
-            d = np.multiply(p, g1)
-            d += n
-            s1 = ops.lrp_divide(_where(z > 0, r), d, eps)
-            np.multiply(n, g1, out=d)
-            d += p
-            s2 = ops.lrp_divide(_where(z < 0, r), d, eps)
-            del d, z
-            return _times(a, _stacked_mix(layer, a, s1, s2, g1))
+        if parts is not None:  # a >= 0: one element-wise pass makes the stacked shares
+            shares = ops.lrp_gamma_shares(r, parts[0], parts[1], self.gamma, eps)
+            return _times(a, layer.apply_t(shares, signed_params(layer, a.dtype)[0], a.shape))
         rp, rn = _where(z > 0, r), _where(z < 0, r)
         pp, np_, pn, nn = _signed_parts(layer, a)
         s1 = ops.lrp_divide(rp, g1 * pp + np_ + pn + g1 * nn, eps)

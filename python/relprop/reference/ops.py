@@ -129,3 +129,15 @@ def lrp_divide(r, z, eps):
     d = stabilize(z, eps)
     safe = np.where(d == 0, 1, d)
     return np.where(d == 0, 0, r / safe)
+
+
+def lrp_gamma_shares(r, p, n, gamma, eps):
+    g1 = 1 + gamma
+    z = p + n
+    s1 = np.where(z > 0, lrp_divide(r, g1 * p + n, eps), 0)
+    s2 = np.where(z < 0, lrp_divide(r, p + g1 * n, eps), 0)
+    return np.concatenate([g1 * s1 + s2, s1 + g1 * s2], axis=1)
+
+
+def lrp_alpha_beta_shares(r, p, n, alpha, beta, eps):
+    return np.concatenate([alpha * lrp_divide(r, p, eps), -beta * lrp_divide(r, n, eps)], axis=1)
