@@ -5,6 +5,7 @@ import numpy as np
 
 from ._targets import chunks, map_batches, seed
 from .composites import as_composite
+from .layers import Flatten, ReLU
 from .rules import WinnerTakeAll
 
 
@@ -43,11 +44,12 @@ def lrp(net, x, target, rule_or_composite="epsilon_plus_flat", *, batch_size=Non
 
 
 def _lrp(net, x, target, rules, layerwise=False):
-    # The forward pass keeps, per layer, only what its rule reads (Rule.reads): a ReLU's input,
-    # for one, is dropped as soon as the ReLU has run unless the layer below reads it as its z.
-    # Layers whose rule uses (z+, z-) compute them in the forward pass when their input is
+    # The forward pass keeps, per layer, only what its rule reads (Rule.reads), and a ReLU's
+    # output that the layer above reads is not kept when it can be remade from the data kept
+    # for the layers below (relu(z) from a kept z, or relu(z+ + z-) from kept parts).  Layers
+    # whose rule uses (z+, z-) compute them in the forward pass when their input is
     # non-negative (see relprop.rules).  The backward walk frees each layer's share after use.
-    saved = []
+    saved, remake = [], None
     for layer, rule in zip(net.layers, rules):
         a, state, parts = x, None, None
         if rule.uses_parts and a.min() >= 0:
@@ -55,13 +57,16 @@ def _lrp(net, x, target, rules, layerwise=False):
         else:
             x, state = layer.forward(a)
         reads = rule.reads(parts is not None)
-        saved.append([a if "a" in reads else _shape_only(a), x if "z" in reads else None,
-                      state, parts])
+        kept_a = (a if remake is None else remake) if "a" in reads else _shape_only(a)
+        saved.append([kept_a, x if "z" in reads else None, state, parts])
+        remake = _remaker(layer, x, "z" in reads, parts, remake)
     r = seed(target, x, scale=True)
-    del x
+    del x, a, parts, remake
     levels = [r]
     for i in range(len(net.layers) - 1, -1, -1):
         a, z, state, parts = saved.pop()
+        if callable(a):
+            a = a()
         if isinstance(rules[i], WinnerTakeAll):
             r = net.layers[i].backward(r, a, state)
         else:
@@ -70,6 +75,18 @@ def _lrp(net, x, target, rules, layerwise=False):
         if layerwise:
             levels.append(r)
     return levels[::-1] if layerwise else r
+
+
+def _remaker(layer, y, z_kept, parts, below):
+    """A function that remakes ``y``, the output of ``layer``, from data the walk keeps for the
+    layers below (bitwise as the forward pass made it), or None."""
+    if isinstance(layer, (ReLU, Flatten)):
+        return None if below is None else lambda: layer.forward(below())[0]
+    if z_kept:
+        return lambda: y
+    if parts is not None and parts[1] is not None:  # z = z+ + z-, as split_forward adds them
+        return lambda: parts[0] + parts[1]
+    return None
 
 
 def _shape_only(a):
