@@ -103,6 +103,10 @@ def test_stacked_shares_match_reference(dtype, data):
             got = ops.lrp_gamma_shares(r, p, n, gamma, eps)
             assert got.shape == (shape[0], 2 * shape[1]) + shape[2:] and got.dtype == dtype
             assert_allclose(got, ref.lrp_gamma_shares(r, p, n, dtype(gamma), dtype(eps)), **tol)
+            # the sign of a given z (the layer output) selects the denominator instead of p + n
+            z = data.draw(arrays(dtype, shape))
+            assert_allclose(ops.lrp_gamma_shares(r, p, n, gamma, eps, z=z),
+                            ref.lrp_gamma_shares(r, p, n, dtype(gamma), dtype(eps), z=z), **tol)
         for alpha, beta in ((1.0, 0.0), (2.0, 1.0)):
             assert_allclose(ops.lrp_alpha_beta_shares(r, p, n, alpha, beta, eps),
                             ref.lrp_alpha_beta_shares(r, p, n, dtype(alpha), dtype(beta),

@@ -246,13 +246,16 @@ CArray<T> stacked_like(const CArray<T>& r, const CArray<T>& p, const CArray<T>& 
 
 template <typename T>
 CArray<T> lrp_gamma_shares(const CArray<T>& r, const CArray<T>& p, const CArray<T>& n,
-                           double gamma, double eps, int nthreads) {
+                           const std::optional<CArray<T>>& z, double gamma, double eps,
+                           int nthreads) {
   CArray<T> out = stacked_like(r, p, n, "lrp_gamma_shares");
+  if (z) check_same_shape(r, *z, "lrp_gamma_shares");
+  const T* zp = z ? z->data() : nullptr;
   T* op = out.mutable_data();
   const idx samples = r.shape(0), len = samples ? r.size() / samples : 0;
   {
     py::gil_scoped_release nogil;
-    relprop::lrp_gamma_shares<T>(r.data(), p.data(), n.data(), op, samples, len, gamma, eps,
+    relprop::lrp_gamma_shares<T>(r.data(), p.data(), n.data(), zp, op, samples, len, gamma, eps,
                                  nthreads);
   }
   return out;
@@ -311,8 +314,8 @@ void define(py::module_& m) {
   m.def("relu_forward", &relu_forward<T>, nc("x"), "nthreads"_a);
   m.def("relu_backward", &relu_backward<T>, nc("grad"), nc("x"), "mode"_a, "nthreads"_a);
   m.def("lrp_divide", &lrp_divide<T>, nc("r"), nc("z"), "eps"_a, "nthreads"_a);
-  m.def("lrp_gamma_shares", &lrp_gamma_shares<T>, nc("r"), nc("p"), nc("n"), "gamma"_a, "eps"_a,
-        "nthreads"_a);
+  m.def("lrp_gamma_shares", &lrp_gamma_shares<T>, nc("r"), nc("p"), nc("n"), nc("z").none(true),
+        "gamma"_a, "eps"_a, "nthreads"_a);
   m.def("lrp_alpha_beta_shares", &lrp_alpha_beta_shares<T>, nc("r"), nc("p"), nc("n"),
         "alpha"_a, "beta"_a, "eps"_a, "nthreads"_a);
   m.def("gemm", &gemm<T>, nc("a"), nc("b"), "trans_a"_a, "trans_b"_a, "nthreads"_a);

@@ -53,17 +53,17 @@ void lrp_divide(const T* r, const T* z, T* s, idx size, double eps, int nthreads
 }
 
 template <typename T>
-void lrp_gamma_shares(const T* r, const T* p, const T* n, T* out, idx samples, idx len,
-                      double gamma, double eps, int nthreads) {
+void lrp_gamma_shares(const T* r, const T* p, const T* n, const T* z, T* out, idx samples,
+                      idx len, double gamma, double eps, int nthreads) {
   const T g1 = static_cast<T>(1 + gamma), e = static_cast<T>(eps);
   const int nt = threads_for(nthreads, samples * len, samples * len);
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
   for (idx s = 0; s < samples; ++s)
     for (idx j = 0; j < len; ++j) {
       const idx i = s * len + j;
-      const T z = p[i] + n[i];
-      const T s1 = z > T(0) ? stabilized_divide(r[i], g1 * p[i] + n[i], e) : T(0);
-      const T s2 = z < T(0) ? stabilized_divide(r[i], p[i] + g1 * n[i], e) : T(0);
+      const T zi = z ? z[i] : p[i] + n[i];
+      const T s1 = zi > T(0) ? stabilized_divide(r[i], g1 * p[i] + n[i], e) : T(0);
+      const T s2 = zi < T(0) ? stabilized_divide(r[i], p[i] + g1 * n[i], e) : T(0);
       out[2 * s * len + j] = g1 * s1 + s2;
       out[(2 * s + 1) * len + j] = s1 + g1 * s2;
     }
@@ -87,8 +87,8 @@ void lrp_alpha_beta_shares(const T* r, const T* p, const T* n, T* out, idx sampl
   template void relu_forward<T>(const T*, T*, idx, int);                   \
   template void relu_backward<T>(const T*, const T*, T*, idx, int, int);   \
   template void lrp_divide<T>(const T*, const T*, T*, idx, double, int);                      \
-  template void lrp_gamma_shares<T>(const T*, const T*, const T*, T*, idx, idx, double, double, \
-                                    int);                                                     \
+  template void lrp_gamma_shares<T>(const T*, const T*, const T*, const T*, T*, idx, idx,      \
+                                    double, double, int);                                     \
   template void lrp_alpha_beta_shares<T>(const T*, const T*, const T*, T*, idx, idx, double,  \
                                          double, double, int);
 RELPROP_INSTANTIATE(float)

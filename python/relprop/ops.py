@@ -153,12 +153,13 @@ def lrp_divide(r, z, eps):
     return _core.lrp_divide(r, _c(z, r.dtype), float(eps), _threads)
 
 
-def lrp_gamma_shares(r, p, n, gamma, eps):
+def lrp_gamma_shares(r, p, n, gamma, eps, z=None):
     """The stacked shares ``[u; v]`` (channel axis doubled) of LRP-gamma on ``[W+; W-]`` with
-    ``p = z+``, ``n = z-`` (layer input >= 0): ``z = p + n``,
+    ``p`` and ``n`` the positive and negative parts of ``z`` (``z = p + n`` unless given):
     ``s1 = [z > 0] r / stab((1+gamma) p + n)``, ``s2 = [z < 0] r / stab(p + (1+gamma) n)``,
     ``u = (1+gamma) s1 + s2``, ``v = s1 + (1+gamma) s2`` (divisions as :func:`lrp_divide`)."""
-    return _core.lrp_gamma_shares(r, _c(p, r.dtype), _c(n, r.dtype), float(gamma), float(eps),
+    return _core.lrp_gamma_shares(r, _c(p, r.dtype), _c(n, r.dtype),
+                                  None if z is None else _c(z, r.dtype), float(gamma), float(eps),
                                   _threads)
 
 

@@ -17,9 +17,9 @@ layer's size, forward included (the FLOP floor):
 rule        a >= 0 (after ReLU)           any sign (the input layer)
 =========== ============================ ==================================================
 Epsilon     2: forward + transposed       2
-ZPlus       3: stacked forward (2) + 1    1 + 2 (W+ a+, W- a-) + 2 transposed
-AlphaBeta   4: stacked forward (2) + 2    1 + 4 (stacked on a+, a-) + 4 (stacked transposed)
-Gamma       4: stacked forward (2) + 2    1 + 4 + 4, as AlphaBeta
+ZPlus       3: z, z+ + 1 transposed       1 + 2 (W+ a+, W- a-) + 2 transposed
+AlphaBeta   4: z+, z- + 2 (stacked)       1 + 2 (four half GEMMs) + 4 (two stacked transposed)
+Gamma       4: z+, z- + 2 (stacked)       1 + 2 + 4, as AlphaBeta
 ZBox        -                             1 + 2 transposed (the box term is one sample's)
 WSquare     -                             1 + 1 (z is data independent: one sample's)
 Flat        -                             as WSquare
@@ -72,12 +72,6 @@ def signed_params(layer, dtype):
     return w2, b2, halves[0], halves[1]
 
 
-def _split(y2):
-    """The two halves of a stacked output, along the output (channel) axis."""
-    out = y2.shape[1] // 2
-    return np.ascontiguousarray(y2[:, :out]), np.ascontiguousarray(y2[:, out:])
-
-
 def split_forward(layer, a, both=True):
     """The layer on ``a >= 0`` with ``z+ = W+ a + b+`` and ``z- = W- a + b-``: returns ``z`` and
     ``(z+, z-)`` with ``z = z+ + z-`` (two GEMMs of the layer's size).  With ``both=False``,
@@ -90,33 +84,37 @@ def split_forward(layer, a, both=True):
     return zp + zn, (zp, zn)
 
 
-def _where(mask, r):
-    """``r`` where ``mask``, else 0."""
-    return np.where(mask, r, r.dtype.type(0))
-
-
 def _times(a, c):
     """``a * c`` written into ``c`` (a fresh kernel output): one activation-sized array less."""
     return np.multiply(c, a, out=c)
 
 
-def _stacked_t(layer, a, sp, sn):
-    """``W+^T sp + W-^T sn`` as one transposed GEMM on the stacked weights."""
+def _swapped(w, b):
+    """``[W-; W+]`` (no bias): applied transposed to stacked shares ``[u; v]`` it gives
+    ``W-^T u + W+^T v``."""
+    return np.concatenate([_neg(w), _pos(w)]), None
+
+
+def _signed_z(layer, a):
+    """For an input of any sign: ``z+ = W+ a+ + b+ + W- a-`` and ``z- = W- a+ + b- + W+ a-``
+    (four GEMMs of half the stacked size)."""
+    _, _, (wp, bp), (wn, bn) = signed_params(layer, a.dtype)
+    ap, an = _pos(a), _neg(a)
+    zp = layer.apply(ap, wp, bp)
+    zp += layer.apply(an, wn, None)
+    zn = layer.apply(ap, wn, bn)
+    zn += layer.apply(an, wp, None)
+    return zp, zn
+
+
+def _signed_t(layer, a, shares):
+    """``a+ (W+^T u + W-^T v) + a- (W-^T u + W+^T v)`` for stacked shares ``[u; v]``: the input
+    relevance of AlphaBeta and Gamma for an input of any sign."""
     w2 = signed_params(layer, a.dtype)[0]
-    return layer.apply_t(np.concatenate([sp, sn], axis=1), w2, a.shape)
-
-
-def _stacked_mix(layer, a, s1, s2, c):
-    """``W+^T (c s1 + s2) + W-^T (s1 + c s2)`` as one transposed GEMM on the stacked weights,
-    the two mixes written straight into its stacked operand."""
-    out = s1.shape[1]
-    buf = np.empty((s1.shape[0], 2 * out) + s1.shape[2:], dtype=s1.dtype)
-    u, v = buf[:, :out], buf[:, out:]
-    np.multiply(s1, c, out=u)
-    u += s2
-    np.multiply(s2, c, out=v)
-    v += s1
-    return layer.apply_t(buf, signed_params(layer, a.dtype)[0], a.shape)
+    out = _times(_pos(a), layer.apply_t(shares, w2, a.shape))
+    out += _times(_neg(a), layer.apply_t(shares, layer.modified("-+", _swapped, a.dtype)[0],
+                                         a.shape))
+    return out
 
 
 class Rule:
@@ -156,15 +154,6 @@ class Epsilon(Rule):
     def relevance(self, layer, a, z, r, parts=None):
         s = ops.lrp_divide(r, z, self.epsilon)
         return _times(a, layer.apply_t(s, layer.params(a.dtype)[0], a.shape))
-
-
-def _signed_parts(layer, a):
-    """``[W+; W-]`` applied to ``a+`` (with ``[b+; b-]``) and to ``a-`` (without bias):
-    ``(W+a+ + b+, W-a+ + b-, W+a-, W-a-)``."""
-    w2, b2, _, _ = signed_params(layer, a.dtype)
-    pp, np_ = _split(layer.apply(_pos(a), w2, b2))
-    pn, nn = _split(layer.apply(_neg(a), w2, None))
-    return pp, np_, pn, nn
 
 
 @register_rule("alpha_beta")
@@ -209,11 +198,8 @@ class AlphaBeta(Rule):
             _, _, (_, bp), _ = signed_params(layer, a.dtype)
             sp = ops.lrp_divide(r, layer.apply(ap, wp, bp) + layer.apply(an, wn, None), eps)
             return ap * layer.apply_t(sp, wp, a.shape) + an * layer.apply_t(sp, wn, a.shape)
-        pp, np_, pn, nn = _signed_parts(layer, a)
-        sp = ops.lrp_divide(r, pp + nn, eps)
-        sn = ops.lrp_divide(r, np_ + pn, eps)
-        return (ap * _stacked_t(layer, a, alpha * sp, -beta * sn)
-                + an * _stacked_t(layer, a, -beta * sn, alpha * sp))
+        zp, zn = _signed_z(layer, a)
+        return _signed_t(layer, a, ops.lrp_alpha_beta_shares(r, zp, zn, alpha, beta, eps))
 
 
 @register_rule("zplus")
@@ -261,16 +247,13 @@ class Gamma(Rule):
         return split_forward(layer, a)
 
     def relevance(self, layer, a, z, r, parts=None):
-        g1, eps = 1.0 + self.gamma, self.stabilizer
+        eps = self.stabilizer
         if parts is not None:  # a >= 0: one element-wise pass makes the stacked shares
             shares = ops.lrp_gamma_shares(r, parts[0], parts[1], self.gamma, eps)
             return _times(a, layer.apply_t(shares, signed_params(layer, a.dtype)[0], a.shape))
-        rp, rn = _where(z > 0, r), _where(z < 0, r)
-        pp, np_, pn, nn = _signed_parts(layer, a)
-        s1 = ops.lrp_divide(rp, g1 * pp + np_ + pn + g1 * nn, eps)
-        s2 = ops.lrp_divide(rn, pp + g1 * np_ + g1 * pn + nn, eps)
-        return (_pos(a) * _stacked_mix(layer, a, s1, s2, g1)
-                + _neg(a) * _stacked_mix(layer, a, s2, s1, g1))
+        # z+ and z- of any-sign input: the denominators are (1+gamma) z+ + z- and z+ + (1+gamma) z-
+        zp, zn = _signed_z(layer, a)
+        return _signed_t(layer, a, ops.lrp_gamma_shares(r, zp, zn, self.gamma, eps, z=z))
 
 
 def _bound(v, a_shape, name):

@@ -73,13 +73,13 @@ void lrp_divide(const T* r, const T* z, T* s, idx size, double eps, int nthreads
 // r, p = z+ and n = z- of `samples` rows of `len` elements each; out holds samples rows of
 // 2 * len: row s is [u_s, v_s], and the rule's input relevance is a * ([W+; W-]^T [u; v]).
 // Divisions are lrp_divide's (stabilized, 0 where the denominator is 0).
-//   gamma:      z = p + n, s1 = [z > 0] r / (z + gamma p), s2 = [z < 0] r / (z + gamma n)
-//               (the denominators computed as (1 + gamma) p + n and p + (1 + gamma) n),
-//               u = (1 + gamma) s1 + s2, v = s1 + (1 + gamma) s2;
+//   gamma:      z = p + n (or the given z, if not null), s1 = [z > 0] r / ((1 + gamma) p + n),
+//               s2 = [z < 0] r / (p + (1 + gamma) n), u = (1 + gamma) s1 + s2,
+//               v = s1 + (1 + gamma) s2;
 //   alpha-beta: u = alpha r / p, v = -beta r / n.
 template <typename T>
-void lrp_gamma_shares(const T* r, const T* p, const T* n, T* out, idx samples, idx len,
-                      double gamma, double eps, int nthreads);
+void lrp_gamma_shares(const T* r, const T* p, const T* n, const T* z, T* out, idx samples,
+                      idx len, double gamma, double eps, int nthreads);
 template <typename T>
 void lrp_alpha_beta_shares(const T* r, const T* p, const T* n, T* out, idx samples, idx len,
                            double alpha, double beta, double eps, int nthreads);

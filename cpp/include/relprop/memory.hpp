@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <limits>
 #include <new>
+#include <utility>
 
 namespace relprop {
 namespace memory {
@@ -57,6 +58,17 @@ struct CountingAllocator {
   void deallocate(T* p, std::size_t n) noexcept {
     ::operator delete(p);
     memory::note_free(n * sizeof(T));
+  }
+
+  // `std::vector<T, CountingAllocator<T>> v(n)` default-initializes: no zero fill of scratch
+  // that the kernels write before they read it (packed panels, column buffers).
+  template <typename U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
   }
 };
 

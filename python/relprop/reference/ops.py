@@ -131,9 +131,9 @@ def lrp_divide(r, z, eps):
     return np.where(d == 0, 0, r / safe)
 
 
-def lrp_gamma_shares(r, p, n, gamma, eps):
+def lrp_gamma_shares(r, p, n, gamma, eps, z=None):
     g1 = 1 + gamma
-    z = p + n
+    z = p + n if z is None else z
     s1 = np.where(z > 0, lrp_divide(r, g1 * p + n, eps), 0)
     s2 = np.where(z < 0, lrp_divide(r, p + g1 * n, eps), 0)
     return np.concatenate([g1 * s1 + s2, s1 + g1 * s2], axis=1)
