@@ -45,6 +45,32 @@ def test_conv2d_forward_matches_reference(p):
     check_sum(ops.conv2d_forward(x, w, b, s, pad), x, w, b, fwd, w[0].size + 1)
 
 
+@given(conv_problems(), st.integers(2, 40), st.data())
+def test_conv2d_forward_split_is_the_full_output_cut_in_two(p, c_out, data):
+    # one GEMM on stacked weights written to two outputs: rows of whole tiles go to either,
+    # a tile across the cut goes through a local tile; bitwise the plain forward's output
+    x, w0, b0, s, pad = p
+    rng = np.random.default_rng(c_out)
+    w = rng.uniform(-1, 1, (c_out,) + w0.shape[1:]).astype(x.dtype)
+    b = None if b0 is None else rng.uniform(-1, 1, c_out).astype(x.dtype)
+    split = data.draw(st.integers(1, c_out - 1))
+    top, bottom = ops.conv2d_forward_split(x, w, b, split, s, pad)
+    full = ops.conv2d_forward(x, w, b, s, pad)
+    assert_array_equal(top, full[:, :split])
+    assert_array_equal(bottom, full[:, split:])
+    ref_top, ref_bottom = ref.conv2d_forward_split(f64(x), f64(w), f64(b), split, s, pad)
+    tol = 1e-4 if x.dtype == np.float32 else 1e-10
+    assert_allclose(top, ref_top, rtol=tol, atol=tol * w[0].size)
+    assert_allclose(bottom, ref_bottom, rtol=tol, atol=tol * w[0].size)
+
+
+def test_conv2d_forward_split_rejects_a_bad_split():
+    x, w = np.ones((1, 2, 5, 5)), np.ones((4, 2, 3, 3))
+    for split in (0, 4, -1):
+        with pytest.raises(ValueError, match="split"):
+            ops.conv2d_forward_split(x, w, None, split)
+
+
 @given(conv_problems(), st.integers(0, 2**31))
 def test_conv2d_backward_matches_reference_and_is_adjoint(p, seed):
     x, w, _, s, pad = p

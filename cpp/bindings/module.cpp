@@ -82,13 +82,18 @@ CArray<T> dense_backward(const CArray<T>& g, const CArray<T>& w, int nthreads) {
 }
 
 template <typename T>
-CArray<T> conv2d_forward(const CArray<T>& x, const CArray<T>& w, const py::object& b, Pair s, Pair p,
-                         int nthreads) {
+Window2d conv_window(const CArray<T>& x, const CArray<T>& w, Pair s, Pair p) {
   check_ndim(x, 4, "x");
   check_ndim(w, 4, "weight");
   RELPROP_CHECK(w.shape(1) == x.shape(1), "weight.shape[1]=", w.shape(1), " must equal ", x.shape(1),
                 " (channels of x)");
-  const Window2d g = window(x, {w.shape(2), w.shape(3)}, s, p);
+  return window(x, {w.shape(2), w.shape(3)}, s, p);
+}
+
+template <typename T>
+CArray<T> conv2d_forward(const CArray<T>& x, const CArray<T>& w, const py::object& b, Pair s, Pair p,
+                         int nthreads) {
+  const Window2d g = conv_window(x, w, s, p);
   const idx c_out = w.shape(0);
   CArray<T> keep;
   const T* bp = optional_bias<T>(b, c_out, keep);
@@ -99,6 +104,25 @@ CArray<T> conv2d_forward(const CArray<T>& x, const CArray<T>& w, const py::objec
     relprop::conv2d_forward<T>(x.data(), w.data(), bp, yp, g, c_out, nthreads);
   }
   return y;
+}
+
+// (y[:, :split], y[:, split:]) of conv2d_forward as two arrays, from one GEMM.
+template <typename T>
+py::tuple conv2d_forward_split(const CArray<T>& x, const CArray<T>& w, const py::object& b,
+                               idx split, Pair s, Pair p, int nthreads) {
+  const Window2d g = conv_window(x, w, s, p);
+  const idx c_out = w.shape(0);
+  RELPROP_CHECK(split > 0 && split < c_out, "split must be in [1, ", c_out - 1, "], got ", split);
+  CArray<T> keep;
+  const T* bp = optional_bias<T>(b, c_out, keep);
+  CArray<T> y({g.n, split, g.oh(), g.ow()}), y2({g.n, c_out - split, g.oh(), g.ow()});
+  T* yp = y.mutable_data();
+  T* y2p = y2.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::conv2d_forward_split<T>(x.data(), w.data(), bp, yp, y2p, g, c_out, split, nthreads);
+  }
+  return py::make_tuple(y, y2);
 }
 
 // Geometry of a backward pass: from the input size hw and the output gradient gy.
@@ -301,6 +325,8 @@ void define(py::module_& m) {
   m.def("dense_backward", &dense_backward<T>, nc("grad"), nc("weight"), "nthreads"_a);
   m.def("conv2d_forward", &conv2d_forward<T>, nc("x"), nc("weight"), "bias"_a, "stride"_a, "padding"_a,
         "nthreads"_a);
+  m.def("conv2d_forward_split", &conv2d_forward_split<T>, nc("x"), nc("weight"), "bias"_a,
+        "split"_a, "stride"_a, "padding"_a, "nthreads"_a);
   m.def("conv2d_backward", &conv2d_backward<T>, nc("grad"), nc("weight"), "in_hw"_a, "stride"_a,
         "padding"_a, "nthreads"_a);
   m.def("maxpool2d_forward", &maxpool2d_forward<T>, nc("x"), "kernel"_a, "stride"_a, "padding"_a,

@@ -48,7 +48,7 @@ using detail::Im2col;
 
 // n independent GEMMs that share A (packed):  C_s (m, P) = A (m, k) B_s (k, P) [+ bias],
 // B_s the im2col matrix of x + s*x_stride (im != null) or the row-major matrix there,
-// C_s at y + s*y_stride with leading dimension P.
+// C_s at y + s*y_stride with leading dimension P; rows >= m2 at y2 + s*y2_stride if y2 is set.
 template <typename T>
 struct BatchGemm {
   idx n, m, k, P;
@@ -59,6 +59,8 @@ struct BatchGemm {
   T* y;
   idx y_stride;
   const T* bias;
+  T* y2 = nullptr;
+  idx y2_stride = 0, m2 = 0;
 
   GemmArgs<T> sample(idx s) const {
     GemmArgs<T> g;
@@ -73,6 +75,10 @@ struct BatchGemm {
     g.c = y + s * y_stride;
     g.ldc = P;
     g.row_bias = bias;
+    if (y2) {
+      g.c2 = y2 + s * y2_stride;
+      g.m2 = m2;
+    }
     return g;
   }
 };
@@ -135,7 +141,14 @@ void col2im(const T* cols, T* x, const Window2d& g, idx c0, idx c1) {
 template <typename T>
 void conv2d_forward(const T* x, const T* w, const T* b, T* y, const Window2d& g, idx c_out,
                     int nthreads) {
+  conv2d_forward_split<T>(x, w, b, y, nullptr, g, c_out, c_out, nthreads);
+}
+
+template <typename T>
+void conv2d_forward_split(const T* x, const T* w, const T* b, T* y, T* y2, const Window2d& g,
+                          idx c_out, idx split, int nthreads) {
   g.validate();
+  RELPROP_CHECK(split > 0 && split <= c_out, "split must be in [1, ", c_out, "], got ", split);
   if (g.n == 0) return;
   const auto& impl = detail::active_gemm<T>();
   const idx K = g.c * g.kh * g.kw, P = g.oh() * g.ow();
@@ -144,8 +157,13 @@ void conv2d_forward(const T* x, const T* w, const T* b, T* y, const Window2d& g,
   const Im2col im{g.c, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh(), g.ow()};
   // A 1x1 stride-1 unpadded convolution multiplies by x itself, a (c_in, h*w) matrix.
   const bool plain = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
-  const BatchGemm<T> bg{g.n, c_out, K, P, wp.data(), plain ? nullptr : &im,
-                        x, g.c * g.h * g.w, y, c_out * P, b};
+  BatchGemm<T> bg{g.n, c_out, K, P, wp.data(), plain ? nullptr : &im,
+                  x, g.c * g.h * g.w, y, split * P, b};
+  if (split < c_out) {
+    bg.y2 = y2;
+    bg.y2_stride = (c_out - split) * P;
+    bg.m2 = split;
+  }
   run_batch(impl, bg, nthreads);
 }
 
@@ -216,6 +234,8 @@ void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_ou
 
 #define RELPROP_INSTANTIATE(T)                                                                 \
   template void conv2d_forward<T>(const T*, const T*, const T*, T*, const Window2d&, idx, int); \
+  template void conv2d_forward_split<T>(const T*, const T*, const T*, T*, T*, const Window2d&,  \
+                                        idx, idx, int);                                         \
   template void conv2d_backward<T>(const T*, const T*, T*, const Window2d&, idx, int);
 RELPROP_INSTANTIATE(float)
 RELPROP_INSTANTIATE(double)

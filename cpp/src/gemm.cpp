@@ -241,7 +241,7 @@ template <typename T>
 void init_only(const GemmArgs<T>& g) {
   if (g.accumulate) return;
   for (idx i = 0; i < g.m; ++i) {
-    T* ci = g.c + i * g.ldc;
+    T* ci = g.c2 && i >= g.m2 ? g.c2 + (i - g.m2) * g.ldc : g.c + i * g.ldc;
     for (idx j = 0; j < g.n; ++j)
       ci[j] = g.row_bias ? g.row_bias[i] : T(0);
   }

@@ -185,6 +185,24 @@ inline void kernel_rows(int m, idx kc, const typename K::T* a, const typename K:
   K::template run<M>(kc, a, b, c, ldc, n, init, rb);
 }
 
+// kernel_rows for a tile whose first m_top rows go to c_top and the others to c_bot (a tile
+// that straddles the two outputs of a split C): computed in a local tile, then copied.
+template <class K>
+void kernel_rows_split(int m, int m_top, idx kc, const typename K::T* a, const typename K::T* b,
+                       typename K::T* c_top, typename K::T* c_bot, idx ldc, int n, Init init,
+                       const typename K::T* rb) {
+  using T = typename K::T;
+  constexpr int NR = K::NR;
+  alignas(64) T tmp[K::MR * NR];
+  auto row = [&](int i) { return i < m_top ? c_top + i * ldc : c_bot + (i - m_top) * ldc; };
+  if (init == kAccumulate)
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < n; ++j) tmp[i * NR + j] = row(i)[j];
+  kernel_rows<K>(m, kc, a, b, tmp, NR, n, init, rb);
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) row(i)[j] = tmp[i * NR + j];
+}
+
 // Packs rows [0, mc) x steps [0, kc) of A(i, p) = a[i*rsa + p*csa] into MR-high strips:
 // strip s at dst + s*MR*kc, element (p, i) of the strip at p*MR + i.  Rows of a last, partial
 // strip beyond mc are left unset (the kernel for that many rows never reads them).
@@ -381,9 +399,17 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
           }
           for (idx ir = 0; ir < mc; ir += MR) {
             const int m = static_cast<int>(min_idx(MR, mc - ir));
-            const T* rb = g.row_bias ? g.row_bias + ic + ir : nullptr;
-            kernel_rows<K>(m, kc, ap + ir * kc, bp, g.c + (ic + ir) * g.ldc + jc + jr, g.ldc, n,
-                           init, rb);
+            const idx row = ic + ir, col = jc + jr;
+            const T* rb = g.row_bias ? g.row_bias + row : nullptr;
+            if (!g.c2 || row + m <= g.m2) {
+              kernel_rows<K>(m, kc, ap + ir * kc, bp, g.c + row * g.ldc + col, g.ldc, n, init, rb);
+            } else if (row >= g.m2) {
+              kernel_rows<K>(m, kc, ap + ir * kc, bp, g.c2 + (row - g.m2) * g.ldc + col, g.ldc, n,
+                             init, rb);
+            } else {
+              kernel_rows_split<K>(m, static_cast<int>(g.m2 - row), kc, ap + ir * kc, bp,
+                                   g.c + row * g.ldc + col, g.c2 + col, g.ldc, n, init, rb);
+            }
           }
         }
       }

@@ -42,8 +42,10 @@ struct GemmArgs {
   const T* b = nullptr;        // B(p, j) = b[p*rsb + j*csb] ...
   idx rsb = 0, csb = 0;
   const Im2col* im = nullptr;  // ... or the im2col matrix of the image b
-  T* c = nullptr;              // C(i, j) = c[i*ldc + j]
+  T* c = nullptr;              // C(i, j) = c[i*ldc + j] ...
   idx ldc = 0;
+  T* c2 = nullptr;             // ... except rows i >= m2 when c2 is set: c2[(i - m2)*ldc + j]
+  idx m2 = 0;                  //     (one GEMM writing two outputs, e.g. z and z+ of LRP)
   bool accumulate = false;
   const T* row_bias = nullptr;  // (m,) ignored if accumulate
 };

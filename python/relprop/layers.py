@@ -114,6 +114,11 @@ class Linear(Layer):
     def apply(self, x, w, b):
         raise NotImplementedError
 
+    def apply_split(self, x, w, b, split):
+        """``apply`` with stacked weights, returned as two outputs: output features (channels)
+        ``[0, split)`` and ``[split, out)``."""
+        raise NotImplementedError
+
     def apply_t(self, g, w, x_shape):
         raise NotImplementedError
 
@@ -146,6 +151,11 @@ class Dense(Linear):
     def apply(self, x, w, b):
         return ops.dense_forward(x, w, b)
 
+    def apply_split(self, x, w, b, split):
+        # two GEMMs on the row blocks of w (contiguous): no stacked output to split
+        return tuple(ops.dense_forward(x, w[sl], None if b is None else b[sl])
+                     for sl in (slice(None, split), slice(split, None)))
+
     def apply_t(self, g, w, x_shape):
         return ops.dense_backward(g, w)
 
@@ -175,6 +185,10 @@ class Conv2d(Linear):
 
     def apply(self, x, w, b):
         return ops.conv2d_forward(x, w, b, self.stride, self.padding)
+
+    def apply_split(self, x, w, b, split):
+        # one implicit GEMM: both weight sets share the packing of x
+        return ops.conv2d_forward_split(x, w, b, split, self.stride, self.padding)
 
     def apply_t(self, g, w, x_shape):
         return ops.conv2d_backward(g, w, x_shape[2:], self.stride, self.padding)

@@ -109,6 +109,13 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0)):
     return _core.conv2d_forward(x, _c(w, x.dtype), _bias(b, x.dtype), stride, padding, _threads)
 
 
+def conv2d_forward_split(x, w, b, split, stride=(1, 1), padding=(0, 0)):
+    """:func:`conv2d_forward` returned as two arrays, output channels ``[0, split)`` and
+    ``[split, c_out)``, from one GEMM (two stacked weight sets share the im2col packing)."""
+    return _core.conv2d_forward_split(x, _c(w, x.dtype), _bias(b, x.dtype), int(split), stride,
+                                      padding, _threads)
+
+
 def conv2d_backward(g, w, in_hw, stride=(1, 1), padding=(0, 0)):
     """Vector-Jacobian product of :func:`conv2d_forward` w.r.t. x; ``in_hw`` = (h, w) of x."""
     return _core.conv2d_backward(g, _c(w, g.dtype), tuple(in_hw), stride, padding, _threads)

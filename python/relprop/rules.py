@@ -7,23 +7,23 @@ weights they need are made once per (layer, modification, dtype) by :meth:`Linea
 cached on the layer.
 
 Rules with ``uses_parts`` (ZPlus, AlphaBeta, Gamma) get ``parts = (z+, z-)`` when the layer input
-is non-negative (every layer after a ReLU): the walk's forward pass then runs the layer on the
-halves of the stacked weights ``[W+; W-]`` (biases ``[b+; b-]``), ``z+ = W+ a + b+`` and
-``z- = W- a + b-``, and takes ``z = z+ + z-``, so no rule needs a second forward pass (ZPlus,
-which reads only ``z+``, runs the plain forward and ``z+``).  Cost of one layer in GEMMs of the
-layer's size, forward included (the FLOP floor):
+is non-negative (every layer after a ReLU): the walk's forward pass then runs the layer as one
+GEMM on the stacked weights ``[W+; W-]`` (biases ``[b+; b-]``), written straight into two
+outputs ``z+ = W+ a + b+`` and ``z- = W- a + b-``, and takes ``z = z+ + z-``, so no rule needs a
+second forward pass (ZPlus, which reads only ``z+``, runs ``[W; W+]`` for ``z`` and ``z+``).
+Cost of one layer in GEMMs of the layer's size, forward included (the FLOP floor):
 
-=========== ============================ ==================================================
-rule        a >= 0 (after ReLU)           any sign (the input layer)
-=========== ============================ ==================================================
-Epsilon     2: forward + transposed       2
-ZPlus       3: z, z+ + 1 transposed       1 + 2 (W+ a+, W- a-) + 2 transposed
-AlphaBeta   4: z+, z- + 2 (stacked)       1 + 2 (four half GEMMs) + 4 (two stacked transposed)
-Gamma       4: z+, z- + 2 (stacked)       1 + 2 + 4, as AlphaBeta
-ZBox        -                             1 + 2 transposed (the box term is one sample's)
-WSquare     -                             1 + 1 (z is data independent: one sample's)
-Flat        -                             as WSquare
-=========== ============================ ==================================================
+=========== ============================= ==================================================
+rule        a >= 0 (after ReLU)            any sign (the input layer)
+=========== ============================= ==================================================
+Epsilon     2: forward + transposed        2
+ZPlus       3: [W; W+] (2) + 1 transposed  1 + 2 (W+ a+, W- a-) + 2 transposed
+AlphaBeta   4: [W+; W-] (2) + 2            1 + 2 (four half GEMMs) + 4 (two stacked transposed)
+Gamma       4: [W+; W-] (2) + 2            1 + 2 + 4, as AlphaBeta
+ZBox        -                              1 + 2 transposed (the box term is one sample's)
+WSquare     -                              1 + 1 (z is data independent: one sample's)
+Flat        -                              as WSquare
+=========== ============================= ==================================================
 
 Memory: :meth:`Rule.reads` says which of ``a`` and ``z`` a rule reads, so the walk keeps only
 those (and drops each layer's share as soon as its relevance is computed).
@@ -72,16 +72,30 @@ def signed_params(layer, dtype):
     return w2, b2, halves[0], halves[1]
 
 
+def _with_plus(w, b):
+    """``[W; W+]`` and ``[b; b+]`` along the output axis."""
+    return (np.concatenate([w, _pos(w)]),
+            None if b is None else np.concatenate([b, _pos(b)]))
+
+
+def plus_params(layer, dtype):
+    """``(w2, b2, w+)``: the stacked ``[W; W+]``, ``[b; b+]`` and a view of ``W+``."""
+    w2, b2 = layer.modified("0+", _with_plus, dtype)
+    return w2, b2, w2[w2.shape[0] // 2:]
+
+
 def split_forward(layer, a, both=True):
-    """The layer on ``a >= 0`` with ``z+ = W+ a + b+`` and ``z- = W- a + b-``: returns ``z`` and
-    ``(z+, z-)`` with ``z = z+ + z-`` (two GEMMs of the layer's size).  With ``both=False``,
-    ``(z+, None)`` and the plain forward ``z`` (also two)."""
-    _, _, (wp, bp), (wn, bn) = signed_params(layer, a.dtype)
-    zp = layer.apply(a, wp, bp)
-    if not both:
-        return layer.forward(a)[0], (zp, None)
-    zn = layer.apply(a, wn, bn)
-    return zp + zn, (zp, zn)
+    """The layer on ``a >= 0`` as one GEMM on stacked weights: ``z+ = W+ a + b+`` and
+    ``z- = W- a + b-`` from ``[W+; W-]``, returned as ``z = z+ + z-`` and ``(z+, z-)``; with
+    ``both=False``, ``z = W a + b`` and ``z+`` from ``[W; W+]``, returned as ``z, (z+, None)``.
+    Two GEMM units either way."""
+    if both:
+        w2, b2, _, _ = signed_params(layer, a.dtype)
+        zp, zn = layer.apply_split(a, w2, b2, w2.shape[0] // 2)
+        return zp + zn, (zp, zn)
+    w2, b2, _ = plus_params(layer, a.dtype)
+    z, zp = layer.apply_split(a, w2, b2, w2.shape[0] // 2)
+    return z, (zp, None)
 
 
 def _times(a, c):
@@ -187,15 +201,15 @@ class AlphaBeta(Rule):
 
     def relevance(self, layer, a, z, r, parts=None):
         eps, alpha, beta = self.stabilizer, self.alpha, self.beta
-        _, _, (wp, _), (wn, _) = signed_params(layer, a.dtype)
         if parts is not None:  # a >= 0: z+ and z- come from the walk's stacked forward
             if not beta:
+                wp = plus_params(layer, a.dtype)[2]
                 return _times(a, layer.apply_t(ops.lrp_divide(r, parts[0], eps), wp, a.shape))
             shares = ops.lrp_alpha_beta_shares(r, parts[0], parts[1], alpha, beta, eps)
             return _times(a, layer.apply_t(shares, signed_params(layer, a.dtype)[0], a.shape))
         ap, an = _pos(a), _neg(a)
         if not beta:  # z+ only: two half-size GEMMs
-            _, _, (_, bp), _ = signed_params(layer, a.dtype)
+            _, _, (wp, bp), (wn, _) = signed_params(layer, a.dtype)
             sp = ops.lrp_divide(r, layer.apply(ap, wp, bp) + layer.apply(an, wn, None), eps)
             return ap * layer.apply_t(sp, wp, a.shape) + an * layer.apply_t(sp, wn, a.shape)
         zp, zn = _signed_z(layer, a)

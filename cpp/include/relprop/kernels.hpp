@@ -33,6 +33,12 @@ template <typename T>
 void conv2d_forward(const T* x, const T* w, const T* b, T* y, const Window2d& g, idx c_out,
                     int nthreads);
 
+// conv2d_forward writing output channels [0, split) to y (n, split, oh, ow) and the others to
+// y2 (n, c_out - split, oh, ow): one GEMM for two stacked weight sets (LRP's z and z+).
+template <typename T>
+void conv2d_forward_split(const T* x, const T* w, const T* b, T* y, T* y2, const Window2d& g,
+                          idx c_out, idx split, int nthreads);
+
 // gx = vector-Jacobian product of conv2d_forward w.r.t. x:   gy (n, c_out, oh, ow) -> gx (n, c_in, h, w)
 template <typename T>
 void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, int nthreads);

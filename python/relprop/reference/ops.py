@@ -141,3 +141,8 @@ def lrp_gamma_shares(r, p, n, gamma, eps, z=None):
 
 def lrp_alpha_beta_shares(r, p, n, alpha, beta, eps):
     return np.concatenate([alpha * lrp_divide(r, p, eps), -beta * lrp_divide(r, n, eps)], axis=1)
+
+
+def conv2d_forward_split(x, w, b, split, stride, padding):
+    y = conv2d_forward(x, w, b, stride, padding)
+    return y[:, :split], y[:, split:]
