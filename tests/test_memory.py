@@ -2,8 +2,9 @@
 near the memory of one chunk.
 
 The peak counts what Python allocates (``tracemalloc``; NumPy reports its array buffers to it)
-plus what the C++ kernels hold in counted buffers (``relprop.ops.memory_stats``, the
-counting allocator of ``relprop/memory.hpp``).  The stated bound, from the chunk size:
+plus what the C++ kernels hold in counted buffers and large outputs on relprop's pool
+(``relprop.ops.memory_stats``: the counting allocator of ``relprop/memory.hpp`` and the pool of
+``relprop/pool.hpp``).  The stated bound, from the chunk size:
 
     BOUND = FACTOR * (activations of one chunk) + (the output array)
 
@@ -74,6 +75,49 @@ def test_the_counter_counts():
     assert after["peak_bytes"] >= before["current_bytes"] + (3 << 20)
     rp.ops.reset_memory_peak()
     assert rp.ops.memory_stats()["peak_bytes"] == after["current_bytes"]
+
+
+MiB = 1 << 20
+
+
+def test_pool_reuses_freed_outputs_and_counts_them():
+    rp.release_memory()
+    assert rp.ops.memory_stats()["pool_cached_bytes"] == 0
+    x = np.ones((4, 1 << 18), dtype=np.float32)  # 4 MiB outputs come from the pool
+    before = rp.ops.memory_stats()["current_bytes"]
+    y = rp.ops.relu_forward(x)
+    assert rp.ops.memory_stats()["current_bytes"] - before == 4 * MiB  # counted while alive
+    assert y.flags.c_contiguous and y.flags.writeable and not y.flags.owndata
+    y[0, 0] = -5.0  # writable, and stays correct
+    assert_allclose(y[1], 1.0)
+    address = y.ctypes.data
+    del y
+    assert rp.ops.memory_stats()["current_bytes"] == before
+    assert rp.ops.memory_stats()["pool_cached_bytes"] == 4 * MiB
+    z = rp.ops.relu_forward(-x)  # same size: the freed block again, with fresh contents
+    assert z.ctypes.data == address and not z.any()
+    assert rp.ops.memory_stats()["pool_cached_bytes"] == 0
+    del z
+    rp.release_memory()
+    assert rp.ops.memory_stats()["pool_cached_bytes"] == 0
+
+
+def test_pool_never_holds_more_than_the_peak_in_use():
+    rp.release_memory()
+    small = rp.ops.relu_forward(np.ones((1, 1 << 20), dtype=np.float32))  # 4 MiB in use
+    del small  # cached: 4 MiB, in use 0, peak 4 MiB
+    big = rp.ops.relu_forward(np.ones((2, 1 << 20), dtype=np.float32))  # a miss: 8 MiB
+    # cached + in use must stay <= the peak in use (8 MiB): the 4 MiB block was freed
+    assert rp.ops.memory_stats()["pool_cached_bytes"] == 0
+    del big
+    assert rp.ops.memory_stats()["pool_cached_bytes"] == 8 * MiB
+    rp.release_memory()
+    assert rp.ops.memory_stats()["pool_cached_bytes"] == 0
+
+
+def test_small_outputs_are_numpys():
+    y = rp.ops.relu_forward(np.ones((3, 100), dtype=np.float32))
+    assert y.flags.owndata
 
 
 def test_explaining_10000_digits_in_chunks_stays_below_the_bound(net, digits):

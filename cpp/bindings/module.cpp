@@ -15,6 +15,7 @@
 #include "relprop/kernels.hpp"
 #include "relprop/memory.hpp"
 #include "relprop/parallel.hpp"
+#include "relprop/pool.hpp"
 
 namespace py = pybind11;
 using namespace pybind11::literals;
@@ -26,6 +27,23 @@ namespace {
 template <typename T>
 using CArray = py::array_t<T, py::array::c_style>;
 using Pair = std::array<idx, 2>;
+
+// A new C-contiguous output array: large ones on a block of relprop::pool (freed back to it when
+// the array dies), small ones from NumPy's allocator.
+template <typename T>
+CArray<T> output(const std::vector<py::ssize_t>& shape) {
+  std::size_t n = 1;
+  for (py::ssize_t d : shape) n *= static_cast<std::size_t>(d);
+  if (n * sizeof(T) < relprop::pool::kMinBytes) return CArray<T>(shape);
+  void* p = relprop::pool::acquire(n * sizeof(T));
+  try {
+    py::capsule owner(p, [](void* q) { relprop::pool::release(q); });
+    return CArray<T>(shape, static_cast<T*>(p), owner);
+  } catch (...) {
+    relprop::pool::release(p);
+    throw;
+  }
+}
 
 template <typename T>
 void check_ndim(const CArray<T>& a, py::ssize_t ndim, const char* name) {
@@ -57,7 +75,7 @@ CArray<T> dense_forward(const CArray<T>& x, const CArray<T>& w, const py::object
   RELPROP_CHECK(w.shape(1) == in, "weight.shape[1]=", w.shape(1), " must equal ", in, " (x.shape[1])");
   CArray<T> keep;
   const T* bp = optional_bias<T>(b, out, keep);
-  CArray<T> y({n, out});
+  CArray<T> y = output<T>({n, out});
   T* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -72,7 +90,7 @@ CArray<T> dense_backward(const CArray<T>& g, const CArray<T>& w, int nthreads) {
   check_ndim(w, 2, "weight");
   const idx n = g.shape(0), out = w.shape(0), in = w.shape(1);
   RELPROP_CHECK(g.shape(1) == out, "grad.shape[1]=", g.shape(1), " must equal ", out, " (weight.shape[0])");
-  CArray<T> gx({n, in});
+  CArray<T> gx = output<T>({n, in});
   T* gp = gx.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -97,7 +115,7 @@ CArray<T> conv2d_forward(const CArray<T>& x, const CArray<T>& w, const py::objec
   const idx c_out = w.shape(0);
   CArray<T> keep;
   const T* bp = optional_bias<T>(b, c_out, keep);
-  CArray<T> y({g.n, c_out, g.oh(), g.ow()});
+  CArray<T> y = output<T>({g.n, c_out, g.oh(), g.ow()});
   T* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -115,7 +133,8 @@ py::tuple conv2d_forward_split(const CArray<T>& x, const CArray<T>& w, const py:
   RELPROP_CHECK(split > 0 && split < c_out, "split must be in [1, ", c_out - 1, "], got ", split);
   CArray<T> keep;
   const T* bp = optional_bias<T>(b, c_out, keep);
-  CArray<T> y({g.n, split, g.oh(), g.ow()}), y2({g.n, c_out - split, g.oh(), g.ow()});
+  CArray<T> y = output<T>({g.n, split, g.oh(), g.ow()});
+  CArray<T> y2 = output<T>({g.n, c_out - split, g.oh(), g.ow()});
   T* yp = y.mutable_data();
   T* y2p = y2.mutable_data();
   {
@@ -143,7 +162,7 @@ CArray<T> conv2d_backward(const CArray<T>& gy, const CArray<T>& w, Pair hw, Pair
   const Window2d g = backward_window(gy, w.shape(1), hw, {w.shape(2), w.shape(3)}, s, p);
   RELPROP_CHECK(gy.shape(1) == w.shape(0), "grad.shape[1]=", gy.shape(1), " must equal ", w.shape(0),
                 " (weight.shape[0])");
-  CArray<T> gx({g.n, g.c, g.h, g.w});
+  CArray<T> gx = output<T>({g.n, g.c, g.h, g.w});
   T* gp = gx.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -157,8 +176,8 @@ py::tuple maxpool2d_forward(const CArray<T>& x, Pair k, Pair s, Pair p, int nthr
   check_ndim(x, 4, "x");
   const Window2d g = window(x, k, s, p);
   RELPROP_CHECK(2 * p[0] <= k[0] && 2 * p[1] <= k[1], "padding must be at most half the kernel size");
-  CArray<T> y({g.n, g.c, g.oh(), g.ow()});
-  CArray<std::int64_t> arg({g.n, g.c, g.oh(), g.ow()});
+  CArray<T> y = output<T>({g.n, g.c, g.oh(), g.ow()});
+  CArray<std::int64_t> arg = output<std::int64_t>({g.n, g.c, g.oh(), g.ow()});
   T* yp = y.mutable_data();
   std::int64_t* ap = arg.mutable_data();
   {
@@ -173,7 +192,7 @@ CArray<T> maxpool2d_backward(const CArray<T>& gy, const CArray<std::int64_t>& ar
                              Pair s, Pair p, int nthreads) {
   const Window2d g = backward_window(gy, gy.shape(1), hw, k, s, p);
   RELPROP_CHECK(arg.ndim() == 4 && arg.size() == gy.size(), "argmax must have the shape of grad");
-  CArray<T> gx({g.n, g.c, g.h, g.w});
+  CArray<T> gx = output<T>({g.n, g.c, g.h, g.w});
   T* gp = gx.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -186,7 +205,7 @@ template <typename T>
 CArray<T> avgpool2d_forward(const CArray<T>& x, Pair k, Pair s, Pair p, int nthreads) {
   check_ndim(x, 4, "x");
   const Window2d g = window(x, k, s, p);
-  CArray<T> y({g.n, g.c, g.oh(), g.ow()});
+  CArray<T> y = output<T>({g.n, g.c, g.oh(), g.ow()});
   T* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -198,7 +217,7 @@ CArray<T> avgpool2d_forward(const CArray<T>& x, Pair k, Pair s, Pair p, int nthr
 template <typename T>
 CArray<T> avgpool2d_backward(const CArray<T>& gy, Pair hw, Pair k, Pair s, Pair p, int nthreads) {
   const Window2d g = backward_window(gy, gy.shape(1), hw, k, s, p);
-  CArray<T> gx({g.n, g.c, g.h, g.w});
+  CArray<T> gx = output<T>({g.n, g.c, g.h, g.w});
   T* gp = gx.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -209,7 +228,7 @@ CArray<T> avgpool2d_backward(const CArray<T>& gy, Pair hw, Pair k, Pair s, Pair 
 
 template <typename T>
 CArray<T> like(const CArray<T>& a) {
-  return CArray<T>(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
+  return output<T>(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
 }
 
 template <typename T>
@@ -265,7 +284,7 @@ CArray<T> stacked_like(const CArray<T>& r, const CArray<T>& p, const CArray<T>& 
                 r.ndim(), " dimensions");
   std::vector<py::ssize_t> shape(r.shape(), r.shape() + r.ndim());
   shape[1] *= 2;
-  return CArray<T>(shape);
+  return output<T>(shape);
 }
 
 template <typename T>
@@ -309,7 +328,7 @@ CArray<T> gemm(const CArray<T>& a, const CArray<T>& b, bool trans_a, bool trans_
   RELPROP_CHECK(k == kb, "inner dimensions differ: ", k, " and ", kb);
   const idx rsa = trans_a ? 1 : a.shape(1), csa = trans_a ? a.shape(1) : 1;
   const idx rsb = trans_b ? 1 : b.shape(1), csb = trans_b ? b.shape(1) : 1;
-  CArray<T> c({m, n});
+  CArray<T> c = output<T>({m, n});
   T* cp = c.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -370,6 +389,9 @@ PYBIND11_MODULE(_core, m) {
                     "peak_bytes"_a = relprop::memory::peak_bytes());
   });
   m.def("reset_memory_peak", [] { relprop::memory::reset_peak(); });
+  // Output blocks kept for reuse (relprop/pool.hpp) and their release to the system
+  m.def("pool_cached_bytes", &relprop::pool::cached_bytes);
+  m.def("release_memory", &relprop::pool::release_cached);
   // The counter's own test: the stats while a counted buffer of `bytes` is alive.
   m.def("_memory_probe", [](std::size_t bytes) {
     std::vector<unsigned char, relprop::CountingAllocator<unsigned char>> buf(bytes);

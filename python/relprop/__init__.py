@@ -17,7 +17,7 @@ from .lrp import conservation, lrp
 from .methods import (TaylorInfo, deconvnet, gradient, gradient_x_input, guided_backprop,
                       pool_channels, sensitivity, taylor)
 from .network import Sequential, Trace, load
-from .ops import get_num_threads, set_num_threads
+from .ops import get_num_threads, release_memory, set_num_threads
 from .prototypes import GaussianPrior, Prototypes, activation_maximization
 
 METHODS = {
@@ -91,6 +91,6 @@ __all__ = [
     "GlobalAvgPool2d", "MaxPool2d", "METHODS", "ReLU", "Sequential", "TaylorInfo", "Trace",
     "__version__", "composites", "conservation", "deconvnet", "explain",
     "from_onnx", "from_sklearn", "from_torch", "get_num_threads",
-    "gradient", "gradient_x_input", "guided_backprop", "load", "lrp", "pool_channels", "rules",
-    "sensitivity", "set_num_threads", "show_config", "taylor",
+    "gradient", "gradient_x_input", "guided_backprop", "load", "lrp", "pool_channels",
+    "release_memory", "rules", "sensitivity", "set_num_threads", "show_config", "taylor",
 ]

@@ -73,12 +73,28 @@ def get_num_threads() -> int:
 
 
 def memory_stats() -> dict:
-    """Bytes held by the kernels' counted scratch buffers: ``{"current_bytes", "peak_bytes"}``.
-
-    NumPy arrays (every kernel's output) are not included: ``tracemalloc`` sees those.  The
-    peak is process-wide, over all threads, since the last :func:`reset_memory_peak`.
+    """Memory of the kernels, in bytes: ``current_bytes`` and ``peak_bytes`` of their counted
+    scratch buffers and of the output arrays on relprop's pool (outputs of 256 KiB or more,
+    which ``tracemalloc`` does not see; smaller outputs are NumPy's, which it does), and
+    ``pool_cached_bytes``, freed output blocks the pool keeps for reuse (see
+    :func:`release_memory`).  The peak is process-wide, over all threads, since the last
+    :func:`reset_memory_peak`.
     """
-    return {k: int(v) for k, v in _core.memory_stats().items()}
+    out = {k: int(v) for k, v in _core.memory_stats().items()}
+    out["pool_cached_bytes"] = int(_core.pool_cached_bytes())
+    return out
+
+
+def release_memory() -> None:
+    """Return the output blocks relprop keeps for reuse to the system.
+
+    Large outputs (activations, relevances) are allocated from a pool: a block freed by one call
+    is handed to the next call that needs that size, already mapped, which saves the operating
+    system's page faults and zeroing (about a fifth of a CNN's gradient).  The pool never holds
+    more than the largest amount of output memory in use at any earlier moment minus what is
+    in use now, so it does not raise the process's memory high-water mark; this call frees it.
+    """
+    _core.release_memory()
 
 
 def reset_memory_peak() -> None:
