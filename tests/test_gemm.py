@@ -165,6 +165,39 @@ def test_rows_do_not_depend_on_batch_size(isa):
                        ops.conv2d_forward(xc, wc, None, (1, 1), (1, 1))[2:3])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, i, o", [(1, 1, 1), (1, 784, 1024), (3, 37, 301), (17, 513, 300),
+                                     (2, 600, 5)])
+def test_packed_dense_weights_give_the_same_bits(isa, dtype, n, i, o):
+    rng = np.random.default_rng(n + i + o)
+    x, w = rng.uniform(-1, 1, (n, i)).astype(dtype), rng.uniform(-1, 1, (o, i)).astype(dtype)
+    b, g = rng.uniform(-1, 1, o).astype(dtype), rng.uniform(-1, 1, (n, o)).astype(dtype)
+    assert_array_equal(ops.dense_forward(x, w, b, packed=ops.dense_pack(w, True)),
+                       ops.dense_forward(x, w, b))
+    assert_array_equal(ops.dense_backward(g, w, packed=ops.dense_pack(w, False)),
+                       ops.dense_backward(g, w))
+
+
+def test_packed_dense_weights_are_checked():
+    w = np.ones((4, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="do not match"):
+        ops.dense_forward(np.ones((1, 5), np.float32), np.ones((4, 5), np.float32),
+                          packed=ops.dense_pack(w, True))
+    isa_now, _ = ops.dense_pack(w, True)
+    with pytest.raises(ValueError, match="do not match"):  # an array of the wrong size
+        ops.dense_forward(np.ones((1, 3), np.float32), w, packed=(isa_now, np.ones(1, np.float32)))
+    old = ops.isa()
+    others = [i for i in ISAS if i != old]
+    if others:
+        try:
+            ops.set_isa(others[0])
+            packed = ops.dense_pack(w, True)
+        finally:
+            ops.set_isa(old)
+        with pytest.raises(ValueError, match="packed for ISA"):
+            ops.dense_forward(np.ones((1, 3), np.float32), w, packed=packed)
+
+
 def test_set_isa_switches_and_validates():
     old = ops.isa()
     try:

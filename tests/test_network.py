@@ -121,3 +121,36 @@ def test_forward_and_gradient_match_torch(rng):
                            for l in net.layers], input_shape=net.input_shape)
     assert_allclose(net32(x32), o32.detach().numpy(), rtol=1e-4, atol=1e-5)
     assert_allclose(rp.gradient(net32, x32, 1), xt32.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_small_batches_use_packed_dense_weights_with_the_same_bits(rng):
+    # Dense layers keep packed weights for batches of at most PACK_MAX_BATCH samples: a
+    # sample's scores, gradient and LRP relevance must not depend on that (batch invariance)
+    from relprop import layers
+
+    net = nets.mlp(rng, sizes=(64, 300, 200, 10))
+    x = rng.uniform(-1, 1, (40, 64)).astype(np.float32)
+    rp.release_memory()
+    assert all(not layer._packed for layer in net.layers if isinstance(layer, rp.Dense))
+    big = layers.PACK_MAX_BATCH + 1
+    for fn in (lambda xs: net.forward(xs), lambda xs: rp.gradient(net, xs, 1),
+               lambda xs: rp.lrp(net, xs, 1, "epsilon_plus_flat"),
+               lambda xs: rp.lrp(net, xs, 1, "zplus")):
+        full = fn(x[:big])
+        for i in (0, 7, big - 1):
+            assert_array_equal(fn(x[i:i + 1]), full[i:i + 1])
+    assert all(layer._packed for layer in net.layers if isinstance(layer, rp.Dense))
+    rp.release_memory()
+    assert all(not layer._packed for layer in net.layers if isinstance(layer, rp.Dense))
+
+
+def test_parameters_are_read_only(rng):
+    w = rng.normal(size=(3, 4))
+    layer = rp.Dense(w, np.zeros(3))
+    with pytest.raises(ValueError, match="read-only"):
+        layer.weight[0, 0] = 1.0
+    with pytest.raises(ValueError, match="read-only"):
+        layer.bias[0] = 1.0
+    with pytest.raises(AttributeError):
+        layer.weight = w
+    w[0, 0] = 5.0  # the caller's own array keeps its flags

@@ -60,6 +60,21 @@ const T* optional_bias(const py::object& b, idx size, CArray<T>& keep) {
   return keep.data();
 }
 
+// Packed Dense weights (dense_pack): None, or a 1-D array of T packed under the ISA in use.
+template <typename T>
+const T* optional_packed(const py::object& packed, const std::string& isa, idx in, idx out,
+                         bool forward, CArray<T>& keep) {
+  if (packed.is_none()) return nullptr;
+  if (!py::isinstance<CArray<T>>(packed))
+    throw py::type_error("packed weights must be a C-contiguous array of the input's dtype");
+  keep = py::reinterpret_borrow<CArray<T>>(packed);
+  const char* now = relprop::isa_name(relprop::active_isa());
+  RELPROP_CHECK(isa == now, "the weights were packed for ISA ", isa, " but ", now, " is in use");
+  RELPROP_CHECK(keep.ndim() == 1 && keep.shape(0) == relprop::dense_packed_size<T>(in, out, forward),
+                "packed weights do not match a (", out, ", ", in, ") weight");
+  return keep.data();
+}
+
 template <typename T>
 Window2d window(const CArray<T>& x, Pair k, Pair s, Pair p) {
   Window2d g{x.shape(0), x.shape(1), x.shape(2), x.shape(3), k[0], k[1], s[0], s[1], p[0], p[1]};
@@ -68,35 +83,54 @@ Window2d window(const CArray<T>& x, Pair k, Pair s, Pair p) {
 }
 
 template <typename T>
-CArray<T> dense_forward(const CArray<T>& x, const CArray<T>& w, const py::object& b, int nthreads) {
+CArray<T> dense_forward(const CArray<T>& x, const CArray<T>& w, const py::object& b, int nthreads,
+                        const py::object& packed, const std::string& packed_isa) {
   check_ndim(x, 2, "x");
   check_ndim(w, 2, "weight");
   const idx n = x.shape(0), in = x.shape(1), out = w.shape(0);
   RELPROP_CHECK(w.shape(1) == in, "weight.shape[1]=", w.shape(1), " must equal ", in, " (x.shape[1])");
-  CArray<T> keep;
+  CArray<T> keep, keep_packed;
   const T* bp = optional_bias<T>(b, out, keep);
+  const T* pp = optional_packed<T>(packed, packed_isa, in, out, true, keep_packed);
   CArray<T> y = output<T>({n, out});
   T* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;
-    relprop::dense_forward<T>(x.data(), w.data(), bp, yp, n, in, out, nthreads);
+    relprop::dense_forward<T>(x.data(), w.data(), bp, yp, n, in, out, nthreads, pp);
   }
   return y;
 }
 
 template <typename T>
-CArray<T> dense_backward(const CArray<T>& g, const CArray<T>& w, int nthreads) {
+CArray<T> dense_backward(const CArray<T>& g, const CArray<T>& w, int nthreads,
+                         const py::object& packed, const std::string& packed_isa) {
   check_ndim(g, 2, "grad");
   check_ndim(w, 2, "weight");
   const idx n = g.shape(0), out = w.shape(0), in = w.shape(1);
   RELPROP_CHECK(g.shape(1) == out, "grad.shape[1]=", g.shape(1), " must equal ", out, " (weight.shape[0])");
+  CArray<T> keep_packed;
+  const T* pp = optional_packed<T>(packed, packed_isa, in, out, false, keep_packed);
   CArray<T> gx = output<T>({n, in});
   T* gp = gx.mutable_data();
   {
     py::gil_scoped_release nogil;
-    relprop::dense_backward<T>(g.data(), w.data(), gp, n, in, out, nthreads);
+    relprop::dense_backward<T>(g.data(), w.data(), gp, n, in, out, nthreads, pp);
   }
   return gx;
+}
+
+// (isa, packed) for dense_forward (forward=true) or dense_backward, under the ISA in use.
+template <typename T>
+py::tuple dense_pack(const CArray<T>& w, bool forward) {
+  check_ndim(w, 2, "weight");
+  const idx out = w.shape(0), in = w.shape(1);
+  CArray<T> packed = output<T>({relprop::dense_packed_size<T>(in, out, forward)});
+  T* pp = packed.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::dense_pack<T>(w.data(), in, out, forward, pp);
+  }
+  return py::make_tuple(std::string(relprop::isa_name(relprop::active_isa())), packed);
 }
 
 template <typename T>
@@ -340,8 +374,11 @@ CArray<T> gemm(const CArray<T>& a, const CArray<T>& b, bool trans_a, bool trans_
 template <typename T>
 void define(py::module_& m) {
   auto nc = [](const char* name) { return py::arg(name).noconvert(); };
-  m.def("dense_forward", &dense_forward<T>, nc("x"), nc("weight"), "bias"_a, "nthreads"_a);
-  m.def("dense_backward", &dense_backward<T>, nc("grad"), nc("weight"), "nthreads"_a);
+  m.def("dense_forward", &dense_forward<T>, nc("x"), nc("weight"), "bias"_a, "nthreads"_a,
+        "packed"_a = py::none(), "packed_isa"_a = "");
+  m.def("dense_backward", &dense_backward<T>, nc("grad"), nc("weight"), "nthreads"_a,
+        "packed"_a = py::none(), "packed_isa"_a = "");
+  m.def("dense_pack", &dense_pack<T>, nc("weight"), "forward"_a);
   m.def("conv2d_forward", &conv2d_forward<T>, nc("x"), nc("weight"), "bias"_a, "stride"_a, "padding"_a,
         "nthreads"_a);
   m.def("conv2d_forward_split", &conv2d_forward_split<T>, nc("x"), nc("weight"), "bias"_a,

@@ -230,7 +230,7 @@ Split choose_split(idx m, idx n, idx k, int mr, int nr, int nt, bool pack_a) {
 template <typename T>
 void run_tile(const GemmImpl<T>& impl, const GemmArgs<T>& g, idx i0, idx i1, idx j0, idx j1) {
   T* wa = g.apack ? nullptr : scratch<T>(0, static_cast<std::size_t>(impl.wa_size()));
-  T* wb = scratch<T>(1, static_cast<std::size_t>(impl.wb_size(j1 - j0)));
+  T* wb = g.bpack ? nullptr : scratch<T>(1, static_cast<std::size_t>(impl.wb_size(j1 - j0)));
   impl.tile(impl, g, i0, i1, j0, j1, wa, wb);
 }
 
@@ -307,10 +307,43 @@ void gemm(idx m, idx n, idx k, const T* a, idx rsa, idx csa, const T* b, idx rsb
   detail::run_gemm(detail::active_gemm<T>(), g, nthreads);
 }
 
-template void gemm<float>(idx, idx, idx, const float*, idx, idx, const float*, idx, idx, float*,
-                          idx, bool, int);
-template void gemm<double>(idx, idx, idx, const double*, idx, idx, const double*, idx, idx,
-                           double*, idx, bool, int);
+template <typename T>
+idx packed_b_size(idx k, idx n) {
+  return detail::active_gemm<T>().packed_b_size(k, n);
+}
+
+template <typename T>
+void pack_b(idx k, idx n, const T* b, idx rsb, idx csb, T* dst) {
+  const auto& impl = detail::active_gemm<T>();
+  impl.pack_b(impl, b, rsb, csb, k, n, dst);
+}
+
+template <typename T>
+void gemm_packed_b(idx m, idx n, idx k, const T* a, idx rsa, idx csa, const T* bpack, T* c,
+                   idx ldc, bool accumulate, int nthreads) {
+  detail::GemmArgs<T> g;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.a = a;
+  g.rsa = rsa;
+  g.csa = csa;
+  g.bpack = bpack;
+  g.c = c;
+  g.ldc = ldc;
+  g.accumulate = accumulate;
+  detail::run_gemm(detail::active_gemm<T>(), g, nthreads);
+}
+
+#define RELPROP_INSTANTIATE(T)                                                                \
+  template void gemm<T>(idx, idx, idx, const T*, idx, idx, const T*, idx, idx, T*, idx, bool, \
+                        int);                                                                 \
+  template idx packed_b_size<T>(idx, idx);                                                    \
+  template void pack_b<T>(idx, idx, const T*, idx, idx, T*);                                  \
+  template void gemm_packed_b<T>(idx, idx, idx, const T*, idx, idx, const T*, T*, idx, bool, int);
+RELPROP_INSTANTIATE(float)
+RELPROP_INSTANTIATE(double)
+#undef RELPROP_INSTANTIATE
 
 double fma_peak_gflops(int nthreads) {
   const auto& impl = detail::active_gemm<float>();

@@ -374,12 +374,13 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
   // Rows that fit one mc block: each B strip is packed right before its only use, so it goes
   // to L1 and back instead of through a kc x nc panel (same arithmetic, same order).  Not for
   // row-major B, whose rows are best read whole (pack_b_strided).
-  const bool stream_b = i1 - i0 <= impl.mc && (g.im || g.csb != 1);
+  const bool stream_b = !g.bpack && i1 - i0 <= impl.mc && (g.im || g.csb != 1);
+  const idx npad = (g.n + NR - 1) / NR * NR;
   for (idx jc = j0; jc < j1; jc += impl.nc) {
     const idx nc = min_idx(impl.nc, j1 - jc);
     for (idx pc = 0; pc < g.k; pc += kb) {
       const idx kc = min_idx(kb, g.k - pc);
-      if (!stream_b) pack_b<K>(g, pc, kc, jc, nc, wb);
+      if (!stream_b && !g.bpack) pack_b<K>(g, pc, kc, jc, nc, wb);
       const Init init = (pc > 0 || g.accumulate) ? kAccumulate
                         : g.row_bias             ? kRowBias
                                                  : kOverwrite;
@@ -392,7 +393,7 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
         }
         for (idx jr = 0; jr < nc; jr += NR) {
           const int n = static_cast<int>(min_idx(NR, nc - jr));
-          const T* bp = wb + jr * kc;
+          const T* bp = g.bpack ? g.bpack + pc * npad + (jc + jr) * kc : wb + jr * kc;
           if (stream_b) {
             pack_b<K>(g, pc, kc, jc + jr, n, wb);
             bp = wb;
@@ -426,6 +427,17 @@ void pack_a_full(const GemmImpl<typename K::T>& impl, const typename K::T* a, id
   const idx kb = block_k(impl.kc, k);
   for (idx pc = 0; pc < k; pc += kb)
     pack_a_block<K>(a + pc * csa, rsa, csa, m, min_idx(kb, k - pc), dst + pc * mpad);
+}
+
+// The whole of B packed for GemmArgs::bpack: the block of steps [pc, pc + kc) at
+// dst + pc * round_up(n, NR), laid out as pack_b_strided lays out one panel of all n columns.
+template <class K>
+void pack_b_full(const GemmImpl<typename K::T>& impl, const typename K::T* b, idx rsb, idx csb,
+                 idx k, idx n, typename K::T* dst) {
+  const idx npad = (n + K::NR - 1) / K::NR * K::NR;
+  const idx kb = block_k(impl.kc, k);
+  for (idx pc = 0; pc < k; pc += kb)
+    pack_b_strided<K>(b, rsb, csb, pc, min_idx(kb, k - pc), 0, n, dst + pc * npad);
 }
 
 }  // namespace

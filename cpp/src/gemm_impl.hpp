@@ -41,7 +41,8 @@ struct GemmArgs {
   const T* apack = nullptr;    // ... or A packed whole by GemmImpl::pack_a (then a is unused)
   const T* b = nullptr;        // B(p, j) = b[p*rsb + j*csb] ...
   idx rsb = 0, csb = 0;
-  const Im2col* im = nullptr;  // ... or the im2col matrix of the image b
+  const Im2col* im = nullptr;  // ... or the im2col matrix of the image b ...
+  const T* bpack = nullptr;    // ... or B packed whole by GemmImpl::pack_b (then b is unused)
   T* c = nullptr;              // C(i, j) = c[i*ldc + j] ...
   idx ldc = 0;
   T* c2 = nullptr;             // ... except rows i >= m2 when c2 is set: c2[(i - m2)*ldc + j]
@@ -63,12 +64,16 @@ struct GemmImpl {
   // Packs the whole m x k matrix A(i, p) = a[i*rsa + p*csa] into dst, which holds
   // packed_a_size(m, k) elements, in the layout tile() reads through GemmArgs::apack.
   void (*pack_a)(const GemmImpl& impl, const T* a, idx rsa, idx csa, idx m, idx k, T* dst);
+  // Packs the whole k x n matrix B(p, j) = b[p*rsb + j*csb] into dst, which holds
+  // packed_b_size(k, n) elements, in the layout tile() reads through GemmArgs::bpack.
+  void (*pack_b)(const GemmImpl& impl, const T* b, idx rsb, idx csb, idx k, idx n, T* dst);
   // Runs a register-resident FMA loop of `iters` iterations; returns the FLOP it executed.
   double (*fma_loop)(long iters);
 
   // (Only the baseline translation units call these helpers; the ISA ones must not, so that
   // no copy of them is compiled with ISA-specific instructions.)
   idx packed_a_size(idx m, idx k) const { return (m + mr - 1) / mr * mr * k; }
+  idx packed_b_size(idx k, idx n) const { return (n + nr - 1) / nr * nr * k; }
   idx wa_size() const { return mc * kc; }
   idx wb_size(idx cols) const { return kc * (((cols < nc ? cols : nc) + nr - 1) / nr * nr); }
 };

@@ -14,6 +14,7 @@ on rule-modified weights (made once per layer, rule and dtype by :meth:`Linear.m
 from __future__ import annotations
 
 import threading
+import weakref
 
 import numpy as np
 
@@ -52,6 +53,13 @@ class Layer:
                              f"{tuple(shape)}")
 
 
+def _read_only(a):
+    """A read-only view of ``a`` (``a`` itself keeps its flags)."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
 class Linear(Layer):
     """A layer ``y = W x + b`` (Dense or Conv2d): holds the parameters and their modified copies."""
 
@@ -64,16 +72,25 @@ class Linear(Layer):
                              f"got shape {w.shape}")
         if w.size == 0:
             raise ValueError(f"{type(self).__name__} weight must not be empty, got shape {w.shape}")
-        self.weight = w
         if bias is not None:
             b = as_float_array(bias, "bias", dtype=w.dtype)
             if b.shape != (w.shape[0],):
                 raise ValueError(f"{type(self).__name__} bias must have shape ({w.shape[0]},), got "
                                  f"{b.shape}")
-            bias = b
-        self.bias = bias
+            bias = _read_only(b)
+        self._weight, self._bias = _read_only(w), bias
         self._cache = {}
         self._lock = threading.Lock()
+
+    # Read-only: rule-modified and packed copies of the parameters are cached, so they must not
+    # change under them (build a new layer instead).
+    @property
+    def weight(self):
+        return self._weight
+
+    @property
+    def bias(self):
+        return self._bias
 
     def arrays(self):
         out = {"weight": self.weight}
@@ -123,6 +140,22 @@ class Linear(Layer):
         raise NotImplementedError
 
 
+# Small batches of a Dense layer spend most of their time packing the weight matrix for the
+# GEMM, so for batches of at most PACK_MAX_BATCH samples a Dense layer keeps its weights packed
+# (one copy per direction and rule-modified weight, for matrices of at most PACK_MAX_BYTES).
+# Results are bitwise the same; relprop.release_memory() drops the copies.
+PACK_MAX_BATCH = 16
+PACK_MAX_BYTES = 32 << 20
+_PACKING_LAYERS = weakref.WeakSet()
+
+
+def release_packed():
+    """Drop the packed weight copies of every Dense layer."""
+    for layer in list(_PACKING_LAYERS):
+        with layer._lock:
+            layer._packed.clear()
+
+
 class Dense(Linear):
     """Fully connected layer ``y = x W^T + b``; weight ``(out, in)`` as ``torch.nn.Linear``."""
 
@@ -130,6 +163,22 @@ class Dense(Linear):
 
     def __init__(self, weight, bias=None):
         super().__init__(weight, bias, 2)
+        self._packed = {}
+
+    def _packed_weights(self, w, forward, n):
+        """``w`` packed for the GEMM (cached) when a batch of ``n`` gains from it, else None."""
+        if n > PACK_MAX_BATCH or w.nbytes > PACK_MAX_BYTES:
+            return None
+        # the key is the memory of w; the entry keeps w alive, so that memory is not reused
+        key = (forward, w.__array_interface__["data"][0], w.shape, w.strides, w.dtype.str,
+               ops.isa())
+        hit = self._packed.get(key)
+        if hit is None:
+            hit = (w, ops.dense_pack(w, forward))
+            with self._lock:
+                hit = self._packed.setdefault(key, hit)
+            _PACKING_LAYERS.add(self)
+        return hit[1]
 
     @property
     def in_features(self):
@@ -149,15 +198,15 @@ class Dense(Linear):
         return (self.out_features,)
 
     def apply(self, x, w, b):
-        return ops.dense_forward(x, w, b)
+        return ops.dense_forward(x, w, b, self._packed_weights(w, True, len(x)))
 
     def apply_split(self, x, w, b, split):
         # two GEMMs on the row blocks of w (contiguous): no stacked output to split
-        return tuple(ops.dense_forward(x, w[sl], None if b is None else b[sl])
+        return tuple(self.apply(x, w[sl], None if b is None else b[sl])
                      for sl in (slice(None, split), slice(split, None)))
 
     def apply_t(self, g, w, x_shape):
-        return ops.dense_backward(g, w)
+        return ops.dense_backward(g, w, self._packed_weights(w, False, len(g)))
 
 
 class Conv2d(Linear):

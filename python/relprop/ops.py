@@ -92,8 +92,12 @@ def release_memory() -> None:
     is handed to the next call that needs that size, already mapped, which saves the operating
     system's page faults and zeroing (about a fifth of a CNN's gradient).  The pool never holds
     more than the largest amount of output memory in use at any earlier moment minus what is
-    in use now, so it does not raise the process's memory high-water mark; this call frees it.
+    in use now, so it does not raise the process's memory high-water mark; this call frees it,
+    and the packed weight copies that Dense layers keep for small batches.
     """
+    from .layers import release_packed
+
+    release_packed()
     _core.release_memory()
 
 
@@ -110,14 +114,26 @@ def _bias(b, dtype):
     return None if b is None else _c(b, dtype)
 
 
-def dense_forward(x, w, b=None):
-    """``y = x @ w.T + b``: x (n, in), w (out, in), b (out,) -> (n, out)."""
-    return _core.dense_forward(x, _c(w, x.dtype), _bias(b, x.dtype), _threads)
+def dense_forward(x, w, b=None, packed=None):
+    """``y = x @ w.T + b``: x (n, in), w (out, in), b (out,) -> (n, out).
+
+    ``packed``: ``dense_pack(w, True)`` made under the ISA in use (skips packing ``w``; the
+    result is bitwise the same)."""
+    isa_name, arr = packed if packed is not None else ("", None)
+    return _core.dense_forward(x, _c(w, x.dtype), _bias(b, x.dtype), _threads, arr, isa_name)
 
 
-def dense_backward(g, w):
-    """``gx = g @ w``: g (n, out), w (out, in) -> (n, in)."""
-    return _core.dense_backward(g, _c(w, g.dtype), _threads)
+def dense_backward(g, w, packed=None):
+    """``gx = g @ w``: g (n, out), w (out, in) -> (n, in); ``packed``: ``dense_pack(w, False)``."""
+    isa_name, arr = packed if packed is not None else ("", None)
+    return _core.dense_backward(g, _c(w, g.dtype), _threads, arr, isa_name)
+
+
+def dense_pack(w, forward):
+    """``w`` (out, in) packed for :func:`dense_forward` (``forward=True``) or
+    :func:`dense_backward`, as ``(isa, array)``: the layout of the GEMM's instruction set in
+    use, which the kernels check."""
+    return _core.dense_pack(w, bool(forward))
 
 
 def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0)):

@@ -16,4 +16,15 @@ template <typename T>
 void gemm(idx m, idx n, idx k, const T* a, idx rsa, idx csa, const T* b, idx rsb, idx csb, T* c,
           idx ldc, bool accumulate, int nthreads);
 
+// B packed once for many products (weights): packed_b_size(k, n) elements in the layout of the
+// instruction set in use when pack_b ran; gemm_packed_b must run under the same one.  Results
+// are bitwise those of gemm on the unpacked B.
+template <typename T>
+idx packed_b_size(idx k, idx n);
+template <typename T>
+void pack_b(idx k, idx n, const T* b, idx rsb, idx csb, T* dst);
+template <typename T>
+void gemm_packed_b(idx m, idx n, idx k, const T* a, idx rsa, idx csa, const T* bpack, T* c,
+                   idx ldc, bool accumulate, int nthreads);
+
 }  // namespace relprop

@@ -20,12 +20,23 @@ struct Window2d {
 };
 
 // y[n, o] = sum_i x[n, i] * w[o, i] + b[o]          x (n, in), w (out, in), b (out) or null
+// packed: null, or w packed by dense_pack(forward=true) under the ISA in use (then w is unused).
 template <typename T>
-void dense_forward(const T* x, const T* w, const T* b, T* y, idx n, idx in, idx out, int nthreads);
+void dense_forward(const T* x, const T* w, const T* b, T* y, idx n, idx in, idx out, int nthreads,
+                   const T* packed = nullptr);
 
 // gx[n, i] = sum_o g[n, o] * w[o, i]                 g (n, out) -> gx (n, in)
+// packed: null, or w packed by dense_pack(forward=false) under the ISA in use.
 template <typename T>
-void dense_backward(const T* g, const T* w, T* gx, idx n, idx in, idx out, int nthreads);
+void dense_backward(const T* g, const T* w, T* gx, idx n, idx in, idx out, int nthreads,
+                    const T* packed = nullptr);
+
+// w (out, in) packed for dense_forward (forward=true) or dense_backward: dense_packed_size
+// elements, for the GEMM instruction set in use; results are bitwise those of the unpacked w.
+template <typename T>
+idx dense_packed_size(idx in, idx out, bool forward);
+template <typename T>
+void dense_pack(const T* w, idx in, idx out, bool forward, T* dst);
 
 // y[n, o, p, q] = b[o] + sum_{c, u, v} w[o, c, u, v] * x[n, c, p*sh + u - ph, q*sw + v - pw]
 // x (n, c_in, h, w) as in `g`; w (c_out, c_in, kh, kw); y (n, c_out, oh, ow)
