@@ -178,6 +178,24 @@ def test_packed_dense_weights_give_the_same_bits(isa, dtype, n, i, o):
                        ops.dense_backward(g, w))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c_in, c_out, k, stride, pad", [(3, 8, 3, 1, 1), (5, 13, 3, 2, 0),
+                                                         (7, 4, 1, 1, 0), (2, 30, 5, 1, 2)])
+def test_packed_conv_weights_give_the_same_bits(isa, dtype, c_in, c_out, k, stride, pad):
+    rng = np.random.default_rng(c_in * c_out + k)
+    x = rng.uniform(-1, 1, (2, c_in, 11, 9)).astype(dtype)
+    w = rng.uniform(-1, 1, (c_out, c_in, k, k)).astype(dtype)
+    b = rng.uniform(-1, 1, c_out).astype(dtype)
+    s, p = (stride, stride), (pad, pad)
+    packed = ops.conv2d_pack(w)
+    assert_array_equal(ops.conv2d_forward(x, w, b, s, p, packed=packed),
+                       ops.conv2d_forward(x, w, b, s, p))
+    split = c_out // 2
+    for got, want in zip(ops.conv2d_forward_split(x, w, b, split, s, p, packed=packed),
+                         ops.conv2d_forward_split(x, w, b, split, s, p)):
+        assert_array_equal(got, want)
+
+
 def test_packed_dense_weights_are_checked():
     w = np.ones((4, 3), dtype=np.float32)
     with pytest.raises(ValueError, match="do not match"):
@@ -196,6 +214,10 @@ def test_packed_dense_weights_are_checked():
             ops.set_isa(old)
         with pytest.raises(ValueError, match="packed for ISA"):
             ops.dense_forward(np.ones((1, 3), np.float32), w, packed=packed)
+    wc = np.ones((4, 2, 3, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="do not match"):  # packed for another weight shape
+        ops.conv2d_forward(np.ones((1, 2, 5, 5), np.float32), wc,
+                           packed=ops.conv2d_pack(np.ones((9, 2, 3, 3), np.float32)))
 
 
 def test_set_isa_switches_and_validates():

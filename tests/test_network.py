@@ -144,6 +144,25 @@ def test_small_batches_use_packed_dense_weights_with_the_same_bits(rng):
     assert all(not layer._packed for layer in net.layers if isinstance(layer, rp.Dense))
 
 
+def test_small_calls_use_packed_conv_weights_with_the_same_bits(rng):
+    from relprop import layers
+
+    net = nets.cnn(rng)  # 12x12 inputs: a sample is 144 output pixels of the first conv
+    x = rng.uniform(-1, 1, (9, 3, 12, 12)).astype(np.float32)
+    rp.release_memory()
+    convs = [layer for layer in net.layers if isinstance(layer, rp.Conv2d)]
+    assert 9 * 144 > layers.PACK_MAX_PIXELS  # the whole batch is packed per call
+    for fn in (lambda xs: net.forward(xs), lambda xs: rp.lrp(net, xs, 1, "epsilon_gamma_box",
+                                                             low=-1.0, high=1.0),
+               lambda xs: rp.lrp(net, xs, 1, "epsilon_alpha2_beta1")):
+        full = fn(x)
+        for i in (0, 8):
+            assert_array_equal(fn(x[i:i + 1]), full[i:i + 1])
+    assert all(layer._packed for layer in convs)
+    rp.release_memory()
+    assert not any(layer._packed for layer in convs)
+
+
 def test_parameters_are_read_only(rng):
     w = rng.normal(size=(3, 4))
     layer = rp.Dense(w, np.zeros(3))

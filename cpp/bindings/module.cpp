@@ -60,18 +60,20 @@ const T* optional_bias(const py::object& b, idx size, CArray<T>& keep) {
   return keep.data();
 }
 
-// Packed Dense weights (dense_pack): None, or a 1-D array of T packed under the ISA in use.
+// Packed weights (dense_pack, conv2d_pack): None, or a 1-D array of `size` T packed under the
+// ISA in use.
 template <typename T>
-const T* optional_packed(const py::object& packed, const std::string& isa, idx in, idx out,
-                         bool forward, CArray<T>& keep) {
+const T* optional_packed(const py::object& packed, const std::string& isa, idx size,
+                         CArray<T>& keep) {
   if (packed.is_none()) return nullptr;
   if (!py::isinstance<CArray<T>>(packed))
     throw py::type_error("packed weights must be a C-contiguous array of the input's dtype");
   keep = py::reinterpret_borrow<CArray<T>>(packed);
   const char* now = relprop::isa_name(relprop::active_isa());
   RELPROP_CHECK(isa == now, "the weights were packed for ISA ", isa, " but ", now, " is in use");
-  RELPROP_CHECK(keep.ndim() == 1 && keep.shape(0) == relprop::dense_packed_size<T>(in, out, forward),
-                "packed weights do not match a (", out, ", ", in, ") weight");
+  RELPROP_CHECK(keep.ndim() == 1 && keep.shape(0) == size,
+                "packed weights do not match the weight (", keep.size(), " elements, expected ",
+                size, ")");
   return keep.data();
 }
 
@@ -91,7 +93,8 @@ CArray<T> dense_forward(const CArray<T>& x, const CArray<T>& w, const py::object
   RELPROP_CHECK(w.shape(1) == in, "weight.shape[1]=", w.shape(1), " must equal ", in, " (x.shape[1])");
   CArray<T> keep, keep_packed;
   const T* bp = optional_bias<T>(b, out, keep);
-  const T* pp = optional_packed<T>(packed, packed_isa, in, out, true, keep_packed);
+  const T* pp = optional_packed<T>(packed, packed_isa,
+                                   relprop::dense_packed_size<T>(in, out, true), keep_packed);
   CArray<T> y = output<T>({n, out});
   T* yp = y.mutable_data();
   {
@@ -109,7 +112,8 @@ CArray<T> dense_backward(const CArray<T>& g, const CArray<T>& w, int nthreads,
   const idx n = g.shape(0), out = w.shape(0), in = w.shape(1);
   RELPROP_CHECK(g.shape(1) == out, "grad.shape[1]=", g.shape(1), " must equal ", out, " (weight.shape[0])");
   CArray<T> keep_packed;
-  const T* pp = optional_packed<T>(packed, packed_isa, in, out, false, keep_packed);
+  const T* pp = optional_packed<T>(packed, packed_isa,
+                                   relprop::dense_packed_size<T>(in, out, false), keep_packed);
   CArray<T> gx = output<T>({n, in});
   T* gp = gx.mutable_data();
   {
@@ -117,6 +121,20 @@ CArray<T> dense_backward(const CArray<T>& g, const CArray<T>& w, int nthreads,
     relprop::dense_backward<T>(g.data(), w.data(), gp, n, in, out, nthreads, pp);
   }
   return gx;
+}
+
+// (isa, packed) for conv2d_forward, under the ISA in use.
+template <typename T>
+py::tuple conv2d_pack(const CArray<T>& w) {
+  check_ndim(w, 4, "weight");
+  const idx c_out = w.shape(0), k = w.shape(1) * w.shape(2) * w.shape(3);
+  CArray<T> packed = output<T>({relprop::conv2d_packed_size<T>(c_out, k)});
+  T* pp = packed.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::conv2d_pack<T>(w.data(), c_out, k, pp);
+  }
+  return py::make_tuple(std::string(relprop::isa_name(relprop::active_isa())), packed);
 }
 
 // (isa, packed) for dense_forward (forward=true) or dense_backward, under the ISA in use.
@@ -143,17 +161,25 @@ Window2d conv_window(const CArray<T>& x, const CArray<T>& w, Pair s, Pair p) {
 }
 
 template <typename T>
+const T* conv_packed(const CArray<T>& w, const py::object& packed, const std::string& isa,
+                     CArray<T>& keep) {
+  const idx k = w.shape(1) * w.shape(2) * w.shape(3);
+  return optional_packed<T>(packed, isa, relprop::conv2d_packed_size<T>(w.shape(0), k), keep);
+}
+
+template <typename T>
 CArray<T> conv2d_forward(const CArray<T>& x, const CArray<T>& w, const py::object& b, Pair s, Pair p,
-                         int nthreads) {
+                         int nthreads, const py::object& packed, const std::string& packed_isa) {
   const Window2d g = conv_window(x, w, s, p);
   const idx c_out = w.shape(0);
-  CArray<T> keep;
+  CArray<T> keep, keep_packed;
   const T* bp = optional_bias<T>(b, c_out, keep);
+  const T* pp = conv_packed<T>(w, packed, packed_isa, keep_packed);
   CArray<T> y = output<T>({g.n, c_out, g.oh(), g.ow()});
   T* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;
-    relprop::conv2d_forward<T>(x.data(), w.data(), bp, yp, g, c_out, nthreads);
+    relprop::conv2d_forward<T>(x.data(), w.data(), bp, yp, g, c_out, nthreads, pp);
   }
   return y;
 }
@@ -161,19 +187,22 @@ CArray<T> conv2d_forward(const CArray<T>& x, const CArray<T>& w, const py::objec
 // (y[:, :split], y[:, split:]) of conv2d_forward as two arrays, from one GEMM.
 template <typename T>
 py::tuple conv2d_forward_split(const CArray<T>& x, const CArray<T>& w, const py::object& b,
-                               idx split, Pair s, Pair p, int nthreads) {
+                               idx split, Pair s, Pair p, int nthreads, const py::object& packed,
+                               const std::string& packed_isa) {
   const Window2d g = conv_window(x, w, s, p);
   const idx c_out = w.shape(0);
   RELPROP_CHECK(split > 0 && split < c_out, "split must be in [1, ", c_out - 1, "], got ", split);
-  CArray<T> keep;
+  CArray<T> keep, keep_packed;
   const T* bp = optional_bias<T>(b, c_out, keep);
+  const T* pp = conv_packed<T>(w, packed, packed_isa, keep_packed);
   CArray<T> y = output<T>({g.n, split, g.oh(), g.ow()});
   CArray<T> y2 = output<T>({g.n, c_out - split, g.oh(), g.ow()});
   T* yp = y.mutable_data();
   T* y2p = y2.mutable_data();
   {
     py::gil_scoped_release nogil;
-    relprop::conv2d_forward_split<T>(x.data(), w.data(), bp, yp, y2p, g, c_out, split, nthreads);
+    relprop::conv2d_forward_split<T>(x.data(), w.data(), bp, yp, y2p, g, c_out, split, nthreads,
+                                     pp);
   }
   return py::make_tuple(y, y2);
 }
@@ -380,9 +409,11 @@ void define(py::module_& m) {
         "packed"_a = py::none(), "packed_isa"_a = "");
   m.def("dense_pack", &dense_pack<T>, nc("weight"), "forward"_a);
   m.def("conv2d_forward", &conv2d_forward<T>, nc("x"), nc("weight"), "bias"_a, "stride"_a, "padding"_a,
-        "nthreads"_a);
+        "nthreads"_a, "packed"_a = py::none(), "packed_isa"_a = "");
   m.def("conv2d_forward_split", &conv2d_forward_split<T>, nc("x"), nc("weight"), "bias"_a,
-        "split"_a, "stride"_a, "padding"_a, "nthreads"_a);
+        "split"_a, "stride"_a, "padding"_a, "nthreads"_a, "packed"_a = py::none(),
+        "packed_isa"_a = "");
+  m.def("conv2d_pack", &conv2d_pack<T>, nc("weight"));
   m.def("conv2d_backward", &conv2d_backward<T>, nc("grad"), nc("weight"), "in_hw"_a, "stride"_a,
         "padding"_a, "nthreads"_a);
   m.def("maxpool2d_forward", &maxpool2d_forward<T>, nc("x"), "kernel"_a, "stride"_a, "padding"_a,

@@ -139,25 +139,39 @@ void col2im(const T* cols, T* x, const Window2d& g, idx c0, idx c1) {
 }  // namespace
 
 template <typename T>
+idx conv2d_packed_size(idx c_out, idx k) {
+  return detail::active_gemm<T>().packed_a_size(c_out, k);
+}
+
+template <typename T>
+void conv2d_pack(const T* w, idx c_out, idx k, T* dst) {
+  const auto& impl = detail::active_gemm<T>();
+  impl.pack_a(impl, w, k, 1, c_out, k, dst);
+}
+
+template <typename T>
 void conv2d_forward(const T* x, const T* w, const T* b, T* y, const Window2d& g, idx c_out,
-                    int nthreads) {
-  conv2d_forward_split<T>(x, w, b, y, nullptr, g, c_out, c_out, nthreads);
+                    int nthreads, const T* packed) {
+  conv2d_forward_split<T>(x, w, b, y, nullptr, g, c_out, c_out, nthreads, packed);
 }
 
 template <typename T>
 void conv2d_forward_split(const T* x, const T* w, const T* b, T* y, T* y2, const Window2d& g,
-                          idx c_out, idx split, int nthreads) {
+                          idx c_out, idx split, int nthreads, const T* packed) {
   g.validate();
   RELPROP_CHECK(split > 0 && split <= c_out, "split must be in [1, ", c_out, "], got ", split);
   if (g.n == 0) return;
   const auto& impl = detail::active_gemm<T>();
   const idx K = g.c * g.kh * g.kw, P = g.oh() * g.ow();
-  Buffer<T> wp(static_cast<size_t>(impl.packed_a_size(c_out, K)));
-  impl.pack_a(impl, w, K, 1, c_out, K, wp.data());
+  Buffer<T> wp(static_cast<size_t>(packed ? 0 : impl.packed_a_size(c_out, K)));
+  if (!packed) {
+    impl.pack_a(impl, w, K, 1, c_out, K, wp.data());
+    packed = wp.data();
+  }
   const Im2col im{g.c, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh(), g.ow()};
   // A 1x1 stride-1 unpadded convolution multiplies by x itself, a (c_in, h*w) matrix.
   const bool plain = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
-  BatchGemm<T> bg{g.n, c_out, K, P, wp.data(), plain ? nullptr : &im,
+  BatchGemm<T> bg{g.n, c_out, K, P, packed, plain ? nullptr : &im,
                   x, g.c * g.h * g.w, y, split * P, b};
   if (split < c_out) {
     bg.y2 = y2;
@@ -233,9 +247,12 @@ void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_ou
 }
 
 #define RELPROP_INSTANTIATE(T)                                                                 \
-  template void conv2d_forward<T>(const T*, const T*, const T*, T*, const Window2d&, idx, int); \
+  template idx conv2d_packed_size<T>(idx, idx);                                                 \
+  template void conv2d_pack<T>(const T*, idx, idx, T*);                                          \
+  template void conv2d_forward<T>(const T*, const T*, const T*, T*, const Window2d&, idx, int,  \
+                                  const T*);                                                     \
   template void conv2d_forward_split<T>(const T*, const T*, const T*, T*, T*, const Window2d&,  \
-                                        idx, idx, int);                                         \
+                                        idx, idx, int, const T*);                               \
   template void conv2d_backward<T>(const T*, const T*, T*, const Window2d&, idx, int);
 RELPROP_INSTANTIATE(float)
 RELPROP_INSTANTIATE(double)

@@ -53,6 +53,24 @@ class Layer:
                              f"{tuple(shape)}")
 
 
+# Small batches spend much of a Dense or Conv2d layer's time packing its weights for the GEMM,
+# so for small calls (at most PACK_MAX_BATCH samples for Dense, PACK_MAX_PIXELS output pixels
+# for Conv2d) a layer keeps its weights packed: one copy per weight array (rule-modified ones
+# too) and direction, for weights of at most PACK_MAX_BYTES.  Results are bitwise the same;
+# relprop.release_memory() drops the copies.
+PACK_MAX_BATCH = 16
+PACK_MAX_PIXELS = 1024
+PACK_MAX_BYTES = 32 << 20
+_PACKING_LAYERS = weakref.WeakSet()
+
+
+def release_packed():
+    """Drop the packed weight copies of every layer."""
+    for layer in list(_PACKING_LAYERS):
+        with layer._lock:
+            layer._packed.clear()
+
+
 def _read_only(a):
     """A read-only view of ``a`` (``a`` itself keeps its flags)."""
     v = a.view()
@@ -80,6 +98,7 @@ class Linear(Layer):
             bias = _read_only(b)
         self._weight, self._bias = _read_only(w), bias
         self._cache = {}
+        self._packed = {}
         self._lock = threading.Lock()
 
     # Read-only: rule-modified and packed copies of the parameters are cached, so they must not
@@ -117,6 +136,25 @@ class Linear(Layer):
                 hit = self._cache.setdefault(ck, hit)
         return hit
 
+    def packed_weights(self, w, role, small):
+        """``w`` packed for the GEMM of ``role`` (cached), or None unless the call is ``small``
+        (see PACK_MAX_BATCH) and ``w`` at most PACK_MAX_BYTES."""
+        if not small or w.nbytes > PACK_MAX_BYTES:
+            return None
+        # the key is the memory of w; the entry keeps w alive, so that memory is not reused
+        key = (role, w.__array_interface__["data"][0], w.shape, w.strides, w.dtype.str,
+               ops.isa())
+        hit = self._packed.get(key)
+        if hit is None:
+            hit = (w, self._pack(w, role))
+            with self._lock:
+                hit = self._packed.setdefault(key, hit)
+            _PACKING_LAYERS.add(self)
+        return hit[1]
+
+    def _pack(self, w, role):
+        raise NotImplementedError
+
     def params(self, dtype):
         """``(weight, bias)`` in ``dtype`` (cached)."""
         return self.modified("identity", lambda w, b: (w, b), dtype)
@@ -140,22 +178,6 @@ class Linear(Layer):
         raise NotImplementedError
 
 
-# Small batches of a Dense layer spend most of their time packing the weight matrix for the
-# GEMM, so for batches of at most PACK_MAX_BATCH samples a Dense layer keeps its weights packed
-# (one copy per direction and rule-modified weight, for matrices of at most PACK_MAX_BYTES).
-# Results are bitwise the same; relprop.release_memory() drops the copies.
-PACK_MAX_BATCH = 16
-PACK_MAX_BYTES = 32 << 20
-_PACKING_LAYERS = weakref.WeakSet()
-
-
-def release_packed():
-    """Drop the packed weight copies of every Dense layer."""
-    for layer in list(_PACKING_LAYERS):
-        with layer._lock:
-            layer._packed.clear()
-
-
 class Dense(Linear):
     """Fully connected layer ``y = x W^T + b``; weight ``(out, in)`` as ``torch.nn.Linear``."""
 
@@ -163,22 +185,9 @@ class Dense(Linear):
 
     def __init__(self, weight, bias=None):
         super().__init__(weight, bias, 2)
-        self._packed = {}
 
-    def _packed_weights(self, w, forward, n):
-        """``w`` packed for the GEMM (cached) when a batch of ``n`` gains from it, else None."""
-        if n > PACK_MAX_BATCH or w.nbytes > PACK_MAX_BYTES:
-            return None
-        # the key is the memory of w; the entry keeps w alive, so that memory is not reused
-        key = (forward, w.__array_interface__["data"][0], w.shape, w.strides, w.dtype.str,
-               ops.isa())
-        hit = self._packed.get(key)
-        if hit is None:
-            hit = (w, ops.dense_pack(w, forward))
-            with self._lock:
-                hit = self._packed.setdefault(key, hit)
-            _PACKING_LAYERS.add(self)
-        return hit[1]
+    def _pack(self, w, role):
+        return ops.dense_pack(w, role == "forward")
 
     @property
     def in_features(self):
@@ -198,7 +207,8 @@ class Dense(Linear):
         return (self.out_features,)
 
     def apply(self, x, w, b):
-        return ops.dense_forward(x, w, b, self._packed_weights(w, True, len(x)))
+        small = len(x) <= PACK_MAX_BATCH
+        return ops.dense_forward(x, w, b, self.packed_weights(w, "forward", small))
 
     def apply_split(self, x, w, b, split):
         # two GEMMs on the row blocks of w (contiguous): no stacked output to split
@@ -206,7 +216,8 @@ class Dense(Linear):
                      for sl in (slice(None, split), slice(split, None)))
 
     def apply_t(self, g, w, x_shape):
-        return ops.dense_backward(g, w, self._packed_weights(w, False, len(g)))
+        small = len(g) <= PACK_MAX_BATCH
+        return ops.dense_backward(g, w, self.packed_weights(w, "backward", small))
 
 
 class Conv2d(Linear):
@@ -232,12 +243,20 @@ class Conv2d(Linear):
             raise ValueError(f"{self!r} expects {i} input channels, got shape {tuple(shape)}")
         return (o,) + _window_out(self, (h, w), (kh, kw), self.stride, self.padding)
 
+    def _pack(self, w, role):
+        return ops.conv2d_pack(w)
+
+    def _packed_for(self, x, w):
+        oh, ow = _window_out(self, x.shape[2:], w.shape[2:], self.stride, self.padding)
+        return self.packed_weights(w, "forward", len(x) * oh * ow <= PACK_MAX_PIXELS)
+
     def apply(self, x, w, b):
-        return ops.conv2d_forward(x, w, b, self.stride, self.padding)
+        return ops.conv2d_forward(x, w, b, self.stride, self.padding, self._packed_for(x, w))
 
     def apply_split(self, x, w, b, split):
         # one implicit GEMM: both weight sets share the packing of x
-        return ops.conv2d_forward_split(x, w, b, split, self.stride, self.padding)
+        return ops.conv2d_forward_split(x, w, b, split, self.stride, self.padding,
+                                        self._packed_for(x, w))
 
     def apply_t(self, g, w, x_shape):
         return ops.conv2d_backward(g, w, x_shape[2:], self.stride, self.padding)

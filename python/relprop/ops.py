@@ -136,16 +136,27 @@ def dense_pack(w, forward):
     return _core.dense_pack(w, bool(forward))
 
 
-def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0)):
-    """2-D cross-correlation as torch's conv2d: x (n, c_in, h, w), w (c_out, c_in, kh, kw)."""
-    return _core.conv2d_forward(x, _c(w, x.dtype), _bias(b, x.dtype), stride, padding, _threads)
+def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), packed=None):
+    """2-D cross-correlation as torch's conv2d: x (n, c_in, h, w), w (c_out, c_in, kh, kw).
+
+    ``packed``: ``conv2d_pack(w)`` made under the ISA in use (skips packing ``w``; the result is
+    bitwise the same)."""
+    isa_name, arr = packed if packed is not None else ("", None)
+    return _core.conv2d_forward(x, _c(w, x.dtype), _bias(b, x.dtype), stride, padding, _threads,
+                                arr, isa_name)
 
 
-def conv2d_forward_split(x, w, b, split, stride=(1, 1), padding=(0, 0)):
+def conv2d_forward_split(x, w, b, split, stride=(1, 1), padding=(0, 0), packed=None):
     """:func:`conv2d_forward` returned as two arrays, output channels ``[0, split)`` and
     ``[split, c_out)``, from one GEMM (two stacked weight sets share the im2col packing)."""
+    isa_name, arr = packed if packed is not None else ("", None)
     return _core.conv2d_forward_split(x, _c(w, x.dtype), _bias(b, x.dtype), int(split), stride,
-                                      padding, _threads)
+                                      padding, _threads, arr, isa_name)
+
+
+def conv2d_pack(w):
+    """``w`` (c_out, c_in, kh, kw) packed for :func:`conv2d_forward`, as ``(isa, array)``."""
+    return _core.conv2d_pack(w)
 
 
 def conv2d_backward(g, w, in_hw, stride=(1, 1), padding=(0, 0)):

@@ -40,15 +40,23 @@ void dense_pack(const T* w, idx in, idx out, bool forward, T* dst);
 
 // y[n, o, p, q] = b[o] + sum_{c, u, v} w[o, c, u, v] * x[n, c, p*sh + u - ph, q*sw + v - pw]
 // x (n, c_in, h, w) as in `g`; w (c_out, c_in, kh, kw); y (n, c_out, oh, ow)
+// packed: null, or w packed by conv2d_pack under the ISA in use (then w is unused).
 template <typename T>
 void conv2d_forward(const T* x, const T* w, const T* b, T* y, const Window2d& g, idx c_out,
-                    int nthreads);
+                    int nthreads, const T* packed = nullptr);
 
 // conv2d_forward writing output channels [0, split) to y (n, split, oh, ow) and the others to
 // y2 (n, c_out - split, oh, ow): one GEMM for two stacked weight sets (LRP's z and z+).
 template <typename T>
 void conv2d_forward_split(const T* x, const T* w, const T* b, T* y, T* y2, const Window2d& g,
-                          idx c_out, idx split, int nthreads);
+                          idx c_out, idx split, int nthreads, const T* packed = nullptr);
+
+// w (c_out, k = c_in*kh*kw) packed for conv2d_forward: conv2d_packed_size elements, for the GEMM
+// instruction set in use; results are bitwise those of the unpacked w.
+template <typename T>
+idx conv2d_packed_size(idx c_out, idx k);
+template <typename T>
+void conv2d_pack(const T* w, idx c_out, idx k, T* dst);
 
 // gx = vector-Jacobian product of conv2d_forward w.r.t. x:   gy (n, c_out, oh, ow) -> gx (n, c_in, h, w)
 template <typename T>
