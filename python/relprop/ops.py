@@ -114,18 +114,23 @@ def _bias(b, dtype):
     return None if b is None else _c(b, dtype)
 
 
+def _packed(packed):
+    """``(isa, array)`` from ``dense_pack``/``conv2d_pack``, or ``("", None)`` for None."""
+    return ("", None) if packed is None else packed
+
+
 def dense_forward(x, w, b=None, packed=None):
     """``y = x @ w.T + b``: x (n, in), w (out, in), b (out,) -> (n, out).
 
     ``packed``: ``dense_pack(w, True)`` made under the ISA in use (skips packing ``w``; the
     result is bitwise the same)."""
-    isa_name, arr = packed if packed is not None else ("", None)
+    isa_name, arr = _packed(packed)
     return _core.dense_forward(x, _c(w, x.dtype), _bias(b, x.dtype), _threads, arr, isa_name)
 
 
 def dense_backward(g, w, packed=None):
     """``gx = g @ w``: g (n, out), w (out, in) -> (n, in); ``packed``: ``dense_pack(w, False)``."""
-    isa_name, arr = packed if packed is not None else ("", None)
+    isa_name, arr = _packed(packed)
     return _core.dense_backward(g, _c(w, g.dtype), _threads, arr, isa_name)
 
 
@@ -141,7 +146,7 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), packed=None):
 
     ``packed``: ``conv2d_pack(w)`` made under the ISA in use (skips packing ``w``; the result is
     bitwise the same)."""
-    isa_name, arr = packed if packed is not None else ("", None)
+    isa_name, arr = _packed(packed)
     return _core.conv2d_forward(x, _c(w, x.dtype), _bias(b, x.dtype), stride, padding, _threads,
                                 arr, isa_name)
 
@@ -149,7 +154,7 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), packed=None):
 def conv2d_forward_split(x, w, b, split, stride=(1, 1), padding=(0, 0), packed=None):
     """:func:`conv2d_forward` returned as two arrays, output channels ``[0, split)`` and
     ``[split, c_out)``, from one GEMM (two stacked weight sets share the im2col packing)."""
-    isa_name, arr = packed if packed is not None else ("", None)
+    isa_name, arr = _packed(packed)
     return _core.conv2d_forward_split(x, _c(w, x.dtype), _bias(b, x.dtype), int(split), stride,
                                       padding, _threads, arr, isa_name)
 

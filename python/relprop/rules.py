@@ -121,13 +121,20 @@ def _signed_z(layer, a):
     return zp, zn
 
 
+def _stacked_relevance(layer, a, shares, swapped=False):
+    """``a * (W+^T u + W-^T v)`` for stacked shares ``[u; v]``, one transposed GEMM on
+    ``[W+; W-]`` (``a * (W-^T u + W+^T v)`` on ``[W-; W+]`` with ``swapped``): the input
+    relevance of AlphaBeta and Gamma for ``a >= 0``."""
+    w2 = (layer.modified("-+", _swapped, a.dtype)[0] if swapped
+          else signed_params(layer, a.dtype)[0])
+    return _times(a, layer.apply_t(shares, w2, a.shape))
+
+
 def _signed_t(layer, a, shares):
-    """``a+ (W+^T u + W-^T v) + a- (W-^T u + W+^T v)`` for stacked shares ``[u; v]``: the input
-    relevance of AlphaBeta and Gamma for an input of any sign."""
-    w2 = signed_params(layer, a.dtype)[0]
-    out = _times(_pos(a), layer.apply_t(shares, w2, a.shape))
-    out += _times(_neg(a), layer.apply_t(shares, layer.modified("-+", _swapped, a.dtype)[0],
-                                         a.shape))
+    """``a+ (W+^T u + W-^T v) + a- (W-^T u + W+^T v)``: :func:`_stacked_relevance` for an input
+    of any sign."""
+    out = _stacked_relevance(layer, _pos(a), shares)
+    out += _stacked_relevance(layer, _neg(a), shares, swapped=True)
     return out
 
 
@@ -206,7 +213,7 @@ class AlphaBeta(Rule):
                 wp = plus_params(layer, a.dtype)[2]
                 return _times(a, layer.apply_t(ops.lrp_divide(r, parts[0], eps), wp, a.shape))
             shares = ops.lrp_alpha_beta_shares(r, parts[0], parts[1], alpha, beta, eps)
-            return _times(a, layer.apply_t(shares, signed_params(layer, a.dtype)[0], a.shape))
+            return _stacked_relevance(layer, a, shares)
         ap, an = _pos(a), _neg(a)
         if not beta:  # z+ only: two half-size GEMMs
             _, _, (wp, bp), (wn, _) = signed_params(layer, a.dtype)
@@ -264,7 +271,7 @@ class Gamma(Rule):
         eps = self.stabilizer
         if parts is not None:  # a >= 0: one element-wise pass makes the stacked shares
             shares = ops.lrp_gamma_shares(r, parts[0], parts[1], self.gamma, eps)
-            return _times(a, layer.apply_t(shares, signed_params(layer, a.dtype)[0], a.shape))
+            return _stacked_relevance(layer, a, shares)
         # z+ and z- of any-sign input: the denominators are (1+gamma) z+ + z- and z+ + (1+gamma) z-
         zp, zn = _signed_z(layer, a)
         return _signed_t(layer, a, ops.lrp_gamma_shares(r, zp, zn, self.gamma, eps, z=z))
