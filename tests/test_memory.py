@@ -13,6 +13,7 @@ samples (the trace the backward pass reuses) and FACTOR = 5 leaves room for a ru
 temporaries (LRP-gamma keeps up to four layer-sized arrays next to the trace).
 """
 import inspect
+import sys
 import tracemalloc
 
 import numpy as np
@@ -113,6 +114,25 @@ def test_pool_never_holds_more_than_the_peak_in_use():
     assert rp.ops.memory_stats()["pool_cached_bytes"] == 8 * MiB
     rp.release_memory()
     assert rp.ops.memory_stats()["pool_cached_bytes"] == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="blocks are resized on Linux")
+def test_pool_resizes_a_cached_block_of_another_size_instead_of_mapping_a_new_one():
+    rp.release_memory()
+    big = rp.ops.relu_forward(np.ones((2, 1 << 20), dtype=np.float32))  # 8 MiB: peak in use
+    address = big.ctypes.data
+    del big  # cached 8 MiB; a new 4 MiB block would make 12 MiB > the peak
+    half = rp.ops.relu_forward(-np.ones((1, 1 << 20), dtype=np.float32))
+    assert half.ctypes.data == address  # the 8 MiB block, shrunk in place
+    assert not half.any() and rp.ops.memory_stats()["pool_cached_bytes"] == 0
+    del half  # cached 4 MiB; an 8 MiB request grows it again
+    again = rp.ops.relu_forward(np.full((2, 1 << 20), 3.0, dtype=np.float32))
+    assert rp.ops.memory_stats()["pool_cached_bytes"] == 0
+    assert again.shape == (2, 1 << 20) and (again == 3.0).all()
+    again[-1, -1] = 7.0  # every page of the grown block is there and writable
+    assert again[-1, -1] == 7.0
+    del again
+    rp.release_memory()
 
 
 def test_small_outputs_are_numpys():

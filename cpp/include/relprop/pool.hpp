@@ -6,9 +6,16 @@
 // blocks freed by one call are reused by the next one, already mapped.
 //
 // Bound: the blocks the pool keeps plus those in use never exceed the largest amount in use at
-// any earlier moment (a miss evicts cached blocks, largest first, until that holds again), so
-// the pool does not raise the process's memory high-water mark; release_cached() returns
-// everything it keeps to the system.  Blocks in use are counted by relprop::memory.
+// any earlier moment, so the pool does not raise the process's memory high-water mark;
+// release_cached() returns everything it keeps to the system.  Blocks in use are counted by
+// relprop::memory.
+//
+// A request with no cached block of its size maps a new block when the bound leaves room for
+// it.  When it does not (the usual case: a call's forward and backward pass need different
+// sizes at the moment each needs the most memory), a cached block of another size is resized
+// to the request (Linux mremap: shrinking keeps the mapped pages, growing keeps the ones it
+// has), the smallest larger one or else the largest smaller one, so only the growth is mapped
+// afresh; then cached blocks go, largest first, until the bound holds again.
 //
 //   void* p = pool::acquire(bytes);   // page (at least 64-byte) aligned; throws std::bad_alloc
 //   pool::release(p);                 // from any thread
@@ -23,6 +30,9 @@
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <sys/mman.h>
+#endif
+#if defined(__linux__) && defined(MREMAP_MAYMOVE)
+#define RELPROP_POOL_RESIZE 1
 #endif
 
 #include "relprop/memory.hpp"
@@ -48,6 +58,19 @@ inline void* map_block(std::size_t bytes) {
   return ::operator new(bytes, std::align_val_t{64});
 #endif
 }
+
+#if defined(RELPROP_POOL_RESIZE)
+// Block p of `from` bytes as a block of `to` bytes (shrunk in place or grown, maybe moved);
+// nullptr if the system refuses, p then unchanged.
+inline void* resize_block(void* p, std::size_t from, std::size_t to) noexcept {
+  void* q = mremap(p, from, to, MREMAP_MAYMOVE);
+  if (q == MAP_FAILED) return nullptr;
+#if defined(MADV_HUGEPAGE)
+  if (to > from && to >= (std::size_t(4) << 20)) madvise(q, to, MADV_HUGEPAGE);
+#endif
+  return q;
+}
+#endif
 
 inline void unmap_block(void* p, std::size_t bytes) noexcept {
 #if defined(__unix__) || defined(__APPLE__)
@@ -81,6 +104,24 @@ inline void evict_locked(State& s) {
   }
 }
 
+// A cached block resized to `bytes`, or nullptr (call with mu held; see the file comment).
+inline void* take_resized_locked(State& s, std::size_t bytes) {
+#if defined(RELPROP_POOL_RESIZE)
+  if (s.cached.empty()) return nullptr;
+  auto it = s.cached.lower_bound(bytes);  // the smallest larger block: shrunk, no page faults
+  if (it == s.cached.end()) it = std::prev(it);  // else the largest: grown
+  void* p = resize_block(it->second, it->first, bytes);
+  if (!p) return nullptr;
+  s.cached_bytes -= it->first;
+  s.cached.erase(it);
+  return p;
+#else
+  (void)s;
+  (void)bytes;
+  return nullptr;
+#endif
+}
+
 inline void* acquire(std::size_t bytes) {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
@@ -90,7 +131,9 @@ inline void* acquire(std::size_t bytes) {
     p = hit->second;
     s.cached.erase(hit);
     s.cached_bytes -= bytes;
-  } else {
+  } else if (s.cached_bytes + s.live_bytes + bytes <= s.peak_live) {
+    p = map_block(bytes);
+  } else if (!(p = take_resized_locked(s, bytes))) {
     p = map_block(bytes);
   }
   try {
