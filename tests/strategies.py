@@ -19,21 +19,26 @@ def sum_tolerance(dtype, terms, bound):
 
 
 @st.composite
-def window_problems(draw, max_k=4):
-    """(n, c, h, w, kh, kw, stride, padding) with a window that fits the padded input."""
+def window_problems(draw, max_k=4, wide=False):
+    """(n, c, h, w, kh, kw, stride, padding) with a window that fits the padded input.
+
+    ``wide``: rows of 10 to 48 pixels (few of them) and kernels up to 7x7, so that output rows
+    are longer than a GEMM strip (16 lanes) and strips lie inside one row or across two."""
     n = draw(st.integers(1, 3))
     c = draw(st.integers(1, 4))
+    if wide:
+        max_k = 7
     kh, kw = draw(st.integers(1, max_k)), draw(st.integers(1, max_k))
     ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
-    h = draw(st.integers(max(1, kh - 2 * ph), 9))
-    w = draw(st.integers(max(1, kw - 2 * pw), 9))
+    h = draw(st.integers(max(1, kh - 2 * ph), 9 if not wide else max(kh, 4)))
+    w = draw(st.integers(max(1, kw - 2 * pw), 9) if not wide else st.integers(max(10, kw), 48))
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     return n, c, h, w, (kh, kw), (sh, sw), (ph, pw)
 
 
 @st.composite
-def conv_problems(draw):
-    n, c, h, w, k, s, p = draw(window_problems())
+def conv_problems(draw, wide=False):
+    n, c, h, w, k, s, p = draw(window_problems(wide=wide))
     dtype = draw(DTYPES)
     c_out = draw(st.integers(1, 5))
     x = draw(arrays(dtype, (n, c, h, w)))

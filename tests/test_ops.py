@@ -38,7 +38,7 @@ def test_dense_backward_matches_reference(p):
     check_sum(got, g, w, None, lambda g_, w_, _: ref.dense_backward(g_, w_), w.shape[0])
 
 
-@given(conv_problems())
+@given(st.one_of(conv_problems(), conv_problems(wide=True)))
 def test_conv2d_forward_matches_reference(p):
     x, w, b, s, pad = p
     fwd = lambda x_, w_, b_: ref.conv2d_forward(x_, w_, b_, s, pad)  # noqa: E731
@@ -71,7 +71,7 @@ def test_conv2d_forward_split_rejects_a_bad_split():
             ops.conv2d_forward_split(x, w, None, split)
 
 
-@given(conv_problems(), st.integers(0, 2**31))
+@given(st.one_of(conv_problems(), conv_problems(wide=True)), st.integers(0, 2**31))
 def test_conv2d_backward_matches_reference_and_is_adjoint(p, seed):
     x, w, _, s, pad = p
     y = ops.conv2d_forward(x, w, None, s, pad)

@@ -266,91 +266,87 @@ void pack_b_strided(const typename K::T* b, idx rsb, idx csb, idx pc, idx kc, id
   }
 }
 
-// As pack_b_strided for the implicit im2col matrix of the image x (see Im2col): every strip
-// is cut into runs of pixels of one output row, each a (strided) row of x, zero outside it.
+// A run of an im2col strip: lanes e + [0, len) of the strip are output pixels of one output
+// row.  For one kernel tap, lane e + q (lo <= q < hi) reads x_c[off + q*sw] of every input
+// channel x_c; the others are zero (padding).  Which lanes those are depends on the tap, not
+// on the channel, so pack_b_im2col works them out once per tap and strip.
+struct ImRun {
+  idx e = 0, len = 0, off = 0, lo = 0, hi = 0;
+};
+
+inline ImRun im_run(const Im2col& g, idx oh, idx ow, idx e, idx len, idx u, idx v) {
+  ImRun r;
+  r.e = e;
+  r.len = len;
+  const idx i = oh * g.sh + u - g.ph;
+  if (i < 0 || i >= g.h) return r;  // a padding row: lo = hi = 0
+  const idx col0 = ow * g.sw + v - g.pw;
+  r.off = i * g.w + col0;
+  r.lo = min_idx(len, col0 >= 0 ? 0 : (g.sw - 1 - col0) / g.sw);  // first q with column >= 0
+  r.hi = max_idx(r.lo, min_idx(len, col0 >= g.w ? 0 : (g.w - col0 + g.sw - 1) / g.sw));
+  return r;
+}
+
+// As pack_b_strided for the implicit im2col matrix of the image x (see Im2col): each strip is
+// cut into runs of pixels of one output row (one run when the strip lies in one row, the
+// common case), each a (strided) row of x, zero outside it.
 template <class K>
 void pack_b_im2col(const typename K::T* x, const Im2col& g, idx pc, idx kc, idx jc, idx nc,
                    typename K::T* dst) {
   using T = typename K::T;
   constexpr int NR = K::NR;
-  const idx khw = g.kh * g.kw;
+  constexpr idx kMaxRuns = 128;  // runs kept per strip: taps x runs (a 3x3 kernel: 9 x 1-3)
+  const idx khw = g.kh * g.kw, plane = g.h * g.w;
+  ImRun strip[NR], runs[kMaxRuns];
+  alignas(64) T tmp[2 * NR];
   for (idx t = 0; t < nc; t += NR, dst += NR * kc) {
     const idx cols = min_idx(NR, nc - t);
-    const idx j_first = jc + t;
-    const idx oh0 = j_first / g.ow, ow0 = j_first % g.ow;
-    // The common case: a full strip inside one output row, so each step p copies one run of
-    // NR input pixels (stride 1: contiguous) or zeros.
-    const bool one_row = cols == NR && ow0 + NR <= g.ow;
-    idx c = pc / khw, u = (pc % khw) / g.kw, v = pc % g.kw;
+    idx nrun = 0, oh[NR], ow[NR];
+    for (idx e = 0, j = jc + t; e < cols; ++nrun) {
+      oh[nrun] = j / g.ow;
+      ow[nrun] = j % g.ow;
+      strip[nrun].e = e;
+      strip[nrun].len = min_idx(cols - e, g.ow - ow[nrun]);
+      e += strip[nrun].len;
+      j += strip[nrun].len;
+    }
+    const auto run = [&](idx r, idx k) {
+      return im_run(g, oh[k], ow[k], strip[k].e, strip[k].len, r / g.kw, r % g.kw);
+    };
+    const bool table = khw * nrun <= kMaxRuns;
+    if (table)
+      for (idx r = 0; r < khw; ++r)
+        for (idx k = 0; k < nrun; ++k) runs[r * nrun + k] = run(r, k);
+    const bool direct = g.sw == 1 && nrun == 1 && cols == NR;  // straight into dst
+    idx c = pc / khw, r = pc % khw;
     for (idx p = 0; p < kc; ++p) {
       T* d = dst + p * NR;
-      const T* xc = x + c * g.h * g.w;
-      if (one_row) {
-        const idx i = oh0 * g.sh + u - g.ph;
-        const idx col0 = ow0 * g.sw + v - g.pw;
-        if (i < 0 || i >= g.h) {
-          for (int q = 0; q < NR; ++q) d[q] = T(0);
-        } else if (g.sw == 1) {  // columns col0 + [lo, hi) are inside the image
-          const idx lo = max_idx(0, -col0), hi = min_idx(NR, g.w - col0);
-          if (lo == 0 && hi == NR)
-            K::copy_full(d, xc + i * g.w + col0);
-          else
-            K::copy_range(d, xc + i * g.w + col0, lo, hi);
-        } else {
-          const T* row = xc + i * g.w;
-          for (int q = 0; q < NR; ++q) {
-            const idx col = col0 + q * g.sw;
-            d[q] = (col >= 0 && col < g.w) ? row[col] : T(0);
-          }
-        }
+      const T* xc = x + c * plane;
+      if (direct) {
+        const ImRun q = table ? runs[r] : run(r, 0);
+        if (q.lo == 0 && q.hi == NR)
+          K::copy_full(d, xc + q.off);
+        else
+          K::copy_range(d, xc + q.off, q.lo, q.hi);
       } else if (g.sw == 1) {
-        // Runs of pixels of one output row each, assembled in tmp: a run written at tmp + e
-        // fills NR lanes (zero past its end), which the next run overwrites.
-        alignas(64) T tmp[2 * NR];
-        idx e = 0, oh = oh0, ow = ow0;
-        while (e < cols) {
-          const idx len = min_idx(cols - e, g.ow - ow);
-          const idx i = oh * g.sh + u - g.ph;
-          const idx col0 = ow + v - g.pw;
-          if (i < 0 || i >= g.h) {
-            K::copy_range(tmp + e, xc, 0, 0);
-          } else {
-            const idx lo = min_idx(len, max_idx(0, -col0));
-            K::copy_range(tmp + e, xc + i * g.w + col0, lo, max_idx(lo, min_idx(len, g.w - col0)));
-          }
-          e += len;
-          ++oh;
-          ow = 0;
+        // each run fills NR lanes of tmp from its start e (zero past its end); the next run
+        // overwrites those past the end, and the last one leaves lanes >= cols zero
+        for (idx k = 0; k < nrun; ++k) {
+          const ImRun q = table ? runs[r * nrun + k] : run(r, k);
+          K::copy_range(tmp + q.e, xc + q.off, q.lo, q.hi);
         }
-        if (cols < NR) K::copy_range(tmp + cols, tmp, 0, 0);
         K::copy_full(d, tmp);
       } else {
-        idx e = 0, oh = oh0, ow = ow0;
-        while (e < cols) {  // runs of pixels of one output row each
-          const idx len = min_idx(cols - e, g.ow - ow);
-          const idx i = oh * g.sh + u - g.ph;
-          if (i < 0 || i >= g.h) {
-            for (idx q = 0; q < len; ++q) d[e + q] = T(0);
-          } else {
-            const T* row = xc + i * g.w;
-            const idx col0 = ow * g.sw + v - g.pw;  // input column of the run's first pixel
-            for (idx q = 0; q < len; ++q) {
-              const idx col = col0 + q * g.sw;
-              d[e + q] = (col >= 0 && col < g.w) ? row[col] : T(0);
-            }
-          }
-          e += len;
-          ++oh;
-          ow = 0;
+        for (idx k = 0; k < nrun; ++k) {
+          const ImRun q = table ? runs[r * nrun + k] : run(r, k);
+          for (idx i = 0; i < q.len; ++i)
+            d[q.e + i] = (i >= q.lo && i < q.hi) ? xc[q.off + i * g.sw] : T(0);
         }
-        for (idx q = cols; q < NR; ++q) d[q] = T(0);
+        for (idx i = cols; i < NR; ++i) d[i] = T(0);
       }
-      if (++v == g.kw) {
-        v = 0;
-        if (++u == g.kh) {
-          u = 0;
-          ++c;
-        }
+      if (++r == khw) {
+        r = 0;
+        ++c;
       }
     }
   }
