@@ -19,12 +19,17 @@ struct F32x8 {
   static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm256_add_ps(a, b); }
   static void store(T* p, R v) { _mm256_storeu_ps(p, v); }
-  static R load_range(const T* p, idx lo, idx hi) {  // masked lanes are not read
+  static __m256i in_range(idx lo, idx hi) {  // lanes lo <= l < hi
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i in = _mm256_andnot_si256(
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(lo)), lane),
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(hi)), lane));
-    return _mm256_maskload_ps(p, in);
+    return _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(lo)), lane),
+                               _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(hi)), lane));
+  }
+  static R load_range(const T* p, idx lo, idx hi) {  // masked lanes are not read
+    return _mm256_maskload_ps(p, in_range(lo, hi));
+  }
+  // All lanes are read (a plain load and a mask: vmaskmovps is several times slower on AMD).
+  static R load_masked(const T* p, idx lo, idx hi) {
+    return _mm256_and_ps(_mm256_loadu_ps(p), _mm256_castsi256_ps(in_range(lo, hi)));
   }
   static void transpose(const T* src, idx ld, T* dst, idx ldd) {  // 8 x 8
     __m256 r[8], t[8];
@@ -56,11 +61,16 @@ struct F64x4 {
   static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
   static R add(R a, R b) { return _mm256_add_pd(a, b); }
   static void store(T* p, R v) { _mm256_storeu_pd(p, v); }
-  static R load_range(const T* p, idx lo, idx hi) {  // masked lanes are not read
+  static __m256i in_range(idx lo, idx hi) {  // lanes lo <= l < hi
     const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
-    const __m256i in = _mm256_andnot_si256(_mm256_cmpgt_epi64(_mm256_set1_epi64x(lo), lane),
-                                           _mm256_cmpgt_epi64(_mm256_set1_epi64x(hi), lane));
-    return _mm256_maskload_pd(p, in);
+    return _mm256_andnot_si256(_mm256_cmpgt_epi64(_mm256_set1_epi64x(lo), lane),
+                               _mm256_cmpgt_epi64(_mm256_set1_epi64x(hi), lane));
+  }
+  static R load_range(const T* p, idx lo, idx hi) {  // masked lanes are not read
+    return _mm256_maskload_pd(p, in_range(lo, hi));
+  }
+  static R load_masked(const T* p, idx lo, idx hi) {  // all lanes are read
+    return _mm256_and_pd(_mm256_loadu_pd(p), _mm256_castsi256_pd(in_range(lo, hi)));
   }
   static void transpose(const T* src, idx ld, T* dst, idx ldd) {  // 4 x 4
     const __m256d r0 = _mm256_loadu_pd(src), r1 = _mm256_loadu_pd(src + ld);

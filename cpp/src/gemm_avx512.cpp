@@ -30,6 +30,7 @@ struct F32x16 {
   static R load_range(const T* p, idx lo, idx hi) {  // masked lanes are not read
     return _mm512_maskz_loadu_ps(range_mask(lo, hi, W), p);
   }
+  static R load_masked(const T* p, idx lo, idx hi) { return load_range(p, lo, hi); }
   static void transpose(const T* src, idx ld, T* dst, idx ldd) {  // W x W, by elements
     for (int r = 0; r < W; ++r)
       for (int q = 0; q < W; ++q) dst[q * ldd + r] = src[r * ld + q];
@@ -49,6 +50,7 @@ struct F64x8 {
   static R load_range(const T* p, idx lo, idx hi) {  // masked lanes are not read
     return _mm512_maskz_loadu_pd(static_cast<__mmask8>(range_mask(lo, hi, W)), p);
   }
+  static R load_masked(const T* p, idx lo, idx hi) { return load_range(p, lo, hi); }
   static void transpose(const T* src, idx ld, T* dst, idx ldd) {  // W x W, by elements
     for (int r = 0; r < W; ++r)
       for (int q = 0; q < W; ++q) dst[q * ldd + r] = src[r * ld + q];

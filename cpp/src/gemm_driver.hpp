@@ -80,6 +80,8 @@ struct ScalarKernel {
   static void copy_range(T* d, const T* src, idx lo, idx hi) {
     for (int q = 0; q < NR; ++q) d[q] = (q >= lo && q < hi) ? src[q] : T(0);
   }
+  // The same, where src[0, NR) may all be read.
+  static void copy_within(T* d, const T* src, idx lo, idx hi) { copy_range(d, src, lo, hi); }
   static void copy_full(T* d, const T* src) { std::memcpy(d, src, NR * sizeof(T)); }
   // One full strip of B(p, j) = b[j*csb + p] (columns of B contiguous): d[p*NR + j].
   static void pack_bt(T* d, const T* b, idx csb, idx kc) {
@@ -90,7 +92,7 @@ struct ScalarKernel {
 
 // SIMD micro-kernel over a vector policy V (using T, R; W lanes; zero, load, bcast, fma, add,
 // store; load_range(p, lo, hi): lanes lo <= l < hi of p, zero elsewhere, reading no memory
-// outside them; transpose(src, ld, dst, ldd): dst[q*ldd + r] = src[r*ld + q] for r, q < W): an M x (NV*W) tile of C in M*NV registers, one fused multiply-add per entry and step.
+// outside them; load_masked(p, lo, hi): the same, reading all W lanes of p; transpose(src, ld, dst, ldd): dst[q*ldd + r] = src[r*ld + q] for r, q < W): an M x (NV*W) tile of C in M*NV registers, one fused multiply-add per entry and step.
 template <class V, int MR_, int NV>
 struct VecKernel {
   using T = typename V::T;
@@ -156,6 +158,11 @@ struct VecKernel {
     RELPROP_UNROLL
     for (int v = 0; v < NV; ++v)
       V::store(d + v * V::W, V::load_range(src + v * V::W, lo - v * V::W, hi - v * V::W));
+  }
+  static void copy_within(T* d, const T* src, idx lo, idx hi) {  // src[0, NR) is readable
+    RELPROP_UNROLL
+    for (int v = 0; v < NV; ++v)
+      V::store(d + v * V::W, V::load_masked(src + v * V::W, lo - v * V::W, hi - v * V::W));
   }
   static void copy_full(T* d, const T* src) {
     RELPROP_UNROLL
@@ -270,14 +277,12 @@ void pack_b_strided(const typename K::T* b, idx rsb, idx csb, idx pc, idx kc, id
 // row.  For one kernel tap, lane e + q (lo <= q < hi) reads x_c[off + q*sw] of every input
 // channel x_c; the others are zero (padding).  Which lanes those are depends on the tap, not
 // on the channel, so pack_b_im2col works them out once per tap and strip.
-struct ImRun {
-  idx e = 0, len = 0, off = 0, lo = 0, hi = 0;
+struct ImRun {  // no default values: pack_b_im2col keeps arrays of these on its stack
+  idx e, len, off, lo, hi;
 };
 
 inline ImRun im_run(const Im2col& g, idx oh, idx ow, idx e, idx len, idx u, idx v) {
-  ImRun r;
-  r.e = e;
-  r.len = len;
+  ImRun r{e, len, 0, 0, 0};
   const idx i = oh * g.sh + u - g.ph;
   if (i < 0 || i >= g.h) return r;  // a padding row: lo = hi = 0
   const idx col0 = ow * g.sw + v - g.pw;
@@ -297,6 +302,10 @@ void pack_b_im2col(const typename K::T* x, const Im2col& g, idx pc, idx kc, idx 
   constexpr int NR = K::NR;
   constexpr idx kMaxRuns = 128;  // runs kept per strip: taps x runs (a 3x3 kernel: 9 x 1-3)
   const idx khw = g.kh * g.kw, plane = g.h * g.w;
+  // NR lanes from the run's start lie inside the image x, so all may be read (then masked)
+  const auto inside = [&](idx c, const ImRun& q) {
+    return q.hi > q.lo && c * plane + q.off >= 0 && c * plane + q.off + NR <= g.c * plane;
+  };
   ImRun strip[NR], runs[kMaxRuns];
   alignas(64) T tmp[2 * NR];
   for (idx t = 0; t < nc; t += NR, dst += NR * kc) {
@@ -326,6 +335,8 @@ void pack_b_im2col(const typename K::T* x, const Im2col& g, idx pc, idx kc, idx 
         const ImRun q = table ? runs[r] : run(r, 0);
         if (q.lo == 0 && q.hi == NR)
           K::copy_full(d, xc + q.off);
+        else if (inside(c, q))
+          K::copy_within(d, xc + q.off, q.lo, q.hi);
         else
           K::copy_range(d, xc + q.off, q.lo, q.hi);
       } else if (g.sw == 1) {
@@ -333,7 +344,10 @@ void pack_b_im2col(const typename K::T* x, const Im2col& g, idx pc, idx kc, idx 
         // overwrites those past the end, and the last one leaves lanes >= cols zero
         for (idx k = 0; k < nrun; ++k) {
           const ImRun q = table ? runs[r * nrun + k] : run(r, k);
-          K::copy_range(tmp + q.e, xc + q.off, q.lo, q.hi);
+          if (inside(c, q))
+            K::copy_within(tmp + q.e, xc + q.off, q.lo, q.hi);
+          else
+            K::copy_range(tmp + q.e, xc + q.off, q.lo, q.hi);
         }
         K::copy_full(d, tmp);
       } else {
