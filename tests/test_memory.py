@@ -173,7 +173,7 @@ CHUNKED = {
 
 @pytest.mark.parametrize("name", sorted(CHUNKED))
 def test_every_method_stays_below_the_bound_in_chunks(net, digits, name):
-    X, y = digits[0][:1200], digits[1][:1200]
+    X, y = digits[0][:2400], digits[1][:2400]
     limit = bound(net, len(X))
     R, peak = peak_bytes(lambda: CHUNKED[name](net, X, y, batch_size=BATCH))
     assert R.shape == X.shape

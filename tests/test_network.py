@@ -16,6 +16,24 @@ def test_forward_matches_reference(rng):
     assert net(x).shape == (3,) + net.output_shape
 
 
+@pytest.mark.parametrize("mode", ["gradient", "deconvnet", "guided"])
+def test_vjp_is_backward_of_the_trace_keeping_only_what_it_reads(rng, mode):
+    cnn = nets.cnn(rng)  # conv, relu, max and average pooling, flatten, dense
+    gap = rp.Sequential([rp.Conv2d(nets.conv_w(rng, 4, 3, 3), padding=1), rp.ReLU(),
+                         rp.GlobalAvgPool2d(), rp.Flatten(), rp.Dense(nets.dense_w(rng, 3, 4)),
+                         rp.ReLU()])  # a ReLU on top: it reads the output
+    for net in (cnn, gap):
+        x = rng.normal(size=(4, 3, 12, 12)).astype(np.float32)
+        tr = net.trace(x)
+        s = rng.normal(size=tr.output.shape).astype(np.float32)
+        out, g = net.vjp(x, lambda o: s, mode)
+        assert_array_equal(out, tr.output)
+        assert_array_equal(g, net.backward(tr, s, mode))
+    # vjp hands every other layer a stand-in with the shape of its input and no values
+    assert [type(layer).__name__ for layer in cnn.layers + gap.layers
+            if layer.backward_reads_input] == ["ReLU"] * 6
+
+
 def test_shapes_are_validated_when_built():
     with pytest.raises(ValueError, match=r"layer 1: Dense.*expects \(5,\)"):
         rp.Sequential([rp.Dense(np.ones((4, 3))), rp.Dense(np.ones((2, 5)))], input_shape=(3,))

@@ -4,7 +4,8 @@ Every layer implements the same small protocol, which the explanation methods wa
 
 * ``output_shape(shape)`` - per-sample output shape for a per-sample input shape (validates);
 * ``forward(x) -> (y, state)`` - the output and what the backward pass needs besides ``x``;
-* ``backward(g, x, state, relu_mode)`` - the vector-Jacobian product w.r.t. the input;
+* ``backward(g, x, state, relu_mode)`` - the vector-Jacobian product w.r.t. the input; it
+  reads the values of ``x`` only where ``backward_reads_input`` (ReLU), otherwise its shape;
 * ``config()`` / ``arrays()`` - the JSON description and the parameters, for ``save``.
 
 Linear layers (:class:`Dense`, :class:`Conv2d`) also expose ``apply(x, w, b)`` and
@@ -27,6 +28,8 @@ class Layer:
 
     kind = "layer"
     linear = False
+    #: Whether ``backward`` reads the values of its input ``x`` (not only its shape and dtype).
+    backward_reads_input = False
 
     def output_shape(self, shape: tuple) -> tuple:
         return tuple(shape)
@@ -275,6 +278,7 @@ class ReLU(Layer):
     """``max(x, 0)``."""
 
     kind = "relu"
+    backward_reads_input = True
 
     def forward(self, x):
         return ops.relu_forward(x), None

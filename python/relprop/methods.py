@@ -15,8 +15,7 @@ from ._validate import as_float_array, as_int, as_scalar
 
 
 def _backward(net, x, target, relu_mode="gradient"):
-    tr = net.trace(x, check_finite=False)
-    return net.backward(tr, seed(target, tr.output, scale=False), relu_mode)
+    return net.vjp(x, lambda out: seed(target, out, scale=False), relu_mode)[1]
 
 
 def _method(relu_mode, post=None):
@@ -87,10 +86,15 @@ class TaylorInfo:
 
 
 def _score_and_grad(net, x, target):
-    tr = net.trace(x, check_finite=False)
-    s = seed(target, tr.output, scale=False)
-    score = (s * tr.output).reshape(len(x), -1).sum(axis=1)
-    return score, net.backward(tr, s)
+    seeds = []
+
+    def make_seed(out):
+        seeds.append(seed(target, out, scale=False))
+        return seeds[0]
+
+    out, g = net.vjp(x, make_seed)
+    score = (seeds[0] * out).reshape(len(x), -1).sum(axis=1)
+    return score, g
 
 
 def _sum(a):

@@ -158,6 +158,26 @@ class Sequential:
             g = self.layers[i].backward(g, trace.inputs[i], trace.states[i], relu_mode)
         return g
 
+    def vjp(self, x, make_seed, relu_mode="gradient"):
+        """Forward pass, then the vector-Jacobian product of ``make_seed(output)`` down to the
+        input: ``(output, g)``, as ``backward(trace(x), ...)`` but keeping only what the
+        backward pass reads (the inputs of ReLUs, pooling winners; the shape of the rest) and
+        letting go of each as soon as the backward pass is past it, so that the peak memory is
+        about half and the freed buffers serve the next ones.  ``x`` as :meth:`check_input`
+        returns it."""
+        x0, kept = x, []
+        for layer in self.layers:
+            y, state = layer.forward(x)
+            kept.append((x if layer.backward_reads_input else _shape_only(x), state))
+            x = y
+        _check_overflow(x0, x)
+        g = make_seed(x)
+        for i in range(len(self.layers) - 1, -1, -1):
+            xi, state = kept.pop()
+            g = self.layers[i].backward(g, xi, state, relu_mode)
+            del xi, state
+        return x, g
+
     # --- files ------------------------------------------------------------------------------
     def save(self, path):
         """Write the network to ``path`` (.npz: parameters plus a JSON description)."""
@@ -172,6 +192,12 @@ class Sequential:
         meta = np.frombuffer(json.dumps(desc).encode(), dtype=np.uint8)
         with open(os.fspath(path), "wb") as fh:
             np.savez(fh, __relprop__=meta, **arrays)
+
+
+def _shape_only(x):
+    """A read-only stand-in for ``x`` with its shape and dtype and no memory (every element
+    is 0): for backward passes that read only the shape."""
+    return np.broadcast_to(np.zeros((), dtype=x.dtype), x.shape)
 
 
 def _check_overflow(x, out):
