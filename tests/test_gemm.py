@@ -194,6 +194,11 @@ def test_packed_conv_weights_give_the_same_bits(isa, dtype, c_in, c_out, k, stri
     for got, want in zip(ops.conv2d_forward_split(x, w, b, split, s, p, packed=packed),
                          ops.conv2d_forward_split(x, w, b, split, s, p)):
         assert_array_equal(got, want)
+    # the backward pass: flipped kernel (stride 1, c_in * 8 > c_out) or W^T and col2im
+    y = ops.conv2d_forward(x, w, b, s, p)
+    g = rng.uniform(-1, 1, y.shape).astype(dtype)
+    got = ops.conv2d_backward(g, w, x.shape[2:], s, p, packed=ops.conv2d_pack(w, True, s, p))
+    assert_array_equal(got, ops.conv2d_backward(g, w, x.shape[2:], s, p))
 
 
 def test_packed_dense_weights_are_checked():
@@ -218,6 +223,18 @@ def test_packed_dense_weights_are_checked():
     with pytest.raises(ValueError, match="do not match"):  # packed for another weight shape
         ops.conv2d_forward(np.ones((1, 2, 5, 5), np.float32), wc,
                            packed=ops.conv2d_pack(np.ones((9, 2, 3, 3), np.float32)))
+    # packings for another GEMM are refused, also where the sizes agree (square weights)
+    sq = np.ones((6, 6), dtype=np.float32)
+    with pytest.raises(ValueError, match="dense_forward"):
+        ops.dense_backward(np.ones((1, 6), np.float32), sq, packed=ops.dense_pack(sq, True))
+    w4 = np.ones((4, 4, 1, 1), dtype=np.float32)  # flipped backward GEMM: (4, 4) like forward
+    g4, hw = np.ones((1, 4, 5, 5), np.float32), (5, 5)
+    with pytest.raises(ValueError, match="conv2d_forward"):
+        ops.conv2d_backward(g4, w4, hw, packed=ops.conv2d_pack(w4))
+    with pytest.raises(ValueError, match="conv2d_backward_flipped"):
+        ops.conv2d_forward(g4, w4, packed=ops.conv2d_pack(w4, True))
+    with pytest.raises(ValueError, match="conv2d_backward"):  # W^T (stride 2) for a flipped one
+        ops.conv2d_backward(g4, w4, hw, packed=ops.conv2d_pack(w4, True, (2, 2)))
 
 
 def test_set_isa_switches_and_validates():

@@ -60,17 +60,24 @@ const T* optional_bias(const py::object& b, idx size, CArray<T>& keep) {
   return keep.data();
 }
 
-// Packed weights (dense_pack, conv2d_pack): None, or a 1-D array of `size` T packed under the
-// ISA in use.
+// Packed weights (dense_pack, conv2d_pack) come with a tag: the ISA they were packed under and
+// the GEMM they are for ("avx2 dense_backward"); two GEMMs may take packings of one size.
+std::string pack_tag(const char* gemm) {
+  return std::string(relprop::isa_name(relprop::active_isa())) + " " + gemm;
+}
+
+// None, or a 1-D array of `size` T with the tag of `gemm` under the ISA in use.
 template <typename T>
-const T* optional_packed(const py::object& packed, const std::string& isa, idx size,
-                         CArray<T>& keep) {
+const T* optional_packed(const py::object& packed, const std::string& tag, const char* gemm,
+                         idx size, CArray<T>& keep) {
   if (packed.is_none()) return nullptr;
   if (!py::isinstance<CArray<T>>(packed))
     throw py::type_error("packed weights must be a C-contiguous array of the input's dtype");
   keep = py::reinterpret_borrow<CArray<T>>(packed);
+  const std::string want = pack_tag(gemm), isa = tag.substr(0, tag.find(' '));
   const char* now = relprop::isa_name(relprop::active_isa());
   RELPROP_CHECK(isa == now, "the weights were packed for ISA ", isa, " but ", now, " is in use");
+  RELPROP_CHECK(tag == want, "the weights were packed for '", tag, "', not for '", want, "'");
   RELPROP_CHECK(keep.ndim() == 1 && keep.shape(0) == size,
                 "packed weights do not match the weight (", keep.size(), " elements, expected ",
                 size, ")");
@@ -86,14 +93,14 @@ Window2d window(const CArray<T>& x, Pair k, Pair s, Pair p) {
 
 template <typename T>
 CArray<T> dense_forward(const CArray<T>& x, const CArray<T>& w, const py::object& b, int nthreads,
-                        const py::object& packed, const std::string& packed_isa) {
+                        const py::object& packed, const std::string& packed_tag) {
   check_ndim(x, 2, "x");
   check_ndim(w, 2, "weight");
   const idx n = x.shape(0), in = x.shape(1), out = w.shape(0);
   RELPROP_CHECK(w.shape(1) == in, "weight.shape[1]=", w.shape(1), " must equal ", in, " (x.shape[1])");
   CArray<T> keep, keep_packed;
   const T* bp = optional_bias<T>(b, out, keep);
-  const T* pp = optional_packed<T>(packed, packed_isa,
+  const T* pp = optional_packed<T>(packed, packed_tag, "dense_forward",
                                    relprop::dense_packed_size<T>(in, out, true), keep_packed);
   CArray<T> y = output<T>({n, out});
   T* yp = y.mutable_data();
@@ -106,13 +113,13 @@ CArray<T> dense_forward(const CArray<T>& x, const CArray<T>& w, const py::object
 
 template <typename T>
 CArray<T> dense_backward(const CArray<T>& g, const CArray<T>& w, int nthreads,
-                         const py::object& packed, const std::string& packed_isa) {
+                         const py::object& packed, const std::string& packed_tag) {
   check_ndim(g, 2, "grad");
   check_ndim(w, 2, "weight");
   const idx n = g.shape(0), out = w.shape(0), in = w.shape(1);
   RELPROP_CHECK(g.shape(1) == out, "grad.shape[1]=", g.shape(1), " must equal ", out, " (weight.shape[0])");
   CArray<T> keep_packed;
-  const T* pp = optional_packed<T>(packed, packed_isa,
+  const T* pp = optional_packed<T>(packed, packed_tag, "dense_backward",
                                    relprop::dense_packed_size<T>(in, out, false), keep_packed);
   CArray<T> gx = output<T>({n, in});
   T* gp = gx.mutable_data();
@@ -123,21 +130,47 @@ CArray<T> dense_backward(const CArray<T>& g, const CArray<T>& w, int nthreads,
   return gx;
 }
 
-// (isa, packed) for conv2d_forward, under the ISA in use.
+// Stand-in geometry of a backward pass of kernel k, stride s, padding p (what
+// conv2d_pack_backward reads) for weights w.
 template <typename T>
-py::tuple conv2d_pack(const CArray<T>& w) {
+Window2d pack_window(const CArray<T>& w, Pair s, Pair p) {
+  Window2d g{1, w.shape(1), w.shape(2) + 2 * p[0], w.shape(3) + 2 * p[1], w.shape(2), w.shape(3),
+             s[0], s[1], p[0], p[1]};
+  g.validate();
+  return g;
+}
+
+// The GEMM of a conv2d_backward pass (see conv2d_pack_backward).
+inline const char* conv_backward_gemm(const Window2d& g, idx c_out) {
+  return relprop::conv2d_backward_flipped(g, c_out) ? "conv2d_backward_flipped"
+                                                    : "conv2d_backward";
+}
+
+// (tag, packed) for conv2d_forward, or for conv2d_backward with stride s and padding p.
+template <typename T>
+py::tuple conv2d_pack(const CArray<T>& w, bool backward, Pair s, Pair p) {
   check_ndim(w, 4, "weight");
   const idx c_out = w.shape(0), k = w.shape(1) * w.shape(2) * w.shape(3);
+  if (backward) {
+    const Window2d g = pack_window(w, s, p);
+    CArray<T> packed = output<T>({relprop::conv2d_backward_packed_size<T>(g, c_out)});
+    T* pp = packed.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      relprop::conv2d_pack_backward<T>(w.data(), g, c_out, pp);
+    }
+    return py::make_tuple(pack_tag(conv_backward_gemm(g, c_out)), packed);
+  }
   CArray<T> packed = output<T>({relprop::conv2d_packed_size<T>(c_out, k)});
   T* pp = packed.mutable_data();
   {
     py::gil_scoped_release nogil;
     relprop::conv2d_pack<T>(w.data(), c_out, k, pp);
   }
-  return py::make_tuple(std::string(relprop::isa_name(relprop::active_isa())), packed);
+  return py::make_tuple(pack_tag("conv2d_forward"), packed);
 }
 
-// (isa, packed) for dense_forward (forward=true) or dense_backward, under the ISA in use.
+// (tag, packed) for dense_forward (forward=true) or dense_backward, under the ISA in use.
 template <typename T>
 py::tuple dense_pack(const CArray<T>& w, bool forward) {
   check_ndim(w, 2, "weight");
@@ -148,7 +181,7 @@ py::tuple dense_pack(const CArray<T>& w, bool forward) {
     py::gil_scoped_release nogil;
     relprop::dense_pack<T>(w.data(), in, out, forward, pp);
   }
-  return py::make_tuple(std::string(relprop::isa_name(relprop::active_isa())), packed);
+  return py::make_tuple(pack_tag(forward ? "dense_forward" : "dense_backward"), packed);
 }
 
 template <typename T>
@@ -164,17 +197,18 @@ template <typename T>
 const T* conv_packed(const CArray<T>& w, const py::object& packed, const std::string& isa,
                      CArray<T>& keep) {
   const idx k = w.shape(1) * w.shape(2) * w.shape(3);
-  return optional_packed<T>(packed, isa, relprop::conv2d_packed_size<T>(w.shape(0), k), keep);
+  return optional_packed<T>(packed, isa, "conv2d_forward",
+                            relprop::conv2d_packed_size<T>(w.shape(0), k), keep);
 }
 
 template <typename T>
 CArray<T> conv2d_forward(const CArray<T>& x, const CArray<T>& w, const py::object& b, Pair s, Pair p,
-                         int nthreads, const py::object& packed, const std::string& packed_isa) {
+                         int nthreads, const py::object& packed, const std::string& packed_tag) {
   const Window2d g = conv_window(x, w, s, p);
   const idx c_out = w.shape(0);
   CArray<T> keep, keep_packed;
   const T* bp = optional_bias<T>(b, c_out, keep);
-  const T* pp = conv_packed<T>(w, packed, packed_isa, keep_packed);
+  const T* pp = conv_packed<T>(w, packed, packed_tag, keep_packed);
   CArray<T> y = output<T>({g.n, c_out, g.oh(), g.ow()});
   T* yp = y.mutable_data();
   {
@@ -188,13 +222,13 @@ CArray<T> conv2d_forward(const CArray<T>& x, const CArray<T>& w, const py::objec
 template <typename T>
 py::tuple conv2d_forward_split(const CArray<T>& x, const CArray<T>& w, const py::object& b,
                                idx split, Pair s, Pair p, int nthreads, const py::object& packed,
-                               const std::string& packed_isa) {
+                               const std::string& packed_tag) {
   const Window2d g = conv_window(x, w, s, p);
   const idx c_out = w.shape(0);
   RELPROP_CHECK(split > 0 && split < c_out, "split must be in [1, ", c_out - 1, "], got ", split);
   CArray<T> keep, keep_packed;
   const T* bp = optional_bias<T>(b, c_out, keep);
-  const T* pp = conv_packed<T>(w, packed, packed_isa, keep_packed);
+  const T* pp = conv_packed<T>(w, packed, packed_tag, keep_packed);
   CArray<T> y = output<T>({g.n, split, g.oh(), g.ow()});
   CArray<T> y2 = output<T>({g.n, c_out - split, g.oh(), g.ow()});
   T* yp = y.mutable_data();
@@ -220,16 +254,20 @@ Window2d backward_window(const CArray<T>& gy, idx c, Pair hw, Pair k, Pair s, Pa
 
 template <typename T>
 CArray<T> conv2d_backward(const CArray<T>& gy, const CArray<T>& w, Pair hw, Pair s, Pair p,
-                          int nthreads) {
+                          int nthreads, const py::object& packed, const std::string& packed_tag) {
   check_ndim(w, 4, "weight");
   const Window2d g = backward_window(gy, w.shape(1), hw, {w.shape(2), w.shape(3)}, s, p);
-  RELPROP_CHECK(gy.shape(1) == w.shape(0), "grad.shape[1]=", gy.shape(1), " must equal ", w.shape(0),
+  const idx c_out = w.shape(0);
+  RELPROP_CHECK(gy.shape(1) == c_out, "grad.shape[1]=", gy.shape(1), " must equal ", c_out,
                 " (weight.shape[0])");
+  CArray<T> keep_packed;
+  const T* pp = optional_packed<T>(packed, packed_tag, conv_backward_gemm(g, c_out),
+                                   relprop::conv2d_backward_packed_size<T>(g, c_out), keep_packed);
   CArray<T> gx = output<T>({g.n, g.c, g.h, g.w});
   T* gp = gx.mutable_data();
   {
     py::gil_scoped_release nogil;
-    relprop::conv2d_backward<T>(gy.data(), w.data(), gp, g, w.shape(0), nthreads);
+    relprop::conv2d_backward<T>(gy.data(), w.data(), gp, g, c_out, nthreads, pp);
   }
   return gx;
 }
@@ -404,18 +442,19 @@ template <typename T>
 void define(py::module_& m) {
   auto nc = [](const char* name) { return py::arg(name).noconvert(); };
   m.def("dense_forward", &dense_forward<T>, nc("x"), nc("weight"), "bias"_a, "nthreads"_a,
-        "packed"_a = py::none(), "packed_isa"_a = "");
+        "packed"_a = py::none(), "packed_tag"_a = "");
   m.def("dense_backward", &dense_backward<T>, nc("grad"), nc("weight"), "nthreads"_a,
-        "packed"_a = py::none(), "packed_isa"_a = "");
+        "packed"_a = py::none(), "packed_tag"_a = "");
   m.def("dense_pack", &dense_pack<T>, nc("weight"), "forward"_a);
   m.def("conv2d_forward", &conv2d_forward<T>, nc("x"), nc("weight"), "bias"_a, "stride"_a, "padding"_a,
-        "nthreads"_a, "packed"_a = py::none(), "packed_isa"_a = "");
+        "nthreads"_a, "packed"_a = py::none(), "packed_tag"_a = "");
   m.def("conv2d_forward_split", &conv2d_forward_split<T>, nc("x"), nc("weight"), "bias"_a,
         "split"_a, "stride"_a, "padding"_a, "nthreads"_a, "packed"_a = py::none(),
-        "packed_isa"_a = "");
-  m.def("conv2d_pack", &conv2d_pack<T>, nc("weight"));
+        "packed_tag"_a = "");
+  m.def("conv2d_pack", &conv2d_pack<T>, nc("weight"), "backward"_a = false,
+        "stride"_a = Pair{1, 1}, "padding"_a = Pair{0, 0});
   m.def("conv2d_backward", &conv2d_backward<T>, nc("grad"), nc("weight"), "in_hw"_a, "stride"_a,
-        "padding"_a, "nthreads"_a);
+        "padding"_a, "nthreads"_a, "packed"_a = py::none(), "packed_tag"_a = "");
   m.def("maxpool2d_forward", &maxpool2d_forward<T>, nc("x"), "kernel"_a, "stride"_a, "padding"_a,
         "nthreads"_a);
   m.def("maxpool2d_backward", &maxpool2d_backward<T>, nc("grad"), nc("argmax"), "in_hw"_a, "kernel"_a,

@@ -181,40 +181,67 @@ void conv2d_forward_split(const T* x, const T* w, const T* b, T* y, T* y2, const
   run_batch(impl, bg, nthreads);
 }
 
+// The backward pass multiplies by one of two matrices made from w: for a stride-1 window,
+// the flipped kernel W'[c, o, u, v] = w[o, c, kh-1-u, kw-1-v] (c_in, c_out*kh*kw) of the
+// transposed convolution gx = conv(gy, W') (padding kh-1-ph, kw-1-pw); else W^T (K, c_out)
+// into columns that col2im adds up.  Few input channels (a first layer) take the second way
+// too: the flipped convolution would pack kh*kw*c_out values per pixel for only c_in
+// multiply-adds each.
+bool conv2d_backward_flipped(const Window2d& g, idx c_out) {
+  return g.sh == 1 && g.sw == 1 && g.ph < g.kh && g.pw < g.kw && g.c * 8 > c_out;
+}
+
 template <typename T>
-void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, int nthreads) {
+idx conv2d_backward_packed_size(const Window2d& g, idx c_out) {
+  const auto& impl = detail::active_gemm<T>();
+  const idx K = g.c * g.kh * g.kw;
+  return conv2d_backward_flipped(g, c_out) ? impl.packed_a_size(g.c, c_out * g.kh * g.kw)
+                                    : impl.packed_a_size(K, c_out);
+}
+
+template <typename T>
+void conv2d_pack_backward(const T* w, const Window2d& g, idx c_out, T* dst) {
+  const auto& impl = detail::active_gemm<T>();
+  const idx khw = g.kh * g.kw, K = g.c * khw;
+  if (!conv2d_backward_flipped(g, c_out)) {
+    impl.pack_a(impl, w, 1, K, K, c_out, dst);
+    return;
+  }
+  const idx K2 = c_out * khw;
+  Buffer<T> wt(static_cast<size_t>(g.c * K2));
+  for (idx o = 0; o < c_out; ++o)
+    for (idx c = 0; c < g.c; ++c) {
+      const T* src = w + (o * g.c + c) * khw;
+      T* d = wt.data() + c * K2 + o * khw;
+      for (idx q = 0; q < khw; ++q) d[q] = src[khw - 1 - q];
+    }
+  impl.pack_a(impl, wt.data(), K2, 1, g.c, K2, dst);
+}
+
+template <typename T>
+void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, int nthreads,
+                     const T* packed) {
   g.validate();
   if (g.n == 0) return;
   const auto& impl = detail::active_gemm<T>();
   const idx P = g.oh() * g.ow(), K = g.c * g.kh * g.kw, S = g.c * g.h * g.w;
   const idx khw = g.kh * g.kw;
-  // Few input channels (a first layer): the flipped convolution would pack kh*kw*c_out values
-  // per pixel for only c_in multiply-adds each, so go through cols and col2im instead.
-  const bool few_inputs = g.c * 8 <= c_out;
-  if (g.sh == 1 && g.sw == 1 && g.ph < g.kh && g.pw < g.kw && !few_inputs) {
-    // gx = conv(gy, W'), W'[c, o, u, v] = w[o, c, kh-1-u, kw-1-v], padding kh-1-ph, kw-1-pw
-    const idx K2 = c_out * khw;
-    Buffer<T> wt(static_cast<size_t>(g.c * K2));
-    for (idx o = 0; o < c_out; ++o)
-      for (idx c = 0; c < g.c; ++c) {
-        const T* src = w + (o * g.c + c) * khw;
-        T* dst = wt.data() + c * K2 + o * khw;
-        for (idx q = 0; q < khw; ++q) dst[q] = src[khw - 1 - q];
-      }
-    Buffer<T> wp(static_cast<size_t>(impl.packed_a_size(g.c, K2)));
-    impl.pack_a(impl, wt.data(), K2, 1, g.c, K2, wp.data());
+  Buffer<T> wp(static_cast<size_t>(packed ? 0 : conv2d_backward_packed_size<T>(g, c_out)));
+  if (!packed) {
+    conv2d_pack_backward(w, g, c_out, wp.data());
+    packed = wp.data();
+  }
+  if (conv2d_backward_flipped(g, c_out)) {
     const Im2col im{c_out, g.oh(), g.ow(), g.kh, g.kw, 1, 1, g.kh - 1 - g.ph, g.kw - 1 - g.pw,
                     g.h, g.w};
     const bool plain = khw == 1;
-    const BatchGemm<T> bg{g.n, g.c, K2, g.h * g.w, wp.data(), plain ? nullptr : &im,
+    const BatchGemm<T> bg{g.n, g.c, c_out * khw, g.h * g.w, packed, plain ? nullptr : &im,
                           gy, c_out * P, gx, S, nullptr};
     run_batch(impl, bg, nthreads);
     return;
   }
   // cols (K, P) = W^T (K, c_out) gy_s (c_out, P), then col2im; samples in parallel, or the
   // GEMM and then col2im (over channels) in parallel for small batches.
-  Buffer<T> wp(static_cast<size_t>(impl.packed_a_size(K, c_out)));
-  impl.pack_a(impl, w, 1, K, K, c_out, wp.data());
   const int nt = threads_for(nthreads, g.n * K, g.n * P * K * c_out);
   if (nt > 1 && g.n >= nt) {
     // one cols buffer per thread, allocated here: an allocation failure must not happen inside
@@ -223,7 +250,7 @@ void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_ou
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (idx s = 0; s < g.n; ++s) {
       T* cols = all_cols.data() + static_cast<idx>(thread_index()) * K * P;
-      const BatchGemm<T> one{1, K, c_out, P, wp.data(), nullptr, gy + s * c_out * P, 0, cols, 0,
+      const BatchGemm<T> one{1, K, c_out, P, packed, nullptr, gy + s * c_out * P, 0, cols, 0,
                              nullptr};
       detail::run_tile(impl, one.sample(0), 0, K, 0, P);
       std::fill(gx + s * S, gx + (s + 1) * S, T(0));
@@ -233,8 +260,8 @@ void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_ou
   }
   Buffer<T> cols(static_cast<size_t>(K * P));
   for (idx s = 0; s < g.n; ++s) {
-    const BatchGemm<T> one{1, K, c_out, P, wp.data(), nullptr, gy + s * c_out * P, 0,
-                           cols.data(), 0, nullptr};
+    const BatchGemm<T> one{1, K, c_out, P, packed, nullptr, gy + s * c_out * P, 0, cols.data(),
+                           0, nullptr};
     run_batch(impl, one, nthreads);
     T* gxs = gx + s * S;
     const int ntc = threads_for(nthreads, g.c, K * P);
@@ -253,7 +280,9 @@ void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_ou
                                   const T*);                                                     \
   template void conv2d_forward_split<T>(const T*, const T*, const T*, T*, T*, const Window2d&,  \
                                         idx, idx, int, const T*);                               \
-  template void conv2d_backward<T>(const T*, const T*, T*, const Window2d&, idx, int);
+  template void conv2d_backward<T>(const T*, const T*, T*, const Window2d&, idx, int, const T*); \
+  template idx conv2d_backward_packed_size<T>(const Window2d&, idx);                            \
+  template void conv2d_pack_backward<T>(const T*, const Window2d&, idx, T*);
 RELPROP_INSTANTIATE(float)
 RELPROP_INSTANTIATE(double)
 #undef RELPROP_INSTANTIATE

@@ -247,7 +247,7 @@ class Conv2d(Linear):
         return (o,) + _window_out(self, (h, w), (kh, kw), self.stride, self.padding)
 
     def _pack(self, w, role):
-        return ops.conv2d_pack(w)
+        return ops.conv2d_pack(w, role == "backward", self.stride, self.padding)
 
     def _packed_for(self, x, w):
         oh, ow = _window_out(self, x.shape[2:], w.shape[2:], self.stride, self.padding)
@@ -262,7 +262,9 @@ class Conv2d(Linear):
                                         self._packed_for(x, w))
 
     def apply_t(self, g, w, x_shape):
-        return ops.conv2d_backward(g, w, x_shape[2:], self.stride, self.padding)
+        small = g.shape[0] * g.shape[2] * g.shape[3] <= PACK_MAX_PIXELS
+        return ops.conv2d_backward(g, w, x_shape[2:], self.stride, self.padding,
+                                   self.packed_weights(w, "backward", small))
 
 
 def _window_out(layer, hw, k, s, p):

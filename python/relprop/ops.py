@@ -115,7 +115,8 @@ def _bias(b, dtype):
 
 
 def _packed(packed):
-    """``(isa, array)`` from ``dense_pack``/``conv2d_pack``, or ``("", None)`` for None."""
+    """``(tag, array)`` from ``dense_pack``/``conv2d_pack`` (the tag names the ISA and the GEMM
+    the weights were packed for), or ``("", None)`` for None."""
     return ("", None) if packed is None else packed
 
 
@@ -124,14 +125,14 @@ def dense_forward(x, w, b=None, packed=None):
 
     ``packed``: ``dense_pack(w, True)`` made under the ISA in use (skips packing ``w``; the
     result is bitwise the same)."""
-    isa_name, arr = _packed(packed)
-    return _core.dense_forward(x, _c(w, x.dtype), _bias(b, x.dtype), _threads, arr, isa_name)
+    tag, arr = _packed(packed)
+    return _core.dense_forward(x, _c(w, x.dtype), _bias(b, x.dtype), _threads, arr, tag)
 
 
 def dense_backward(g, w, packed=None):
     """``gx = g @ w``: g (n, out), w (out, in) -> (n, in); ``packed``: ``dense_pack(w, False)``."""
-    isa_name, arr = _packed(packed)
-    return _core.dense_backward(g, _c(w, g.dtype), _threads, arr, isa_name)
+    tag, arr = _packed(packed)
+    return _core.dense_backward(g, _c(w, g.dtype), _threads, arr, tag)
 
 
 def dense_pack(w, forward):
@@ -146,27 +147,33 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), packed=None):
 
     ``packed``: ``conv2d_pack(w)`` made under the ISA in use (skips packing ``w``; the result is
     bitwise the same)."""
-    isa_name, arr = _packed(packed)
+    tag, arr = _packed(packed)
     return _core.conv2d_forward(x, _c(w, x.dtype), _bias(b, x.dtype), stride, padding, _threads,
-                                arr, isa_name)
+                                arr, tag)
 
 
 def conv2d_forward_split(x, w, b, split, stride=(1, 1), padding=(0, 0), packed=None):
     """:func:`conv2d_forward` returned as two arrays, output channels ``[0, split)`` and
     ``[split, c_out)``, from one GEMM (two stacked weight sets share the im2col packing)."""
-    isa_name, arr = _packed(packed)
+    tag, arr = _packed(packed)
     return _core.conv2d_forward_split(x, _c(w, x.dtype), _bias(b, x.dtype), int(split), stride,
-                                      padding, _threads, arr, isa_name)
+                                      padding, _threads, arr, tag)
 
 
-def conv2d_pack(w):
-    """``w`` (c_out, c_in, kh, kw) packed for :func:`conv2d_forward`, as ``(isa, array)``."""
-    return _core.conv2d_pack(w)
+def conv2d_pack(w, backward=False, stride=(1, 1), padding=(0, 0)):
+    """``w`` (c_out, c_in, kh, kw) packed for :func:`conv2d_forward`, or with ``backward`` for
+    :func:`conv2d_backward` with that stride and padding, as ``(tag, array)``."""
+    return _core.conv2d_pack(w, backward, stride, padding)
 
 
-def conv2d_backward(g, w, in_hw, stride=(1, 1), padding=(0, 0)):
-    """Vector-Jacobian product of :func:`conv2d_forward` w.r.t. x; ``in_hw`` = (h, w) of x."""
-    return _core.conv2d_backward(g, _c(w, g.dtype), tuple(in_hw), stride, padding, _threads)
+def conv2d_backward(g, w, in_hw, stride=(1, 1), padding=(0, 0), packed=None):
+    """Vector-Jacobian product of :func:`conv2d_forward` w.r.t. x; ``in_hw`` = (h, w) of x.
+
+    ``packed``: ``conv2d_pack(w, True, stride, padding)`` made under the ISA in use (skips
+    packing ``w``; the result is bitwise the same)."""
+    tag, arr = _packed(packed)
+    return _core.conv2d_backward(g, _c(w, g.dtype), tuple(in_hw), stride, padding, _threads,
+                                 arr, tag)
 
 
 def maxpool2d_forward(x, kernel, stride, padding=(0, 0)):

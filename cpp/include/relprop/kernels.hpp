@@ -59,8 +59,20 @@ template <typename T>
 void conv2d_pack(const T* w, idx c_out, idx k, T* dst);
 
 // gx = vector-Jacobian product of conv2d_forward w.r.t. x:   gy (n, c_out, oh, ow) -> gx (n, c_in, h, w)
+// packed: null, or w packed by conv2d_pack_backward for g's kernel, stride and padding under
+// the ISA in use (then w is unused).
 template <typename T>
-void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, int nthreads);
+void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, int nthreads,
+                     const T* packed = nullptr);
+
+// w packed for conv2d_backward (which reads c_in, kh, kw, stride and padding of g only):
+// conv2d_backward_packed_size elements; results are bitwise those of the unpacked w.
+template <typename T>
+idx conv2d_backward_packed_size(const Window2d& g, idx c_out);
+// Whether conv2d_backward multiplies by the flipped kernel (else by W^T; see conv2d.cpp).
+bool conv2d_backward_flipped(const Window2d& g, idx c_out);
+template <typename T>
+void conv2d_pack_backward(const T* w, const Window2d& g, idx c_out, T* dst);
 
 // y = max over each window (padding = -inf); arg[n, c, p, q] = flat index (within the h*w plane)
 // of the first maximum in row-major window order.
