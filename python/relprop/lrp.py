@@ -6,6 +6,7 @@ import numpy as np
 from ._targets import chunks, map_batches, seed
 from .composites import as_composite
 from .layers import Flatten, ReLU
+from .network import _shape_only
 from .rules import WinnerTakeAll
 
 
@@ -87,11 +88,6 @@ def _remaker(layer, y, z_kept, parts, below):
     if parts is not None and parts[1] is not None:  # z = z+ + z-, as split_forward adds them
         return lambda: parts[0] + parts[1]
     return None
-
-
-def _shape_only(a):
-    """An array with ``a``'s shape and dtype and no data (a read-only broadcast of one zero)."""
-    return np.broadcast_to(np.zeros((), a.dtype), a.shape)
 
 
 def conservation(net, x, target, R, *, batch_size=None):

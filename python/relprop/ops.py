@@ -137,8 +137,8 @@ def dense_backward(g, w, packed=None):
 
 def dense_pack(w, forward):
     """``w`` (out, in) packed for :func:`dense_forward` (``forward=True``) or
-    :func:`dense_backward`, as ``(isa, array)``: the layout of the GEMM's instruction set in
-    use, which the kernels check."""
+    :func:`dense_backward`, as ``(tag, array)``: the layout of the GEMM's instruction set in
+    use; the kernels check the tag (ISA and GEMM) and the size."""
     return _core.dense_pack(w, bool(forward))
 
 
