@@ -386,14 +386,46 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
   // row-major B, whose rows are best read whole (pack_b_strided).
   const bool stream_b = !g.bpack && i1 - i0 <= impl.mc && (g.im || g.csb != 1);
   const idx npad = (g.n + NR - 1) / NR * NR;
+  // rows [ic, ic + mc) x columns [col, col + n) of C from steps [pc, pc + kc) (ap, bp)
+  const auto rows = [&](idx ic, idx mc, idx col, int n, idx kc, const T* ap, const T* bp,
+                        Init init) {
+    for (idx ir = 0; ir < mc; ir += MR) {
+      const int m = static_cast<int>(min_idx(MR, mc - ir));
+      const idx row = ic + ir;
+      const T* rb = g.row_bias ? g.row_bias + row : nullptr;
+      if (!g.c2 || row + m <= g.m2) {
+        kernel_rows<K>(m, kc, ap + ir * kc, bp, g.c + row * g.ldc + col, g.ldc, n, init, rb);
+      } else if (row >= g.m2) {
+        kernel_rows<K>(m, kc, ap + ir * kc, bp, g.c2 + (row - g.m2) * g.ldc + col, g.ldc, n,
+                       init, rb);
+      } else {
+        kernel_rows_split<K>(m, static_cast<int>(g.m2 - row), kc, ap + ir * kc, bp,
+                             g.c + row * g.ldc + col, g.c2 + col, g.ldc, n, init, rb);
+      }
+    }
+  };
+  const auto init_of = [&](idx pc) {
+    return (pc > 0 || g.accumulate) ? kAccumulate : g.row_bias ? kRowBias : kOverwrite;
+  };
+  if (stream_b && g.apack) {
+    // All of A is packed: each strip of C goes through every block of steps before the next
+    // strip, so its tiles stay in L1 (a kc x nc panel order would pass a C block of up to
+    // mc x nc through L2 once per block of steps).  Same sums in the same order.
+    for (idx jr = j0; jr < j1; jr += NR) {
+      const int n = static_cast<int>(min_idx(NR, j1 - jr));
+      for (idx pc = 0; pc < g.k; pc += kb) {
+        const idx kc = min_idx(kb, g.k - pc);
+        pack_b<K>(g, pc, kc, jr, n, wb);
+        rows(i0, i1 - i0, jr, n, kc, g.apack + pc * mpad + i0 * kc, wb, init_of(pc));
+      }
+    }
+    return;
+  }
   for (idx jc = j0; jc < j1; jc += impl.nc) {
     const idx nc = min_idx(impl.nc, j1 - jc);
     for (idx pc = 0; pc < g.k; pc += kb) {
       const idx kc = min_idx(kb, g.k - pc);
       if (!stream_b && !g.bpack) pack_b<K>(g, pc, kc, jc, nc, wb);
-      const Init init = (pc > 0 || g.accumulate) ? kAccumulate
-                        : g.row_bias             ? kRowBias
-                                                 : kOverwrite;
       for (idx ic = i0; ic < i1; ic += impl.mc) {
         const idx mc = min_idx(impl.mc, i1 - ic);
         const T* ap = g.apack + pc * mpad + ic * kc;
@@ -408,20 +440,7 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
             pack_b<K>(g, pc, kc, jc + jr, n, wb);
             bp = wb;
           }
-          for (idx ir = 0; ir < mc; ir += MR) {
-            const int m = static_cast<int>(min_idx(MR, mc - ir));
-            const idx row = ic + ir, col = jc + jr;
-            const T* rb = g.row_bias ? g.row_bias + row : nullptr;
-            if (!g.c2 || row + m <= g.m2) {
-              kernel_rows<K>(m, kc, ap + ir * kc, bp, g.c + row * g.ldc + col, g.ldc, n, init, rb);
-            } else if (row >= g.m2) {
-              kernel_rows<K>(m, kc, ap + ir * kc, bp, g.c2 + (row - g.m2) * g.ldc + col, g.ldc, n,
-                             init, rb);
-            } else {
-              kernel_rows_split<K>(m, static_cast<int>(g.m2 - row), kc, ap + ir * kc, bp,
-                                   g.c + row * g.ldc + col, g.c2 + col, g.ldc, n, init, rb);
-            }
-          }
+          rows(ic, mc, jc + jr, n, kc, ap, bp, init_of(pc));
         }
       }
     }
