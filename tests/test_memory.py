@@ -116,22 +116,33 @@ def test_pool_never_holds_more_than_the_peak_in_use():
     assert rp.ops.memory_stats()["pool_cached_bytes"] == 0
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="blocks are resized on Linux")
-def test_pool_resizes_a_cached_block_of_another_size_instead_of_mapping_a_new_one():
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="free ranges are cut on POSIX, "
+                    "grown on Linux")
+def test_pool_cuts_merges_and_grows_free_ranges():
     rp.release_memory()
     big = rp.ops.relu_forward(np.ones((2, 1 << 20), dtype=np.float32))  # 8 MiB: peak in use
     address = big.ctypes.data
-    del big  # cached 8 MiB; a new 4 MiB block would make 12 MiB > the peak
+    del big  # free: 8 MiB; a new 4 MiB block would make 12 MiB > the peak
     half = rp.ops.relu_forward(-np.ones((1, 1 << 20), dtype=np.float32))
-    assert half.ctypes.data == address  # the 8 MiB block, shrunk in place
-    assert not half.any() and rp.ops.memory_stats()["pool_cached_bytes"] == 0
-    del half  # cached 4 MiB; an 8 MiB request grows it again
-    again = rp.ops.relu_forward(np.full((2, 1 << 20), 3.0, dtype=np.float32))
+    assert half.ctypes.data == address  # the front of the free range, no new memory
+    assert not half.any() and rp.ops.memory_stats()["pool_cached_bytes"] == 4 * MiB
+    other = rp.ops.relu_forward(np.full((1, 1 << 20), 2.0, dtype=np.float32))
+    assert other.ctypes.data == address + 4 * MiB and (other == 2.0).all()  # the back
     assert rp.ops.memory_stats()["pool_cached_bytes"] == 0
-    assert again.shape == (2, 1 << 20) and (again == 3.0).all()
-    again[-1, -1] = 7.0  # every page of the grown block is there and writable
-    assert again[-1, -1] == 7.0
-    del again
+    del half, other  # the two halves merge again: one 8 MiB range
+    assert rp.ops.memory_stats()["pool_cached_bytes"] == 8 * MiB
+    whole = rp.ops.relu_forward(np.ones((2, 1 << 20), dtype=np.float32))
+    assert whole.ctypes.data == address
+    del whole
+    rp.release_memory()
+    small = rp.ops.relu_forward(np.ones((1, 1 << 20), dtype=np.float32))  # peak 4 MiB
+    del small  # free: 4 MiB; an 8 MiB request grows that range instead of mapping 8 MiB
+    grown = rp.ops.relu_forward(np.full((2, 1 << 20), 3.0, dtype=np.float32))
+    assert rp.ops.memory_stats()["pool_cached_bytes"] == 0
+    assert (grown == 3.0).all()
+    grown[-1, -1] = 7.0  # every page of the grown block is there and writable
+    assert grown[-1, -1] == 7.0
+    del grown
     rp.release_memory()
 
 
