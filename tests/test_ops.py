@@ -112,8 +112,20 @@ def test_elementwise_match_reference(dtype, data):
     assert_array_equal(ops.relu_forward(x), ref.relu_forward(x))
     for mode in ("gradient", "deconvnet", "guided"):
         assert_array_equal(ops.relu_backward(g, x, mode), ref.relu_backward(g, x, mode))
+    shift = data.draw(arrays(dtype, (1,) + shape[1:]))
     for eps in (0.0, 1e-6, 0.25):
         assert_allclose(ops.lrp_divide(g, x, eps), ref.lrp_divide(g, x, dtype(eps)), rtol=1e-6)
+        # z - shift (one sample, broadcast): bitwise the division of the difference
+        assert_array_equal(ops.lrp_divide(g, x, eps, shift), ops.lrp_divide(g, x - shift, eps))
+        assert_allclose(ops.lrp_divide(g, x, eps, shift),
+                        ref.lrp_divide(g, x, dtype(eps), shift), rtol=1e-6)
+
+
+def test_lrp_divide_shift_must_be_one_sample():
+    r = np.ones((3, 4))
+    for bad in (np.ones((3, 4)), np.ones(4), np.ones((1, 5))):
+        with pytest.raises(ValueError, match="one sample"):
+            ops.lrp_divide(r, r, 0.1, bad)
 
 
 @given(st.sampled_from([np.float32, np.float64]), st.data())

@@ -364,13 +364,27 @@ CArray<T> relu_backward(const CArray<T>& g, const CArray<T>& x, int mode, int nt
 }
 
 template <typename T>
-CArray<T> lrp_divide(const CArray<T>& r, const CArray<T>& z, double eps, int nthreads) {
+CArray<T> lrp_divide(const CArray<T>& r, const CArray<T>& z, double eps, int nthreads,
+                     const py::object& shift) {
   check_same_shape(r, z, "lrp_divide");
+  const idx samples = r.ndim() > 0 ? r.shape(0) : 1, len = samples > 0 ? r.size() / samples : 0;
+  CArray<T> keep;
+  const T* sh = nullptr;
+  if (!shift.is_none()) {
+    RELPROP_CHECK(r.ndim() > 0, "lrp_divide: shift needs a batch axis in r");
+    if (!py::isinstance<CArray<T>>(shift))
+      throw py::type_error("shift must be a C-contiguous array of r's dtype");
+    keep = py::reinterpret_borrow<CArray<T>>(shift);
+    bool same = keep.ndim() == r.ndim() && keep.shape(0) == 1;
+    for (py::ssize_t d = 1; same && d < r.ndim(); ++d) same = keep.shape(d) == r.shape(d);
+    RELPROP_CHECK(same, "lrp_divide: shift must be one sample shaped like r[:1]");
+    sh = keep.data();
+  }
   CArray<T> s = like(r);
   T* sp = s.mutable_data();
   {
     py::gil_scoped_release nogil;
-    relprop::lrp_divide<T>(r.data(), z.data(), sp, r.size(), eps, nthreads);
+    relprop::lrp_divide<T>(r.data(), z.data(), sh, sp, samples, len, eps, nthreads);
   }
   return s;
 }
@@ -465,7 +479,8 @@ void define(py::module_& m) {
         "padding"_a, "nthreads"_a);
   m.def("relu_forward", &relu_forward<T>, nc("x"), "nthreads"_a);
   m.def("relu_backward", &relu_backward<T>, nc("grad"), nc("x"), "mode"_a, "nthreads"_a);
-  m.def("lrp_divide", &lrp_divide<T>, nc("r"), nc("z"), "eps"_a, "nthreads"_a);
+  m.def("lrp_divide", &lrp_divide<T>, nc("r"), nc("z"), "eps"_a, "nthreads"_a,
+        "shift"_a = py::none());
   m.def("lrp_gamma_shares", &lrp_gamma_shares<T>, nc("r"), nc("p"), nc("n"), nc("z").none(true),
         "gamma"_a, "eps"_a, "nthreads"_a);
   m.def("lrp_alpha_beta_shares", &lrp_alpha_beta_shares<T>, nc("r"), nc("p"), nc("n"),

@@ -45,11 +45,22 @@ inline T stabilized_divide(T r, T z, T eps) {
 }  // namespace
 
 template <typename T>
-void lrp_divide(const T* r, const T* z, T* s, idx size, double eps, int nthreads) {
+void lrp_divide(const T* r, const T* z, const T* shift, T* s, idx samples, idx len, double eps,
+                int nthreads) {
   const T e = static_cast<T>(eps);
+  const idx size = samples * len;
   const int nt = threads_for(nthreads, size, size);
+  if (!shift) {
 #pragma omp parallel for simd schedule(static) num_threads(nt)
-  for (idx i = 0; i < size; ++i) s[i] = stabilized_divide(r[i], z[i], e);
+    for (idx i = 0; i < size; ++i) s[i] = stabilized_divide(r[i], z[i], e);
+    return;
+  }
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
+  for (idx k = 0; k < samples; ++k)
+    for (idx j = 0; j < len; ++j) {
+      const idx i = k * len + j;
+      s[i] = stabilized_divide(r[i], z[i] - shift[j], e);
+    }
 }
 
 template <typename T>
@@ -83,10 +94,10 @@ void lrp_alpha_beta_shares(const T* r, const T* p, const T* n, T* out, idx sampl
     }
 }
 
-#define RELPROP_INSTANTIATE(T)                                             \
-  template void relu_forward<T>(const T*, T*, idx, int);                   \
-  template void relu_backward<T>(const T*, const T*, T*, idx, int, int);   \
-  template void lrp_divide<T>(const T*, const T*, T*, idx, double, int);                      \
+#define RELPROP_INSTANTIATE(T)                                                                 \
+  template void relu_forward<T>(const T*, T*, idx, int);                                       \
+  template void relu_backward<T>(const T*, const T*, T*, idx, int, int);                       \
+  template void lrp_divide<T>(const T*, const T*, const T*, T*, idx, idx, double, int);        \
   template void lrp_gamma_shares<T>(const T*, const T*, const T*, const T*, T*, idx, idx,      \
                                     double, double, int);                                     \
   template void lrp_alpha_beta_shares<T>(const T*, const T*, const T*, T*, idx, idx, double,  \

@@ -210,9 +210,17 @@ def relu_backward(g, x, mode="gradient"):
     return _core.relu_backward(g, _c(x, g.dtype), RELU_MODES[mode], _threads)
 
 
-def lrp_divide(r, z, eps):
-    """``r / (z + eps*sign(z))`` with sign(0)=+1, and 0 where that denominator is 0."""
-    return _core.lrp_divide(r, _c(z, r.dtype), float(eps), _threads)
+def lrp_divide(r, z, eps, shift=None):
+    """``r / (z + eps*sign(z))`` with sign(0)=+1, and 0 where that denominator is 0.
+
+    ``shift`` (one sample, shaped like ``r[:1]``): divide by the stabilized ``z - shift``
+    instead, without a batch-sized temporary."""
+    if shift is not None:
+        shift = _c(shift, r.dtype)
+        if r.ndim == 0 or shift.shape != (1,) + r.shape[1:]:
+            raise ValueError(f"shift must be one sample shaped like r[:1] "
+                             f"{(1,) + r.shape[1:]}, got {shift.shape}")
+    return _core.lrp_divide(r, _c(z, r.dtype), float(eps), _threads, shift)
 
 
 def lrp_gamma_shares(r, p, n, gamma, eps, z=None):

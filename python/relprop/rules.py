@@ -321,7 +321,7 @@ class ZBox(Rule):
         hi = np.ascontiguousarray(_bound(self.high, a.shape, "high")[None], dtype=dt)
         _, _, (wp, bp), (wn, bn) = signed_params(layer, dt)
         zb = layer.apply(lo, wp, bp) + layer.apply(hi, wn, bn)  # one sample: independent of a
-        s = ops.lrp_divide(r, z - zb, self.stabilizer)
+        s = ops.lrp_divide(r, z, self.stabilizer, shift=zb)
         # a W^T s - l W+^T s - h W-^T s, with W = W+ + W-
         return (a - lo) * layer.apply_t(s, wp, a.shape) + (a - hi) * layer.apply_t(s, wn, a.shape)
 

@@ -102,9 +102,12 @@ void relu_forward(const T* x, T* y, idx size, int nthreads);
 template <typename T>
 void relu_backward(const T* g, const T* x, T* gx, idx size, int mode, int nthreads);
 
-// s = r / (z + eps * sign(z)) with sign(0) = +1, and s = 0 where that denominator is exactly 0.
+// s = r / (z + eps * sign(z)) with sign(0) = +1, and s = 0 where that denominator is exactly 0;
+// `samples` rows of `len` elements.  shift (len elements, or null): z[k, j] - shift[j] instead
+// of z (LRP-z^B's z - z_box without a batch-sized temporary).
 template <typename T>
-void lrp_divide(const T* r, const T* z, T* s, idx size, double eps, int nthreads);
+void lrp_divide(const T* r, const T* z, const T* shift, T* s, idx samples, idx len, double eps,
+                int nthreads);
 
 // The shares of the stacked transposed GEMM of LRP rules on [W+; W-] (layer input a >= 0), from
 // r, p = z+ and n = z- of `samples` rows of `len` elements each; out holds samples rows of

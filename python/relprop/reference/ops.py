@@ -125,7 +125,9 @@ def stabilize(z, eps):
     return z + eps * np.where(z >= 0, 1, -1)
 
 
-def lrp_divide(r, z, eps):
+def lrp_divide(r, z, eps, shift=None):
+    if shift is not None:
+        z = z - shift
     d = stabilize(z, eps)
     safe = np.where(d == 0, 1, d)
     return np.where(d == 0, 0, r / safe)
