@@ -407,10 +407,15 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
   const auto init_of = [&](idx pc) {
     return (pc > 0 || g.accumulate) ? kAccumulate : g.row_bias ? kRowBias : kOverwrite;
   };
-  if (stream_b && g.apack) {
-    // All of A is packed: each strip of C goes through every block of steps before the next
-    // strip, so its tiles stay in L1 (a kc x nc panel order would pass a C block of up to
-    // mc x nc through L2 once per block of steps).  Same sums in the same order.
+  // All of A packed and B streamed: either each strip of C goes through every block of steps
+  // before the next strip (its tiles stay in L1, all of A is read once per strip), or each
+  // block of steps goes through every strip (A's block is read once, the C block of up to
+  // mc x nc once per block of steps).  The first where A is the smaller to read again from
+  // L2: it fits there (<= 256 KiB, half of a small L2) or is at most half the C block.
+  // Same sums in the same order either way.
+  const idx a_bytes = (i1 - i0) * g.k * idx(sizeof(T));
+  const idx c_bytes = (i1 - i0) * min_idx(impl.nc, j1 - j0) * idx(sizeof(T));
+  if (stream_b && g.apack && (a_bytes <= (idx(256) << 10) || 2 * a_bytes <= c_bytes)) {
     for (idx jr = j0; jr < j1; jr += NR) {
       const int n = static_cast<int>(min_idx(NR, j1 - jr));
       for (idx pc = 0; pc < g.k; pc += kb) {
