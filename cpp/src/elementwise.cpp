@@ -36,62 +36,97 @@ void relu_backward(const T* g, const T* x, T* gx, idx size, int mode, int nthrea
 }
 
 namespace {
-// r / (z + eps * sign(z)), sign(0) = +1; 0 where that denominator is 0.
+// r / (z + eps * sign(z)), sign(0) = +1; 0 where that denominator is 0.  The division is
+// made in every case (by 1 where d is 0): loops of it vectorize (selects, no branch).
 template <typename T>
 inline T stabilized_divide(T r, T z, T eps) {
   const T d = z + (z >= T(0) ? eps : -eps);
-  return d != T(0) ? r / d : T(0);
+  const T q = r / (d != T(0) ? d : T(1));
+  return d != T(0) ? q : T(0);
 }
 }  // namespace
+
+// body(s, j0, j1) for row blocks [j0, j1) of every sample row s of `len` elements, in
+// parallel over blocks; body vectorizes its loop over j.
+template <class Body>
+void for_row_blocks(idx samples, idx len, int nthreads, Body body) {
+  constexpr idx kBlock = 4096;
+  const idx blocks = (len + kBlock - 1) / kBlock, units = samples * blocks;
+  const int nt = threads_for(nthreads, units, samples * len);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (idx t = 0; t < units; ++t) {
+    const idx s = t / blocks, j0 = (t % blocks) * kBlock;
+    body(s, j0, j0 + kBlock < len ? j0 + kBlock : len);
+  }
+}
 
 template <typename T>
 void lrp_divide(const T* r, const T* z, const T* shift, T* s, idx samples, idx len, double eps,
                 int nthreads) {
   const T e = static_cast<T>(eps);
-  const idx size = samples * len;
-  const int nt = threads_for(nthreads, size, size);
   if (!shift) {
+    const idx size = samples * len;
+    const int nt = threads_for(nthreads, size, size);
 #pragma omp parallel for simd schedule(static) num_threads(nt)
     for (idx i = 0; i < size; ++i) s[i] = stabilized_divide(r[i], z[i], e);
     return;
   }
-#pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
-  for (idx k = 0; k < samples; ++k)
-    for (idx j = 0; j < len; ++j) {
-      const idx i = k * len + j;
-      s[i] = stabilized_divide(r[i], z[i] - shift[j], e);
-    }
+  for_row_blocks(samples, len, nthreads, [&](idx k, idx j0, idx j1) {
+    const T* rk = r + k * len;
+    const T* zk = z + k * len;
+    T* sk = s + k * len;
+#pragma omp simd
+    for (idx j = j0; j < j1; ++j) sk[j] = stabilized_divide(rk[j], zk[j] - shift[j], e);
+  });
 }
 
+// Both divisions are made in every lane and the unused one is discarded (a select), so that
+// the loops vectorize; the results are those of the branches.
 template <typename T>
 void lrp_gamma_shares(const T* r, const T* p, const T* n, const T* z, T* out, idx samples,
                       idx len, double gamma, double eps, int nthreads) {
   const T g1 = static_cast<T>(1 + gamma), e = static_cast<T>(eps);
-  const int nt = threads_for(nthreads, samples * len, samples * len);
-#pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
-  for (idx s = 0; s < samples; ++s)
-    for (idx j = 0; j < len; ++j) {
-      const idx i = s * len + j;
-      const T zi = z ? z[i] : p[i] + n[i];
-      const T s1 = zi > T(0) ? stabilized_divide(r[i], g1 * p[i] + n[i], e) : T(0);
-      const T s2 = zi < T(0) ? stabilized_divide(r[i], p[i] + g1 * n[i], e) : T(0);
-      out[2 * s * len + j] = g1 * s1 + s2;
-      out[(2 * s + 1) * len + j] = s1 + g1 * s2;
+  for_row_blocks(samples, len, nthreads, [&](idx s, idx j0, idx j1) {
+    const T* rs = r + s * len;
+    const T* ps = p + s * len;
+    const T* ns = n + s * len;
+    const T* zs = z ? z + s * len : nullptr;
+    T* u = out + 2 * s * len;
+    T* v = u + len;
+    const auto mix = [&](idx j, T zi) {
+      const T q1 = stabilized_divide(rs[j], g1 * ps[j] + ns[j], e);
+      const T q2 = stabilized_divide(rs[j], ps[j] + g1 * ns[j], e);
+      const T s1 = zi > T(0) ? q1 : T(0);
+      const T s2 = zi < T(0) ? q2 : T(0);
+      u[j] = g1 * s1 + s2;
+      v[j] = s1 + g1 * s2;
+    };
+    if (zs) {
+#pragma omp simd
+      for (idx j = j0; j < j1; ++j) mix(j, zs[j]);
+    } else {
+#pragma omp simd
+      for (idx j = j0; j < j1; ++j) mix(j, ps[j] + ns[j]);
     }
+  });
 }
 
 template <typename T>
 void lrp_alpha_beta_shares(const T* r, const T* p, const T* n, T* out, idx samples, idx len,
                            double alpha, double beta, double eps, int nthreads) {
   const T a = static_cast<T>(alpha), b = static_cast<T>(beta), e = static_cast<T>(eps);
-  const int nt = threads_for(nthreads, samples * len, samples * len);
-#pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
-  for (idx s = 0; s < samples; ++s)
-    for (idx j = 0; j < len; ++j) {
-      const idx i = s * len + j;
-      out[2 * s * len + j] = a * stabilized_divide(r[i], p[i], e);
-      out[(2 * s + 1) * len + j] = -b * stabilized_divide(r[i], n[i], e);
+  for_row_blocks(samples, len, nthreads, [&](idx s, idx j0, idx j1) {
+    const T* rs = r + s * len;
+    const T* ps = p + s * len;
+    const T* ns = n + s * len;
+    T* u = out + 2 * s * len;
+    T* v = u + len;
+#pragma omp simd
+    for (idx j = j0; j < j1; ++j) {
+      u[j] = a * stabilized_divide(rs[j], ps[j], e);
+      v[j] = -b * stabilized_divide(rs[j], ns[j], e);
     }
+  });
 }
 
 #define RELPROP_INSTANTIATE(T)                                                                 \
