@@ -88,12 +88,13 @@ def memory_stats() -> dict:
 def release_memory() -> None:
     """Return the output blocks relprop keeps for reuse to the system.
 
-    Large outputs (activations, relevances) are allocated from a pool: a block freed by one call
-    is handed to the next call that needs that size, already mapped, which saves the operating
-    system's page faults and zeroing (about a fifth of a CNN's gradient).  The pool never holds
-    more than the largest amount of output memory in use at any earlier moment minus what is
-    in use now, so it does not raise the process's memory high-water mark; this call frees it,
-    and the packed weight copies that Dense layers keep for small batches.
+    Large outputs (activations, relevances) are allocated from a pool: memory freed by one call
+    is taken by the next call's outputs that fit in it, already mapped, which saves the
+    operating system's page faults and zeroing (about a fifth of a CNN's gradient).  The pool
+    never holds more than the largest amount of output memory in use at any earlier moment
+    minus what is in use now, so it does not raise the process's memory high-water mark; this
+    call frees it, and the packed weight copies that Dense and Conv2d layers keep for small
+    calls.
     """
     from .layers import release_packed
 
