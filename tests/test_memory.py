@@ -146,6 +146,29 @@ def test_pool_cuts_merges_and_grows_free_ranges():
     rp.release_memory()
 
 
+def test_pool_blocks_never_overlap_under_random_sizes_and_threads():
+    # outputs of 256 KiB to 3 MiB made, kept a while and freed in random order from four
+    # threads: each keeps its own fill value until freed (overlapping blocks would not)
+    from concurrent.futures import ThreadPoolExecutor
+
+    def worker(seed):
+        rng = np.random.default_rng(seed)
+        kept = []
+        for step in range(150):
+            n = int(rng.integers(1 << 16, 3 << 18))  # float32 elements
+            value = np.float32(seed * 1000 + step)
+            kept.append((value, rp.ops.relu_forward(np.full(n, value, dtype=np.float32))))
+            if len(kept) > 6 or rng.random() < 0.3:
+                v, a = kept.pop(int(rng.integers(len(kept))))
+                assert (a == v).all()
+        return all((a == v).all() for v, a in kept)
+
+    rp.release_memory()
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(worker, range(1, 5)))
+    rp.release_memory()
+
+
 def test_small_outputs_are_numpys():
     y = rp.ops.relu_forward(np.ones((3, 100), dtype=np.float32))
     assert y.flags.owndata
