@@ -302,9 +302,17 @@ void pack_b_im2col(const typename K::T* x, const Im2col& g, idx pc, idx kc, idx 
   constexpr int NR = K::NR;
   constexpr idx kMaxRuns = 128;  // runs kept per strip: taps x runs (a 3x3 kernel: 9 x 1-3)
   const idx khw = g.kh * g.kw, plane = g.h * g.w;
-  // NR lanes from the run's start lie inside the image x, so all may be read (then masked)
-  const auto inside = [&](idx c, const ImRun& q) {
-    return q.hi > q.lo && c * plane + q.off >= 0 && c * plane + q.off + NR <= g.c * plane;
+  // run q of channel c to d[0, NR): whole, or masked where all NR lanes from the run's start
+  // lie inside the image x (so may be read), else with a load that reads only [lo, hi)
+  const auto copy = [&](T* d, idx c, const ImRun& q) {
+    const idx at = c * plane + q.off;
+    const T* src = x + at;
+    if (q.lo == 0 && q.hi == NR)
+      K::copy_full(d, src);
+    else if (q.hi > q.lo && at >= 0 && at + NR <= g.c * plane)
+      K::copy_within(d, src, q.lo, q.hi);
+    else
+      K::copy_range(d, src, q.lo, q.hi);
   };
   ImRun strip[NR], runs[kMaxRuns];
   alignas(64) T tmp[2 * NR];
@@ -319,40 +327,29 @@ void pack_b_im2col(const typename K::T* x, const Im2col& g, idx pc, idx kc, idx 
       e += strip[nrun].len;
       j += strip[nrun].len;
     }
-    const auto run = [&](idx r, idx k) {
+    const auto make_run = [&](idx r, idx k) {
       return im_run(g, oh[k], ow[k], strip[k].e, strip[k].len, r / g.kw, r % g.kw);
     };
     const bool table = khw * nrun <= kMaxRuns;
     if (table)
       for (idx r = 0; r < khw; ++r)
-        for (idx k = 0; k < nrun; ++k) runs[r * nrun + k] = run(r, k);
+        for (idx k = 0; k < nrun; ++k) runs[r * nrun + k] = make_run(r, k);
+    const auto run = [&](idx r, idx k) { return table ? runs[r * nrun + k] : make_run(r, k); };
     const bool direct = g.sw == 1 && nrun == 1 && cols == NR;  // straight into dst
     idx c = pc / khw, r = pc % khw;
     for (idx p = 0; p < kc; ++p) {
       T* d = dst + p * NR;
       const T* xc = x + c * plane;
       if (direct) {
-        const ImRun q = table ? runs[r] : run(r, 0);
-        if (q.lo == 0 && q.hi == NR)
-          K::copy_full(d, xc + q.off);
-        else if (inside(c, q))
-          K::copy_within(d, xc + q.off, q.lo, q.hi);
-        else
-          K::copy_range(d, xc + q.off, q.lo, q.hi);
+        copy(d, c, table ? runs[r] : make_run(r, 0));
       } else if (g.sw == 1) {
         // each run fills NR lanes of tmp from its start e (zero past its end); the next run
         // overwrites those past the end, and the last one leaves lanes >= cols zero
-        for (idx k = 0; k < nrun; ++k) {
-          const ImRun q = table ? runs[r * nrun + k] : run(r, k);
-          if (inside(c, q))
-            K::copy_within(tmp + q.e, xc + q.off, q.lo, q.hi);
-          else
-            K::copy_range(tmp + q.e, xc + q.off, q.lo, q.hi);
-        }
+        for (idx k = 0; k < nrun; ++k) copy(tmp + strip[k].e, c, run(r, k));
         K::copy_full(d, tmp);
       } else {
         for (idx k = 0; k < nrun; ++k) {
-          const ImRun q = table ? runs[r * nrun + k] : run(r, k);
+          const ImRun q = run(r, k);
           for (idx i = 0; i < q.len; ++i)
             d[q.e + i] = (i >= q.lo && i < q.hi) ? xc[q.off + i * g.sw] : T(0);
         }
