@@ -163,9 +163,9 @@ void conv2d_forward_split(const T* x, const T* w, const T* b, T* y, T* y2, const
   if (g.n == 0) return;
   const auto& impl = detail::active_gemm<T>();
   const idx K = g.c * g.kh * g.kw, P = g.oh() * g.ow();
-  Buffer<T> wp(static_cast<size_t>(packed ? 0 : impl.packed_a_size(c_out, K)));
+  Buffer<T> wp(static_cast<size_t>(packed ? 0 : conv2d_packed_size<T>(c_out, K)));
   if (!packed) {
-    impl.pack_a(impl, w, K, 1, c_out, K, wp.data());
+    conv2d_pack(w, c_out, K, wp.data());
     packed = wp.data();
   }
   const Im2col im{g.c, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh(), g.ow()};
@@ -196,7 +196,7 @@ idx conv2d_backward_packed_size(const Window2d& g, idx c_out) {
   const auto& impl = detail::active_gemm<T>();
   const idx K = g.c * g.kh * g.kw;
   return conv2d_backward_flipped(g, c_out) ? impl.packed_a_size(g.c, c_out * g.kh * g.kw)
-                                    : impl.packed_a_size(K, c_out);
+                                           : impl.packed_a_size(K, c_out);
 }
 
 template <typename T>
