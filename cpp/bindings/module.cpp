@@ -146,6 +146,18 @@ inline const char* conv_backward_gemm(const Window2d& g, idx c_out) {
                                                     : "conv2d_backward";
 }
 
+// (tag, packed): `size` elements filled by pack(dst) without the GIL, for `gemm`.
+template <typename T, class Pack>
+py::tuple packed_for(const char* gemm, idx size, Pack pack) {
+  CArray<T> packed = output<T>({size});
+  T* pp = packed.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    pack(pp);
+  }
+  return py::make_tuple(pack_tag(gemm), packed);
+}
+
 // (tag, packed) for conv2d_forward, or for conv2d_backward with stride s and padding p.
 template <typename T>
 py::tuple conv2d_pack(const CArray<T>& w, bool backward, Pair s, Pair p) {
@@ -153,21 +165,12 @@ py::tuple conv2d_pack(const CArray<T>& w, bool backward, Pair s, Pair p) {
   const idx c_out = w.shape(0), k = w.shape(1) * w.shape(2) * w.shape(3);
   if (backward) {
     const Window2d g = pack_window(w, s, p);
-    CArray<T> packed = output<T>({relprop::conv2d_backward_packed_size<T>(g, c_out)});
-    T* pp = packed.mutable_data();
-    {
-      py::gil_scoped_release nogil;
-      relprop::conv2d_pack_backward<T>(w.data(), g, c_out, pp);
-    }
-    return py::make_tuple(pack_tag(conv_backward_gemm(g, c_out)), packed);
+    return packed_for<T>(conv_backward_gemm(g, c_out),
+                         relprop::conv2d_backward_packed_size<T>(g, c_out),
+                         [&](T* dst) { relprop::conv2d_pack_backward<T>(w.data(), g, c_out, dst); });
   }
-  CArray<T> packed = output<T>({relprop::conv2d_packed_size<T>(c_out, k)});
-  T* pp = packed.mutable_data();
-  {
-    py::gil_scoped_release nogil;
-    relprop::conv2d_pack<T>(w.data(), c_out, k, pp);
-  }
-  return py::make_tuple(pack_tag("conv2d_forward"), packed);
+  return packed_for<T>("conv2d_forward", relprop::conv2d_packed_size<T>(c_out, k),
+                       [&](T* dst) { relprop::conv2d_pack<T>(w.data(), c_out, k, dst); });
 }
 
 // (tag, packed) for dense_forward (forward=true) or dense_backward, under the ISA in use.
@@ -175,13 +178,9 @@ template <typename T>
 py::tuple dense_pack(const CArray<T>& w, bool forward) {
   check_ndim(w, 2, "weight");
   const idx out = w.shape(0), in = w.shape(1);
-  CArray<T> packed = output<T>({relprop::dense_packed_size<T>(in, out, forward)});
-  T* pp = packed.mutable_data();
-  {
-    py::gil_scoped_release nogil;
-    relprop::dense_pack<T>(w.data(), in, out, forward, pp);
-  }
-  return py::make_tuple(pack_tag(forward ? "dense_forward" : "dense_backward"), packed);
+  return packed_for<T>(forward ? "dense_forward" : "dense_backward",
+                       relprop::dense_packed_size<T>(in, out, forward),
+                       [&](T* dst) { relprop::dense_pack<T>(w.data(), in, out, forward, dst); });
 }
 
 template <typename T>
@@ -194,10 +193,10 @@ Window2d conv_window(const CArray<T>& x, const CArray<T>& w, Pair s, Pair p) {
 }
 
 template <typename T>
-const T* conv_packed(const CArray<T>& w, const py::object& packed, const std::string& isa,
+const T* conv_packed(const CArray<T>& w, const py::object& packed, const std::string& tag,
                      CArray<T>& keep) {
   const idx k = w.shape(1) * w.shape(2) * w.shape(3);
-  return optional_packed<T>(packed, isa, "conv2d_forward",
+  return optional_packed<T>(packed, tag, "conv2d_forward",
                             relprop::conv2d_packed_size<T>(w.shape(0), k), keep);
 }
 
@@ -327,6 +326,15 @@ CArray<T> avgpool2d_backward(const CArray<T>& gy, Pair hw, Pair k, Pair s, Pair 
   return gx;
 }
 
+// "(1, 3, 4)": the shape of a, its first axis replaced by `first` if that is >= 0.
+template <typename T>
+std::string shape_text(const CArray<T>& a, py::ssize_t first = -1) {
+  std::string s = "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d)
+    s += (d ? ", " : "") + std::to_string(d == 0 && first >= 0 ? first : a.shape(d));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
 template <typename T>
 CArray<T> like(const CArray<T>& a) {
   return output<T>(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
@@ -377,7 +385,8 @@ CArray<T> lrp_divide(const CArray<T>& r, const CArray<T>& z, double eps, int nth
     keep = py::reinterpret_borrow<CArray<T>>(shift);
     bool same = keep.ndim() == r.ndim() && keep.shape(0) == 1;
     for (py::ssize_t d = 1; same && d < r.ndim(); ++d) same = keep.shape(d) == r.shape(d);
-    RELPROP_CHECK(same, "lrp_divide: shift must be one sample shaped like r[:1]");
+    RELPROP_CHECK(same, "lrp_divide: shift must be one sample shaped like r[:1] ",
+                  shape_text(r, 1), ", got ", shape_text(keep));
     sh = keep.data();
   }
   CArray<T> s = like(r);

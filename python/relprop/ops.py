@@ -216,11 +216,7 @@ def lrp_divide(r, z, eps, shift=None):
 
     ``shift`` (one sample, shaped like ``r[:1]``): divide by the stabilized ``z - shift``
     instead, without a batch-sized temporary."""
-    if shift is not None:
-        shift = _c(shift, r.dtype)
-        if r.ndim == 0 or shift.shape != (1,) + r.shape[1:]:
-            raise ValueError(f"shift must be one sample shaped like r[:1] "
-                             f"{(1,) + r.shape[1:]}, got {shift.shape}")
+    shift = None if shift is None else _c(shift, r.dtype)
     return _core.lrp_divide(r, _c(z, r.dtype), float(eps), _threads, shift)
 
 
