@@ -178,11 +178,17 @@ if onnx is not None:
     from onnx import TensorProto, helper, numpy_helper
 
 
-def _export(module, shape, path):
+def _export(module, shape, path, dynamo=True):
+    """``module`` written to ``path`` by torch's ONNX exporter: the torch.export-based one
+    (``dynamo=True``, torch's default; needs onnxscript) or the TorchScript-based one."""
     module.eval()
-    torch.onnx.export(module, (torch.zeros((2,) + shape),), str(path), dynamo=True,
-                      input_names=["x"], dynamic_shapes=({0: torch.export.Dim("n")},),
-                      external_data=False, verbose=False)
+    if dynamo:
+        torch.onnx.export(module, (torch.zeros((2,) + shape),), str(path), dynamo=True,
+                          input_names=["x"], dynamic_shapes=({0: torch.export.Dim("n")},),
+                          external_data=False, verbose=False)
+    else:
+        torch.onnx.export(module, (torch.zeros((2,) + shape),), str(path), dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "n"}})
     return path
 
 
@@ -196,9 +202,11 @@ def _ort(path_or_model, x):
 
 @needs_torch
 @needs_onnx
-def test_from_onnx_torch_export_matches_torch_and_onnxruntime(tmp_path):
+@pytest.mark.parametrize("dynamo", [True, False], ids=["torch.export", "torchscript"])
+def test_from_onnx_torch_export_matches_torch_and_onnxruntime(tmp_path, dynamo):
     module = _with_running_stats(_torch_cnn(), CNN_SHAPE)
-    path = _export(nn.Sequential(module, nn.Softmax(dim=1)), CNN_SHAPE, tmp_path / "m.onnx")
+    path = _export(nn.Sequential(module, nn.Softmax(dim=1)), CNN_SHAPE, tmp_path / "m.onnx",
+                   dynamo)
     net = relprop.from_onnx(path)
     x = np.random.default_rng(4).uniform(-1, 2, (5,) + CNN_SHAPE).astype(np.float32)
     with torch.no_grad():
