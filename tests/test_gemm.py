@@ -13,7 +13,6 @@ from numpy.testing import assert_allclose, assert_array_equal
 import relprop as rp
 from relprop import ops
 from relprop import reference as ref
-from relprop import reference as ref
 
 from strategies import sum_tolerance
 
@@ -218,14 +217,62 @@ def test_conv_loop_orders_give_the_same_bits(isa, dtype):
                     else 1e-10)
 
 
-def test_packed_dense_weights_are_checked():
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packings_of_other_weights_are_refused(isa, dtype):
+    # Packed panels are padded to the register tile, so weights of different shapes can pack to
+    # the same size: the shapes below are chosen from this ISA's tile so that each pair does,
+    # and a check of the size alone would let the wrong weights through.
+    blocks = ops.gemm_blocks(dtype)
+    mr, nr = blocks["mr"], blocks["nr"]
+    assert mr > 1 and nr > 1
+    ones = lambda *shape: np.ones(shape, dtype)  # noqa: E731
+
+    def refused(call, packed, match="do not match"):
+        with pytest.raises(ValueError, match=match):
+            call(packed)
+
+    # dense forward packs w.T (in, out) in strips of nr columns: out = 1 and out = nr
+    small, big = ones(1, 3), ones(nr, 3)
+    assert ops.dense_pack(small, True).data.size == ops.dense_pack(big, True).data.size
+    refused(lambda p: ops.dense_forward(ones(2, 3), big, packed=p), ops.dense_pack(small, True))
+    # dense backward packs w (out, in) in strips of nr columns: in = 1 and in = nr
+    small, big = ones(3, 1), ones(3, nr)
+    assert ops.dense_pack(small, False).data.size == ops.dense_pack(big, False).data.size
+    refused(lambda p: ops.dense_backward(ones(2, 3), big, packed=p), ops.dense_pack(small, False))
+    # conv forward packs w (c_out, c_in*kh*kw) in strips of mr rows: c_out = 1 and c_out = mr
+    small, big = ones(1, 2, 3, 3), ones(mr, 2, 3, 3)
+    assert ops.conv2d_pack(small).data.size == ops.conv2d_pack(big).data.size
+    refused(lambda p: ops.conv2d_forward(ones(1, 2, 5, 5), big, packed=p), ops.conv2d_pack(small))
+    refused(lambda p: ops.conv2d_forward_split(ones(1, 2, 5, 5), big, None, 1, packed=p),
+            ops.conv2d_pack(small))
+    # conv backward, flipped kernel (stride 1) packs (c_in, c_out*kh*kw) in strips of mr rows
+    small, big = ones(1, 1, 3, 3), ones(1, mr, 3, 3)
+    assert ops.conv2d_pack(small, True).gemm == "conv2d_backward_flipped"
+    assert ops.conv2d_pack(small, True).data.size == ops.conv2d_pack(big, True).data.size
+    refused(lambda p: ops.conv2d_backward(ones(1, 1, 3, 3), big, (5, 5), packed=p),
+            ops.conv2d_pack(small, True))
+    # conv backward with stride 2 packs W^T (c_in*kh*kw, c_out) in strips of mr rows
+    small, big = ones(1, 1, 1, 1), ones(1, mr, 1, 1)
+    s2 = (2, 2)
+    assert ops.conv2d_pack(small, True, s2).gemm == "conv2d_backward"
+    assert ops.conv2d_pack(small, True, s2).data.size == ops.conv2d_pack(big, True, s2).data.size
+    refused(lambda p: ops.conv2d_backward(ones(1, 1, 3, 3), big, (5, 5), s2, packed=p),
+            ops.conv2d_pack(small, True, s2))
+    # the same shape in the other dtype packs to the same number of elements
+    other = np.float64 if dtype == np.float32 else np.float32
+    w = ones(4, 3)
+    refused(lambda p: ops.dense_forward(ones(2, 3), w, packed=p),
+            ops.dense_pack(w.astype(other), True))
+
+
+def test_packings_for_another_gemm_or_isa_are_refused():
     w = np.ones((4, 3), dtype=np.float32)
-    with pytest.raises(ValueError, match="do not match"):
-        ops.dense_forward(np.ones((1, 5), np.float32), np.ones((4, 5), np.float32),
-                          packed=ops.dense_pack(w, True))
-    isa_now, _ = ops.dense_pack(w, True)
-    with pytest.raises(ValueError, match="do not match"):  # an array of the wrong size
-        ops.dense_forward(np.ones((1, 3), np.float32), w, packed=(isa_now, np.ones(1, np.float32)))
+    packed = ops.dense_pack(w, True)
+    assert (packed.isa, packed.gemm, packed.dtype, packed.shape) == (ops.isa(), "dense_forward",
+                                                                      "float32", (4, 3))
+    assert not packed.data.flags.writeable
+    with pytest.raises(TypeError, match="dense_pack or conv2d_pack"):
+        ops.dense_forward(np.ones((1, 3), np.float32), w, packed=np.ones(16, np.float32))
     old = ops.isa()
     others = [i for i in ISAS if i != old]
     if others:
@@ -236,11 +283,7 @@ def test_packed_dense_weights_are_checked():
             ops.set_isa(old)
         with pytest.raises(ValueError, match="packed for ISA"):
             ops.dense_forward(np.ones((1, 3), np.float32), w, packed=packed)
-    wc = np.ones((4, 2, 3, 3), dtype=np.float32)
-    with pytest.raises(ValueError, match="do not match"):  # packed for another weight shape
-        ops.conv2d_forward(np.ones((1, 2, 5, 5), np.float32), wc,
-                           packed=ops.conv2d_pack(np.ones((9, 2, 3, 3), np.float32)))
-    # packings for another GEMM are refused, also where the sizes agree (square weights)
+    # packings for another GEMM are refused, also where the shapes agree (square weights)
     sq = np.ones((6, 6), dtype=np.float32)
     with pytest.raises(ValueError, match="dense_forward"):
         ops.dense_backward(np.ones((1, 6), np.float32), sq, packed=ops.dense_pack(sq, True))

@@ -237,3 +237,51 @@ def _batch_methods():
     return out
 
 
+
+
+_ALLOCATION_FAILURE = """
+import numpy as np
+import relprop as rp
+from relprop import _core, ops
+from relprop import reference as ref
+
+rp.set_num_threads(2)
+a = np.ones((300, 400), np.float32)
+x = np.ones((4, 16, 20, 20), np.float32)
+w = np.ones((32, 16, 3, 3), np.float32)
+g = np.ones((4, 32, 18, 18), np.float32)
+w2 = np.ones((32, 1, 3, 3), np.float32)  # one input channel: the W^T and col2im backward
+calls = {"gemm": (lambda: ops.gemm(a, a.T), lambda: a @ a.T),
+         "conv2d_forward": (lambda: ops.conv2d_forward(x, w), lambda: ref.conv2d_forward(x, w)),
+         "conv2d_backward": (lambda: ops.conv2d_backward(g, w, (20, 20)),
+                             lambda: ref.conv2d_backward(g, w, (20, 20))),
+         "conv2d_backward_cols": (lambda: ops.conv2d_backward(g, w2, (20, 20)),
+                                  lambda: ref.conv2d_backward(g, w2, (20, 20)))}
+import sys
+name = sys.argv[1]
+call, want = calls[name]
+if True:
+    _core._fail_scratch_allocations(True)
+    try:
+        call()
+        print(name, "no error")
+    except MemoryError:
+        print(name, "MemoryError")
+    finally:
+        _core._fail_scratch_allocations(False)
+    print(name, "then", "right" if np.allclose(call(), want(), rtol=1e-5) else "wrong")
+"""
+
+
+@pytest.mark.parametrize("name", ["gemm", "conv2d_forward", "conv2d_backward",
+                                  "conv2d_backward_cols"])
+def test_allocation_failure_inside_a_kernel_is_a_memory_error(name):
+    # The GEMM's scratch buffers grow inside OpenMP regions; a failure there must reach Python
+    # as MemoryError (not end the process), and the next call must work.  Run in a subprocess
+    # (a fresh process has no scratch buffers yet) with the test-only failure switch on.
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _ALLOCATION_FAILURE, name], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == [f"{name} MemoryError", f"{name} then right"]

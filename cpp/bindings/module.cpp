@@ -60,28 +60,56 @@ const T* optional_bias(const py::object& b, idx size, CArray<T>& keep) {
   return keep.data();
 }
 
-// Packed weights (dense_pack, conv2d_pack) come with a tag: the ISA they were packed under and
-// the GEMM they are for ("avx2 dense_backward"); two GEMMs may take packings of one size.
-std::string pack_tag(const char* gemm) {
-  return std::string(relprop::isa_name(relprop::active_isa())) + " " + gemm;
+// Packed weights (dense_pack, conv2d_pack): the packed array with everything that fixes its
+// layout, so that a packing is used only for the very weight and GEMM it was made for.  Two
+// weights of different shapes can pack to the same size (rows are padded to the micro-kernel's
+// MR), and two GEMMs can take packings of one size (square weights), so the size alone proves
+// nothing: the ISA, the GEMM, the dtype and the logical weight shape must all match.
+struct PackedWeights {
+  std::string isa, gemm, dtype;
+  std::vector<idx> shape;  // the logical shape of the weight that was packed
+  py::array data;          // 1-D, read-only
+};
+
+template <typename T>
+const char* dtype_name() {
+  return sizeof(T) == 4 ? "float32" : "float64";
 }
 
-// None, or a 1-D array of `size` T with the tag of `gemm` under the ISA in use.
+std::string shape_string(const std::vector<idx>& shape) {
+  std::string s = "(";
+  for (std::size_t d = 0; d < shape.size(); ++d) s += (d ? ", " : "") + std::to_string(shape[d]);
+  return s + (shape.size() == 1 ? ",)" : ")");
+}
+
 template <typename T>
-const T* optional_packed(const py::object& packed, const std::string& tag, const char* gemm,
-                         idx size, CArray<T>& keep) {
+std::vector<idx> shape_of(const CArray<T>& a) {
+  return std::vector<idx>(a.shape(), a.shape() + a.ndim());
+}
+
+// None, or PackedWeights made by the pack function of `gemm` for exactly the weight w (shape and
+// dtype) under the ISA in use; throws ValueError naming what differs.
+template <typename T>
+const T* optional_packed(const py::object& packed, const char* gemm, const CArray<T>& w,
+                         idx size) {
   if (packed.is_none()) return nullptr;
-  if (!py::isinstance<CArray<T>>(packed))
-    throw py::type_error("packed weights must be a C-contiguous array of the input's dtype");
-  keep = py::reinterpret_borrow<CArray<T>>(packed);
-  const std::string want = pack_tag(gemm), isa = tag.substr(0, tag.find(' '));
+  if (!py::isinstance<PackedWeights>(packed))
+    throw py::type_error("packed weights must come from relprop.ops.dense_pack or conv2d_pack, "
+                         "got " + std::string(py::str(py::type::of(packed).attr("__name__"))));
+  const auto& pw = packed.cast<const PackedWeights&>();
   const char* now = relprop::isa_name(relprop::active_isa());
-  RELPROP_CHECK(isa == now, "the weights were packed for ISA ", isa, " but ", now, " is in use");
-  RELPROP_CHECK(tag == want, "the weights were packed for '", tag, "', not for '", want, "'");
-  RELPROP_CHECK(keep.ndim() == 1 && keep.shape(0) == size,
-                "packed weights do not match the weight (", keep.size(), " elements, expected ",
-                size, ")");
-  return keep.data();
+  RELPROP_CHECK(pw.isa == now, "the weights were packed for ISA ", pw.isa, " but ", now,
+                " is in use");
+  RELPROP_CHECK(pw.gemm == gemm, "the weights were packed for '", pw.gemm, "', not for '", gemm,
+                "'");
+  const std::vector<idx> want = shape_of(w);
+  RELPROP_CHECK(pw.dtype == dtype_name<T>() && pw.shape == want,
+                "the packed weights do not match the weight: packed for ", shape_string(pw.shape),
+                " ", pw.dtype, ", used for ", shape_string(want), " ", dtype_name<T>());
+  RELPROP_CHECK(pw.data.ndim() == 1 && pw.data.shape(0) == size &&
+                    py::isinstance<CArray<T>>(pw.data),
+                "packed weights are corrupt (", pw.data.size(), " elements, expected ", size, ")");
+  return static_cast<const T*>(pw.data.data());
 }
 
 template <typename T>
@@ -93,15 +121,15 @@ Window2d window(const CArray<T>& x, Pair k, Pair s, Pair p) {
 
 template <typename T>
 CArray<T> dense_forward(const CArray<T>& x, const CArray<T>& w, const py::object& b, int nthreads,
-                        const py::object& packed, const std::string& packed_tag) {
+                        const py::object& packed) {
   check_ndim(x, 2, "x");
   check_ndim(w, 2, "weight");
   const idx n = x.shape(0), in = x.shape(1), out = w.shape(0);
   RELPROP_CHECK(w.shape(1) == in, "weight.shape[1]=", w.shape(1), " must equal ", in, " (x.shape[1])");
-  CArray<T> keep, keep_packed;
+  CArray<T> keep;
   const T* bp = optional_bias<T>(b, out, keep);
-  const T* pp = optional_packed<T>(packed, packed_tag, "dense_forward",
-                                   relprop::dense_packed_size<T>(in, out, true), keep_packed);
+  const T* pp = optional_packed<T>(packed, "dense_forward", w,
+                                   relprop::dense_packed_size<T>(in, out, true));
   CArray<T> y = output<T>({n, out});
   T* yp = y.mutable_data();
   {
@@ -113,14 +141,13 @@ CArray<T> dense_forward(const CArray<T>& x, const CArray<T>& w, const py::object
 
 template <typename T>
 CArray<T> dense_backward(const CArray<T>& g, const CArray<T>& w, int nthreads,
-                         const py::object& packed, const std::string& packed_tag) {
+                         const py::object& packed) {
   check_ndim(g, 2, "grad");
   check_ndim(w, 2, "weight");
   const idx n = g.shape(0), out = w.shape(0), in = w.shape(1);
   RELPROP_CHECK(g.shape(1) == out, "grad.shape[1]=", g.shape(1), " must equal ", out, " (weight.shape[0])");
-  CArray<T> keep_packed;
-  const T* pp = optional_packed<T>(packed, packed_tag, "dense_backward",
-                                   relprop::dense_packed_size<T>(in, out, false), keep_packed);
+  const T* pp = optional_packed<T>(packed, "dense_backward", w,
+                                   relprop::dense_packed_size<T>(in, out, false));
   CArray<T> gx = output<T>({n, in});
   T* gp = gx.mutable_data();
   {
@@ -146,39 +173,41 @@ inline const char* conv_backward_gemm(const Window2d& g, idx c_out) {
                                                     : "conv2d_backward";
 }
 
-// (tag, packed): `size` elements filled by pack(dst) without the GIL, for `gemm`.
+// PackedWeights of w for `gemm`: `size` elements filled by pack(dst) without the GIL.
 template <typename T, class Pack>
-py::tuple packed_for(const char* gemm, idx size, Pack pack) {
+PackedWeights packed_for(const char* gemm, const CArray<T>& w, idx size, Pack pack) {
   CArray<T> packed = output<T>({size});
   T* pp = packed.mutable_data();
   {
     py::gil_scoped_release nogil;
     pack(pp);
   }
-  return py::make_tuple(pack_tag(gemm), packed);
+  py::detail::array_proxy(packed.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+  return PackedWeights{relprop::isa_name(relprop::active_isa()), gemm, dtype_name<T>(),
+                       shape_of(w), packed};
 }
 
-// (tag, packed) for conv2d_forward, or for conv2d_backward with stride s and padding p.
+// PackedWeights for conv2d_forward, or for conv2d_backward with stride s and padding p.
 template <typename T>
-py::tuple conv2d_pack(const CArray<T>& w, bool backward, Pair s, Pair p) {
+PackedWeights conv2d_pack(const CArray<T>& w, bool backward, Pair s, Pair p) {
   check_ndim(w, 4, "weight");
   const idx c_out = w.shape(0), k = w.shape(1) * w.shape(2) * w.shape(3);
   if (backward) {
     const Window2d g = pack_window(w, s, p);
-    return packed_for<T>(conv_backward_gemm(g, c_out),
+    return packed_for<T>(conv_backward_gemm(g, c_out), w,
                          relprop::conv2d_backward_packed_size<T>(g, c_out),
                          [&](T* dst) { relprop::conv2d_pack_backward<T>(w.data(), g, c_out, dst); });
   }
-  return packed_for<T>("conv2d_forward", relprop::conv2d_packed_size<T>(c_out, k),
+  return packed_for<T>("conv2d_forward", w, relprop::conv2d_packed_size<T>(c_out, k),
                        [&](T* dst) { relprop::conv2d_pack<T>(w.data(), c_out, k, dst); });
 }
 
-// (tag, packed) for dense_forward (forward=true) or dense_backward, under the ISA in use.
+// PackedWeights for dense_forward (forward=true) or dense_backward, under the ISA in use.
 template <typename T>
-py::tuple dense_pack(const CArray<T>& w, bool forward) {
+PackedWeights dense_pack(const CArray<T>& w, bool forward) {
   check_ndim(w, 2, "weight");
   const idx out = w.shape(0), in = w.shape(1);
-  return packed_for<T>(forward ? "dense_forward" : "dense_backward",
+  return packed_for<T>(forward ? "dense_forward" : "dense_backward", w,
                        relprop::dense_packed_size<T>(in, out, forward),
                        [&](T* dst) { relprop::dense_pack<T>(w.data(), in, out, forward, dst); });
 }
@@ -193,21 +222,20 @@ Window2d conv_window(const CArray<T>& x, const CArray<T>& w, Pair s, Pair p) {
 }
 
 template <typename T>
-const T* conv_packed(const CArray<T>& w, const py::object& packed, const std::string& tag,
-                     CArray<T>& keep) {
+const T* conv_packed(const CArray<T>& w, const py::object& packed) {
   const idx k = w.shape(1) * w.shape(2) * w.shape(3);
-  return optional_packed<T>(packed, tag, "conv2d_forward",
-                            relprop::conv2d_packed_size<T>(w.shape(0), k), keep);
+  return optional_packed<T>(packed, "conv2d_forward", w,
+                            relprop::conv2d_packed_size<T>(w.shape(0), k));
 }
 
 template <typename T>
 CArray<T> conv2d_forward(const CArray<T>& x, const CArray<T>& w, const py::object& b, Pair s, Pair p,
-                         int nthreads, const py::object& packed, const std::string& packed_tag) {
+                         int nthreads, const py::object& packed) {
   const Window2d g = conv_window(x, w, s, p);
   const idx c_out = w.shape(0);
-  CArray<T> keep, keep_packed;
+  CArray<T> keep;
   const T* bp = optional_bias<T>(b, c_out, keep);
-  const T* pp = conv_packed<T>(w, packed, packed_tag, keep_packed);
+  const T* pp = conv_packed<T>(w, packed);
   CArray<T> y = output<T>({g.n, c_out, g.oh(), g.ow()});
   T* yp = y.mutable_data();
   {
@@ -220,14 +248,14 @@ CArray<T> conv2d_forward(const CArray<T>& x, const CArray<T>& w, const py::objec
 // (y[:, :split], y[:, split:]) of conv2d_forward as two arrays, from one GEMM.
 template <typename T>
 py::tuple conv2d_forward_split(const CArray<T>& x, const CArray<T>& w, const py::object& b,
-                               idx split, Pair s, Pair p, int nthreads, const py::object& packed,
-                               const std::string& packed_tag) {
+                               idx split, Pair s, Pair p, int nthreads,
+                               const py::object& packed) {
   const Window2d g = conv_window(x, w, s, p);
   const idx c_out = w.shape(0);
   RELPROP_CHECK(split > 0 && split < c_out, "split must be in [1, ", c_out - 1, "], got ", split);
-  CArray<T> keep, keep_packed;
+  CArray<T> keep;
   const T* bp = optional_bias<T>(b, c_out, keep);
-  const T* pp = conv_packed<T>(w, packed, packed_tag, keep_packed);
+  const T* pp = conv_packed<T>(w, packed);
   CArray<T> y = output<T>({g.n, split, g.oh(), g.ow()});
   CArray<T> y2 = output<T>({g.n, c_out - split, g.oh(), g.ow()});
   T* yp = y.mutable_data();
@@ -253,15 +281,14 @@ Window2d backward_window(const CArray<T>& gy, idx c, Pair hw, Pair k, Pair s, Pa
 
 template <typename T>
 CArray<T> conv2d_backward(const CArray<T>& gy, const CArray<T>& w, Pair hw, Pair s, Pair p,
-                          int nthreads, const py::object& packed, const std::string& packed_tag) {
+                          int nthreads, const py::object& packed) {
   check_ndim(w, 4, "weight");
   const Window2d g = backward_window(gy, w.shape(1), hw, {w.shape(2), w.shape(3)}, s, p);
   const idx c_out = w.shape(0);
   RELPROP_CHECK(gy.shape(1) == c_out, "grad.shape[1]=", gy.shape(1), " must equal ", c_out,
                 " (weight.shape[0])");
-  CArray<T> keep_packed;
-  const T* pp = optional_packed<T>(packed, packed_tag, conv_backward_gemm(g, c_out),
-                                   relprop::conv2d_backward_packed_size<T>(g, c_out), keep_packed);
+  const T* pp = optional_packed<T>(packed, conv_backward_gemm(g, c_out), w,
+                                   relprop::conv2d_backward_packed_size<T>(g, c_out));
   CArray<T> gx = output<T>({g.n, g.c, g.h, g.w});
   T* gp = gx.mutable_data();
   {
@@ -465,19 +492,18 @@ template <typename T>
 void define(py::module_& m) {
   auto nc = [](const char* name) { return py::arg(name).noconvert(); };
   m.def("dense_forward", &dense_forward<T>, nc("x"), nc("weight"), "bias"_a, "nthreads"_a,
-        "packed"_a = py::none(), "packed_tag"_a = "");
+        "packed"_a = py::none());
   m.def("dense_backward", &dense_backward<T>, nc("grad"), nc("weight"), "nthreads"_a,
-        "packed"_a = py::none(), "packed_tag"_a = "");
+        "packed"_a = py::none());
   m.def("dense_pack", &dense_pack<T>, nc("weight"), "forward"_a);
   m.def("conv2d_forward", &conv2d_forward<T>, nc("x"), nc("weight"), "bias"_a, "stride"_a, "padding"_a,
-        "nthreads"_a, "packed"_a = py::none(), "packed_tag"_a = "");
+        "nthreads"_a, "packed"_a = py::none());
   m.def("conv2d_forward_split", &conv2d_forward_split<T>, nc("x"), nc("weight"), "bias"_a,
-        "split"_a, "stride"_a, "padding"_a, "nthreads"_a, "packed"_a = py::none(),
-        "packed_tag"_a = "");
+        "split"_a, "stride"_a, "padding"_a, "nthreads"_a, "packed"_a = py::none());
   m.def("conv2d_pack", &conv2d_pack<T>, nc("weight"), "backward"_a = false,
         "stride"_a = Pair{1, 1}, "padding"_a = Pair{0, 0});
   m.def("conv2d_backward", &conv2d_backward<T>, nc("grad"), nc("weight"), "in_hw"_a, "stride"_a,
-        "padding"_a, "nthreads"_a, "packed"_a = py::none(), "packed_tag"_a = "");
+        "padding"_a, "nthreads"_a, "packed"_a = py::none());
   m.def("maxpool2d_forward", &maxpool2d_forward<T>, nc("x"), "kernel"_a, "stride"_a, "padding"_a,
         "nthreads"_a);
   m.def("maxpool2d_backward", &maxpool2d_backward<T>, nc("grad"), nc("argmax"), "in_hw"_a, "kernel"_a,
@@ -501,6 +527,20 @@ void define(py::module_& m) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "relprop's compiled kernels. Use relprop.ops (validated wrappers), not this module.";
+  py::class_<PackedWeights>(m, "PackedWeights",
+                            "Weights packed for one GEMM (relprop.ops.dense_pack, conv2d_pack).")
+      .def_readonly("isa", &PackedWeights::isa)
+      .def_readonly("gemm", &PackedWeights::gemm)
+      .def_readonly("dtype", &PackedWeights::dtype)
+      .def_property_readonly("shape", [](const PackedWeights& p) {
+        return py::tuple(py::cast(p.shape));
+      })
+      .def_readonly("data", &PackedWeights::data)
+      .def("__repr__", [](const PackedWeights& p) {
+        return "PackedWeights(isa='" + p.isa + "', gemm='" + p.gemm + "', weight " +
+               shape_string(p.shape) + " " + p.dtype + ", " + std::to_string(p.data.size()) +
+               " elements)";
+      });
 #ifdef RELPROP_VERSION
   m.attr("__version__") = RELPROP_VERSION;
 #endif
@@ -509,6 +549,13 @@ PYBIND11_MODULE(_core, m) {
   // GEMM instruction set (relprop/cpu.hpp); relprop.ops applies RELPROP_ISA at import
   m.def("isa", [] { return std::string(relprop::isa_name(relprop::active_isa())); });
   m.def("supported_isas", &relprop::supported_isas);
+  // The register tile and cache blocks of the active ISA's GEMM for one dtype (tests derive
+  // their shapes from them).
+  m.def("gemm_blocks", [](bool double_precision) {
+    const relprop::GemmBlocks b = double_precision ? relprop::gemm_blocks<double>()
+                                                   : relprop::gemm_blocks<float>();
+    return py::dict("mr"_a = b.mr, "nr"_a = b.nr, "mc"_a = b.mc, "kc"_a = b.kc, "nc"_a = b.nc);
+  }, "double_precision"_a);
   m.def("set_isa", [](const std::string& name) { relprop::set_isa(relprop::parse_isa(name)); },
         "name"_a);
   m.def("set_isa_from_env", &relprop::set_isa_from_env);
@@ -520,6 +567,8 @@ PYBIND11_MODULE(_core, m) {
                     "peak_bytes"_a = relprop::memory::peak_bytes());
   });
   m.def("reset_memory_peak", [] { relprop::memory::reset_peak(); });
+  // Test-only: make the growth of GEMM scratch buffers fail (std::bad_alloc -> MemoryError).
+  m.def("_fail_scratch_allocations", &relprop::testing::fail_allocations, "on"_a);
   // Output blocks kept for reuse (relprop/pool.hpp) and their release to the system
   m.def("pool_cached_bytes", &relprop::pool::cached_bytes);
   m.def("release_memory", &relprop::pool::release_cached);

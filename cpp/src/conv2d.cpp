@@ -98,11 +98,10 @@ void run_batch(const GemmImpl<T>& impl, const BatchGemm<T>& bg, int nthreads) {
       detail::choose_split(bg.m, units * impl.nr, bg.k, impl.mr, impl.nr, nt, false);
   const idx sm = (bg.m + impl.mr - 1) / impl.mr;
   const int tasks = sp.tm * sp.tn;
-#pragma omp parallel for schedule(static) num_threads(tasks)
-  for (int t = 0; t < tasks; ++t) {
+  parallel_for(tasks, tasks, [&](idx t) {
     idx lo_m, hi_m, u0, u1;
-    detail::share(sm, sp.tm, t / sp.tn, lo_m, hi_m);
-    detail::share(units, sp.tn, t % sp.tn, u0, u1);
+    detail::share(sm, sp.tm, static_cast<int>(t / sp.tn), lo_m, hi_m);
+    detail::share(units, sp.tn, static_cast<int>(t % sp.tn), u0, u1);
     const idx i0 = lo_m * impl.mr, i1 = std::min(hi_m * impl.mr, bg.m);
     for (idx u = u0; u < u1 && i0 < i1;) {
       const idx s = u / strips, first = u % strips;
@@ -111,7 +110,7 @@ void run_batch(const GemmImpl<T>& impl, const BatchGemm<T>& bg, int nthreads) {
                        std::min(last * impl.nr, bg.P));
       u += last - first;
     }
-  }
+  });
 }
 
 // x[c, i, j] += cols[(c, u, v), (p, q)] for channels c0 <= c < c1 (transpose of im2col); x must
@@ -244,18 +243,16 @@ void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_ou
   // GEMM and then col2im (over channels) in parallel for small batches.
   const int nt = threads_for(nthreads, g.n * K, g.n * P * K * c_out);
   if (nt > 1 && g.n >= nt) {
-    // one cols buffer per thread, allocated here: an allocation failure must not happen inside
-    // the parallel region (an exception may not leave it)
+    // one cols buffer per thread, allocated here, outside the parallel region
     Buffer<T> all_cols(static_cast<size_t>(nt * K * P));
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (idx s = 0; s < g.n; ++s) {
+    parallel_for(nt, g.n, [&](idx s) {
       T* cols = all_cols.data() + static_cast<idx>(thread_index()) * K * P;
       const BatchGemm<T> one{1, K, c_out, P, packed, nullptr, gy + s * c_out * P, 0, cols, 0,
                              nullptr};
       detail::run_tile(impl, one.sample(0), 0, K, 0, P);
       std::fill(gx + s * S, gx + (s + 1) * S, T(0));
       col2im(cols, gx + s * S, g, 0, g.c);
-    }
+    });
     return;
   }
   Buffer<T> cols(static_cast<size_t>(K * P));

@@ -130,6 +130,11 @@ void set_isa_from_env() {
 // ---------------------------------------------------------------------------------------------
 // Threading and scratch memory
 
+namespace testing {
+std::atomic<bool> g_fail_allocations{false};
+void fail_allocations(bool on) { g_fail_allocations.store(on, std::memory_order_relaxed); }
+}  // namespace testing
+
 namespace detail {
 
 template <>
@@ -183,6 +188,7 @@ struct Scratch {
   void* get(int slot, std::size_t want) {
     if (want > bytes[slot]) {
       release(slot);
+      if (testing::g_fail_allocations.load(std::memory_order_relaxed)) throw std::bad_alloc();
       const std::size_t size = (want + 63) / 64 * 64;
       void* p = std::aligned_alloc(64, size);
       if (!p) throw std::bad_alloc();
@@ -264,16 +270,15 @@ void run_gemm(const GemmImpl<T>& impl, const GemmArgs<T>& g, int nthreads) {
   }
   const Split s = choose_split(g.m, g.n, g.k, impl.mr, impl.nr, nt, g.apack == nullptr);
   const int tasks = s.tm * s.tn;
-#pragma omp parallel for schedule(static) num_threads(tasks)
-  for (int t = 0; t < tasks; ++t) {
+  parallel_for(tasks, tasks, [&](idx t) {
     idx lo_m, hi_m, lo_n, hi_n;
-    share(sm, s.tm, t / s.tn, lo_m, hi_m);
-    share(sn, s.tn, t % s.tn, lo_n, hi_n);
+    share(sm, s.tm, static_cast<int>(t / s.tn), lo_m, hi_m);
+    share(sn, s.tn, static_cast<int>(t % s.tn), lo_n, hi_n);
     const idx i1 = hi_m * impl.mr < g.m ? hi_m * impl.mr : g.m;
     const idx j1 = hi_n * impl.nr < g.n ? hi_n * impl.nr : g.n;
     if (lo_m * impl.mr < i1 && lo_n * impl.nr < j1)
       run_tile(impl, g, lo_m * impl.mr, i1, lo_n * impl.nr, j1);
-  }
+  });
 }
 
 #define RELPROP_INSTANTIATE(T)                                                              \
@@ -338,7 +343,14 @@ void gemm_packed_b(idx m, idx n, idx k, const T* a, idx rsa, idx csa, const T* b
   detail::run_gemm(detail::active_gemm<T>(), g, nthreads);
 }
 
+template <typename T>
+GemmBlocks gemm_blocks() {
+  const auto& impl = detail::active_gemm<T>();
+  return GemmBlocks{impl.mr, impl.nr, impl.mc, impl.kc, impl.nc};
+}
+
 #define RELPROP_INSTANTIATE(T)                                                                \
+  template GemmBlocks gemm_blocks<T>();                                                       \
   template void gemm<T>(idx, idx, idx, const T*, idx, idx, const T*, idx, idx, T*, idx, bool, \
                         int);                                                                 \
   template idx packed_b_size<T>(idx, idx);                                                    \

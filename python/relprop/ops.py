@@ -44,6 +44,12 @@ def set_isa(name: str) -> None:
     _core.set_isa(name)
 
 
+def gemm_blocks(dtype=np.float32) -> dict:
+    """The register tile ``mr x nr`` and cache blocks ``mc, kc, nc`` of the GEMM of the ISA in
+    use for ``dtype`` (float32 or float64)."""
+    return dict(_core.gemm_blocks(np.dtype(dtype) == np.float64))
+
+
 def fma_peak_gflops(nthreads=None) -> float:
     """Measured float32 FMA throughput of the ISA in use, in GFLOP/s over ``nthreads`` threads.
 
@@ -115,31 +121,24 @@ def _bias(b, dtype):
     return None if b is None else _c(b, dtype)
 
 
-def _packed(packed):
-    """``(tag, array)`` from ``dense_pack``/``conv2d_pack`` (the tag names the ISA and the GEMM
-    the weights were packed for), or ``("", None)`` for None."""
-    return ("", None) if packed is None else packed
-
-
 def dense_forward(x, w, b=None, packed=None):
     """``y = x @ w.T + b``: x (n, in), w (out, in), b (out,) -> (n, out).
 
     ``packed``: ``dense_pack(w, True)`` made under the ISA in use (skips packing ``w``; the
     result is bitwise the same)."""
-    tag, arr = _packed(packed)
-    return _core.dense_forward(x, _c(w, x.dtype), _bias(b, x.dtype), _threads, arr, tag)
+    return _core.dense_forward(x, _c(w, x.dtype), _bias(b, x.dtype), _threads, packed)
 
 
 def dense_backward(g, w, packed=None):
     """``gx = g @ w``: g (n, out), w (out, in) -> (n, in); ``packed``: ``dense_pack(w, False)``."""
-    tag, arr = _packed(packed)
-    return _core.dense_backward(g, _c(w, g.dtype), _threads, arr, tag)
+    return _core.dense_backward(g, _c(w, g.dtype), _threads, packed)
 
 
 def dense_pack(w, forward):
     """``w`` (out, in) packed for :func:`dense_forward` (``forward=True``) or
-    :func:`dense_backward`, as ``(tag, array)``: the layout of the GEMM's instruction set in
-    use; the kernels check the tag (ISA and GEMM) and the size."""
+    :func:`dense_backward` in the layout of the GEMM's instruction set in use: a
+    ``PackedWeights`` that records the ISA, the GEMM, the dtype and the weight's shape, all of
+    which the kernels check (a packing of another weight raises ``ValueError``)."""
     return _core.dense_pack(w, bool(forward))
 
 
@@ -148,22 +147,21 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), packed=None):
 
     ``packed``: ``conv2d_pack(w)`` made under the ISA in use (skips packing ``w``; the result is
     bitwise the same)."""
-    tag, arr = _packed(packed)
     return _core.conv2d_forward(x, _c(w, x.dtype), _bias(b, x.dtype), stride, padding, _threads,
-                                arr, tag)
+                                packed)
 
 
 def conv2d_forward_split(x, w, b, split, stride=(1, 1), padding=(0, 0), packed=None):
     """:func:`conv2d_forward` returned as two arrays, output channels ``[0, split)`` and
     ``[split, c_out)``, from one GEMM (two stacked weight sets share the im2col packing)."""
-    tag, arr = _packed(packed)
     return _core.conv2d_forward_split(x, _c(w, x.dtype), _bias(b, x.dtype), int(split), stride,
-                                      padding, _threads, arr, tag)
+                                      padding, _threads, packed)
 
 
 def conv2d_pack(w, backward=False, stride=(1, 1), padding=(0, 0)):
     """``w`` (c_out, c_in, kh, kw) packed for :func:`conv2d_forward`, or with ``backward`` for
-    :func:`conv2d_backward` with that stride and padding, as ``(tag, array)``."""
+    :func:`conv2d_backward` with that stride and padding (a ``PackedWeights``, checked as in
+    :func:`dense_pack`)."""
     return _core.conv2d_pack(w, backward, stride, padding)
 
 
@@ -172,9 +170,8 @@ def conv2d_backward(g, w, in_hw, stride=(1, 1), padding=(0, 0), packed=None):
 
     ``packed``: ``conv2d_pack(w, True, stride, padding)`` made under the ISA in use (skips
     packing ``w``; the result is bitwise the same)."""
-    tag, arr = _packed(packed)
     return _core.conv2d_backward(g, _c(w, g.dtype), tuple(in_hw), stride, padding, _threads,
-                                 arr, tag)
+                                 packed)
 
 
 def maxpool2d_forward(x, kernel, stride, padding=(0, 0)):

@@ -27,4 +27,18 @@ template <typename T>
 void gemm_packed_b(idx m, idx n, idx k, const T* a, idx rsa, idx csa, const T* bpack, T* c,
                    idx ldc, bool accumulate, int nthreads);
 
+// The register tile (mr x nr) and cache blocks (mc, kc, nc) of the active ISA's GEMM for T.
+struct GemmBlocks {
+  int mr, nr;
+  idx mc, kc, nc;
+};
+template <typename T>
+GemmBlocks gemm_blocks();
+
+namespace testing {
+// Test-only: while on, every growth of a GEMM scratch buffer throws std::bad_alloc (buffers
+// are grown inside OpenMP regions, where an exception must be carried out of the region).
+void fail_allocations(bool on);
+}  // namespace testing
+
 }  // namespace relprop

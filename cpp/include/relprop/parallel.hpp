@@ -1,6 +1,8 @@
 // Thread-count helpers; compiles with and without OpenMP.
 #pragma once
+#include <atomic>
 #include <cstdint>
+#include <exception>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -43,6 +45,32 @@ inline int threads_for(int nthreads, std::int64_t tasks, std::int64_t work) {
   if (work < kMinParallelWork) return 1;
   if (tasks < t) t = static_cast<int>(tasks < 1 ? 1 : tasks);
   return t;
+}
+
+// Runs body(t) for t = 0, ..., tasks - 1 on nt threads (OpenMP, static schedule: task t runs on
+// the same thread for any call with the same nt).  No exception may leave an OpenMP region (the
+// process would end), so one thrown by a body (std::bad_alloc from a scratch buffer) is caught
+// in its thread, the tasks not yet started are skipped, and the first exception is rethrown
+// here after the threads have joined, as hnswlib's ParallelFor does.
+template <class Body>
+void parallel_for(int nt, std::int64_t tasks, Body&& body) {
+  std::exception_ptr error;
+  std::atomic<bool> failed{false};
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (std::int64_t t = 0; t < tasks; ++t) {
+    if (failed.load(std::memory_order_relaxed)) continue;
+    try {
+      body(t);
+    } catch (...) {
+#pragma omp critical(relprop_parallel_for_error)
+      {
+        if (!error) error = std::current_exception();
+      }
+      failed.store(true, std::memory_order_relaxed);
+    }
+  }
+  (void)nt;
+  if (error) std::rethrow_exception(error);
 }
 
 }  // namespace relprop
