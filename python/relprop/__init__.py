@@ -12,44 +12,13 @@ from .averaged import integrated_gradients, smoothgrad
 from .composites import Composite
 from .importers import from_onnx, from_sklearn, from_torch
 from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dense, Flatten,
-                     GlobalAvgPool2d, MaxPool2d, ReLU)
+                     GlobalAvgPool2d, MaxPool2d, ReLU, release_memory)
 from .lrp import conservation, lrp
-from .methods import (TaylorInfo, deconvnet, gradient, gradient_x_input, guided_backprop,
-                      pool_channels, sensitivity, taylor)
+from .methods import (METHODS, TaylorInfo, deconvnet, explain, gradient, gradient_x_input,
+                      guided_backprop, pool_channels, sensitivity, taylor)
 from .network import Sequential, Trace, load
-from .ops import get_num_threads, release_memory, set_num_threads
+from .ops import get_num_threads, set_num_threads
 from .prototypes import GaussianPrior, Prototypes, activation_maximization
-
-METHODS = {
-    "gradient": gradient,
-    "sensitivity": sensitivity,
-    "gradient_x_input": gradient_x_input,
-    "taylor": taylor,
-    "deconvnet": deconvnet,
-    "guided_backprop": guided_backprop,
-    "smoothgrad": smoothgrad,
-    "integrated_gradients": integrated_gradients,
-}
-
-
-def explain(net, x, target, method="lrp.epsilon_plus_flat", **kwargs):
-    """Explain ``net``'s output ``target`` at ``x`` with a method given by name.
-
-    ``method`` is one of :data:`METHODS` ("gradient", "sensitivity", "gradient_x_input",
-    "taylor", "deconvnet", "guided_backprop", ...) or ``"lrp.<name>"`` with a composite or rule
-    name ("lrp.epsilon_plus_flat", "lrp.epsilon_gamma_box", "lrp.epsilon", ...).  ``kwargs`` go
-    to the method (for LRP: ``batch_size``, ``check_finite``, and the composite's parameters,
-    e.g. ``low``/``high`` for epsilon_gamma_box).
-    """
-    if not isinstance(method, str):
-        raise TypeError(f"method must be a string, got {type(method).__name__}")
-    if method.startswith("lrp."):
-        return lrp(net, x, target, method[4:], **kwargs)
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {sorted(METHODS)} or "
-                         f"'lrp.<composite or rule>' ({sorted(composites.COMPOSITES)})")
-    return METHODS[method](net, x, target, **kwargs)
-
 
 def show_config(file=None, peak=False) -> dict:
     """Print (and return) version, GEMM instruction set, OpenMP support and thread count.

@@ -10,24 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._targets import _finite_result, _is_int
+from ._common import check_batch_size, finite_result, row_targets
 from ._validate import as_float_array, as_int, as_scalar, check_size
-from .methods import _backward
-
-
-def _row_targets(target, n):
-    """A function ``rows -> target of those rows`` for sample indices ``rows`` of a batch of n."""
-    if _is_int(target):
-        return lambda rows: target
-    t = np.asarray(target)
-    if t.ndim == 0 or t.shape[0] != n:
-        raise ValueError(f"target has {t.shape[0] if t.ndim else 0} entries for a batch of {n} "
-                         "samples")
-    return lambda rows: t[rows]
-
-
-def _check_batch_size(batch_size, rows):
-    return rows if batch_size is None else as_int(batch_size, "batch_size", minimum=1)
+from .engine import gradient_pass
 
 
 def averaged_gradient(net, x, target, points, weights, batch_size=None):
@@ -51,15 +36,15 @@ def averaged_gradient(net, x, target, points, weights, batch_size=None):
     """
     n, k = x.shape[0], len(weights)
     rows = n * k
-    step = _check_batch_size(batch_size, rows)
+    step = check_batch_size(batch_size, rows)
     check_size((min(step, rows),) + x.shape[1:], "an expanded batch")
-    take_target = _row_targets(target, n)
+    take_target = row_targets(target, n)
     w = np.asarray(weights, dtype=x.dtype)
     out = np.zeros_like(x)
     for start in range(0, rows, step):
         idx = np.arange(start, min(rows, start + step))
         i, kk = idx // k, idx % k
-        g = _backward(net, points(i, kk), take_target(i))
+        g = gradient_pass(net, points(i, kk), take_target(i))
         g *= w[kk].reshape((-1,) + (1,) * (x.ndim - 1))
         first = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])  # rows are sample-major
         out[i[first]] += np.add.reduceat(g, first, axis=0)
@@ -115,7 +100,7 @@ def smoothgrad(net, x, target, n=16, sigma=0.15, seed=None, *, batch_size=None,
         return (x[i] + scale[i] * noise).astype(x.dtype)
 
     weights = np.full(n, 1.0 / n)
-    return _finite_result(lambda xc, tc: averaged_gradient(net, xc, tc, points, weights,
+    return finite_result(lambda xc, tc: averaged_gradient(net, xc, tc, points, weights,
                                                            batch_size), x, target)
 
 
@@ -206,5 +191,5 @@ def integrated_gradients(net, x, target, baseline=None, steps=32, quadrature="ri
     def points(i, k):
         return base[i] + alphas[k].reshape(shape) * diff[i]
 
-    return _finite_result(lambda xc, tc: diff * averaged_gradient(net, xc, tc, points, weights,
+    return finite_result(lambda xc, tc: diff * averaged_gradient(net, xc, tc, points, weights,
                                                                   batch_size), x, target)

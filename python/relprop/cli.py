@@ -203,8 +203,8 @@ def resolve_target(spec, net, x, batch_size=None):
 
 def check_method(name):
     """Raise ValueError unless ``name`` is a method :func:`relprop.explain` knows."""
-    from . import METHODS
     from .composites import COMPOSITES
+    from .methods import METHODS
     from .rules import RULES
 
     if name in METHODS or (name.startswith("lrp.") and (name[4:] in COMPOSITES or

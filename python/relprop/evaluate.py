@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._targets import seed as output_seed
+from ._common import check_batch_size, row_targets
+from ._common import seed as output_seed
 from ._validate import as_float_array, as_int
-from .averaged import _check_batch_size, _row_targets
 
 ORDERS = ("most_relevant_first", "least_relevant_first")
 
@@ -156,8 +156,8 @@ def pixel_flipping(net, x, R, target, steps=None, patch=1, fill=0.0,
     fill = np.broadcast_to(_fill_values(x, fill, np.random.default_rng(seed)), x.shape)
     n = x.shape[0]
     rows = n * (steps + 1)
-    step = _check_batch_size(batch_size, rows)
-    take_target = _row_targets(target, n)
+    step = check_batch_size(batch_size, rows)
+    take_target = row_targets(target, n)
     curves = np.empty(rows)
     for start in range(0, rows, step):
         idx = np.arange(start, min(rows, start + step))
@@ -253,7 +253,7 @@ def conservation_report(net, X, target, method="lrp.epsilon", *, batch_size=None
     ConservationReport
         ``.summary()`` gives mean/max absolute and relative error.
     """
-    from . import explain
+    from .methods import explain
 
     X = net.check_input(X)
     R = explain(net, X, target, method=method, batch_size=batch_size, **kwargs)
@@ -317,7 +317,7 @@ def compare(net, x, target, methods=DEFAULT_METHODS, *, steps=None, patch=1, fil
         ``to_markdown()``.  samples/s times the explanation alone (wall clock, one run after
         a warm-up call on two samples).
     """
-    from . import explain
+    from .methods import explain
 
     x = net.check_input(x)
     method_kwargs = dict(method_kwargs or {})

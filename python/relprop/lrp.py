@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._targets import chunks, map_batches, seed
+from ._common import chunks, map_batches, seed, shape_only
 from .composites import as_composite
 from .layers import Flatten, ReLU
-from .network import _shape_only
 from .rules import WinnerTakeAll
 
 
@@ -58,7 +57,7 @@ def _lrp(net, x, target, rules, layerwise=False):
         else:
             x, state = layer.forward(a)
         reads = rule.reads(parts is not None)
-        kept_a = (a if remake is None else remake) if "a" in reads else _shape_only(a)
+        kept_a = (a if remake is None else remake) if "a" in reads else shape_only(a)
         saved.append([kept_a, x if "z" in reads else None, state, parts])
         remake = _remaker(layer, x, "z" in reads, parts, remake)
     r = seed(target, x, scale=True)

@@ -1,7 +1,8 @@
-"""The gradient family: sensitivity, gradient x input, simple Taylor, deconvnet, guided backprop.
+"""The gradient family (sensitivity, gradient x input, simple Taylor, deconvnet, guided backprop)
+and :func:`explain`, every method by name.
 
 Every method takes ``(net, x, target)`` and returns an array shaped like ``x`` (float dtype of
-``x``); see :func:`relprop._targets.seed` for ``target``.  ``batch_size=`` processes the batch
+``x``); see :func:`relprop._common.seed` for ``target``.  ``batch_size=`` processes the batch
 in chunks so that memory stays bounded.
 """
 from __future__ import annotations
@@ -10,12 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._targets import map_batches, seed
+from . import composites
+from ._common import map_batches
 from ._validate import as_float_array, as_int, as_scalar
-
-
-def _backward(net, x, target, relu_mode="gradient"):
-    return net.vjp(x, lambda out: seed(target, out, scale=False), relu_mode)[1]
+from .averaged import integrated_gradients, smoothgrad
+from .engine import gradient_pass, score_and_grad
+from .lrp import lrp
 
 
 def _method(relu_mode, post=None):
@@ -23,7 +24,7 @@ def _method(relu_mode, post=None):
         x = net.check_input(x, check_finite)
 
         def one(xc, tc):
-            g = _backward(net, xc, tc, relu_mode)
+            g = gradient_pass(net, xc, tc, relu_mode)
             return g if post is None else post(xc, g)
 
         return map_batches(one, x, target, batch_size)
@@ -85,18 +86,6 @@ class TaylorInfo:
     steps: int
 
 
-def _score_and_grad(net, x, target):
-    seeds = []
-
-    def make_seed(out):
-        seeds.append(seed(target, out, scale=False))
-        return seeds[0]
-
-    out, g = net.vjp(x, make_seed)
-    score = (seeds[0] * out).reshape(len(x), -1).sum(axis=1)
-    return score, g
-
-
 def _sum(a):
     return a.reshape(a.shape[0], -1).sum(axis=1)
 
@@ -142,13 +131,13 @@ def taylor(net, x, target, root="zero", *, max_steps=50, tol=1e-5, return_info=F
         steps = 0
         if mode == "zero":
             r0 = xc * xc.dtype.type(ZERO_ROOT_SCALE)
-            _, g = _score_and_grad(net, r0, tc)
+            _, g = score_and_grad(net, r0, tc)
             r0 = np.zeros_like(xc)
         elif mode == "nearest":
             r0 = xc.copy()
             fx = None
             for steps in range(max_steps + 1):
-                f, g = _score_and_grad(net, r0, tc)
+                f, g = score_and_grad(net, r0, tc)
                 if fx is None:
                     fx = np.abs(f)
                 gn = _sum(g * g)
@@ -159,11 +148,11 @@ def taylor(net, x, target, root="zero", *, max_steps=50, tol=1e-5, return_info=F
                 r0 = r0 - step.reshape((-1,) + (1,) * (xc.ndim - 1)).astype(xc.dtype) * g
         else:
             r0 = rc
-            _, g = _score_and_grad(net, r0, tc)
+            _, g = score_and_grad(net, r0, tc)
         rel = g * (xc - r0)
         if return_info:
-            f_root = _score_and_grad(net, r0, tc)[0]
-            f_x, _ = _score_and_grad(net, xc, tc)
+            f_root = score_and_grad(net, r0, tc)[0]
+            f_x, _ = score_and_grad(net, xc, tc)
             infos.append(TaylorInfo(r0, f_root, f_x - _sum(rel), steps))
         return rel
 
@@ -193,3 +182,34 @@ def pool_channels(R, how="sum"):
         idx = np.abs(R).argmax(axis=1)[:, None]
         return np.take_along_axis(R, idx, axis=1)[:, 0]
     raise ValueError(f"how must be 'sum', 'abs' or 'max', got {how!r}")
+
+
+METHODS = {
+    "gradient": gradient,
+    "sensitivity": sensitivity,
+    "gradient_x_input": gradient_x_input,
+    "taylor": taylor,
+    "deconvnet": deconvnet,
+    "guided_backprop": guided_backprop,
+    "smoothgrad": smoothgrad,
+    "integrated_gradients": integrated_gradients,
+}
+
+
+def explain(net, x, target, method="lrp.epsilon_plus_flat", **kwargs):
+    """Explain ``net``'s output ``target`` at ``x`` with a method given by name.
+
+    ``method`` is one of :data:`METHODS` ("gradient", "sensitivity", "gradient_x_input",
+    "taylor", "deconvnet", "guided_backprop", ...) or ``"lrp.<name>"`` with a composite or rule
+    name ("lrp.epsilon_plus_flat", "lrp.epsilon_gamma_box", "lrp.epsilon", ...).  ``kwargs`` go
+    to the method (for LRP: ``batch_size``, ``check_finite``, and the composite's parameters,
+    e.g. ``low``/``high`` for epsilon_gamma_box).
+    """
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, got {type(method).__name__}")
+    if method.startswith("lrp."):
+        return lrp(net, x, target, method[4:], **kwargs)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {sorted(METHODS)} or "
+                         f"'lrp.<composite or rule>' ({sorted(composites.COMPOSITES)})")
+    return METHODS[method](net, x, target, **kwargs)

@@ -13,6 +13,7 @@ import numpy as np
 from numpy.lib import format as npy
 
 from . import layers as L
+from ._common import map_batches, shape_only
 from ._validate import as_float_array, check_size
 
 FORMAT_VERSION = 1
@@ -137,8 +138,6 @@ class Sequential:
         ``batch_size`` runs the batch in chunks of that many samples.  A finite ``x`` whose
         scores overflow to inf/NaN raises ``ValueError`` (whatever ``check_finite``, which
         governs the check of ``x`` only)."""
-        from ._targets import map_batches
-
         x = self.check_input(x, check_finite)
 
         def run(xc, _):
@@ -168,7 +167,7 @@ class Sequential:
         x0, kept = x, []
         for layer in self.layers:
             y, state = layer.forward(x)
-            kept.append((x if layer.backward_reads_input else _shape_only(x), state))
+            kept.append((x if layer.backward_reads_input else shape_only(x), state))
             x = y
         _check_overflow(x0, x)
         g = make_seed(x)
@@ -192,12 +191,6 @@ class Sequential:
         meta = np.frombuffer(json.dumps(desc).encode(), dtype=np.uint8)
         with open(os.fspath(path), "wb") as fh:
             np.savez(fh, __relprop__=meta, **arrays)
-
-
-def _shape_only(x):
-    """A read-only stand-in for ``x`` with its shape and dtype and no memory (every element
-    is 0): for backward passes that read only the shape."""
-    return np.broadcast_to(np.zeros((), dtype=x.dtype), x.shape)
 
 
 def _check_overflow(x, out):

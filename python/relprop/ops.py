@@ -83,7 +83,7 @@ def memory_stats() -> dict:
     scratch buffers and of the output arrays on relprop's pool (outputs of 256 KiB or more,
     which ``tracemalloc`` does not see; smaller outputs are NumPy's, which it does), and
     ``pool_cached_bytes``, freed output blocks the pool keeps for reuse (see
-    :func:`release_memory`).  The peak is process-wide, over all threads, since the last
+    :func:`relprop.release_memory`).  The peak is process-wide, over all threads, since the last
     :func:`reset_memory_peak`.
     """
     out = {k: int(v) for k, v in _core.memory_stats().items()}
@@ -91,20 +91,9 @@ def memory_stats() -> dict:
     return out
 
 
-def release_memory() -> None:
-    """Return the output blocks relprop keeps for reuse to the system.
-
-    Large outputs (activations, relevances) are allocated from a pool: memory freed by one call
-    is taken by the next call's outputs that fit in it, already mapped, which saves the
-    operating system's page faults and zeroing (about a fifth of a CNN's gradient).  The pool
-    never holds more than the largest amount of output memory in use at any earlier moment
-    minus what is in use now, so it does not raise the process's memory high-water mark; this
-    call frees it, and the packed weight copies that Dense and Conv2d layers keep for small
-    calls.
-    """
-    from .layers import release_packed
-
-    release_packed()
+def release_pool() -> None:
+    """Return the output blocks relprop's pool keeps for reuse to the system (see
+    :func:`relprop.release_memory`, which also drops the layers' packed weights)."""
     _core.release_memory()
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._validate import as_float_array, as_int, as_scalar
-from .methods import _score_and_grad
+from .engine import score_and_grad
 
 
 @dataclass
@@ -236,7 +236,7 @@ def activation_maximization(net, targets, input_shape=None, steps=200, lr=0.05, 
     objective = np.empty((steps, len(t)))
     axes = tuple(range(1, x.ndim))
     for step in range(1, steps + 1):
-        score, g = _score_and_grad(net, x, t)
+        score, g = score_and_grad(net, x, t)
         obj = score - l2 * ((x - x0) ** 2).sum(axis=axes)
         g = g - (2 * l2) * (x - x0)
         if prior is not None:
@@ -248,5 +248,5 @@ def activation_maximization(net, targets, input_shape=None, steps=200, lr=0.05, 
         m_hat = m / (1 - beta1 ** step)
         v_hat = v / (1 - beta2 ** step)
         x = np.clip(x + lr * m_hat / (np.sqrt(v_hat) + 1e-8), lo, hi).astype(dtype, copy=False)
-    final = _score_and_grad(net, x, t)[0]
+    final = score_and_grad(net, x, t)[0]
     return Prototypes(x, t, scores, objective, final)

@@ -1,4 +1,5 @@
-"""`target` semantics shared by every method, and chunking over the batch."""
+"""Private helpers shared by the methods: ``target`` semantics, chunking over the batch, and
+stand-ins for arrays whose values a backward pass does not read."""
 from __future__ import annotations
 
 import numbers
@@ -8,7 +9,7 @@ import numpy as np
 from ._validate import as_int
 
 
-def _is_int(t):
+def is_int(t):
     return isinstance(t, (numbers.Integral, np.integer)) and not isinstance(t, (bool, np.bool_))
 
 
@@ -23,7 +24,7 @@ def seed(target, out: np.ndarray, scale: bool) -> np.ndarray:
     explained score).
     """
     n = out.shape[0]
-    if _is_int(target):
+    if is_int(target):
         c = int(target)
         if out.ndim == 2 and not 0 <= c < out.shape[1]:  # before np.full: 2**63 would overflow
             raise ValueError(f"target {c} is out of range for {out.shape[1]} outputs "
@@ -69,7 +70,7 @@ def chunks(x: np.ndarray, target, batch_size):
         yield slice(0, n), target
         return
     bs = as_int(batch_size, "batch_size", minimum=1)
-    per_sample = not _is_int(target)
+    per_sample = not is_int(target)
     if per_sample:
         t = np.asarray(target)
         if t.ndim == 0 or t.shape[0] != n:
@@ -87,20 +88,42 @@ def map_batches(fn, x: np.ndarray, target, batch_size, *extra):
     with inf/NaN from a finite chunk (an overflow) raises ValueError.
     """
     if batch_size is None:
-        return _finite_result(fn, x, target, *extra)
+        return finite_result(fn, x, target, *extra)
     out = None
     for sl, t in chunks(x, target, batch_size):
-        part = _finite_result(fn, x[sl], t, *(e if e is None else e[sl] for e in extra))
+        part = finite_result(fn, x[sl], t, *(e if e is None else e[sl] for e in extra))
         if out is None:
             out = np.empty((x.shape[0],) + part.shape[1:], dtype=part.dtype)
         out[sl] = part
     return out
 
 
-def _finite_result(fn, x, *args):
+def finite_result(fn, x, *args):
     with np.errstate(over="ignore", invalid="ignore"):  # reported below, with the cause
         out = fn(x, *args)
     if not np.isfinite(out).all() and np.isfinite(x).all():
         raise ValueError(f"the result overflowed: a finite input gave inf/NaN in {out.dtype} "
                          "(a large target seed, input or weights; float64 has more range)")
     return out
+
+
+def row_targets(target, n):
+    """A function ``rows -> target of those rows`` for sample indices ``rows`` of a batch of n."""
+    if is_int(target):
+        return lambda rows: target
+    t = np.asarray(target)
+    if t.ndim == 0 or t.shape[0] != n:
+        raise ValueError(f"target has {t.shape[0] if t.ndim else 0} entries for a batch of {n} "
+                         "samples")
+    return lambda rows: t[rows]
+
+
+def check_batch_size(batch_size, rows):
+    """``batch_size`` validated, or ``rows`` (everything at once) for None."""
+    return rows if batch_size is None else as_int(batch_size, "batch_size", minimum=1)
+
+
+def shape_only(x):
+    """A read-only stand-in for ``x`` with its shape and dtype and no memory (every element
+    is 0): for backward passes that read only the shape."""
+    return np.broadcast_to(np.zeros((), dtype=x.dtype), x.shape)
