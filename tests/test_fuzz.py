@@ -35,7 +35,7 @@ from numpy.lib import format as npy_format
 from numpy.testing import assert_allclose, assert_array_equal
 
 import relprop as rp
-import relprop.network as rp_network
+import relprop.io as rp_network
 from relprop.reference import network as ref_net
 
 CLEAN = (ValueError, TypeError, MemoryError)
@@ -773,27 +773,27 @@ def _edit(desc, **changes):
 
 
 @pytest.mark.parametrize("change,match", [
-    ({"layers__0__in_channels": 3}, "declared"),
-    ({"layers__0__kernel_size": [3, 2]}, "declared"),
-    ({"layers__0__out_channels": 4}, "declared"),
-    ({"layers__8__in_features": 5}, "declared"),
-    ({"layers__0__stride": [0, 1]}, "stride"),
-    ({"layers__0__stride": True}, "bad 'stride'"),
-    ({"layers__0__padding": [1.5, 1]}, "bad 'padding'"),
-    ({"layers__0__padding": "1"}, "bad 'padding'"),
-    ({"layers__0__kernel_size": KeyError}, "lacks 'kernel_size'"),
-    ({"layers__2__kernel_size": [0, 2]}, "kernel_size"),
-    ({"layers__2__kernel_size": [[2], 2]}, "bad 'kernel_size'"),
-    ({"layers__2__padding": [5, 5]}, "at most half"),
-    ({"layers__1__kind": "softmax"}, "unknown kind"),
-    ({"layers__1": "relu"}, "unknown kind"),
-    ({"layers": []}, "1 to"),
-    ({"layers": {"0": "relu"}}, "1 to"),
+    ({"nodes__0__in_channels": 3}, "declared"),
+    ({"nodes__0__kernel_size": [3, 2]}, "declared"),
+    ({"nodes__0__out_channels": 4}, "declared"),
+    ({"nodes__8__in_features": 5}, "declared"),
+    ({"nodes__0__stride": [0, 1]}, "stride"),
+    ({"nodes__0__stride": True}, "bad 'stride'"),
+    ({"nodes__0__padding": [1.5, 1]}, "bad 'padding'"),
+    ({"nodes__0__padding": "1"}, "bad 'padding'"),
+    ({"nodes__0__kernel_size": KeyError}, "lacks 'kernel_size'"),
+    ({"nodes__2__kernel_size": [0, 2]}, "kernel_size"),
+    ({"nodes__2__kernel_size": [[2], 2]}, "bad 'kernel_size'"),
+    ({"nodes__2__padding": [5, 5]}, "at most half"),
+    ({"nodes__1__kind": "softmax"}, "unknown kind"),
+    ({"nodes__1": "relu"}, "unknown kind"),
+    ({"nodes": []}, "1 to"),
+    ({"nodes": {"0": "relu"}}, "1 to"),
     ({"input_shape": [3, 6, 6]}, "input channels"),
     ({"input_shape": [2, 6, -6]}, "input_shape"),
     ({"input_shape": [2, 6, 2**40]}, "input_shape"),
     ({"input_shape": "2,6,6"}, "input_shape"),
-    ({"version": 2}, "version"),
+    ({"version": 3}, "version"),
     ({"format": "keras"}, "not a relprop model description"),
 ])
 def test_inconsistent_descriptions_raise_value_error(tmp_path, change, match):
@@ -804,7 +804,7 @@ def test_inconsistent_descriptions_raise_value_error(tmp_path, change, match):
 @pytest.mark.parametrize("edit,match", [
     (lambda m: m.pop("0.weight.npy"), "missing weight"),
     (lambda m: m.update({"0.bias.npy": _npy(np.ones(4))}), "bias must have shape"),
-    (lambda m: m.update({"0.weight.npy": _npy(np.ones((3, 2, 3)))}), "4 dimensions"),
+    (lambda m: m.update({"0.weight.npy": _npy(np.ones((3, 2, 3)))}), "!= declared"),
     (lambda m: m.update({"0.weight.npy": _npy(np.ones((3, 2, 3, 3), dtype=bool))}), "bool"),
     (lambda m: m.update({"0.weight.npy": _npy(np.ones((3, 2, 3, 3), dtype=complex))}), "numeric"),
     (lambda m: m.update({"0.weight.npy": _npy(np.zeros((2,), dtype=[("a", "<f4")]))}), "numeric"),
@@ -836,8 +836,8 @@ def test_malformed_descriptions_raise_value_error(tmp_path, meta, match):
 
 def test_counts_are_bounded(tmp_path, monkeypatch):
     desc, members = _model_members(NETS["mlp"])
-    monkeypatch.setattr(rp_network, "MAX_LAYERS", 2)
-    _load_error(_write(tmp_path / "layers.npz", desc, members), "1 to 2 layers")
+    monkeypatch.setattr(rp_network, "MAX_NODES", 2)
+    _load_error(_write(tmp_path / "layers.npz", desc, members), "1 to 2 entries")
     monkeypatch.setattr(rp_network, "MAX_DESCRIPTION_BYTES", 16)
     _load_error(_write(tmp_path / "desc.npz", desc, members), "more than the 16 allowed")
     path = tmp_path / "dup.npz"

@@ -74,14 +74,12 @@ def test_batchnorm1d_folds_into_dense(rng):
     assert_allclose(net(x), (x @ w.T - mean) / np.sqrt(var + 1e-5) * scale + shift, rtol=1e-12)
 
 
-def test_unfoldable_batchnorm_raises(rng):
+def test_batchnorm_that_cannot_be_folded_must_fit(rng):
     bn = rp.BatchNorm2d(*_bn_params(rng, 3))
-    with pytest.raises(ValueError, match="start of the network"):
-        rp.Sequential([bn])
-    with pytest.raises(ValueError, match="can only be folded"):
-        rp.Sequential([rp.Conv2d(np.ones((3, 3, 1, 1))), rp.ReLU(), bn])
-    with pytest.raises(ValueError, match="features"):
-        rp.Sequential([rp.Conv2d(np.ones((4, 3, 1, 1))), bn])
+    with pytest.raises(ValueError, match="layer 1: BatchNorm2d.*expects 3 channels"):
+        rp.Sequential([rp.Conv2d(np.ones((4, 3, 1, 1))), bn], input_shape=(3, 4, 4))
+    with pytest.raises(ValueError, match="layer 0: BatchNorm2d.*rank 3"):
+        rp.Sequential([bn, rp.Flatten()], input_shape=(3,))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -1,8 +1,9 @@
 """relprop: fast, faithful explanations of ReLU networks on the CPU.
 
-Networks are :class:`Sequential` stacks of Dense, Conv2d, ReLU, pooling and Flatten layers; the
-methods (gradient family, Taylor, LRP with Zennit-compatible rules and composites, deconvnet,
-guided backprop) run on C++/OpenMP kernels with a NumPy twin in :mod:`relprop.reference`.
+Networks are graphs of layers (:class:`Graph`: Dense, Conv2d, ReLU, pooling, Add, Concat, ...)
+or their chain special case :class:`Sequential`; the methods (gradient family, Taylor, LRP with
+Zennit-compatible rules and composites, deconvnet, guided backprop) run on C++/OpenMP kernels
+with a NumPy twin in :mod:`relprop.reference`.
 """
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from ._core import __version__
 from .averaged import integrated_gradients, smoothgrad
 from .composites import Composite
 from .importers import from_onnx, from_sklearn, from_torch
-from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dense, Flatten,
-                     GlobalAvgPool2d, MaxPool2d, ReLU, release_memory)
+from .layers import (AdaptiveAvgPool2d, Add, AvgPool2d, BatchNorm1d, BatchNorm2d, Concat,
+                     Conv2d, Dense, Flatten, GlobalAvgPool2d, MaxPool2d, ReLU, ReLU6,
+                     release_memory)
 from .lrp import conservation, lrp
 from .methods import (METHODS, TaylorInfo, deconvnet, explain, gradient, gradient_x_input,
                       guided_backprop, pool_channels, sensitivity, taylor)
-from .network import Sequential, Trace, load
+from .graph import Graph, Node, Sequential, Trace
+from .io import load
 from .ops import get_num_threads, set_num_threads
 from .prototypes import GaussianPrior, Prototypes, activation_maximization
 
@@ -56,8 +59,9 @@ def __getattr__(name):
 __all__ = [
     "GaussianPrior", "Prototypes", "activation_maximization", "evaluate", "integrated_gradients",
     "smoothgrad",
-    "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Composite", "Conv2d", "Dense", "Flatten",
-    "GlobalAvgPool2d", "MaxPool2d", "METHODS", "ReLU", "Sequential", "TaylorInfo", "Trace",
+    "AdaptiveAvgPool2d", "Add", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Composite", "Concat",
+    "Conv2d", "Dense", "Flatten", "GlobalAvgPool2d", "Graph", "MaxPool2d", "METHODS", "Node",
+    "ReLU", "ReLU6", "Sequential", "TaylorInfo", "Trace",
     "__version__", "composites", "conservation", "deconvnet", "explain",
     "from_onnx", "from_sklearn", "from_torch", "get_num_threads",
     "gradient", "gradient_x_input", "guided_backprop", "load", "lrp", "pool_channels",

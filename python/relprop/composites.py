@@ -7,7 +7,8 @@ from .rules import RULES, Epsilon, Flat, Gamma, AlphaBeta, Norm, Pass, Rule, Win
 COMPOSITES: dict = {}
 
 _KINDS = {"dense": L.Dense, "conv2d": L.Conv2d, "linear": (L.Dense, L.Conv2d),
-          "maxpool2d": L.MaxPool2d, "avgpool2d": L.AvgPool2d, "globalavgpool2d": L.GlobalAvgPool2d}
+          "maxpool2d": L.MaxPool2d, "avgpool2d": L.AvgPool2d, "globalavgpool2d": L.GlobalAvgPool2d,
+          "adaptiveavgpool2d": L.AdaptiveAvgPool2d, "add": L.Add}
 
 
 def register_composite(name):
@@ -32,23 +33,27 @@ def _check_rule(rule, where):
 
 
 class Composite:
-    """Rules per layer: a rule per layer type, a rule for the first linear layer, overrides.
+    """Rules per node: a rule per layer type, a rule for the input layers, overrides by name.
 
     Parameters
     ----------
     layer_map : list of (layer types, Rule) or dict
-        Types are layer classes or names ("dense", "conv2d", "linear", "avgpool2d", ...);
-        the first matching entry wins.
+        Types are layer classes or names ("dense", "conv2d", "linear", "avgpool2d", "add",
+        ...); the first matching entry wins.
     first_map : list of (layer types, Rule), or a Rule, optional
-        For the first layer matching one of these types (Zennit's ``SpecialFirstLayerMapComposite``).
-        A single Rule applies to the first Dense or Conv2d.
-    overrides : dict {layer index: Rule}, optional
-        Rules for given layer indices, above everything else.
+        For the input layers: the Dense/Conv2d nodes that read the network input with no other
+        Dense/Conv2d on the way (in a chain, the first linear layer; Zennit's
+        ``SpecialFirstLayerMapComposite``), those of a matching type.  A single Rule applies to
+        them whether Dense or Conv2d.
+    overrides : dict {node name: Rule}, optional
+        Rules for given nodes, above everything else.  In a :class:`relprop.Sequential` the
+        nodes are named by layer index, and ints are accepted.
     stabilizer : float
-        Stabilizer of the default Norm rule of average pooling layers.
+        Stabilizer of the default Norm rule of average pooling and Add nodes.
 
-    Pooling layers without a rule keep their defaults: Norm for average pooling, winner-take-all
-    for max pooling.  ReLU and Flatten pass relevance through.
+    Nodes without a rule keep their defaults: Norm for average pooling and additions,
+    winner-take-all for max pooling; activations, Flatten, unfolded BatchNorm and Concat pass
+    relevance through.
     """
 
     def __init__(self, layer_map=(), first_map=(), overrides=None, stabilizer=1e-6):
@@ -58,35 +63,57 @@ class Composite:
             first_map = [((L.Dense, L.Conv2d), first_map)]
         self.layer_map = [(_types(t), _check_rule(r, "layer_map")) for t, r in layer_map]
         self.first_map = [(_types(t), _check_rule(r, "first_map")) for t, r in first_map]
-        self.overrides = {int(k): _check_rule(r, f"overrides[{k}]")
-                          for k, r in (overrides or {}).items()}
-        self.defaults = [((L.AvgPool2d, L.GlobalAvgPool2d), Norm(stabilizer)),
-                         ((L.MaxPool2d,), WinnerTakeAll()), ((L.ReLU, L.Flatten), Pass())]
+        self.overrides = {}
+        for k, r in (overrides or {}).items():
+            if isinstance(k, bool) or not isinstance(k, (int, str)):
+                raise TypeError(f"overrides keys are node names (or layer indices), got {k!r}")
+            self.overrides[str(k)] = _check_rule(r, f"overrides[{k!r}]")
+        self.defaults = [((L.AvgPool2d, L.GlobalAvgPool2d, L.AdaptiveAvgPool2d, L.Add),
+                          Norm(stabilizer)),
+                         ((L.MaxPool2d,), WinnerTakeAll()),
+                         ((L.ReLU, L.ReLU6, L.Flatten, L.BatchNorm, L.Concat), Pass())]
 
     def __repr__(self):
         return (f"{type(self).__name__}(layer_map={self.layer_map}, first_map={self.first_map}, "
                 f"overrides={self.overrides})")
 
     def rules(self, net) -> list:
-        """The rule of every layer of ``net`` (raises ValueError for a rule on a wrong layer)."""
-        out, first_done = [], False
-        for i, layer in enumerate(net.layers):
-            rule = self.overrides.get(i)
-            if rule is None and not first_done:
+        """The rule of every node of ``net``, in ``net.nodes`` order (raises ValueError for a
+        rule on a wrong layer)."""
+        unknown = set(self.overrides) - {node.name for node in net.nodes}
+        if unknown:
+            raise ValueError(f"overrides name nodes {sorted(unknown)} that the network does not "
+                             f"have (its nodes: {[n.name for n in net.nodes][:12]}...)")
+        first = input_layers(net) if self.first_map else set()
+        out = []
+        for node in net.nodes:
+            layer = node.layer
+            rule = self.overrides.get(node.name)
+            if rule is None and node.name in first:
                 rule = next((r for t, r in self.first_map if isinstance(layer, t)), None)
-                first_done = rule is not None
             if rule is None:
                 rule = next((r for t, r in self.layer_map + self.defaults if isinstance(layer, t)),
                             None)
+            where = f"{'layer' if type(net).__name__ == 'Sequential' else 'node'} {node.name}"
             if rule is None:
-                raise ValueError(f"no LRP rule for layer {i} ({layer!r})")
+                raise ValueError(f"no LRP rule for {where} ({layer!r})")
             if not isinstance(layer, rule.applies_to):
-                raise ValueError(f"rule {rule!r} cannot be applied to layer {i} ({layer!r})")
+                raise ValueError(f"rule {rule!r} cannot be applied to {where} ({layer!r})")
             out.append(rule)
-        for i in self.overrides:
-            if not 0 <= i < len(net.layers):
-                raise ValueError(f"override for layer {i}, but the network has {len(net.layers)} layers")
         return out
+
+
+def input_layers(net) -> set:
+    """Names of the Dense/Conv2d nodes that read the network input with no other Dense/Conv2d
+    on the way (a composite's "first layer")."""
+    reached, found = {net.input_name}, set()
+    for node in net.nodes:  # topological order
+        if any(t in reached for t in node.inputs):
+            if node.layer.linear:
+                found.add(node.name)
+            else:
+                reached.add(node.name)
+    return found
 
 
 def as_composite(spec, **kwargs) -> Composite:

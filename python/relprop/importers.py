@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from . import layers as L
-from .network import Sequential
+from .graph import Sequential
 
 #: Relative tolerance of the import self-check: ``max|relprop - source| <= rtol * max|source|``.
 CHECK_RTOL = 1e-4

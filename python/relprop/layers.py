@@ -1,16 +1,23 @@
-"""Layers of a :class:`relprop.Sequential` network.
+"""Layers: the nodes of a :class:`relprop.Graph` (and of its chain, :class:`relprop.Sequential`).
 
-Every layer implements the same small protocol, which the explanation methods walk:
+Every layer describes itself, so that the engine, the rules, the loader and ``relprop info``
+need no per-kind code:
 
-* ``output_shape(shape)`` - per-sample output shape for a per-sample input shape (validates);
-* ``forward(x) -> (y, state)`` - the output and what the backward pass needs besides ``x``;
-* ``backward(g, x, state, relu_mode)`` - the vector-Jacobian product w.r.t. the input; it
-  reads the values of ``x`` only where ``backward_reads_input`` (ReLU), otherwise its shape;
-* ``config()`` / ``arrays()`` - the JSON description and the parameters, for ``save``.
+* ``output_shape(*shapes)`` - the per-sample output shape for per-sample input shapes
+  (validates, raising ``ValueError``);
+* ``forward(*xs) -> (y, state)`` - the output and what the backward pass needs besides the
+  inputs (pooling winners);
+* ``vjp(g, xs, state, relu_mode) -> tuple`` - the vector-Jacobian product w.r.t. each input;
+  it reads the values of the inputs only where ``backward_reads_input`` (ReLU, ReLU6),
+  otherwise their shapes; single-input layers implement ``backward(g, x, state, relu_mode)``;
+* ``config()`` / ``arrays()`` / ``from_config(cfg, arrays)`` - the JSON description and the
+  parameters, for save and load; ``kind`` names the layer in files;
+* ``flops(in_shapes, out_shape)`` and ``describe()`` - for ``relprop info``.
 
-Linear layers (:class:`Dense`, :class:`Conv2d`) also expose ``apply(x, w, b)`` and
-``apply_t(g, w, x_shape)`` with explicit parameters, so that LRP rules can run the same kernels
-on rule-modified weights (made once per layer, rule and dtype by :meth:`Linear.modified`).
+Linear layers (:class:`Dense`, :class:`Conv2d`) also expose ``apply(x, w, b)``,
+``apply_split`` and ``apply_t(g, w, x_shape)`` with explicit parameters, so that LRP rules can
+run the same kernels on rule-modified weights (made once per layer, rule and dtype by
+:meth:`Linear.modified`).
 """
 from __future__ import annotations
 
@@ -20,31 +27,74 @@ import weakref
 import numpy as np
 
 from . import ops
-from ._validate import as_float_array, as_pair, as_scalar
+from ._validate import as_float_array, as_int, as_pair, as_scalar
+
+#: Layer classes by ``kind`` (the name in model files), filled by :func:`register_layer`.
+LAYER_TYPES: dict = {}
+
+
+def register_layer(cls):
+    """Class decorator: make ``cls`` loadable by its ``kind``."""
+    LAYER_TYPES[cls.kind] = cls
+    return cls
+
+
+def _pair_text(p):
+    return str(p[0]) if p[0] == p[1] else f"{p[0]}x{p[1]}"
+
+
+def _numel(shape):
+    return int(np.prod(shape, dtype=np.int64))
 
 
 class Layer:
-    """Base class of all layers."""
+    """Base class of all layers (single input unless ``n_inputs`` says otherwise)."""
 
     kind = "layer"
+    #: Number of inputs, or None for any number >= 2 (Add, Concat).
+    n_inputs = 1
     linear = False
-    #: Whether ``backward`` reads the values of its input ``x`` (not only its shape and dtype).
+    #: Whether the backward pass reads the values of the inputs (not only their shapes).
     backward_reads_input = False
+    #: An element-wise or reshaping layer whose output is cheap to remake from its input (the
+    #: LRP walk remakes it instead of keeping it).
+    remakable = False
 
-    def output_shape(self, shape: tuple) -> tuple:
-        return tuple(shape)
+    # --- shapes and the two passes ----------------------------------------------------------
+    def output_shape(self, *shapes) -> tuple:
+        return tuple(shapes[0])
 
-    def forward(self, x):
+    def forward(self, *xs):
         raise NotImplementedError
 
     def backward(self, g, x, state, relu_mode="gradient"):
         raise NotImplementedError
 
+    def vjp(self, g, xs, state, relu_mode="gradient"):
+        """The vector-Jacobian product ``g`` -> one array per input."""
+        return (self.backward(g, xs[0], state, relu_mode),)
+
+    # --- description --------------------------------------------------------------------------
     def config(self) -> dict:
         return {}
 
     def arrays(self) -> dict:
         return {}
+
+    @classmethod
+    def from_config(cls, cfg: dict, arrays: dict):
+        """The layer described by ``cfg`` (its ``config()``) and ``arrays`` (its ``arrays()``);
+        raises ValueError on a bad description."""
+        return cls(**{k: v for k, v in cfg.items() if k in cls._config_args})
+
+    _config_args = ()
+
+    def flops(self, in_shapes, out_shape) -> int:
+        """FLOPs for one sample (a multiply-add counts 2; adds, comparisons 1 per element)."""
+        return 0
+
+    def describe(self) -> str:
+        return type(self).__name__
 
     def __repr__(self):
         args = ", ".join(f"{k}={v}" for k, v in self.config().items())
@@ -54,6 +104,19 @@ class Layer:
         if len(shape) != rank:
             raise ValueError(f"{self!r} expects {what} per sample (rank {rank}), got shape "
                              f"{tuple(shape)}")
+
+    # Layers are shipped between processes (pickle) by relprop.dask: their caches and locks
+    # stay behind.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for key in ("_cache", "_packed", "_lock"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if isinstance(self, Linear):
+            self._init_caches()
 
 
 # Small batches spend much of a Dense or Conv2d layer's time packing its weights for the GEMM,
@@ -115,6 +178,9 @@ class Linear(Layer):
                                  f"{b.shape}")
             bias = _read_only(b)
         self._weight, self._bias = _read_only(w), bias
+        self._init_caches()
+
+    def _init_caches(self):
         self._cache = {}
         self._packed = {}
         self._lock = threading.Lock()
@@ -134,6 +200,20 @@ class Linear(Layer):
         if self.bias is not None:
             out["bias"] = self.bias
         return out
+
+    @staticmethod
+    def _parameters(cls, cfg, arrays, weight_shape):
+        """``(weight, bias)`` from ``arrays``, the weight checked against the declared shape."""
+        w = arrays.get("weight")
+        if w is None:
+            raise ValueError("missing weight")
+        if tuple(w.shape) != tuple(weight_shape):
+            raise ValueError(f"weight shape {tuple(w.shape)} != declared {tuple(weight_shape)}")
+        return w, arrays.get("bias")
+
+    def with_parameters(self, weight, bias):
+        """The same layer (stride, padding, ...) with other parameters."""
+        raise NotImplementedError
 
     def modified(self, key, fn, dtype):
         """``fn(weight, bias) -> (weight', bias')`` in ``dtype``, computed once and cached.
@@ -195,7 +275,13 @@ class Linear(Layer):
     def apply_t(self, g, w, x_shape):
         raise NotImplementedError
 
+    def apply_t_stacked(self, g, w, x_shape):
+        """``apply_t`` of stacked weights ``w = [w1; w2]`` to stacked upper values
+        ``g = [g1; g2]`` (output axis doubled): ``w1^T g1 + w2^T g2``."""
+        return self.apply_t(g, w, x_shape)
 
+
+@register_layer
 class Dense(Linear):
     """Fully connected layer ``y = x W^T + b``; weight ``(out, in)`` as ``torch.nn.Linear``."""
 
@@ -203,6 +289,14 @@ class Dense(Linear):
 
     def __init__(self, weight, bias=None):
         super().__init__(weight, bias, 2)
+
+    def with_parameters(self, weight, bias):
+        return Dense(weight, bias)
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        want = (_cfg_int(cfg, "out_features"), _cfg_int(cfg, "in_features"))
+        return cls(*cls._parameters(cls, cfg, arrays, want))
 
     def _pack(self, w, role):
         return ops.dense_pack(w, role == "forward")
@@ -217,6 +311,12 @@ class Dense(Linear):
 
     def config(self):
         return {"in_features": int(self.in_features), "out_features": int(self.out_features)}
+
+    def describe(self):
+        return f"Dense {self.in_features}->{self.out_features}"
+
+    def flops(self, in_shapes, out_shape):
+        return 2 * self.weight.size + (_numel(out_shape) if self.bias is not None else 0)
 
     def output_shape(self, shape):
         if len(shape) != 1 or shape[0] != self.in_features:
@@ -238,48 +338,121 @@ class Dense(Linear):
         return ops.dense_backward(g, w, self.packed_weights(w, "backward", small))
 
 
+@register_layer
 class Conv2d(Linear):
-    """2-D convolution as ``torch.nn.Conv2d`` (NCHW, zero padding); weight ``(out, in, kh, kw)``."""
+    """2-D convolution as ``torch.nn.Conv2d`` (NCHW, zero padding); weight
+    ``(out, in // groups, kh, kw)``.  ``groups == in`` is a depthwise convolution."""
 
     kind = "conv2d"
 
-    def __init__(self, weight, bias=None, stride=1, padding=0):
+    def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         super().__init__(weight, bias, 4)
         self.stride = as_pair(stride, "stride", minimum=1)
         self.padding = as_pair(padding, "padding", minimum=0)
+        self.dilation = as_pair(dilation, "dilation", minimum=1)
+        self.groups = as_int(groups, "groups", minimum=1)
+        if self.weight.shape[0] % self.groups:
+            raise ValueError(f"Conv2d with groups={self.groups} needs a number of output "
+                             f"channels divisible by it, got weight {self.weight.shape}")
+
+    @property
+    def in_channels(self):
+        return self.weight.shape[1] * self.groups
+
+    def _geometry(self):
+        """Keyword arguments of the conv kernels besides stride and padding (only the ones that
+        differ from the default, so that plain convolutions call the kernels as they always
+        did)."""
+        kw = {}
+        if self.dilation != (1, 1):
+            kw["dilation"] = self.dilation
+        if self.groups != 1:
+            kw["groups"] = self.groups
+        return kw
+
+    def with_parameters(self, weight, bias):
+        return Conv2d(weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        k = _cfg_pair(cfg, "kernel_size")
+        groups = _cfg_int(cfg, "groups", 1)
+        want = (_cfg_int(cfg, "out_channels"), _cfg_int(cfg, "in_channels") // max(groups, 1), *k)
+        w, b = cls._parameters(cls, cfg, arrays, want)
+        return cls(w, b, _cfg_pair(cfg, "stride"), _cfg_pair(cfg, "padding"),
+                   _cfg_pair(cfg, "dilation", (1, 1)), groups)
 
     def config(self):
-        o, i, kh, kw = self.weight.shape
-        return {"in_channels": int(i), "out_channels": int(o), "kernel_size": [int(kh), int(kw)],
-                "stride": list(self.stride), "padding": list(self.padding)}
+        o, _, kh, kw = self.weight.shape
+        cfg = {"in_channels": int(self.in_channels), "out_channels": int(o),
+               "kernel_size": [int(kh), int(kw)], "stride": list(self.stride),
+               "padding": list(self.padding)}
+        if self.dilation != (1, 1):
+            cfg["dilation"] = list(self.dilation)
+        if self.groups != 1:
+            cfg["groups"] = self.groups
+        return cfg
+
+    def describe(self):
+        o, _, kh, kw = self.weight.shape
+        text = (f"Conv2d {self.in_channels}->{o} {kh}x{kw} stride {_pair_text(self.stride)} "
+                f"pad {_pair_text(self.padding)}")
+        if self.dilation != (1, 1):
+            text += f" dil {_pair_text(self.dilation)}"
+        if self.groups != 1:
+            text += " depthwise" if self.groups == self.in_channels else f" groups {self.groups}"
+        return text
+
+    def flops(self, in_shapes, out_shape):
+        n_out = _numel(out_shape)
+        return n_out * 2 * _numel(self.weight.shape[1:]) + (n_out if self.bias is not None else 0)
 
     def output_shape(self, shape):
         self._need_rank(shape, 3, "(channels, height, width)")
         c, h, w = shape
-        o, i, kh, kw = self.weight.shape
-        if c != i:
-            raise ValueError(f"{self!r} expects {i} input channels, got shape {tuple(shape)}")
-        return (o,) + _window_out(self, (h, w), (kh, kw), self.stride, self.padding)
+        o, _, kh, kw = self.weight.shape
+        if c != self.in_channels:
+            raise ValueError(f"{self!r} expects {self.in_channels} input channels, got shape "
+                             f"{tuple(shape)}")
+        return (o,) + _window_out(self, (h, w), self._extent(), self.stride, self.padding)
+
+    def _extent(self):
+        """The window's extent: the kernel size with dilation."""
+        kh, kw = self.weight.shape[2:]
+        return (self.dilation[0] * (kh - 1) + 1, self.dilation[1] * (kw - 1) + 1)
 
     def _pack(self, w, role):
-        return ops.conv2d_pack(w, role == "backward", self.stride, self.padding)
+        return ops.conv2d_pack(w, role == "backward", self.stride, self.padding,
+                               **self._geometry())
 
     def _packed_for(self, x, w):
-        oh, ow = _window_out(self, x.shape[2:], w.shape[2:], self.stride, self.padding)
+        oh, ow = _window_out(self, x.shape[2:], self._extent(), self.stride, self.padding)
         return self.packed_weights(w, "forward", len(x) * oh * ow <= PACK_MAX_PIXELS)
 
     def apply(self, x, w, b):
-        return ops.conv2d_forward(x, w, b, self.stride, self.padding, self._packed_for(x, w))
+        return ops.conv2d_forward(x, w, b, self.stride, self.padding, self._packed_for(x, w),
+                                  **self._geometry())
 
     def apply_split(self, x, w, b, split):
+        if self.groups != 1:  # stacking breaks the groups: one call per weight set
+            return tuple(self.apply(x, w[sl], None if b is None else b[sl])
+                         for sl in (slice(None, split), slice(split, None)))
         # one implicit GEMM: both weight sets share the packing of x
         return ops.conv2d_forward_split(x, w, b, split, self.stride, self.padding,
-                                        self._packed_for(x, w))
+                                        self._packed_for(x, w), **self._geometry())
 
     def apply_t(self, g, w, x_shape):
         small = g.shape[0] * g.shape[2] * g.shape[3] <= PACK_MAX_PIXELS
         return ops.conv2d_backward(g, w, x_shape[2:], self.stride, self.padding,
-                                   self.packed_weights(w, "backward", small))
+                                   self.packed_weights(w, "backward", small), **self._geometry())
+
+    def apply_t_stacked(self, g, w, x_shape):
+        if self.groups == 1:
+            return self.apply_t(g, w, x_shape)
+        half = w.shape[0] // 2
+        out = self.apply_t(np.ascontiguousarray(g[:, :half]), w[:half], x_shape)
+        out += self.apply_t(np.ascontiguousarray(g[:, half:]), w[half:], x_shape)
+        return out
 
 
 def _window_out(layer, hw, k, s, p):
@@ -291,7 +464,17 @@ def _window_out(layer, hw, k, s, p):
     return (oh, ow)
 
 
-class ReLU(Layer):
+class _Elementwise(Layer):
+    """A layer applied element by element (shape preserved)."""
+
+    remakable = True
+
+    def flops(self, in_shapes, out_shape):
+        return _numel(out_shape)
+
+
+@register_layer
+class ReLU(_Elementwise):
     """``max(x, 0)``."""
 
     kind = "relu"
@@ -304,13 +487,30 @@ class ReLU(Layer):
         return ops.relu_backward(g, x, relu_mode)
 
 
+@register_layer
+class ReLU6(_Elementwise):
+    """``min(max(x, 0), 6)`` (MobileNetV2).  Gradient ``g * (0 < x < 6)``; deconvnet and guided
+    backprop treat it as the rectifier it is (``max(g, 0)``, ``g * (0 < x < 6) * (g > 0)``)."""
+
+    kind = "relu6"
+    backward_reads_input = True
+
+    def forward(self, x):
+        return ops.relu6_forward(x), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return ops.relu6_backward(g, x, relu_mode)
+
+
+@register_layer
 class Flatten(Layer):
     """C-order flatten of all but the batch axis."""
 
     kind = "flatten"
+    remakable = True
 
     def output_shape(self, shape):
-        return (int(np.prod(shape, dtype=np.int64)),)
+        return (_numel(shape),)
 
     def forward(self, x):
         return x.reshape(x.shape[0], -1), None
@@ -328,9 +528,21 @@ class _Pool(Layer):
             raise ValueError(f"{type(self).__name__}: padding {self.padding} must be at most half "
                              f"of kernel_size {self.kernel_size}")
 
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        return cls(_cfg_pair(cfg, "kernel_size"), _cfg_pair(cfg, "stride"),
+                   _cfg_pair(cfg, "padding"))
+
     def config(self):
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
                 "padding": list(self.padding)}
+
+    def describe(self):
+        return (f"{type(self).__name__} {_pair_text(self.kernel_size)} stride "
+                f"{_pair_text(self.stride)} pad {_pair_text(self.padding)}")
+
+    def flops(self, in_shapes, out_shape):
+        return _numel(out_shape) * self.kernel_size[0] * self.kernel_size[1]
 
     def output_shape(self, shape):
         self._need_rank(shape, 3, "(channels, height, width)")
@@ -338,6 +550,7 @@ class _Pool(Layer):
                                          self.padding)
 
 
+@register_layer
 class MaxPool2d(_Pool):
     """Max pooling as ``torch.nn.MaxPool2d``; ties go to the first maximum in the window."""
 
@@ -351,6 +564,7 @@ class MaxPool2d(_Pool):
                                       self.padding)
 
 
+@register_layer
 class AvgPool2d(_Pool):
     """Average pooling as ``torch.nn.AvgPool2d`` with ``count_include_pad=True``."""
 
@@ -362,10 +576,8 @@ class AvgPool2d(_Pool):
     def backward(self, g, x, state, relu_mode="gradient"):
         return ops.avgpool2d_backward(g, x.shape[2:], self.kernel_size, self.stride, self.padding)
 
-    def window(self, x_shape):
-        return self.kernel_size, self.stride, self.padding
 
-
+@register_layer
 class GlobalAvgPool2d(Layer):
     """Mean over height and width: ``(n, c, h, w) -> (n, c, 1, 1)`` (``AdaptiveAvgPool2d(1)``)."""
 
@@ -375,7 +587,11 @@ class GlobalAvgPool2d(Layer):
         self._need_rank(shape, 3, "(channels, height, width)")
         return (shape[0], 1, 1)
 
-    def window(self, x_shape):
+    def flops(self, in_shapes, out_shape):
+        return _numel(in_shapes[0])
+
+    @staticmethod
+    def window(x_shape):
         hw = tuple(int(s) for s in x_shape[-2:])
         return hw, hw, (0, 0)
 
@@ -386,15 +602,59 @@ class GlobalAvgPool2d(Layer):
         return ops.avgpool2d_backward(g, x.shape[2:], *self.window(x.shape))
 
 
-class BatchNorm(Layer):
-    """Inference-mode batch normalization ``scale * (x - mean) / sqrt(var + eps) + shift``.
+@register_layer
+class AdaptiveAvgPool2d(Layer):
+    """``torch.nn.AdaptiveAvgPool2d(output_size)``: output ``(i, j)`` averages the input rows
+    ``[floor(i h / oh), ceil((i + 1) h / oh))`` and likewise the columns (any output size,
+    also larger than the input)."""
 
-    It never runs on its own: :class:`relprop.Sequential` folds it into the Dense or Conv2d layer
-    right before it (canonization) and raises ``ValueError`` where that is impossible.
+    kind = "adaptiveavgpool2d"
+
+    def __init__(self, output_size):
+        self.output_size = as_pair(output_size, "output_size", minimum=1)
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        return cls(_cfg_pair(cfg, "output_size"))
+
+    def config(self):
+        return {"output_size": list(self.output_size)}
+
+    def describe(self):
+        return f"AdaptiveAvgPool2d {_pair_text(self.output_size)}"
+
+    def flops(self, in_shapes, out_shape):
+        c, h, w = in_shapes[0]
+        oh, ow = self.output_size
+        # each output sums a window of at most ceil(h / oh) + 1 rows and columns
+        return c * oh * ow * (-(-h // oh) + 1) * (-(-w // ow) + 1)
+
+    def output_shape(self, shape):
+        self._need_rank(shape, 3, "(channels, height, width)")
+        return (shape[0],) + self.output_size
+
+    def forward(self, x):
+        return ops.adaptive_avgpool2d_forward(x, self.output_size), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return ops.adaptive_avgpool2d_backward(g, x.shape[2:])
+
+
+@register_layer
+class BatchNorm(Layer):
+    """Inference-mode batch normalization ``scale * (x - mean) / sqrt(var + eps) + shift`` over
+    the channel axis (axis 1).
+
+    Right after a Dense or Conv2d whose output nothing else reads, a network folds it into that
+    layer (canonization).  Anywhere else (DenseNet's BatchNorm before a convolution) it stays a
+    node: the affine map ``x * s + t`` per channel, with ``s = scale / sqrt(var + eps)`` and
+    ``t = shift - mean * s``; LRP passes relevance through it unchanged (Zennit's Pass rule for
+    BatchNorm), gradients go through the affine map.
     """
 
     kind = "batchnorm"
-    expects = (Dense, Conv2d)
+    expects = None  # folds into any linear layer
+    _rank = None
 
     def __init__(self, scale, shift, mean, var, eps=1e-5):
         self.eps = as_scalar(eps, "eps", minimum=0.0)
@@ -407,41 +667,186 @@ class BatchNorm(Layer):
         if np.any(arrs[3] + self.eps <= 0):
             raise ValueError(f"{type(self).__name__}: var + eps must be positive")
         self.scale, self.shift, self.mean, self.var = arrs
+        self._affine = {}
+
+    @property
+    def features(self):
+        return int(self.scale.shape[0])
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        missing = [k for k in ("scale", "shift", "mean", "var") if k not in arrays]
+        if missing:
+            raise ValueError(f"missing {missing}")
+        layer = cls(arrays["scale"], arrays["shift"], arrays["mean"], arrays["var"],
+                    cfg.get("eps", 1e-5))
+        if layer.features != _cfg_int(cfg, "features"):
+            raise ValueError(f"{layer.features} features != declared {cfg['features']}")
+        return layer
 
     def config(self):
-        return {"features": int(self.scale.shape[0]), "eps": self.eps}
+        return {"features": self.features, "eps": self.eps}
+
+    def arrays(self):
+        return {"scale": self.scale, "shift": self.shift, "mean": self.mean, "var": self.var}
+
+    def describe(self):
+        return f"{type(self).__name__} {self.features} (affine, not folded)"
+
+    def flops(self, in_shapes, out_shape):
+        return 2 * _numel(out_shape)
+
+    def can_fold_into(self, layer) -> bool:
+        return isinstance(layer, self.expects or Linear) and layer.weight.shape[0] == self.features
 
     def fold_into(self, layer: Linear) -> Linear:
         """The layer ``self(layer(x))`` as one Dense/Conv2d."""
-        if not isinstance(layer, self.expects):
+        expects = self.expects or Linear
+        if not isinstance(layer, expects):
             raise ValueError(f"{self!r} can only be folded into a preceding "
-                             f"{' or '.join(t.__name__ for t in self.expects)}, not {layer!r}")
+                             f"{' or '.join(t.__name__ for t in _as_tuple(expects))}, not "
+                             f"{layer!r}")
         out = layer.weight.shape[0]
-        if self.scale.shape[0] != out:
-            raise ValueError(f"{self!r} has {self.scale.shape[0]} features but {layer!r} has "
+        if self.features != out:
+            raise ValueError(f"{self!r} has {self.features} features but {layer!r} has "
                              f"{out} outputs")
         s = self.scale / np.sqrt(self.var + self.eps)
         w = layer.weight.astype(np.float64) * s.reshape((-1,) + (1,) * (layer.weight.ndim - 1))
         b = np.zeros(out) if layer.bias is None else layer.bias.astype(np.float64)
         b = (b - self.mean) * s + self.shift
         dtype = layer.weight.dtype
-        kw = {} if isinstance(layer, Dense) else {"stride": layer.stride, "padding": layer.padding}
-        return type(layer)(w.astype(dtype), b.astype(dtype), **kw)
+        return layer.with_parameters(w.astype(dtype), b.astype(dtype))
+
+    def affine(self, dtype):
+        """``(s, t)`` of the affine map in ``dtype`` (cached)."""
+        dtype = np.dtype(dtype)
+        hit = self._affine.get(dtype.str)
+        if hit is None:
+            s = self.scale / np.sqrt(self.var + self.eps)
+            t = self.shift - self.mean * s
+            hit = self._affine.setdefault(dtype.str, (s.astype(dtype), t.astype(dtype)))
+        return hit
+
+    def output_shape(self, shape):
+        if self._rank is not None:
+            self._need_rank(shape, self._rank, f"{self._rank}-D features")
+        if not shape or shape[0] != self.features:
+            raise ValueError(f"{self!r} expects {self.features} channels, got shape "
+                             f"{tuple(shape)}")
+        return tuple(shape)
+
+    def forward(self, x):
+        s, t = self.affine(x.dtype)
+        return ops.channel_affine(x, s, t), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return ops.channel_affine(g, self.affine(g.dtype)[0])
 
 
+def _as_tuple(t):
+    return t if isinstance(t, tuple) else (t,)
+
+
+@register_layer
 class BatchNorm1d(BatchNorm):
-    """BatchNorm over features of a Dense output (folded into the Dense)."""
+    """BatchNorm over the features of a Dense output."""
 
     kind = "batchnorm1d"
     expects = (Dense,)
+    _rank = 1
 
 
+@register_layer
 class BatchNorm2d(BatchNorm):
-    """BatchNorm over channels of a Conv2d output (folded into the Conv2d)."""
+    """BatchNorm over the channels of a Conv2d output."""
 
     kind = "batchnorm2d"
     expects = (Conv2d,)
+    _rank = 3
 
 
-LAYER_TYPES = {cls.kind: cls for cls in (Dense, Conv2d, ReLU, Flatten, MaxPool2d, AvgPool2d,
-                                         GlobalAvgPool2d)}
+@register_layer
+class Add(Layer):
+    """The element-wise sum of two or more inputs of one shape (a residual connection).
+
+    LRP splits relevance in proportion to each input's share of the sum (the Norm rule:
+    ``R_i = x_i * R / stab(sum_j x_j)``, Zennit's ResNet canonizer)."""
+
+    kind = "add"
+    n_inputs = None
+
+    def output_shape(self, *shapes):
+        if len(shapes) < 2:
+            raise ValueError(f"Add needs at least two inputs, got {len(shapes)}")
+        if any(tuple(s) != tuple(shapes[0]) for s in shapes):
+            raise ValueError(f"Add needs inputs of one shape, got {[tuple(s) for s in shapes]}")
+        return tuple(shapes[0])
+
+    def flops(self, in_shapes, out_shape):
+        return (len(in_shapes) - 1) * _numel(out_shape)
+
+    def forward(self, *xs):
+        y = xs[0] + xs[1]
+        for x in xs[2:]:
+            y += x
+        return y, None
+
+    def vjp(self, g, xs, state, relu_mode="gradient"):
+        return (g,) * len(xs)
+
+
+@register_layer
+class Concat(Layer):
+    """Concatenation of two or more inputs along the channel axis (axis 1 of the batch).
+
+    LRP slices relevance back to the inputs."""
+
+    kind = "concat"
+    n_inputs = None
+
+    def output_shape(self, *shapes):
+        if len(shapes) < 2:
+            raise ValueError(f"Concat needs at least two inputs, got {len(shapes)}")
+        first = tuple(shapes[0])
+        if any(len(s) != len(first) or tuple(s[1:]) != first[1:] for s in shapes):
+            raise ValueError("Concat needs inputs that differ only in their channels, got "
+                             f"{[tuple(s) for s in shapes]}")
+        return (sum(int(s[0]) for s in shapes),) + first[1:]
+
+    def forward(self, *xs):
+        return np.concatenate(xs, axis=1), None
+
+    def vjp(self, g, xs, state, relu_mode="gradient"):
+        out, start = [], 0
+        for x in xs:
+            stop = start + x.shape[1]
+            out.append(np.ascontiguousarray(g[:, start:stop]))
+            start = stop
+        return tuple(out)
+
+
+# --- reading a layer's description (model files) ---------------------------------------------
+def _cfg_value(cfg, key, default):
+    if key not in cfg:
+        if default is None:
+            raise ValueError(f"lacks '{key}'")
+        return default
+    return cfg[key]
+
+
+def _cfg_int(cfg, key, default=None):
+    val = _cfg_value(cfg, key, default)
+    if not isinstance(val, int) or isinstance(val, bool) or not 0 < val < (1 << 31):
+        raise ValueError(f"has a bad '{key}': {val!r}")
+    return val
+
+
+def _cfg_pair(cfg, key, default=None):
+    val = _cfg_value(cfg, key, default)
+    if isinstance(val, (list, tuple)):
+        if len(val) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in val):
+            raise ValueError(f"has a bad '{key}': {val!r}")
+        return tuple(val)
+    if not isinstance(val, int) or isinstance(val, bool):
+        raise ValueError(f"has a bad '{key}': {val!r}")
+    return val

@@ -1,12 +1,13 @@
-"""Layer-wise relevance propagation: one cached forward pass, one backward walk of rules."""
+"""Layer-wise relevance propagation: the engine's forward pass keeping what each node's rule
+reads, and one backward walk of rules."""
 from __future__ import annotations
 
 import numpy as np
 
 from ._common import chunks, map_batches, seed, shape_only
 from .composites import as_composite
-from .layers import Flatten, ReLU
-from .rules import WinnerTakeAll
+from .engine import run
+from .graph import Sequential
 
 
 def lrp(net, x, target, rule_or_composite="epsilon_plus_flat", *, batch_size=None,
@@ -15,7 +16,7 @@ def lrp(net, x, target, rule_or_composite="epsilon_plus_flat", *, batch_size=Non
 
     Parameters
     ----------
-    net : Sequential
+    net : Graph or Sequential
     x : array (n, *input_shape)
     target : int, sequence of n ints, or float array (n, n_out)
         With ints, relevance starts as one-hot times ``f(x)`` (so it sums to about the explained
@@ -27,60 +28,75 @@ def lrp(net, x, target, rule_or_composite="epsilon_plus_flat", *, batch_size=Non
     batch_size : int, optional
         Process this many samples at a time.
     layerwise : bool
-        Return the relevance at every layer's input instead: a list ``R`` with ``R[i]`` shaped
-        like the input of layer ``i`` and ``R[-1]`` the output relevance (to check conservation
-        layer by layer).
+        Return the relevance of every tensor instead: for a :class:`relprop.Sequential` a list
+        ``R`` with ``R[i]`` shaped like the input of layer ``i`` and ``R[-1]`` the output
+        relevance; for a :class:`relprop.Graph` a dict from the input's name and every node's
+        name to the relevance of that tensor (the sum of what its readers sent back), to check
+        conservation node by node.
 
     Returns
     -------
-    array shaped like ``x``: the input relevance (a list of arrays with ``layerwise``).
+    array shaped like ``x``: the input relevance (a list or dict of arrays with ``layerwise``).
     """
     x = net.check_input(x, check_finite)
     rules = as_composite(rule_or_composite, **kwargs).rules(net)
     if layerwise:
         parts = [_lrp(net, x[sl], t, rules, True) for sl, t in chunks(x, target, batch_size)]
-        return [np.concatenate(level) for level in zip(*parts)]
+        levels = [np.concatenate(level) for level in zip(*parts)]
+        if isinstance(net, Sequential):
+            return levels
+        return dict(zip([net.input_name] + [node.name for node in net.nodes], levels))
     return map_batches(lambda xc, tc: _lrp(net, xc, tc, rules), x, target, batch_size)
 
 
 def _lrp(net, x, target, rules, layerwise=False):
-    # The forward pass keeps, per layer, only what its rule reads (Rule.reads), and a ReLU's
-    # output that the layer above reads is not kept when it can be remade from the data kept
-    # for the layers below (relu(z) from a kept z, or relu(z+ + z-) from kept parts).  Layers
-    # whose rule uses (z+, z-) compute them in the forward pass when their input is
-    # non-negative (see relprop.rules).  The backward walk frees each layer's share after use.
-    saved, remake = [], None
-    for layer, rule in zip(net.layers, rules):
-        a, state, parts = x, None, None
-        if rule.uses_parts and a.min() >= 0:
-            x, parts = rule.forward_parts(layer, a)
+    out, r = run(net, x, LrpStep(net, rules), lambda z: seed(target, z, scale=True), layerwise)
+    return r
+
+
+class LrpStep:
+    """The engine step of LRP.
+
+    The forward pass keeps, per node, only what its rule reads (:meth:`Rule.reads`), and a
+    remakable node's output (ReLU, Flatten) that a reader needs is not kept when it can be
+    remade from data kept anyway (relu(z) from a kept z, or relu(z+ + z-) from kept parts).
+    Nodes whose rule uses (z+, z-) compute them in the forward pass when their input is
+    non-negative (see :mod:`relprop.rules`).
+    """
+
+    def __init__(self, net, rules):
+        self.rules = rules
+        self.inputs = net.schedule.inputs
+        self.remake = [None] * (len(rules) + 1)  # per tensor: a function that remakes it
+
+    def forward(self, i, node, ins):
+        rule, layer = self.rules[i], node.layer
+        parts = state = None
+        if rule.uses_parts and ins[0].min() >= 0:
+            y, parts = rule.forward_parts(layer, ins[0])
         else:
-            x, state = layer.forward(a)
+            y, state = layer.forward(*ins)
         reads = rule.reads(parts is not None)
-        kept_a = (a if remake is None else remake) if "a" in reads else shape_only(a)
-        saved.append([kept_a, x if "z" in reads else None, state, parts])
-        remake = _remaker(layer, x, "z" in reads, parts, remake)
-    r = seed(target, x, scale=True)
-    del x, a, parts, remake
-    levels = [r]
-    for i in range(len(net.layers) - 1, -1, -1):
-        a, z, state, parts = saved.pop()
-        if callable(a):
-            a = a()
-        if isinstance(rules[i], WinnerTakeAll):
-            r = net.layers[i].backward(r, a, state)
+        ids = self.inputs[i]
+        if "a" in reads:
+            kept = [v if self.remake[t] is None else self.remake[t] for v, t in zip(ins, ids)]
         else:
-            r = rules[i].relevance(net.layers[i], a, z, r, parts)
-        del a, z, state, parts
-        if layerwise:
-            levels.append(r)
-    return levels[::-1] if layerwise else r
+            kept = [shape_only(v) for v in ins]
+        self.remake[i + 1] = _remaker(layer, y, "z" in reads, parts, self.remake[ids[0]])
+        return y, (kept, y if "z" in reads else None, state, parts)
+
+    def backward(self, i, node, saved, r):
+        kept, z, state, parts = saved
+        a = [v() if callable(v) else v for v in kept]
+        if len(a) == 1:
+            return (self.rules[i].relevance(node.layer, a[0], z, r, parts, state),)
+        return self.rules[i].relevance(node.layer, tuple(a), z, r, parts, state)
 
 
 def _remaker(layer, y, z_kept, parts, below):
     """A function that remakes ``y``, the output of ``layer``, from data the walk keeps for the
-    layers below (bitwise as the forward pass made it), or None."""
-    if isinstance(layer, (ReLU, Flatten)):
+    nodes below (bitwise as the forward pass made it), or None."""
+    if layer.remakable:
         return None if below is None else lambda: layer.forward(below())[0]
     if z_kept:
         return lambda: y

@@ -1,8 +1,10 @@
 """LRP rules, as defined in DESIGN.md section 4 (following Zennit 0.5.1's ``rules.py``).
 
-A rule maps the upper relevance ``r`` of a layer's output to its input:
-``rule.relevance(layer, a, z, r, parts)`` with ``a`` the layer input and ``z`` its output, both
-from the one forward pass of the LRP walk.  Rules are frozen dataclasses; the rule-modified
+A rule maps the upper relevance ``r`` of a node's output to its input(s):
+``rule.relevance(layer, a, z, r, parts, state)`` with ``a`` the layer input (a tuple of inputs
+for Add and Concat, and then the result is a tuple too), ``z`` its output and ``state`` its
+forward state (max pooling's winners), all from the one forward pass of the LRP walk
+(:mod:`relprop.engine`).  Rules are frozen dataclasses; the rule-modified
 weights they need are made once per (layer, modification, dtype) by :meth:`Linear.modified` and
 cached on the layer.
 
@@ -127,7 +129,7 @@ def _stacked_relevance(layer, a, shares, swapped=False):
     relevance of AlphaBeta and Gamma for ``a >= 0``."""
     w2 = (layer.modified("-+", _swapped, a.dtype)[0] if swapped
           else signed_params(layer, a.dtype)[0])
-    return _times(a, layer.apply_t(shares, w2, a.shape))
+    return _times(a, layer.apply_t_stacked(shares, w2, a.shape))
 
 
 def _signed_t(layer, a, shares):
@@ -147,10 +149,11 @@ class Rule:
     def reads(self, parts=False):
         """What :meth:`relevance` reads of the forward pass: ``"a"`` (the layer input) and/or
         ``"z"`` (its output); ``parts`` says whether it gets ``(z+, z-)``.  The LRP walk keeps
-        only these (others get an array of the right shape and dtype but no data)."""
+        only these (others get an array of the right shape and dtype but no data); the node's
+        forward state is always kept."""
         return "az"
 
-    def relevance(self, layer, a, z, r, parts=None):
+    def relevance(self, layer, a, z, r, parts=None, state=None):
         raise NotImplementedError
 
 
@@ -172,7 +175,7 @@ class Epsilon(Rule):
     def __post_init__(self):
         _check_stabilizer(self, "epsilon")
 
-    def relevance(self, layer, a, z, r, parts=None):
+    def relevance(self, layer, a, z, r, parts=None, state=None):
         s = ops.lrp_divide(r, z, self.epsilon)
         return _times(a, layer.apply_t(s, layer.params(a.dtype)[0], a.shape))
 
@@ -206,7 +209,7 @@ class AlphaBeta(Rule):
         """``z`` and ``parts`` for ``a >= 0`` (ZPlus needs only ``z+``)."""
         return split_forward(layer, a, both=bool(self.beta))
 
-    def relevance(self, layer, a, z, r, parts=None):
+    def relevance(self, layer, a, z, r, parts=None, state=None):
         eps, alpha, beta = self.stabilizer, self.alpha, self.beta
         if parts is not None:  # a >= 0: z+ and z- come from the walk's stacked forward
             if not beta:
@@ -267,7 +270,7 @@ class Gamma(Rule):
     def forward_parts(self, layer, a):
         return split_forward(layer, a)
 
-    def relevance(self, layer, a, z, r, parts=None):
+    def relevance(self, layer, a, z, r, parts=None, state=None):
         eps = self.stabilizer
         if parts is not None:  # a >= 0: one element-wise pass makes the stacked shares
             shares = ops.lrp_gamma_shares(r, parts[0], parts[1], self.gamma, eps)
@@ -315,7 +318,7 @@ class ZBox(Rule):
         object.__setattr__(self, "high", hi)
         _check_stabilizer(self)
 
-    def relevance(self, layer, a, z, r, parts=None):
+    def relevance(self, layer, a, z, r, parts=None, state=None):
         dt = a.dtype
         lo = np.ascontiguousarray(_bound(self.low, a.shape, "low")[None], dtype=dt)
         hi = np.ascontiguousarray(_bound(self.high, a.shape, "high")[None], dtype=dt)
@@ -336,7 +339,7 @@ class _Uniform(Rule):
     def reads(self, parts=False):
         return ""
 
-    def relevance(self, layer, a, z, r, parts=None):
+    def relevance(self, layer, a, z, r, parts=None, state=None):
         w, b = layer.modified(type(self).__name__, self.modify, a.dtype)
         ones = np.ones((1,) + a.shape[1:], dtype=a.dtype)
         # z is one sample's: 1 / stab(z) once, then a broadcast product (no batch-sized z)
@@ -378,42 +381,50 @@ class Flat(_Uniform):
 @register_rule("norm")
 @dataclass(frozen=True)
 class Norm(Rule):
-    """For AvgPool2d/GlobalAvgPool2d: Epsilon with the pooling as the linear map,
-    ``R_j = a_j sum_k p_jk R_k / stab(z_k)``."""
+    """For average pooling and additions: Epsilon with the layer as the linear map,
+    ``R_j = a_j sum_k p_jk R_k / stab(z_k)``; for ``Add`` that is ``R_i = x_i R / stab(sum x)``
+    (Zennit's Norm rule, which its ResNet canonizer gives the residual sums)."""
 
     stabilizer: float = 1e-6
-    applies_to = (L.AvgPool2d, L.GlobalAvgPool2d)
+    applies_to = (L.AvgPool2d, L.GlobalAvgPool2d, L.AdaptiveAvgPool2d, L.Add)
 
     def __post_init__(self):
         _check_stabilizer(self)
 
-    def relevance(self, layer, a, z, r, parts=None):
-        return _times(a, layer.backward(ops.lrp_divide(r, z, self.stabilizer), a, None))
+    def relevance(self, layer, a, z, r, parts=None, state=None):
+        s = ops.lrp_divide(r, z, self.stabilizer)
+        if isinstance(a, tuple):  # several inputs: their vjp may share s, so no in-place product
+            return tuple(np.multiply(x, g) for x, g in zip(a, layer.vjp(s, a, state)))
+        return _times(a, layer.backward(s, a, state))
 
 
 @register_rule("winner_take_all")
 @dataclass(frozen=True)
 class WinnerTakeAll(Rule):
-    """For MaxPool2d: all relevance of a window goes to its winning input (the gradient).
-
-    The LRP walk applies it with the pooling winners of the forward pass (see ``lrp.lrp``).
-    """
+    """For MaxPool2d: all relevance of a window goes to its winning input (the gradient, with
+    the winners of the forward pass)."""
 
     applies_to = (L.MaxPool2d,)
 
     def reads(self, parts=False):
         return ""
 
+    def relevance(self, layer, a, z, r, parts=None, state=None):
+        return layer.backward(r, a, state)
+
 
 @register_rule("pass")
 @dataclass(frozen=True)
 class Pass(Rule):
-    """ReLU and Flatten: relevance passes through unchanged (reshaped)."""
+    """Activations, Flatten and unfolded BatchNorm: relevance passes through unchanged
+    (reshaped); Concat: relevance is sliced back to its inputs."""
 
-    applies_to = (L.ReLU, L.Flatten)
+    applies_to = (L.ReLU, L.ReLU6, L.Flatten, L.BatchNorm, L.Concat)
 
     def reads(self, parts=False):
         return ""
 
-    def relevance(self, layer, a, z, r, parts=None):
+    def relevance(self, layer, a, z, r, parts=None, state=None):
+        if isinstance(a, tuple):
+            return layer.vjp(r, a, state)
         return r.reshape(a.shape)

@@ -27,7 +27,8 @@ import os
 
 import numpy as np
 
-from ..network import Sequential, load
+from ..graph import Sequential
+from ..io import load
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -12,12 +12,12 @@ from .ops import (avgpool2d_backward, avgpool2d_forward, conv2d_backward, conv2d
                   relu_forward)
 from .network import (as_matrix, backward, deconvnet, forward, gradient, gradient_x_input,
                       guided_backprop, seed, sensitivity, taylor)
-from .lrp import RULE_FUNCTIONS, lrp, lrp_layer
+from .lrp import RULE_FUNCTIONS, lrp, lrp_layer, lrp_node
 
 __all__ = [
     "RULE_FUNCTIONS", "as_matrix", "avgpool2d_backward", "avgpool2d_forward", "backward",
     "conv2d_backward", "conv2d_forward", "conv2d_forward_split", "deconvnet", "dense_backward",
     "dense_forward", "forward", "gradient", "gradient_x_input", "guided_backprop", "lrp",
-    "lrp_alpha_beta_shares", "lrp_divide", "lrp_gamma_shares", "lrp_layer", "maxpool2d_backward",
-    "maxpool2d_forward", "relu_backward", "relu_forward", "seed", "sensitivity", "taylor",
+    "lrp_alpha_beta_shares", "lrp_divide", "lrp_gamma_shares", "lrp_layer", "lrp_node",
+    "maxpool2d_backward", "maxpool2d_forward", "relu_backward", "relu_forward", "seed", "sensitivity", "taylor",
 ]

@@ -81,6 +81,21 @@ def _bound(v, shape):
     return np.broadcast_to(v, shape).ravel()
 
 
+def lrp_node(layer, rule, xs, r):
+    """Relevance of each of a node's inputs ``xs`` (a list) from ``r`` under ``rule``: Add and
+    Concat nodes, then every single-input layer through :func:`lrp_layer`."""
+    name = type(rule).__name__
+    if layer.kind == "add" and name == "Norm":  # R_i = x_i r / stab(sum_j x_j)
+        s = ops.lrp_divide(r, sum(xs[1:], xs[0]), rule.stabilizer)
+        return [x * s for x in xs]
+    if layer.kind == "concat" and name == "Pass":  # sliced back
+        bounds = np.cumsum([0] + [x.shape[1] for x in xs])
+        return [r[:, lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+    if len(xs) != 1:
+        raise ValueError(f"reference: no twin for rule {name} on {layer.kind}")
+    return [lrp_layer(layer, rule, xs[0], r)]
+
+
 def lrp_layer(layer, rule, a, r):
     """Relevance of ``layer``'s input ``a`` (n, *shape) from ``r`` (n, *out_shape) under ``rule``
     (a relprop rule object, read through its class name and parameters)."""
@@ -89,7 +104,7 @@ def lrp_layer(layer, rule, a, r):
     if name == "Pass":
         return r.reshape(a.shape)
     if name == "WinnerTakeAll":
-        return layer_backward(layer, r, a)
+        return layer_backward(layer, r, [a])[0]
     M, b = as_matrix(layer, a.shape[1:], a.dtype)
     a2, r2 = a.reshape(n, -1), r.reshape(n, -1)
     if name == "Epsilon":
@@ -115,10 +130,20 @@ def lrp_layer(layer, rule, a, r):
     return R.reshape(a.shape)
 
 
-def lrp(net, x, r_out, rules):
-    """Input relevance for output relevance ``r_out`` with one rule per layer."""
-    acts = forward(net, x)
-    r = r_out
-    for i in range(len(net.layers) - 1, -1, -1):
-        r = lrp_layer(net.layers[i], rules[i], acts[i], r)
-    return r
+def lrp(net, x, r_out, rules, messages=None):
+    """Input relevance for output relevance ``r_out`` with one rule per node (in ``net.nodes``
+    order); each tensor's relevance is the sum of what its readers send back.
+
+    ``messages``, a dict, receives ``{node name: (relevance of its output, [relevance sent to
+    each input])}``, to check conservation node by node."""
+    names = [net.input_name] + [node.name for node in net.nodes]
+    vals = dict(zip(names, forward(net, x)))
+    rel = {net.output: r_out}
+    for node, rule in zip(reversed(net.nodes), reversed(rules)):
+        r = rel.pop(node.name)
+        sent = lrp_node(node.layer, rule, [vals[t] for t in node.inputs], r)
+        if messages is not None:
+            messages[node.name] = (r, sent)
+        for t, rt in zip(node.inputs, sent):
+            rel[t] = rel[t] + rt if t in rel else rt
+    return rel[net.input_name]

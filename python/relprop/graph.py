@@ -1,0 +1,433 @@
+"""Networks: :class:`Graph`, a directed acyclic graph of layers, and :class:`Sequential`, its
+chain special case.
+
+Every node has a name, a layer and the names of its inputs (the network input or other nodes);
+a tensor may feed several nodes.  When a network is built, its nodes are put in topological
+order, checked (unknown inputs, cycles, nodes that do not reach the output, shapes when the
+input shape is given), and canonized: a BatchNorm right after a Dense/Conv2d whose output
+nothing else reads is folded into that layer.  All methods run on :mod:`relprop.engine`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import layers as L
+from ._common import map_batches
+from ._validate import as_float_array, check_size
+from .engine import GradientStep, TraceStep, backward_walk, forward_pass, run
+
+#: The default name of a network's input.
+INPUT = "input"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of a :class:`Graph`: ``layer`` applied to the tensors named in ``inputs``."""
+
+    name: str
+    layer: L.Layer
+    inputs: tuple
+
+    def __repr__(self):
+        return f"Node({self.name!r}, {self.layer!r}, inputs={list(self.inputs)})"
+
+
+@dataclass
+class Trace:
+    """A forward pass that keeps every value.
+
+    ``inputs[t]`` is the value of tensor ``t``: ``inputs[0]`` the network input and
+    ``inputs[i + 1]`` the output of node ``i`` (nodes in topological order; in a
+    :class:`Sequential`, the input of layer ``i + 1``); ``states[i]`` node ``i``'s extra state
+    (pooling winners), ``output`` the network output ``f(x)``.
+    """
+
+    inputs: list
+    states: list
+    output: np.ndarray
+    saved: list = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A network's nodes as the engine walks them: ``nodes`` in topological order (the output
+    node last), ``inputs[i]`` the tensor numbers node ``i`` reads (0 the network input,
+    ``j + 1`` the output of node ``j``), ``uses[t]`` how many times tensor ``t`` is read."""
+
+    nodes: tuple
+    inputs: tuple
+    uses: tuple
+
+
+def _as_node(spec):
+    if isinstance(spec, Node):
+        return spec
+    if not isinstance(spec, (tuple, list)) or len(spec) != 3:
+        raise TypeError(f"a node is a relprop.Node or a tuple (name, layer, inputs), got {spec!r}")
+    name, layer, inputs = spec
+    if isinstance(inputs, str):
+        inputs = (inputs,)
+    return Node(name, layer, tuple(inputs))
+
+
+class Graph:
+    """A feed-forward network whose layers form a directed acyclic graph.
+
+    Parameters
+    ----------
+    nodes : sequence of Node or (name, layer, inputs)
+        ``inputs`` is a name or a sequence of names: ``input_name`` (the network input) or
+        other nodes.  Add and Concat take two or more inputs, every other layer one.
+    input_shape : tuple of int, optional
+        Shape of one sample, e.g. ``(3, 224, 224)``.  When given, shapes are checked now and
+        inputs on every call.
+    input_name : str
+        The name of the network input (default "input").
+    output : str, optional
+        The node whose output is the network output; by default the one node that no other
+        node reads.
+
+    Raises
+    ------
+    ValueError
+        Duplicate or unknown names, a cycle, a node that does not contribute to the output,
+        a wrong number of inputs, or shapes that do not fit (the message names the node).
+    TypeError
+        Something that is not a relprop layer.
+
+    Examples
+    --------
+    A residual block::
+
+        net = rp.Graph([
+            ("conv1", rp.Conv2d(w1, padding=1), "input"),
+            ("relu1", rp.ReLU(), "conv1"),
+            ("conv2", rp.Conv2d(w2, padding=1), "relu1"),
+            ("add", rp.Add(), ["conv2", "input"]),
+            ("relu2", rp.ReLU(), "add"),
+        ], input_shape=(8, 16, 16))
+    """
+
+    def __init__(self, nodes, input_shape=None, *, input_name=INPUT, output=None):
+        if not isinstance(input_name, str) or not input_name:
+            raise TypeError(f"input_name must be a non-empty string, got {input_name!r}")
+        nodes = [_as_node(n) for n in nodes]
+        if not nodes:
+            raise ValueError(f"{type(self).__name__} needs at least one node")
+        self.input_name = input_name
+        self._check_nodes(nodes)
+        nodes, output = _fold_batchnorms(nodes, self._output_of(nodes, output))
+        self.output = output
+        self.schedule = _schedule(nodes, input_name, output, self._where)
+        self.nodes = self.schedule.nodes
+        self.input_shape = None
+        self.output_shape = None
+        if input_shape is not None:
+            shape = tuple(int(s) for s in input_shape)
+            if not shape or any(s <= 0 for s in shape):
+                raise ValueError(f"input_shape must be positive sizes, got {tuple(input_shape)}")
+            self.output_shape = self.tensor_shapes(shape)[self.output]
+            self.input_shape = shape
+
+    # --- construction -----------------------------------------------------------------------
+    def _where(self, name):
+        return f"node {name!r}"
+
+    def _check_nodes(self, nodes):
+        seen = set()
+        for node in nodes:
+            if not isinstance(node.name, str) or not node.name:
+                raise TypeError(f"node names must be non-empty strings, got {node.name!r}")
+            if node.name == self.input_name or node.name in seen:
+                raise ValueError(f"{self._where(node.name)}: the name is used twice (node names "
+                                 f"and the input name {self.input_name!r} must be unique)")
+            seen.add(node.name)
+            if not isinstance(node.layer, L.Layer):
+                raise TypeError(f"{self._where(node.name)}: expected a relprop layer, got "
+                                f"{type(node.layer).__name__}")
+            if not node.inputs or not all(isinstance(t, str) for t in node.inputs):
+                raise TypeError(f"{self._where(node.name)}: inputs must be names, got "
+                                f"{node.inputs!r}")
+            arity = node.layer.n_inputs
+            if (arity is None and len(node.inputs) < 2) or (arity is not None and
+                                                            len(node.inputs) != arity):
+                want = "two or more inputs" if arity is None else f"{arity} input(s)"
+                raise ValueError(f"{self._where(node.name)}: {type(node.layer).__name__} takes "
+                                 f"{want}, got {list(node.inputs)}")
+        for node in nodes:
+            for t in node.inputs:
+                if t != self.input_name and t not in seen:
+                    raise ValueError(f"{self._where(node.name)}: unknown input {t!r} (not a "
+                                     f"node, not the input {self.input_name!r})")
+
+    def _output_of(self, nodes, output):
+        if output is not None:
+            if output not in {n.name for n in nodes}:
+                raise ValueError(f"output {output!r} is not a node")
+            return output
+        read = {t for n in nodes for t in n.inputs}
+        sinks = [n.name for n in nodes if n.name not in read]
+        if len(sinks) != 1:
+            raise ValueError(f"the network has {len(sinks)} nodes that no other node reads "
+                             f"({sinks[:5]}); name the output with output=")
+        return sinks[0]
+
+    # --- shapes -----------------------------------------------------------------------------
+    def tensor_shapes(self, input_shape) -> dict:
+        """Per-sample shape of every tensor: ``{input_name: input_shape, node: output shape}``."""
+        shapes = {self.input_name: tuple(input_shape)}
+        for node in self.nodes:
+            try:
+                out = node.layer.output_shape(*(shapes[t] for t in node.inputs))
+            except ValueError as exc:
+                raise ValueError(f"{self._where(node.name)}: {exc}") from None
+            shapes[node.name] = tuple(int(s) for s in out)
+        return shapes
+
+    @property
+    def layers(self):
+        """The nodes' layers, in topological order."""
+        return tuple(node.layer for node in self.nodes)
+
+    @property
+    def linear_layers(self):
+        return [i for i, layer in enumerate(self.layers) if layer.linear]
+
+    def node(self, name) -> Node:
+        """The node called ``name``."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(f"no node {name!r}")
+
+    def __len__(self):
+        return len(self.nodes)
+
+    def __repr__(self):
+        body = ",\n".join(f"  {node!r}" for node in self.nodes)
+        shape = f", input_shape={self.input_shape}" if self.input_shape else ""
+        return f"{type(self).__name__}([\n{body}\n]{shape})"
+
+    # --- the passes -------------------------------------------------------------------------
+    def check_input(self, x, check_finite=True, name="x"):
+        """Validate ``x`` (n, *input_shape) and return it as a C-contiguous float array."""
+        arr = as_float_array(x, name, check_finite=check_finite)
+        if arr.ndim < 2:
+            raise ValueError(f"{name} must be a batch (n, *sample_shape), got shape {arr.shape}; "
+                             "use x[None] for one sample")
+        if arr.shape[0] == 0:
+            raise ValueError(f"{name} is an empty batch (shape {arr.shape})")
+        if self.input_shape is not None and arr.shape[1:] != self.input_shape:
+            raise ValueError(f"{name} has shape {arr.shape} but the network expects "
+                             f"(n, {', '.join(map(str, self.input_shape))})")
+        for s in self.tensor_shapes(arr.shape[1:]).values():
+            check_size((arr.shape[0],) + s, "an activation")
+        return arr
+
+    def forward(self, x, check_finite=True, batch_size=None):
+        """Output scores ``f(x)`` (logits), shape ``(n, *output_shape)``.
+
+        ``batch_size`` runs the batch in chunks of that many samples.  A finite ``x`` whose
+        scores overflow to inf/NaN raises ``ValueError`` (whatever ``check_finite``, which
+        governs the check of ``x`` only)."""
+        x = self.check_input(x, check_finite)
+        return map_batches(lambda xc, _: self._forward(xc), x, 0, batch_size)
+
+    __call__ = forward
+
+    def _forward(self, x):
+        sched = self.schedule
+        values = [x] + [None] * len(sched.nodes)
+        uses = list(sched.uses)
+        for i, node in enumerate(sched.nodes):
+            ids = sched.inputs[i]
+            values[i + 1] = node.layer.forward(*(values[t] for t in ids))[0]
+            for t in ids:
+                uses[t] -= 1
+                if uses[t] == 0:
+                    values[t] = None
+        return values[-1]
+
+    def trace(self, x, check_finite=True) -> Trace:
+        """Forward pass keeping every tensor's value and every node's state (see
+        :class:`Trace`)."""
+        x = self.check_input(x, check_finite)
+        values = [x]
+
+        class Keep(TraceStep):
+            def forward(self, i, node, ins):
+                y, saved = super().forward(i, node, ins)
+                values.append(y)
+                return y, saved
+
+        out, saved = forward_pass(self, x, Keep())
+        _check_overflow(x, out)
+        return Trace(values, [s[1] for s in saved], out, saved)
+
+    def backward(self, trace: Trace, seed, relu_mode="gradient"):
+        """Vector-Jacobian product of ``seed`` (shaped like the output) down to the input, from
+        a :meth:`trace`.  ``relu_mode`` is "gradient", "deconvnet" or "guided"."""
+        return backward_walk(self, GradientStep(relu_mode), list(trace.saved), seed)
+
+    def vjp(self, x, make_seed, relu_mode="gradient"):
+        """Forward pass, then the vector-Jacobian product of ``make_seed(output)`` down to the
+        input: ``(output, g)``, as ``backward(trace(x), ...)`` but keeping only what the
+        backward pass reads (the inputs of ReLUs, pooling winners; the shape of the rest) and
+        letting go of each as soon as the backward pass is past it.  ``x`` as
+        :meth:`check_input` returns it."""
+
+        def checked_seed(out):
+            _check_overflow(x, out)
+            return make_seed(out)
+
+        return run(self, x, GradientStep(relu_mode), checked_seed)
+
+    # --- files ------------------------------------------------------------------------------
+    def save(self, path):
+        """Write the network to ``path`` (.npz: parameters plus a JSON description; read it
+        back with :func:`relprop.load`)."""
+        from .io import save
+
+        save(self, path)
+
+
+class Sequential(Graph):
+    """A feed-forward network whose layers are applied in order: the chain :class:`Graph`.
+
+    Parameters
+    ----------
+    layers : sequence of Layer
+        Dense, Conv2d, ReLU, ReLU6, pooling, Flatten, BatchNorm1d/2d (folded into a Dense/Conv2d
+        right before them, otherwise an affine node).
+    input_shape : tuple of int, optional
+        Shape of one sample, e.g. ``(3, 32, 32)``.  When given, the layers are checked against
+        it now, and inputs are checked against it on every call.
+
+    The nodes are named by position after folding ("0", "1", ...): composites' ``overrides``
+    take these indices, and ``lrp(..., layerwise=True)`` returns a list (the relevance at every
+    layer's input, then the output relevance).
+
+    Raises
+    ------
+    ValueError
+        Layers whose shapes do not chain (the message names the layer).
+    """
+
+    def __init__(self, layers, input_shape=None):
+        layers = list(layers)
+        for layer in layers:
+            if not isinstance(layer, L.Layer):
+                raise TypeError(f"Sequential takes relprop layers, got {type(layer).__name__}")
+            if layer.n_inputs != 1:
+                raise ValueError(f"Sequential takes single-input layers, got {layer!r}; use "
+                                 "relprop.Graph for additions and concatenations")
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        chain = [Node(f"_{i}", layer, (INPUT if i == 0 else f"_{i - 1}",))
+                 for i, layer in enumerate(layers)]
+        folded, _ = _fold_batchnorms(chain, chain[-1].name)
+        nodes = [Node(str(i), node.layer, (INPUT if i == 0 else str(i - 1),))
+                 for i, node in enumerate(folded)]
+        super().__init__(nodes, input_shape)
+
+    def _where(self, name):
+        return f"layer {name}"
+
+    def shapes(self, input_shape) -> list:
+        """Per-sample shapes: of the input, then after every layer."""
+        return list(self.tensor_shapes(input_shape).values())
+
+    def __repr__(self):
+        body = ",\n".join(f"  ({node.name}) {node.layer!r}" for node in self.nodes)
+        shape = f", input_shape={self.input_shape}" if self.input_shape else ""
+        return f"Sequential(\n{body}\n{shape})"
+
+
+def _fold_batchnorms(nodes, output):
+    """Fold every BatchNorm whose input is a Dense/Conv2d that nothing else reads into that
+    layer; the folded node keeps the linear layer's name and takes the BatchNorm's readers."""
+    readers = {}
+    for node in nodes:
+        for t in node.inputs:
+            readers.setdefault(t, []).append(node.name)
+    by_name = {n.name: n for n in nodes}
+    renamed = {}
+    for node in nodes:
+        layer = node.layer
+        if not isinstance(layer, L.BatchNorm):
+            continue
+        src = by_name.get(renamed.get(node.inputs[0], node.inputs[0]))
+        if (src is None or readers.get(src.name) != [node.name] or src.name == output
+                or not layer.can_fold_into(src.layer)):
+            continue
+        by_name[src.name] = Node(src.name, layer.fold_into(src.layer), src.inputs)
+        del by_name[node.name]
+        renamed[node.name] = src.name
+        readers[src.name] = readers.pop(node.name, [])
+        if output == node.name:
+            output = src.name
+    out = []
+    for node in nodes:
+        if node.name in by_name:
+            n = by_name[node.name]
+            out.append(Node(n.name, n.layer, tuple(renamed.get(t, t) for t in n.inputs)))
+    return out, output
+
+
+def _schedule(nodes, input_name, output, where) -> Schedule:
+    """The nodes in topological order (ties kept in the given order, the output last), with
+    tensor numbers; raises ValueError on a cycle or a node the output does not depend on."""
+    by_name = {n.name: n for n in nodes}
+    # the output's ancestors
+    needed, stack = set(), [output]
+    while stack:
+        name = stack.pop()
+        if name in needed or name == input_name:
+            continue
+        needed.add(name)
+        stack.extend(by_name[name].inputs)
+    dead = [n.name for n in nodes if n.name not in needed]
+    if dead:
+        raise ValueError(f"{where(dead[0])} does not contribute to the output {output!r}"
+                         + (f" (nor do {dead[1:5]})" if len(dead) > 1 else ""))
+    # Kahn's algorithm, stable in the given order
+    pending = {}
+    readers = {}
+    for n in nodes:
+        for t in set(n.inputs):
+            readers.setdefault(t, []).append(n.name)
+    for n in nodes:
+        pending[n.name] = len({t for t in n.inputs if t != input_name})
+    order, ready = [], [n.name for n in nodes if pending[n.name] == 0]
+    position = {n.name: i for i, n in enumerate(nodes)}
+    while ready:
+        ready.sort(key=position.__getitem__)
+        name = ready.pop(0)
+        order.append(name)
+        for r in readers.get(name, []):
+            pending[r] -= 1
+            if pending[r] == 0:
+                ready.append(r)
+    if len(order) != len(nodes):
+        stuck = [n.name for n in nodes if n.name not in set(order)]
+        raise ValueError(f"the network has a cycle through {[repr(s) for s in stuck[:6]]}")
+    assert order[-1] == output  # every other node is an ancestor of the output
+    number = {input_name: 0}
+    for i, name in enumerate(order):
+        number[name] = i + 1
+    ordered = tuple(by_name[name] for name in order)
+    inputs = tuple(tuple(number[t] for t in n.inputs) for n in ordered)
+    uses = [0] * (len(ordered) + 1)
+    for ids in inputs:
+        for t in ids:
+            uses[t] += 1
+    return Schedule(ordered, inputs, tuple(uses))
+
+
+def _check_overflow(x, out):
+    """Raise ValueError where a finite input ``x`` gave a non-finite output (an overflow)."""
+    if not np.isfinite(out).all() and np.isfinite(x).all():
+        raise ValueError(f"the forward pass overflowed: a finite input gave inf/NaN outputs in "
+                         f"{out.dtype} (inputs or weights too large; float64 has more range)")
