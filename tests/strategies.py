@@ -55,3 +55,92 @@ def dense_problems(draw):
     w = draw(arrays(dtype, (o, i)))
     b = draw(st.one_of(st.none(), arrays(dtype, (o,))))
     return x, w, b
+
+
+#: Layer kinds :func:`dags` draws from; "extended" adds grouped/dilated convolutions, ReLU6,
+#: unfolded BatchNorm and adaptive pooling.
+DAG_OPS = ("conv", "relu", "pool", "add", "concat", "residual")
+DAG_OPS_EXTENDED = DAG_OPS + ("grouped", "dilated", "relu6", "batchnorm", "adaptive")
+
+
+@st.composite
+def dags(draw, bias=True, extended=False, max_ops=8, n_out=3):
+    """A random ``relprop.Graph`` on small images: convolutions, ReLUs, pooling, additions of
+    equal-shaped tensors (also a tensor with itself), concatenations, residual blocks, fan-out
+    (any tensor, the input too, may be read several times); every tensor nobody reads is pooled,
+    flattened and concatenated into a final Dense, so every node reaches the output."""
+    import relprop as rp
+
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    ops = DAG_OPS_EXTENDED if extended else DAG_OPS
+    c0, hw = draw(st.integers(1, 3)), draw(st.sampled_from([4, 5, 8]))
+    shapes, readers, nodes = {"input": (c0, hw, hw)}, {"input": 0}, []
+
+    def bias_of(n):
+        return rng.normal(size=n) * 0.1 if bias else None
+
+    def new(layer, inputs):
+        name = f"n{len(nodes)}"
+        inputs = list(inputs)
+        shapes[name] = tuple(layer.output_shape(*(shapes[t] for t in inputs)))
+        for t in inputs:
+            readers[t] += 1
+        readers[name] = 0
+        nodes.append((name, layer, inputs))
+        return name
+
+    def conv(src, o=None, k=None, stride=1, dilation=1, groups=1, same=False):
+        c, h, w = shapes[src]
+        k = k or draw(st.sampled_from([1, 3]))
+        o = o or draw(st.integers(1, 4)) * groups
+        span = dilation * (k - 1) + 1
+        pad = (span - 1) // 2 if same or min(h, w) < span or draw(st.booleans()) else 0
+        wt = rng.normal(size=(o, c // groups, k, k)) / np.sqrt(c // groups * k * k)
+        return new(rp.Conv2d(wt, bias_of(o), stride=stride, padding=pad, dilation=dilation,
+                             groups=groups), [src])
+
+    for _ in range(draw(st.integers(1, max_ops))):
+        op = draw(st.sampled_from(ops))
+        images = [t for t, s in shapes.items() if len(s) == 3]
+        src = draw(st.sampled_from(images))
+        c, h, w = shapes[src]
+        if op == "conv":
+            conv(src, stride=2 if min(h, w) >= 4 and draw(st.booleans()) else 1)
+        elif op == "grouped":
+            groups = draw(st.sampled_from([g for g in (1, 2, 3, c) if c % g == 0]))
+            conv(src, o=groups * draw(st.integers(1, 2)), groups=groups,
+                 stride=2 if min(h, w) >= 4 and draw(st.booleans()) else 1)
+        elif op == "dilated":
+            conv(src, k=3, dilation=2)
+        elif op == "relu":
+            new(rp.ReLU(), [src])
+        elif op == "relu6":
+            new(rp.ReLU6(), [src])
+        elif op == "batchnorm":
+            new(rp.BatchNorm2d(rng.uniform(0.5, 2, c), rng.normal(size=c), rng.normal(size=c),
+                               rng.uniform(0.5, 2, c)), [src])
+        elif op == "pool" and min(h, w) >= 2:
+            cls = draw(st.sampled_from([rp.MaxPool2d, rp.AvgPool2d]))
+            new(cls(2, stride=draw(st.sampled_from([1, 2]))), [src])
+        elif op == "adaptive":
+            new(rp.AdaptiveAvgPool2d((draw(st.integers(1, h + 1)), draw(st.integers(1, w + 1)))),
+                [src])
+        elif op == "add":
+            same = [t for t in images if shapes[t] == shapes[src]]
+            new(rp.Add(), [src, draw(st.sampled_from(same))])
+        elif op == "concat":
+            fits = [t for t in images if shapes[t][1:] == (h, w)]
+            extra = draw(st.lists(st.sampled_from(fits), min_size=1, max_size=2))
+            new(rp.Concat(), [src] + extra)
+        elif op == "residual":
+            inner = new(rp.ReLU(), [conv(src, o=c, k=3, same=True)])
+            new(rp.Add(), [conv(inner, o=c, k=1, same=True), src])
+    heads = []
+    for t in [t for t, r in readers.items() if r == 0]:
+        if len(shapes[t]) == 3:
+            t = new(rp.Flatten(), [new(rp.GlobalAvgPool2d(), [t])])
+        heads.append(t)
+    feat = heads[0] if len(heads) == 1 else new(rp.Concat(), heads)
+    f = shapes[feat][0]
+    new(rp.Dense(rng.normal(size=(n_out, f)) / np.sqrt(f), bias_of(n_out)), [feat])
+    return rp.Graph(nodes, input_shape=(c0, hw, hw))
