@@ -73,3 +73,66 @@ def to_torch(net, dtype="float64"):
                 if layer.bias is not None:
                     m.bias.copy_(torch.from_numpy(layer.bias.astype(np.float64)))
     return seq
+
+
+# --- torchvision models for the importer tests -----------------------------------------------
+#: Input size of the torchvision tests: small, so that Zennit in float64 stays fast.
+TV_SIZE = 64
+
+
+def merged_batchnorms(name, model):
+    """Names of the BatchNorms of torchvision model ``name`` that follow a convolution whose
+    output nothing else reads (relprop folds them; Zennit's canonizers merge them)."""
+    from torch import nn
+
+    bns = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    if name.startswith("densenet"):  # the stem's and each dense layer's second BatchNorm
+        return [n for n in bns if n.endswith("norm0") or n.endswith("norm2")]
+    return bns
+
+
+def torchvision_model(name, seed=0):
+    """torchvision's ``name`` with random weights, in eval mode, for a TV_SIZE x TV_SIZE input.
+
+    Every BatchNorm gets random running statistics and affine parameters; the merged ones
+    (:func:`merged_batchnorms`) get ``eps = 0`` and values on a coarse dyadic grid, so that
+    ``weight / sqrt(var)`` is a power of two and folding them is exact in float32 as in float64
+    (the ONNX files are float32: relprop, torch and Zennit then hold the same parameters).
+    VGG's and AlexNet's AdaptiveAvgPool2d is replaced by nn.Identity and the first classifier
+    layer sized for the feature map of a TV_SIZE input (at 224 pixels that pooling is the
+    identity, which relprop skips and Zennit gives the Norm rule; its non-identity cases are
+    tested on their own)."""
+    import torch
+    import torchvision
+    from torch import nn
+
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, name)(weights=None)
+    if name.startswith("vgg"):
+        model.avgpool = nn.Identity()
+        model.classifier[0] = nn.Linear(512 * (TV_SIZE // 32) ** 2, 4096)
+    elif name == "alexnet":
+        model.avgpool = nn.Identity()
+        model.classifier[1] = nn.Linear(256, 4096)
+    merged = set(merged_batchnorms(name, model))
+    gen = torch.Generator().manual_seed(seed + 1)
+
+    def grid(lo, hi, step, n):  # values lo, lo + step, ..., hi
+        k = int(round((hi - lo) / step))
+        return lo + step * torch.randint(0, k + 1, (n,), generator=gen).float()
+
+    with torch.no_grad():
+        for bn_name, m in model.named_modules():
+            if not isinstance(m, nn.BatchNorm2d):
+                continue
+            c = m.num_features
+            root = grid(0.5, 2.0, 1 / 16, c)  # sqrt(running_var)
+            sign = torch.where(torch.rand(c, generator=gen) < 0.2, -1.0, 1.0)
+            scale = sign * 2.0 ** torch.randint(-1, 2, (c,), generator=gen).float()
+            m.running_var.copy_(root ** 2)
+            m.weight.copy_(scale * root)  # weight / sqrt(var) = scale
+            m.running_mean.copy_(grid(-1, 1, 1 / 32, c))
+            m.bias.copy_(grid(-1, 1, 1 / 32, c))
+            if bn_name in merged:
+                m.eps = 0.0
+    return model.eval()

@@ -1,0 +1,265 @@
+"""torchvision's networks through every importer: ``from_torch`` directly and ``from_onnx`` on
+the files of both of torch's exporters (``dynamo=True``, the default, and ``dynamo=False``),
+with a dynamic batch.  Random weights, BatchNorm statistics and affine parameters randomized
+(:func:`nets.torchvision_model`).  Expected values come from torch (forward pass in float32,
+autograd in float64) and Zennit 0.5.1 (LRP in float64), with the canonizers that say what
+relprop does:
+
+* ResNet: Zennit's ResNetCanonizer (BatchNorms merged, the residual sum through Zennit's Sum,
+  which its composites give the Norm rule);
+* VGG: its VGGCanonizer (BatchNorms merged); AlexNet: none;
+* DenseNet: the stem's BatchNorm and each dense layer's second one merged into the conv before
+  it (NamedMergeBatchNorm), the others left to Zennit's Pass rule; the functional relu and
+  adaptive_avg_pool2d of its forward swapped for modules, which Zennit's hooks see;
+* MobileNetV2: Conv-BN pairs merged (SequentialMergeBatchNorm), the inverted-residual addition
+  routed through Zennit's Sum by :class:`InvertedResidualCanonizer` (written here, as Zennit's
+  ResNet one), the functional pool swapped for a module.
+
+Where Zennit merges a BatchNorm it leaves it computing ``x / sqrt(1 + eps)``: the merged ones
+have ``eps = 0`` in these models (relprop folds exactly).
+"""
+import functools
+import inspect
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+import relprop as rp
+from relprop import ops
+
+import nets
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+zc = pytest.importorskip("zennit.composites")
+from torch import nn  # noqa: E402
+from zennit.attribution import Gradient  # noqa: E402
+from zennit.canonizers import (AttributeCanonizer, NamedMergeBatchNorm,  # noqa: E402
+                               SequentialMergeBatchNorm)
+from zennit.layer import Sum  # noqa: E402
+from zennit.torchvision import ResNetCanonizer, VGGCanonizer  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+MODELS = ["resnet18", "resnet50", "densenet121", "mobilenet_v2", "vgg11_bn", "alexnet"]
+PATHS = ["from_torch", "onnx_dynamo", "onnx_legacy"]
+COMPOSITES = {
+    "epsilon_plus_flat": (lambda: rp.composites.EpsilonPlusFlat(),
+                          lambda c: zc.EpsilonPlusFlat(canonizers=c)),
+    "epsilon_gamma_box": (lambda: rp.composites.EpsilonGammaBox(low=-3.0, high=3.0),
+                          lambda c: zc.EpsilonGammaBox(low=-3.0, high=3.0, canonizers=c)),
+    "epsilon_alpha2_beta1": (lambda: rp.composites.EpsilonAlpha2Beta1(),
+                             lambda c: zc.EpsilonAlpha2Beta1(canonizers=c)),
+}
+SHAPE = (3, nets.TV_SIZE, nets.TV_SIZE)
+TARGETS = [7, 421]  # one class per sample; LRP explains the first sample (Zennit is slow)
+
+
+def _missing_kernels(name):
+    """The kernels (from the kernels branch) that model ``name`` needs and ops lacks."""
+    need = []
+    if name.startswith("densenet") and not hasattr(ops, "channel_affine"):
+        need.append("channel_affine (unfolded BatchNorm)")
+    if name.startswith("mobilenet"):
+        if not hasattr(ops, "relu6_forward"):
+            need.append("relu6")
+        if "groups" not in inspect.signature(ops.conv2d_forward).parameters:
+            need.append("grouped conv2d")
+    return need
+
+
+# --- Zennit's side ------------------------------------------------------------------------------
+class InvertedResidualCanonizer(AttributeCanonizer):
+    """MobileNetV2's ``x + conv(x)`` through a Sum module (Zennit's composites give it Norm),
+    as Zennit's ResNet canonizers do for the residual blocks."""
+
+    def __init__(self):
+        super().__init__(self._attribute_map)
+
+    @classmethod
+    def _attribute_map(cls, name, module):
+        from torchvision.models.mobilenetv2 import InvertedResidual
+
+        if isinstance(module, InvertedResidual) and module.use_res_connect:
+            return {"forward": cls.forward.__get__(module), "canonizer_sum": Sum()}
+        return None
+
+    @staticmethod
+    def forward(self, x):
+        return self.canonizer_sum(torch.stack([x, self.conv(x)], dim=-1))
+
+    def copy(self):
+        return InvertedResidualCanonizer()
+
+
+class ModulePoolCanonizer(AttributeCanonizer):
+    """DenseNet's and MobileNetV2's forward with their functional relu and global average pool
+    as modules, so that Zennit's hooks see them (Pass for the relu, Norm for the pool)."""
+
+    def __init__(self):
+        super().__init__(self._attribute_map)
+
+    @classmethod
+    def _attribute_map(cls, name, module):
+        from torchvision.models import DenseNet, MobileNetV2
+
+        if isinstance(module, DenseNet):
+            return {"forward": cls.densenet_forward.__get__(module), "canonizer_relu": nn.ReLU(),
+                    "canonizer_pool": nn.AdaptiveAvgPool2d((1, 1))}
+        if isinstance(module, MobileNetV2):
+            return {"forward": cls.mobilenet_forward.__get__(module),
+                    "canonizer_pool": nn.AdaptiveAvgPool2d((1, 1))}
+        return None
+
+    @staticmethod
+    def densenet_forward(self, x):
+        out = self.canonizer_pool(self.canonizer_relu(self.features(x)))
+        return self.classifier(torch.flatten(out, 1))
+
+    @staticmethod
+    def mobilenet_forward(self, x):
+        out = self.canonizer_pool(self.features(x))
+        return self.classifier(torch.flatten(out, 1))
+
+    def copy(self):
+        return ModulePoolCanonizer()
+
+
+def canonizers(name, model):
+    if name.startswith("resnet"):
+        return [ResNetCanonizer()]
+    if name.startswith("vgg"):
+        return [VGGCanonizer()]
+    if name.startswith("densenet"):
+        merges = [((n[:-len("norm0")] + "conv0",) if n.endswith("norm0") else
+                   (n[:-len("norm2")] + "conv1",), n) for n in nets.merged_batchnorms(name, model)]
+        return [NamedMergeBatchNorm(merges), ModulePoolCanonizer()]
+    if name.startswith("mobilenet"):
+        return [SequentialMergeBatchNorm(), InvertedResidualCanonizer(), ModulePoolCanonizer()]
+    return []
+
+
+# --- one model, built once ----------------------------------------------------------------------
+class Case:
+    """A torchvision model with its inputs, references and imported networks, each made on
+    first use."""
+
+    def __init__(self, name, tmp):
+        self.name, self.tmp = name, tmp
+        self.model = nets.torchvision_model(name)
+        self.model64 = nets.torchvision_model(name).double()
+        rng = np.random.default_rng(5)
+        self.x = rng.uniform(-1, 1, (len(TARGETS),) + SHAPE)
+        self.seed = np.eye(1000)[TARGETS]
+
+    @functools.cached_property
+    def forward32(self):
+        with torch.no_grad():
+            return self.model(torch.from_numpy(self.x.astype(np.float32))).numpy()
+
+    @functools.cached_property
+    def gradient64(self):
+        xt = torch.from_numpy(self.x).requires_grad_(True)
+        (self.model64(xt) * torch.from_numpy(self.seed)).sum().backward()
+        return xt.grad.numpy()
+
+    @functools.lru_cache(maxsize=None)
+    def zennit(self, composite):
+        comp = COMPOSITES[composite][1](canonizers(self.name, self.model64))
+        xt = torch.from_numpy(self.x[:1]).requires_grad_(True)
+        with Gradient(model=self.model64, composite=comp) as attributor:
+            _, rel = attributor(xt, torch.from_numpy(self.seed[:1]))
+        return rel.detach().numpy()
+
+    @functools.lru_cache(maxsize=None)
+    def net(self, path):
+        if path == "from_torch":
+            return rp.from_torch(self.model, SHAPE)
+        file = self.tmp / f"{self.name}_{path}.onnx"
+        export(self.model, file, dynamo=path == "onnx_dynamo")
+        return rp.from_onnx(file)
+
+
+def export(model, path, dynamo):
+    """``model`` written by torch's exporter to ``path``, with a dynamic batch."""
+    x = torch.zeros((2,) + SHAPE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["x"],
+                              dynamic_shapes=({0: torch.export.Dim("n")},),
+                              external_data=False, verbose=False)
+        else:
+            torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"],
+                              dynamic_axes={"x": {0: "n"}})
+    return path
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def case(request, tmp_path_factory):
+    missing = _missing_kernels(request.param)
+    if missing:
+        pytest.skip(f"{request.param} needs kernels not on this branch yet: {missing}")
+    return Case(request.param, tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """torch in float64 runs these small convolutions about three times faster on one thread
+    than on two on the 2-core CI machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# the errors, for the record (RELPROP_TV_REPORT=path.json writes them)
+ERRORS = {}
+
+
+def _record(case, path, what, err):
+    ERRORS.setdefault(f"{case.name}/{path}", {})[what] = err
+    out = os.environ.get("RELPROP_TV_REPORT")
+    if out:
+        with open(out, "w") as f:
+            json.dump(ERRORS, f, indent=1, sort_keys=True)
+
+
+def _rel(got, want):
+    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_forward_matches_torch(case, path):
+    net = case.net(path)
+    assert isinstance(net, rp.Graph)
+    got = net(case.x.astype(np.float32))
+    assert got.dtype == np.float32
+    err = _rel(got, case.forward32)
+    _record(case, path, "forward", err)
+    assert err <= 1e-4
+    # the dynamic batch: one sample alone gives its row of the batch
+    np.testing.assert_allclose(net(case.x[1:].astype(np.float32))[0], got[1], rtol=1e-5,
+                               atol=1e-5 * np.abs(got).max())
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_gradient_matches_autograd(case, path):
+    got = rp.gradient(case.net(path), case.x, case.seed)
+    err = _rel(got, case.gradient64)
+    _record(case, path, "gradient", err)
+    assert err <= 1e-9
+
+
+@pytest.mark.parametrize("composite", sorted(COMPOSITES))
+@pytest.mark.parametrize("path", PATHS)
+def test_lrp_matches_zennit(case, path, composite):
+    want = case.zennit(composite)
+    assert np.isfinite(want).all() and np.abs(want).max() > 0
+    got = rp.lrp(case.net(path), case.x[:1], case.seed[:1], COMPOSITES[composite][0]())
+    err = _rel(got, want)
+    _record(case, path, composite, err)
+    assert err <= 1e-7
