@@ -238,6 +238,8 @@ def test_graph_save_load_and_pickle_round_trip(tmp_path, rng):
         assert back.input_shape == net.input_shape
         assert_array_equal(back(x), net(x))
         assert_array_equal(rp.lrp(back, x, 1), rp.lrp(net, x, 1))
+        with pytest.raises(ValueError, match="read-only"):
+            back.node("conv1").layer.weight[0, 0, 0, 0] = 1.0
 
 
 def test_version_1_files_still_load(tmp_path, rng):
