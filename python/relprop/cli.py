@@ -537,13 +537,93 @@ def run_info(args):
 
 
 # --------------------------------------------------------------------------------------------
-# relprop evaluate (defined in relprop.evaluate)
+# relprop evaluate
 # --------------------------------------------------------------------------------------------
-def add_evaluate_parser(subparsers):
-    """``relprop evaluate MODEL INPUTS``: see :func:`relprop.evaluate.add_evaluate_parser`."""
-    from .evaluate import add_evaluate_parser as add
+def load_labels(spec):
+    """The labels that come with INPUTS: the bundled digits' or an .npz's ``y`` (else None)."""
+    if spec == "digits":
+        from .models import digits_data
 
-    return add(subparsers)
+        return digits_data("test")[1]
+    if spec.lower().endswith(".npz"):
+        with np.load(spec, allow_pickle=False) as d:
+            return d["y"] if "y" in d.files else None
+    return None
+
+
+def add_evaluate_parser(subparsers):
+    """``relprop evaluate MODEL INPUTS``: compare methods with :func:`relprop.evaluate.compare`."""
+    from .evaluate import DEFAULT_METHODS, ORDERS
+
+    p = subparsers.add_parser(
+        "evaluate", help="compare explanation methods by pixel flipping and conservation",
+        description="Explain INPUTS with several methods and print a markdown table: mean "
+                    "pixel-flipping AUC (regions perturbed most relevant first: lower is "
+                    "better), mean relative conservation error |f - sum R| / |f|, and "
+                    "samples/s of the explanation.  'random' is a random attribution, the "
+                    "baseline a useful explanation must beat.")
+    p.add_argument("model", metavar="MODEL",
+                   help="relprop .npz, .onnx, or a bundled model: digits_cnn, digits_mlp")
+    p.add_argument("inputs", metavar="INPUTS",
+                   help="a .npy array (n, *input_shape), an .npz with 'x' (and labels 'y'), "
+                        "images, or 'digits' (the bundled digits test split)")
+    p.add_argument("--target", default="pred",
+                   help="'pred' (the predicted class, default), 'label' (the labels of INPUTS: "
+                        "'y' of an .npz, or the digits') or a class index")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help="comma-separated method names (relprop.explain names, and 'random'; "
+                        "lrp.epsilon_gamma_box and lrp.zbox get low/high = the range of INPUTS); "
+                        f"default {','.join(DEFAULT_METHODS)}")
+    p.add_argument("--limit", type=int, default=None, help="use the first LIMIT inputs only")
+    p.add_argument("--steps", type=int, default=None,
+                   help="perturbation steps (default: one region per step)")
+    p.add_argument("--patch", type=int, default=1, help="region size in pixels (images)")
+    p.add_argument("--fill", default="0",
+                   help="value of perturbed pixels: a number, 'mean' or 'uniform' (default 0)")
+    p.add_argument("--order", choices=ORDERS, default=ORDERS[0])
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the random baseline, smoothgrad and fill=uniform (default 0)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows per batched pass (default: all at once)")
+    p.set_defaults(func=run_evaluate)
+    return p
+
+
+def run_evaluate(args, file=None):
+    """Run ``relprop evaluate`` with parsed ``args``: print the comparison table; returns 0."""
+    from .evaluate import compare
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        if m != "random":
+            check_method(m)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    net = load_model(args.model)
+    x = np.asarray(load_inputs(args.inputs, net)[0][:args.limit])
+    if args.target == "label":
+        labels = load_labels(args.inputs)
+        if labels is None:
+            raise ValueError("--target label needs INPUTS with labels ('y' in an .npz, or "
+                             "'digits')")
+        target = np.asarray(labels[:len(x)], dtype=np.int64)
+    else:
+        target = resolve_target(args.target, net, x, args.batch_size)
+    try:
+        fill = float(args.fill)
+    except ValueError:
+        fill = args.fill
+    kwargs = {"smoothgrad": {"seed": args.seed}}
+    box = {"low": float(x.min()), "high": float(x.max())}  # as 'relprop explain' does
+    kwargs.update({m: box for m in ("lrp.epsilon_gamma_box", "lrp.zbox")})
+    table = compare(net, x, target, methods, steps=args.steps, patch=args.patch, fill=fill,
+                    order=args.order, seed=args.seed, batch_size=args.batch_size,
+                    method_kwargs=kwargs)
+    print(f"{args.model} on {len(x)} inputs of {args.inputs}: target={args.target}, "
+          f"steps={args.steps or 'one region each'}, patch={args.patch}, fill={args.fill}, "
+          f"order={args.order}", file=file)
+    print(table.to_markdown(), file=file)
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
