@@ -1,4 +1,5 @@
 """The ``relprop`` command line, run end to end in a subprocess on temporary folders."""
+import os
 import subprocess
 import sys
 
@@ -229,3 +230,24 @@ def test_adding_a_subcommand(monkeypatch, capsys):
     assert cli.main(["hello", "nonexistent.npz"]) == 2
     err = capsys.readouterr().err
     assert err == "relprop: error: nonexistent.npz: no such model file\n"
+
+
+# ----------------------------------------------------------------------------- broken pipe --
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("args", [["info", "digits_cnn"], ["demo", "--n", "1", "--out", "{tmp}"]],
+                         ids=["info", "demo"])
+def test_closed_stdout_ends_quietly(tmp_path, args, unbuffered):
+    """``relprop demo | head``: the reader of stdout goes away; relprop stops without a word on
+    stderr (no 'relprop: error: [Errno 32] Broken pipe' from a print, no 'Exception ignored'
+    from the last flush of a buffered stdout), status 141."""
+    argv = [a.format(tmp=tmp_path / "demo") for a in args]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    with subprocess.Popen([sys.executable, "-m", "relprop.cli", *argv], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env) as proc:
+        proc.stdout.close()  # before the child writes anything: its first write meets EPIPE
+        err = proc.stderr.read()
+        status = proc.wait(timeout=300)
+    assert status == 141, err
+    assert err == ""

@@ -17,7 +17,8 @@ as a ``.npy`` array.
 
 User mistakes (a missing file, an unsupported model, a wrong input shape, an unknown method)
 print one line ``relprop: error: ...`` to stderr and exit with status 2; set
-``RELPROP_DEBUG=1`` for the traceback.
+``RELPROP_DEBUG=1`` for the traceback.  When the reader of stdout goes away (``relprop demo |
+head``) a command stops quietly with status 141 (128 + SIGPIPE), as Unix tools do.
 
 Adding a subcommand
 -------------------
@@ -652,12 +653,37 @@ def build_parser():
     return parser
 
 
+#: Exit status when the reader of stdout has gone (``relprop demo | head``): 128 + SIGPIPE, what
+#: a shell reports for a Unix tool that SIGPIPE ended.
+EXIT_BROKEN_PIPE = 141
+
+
+def _stdout_gone():
+    """Point stdout at /dev/null so that the interpreter's last flush of the closed pipe does not
+    print "Exception ignored ... BrokenPipeError"; returns :data:`EXIT_BROKEN_PIPE`."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor
+        pass
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv=None):
-    """Run the ``relprop`` command; returns the exit status."""
+    """Run the ``relprop`` command; returns the exit status.
+
+    When the reader of stdout goes away (``relprop demo | head``) the command stops quietly
+    with status 141, as Unix tools do.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        return _stdout_gone()
     except (ValueError, TypeError, OSError, ImportError, MemoryError) as exc:
         if os.environ.get("RELPROP_DEBUG"):
             raise
