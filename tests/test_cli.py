@@ -1,5 +1,6 @@
 """The ``relprop`` command line, run end to end in a subprocess on temporary folders."""
 import os
+import re
 import subprocess
 import sys
 
@@ -205,6 +206,66 @@ def test_user_errors_print_one_line(tmp_path):
     assert_user_error(run("explain", "digits_cnn"), "required")
     assert_user_error(run("frobnicate"), "frobnicate")
     assert not out.exists() or not (out / "relevance.npy").exists()
+
+
+def test_unknown_method_parameter_names_the_accepted_ones(tmp_path):
+    """-p eps=0.1 printed "Epsilon.__init__() got an unexpected keyword argument 'eps'"."""
+    out = tmp_path / "out"
+    for method, key, accepted in [
+            ("lrp.epsilon", "eps", ["epsilon=1e-06"]),
+            ("lrp.epsilon_gamma_box", "eps", ["low=", "high=", "epsilon=1e-06", "gamma=0.25",
+                                              "stabilizer=1e-06"]),
+            ("smoothgrad", "noise_level", ["n=16", "sigma=0.15", "seed=None"]),
+            ("lrp.alpha_beta", "a", ["alpha=2.0", "beta=1.0"])]:
+        proc = run("explain", "digits_cnn", "digits", "-m", method, "-p", f"{key}=0.1", "-o", out)
+        assert_user_error(proc, method, repr(key), *accepted)
+        assert "unexpected keyword" not in proc.stderr
+    assert_user_error(run("explain", "digits_cnn", "digits", "-m", "gradient", "-p", "eps=1",
+                          "-o", out), "gradient takes no parameters")
+    assert_user_error(run("explain", "digits_cnn", "digits", "-p", "batch_size=8", "-o", out),
+                      "--batch-size")
+    assert not out.exists()
+
+
+def _methods_listing(text):
+    """``{method: parameter text}`` from the method table at the end of ``explain --help``."""
+    lines = text.split("methods (-m) and their parameters")[1].splitlines()[1:]
+    listing, last = {}, None
+    for line in lines:
+        if line.startswith("  ") and not line.startswith("    "):
+            last, _, rest = line.strip().partition(" ")
+            listing[last] = rest.strip()
+        elif line.strip():
+            listing[last] += " " + line.strip()
+    return listing
+
+
+def test_explain_help_lists_methods_and_their_parameters():
+    import ast
+
+    proc = run("explain", "--help")
+    assert proc.returncode == 0, proc.stderr
+    positionals = proc.stdout.split("positional arguments:")[1].split("options:")[0]
+    for name in ("MODEL", "INPUTS"):
+        assert re.search(rf"^  {name} +\S", positionals, re.M), positionals
+    listing = _methods_listing(proc.stdout)
+    names = set(relprop.METHODS) | {f"lrp.{c}" for c in relprop.composites.COMPOSITES}
+    assert names <= set(listing) and "lrp.epsilon" in listing and "lrp.zplus" in listing
+    assert listing["lrp.epsilon"] == "epsilon=1e-06"
+    assert listing["gradient"] == "no parameters"
+    assert listing["smoothgrad"] == "n=16, sigma=0.15, seed=None"
+    assert listing["lrp.epsilon_gamma_box"].startswith("low=<min of INPUTS>, high=<max of INPUTS>")
+    # every listed parameter is one the method takes, and the listed default is accepted
+    net = models.digits_cnn()
+    x = models.digits_data()[0][:2]
+    for method, params in listing.items():
+        kwargs = {}
+        for item in params.split(", ") if params != "no parameters" else []:
+            key, _, value = item.partition("=")
+            kwargs[key] = float(x.min() if key == "low" else x.max()) if value.startswith("<") \
+                else ast.literal_eval(value)
+        R = relprop.explain(net, x, 3, method, **kwargs)
+        assert R.shape == x.shape, method
 
 
 def test_image_folder_errors(tmp_path):

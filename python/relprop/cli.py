@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -216,6 +217,98 @@ def check_method(name):
                      f"({', '.join(sorted(RULES))})")
 
 
+#: Keyword arguments of the methods that ``-p`` cannot set: the command sets them itself
+#: (``batch_size`` is ``--batch-size``), or they change what the method returns.
+CLI_SET_PARAMETERS = ("batch_size", "check_finite", "return_info", "layerwise")
+#: Methods whose ``low``/``high`` default to the range of INPUTS in ``explain`` and ``evaluate``.
+BOX_METHODS = ("lrp.epsilon_gamma_box", "lrp.zbox")
+
+
+def method_parameters(name):
+    """The parameters ``-p KEY=VALUE`` can set for the method ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A method name of :func:`relprop.explain` ("gradient", "lrp.epsilon", ...).
+
+    Returns
+    -------
+    dict
+        ``{parameter: default}`` in signature order; the default is ``inspect.Parameter.empty``
+        for a parameter without one.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not a method (see :func:`check_method`).
+    """
+    import inspect
+
+    from .composites import COMPOSITES
+    from .methods import METHODS
+    from .rules import RULES
+
+    check_method(name)
+    if name.startswith("lrp."):
+        fn = COMPOSITES.get(name[4:]) or RULES[name[4:]]
+    else:
+        fn = METHODS[name]
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    skip = {"net", "x", "target", *CLI_SET_PARAMETERS}
+    return {p.name: p.default for p in inspect.signature(fn).parameters.values()
+            if p.kind in kinds and p.name not in skip}
+
+
+def describe_parameters(name):
+    """``-p`` parameters of the method ``name`` with their defaults, as text: ``"epsilon=1e-06,
+    stabilizer=1e-06"``, or ``"no parameters"``."""
+    import inspect
+
+    parts = []
+    for key, default in method_parameters(name).items():
+        if name in BOX_METHODS and key in ("low", "high"):
+            parts.append(f"{key}=<{'min' if key == 'low' else 'max'} of INPUTS>")
+        elif default is inspect.Parameter.empty:
+            parts.append(f"{key} (required)")
+        else:
+            parts.append(f"{key}={default!r}")
+    return ", ".join(parts) if parts else "no parameters"
+
+
+def check_parameters(name, keys):
+    """Raise ValueError unless every ``-p`` key in ``keys`` is a parameter of the method
+    ``name``; the message names the parameters the method accepts."""
+    accepted = method_parameters(name)
+    for key in keys:
+        if key in accepted:
+            continue
+        if key == "batch_size":
+            raise ValueError(f"-p batch_size: set the batch size with --batch-size; {name} "
+                             f"accepts {describe_parameters(name)}")
+        if not accepted:
+            raise ValueError(f"-p {key}=...: {name} takes no parameters")
+        raise ValueError(f"-p {key}=...: {name} has no parameter {key!r}; it accepts "
+                         f"{describe_parameters(name)}")
+
+
+def methods_help():
+    """The methods of :func:`relprop.explain` and their ``-p`` parameters, one per line."""
+    from . import layers as L
+    from .composites import COMPOSITES
+    from .methods import METHODS
+    from .rules import RULES
+
+    rules = [r for r, cls in RULES.items() if L.Dense in getattr(cls, "applies_to", ())]
+    names = (list(METHODS) + [f"lrp.{c}" for c in COMPOSITES] + [f"lrp.{r}" for r in rules])
+    width = max(map(len, names)) + 2
+    lines = ["methods (-m) and their parameters (-p KEY=VALUE, defaults shown):"]
+    for n in names:
+        lines += textwrap.wrap(describe_parameters(n), 96, initial_indent=f"  {n:<{width}}",
+                               subsequent_indent=" " * (width + 4), break_on_hyphens=False)
+    return "\n".join(lines)
+
+
 def _param(text):
     key, sep, value = text.partition("=")
     if not sep or not key.isidentifier():
@@ -350,23 +443,25 @@ def run_demo(args):
 def add_explain_parser(subparsers):
     p = subparsers.add_parser(
         "explain", help="explain a model's predictions on your inputs",
+        formatter_class=_HelpFormatter,
         description="Explain MODEL's output on INPUTS and write OUTDIR/relevance.npy "
                     "(n, *input_shape), one heatmap PNG per image input in OUTDIR/heatmaps/, "
                     "and OUTDIR/explained.csv (name, target, score, relevance sum).",
-        epilog="MODEL: relprop .npz, .onnx, or digits_cnn/digits_mlp.  INPUTS: .npy/.npz "
-               "array (n, *input_shape), an image, a folder of PNG/JPEG images (converted to "
-               "the model's (1|3, h, w): grayscale or RGB, resized bilinearly, pixel/255), or "
-               "'digits'.")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("inputs", metavar="INPUTS")
+        epilog=methods_help())
+    p.add_argument("model", metavar="MODEL",
+                   help="relprop .npz (net.save), .onnx, or a bundled model: digits_cnn, "
+                        "digits_mlp")
+    p.add_argument("inputs", metavar="INPUTS",
+                   help="a .npy array (n, *input_shape), an .npz with 'x', an image, a folder "
+                        "of PNG/JPEG images (converted to the model's (1|3, h, w): grayscale or "
+                        "RGB, resized bilinearly, pixel/255), or 'digits'")
     p.add_argument("-m", "--method", default="lrp.epsilon_plus_flat",
-                   help="gradient, gradient_x_input, taylor, ..., or lrp.<composite or rule> "
-                        "(default lrp.epsilon_plus_flat)")
+                   help="a method listed below (default lrp.epsilon_plus_flat)")
     p.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder")
     p.add_argument("-p", "--param", type=_param, action="append", default=[],
                    metavar="KEY=VALUE",
-                   help="method parameter, repeatable (e.g. -p epsilon=0.1; for "
-                        "lrp.epsilon_gamma_box/zbox low and high default to the range of INPUTS)")
+                   help="method parameter, repeatable (e.g. -p epsilon=0.1); the parameters of "
+                        "each method are listed below")
     p.add_argument("--target", default="pred",
                    help="class to explain: 'pred' (each sample's predicted class, default) or "
                         "an index")
@@ -384,6 +479,7 @@ def run_explain(args):
     from . import render
 
     check_method(args.method)
+    check_parameters(args.method, [key for key, _ in args.param])
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.threads is not None:
@@ -392,7 +488,7 @@ def run_explain(args):
     net = load_model(args.model, shape)
     x, names = load_inputs(args.inputs, net)
     kwargs = dict(args.param)
-    if args.method in ("lrp.epsilon_gamma_box", "lrp.zbox"):
+    if args.method in BOX_METHODS:
         for key, fn in (("low", np.min), ("high", np.max)):
             if key not in kwargs:
                 kwargs[key] = float(fn(x))
@@ -632,6 +728,20 @@ def run_evaluate(args, file=None):
 # --------------------------------------------------------------------------------------------
 #: One entry per subcommand: ``add(subparsers)`` creates it and sets ``func``.
 SUBCOMMANDS = [add_demo_parser, add_explain_parser, add_info_parser, add_evaluate_parser]
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help formatter, except that the lines of indented blocks (tables in a
+    description or epilog) are kept as they are; other paragraphs are wrapped."""
+
+    def _fill_text(self, text, width, indent):
+        blocks = []
+        for block in text.split("\n\n"):
+            if "\n  " in block or block.startswith("  "):
+                blocks.append("\n".join(indent + line for line in block.splitlines()))
+            else:
+                blocks.append(super()._fill_text(block, width, indent))
+        return "\n\n".join(blocks)
 
 
 class _Parser(argparse.ArgumentParser):
