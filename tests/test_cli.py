@@ -279,6 +279,41 @@ def test_image_folder_errors(tmp_path):
                       "(1, h, w) or (3, h, w)")
 
 
+def test_image_conversions_are_reported_once_per_kind(tmp_path):
+    """A 37x50 RGB PNG was explained as an 8x8 grayscale digit without a word."""
+    Image = pytest.importorskip("PIL.Image")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("p1", "p2"):  # two 37x50 RGB photos: colour and size differ
+        Image.fromarray(rng.integers(0, 256, (50, 37, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+    Image.fromarray(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "RGBA").save(folder / "q.png")
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / "r.png")  # as is
+    proc = run("explain", "digits_cnn", folder, "-m", "gradient", "-o", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert all(line.startswith("relprop: warning: ") for line in lines), lines
+    rgb = [line for line in lines if "from RGB to" in line]
+    rgba = [line for line in lines if "RGBA" in line]
+    size = [line for line in lines if "resized" in line]
+    assert len(lines) == 3 and len(rgb) == len(rgba) == len(size) == 1, lines
+    assert "2 image(s)" in rgb[0] and "p1.png, p2.png" in rgb[0] and "grayscale" in rgb[0]
+    assert "1 image(s)" in rgba[0] and "q.png" in rgba[0]
+    assert "2 image(s) to 8x8" in size[0] and "p1.png (37x50)" in size[0]
+    assert "r.png" not in proc.stderr
+    # --strict refuses the first image that needs converting, and explains nothing
+    proc = run("explain", "digits_cnn", folder, "-m", "gradient", "-o", tmp_path / "strict",
+               "--strict")
+    assert_user_error(proc, "p1.png", "37x50", "RGB", "(1, 8, 8)", "--strict")
+    assert not (tmp_path / "strict" / "relevance.npy").exists()
+    proc = run("evaluate", "digits_cnn", folder, "--methods", "gradient", "--strict")
+    assert_user_error(proc, "p1.png", "--strict")
+    # images that fit pass --strict without a warning
+    proc = run("explain", "digits_cnn", folder / "r.png", "-m", "gradient", "-o",
+               tmp_path / "fits", "--strict")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
 def test_adding_a_subcommand(monkeypatch, capsys):
     def add_hello_parser(subparsers):
         p = subparsers.add_parser("hello")

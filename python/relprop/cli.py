@@ -12,8 +12,10 @@ with an array ``x``, a PNG/JPEG/BMP image, a folder of them, or ``digits`` (the 
 digits test split).  Images are read with Pillow and converted to the model's input shape
 ``(c, h, w)``: to grayscale (``c == 1``) or RGB (``c == 3``), resized to ``(h, w)`` with
 bilinear filtering when their size differs, and scaled to ``[0, 1]`` (pixel / 255; no mean
-or std normalization, no inversion).  Inputs that need other preprocessing should be given
-as a ``.npy`` array.
+or std normalization, no inversion).  Each kind of conversion (a colour mode, a resize) is
+reported once on stderr as ``relprop: warning: ...`` with the images it touched; ``--strict``
+refuses such images instead.  Inputs that need other preprocessing should be given as a
+``.npy`` array.
 
 User mistakes (a missing file, an unsupported model, a wrong input shape, an unknown method)
 print one line ``relprop: error: ...`` to stderr and exit with status 2; set
@@ -49,6 +51,8 @@ DEMO_METHODS = (
     ("lrp.epsilon_gamma_box", {"low": 0.0, "high": 1.0}, "LRP\nepsilon_gamma_box"),
     ("lrp.epsilon_alpha2_beta1", {}, "LRP\nepsilon_alpha2_beta1"),
 )
+STRICT_HELP = ("refuse images whose channels or size differ from the model's input instead of "
+               "converting them (converted images are named on stderr)")
 #: Heatmap PNGs are upscaled (nearest neighbour) to about this many pixels on their long side.
 HEATMAP_PIXELS = 128
 
@@ -112,10 +116,46 @@ def _image_files(folder):
     return [os.path.join(folder, f) for f in files]
 
 
-def read_images(paths, input_shape):
+#: Pillow image modes, in words (for the conversion warnings).
+_MODES = {"L": "grayscale", "RGB": "RGB", "RGBA": "RGB with alpha", "LA": "grayscale with alpha",
+          "P": "palette", "PA": "palette with alpha", "1": "1-bit", "I": "32-bit integer",
+          "I;16": "16-bit grayscale", "F": "32-bit float", "CMYK": "CMYK", "YCbCr": "YCbCr"}
+
+
+def _mode(mode):
+    return f"{_MODES[mode]} ({mode})" if mode in _MODES and _MODES[mode] != mode else mode
+
+
+def _warn(message):
+    print(f"relprop: warning: {message}", file=sys.stderr)
+
+
+def _some(items, k=3):
+    return ", ".join(items[:k]) + (f", ... ({len(items) - k} more)" if len(items) > k else "")
+
+
+def read_images(paths, input_shape, strict=False, warn=_warn):
     """Images as a float32 batch ``(n, *input_shape)`` in ``[0, 1]`` (see the module docstring).
 
-    ``input_shape`` must be ``(1, h, w)`` (grayscale) or ``(3, h, w)`` (RGB).
+    Parameters
+    ----------
+    paths : list of str
+    input_shape : tuple
+        ``(1, h, w)`` (grayscale) or ``(3, h, w)`` (RGB).
+    strict : bool
+        Refuse (ValueError) an image whose channels or size differ from ``input_shape`` instead
+        of converting it.
+    warn : callable
+        Called with one message per kind of conversion (a source mode converted to the model's,
+        or a resize), naming the images; by default printed to stderr as ``relprop: warning:``.
+
+    Raises
+    ------
+    ValueError
+        A model that does not take images, an unreadable image, or (``strict``) an image that
+        would need converting.
+    ImportError
+        Pillow is not installed.
     """
     if input_shape is None or len(input_shape) != 3 or input_shape[0] not in (1, 3):
         raise ValueError(f"images can feed models with input shape (1, h, w) or (3, h, w); this "
@@ -126,23 +166,43 @@ def read_images(paths, input_shape):
         raise ImportError("reading images needs Pillow: pip install pillow "
                           "(or pip install 'relprop[plot]')") from None
     c, h, w = input_shape
+    mode = "L" if c == 1 else "RGB"
+    wanted = f"{w}x{h} {_mode(mode)}"
     out = np.empty((len(paths), c, h, w), dtype=np.float32)
+    converted, resized = {}, []
     for i, path in enumerate(paths):
+        name = os.path.basename(path)
         try:
             with Image.open(path) as im:
-                im = im.convert("L" if c == 1 else "RGB")
+                if strict and (im.mode != mode or im.size != (w, h)):
+                    raise ValueError(f"{path}: a {im.size[0]}x{im.size[1]} {_mode(im.mode)} image, "
+                                     f"but the model takes {input_shape} = {wanted}; --strict "
+                                     "refuses to convert it (leave out --strict to convert, or "
+                                     "give INPUTS as a .npy array)")
+                if im.mode != mode:
+                    converted.setdefault(im.mode, []).append(name)
+                    im = im.convert(mode)
                 if im.size != (w, h):
+                    resized.append(f"{name} ({im.size[0]}x{im.size[1]})")
                     im = im.resize((w, h), Image.Resampling.BILINEAR)
                 a = np.asarray(im, dtype=np.float32) / 255.0
         except (UnidentifiedImageError, OSError) as exc:
             raise ValueError(f"{path}: not a readable image ({exc})") from None
         out[i] = a[None] if c == 1 else a.transpose(2, 0, 1)
+    for source, names in converted.items():
+        warn(f"converted {len(names)} image(s) from {_mode(source)} to {_mode(mode)}, as the "
+             f"model takes {input_shape}: {_some(names)} (--strict refuses instead)")
+    if resized:
+        warn(f"resized {len(resized)} image(s) to {w}x{h} (bilinear), as the model takes "
+             f"{input_shape}: {_some(resized)} (--strict refuses instead)")
     return out
 
 
-def load_inputs(spec, net):
+def load_inputs(spec, net, strict=False):
     """``(x, names)``: the INPUTS of a subcommand as an array ``(n, *input_shape)`` and a name
-    per sample (image file stems, or zero-padded indices).  Arrays are memory-mapped."""
+    per sample (image file stems, or zero-padded indices).  Arrays are memory-mapped.  Images
+    that need converting to the model's input shape are converted with a warning on stderr, or
+    refused with ``strict`` (see :func:`read_images`)."""
     if spec == "digits":
         from .models import digits_data
 
@@ -153,7 +213,7 @@ def load_inputs(spec, net):
     elif os.path.isdir(spec) or spec.lower().endswith(IMAGE_SUFFIXES):
         paths = _image_files(spec) if os.path.isdir(spec) else [spec]
         names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-        return read_images(paths, net.input_shape), names
+        return read_images(paths, net.input_shape, strict), names
     elif spec.lower().endswith(".npy"):
         try:
             x = np.load(spec, mmap_mode="r", allow_pickle=False)
@@ -470,6 +530,7 @@ def add_explain_parser(subparsers):
     p.add_argument("--input-shape", type=str, default=None,
                    help="per-sample shape, e.g. 1,8,8 (for an .npz model saved without one)")
     p.add_argument("--overlay", action="store_true", help="draw heatmaps over the inputs")
+    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
     p.set_defaults(func=run_explain)
     return p
 
@@ -486,7 +547,7 @@ def run_explain(args):
         set_num_threads(args.threads)
     shape = parse_shape(args.input_shape) if args.input_shape else None
     net = load_model(args.model, shape)
-    x, names = load_inputs(args.inputs, net)
+    x, names = load_inputs(args.inputs, net, args.strict)
     kwargs = dict(args.param)
     if args.method in BOX_METHODS:
         for key, fn in (("low", np.min), ("high", np.max)):
@@ -682,6 +743,7 @@ def add_evaluate_parser(subparsers):
                    help="seeds the random baseline, smoothgrad and fill=uniform (default 0)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="rows per batched pass (default: all at once)")
+    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
     p.set_defaults(func=run_evaluate)
     return p
 
@@ -697,7 +759,7 @@ def run_evaluate(args, file=None):
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
     net = load_model(args.model)
-    x = np.asarray(load_inputs(args.inputs, net)[0][:args.limit])
+    x = np.asarray(load_inputs(args.inputs, net, args.strict)[0][:args.limit])
     if args.target == "label":
         labels = load_labels(args.inputs)
         if labels is None:
