@@ -286,8 +286,10 @@ def test_image_conversions_are_reported_once_per_kind(tmp_path):
     folder.mkdir()
     rng = np.random.default_rng(0)
     for name in ("p1", "p2"):  # two 37x50 RGB photos: colour and size differ
-        Image.fromarray(rng.integers(0, 256, (50, 37, 3), dtype=np.uint8)).save(folder / f"{name}.png")
-    Image.fromarray(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "RGBA").save(folder / "q.png")
+        pixels = rng.integers(0, 256, (50, 37, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{name}.png")
+    alpha = rng.integers(0, 256, (8, 8, 4), dtype=np.uint8)
+    Image.fromarray(alpha).save(folder / "q.png")  # RGBA, the right size
     Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / "r.png")  # as is
     proc = run("explain", "digits_cnn", folder, "-m", "gradient", "-o", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
@@ -329,9 +331,9 @@ def test_adding_a_subcommand(monkeypatch, capsys):
 
 
 # ----------------------------------------------------------------------------- broken pipe --
-@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
-@pytest.mark.parametrize("args", [["info", "digits_cnn"], ["demo", "--n", "1", "--out", "{tmp}"]],
-                         ids=["info", "demo"])
+@pytest.mark.parametrize("args,unbuffered", [
+    (["info", "digits_cnn"], False), (["info", "digits_cnn"], True),
+    (["demo", "--n", "1", "--out", "{tmp}"], True)], ids=["info", "info-unbuffered", "demo"])
 def test_closed_stdout_ends_quietly(tmp_path, args, unbuffered):
     """``relprop demo | head``: the reader of stdout goes away; relprop stops without a word on
     stderr (no 'relprop: error: [Errno 32] Broken pipe' from a print, no 'Exception ignored'

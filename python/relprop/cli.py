@@ -447,6 +447,22 @@ def _titled(rgb, titles, cell, pad):
     return np.asarray(im)
 
 
+def _params_text(kw):
+    """Method parameters as text: ``"low=0, high=1"``."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in kw.items())
+
+
+def _method_title(method, kw):
+    """A column head: the method name, then its parameters on a second line."""
+    params = _params_text(kw)
+    return method + (f"\n{params}" if params else "")
+
+
+def _numbers(score, rel):
+    """The caption of a heatmap: explained score, relevance sum, their gap."""
+    return (f"f(x) {score:.3f}", f"sum R {rel:.3f}", f"gap {score - rel:+.3f}")
+
+
 def run_demo(args):
     from . import conservation, explain, get_num_threads, models, render, set_num_threads
 
@@ -458,39 +474,68 @@ def run_demo(args):
     x_all, y_all = models.digits_data()
     if args.n > len(x_all):
         raise ValueError(f"--n must be at most {len(x_all)} (the digits test split), got {args.n}")
+    n_all = len(x_all)
     pred_all = net.forward(x_all).argmax(axis=1)
     idx = _demo_samples(y_all, args.n)
     x, pred = x_all[idx], pred_all[idx]
-    print(f"relprop demo: bundled digits CNN (test accuracy {np.mean(pred_all == y_all):.1%} on "
-          f"{len(x_all)} digits), {get_num_threads()} thread(s)")
-    print(f"explaining {len(x)} digits (labels {' '.join(map(str, y_all[idx]))}) for their "
-          "predicted class")
-    print(f"\n{'method':<28}{'mean f(x)':>11}{'mean sum R':>12}{'|f - sum R|/|f|':>17}"
+    accuracy = np.mean(pred_all == y_all)
+    print(f"relprop demo: the bundled digits CNN (test accuracy {accuracy:.1%} on the {n_all} "
+          f"test digits), {get_num_threads()} thread(s)")
+    print(f"\nTable: all {n_all} test digits, each explained for its predicted class\n(means "
+          f"over the {n_all} digits; samples/s of explaining all of them)")
+    print(f"{'method':<28}{'mean f(x)':>11}{'mean sum R':>12}{'|f - sum R|/|f|':>17}"
           f"{'samples/s':>12}")
+    scale, cell_scale = 16, 12  # the PNG grid's and the web page's pixels per input pixel
+    inputs = render.upscale(render.image(x, invert=True), cell_scale)
     columns, saved = [render.image(x, invert=True)], {"x": x, "label": y_all[idx], "target": pred}
+    cells = [[render.Cell(image=inputs[i], alt=f"test digit {idx[i]}", kind="input")]
+             for i in range(len(x))]
     for method, kw, _ in DEMO_METHODS:
         explain(net, x_all[:8], pred_all[:8], method, **kw)  # warm-up: caches, threads
         t0 = time.perf_counter()
         R_all = explain(net, x_all, pred_all, method, **kw)
-        rate = len(x_all) / max(time.perf_counter() - t0, 1e-9)
+        rate = n_all / max(time.perf_counter() - t0, 1e-9)
         c = conservation(net, x_all, pred_all, R_all)
         rel = np.abs(c["difference"]) / np.maximum(np.abs(c["score"]), 1e-12)
         print(f"{method:<28}{c['score'].mean():>11.3f}{c['relevance'].mean():>12.3f}"
               f"{rel.mean():>17.3g}{rate:>12,.0f}")
-        columns.append(render.heatmap(R_all[idx]))
+        heat = render.heatmap(R_all[idx])
+        columns.append(heat)
         saved[method] = R_all[idx]
-    scale, pad = 16, 3
-    cells = np.stack(columns, axis=1)  # (rows, cols, h, w, 3)
-    rgb = render.grid(cells, pad=pad, pad_value=170, scale=scale)
+        for i, k in enumerate(idx):
+            cells[i].append(render.Cell(image=render.upscale(heat[i], cell_scale),
+                                        lines=_numbers(c["score"][k], c["relevance"][k]),
+                                        alt=f"{method} heatmap of test digit {k}",
+                                        kind="heatmap"))
+    print("|f - sum R|/|f| is the mean relative gap between the explained score f(x) and the "
+          "relevance sum\n(LRP conserves up to biases and stabilizers; gradients do not)")
+    print(f"\nPictures: {len(x)} of those digits (labels {' '.join(map(str, y_all[idx]))}), "
+          f"one row each: the input, then the {len(DEMO_METHODS)} methods")
+    pad = 3
+    rgb = render.grid(np.stack(columns, axis=1), pad=pad, pad_value=170, scale=scale)
     rgb = _titled(rgb, ["input"] + [t for _, _, t in DEMO_METHODS], 8 * scale, pad)
     os.makedirs(args.out, exist_ok=True)
+    page = os.path.join(args.out, "index.html")
+    render.write_html(
+        page, ["digit", "input"] + [_method_title(m, kw) for m, kw, _ in DEMO_METHODS], cells,
+        row_heads=[f"true {y_all[k]}\npredicted {pred_all[k]}"
+                   + (" (wrong)" if pred_all[k] != y_all[k] else "") for k in idx],
+        title="relprop demo: explanations of the bundled digits CNN",
+        intro=[f"The bundled digits CNN (test accuracy {accuracy:.1%} on the {n_all} test "
+               f"digits) explains {len(x)} test digits, one per row: the input, then one "
+               "heatmap per method (column heads).  Every heatmap explains the digit's "
+               "predicted class.",
+               "Under each heatmap: f(x), the explained score (the logit of the predicted "
+               "class); sum R, the sum of the relevance map; gap = f(x) - sum R.  LRP "
+               "conserves the score up to what biases and stabilizers absorb (a small gap); "
+               "gradient and gradient x input are not meant to.",
+               f"The table that relprop demo prints covers all {n_all} test digits."])
     png = os.path.join(args.out, "digits_grid.png")
     render.save_png(png, rgb)
     npz = os.path.join(args.out, "relevance.npz")
     np.savez(npz, **saved)
-    print("\nconservation: |f - sum R|/|f| is the mean relative gap between the explained score "
-          "and the\nrelevance sum over the test split (LRP conserves up to biases and "
-          "stabilizers; gradients do not)")
+    print(f"wrote {page} (open it in a browser: the pictures labelled, with f(x), sum R and "
+          "the gap)")
     print(f"wrote {png} ({rgb.shape[1]}x{rgb.shape[0]} px: input, then "
           f"{len(DEMO_METHODS)} methods; red = evidence for the class, blue = against)")
     print(f"wrote {npz} (inputs, labels, targets and each method's relevance)")
@@ -531,8 +576,62 @@ def add_explain_parser(subparsers):
                    help="per-sample shape, e.g. 1,8,8 (for an .npz model saved without one)")
     p.add_argument("--overlay", action="store_true", help="draw heatmaps over the inputs")
     p.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    p.add_argument("--report", action="store_true",
+                   help="also write OUTDIR/index.html, a page to open in a browser: per sample "
+                        "the input, the heatmap, label, target and predicted class, f(x), "
+                        "sum R and the gap (images in OUTDIR/inputs/ and heatmaps/)")
     p.set_defaults(func=run_explain)
     return p
+
+
+#: ``explain --report`` draws non-image inputs of up to this many features as a strip.
+MAX_STRIP_FEATURES = 4096
+
+
+def _strip(rgb):
+    """Images ``(n, 1, d, 3)`` of d features as strips about 256 px wide and 16 px high."""
+    s = max(1, 256 // rgb.shape[-2])
+    return np.repeat(np.repeat(rgb, s, axis=-2), 16, axis=-3)
+
+
+def _explain_report(args, kwargs, rows, labels, drawn, n_features):
+    """Write ``OUTDIR/index.html`` for ``relprop explain --report``; returns its path."""
+    from . import render
+
+    fixed = parse_target(args.target)
+    params = _params_text(kwargs)
+    method = args.method + (f" ({params})" if params else "")
+    columns = ["sample"] + (["input", f"heatmap\n{method}"] if drawn else []) + \
+        ["label", "target", "predicted", "f(x)", "sum R", "gap"]
+    cells = []
+    for k, (name, target, pred, score, rel) in enumerate(rows):
+        row = []
+        if drawn:
+            row += [render.Cell(src=f"inputs/{name}.png", alt=f"input {name}", kind="input"),
+                    render.Cell(src=f"heatmaps/{name}.png", alt=f"heatmap of {name}",
+                                kind="heatmap")]
+        label = "unknown" if labels is None else str(int(labels[k]))
+        row += [label, str(target), str(pred)]
+        row += [render.Cell(lines=(f"{v:.6g}",), kind="num") for v in (score, rel, score - rel)]
+        cells.append(row)
+    intro = [f"{args.model} explained on {args.inputs} with {method}: {len(rows)} sample(s), "
+             "one per row.  Target: " + ("each sample's predicted class." if fixed is None
+                                          else f"class {fixed} for every sample."),
+             "f(x) is the explained score (the target's output); sum R, the sum of the "
+             "relevance; gap = f(x) - sum R.  LRP conserves the score up to what biases and "
+             "stabilizers absorb (a small gap); the gradient family is not meant to.",
+             "label: the labels that come with INPUTS ('y' of an .npz, or the digits'); "
+             "unknown otherwise."]
+    if not drawn:
+        intro.append(f"No pictures: inputs of {n_features} features are neither images nor "
+                     f"at most {MAX_STRIP_FEATURES} features (relevance.npy has the relevance).")
+    elif n_features is not None:
+        intro.append(f"Inputs of {n_features} features are drawn as strips, one cell per "
+                     "feature in order.")
+    page = os.path.join(args.out, "index.html")
+    return render.write_html(page, columns, cells, row_heads=[r[0] for r in rows],
+                             title=f"relprop explain: {args.method}", intro=intro,
+                             legend=drawn)
 
 
 def run_explain(args):
@@ -548,6 +647,9 @@ def run_explain(args):
     shape = parse_shape(args.input_shape) if args.input_shape else None
     net = load_model(args.model, shape)
     x, names = load_inputs(args.inputs, net, args.strict)
+    labels = load_labels(args.inputs) if args.report else None
+    if labels is not None and len(labels) != len(x):
+        labels = None
     kwargs = dict(args.param)
     if args.method in BOX_METHODS:
         for key, fn in (("low", np.min), ("high", np.max)):
@@ -558,11 +660,16 @@ def run_explain(args):
     fixed = parse_target(args.target)
     n, bs = len(x), args.batch_size
     images = x.ndim == 4
+    n_features = None if images else int(np.prod(x.shape[1:]))
+    strips = args.report and not images and n_features <= MAX_STRIP_FEATURES
     os.makedirs(args.out, exist_ok=True)
     heat_dir = os.path.join(args.out, "heatmaps")
-    if images:
+    input_dir = os.path.join(args.out, "inputs")
+    if images or strips:
         os.makedirs(heat_dir, exist_ok=True)
-        scale = _heatmap_scale(x.shape)
+        scale = _heatmap_scale(x.shape) if images else 1
+    if args.report and (images or strips):
+        os.makedirs(input_dir, exist_ok=True)
     rel_path = os.path.join(args.out, "relevance.npy")
     rel = None
     rows = []
@@ -575,7 +682,7 @@ def run_explain(args):
             tb = scores.argmax(axis=1) if fixed is None else fixed
             try:
                 R = explain(net, xb, tb, args.method, **kwargs)
-            except TypeError as exc:  # a bad -p for this method
+            except TypeError as exc:  # a bad -p value for this method
                 raise ValueError(f"{args.method}: {exc}") from None
             if rel is None:
                 rel = np.lib.format.open_memmap(rel_path, mode="w+", dtype=R.dtype,
@@ -583,13 +690,26 @@ def run_explain(args):
             rel[start:start + len(xb)] = R
             tcls = np.broadcast_to(tb, (len(xb),))
             for i in range(len(xb)):
-                rows.append((names[start + i], int(tcls[i]), float(scores[i, tcls[i]]),
-                             float(R[i].sum())))
-            if images:
-                rgb = render.heatmap(R, overlay=xb if args.overlay else None)
+                rows.append((names[start + i], int(tcls[i]), int(scores[i].argmax()),
+                             float(scores[i, tcls[i]]), float(R[i].sum())))
+            if images or strips:
+                if images:
+                    view_x, view_r = xb, R
+                else:
+                    view_x, view_r = xb.reshape(len(xb), 1, 1, -1), R.reshape(len(xb), 1, 1, -1)
+                rgb = render.heatmap(view_r, overlay=view_x if args.overlay else None)
+                pics = render.image(view_x, invert=args.inputs == "digits") if args.report \
+                    else None
+                if strips:
+                    rgb = _strip(rgb)
+                    pics = _strip(pics)
                 for i in range(len(xb)):
-                    render.save_png(os.path.join(heat_dir, f"{names[start + i]}.png"),
+                    name = names[start + i]
+                    render.save_png(os.path.join(heat_dir, f"{name}.png"),
                                     render.upscale(rgb[i], scale))
+                    if pics is not None:
+                        render.save_png(os.path.join(input_dir, f"{name}.png"),
+                                        render.upscale(pics[i], scale))
             if bar is not None:
                 bar.update(len(xb))
     finally:
@@ -601,16 +721,21 @@ def run_explain(args):
     csv = os.path.join(args.out, "explained.csv")
     with open(csv, "w") as fh:
         fh.write("name,target,score,relevance_sum\n")
-        fh.writelines(f"{r[0]},{r[1]},{r[2]:.6g},{r[3]:.6g}\n" for r in rows)
+        fh.writelines(f"{r[0]},{r[1]},{r[3]:.6g},{r[4]:.6g}\n" for r in rows)
     print(f"explained {n} input(s) of {args.inputs} with {args.method} in {seconds:.2f} s "
           f"({n / max(seconds, 1e-9):,.0f} samples/s, heatmaps and files included)")
     print(f"wrote {rel_path} {(n,) + tuple(x.shape[1:])}")
-    if images:
-        print(f"wrote {n} heatmap PNG(s) to {heat_dir}{os.sep}")
+    if images or strips:
+        print(f"wrote {n} heatmap PNG(s) to {heat_dir}{os.sep}"
+              + (" (strips: one cell per feature)" if strips else ""))
     else:
         print(f"no heatmap PNGs: inputs of shape {tuple(x.shape[1:])} are not images "
               "(relevance.npy has the relevance per feature)")
     print(f"wrote {csv}")
+    if args.report:
+        page = _explain_report(args, kwargs, rows, labels, images or strips, n_features)
+        print(f"wrote {page} (open it in a browser: input, heatmap, classes, f(x), sum R and "
+              "the gap per sample)")
     return 0
 
 
