@@ -1,8 +1,10 @@
 """The ``relprop`` command line: ``demo``, ``explain``, ``info``, ``evaluate``.
 
-``relprop demo`` explains digits with the bundled CNN under several methods and writes a PNG
-grid; ``relprop explain MODEL INPUTS -m METHOD -o OUTDIR`` explains your own inputs;
-``relprop info MODEL`` lists layers, shapes, parameters and FLOPs.  Run ``relprop CMD --help``.
+``relprop demo`` explains digits with the bundled CNN under several methods and writes a web
+page (``index.html``: a labelled grid of heatmaps) and a PNG grid; ``relprop explain MODEL INPUTS
+-m METHOD -o OUTDIR`` explains your own inputs (``--report`` adds a web page);
+``relprop evaluate MODEL INPUTS`` compares methods by pixel flipping; ``relprop info MODEL``
+lists layers, shapes, parameters and FLOPs.  Run ``relprop CMD --help``.
 
 MODEL is a relprop ``.npz`` (``net.save``), an ``.onnx`` file (read by
 :func:`relprop.from_onnx`), or the name of a bundled model (``digits_cnn``, ``digits_mlp``).
@@ -401,12 +403,16 @@ def _heatmap_scale(input_shape):
 def add_demo_parser(subparsers):
     p = subparsers.add_parser(
         "demo", help="explain digits with the bundled CNN under several methods",
-        description="Explain digits of the bundled test split with the bundled CNN under "
-                    "gradient, gradient x input and three LRP composites; write a PNG grid "
-                    "(one row per digit) and print conservation and throughput.")
+        description="Explain the digits of the bundled test split with the bundled CNN under "
+                    "gradient, gradient x input and three LRP composites; print conservation "
+                    "and throughput over all of them, and write DIR/index.html (open it in a "
+                    "browser: N digits, one row each, with method names, true and predicted "
+                    "class, f(x), sum R and the gap), the same grid as DIR/digits_grid.png and "
+                    "the arrays as DIR/relevance.npz.")
     p.add_argument("--out", default="relprop-demo", metavar="DIR",
                    help="output folder (default: ./relprop-demo)")
-    p.add_argument("--n", type=int, default=10, help="digits to show (default 10: one per class)")
+    p.add_argument("--n", type=int, default=10,
+                   help="digits to draw (default 10: one per class); the table covers all")
     p.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")
     p.set_defaults(func=run_demo)
     return p
