@@ -290,8 +290,18 @@ _ONNX_SUPPORTED = ("Gemm, MatMul(+Add), Conv, Relu, MaxPool, AveragePool, Global
                    "Softmax (last node only)")
 
 
+def _import_onnx():
+    """The onnx package, or ImportError saying how to install it."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ImportError(f"reading ONNX models needs the onnx package ({exc}): "
+                          "pip install 'relprop[onnx]'") from None
+    return onnx
+
+
 def _onnx_load(path_or_model):
-    import onnx
+    onnx = _import_onnx()
 
     if isinstance(path_or_model, onnx.ModelProto):
         return path_or_model, "ONNX model"
@@ -619,8 +629,10 @@ def from_onnx(path_or_model, *, check=True, rtol=CHECK_RTOL) -> Sequential:
     ValueError
         A malformed or truncated file, an unsupported operator or attribute (the message names
         the operator and its node), a graph that is not a linear chain, or a failed self-check.
+    ImportError
+        The onnx package is not installed (``pip install 'relprop[onnx]'``).
     """
-    import onnx
+    onnx = _import_onnx()
 
     model, where = _onnx_load(path_or_model)
     try:
