@@ -80,8 +80,7 @@ def load_model(spec, input_shape=None):
     ``input_shape`` (a tuple) is required for an ``.npz`` saved without one, and must agree
     with the model's own when it has one.
     """
-    from .graph import Sequential
-    from .io import load
+    from .graph import Sequential, load
 
     if spec in BUNDLED_MODELS:
         from . import models
