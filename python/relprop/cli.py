@@ -80,7 +80,7 @@ def load_model(spec, input_shape=None):
     ``input_shape`` (a tuple) is required for an ``.npz`` saved without one, and must agree
     with the model's own when it has one.
     """
-    from .graph import Sequential, load
+    from .graph import load
 
     if spec in BUNDLED_MODELS:
         from . import models
@@ -106,7 +106,7 @@ def load_model(spec, input_shape=None):
         if net.input_shape is not None and tuple(input_shape) != net.input_shape:
             raise ValueError(f"--input-shape {tuple(input_shape)} disagrees with the model's "
                              f"input shape {net.input_shape}")
-        net = Sequential(net.layers, input_shape=input_shape)
+        net = net.with_input_shape(input_shape)
     return net
 
 
@@ -750,10 +750,11 @@ def run_explain(args):
 # --------------------------------------------------------------------------------------------
 def add_info_parser(subparsers):
     p = subparsers.add_parser(
-        "info", help="layers, shapes, parameters and FLOPs of a model",
-        description="Print MODEL's layers with their output shapes, parameter counts and FLOPs "
-                    "per sample (a multiply-add counts as 2 FLOPs; bias adds, ReLU and pooling "
-                    "comparisons/adds count 1 per element).")
+        "info", help="layers (or graph nodes), shapes, parameters and FLOPs of a model",
+        description="Print MODEL's layers, or for a graph its nodes with their inputs, with "
+                    "output shapes, parameter counts and FLOPs per sample (a multiply-add counts "
+                    "as 2 FLOPs; bias adds, ReLU, additions and pooling comparisons/adds count 1 "
+                    "per element).")
     p.add_argument("model", metavar="MODEL", help="relprop .npz, .onnx, or digits_cnn/digits_mlp")
     p.add_argument("--input-shape", type=str, default=None,
                    help="per-sample shape, e.g. 1,8,8 (for an .npz model saved without one)")
@@ -761,64 +762,33 @@ def add_info_parser(subparsers):
     return p
 
 
-def describe(layer):
-    """A short description of a layer, e.g. ``Conv2d 1->16 3x3 stride 1 pad 1``."""
-    from . import layers as L
-
-    def pair(p):
-        return str(p[0]) if p[0] == p[1] else f"{p[0]}x{p[1]}"
-
-    if isinstance(layer, L.Dense):
-        return f"Dense {layer.in_features}->{layer.out_features}"
-    if isinstance(layer, L.Conv2d):
-        o, i, kh, kw = layer.weight.shape
-        return (f"Conv2d {i}->{o} {kh}x{kw} stride {pair(layer.stride)} "
-                f"pad {pair(layer.padding)}")
-    if isinstance(layer, (L.MaxPool2d, L.AvgPool2d)):
-        return (f"{type(layer).__name__} {pair(layer.kernel_size)} stride {pair(layer.stride)} "
-                f"pad {pair(layer.padding)}")
-    return type(layer).__name__
-
-
-def layer_flops(layer, in_shape, out_shape):
-    """FLOPs of one layer for one sample (see ``relprop info --help``)."""
-    from . import layers as L
-
-    n_out = int(np.prod(out_shape))
-    if isinstance(layer, L.Dense):
-        return 2 * layer.weight.size + (n_out if layer.bias is not None else 0)
-    if isinstance(layer, L.Conv2d):
-        per_out = 2 * int(np.prod(layer.weight.shape[1:]))
-        return n_out * per_out + (n_out if layer.bias is not None else 0)
-    if isinstance(layer, (L.MaxPool2d, L.AvgPool2d)):
-        return n_out * layer.kernel_size[0] * layer.kernel_size[1]
-    if isinstance(layer, L.GlobalAvgPool2d):
-        return int(np.prod(in_shape))
-    if isinstance(layer, L.ReLU):
-        return n_out
-    return 0
-
-
 def run_info(args):
+    from .graph import Sequential
+
     shape = parse_shape(args.input_shape) if args.input_shape else None
     net = load_model(args.model, shape)
-    shapes = net.shapes(net.input_shape) if net.input_shape is not None else None
-    print(f"{args.model}: {len(net)} layers"
+    shapes = net.tensor_shapes(net.input_shape) if net.input_shape is not None else None
+    chain = isinstance(net, Sequential)
+    print(f"{args.model}: {len(net)} {'layers' if chain else 'nodes'}"
           + (f", input {net.input_shape} -> output {net.output_shape}" if shapes else
              ", input shape unknown (pass --input-shape for shapes and FLOPs)"))
-    print(f"{'#':>3}  {'layer':<36}{'output shape':<18}{'params':>10}{'FLOPs':>14}")
+    name_w = max(4, *(len(n.name) for n in net.nodes)) + 2
+    head = f"{'#':>3}  " + ("" if chain else f"{'node':<{name_w}}{'inputs':<{2 * name_w}}")
+    print(f"{head}{'layer':<36}{'output shape':<18}{'params':>10}{'FLOPs':>14}")
     total_p = total_f = 0
-    for i, layer in enumerate(net.layers):
+    for i, node in enumerate(net.nodes):
+        layer = node.layer
         params = sum(int(a.size) for a in layer.arrays().values())
         total_p += params
         if shapes:
-            flops = layer_flops(layer, shapes[i], shapes[i + 1])
+            flops = layer.flops([shapes[t] for t in node.inputs], shapes[node.name])
             total_f += flops
-            out, f = str(shapes[i + 1]), f"{flops:,}"
+            out, f = str(shapes[node.name]), f"{flops:,}"
         else:
             out, f = "?", "?"
-        print(f"{i:>3}  {describe(layer):<36}{out:<18}{params:>10,}{f:>14}")
-    dtypes = sorted({str(l.weight.dtype) for l in net.layers if l.linear})
+        where = "" if chain else f"{node.name:<{name_w}}{', '.join(node.inputs):<{2 * name_w}}"
+        print(f"{i:>3}  {where}{layer.describe():<36}{out:<18}{params:>10,}{f:>14}")
+    dtypes = sorted({str(n.layer.weight.dtype) for n in net.nodes if n.layer.linear})
     print(f"parameters: {total_p:,} ({', '.join(dtypes)})")
     if shapes:
         print(f"FLOPs per sample: {total_f:,} (forward pass; a multiply-add counts as 2)")

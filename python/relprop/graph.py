@@ -202,6 +202,10 @@ class Graph:
     def linear_layers(self):
         return [i for i, layer in enumerate(self.layers) if layer.linear]
 
+    def with_input_shape(self, input_shape):
+        """The same network with another ``input_shape`` (checked)."""
+        return Graph(self.nodes, input_shape, input_name=self.input_name, output=self.output)
+
     def node(self, name) -> Node:
         """The node called ``name``."""
         for node in self.nodes:
@@ -349,6 +353,9 @@ class Sequential(Graph):
 
     def _where(self, name):
         return f"layer {name}"
+
+    def with_input_shape(self, input_shape):
+        return Sequential(self.layers, input_shape)
 
     def shapes(self, input_shape) -> list:
         """Per-sample shapes: of the input, then after every layer."""
