@@ -1,4 +1,6 @@
 """The ``relprop`` command line, run end to end in a subprocess on temporary folders."""
+import os
+import re
 import subprocess
 import sys
 
@@ -206,6 +208,66 @@ def test_user_errors_print_one_line(tmp_path):
     assert not out.exists() or not (out / "relevance.npy").exists()
 
 
+def test_unknown_method_parameter_names_the_accepted_ones(tmp_path):
+    """-p eps=0.1 printed "Epsilon.__init__() got an unexpected keyword argument 'eps'"."""
+    out = tmp_path / "out"
+    for method, key, accepted in [
+            ("lrp.epsilon", "eps", ["epsilon=1e-06"]),
+            ("lrp.epsilon_gamma_box", "eps", ["low=", "high=", "epsilon=1e-06", "gamma=0.25",
+                                              "stabilizer=1e-06"]),
+            ("smoothgrad", "noise_level", ["n=16", "sigma=0.15", "seed=None"]),
+            ("lrp.alpha_beta", "a", ["alpha=2.0", "beta=1.0"])]:
+        proc = run("explain", "digits_cnn", "digits", "-m", method, "-p", f"{key}=0.1", "-o", out)
+        assert_user_error(proc, method, repr(key), *accepted)
+        assert "unexpected keyword" not in proc.stderr
+    assert_user_error(run("explain", "digits_cnn", "digits", "-m", "gradient", "-p", "eps=1",
+                          "-o", out), "gradient takes no parameters")
+    assert_user_error(run("explain", "digits_cnn", "digits", "-p", "batch_size=8", "-o", out),
+                      "--batch-size")
+    assert not out.exists()
+
+
+def _methods_listing(text):
+    """``{method: parameter text}`` from the method table at the end of ``explain --help``."""
+    lines = text.split("methods (-m) and their parameters")[1].splitlines()[1:]
+    listing, last = {}, None
+    for line in lines:
+        if line.startswith("  ") and not line.startswith("    "):
+            last, _, rest = line.strip().partition(" ")
+            listing[last] = rest.strip()
+        elif line.strip():
+            listing[last] += " " + line.strip()
+    return listing
+
+
+def test_explain_help_lists_methods_and_their_parameters():
+    import ast
+
+    proc = run("explain", "--help")
+    assert proc.returncode == 0, proc.stderr
+    positionals = proc.stdout.split("positional arguments:")[1].split("options:")[0]
+    for name in ("MODEL", "INPUTS"):
+        assert re.search(rf"^  {name} +\S", positionals, re.M), positionals
+    listing = _methods_listing(proc.stdout)
+    names = set(relprop.METHODS) | {f"lrp.{c}" for c in relprop.composites.COMPOSITES}
+    assert names <= set(listing) and "lrp.epsilon" in listing and "lrp.zplus" in listing
+    assert listing["lrp.epsilon"] == "epsilon=1e-06"
+    assert listing["gradient"] == "no parameters"
+    assert listing["smoothgrad"] == "n=16, sigma=0.15, seed=None"
+    assert listing["lrp.epsilon_gamma_box"].startswith("low=<min of INPUTS>, high=<max of INPUTS>")
+    # every listed parameter is one the method takes, and the listed default is accepted
+    net = models.digits_cnn()
+    x = models.digits_data()[0][:2]
+    for method, params in listing.items():
+        kwargs = {}
+        for item in params.split(", ") if params != "no parameters" else []:
+            key, _, value = item.partition("=")
+            kwargs[key] = float(x.min() if key == "low" else x.max()) if value.startswith("<") \
+                else ast.literal_eval(value)
+        R = relprop.explain(net, x, 3, method, **kwargs)
+        assert R.shape == x.shape, method
+
+
 def test_image_folder_errors(tmp_path):
     pytest.importorskip("PIL")
     empty = tmp_path / "empty"
@@ -215,6 +277,43 @@ def test_image_folder_errors(tmp_path):
     assert_user_error(run("explain", "digits_cnn", empty, "-o", tmp_path / "o"), "broken.png")
     assert_user_error(run("explain", "digits_mlp", empty, "-o", tmp_path / "o"),
                       "(1, h, w) or (3, h, w)")
+
+
+def test_image_conversions_are_reported_once_per_kind(tmp_path):
+    """A 37x50 RGB PNG was explained as an 8x8 grayscale digit without a word."""
+    Image = pytest.importorskip("PIL.Image")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("p1", "p2"):  # two 37x50 RGB photos: colour and size differ
+        pixels = rng.integers(0, 256, (50, 37, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{name}.png")
+    alpha = rng.integers(0, 256, (8, 8, 4), dtype=np.uint8)
+    Image.fromarray(alpha).save(folder / "q.png")  # RGBA, the right size
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / "r.png")  # as is
+    proc = run("explain", "digits_cnn", folder, "-m", "gradient", "-o", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert all(line.startswith("relprop: warning: ") for line in lines), lines
+    rgb = [line for line in lines if "from RGB to" in line]
+    rgba = [line for line in lines if "RGBA" in line]
+    size = [line for line in lines if "resized" in line]
+    assert len(lines) == 3 and len(rgb) == len(rgba) == len(size) == 1, lines
+    assert "2 image(s)" in rgb[0] and "p1.png, p2.png" in rgb[0] and "grayscale" in rgb[0]
+    assert "1 image(s)" in rgba[0] and "q.png" in rgba[0]
+    assert "2 image(s) to 8x8" in size[0] and "p1.png (37x50)" in size[0]
+    assert "r.png" not in proc.stderr
+    # --strict refuses the first image that needs converting, and explains nothing
+    proc = run("explain", "digits_cnn", folder, "-m", "gradient", "-o", tmp_path / "strict",
+               "--strict")
+    assert_user_error(proc, "p1.png", "37x50", "RGB", "(1, 8, 8)", "--strict")
+    assert not (tmp_path / "strict" / "relevance.npy").exists()
+    proc = run("evaluate", "digits_cnn", folder, "--methods", "gradient", "--strict")
+    assert_user_error(proc, "p1.png", "--strict")
+    # images that fit pass --strict without a warning
+    proc = run("explain", "digits_cnn", folder / "r.png", "-m", "gradient", "-o",
+               tmp_path / "fits", "--strict")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
 
 def test_adding_a_subcommand(monkeypatch, capsys):
@@ -229,3 +328,24 @@ def test_adding_a_subcommand(monkeypatch, capsys):
     assert cli.main(["hello", "nonexistent.npz"]) == 2
     err = capsys.readouterr().err
     assert err == "relprop: error: nonexistent.npz: no such model file\n"
+
+
+# ----------------------------------------------------------------------------- broken pipe --
+@pytest.mark.parametrize("args,unbuffered", [
+    (["info", "digits_cnn"], False), (["info", "digits_cnn"], True),
+    (["demo", "--n", "1", "--out", "{tmp}"], True)], ids=["info", "info-unbuffered", "demo"])
+def test_closed_stdout_ends_quietly(tmp_path, args, unbuffered):
+    """``relprop demo | head``: the reader of stdout goes away; relprop stops without a word on
+    stderr (no 'relprop: error: [Errno 32] Broken pipe' from a print, no 'Exception ignored'
+    from the last flush of a buffered stdout), status 141."""
+    argv = [a.format(tmp=tmp_path / "demo") for a in args]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    with subprocess.Popen([sys.executable, "-m", "relprop.cli", *argv], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env) as proc:
+        proc.stdout.close()  # before the child writes anything: its first write meets EPIPE
+        err = proc.stderr.read()
+        status = proc.wait(timeout=300)
+    assert status == 141, err
+    assert err == ""

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
 import relprop as rp
-from relprop import evaluate
+from relprop import cli
 from relprop import reference as ref
 from relprop.reference import extra as ref_extra
 
@@ -180,7 +180,7 @@ def test_explanations_beat_random_attribution_on_digits(digits, method):
 
 def _run_cli(argv):
     parser = argparse.ArgumentParser(prog="relprop")
-    evaluate.add_evaluate_parser(parser.add_subparsers())
+    cli.add_evaluate_parser(parser.add_subparsers())
     args = parser.parse_args(["evaluate"] + argv)
     out = io.StringIO()
     assert args.func(args, file=out) == 0
@@ -219,8 +219,6 @@ def test_cli_evaluate_on_files(tmp_path, rng):
 
 
 def test_relprop_evaluate_command(capsys):
-    from relprop import cli
-
     assert cli.main(["evaluate", "digits_mlp", "digits", "--limit", "10", "--steps", "4",
                      "--methods", "lrp.epsilon,random"]) == 0
     out = capsys.readouterr().out

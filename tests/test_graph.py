@@ -220,6 +220,9 @@ def test_composites_map_graph_nodes(rng):
     over = rp.Composite([("linear", rp.rules.Epsilon())], overrides={"conv2": rp.rules.ZPlus()})
     assert type(dict(zip([n.name for n in net.nodes], over.rules(net)))["conv2"]).__name__ == \
         "ZPlus"
+    # an MLP's first layer is a Dense: EpsilonGammaBox's ZBox (for a Conv2d) goes nowhere
+    assert [type(r).__name__ for r in comp.rules(nets.mlp(rng))] == ["Epsilon", "Pass"] * 2 + \
+        ["Epsilon"]
     with pytest.raises(ValueError, match="overrides name nodes \\['nope'\\]"):
         rp.Composite([], overrides={"nope": rp.rules.ZPlus()}).rules(net)
     with pytest.raises(ValueError, match="cannot be applied to node add"):
@@ -238,6 +241,8 @@ def test_graph_save_load_and_pickle_round_trip(tmp_path, rng):
         assert back.input_shape == net.input_shape
         assert_array_equal(back(x), net(x))
         assert_array_equal(rp.lrp(back, x, 1), rp.lrp(net, x, 1))
+        with pytest.raises(ValueError, match="read-only"):
+            back.node("conv1").layer.weight[0, 0, 0, 0] = 1.0
 
 
 def test_version_1_files_still_load(tmp_path, rng):

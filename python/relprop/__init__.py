@@ -18,8 +18,7 @@ from .layers import (AdaptiveAvgPool2d, Add, AvgPool2d, BatchNorm1d, BatchNorm2d
 from .lrp import conservation, lrp
 from .methods import (METHODS, TaylorInfo, deconvnet, explain, gradient, gradient_x_input,
                       guided_backprop, pool_channels, sensitivity, taylor)
-from .graph import Graph, Node, Sequential, Trace
-from .io import load
+from .graph import Graph, Node, Sequential, Trace, load
 from .ops import get_num_threads, set_num_threads
 from .prototypes import GaussianPrior, Prototypes, activation_maximization
 

@@ -1,8 +1,10 @@
 """The ``relprop`` command line: ``demo``, ``explain``, ``info``, ``evaluate``.
 
-``relprop demo`` explains digits with the bundled CNN under several methods and writes a PNG
-grid; ``relprop explain MODEL INPUTS -m METHOD -o OUTDIR`` explains your own inputs;
-``relprop info MODEL`` lists layers, shapes, parameters and FLOPs.  Run ``relprop CMD --help``.
+``relprop demo`` explains digits with the bundled CNN under several methods and writes a web
+page (``index.html``: a labelled grid of heatmaps) and a PNG grid; ``relprop explain MODEL INPUTS
+-m METHOD -o OUTDIR`` explains your own inputs (``--report`` adds a web page);
+``relprop evaluate MODEL INPUTS`` compares methods by pixel flipping; ``relprop info MODEL``
+lists layers, shapes, parameters and FLOPs.  Run ``relprop CMD --help``.
 
 MODEL is a relprop ``.npz`` (``net.save``), an ``.onnx`` file (read by
 :func:`relprop.from_onnx`), or the name of a bundled model (``digits_cnn``, ``digits_mlp``).
@@ -12,12 +14,15 @@ with an array ``x``, a PNG/JPEG/BMP image, a folder of them, or ``digits`` (the 
 digits test split).  Images are read with Pillow and converted to the model's input shape
 ``(c, h, w)``: to grayscale (``c == 1``) or RGB (``c == 3``), resized to ``(h, w)`` with
 bilinear filtering when their size differs, and scaled to ``[0, 1]`` (pixel / 255; no mean
-or std normalization, no inversion).  Inputs that need other preprocessing should be given
-as a ``.npy`` array.
+or std normalization, no inversion).  Each kind of conversion (a colour mode, a resize) is
+reported once on stderr as ``relprop: warning: ...`` with the images it touched; ``--strict``
+refuses such images instead.  Inputs that need other preprocessing should be given as a
+``.npy`` array.
 
 User mistakes (a missing file, an unsupported model, a wrong input shape, an unknown method)
 print one line ``relprop: error: ...`` to stderr and exit with status 2; set
-``RELPROP_DEBUG=1`` for the traceback.
+``RELPROP_DEBUG=1`` for the traceback.  When the reader of stdout goes away (``relprop demo |
+head``) a command stops quietly with status 141 (128 + SIGPIPE), as Unix tools do.
 
 Adding a subcommand
 -------------------
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -47,6 +53,8 @@ DEMO_METHODS = (
     ("lrp.epsilon_gamma_box", {"low": 0.0, "high": 1.0}, "LRP\nepsilon_gamma_box"),
     ("lrp.epsilon_alpha2_beta1", {}, "LRP\nepsilon_alpha2_beta1"),
 )
+STRICT_HELP = ("refuse images whose channels or size differ from the model's input instead of "
+               "converting them (converted images are named on stderr)")
 #: Heatmap PNGs are upscaled (nearest neighbour) to about this many pixels on their long side.
 HEATMAP_PIXELS = 128
 
@@ -72,8 +80,7 @@ def load_model(spec, input_shape=None):
     ``input_shape`` (a tuple) is required for an ``.npz`` saved without one, and must agree
     with the model's own when it has one.
     """
-    from .graph import Sequential
-    from .io import load
+    from .graph import load
 
     if spec in BUNDLED_MODELS:
         from . import models
@@ -99,7 +106,7 @@ def load_model(spec, input_shape=None):
         if net.input_shape is not None and tuple(input_shape) != net.input_shape:
             raise ValueError(f"--input-shape {tuple(input_shape)} disagrees with the model's "
                              f"input shape {net.input_shape}")
-        net = Sequential(net.layers, input_shape=input_shape)
+        net = net.with_input_shape(input_shape)
     return net
 
 
@@ -111,10 +118,46 @@ def _image_files(folder):
     return [os.path.join(folder, f) for f in files]
 
 
-def read_images(paths, input_shape):
+#: Pillow image modes, in words (for the conversion warnings).
+_MODES = {"L": "grayscale", "RGB": "RGB", "RGBA": "RGB with alpha", "LA": "grayscale with alpha",
+          "P": "palette", "PA": "palette with alpha", "1": "1-bit", "I": "32-bit integer",
+          "I;16": "16-bit grayscale", "F": "32-bit float", "CMYK": "CMYK", "YCbCr": "YCbCr"}
+
+
+def _mode(mode):
+    return f"{_MODES[mode]} ({mode})" if mode in _MODES and _MODES[mode] != mode else mode
+
+
+def _warn(message):
+    print(f"relprop: warning: {message}", file=sys.stderr)
+
+
+def _some(items, k=3):
+    return ", ".join(items[:k]) + (f", ... ({len(items) - k} more)" if len(items) > k else "")
+
+
+def read_images(paths, input_shape, strict=False, warn=_warn):
     """Images as a float32 batch ``(n, *input_shape)`` in ``[0, 1]`` (see the module docstring).
 
-    ``input_shape`` must be ``(1, h, w)`` (grayscale) or ``(3, h, w)`` (RGB).
+    Parameters
+    ----------
+    paths : list of str
+    input_shape : tuple
+        ``(1, h, w)`` (grayscale) or ``(3, h, w)`` (RGB).
+    strict : bool
+        Refuse (ValueError) an image whose channels or size differ from ``input_shape`` instead
+        of converting it.
+    warn : callable
+        Called with one message per kind of conversion (a source mode converted to the model's,
+        or a resize), naming the images; by default printed to stderr as ``relprop: warning:``.
+
+    Raises
+    ------
+    ValueError
+        A model that does not take images, an unreadable image, or (``strict``) an image that
+        would need converting.
+    ImportError
+        Pillow is not installed.
     """
     if input_shape is None or len(input_shape) != 3 or input_shape[0] not in (1, 3):
         raise ValueError(f"images can feed models with input shape (1, h, w) or (3, h, w); this "
@@ -125,23 +168,43 @@ def read_images(paths, input_shape):
         raise ImportError("reading images needs Pillow: pip install pillow "
                           "(or pip install 'relprop[plot]')") from None
     c, h, w = input_shape
+    mode = "L" if c == 1 else "RGB"
+    wanted = f"{w}x{h} {_mode(mode)}"
     out = np.empty((len(paths), c, h, w), dtype=np.float32)
+    converted, resized = {}, []
     for i, path in enumerate(paths):
+        name = os.path.basename(path)
         try:
             with Image.open(path) as im:
-                im = im.convert("L" if c == 1 else "RGB")
+                if strict and (im.mode != mode or im.size != (w, h)):
+                    raise ValueError(f"{path}: a {im.size[0]}x{im.size[1]} {_mode(im.mode)} image, "
+                                     f"but the model takes {input_shape} = {wanted}; --strict "
+                                     "refuses to convert it (leave out --strict to convert, or "
+                                     "give INPUTS as a .npy array)")
+                if im.mode != mode:
+                    converted.setdefault(im.mode, []).append(name)
+                    im = im.convert(mode)
                 if im.size != (w, h):
+                    resized.append(f"{name} ({im.size[0]}x{im.size[1]})")
                     im = im.resize((w, h), Image.Resampling.BILINEAR)
                 a = np.asarray(im, dtype=np.float32) / 255.0
         except (UnidentifiedImageError, OSError) as exc:
             raise ValueError(f"{path}: not a readable image ({exc})") from None
         out[i] = a[None] if c == 1 else a.transpose(2, 0, 1)
+    for source, names in converted.items():
+        warn(f"converted {len(names)} image(s) from {_mode(source)} to {_mode(mode)}, as the "
+             f"model takes {input_shape}: {_some(names)} (--strict refuses instead)")
+    if resized:
+        warn(f"resized {len(resized)} image(s) to {w}x{h} (bilinear), as the model takes "
+             f"{input_shape}: {_some(resized)} (--strict refuses instead)")
     return out
 
 
-def load_inputs(spec, net):
+def load_inputs(spec, net, strict=False):
     """``(x, names)``: the INPUTS of a subcommand as an array ``(n, *input_shape)`` and a name
-    per sample (image file stems, or zero-padded indices).  Arrays are memory-mapped."""
+    per sample (image file stems, or zero-padded indices).  Arrays are memory-mapped.  Images
+    that need converting to the model's input shape are converted with a warning on stderr, or
+    refused with ``strict`` (see :func:`read_images`)."""
     if spec == "digits":
         from .models import digits_data
 
@@ -152,7 +215,7 @@ def load_inputs(spec, net):
     elif os.path.isdir(spec) or spec.lower().endswith(IMAGE_SUFFIXES):
         paths = _image_files(spec) if os.path.isdir(spec) else [spec]
         names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-        return read_images(paths, net.input_shape), names
+        return read_images(paths, net.input_shape, strict), names
     elif spec.lower().endswith(".npy"):
         try:
             x = np.load(spec, mmap_mode="r", allow_pickle=False)
@@ -216,6 +279,98 @@ def check_method(name):
                      f"({', '.join(sorted(RULES))})")
 
 
+#: Keyword arguments of the methods that ``-p`` cannot set: the command sets them itself
+#: (``batch_size`` is ``--batch-size``), or they change what the method returns.
+CLI_SET_PARAMETERS = ("batch_size", "check_finite", "return_info", "layerwise")
+#: Methods whose ``low``/``high`` default to the range of INPUTS in ``explain`` and ``evaluate``.
+BOX_METHODS = ("lrp.epsilon_gamma_box", "lrp.zbox")
+
+
+def method_parameters(name):
+    """The parameters ``-p KEY=VALUE`` can set for the method ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A method name of :func:`relprop.explain` ("gradient", "lrp.epsilon", ...).
+
+    Returns
+    -------
+    dict
+        ``{parameter: default}`` in signature order; the default is ``inspect.Parameter.empty``
+        for a parameter without one.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not a method (see :func:`check_method`).
+    """
+    import inspect
+
+    from .composites import COMPOSITES
+    from .methods import METHODS
+    from .rules import RULES
+
+    check_method(name)
+    if name.startswith("lrp."):
+        fn = COMPOSITES.get(name[4:]) or RULES[name[4:]]
+    else:
+        fn = METHODS[name]
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    skip = {"net", "x", "target", *CLI_SET_PARAMETERS}
+    return {p.name: p.default for p in inspect.signature(fn).parameters.values()
+            if p.kind in kinds and p.name not in skip}
+
+
+def describe_parameters(name):
+    """``-p`` parameters of the method ``name`` with their defaults, as text: ``"epsilon=1e-06,
+    stabilizer=1e-06"``, or ``"no parameters"``."""
+    import inspect
+
+    parts = []
+    for key, default in method_parameters(name).items():
+        if name in BOX_METHODS and key in ("low", "high"):
+            parts.append(f"{key}=<{'min' if key == 'low' else 'max'} of INPUTS>")
+        elif default is inspect.Parameter.empty:
+            parts.append(f"{key} (required)")
+        else:
+            parts.append(f"{key}={default!r}")
+    return ", ".join(parts) if parts else "no parameters"
+
+
+def check_parameters(name, keys):
+    """Raise ValueError unless every ``-p`` key in ``keys`` is a parameter of the method
+    ``name``; the message names the parameters the method accepts."""
+    accepted = method_parameters(name)
+    for key in keys:
+        if key in accepted:
+            continue
+        if key == "batch_size":
+            raise ValueError(f"-p batch_size: set the batch size with --batch-size; {name} "
+                             f"accepts {describe_parameters(name)}")
+        if not accepted:
+            raise ValueError(f"-p {key}=...: {name} takes no parameters")
+        raise ValueError(f"-p {key}=...: {name} has no parameter {key!r}; it accepts "
+                         f"{describe_parameters(name)}")
+
+
+def methods_help():
+    """The methods of :func:`relprop.explain` and their ``-p`` parameters, one per line."""
+    from . import layers as L
+    from .composites import COMPOSITES
+    from .methods import METHODS
+    from .rules import RULES
+
+    rules = [r for r, cls in RULES.items() if L.Dense in getattr(cls, "applies_to", ())]
+    names = (list(METHODS) + [f"lrp.{c}" for c in COMPOSITES] + [f"lrp.{r}" for r in rules])
+    width = max(map(len, names)) + 2
+    lines = ["methods (-m) and their parameters (-p KEY=VALUE, defaults shown):"]
+    for n in names:
+        lines += textwrap.wrap(describe_parameters(n), 96, initial_indent=f"  {n:<{width}}",
+                               subsequent_indent=" " * (width + 4), break_on_hyphens=False)
+    return "\n".join(lines)
+
+
 def _param(text):
     key, sep, value = text.partition("=")
     if not sep or not key.isidentifier():
@@ -248,12 +403,16 @@ def _heatmap_scale(input_shape):
 def add_demo_parser(subparsers):
     p = subparsers.add_parser(
         "demo", help="explain digits with the bundled CNN under several methods",
-        description="Explain digits of the bundled test split with the bundled CNN under "
-                    "gradient, gradient x input and three LRP composites; write a PNG grid "
-                    "(one row per digit) and print conservation and throughput.")
+        description="Explain the digits of the bundled test split with the bundled CNN under "
+                    "gradient, gradient x input and three LRP composites; print conservation "
+                    "and throughput over all of them, and write DIR/index.html (open it in a "
+                    "browser: N digits, one row each, with method names, true and predicted "
+                    "class, f(x), sum R and the gap), the same grid as DIR/digits_grid.png and "
+                    "the arrays as DIR/relevance.npz.")
     p.add_argument("--out", default="relprop-demo", metavar="DIR",
                    help="output folder (default: ./relprop-demo)")
-    p.add_argument("--n", type=int, default=10, help="digits to show (default 10: one per class)")
+    p.add_argument("--n", type=int, default=10,
+                   help="digits to draw (default 10: one per class); the table covers all")
     p.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")
     p.set_defaults(func=run_demo)
     return p
@@ -294,6 +453,22 @@ def _titled(rgb, titles, cell, pad):
     return np.asarray(im)
 
 
+def _params_text(kw):
+    """Method parameters as text: ``"low=0, high=1"``."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in kw.items())
+
+
+def _method_title(method, kw):
+    """A column head: the method name, then its parameters on a second line."""
+    params = _params_text(kw)
+    return method + (f"\n{params}" if params else "")
+
+
+def _numbers(score, rel):
+    """The caption of a heatmap: explained score, relevance sum, their gap."""
+    return (f"f(x) {score:.3f}", f"sum R {rel:.3f}", f"gap {score - rel:+.3f}")
+
+
 def run_demo(args):
     from . import conservation, explain, get_num_threads, models, render, set_num_threads
 
@@ -305,39 +480,68 @@ def run_demo(args):
     x_all, y_all = models.digits_data()
     if args.n > len(x_all):
         raise ValueError(f"--n must be at most {len(x_all)} (the digits test split), got {args.n}")
+    n_all = len(x_all)
     pred_all = net.forward(x_all).argmax(axis=1)
     idx = _demo_samples(y_all, args.n)
     x, pred = x_all[idx], pred_all[idx]
-    print(f"relprop demo: bundled digits CNN (test accuracy {np.mean(pred_all == y_all):.1%} on "
-          f"{len(x_all)} digits), {get_num_threads()} thread(s)")
-    print(f"explaining {len(x)} digits (labels {' '.join(map(str, y_all[idx]))}) for their "
-          "predicted class")
-    print(f"\n{'method':<28}{'mean f(x)':>11}{'mean sum R':>12}{'|f - sum R|/|f|':>17}"
+    accuracy = np.mean(pred_all == y_all)
+    print(f"relprop demo: the bundled digits CNN (test accuracy {accuracy:.1%} on the {n_all} "
+          f"test digits), {get_num_threads()} thread(s)")
+    print(f"\nTable: all {n_all} test digits, each explained for its predicted class\n(means "
+          f"over the {n_all} digits; samples/s of explaining all of them)")
+    print(f"{'method':<28}{'mean f(x)':>11}{'mean sum R':>12}{'|f - sum R|/|f|':>17}"
           f"{'samples/s':>12}")
+    scale, cell_scale = 16, 12  # the PNG grid's and the web page's pixels per input pixel
+    inputs = render.upscale(render.image(x, invert=True), cell_scale)
     columns, saved = [render.image(x, invert=True)], {"x": x, "label": y_all[idx], "target": pred}
+    cells = [[render.Cell(image=inputs[i], alt=f"test digit {idx[i]}", kind="input")]
+             for i in range(len(x))]
     for method, kw, _ in DEMO_METHODS:
         explain(net, x_all[:8], pred_all[:8], method, **kw)  # warm-up: caches, threads
         t0 = time.perf_counter()
         R_all = explain(net, x_all, pred_all, method, **kw)
-        rate = len(x_all) / max(time.perf_counter() - t0, 1e-9)
+        rate = n_all / max(time.perf_counter() - t0, 1e-9)
         c = conservation(net, x_all, pred_all, R_all)
         rel = np.abs(c["difference"]) / np.maximum(np.abs(c["score"]), 1e-12)
         print(f"{method:<28}{c['score'].mean():>11.3f}{c['relevance'].mean():>12.3f}"
               f"{rel.mean():>17.3g}{rate:>12,.0f}")
-        columns.append(render.heatmap(R_all[idx]))
+        heat = render.heatmap(R_all[idx])
+        columns.append(heat)
         saved[method] = R_all[idx]
-    scale, pad = 16, 3
-    cells = np.stack(columns, axis=1)  # (rows, cols, h, w, 3)
-    rgb = render.grid(cells, pad=pad, pad_value=170, scale=scale)
+        for i, k in enumerate(idx):
+            cells[i].append(render.Cell(image=render.upscale(heat[i], cell_scale),
+                                        lines=_numbers(c["score"][k], c["relevance"][k]),
+                                        alt=f"{method} heatmap of test digit {k}",
+                                        kind="heatmap"))
+    print("|f - sum R|/|f| is the mean relative gap between the explained score f(x) and the "
+          "relevance sum\n(LRP conserves up to biases and stabilizers; gradients do not)")
+    print(f"\nPictures: {len(x)} of those digits (labels {' '.join(map(str, y_all[idx]))}), "
+          f"one row each: the input, then the {len(DEMO_METHODS)} methods")
+    pad = 3
+    rgb = render.grid(np.stack(columns, axis=1), pad=pad, pad_value=170, scale=scale)
     rgb = _titled(rgb, ["input"] + [t for _, _, t in DEMO_METHODS], 8 * scale, pad)
     os.makedirs(args.out, exist_ok=True)
+    page = os.path.join(args.out, "index.html")
+    render.write_html(
+        page, ["digit", "input"] + [_method_title(m, kw) for m, kw, _ in DEMO_METHODS], cells,
+        row_heads=[f"true {y_all[k]}\npredicted {pred_all[k]}"
+                   + (" (wrong)" if pred_all[k] != y_all[k] else "") for k in idx],
+        title="relprop demo: explanations of the bundled digits CNN",
+        intro=[f"The bundled digits CNN (test accuracy {accuracy:.1%} on the {n_all} test "
+               f"digits) explains {len(x)} test digits, one per row: the input, then one "
+               "heatmap per method (column heads).  Every heatmap explains the digit's "
+               "predicted class.",
+               "Under each heatmap: f(x), the explained score (the logit of the predicted "
+               "class); sum R, the sum of the relevance map; gap = f(x) - sum R.  LRP "
+               "conserves the score up to what biases and stabilizers absorb (a small gap); "
+               "gradient and gradient x input are not meant to.",
+               f"The table that relprop demo prints covers all {n_all} test digits."])
     png = os.path.join(args.out, "digits_grid.png")
     render.save_png(png, rgb)
     npz = os.path.join(args.out, "relevance.npz")
     np.savez(npz, **saved)
-    print("\nconservation: |f - sum R|/|f| is the mean relative gap between the explained score "
-          "and the\nrelevance sum over the test split (LRP conserves up to biases and "
-          "stabilizers; gradients do not)")
+    print(f"wrote {page} (open it in a browser: the pictures labelled, with f(x), sum R and "
+          "the gap)")
     print(f"wrote {png} ({rgb.shape[1]}x{rgb.shape[0]} px: input, then "
           f"{len(DEMO_METHODS)} methods; red = evidence for the class, blue = against)")
     print(f"wrote {npz} (inputs, labels, targets and each method's relevance)")
@@ -350,23 +554,25 @@ def run_demo(args):
 def add_explain_parser(subparsers):
     p = subparsers.add_parser(
         "explain", help="explain a model's predictions on your inputs",
+        formatter_class=_HelpFormatter,
         description="Explain MODEL's output on INPUTS and write OUTDIR/relevance.npy "
                     "(n, *input_shape), one heatmap PNG per image input in OUTDIR/heatmaps/, "
                     "and OUTDIR/explained.csv (name, target, score, relevance sum).",
-        epilog="MODEL: relprop .npz, .onnx, or digits_cnn/digits_mlp.  INPUTS: .npy/.npz "
-               "array (n, *input_shape), an image, a folder of PNG/JPEG images (converted to "
-               "the model's (1|3, h, w): grayscale or RGB, resized bilinearly, pixel/255), or "
-               "'digits'.")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("inputs", metavar="INPUTS")
+        epilog=methods_help())
+    p.add_argument("model", metavar="MODEL",
+                   help="relprop .npz (net.save), .onnx, or a bundled model: digits_cnn, "
+                        "digits_mlp")
+    p.add_argument("inputs", metavar="INPUTS",
+                   help="a .npy array (n, *input_shape), an .npz with 'x', an image, a folder "
+                        "of PNG/JPEG images (converted to the model's (1|3, h, w): grayscale or "
+                        "RGB, resized bilinearly, pixel/255), or 'digits'")
     p.add_argument("-m", "--method", default="lrp.epsilon_plus_flat",
-                   help="gradient, gradient_x_input, taylor, ..., or lrp.<composite or rule> "
-                        "(default lrp.epsilon_plus_flat)")
+                   help="a method listed below (default lrp.epsilon_plus_flat)")
     p.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder")
     p.add_argument("-p", "--param", type=_param, action="append", default=[],
                    metavar="KEY=VALUE",
-                   help="method parameter, repeatable (e.g. -p epsilon=0.1; for "
-                        "lrp.epsilon_gamma_box/zbox low and high default to the range of INPUTS)")
+                   help="method parameter, repeatable (e.g. -p epsilon=0.1); the parameters of "
+                        "each method are listed below")
     p.add_argument("--target", default="pred",
                    help="class to explain: 'pred' (each sample's predicted class, default) or "
                         "an index")
@@ -375,8 +581,63 @@ def add_explain_parser(subparsers):
     p.add_argument("--input-shape", type=str, default=None,
                    help="per-sample shape, e.g. 1,8,8 (for an .npz model saved without one)")
     p.add_argument("--overlay", action="store_true", help="draw heatmaps over the inputs")
+    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    p.add_argument("--report", action="store_true",
+                   help="also write OUTDIR/index.html, a page to open in a browser: per sample "
+                        "the input, the heatmap, label, target and predicted class, f(x), "
+                        "sum R and the gap (images in OUTDIR/inputs/ and heatmaps/)")
     p.set_defaults(func=run_explain)
     return p
+
+
+#: ``explain --report`` draws non-image inputs of up to this many features as a strip.
+MAX_STRIP_FEATURES = 4096
+
+
+def _strip(rgb):
+    """Images ``(n, 1, d, 3)`` of d features as strips about 256 px wide and 16 px high."""
+    s = max(1, 256 // rgb.shape[-2])
+    return np.repeat(np.repeat(rgb, s, axis=-2), 16, axis=-3)
+
+
+def _explain_report(args, kwargs, rows, labels, drawn, n_features):
+    """Write ``OUTDIR/index.html`` for ``relprop explain --report``; returns its path."""
+    from . import render
+
+    fixed = parse_target(args.target)
+    params = _params_text(kwargs)
+    method = args.method + (f" ({params})" if params else "")
+    columns = ["sample"] + (["input", f"heatmap\n{method}"] if drawn else []) + \
+        ["label", "target", "predicted", "f(x)", "sum R", "gap"]
+    cells = []
+    for k, (name, target, pred, score, rel) in enumerate(rows):
+        row = []
+        if drawn:
+            row += [render.Cell(src=f"inputs/{name}.png", alt=f"input {name}", kind="input"),
+                    render.Cell(src=f"heatmaps/{name}.png", alt=f"heatmap of {name}",
+                                kind="heatmap")]
+        label = "unknown" if labels is None else str(int(labels[k]))
+        row += [label, str(target), str(pred)]
+        row += [render.Cell(lines=(f"{v:.6g}",), kind="num") for v in (score, rel, score - rel)]
+        cells.append(row)
+    intro = [f"{args.model} explained on {args.inputs} with {method}: {len(rows)} sample(s), "
+             "one per row.  Target: " + ("each sample's predicted class." if fixed is None
+                                          else f"class {fixed} for every sample."),
+             "f(x) is the explained score (the target's output); sum R, the sum of the "
+             "relevance; gap = f(x) - sum R.  LRP conserves the score up to what biases and "
+             "stabilizers absorb (a small gap); the gradient family is not meant to.",
+             "label: the labels that come with INPUTS ('y' of an .npz, or the digits'); "
+             "unknown otherwise."]
+    if not drawn:
+        intro.append(f"No pictures: inputs of {n_features} features are neither images nor "
+                     f"at most {MAX_STRIP_FEATURES} features (relevance.npy has the relevance).")
+    elif n_features is not None:
+        intro.append(f"Inputs of {n_features} features are drawn as strips, one cell per "
+                     "feature in order.")
+    page = os.path.join(args.out, "index.html")
+    return render.write_html(page, columns, cells, row_heads=[r[0] for r in rows],
+                             title=f"relprop explain: {args.method}", intro=intro,
+                             legend=drawn)
 
 
 def run_explain(args):
@@ -384,15 +645,19 @@ def run_explain(args):
     from . import render
 
     check_method(args.method)
+    check_parameters(args.method, [key for key, _ in args.param])
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.threads is not None:
         set_num_threads(args.threads)
     shape = parse_shape(args.input_shape) if args.input_shape else None
     net = load_model(args.model, shape)
-    x, names = load_inputs(args.inputs, net)
+    x, names = load_inputs(args.inputs, net, args.strict)
+    labels = load_labels(args.inputs) if args.report else None
+    if labels is not None and len(labels) != len(x):
+        labels = None
     kwargs = dict(args.param)
-    if args.method in ("lrp.epsilon_gamma_box", "lrp.zbox"):
+    if args.method in BOX_METHODS:
         for key, fn in (("low", np.min), ("high", np.max)):
             if key not in kwargs:
                 kwargs[key] = float(fn(x))
@@ -401,11 +666,16 @@ def run_explain(args):
     fixed = parse_target(args.target)
     n, bs = len(x), args.batch_size
     images = x.ndim == 4
+    n_features = None if images else int(np.prod(x.shape[1:]))
+    strips = args.report and not images and n_features <= MAX_STRIP_FEATURES
     os.makedirs(args.out, exist_ok=True)
     heat_dir = os.path.join(args.out, "heatmaps")
-    if images:
+    input_dir = os.path.join(args.out, "inputs")
+    if images or strips:
         os.makedirs(heat_dir, exist_ok=True)
-        scale = _heatmap_scale(x.shape)
+        scale = _heatmap_scale(x.shape) if images else 1
+    if args.report and (images or strips):
+        os.makedirs(input_dir, exist_ok=True)
     rel_path = os.path.join(args.out, "relevance.npy")
     rel = None
     rows = []
@@ -418,7 +688,7 @@ def run_explain(args):
             tb = scores.argmax(axis=1) if fixed is None else fixed
             try:
                 R = explain(net, xb, tb, args.method, **kwargs)
-            except TypeError as exc:  # a bad -p for this method
+            except TypeError as exc:  # a bad -p value for this method
                 raise ValueError(f"{args.method}: {exc}") from None
             if rel is None:
                 rel = np.lib.format.open_memmap(rel_path, mode="w+", dtype=R.dtype,
@@ -426,13 +696,26 @@ def run_explain(args):
             rel[start:start + len(xb)] = R
             tcls = np.broadcast_to(tb, (len(xb),))
             for i in range(len(xb)):
-                rows.append((names[start + i], int(tcls[i]), float(scores[i, tcls[i]]),
-                             float(R[i].sum())))
-            if images:
-                rgb = render.heatmap(R, overlay=xb if args.overlay else None)
+                rows.append((names[start + i], int(tcls[i]), int(scores[i].argmax()),
+                             float(scores[i, tcls[i]]), float(R[i].sum())))
+            if images or strips:
+                if images:
+                    view_x, view_r = xb, R
+                else:
+                    view_x, view_r = xb.reshape(len(xb), 1, 1, -1), R.reshape(len(xb), 1, 1, -1)
+                rgb = render.heatmap(view_r, overlay=view_x if args.overlay else None)
+                pics = render.image(view_x, invert=args.inputs == "digits") if args.report \
+                    else None
+                if strips:
+                    rgb = _strip(rgb)
+                    pics = _strip(pics)
                 for i in range(len(xb)):
-                    render.save_png(os.path.join(heat_dir, f"{names[start + i]}.png"),
+                    name = names[start + i]
+                    render.save_png(os.path.join(heat_dir, f"{name}.png"),
                                     render.upscale(rgb[i], scale))
+                    if pics is not None:
+                        render.save_png(os.path.join(input_dir, f"{name}.png"),
+                                        render.upscale(pics[i], scale))
             if bar is not None:
                 bar.update(len(xb))
     finally:
@@ -444,16 +727,21 @@ def run_explain(args):
     csv = os.path.join(args.out, "explained.csv")
     with open(csv, "w") as fh:
         fh.write("name,target,score,relevance_sum\n")
-        fh.writelines(f"{r[0]},{r[1]},{r[2]:.6g},{r[3]:.6g}\n" for r in rows)
+        fh.writelines(f"{r[0]},{r[1]},{r[3]:.6g},{r[4]:.6g}\n" for r in rows)
     print(f"explained {n} input(s) of {args.inputs} with {args.method} in {seconds:.2f} s "
           f"({n / max(seconds, 1e-9):,.0f} samples/s, heatmaps and files included)")
     print(f"wrote {rel_path} {(n,) + tuple(x.shape[1:])}")
-    if images:
-        print(f"wrote {n} heatmap PNG(s) to {heat_dir}{os.sep}")
+    if images or strips:
+        print(f"wrote {n} heatmap PNG(s) to {heat_dir}{os.sep}"
+              + (" (strips: one cell per feature)" if strips else ""))
     else:
         print(f"no heatmap PNGs: inputs of shape {tuple(x.shape[1:])} are not images "
               "(relevance.npy has the relevance per feature)")
     print(f"wrote {csv}")
+    if args.report:
+        page = _explain_report(args, kwargs, rows, labels, images or strips, n_features)
+        print(f"wrote {page} (open it in a browser: input, heatmap, classes, f(x), sum R and "
+              "the gap per sample)")
     return 0
 
 
@@ -462,10 +750,11 @@ def run_explain(args):
 # --------------------------------------------------------------------------------------------
 def add_info_parser(subparsers):
     p = subparsers.add_parser(
-        "info", help="layers, shapes, parameters and FLOPs of a model",
-        description="Print MODEL's layers with their output shapes, parameter counts and FLOPs "
-                    "per sample (a multiply-add counts as 2 FLOPs; bias adds, ReLU and pooling "
-                    "comparisons/adds count 1 per element).")
+        "info", help="layers (or graph nodes), shapes, parameters and FLOPs of a model",
+        description="Print MODEL's layers, or for a graph its nodes with their inputs, with "
+                    "output shapes, parameter counts and FLOPs per sample (a multiply-add counts "
+                    "as 2 FLOPs; bias adds, ReLU, additions and pooling comparisons/adds count 1 "
+                    "per element).")
     p.add_argument("model", metavar="MODEL", help="relprop .npz, .onnx, or digits_cnn/digits_mlp")
     p.add_argument("--input-shape", type=str, default=None,
                    help="per-sample shape, e.g. 1,8,8 (for an .npz model saved without one)")
@@ -473,64 +762,33 @@ def add_info_parser(subparsers):
     return p
 
 
-def describe(layer):
-    """A short description of a layer, e.g. ``Conv2d 1->16 3x3 stride 1 pad 1``."""
-    from . import layers as L
-
-    def pair(p):
-        return str(p[0]) if p[0] == p[1] else f"{p[0]}x{p[1]}"
-
-    if isinstance(layer, L.Dense):
-        return f"Dense {layer.in_features}->{layer.out_features}"
-    if isinstance(layer, L.Conv2d):
-        o, i, kh, kw = layer.weight.shape
-        return (f"Conv2d {i}->{o} {kh}x{kw} stride {pair(layer.stride)} "
-                f"pad {pair(layer.padding)}")
-    if isinstance(layer, (L.MaxPool2d, L.AvgPool2d)):
-        return (f"{type(layer).__name__} {pair(layer.kernel_size)} stride {pair(layer.stride)} "
-                f"pad {pair(layer.padding)}")
-    return type(layer).__name__
-
-
-def layer_flops(layer, in_shape, out_shape):
-    """FLOPs of one layer for one sample (see ``relprop info --help``)."""
-    from . import layers as L
-
-    n_out = int(np.prod(out_shape))
-    if isinstance(layer, L.Dense):
-        return 2 * layer.weight.size + (n_out if layer.bias is not None else 0)
-    if isinstance(layer, L.Conv2d):
-        per_out = 2 * int(np.prod(layer.weight.shape[1:]))
-        return n_out * per_out + (n_out if layer.bias is not None else 0)
-    if isinstance(layer, (L.MaxPool2d, L.AvgPool2d)):
-        return n_out * layer.kernel_size[0] * layer.kernel_size[1]
-    if isinstance(layer, L.GlobalAvgPool2d):
-        return int(np.prod(in_shape))
-    if isinstance(layer, L.ReLU):
-        return n_out
-    return 0
-
-
 def run_info(args):
+    from .graph import Sequential
+
     shape = parse_shape(args.input_shape) if args.input_shape else None
     net = load_model(args.model, shape)
-    shapes = net.shapes(net.input_shape) if net.input_shape is not None else None
-    print(f"{args.model}: {len(net)} layers"
+    shapes = net.tensor_shapes(net.input_shape) if net.input_shape is not None else None
+    chain = isinstance(net, Sequential)
+    print(f"{args.model}: {len(net)} {'layers' if chain else 'nodes'}"
           + (f", input {net.input_shape} -> output {net.output_shape}" if shapes else
              ", input shape unknown (pass --input-shape for shapes and FLOPs)"))
-    print(f"{'#':>3}  {'layer':<36}{'output shape':<18}{'params':>10}{'FLOPs':>14}")
+    name_w = max(4, *(len(n.name) for n in net.nodes)) + 2
+    head = f"{'#':>3}  " + ("" if chain else f"{'node':<{name_w}}{'inputs':<{2 * name_w}}")
+    print(f"{head}{'layer':<36}{'output shape':<18}{'params':>10}{'FLOPs':>14}")
     total_p = total_f = 0
-    for i, layer in enumerate(net.layers):
+    for i, node in enumerate(net.nodes):
+        layer = node.layer
         params = sum(int(a.size) for a in layer.arrays().values())
         total_p += params
         if shapes:
-            flops = layer_flops(layer, shapes[i], shapes[i + 1])
+            flops = layer.flops([shapes[t] for t in node.inputs], shapes[node.name])
             total_f += flops
-            out, f = str(shapes[i + 1]), f"{flops:,}"
+            out, f = str(shapes[node.name]), f"{flops:,}"
         else:
             out, f = "?", "?"
-        print(f"{i:>3}  {describe(layer):<36}{out:<18}{params:>10,}{f:>14}")
-    dtypes = sorted({str(l.weight.dtype) for l in net.layers if l.linear})
+        where = "" if chain else f"{node.name:<{name_w}}{', '.join(node.inputs):<{2 * name_w}}"
+        print(f"{i:>3}  {where}{layer.describe():<36}{out:<18}{params:>10,}{f:>14}")
+    dtypes = sorted({str(n.layer.weight.dtype) for n in net.nodes if n.layer.linear})
     print(f"parameters: {total_p:,} ({', '.join(dtypes)})")
     if shapes:
         print(f"FLOPs per sample: {total_f:,} (forward pass; a multiply-add counts as 2)")
@@ -538,13 +796,94 @@ def run_info(args):
 
 
 # --------------------------------------------------------------------------------------------
-# relprop evaluate (defined in relprop.evaluate)
+# relprop evaluate
 # --------------------------------------------------------------------------------------------
-def add_evaluate_parser(subparsers):
-    """``relprop evaluate MODEL INPUTS``: see :func:`relprop.evaluate.add_evaluate_parser`."""
-    from .evaluate import add_evaluate_parser as add
+def load_labels(spec):
+    """The labels that come with INPUTS: the bundled digits' or an .npz's ``y`` (else None)."""
+    if spec == "digits":
+        from .models import digits_data
 
-    return add(subparsers)
+        return digits_data("test")[1]
+    if spec.lower().endswith(".npz"):
+        with np.load(spec, allow_pickle=False) as d:
+            return d["y"] if "y" in d.files else None
+    return None
+
+
+def add_evaluate_parser(subparsers):
+    """``relprop evaluate MODEL INPUTS``: compare methods with :func:`relprop.evaluate.compare`."""
+    from .evaluate import DEFAULT_METHODS, ORDERS
+
+    p = subparsers.add_parser(
+        "evaluate", help="compare explanation methods by pixel flipping and conservation",
+        description="Explain INPUTS with several methods and print a markdown table: mean "
+                    "pixel-flipping AUC (regions perturbed most relevant first: lower is "
+                    "better), mean relative conservation error |f - sum R| / |f|, and "
+                    "samples/s of the explanation.  'random' is a random attribution, the "
+                    "baseline a useful explanation must beat.")
+    p.add_argument("model", metavar="MODEL",
+                   help="relprop .npz, .onnx, or a bundled model: digits_cnn, digits_mlp")
+    p.add_argument("inputs", metavar="INPUTS",
+                   help="a .npy array (n, *input_shape), an .npz with 'x' (and labels 'y'), "
+                        "images, or 'digits' (the bundled digits test split)")
+    p.add_argument("--target", default="pred",
+                   help="'pred' (the predicted class, default), 'label' (the labels of INPUTS: "
+                        "'y' of an .npz, or the digits') or a class index")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help="comma-separated method names (relprop.explain names, and 'random'; "
+                        "lrp.epsilon_gamma_box and lrp.zbox get low/high = the range of INPUTS); "
+                        f"default {','.join(DEFAULT_METHODS)}")
+    p.add_argument("--limit", type=int, default=None, help="use the first LIMIT inputs only")
+    p.add_argument("--steps", type=int, default=None,
+                   help="perturbation steps (default: one region per step)")
+    p.add_argument("--patch", type=int, default=1, help="region size in pixels (images)")
+    p.add_argument("--fill", default="0",
+                   help="value of perturbed pixels: a number, 'mean' or 'uniform' (default 0)")
+    p.add_argument("--order", choices=ORDERS, default=ORDERS[0])
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the random baseline, smoothgrad and fill=uniform (default 0)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows per batched pass (default: all at once)")
+    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    p.set_defaults(func=run_evaluate)
+    return p
+
+
+def run_evaluate(args, file=None):
+    """Run ``relprop evaluate`` with parsed ``args``: print the comparison table; returns 0."""
+    from .evaluate import compare
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        if m != "random":
+            check_method(m)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    net = load_model(args.model)
+    x = np.asarray(load_inputs(args.inputs, net, args.strict)[0][:args.limit])
+    if args.target == "label":
+        labels = load_labels(args.inputs)
+        if labels is None:
+            raise ValueError("--target label needs INPUTS with labels ('y' in an .npz, or "
+                             "'digits')")
+        target = np.asarray(labels[:len(x)], dtype=np.int64)
+    else:
+        target = resolve_target(args.target, net, x, args.batch_size)
+    try:
+        fill = float(args.fill)
+    except ValueError:
+        fill = args.fill
+    kwargs = {"smoothgrad": {"seed": args.seed}}
+    box = {"low": float(x.min()), "high": float(x.max())}  # as 'relprop explain' does
+    kwargs.update({m: box for m in ("lrp.epsilon_gamma_box", "lrp.zbox")})
+    table = compare(net, x, target, methods, steps=args.steps, patch=args.patch, fill=fill,
+                    order=args.order, seed=args.seed, batch_size=args.batch_size,
+                    method_kwargs=kwargs)
+    print(f"{args.model} on {len(x)} inputs of {args.inputs}: target={args.target}, "
+          f"steps={args.steps or 'one region each'}, patch={args.patch}, fill={args.fill}, "
+          f"order={args.order}", file=file)
+    print(table.to_markdown(), file=file)
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,6 +891,20 @@ def add_evaluate_parser(subparsers):
 # --------------------------------------------------------------------------------------------
 #: One entry per subcommand: ``add(subparsers)`` creates it and sets ``func``.
 SUBCOMMANDS = [add_demo_parser, add_explain_parser, add_info_parser, add_evaluate_parser]
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help formatter, except that the lines of indented blocks (tables in a
+    description or epilog) are kept as they are; other paragraphs are wrapped."""
+
+    def _fill_text(self, text, width, indent):
+        blocks = []
+        for block in text.split("\n\n"):
+            if "\n  " in block or block.startswith("  "):
+                blocks.append("\n".join(indent + line for line in block.splitlines()))
+            else:
+                blocks.append(super()._fill_text(block, width, indent))
+        return "\n\n".join(blocks)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -573,12 +926,37 @@ def build_parser():
     return parser
 
 
+#: Exit status when the reader of stdout has gone (``relprop demo | head``): 128 + SIGPIPE, what
+#: a shell reports for a Unix tool that SIGPIPE ended.
+EXIT_BROKEN_PIPE = 141
+
+
+def _stdout_gone():
+    """Point stdout at /dev/null so that the interpreter's last flush of the closed pipe does not
+    print "Exception ignored ... BrokenPipeError"; returns :data:`EXIT_BROKEN_PIPE`."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor
+        pass
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv=None):
-    """Run the ``relprop`` command; returns the exit status."""
+    """Run the ``relprop`` command; returns the exit status.
+
+    When the reader of stdout goes away (``relprop demo | head``) the command stops quietly
+    with status 141, as Unix tools do.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        return _stdout_gone()
     except (ValueError, TypeError, OSError, ImportError, MemoryError) as exc:
         if os.environ.get("RELPROP_DEBUG"):
             raise

@@ -42,9 +42,10 @@ class Composite:
         ...); the first matching entry wins.
     first_map : list of (layer types, Rule), or a Rule, optional
         For the input layers: the Dense/Conv2d nodes that read the network input with no other
-        Dense/Conv2d on the way (in a chain, the first linear layer; Zennit's
-        ``SpecialFirstLayerMapComposite``), those of a matching type.  A single Rule applies to
-        them whether Dense or Conv2d.
+        Dense/Conv2d on the way (in a chain, the first linear layer: Zennit's
+        ``SpecialFirstLayerMapComposite``), those of a matching type; so EpsilonGammaBox gives
+        ZBox to a first Conv2d and an MLP none.  A single Rule applies to Dense and Conv2d
+        alike.
     overrides : dict {node name: Rule}, optional
         Rules for given nodes, above everything else.  In a :class:`relprop.Sequential` the
         nodes are named by layer index, and ints are accepted.
@@ -84,7 +85,7 @@ class Composite:
         if unknown:
             raise ValueError(f"overrides name nodes {sorted(unknown)} that the network does not "
                              f"have (its nodes: {[n.name for n in net.nodes][:12]}...)")
-        first = input_layers(net) if self.first_map else set()
+        first = self._first_layers(net)
         out = []
         for node in net.nodes:
             layer = node.layer
@@ -101,6 +102,12 @@ class Composite:
                 raise ValueError(f"rule {rule!r} cannot be applied to {where} ({layer!r})")
             out.append(rule)
         return out
+
+
+    def _first_layers(self, net) -> set:
+        """Names of the input layers whose type ``first_map`` names."""
+        types = tuple(t for ts, _ in self.first_map for t in ts)
+        return {n for n in input_layers(net) if isinstance(net.node(n).layer, types)}
 
 
 def input_layers(net) -> set:

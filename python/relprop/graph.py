@@ -1,5 +1,5 @@
 """Networks: :class:`Graph`, a directed acyclic graph of layers, and :class:`Sequential`, its
-chain special case.
+chain special case, and their model files (:meth:`Graph.save`, :func:`load`).
 
 Every node has a name, a layer and the names of its inputs (the network input or other nodes);
 a tensor may feed several nodes.  When a network is built, its nodes are put in topological
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import io
 from . import layers as L
 from ._common import map_batches
 from ._validate import as_float_array, check_size
@@ -20,6 +21,12 @@ from .engine import GradientStep, TraceStep, backward_walk, forward_pass, run
 
 #: The default name of a network's input.
 INPUT = "input"
+#: Model file format: version 2 describes a graph, ``{"format": "relprop", "version": 2,
+#: "network": "graph"|"sequential", "input_shape": [...]|null, "input_name": "input", "output":
+#: name, "nodes": [{"name", "kind", "inputs", **layer.config()}, ...]}``, with node ``i``'s
+#: arrays stored as ``"{i}.{array name}"``.  Version 1 files (a list of ``"layers"``, written
+#: before graphs) still load, as :class:`Sequential`.
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -195,6 +202,10 @@ class Graph:
     def linear_layers(self):
         return [i for i, layer in enumerate(self.layers) if layer.linear]
 
+    def with_input_shape(self, input_shape):
+        """The same network with another ``input_shape`` (checked)."""
+        return Graph(self.nodes, input_shape, input_name=self.input_name, output=self.output)
+
     def node(self, name) -> Node:
         """The node called ``name``."""
         for node in self.nodes:
@@ -286,11 +297,19 @@ class Graph:
 
     # --- files ------------------------------------------------------------------------------
     def save(self, path):
-        """Write the network to ``path`` (.npz: parameters plus a JSON description; read it
-        back with :func:`relprop.load`)."""
-        from .io import save
-
-        save(self, path)
+        """Write the network to ``path`` (.npz: parameters plus a JSON description, format
+        :data:`FORMAT_VERSION`; read it back with :func:`relprop.load`)."""
+        desc = {"format": "relprop", "version": FORMAT_VERSION,
+                "network": "sequential" if isinstance(self, Sequential) else "graph",
+                "input_shape": list(self.input_shape) if self.input_shape else None,
+                "input_name": self.input_name, "output": self.output, "nodes": []}
+        arrays = {}
+        for i, node in enumerate(self.nodes):
+            desc["nodes"].append({"name": node.name, "kind": node.layer.kind,
+                                  "inputs": list(node.inputs), **node.layer.config()})
+            for name, arr in node.layer.arrays().items():
+                arrays[f"{i}.{name}"] = arr
+        io.write_model(path, desc, arrays)
 
 
 class Sequential(Graph):
@@ -335,6 +354,9 @@ class Sequential(Graph):
     def _where(self, name):
         return f"layer {name}"
 
+    def with_input_shape(self, input_shape):
+        return Sequential(self.layers, input_shape)
+
     def shapes(self, input_shape) -> list:
         """Per-sample shapes: of the input, then after every layer."""
         return list(self.tensor_shapes(input_shape).values())
@@ -343,6 +365,64 @@ class Sequential(Graph):
         body = ",\n".join(f"  ({node.name}) {node.layer!r}" for node in self.nodes)
         shape = f", input_shape={self.input_shape}" if self.input_shape else ""
         return f"Sequential(\n{body}\n{shape})"
+
+
+def load(path) -> Graph:
+    """Read a network written by :meth:`Graph.save` (a :class:`Graph`, or a :class:`Sequential`
+    if one was saved).
+
+    Never unpickles; :func:`relprop.io.read_model` checks every size the file declares before
+    reading it, and the description must agree with the arrays.  A corrupted, truncated or
+    inconsistent file raises ``ValueError`` (a missing one ``FileNotFoundError``).
+    """
+    desc, arrays = io.read_model(path)
+    return _from_description(desc, arrays, path)
+
+
+def _from_description(desc, arrays, path) -> Graph:
+    if not isinstance(desc, dict) or desc.get("format") != "relprop":
+        raise ValueError(f"{path}: not a relprop model description")
+    version = desc.get("version")
+    if version not in (1, FORMAT_VERSION):
+        raise ValueError(f"{path}: unsupported model format version {version!r} (this relprop "
+                         f"reads versions 1 and {FORMAT_VERSION})")
+    key = "layers" if version == 1 else "nodes"
+    specs = desc.get(key)
+    if not isinstance(specs, list) or not 0 < len(specs) <= io.MAX_NODES:
+        raise ValueError(f"{path}: '{key}' must be a list of 1 to {io.MAX_NODES} entries")
+    shape = desc.get("input_shape")
+    if shape is not None and (not isinstance(shape, list) or not 0 < len(shape) <= 8 or
+                              not all(isinstance(s, int) and 0 < s < (1 << 31) for s in shape)):
+        raise ValueError(f"{path}: bad input_shape {shape!r}")
+    layers, used = [], set()
+    for i, spec in enumerate(specs):
+        kind = spec.get("kind") if isinstance(spec, dict) else None
+        cls = L.LAYER_TYPES.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            raise ValueError(f"{path}: entry {i} has an unknown kind {kind!r}")
+        mine = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.split(".", 1)[0] == str(i)}
+        try:
+            layer = cls.from_config(spec, mine)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: entry {i} ({kind}): {exc}") from None
+        used.update(f"{i}.{k}" for k in layer.arrays())
+        layers.append(layer)
+    extra = set(arrays) - used
+    if extra:
+        raise ValueError(f"{path}: unexpected arrays {sorted(extra)[:5]}")
+    try:
+        if version == 1 or desc.get("network") == "sequential":
+            return Sequential(layers, input_shape=shape)
+        nodes = []
+        for spec, layer in zip(specs, layers):
+            name, inputs = spec.get("name"), spec.get("inputs")
+            if not isinstance(inputs, list):
+                raise ValueError(f"node {name!r} has no list of inputs")
+            nodes.append(Node(name, layer, tuple(inputs)))
+        kw = {"input_name": desc.get("input_name", "input"), "output": desc.get("output")}
+        return Graph(nodes, input_shape=shape, **kw)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def _fold_batchnorms(nodes, output):

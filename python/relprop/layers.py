@@ -115,7 +115,10 @@ class Layer:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        if isinstance(self, Linear):
+        if isinstance(self, Linear):  # unpickled arrays are writeable copies
+            self._weight = _read_only(self._weight)
+            if self._bias is not None:
+                self._bias = _read_only(self._bias)
             self._init_caches()
 
 

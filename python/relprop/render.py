@@ -1,7 +1,8 @@
 """Render relevance maps as RGB images: a symmetric blue-white-red colormap, overlays, grids, PNG.
 
 Everything here is NumPy and the standard library (:func:`save_png` writes PNG files with
-``zlib``); only a colormap name other than the built-in ones needs matplotlib.
+``zlib``; :func:`write_html` writes a labelled grid of them as a plain HTML page); only a
+colormap name other than the built-in ones needs matplotlib.
 
 Colours are scaled per sample by the largest magnitude ``max |R|``: with the default
 ``cmap="bwr"``, ``R = 0`` is exactly white ``(255, 255, 255)``, ``R = +max|R|`` pure red
@@ -16,9 +17,12 @@ Example
 """
 from __future__ import annotations
 
+import html
 import os
 import struct
 import zlib
+from dataclasses import dataclass
+from urllib.parse import quote
 
 import numpy as np
 
@@ -276,3 +280,163 @@ def save_png(path, rgb):
     data = png_bytes(rgb)
     with open(os.fspath(path), "wb") as fh:
         fh.write(data)
+
+
+# --------------------------------------------------------------------------------------------
+# HTML pages: a labelled grid of images and numbers
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Cell:
+    """One cell of :func:`write_html`: an image and/or lines of text.
+
+    Attributes
+    ----------
+    image : uint8 array (h, w, 3), optional
+        Written by :func:`write_html` as a PNG file beside the page.
+    src : str, optional
+        Or an image file already written, as a path relative to the page's folder.
+    lines : sequence of str
+        Text under the image (or the cell's text).
+    alt : str
+        The image's text alternative.
+    kind : str
+        A CSS class: "heatmap" or "input" for images, "num" for right-aligned numbers.
+    """
+
+    image: np.ndarray | None = None
+    src: str | None = None
+    lines: tuple = ()
+    alt: str = ""
+    kind: str = ""
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
+       margin: 1.5em; color: #111; background: #fff; }
+h1 { font-size: 1.3em; margin: 0 0 .4em 0; }
+p.intro { max-width: 60em; margin: .2em 0; line-height: 1.35; }
+table.grid { border-collapse: collapse; margin-top: 1em; }
+table.grid th, table.grid td { border: 1px solid #bbb; padding: 4px 6px; vertical-align: top;
+                               text-align: center; }
+table.grid thead th { background: #eee; font-weight: 600; }
+table.grid th.row { background: #f6f6f6; text-align: left; white-space: nowrap; }
+table.grid td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.grid img { display: block; margin: 0 auto; image-rendering: pixelated; }
+.lines { font-size: .8em; font-variant-numeric: tabular-nums; white-space: nowrap;
+         margin-top: 3px; line-height: 1.3; }
+.sub { display: block; font-weight: normal; font-size: .8em; color: #444; }
+.legend span { display: inline-block; width: 1em; height: 1em; vertical-align: middle;
+               border: 1px solid #999; margin: 0 .25em 0 .75em; }
+"""
+
+
+def _png_size(path):
+    """``(width, height)`` from a PNG file's header, or None (not a readable PNG)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", head[16:24])
+
+
+def _text(lines):
+    return "<br>".join(html.escape(str(t)) for t in lines)
+
+
+def _head(text):
+    """A column or row head: the first line, then the others in smaller print."""
+    lines = str(text).split("\n")
+    sub = "".join(f'<span class="sub">{html.escape(t)}</span>' for t in lines[1:])
+    return html.escape(lines[0]) + sub
+
+
+def write_html(path, columns, rows, *, title, intro=(), row_heads=None, images_dir="cells",
+               legend=True):
+    """Write a labelled grid of images and numbers as one plain HTML page (no JavaScript).
+
+    Images given as arrays are written as PNG files (:func:`save_png`, no Pillow) into
+    ``images_dir`` beside the page and referenced by relative paths, so the folder can be
+    opened in any browser, moved or zipped.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The page to write (e.g. ``out/index.html``).
+    columns : sequence of str
+        Column heads; a ``"\\n"`` starts a smaller second line.  With ``row_heads``, the first
+        head is that of the row-head column.
+    rows : sequence of sequences of Cell or str
+        One entry per column (after the row head); a str is a text cell.
+    title : str
+    intro : sequence of str
+        Paragraphs above the grid.
+    row_heads : sequence of str, optional
+        A head per row (e.g. ``"label 3\\npredicted 3"``).
+    images_dir : str
+        Folder (relative to the page) for the images given as arrays.  Every image gets the
+        width and height of its PNG file, so the layout stays when an image is missing.
+    legend : bool
+        Show the colour legend of :func:`heatmap` (red = positive, white = 0, blue = negative).
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        A row whose cell count differs from the columns', or row heads that do not match the
+        rows.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    n_cols = len(columns) - (row_heads is not None)
+    if row_heads is not None and len(row_heads) != len(rows):
+        raise ValueError(f"{len(row_heads)} row heads for {len(rows)} rows")
+    body = []
+    for i, row in enumerate(rows):
+        if len(row) != n_cols:
+            raise ValueError(f"row {i} has {len(row)} cells for {n_cols} columns")
+        tds = [] if row_heads is None else \
+            [f'<th scope="row" class="row">{_head(row_heads[i])}</th>']
+        for j, cell in enumerate(row):
+            if not isinstance(cell, Cell):
+                cell = Cell(lines=(str(cell),))
+            src = cell.src
+            if cell.image is not None:
+                os.makedirs(os.path.join(folder, images_dir), exist_ok=True)
+                src = f"{images_dir}/r{i}c{j}.png"
+                save_png(os.path.join(folder, images_dir, f"r{i}c{j}.png"), cell.image)
+            if src is not None:
+                # width and height keep the layout when an image is missing or still loading
+                wh = _png_size(os.path.join(folder, *src.split("/")))
+                size = f' width="{wh[0]}" height="{wh[1]}"' if wh else ""
+                inner = (f'<img src="{html.escape(quote(src.replace(os.sep, "/")))}"{size} '
+                         f'alt="{html.escape(cell.alt)}" class="{html.escape(cell.kind)}">')
+                if cell.lines:
+                    inner += f'<div class="lines">{_text(cell.lines)}</div>'
+            else:
+                inner = _text(cell.lines)
+            cls = f' class="{html.escape(cell.kind)}"' if cell.kind else ""
+            tds.append(f"<td{cls}>{inner}</td>")
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    heads = "".join(f'<th scope="col">{_head(c)}</th>' for c in columns)
+    paras = "".join(f'<p class="intro">{html.escape(t)}</p>' for t in intro)
+    if legend:
+        paras += ('<p class="intro legend">Colours:<span style="background:#f00"></span>'
+                  'evidence for the explained class'
+                  '<span style="background:#fff"></span>no relevance'
+                  '<span style="background:#00f"></span>evidence against it.</p>')
+    page = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n'
+            f'<h1>{html.escape(title)}</h1>\n{paras}\n'
+            f'<table class="grid">\n<thead><tr>{heads}</tr></thead>\n<tbody>\n'
+            + "\n".join(body) + "\n</tbody>\n</table>\n</body>\n</html>\n")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    return path
+

@@ -34,8 +34,18 @@ _WORLDS = (3, 5)
 _MAX_PROBE_ELEMENTS = 1 << 24
 
 
+def _import_onnx():
+    """The onnx package, or ImportError saying how to install it."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ImportError(f"reading ONNX models needs the onnx package ({exc}): "
+                          "pip install 'relprop[onnx]'") from None
+    return onnx
+
+
 def _load(path_or_model):
-    import onnx
+    onnx = _import_onnx()
 
     if isinstance(path_or_model, onnx.ModelProto):
         return path_or_model, "ONNX model"
@@ -672,8 +682,10 @@ def from_onnx(path_or_model, *, check=True, rtol=CHECK_RTOL):
     ValueError
         A malformed or truncated file, an unsupported operator, activation or attribute (the
         message names the operator and its node), a cycle, or a failed self-check.
+    ImportError
+        The onnx package is not installed (``pip install 'relprop[onnx]'``).
     """
-    import onnx
+    onnx = _import_onnx()
 
     model, where = _load(path_or_model)
     # cycles first: the checker would only say that the nodes are not sorted

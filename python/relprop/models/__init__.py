@@ -27,8 +27,7 @@ import os
 
 import numpy as np
 
-from ..graph import Sequential
-from ..io import load
+from ..graph import Sequential, load
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 

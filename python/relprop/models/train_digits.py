@@ -1,7 +1,8 @@
 """Train the bundled digits models and write them as relprop package data.
 
 Run ``python -m relprop.models.train_digits [--out DIR]`` (needs torch and scikit-learn; CPU,
-about a minute on two cores).  The script is deterministic: fixed seeds, one thread,
+about a minute on two cores; without them it says how to install them and exits with
+status 2).  The script is deterministic: fixed seeds, one thread,
 ``torch.use_deterministic_algorithms``.  It writes
 
 * ``digits_cnn.npz`` - Conv2d(1,16,3,p1)-ReLU-Conv2d(16,32,3,p1)-ReLU-MaxPool2d(2)-Flatten-
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -27,8 +29,31 @@ EPOCHS = 40
 BATCH = 64
 
 
+#: The packages training needs, with how to install them.
+REQUIREMENTS = (("sklearn", "scikit-learn", "pip install scikit-learn (or pip install "
+                 "'relprop[test]')"),
+                ("torch", "torch", "pip install torch (the tests pin torch==2.14.1)"))
+
+
+def require(module):
+    """Import ``module`` (a key of :data:`REQUIREMENTS`) or raise ImportError saying how to
+    install it."""
+    import importlib
+
+    _, package, how = next(r for r in REQUIREMENTS if r[0] == module)
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"the digits training data and models need {package} ({exc}): "
+                          f"{how}") from None
+
+
 def split():
-    """The fixed stratified split: (X_train, X_test, y_train, y_test), raw pixels 0..16."""
+    """The fixed stratified split: (X_train, X_test, y_train, y_test), raw pixels 0..16.
+
+    Raises ImportError (naming the install command) without scikit-learn.
+    """
+    require("sklearn")
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -92,6 +117,12 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)),
                    help="output folder (default: the relprop.models package)")
     args = p.parse_args(argv)
+    try:  # both before anything is written
+        for module, _, _ in REQUIREMENTS:
+            require(module)
+    except ImportError as exc:
+        print(f"relprop.models.train_digits: error: {exc}", file=sys.stderr)
+        return 2
     x_train, x_test, y_train, y_test = split()
     os.makedirs(args.out, exist_ok=True)
     np.savez_compressed(os.path.join(args.out, "digits_test.npz"),
@@ -108,7 +139,8 @@ def main(argv=None):
         net.save(os.path.join(args.out, f"{name}.npz"))
         acc = float((net(x.astype(np.float32) / 16).argmax(axis=1) == y_test).mean())
         print(f"{name}: test accuracy {acc:.4f} ({len(y_test)} samples)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
