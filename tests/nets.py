@@ -136,3 +136,36 @@ def torchvision_model(name, seed=0):
             if bn_name in merged:
                 m.eps = 0.0
     return model.eval()
+
+
+def torch_branchy(bias=True, seed=0):
+    """A torch module whose forward uses what from_torch reads besides modules: ``+`` of two
+    tensors, ``torch.cat(..., 1)``, functional relu and pools, ``view(x.size(0), -1)``, a
+    module applied twice; with ``bias=False`` it has no bias and no BatchNorm."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=bias)
+            self.bn = nn.BatchNorm2d(8) if bias else nn.Identity()
+            self.relu = nn.ReLU()
+            self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=bias), nn.ReLU(),
+                                       nn.Conv2d(8, 8, 3, padding=1, bias=bias))
+            self.side = nn.Conv2d(8, 4, 1, bias=bias)
+            self.drop = nn.Dropout(0.5)
+            self.fc = nn.Linear(12 * 4 * 4, 5, bias=bias)
+
+        def forward(self, x):
+            x = self.relu(self.bn(self.stem(x)))
+            y = self.relu(self.block(x) + x)
+            z = torch.cat([y, F.relu(self.side(x))], 1)
+            z = F.max_pool2d(z, 2)
+            z = F.avg_pool2d(z, 2)
+            z = F.adaptive_avg_pool2d(z, (4, 4))  # the identity here: skipped
+            return self.fc(self.drop(z.view(z.size(0), -1)))
+
+    torch.manual_seed(seed)
+    return Branchy().eval()

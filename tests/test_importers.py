@@ -8,6 +8,8 @@ import pytest
 
 import relprop
 
+import nets
+
 
 def _optional(name):
     try:
@@ -167,6 +169,132 @@ def test_from_torch_not_a_module():
         relprop.from_torch([1, 2], (4,))
     with pytest.raises(ValueError, match="GRU"):
         relprop.from_torch(nn.GRU(4, 4), (4,))
+
+
+@needs_torch
+def test_from_torch_chain_is_a_sequential():
+    module = _with_running_stats(_torch_cnn(), CNN_SHAPE)
+    net = relprop.from_torch(module, CNN_SHAPE)
+    assert type(net) is relprop.Sequential
+    assert [n.name for n in net.nodes] == [str(i) for i in range(len(net.nodes))]
+
+
+BRANCHY_SHAPE = (3, 16, 16)
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_from_torch_graph_names_and_matches_torch(dtype):
+    module = _with_running_stats(nets.torch_branchy(), BRANCHY_SHAPE).to(getattr(torch, dtype))
+    module.train()
+    net = relprop.from_torch(module, BRANCHY_SHAPE)
+    assert module.training and all(m.training for m in module.modules())  # mode kept
+    assert type(net) is relprop.Graph
+    assert [(n.name, n.layer.kind, n.inputs) for n in net.nodes] == [
+        ("stem", "conv2d", ("input",)),  # the BatchNorm folded in
+        ("relu", "relu", ("stem",)),
+        ("block.0", "conv2d", ("relu",)), ("block.1", "relu", ("block.0",)),
+        ("block.2", "conv2d", ("block.1",)),
+        ("add", "add", ("block.2", "relu")),
+        ("relu_1", "relu", ("add",)),  # the module relu applied again: torch.fx's name
+        ("side", "conv2d", ("relu",)),
+        ("relu_2", "relu", ("side",)),  # F.relu
+        ("cat", "concat", ("relu_1", "relu_2")),
+        ("max_pool2d", "maxpool2d", ("cat",)),
+        ("avg_pool2d", "avgpool2d", ("max_pool2d",)),  # the identity adaptive pool skipped
+        ("view", "flatten", ("avg_pool2d",)),  # Dropout skipped
+        ("fc", "dense", ("view",)),
+    ]
+    module.eval()
+    x = np.random.default_rng(1).uniform(-1, 1, (3,) + BRANCHY_SHAPE).astype(dtype)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    out = module(xt)
+    out[:, 2].sum().backward()
+    got = net(x)
+    assert got.dtype == x.dtype
+    assert _rel_err(got, out.detach().numpy()) <= (1e-5 if dtype == "float32" else 1e-12)
+    if dtype == "float64":
+        np.testing.assert_allclose(relprop.gradient(net, x, 2), xt.grad.numpy(), rtol=1e-9,
+                                   atol=1e-12)
+
+
+@needs_torch
+def test_from_torch_activation_and_pool_spellings():
+    import torch.nn.functional as F
+
+    class Spellings(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 4, 3, padding=2, dilation=2, groups=2)
+            self.act = nn.Hardtanh(0.0, 6.0)
+
+        def forward(self, x):
+            x = self.act(self.conv(x))
+            x = F.relu6(x) + torch.clamp(x, 0, 6) + F.hardtanh(x, 0.0, 6.0) + x.clamp(min=0)
+            x = torch.relu(x).relu()
+            x = F.adaptive_avg_pool2d(x, 1)
+            return torch.flatten(x, 1)
+
+    net = relprop.from_torch(Spellings(), (2, 5, 5), check=False)  # kernels: see the kernels branch
+    kinds = [n.layer.kind for n in net.nodes]
+    assert kinds == ["conv2d", "relu6", "relu6", "relu6", "add", "relu6", "add", "relu", "add",
+                     "relu", "relu", "globalavgpool2d", "flatten"]
+    conv = net.nodes[0].layer
+    assert (conv.groups, conv.dilation, conv.padding) == (2, (2, 2), (2, 2))
+
+
+@needs_torch
+def test_from_torch_unsupported_graph_parts_name_the_node():
+    import torch.nn.functional as F
+
+    def module(forward, **parts):
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(2, 2, 1)
+                for k, v in parts.items():
+                    setattr(self, k, v)
+
+            def forward(self, x):
+                return forward(self, x)
+        return M()
+
+    cases = [
+        (lambda s, x: torch.sigmoid(s.conv(x)), r"node 'sigmoid'.*function torch.sigmoid is not"),
+        (lambda s, x: s.conv(x).sigmoid(), r"node 'sigmoid'.*method .sigmoid\(\) is not"),
+        (lambda s, x: torch.cat([s.conv(x), x], 2), "node 'cat'.*dim=2"),
+        (lambda s, x: torch.flatten(s.conv(x), 2), "node 'flatten'.*dimension 2"),
+        (lambda s, x: s.conv(x).view(x.size(0), 2, -1), r"node 'view'.*not a flatten"),
+        (lambda s, x: s.conv(x) * 2, "node 'mul'.*on tensors is not supported"),
+        (lambda s, x: s.conv(x) + s.offset, "node 'add'.*adds tensor 'conv' and attribute 'offset'"),
+        (lambda s, x: F.leaky_relu(s.conv(x)), "leaky_relu is not supported"),
+        (lambda s, x: F.hardtanh(s.conv(x)), r"hardtanh\(-1.0, 1.0\) is not supported"),
+    ]
+    for forward, match in cases:
+        with pytest.raises(ValueError, match=match):
+            relprop.from_torch(module(forward, offset=nn.Parameter(torch.ones(2, 1, 1))),
+                               (2, 4, 4))
+
+    def data_dependent(s, x):
+        y = s.conv(x)
+        return y if y.sum() > 0 else -y
+
+    with pytest.raises(ValueError, match="torch.fx cannot trace M"):
+        relprop.from_torch(module(data_dependent), (2, 4, 4))
+
+    class TwoInputs(nn.Module):
+        def forward(self, x, y):
+            return x + y
+
+    with pytest.raises(ValueError, match="one input tensor"):
+        relprop.from_torch(TwoInputs(), (2,))
+
+    class Nothing(nn.Module):
+        def forward(self, x):
+            return torch.flatten(x, 1)
+
+    with pytest.raises(ValueError, match="no layers"):
+        relprop.from_torch(Nothing(), (4,))
 
 
 # ------------------------------------------------------------------------------------ ONNX --
@@ -352,6 +480,108 @@ def test_from_onnx_malformed_files(tmp_path):
         relprop.from_onnx(tmp_path / "missing.onnx")
     with pytest.raises(TypeError):
         relprop.from_onnx(42)
+
+
+@needs_torch
+@needs_onnx
+@pytest.mark.parametrize("dynamo", [True, False], ids=["torch.export", "torchscript"])
+def test_from_onnx_graph_of_both_exporters(tmp_path, dynamo):
+    module = _with_running_stats(nets.torch_branchy(), BRANCHY_SHAPE)
+    path = _export(module, BRANCHY_SHAPE, tmp_path / "g.onnx", dynamo)
+    ops_in_file = {n.op_type for n in onnx.load(str(path)).graph.node}
+    if not dynamo:  # view(x.size(0), -1): a shape subgraph, folded
+        assert {"Shape", "Gather", "Concat", "Reshape"} <= ops_in_file
+    net = relprop.from_onnx(path)
+    assert type(net) is relprop.Graph
+    torch_net = relprop.from_torch(module, BRANCHY_SHAPE)
+    assert [n.layer.kind for n in net.nodes] == [n.layer.kind for n in torch_net.nodes]
+    for n in (1, 4):  # a dynamic batch
+        x = np.random.default_rng(n).uniform(-1, 1, (n,) + BRANCHY_SHAPE).astype(np.float32)
+        with torch.no_grad():
+            want = module(torch.from_numpy(x)).numpy()
+        assert _rel_err(net(x), want) <= 1e-5
+
+
+def _conservation_paths():
+    paths = [pytest.param("torch", marks=needs_torch)]
+    for dynamo in (True, False):
+        paths.append(pytest.param(dynamo, id=f"onnx-dynamo={dynamo}",
+                                  marks=[needs_torch, needs_onnx]))
+    return paths
+
+
+@pytest.mark.parametrize("path", _conservation_paths())
+def test_bias_free_imported_graph_conserves(tmp_path, path):
+    from relprop import reference as ref
+
+    module = nets.torch_branchy(bias=False, seed=3).double()
+    if path == "torch":
+        net = relprop.from_torch(module, BRANCHY_SHAPE)
+    else:
+        onnx_path = _export(module.float(), BRANCHY_SHAPE, tmp_path / "b.onnx", path)
+        module.double()
+        net = relprop.from_onnx(onnx_path)
+    assert {"add", "concat"} <= {n.layer.kind for n in net.nodes}
+    assert all(n.layer.bias is None for n in net.nodes if n.layer.linear)
+    x = np.random.default_rng(2).uniform(0, 1, (3,) + BRANCHY_SHAPE)
+    with torch.no_grad():
+        f = module(torch.from_numpy(x)).numpy()[:, 2]
+    # gradient x input sums to the score (positively homogeneous, piecewise linear)
+    np.testing.assert_allclose(relprop.gradient_x_input(net, x, 2).reshape(3, -1).sum(1), f,
+                               rtol=1e-9, atol=1e-12)
+    # LRP-0 (Norm(0) on additions and pooling): every node passes on what it gets, checked
+    # node by node on the reference's messages; relprop's input relevance is the reference's
+    comp = relprop.Composite([("linear", relprop.rules.Epsilon(0))], stabilizer=0.0)
+    messages = {}
+    want = ref.lrp(net, x, ref.seed(2, net(x), scale=True), comp.rules(net), messages)
+    assert len(messages) == len(net.nodes)
+    for name, (r, sent) in messages.items():
+        np.testing.assert_allclose(sum(m.reshape(3, -1).sum(1) for m in sent),
+                                   r.reshape(3, -1).sum(1), rtol=1e-9, atol=1e-10, err_msg=name)
+    got = relprop.lrp(net, x, 2, comp)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got.reshape(3, -1).sum(1), f, rtol=1e-8, atol=1e-10)
+
+
+@needs_onnx
+def test_from_onnx_graph_errors_name_the_node():
+    rng = np.random.default_rng(3)
+    w = {"w": rng.standard_normal((2, 2, 1, 1)), "c": rng.standard_normal((1, 2, 3, 3)),
+         "lo": np.array(-1.0), "hi": np.array(1.0), "zero": np.array(0.0), "six": np.array(6.0)}
+
+    def model(nodes, opset=17):
+        m = _graph(nodes, w, (2, 3, 3), (2, 3, 3))
+        m.opset_import[0].version = opset
+        return m
+
+    cycle = model([helper.make_node("Add", ["x", "b"], ["a"], name="first"),
+                   helper.make_node("Relu", ["a"], ["b"], name="second"),
+                   helper.make_node("Relu", ["b"], ["y"], name="out")])
+    with pytest.raises(ValueError, match=r"cycle through ONNX node 'first' \(Add\), ONNX node "
+                                         r"'second' \(Relu\)"):
+        relprop.from_onnx(cycle)
+    cases = [
+        ([helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip")],
+         r"'clip' \(Clip\): the activation Clip\(min=-1.0, max=1.0\) is not supported"),
+        ([helper.make_node("Sigmoid", ["x"], ["y"], name="sig")],
+         r"'sig' \(Sigmoid\): the activation Sigmoid is not supported"),
+        ([helper.make_node("Concat", ["x", "x"], ["y"], name="cat", axis=2)],
+         r"'cat' \(Concat\): concatenation along axis=2"),
+        ([helper.make_node("Add", ["x", "c"], ["y"], name="offset")],
+         r"'offset' \(Add\): adds a constant"),
+        ([helper.make_node("Mul", ["x", "c"], ["y"], name="scale")],
+         r"'scale' \(Mul\): unsupported ONNX operator 'Mul'"),
+    ]
+    for nodes, match in cases:
+        with pytest.raises(ValueError, match=match):
+            relprop.from_onnx(model(nodes), check=False)
+    # Clip(0, 6) is ReLU6; an Identity of an initializer is that initializer
+    net = relprop.from_onnx(model([
+        helper.make_node("Identity", ["w"], ["w2"], name="alias"),
+        helper.make_node("Conv", ["x", "w2"], ["conv"], name="conv"),
+        helper.make_node("Clip", ["conv", "zero", "six"], ["y"], name="relu6")]), check=False)
+    assert type(net) is relprop.Sequential  # a chain
+    assert [layer.kind for layer in net.layers] == ["conv2d", "relu6"]
 
 
 # --------------------------------------------------------------------------------- sklearn --

@@ -365,6 +365,9 @@ class _Reader:
         where = self._where(node)
         if kind in ("arith", "getitem", "getattr"):
             return self._shape_arith(kind, node, where)
+        if kind == "reshape":  # x.view(*shape) / x.reshape(shape): variadic
+            x = self._tensor(self._value(node.args[0]), node, "the input")
+            return self._add(node, self._reshape(node, self.b.shapes[x], where), x)
         a = _bind(node, _PARAMS[kind], where)
         a = {k: self._value(v) for k, v in a.items()}
         if kind == "add":
@@ -412,8 +415,6 @@ class _Reader:
             return self._add(node, _clamp_layer(a["min"], a["max"], where), x)
         if kind == "flatten":
             return self._add(node, _flatten(shape, a["start_dim"], a["end_dim"], where), x)
-        if kind == "reshape":
-            return self._add(node, self._reshape(node, shape, where), x)
         if kind == "adaptive_avg_pool2d":
             size = _pair(self._constant(a["output_size"], node, "output_size"), "output_size",
                          where)
@@ -500,9 +501,13 @@ def _describe(v):
 def _target_name(target):
     if isinstance(target, str):
         return target
-    mod = getattr(target, "__module__", None) or ""
-    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target))
-    return f"{mod}.{name}" if mod and mod not in ("builtins", "_operator") else name
+    mod = getattr(target, "__module__", None)
+    name = getattr(target, "__name__", None) or repr(target)
+    if mod is None or mod.startswith("torch._C"):  # torch.sigmoid & co. are builtins of torch
+        mod = "torch"
+    if mod == "_operator":
+        return f"operator.{name}"
+    return name if mod == "builtins" else f"{mod}.{name}"
 
 
 def _trace(module):
