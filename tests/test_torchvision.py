@@ -263,3 +263,32 @@ def test_lrp_matches_zennit(case, path, composite):
     err = _rel(got, want)
     _record(case, path, composite, err)
     assert err <= 1e-7
+
+
+def test_identity_adaptive_pool_is_skipped_by_every_importer(tmp_path):
+    """AlexNet unmodified at 224 pixels: its AdaptiveAvgPool2d(6) gets a 6x6 map, the identity,
+    which from_torch and both ONNX files (an AveragePool with a 1x1 window) skip alike."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.alexnet(weights=None).eval()
+    shape = (3, 224, 224)
+    x = np.random.default_rng(0).uniform(-1, 1, (2,) + shape).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    nets_ = [rp.from_torch(model, shape)]
+    for dynamo in (True, False):
+        path = tmp_path / f"alexnet_{dynamo}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if dynamo:
+                torch.onnx.export(model, (torch.zeros((2,) + shape),), str(path), dynamo=True,
+                                  input_names=["x"], dynamic_shapes=({0: torch.export.Dim("n")},),
+                                  external_data=False, verbose=False)
+            else:
+                torch.onnx.export(model, (torch.zeros((2,) + shape),), str(path), dynamo=False,
+                                  input_names=["x"], dynamic_axes={"x": {0: "n"}})
+        nets_.append(rp.from_onnx(path))
+    for net in nets_:
+        assert [layer.kind for layer in net.layers][12:15] == ["maxpool2d", "flatten", "dense"]
+        assert _rel(net(x), want) <= 1e-4
