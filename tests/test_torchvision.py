@@ -292,3 +292,35 @@ def test_identity_adaptive_pool_is_skipped_by_every_importer(tmp_path):
     for net in nets_:
         assert [layer.kind for layer in net.layers][12:15] == ["maxpool2d", "flatten", "dense"]
         assert _rel(net(x), want) <= 1e-4
+
+
+@pytest.mark.skipif(not hasattr(ops, "adaptive_avgpool2d_forward"),
+                    reason="needs the adaptive_avgpool2d kernels (kernels branch)")
+def test_upsampling_adaptive_pool_matches_torch_and_zennit():
+    """VGG11-BN unmodified at 64 pixels: its AdaptiveAvgPool2d(7) spreads a 2x2 map over 7x7,
+    an AdaptiveAvgPool2d node (neither exporter writes it as plain ONNX: from_torch only),
+    given the Norm rule by relprop's composites and Zennit's alike."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = nets.torchvision_model("vgg11_bn")
+    unmodified = torchvision.models.vgg11_bn(weights=None)
+    unmodified.features.load_state_dict(model.features.state_dict())  # as in the matrix
+    model = unmodified.eval().double()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = 0.0
+    net = rp.from_torch(model, SHAPE)
+    assert "adaptiveavgpool2d" in [layer.kind for layer in net.layers]
+    x = np.random.default_rng(1).uniform(-1, 1, (1,) + SHAPE)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    out = model(xt)
+    out[0, 3].backward()
+    assert _rel(net(x), out.detach().numpy()) <= 1e-12
+    assert _rel(rp.gradient(net, x, 3), xt.grad.numpy()) <= 1e-9
+    seed = np.eye(1000)[[3]]
+    xt = torch.from_numpy(x).requires_grad_(True)
+    with Gradient(model=model, composite=zc.EpsilonPlusFlat(canonizers=[VGGCanonizer()])) as a:
+        _, want = a(xt, torch.from_numpy(seed))
+    got = rp.lrp(net, x, seed, rp.composites.EpsilonPlusFlat())
+    assert _rel(got, want.detach().numpy()) <= 1e-7
