@@ -44,7 +44,7 @@ import numpy as np
 
 #: Image file types read from an INPUTS folder.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-BUNDLED_MODELS = ("digits_cnn", "digits_mlp")
+BUNDLED_MODELS = ("digits_cnn", "digits_resnet", "digits_mlp")
 #: The methods of ``relprop demo``: (method, keyword arguments, column title).
 DEMO_METHODS = (
     ("gradient", {}, "gradient"),
