@@ -33,10 +33,11 @@ def png_size(path):
 
 
 # ------------------------------------------------------------------------------------ demo --
-def test_demo_writes_grid_and_relevances(tmp_path):
+@pytest.mark.parametrize("model", ["digits_cnn", "digits_resnet"])
+def test_demo_writes_grid_and_relevances(tmp_path, model):
     pytest.importorskip("PIL")
     out = tmp_path / "demo"
-    proc = run("demo", "--out", out, "--n", 3, "--threads", 1)
+    proc = run("demo", "--out", out, "--n", 3, "--threads", 1, "--model", model)
     assert proc.returncode == 0, proc.stderr
     png, npz = out / "digits_grid.png", out / "relevance.npz"
     assert f"wrote {png}" in proc.stdout and f"wrote {npz}" in proc.stdout
@@ -48,7 +49,8 @@ def test_demo_writes_grid_and_relevances(tmp_path):
     with np.load(npz) as d:
         x, label, target = d["x"], d["label"], d["target"]
         assert x.shape == (3, 1, 8, 8) and list(label) == [0, 1, 2]
-        net = models.digits_cnn()
+        net = getattr(models, model)()
+        assert f"the bundled {cli.DEMO_MODELS[model]}" in proc.stdout
         np.testing.assert_array_equal(target, net(x).argmax(axis=1))
         for method, _, _ in cli.DEMO_METHODS:
             assert d[method].shape == (3, 1, 8, 8) and np.isfinite(d[method]).all()

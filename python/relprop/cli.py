@@ -1,6 +1,6 @@
 """The ``relprop`` command line: ``demo``, ``explain``, ``info``, ``evaluate``.
 
-``relprop demo`` explains digits with the bundled CNN under several methods and writes a web
+``relprop demo`` explains digits with a bundled model (the ResNet by default) under several methods and writes a web
 page (``index.html``: a labelled grid of heatmaps) and a PNG grid; ``relprop explain MODEL INPUTS
 -m METHOD -o OUTDIR`` explains your own inputs (``--report`` adds a web page);
 ``relprop evaluate MODEL INPUTS`` compares methods by pixel flipping; ``relprop info MODEL``
@@ -45,6 +45,8 @@ import numpy as np
 #: Image file types read from an INPUTS folder.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 BUNDLED_MODELS = ("digits_cnn", "digits_resnet", "digits_mlp")
+#: The models ``relprop demo --model`` explains, with how the demo names them.
+DEMO_MODELS = {"digits_resnet": "digits ResNet", "digits_cnn": "digits CNN"}
 #: The methods of ``relprop demo``: (method, keyword arguments, column title).
 DEMO_METHODS = (
     ("gradient", {}, "gradient"),
@@ -402,8 +404,9 @@ def _heatmap_scale(input_shape):
 # --------------------------------------------------------------------------------------------
 def add_demo_parser(subparsers):
     p = subparsers.add_parser(
-        "demo", help="explain digits with the bundled CNN under several methods",
-        description="Explain the digits of the bundled test split with the bundled CNN under "
+        "demo", help="explain digits with a bundled model under several methods",
+        description="Explain the digits of the bundled test split with a bundled model (the "
+                    "residual network digits_resnet, or digits_cnn) under "
                     "gradient, gradient x input and three LRP composites; print conservation "
                     "and throughput over all of them, and write DIR/index.html (open it in a "
                     "browser: N digits, one row each, with method names, true and predicted "
@@ -413,6 +416,9 @@ def add_demo_parser(subparsers):
                    help="output folder (default: ./relprop-demo)")
     p.add_argument("--n", type=int, default=10,
                    help="digits to draw (default 10: one per class); the table covers all")
+    p.add_argument("--model", choices=sorted(DEMO_MODELS), default="digits_resnet",
+                   help="the bundled model to explain (default digits_resnet, a graph with "
+                        "residual additions; digits_cnn is a chain)")
     p.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")
     p.set_defaults(func=run_demo)
     return p
@@ -476,7 +482,8 @@ def run_demo(args):
         raise ValueError(f"--n must be at least 1, got {args.n}")
     if args.threads is not None:
         set_num_threads(args.threads)
-    net = models.digits_cnn()
+    net = getattr(models, args.model)()
+    what = DEMO_MODELS[args.model]
     x_all, y_all = models.digits_data()
     if args.n > len(x_all):
         raise ValueError(f"--n must be at most {len(x_all)} (the digits test split), got {args.n}")
@@ -485,7 +492,7 @@ def run_demo(args):
     idx = _demo_samples(y_all, args.n)
     x, pred = x_all[idx], pred_all[idx]
     accuracy = np.mean(pred_all == y_all)
-    print(f"relprop demo: the bundled digits CNN (test accuracy {accuracy:.1%} on the {n_all} "
+    print(f"relprop demo: the bundled {what} (test accuracy {accuracy:.1%} on the {n_all} "
           f"test digits), {get_num_threads()} thread(s)")
     print(f"\nTable: all {n_all} test digits, each explained for its predicted class\n(means "
           f"over the {n_all} digits; samples/s of explaining all of them)")
@@ -526,8 +533,8 @@ def run_demo(args):
         page, ["digit", "input"] + [_method_title(m, kw) for m, kw, _ in DEMO_METHODS], cells,
         row_heads=[f"true {y_all[k]}\npredicted {pred_all[k]}"
                    + (" (wrong)" if pred_all[k] != y_all[k] else "") for k in idx],
-        title="relprop demo: explanations of the bundled digits CNN",
-        intro=[f"The bundled digits CNN (test accuracy {accuracy:.1%} on the {n_all} test "
+        title=f"relprop demo: explanations of the bundled {what}",
+        intro=[f"The bundled {what} (test accuracy {accuracy:.1%} on the {n_all} test "
                f"digits) explains {len(x)} test digits, one per row: the input, then one "
                "heatmap per method (column heads).  Every heatmap explains the digit's "
                "predicted class.",
