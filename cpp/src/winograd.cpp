@@ -1,0 +1,274 @@
+// Winograd convolution F(m x m, 3x3) on the GEMM core (scheme in winograd_impl.hpp): weight
+// packing and the driver (blocks of tile rows, threads), compiled for the baseline instruction
+// set; the input and output transforms come from the per-ISA units (winograd_transforms.hpp).
+//
+// Threads: for each block of tile rows, the input transform is split over input channels, the
+// GEMMs over transform positions and the output transform over output channels.  Every value
+// is computed by exactly one task, in an order fixed by the geometry (a tile's transforms use
+// its own data; each GEMM column is reduced over c_in in the GEMM core's fixed order), so
+// results are bitwise identical for any thread count, block size and batch.
+#include "relprop/winograd.hpp"
+
+#include <algorithm>
+#include <vector>
+
+#include "relprop/check.hpp"
+#include "relprop/memory.hpp"
+#include "relprop/parallel.hpp"
+#include "winograd_impl.hpp"
+
+namespace relprop {
+
+namespace {
+
+template <typename T>
+using Buffer = std::vector<T, CountingAllocator<T>>;
+
+using detail::GemmArgs;
+using detail::GemmImpl;
+using detail::WinoGeom;
+using detail::WinoKernels;
+
+// G of F(m x m, 3x3) (alpha x 3), for the points of winograd_transforms.hpp: for F(4x4) the
+// points 0, 1, -1, 1/2, -2 (and infinity), G[j] = (1, p, p^2) / prod_{q != p} (p - q).
+constexpr double kG4[6][3] = {{1.0, 0.0, 0.0},
+                              {1.0 / 3, 1.0 / 3, 1.0 / 3},
+                              {-1.0 / 3, 1.0 / 3, -1.0 / 3},
+                              {-16.0 / 15, -8.0 / 15, -4.0 / 15},
+                              {1.0 / 15, -2.0 / 15, 4.0 / 15},
+                              {0.0, 0.0, 1.0}};
+constexpr double kG2[4][3] = {{1.0, 0.0, 0.0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0.0, 0.0, 1.0}};
+
+inline int alpha_of(int tile) { return tile + 2; }
+
+template <typename T>
+const WinoKernels<T>& active_wino();
+
+template <>
+const WinoKernels<float>& active_wino<float>() {
+  switch (active_isa()) {
+#if defined(RELPROP_HAVE_AVX512)
+    case Isa::avx512:
+      return detail::avx512::wino_f32;
+#endif
+#if defined(RELPROP_HAVE_AVX2)
+    case Isa::avx2:
+      return detail::avx2::wino_f32;
+#endif
+    default:
+      return detail::generic::wino_f32;
+  }
+}
+
+template <>
+const WinoKernels<double>& active_wino<double>() {
+  switch (active_isa()) {
+#if defined(RELPROP_HAVE_AVX512)
+    case Isa::avx512:
+      return detail::avx512::wino_f64;
+#endif
+#if defined(RELPROP_HAVE_AVX2)
+    case Isa::avx2:
+      return detail::avx2::wino_f64;
+#endif
+    default:
+      return detail::generic::wino_f64;
+  }
+}
+
+void check_tile(int tile) {
+  RELPROP_CHECK(tile == 2 || tile == 4, "Winograd tile must be 2 or 4 (F(2x2, 3x3) or ",
+                "F(4x4, 3x3)), got ", tile);
+}
+
+void check_window(const Window2d& g) {
+  g.validate();
+  RELPROP_CHECK(g.kh == 3 && g.kw == 3, "Winograd convolution needs a 3x3 kernel, got (", g.kh,
+                ", ", g.kw, ")");
+  RELPROP_CHECK(g.sh == 1 && g.sw == 1, "Winograd convolution needs stride 1, got (", g.sh, ", ",
+                g.sw, ")");
+  RELPROP_CHECK(g.ph <= 2 && g.pw <= 2, "Winograd convolution needs padding 0, 1 or 2, got (",
+                g.ph, ", ", g.pw, ")");
+}
+
+// Tile rows per block: the block's transformed inputs and products (alpha^2 (c_in + c_out) nb
+// elements) within about `budget` bytes, but at least `min_tiles` GEMM columns so that each
+// transformed weight matrix read from memory serves enough multiply-adds.
+template <typename T>
+idx choose_block_rows(const WinoGeom& g, const GemmImpl<T>& impl) {
+  const idx a2 = alpha_of(g.m) * alpha_of(g.m);
+  const idx per_tile = a2 * (g.c_in + g.c_out) * idx(sizeof(T));
+  constexpr idx budget = idx(3) << 20;
+  const idx min_tiles = 4 * impl.nr;
+  const idx tiles = std::max(budget / per_tile, min_tiles);
+  return std::max<idx>(1, (tiles + g.tw / 2) / g.tw);
+}
+
+// y (and y2) = the convolution described by g of x with the packed transformed weights u.
+template <typename T>
+void run(const WinoGeom& g, const T* x, const T* u, const T* bias, T* y, T* y2, idx split,
+         int nthreads, idx block_rows) {
+  const GemmImpl<T>& impl = detail::active_gemm<T>();
+  const WinoKernels<T>& kern = active_wino<T>();
+  const int mi = g.m == 4 ? 1 : 0;
+  const idx a2 = alpha_of(g.m) * alpha_of(g.m);
+  const idx rows = g.n * g.th;
+  const idx R = std::min(rows, block_rows > 0 ? block_rows : choose_block_rows(g, impl));
+  const idx nb_max = R * g.tw;
+  const idx psize = impl.packed_a_size(g.c_out, g.c_in);
+  const idx work_size = 2 * alpha_of(g.m) * g.m * detail::wino_lane_stride(g.tw);
+  const int nt = threads_for(nthreads, a2, nb_max * a2 * g.c_in * g.c_out);
+  const int nt_in = static_cast<int>(std::min<idx>(nt, g.c_in));
+  const int nt_out = static_cast<int>(std::min<idx>(nt, g.c_out));
+  // everything is allocated here, before any parallel region
+  Buffer<T> v(static_cast<size_t>(a2 * g.c_in * nb_max));
+  Buffer<T> mm(static_cast<size_t>(a2 * g.c_out * nb_max));
+  Buffer<T> work(static_cast<size_t>(std::max(nt_in, nt_out) * work_size));
+  for (idx r0 = 0; r0 < rows; r0 += R) {
+    const idx r1 = std::min(rows, r0 + R), nb = (r1 - r0) * g.tw;
+    parallel_for(nt_in, nt_in, [&](idx t) {
+      idx c0, c1;
+      detail::share(g.c_in, nt_in, static_cast<int>(t), c0, c1);
+      kern.input[mi](g, x, r0, r1, c0, c1, v.data(), work.data() + t * work_size);
+    });
+    parallel_for(nt, a2, [&](idx xi) {
+      GemmArgs<T> ga;
+      ga.m = g.c_out;
+      ga.n = nb;
+      ga.k = g.c_in;
+      ga.apack = u + xi * psize;
+      ga.b = v.data() + xi * g.c_in * nb;
+      ga.rsb = nb;
+      ga.csb = 1;
+      ga.c = mm.data() + xi * g.c_out * nb;
+      ga.ldc = nb;
+      detail::run_tile(impl, ga, 0, g.c_out, 0, nb);
+    });
+    parallel_for(nt_out, nt_out, [&](idx t) {
+      idx o0, o1;
+      detail::share(g.c_out, nt_out, static_cast<int>(t), o0, o1);
+      kern.output[mi](g, mm.data(), r0, r1, o0, o1, bias, y, y2, split,
+                      work.data() + t * work_size);
+    });
+  }
+}
+
+WinoGeom geometry(int tile, idx n, idx c_in, idx c_out, idx h, idx w, idx ph, idx pw) {
+  WinoGeom g;
+  g.m = tile;
+  g.n = n;
+  g.c_in = c_in;
+  g.c_out = c_out;
+  g.h = h;
+  g.w = w;
+  g.ph = ph;
+  g.pw = pw;
+  g.oh = h + 2 * ph - 2;
+  g.ow = w + 2 * pw - 2;
+  g.th = (g.oh + tile - 1) / tile;
+  g.tw = (g.ow + tile - 1) / tile;
+  return g;
+}
+
+}  // namespace
+
+void winograd_validate(const Window2d& g, int tile) {
+  check_window(g);
+  check_tile(tile);
+}
+
+template <typename T>
+idx winograd_packed_size(idx c_out, idx c_in, int tile, bool backward) {
+  check_tile(tile);
+  const auto& impl = detail::active_gemm<T>();
+  const idx a = alpha_of(tile);
+  return a * a * (backward ? impl.packed_a_size(c_in, c_out) : impl.packed_a_size(c_out, c_in));
+}
+
+template <typename T>
+void winograd_pack(const T* w, idx c_out, idx c_in, int tile, bool backward, T* dst,
+                   int nthreads) {
+  check_tile(tile);
+  RELPROP_CHECK(c_out > 0 && c_in > 0, "weight channels must be positive, got (", c_out, ", ",
+                c_in, ")");
+  const auto& impl = detail::active_gemm<T>();
+  const int a = alpha_of(tile);
+  const idx a2 = a * a;
+  // U_xi is rows x k: (c_out, c_in) forward, (c_in, c_out) backward
+  const idx rows = backward ? c_in : c_out, k = backward ? c_out : c_in;
+  Buffer<T> u(static_cast<size_t>(a2 * rows * k));
+  const int nt = threads_for(nthreads, c_out, c_out * c_in * a2 * 8);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (idx o = 0; o < c_out; ++o) {
+    for (idx c = 0; c < c_in; ++c) {
+      const T* src = w + (o * c_in + c) * 9;
+      double f[3][3];  // the kernel, flipped for the backward pass
+      for (int p = 0; p < 3; ++p)
+        for (int q = 0; q < 3; ++q)
+          f[p][q] = static_cast<double>(backward ? src[(2 - p) * 3 + (2 - q)] : src[p * 3 + q]);
+      double gf[6][3] = {};  // G f (alpha x 3)
+      for (int i = 0; i < a; ++i)
+        for (int q = 0; q < 3; ++q)
+          for (int p = 0; p < 3; ++p)
+            gf[i][q] += (tile == 4 ? kG4[i][p] : kG2[i][p]) * f[p][q];
+      const idx row = backward ? c : o, col = backward ? o : c;
+      for (int i = 0; i < a; ++i)
+        for (int j = 0; j < a; ++j) {
+          double s = 0;  // (G f G^T)[i, j]
+          for (int q = 0; q < 3; ++q) s += gf[i][q] * (tile == 4 ? kG4[j][q] : kG2[j][q]);
+          u[static_cast<size_t>(((i * a + j) * rows + row) * k + col)] = static_cast<T>(s);
+        }
+    }
+  }
+  const idx psize = impl.packed_a_size(rows, k);
+  for (idx xi = 0; xi < a2; ++xi)
+    impl.pack_a(impl, u.data() + xi * rows * k, k, 1, rows, k, dst + xi * psize);
+}
+
+template <typename T>
+void winograd_forward(const T* x, const T* w, const T* b, T* y, T* y2, const Window2d& g,
+                      idx c_out, idx split, int tile, int nthreads, const T* packed,
+                      idx block_rows) {
+  winograd_validate(g, tile);
+  RELPROP_CHECK(c_out > 0, "c_out must be positive, got ", c_out);
+  RELPROP_CHECK(split > 0 && split <= c_out, "split must be in [1, ", c_out, "], got ", split);
+  RELPROP_CHECK(split == c_out || y2, "split < c_out needs a second output");
+  if (g.n == 0) return;
+  Buffer<T> wp(static_cast<size_t>(packed ? 0 : winograd_packed_size<T>(c_out, g.c, tile, false)));
+  if (!packed) {
+    winograd_pack(w, c_out, g.c, tile, false, wp.data(), nthreads);
+    packed = wp.data();
+  }
+  run(geometry(tile, g.n, g.c, c_out, g.h, g.w, g.ph, g.pw), x, packed, b, y, y2, split,
+      nthreads, block_rows);
+}
+
+template <typename T>
+void winograd_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, int tile,
+                       int nthreads, const T* packed, idx block_rows) {
+  winograd_validate(g, tile);
+  RELPROP_CHECK(c_out > 0, "c_out must be positive, got ", c_out);
+  if (g.n == 0) return;
+  Buffer<T> wp(static_cast<size_t>(packed ? 0 : winograd_packed_size<T>(c_out, g.c, tile, true)));
+  if (!packed) {
+    winograd_pack(w, c_out, g.c, tile, true, wp.data(), nthreads);
+    packed = wp.data();
+  }
+  // the forward convolution of gy (n, c_out, oh, ow) with padding 2 - p, giving c_in channels
+  const WinoGeom bg = geometry(tile, g.n, c_out, g.c, g.oh(), g.ow(), 2 - g.ph, 2 - g.pw);
+  run(bg, gy, packed, static_cast<const T*>(nullptr), gx, static_cast<T*>(nullptr), g.c,
+      nthreads, block_rows);
+}
+
+#define RELPROP_INSTANTIATE(T)                                                                 \
+  template idx winograd_packed_size<T>(idx, idx, int, bool);                                    \
+  template void winograd_pack<T>(const T*, idx, idx, int, bool, T*, int);                      \
+  template void winograd_forward<T>(const T*, const T*, const T*, T*, T*, const Window2d&, idx, \
+                                    idx, int, int, const T*, idx);                              \
+  template void winograd_backward<T>(const T*, const T*, T*, const Window2d&, idx, int, int,    \
+                                     const T*, idx);
+RELPROP_INSTANTIATE(float)
+RELPROP_INSTANTIATE(double)
+#undef RELPROP_INSTANTIATE
+
+}  // namespace relprop
