@@ -200,11 +200,11 @@ def test_results_do_not_depend_on_threads_or_block_size(isa, dtype, tile):
         hw = x.shape[2:]
         runs = []
         for nt in (1, 2):
-            for block_rows in (0, 1, 3):
+            for block_tiles in (0, 1, 3):
                 runs.append((_core.conv2d_winograd_forward(x, w, b, pad, tile, 0, nt, None,
-                                                           block_rows),
+                                                           block_tiles),
                              _core.conv2d_winograd_backward(g, w, hw, pad, tile, nt, None,
-                                                            block_rows)))
+                                                            block_tiles)))
         runs.append(with_threads(0, lambda: (ops.conv2d_winograd_forward(x, w, b, pad, tile=tile),
                                              ops.conv2d_winograd_backward(g, w, hw, pad,
                                                                           tile=tile))))

@@ -568,7 +568,7 @@ PackedWeights conv2d_winograd_pack(const CArray<T>& w, int tile, bool backward, 
 template <typename T>
 py::object conv2d_winograd_forward(const CArray<T>& x, const CArray<T>& w, const py::object& b,
                                    Pair p, int tile, idx split, int nthreads,
-                                   const py::object& packed, idx block_rows) {
+                                   const py::object& packed, idx block_tiles) {
   check_3x3(w);
   const Window2d g = conv_window(x, w, {1, 1}, p);
   relprop::winograd_validate(g, tile);
@@ -586,7 +586,7 @@ py::object conv2d_winograd_forward(const CArray<T>& x, const CArray<T>& w, const
   {
     py::gil_scoped_release nogil;
     relprop::winograd_forward<T>(x.data(), w.data(), bp, yp, y2p, g, c_out, s1, tile, nthreads,
-                                 pp, block_rows);
+                                 pp, block_tiles);
   }
   if (split > 0) return py::make_tuple(y, y2);
   return std::move(y);
@@ -595,7 +595,7 @@ py::object conv2d_winograd_forward(const CArray<T>& x, const CArray<T>& w, const
 template <typename T>
 CArray<T> conv2d_winograd_backward(const CArray<T>& gy, const CArray<T>& w, Pair hw, Pair p,
                                    int tile, int nthreads, const py::object& packed,
-                                   idx block_rows) {
+                                   idx block_tiles) {
   check_3x3(w);
   const Window2d g = backward_window(gy, w.shape(1), hw, {3, 3}, {1, 1}, p);
   relprop::winograd_validate(g, tile);
@@ -608,7 +608,7 @@ CArray<T> conv2d_winograd_backward(const CArray<T>& gy, const CArray<T>& w, Pair
   {
     py::gil_scoped_release nogil;
     relprop::winograd_backward<T>(gy.data(), w.data(), gp, g, c_out, tile, nthreads, pp,
-                                  block_rows);
+                                  block_tiles);
   }
   return gx;
 }
@@ -620,10 +620,10 @@ void define_winograd(py::module_& m) {
         "nthreads"_a);
   m.def("conv2d_winograd_forward", &conv2d_winograd_forward<T>, nc("x"), nc("weight"), "bias"_a,
         "padding"_a, "tile"_a, "split"_a, "nthreads"_a, "packed"_a = py::none(),
-        "block_rows"_a = 0);
+        "block_tiles"_a = 0);
   m.def("conv2d_winograd_backward", &conv2d_winograd_backward<T>, nc("grad"), nc("weight"),
         "in_hw"_a, "padding"_a, "tile"_a, "nthreads"_a, "packed"_a = py::none(),
-        "block_rows"_a = 0);
+        "block_tiles"_a = 0);
 }
 
 }  // namespace

@@ -15,6 +15,8 @@
 #include "relprop/check.hpp"
 #include "relprop/memory.hpp"
 #include "relprop/parallel.hpp"
+#include "relprop/pool.hpp"
+#include "gemm_driver.hpp"  // block_k: the GEMM core's blocks of steps (packed-B layout)
 #include "winograd_impl.hpp"
 
 namespace relprop {
@@ -23,6 +25,24 @@ namespace {
 
 template <typename T>
 using Buffer = std::vector<T, CountingAllocator<T>>;
+
+// Workspace of `elements` T from relprop's pool: the same sizes come back on every call of a
+// layer, already mapped (a fresh allocation of megabytes would page-fault on every call); the
+// pool counts it and relprop.release_memory() returns it to the system.
+template <typename T>
+struct Workspace {
+  T* p = nullptr;
+  explicit Workspace(idx elements)
+      : p(elements > 0 ? static_cast<T*>(pool::acquire(static_cast<std::size_t>(elements) *
+                                                       sizeof(T)))
+                       : nullptr) {}
+  ~Workspace() {
+    if (p) pool::release(p);
+  }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  T* data() const { return p; }
+};
 
 using detail::GemmArgs;
 using detail::GemmImpl;
@@ -91,64 +111,93 @@ void check_window(const Window2d& g) {
                 g.ph, ", ", g.pw, ")");
 }
 
-// Tile rows per block: the block's transformed inputs and products (alpha^2 (c_in + c_out) nb
-// elements) within about `budget` bytes, but at least `min_tiles` GEMM columns so that each
-// transformed weight matrix read from memory serves enough multiply-adds.
+// Tiles per block (the GEMMs' n): a multiple of the micro-kernel's nr, at least 64 (each
+// transformed weight read from memory then serves nb / 2 FLOP per byte), and for few channels
+// as many as keep a block's transformed input and products (alpha^2 (c_in + c_out) nb values)
+// within about `budget` bytes, so that they stay in a core's L2 between the three phases.
 template <typename T>
-idx choose_block_rows(const WinoGeom& g, const GemmImpl<T>& impl) {
+idx choose_block_tiles(const WinoGeom& g, const GemmImpl<T>& impl) {
   const idx a2 = alpha_of(g.m) * alpha_of(g.m);
   const idx per_tile = a2 * (g.c_in + g.c_out) * idx(sizeof(T));
-  constexpr idx budget = idx(3) << 20;
-  const idx min_tiles = 4 * impl.nr;
-  const idx tiles = std::max(budget / per_tile, min_tiles);
-  return std::max<idx>(1, (tiles + g.tw / 2) / g.tw);
+  constexpr idx budget = idx(1) << 20;
+  const idx nr = impl.nr;
+  const idx min_tiles = (64 + nr - 1) / nr * nr;
+  return std::max(min_tiles, budget / per_tile / nr * nr);
 }
 
 // y (and y2) = the convolution described by g of x with the packed transformed weights u.
+//
+// Threads: with at least two blocks per thread, each thread runs whole blocks (input
+// transform, GEMMs, output transform) in its own buffers, in one parallel region; otherwise
+// the blocks run one after the other, each phase split among the threads (input channels,
+// transform positions, output channels).  Either way each value is computed by one task in
+// the same order.
 template <typename T>
 void run(const WinoGeom& g, const T* x, const T* u, const T* bias, T* y, T* y2, idx split,
-         int nthreads, idx block_rows) {
+         int nthreads, idx block_tiles) {
   const GemmImpl<T>& impl = detail::active_gemm<T>();
   const WinoKernels<T>& kern = active_wino<T>();
+  RELPROP_CHECK(impl.nr <= detail::kMaxLanes, "GEMM strips of ", impl.nr,
+                " columns are wider than the Winograd transforms' ", detail::kMaxLanes);
   const int mi = g.m == 4 ? 1 : 0;
   const idx a2 = alpha_of(g.m) * alpha_of(g.m);
-  const idx rows = g.n * g.th;
-  const idx R = std::min(rows, block_rows > 0 ? block_rows : choose_block_rows(g, impl));
-  const idx nb_max = R * g.tw;
+  const idx tiles = g.n * g.th * g.tw;
+  const idx nb_max = std::min(tiles, block_tiles > 0 ? block_tiles : choose_block_tiles(g, impl));
+  const idx blocks = (tiles + nb_max - 1) / nb_max;
+  const idx npad_max = (nb_max + impl.nr - 1) / impl.nr * impl.nr;
   const idx psize = impl.packed_a_size(g.c_out, g.c_in);
-  const idx work_size = 2 * alpha_of(g.m) * g.m * detail::wino_lane_stride(g.tw);
-  const int nt = threads_for(nthreads, a2, nb_max * a2 * g.c_in * g.c_out);
+  const idx kb = detail::block_k(impl.kc, g.c_in);
+  const idx work_size = detail::wino_work_size(g.m, impl.nr);
+  const idx v_size = a2 * detail::wino_stride(g.c_in * npad_max);
+  const idx m_size = a2 * detail::wino_stride(g.c_out * nb_max);
+  const int nt = threads_for(nthreads, std::max(blocks, a2), tiles * a2 * g.c_in * g.c_out);
+  const auto block = [&](idx bi) {
+    const idx j0 = bi * nb_max, j1 = std::min(tiles, j0 + nb_max);
+    const idx npad = (j1 - j0 + impl.nr - 1) / impl.nr * impl.nr;
+    return detail::WinoBlock{j0,   j1, impl.nr, kb, npad, detail::wino_stride(g.c_in * npad),
+                             detail::wino_stride(g.c_out * (j1 - j0))};
+  };
+  const auto gemm = [&](const detail::WinoBlock& b, idx xi, const T* v, T* mm) {
+    GemmArgs<T> ga;
+    ga.m = g.c_out;
+    ga.n = b.j1 - b.j0;
+    ga.k = g.c_in;
+    ga.apack = u + xi * psize;
+    ga.bpack = v + xi * b.v_stride;
+    ga.c = mm + xi * b.m_stride;
+    ga.ldc = ga.n;
+    detail::run_tile(impl, ga, 0, g.c_out, 0, ga.n);
+  };
+  if (nt > 1 && blocks >= 2 * nt) {
+    // whole blocks per thread; every buffer allocated here, before the parallel region
+    const idx per_thread = v_size + m_size + work_size;
+    Workspace<T> buf(nt * per_thread);
+    parallel_for(nt, blocks, [&](idx bi) {
+      T* v = buf.data() + thread_index() * per_thread;
+      T* mm = v + v_size;
+      T* work = mm + m_size;
+      const detail::WinoBlock b = block(bi);
+      kern.input[mi](g, b, x, 0, g.c_in, v, work);
+      for (idx xi = 0; xi < a2; ++xi) gemm(b, xi, v, mm);
+      kern.output[mi](g, b, mm, 0, g.c_out, bias, y, y2, split, work);
+    });
+    return;
+  }
   const int nt_in = static_cast<int>(std::min<idx>(nt, g.c_in));
   const int nt_out = static_cast<int>(std::min<idx>(nt, g.c_out));
-  // everything is allocated here, before any parallel region
-  Buffer<T> v(static_cast<size_t>(a2 * g.c_in * nb_max));
-  Buffer<T> mm(static_cast<size_t>(a2 * g.c_out * nb_max));
-  Buffer<T> work(static_cast<size_t>(std::max(nt_in, nt_out) * work_size));
-  for (idx r0 = 0; r0 < rows; r0 += R) {
-    const idx r1 = std::min(rows, r0 + R), nb = (r1 - r0) * g.tw;
+  Workspace<T> v(v_size), mm(m_size), work(std::max(nt_in, nt_out) * work_size);
+  for (idx bi = 0; bi < blocks; ++bi) {
+    const detail::WinoBlock b = block(bi);
     parallel_for(nt_in, nt_in, [&](idx t) {
       idx c0, c1;
       detail::share(g.c_in, nt_in, static_cast<int>(t), c0, c1);
-      kern.input[mi](g, x, r0, r1, c0, c1, v.data(), work.data() + t * work_size);
+      kern.input[mi](g, b, x, c0, c1, v.data(), work.data() + t * work_size);
     });
-    parallel_for(nt, a2, [&](idx xi) {
-      GemmArgs<T> ga;
-      ga.m = g.c_out;
-      ga.n = nb;
-      ga.k = g.c_in;
-      ga.apack = u + xi * psize;
-      ga.b = v.data() + xi * g.c_in * nb;
-      ga.rsb = nb;
-      ga.csb = 1;
-      ga.c = mm.data() + xi * g.c_out * nb;
-      ga.ldc = nb;
-      detail::run_tile(impl, ga, 0, g.c_out, 0, nb);
-    });
+    parallel_for(nt, a2, [&](idx xi) { gemm(b, xi, v.data(), mm.data()); });
     parallel_for(nt_out, nt_out, [&](idx t) {
       idx o0, o1;
       detail::share(g.c_out, nt_out, static_cast<int>(t), o0, o1);
-      kern.output[mi](g, mm.data(), r0, r1, o0, o1, bias, y, y2, split,
-                      work.data() + t * work_size);
+      kern.output[mi](g, b, mm.data(), o0, o1, bias, y, y2, split, work.data() + t * work_size);
     });
   }
 }
@@ -228,7 +277,7 @@ void winograd_pack(const T* w, idx c_out, idx c_in, int tile, bool backward, T* 
 template <typename T>
 void winograd_forward(const T* x, const T* w, const T* b, T* y, T* y2, const Window2d& g,
                       idx c_out, idx split, int tile, int nthreads, const T* packed,
-                      idx block_rows) {
+                      idx block_tiles) {
   winograd_validate(g, tile);
   RELPROP_CHECK(c_out > 0, "c_out must be positive, got ", c_out);
   RELPROP_CHECK(split > 0 && split <= c_out, "split must be in [1, ", c_out, "], got ", split);
@@ -240,12 +289,12 @@ void winograd_forward(const T* x, const T* w, const T* b, T* y, T* y2, const Win
     packed = wp.data();
   }
   run(geometry(tile, g.n, g.c, c_out, g.h, g.w, g.ph, g.pw), x, packed, b, y, y2, split,
-      nthreads, block_rows);
+      nthreads, block_tiles);
 }
 
 template <typename T>
 void winograd_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, int tile,
-                       int nthreads, const T* packed, idx block_rows) {
+                       int nthreads, const T* packed, idx block_tiles) {
   winograd_validate(g, tile);
   RELPROP_CHECK(c_out > 0, "c_out must be positive, got ", c_out);
   if (g.n == 0) return;
@@ -257,7 +306,7 @@ void winograd_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_
   // the forward convolution of gy (n, c_out, oh, ow) with padding 2 - p, giving c_in channels
   const WinoGeom bg = geometry(tile, g.n, c_out, g.c, g.oh(), g.ow(), 2 - g.ph, 2 - g.pw);
   run(bg, gy, packed, static_cast<const T*>(nullptr), gx, static_cast<T*>(nullptr), g.c,
-      nthreads, block_rows);
+      nthreads, block_tiles);
 }
 
 #define RELPROP_INSTANTIATE(T)                                                                 \

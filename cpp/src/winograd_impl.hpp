@@ -8,8 +8,9 @@
 // i.e. one GEMM per transform position xi = (k, l) of the alpha x alpha grid:
 //     M_xi (c_out, tiles) = U_xi (c_out, c_in) V_xi (c_in, tiles),
 //     U_xi[o, c] = (G w[o, c] G^T)[k, l],  V_xi[c, tile] = (B^T d_c B)[k, l].
-// The driver cuts the batch's tile rows into blocks; for each block the input transform writes
-// V, the GEMM core (packed U) writes M, and the output transform writes y.
+// The driver cuts the batch's tiles into blocks; for each block the input transform writes V
+// (already packed for the GEMM), the GEMM core (packed U times packed V) writes M, and the
+// output transform writes y.
 //
 // This header only declares plain structs (nothing here is compiled with ISA-specific flags).
 #pragma once
@@ -20,28 +21,58 @@ namespace detail {
 
 // One Winograd convolution: x (n, c_in, h, w), zero padding (ph, pw) in [0, 2], output
 // (n, c_out, oh, ow) with oh = h + 2 ph - 2, in th x tw tiles of m x m (the last ones cut).
-// Tile row r of the batch (0 <= r < n * th) is tile row r % th of sample r / th.
+// Tiles are numbered through the batch: tile j is column j % tw of tile row (j / tw) % th of
+// sample j / (th * tw).
 struct WinoGeom {
   int m;  // output tile: 2 or 4 (alpha = m + 2)
   idx n, c_in, c_out, h, w, ph, pw, oh, ow, th, tw;
 };
 
-// Elements of one column-phase array of the transforms' work space: tw + 1 entries (the
-// input transform reads one tile past the row), rounded up to a 64-byte multiple.  (Internal
-// linkage: no copy compiled with ISA-specific flags can be picked by the linker elsewhere.)
-static inline idx wino_lane_stride(idx tw) { return (tw + 1 + 15) / 16 * 16; }
+// A block of tiles [j0, j1): its nb = j1 - j0 tiles are the columns of the GEMMs, tile j at
+// column j - j0.  The transformed input of position xi is the GEMM's B (c_in x nb), kept in the
+// GEMM core's packed layout (GemmArgs::bpack): strips of nr columns, steps in blocks of kb
+// (the core's block_k for k = c_in), npad = nb rounded up to nr; V_xi starts at
+// v + xi * v_stride and holds (c, col) at
+//     (c / kb * kb) * npad + col / nr * kcb * nr + c % kb * nr + col % nr,
+//     kcb = min(kb, c_in - c / kb * kb)   (the size of c's block of steps).
+// The products M_xi (c_out x nb) are row-major at mm + xi * m_stride.  The strides are a cache
+// line more than the matrices (wino_stride): the transforms read or write all positions of a
+// tile together, and at a multiple of 4 KiB those streams would share the same cache sets.
+struct WinoBlock {
+  idx j0, j1;
+  idx nr, kb, npad;
+  idx v_stride, m_stride;
+};
 
-// The transforms of one ISA and element type, for m = 2 (index 0) and m = 4 (index 1).  A block
-// is the tile rows [r0, r1); its nb = (r1 - r0) * tw tiles are the GEMM columns, tile t of row
-// r at column (r - r0) * tw + t.  `work` holds 2 alpha m wino_lane_stride(tw) elements.
+// The transforms vectorize across the tiles of a run of block columns: the input transform
+// one strip (nr <= kMaxLanes tiles) at a time, the output transform kOutLanes at a time.
+constexpr idx kMaxLanes = 64;
+constexpr idx kOutLanes = 64;
+
+// (Internal linkage: no copy compiled with ISA-specific flags can be picked by the linker for
+// another unit.)
+// Elements per phase array of the input transform: a strip and one more tile, rounded up to a
+// 64-byte multiple.
+static inline idx wino_lanes(idx nr) { return (nr + 1 + 15) / 16 * 16; }
+// Elements between the matrices of two transform positions (see WinoBlock) for `size` each.
+static inline idx wino_stride(idx size) { return (size + 15) / 16 * 16 + 16; }
+// Elements of the transforms' work space for tile m and strips of nr.
+static inline idx wino_work_size(int m, idx nr) {
+  const idx a = m + 2, in = 2 * a * a * wino_lanes(nr), out = (a * m + m * m) * kOutLanes;
+  return in > out ? in : out;
+}
+
+// The transforms of one ISA and element type, for m = 2 (index 0) and m = 4 (index 1);
+// `work` holds wino_work_size(m, nr) elements.
 template <typename T>
 struct WinoKernels {
-  // V[(xi * c_in + c) * nb + col] = (B^T d B)[xi] for channels c0 <= c < c1.
-  void (*input[2])(const WinoGeom& g, const T* x, idx r0, idx r1, idx c0, idx c1, T* v,
+  // V_xi[c, tile] = (B^T d B)[xi] for channels c0 <= c < c1 (and zero in the padding columns
+  // nb <= col < npad of those channels).
+  void (*input[2])(const WinoGeom& g, const WinoBlock& b, const T* x, idx c0, idx c1, T* v,
                    T* work);
-  // y = A^T M A + bias[o] for output channels o0 <= o < o1 from M[(xi * c_out + o) * nb + col];
-  // channel o < split goes to y (n, split, oh, ow), the others to y2 (n, c_out - split, oh, ow).
-  void (*output[2])(const WinoGeom& g, const T* mm, idx r0, idx r1, idx o0, idx o1,
+  // y = A^T M A + bias[o] for output channels o0 <= o < o1; channel o < split goes to
+  // y (n, split, oh, ow), the others to y2 (n, c_out - split, oh, ow).
+  void (*output[2])(const WinoGeom& g, const WinoBlock& b, const T* mm, idx o0, idx o1,
                     const T* bias, T* y, T* y2, idx split, T* work);
 };
 

@@ -29,18 +29,18 @@ void winograd_pack(const T* w, idx c_out, idx c_in, int tile, bool backward, T* 
 // y = conv2d_forward(x, w, b) for g: x (n, c_in, h, w), kernel 3x3, stride 1, padding 0..2;
 // channels o < split to y (n, split, oh, ow), the others to y2 (n, c_out - split, oh, ow)
 // (split = c_out: y only).  packed: null, or winograd_pack(w, ..., tile, false) under the ISA in
-// use (then w is unused).  block_rows > 0 sets the tile rows per block (tests; results do not
+// use (then w is unused).  block_tiles > 0 sets the tiles per block (tests; results do not
 // depend on it), 0 chooses.
 template <typename T>
 void winograd_forward(const T* x, const T* w, const T* b, T* y, T* y2, const Window2d& g,
                       idx c_out, idx split, int tile, int nthreads, const T* packed = nullptr,
-                      idx block_rows = 0);
+                      idx block_tiles = 0);
 
 // gx = conv2d_backward(gy, w) for the forward geometry g (gy (n, c_out, oh, ow) -> gx shaped
 // like x): the stride-1 convolution of gy with the flipped, channel-transposed kernel and
 // padding 2 - padding.  packed: null or winograd_pack(w, ..., tile, true).
 template <typename T>
 void winograd_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, int tile,
-                       int nthreads, const T* packed = nullptr, idx block_rows = 0);
+                       int nthreads, const T* packed = nullptr, idx block_tiles = 0);
 
 }  // namespace relprop
