@@ -160,27 +160,6 @@ void gather_row(const T* xr, idx w, idx pw, idx t0, idx len, T* P, idx L) {
   }
 }
 
-// Asks for the input rows under the pieces of channel c to be brought into the cache (the
-// hardware prefetchers ramp up too slowly on these short runs of rows).
-template <typename T, int M>
-void prefetch_rows(const WinoGeom& g, const T* x, const Piece* pieces, int count, idx c) {
-#if defined(__GNUC__)
-  constexpr idx kLine = 64 / sizeof(T);
-  for (int k = 0; k < count; ++k) {
-    const Piece& pc = pieces[k];
-    const T* plane = x + (pc.sample * g.c_in + c) * g.h * g.w;
-    const idx r0 = max_of(pc.ti * M - g.ph, 0), r1 = min_of(pc.ti * M - g.ph + M + 2, g.h);
-    const idx c0 = max_of(pc.t0 * M - g.pw, 0);
-    const idx c1 = min_of((pc.t0 + pc.len) * M + 2 - g.pw, g.w);
-    for (idx r = r0; r < r1; ++r)
-      for (idx col = c0; col < c1 + kLine - 1; col += kLine)
-        __builtin_prefetch(plane + r * g.w + min_of(col, c1 - 1), 0, 2);
-  }
-#else
-  (void)g, (void)x, (void)pieces, (void)count, (void)c;
-#endif
-}
-
 template <typename T, int M>
 void input_transform(const WinoGeom& g, const WinoBlock& b, const T* x, idx c0, idx c1, T* v,
                      T* work) {
@@ -193,10 +172,7 @@ void input_transform(const WinoGeom& g, const WinoBlock& b, const T* x, idx c0, 
   for (idx col0 = 0; col0 < nb; col0 += nr) {  // one strip of V at a time
     const idx n = min_of(nr, nb - col0);
     const int count = pieces_of(g, b, col0, n, pieces);
-    constexpr idx kAhead = 4;  // channels prefetched ahead (one takes a few hundred cycles)
-    for (idx c = c0; c < min_of(c1, c0 + kAhead); ++c) prefetch_rows<T, M>(g, x, pieces, count, c);
     for (idx c = c0; c < c1; ++c) {
-      if (c + kAhead < c1) prefetch_rows<T, M>(g, x, pieces, count, c + kAhead);
       for (int k = 0; k < count; ++k) {
         const Piece& pc = pieces[k];
         const T* plane = x + (pc.sample * g.c_in + c) * g.h * g.w;
