@@ -317,3 +317,58 @@ def test_bad_inputs_raise_value_error(call, match):
     x, w = np.ones((1, 2, 6, 6)), np.ones((4, 2, 3, 3))
     with pytest.raises(ValueError, match=match):
         call(x, w)
+
+
+# ------------------------------------------------------------------------------------------
+# the auto choice
+
+@pytest.mark.parametrize("kwargs", [dict(stride=2), dict(stride=(1, 2)), dict(padding=3),
+                                    dict(dtype=np.float64), dict(groups=2), dict(dilation=2),
+                                    dict(w_shape=(64, 64, 5, 5)), dict(w_shape=(64, 64, 1, 1))])
+def test_algorithm_is_direct_where_winograd_does_not_apply(kwargs):
+    args = dict(x_shape=(8, 64, 56, 56), w_shape=(64, 64, 3, 3), stride=1, padding=1,
+                dtype=np.float32)
+    assert ops.conv2d_algorithm(**args) == ("winograd", 4)
+    extra = {k: kwargs.pop(k) for k in ("groups", "dilation") if k in kwargs}
+    args.update(kwargs)
+    for backward in (False, True):
+        assert ops.conv2d_algorithm(**args, backward=backward, **extra) == ("direct", None)
+
+
+def test_algorithm_follows_the_gemm_strip_of_the_isa(isa):
+    # F(4x4) once its tiles fill one strip of the ISA's GEMM, else F(2x2) if its tiles do,
+    # else direct; few channels and tiny layers stay direct
+    nr = ops.gemm_blocks(np.float32)["nr"]
+    algo = lambda n, hw, c=64, c_out=64: ops.conv2d_algorithm(  # noqa: E731
+        (n, c, hw, hw), (c_out, c, 3, 3), 1, 1, np.float32)
+    # 8x8 images: 4 F(4x4) tiles and 16 F(2x2) tiles per sample
+    assert algo(-(-nr // 4), 8) == ("winograd", 4)
+    n = -(-nr // 16)
+    assert 4 * n < nr <= 16 * n
+    assert algo(n, 8) == ("winograd", 2)
+    assert algo(1, 2) == ("direct", None)           # 1 tile
+    assert algo(64, 56, c=3) == ("direct", None)    # first layer
+    assert algo(64, 56, c_out=4) == ("direct", None)
+    assert algo(1, 14, c=8, c_out=8) == ("direct", None)  # 9*8*8*196 multiply-adds
+    # the backward pass is the convolution with the channels swapped
+    for c_in, c_out, n, hw in [(3, 64, 8, 56), (64, 3, 8, 56), (16, 256, 1, 14), (512, 64, 1, 7),
+                               (64, 128, 2, 9)]:
+        for pad in (0, 1, 2):
+            back = ops.conv2d_algorithm((n, c_in, hw, hw), (c_out, c_in, 3, 3), 1, pad,
+                                        np.float32, backward=True)
+            oh = hw + 2 * pad - 2
+            assert back == ops.conv2d_algorithm((n, c_out, oh, oh), (c_in, c_out, 3, 3), 1,
+                                                2 - pad, np.float32)
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 14, 14), (2, 64, 7, 7), (1, 16, 30, 30)])
+def test_the_chosen_algorithm_runs(shape):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, shape).astype(np.float32)
+    w = rng.uniform(-1, 1, (32, shape[1], 3, 3)).astype(np.float32)
+    a = ops.conv2d_algorithm(x.shape, w.shape, 1, 1, x.dtype)
+    y = (ops.conv2d_forward(x, w, None, 1, 1) if a.name == "direct"
+         else ops.conv2d_winograd_forward(x, w, tile=a.tile))
+    if a.name == "winograd":
+        check_forward(y, x, w, None, (1, 1), a.tile)
+    assert y.shape == (shape[0], 32, shape[2], shape[3])

@@ -6,6 +6,8 @@ released inside every kernel.
 """
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
 import numpy as np
 
 from . import _core
@@ -341,3 +343,92 @@ def conv2d_winograd_backward(g, w, in_hw, padding=(1, 1), packed=None, *, tile=4
     tile, padding = _winograd_args(tile, stride, padding)
     return _core.conv2d_winograd_backward(g, _c(w, g.dtype), tuple(in_hw), padding, tile,
                                           _threads, packed)
+
+
+class Algorithm(NamedTuple):
+    """A convolution algorithm: ``name`` is ``"direct"`` or ``"winograd"``, ``tile`` the
+    Winograd output tile (4 or 2; None for direct)."""
+
+    name: str
+    tile: Optional[int] = None
+
+
+def conv2d_algorithm(x_shape, w_shape, stride, padding, dtype, backward=False, *, groups=1,
+                     dilation=1) -> Algorithm:
+    """The convolution algorithm ``auto`` runs for a layer: ``Algorithm("direct")`` or
+    ``Algorithm("winograd", tile)``, for its forward pass or (``backward``) its vector-Jacobian
+    product w.r.t. the input.
+
+    Winograd needs a 3x3 kernel, stride 1, dilation 1, groups 1, padding 0..2 in each direction
+    and float32; anything else is direct (float64 too: its direct result is already exact to
+    ~1e-16, and its Winograd speed-up was not measured).  Then, with ``(cin, cout)`` the channels
+    the pass reads and writes (forward ``(c_in, c_out)``, backward ``(c_out, c_in)``), ``n`` the
+    batch, ``oh x ow`` the size of the pass's output (backward: the input's) and ``nr`` the
+    GEMM's strip width
+    (``gemm_blocks()["nr"]``: 32 with AVX-512, 16 with AVX2, 8 generic):
+
+    1. direct if ``cin < 8`` or ``cout < 8`` (first layers: the transforms cost about as much as
+       the multiply-adds they save) or if the layer has fewer than 2**19 multiply-adds
+       (``9 cin cout n oh ow``: fixed costs dominate);
+    2. F(4x4, 3x3) if its tiles, ``n * ceil(oh / 4) * ceil(ow / 4)``, fill at least one GEMM
+       strip (``>= nr``);
+    3. else F(2x2, 3x3) if its tiles, ``n * ceil(oh / 2) * ceil(ow / 2)``, do;
+    4. else direct (tiny images of a single sample).
+
+    The numbers behind it (``python bench/winograd_crossover.py --clock thread``; AMD EPYC
+    (Zen 5), AVX-512, 1 thread, CPU ms of the forward pass, direct / F4 / F2, channels
+    ``c -> c``, batch ``n``)::
+
+        c    7x7 n=1             7x7 n=8            14x14 n=1          28x28 n=1
+        8    .005/.014/.012      .024/.020/.024     .010/.015/.015     .024/.022/.024
+        64   .039/.080/.044      .286/.124/.183     .114/.089/.082     .361/.188/.227
+        512  2.02/5.02/2.27      13.3/5.82/7.68     5.36/4.98/3.70     16.7/8.86/12.7
+
+        c    56x56 n=1           112x112 n=1        224x224 n=1
+        64   1.24/.562/.743      6.07/2.04/2.73     24.4/7.71/15.4
+        128  4.83/1.80/2.30      18.0/6.18/9.11
+        256  17.4/9.11/9.58
+
+    and for few channels ``3 -> 64`` at 224x224: 1.83 / 2.03 / 3.34 (direct).  The backward
+    passes behave alike (the same kernel on swapped channels), except where the direct backward
+    multiplies by ``W^T`` (``8 c_in <= c_out``): there direct is a few percent faster on small
+    layers (``8 -> 64`` at 56x56, batch 8: 2.03 / 2.18 ms), which rule 1 does not catch.
+    Winograd F(4x4) wins from 1.1x (8 channels) to 3.2x (64 channels at 224x224); where it
+    wins, F(2x2) is slower except on 14x14 single images (F(4x4)'s 16 tiles, a quarter of them
+    cut by the edge, half-fill a 32-wide strip).
+
+    Parameters
+    ----------
+    x_shape : (n, c_in, h, w);  w_shape : (c_out, c_in, kh, kw)
+    stride, padding, dilation : int or pair;  groups : int;  dtype : the computation dtype
+    backward : the rule for the backward pass (w.r.t. the input)
+    """
+    n, _, h, w = (int(v) for v in x_shape)
+    c_out, c_in = int(w_shape[0]), int(w_shape[1])
+    if not _winograd_eligible(w_shape, stride, padding, dtype, groups, dilation):
+        return Algorithm("direct")
+    from ._validate import as_pair
+
+    ph, pw = as_pair(padding, "padding")
+    oh, ow = (h, w) if backward else (h + 2 * ph - 2, w + 2 * pw - 2)  # the pass's output
+    cin, cout = (c_out, c_in) if backward else (c_in, c_out)
+    if oh < 1 or ow < 1 or cin < 8 or cout < 8 or 9 * cin * cout * n * oh * ow < 2**19:
+        return Algorithm("direct")
+    nr = gemm_blocks(np.float32)["nr"]
+    for tile in (4, 2):
+        if n * -(-oh // tile) * -(-ow // tile) >= nr:
+            return Algorithm("winograd", tile)
+    return Algorithm("direct")
+
+
+def _winograd_eligible(w_shape, stride, padding, dtype, groups, dilation):
+    from ._validate import as_pair
+
+    try:
+        stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
+        groups, dilation = int(groups), as_pair(dilation, "dilation")
+    except (TypeError, ValueError):
+        return False
+    return (tuple(int(v) for v in w_shape[2:]) == (3, 3) and stride == (1, 1)
+            and dilation == (1, 1) and groups == 1 and max(padding) <= 2
+            and np.dtype(dtype) == np.float32)
