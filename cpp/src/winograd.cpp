@@ -10,10 +10,8 @@
 #include "relprop/winograd.hpp"
 
 #include <algorithm>
-#include <vector>
 
 #include "relprop/check.hpp"
-#include "relprop/memory.hpp"
 #include "relprop/parallel.hpp"
 #include "relprop/pool.hpp"
 #include "gemm_driver.hpp"  // block_k: the GEMM core's blocks of steps (packed-B layout)
@@ -22,9 +20,6 @@
 namespace relprop {
 
 namespace {
-
-template <typename T>
-using Buffer = std::vector<T, CountingAllocator<T>>;
 
 // Workspace of `elements` T from relprop's pool: the same sizes come back on every call of a
 // layer, already mapped (a fresh allocation of megabytes would page-fault on every call); the
@@ -245,8 +240,8 @@ void winograd_pack(const T* w, idx c_out, idx c_in, int tile, bool backward, T* 
   const idx a2 = a * a;
   // U_xi is rows x k: (c_out, c_in) forward, (c_in, c_out) backward
   const idx rows = backward ? c_in : c_out, k = backward ? c_out : c_in;
-  Buffer<T> u(static_cast<size_t>(a2 * rows * k));
-  const int nt = threads_for(nthreads, c_out, c_out * c_in * a2 * 8);
+  Workspace<T> u(a2 * rows * k);
+  [[maybe_unused]] const int nt = threads_for(nthreads, c_out, c_out * c_in * a2 * 8);
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (idx o = 0; o < c_out; ++o) {
     for (idx c = 0; c < c_in; ++c) {
@@ -265,7 +260,7 @@ void winograd_pack(const T* w, idx c_out, idx c_in, int tile, bool backward, T* 
         for (int j = 0; j < a; ++j) {
           double s = 0;  // (G f G^T)[i, j]
           for (int q = 0; q < 3; ++q) s += gf[i][q] * (tile == 4 ? kG4[j][q] : kG2[j][q]);
-          u[static_cast<size_t>(((i * a + j) * rows + row) * k + col)] = static_cast<T>(s);
+          u.data()[((i * a + j) * rows + row) * k + col] = static_cast<T>(s);
         }
     }
   }
@@ -283,7 +278,7 @@ void winograd_forward(const T* x, const T* w, const T* b, T* y, T* y2, const Win
   RELPROP_CHECK(split > 0 && split <= c_out, "split must be in [1, ", c_out, "], got ", split);
   RELPROP_CHECK(split == c_out || y2, "split < c_out needs a second output");
   if (g.n == 0) return;
-  Buffer<T> wp(static_cast<size_t>(packed ? 0 : winograd_packed_size<T>(c_out, g.c, tile, false)));
+  Workspace<T> wp(packed ? 0 : winograd_packed_size<T>(c_out, g.c, tile, false));
   if (!packed) {
     winograd_pack(w, c_out, g.c, tile, false, wp.data(), nthreads);
     packed = wp.data();
@@ -298,7 +293,7 @@ void winograd_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_
   winograd_validate(g, tile);
   RELPROP_CHECK(c_out > 0, "c_out must be positive, got ", c_out);
   if (g.n == 0) return;
-  Buffer<T> wp(static_cast<size_t>(packed ? 0 : winograd_packed_size<T>(c_out, g.c, tile, true)));
+  Workspace<T> wp(packed ? 0 : winograd_packed_size<T>(c_out, g.c, tile, true));
   if (!packed) {
     winograd_pack(w, c_out, g.c, tile, true, wp.data(), nthreads);
     packed = wp.data();
