@@ -106,24 +106,29 @@ void check_window(const Window2d& g) {
                 g.ph, ", ", g.pw, ")");
 }
 
-// Tiles per block (the GEMMs' n): a multiple of the micro-kernel's nr, at least 64 (each
-// transformed weight read from memory then serves nb / 2 FLOP per byte), and for few channels
-// as many as keep a block's transformed input and products (alpha^2 (c_in + c_out) nb values)
-// within about `budget` bytes, so that they stay in a core's L2 between the three phases.
+// Tiles per block (the GEMMs' n), a multiple of the micro-kernel's nr.  Each block reads all of
+// the transformed weights U (alpha^2 c_in c_out values) and writes and reads its transformed
+// inputs V and products M (alpha^2 (c_in + c_out) nb values): nb = c_in c_out / (c_in + c_out)
+// balances the two, which measured best (1 thread, AVX-512: 64 channels flat from 32 to 128
+// tiles, 128 best at 32-64, 256 at 128-256, 512 at 256: 26.6 ms against 31.1 at 64 and 35.1
+// at 32 for 512 -> 512 on 28x28, batch 4).  At least 64 tiles (fixed costs per block), at most
+// what keeps V and M within kMaxBlockBytes.
+constexpr idx kMaxBlockBytes = idx(32) << 20;
+
 template <typename T>
 idx choose_block_tiles(const WinoGeom& g, const GemmImpl<T>& impl) {
-  const idx a2 = alpha_of(g.m) * alpha_of(g.m);
-  const idx per_tile = a2 * (g.c_in + g.c_out) * idx(sizeof(T));
-  constexpr idx budget = idx(1) << 20;
-  const idx nr = impl.nr;
-  const idx min_tiles = (64 + nr - 1) / nr * nr;
-  return std::max(min_tiles, budget / per_tile / nr * nr);
+  const idx a2 = alpha_of(g.m) * alpha_of(g.m), nr = impl.nr;
+  const idx balance = g.c_in * g.c_out / (g.c_in + g.c_out);
+  const idx cap = std::max<idx>(1, kMaxBlockBytes / (a2 * (g.c_in + g.c_out) * idx(sizeof(T))));
+  const idx tiles = std::min(std::max<idx>(balance, 64), cap);
+  return std::max<idx>(nr, (tiles + nr - 1) / nr * nr);
 }
 
 // y (and y2) = the convolution described by g of x with the packed transformed weights u.
 //
-// Threads: with at least two blocks per thread, each thread runs whole blocks (input
-// transform, GEMMs, output transform) in its own buffers, in one parallel region; otherwise
+// Threads: with at least two blocks per thread (and room for a block's buffers per thread),
+// each thread runs whole blocks (input transform, GEMMs, output transform) in its own
+// buffers, in one parallel region; otherwise
 // the blocks run one after the other, each phase split among the threads (input channels,
 // transform positions, output channels).  Either way each value is computed by one task in
 // the same order.
@@ -163,7 +168,7 @@ void run(const WinoGeom& g, const T* x, const T* u, const T* bias, T* y, T* y2, 
     ga.ldc = ga.n;
     detail::run_tile(impl, ga, 0, g.c_out, 0, ga.n);
   };
-  if (nt > 1 && blocks >= 2 * nt) {
+  if (nt > 1 && blocks >= 2 * nt && nt * (v_size + m_size) * idx(sizeof(T)) <= kMaxBlockBytes) {
     // whole blocks per thread; every buffer allocated here, before the parallel region
     const idx per_thread = v_size + m_size + work_size;
     Workspace<T> buf(nt * per_thread);
