@@ -158,11 +158,12 @@ def test_every_isa_matches_reference(isa, tile, c_in, c_out, h, w, pad):
 
 @pytest.mark.parametrize("tile", [4, 2])
 @pytest.mark.parametrize("c_in, c_out, hw", [(3, 64, 32), (64, 64, 24), (256, 64, 16),
-                                             (512, 48, 14)])
+                                             (512, 48, 14), (48, 512, 8)])
 def test_accuracy_contract_on_realistic_layers(isa, tile, c_in, c_out, hw):
     # He-initialized weights, inputs after a ReLU (the first layer: an image in [-2, 2]),
     # float32: max|y - exact| <= WINOGRAD_RTOL * max|exact|, forward and backward (normal
-    # gradients).  Lavin & Gray's points for F(4x4) fail this at c_in = 512 (about 2e-5).
+    # gradients; the backward pass reduces over c_out).  Lavin & Gray's points for F(4x4) fail
+    # this at c_in = 512 (about 2e-5); these measure up to about 7e-6.
     rng = np.random.default_rng(c_in + hw)
     x = rng.standard_normal((2, c_in, hw, hw))
     x = rng.uniform(-2, 2, x.shape) if c_in == 3 else np.maximum(x, 0)
