@@ -2,14 +2,16 @@
 // packing and the driver (blocks of tile rows, threads), compiled for the baseline instruction
 // set; the input and output transforms come from the per-ISA units (winograd_transforms.hpp).
 //
-// Threads: for each block of tile rows, the input transform is split over input channels, the
-// GEMMs over transform positions and the output transform over output channels.  Every value
-// is computed by exactly one task, in an order fixed by the geometry (a tile's transforms use
-// its own data; each GEMM column is reduced over c_in in the GEMM core's fixed order), so
-// results are bitwise identical for any thread count, block size and batch.
+// Threads split blocks of tiles or output channels (see run).  Every value is computed by
+// exactly one task, in an order fixed by the geometry (a tile's transforms use its own data;
+// each GEMM column is reduced over c_in in the GEMM core's fixed order, whichever rows and
+// columns a task holds), so results are bitwise identical for any thread count, block size
+// and batch.
 #include "relprop/winograd.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
 
 #include "relprop/check.hpp"
 #include "relprop/parallel.hpp"
@@ -112,8 +114,9 @@ void check_window(const Window2d& g) {
 // balances the two, which measured best (1 thread, AVX-512: 64 channels flat from 32 to 128
 // tiles, 128 best at 32-64, 256 at 128-256, 512 at 256: 26.6 ms against 31.1 at 64 and 35.1
 // at 32 for 512 -> 512 on 28x28, batch 4).  At least 64 tiles (fixed costs per block), at most
-// what keeps V and M within kMaxBlockBytes.
-constexpr idx kMaxBlockBytes = idx(32) << 20;
+// what keeps V and M within kMaxBlockBytes (each thread has its own: 512 -> 512 channels get
+// 96 tiles on AVX-512, about 5% slower than 256).
+constexpr idx kMaxBlockBytes = idx(16) << 20;
 
 template <typename T>
 idx choose_block_tiles(const WinoGeom& g, const GemmImpl<T>& impl) {
@@ -124,14 +127,42 @@ idx choose_block_tiles(const WinoGeom& g, const GemmImpl<T>& impl) {
   return std::max<idx>(nr, (tiles + nr - 1) / nr * nr);
 }
 
+// relprop::parallel_for with a dynamic schedule: each task goes to the next free thread, so a
+// thread the operating system takes away (a busy machine) holds up one task, not a share of
+// them.  Which thread runs a task changes no result here (every task computes fixed values).
+template <class Body>
+void parallel_for_dynamic(int nt, idx tasks, Body&& body) {
+  std::exception_ptr error;
+  std::atomic<bool> failed{false};
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (idx t = 0; t < tasks; ++t) {
+    if (failed.load(std::memory_order_relaxed)) continue;
+    try {
+      body(t);
+    } catch (...) {
+#pragma omp critical(relprop_winograd_error)
+      {
+        if (!error) error = std::current_exception();
+      }
+      failed.store(true, std::memory_order_relaxed);
+    }
+  }
+  (void)nt;
+  if (error) std::rethrow_exception(error);
+}
+
 // y (and y2) = the convolution described by g of x with the packed transformed weights u.
 //
-// Threads: with at least two blocks per thread (and room for a block's buffers per thread),
-// each thread runs whole blocks (input transform, GEMMs, output transform) in its own
-// buffers, in one parallel region; otherwise
-// the blocks run one after the other, each phase split among the threads (input channels,
-// transform positions, output channels).  Either way each value is computed by one task in
-// the same order.
+// Threads, in one parallel region without barriers inside:
+//  - with at least two blocks per thread (and room for a block's buffers per thread), the
+//    blocks are tasks: a thread runs a whole block (input transform, GEMMs, output transform)
+//    in its own buffers;
+//  - otherwise (few tiles: small images, large channel counts) each thread takes a share of
+//    the output channels (whole strips of the GEMM's mr rows) for every block: it transforms
+//    the block's input itself (the input transform costs a few percent of a GEMM with many
+//    output channels, less than a barrier on a busy machine), runs its rows of the GEMMs and
+//    transforms its channels' output.
+// Either way each value is computed by one task in the same order.
 template <typename T>
 void run(const WinoGeom& g, const T* x, const T* u, const T* bias, T* y, T* y2, idx split,
          int nthreads, idx block_tiles) {
@@ -150,56 +181,54 @@ void run(const WinoGeom& g, const T* x, const T* u, const T* bias, T* y, T* y2, 
   const idx work_size = detail::wino_work_size(g.m, impl.nr);
   const idx v_size = a2 * detail::wino_stride(g.c_in * npad_max);
   const idx m_size = a2 * detail::wino_stride(g.c_out * nb_max);
-  const int nt = threads_for(nthreads, std::max(blocks, a2), tiles * a2 * g.c_in * g.c_out);
+  const idx strips = (g.c_out + impl.mr - 1) / impl.mr;  // of output channels
+  const int nt = threads_for(nthreads, std::max(blocks, strips), tiles * a2 * g.c_in * g.c_out);
   const auto block = [&](idx bi) {
     const idx j0 = bi * nb_max, j1 = std::min(tiles, j0 + nb_max);
     const idx npad = (j1 - j0 + impl.nr - 1) / impl.nr * impl.nr;
     return detail::WinoBlock{j0,   j1, impl.nr, kb, npad, detail::wino_stride(g.c_in * npad),
                              detail::wino_stride(g.c_out * (j1 - j0))};
   };
-  const auto gemm = [&](const detail::WinoBlock& b, idx xi, const T* v, T* mm) {
-    GemmArgs<T> ga;
-    ga.m = g.c_out;
-    ga.n = b.j1 - b.j0;
-    ga.k = g.c_in;
-    ga.apack = u + xi * psize;
-    ga.bpack = v + xi * b.v_stride;
-    ga.c = mm + xi * b.m_stride;
-    ga.ldc = ga.n;
-    detail::run_tile(impl, ga, 0, g.c_out, 0, ga.n);
+  // output channels [o0, o1) (o0 a multiple of mr) of block bi in one thread's buffers:
+  // V -> M (those rows only) -> y
+  const auto rows = [&](idx bi, idx o0, idx o1, T* v, T* mm, T* work) {
+    detail::WinoBlock b = block(bi);
+    b.m_stride = detail::wino_stride((o1 - o0) * (b.j1 - b.j0));
+    kern.input[mi](g, b, x, 0, g.c_in, v, work);
+    for (idx xi = 0; xi < a2; ++xi) {
+      GemmArgs<T> ga;
+      ga.m = g.c_out;
+      ga.n = b.j1 - b.j0;
+      ga.k = g.c_in;
+      ga.apack = u + xi * psize;
+      ga.bpack = v + xi * b.v_stride;
+      ga.c = ga.c2 = mm + xi * b.m_stride;  // rows from m2 = o0 on go to c2 + (i - o0) * ldc
+      ga.m2 = o0;
+      ga.ldc = ga.n;
+      detail::run_tile(impl, ga, o0, o1, 0, ga.n);
+    }
+    kern.output[mi](g, b, mm, o0, o1, bias, y, y2, split, work);
   };
-  if (nt > 1 && blocks >= 2 * nt && nt * (v_size + m_size) * idx(sizeof(T)) <= kMaxBlockBytes) {
-    // whole blocks per thread; every buffer allocated here, before the parallel region
-    const idx per_thread = v_size + m_size + work_size;
-    Workspace<T> buf(nt * per_thread);
-    parallel_for(nt, blocks, [&](idx bi) {
+  // every buffer is allocated here, before the parallel region: one set per thread
+  const idx per_thread = v_size + m_size + work_size;
+  if (nt == 1 || blocks >= 2 * nt || strips < 2) {
+    const int ntb = static_cast<int>(std::min<idx>(nt, blocks));
+    Workspace<T> buf(ntb * per_thread);
+    parallel_for_dynamic(ntb, blocks, [&](idx bi) {
       T* v = buf.data() + thread_index() * per_thread;
-      T* mm = v + v_size;
-      T* work = mm + m_size;
-      const detail::WinoBlock b = block(bi);
-      kern.input[mi](g, b, x, 0, g.c_in, v, work);
-      for (idx xi = 0; xi < a2; ++xi) gemm(b, xi, v, mm);
-      kern.output[mi](g, b, mm, 0, g.c_out, bias, y, y2, split, work);
+      rows(bi, 0, g.c_out, v, v + v_size, v + v_size + m_size);
     });
     return;
   }
-  const int nt_in = static_cast<int>(std::min<idx>(nt, g.c_in));
-  const int nt_out = static_cast<int>(std::min<idx>(nt, g.c_out));
-  Workspace<T> v(v_size), mm(m_size), work(std::max(nt_in, nt_out) * work_size);
-  for (idx bi = 0; bi < blocks; ++bi) {
-    const detail::WinoBlock b = block(bi);
-    parallel_for(nt_in, nt_in, [&](idx t) {
-      idx c0, c1;
-      detail::share(g.c_in, nt_in, static_cast<int>(t), c0, c1);
-      kern.input[mi](g, b, x, c0, c1, v.data(), work.data() + t * work_size);
-    });
-    parallel_for(nt, a2, [&](idx xi) { gemm(b, xi, v.data(), mm.data()); });
-    parallel_for(nt_out, nt_out, [&](idx t) {
-      idx o0, o1;
-      detail::share(g.c_out, nt_out, static_cast<int>(t), o0, o1);
-      kern.output[mi](g, b, mm.data(), o0, o1, bias, y, y2, split, work.data() + t * work_size);
-    });
-  }
+  const int ntc = static_cast<int>(std::min<idx>(nt, strips));
+  Workspace<T> buf(ntc * per_thread);
+  parallel_for(ntc, ntc, [&](idx t) {
+    idx s0, s1;
+    detail::share(strips, ntc, static_cast<int>(t), s0, s1);
+    const idx o0 = s0 * impl.mr, o1 = std::min(s1 * impl.mr, g.c_out);
+    T* v = buf.data() + t * per_thread;
+    for (idx bi = 0; bi < blocks; ++bi) rows(bi, o0, o1, v, v + v_size, v + v_size + m_size);
+  });
 }
 
 WinoGeom geometry(int tile, idx n, idx c_in, idx c_out, idx h, idx w, idx ph, idx pw) {

@@ -35,7 +35,8 @@ struct WinoGeom {
 // v + xi * v_stride and holds (c, col) at
 //     (c / kb * kb) * npad + col / nr * kcb * nr + c % kb * nr + col % nr,
 //     kcb = min(kb, c_in - c / kb * kb)   (the size of c's block of steps).
-// The products M_xi (c_out x nb) are row-major at mm + xi * m_stride.  The strides are a cache
+// The products M_xi of the output channels [o0, o1) a task computes are row-major at
+// mm + xi * m_stride, channel o at row o - o0.  The strides are a cache
 // line more than the matrices (wino_stride): the transforms read or write all positions of a
 // tile together, and at a multiple of 4 KiB those streams would share the same cache sets.
 struct WinoBlock {
@@ -70,7 +71,8 @@ struct WinoKernels {
   // nb <= col < npad of those channels).
   void (*input[2])(const WinoGeom& g, const WinoBlock& b, const T* x, idx c0, idx c1, T* v,
                    T* work);
-  // y = A^T M A + bias[o] for output channels o0 <= o < o1; channel o < split goes to
+  // y = A^T M A + bias[o] for output channels o0 <= o < o1 (M holds those rows only); channel
+  // o < split goes to
   // y (n, split, oh, ow), the others to y2 (n, c_out - split, oh, ow).
   void (*output[2])(const WinoGeom& g, const WinoBlock& b, const T* mm, idx o0, idx o1,
                     const T* bias, T* y, T* y2, idx split, T* work);

@@ -237,7 +237,7 @@ void output_transform(const WinoGeom& g, const WinoBlock& b, const T* mm, idx o0
     const int count = pieces_of(g, b, col0, n, pieces);
     for (idx o = o0; o < o1; ++o) {
       const T bo = bias ? bias[o] : T(0);
-      const T* mo = mm + o * nb + col0;
+      const T* mo = mm + (o - o0) * nb + col0;
       // H[k][j][u] = sum_l AT[j][l] M[k*A + l][u]
       for (int k = 0; k < A; ++k) {
         const T* mk = mo + k * A * xi_stride;
