@@ -112,19 +112,19 @@ void check_window(const Window2d& g) {
 // the transformed weights U (alpha^2 c_in c_out values) and writes and reads its transformed
 // inputs V and products M (alpha^2 (c_in + c_out) nb values): nb = c_in c_out / (c_in + c_out)
 // balances the two, which measured best (1 thread, AVX-512: 64 channels flat from 32 to 128
-// tiles, 128 best at 32-64, 256 at 128-256, 512 at 256: 26.6 ms against 31.1 at 64 and 35.1
-// at 32 for 512 -> 512 on 28x28, batch 4).  At least 64 tiles (fixed costs per block), at most
-// what keeps V and M within kMaxBlockBytes (each thread has its own: 512 -> 512 channels get
-// 96 tiles on AVX-512, about 5% slower than 256).
-constexpr idx kMaxBlockBytes = idx(16) << 20;
+// tiles, 128 best at 32-64, 256 at 128-256, 512 at 256: 25.5 ms against 27.8 at 128 and 29.1
+// at 96 for 512 -> 512 on 28x28, batch 4, where U (38 MB) comes from memory for every block).
+// At least 64 tiles (fixed costs per block), at most what keeps a thread's V and M within
+// kMaxBlockBytes (512 -> 512 channels: 224 tiles on AVX-512).
+constexpr idx kMaxBlockBytes = idx(32) << 20;
 
 template <typename T>
 idx choose_block_tiles(const WinoGeom& g, const GemmImpl<T>& impl) {
   const idx a2 = alpha_of(g.m) * alpha_of(g.m), nr = impl.nr;
-  const idx balance = g.c_in * g.c_out / (g.c_in + g.c_out);
-  const idx cap = std::max<idx>(1, kMaxBlockBytes / (a2 * (g.c_in + g.c_out) * idx(sizeof(T))));
-  const idx tiles = std::min(std::max<idx>(balance, 64), cap);
-  return std::max<idx>(nr, (tiles + nr - 1) / nr * nr);
+  const idx balance = std::max<idx>(g.c_in * g.c_out / (g.c_in + g.c_out), 64);
+  const idx cap = kMaxBlockBytes / (a2 * (g.c_in + g.c_out) * idx(sizeof(T)));
+  const idx tiles = (balance + nr - 1) / nr * nr;
+  return tiles <= cap ? tiles : std::max<idx>(nr, cap / nr * nr);
 }
 
 // relprop::parallel_for with a dynamic schedule: each task goes to the next free thread, so a
