@@ -173,7 +173,16 @@ void run(const WinoGeom& g, const T* x, const T* u, const T* bias, T* y, T* y2, 
   const int mi = g.m == 4 ? 1 : 0;
   const idx a2 = alpha_of(g.m) * alpha_of(g.m);
   const idx tiles = g.n * g.th * g.tw;
-  const idx nb_max = std::min(tiles, block_tiles > 0 ? block_tiles : choose_block_tiles(g, impl));
+  const int nt0 = resolve_threads(nthreads);
+  idx nb_max = std::min(tiles, block_tiles > 0 ? block_tiles : choose_block_tiles(g, impl));
+  // Too few blocks for two per thread: smaller blocks, if re-reading the transformed weights
+  // for the extra blocks (c_out per tile and extra block, in units of V's c_in) costs less than
+  // every other thread transforming each block's input again (tiles per block).
+  if (block_tiles <= 0 && nt0 > 1 && (tiles + nb_max - 1) / nb_max < 2 * nt0 &&
+      g.c_out * 2 * nt0 <= 2 * tiles) {
+    const idx nr = impl.nr;
+    nb_max = std::max(nr, (tiles + 2 * nt0 - 1) / (2 * nt0) / nr * nr);
+  }
   const idx blocks = (tiles + nb_max - 1) / nb_max;
   const idx npad_max = (nb_max + impl.nr - 1) / impl.nr * impl.nr;
   const idx psize = impl.packed_a_size(g.c_out, g.c_in);
