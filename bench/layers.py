@@ -124,7 +124,8 @@ def _auto(x, w, padding, backward):
     return a.name if a.name == "direct" else f"f{a.tile}"
 
 
-def layer_rows(name, batch, threads, repeats, peaks, tiles=TILES, layers=None, log=None):
+def layer_rows(name, batch, threads, repeats, peaks, tiles=TILES, layers=None, log=None,
+               clock=time.perf_counter):
     """One row per conv layer and thread count: median times of each method, forward and
     backward, and what ``auto`` picks."""
     rows = []
@@ -138,7 +139,7 @@ def layer_rows(name, batch, threads, repeats, peaks, tiles=TILES, layers=None, l
         flop = 2.0 * 9 * c_in * c_out * h * wd * batch
         for t in threads:
             rp.set_num_threads(t)
-            times = time_interleaved(fns, repeats)
+            times = time_interleaved(fns, repeats, clock=clock)
             row = {"model": name, "layer": k, "c_in": c_in, "c_out": c_out, "h": h, "w": wd,
                    "batch": batch, "threads": t, "flop": flop, "peak": peaks[t],
                    "auto_fwd": _auto(x, w, pad, False), "auto_bwd": _auto(x, w, pad, True)}
@@ -213,16 +214,23 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--layers", default=None, help="comma-separated layer indices (default all)")
     p.add_argument("--tiles", default="4,2", help="Winograd tiles to time (4, 2 or 4,2)")
+    p.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                   help="elapsed time, or the calling thread's CPU time (--threads 1 only: "
+                        "what a busy machine's other processes do not change)")
     opts = p.parse_args(argv)
     threads = [int(t) for t in opts.threads.split(",")]
+    if opts.clock == "thread" and threads != [1]:
+        p.error("--clock thread needs --threads 1")
+    clock = time.thread_time if opts.clock == "thread" else time.perf_counter
     tiles = tuple(int(t) for t in opts.tiles.split(","))
     layers = None if opts.layers is None else {int(k) for k in opts.layers.split(",")}
     peaks = {t: ops.fma_peak_gflops(t) for t in threads}
     print(header(threads, peaks))
     print(f"- {opts.model}, batch {opts.batch}, float32; medians of {opts.repeats} interleaved "
-          "repeats\n", flush=True)
+          f"repeats ({'thread CPU' if opts.clock == 'thread' else 'wall-clock'} time)\n",
+          flush=True)
     rows = layer_rows(opts.model, opts.batch, threads, opts.repeats, peaks, tiles, layers,
-                      log=sys.stderr)
+                      log=sys.stderr, clock=clock)
     print(table(rows))
     return rows
 
