@@ -524,7 +524,6 @@ void define(py::module_& m) {
   m.def("gemm", &gemm<T>, nc("a"), nc("b"), "trans_a"_a, "trans_b"_a, "nthreads"_a);
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // Winograd convolution F(m x m, 3x3) (relprop/winograd.hpp)
 
