@@ -173,7 +173,8 @@ void run(const WinoGeom& g, const T* x, const T* u, const T* bias, T* y, T* y2, 
   const int mi = g.m == 4 ? 1 : 0;
   const idx a2 = alpha_of(g.m) * alpha_of(g.m);
   const idx tiles = g.n * g.th * g.tw;
-  const int nt0 = resolve_threads(nthreads);
+  const idx work = tiles * a2 * g.c_in * g.c_out;  // multiply-adds of the GEMMs
+  const int nt0 = threads_for(nthreads, tiles, work);
   idx nb_max = std::min(tiles, block_tiles > 0 ? block_tiles : choose_block_tiles(g, impl));
   // Too few blocks for two per thread: smaller blocks, if re-reading the transformed weights
   // for the extra blocks (c_out per tile and extra block, in units of V's c_in) costs less than
@@ -191,7 +192,7 @@ void run(const WinoGeom& g, const T* x, const T* u, const T* bias, T* y, T* y2, 
   const idx v_size = a2 * detail::wino_stride(g.c_in * npad_max);
   const idx m_size = a2 * detail::wino_stride(g.c_out * nb_max);
   const idx strips = (g.c_out + impl.mr - 1) / impl.mr;  // of output channels
-  const int nt = threads_for(nthreads, std::max(blocks, strips), tiles * a2 * g.c_in * g.c_out);
+  const int nt = threads_for(nthreads, std::max(blocks, strips), work);
   const auto block = [&](idx bi) {
     const idx j0 = bi * nb_max, j1 = std::min(tiles, j0 + nb_max);
     const idx npad = (j1 - j0 + impl.nr - 1) / impl.nr * impl.nr;
