@@ -173,12 +173,14 @@ void run(const WinoGeom& g, const T* x, const T* u, const T* bias, T* y, T* y2, 
   const int mi = g.m == 4 ? 1 : 0;
   const idx a2 = alpha_of(g.m) * alpha_of(g.m);
   const idx tiles = g.n * g.th * g.tw;
-  const idx work = tiles * a2 * g.c_in * g.c_out;  // multiply-adds of the GEMMs
-  const int nt0 = threads_for(nthreads, tiles, work);
+  const idx macs = tiles * a2 * g.c_in * g.c_out;  // multiply-adds of the GEMMs
+  const int nt0 = threads_for(nthreads, tiles, macs);
   idx nb_max = std::min(tiles, block_tiles > 0 ? block_tiles : choose_block_tiles(g, impl));
-  // Too few blocks for two per thread: smaller blocks, if re-reading the transformed weights
-  // for the extra blocks (c_out per tile and extra block, in units of V's c_in) costs less than
-  // every other thread transforming each block's input again (tiles per block).
+  // Too few blocks for two per thread: either smaller blocks (up to 2 nt0 blocks, each reading
+  // all alpha^2 c_in c_out transformed weights) or the schedule below, where each thread
+  // transforms every block's input (alpha^2 c_in values per tile).  Smaller blocks when the
+  // weights they read are at most twice the inputs the other schedule transforms again
+  // (2 nt0 c_out <= 2 tiles; an input transform costs more per value than a weight read).
   if (block_tiles <= 0 && nt0 > 1 && (tiles + nb_max - 1) / nb_max < 2 * nt0 &&
       g.c_out * 2 * nt0 <= 2 * tiles) {
     const idx nr = impl.nr;
@@ -192,7 +194,7 @@ void run(const WinoGeom& g, const T* x, const T* u, const T* bias, T* y, T* y2, 
   const idx v_size = a2 * detail::wino_stride(g.c_in * npad_max);
   const idx m_size = a2 * detail::wino_stride(g.c_out * nb_max);
   const idx strips = (g.c_out + impl.mr - 1) / impl.mr;  // of output channels
-  const int nt = threads_for(nthreads, std::max(blocks, strips), work);
+  const int nt = threads_for(nthreads, std::max(blocks, strips), macs);
   const auto block = [&](idx bi) {
     const idx j0 = bi * nb_max, j1 = std::min(tiles, j0 + nb_max);
     const idx npad = (j1 - j0 + impl.nr - 1) / impl.nr * impl.nr;
