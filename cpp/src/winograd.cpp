@@ -1,5 +1,5 @@
 // Winograd convolution F(m x m, 3x3) on the GEMM core (scheme in winograd_impl.hpp): weight
-// packing and the driver (blocks of tile rows, threads), compiled for the baseline instruction
+// packing and the driver (blocks of tiles, threads), compiled for the baseline instruction
 // set; the input and output transforms come from the per-ISA units (winograd_transforms.hpp).
 //
 // Threads split blocks of tiles or output channels (see run).  Every value is computed by

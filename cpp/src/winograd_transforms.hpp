@@ -4,10 +4,11 @@
 // has internal linkage and no standard-library template is used, so that no copy compiled with
 // AVX instructions can be picked by the linker for the baseline code.
 //
-// Both transforms work on one run of tiles of a tile row at a time and vectorize across those
-// tiles: every array below is indexed by the tile u of the run (contiguous), and every loop
-// body applies the same operations to every u, so a tile's result depends on its own data only
-// (not on its position in a vector, the block, the batch or the thread; the compiler contracts
+// Both transforms vectorize across tiles: they work on runs of a block's tiles (the input
+// transform one GEMM strip at a time, the output transform kOutLanes at a time), across tile
+// rows and samples; every array below is indexed by the tile u of the run, and every loop body
+// applies the same operations to every u, so a tile's result depends on its own data only (not
+// on its position in a vector, the block, the batch or the thread; the compiler contracts
 // a*b+c into a fused multiply-add alike in vector loops and scalar remainders).
 //
 // Matrices (the points 0, 1, -1, 1/2, -2 and infinity for F(4x4, 3x3), which Barabasz et al.
