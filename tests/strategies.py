@@ -144,3 +144,22 @@ def dags(draw, bias=True, extended=False, max_ops=8, n_out=3):
     f = shapes[feat][0]
     new(rp.Dense(rng.normal(size=(n_out, f)) / np.sqrt(f), bias_of(n_out)), [feat])
     return rp.Graph(nodes, input_shape=(c0, hw, hw))
+
+
+@st.composite
+def winograd_problems(draw, wide=False, max_c=6):
+    """(x, w, b, padding, tile) of a stride-1 3x3 convolution with padding 0..2 per direction.
+
+    ``wide``: rows of 40 to 90 pixels (10 to 45 tiles), so that the transforms run their
+    vector loops as well as their tails."""
+    dtype = draw(DTYPES)
+    tile = draw(st.sampled_from([2, 4]))
+    n = draw(st.integers(1, 3))
+    c_in, c_out = draw(st.integers(1, max_c)), draw(st.integers(1, max_c))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    h = draw(st.integers(max(1, 3 - 2 * ph), 5 if wide else 14))
+    w = draw(st.integers(40, 90) if wide else st.integers(max(1, 3 - 2 * pw), 14))
+    x = draw(arrays(dtype, (n, c_in, h, w)))
+    wt = draw(arrays(dtype, (c_out, c_in, 3, 3)))
+    b = draw(st.one_of(st.none(), arrays(dtype, (c_out,))))
+    return x, wt, b, (ph, pw), tile

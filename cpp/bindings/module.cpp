@@ -16,6 +16,7 @@
 #include "relprop/memory.hpp"
 #include "relprop/parallel.hpp"
 #include "relprop/pool.hpp"
+#include "relprop/winograd.hpp"
 
 namespace py = pybind11;
 using namespace pybind11::literals;
@@ -523,6 +524,107 @@ void define(py::module_& m) {
   m.def("gemm", &gemm<T>, nc("a"), nc("b"), "trans_a"_a, "trans_b"_a, "nthreads"_a);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Winograd convolution F(m x m, 3x3) (relprop/winograd.hpp)
+
+// The GEMM name of a Winograd packing: direction and tile (a packing for one is refused by the
+// others).
+std::string winograd_gemm(int tile, bool backward) {
+  return std::string(backward ? "conv2d_winograd_backward" : "conv2d_winograd_forward") + "_f" +
+         std::to_string(tile);
+}
+
+template <typename T>
+void check_3x3(const CArray<T>& w) {
+  check_ndim(w, 4, "weight");
+  RELPROP_CHECK(w.shape(2) == 3 && w.shape(3) == 3,
+                "Winograd convolution needs a 3x3 kernel, got weight of shape ", shape_text(w));
+}
+
+template <typename T>
+const T* winograd_packed(const py::object& packed, const CArray<T>& w, int tile, bool backward) {
+  if (packed.is_none()) return nullptr;
+  const std::string gemm = winograd_gemm(tile, backward);
+  return optional_packed<T>(packed, gemm.c_str(), w,
+                            relprop::winograd_packed_size<T>(w.shape(0), w.shape(1), tile,
+                                                             backward));
+}
+
+template <typename T>
+PackedWeights conv2d_winograd_pack(const CArray<T>& w, int tile, bool backward, int nthreads) {
+  check_3x3(w);
+  const std::string gemm = winograd_gemm(tile, backward);
+  const idx c_out = w.shape(0), c_in = w.shape(1);
+  return packed_for<T>(gemm.c_str(), w,
+                       relprop::winograd_packed_size<T>(c_out, c_in, tile, backward),
+                       [&](T* dst) {
+                         relprop::winograd_pack<T>(w.data(), c_out, c_in, tile, backward, dst,
+                                                   nthreads);
+                       });
+}
+
+// y, or (y[:, :split], y[:, split:]) for 0 < split < c_out (split = 0: one output).
+template <typename T>
+py::object conv2d_winograd_forward(const CArray<T>& x, const CArray<T>& w, const py::object& b,
+                                   Pair p, int tile, idx split, int nthreads,
+                                   const py::object& packed, idx block_tiles) {
+  check_3x3(w);
+  const Window2d g = conv_window(x, w, {1, 1}, p);
+  relprop::winograd_validate(g, tile);
+  const idx c_out = w.shape(0);
+  RELPROP_CHECK(split == 0 || (split > 0 && split < c_out), "split must be in [1, ", c_out - 1,
+                "] (or 0 for one output), got ", split);
+  CArray<T> keep;
+  const T* bp = optional_bias<T>(b, c_out, keep);
+  const T* pp = winograd_packed<T>(packed, w, tile, false);
+  const idx s1 = split > 0 ? split : c_out;
+  CArray<T> y = output<T>({g.n, s1, g.oh(), g.ow()});
+  CArray<T> y2 = output<T>({g.n, c_out - s1, g.oh(), g.ow()});
+  T* yp = y.mutable_data();
+  T* y2p = split > 0 ? y2.mutable_data() : nullptr;
+  {
+    py::gil_scoped_release nogil;
+    relprop::winograd_forward<T>(x.data(), w.data(), bp, yp, y2p, g, c_out, s1, tile, nthreads,
+                                 pp, block_tiles);
+  }
+  if (split > 0) return py::make_tuple(y, y2);
+  return std::move(y);
+}
+
+template <typename T>
+CArray<T> conv2d_winograd_backward(const CArray<T>& gy, const CArray<T>& w, Pair hw, Pair p,
+                                   int tile, int nthreads, const py::object& packed,
+                                   idx block_tiles) {
+  check_3x3(w);
+  const Window2d g = backward_window(gy, w.shape(1), hw, {3, 3}, {1, 1}, p);
+  relprop::winograd_validate(g, tile);
+  const idx c_out = w.shape(0);
+  RELPROP_CHECK(gy.shape(1) == c_out, "grad.shape[1]=", gy.shape(1), " must equal ", c_out,
+                " (weight.shape[0])");
+  const T* pp = winograd_packed<T>(packed, w, tile, true);
+  CArray<T> gx = output<T>({g.n, g.c, g.h, g.w});
+  T* gp = gx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::winograd_backward<T>(gy.data(), w.data(), gp, g, c_out, tile, nthreads, pp,
+                                  block_tiles);
+  }
+  return gx;
+}
+
+template <typename T>
+void define_winograd(py::module_& m) {
+  auto nc = [](const char* name) { return py::arg(name).noconvert(); };
+  m.def("conv2d_winograd_pack", &conv2d_winograd_pack<T>, nc("weight"), "tile"_a, "backward"_a,
+        "nthreads"_a);
+  m.def("conv2d_winograd_forward", &conv2d_winograd_forward<T>, nc("x"), nc("weight"), "bias"_a,
+        "padding"_a, "tile"_a, "split"_a, "nthreads"_a, "packed"_a = py::none(),
+        "block_tiles"_a = 0);
+  m.def("conv2d_winograd_backward", &conv2d_winograd_backward<T>, nc("grad"), nc("weight"),
+        "in_hw"_a, "padding"_a, "tile"_a, "nthreads"_a, "packed"_a = py::none(),
+        "block_tiles"_a = 0);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -580,4 +682,6 @@ PYBIND11_MODULE(_core, m) {
   }, "bytes"_a);
   define<float>(m);
   define<double>(m);
+  define_winograd<float>(m);
+  define_winograd<double>(m);
 }

@@ -6,6 +6,8 @@ released inside every kernel.
 """
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
 import numpy as np
 
 from . import _core
@@ -227,3 +229,215 @@ def gemm(a, b, trans_a=False, trans_b=False):
     """``op(a) @ op(b)`` on relprop's GEMM core (2-D arrays of one float dtype)."""
     a = _c(a, a.dtype)
     return _core.gemm(a, _c(b, a.dtype), bool(trans_a), bool(trans_b), _threads)
+
+
+# ------------------------------------------------------------------------------------------
+# Winograd convolution F(m x m, 3x3) for stride-1 3x3 layers
+
+#: Output tiles of the Winograd convolutions: F(2x2, 3x3) and F(4x4, 3x3).
+WINOGRAD_TILES = (2, 4)
+
+#: The accuracy contract of the Winograd convolutions in float32, as a fraction of the largest
+#: output magnitude (see :func:`conv2d_winograd_forward`).
+WINOGRAD_RTOL = 1e-5
+
+
+def _winograd_args(tile, stride, padding):
+    from ._validate import as_int, as_pair
+
+    tile = as_int(tile, "tile")
+    if tile not in WINOGRAD_TILES:
+        raise ValueError(f"tile={tile}: Winograd convolution has tiles {WINOGRAD_TILES} "
+                         "(F(2x2, 3x3) and F(4x4, 3x3))")
+    stride = as_pair(stride, "stride", minimum=1)
+    if stride != (1, 1):
+        raise ValueError(f"stride={stride}: Winograd convolution needs stride (1, 1); use "
+                         "conv2d_forward for strided layers")
+    padding = as_pair(padding, "padding")
+    if max(padding) > 2:
+        raise ValueError(f"padding={padding}: Winograd convolution needs padding 0, 1 or 2 "
+                         "in each direction")
+    return tile, padding
+
+
+def conv2d_winograd_pack(w, tile=4, backward=False):
+    """The weights ``w`` (c_out, c_in, 3, 3) transformed for :func:`conv2d_winograd_forward`,
+    or with ``backward`` for :func:`conv2d_winograd_backward`, and packed for the GEMM core.
+
+    The transform ``U = G w G^T`` (per channel pair) is computed in float64 and rounded once;
+    the backward packing transforms the flipped, channel-transposed kernel
+    ``w'[c, o, u, v] = w[o, c, 2-u, 2-v]``.  Make it once per weight and keep it: it holds
+    ``(tile + 2)**2 * c_out * c_in`` values (4x or 1.8x the weight) in the layout of the
+    instruction set in use.
+
+    Returns
+    -------
+    PackedWeights
+        Records the ISA, the GEMM (``conv2d_winograd_forward_f4``, ...), the dtype and the
+        weight's shape; the convolutions refuse a packing made for anything else
+        (``ValueError``).
+    """
+    tile, _ = _winograd_args(tile, 1, 0)
+    return _core.conv2d_winograd_pack(np.ascontiguousarray(w), tile, bool(backward), _threads)
+
+
+def conv2d_winograd_forward(x, w, b=None, padding=(1, 1), packed=None, *, tile=4, split=None,
+                            stride=(1, 1)):
+    """Stride-1 3x3 convolution by Winograd's minimal filtering F(tile x tile, 3x3).
+
+    The same result as ``conv2d_forward(x, w, b, 1, padding)`` up to rounding, from
+    ``(tile + 2)**2`` GEMMs of ``c_out x c_in`` on ``tile x tile`` output tiles: 4x
+    (``tile=4``) or 2.25x (``tile=2``) fewer multiply-adds than the direct method, plus the
+    transforms.  F(4x4, 3x3) uses the points 0, 1, -1, 1/2, -2 (Barabasz et al. 2020), whose
+    float32 error is about 3x smaller than Lavin & Gray's 0, +-1, +-2.
+
+    Accuracy contract (float32): on realistic layers (He-initialized weights, inputs after a
+    ReLU, ``c_in`` up to 512) ``max|y - y_exact| <= 1e-5 * max|y_exact|`` for both tiles
+    (:data:`WINOGRAD_RTOL`), and likewise for :func:`conv2d_winograd_backward` with normal
+    gradients.  Measured (``bench/winograd_accuracy.py``, every conv layer of vgg16 at 224 and
+    cifar_cnn, float64 reference): tile 4 at most 2.5e-6 forward and 6.8e-6 backward, tile 2
+    at most 7e-7, the direct method 5e-7; on random layers up to 512 -> 512 channels tile 4
+    stays below 5.6e-6 (AVX-512, AVX2 and generic kernels alike).  So F(4x4) meets the
+    contract everywhere measured, by a factor of 1.5 to 2; F(2x2) by more than 10.
+    Elementwise, the error is bounded by the error model of ``tests/test_winograd.py`` (a
+    multiple of eps times the Winograd computation in absolute values).  float64 works too
+    (relative error ~1e-14).
+
+    Results are bitwise identical for any thread count and do not depend on the batch.
+    Memory: besides the packed weights, a call takes a workspace from relprop's pool (the
+    transformed inputs and products of one block of tiles per thread: up to 32 MiB per thread
+    at 512 channels, about 2 MiB at 64), which stays cached for the next call until
+    :func:`relprop.release_memory`.
+
+    Parameters
+    ----------
+    x : (n, c_in, h, w) float32 or float64
+    w : (c_out, c_in, 3, 3), b : (c_out,) or None
+    padding : int or (ph, pw), each 0, 1 or 2 (zero padding)
+    packed : ``conv2d_winograd_pack(w, tile)`` made under the ISA in use, or None
+    tile : 4 or 2
+    split : None, or 0 < split < c_out: return ``(y[:, :split], y[:, split:])`` as two arrays
+        written directly by the output transform (LRP's stacked ``[W+; W-]``).
+    stride : must be 1 (accepted so that callers can pass a layer's stride through).
+
+    Returns
+    -------
+    y : (n, c_out, h + 2 ph - 2, w + 2 pw - 2), or two arrays with ``split``.
+
+    Raises
+    ------
+    ValueError
+        For a kernel other than 3x3, a stride other than 1, padding outside 0..2, a tile other
+        than 2 or 4, a bad ``split`` or shapes that do not match, and for packed weights made
+        for another weight, tile, direction, dtype or ISA.
+    """
+    tile, padding = _winograd_args(tile, stride, padding)
+    from ._validate import as_int
+
+    split = 0 if split is None else as_int(split, "split", minimum=1)
+    return _core.conv2d_winograd_forward(x, _c(w, x.dtype), _bias(b, x.dtype), padding, tile,
+                                         split, _threads, packed)
+
+
+def conv2d_winograd_backward(g, w, in_hw, padding=(1, 1), packed=None, *, tile=4,
+                             stride=(1, 1)):
+    """Vector-Jacobian product of :func:`conv2d_winograd_forward` (and of ``conv2d_forward``)
+    w.r.t. x: g (n, c_out, oh, ow) -> (n, c_in, h, w) with ``in_hw = (h, w)``.
+
+    For stride 1 it is the stride-1 3x3 convolution of ``g`` with the flipped,
+    channel-transposed kernel and padding ``2 - padding``, run by the same Winograd kernel.
+    ``packed``: ``conv2d_winograd_pack(w, tile, backward=True)``.  Accuracy contract and
+    errors as :func:`conv2d_winograd_forward`.
+    """
+    tile, padding = _winograd_args(tile, stride, padding)
+    return _core.conv2d_winograd_backward(g, _c(w, g.dtype), tuple(in_hw), padding, tile,
+                                          _threads, packed)
+
+
+class Algorithm(NamedTuple):
+    """A convolution algorithm: ``name`` is ``"direct"`` or ``"winograd"``, ``tile`` the
+    Winograd output tile (4 or 2; None for direct)."""
+
+    name: str
+    tile: Optional[int] = None
+
+
+def conv2d_algorithm(x_shape, w_shape, stride, padding, dtype, backward=False, *, groups=1,
+                     dilation=1) -> Algorithm:
+    """The convolution algorithm ``auto`` runs for a layer: ``Algorithm("direct")`` or
+    ``Algorithm("winograd", tile)``, for its forward pass or (``backward``) its vector-Jacobian
+    product w.r.t. the input.
+
+    Winograd needs a 3x3 kernel, stride 1, dilation 1, groups 1, padding 0..2 in each direction
+    and float32; anything else is direct (float64 too: its direct result is already exact to
+    ~1e-16, and its Winograd speed-up was not measured).  Then, with ``(cin, cout)`` the channels
+    the pass reads and writes (forward ``(c_in, c_out)``, backward ``(c_out, c_in)``), ``n`` the
+    batch, ``oh x ow`` the size of the pass's output (backward: the input's) and ``nr`` the
+    GEMM's strip width
+    (``gemm_blocks()["nr"]``: 32 with AVX-512, 16 with AVX2, 8 generic):
+
+    1. direct if ``cin < 8`` or ``cout < 8`` (first layers: the transforms cost about as much as
+       the multiply-adds they save) or if the layer has fewer than 2**19 multiply-adds
+       (``9 cin cout n oh ow``: fixed costs dominate);
+    2. F(4x4, 3x3) if its tiles, ``n * ceil(oh / 4) * ceil(ow / 4)``, fill at least one GEMM
+       strip (``>= nr``);
+    3. else F(2x2, 3x3) if its tiles, ``n * ceil(oh / 2) * ceil(ow / 2)``, do;
+    4. else direct (tiny images of a single sample).
+
+    The numbers behind it (``python bench/winograd_crossover.py --clock thread``; AMD EPYC
+    (Zen 5), AVX-512, 1 thread, CPU ms of the forward pass, direct / F4 / F2, channels
+    ``c -> c``, batch ``n``)::
+
+        c    7x7 n=1             7x7 n=8            14x14 n=1          28x28 n=1
+        8    .005/.014/.012      .024/.020/.024     .010/.015/.015     .024/.022/.024
+        64   .039/.080/.044      .286/.124/.183     .114/.089/.082     .361/.188/.227
+        512  2.02/5.02/2.27      13.3/5.82/7.68     5.36/4.98/3.70     16.7/8.86/12.7
+
+        c    56x56 n=1           112x112 n=1        224x224 n=1
+        64   1.24/.562/.743      6.07/2.04/2.73     24.4/7.71/15.4
+        128  4.83/1.80/2.30      18.0/6.18/9.11
+        256  17.4/9.11/9.58
+
+    and for few channels ``3 -> 64`` at 224x224: 1.83 / 2.03 / 3.34 (direct).  The backward
+    passes behave alike (the same kernel on swapped channels), except where the direct backward
+    multiplies by ``W^T`` (``8 c_in <= c_out``): there direct is a few percent faster on small
+    layers (``8 -> 64`` at 56x56, batch 8: 2.03 / 2.18 ms), which rule 1 does not catch.
+    Winograd F(4x4) wins from 1.1x (8 channels) to 3.2x (64 channels at 224x224); where it
+    wins, F(2x2) is slower except on 14x14 single images (F(4x4)'s 16 tiles, a quarter of them
+    cut by the edge, half-fill a 32-wide strip).
+
+    Parameters
+    ----------
+    x_shape : (n, c_in, h, w);  w_shape : (c_out, c_in, kh, kw)
+    stride, padding, dilation : int or pair;  groups : int;  dtype : the computation dtype
+    backward : the rule for the backward pass (w.r.t. the input)
+    """
+    n, _, h, w = (int(v) for v in x_shape)
+    c_out, c_in = int(w_shape[0]), int(w_shape[1])
+    if not _winograd_eligible(w_shape, stride, padding, dtype, groups, dilation):
+        return Algorithm("direct")
+    from ._validate import as_pair
+
+    ph, pw = as_pair(padding, "padding")
+    oh, ow = (h, w) if backward else (h + 2 * ph - 2, w + 2 * pw - 2)  # the pass's output
+    cin, cout = (c_out, c_in) if backward else (c_in, c_out)
+    if oh < 1 or ow < 1 or cin < 8 or cout < 8 or 9 * cin * cout * n * oh * ow < 2**19:
+        return Algorithm("direct")
+    nr = gemm_blocks(np.float32)["nr"]
+    for tile in (4, 2):
+        if n * -(-oh // tile) * -(-ow // tile) >= nr:
+            return Algorithm("winograd", tile)
+    return Algorithm("direct")
+
+
+def _winograd_eligible(w_shape, stride, padding, dtype, groups, dilation):
+    from ._validate import as_pair
+
+    try:
+        stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
+        groups, dilation = int(groups), as_pair(dilation, "dilation")
+    except (TypeError, ValueError):
+        return False
+    return (tuple(int(v) for v in w_shape[2:]) == (3, 3) and stride == (1, 1)
+            and dilation == (1, 1) and groups == 1 and max(padding) <= 2
+            and np.dtype(dtype) == np.float32)

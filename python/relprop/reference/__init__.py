@@ -21,3 +21,10 @@ __all__ = [
     "lrp_alpha_beta_shares", "lrp_divide", "lrp_gamma_shares", "lrp_layer", "lrp_node",
     "maxpool2d_backward", "maxpool2d_forward", "relu_backward", "relu_forward", "seed", "sensitivity", "taylor",
 ]
+
+# Winograd convolution F(m x m, 3x3), tile by tile from its definition
+from .ops import (conv2d_winograd_backward, conv2d_winograd_forward, conv2d_winograd_pack,
+                  winograd_abs, winograd_matrices)
+
+__all__ += ["conv2d_winograd_backward", "conv2d_winograd_forward", "conv2d_winograd_pack",
+            "winograd_abs", "winograd_matrices"]

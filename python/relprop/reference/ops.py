@@ -148,3 +148,121 @@ def lrp_alpha_beta_shares(r, p, n, alpha, beta, eps):
 def conv2d_forward_split(x, w, b, split, stride, padding):
     y = conv2d_forward(x, w, b, stride, padding)
     return y[:, :split], y[:, split:]
+
+
+# ------------------------------------------------------------------------------------------
+# Winograd convolution F(m x m, 3x3), written from its definition (Lavin & Gray 2016): each
+# m x m output tile is  Y = A^T [ sum_c (G g_c G^T) * (B^T d_c B) ] A  with d_c the
+# (m + 2) x (m + 2) input patch under it.  Tile by tile, in float64 unless given float32.
+
+# The transform matrices, as exact fractions, rows of B^T, G and A^T.
+#   F(2x2, 3x3): Lavin & Gray's (interpolation points 0, 1, -1 and infinity).
+#   F(4x4, 3x3): points 0, 1, -1, 1/2, -2 and infinity (Barabasz et al. 2020, whose float32
+#   error is smaller than that of Lavin & Gray's 0, 1, -1, 2, -2): A^T[i, j] = p_j^i,
+#   G[j] = (1, p_j, p_j^2) / prod_{q != p_j} (p_j - q), and B^T the matrix that makes
+#   A^T [(G g) * (B^T d)] the correlation of d with g.
+WINOGRAD_FRACTIONS = {
+    2: {"BT": [["1", "0", "-1", "0"],
+               ["0", "1", "1", "0"],
+               ["0", "-1", "1", "0"],
+               ["0", "1", "0", "-1"]],
+        "G": [["1", "0", "0"],
+              ["1/2", "1/2", "1/2"],
+              ["1/2", "-1/2", "1/2"],
+              ["0", "0", "1"]],
+        "AT": [["1", "1", "1", "0"],
+               ["0", "1", "-1", "-1"]]},
+    4: {"BT": [["1", "-3/2", "-2", "3/2", "1", "0"],
+               ["0", "-1", "1/2", "5/2", "1", "0"],
+               ["0", "1", "-5/2", "1/2", "1", "0"],
+               ["0", "-2", "-1", "2", "1", "0"],
+               ["0", "1/2", "-1", "-1/2", "1", "0"],
+               ["0", "1", "-3/2", "-2", "3/2", "1"]],
+        "G": [["1", "0", "0"],
+              ["1/3", "1/3", "1/3"],
+              ["-1/3", "1/3", "-1/3"],
+              ["-16/15", "-8/15", "-4/15"],
+              ["1/15", "-2/15", "4/15"],
+              ["0", "0", "1"]],
+        "AT": [["1", "1", "1", "1", "1", "0"],
+               ["0", "1", "-1", "1/2", "-2", "0"],
+               ["0", "1", "1", "1/4", "4", "0"],
+               ["0", "1", "-1", "1/8", "-8", "1"]]},
+}
+
+
+def winograd_matrices(tile):
+    """``(BT, G, AT)`` of F(tile x tile, 3x3) as float64 arrays."""
+    from fractions import Fraction
+
+    return tuple(np.array([[float(Fraction(v)) for v in row] for row in WINOGRAD_FRACTIONS[tile][k]])
+                 for k in ("BT", "G", "AT"))
+
+
+def _flipped(w):
+    """w'[c, o, u, v] = w[o, c, 2-u, 2-v]: the kernel of the backward pass of a stride-1 conv."""
+    return w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+
+
+def conv2d_winograd_pack(w, tile=4, backward=False):
+    """U[k, l, o, c] = (G w[o, c] G^T)[k, l] (of the flipped kernel if ``backward``)."""
+    _, G, _ = winograd_matrices(tile)
+    if backward:
+        w = _flipped(w)
+    return np.einsum("ku,ocuv,lv->kloc", G, w, G)
+
+
+def _winograd(x, u, bt, at, padding, tile):
+    """y of the Winograd algorithm with matrices bt, at and transformed weights u, tile by
+    tile: y[:, :, tile rows, tile cols] = A^T M A,  M[n, o] = sum_c U[:, :, o, c] * V[n, c],
+    V[n, c] = B^T d[n, c] B."""
+    (ph, pw), m = _pair(padding), tile
+    n, c, h, wd = x.shape
+    a = m + 2
+    oh, ow = h + 2 * ph - 2, wd + 2 * pw - 2
+    th, tw = -(-oh // m), -(-ow // m)
+    xp = np.zeros((n, c, th * m + 2, tw * m + 2), dtype=x.dtype)
+    xp[:, :, ph:ph + h, pw:pw + wd] = x
+    y = np.zeros((n, u.shape[2], th * m, tw * m), dtype=x.dtype)
+    for i in range(th):
+        for j in range(tw):
+            d = xp[:, :, i * m:i * m + a, j * m:j * m + a]          # (n, c, a, a)
+            v = bt @ d @ bt.T                                        # B^T d B
+            mm = np.einsum("kloc,nckl->nokl", u, v)                  # sum over channels
+            y[:, :, i * m:(i + 1) * m, j * m:(j + 1) * m] = at @ mm @ at.T
+    return y[:, :, :oh, :ow]
+
+
+def conv2d_winograd_forward(x, w, b=None, padding=(1, 1), packed=None, *, tile=4, split=None,
+                            stride=(1, 1)):
+    """Stride-1 3x3 convolution by F(tile x tile, 3x3), tile by tile."""
+    assert _pair(stride) == (1, 1) and w.shape[2:] == (3, 3)
+    bt, _, at = winograd_matrices(tile)
+    u = conv2d_winograd_pack(w, tile) if packed is None else packed
+    y = _winograd(x, u.astype(x.dtype), bt.astype(x.dtype), at.astype(x.dtype), padding, tile)
+    if b is not None:
+        y = y + b[None, :, None, None]
+    return y if split is None else (y[:, :split], y[:, split:])
+
+
+def conv2d_winograd_backward(g, w, in_hw, padding=(1, 1), packed=None, *, tile=4,
+                             stride=(1, 1)):
+    """The backward pass w.r.t. x: the Winograd convolution of g with the flipped kernel and
+    padding 2 - padding."""
+    assert _pair(stride) == (1, 1) and w.shape[2:] == (3, 3)
+    (ph, pw) = _pair(padding)
+    y = conv2d_winograd_forward(g, _flipped(w), None, (2 - ph, 2 - pw), packed, tile=tile)
+    assert y.shape[2:] == tuple(in_hw)
+    return y
+
+
+def winograd_abs(x, w, padding=(1, 1), *, tile=4, backward=False):
+    """The Winograd computation with every value and matrix replaced by its absolute value:
+    the scale of its rounding errors (each rounding in any stage is at most eps times the
+    corresponding partial result, and propagates through the later stages' |matrices|)."""
+    bt, G, at = (np.abs(a) for a in winograd_matrices(tile))
+    w = np.abs(_flipped(w) if backward else w).astype(np.float64)
+    if backward:
+        padding = tuple(2 - p for p in _pair(padding))
+    u = np.einsum("ku,ocuv,lv->kloc", G, w, G)
+    return _winograd(np.abs(x).astype(np.float64), u, bt, at, padding, tile)
