@@ -105,7 +105,7 @@ def _inputs(net, n, dtype, positive=False, seed=0):
 
 @given(net=dags(), dtype=st.sampled_from([np.float32, np.float64]),
        mode=st.sampled_from(["gradient", "deconvnet", "guided"]))
-def test_dag_forward_and_gradients_match_reference(net, dtype, mode):
+def test_dag_forward_and_gradients_match_reference(net, dtype, mode, conv_algorithm):
     x = _inputs(net, 3, dtype)
     acts = ref.forward(net, x.astype(np.float64))
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
@@ -125,7 +125,7 @@ COMPOSITES = [("epsilon", {}), ("epsilon_plus_flat", {}), ("epsilon_gamma_box", 
 
 
 @given(net=dags(), composite=st.sampled_from(COMPOSITES), positive=st.booleans())
-def test_dag_lrp_matches_reference_tensor_by_tensor(net, composite, positive):
+def test_dag_lrp_matches_reference_tensor_by_tensor(net, composite, positive, conv_algorithm):
     name, kw = composite
     x = _inputs(net, 2, np.float64, positive)
     rules = rp.composites.COMPOSITES[name](**kw).rules(net) if name != "epsilon" else \

@@ -1,4 +1,5 @@
-"""relprop's LRP against Zennit 0.5.1 on identical weights (every rule and composite).
+"""relprop's LRP against Zennit 0.5.1 on identical weights (every rule and composite), with the
+direct and the Winograd convolutions.
 
 Runs where torch and zennit are installed (the `crosscheck` extra; CI installs them).
 """
@@ -71,7 +72,7 @@ def _compare(net, x, spec, zennit_composite, dtype):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 @pytest.mark.parametrize("name", sorted(RULES))
-def test_rule_matches_zennit(name, model, dtype):
+def test_rule_matches_zennit(name, model, dtype, conv_algorithm):
     rng = np.random.default_rng(7)
     net = _models(rng)[model]
     ours, theirs = RULES[name]
@@ -83,7 +84,7 @@ def test_rule_matches_zennit(name, model, dtype):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 @pytest.mark.parametrize("name", sorted(COMPOSITES))
-def test_composite_matches_zennit(name, model, dtype):
+def test_composite_matches_zennit(name, model, dtype, conv_algorithm):
     rng = np.random.default_rng(11)
     net = _models(rng)[model]
     kwargs, theirs = COMPOSITES[name]
@@ -93,7 +94,7 @@ def test_composite_matches_zennit(name, model, dtype):
     _compare(net, x, ours, theirs(), dtype)
 
 
-def test_global_average_pooling_matches_zennit():
+def test_global_average_pooling_matches_zennit(conv_algorithm):
     rng = np.random.default_rng(3)
     net = rp.Sequential([rp.Conv2d(nets.conv_w(rng, 5, 2, 3), rng.normal(size=5) * 0.1, padding=1),
                          rp.ReLU(), rp.GlobalAvgPool2d(), rp.Flatten(),

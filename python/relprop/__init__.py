@@ -14,7 +14,7 @@ from .composites import Composite
 from .importers import from_onnx, from_sklearn, from_torch
 from .layers import (AdaptiveAvgPool2d, Add, AvgPool2d, BatchNorm1d, BatchNorm2d, Concat,
                      Conv2d, Dense, Flatten, GlobalAvgPool2d, MaxPool2d, ReLU, ReLU6,
-                     release_memory)
+                     get_conv_algorithm, release_memory, set_conv_algorithm)
 from .lrp import conservation, lrp
 from .methods import (METHODS, TaylorInfo, deconvnet, explain, gradient, gradient_x_input,
                       guided_backprop, pool_channels, sensitivity, taylor)
@@ -65,4 +65,5 @@ __all__ = [
     "from_onnx", "from_sklearn", "from_torch", "get_num_threads",
     "gradient", "gradient_x_input", "guided_backprop", "load", "lrp", "pool_channels",
     "release_memory", "rules", "sensitivity", "set_num_threads", "show_config", "taylor",
+    "get_conv_algorithm", "set_conv_algorithm",
 ]

@@ -260,28 +260,30 @@ class Linear(Layer):
         """``(weight, bias)`` in ``dtype`` (cached)."""
         return self.modified("identity", lambda w, b: (w, b), dtype)
 
-    def forward(self, x):
+    def forward(self, x, exact=False):
         w, b = self.params(x.dtype)
-        return self.apply(x, w, b), None
+        return self.apply(x, w, b, exact), None
 
     def backward(self, g, x, state, relu_mode="gradient"):
         return self.apply_t(g, self.params(g.dtype)[0], x.shape)
 
-    def apply(self, x, w, b):
+    # ``exact=True`` asks for the direct method, whose sums of terms of one sign are exact
+    # zeros where every term is (Winograd's transforms mix terms: see rules.AlphaBeta).
+    def apply(self, x, w, b, exact=False):
         raise NotImplementedError
 
-    def apply_split(self, x, w, b, split):
+    def apply_split(self, x, w, b, split, exact=False):
         """``apply`` with stacked weights, returned as two outputs: output features (channels)
         ``[0, split)`` and ``[split, out)``."""
         raise NotImplementedError
 
-    def apply_t(self, g, w, x_shape):
+    def apply_t(self, g, w, x_shape, exact=False):
         raise NotImplementedError
 
-    def apply_t_stacked(self, g, w, x_shape):
+    def apply_t_stacked(self, g, w, x_shape, exact=False):
         """``apply_t`` of stacked weights ``w = [w1; w2]`` to stacked upper values
         ``g = [g1; g2]`` (output axis doubled): ``w1^T g1 + w2^T g2``."""
-        return self.apply_t(g, w, x_shape)
+        return self.apply_t(g, w, x_shape, exact)
 
 
 @register_layer
@@ -327,28 +329,59 @@ class Dense(Linear):
                              f"{tuple(shape)} (add a Flatten layer before it?)")
         return (self.out_features,)
 
-    def apply(self, x, w, b):
+    def apply(self, x, w, b, exact=False):
         small = len(x) <= PACK_MAX_BATCH
         return ops.dense_forward(x, w, b, self.packed_weights(w, "forward", small))
 
-    def apply_split(self, x, w, b, split):
+    def apply_split(self, x, w, b, split, exact=False):
         # two GEMMs on the row blocks of w (contiguous): no stacked output to split
         return tuple(self.apply(x, w[sl], None if b is None else b[sl])
                      for sl in (slice(None, split), slice(split, None)))
 
-    def apply_t(self, g, w, x_shape):
+    def apply_t(self, g, w, x_shape, exact=False):
         small = len(g) <= PACK_MAX_BATCH
         return ops.dense_backward(g, w, self.packed_weights(w, "backward", small))
+
+
+#: Convolution algorithms: "auto" chooses per call from the shapes (``ops.conv2d_algorithm``:
+#: Winograd for stride-1 3x3 float32 layers where it is faster), "direct" always runs the
+#: implicit GEMM, "winograd" runs Winograd F(4x4, 3x3) wherever it applies (any float dtype).
+CONV_ALGORITHMS = ("auto", "direct", "winograd")
+_algorithm_override = None
+
+
+def set_conv_algorithm(name=None):
+    """Run every Conv2d with the algorithm ``name`` ("auto", "direct" or "winograd"; Winograd
+    where it applies, direct elsewhere), or with ``None`` each layer with its own ``algorithm``
+    (the default).  Process-wide, for comparisons and tests; results of the algorithms differ by
+    rounding (see ``ops.conv2d_winograd_forward`` for Winograd's error bound)."""
+    global _algorithm_override
+    if name is not None and name not in CONV_ALGORITHMS:
+        raise ValueError(f"conv algorithm must be one of {CONV_ALGORITHMS} or None, got {name!r}")
+    _algorithm_override = name
+
+
+def get_conv_algorithm():
+    """The algorithm set by :func:`set_conv_algorithm` (None: each layer's own)."""
+    return _algorithm_override
 
 
 @register_layer
 class Conv2d(Linear):
     """2-D convolution as ``torch.nn.Conv2d`` (NCHW, zero padding); weight
-    ``(out, in // groups, kh, kw)``.  ``groups == in`` is a depthwise convolution."""
+    ``(out, in // groups, kh, kw)``.  ``groups == in`` is a depthwise convolution.
+
+    ``algorithm`` (see :data:`CONV_ALGORITHMS`): "auto" (default) runs stride-1 3x3 float32
+    layers by Winograd's F(4x4, 3x3) or F(2x2, 3x3) where that is faster (4x or 2.25x fewer
+    multiply-adds; error at most 1e-5 of the largest output, ``ops.conv2d_winograd_forward``),
+    everything else by the implicit GEMM; "direct" never uses Winograd; "winograd" always
+    (F(4x4); the layer must be stride-1 3x3 with padding <= 2, dilation 1, groups 1).
+    """
 
     kind = "conv2d"
 
-    def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+                 algorithm="auto"):
         super().__init__(weight, bias, 4)
         self.stride = as_pair(stride, "stride", minimum=1)
         self.padding = as_pair(padding, "padding", minimum=0)
@@ -357,6 +390,29 @@ class Conv2d(Linear):
         if self.weight.shape[0] % self.groups:
             raise ValueError(f"Conv2d with groups={self.groups} needs a number of output "
                              f"channels divisible by it, got weight {self.weight.shape}")
+        if algorithm not in CONV_ALGORITHMS:
+            raise ValueError(f"Conv2d algorithm must be one of {CONV_ALGORITHMS}, got "
+                             f"{algorithm!r}")
+        self.winograd_applies = (self.weight.shape[2:] == (3, 3) and self.stride == (1, 1)
+                                 and self.dilation == (1, 1) and self.groups == 1
+                                 and max(self.padding) <= 2)
+        if algorithm == "winograd" and not self.winograd_applies:
+            raise ValueError(f"Conv2d algorithm='winograd' needs a 3x3 kernel, stride 1, "
+                             f"dilation 1, groups 1 and padding <= 2; got weight "
+                             f"{self.weight.shape}, stride {self.stride}, padding "
+                             f"{self.padding}, dilation {self.dilation}, groups {self.groups}")
+        self.algorithm = algorithm
+
+    def _winograd_tile(self, x_shape, w, backward, exact=False):
+        """The Winograd tile a call runs with, or None for the direct method."""
+        name = _algorithm_override or self.algorithm
+        if exact or name == "direct" or not self.winograd_applies:
+            return None
+        alg = ops.conv2d_algorithm(x_shape, w.shape, self.stride, self.padding, w.dtype,
+                                   backward)
+        if alg.name == "winograd":
+            return alg.tile
+        return 4 if name == "winograd" else None
 
     @property
     def in_channels(self):
@@ -374,7 +430,8 @@ class Conv2d(Linear):
         return kw
 
     def with_parameters(self, weight, bias):
-        return Conv2d(weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return Conv2d(weight, bias, self.stride, self.padding, self.dilation, self.groups,
+                      self.algorithm)
 
     @classmethod
     def from_config(cls, cfg, arrays):
@@ -382,8 +439,11 @@ class Conv2d(Linear):
         groups = _cfg_int(cfg, "groups", 1)
         want = (_cfg_int(cfg, "out_channels"), _cfg_int(cfg, "in_channels") // max(groups, 1), *k)
         w, b = cls._parameters(cls, cfg, arrays, want)
+        algorithm = cfg.get("algorithm", "auto")
+        if algorithm not in CONV_ALGORITHMS:
+            raise ValueError(f"has a bad 'algorithm': {algorithm!r}")
         return cls(w, b, _cfg_pair(cfg, "stride"), _cfg_pair(cfg, "padding"),
-                   _cfg_pair(cfg, "dilation", (1, 1)), groups)
+                   _cfg_pair(cfg, "dilation", (1, 1)), groups, algorithm)
 
     def config(self):
         o, _, kh, kw = self.weight.shape
@@ -394,6 +454,8 @@ class Conv2d(Linear):
             cfg["dilation"] = list(self.dilation)
         if self.groups != 1:
             cfg["groups"] = self.groups
+        if self.algorithm != "auto":
+            cfg["algorithm"] = self.algorithm
         return cfg
 
     def describe(self):
@@ -425,36 +487,55 @@ class Conv2d(Linear):
         return (self.dilation[0] * (kh - 1) + 1, self.dilation[1] * (kw - 1) + 1)
 
     def _pack(self, w, role):
+        if role.startswith("winograd"):  # "winograd{tile}" or "winograd{tile}-backward"
+            return ops.conv2d_winograd_pack(w, int(role[8]), role.endswith("backward"))
         return ops.conv2d_pack(w, role == "backward", self.stride, self.padding,
                                **self._geometry())
 
-    def _packed_for(self, x, w):
+    def _small(self, x):
         oh, ow = _window_out(self, x.shape[2:], self._extent(), self.stride, self.padding)
-        return self.packed_weights(w, "forward", len(x) * oh * ow <= PACK_MAX_PIXELS)
+        return len(x) * oh * ow <= PACK_MAX_PIXELS
 
-    def apply(self, x, w, b):
-        return ops.conv2d_forward(x, w, b, self.stride, self.padding, self._packed_for(x, w),
+    def apply(self, x, w, b, exact=False):
+        tile = self._winograd_tile(x.shape, w, False, exact)
+        if tile:
+            return ops.conv2d_winograd_forward(
+                x, w, b, self.padding, self.packed_weights(w, f"winograd{tile}", self._small(x)),
+                tile=tile)
+        return ops.conv2d_forward(x, w, b, self.stride, self.padding,
+                                  self.packed_weights(w, "forward", self._small(x)),
                                   **self._geometry())
 
-    def apply_split(self, x, w, b, split):
+    def apply_split(self, x, w, b, split, exact=False):
         if self.groups != 1:  # stacking breaks the groups: one call per weight set
-            return tuple(self.apply(x, w[sl], None if b is None else b[sl])
+            return tuple(self.apply(x, w[sl], None if b is None else b[sl], exact)
                          for sl in (slice(None, split), slice(split, None)))
-        # one implicit GEMM: both weight sets share the packing of x
+        # one pass for both weight sets, written to two outputs
+        tile = self._winograd_tile(x.shape, w, False, exact)
+        if tile:
+            return ops.conv2d_winograd_forward(
+                x, w, b, self.padding, self.packed_weights(w, f"winograd{tile}", self._small(x)),
+                tile=tile, split=split)
         return ops.conv2d_forward_split(x, w, b, split, self.stride, self.padding,
-                                        self._packed_for(x, w), **self._geometry())
+                                        self.packed_weights(w, "forward", self._small(x)),
+                                        **self._geometry())
 
-    def apply_t(self, g, w, x_shape):
+    def apply_t(self, g, w, x_shape, exact=False):
         small = g.shape[0] * g.shape[2] * g.shape[3] <= PACK_MAX_PIXELS
+        tile = self._winograd_tile(x_shape, w, True, exact)
+        if tile:
+            return ops.conv2d_winograd_backward(
+                g, w, x_shape[2:], self.padding,
+                self.packed_weights(w, f"winograd{tile}-backward", small), tile=tile)
         return ops.conv2d_backward(g, w, x_shape[2:], self.stride, self.padding,
                                    self.packed_weights(w, "backward", small), **self._geometry())
 
-    def apply_t_stacked(self, g, w, x_shape):
+    def apply_t_stacked(self, g, w, x_shape, exact=False):
         if self.groups == 1:
-            return self.apply_t(g, w, x_shape)
+            return self.apply_t(g, w, x_shape, exact)
         half = w.shape[0] // 2
-        out = self.apply_t(np.ascontiguousarray(g[:, :half]), w[:half], x_shape)
-        out += self.apply_t(np.ascontiguousarray(g[:, half:]), w[half:], x_shape)
+        out = self.apply_t(np.ascontiguousarray(g[:, :half]), w[:half], x_shape, exact)
+        out += self.apply_t(np.ascontiguousarray(g[:, half:]), w[half:], x_shape, exact)
         return out
 
 

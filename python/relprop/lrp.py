@@ -74,6 +74,8 @@ class LrpStep:
         parts = state = None
         if rule.uses_parts and ins[0].min() >= 0:
             y, parts = rule.forward_parts(layer, ins[0])
+        elif rule.exact:
+            y, state = layer.forward(ins[0], exact=True)
         else:
             y, state = layer.forward(*ins)
         reads = rule.reads(parts is not None)

@@ -1,0 +1,148 @@
+"""Conv2d's algorithms in the layers: "auto" / "direct" / "winograd" dispatch to the kernels,
+the process-wide override, the rules that keep the direct method, and every method's map with
+Winograd against the direct float64 map."""
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+import relprop as rp
+from relprop import ops
+
+import nets
+
+
+@pytest.fixture(autouse=True)
+def _reset():
+    yield
+    rp.set_conv_algorithm(None)
+
+
+def _layer(rng, algorithm="auto", c=16, **kw):
+    return rp.Conv2d(nets.conv_w(rng, c, c, 3), rng.normal(size=c) * 0.1, padding=1,
+                     algorithm=algorithm, **kw)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layers_run_the_algorithm_they_are_given(rng, dtype):
+    layer = _layer(rng, "winograd")
+    w, b = layer.params(dtype)
+    x = rng.uniform(0, 1, (2, 16, 12, 12)).astype(dtype)
+    g = rng.normal(size=(2, 16, 12, 12)).astype(dtype)
+    # "winograd" takes the tile "auto" would choose, and F(4x4) where "auto" stays direct
+    tiles = [alg.tile if alg.name == "winograd" else 4
+             for alg in (ops.conv2d_algorithm(x.shape, w.shape, 1, 1, dtype, backward)
+                         for backward in (False, True))]
+    wino = ops.conv2d_winograd_forward(x, w, b, (1, 1), tile=tiles[0])
+    direct = ops.conv2d_forward(x, w, b, (1, 1), (1, 1))
+    assert not np.array_equal(wino, direct)  # so that the checks below tell them apart
+    assert_array_equal(layer.forward(x)[0], wino)
+    assert_array_equal(layer.backward(g, x, None),
+                       ops.conv2d_winograd_backward(g, w, (12, 12), (1, 1), tile=tiles[1]))
+    for got, want in zip(layer.apply_split(x, w, b, 5),
+                         ops.conv2d_winograd_forward(x, w, b, (1, 1), tile=tiles[0], split=5)):
+        assert_array_equal(got, want)
+    assert_array_equal(layer.forward(x, exact=True)[0], direct)  # what AlphaBeta/ZBox ask for
+    rp.set_conv_algorithm("direct")  # the process-wide override wins over the layer's own
+    assert_array_equal(layer.forward(x)[0], direct)
+    rp.set_conv_algorithm(None)
+    assert_array_equal(_layer(rng, "direct").with_parameters(w, b).forward(x)[0], direct)
+    auto = layer.with_parameters(w, b)
+    auto.algorithm = "auto"
+    alg = ops.conv2d_algorithm(x.shape, w.shape, (1, 1), (1, 1), dtype)
+    want = direct if alg.name == "direct" else ops.conv2d_winograd_forward(x, w, b, (1, 1),
+                                                                           tile=alg.tile)
+    assert_array_equal(auto.forward(x)[0], want)
+
+
+def test_winograd_only_where_it_applies(rng):
+    with pytest.raises(ValueError, match="algorithm='winograd' needs a 3x3 kernel, stride 1"):
+        rp.Conv2d(nets.conv_w(rng, 4, 4, 3), stride=2, algorithm="winograd")
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        rp.Conv2d(nets.conv_w(rng, 4, 4, 3), algorithm="fft")
+    with pytest.raises(ValueError, match="conv algorithm must be one of"):
+        rp.set_conv_algorithm("fft")
+    rp.set_conv_algorithm("winograd")  # a strided layer stays direct
+    layer = rp.Conv2d(nets.conv_w(rng, 4, 4, 3), stride=2, padding=1)
+    x = rng.normal(size=(1, 4, 9, 9))
+    assert_array_equal(layer.forward(x)[0],
+                       ops.conv2d_forward(x, layer.weight, None, (2, 2), (1, 1)))
+    assert rp.get_conv_algorithm() == "winograd"
+
+
+def test_the_algorithm_is_saved(tmp_path, rng):
+    net = rp.Sequential([_layer(rng, "winograd"), rp.ReLU(), _layer(rng, "direct"),
+                         _layer(rng)], input_shape=(16, 6, 6))
+    net.save(tmp_path / "m.npz")
+    back = rp.load(tmp_path / "m.npz")
+    assert [l.algorithm for l in back.layers if l.linear] == ["winograd", "direct", "auto"]
+    assert "algorithm" not in back.layers[3].config()  # the default is not written
+
+
+def test_small_calls_keep_winograd_packings(rng):
+    layer = _layer(rng, "winograd")
+    x = rng.uniform(0, 1, (1, 16, 8, 8)).astype(np.float32)
+    rp.release_memory()
+    y = layer.forward(x)[0]
+    g = layer.backward(np.ones_like(y), x, None)
+    assert {key[0] for key in layer._packed} == {"winograd4", "winograd4-backward"}
+    w, b = layer.params(np.float32)
+    assert_array_equal(y, ops.conv2d_winograd_forward(x, w, b, (1, 1), tile=4))
+    assert_array_equal(g, ops.conv2d_winograd_backward(np.ones_like(y), w, (8, 8), (1, 1),
+                                                       tile=4))
+    rp.release_memory()
+    assert not layer._packed
+
+
+def _cnn(rng):
+    """A CIFAR-style VGG with He-initialized weights (the benchmark's cifar_cnn, smaller)."""
+    def conv(i, o):
+        return rp.Conv2d(rng.normal(size=(o, i, 3, 3)) * np.sqrt(2 / (9 * i)),
+                         rng.normal(size=o) * 0.01, padding=1)
+
+    layers = [conv(3, 32), rp.ReLU(), conv(32, 32), rp.ReLU(), rp.MaxPool2d(2),
+              conv(32, 64), rp.ReLU(), conv(64, 64), rp.ReLU(), rp.MaxPool2d(2), rp.Flatten(),
+              rp.Dense(rng.normal(size=(10, 64 * 16)) * np.sqrt(2 / 1024), None)]
+    return rp.Sequential([l.with_parameters(l.weight.astype(np.float32),
+                                            None if l.bias is None else l.bias.astype(np.float32))
+                          if l.linear else l for l in layers], input_shape=(3, 16, 16))
+
+
+def _decisions(net, x):
+    """Every ReLU's sign pattern and every max pooling's winners, per sample."""
+    tr = net.trace(x)
+    masks = [a > 0 for a in tr.inputs[1:] if a.ndim == 4]
+    wins = [s for s in tr.states if s is not None]
+    return [tuple(m[i] for m in masks) + tuple(w[i] for w in wins) for i in range(len(x))]
+
+
+METHODS = [("gradient", {}), ("gradient_x_input", {}), ("lrp.epsilon_plus_flat", {}),
+           ("lrp.epsilon_gamma_box", {"low": -2.0, "high": 2.0}),
+           ("lrp.epsilon_alpha2_beta1", {}), ("lrp.epsilon_plus", {})]
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "winograd"])
+@pytest.mark.parametrize("method,kw", METHODS, ids=[m for m, _ in METHODS])
+def test_maps_with_winograd_match_the_direct_float64_map(algorithm, method, kw):
+    """Each sample's float32 map with Winograd lies within 1e-3 of its largest value of the
+    float64 map of the direct method, where both take the same decisions: a ReLU whose input
+    rounds to the other side of 0, or a max pooling whose two largest inputs swap, changes a
+    gradient-like map by percents (as an input perturbation of 1e-6 does, with any algorithm),
+    so those samples are the ones a rounding error model does not cover."""
+    rng = np.random.default_rng(5)
+    net = _cnn(rng)
+    net64 = rp.Sequential([l.with_parameters(l.weight.astype(np.float64),
+                                             None if l.bias is None else l.bias.astype(np.float64))
+                           if l.linear else l for l in net.layers], input_shape=net.input_shape)
+    x = rng.uniform(-1.5, 1.5, (12,) + net.input_shape).astype(np.float32)
+    t = np.arange(12) % 10
+    rp.set_conv_algorithm("direct")
+    want = rp.explain(net64, x.astype(np.float64), t, method, **kw)
+    exact = _decisions(net64, x.astype(np.float64))
+    rp.set_conv_algorithm(algorithm)
+    got = rp.explain(net, x, t, method, **kw)
+    same = [all(np.array_equal(a, b) for a, b in zip(d, e))
+            for d, e in zip(_decisions(net, x), exact)]
+    assert sum(same) >= 6, "too few samples with the same decisions to test anything"
+    for i in np.flatnonzero(same):
+        err = np.abs(got[i] - want[i]).max() / np.abs(want[i]).max()
+        assert err <= 1e-3, (i, err)
