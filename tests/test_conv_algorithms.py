@@ -84,13 +84,29 @@ def test_small_calls_keep_winograd_packings(rng):
     rp.release_memory()
     y = layer.forward(x)[0]
     g = layer.backward(np.ones_like(y), x, None)
-    assert {key[0] for key in layer._packed} == {"winograd4", "winograd4-backward"}
     w, b = layer.params(np.float32)
-    assert_array_equal(y, ops.conv2d_winograd_forward(x, w, b, (1, 1), tile=4))
+    tile = ops.conv2d_algorithm(x.shape, w.shape, 1, 1, np.float32).tile or 4
+    assert {key[0] for key in layer._packed} == {f"winograd{tile}", f"winograd{tile}-backward"}
+    assert_array_equal(y, ops.conv2d_winograd_forward(x, w, b, (1, 1), tile=tile))
     assert_array_equal(g, ops.conv2d_winograd_backward(np.ones_like(y), w, (8, 8), (1, 1),
-                                                       tile=4))
+                                                       tile=tile))
     rp.release_memory()
     assert not layer._packed
+
+
+def test_a_sample_does_not_depend_on_its_batch_with_auto(rng):
+    # "auto" chooses from the layer and one sample's size: the batch never changes the bits
+    net = rp.Sequential([_layer(rng, c=16), rp.ReLU(), _layer(rng, c=16), rp.ReLU(),
+                         rp.MaxPool2d(2), _layer(rng, c=16), rp.ReLU(), rp.Flatten(),
+                         rp.Dense(nets.dense_w(rng, 4, 16 * 64))], input_shape=(16, 16, 16))
+    x = rng.uniform(0, 1, (40, 16, 16, 16)).astype(np.float32)
+    assert ops.conv2d_algorithm(x.shape, (16, 16, 3, 3), 1, 1, np.float32).name == "winograd"
+    for fn in (net.forward, lambda xs: rp.gradient(net, xs, 1),
+               lambda xs: rp.lrp(net, xs, 1, "epsilon_plus_flat")):
+        full = fn(x)
+        for i in (0, 39):
+            assert_array_equal(fn(x[i:i + 1]), full[i:i + 1])
+        assert_array_equal(fn(x[3:20]), full[3:20])
 
 
 def _cnn(rng):

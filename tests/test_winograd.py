@@ -339,21 +339,18 @@ def test_algorithm_is_direct_where_winograd_does_not_apply(kwargs):
         assert ops.conv2d_algorithm(**args, backward=backward, **extra) == ("direct", None)
 
 
-def test_algorithm_follows_the_gemm_strip_of_the_isa(isa):
-    # F(4x4) once its tiles fill one strip of the ISA's GEMM, else F(2x2) if its tiles do,
-    # else direct; few channels and tiny layers stay direct
-    nr = ops.gemm_blocks(np.float32)["nr"]
+def test_algorithm_depends_on_one_sample_only(isa):
+    # F(4x4) once a sample has 16 of its tiles, else F(2x2) if it has 16 of those, else direct;
+    # few channels and tiny layers stay direct; never the batch (results must not depend on it)
     algo = lambda n, hw, c=64, c_out=64: ops.conv2d_algorithm(  # noqa: E731
         (n, c, hw, hw), (c_out, c, 3, 3), 1, 1, np.float32)
-    # 8x8 images: 4 F(4x4) tiles and 16 F(2x2) tiles per sample
-    assert algo(-(-nr // 4), 8) == ("winograd", 4)
-    n = -(-nr // 16)
-    assert 4 * n < nr <= 16 * n
-    assert algo(n, 8) == ("winograd", 2)
-    assert algo(1, 2) == ("direct", None)           # 1 tile
-    assert algo(64, 56, c=3) == ("direct", None)    # first layer
-    assert algo(64, 56, c_out=4) == ("direct", None)
-    assert algo(1, 14, c=8, c_out=8) == ("direct", None)  # 9*8*8*196 multiply-adds
+    for n in (1, 2, 7, 64):
+        assert algo(n, 16) == algo(n, 13) == ("winograd", 4)   # 16 F(4x4) tiles
+        assert algo(n, 12) == algo(n, 7) == ("winograd", 2)    # 9 F(4x4), 16 F(2x2) tiles
+        assert algo(n, 6) == ("direct", None)                  # 9 F(2x2) tiles
+        assert algo(n, 56, c=3) == ("direct", None)            # first layer
+        assert algo(n, 56, c_out=4) == ("direct", None)
+        assert algo(n, 9, c=8, c_out=8) == ("direct", None)    # 9*8*8*81 multiply-adds
     # the backward pass is the convolution with the channels swapped
     for c_in, c_out, n, hw in [(3, 64, 8, 56), (64, 3, 8, 56), (16, 256, 1, 14), (512, 64, 1, 7),
                                (64, 128, 2, 9)]:

@@ -370,23 +370,22 @@ def conv2d_algorithm(x_shape, w_shape, stride, padding, dtype, backward=False, *
 
     Winograd needs a 3x3 kernel, stride 1, dilation 1, groups 1, padding 0..2 in each direction
     and float32; anything else is direct (float64 too: its direct result is already exact to
-    ~1e-16, and its Winograd speed-up was not measured).  Then, with ``(cin, cout)`` the channels
-    the pass reads and writes (forward ``(c_in, c_out)``, backward ``(c_out, c_in)``), ``n`` the
-    batch, ``oh x ow`` the size of the pass's output (backward: the input's) and ``nr`` the
-    GEMM's strip width
-    (``gemm_blocks()["nr"]``: 32 with AVX-512, 16 with AVX2, 8 generic):
+    ~1e-16, and its Winograd speed-up was not measured).  The choice depends on the layer and the
+    size of one sample only, never on the batch (nor on the thread count), so that a sample's
+    result does not depend on the batch it is explained in (chunks, dask).  With ``(cin,
+    cout)`` the channels the pass reads and writes (forward ``(c_in, c_out)``, backward
+    ``(c_out, c_in)``) and ``oh x ow`` the size of the pass's output (backward: the input's):
 
     1. direct if ``cin < 8`` or ``cout < 8`` (first layers: the transforms cost about as much as
-       the multiply-adds they save) or if the layer has fewer than 2**19 multiply-adds
-       (``9 cin cout n oh ow``: fixed costs dominate);
-    2. F(4x4, 3x3) if its tiles, ``n * ceil(oh / 4) * ceil(ow / 4)``, fill at least one GEMM
-       strip (``>= nr``);
-    3. else F(2x2, 3x3) if its tiles, ``n * ceil(oh / 2) * ceil(ow / 2)``, do;
-    4. else direct (tiny images of a single sample).
+       the multiply-adds they save) or if a sample takes fewer than 2**16 multiply-adds
+       (``9 cin cout oh ow``: fixed costs dominate);
+    2. F(4x4, 3x3) if a sample has at least 16 of its tiles, ``ceil(oh / 4) * ceil(ow / 4)``
+       (outputs of 13x13 and more);
+    3. else F(2x2, 3x3) if a sample has at least 16 of its tiles (7x7 to 12x12);
+    4. else direct.
 
-    The numbers behind it (``python bench/winograd_crossover.py --clock thread``; AMD EPYC
-    (Zen 5), AVX-512, 1 thread, CPU ms of the forward pass, direct / F4 / F2, channels
-    ``c -> c``, batch ``n``)::
+    Measured (``python bench/winograd_crossover.py --clock thread``; AMD EPYC (Zen 5), AVX-512,
+    1 thread, CPU ms of the forward pass, direct / F4 / F2, channels ``c -> c``, batch ``n``)::
 
         c    7x7 n=1             7x7 n=8            14x14 n=1          28x28 n=1
         8    .005/.014/.012      .024/.020/.024     .010/.015/.015     .024/.022/.024
@@ -398,13 +397,13 @@ def conv2d_algorithm(x_shape, w_shape, stride, padding, dtype, backward=False, *
         128  4.83/1.80/2.30      18.0/6.18/9.11
         256  17.4/9.11/9.58
 
-    and for few channels ``3 -> 64`` at 224x224: 1.83 / 2.03 / 3.34 (direct).  The backward
-    passes behave alike (the same kernel on swapped channels), except where the direct backward
-    multiplies by ``W^T`` (``8 c_in <= c_out``): there direct is a few percent faster on small
-    layers (``8 -> 64`` at 56x56, batch 8: 2.03 / 2.18 ms), which rule 1 does not catch.
-    Winograd F(4x4) wins from 1.1x (8 channels) to 3.2x (64 channels at 224x224); where it
-    wins, F(2x2) is slower except on 14x14 single images (F(4x4)'s 16 tiles, a quarter of them
-    cut by the edge, half-fill a 32-wide strip).
+    and for few channels ``3 -> 64`` at 224x224: 1.83 / 2.03 / 3.34 (direct).  The best
+    algorithm depends on the batch where images are small (7x7: direct for one sample, F(4x4)
+    for eight); a per-sample rule must pick one: F(2x2) at 7x7 loses 12% against direct on one
+    sample and wins 1.7x on eight, F(4x4) at 14x14 wins on one sample and more on eight.  The
+    backward passes behave alike (the same kernel on swapped channels), except where the direct
+    backward multiplies by ``W^T`` (``8 c_in <= c_out``): there direct is a few percent faster on
+    small layers (``8 -> 64`` at 56x56, batch 8: 2.03 / 2.18 ms), which rule 1 does not catch.
 
     Parameters
     ----------
@@ -412,7 +411,7 @@ def conv2d_algorithm(x_shape, w_shape, stride, padding, dtype, backward=False, *
     stride, padding, dilation : int or pair;  groups : int;  dtype : the computation dtype
     backward : the rule for the backward pass (w.r.t. the input)
     """
-    n, _, h, w = (int(v) for v in x_shape)
+    _, _, h, w = (int(v) for v in x_shape)
     c_out, c_in = int(w_shape[0]), int(w_shape[1])
     if not _winograd_eligible(w_shape, stride, padding, dtype, groups, dilation):
         return Algorithm("direct")
@@ -421,13 +420,16 @@ def conv2d_algorithm(x_shape, w_shape, stride, padding, dtype, backward=False, *
     ph, pw = as_pair(padding, "padding")
     oh, ow = (h, w) if backward else (h + 2 * ph - 2, w + 2 * pw - 2)  # the pass's output
     cin, cout = (c_out, c_in) if backward else (c_in, c_out)
-    if oh < 1 or ow < 1 or cin < 8 or cout < 8 or 9 * cin * cout * n * oh * ow < 2**19:
+    if oh < 1 or ow < 1 or cin < 8 or cout < 8 or 9 * cin * cout * oh * ow < 2**16:
         return Algorithm("direct")
-    nr = gemm_blocks(np.float32)["nr"]
     for tile in (4, 2):
-        if n * -(-oh // tile) * -(-ow // tile) >= nr:
+        if -(-oh // tile) * -(-ow // tile) >= WINOGRAD_MIN_TILES:
             return Algorithm("winograd", tile)
     return Algorithm("direct")
+
+
+#: Tiles per sample from which ``conv2d_algorithm`` takes a Winograd tile size.
+WINOGRAD_MIN_TILES = 16
 
 
 def _winograd_eligible(w_shape, stride, padding, dtype, groups, dilation):
