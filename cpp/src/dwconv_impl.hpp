@@ -1,0 +1,53 @@
+// Internals of the depthwise convolution (dwconv.cpp): the per-ISA row kernels and their
+// table, chosen at run time with the GEMM's instruction set (relprop/cpu.hpp).
+//
+// The driver (dwconv.cpp, baseline flags) reduces every depthwise pass over one plane to
+// sums of shifted copies of a zero-padded source buffer it builds per plane:
+//   out[r*ldo + q] = bias + sum_k wc[tap_k.wi] * base[tap_k.off + r*lds + q]
+// for r < rows, q < cols, accumulated in the order of the taps (see dwconv.cpp for how the
+// forward and backward passes, any stride and dilation, map onto it).  Only these row kernels
+// and the copies that build or scatter the buffers are compiled per ISA.
+#pragma once
+#include "gemm_impl.hpp"
+
+namespace relprop {
+namespace detail {
+
+struct DwTap {
+  idx off;  // offset of the tap's first source element from the buffer base
+  idx wi;   // index of the tap's weight within the channel's filters
+};
+
+template <typename T>
+struct DwImpl {
+  Isa isa;
+  int w;  // vector lanes
+  // out[r*ldo + q] = bias + sum_k wc[taps[k].wi] * base[taps[k].off + r*lds + q]  (r < rows,
+  // q < cols), summed in tap order; reads base up to one vector past each row's end.
+  void (*rows)(T* out, idx ldo, idx rows, idx cols, const T* base, idx lds, const DwTap* taps,
+               idx ntaps, const T* wc, T bias);
+  // dst[c] = src[c * stride] for c < n
+  void (*gather)(T* dst, const T* src, idx n, idx stride);
+  // dst[c * stride] = src[c] for c < n
+  void (*scatter)(T* dst, const T* src, idx n, idx stride);
+};
+
+namespace generic {
+extern const DwImpl<float> dw_f32;
+extern const DwImpl<double> dw_f64;
+}  // namespace generic
+#if defined(RELPROP_HAVE_AVX2)
+namespace avx2 {
+extern const DwImpl<float> dw_f32;
+extern const DwImpl<double> dw_f64;
+}  // namespace avx2
+#endif
+#if defined(RELPROP_HAVE_AVX512)
+namespace avx512 {
+extern const DwImpl<float> dw_f32;
+extern const DwImpl<double> dw_f64;
+}  // namespace avx512
+#endif
+
+}  // namespace detail
+}  // namespace relprop

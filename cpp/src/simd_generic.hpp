@@ -1,0 +1,35 @@
+// Portable vector policy (GCC/Clang vector extensions: 16-byte vectors, SSE2 on baseline
+// x86-64, NEON on AArch64, scalar code elsewhere) for the kernel templates of
+// dwconv_kernels.hpp; the same interface as simd_avx2.hpp.  Internal linkage.
+#pragma once
+#include <cstring>
+
+#include "gemm_impl.hpp"
+
+namespace relprop {
+namespace detail {
+namespace {
+
+template <typename T_>
+struct PortableVec {
+  using T = T_;
+  static constexpr int W = static_cast<int>(16 / sizeof(T));
+  typedef T R __attribute__((vector_size(16)));
+  static R zero() { return R{}; }
+  static R load(const T* p) {
+    R v;
+    std::memcpy(&v, p, sizeof(R));
+    return v;
+  }
+  static R bcast(const T* p) { return R{} + *p; }
+  static R fma(R a, R b, R c) { return a * b + c; }
+  static R add(R a, R b) { return a + b; }
+  static void store(T* p, R v) { std::memcpy(p, &v, sizeof(R)); }
+  static void store_range(T* p, R v, idx n) {  // lanes [0, n) only
+    for (idx l = 0; l < n && l < W; ++l) p[l] = v[l];
+  }
+};
+
+}  // namespace
+}  // namespace detail
+}  // namespace relprop
