@@ -82,21 +82,26 @@ inline void inside(idx n, idx stride, idx off, idx len, idx& lo, idx& hi) {
   hi = std::max(lo, std::min(n, ceil_div(len - off, stride)));
 }
 
-// dst[0, n) = src[c*stride + off] where that lies in [0, len), else 0.
-template <typename T>
-void fill_row(const DwImpl<T>& impl, T* dst, idx n, const T* src, idx stride, idx off, idx len) {
-  idx lo, hi;
-  inside(n, stride, off, len, lo, hi);
-  std::fill(dst, dst + lo, T(0));
-  if (hi > lo) impl.gather(dst + lo, src + lo * stride + off, hi - lo, stride);
-  std::fill(dst + hi, dst + n, T(0));
-}
-
 // Slack past every buffer of rows of `width`, read (never used) by the row kernels' last
 // vectors: past a buffer's last row they read at most a row and a vector.
 template <typename T>
 idx slack(const DwImpl<T>& impl, idx width) {
   return width + 2 * impl.w;
+}
+
+
+// Per-thread scratch of `size` elements whose zeros (padding) are written once per call: the
+// buffers' layout is the same for every plane of a call, and each plane overwrites only the
+// elements inside the image.  `fresh` has one flag per thread of the call.
+template <typename T>
+T* zeroed_scratch(std::vector<char>& fresh, idx size) {
+  T* buf = detail::scratch<T>(2, static_cast<size_t>(size));
+  char& f = fresh[static_cast<size_t>(thread_index())];
+  if (f) {
+    std::fill(buf, buf + size, T(0));
+    f = 0;
+  }
+  return buf;
 }
 
 }  // namespace
@@ -127,30 +132,34 @@ void depthwise_forward(const T* x, const T* w, const T* b, T* y, T* y2, const Wi
       const idx p = phase[static_cast<size_t>(((u * g.dh) % g.sh) * g.sw + (v * g.dw) % g.sw)];
       taps.push_back({p * plane + ((u * g.dh) / g.sh) * Wq + (v * g.dw) / g.sw, u * g.kw + v});
     }
+  // the part of each phase plane inside the image: rows [r0, r1) x columns [c0, c1)
+  struct Part {
+    idx p, r0, r1, c0, c1, src;  // src: offset in x of element (r0, c0)
+  };
+  std::vector<Part> parts;
+  for (idx a = 0; a < g.sh; ++a)
+    for (idx bb = 0; bb < g.sw; ++bb) {
+      Part pt{phase[static_cast<size_t>(a * g.sw + bb)], 0, 0, 0, 0, 0};
+      if (pt.p < 0) continue;
+      inside(Hq, g.sh, a - g.ph, g.h, pt.r0, pt.r1);
+      inside(Wq, g.sw, bb - g.pw, g.w, pt.c0, pt.c1);
+      pt.src = (pt.r0 * g.sh + a - g.ph) * g.w + pt.c0 * g.sw + bb - g.pw;
+      if (pt.r1 > pt.r0 && pt.c1 > pt.c0) parts.push_back(pt);
+    }
   // short rows: one long row over the phase planes' full width into `tmp`, then cropped
   const bool flat = 2 * ow <= impl.w && Wq > ow;
   const idx tmp_size = flat ? oh * Wq : 0;
   const idx m1 = split / C, m2 = (c_out - split) / C, planes = g.n * C;
   const idx in_plane = g.h * g.w, out_plane = oh * ow;
   const int nt = threads_for(nthreads, planes, planes * (c_out / C) * out_plane * khw);
+  std::vector<char> fresh(static_cast<size_t>(nt), 1);
   parallel_for(nt, planes, [&](idx t) {
     const idx s = t / C, c = t % C;
-    T* buf = detail::scratch<T>(2, static_cast<size_t>(nph * plane + tmp_size));
+    T* buf = zeroed_scratch<T>(fresh, nph * plane + tmp_size);
     const T* xs = x + t * in_plane;
-    for (idx a = 0; a < g.sh; ++a)
-      for (idx bb = 0; bb < g.sw; ++bb) {
-        const idx p = phase[static_cast<size_t>(a * g.sw + bb)];
-        if (p < 0) continue;
-        T* P = buf + p * plane;
-        for (idx r = 0; r < Hq; ++r) {
-          const idx i = r * g.sh + a - g.ph;
-          if (i < 0 || i >= g.h)
-            std::fill(P + r * Wq, P + (r + 1) * Wq, T(0));
-          else
-            fill_row(impl, P + r * Wq, Wq, xs + i * g.w, g.sw, bb - g.pw, g.w);
-        }
-        std::fill(P + Hq * Wq, P + plane, T(0));
-      }
+    for (const Part& pt : parts)
+      impl.gather(buf + pt.p * plane + pt.r0 * Wq + pt.c0, Wq, xs + pt.src, g.sh * g.w,
+                  pt.r1 - pt.r0, pt.c1 - pt.c0, g.sw);
     T* tmp = buf + nph * plane;
     const auto one = [&](idx o, T* out) {
       const T bias = b ? b[o] : T(0);
@@ -159,7 +168,7 @@ void depthwise_forward(const T* x, const T* w, const T* b, T* y, T* y2, const Wi
         return;
       }
       impl.rows(tmp, 0, 1, oh * Wq, buf, 0, taps.data(), khw, w + o * khw, bias);
-      for (idx p = 0; p < oh; ++p) std::copy(tmp + p * Wq, tmp + p * Wq + ow, out + p * ow);
+      impl.gather(out, ow, tmp, Wq, oh, ow, 1);
     };
     for (idx k = 0; k < m1; ++k) one(c * m1 + k, y + ((s * split) + c * m1 + k) * out_plane);
     for (idx k = 0; k < m2; ++k)
@@ -211,26 +220,18 @@ void depthwise_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c
     }
   const bool unit = g.sh == 1 && g.sw == 1;
   const bool flat = unit && 2 * g.w <= impl.w && Wg > g.w;
-  // stride > 1: one phase at a time into tmp (rows of Wg), then scattered into gx
+  // stride > 1 (or flat): one phase at a time into tmp (rows of Wg), then scattered into gx
   const idx tmp_size = (unit && !flat) ? 0 : max_cells;
   const idx planes = g.n * C, in_plane = g.h * g.w, out_plane = oh * ow;
   const idx rows_in = std::min(oh, Rn), cols_in = std::min(ow, Cn);
   const int nt = threads_for(nthreads, planes, planes * m * out_plane * khw);
+  std::vector<char> fresh(static_cast<size_t>(nt), 1);
   parallel_for(nt, planes, [&](idx t) {
     const idx s = t / C, c = t % C;
-    T* buf = detail::scratch<T>(2, static_cast<size_t>(m * plane + tmp_size));
-    for (idx k = 0; k < m; ++k) {  // gy plane k of channel c, zero-padded: row p at Fu + p
-      T* P = buf + k * plane;
-      const T* src = gy + (s * c_out + c * m + k) * out_plane;
-      std::fill(P, P + Fu * Wg, T(0));
-      for (idx p = 0; p < rows_in; ++p) {
-        T* d = P + (Fu + p) * Wg;
-        std::fill(d, d + Fv, T(0));
-        std::copy(src + p * ow, src + p * ow + cols_in, d + Fv);
-        std::fill(d + Fv + cols_in, d + Wg, T(0));
-      }
-      std::fill(P + (Fu + rows_in) * Wg, P + plane, T(0));
-    }
+    T* buf = zeroed_scratch<T>(fresh, m * plane + tmp_size);
+    for (idx k = 0; k < m; ++k)  // gy plane k of channel c at (Fu, Fv) in the zero-padded buffer
+      impl.gather(buf + k * plane + Fu * Wg + Fv, Wg, gy + (s * c_out + c * m + k) * out_plane, ow,
+                  rows_in, cols_in, 1);
     T* gxs = gx + t * in_plane;
     T* tmp = buf + m * plane;
     const T* wc = w + c * m * khw;
@@ -246,8 +247,7 @@ void depthwise_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c
         continue;
       }
       impl.rows(tmp, 0, 1, rows * Wg, base, 0, tp, ph.count, wc, T(0));
-      for (idx r = 0; r < rows; ++r)
-        impl.scatter(dst + r * g.sh * g.w, tmp + r * Wg, cols, g.sw);
+      impl.scatter(dst, g.sh * g.w, tmp, Wg, rows, cols, g.sw);
     }
   });
 }

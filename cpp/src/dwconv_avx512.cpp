@@ -8,8 +8,8 @@
 namespace relprop {
 namespace detail {
 namespace avx512 {
-const DwImpl<float> dw_f32 = dw_table<F32x16>(Isa::avx512);
-const DwImpl<double> dw_f64 = dw_table<F64x8>(Isa::avx512);
+const DwImpl<float> dw_f32 = dw_table<F32x16, 8>(Isa::avx512);
+const DwImpl<double> dw_f64 = dw_table<F64x8, 8>(Isa::avx512);
 }  // namespace avx512
 }  // namespace detail
 }  // namespace relprop

@@ -6,8 +6,8 @@
 namespace relprop {
 namespace detail {
 namespace generic {
-const DwImpl<float> dw_f32 = dw_table<PortableVec<float>>(Isa::generic);
-const DwImpl<double> dw_f64 = dw_table<PortableVec<double>>(Isa::generic);
+const DwImpl<float> dw_f32 = dw_table<PortableVec<float>, 4>(Isa::generic);
+const DwImpl<double> dw_f64 = dw_table<PortableVec<double>, 4>(Isa::generic);
 }  // namespace generic
 }  // namespace detail
 }  // namespace relprop

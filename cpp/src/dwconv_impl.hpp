@@ -26,10 +26,10 @@ struct DwImpl {
   // q < cols), summed in tap order; reads base up to one vector past each row's end.
   void (*rows)(T* out, idx ldo, idx rows, idx cols, const T* base, idx lds, const DwTap* taps,
                idx ntaps, const T* wc, T bias);
-  // dst[c] = src[c * stride] for c < n
-  void (*gather)(T* dst, const T* src, idx n, idx stride);
-  // dst[c * stride] = src[c] for c < n
-  void (*scatter)(T* dst, const T* src, idx n, idx stride);
+  // dst[r*ldd + c] = src[r*lds + c*stride] for r < rows, c < cols
+  void (*gather)(T* dst, idx ldd, const T* src, idx lds, idx rows, idx cols, idx stride);
+  // dst[r*ldd + c*stride] = src[r*lds + c] for r < rows, c < cols
+  void (*scatter)(T* dst, idx ldd, const T* src, idx lds, idx rows, idx cols, idx stride);
 };
 
 namespace generic {

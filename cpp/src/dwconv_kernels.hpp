@@ -19,86 +19,139 @@ namespace {
 #define RELPROP_DW_UNROLL
 #endif
 
-// NV vectors of one output row: acc = bias + sum_k wc[wi_k] * src_k, in registers; the last
-// vector stores only its first `last` lanes.
-template <class V, int NV>
-inline void dw_block(typename V::T* out, const typename V::T* base, idx at, const DwTap* taps,
-                     idx ntaps, const typename V::T* wc, typename V::T bias, idx last) {
+// RB rows of NV vectors each: acc = bias + sum_k wc[wi_k] * src_k, all RB*NV in registers;
+// the last vector of each row stores only its first `last` lanes.
+template <class V, int RB, int NV>
+inline void dw_block(typename V::T* out, idx ldo, const typename V::T* base, idx lds,
+                     const DwTap* taps, idx ntaps, const typename V::T* wc, typename V::T bias,
+                     idx last) {
   using R = typename V::R;
-  R acc[NV];
+  R acc[RB][NV];
   const R b = V::bcast(&bias);
   RELPROP_DW_UNROLL
-  for (int v = 0; v < NV; ++v) acc[v] = b;
+  for (int r = 0; r < RB; ++r)
+    RELPROP_DW_UNROLL
+    for (int v = 0; v < NV; ++v) acc[r][v] = b;
   for (idx k = 0; k < ntaps; ++k) {
     const R wv = V::bcast(wc + taps[k].wi);
-    const typename V::T* s = base + taps[k].off + at;
+    const typename V::T* s = base + taps[k].off;
     RELPROP_DW_UNROLL
-    for (int v = 0; v < NV; ++v) acc[v] = V::fma(wv, V::load(s + v * V::W), acc[v]);
+    for (int r = 0; r < RB; ++r)
+      RELPROP_DW_UNROLL
+      for (int v = 0; v < NV; ++v) acc[r][v] = V::fma(wv, V::load(s + r * lds + v * V::W), acc[r][v]);
   }
   RELPROP_DW_UNROLL
-  for (int v = 0; v + 1 < NV; ++v) V::store(out + v * V::W, acc[v]);
-  if (last == V::W)
-    V::store(out + (NV - 1) * V::W, acc[NV - 1]);
-  else
-    V::store_range(out + (NV - 1) * V::W, acc[NV - 1], last);
+  for (int r = 0; r < RB; ++r) {
+    typename V::T* o = out + r * ldo;
+    RELPROP_DW_UNROLL
+    for (int v = 0; v + 1 < NV; ++v) V::store(o + v * V::W, acc[r][v]);
+    if (last == V::W)
+      V::store(o + (NV - 1) * V::W, acc[r][NV - 1]);
+    else
+      V::store_range(o + (NV - 1) * V::W, acc[r][NV - 1], last);
+  }
 }
 
-template <class V>
-void dw_rows(typename V::T* out, idx ldo, idx rows, idx cols, const typename V::T* base, idx lds,
-             const DwTap* taps, idx ntaps, const typename V::T* wc, typename V::T bias) {
-  constexpr int W = V::W, NB = 4;  // 4 vectors per block: the loads, not the FMAs, bound it
-  for (idx r = 0; r < rows; ++r) {
-    typename V::T* o = out + r * ldo;
-    const idx row = r * lds;
-    idx q = 0;
-    for (; q + NB * W <= cols; q += NB * W) dw_block<V, NB>(o + q, base, row + q, taps, ntaps, wc, bias, W);
-    const idx rem = cols - q;
-    if (rem <= 0) continue;
-    const idx nv = (rem + W - 1) / W, last = rem - (nv - 1) * W;
-    switch (nv) {
-      case 1:
-        dw_block<V, 1>(o + q, base, row + q, taps, ntaps, wc, bias, last);
-        break;
-      case 2:
-        dw_block<V, 2>(o + q, base, row + q, taps, ntaps, wc, bias, last);
-        break;
-      case 3:
-        dw_block<V, 3>(o + q, base, row + q, taps, ntaps, wc, bias, last);
-        break;
-      default:  // rem < NB * W: at most NB vectors
-        dw_block<V, NB>(o + q, base, row + q, taps, ntaps, wc, bias, last);
-        break;
+// dw_block<V, rb, nv> for run-time 1 <= rb <= RB, 1 <= nv <= NV with rb * nv <= NB.
+template <class V, int NB, int NV, int RB>
+inline void dw_block_rb(int rb, typename V::T* out, idx ldo, const typename V::T* base, idx lds,
+                        const DwTap* taps, idx ntaps, const typename V::T* wc,
+                        typename V::T bias, idx last) {
+  if constexpr (RB > 1) {
+    if (rb < RB) {
+      dw_block_rb<V, NB, NV, RB - 1>(rb, out, ldo, base, lds, taps, ntaps, wc, bias, last);
+      return;
     }
   }
+  dw_block<V, RB, NV>(out, ldo, base, lds, taps, ntaps, wc, bias, last);
 }
 
-// Strided copies (the compiler vectorizes the stride-1 and stride-2 loops for the ISA).
-template <typename T>
-void dw_gather(T* dst, const T* src, idx n, idx stride) {
-  if (stride == 1) {
-    if (n > 0) std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(T));
-  } else if (stride == 2) {
-    for (idx c = 0; c < n; ++c) dst[c] = src[2 * c];
-  } else {
-    for (idx c = 0; c < n; ++c) dst[c] = src[c * stride];
+template <class V, int NB, int NV = NB>
+inline void dw_block_any(int rb, int nv, typename V::T* out, idx ldo, const typename V::T* base,
+                         idx lds, const DwTap* taps, idx ntaps, const typename V::T* wc,
+                         typename V::T bias, idx last) {
+  if constexpr (NV > 1) {
+    if (nv < NV) {
+      dw_block_any<V, NB, NV - 1>(rb, nv, out, ldo, base, lds, taps, ntaps, wc, bias, last);
+      return;
+    }
+  }
+  dw_block_rb<V, NB, NV, NB / NV>(rb, out, ldo, base, lds, taps, ntaps, wc, bias, last);
+}
+
+// Rows of at most NB vectors are computed NB / (vectors per row) rows at a time; longer rows
+// in blocks of NB vectors and a shorter last block.
+template <class V, int NB>
+void dw_rows(typename V::T* out, idx ldo, idx rows, idx cols, const typename V::T* base, idx lds,
+             const DwTap* taps, idx ntaps, const typename V::T* wc, typename V::T bias) {
+  constexpr int W = V::W;
+  const idx nv = (cols + W - 1) / W, last = cols - (nv - 1) * W;
+  if (nv <= NB) {
+    const idx rb = NB / nv;
+    for (idx r = 0; r < rows; r += rb) {
+      const int n = static_cast<int>(rows - r < rb ? rows - r : rb);
+      dw_block_any<V, NB>(n, static_cast<int>(nv), out + r * ldo, ldo, base + r * lds, lds, taps,
+                          ntaps, wc, bias, last);
+    }
+    return;
+  }
+  for (idx r = 0; r < rows; ++r) {
+    typename V::T* o = out + r * ldo;
+    const typename V::T* src = base + r * lds;
+    idx q = 0;
+    for (; q + NB * W < cols; q += NB * W)
+      dw_block<V, 1, NB>(o + q, 0, src + q, 0, taps, ntaps, wc, bias, W);
+    const idx rest = (cols - q + W - 1) / W;  // 1..NB vectors, the last one `last` lanes
+    dw_block_any<V, NB>(1, static_cast<int>(rest), o + q, 0, src + q, 0, taps, ntaps, wc, bias,
+                        last);
   }
 }
 
-template <typename T>
-void dw_scatter(T* dst, const T* src, idx n, idx stride) {
-  if (stride == 1) {
-    if (n > 0) std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(T));
-  } else if (stride == 2) {
-    for (idx c = 0; c < n; ++c) dst[2 * c] = src[c];
-  } else {
-    for (idx c = 0; c < n; ++c) dst[c * stride] = src[c];
-  }
-}
-
+// dst[0, n) = src[0, n) in vectors (rows too short for a memcpy call to pay); reads no
+// element of src past n.
 template <class V>
+inline void dw_copy(typename V::T* dst, const typename V::T* src, idx n) {
+  constexpr int W = V::W;
+  idx c = 0;
+  for (; c + W <= n; c += W) V::store(dst + c, V::load(src + c));
+  if (c < n) V::store_range(dst + c, V::load_range(src + c, 0, n - c), n - c);
+}
+
+// dst[r*ldd + c] = src[r*lds + c*stride]
+template <class V>
+void dw_gather(typename V::T* dst, idx ldd, const typename V::T* src, idx lds, idx rows, idx cols,
+               idx stride) {
+  constexpr int W = V::W;
+  for (idx r = 0; r < rows; ++r, dst += ldd, src += lds) {
+    if (stride == 1) {
+      dw_copy<V>(dst, src, cols);
+      continue;
+    }
+    idx c = 0;
+    if (stride == 2)  // the even lanes of two vectors: reads src[2c, 2c + 2W), all <= 2*(cols - 1)
+      for (; 2 * (c + W) <= 2 * cols - 1; c += W) V::store(dst + c, V::evens(src + 2 * c));
+    for (; c < cols; ++c) dst[c] = src[c * stride];
+  }
+}
+
+// dst[r*ldd + c*stride] = src[r*lds + c]
+template <class V>
+void dw_scatter(typename V::T* dst, idx ldd, const typename V::T* src, idx lds, idx rows,
+                idx cols, idx stride) {
+  for (idx r = 0; r < rows; ++r, dst += ldd, src += lds) {
+    if (stride == 1) {
+      dw_copy<V>(dst, src, cols);
+      continue;
+    }
+    for (idx c = 0; c < cols; ++c) dst[c * stride] = src[c];
+  }
+}
+
+// NB: vectors of outputs kept in registers per block (as many accumulators as the FMA
+// latency times the FMA pipes needs, within the register file).
+template <class V, int NB>
 constexpr DwImpl<typename V::T> dw_table(Isa isa) {
-  return DwImpl<typename V::T>{isa, V::W, &dw_rows<V>, &dw_gather<typename V::T>,
-                               &dw_scatter<typename V::T>};
+  return DwImpl<typename V::T>{isa, V::W, &dw_rows<V, NB>, &dw_gather<V>, &dw_scatter<V>};
 }
 
 }  // namespace

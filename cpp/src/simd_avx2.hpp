@@ -35,6 +35,11 @@ struct F32x8 {
   static R load_range(const T* p, idx lo, idx hi) {  // masked lanes are not read
     return _mm256_maskload_ps(p, in_range(lo, hi));
   }
+  static R evens(const T* p) {  // p[0], p[2], ..., p[14] (reads p[0, 16))
+    const __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + W);
+    const __m256 e = _mm256_shuffle_ps(a, b, 0x88);  // a0 a2 b0 b2 | a4 a6 b4 b6
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8));
+  }
   // All lanes are read (a plain load and a mask: vmaskmovps is several times slower on AMD).
   static R load_masked(const T* p, idx lo, idx hi) {
     return _mm256_and_ps(_mm256_loadu_ps(p), _mm256_castsi256_ps(in_range(lo, hi)));
@@ -82,6 +87,10 @@ struct F64x4 {
   }
   static R load_range(const T* p, idx lo, idx hi) {  // masked lanes are not read
     return _mm256_maskload_pd(p, in_range(lo, hi));
+  }
+  static R evens(const T* p) {  // p[0], p[2], p[4], p[6] (reads p[0, 8))
+    const __m256d a = _mm256_loadu_pd(p), b = _mm256_loadu_pd(p + W);
+    return _mm256_permute4x64_pd(_mm256_unpacklo_pd(a, b), 0xD8);  // a0 b0 a2 b2 -> a0 a2 b0 b2
   }
   static R load_masked(const T* p, idx lo, idx hi) {  // all lanes are read
     return _mm256_and_pd(_mm256_loadu_pd(p), _mm256_castsi256_pd(in_range(lo, hi)));

@@ -39,6 +39,11 @@ struct F32x16 {
     for (int r = 0; r < W; ++r)
       for (int q = 0; q < W; ++q) dst[q * ldd + r] = src[r * ld + q];
   }
+  static R evens(const T* p) {  // p[0], p[2], ..., p[2W - 2] (reads p[0, 2W))
+    const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_ps(_mm512_loadu_ps(p), idx,
+                                  _mm512_loadu_ps(p + W));
+  }
 };
 
 struct F64x8 {
@@ -61,6 +66,11 @@ struct F64x8 {
   static void transpose(const T* src, idx ld, T* dst, idx ldd) {  // W x W, by elements
     for (int r = 0; r < W; ++r)
       for (int q = 0; q < W; ++q) dst[q * ldd + r] = src[r * ld + q];
+  }
+  static R evens(const T* p) {  // p[0], p[2], ..., p[2W - 2] (reads p[0, 2W))
+    const __m512i idx = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+    return _mm512_permutex2var_pd(_mm512_loadu_pd(p), idx,
+                                  _mm512_loadu_pd(p + W));
   }
 };
 

@@ -28,6 +28,16 @@ struct PortableVec {
   static void store_range(T* p, R v, idx n) {  // lanes [0, n) only
     for (idx l = 0; l < n && l < W; ++l) p[l] = v[l];
   }
+  static R load_range(const T* p, idx lo, idx hi) {  // lanes lo <= l < hi, others 0, not read
+    R v{};
+    for (idx l = lo < 0 ? 0 : lo; l < hi && l < W; ++l) v[l] = p[l];
+    return v;
+  }
+  static R evens(const T* p) {  // p[0], p[2], ..., p[2W - 2] (reads p[0, 2W))
+    R v;
+    for (int l = 0; l < W; ++l) v[l] = p[2 * l];
+    return v;
+  }
 };
 
 }  // namespace
