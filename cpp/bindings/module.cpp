@@ -416,6 +416,40 @@ CArray<T> avgpool2d_backward(const CArray<T>& gy, Pair hw, Pair k, Pair s, Pair 
   return gx;
 }
 
+template <typename T>
+CArray<T> adaptive_avgpool2d_forward(const CArray<T>& x, Pair out_hw, int nthreads) {
+  check_ndim(x, 4, "x");
+  RELPROP_CHECK(out_hw[0] > 0 && out_hw[1] > 0, "output size must be positive, got (", out_hw[0],
+                ", ", out_hw[1], ")");
+  RELPROP_CHECK(x.shape(2) > 0 && x.shape(3) > 0, "x must have a positive height and width, got ",
+                "(", x.shape(2), ", ", x.shape(3), ")");
+  CArray<T> y = output<T>({x.shape(0), x.shape(1), out_hw[0], out_hw[1]});
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::adaptive_avgpool2d_forward<T>(x.data(), yp, x.shape(0) * x.shape(1), x.shape(2),
+                                           x.shape(3), out_hw[0], out_hw[1], nthreads);
+  }
+  return y;
+}
+
+template <typename T>
+CArray<T> adaptive_avgpool2d_backward(const CArray<T>& gy, Pair in_hw, int nthreads) {
+  check_ndim(gy, 4, "grad");
+  RELPROP_CHECK(in_hw[0] > 0 && in_hw[1] > 0, "in_hw must be positive, got (", in_hw[0], ", ",
+                in_hw[1], ")");
+  RELPROP_CHECK(gy.shape(2) > 0 && gy.shape(3) > 0, "grad must have a positive height and width, ",
+                "got (", gy.shape(2), ", ", gy.shape(3), ")");
+  CArray<T> gx = output<T>({gy.shape(0), gy.shape(1), in_hw[0], in_hw[1]});
+  T* gp = gx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::adaptive_avgpool2d_backward<T>(gy.data(), gp, gy.shape(0) * gy.shape(1), in_hw[0],
+                                            in_hw[1], gy.shape(2), gy.shape(3), nthreads);
+  }
+  return gx;
+}
+
 // "(1, 3, 4)": the shape of a, its first axis replaced by `first` if that is >= 0.
 template <typename T>
 std::string shape_text(const CArray<T>& a, py::ssize_t first = -1) {
@@ -459,6 +493,58 @@ CArray<T> relu_backward(const CArray<T>& g, const CArray<T>& x, int mode, int nt
     relprop::relu_backward<T>(g.data(), x.data(), gp, g.size(), mode, nthreads);
   }
   return gx;
+}
+
+template <typename T>
+CArray<T> relu6_forward(const CArray<T>& x, int nthreads) {
+  CArray<T> y = like(x);
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::relu6_forward<T>(x.data(), yp, x.size(), nthreads);
+  }
+  return y;
+}
+
+template <typename T>
+CArray<T> relu6_backward(const CArray<T>& g, const CArray<T>& x, int mode, int nthreads) {
+  check_same_shape(g, x, "relu6_backward");
+  RELPROP_CHECK(mode >= 0 && mode <= 2, "mode must be 0, 1 or 2, got ", mode);
+  CArray<T> gx = like(g);
+  T* gp = gx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::relu6_backward<T>(g.data(), x.data(), gp, g.size(), mode, nthreads);
+  }
+  return gx;
+}
+
+// y[n, c, ...] = x[n, c, ...] * scale[c] + shift[c]
+template <typename T>
+CArray<T> channel_affine(const CArray<T>& x, const CArray<T>& scale, const py::object& shift,
+                         int nthreads) {
+  RELPROP_CHECK(x.ndim() >= 2, "x must have a sample and a channel axis, got ", x.ndim(),
+                " dimensions");
+  const idx n = x.shape(0), c = x.shape(1), inner = c > 0 && n > 0 ? x.size() / (n * c) : 0;
+  RELPROP_CHECK(scale.ndim() == 1 && scale.shape(0) == c, "scale must have shape (", c,
+                ",) (the channels of x), got ", shape_text(scale));
+  CArray<T> keep;
+  const T* sh = nullptr;
+  if (!shift.is_none()) {
+    if (!py::isinstance<CArray<T>>(shift))
+      throw py::type_error("shift must be a C-contiguous array of x's dtype");
+    keep = py::reinterpret_borrow<CArray<T>>(shift);
+    RELPROP_CHECK(keep.ndim() == 1 && keep.shape(0) == c, "shift must have shape (", c,
+                  ",) (the channels of x), got ", shape_text(keep));
+    sh = keep.data();
+  }
+  CArray<T> y = like(x);
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::channel_affine<T>(x.data(), scale.data(), sh, yp, n, c, inner, nthreads);
+  }
+  return y;
 }
 
 template <typename T>
@@ -577,6 +663,13 @@ void define(py::module_& m) {
         "nthreads"_a);
   m.def("avgpool2d_backward", &avgpool2d_backward<T>, nc("grad"), "in_hw"_a, "kernel"_a, "stride"_a,
         "padding"_a, "nthreads"_a);
+  m.def("adaptive_avgpool2d_forward", &adaptive_avgpool2d_forward<T>, nc("x"), "out_hw"_a,
+        "nthreads"_a);
+  m.def("adaptive_avgpool2d_backward", &adaptive_avgpool2d_backward<T>, nc("grad"), "in_hw"_a,
+        "nthreads"_a);
+  m.def("relu6_forward", &relu6_forward<T>, nc("x"), "nthreads"_a);
+  m.def("relu6_backward", &relu6_backward<T>, nc("grad"), nc("x"), "mode"_a, "nthreads"_a);
+  m.def("channel_affine", &channel_affine<T>, nc("x"), nc("scale"), "shift"_a, "nthreads"_a);
   m.def("relu_forward", &relu_forward<T>, nc("x"), "nthreads"_a);
   m.def("relu_backward", &relu_backward<T>, nc("grad"), nc("x"), "mode"_a, "nthreads"_a);
   m.def("lrp_divide", &lrp_divide<T>, nc("r"), nc("z"), "eps"_a, "nthreads"_a,
@@ -627,6 +720,12 @@ PYBIND11_MODULE(_core, m) {
     const relprop::GemmBlocks b = double_precision ? relprop::gemm_blocks<double>()
                                                    : relprop::gemm_blocks<float>();
     return py::dict("mr"_a = b.mr, "nr"_a = b.nr, "mc"_a = b.mc, "kc"_a = b.kc, "nc"_a = b.nc);
+  }, "double_precision"_a);
+  // The depthwise row kernel's vector lanes and vectors per register block (ISA in use).
+  m.def("depthwise_blocks", [](bool double_precision) {
+    const relprop::DepthwiseBlocks b = double_precision ? relprop::depthwise_blocks<double>()
+                                                        : relprop::depthwise_blocks<float>();
+    return py::dict("lanes"_a = b.lanes, "vectors"_a = b.vectors);
   }, "double_precision"_a);
   m.def("set_isa", [](const std::string& name) { relprop::set_isa(relprop::parse_isa(name)); },
         "name"_a);

@@ -252,7 +252,14 @@ void depthwise_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c
   });
 }
 
+template <typename T>
+DepthwiseBlocks depthwise_blocks() {
+  const auto& impl = detail::active_dwconv<T>();
+  return DepthwiseBlocks{impl.w, impl.nb};
+}
+
 #define RELPROP_INSTANTIATE(T)                                                                 \
+  template DepthwiseBlocks depthwise_blocks<T>();                                              \
   template void depthwise_forward<T>(const T*, const T*, const T*, T*, T*, const Window2d&, idx, \
                                      idx, int);                                                \
   template void depthwise_backward<T>(const T*, const T*, T*, const Window2d&, idx, int);

@@ -21,7 +21,8 @@ struct DwTap {
 template <typename T>
 struct DwImpl {
   Isa isa;
-  int w;  // vector lanes
+  int w;   // vector lanes
+  int nb;  // vectors of outputs per register block (rows of up to nb vectors: several at once)
   // out[r*ldo + q] = bias + sum_k wc[taps[k].wi] * base[taps[k].off + r*lds + q]  (r < rows,
   // q < cols), summed in tap order; reads base up to one vector past each row's end.
   void (*rows)(T* out, idx ldo, idx rows, idx cols, const T* base, idx lds, const DwTap* taps,

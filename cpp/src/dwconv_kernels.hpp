@@ -151,7 +151,7 @@ void dw_scatter(typename V::T* dst, idx ldd, const typename V::T* src, idx lds, 
 // latency times the FMA pipes needs, within the register file).
 template <class V, int NB>
 constexpr DwImpl<typename V::T> dw_table(Isa isa) {
-  return DwImpl<typename V::T>{isa, V::W, &dw_rows<V, NB>, &dw_gather<V>, &dw_scatter<V>};
+  return DwImpl<typename V::T>{isa, V::W, NB, &dw_rows<V, NB>, &dw_gather<V>, &dw_scatter<V>};
 }
 
 }  // namespace

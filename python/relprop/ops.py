@@ -50,6 +50,14 @@ def gemm_blocks(dtype=np.float32) -> dict:
     return dict(_core.gemm_blocks(np.dtype(dtype) == np.float64))
 
 
+def depthwise_blocks(dtype=np.float32) -> dict:
+    """The vector ``lanes`` and the ``vectors`` per register block of the depthwise
+    convolution's row kernel under the ISA in use for ``dtype``: output rows of up to
+    ``vectors`` vectors are computed several at a time, longer ones in blocks (tests derive
+    their row lengths from these)."""
+    return dict(_core.depthwise_blocks(np.dtype(dtype) == np.float64))
+
+
 def fma_peak_gflops(nthreads=None) -> float:
     """Measured float32 FMA throughput of the ISA in use, in GFLOP/s over ``nthreads`` threads.
 
@@ -287,6 +295,88 @@ def avgpool2d_forward(x, kernel, stride, padding=(0, 0)):
 def avgpool2d_backward(g, in_hw, kernel, stride, padding=(0, 0)):
     """Transpose of :func:`avgpool2d_forward`."""
     return _core.avgpool2d_backward(g, tuple(in_hw), kernel, stride, padding, _threads)
+
+
+def adaptive_avgpool2d_forward(x, out_hw):
+    """Adaptive average pooling as ``torch.nn.AdaptiveAvgPool2d(out_hw)``.
+
+    Output ``(i, j)`` is the mean of rows ``[floor(i h / oh), ceil((i + 1) h / oh))`` and columns
+    ``[floor(j w / ow), ceil((j + 1) w / ow))`` of its plane: any output size, also one that does
+    not divide the input or is larger than it (windows overlap or repeat pixels).
+
+    Parameters
+    ----------
+    x : ndarray, (n, c, h, w), float32 or float64
+    out_hw : int or pair of ints, (oh, ow) >= 1
+
+    Returns
+    -------
+    y : ndarray, (n, c, oh, ow)
+    """
+    from ._validate import as_pair
+
+    x = _array(x, "x")
+    return _core.adaptive_avgpool2d_forward(x, as_pair(out_hw, "out_hw", minimum=1), _threads)
+
+
+def adaptive_avgpool2d_backward(g, in_hw):
+    """Transpose of :func:`adaptive_avgpool2d_forward`: ``g`` (n, c, oh, ow) -> (n, c, h, w),
+    each ``g[i, j]`` spread evenly over its window; ``in_hw`` = (h, w) of x."""
+    from ._validate import as_pair
+
+    g = _array(g, "g")
+    return _core.adaptive_avgpool2d_backward(g, as_pair(in_hw, "in_hw", minimum=1), _threads)
+
+
+def relu6_forward(x):
+    """``min(max(x, 0), 6)`` (``torch.nn.ReLU6``) for an array of any shape; NaN stays NaN."""
+    return _core.relu6_forward(_array(x, "x"), _threads)
+
+
+def relu6_backward(g, x, mode="gradient"):
+    """ReLU6 backward with input ``x`` (same shape as ``g``): gradient ``g * (0 < x < 6)``,
+    deconvnet ``max(g, 0)``, guided ``g * (0 < x < 6) * (g > 0)``.
+
+    Raises
+    ------
+    ValueError
+        On an unknown ``mode`` or shapes that differ.
+    TypeError
+        If ``g`` and ``x`` are not float32/float64 arrays of one dtype.
+    """
+    if mode not in RELU_MODES:
+        raise ValueError(f"mode must be one of {sorted(RELU_MODES)}, got {mode!r}")
+    g = _array(g, "g")
+    return _core.relu6_backward(g, _like(_array(x, "x"), g.dtype, "x", "g"), RELU_MODES[mode],
+                                _threads)
+
+
+def channel_affine(x, scale, shift=None):
+    """``y[n, c, ...] = x[n, c, ...] * scale[c] + shift[c]`` in one pass (an inference
+    BatchNorm, unfolded): x of any rank >= 2 with the channel axis 1.
+
+    Its vector-Jacobian product w.r.t. x is ``channel_affine(g, scale)``.
+
+    Parameters
+    ----------
+    x : ndarray, (n, c, ...), float32 or float64
+    scale : ndarray, (c,)
+    shift : ndarray, (c,), optional (0 when None)
+
+    Returns
+    -------
+    y : ndarray, the shape of x
+
+    Raises
+    ------
+    ValueError
+        If x has fewer than 2 dimensions or scale/shift are not (c,).
+    TypeError
+        If scale or shift are float arrays of another dtype than x.
+    """
+    x = _array(x, "x")
+    return _core.channel_affine(x, _like(scale, x.dtype, "scale"), _like(shift, x.dtype, "shift"),
+                                _threads)
 
 
 def relu_forward(x):

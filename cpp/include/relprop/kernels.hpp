@@ -113,6 +113,14 @@ template <typename T>
 void depthwise_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out,
                         int nthreads);
 
+// The depthwise row kernel of the ISA in use for T: vector lanes and vectors per register
+// block (for tests that cover every blocking).
+struct DepthwiseBlocks {
+  int lanes, vectors;
+};
+template <typename T>
+DepthwiseBlocks depthwise_blocks();
+
 // y = max over each window (padding = -inf); arg[n, c, p, q] = flat index (within the h*w plane)
 // of the first maximum in row-major window order.
 template <typename T>
@@ -130,6 +138,36 @@ void avgpool2d_forward(const T* x, T* y, const Window2d& g, int nthreads);
 // gx = transpose of avgpool2d_forward applied to gy
 template <typename T>
 void avgpool2d_backward(const T* gy, T* gx, const Window2d& g, int nthreads);
+
+// Adaptive average pooling (torch.nn.AdaptiveAvgPool2d) of x (n*c planes of h x w) to
+// y (n*c planes of oh x ow): output (i, j) averages rows [floor(i*h/oh), ceil((i+1)*h/oh)) and
+// columns [floor(j*w/ow), ceil((j+1)*w/ow)) (any sizes: windows may overlap, or repeat input
+// pixels when oh > h).
+template <typename T>
+void adaptive_avgpool2d_forward(const T* x, T* y, idx planes, idx h, idx w, idx oh, idx ow,
+                                int nthreads);
+
+// gx = transpose of adaptive_avgpool2d_forward applied to gy:
+//   gx[r, s] = sum over windows (i, j) that contain (r, s) of gy[i, j] / |window (i, j)|
+template <typename T>
+void adaptive_avgpool2d_backward(const T* gy, T* gx, idx planes, idx h, idx w, idx oh, idx ow,
+                                 int nthreads);
+
+// y = x * scale[c] + shift[c] over rows of `inner` elements: x (n, c, inner...) C-contiguous,
+// c = channels (an unfolded inference BatchNorm); shift may be null (then y = x * scale[c]).
+template <typename T>
+void channel_affine(const T* x, const T* scale, const T* shift, T* y, idx n, idx channels,
+                    idx inner, int nthreads);
+
+// y = min(max(x, 0), 6)   (NaN stays NaN)
+template <typename T>
+void relu6_forward(const T* x, T* y, idx size, int nthreads);
+
+// Backward of ReLU6 with input x:  mode 0 gradient  g * (0 < x < 6)
+//                                   mode 1 deconvnet max(g, 0)
+//                                   mode 2 guided    g * (0 < x < 6) * (g > 0)
+template <typename T>
+void relu6_backward(const T* g, const T* x, T* gx, idx size, int mode, int nthreads);
 
 // y = max(x, 0)
 template <typename T>
