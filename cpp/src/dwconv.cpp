@@ -104,6 +104,137 @@ T* zeroed_scratch(std::vector<char>& fresh, idx size) {
   return buf;
 }
 
+// Small planes (rows shorter than two vectors) run channel-blocked: a vector holds one pixel of
+// w channels (impl.w), so no lane is wasted on short rows and any stride reads whole vectors;
+// the planes are transposed into and out of that layout (impl.cb_pack, cb_unpack).  Chosen
+// where its lanes are at least as full as the rows' would be.
+template <typename T>
+bool channel_blocked(const DwImpl<T>& impl, idx channels, idx width) {
+  const idx W = impl.w;
+  return width < 2 * W && std::min(channels, W) * ((width + W - 1) / W) >= width;
+}
+
+// The phases of the backward pass (see the file comment): gx rows (R*sh + alpha - ph) and
+// columns (C*sw + beta - pw) for R in [r0, r1), C in [c0, c1), with the taps of
+// tap_list[first, first + count): offsets k*plane + ((Fu - fu)*Wg + (Fv - fv))*unit.
+struct Phase {
+  idx alpha, beta, r0, r1, c0, c1, first, count;
+};
+
+// Builds the phases and their taps for multiplier m, gy buffers of `plane` elements with rows
+// of Wg pixels of `unit` elements; returns whether every gx element lies in a phase with taps.
+bool backward_phases(const Window2d& g, idx m, idx plane, idx Wg, idx unit,
+                     std::vector<Phase>& phases, std::vector<DwTap>& taps) {
+  const idx Fu = (g.dh * (g.kh - 1)) / g.sh, Fv = (g.dw * (g.kw - 1)) / g.sw;
+  const idx Rn = ceil_div(g.ph + g.h, g.sh), Cn = ceil_div(g.pw + g.w, g.sw);
+  bool all_covered = true;
+  for (idx al = 0; al < g.sh; ++al)
+    for (idx be = 0; be < g.sw; ++be) {
+      Phase ph{al, be, 0, 0, 0, 0, static_cast<idx>(taps.size()), 0};
+      inside(Rn, g.sh, al - g.ph, g.h, ph.r0, ph.r1);
+      inside(Cn, g.sw, be - g.pw, g.w, ph.c0, ph.c1);
+      if (ph.r1 <= ph.r0 || ph.c1 <= ph.c0) continue;  // no gx element in this phase
+      for (idx k = 0; k < m; ++k)
+        for (idx u = 0; u < g.kh; ++u)
+          for (idx v = 0; v < g.kw; ++v) {
+            if ((u * g.dh) % g.sh != al || (v * g.dw) % g.sw != be) continue;
+            const idx pix = (Fu - (u * g.dh) / g.sh) * Wg + (Fv - (v * g.dw) / g.sw);
+            taps.push_back({k * plane + pix * unit, k * g.kh * g.kw + u * g.kw + v});
+          }
+      ph.count = static_cast<idx>(taps.size()) - ph.first;
+      if (ph.count == 0) {
+        all_covered = false;
+        continue;
+      }
+      phases.push_back(ph);
+    }
+  return all_covered;
+}
+
+// Channel-blocked forward: per (sample, block of W channels), x's planes transposed into a
+// zero-padded (h + 2ph) x (w + 2pw) grid of pixel vectors; each output pixel is a sum of
+// tap-shifted pixel vectors (stride and dilation are pixel offsets).
+template <typename T>
+void forward_blocked(const DwImpl<T>& impl, const T* x, const T* w, const T* b, T* y, T* y2,
+                     const Window2d& g, idx c_out, idx split, int nthreads) {
+  const idx C = g.c, W = impl.w, oh = g.oh(), ow = g.ow(), P = oh * ow, khw = g.kh * g.kw;
+  const idx Hp = g.h + 2 * g.ph, Wp = g.w + 2 * g.pw;
+  std::vector<DwTap> taps;
+  for (idx u = 0; u < g.kh; ++u)
+    for (idx v = 0; v < g.kw; ++v) taps.push_back({(u * g.dh * Wp + v * g.dw) * W, u * g.kw + v});
+  const idx xb = Hp * Wp * W, yb = P * W, blocks = (C + W - 1) / W, tasks = g.n * blocks;
+  const idx m1 = split / C, m2 = (c_out - split) / C;
+  const int nt = threads_for(nthreads, tasks, g.n * c_out * P * khw);
+  std::vector<char> fresh(static_cast<size_t>(nt), 1);
+  parallel_for(nt, tasks, [&](idx t) {
+    const idx s = t / blocks, c0 = (t % blocks) * W;
+    const int lanes = static_cast<int>(std::min(W, C - c0));
+    T* xs = zeroed_scratch<T>(fresh, xb + yb + khw * W + W);
+    T* ys = xs + xb;
+    T* wt = ys + yb;
+    T* bias = wt + khw * W;
+    impl.cb_pack(xs + (g.ph * Wp + g.pw) * W, Wp * W, x + (s * C + c0) * g.h * g.w, g.h * g.w,
+                 g.w, g.h, g.w, lanes);
+    // the filters k of a half with multiplier mh: output channel first + (c0 + l)*mh + k
+    const auto half = [&](idx mh, idx first, T* out, idx out_channels) {
+      for (idx k = 0; k < mh; ++k) {
+        for (int l = 0; l < lanes; ++l) {
+          const idx o = first + (c0 + l) * mh + k;
+          for (idx q = 0; q < khw; ++q) wt[q * W + l] = w[o * khw + q];
+          bias[l] = b ? b[o] : T(0);
+        }
+        impl.cb_rows(ys, ow * W, W, oh, ow, xs, g.sh * Wp * W, g.sw * W, taps.data(), khw, wt,
+                     bias);
+        impl.cb_unpack(out + (s * out_channels + c0 * mh + k) * P, mh * P, ys, P, lanes);
+      }
+    };
+    half(m1, 0, y, split);
+    half(m2, split, y2, c_out - split);
+  });
+}
+
+// Channel-blocked backward: gy's m planes per channel transposed into zero-padded grids of
+// pixel vectors, each phase of gx a sum of tap-shifted pixel vectors (written at the phase's
+// pixels of a gx grid), transposed back.
+template <typename T>
+void backward_blocked(const DwImpl<T>& impl, const T* gy, const T* w, T* gx, const Window2d& g,
+                      idx c_out, int nthreads) {
+  const idx C = g.c, W = impl.w, m = c_out / C, khw = g.kh * g.kw;
+  const idx oh = g.oh(), ow = g.ow(), P = oh * ow, S = g.h * g.w;
+  const idx Fu = (g.dh * (g.kh - 1)) / g.sh, Fv = (g.dw * (g.kw - 1)) / g.sw;
+  const idx Rn = ceil_div(g.ph + g.h, g.sh), Cn = ceil_div(g.pw + g.w, g.sw);
+  const idx Wg = Cn + Fv, plane = (Rn + Fu) * Wg * W;
+  std::vector<Phase> phases;
+  std::vector<DwTap> taps;
+  const bool all_covered = backward_phases(g, m, plane, Wg, W, phases, taps);
+  const idx rows_in = std::min(oh, Rn), cols_in = std::min(ow, Cn);
+  const idx blocks = (C + W - 1) / W, tasks = g.n * blocks;
+  const int nt = threads_for(nthreads, tasks, g.n * c_out * P * khw);
+  std::vector<char> fresh(static_cast<size_t>(nt), 1);
+  parallel_for(nt, tasks, [&](idx t) {
+    const idx s = t / blocks, c0 = (t % blocks) * W;
+    const int lanes = static_cast<int>(std::min(W, C - c0));
+    T* gb = zeroed_scratch<T>(fresh, m * plane + S * W + m * khw * W + W);
+    T* xg = gb + m * plane;
+    T* wt = xg + S * W;
+    const T* zero = wt + m * khw * W;  // never written: zeros
+    for (idx k = 0; k < m; ++k) {
+      impl.cb_pack(gb + k * plane + (Fu * Wg + Fv) * W, Wg * W, gy + (s * c_out + c0 * m + k) * P,
+                   m * P, ow, rows_in, cols_in, lanes);
+      for (int l = 0; l < lanes; ++l)
+        for (idx q = 0; q < khw; ++q) wt[(k * khw + q) * W + l] = w[((c0 + l) * m + k) * khw + q];
+    }
+    if (!all_covered) std::fill(xg, xg + S * W, T(0));
+    for (const Phase& ph : phases) {
+      const idx i0 = ph.r0 * g.sh + ph.alpha - g.ph, j0 = ph.c0 * g.sw + ph.beta - g.pw;
+      impl.cb_rows(xg + (i0 * g.w + j0) * W, g.sh * g.w * W, g.sw * W, ph.r1 - ph.r0,
+                   ph.c1 - ph.c0, gb + (ph.r0 * Wg + ph.c0) * W, Wg * W, W,
+                   taps.data() + ph.first, ph.count, wt, zero);
+    }
+    impl.cb_unpack(gx + (s * C + c0) * S, S, xg, S, lanes);
+  });
+}
+
 }  // namespace
 
 template <typename T>
@@ -116,6 +247,10 @@ void depthwise_forward(const T* x, const T* w, const T* b, T* y, T* y2, const Wi
   if (g.n == 0) return;
   const auto& impl = detail::active_dwconv<T>();
   const idx oh = g.oh(), ow = g.ow(), khw = g.kh * g.kw;
+  if (channel_blocked(impl, C, ow)) {
+    forward_blocked(impl, x, w, b, y, y2, g, c_out, split, nthreads);
+    return;
+  }
   const idx Hq = oh + (g.dh * (g.kh - 1)) / g.sh, Wq = ow + (g.dw * (g.kw - 1)) / g.sw;
   // phase planes in use (a, b) -> index, and the taps in (u, v) order
   std::vector<idx> phase(static_cast<size_t>(g.sh * g.sw), -1);
@@ -185,43 +320,24 @@ void depthwise_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c
   if (g.n == 0) return;
   const auto& impl = detail::active_dwconv<T>();
   const idx oh = g.oh(), ow = g.ow(), khw = g.kh * g.kw, m = c_out / C;
+  if (channel_blocked(impl, C, g.w)) {
+    backward_blocked(impl, gy, w, gx, g, c_out, nthreads);
+    return;
+  }
   const idx Fu = (g.dh * (g.kh - 1)) / g.sh, Fv = (g.dw * (g.kw - 1)) / g.sw;
   const idx Rn = ceil_div(g.ph + g.h, g.sh), Cn = ceil_div(g.pw + g.w, g.sw);
   const idx Hg = Rn + Fu, Wg = Cn + Fv;
   const idx plane = Hg * Wg + slack(impl, Wg);
-  // per output phase (alpha, beta): its taps (k, u, v in order), rows [r0, r1), cols [c0, c1)
-  struct Phase {
-    idx alpha, beta, r0, r1, c0, c1, first, count;
-  };
   std::vector<Phase> phases;
   std::vector<DwTap> taps;
-  bool all_covered = true;  // every gx element lies in a phase that has taps
+  const bool all_covered = backward_phases(g, m, plane, Wg, 1, phases, taps);
   idx max_cells = 0;
-  for (idx al = 0; al < g.sh; ++al)
-    for (idx be = 0; be < g.sw; ++be) {
-      Phase ph{al, be, 0, 0, 0, 0, static_cast<idx>(taps.size()), 0};
-      inside(Rn, g.sh, al - g.ph, g.h, ph.r0, ph.r1);
-      inside(Cn, g.sw, be - g.pw, g.w, ph.c0, ph.c1);
-      if (ph.r1 <= ph.r0 || ph.c1 <= ph.c0) continue;  // no gx element in this phase
-      for (idx k = 0; k < m; ++k)
-        for (idx u = 0; u < g.kh; ++u)
-          for (idx v = 0; v < g.kw; ++v) {
-            if ((u * g.dh) % g.sh != al || (v * g.dw) % g.sw != be) continue;
-            taps.push_back({k * plane + (Fu - (u * g.dh) / g.sh) * Wg + (Fv - (v * g.dw) / g.sw),
-                            k * khw + u * g.kw + v});
-          }
-      ph.count = static_cast<idx>(taps.size()) - ph.first;
-      if (ph.count == 0) {
-        all_covered = false;
-        continue;
-      }
-      phases.push_back(ph);
-      max_cells = std::max(max_cells, (ph.r1 - ph.r0) * Wg);
-    }
+  for (const Phase& ph : phases) max_cells = std::max(max_cells, (ph.r1 - ph.r0) * Wg);
   const bool unit = g.sh == 1 && g.sw == 1;
   const bool flat = unit && 2 * g.w <= impl.w && Wg > g.w;
   // stride > 1 (or flat): one phase at a time into tmp (rows of Wg), then scattered into gx
-  const idx tmp_size = (unit && !flat) ? 0 : max_cells;
+  // (stride 2 along rows: two phases, whose columns interleave)
+  const idx tmp_size = (unit && !flat) ? 0 : (g.sw == 2 ? 2 : 1) * max_cells;
   const idx planes = g.n * C, in_plane = g.h * g.w, out_plane = oh * ow;
   const idx rows_in = std::min(oh, Rn), cols_in = std::min(ow, Cn);
   const int nt = threads_for(nthreads, planes, planes * m * out_plane * khw);
@@ -236,18 +352,34 @@ void depthwise_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c
     T* tmp = buf + m * plane;
     const T* wc = w + c * m * khw;
     if (!all_covered) std::fill(gxs, gxs + in_plane, T(0));
-    for (const Phase& ph : phases) {
-      const DwTap* tp = taps.data() + ph.first;
-      const T* base = buf + ph.r0 * Wg + ph.c0;
+    // the phase's values, in rows of Wg, at out
+    const auto compute = [&](const Phase& ph, T* out) {
+      impl.rows(out, 0, 1, (ph.r1 - ph.r0) * Wg, buf + ph.r0 * Wg + ph.c0, 0,
+                taps.data() + ph.first, ph.count, wc, T(0));
+    };
+    for (size_t k = 0; k < phases.size(); ++k) {
+      const Phase& ph = phases[k];
       const idx rows = ph.r1 - ph.r0, cols = ph.c1 - ph.c0;
       // first gx element of the phase: row r0*sh + alpha - ph, column c0*sw + beta - pw
-      T* dst = gxs + (ph.r0 * g.sh + ph.alpha - g.ph) * g.w + ph.c0 * g.sw + ph.beta - g.pw;
+      const idx i0 = ph.r0 * g.sh + ph.alpha - g.ph, j0 = ph.c0 * g.sw + ph.beta - g.pw;
       if (unit && !flat) {
-        impl.rows(dst, g.w, rows, cols, base, Wg, tp, ph.count, wc, T(0));
+        impl.rows(gxs + i0 * g.w + j0, g.w, rows, cols, buf + ph.r0 * Wg + ph.c0, Wg,
+                  taps.data() + ph.first, ph.count, wc, T(0));
         continue;
       }
-      impl.rows(tmp, 0, 1, rows * Wg, base, 0, tp, ph.count, wc, T(0));
-      impl.scatter(dst, g.sh * g.w, tmp, Wg, rows, cols, g.sw);
+      if (g.sw == 2 && k + 1 < phases.size() && phases[k + 1].alpha == ph.alpha) {
+        // columns 2i (phase a) and 2i + 1 (phase b) of the same gx rows: interleaved in vectors
+        const Phase& other = phases[++k];
+        const Phase& a = j0 == 0 ? ph : other;
+        const Phase& b = j0 == 0 ? other : ph;
+        compute(a, tmp);
+        compute(b, tmp + max_cells);
+        impl.zip(gxs + i0 * g.w, g.sh * g.w, tmp, tmp + max_cells, Wg, rows, a.c1 - a.c0,
+                 b.c1 - b.c0);
+        continue;
+      }
+      compute(ph, tmp);
+      impl.scatter(gxs + i0 * g.w + j0, g.sh * g.w, tmp, Wg, rows, cols, g.sw);
     }
   });
 }

@@ -31,6 +31,17 @@ struct DwImpl {
   void (*gather)(T* dst, idx ldd, const T* src, idx lds, idx rows, idx cols, idx stride);
   // dst[r*ldd + c*stride] = src[r*lds + c] for r < rows, c < cols
   void (*scatter)(T* dst, idx ldd, const T* src, idx lds, idx rows, idx cols, idx stride);
+  // dst[r*ldd + 2i] = a[r*lds + i] (i < na), dst[r*ldd + 2i + 1] = b[r*lds + i] (i < nb)
+  void (*zip)(T* dst, idx ldd, const T* a, const T* b, idx lds, idx rows, idx na, idx nb);
+  // Channel-blocked layout (one vector = one pixel of w channels), for small planes:
+  //   out[r*ors + q*ocs + l] = bias[l] + sum_k wts[wi_k*w + l] * base[off_k + r*srs + q*scs + l]
+  // for r < rows, q < cols, lanes l < w (strides and offsets in elements, multiples of w).
+  void (*cb_rows)(T* out, idx ors, idx ocs, idx rows, idx cols, const T* base, idx srs, idx scs,
+                  const DwTap* taps, idx ntaps, const T* wts, const T* bias);
+  // dst[r*drs + c*w + l] = src[l*scs + r*srs + c] for l < lanes, r < rows, c < cols
+  void (*cb_pack)(T* dst, idx drs, const T* src, idx scs, idx srs, idx rows, idx cols, int lanes);
+  // dst[l*dcs + t] = src[t*w + l] for l < lanes, t < n
+  void (*cb_unpack)(T* dst, idx dcs, const T* src, idx n, int lanes);
 };
 
 namespace generic {

@@ -134,6 +134,23 @@ void dw_gather(typename V::T* dst, idx ldd, const typename V::T* src, idx lds, i
   }
 }
 
+// dst[r*ldd + 2i] = a[r*lds + i] for i < na, dst[r*ldd + 2i + 1] = b[r*lds + i] for i < nb
+// (na - nb is 0 or 1): two phase rows of a stride-2 backward pass interleaved into gx rows.
+template <class V>
+void dw_zip(typename V::T* dst, idx ldd, const typename V::T* a, const typename V::T* b, idx lds,
+            idx rows, idx na, idx nb) {
+  constexpr int W = V::W;
+  for (idx r = 0; r < rows; ++r, dst += ldd, a += lds, b += lds) {
+    idx i = 0;
+    for (; i + W <= nb; i += W) V::zip(dst + 2 * i, V::load(a + i), V::load(b + i));
+    for (; i < nb; ++i) {
+      dst[2 * i] = a[i];
+      dst[2 * i + 1] = b[i];
+    }
+    if (na > nb) dst[2 * nb] = a[nb];
+  }
+}
+
 // dst[r*ldd + c*stride] = src[r*lds + c]
 template <class V>
 void dw_scatter(typename V::T* dst, idx ldd, const typename V::T* src, idx lds, idx rows,
@@ -147,11 +164,111 @@ void dw_scatter(typename V::T* dst, idx ldd, const typename V::T* src, idx lds, 
   }
 }
 
+// ---- channel-blocked kernels: one vector holds one pixel of W channels -------------------
+
+// Q consecutive output pixels, each a vector: acc_e = bias + sum_k wts[wi_k] * src_k(e), with
+// src_k(e) = base + off_k + e*scs, stored at out + e*ocs.
+template <class V, int Q>
+inline void cb_block(typename V::T* out, idx ocs, const typename V::T* base, idx scs,
+                     const DwTap* taps, idx ntaps, const typename V::T* wts,
+                     const typename V::T* bias) {
+  using R = typename V::R;
+  R acc[Q];
+  const R b = V::load(bias);
+  RELPROP_DW_UNROLL
+  for (int e = 0; e < Q; ++e) acc[e] = b;
+  for (idx k = 0; k < ntaps; ++k) {
+    const R wv = V::load(wts + taps[k].wi * V::W);
+    const typename V::T* s = base + taps[k].off;
+    RELPROP_DW_UNROLL
+    for (int e = 0; e < Q; ++e) acc[e] = V::fma(wv, V::load(s + e * scs), acc[e]);
+  }
+  RELPROP_DW_UNROLL
+  for (int e = 0; e < Q; ++e) V::store(out + e * ocs, acc[e]);
+}
+
+template <class V, int Q>
+inline void cb_block_any(int q, typename V::T* out, idx ocs, const typename V::T* base, idx scs,
+                         const DwTap* taps, idx ntaps, const typename V::T* wts,
+                         const typename V::T* bias) {
+  if constexpr (Q > 1) {
+    if (q < Q) {
+      cb_block_any<V, Q - 1>(q, out, ocs, base, scs, taps, ntaps, wts, bias);
+      return;
+    }
+  }
+  cb_block<V, Q>(out, ocs, base, scs, taps, ntaps, wts, bias);
+}
+
+// out[r*ors + q*ocs] = bias + sum_k wts[wi_k] * base[off_k + r*srs + q*scs]  (vectors of W
+// channels; r < rows, q < cols), NB pixels of a row at a time.
+template <class V, int NB>
+void cb_rows(typename V::T* out, idx ors, idx ocs, idx rows, idx cols, const typename V::T* base,
+             idx srs, idx scs, const DwTap* taps, idx ntaps, const typename V::T* wts,
+             const typename V::T* bias) {
+  for (idx r = 0; r < rows; ++r)
+    for (idx q = 0; q < cols; q += NB) {
+      const int n = static_cast<int>(cols - q < NB ? cols - q : NB);
+      cb_block_any<V, NB>(n, out + r * ors + q * ocs, ocs, base + r * srs + q * scs, scs, taps,
+                          ntaps, wts, bias);
+    }
+}
+
+// dst[r*drs + c*W + l] = src[l*scs + r*srs + c] for l < lanes, r < rows, c < cols (lanes >=
+// `lanes` of the pixels are left as they are).  Whole blocks of W channels go through W x W
+// register transposes: of W consecutive pixels of contiguous planes (srs == cols, any row
+// length) via a tile, else of W pixels of a row.
+template <class V>
+void cb_pack(typename V::T* dst, idx drs, const typename V::T* src, idx scs, idx srs, idx rows,
+             idx cols, int lanes) {
+  using T = typename V::T;
+  constexpr int W = V::W;
+  if (lanes == W && srs == cols) {
+    alignas(64) T tile[W * W];
+    const idx n = rows * cols;
+    idx t = 0, r = 0, c = 0;  // pixel t is (r, c)
+    for (; t + W <= n; t += W) {
+      V::transpose(src + t, scs, tile, W);
+      for (int e = 0; e < W; ++e) {
+        V::store(dst + r * drs + c * W, V::load(tile + e * W));
+        if (++c == cols) c = 0, ++r;
+      }
+    }
+    for (; t < n; ++t) {
+      for (int l = 0; l < W; ++l) dst[r * drs + c * W + l] = src[l * scs + t];
+      if (++c == cols) c = 0, ++r;
+    }
+    return;
+  }
+  for (idx r = 0; r < rows; ++r) {
+    T* d = dst + r * drs;
+    const T* sr = src + r * srs;
+    idx c = 0;
+    if (lanes == W)
+      for (; c + W <= cols; c += W) V::transpose(sr + c, scs, d + c * W, W);
+    for (; c < cols; ++c)
+      for (int l = 0; l < lanes; ++l) d[c * W + l] = sr[l * scs + c];
+  }
+}
+
+// dst[l*dcs + t] = src[t*W + l] for l < lanes, t < n.
+template <class V>
+void cb_unpack(typename V::T* dst, idx dcs, const typename V::T* src, idx n, int lanes) {
+  constexpr int W = V::W;
+  idx t = 0;
+  if (lanes == W)
+    for (; t + W <= n; t += W) V::transpose(src + t * W, W, dst + t, dcs);
+  for (; t < n; ++t)
+    for (int l = 0; l < lanes; ++l) dst[l * dcs + t] = src[t * W + l];
+}
+
 // NB: vectors of outputs kept in registers per block (as many accumulators as the FMA
 // latency times the FMA pipes needs, within the register file).
 template <class V, int NB>
 constexpr DwImpl<typename V::T> dw_table(Isa isa) {
-  return DwImpl<typename V::T>{isa, V::W, NB, &dw_rows<V, NB>, &dw_gather<V>, &dw_scatter<V>};
+  return DwImpl<typename V::T>{isa,           V::W,         NB,          &dw_rows<V, NB>,
+                               &dw_gather<V>, &dw_scatter<V>, &dw_zip<V>,  &cb_rows<V, NB>,
+                               &cb_pack<V>,   &cb_unpack<V>};
 }
 
 }  // namespace

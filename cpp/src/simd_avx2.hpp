@@ -35,6 +35,11 @@ struct F32x8 {
   static R load_range(const T* p, idx lo, idx hi) {  // masked lanes are not read
     return _mm256_maskload_ps(p, in_range(lo, hi));
   }
+  static void zip(T* p, R a, R b) {  // p[2l] = a[l], p[2l + 1] = b[l]
+    const __m256 lo = _mm256_unpacklo_ps(a, b), hi = _mm256_unpackhi_ps(a, b);
+    _mm256_storeu_ps(p, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(p + W, _mm256_permute2f128_ps(lo, hi, 0x31));
+  }
   static R evens(const T* p) {  // p[0], p[2], ..., p[14] (reads p[0, 16))
     const __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + W);
     const __m256 e = _mm256_shuffle_ps(a, b, 0x88);  // a0 a2 b0 b2 | a4 a6 b4 b6
@@ -87,6 +92,11 @@ struct F64x4 {
   }
   static R load_range(const T* p, idx lo, idx hi) {  // masked lanes are not read
     return _mm256_maskload_pd(p, in_range(lo, hi));
+  }
+  static void zip(T* p, R a, R b) {  // p[2l] = a[l], p[2l + 1] = b[l]
+    const __m256d lo = _mm256_unpacklo_pd(a, b), hi = _mm256_unpackhi_pd(a, b);
+    _mm256_storeu_pd(p, _mm256_permute2f128_pd(lo, hi, 0x20));
+    _mm256_storeu_pd(p + W, _mm256_permute2f128_pd(lo, hi, 0x31));
   }
   static R evens(const T* p) {  // p[0], p[2], p[4], p[6] (reads p[0, 8))
     const __m256d a = _mm256_loadu_pd(p), b = _mm256_loadu_pd(p + W);

@@ -35,9 +35,39 @@ struct F32x16 {
     return _mm512_maskz_loadu_ps(range_mask(lo, hi, W), p);
   }
   static R load_masked(const T* p, idx lo, idx hi) { return load_range(p, lo, hi); }
-  static void transpose(const T* src, idx ld, T* dst, idx ldd) {  // W x W, by elements
-    for (int r = 0; r < W; ++r)
-      for (int q = 0; q < W; ++q) dst[q * ldd + r] = src[r * ld + q];
+  // dst[q*ldd + r] = src[r*ld + q] for r, q < 16: pairs, then 4x4 groups within 128-bit
+  // lanes, then a 4x4 transpose of the lanes themselves.
+  static void transpose(const T* src, idx ld, T* dst, idx ldd) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ld);
+    for (int i = 0; i < 8; ++i) {
+      t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+      t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // r[4i + m], lane L: column 4L + m of rows 4i .. 4i + 3
+    for (int i = 0; i < 4; ++i) {
+      r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+      r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+      r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+      r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int m = 0; m < 4; ++m) {
+      const __m512 x0 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0x44);
+      const __m512 x1 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0xEE);
+      const __m512 x2 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0x44);
+      const __m512 x3 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0xEE);
+      _mm512_storeu_ps(dst + m * ldd, _mm512_shuffle_f32x4(x0, x2, 0x88));
+      _mm512_storeu_ps(dst + (4 + m) * ldd, _mm512_shuffle_f32x4(x0, x2, 0xDD));
+      _mm512_storeu_ps(dst + (8 + m) * ldd, _mm512_shuffle_f32x4(x1, x3, 0x88));
+      _mm512_storeu_ps(dst + (12 + m) * ldd, _mm512_shuffle_f32x4(x1, x3, 0xDD));
+    }
+  }
+  static void zip(T* p, R a, R b) {  // p[2l] = a[l], p[2l + 1] = b[l]
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30,
+                                         15, 31);
+    _mm512_storeu_ps(p, _mm512_permutex2var_ps(a, lo, b));
+    _mm512_storeu_ps(p + W, _mm512_permutex2var_ps(a, hi, b));
   }
   static R evens(const T* p) {  // p[0], p[2], ..., p[2W - 2] (reads p[0, 2W))
     const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -63,9 +93,32 @@ struct F64x8 {
     return _mm512_maskz_loadu_pd(static_cast<__mmask8>(range_mask(lo, hi, W)), p);
   }
   static R load_masked(const T* p, idx lo, idx hi) { return load_range(p, lo, hi); }
-  static void transpose(const T* src, idx ld, T* dst, idx ldd) {  // W x W, by elements
-    for (int r = 0; r < W; ++r)
-      for (int q = 0; q < W; ++q) dst[q * ldd + r] = src[r * ld + q];
+  // dst[q*ldd + r] = src[r*ld + q] for r, q < 8: pairs within 128-bit lanes, then a 4x4
+  // transpose of the lanes.
+  static void transpose(const T* src, idx ld, T* dst, idx ldd) {
+    __m512d r[8], t[8];
+    for (int i = 0; i < 8; ++i) r[i] = _mm512_loadu_pd(src + i * ld);
+    // t[2i + m], lane L: column 2L + m of rows 2i, 2i + 1
+    for (int i = 0; i < 4; ++i) {
+      t[2 * i] = _mm512_unpacklo_pd(r[2 * i], r[2 * i + 1]);
+      t[2 * i + 1] = _mm512_unpackhi_pd(r[2 * i], r[2 * i + 1]);
+    }
+    for (int m = 0; m < 2; ++m) {
+      const __m512d x0 = _mm512_shuffle_f64x2(t[m], t[2 + m], 0x44);
+      const __m512d x1 = _mm512_shuffle_f64x2(t[m], t[2 + m], 0xEE);
+      const __m512d x2 = _mm512_shuffle_f64x2(t[4 + m], t[6 + m], 0x44);
+      const __m512d x3 = _mm512_shuffle_f64x2(t[4 + m], t[6 + m], 0xEE);
+      _mm512_storeu_pd(dst + m * ldd, _mm512_shuffle_f64x2(x0, x2, 0x88));
+      _mm512_storeu_pd(dst + (2 + m) * ldd, _mm512_shuffle_f64x2(x0, x2, 0xDD));
+      _mm512_storeu_pd(dst + (4 + m) * ldd, _mm512_shuffle_f64x2(x1, x3, 0x88));
+      _mm512_storeu_pd(dst + (6 + m) * ldd, _mm512_shuffle_f64x2(x1, x3, 0xDD));
+    }
+  }
+  static void zip(T* p, R a, R b) {  // p[2l] = a[l], p[2l + 1] = b[l]
+    const __m512i lo = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+    const __m512i hi = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+    _mm512_storeu_pd(p, _mm512_permutex2var_pd(a, lo, b));
+    _mm512_storeu_pd(p + W, _mm512_permutex2var_pd(a, hi, b));
   }
   static R evens(const T* p) {  // p[0], p[2], ..., p[2W - 2] (reads p[0, 2W))
     const __m512i idx = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);

@@ -33,6 +33,16 @@ struct PortableVec {
     for (idx l = lo < 0 ? 0 : lo; l < hi && l < W; ++l) v[l] = p[l];
     return v;
   }
+  static void transpose(const T* src, idx ld, T* dst, idx ldd) {  // dst[q*ldd + r] = src[r*ld + q]
+    for (int r = 0; r < W; ++r)
+      for (int q = 0; q < W; ++q) dst[q * ldd + r] = src[r * ld + q];
+  }
+  static void zip(T* p, R a, R b) {  // p[2l] = a[l], p[2l + 1] = b[l]
+    for (int l = 0; l < W; ++l) {
+      p[2 * l] = a[l];
+      p[2 * l + 1] = b[l];
+    }
+  }
   static R evens(const T* p) {  // p[0], p[2], ..., p[2W - 2] (reads p[0, 2W))
     R v;
     for (int l = 0; l < W; ++l) v[l] = p[2 * l];
