@@ -368,7 +368,7 @@ void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_ou
     auto [one, gxu] = unit(u);
     one.y = cols.data();
     run_batch(impl, one, nthreads);
-    const int ntc = threads_for(nthreads, cig, K * P);
+    [[maybe_unused]] const int ntc = threads_for(nthreads, cig, K * P);
 #pragma omp parallel for schedule(static) num_threads(ntc)
     for (idx c = 0; c < cig; ++c) {
       std::fill(gxu + c * plane, gxu + (c + 1) * plane, T(0));

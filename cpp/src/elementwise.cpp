@@ -9,7 +9,7 @@ namespace relprop {
 
 template <typename T>
 void relu_forward(const T* x, T* y, idx size, int nthreads) {
-  const int nt = threads_for(nthreads, size, size);
+  [[maybe_unused]] const int nt = threads_for(nthreads, size, size);
 #pragma omp parallel for simd schedule(static) num_threads(nt)
   for (idx i = 0; i < size; ++i) y[i] = (x[i] > T(0) || x[i] != x[i]) ? x[i] : T(0);  // NaN stays
 }
@@ -17,7 +17,7 @@ void relu_forward(const T* x, T* y, idx size, int nthreads) {
 template <typename T>
 void relu_backward(const T* g, const T* x, T* gx, idx size, int mode, int nthreads) {
   RELPROP_CHECK(mode >= 0 && mode <= 2, "relu_backward: mode must be 0, 1 or 2, got ", mode);
-  const int nt = threads_for(nthreads, size, size);
+  [[maybe_unused]] const int nt = threads_for(nthreads, size, size);
   if (mode == 0) {
 #pragma omp parallel for simd schedule(static) num_threads(nt)
     for (idx i = 0; i < size; ++i) {
@@ -38,7 +38,7 @@ void relu_backward(const T* g, const T* x, T* gx, idx size, int mode, int nthrea
 
 template <typename T>
 void relu6_forward(const T* x, T* y, idx size, int nthreads) {
-  const int nt = threads_for(nthreads, size, size);
+  [[maybe_unused]] const int nt = threads_for(nthreads, size, size);
 #pragma omp parallel for simd schedule(static) num_threads(nt)
   for (idx i = 0; i < size; ++i) {
     const T v = x[i];
@@ -50,7 +50,7 @@ void relu6_forward(const T* x, T* y, idx size, int nthreads) {
 template <typename T>
 void relu6_backward(const T* g, const T* x, T* gx, idx size, int mode, int nthreads) {
   RELPROP_CHECK(mode >= 0 && mode <= 2, "relu6_backward: mode must be 0, 1 or 2, got ", mode);
-  const int nt = threads_for(nthreads, size, size);
+  [[maybe_unused]] const int nt = threads_for(nthreads, size, size);
   if (mode == 0) {
 #pragma omp parallel for simd schedule(static) num_threads(nt)
     for (idx i = 0; i < size; ++i) {
@@ -86,7 +86,7 @@ template <class Body>
 void for_row_blocks(idx samples, idx len, int nthreads, Body body) {
   constexpr idx kBlock = 4096;
   const idx blocks = (len + kBlock - 1) / kBlock, units = samples * blocks;
-  const int nt = threads_for(nthreads, units, samples * len);
+  [[maybe_unused]] const int nt = threads_for(nthreads, units, samples * len);
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (idx t = 0; t < units; ++t) {
     const idx s = t / blocks, j0 = (t % blocks) * kBlock;
@@ -101,7 +101,7 @@ void channel_affine(const T* x, const T* scale, const T* shift, T* y, idx n, idx
                     idx inner, int nthreads) {
   const idx size = n * channels * inner;
   if (size == 0) return;
-  const int nt = threads_for(nthreads, size, size);
+  [[maybe_unused]] const int nt = threads_for(nthreads, size, size);
   if (inner == 1) {
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (idx s = 0; s < n; ++s) {
@@ -138,7 +138,7 @@ void lrp_divide(const T* r, const T* z, const T* shift, T* s, idx samples, idx l
   const T e = static_cast<T>(eps);
   if (!shift) {
     const idx size = samples * len;
-    const int nt = threads_for(nthreads, size, size);
+    [[maybe_unused]] const int nt = threads_for(nthreads, size, size);
 #pragma omp parallel for simd schedule(static) num_threads(nt)
     for (idx i = 0; i < size; ++i) s[i] = stabilized_divide(r[i], z[i], e);
     return;
