@@ -116,7 +116,7 @@ template <typename T>
 void maxpool2d_forward(const T* x, T* y, std::int64_t* arg, const Window2d& g, int nthreads) {
   g.validate();
   const idx oh = g.oh(), ow = g.ow(), planes = g.n * g.c;
-  const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
+  [[maybe_unused]] const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
   const bool two = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 &&
                    g.w < (idx(1) << 30);  // lane offsets up to w + 1 fit in int32
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -151,7 +151,7 @@ void maxpool2d_backward(const T* gy, const std::int64_t* arg, T* gx, const Windo
                         int nthreads) {
   g.validate();
   const idx P = g.oh() * g.ow(), planes = g.n * g.c, S = g.h * g.w;
-  const int nt = threads_for(nthreads, planes, planes * (P + S));
+  [[maybe_unused]] const int nt = threads_for(nthreads, planes, planes * (P + S));
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (idx pl = 0; pl < planes; ++pl) {
     T* gxs = gx + pl * S;
@@ -168,7 +168,7 @@ void avgpool2d_forward(const T* x, T* y, const Window2d& g, int nthreads) {
   g.validate();
   const idx oh = g.oh(), ow = g.ow(), planes = g.n * g.c;
   const T scale = T(1) / (static_cast<T>(g.kh) * static_cast<T>(g.kw));  // no int overflow
-  const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
+  [[maybe_unused]] const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (idx pl = 0; pl < planes; ++pl) {
     const T* xs = x + pl * g.h * g.w;
@@ -188,7 +188,7 @@ void avgpool2d_backward(const T* gy, T* gx, const Window2d& g, int nthreads) {
   g.validate();
   const idx oh = g.oh(), ow = g.ow(), planes = g.n * g.c, S = g.h * g.w;
   const T scale = T(1) / (static_cast<T>(g.kh) * static_cast<T>(g.kw));  // no int overflow
-  const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
+  [[maybe_unused]] const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (idx pl = 0; pl < planes; ++pl) {
     T* gxs = gx + pl * S;

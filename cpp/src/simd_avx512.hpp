@@ -7,6 +7,14 @@
 
 #include "gemm_impl.hpp"
 
+// GCC 12's AVX-512 intrinsics (unpack, shuffle) start from _mm512_undefined_*(), a
+// self-initialized variable that -Wuninitialized reports wherever they are inlined.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 namespace relprop {
 namespace detail {
 namespace {
@@ -130,3 +138,7 @@ struct F64x8 {
 }  // namespace
 }  // namespace detail
 }  // namespace relprop
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
