@@ -165,10 +165,10 @@ def test_depthwise_every_isa_and_row_length(isa, dtype, k, s, pad, d, mult):
     (4, 8, 1, 3, 1, 3, 3),     # dense, dilated, padding = dilation*(k - 1): flipped
     (4, 8, 1, 3, 1, 4, 2),     # padding beyond it: col2im
 ])
-@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("n", [1, 2])
 def test_grouped_conv_paths_every_isa(isa, dtype, c_in, c_out, groups, k, s, pad, d, n):
     rng = np.random.default_rng(c_in * c_out + groups)
-    x = rng.uniform(-1, 1, (n, c_in, 19, 37)).astype(dtype)
+    x = rng.uniform(-1, 1, (n, c_in, 11, 37)).astype(dtype)
     w = rng.uniform(-1, 1, (c_out, c_in // groups, k, k)).astype(dtype)
     b = rng.uniform(-1, 1, c_out).astype(dtype)
     y = check_forward(x, w, b, (s, s), (pad, pad), (d, d), groups)
@@ -383,6 +383,16 @@ def test_relu6_matches_reference(dtype, data):
     assert_array_equal(ops.relu6_forward(x), ref.relu6_forward(x))
     for mode in ("gradient", "deconvnet", "guided"):
         assert_array_equal(ops.relu6_backward(g, x, mode), ref.relu6_backward(g, x, mode))
+    # the gradient is the transpose of the Jacobian diag(0 < x < 6) at x: <J u, g> = <u, J^T g>
+    # with J u the directional derivative (f(x + t u) - f(x)) / t away from the kinks
+    u = data.draw(arrays(dtype, shape))
+    t = 1e-3
+    kinks = (abs(x) < 2 * t) | (abs(x - 6) < 2 * t)
+    u, g = np.where(kinks, 0, u), np.where(kinks, 0, g)
+    ju = (f64(ops.relu6_forward(x + t * u)) - f64(ops.relu6_forward(x))) / t
+    lhs, rhs = np.vdot(ju, f64(g)), np.vdot(f64(u), f64(ops.relu6_backward(g, x)))
+    rtol = 1e-2 if dtype == np.float32 else 1e-10  # the difference quotient's rounding
+    assert abs(lhs - rhs) <= rtol * np.vdot(abs(ju), abs(f64(g))) + 1e-12 * g.size
 
 
 def test_relu6_nan_and_errors():

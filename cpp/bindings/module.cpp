@@ -647,14 +647,21 @@ void define(py::module_& m) {
   m.def("dense_pack", &dense_pack<T>, nc("weight"), "forward"_a);
   const Pair one{1, 1};
   m.def("conv2d_forward", &conv2d_forward<T>, nc("x"), nc("weight"), "bias"_a, "stride"_a, "padding"_a,
-        "nthreads"_a, "packed"_a = py::none(), "dilation"_a = one, "groups"_a = 1);
+        "nthreads"_a, "packed"_a = py::none(), "dilation"_a = one, "groups"_a = 1,
+        "x (n, c_in, h, w), weight (c_out, c_in/groups, kh, kw) -> (n, c_out, oh, ow); see "
+        "relprop.ops.conv2d_forward.");
   m.def("conv2d_forward_split", &conv2d_forward_split<T>, nc("x"), nc("weight"), "bias"_a,
         "split"_a, "stride"_a, "padding"_a, "nthreads"_a, "packed"_a = py::none(),
-        "dilation"_a = one, "groups"_a = 1);
+        "dilation"_a = one, "groups"_a = 1,
+        "(conv(x, weight[:split]), conv(x, weight[split:])) from one pass; see "
+        "relprop.ops.conv2d_forward_split.");
   m.def("conv2d_pack", &conv2d_pack<T>, nc("weight"), "backward"_a = false,
-        "stride"_a = one, "padding"_a = Pair{0, 0}, "dilation"_a = one, "groups"_a = 1);
+        "stride"_a = one, "padding"_a = Pair{0, 0}, "dilation"_a = one, "groups"_a = 1,
+        "PackedWeights of weight for conv2d_forward, or conv2d_backward with backward=True.");
   m.def("conv2d_backward", &conv2d_backward<T>, nc("grad"), nc("weight"), "in_hw"_a, "stride"_a,
-        "padding"_a, "nthreads"_a, "packed"_a = py::none(), "dilation"_a = one, "groups"_a = 1);
+        "padding"_a, "nthreads"_a, "packed"_a = py::none(), "dilation"_a = one, "groups"_a = 1,
+        "grad (n, c_out, oh, ow) -> (n, c_in, h, w) with (h, w) = in_hw; see "
+        "relprop.ops.conv2d_backward.");
   m.def("maxpool2d_forward", &maxpool2d_forward<T>, nc("x"), "kernel"_a, "stride"_a, "padding"_a,
         "nthreads"_a);
   m.def("maxpool2d_backward", &maxpool2d_backward<T>, nc("grad"), nc("argmax"), "in_hw"_a, "kernel"_a,
@@ -664,12 +671,14 @@ void define(py::module_& m) {
   m.def("avgpool2d_backward", &avgpool2d_backward<T>, nc("grad"), "in_hw"_a, "kernel"_a, "stride"_a,
         "padding"_a, "nthreads"_a);
   m.def("adaptive_avgpool2d_forward", &adaptive_avgpool2d_forward<T>, nc("x"), "out_hw"_a,
-        "nthreads"_a);
+        "nthreads"_a, "x (n, c, h, w) -> (n, c, oh, ow), torch's AdaptiveAvgPool2d windows.");
   m.def("adaptive_avgpool2d_backward", &adaptive_avgpool2d_backward<T>, nc("grad"), "in_hw"_a,
-        "nthreads"_a);
-  m.def("relu6_forward", &relu6_forward<T>, nc("x"), "nthreads"_a);
-  m.def("relu6_backward", &relu6_backward<T>, nc("grad"), nc("x"), "mode"_a, "nthreads"_a);
-  m.def("channel_affine", &channel_affine<T>, nc("x"), nc("scale"), "shift"_a, "nthreads"_a);
+        "nthreads"_a, "grad (n, c, oh, ow) -> (n, c, h, w): transpose of the forward.");
+  m.def("relu6_forward", &relu6_forward<T>, nc("x"), "nthreads"_a, "min(max(x, 0), 6).");
+  m.def("relu6_backward", &relu6_backward<T>, nc("grad"), nc("x"), "mode"_a, "nthreads"_a,
+        "mode 0: grad*(0<x<6), 1: max(grad, 0), 2: grad*(0<x<6)*(grad>0).");
+  m.def("channel_affine", &channel_affine<T>, nc("x"), nc("scale"), "shift"_a, "nthreads"_a,
+        "x (n, c, ...) * scale[c] + shift[c] (shift None: 0).");
   m.def("relu_forward", &relu_forward<T>, nc("x"), "nthreads"_a);
   m.def("relu_backward", &relu_backward<T>, nc("grad"), nc("x"), "mode"_a, "nthreads"_a);
   m.def("lrp_divide", &lrp_divide<T>, nc("r"), nc("z"), "eps"_a, "nthreads"_a,

@@ -15,10 +15,16 @@
 // (gy zero-padded in a buffer), and gx interleaves the phases (stride 1: gx = G, the
 // correlation with the flipped kernel).  A channel's m output planes are taps of one sum.
 //
-// Threads take whole (sample, channel) planes; each output is summed in tap order (bias
-// first), so results do not depend on the thread count or the batch.  Planes whose rows are
-// shorter than half a vector are computed as one long row over the buffer's full width, and
-// the columns past the output's are dropped.
+// Small planes (rows shorter than two vectors, with enough channels to fill a vector) run
+// channel-blocked instead: one vector holds one pixel of W channels, the planes of W channels
+// are transposed into (and out of) a zero-padded grid of such pixel vectors, and each output
+// pixel is the same tap sum over whole vectors (strides and dilations become pixel offsets).
+// Otherwise planes whose rows are shorter than half a vector are computed as one long row over
+// the buffer's full width, and the columns past the output's are dropped.
+//
+// Threads take whole (sample, channel) planes, or (sample, block of W channels); each output is
+// summed in tap order (bias first), in one lane of one vector, so results do not depend on the
+// thread count or the batch.
 #include <algorithm>
 #include <vector>
 
