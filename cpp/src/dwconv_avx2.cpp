@@ -7,8 +7,8 @@
 namespace relprop {
 namespace detail {
 namespace avx2 {
-const DwImpl<float> dw_f32 = dw_table<F32x8, 4>(Isa::avx2);
-const DwImpl<double> dw_f64 = dw_table<F64x4, 4>(Isa::avx2);
+const DwImpl<float> dw_f32 = dw_table<F32x8, 8>(Isa::avx2);
+const DwImpl<double> dw_f64 = dw_table<F64x4, 8>(Isa::avx2);
 }  // namespace avx2
 }  // namespace detail
 }  // namespace relprop
