@@ -70,6 +70,14 @@ struct PackedWeights {
   std::string isa, gemm, dtype;
   std::vector<idx> shape;  // the logical shape of the weight that was packed
   py::array data;          // 1-D, read-only
+  idx groups = 1;                  // convolutions: the groups and dilation it was packed for
+  std::vector<idx> dilation{1, 1};
+};
+
+// What a convolution's packing depends on besides the weight: its groups and dilation.
+struct ConvParams {
+  idx groups = 1;
+  Pair dilation{1, 1};
 };
 
 template <typename T>
@@ -92,7 +100,7 @@ std::vector<idx> shape_of(const CArray<T>& a) {
 // dtype) under the ISA in use; throws ValueError naming what differs.
 template <typename T>
 const T* optional_packed(const py::object& packed, const char* gemm, const CArray<T>& w,
-                         idx size) {
+                         idx size, const ConvParams& conv = {}) {
   if (packed.is_none()) return nullptr;
   if (!py::isinstance<PackedWeights>(packed))
     throw py::type_error("packed weights must come from relprop.ops.dense_pack or conv2d_pack, "
@@ -107,6 +115,11 @@ const T* optional_packed(const py::object& packed, const char* gemm, const CArra
   RELPROP_CHECK(pw.dtype == dtype_name<T>() && pw.shape == want,
                 "the packed weights do not match the weight: packed for ", shape_string(pw.shape),
                 " ", pw.dtype, ", used for ", shape_string(want), " ", dtype_name<T>());
+  const std::vector<idx> dil{conv.dilation[0], conv.dilation[1]};
+  RELPROP_CHECK(pw.groups == conv.groups && pw.dilation == dil,
+                "the weights were packed for groups=", pw.groups, ", dilation=",
+                shape_string(pw.dilation), ", not for groups=", conv.groups, ", dilation=",
+                shape_string(dil));
   RELPROP_CHECK(pw.data.ndim() == 1 && pw.data.shape(0) == size &&
                     py::isinstance<CArray<T>>(pw.data),
                 "packed weights are corrupt (", pw.data.size(), " elements, expected ", size, ")");
@@ -158,25 +171,56 @@ CArray<T> dense_backward(const CArray<T>& g, const CArray<T>& w, int nthreads,
   return gx;
 }
 
-// Stand-in geometry of a backward pass of kernel k, stride s, padding p (what
-// conv2d_pack_backward reads) for weights w.
+// Checks groups and dilation, and returns them.
+ConvParams conv_params(idx groups, Pair d) {
+  RELPROP_CHECK(groups >= 1, "groups must be a positive integer, got ", groups);
+  RELPROP_CHECK(d[0] >= 1 && d[1] >= 1, "dilation must be positive, got (", d[0], ", ", d[1], ")");
+  return ConvParams{groups, d};
+}
+
+// Checks that `groups` divides c_in (= weight.shape[1] * groups) and c_out = weight.shape[0].
 template <typename T>
-Window2d pack_window(const CArray<T>& w, Pair s, Pair p) {
-  Window2d g{1, w.shape(1), w.shape(2) + 2 * p[0], w.shape(3) + 2 * p[1], w.shape(2), w.shape(3),
-             s[0], s[1], p[0], p[1]};
+void check_conv_weight(const CArray<T>& w, idx c_in, const ConvParams& cp, const char* c_in_of) {
+  check_ndim(w, 4, "weight");
+  RELPROP_CHECK(w.shape(0) % cp.groups == 0, "weight.shape[0]=", w.shape(0),
+                " (output channels) must be a multiple of groups=", cp.groups);
+  RELPROP_CHECK(c_in % cp.groups == 0, "the ", c_in, " channels of ", c_in_of,
+                " must be a multiple of groups=", cp.groups);
+  RELPROP_CHECK(w.shape(1) * cp.groups == c_in, "weight.shape[1]=", w.shape(1), " must equal ",
+                c_in / cp.groups, " (", c_in, " channels of ", c_in_of, " / groups=", cp.groups,
+                ")");
+}
+
+// Stand-in geometry (what the pack functions read: c_in, kernel, stride, padding, dilation)
+// for weights w of a convolution with stride s, padding p.
+template <typename T>
+Window2d pack_window(const CArray<T>& w, Pair s, Pair p, const ConvParams& cp) {
+  check_ndim(w, 4, "weight");
+  RELPROP_CHECK(w.shape(0) % cp.groups == 0, "weight.shape[0]=", w.shape(0),
+                " (output channels) must be a multiple of groups=", cp.groups);
+  const idx eh = cp.dilation[0] * (w.shape(2) - 1) + 1, ew = cp.dilation[1] * (w.shape(3) - 1) + 1;
+  Window2d g{1, w.shape(1) * cp.groups, eh, ew, w.shape(2), w.shape(3), s[0], s[1], p[0], p[1],
+             cp.dilation[0], cp.dilation[1]};
   g.validate();
   return g;
 }
 
+// The GEMM (or direct kernel) of a conv2d_forward pass.
+inline const char* conv_forward_gemm(const Window2d& g, idx groups) {
+  return relprop::conv2d_depthwise(g, groups) ? "conv2d_depthwise_forward" : "conv2d_forward";
+}
+
 // The GEMM of a conv2d_backward pass (see conv2d_pack_backward).
-inline const char* conv_backward_gemm(const Window2d& g, idx c_out) {
-  return relprop::conv2d_backward_flipped(g, c_out) ? "conv2d_backward_flipped"
-                                                    : "conv2d_backward";
+inline const char* conv_backward_gemm(const Window2d& g, idx c_out, idx groups) {
+  if (relprop::conv2d_depthwise(g, groups)) return "conv2d_depthwise_backward";
+  return relprop::conv2d_backward_flipped(g, c_out, groups) ? "conv2d_backward_flipped"
+                                                            : "conv2d_backward";
 }
 
 // PackedWeights of w for `gemm`: `size` elements filled by pack(dst) without the GIL.
 template <typename T, class Pack>
-PackedWeights packed_for(const char* gemm, const CArray<T>& w, idx size, Pack pack) {
+PackedWeights packed_for(const char* gemm, const CArray<T>& w, idx size, Pack pack,
+                         const ConvParams& conv = {}) {
   CArray<T> packed = output<T>({size});
   T* pp = packed.mutable_data();
   {
@@ -185,22 +229,26 @@ PackedWeights packed_for(const char* gemm, const CArray<T>& w, idx size, Pack pa
   }
   py::detail::array_proxy(packed.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
   return PackedWeights{relprop::isa_name(relprop::active_isa()), gemm, dtype_name<T>(),
-                       shape_of(w), packed};
+                       shape_of(w), packed, conv.groups,
+                       std::vector<idx>{conv.dilation[0], conv.dilation[1]}};
 }
 
-// PackedWeights for conv2d_forward, or for conv2d_backward with stride s and padding p.
+// PackedWeights for conv2d_forward, or for conv2d_backward with stride s, padding p (and, for
+// either, dilation d and `groups`).
 template <typename T>
-PackedWeights conv2d_pack(const CArray<T>& w, bool backward, Pair s, Pair p) {
-  check_ndim(w, 4, "weight");
-  const idx c_out = w.shape(0), k = w.shape(1) * w.shape(2) * w.shape(3);
-  if (backward) {
-    const Window2d g = pack_window(w, s, p);
-    return packed_for<T>(conv_backward_gemm(g, c_out), w,
-                         relprop::conv2d_backward_packed_size<T>(g, c_out),
-                         [&](T* dst) { relprop::conv2d_pack_backward<T>(w.data(), g, c_out, dst); });
-  }
-  return packed_for<T>("conv2d_forward", w, relprop::conv2d_packed_size<T>(c_out, k),
-                       [&](T* dst) { relprop::conv2d_pack<T>(w.data(), c_out, k, dst); });
+PackedWeights conv2d_pack(const CArray<T>& w, bool backward, Pair s, Pair p, Pair d,
+                          idx groups) {
+  const ConvParams cp = conv_params(groups, d);
+  const Window2d g = pack_window(w, s, p, cp);
+  const idx c_out = w.shape(0);
+  if (backward)
+    return packed_for<T>(
+        conv_backward_gemm(g, c_out, groups), w,
+        relprop::conv2d_backward_packed_size<T>(g, c_out, groups),
+        [&](T* dst) { relprop::conv2d_pack_backward<T>(w.data(), g, c_out, groups, dst); }, cp);
+  return packed_for<T>(
+      conv_forward_gemm(g, groups), w, relprop::conv2d_packed_size<T>(g, c_out, groups),
+      [&](T* dst) { relprop::conv2d_pack<T>(w.data(), g, c_out, groups, dst); }, cp);
 }
 
 // PackedWeights for dense_forward (forward=true) or dense_backward, under the ISA in use.
@@ -214,66 +262,78 @@ PackedWeights dense_pack(const CArray<T>& w, bool forward) {
 }
 
 template <typename T>
-Window2d conv_window(const CArray<T>& x, const CArray<T>& w, Pair s, Pair p) {
+Window2d conv_window(const CArray<T>& x, const CArray<T>& w, Pair s, Pair p,
+                     const ConvParams& cp) {
   check_ndim(x, 4, "x");
-  check_ndim(w, 4, "weight");
-  RELPROP_CHECK(w.shape(1) == x.shape(1), "weight.shape[1]=", w.shape(1), " must equal ", x.shape(1),
-                " (channels of x)");
-  return window(x, {w.shape(2), w.shape(3)}, s, p);
+  check_conv_weight(w, x.shape(1), cp, "x");
+  Window2d g{x.shape(0), x.shape(1), x.shape(2), x.shape(3), w.shape(2), w.shape(3), s[0], s[1],
+             p[0], p[1], cp.dilation[0], cp.dilation[1]};
+  g.validate();
+  return g;
 }
 
 template <typename T>
-const T* conv_packed(const CArray<T>& w, const py::object& packed) {
-  const idx k = w.shape(1) * w.shape(2) * w.shape(3);
-  return optional_packed<T>(packed, "conv2d_forward", w,
-                            relprop::conv2d_packed_size<T>(w.shape(0), k));
+const T* conv_packed(const CArray<T>& w, const Window2d& g, const ConvParams& cp,
+                     const py::object& packed) {
+  return optional_packed<T>(packed, conv_forward_gemm(g, cp.groups), w,
+                            relprop::conv2d_packed_size<T>(g, w.shape(0), cp.groups), cp);
 }
 
 template <typename T>
 CArray<T> conv2d_forward(const CArray<T>& x, const CArray<T>& w, const py::object& b, Pair s, Pair p,
-                         int nthreads, const py::object& packed) {
-  const Window2d g = conv_window(x, w, s, p);
+                         int nthreads, const py::object& packed, Pair d, idx groups) {
+  const ConvParams cp = conv_params(groups, d);
+  const Window2d g = conv_window(x, w, s, p, cp);
   const idx c_out = w.shape(0);
   CArray<T> keep;
   const T* bp = optional_bias<T>(b, c_out, keep);
-  const T* pp = conv_packed<T>(w, packed);
+  const T* pp = conv_packed<T>(w, g, cp, packed);
   CArray<T> y = output<T>({g.n, c_out, g.oh(), g.ow()});
   T* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;
-    relprop::conv2d_forward<T>(x.data(), w.data(), bp, yp, g, c_out, nthreads, pp);
+    relprop::conv2d_forward<T>(x.data(), w.data(), bp, yp, g, c_out, groups, nthreads, pp);
   }
   return y;
 }
 
-// (y[:, :split], y[:, split:]) of conv2d_forward as two arrays, from one GEMM.
+// (conv(x, w[:split]), conv(x, w[split:])) as two arrays, from one pass over x.
 template <typename T>
 py::tuple conv2d_forward_split(const CArray<T>& x, const CArray<T>& w, const py::object& b,
                                idx split, Pair s, Pair p, int nthreads,
-                               const py::object& packed) {
-  const Window2d g = conv_window(x, w, s, p);
+                               const py::object& packed, Pair d, idx groups) {
+  const ConvParams cp = conv_params(groups, d);
+  const Window2d g = conv_window(x, w, s, p, cp);
   const idx c_out = w.shape(0);
   RELPROP_CHECK(split > 0 && split < c_out, "split must be in [1, ", c_out - 1, "], got ", split);
+  RELPROP_CHECK(split % groups == 0 && (c_out - split) % groups == 0, "split=", split,
+                " must cut weight.shape[0]=", c_out, " into two multiples of groups=", groups,
+                " (each half is a grouped convolution)");
+  const bool stacked = groups > 1 && !relprop::conv2d_depthwise(g, groups);
+  RELPROP_CHECK(!(stacked && !packed.is_none()), "conv2d_forward_split with groups=", groups,
+                " (1 < groups < c_in) packs each group's rows of both halves itself: pass "
+                "packed=None");
   CArray<T> keep;
   const T* bp = optional_bias<T>(b, c_out, keep);
-  const T* pp = conv_packed<T>(w, packed);
+  const T* pp = conv_packed<T>(w, g, cp, packed);
   CArray<T> y = output<T>({g.n, split, g.oh(), g.ow()});
   CArray<T> y2 = output<T>({g.n, c_out - split, g.oh(), g.ow()});
   T* yp = y.mutable_data();
   T* y2p = y2.mutable_data();
   {
     py::gil_scoped_release nogil;
-    relprop::conv2d_forward_split<T>(x.data(), w.data(), bp, yp, y2p, g, c_out, split, nthreads,
-                                     pp);
+    relprop::conv2d_forward_split<T>(x.data(), w.data(), bp, yp, y2p, g, c_out, split, groups,
+                                     nthreads, pp);
   }
   return py::make_tuple(y, y2);
 }
 
 // Geometry of a backward pass: from the input size hw and the output gradient gy.
 template <typename T>
-Window2d backward_window(const CArray<T>& gy, idx c, Pair hw, Pair k, Pair s, Pair p) {
+Window2d backward_window(const CArray<T>& gy, idx c, Pair hw, Pair k, Pair s, Pair p,
+                         Pair d = Pair{1, 1}) {
   check_ndim(gy, 4, "grad");
-  Window2d g{gy.shape(0), c, hw[0], hw[1], k[0], k[1], s[0], s[1], p[0], p[1]};
+  Window2d g{gy.shape(0), c, hw[0], hw[1], k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1]};
   g.validate();
   RELPROP_CHECK(gy.shape(2) == g.oh() && gy.shape(3) == g.ow(), "grad spatial shape (", gy.shape(2),
                 ", ", gy.shape(3), ") must equal the output shape (", g.oh(), ", ", g.ow(), ")");
@@ -282,19 +342,22 @@ Window2d backward_window(const CArray<T>& gy, idx c, Pair hw, Pair k, Pair s, Pa
 
 template <typename T>
 CArray<T> conv2d_backward(const CArray<T>& gy, const CArray<T>& w, Pair hw, Pair s, Pair p,
-                          int nthreads, const py::object& packed) {
+                          int nthreads, const py::object& packed, Pair d, idx groups) {
+  const ConvParams cp = conv_params(groups, d);
   check_ndim(w, 4, "weight");
-  const Window2d g = backward_window(gy, w.shape(1), hw, {w.shape(2), w.shape(3)}, s, p);
+  RELPROP_CHECK(w.shape(0) % groups == 0, "weight.shape[0]=", w.shape(0),
+                " (output channels) must be a multiple of groups=", groups);
+  const Window2d g = backward_window(gy, w.shape(1) * groups, hw, {w.shape(2), w.shape(3)}, s, p, d);
   const idx c_out = w.shape(0);
   RELPROP_CHECK(gy.shape(1) == c_out, "grad.shape[1]=", gy.shape(1), " must equal ", c_out,
                 " (weight.shape[0])");
-  const T* pp = optional_packed<T>(packed, conv_backward_gemm(g, c_out), w,
-                                   relprop::conv2d_backward_packed_size<T>(g, c_out));
+  const T* pp = optional_packed<T>(packed, conv_backward_gemm(g, c_out, groups), w,
+                                   relprop::conv2d_backward_packed_size<T>(g, c_out, groups), cp);
   CArray<T> gx = output<T>({g.n, g.c, g.h, g.w});
   T* gp = gx.mutable_data();
   {
     py::gil_scoped_release nogil;
-    relprop::conv2d_backward<T>(gy.data(), w.data(), gp, g, c_out, nthreads, pp);
+    relprop::conv2d_backward<T>(gy.data(), w.data(), gp, g, c_out, groups, nthreads, pp);
   }
   return gx;
 }
@@ -354,6 +417,40 @@ CArray<T> avgpool2d_backward(const CArray<T>& gy, Pair hw, Pair k, Pair s, Pair 
   return gx;
 }
 
+template <typename T>
+CArray<T> adaptive_avgpool2d_forward(const CArray<T>& x, Pair out_hw, int nthreads) {
+  check_ndim(x, 4, "x");
+  RELPROP_CHECK(out_hw[0] > 0 && out_hw[1] > 0, "output size must be positive, got (", out_hw[0],
+                ", ", out_hw[1], ")");
+  RELPROP_CHECK(x.shape(2) > 0 && x.shape(3) > 0, "x must have a positive height and width, got ",
+                "(", x.shape(2), ", ", x.shape(3), ")");
+  CArray<T> y = output<T>({x.shape(0), x.shape(1), out_hw[0], out_hw[1]});
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::adaptive_avgpool2d_forward<T>(x.data(), yp, x.shape(0) * x.shape(1), x.shape(2),
+                                           x.shape(3), out_hw[0], out_hw[1], nthreads);
+  }
+  return y;
+}
+
+template <typename T>
+CArray<T> adaptive_avgpool2d_backward(const CArray<T>& gy, Pair in_hw, int nthreads) {
+  check_ndim(gy, 4, "grad");
+  RELPROP_CHECK(in_hw[0] > 0 && in_hw[1] > 0, "in_hw must be positive, got (", in_hw[0], ", ",
+                in_hw[1], ")");
+  RELPROP_CHECK(gy.shape(2) > 0 && gy.shape(3) > 0, "grad must have a positive height and width, ",
+                "got (", gy.shape(2), ", ", gy.shape(3), ")");
+  CArray<T> gx = output<T>({gy.shape(0), gy.shape(1), in_hw[0], in_hw[1]});
+  T* gp = gx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::adaptive_avgpool2d_backward<T>(gy.data(), gp, gy.shape(0) * gy.shape(1), in_hw[0],
+                                            in_hw[1], gy.shape(2), gy.shape(3), nthreads);
+  }
+  return gx;
+}
+
 // "(1, 3, 4)": the shape of a, its first axis replaced by `first` if that is >= 0.
 template <typename T>
 std::string shape_text(const CArray<T>& a, py::ssize_t first = -1) {
@@ -397,6 +494,58 @@ CArray<T> relu_backward(const CArray<T>& g, const CArray<T>& x, int mode, int nt
     relprop::relu_backward<T>(g.data(), x.data(), gp, g.size(), mode, nthreads);
   }
   return gx;
+}
+
+template <typename T>
+CArray<T> relu6_forward(const CArray<T>& x, int nthreads) {
+  CArray<T> y = like(x);
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::relu6_forward<T>(x.data(), yp, x.size(), nthreads);
+  }
+  return y;
+}
+
+template <typename T>
+CArray<T> relu6_backward(const CArray<T>& g, const CArray<T>& x, int mode, int nthreads) {
+  check_same_shape(g, x, "relu6_backward");
+  RELPROP_CHECK(mode >= 0 && mode <= 2, "mode must be 0, 1 or 2, got ", mode);
+  CArray<T> gx = like(g);
+  T* gp = gx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::relu6_backward<T>(g.data(), x.data(), gp, g.size(), mode, nthreads);
+  }
+  return gx;
+}
+
+// y[n, c, ...] = x[n, c, ...] * scale[c] + shift[c]
+template <typename T>
+CArray<T> channel_affine(const CArray<T>& x, const CArray<T>& scale, const py::object& shift,
+                         int nthreads) {
+  RELPROP_CHECK(x.ndim() >= 2, "x must have a sample and a channel axis, got ", x.ndim(),
+                " dimensions");
+  const idx n = x.shape(0), c = x.shape(1), inner = c > 0 && n > 0 ? x.size() / (n * c) : 0;
+  RELPROP_CHECK(scale.ndim() == 1 && scale.shape(0) == c, "scale must have shape (", c,
+                ",) (the channels of x), got ", shape_text(scale));
+  CArray<T> keep;
+  const T* sh = nullptr;
+  if (!shift.is_none()) {
+    if (!py::isinstance<CArray<T>>(shift))
+      throw py::type_error("shift must be a C-contiguous array of x's dtype");
+    keep = py::reinterpret_borrow<CArray<T>>(shift);
+    RELPROP_CHECK(keep.ndim() == 1 && keep.shape(0) == c, "shift must have shape (", c,
+                  ",) (the channels of x), got ", shape_text(keep));
+    sh = keep.data();
+  }
+  CArray<T> y = like(x);
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::channel_affine<T>(x.data(), scale.data(), sh, yp, n, c, inner, nthreads);
+  }
+  return y;
 }
 
 template <typename T>
@@ -497,14 +646,23 @@ void define(py::module_& m) {
   m.def("dense_backward", &dense_backward<T>, nc("grad"), nc("weight"), "nthreads"_a,
         "packed"_a = py::none());
   m.def("dense_pack", &dense_pack<T>, nc("weight"), "forward"_a);
+  const Pair one{1, 1};
   m.def("conv2d_forward", &conv2d_forward<T>, nc("x"), nc("weight"), "bias"_a, "stride"_a, "padding"_a,
-        "nthreads"_a, "packed"_a = py::none());
+        "nthreads"_a, "packed"_a = py::none(), "dilation"_a = one, "groups"_a = 1,
+        "x (n, c_in, h, w), weight (c_out, c_in/groups, kh, kw) -> (n, c_out, oh, ow); see "
+        "relprop.ops.conv2d_forward.");
   m.def("conv2d_forward_split", &conv2d_forward_split<T>, nc("x"), nc("weight"), "bias"_a,
-        "split"_a, "stride"_a, "padding"_a, "nthreads"_a, "packed"_a = py::none());
+        "split"_a, "stride"_a, "padding"_a, "nthreads"_a, "packed"_a = py::none(),
+        "dilation"_a = one, "groups"_a = 1,
+        "(conv(x, weight[:split]), conv(x, weight[split:])) from one pass; see "
+        "relprop.ops.conv2d_forward_split.");
   m.def("conv2d_pack", &conv2d_pack<T>, nc("weight"), "backward"_a = false,
-        "stride"_a = Pair{1, 1}, "padding"_a = Pair{0, 0});
+        "stride"_a = one, "padding"_a = Pair{0, 0}, "dilation"_a = one, "groups"_a = 1,
+        "PackedWeights of weight for conv2d_forward, or conv2d_backward with backward=True.");
   m.def("conv2d_backward", &conv2d_backward<T>, nc("grad"), nc("weight"), "in_hw"_a, "stride"_a,
-        "padding"_a, "nthreads"_a, "packed"_a = py::none());
+        "padding"_a, "nthreads"_a, "packed"_a = py::none(), "dilation"_a = one, "groups"_a = 1,
+        "grad (n, c_out, oh, ow) -> (n, c_in, h, w) with (h, w) = in_hw; see "
+        "relprop.ops.conv2d_backward.");
   m.def("maxpool2d_forward", &maxpool2d_forward<T>, nc("x"), "kernel"_a, "stride"_a, "padding"_a,
         "nthreads"_a);
   m.def("maxpool2d_backward", &maxpool2d_backward<T>, nc("grad"), nc("argmax"), "in_hw"_a, "kernel"_a,
@@ -513,6 +671,15 @@ void define(py::module_& m) {
         "nthreads"_a);
   m.def("avgpool2d_backward", &avgpool2d_backward<T>, nc("grad"), "in_hw"_a, "kernel"_a, "stride"_a,
         "padding"_a, "nthreads"_a);
+  m.def("adaptive_avgpool2d_forward", &adaptive_avgpool2d_forward<T>, nc("x"), "out_hw"_a,
+        "nthreads"_a, "x (n, c, h, w) -> (n, c, oh, ow), torch's AdaptiveAvgPool2d windows.");
+  m.def("adaptive_avgpool2d_backward", &adaptive_avgpool2d_backward<T>, nc("grad"), "in_hw"_a,
+        "nthreads"_a, "grad (n, c, oh, ow) -> (n, c, h, w): transpose of the forward.");
+  m.def("relu6_forward", &relu6_forward<T>, nc("x"), "nthreads"_a, "min(max(x, 0), 6).");
+  m.def("relu6_backward", &relu6_backward<T>, nc("grad"), nc("x"), "mode"_a, "nthreads"_a,
+        "mode 0: grad*(0<x<6), 1: max(grad, 0), 2: grad*(0<x<6)*(grad>0).");
+  m.def("channel_affine", &channel_affine<T>, nc("x"), nc("scale"), "shift"_a, "nthreads"_a,
+        "x (n, c, ...) * scale[c] + shift[c] (shift None: 0).");
   m.def("relu_forward", &relu_forward<T>, nc("x"), "nthreads"_a);
   m.def("relu_backward", &relu_backward<T>, nc("grad"), nc("x"), "mode"_a, "nthreads"_a);
   m.def("lrp_divide", &lrp_divide<T>, nc("r"), nc("z"), "eps"_a, "nthreads"_a,
@@ -569,7 +736,7 @@ py::object conv2d_winograd_forward(const CArray<T>& x, const CArray<T>& w, const
                                    Pair p, int tile, idx split, int nthreads,
                                    const py::object& packed, idx block_tiles) {
   check_3x3(w);
-  const Window2d g = conv_window(x, w, {1, 1}, p);
+  const Window2d g = conv_window(x, w, {1, 1}, p, ConvParams{});
   relprop::winograd_validate(g, tile);
   const idx c_out = w.shape(0);
   RELPROP_CHECK(split == 0 || (split > 0 && split < c_out), "split must be in [1, ", c_out - 1,
@@ -638,10 +805,17 @@ PYBIND11_MODULE(_core, m) {
         return py::tuple(py::cast(p.shape));
       })
       .def_readonly("data", &PackedWeights::data)
+      .def_readonly("groups", &PackedWeights::groups)
+      .def_property_readonly("dilation", [](const PackedWeights& p) {
+        return py::tuple(py::cast(p.dilation));
+      })
       .def("__repr__", [](const PackedWeights& p) {
+        std::string conv;
+        if (p.groups != 1 || p.dilation != std::vector<idx>{1, 1})
+          conv = ", groups=" + std::to_string(p.groups) + ", dilation=" + shape_string(p.dilation);
         return "PackedWeights(isa='" + p.isa + "', gemm='" + p.gemm + "', weight " +
-               shape_string(p.shape) + " " + p.dtype + ", " + std::to_string(p.data.size()) +
-               " elements)";
+               shape_string(p.shape) + " " + p.dtype + conv + ", " +
+               std::to_string(p.data.size()) + " elements)";
       });
 #ifdef RELPROP_VERSION
   m.attr("__version__") = RELPROP_VERSION;
@@ -657,6 +831,12 @@ PYBIND11_MODULE(_core, m) {
     const relprop::GemmBlocks b = double_precision ? relprop::gemm_blocks<double>()
                                                    : relprop::gemm_blocks<float>();
     return py::dict("mr"_a = b.mr, "nr"_a = b.nr, "mc"_a = b.mc, "kc"_a = b.kc, "nc"_a = b.nc);
+  }, "double_precision"_a);
+  // The depthwise row kernel's vector lanes and vectors per register block (ISA in use).
+  m.def("depthwise_blocks", [](bool double_precision) {
+    const relprop::DepthwiseBlocks b = double_precision ? relprop::depthwise_blocks<double>()
+                                                        : relprop::depthwise_blocks<float>();
+    return py::dict("lanes"_a = b.lanes, "vectors"_a = b.vectors);
   }, "double_precision"_a);
   m.def("set_isa", [](const std::string& name) { relprop::set_isa(relprop::parse_isa(name)); },
         "name"_a);

@@ -1,18 +1,22 @@
-// Conv2d on the GEMM core as an implicit GEMM: per sample, y (c_out, oh*ow) = W (c_out, K) times
-// the im2col matrix of x (K, oh*ow), K = c_in*kh*kw.  The weights are packed once per call for
-// all samples; the im2col matrix is never stored: the GEMM packs its panels straight from the
-// image (1x1 stride-1 unpadded convolutions read x as a plain matrix).  The bias is added in
-// the GEMM's epilogue.
+// Conv2d on the GEMM core as an implicit GEMM: per sample (and group), y (c_out/G, oh*ow) =
+// W_g (c_out/G, K) times the im2col matrix of the group's input channels (K, oh*ow),
+// K = c_in/G*kh*kw.  The weights are packed once per call for all samples (one packed block
+// per group); the im2col matrix is never stored: the GEMM packs its panels straight from the
+// image, with dilated taps (1x1 stride-1 unpadded convolutions read x as a plain matrix).  The
+// bias is added in the GEMM's epilogue.  Depthwise convolutions (G = c_in) run the direct
+// kernels of dwconv.cpp instead.
 //
-// Backward (w.r.t. x): with stride 1 and padding < kernel size it is itself a convolution, of
-// gy with the flipped, transposed kernel and padding kernel - 1 - padding, so it runs on the
-// same implicit GEMM; otherwise (and for few input channels) cols = W^T gy per sample and
-// col2im scatters it back.
+// Backward (w.r.t. x): with stride 1 and padding <= dilation*(kernel size - 1) it is itself a
+// convolution, of gy with the flipped, transposed kernel, the same dilation and padding
+// dilation*(kernel - 1) - padding, so it runs on the same implicit GEMM; otherwise (and for
+// few input channels per group) cols = W_g^T gy_g per sample and group and col2im scatters it
+// back.
 //
-// Threads split the (samples x pixel strips) range and, when that is too short, the output
-// channels, into one rectangle per thread; every output element is reduced in the same order
-// for any thread count.
+// Threads split the (groups x samples x pixel strips) range and, when that is too short, the
+// output channels, into one rectangle per thread; every output element is reduced in the same
+// order for any thread count.
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "gemm_impl.hpp"
@@ -26,14 +30,20 @@ namespace relprop {
 void Window2d::validate() const {
   RELPROP_CHECK(n >= 0 && c > 0 && h > 0 && w > 0, "window input shape must be positive, got (",
                 n, ", ", c, ", ", h, ", ", w, ")");
-  RELPROP_CHECK(kh > 0 && kw > 0 && sh > 0 && sw > 0 && ph >= 0 && pw >= 0,
-                "window kernel/stride must be positive and padding non-negative");
+  RELPROP_CHECK(kh > 0 && kw > 0, "kernel size must be positive, got (", kh, ", ", kw, ")");
+  RELPROP_CHECK(sh > 0 && sw > 0, "stride must be positive, got (", sh, ", ", sw, ")");
+  RELPROP_CHECK(ph >= 0 && pw >= 0, "padding must be non-negative, got (", ph, ", ", pw, ")");
+  RELPROP_CHECK(dh > 0 && dw > 0, "dilation must be positive, got (", dh, ", ", dw, ")");
   constexpr idx kMax = (idx(1) << 31) - 1;  // keeps h + 2 * ph and every window index in range
   RELPROP_CHECK(h <= kMax && w <= kMax && kh <= kMax && kw <= kMax && sh <= kMax && sw <= kMax &&
-                    ph <= kMax && pw <= kMax,
-                "window sizes, strides and paddings must be below 2**31");
-  RELPROP_CHECK(h + 2 * ph >= kh && w + 2 * pw >= kw, "window (", kh, ", ", kw,
-                ") larger than the padded input (", h + 2 * ph, ", ", w + 2 * pw, ")");
+                    ph <= kMax && pw <= kMax && dh <= kMax && dw <= kMax,
+                "window sizes, strides, paddings and dilations must be below 2**31");
+  const idx eh = dh * (kh - 1) + 1, ew = dw * (kw - 1) + 1;  // < 2**62: no overflow
+  RELPROP_CHECK(h + 2 * ph >= eh && w + 2 * pw >= ew, "window (", kh, ", ", kw, ")",
+                (dh > 1 || dw > 1) ? " dilated to (" : "", (dh > 1 || dw > 1) ? eh : kh,
+                (dh > 1 || dw > 1) ? ", " : "", (dh > 1 || dw > 1) ? ew : kw,
+                (dh > 1 || dw > 1) ? ")" : "", " larger than the padded input (", h + 2 * ph,
+                ", ", w + 2 * pw, ")");
 }
 
 namespace {
@@ -46,9 +56,13 @@ using detail::GemmArgs;
 using detail::GemmImpl;
 using detail::Im2col;
 
-// n independent GEMMs that share A (packed):  C_s (m, P) = A (m, k) B_s (k, P) [+ bias],
-// B_s the im2col matrix of x + s*x_stride (im != null) or the row-major matrix there,
-// C_s at y + s*y_stride with leading dimension P; rows >= m2 at y2 + s*y2_stride if y2 is set.
+// n = samples * groups independent GEMMs; product s is group gi = s / samples of sample
+// si = s % samples (consecutive products share their packed A):
+//   C_s (m, P) = A_gi (m, k) B_s (k, P) [+ bias_gi],
+// A_gi packed at apack + gi*a_gstride; B_s the im2col matrix of the image at
+// x + si*x_stride + gi*x_gstride (im != null) or the row-major matrix there; C_s at
+// y + si*y_stride + gi*y_gstride with leading dimension P; rows >= m2 at y2 + si*y2_stride +
+// gi*y2_gstride if y2 is set; bias_gi = bias + gi*m.  One group: n = samples.
 template <typename T>
 struct BatchGemm {
   idx n, m, k, P;
@@ -61,22 +75,26 @@ struct BatchGemm {
   const T* bias;
   T* y2 = nullptr;
   idx y2_stride = 0, m2 = 0;
+  idx samples = 0;  // 0: n (one group)
+  idx a_gstride = 0, x_gstride = 0, y_gstride = 0, y2_gstride = 0;
 
   GemmArgs<T> sample(idx s) const {
+    const idx per = samples > 0 ? samples : n;
+    const idx gi = s / per, si = s % per;
     GemmArgs<T> g;
     g.m = m;
     g.n = P;
     g.k = k;
-    g.apack = apack;
-    g.b = x + s * x_stride;
+    g.apack = apack + gi * a_gstride;
+    g.b = x + si * x_stride + gi * x_gstride;
     g.im = im;
     g.rsb = P;
     g.csb = 1;
-    g.c = y + s * y_stride;
+    g.c = y + si * y_stride + gi * y_gstride;
     g.ldc = P;
-    g.row_bias = bias;
+    g.row_bias = bias ? bias + gi * m : nullptr;
     if (y2) {
-      g.c2 = y2 + s * y2_stride;
+      g.c2 = y2 + si * y2_stride + gi * y2_gstride;
       g.m2 = m2;
     }
     return g;
@@ -113,8 +131,9 @@ void run_batch(const GemmImpl<T>& impl, const BatchGemm<T>& bg, int nthreads) {
   });
 }
 
-// x[c, i, j] += cols[(c, u, v), (p, q)] for channels c0 <= c < c1 (transpose of im2col); x must
-// be zeroed by the caller.  Each x element sums its (u, v) terms in ascending order.
+// x[c, i, j] += cols[(c, u, v), (p, q)] for channels c0 <= c < c1 (transpose of im2col, with
+// g's stride, padding and dilation); x must be zeroed by the caller.  Each x element sums its
+// (u, v) terms in ascending order.
 template <typename T>
 void col2im(const T* cols, T* x, const Window2d& g, idx c0, idx c1) {
   const idx oh = g.oh(), ow = g.ow(), P = oh * ow;
@@ -123,163 +142,252 @@ void col2im(const T* cols, T* x, const Window2d& g, idx c0, idx c1) {
       for (idx v = 0; v < g.kw; ++v) {
         const T* row = cols + ((c * g.kh + u) * g.kw + v) * P;
         for (idx p = 0; p < oh; ++p) {
-          const idx i = p * g.sh + u - g.ph;
+          const idx i = p * g.sh + u * g.dh - g.ph;
           if (i < 0 || i >= g.h) continue;
           T* dst = x + (c * g.h + i) * g.w;
           const T* src = row + p * ow;
           for (idx q = 0; q < ow; ++q) {
-            const idx j = q * g.sw + v - g.pw;
+            const idx j = q * g.sw + v * g.dw - g.pw;
             if (j >= 0 && j < g.w) dst[j] += src[q];
           }
         }
       }
 }
 
+// Throws unless `groups` divides c_in and c_out.
+void check_groups(const Window2d& g, idx c_out, idx groups) {
+  RELPROP_CHECK(groups >= 1, "groups must be positive, got ", groups);
+  RELPROP_CHECK(g.c % groups == 0, "groups=", groups, " must divide the ", g.c,
+                " input channels");
+  RELPROP_CHECK(c_out > 0 && c_out % groups == 0, "groups=", groups, " must divide the ", c_out,
+                " output channels");
+}
+
 }  // namespace
 
 template <typename T>
-idx conv2d_packed_size(idx c_out, idx k) {
-  return detail::active_gemm<T>().packed_a_size(c_out, k);
+idx conv2d_packed_size(const Window2d& g, idx c_out, idx groups) {
+  if (conv2d_depthwise(g, groups)) return c_out * g.kh * g.kw;
+  const idx K = g.c / groups * g.kh * g.kw;
+  return groups * detail::active_gemm<T>().packed_a_size(c_out / groups, K);
 }
 
 template <typename T>
-void conv2d_pack(const T* w, idx c_out, idx k, T* dst) {
+void conv2d_pack(const T* w, const Window2d& g, idx c_out, idx groups, T* dst) {
+  check_groups(g, c_out, groups);
+  if (conv2d_depthwise(g, groups)) {  // the direct kernel reads w as it is
+    std::copy(w, w + c_out * g.kh * g.kw, dst);
+    return;
+  }
   const auto& impl = detail::active_gemm<T>();
-  impl.pack_a(impl, w, k, 1, c_out, k, dst);
+  const idx m = c_out / groups, K = g.c / groups * g.kh * g.kw;
+  const idx block = impl.packed_a_size(m, K);
+  for (idx gi = 0; gi < groups; ++gi) impl.pack_a(impl, w + gi * m * K, K, 1, m, K, dst + gi * block);
 }
 
 template <typename T>
 void conv2d_forward(const T* x, const T* w, const T* b, T* y, const Window2d& g, idx c_out,
-                    int nthreads, const T* packed) {
-  conv2d_forward_split<T>(x, w, b, y, nullptr, g, c_out, c_out, nthreads, packed);
+                    idx groups, int nthreads, const T* packed) {
+  conv2d_forward_split<T>(x, w, b, y, nullptr, g, c_out, c_out, groups, nthreads, packed);
 }
 
 template <typename T>
 void conv2d_forward_split(const T* x, const T* w, const T* b, T* y, T* y2, const Window2d& g,
-                          idx c_out, idx split, int nthreads, const T* packed) {
+                          idx c_out, idx split, idx groups, int nthreads, const T* packed) {
   g.validate();
+  check_groups(g, c_out, groups);
   RELPROP_CHECK(split > 0 && split <= c_out, "split must be in [1, ", c_out, "], got ", split);
+  RELPROP_CHECK(split % groups == 0, "split=", split, " must be a multiple of groups=", groups,
+                " (both halves are grouped convolutions)");
   if (g.n == 0) return;
+  if (conv2d_depthwise(g, groups)) {
+    depthwise_forward<T>(x, packed ? packed : w, b, y, y2, g, c_out, split, nthreads);
+    return;
+  }
   const auto& impl = detail::active_gemm<T>();
-  const idx K = g.c * g.kh * g.kw, P = g.oh() * g.ow();
-  Buffer<T> wp(static_cast<size_t>(packed ? 0 : conv2d_packed_size<T>(c_out, K)));
+  const idx cig = g.c / groups, K = cig * g.kh * g.kw, P = g.oh() * g.ow();
+  const idx m = c_out / groups, m1 = split / groups;
+  // Two halves of a grouped convolution: group gi's GEMM runs on the stacked rows
+  // [w1_gi; w2_gi] (and biases), copied here into one weight of the grouped layout.
+  const bool stack = groups > 1 && split < c_out;
+  RELPROP_CHECK(!(stack && packed), "conv2d_forward_split with groups > 1 packs its weights "
+                "itself: packed must be null");
+  Buffer<T> ws(static_cast<size_t>(stack ? c_out * K : 0)), bs;
+  if (stack) {
+    const idx m2 = m - m1;
+    if (b) bs.resize(static_cast<size_t>(c_out));
+    for (idx gi = 0; gi < groups; ++gi) {
+      std::copy(w + gi * m1 * K, w + (gi + 1) * m1 * K, ws.data() + gi * m * K);
+      std::copy(w + (split + gi * m2) * K, w + (split + (gi + 1) * m2) * K,
+                ws.data() + (gi * m + m1) * K);
+      if (b) {
+        std::copy(b + gi * m1, b + (gi + 1) * m1, bs.data() + gi * m);
+        std::copy(b + split + gi * m2, b + split + (gi + 1) * m2, bs.data() + gi * m + m1);
+      }
+    }
+    w = ws.data();
+    if (b) b = bs.data();
+  }
+  Buffer<T> wp(static_cast<size_t>(packed ? 0 : conv2d_packed_size<T>(g, c_out, groups)));
   if (!packed) {
-    conv2d_pack(w, c_out, K, wp.data());
+    conv2d_pack(w, g, c_out, groups, wp.data());
     packed = wp.data();
   }
-  const Im2col im{g.c, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh(), g.ow()};
+  Im2col im{cig, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh(), g.ow()};
+  im.dh = g.dh;
+  im.dw = g.dw;
   // A 1x1 stride-1 unpadded convolution multiplies by x itself, a (c_in, h*w) matrix.
   const bool plain = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
-  BatchGemm<T> bg{g.n, c_out, K, P, packed, plain ? nullptr : &im,
+  BatchGemm<T> bg{g.n * groups, m, K, P, packed, plain ? nullptr : &im,
                   x, g.c * g.h * g.w, y, split * P, b};
+  bg.samples = g.n;
+  bg.a_gstride = impl.packed_a_size(m, K);
+  bg.x_gstride = cig * g.h * g.w;
+  bg.y_gstride = m1 * P;
   if (split < c_out) {
     bg.y2 = y2;
     bg.y2_stride = (c_out - split) * P;
-    bg.m2 = split;
+    bg.y2_gstride = (m - m1) * P;
+    bg.m2 = m1;
   }
   run_batch(impl, bg, nthreads);
 }
 
-// The backward pass multiplies by one of two matrices made from w: for a stride-1 window,
-// the flipped kernel W'[c, o, u, v] = w[o, c, kh-1-u, kw-1-v] (c_in, c_out*kh*kw) of the
-// transposed convolution gx = conv(gy, W') (padding kh-1-ph, kw-1-pw); else W^T (K, c_out)
-// into columns that col2im adds up.  Few input channels (a first layer) take the second way
-// too: the flipped convolution would pack kh*kw*c_out values per pixel for only c_in
-// multiply-adds each.
-bool conv2d_backward_flipped(const Window2d& g, idx c_out) {
-  return g.sh == 1 && g.sw == 1 && g.ph < g.kh && g.pw < g.kw && g.c * 8 > c_out;
+// The backward pass multiplies by one of two matrices made from each group's weights w_g:
+// for a stride-1 window whose padding is at most the dilated kernel's extent less one, the
+// flipped kernel W'[c, o, u, v] = w_g[o, c, kh-1-u, kw-1-v] (c_in/G, c_out/G*kh*kw) of the
+// transposed convolution gx = conv(gy, W') (same dilation, padding dh*(kh-1)-ph,
+// dw*(kw-1)-pw); else W_g^T (K, c_out/G) into columns that col2im adds up.  Few input
+// channels per group (a first layer) take the second way too: the flipped convolution would
+// pack kh*kw*c_out/G values per pixel for only c_in/G multiply-adds each.  Depthwise
+// convolutions take neither (dwconv.cpp).
+bool conv2d_backward_flipped(const Window2d& g, idx c_out, idx groups) {
+  if (groups < 1 || conv2d_depthwise(g, groups)) return false;
+  return g.sh == 1 && g.sw == 1 && g.ph <= g.dh * (g.kh - 1) && g.pw <= g.dw * (g.kw - 1) &&
+         g.c / groups * 8 > c_out / groups;
 }
 
 template <typename T>
-idx conv2d_backward_packed_size(const Window2d& g, idx c_out) {
+idx conv2d_backward_packed_size(const Window2d& g, idx c_out, idx groups) {
+  if (conv2d_depthwise(g, groups)) return c_out * g.kh * g.kw;
   const auto& impl = detail::active_gemm<T>();
-  const idx K = g.c * g.kh * g.kw;
-  return conv2d_backward_flipped(g, c_out) ? impl.packed_a_size(g.c, c_out * g.kh * g.kw)
-                                           : impl.packed_a_size(K, c_out);
+  const idx cig = g.c / groups, cog = c_out / groups, K = cig * g.kh * g.kw;
+  return groups * (conv2d_backward_flipped(g, c_out, groups)
+                       ? impl.packed_a_size(cig, cog * g.kh * g.kw)
+                       : impl.packed_a_size(K, cog));
 }
 
 template <typename T>
-void conv2d_pack_backward(const T* w, const Window2d& g, idx c_out, T* dst) {
-  const auto& impl = detail::active_gemm<T>();
-  const idx khw = g.kh * g.kw, K = g.c * khw;
-  if (!conv2d_backward_flipped(g, c_out)) {
-    impl.pack_a(impl, w, 1, K, K, c_out, dst);
+void conv2d_pack_backward(const T* w, const Window2d& g, idx c_out, idx groups, T* dst) {
+  check_groups(g, c_out, groups);
+  if (conv2d_depthwise(g, groups)) {
+    std::copy(w, w + c_out * g.kh * g.kw, dst);
     return;
   }
-  const idx K2 = c_out * khw;
-  Buffer<T> wt(static_cast<size_t>(g.c * K2));
-  for (idx o = 0; o < c_out; ++o)
-    for (idx c = 0; c < g.c; ++c) {
-      const T* src = w + (o * g.c + c) * khw;
-      T* d = wt.data() + c * K2 + o * khw;
-      for (idx q = 0; q < khw; ++q) d[q] = src[khw - 1 - q];
-    }
-  impl.pack_a(impl, wt.data(), K2, 1, g.c, K2, dst);
+  const auto& impl = detail::active_gemm<T>();
+  const idx khw = g.kh * g.kw, cig = g.c / groups, cog = c_out / groups, K = cig * khw;
+  if (!conv2d_backward_flipped(g, c_out, groups)) {
+    const idx block = impl.packed_a_size(K, cog);
+    for (idx gi = 0; gi < groups; ++gi)
+      impl.pack_a(impl, w + gi * cog * K, 1, K, K, cog, dst + gi * block);
+    return;
+  }
+  const idx K2 = cog * khw, block = impl.packed_a_size(cig, K2);
+  Buffer<T> wt(static_cast<size_t>(cig * K2));
+  for (idx gi = 0; gi < groups; ++gi) {
+    const T* wg = w + gi * cog * K;
+    for (idx o = 0; o < cog; ++o)
+      for (idx c = 0; c < cig; ++c) {
+        const T* src = wg + (o * cig + c) * khw;
+        T* d = wt.data() + c * K2 + o * khw;
+        for (idx q = 0; q < khw; ++q) d[q] = src[khw - 1 - q];
+      }
+    impl.pack_a(impl, wt.data(), K2, 1, cig, K2, dst + gi * block);
+  }
 }
 
 template <typename T>
-void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, int nthreads,
-                     const T* packed) {
+void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, idx groups,
+                     int nthreads, const T* packed) {
   g.validate();
+  check_groups(g, c_out, groups);
   if (g.n == 0) return;
+  if (conv2d_depthwise(g, groups)) {
+    depthwise_backward<T>(gy, packed ? packed : w, gx, g, c_out, nthreads);
+    return;
+  }
   const auto& impl = detail::active_gemm<T>();
-  const idx P = g.oh() * g.ow(), K = g.c * g.kh * g.kw, S = g.c * g.h * g.w;
-  const idx khw = g.kh * g.kw;
-  Buffer<T> wp(static_cast<size_t>(packed ? 0 : conv2d_backward_packed_size<T>(g, c_out)));
+  const idx P = g.oh() * g.ow(), S = g.c * g.h * g.w, khw = g.kh * g.kw;
+  const idx cig = g.c / groups, cog = c_out / groups, K = cig * khw;
+  Buffer<T> wp(static_cast<size_t>(packed ? 0 : conv2d_backward_packed_size<T>(g, c_out, groups)));
   if (!packed) {
-    conv2d_pack_backward(w, g, c_out, wp.data());
+    conv2d_pack_backward(w, g, c_out, groups, wp.data());
     packed = wp.data();
   }
-  if (conv2d_backward_flipped(g, c_out)) {
-    const Im2col im{c_out, g.oh(), g.ow(), g.kh, g.kw, 1, 1, g.kh - 1 - g.ph, g.kw - 1 - g.pw,
-                    g.h, g.w};
+  if (conv2d_backward_flipped(g, c_out, groups)) {
+    Im2col im{cog, g.oh(), g.ow(), g.kh, g.kw, 1, 1, g.dh * (g.kh - 1) - g.ph,
+              g.dw * (g.kw - 1) - g.pw, g.h, g.w};
+    im.dh = g.dh;
+    im.dw = g.dw;
     const bool plain = khw == 1;
-    const BatchGemm<T> bg{g.n, g.c, c_out * khw, g.h * g.w, packed, plain ? nullptr : &im,
-                          gy, c_out * P, gx, S, nullptr};
+    BatchGemm<T> bg{g.n * groups, cig, cog * khw, g.h * g.w, packed, plain ? nullptr : &im,
+                    gy, c_out * P, gx, S, nullptr};
+    bg.samples = g.n;
+    bg.a_gstride = impl.packed_a_size(cig, cog * khw);
+    bg.x_gstride = cog * P;
+    bg.y_gstride = cig * g.h * g.w;
     run_batch(impl, bg, nthreads);
     return;
   }
-  // cols (K, P) = W^T (K, c_out) gy_s (c_out, P), then col2im; samples in parallel, or the
-  // GEMM and then col2im (over channels) in parallel for small batches.
-  const int nt = threads_for(nthreads, g.n * K, g.n * P * K * c_out);
-  if (nt > 1 && g.n >= nt) {
+  // Per (sample, group) unit u = gi * n + s: cols (K, P) = W_g^T (K, c_out/G) gy_u (c_out/G, P),
+  // then col2im into the group's channels; units in parallel, or the GEMM and then col2im
+  // (over channels) in parallel when there are few units.
+  const idx units = g.n * groups, block = impl.packed_a_size(K, cog), plane = g.h * g.w;
+  const auto unit = [&](idx u) {
+    const idx gi = u / g.n, s = u % g.n;
+    BatchGemm<T> one{1, K, cog, P, packed + gi * block, nullptr, gy + s * c_out * P + gi * cog * P,
+                     0, nullptr, 0, nullptr};
+    return std::make_pair(one, gx + s * S + gi * cig * plane);
+  };
+  const int nt = threads_for(nthreads, units * K, units * P * K * cog);
+  if (nt > 1 && units >= nt) {
     // one cols buffer per thread, allocated here, outside the parallel region
     Buffer<T> all_cols(static_cast<size_t>(nt * K * P));
-    parallel_for(nt, g.n, [&](idx s) {
+    parallel_for(nt, units, [&](idx u) {
       T* cols = all_cols.data() + static_cast<idx>(thread_index()) * K * P;
-      const BatchGemm<T> one{1, K, c_out, P, packed, nullptr, gy + s * c_out * P, 0, cols, 0,
-                             nullptr};
+      auto [one, gxu] = unit(u);
+      one.y = cols;
       detail::run_tile(impl, one.sample(0), 0, K, 0, P);
-      std::fill(gx + s * S, gx + (s + 1) * S, T(0));
-      col2im(cols, gx + s * S, g, 0, g.c);
+      std::fill(gxu, gxu + cig * plane, T(0));
+      col2im(cols, gxu, g, 0, cig);
     });
     return;
   }
   Buffer<T> cols(static_cast<size_t>(K * P));
-  for (idx s = 0; s < g.n; ++s) {
-    const BatchGemm<T> one{1, K, c_out, P, packed, nullptr, gy + s * c_out * P, 0, cols.data(),
-                           0, nullptr};
+  for (idx u = 0; u < units; ++u) {
+    auto [one, gxu] = unit(u);
+    one.y = cols.data();
     run_batch(impl, one, nthreads);
-    T* gxs = gx + s * S;
-    const int ntc = threads_for(nthreads, g.c, K * P);
+    [[maybe_unused]] const int ntc = threads_for(nthreads, cig, K * P);
 #pragma omp parallel for schedule(static) num_threads(ntc)
-    for (idx c = 0; c < g.c; ++c) {
-      std::fill(gxs + c * g.h * g.w, gxs + (c + 1) * g.h * g.w, T(0));
-      col2im(cols.data(), gxs, g, c, c + 1);
+    for (idx c = 0; c < cig; ++c) {
+      std::fill(gxu + c * plane, gxu + (c + 1) * plane, T(0));
+      col2im(cols.data(), gxu, g, c, c + 1);
     }
   }
 }
 
 #define RELPROP_INSTANTIATE(T)                                                                 \
-  template idx conv2d_packed_size<T>(idx, idx);                                                 \
-  template void conv2d_pack<T>(const T*, idx, idx, T*);                                          \
-  template void conv2d_forward<T>(const T*, const T*, const T*, T*, const Window2d&, idx, int,  \
-                                  const T*);                                                     \
+  template idx conv2d_packed_size<T>(const Window2d&, idx, idx);                                \
+  template void conv2d_pack<T>(const T*, const Window2d&, idx, idx, T*);                         \
+  template void conv2d_forward<T>(const T*, const T*, const T*, T*, const Window2d&, idx, idx,  \
+                                  int, const T*);                                                \
   template void conv2d_forward_split<T>(const T*, const T*, const T*, T*, T*, const Window2d&,  \
-                                        idx, idx, int, const T*);                               \
-  template void conv2d_backward<T>(const T*, const T*, T*, const Window2d&, idx, int, const T*); \
-  template idx conv2d_backward_packed_size<T>(const Window2d&, idx);                            \
-  template void conv2d_pack_backward<T>(const T*, const Window2d&, idx, T*);
+                                        idx, idx, idx, int, const T*);                          \
+  template void conv2d_backward<T>(const T*, const T*, T*, const Window2d&, idx, idx, int,      \
+                                   const T*);                                                    \
+  template idx conv2d_backward_packed_size<T>(const Window2d&, idx, idx);                       \
+  template void conv2d_pack_backward<T>(const T*, const Window2d&, idx, idx, T*);
 RELPROP_INSTANTIATE(float)
 RELPROP_INSTANTIATE(double)
 #undef RELPROP_INSTANTIATE

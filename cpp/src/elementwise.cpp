@@ -1,5 +1,6 @@
-// Element-wise kernels: ReLU and its backward variants, the LRP stabilized division and the
-// stacked shares of the rules on [W+; W-].
+// Element-wise kernels: ReLU, ReLU6 and their backward variants, the per-channel affine map
+// (inference BatchNorm), the LRP stabilized division and the stacked shares of the rules on
+// [W+; W-].
 #include "relprop/check.hpp"
 #include "relprop/kernels.hpp"
 #include "relprop/parallel.hpp"
@@ -8,7 +9,7 @@ namespace relprop {
 
 template <typename T>
 void relu_forward(const T* x, T* y, idx size, int nthreads) {
-  const int nt = threads_for(nthreads, size, size);
+  [[maybe_unused]] const int nt = threads_for(nthreads, size, size);
 #pragma omp parallel for simd schedule(static) num_threads(nt)
   for (idx i = 0; i < size; ++i) y[i] = (x[i] > T(0) || x[i] != x[i]) ? x[i] : T(0);  // NaN stays
 }
@@ -16,7 +17,7 @@ void relu_forward(const T* x, T* y, idx size, int nthreads) {
 template <typename T>
 void relu_backward(const T* g, const T* x, T* gx, idx size, int mode, int nthreads) {
   RELPROP_CHECK(mode >= 0 && mode <= 2, "relu_backward: mode must be 0, 1 or 2, got ", mode);
-  const int nt = threads_for(nthreads, size, size);
+  [[maybe_unused]] const int nt = threads_for(nthreads, size, size);
   if (mode == 0) {
 #pragma omp parallel for simd schedule(static) num_threads(nt)
     for (idx i = 0; i < size; ++i) {
@@ -31,6 +32,39 @@ void relu_backward(const T* g, const T* x, T* gx, idx size, int mode, int nthrea
     for (idx i = 0; i < size; ++i) {
       const T gi = g[i];
       gx[i] = (x[i] > T(0) && gi > T(0)) ? gi : T(0);
+    }
+  }
+}
+
+template <typename T>
+void relu6_forward(const T* x, T* y, idx size, int nthreads) {
+  [[maybe_unused]] const int nt = threads_for(nthreads, size, size);
+#pragma omp parallel for simd schedule(static) num_threads(nt)
+  for (idx i = 0; i < size; ++i) {
+    const T v = x[i];
+    const T lo = v > T(0) ? v : T(0);
+    y[i] = v != v ? v : (lo < T(6) ? lo : T(6));  // NaN stays
+  }
+}
+
+template <typename T>
+void relu6_backward(const T* g, const T* x, T* gx, idx size, int mode, int nthreads) {
+  RELPROP_CHECK(mode >= 0 && mode <= 2, "relu6_backward: mode must be 0, 1 or 2, got ", mode);
+  [[maybe_unused]] const int nt = threads_for(nthreads, size, size);
+  if (mode == 0) {
+#pragma omp parallel for simd schedule(static) num_threads(nt)
+    for (idx i = 0; i < size; ++i) {
+      const T gi = g[i];  // loaded unconditionally so that the loop vectorizes
+      gx[i] = (x[i] > T(0) && x[i] < T(6)) ? gi : T(0);
+    }
+  } else if (mode == 1) {
+#pragma omp parallel for simd schedule(static) num_threads(nt)
+    for (idx i = 0; i < size; ++i) gx[i] = g[i] > T(0) ? g[i] : T(0);
+  } else {
+#pragma omp parallel for simd schedule(static) num_threads(nt)
+    for (idx i = 0; i < size; ++i) {
+      const T gi = g[i];
+      gx[i] = (x[i] > T(0) && x[i] < T(6) && gi > T(0)) ? gi : T(0);
     }
   }
 }
@@ -52,12 +86,50 @@ template <class Body>
 void for_row_blocks(idx samples, idx len, int nthreads, Body body) {
   constexpr idx kBlock = 4096;
   const idx blocks = (len + kBlock - 1) / kBlock, units = samples * blocks;
-  const int nt = threads_for(nthreads, units, samples * len);
+  [[maybe_unused]] const int nt = threads_for(nthreads, units, samples * len);
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (idx t = 0; t < units; ++t) {
     const idx s = t / blocks, j0 = (t % blocks) * kBlock;
     body(s, j0, j0 + kBlock < len ? j0 + kBlock : len);
   }
+}
+
+// One pass: rows (sample, channel) of `inner` elements in blocks; with inner == 1 (a (n, c)
+// array) the loop runs along the channels of each sample instead.
+template <typename T>
+void channel_affine(const T* x, const T* scale, const T* shift, T* y, idx n, idx channels,
+                    idx inner, int nthreads) {
+  const idx size = n * channels * inner;
+  if (size == 0) return;
+  [[maybe_unused]] const int nt = threads_for(nthreads, size, size);
+  if (inner == 1) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (idx s = 0; s < n; ++s) {
+      const T* xs = x + s * channels;
+      T* ys = y + s * channels;
+      if (shift) {
+#pragma omp simd
+        for (idx c = 0; c < channels; ++c) ys[c] = xs[c] * scale[c] + shift[c];
+      } else {
+#pragma omp simd
+        for (idx c = 0; c < channels; ++c) ys[c] = xs[c] * scale[c];
+      }
+    }
+    return;
+  }
+  for_row_blocks(n * channels, inner, nthreads, [&](idx row, idx j0, idx j1) {
+    const idx c = row % channels;
+    const T a = scale[c], b = shift ? shift[c] : T(0);
+    const T* xr = x + row * inner;
+    T* yr = y + row * inner;
+    if (shift) {
+#pragma omp simd
+      for (idx j = j0; j < j1; ++j) yr[j] = xr[j] * a + b;
+    } else {
+#pragma omp simd
+      for (idx j = j0; j < j1; ++j) yr[j] = xr[j] * a;
+    }
+  });
 }
 
 template <typename T>
@@ -66,7 +138,7 @@ void lrp_divide(const T* r, const T* z, const T* shift, T* s, idx samples, idx l
   const T e = static_cast<T>(eps);
   if (!shift) {
     const idx size = samples * len;
-    const int nt = threads_for(nthreads, size, size);
+    [[maybe_unused]] const int nt = threads_for(nthreads, size, size);
 #pragma omp parallel for simd schedule(static) num_threads(nt)
     for (idx i = 0; i < size; ++i) s[i] = stabilized_divide(r[i], z[i], e);
     return;
@@ -130,6 +202,9 @@ void lrp_alpha_beta_shares(const T* r, const T* p, const T* n, T* out, idx sampl
 }
 
 #define RELPROP_INSTANTIATE(T)                                                                 \
+  template void relu6_forward<T>(const T*, T*, idx, int);                                      \
+  template void relu6_backward<T>(const T*, const T*, T*, idx, int, int);                      \
+  template void channel_affine<T>(const T*, const T*, const T*, T*, idx, idx, idx, int);       \
   template void relu_forward<T>(const T*, T*, idx, int);                                       \
   template void relu_backward<T>(const T*, const T*, T*, idx, int, int);                       \
   template void lrp_divide<T>(const T*, const T*, const T*, T*, idx, idx, double, int);        \

@@ -4,85 +4,11 @@
 #include <immintrin.h>
 
 #include "gemm_driver.hpp"
+#include "simd_avx2.hpp"
 
 namespace relprop {
 namespace detail {
 namespace {
-
-struct F32x8 {
-  using T = float;
-  using R = __m256;
-  static constexpr int W = 8;
-  static R zero() { return _mm256_setzero_ps(); }
-  static R load(const T* p) { return _mm256_loadu_ps(p); }
-  static R bcast(const T* p) { return _mm256_broadcast_ss(p); }
-  static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
-  static R add(R a, R b) { return _mm256_add_ps(a, b); }
-  static void store(T* p, R v) { _mm256_storeu_ps(p, v); }
-  static __m256i in_range(idx lo, idx hi) {  // lanes lo <= l < hi
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(lo)), lane),
-                               _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(hi)), lane));
-  }
-  static R load_range(const T* p, idx lo, idx hi) {  // masked lanes are not read
-    return _mm256_maskload_ps(p, in_range(lo, hi));
-  }
-  // All lanes are read (a plain load and a mask: vmaskmovps is several times slower on AMD).
-  static R load_masked(const T* p, idx lo, idx hi) {
-    return _mm256_and_ps(_mm256_loadu_ps(p), _mm256_castsi256_ps(in_range(lo, hi)));
-  }
-  static void transpose(const T* src, idx ld, T* dst, idx ldd) {  // 8 x 8
-    __m256 r[8], t[8];
-    for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld);
-    for (int i = 0; i < 8; i += 2) {
-      t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-      t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 8; i += 4) {
-      r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-      r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-      r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-      r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    for (int i = 0; i < 4; ++i) {
-      _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
-      _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
-    }
-  }
-};
-
-struct F64x4 {
-  using T = double;
-  using R = __m256d;
-  static constexpr int W = 4;
-  static R zero() { return _mm256_setzero_pd(); }
-  static R load(const T* p) { return _mm256_loadu_pd(p); }
-  static R bcast(const T* p) { return _mm256_broadcast_sd(p); }
-  static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
-  static R add(R a, R b) { return _mm256_add_pd(a, b); }
-  static void store(T* p, R v) { _mm256_storeu_pd(p, v); }
-  static __m256i in_range(idx lo, idx hi) {  // lanes lo <= l < hi
-    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
-    return _mm256_andnot_si256(_mm256_cmpgt_epi64(_mm256_set1_epi64x(lo), lane),
-                               _mm256_cmpgt_epi64(_mm256_set1_epi64x(hi), lane));
-  }
-  static R load_range(const T* p, idx lo, idx hi) {  // masked lanes are not read
-    return _mm256_maskload_pd(p, in_range(lo, hi));
-  }
-  static R load_masked(const T* p, idx lo, idx hi) {  // all lanes are read
-    return _mm256_and_pd(_mm256_loadu_pd(p), _mm256_castsi256_pd(in_range(lo, hi)));
-  }
-  static void transpose(const T* src, idx ld, T* dst, idx ldd) {  // 4 x 4
-    const __m256d r0 = _mm256_loadu_pd(src), r1 = _mm256_loadu_pd(src + ld);
-    const __m256d r2 = _mm256_loadu_pd(src + 2 * ld), r3 = _mm256_loadu_pd(src + 3 * ld);
-    const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
-    const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
-    _mm256_storeu_pd(dst, _mm256_permute2f128_pd(t0, t2, 0x20));
-    _mm256_storeu_pd(dst + ldd, _mm256_permute2f128_pd(t1, t3, 0x20));
-    _mm256_storeu_pd(dst + 2 * ldd, _mm256_permute2f128_pd(t0, t2, 0x31));
-    _mm256_storeu_pd(dst + 3 * ldd, _mm256_permute2f128_pd(t1, t3, 0x31));
-  }
-};
 
 using KernelF32 = VecKernel<F32x8, 6, 2>;
 using KernelF64 = VecKernel<F64x4, 6, 2>;

@@ -5,57 +5,11 @@
 #include <immintrin.h>
 
 #include "gemm_driver.hpp"
+#include "simd_avx512.hpp"
 
 namespace relprop {
 namespace detail {
 namespace {
-
-// Bits lo <= l < hi of a w-lane mask (lo, hi clamped to [0, w]).
-inline __mmask16 range_mask(idx lo, idx hi, int w) {
-  const unsigned l = static_cast<unsigned>(lo < 0 ? 0 : lo > w ? w : lo);
-  const unsigned h = static_cast<unsigned>(hi < 0 ? 0 : hi > w ? w : hi);
-  return static_cast<__mmask16>(((1u << h) - 1u) & ~((1u << l) - 1u));
-}
-
-struct F32x16 {
-  using T = float;
-  using R = __m512;
-  static constexpr int W = 16;
-  static R zero() { return _mm512_setzero_ps(); }
-  static R load(const T* p) { return _mm512_loadu_ps(p); }
-  static R bcast(const T* p) { return _mm512_set1_ps(*p); }
-  static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
-  static R add(R a, R b) { return _mm512_add_ps(a, b); }
-  static void store(T* p, R v) { _mm512_storeu_ps(p, v); }
-  static R load_range(const T* p, idx lo, idx hi) {  // masked lanes are not read
-    return _mm512_maskz_loadu_ps(range_mask(lo, hi, W), p);
-  }
-  static R load_masked(const T* p, idx lo, idx hi) { return load_range(p, lo, hi); }
-  static void transpose(const T* src, idx ld, T* dst, idx ldd) {  // W x W, by elements
-    for (int r = 0; r < W; ++r)
-      for (int q = 0; q < W; ++q) dst[q * ldd + r] = src[r * ld + q];
-  }
-};
-
-struct F64x8 {
-  using T = double;
-  using R = __m512d;
-  static constexpr int W = 8;
-  static R zero() { return _mm512_setzero_pd(); }
-  static R load(const T* p) { return _mm512_loadu_pd(p); }
-  static R bcast(const T* p) { return _mm512_set1_pd(*p); }
-  static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
-  static R add(R a, R b) { return _mm512_add_pd(a, b); }
-  static void store(T* p, R v) { _mm512_storeu_pd(p, v); }
-  static R load_range(const T* p, idx lo, idx hi) {  // masked lanes are not read
-    return _mm512_maskz_loadu_pd(static_cast<__mmask8>(range_mask(lo, hi, W)), p);
-  }
-  static R load_masked(const T* p, idx lo, idx hi) { return load_range(p, lo, hi); }
-  static void transpose(const T* src, idx ld, T* dst, idx ldd) {  // W x W, by elements
-    for (int r = 0; r < W; ++r)
-      for (int q = 0; q < W; ++q) dst[q * ldd + r] = src[r * ld + q];
-  }
-};
 
 using KernelF32 = VecKernel<F32x16, 12, 2>;
 using KernelF64 = VecKernel<F64x8, 12, 2>;

@@ -274,7 +274,8 @@ void pack_b_strided(const typename K::T* b, idx rsb, idx csb, idx pc, idx kc, id
 }
 
 // A run of an im2col strip: lanes e + [0, len) of the strip are output pixels of one output
-// row.  For one kernel tap, lane e + q (lo <= q < hi) reads x_c[off + q*sw] of every input
+// row.  For one kernel tap (u, v) (input row oh*sh + u*dh - ph, columns from
+// ow*sw + v*dw - pw), lane e + q (lo <= q < hi) reads x_c[off + q*sw] of every input
 // channel x_c; the others are zero (padding).  Which lanes those are depends on the tap, not
 // on the channel, so pack_b_im2col works them out once per tap and strip.
 struct ImRun {  // no default values: pack_b_im2col keeps arrays of these on its stack
@@ -283,9 +284,9 @@ struct ImRun {  // no default values: pack_b_im2col keeps arrays of these on its
 
 inline ImRun im_run(const Im2col& g, idx oh, idx ow, idx e, idx len, idx u, idx v) {
   ImRun r{e, len, 0, 0, 0};
-  const idx i = oh * g.sh + u - g.ph;
+  const idx i = oh * g.sh + u * g.dh - g.ph;
   if (i < 0 || i >= g.h) return r;  // a padding row: lo = hi = 0
-  const idx col0 = ow * g.sw + v - g.pw;
+  const idx col0 = ow * g.sw + v * g.dw - g.pw;
   r.off = i * g.w + col0;
   r.lo = min_idx(len, col0 >= 0 ? 0 : (g.sw - 1 - col0) / g.sw);  // first q with column >= 0
   r.hi = max_idx(r.lo, min_idx(len, col0 >= g.w ? 0 : (g.w - col0 + g.sw - 1) / g.sw));

@@ -24,11 +24,12 @@ namespace relprop {
 namespace detail {
 
 // B as the implicit im2col matrix of one image x (c, h, w) for a window (kh, kw), stride
-// (sh, sw), zero padding (ph, pw) and output size (oh, ow):
-//   B(p, j) = x[c, oh_j*sh + u - ph, ow_j*sw + v - pw]   (0 outside the image)
+// (sh, sw), zero padding (ph, pw), dilation (dh, dw) and output size (oh, ow):
+//   B(p, j) = x[c, oh_j*sh + u*dh - ph, ow_j*sw + v*dw - pw]   (0 outside the image)
 //   with p = (c*kh + u)*kw + v and j = oh_j*ow + ow_j.
 struct Im2col {
   idx c, h, w, kh, kw, sh, sw, ph, pw, oh, ow;
+  idx dh = 1, dw = 1;
 };
 
 // One GEMM problem:  C(i, j) = init(i, j) + sum_p A(i, p) B(p, j)   for i < m, j < n, p < k.

@@ -1,14 +1,18 @@
-// Max and average pooling over 2-D windows, with their vector-Jacobian products.
+// Max, average and adaptive average pooling over 2-D windows, with their vector-Jacobian
+// products.
 #include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 
+#include "relprop/check.hpp"
 #include "relprop/kernels.hpp"
+#include "relprop/memory.hpp"
 #include "relprop/parallel.hpp"
 
 namespace relprop {
@@ -112,7 +116,7 @@ template <typename T>
 void maxpool2d_forward(const T* x, T* y, std::int64_t* arg, const Window2d& g, int nthreads) {
   g.validate();
   const idx oh = g.oh(), ow = g.ow(), planes = g.n * g.c;
-  const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
+  [[maybe_unused]] const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
   const bool two = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 &&
                    g.w < (idx(1) << 30);  // lane offsets up to w + 1 fit in int32
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -147,7 +151,7 @@ void maxpool2d_backward(const T* gy, const std::int64_t* arg, T* gx, const Windo
                         int nthreads) {
   g.validate();
   const idx P = g.oh() * g.ow(), planes = g.n * g.c, S = g.h * g.w;
-  const int nt = threads_for(nthreads, planes, planes * (P + S));
+  [[maybe_unused]] const int nt = threads_for(nthreads, planes, planes * (P + S));
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (idx pl = 0; pl < planes; ++pl) {
     T* gxs = gx + pl * S;
@@ -164,7 +168,7 @@ void avgpool2d_forward(const T* x, T* y, const Window2d& g, int nthreads) {
   g.validate();
   const idx oh = g.oh(), ow = g.ow(), planes = g.n * g.c;
   const T scale = T(1) / (static_cast<T>(g.kh) * static_cast<T>(g.kw));  // no int overflow
-  const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
+  [[maybe_unused]] const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (idx pl = 0; pl < planes; ++pl) {
     const T* xs = x + pl * g.h * g.w;
@@ -184,7 +188,7 @@ void avgpool2d_backward(const T* gy, T* gx, const Window2d& g, int nthreads) {
   g.validate();
   const idx oh = g.oh(), ow = g.ow(), planes = g.n * g.c, S = g.h * g.w;
   const T scale = T(1) / (static_cast<T>(g.kh) * static_cast<T>(g.kw));  // no int overflow
-  const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
+  [[maybe_unused]] const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (idx pl = 0; pl < planes; ++pl) {
     T* gxs = gx + pl * S;
@@ -199,11 +203,89 @@ void avgpool2d_backward(const T* gy, T* gx, const Window2d& g, int nthreads) {
   }
 }
 
+namespace {
+// Window k of `out` over `in` elements (torch's adaptive pooling): [floor(k*in/out),
+// ceil((k+1)*in/out)).
+inline Span adaptive(idx k, idx in, idx out) {
+  return {(k * in) / out, ((k + 1) * in + out - 1) / out};
+}
+}  // namespace
+
+// Per plane and output row: the window's rows summed into `cols` (vectorized along the row, in
+// row order), then each output sums its columns of that in order and divides by the count.
+template <typename T>
+void adaptive_avgpool2d_forward(const T* x, T* y, idx planes, idx h, idx w, idx oh, idx ow,
+                                int nthreads) {
+  RELPROP_CHECK(planes >= 0 && h > 0 && w > 0 && oh > 0 && ow > 0,
+                "adaptive_avgpool2d: sizes must be positive, got input (", h, ", ", w,
+                "), output (", oh, ", ", ow, ")");
+  if (planes == 0) return;
+  const int nt = threads_for(nthreads, planes, planes * (h * w + oh * ow));
+  // one row of column sums per thread, allocated outside the parallel region
+  std::vector<T, CountingAllocator<T>> all(static_cast<size_t>(nt * w));
+  parallel_for(nt, planes, [&](idx pl) {
+    T* cols = all.data() + static_cast<idx>(thread_index()) * w;
+    const T* xs = x + pl * h * w;
+    T* ys = y + pl * oh * ow;
+    for (idx i = 0; i < oh; ++i) {
+      const Span r = adaptive(i, h, oh);
+      std::copy(xs + r.lo * w, xs + (r.lo + 1) * w, cols);
+      for (idx row = r.lo + 1; row < r.hi; ++row) {
+        const T* xr = xs + row * w;
+#pragma omp simd
+        for (idx j = 0; j < w; ++j) cols[j] += xr[j];
+      }
+      for (idx j = 0; j < ow; ++j) {
+        const Span c = adaptive(j, w, ow);
+        T acc = 0;
+        for (idx k = c.lo; k < c.hi; ++k) acc += cols[k];
+        ys[i * ow + j] = acc / (static_cast<T>(r.hi - r.lo) * static_cast<T>(c.hi - c.lo));
+      }
+    }
+  });
+}
+
+// Per plane and output row i: the row's shares gy[i, j] / count spread over their columns
+// (in j order), then added to every input row of window i (in i order).
+template <typename T>
+void adaptive_avgpool2d_backward(const T* gy, T* gx, idx planes, idx h, idx w, idx oh, idx ow,
+                                 int nthreads) {
+  RELPROP_CHECK(planes >= 0 && h > 0 && w > 0 && oh > 0 && ow > 0,
+                "adaptive_avgpool2d: sizes must be positive, got input (", h, ", ", w,
+                "), output (", oh, ", ", ow, ")");
+  if (planes == 0) return;
+  const int nt = threads_for(nthreads, planes, planes * (h * w + oh * ow));
+  std::vector<T, CountingAllocator<T>> all(static_cast<size_t>(nt * w));
+  parallel_for(nt, planes, [&](idx pl) {
+    T* row = all.data() + static_cast<idx>(thread_index()) * w;
+    const T* gs = gy + pl * oh * ow;
+    T* gxs = gx + pl * h * w;
+    std::fill(gxs, gxs + h * w, T(0));
+    for (idx i = 0; i < oh; ++i) {
+      const Span r = adaptive(i, h, oh);
+      std::fill(row, row + w, T(0));
+      for (idx j = 0; j < ow; ++j) {
+        const Span c = adaptive(j, w, ow);
+        const T share =
+            gs[i * ow + j] / (static_cast<T>(r.hi - r.lo) * static_cast<T>(c.hi - c.lo));
+        for (idx k = c.lo; k < c.hi; ++k) row[k] += share;
+      }
+      for (idx rr = r.lo; rr < r.hi; ++rr) {
+        T* gr = gxs + rr * w;
+#pragma omp simd
+        for (idx k = 0; k < w; ++k) gr[k] += row[k];
+      }
+    }
+  });
+}
+
 #define RELPROP_INSTANTIATE(T)                                                                   \
   template void maxpool2d_forward<T>(const T*, T*, std::int64_t*, const Window2d&, int);         \
   template void maxpool2d_backward<T>(const T*, const std::int64_t*, T*, const Window2d&, int);  \
   template void avgpool2d_forward<T>(const T*, T*, const Window2d&, int);                        \
-  template void avgpool2d_backward<T>(const T*, T*, const Window2d&, int);
+  template void avgpool2d_backward<T>(const T*, T*, const Window2d&, int);                       \
+  template void adaptive_avgpool2d_forward<T>(const T*, T*, idx, idx, idx, idx, idx, int);       \
+  template void adaptive_avgpool2d_backward<T>(const T*, T*, idx, idx, idx, idx, idx, int);
 RELPROP_INSTANTIATE(float)
 RELPROP_INSTANTIATE(double)
 #undef RELPROP_INSTANTIATE

@@ -9,13 +9,16 @@
 namespace relprop {
 
 // Geometry of a 2-D window operation (Conv2d, MaxPool2d, AvgPool2d) on an NCHW tensor.
+// Dilation (dh, dw) spaces the window's taps: tap (u, v) reads input (p*sh + u*dh - ph,
+// q*sw + v*dw - pw); the pooling kernels take dh = dw = 1 only.
 struct Window2d {
   idx n, c, h, w;     // input (n, c, h, w)
   idx kh, kw;         // window
   idx sh, sw;         // stride
   idx ph, pw;         // zero padding
-  idx oh() const { return (h + 2 * ph - kh) / sh + 1; }
-  idx ow() const { return (w + 2 * pw - kw) / sw + 1; }
+  idx dh = 1, dw = 1;  // dilation
+  idx oh() const { return (h + 2 * ph - dh * (kh - 1) - 1) / sh + 1; }
+  idx ow() const { return (w + 2 * pw - dw * (kw - 1) - 1) / sw + 1; }
   void validate() const;  // throws std::invalid_argument on an impossible geometry
 };
 
@@ -38,41 +41,85 @@ idx dense_packed_size(idx in, idx out, bool forward);
 template <typename T>
 void dense_pack(const T* w, idx in, idx out, bool forward, T* dst);
 
-// y[n, o, p, q] = b[o] + sum_{c, u, v} w[o, c, u, v] * x[n, c, p*sh + u - ph, q*sw + v - pw]
-// x (n, c_in, h, w) as in `g`; w (c_out, c_in, kh, kw); y (n, c_out, oh, ow)
-// packed: null, or w packed by conv2d_pack under the ISA in use (then w is unused).
+// Convolutions with G = groups (torch's conv2d): c_in = g.c and c_out are multiples of G;
+// output channel o belongs to group o / (c_out/G) and reads input channels
+// [gi*c_in/G, (gi+1)*c_in/G) of that group gi:
+//   y[n, o, p, q] = b[o] + sum_{c < c_in/G, u, v} w[o, c, u, v]
+//                          * x[n, gi*c_in/G + c, p*sh + u*dh - ph, q*sw + v*dw - pw]
+// x (n, c_in, h, w) as in `g`; w (c_out, c_in/G, kh, kw); b (c_out) or null;
+// y (n, c_out, oh, ow).  G = 1 is the dense convolution, one implicit GEMM per sample; for
+// 1 < G < c_in one implicit GEMM per (sample, group) on the group's channel slices; for
+// G = c_in > 1 (depthwise, any channel multiplier c_out/G) a direct vectorized kernel
+// (dwconv.cpp), not a GEMM.
+// packed: null, or w packed by conv2d_pack for the same c_in, kernel and groups under the ISA
+// in use (then w is unused).
 template <typename T>
 void conv2d_forward(const T* x, const T* w, const T* b, T* y, const Window2d& g, idx c_out,
-                    int nthreads, const T* packed = nullptr);
+                    idx groups, int nthreads, const T* packed = nullptr);
 
-// conv2d_forward writing output channels [0, split) to y (n, split, oh, ow) and the others to
-// y2 (n, c_out - split, oh, ow): one GEMM for two stacked weight sets (LRP's z and z+).
+// Two convolutions of x that share one pass over it, with the weights w1 = w[0, split) and
+// w2 = w[split, c_out) (stacked along the output axis, biases likewise), each with `groups`
+// groups:  y (n, split, oh, ow) = conv(x, w1, b1) and y2 (n, c_out - split, oh, ow) =
+// conv(x, w2, b2).  For G = 1 that is conv2d_forward's output cut at channel split (LRP's z
+// and z+ from one GEMM); for G > 1 split and c_out - split must be multiples of G, each
+// group's GEMM runs on the rows of both halves stacked (packed = null: the stacked rows are
+// packed here), and the depthwise kernel makes both outputs from each input plane.
 template <typename T>
 void conv2d_forward_split(const T* x, const T* w, const T* b, T* y, T* y2, const Window2d& g,
-                          idx c_out, idx split, int nthreads, const T* packed = nullptr);
+                          idx c_out, idx split, idx groups, int nthreads,
+                          const T* packed = nullptr);
 
-// w (c_out, k = c_in*kh*kw) packed for conv2d_forward: conv2d_packed_size elements, for the GEMM
-// instruction set in use; results are bitwise those of the unpacked w.
+// True where conv2d_* run the depthwise kernel: groups == c_in > 1.
+inline bool conv2d_depthwise(const Window2d& g, idx groups) { return groups > 1 && g.c == groups; }
+
+// w (c_out, c_in/G, kh, kw) packed for conv2d_forward (reads g.c, g.kh, g.kw only):
+// conv2d_packed_size elements in the layout of the GEMM instruction set in use (per group,
+// the group's (c_out/G, c_in/G*kh*kw) matrix in the GEMM's row strips; depthwise: w as is);
+// results are bitwise those of the unpacked w.
 template <typename T>
-idx conv2d_packed_size(idx c_out, idx k);
+idx conv2d_packed_size(const Window2d& g, idx c_out, idx groups);
 template <typename T>
-void conv2d_pack(const T* w, idx c_out, idx k, T* dst);
+void conv2d_pack(const T* w, const Window2d& g, idx c_out, idx groups, T* dst);
 
 // gx = vector-Jacobian product of conv2d_forward w.r.t. x:   gy (n, c_out, oh, ow) -> gx (n, c_in, h, w)
-// packed: null, or w packed by conv2d_pack_backward for g's kernel, stride and padding under
-// the ISA in use (then w is unused).
+//   gx[n, gi*c_in/G + c, i, j] = sum over (o in group gi, p, q, u, v) with
+//     p*sh + u*dh - ph = i and q*sw + v*dw - pw = j  of  w[o, c, u, v] * gy[n, o, p, q]
+// packed: null, or w packed by conv2d_pack_backward for g's kernel, stride, padding and
+// dilation and the same groups under the ISA in use (then w is unused).
 template <typename T>
-void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, int nthreads,
-                     const T* packed = nullptr);
+void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, idx groups,
+                     int nthreads, const T* packed = nullptr);
 
-// w packed for conv2d_backward (which reads c_in, kh, kw, stride and padding of g only):
-// conv2d_backward_packed_size elements; results are bitwise those of the unpacked w.
+// w packed for conv2d_backward (which reads c_in, kh, kw, stride, padding and dilation of g
+// only): conv2d_backward_packed_size elements; results are bitwise those of the unpacked w.
 template <typename T>
-idx conv2d_backward_packed_size(const Window2d& g, idx c_out);
-// Whether conv2d_backward multiplies by the flipped kernel (else by W^T; see conv2d.cpp).
-bool conv2d_backward_flipped(const Window2d& g, idx c_out);
+idx conv2d_backward_packed_size(const Window2d& g, idx c_out, idx groups);
+// Whether conv2d_backward multiplies by the flipped kernel (else by W^T, or depthwise; see
+// conv2d.cpp).
+bool conv2d_backward_flipped(const Window2d& g, idx c_out, idx groups);
 template <typename T>
-void conv2d_pack_backward(const T* w, const Window2d& g, idx c_out, T* dst);
+void conv2d_pack_backward(const T* w, const Window2d& g, idx c_out, idx groups, T* dst);
+
+// The depthwise kernels behind conv2d_* for groups == c_in (dwconv.cpp), channel multiplier
+// m = c_out / c_in: output channel o = c*m + k filters input channel c with w[o, 0].
+//   forward:  y as conv2d_forward (outputs [0, split) to y, the others to y2 when split <
+//             c_out, as conv2d_forward_split: both halves are depthwise, multipliers
+//             split/c_in and (c_out - split)/c_in)
+//   backward: gx[n, c] = sum_k conv2d_backward of gy[n, c*m + k] with w[c*m + k]
+template <typename T>
+void depthwise_forward(const T* x, const T* w, const T* b, T* y, T* y2, const Window2d& g,
+                       idx c_out, idx split, int nthreads);
+template <typename T>
+void depthwise_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out,
+                        int nthreads);
+
+// The depthwise row kernel of the ISA in use for T: vector lanes and vectors per register
+// block (for tests that cover every blocking).
+struct DepthwiseBlocks {
+  int lanes, vectors;
+};
+template <typename T>
+DepthwiseBlocks depthwise_blocks();
 
 // y = max over each window (padding = -inf); arg[n, c, p, q] = flat index (within the h*w plane)
 // of the first maximum in row-major window order.
@@ -91,6 +138,36 @@ void avgpool2d_forward(const T* x, T* y, const Window2d& g, int nthreads);
 // gx = transpose of avgpool2d_forward applied to gy
 template <typename T>
 void avgpool2d_backward(const T* gy, T* gx, const Window2d& g, int nthreads);
+
+// Adaptive average pooling (torch.nn.AdaptiveAvgPool2d) of x (n*c planes of h x w) to
+// y (n*c planes of oh x ow): output (i, j) averages rows [floor(i*h/oh), ceil((i+1)*h/oh)) and
+// columns [floor(j*w/ow), ceil((j+1)*w/ow)) (any sizes: windows may overlap, or repeat input
+// pixels when oh > h).
+template <typename T>
+void adaptive_avgpool2d_forward(const T* x, T* y, idx planes, idx h, idx w, idx oh, idx ow,
+                                int nthreads);
+
+// gx = transpose of adaptive_avgpool2d_forward applied to gy:
+//   gx[r, s] = sum over windows (i, j) that contain (r, s) of gy[i, j] / |window (i, j)|
+template <typename T>
+void adaptive_avgpool2d_backward(const T* gy, T* gx, idx planes, idx h, idx w, idx oh, idx ow,
+                                 int nthreads);
+
+// y = x * scale[c] + shift[c] over rows of `inner` elements: x (n, c, inner...) C-contiguous,
+// c = channels (an unfolded inference BatchNorm); shift may be null (then y = x * scale[c]).
+template <typename T>
+void channel_affine(const T* x, const T* scale, const T* shift, T* y, idx n, idx channels,
+                    idx inner, int nthreads);
+
+// y = min(max(x, 0), 6)   (NaN stays NaN)
+template <typename T>
+void relu6_forward(const T* x, T* y, idx size, int nthreads);
+
+// Backward of ReLU6 with input x:  mode 0 gradient  g * (0 < x < 6)
+//                                   mode 1 deconvnet max(g, 0)
+//                                   mode 2 guided    g * (0 < x < 6) * (g > 0)
+template <typename T>
+void relu6_backward(const T* g, const T* x, T* gx, idx size, int mode, int nthreads);
 
 // y = max(x, 0)
 template <typename T>

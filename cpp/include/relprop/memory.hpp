@@ -56,8 +56,10 @@ struct CountingAllocator {
   }
 
   void deallocate(T* p, std::size_t n) noexcept {
-    ::operator delete(p);
+    // counted first: n comes from the vector's pointers, which GCC 12 would otherwise see used
+    // after the delete (a false -Wuse-after-free)
     memory::note_free(n * sizeof(T));
+    ::operator delete(p);
   }
 
   // `std::vector<T, CountingAllocator<T>> v(n)` default-initializes: no zero fill of scratch

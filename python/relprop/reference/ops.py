@@ -15,38 +15,53 @@ def dense_backward(g, w):
     return g @ w
 
 
-def _out_size(h, k, s, p):
-    return (h + 2 * p - k) // s + 1
+def _out_size(h, k, s, p, d=1):
+    return (h + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0):
-    """y[n,o,p,q] = b[o] + sum_{c,u,v} w[o,c,u,v] x_pad[n,c,p*sh+u,q*sw+v]."""
-    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+def _groups(c_in, w, groups):
+    """Per group: (input channel slice, output channel slice)."""
+    o = w.shape[0]
+    if groups < 1 or c_in % groups or o % groups or w.shape[1] * groups != c_in:
+        raise ValueError(f"groups={groups} does not fit {c_in} input channels and weight "
+                         f"{w.shape}")
+    ci, co = c_in // groups, o // groups
+    return [(slice(g * ci, (g + 1) * ci), slice(g * co, (g + 1) * co)) for g in range(groups)]
+
+
+def conv2d_forward(x, w, b=None, stride=1, padding=0, *, dilation=1, groups=1):
+    """y[n,o,p,q] = b[o] + sum_{c,u,v} w[o,c,u,v] x_pad[n, g*C + c, p*sh+u*dh, q*sw+v*dw]
+    for output channel o of group g (C = c_in // groups input channels per group)."""
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
-    oh, ow = _out_size(h, kh, sh, ph), _out_size(wd, kw, sw, pw)
+    oh, ow = _out_size(h, kh, sh, ph, dh), _out_size(wd, kw, sw, pw, dw)
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     y = np.zeros((n, o, oh, ow), dtype=x.dtype)
-    for u in range(kh):
-        for v in range(kw):
-            patch = xp[:, :, u:u + sh * (oh - 1) + 1:sh, v:v + sw * (ow - 1) + 1:sw]
-            y += np.einsum("nchw,oc->nohw", patch, w[:, :, u, v])
+    for cin, cout in _groups(c, w, groups):
+        for u in range(kh):
+            for v in range(kw):
+                patch = xp[:, cin, u * dh:u * dh + sh * (oh - 1) + 1:sh,
+                           v * dw:v * dw + sw * (ow - 1) + 1:sw]
+                y[:, cout] += np.einsum("nchw,oc->nohw", patch, w[cout, :, u, v])
     if b is not None:
         y += b[None, :, None, None]
     return y
 
 
-def conv2d_backward(g, w, in_hw, stride=1, padding=0):
+def conv2d_backward(g, w, in_hw, stride=1, padding=0, *, dilation=1, groups=1):
     """Transpose of conv2d_forward: scatter each output gradient over its receptive field."""
-    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     n, o, oh, ow = g.shape
-    _, c, kh, kw = w.shape
+    _, cg, kh, kw = w.shape
     h, wd = in_hw
-    gp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=g.dtype)
-    for u in range(kh):
-        for v in range(kw):
-            gp[:, :, u:u + sh * (oh - 1) + 1:sh, v:v + sw * (ow - 1) + 1:sw] += np.einsum(
-                "nohw,oc->nchw", g, w[:, :, u, v])
+    gp = np.zeros((n, cg * groups, h + 2 * ph, wd + 2 * pw), dtype=g.dtype)
+    for cin, cout in _groups(cg * groups, w, groups):
+        for u in range(kh):
+            for v in range(kw):
+                gp[:, cin, u * dh:u * dh + sh * (oh - 1) + 1:sh,
+                   v * dw:v * dw + sw * (ow - 1) + 1:sw] += np.einsum(
+                    "nohw,oc->nchw", g[:, cout], w[cout, :, u, v])
     return gp[:, :, ph:ph + h, pw:pw + wd]
 
 
@@ -145,9 +160,64 @@ def lrp_alpha_beta_shares(r, p, n, alpha, beta, eps):
     return np.concatenate([alpha * lrp_divide(r, p, eps), -beta * lrp_divide(r, n, eps)], axis=1)
 
 
-def conv2d_forward_split(x, w, b, split, stride, padding):
-    y = conv2d_forward(x, w, b, stride, padding)
-    return y[:, :split], y[:, split:]
+def conv2d_forward_split(x, w, b, split, stride=1, padding=0, *, dilation=1, groups=1):
+    """The convolutions of x with the two halves w[:split] and w[split:] (biases likewise)."""
+    halves = [(w[:split], None if b is None else b[:split]),
+              (w[split:], None if b is None else b[split:])]
+    return tuple(conv2d_forward(x, wh, bh, stride, padding, dilation=dilation, groups=groups)
+                 for wh, bh in halves)
+
+
+def _adaptive_window(k, n_in, n_out):
+    """Rows (or columns) of window k: [floor(k n_in / n_out), ceil((k + 1) n_in / n_out))."""
+    return range((k * n_in) // n_out, -((-(k + 1) * n_in) // n_out))
+
+
+def adaptive_avgpool2d_forward(x, out_hw):
+    """Mean of each adaptive window (torch.nn.AdaptiveAvgPool2d)."""
+    oh, ow = _pair(out_hw)
+    n, c, h, w = x.shape
+    y = np.zeros((n, c, oh, ow), dtype=x.dtype)
+    for i in range(oh):
+        for j in range(ow):
+            rows, cols = _adaptive_window(i, h, oh), _adaptive_window(j, w, ow)
+            y[:, :, i, j] = x[:, :, rows.start:rows.stop, cols.start:cols.stop].mean(axis=(2, 3))
+    return y
+
+
+def adaptive_avgpool2d_backward(g, in_hw):
+    """Each g[i, j] spread evenly over its window (the transpose of the mean)."""
+    h, w = _pair(in_hw)
+    n, c, oh, ow = g.shape
+    gx = np.zeros((n, c, h, w), dtype=g.dtype)
+    for i in range(oh):
+        for j in range(ow):
+            rows, cols = _adaptive_window(i, h, oh), _adaptive_window(j, w, ow)
+            gx[:, :, rows.start:rows.stop, cols.start:cols.stop] += (
+                g[:, :, i, j][:, :, None, None] / (len(rows) * len(cols)))
+    return gx
+
+
+def relu6_forward(x):
+    return np.clip(x, 0, 6)
+
+
+def relu6_backward(g, x, mode="gradient"):
+    inside = (x > 0) & (x < 6)
+    if mode == "gradient":
+        return np.where(inside, g, 0)
+    if mode == "deconvnet":
+        return np.maximum(g, 0)
+    if mode == "guided":
+        return np.where(inside & (g > 0), g, 0)
+    raise ValueError(mode)
+
+
+def channel_affine(x, scale, shift=None):
+    """x * scale[c] + shift[c] along axis 1."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    y = x * np.reshape(scale, shape)
+    return y if shift is None else y + np.reshape(shift, shape)
 
 
 # ------------------------------------------------------------------------------------------
