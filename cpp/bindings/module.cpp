@@ -263,7 +263,7 @@ PackedWeights dense_pack(const CArray<T>& w, bool forward) {
 
 template <typename T>
 Window2d conv_window(const CArray<T>& x, const CArray<T>& w, Pair s, Pair p,
-                     const ConvParams& cp) {
+                     const ConvParams& cp = {}) {
   check_ndim(x, 4, "x");
   check_conv_weight(w, x.shape(1), cp, "x");
   Window2d g{x.shape(0), x.shape(1), x.shape(2), x.shape(3), w.shape(2), w.shape(3), s[0], s[1],
