@@ -154,6 +154,7 @@ class Case:
         rng = np.random.default_rng(5)
         self.x = rng.uniform(-1, 1, (len(TARGETS),) + SHAPE)
         self.seed = np.eye(1000)[TARGETS]
+        self._zennit, self._nets = {}, {}
 
     @functools.cached_property
     def forward32(self):
@@ -166,21 +167,26 @@ class Case:
         (self.model64(xt) * torch.from_numpy(self.seed)).sum().backward()
         return xt.grad.numpy()
 
-    @functools.lru_cache(maxsize=None)
+    # (caches on the instance: functools.lru_cache on a method would keep every Case, and its
+    # networks, alive until the end of the session)
     def zennit(self, composite):
-        comp = COMPOSITES[composite][1](canonizers(self.name, self.model64))
-        xt = torch.from_numpy(self.x[:1]).requires_grad_(True)
-        with Gradient(model=self.model64, composite=comp) as attributor:
-            _, rel = attributor(xt, torch.from_numpy(self.seed[:1]))
-        return rel.detach().numpy()
+        if composite not in self._zennit:
+            comp = COMPOSITES[composite][1](canonizers(self.name, self.model64))
+            xt = torch.from_numpy(self.x[:1]).requires_grad_(True)
+            with Gradient(model=self.model64, composite=comp) as attributor:
+                _, rel = attributor(xt, torch.from_numpy(self.seed[:1]))
+            self._zennit[composite] = rel.detach().numpy()
+        return self._zennit[composite]
 
-    @functools.lru_cache(maxsize=None)
     def net(self, path):
-        if path == "from_torch":
-            return rp.from_torch(self.model, SHAPE)
-        file = self.tmp / f"{self.name}_{path}.onnx"
-        export(self.model, file, dynamo=path == "onnx_dynamo")
-        return rp.from_onnx(file)
+        if path not in self._nets:
+            if path == "from_torch":
+                self._nets[path] = rp.from_torch(self.model, SHAPE)
+            else:
+                file = self.tmp / f"{self.name}_{path}.onnx"
+                export(self.model, file, dynamo=path == "onnx_dynamo")
+                self._nets[path] = rp.from_onnx(file)
+        return self._nets[path]
 
 
 def export(model, path, dynamo):
