@@ -1,6 +1,7 @@
 """The benchmark models, with seeded random weights built in NumPy (He-normal, so activations
 keep their scale through deep stacks and never become subnormal), as relprop networks and as
-identical torch modules."""
+identical torch modules; and two torchvision graphs (ResNet-50, MobileNetV2) with torchvision's
+initialization and realistic BatchNorm statistics, imported with ``relprop.from_torch``."""
 from __future__ import annotations
 
 import numpy as np
@@ -33,11 +34,45 @@ MODELS = {
                   + [("flatten",)] + _dense([256 * 4 * 4, 512, 10]), 64),
     "vgg16": ((3, 224, 224), _convs(_VGG16_CONVS, 3) + [("flatten",)]
               + _dense([512 * 7 * 7, 4096, 4096, 1000]), 8),
+    # torchvision graphs: the spec names the torchvision model
+    "resnet50": ((3, 224, 224), "torchvision", 8),
+    "mobilenet_v2": ((3, 224, 224), "torchvision", 8),
 }
+#: (batch, threads) pairs measured for the torchvision graphs (one large model's worth of time)
+GRAPH_RUNS = [(1, 1), (8, 2)]
+
+
+def is_graph(name):
+    return MODELS[name][1] == "torchvision"
+
+
+def torchvision_model(name, seed=0, calibration=16):
+    """torchvision's ``name`` with its own random initialization and realistic BatchNorm
+    statistics: the running mean and variance of every BatchNorm are those of its input on
+    ``calibration`` images (uniform in [-2, 2]; one pass in training mode with momentum 1), so
+    each BatchNorm normalizes as a trained one does; eval mode, no gradients for parameters."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, name)(weights=None)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 1.0
+    x = torch.from_numpy(inputs(name, calibration, seed=seed + 100))
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
 
 
 def weights(name, seed=0):
-    """[(weight, bias)] per conv/dense layer of model `name`, float32."""
+    """[(weight, bias)] per conv/dense layer of model `name`, float32 (for a torchvision graph:
+    the torch module, see :func:`torchvision_model`)."""
+    if is_graph(name):
+        return torchvision_model(name, seed)
     rng = np.random.default_rng(seed)
     out = []
     for layer in MODELS[name][1]:
@@ -59,6 +94,8 @@ def weights(name, seed=0):
 def relprop_net(name, params):
     import relprop as rp
 
+    if is_graph(name):
+        return rp.from_torch(params, MODELS[name][0])
     shape, spec, _ = MODELS[name]
     layers, it = [], iter(params)
     dense = [i for i, s in enumerate(spec) if s[0] == "dense"]
@@ -82,6 +119,8 @@ def torch_net(name, params):
     import torch
     from torch import nn
 
+    if is_graph(name):
+        return params
     _, spec, _ = MODELS[name]
     mods, it = [], iter(params)
     dense = [i for i, s in enumerate(spec) if s[0] == "dense"]
@@ -115,19 +154,18 @@ def inputs(name, batch, seed=1):
 
 
 def forward_macs(net):
-    """Multiply-adds of one sample's forward pass through the Dense and Conv2d layers."""
+    """Multiply-adds of one sample's forward pass through the Dense and Conv2d nodes: the total
+    and one entry per node (in ``net.nodes`` order)."""
     import relprop as rp
 
-    shape, macs, per_layer = tuple(net.input_shape), 0, []
-    for layer in net.layers:
-        out = layer.output_shape(shape)
+    shapes = net.tensor_shapes(net.input_shape)
+    per_node = []
+    for node in net.nodes:
+        layer = node.layer
         if isinstance(layer, rp.Dense):
-            n = layer.weight.size
+            per_node.append(layer.weight.size)
         elif isinstance(layer, rp.Conv2d):
-            n = layer.weight.size * out[1] * out[2]
+            per_node.append(layer.weight.size * int(np.prod(shapes[node.name][1:])))
         else:
-            n = 0
-        per_layer.append(n)
-        macs += n
-        shape = out
-    return macs, per_layer
+            per_node.append(0)
+    return sum(per_node), per_node

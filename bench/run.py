@@ -1,5 +1,7 @@
-"""relprop beside its peers, in one process: samples/s of every method on three models, the GEMM
-core against NumPy, and the peak memory of an LRP call.
+"""relprop beside its peers, in one process: samples/s of every method on three chains (an MLP,
+a CIFAR-size CNN, VGG-16) and two torchvision graphs (ResNet-50, MobileNetV2: batch 1 on one
+thread, batch 8 on two; Zennit with its canonizers), the GEMM core against NumPy, and the peak
+memory of an LRP call.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/run.py            # full (~30 min)
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/run.py --quick    # < 2 min
@@ -99,7 +101,7 @@ class Peers:
         self.zennit = _try_import("zennit.composites") if self.torch else None
         self.captum = _try_import("captum.attr") if self.torch else None
         self.reference = _try_import("relprop.reference") if use_reference else None
-        self.net, self.x, self.target = net, x, target
+        self.name, self.net, self.x, self.target = name, net, x, target
         if self.torch:
             torch = self.torch
             self.model = M.torch_net(name, params)
@@ -141,7 +143,7 @@ class Peers:
         from zennit.attribution import Gradient
 
         _, kw, cls = LRP_METHODS[method]
-        composite = getattr(self.zennit, cls)(**kw)
+        composite = getattr(self.zennit, cls)(canonizers=self.canonizers(), **kw)
         attributor = Gradient(model=self.model, composite=composite)
         stack.append(attributor)
         attributor.__enter__()
@@ -150,6 +152,21 @@ class Peers:
         def run():
             return attributor(self.xt.clone().requires_grad_(), lambda out: onehot * out)[1]
         return run
+
+    def canonizers(self):
+        """Zennit's canonizers for the graphs: its ResNet canonizer (BatchNorms merged, the
+        residual sums through its Sum layer, as relprop's Add), and for MobileNetV2 its
+        BatchNorm merging (Zennit has no canonizer for the inverted-residual sum; the tests'
+        one does not change the cost)."""
+        if self.name == "resnet50":
+            from zennit.torchvision import ResNetCanonizer
+
+            return [ResNetCanonizer()]
+        if self.name == "mobilenet_v2":
+            from zennit.canonizers import SequentialMergeBatchNorm
+
+            return [SequentialMergeBatchNorm()]
+        return None
 
     def captum_fn(self, method):
         if not self.captum:
@@ -234,21 +251,24 @@ def bench_model(name, batches, threads, peaks, opts, rows):
     params = M.weights(name)
     net = M.relprop_net(name, params)
     _, per_layer = M.forward_macs(net)
+    graph = M.is_graph(name)
     for batch in batches:
         x = M.inputs(name, batch)
         n_out = net(x[:1]).shape[1]
         target = np.arange(batch) % n_out
-        use_ref = (opts.reference and name != "vgg16"
+        use_ref = (opts.reference and name != "vgg16" and not graph
                    and (batch == 1 or (name == "mlp" and not opts.quick)))
         peers = Peers(name, params, net, x, target, use_ref)
-        slow = name == "vgg16" and batch > 1  # one warm-up for relprop only, two timed calls
+        # one warm-up for relprop only, two timed calls
+        slow = (name == "vgg16" or graph) and batch > 1
         repeats = 2 if slow else opts.repeats
-        for t in threads:
+        # the graphs: batch 1 on one thread, the large batch on two (M.GRAPH_RUNS)
+        runs = [t for t in threads if not graph or (batch, t) in M.GRAPH_RUNS]
+        for t in runs:
             rp.set_num_threads(t)
             if peers.torch:
                 peers.torch.set_num_threads(t)
             _blas_threads(t)
-            stack = []
             for method in METHODS:
                 if method not in opts.methods:
                     continue
@@ -258,19 +278,23 @@ def bench_model(name, batches, threads, peaks, opts, rows):
                 flop = flop_floor(method, net, per_layer) * batch
                 row["gflops"] = flop / sec * 1e-9
                 row["peak_pct"] = 100 * row["gflops"] / peaks[t]
-                for peer, fn in [("reference", peers.reference_fn(method)),
-                                 ("torch", peers.torch_fn(method)),
-                                 ("zennit", peers.zennit_fn(method, stack)),
-                                 ("captum", peers.captum_fn(method))]:
-                    if fn is None:
-                        continue
-                    reps = 1 if peer == "reference" else repeats
-                    warm = 0 if peer == "reference" or slow else 1
-                    row[peer] = batch / median_time(fn, reps, opts.budget, warmup=warm)
+                for peer in PEERS:
+                    # one peer at a time: a Zennit attributor's hooks (and canonizers) stay on
+                    # the model only while Zennit is timed
+                    stack = []
+                    fn = (peers.zennit_fn(method, stack) if peer == "zennit"
+                          else getattr(peers, f"{peer}_fn")(method))
+                    try:
+                        if fn is None:
+                            continue
+                        reps = 1 if peer == "reference" else repeats
+                        warm = 0 if peer == "reference" or slow else 1
+                        row[peer] = batch / median_time(fn, reps, opts.budget, warmup=warm)
+                    finally:
+                        for attributor in reversed(stack):
+                            attributor.__exit__(None, None, None)
                 rows.append(row)
                 print("  " + _row_text(row), file=sys.stderr, flush=True)
-            for attributor in stack:
-                attributor.__exit__(None, None, None)
 
 
 PEERS = ["reference", "torch", "zennit", "captum"]
@@ -315,7 +339,7 @@ def gemm_shapes(quick):
     square = [(s, s, s) for s in ((256, 512) if quick else (256, 512, 1024))]
     conv = []
     for name in (("cifar_cnn",) if quick else ("cifar_cnn", "vgg16")):
-        shape, spec, _ = M.MODELS[name]
+        shape, spec, _ = M.MODELS[name]  # (chains only)
         h = shape[1]
         for s in spec:
             if s[0] == "pool":
@@ -393,8 +417,8 @@ def memory_case(name, method, batch, threads):
     trace = net.trace(x)
     acts = sum(a.nbytes for a in trace.inputs) + trace.output.nbytes
     del trace
-    out = {"weights": sum(layer.weight.nbytes + (0 if layer.bias is None else layer.bias.nbytes)
-                          for layer in net.layers if layer.linear) / 2**20,
+    out = {"weights": sum(sum(a.nbytes for a in layer.arrays().values())
+                          for layer in net.layers) / 2**20,
            "activations": acts / 2**20, "output": x.nbytes / 2**20}
     for case in ("cold", "warm"):
         gc.collect()
@@ -475,7 +499,8 @@ def machine_info(threads):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small subset (< 2 min)")
-    p.add_argument("--models", default=None, help="comma-separated: mlp,cifar_cnn,vgg16")
+    p.add_argument("--models", default=None,
+                   help="comma-separated: mlp,cifar_cnn,vgg16,resnet50,mobilenet_v2")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement")

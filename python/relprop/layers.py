@@ -404,7 +404,12 @@ class Conv2d(Linear):
         self.algorithm = algorithm
 
     def _winograd_tile(self, x_shape, w, backward, exact=False):
-        """The Winograd tile a call runs with, or None for the direct method."""
+        """The Winograd tile a call runs with, or None for the direct method.
+
+        Winograd's transformed weights are kept (as packings, up to PACK_MAX_BYTES of weight)
+        for calls of any size: transforming a 512 x 512 layer's weights takes about as long as
+        convolving a batch of eight 7x7 maps, and "auto" picks one tile per layer whatever the
+        batch, so there is one packing per weight array and direction."""
         name = _algorithm_override or self.algorithm
         if exact or name == "direct" or not self.winograd_applies:
             return None
@@ -498,9 +503,9 @@ class Conv2d(Linear):
 
     def apply(self, x, w, b, exact=False):
         tile = self._winograd_tile(x.shape, w, False, exact)
-        if tile:
+        if tile:  # Winograd packings are kept for calls of any size (see _winograd_tile)
             return ops.conv2d_winograd_forward(
-                x, w, b, self.padding, self.packed_weights(w, f"winograd{tile}", self._small(x)),
+                x, w, b, self.padding, self.packed_weights(w, f"winograd{tile}", True),
                 tile=tile)
         return ops.conv2d_forward(x, w, b, self.stride, self.padding,
                                   self.packed_weights(w, "forward", self._small(x)),
@@ -514,7 +519,7 @@ class Conv2d(Linear):
         tile = self._winograd_tile(x.shape, w, False, exact)
         if tile:
             return ops.conv2d_winograd_forward(
-                x, w, b, self.padding, self.packed_weights(w, f"winograd{tile}", self._small(x)),
+                x, w, b, self.padding, self.packed_weights(w, f"winograd{tile}", True),
                 tile=tile, split=split)
         return ops.conv2d_forward_split(x, w, b, split, self.stride, self.padding,
                                         self.packed_weights(w, "forward", self._small(x)),
@@ -526,7 +531,7 @@ class Conv2d(Linear):
         if tile:
             return ops.conv2d_winograd_backward(
                 g, w, x_shape[2:], self.padding,
-                self.packed_weights(w, f"winograd{tile}-backward", small), tile=tile)
+                self.packed_weights(w, f"winograd{tile}-backward", True), tile=tile)
         return ops.conv2d_backward(g, w, x_shape[2:], self.stride, self.padding,
                                    self.packed_weights(w, "backward", small), **self._geometry())
 
