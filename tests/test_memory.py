@@ -174,6 +174,7 @@ def test_small_outputs_are_numpys():
     assert y.flags.owndata
 
 
+@pytest.mark.slow
 def test_explaining_10000_digits_in_chunks_stays_below_the_bound(net, digits):
     X, y = digits
     limit = bound(net, N_DIGITS)
@@ -205,6 +206,7 @@ CHUNKED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CHUNKED))
 def test_every_method_stays_below_the_bound_in_chunks(net, digits, name):
     X, y = digits[0][:2400], digits[1][:2400]
@@ -216,6 +218,7 @@ def test_every_method_stays_below_the_bound_in_chunks(net, digits, name):
     assert unchunked > limit, f"{name}: unchunked {unchunked / 1e6:.1f} MB, bound not exceeded"
 
 
+@pytest.mark.slow
 def test_pixel_flipping_stays_below_the_bound_in_chunks(net, digits):
     X, y = digits[0][:1000], digits[1][:1000]
     R = rp.gradient(net, X, y)

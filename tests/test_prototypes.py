@@ -141,6 +141,7 @@ def plain_prototypes(digits):
     return rp.activation_maximization(net, range(10), steps=100, init=x.mean(axis=0))
 
 
+@pytest.mark.slow
 def test_digit_prototypes_are_classified_as_their_class(digits, plain_prototypes):
     net, _, _ = digits
     p = plain_prototypes.prototypes
