@@ -64,15 +64,22 @@ DAG_OPS_EXTENDED = DAG_OPS + ("grouped", "dilated", "relu6", "batchnorm", "adapt
 
 
 @st.composite
-def dags(draw, bias=True, extended=False, max_ops=8, n_out=3):
+def dags(draw, bias=True, extended=False, max_ops=8, n_out=3, homogeneous=False):
     """A random ``relprop.Graph`` on small images: convolutions, ReLUs, pooling, additions of
     equal-shaped tensors (also a tensor with itself), concatenations, residual blocks, fan-out
     (any tensor, the input too, may be read several times); every tensor nobody reads is pooled,
-    flattened and concatenated into a final Dense, so every node reaches the output."""
+    flattened and concatenated into a final Dense, so every node reaches the output.
+
+    ``extended`` adds grouped and depthwise convolutions (multipliers 1 and 2), dilated ones,
+    ReLU6, unfolded BatchNorms and adaptive average pooling; ``homogeneous`` keeps the network
+    positively homogeneous, for conservation tests: no ReLU6 (it clips), bias-free BatchNorms
+    (shift = mean * scale / sqrt(var + eps))."""
     import relprop as rp
 
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     ops = DAG_OPS_EXTENDED if extended else DAG_OPS
+    if homogeneous:
+        ops = tuple(o for o in ops if o != "relu6")
     c0, hw = draw(st.integers(1, 3)), draw(st.sampled_from([4, 5, 8]))
     shapes, readers, nodes = {"input": (c0, hw, hw)}, {"input": 0}, []
 
@@ -106,8 +113,10 @@ def dags(draw, bias=True, extended=False, max_ops=8, n_out=3):
         c, h, w = shapes[src]
         if op == "conv":
             conv(src, stride=2 if min(h, w) >= 4 and draw(st.booleans()) else 1)
-        elif op == "grouped":
-            groups = draw(st.sampled_from([g for g in (1, 2, 3, c) if c % g == 0]))
+        elif op == "grouped":  # groups == c: depthwise (multiplier 1 or 2)
+            src = draw(st.sampled_from([t for t in images if shapes[t][0] >= 2] or [src]))
+            c, h, w = shapes[src]
+            groups = draw(st.sampled_from([g for g in range(2, c + 1) if c % g == 0] or [1]))
             conv(src, o=groups * draw(st.integers(1, 2)), groups=groups,
                  stride=2 if min(h, w) >= 4 and draw(st.booleans()) else 1)
         elif op == "dilated":
@@ -117,8 +126,10 @@ def dags(draw, bias=True, extended=False, max_ops=8, n_out=3):
         elif op == "relu6":
             new(rp.ReLU6(), [src])
         elif op == "batchnorm":
-            new(rp.BatchNorm2d(rng.uniform(0.5, 2, c), rng.normal(size=c), rng.normal(size=c),
-                               rng.uniform(0.5, 2, c)), [src])
+            scale, mean, var = rng.uniform(0.5, 2, c), rng.normal(size=c), rng.uniform(0.5, 2, c)
+            shift = (mean * scale / np.sqrt(var + 1e-5) if homogeneous
+                     else rng.normal(size=c))
+            new(rp.BatchNorm2d(scale, shift, mean, var), [src])
         elif op == "pool" and min(h, w) >= 2:
             cls = draw(st.sampled_from([rp.MaxPool2d, rp.AvgPool2d]))
             new(cls(2, stride=draw(st.sampled_from([1, 2]))), [src])

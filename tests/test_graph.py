@@ -103,7 +103,7 @@ def _inputs(net, n, dtype, positive=False, seed=0):
     return x.astype(dtype)
 
 
-@given(net=dags(), dtype=st.sampled_from([np.float32, np.float64]),
+@given(net=dags(extended=True), dtype=st.sampled_from([np.float32, np.float64]),
        mode=st.sampled_from(["gradient", "deconvnet", "guided"]))
 def test_dag_forward_and_gradients_match_reference(net, dtype, mode, conv_algorithm):
     x = _inputs(net, 3, dtype)
@@ -124,7 +124,7 @@ COMPOSITES = [("epsilon", {}), ("epsilon_plus_flat", {}), ("epsilon_gamma_box", 
               ("epsilon_alpha2_beta1", {}), ("epsilon_plus", {})]
 
 
-@given(net=dags(), composite=st.sampled_from(COMPOSITES), positive=st.booleans())
+@given(net=dags(extended=True), composite=st.sampled_from(COMPOSITES), positive=st.booleans())
 def test_dag_lrp_matches_reference_tensor_by_tensor(net, composite, positive, conv_algorithm):
     name, kw = composite
     x = _inputs(net, 2, np.float64, positive)
@@ -137,7 +137,7 @@ def test_dag_lrp_matches_reference_tensor_by_tensor(net, composite, positive, co
     assert_allclose(rp.lrp(net, x, 1, name, **kw), got["input"], rtol=0, atol=0)
 
 
-@given(net=dags(bias=False))
+@given(net=dags(bias=False, extended=True, homogeneous=True))
 def test_bias_free_dags_conserve(net):
     x = _inputs(net, 3, np.float64, positive=True)
     f = net(x)[:, 2]
@@ -160,7 +160,7 @@ def test_bias_free_dags_conserve(net):
 
 
 @settings(max_examples=15)
-@given(net=dags())
+@given(net=dags(extended=True))
 def test_dag_gradient_matches_central_differences(net):
     x = _inputs(net, 1, np.float64, seed=3)
     u = np.random.default_rng(4).normal(size=x.shape)
