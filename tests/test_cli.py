@@ -351,3 +351,22 @@ def test_closed_stdout_ends_quietly(tmp_path, args, unbuffered):
         status = proc.wait(timeout=300)
     assert status == 141, err
     assert err == ""
+
+
+def test_info_and_explain_on_a_graph(tmp_path):
+    # relprop info lists a graph's nodes with their inputs; explain writes its relevance
+    proc = run("info", "digits_resnet")
+    assert proc.returncode == 0, proc.stderr
+    net = models.digits_resnet()
+    add = next(n for n in net.nodes if n.layer.kind == "add")
+    line = next(l for l in proc.stdout.splitlines() if f" {add.name} " in l)
+    assert ", ".join(add.inputs) in line and "Add" in line
+    assert f"{len(net.nodes)} nodes" in proc.stdout
+    out = tmp_path / "out"
+    proc = run("explain", "digits_resnet", "digits", "-m", "lrp.epsilon_gamma_box", "-p", "low=0",
+               "-p", "high=1", "-o", out, "--target", 4)
+    assert proc.returncode == 0, proc.stderr
+    x, _ = models.digits_data()
+    R = np.load(out / "relevance.npy")
+    np.testing.assert_allclose(R, relprop.lrp(net, x, 4, "epsilon_gamma_box", low=0.0, high=1.0),
+                               rtol=1e-6, atol=1e-7)

@@ -225,3 +225,22 @@ def test_relprop_evaluate_command(capsys):
     assert "| lrp.epsilon |" in out and "| random |" in out
     assert cli.main(["evaluate", "digits_mlp", "digits", "--methods", "nope"]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
+
+
+def test_cli_evaluate_on_the_bundled_graph():
+    # the residual network: pixel flipping of LRP on a graph, against the reference twin
+    from relprop.models import digits_data, digits_resnet
+
+    net = digits_resnet()
+    x, y = digits_data("test")
+    x = x[:6]
+    text = _run_cli(["digits_resnet", "digits", "--limit", "6", "--methods",
+                     "lrp.epsilon_plus_flat", "--steps", "4", "--target", "label"])
+    rules = rp.composites.as_composite("epsilon_plus_flat").rules(net)
+    x64 = x.astype(np.float64)
+    R = ref.lrp(net, x64, ref.seed(y[:6], ref.forward(net, x64)[-1], scale=True), rules)
+    want = ref_extra.pixel_flipping(net, x64, R, y[:6], 4, 1, np.zeros(x.shape))
+    auc = np.trapezoid(want, np.linspace(0, 1, 5), axis=1).mean()
+    row = text.splitlines()[3].split("|")
+    assert row[1].strip() == "lrp.epsilon_plus_flat"
+    assert_allclose(float(row[2]), auc, rtol=1e-3)
