@@ -123,7 +123,25 @@ def check_batch_size(batch_size, rows):
     return rows if batch_size is None else as_int(batch_size, "batch_size", minimum=1)
 
 
+class ShapeOnly:
+    """What a backward step that reads only the shape of an input keeps of it: ``shape``,
+    ``dtype`` and ``ndim``, and no data (a zero-strided array cost 5 us to make, per node and
+    call)."""
+
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = shape, dtype
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    def __repr__(self):
+        return f"ShapeOnly({self.shape}, {self.dtype})"
+
+
 def shape_only(x):
-    """A read-only stand-in for ``x`` with its shape and dtype and no memory (every element
-    is 0): for backward passes that read only the shape."""
-    return np.broadcast_to(np.zeros((), dtype=x.dtype), x.shape)
+    """A stand-in for ``x`` with its shape and dtype and no data (:class:`ShapeOnly`), for
+    backward steps that read only the shape."""
+    return ShapeOnly(x.shape, x.dtype)

@@ -183,15 +183,22 @@ class Graph:
 
     # --- shapes -----------------------------------------------------------------------------
     def tensor_shapes(self, input_shape) -> dict:
-        """Per-sample shape of every tensor: ``{input_name: input_shape, node: output shape}``."""
-        shapes = {self.input_name: tuple(input_shape)}
-        for node in self.nodes:
-            try:
-                out = node.layer.output_shape(*(shapes[t] for t in node.inputs))
-            except ValueError as exc:
-                raise ValueError(f"{self._where(node.name)}: {exc}") from None
-            shapes[node.name] = tuple(int(s) for s in out)
-        return shapes
+        """Per-sample shape of every tensor: ``{input_name: input_shape, node: output shape}``
+        (computed once per input shape: every call checks its input with it)."""
+        input_shape = tuple(int(s) for s in input_shape)
+        cache = self.__dict__.setdefault("_shapes", {})
+        hit = cache.get(input_shape)
+        if hit is None:
+            hit = {self.input_name: input_shape}
+            for node in self.nodes:
+                try:
+                    out = node.layer.output_shape(*(hit[t] for t in node.inputs))
+                except ValueError as exc:
+                    raise ValueError(f"{self._where(node.name)}: {exc}") from None
+                hit[node.name] = tuple(int(s) for s in out)
+            if len(cache) < 16:
+                cache[input_shape] = hit
+        return dict(hit)
 
     @property
     def layers(self):

@@ -413,11 +413,17 @@ class Conv2d(Linear):
         name = _algorithm_override or self.algorithm
         if exact or name == "direct" or not self.winograd_applies:
             return None
-        alg = ops.conv2d_algorithm(x_shape, w.shape, self.stride, self.padding, w.dtype,
-                                   backward)
-        if alg.name == "winograd":
-            return alg.tile
-        return 4 if name == "winograd" else None
+        # the choice depends on one sample's shape only: made once per shape
+        key = (name, tuple(x_shape[1:]), w.shape, w.dtype.str, backward, ops.isa())
+        cache = self.__dict__.setdefault("_tiles", {})
+        tile = cache.get(key, 0)
+        if tile == 0:
+            alg = ops.conv2d_algorithm(x_shape, w.shape, self.stride, self.padding, w.dtype,
+                                       backward)
+            tile = alg.tile if alg.name == "winograd" else (4 if name == "winograd" else None)
+            if len(cache) < 64:
+                cache[key] = tile
+        return tile
 
     @property
     def in_channels(self):
