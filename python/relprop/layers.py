@@ -56,8 +56,8 @@ class Layer:
     linear = False
     #: Whether the backward pass reads the values of the inputs (not only their shapes).
     backward_reads_input = False
-    #: An element-wise or reshaping layer whose output is cheap to remake from its input (the
-    #: LRP walk remakes it instead of keeping it).
+    #: A layer whose output is cheap to remake from its inputs (element-wise, reshaping, sums,
+    #: concatenations): the LRP walk remakes it instead of keeping it.
     remakable = False
 
     # --- shapes and the two passes ----------------------------------------------------------
@@ -130,6 +130,9 @@ class Layer:
 PACK_MAX_BATCH = 16
 PACK_MAX_PIXELS = 1024
 PACK_MAX_BYTES = 32 << 20
+#: Winograd's transformed weights are also kept for large calls up to this many channel pairs
+#: (128 x 128: 2.4 MB of F(4x4) packing); their transform costs more than their packing saves.
+WINOGRAD_KEEP_PAIRS = 128 * 128
 _PACKING_LAYERS = weakref.WeakSet()
 
 
@@ -404,12 +407,7 @@ class Conv2d(Linear):
         self.algorithm = algorithm
 
     def _winograd_tile(self, x_shape, w, backward, exact=False):
-        """The Winograd tile a call runs with, or None for the direct method.
-
-        Winograd's transformed weights are kept (as packings, up to PACK_MAX_BYTES of weight)
-        for calls of any size: transforming a 512 x 512 layer's weights takes about as long as
-        convolving a batch of eight 7x7 maps, and "auto" picks one tile per layer whatever the
-        batch, so there is one packing per weight array and direction."""
+        """The Winograd tile a call runs with, or None for the direct method."""
         name = _algorithm_override or self.algorithm
         if exact or name == "direct" or not self.winograd_applies:
             return None
@@ -503,15 +501,25 @@ class Conv2d(Linear):
         return ops.conv2d_pack(w, role == "backward", self.stride, self.padding,
                                **self._geometry())
 
+    @staticmethod
+    def _keep_winograd(w, small):
+        """Whether to keep Winograd's transformed weights of ``w`` (as packings, like the direct
+        method's for small calls): for small calls, where transforming them would take a good
+        share of the call, and for weights of at most WINOGRAD_KEEP_PAIRS channel pairs, whose
+        packings are small (transformed weights are 4x, or 1.8x, the weights: kept for every
+        large layer of ResNet-50 they held 255 MB more during an LRP call at batch 8)."""
+        return small or w.shape[0] * w.shape[1] <= WINOGRAD_KEEP_PAIRS
+
     def _small(self, x):
         oh, ow = _window_out(self, x.shape[2:], self._extent(), self.stride, self.padding)
         return len(x) * oh * ow <= PACK_MAX_PIXELS
 
     def apply(self, x, w, b, exact=False):
         tile = self._winograd_tile(x.shape, w, False, exact)
-        if tile:  # Winograd packings are kept for calls of any size (see _winograd_tile)
+        if tile:
             return ops.conv2d_winograd_forward(
-                x, w, b, self.padding, self.packed_weights(w, f"winograd{tile}", True),
+                x, w, b, self.padding,
+                self.packed_weights(w, f"winograd{tile}", self._keep_winograd(w, self._small(x))),
                 tile=tile)
         return ops.conv2d_forward(x, w, b, self.stride, self.padding,
                                   self.packed_weights(w, "forward", self._small(x)),
@@ -525,7 +533,8 @@ class Conv2d(Linear):
         tile = self._winograd_tile(x.shape, w, False, exact)
         if tile:
             return ops.conv2d_winograd_forward(
-                x, w, b, self.padding, self.packed_weights(w, f"winograd{tile}", True),
+                x, w, b, self.padding,
+                self.packed_weights(w, f"winograd{tile}", self._keep_winograd(w, self._small(x))),
                 tile=tile, split=split)
         return ops.conv2d_forward_split(x, w, b, split, self.stride, self.padding,
                                         self.packed_weights(w, "forward", self._small(x)),
@@ -537,7 +546,8 @@ class Conv2d(Linear):
         if tile:
             return ops.conv2d_winograd_backward(
                 g, w, x_shape[2:], self.padding,
-                self.packed_weights(w, f"winograd{tile}-backward", True), tile=tile)
+                self.packed_weights(w, f"winograd{tile}-backward", self._keep_winograd(w, small)),
+                tile=tile)
         return ops.conv2d_backward(g, w, x_shape[2:], self.stride, self.padding,
                                    self.packed_weights(w, "backward", small), **self._geometry())
 
@@ -869,6 +879,7 @@ class Add(Layer):
 
     kind = "add"
     n_inputs = None
+    remakable = True
 
     def output_shape(self, *shapes):
         if len(shapes) < 2:
@@ -898,6 +909,7 @@ class Concat(Layer):
 
     kind = "concat"
     n_inputs = None
+    remakable = True
 
     def output_shape(self, *shapes):
         if len(shapes) < 2:

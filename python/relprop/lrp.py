@@ -58,8 +58,9 @@ class LrpStep:
     """The engine step of LRP.
 
     The forward pass keeps, per node, only what its rule reads (:meth:`Rule.reads`), and a
-    remakable node's output (ReLU, Flatten) that a reader needs is not kept when it can be
-    remade from data kept anyway (relu(z) from a kept z, or relu(z+ + z-) from kept parts).
+    remakable node's output (ReLU, Flatten, Add, Concat) that a reader needs is not kept when it
+    can be remade from data kept anyway (relu(z) from a kept z, relu(z+ + z-) from kept parts,
+    a sum from the summands its Norm rule keeps).
     Nodes whose rule uses (z+, z-) compute them in the forward pass when their input is
     non-negative (see :mod:`relprop.rules`).
     """
@@ -80,14 +81,19 @@ class LrpStep:
             y, state = layer.forward(*ins)
         reads = rule.reads(parts is not None)
         ids = self.inputs[i]
+        below = [self.remake[t] for t in ids]
         if "a" in reads:
-            kept = [v if self.remake[t] is None else self.remake[t] for v, t in zip(ins, ids)]
+            kept = [v if r is None else r for v, r in zip(ins, below)]
+            below = kept  # what the output can be remade from
         else:
             kept = [shape_only(v) for v in ins]
-        self.remake[i + 1] = _remaker(layer, y, "z" in reads, parts, self.remake[ids[0]])
+        self.remake[i + 1] = _remaker(layer, y, "z" in reads, parts, below)
         return y, (kept, y if "z" in reads else None, state, parts)
 
     def backward(self, i, node, saved, r):
+        # the remakers the readers need are in their saved data: let go of the list, so that
+        # each node's data goes as soon as its last reader is past
+        self.remake = None
         kept, z, state, parts = saved
         a = [v() if callable(v) else v for v in kept]
         if len(a) == 1:
@@ -96,10 +102,13 @@ class LrpStep:
 
 
 def _remaker(layer, y, z_kept, parts, below):
-    """A function that remakes ``y``, the output of ``layer``, from data the walk keeps for the
-    nodes below (bitwise as the forward pass made it), or None."""
+    """A function that remakes ``y``, the output of ``layer``, from data the walk keeps (bitwise
+    as the forward pass made it), or None.  ``below``: per input, a kept array or a function
+    that remakes it, or None."""
     if layer.remakable:
-        return None if below is None else lambda: layer.forward(below())[0]
+        if any(v is None for v in below):
+            return None
+        return lambda: layer.forward(*(v() if callable(v) else v for v in below))[0]
     if z_kept:
         return lambda: y
     if parts is not None and parts[1] is not None:  # z = z+ + z-, as split_forward adds them

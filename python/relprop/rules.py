@@ -411,7 +411,12 @@ class Norm(Rule):
     def __post_init__(self):
         _check_stabilizer(self)
 
+    def reads(self, parts=False):
+        return "a"  # z, a pooling or a sum of a, is made again from it (bitwise the same)
+
     def relevance(self, layer, a, z, r, parts=None, state=None):
+        if z is None:
+            z = layer.forward(*(a if isinstance(a, tuple) else (a,)))[0]
         s = ops.lrp_divide(r, z, self.stabilizer)
         if isinstance(a, tuple):  # several inputs: their vjp may share s, so no in-place product
             return tuple(np.multiply(x, g) for x, g in zip(a, layer.vjp(s, a, state)))
