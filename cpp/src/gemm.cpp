@@ -242,14 +242,18 @@ void run_tile(const GemmImpl<T>& impl, const GemmArgs<T>& g, idx i0, idx i1, idx
 
 namespace {
 
-// C = init for k == 0 (nothing to multiply).
+// C = epilogue(init) for k == 0 (nothing to multiply).
 template <typename T>
 void init_only(const GemmArgs<T>& g) {
-  if (g.accumulate) return;
   for (idx i = 0; i < g.m; ++i) {
     T* ci = g.c2 && i >= g.m2 ? g.c2 + (i - g.m2) * g.ldc : g.c + i * g.ldc;
-    for (idx j = 0; j < g.n; ++j)
-      ci[j] = g.row_bias ? g.row_bias[i] : T(0);
+    for (idx j = 0; j < g.n; ++j) {
+      const T v = g.accumulate ? ci[j]
+                  : g.row_bias ? g.row_bias[i]
+                  : g.col_bias ? g.col_bias[j]
+                               : T(0);
+      ci[j] = epilogue_scalar(g.epilogue, v, g.aux ? g.aux[i * g.ldx + j] : T(0));
+    }
   }
 }
 
@@ -257,6 +261,8 @@ void init_only(const GemmArgs<T>& g) {
 
 template <typename T>
 void run_gemm(const GemmImpl<T>& impl, const GemmArgs<T>& g, int nthreads) {
+  RELPROP_CHECK(!(g.aux && g.c2), "GEMM epilogues with an aux array need one output");
+  RELPROP_CHECK(!(g.a_den && g.apack), "the A prologue needs an unpacked A");
   if (g.m <= 0 || g.n <= 0) return;
   if (g.k <= 0) {
     init_only(g);

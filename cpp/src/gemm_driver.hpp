@@ -7,10 +7,10 @@
 // A kernel policy K provides
 //   using T;  static constexpr int MR, NR;
 //   template <int M> static void run(idx kc, const T* a, const T* b, T* c, idx ldc, int n,
-//                                    Init init, const T* rb);
+//                                    const Store<T>& st);
 // which computes the M x NR product of an A strip (kc x MR, element (p, i) at a[p*MR + i]) and
 // a B strip (kc x NR, element (p, j) at b[p*NR + j]), each entry accumulated in ascending p from
-// zero, and stores its first n columns into C through the epilogue `init` (store_tile).
+// zero, and stores its first n columns into C as `st` says (store_tile).
 #pragma once
 #include <cstring>
 
@@ -40,20 +40,38 @@ inline idx block_k(idx kc_max, idx k) {
 }
 
 // How a finished block sum `acc` enters C.
-enum Init { kOverwrite, kAccumulate, kRowBias };
+enum Init { kOverwrite, kAccumulate, kRowBias, kColBias };
 
-// C(i, j) = init + acc[i*NR + j] for i < m, j < n;  rb points at the tile's first row's bias.
+// How one tile's block sums enter C: init, then (on the last block of steps only) the
+// epilogue.  Pointers are at the tile's first row (rb), first column (cb) or origin (aux).
+template <typename T>
+struct Store {
+  Init init;
+  const T* rb;  // kRowBias: rb[i]
+  const T* cb;  // kColBias: cb[j]
+  Epilogue epi;
+  const T* aux;  // mask, scale: aux[i*ldx + j]
+  idx ldx;
+};
+
+// C(i, j) = epilogue(init + acc[i*NR + j]) for i < m, j < n.
 template <typename T, int NR>
-inline void store_tile(const T* acc, int m, int n, T* c, idx ldc, Init init, const T* rb) {
+inline void store_tile(const T* acc, int m, int n, T* c, idx ldc, const Store<T>& st) {
   for (int i = 0; i < m; ++i) {
     T* ci = c + i * ldc;
     const T* ai = acc + i * NR;
-    if (init == kOverwrite) {
-      for (int j = 0; j < n; ++j) ci[j] = ai[j];
-    } else if (init == kAccumulate) {
-      for (int j = 0; j < n; ++j) ci[j] = ci[j] + ai[j];
-    } else {
-      for (int j = 0; j < n; ++j) ci[j] = rb[i] + ai[j];
+    const T* xi = st.aux ? st.aux + i * st.ldx : nullptr;
+    for (int j = 0; j < n; ++j) {
+      T v;
+      if (st.init == kOverwrite)
+        v = ai[j];
+      else if (st.init == kAccumulate)
+        v = ci[j] + ai[j];
+      else if (st.init == kRowBias)
+        v = st.rb[i] + ai[j];
+      else
+        v = st.cb[j] + ai[j];
+      ci[j] = epilogue_scalar(st.epi, v, xi ? xi[j] : T(0));
     }
   }
 }
@@ -64,8 +82,7 @@ struct ScalarKernel {
   using T = T_;
   static constexpr int MR = MR_, NR = NR_;
   template <int M>
-  static void run(idx kc, const T* a, const T* b, T* c, idx ldc, int n, Init init,
-                  const T* rb) {
+  static void run(idx kc, const T* a, const T* b, T* c, idx ldc, int n, const Store<T>& st) {
     T acc[M * NR];
     for (int e = 0; e < M * NR; ++e) acc[e] = T(0);
     for (idx p = 0; p < kc; ++p, a += MR, b += NR) {
@@ -74,7 +91,7 @@ struct ScalarKernel {
         for (int j = 0; j < NR; ++j) acc[i * NR + j] += ai * b[j];
       }
     }
-    store_tile<T, NR>(acc, M, n, c, ldc, init, rb);
+    store_tile<T, NR>(acc, M, n, c, ldc, st);
   }
   // d[q] = src[q] for lo <= q < hi, else 0 (q < NR); src[q] outside [lo, hi) is never read.
   static void copy_range(T* d, const T* src, idx lo, idx hi) {
@@ -98,9 +115,22 @@ struct VecKernel {
   using T = typename V::T;
   using R = typename V::R;
   static constexpr int MR = MR_, NR = NV * V::W;
+  // The epilogue of one vector (x: aux's lanes, unread for none and relu), as
+  // epilogue_scalar: relu keeps v where v > 0 or v is NaN (not-less-or-equal, unordered).
+  static R epilogue(Epilogue e, R v, const T* x) {
+    switch (e) {
+      case Epilogue::relu:
+        return V::relu(v);
+      case Epilogue::mask:
+        return V::mask_positive(V::load(x), v);
+      case Epilogue::scale:
+        return V::mul(v, V::load(x));
+      default:
+        return v;
+    }
+  }
   template <int M>
-  static void run(idx kc, const T* a, const T* b, T* c, idx ldc, int n, Init init,
-                  const T* rb) {
+  static void run(idx kc, const T* a, const T* b, T* c, idx ldc, int n, const Store<T>& st) {
     R acc[M][NV];
     RELPROP_UNROLL
     for (int i = 0; i < M; ++i)
@@ -123,13 +153,13 @@ struct VecKernel {
         for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
       }
     }
-    if (n == NR) {
-      if (init == kOverwrite) {
+    if (n == NR && st.epi == Epilogue::none) {
+      if (st.init == kOverwrite) {
         RELPROP_UNROLL
         for (int i = 0; i < M; ++i)
           RELPROP_UNROLL
           for (int v = 0; v < NV; ++v) V::store(c + i * ldc + v * V::W, acc[i][v]);
-      } else if (init == kAccumulate) {
+      } else if (st.init == kAccumulate) {
         RELPROP_UNROLL
         for (int i = 0; i < M; ++i)
           RELPROP_UNROLL
@@ -137,21 +167,44 @@ struct VecKernel {
             T* cv = c + i * ldc + v * V::W;
             V::store(cv, V::add(V::load(cv), acc[i][v]));
           }
-      } else {
+      } else if (st.init == kRowBias) {
         RELPROP_UNROLL
         for (int i = 0; i < M; ++i) {
-          const R bi = V::bcast(rb + i);
+          const R bi = V::bcast(st.rb + i);
           RELPROP_UNROLL
           for (int v = 0; v < NV; ++v) V::store(c + i * ldc + v * V::W, V::add(bi, acc[i][v]));
         }
+      } else {
+        R bj[NV];
+        RELPROP_UNROLL
+        for (int v = 0; v < NV; ++v) bj[v] = V::load(st.cb + v * V::W);
+        RELPROP_UNROLL
+        for (int i = 0; i < M; ++i)
+          RELPROP_UNROLL
+          for (int v = 0; v < NV; ++v) V::store(c + i * ldc + v * V::W, V::add(bj[v], acc[i][v]));
       }
+    } else if (n == NR) {  // a full tile with an epilogue (the last block of steps)
+      RELPROP_UNROLL
+      for (int i = 0; i < M; ++i)
+        RELPROP_UNROLL
+        for (int v = 0; v < NV; ++v) {
+          T* cv = c + i * ldc + v * V::W;
+          R s = acc[i][v];
+          if (st.init == kAccumulate)
+            s = V::add(V::load(cv), s);
+          else if (st.init == kRowBias)
+            s = V::add(V::bcast(st.rb + i), s);
+          else if (st.init == kColBias)
+            s = V::add(V::load(st.cb + v * V::W), s);
+          V::store(cv, epilogue(st.epi, s, st.aux ? st.aux + i * st.ldx + v * V::W : nullptr));
+        }
     } else {
       alignas(64) T tmp[M * NR];
       RELPROP_UNROLL
       for (int i = 0; i < M; ++i)
         RELPROP_UNROLL
         for (int v = 0; v < NV; ++v) V::store(tmp + i * NR + v * V::W, acc[i][v]);
-      store_tile<T, NR>(tmp, M, n, c, ldc, init, rb);
+      store_tile<T, NR>(tmp, M, n, c, ldc, st);
     }
   }
   static void copy_range(T* d, const T* src, idx lo, idx hi) {
@@ -182,30 +235,31 @@ struct VecKernel {
 // The kernel for m (1 <= m <= K::MR) rows.
 template <class K, int M = K::MR>
 inline void kernel_rows(int m, idx kc, const typename K::T* a, const typename K::T* b,
-                        typename K::T* c, idx ldc, int n, Init init, const typename K::T* rb) {
+                        typename K::T* c, idx ldc, int n, const Store<typename K::T>& st) {
   if constexpr (M > 1) {
     if (m < M) {
-      kernel_rows<K, M - 1>(m, kc, a, b, c, ldc, n, init, rb);
+      kernel_rows<K, M - 1>(m, kc, a, b, c, ldc, n, st);
       return;
     }
   }
-  K::template run<M>(kc, a, b, c, ldc, n, init, rb);
+  K::template run<M>(kc, a, b, c, ldc, n, st);
 }
 
 // kernel_rows for a tile whose first m_top rows go to c_top and the others to c_bot (a tile
-// that straddles the two outputs of a split C): computed in a local tile, then copied.
+// that straddles the two outputs of a split C): computed in a local tile, then copied.  (No
+// aux epilogue: run_gemm refuses aux with a split C.)
 template <class K>
 void kernel_rows_split(int m, int m_top, idx kc, const typename K::T* a, const typename K::T* b,
-                       typename K::T* c_top, typename K::T* c_bot, idx ldc, int n, Init init,
-                       const typename K::T* rb) {
+                       typename K::T* c_top, typename K::T* c_bot, idx ldc, int n,
+                       const Store<typename K::T>& st) {
   using T = typename K::T;
   constexpr int NR = K::NR;
   alignas(64) T tmp[K::MR * NR];
   auto row = [&](int i) { return i < m_top ? c_top + i * ldc : c_bot + (i - m_top) * ldc; };
-  if (init == kAccumulate)
+  if (st.init == kAccumulate)
     for (int i = 0; i < m; ++i)
       for (int j = 0; j < n; ++j) tmp[i * NR + j] = row(i)[j];
-  kernel_rows<K>(m, kc, a, b, tmp, NR, n, init, rb);
+  kernel_rows<K>(m, kc, a, b, tmp, NR, n, st);
   for (int i = 0; i < m; ++i)
     for (int j = 0; j < n; ++j) row(i)[j] = tmp[i * NR + j];
 }
@@ -213,9 +267,23 @@ void kernel_rows_split(int m, int m_top, idx kc, const typename K::T* a, const t
 // Packs rows [0, mc) x steps [0, kc) of A(i, p) = a[i*rsa + p*csa] into MR-high strips:
 // strip s at dst + s*MR*kc, element (p, i) of the strip at p*MR + i.  Rows of a last, partial
 // strip beyond mc are left unset (the kernel for that many rows never reads them).
+// With den (the prologue of GemmArgs::a_den, den at a's strides): a / stab(den) instead of a.
 template <class K>
-void pack_a_block(const typename K::T* a, idx rsa, idx csa, idx mc, idx kc, typename K::T* dst) {
+void pack_a_block(const typename K::T* a, idx rsa, idx csa, idx mc, idx kc, typename K::T* dst,
+                  const typename K::T* den = nullptr, typename K::T eps = 0) {
   constexpr int MR = K::MR;
+  if (den) {
+    for (idx s = 0; s < mc; s += MR, dst += MR * kc) {
+      const idx rows = min_idx(MR, mc - s);
+      for (idx i = 0; i < rows; ++i) {
+        const auto* ai = a + (s + i) * rsa;
+        const auto* di = den + (s + i) * rsa;
+        for (idx p = 0; p < kc; ++p)
+          dst[p * MR + i] = stabilized_divide(ai[p * csa], di[p * csa], eps);
+      }
+    }
+    return;
+  }
   for (idx s = 0; s < mc; s += MR, dst += MR * kc) {
     const auto* as = a + s * rsa;
     const idx rows = min_idx(MR, mc - s);
@@ -386,24 +454,37 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
   const idx npad = (g.n + NR - 1) / NR * NR;
   // rows [ic, ic + mc) x columns [col, col + n) of C from steps [pc, pc + kc) (ap, bp)
   const auto rows = [&](idx ic, idx mc, idx col, int n, idx kc, const T* ap, const T* bp,
-                        Init init) {
+                        Store<T> st) {
     for (idx ir = 0; ir < mc; ir += MR) {
       const int m = static_cast<int>(min_idx(MR, mc - ir));
       const idx row = ic + ir;
-      const T* rb = g.row_bias ? g.row_bias + row : nullptr;
+      st.rb = g.row_bias ? g.row_bias + row : nullptr;
+      if (st.aux) st.aux = g.aux + row * g.ldx + col;
       if (!g.c2 || row + m <= g.m2) {
-        kernel_rows<K>(m, kc, ap + ir * kc, bp, g.c + row * g.ldc + col, g.ldc, n, init, rb);
+        kernel_rows<K>(m, kc, ap + ir * kc, bp, g.c + row * g.ldc + col, g.ldc, n, st);
       } else if (row >= g.m2) {
         kernel_rows<K>(m, kc, ap + ir * kc, bp, g.c2 + (row - g.m2) * g.ldc + col, g.ldc, n,
-                       init, rb);
+                       st);
       } else {
         kernel_rows_split<K>(m, static_cast<int>(g.m2 - row), kc, ap + ir * kc, bp,
-                             g.c + row * g.ldc + col, g.c2 + col, g.ldc, n, init, rb);
+                             g.c + row * g.ldc + col, g.c2 + col, g.ldc, n, st);
       }
     }
   };
-  const auto init_of = [&](idx pc) {
-    return (pc > 0 || g.accumulate) ? kAccumulate : g.row_bias ? kRowBias : kOverwrite;
+  // init of the block of steps from pc, for the columns from col; the epilogue on the last
+  const auto store_of = [&](idx pc, idx kc, idx col) {
+    Store<T> st;
+    st.init = (pc > 0 || g.accumulate) ? kAccumulate
+              : g.row_bias             ? kRowBias
+              : g.col_bias             ? kColBias
+                                       : kOverwrite;
+    st.rb = nullptr;
+    st.cb = g.col_bias ? g.col_bias + col : nullptr;
+    const bool last = pc + kc >= g.k;
+    st.epi = last ? g.epilogue : Epilogue::none;
+    st.aux = last && g.aux ? g.aux : nullptr;  // (rows() points it at the tile)
+    st.ldx = g.ldx;
+    return st;
   };
   // All of A packed and B streamed: either each strip of C goes through every block of steps
   // before the next strip (its tiles stay in L1, all of A is read once per strip), or each
@@ -419,7 +500,7 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
       for (idx pc = 0; pc < g.k; pc += kb) {
         const idx kc = min_idx(kb, g.k - pc);
         pack_b<K>(g, pc, kc, jr, n, wb);
-        rows(i0, i1 - i0, jr, n, kc, g.apack + pc * mpad + i0 * kc, wb, init_of(pc));
+        rows(i0, i1 - i0, jr, n, kc, g.apack + pc * mpad + i0 * kc, wb, store_of(pc, kc, jr));
       }
     }
     return;
@@ -433,7 +514,9 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
         const idx mc = min_idx(impl.mc, i1 - ic);
         const T* ap = g.apack + pc * mpad + ic * kc;
         if (!g.apack) {
-          pack_a_block<K>(g.a + ic * g.rsa + pc * g.csa, g.rsa, g.csa, mc, kc, wa);
+          const idx at = ic * g.rsa + pc * g.csa;
+          pack_a_block<K>(g.a + at, g.rsa, g.csa, mc, kc, wa, g.a_den ? g.a_den + at : nullptr,
+                          g.a_eps);
           ap = wa;
         }
         for (idx jr = 0; jr < nc; jr += NR) {
@@ -443,7 +526,7 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
             pack_b<K>(g, pc, kc, jc + jr, n, wb);
             bp = wb;
           }
-          rows(ic, mc, jc + jr, n, kc, ap, bp, init_of(pc));
+          rows(ic, mc, jc + jr, n, kc, ap, bp, store_of(pc, kc, jc + jr));
         }
       }
     }

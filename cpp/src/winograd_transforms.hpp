@@ -222,14 +222,107 @@ void input_transform(const WinoGeom& g, const WinoBlock& b, const T* x, idx c0, 
   }
 }
 
+// The pooling's comparison (pooling.cpp's beats, with internal linkage here): `val` replaces
+// the running maximum `best` if it is larger, or if it is the first NaN.
+template <typename T>
+inline bool wino_beats(T val, T best) {
+  return val > best || (val != val && best == best);
+}
+
+// Writes the finished tiles Y (element (i, j) of the tile in lane u at Y[(i*M + j)*L + u]) of
+// output channel o for the pieces of a run: y = epilogue E (none, mask or scale with aux
+// shaped like y; relu is applied to Y before) of Y.
+template <typename T, int M, int E>
+void write_tiles(const WinoGeom& g, const Piece* pieces, int count, idx o, const WinoOut<T>& out,
+                 const T* Y) {
+  constexpr idx L = kOutLanes;
+  constexpr Epilogue epi = static_cast<Epilogue>(E);
+  const idx plane = g.oh * g.ow, full = g.ow / M;  // tiles of a row wholly inside the output
+  for (int k = 0; k < count; ++k) {
+    const Piece& pc = pieces[k];
+    const idx at = o < out.split ? (pc.sample * out.split + o) * plane
+                                 : (pc.sample * (g.c_out - out.split) + (o - out.split)) * plane;
+    T* yo = (o < out.split ? out.y : out.y2) + at;
+    const T* xo = E != 0 ? out.aux + at : nullptr;
+    const idx whole = min_of(full - pc.t0, pc.len);  // tiles wholly inside the output
+    for (int i = 0; i < M; ++i) {
+      const idx row = pc.ti * M + i;
+      if (row >= g.oh) break;
+      const idx off = row * g.ow + pc.t0 * M;
+      T* yr = yo + off;
+      const T* Yi = Y + i * M * L + pc.u;
+      if constexpr (E == 0) {
+        RELPROP_IVDEP
+        for (idx q = 0; q < whole; ++q)
+          static_for<0, M>([&](auto j) { yr[q * M + j.value] = Yi[j.value * L + q]; });
+        if (whole < pc.len)  // the last tile of the row, cut by the output's edge
+          for (idx col = whole * M; col < g.ow - pc.t0 * M; ++col)
+            yr[col] = Yi[(col % M) * L + whole];
+      } else {
+        const T* xr = xo + off;
+        RELPROP_IVDEP
+        for (idx q = 0; q < whole; ++q)
+          static_for<0, M>([&](auto j) {
+            yr[q * M + j.value] = epilogue_scalar(epi, Yi[j.value * L + q], xr[q * M + j.value]);
+          });
+        if (whole < pc.len)
+          for (idx col = whole * M; col < g.ow - pc.t0 * M; ++col)
+            yr[col] = epilogue_scalar(epi, Yi[(col % M) * L + whole], xr[col]);
+      }
+    }
+  }
+}
+
+// The 2x2 stride-2 max pooling of the finished tiles Y of output channel o (see write_tiles)
+// into out.pooled and out.arg: the windows of pooled rows and columns inside the output
+// (2p + 1 < oh, 2q + 1 < ow), each inside one tile; comparisons as maxpool2d_forward's.
+template <typename T, int M>
+void pool_tiles(const WinoGeom& g, const Piece* pieces, int count, idx o, const WinoOut<T>& out,
+                const T* Y) {
+  static_assert(M % 2 == 0, "pooling windows must not cross tiles");
+  constexpr idx L = kOutLanes, H = M / 2;
+  const idx ph = g.oh / 2, pw = g.ow / 2, full = g.ow / M, ow = g.ow;
+  for (int k = 0; k < count; ++k) {
+    const Piece& pc = pieces[k];
+    const idx at = (pc.sample * g.c_out + o) * ph * pw;
+    const idx whole = min_of(full - pc.t0, pc.len);
+    for (int i = 0; i < M; i += 2) {
+      const idx row = pc.ti * M + i;
+      if (row + 1 >= g.oh) break;
+      T* pr = out.pooled + at + (row / 2) * pw + pc.t0 * H;
+      std::int64_t* ar = out.arg + at + (row / 2) * pw + pc.t0 * H;
+      const T* Y0 = Y + i * M * L + pc.u;
+      const T* Y1 = Y0 + M * L;
+      const std::int64_t base = row * ow + pc.t0 * M;
+      const auto window = [&](idx q, int j) {  // tile q of the piece, columns j, j + 1
+        const T a = Y0[j * L + q], b = Y0[(j + 1) * L + q];
+        const T c = Y1[j * L + q], d = Y1[(j + 1) * L + q];
+        T best = a;
+        std::int64_t off = 0;
+        if (wino_beats(b, best)) best = b, off = 1;
+        if (wino_beats(c, best)) best = c, off = ow;
+        if (wino_beats(d, best)) best = d, off = ow + 1;
+        pr[q * H + j / 2] = best;
+        ar[q * H + j / 2] = base + q * M + j + off;
+      };
+      static_for<0, H>([&](auto jj) {
+        RELPROP_IVDEP
+        for (idx q = 0; q < whole; ++q) window(q, 2 * jj.value);
+      });
+      if (whole < pc.len)  // the last tile of the row, cut by the output's edge
+        for (int j = 0; j < M && (pc.t0 + whole) * M + j + 1 < ow; j += 2) window(whole, j);
+    }
+  }
+}
+
 template <typename T, int M>
 void output_transform(const WinoGeom& g, const WinoBlock& b, const T* mm, idx o0, idx o1,
-                      const T* bias, T* y, T* y2, idx split, T* work) {
+                      const WinoOut<T>& out, T* work) {
   constexpr int A = M + 2;
   constexpr idx L = kOutLanes;
   const idx nb = b.j1 - b.j0;
-  const idx xi_stride = b.m_stride, plane = g.oh * g.ow;
-  const idx full = g.ow / M;  // tiles of a row that lie wholly inside the output
+  const idx xi_stride = b.m_stride;
+  const bool relu = out.epi == Epilogue::relu;
   T* H = work;              // [A][M][L]: A applied along the rows of M
   T* Y = work + A * M * L;  // [M][M][L]: the output tiles, element (i, j)
   Piece pieces[kMaxLanes];
@@ -237,7 +330,7 @@ void output_transform(const WinoGeom& g, const WinoBlock& b, const T* mm, idx o0
     const idx n = min_of(L, nb - col0);
     const int count = pieces_of(g, b, col0, n, pieces);
     for (idx o = o0; o < o1; ++o) {
-      const T bo = bias ? bias[o] : T(0);
+      const T bo = out.bias ? out.bias[o] : T(0);
       const T* mo = mm + (o - o0) * nb + col0;
       // H[k][j][u] = sum_l AT[j][l] M[k*A + l][u]
       for (int k = 0; k < A; ++k) {
@@ -252,7 +345,7 @@ void output_transform(const WinoGeom& g, const WinoBlock& b, const T* mm, idx o0
           });
         }
       }
-      // Y[i][j][u] = sum_k AT[i][k] H[k][j][u] + bias
+      // Y[i][j][u] = sum_k AT[i][k] H[k][j][u] + bias (then the ReLU, if fused)
       for (int j = 0; j < M; ++j) {
         const T* Hj = H + j * L;
         T* Yj = Y + j * L;
@@ -264,25 +357,23 @@ void output_transform(const WinoGeom& g, const WinoBlock& b, const T* mm, idx o0
             Yj[i.value * M * L + u] = dot<RowAT<M, decltype(i)::value>, 0, A>(e) + bo;
           });
         }
-      }
-      for (int k = 0; k < count; ++k) {
-        const Piece& pc = pieces[k];
-        T* yo = o < split ? y + (pc.sample * split + o) * plane
-                          : y2 + (pc.sample * (g.c_out - split) + (o - split)) * plane;
-        const idx whole = min_of(full - pc.t0, pc.len);  // tiles wholly inside the output
-        for (int i = 0; i < M; ++i) {
-          const idx row = pc.ti * M + i;
-          if (row >= g.oh) break;
-          T* yr = yo + row * g.ow + pc.t0 * M;
-          const T* Yi = Y + i * M * L + pc.u;
-          RELPROP_IVDEP
-          for (idx q = 0; q < whole; ++q)
-            static_for<0, M>([&](auto j) { yr[q * M + j.value] = Yi[j.value * L + q]; });
-          if (whole < pc.len)  // the last tile of the row, cut by the output's edge
-            for (idx col = whole * M; col < g.ow - pc.t0 * M; ++col)
-              yr[col] = Yi[(col % M) * L + whole];
+        if (relu) {
+          for (int i = 0; i < M; ++i) {
+            T* Yij = Yj + i * M * L;
+            RELPROP_IVDEP
+            for (idx u = 0; u < n; ++u)
+              Yij[u] = epilogue_scalar(Epilogue::relu, Yij[u], T(0));
+          }
         }
       }
+      if (out.pooled)
+        pool_tiles<T, M>(g, pieces, count, o, out, Y);
+      else if (out.epi == Epilogue::mask)
+        write_tiles<T, M, static_cast<int>(Epilogue::mask)>(g, pieces, count, o, out, Y);
+      else if (out.epi == Epilogue::scale)
+        write_tiles<T, M, static_cast<int>(Epilogue::scale)>(g, pieces, count, o, out, Y);
+      else
+        write_tiles<T, M, 0>(g, pieces, count, o, out, Y);
     }
   }
 }
