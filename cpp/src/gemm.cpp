@@ -235,7 +235,9 @@ Split choose_split(idx m, idx n, idx k, int mr, int nr, int nt, bool pack_a) {
 
 template <typename T>
 void run_tile(const GemmImpl<T>& impl, const GemmArgs<T>& g, idx i0, idx i1, idx j0, idx j1) {
-  T* wa = g.apack ? nullptr : scratch<T>(0, static_cast<std::size_t>(impl.wa_size()));
+  // (with the A prologue, wa also holds a block of quotients: see tile())
+  T* wa = g.apack ? nullptr
+                  : scratch<T>(0, static_cast<std::size_t>(impl.wa_size() * (g.a_den ? 2 : 1)));
   T* wb = g.bpack ? nullptr : scratch<T>(1, static_cast<std::size_t>(impl.wb_size(j1 - j0)));
   impl.tile(impl, g, i0, i1, j0, j1, wa, wb);
 }

@@ -141,6 +141,11 @@ struct VecKernel {
       __builtin_prefetch(c + i * ldc, 1, 3);
       __builtin_prefetch(c + i * ldc + NR - 1, 1, 3);
     }
+    if (st.aux)  // and the epilogue's aux tile read (uncached, it stalls every tile's store)
+      for (int i = 0; i < M; ++i) {
+        __builtin_prefetch(st.aux + i * st.ldx, 0, 3);
+        __builtin_prefetch(st.aux + i * st.ldx + NR - 1, 0, 3);
+      }
 #endif
     for (idx p = 0; p < kc; ++p, a += MR, b += NR) {
       R bv[NV];
@@ -513,7 +518,20 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
       for (idx ic = i0; ic < i1; ic += impl.mc) {
         const idx mc = min_idx(impl.mc, i1 - ic);
         const T* ap = g.apack + pc * mpad + ic * kc;
-        if (!g.apack) {
+        if (!g.apack && g.a_den && g.csa == 1) {
+          // the prologue: the block's quotients row by row (vectorized), then packed from
+          // there (wa holds 2 mc kc elements when a_den is set)
+          T* q = wa + impl.mc * impl.kc;
+          for (idx i = 0; i < mc; ++i) {
+            const T* ai = g.a + (ic + i) * g.rsa + pc;
+            const T* di = g.a_den + (ic + i) * g.rsa + pc;
+            T* qi = q + i * kc;
+            const T eps = g.a_eps;
+            for (idx p = 0; p < kc; ++p) qi[p] = stabilized_divide(ai[p], di[p], eps);
+          }
+          pack_a_block<K>(q, kc, 1, mc, kc, wa);
+          ap = wa;
+        } else if (!g.apack) {
           const idx at = ic * g.rsa + pc * g.csa;
           pack_a_block<K>(g.a + at, g.rsa, g.csa, mc, kc, wa, g.a_den ? g.a_den + at : nullptr,
                           g.a_eps);

@@ -73,42 +73,60 @@ void maxpool2d_forward(const T* x, T* y, std::int64_t* arg, const Window2d& g, i
   }
 }
 
+namespace {
+
+// maxpool2d_backward(_masked): y (the pooled output) or null.  Per plane: zeros, then each
+// gradient added at its winner; with y, the gradients are first masked in chunks (a
+// vectorized select: a branch per element on the sign of y mispredicts half the time).
 template <typename T>
-void maxpool2d_backward(const T* gy, const std::int64_t* arg, T* gx, const Window2d& g,
-                        int nthreads) {
+void unpool(const T* gy, const std::int64_t* arg, const T* y, T* gx, const Window2d& g,
+            int nthreads) {
   g.validate();
   const idx P = g.oh() * g.ow(), planes = g.n * g.c, S = g.h * g.w;
   [[maybe_unused]] const int nt = threads_for(nthreads, planes, planes * (P + S));
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (idx pl = 0; pl < planes; ++pl) {
     T* gxs = gx + pl * S;
+    const T* gs = gy + pl * P;
+    const std::int64_t* as = arg + pl * P;
     std::fill(gxs, gxs + S, T(0));
-    for (idx o = 0; o < P; ++o) {
-      const std::int64_t where = arg[pl * P + o];
-      if (where >= 0 && where < S) gxs[where] += gy[pl * P + o];
+    if (!y) {
+      for (idx o = 0; o < P; ++o) {
+        const std::int64_t where = as[o];
+        if (where >= 0 && where < S) gxs[where] += gs[o];
+      }
+      continue;
+    }
+    constexpr idx kChunk = 256;
+    T v[kChunk];
+    for (idx o0 = 0; o0 < P; o0 += kChunk) {
+      const idx len = std::min(kChunk, P - o0);
+      const T* ys = y + pl * P + o0;
+#pragma omp simd
+      for (idx o = 0; o < len; ++o) {
+        const T go = gs[o0 + o];  // loaded unconditionally so that the loop vectorizes
+        v[o] = ys[o] > T(0) ? go : T(0);
+      }
+      for (idx o = 0; o < len; ++o) {
+        const std::int64_t where = as[o0 + o];
+        if (where >= 0 && where < S) gxs[where] += v[o];
+      }
     }
   }
+}
+
+}  // namespace
+
+template <typename T>
+void maxpool2d_backward(const T* gy, const std::int64_t* arg, T* gx, const Window2d& g,
+                        int nthreads) {
+  unpool<T>(gy, arg, nullptr, gx, g, nthreads);
 }
 
 template <typename T>
 void maxpool2d_backward_masked(const T* gy, const std::int64_t* arg, const T* y, T* gx,
                                const Window2d& g, int nthreads) {
-  if (!y) {
-    maxpool2d_backward(gy, arg, gx, g, nthreads);
-    return;
-  }
-  g.validate();
-  const idx P = g.oh() * g.ow(), planes = g.n * g.c, S = g.h * g.w;
-  [[maybe_unused]] const int nt = threads_for(nthreads, planes, planes * (P + S));
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (idx pl = 0; pl < planes; ++pl) {
-    T* gxs = gx + pl * S;
-    std::fill(gxs, gxs + S, T(0));
-    for (idx o = 0; o < P; ++o) {
-      const std::int64_t where = arg[pl * P + o];
-      if (where >= 0 && where < S) gxs[where] += y[pl * P + o] > T(0) ? gy[pl * P + o] : T(0);
-    }
-  }
+  unpool<T>(gy, arg, y, gx, g, nthreads);
 }
 
 template <typename T>

@@ -67,7 +67,10 @@ static inline idx wino_work_size(int m, idx nr) {
 
 // What the output transform writes: y = epi(A^T M A + bias[o]) for output channel o, channel
 // o < split to y (n, split, oh, ow), the others to y2 (n, c_out - split, oh, ow); aux (mask,
-// scale) shaped like y (split = c_out).  With pooled (then epi is relu or none and split =
+// scale) shaped like y (split = c_out).  relu is applied to the tiles before they are written;
+// mask and scale to the block's output once it is written (channel by channel, in memory
+// order: reading aux in the transform's order, a row segment of every channel in turn, cost
+// as much as a separate pass).  With pooled (then epi is relu or none and split =
 // c_out), the 2x2 stride-2 max pooling of that instead (y unused): pooled and arg
 // (n, c_out, oh / 2, ow / 2), arg the winner's flat index in the oh x ow plane, as
 // maxpool2d_forward (every window lies in one tile: m is even and tiles start at multiples of
