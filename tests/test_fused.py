@@ -527,3 +527,60 @@ def test_core_rejects_unvalidated_fused_input():
         _core.dense_backward(g, w, 1, None, np.ones((5, 3), np.float32).T)
     with pytest.raises(TypeError):
         _core.dense_lrp_epsilon(g, g.astype(np.float64), np.ones((3, 5), np.float32), w, 0.1, 1)
+
+
+# ------------------------------------------------------------------------------------------
+# Max pooling's row path (any window up to 64 taps, column stride up to 4): the winners of the
+# generic loops, bitwise
+
+
+@st.composite
+def pooling_problems(draw):
+    """(x, kernel, stride, padding) on wide rows, with ties (few distinct values), NaN and
+    infinities."""
+    dtype = draw(DTYPES)
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    sh, sw = draw(st.integers(1, 4)), draw(st.integers(1, 5))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    h = draw(st.integers(max(1, kh - 2 * ph), 12))
+    w = draw(st.integers(max(1, kw - 2 * pw), 70))
+    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    values = st.sampled_from([-2.0, -1.0, 0.0, -0.0, 1.0, 3.0, np.inf, -np.inf, np.nan])
+    x = draw(st.one_of(arrays(dtype, (n, c, h, w)),
+                       hnp_arrays(dtype, (n, c, h, w), values)))
+    return x, (kh, kw), (sh, sw), (ph, pw)
+
+
+def hnp_arrays(dtype, shape, elements):
+    from hypothesis.extra import numpy as hnp
+
+    return hnp.arrays(dtype, shape, elements=elements)
+
+
+@given(pooling_problems())
+def test_maxpool_rows_match_reference(p):
+    x, k, s, pad = p
+    y, arg = ops.maxpool2d_forward(x, k, s, pad)
+    y_ref, arg_ref = ref.maxpool2d_forward(x, k, s, pad)
+    assert_array_equal(y, y_ref)
+    assert_array_equal(arg, arg_ref)  # the first maximum (and the first NaN) wins
+
+
+def test_maxpool_3x3_stride2_stem(isa):
+    # ResNet's stem pooling on a realistic plane, with ties (a ReLU's zeros) and a NaN
+    rng = np.random.default_rng(4)
+    for dtype in (np.float32, np.float64):
+        x = np.maximum(rng.standard_normal((2, 5, 112, 112)), 0).astype(dtype)
+        x[1, 2, 50, 51] = np.nan
+        for k, s, pad in [((3, 3), (2, 2), (1, 1)), ((3, 3), (2, 2), (0, 0)),
+                          ((3, 3), (1, 1), (1, 1)), ((2, 3), (2, 3), (1, 1))]:
+            xs = np.ascontiguousarray(x[:, :, :23, :37])
+            y, arg = ops.maxpool2d_forward(xs, k, s, pad)
+            y_ref, arg_ref = ref.maxpool2d_forward(xs, k, s, pad)
+            assert_array_equal(y, y_ref)
+            assert_array_equal(arg, arg_ref)
+        one = with_threads(1, lambda: ops.maxpool2d_forward(x, (3, 3), (2, 2), (1, 1)))
+        two = with_threads(2, lambda: ops.maxpool2d_forward(x, (3, 3), (2, 2), (1, 1)))
+        assert_array_equal(one[0], two[0])
+        assert_array_equal(one[1], two[1])
+        assert np.isnan(one[0][1, 2]).any()
