@@ -12,6 +12,7 @@
 #include "relprop/check.hpp"
 #include "relprop/cpu.hpp"
 #include "relprop/gemm.hpp"
+#include "relprop/memory.hpp"
 #include "relprop/parallel.hpp"
 
 namespace relprop {
@@ -268,6 +269,31 @@ void run_gemm(const GemmImpl<T>& impl, const GemmArgs<T>& g, int nthreads) {
   if (g.m <= 0 || g.n <= 0) return;
   if (g.k <= 0) {
     init_only(g);
+    return;
+  }
+  if (g.m == 1 && g.csb == 1 && g.b && !g.bpack && !g.apack && !g.im && !g.c2) {
+    // one row and row-major B (a Dense layer's backward pass on one sample): B read once,
+    // row by row, in rank-1 updates (GemmImpl::gemv), the columns split among threads
+    constexpr idx kUnit = 64;  // columns per unit of work (whole cache lines)
+    const idx units = (g.n + kUnit - 1) / kUnit;
+    const int nt = threads_for(nthreads, units, g.n * g.k);
+    parallel_for(nt, nt, [&](idx t) {
+      idx u0, u1;
+      share(units, nt, static_cast<int>(t), u0, u1);
+      const idx j0 = u0 * kUnit, j1 = u1 * kUnit < g.n ? u1 * kUnit : g.n;
+      if (j0 < j1) impl.gemv(impl, g, j0, j1, scratch<T>(2, GemmImpl<T>::gemv_chunk));
+    });
+    return;
+  }
+  if (g.m <= impl.mr && g.csb != 1 && g.b && !g.bpack && !g.apack && !g.im && !g.a_den) {
+    // a few rows and B with contiguous columns (a Dense layer's forward pass on a small batch,
+    // B = w^T): A packed first, so that tile() streams B strip by strip through all its
+    // steps (each row of w read front to back, once) instead of block by block
+    std::vector<T, CountingAllocator<T>> ap(static_cast<std::size_t>(impl.packed_a_size(g.m, g.k)));
+    impl.pack_a(impl, g.a, g.rsa, g.csa, g.m, g.k, ap.data());
+    GemmArgs<T> h = g;
+    h.apack = ap.data();
+    run_gemm(impl, h, nthreads);
     return;
   }
   const idx sm = (g.m + impl.mr - 1) / impl.mr, sn = (g.n + impl.nr - 1) / impl.nr;

@@ -105,6 +105,10 @@ struct ScalarKernel {
     for (int j = 0; j < NR; ++j)
       for (idx p = 0; p < kc; ++p) d[p * NR + j] = b[j * csb + p];
   }
+  // acc[j] += a * x[j] for j < n, as run() accumulates (the same expression)
+  static void axpy(T* acc, T a, const T* x, idx n) {
+    for (idx j = 0; j < n; ++j) acc[j] += a * x[j];
+  }
 };
 
 // SIMD micro-kernel over a vector policy V (using T, R; W lanes; zero, load, bcast, fma, add,
@@ -235,6 +239,24 @@ struct VecKernel {
         V::transpose(b + v * W * csb + p, csb, d + p * NR + v * W, NR);
     for (idx p = whole; p < kc; ++p)
       for (int j = 0; j < NR; ++j) d[p * NR + j] = b[j * csb + p];
+  }
+  // acc[j] = fma(a, x[j], acc[j]) for j < n, with run()'s fused multiply-add
+  static void axpy(T* acc, T a, const T* x, idx n) {
+    const R av = V::bcast(&a);
+    idx j = 0;
+    for (; j + 4 * V::W <= n; j += 4 * V::W)
+      RELPROP_UNROLL
+      for (int v = 0; v < 4; ++v) {
+        T* cv = acc + j + v * V::W;
+#if defined(__GNUC__)
+        __builtin_prefetch(x + j + v * V::W + 2048 / sizeof(T), 0, 0);  // B streams from memory
+#endif
+        V::store(cv, V::fma(av, V::load(x + j + v * V::W), V::load(cv)));
+      }
+    for (; j + V::W <= n; j += V::W) V::store(acc + j, V::fma(av, V::load(x + j), V::load(acc + j)));
+    if (j < n)
+      V::store_range(acc + j, V::fma(av, V::load_range(x + j, 0, n - j),
+                                     V::load_range(acc + j, 0, n - j)), n - j);
   }
 };
 
@@ -554,6 +576,40 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
           }
           rows(ic, mc, jc + jr, n, kc, ap, bp, store_of(pc, kc, jc + jr));
         }
+      }
+    }
+  }
+}
+
+// GemmImpl::gemv: C(0, j) for j0 <= j < j1 of a problem with m = 1 and row-major B
+// (csb == 1): per chunk of columns and block of steps, the block sums of the chunk as rank-1
+// updates (B's rows read front to back), then stored as tile() stores them.
+template <class K>
+void gemv(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g, idx j0, idx j1,
+          typename K::T* tmp) {
+  using T = typename K::T;
+  const idx kb = block_k(impl.kc, g.k);
+  for (idx jc = j0; jc < j1; jc += impl.gemv_chunk) {
+    const idx n = min_idx(impl.gemv_chunk, j1 - jc);
+    T* c = g.c + jc;
+    for (idx pc = 0; pc < g.k; pc += kb) {
+      const idx kc = min_idx(kb, g.k - pc);
+      for (idx j = 0; j < n; ++j) tmp[j] = T(0);
+      for (idx p = pc; p < pc + kc; ++p) {
+        const T a = g.a_den ? stabilized_divide(g.a[p * g.csa], g.a_den[p * g.csa], g.a_eps)
+                            : g.a[p * g.csa];
+        K::axpy(tmp, a, g.b + p * g.rsb + jc, n);
+      }
+      const bool acc = pc > 0 || g.accumulate;
+      const Epilogue e = pc + kc >= g.k ? g.epilogue : Epilogue::none;
+      const T* x = g.aux ? g.aux + jc : nullptr;
+      const T rb = g.row_bias && !acc ? g.row_bias[0] : T(0);
+      for (idx j = 0; j < n; ++j) {
+        const T v = acc ? c[j] + tmp[j]
+                    : g.row_bias ? rb + tmp[j]
+                    : g.col_bias ? g.col_bias[jc + j] + tmp[j]
+                                 : tmp[j];
+        c[j] = epilogue_scalar(e, v, x ? x[j] : T(0));
       }
     }
   }

@@ -112,6 +112,12 @@ struct GemmImpl {
   void (*pack_b)(const GemmImpl& impl, const T* b, idx rsb, idx csb, idx k, idx n, T* dst);
   // Runs a register-resident FMA loop of `iters` iterations; returns the FLOP it executed.
   double (*fma_loop)(long iters);
+  // C(0, j) for j0 <= j < j1 of a one-row problem (m = 1) whose B has contiguous rows
+  // (csb == 1, no bpack): each block of steps as rank-1 updates of a row of block sums (B read
+  // row by row, front to back), every C(0, j) summed in tile()'s order (bitwise its result).
+  // tmp holds gemv_chunk elements.
+  void (*gemv)(const GemmImpl& impl, const GemmArgs<T>& g, idx j0, idx j1, T* tmp);
+  static constexpr idx gemv_chunk = 32768;
 
   // (Only the baseline translation units call these helpers; the ISA ones must not, so that
   // no copy of them is compiled with ISA-specific instructions.)
