@@ -584,3 +584,36 @@ def test_maxpool_3x3_stride2_stem(isa):
         assert_array_equal(one[0], two[0])
         assert_array_equal(one[1], two[1])
         assert np.isnan(one[0][1, 2]).any()
+
+
+# ------------------------------------------------------------------------------------------
+# Batch-1 Dense (GEMV paths): bitwise the rows of the batched GEMM, packed or not
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_in,n_out", [(1, 1), (7, 3), (300, 70), (777, 1031), (40, 33000)])
+def test_one_sample_dense_is_its_row_of_the_batch(isa, dtype, n_in, n_out):
+    # one sample takes the GEMV paths (row-major w read in rank-1 updates; w^T with A packed
+    # first); its bits must be those of its row in any batch, with every epilogue and the
+    # LRP prologue, for any thread count (33000 outputs: more than one chunk of block sums)
+    rng = np.random.default_rng(n_in * n_out)
+    x, w, b = signed(rng, (5, n_in), dtype), signed(rng, (n_out, n_in), dtype), signed(rng, n_out, dtype)
+    g, z = signed(rng, (5, n_out), dtype), signed(rng, (5, n_out), dtype)
+    wt = np.ascontiguousarray(w.T)  # as a backward weight: rows of n_out
+    gt, zt = signed(rng, (5, n_in), dtype), signed(rng, (5, n_in), dtype)
+    pf, pb = ops.dense_pack(w, True), ops.dense_pack(wt, False)
+    calls = [
+        lambda s: ops.dense_forward(x[s], w, b),
+        lambda s: ops.dense_forward(x[s], w, b, relu=True),
+        lambda s: ops.dense_forward(x[s], w, None, pf, relu=True),
+        lambda s: ops.dense_backward(g[s], w),
+        lambda s: ops.dense_backward(g[s], w, mask=x[s]),
+        lambda s: ops.dense_backward(gt[s], wt, pb, mask=g[s]),
+        lambda s: ops.dense_lrp_epsilon(g[s], z[s], x[s], w, 1e-3),
+        lambda s: ops.dense_lrp_epsilon(gt[s], zt[s], g[s], wt, 0.0, pb),
+    ]
+    for call in calls:
+        full = with_threads(1, lambda: call(slice(None)))
+        for nt in (1, 2):
+            for i in (0, 3):
+                assert_array_equal(with_threads(nt, lambda: call(slice(i, i + 1))), full[i:i + 1])
