@@ -124,11 +124,14 @@ void run_batch(const GemmImpl<T>& impl, const BatchGemm<T>& bg, int nthreads) {
   const detail::Split sp =
       detail::choose_split(bg.m, units * impl.nr, bg.k, impl.mr, impl.nr, nt, false);
   const idx sm = (bg.m + impl.mr - 1) / impl.mr;
-  const int tasks = sp.tm * sp.tn;
-  parallel_for(tasks, tasks, [&](idx t) {
+  // the pixel strips in chunks, at least about four tasks per thread where there are enough,
+  // on a dynamic schedule: a thread the operating system takes away holds up one chunk (every
+  // strip's im2col panel is packed by the one task that multiplies it, either way)
+  const idx chunks = std::min<idx>(units, std::max<idx>(sp.tn, (4 * nt + sp.tm - 1) / sp.tm));
+  parallel_for_dynamic(nt, sp.tm * chunks, [&](idx t) {
     idx lo_m, hi_m, u0, u1;
-    detail::share(sm, sp.tm, static_cast<int>(t / sp.tn), lo_m, hi_m);
-    detail::share(units, sp.tn, static_cast<int>(t % sp.tn), u0, u1);
+    detail::share(sm, sp.tm, static_cast<int>(t / chunks), lo_m, hi_m);
+    detail::share(units, static_cast<int>(chunks), static_cast<int>(t % chunks), u0, u1);
     const idx i0 = lo_m * impl.mr, i1 = std::min(hi_m * impl.mr, bg.m);
     for (idx u = u0; u < u1 && i0 < i1;) {
       const idx s = u / strips, first = u % strips;
@@ -511,14 +514,16 @@ void conv2d_forward_relu_maxpool(const T* x, const T* w, const T* b, T* pooled,
                                                           impl.nr, nt, false);
   const idx sm = (m + impl.mr - 1) / impl.mr;
   const idx rows_max = (sm + sp.tm - 1) / sp.tm * impl.mr;
-  const int tasks = sp.tm * sp.tn;
-  detail::Workspace<T> scratch(tasks * rows_max * band_px);
-  parallel_for(tasks, tasks, [&](idx t) {
+  // bands in chunks on a dynamic schedule, as run_batch (a scratch per thread)
+  const int ntt = sp.tm * sp.tn;
+  const idx chunks = std::min<idx>(units, std::max<idx>(sp.tn, (4 * ntt + sp.tm - 1) / sp.tm));
+  detail::Workspace<T> scratch(ntt * rows_max * band_px);
+  parallel_for_dynamic(ntt, sp.tm * chunks, [&](idx t) {
     idx lo_m, hi_m, u0, u1;
-    detail::share(sm, sp.tm, static_cast<int>(t / sp.tn), lo_m, hi_m);
-    detail::share(units, sp.tn, static_cast<int>(t % sp.tn), u0, u1);
+    detail::share(sm, sp.tm, static_cast<int>(t / chunks), lo_m, hi_m);
+    detail::share(units, static_cast<int>(chunks), static_cast<int>(t % chunks), u0, u1);
     const idx i0 = lo_m * impl.mr, i1 = std::min(hi_m * impl.mr, m);
-    T* c = scratch.data() + t * rows_max * band_px;
+    T* c = scratch.data() + static_cast<idx>(thread_index()) * rows_max * band_px;
     for (idx u = u0; u < u1 && i0 < i1; ++u) {
       const idx si = u / bands, band = u % bands;
       const idx p0 = band * rb, prows = std::min(rb, ph - p0), r0 = 2 * p0;

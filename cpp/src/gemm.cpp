@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "gemm_driver.hpp"  // block_k (the blocks of steps of the packed layouts)
 #include "gemm_impl.hpp"
 #include "relprop/check.hpp"
 #include "relprop/cpu.hpp"
@@ -262,6 +263,42 @@ void init_only(const GemmArgs<T>& g) {
 
 }  // namespace
 
+// g on nt > 1 threads: A packed once (unless it is packed, or made by the prologue), by
+// blocks of steps in parallel, then rectangles of C as tasks on a dynamic schedule: rows in
+// the groups choose_split makes, columns in chunks of whole strips, at least about four tasks
+// per thread where the columns allow, so that a thread the operating system takes away holds
+// up one chunk instead of half of the product.  Each C(i, j) is still summed in tile()'s
+// order, by one task.
+template <typename T>
+void run_dynamic(const GemmImpl<T>& impl, const GemmArgs<T>& g, int nt) {
+  GemmArgs<T> h = g;
+  std::vector<T, CountingAllocator<T>> ap;
+  if (!g.apack && !g.a_den) {
+    const idx kb = block_k(impl.kc, g.k), mpad = (g.m + impl.mr - 1) / impl.mr * impl.mr;
+    const idx blocks = (g.k + kb - 1) / kb;
+    ap.resize(static_cast<std::size_t>(impl.packed_a_size(g.m, g.k)));
+    T* dst = ap.data();
+    // block pc of the whole packing is the packing of A's steps [pc, pc + kc) alone
+    parallel_for(static_cast<int>(std::min<idx>(nt, blocks)), blocks, [&](idx b) {
+      const idx pc = b * kb, kc = std::min(kb, g.k - pc);
+      impl.pack_a(impl, g.a + pc * g.csa, g.rsa, g.csa, g.m, kc, dst + pc * mpad);
+    });
+    h.apack = dst;
+  }
+  const idx sm = (g.m + impl.mr - 1) / impl.mr, sn = (g.n + impl.nr - 1) / impl.nr;
+  const Split s = choose_split(g.m, g.n, g.k, impl.mr, impl.nr, nt, false);
+  const idx chunks = std::min<idx>(sn, std::max<idx>(s.tn, (4 * nt + s.tm - 1) / s.tm));
+  parallel_for_dynamic(nt, s.tm * chunks, [&](idx t) {
+    idx lo_m, hi_m, lo_n, hi_n;
+    share(sm, s.tm, static_cast<int>(t / chunks), lo_m, hi_m);
+    share(sn, static_cast<int>(chunks), static_cast<int>(t % chunks), lo_n, hi_n);
+    const idx i1 = hi_m * impl.mr < h.m ? hi_m * impl.mr : h.m;
+    const idx j1 = hi_n * impl.nr < h.n ? hi_n * impl.nr : h.n;
+    if (lo_m * impl.mr < i1 && lo_n * impl.nr < j1)
+      run_tile(impl, h, lo_m * impl.mr, i1, lo_n * impl.nr, j1);
+  });
+}
+
 template <typename T>
 void run_gemm(const GemmImpl<T>& impl, const GemmArgs<T>& g, int nthreads) {
   RELPROP_CHECK(!(g.aux && g.c2), "GEMM epilogues with an aux array need one output");
@@ -302,17 +339,7 @@ void run_gemm(const GemmImpl<T>& impl, const GemmArgs<T>& g, int nthreads) {
     run_tile(impl, g, 0, g.m, 0, g.n);
     return;
   }
-  const Split s = choose_split(g.m, g.n, g.k, impl.mr, impl.nr, nt, g.apack == nullptr);
-  const int tasks = s.tm * s.tn;
-  parallel_for(tasks, tasks, [&](idx t) {
-    idx lo_m, hi_m, lo_n, hi_n;
-    share(sm, s.tm, static_cast<int>(t / s.tn), lo_m, hi_m);
-    share(sn, s.tn, static_cast<int>(t % s.tn), lo_n, hi_n);
-    const idx i1 = hi_m * impl.mr < g.m ? hi_m * impl.mr : g.m;
-    const idx j1 = hi_n * impl.nr < g.n ? hi_n * impl.nr : g.n;
-    if (lo_m * impl.mr < i1 && lo_n * impl.nr < j1)
-      run_tile(impl, g, lo_m * impl.mr, i1, lo_n * impl.nr, j1);
-  });
+  run_dynamic(impl, g, nt);
 }
 
 #define RELPROP_INSTANTIATE(T)                                                              \

@@ -111,30 +111,6 @@ idx choose_block_tiles(const WinoGeom& g, const GemmImpl<T>& impl) {
   return tiles <= cap ? tiles : std::max<idx>(nr, cap / nr * nr);
 }
 
-// relprop::parallel_for with a dynamic schedule: each task goes to the next free thread, so a
-// thread the operating system takes away (a busy machine) holds up one task, not a share of
-// them.  Which thread runs a task changes no result here (every task computes fixed values).
-template <class Body>
-void parallel_for_dynamic(int nt, idx tasks, Body&& body) {
-  std::exception_ptr error;
-  std::atomic<bool> failed{false};
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-  for (idx t = 0; t < tasks; ++t) {
-    if (failed.load(std::memory_order_relaxed)) continue;
-    try {
-      body(t);
-    } catch (...) {
-#pragma omp critical(relprop_winograd_error)
-      {
-        if (!error) error = std::current_exception();
-      }
-      failed.store(true, std::memory_order_relaxed);
-    }
-  }
-  (void)nt;
-  if (error) std::rethrow_exception(error);
-}
-
 // out (y and y2, or the pooled output; see WinoOut) = the convolution described by g of x with
 // the packed transformed weights u.
 //
