@@ -206,9 +206,260 @@ def header(threads, peaks):
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------
+# Per-layer steps of a whole model (bench/run.py --layers MODEL): each linear layer with the
+# element-wise steps the fused kernels take over, as the engine runs them today (separate
+# passes) and as one fused kernel call.
+
+
+class Block:
+    """A linear layer of a model with what follows it (ReLU, 2x2 max pooling) and the data one
+    forward pass gives it (float32): its input x, output z (pre-activation), ReLU output y and
+    pooled output / winners."""
+
+    def __init__(self, index, layer, relu, pool, x):
+        self.index, self.layer, self.relu, self.pool, self.x = index, layer, relu, pool, x
+        self.conv = isinstance(layer, rp.Conv2d)
+        w, b = layer.params(x.dtype)
+        self.w, self.b = w, b
+        self.z = layer.forward(x)[0]
+        self.y = ops.relu_forward(self.z) if relu else self.z
+        self.pooled = self.arg = None
+        if pool:
+            self.pooled, self.arg = ops.maxpool2d_forward(self.y, (2, 2), (2, 2), (0, 0))
+        self.out = self.pooled if pool else self.y
+        self.below = None  # the Block before (its ReLU's backward is fused into this one's)
+
+    def tile(self, backward=False):
+        """The Winograd tile the layer's auto algorithm runs (None: direct)."""
+        if not self.conv:
+            return None
+        return self.layer._winograd_tile(self.x.shape, self.w, backward)
+
+    def algorithm(self, backward=False):
+        if not self.conv:
+            return "dense" if len(self.x) > 1 else "dense (gemv)"
+        t = self.tile(backward)
+        if self.layer.groups > 1 and self.layer.groups == self.layer.in_channels:
+            return "depthwise"
+        return f"winograd F{t}" if t else "direct"
+
+    def packed(self, role, w=None):
+        w = self.w if w is None else w
+        layer = self.layer
+        small = (len(self.x) <= L_PACK_MAX_BATCH) if not self.conv else layer._small(self.x)
+        if role in ("forward", "backward") and self.conv:
+            t = self.tile(role == "backward")
+            if t:
+                role = f"winograd{t}" + ("-backward" if role == "backward" else "")
+        return layer.packed_weights(w, role, small)
+
+    def macs(self):
+        """Multiply-adds of the layer (direct method) for the whole batch."""
+        if self.conv:
+            return self.w.size * self.z.shape[2] * self.z.shape[3] * len(self.x)
+        return self.w.size * len(self.x)
+
+
+L_PACK_MAX_BATCH = 16
+
+
+def model_blocks(name, batch, seed=1):
+    """The Blocks of model `name` for its random batch."""
+    params = M.weights(name)
+    net = M.relprop_net(name, params)
+    x = M.inputs(name, batch, seed)
+    layers = list(net.layers)
+    blocks, i = [], 0
+    while i < len(layers):
+        layer = layers[i]
+        if isinstance(layer, (rp.Conv2d, rp.Dense)):
+            relu = i + 1 < len(layers) and isinstance(layers[i + 1], rp.ReLU)
+            pool = relu and i + 2 < len(layers) and isinstance(layers[i + 2], rp.MaxPool2d)
+            blk = Block(len(blocks), layer, relu, pool, x)
+            blk.below = blocks[-1] if blocks else None
+            blocks.append(blk)
+            x = blk.out
+            i += 1 + relu + pool
+        else:  # Flatten
+            x = layer.forward(x)[0]
+            i += 1
+    return blocks
+
+
+def block_fns(blk, rng):
+    """{(step, "unfused" | "fused"): fn} of one Block: the forward pass (linear layer, ReLU,
+    pooling), the gradient's backward pass (the pooling's backward above the layer, the
+    layer's, the ReLU's backward below it: what the fused call takes over) and the relevance
+    step of EpsilonPlusFlat (ZPlus for Conv2d, Epsilon for Dense; the first layer's Flat is not
+    touched by the fusions: None)."""
+    layer, x, w, b = blk.layer, blk.x, blk.w, blk.b
+    conv, hw = blk.conv, x.shape[2:]
+    fns = {}
+    tile_f, tile_b = blk.tile(False), blk.tile(True)
+    pf, pb = blk.packed("forward"), blk.packed("backward")
+
+    def unfused_forward():
+        z = layer.apply(x, w, b)
+        y = ops.relu_forward(z) if blk.relu else z
+        if blk.pool:
+            return ops.maxpool2d_forward(y, (2, 2), (2, 2), (0, 0))
+        return y
+
+    def fused_forward():
+        if blk.pool:
+            return ops.conv2d_forward_relu_maxpool(x, w, b, layer.stride, layer.padding, pf,
+                                                   tile=tile_f, **layer._geometry())
+        if not conv:
+            return ops.dense_forward(x, w, b, pf, relu=blk.relu)
+        if tile_f:
+            return ops.conv2d_winograd_forward(x, w, b, layer.padding, pf, tile=tile_f,
+                                               relu=blk.relu)
+        return ops.conv2d_forward(x, w, b, layer.stride, layer.padding, pf, relu=blk.relu,
+                                  **layer._geometry())
+
+    fns[("forward", "unfused")], fns[("forward", "fused")] = unfused_forward, fused_forward
+
+    g_out = rng.standard_normal(blk.out.shape).astype(x.dtype)
+    below = blk.below
+    mask = x if below is not None and below.relu else None
+    # the unfused engine: the pooling's backward, this ReLU's backward is the layer above's;
+    # here: [maxpool backward] -> (ReLU backward of this layer: fused by the layer above, so it
+    # is not counted here) -> the layer's backward -> the ReLU backward of the layer below, at
+    # the resolution the engine runs it (before that layer's pooling's backward)
+    g_y = (ops.maxpool2d_backward(g_out, blk.arg, blk.y.shape[2:], (2, 2), (2, 2), (0, 0))
+           if blk.pool else g_out)
+    if below is not None and below.relu and below.pool:
+        g_below = rng.standard_normal(below.y.shape).astype(x.dtype)
+    else:
+        g_below = None
+
+    def unfused_backward():
+        g = g_out
+        if blk.pool:
+            g = ops.maxpool2d_backward(g, blk.arg, blk.y.shape[2:], (2, 2), (2, 2), (0, 0))
+        gx = layer.apply_t(g, w, x.shape)
+        if mask is not None:
+            if g_below is not None:  # the ReLU below runs on the unpooled gradient
+                return ops.relu_backward(g_below, below.z)
+            return ops.relu_backward(gx, below.z)
+        return gx
+
+    def fused_backward():
+        if blk.pool:
+            return ops.conv2d_backward_pooled(g_out, blk.arg, w, hw, layer.stride, layer.padding,
+                                              pb, mask=mask, tile=tile_b, **layer._geometry())
+        if not conv:
+            return ops.dense_backward(g_out, w, pb, mask=mask)
+        if tile_b:
+            return ops.conv2d_winograd_backward(g_y, w, hw, layer.padding, pb, tile=tile_b,
+                                                mask=mask)
+        return ops.conv2d_backward(g_y, w, hw, layer.stride, layer.padding, pb, mask=mask,
+                                   **layer._geometry())
+
+    fns[("gradient", "unfused")], fns[("gradient", "fused")] = unfused_backward, fused_backward
+
+    if below is not None:  # EpsilonPlusFlat: ZPlus (Conv2d), Epsilon (Dense)
+        from relprop import rules as R
+
+        eps = 1e-6
+        if conv:
+            w2, b2, wr = R.plus_params(layer, x.dtype)
+            zr = layer.apply_split(x, w2, b2, w2.shape[0] // 2)[1]  # z+
+        else:
+            wr, zr = w, blk.z
+        r = rng.standard_normal(zr.shape).astype(x.dtype)
+        pr = blk.packed("backward", wr)
+        tile_r = blk.tile(True)
+
+        def unfused_lrp():
+            s = ops.lrp_divide(r, zr, eps)
+            c = layer.apply_t(s, wr, x.shape)
+            return np.multiply(c, x, out=c)
+
+        def fused_lrp():
+            if conv:
+                return ops.conv2d_lrp_epsilon(r, zr, x, wr, eps, layer.stride, layer.padding, pr,
+                                              tile=tile_r, **layer._geometry())
+            return ops.dense_lrp_epsilon(r, zr, x, wr, eps, pr)
+
+        fns[("lrp", "unfused")], fns[("lrp", "fused")] = unfused_lrp, fused_lrp
+    return fns
+
+
+STEPS = ("forward", "gradient", "lrp")
+
+
+def step_rows(name, batch, threads, repeats, peaks, clock=time.perf_counter, log=None):
+    """One row per Block and thread count: median times of each step, unfused and fused."""
+    rng = np.random.default_rng(3)
+    rows = []
+    blocks = model_blocks(name, batch)
+    for blk in blocks:
+        fns = block_fns(blk, rng)
+        for t in threads:
+            rp.set_num_threads(t)
+            times = time_interleaved(fns, repeats, clock=clock)
+            row = {"model": name, "block": blk, "batch": batch, "threads": t, "peak": peaks[t],
+                   "flop": 2.0 * blk.macs()}
+            for key, ts in times.items():
+                row[key] = statistics.median(ts)
+            rows.append(row)
+            if log:
+                print(f"{name} {describe(blk)} t={t} " + " ".join(
+                    f"{k[0]}/{k[1]}={v * 1e3:.3f}ms" for k, v in row.items()
+                    if isinstance(k, tuple)), file=log, flush=True)
+    return rows
+
+
+def describe(blk):
+    layer = blk.layer
+    if blk.conv:
+        o, c = blk.w.shape[:2]
+        text = f"conv{blk.index} {c * layer.groups}->{o} {blk.x.shape[2]}x{blk.x.shape[3]}"
+    else:
+        text = f"dense{blk.index} {blk.w.shape[1]}->{blk.w.shape[0]}"
+    return text + (" +relu" if blk.relu else "") + (" +pool" if blk.pool else "")
+
+
+def step_table(rows):
+    """A Markdown table: per layer and thread count, each step's median ms unfused (the
+    engine's separate passes today) and fused (one kernel), the fused GFLOP/s (direct-method
+    FLOP of the layer's GEMM; the LRP step and the gradient's backward step each count one
+    GEMM of the layer) and % of the FMA peak, the speed-up, and the algorithm; totals last."""
+    head = ("| layer | batch | threads | step | algorithm | unfused ms | fused ms | fused / unfused "
+            "| fused GFLOP/s | % peak |")
+    lines = [head, "|---|---:|---:|---|---|---:|---:|---:|---:|---:|"]
+    totals = {}
+    for r in rows:
+        blk = r["block"]
+        for step in STEPS:
+            if (step, "fused") not in r:
+                continue
+            un, fu = r[(step, "unfused")], r[(step, "fused")]
+            key = (r["batch"], r["threads"], step)
+            tot = totals.setdefault(key, [0.0, 0.0])
+            tot[0] += un
+            tot[1] += fu
+            gf = r["flop"] / fu * 1e-9
+            alg = blk.algorithm(step != "forward")
+            if step == "forward" and (blk.relu or blk.pool):
+                alg += " +relu" + ("+pool" if blk.pool else "")
+            lines.append(f"| {r['model']} {describe(blk)} | {r['batch']} | {r['threads']} | {step} "
+                         f"| {alg} | {un * 1e3:.3f} | {fu * 1e3:.3f} | {un / fu:.2f}x "
+                         f"| {gf:,.0f} | {100 * gf / r['peak']:.0f}% |")
+    for (batch, t, step), (un, fu) in totals.items():
+        lines.append(f"| **all layers** | {batch} | {t} | {step} | | {un * 1e3:.3f} | "
+                     f"{fu * 1e3:.3f} | {un / fu:.2f}x | | |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="vgg16", choices=["vgg16", "cifar_cnn"])
+    p.add_argument("--model", default="vgg16", choices=["vgg16", "cifar_cnn", "mlp"])
+    p.add_argument("--steps", action="store_true",
+                   help="every layer's forward, gradient and LRP step, unfused and fused "
+                        "(any model), instead of the conv algorithms")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     p.add_argument("--repeats", type=int, default=5)
@@ -229,6 +480,11 @@ def main(argv=None):
     print(f"- {opts.model}, batch {opts.batch}, float32; medians of {opts.repeats} interleaved "
           f"repeats ({'thread CPU' if opts.clock == 'thread' else 'wall-clock'} time)\n",
           flush=True)
+    if opts.steps:
+        rows = step_rows(opts.model, opts.batch, threads, opts.repeats, peaks, clock=clock,
+                         log=sys.stderr)
+        print(step_table(rows))
+        return rows
     rows = layer_rows(opts.model, opts.batch, threads, opts.repeats, peaks, tiles, layers,
                       log=sys.stderr, clock=clock)
     print(table(rows))

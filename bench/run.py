@@ -6,6 +6,13 @@ memory of an LRP call.
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/run.py            # full (~30 min)
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/run.py --quick    # < 2 min
     python bench/run.py --models mlp,cifar_cnn --threads 1
+    python bench/run.py --layers cifar_cnn --threads 1,2 --clock wall      # per-layer table
+
+``--layers MODEL`` prints (and writes only with --output) a per-layer table of one model instead:
+for every Dense/Conv2d with the ReLU and max pooling after it, the forward step, the gradient's
+backward step and EpsilonPlusFlat's relevance step, each as the engine runs it today (separate
+element-wise passes) and as one fused kernel call, with time, GFLOP/s, % of peak and the
+algorithm (bench/layers.py --steps), at batch 1 and the model's large batch.
 
 Prints a Markdown report and writes it to bench/results.md (or --output).  Times are wall-clock
 medians of repeats after one warm-up call (which also builds relprop's cached rule weights and
@@ -496,6 +503,51 @@ def machine_info(threads):
     return lines
 
 
+def layers_report(parser, opts, argv):
+    """The per-layer table of one model (bench/layers.py's steps), with the machine at the
+    top."""
+    import layers as LY
+
+    if opts.layers not in M.MODELS:
+        parser.error(f"unknown model {opts.layers!r}; use {', '.join(M.MODELS)}")
+    threads = [int(t) for t in opts.threads.split(",")]
+    if opts.clock == "thread" and threads != [1]:
+        parser.error("--clock thread needs --threads 1")
+    clock = time.thread_time if opts.clock == "thread" else time.perf_counter
+    batches = ([int(b) for b in opts.batches.split(",")] if opts.batches
+               else [1, M.MODELS[opts.layers][2]])
+    repeats = opts.repeats or 11
+    t_start = time.time()
+    load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
+    info = machine_info(threads)
+    info[0] = f"- CPU: {LY.cpu_model()}, {os.cpu_count()} logical cores; Python {platform.python_version()}"
+    core = max(ops.fma_peak_gflops(1) for _ in range(3))
+    peaks = {t: t * core for t in threads}
+    info.append(f"- measured FMA peak (float32, {ops.isa()}): {core:.1f} GFLOP/s per core; "
+                "% of peak is against threads x that")
+    print("\n".join(info), file=sys.stderr)
+    rows = []
+    for batch in batches:
+        rows += LY.step_rows(opts.layers, batch, threads, repeats, peaks, clock=clock,
+                             log=sys.stderr)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    sections = [f"# Per-layer steps: {opts.layers}", "", *info,
+                f"- {'thread CPU' if opts.clock == 'thread' else 'wall-clock'} time, medians of "
+                f"{repeats} interleaved repeats; unfused = the engine's separate passes today, "
+                "fused = one fused kernel (bench/layers.py --steps)", "",
+                LY.step_table(rows), ""]
+    if load:
+        sections.append(f"_System load average at start {load0[0]:.2f}, at the end "
+                        f"{load[0]:.2f} (on {os.cpu_count()} cores)._")
+    sections.append(f"_Run time {time.time() - t_start:.0f} s; `python bench/run.py "
+                    f"{' '.join(argv if argv is not None else sys.argv[1:])}`._")
+    text = "\n".join(sections) + "\n"
+    print(text)
+    if any(a.startswith("--output") for a in (argv if argv is not None else sys.argv[1:])):
+        Path(opts.output).write_text(text)
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small subset (< 2 min)")
@@ -510,10 +562,20 @@ def main(argv=None):
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--output", default=str(HERE / "results.md"))
     p.add_argument("--memory-case", help=argparse.SUPPRESS)
+    p.add_argument("--layers", metavar="MODEL", default=None,
+                   help="only the per-layer table of MODEL (mlp, cifar_cnn, vgg16)")
+    p.add_argument("--batches", default=None,
+                   help="comma-separated batch sizes of --layers (default: 1 and the model's "
+                        "large batch)")
+    p.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                   help="--layers: elapsed time, or the calling thread's CPU time (--threads 1 "
+                        "only: what a busy machine's other processes do not change)")
     opts = p.parse_args(argv)
     if opts.memory_case:
         memory_case(*json.loads(opts.memory_case))
         return
+    if opts.layers:
+        return layers_report(p, opts, argv)
     models = (opts.models.split(",") if opts.models
               else ["mlp", "cifar_cnn"] if opts.quick else list(M.MODELS))
     for m in models:

@@ -61,6 +61,27 @@ const T* optional_bias(const py::object& b, idx size, CArray<T>& keep) {
   return keep.data();
 }
 
+// An optional array (a ReLU mask, a layer input, pooled values): None or a C-contiguous array
+// of T with exactly `shape`.
+template <typename T>
+const T* optional_array(const py::object& a, const std::vector<idx>& shape, const char* name,
+                        CArray<T>& keep) {
+  if (a.is_none()) return nullptr;
+  if (!py::isinstance<CArray<T>>(a))
+    throw py::type_error(std::string(name) + " must be a C-contiguous array of the input's dtype");
+  keep = py::reinterpret_borrow<CArray<T>>(a);
+  bool same = keep.ndim() == static_cast<py::ssize_t>(shape.size());
+  for (std::size_t d = 0; same && d < shape.size(); ++d) same = keep.shape(d) == shape[d];
+  if (!same) {
+    std::string want = "(", got = "(";
+    for (std::size_t d = 0; d < shape.size(); ++d) want += (d ? ", " : "") + std::to_string(shape[d]);
+    for (py::ssize_t d = 0; d < keep.ndim(); ++d) got += (d ? ", " : "") + std::to_string(keep.shape(d));
+    relprop::fail(name, " must have shape ", want, shape.size() == 1 ? ",)" : ")", ", got ", got,
+                  keep.ndim() == 1 ? ",)" : ")");
+  }
+  return keep.data();
+}
+
 // Packed weights (dense_pack, conv2d_pack): the packed array with everything that fixes its
 // layout, so that a packing is used only for the very weight and GEMM it was made for.  Two
 // weights of different shapes can pack to the same size (rows are padded to the micro-kernel's
@@ -135,7 +156,7 @@ Window2d window(const CArray<T>& x, Pair k, Pair s, Pair p) {
 
 template <typename T>
 CArray<T> dense_forward(const CArray<T>& x, const CArray<T>& w, const py::object& b, int nthreads,
-                        const py::object& packed) {
+                        const py::object& packed, bool relu) {
   check_ndim(x, 2, "x");
   check_ndim(w, 2, "weight");
   const idx n = x.shape(0), in = x.shape(1), out = w.shape(0);
@@ -148,27 +169,55 @@ CArray<T> dense_forward(const CArray<T>& x, const CArray<T>& w, const py::object
   T* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;
-    relprop::dense_forward<T>(x.data(), w.data(), bp, yp, n, in, out, nthreads, pp);
+    relprop::dense_forward<T>(x.data(), w.data(), bp, yp, n, in, out, nthreads, pp, relu);
   }
   return y;
 }
 
 template <typename T>
 CArray<T> dense_backward(const CArray<T>& g, const CArray<T>& w, int nthreads,
-                         const py::object& packed) {
+                         const py::object& packed, const py::object& mask) {
   check_ndim(g, 2, "grad");
   check_ndim(w, 2, "weight");
   const idx n = g.shape(0), out = w.shape(0), in = w.shape(1);
   RELPROP_CHECK(g.shape(1) == out, "grad.shape[1]=", g.shape(1), " must equal ", out, " (weight.shape[0])");
   const T* pp = optional_packed<T>(packed, "dense_backward", w,
                                    relprop::dense_packed_size<T>(in, out, false));
+  CArray<T> keep;
+  const T* mp = optional_array<T>(mask, {n, in}, "mask", keep);
   CArray<T> gx = output<T>({n, in});
   T* gp = gx.mutable_data();
   {
     py::gil_scoped_release nogil;
-    relprop::dense_backward<T>(g.data(), w.data(), gp, n, in, out, nthreads, pp);
+    relprop::dense_backward<T>(g.data(), w.data(), gp, n, in, out, nthreads, pp, mp);
   }
   return gx;
+}
+
+// a * ((r / stab(z)) @ w): r, z (n, out), a (n, in) -> (n, in)
+template <typename T>
+CArray<T> dense_lrp_epsilon(const CArray<T>& r, const CArray<T>& z, const CArray<T>& a,
+                            const CArray<T>& w, double eps, int nthreads,
+                            const py::object& packed) {
+  check_ndim(w, 2, "weight");
+  const idx out = w.shape(0), in = w.shape(1);
+  check_ndim(r, 2, "r");
+  const idx n = r.shape(0);
+  RELPROP_CHECK(r.shape(1) == out, "r.shape[1]=", r.shape(1), " must equal ", out,
+                " (weight.shape[0])");
+  CArray<T> keep_z, keep_a;
+  optional_array<T>(z, {n, out}, "z", keep_z);
+  optional_array<T>(a, {n, in}, "a", keep_a);
+  const T* pp = optional_packed<T>(packed, "dense_backward", w,
+                                   relprop::dense_packed_size<T>(in, out, false));
+  CArray<T> ra = output<T>({n, in});
+  T* rp = ra.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::dense_lrp_epsilon<T>(r.data(), z.data(), a.data(), w.data(), rp, n, in, out, eps,
+                                  nthreads, pp);
+  }
+  return ra;
 }
 
 // Checks groups and dilation, and returns them.
@@ -281,7 +330,7 @@ const T* conv_packed(const CArray<T>& w, const Window2d& g, const ConvParams& cp
 
 template <typename T>
 CArray<T> conv2d_forward(const CArray<T>& x, const CArray<T>& w, const py::object& b, Pair s, Pair p,
-                         int nthreads, const py::object& packed, Pair d, idx groups) {
+                         int nthreads, const py::object& packed, Pair d, idx groups, bool relu) {
   const ConvParams cp = conv_params(groups, d);
   const Window2d g = conv_window(x, w, s, p, cp);
   const idx c_out = w.shape(0);
@@ -292,7 +341,7 @@ CArray<T> conv2d_forward(const CArray<T>& x, const CArray<T>& w, const py::objec
   T* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;
-    relprop::conv2d_forward<T>(x.data(), w.data(), bp, yp, g, c_out, groups, nthreads, pp);
+    relprop::conv2d_forward<T>(x.data(), w.data(), bp, yp, g, c_out, groups, nthreads, pp, relu);
   }
   return y;
 }
@@ -342,7 +391,8 @@ Window2d backward_window(const CArray<T>& gy, idx c, Pair hw, Pair k, Pair s, Pa
 
 template <typename T>
 CArray<T> conv2d_backward(const CArray<T>& gy, const CArray<T>& w, Pair hw, Pair s, Pair p,
-                          int nthreads, const py::object& packed, Pair d, idx groups) {
+                          int nthreads, const py::object& packed, Pair d, idx groups,
+                          const py::object& mask) {
   const ConvParams cp = conv_params(groups, d);
   check_ndim(w, 4, "weight");
   RELPROP_CHECK(w.shape(0) % groups == 0, "weight.shape[0]=", w.shape(0),
@@ -353,11 +403,13 @@ CArray<T> conv2d_backward(const CArray<T>& gy, const CArray<T>& w, Pair hw, Pair
                 " (weight.shape[0])");
   const T* pp = optional_packed<T>(packed, conv_backward_gemm(g, c_out, groups), w,
                                    relprop::conv2d_backward_packed_size<T>(g, c_out, groups), cp);
+  CArray<T> keep;
+  const T* mp = optional_array<T>(mask, {g.n, g.c, g.h, g.w}, "mask", keep);
   CArray<T> gx = output<T>({g.n, g.c, g.h, g.w});
   T* gp = gx.mutable_data();
   {
     py::gil_scoped_release nogil;
-    relprop::conv2d_backward<T>(gy.data(), w.data(), gp, g, c_out, groups, nthreads, pp);
+    relprop::conv2d_backward<T>(gy.data(), w.data(), gp, g, c_out, groups, nthreads, pp, mp);
   }
   return gx;
 }
@@ -380,14 +432,19 @@ py::tuple maxpool2d_forward(const CArray<T>& x, Pair k, Pair s, Pair p, int nthr
 
 template <typename T>
 CArray<T> maxpool2d_backward(const CArray<T>& gy, const CArray<std::int64_t>& arg, Pair hw, Pair k,
-                             Pair s, Pair p, int nthreads) {
+                             Pair s, Pair p, int nthreads, const py::object& mask) {
   const Window2d g = backward_window(gy, gy.shape(1), hw, k, s, p);
   RELPROP_CHECK(arg.ndim() == 4 && arg.size() == gy.size(), "argmax must have the shape of grad");
+  CArray<T> keep;
+  const T* mp = optional_array<T>(mask, shape_of(gy), "mask", keep);
+  RELPROP_CHECK(!mp || (s[0] >= k[0] && s[1] >= k[1]),
+                "maxpool2d_backward with a mask needs disjoint windows (stride >= kernel), got "
+                "kernel (", k[0], ", ", k[1], ") and stride (", s[0], ", ", s[1], ")");
   CArray<T> gx = output<T>({g.n, g.c, g.h, g.w});
   T* gp = gx.mutable_data();
   {
     py::gil_scoped_release nogil;
-    relprop::maxpool2d_backward<T>(gy.data(), arg.data(), gp, g, nthreads);
+    relprop::maxpool2d_backward_masked<T>(gy.data(), arg.data(), mp, gp, g, nthreads);
   }
   return gx;
 }
@@ -642,13 +699,17 @@ template <typename T>
 void define(py::module_& m) {
   auto nc = [](const char* name) { return py::arg(name).noconvert(); };
   m.def("dense_forward", &dense_forward<T>, nc("x"), nc("weight"), "bias"_a, "nthreads"_a,
-        "packed"_a = py::none());
+        "packed"_a = py::none(), "relu"_a = false);
   m.def("dense_backward", &dense_backward<T>, nc("grad"), nc("weight"), "nthreads"_a,
-        "packed"_a = py::none());
+        "packed"_a = py::none(), "mask"_a = py::none());
+  m.def("dense_lrp_epsilon", &dense_lrp_epsilon<T>, nc("r"), nc("z"), nc("a"), nc("weight"),
+        "eps"_a, "nthreads"_a, "packed"_a = py::none(),
+        "a * ((r / stab(z)) @ weight); see relprop.ops.dense_lrp_epsilon.");
   m.def("dense_pack", &dense_pack<T>, nc("weight"), "forward"_a);
   const Pair one{1, 1};
   m.def("conv2d_forward", &conv2d_forward<T>, nc("x"), nc("weight"), "bias"_a, "stride"_a, "padding"_a,
         "nthreads"_a, "packed"_a = py::none(), "dilation"_a = one, "groups"_a = 1,
+        "relu"_a = false,
         "x (n, c_in, h, w), weight (c_out, c_in/groups, kh, kw) -> (n, c_out, oh, ow); see "
         "relprop.ops.conv2d_forward.");
   m.def("conv2d_forward_split", &conv2d_forward_split<T>, nc("x"), nc("weight"), "bias"_a,
@@ -661,12 +722,13 @@ void define(py::module_& m) {
         "PackedWeights of weight for conv2d_forward, or conv2d_backward with backward=True.");
   m.def("conv2d_backward", &conv2d_backward<T>, nc("grad"), nc("weight"), "in_hw"_a, "stride"_a,
         "padding"_a, "nthreads"_a, "packed"_a = py::none(), "dilation"_a = one, "groups"_a = 1,
+        "mask"_a = py::none(),
         "grad (n, c_out, oh, ow) -> (n, c_in, h, w) with (h, w) = in_hw; see "
         "relprop.ops.conv2d_backward.");
   m.def("maxpool2d_forward", &maxpool2d_forward<T>, nc("x"), "kernel"_a, "stride"_a, "padding"_a,
         "nthreads"_a);
   m.def("maxpool2d_backward", &maxpool2d_backward<T>, nc("grad"), nc("argmax"), "in_hw"_a, "kernel"_a,
-        "stride"_a, "padding"_a, "nthreads"_a);
+        "stride"_a, "padding"_a, "nthreads"_a, "mask"_a = py::none());
   m.def("avgpool2d_forward", &avgpool2d_forward<T>, nc("x"), "kernel"_a, "stride"_a, "padding"_a,
         "nthreads"_a);
   m.def("avgpool2d_backward", &avgpool2d_backward<T>, nc("grad"), "in_hw"_a, "kernel"_a, "stride"_a,
@@ -734,13 +796,14 @@ PackedWeights conv2d_winograd_pack(const CArray<T>& w, int tile, bool backward, 
 template <typename T>
 py::object conv2d_winograd_forward(const CArray<T>& x, const CArray<T>& w, const py::object& b,
                                    Pair p, int tile, idx split, int nthreads,
-                                   const py::object& packed, idx block_tiles) {
+                                   const py::object& packed, idx block_tiles, bool relu) {
   check_3x3(w);
   const Window2d g = conv_window(x, w, {1, 1}, p, ConvParams{});
   relprop::winograd_validate(g, tile);
   const idx c_out = w.shape(0);
   RELPROP_CHECK(split == 0 || (split > 0 && split < c_out), "split must be in [1, ", c_out - 1,
                 "] (or 0 for one output), got ", split);
+  RELPROP_CHECK(!(relu && split > 0), "relu=True needs one output (split=0)");
   CArray<T> keep;
   const T* bp = optional_bias<T>(b, c_out, keep);
   const T* pp = winograd_packed<T>(packed, w, tile, false);
@@ -752,7 +815,7 @@ py::object conv2d_winograd_forward(const CArray<T>& x, const CArray<T>& w, const
   {
     py::gil_scoped_release nogil;
     relprop::winograd_forward<T>(x.data(), w.data(), bp, yp, y2p, g, c_out, s1, tile, nthreads,
-                                 pp, block_tiles);
+                                 pp, block_tiles, relu);
   }
   if (split > 0) return py::make_tuple(y, y2);
   return std::move(y);
@@ -761,7 +824,7 @@ py::object conv2d_winograd_forward(const CArray<T>& x, const CArray<T>& w, const
 template <typename T>
 CArray<T> conv2d_winograd_backward(const CArray<T>& gy, const CArray<T>& w, Pair hw, Pair p,
                                    int tile, int nthreads, const py::object& packed,
-                                   idx block_tiles) {
+                                   idx block_tiles, const py::object& mask) {
   check_3x3(w);
   const Window2d g = backward_window(gy, w.shape(1), hw, {3, 3}, {1, 1}, p);
   relprop::winograd_validate(g, tile);
@@ -769,14 +832,129 @@ CArray<T> conv2d_winograd_backward(const CArray<T>& gy, const CArray<T>& w, Pair
   RELPROP_CHECK(gy.shape(1) == c_out, "grad.shape[1]=", gy.shape(1), " must equal ", c_out,
                 " (weight.shape[0])");
   const T* pp = winograd_packed<T>(packed, w, tile, true);
+  CArray<T> keep;
+  const T* mp = optional_array<T>(mask, {g.n, g.c, g.h, g.w}, "mask", keep);
   CArray<T> gx = output<T>({g.n, g.c, g.h, g.w});
   T* gp = gx.mutable_data();
   {
     py::gil_scoped_release nogil;
     relprop::winograd_backward<T>(gy.data(), w.data(), gp, g, c_out, tile, nthreads, pp,
-                                  block_tiles);
+                                  block_tiles, mp);
   }
   return gx;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused convolutions: tile 0 runs the direct method (packed from conv2d_pack), tile 2 or 4
+// Winograd F(tile x tile, 3x3) (packed from conv2d_winograd_pack).
+
+// The fused kernels' packed weights for the direct method or Winograd.
+template <typename T>
+const T* fused_packed(const py::object& packed, const CArray<T>& w, const Window2d& g,
+                      const ConvParams& cp, int tile, bool backward) {
+  if (tile != 0) {
+    relprop::winograd_validate(g, tile);
+    RELPROP_CHECK(cp.groups == 1 && cp.dilation == (Pair{1, 1}),
+                  "Winograd convolution needs groups=1 and dilation 1");
+    return winograd_packed<T>(packed, w, tile, backward);
+  }
+  const idx c_out = w.shape(0);
+  if (backward)
+    return optional_packed<T>(packed, conv_backward_gemm(g, c_out, cp.groups), w,
+                              relprop::conv2d_backward_packed_size<T>(g, c_out, cp.groups), cp);
+  return conv_packed<T>(w, g, cp, packed);
+}
+
+// (pooled, argmax) of maxpool2d(relu(conv2d(x, w, b))) with a 2x2 window, stride 2.
+template <typename T>
+py::tuple conv2d_forward_relu_maxpool(const CArray<T>& x, const CArray<T>& w, const py::object& b,
+                                      Pair s, Pair p, int nthreads, const py::object& packed,
+                                      Pair d, idx groups, int tile, idx block_tiles) {
+  const ConvParams cp = conv_params(groups, d);
+  const Window2d g = conv_window(x, w, s, p, cp);
+  const idx c_out = w.shape(0);
+  CArray<T> keep;
+  const T* bp = optional_bias<T>(b, c_out, keep);
+  const T* pp = fused_packed<T>(packed, w, g, cp, tile, false);
+  CArray<T> y = output<T>({g.n, c_out, g.oh() / 2, g.ow() / 2});
+  CArray<std::int64_t> arg = output<std::int64_t>({g.n, c_out, g.oh() / 2, g.ow() / 2});
+  T* yp = y.mutable_data();
+  std::int64_t* ap = arg.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    if (tile)
+      relprop::winograd_forward_relu_maxpool<T>(x.data(), w.data(), bp, yp, ap, g, c_out, tile,
+                                                nthreads, pp, block_tiles);
+    else
+      relprop::conv2d_forward_relu_maxpool<T>(x.data(), w.data(), bp, yp, ap, g, c_out, groups,
+                                              nthreads, pp);
+  }
+  return py::make_tuple(y, arg);
+}
+
+// The backward pass of conv2d_forward_relu_maxpool from the pooled gradient.
+template <typename T>
+CArray<T> conv2d_backward_pooled(const CArray<T>& gp, const CArray<std::int64_t>& arg,
+                                 const py::object& pooled, const CArray<T>& w, Pair hw, Pair s,
+                                 Pair p, int nthreads, const py::object& packed, Pair d,
+                                 idx groups, const py::object& mask, int tile) {
+  const ConvParams cp = conv_params(groups, d);
+  check_ndim(w, 4, "weight");
+  check_ndim(gp, 4, "grad");
+  RELPROP_CHECK(w.shape(0) % groups == 0, "weight.shape[0]=", w.shape(0),
+                " (output channels) must be a multiple of groups=", groups);
+  const idx c_out = w.shape(0);
+  Window2d g{gp.shape(0), w.shape(1) * groups, hw[0], hw[1], w.shape(2), w.shape(3), s[0], s[1],
+             p[0], p[1], d[0], d[1]};
+  g.validate();
+  const std::vector<idx> pshape{g.n, c_out, g.oh() / 2, g.ow() / 2};
+  RELPROP_CHECK(shape_of(gp) == pshape, "grad must have shape ", shape_string(pshape),
+                " (the pooled output of the convolution), got ", shape_string(shape_of(gp)));
+  RELPROP_CHECK(shape_of(arg) == pshape, "argmax must have the shape of grad ",
+                shape_string(pshape), ", got ", shape_string(shape_of(arg)));
+  CArray<T> keep_p, keep_m;
+  const T* yp = optional_array<T>(pooled, pshape, "pooled", keep_p);
+  const T* mp = optional_array<T>(mask, {g.n, g.c, g.h, g.w}, "mask", keep_m);
+  const T* pp = fused_packed<T>(packed, w, g, cp, tile, true);
+  CArray<T> gx = output<T>({g.n, g.c, g.h, g.w});
+  T* gxp = gx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    if (tile)
+      relprop::winograd_backward_pooled<T>(gp.data(), arg.data(), yp, w.data(), gxp, g, c_out,
+                                           tile, nthreads, pp, mp);
+    else
+      relprop::conv2d_backward_pooled<T>(gp.data(), arg.data(), yp, w.data(), gxp, g, c_out,
+                                         groups, nthreads, pp, mp);
+  }
+  return gx;
+}
+
+// a * conv2d_backward(r / stab(z), w): r, z (n, c_out, oh, ow), a (n, c_in, h, w).
+template <typename T>
+CArray<T> conv2d_lrp_epsilon(const CArray<T>& r, const CArray<T>& z, const CArray<T>& a,
+                             const CArray<T>& w, double eps, Pair s, Pair p, int nthreads,
+                             const py::object& packed, Pair d, idx groups, int tile) {
+  const ConvParams cp = conv_params(groups, d);
+  const Window2d g = conv_window(a, w, s, p, cp);
+  const idx c_out = w.shape(0);
+  const std::vector<idx> rshape{g.n, c_out, g.oh(), g.ow()};
+  CArray<T> keep_r, keep_z;
+  optional_array<T>(r, rshape, "r", keep_r);
+  optional_array<T>(z, rshape, "z", keep_z);
+  const T* pp = fused_packed<T>(packed, w, g, cp, tile, true);
+  CArray<T> ra = output<T>({g.n, g.c, g.h, g.w});
+  T* rp = ra.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    if (tile)
+      relprop::winograd_lrp_epsilon<T>(r.data(), z.data(), a.data(), w.data(), rp, g, c_out, tile,
+                                       eps, nthreads, pp);
+    else
+      relprop::conv2d_lrp_epsilon<T>(r.data(), z.data(), a.data(), w.data(), rp, g, c_out, groups,
+                                     eps, nthreads, pp);
+  }
+  return ra;
 }
 
 template <typename T>
@@ -786,10 +964,25 @@ void define_winograd(py::module_& m) {
         "nthreads"_a);
   m.def("conv2d_winograd_forward", &conv2d_winograd_forward<T>, nc("x"), nc("weight"), "bias"_a,
         "padding"_a, "tile"_a, "split"_a, "nthreads"_a, "packed"_a = py::none(),
-        "block_tiles"_a = 0);
+        "block_tiles"_a = 0, "relu"_a = false);
   m.def("conv2d_winograd_backward", &conv2d_winograd_backward<T>, nc("grad"), nc("weight"),
         "in_hw"_a, "padding"_a, "tile"_a, "nthreads"_a, "packed"_a = py::none(),
-        "block_tiles"_a = 0);
+        "block_tiles"_a = 0, "mask"_a = py::none());
+  const Pair one{1, 1};
+  m.def("conv2d_forward_relu_maxpool", &conv2d_forward_relu_maxpool<T>, nc("x"), nc("weight"),
+        "bias"_a, "stride"_a, "padding"_a, "nthreads"_a, "packed"_a = py::none(),
+        "dilation"_a = one, "groups"_a = 1, "tile"_a = 0, "block_tiles"_a = 0,
+        "(pooled, argmax) of a 2x2 stride-2 max pooling of relu(conv2d(x, weight, bias)); see "
+        "relprop.ops.conv2d_forward_relu_maxpool.");
+  m.def("conv2d_backward_pooled", &conv2d_backward_pooled<T>, nc("grad"), nc("argmax"),
+        "pooled"_a, nc("weight"), "in_hw"_a, "stride"_a, "padding"_a, "nthreads"_a,
+        "packed"_a = py::none(), "dilation"_a = one, "groups"_a = 1, "mask"_a = py::none(),
+        "tile"_a = 0, "The backward pass of conv2d_forward_relu_maxpool; see "
+        "relprop.ops.conv2d_backward_pooled.");
+  m.def("conv2d_lrp_epsilon", &conv2d_lrp_epsilon<T>, nc("r"), nc("z"), nc("a"), nc("weight"),
+        "eps"_a, "stride"_a, "padding"_a, "nthreads"_a, "packed"_a = py::none(),
+        "dilation"_a = one, "groups"_a = 1, "tile"_a = 0,
+        "a * conv2d_backward(lrp_divide(r, z, eps), weight); see relprop.ops.conv2d_lrp_epsilon.");
 }
 
 }  // namespace

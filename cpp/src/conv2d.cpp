@@ -16,6 +16,7 @@
 // output channels, into one rectangle per thread; every output element is reduced in the same
 // order for any thread count.
 #include <algorithm>
+#include <cstdint>
 #include <utility>
 #include <vector>
 
@@ -24,6 +25,7 @@
 #include "relprop/kernels.hpp"
 #include "relprop/memory.hpp"
 #include "relprop/parallel.hpp"
+#include "workspace.hpp"
 
 namespace relprop {
 
@@ -77,6 +79,8 @@ struct BatchGemm {
   idx y2_stride = 0, m2 = 0;
   idx samples = 0;  // 0: n (one group)
   idx a_gstride = 0, x_gstride = 0, y_gstride = 0, y2_gstride = 0;
+  detail::Epilogue epi = detail::Epilogue::none;  // on C_s; aux (mask, scale) at y's strides
+  const T* aux = nullptr;
 
   GemmArgs<T> sample(idx s) const {
     const idx per = samples > 0 ? samples : n;
@@ -97,6 +101,11 @@ struct BatchGemm {
       g.c2 = y2 + si * y2_stride + gi * y2_gstride;
       g.m2 = m2;
     }
+    g.epilogue = epi;
+    if (aux) {
+      g.aux = aux + si * y_stride + gi * y_gstride;
+      g.ldx = P;
+    }
     return g;
   }
 };
@@ -115,11 +124,14 @@ void run_batch(const GemmImpl<T>& impl, const BatchGemm<T>& bg, int nthreads) {
   const detail::Split sp =
       detail::choose_split(bg.m, units * impl.nr, bg.k, impl.mr, impl.nr, nt, false);
   const idx sm = (bg.m + impl.mr - 1) / impl.mr;
-  const int tasks = sp.tm * sp.tn;
-  parallel_for(tasks, tasks, [&](idx t) {
+  // the pixel strips in chunks, at least about four tasks per thread where there are enough,
+  // on a dynamic schedule: a thread the operating system takes away holds up one chunk (every
+  // strip's im2col panel is packed by the one task that multiplies it, either way)
+  const idx chunks = std::min<idx>(units, std::max<idx>(sp.tn, (4 * nt + sp.tm - 1) / sp.tm));
+  parallel_for_dynamic(nt, sp.tm * chunks, [&](idx t) {
     idx lo_m, hi_m, u0, u1;
-    detail::share(sm, sp.tm, static_cast<int>(t / sp.tn), lo_m, hi_m);
-    detail::share(units, sp.tn, static_cast<int>(t % sp.tn), u0, u1);
+    detail::share(sm, sp.tm, static_cast<int>(t / chunks), lo_m, hi_m);
+    detail::share(units, static_cast<int>(chunks), static_cast<int>(t % chunks), u0, u1);
     const idx i0 = lo_m * impl.mr, i1 = std::min(hi_m * impl.mr, bg.m);
     for (idx u = u0; u < u1 && i0 < i1;) {
       const idx s = u / strips, first = u % strips;
@@ -154,6 +166,34 @@ void col2im(const T* cols, T* x, const Window2d& g, idx c0, idx c1) {
       }
 }
 
+// y[i] = epilogue(y[i], aux[i]) for i < size: the fused step where no GEMM stores y (col2im,
+// the depthwise kernels), right after y is made, while it is in cache.
+template <typename T>
+void epilogue_pass(T* y, const T* aux, idx size, detail::Epilogue e) {
+  using detail::Epilogue;
+  if (e == Epilogue::relu) {
+#pragma omp simd
+    for (idx i = 0; i < size; ++i) y[i] = detail::epilogue_scalar(Epilogue::relu, y[i], T(0));
+  } else if (e == Epilogue::mask) {
+#pragma omp simd
+    for (idx i = 0; i < size; ++i) y[i] = detail::epilogue_scalar(Epilogue::mask, y[i], aux[i]);
+  } else if (e == Epilogue::scale) {
+#pragma omp simd
+    for (idx i = 0; i < size; ++i) y[i] = detail::epilogue_scalar(Epilogue::scale, y[i], aux[i]);
+  }
+}
+
+// epilogue_pass over `planes` planes of `plane` elements, in parallel over planes.
+template <typename T>
+void epilogue_planes(T* y, const T* aux, idx planes, idx plane, detail::Epilogue e,
+                     int nthreads) {
+  if (e == detail::Epilogue::none) return;
+  const int nt = threads_for(nthreads, planes, planes * plane);
+  parallel_for(nt, planes, [&](idx t) {
+    epilogue_pass(y + t * plane, aux ? aux + t * plane : nullptr, plane, e);
+  });
+}
+
 // Throws unless `groups` divides c_in and c_out.
 void check_groups(const Window2d& g, idx c_out, idx groups) {
   RELPROP_CHECK(groups >= 1, "groups must be positive, got ", groups);
@@ -185,15 +225,13 @@ void conv2d_pack(const T* w, const Window2d& g, idx c_out, idx groups, T* dst) {
   for (idx gi = 0; gi < groups; ++gi) impl.pack_a(impl, w + gi * m * K, K, 1, m, K, dst + gi * block);
 }
 
-template <typename T>
-void conv2d_forward(const T* x, const T* w, const T* b, T* y, const Window2d& g, idx c_out,
-                    idx groups, int nthreads, const T* packed) {
-  conv2d_forward_split<T>(x, w, b, y, nullptr, g, c_out, c_out, groups, nthreads, packed);
-}
+namespace {
 
+// conv2d_forward_split with an epilogue on y (relu, or none; split == c_out for relu).
 template <typename T>
-void conv2d_forward_split(const T* x, const T* w, const T* b, T* y, T* y2, const Window2d& g,
-                          idx c_out, idx split, idx groups, int nthreads, const T* packed) {
+void forward_impl(const T* x, const T* w, const T* b, T* y, T* y2, const Window2d& g,
+                  idx c_out, idx split, idx groups, int nthreads, const T* packed,
+                  detail::Epilogue epi) {
   g.validate();
   check_groups(g, c_out, groups);
   RELPROP_CHECK(split > 0 && split <= c_out, "split must be in [1, ", c_out, "], got ", split);
@@ -202,6 +240,7 @@ void conv2d_forward_split(const T* x, const T* w, const T* b, T* y, T* y2, const
   if (g.n == 0) return;
   if (conv2d_depthwise(g, groups)) {
     depthwise_forward<T>(x, packed ? packed : w, b, y, y2, g, c_out, split, nthreads);
+    epilogue_planes<T>(y, nullptr, g.n * split, g.oh() * g.ow(), epi, nthreads);
     return;
   }
   const auto& impl = detail::active_gemm<T>();
@@ -250,7 +289,24 @@ void conv2d_forward_split(const T* x, const T* w, const T* b, T* y, T* y2, const
     bg.y2_gstride = (m - m1) * P;
     bg.m2 = m1;
   }
+  bg.epi = epi;
   run_batch(impl, bg, nthreads);
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_forward(const T* x, const T* w, const T* b, T* y, const Window2d& g, idx c_out,
+                    idx groups, int nthreads, const T* packed, bool relu) {
+  forward_impl<T>(x, w, b, y, nullptr, g, c_out, c_out, groups, nthreads, packed,
+                  relu ? detail::Epilogue::relu : detail::Epilogue::none);
+}
+
+template <typename T>
+void conv2d_forward_split(const T* x, const T* w, const T* b, T* y, T* y2, const Window2d& g,
+                          idx c_out, idx split, idx groups, int nthreads, const T* packed) {
+  forward_impl<T>(x, w, b, y, y2, g, c_out, split, groups, nthreads, packed,
+                  detail::Epilogue::none);
 }
 
 // The backward pass multiplies by one of two matrices made from each group's weights w_g:
@@ -306,14 +362,18 @@ void conv2d_pack_backward(const T* w, const Window2d& g, idx c_out, idx groups, 
   }
 }
 
+namespace {
+
+// conv2d_backward with the epilogue epi (mask, scale: aux shaped like gx) on gx.
 template <typename T>
-void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, idx groups,
-                     int nthreads, const T* packed) {
+void backward_impl(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, idx groups,
+                   int nthreads, const T* packed, detail::Epilogue epi, const T* aux) {
   g.validate();
   check_groups(g, c_out, groups);
   if (g.n == 0) return;
   if (conv2d_depthwise(g, groups)) {
     depthwise_backward<T>(gy, packed ? packed : w, gx, g, c_out, nthreads);
+    epilogue_planes<T>(gx, aux, g.n * g.c, g.h * g.w, epi, nthreads);
     return;
   }
   const auto& impl = detail::active_gemm<T>();
@@ -336,6 +396,8 @@ void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_ou
     bg.a_gstride = impl.packed_a_size(cig, cog * khw);
     bg.x_gstride = cog * P;
     bg.y_gstride = cig * g.h * g.w;
+    bg.epi = epi;
+    bg.aux = aux;
     run_batch(impl, bg, nthreads);
     return;
   }
@@ -360,6 +422,7 @@ void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_ou
       detail::run_tile(impl, one.sample(0), 0, K, 0, P);
       std::fill(gxu, gxu + cig * plane, T(0));
       col2im(cols, gxu, g, 0, cig);
+      if (aux) epilogue_pass(gxu, aux + (gxu - gx), cig * plane, epi);
     });
     return;
   }
@@ -373,19 +436,174 @@ void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_ou
     for (idx c = 0; c < cig; ++c) {
       std::fill(gxu + c * plane, gxu + (c + 1) * plane, T(0));
       col2im(cols.data(), gxu, g, c, c + 1);
+      if (aux) epilogue_pass(gxu + c * plane, aux + (gxu - gx) + c * plane, plane, epi);
     }
   }
 }
 
+}  // namespace
+
+template <typename T>
+void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, idx groups,
+                     int nthreads, const T* packed, const T* mask) {
+  backward_impl<T>(gy, w, gx, g, c_out, groups, nthreads, packed,
+                   mask ? detail::Epilogue::mask : detail::Epilogue::none, mask);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused: convolution + bias + ReLU + 2x2 max pooling (the pooled layer's forward pass), the
+// backward pass from the pooled gradient, LRP-epsilon.
+
+namespace {
+
+// Throws unless the 2x2 pooling of the output of g can be made: output width below 2**30 (the
+// pooling kernel's lane offsets).
+void check_pool(const Window2d& g) {
+  RELPROP_CHECK(g.ow() < (idx(1) << 30), "2x2 max pooling needs an output width below 2**30, got ",
+                g.ow());
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_forward_relu_maxpool(const T* x, const T* w, const T* b, T* pooled,
+                                 std::int64_t* arg, const Window2d& g, idx c_out, idx groups,
+                                 int nthreads, const T* packed) {
+  g.validate();
+  check_groups(g, c_out, groups);
+  check_pool(g);
+  const idx oh = g.oh(), ow = g.ow(), ph = oh / 2, pw = ow / 2, P = oh * ow;
+  if (g.n == 0 || ph == 0 || pw == 0) return;
+  if (groups > 1) {
+    // grouped and depthwise: the convolution with its ReLU into a workspace, then the pooling
+    // plane by plane (the same arithmetic, unfused)
+    detail::Workspace<T> y(g.n * c_out * P);
+    forward_impl<T>(x, w, b, y.data(), nullptr, g, c_out, c_out, groups, nthreads, packed,
+                    detail::Epilogue::relu);
+    const int nt = threads_for(nthreads, g.n * c_out, g.n * c_out * P);
+    parallel_for(nt, g.n * c_out, [&](idx t) {
+      detail::maxpool_2x2_plane(y.data() + t * P, pooled + t * ph * pw, arg + t * ph * pw, ow,
+                                ph, pw);
+    });
+    return;
+  }
+  const auto& impl = detail::active_gemm<T>();
+  const idx K = g.c * g.kh * g.kw, m = c_out;
+  Buffer<T> wp(static_cast<size_t>(packed ? 0 : conv2d_packed_size<T>(g, c_out, 1)));
+  if (!packed) {
+    conv2d_pack(w, g, c_out, 1, wp.data());
+    packed = wp.data();
+  }
+  Im2col im{g.c, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, oh, ow};
+  im.dh = g.dh;
+  im.dw = g.dw;
+  const bool plain = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+  // Bands of rb pooled rows (2 rb rows of the convolution, in the trailing odd row, which no
+  // window reads, none): a thread computes a band's channels [i0, i1) into its scratch (bias
+  // and ReLU in the GEMM's store), then pools them from there: the convolution's output never
+  // goes to memory.  A band's scratch is kept within kBandBytes (it stays in L2) but holds at
+  // least one pooled row; the band size depends on the layer and one sample's size only.
+  constexpr idx kBandBytes = idx(256) << 10;
+  const idx row_bytes = 2 * ow * m * idx(sizeof(T));
+  const idx rb = std::min(ph, std::max<idx>(1, kBandBytes / row_bytes));
+  const idx bands = (ph + rb - 1) / rb, units = g.n * bands, band_px = 2 * rb * ow;
+  const int nt = threads_for(nthreads, units * ((m + impl.mr - 1) / impl.mr),
+                             g.n * m * 2 * ph * ow * K);
+  const detail::Split sp = nt <= 1 ? detail::Split{}
+                                   : detail::choose_split(m, units * impl.nr, K, impl.mr,
+                                                          impl.nr, nt, false);
+  const idx sm = (m + impl.mr - 1) / impl.mr;
+  const idx rows_max = (sm + sp.tm - 1) / sp.tm * impl.mr;
+  // bands in chunks on a dynamic schedule, as run_batch (a scratch per thread)
+  const int ntt = sp.tm * sp.tn;
+  const idx chunks = std::min<idx>(units, std::max<idx>(sp.tn, (4 * ntt + sp.tm - 1) / sp.tm));
+  detail::Workspace<T> scratch(ntt * rows_max * band_px);
+  parallel_for_dynamic(ntt, sp.tm * chunks, [&](idx t) {
+    idx lo_m, hi_m, u0, u1;
+    detail::share(sm, sp.tm, static_cast<int>(t / chunks), lo_m, hi_m);
+    detail::share(units, static_cast<int>(chunks), static_cast<int>(t % chunks), u0, u1);
+    const idx i0 = lo_m * impl.mr, i1 = std::min(hi_m * impl.mr, m);
+    T* c = scratch.data() + static_cast<idx>(thread_index()) * rows_max * band_px;
+    for (idx u = u0; u < u1 && i0 < i1; ++u) {
+      const idx si = u / bands, band = u % bands;
+      const idx p0 = band * rb, prows = std::min(rb, ph - p0), r0 = 2 * p0;
+      const idx px = 2 * prows * ow;
+      Im2col imb = im;  // the band's rows: output rows r0, r0 + 1, ... as rows 0, 1, ...
+      imb.oh = 2 * prows;
+      imb.ph = im.ph - r0 * im.sh;
+      GemmArgs<T> ga;
+      ga.m = m;
+      ga.n = px;
+      ga.k = K;
+      ga.apack = packed;
+      ga.b = x + si * g.c * g.h * g.w + (plain ? r0 * ow : 0);
+      ga.im = plain ? nullptr : &imb;
+      ga.rsb = P;
+      ga.csb = 1;
+      ga.c = ga.c2 = c;  // rows from m2 = i0 on go to c2 + (i - i0) * ldc
+      ga.m2 = i0;
+      ga.ldc = px;
+      ga.row_bias = b;
+      ga.epilogue = detail::Epilogue::relu;
+      detail::run_tile(impl, ga, i0, i1, 0, px);
+      for (idx i = i0; i < i1; ++i) {
+        const idx at = (si * m + i) * ph * pw + p0 * pw;
+        detail::maxpool_2x2_plane(c + (i - i0) * px, pooled + at, arg + at, ow, prows, pw,
+                                  r0 * ow);
+      }
+    }
+  });
+}
+
+template <typename T>
+void conv2d_backward_pooled(const T* gp, const std::int64_t* arg, const T* pooled, const T* w,
+                            T* gx, const Window2d& g, idx c_out, idx groups, int nthreads,
+                            const T* packed, const T* mask) {
+  g.validate();
+  check_groups(g, c_out, groups);
+  check_pool(g);
+  if (g.n == 0) return;
+  const idx oh = g.oh(), ow = g.ow();
+  // the convolution's output gradient: the pooled gradient at the winners (where pooled > 0:
+  // the ReLU between the convolution and the pooling), 0 elsewhere; then the backward pass
+  // with the ReLU mask of the layer below in its store
+  detail::Workspace<T> gy(g.n * c_out * oh * ow);
+  const Window2d pg{g.n, c_out, oh, ow, 2, 2, 2, 2, 0, 0};
+  maxpool2d_backward_masked<T>(gp, arg, pooled, gy.data(), pg, nthreads);
+  backward_impl<T>(gy.data(), w, gx, g, c_out, groups, nthreads, packed,
+                   mask ? detail::Epilogue::mask : detail::Epilogue::none, mask);
+}
+
+template <typename T>
+void conv2d_lrp_epsilon(const T* r, const T* z, const T* a, const T* w, T* ra, const Window2d& g,
+                        idx c_out, idx groups, double eps, int nthreads, const T* packed) {
+  g.validate();
+  check_groups(g, c_out, groups);
+  if (g.n == 0) return;
+  // s = r / stab(z) into a workspace (one pass), then the backward pass with the product by
+  // a in its store
+  const idx len = c_out * g.oh() * g.ow();
+  detail::Workspace<T> s(g.n * len);
+  lrp_divide<T>(r, z, nullptr, s.data(), g.n, len, eps, nthreads);
+  backward_impl<T>(s.data(), w, ra, g, c_out, groups, nthreads, packed, detail::Epilogue::scale,
+                   a);
+}
+
 #define RELPROP_INSTANTIATE(T)                                                                 \
+  template void conv2d_forward_relu_maxpool<T>(const T*, const T*, const T*, T*, std::int64_t*, \
+                                               const Window2d&, idx, idx, int, const T*);      \
+  template void conv2d_backward_pooled<T>(const T*, const std::int64_t*, const T*, const T*, T*, \
+                                          const Window2d&, idx, idx, int, const T*, const T*);  \
+  template void conv2d_lrp_epsilon<T>(const T*, const T*, const T*, const T*, T*,               \
+                                      const Window2d&, idx, idx, double, int, const T*);       \
   template idx conv2d_packed_size<T>(const Window2d&, idx, idx);                                \
   template void conv2d_pack<T>(const T*, const Window2d&, idx, idx, T*);                         \
   template void conv2d_forward<T>(const T*, const T*, const T*, T*, const Window2d&, idx, idx,  \
-                                  int, const T*);                                                \
+                                  int, const T*, bool);                                          \
   template void conv2d_forward_split<T>(const T*, const T*, const T*, T*, T*, const Window2d&,  \
                                         idx, idx, idx, int, const T*);                          \
   template void conv2d_backward<T>(const T*, const T*, T*, const Window2d&, idx, idx, int,      \
-                                   const T*);                                                    \
+                                   const T*, const T*);                                          \
   template idx conv2d_backward_packed_size<T>(const Window2d&, idx, idx);                       \
   template void conv2d_pack_backward<T>(const T*, const Window2d&, idx, idx, T*);
 RELPROP_INSTANTIATE(float)

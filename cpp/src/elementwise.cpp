@@ -1,6 +1,7 @@
 // Element-wise kernels: ReLU, ReLU6 and their backward variants, the per-channel affine map
 // (inference BatchNorm), the LRP stabilized division and the stacked shares of the rules on
 // [W+; W-].
+#include "gemm_impl.hpp"
 #include "relprop/check.hpp"
 #include "relprop/kernels.hpp"
 #include "relprop/parallel.hpp"
@@ -69,16 +70,11 @@ void relu6_backward(const T* g, const T* x, T* gx, idx size, int mode, int nthre
   }
 }
 
-namespace {
-// r / (z + eps * sign(z)), sign(0) = +1; 0 where that denominator is 0.  The division is
-// made in every case (by 1 where d is 0): loops of it vectorize (selects, no branch).
-template <typename T>
-inline T stabilized_divide(T r, T z, T eps) {
-  const T d = z + (z >= T(0) ? eps : -eps);
-  const T q = r / (d != T(0) ? d : T(1));
-  return d != T(0) ? q : T(0);
-}
-}  // namespace
+// r / (z + eps * sign(z)), sign(0) = +1; 0 where that denominator is 0: gemm_impl.hpp's
+// detail::stabilized_divide, which the fused LRP kernels share (bitwise the same quotients).
+// The division is made in every case (by 1 where d is 0): loops of it vectorize (selects, no
+// branch).
+using detail::stabilized_divide;
 
 // body(s, j0, j1) for row blocks [j0, j1) of every sample row s of `len` elements, in
 // parallel over blocks; body vectorizes its loop over j.

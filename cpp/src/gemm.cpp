@@ -8,10 +8,12 @@
 #include <string>
 #include <vector>
 
+#include "gemm_driver.hpp"  // block_k (the blocks of steps of the packed layouts)
 #include "gemm_impl.hpp"
 #include "relprop/check.hpp"
 #include "relprop/cpu.hpp"
 #include "relprop/gemm.hpp"
+#include "relprop/memory.hpp"
 #include "relprop/parallel.hpp"
 
 namespace relprop {
@@ -235,31 +237,100 @@ Split choose_split(idx m, idx n, idx k, int mr, int nr, int nt, bool pack_a) {
 
 template <typename T>
 void run_tile(const GemmImpl<T>& impl, const GemmArgs<T>& g, idx i0, idx i1, idx j0, idx j1) {
-  T* wa = g.apack ? nullptr : scratch<T>(0, static_cast<std::size_t>(impl.wa_size()));
+  // (with the A prologue, wa also holds a block of quotients: see tile())
+  T* wa = g.apack ? nullptr
+                  : scratch<T>(0, static_cast<std::size_t>(impl.wa_size() * (g.a_den ? 2 : 1)));
   T* wb = g.bpack ? nullptr : scratch<T>(1, static_cast<std::size_t>(impl.wb_size(j1 - j0)));
   impl.tile(impl, g, i0, i1, j0, j1, wa, wb);
 }
 
 namespace {
 
-// C = init for k == 0 (nothing to multiply).
+// C = epilogue(init) for k == 0 (nothing to multiply).
 template <typename T>
 void init_only(const GemmArgs<T>& g) {
-  if (g.accumulate) return;
   for (idx i = 0; i < g.m; ++i) {
     T* ci = g.c2 && i >= g.m2 ? g.c2 + (i - g.m2) * g.ldc : g.c + i * g.ldc;
-    for (idx j = 0; j < g.n; ++j)
-      ci[j] = g.row_bias ? g.row_bias[i] : T(0);
+    for (idx j = 0; j < g.n; ++j) {
+      const T v = g.accumulate ? ci[j]
+                  : g.row_bias ? g.row_bias[i]
+                  : g.col_bias ? g.col_bias[j]
+                               : T(0);
+      ci[j] = epilogue_scalar(g.epilogue, v, g.aux ? g.aux[i * g.ldx + j] : T(0));
+    }
   }
 }
 
 }  // namespace
 
+// g on nt > 1 threads: A packed once (unless it is packed, or made by the prologue), by
+// blocks of steps in parallel, then rectangles of C as tasks on a dynamic schedule: rows in
+// the groups choose_split makes, columns in chunks of whole strips, at least about four tasks
+// per thread where the columns allow, so that a thread the operating system takes away holds
+// up one chunk instead of half of the product.  Each C(i, j) is still summed in tile()'s
+// order, by one task.
+template <typename T>
+void run_dynamic(const GemmImpl<T>& impl, const GemmArgs<T>& g, int nt) {
+  GemmArgs<T> h = g;
+  std::vector<T, CountingAllocator<T>> ap;
+  if (!g.apack && !g.a_den) {
+    const idx kb = block_k(impl.kc, g.k), mpad = (g.m + impl.mr - 1) / impl.mr * impl.mr;
+    const idx blocks = (g.k + kb - 1) / kb;
+    ap.resize(static_cast<std::size_t>(impl.packed_a_size(g.m, g.k)));
+    T* dst = ap.data();
+    // block pc of the whole packing is the packing of A's steps [pc, pc + kc) alone
+    parallel_for(static_cast<int>(std::min<idx>(nt, blocks)), blocks, [&](idx b) {
+      const idx pc = b * kb, kc = std::min(kb, g.k - pc);
+      impl.pack_a(impl, g.a + pc * g.csa, g.rsa, g.csa, g.m, kc, dst + pc * mpad);
+    });
+    h.apack = dst;
+  }
+  const idx sm = (g.m + impl.mr - 1) / impl.mr, sn = (g.n + impl.nr - 1) / impl.nr;
+  const Split s = choose_split(g.m, g.n, g.k, impl.mr, impl.nr, nt, false);
+  const idx chunks = std::min<idx>(sn, std::max<idx>(s.tn, (4 * nt + s.tm - 1) / s.tm));
+  parallel_for_dynamic(nt, s.tm * chunks, [&](idx t) {
+    idx lo_m, hi_m, lo_n, hi_n;
+    share(sm, s.tm, static_cast<int>(t / chunks), lo_m, hi_m);
+    share(sn, static_cast<int>(chunks), static_cast<int>(t % chunks), lo_n, hi_n);
+    const idx i1 = hi_m * impl.mr < h.m ? hi_m * impl.mr : h.m;
+    const idx j1 = hi_n * impl.nr < h.n ? hi_n * impl.nr : h.n;
+    if (lo_m * impl.mr < i1 && lo_n * impl.nr < j1)
+      run_tile(impl, h, lo_m * impl.mr, i1, lo_n * impl.nr, j1);
+  });
+}
+
 template <typename T>
 void run_gemm(const GemmImpl<T>& impl, const GemmArgs<T>& g, int nthreads) {
+  RELPROP_CHECK(!(g.aux && g.c2), "GEMM epilogues with an aux array need one output");
+  RELPROP_CHECK(!(g.a_den && g.apack), "the A prologue needs an unpacked A");
   if (g.m <= 0 || g.n <= 0) return;
   if (g.k <= 0) {
     init_only(g);
+    return;
+  }
+  if (g.m == 1 && g.csb == 1 && g.b && !g.bpack && !g.apack && !g.im && !g.c2) {
+    // one row and row-major B (a Dense layer's backward pass on one sample): B read once,
+    // row by row, in rank-1 updates (GemmImpl::gemv), the columns split among threads
+    constexpr idx kUnit = 64;  // columns per unit of work (whole cache lines)
+    const idx units = (g.n + kUnit - 1) / kUnit;
+    const int nt = threads_for(nthreads, units, g.n * g.k);
+    parallel_for(nt, nt, [&](idx t) {
+      idx u0, u1;
+      share(units, nt, static_cast<int>(t), u0, u1);
+      const idx j0 = u0 * kUnit, j1 = u1 * kUnit < g.n ? u1 * kUnit : g.n;
+      if (j0 < j1) impl.gemv(impl, g, j0, j1, scratch<T>(2, GemmImpl<T>::gemv_chunk));
+    });
+    return;
+  }
+  if (g.m <= impl.mr && g.csb != 1 && g.b && !g.bpack && !g.apack && !g.im && !g.a_den) {
+    // a few rows and B with contiguous columns (a Dense layer's forward pass on a small batch,
+    // B = w^T): A packed first, so that tile() streams B strip by strip through all its
+    // steps (each row of w read front to back, once) instead of block by block
+    std::vector<T, CountingAllocator<T>> ap(static_cast<std::size_t>(impl.packed_a_size(g.m, g.k)));
+    impl.pack_a(impl, g.a, g.rsa, g.csa, g.m, g.k, ap.data());
+    GemmArgs<T> h = g;
+    h.apack = ap.data();
+    run_gemm(impl, h, nthreads);
     return;
   }
   const idx sm = (g.m + impl.mr - 1) / impl.mr, sn = (g.n + impl.nr - 1) / impl.nr;
@@ -268,17 +339,7 @@ void run_gemm(const GemmImpl<T>& impl, const GemmArgs<T>& g, int nthreads) {
     run_tile(impl, g, 0, g.m, 0, g.n);
     return;
   }
-  const Split s = choose_split(g.m, g.n, g.k, impl.mr, impl.nr, nt, g.apack == nullptr);
-  const int tasks = s.tm * s.tn;
-  parallel_for(tasks, tasks, [&](idx t) {
-    idx lo_m, hi_m, lo_n, hi_n;
-    share(sm, s.tm, static_cast<int>(t / s.tn), lo_m, hi_m);
-    share(sn, s.tn, static_cast<int>(t % s.tn), lo_n, hi_n);
-    const idx i1 = hi_m * impl.mr < g.m ? hi_m * impl.mr : g.m;
-    const idx j1 = hi_n * impl.nr < g.n ? hi_n * impl.nr : g.n;
-    if (lo_m * impl.mr < i1 && lo_n * impl.nr < j1)
-      run_tile(impl, g, lo_m * impl.mr, i1, lo_n * impl.nr, j1);
-  });
+  run_dynamic(impl, g, nt);
 }
 
 #define RELPROP_INSTANTIATE(T)                                                              \

@@ -36,10 +36,12 @@ namespace avx2 {
 // mc x kc panels of A (144 KiB float) stay in a 512 KiB L2, kc x 16 strips of B (16 KiB) in L1.
 const GemmImpl<float> f32{Isa::avx2, KernelF32::MR, KernelF32::NR, 144, 256, 2048,
                           &tile<KernelF32>, &pack_a_full<KernelF32>,
-                          &pack_b_full<KernelF32>, &fma_loop};
+                          &pack_b_full<KernelF32>, &fma_loop,
+                          &gemv<KernelF32>};
 const GemmImpl<double> f64{Isa::avx2, KernelF64::MR, KernelF64::NR, 96, 256, 2048,
                            &tile<KernelF64>, &pack_a_full<KernelF64>,
-                           &pack_b_full<KernelF64>, &fma_loop};
+                           &pack_b_full<KernelF64>, &fma_loop,
+                          &gemv<KernelF64>};
 }  // namespace avx2
 
 }  // namespace detail

@@ -36,10 +36,12 @@ double fma_loop(long iters) {
 namespace avx512 {
 const GemmImpl<float> f32{Isa::avx512, KernelF32::MR, KernelF32::NR, 144, 256, 2048,
                           &tile<KernelF32>, &pack_a_full<KernelF32>,
-                          &pack_b_full<KernelF32>, &fma_loop};
+                          &pack_b_full<KernelF32>, &fma_loop,
+                          &gemv<KernelF32>};
 const GemmImpl<double> f64{Isa::avx512, KernelF64::MR, KernelF64::NR, 144, 256, 2048,
                            &tile<KernelF64>, &pack_a_full<KernelF64>,
-                           &pack_b_full<KernelF64>, &fma_loop};
+                           &pack_b_full<KernelF64>, &fma_loop,
+                          &gemv<KernelF64>};
 }  // namespace avx512
 
 }  // namespace detail

@@ -7,10 +7,10 @@
 // A kernel policy K provides
 //   using T;  static constexpr int MR, NR;
 //   template <int M> static void run(idx kc, const T* a, const T* b, T* c, idx ldc, int n,
-//                                    Init init, const T* rb);
+//                                    const Store<T>& st);
 // which computes the M x NR product of an A strip (kc x MR, element (p, i) at a[p*MR + i]) and
 // a B strip (kc x NR, element (p, j) at b[p*NR + j]), each entry accumulated in ascending p from
-// zero, and stores its first n columns into C through the epilogue `init` (store_tile).
+// zero, and stores its first n columns into C as `st` says (store_tile).
 #pragma once
 #include <cstring>
 
@@ -40,20 +40,38 @@ inline idx block_k(idx kc_max, idx k) {
 }
 
 // How a finished block sum `acc` enters C.
-enum Init { kOverwrite, kAccumulate, kRowBias };
+enum Init { kOverwrite, kAccumulate, kRowBias, kColBias };
 
-// C(i, j) = init + acc[i*NR + j] for i < m, j < n;  rb points at the tile's first row's bias.
+// How one tile's block sums enter C: init, then (on the last block of steps only) the
+// epilogue.  Pointers are at the tile's first row (rb), first column (cb) or origin (aux).
+template <typename T>
+struct Store {
+  Init init;
+  const T* rb;  // kRowBias: rb[i]
+  const T* cb;  // kColBias: cb[j]
+  Epilogue epi;
+  const T* aux;  // mask, scale: aux[i*ldx + j]
+  idx ldx;
+};
+
+// C(i, j) = epilogue(init + acc[i*NR + j]) for i < m, j < n.
 template <typename T, int NR>
-inline void store_tile(const T* acc, int m, int n, T* c, idx ldc, Init init, const T* rb) {
+inline void store_tile(const T* acc, int m, int n, T* c, idx ldc, const Store<T>& st) {
   for (int i = 0; i < m; ++i) {
     T* ci = c + i * ldc;
     const T* ai = acc + i * NR;
-    if (init == kOverwrite) {
-      for (int j = 0; j < n; ++j) ci[j] = ai[j];
-    } else if (init == kAccumulate) {
-      for (int j = 0; j < n; ++j) ci[j] = ci[j] + ai[j];
-    } else {
-      for (int j = 0; j < n; ++j) ci[j] = rb[i] + ai[j];
+    const T* xi = st.aux ? st.aux + i * st.ldx : nullptr;
+    for (int j = 0; j < n; ++j) {
+      T v;
+      if (st.init == kOverwrite)
+        v = ai[j];
+      else if (st.init == kAccumulate)
+        v = ci[j] + ai[j];
+      else if (st.init == kRowBias)
+        v = st.rb[i] + ai[j];
+      else
+        v = st.cb[j] + ai[j];
+      ci[j] = epilogue_scalar(st.epi, v, xi ? xi[j] : T(0));
     }
   }
 }
@@ -64,8 +82,7 @@ struct ScalarKernel {
   using T = T_;
   static constexpr int MR = MR_, NR = NR_;
   template <int M>
-  static void run(idx kc, const T* a, const T* b, T* c, idx ldc, int n, Init init,
-                  const T* rb) {
+  static void run(idx kc, const T* a, const T* b, T* c, idx ldc, int n, const Store<T>& st) {
     T acc[M * NR];
     for (int e = 0; e < M * NR; ++e) acc[e] = T(0);
     for (idx p = 0; p < kc; ++p, a += MR, b += NR) {
@@ -74,7 +91,7 @@ struct ScalarKernel {
         for (int j = 0; j < NR; ++j) acc[i * NR + j] += ai * b[j];
       }
     }
-    store_tile<T, NR>(acc, M, n, c, ldc, init, rb);
+    store_tile<T, NR>(acc, M, n, c, ldc, st);
   }
   // d[q] = src[q] for lo <= q < hi, else 0 (q < NR); src[q] outside [lo, hi) is never read.
   static void copy_range(T* d, const T* src, idx lo, idx hi) {
@@ -88,6 +105,10 @@ struct ScalarKernel {
     for (int j = 0; j < NR; ++j)
       for (idx p = 0; p < kc; ++p) d[p * NR + j] = b[j * csb + p];
   }
+  // acc[j] += a * x[j] for j < n, as run() accumulates (the same expression)
+  static void axpy(T* acc, T a, const T* x, idx n) {
+    for (idx j = 0; j < n; ++j) acc[j] += a * x[j];
+  }
 };
 
 // SIMD micro-kernel over a vector policy V (using T, R; W lanes; zero, load, bcast, fma, add,
@@ -98,9 +119,22 @@ struct VecKernel {
   using T = typename V::T;
   using R = typename V::R;
   static constexpr int MR = MR_, NR = NV * V::W;
+  // The epilogue of one vector (x: aux's lanes, unread for none and relu), as
+  // epilogue_scalar: relu keeps v where v > 0 or v is NaN (not-less-or-equal, unordered).
+  static R epilogue(Epilogue e, R v, const T* x) {
+    switch (e) {
+      case Epilogue::relu:
+        return V::relu(v);
+      case Epilogue::mask:
+        return V::mask_positive(V::load(x), v);
+      case Epilogue::scale:
+        return V::mul(v, V::load(x));
+      default:
+        return v;
+    }
+  }
   template <int M>
-  static void run(idx kc, const T* a, const T* b, T* c, idx ldc, int n, Init init,
-                  const T* rb) {
+  static void run(idx kc, const T* a, const T* b, T* c, idx ldc, int n, const Store<T>& st) {
     R acc[M][NV];
     RELPROP_UNROLL
     for (int i = 0; i < M; ++i)
@@ -111,6 +145,11 @@ struct VecKernel {
       __builtin_prefetch(c + i * ldc, 1, 3);
       __builtin_prefetch(c + i * ldc + NR - 1, 1, 3);
     }
+    if (st.aux)  // and the epilogue's aux tile read (uncached, it stalls every tile's store)
+      for (int i = 0; i < M; ++i) {
+        __builtin_prefetch(st.aux + i * st.ldx, 0, 3);
+        __builtin_prefetch(st.aux + i * st.ldx + NR - 1, 0, 3);
+      }
 #endif
     for (idx p = 0; p < kc; ++p, a += MR, b += NR) {
       R bv[NV];
@@ -123,13 +162,13 @@ struct VecKernel {
         for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
       }
     }
-    if (n == NR) {
-      if (init == kOverwrite) {
+    if (n == NR && st.epi == Epilogue::none) {
+      if (st.init == kOverwrite) {
         RELPROP_UNROLL
         for (int i = 0; i < M; ++i)
           RELPROP_UNROLL
           for (int v = 0; v < NV; ++v) V::store(c + i * ldc + v * V::W, acc[i][v]);
-      } else if (init == kAccumulate) {
+      } else if (st.init == kAccumulate) {
         RELPROP_UNROLL
         for (int i = 0; i < M; ++i)
           RELPROP_UNROLL
@@ -137,21 +176,44 @@ struct VecKernel {
             T* cv = c + i * ldc + v * V::W;
             V::store(cv, V::add(V::load(cv), acc[i][v]));
           }
-      } else {
+      } else if (st.init == kRowBias) {
         RELPROP_UNROLL
         for (int i = 0; i < M; ++i) {
-          const R bi = V::bcast(rb + i);
+          const R bi = V::bcast(st.rb + i);
           RELPROP_UNROLL
           for (int v = 0; v < NV; ++v) V::store(c + i * ldc + v * V::W, V::add(bi, acc[i][v]));
         }
+      } else {
+        R bj[NV];
+        RELPROP_UNROLL
+        for (int v = 0; v < NV; ++v) bj[v] = V::load(st.cb + v * V::W);
+        RELPROP_UNROLL
+        for (int i = 0; i < M; ++i)
+          RELPROP_UNROLL
+          for (int v = 0; v < NV; ++v) V::store(c + i * ldc + v * V::W, V::add(bj[v], acc[i][v]));
       }
+    } else if (n == NR) {  // a full tile with an epilogue (the last block of steps)
+      RELPROP_UNROLL
+      for (int i = 0; i < M; ++i)
+        RELPROP_UNROLL
+        for (int v = 0; v < NV; ++v) {
+          T* cv = c + i * ldc + v * V::W;
+          R s = acc[i][v];
+          if (st.init == kAccumulate)
+            s = V::add(V::load(cv), s);
+          else if (st.init == kRowBias)
+            s = V::add(V::bcast(st.rb + i), s);
+          else if (st.init == kColBias)
+            s = V::add(V::load(st.cb + v * V::W), s);
+          V::store(cv, epilogue(st.epi, s, st.aux ? st.aux + i * st.ldx + v * V::W : nullptr));
+        }
     } else {
       alignas(64) T tmp[M * NR];
       RELPROP_UNROLL
       for (int i = 0; i < M; ++i)
         RELPROP_UNROLL
         for (int v = 0; v < NV; ++v) V::store(tmp + i * NR + v * V::W, acc[i][v]);
-      store_tile<T, NR>(tmp, M, n, c, ldc, init, rb);
+      store_tile<T, NR>(tmp, M, n, c, ldc, st);
     }
   }
   static void copy_range(T* d, const T* src, idx lo, idx hi) {
@@ -171,41 +233,61 @@ struct VecKernel {
   // One full strip of B(p, j) = b[j*csb + p]: W x W register transposes, then the tail.
   static void pack_bt(T* d, const T* b, idx csb, idx kc) {
     constexpr int W = V::W;
-    idx p = 0;
-    for (; p + W <= kc; p += W)
-      for (int v = 0; v < NV; ++v) V::transpose(b + v * W * csb + p, csb, d + p * NR + v * W, NR);
-    for (; p < kc; ++p)
+    const idx whole = kc / W * W;
+    for (int v = 0; v < NV; ++v)  // W source rows (streams) at a time
+      for (idx p = 0; p < whole; p += W)
+        V::transpose(b + v * W * csb + p, csb, d + p * NR + v * W, NR);
+    for (idx p = whole; p < kc; ++p)
       for (int j = 0; j < NR; ++j) d[p * NR + j] = b[j * csb + p];
+  }
+  // acc[j] = fma(a, x[j], acc[j]) for j < n, with run()'s fused multiply-add
+  static void axpy(T* acc, T a, const T* x, idx n) {
+    const R av = V::bcast(&a);
+    idx j = 0;
+    for (; j + 4 * V::W <= n; j += 4 * V::W)
+      RELPROP_UNROLL
+      for (int v = 0; v < 4; ++v) {
+        T* cv = acc + j + v * V::W;
+#if defined(__GNUC__)
+        __builtin_prefetch(x + j + v * V::W + 2048 / sizeof(T), 0, 0);  // B streams from memory
+#endif
+        V::store(cv, V::fma(av, V::load(x + j + v * V::W), V::load(cv)));
+      }
+    for (; j + V::W <= n; j += V::W) V::store(acc + j, V::fma(av, V::load(x + j), V::load(acc + j)));
+    if (j < n)
+      V::store_range(acc + j, V::fma(av, V::load_range(x + j, 0, n - j),
+                                     V::load_range(acc + j, 0, n - j)), n - j);
   }
 };
 
 // The kernel for m (1 <= m <= K::MR) rows.
 template <class K, int M = K::MR>
 inline void kernel_rows(int m, idx kc, const typename K::T* a, const typename K::T* b,
-                        typename K::T* c, idx ldc, int n, Init init, const typename K::T* rb) {
+                        typename K::T* c, idx ldc, int n, const Store<typename K::T>& st) {
   if constexpr (M > 1) {
     if (m < M) {
-      kernel_rows<K, M - 1>(m, kc, a, b, c, ldc, n, init, rb);
+      kernel_rows<K, M - 1>(m, kc, a, b, c, ldc, n, st);
       return;
     }
   }
-  K::template run<M>(kc, a, b, c, ldc, n, init, rb);
+  K::template run<M>(kc, a, b, c, ldc, n, st);
 }
 
 // kernel_rows for a tile whose first m_top rows go to c_top and the others to c_bot (a tile
-// that straddles the two outputs of a split C): computed in a local tile, then copied.
+// that straddles the two outputs of a split C): computed in a local tile, then copied.  (No
+// aux epilogue: run_gemm refuses aux with a split C.)
 template <class K>
 void kernel_rows_split(int m, int m_top, idx kc, const typename K::T* a, const typename K::T* b,
-                       typename K::T* c_top, typename K::T* c_bot, idx ldc, int n, Init init,
-                       const typename K::T* rb) {
+                       typename K::T* c_top, typename K::T* c_bot, idx ldc, int n,
+                       const Store<typename K::T>& st) {
   using T = typename K::T;
   constexpr int NR = K::NR;
   alignas(64) T tmp[K::MR * NR];
   auto row = [&](int i) { return i < m_top ? c_top + i * ldc : c_bot + (i - m_top) * ldc; };
-  if (init == kAccumulate)
+  if (st.init == kAccumulate)
     for (int i = 0; i < m; ++i)
       for (int j = 0; j < n; ++j) tmp[i * NR + j] = row(i)[j];
-  kernel_rows<K>(m, kc, a, b, tmp, NR, n, init, rb);
+  kernel_rows<K>(m, kc, a, b, tmp, NR, n, st);
   for (int i = 0; i < m; ++i)
     for (int j = 0; j < n; ++j) row(i)[j] = tmp[i * NR + j];
 }
@@ -213,9 +295,23 @@ void kernel_rows_split(int m, int m_top, idx kc, const typename K::T* a, const t
 // Packs rows [0, mc) x steps [0, kc) of A(i, p) = a[i*rsa + p*csa] into MR-high strips:
 // strip s at dst + s*MR*kc, element (p, i) of the strip at p*MR + i.  Rows of a last, partial
 // strip beyond mc are left unset (the kernel for that many rows never reads them).
+// With den (the prologue of GemmArgs::a_den, den at a's strides): a / stab(den) instead of a.
 template <class K>
-void pack_a_block(const typename K::T* a, idx rsa, idx csa, idx mc, idx kc, typename K::T* dst) {
+void pack_a_block(const typename K::T* a, idx rsa, idx csa, idx mc, idx kc, typename K::T* dst,
+                  const typename K::T* den = nullptr, typename K::T eps = 0) {
   constexpr int MR = K::MR;
+  if (den) {
+    for (idx s = 0; s < mc; s += MR, dst += MR * kc) {
+      const idx rows = min_idx(MR, mc - s);
+      for (idx i = 0; i < rows; ++i) {
+        const auto* ai = a + (s + i) * rsa;
+        const auto* di = den + (s + i) * rsa;
+        for (idx p = 0; p < kc; ++p)
+          dst[p * MR + i] = stabilized_divide(ai[p * csa], di[p * csa], eps);
+      }
+    }
+    return;
+  }
   for (idx s = 0; s < mc; s += MR, dst += MR * kc) {
     const auto* as = a + s * rsa;
     const idx rows = min_idx(MR, mc - s);
@@ -249,10 +345,17 @@ void pack_b_strided(const typename K::T* b, idx rsb, idx csb, idx pc, idx kc, id
   const idx full = nc / NR * NR;
   b += pc * rsb + jc * csb;
   if (csb == 1) {
-    for (idx p = 0; p < kc; ++p) {
-      const T* bp = b + p * rsb;
-      T* d = dst + p * NR;
-      for (idx t = 0; t < full; t += NR) std::memcpy(d + t * kc, bp + t, NR * sizeof(T));
+    // rows of B in blocks of kRows, strip by strip: a strip's rows of a block are one
+    // contiguous write (the strips are kc NR apart: a row at a time would write to every
+    // strip in turn, at a power-of-two stride for power-of-two sizes, all in the same cache
+    // sets: 3x slower on 1024 columns)
+    constexpr idx kRows = 8;
+    for (idx p0 = 0; p0 < kc; p0 += kRows) {
+      const idx p1 = min_idx(kc, p0 + kRows);
+      for (idx t = 0; t < full; t += NR) {
+        T* d = dst + t * kc;
+        for (idx p = p0; p < p1; ++p) std::memcpy(d + p * NR, b + p * rsb + t, NR * sizeof(T));
+      }
     }
   } else if (rsb == 1) {
     for (idx t = 0; t < full; t += NR) K::pack_bt(dst + t * kc, b + t * csb, csb, kc);
@@ -386,24 +489,37 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
   const idx npad = (g.n + NR - 1) / NR * NR;
   // rows [ic, ic + mc) x columns [col, col + n) of C from steps [pc, pc + kc) (ap, bp)
   const auto rows = [&](idx ic, idx mc, idx col, int n, idx kc, const T* ap, const T* bp,
-                        Init init) {
+                        Store<T> st) {
     for (idx ir = 0; ir < mc; ir += MR) {
       const int m = static_cast<int>(min_idx(MR, mc - ir));
       const idx row = ic + ir;
-      const T* rb = g.row_bias ? g.row_bias + row : nullptr;
+      st.rb = g.row_bias ? g.row_bias + row : nullptr;
+      if (st.aux) st.aux = g.aux + row * g.ldx + col;
       if (!g.c2 || row + m <= g.m2) {
-        kernel_rows<K>(m, kc, ap + ir * kc, bp, g.c + row * g.ldc + col, g.ldc, n, init, rb);
+        kernel_rows<K>(m, kc, ap + ir * kc, bp, g.c + row * g.ldc + col, g.ldc, n, st);
       } else if (row >= g.m2) {
         kernel_rows<K>(m, kc, ap + ir * kc, bp, g.c2 + (row - g.m2) * g.ldc + col, g.ldc, n,
-                       init, rb);
+                       st);
       } else {
         kernel_rows_split<K>(m, static_cast<int>(g.m2 - row), kc, ap + ir * kc, bp,
-                             g.c + row * g.ldc + col, g.c2 + col, g.ldc, n, init, rb);
+                             g.c + row * g.ldc + col, g.c2 + col, g.ldc, n, st);
       }
     }
   };
-  const auto init_of = [&](idx pc) {
-    return (pc > 0 || g.accumulate) ? kAccumulate : g.row_bias ? kRowBias : kOverwrite;
+  // init of the block of steps from pc, for the columns from col; the epilogue on the last
+  const auto store_of = [&](idx pc, idx kc, idx col) {
+    Store<T> st;
+    st.init = (pc > 0 || g.accumulate) ? kAccumulate
+              : g.row_bias             ? kRowBias
+              : g.col_bias             ? kColBias
+                                       : kOverwrite;
+    st.rb = nullptr;
+    st.cb = g.col_bias ? g.col_bias + col : nullptr;
+    const bool last = pc + kc >= g.k;
+    st.epi = last ? g.epilogue : Epilogue::none;
+    st.aux = last && g.aux ? g.aux : nullptr;  // (rows() points it at the tile)
+    st.ldx = g.ldx;
+    return st;
   };
   // All of A packed and B streamed: either each strip of C goes through every block of steps
   // before the next strip (its tiles stay in L1, all of A is read once per strip), or each
@@ -419,7 +535,7 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
       for (idx pc = 0; pc < g.k; pc += kb) {
         const idx kc = min_idx(kb, g.k - pc);
         pack_b<K>(g, pc, kc, jr, n, wb);
-        rows(i0, i1 - i0, jr, n, kc, g.apack + pc * mpad + i0 * kc, wb, init_of(pc));
+        rows(i0, i1 - i0, jr, n, kc, g.apack + pc * mpad + i0 * kc, wb, store_of(pc, kc, jr));
       }
     }
     return;
@@ -432,8 +548,23 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
       for (idx ic = i0; ic < i1; ic += impl.mc) {
         const idx mc = min_idx(impl.mc, i1 - ic);
         const T* ap = g.apack + pc * mpad + ic * kc;
-        if (!g.apack) {
-          pack_a_block<K>(g.a + ic * g.rsa + pc * g.csa, g.rsa, g.csa, mc, kc, wa);
+        if (!g.apack && g.a_den && g.csa == 1) {
+          // the prologue: the block's quotients row by row (vectorized), then packed from
+          // there (wa holds 2 mc kc elements when a_den is set)
+          T* q = wa + impl.mc * impl.kc;
+          for (idx i = 0; i < mc; ++i) {
+            const T* ai = g.a + (ic + i) * g.rsa + pc;
+            const T* di = g.a_den + (ic + i) * g.rsa + pc;
+            T* qi = q + i * kc;
+            const T eps = g.a_eps;
+            for (idx p = 0; p < kc; ++p) qi[p] = stabilized_divide(ai[p], di[p], eps);
+          }
+          pack_a_block<K>(q, kc, 1, mc, kc, wa);
+          ap = wa;
+        } else if (!g.apack) {
+          const idx at = ic * g.rsa + pc * g.csa;
+          pack_a_block<K>(g.a + at, g.rsa, g.csa, mc, kc, wa, g.a_den ? g.a_den + at : nullptr,
+                          g.a_eps);
           ap = wa;
         }
         for (idx jr = 0; jr < nc; jr += NR) {
@@ -443,8 +574,42 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
             pack_b<K>(g, pc, kc, jc + jr, n, wb);
             bp = wb;
           }
-          rows(ic, mc, jc + jr, n, kc, ap, bp, init_of(pc));
+          rows(ic, mc, jc + jr, n, kc, ap, bp, store_of(pc, kc, jc + jr));
         }
+      }
+    }
+  }
+}
+
+// GemmImpl::gemv: C(0, j) for j0 <= j < j1 of a problem with m = 1 and row-major B
+// (csb == 1): per chunk of columns and block of steps, the block sums of the chunk as rank-1
+// updates (B's rows read front to back), then stored as tile() stores them.
+template <class K>
+void gemv(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g, idx j0, idx j1,
+          typename K::T* tmp) {
+  using T = typename K::T;
+  const idx kb = block_k(impl.kc, g.k);
+  for (idx jc = j0; jc < j1; jc += impl.gemv_chunk) {
+    const idx n = min_idx(impl.gemv_chunk, j1 - jc);
+    T* c = g.c + jc;
+    for (idx pc = 0; pc < g.k; pc += kb) {
+      const idx kc = min_idx(kb, g.k - pc);
+      for (idx j = 0; j < n; ++j) tmp[j] = T(0);
+      for (idx p = pc; p < pc + kc; ++p) {
+        const T a = g.a_den ? stabilized_divide(g.a[p * g.csa], g.a_den[p * g.csa], g.a_eps)
+                            : g.a[p * g.csa];
+        K::axpy(tmp, a, g.b + p * g.rsb + jc, n);
+      }
+      const bool acc = pc > 0 || g.accumulate;
+      const Epilogue e = pc + kc >= g.k ? g.epilogue : Epilogue::none;
+      const T* x = g.aux ? g.aux + jc : nullptr;
+      const T rb = g.row_bias && !acc ? g.row_bias[0] : T(0);
+      for (idx j = 0; j < n; ++j) {
+        const T v = acc ? c[j] + tmp[j]
+                    : g.row_bias ? rb + tmp[j]
+                    : g.col_bias ? g.col_bias[jc + j] + tmp[j]
+                                 : tmp[j];
+        c[j] = epilogue_scalar(e, v, x ? x[j] : T(0));
       }
     }
   }

@@ -26,10 +26,12 @@ double fma_loop(long iters) {
 namespace generic {
 const GemmImpl<float> f32{Isa::generic, Kernel<float>::MR, Kernel<float>::NR, 128, 256, 2048,
                           &tile<Kernel<float>>, &pack_a_full<Kernel<float>>,
-                          &pack_b_full<Kernel<float>>, &fma_loop};
+                          &pack_b_full<Kernel<float>>, &fma_loop,
+                          &gemv<Kernel<float>>};
 const GemmImpl<double> f64{Isa::generic, Kernel<double>::MR, Kernel<double>::NR, 128, 256, 2048,
                            &tile<Kernel<double>>, &pack_a_full<Kernel<double>>,
-                           &pack_b_full<Kernel<double>>, &fma_loop};
+                           &pack_b_full<Kernel<double>>, &fma_loop,
+                          &gemv<Kernel<double>>};
 }  // namespace generic
 
 }  // namespace detail

@@ -32,8 +32,44 @@ struct Im2col {
   idx dh = 1, dw = 1;
 };
 
+// What the GEMM does to each finished C(i, j) before it stores it (after the last block of
+// steps, so the sum itself is the plain GEMM's): the fused element-wise step of the layer.
+//   relu:  C = C if C > 0 or C is NaN, else +0          (relu_forward of the sum)
+//   mask:  C = C if aux(i, j) > 0, else +0              (relu_backward with x = aux)
+//   scale: C = C * aux(i, j)                            (LRP's product with the layer input)
+// aux(i, j) = aux[i*ldx + j].  Each is bitwise the separate element-wise pass on the result.
+enum class Epilogue : int { none = 0, relu = 1, mask = 2, scale = 3 };
+
+// The scalar epilogue (v the finished sum, x = aux(i, j), unread for none and relu).
+// (static: internal linkage, as everything the ISA units compile, see gemm_driver.hpp)
+template <typename T>
+static inline T epilogue_scalar(Epilogue e, T v, T x) {
+  switch (e) {
+    case Epilogue::relu:
+      return (v > T(0) || v != v) ? v : T(0);
+    case Epilogue::mask:
+      return x > T(0) ? v : T(0);
+    case Epilogue::scale:
+      return v * x;
+    default:
+      return v;
+  }
+}
+
+// A prologue on A (dense layers): A(i, p) = lrp_divide(a, den) = a / stab(den) with eps, where
+// den(i, p) = den[i*rsa + p*csa] (A's own strides), made while A is packed (see pack_a_block).
+// stab(d) = d + eps*sign(d), sign(0) = +1; 0 where that denominator is 0 (elementwise.cpp's
+// stabilized_divide, bitwise).
+template <typename T>
+static inline T stabilized_divide(T r, T z, T eps) {
+  const T d = z + (z >= T(0) ? eps : -eps);
+  const T q = r / (d != T(0) ? d : T(1));
+  return d != T(0) ? q : T(0);
+}
+
 // One GEMM problem:  C(i, j) = init(i, j) + sum_p A(i, p) B(p, j)   for i < m, j < n, p < k.
-// init is C(i, j) if accumulate, else row_bias[i] if given, else 0.
+// init is C(i, j) if accumulate, else row_bias[i] if given, else col_bias[j] if given, else 0;
+// then the epilogue.
 template <typename T>
 struct GemmArgs {
   idx m = 0, n = 0, k = 0;
@@ -50,6 +86,12 @@ struct GemmArgs {
   idx m2 = 0;                  //     (one GEMM writing two outputs, e.g. z and z+ of LRP)
   bool accumulate = false;
   const T* row_bias = nullptr;  // (m,) ignored if accumulate
+  const T* col_bias = nullptr;  // (n,) ignored if accumulate or row_bias is set
+  Epilogue epilogue = Epilogue::none;
+  const T* aux = nullptr;       // mask and scale: aux(i, j) = aux[i*ldx + j] (c2 must be null)
+  idx ldx = 0;
+  const T* a_den = nullptr;     // prologue: A(i, p) = a(i, p) / stab(a_den(i, p)) (not apack)
+  T a_eps = T(0);
 };
 
 // The kernels of one ISA and element type, with its register tile and cache blocks.
@@ -70,6 +112,12 @@ struct GemmImpl {
   void (*pack_b)(const GemmImpl& impl, const T* b, idx rsb, idx csb, idx k, idx n, T* dst);
   // Runs a register-resident FMA loop of `iters` iterations; returns the FLOP it executed.
   double (*fma_loop)(long iters);
+  // C(0, j) for j0 <= j < j1 of a one-row problem (m = 1) whose B has contiguous rows
+  // (csb == 1, no bpack): each block of steps as rank-1 updates of a row of block sums (B read
+  // row by row, front to back), every C(0, j) summed in tile()'s order (bitwise its result).
+  // tmp holds gemv_chunk elements.
+  void (*gemv)(const GemmImpl& impl, const GemmArgs<T>& g, idx j0, idx j1, T* tmp);
+  static constexpr idx gemv_chunk = 32768;
 
   // (Only the baseline translation units call these helpers; the ISA ones must not, so that
   // no copy of them is compiled with ISA-specific instructions.)

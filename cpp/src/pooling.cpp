@@ -14,6 +14,7 @@
 #include "relprop/kernels.hpp"
 #include "relprop/memory.hpp"
 #include "relprop/parallel.hpp"
+#include "workspace.hpp"
 
 namespace relprop {
 
@@ -37,78 +38,146 @@ inline idx window_area(const Window2d& g) { return std::min(g.kh, g.h) * std::mi
 
 }  // namespace
 
-// `val` replaces the running maximum `best` if it is larger, or if it is the first NaN.
-template <typename T>
-inline bool beats(T val, T best) {
-  return val > best || (val != val && best == best);
-}
+using detail::beats;
+using detail::maxpool_2x2_plane;
 
-// One 2x2 window with candidates a, b (top row), c, d (bottom row); returns the maximum (first
-// wins ties, first NaN wins) and stores the winner's offset from a (0, 1, w or w + 1) in off.
-template <typename T>
-inline T max4(T a, T b, T c, T d, idx w, idx& off) {
-  T best = a;
-  off = 0;
-  if (beats(b, best)) best = b, off = 1;
-  if (beats(c, best)) best = c, off = w;
-  if (beats(d, best)) best = d, off = w + 1;
-  return best;
-}
+namespace {
 
-#if defined(__SSE2__)
-// Four windows of one output row at once (float): the same comparisons as max4, as lane masks.
-inline idx max4_rows_sse(const float* r0, const float* r1, float* y, std::int64_t* arg,
-                         std::int64_t base, idx w, idx ow) {
-  const __m128i off_b = _mm_set1_epi32(1), off_c = _mm_set1_epi32(static_cast<int>(w)),
-                off_d = _mm_set1_epi32(static_cast<int>(w + 1));
-  idx q = 0;
-  for (; q + 4 <= ow; q += 4) {
-    const __m128 t0 = _mm_loadu_ps(r0 + 2 * q), t1 = _mm_loadu_ps(r0 + 2 * q + 4);
-    const __m128 u0 = _mm_loadu_ps(r1 + 2 * q), u1 = _mm_loadu_ps(r1 + 2 * q + 4);
-    const __m128 cand[3] = {_mm_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 1, 3, 1)),
-                            _mm_shuffle_ps(u0, u1, _MM_SHUFFLE(2, 0, 2, 0)),
-                            _mm_shuffle_ps(u0, u1, _MM_SHUFFLE(3, 1, 3, 1))};
-    const __m128i offs[3] = {off_b, off_c, off_d};
-    __m128 best = _mm_shuffle_ps(t0, t1, _MM_SHUFFLE(2, 0, 2, 0));
-    __m128i off = _mm_setzero_si128();
-    for (int k = 0; k < 3; ++k) {
-      const __m128 v = cand[k];
-      const __m128 take = _mm_or_ps(
-          _mm_cmpgt_ps(v, best), _mm_andnot_ps(_mm_cmpunord_ps(best, best), _mm_cmpunord_ps(v, v)));
-      best = _mm_or_ps(_mm_and_ps(take, v), _mm_andnot_ps(take, best));
-      const __m128i ti = _mm_castps_si128(take);
-      off = _mm_or_si128(_mm_and_si128(ti, offs[k]), _mm_andnot_si128(ti, off));
+// The generic window (p, q): the first element wins ties and NaN (a padding element is never
+// visited; an empty window gives -inf and -1).
+template <typename T>
+inline void window_max(const T* xs, const Window2d& g, idx p, idx q, T& out, std::int64_t& at) {
+  T best = -std::numeric_limits<T>::infinity();
+  std::int64_t where = -1;
+  const Span r = rows(g, p), c = cols(g, q);
+  for (idx i = r.lo; i < r.hi; ++i) {
+    for (idx j = c.lo; j < c.hi; ++j) {
+      const T val = xs[i * g.w + j];
+      if (where < 0 || beats(val, best)) {
+        best = val;
+        where = i * g.w + j;
+      }
     }
-    _mm_storeu_ps(y + q, best);
-    alignas(16) std::int32_t o[4];
-    _mm_store_si128(reinterpret_cast<__m128i*>(o), off);
-    for (int l = 0; l < 4; ++l) arg[q + l] = base + 2 * (q + l) + o[l];
   }
-  return q;
+  out = best;
+  at = where;
 }
-#endif
 
-// The common 2x2 / stride 2 / unpadded window: every window lies inside the input, so there are
-// no bounds checks (float: four windows per step in SSE2 lanes).
+// Windows of at most this many taps, strides up to kMaxPhases, take the vectorized row path.
+constexpr idx kMaxTaps = 64;
+constexpr idx kMaxPhases = 4;
+
+// Whether maxpool_rows runs the window g (else the generic loops).
+bool row_path(const Window2d& g) {
+  return g.kh * g.kw <= kMaxTaps && g.sw <= kMaxPhases && g.w < (idx(1) << 30) &&
+         !(g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0);
+}
+
+// Elements of maxpool_rows' work space: the plane's rows, each split into sw phases of
+// ceil(w / sw) + 1 elements, and the lanes' running winners.
+idx row_work(const Window2d& g) {
+  const idx phase = (g.w + g.sw - 1) / g.sw + 1;
+  return g.h * g.sw * phase + 2 * g.ow();
+}
+
+// d_r[j] = xr[j*sw + r] for j < ceil((w - r) / sw), r < sw (phases phase elements apart).
 template <typename T>
-void maxpool_2x2_plane(const T* xs, T* y, std::int64_t* arg, idx w, idx oh, idx ow) {
+void split_phases(const T* xr, idx w, idx sw, idx phase, T* d) {
+#if defined(__SSE2__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (sw == 2) {  // evens and odds, four of each per step
+      T* e = d;
+      T* o = d + phase;
+      idx j = 0;
+      for (; 2 * j + 8 <= w; j += 4) {
+        const __m128 a = _mm_loadu_ps(xr + 2 * j), b = _mm_loadu_ps(xr + 2 * j + 4);
+        _mm_storeu_ps(e + j, _mm_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
+        _mm_storeu_ps(o + j, _mm_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+      }
+      for (; 2 * j < w; ++j) {
+        e[j] = xr[2 * j];
+        if (2 * j + 1 < w) o[j] = xr[2 * j + 1];
+      }
+      return;
+    }
+  }
+#endif
+  for (idx r = 0; r < sw; ++r) {
+    T* dr = d + r * phase;
+    const idx len = (w - r + sw - 1) / sw;
+    for (idx j = 0; j < len; ++j) dr[j] = xr[j * sw + r];
+  }
+}
+
+// One plane of max pooling for any window of at most kMaxTaps taps and column stride at most
+// kMaxPhases: output rows whose windows lie inside the input rows, and their columns whose
+// windows lie inside the input columns, are made lane-wise (output column q in lane q): each
+// input row is split once into its sw column phases, so tap (u, v) is the contiguous run
+// phase[(v - pw) mod sw][q + floor((v - pw) / sw)] of row top + u; the taps are visited in
+// row-major window order with the comparison of window_max (the first maximum wins, the
+// first NaN wins), keeping the winning tap's number (as a T: small integers are exact, and
+// one lane width lets the loop vectorize), and the flat index is made from it at the end.
+// The other windows (the border) go through window_max.  work: row_work(g) elements.
+template <typename T>
+void maxpool_rows(const T* xs, T* y, std::int64_t* arg, const Window2d& g, T* work) {
+  const idx oh = g.oh(), ow = g.ow(), sw = g.sw, kw = g.kw;
+  const idx phase = (g.w + sw - 1) / sw + 1, row = sw * phase;
+  T* ph = work;                 // [h][sw][phase]
+  T* best = ph + g.h * row;     // [ow]
+  T* tap = best + ow;           // [ow]
+  // columns whose windows lie inside the input: q*sw - pw >= 0 and q*sw - pw + kw <= w
+  const idx q_lo = std::min(ow, (g.pw + sw - 1) / sw);
+  const idx q_hi = std::max(q_lo, std::min(ow, g.w + g.pw - kw >= 0 ? (g.w + g.pw - kw) / sw + 1
+                                                                    : idx(0)));
+  std::int64_t off[kMaxTaps];  // flat offset of tap (u, v) from the window's top-left element
+  for (idx u = 0; u < g.kh; ++u)
+    for (idx v = 0; v < kw; ++v) off[u * kw + v] = u * g.w + v;
+  bool split = false;
   for (idx p = 0; p < oh; ++p) {
-    const T* r0 = xs + 2 * p * w;
-    const T* r1 = r0 + w;
+    const idx top = p * g.sh - g.ph;
     T* yp = y + p * ow;
     std::int64_t* ap = arg + p * ow;
-    const std::int64_t base = 2 * p * w;
-    idx q = 0;
-#if defined(__SSE2__)
-    if constexpr (std::is_same_v<T, float>) q = max4_rows_sse(r0, r1, yp, ap, base, w, ow);
-#endif
-    for (; q < ow; ++q) {
-      idx off;
-      yp[q] = max4(r0[2 * q], r0[2 * q + 1], r1[2 * q], r1[2 * q + 1], w, off);
-      ap[q] = base + 2 * q + off;
+    if (top < 0 || top + g.kh > g.h || q_lo >= q_hi) {
+      for (idx q = 0; q < ow; ++q) window_max(xs, g, p, q, yp[q], ap[q]);
+      continue;
+    }
+    for (idx q = 0; q < q_lo; ++q) window_max(xs, g, p, q, yp[q], ap[q]);
+    for (idx q = q_hi; q < ow; ++q) window_max(xs, g, p, q, yp[q], ap[q]);
+    if (!split) {  // every row, once
+      for (idx i = 0; i < g.h; ++i) split_phases(xs + i * g.w, g.w, sw, phase, ph + i * row);
+      split = true;
+    }
+    const idx n = q_hi - q_lo;
+    for (idx u = 0; u < g.kh; ++u)
+      for (idx v = 0; v < kw; ++v) {
+        const idx c = q_lo * sw - g.pw + v;  // input column of lane 0 (>= 0)
+        const T* src = ph + (top + u) * row + (c % sw) * phase + c / sw;
+        const T k = static_cast<T>(u * kw + v);
+        if (u == 0 && v == 0) {
+#pragma omp simd
+          for (idx q = 0; q < n; ++q) {
+            best[q] = src[q];
+            tap[q] = T(0);
+          }
+          continue;
+        }
+#pragma omp simd
+        for (idx q = 0; q < n; ++q) {
+          const T val = src[q], m = best[q], t0 = tap[q];
+          const bool t = val > m || (val != val && m == m);
+          best[q] = t ? val : m;
+          tap[q] = t ? k : t0;
+        }
+      }
+    const std::int64_t base = top * g.w + q_lo * sw - g.pw;
+    for (idx q = 0; q < n; ++q) {
+      yp[q_lo + q] = best[q];
+      ap[q_lo + q] = base + q * sw + off[static_cast<idx>(tap[q])];
     }
   }
 }
+
+}  // namespace
 
 // Every (sample, channel) plane is independent: parallel over planes, serial within a plane, so
 // overlapping windows accumulate in the same order for any thread count.
@@ -116,51 +185,81 @@ template <typename T>
 void maxpool2d_forward(const T* x, T* y, std::int64_t* arg, const Window2d& g, int nthreads) {
   g.validate();
   const idx oh = g.oh(), ow = g.ow(), planes = g.n * g.c;
-  [[maybe_unused]] const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
+  const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
   const bool two = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 &&
                    g.w < (idx(1) << 30);  // lane offsets up to w + 1 fit in int32
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (idx pl = 0; pl < planes; ++pl) {
+  const bool rowwise = row_path(g);
+  // the row path's work space, one per thread, allocated here (outside the parallel region)
+  std::vector<T, CountingAllocator<T>> work(static_cast<size_t>(rowwise ? nt * row_work(g) : 0));
+  parallel_for(nt, planes, [&](idx pl) {
     const T* xs = x + pl * g.h * g.w;
     if (two) {
       maxpool_2x2_plane(xs, y + pl * oh * ow, arg + pl * oh * ow, g.w, oh, ow);
-      continue;
+    } else if (rowwise) {
+      maxpool_rows(xs, y + pl * oh * ow, arg + pl * oh * ow, g,
+                   work.data() + static_cast<idx>(thread_index()) * row_work(g));
+    } else {
+      for (idx p = 0; p < oh; ++p)
+        for (idx q = 0; q < ow; ++q)
+          window_max(xs, g, p, q, y[(pl * oh + p) * ow + q], arg[(pl * oh + p) * ow + q]);
     }
-    for (idx p = 0; p < oh; ++p)
-      for (idx q = 0; q < ow; ++q) {
-        T best = -std::numeric_limits<T>::infinity();
-        std::int64_t where = -1;
-        const Span r = rows(g, p), c = cols(g, q);
-        for (idx i = r.lo; i < r.hi; ++i) {
-          for (idx j = c.lo; j < c.hi; ++j) {
-            const T val = xs[i * g.w + j];
-            if (where < 0 || beats(val, best)) {
-              best = val;
-              where = i * g.w + j;
-            }
-          }
-        }
-        y[(pl * oh + p) * ow + q] = best;
-        arg[(pl * oh + p) * ow + q] = where;
-      }
-  }
+  });
 }
 
+namespace {
+
+// maxpool2d_backward(_masked): y (the pooled output) or null.  Per plane: zeros, then each
+// gradient added at its winner; with y, the gradients are first masked in chunks (a
+// vectorized select: a branch per element on the sign of y mispredicts half the time).
 template <typename T>
-void maxpool2d_backward(const T* gy, const std::int64_t* arg, T* gx, const Window2d& g,
-                        int nthreads) {
+void unpool(const T* gy, const std::int64_t* arg, const T* y, T* gx, const Window2d& g,
+            int nthreads) {
   g.validate();
   const idx P = g.oh() * g.ow(), planes = g.n * g.c, S = g.h * g.w;
   [[maybe_unused]] const int nt = threads_for(nthreads, planes, planes * (P + S));
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (idx pl = 0; pl < planes; ++pl) {
     T* gxs = gx + pl * S;
+    const T* gs = gy + pl * P;
+    const std::int64_t* as = arg + pl * P;
     std::fill(gxs, gxs + S, T(0));
-    for (idx o = 0; o < P; ++o) {
-      const std::int64_t where = arg[pl * P + o];
-      if (where >= 0 && where < S) gxs[where] += gy[pl * P + o];
+    if (!y) {
+      for (idx o = 0; o < P; ++o) {
+        const std::int64_t where = as[o];
+        if (where >= 0 && where < S) gxs[where] += gs[o];
+      }
+      continue;
+    }
+    constexpr idx kChunk = 256;
+    T v[kChunk];
+    for (idx o0 = 0; o0 < P; o0 += kChunk) {
+      const idx len = std::min(kChunk, P - o0);
+      const T* ys = y + pl * P + o0;
+#pragma omp simd
+      for (idx o = 0; o < len; ++o) {
+        const T go = gs[o0 + o];  // loaded unconditionally so that the loop vectorizes
+        v[o] = ys[o] > T(0) ? go : T(0);
+      }
+      for (idx o = 0; o < len; ++o) {
+        const std::int64_t where = as[o0 + o];
+        if (where >= 0 && where < S) gxs[where] += v[o];
+      }
     }
   }
+}
+
+}  // namespace
+
+template <typename T>
+void maxpool2d_backward(const T* gy, const std::int64_t* arg, T* gx, const Window2d& g,
+                        int nthreads) {
+  unpool<T>(gy, arg, nullptr, gx, g, nthreads);
+}
+
+template <typename T>
+void maxpool2d_backward_masked(const T* gy, const std::int64_t* arg, const T* y, T* gx,
+                               const Window2d& g, int nthreads) {
+  unpool<T>(gy, arg, y, gx, g, nthreads);
 }
 
 template <typename T>
@@ -282,6 +381,8 @@ void adaptive_avgpool2d_backward(const T* gy, T* gx, idx planes, idx h, idx w, i
 #define RELPROP_INSTANTIATE(T)                                                                   \
   template void maxpool2d_forward<T>(const T*, T*, std::int64_t*, const Window2d&, int);         \
   template void maxpool2d_backward<T>(const T*, const std::int64_t*, T*, const Window2d&, int);  \
+  template void maxpool2d_backward_masked<T>(const T*, const std::int64_t*, const T*, T*,         \
+                                             const Window2d&, int);                               \
   template void avgpool2d_forward<T>(const T*, T*, const Window2d&, int);                        \
   template void avgpool2d_backward<T>(const T*, T*, const Window2d&, int);                       \
   template void adaptive_avgpool2d_forward<T>(const T*, T*, idx, idx, idx, idx, idx, int);       \

@@ -20,6 +20,11 @@ struct F32x8 {
   static R bcast(const T* p) { return _mm256_broadcast_ss(p); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
+  // v where v > 0 or v is NaN, else +0 (relu_forward)
+  static R relu(R v) { return _mm256_and_ps(_mm256_cmp_ps(v, zero(), _CMP_NLE_UQ), v); }
+  // v where x > 0, else +0 (relu_backward)
+  static R mask_positive(R x, R v) { return _mm256_and_ps(_mm256_cmp_ps(x, zero(), _CMP_GT_OQ), v); }
   static void store(T* p, R v) { _mm256_storeu_ps(p, v); }
   // lanes [0, n) only: through a local copy (vmaskmov stores are slow on AMD)
   static void store_range(T* p, R v, idx n) {
@@ -78,6 +83,9 @@ struct F64x4 {
   static R bcast(const T* p) { return _mm256_broadcast_sd(p); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
   static R add(R a, R b) { return _mm256_add_pd(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_pd(a, b); }
+  static R relu(R v) { return _mm256_and_pd(_mm256_cmp_pd(v, zero(), _CMP_NLE_UQ), v); }
+  static R mask_positive(R x, R v) { return _mm256_and_pd(_mm256_cmp_pd(x, zero(), _CMP_GT_OQ), v); }
   static void store(T* p, R v) { _mm256_storeu_pd(p, v); }
   // lanes [0, n) only: through a local copy (vmaskmov stores are slow on AMD)
   static void store_range(T* p, R v, idx n) {

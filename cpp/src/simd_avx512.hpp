@@ -35,6 +35,13 @@ struct F32x16 {
   static R bcast(const T* p) { return _mm512_set1_ps(*p); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
+  // v where v > 0 or v is NaN, else +0 (relu_forward)
+  static R relu(R v) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, zero(), _CMP_NLE_UQ), v); }
+  // v where x > 0, else +0 (relu_backward)
+  static R mask_positive(R x, R v) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, zero(), _CMP_GT_OQ), v);
+  }
   static void store(T* p, R v) { _mm512_storeu_ps(p, v); }
   static void store_range(T* p, R v, idx n) {  // lanes [0, n) only
     _mm512_mask_storeu_ps(p, range_mask(0, n, W), v);
@@ -93,6 +100,11 @@ struct F64x8 {
   static R bcast(const T* p) { return _mm512_set1_pd(*p); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
   static R add(R a, R b) { return _mm512_add_pd(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_pd(a, b); }
+  static R relu(R v) { return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(v, zero(), _CMP_NLE_UQ), v); }
+  static R mask_positive(R x, R v) {
+    return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x, zero(), _CMP_GT_OQ), v);
+  }
   static void store(T* p, R v) { _mm512_storeu_pd(p, v); }
   static void store_range(T* p, R v, idx n) {  // lanes [0, n) only
     _mm512_mask_storeu_pd(p, static_cast<__mmask8>(range_mask(0, n, W)), v);

@@ -18,29 +18,13 @@
 #include "relprop/pool.hpp"
 #include "gemm_driver.hpp"  // block_k: the GEMM core's blocks of steps (packed-B layout)
 #include "winograd_impl.hpp"
+#include "workspace.hpp"
 
 namespace relprop {
 
 namespace {
 
-// Workspace of `elements` T from relprop's pool: the same sizes come back on every call of a
-// layer, already mapped (a fresh allocation of megabytes would page-fault on every call); the
-// pool counts it and relprop.release_memory() returns it to the system.
-template <typename T>
-struct Workspace {
-  T* p = nullptr;
-  explicit Workspace(idx elements)
-      : p(elements > 0 ? static_cast<T*>(pool::acquire(static_cast<std::size_t>(elements) *
-                                                       sizeof(T)))
-                       : nullptr) {}
-  ~Workspace() {
-    if (p) pool::release(p);
-  }
-  Workspace(const Workspace&) = delete;
-  Workspace& operator=(const Workspace&) = delete;
-  T* data() const { return p; }
-};
-
+using detail::Workspace;
 using detail::GemmArgs;
 using detail::GemmImpl;
 using detail::WinoGeom;
@@ -127,31 +111,8 @@ idx choose_block_tiles(const WinoGeom& g, const GemmImpl<T>& impl) {
   return tiles <= cap ? tiles : std::max<idx>(nr, cap / nr * nr);
 }
 
-// relprop::parallel_for with a dynamic schedule: each task goes to the next free thread, so a
-// thread the operating system takes away (a busy machine) holds up one task, not a share of
-// them.  Which thread runs a task changes no result here (every task computes fixed values).
-template <class Body>
-void parallel_for_dynamic(int nt, idx tasks, Body&& body) {
-  std::exception_ptr error;
-  std::atomic<bool> failed{false};
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-  for (idx t = 0; t < tasks; ++t) {
-    if (failed.load(std::memory_order_relaxed)) continue;
-    try {
-      body(t);
-    } catch (...) {
-#pragma omp critical(relprop_winograd_error)
-      {
-        if (!error) error = std::current_exception();
-      }
-      failed.store(true, std::memory_order_relaxed);
-    }
-  }
-  (void)nt;
-  if (error) std::rethrow_exception(error);
-}
-
-// y (and y2) = the convolution described by g of x with the packed transformed weights u.
+// out (y and y2, or the pooled output; see WinoOut) = the convolution described by g of x with
+// the packed transformed weights u.
 //
 // Threads, in one parallel region without barriers inside:
 //  - with at least two blocks per thread (and room for a block's buffers per thread), the
@@ -164,7 +125,7 @@ void parallel_for_dynamic(int nt, idx tasks, Body&& body) {
 //    transforms its channels' output.
 // Either way each value is computed by one task in the same order.
 template <typename T>
-void run(const WinoGeom& g, const T* x, const T* u, const T* bias, T* y, T* y2, idx split,
+void run(const WinoGeom& g, const T* x, const T* u, const detail::WinoOut<T>& out,
          int nthreads, idx block_tiles) {
   const GemmImpl<T>& impl = detail::active_gemm<T>();
   const WinoKernels<T>& kern = active_wino<T>();
@@ -219,7 +180,7 @@ void run(const WinoGeom& g, const T* x, const T* u, const T* bias, T* y, T* y2, 
       ga.ldc = ga.n;
       detail::run_tile(impl, ga, o0, o1, 0, ga.n);
     }
-    kern.output[mi](g, b, mm, o0, o1, bias, y, y2, split, work);
+    kern.output[mi](g, b, mm, o0, o1, out, work);
   };
   // every buffer is allocated here, before the parallel region: one set per thread
   const idx per_thread = v_size + m_size + work_size;
@@ -335,10 +296,37 @@ void winograd_pack(const T* w, idx c_out, idx c_in, int tile, bool backward, T* 
     impl.pack_a(impl, u.data() + xi * rows * k, k, 1, rows, k, dst + xi * psize);
 }
 
+namespace {
+
+// The backward pass (the forward convolution of gy, (n, c_out, oh, ow), with padding 2 - p,
+// giving c_in channels) with the epilogue epi (mask, scale: aux shaped like gx).
+template <typename T>
+void backward_impl(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, int tile,
+                   int nthreads, const T* packed, idx block_tiles, detail::Epilogue epi,
+                   const T* aux) {
+  winograd_validate(g, tile);
+  RELPROP_CHECK(c_out > 0, "c_out must be positive, got ", c_out);
+  if (g.n == 0) return;
+  Workspace<T> wp(packed ? 0 : winograd_packed_size<T>(c_out, g.c, tile, true));
+  if (!packed) {
+    winograd_pack(w, c_out, g.c, tile, true, wp.data(), nthreads);
+    packed = wp.data();
+  }
+  const WinoGeom bg = geometry(tile, g.n, c_out, g.c, g.oh(), g.ow(), 2 - g.ph, 2 - g.pw);
+  detail::WinoOut<T> out;
+  out.y = gx;
+  out.split = g.c;
+  out.epi = epi;
+  out.aux = aux;
+  run(bg, gy, packed, out, nthreads, block_tiles);
+}
+
+}  // namespace
+
 template <typename T>
 void winograd_forward(const T* x, const T* w, const T* b, T* y, T* y2, const Window2d& g,
                       idx c_out, idx split, int tile, int nthreads, const T* packed,
-                      idx block_tiles) {
+                      idx block_tiles, bool relu) {
   winograd_validate(g, tile);
   RELPROP_CHECK(c_out > 0, "c_out must be positive, got ", c_out);
   RELPROP_CHECK(split > 0 && split <= c_out, "split must be in [1, ", c_out, "], got ", split);
@@ -349,34 +337,90 @@ void winograd_forward(const T* x, const T* w, const T* b, T* y, T* y2, const Win
     winograd_pack(w, c_out, g.c, tile, false, wp.data(), nthreads);
     packed = wp.data();
   }
-  run(geometry(tile, g.n, g.c, c_out, g.h, g.w, g.ph, g.pw), x, packed, b, y, y2, split,
-      nthreads, block_tiles);
+  detail::WinoOut<T> out;
+  out.bias = b;
+  out.y = y;
+  out.y2 = y2;
+  out.split = split;
+  out.epi = relu ? detail::Epilogue::relu : detail::Epilogue::none;
+  run(geometry(tile, g.n, g.c, c_out, g.h, g.w, g.ph, g.pw), x, packed, out, nthreads,
+      block_tiles);
+}
+
+template <typename T>
+void winograd_forward_relu_maxpool(const T* x, const T* w, const T* b, T* pooled,
+                                   std::int64_t* arg, const Window2d& g, idx c_out, int tile,
+                                   int nthreads, const T* packed, idx block_tiles) {
+  winograd_validate(g, tile);
+  RELPROP_CHECK(c_out > 0, "c_out must be positive, got ", c_out);
+  RELPROP_CHECK(g.ow() < (idx(1) << 30), "2x2 max pooling needs an output width below 2**30, got ",
+                g.ow());
+  if (g.n == 0 || g.oh() < 2 || g.ow() < 2) return;
+  Workspace<T> wp(packed ? 0 : winograd_packed_size<T>(c_out, g.c, tile, false));
+  if (!packed) {
+    winograd_pack(w, c_out, g.c, tile, false, wp.data(), nthreads);
+    packed = wp.data();
+  }
+  detail::WinoOut<T> out;
+  out.bias = b;
+  out.split = c_out;
+  out.epi = detail::Epilogue::relu;
+  out.pooled = pooled;
+  out.arg = arg;
+  run(geometry(tile, g.n, g.c, c_out, g.h, g.w, g.ph, g.pw), x, packed, out, nthreads,
+      block_tiles);
 }
 
 template <typename T>
 void winograd_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, int tile,
-                       int nthreads, const T* packed, idx block_tiles) {
+                       int nthreads, const T* packed, idx block_tiles, const T* mask) {
+  backward_impl(gy, w, gx, g, c_out, tile, nthreads, packed, block_tiles,
+                mask ? detail::Epilogue::mask : detail::Epilogue::none, mask);
+}
+
+template <typename T>
+void winograd_backward_pooled(const T* gp, const std::int64_t* arg, const T* pooled, const T* w,
+                              T* gx, const Window2d& g, idx c_out, int tile, int nthreads,
+                              const T* packed, const T* mask) {
   winograd_validate(g, tile);
   RELPROP_CHECK(c_out > 0, "c_out must be positive, got ", c_out);
   if (g.n == 0) return;
-  Workspace<T> wp(packed ? 0 : winograd_packed_size<T>(c_out, g.c, tile, true));
-  if (!packed) {
-    winograd_pack(w, c_out, g.c, tile, true, wp.data(), nthreads);
-    packed = wp.data();
-  }
-  // the forward convolution of gy (n, c_out, oh, ow) with padding 2 - p, giving c_in channels
-  const WinoGeom bg = geometry(tile, g.n, c_out, g.c, g.oh(), g.ow(), 2 - g.ph, 2 - g.pw);
-  run(bg, gy, packed, static_cast<const T*>(nullptr), gx, static_cast<T*>(nullptr), g.c,
-      nthreads, block_tiles);
+  const idx oh = g.oh(), ow = g.ow();
+  Workspace<T> gy(g.n * c_out * oh * ow);
+  const Window2d pg{g.n, c_out, oh, ow, 2, 2, 2, 2, 0, 0};
+  maxpool2d_backward_masked<T>(gp, arg, pooled, gy.data(), pg, nthreads);
+  backward_impl(gy.data(), w, gx, g, c_out, tile, nthreads, packed, 0,
+                mask ? detail::Epilogue::mask : detail::Epilogue::none, mask);
+}
+
+template <typename T>
+void winograd_lrp_epsilon(const T* r, const T* z, const T* a, const T* w, T* ra,
+                          const Window2d& g, idx c_out, int tile, double eps, int nthreads,
+                          const T* packed) {
+  winograd_validate(g, tile);
+  RELPROP_CHECK(c_out > 0, "c_out must be positive, got ", c_out);
+  if (g.n == 0) return;
+  const idx len = c_out * g.oh() * g.ow();
+  Workspace<T> s(g.n * len);
+  lrp_divide<T>(r, z, nullptr, s.data(), g.n, len, eps, nthreads);
+  backward_impl(s.data(), w, ra, g, c_out, tile, nthreads, packed, 0, detail::Epilogue::scale, a);
 }
 
 #define RELPROP_INSTANTIATE(T)                                                                 \
   template idx winograd_packed_size<T>(idx, idx, int, bool);                                    \
   template void winograd_pack<T>(const T*, idx, idx, int, bool, T*, int);                      \
   template void winograd_forward<T>(const T*, const T*, const T*, T*, T*, const Window2d&, idx, \
-                                    idx, int, int, const T*, idx);                              \
+                                    idx, int, int, const T*, idx, bool);                        \
+  template void winograd_forward_relu_maxpool<T>(const T*, const T*, const T*, T*,               \
+                                                 std::int64_t*, const Window2d&, idx, int, int,  \
+                                                 const T*, idx);                                 \
   template void winograd_backward<T>(const T*, const T*, T*, const Window2d&, idx, int, int,    \
-                                     const T*, idx);
+                                     const T*, idx, const T*);                                  \
+  template void winograd_backward_pooled<T>(const T*, const std::int64_t*, const T*, const T*,  \
+                                            T*, const Window2d&, idx, int, int, const T*,       \
+                                            const T*);                                          \
+  template void winograd_lrp_epsilon<T>(const T*, const T*, const T*, const T*, T*,             \
+                                        const Window2d&, idx, int, double, int, const T*);
 RELPROP_INSTANTIATE(float)
 RELPROP_INSTANTIATE(double)
 #undef RELPROP_INSTANTIATE

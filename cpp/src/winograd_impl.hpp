@@ -14,6 +14,8 @@
 //
 // This header only declares plain structs (nothing here is compiled with ISA-specific flags).
 #pragma once
+#include <cstdint>
+
 #include "gemm_impl.hpp"
 
 namespace relprop {
@@ -63,6 +65,28 @@ static inline idx wino_work_size(int m, idx nr) {
   return in > out ? in : out;
 }
 
+// What the output transform writes: y = epi(A^T M A + bias[o]) for output channel o, channel
+// o < split to y (n, split, oh, ow), the others to y2 (n, c_out - split, oh, ow); aux (mask,
+// scale) shaped like y (split = c_out).  relu is applied to the tiles before they are written;
+// mask and scale to the block's output once it is written (channel by channel, in memory
+// order: reading aux in the transform's order, a row segment of every channel in turn, cost
+// as much as a separate pass).  With pooled (then epi is relu or none and split =
+// c_out), the 2x2 stride-2 max pooling of that instead (y unused): pooled and arg
+// (n, c_out, oh / 2, ow / 2), arg the winner's flat index in the oh x ow plane, as
+// maxpool2d_forward (every window lies in one tile: m is even and tiles start at multiples of
+// m).
+template <typename T>
+struct WinoOut {
+  const T* bias = nullptr;
+  T* y = nullptr;
+  T* y2 = nullptr;
+  idx split = 0;
+  Epilogue epi = Epilogue::none;
+  const T* aux = nullptr;
+  T* pooled = nullptr;
+  std::int64_t* arg = nullptr;
+};
+
 // The transforms of one ISA and element type, for m = 2 (index 0) and m = 4 (index 1);
 // `work` holds wino_work_size(m, nr) elements.
 template <typename T>
@@ -71,11 +95,9 @@ struct WinoKernels {
   // nb <= col < npad of those channels).
   void (*input[2])(const WinoGeom& g, const WinoBlock& b, const T* x, idx c0, idx c1, T* v,
                    T* work);
-  // y = A^T M A + bias[o] for output channels o0 <= o < o1 (M holds those rows only); channel
-  // o < split goes to
-  // y (n, split, oh, ow), the others to y2 (n, c_out - split, oh, ow).
+  // The output (see WinoOut) of output channels o0 <= o < o1 (M holds those rows only).
   void (*output[2])(const WinoGeom& g, const WinoBlock& b, const T* mm, idx o0, idx o1,
-                    const T* bias, T* y, T* y2, idx split, T* work);
+                    const WinoOut<T>& out, T* work);
 };
 
 namespace generic {

@@ -15,6 +15,9 @@
 // 2020 found to give a several times smaller float32 error than Lavin & Gray's 0, +-1, +-2;
 // 0, +-1 and infinity for F(2x2, 3x3), as in Lavin & Gray).  Every entry is exact in binary.
 #pragma once
+#include <cstdint>
+#include <type_traits>
+
 #include "winograd_impl.hpp"
 
 namespace relprop {
@@ -222,14 +225,154 @@ void input_transform(const WinoGeom& g, const WinoBlock& b, const T* x, idx c0, 
   }
 }
 
+// The pooling's comparison (pooling.cpp's beats, with internal linkage here): `val` replaces
+// the running maximum `best` if it is larger, or if it is the first NaN.
+template <typename T>
+inline bool wino_beats(T val, T best) {
+  return val > best || (val != val && best == best);
+}
+
+// Writes the finished tiles Y (element (i, j) of the tile in lane u at Y[(i*M + j)*L + u]) of
+// output channel o for the pieces of a run into y (or y2).
+template <typename T, int M>
+void write_tiles(const WinoGeom& g, const Piece* pieces, int count, idx o, const WinoOut<T>& out,
+                 const T* Y) {
+  constexpr idx L = kOutLanes;
+  const idx plane = g.oh * g.ow, full = g.ow / M;  // tiles of a row wholly inside the output
+  for (int k = 0; k < count; ++k) {
+    const Piece& pc = pieces[k];
+    T* yo = o < out.split ? out.y + (pc.sample * out.split + o) * plane
+                          : out.y2 + (pc.sample * (g.c_out - out.split) + (o - out.split)) * plane;
+    const idx whole = min_of(full - pc.t0, pc.len);  // tiles wholly inside the output
+    for (int i = 0; i < M; ++i) {
+      const idx row = pc.ti * M + i;
+      if (row >= g.oh) break;
+      T* yr = yo + row * g.ow + pc.t0 * M;
+      const T* Yi = Y + i * M * L + pc.u;
+      RELPROP_IVDEP
+      for (idx q = 0; q < whole; ++q)
+        static_for<0, M>([&](auto j) { yr[q * M + j.value] = Yi[j.value * L + q]; });
+      if (whole < pc.len)  // the last tile of the row, cut by the output's edge
+        for (idx col = whole * M; col < g.ow - pc.t0 * M; ++col)
+          yr[col] = Yi[(col % M) * L + whole];
+    }
+  }
+}
+
+// The epilogue E (mask or scale, aux shaped like y; split = c_out) on the output of a block's
+// tiles for output channels [o0, o1), after the output transform wrote it (it is still in
+// cache): channel by channel, each run of the block's tiles in one tile row a few contiguous
+// row segments of the channel's plane, so y and aux are read in order.
+template <typename T, int M, int E>
+void block_epilogue(const WinoGeom& g, const WinoBlock& b, idx o0, idx o1, const WinoOut<T>& out) {
+  constexpr Epilogue epi = static_cast<Epilogue>(E);
+  const idx plane = g.oh * g.ow, per_sample = g.th * g.tw;
+  for (idx o = o0; o < o1; ++o) {
+    for (idx j = b.j0; j < b.j1;) {
+      const idx sample = j / per_sample, rem = j % per_sample, t0 = rem % g.tw, ti = rem / g.tw;
+      const idx len = min_of(g.tw - t0, b.j1 - j);
+      j += len;
+      const idx c0 = t0 * M, c1 = min_of((t0 + len) * M, g.ow);
+      const idx at = (sample * g.c_out + o) * plane;
+      for (idx row = ti * M; row < min_of(ti * M + M, g.oh); ++row) {
+        T* yr = out.y + at + row * g.ow;
+        const T* xr = out.aux + at + row * g.ow;
+        RELPROP_IVDEP
+        for (idx col = c0; col < c1; ++col) yr[col] = epilogue_scalar(epi, yr[col], xr[col]);
+      }
+    }
+  }
+}
+
+template <typename T, int M>
+void finish_block(const WinoGeom& g, const WinoBlock& b, idx o0, idx o1, const WinoOut<T>& out) {
+  if (out.epi == Epilogue::mask)
+    block_epilogue<T, M, static_cast<int>(Epilogue::mask)>(g, b, o0, o1, out);
+  else if (out.epi == Epilogue::scale)
+    block_epilogue<T, M, static_cast<int>(Epilogue::scale)>(g, b, o0, o1, out);
+}
+
+// The 2x2 stride-2 max pooling of the finished tiles Y of output channel o (see write_tiles)
+// into out.pooled and out.arg: the windows of pooled rows and columns inside the output
+// (2p + 1 < oh, 2q + 1 < ow), each inside one tile; comparisons as maxpool2d_forward's (the
+// first maximum in row-major window order wins, and the first NaN).  For each pair of tile
+// rows, the winners of all n lanes of the run at once (vectorized), then each piece's pooled
+// row segment from them.
+template <typename T, int M>
+void pool_tiles(const WinoGeom& g, const Piece* pieces, int count, idx n, idx o,
+                const WinoOut<T>& out, const T* Y) {
+  static_assert(M % 2 == 0, "pooling windows must not cross tiles");
+  constexpr idx L = kOutLanes, H = M / 2;
+  // lane offsets of T's width (the loop below vectorizes only with one lane width); ow < 2**30
+  using I = typename std::conditional<sizeof(T) == 4, std::int32_t, std::int64_t>::type;
+  const idx ph = g.oh / 2, pw = g.ow / 2, full = g.ow / M;
+  const I ow = static_cast<I>(g.ow);
+  alignas(64) T best[H][L];
+  alignas(64) I off[H][L];
+  for (int i = 0; i < M; i += 2) {
+    const T* Y0 = Y + i * M * L;
+    const T* Y1 = Y0 + M * L;
+    for (idx h = 0; h < H; ++h) {
+      const T* a = Y0 + 2 * h * L;
+      const T* b = a + L;
+      const T* c = Y1 + 2 * h * L;
+      const T* d = c + L;
+      T* bh = best[h];
+      I* oh = off[h];
+      RELPROP_IVDEP
+      for (idx u = 0; u < n; ++u) {
+        T m = a[u];
+        I f = 0;
+        T v = b[u];
+        bool t = v > m || (v != v && m == m);
+        m = t ? v : m;
+        f = t ? I(1) : f;
+        v = c[u];
+        t = v > m || (v != v && m == m);
+        m = t ? v : m;
+        f = t ? ow : f;
+        v = d[u];
+        t = v > m || (v != v && m == m);
+        m = t ? v : m;
+        f = t ? I(ow + 1) : f;
+        bh[u] = m;
+        oh[u] = f;
+      }
+    }
+    for (int k = 0; k < count; ++k) {
+      const Piece& pc = pieces[k];
+      const idx row = pc.ti * M + i;
+      if (row + 1 >= g.oh) continue;
+      const idx whole = min_of(full - pc.t0, pc.len);
+      // windows of a cut last tile of the row
+      const idx tail = whole < pc.len ? min_of(H, (g.ow - (pc.t0 + whole) * M) / 2) : 0;
+      const idx at = (pc.sample * g.c_out + o) * ph * pw + (row / 2) * pw + pc.t0 * H;
+      T* pr = out.pooled + at;
+      std::int64_t* ar = out.arg + at;
+      const std::int64_t base = row * g.ow + pc.t0 * M;
+      const idx u0 = pc.u;
+      RELPROP_IVDEP
+      for (idx q = 0; q < whole; ++q)
+        static_for<0, H>([&](auto h) {
+          pr[q * H + h.value] = best[h.value][u0 + q];
+          ar[q * H + h.value] = base + q * M + 2 * h.value + off[h.value][u0 + q];
+        });
+      for (idx h = 0; h < tail; ++h) {
+        pr[whole * H + h] = best[h][u0 + whole];
+        ar[whole * H + h] = base + whole * M + 2 * h + off[h][u0 + whole];
+      }
+    }
+  }
+}
+
 template <typename T, int M>
 void output_transform(const WinoGeom& g, const WinoBlock& b, const T* mm, idx o0, idx o1,
-                      const T* bias, T* y, T* y2, idx split, T* work) {
+                      const WinoOut<T>& out, T* work) {
   constexpr int A = M + 2;
   constexpr idx L = kOutLanes;
   const idx nb = b.j1 - b.j0;
-  const idx xi_stride = b.m_stride, plane = g.oh * g.ow;
-  const idx full = g.ow / M;  // tiles of a row that lie wholly inside the output
+  const idx xi_stride = b.m_stride;
+  const bool relu = out.epi == Epilogue::relu;
   T* H = work;              // [A][M][L]: A applied along the rows of M
   T* Y = work + A * M * L;  // [M][M][L]: the output tiles, element (i, j)
   Piece pieces[kMaxLanes];
@@ -237,7 +380,7 @@ void output_transform(const WinoGeom& g, const WinoBlock& b, const T* mm, idx o0
     const idx n = min_of(L, nb - col0);
     const int count = pieces_of(g, b, col0, n, pieces);
     for (idx o = o0; o < o1; ++o) {
-      const T bo = bias ? bias[o] : T(0);
+      const T bo = out.bias ? out.bias[o] : T(0);
       const T* mo = mm + (o - o0) * nb + col0;
       // H[k][j][u] = sum_l AT[j][l] M[k*A + l][u]
       for (int k = 0; k < A; ++k) {
@@ -252,7 +395,7 @@ void output_transform(const WinoGeom& g, const WinoBlock& b, const T* mm, idx o0
           });
         }
       }
-      // Y[i][j][u] = sum_k AT[i][k] H[k][j][u] + bias
+      // Y[i][j][u] = sum_k AT[i][k] H[k][j][u] + bias (then the ReLU, if fused)
       for (int j = 0; j < M; ++j) {
         const T* Hj = H + j * L;
         T* Yj = Y + j * L;
@@ -264,27 +407,22 @@ void output_transform(const WinoGeom& g, const WinoBlock& b, const T* mm, idx o0
             Yj[i.value * M * L + u] = dot<RowAT<M, decltype(i)::value>, 0, A>(e) + bo;
           });
         }
-      }
-      for (int k = 0; k < count; ++k) {
-        const Piece& pc = pieces[k];
-        T* yo = o < split ? y + (pc.sample * split + o) * plane
-                          : y2 + (pc.sample * (g.c_out - split) + (o - split)) * plane;
-        const idx whole = min_of(full - pc.t0, pc.len);  // tiles wholly inside the output
-        for (int i = 0; i < M; ++i) {
-          const idx row = pc.ti * M + i;
-          if (row >= g.oh) break;
-          T* yr = yo + row * g.ow + pc.t0 * M;
-          const T* Yi = Y + i * M * L + pc.u;
-          RELPROP_IVDEP
-          for (idx q = 0; q < whole; ++q)
-            static_for<0, M>([&](auto j) { yr[q * M + j.value] = Yi[j.value * L + q]; });
-          if (whole < pc.len)  // the last tile of the row, cut by the output's edge
-            for (idx col = whole * M; col < g.ow - pc.t0 * M; ++col)
-              yr[col] = Yi[(col % M) * L + whole];
+        if (relu) {
+          for (int i = 0; i < M; ++i) {
+            T* Yij = Yj + i * M * L;
+            RELPROP_IVDEP
+            for (idx u = 0; u < n; ++u)
+              Yij[u] = epilogue_scalar(Epilogue::relu, Yij[u], T(0));
+          }
         }
       }
+      if (out.pooled)
+        pool_tiles<T, M>(g, pieces, count, n, o, out, Y);
+      else
+        write_tiles<T, M>(g, pieces, count, o, out, Y);
     }
   }
+  if (!out.pooled) finish_block<T, M>(g, b, o0, o1, out);
 }
 
 template <typename T>

@@ -120,17 +120,53 @@ def _bias(b, dtype):
     return None if b is None else _c(b, dtype)
 
 
-def dense_forward(x, w, b=None, packed=None):
+def dense_forward(x, w, b=None, packed=None, *, relu=False):
     """``y = x @ w.T + b``: x (n, in), w (out, in), b (out,) -> (n, out).
 
     ``packed``: ``dense_pack(w, True)`` made under the ISA in use (skips packing ``w``; the
-    result is bitwise the same)."""
+    result is bitwise the same).  ``relu=True``: ``max(y, 0)`` (NaN kept) written by the GEMM's
+    store, bitwise ``relu_forward(dense_forward(x, w, b))``."""
+    if relu:
+        return _core.dense_forward(x, _c(w, x.dtype), _bias(b, x.dtype), _threads, packed, True)
     return _core.dense_forward(x, _c(w, x.dtype), _bias(b, x.dtype), _threads, packed)
 
 
-def dense_backward(g, w, packed=None):
-    """``gx = g @ w``: g (n, out), w (out, in) -> (n, in); ``packed``: ``dense_pack(w, False)``."""
+def dense_backward(g, w, packed=None, *, mask=None):
+    """``gx = g @ w``: g (n, out), w (out, in) -> (n, in); ``packed``: ``dense_pack(w, False)``.
+
+    ``mask`` (n, in), optional: ``gx * (mask > 0)`` in the GEMM's store, bitwise
+    ``relu_backward(dense_backward(g, w), mask)``; pass the layer's input when it is a ReLU's
+    output (``relu(z) > 0`` exactly where ``z > 0``), so the ReLU's backward pass costs nothing.
+    """
+    if mask is not None:
+        return _core.dense_backward(g, _c(w, g.dtype), _threads, packed,
+                                    _like(_array(mask, "mask"), g.dtype, "mask", "g"))
     return _core.dense_backward(g, _c(w, g.dtype), _threads, packed)
+
+
+def dense_lrp_epsilon(r, z, a, w, eps, packed=None):
+    """LRP-epsilon of a Dense layer in one GEMM: ``a * ((r / stab(z)) @ w)``.
+
+    The stabilized division (:func:`lrp_divide`'s: ``stab(z) = z + eps * sign(z)``, sign(0) =
+    +1, 0 where the denominator is 0) is made while the GEMM packs its A operand and the product
+    with ``a`` in its store: bitwise ``a * dense_backward(lrp_divide(r, z, eps), w)``, without
+    the two intermediate arrays.
+
+    Parameters
+    ----------
+    r, z : (n, out) upper relevance and the layer's output ``x @ w.T + b``
+    a : (n, in) the layer's input
+    w : (out, in)
+    packed : ``dense_pack(w, False)`` made under the ISA in use, or None
+
+    Returns
+    -------
+    (n, in) the input relevance
+    """
+    r = _array(r, "r")
+    return _core.dense_lrp_epsilon(r, _like(_array(z, "z"), r.dtype, "z", "r"),
+                                   _like(_array(a, "a"), r.dtype, "a", "r"), _c(w, r.dtype),
+                                   float(eps), _threads, packed)
 
 
 def dense_pack(w, forward):
@@ -169,7 +205,7 @@ def _conv_args(stride, padding, dilation, groups):
 
 
 def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), packed=None, *, dilation=(1, 1),
-                   groups=1):
+                   groups=1, relu=False):
     """2-D cross-correlation as ``torch.nn.functional.conv2d`` (zero padding).
 
     ``y[n, o, p, q] = b[o] + sum_{c, u, v} w[o, c, u, v] * x[n, g*C + c, p*sh + u*dh - ph,
@@ -189,6 +225,9 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), packed=None, *, 
         ``c_in`` and ``c_out`` must be multiples of it.  ``groups == c_in`` (depthwise, any
         channel multiplier ``c_out // c_in``) runs a direct vectorized kernel; ``1 < groups <
         c_in`` one implicit GEMM per group; ``groups == 1`` one per sample.
+    relu : bool
+        ``max(y, 0)`` (NaN kept) instead of ``y``, written by the GEMM's store (depthwise: a pass
+        over each plane right after the kernel): bitwise ``relu_forward(conv2d_forward(...))``.
 
     Returns
     -------
@@ -205,6 +244,9 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), packed=None, *, 
     """
     x = _array(x, "x")
     s, p, d, g = _conv_args(stride, padding, dilation, groups)
+    if relu:
+        return _core.conv2d_forward(x, _like(w, x.dtype, "w"), _like(b, x.dtype, "b"), s, p,
+                                    _threads, packed, d, g, True)
     return _core.conv2d_forward(x, _like(w, x.dtype, "w"), _like(b, x.dtype, "b"), s, p, _threads,
                                 packed, d, g)
 
@@ -255,7 +297,7 @@ def conv2d_pack(w, backward=False, stride=(1, 1), padding=(0, 0), *, dilation=(1
 
 
 def conv2d_backward(g, w, in_hw, stride=(1, 1), padding=(0, 0), packed=None, *, dilation=(1, 1),
-                    groups=1):
+                    groups=1, mask=None):
     """Vector-Jacobian product of :func:`conv2d_forward` w.r.t. x (the transposed convolution).
 
     Parameters
@@ -266,6 +308,10 @@ def conv2d_backward(g, w, in_hw, stride=(1, 1), padding=(0, 0), packed=None, *, 
     packed : PackedWeights, optional
         ``conv2d_pack(w, True, stride, padding, dilation=dilation, groups=groups)`` made under
         the ISA in use (the result is bitwise the same).
+    mask : ndarray, (n, c_in, h, w), optional
+        ``gx * (mask > 0)`` written by the backward GEMM's store (the col2im and depthwise paths:
+        right after each unit's gx is made), bitwise ``relu_backward(conv2d_backward(...),
+        mask)``: pass the layer's input when it is a ReLU's output.
 
     Returns
     -------
@@ -275,6 +321,10 @@ def conv2d_backward(g, w, in_hw, stride=(1, 1), padding=(0, 0), packed=None, *, 
 
     g_ = _array(g, "g")
     s, p, d, gr = _conv_args(stride, padding, dilation, groups)
+    if mask is not None:
+        return _core.conv2d_backward(g_, _like(w, g_.dtype, "w", "g"), as_pair(in_hw, "in_hw", 1),
+                                     s, p, _threads, packed, d, gr,
+                                     _like(_array(mask, "mask"), g_.dtype, "mask", "g"))
     return _core.conv2d_backward(g_, _like(w, g_.dtype, "w", "g"), as_pair(in_hw, "in_hw", 1), s,
                                  p, _threads, packed, d, gr)
 
@@ -284,8 +334,18 @@ def maxpool2d_forward(x, kernel, stride, padding=(0, 0)):
     return _core.maxpool2d_forward(x, kernel, stride, padding, _threads)
 
 
-def maxpool2d_backward(g, argmax, in_hw, kernel, stride, padding=(0, 0)):
-    """Route ``g`` to the winners recorded in ``argmax``."""
+def maxpool2d_backward(g, argmax, in_hw, kernel, stride, padding=(0, 0), *, mask=None):
+    """Route ``g`` to the winners recorded in ``argmax``.
+
+    ``mask`` (shaped like ``g``), optional: route ``g`` only where ``mask > 0`` (0 elsewhere).
+    With ``mask`` the pooling's output ``y`` and a ReLU before the pooling, that is the ReLU's
+    and the pooling's backward pass in one: bitwise ``relu_backward(maxpool2d_backward(g,
+    argmax, ...), x)`` for the ReLU's input ``x`` (``x`` at a winner is ``y``).  Needs disjoint
+    windows (stride >= kernel)."""
+    if mask is not None:
+        g = _array(g, "g")
+        return _core.maxpool2d_backward(g, argmax, tuple(in_hw), kernel, stride, padding, _threads,
+                                        _like(_array(mask, "mask"), g.dtype, "mask", "g"))
     return _core.maxpool2d_backward(g, argmax, tuple(in_hw), kernel, stride, padding, _threads)
 
 
@@ -478,7 +538,7 @@ def conv2d_winograd_pack(w, tile=4, backward=False):
 
 
 def conv2d_winograd_forward(x, w, b=None, padding=(1, 1), packed=None, *, tile=4, split=None,
-                            stride=(1, 1)):
+                            stride=(1, 1), relu=False):
     """Stride-1 3x3 convolution by Winograd's minimal filtering F(tile x tile, 3x3).
 
     The same result as ``conv2d_forward(x, w, b, 1, padding)`` up to rounding, from
@@ -515,6 +575,8 @@ def conv2d_winograd_forward(x, w, b=None, padding=(1, 1), packed=None, *, tile=4
     split : None, or 0 < split < c_out: return ``(y[:, :split], y[:, split:])`` as two arrays
         written directly by the output transform (LRP's stacked ``[W+; W-]``).
     stride : must be 1 (accepted so that callers can pass a layer's stride through).
+    relu : ``max(y, 0)`` (NaN kept) instead of ``y``, applied by the output transform: bitwise
+        ``relu_forward`` of the plain result (not with ``split``).
 
     Returns
     -------
@@ -531,23 +593,174 @@ def conv2d_winograd_forward(x, w, b=None, padding=(1, 1), packed=None, *, tile=4
     from ._validate import as_int
 
     split = 0 if split is None else as_int(split, "split", minimum=1)
+    if relu:
+        if split:
+            raise ValueError("relu=True needs one output (split=None)")
+        return _core.conv2d_winograd_forward(x, _c(w, x.dtype), _bias(b, x.dtype), padding, tile,
+                                             0, _threads, packed, 0, True)
     return _core.conv2d_winograd_forward(x, _c(w, x.dtype), _bias(b, x.dtype), padding, tile,
                                          split, _threads, packed)
 
 
 def conv2d_winograd_backward(g, w, in_hw, padding=(1, 1), packed=None, *, tile=4,
-                             stride=(1, 1)):
+                             stride=(1, 1), mask=None):
     """Vector-Jacobian product of :func:`conv2d_winograd_forward` (and of ``conv2d_forward``)
     w.r.t. x: g (n, c_out, oh, ow) -> (n, c_in, h, w) with ``in_hw = (h, w)``.
 
     For stride 1 it is the stride-1 3x3 convolution of ``g`` with the flipped,
     channel-transposed kernel and padding ``2 - padding``, run by the same Winograd kernel.
-    ``packed``: ``conv2d_winograd_pack(w, tile, backward=True)``.  Accuracy contract and
-    errors as :func:`conv2d_winograd_forward`.
+    ``packed``: ``conv2d_winograd_pack(w, tile, backward=True)``.  ``mask`` (n, c_in, h, w),
+    optional: ``gx * (mask > 0)`` applied by the output transform, bitwise
+    ``relu_backward(conv2d_winograd_backward(...), mask)``.  Accuracy contract and errors as
+    :func:`conv2d_winograd_forward`.
     """
     tile, padding = _winograd_args(tile, stride, padding)
+    if mask is not None:
+        return _core.conv2d_winograd_backward(g, _c(w, g.dtype), tuple(in_hw), padding, tile,
+                                              _threads, packed, 0,
+                                              _like(_array(mask, "mask"), g.dtype, "mask", "g"))
     return _core.conv2d_winograd_backward(g, _c(w, g.dtype), tuple(in_hw), padding, tile,
                                           _threads, packed)
+
+
+# ------------------------------------------------------------------------------------------
+# Fused layer steps: convolution + ReLU + 2x2 max pooling, its backward pass from the pooled
+# gradient, LRP-epsilon (``tile``: None for the direct method, 2 or 4 for Winograd)
+
+
+def _fused_tile(tile, w_shape, stride, padding, dilation, groups):
+    """0 for the direct method, or the Winograd tile (2 or 4), validated for the layer."""
+    if tile is None:
+        return 0
+    from ._validate import as_int, as_pair
+
+    tile, _ = _winograd_args(tile, stride, padding)
+    if tuple(w_shape[2:]) != (3, 3):
+        raise ValueError(f"tile={tile}: Winograd convolution needs a 3x3 kernel, got weight of "
+                         f"shape {tuple(w_shape)}")
+    if as_pair(dilation, "dilation", minimum=1) != (1, 1) or as_int(groups, "groups") != 1:
+        raise ValueError(f"tile={tile}: Winograd convolution needs dilation 1 and groups 1, got "
+                         f"dilation={dilation}, groups={groups}")
+    return tile
+
+
+def conv2d_forward_relu_maxpool(x, w, b=None, stride=(1, 1), padding=(0, 0), packed=None, *,
+                                dilation=(1, 1), groups=1, tile=None, pool=2):
+    """A convolution, its bias, a ReLU and a 2x2 stride-2 max pooling in one kernel.
+
+    Returns ``(pooled, argmax)``, bitwise ``maxpool2d_forward(relu_forward(conv2d_forward(x, w,
+    b, ...)), 2, 2)`` (with ``tile``: of ``conv2d_winograd_forward``): ``argmax`` is each
+    window's winner as :func:`maxpool2d_forward` reports it, the flat index in the ``oh x ow``
+    plane of the convolution's output (first maximum in row-major window order, NaN wins).  The
+    convolution's output never goes to memory: the direct method computes bands of output rows
+    into a thread's scratch (bias and ReLU in the GEMM's store) and pools them from there;
+    Winograd's output transform pools each tile (the windows lie inside tiles).  With
+    ``groups > 1`` the convolution and its ReLU are made in a workspace, then pooled.
+
+    For the backward pass keep ``argmax`` and ``pooled`` (the next layer's input anyway): see
+    :func:`conv2d_backward_pooled`.
+
+    Parameters
+    ----------
+    x, w, b, stride, padding, dilation, groups : as :func:`conv2d_forward`
+    packed : ``conv2d_pack(w, ...)`` (direct) or ``conv2d_winograd_pack(w, tile)``, or None
+    tile : None for the direct method, or 2 / 4 for Winograd F(tile x tile, 3x3) (stride-1 3x3
+        layers, padding <= 2, groups 1, dilation 1)
+    pool : the pooling window and stride: must be 2
+
+    Returns
+    -------
+    pooled : (n, c_out, oh // 2, ow // 2);  argmax : int64, same shape
+    """
+    from ._validate import as_pair
+
+    if as_pair(pool, "pool") != (2, 2):
+        raise ValueError(f"pool={pool}: the fused pooling is 2x2 with stride 2")
+    x = _array(x, "x")
+    w = _like(w, x.dtype, "w")
+    s, p, d, g = _conv_args(stride, padding, dilation, groups)
+    t = _fused_tile(tile, w.shape, s, p, d, g)
+    return _core.conv2d_forward_relu_maxpool(x, w, _like(b, x.dtype, "b"), s, p, _threads, packed,
+                                             d, g, t)
+
+
+def conv2d_backward_pooled(g, argmax, w, in_hw, stride=(1, 1), padding=(0, 0), packed=None, *,
+                           pooled=None, mask=None, dilation=(1, 1), groups=1, tile=None):
+    """The backward pass of :func:`conv2d_forward_relu_maxpool` from the pooled gradient.
+
+    ``g`` and ``argmax`` (and ``pooled``) are (n, c_out, oh // 2, ow // 2); the gradient of the
+    convolution's output is ``g`` at the winners ``argmax`` where ``pooled > 0`` (the ReLU
+    between the convolution and the pooling; without ``pooled``: everywhere) and 0 elsewhere;
+    the result is its :func:`conv2d_backward` (with ``tile``: :func:`conv2d_winograd_backward`)
+    times ``mask > 0`` if ``mask`` is given.  Bitwise::
+
+        conv2d_backward(relu_backward(maxpool2d_backward(g, argmax, (oh, ow), 2, 2), y), w,
+                        in_hw, ..., mask=mask)
+
+    for the convolution's output ``y`` whose ReLU and pooling gave ``pooled`` and ``argmax``.
+    That gradient is made in a workspace (one pass, in place of the pooling's and the ReLU's
+    backward passes and their two arrays); the ReLU mask of the layer below is applied in the
+    backward GEMM's store.
+
+    Parameters
+    ----------
+    g : (n, c_out, oh // 2, ow // 2) the pooled output's gradient
+    argmax : int64, same shape, from :func:`conv2d_forward_relu_maxpool`
+    w, in_hw, stride, padding, dilation, groups : as :func:`conv2d_backward`
+    packed : ``conv2d_pack(w, True, stride, padding, ...)`` (direct) or
+        ``conv2d_winograd_pack(w, tile, backward=True)``, or None
+    pooled : the pooled output, optional (its ReLU mask)
+    mask : (n, c_in, h, w), optional: the layer's input when it is a ReLU's output
+    tile : None (direct) or 2 / 4 (Winograd)
+
+    Returns
+    -------
+    gx : (n, c_in, h, w)
+    """
+    from ._validate import as_pair
+
+    g = _array(g, "g")
+    w = _like(w, g.dtype, "w", "g")
+    s, p, d, gr = _conv_args(stride, padding, dilation, groups)
+    t = _fused_tile(tile, w.shape, s, p, d, gr)
+    if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int64:
+        raise TypeError("argmax must be an int64 array (from conv2d_forward_relu_maxpool)")
+    return _core.conv2d_backward_pooled(
+        g, np.ascontiguousarray(argmax),
+        None if pooled is None else _like(_array(pooled, "pooled"), g.dtype, "pooled", "g"), w,
+        as_pair(in_hw, "in_hw", 1), s, p, _threads, packed, d, gr,
+        None if mask is None else _like(_array(mask, "mask"), g.dtype, "mask", "g"), t)
+
+
+def conv2d_lrp_epsilon(r, z, a, w, eps, stride=(1, 1), padding=(0, 0), packed=None, *,
+                       dilation=(1, 1), groups=1, tile=None):
+    """LRP-epsilon of a convolution: ``a * conv2d_backward(r / stab(z), w)``.
+
+    Bitwise ``a * conv2d_backward(lrp_divide(r, z, eps), w, a.shape[2:], ...)`` (with ``tile``:
+    ``conv2d_winograd_backward``); the quotients go to a workspace in one pass and the product
+    with ``a`` is made by the backward GEMM's store (Winograd: the output transform), without
+    the two intermediate output arrays.
+
+    Parameters
+    ----------
+    r, z : (n, c_out, oh, ow) the upper relevance and the layer's output ``conv(a, w) + b``
+    a : (n, c_in, h, w) the layer's input
+    w, stride, padding, dilation, groups : as :func:`conv2d_backward`
+    packed : ``conv2d_pack(w, True, stride, padding, ...)`` or
+        ``conv2d_winograd_pack(w, tile, backward=True)``, or None
+    tile : None (direct) or 2 / 4 (Winograd)
+
+    Returns
+    -------
+    (n, c_in, h, w) the input relevance
+    """
+    r = _array(r, "r")
+    w = _like(w, r.dtype, "w", "r")
+    s, p, d, gr = _conv_args(stride, padding, dilation, groups)
+    t = _fused_tile(tile, w.shape, s, p, d, gr)
+    return _core.conv2d_lrp_epsilon(r, _like(_array(z, "z"), r.dtype, "z", "r"),
+                                    _like(_array(a, "a"), r.dtype, "a", "r"), w, float(eps), s, p,
+                                    _threads, packed, d, gr, t)
 
 
 class Algorithm(NamedTuple):

@@ -24,15 +24,26 @@ struct Window2d {
 
 // y[n, o] = sum_i x[n, i] * w[o, i] + b[o]          x (n, in), w (out, in), b (out) or null
 // packed: null, or w packed by dense_pack(forward=true) under the ISA in use (then w is unused).
+// relu: y = max(y, 0) (NaN kept) in the GEMM's store, bitwise relu_forward of the plain y.
 template <typename T>
 void dense_forward(const T* x, const T* w, const T* b, T* y, idx n, idx in, idx out, int nthreads,
-                   const T* packed = nullptr);
+                   const T* packed = nullptr, bool relu = false);
 
 // gx[n, i] = sum_o g[n, o] * w[o, i]                 g (n, out) -> gx (n, in)
 // packed: null, or w packed by dense_pack(forward=false) under the ISA in use.
+// mask (n, in) or null: gx[n, i] = 0 where mask[n, i] <= 0 (or NaN), in the GEMM's store:
+// bitwise relu_backward(gx, mask) (mask = the layer's input, a ReLU's output, or its input).
 template <typename T>
 void dense_backward(const T* g, const T* w, T* gx, idx n, idx in, idx out, int nthreads,
-                    const T* packed = nullptr);
+                    const T* packed = nullptr, const T* mask = nullptr);
+
+// LRP-epsilon of a dense layer:  ra[n, i] = a[n, i] * sum_o s[n, o] * w[o, i]  with
+// s = lrp_divide(r, z, eps) (r, z (n, out); a, ra (n, in)): the quotients are made while the
+// GEMM packs its A operand, the product with a in its store; bitwise
+// a * dense_backward(lrp_divide(r, z, eps), w).  packed as dense_backward's.
+template <typename T>
+void dense_lrp_epsilon(const T* r, const T* z, const T* a, const T* w, T* ra, idx n, idx in,
+                       idx out, double eps, int nthreads, const T* packed = nullptr);
 
 // w (out, in) packed for dense_forward (forward=true) or dense_backward: dense_packed_size
 // elements, for the GEMM instruction set in use; results are bitwise those of the unpacked w.
@@ -53,9 +64,23 @@ void dense_pack(const T* w, idx in, idx out, bool forward, T* dst);
 // (dwconv.cpp), not a GEMM.
 // packed: null, or w packed by conv2d_pack for the same c_in, kernel and groups under the ISA
 // in use (then w is unused).
+// relu: y = max(y, 0) (NaN kept), bitwise relu_forward of the plain y: in the GEMM's store
+// (depthwise: in a pass over each plane right after the kernel).
 template <typename T>
 void conv2d_forward(const T* x, const T* w, const T* b, T* y, const Window2d& g, idx c_out,
-                    idx groups, int nthreads, const T* packed = nullptr);
+                    idx groups, int nthreads, const T* packed = nullptr, bool relu = false);
+
+// The pooled layer's forward pass:  pooled = maxpool2d_forward(relu(conv2d_forward(x, w, b)))
+// with a 2x2 window, stride 2, no padding, and arg its winners (flat index in the oh x ow plane
+// of the convolution's output; first maximum in row-major window order), bitwise.  pooled and
+// arg are (n, c_out, oh / 2, ow / 2).  G = 1: the convolution runs in bands of output rows
+// whose output stays in a thread's scratch (bias and ReLU in the GEMM's store) and is pooled
+// from there; G > 1 (grouped, depthwise): the convolution with its ReLU into a workspace, then
+// the pooling.  packed as conv2d_forward's.
+template <typename T>
+void conv2d_forward_relu_maxpool(const T* x, const T* w, const T* b, T* pooled,
+                                 std::int64_t* arg, const Window2d& g, idx c_out, idx groups,
+                                 int nthreads, const T* packed = nullptr);
 
 // Two convolutions of x that share one pass over it, with the weights w1 = w[0, split) and
 // w2 = w[split, c_out) (stacked along the output axis, biases likewise), each with `groups`
@@ -86,9 +111,32 @@ void conv2d_pack(const T* w, const Window2d& g, idx c_out, idx groups, T* dst);
 //     p*sh + u*dh - ph = i and q*sw + v*dw - pw = j  of  w[o, c, u, v] * gy[n, o, p, q]
 // packed: null, or w packed by conv2d_pack_backward for g's kernel, stride, padding and
 // dilation and the same groups under the ISA in use (then w is unused).
+// mask (shaped like gx) or null: gx = 0 where mask <= 0 (or NaN), bitwise
+// relu_backward(gx, mask) (mask = the layer's input, a ReLU's output, or that ReLU's input): in
+// the GEMM's store (col2im and depthwise: right after each unit's gx is made).
 template <typename T>
 void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, idx groups,
-                     int nthreads, const T* packed = nullptr);
+                     int nthreads, const T* packed = nullptr, const T* mask = nullptr);
+
+// The backward pass of conv2d_forward_relu_maxpool: gp, arg (and pooled, if not null) are
+// (n, c_out, oh / 2, ow / 2); the convolution's output gradient is gp at the winners arg
+// (where pooled > 0, if given: the ReLU between convolution and pooling) and 0 elsewhere:
+//   gx = conv2d_backward(maxpool2d_backward_masked(gp, arg, pooled), w, mask)
+// bitwise conv2d_backward(relu_backward(maxpool2d_backward(gp, arg), y), w, mask) for the
+// convolution's output y whose pooling gave pooled and arg (the windows are disjoint).  The
+// output gradient is made in a workspace (one pass) and read by the backward pass.
+template <typename T>
+void conv2d_backward_pooled(const T* gp, const std::int64_t* arg, const T* pooled, const T* w,
+                            T* gx, const Window2d& g, idx c_out, idx groups, int nthreads,
+                            const T* packed = nullptr, const T* mask = nullptr);
+
+// LRP-epsilon of a convolution:  ra = a * conv2d_backward(lrp_divide(r, z, eps), w), bitwise:
+// r, z (n, c_out, oh, ow), a and ra shaped like x.  The quotients go to a workspace (one
+// pass), the product with a is in the backward GEMM's store.
+template <typename T>
+void conv2d_lrp_epsilon(const T* r, const T* z, const T* a, const T* w, T* ra, const Window2d& g,
+                        idx c_out, idx groups, double eps, int nthreads,
+                        const T* packed = nullptr);
 
 // w packed for conv2d_backward (which reads c_in, kh, kw, stride, padding and dilation of g
 // only): conv2d_backward_packed_size elements; results are bitwise those of the unpacked w.
@@ -130,6 +178,14 @@ void maxpool2d_forward(const T* x, T* y, std::int64_t* arg, const Window2d& g, i
 template <typename T>
 void maxpool2d_backward(const T* gy, const std::int64_t* arg, T* gx, const Window2d& g,
                         int nthreads);
+
+// maxpool2d_backward of gy where y > 0 (y: the pooled output, or null for all of gy), 0
+// elsewhere: gx[n, c, arg[n, c, p, q]] += (y[n, c, p, q] > 0 ? gy[n, c, p, q] : 0); for
+// disjoint windows (stride >= kernel) bitwise relu_backward(maxpool2d_backward(gy, arg), x)
+// with x the pooling's (and a ReLU's) input, since x at the winner is y.
+template <typename T>
+void maxpool2d_backward_masked(const T* gy, const std::int64_t* arg, const T* y, T* gx,
+                               const Window2d& g, int nthreads);
 
 // y = sum over each window / (kh * kw)   (zero padding counted, as torch's count_include_pad=True)
 template <typename T>

@@ -73,4 +73,29 @@ void parallel_for(int nt, std::int64_t tasks, Body&& body) {
   if (error) std::rethrow_exception(error);
 }
 
+// parallel_for with a dynamic schedule: each task goes to the next free thread, so a thread
+// the operating system takes away (a busy machine) holds up one task, not a fixed share of
+// them.  Use it only where which thread runs a task changes no result (every task computes
+// fixed values); exceptions are handled as in parallel_for.
+template <class Body>
+void parallel_for_dynamic(int nt, std::int64_t tasks, Body&& body) {
+  std::exception_ptr error;
+  std::atomic<bool> failed{false};
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (std::int64_t t = 0; t < tasks; ++t) {
+    if (failed.load(std::memory_order_relaxed)) continue;
+    try {
+      body(t);
+    } catch (...) {
+#pragma omp critical(relprop_parallel_for_dynamic_error)
+      {
+        if (!error) error = std::current_exception();
+      }
+      failed.store(true, std::memory_order_relaxed);
+    }
+  }
+  (void)nt;
+  if (error) std::rethrow_exception(error);
+}
+
 }  // namespace relprop

@@ -6,13 +6,20 @@ def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-def dense_forward(x, w, b=None):
+def dense_forward(x, w, b=None, *, relu=False):
     y = x @ w.T
-    return y if b is None else y + b
+    y = y if b is None else y + b
+    return relu_forward(y) if relu else y
 
 
-def dense_backward(g, w):
-    return g @ w
+def dense_backward(g, w, *, mask=None):
+    gx = g @ w
+    return gx if mask is None else relu_backward(gx, mask)
+
+
+def dense_lrp_epsilon(r, z, a, w, eps):
+    """a * ((r / stab(z)) @ w): LRP-epsilon of a dense layer."""
+    return a * dense_backward(lrp_divide(r, z, eps), w)
 
 
 def _out_size(h, k, s, p, d=1):
@@ -29,7 +36,7 @@ def _groups(c_in, w, groups):
     return [(slice(g * ci, (g + 1) * ci), slice(g * co, (g + 1) * co)) for g in range(groups)]
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0, *, dilation=1, groups=1):
+def conv2d_forward(x, w, b=None, stride=1, padding=0, *, dilation=1, groups=1, relu=False):
     """y[n,o,p,q] = b[o] + sum_{c,u,v} w[o,c,u,v] x_pad[n, g*C + c, p*sh+u*dh, q*sw+v*dw]
     for output channel o of group g (C = c_in // groups input channels per group)."""
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
@@ -46,11 +53,17 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, *, dilation=1, groups=1):
                 y[:, cout] += np.einsum("nchw,oc->nohw", patch, w[cout, :, u, v])
     if b is not None:
         y += b[None, :, None, None]
-    return y
+    return relu_forward(y) if relu else y
 
 
-def conv2d_backward(g, w, in_hw, stride=1, padding=0, *, dilation=1, groups=1):
-    """Transpose of conv2d_forward: scatter each output gradient over its receptive field."""
+def conv2d_backward(g, w, in_hw, stride=1, padding=0, *, dilation=1, groups=1, mask=None):
+    """Transpose of conv2d_forward: scatter each output gradient over its receptive field (then
+    the ReLU mask: 0 where mask <= 0)."""
+    gx = _conv2d_backward(g, w, in_hw, stride, padding, dilation=dilation, groups=groups)
+    return gx if mask is None else relu_backward(gx, mask)
+
+
+def _conv2d_backward(g, w, in_hw, stride=1, padding=0, *, dilation=1, groups=1):
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     n, o, oh, ow = g.shape
     _, cg, kh, kw = w.shape
@@ -90,7 +103,10 @@ def maxpool2d_forward(x, kernel, stride, padding=0):
     return y, arg
 
 
-def maxpool2d_backward(g, arg, in_hw, kernel, stride, padding=0):
+def maxpool2d_backward(g, arg, in_hw, kernel, stride, padding=0, *, mask=None):
+    """Each g to its window's winner (only where mask > 0, if given)."""
+    if mask is not None:
+        g = np.where(mask > 0, g, 0).astype(g.dtype)
     n, c = g.shape[:2]
     h, w = in_hw
     gx = np.zeros((n, c, h * w), dtype=g.dtype)
@@ -304,7 +320,7 @@ def _winograd(x, u, bt, at, padding, tile):
 
 
 def conv2d_winograd_forward(x, w, b=None, padding=(1, 1), packed=None, *, tile=4, split=None,
-                            stride=(1, 1)):
+                            stride=(1, 1), relu=False):
     """Stride-1 3x3 convolution by F(tile x tile, 3x3), tile by tile."""
     assert _pair(stride) == (1, 1) and w.shape[2:] == (3, 3)
     bt, _, at = winograd_matrices(tile)
@@ -312,18 +328,65 @@ def conv2d_winograd_forward(x, w, b=None, padding=(1, 1), packed=None, *, tile=4
     y = _winograd(x, u.astype(x.dtype), bt.astype(x.dtype), at.astype(x.dtype), padding, tile)
     if b is not None:
         y = y + b[None, :, None, None]
+    if relu:
+        y = relu_forward(y)
     return y if split is None else (y[:, :split], y[:, split:])
 
 
 def conv2d_winograd_backward(g, w, in_hw, padding=(1, 1), packed=None, *, tile=4,
-                             stride=(1, 1)):
+                             stride=(1, 1), mask=None):
     """The backward pass w.r.t. x: the Winograd convolution of g with the flipped kernel and
-    padding 2 - padding."""
+    padding 2 - padding (then the ReLU mask)."""
     assert _pair(stride) == (1, 1) and w.shape[2:] == (3, 3)
     (ph, pw) = _pair(padding)
     y = conv2d_winograd_forward(g, _flipped(w), None, (2 - ph, 2 - pw), packed, tile=tile)
     assert y.shape[2:] == tuple(in_hw)
-    return y
+    return y if mask is None else relu_backward(y, mask)
+
+
+# ------------------------------------------------------------------------------------------
+# Fused layer steps, written as the compositions they stand for (tile None: the direct
+# convolution; 2 or 4: Winograd F(tile x tile, 3x3))
+
+def _conv(x, w, b, stride, padding, dilation, groups, tile):
+    if tile is None:
+        return conv2d_forward(x, w, b, stride, padding, dilation=dilation, groups=groups)
+    return conv2d_winograd_forward(x, w, b, padding, tile=tile)
+
+
+def _conv_t(g, w, in_hw, stride, padding, dilation, groups, tile, mask=None):
+    if tile is None:
+        return conv2d_backward(g, w, in_hw, stride, padding, dilation=dilation, groups=groups,
+                               mask=mask)
+    return conv2d_winograd_backward(g, w, in_hw, padding, tile=tile, mask=mask)
+
+
+def conv2d_forward_relu_maxpool(x, w, b=None, stride=1, padding=0, *, dilation=1, groups=1,
+                                tile=None, pool=2):
+    """(pooled, argmax) of the 2x2 stride-2 max pooling of relu(conv2d(x, w, b))."""
+    assert _pair(pool) == (2, 2)
+    y = relu_forward(_conv(x, w, b, stride, padding, dilation, groups, tile))
+    if y.shape[2] < 2 or y.shape[3] < 2:
+        shape = y.shape[:2] + (y.shape[2] // 2, y.shape[3] // 2)
+        return np.zeros(shape, y.dtype), np.zeros(shape, np.int64)
+    return maxpool2d_forward(y, 2, 2)
+
+
+def conv2d_backward_pooled(g, argmax, w, in_hw, stride=1, padding=0, *, pooled=None, mask=None,
+                           dilation=1, groups=1, tile=None):
+    """conv2d_backward of g routed to the winners argmax (where pooled > 0, if given)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (w.shape[2:], _pair(stride), _pair(padding),
+                                              _pair(dilation))
+    oh = _out_size(in_hw[0], kh, sh, ph, dh)
+    ow = _out_size(in_hw[1], kw, sw, pw, dw)
+    gy = maxpool2d_backward(g, argmax, (oh, ow), 2, 2, mask=pooled)
+    return _conv_t(gy, w, in_hw, stride, padding, dilation, groups, tile, mask)
+
+
+def conv2d_lrp_epsilon(r, z, a, w, eps, stride=1, padding=0, *, dilation=1, groups=1, tile=None):
+    """a * conv2d_backward(r / stab(z), w): LRP-epsilon of a convolution."""
+    s = lrp_divide(r, z, eps)
+    return a * _conv_t(s, w, a.shape[2:], stride, padding, dilation, groups, tile)
 
 
 def winograd_abs(x, w, padding=(1, 1), *, tile=4, backward=False):
