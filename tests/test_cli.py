@@ -61,7 +61,8 @@ def test_explain_npy_with_npz_model(tmp_path):
     np.save(tmp_path / "x.npy", x[:10])
     out = tmp_path / "out"
     proc = run("explain", tmp_path / "cnn.npz", tmp_path / "x.npy", "-m", "lrp.epsilon",
-               "-p", "epsilon=0.01", "-o", out, "--batch-size", 4, "--threads", 1)
+               "-p", "epsilon=0.01", "-o", out, "--batch-size", 4, "--threads", 1,
+               "--heatmaps")  # array inputs get heatmaps on request
     assert proc.returncode == 0, proc.stderr
     R = np.load(out / "relevance.npy")
     assert R.shape == (10, 1, 8, 8) and R.dtype == np.float32

@@ -350,9 +350,11 @@ def run_demo(args):
 def add_explain_parser(subparsers):
     p = subparsers.add_parser(
         "explain", help="explain a model's predictions on your inputs",
-        description="Explain MODEL's output on INPUTS and write OUTDIR/relevance.npy "
-                    "(n, *input_shape), one heatmap PNG per image input in OUTDIR/heatmaps/, "
-                    "and OUTDIR/explained.csv (name, target, score, relevance sum).",
+        description="Explain MODEL's output on INPUTS chunk by chunk and write "
+                    "OUTDIR/relevance.npy (n, *input_shape), one heatmap PNG per image input "
+                    "in OUTDIR/heatmaps/ (per sample of an array input with --heatmaps), and "
+                    "OUTDIR/explained.csv (name, target, score, relevance sum); "
+                    "OUTDIR/progress.json records the completed chunks for --resume.",
         epilog="MODEL: relprop .npz, .onnx, or digits_cnn/digits_mlp.  INPUTS: .npy/.npz "
                "array (n, *input_shape), an image, a folder of PNG/JPEG images (converted to "
                "the model's (1|3, h, w): grayscale or RGB, resized bilinearly, pixel/255), or "
@@ -375,86 +377,18 @@ def add_explain_parser(subparsers):
     p.add_argument("--input-shape", type=str, default=None,
                    help="per-sample shape, e.g. 1,8,8 (for an .npz model saved without one)")
     p.add_argument("--overlay", action="store_true", help="draw heatmaps over the inputs")
+    from .stream import add_stream_arguments
+
+    add_stream_arguments(p)  # --heatmaps --chunk-size --resume --workers --scheduler
     p.set_defaults(func=run_explain)
     return p
 
 
 def run_explain(args):
-    from . import explain, set_num_threads
-    from . import render
+    """Streams chunk by chunk, in this process or on Dask: see :mod:`relprop.stream`."""
+    from .stream import cli_explain
 
-    check_method(args.method)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.threads is not None:
-        set_num_threads(args.threads)
-    shape = parse_shape(args.input_shape) if args.input_shape else None
-    net = load_model(args.model, shape)
-    x, names = load_inputs(args.inputs, net)
-    kwargs = dict(args.param)
-    if args.method in ("lrp.epsilon_gamma_box", "lrp.zbox"):
-        for key, fn in (("low", np.min), ("high", np.max)):
-            if key not in kwargs:
-                kwargs[key] = float(fn(x))
-                print(f"{args.method}: {key}={kwargs[key]:g} (the range of INPUTS; set it "
-                      f"with -p {key}=...)")
-    fixed = parse_target(args.target)
-    n, bs = len(x), args.batch_size
-    images = x.ndim == 4
-    os.makedirs(args.out, exist_ok=True)
-    heat_dir = os.path.join(args.out, "heatmaps")
-    if images:
-        os.makedirs(heat_dir, exist_ok=True)
-        scale = _heatmap_scale(x.shape)
-    rel_path = os.path.join(args.out, "relevance.npy")
-    rel = None
-    rows = []
-    bar = _progress(n, args.method) if n > bs else None
-    t0 = time.perf_counter()
-    try:
-        for start in range(0, n, bs):
-            xb = np.asarray(x[start:start + bs])
-            scores = net.forward(xb).reshape(len(xb), -1)
-            tb = scores.argmax(axis=1) if fixed is None else fixed
-            try:
-                R = explain(net, xb, tb, args.method, **kwargs)
-            except TypeError as exc:  # a bad -p for this method
-                raise ValueError(f"{args.method}: {exc}") from None
-            if rel is None:
-                rel = np.lib.format.open_memmap(rel_path, mode="w+", dtype=R.dtype,
-                                                shape=(n,) + R.shape[1:])
-            rel[start:start + len(xb)] = R
-            tcls = np.broadcast_to(tb, (len(xb),))
-            for i in range(len(xb)):
-                rows.append((names[start + i], int(tcls[i]), float(scores[i, tcls[i]]),
-                             float(R[i].sum())))
-            if images:
-                rgb = render.heatmap(R, overlay=xb if args.overlay else None)
-                for i in range(len(xb)):
-                    render.save_png(os.path.join(heat_dir, f"{names[start + i]}.png"),
-                                    render.upscale(rgb[i], scale))
-            if bar is not None:
-                bar.update(len(xb))
-    finally:
-        if bar is not None:
-            bar.close()
-    seconds = time.perf_counter() - t0
-    rel.flush()
-    del rel
-    csv = os.path.join(args.out, "explained.csv")
-    with open(csv, "w") as fh:
-        fh.write("name,target,score,relevance_sum\n")
-        fh.writelines(f"{r[0]},{r[1]},{r[2]:.6g},{r[3]:.6g}\n" for r in rows)
-    print(f"explained {n} input(s) of {args.inputs} with {args.method} in {seconds:.2f} s "
-          f"({n / max(seconds, 1e-9):,.0f} samples/s, heatmaps and files included)")
-    print(f"wrote {rel_path} {(n,) + tuple(x.shape[1:])}")
-    if images:
-        print(f"wrote {n} heatmap PNG(s) to {heat_dir}{os.sep}")
-    else:
-        print(f"no heatmap PNGs: inputs of shape {tuple(x.shape[1:])} are not images "
-              "(relevance.npy has the relevance per feature)")
-    print(f"wrote {csv}")
-    return 0
+    return cli_explain(args)
 
 
 # --------------------------------------------------------------------------------------------
