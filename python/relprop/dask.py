@@ -26,6 +26,7 @@ does not import this module.
 from __future__ import annotations
 
 import string
+import uuid
 import weakref
 
 import numpy as np
@@ -101,13 +102,15 @@ def _net_token(net):
 
 
 def _shipped(net):
-    """``net`` as a graph argument: a future scattered to every worker when a distributed
-    client is active, else a one-key delayed object."""
+    """``(argument, key)``: ``net`` as a graph argument, a future scattered to every worker
+    when a distributed client is active (a key of its own per call: re-scattering one key
+    races with the release of an earlier call's future), else a one-key delayed object."""
     key = f"relprop-net-{_net_token(net)}"
     client = _active_client()
     if client is not None:
-        return client.scatter({key: net}, broadcast=True)[key]
-    return dask.delayed(net, name=key, pure=True)
+        key = f"{key}-{uuid.uuid4().hex}"
+        return client.scatter({key: net}, broadcast=True)[key], key
+    return dask.delayed(net, name=key, pure=True), key
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,12 +287,13 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", **params):
     _explain(net, probe, _probe_target(kind, targ, dtype), method, **fixed, **first)
 
     ind, pairs = _blocks(x, kind, targ, extras)
-    token = dask.base.tokenize(_net_token(net), x.name, kind, targ if kind == "int" else
+    net_arg, net_key = _shipped(net)
+    token = dask.base.tokenize(net_key, x.name, kind, targ if kind == "int" else
                                getattr(targ, "name", None), method, fixed,
                                [a.name for a in extras], names)
     return da.blockwise(
         _explain_block, ind, *pairs, name=f"relprop-explain-{token}", dtype=dtype,
-        concatenate=True, meta=np.empty((0,) * x.ndim, dtype=dtype), net=_shipped(net),
+        concatenate=True, meta=np.empty((0,) * x.ndim, dtype=dtype), net=net_arg,
         method=method, kind=kind, target=targ if kind == "int" else None, names=names,
         params=fixed)
 
@@ -390,13 +394,14 @@ def pixel_flipping(net, x, R, target, steps=None, patch=1, fill=0.0,
     idx = da.arange(x.shape[0], chunks=(x.chunks[0],))
     ind, pairs = _blocks(x, kind, targ, [fill] if per_sample_fill else [])
     pairs[2:2] = [R, ind, idx, ind[0]]
-    token = dask.base.tokenize(_net_token(net), x.name, R.name, kind, targ if kind == "int"
+    net_arg, net_key = _shipped(net)
+    token = dask.base.tokenize(net_key, x.name, R.name, kind, targ if kind == "int"
                                else getattr(targ, "name", None), steps, patch,
                                fill.name if per_sample_fill else fill, order, seed, batch_size)
     curves = da.blockwise(
         _flip_block, ind[0] + "q", *pairs, new_axes={"q": steps + 1},
         name=f"relprop-pixel-flipping-{token}", dtype=np.float64, concatenate=True,
-        meta=np.empty((0, 0), dtype=np.float64), net=_shipped(net), kind=kind,
+        meta=np.empty((0, 0), dtype=np.float64), net=net_arg, kind=kind,
         target=targ if kind == "int" else None, fill=None if per_sample_fill else fill,
         per_sample_fill=per_sample_fill, seed=seed, steps=steps, patch=patch, order=order,
         batch_size=batch_size, check_finite=check_finite)

@@ -227,12 +227,17 @@ def open_inputs(spec, net) -> Inputs:
         else:
             identity = _file_identity(spec)
         return ImageInputs(paths, net.input_shape, identity)
-    x, _ = load_inputs(spec, net)  # validates; a .npy comes back memory-mapped, not read
-    if spec.lower().endswith(".npy"):
+    if spec.lower().endswith(".npy") and os.path.isfile(spec):
         inputs = NpyInputs(spec)
-        if inputs.file.shape == x.shape:
-            return inputs
-        return ArrayInputs(np.asarray(x), inputs.identity)  # one sample, given as input_shape
+        shape = inputs.file.shape
+        if len(shape) >= 2 and shape[0] > 0 and (net.input_shape is None or
+                                                 shape[1:] == net.input_shape):
+            return inputs  # a batch: read chunk by chunk
+    # anything else (and the error messages) as every subcommand reads INPUTS; not used for a
+    # .npy batch because it makes a name per sample
+    x, _ = load_inputs(spec, net)
+    if spec.lower().endswith(".npy"):
+        return ArrayInputs(np.asarray(x), _file_identity(spec))  # one sample
     identity = {"name": "digits"} if spec == "digits" else _file_identity(spec)
     return ArrayInputs(x, identity)
 
@@ -822,7 +827,7 @@ def _cluster(args):
             return
         threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
         with LocalCluster(n_workers=args.workers, threads_per_worker=threads, processes=True,
-                          dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+                          dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
                 Client(cluster, set_as_default=False) as client:
             yield client
 
