@@ -350,17 +350,24 @@ def test_cluster_gives_the_in_process_bits(client, tmp_path, digits, cnn, method
                                           strict=True)
 
 
+def _network_fetches(dask_worker):
+    """How many times this worker received a relprop network from another worker."""
+    return sum(str(k).startswith("relprop-net-") for entry in dask_worker.transfer_incoming_log
+               for k in entry["keys"])
+
+
 def test_cluster_ships_the_network_once(client, tmp_path, digits):
+    client.restart()  # fresh transfer logs
     big = wide_mlp(32768)
     np.save(tmp_path / "x.npy", np.tile(digits, (2, 1, 1, 1)))
     x = rd.from_npy(tmp_path / "x.npy", chunks=25)  # 72 chunks
     R = rd.explain(big, x, 0, "gradient")
     assert graph_bytes(R) < 200_000  # 72 tasks, and not one copy of the 9.8 MB network
-    holders = client.who_has()
-    net_keys = [k for k in holders if str(k).startswith("relprop-net-")]
-    assert net_keys and all(len(holders[k]) == 2 for k in net_keys)  # on both workers
     got = compute(client, R)
     np.testing.assert_array_equal(got, rp.gradient(big, np.tile(digits, (2, 1, 1, 1)), 0))
+    # one worker computed the network's key, the other fetched it once for its tasks
+    fetched = client.run(_network_fetches)
+    assert sorted(fetched.values()) == [0, 1], fetched
 
 
 def test_cluster_pixel_flipping(client, digits, cnn):
@@ -390,6 +397,15 @@ def _threads_in_task(_):
     return rd.use_worker_threads(), rp.get_num_threads()
 
 
+def _threads_of_two_tasks(i):
+    from distributed import Event
+
+    Event(f"relprop-test-{i}").set()
+    if not Event(f"relprop-test-{1 - i}").wait(timeout=60):
+        raise TimeoutError("the other task did not start")
+    return rd.use_worker_threads()
+
+
 def test_tasks_run_with_the_workers_thread_count(client):
     distributed = pytest.importorskip("distributed")
     assert rd.use_worker_threads() is None  # not in a worker: nothing changes
@@ -397,8 +413,11 @@ def test_tasks_run_with_the_workers_thread_count(client):
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
                                   dashboard_address=":0") as cluster, \
             distributed.Client(cluster, timeout="60s", set_as_default=False) as c2:
-        # the nanny starts workers with OMP_NUM_THREADS=1; a task uses the worker's 2 threads
+        # the nanny starts workers with OMP_NUM_THREADS=1; a task alone uses both threads
         assert c2.submit(_threads_in_task, 0).result(timeout=TIMEOUT) == (2, 2)
+        # two tasks running at once share them, one each
+        both = c2.map(_threads_of_two_tasks, [0, 1], pure=False)
+        assert c2.gather(both) == [1, 1]
 
 
 @pytest.mark.slow

@@ -13,11 +13,13 @@ of ``xgboost.dask`` and ``lightgbm.dask``.
 * :func:`explain` returns a lazy dask array chunked like ``x`` along the batch axis; each
   block is :func:`relprop.explain` of the block, so the result is bitwise the in-process one
   (relprop's results do not depend on the batch a sample is in, nor on thread counts).
-* The network travels to each worker once: scattered to every worker (``broadcast=True``)
-  when a ``dask.distributed`` client is the active scheduler, else one key of the graph.
-  Tasks hold only the key, so the graph does not grow with the model's size times the chunks.
-* On a distributed worker each task runs relprop's kernels with the worker's thread count
-  (:func:`use_worker_threads`), as ``xgboost.dask`` sets ``nthread``.
+* The network travels to each worker once: it is one key of the graph (with a
+  ``dask.distributed`` client, a future: the scheduler keeps one copy, each worker fetches it
+  once), and tasks hold only the key, so the graph does not grow with the model's size times
+  the chunks.
+* On a distributed worker each task runs relprop's kernels on the worker's threads, shared
+  by the tasks running there (:func:`use_worker_threads`; ``xgboost.dask`` sets ``nthread``
+  to the worker's thread count likewise).
 * Networks pickle (their layers leave caches behind); loading model *files* never unpickles.
 
 Needs ``pip install 'relprop[dask]'`` (``dask[array]`` and ``distributed``); ``import relprop``
@@ -25,6 +27,7 @@ does not import this module.
 """
 from __future__ import annotations
 
+import contextlib
 import string
 import uuid
 import weakref
@@ -44,9 +47,9 @@ from .evaluate import pixel_flipping as _pixel_flipping
 from .graph import Graph
 from .methods import explain as _explain
 from .ops import get_num_threads, set_num_threads
-from .stream import NpyFile, default_chunk_size
+from .stream import NpyFile, _identity, default_chunk_size
 
-__all__ = ["explain", "from_npy", "pixel_flipping", "use_worker_threads"]
+__all__ = ["explain", "from_npy", "pixel_flipping", "use_worker_threads", "worker_threads"]
 
 #: Parameters of methods that may hold one row per sample (chunked along with ``x``).
 PER_SAMPLE_PARAMS = ("root", "baseline")
@@ -55,21 +58,48 @@ PER_SAMPLE_PARAMS = ("root", "baseline")
 # --------------------------------------------------------------------------------------------
 # Workers
 # --------------------------------------------------------------------------------------------
-def use_worker_threads():
-    """Inside a ``dask.distributed`` worker, set relprop's kernel threads to the worker's
-    thread count (``Worker.state.nthreads``) and return it; elsewhere do nothing and return
-    None.  (Dask's nanny starts workers with ``OMP_NUM_THREADS=1``, which would otherwise
-    pin every task to one thread.)  Thread counts never change results."""
+def _worker():
     try:
         from distributed import get_worker
 
-        worker = get_worker()
+        return get_worker()
     except (ImportError, ValueError):
         return None
-    n = int(worker.state.nthreads)
+
+
+def _share_threads(worker, leaving=0):
+    total = int(worker.state.nthreads)
+    running = max(1, int(worker.state.executing_count) - leaving)
+    n = max(1, total // running)
     if get_num_threads() != n:
         set_num_threads(n)
     return n
+
+
+def use_worker_threads():
+    """Inside a ``dask.distributed`` worker, run relprop's kernels on the worker's threads
+    (``Worker.state.nthreads``), shared by the tasks running on it: a worker with T threads
+    running k tasks gives each ``T // k`` (at least 1; all T to a task running alone), so
+    its tasks never ask for more threads than it has.  Returns that count; elsewhere does
+    nothing and returns None.  (The nanny starts workers with ``OMP_NUM_THREADS=1``, which would
+    pin a lone task to one thread; all the machine's cores per task would oversubscribe it.)
+    Thread counts never change results."""
+    worker = _worker()
+    return None if worker is None else _share_threads(worker)
+
+
+@contextlib.contextmanager
+def worker_threads():
+    """:func:`use_worker_threads` for the duration of a task; when the task ends, the tasks
+    still running on the worker get its threads back."""
+    worker = _worker()
+    if worker is not None:
+        _share_threads(worker)
+    try:
+        yield
+    finally:
+        if worker is not None:
+            _share_threads(worker, leaving=1)
 
 
 def _active_client():
@@ -102,14 +132,21 @@ def _net_token(net):
 
 
 def _shipped(net):
-    """``(argument, key)``: ``net`` as a graph argument, a future scattered to every worker
-    when a distributed client is active (a key of its own per call: re-scattering one key
-    races with the release of an earlier call's future), else a one-key delayed object."""
+    """``(argument, key)``: ``net`` as one key of the graph.
+
+    With a distributed client active, a future of a task that returns the network: the
+    scheduler holds one copy (the task's argument), a worker computes it and the others fetch
+    it when they first need it, and if every holder dies the scheduler reruns it (a scattered
+    future would be lost).  The key is new per call: reusing one key races with the release of
+    an earlier call's future.  Without a client, a delayed object of one key.
+    """
     key = f"relprop-net-{_net_token(net)}"
     client = _active_client()
     if client is not None:
         key = f"{key}-{uuid.uuid4().hex}"
-        return client.scatter({key: net}, broadcast=True)[key], key
+        # the network is sent once, on purpose: no large-graph warning for it
+        with dask.config.set({"distributed.admin.large-graph-warning-threshold": "64GiB"}):
+            return client.submit(_identity, net, key=key), key
     return dask.delayed(net, name=key, pure=True), key
 
 
@@ -215,13 +252,13 @@ def _predicted(net, x, batch_size):
 
 
 def _explain_block(x, *rest, net, method, kind, target, names, params):
-    use_worker_threads()
     rest = list(rest)
     if kind in ("classes", "seed"):
         target = rest.pop(0)
-    elif kind == "pred":
-        target = _predicted(net, x, params.get("batch_size"))
-    return _explain(net, x, target, method, **params, **dict(zip(names, rest)))
+    with worker_threads():
+        if kind == "pred":
+            target = _predicted(net, x, params.get("batch_size"))
+        return _explain(net, x, target, method, **params, **dict(zip(names, rest)))
 
 
 def explain(net, x, target, method="lrp.epsilon_plus_flat", **params):
@@ -303,7 +340,14 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", **params):
 # --------------------------------------------------------------------------------------------
 def _flip_block(x, R, idx, *rest, net, kind, target, fill, per_sample_fill, seed, steps,
                 patch, order, batch_size, check_finite):
-    use_worker_threads()
+    with worker_threads():
+        return _flip(x, R, idx, *rest, net=net, kind=kind, target=target, fill=fill,
+                     per_sample_fill=per_sample_fill, seed=seed, steps=steps, patch=patch,
+                     order=order, batch_size=batch_size, check_finite=check_finite)
+
+
+def _flip(x, R, idx, *rest, net, kind, target, fill, per_sample_fill, seed, steps, patch,
+          order, batch_size, check_finite):
     rest = list(rest)
     if kind in ("classes", "seed"):
         target = rest.pop(0)

@@ -301,11 +301,11 @@ def explain_chunk(net, x, target, method, params, batch_size=None):
 
 
 def _chunk_task(net, x, target, method, params, batch_size):
-    """:func:`explain_chunk` as a Dask task: kernel threads as the worker has threads."""
-    from .dask import use_worker_threads
+    """:func:`explain_chunk` as a Dask task, on the worker's threads."""
+    from .dask import worker_threads
 
-    use_worker_threads()
-    return explain_chunk(net, x, target, method, params, batch_size)
+    with worker_threads():
+        return explain_chunk(net, x, target, method, params, batch_size)
 
 
 def _identity(obj):
@@ -646,8 +646,8 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
         Samples per chunk (written and recorded together); :func:`default_chunk_size` by
         default.  ``batch_size`` bounds the samples per kernel call within a chunk.
     heatmaps : bool, optional
-        Write a heatmap PNG per sample (default: for image files only); ``overlay`` draws them
-        over the inputs.
+        Write a heatmap PNG per sample (default: for image files only); ``overlay`` (which
+        implies heatmaps) draws them over the inputs.
     resume : bool
         Continue the run recorded in ``outdir`` (it must have the same ``run``).
     run : dict, optional
@@ -676,7 +676,7 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
         chunk_size, "chunk_size", minimum=1)
     if batch_size is not None:
         batch_size = as_int(batch_size, "batch_size", minimum=1)
-    heatmaps = inputs.images if heatmaps is None else bool(heatmaps) or bool(overlay)
+    heatmaps = bool(inputs.images if heatmaps is None else heatmaps) or bool(overlay)
     if heatmaps and len(inputs.sample_shape) != 3:
         raise ValueError(f"heatmaps need image inputs (n, c, h, w); these are "
                          f"{(n,) + tuple(inputs.sample_shape)}")
