@@ -398,12 +398,19 @@ def _threads_in_task(_):
 
 
 def _threads_of_two_tasks(i):
+    """The kernel threads of task ``i`` while task ``1 - i`` runs too (two rendezvous: both
+    have started before either asks, neither ends before both have asked)."""
     from distributed import Event
 
-    Event(f"relprop-test-{i}").set()
-    if not Event(f"relprop-test-{1 - i}").wait(timeout=60):
-        raise TimeoutError("the other task did not start")
-    return rd.use_worker_threads()
+    def meet(what):
+        Event(f"relprop-test-{what}-{i}").set()
+        if not Event(f"relprop-test-{what}-{1 - i}").wait(timeout=60):
+            raise TimeoutError(f"the other task did not reach {what!r}")
+
+    meet("start")
+    n = rd.use_worker_threads()
+    meet("asked")
+    return n
 
 
 def test_tasks_run_with_the_workers_thread_count(client):
@@ -460,3 +467,23 @@ def test_fifty_jobs_do_not_grow_worker_memory(client, digits):
     growth = {w: (used[1][w] - used[0][w]) / 2**20 for w in used[1] if w in used[0]}
     print(f"worker RSS growth from job 10 to job 50: {growth} MB")
     assert growth and max(growth.values()) < 40, growth
+
+
+def _minor_faults(dask_worker=None):
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def test_worker_tasks_do_not_map_every_temporary(client, digits, cnn):
+    """Dask's nanny freezes glibc's mmap threshold at 128 KiB (MALLOC_TRIM_THRESHOLD_): a
+    relprop task sets it back to 32 MiB, or every temporary array of 128 KiB or more is mapped
+    and faulted in page by page (about 2 page faults per sample for the digits CNN)."""
+    x = da.from_array(np.tile(digits, (20, 1, 1, 1)), chunks=4500)  # 18,000 digits
+    compute(client, rd.explain(cnn, x[:9000], "pred", batch_size=64))  # warm-up
+    before = client.run(_minor_faults)
+    compute(client, rd.explain(cnn, x, "pred", batch_size=64))
+    after = client.run(_minor_faults)
+    faults = sum(after[w] - before[w] for w in after if w in before)
+    print(f"page faults of the workers for 18,000 digits: {faults}")
+    assert faults < 9_000, faults
