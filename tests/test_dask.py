@@ -486,4 +486,5 @@ def test_worker_tasks_do_not_map_every_temporary(client, digits, cnn):
     after = client.run(_minor_faults)
     faults = sum(after[w] - before[w] for w in after if w in before)
     print(f"page faults of the workers for 18,000 digits: {faults}")
-    assert faults < 9_000, faults
+    # measured: 5,000-11,500 (the inputs and results travel too), 38,000 without the setting
+    assert faults < 20_000, faults
