@@ -65,7 +65,8 @@ def test_explain_npy_with_npz_model(tmp_path):
     np.save(tmp_path / "x.npy", x[:10])
     out = tmp_path / "out"
     proc = run("explain", tmp_path / "cnn.npz", tmp_path / "x.npy", "-m", "lrp.epsilon",
-               "-p", "epsilon=0.01", "-o", out, "--batch-size", 4, "--threads", 1)
+               "-p", "epsilon=0.01", "-o", out, "--batch-size", 4, "--threads", 1,
+               "--heatmaps")  # array inputs get heatmaps on request
     assert proc.returncode == 0, proc.stderr
     R = np.load(out / "relevance.npy")
     assert R.shape == (10, 1, 8, 8) and R.dtype == np.float32
@@ -293,21 +294,25 @@ def test_image_conversions_are_reported_once_per_kind(tmp_path):
     alpha = rng.integers(0, 256, (8, 8, 4), dtype=np.uint8)
     Image.fromarray(alpha).save(folder / "q.png")  # RGBA, the right size
     Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / "r.png")  # as is
-    proc = run("explain", "digits_cnn", folder, "-m", "gradient", "-o", tmp_path / "out")
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert all(line.startswith("relprop: warning: ") for line in lines), lines
-    rgb = [line for line in lines if "from RGB to" in line]
-    rgba = [line for line in lines if "RGBA" in line]
-    size = [line for line in lines if "resized" in line]
-    assert len(lines) == 3 and len(rgb) == len(rgba) == len(size) == 1, lines
-    assert "2 image(s)" in rgb[0] and "p1.png, p2.png" in rgb[0] and "grayscale" in rgb[0]
-    assert "1 image(s)" in rgba[0] and "q.png" in rgba[0]
-    assert "2 image(s) to 8x8" in size[0] and "p1.png (37x50)" in size[0]
-    assert "r.png" not in proc.stderr
-    # --strict refuses the first image that needs converting, and explains nothing
+    for chunk in ("64", "1"):  # whole, or an image per chunk: still one warning per kind
+        proc = run("explain", "digits_cnn", folder, "-m", "gradient", "-o", tmp_path / "out",
+                   "--chunk-size", chunk)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert all(line.startswith("relprop: warning: ") for line in lines), lines
+        rgb = [line for line in lines if "from RGB to" in line]
+        rgba = [line for line in lines if "RGBA" in line]
+        size = [line for line in lines if "resized" in line]
+        assert len(lines) == 3 and len(rgb) == len(rgba) == len(size) == 1, lines
+        assert "2 image(s)" in rgb[0] and "p1.png, p2.png" in rgb[0] and "grayscale" in rgb[0]
+        assert "1 image(s)" in rgba[0] and "q.png" in rgba[0]
+        assert "2 image(s) to 8x8" in size[0] and "p1.png (37x50)" in size[0]
+        assert "r.png" not in proc.stderr
+    # --strict refuses the first image that needs converting, and explains nothing, even when
+    # it is not in the first chunk
+    (folder / "a.png").write_bytes((folder / "r.png").read_bytes())  # fits, sorts first
     proc = run("explain", "digits_cnn", folder, "-m", "gradient", "-o", tmp_path / "strict",
-               "--strict")
+               "--strict", "--chunk-size", 1)
     assert_user_error(proc, "p1.png", "37x50", "RGB", "(1, 8, 8)", "--strict")
     assert not (tmp_path / "strict" / "relevance.npy").exists()
     proc = run("evaluate", "digits_cnn", folder, "--methods", "gradient", "--strict")

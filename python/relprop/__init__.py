@@ -43,7 +43,7 @@ def show_config(file=None, peak=False) -> dict:
     return cfg
 
 
-_LAZY_SUBMODULES = ("models", "render", "plot", "cli")
+_LAZY_SUBMODULES = ("models", "render", "plot", "cli", "stream", "dask")
 
 
 def __getattr__(name):

@@ -138,7 +138,42 @@ def _some(items, k=3):
     return ", ".join(items[:k]) + (f", ... ({len(items) - k} more)" if len(items) > k else "")
 
 
-def read_images(paths, input_shape, strict=False, warn=_warn):
+def _refusal(path, im, input_shape):
+    c, h, w = input_shape
+    wanted = f"{w}x{h} {_mode('L' if c == 1 else 'RGB')}"
+    return ValueError(f"{path}: a {im.size[0]}x{im.size[1]} {_mode(im.mode)} image, but the "
+                      f"model takes {input_shape} = {wanted}; --strict refuses to convert it "
+                      "(leave out --strict to convert, or give INPUTS as a .npy array)")
+
+
+def _check_image_shape(input_shape):
+    """Raise unless images can feed a model of ``input_shape``; return Pillow's modules."""
+    if input_shape is None or len(input_shape) != 3 or input_shape[0] not in (1, 3):
+        raise ValueError(f"images can feed models with input shape (1, h, w) or (3, h, w); this "
+                         f"model takes {input_shape}: give INPUTS as a .npy array instead")
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise ImportError("reading images needs Pillow: pip install pillow "
+                          "(or pip install 'relprop[plot]')") from None
+    return Image, UnidentifiedImageError
+
+
+def check_images(paths, input_shape):
+    """Raise ValueError (as ``read_images(..., strict=True)``) for the first image whose
+    channels or size differ from ``input_shape``, reading only the files' headers."""
+    Image, Unidentified = _check_image_shape(input_shape)
+    c, h, w = input_shape
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                if im.mode != ("L" if c == 1 else "RGB") or im.size != (w, h):
+                    raise _refusal(path, im, input_shape)
+        except (Unidentified, OSError) as exc:
+            raise ValueError(f"{path}: not a readable image ({exc})") from None
+
+
+def read_images(paths, input_shape, strict=False, warn=_warn, conversions=None):
     """Images as a float32 batch ``(n, *input_shape)`` in ``[0, 1]`` (see the module docstring).
 
     Parameters
@@ -152,6 +187,9 @@ def read_images(paths, input_shape, strict=False, warn=_warn):
     warn : callable
         Called with one message per kind of conversion (a source mode converted to the model's,
         or a resize), naming the images; by default printed to stderr as ``relprop: warning:``.
+    conversions : dict, optional
+        Collect the conversions here instead of warning (for reading in chunks: one
+        :func:`warn_conversions` at the end names them all).
 
     Raises
     ------
@@ -161,45 +199,44 @@ def read_images(paths, input_shape, strict=False, warn=_warn):
     ImportError
         Pillow is not installed.
     """
-    if input_shape is None or len(input_shape) != 3 or input_shape[0] not in (1, 3):
-        raise ValueError(f"images can feed models with input shape (1, h, w) or (3, h, w); this "
-                         f"model takes {input_shape}: give INPUTS as a .npy array instead")
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise ImportError("reading images needs Pillow: pip install pillow "
-                          "(or pip install 'relprop[plot]')") from None
+    Image, Unidentified = _check_image_shape(input_shape)
     c, h, w = input_shape
     mode = "L" if c == 1 else "RGB"
-    wanted = f"{w}x{h} {_mode(mode)}"
     out = np.empty((len(paths), c, h, w), dtype=np.float32)
-    converted, resized = {}, []
+    seen = {} if conversions is None else conversions
     for i, path in enumerate(paths):
         name = os.path.basename(path)
         try:
             with Image.open(path) as im:
                 if strict and (im.mode != mode or im.size != (w, h)):
-                    raise ValueError(f"{path}: a {im.size[0]}x{im.size[1]} {_mode(im.mode)} image, "
-                                     f"but the model takes {input_shape} = {wanted}; --strict "
-                                     "refuses to convert it (leave out --strict to convert, or "
-                                     "give INPUTS as a .npy array)")
+                    raise _refusal(path, im, input_shape)
                 if im.mode != mode:
-                    converted.setdefault(im.mode, []).append(name)
+                    seen.setdefault(("mode", im.mode), []).append(name)
                     im = im.convert(mode)
                 if im.size != (w, h):
-                    resized.append(f"{name} ({im.size[0]}x{im.size[1]})")
+                    seen.setdefault(("size",), []).append(f"{name} ({im.size[0]}x{im.size[1]})")
                     im = im.resize((w, h), Image.Resampling.BILINEAR)
                 a = np.asarray(im, dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError) as exc:
+        except (Unidentified, OSError) as exc:
             raise ValueError(f"{path}: not a readable image ({exc})") from None
         out[i] = a[None] if c == 1 else a.transpose(2, 0, 1)
-    for source, names in converted.items():
-        warn(f"converted {len(names)} image(s) from {_mode(source)} to {_mode(mode)}, as the "
-             f"model takes {input_shape}: {_some(names)} (--strict refuses instead)")
+    if conversions is None:
+        warn_conversions(seen, input_shape, warn)
+    return out
+
+
+def warn_conversions(conversions, input_shape, warn=_warn):
+    """One warning per kind of conversion that :func:`read_images` collected."""
+    c, h, w = input_shape
+    mode = "L" if c == 1 else "RGB"
+    for key, names in conversions.items():
+        if key[0] == "mode":
+            warn(f"converted {len(names)} image(s) from {_mode(key[1])} to {_mode(mode)}, as "
+                 f"the model takes {input_shape}: {_some(names)} (--strict refuses instead)")
+    resized = conversions.get(("size",))
     if resized:
         warn(f"resized {len(resized)} image(s) to {w}x{h} (bilinear), as the model takes "
              f"{input_shape}: {_some(resized)} (--strict refuses instead)")
-    return out
 
 
 def load_inputs(spec, net, strict=False):
@@ -385,16 +422,6 @@ def _param(text):
     return key, value
 
 
-def _progress(total, desc):
-    """A tqdm bar on stderr when tqdm is installed and stderr is a terminal, else None."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="sample", disable=None, file=sys.stderr,
-                leave=False)
-
-
 def _heatmap_scale(input_shape):
     return max(1, HEATMAP_PIXELS // max(input_shape[-2:]))
 
@@ -562,13 +589,15 @@ def add_explain_parser(subparsers):
     p = subparsers.add_parser(
         "explain", help="explain a model's predictions on your inputs",
         formatter_class=_HelpFormatter,
-        description="Explain MODEL's output on INPUTS and write OUTDIR/relevance.npy "
-                    "(n, *input_shape), one heatmap PNG per image input in OUTDIR/heatmaps/, "
-                    "and OUTDIR/explained.csv (name, target, score, relevance sum).",
+        description="Explain MODEL's output on INPUTS chunk by chunk and write "
+                    "OUTDIR/relevance.npy (n, *input_shape), one heatmap PNG per image file "
+                    "in OUTDIR/heatmaps/ (per sample of an array input with --heatmaps), and "
+                    "OUTDIR/explained.csv (name, target, score, relevance sum); "
+                    "OUTDIR/progress.json records the completed chunks for --resume.",
         epilog=methods_help())
     p.add_argument("model", metavar="MODEL",
                    help="relprop .npz (net.save), .onnx, or a bundled model: digits_cnn, "
-                        "digits_mlp")
+                        "digits_mlp, digits_resnet")
     p.add_argument("inputs", metavar="INPUTS",
                    help="a .npy array (n, *input_shape), an .npz with 'x', an image, a folder "
                         "of PNG/JPEG images (converted to the model's (1|3, h, w): grayscale or "
@@ -593,6 +622,9 @@ def add_explain_parser(subparsers):
                    help="also write OUTDIR/index.html, a page to open in a browser: per sample "
                         "the input, the heatmap, label, target and predicted class, f(x), "
                         "sum R and the gap (images in OUTDIR/inputs/ and heatmaps/)")
+    from .stream import add_stream_arguments
+
+    add_stream_arguments(p)  # --heatmaps --chunk-size --resume --workers --scheduler
     p.set_defaults(func=run_explain)
     return p
 
@@ -607,10 +639,57 @@ def _strip(rgb):
     return np.repeat(np.repeat(rgb, s, axis=-2), 16, axis=-3)
 
 
-def _explain_report(args, kwargs, rows, labels, drawn, n_features):
-    """Write ``OUTDIR/index.html`` for ``relprop explain --report``; returns its path."""
+def explain_report(args, net, inputs, kwargs):
+    """Write ``OUTDIR/index.html`` for ``relprop explain --report`` from the run's files
+    (``explained.csv``, ``relevance.npy``, the heatmaps) and INPUTS, read chunk by chunk;
+    returns its path."""
     from . import render
 
+    fixed = parse_target(args.target)
+    shape = tuple(inputs.sample_shape)
+    images = len(shape) == 3
+    n_features = None if images else int(np.prod(shape))
+    drawn = images or n_features <= MAX_STRIP_FEATURES
+    rows = []
+    with open(os.path.join(args.out, "explained.csv")) as fh:
+        next(fh)
+        for line in fh:
+            name, target, _, _ = line.rstrip("\n").rsplit(",", 3)
+            rows.append([name, int(target), None, None, None])  # f(x), sum R in full below
+    rel_all = np.load(os.path.join(args.out, "relevance.npy"), mmap_mode="r")
+    heat_dir, input_dir = (os.path.join(args.out, d) for d in ("heatmaps", "inputs"))
+    if drawn:
+        os.makedirs(heat_dir, exist_ok=True)
+        os.makedirs(input_dir, exist_ok=True)
+    scale = _heatmap_scale(shape) if images else 1
+    step = max(1, args.batch_size)
+    for start in range(0, len(rows), step):
+        stop = min(len(rows), start + step)
+        xb = inputs.read(start, stop)
+        scores = net.forward(xb).reshape(stop - start, -1)
+        for i in range(start, stop):
+            row = rows[i]
+            row[2:] = [int(scores[i - start].argmax()), float(scores[i - start, row[1]]),
+                       float(np.sum(rel_all[i], dtype=np.float64))]
+        if not drawn:
+            continue
+        if images:  # the run drew the heatmaps
+            pics = render.image(xb, invert=args.inputs == "digits")
+        else:
+            view_x = xb.reshape(stop - start, 1, 1, -1)
+            view_r = np.asarray(rel_all[start:stop]).reshape(stop - start, 1, 1, -1)
+            heat = _strip(render.heatmap(view_r, overlay=view_x if args.overlay else None))
+            pics = _strip(render.image(view_x))
+        for i in range(start, stop):
+            name = rows[i][0]
+            if not images:
+                render.save_png(os.path.join(heat_dir, f"{name}.png"), heat[i - start])
+            render.save_png(os.path.join(input_dir, f"{name}.png"),
+                            render.upscale(pics[i - start], scale))
+    del rel_all
+    labels = load_labels(args.inputs)
+    if labels is not None and len(labels) != len(rows):
+        labels = None
     fixed = parse_target(args.target)
     params = _params_text(kwargs)
     method = args.method + (f" ({params})" if params else "")
@@ -648,105 +727,12 @@ def _explain_report(args, kwargs, rows, labels, drawn, n_features):
 
 
 def run_explain(args):
-    from . import explain, set_num_threads
-    from . import render
+    """Streams chunk by chunk, in this process or on Dask: see :mod:`relprop.stream`."""
+    from .stream import cli_explain
 
-    check_method(args.method)
-    check_parameters(args.method, [key for key, _ in args.param])
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.threads is not None:
-        set_num_threads(args.threads)
-    shape = parse_shape(args.input_shape) if args.input_shape else None
-    net = load_model(args.model, shape)
-    x, names = load_inputs(args.inputs, net, args.strict)
-    labels = load_labels(args.inputs) if args.report else None
-    if labels is not None and len(labels) != len(x):
-        labels = None
-    kwargs = dict(args.param)
-    if args.method in BOX_METHODS:
-        for key, fn in (("low", np.min), ("high", np.max)):
-            if key not in kwargs:
-                kwargs[key] = float(fn(x))
-                print(f"{args.method}: {key}={kwargs[key]:g} (the range of INPUTS; set it "
-                      f"with -p {key}=...)")
-    fixed = parse_target(args.target)
-    n, bs = len(x), args.batch_size
-    images = x.ndim == 4
-    n_features = None if images else int(np.prod(x.shape[1:]))
-    strips = args.report and not images and n_features <= MAX_STRIP_FEATURES
-    os.makedirs(args.out, exist_ok=True)
-    heat_dir = os.path.join(args.out, "heatmaps")
-    input_dir = os.path.join(args.out, "inputs")
-    if images or strips:
-        os.makedirs(heat_dir, exist_ok=True)
-        scale = _heatmap_scale(x.shape) if images else 1
-    if args.report and (images or strips):
-        os.makedirs(input_dir, exist_ok=True)
-    rel_path = os.path.join(args.out, "relevance.npy")
-    rel = None
-    rows = []
-    bar = _progress(n, args.method) if n > bs else None
-    t0 = time.perf_counter()
-    try:
-        for start in range(0, n, bs):
-            xb = np.asarray(x[start:start + bs])
-            scores = net.forward(xb).reshape(len(xb), -1)
-            tb = scores.argmax(axis=1) if fixed is None else fixed
-            try:
-                R = explain(net, xb, tb, args.method, **kwargs)
-            except TypeError as exc:  # a bad -p value for this method
-                raise ValueError(f"{args.method}: {exc}") from None
-            if rel is None:
-                rel = np.lib.format.open_memmap(rel_path, mode="w+", dtype=R.dtype,
-                                                shape=(n,) + R.shape[1:])
-            rel[start:start + len(xb)] = R
-            tcls = np.broadcast_to(tb, (len(xb),))
-            for i in range(len(xb)):
-                rows.append((names[start + i], int(tcls[i]), int(scores[i].argmax()),
-                             float(scores[i, tcls[i]]), float(R[i].sum())))
-            if images or strips:
-                if images:
-                    view_x, view_r = xb, R
-                else:
-                    view_x, view_r = xb.reshape(len(xb), 1, 1, -1), R.reshape(len(xb), 1, 1, -1)
-                rgb = render.heatmap(view_r, overlay=view_x if args.overlay else None)
-                pics = render.image(view_x, invert=args.inputs == "digits") if args.report \
-                    else None
-                if strips:
-                    rgb = _strip(rgb)
-                    pics = _strip(pics)
-                for i in range(len(xb)):
-                    name = names[start + i]
-                    render.save_png(os.path.join(heat_dir, f"{name}.png"),
-                                    render.upscale(rgb[i], scale))
-                    if pics is not None:
-                        render.save_png(os.path.join(input_dir, f"{name}.png"),
-                                        render.upscale(pics[i], scale))
-            if bar is not None:
-                bar.update(len(xb))
-    finally:
-        if bar is not None:
-            bar.close()
-    seconds = time.perf_counter() - t0
-    rel.flush()
-    del rel
-    csv = os.path.join(args.out, "explained.csv")
-    with open(csv, "w") as fh:
-        fh.write("name,target,score,relevance_sum\n")
-        fh.writelines(f"{r[0]},{r[1]},{r[3]:.6g},{r[4]:.6g}\n" for r in rows)
-    print(f"explained {n} input(s) of {args.inputs} with {args.method} in {seconds:.2f} s "
-          f"({n / max(seconds, 1e-9):,.0f} samples/s, heatmaps and files included)")
-    print(f"wrote {rel_path} {(n,) + tuple(x.shape[1:])}")
-    if images or strips:
-        print(f"wrote {n} heatmap PNG(s) to {heat_dir}{os.sep}"
-              + (" (strips: one cell per feature)" if strips else ""))
-    else:
-        print(f"no heatmap PNGs: inputs of shape {tuple(x.shape[1:])} are not images "
-              "(relevance.npy has the relevance per feature)")
-    print(f"wrote {csv}")
+    net, inputs, params = cli_explain(args)
     if args.report:
-        page = _explain_report(args, kwargs, rows, labels, images or strips, n_features)
+        page = explain_report(args, net, inputs, params)
         print(f"wrote {page} (open it in a browser: input, heatmap, classes, f(x), sum R and "
               "the gap per sample)")
     return 0

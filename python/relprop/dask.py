@@ -1,0 +1,519 @@
+"""relprop on Dask: explain and evaluate datasets larger than one machine with ``dask.array``
+on any Dask scheduler (threaded, processes, ``dask.distributed``), following the conventions
+of ``xgboost.dask`` and ``lightgbm.dask``.
+
+>>> import dask.array as da, relprop, relprop.dask
+>>> from distributed import Client, LocalCluster
+>>> client = Client(LocalCluster(n_workers=2, threads_per_worker=1))     # doctest: +SKIP
+>>> net = relprop.models.digits_cnn()
+>>> x = relprop.dask.from_npy("digits.npy", chunks=4096)                 # doctest: +SKIP
+>>> R = relprop.dask.explain(net, x, "pred", method="lrp.epsilon_plus_flat")
+>>> R.to_zarr("relevance.zarr")  # or da.store, R.compute(), ...         # doctest: +SKIP
+
+* :func:`explain` returns a lazy dask array chunked like ``x`` along the batch axis; each
+  block is :func:`relprop.explain` of the block, so the result is bitwise the in-process one
+  (relprop's results do not depend on the batch a sample is in, nor on thread counts).
+* The network travels to each worker once: it is one key of the graph (with a
+  ``dask.distributed`` client, a future: the scheduler keeps one copy, each worker fetches it
+  once), and tasks hold only the key, so the graph does not grow with the model's size times
+  the chunks.
+* On a distributed worker each task runs relprop's kernels on the worker's threads, shared
+  by the tasks running there (:func:`use_worker_threads`; ``xgboost.dask`` sets ``nthread``
+  to the worker's thread count likewise).
+* Networks pickle (their layers leave caches behind); loading model *files* never unpickles.
+
+Needs ``pip install 'relprop[dask]'`` (``dask[array]`` and ``distributed``); ``import relprop``
+does not import this module.
+"""
+from __future__ import annotations
+
+import contextlib
+import string
+import uuid
+import weakref
+
+import numpy as np
+
+try:
+    import dask
+    import dask.array as da
+except ImportError as exc:  # pragma: no cover - tested in a subprocess without dask
+    raise ImportError("relprop.dask needs Dask: pip install 'relprop[dask]' (dask[array] and "
+                      f"distributed; {exc})") from None
+
+from ._common import is_int
+from .evaluate import ORDERS, PixelFlipping, _fill_values, _region_ranks
+from .evaluate import pixel_flipping as _pixel_flipping
+from .graph import Graph
+from .methods import explain as _explain
+from .ops import get_num_threads, set_num_threads
+from .stream import NpyFile, _identity, default_chunk_size
+
+__all__ = ["explain", "from_npy", "pixel_flipping", "use_worker_threads", "worker_threads"]
+
+#: Parameters of methods that may hold one row per sample (chunked along with ``x``).
+PER_SAMPLE_PARAMS = ("root", "baseline")
+
+
+# --------------------------------------------------------------------------------------------
+# Workers
+# --------------------------------------------------------------------------------------------
+def _worker():
+    try:
+        from distributed import get_worker
+
+        return get_worker()
+    except (ImportError, ValueError):
+        return None
+
+
+def _share_threads(worker, leaving=0):
+    total = int(worker.state.nthreads)
+    running = max(1, int(worker.state.executing_count) - leaving)
+    n = max(1, total // running)
+    if get_num_threads() != n:
+        set_num_threads(n)
+    return n
+
+
+def use_worker_threads():
+    """Inside a ``dask.distributed`` worker, run relprop's kernels on the worker's threads
+    (``Worker.state.nthreads``), shared by the tasks running on it: a worker with T threads
+    running k tasks gives each ``T // k`` (at least 1; all T to a task running alone), so
+    its tasks never ask for more threads than it has.  Returns that count; elsewhere does
+    nothing and returns None.  (The nanny starts workers with ``OMP_NUM_THREADS=1``, which would
+    pin a lone task to one thread; all the machine's cores per task would oversubscribe it.)
+    Thread counts never change results."""
+    worker = _worker()
+    return None if worker is None else _share_threads(worker)
+
+
+#: glibc's mmap threshold in Dask worker processes where it is frozen at 128 KiB (None: leave
+#: it).  The nanny starts workers with ``MALLOC_TRIM_THRESHOLD_`` set, which turns off glibc's
+#: adaptive threshold (it would rise to 32 MiB): every temporary array of 128 KiB or more is
+#: then mapped, faulted in page by page and unmapped again, which cost the digits CNN a fifth
+#: more CPU in a worker than in-process (200,000 page faults per 100,000 samples instead of
+#: 2,000).  relprop's tasks set it to what glibc's adaptive threshold can reach; freed memory
+#: at the top of the heap is still returned to the system as the nanny wants.
+WORKER_MMAP_THRESHOLD = 32 << 20
+_MALLOC_TUNED = []
+
+
+def _tune_malloc():
+    """Set glibc's mmap threshold once per worker process (see WORKER_MMAP_THRESHOLD)."""
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED.append(True)
+    import os
+
+    if (WORKER_MMAP_THRESHOLD is None or "MALLOC_TRIM_THRESHOLD_" not in os.environ
+            or "MALLOC_MMAP_THRESHOLD_" in os.environ):
+        return  # glibc's threshold is adaptive, or someone chose it
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, int(WORKER_MMAP_THRESHOLD))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+@contextlib.contextmanager
+def worker_threads():
+    """:func:`use_worker_threads` for the duration of a task; when the task ends, the tasks
+    still running on the worker get its threads back.  Also sets the worker's malloc
+    threshold once (:data:`WORKER_MMAP_THRESHOLD`)."""
+    worker = _worker()
+    if worker is not None:
+        _tune_malloc()
+        _share_threads(worker)
+    try:
+        yield
+    finally:
+        if worker is not None:
+            _share_threads(worker, leaving=1)
+
+
+def _active_client():
+    """The ``dask.distributed`` client that ``compute()`` would use now, or None."""
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        return None
+    sched = dask.base.get_scheduler()
+    return client if getattr(sched, "__self__", None) is client else None
+
+
+_TOKENS = weakref.WeakKeyDictionary()
+
+
+def _net_token(net):
+    """A token of the network's structure and parameters (cached per network object)."""
+    tok = _TOKENS.get(net)
+    if tok is None:
+        parts = [type(net).__name__, net.input_shape, net.input_name, net.output]
+        for node in net.nodes:
+            layer = node.layer
+            parts.append((node.name, node.inputs, type(layer).__name__, repr(layer.config()),
+                          [(k, a.dtype.str, a.shape, a) for k, a in layer.arrays().items()]))
+        tok = dask.base.tokenize(*parts)
+        _TOKENS[net] = tok
+    return tok
+
+
+def _shipped(net):
+    """``(argument, key)``: ``net`` as one key of the graph.
+
+    With a distributed client active, a future of a task that returns the network: the
+    scheduler holds one copy (the task's argument), a worker computes it and the others fetch
+    it when they first need it, and if every holder dies the scheduler reruns it (a scattered
+    future would be lost).  The key is new per call: reusing one key races with the release of
+    an earlier call's future.  Without a client, a delayed object of one key.
+    """
+    key = f"relprop-net-{_net_token(net)}"
+    client = _active_client()
+    if client is not None:
+        key = f"{key}-{uuid.uuid4().hex}"
+        # the network is sent once, on purpose: no large-graph warning for it
+        with dask.config.set({"distributed.admin.large-graph-warning-threshold": "64GiB"}):
+            return client.submit(_identity, net, key=key), key
+    return dask.delayed(net, name=key, pure=True), key
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------
+def _check_net(net):
+    if not isinstance(net, Graph):
+        raise TypeError(f"net must be a relprop network (Sequential or Graph), got "
+                        f"{type(net).__name__}")
+    return net
+
+
+def _check_x(x, net, name="x"):
+    """``x`` as a dask array with whole samples in each block; its float dtype."""
+    if not isinstance(x, da.Array):
+        raise TypeError(f"{name} must be a dask array, got {type(x).__name__} (wrap arrays "
+                        f"with dask.array.from_array({name}, chunks=...), or read a .npy with "
+                        "relprop.dask.from_npy)")
+    if x.ndim < 2:
+        raise ValueError(f"{name} must be a batch (n, *sample_shape), got shape {x.shape}")
+    probe = np.zeros((1,) + tuple(int(s) for s in x.shape[1:]), dtype=x.dtype)
+    dtype = net.check_input(probe, check_finite=False, name=name).dtype  # dtype, shape
+    x = x.rechunk({i: -1 for i in range(1, x.ndim)})
+    return x, dtype
+
+
+def _known(x):
+    return not np.isnan(x.shape[0])
+
+
+def _batch_aligned(a, x, name, trailing):
+    """``a`` (NumPy or dask, one row per sample) chunked like ``x`` on axis 0 and whole on the
+    others; ``trailing`` is the index string of its other axes."""
+    if not _known(x):
+        raise ValueError(f"x has unknown chunk sizes; call x.compute_chunk_sizes() to pass a "
+                         f"per-sample {name}")
+    n = int(x.shape[0])
+    if a.shape[0] != n:
+        raise ValueError(f"{name} has {a.shape[0]} rows for {n} samples")
+    chunks = (x.chunks[0],) + tuple(-1 for _ in trailing)
+    if isinstance(a, da.Array):
+        return a.rechunk(chunks)
+    return da.from_array(a, chunks=chunks)
+
+
+def _target(target, x, net):
+    """``(kind, arg)``: "pred", "int" (arg the class), "classes" or "seed" (arg a dask array
+    aligned with ``x``)."""
+    if isinstance(target, str):
+        if target != "pred":
+            raise ValueError(f"target must be an int, an array of ints, a float seed array or "
+                             f"'pred', got {target!r}")
+        return "pred", None
+    if is_int(target):
+        return "int", int(target)
+    t = target if isinstance(target, da.Array) else np.asarray(target)
+    if t.dtype.kind in "iu" and t.ndim == 1:
+        n_out = None if net.output_shape is None else int(np.prod(net.output_shape))
+        if isinstance(t, np.ndarray) and t.size and n_out is not None and (
+                t.min() < 0 or t.max() >= n_out):
+            bad = int(t.min()) if t.min() < 0 else int(t.max())
+            raise ValueError(f"target {bad} is out of range for {n_out} outputs "
+                             f"(valid: 0..{n_out - 1})")
+        return "classes", _batch_aligned(t, x, "target", "")
+    if t.dtype.kind == "f" and t.ndim == 2:
+        if net.output_shape is not None and tuple(t.shape[1:]) != tuple(net.output_shape):
+            raise ValueError(f"target seed has shape {t.shape} but the output has shape "
+                             f"(n, {', '.join(map(str, net.output_shape))})")
+        return "seed", _batch_aligned(t, x, "target", "z")
+    raise TypeError(f"target must be an int, 'pred', an array of ints (one per sample) or a "
+                    f"float seed array (n, n_out); got {type(target).__name__} with dtype "
+                    f"{t.dtype} and shape {t.shape}")
+
+
+def _probe_target(kind, arg, dtype):
+    """A target for a one-sample probe (per-sample targets are checked by the tasks)."""
+    if kind == "int":
+        return arg
+    if kind == "seed":
+        return np.zeros((1,) + tuple(arg.shape[1:]), dtype=dtype)
+    return 0
+
+
+def _blocks(x, kind, targ, extras):
+    """blockwise's ``(array, index)`` pairs: x, then the target and per-sample parameters."""
+    ind = string.ascii_lowercase[:x.ndim]
+    pairs = [x, ind]
+    if kind == "classes":
+        pairs += [targ, ind[0]]
+    elif kind == "seed":
+        pairs += [targ, ind[0] + "z"]
+    for a in extras:
+        pairs += [a, ind]
+    return ind, pairs
+
+
+# --------------------------------------------------------------------------------------------
+# explain
+# --------------------------------------------------------------------------------------------
+def _predicted(net, x, batch_size):
+    return net.forward(x, batch_size=batch_size).reshape(len(x), -1).argmax(axis=1)
+
+
+def _explain_block(x, *rest, net, method, kind, target, names, params):
+    rest = list(rest)
+    if kind in ("classes", "seed"):
+        target = rest.pop(0)
+    with worker_threads():
+        if kind == "pred":
+            target = _predicted(net, x, params.get("batch_size"))
+        return _explain(net, x, target, method, **params, **dict(zip(names, rest)))
+
+
+def explain(net, x, target, method="lrp.epsilon_plus_flat", **params):
+    """Explain ``net`` on the dask array ``x``, block by block: a lazy dask array.
+
+    Parameters
+    ----------
+    net : Sequential or Graph
+    x : dask.array.Array (n, *input_shape)
+        Its chunks along the batch axis are the tasks; other axes are rechunked whole.
+    target : int, array of ints (n,), float array (n, n_out), or "pred"
+        As for :func:`relprop.explain` (NumPy or dask arrays, rechunked like ``x``); "pred"
+        explains each sample's predicted class (``net(x).argmax(axis=1)``).
+    method : str
+        A :func:`relprop.explain` name: "gradient", "gradient_x_input", "lrp.epsilon_plus_flat",
+        "lrp.epsilon_gamma_box", ...
+    **params
+        The method's keyword arguments (``batch_size`` bounds the samples per kernel call
+        inside a task).  ``root``/``baseline`` arrays with a row per sample are chunked along
+        with ``x``.
+
+    Returns
+    -------
+    dask.array.Array
+        Shaped like ``x``, float dtype of ``x``, chunked like ``x`` along the batch axis.
+
+    Raises
+    ------
+    TypeError
+        ``net``, ``x``, ``target`` or a parameter of the wrong type.
+    ValueError
+        Shapes that do not fit, an unknown method, a target out of range; SmoothGrad with a
+        ``seed`` over several chunks (its noise is drawn over the whole batch, so chunks would
+        change it); ``return_info``.  Checked now, on one sample; errors in the data (NaN) are
+        raised by ``compute()``, as in-process.
+    """
+    net = _check_net(net)
+    x, dtype = _check_x(x, net)
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, got {type(method).__name__}")
+    if params.get("return_info"):
+        raise ValueError("return_info is not supported by relprop.dask.explain (it returns "
+                         "relevance only)")
+    if method == "smoothgrad" and params.get("seed") is not None and x.numblocks[0] > 1:
+        raise ValueError("smoothgrad with a seed draws its noise over the whole batch, so the "
+                         "chunks of x would change it: use one chunk, or seed=None")
+    kind, targ = _target(target, x, net)
+    names, extras, fixed = [], [], {}
+    for key, v in params.items():
+        if key in PER_SAMPLE_PARAMS and (isinstance(v, da.Array) or (
+                isinstance(v, np.ndarray) and v.ndim == x.ndim and v.shape[0] == x.shape[0]
+                and v.shape[0] > 1)):
+            if tuple(v.shape) != tuple(x.shape):
+                raise ValueError(f"{key} has shape {v.shape}; per-sample {key} must be shaped "
+                                 f"like x {x.shape}")
+            names.append(key)
+            extras.append(_batch_aligned(v, x, key, "bcdefgh"[:x.ndim - 1]).rechunk(x.chunks))
+        else:
+            fixed[key] = v
+    # check method, parameters and target now, on one zero sample
+    probe = np.zeros((1,) + tuple(x.shape[1:]), dtype=dtype)
+    first = {k: np.zeros_like(probe) for k in names}
+    _explain(net, probe, _probe_target(kind, targ, dtype), method, **fixed, **first)
+
+    ind, pairs = _blocks(x, kind, targ, extras)
+    net_arg, net_key = _shipped(net)
+    token = dask.base.tokenize(net_key, x.name, kind, targ if kind == "int" else
+                               getattr(targ, "name", None), method, fixed,
+                               [a.name for a in extras], names)
+    return da.blockwise(
+        _explain_block, ind, *pairs, name=f"relprop-explain-{token}", dtype=dtype,
+        concatenate=True, meta=np.empty((0,) * x.ndim, dtype=dtype), net=net_arg,
+        method=method, kind=kind, target=targ if kind == "int" else None, names=names,
+        params=fixed)
+
+
+# --------------------------------------------------------------------------------------------
+# pixel flipping
+# --------------------------------------------------------------------------------------------
+def _flip_block(x, R, idx, *rest, net, kind, target, fill, per_sample_fill, seed, steps,
+                patch, order, batch_size, check_finite):
+    with worker_threads():
+        return _flip(x, R, idx, *rest, net=net, kind=kind, target=target, fill=fill,
+                     per_sample_fill=per_sample_fill, seed=seed, steps=steps, patch=patch,
+                     order=order, batch_size=batch_size, check_finite=check_finite)
+
+
+def _flip(x, R, idx, *rest, net, kind, target, fill, per_sample_fill, seed, steps, patch,
+          order, batch_size, check_finite):
+    rest = list(rest)
+    if kind in ("classes", "seed"):
+        target = rest.pop(0)
+    if per_sample_fill:
+        fill = rest.pop(0)
+    x = net.check_input(x, check_finite)
+    if kind == "pred":
+        target = _predicted(net, x, batch_size)
+    if isinstance(fill, str) and fill == "uniform":
+        # the in-process draw is rng.random(x.shape) over the whole batch, one 64-bit draw per
+        # element: this block's part starts idx[0] * sample size draws into the stream
+        bits = np.random.PCG64(seed)
+        if len(idx):
+            bits.advance(int(idx[0]) * int(np.prod(x.shape[1:])))
+        fill = _fill_values(x, "uniform", np.random.Generator(bits))
+    pf = _pixel_flipping(net, x, R, target, steps=steps, patch=patch, fill=fill, order=order,
+                         seed=seed, batch_size=batch_size, check_finite=check_finite)
+    return pf.curves
+
+
+def _auc(curves, steps):
+    return (curves[:, :-1] + curves[:, 1:]).sum(axis=1) / (2 * steps)
+
+
+def pixel_flipping(net, x, R, target, steps=None, patch=1, fill=0.0,
+                   order="most_relevant_first", *, seed=0, batch_size=None, check_finite=True):
+    """Region perturbation (:func:`relprop.evaluate.pixel_flipping`) over a dask array, block by
+    block; bitwise the in-process result.
+
+    Parameters
+    ----------
+    net : Sequential or Graph
+    x, R : dask.array.Array (n, *input_shape)
+        The inputs and their explanation (e.g. from :func:`explain`); ``R`` is rechunked like
+        ``x``.
+    target : int, array of ints (n,), float array (n, n_out), or "pred"
+        The explained score, as for :func:`explain`.
+    steps, patch, fill, order, seed, batch_size, check_finite
+        As for :func:`relprop.evaluate.pixel_flipping`.  ``fill`` may be an array with a row
+        per sample (NumPy or dask); ``fill="uniform"`` draws, block by block, the numbers the
+        in-process call draws from ``seed`` (an int, or None for fresh noise).
+
+    Returns
+    -------
+    relprop.evaluate.PixelFlipping
+        ``curves`` (n, steps + 1) and ``auc`` (n,) are lazy dask arrays, ``fractions`` a NumPy
+        array; ``mean_auc`` computes.
+    """
+    net = _check_net(net)
+    x, dtype = _check_x(x, net)
+    R, _ = _check_x(R, net, name="R")
+    if tuple(R.shape) != tuple(x.shape):
+        raise ValueError(f"R has shape {R.shape} but x has shape {x.shape}")
+    R = R.rechunk(x.chunks)
+    if not _known(x):
+        raise ValueError("x has unknown chunk sizes; call x.compute_chunk_sizes() first")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    from ._validate import as_int
+
+    patch = as_int(patch, "patch", minimum=1)
+    n_regions = _region_ranks(np.zeros((1,) + tuple(x.shape[1:])), patch, order)[1]
+    steps = n_regions if steps is None else as_int(steps, "steps", minimum=1)
+    if batch_size is not None:
+        batch_size = as_int(batch_size, "batch_size", minimum=1)
+    kind, targ = _target(target, x, net)
+    per_sample_fill = False
+    if isinstance(fill, str):
+        if fill not in ("mean", "uniform"):
+            raise ValueError(f"fill must be a number, 'mean', 'uniform' or an array, got "
+                             f"{fill!r}")
+        if fill == "uniform" and seed is not None and not is_int(seed):
+            raise TypeError(f"relprop.dask.pixel_flipping: seed must be an int or None, got "
+                            f"{type(seed).__name__}")
+    elif isinstance(fill, da.Array) or (np.ndim(fill) == x.ndim and np.shape(fill)[0] > 1):
+        if tuple(fill.shape) != tuple(x.shape):
+            raise ValueError(f"fill has shape {fill.shape}; a fill with a row per sample must "
+                             f"be shaped like x {x.shape}")
+        per_sample_fill = True
+        fill = _batch_aligned(fill, x, "fill", "bcdefgh"[:x.ndim - 1]).rechunk(x.chunks)
+    else:
+        f = np.asarray(fill)
+        try:
+            np.broadcast_to(f, (1,) + tuple(x.shape[1:]))
+        except ValueError:
+            raise ValueError(f"fill has shape {f.shape}, not broadcastable to x "
+                             f"{x.shape}") from None
+    idx = da.arange(x.shape[0], chunks=(x.chunks[0],))
+    ind, pairs = _blocks(x, kind, targ, [fill] if per_sample_fill else [])
+    pairs[2:2] = [R, ind, idx, ind[0]]
+    net_arg, net_key = _shipped(net)
+    token = dask.base.tokenize(net_key, x.name, R.name, kind, targ if kind == "int"
+                               else getattr(targ, "name", None), steps, patch,
+                               fill.name if per_sample_fill else fill, order, seed, batch_size)
+    curves = da.blockwise(
+        _flip_block, ind[0] + "q", *pairs, new_axes={"q": steps + 1},
+        name=f"relprop-pixel-flipping-{token}", dtype=np.float64, concatenate=True,
+        meta=np.empty((0, 0), dtype=np.float64), net=net_arg, kind=kind,
+        target=targ if kind == "int" else None, fill=None if per_sample_fill else fill,
+        per_sample_fill=per_sample_fill, seed=seed, steps=steps, patch=patch, order=order,
+        batch_size=batch_size, check_finite=check_finite)
+    auc = curves.map_blocks(_auc, steps=steps, drop_axis=1, dtype=np.float64,
+                            meta=np.empty((0,), dtype=np.float64))
+    return PixelFlipping(curves, np.arange(steps + 1) / steps, auc)
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+# --------------------------------------------------------------------------------------------
+def from_npy(path, chunks=None):
+    """A ``.npy`` file as a dask array whose blocks are read where they are computed (each
+    task reads its rows; the file must be visible to the workers, e.g. on a shared disk).
+
+    ``dask.array.from_array(np.load(path, mmap_mode="r"))`` would put the whole array into the
+    graph for a distributed scheduler; this puts the path.
+
+    Parameters
+    ----------
+    path : str
+    chunks : int, optional
+        Samples per block (default: about 16 MiB of inputs, at most 4096 samples).
+
+    Returns
+    -------
+    dask.array.Array
+    """
+    f = NpyFile(path)
+    if f.ndim < 1:
+        raise ValueError(f"{path}: a 0-dimensional array has no samples")
+    if chunks is None:
+        chunks = default_chunk_size(f.shape[1:], max(4, f.dtype.itemsize))
+    elif not is_int(chunks) or chunks < 1:
+        raise ValueError(f"chunks must be a positive number of samples, got {chunks!r}")
+    return da.from_array(f, chunks=(int(chunks),) + f.shape[1:], lock=False, asarray=False,
+                         meta=np.empty((0,) * f.ndim, dtype=f.dtype),
+                         name=f"relprop-npy-{dask.base.tokenize(f)}")

@@ -1,0 +1,935 @@
+"""Explaining datasets larger than memory: inputs read chunk by chunk, an output folder written
+chunk by chunk with a progress record, and the loop that runs the chunks in this process or on
+a Dask cluster (``relprop explain``; see :func:`explain_to_folder`).
+
+Output folder (``OUTDIR``):
+
+* ``relevance.npy`` ``(n, *input_shape)``, created with :func:`numpy.lib.format.open_memmap`
+  and filled chunk by chunk (positional writes, never mapped: memory stays bounded by the chunk);
+  read it with ``np.load(path, mmap_mode="r")``.
+* ``explained.csv`` (name, target, score, relevance sum), appended per chunk.
+* ``heatmaps/NAME.png`` per image input (per sample of an array input with ``heatmaps=True``).
+* ``progress.json``, the progress record: the run's arguments and the number of samples whose
+  chunks are complete.  It is replaced (write, fsync, rename) only after the chunk's relevance
+  and CSV rows are written and fsynced, so a run killed at any moment (SIGKILL, power loss)
+  loses at most the chunk in flight and never counts a partly written chunk as done;
+  ``resume=True`` continues after the last completed chunk, and refuses a record written with
+  other arguments.
+
+A chunk is explained by :func:`explain_chunk`, in this process or as a task of a
+``dask.distributed`` client (the network is sent once, each task carries its chunk of inputs,
+and results are written in order).  Results are bitwise the same either way, for any chunk,
+batch or thread count, so a run may be resumed with other threads, batch size or workers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import deque
+
+import numpy as np
+
+#: The progress record's file name and format tag.
+RECORD = "progress.json"
+RECORD_FORMAT = "relprop-explain-progress"
+RECORD_VERSION = 1
+#: Default chunk: about this many bytes of (float) inputs, at most MAX_CHUNK samples.
+CHUNK_BYTES = 16 << 20
+MAX_CHUNK = 4096
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs, read lazily
+# --------------------------------------------------------------------------------------------
+class NpyFile:
+    """Rows of a ``.npy`` array read on demand with positional reads, never memory-mapped, so
+    a process reading it holds only the rows it asked for.
+
+    Supports ``len``, ``shape``, ``dtype``, ``ndim``, :meth:`read` and basic indexing with a
+    slice on the first axis (so :func:`dask.array.from_array` can wrap it); pickles as its path
+    and header.
+
+    Raises
+    ------
+    ValueError
+        Not a readable ``.npy`` file, or an object array.
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        try:
+            mm = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ValueError(f"{self.path}: not a readable .npy array ({exc})") from None
+        if not isinstance(mm, np.memmap):  # a 0-size array is not mapped
+            self._array = np.asarray(mm)
+            self.offset = None
+        else:
+            fortran = mm.ndim > 1 and mm.flags.f_contiguous and not mm.flags.c_contiguous
+            self.offset = None if fortran else int(mm.offset)
+            self._array = mm if fortran else None  # Fortran order: rows are not contiguous
+        self.shape = tuple(int(s) for s in mm.shape)
+        self.dtype = mm.dtype
+        self.ndim = len(self.shape)
+        st = os.stat(self.path)
+        self._stamp = (st.st_size, st.st_mtime_ns)
+        del mm
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if isinstance(self._array, np.memmap):
+            state["_array"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self._array is None and self.offset is None:
+            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+
+    def __dask_tokenize__(self):
+        return ("relprop.stream.NpyFile", os.path.abspath(self.path), self._stamp)
+
+    def read(self, start, stop):
+        """Rows ``start:stop`` as a new array (C order, the file's dtype)."""
+        start, stop = max(0, int(start)), min(len(self), int(stop))
+        stop = max(start, stop)
+        if self.offset is None:
+            return np.ascontiguousarray(self._array[start:stop])
+        row = self.shape[1:]
+        per_row = int(np.prod(row, dtype=np.int64))
+        count = (stop - start) * per_row
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset + start * per_row * self.dtype.itemsize)
+            out = np.fromfile(fh, dtype=self.dtype, count=count)
+        if out.size != count:
+            raise ValueError(f"{self.path}: the file is truncated (rows {start}..{stop - 1} of "
+                             f"{len(self)} are not all there)")
+        return out.reshape((stop - start,) + row)
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            key = (key,)
+        first, rest = (key[0] if key else slice(None)), key[1:]
+        if isinstance(first, slice) and first.step in (None, 1):
+            start, stop, _ = first.indices(len(self))
+            return self.read(start, stop)[(slice(None),) + rest]
+        if isinstance(first, (int, np.integer)):
+            i = int(first) + (len(self) if first < 0 else 0)
+            if not 0 <= i < len(self):
+                raise IndexError(f"index {int(first)} is out of range for {len(self)} rows")
+            return self.read(i, i + 1)[(0,) + rest]
+        rows = np.arange(len(self))[first]  # anything else: read the covering range
+        if rows.size == 0:
+            return self.read(0, 0)[(slice(None),) + rest]
+        lo = int(rows.min())
+        return self.read(lo, int(rows.max()) + 1)[(rows - lo,) + rest]
+
+
+def _file_identity(path):
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+class Inputs:
+    """INPUTS of ``relprop explain``, read chunk by chunk.
+
+    Attributes: ``n`` samples, ``sample_shape``, ``images`` (True for image files, which get a
+    heatmap each), ``identity`` (what a resumed run must find unchanged).
+    """
+
+    images = False
+
+    def __len__(self):
+        return self.n
+
+    def read(self, start, stop) -> np.ndarray:
+        """Samples ``start:stop`` as an array ``(stop - start, *sample_shape)``."""
+        raise NotImplementedError
+
+    def names(self, start, stop) -> list:
+        """A name per sample (image file stems, or zero-padded indices)."""
+        width = len(str(self.n - 1))
+        return [f"{i:0{width}d}" for i in range(start, stop)]
+
+
+class ArrayInputs(Inputs):
+    """An array in memory (or memory-mapped): the bundled digits, an ``.npz``, one sample."""
+
+    def __init__(self, x, identity):
+        self.x, self.n, self.sample_shape = x, len(x), tuple(x.shape[1:])
+        self.identity = identity
+
+    def read(self, start, stop):
+        return np.asarray(self.x[start:stop])
+
+
+class NpyInputs(Inputs):
+    """A ``.npy`` file of samples, read with :class:`NpyFile` (bounded memory)."""
+
+    def __init__(self, path):
+        self.file = NpyFile(path)
+        self.n, self.sample_shape = len(self.file), self.file.shape[1:]
+        self.identity = _file_identity(path)
+
+    def read(self, start, stop):
+        return self.file.read(start, stop)
+
+
+class ImageInputs(Inputs):
+    """Image files, decoded a chunk at a time (see :func:`relprop.cli.read_images`)."""
+
+    images = True
+
+    def __init__(self, paths, sample_shape, identity, strict=False):
+        self.paths, self.n, self.sample_shape = list(paths), len(paths), tuple(sample_shape)
+        self.identity, self.strict = identity, strict
+        #: the conversions made so far (see :func:`relprop.cli.read_images`)
+        self.conversions = {}
+
+    def read(self, start, stop):
+        from .cli import read_images
+
+        return read_images(self.paths[start:stop], self.sample_shape, self.strict,
+                           conversions=self.conversions)
+
+    def names(self, start, stop):
+        return [os.path.splitext(os.path.basename(p))[0] for p in self.paths[start:stop]]
+
+
+def open_inputs(spec, net, strict=False) -> Inputs:
+    """INPUTS as :class:`Inputs`, checked against the network's input shape but not read yet
+    (a ``.npy`` file and image folders are read chunk by chunk; an ``.npz`` and ``digits`` are
+    loaded whole).  With ``strict``, images that would need converting are refused now (their
+    headers are read), before any work.
+
+    Raises
+    ------
+    ValueError
+        A missing or unreadable file, no images in a folder, a shape the network does not
+        take, or (``strict``) an image of other channels or size.
+    """
+    from .cli import IMAGE_SUFFIXES, _image_files, check_images, load_inputs, read_images
+
+    spec = os.fspath(spec)
+    if spec != "digits" and os.path.exists(spec) and (
+            os.path.isdir(spec) or spec.lower().endswith(IMAGE_SUFFIXES)):
+        paths = _image_files(spec) if os.path.isdir(spec) else [spec]
+        read_images([], net.input_shape)  # checks the input shape (and Pillow) now
+        if strict:
+            check_images(paths, net.input_shape)
+        if os.path.isdir(spec):
+            names = "\n".join(os.path.basename(p) for p in paths)
+            stats = [os.stat(p) for p in paths]
+            identity = {"path": os.path.abspath(spec), "files": len(paths),
+                        "names_sha256": hashlib.sha256(names.encode()).hexdigest(),
+                        "bytes": sum(s.st_size for s in stats),
+                        "mtime_ns": max(s.st_mtime_ns for s in stats)}
+        else:
+            identity = _file_identity(spec)
+        return ImageInputs(paths, net.input_shape, identity, strict)
+    if spec.lower().endswith(".npy") and os.path.isfile(spec):
+        inputs = NpyInputs(spec)
+        shape = inputs.file.shape
+        if len(shape) >= 2 and shape[0] > 0 and (net.input_shape is None or
+                                                 shape[1:] == net.input_shape):
+            return inputs  # a batch: read chunk by chunk
+    # anything else (and the error messages) as every subcommand reads INPUTS; not used for a
+    # .npy batch because it makes a name per sample
+    x, _ = load_inputs(spec, net)
+    if spec.lower().endswith(".npy"):
+        return ArrayInputs(np.asarray(x), _file_identity(spec))  # one sample
+    identity = {"name": "digits"} if spec == "digits" else _file_identity(spec)
+    return ArrayInputs(x, identity)
+
+
+def model_identity(spec, input_shape=None):
+    """What identifies MODEL for a resumed run: a bundled model's name, else the file's path
+    and SHA-256 (so a retrained model in the same file is noticed)."""
+    from .cli import BUNDLED_MODELS
+
+    spec = os.fspath(spec)
+    if spec in BUNDLED_MODELS:
+        out = {"name": spec}
+    else:
+        h = hashlib.sha256()
+        with open(spec, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        out = {"path": os.path.abspath(spec), "sha256": h.hexdigest()}
+    if input_shape is not None:
+        out["input_shape"] = list(input_shape)
+    return out
+
+
+def default_chunk_size(sample_shape, itemsize=4):
+    """Samples per chunk: about :data:`CHUNK_BYTES` of inputs, between 1 and
+    :data:`MAX_CHUNK`."""
+    per_sample = max(1, int(np.prod(sample_shape, dtype=np.int64)) * itemsize)
+    return int(min(MAX_CHUNK, max(1, CHUNK_BYTES // per_sample)))
+
+
+def input_range(inputs, chunk_size):
+    """``(min, max)`` over all of ``inputs``, reading one chunk at a time."""
+    lo, hi = np.inf, -np.inf
+    for start in range(0, inputs.n, chunk_size):
+        x = inputs.read(start, min(inputs.n, start + chunk_size))
+        lo, hi = min(lo, float(np.min(x))), max(hi, float(np.max(x)))
+    return lo, hi
+
+
+# --------------------------------------------------------------------------------------------
+# One chunk
+# --------------------------------------------------------------------------------------------
+def explain_chunk(net, x, target, method, params, batch_size=None):
+    """Explain one chunk: ``(R, targets, scores, sums)``.
+
+    ``target`` is a class index or None for each sample's predicted class; ``targets`` (n,)
+    are the explained classes, ``scores`` (n,) their scores ``f_t(x)`` and ``sums`` (n,) the
+    relevance sums, the columns of ``explained.csv``.  The same function runs in this process
+    and on Dask workers.
+    """
+    from .methods import explain
+
+    out = net.forward(x, batch_size=batch_size)
+    scores = out.reshape(len(out), -1)
+    t = scores.argmax(axis=1) if target is None else target
+    R = explain(net, x, t, method, batch_size=batch_size, **params)
+    classes = np.broadcast_to(np.asarray(t, dtype=np.int64), (len(x),))
+    picked = scores[np.arange(len(x)), classes].astype(np.float64)
+    sums = R.reshape(len(R), -1).sum(axis=1).astype(np.float64)
+    return R, np.array(classes), picked, sums
+
+
+def _chunk_task(net, x, target, method, params, batch_size):
+    """:func:`explain_chunk` as a Dask task, on the worker's threads."""
+    from .dask import worker_threads
+
+    with worker_threads():
+        return explain_chunk(net, x, target, method, params, batch_size)
+
+
+def _identity(obj):
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# Runners: the chunks in this process or on a Dask client
+# --------------------------------------------------------------------------------------------
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+class LocalRunner:
+    """Runs each chunk in this process, when its result is asked for."""
+
+    window = 1
+
+    def __init__(self, net, target, method, params, batch_size):
+        self.args = (net, target, method, params, batch_size)
+
+    def submit(self, x):
+        net, target, method, params, batch_size = self.args
+
+        class Lazy:
+            def result(self_):
+                return explain_chunk(net, x, target, method, params, batch_size)
+
+        return Lazy()
+
+    def cancel(self, pending):
+        pass
+
+
+class ClientRunner:
+    """Runs chunks as tasks of a ``dask.distributed`` client, a window of them in flight.
+
+    The network is submitted once as a task of its own (held by a worker, copied to the others
+    when they need it, recomputed from the scheduler's copy if every holder dies); each chunk
+    task carries its inputs, so a chunk whose worker dies is rerun elsewhere.
+    """
+
+    def __init__(self, client, net, target, method, params, batch_size):
+        import dask
+
+        self.client = client
+        self.window = max(2, 2 * sum(client.nthreads().values()) + 1)
+        with dask.config.set({"distributed.admin.large-graph-warning-threshold": "4GiB"}):
+            self.net = client.submit(_identity, net, pure=False)
+        self.args = (target, method, params, batch_size)
+
+    def submit(self, x):
+        import dask
+
+        target, method, params, batch_size = self.args
+        # the chunk's inputs travel with its task on purpose: a lost task can be rerun
+        with dask.config.set({"distributed.admin.large-graph-warning-threshold": "4GiB"}):
+            return self.client.submit(_chunk_task, self.net, x, target, method, params,
+                                      batch_size, pure=False)
+
+    def cancel(self, pending):
+        if pending:
+            self.client.cancel(list(pending))
+        self.client.cancel([self.net])
+
+
+# --------------------------------------------------------------------------------------------
+# The output folder
+# --------------------------------------------------------------------------------------------
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomic(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def _pwrite_all(fd, data, offset):
+    view = memoryview(data).cast("B")
+    while view:
+        k = os.pwrite(fd, view, offset)
+        view, offset = view[k:], offset + k
+
+
+def read_record(outdir):
+    """The progress record of ``outdir`` (a dict), or None when there is none.
+
+    Raises ValueError for a record that is not one.
+    """
+    path = os.path.join(outdir, RECORD)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as fh:
+            rec = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable progress record ({exc})") from None
+    if not isinstance(rec, dict) or rec.get("format") != RECORD_FORMAT:
+        raise ValueError(f"{path}: not a relprop progress record")
+    if rec.get("version") != RECORD_VERSION:
+        raise ValueError(f"{path}: progress record version {rec.get('version')!r}; this relprop "
+                         f"reads version {RECORD_VERSION} (start over without --resume)")
+    return rec
+
+
+def _differences(old, new, prefix=""):
+    """Human-readable differences between two run descriptions."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} in OUTDIR, {b!r} now")
+    return out
+
+
+class OutputFolder:
+    """``relevance.npy``, ``explained.csv``, ``heatmaps/`` and the progress record of a run.
+
+    Parameters
+    ----------
+    outdir : str
+    run : dict
+        The run's arguments (JSON-able): a resumed run must have the same.
+    n : int
+        Samples in the run.
+    """
+
+    def __init__(self, outdir, run, n):
+        self.outdir, self.run, self.n = os.fspath(outdir), run, int(n)
+        self.rel_path = os.path.join(self.outdir, "relevance.npy")
+        self.csv_path = os.path.join(self.outdir, "explained.csv")
+        self.heat_dir = os.path.join(self.outdir, "heatmaps")
+        self.record_path = os.path.join(self.outdir, RECORD)
+        self.done = 0
+        self.derived = {}
+        self._rel_fd = self._csv = None
+
+    # -- resume ---------------------------------------------------------------------------
+    def resume_point(self):
+        """Check the record against this run: ``(done, derived)`` to continue from, or None
+        when OUTDIR holds no run.  Raises ValueError when OUTDIR holds a run with other
+        arguments or damaged files."""
+        rec = read_record(self.outdir)
+        if rec is None:
+            return None
+        diff = _differences(rec.get("run", {}), self.run)
+        if diff:
+            raise ValueError(f"--resume: {self.outdir} holds a run with other arguments ("
+                             + "; ".join(diff) + "); rerun with the same arguments, or without "
+                             "--resume to start over")
+        done, csv_bytes = int(rec["done"]), int(rec["csv_bytes"])
+        if not 0 <= done <= self.n:
+            raise ValueError(f"{self.record_path}: {done} samples done of {self.n}")
+        if done > 0:
+            try:
+                rel = np.load(self.rel_path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"--resume: {self.rel_path} is missing or damaged ({exc}); "
+                                 "start over without --resume") from None
+            shape, dtype = tuple(rec["shape"]), np.dtype(rec["dtype"])
+            if rel.shape != shape or rel.dtype != dtype:
+                raise ValueError(f"--resume: {self.rel_path} has shape {rel.shape} and dtype "
+                                 f"{rel.dtype}, the progress record says {shape} {dtype}; "
+                                 "start over without --resume")
+            self._rel_offset, self.shape, self.dtype = int(rel.offset), shape, dtype
+            del rel
+            size = os.path.getsize(self.csv_path) if os.path.exists(self.csv_path) else -1
+            if size < csv_bytes:
+                raise ValueError(f"--resume: {self.csv_path} is shorter than the progress "
+                                 "record says; start over without --resume")
+            self._open(csv_bytes)
+        self.done, self.derived, self._csv_bytes = done, dict(rec.get("derived", {})), csv_bytes
+        self._record = rec
+        return done, self.derived
+
+    def previous_progress(self):
+        """``(done, n)`` of the run OUTDIR holds (whatever its arguments), or None."""
+        try:
+            rec = read_record(self.outdir)
+        except ValueError:
+            return None
+        return None if rec is None else (rec.get("done"), rec.get("n"))
+
+    # -- a new run ------------------------------------------------------------------------
+    def start(self, sample_shape, dtype, derived):
+        """Start a new run: drop any old record, create ``relevance.npy`` ``(n,
+        *sample_shape)`` and the CSV header, and record zero samples done."""
+        os.makedirs(self.outdir, exist_ok=True)
+        for path in (self.record_path, self.record_path + ".tmp"):
+            if os.path.exists(path):
+                os.remove(path)
+        self.shape, self.dtype = (self.n,) + tuple(sample_shape), np.dtype(dtype)
+        rel = np.lib.format.open_memmap(self.rel_path, mode="w+", dtype=self.dtype,
+                                        shape=self.shape)
+        self._rel_offset = int(rel.offset)
+        del rel
+        with open(self.csv_path, "w") as fh:
+            fh.write("name,target,score,relevance_sum\n")
+        self.done, self.derived = 0, dict(derived)
+        self._open(os.path.getsize(self.csv_path))
+        self._write_record()
+
+    def _open(self, csv_bytes):
+        self._rel_fd = os.open(self.rel_path, os.O_WRONLY)
+        self._csv = open(self.csv_path, "r+b")
+        self._csv.truncate(csv_bytes)  # rows of a chunk in flight when the last run stopped
+        self._csv.seek(csv_bytes)
+        self._csv_bytes = csv_bytes
+
+    # -- chunks ---------------------------------------------------------------------------
+    def write(self, start, R, rows):
+        """Write the relevance and CSV rows of samples ``start:start + len(R)`` (not yet
+        committed)."""
+        if start != self.done:
+            raise ValueError(f"chunks must be written in order: got samples from {start}, "
+                             f"{self.done} are done")
+        R = np.ascontiguousarray(R, dtype=self.dtype)
+        if R.shape[1:] != self.shape[1:] or start + len(R) > self.n:
+            raise ValueError(f"a chunk of shape {R.shape} at {start} does not fit "
+                             f"{self.rel_path} {self.shape}")
+        row_bytes = R[0].nbytes if len(R) else 0
+        _pwrite_all(self._rel_fd, R, self._rel_offset + start * row_bytes)
+        text = "".join(f"{name},{t},{s:.6g},{r:.6g}\n" for name, t, s, r in rows).encode()
+        self._csv.write(text)
+        self._pending = (start + len(R), len(text))
+
+    def commit(self):
+        """Make the written chunk durable, then record it as done."""
+        done, nbytes = self._pending
+        self._csv.flush()
+        os.fsync(self._csv.fileno())
+        os.fsync(self._rel_fd)
+        self.done, self._csv_bytes = done, self._csv_bytes + nbytes
+        self._write_record()
+
+    def _write_record(self):
+        _write_json_atomic(self.record_path, {
+            "format": RECORD_FORMAT, "version": RECORD_VERSION, "run": self.run,
+            "derived": self.derived, "n": self.n, "done": self.done,
+            "shape": list(self.shape), "dtype": self.dtype.str, "csv_bytes": self._csv_bytes})
+
+    def close(self):
+        if self._rel_fd is not None:
+            os.close(self._rel_fd)
+            self._rel_fd = None
+        if self._csv is not None:
+            self._csv.close()
+            self._csv = None
+
+
+# --------------------------------------------------------------------------------------------
+# Progress
+# --------------------------------------------------------------------------------------------
+class Progress:
+    """A progress bar on stderr (samples/s and ETA): tqdm when it is installed, else one line
+    rewritten at most once a second; shown only when stderr is a terminal."""
+
+    def __init__(self, total, initial, desc, enabled=None):
+        self.total, self.count = total, initial
+        tty = sys.stderr.isatty() if enabled is None else enabled
+        self.bar = None
+        self.plain = False
+        if not tty:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            self.plain = True
+            self.t0, self.start, self.shown = time.perf_counter(), initial, 0.0
+            return
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="sample",
+                        unit_scale=True, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def update(self, k):
+        self.count += k
+        if self.bar is not None:
+            self.bar.update(k)
+        elif self.plain:
+            now = time.perf_counter()
+            if now - self.shown >= 1.0 or self.count == self.total:
+                rate = (self.count - self.start) / max(now - self.t0, 1e-9)
+                eta = (self.total - self.count) / rate if rate > 0 else float("inf")
+                eta_s = "?" if not np.isfinite(eta) else time.strftime("%H:%M:%S",
+                                                                       time.gmtime(eta))
+                sys.stderr.write(f"\r{self.count}/{self.total} samples, {rate:,.0f} samples/s, "
+                                 f"ETA {eta_s}  ")
+                sys.stderr.flush()
+                self.shown = now
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        elif self.plain:
+            sys.stderr.write("\n")
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk_size=None,
+                      batch_size=None, heatmaps=None, overlay=False, resume=False, run=None,
+                      client=None, derive=None, log=print, progress=None):
+    """Explain ``inputs`` chunk by chunk into ``outdir`` (see the module docstring).
+
+    Parameters
+    ----------
+    net : Graph
+    inputs : Inputs
+        From :func:`open_inputs`.
+    outdir : str
+    method : str
+        A :func:`relprop.explain` name; ``params`` its keyword arguments.
+    target : int or None
+        The class to explain, or None for each sample's predicted class.
+    chunk_size : int, optional
+        Samples per chunk (written and recorded together); :func:`default_chunk_size` by
+        default.  ``batch_size`` bounds the samples per kernel call within a chunk.
+    heatmaps : bool, optional
+        Write a heatmap PNG per sample (default: for image files only); ``overlay`` (which
+        implies heatmaps) draws them over the inputs.
+    resume : bool
+        Continue the run recorded in ``outdir`` (it must have the same ``run``).
+    run : dict, optional
+        What identifies the run besides the arguments above (model and inputs).
+    client : distributed.Client, optional
+        Run the chunks on this Dask client instead of this process.
+    derive : callable, optional
+        ``derive() -> dict`` of parameters computed from the inputs for a new run (e.g. the
+        input range); a resumed run takes them from the record.
+    log : callable
+        Where messages go.
+    progress : bool, optional
+        Show a progress bar (default: when stderr is a terminal).
+
+    Returns
+    -------
+    dict
+        ``n``, ``done_before`` (samples a resumed run found done), ``seconds``, ``rate``,
+        ``heatmaps`` (PNG count or 0), ``derived``, and the output paths.
+    """
+    from . import render
+    from ._validate import as_int
+
+    n = inputs.n
+    chunk = default_chunk_size(inputs.sample_shape) if chunk_size is None else as_int(
+        chunk_size, "chunk_size", minimum=1)
+    if batch_size is not None:
+        batch_size = as_int(batch_size, "batch_size", minimum=1)
+    heatmaps = bool(inputs.images if heatmaps is None else heatmaps) or bool(overlay)
+    if heatmaps and len(inputs.sample_shape) != 3:
+        raise ValueError(f"heatmaps need image inputs (n, c, h, w); these are "
+                         f"{(n,) + tuple(inputs.sample_shape)}")
+    run = dict(run or {})
+    run.update({"method": method, "params": dict(params), "target": "pred" if target is None
+                else int(target), "n": n, "sample_shape": list(inputs.sample_shape),
+                "chunk_size": chunk, "heatmaps": bool(heatmaps), "overlay": bool(overlay)})
+    run = json.loads(json.dumps(run))  # as it will read back
+    from . import __version__
+    run["relprop"] = __version__
+    out = OutputFolder(outdir, run, n)
+    done, derived = 0, None
+    if resume:
+        point = out.resume_point()
+        if point is None:
+            log(f"--resume: no progress record in {out.outdir}: starting from the beginning")
+        else:
+            done, derived = point
+            log(f"--resume: {done} of {n} samples were done; continuing")
+    else:
+        prev = out.previous_progress()
+        if prev is not None and prev[0] != prev[1]:
+            log(f"{out.outdir} holds an interrupted run ({prev[0]} of {prev[1]} samples); "
+                "starting over (pass --resume to continue it)")
+    if derived is None:
+        derived = derive() if derive is not None else {}
+    for key, v in derived.items():
+        log(f"{method}: {key}={v:g} (the range of INPUTS; set it with -p {key}=...)")
+    params = {**params, **derived}
+    if heatmaps:
+        from .cli import _heatmap_scale
+
+        scale = _heatmap_scale(inputs.sample_shape)
+        os.makedirs(out.heat_dir, exist_ok=True)
+
+    runner = (LocalRunner(net, target, method, params, batch_size) if client is None else
+              ClientRunner(client, net, target, method, params, batch_size))
+    starts = list(range(done, n, chunk))
+    bar = Progress(n, done, method, progress) if len(starts) > 1 else None
+    pending = deque()
+    started = done > 0
+    t0 = time.perf_counter()
+    try:
+        it = iter(starts)
+        while True:
+            while len(pending) < runner.window:
+                start = next(it, None)
+                if start is None:
+                    break
+                stop = min(n, start + chunk)
+                xb = inputs.read(start, stop)
+                pending.append((start, stop, xb if heatmaps and overlay else None,
+                                runner.submit(xb)))
+                del xb
+            if not pending:
+                break
+            start, stop, xb, fut = pending.popleft()
+            try:
+                R, classes, scores, sums = fut.result()
+            except TypeError as exc:  # a -p the method does not take
+                raise ValueError(f"{method}: {exc}") from None
+            except ValueError as exc:
+                raise ValueError(f"samples {start}..{stop - 1} of INPUTS: {exc}") from None
+            if not started:
+                out.start(inputs.sample_shape, R.dtype, derived)
+                started = True
+            names = inputs.names(start, stop)
+            out.write(start, R, zip(names, classes, scores, sums))
+            if heatmaps:
+                rgb = render.heatmap(R, overlay=xb)
+                for i, name in enumerate(names):
+                    render.save_png(os.path.join(out.heat_dir, f"{name}.png"),
+                                    render.upscale(rgb[i], scale))
+            out.commit()
+            del R, xb
+            if bar is not None:
+                bar.update(stop - start)
+    except BaseException:
+        runner.cancel([p[3] for p in pending])
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        out.close()
+    if client is not None:
+        runner.cancel([])
+    seconds = time.perf_counter() - t0
+    return {"n": n, "done_before": done, "seconds": seconds,
+            "rate": (n - done) / max(seconds, 1e-9), "heatmaps": n if heatmaps else 0,
+            "derived": derived, "relevance": out.rel_path, "csv": out.csv_path,
+            "heat_dir": out.heat_dir, "chunk_size": chunk}
+
+
+# --------------------------------------------------------------------------------------------
+# relprop explain
+# --------------------------------------------------------------------------------------------
+def add_stream_arguments(p):
+    """The ``relprop explain`` flags of this module."""
+    p.add_argument("--heatmaps", action="store_true",
+                   help="also write a heatmap PNG per sample of an array input (image files "
+                        "always get one)")
+    p.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                   help="samples per chunk: read, written and recorded together (default: "
+                        f"about {CHUNK_BYTES >> 20} MiB of inputs, at most {MAX_CHUNK})")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in OUTDIR after its last completed chunk "
+                        "(same arguments required)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run on a local Dask cluster of N worker processes (needs "
+                        "relprop[dask]); --threads is then threads per worker")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on the Dask cluster whose scheduler is at ADDRESS "
+                        "(e.g. tcp://10.0.0.1:8786)")
+
+
+def _cluster(args):
+    """A context manager giving a distributed Client (or None) for ``--workers``/``--scheduler``."""
+    import contextlib
+
+    if args.workers is None and args.scheduler is None:
+        return contextlib.nullcontext(None)
+    if args.workers is not None and args.scheduler is not None:
+        raise ValueError("--workers and --scheduler exclude each other: --workers starts a local "
+                         "cluster, --scheduler uses an existing one")
+    if args.scheduler is not None and args.threads is not None:
+        raise ValueError("--threads does not apply with --scheduler (the cluster's workers have "
+                         "their own thread counts)")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    try:
+        import logging
+
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ImportError("--workers and --scheduler need Dask: pip install 'relprop[dask]'") \
+            from None
+
+    @contextlib.contextmanager
+    def cm():
+        if args.scheduler is not None:
+            try:
+                client = Client(args.scheduler, timeout=10, set_as_default=False)
+            except (OSError, TimeoutError) as exc:
+                raise ValueError(f"--scheduler {args.scheduler}: cannot reach the Dask "
+                                 f"scheduler ({exc})") from None
+            with client:
+                yield client
+            return
+        threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+        with LocalCluster(n_workers=args.workers, threads_per_worker=threads, processes=True,
+                          dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
+                Client(cluster, set_as_default=False) as client:
+            yield client
+
+    return cm()
+
+
+def check_cluster(client):
+    """Raise ValueError unless every worker runs this relprop version on this ISA (other
+    ISAs round differently, and results must not depend on where a chunk ran)."""
+    from . import __version__, ops
+
+    here = (__version__, ops.isa())
+    there = client.run(_worker_relprop)
+    if not there:
+        raise ValueError("the Dask cluster has no workers")
+    bad = {w: v for w, v in there.items() if tuple(v) != here}
+    if bad:
+        w, v = next(iter(bad.items()))
+        raise ValueError(f"Dask worker {w} runs relprop {v[0]} on {v[1]}, this process relprop "
+                         f"{here[0]} on {here[1]}: results would depend on where a chunk ran "
+                         "(install the same relprop everywhere; set RELPROP_ISA to one ISA)")
+
+
+def _worker_relprop():
+    from . import __version__, ops
+
+    return (__version__, ops.isa())
+
+
+def cli_explain(args):
+    """``relprop explain`` with parsed ``args`` (see :func:`relprop.cli.add_explain_parser`):
+    returns ``(net, inputs, params)`` (the parameters with those derived from the inputs)."""
+    from . import set_num_threads
+    from .cli import (BOX_METHODS, check_method, check_parameters, load_model, parse_shape,
+                      parse_target, warn_conversions)
+
+    check_method(args.method)
+    check_parameters(args.method, [key for key, _ in args.param])
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise ValueError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    distributed = args.workers is not None or args.scheduler is not None
+    cluster = _cluster(args)  # checks the flags before any work
+    if args.threads is not None and not distributed:
+        set_num_threads(args.threads)
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    net = load_model(args.model, shape)
+    inputs = open_inputs(args.inputs, net, args.strict)
+    fixed = parse_target(args.target)
+    params = dict(args.param)
+    chunk = args.chunk_size or default_chunk_size(inputs.sample_shape)
+
+    def derive():
+        out = {}
+        if args.method in BOX_METHODS:
+            missing = [k for k in ("low", "high") if k not in params]
+            if missing:
+                lo, hi = input_range(inputs, chunk)
+                for key, v in (("low", lo), ("high", hi)):
+                    if key in missing:
+                        out[key] = v
+        return out
+
+    def log(msg):
+        print(msg, flush=True)
+
+    run = {"model": model_identity(args.model, shape), "inputs": inputs.identity}
+    with cluster as client:
+        if client is not None:
+            check_cluster(client)
+            where = (f"{len(client.nthreads())} Dask worker(s), "
+                     f"{sum(client.nthreads().values())} thread(s)")
+            log(f"running on {where}")
+        res = explain_to_folder(
+            net, inputs, args.out, method=args.method, params=params, target=fixed,
+            chunk_size=chunk, batch_size=args.batch_size,
+            heatmaps=args.heatmaps or (args.report and len(inputs.sample_shape) == 3) or None,
+            overlay=args.overlay, resume=args.resume, run=run, client=client,
+            derive=derive, log=log)
+    if isinstance(inputs, ImageInputs):
+        warn_conversions(inputs.conversions, inputs.sample_shape)
+    n, done = res["n"], res["done_before"]
+    what = f"{n - done} input(s)" + (f" (after {done} done before)" if done else "")
+    if done == n:
+        print(f"nothing to do: all {n} input(s) were done")
+    else:
+        print(f"explained {what} of {args.inputs} with {args.method} in {res['seconds']:.2f} s "
+              f"({res['rate']:,.0f} samples/s, files included)")
+    print(f"wrote {res['relevance']} {(n,) + tuple(inputs.sample_shape)}")
+    if res["heatmaps"]:
+        print(f"wrote {n} heatmap PNG(s) to {res['heat_dir']}{os.sep}")
+    elif len(inputs.sample_shape) == 3:
+        print("no heatmap PNGs for array inputs (pass --heatmaps for one PNG per sample)")
+    else:
+        print(f"no heatmap PNGs: inputs of shape {tuple(inputs.sample_shape)} are not images "
+              "(relevance.npy has the relevance per feature)")
+    print(f"wrote {res['csv']}")
+    return net, inputs, {**params, **res["derived"]}

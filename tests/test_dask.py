@@ -1,0 +1,490 @@
+"""relprop.dask: bitwise the in-process results on every Dask scheduler, networks that pickle,
+a graph that does not carry the network per chunk, and a distributed cluster that survives a
+killed worker, a chunk with NaN and 50 jobs in a row.  Expected values come from in-process
+relprop calls on the whole batch."""
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import relprop as rp
+from relprop import models
+
+da = pytest.importorskip("dask.array")
+rd = pytest.importorskip("relprop.dask")
+
+TIMEOUT = 300  # seconds for any one cluster job: a hang fails the test
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, _ = models.digits_data()
+    # 900 distinct digits: the test split and a shifted copy
+    return np.concatenate([x, np.clip(x + 0.05, 0, 1)]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return models.digits_cnn()
+
+
+def residual_graph(rng):
+    def w(*shape):
+        return rng.normal(size=shape).astype(np.float32) / np.sqrt(np.prod(shape[1:]))
+
+    return rp.Graph([
+        ("conv1", rp.Conv2d(w(4, 1, 3, 3), w(4, 1)[:, 0], padding=1), "input"),
+        ("relu1", rp.ReLU(), "conv1"),
+        ("conv2", rp.Conv2d(w(4, 4, 3, 3), padding=1), "relu1"),
+        ("add", rp.Add(), ["conv2", "relu1"]),
+        ("relu2", rp.ReLU(), "add"),
+        ("pool", rp.MaxPool2d(2), "relu2"),
+        ("flat", rp.Flatten(), "pool"),
+        ("fc", rp.Dense(w(10, 64), w(10, 1)[:, 0]), "flat"),
+    ], input_shape=(1, 8, 8))
+
+
+def wide_mlp(hidden, seed=0):
+    """(1, 8, 8) -> Dense(hidden) -> ReLU -> Dense(10): parameters scale with ``hidden``."""
+    rng = np.random.default_rng(seed)
+    return rp.Sequential([
+        rp.Flatten(),
+        rp.Dense(rng.normal(size=(hidden, 64)).astype(np.float32) / 8, np.zeros(hidden, np.float32)),
+        rp.ReLU(),
+        rp.Dense(rng.normal(size=(10, hidden)).astype(np.float32) / np.float32(np.sqrt(hidden))),
+    ], input_shape=(1, 8, 8))
+
+
+def chunked(a, sizes):
+    """``a`` as a dask array with the batch-axis chunk ``sizes`` (a tuple) and whole samples."""
+    return da.from_array(a, chunks=(tuple(sizes),) + a.shape[1:])
+
+
+def reference(net, x, target, method, **kw):
+    """The in-process result on the whole batch ("pred": the predicted classes)."""
+    if isinstance(target, str):
+        target = net(x).argmax(axis=1)
+    return rp.explain(net, x, target, method, **kw)
+
+
+METHODS = [
+    ("lrp.epsilon_plus_flat", {}),
+    ("lrp.epsilon_gamma_box", {"low": 0.0, "high": 1.0}),
+    ("lrp.epsilon_alpha2_beta1", {}),
+    ("lrp.epsilon", {"epsilon": 0.01}),
+    ("gradient", {}),
+    ("gradient_x_input", {}),
+    ("sensitivity", {}),
+    ("guided_backprop", {}),
+    ("deconvnet", {}),
+    ("taylor", {"root": "zero"}),
+    ("integrated_gradients", {"steps": 5}),
+]
+
+
+# ------------------------------------------------------------------------------- imports --
+def test_import_relprop_imports_no_dask():
+    code = ("import sys, relprop; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed') "
+            "or m in ('relprop.dask', 'relprop.stream', 'tqdm')]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out
+
+
+def test_without_dask_the_import_error_says_what_to_install():
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('dask', 'distributed'):\n"
+            "            raise ImportError(f'No module named {name!r}')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import relprop\n"
+            "try:\n"
+            "    import relprop.dask\n"
+            "except ImportError as e:\n"
+            "    print('ImportError:', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert "ImportError:" in out.stdout and "pip install 'relprop[dask]'" in out.stdout, out
+
+
+# -------------------------------------------------------------------------------- pickle --
+def test_networks_pickle_without_caches_and_give_the_same_bits(digits, cnn, rng):
+    graph = residual_graph(rng)
+    x = digits[:40]
+    for net in (cnn, graph):
+        before = {m: reference(net, x, "pred", m, **kw) for m, kw in METHODS[:6]}
+        before["small"] = rp.lrp(net, x[:3], 1, "epsilon_plus_flat")  # packs weights
+        blob = pickle.dumps(net)
+        params = sum(a.nbytes for layer in net.layers for a in layer.arrays().values())
+        assert len(blob) < params + 20_000  # the parameters, not their cached copies
+        twin = pickle.loads(blob)
+        for m, kw in METHODS[:6]:
+            np.testing.assert_array_equal(reference(twin, x, "pred", m, **kw), before[m])
+        np.testing.assert_array_equal(rp.lrp(twin, x[:3], 1, "epsilon_plus_flat"),
+                                      before["small"])
+
+
+# ----------------------------------------------------------------------- local schedulers --
+@pytest.mark.parametrize("method,kw", METHODS, ids=[m for m, _ in METHODS])
+def test_threaded_scheduler_gives_the_in_process_bits(digits, cnn, method, kw):
+    x = chunked(digits, (7, 100, 1, 300, 492))
+    for target in ("pred", 3):
+        got = rd.explain(cnn, x, target, method=method, **kw).compute(scheduler="threads")
+        np.testing.assert_array_equal(got, reference(cnn, digits, target, method, **kw),
+                                      strict=True)
+
+
+def test_processes_scheduler_gives_the_in_process_bits(digits, cnn, rng):
+    graph = residual_graph(rng)
+    x = da.from_array(digits, chunks=128)
+    for net, method, kw in [(cnn, "lrp.epsilon_gamma_box", {"low": 0.0, "high": 1.0}),
+                            (graph, "gradient_x_input", {})]:
+        got = rd.explain(net, x, "pred", method, **kw).compute(scheduler="processes",
+                                                                num_workers=2)
+        np.testing.assert_array_equal(got, reference(net, digits, "pred", method, **kw))
+
+
+def test_targets_numpy_dask_and_seeds(digits, cnn):
+    n = len(digits)
+    classes = (np.arange(n) * 7) % 10
+    x = da.from_array(digits, chunks=200)
+    want = reference(cnn, digits, classes, "lrp.epsilon_plus_flat")
+    for t in (classes, da.from_array(classes, chunks=333), classes.astype(np.int32)):
+        got = rd.explain(cnn, x, t).compute(scheduler="sync")
+        np.testing.assert_array_equal(got, want)
+    seed = np.random.default_rng(1).normal(size=(n, 10)).astype(np.float32)
+    got = rd.explain(cnn, x, da.from_array(seed, chunks=(150, 5)), "gradient")
+    np.testing.assert_array_equal(got.compute(scheduler="sync"),
+                                  rp.gradient(cnn, digits, seed))
+
+
+@settings(max_examples=15, deadline=None)
+@given(cuts=st.lists(st.integers(1, 899), max_size=8, unique=True),
+       method=st.sampled_from(["lrp.epsilon_plus_flat", "lrp.epsilon_alpha2_beta1", "gradient",
+                               "guided_backprop"]),
+       graph=st.booleans())
+def test_any_chunking_gives_the_same_bits(digits, cnn, cuts, method, graph):
+    """Chunk boundaries never change a sample's result (batch invariance of the kernels)."""
+    net = residual_graph(np.random.default_rng(3)) if graph else cnn
+    edges = [0] + sorted(cuts) + [900]
+    x = chunked(digits, np.diff(edges))
+    got = rd.explain(net, x, "pred", method).compute(scheduler="sync")
+    np.testing.assert_array_equal(got, reference(net, digits, "pred", method))
+
+
+def test_per_sample_root_and_baseline_are_chunked_with_x(digits, cnn):
+    rng = np.random.default_rng(2)
+    root = (digits * rng.uniform(0, 0.5, size=digits.shape)).astype(np.float32)
+    x = da.from_array(digits, chunks=128)
+    got = rd.explain(cnn, x, 4, "taylor", root=root).compute(scheduler="sync")
+    np.testing.assert_array_equal(got, rp.taylor(cnn, digits, 4, root=root))
+    got = rd.explain(cnn, x, 4, "integrated_gradients", steps=4,
+                     baseline=da.from_array(root, chunks=300)).compute(scheduler="sync")
+    np.testing.assert_array_equal(got, rp.integrated_gradients(cnn, digits, 4, baseline=root,
+                                                               steps=4))
+    one = root[:1]  # one sample, broadcast to all
+    got = rd.explain(cnn, x, 4, "taylor", root=one).compute(scheduler="sync")
+    np.testing.assert_array_equal(got, rp.taylor(cnn, digits, 4, root=one))
+
+
+def test_smoothgrad_with_a_seed_needs_one_chunk(digits, cnn):
+    with pytest.raises(ValueError, match="smoothgrad with a seed"):
+        rd.explain(cnn, da.from_array(digits, chunks=100), 1, "smoothgrad", seed=0)
+    got = rd.explain(cnn, da.from_array(digits[:50], chunks=-1), 1, "smoothgrad", n=4, seed=0)
+    np.testing.assert_array_equal(got.compute(scheduler="sync"),
+                                  rp.smoothgrad(cnn, digits[:50], 1, n=4, seed=0))
+
+
+def test_float64_inputs_stay_float64(digits, cnn):
+    x64 = digits.astype(np.float64)
+    got = rd.explain(cnn, da.from_array(x64, chunks=300), 2, "gradient")
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got.compute(scheduler="sync"), rp.gradient(cnn, x64, 2),
+                                  strict=True)
+
+
+def test_bad_arguments_are_named(digits, cnn):
+    x = da.from_array(digits, chunks=100)
+    with pytest.raises(TypeError, match="x must be a dask array"):
+        rd.explain(cnn, digits, 1)
+    with pytest.raises(TypeError, match="relprop network"):
+        rd.explain("net.npz", x, 1)
+    with pytest.raises(ValueError, match=r"\(n, 1, 8, 8\)"):
+        rd.explain(cnn, x.reshape(900, 64), 1)
+    with pytest.raises(ValueError, match="unknown LRP rule or composite 'nonsense'"):
+        rd.explain(cnn, x, 1, "lrp.nonsense")
+    with pytest.raises(ValueError, match="unknown method 'saliency'"):
+        rd.explain(cnn, x, 1, "saliency")
+    with pytest.raises(TypeError, match="gamma"):
+        rd.explain(cnn, x, 1, "lrp.epsilon", gamma=2)
+    with pytest.raises(ValueError, match="out of range"):
+        rd.explain(cnn, x, 12)
+    with pytest.raises(ValueError, match="out of range"):
+        rd.explain(cnn, x, np.full(900, 10))
+    with pytest.raises(ValueError, match="target has 899 rows for 900 samples"):
+        rd.explain(cnn, x, np.zeros(899, np.int64))
+    with pytest.raises(ValueError, match="'pred'"):
+        rd.explain(cnn, x, "predicted")
+    with pytest.raises(TypeError, match="target must be"):
+        rd.explain(cnn, x, np.zeros(900, bool))
+    with pytest.raises(ValueError, match="return_info"):
+        rd.explain(cnn, x, 1, "taylor", return_info=True)
+    with pytest.raises(TypeError, match="bool"):
+        rd.explain(cnn, da.zeros((10, 1, 8, 8), dtype=bool), 1)
+    with pytest.raises(ValueError, match="R has shape"):
+        rd.pixel_flipping(cnn, x, x[:10], 1)
+    with pytest.raises(ValueError, match="patch=2 needs images"):
+        xf = da.from_array(digits.reshape(900, 64), chunks=100)
+        rd.pixel_flipping(models.digits_mlp(), xf, xf, 1, patch=2)
+    with pytest.raises(ValueError, match="not broadcastable"):
+        rd.pixel_flipping(cnn, x, x, 1, fill=np.zeros(3))
+
+
+def test_a_nan_chunk_raises_the_in_process_error(digits, cnn):
+    bad = digits.copy()
+    bad[555, 0, 2, 2] = np.nan
+    with pytest.raises(ValueError) as want:
+        rp.explain(cnn, bad, 1)
+    with pytest.raises(ValueError) as got:
+        rd.explain(cnn, da.from_array(bad, chunks=100), 1).compute(scheduler="threads")
+    assert str(got.value) == str(want.value)
+
+
+# ------------------------------------------------------------------------ pixel flipping --
+@pytest.mark.parametrize("fill,patch,order,target", [
+    (0.0, 1, "most_relevant_first", "pred"),
+    ("uniform", 2, "most_relevant_first", 3),
+    ("mean", 3, "least_relevant_first", "classes"),
+    ("per-sample", 1, "most_relevant_first", "pred"),
+])
+def test_pixel_flipping_gives_the_in_process_bits(digits, cnn, fill, patch, order, target):
+    x = digits[:300]
+    R = rp.explain(cnn, x, cnn(x).argmax(axis=1))
+    t = {"pred": cnn(x).argmax(axis=1), "classes": np.arange(300) % 10}.get(target, target)
+    f = np.random.default_rng(4).random(x.shape).astype(np.float32) if fill == "per-sample" \
+        else fill
+    want = rp.evaluate.pixel_flipping(cnn, x, R, t, steps=9, patch=patch, fill=f, order=order,
+                                      seed=11)
+    xd = chunked(x, (40, 1, 200, 59))
+    fd = da.from_array(f, chunks=150) if fill == "per-sample" else f
+    got = rd.pixel_flipping(cnn, xd, da.from_array(R, chunks=100),
+                            target if target == "pred" else t, steps=9, patch=patch, fill=fd,
+                            order=order, seed=11)
+    np.testing.assert_array_equal(got.curves.compute(scheduler="threads"), want.curves)
+    np.testing.assert_array_equal(got.auc.compute(scheduler="threads"), want.auc)
+    np.testing.assert_array_equal(got.fractions, want.fractions)
+    assert got.mean_auc == pytest.approx(want.mean_auc, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------ from_npy --
+def test_from_npy_reads_rows_where_computed(tmp_path, digits, cnn):
+    np.save(tmp_path / "x.npy", digits)
+    x = rd.from_npy(tmp_path / "x.npy", chunks=128)
+    assert x.chunks[0] == (128,) * 7 + (4,)
+    np.testing.assert_array_equal(x.compute(), digits, strict=True)
+    graph = dict(x.__dask_graph__())
+    assert len(pickle.dumps(graph)) < 20_000  # the path, not the data
+    np.testing.assert_array_equal(rd.explain(cnn, x, "pred").compute(scheduler="processes",
+                                                                    num_workers=2),
+                                  reference(cnn, digits, "pred", "lrp.epsilon_plus_flat"))
+    with pytest.raises(ValueError, match="chunks must be"):
+        rd.from_npy(tmp_path / "x.npy", chunks=0)
+
+
+def graph_bytes(arr):
+    return len(pickle.dumps(dict(arr.__dask_graph__())))
+
+
+def test_graph_holds_the_network_once(tmp_path, digits):
+    """The graph grows with the model once and with the chunks by a constant each, never with
+    the model's size times the number of chunks."""
+    np.save(tmp_path / "x.npy", np.tile(digits, (8, 1, 1, 1)))  # 7200 digits
+    small, big = wide_mlp(8), wide_mlp(32768)  # 2.4 KB and 9.8 MB of parameters
+    big_bytes = sum(a.nbytes for layer in big.layers for a in layer.arrays().values())
+    sizes = {}
+    for name, net in (("small", small), ("big", big)):
+        for chunks in (8, 64):
+            x = rd.from_npy(tmp_path / "x.npy", chunks=-(-7200 // chunks))
+            sizes[name, chunks] = graph_bytes(rd.explain(net, x, "pred", "lrp.epsilon"))
+    per_chunk = (sizes["small", 64] - sizes["small", 8]) / 56
+    assert per_chunk < 5_000
+    # the big network adds its size once, whatever the number of chunks
+    for chunks in (8, 64):
+        assert big_bytes - 10_000 < sizes["big", chunks] - sizes["small", chunks] \
+            < big_bytes + 20_000
+    assert abs((sizes["big", 64] - sizes["big", 8]) - (sizes["small", 64] - sizes["small", 8])) \
+        < 5_000
+
+
+# -------------------------------------------------------------------- distributed cluster --
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster, timeout="60s") as c:
+        yield c
+
+
+def compute(client, arr):
+    return client.compute(arr).result(timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("method,kw", METHODS[:7], ids=[m for m, _ in METHODS[:7]])
+def test_cluster_gives_the_in_process_bits(client, tmp_path, digits, cnn, method, kw):
+    np.save(tmp_path / "x.npy", digits)
+    for x in (chunked(digits, (100, 1, 350, 449)),
+              rd.from_npy(tmp_path / "x.npy", chunks=64)):
+        for target in ("pred", np.arange(900) % 10):
+            got = compute(client, rd.explain(cnn, x, target, method, **kw))
+            np.testing.assert_array_equal(got, reference(cnn, digits, target, method, **kw),
+                                          strict=True)
+
+
+def _network_fetches(dask_worker):
+    """How many times this worker received a relprop network from another worker."""
+    return sum(str(k).startswith("relprop-net-") for entry in dask_worker.transfer_incoming_log
+               for k in entry["keys"])
+
+
+def test_cluster_ships_the_network_once(client, tmp_path, digits):
+    client.restart()  # fresh transfer logs
+    big = wide_mlp(32768)
+    np.save(tmp_path / "x.npy", np.tile(digits, (2, 1, 1, 1)))
+    x = rd.from_npy(tmp_path / "x.npy", chunks=25)  # 72 chunks
+    R = rd.explain(big, x, 0, "gradient")
+    assert graph_bytes(R) < 200_000  # 72 tasks, and not one copy of the 9.8 MB network
+    got = compute(client, R)
+    np.testing.assert_array_equal(got, rp.gradient(big, np.tile(digits, (2, 1, 1, 1)), 0))
+    # one worker computed the network's key, the other fetched it once for its tasks
+    fetched = client.run(_network_fetches)
+    assert sorted(fetched.values()) == [0, 1], fetched
+
+
+def test_cluster_pixel_flipping(client, digits, cnn):
+    x = digits[:200]
+    R = rp.explain(cnn, x, 5)
+    want = rp.evaluate.pixel_flipping(cnn, x, R, 5, steps=8, fill="uniform", patch=2, seed=3)
+    got = rd.pixel_flipping(cnn, da.from_array(x, chunks=33), da.from_array(R, chunks=33), 5,
+                            steps=8, fill="uniform", patch=2, seed=3)
+    np.testing.assert_array_equal(compute(client, got.curves), want.curves)
+    np.testing.assert_array_equal(compute(client, got.auc), want.auc)
+
+
+def test_cluster_nan_chunk_raises_the_in_process_error_and_stays_usable(client, digits, cnn):
+    bad = digits.copy()
+    bad[555, 0, 2, 2] = np.nan
+    with pytest.raises(ValueError) as want:
+        rp.explain(cnn, bad, 1, "lrp.epsilon_gamma_box", low=0, high=1)
+    with pytest.raises(ValueError) as got:
+        compute(client, rd.explain(cnn, da.from_array(bad, chunks=100), 1,
+                                   "lrp.epsilon_gamma_box", low=0, high=1))
+    assert str(got.value) == str(want.value)
+    again = compute(client, rd.explain(cnn, da.from_array(digits, chunks=100), 1, "gradient"))
+    np.testing.assert_array_equal(again, rp.gradient(cnn, digits, 1))
+
+
+def _threads_in_task(_):
+    return rd.use_worker_threads(), rp.get_num_threads()
+
+
+def _threads_of_two_tasks(i):
+    """The kernel threads of task ``i`` while task ``1 - i`` runs too (two rendezvous: both
+    have started before either asks, neither ends before both have asked)."""
+    from distributed import Event
+
+    def meet(what):
+        Event(f"relprop-test-{what}-{i}").set()
+        if not Event(f"relprop-test-{what}-{1 - i}").wait(timeout=60):
+            raise TimeoutError(f"the other task did not reach {what!r}")
+
+    meet("start")
+    n = rd.use_worker_threads()
+    meet("asked")
+    return n
+
+
+def test_tasks_run_with_the_workers_thread_count(client):
+    distributed = pytest.importorskip("distributed")
+    assert rd.use_worker_threads() is None  # not in a worker: nothing changes
+    assert client.submit(_threads_in_task, 0).result(timeout=TIMEOUT) == (1, 1)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster, timeout="60s", set_as_default=False) as c2:
+        # the nanny starts workers with OMP_NUM_THREADS=1; a task alone uses both threads
+        assert c2.submit(_threads_in_task, 0).result(timeout=TIMEOUT) == (2, 2)
+        # two tasks running at once share them, one each
+        both = c2.map(_threads_of_two_tasks, [0, 1], pure=False)
+        assert c2.gather(both) == [1, 1]
+
+
+@pytest.mark.slow
+def test_cluster_survives_a_killed_worker(client, digits, cnn):
+    x = np.tile(digits, (4, 1, 1, 1))  # 3600 digits, 24 chunks of about 1 s of work
+    R = rd.explain(cnn, da.from_array(x, chunks=150), "pred", "integrated_gradients", steps=32)
+    fut = client.compute(R)
+    pids = client.run(os.getpid)
+    deadline = time.monotonic() + TIMEOUT
+    while not all(client.processing().values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)  # some chunks done (held by the workers), others running
+    busy = [w for w, tasks in client.processing().items() if tasks and w in pids]
+    assert busy, "no worker was running a task"
+    os.kill(pids[busy[0]], signal.SIGKILL)
+    got = fut.result(timeout=TIMEOUT)
+    np.testing.assert_array_equal(got, reference(cnn, x, "pred", "integrated_gradients",
+                                                 steps=32))
+    client.wait_for_workers(2, timeout=TIMEOUT)  # the nanny restarted it
+    assert busy[0] not in client.nthreads()
+
+
+@pytest.mark.slow
+def test_fifty_jobs_do_not_grow_worker_memory(client, digits):
+    def rss():
+        import psutil
+
+        return psutil.Process().memory_info().rss
+
+    net = wide_mlp(4096)  # 1.2 MB of parameters, shipped with every job
+    x = np.tile(digits, (20, 1, 1, 1))  # 18,000 digits: 4.6 MB in and out per job
+    xd = da.from_array(x, chunks=1500)
+    want = rp.explain(net, x, 0, "lrp.epsilon")
+    used = []
+    for job in range(50):
+        got = compute(client, rd.explain(net, xd, 0, "lrp.epsilon"))
+        if job in (9, 49):
+            np.testing.assert_array_equal(got, want)
+            used.append(client.run(rss))
+    growth = {w: (used[1][w] - used[0][w]) / 2**20 for w in used[1] if w in used[0]}
+    print(f"worker RSS growth from job 10 to job 50: {growth} MB")
+    assert growth and max(growth.values()) < 40, growth
+
+
+def _minor_faults(dask_worker=None):
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def test_worker_tasks_do_not_map_every_temporary(client, digits, cnn):
+    """Dask's nanny freezes glibc's mmap threshold at 128 KiB (MALLOC_TRIM_THRESHOLD_): a
+    relprop task sets it back to 32 MiB, or every temporary array of 128 KiB or more is mapped
+    and faulted in page by page (about 2 page faults per sample for the digits CNN)."""
+    x = da.from_array(np.tile(digits, (20, 1, 1, 1)), chunks=4500)  # 18,000 digits
+    compute(client, rd.explain(cnn, x[:9000], "pred", batch_size=64))  # warm-up
+    before = client.run(_minor_faults)
+    compute(client, rd.explain(cnn, x, "pred", batch_size=64))
+    after = client.run(_minor_faults)
+    faults = sum(after[w] - before[w] for w in after if w in before)
+    print(f"page faults of the workers for 18,000 digits: {faults}")
+    # measured: 5,000-11,500 (the inputs and results travel too), 38,000 without the setting
+    assert faults < 20_000, faults

@@ -1,0 +1,443 @@
+"""``relprop explain`` streaming to disk (relprop.stream): lazy inputs, bitwise the in-process
+result for any chunking, bounded memory, and runs killed at any moment then resumed equal to a
+clean run.  Expected values come from in-process relprop calls or from a clean run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import relprop
+from relprop import models, stream
+
+TIMEOUT = 600
+
+
+def run(*args, timeout=TIMEOUT):
+    """``python -m relprop.cli ARGS``; the CompletedProcess (TimeoutExpired if it hangs)."""
+    return subprocess.run([sys.executable, "-m", "relprop.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+#: Runs relprop's CLI after arranging to SIGKILL itself at one point of the chunk commit:
+#: argv[1] the point, argv[2] the chunk (counted from 1 in this process), then the CLI's args.
+KILLER = r"""
+import os, signal, sys
+from relprop import cli, stream
+
+point, at = sys.argv[1], int(sys.argv[2])
+seen = {"write": 0, "record": 0}
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+orig_write, orig_pwrite, orig_record = (stream.OutputFolder.write, stream._pwrite_all,
+                                        stream._write_json_atomic)
+
+def write(self, start, R, rows):
+    seen["write"] += 1
+    if point == "relevance-written" and seen["write"] == at:
+        stream._pwrite_all = lambda *a: (orig_pwrite(*a), die())
+    orig_write(self, start, R, rows)
+    if seen["write"] == at and point in ("csv-written", "csv-half-written"):
+        self._csv.flush()
+        if point == "csv-half-written":
+            size = self._csv.tell()
+            os.ftruncate(self._csv.fileno(), size - 9)  # a row cut in the middle
+        die()
+
+def record(path, obj):
+    if obj["done"] > 0:
+        seen["record"] += 1
+    if seen["record"] == at and obj["done"] > 0:
+        if point == "data-synced":  # the chunk's data are durable, the record is not yet
+            die()
+        if point == "record-tmp-written":  # the new record written beside the old one
+            with open(path + ".tmp", "w") as fh:
+                fh.write(str(obj)[: len(str(obj)) // 2])
+            die()
+    orig_record(path, obj)
+
+stream.OutputFolder.write = write
+stream._write_json_atomic = record
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+
+def run_killed(point, at, *args):
+    proc = subprocess.run([sys.executable, "-c", KILLER, point, str(at), *map(str, args)],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def digits_npy(tmp_path_factory):
+    """2000 digits (the test split repeated with a small per-copy shift) as a .npy file."""
+    x, _ = models.digits_data()
+    reps = -(-2000 // len(x))
+    shift = np.repeat(np.arange(reps, dtype=np.float32) / (4 * reps), len(x))[:2000]
+    big = np.tile(x, (reps, 1, 1, 1))[:2000] + shift[:, None, None, None]
+    path = tmp_path_factory.mktemp("data") / "digits.npy"
+    np.save(path, big)
+    return path, big
+
+
+def read_out(out):
+    return (out / "relevance.npy").read_bytes(), (out / "explained.csv").read_bytes()
+
+
+def record(out):
+    return json.loads((out / "progress.json").read_text())
+
+
+# ------------------------------------------------------------------------------- readers --
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8, np.int16])
+def test_npyfile_reads_rows_like_numpy(tmp_path, dtype):
+    a = (np.arange(7 * 3 * 4 * 5) % 251).astype(dtype).reshape(7, 3, 4, 5)
+    np.save(tmp_path / "a.npy", a)
+    f = stream.NpyFile(tmp_path / "a.npy")
+    assert f.shape == a.shape and f.dtype == a.dtype and len(f) == 7
+    for start, stop in [(0, 7), (2, 5), (6, 7), (3, 3), (5, 99)]:
+        np.testing.assert_array_equal(f.read(start, stop), a[start:stop], strict=True)
+    for key in [slice(1, 6), (slice(None, 4), 2), -1, 0, (slice(2, 7), slice(None), 1, 3),
+                np.array([5, 1, 3])]:
+        np.testing.assert_array_equal(f[key], a[key], strict=True)
+    # Fortran order: rows are not contiguous on disk; still the same values
+    np.save(tmp_path / "f.npy", np.asfortranarray(a))
+    np.testing.assert_array_equal(stream.NpyFile(tmp_path / "f.npy").read(2, 6), a[2:6])
+
+
+def test_npyfile_errors(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((10, 4), np.float32))
+    data = (tmp_path / "a.npy").read_bytes()
+    (tmp_path / "t.npy").write_bytes(data[:-20])  # truncated: the header still says 10 rows
+    with pytest.raises(ValueError, match="t.npy"):
+        stream.NpyFile(tmp_path / "t.npy").read(0, 10)
+    (tmp_path / "junk.npy").write_bytes(b"not an array")
+    with pytest.raises(ValueError, match="not a readable .npy"):
+        stream.NpyFile(tmp_path / "junk.npy")
+    np.save(tmp_path / "o.npy", np.array([1, "a"], dtype=object))
+    with pytest.raises(ValueError, match="o.npy"):
+        stream.NpyFile(tmp_path / "o.npy")
+
+
+def test_open_inputs_is_lazy_for_npy_and_image_folders(tmp_path, digits_npy):
+    path, x = digits_npy
+    net = models.digits_cnn()
+    inputs = stream.open_inputs(path, net)
+    assert isinstance(inputs, stream.NpyInputs) and inputs.n == len(x)
+    np.testing.assert_array_equal(inputs.read(1990, 2000), x[1990:])
+    assert inputs.names(8, 10) == ["0008", "0009"]
+    Image = pytest.importorskip("PIL.Image")
+    folder = tmp_path / "img"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.rint(x[i, 0] * 255).astype(np.uint8)).save(folder / f"d{i}.png")
+    imgs = stream.open_inputs(folder, net)
+    assert imgs.images and imgs.n == 3 and imgs.names(1, 3) == ["d1", "d2"]
+    np.testing.assert_array_equal(
+        imgs.read(0, 2), np.rint(x[:2] * 255).astype(np.uint8).astype(np.float32) / 255)
+
+
+# ---------------------------------------------------------------------------- streaming --
+def test_stream_equals_in_process_for_any_chunking(tmp_path, digits_npy):
+    path, x = digits_npy
+    net = models.digits_cnn()
+    pred = net(x).argmax(axis=1)
+    want = relprop.explain(net, x, pred, "lrp.epsilon_gamma_box", low=0.0, high=1.0)
+    outs = []
+    for chunk, batch, threads in [(2000, 2000, 2), (333, 64, 1), (1, 1, 2)]:
+        out = tmp_path / f"out{chunk}"
+        args = ["explain", "digits_cnn", path, "-m", "lrp.epsilon_gamma_box", "-p", "low=0",
+                "-p", "high=1", "-o", out, "--chunk-size", chunk, "--batch-size", batch,
+                "--threads", threads]
+        if chunk == 1:  # one sample per chunk: only the first 40 samples, from an .npy of 40
+            np.save(tmp_path / "x40.npy", x[:40])
+            args[2] = tmp_path / "x40.npy"
+        proc = run(*args)
+        assert proc.returncode == 0, proc.stderr
+        R = np.load(out / "relevance.npy", mmap_mode="r")
+        np.testing.assert_array_equal(R, want[:len(R)], strict=True)
+        rows = (out / "explained.csv").read_text().splitlines()
+        assert rows[0] == "name,target,score,relevance_sum" and len(rows) == len(R) + 1
+        assert [int(r.split(",")[1]) for r in rows[1:]] == list(pred[:len(R)])
+        scores = net(x[:len(R)])[np.arange(len(R)), pred[:len(R)]]
+        np.testing.assert_allclose([float(r.split(",")[2]) for r in rows[1:]], scores,
+                                   rtol=1e-5)
+        rec = record(out)
+        assert rec["done"] == rec["n"] == len(R)
+        outs.append(out)
+    assert (outs[0] / "explained.csv").read_bytes() == (outs[1] / "explained.csv").read_bytes()
+
+
+def test_array_inputs_get_heatmaps_only_on_request(tmp_path, digits_npy):
+    pytest.importorskip("PIL")
+    path, x = digits_npy
+    np.save(tmp_path / "x.npy", x[:5])
+    proc = run("explain", "digits_cnn", tmp_path / "x.npy", "-o", tmp_path / "a")
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "a" / "heatmaps").exists() and "--heatmaps" in proc.stdout
+    proc = run("explain", "digits_cnn", tmp_path / "x.npy", "-o", tmp_path / "b", "--heatmaps")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(tmp_path / "b" / "heatmaps")) == [f"{i}.png" for i in range(5)]
+    x64, _ = models.digits_data(flat=True)
+    np.save(tmp_path / "f.npy", x64[:3])
+    proc = run("explain", "digits_mlp", tmp_path / "f.npy", "-o", tmp_path / "c", "--heatmaps")
+    assert proc.returncode == 2 and "heatmaps need image inputs" in proc.stderr
+
+
+def test_nan_chunk_is_an_error_naming_the_samples(tmp_path, digits_npy):
+    _, x = digits_npy
+    bad = x[:300].copy()
+    bad[217, 0, 4, 4] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    out = tmp_path / "out"
+    proc = run("explain", "digits_cnn", tmp_path / "bad.npy", "-o", out, "--chunk-size", 100)
+    assert proc.returncode == 2
+    assert "samples 200..299" in proc.stderr and "NaN" in proc.stderr
+    assert record(out)["done"] == 200  # the chunks before it are kept
+
+
+# ------------------------------------------------------------------------------- resume --
+def test_resume_after_a_kill_at_every_point_of_a_commit(tmp_path, digits_npy):
+    pytest.importorskip("PIL")
+    _, x = digits_npy
+    np.save(tmp_path / "x.npy", x[:250])
+    args = ["explain", "digits_cnn", tmp_path / "x.npy", "-m", "lrp.epsilon_plus_flat",
+            "-o", None, "--chunk-size", 60, "--heatmaps", "--threads", 1]
+    clean = tmp_path / "clean"
+    args[args.index("-o") + 1] = clean
+    assert run(*args).returncode == 0
+    for point in ("relevance-written", "csv-written", "csv-half-written", "data-synced",
+                  "record-tmp-written"):
+        for at in (1, 3):
+            out = tmp_path / f"{point}-{at}"
+            args[args.index("-o") + 1] = out
+            run_killed(point, at, *args)
+            # the chunk in flight is not counted: `at - 1` chunks are done
+            assert record(out)["done"] == 60 * (at - 1), point
+            proc = run(*args, "--resume")
+            assert proc.returncode == 0, proc.stderr
+            assert f"{60 * (at - 1)} of 250 samples were done" in proc.stdout
+            assert read_out(out) == read_out(clean), (point, at)
+            for name in os.listdir(clean / "heatmaps"):
+                assert (out / "heatmaps" / name).read_bytes() == \
+                    (clean / "heatmaps" / name).read_bytes()
+            assert not (out / "progress.json.tmp").exists()
+
+
+@pytest.mark.slow
+def test_resume_after_kills_at_random_moments(tmp_path, digits_npy):
+    _, x = digits_npy
+    big = np.tile(x, (15, 1, 1, 1))  # 30,000 digits
+    np.save(tmp_path / "x.npy", big)
+    args = ["explain", "digits_cnn", tmp_path / "x.npy", "-m", "gradient_x_input",
+            "-o", tmp_path / "clean", "--chunk-size", 700, "--threads", 1]
+    t0 = time.perf_counter()
+    assert run(*args).returncode == 0
+    whole = time.perf_counter() - t0  # kills land within a run's time, however fast
+    args[args.index("-o") + 1] = out = tmp_path / "out"
+    rng = np.random.default_rng(7)
+    kills = 0
+    for attempt in range(12):
+        proc = subprocess.Popen([sys.executable, "-m", "relprop.cli", *map(str, args),
+                                 *(["--resume"] if attempt else [])],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(0.2, 0.8) * whole)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.communicate(timeout=TIMEOUT)
+        if proc.returncode == 0:
+            break
+        if (out / "progress.json").exists():
+            assert record(out)["done"] % 700 == 0
+    assert kills >= 1
+    proc = run(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert read_out(out) == read_out(tmp_path / "clean")
+
+
+def test_resume_with_other_arguments_is_refused(tmp_path, digits_npy):
+    _, x = digits_npy
+    np.save(tmp_path / "x.npy", x[:200])
+    np.save(tmp_path / "y.npy", x[:200] * 0.5)
+    base = ["explain", "digits_cnn", tmp_path / "x.npy", "-m", "lrp.epsilon", "-p", "epsilon=0.1",
+            "-o", tmp_path / "out", "--chunk-size", 50]
+    run_killed("data-synced", 2, *base)
+    assert record(tmp_path / "out")["done"] == 50
+    changes = {
+        "method": ("lrp.epsilon", "lrp.epsilon_plus_flat"),
+        "params.epsilon": ("epsilon=0.1", "epsilon=0.2"),
+        "inputs.path": (tmp_path / "x.npy", tmp_path / "y.npy"),
+        "model.name": ("digits_cnn", "digits_mlp"),
+        "chunk_size": (50, 60),
+    }
+    for what, (old, new) in changes.items():
+        args = [new if a == old else a for a in base]
+        if what == "model.name":  # the MLP takes (n, 64): give it flat inputs of its own
+            np.save(tmp_path / "flat.npy", x[:200].reshape(200, 64))
+            args[2] = tmp_path / "flat.npy"
+        proc = run(*args, "--resume")
+        assert proc.returncode == 2, (what, proc.stdout)
+        assert "holds a run with other arguments" in proc.stderr and what in proc.stderr, \
+            proc.stderr
+    # the same arguments with other threads and batch size resume
+    proc = run(*base, "--resume", "--threads", 1, "--batch-size", 7)
+    assert proc.returncode == 0, proc.stderr
+    net = models.digits_cnn()
+    want = relprop.lrp(net, x[:200], net(x[:200]).argmax(axis=1), "epsilon", epsilon=0.1)
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "relevance.npy"), want)
+    # a finished run has nothing left to do; without --resume an interrupted one starts over
+    proc = run(*base, "--resume")
+    assert proc.returncode == 0 and "nothing to do" in proc.stdout
+    run_killed("data-synced", 1, *base)
+    proc = run(*base)
+    assert proc.returncode == 0 and "starting over" in proc.stdout
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "relevance.npy"), want)
+
+
+def test_resume_refuses_damaged_outputs(tmp_path, digits_npy):
+    _, x = digits_npy
+    np.save(tmp_path / "x.npy", x[:100])
+    args = ["explain", "digits_cnn", tmp_path / "x.npy", "-o", tmp_path / "out",
+            "--chunk-size", 30]
+    run_killed("data-synced", 3, *args)
+    (tmp_path / "out" / "explained.csv").write_text("name,target\n")
+    proc = run(*args, "--resume")
+    assert proc.returncode == 2 and "explained.csv is shorter" in proc.stderr
+    (tmp_path / "out" / "progress.json").write_text("{}")
+    proc = run(*args, "--resume")
+    assert proc.returncode == 2 and "not a relprop progress record" in proc.stderr
+
+
+def test_resume_without_a_record_starts(tmp_path, digits_npy):
+    _, x = digits_npy
+    np.save(tmp_path / "x.npy", x[:20])
+    proc = run("explain", "digits_cnn", tmp_path / "x.npy", "-o", tmp_path / "o", "--resume")
+    assert proc.returncode == 0 and "starting from the beginning" in proc.stdout
+    assert record(tmp_path / "o")["done"] == 20
+
+
+def test_derived_box_bounds_are_kept_for_resume(tmp_path, digits_npy):
+    _, x = digits_npy
+    np.save(tmp_path / "x.npy", x[:120])
+    args = ["explain", "digits_cnn", tmp_path / "x.npy", "-m", "lrp.epsilon_gamma_box",
+            "-o", tmp_path / "o", "--chunk-size", 50]
+    run_killed("data-synced", 2, *args)
+    derived = record(tmp_path / "o")["derived"]
+    assert derived == {"low": float(x[:120].min()), "high": float(x[:120].max())}
+    proc = run(*args, "--resume")
+    assert proc.returncode == 0 and f"high={derived['high']:g}" in proc.stdout
+    net = models.digits_cnn()
+    want = relprop.lrp(net, x[:120], net(x[:120]).argmax(axis=1), "epsilon_gamma_box",
+                       **derived)
+    np.testing.assert_array_equal(np.load(tmp_path / "o" / "relevance.npy"), want)
+
+
+# ------------------------------------------------------------------------------- memory --
+#: The CLI, then its peak RSS: VmHWM of /proc/self/status (ru_maxrss would count the memory of
+#: the pytest process the child was forked from).
+PEAK_RSS = ("import sys; from relprop.cli import main; rc = main(sys.argv[1:]); "
+            "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]); "
+            "sys.exit(rc)")
+
+
+def peak_rss_mb(*args):
+    proc = subprocess.run([sys.executable, "-c", PEAK_RSS, *map(str, args)],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout.split("VmHWM:")[1].split()[0]) / 1024
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
+def test_200000_digits_stream_in_bounded_memory(tmp_path, digits_npy):
+    _, x = digits_npy
+    big = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32,
+                                    shape=(200_000, 1, 8, 8))
+    for start in range(0, 200_000, 2000):
+        big[start:start + 2000] = x
+    big.flush()
+    del big
+    np.save(tmp_path / "small.npy", np.tile(x, (10, 1, 1, 1)))  # 20,000
+    common = ["-m", "lrp.epsilon_plus_flat", "--threads", 1]
+    rss_big = peak_rss_mb("explain", "digits_cnn", tmp_path / "x.npy", "-o", tmp_path / "big",
+                          *common)
+    rss_small = peak_rss_mb("explain", "digits_cnn", tmp_path / "small.npy", "-o",
+                            tmp_path / "small", *common)
+    assert rss_big < 400, rss_big
+    # bounded by the chunk, not the number of samples: 10x the samples, about the same peak
+    # (measured: +14 MB, glibc keeping freed heap, which malloc_trim gives back; holding the
+    # relevance or the inputs of 180,000 more samples would add 46 MB each)
+    assert rss_big < rss_small + 30, (rss_small, rss_big)
+    R = np.load(tmp_path / "big" / "relevance.npy", mmap_mode="r")
+    net = models.digits_cnn()
+    for start in (0, 96_000, 198_000):  # spot checks against in-process calls
+        xs = x[:2000]
+        np.testing.assert_array_equal(
+            R[start:start + 2000], relprop.explain(net, xs, net(xs).argmax(axis=1)))
+    with open(tmp_path / "big" / "explained.csv") as fh:
+        assert sum(1 for _ in fh) == 200_001
+    print(f"peak RSS: {rss_small:.0f} MB for 20,000 digits, {rss_big:.0f} MB for 200,000")
+
+
+def test_progress_without_tqdm(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    bar = stream.Progress(100, 20, "m", enabled=True)
+    bar.update(80)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "100/100 samples" in err and "samples/s" in err and "ETA" in err
+
+
+# ------------------------------------------------------------------------- on a cluster --
+def test_cli_on_a_local_cluster_resumes_a_local_run(tmp_path, digits_npy):
+    pytest.importorskip("distributed")
+    _, x = digits_npy
+    np.save(tmp_path / "x.npy", x[:1000])
+    args = ["explain", "digits_cnn", tmp_path / "x.npy", "-m", "gradient", "-o", None,
+            "--chunk-size", 128]
+    args[args.index("-o") + 1] = tmp_path / "clean"
+    assert run(*args, "--threads", 1).returncode == 0
+    args[args.index("-o") + 1] = tmp_path / "out"
+    run_killed("data-synced", 3, *args)
+    proc = run(*args, "--resume", "--workers", 2, "--threads", 1)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 Dask worker(s)" in proc.stdout
+    assert read_out(tmp_path / "out") == read_out(tmp_path / "clean")
+
+
+def test_cli_on_an_existing_scheduler(tmp_path, digits_npy):
+    distributed = pytest.importorskip("distributed")
+    _, x = digits_npy
+    np.save(tmp_path / "x.npy", x[:300])
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster:
+        proc = run("explain", "digits_cnn", tmp_path / "x.npy", "-o", tmp_path / "o",
+                   "--chunk-size", 64, "--scheduler", cluster.scheduler_address)
+    assert proc.returncode == 0, proc.stderr
+    net = models.digits_cnn()
+    xs = x[:300]
+    np.testing.assert_array_equal(np.load(tmp_path / "o" / "relevance.npy"),
+                                  relprop.explain(net, xs, net(xs).argmax(axis=1)))
+
+
+def test_cluster_flag_errors(tmp_path, digits_npy):
+    pytest.importorskip("distributed")
+    path, _ = digits_npy
+    out = tmp_path / "o"
+    proc = run("explain", "digits_cnn", path, "-o", out, "--workers", 2, "--scheduler",
+               "tcp://127.0.0.1:1")
+    assert proc.returncode == 2 and "exclude each other" in proc.stderr
+    proc = run("explain", "digits_cnn", path, "-o", out, "--workers", 0)
+    assert proc.returncode == 2 and "--workers must be at least 1" in proc.stderr
+    proc = run("explain", "digits_cnn", path, "-o", out, "--scheduler", "tcp://127.0.0.1:9",
+               timeout=120)  # an error, not a hang
+    assert proc.returncode == 2 and "cannot reach the Dask scheduler" in proc.stderr
+    assert not (out / "relevance.npy").exists()
