@@ -59,7 +59,7 @@ def dense_problems(draw):
 
 #: Layer kinds :func:`dags` draws from; "extended" adds grouped/dilated convolutions, ReLU6,
 #: unfolded BatchNorm and adaptive pooling.
-DAG_OPS = ("conv", "relu", "pool", "add", "concat", "residual")
+DAG_OPS = ("conv", "relu", "pool", "add", "concat", "residual", "block")
 DAG_OPS_EXTENDED = DAG_OPS + ("grouped", "dilated", "relu6", "batchnorm", "adaptive")
 
 
@@ -67,8 +67,10 @@ DAG_OPS_EXTENDED = DAG_OPS + ("grouped", "dilated", "relu6", "batchnorm", "adapt
 def dags(draw, bias=True, extended=False, max_ops=8, n_out=3, homogeneous=False):
     """A random ``relprop.Graph`` on small images: convolutions, ReLUs, pooling, additions of
     equal-shaped tensors (also a tensor with itself), concatenations, residual blocks, fan-out
-    (any tensor, the input too, may be read several times); every tensor nobody reads is pooled,
-    flattened and concatenated into a final Dense, so every node reaches the output.
+    (any tensor, the input too, may be read several times), VGG blocks (convolution, ReLU, 2x2
+    max pooling: what the engine fuses); every tensor nobody reads is pooled, flattened and
+    concatenated into a final Dense (with a hidden Dense and ReLU before it or not), so every
+    node reaches the output.
 
     ``extended`` adds grouped and depthwise convolutions (multipliers 1 and 2), dilated ones,
     ReLU6, unfolded BatchNorms and adaptive average pooling; ``homogeneous`` keeps the network
@@ -143,6 +145,11 @@ def dags(draw, bias=True, extended=False, max_ops=8, n_out=3, homogeneous=False)
             fits = [t for t in images if shapes[t][1:] == (h, w)]
             extra = draw(st.lists(st.sampled_from(fits), min_size=1, max_size=2))
             new(rp.Concat(), [src] + extra)
+        elif op == "block":  # conv, ReLU and (if it fits) a 2x2 stride-2 max pooling
+            groups = draw(st.sampled_from((1, c) if extended and c > 1 else (1,)))
+            t = new(rp.ReLU(), [conv(src, o=groups * draw(st.integers(1, 3)), groups=groups)])
+            if min(shapes[t][1:]) >= 2 and draw(st.booleans()):
+                new(rp.MaxPool2d(2), [t])
         elif op == "residual":
             inner = new(rp.ReLU(), [conv(src, o=c, k=3, same=True)])
             new(rp.Add(), [conv(inner, o=c, k=1, same=True), src])
@@ -153,6 +160,11 @@ def dags(draw, bias=True, extended=False, max_ops=8, n_out=3, homogeneous=False)
         heads.append(t)
     feat = heads[0] if len(heads) == 1 else new(rp.Concat(), heads)
     f = shapes[feat][0]
+    if draw(st.booleans()):
+        hidden = draw(st.integers(1, 6))
+        feat = new(rp.ReLU(), [new(rp.Dense(rng.normal(size=(hidden, f)) / np.sqrt(f),
+                                            bias_of(hidden)), [feat])])
+        f = hidden
     new(rp.Dense(rng.normal(size=(n_out, f)) / np.sqrt(f), bias_of(n_out)), [feat])
     return rp.Graph(nodes, input_shape=(c0, hw, hw))
 

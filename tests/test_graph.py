@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
 import relprop as rp
+from relprop import engine
 from relprop import reference as ref
 
 import nets
@@ -118,6 +119,42 @@ def test_dag_forward_and_gradients_match_reference(net, dtype, mode, conv_algori
     if dtype == np.float64:  # float32 ReLU masks may flip on values within rounding of 0
         assert_allclose(g, ref.backward(net, acts, seed, mode), **tol)
     assert g.shape == x.shape
+
+
+@given(net=dags(extended=True), dtype=st.sampled_from([np.float32, np.float64]),
+       mode=st.sampled_from(["gradient", "deconvnet", "guided"]))
+def test_fused_nodes_give_the_bits_of_the_nodes_apart(net, dtype, mode, conv_algorithm):
+    """The forward pass and the gradient fuse Dense/Conv2d + ReLU (+ 2x2 max pooling) and the
+    ReLU masks of the backward pass into single kernels: bitwise as every node alone."""
+    x = _inputs(net, 3, dtype)
+    apart = engine.GradientStep(mode)  # no fusions
+    out, saved = engine.forward_pass(net, x, apart)
+    assert_array_equal(net(x), out)
+    seed = np.random.default_rng(1).normal(size=out.shape).astype(dtype)
+    want = engine.backward_walk(net, apart, saved, seed)
+    assert_array_equal(net.vjp(x, lambda _: seed, mode)[1], want)
+
+
+def test_fusions_are_found_where_a_node_alone_reads_a_tensor(rng):
+    conv = rp.Conv2d(rng.normal(size=(2, 1, 3, 3)), padding=1)
+    dense = rp.Dense(rng.normal(size=(3, 8)))
+    net = rp.Graph([("c1", conv, "input"), ("r1", rp.ReLU(), "c1"), ("p1", rp.MaxPool2d(2), "r1"),
+                    ("c2", conv.with_parameters(rng.normal(size=(2, 2, 3, 3)), None), "p1"),
+                    ("r2", rp.ReLU(), "c2"), ("c3", conv.with_parameters(
+                        rng.normal(size=(2, 2, 3, 3)), None), "r2"),
+                    ("a", rp.Add(), ["c3", "r2"]),  # r2 has two readers: c3 does not mask it
+                    ("r3", rp.ReLU(), "a"), ("c4", conv.with_parameters(
+                        rng.normal(size=(2, 2, 3, 3)), None), "r3"),  # reads r3 alone
+                    ("f", rp.Flatten(), "c4"), ("d", dense, "f")],
+                   input_shape=(1, 4, 4))
+    f = net.fusions()
+    named = {k: {net.nodes[i].name for i in getattr(f, k)} for k in
+             ("relu", "pool", "through", "pool_through", "masked", "mask_through")}
+    assert named == {"relu": {"c2"}, "pool": {"c1"}, "through": {"r2"},
+                     "pool_through": {"r1", "p1"}, "masked": {"c4"}, "mask_through": {"r3"}}
+    # deconvnet and guided backprop keep the ReLUs' own backward steps: no pooling fusion
+    g = net.fusions(gradient=False)
+    assert {net.nodes[i].name for i in g.relu} == {"c1", "c2"} and not g.pool and not g.masked
 
 
 COMPOSITES = [("epsilon", {}), ("epsilon_plus_flat", {}), ("epsilon_gamma_box", dict(low=-3, high=3)),

@@ -19,6 +19,8 @@ count and batch size.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ._common import seed, shape_only
 
 
@@ -76,23 +78,119 @@ def run(net, x, step, make_seed, levels=False):
     return out, backward_walk(net, step, saved, make_seed(out), levels)
 
 
+@dataclass(frozen=True)
+class Fusions:
+    """Where the forward pass and the gradient run two or three nodes as one kernel.
+
+    ``relu``: Dense and Conv2d nodes read by a ReLU alone, which write the ReLU's output
+    (``forward(x, relu=True)``); ``through``: those ReLUs, which pass it on (and keep it for
+    their backward step).  ``pool``: Conv2d nodes read by a ReLU alone, itself read alone by a
+    2x2 stride-2 max pooling, which write the pooled output and its winners
+    (``forward_relu_pool``) and run the backward pass of the three (``backward_relu_pool``);
+    ``pool_through``: those ReLUs and poolings, which pass values on both ways.  ``masked``
+    (the gradient only, not deconvnet or guided backprop): Dense and Conv2d nodes whose input
+    is the output of a ReLU they alone read, whose backward step applies that ReLU's mask in
+    its store; ``mask_through``: those ReLUs, which pass the gradient on.  Every fusion is
+    bitwise the nodes apart.
+    """
+
+    relu: frozenset = frozenset()
+    pool: frozenset = frozenset()
+    through: frozenset = frozenset()
+    pool_through: frozenset = frozenset()
+    masked: frozenset = frozenset()
+    mask_through: frozenset = frozenset()
+
+
+NO_FUSIONS = Fusions()
+
+
+def find_fusions(schedule, gradient=True):
+    """The :class:`Fusions` of a schedule; ``gradient=False`` leaves out those whose backward
+    pass is the gradient's only (the ReLU masks, and the pooling fusions whose backward pass
+    needs them)."""
+    nodes, inputs, uses = schedule.nodes, schedule.inputs, schedule.uses
+    reader = {}
+    for i, ids in enumerate(inputs):
+        for t in ids:
+            reader[t] = i if t not in reader else None  # None: read by several nodes
+
+    def only_reader(t):
+        i = reader.get(t)
+        return i if i is not None and uses[t] == 1 else None
+
+    def linear(layer):
+        return layer.kind in ("dense", "conv2d")
+
+    relu, pool, through, pool_through = set(), set(), set(), set()
+    masked, mask_through = set(), set()
+    for i, node in enumerate(nodes):
+        if not linear(node.layer):
+            continue
+        j = only_reader(i + 1)
+        if j is None or nodes[j].layer.kind != "relu":
+            continue
+        k = only_reader(j + 1)
+        if gradient and k is not None and node.layer.kind == "conv2d" and \
+                node.layer.fuses_pool(nodes[k].layer):
+            pool.add(i)
+            pool_through |= {j, k}
+        else:
+            relu.add(i)
+            through.add(j)
+    if gradient:
+        for k, node in enumerate(nodes):
+            t = inputs[k][0]
+            if linear(node.layer) and t > 0 and nodes[t - 1].layer.kind == "relu" and \
+                    only_reader(t) == k:
+                masked.add(k)
+                mask_through.add(t - 1)
+    return Fusions(*map(frozenset, (relu, pool, through, pool_through, masked, mask_through)))
+
+
+def fused_forward(fusions, i, node, ins):
+    """Node ``i``'s output and state under ``fusions`` (the state of a pooling fusion is
+    ``(argmax, pooled)``)."""
+    if i in fusions.through or i in fusions.pool_through:
+        return ins[0], None
+    if i in fusions.pool:
+        pooled, argmax = node.layer.forward_relu_pool(ins[0])
+        return pooled, (argmax, pooled)
+    if i in fusions.relu:
+        return node.layer.forward(ins[0], relu=True)
+    return node.layer.forward(*ins)
+
+
 class GradientStep:
     """The step of the gradient family: each layer's vector-Jacobian product, with the ReLU
     backward of ``relu_mode`` ("gradient", "deconvnet" or "guided").  Keeps the inputs of the
     layers whose backward reads them (ReLU) and the pooling winners, and the shape of the rest.
+    ``fusions`` (from :func:`find_fusions` with ``gradient=(relu_mode == "gradient")``) runs
+    nodes together; the default runs each alone.
     """
 
-    def __init__(self, relu_mode="gradient"):
+    def __init__(self, relu_mode="gradient", fusions=NO_FUSIONS):
         self.relu_mode = relu_mode
+        self.fusions = fusions
 
     def forward(self, i, node, ins):
-        layer = node.layer
-        y, state = layer.forward(*ins)
-        kept = ins if layer.backward_reads_input else [shape_only(a) for a in ins]
-        return y, (kept, state)
+        f = self.fusions
+        y, state = fused_forward(f, i, node, ins)
+        if i in f.mask_through or i in f.pool_through:
+            return y, None  # nothing to do backward
+        keep = node.layer.backward_reads_input or i in f.masked
+        return y, ([a if keep else shape_only(a) for a in ins], state)
 
     def backward(self, i, node, saved, g):
+        if saved is None:
+            return (g,)
         kept, state = saved
+        f = self.fusions
+        if i in f.pool:
+            argmax, pooled = state
+            return (node.layer.backward_relu_pool(g, argmax, pooled, kept[0], i in f.masked),)
+        if i in f.masked:
+            return (node.layer.backward_masked(g, kept[0]),)
         return node.layer.vjp(g, kept, state, self.relu_mode)
 
 

@@ -17,7 +17,8 @@ from . import io
 from . import layers as L
 from ._common import map_batches
 from ._validate import as_float_array, check_size
-from .engine import GradientStep, TraceStep, backward_walk, forward_pass, run
+from .engine import (GradientStep, TraceStep, backward_walk, find_fusions, forward_pass,
+                     fused_forward, run)
 
 #: The default name of a network's input.
 INPUT = "input"
@@ -255,13 +256,22 @@ class Graph:
 
     __call__ = forward
 
+    def fusions(self, gradient=True):
+        """Where the forward pass (and with ``gradient`` the gradient's backward pass) runs
+        several nodes as one kernel: :class:`relprop.engine.Fusions` (made once)."""
+        cache = self.__dict__.setdefault("_fusions", {})
+        if gradient not in cache:
+            cache[gradient] = find_fusions(self.schedule, gradient)
+        return cache[gradient]
+
     def _forward(self, x):
         sched = self.schedule
+        fusions = self.fusions()
         values = [x] + [None] * len(sched.nodes)
         uses = list(sched.uses)
         for i, node in enumerate(sched.nodes):
             ids = sched.inputs[i]
-            values[i + 1] = node.layer.forward(*(values[t] for t in ids))[0]
+            values[i + 1] = fused_forward(fusions, i, node, [values[t] for t in ids])[0]
             for t in ids:
                 uses[t] -= 1
                 if uses[t] == 0:
@@ -300,7 +310,8 @@ class Graph:
             _check_overflow(x, out)
             return make_seed(out)
 
-        return run(self, x, GradientStep(relu_mode), checked_seed)
+        step = GradientStep(relu_mode, self.fusions(relu_mode == "gradient"))
+        return run(self, x, step, checked_seed)
 
     # --- files ------------------------------------------------------------------------------
     def save(self, path):

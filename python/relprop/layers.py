@@ -263,16 +263,26 @@ class Linear(Layer):
         """``(weight, bias)`` in ``dtype`` (cached)."""
         return self.modified("identity", lambda w, b: (w, b), dtype)
 
-    def forward(self, x, exact=False):
+    def forward(self, x, exact=False, relu=False):
+        """``(y, None)``; with ``relu`` ``y`` is the output's ReLU, made by the kernel's store
+        (bitwise ``ReLU().forward(y)``: the engine fuses a ReLU that reads the layer alone)."""
         w, b = self.params(x.dtype)
-        return self.apply(x, w, b, exact), None
+        return self.apply(x, w, b, exact, relu=relu), None
 
     def backward(self, g, x, state, relu_mode="gradient"):
         return self.apply_t(g, self.params(g.dtype)[0], x.shape)
 
+    def backward_masked(self, g, x):
+        """The gradient w.r.t. the input ``x``, times ``x > 0`` (made by the kernel's store):
+        the backward pass of this layer and of the ReLU whose output ``x`` is (``relu(z) > 0``
+        exactly where ``z > 0``), bitwise as the two apart."""
+        return self.apply_t(g, self.params(g.dtype)[0], x.shape, mask=x)
+
     # ``exact=True`` asks for the direct method, whose sums of terms of one sign are exact
     # zeros where every term is (Winograd's transforms mix terms: see rules.AlphaBeta).
-    def apply(self, x, w, b, exact=False):
+    # ``relu=True`` returns the output's ReLU; ``mask`` (shaped like the input) multiplies the
+    # result of ``apply_t`` by ``mask > 0``, both in the kernel's store.
+    def apply(self, x, w, b, exact=False, relu=False):
         raise NotImplementedError
 
     def apply_split(self, x, w, b, split, exact=False):
@@ -280,7 +290,7 @@ class Linear(Layer):
         ``[0, split)`` and ``[split, out)``."""
         raise NotImplementedError
 
-    def apply_t(self, g, w, x_shape, exact=False):
+    def apply_t(self, g, w, x_shape, exact=False, mask=None):
         raise NotImplementedError
 
     def apply_t_stacked(self, g, w, x_shape, exact=False):
@@ -332,18 +342,18 @@ class Dense(Linear):
                              f"{tuple(shape)} (add a Flatten layer before it?)")
         return (self.out_features,)
 
-    def apply(self, x, w, b, exact=False):
+    def apply(self, x, w, b, exact=False, relu=False):
         small = len(x) <= PACK_MAX_BATCH
-        return ops.dense_forward(x, w, b, self.packed_weights(w, "forward", small))
+        return ops.dense_forward(x, w, b, self.packed_weights(w, "forward", small), relu=relu)
 
     def apply_split(self, x, w, b, split, exact=False):
         # two GEMMs on the row blocks of w (contiguous): no stacked output to split
         return tuple(self.apply(x, w[sl], None if b is None else b[sl])
                      for sl in (slice(None, split), slice(split, None)))
 
-    def apply_t(self, g, w, x_shape, exact=False):
+    def apply_t(self, g, w, x_shape, exact=False, mask=None):
         small = len(g) <= PACK_MAX_BATCH
-        return ops.dense_backward(g, w, self.packed_weights(w, "backward", small))
+        return ops.dense_backward(g, w, self.packed_weights(w, "backward", small), mask=mask)
 
 
 #: Convolution algorithms: "auto" chooses per call from the shapes (``ops.conv2d_algorithm``:
@@ -510,20 +520,54 @@ class Conv2d(Linear):
         large layer of ResNet-50 they held 255 MB more during an LRP call at batch 8)."""
         return small or w.shape[0] * w.shape[1] <= WINOGRAD_KEEP_PAIRS
 
-    def _small(self, x):
-        oh, ow = _window_out(self, x.shape[2:], self._extent(), self.stride, self.padding)
-        return len(x) * oh * ow <= PACK_MAX_PIXELS
+    def _small(self, x_shape):
+        oh, ow = _window_out(self, x_shape[2:], self._extent(), self.stride, self.padding)
+        return x_shape[0] * oh * ow <= PACK_MAX_PIXELS
 
-    def apply(self, x, w, b, exact=False):
-        tile = self._winograd_tile(x.shape, w, False, exact)
+    def _forward_packing(self, x_shape, w, tile):
+        small = self._small(x_shape)
         if tile:
-            return ops.conv2d_winograd_forward(
-                x, w, b, self.padding,
-                self.packed_weights(w, f"winograd{tile}", self._keep_winograd(w, self._small(x))),
-                tile=tile)
-        return ops.conv2d_forward(x, w, b, self.stride, self.padding,
-                                  self.packed_weights(w, "forward", self._small(x)),
+            return self.packed_weights(w, f"winograd{tile}", self._keep_winograd(w, small))
+        return self.packed_weights(w, "forward", small)
+
+    def _backward_packing(self, x_shape, w, tile):
+        small = self._small(x_shape)
+        if tile:
+            return self.packed_weights(w, f"winograd{tile}-backward", self._keep_winograd(w, small))
+        return self.packed_weights(w, "backward", small)
+
+    def apply(self, x, w, b, exact=False, relu=False):
+        tile = self._winograd_tile(x.shape, w, False, exact)
+        packed = self._forward_packing(x.shape, w, tile)
+        if tile:
+            return ops.conv2d_winograd_forward(x, w, b, self.padding, packed, tile=tile, relu=relu)
+        return ops.conv2d_forward(x, w, b, self.stride, self.padding, packed, relu=relu,
                                   **self._geometry())
+
+    #: Whether :meth:`forward_relu_pool` can stand for this layer, a ReLU and ``pool``.
+    @staticmethod
+    def fuses_pool(pool):
+        return (pool.kind == "maxpool2d" and pool.kernel_size == (2, 2)
+                and pool.stride == (2, 2) and pool.padding == (0, 0))
+
+    def forward_relu_pool(self, x):
+        """This layer, a ReLU and a 2x2 stride-2 max pooling in one kernel: ``(pooled,
+        argmax)``, bitwise the three layers apart (``ops.conv2d_forward_relu_maxpool``)."""
+        w, b = self.params(x.dtype)
+        tile = self._winograd_tile(x.shape, w, False)
+        return ops.conv2d_forward_relu_maxpool(x, w, b, self.stride, self.padding,
+                                               self._forward_packing(x.shape, w, tile), tile=tile,
+                                               **self._geometry())
+
+    def backward_relu_pool(self, g, argmax, pooled, x, mask=False):
+        """The gradient of :meth:`forward_relu_pool` w.r.t. ``x`` (a stand-in with its shape
+        will do) from the pooled gradient ``g``; with ``mask`` also times ``x > 0``
+        (``ops.conv2d_backward_pooled``)."""
+        w = self.params(g.dtype)[0]
+        tile = self._winograd_tile(x.shape, w, True)
+        return ops.conv2d_backward_pooled(g, argmax, w, x.shape[2:], self.stride, self.padding,
+                                          self._backward_packing(x.shape, w, tile), pooled=pooled,
+                                          mask=x if mask else None, tile=tile, **self._geometry())
 
     def apply_split(self, x, w, b, split, exact=False):
         if self.groups != 1:  # stacking breaks the groups: one call per weight set
@@ -531,25 +575,21 @@ class Conv2d(Linear):
                          for sl in (slice(None, split), slice(split, None)))
         # one pass for both weight sets, written to two outputs
         tile = self._winograd_tile(x.shape, w, False, exact)
+        packed = self._forward_packing(x.shape, w, tile)
         if tile:
-            return ops.conv2d_winograd_forward(
-                x, w, b, self.padding,
-                self.packed_weights(w, f"winograd{tile}", self._keep_winograd(w, self._small(x))),
-                tile=tile, split=split)
-        return ops.conv2d_forward_split(x, w, b, split, self.stride, self.padding,
-                                        self.packed_weights(w, "forward", self._small(x)),
+            return ops.conv2d_winograd_forward(x, w, b, self.padding, packed, tile=tile,
+                                               split=split)
+        return ops.conv2d_forward_split(x, w, b, split, self.stride, self.padding, packed,
                                         **self._geometry())
 
-    def apply_t(self, g, w, x_shape, exact=False):
-        small = g.shape[0] * g.shape[2] * g.shape[3] <= PACK_MAX_PIXELS
+    def apply_t(self, g, w, x_shape, exact=False, mask=None):
         tile = self._winograd_tile(x_shape, w, True, exact)
+        packed = self._backward_packing(x_shape, w, tile)
         if tile:
-            return ops.conv2d_winograd_backward(
-                g, w, x_shape[2:], self.padding,
-                self.packed_weights(w, f"winograd{tile}-backward", self._keep_winograd(w, small)),
-                tile=tile)
-        return ops.conv2d_backward(g, w, x_shape[2:], self.stride, self.padding,
-                                   self.packed_weights(w, "backward", small), **self._geometry())
+            return ops.conv2d_winograd_backward(g, w, x_shape[2:], self.padding, packed, tile=tile,
+                                                mask=mask)
+        return ops.conv2d_backward(g, w, x_shape[2:], self.stride, self.padding, packed, mask=mask,
+                                   **self._geometry())
 
     def apply_t_stacked(self, g, w, x_shape, exact=False):
         if self.groups == 1:
