@@ -1,8 +1,9 @@
 """The ``relprop`` command line: ``demo``, ``explain``, ``info``, ``evaluate``.
 
-``relprop demo`` explains digits with a bundled model (the ResNet by default) under several methods and writes a web
-page (``index.html``: a labelled grid of heatmaps) and a PNG grid; ``relprop explain MODEL INPUTS
--m METHOD -o OUTDIR`` explains your own inputs (``--report`` adds a web page);
+``relprop demo`` explains digits with a bundled model (the ResNet by default) under several
+methods and writes a web page (``index.html``: a labelled grid of heatmaps) and a PNG grid;
+``relprop explain MODEL INPUTS -m METHOD -o OUTDIR`` explains your own inputs, streaming them
+chunk by chunk (``--resume``, ``--workers``; ``--report`` adds a web page);
 ``relprop evaluate MODEL INPUTS`` compares methods by pixel flipping; ``relprop info MODEL``
 lists layers, shapes, parameters and FLOPs.  Run ``relprop CMD --help``.
 
@@ -29,8 +30,9 @@ Adding a subcommand
 Write one function ``add_<name>_parser(subparsers)`` that creates the sub-parser with
 ``subparsers.add_parser(...)`` and sets ``func=`` (a callable taking the parsed ``args``),
 then add it to :data:`SUBCOMMANDS`.  Raise ``ValueError`` for user mistakes.  The helpers
-:func:`load_model`, :func:`load_inputs` and :func:`resolve_target` (or :func:`parse_target`) read
-MODEL, INPUTS and ``--target`` the same way for every subcommand.
+:func:`load_model`, :func:`load_inputs` (from :mod:`relprop.inputs`) and :func:`resolve_target`
+(or :func:`parse_target`) read MODEL, INPUTS and ``--target`` the same way for every
+subcommand.
 """
 from __future__ import annotations
 
@@ -42,9 +44,9 @@ import time
 
 import numpy as np
 
-#: Image file types read from an INPUTS folder.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-BUNDLED_MODELS = ("digits_cnn", "digits_resnet", "digits_mlp")
+# load_model and load_inputs read MODEL and INPUTS for every subcommand (see above)
+from .inputs import _heatmap_scale, load_inputs, load_labels, load_model, warn_conversions
+
 #: The models ``relprop demo --model`` explains, with how the demo names them.
 DEMO_MODELS = {"digits_resnet": "digits ResNet", "digits_cnn": "digits CNN"}
 #: The methods of ``relprop demo``: (method, keyword arguments, column title).
@@ -57,8 +59,6 @@ DEMO_METHODS = (
 )
 STRICT_HELP = ("refuse images whose channels or size differ from the model's input instead of "
                "converting them (converted images are named on stderr)")
-#: Heatmap PNGs are upscaled (nearest neighbour) to about this many pixels on their long side.
-HEATMAP_PIXELS = 128
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,213 +74,6 @@ def parse_shape(text):
     if not shape or any(s <= 0 for s in shape):
         raise ValueError(f"--input-shape must be positive sizes, got {text!r}")
     return shape
-
-
-def load_model(spec, input_shape=None):
-    """A network from a bundled model name, a relprop ``.npz`` or an ``.onnx`` file.
-
-    ``input_shape`` (a tuple) is required for an ``.npz`` saved without one, and must agree
-    with the model's own when it has one.
-    """
-    from .graph import load
-
-    if spec in BUNDLED_MODELS:
-        from . import models
-
-        net = getattr(models, spec)()
-    else:
-        if not os.path.exists(spec):
-            raise ValueError(f"{spec}: no such model file")
-        if os.path.isdir(spec):
-            raise ValueError(f"{spec}: is a folder, not a model file")
-        suffix = os.path.splitext(spec)[1].lower()
-        if suffix == ".npz":
-            net = load(spec)
-        elif suffix == ".onnx":
-            from .importers import from_onnx
-
-            net = from_onnx(spec)
-        else:
-            raise ValueError(f"{spec}: unsupported model file type {suffix or '(none)'!r}; use a "
-                             "relprop .npz (net.save) or an .onnx file (for PyTorch: "
-                             "relprop.from_torch(module, shape).save(path))")
-    if input_shape is not None:
-        if net.input_shape is not None and tuple(input_shape) != net.input_shape:
-            raise ValueError(f"--input-shape {tuple(input_shape)} disagrees with the model's "
-                             f"input shape {net.input_shape}")
-        net = net.with_input_shape(input_shape)
-    return net
-
-
-def _image_files(folder):
-    files = sorted(f for f in os.listdir(folder)
-                   if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith("."))
-    if not files:
-        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-    return [os.path.join(folder, f) for f in files]
-
-
-#: Pillow image modes, in words (for the conversion warnings).
-_MODES = {"L": "grayscale", "RGB": "RGB", "RGBA": "RGB with alpha", "LA": "grayscale with alpha",
-          "P": "palette", "PA": "palette with alpha", "1": "1-bit", "I": "32-bit integer",
-          "I;16": "16-bit grayscale", "F": "32-bit float", "CMYK": "CMYK", "YCbCr": "YCbCr"}
-
-
-def _mode(mode):
-    return f"{_MODES[mode]} ({mode})" if mode in _MODES and _MODES[mode] != mode else mode
-
-
-def _warn(message):
-    print(f"relprop: warning: {message}", file=sys.stderr)
-
-
-def _some(items, k=3):
-    return ", ".join(items[:k]) + (f", ... ({len(items) - k} more)" if len(items) > k else "")
-
-
-def _refusal(path, im, input_shape):
-    c, h, w = input_shape
-    wanted = f"{w}x{h} {_mode('L' if c == 1 else 'RGB')}"
-    return ValueError(f"{path}: a {im.size[0]}x{im.size[1]} {_mode(im.mode)} image, but the "
-                      f"model takes {input_shape} = {wanted}; --strict refuses to convert it "
-                      "(leave out --strict to convert, or give INPUTS as a .npy array)")
-
-
-def _check_image_shape(input_shape):
-    """Raise unless images can feed a model of ``input_shape``; return Pillow's modules."""
-    if input_shape is None or len(input_shape) != 3 or input_shape[0] not in (1, 3):
-        raise ValueError(f"images can feed models with input shape (1, h, w) or (3, h, w); this "
-                         f"model takes {input_shape}: give INPUTS as a .npy array instead")
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise ImportError("reading images needs Pillow: pip install pillow "
-                          "(or pip install 'relprop[plot]')") from None
-    return Image, UnidentifiedImageError
-
-
-def check_images(paths, input_shape):
-    """Raise ValueError (as ``read_images(..., strict=True)``) for the first image whose
-    channels or size differ from ``input_shape``, reading only the files' headers."""
-    Image, Unidentified = _check_image_shape(input_shape)
-    c, h, w = input_shape
-    for path in paths:
-        try:
-            with Image.open(path) as im:
-                if im.mode != ("L" if c == 1 else "RGB") or im.size != (w, h):
-                    raise _refusal(path, im, input_shape)
-        except (Unidentified, OSError) as exc:
-            raise ValueError(f"{path}: not a readable image ({exc})") from None
-
-
-def read_images(paths, input_shape, strict=False, warn=_warn, conversions=None):
-    """Images as a float32 batch ``(n, *input_shape)`` in ``[0, 1]`` (see the module docstring).
-
-    Parameters
-    ----------
-    paths : list of str
-    input_shape : tuple
-        ``(1, h, w)`` (grayscale) or ``(3, h, w)`` (RGB).
-    strict : bool
-        Refuse (ValueError) an image whose channels or size differ from ``input_shape`` instead
-        of converting it.
-    warn : callable
-        Called with one message per kind of conversion (a source mode converted to the model's,
-        or a resize), naming the images; by default printed to stderr as ``relprop: warning:``.
-    conversions : dict, optional
-        Collect the conversions here instead of warning (for reading in chunks: one
-        :func:`warn_conversions` at the end names them all).
-
-    Raises
-    ------
-    ValueError
-        A model that does not take images, an unreadable image, or (``strict``) an image that
-        would need converting.
-    ImportError
-        Pillow is not installed.
-    """
-    Image, Unidentified = _check_image_shape(input_shape)
-    c, h, w = input_shape
-    mode = "L" if c == 1 else "RGB"
-    out = np.empty((len(paths), c, h, w), dtype=np.float32)
-    seen = {} if conversions is None else conversions
-    for i, path in enumerate(paths):
-        name = os.path.basename(path)
-        try:
-            with Image.open(path) as im:
-                if strict and (im.mode != mode or im.size != (w, h)):
-                    raise _refusal(path, im, input_shape)
-                if im.mode != mode:
-                    seen.setdefault(("mode", im.mode), []).append(name)
-                    im = im.convert(mode)
-                if im.size != (w, h):
-                    seen.setdefault(("size",), []).append(f"{name} ({im.size[0]}x{im.size[1]})")
-                    im = im.resize((w, h), Image.Resampling.BILINEAR)
-                a = np.asarray(im, dtype=np.float32) / 255.0
-        except (Unidentified, OSError) as exc:
-            raise ValueError(f"{path}: not a readable image ({exc})") from None
-        out[i] = a[None] if c == 1 else a.transpose(2, 0, 1)
-    if conversions is None:
-        warn_conversions(seen, input_shape, warn)
-    return out
-
-
-def warn_conversions(conversions, input_shape, warn=_warn):
-    """One warning per kind of conversion that :func:`read_images` collected."""
-    c, h, w = input_shape
-    mode = "L" if c == 1 else "RGB"
-    for key, names in conversions.items():
-        if key[0] == "mode":
-            warn(f"converted {len(names)} image(s) from {_mode(key[1])} to {_mode(mode)}, as "
-                 f"the model takes {input_shape}: {_some(names)} (--strict refuses instead)")
-    resized = conversions.get(("size",))
-    if resized:
-        warn(f"resized {len(resized)} image(s) to {w}x{h} (bilinear), as the model takes "
-             f"{input_shape}: {_some(resized)} (--strict refuses instead)")
-
-
-def load_inputs(spec, net, strict=False):
-    """``(x, names)``: the INPUTS of a subcommand as an array ``(n, *input_shape)`` and a name
-    per sample (image file stems, or zero-padded indices).  Arrays are memory-mapped.  Images
-    that need converting to the model's input shape are converted with a warning on stderr, or
-    refused with ``strict`` (see :func:`read_images`)."""
-    if spec == "digits":
-        from .models import digits_data
-
-        flat = net.input_shape is not None and len(net.input_shape) == 1
-        x = digits_data("test", flat=flat)[0]
-    elif not os.path.exists(spec):
-        raise ValueError(f"{spec}: no such file or folder")
-    elif os.path.isdir(spec) or spec.lower().endswith(IMAGE_SUFFIXES):
-        paths = _image_files(spec) if os.path.isdir(spec) else [spec]
-        names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-        return read_images(paths, net.input_shape, strict), names
-    elif spec.lower().endswith(".npy"):
-        try:
-            x = np.load(spec, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise ValueError(f"{spec}: not a readable .npy array ({exc})") from None
-    elif spec.lower().endswith(".npz"):
-        try:
-            with np.load(spec, allow_pickle=False) as d:
-                if "x" not in d.files:
-                    raise ValueError(f"{spec}: an .npz of inputs needs an array 'x'; it has "
-                                     f"{d.files}")
-                x = d["x"]
-        except (OSError, EOFError) as exc:
-            raise ValueError(f"{spec}: not a readable .npz file ({exc})") from None
-    else:
-        raise ValueError(f"{spec}: INPUTS must be a .npy/.npz array, an image, a folder of "
-                         "images or 'digits'")
-    if net.input_shape is not None and x.shape == net.input_shape:
-        x = x[None]
-    if net.input_shape is not None and x.shape[1:] != net.input_shape:
-        raise ValueError(f"{spec}: INPUTS has shape {x.shape} but the model expects "
-                         f"(n, {', '.join(map(str, net.input_shape))})")
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(f"{spec}: INPUTS must be a non-empty batch (n, ...), got shape {x.shape}")
-    width = len(str(len(x) - 1))
-    return x, [f"{i:0{width}d}" for i in range(len(x))]
 
 
 def parse_target(spec):
@@ -420,10 +213,6 @@ def _param(text):
         except ValueError:
             pass
     return key, value
-
-
-def _heatmap_scale(input_shape):
-    return max(1, HEATMAP_PIXELS // max(input_shape[-2:]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -622,9 +411,23 @@ def add_explain_parser(subparsers):
                    help="also write OUTDIR/index.html, a page to open in a browser: per sample "
                         "the input, the heatmap, label, target and predicted class, f(x), "
                         "sum R and the gap (images in OUTDIR/inputs/ and heatmaps/)")
-    from .stream import add_stream_arguments
+    from . import stream
 
-    add_stream_arguments(p)  # --heatmaps --chunk-size --resume --workers --scheduler
+    p.add_argument("--heatmaps", action="store_true",
+                   help="also write a heatmap PNG per sample of an array input (image files "
+                        "always get one)")
+    p.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                   help="samples per chunk: read, written and recorded together (default: about "
+                        f"{stream.CHUNK_BYTES >> 20} MiB of inputs, at most {stream.MAX_CHUNK})")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in OUTDIR after its last completed chunk "
+                        "(same arguments required)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run on a local Dask cluster of N worker processes (needs "
+                        "relprop[dask]); --threads is then threads per worker")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on the Dask cluster whose scheduler is at ADDRESS "
+                        "(e.g. tcp://10.0.0.1:8786)")
     p.set_defaults(func=run_explain)
     return p
 
@@ -726,10 +529,122 @@ def explain_report(args, net, inputs, kwargs):
                              legend=drawn)
 
 
-def run_explain(args):
-    """Streams chunk by chunk, in this process or on Dask: see :mod:`relprop.stream`."""
-    from .stream import cli_explain
+def _cluster(args):
+    """A context manager giving a distributed Client (or None) for ``--workers``/``--scheduler``."""
+    import contextlib
 
+    if args.workers is None and args.scheduler is None:
+        return contextlib.nullcontext(None)
+    if args.workers is not None and args.scheduler is not None:
+        raise ValueError("--workers and --scheduler exclude each other: --workers starts a local "
+                         "cluster, --scheduler uses an existing one")
+    if args.scheduler is not None and args.threads is not None:
+        raise ValueError("--threads does not apply with --scheduler (the cluster's workers have "
+                         "their own thread counts)")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    try:
+        import logging
+
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ImportError("--workers and --scheduler need Dask: pip install 'relprop[dask]'") \
+            from None
+
+    @contextlib.contextmanager
+    def cm():
+        if args.scheduler is not None:
+            try:
+                client = Client(args.scheduler, timeout=10, set_as_default=False)
+            except (OSError, TimeoutError) as exc:
+                raise ValueError(f"--scheduler {args.scheduler}: cannot reach the Dask "
+                                 f"scheduler ({exc})") from None
+            with client:
+                yield client
+            return
+        threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+        with LocalCluster(n_workers=args.workers, threads_per_worker=threads, processes=True,
+                          dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
+                Client(cluster, set_as_default=False) as client:
+            yield client
+
+    return cm()
+
+
+def cli_explain(args):
+    """``relprop explain`` with parsed ``args``, streamed chunk by chunk in this process or on
+    Dask (see :mod:`relprop.stream`):
+    returns ``(net, inputs, params)`` (the parameters with those derived from the inputs)."""
+    from . import set_num_threads
+    from .stream import (ImageInputs, check_cluster, default_chunk_size, explain_to_folder,
+                         input_range, model_identity, open_inputs)
+
+    check_method(args.method)
+    check_parameters(args.method, [key for key, _ in args.param])
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise ValueError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    distributed = args.workers is not None or args.scheduler is not None
+    cluster = _cluster(args)  # checks the flags before any work
+    if args.threads is not None and not distributed:
+        set_num_threads(args.threads)
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    net = load_model(args.model, shape)
+    inputs = open_inputs(args.inputs, net, args.strict)
+    fixed = parse_target(args.target)
+    params = dict(args.param)
+    chunk = args.chunk_size or default_chunk_size(inputs.sample_shape)
+
+    def derive():
+        out = {}
+        if args.method in BOX_METHODS:
+            missing = [k for k in ("low", "high") if k not in params]
+            if missing:
+                lo, hi = input_range(inputs, chunk)
+                for key, v in (("low", lo), ("high", hi)):
+                    if key in missing:
+                        out[key] = v
+        return out
+
+    def log(msg):
+        print(msg, flush=True)
+
+    run = {"model": model_identity(args.model, shape), "inputs": inputs.identity}
+    with cluster as client:
+        if client is not None:
+            check_cluster(client)
+            where = (f"{len(client.nthreads())} Dask worker(s), "
+                     f"{sum(client.nthreads().values())} thread(s)")
+            log(f"running on {where}")
+        res = explain_to_folder(
+            net, inputs, args.out, method=args.method, params=params, target=fixed,
+            chunk_size=chunk, batch_size=args.batch_size,
+            heatmaps=args.heatmaps or (args.report and len(inputs.sample_shape) == 3) or None,
+            overlay=args.overlay, resume=args.resume, run=run, client=client,
+            derive=derive, log=log)
+    if isinstance(inputs, ImageInputs):
+        warn_conversions(inputs.conversions, inputs.sample_shape)
+    n, done = res["n"], res["done_before"]
+    what = f"{n - done} input(s)" + (f" (after {done} done before)" if done else "")
+    if done == n:
+        print(f"nothing to do: all {n} input(s) were done")
+    else:
+        print(f"explained {what} of {args.inputs} with {args.method} in {res['seconds']:.2f} s "
+              f"({res['rate']:,.0f} samples/s, files included)")
+    print(f"wrote {res['relevance']} {(n,) + tuple(inputs.sample_shape)}")
+    if res["heatmaps"]:
+        print(f"wrote {n} heatmap PNG(s) to {res['heat_dir']}{os.sep}")
+    elif len(inputs.sample_shape) == 3:
+        print("no heatmap PNGs for array inputs (pass --heatmaps for one PNG per sample)")
+    else:
+        print(f"no heatmap PNGs: inputs of shape {tuple(inputs.sample_shape)} are not images "
+              "(relevance.npy has the relevance per feature)")
+    print(f"wrote {res['csv']}")
+    return net, inputs, {**params, **res["derived"]}
+
+
+def run_explain(args):
     net, inputs, params = cli_explain(args)
     if args.report:
         page = explain_report(args, net, inputs, params)
@@ -791,18 +706,6 @@ def run_info(args):
 # --------------------------------------------------------------------------------------------
 # relprop evaluate
 # --------------------------------------------------------------------------------------------
-def load_labels(spec):
-    """The labels that come with INPUTS: the bundled digits' or an .npz's ``y`` (else None)."""
-    if spec == "digits":
-        from .models import digits_data
-
-        return digits_data("test")[1]
-    if spec.lower().endswith(".npz"):
-        with np.load(spec, allow_pickle=False) as d:
-            return d["y"] if "y" in d.files else None
-    return None
-
-
 def add_evaluate_parser(subparsers):
     """``relprop evaluate MODEL INPUTS``: compare methods with :func:`relprop.evaluate.compare`."""
     from .evaluate import DEFAULT_METHODS, ORDERS

@@ -47,7 +47,7 @@ from .evaluate import pixel_flipping as _pixel_flipping
 from .graph import Graph
 from .methods import explain as _explain
 from .ops import get_num_threads, set_num_threads
-from .stream import NpyFile, _identity, default_chunk_size
+from .inputs import NpyFile, default_chunk_size
 
 __all__ = ["explain", "from_npy", "pixel_flipping", "use_worker_threads", "worker_threads"]
 
@@ -148,6 +148,11 @@ def _active_client():
 
 
 _TOKENS = weakref.WeakKeyDictionary()
+
+
+def _identity(obj):
+    """A task that returns its argument (the network, as one task's result)."""
+    return obj
 
 
 def _net_token(net):

@@ -293,6 +293,11 @@ class Linear(Layer):
     def apply_t(self, g, w, x_shape, exact=False, mask=None):
         raise NotImplementedError
 
+    def lrp_epsilon(self, r, z, a, w, eps, exact=False):
+        """``a * apply_t(ops.lrp_divide(r, z, eps), w)`` in one kernel (the division in the
+        transposed GEMM's operand packing, the product in its store), bitwise the same."""
+        raise NotImplementedError
+
     def apply_t_stacked(self, g, w, x_shape, exact=False):
         """``apply_t`` of stacked weights ``w = [w1; w2]`` to stacked upper values
         ``g = [g1; g2]`` (output axis doubled): ``w1^T g1 + w2^T g2``."""
@@ -354,6 +359,10 @@ class Dense(Linear):
     def apply_t(self, g, w, x_shape, exact=False, mask=None):
         small = len(g) <= PACK_MAX_BATCH
         return ops.dense_backward(g, w, self.packed_weights(w, "backward", small), mask=mask)
+
+    def lrp_epsilon(self, r, z, a, w, eps, exact=False):
+        small = len(r) <= PACK_MAX_BATCH
+        return ops.dense_lrp_epsilon(r, z, a, w, eps, self.packed_weights(w, "backward", small))
 
 
 #: Convolution algorithms: "auto" chooses per call from the shapes (``ops.conv2d_algorithm``:
@@ -590,6 +599,12 @@ class Conv2d(Linear):
                                                 mask=mask)
         return ops.conv2d_backward(g, w, x_shape[2:], self.stride, self.padding, packed, mask=mask,
                                    **self._geometry())
+
+    def lrp_epsilon(self, r, z, a, w, eps, exact=False):
+        tile = self._winograd_tile(a.shape, w, True, exact)
+        return ops.conv2d_lrp_epsilon(r, z, a, w, eps, self.stride, self.padding,
+                                      self._backward_packing(a.shape, w, tile), tile=tile,
+                                      **self._geometry())
 
     def apply_t_stacked(self, g, w, x_shape, exact=False):
         if self.groups == 1:

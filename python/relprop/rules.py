@@ -179,8 +179,7 @@ class Epsilon(Rule):
         _check_stabilizer(self, "epsilon")
 
     def relevance(self, layer, a, z, r, parts=None, state=None):
-        s = ops.lrp_divide(r, z, self.epsilon)
-        return _times(a, layer.apply_t(s, layer.params(a.dtype)[0], a.shape))
+        return layer.lrp_epsilon(r, z, a, layer.params(a.dtype)[0], self.epsilon)
 
 
 @register_rule("alpha_beta")
@@ -227,8 +226,7 @@ class AlphaBeta(Rule):
         eps, alpha, beta = self.stabilizer, self.alpha, self.beta
         if parts is not None:  # a >= 0: z+ and z- come from the walk's stacked forward
             if not beta:
-                wp = plus_params(layer, a.dtype)[2]
-                return _times(a, layer.apply_t(ops.lrp_divide(r, parts[0], eps), wp, a.shape))
+                return layer.lrp_epsilon(r, parts[0], a, plus_params(layer, a.dtype)[2], eps)
             shares = ops.lrp_alpha_beta_shares(r, parts[0], parts[1], alpha, beta, eps)
             return _stacked_relevance(layer, a, shares, exact=True)
         ap, an = _pos(a), _neg(a)

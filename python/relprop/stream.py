@@ -32,105 +32,17 @@ from collections import deque
 
 import numpy as np
 
+from .inputs import CHUNK_BYTES, MAX_CHUNK, NpyFile, default_chunk_size  # noqa: F401 (API)
+
 #: The progress record's file name and format tag.
 RECORD = "progress.json"
 RECORD_FORMAT = "relprop-explain-progress"
 RECORD_VERSION = 1
-#: Default chunk: about this many bytes of (float) inputs, at most MAX_CHUNK samples.
-CHUNK_BYTES = 16 << 20
-MAX_CHUNK = 4096
 
 
 # --------------------------------------------------------------------------------------------
 # Inputs, read lazily
 # --------------------------------------------------------------------------------------------
-class NpyFile:
-    """Rows of a ``.npy`` array read on demand with positional reads, never memory-mapped, so
-    a process reading it holds only the rows it asked for.
-
-    Supports ``len``, ``shape``, ``dtype``, ``ndim``, :meth:`read` and basic indexing with a
-    slice on the first axis (so :func:`dask.array.from_array` can wrap it); pickles as its path
-    and header.
-
-    Raises
-    ------
-    ValueError
-        Not a readable ``.npy`` file, or an object array.
-    """
-
-    def __init__(self, path):
-        self.path = os.fspath(path)
-        try:
-            mm = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise ValueError(f"{self.path}: not a readable .npy array ({exc})") from None
-        if not isinstance(mm, np.memmap):  # a 0-size array is not mapped
-            self._array = np.asarray(mm)
-            self.offset = None
-        else:
-            fortran = mm.ndim > 1 and mm.flags.f_contiguous and not mm.flags.c_contiguous
-            self.offset = None if fortran else int(mm.offset)
-            self._array = mm if fortran else None  # Fortran order: rows are not contiguous
-        self.shape = tuple(int(s) for s in mm.shape)
-        self.dtype = mm.dtype
-        self.ndim = len(self.shape)
-        st = os.stat(self.path)
-        self._stamp = (st.st_size, st.st_mtime_ns)
-        del mm
-
-    def __len__(self):
-        return self.shape[0]
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        if isinstance(self._array, np.memmap):
-            state["_array"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        if self._array is None and self.offset is None:
-            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
-
-    def __dask_tokenize__(self):
-        return ("relprop.stream.NpyFile", os.path.abspath(self.path), self._stamp)
-
-    def read(self, start, stop):
-        """Rows ``start:stop`` as a new array (C order, the file's dtype)."""
-        start, stop = max(0, int(start)), min(len(self), int(stop))
-        stop = max(start, stop)
-        if self.offset is None:
-            return np.ascontiguousarray(self._array[start:stop])
-        row = self.shape[1:]
-        per_row = int(np.prod(row, dtype=np.int64))
-        count = (stop - start) * per_row
-        with open(self.path, "rb") as fh:
-            fh.seek(self.offset + start * per_row * self.dtype.itemsize)
-            out = np.fromfile(fh, dtype=self.dtype, count=count)
-        if out.size != count:
-            raise ValueError(f"{self.path}: the file is truncated (rows {start}..{stop - 1} of "
-                             f"{len(self)} are not all there)")
-        return out.reshape((stop - start,) + row)
-
-    def __getitem__(self, key):
-        if not isinstance(key, tuple):
-            key = (key,)
-        first, rest = (key[0] if key else slice(None)), key[1:]
-        if isinstance(first, slice) and first.step in (None, 1):
-            start, stop, _ = first.indices(len(self))
-            return self.read(start, stop)[(slice(None),) + rest]
-        if isinstance(first, (int, np.integer)):
-            i = int(first) + (len(self) if first < 0 else 0)
-            if not 0 <= i < len(self):
-                raise IndexError(f"index {int(first)} is out of range for {len(self)} rows")
-            return self.read(i, i + 1)[(0,) + rest]
-        rows = np.arange(len(self))[first]  # anything else: read the covering range
-        if rows.size == 0:
-            return self.read(0, 0)[(slice(None),) + rest]
-        lo = int(rows.min())
-        return self.read(lo, int(rows.max()) + 1)[(rows - lo,) + rest]
-
-
 def _file_identity(path):
     st = os.stat(path)
     return {"path": os.path.abspath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -182,18 +94,18 @@ class NpyInputs(Inputs):
 
 
 class ImageInputs(Inputs):
-    """Image files, decoded a chunk at a time (see :func:`relprop.cli.read_images`)."""
+    """Image files, decoded a chunk at a time (see :func:`relprop.inputs.read_images`)."""
 
     images = True
 
     def __init__(self, paths, sample_shape, identity, strict=False):
         self.paths, self.n, self.sample_shape = list(paths), len(paths), tuple(sample_shape)
         self.identity, self.strict = identity, strict
-        #: the conversions made so far (see :func:`relprop.cli.read_images`)
+        #: the conversions made so far (see :func:`relprop.inputs.read_images`)
         self.conversions = {}
 
     def read(self, start, stop):
-        from .cli import read_images
+        from .inputs import read_images
 
         return read_images(self.paths[start:stop], self.sample_shape, self.strict,
                            conversions=self.conversions)
@@ -214,7 +126,7 @@ def open_inputs(spec, net, strict=False) -> Inputs:
         A missing or unreadable file, no images in a folder, a shape the network does not
         take, or (``strict``) an image of other channels or size.
     """
-    from .cli import IMAGE_SUFFIXES, _image_files, check_images, load_inputs, read_images
+    from .inputs import IMAGE_SUFFIXES, _image_files, check_images, load_inputs, read_images
 
     spec = os.fspath(spec)
     if spec != "digits" and os.path.exists(spec) and (
@@ -251,7 +163,7 @@ def open_inputs(spec, net, strict=False) -> Inputs:
 def model_identity(spec, input_shape=None):
     """What identifies MODEL for a resumed run: a bundled model's name, else the file's path
     and SHA-256 (so a retrained model in the same file is noticed)."""
-    from .cli import BUNDLED_MODELS
+    from .inputs import BUNDLED_MODELS
 
     spec = os.fspath(spec)
     if spec in BUNDLED_MODELS:
@@ -265,13 +177,6 @@ def model_identity(spec, input_shape=None):
     if input_shape is not None:
         out["input_shape"] = list(input_shape)
     return out
-
-
-def default_chunk_size(sample_shape, itemsize=4):
-    """Samples per chunk: about :data:`CHUNK_BYTES` of inputs, between 1 and
-    :data:`MAX_CHUNK`."""
-    per_sample = max(1, int(np.prod(sample_shape, dtype=np.int64)) * itemsize)
-    return int(min(MAX_CHUNK, max(1, CHUNK_BYTES // per_sample)))
 
 
 def input_range(inputs, chunk_size):
@@ -312,10 +217,6 @@ def _chunk_task(net, x, target, method, params, batch_size):
 
     with worker_threads():
         return explain_chunk(net, x, target, method, params, batch_size)
-
-
-def _identity(obj):
-    return obj
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,6 +261,8 @@ class ClientRunner:
 
     def __init__(self, client, net, target, method, params, batch_size):
         import dask
+
+        from .dask import _identity
 
         self.client = client
         self.window = max(2, 2 * sum(client.nthreads().values()) + 1)
@@ -713,7 +616,7 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
         log(f"{method}: {key}={v:g} (the range of INPUTS; set it with -p {key}=...)")
     params = {**params, **derived}
     if heatmaps:
-        from .cli import _heatmap_scale
+        from .inputs import _heatmap_scale
 
         scale = _heatmap_scale(inputs.sample_shape)
         os.makedirs(out.heat_dir, exist_ok=True)
@@ -777,69 +680,8 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
 
 
 # --------------------------------------------------------------------------------------------
-# relprop explain
+# Dask clusters
 # --------------------------------------------------------------------------------------------
-def add_stream_arguments(p):
-    """The ``relprop explain`` flags of this module."""
-    p.add_argument("--heatmaps", action="store_true",
-                   help="also write a heatmap PNG per sample of an array input (image files "
-                        "always get one)")
-    p.add_argument("--chunk-size", type=int, default=None, metavar="N",
-                   help="samples per chunk: read, written and recorded together (default: "
-                        f"about {CHUNK_BYTES >> 20} MiB of inputs, at most {MAX_CHUNK})")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run in OUTDIR after its last completed chunk "
-                        "(same arguments required)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="run on a local Dask cluster of N worker processes (needs "
-                        "relprop[dask]); --threads is then threads per worker")
-    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="run on the Dask cluster whose scheduler is at ADDRESS "
-                        "(e.g. tcp://10.0.0.1:8786)")
-
-
-def _cluster(args):
-    """A context manager giving a distributed Client (or None) for ``--workers``/``--scheduler``."""
-    import contextlib
-
-    if args.workers is None and args.scheduler is None:
-        return contextlib.nullcontext(None)
-    if args.workers is not None and args.scheduler is not None:
-        raise ValueError("--workers and --scheduler exclude each other: --workers starts a local "
-                         "cluster, --scheduler uses an existing one")
-    if args.scheduler is not None and args.threads is not None:
-        raise ValueError("--threads does not apply with --scheduler (the cluster's workers have "
-                         "their own thread counts)")
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {args.workers}")
-    try:
-        import logging
-
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise ImportError("--workers and --scheduler need Dask: pip install 'relprop[dask]'") \
-            from None
-
-    @contextlib.contextmanager
-    def cm():
-        if args.scheduler is not None:
-            try:
-                client = Client(args.scheduler, timeout=10, set_as_default=False)
-            except (OSError, TimeoutError) as exc:
-                raise ValueError(f"--scheduler {args.scheduler}: cannot reach the Dask "
-                                 f"scheduler ({exc})") from None
-            with client:
-                yield client
-            return
-        threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
-        with LocalCluster(n_workers=args.workers, threads_per_worker=threads, processes=True,
-                          dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
-                Client(cluster, set_as_default=False) as client:
-            yield client
-
-    return cm()
-
-
 def check_cluster(client):
     """Raise ValueError unless every worker runs this relprop version on this ISA (other
     ISAs round differently, and results must not depend on where a chunk ran)."""
@@ -861,75 +703,3 @@ def _worker_relprop():
     from . import __version__, ops
 
     return (__version__, ops.isa())
-
-
-def cli_explain(args):
-    """``relprop explain`` with parsed ``args`` (see :func:`relprop.cli.add_explain_parser`):
-    returns ``(net, inputs, params)`` (the parameters with those derived from the inputs)."""
-    from . import set_num_threads
-    from .cli import (BOX_METHODS, check_method, check_parameters, load_model, parse_shape,
-                      parse_target, warn_conversions)
-
-    check_method(args.method)
-    check_parameters(args.method, [key for key, _ in args.param])
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.chunk_size is not None and args.chunk_size < 1:
-        raise ValueError(f"--chunk-size must be at least 1, got {args.chunk_size}")
-    distributed = args.workers is not None or args.scheduler is not None
-    cluster = _cluster(args)  # checks the flags before any work
-    if args.threads is not None and not distributed:
-        set_num_threads(args.threads)
-    shape = parse_shape(args.input_shape) if args.input_shape else None
-    net = load_model(args.model, shape)
-    inputs = open_inputs(args.inputs, net, args.strict)
-    fixed = parse_target(args.target)
-    params = dict(args.param)
-    chunk = args.chunk_size or default_chunk_size(inputs.sample_shape)
-
-    def derive():
-        out = {}
-        if args.method in BOX_METHODS:
-            missing = [k for k in ("low", "high") if k not in params]
-            if missing:
-                lo, hi = input_range(inputs, chunk)
-                for key, v in (("low", lo), ("high", hi)):
-                    if key in missing:
-                        out[key] = v
-        return out
-
-    def log(msg):
-        print(msg, flush=True)
-
-    run = {"model": model_identity(args.model, shape), "inputs": inputs.identity}
-    with cluster as client:
-        if client is not None:
-            check_cluster(client)
-            where = (f"{len(client.nthreads())} Dask worker(s), "
-                     f"{sum(client.nthreads().values())} thread(s)")
-            log(f"running on {where}")
-        res = explain_to_folder(
-            net, inputs, args.out, method=args.method, params=params, target=fixed,
-            chunk_size=chunk, batch_size=args.batch_size,
-            heatmaps=args.heatmaps or (args.report and len(inputs.sample_shape) == 3) or None,
-            overlay=args.overlay, resume=args.resume, run=run, client=client,
-            derive=derive, log=log)
-    if isinstance(inputs, ImageInputs):
-        warn_conversions(inputs.conversions, inputs.sample_shape)
-    n, done = res["n"], res["done_before"]
-    what = f"{n - done} input(s)" + (f" (after {done} done before)" if done else "")
-    if done == n:
-        print(f"nothing to do: all {n} input(s) were done")
-    else:
-        print(f"explained {what} of {args.inputs} with {args.method} in {res['seconds']:.2f} s "
-              f"({res['rate']:,.0f} samples/s, files included)")
-    print(f"wrote {res['relevance']} {(n,) + tuple(inputs.sample_shape)}")
-    if res["heatmaps"]:
-        print(f"wrote {n} heatmap PNG(s) to {res['heat_dir']}{os.sep}")
-    elif len(inputs.sample_shape) == 3:
-        print("no heatmap PNGs for array inputs (pass --heatmaps for one PNG per sample)")
-    else:
-        print(f"no heatmap PNGs: inputs of shape {tuple(inputs.sample_shape)} are not images "
-              "(relevance.npy has the relevance per feature)")
-    print(f"wrote {res['csv']}")
-    return net, inputs, {**params, **res["derived"]}
