@@ -32,10 +32,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import models as M  # noqa: E402
-
 import relprop as rp  # noqa: E402
 from relprop import ops  # noqa: E402
+
+import models as M  # noqa: E402
 
 TILES = (4, 2)
 

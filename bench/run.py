@@ -42,10 +42,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import models as M  # noqa: E402
-
 import relprop as rp  # noqa: E402
 from relprop import ops  # noqa: E402
+
+import models as M  # noqa: E402
 
 LRP_METHODS = {
     "lrp.epsilon_plus_flat": ("epsilon_plus_flat", {}, "EpsilonPlusFlat"),

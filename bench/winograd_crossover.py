@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import layers as L  # noqa: E402
-
 import relprop as rp  # noqa: E402
 from relprop import ops  # noqa: E402
+
+import layers as L  # noqa: E402
 
 CHANNELS = (8, 16, 32, 64, 128, 256, 512)
 SIZES = (7, 14, 28, 56, 112, 224)

@@ -4,7 +4,7 @@ stand for (bitwise), against their NumPy twins (error model), for every instruct
 and batch invariance; NaN, ties and zero denominators; bad inputs."""
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 
@@ -12,7 +12,14 @@ import relprop as rp
 from relprop import _core, ops
 from relprop import reference as ref
 
-from strategies import DTYPES, arrays, conv_problems, dense_problems, sum_tolerance, winograd_problems
+from strategies import (
+    DTYPES,
+    arrays,
+    conv_problems,
+    dense_problems,
+    sum_tolerance,
+    winograd_problems,
+)
 
 ISAS = ops.supported_isas()
 P2 = ((2, 2), (2, 2), (0, 0))  # the fused pooling: window, stride, padding

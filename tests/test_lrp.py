@@ -7,8 +7,18 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import relprop as rp
 from relprop import reference as ref
-from relprop.rules import (AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, WinnerTakeAll, WSquare,
-                           ZBox, ZPlus)
+from relprop.rules import (
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Norm,
+    Pass,
+    WinnerTakeAll,
+    WSquare,
+    ZBox,
+    ZPlus,
+)
 
 import nets
 

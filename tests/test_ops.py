@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
 import relprop as rp
@@ -9,7 +10,6 @@ from relprop import ops
 from relprop import reference as ref
 
 from strategies import arrays, conv_problems, dense_problems, sum_tolerance, window_problems
-from hypothesis import strategies as st
 
 
 def f64(a):

@@ -5,7 +5,6 @@ Runs where torch and zennit are installed (the `crosscheck` extra; CI installs t
 """
 import numpy as np
 import pytest
-from numpy.testing import assert_allclose
 
 import relprop as rp
 from relprop import rules as R

@@ -2,7 +2,19 @@
 from __future__ import annotations
 
 from . import layers as L
-from .rules import RULES, Epsilon, Flat, Gamma, AlphaBeta, Norm, Pass, Rule, WinnerTakeAll, ZBox, ZPlus
+from .rules import (
+    RULES,
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Norm,
+    Pass,
+    Rule,
+    WinnerTakeAll,
+    ZBox,
+    ZPlus,
+)
 
 COMPOSITES: dict = {}
 

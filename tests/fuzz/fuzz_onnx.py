@@ -20,13 +20,13 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _harness  # noqa: E402
-
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import relprop  # noqa: E402
+
+import _harness  # noqa: E402
 
 
 def _model(nodes, inits, in_shape, out_shape, opset=13):
