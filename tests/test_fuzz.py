@@ -392,7 +392,7 @@ def layer_stacks(draw):
 
     cur = shape
     thunks = []
-    last = None
+    last = kind = None
     for _ in range(draw(st.integers(1, 6))):
         last, kind = kind if thunks else None, draw(st.sampled_from([
             "dense", "conv2d", "relu", "flatten", "maxpool2d", "avgpool2d", "globalavgpool2d",
@@ -410,8 +410,8 @@ def layer_stacks(draw):
                 st.integers(0, 12))
             out = draw(st.integers(1, 6))
             b = out if fits else draw(st.one_of(st.none(), st.integers(0, 7)))
-            thunks.append(lambda w=weights((out, feat)), b=b: rp.Dense(
-                w, None if b is None else rng.normal(size=b)))
+            w = weights((out, feat))
+            thunks.append(lambda w=w, b=b: rp.Dense(w, None if b is None else rng.normal(size=b)))
             cur = (out,)
         elif kind == "conv2d":
             chans = cur[0] if fits and image_now else draw(st.integers(0, 4))
@@ -421,8 +421,9 @@ def layer_stacks(draw):
                 kh, kw = (int(v) for v in (k if isinstance(k, tuple) else (k, k)))
             except (TypeError, ValueError):
                 kh, kw = 2, 2
-            thunks.append(lambda w=weights((out, chans, kh, kw)), s=stride, p=padding: rp.Conv2d(
-                w, rng.normal(size=out), stride=s, padding=p))
+            w = weights((out, chans, kh, kw))
+            thunks.append(lambda w=w, o=out, s=stride, p=padding: rp.Conv2d(
+                w, rng.normal(size=o), stride=s, padding=p))
             try:
                 cur = (out,) + out_hw(cur[1:], (kh, kw), stride, padding) if image_now else (out, 1, 1)
             except (TypeError, ValueError, ZeroDivisionError):
