@@ -117,7 +117,7 @@ def one(args):
 
         with LocalCluster(n_workers=args.workers, threads_per_worker=args.threads,
                           processes=True, dashboard_address=":0",
-                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                          silence_logs=logging.ERROR) as cluster, Client(cluster):
             x = rd.from_npy(args.path, chunks=args.chunk)
             rd.explain(net, x[:2 * args.chunk], "pred", METHOD, batch_size=BATCH).compute()
             time.sleep(0.2)
@@ -251,7 +251,7 @@ def main():
                    "relprop explain --workers 2 --threads 1": ["--workers", "2", "--threads", "1"],
                    "relprop explain --workers 1 --threads 2": ["--workers", "1", "--threads", "2"]}
             res = {k: [] for k in cli}
-            for rnd in range(repeats):
+            for _ in range(repeats):
                 for label, extra in cli.items():
                     out = tmp / "cli-out"
                     r = run_cli(path, out, extra)
