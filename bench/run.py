@@ -211,7 +211,7 @@ class Peers:
             return lambda: R.gradient(net, x, target)
         if method == "gradient_x_input":
             return lambda: R.gradient_x_input(net, x, target)
-        if method in LRP_METHODS and all(not isinstance(l, rp.Conv2d) for l in net.layers):
+        if method in LRP_METHODS and all(not isinstance(layer, rp.Conv2d) for layer in net.layers):
             cname, kw, _ = LRP_METHODS[method]
             rules = rp.composites.as_composite(cname, **kw).rules(net)
 
@@ -391,7 +391,7 @@ def bench_gemm(threads, peaks, opts):
 
 def _status_kib(field):
     with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith(field + ":"))
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def _reset_peak():
@@ -473,7 +473,7 @@ def machine_info(threads):
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     lines = [f"- CPU: {cpu}, {os.cpu_count()} logical cores; Python {platform.python_version()}",

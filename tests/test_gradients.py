@@ -49,7 +49,7 @@ def test_methods_match_reference(method, twin, problem, dtype):
 
 def _min_abs_preactivation(net, x):
     acts = ref.forward(net, x)
-    return min(np.abs(acts[i + 1]).min() for i, l in enumerate(net.layers) if l.linear)
+    return min(np.abs(acts[i + 1]).min() for i, layer in enumerate(net.layers) if layer.linear)
 
 
 @given(problem=random_nets(), seed=st.integers(0, 2**31))

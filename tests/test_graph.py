@@ -288,8 +288,9 @@ def test_version_1_files_still_load(tmp_path, rng):
 
     net = nets.cnn(rng)
     desc = {"format": "relprop", "version": 1, "input_shape": list(net.input_shape),
-            "layers": [{"kind": l.kind, **l.config()} for l in net.layers]}
-    arrays = {f"{i}.{k}": v for i, l in enumerate(net.layers) for k, v in l.arrays().items()}
+            "layers": [{"kind": layer.kind, **layer.config()} for layer in net.layers]}
+    arrays = {f"{i}.{k}": v for i, layer in enumerate(net.layers)
+              for k, v in layer.arrays().items()}
     with open(tmp_path / "v1.npz", "wb") as fh:
         np.savez(fh, __relprop__=np.frombuffer(json.dumps(desc).encode(), np.uint8), **arrays)
     back = rp.load(tmp_path / "v1.npz")
