@@ -1,7 +1,7 @@
 """Per-layer timings of one model's convolutions: the direct method against Winograd F(4x4, 3x3)
 and F(2x2, 3x3), forward and backward (w.r.t. the input), with the algorithm ``auto`` picks.
 
-    python bench/layers.py                                   # vgg16 at 224, batch 1, 1 and 2 threads
+    python bench/layers.py                          # vgg16 at 224, batch 1, 1 and 2 threads
     python bench/layers.py --model cifar_cnn --batch 64 --threads 2
     python bench/layers.py --model vgg16 --batch 8 --threads 1,2 --repeats 7
 
@@ -198,8 +198,8 @@ def header(threads, peaks):
 
     buf = io.StringIO()
     cfg = rp.show_config(file=buf)
-    lines = [f"- CPU: {cpu_model()} ({platform.machine()}), {len(__import__('os').sched_getaffinity(0))} "
-             "logical cores available",
+    lines = [f"- CPU: {cpu_model()} ({platform.machine()}), "
+             f"{len(__import__('os').sched_getaffinity(0))} logical cores available",
              "- relprop: " + ", ".join(f"{k} {v}" for k, v in cfg.items()),
              "- measured FMA peak (float32, " + ops.isa() + "): "
              + ", ".join(f"{peaks[t]:.0f} GFLOP/s on {t} thread(s)" for t in threads)]
@@ -427,8 +427,8 @@ def step_table(rows):
     engine's separate passes today) and fused (one kernel), the fused GFLOP/s (direct-method
     FLOP of the layer's GEMM; the LRP step and the gradient's backward step each count one
     GEMM of the layer) and % of the FMA peak, the speed-up, and the algorithm; totals last."""
-    head = ("| layer | batch | threads | step | algorithm | unfused ms | fused ms | fused / unfused "
-            "| fused GFLOP/s | % peak |")
+    head = ("| layer | batch | threads | step | algorithm | unfused ms | fused ms "
+            "| fused / unfused | fused GFLOP/s | % peak |")
     lines = [head, "|---|---:|---:|---|---|---:|---:|---:|---:|---:|"]
     totals = {}
     for r in rows:

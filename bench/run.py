@@ -520,7 +520,8 @@ def layers_report(parser, opts, argv):
     t_start = time.time()
     load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
     info = machine_info(threads)
-    info[0] = f"- CPU: {LY.cpu_model()}, {os.cpu_count()} logical cores; Python {platform.python_version()}"
+    info[0] = (f"- CPU: {LY.cpu_model()}, {os.cpu_count()} logical cores; "
+               f"Python {platform.python_version()}")
     core = max(ops.fma_peak_gflops(1) for _ in range(3))
     peaks = {t: t * core for t in threads}
     info.append(f"- measured FMA peak (float32, {ops.isa()}): {core:.1f} GFLOP/s per core; "

@@ -9,7 +9,8 @@ rule on another machine.
 ``--clock thread`` times the calling thread's CPU time (1 thread only: unaffected by other
 processes taking the core away); ``wall`` (default) the elapsed time.  Medians of interleaved
 repeats (``--stat min``: minima, which filter out the time slices a busy machine takes away
-from one of several threads).  Each line gives the times in ms, the fastest method and what ``auto`` picks.
+from one of several threads).  Each line gives the times in ms, the fastest method and what
+``auto`` picks.
 """
 from __future__ import annotations
 

@@ -604,7 +604,8 @@ def test_one_sample_dense_is_its_row_of_the_batch(isa, dtype, n_in, n_out):
     # first); its bits must be those of its row in any batch, with every epilogue and the
     # LRP prologue, for any thread count (33000 outputs: more than one chunk of block sums)
     rng = np.random.default_rng(n_in * n_out)
-    x, w, b = signed(rng, (5, n_in), dtype), signed(rng, (n_out, n_in), dtype), signed(rng, n_out, dtype)
+    x, w = signed(rng, (5, n_in), dtype), signed(rng, (n_out, n_in), dtype)
+    b = signed(rng, n_out, dtype)
     g, z = signed(rng, (5, n_out), dtype), signed(rng, (5, n_out), dtype)
     wt = np.ascontiguousarray(w.T)  # as a backward weight: rows of n_out
     gt, zt = signed(rng, (5, n_in), dtype), signed(rng, (5, n_in), dtype)

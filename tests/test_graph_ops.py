@@ -129,7 +129,8 @@ def depthwise_widths(dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("k, s, pad, d, mult", [(3, 1, 1, 1, 1), (3, 2, 1, 1, 1), (3, 1, 2, 2, 2),
                                                 (5, 2, 2, 1, 1), (3, 3, 0, 2, 2), (1, 2, 0, 1, 2),
-                                                (3, 1, 0, 1, 1), ((2, 3), (1, 2), (1, 0), (3, 1), 1)])
+                                                (3, 1, 0, 1, 1),
+                                                ((2, 3), (1, 2), (1, 0), (3, 1), 1)])
 def test_depthwise_every_isa_and_row_length(isa, dtype, k, s, pad, d, mult):
     # MobileNetV2's 3x3 stride 1 and 2, dilations, multipliers, and output rows of every length
     # around the kernel's vector blocking, on each ISA; both passes against the reference.

@@ -136,7 +136,8 @@ def test_from_torch_same_padding_and_single_module():
 @pytest.mark.parametrize("module, shape, match", [
     (lambda: nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Tanh())), (4,),
      r"module '1\.0' \(Tanh\): the activation Tanh is not supported"),
-    (lambda: nn.Sequential(nn.Linear(4, 4), nn.Hardtanh(-1, 1)), (4,), r"module '1' \(Hardtanh\): the activation Hardtanh\(-1"),
+    (lambda: nn.Sequential(nn.Linear(4, 4), nn.Hardtanh(-1, 1)), (4,),
+     r"module '1' \(Hardtanh\): the activation Hardtanh\(-1"),
     (lambda: nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")), (2, 8, 8),
      "padding_mode"),
     (lambda: nn.Sequential(nn.Conv2d(1, 1, 4, padding="same")), (1, 8, 8), "asymmetric"),
@@ -268,7 +269,8 @@ def test_from_torch_unsupported_graph_parts_name_the_node():
         (lambda s, x: torch.flatten(s.conv(x), 2), "node 'flatten'.*dimension 2"),
         (lambda s, x: s.conv(x).view(x.size(0), 2, -1), r"node 'view'.*not a flatten"),
         (lambda s, x: s.conv(x) * 2, "node 'mul'.*on tensors is not supported"),
-        (lambda s, x: s.conv(x) + s.offset, "node 'add'.*adds tensor 'conv' and attribute 'offset'"),
+        (lambda s, x: s.conv(x) + s.offset,
+         "node 'add'.*adds tensor 'conv' and attribute 'offset'"),
         (lambda s, x: F.leaky_relu(s.conv(x)), "leaky_relu is not supported"),
         (lambda s, x: F.hardtanh(s.conv(x)), r"hardtanh\(-1.0, 1.0\) is not supported"),
     ]

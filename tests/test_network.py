@@ -57,12 +57,13 @@ def _bn_params(rng, c):
 def test_batchnorm_is_folded_exactly(rng):
     w, b = rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4)
     scale, shift, mean, var = _bn_params(rng, 4)
-    net = rp.Sequential([rp.Conv2d(w, b, padding=1), rp.BatchNorm2d(scale, shift, mean, var, eps=1e-3),
-                         rp.ReLU()])
+    net = rp.Sequential([rp.Conv2d(w, b, padding=1),
+                         rp.BatchNorm2d(scale, shift, mean, var, eps=1e-3), rp.ReLU()])
     assert len(net.layers) == 2
     x = rng.normal(size=(2, 3, 5, 5))
     z = ref.conv2d_forward(x, w, b, 1, 1)
-    bn = (z - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-3) * scale[:, None, None] + shift[:, None, None]
+    bn = ((z - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-3) * scale[:, None, None]
+          + shift[:, None, None])
     assert_allclose(net(x), np.maximum(bn, 0), rtol=1e-12, atol=1e-12)
 
 

@@ -217,6 +217,7 @@ def test_core_rejects_unvalidated_input():
     with pytest.raises(TypeError):
         _core.dense_forward(x, np.ones((4, 3), dtype=np.float64), None, 1)
     with pytest.raises(TypeError):
-        _core.dense_forward(np.ones((3, 2), dtype=np.float32).T, np.ones((4, 3), np.float32), None, 1)
+        _core.dense_forward(np.ones((3, 2), dtype=np.float32).T, np.ones((4, 3), np.float32),
+                            None, 1)
     with pytest.raises(ValueError, match="weight.shape"):
         _core.dense_forward(x, np.ones((4, 5), dtype=np.float32), None, 1)
