@@ -26,7 +26,7 @@ def test_vjp_is_backward_of_the_trace_keeping_only_what_it_reads(rng, mode):
         x = rng.normal(size=(4, 3, 12, 12)).astype(np.float32)
         tr = net.trace(x)
         s = rng.normal(size=tr.output.shape).astype(np.float32)
-        out, g = net.vjp(x, lambda o: s, mode)
+        out, g = net.vjp(x, lambda o: s, mode)  # noqa: B023 - called by vjp, before it returns
         assert_array_equal(out, tr.output)
         assert_array_equal(g, net.backward(tr, s, mode))
     # vjp hands every other layer a stand-in with the shape of its input and no values
