@@ -163,6 +163,14 @@ def _methods(r):
     return [m for m in ("direct", "f4", "f2") if ("fwd", m) in r]
 
 
+def _rate(r, seconds):
+    """GFLOP/s of row ``r``'s layer in ``seconds`` (direct-method FLOP) and % of the FMA peak."""
+    if seconds is None:
+        return "-"
+    gf = r["flop"] / seconds * 1e-9
+    return f"{gf:,.0f} ({100 * gf / r['peak']:.0f}%)"
+
+
 def table(rows):
     """A Markdown table: per layer, thread count and direction, the median ms of each method,
     its GFLOP/s (direct-method FLOP) and % of the FMA peak, the speed-up of the best Winograd
@@ -174,13 +182,6 @@ def table(rows):
     for r in rows:
         for d in ("fwd", "bwd"):
             ms = {m: r.get((d, m)) for m in ("direct", "f4", "f2")}
-
-            def rate(m):
-                if ms[m] is None:
-                    return "-"
-                gf = r["flop"] / ms[m] * 1e-9
-                return f"{gf:,.0f} ({100 * gf / r['peak']:.0f}%)"
-
             wino = [ms[m] for m in ("f4", "f2") if ms[m] is not None]
             best = ms["direct"] / min(wino) if wino else float("nan")
             lines.append(
@@ -188,7 +189,7 @@ def table(rows):
                 f"{r['h']}x{r['w']} | {r['batch']} | {r['threads']} | {d} | "
                 + " | ".join("-" if ms[m] is None else f"{ms[m] * 1e3:.2f}"
                              for m in ("direct", "f4", "f2"))
-                + " | " + " | ".join(rate(m) for m in ("direct", "f4", "f2"))
+                + " | " + " | ".join(_rate(r, ms[m]) for m in ("direct", "f4", "f2"))
                 + f" | {best:.2f} | {r['auto_' + d]} |")
     return "\n".join(lines)
 
