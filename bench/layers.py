@@ -1,7 +1,7 @@
 """Per-layer timings of one model's convolutions: the direct method against Winograd F(4x4, 3x3)
 and F(2x2, 3x3), forward and backward (w.r.t. the input), with the algorithm ``auto`` picks.
 
-    python bench/layers.py                                   # vgg16 at 224, batch 1, 1 and 2 threads
+    python bench/layers.py                          # vgg16 at 224, batch 1, 1 and 2 threads
     python bench/layers.py --model cifar_cnn --batch 64 --threads 2
     python bench/layers.py --model vgg16 --batch 8 --threads 1,2 --repeats 7
 
@@ -32,10 +32,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import models as M  # noqa: E402
-
 import relprop as rp  # noqa: E402
 from relprop import ops  # noqa: E402
+
+import models as M  # noqa: E402
 
 TILES = (4, 2)
 
@@ -163,6 +163,14 @@ def _methods(r):
     return [m for m in ("direct", "f4", "f2") if ("fwd", m) in r]
 
 
+def _rate(r, seconds):
+    """GFLOP/s of row ``r``'s layer in ``seconds`` (direct-method FLOP) and % of the FMA peak."""
+    if seconds is None:
+        return "-"
+    gf = r["flop"] / seconds * 1e-9
+    return f"{gf:,.0f} ({100 * gf / r['peak']:.0f}%)"
+
+
 def table(rows):
     """A Markdown table: per layer, thread count and direction, the median ms of each method,
     its GFLOP/s (direct-method FLOP) and % of the FMA peak, the speed-up of the best Winograd
@@ -174,13 +182,6 @@ def table(rows):
     for r in rows:
         for d in ("fwd", "bwd"):
             ms = {m: r.get((d, m)) for m in ("direct", "f4", "f2")}
-
-            def rate(m):
-                if ms[m] is None:
-                    return "-"
-                gf = r["flop"] / ms[m] * 1e-9
-                return f"{gf:,.0f} ({100 * gf / r['peak']:.0f}%)"
-
             wino = [ms[m] for m in ("f4", "f2") if ms[m] is not None]
             best = ms["direct"] / min(wino) if wino else float("nan")
             lines.append(
@@ -188,7 +189,7 @@ def table(rows):
                 f"{r['h']}x{r['w']} | {r['batch']} | {r['threads']} | {d} | "
                 + " | ".join("-" if ms[m] is None else f"{ms[m] * 1e3:.2f}"
                              for m in ("direct", "f4", "f2"))
-                + " | " + " | ".join(rate(m) for m in ("direct", "f4", "f2"))
+                + " | " + " | ".join(_rate(r, ms[m]) for m in ("direct", "f4", "f2"))
                 + f" | {best:.2f} | {r['auto_' + d]} |")
     return "\n".join(lines)
 
@@ -198,8 +199,8 @@ def header(threads, peaks):
 
     buf = io.StringIO()
     cfg = rp.show_config(file=buf)
-    lines = [f"- CPU: {cpu_model()} ({platform.machine()}), {len(__import__('os').sched_getaffinity(0))} "
-             "logical cores available",
+    lines = [f"- CPU: {cpu_model()} ({platform.machine()}), "
+             f"{len(__import__('os').sched_getaffinity(0))} logical cores available",
              "- relprop: " + ", ".join(f"{k} {v}" for k, v in cfg.items()),
              "- measured FMA peak (float32, " + ops.isa() + "): "
              + ", ".join(f"{peaks[t]:.0f} GFLOP/s on {t} thread(s)" for t in threads)]
@@ -427,8 +428,8 @@ def step_table(rows):
     engine's separate passes today) and fused (one kernel), the fused GFLOP/s (direct-method
     FLOP of the layer's GEMM; the LRP step and the gradient's backward step each count one
     GEMM of the layer) and % of the FMA peak, the speed-up, and the algorithm; totals last."""
-    head = ("| layer | batch | threads | step | algorithm | unfused ms | fused ms | fused / unfused "
-            "| fused GFLOP/s | % peak |")
+    head = ("| layer | batch | threads | step | algorithm | unfused ms | fused ms "
+            "| fused / unfused | fused GFLOP/s | % peak |")
     lines = [head, "|---|---:|---:|---|---|---:|---:|---:|---:|---:|"]
     totals = {}
     for r in rows:

@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +43,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import models as M  # noqa: E402
-
 import relprop as rp  # noqa: E402
 from relprop import ops  # noqa: E402
+
+import models as M  # noqa: E402
 
 LRP_METHODS = {
     "lrp.epsilon_plus_flat": ("epsilon_plus_flat", {}, "EpsilonPlusFlat"),
@@ -211,7 +212,7 @@ class Peers:
             return lambda: R.gradient(net, x, target)
         if method == "gradient_x_input":
             return lambda: R.gradient_x_input(net, x, target)
-        if method in LRP_METHODS and all(not isinstance(l, rp.Conv2d) for l in net.layers):
+        if method in LRP_METHODS and all(not isinstance(layer, rp.Conv2d) for layer in net.layers):
             cname, kw, _ = LRP_METHODS[method]
             rules = rp.composites.as_composite(cname, **kw).rules(net)
 
@@ -370,8 +371,8 @@ def bench_gemm(threads, peaks, opts):
         for t in threads:
             rp.set_num_threads(t)
             _blas_threads(t)
-            tr = median_time(lambda: ops.gemm(a, b), reps, opts.budget)
-            tn = median_time(lambda: a @ b, reps, opts.budget)
+            tr = median_time(partial(ops.gemm, a, b), reps, opts.budget)
+            tn = median_time(partial(np.matmul, a, b), reps, opts.budget)
             row = {"shape": kind, "m": m, "n": n, "k": k, "threads": t,
                    "relprop": flop / tr * 1e-9, "numpy": flop / tn * 1e-9}
             row["peak_pct"] = 100 * row["relprop"] / peaks[t]
@@ -391,7 +392,7 @@ def bench_gemm(threads, peaks, opts):
 
 def _status_kib(field):
     with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith(field + ":"))
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def _reset_peak():
@@ -473,7 +474,7 @@ def machine_info(threads):
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     lines = [f"- CPU: {cpu}, {os.cpu_count()} logical cores; Python {platform.python_version()}",
@@ -520,7 +521,8 @@ def layers_report(parser, opts, argv):
     t_start = time.time()
     load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
     info = machine_info(threads)
-    info[0] = f"- CPU: {LY.cpu_model()}, {os.cpu_count()} logical cores; Python {platform.python_version()}"
+    info[0] = (f"- CPU: {LY.cpu_model()}, {os.cpu_count()} logical cores; "
+               f"Python {platform.python_version()}")
     core = max(ops.fma_peak_gflops(1) for _ in range(3))
     peaks = {t: t * core for t in threads}
     info.append(f"- measured FMA peak (float32, {ops.isa()}): {core:.1f} GFLOP/s per core; "

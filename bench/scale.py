@@ -117,7 +117,7 @@ def one(args):
 
         with LocalCluster(n_workers=args.workers, threads_per_worker=args.threads,
                           processes=True, dashboard_address=":0",
-                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                          silence_logs=logging.ERROR) as cluster, Client(cluster):
             x = rd.from_npy(args.path, chunks=args.chunk)
             rd.explain(net, x[:2 * args.chunk], "pred", METHOD, batch_size=BATCH).compute()
             time.sleep(0.2)
@@ -147,7 +147,7 @@ def run_cli(path, out, extra):
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr}")
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("explained "))
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("explained "))
     inner = float(line.split(" in ")[1].split(" s ")[0])
     return {"wall": wall, "seconds": inner, "digest": digest(np.load(Path(out, "relevance.npy")))}
 
@@ -162,8 +162,8 @@ def machine():
     cpu = platform.processor() or "?"
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        cpu = next(l.split(":", 1)[1].strip() for l in lscpu.splitlines()
-                   if l.startswith("Model name"))
+        cpu = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines()
+                   if line.startswith("Model name"))
     except (OSError, StopIteration):
         pass
     import dask
@@ -251,7 +251,7 @@ def main():
                    "relprop explain --workers 2 --threads 1": ["--workers", "2", "--threads", "1"],
                    "relprop explain --workers 1 --threads 2": ["--workers", "1", "--threads", "2"]}
             res = {k: [] for k in cli}
-            for rnd in range(repeats):
+            for _ in range(repeats):
                 for label, extra in cli.items():
                     out = tmp / "cli-out"
                     r = run_cli(path, out, extra)

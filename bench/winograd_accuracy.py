@@ -20,9 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import layers as L  # noqa: E402
-
 from relprop import ops  # noqa: E402
+
+import layers as L  # noqa: E402
 
 
 def exact_conv(x, w, padding, backward=False, in_hw=None):

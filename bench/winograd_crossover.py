@@ -9,7 +9,8 @@ rule on another machine.
 ``--clock thread`` times the calling thread's CPU time (1 thread only: unaffected by other
 processes taking the core away); ``wall`` (default) the elapsed time.  Medians of interleaved
 repeats (``--stat min``: minima, which filter out the time slices a busy machine takes away
-from one of several threads).  Each line gives the times in ms, the fastest method and what ``auto`` picks.
+from one of several threads).  Each line gives the times in ms, the fastest method and what
+``auto`` picks.
 """
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import layers as L  # noqa: E402
-
 import relprop as rp  # noqa: E402
 from relprop import ops  # noqa: E402
+
+import layers as L  # noqa: E402
 
 CHANNELS = (8, 16, 32, 64, 128, 256, 512)
 SIZES = (7, 14, 28, 56, 112, 224)

@@ -23,7 +23,7 @@ def mlp(rng, sizes=(12, 16, 10, 4), bias=True):
 
 
 def cnn(rng, bias=True, channels=3, size=12, n_out=5):
-    """VGG-style: conv-relu-conv-relu-maxpool-conv(stride 2)-relu-avgpool-flatten-dense-relu-dense."""
+    """VGG: conv-relu-conv-relu-maxpool-conv(stride 2)-relu-avgpool-flatten-dense-relu-dense."""
     b = (lambda n: rng.normal(size=n) * 0.1) if bias else (lambda n: None)
     layers = [
         rp.Conv2d(conv_w(rng, 6, channels, 3), b(6), padding=1), rp.ReLU(),
@@ -35,7 +35,8 @@ def cnn(rng, bias=True, channels=3, size=12, n_out=5):
     ]
     net = rp.Sequential(layers, input_shape=(channels, size, size))
     feat = int(np.prod(net.output_shape))
-    layers += [rp.Dense(dense_w(rng, 16, feat), b(16)), rp.ReLU(), rp.Dense(dense_w(rng, n_out, 16), b(n_out))]
+    layers += [rp.Dense(dense_w(rng, 16, feat), b(16)), rp.ReLU(),
+               rp.Dense(dense_w(rng, n_out, 16), b(n_out))]
     return rp.Sequential(layers, input_shape=(channels, size, size))
 
 
@@ -47,7 +48,8 @@ def to_torch(net, dtype="float64"):
     for layer in net.layers:
         k = layer.kind
         if k == "dense":
-            m = torch.nn.Linear(layer.weight.shape[1], layer.weight.shape[0], bias=layer.bias is not None)
+            m = torch.nn.Linear(layer.weight.shape[1], layer.weight.shape[0],
+                                bias=layer.bias is not None)
         elif k == "conv2d":
             o, i, kh, kw = layer.weight.shape
             m = torch.nn.Conv2d(i, o, (kh, kw), stride=layer.stride, padding=layer.padding,
@@ -59,7 +61,8 @@ def to_torch(net, dtype="float64"):
         elif k == "maxpool2d":
             m = torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
         elif k == "avgpool2d":
-            m = torch.nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, count_include_pad=True)
+            m = torch.nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding,
+                                   count_include_pad=True)
         elif k == "globalavgpool2d":
             m = torch.nn.AdaptiveAvgPool2d(1)
         else:

@@ -87,11 +87,11 @@ def _digits_cnn_onnx(path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
-    lin = [l for l in models.digits_cnn().layers if l.linear]
+    lin = [layer for layer in models.digits_cnn().layers if layer.linear]
     inits = []
-    for k, l in enumerate(lin):
-        inits += [numpy_helper.from_array(l.weight, f"w{k}"),
-                  numpy_helper.from_array(l.bias, f"b{k}")]
+    for k, layer in enumerate(lin):
+        inits += [numpy_helper.from_array(layer.weight, f"w{k}"),
+                  numpy_helper.from_array(layer.bias, f"b{k}")]
     nodes = [
         helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
@@ -364,7 +364,7 @@ def test_info_and_explain_on_a_graph(tmp_path):
     assert proc.returncode == 0, proc.stderr
     net = models.digits_resnet()
     add = next(n for n in net.nodes if n.layer.kind == "add")
-    line = next(l for l in proc.stdout.splitlines() if f" {add.name} " in l)
+    line = next(ln for ln in proc.stdout.splitlines() if f" {add.name} " in ln)
     assert ", ".join(add.inputs) in line and "Add" in line
     assert f"{len(net.nodes)} nodes" in proc.stdout
     out = tmp_path / "out"

@@ -74,7 +74,8 @@ def test_the_algorithm_is_saved(tmp_path, rng):
                          _layer(rng)], input_shape=(16, 6, 6))
     net.save(tmp_path / "m.npz")
     back = rp.load(tmp_path / "m.npz")
-    assert [l.algorithm for l in back.layers if l.linear] == ["winograd", "direct", "auto"]
+    assert ([layer.algorithm for layer in back.layers if layer.linear]
+            == ["winograd", "direct", "auto"])
     assert "algorithm" not in back.layers[3].config()  # the default is not written
 
 
@@ -118,9 +119,15 @@ def _cnn(rng):
     layers = [conv(3, 32), rp.ReLU(), conv(32, 32), rp.ReLU(), rp.MaxPool2d(2),
               conv(32, 64), rp.ReLU(), conv(64, 64), rp.ReLU(), rp.MaxPool2d(2), rp.Flatten(),
               rp.Dense(rng.normal(size=(10, 64 * 16)) * np.sqrt(2 / 1024), None)]
-    return rp.Sequential([l.with_parameters(l.weight.astype(np.float32),
-                                            None if l.bias is None else l.bias.astype(np.float32))
-                          if l.linear else l for l in layers], input_shape=(3, 16, 16))
+    return rp.Sequential([_cast(layer, np.float32) for layer in layers], input_shape=(3, 16, 16))
+
+
+def _cast(layer, dtype):
+    """``layer`` with its weight and bias in ``dtype`` (a layer without parameters as it is)."""
+    if not layer.linear:
+        return layer
+    return layer.with_parameters(layer.weight.astype(dtype),
+                                 None if layer.bias is None else layer.bias.astype(dtype))
 
 
 def _decisions(net, x):
@@ -146,9 +153,8 @@ def test_maps_with_winograd_match_the_direct_float64_map(algorithm, method, kw):
     so those samples are the ones a rounding error model does not cover."""
     rng = np.random.default_rng(5)
     net = _cnn(rng)
-    net64 = rp.Sequential([l.with_parameters(l.weight.astype(np.float64),
-                                             None if l.bias is None else l.bias.astype(np.float64))
-                           if l.linear else l for l in net.layers], input_shape=net.input_shape)
+    net64 = rp.Sequential([_cast(layer, np.float64) for layer in net.layers],
+                          input_shape=net.input_shape)
     x = rng.uniform(-1.5, 1.5, (12,) + net.input_shape).astype(np.float32)
     t = np.arange(12) % 10
     rp.set_conv_algorithm("direct")

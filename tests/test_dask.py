@@ -56,7 +56,8 @@ def wide_mlp(hidden, seed=0):
     rng = np.random.default_rng(seed)
     return rp.Sequential([
         rp.Flatten(),
-        rp.Dense(rng.normal(size=(hidden, 64)).astype(np.float32) / 8, np.zeros(hidden, np.float32)),
+        rp.Dense(rng.normal(size=(hidden, 64)).astype(np.float32) / 8,
+                 np.zeros(hidden, np.float32)),
         rp.ReLU(),
         rp.Dense(rng.normal(size=(10, hidden)).astype(np.float32) / np.float32(np.sqrt(hidden))),
     ], input_shape=(1, 8, 8))

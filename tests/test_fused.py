@@ -4,7 +4,7 @@ stand for (bitwise), against their NumPy twins (error model), for every instruct
 and batch invariance; NaN, ties and zero denominators; bad inputs."""
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 
@@ -12,7 +12,14 @@ import relprop as rp
 from relprop import _core, ops
 from relprop import reference as ref
 
-from strategies import DTYPES, arrays, conv_problems, dense_problems, sum_tolerance, winograd_problems
+from strategies import (
+    DTYPES,
+    arrays,
+    conv_problems,
+    dense_problems,
+    sum_tolerance,
+    winograd_problems,
+)
 
 ISAS = ops.supported_isas()
 P2 = ((2, 2), (2, 2), (0, 0))  # the fused pooling: window, stride, padding
@@ -30,11 +37,12 @@ def f64(a):
     return None if a is None else np.asarray(a, dtype=np.float64)
 
 
-def with_threads(n, fn):
+def with_threads(n, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on ``n`` threads."""
     old = rp.get_num_threads()
     rp.set_num_threads(n)
     try:
-        return fn()
+        return fn(*args, **kwargs)
     finally:
         rp.set_num_threads(old)
 
@@ -318,7 +326,7 @@ def test_relu_maxpool_bands_and_channel_splits(isa, c_out, hw):
         x = signed(rng, (3, 4, *hw), np.float32)
         w, b = signed(rng, (c_out, 4, k, k), np.float32), signed(rng, c_out, np.float32)
         for nt in (1, 2):
-            with_threads(nt, lambda: check_pooled(x, w, b, s, pad, rng))
+            with_threads(nt, check_pooled, x, w, b, s, pad, rng)
 
 
 def test_relu_maxpool_bitwise_the_same_for_any_threads_batch_and_packing(isa):
@@ -326,22 +334,21 @@ def test_relu_maxpool_bitwise_the_same_for_any_threads_batch_and_packing(isa):
     x = signed(rng, (3, 8, 21, 19), np.float32)
     w, b = signed(rng, (24, 8, 3, 3), np.float32), signed(rng, 24, np.float32)
     for tile in (None, 2, 4):
-        full = with_threads(1, lambda: ops.conv2d_forward_relu_maxpool(x, w, b, 1, 1, tile=tile))
+        full = with_threads(1, ops.conv2d_forward_relu_maxpool, x, w, b, 1, 1, tile=tile)
         gp = signed(rng, full[0].shape, np.float32)
-        back = with_threads(1, lambda: ops.conv2d_backward_pooled(gp, full[1], w, x.shape[2:], 1,
-                                                                  1, pooled=full[0], mask=x,
-                                                                  tile=tile))
+        back = with_threads(1, ops.conv2d_backward_pooled, gp, full[1], w, x.shape[2:], 1, 1,
+                            pooled=full[0], mask=x, tile=tile)
         packed = (ops.conv2d_pack(w) if tile is None else ops.conv2d_winograd_pack(w, tile))
         packed_b = (ops.conv2d_pack(w, True, 1, 1) if tile is None
                     else ops.conv2d_winograd_pack(w, tile, backward=True))
         for nt in (2, 0):
-            got = with_threads(nt, lambda: ops.conv2d_forward_relu_maxpool(x, w, b, 1, 1, packed,
-                                                                           tile=tile))
+            got = with_threads(nt, ops.conv2d_forward_relu_maxpool, x, w, b, 1, 1, packed,
+                               tile=tile)
             assert_array_equal(got[0], full[0])
             assert_array_equal(got[1], full[1])
-            assert_array_equal(with_threads(nt, lambda: ops.conv2d_backward_pooled(
-                gp, full[1], w, x.shape[2:], 1, 1, packed_b, pooled=full[0], mask=x,
-                tile=tile)), back)
+            assert_array_equal(with_threads(nt, ops.conv2d_backward_pooled, gp, full[1], w,
+                                            x.shape[2:], 1, 1, packed_b, pooled=full[0], mask=x,
+                                            tile=tile), back)
         for i in range(len(x)):
             one = ops.conv2d_forward_relu_maxpool(x[i:i + 1], w, b, 1, 1, tile=tile)
             assert_array_equal(one[0], full[0][i:i + 1])
@@ -579,8 +586,8 @@ def test_maxpool_3x3_stride2_stem(isa):
             y_ref, arg_ref = ref.maxpool2d_forward(xs, k, s, pad)
             assert_array_equal(y, y_ref)
             assert_array_equal(arg, arg_ref)
-        one = with_threads(1, lambda: ops.maxpool2d_forward(x, (3, 3), (2, 2), (1, 1)))
-        two = with_threads(2, lambda: ops.maxpool2d_forward(x, (3, 3), (2, 2), (1, 1)))
+        one = with_threads(1, ops.maxpool2d_forward, x, (3, 3), (2, 2), (1, 1))
+        two = with_threads(2, ops.maxpool2d_forward, x, (3, 3), (2, 2), (1, 1))
         assert_array_equal(one[0], two[0])
         assert_array_equal(one[1], two[1])
         assert np.isnan(one[0][1, 2]).any()
@@ -597,7 +604,8 @@ def test_one_sample_dense_is_its_row_of_the_batch(isa, dtype, n_in, n_out):
     # first); its bits must be those of its row in any batch, with every epilogue and the
     # LRP prologue, for any thread count (33000 outputs: more than one chunk of block sums)
     rng = np.random.default_rng(n_in * n_out)
-    x, w, b = signed(rng, (5, n_in), dtype), signed(rng, (n_out, n_in), dtype), signed(rng, n_out, dtype)
+    x, w = signed(rng, (5, n_in), dtype), signed(rng, (n_out, n_in), dtype)
+    b = signed(rng, n_out, dtype)
     g, z = signed(rng, (5, n_out), dtype), signed(rng, (5, n_out), dtype)
     wt = np.ascontiguousarray(w.T)  # as a backward weight: rows of n_out
     gt, zt = signed(rng, (5, n_in), dtype), signed(rng, (5, n_in), dtype)
@@ -613,7 +621,7 @@ def test_one_sample_dense_is_its_row_of_the_batch(isa, dtype, n_in, n_out):
         lambda s: ops.dense_lrp_epsilon(gt[s], zt[s], g[s], wt, 0.0, pb),
     ]
     for call in calls:
-        full = with_threads(1, lambda: call(slice(None)))
+        full = with_threads(1, call, slice(None))
         for nt in (1, 2):
             for i in (0, 3):
-                assert_array_equal(with_threads(nt, lambda: call(slice(i, i + 1))), full[i:i + 1])
+                assert_array_equal(with_threads(nt, call, slice(i, i + 1)), full[i:i + 1])

@@ -191,8 +191,8 @@ def inputs(draw, sample_shape):
         vals.flat[draw(st.integers(0, vals.size - 1))] = special
     dtype = draw(st.sampled_from(SUPPORTED_DTYPES * 3 + UNSUPPORTED_DTYPES))
     arr = _cast(vals, dtype)
-    x = _layout(arr, draw(st.sampled_from(["c"] * 4 + ["fortran", "strided", "reversed", "broadcast",
-                                                        "readonly", "list"])))
+    x = _layout(arr, draw(st.sampled_from(["c"] * 4 + ["fortran", "strided", "reversed",
+                                                        "broadcast", "readonly", "list"])))
     if shape_kind != "ok" or isinstance(dtype, list) or dtype in UNSUPPORTED_DTYPES:
         return x, "invalid"
     with np.errstate(all="ignore"):
@@ -254,7 +254,8 @@ def method_kwargs(draw):
     """``({batch_size, check_finite}, status)``."""
     bs, bs_ok = draw(st.sampled_from([(None, True)] * 4 + [
         (1, True), (2, True), (1000, True), (np.int64(2), True), (2**70, True),
-        (0, False), (-1, False), (1.5, False), (True, False), ("2", False), (np.float64(2), False)]))
+        (0, False), (-1, False), (1.5, False), (True, False), ("2", False),
+        (np.float64(2), False)]))
     return {"batch_size": bs, "check_finite": draw(st.sampled_from([True, True, True, False]))}, \
         ("valid" if bs_ok else "invalid")
 
@@ -265,7 +266,8 @@ def explanation_calls():
     out = [(m.__name__, m) for m in (rp.gradient, rp.sensitivity, rp.gradient_x_input,
                                      rp.deconvnet, rp.guided_backprop)]
     out += [("taylor_zero", lambda n, x, t, **k: rp.taylor(n, x, t, "zero", **k)),
-            ("taylor_nearest", lambda n, x, t, **k: rp.taylor(n, x, t, "nearest", max_steps=4, **k)),
+            ("taylor_nearest", lambda n, x, t, **k: rp.taylor(n, x, t, "nearest", max_steps=4,
+                                                              **k)),
             ("taylor_array", lambda n, x, t, **k: rp.taylor(
                 n, x, t, np.full(n.input_shape, 0.25), **k)),
             ("smoothgrad", lambda n, x, t, **k: rp.smoothgrad(n, x, t, n=2, seed=0, **k)),
@@ -392,7 +394,7 @@ def layer_stacks(draw):
 
     cur = shape
     thunks = []
-    last = None
+    last = kind = None
     for _ in range(draw(st.integers(1, 6))):
         last, kind = kind if thunks else None, draw(st.sampled_from([
             "dense", "conv2d", "relu", "flatten", "maxpool2d", "avgpool2d", "globalavgpool2d",
@@ -410,8 +412,8 @@ def layer_stacks(draw):
                 st.integers(0, 12))
             out = draw(st.integers(1, 6))
             b = out if fits else draw(st.one_of(st.none(), st.integers(0, 7)))
-            thunks.append(lambda w=weights((out, feat)), b=b: rp.Dense(
-                w, None if b is None else rng.normal(size=b)))
+            w = weights((out, feat))
+            thunks.append(lambda w=w, b=b: rp.Dense(w, None if b is None else rng.normal(size=b)))
             cur = (out,)
         elif kind == "conv2d":
             chans = cur[0] if fits and image_now else draw(st.integers(0, 4))
@@ -421,10 +423,12 @@ def layer_stacks(draw):
                 kh, kw = (int(v) for v in (k if isinstance(k, tuple) else (k, k)))
             except (TypeError, ValueError):
                 kh, kw = 2, 2
-            thunks.append(lambda w=weights((out, chans, kh, kw)), s=stride, p=padding: rp.Conv2d(
-                w, rng.normal(size=out), stride=s, padding=p))
+            w = weights((out, chans, kh, kw))
+            thunks.append(lambda w=w, o=out, s=stride, p=padding: rp.Conv2d(
+                w, rng.normal(size=o), stride=s, padding=p))
             try:
-                cur = (out,) + out_hw(cur[1:], (kh, kw), stride, padding) if image_now else (out, 1, 1)
+                cur = ((out,) + out_hw(cur[1:], (kh, kw), stride, padding) if image_now
+                       else (out, 1, 1))
             except (TypeError, ValueError, ZeroDivisionError):
                 pass  # weird parameters: the layer will be rejected
         elif kind in ("maxpool2d", "avgpool2d"):
@@ -446,9 +450,11 @@ def layer_stacks(draw):
             var = 0.5 if fits else draw(st.sampled_from([1.0, 0.0, -1.0, np.inf]))
             eps = 1e-5 if fits else draw(st.sampled_from([1e-5, 0.0, -1.0, np.nan, "1"]))
             thunks.append(lambda cls=cls, f=f, var=var, eps=eps: cls(
-                rng.uniform(0.5, 2, f), rng.normal(size=f), rng.normal(size=f), np.full(f, var), eps))
+                rng.uniform(0.5, 2, f), rng.normal(size=f), rng.normal(size=f), np.full(f, var),
+                eps))
         else:
-            cls = {"relu": rp.ReLU, "flatten": rp.Flatten, "globalavgpool2d": rp.GlobalAvgPool2d}[kind]
+            cls = {"relu": rp.ReLU, "flatten": rp.Flatten,
+                   "globalavgpool2d": rp.GlobalAvgPool2d}[kind]
             thunks.append(cls)
             if kind == "flatten":
                 cur = (int(np.prod(cur)),)

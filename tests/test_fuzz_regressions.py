@@ -1,4 +1,5 @@
-"""Inputs the fuzz harnesses once broke, replayed: each must now load cleanly or raise ValueError."""
+"""Inputs the fuzz harnesses once broke, replayed: each must now load cleanly or raise
+ValueError."""
 import pathlib
 import sys
 

@@ -107,7 +107,8 @@ def test_results_do_not_depend_on_thread_count(isa, dtype):
     for n in (1, 3, 4):  # one sample (GEMM split), odd and even batches (samples split)
         xc, wc, bc = u(n, 5, 13, 11), u(7, 5, 3, 3), u(7)
         w16, g16 = u(40, 5, 3, 3), u(n, 40, 13, 11)  # few inputs: backward through col2im
-        cases.append(lambda g16=g16, w16=w16: ops.conv2d_backward(g16, w16, (13, 11), (1, 1), (1, 1)))
+        cases.append(lambda g16=g16, w16=w16: ops.conv2d_backward(g16, w16, (13, 11), (1, 1),
+                                                                  (1, 1)))
         for stride, pad in [((1, 1), (1, 1)), ((2, 1), (0, 1)), ((1, 1), (0, 0))]:
             y = ops.conv2d_forward(xc, wc, bc, stride, pad)
             g = u(*y.shape)
@@ -212,9 +213,9 @@ def test_conv_loop_orders_give_the_same_bits(isa, dtype):
     full = ops.conv2d_forward(x, w, None, (1, 1), (1, 1))
     for lo, hi in ((0, 16), (16, 64), (64, 128)):
         assert_array_equal(full[:, lo:hi], ops.conv2d_forward(x, w[lo:hi], None, (1, 1), (1, 1)))
-    assert_allclose(full, ref.conv2d_forward(x.astype(np.float64), w.astype(np.float64), None, (1, 1), (1, 1)),
-                    rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-3 if dtype == np.float32
-                    else 1e-10)
+    want = ref.conv2d_forward(x.astype(np.float64), w.astype(np.float64), None, (1, 1), (1, 1))
+    assert_allclose(full, want, rtol=1e-4 if dtype == np.float32 else 1e-10,
+                    atol=1e-3 if dtype == np.float32 else 1e-10)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -20,13 +20,13 @@ def random_nets(draw, bias=True):
         sizes = tuple(draw(st.lists(st.integers(1, 12), min_size=2, max_size=4)))
         net = nets.mlp(rng, sizes, bias=bias)
     else:
-        net = nets.cnn(rng, bias=bias, channels=draw(st.integers(1, 3)), size=draw(st.integers(6, 10)),
-                       n_out=draw(st.integers(1, 4)))
+        net = nets.cnn(rng, bias=bias, channels=draw(st.integers(1, 3)),
+                       size=draw(st.integers(6, 10)), n_out=draw(st.integers(1, 4)))
     n = draw(st.integers(1, 3))
     x = rng.normal(size=(n,) + net.input_shape)
     n_out = net.output_shape[0]
-    target = draw(st.one_of(st.integers(0, n_out - 1), st.lists(st.integers(0, n_out - 1), min_size=n,
-                                                                 max_size=n)))
+    target = draw(st.one_of(st.integers(0, n_out - 1),
+                            st.lists(st.integers(0, n_out - 1), min_size=n, max_size=n)))
     return net, x, target
 
 
@@ -49,7 +49,7 @@ def test_methods_match_reference(method, twin, problem, dtype):
 
 def _min_abs_preactivation(net, x):
     acts = ref.forward(net, x)
-    return min(np.abs(acts[i + 1]).min() for i, l in enumerate(net.layers) if l.linear)
+    return min(np.abs(acts[i + 1]).min() for i, layer in enumerate(net.layers) if layer.linear)
 
 
 @given(problem=random_nets(), seed=st.integers(0, 2**31))
@@ -126,7 +126,8 @@ def test_batch_size_chunks_give_the_same_result(rng):
     net = nets.cnn(rng)
     x = rng.normal(size=(7, 3, 12, 12))
     t = [0, 1, 2, 3, 4, 0, 1]
-    assert_allclose(rp.gradient(net, x, t, batch_size=3), rp.gradient(net, x, t), rtol=1e-13, atol=1e-15)
+    assert_allclose(rp.gradient(net, x, t, batch_size=3), rp.gradient(net, x, t), rtol=1e-13,
+                    atol=1e-15)
     assert_allclose(rp.taylor(net, x, 2, root="nearest", batch_size=2),
                     rp.taylor(net, x, 2, root="nearest"), rtol=1e-9, atol=1e-12)
 
@@ -136,4 +137,5 @@ def test_array_target_is_the_seed(rng):
     x = rng.normal(size=(3, 12))
     seed = rng.normal(size=(3, 4))
     acts = ref.forward(net, x)
-    assert_allclose(rp.gradient(net, x, seed), ref.backward(net, acts, seed), rtol=1e-10, atol=1e-12)
+    assert_allclose(rp.gradient(net, x, seed), ref.backward(net, acts, seed), rtol=1e-10,
+                    atol=1e-12)

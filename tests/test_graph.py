@@ -157,8 +157,9 @@ def test_fusions_are_found_where_a_node_alone_reads_a_tensor(rng):
     assert {net.nodes[i].name for i in g.relu} == {"c1", "c2"} and not g.pool and not g.masked
 
 
-COMPOSITES = [("epsilon", {}), ("epsilon_plus_flat", {}), ("epsilon_gamma_box", dict(low=-3, high=3)),
-              ("epsilon_alpha2_beta1", {}), ("epsilon_plus", {})]
+COMPOSITES = [("epsilon", {}), ("epsilon_plus_flat", {}),
+              ("epsilon_gamma_box", dict(low=-3, high=3)), ("epsilon_alpha2_beta1", {}),
+              ("epsilon_plus", {})]
 
 
 @given(net=dags(extended=True), composite=st.sampled_from(COMPOSITES), positive=st.booleans())
@@ -263,7 +264,8 @@ def test_composites_map_graph_nodes(rng):
     with pytest.raises(ValueError, match="overrides name nodes \\['nope'\\]"):
         rp.Composite([], overrides={"nope": rp.rules.ZPlus()}).rules(net)
     with pytest.raises(ValueError, match="cannot be applied to node add"):
-        rp.Composite([("linear", rp.rules.Epsilon())], overrides={"add": rp.rules.ZPlus()}).rules(net)
+        rp.Composite([("linear", rp.rules.Epsilon())],
+                     overrides={"add": rp.rules.ZPlus()}).rules(net)
 
 
 # --- files and pickling -----------------------------------------------------------------------
@@ -288,8 +290,9 @@ def test_version_1_files_still_load(tmp_path, rng):
 
     net = nets.cnn(rng)
     desc = {"format": "relprop", "version": 1, "input_shape": list(net.input_shape),
-            "layers": [{"kind": l.kind, **l.config()} for l in net.layers]}
-    arrays = {f"{i}.{k}": v for i, l in enumerate(net.layers) for k, v in l.arrays().items()}
+            "layers": [{"kind": layer.kind, **layer.config()} for layer in net.layers]}
+    arrays = {f"{i}.{k}": v for i, layer in enumerate(net.layers)
+              for k, v in layer.arrays().items()}
     with open(tmp_path / "v1.npz", "wb") as fh:
         np.savez(fh, __relprop__=np.frombuffer(json.dumps(desc).encode(), np.uint8), **arrays)
     back = rp.load(tmp_path / "v1.npz")

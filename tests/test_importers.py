@@ -70,8 +70,9 @@ def test_from_torch_matches_torch(dtype):
     module = _with_running_stats(_torch_cnn(), CNN_SHAPE).to(dtype)
     net = relprop.from_torch(module, CNN_SHAPE)
     # BatchNorm folded, Dropout/Identity skipped
-    assert [l.kind for l in net.layers] == ["conv2d", "relu", "conv2d", "relu", "maxpool2d",
-                                           "avgpool2d", "flatten", "dense", "relu", "dense"]
+    assert [layer.kind for layer in net.layers] == ["conv2d", "relu", "conv2d", "relu",
+                                                   "maxpool2d", "avgpool2d", "flatten", "dense",
+                                                   "relu", "dense"]
     x = np.random.default_rng(1).uniform(-1, 2, (7,) + CNN_SHAPE)
     x = x.astype(np.float32 if dtype == torch.float32 else np.float64)
     with torch.no_grad():
@@ -113,7 +114,8 @@ def test_from_torch_adaptive_pool_as_fixed_pooling():
     module = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d((2, 3)),
                            nn.AdaptiveAvgPool2d((2, 3)), nn.Flatten(), nn.Linear(18, 2))
     net = relprop.from_torch(module, (2, 4, 6))
-    assert [l.kind for l in net.layers] == ["conv2d", "relu", "avgpool2d", "flatten", "dense"]
+    assert [layer.kind for layer in net.layers] == ["conv2d", "relu", "avgpool2d", "flatten",
+                                                   "dense"]
     assert net.layers[2].kernel_size == (2, 2)  # the second pool is the identity: dropped
     x = np.random.default_rng(5).standard_normal((3, 2, 4, 6)).astype(np.float32)
     with torch.no_grad():
@@ -134,7 +136,8 @@ def test_from_torch_same_padding_and_single_module():
 @pytest.mark.parametrize("module, shape, match", [
     (lambda: nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Tanh())), (4,),
      r"module '1\.0' \(Tanh\): the activation Tanh is not supported"),
-    (lambda: nn.Sequential(nn.Linear(4, 4), nn.Hardtanh(-1, 1)), (4,), r"module '1' \(Hardtanh\): the activation Hardtanh\(-1"),
+    (lambda: nn.Sequential(nn.Linear(4, 4), nn.Hardtanh(-1, 1)), (4,),
+     r"module '1' \(Hardtanh\): the activation Hardtanh\(-1"),
     (lambda: nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")), (2, 8, 8),
      "padding_mode"),
     (lambda: nn.Sequential(nn.Conv2d(1, 1, 4, padding="same")), (1, 8, 8), "asymmetric"),
@@ -266,7 +269,8 @@ def test_from_torch_unsupported_graph_parts_name_the_node():
         (lambda s, x: torch.flatten(s.conv(x), 2), "node 'flatten'.*dimension 2"),
         (lambda s, x: s.conv(x).view(x.size(0), 2, -1), r"node 'view'.*not a flatten"),
         (lambda s, x: s.conv(x) * 2, "node 'mul'.*on tensors is not supported"),
-        (lambda s, x: s.conv(x) + s.offset, "node 'add'.*adds tensor 'conv' and attribute 'offset'"),
+        (lambda s, x: s.conv(x) + s.offset,
+         "node 'add'.*adds tensor 'conv' and attribute 'offset'"),
         (lambda s, x: F.leaky_relu(s.conv(x)), "leaky_relu is not supported"),
         (lambda s, x: F.hardtanh(s.conv(x)), r"hardtanh\(-1.0, 1.0\) is not supported"),
     ]
@@ -389,8 +393,8 @@ def test_from_onnx_handmade_graph_matches_onnxruntime():
     rng = np.random.default_rng(5)
     model = _handmade(rng)
     net = relprop.from_onnx(model)
-    assert [l.kind for l in net.layers] == ["conv2d", "relu", "avgpool2d", "maxpool2d",
-                                           "flatten", "dense", "relu", "dense"]
+    assert [layer.kind for layer in net.layers] == ["conv2d", "relu", "avgpool2d", "maxpool2d",
+                                                   "flatten", "dense", "relu", "dense"]
     x = rng.standard_normal((6, 2, 7, 7)).astype(np.float32)
     assert _rel_err(net(x), _ort(model, x)) <= 1e-5
 

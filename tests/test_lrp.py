@@ -7,8 +7,18 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import relprop as rp
 from relprop import reference as ref
-from relprop.rules import (AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, WinnerTakeAll, WSquare,
-                           ZBox, ZPlus)
+from relprop.rules import (
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Norm,
+    Pass,
+    WinnerTakeAll,
+    WSquare,
+    ZBox,
+    ZPlus,
+)
 
 import nets
 
@@ -76,8 +86,8 @@ def test_linear_rules_match_reference_float32(rule, problem, conv_algorithm):
 
 
 @pytest.mark.parametrize("kind", ["avg", "global", "max"])
-@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 3), s=st.integers(1, 3), p=st.integers(0, 1),
-       dtype=st.sampled_from([np.float32, np.float64]))
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 3), s=st.integers(1, 3),
+       p=st.integers(0, 1), dtype=st.sampled_from([np.float32, np.float64]))
 def test_pooling_rules_match_reference(kind, seed, k, s, p, dtype):
     rng = np.random.default_rng(seed)
     p = min(p, k // 2)
@@ -155,7 +165,8 @@ def test_rules_conserve_layer_by_layer_without_bias(rng, rule):
 
 
 def test_zplus_conserves_up_to_its_bias_share(rng):
-    """With biases, ZPlus on non-negative inputs gives sum R_in = sum_k R_k (z+_k - b+_k) / stab(z+_k)."""
+    """With biases, ZPlus on non-negative inputs gives
+    sum R_in = sum_k R_k (z+_k - b+_k) / stab(z+_k)."""
     w, b = rng.normal(size=(5, 7)), rng.normal(size=5)
     layer = rp.Dense(w, b)
     a = rng.uniform(0, 1, size=(4, 7))
@@ -206,7 +217,8 @@ def test_rule_assignment_follows_zennit_first_layer_semantics(rng):
     mlp = nets.mlp(rng)
     # Flat goes to the first linear layer, ZBox only to a first Conv2d
     assert isinstance(rp.composites.EpsilonPlusFlat().rules(mlp)[0], Flat)
-    assert all(isinstance(r, (Epsilon, Pass)) for r in rp.composites.EpsilonGammaBox(0, 1).rules(mlp))
+    assert all(isinstance(r, (Epsilon, Pass))
+               for r in rp.composites.EpsilonGammaBox(0, 1).rules(mlp))
 
 
 def test_rule_parameters_are_validated():
@@ -261,4 +273,5 @@ def test_lrp_is_thread_count_invariant_and_chunkable(rng):
     finally:
         rp.set_num_threads(old)
     assert_array_equal(a, b)
-    assert_allclose(rp.lrp(net, x, 1, "epsilon_gamma_box", low=-3, high=3, batch_size=2), a, rtol=1e-6)
+    assert_allclose(rp.lrp(net, x, 1, "epsilon_gamma_box", low=-3, high=3, batch_size=2), a,
+                    rtol=1e-6)

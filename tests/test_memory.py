@@ -12,7 +12,6 @@ where the activations of one chunk are every layer's input and output for ``batc
 samples (the trace the backward pass reuses) and FACTOR = 5 leaves room for a rule's
 temporaries (LRP-gamma keeps up to four layer-sized arrays next to the trace).
 """
-import inspect
 import sys
 import tracemalloc
 

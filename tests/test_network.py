@@ -26,7 +26,7 @@ def test_vjp_is_backward_of_the_trace_keeping_only_what_it_reads(rng, mode):
         x = rng.normal(size=(4, 3, 12, 12)).astype(np.float32)
         tr = net.trace(x)
         s = rng.normal(size=tr.output.shape).astype(np.float32)
-        out, g = net.vjp(x, lambda o: s, mode)
+        out, g = net.vjp(x, lambda o: s, mode)  # noqa: B023 - called by vjp, before it returns
         assert_array_equal(out, tr.output)
         assert_array_equal(g, net.backward(tr, s, mode))
     # vjp hands every other layer a stand-in with the shape of its input and no values
@@ -57,12 +57,13 @@ def _bn_params(rng, c):
 def test_batchnorm_is_folded_exactly(rng):
     w, b = rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4)
     scale, shift, mean, var = _bn_params(rng, 4)
-    net = rp.Sequential([rp.Conv2d(w, b, padding=1), rp.BatchNorm2d(scale, shift, mean, var, eps=1e-3),
-                         rp.ReLU()])
+    net = rp.Sequential([rp.Conv2d(w, b, padding=1),
+                         rp.BatchNorm2d(scale, shift, mean, var, eps=1e-3), rp.ReLU()])
     assert len(net.layers) == 2
     x = rng.normal(size=(2, 3, 5, 5))
     z = ref.conv2d_forward(x, w, b, 1, 1)
-    bn = (z - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-3) * scale[:, None, None] + shift[:, None, None]
+    bn = ((z - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-3) * scale[:, None, None]
+          + shift[:, None, None])
     assert_allclose(net(x), np.maximum(bn, 0), rtol=1e-12, atol=1e-12)
 
 
@@ -85,12 +86,12 @@ def test_batchnorm_that_cannot_be_folded_must_fit(rng):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_save_load_round_trip(tmp_path, rng, dtype):
     net = nets.cnn(rng)
-    net = rp.Sequential([type(l)(**{}) if not l.linear and not hasattr(l, "kernel_size") else l
-                         for l in net.layers], input_shape=net.input_shape)
+    net = rp.Sequential([type(layer)(**{}) if not layer.linear and not hasattr(layer, "kernel_size")
+                         else layer for layer in net.layers], input_shape=net.input_shape)
     path = tmp_path / "m.npz"
     net.save(path)
     back = rp.load(path)
-    assert [l.kind for l in back.layers] == [l.kind for l in net.layers]
+    assert [layer.kind for layer in back.layers] == [layer.kind for layer in net.layers]
     assert back.input_shape == net.input_shape
     x = rng.normal(size=(2, 3, 12, 12)).astype(dtype)
     assert_array_equal(back(x), net(x))
@@ -131,10 +132,12 @@ def test_forward_and_gradient_match_torch(rng):
     xt32 = torch.from_numpy(x32).requires_grad_()
     o32 = t32(xt32)
     o32[:, 1].sum().backward()
-    net32 = rp.Sequential([l if not l.linear else type(l)(l.weight.astype(np.float32),
-                           None if l.bias is None else l.bias.astype(np.float32),
-                           **({} if l.kind == "dense" else {"stride": l.stride, "padding": l.padding}))
-                           for l in net.layers], input_shape=net.input_shape)
+    net32 = rp.Sequential(
+        [layer if not layer.linear else type(layer)(
+            layer.weight.astype(np.float32),
+            None if layer.bias is None else layer.bias.astype(np.float32),
+            **({} if layer.kind == "dense" else {"stride": layer.stride, "padding": layer.padding}))
+         for layer in net.layers], input_shape=net.input_shape)
     assert_allclose(net32(x32), o32.detach().numpy(), rtol=1e-4, atol=1e-5)
     assert_allclose(rp.gradient(net32, x32, 1), xt32.grad.numpy(), rtol=1e-4, atol=1e-5)
 

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
 import relprop as rp
@@ -9,7 +10,6 @@ from relprop import ops
 from relprop import reference as ref
 
 from strategies import arrays, conv_problems, dense_problems, sum_tolerance, window_problems
-from hypothesis import strategies as st
 
 
 def f64(a):
@@ -217,6 +217,7 @@ def test_core_rejects_unvalidated_input():
     with pytest.raises(TypeError):
         _core.dense_forward(x, np.ones((4, 3), dtype=np.float64), None, 1)
     with pytest.raises(TypeError):
-        _core.dense_forward(np.ones((3, 2), dtype=np.float32).T, np.ones((4, 3), np.float32), None, 1)
+        _core.dense_forward(np.ones((3, 2), dtype=np.float32).T, np.ones((4, 3), np.float32),
+                            None, 1)
     with pytest.raises(ValueError, match="weight.shape"):
         _core.dense_forward(x, np.ones((4, 5), dtype=np.float32), None, 1)

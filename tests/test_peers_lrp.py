@@ -5,7 +5,6 @@ Runs where torch and zennit are installed (the `crosscheck` extra; CI installs t
 """
 import numpy as np
 import pytest
-from numpy.testing import assert_allclose
 
 import relprop as rp
 from relprop import rules as R
@@ -36,7 +35,8 @@ COMPOSITES = {
     "epsilon_plus_flat": ({}, lambda: zc.EpsilonPlusFlat()),
     "epsilon_alpha2_beta1": ({}, lambda: zc.EpsilonAlpha2Beta1()),
     "epsilon_alpha2_beta1_flat": ({}, lambda: zc.EpsilonAlpha2Beta1Flat()),
-    "epsilon_gamma_box": ({"low": -3.0, "high": 3.0}, lambda: zc.EpsilonGammaBox(low=-3.0, high=3.0)),
+    "epsilon_gamma_box": ({"low": -3.0, "high": 3.0},
+                          lambda: zc.EpsilonGammaBox(low=-3.0, high=3.0)),
     "epsilon_plus_eps": ({"epsilon": 0.1}, lambda: zc.EpsilonPlus(epsilon=0.1)),
 }
 
@@ -58,8 +58,8 @@ def _compare(net, x, spec, zennit_composite, dtype):
     x = x.astype(dtype)
     out = net(x)
     seed = np.zeros_like(out)
-    seed[np.arange(len(x)), np.arange(len(x)) % out.shape[1]] = out[np.arange(len(x)),
-                                                                    np.arange(len(x)) % out.shape[1]]
+    pick = np.arange(len(x)), np.arange(len(x)) % out.shape[1]
+    seed[pick] = out[pick]
     got = rp.lrp(net, x, seed, spec)
     tnet = nets.to_torch(net, "float64" if dtype == np.float64 else "float32")
     want = _zennit(tnet, zennit_composite, x, seed)

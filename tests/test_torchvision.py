@@ -37,8 +37,7 @@ pytest.importorskip("torchvision")
 zc = pytest.importorskip("zennit.composites")
 from torch import nn  # noqa: E402
 from zennit.attribution import Gradient  # noqa: E402
-from zennit.canonizers import (AttributeCanonizer, NamedMergeBatchNorm,  # noqa: E402
-                               SequentialMergeBatchNorm)
+from zennit.canonizers import AttributeCanonizer, NamedMergeBatchNorm, SequentialMergeBatchNorm  # noqa: E402
 from zennit.layer import Sum  # noqa: E402
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer  # noqa: E402
 

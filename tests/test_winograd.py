@@ -31,11 +31,12 @@ def f64(a):
     return None if a is None else np.asarray(a, dtype=np.float64)
 
 
-def with_threads(n, fn):
+def with_threads(n, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on ``n`` threads."""
     old = rp.get_num_threads()
     rp.set_num_threads(n)
     try:
-        return fn()
+        return fn(*args, **kwargs)
     finally:
         rp.set_num_threads(old)
 
@@ -209,9 +210,8 @@ def test_results_do_not_depend_on_threads_or_block_size(isa, dtype, tile):
                                                            block_tiles),
                              _core.conv2d_winograd_backward(g, w, hw, pad, tile, nt, None,
                                                             block_tiles)))
-        runs.append(with_threads(0, lambda: (ops.conv2d_winograd_forward(x, w, b, pad, tile=tile),
-                                             ops.conv2d_winograd_backward(g, w, hw, pad,
-                                                                          tile=tile))))
+        runs.append((with_threads(0, ops.conv2d_winograd_forward, x, w, b, pad, tile=tile),
+                     with_threads(0, ops.conv2d_winograd_backward, g, w, hw, pad, tile=tile)))
         for y, gx in runs[1:]:
             assert_array_equal(y, runs[0][0])
             assert_array_equal(gx, runs[0][1])

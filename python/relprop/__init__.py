@@ -11,16 +11,42 @@ from . import composites, evaluate, rules
 from ._core import __version__
 from .averaged import integrated_gradients, smoothgrad
 from .composites import Composite
-from .importers import from_onnx, from_sklearn, from_torch
-from .layers import (AdaptiveAvgPool2d, Add, AvgPool2d, BatchNorm1d, BatchNorm2d, Concat,
-                     Conv2d, Dense, Flatten, GlobalAvgPool2d, MaxPool2d, ReLU, ReLU6,
-                     get_conv_algorithm, release_memory, set_conv_algorithm)
-from .lrp import conservation, lrp
-from .methods import (METHODS, TaylorInfo, deconvnet, explain, gradient, gradient_x_input,
-                      guided_backprop, pool_channels, sensitivity, taylor)
 from .graph import Graph, Node, Sequential, Trace, load
+from .importers import from_onnx, from_sklearn, from_torch
+from .layers import (
+    AdaptiveAvgPool2d,
+    Add,
+    AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    Concat,
+    Conv2d,
+    Dense,
+    Flatten,
+    GlobalAvgPool2d,
+    MaxPool2d,
+    ReLU,
+    ReLU6,
+    get_conv_algorithm,
+    release_memory,
+    set_conv_algorithm,
+)
+from .lrp import conservation, lrp
+from .methods import (
+    METHODS,
+    TaylorInfo,
+    deconvnet,
+    explain,
+    gradient,
+    gradient_x_input,
+    guided_backprop,
+    pool_channels,
+    sensitivity,
+    taylor,
+)
 from .ops import get_num_threads, set_num_threads
 from .prototypes import GaussianPrior, Prototypes, activation_maximization
+
 
 def show_config(file=None, peak=False) -> dict:
     """Print (and return) version, GEMM instruction set, OpenMP support and thread count.

@@ -576,8 +576,15 @@ def cli_explain(args):
     Dask (see :mod:`relprop.stream`):
     returns ``(net, inputs, params)`` (the parameters with those derived from the inputs)."""
     from . import set_num_threads
-    from .stream import (ImageInputs, check_cluster, default_chunk_size, explain_to_folder,
-                         input_range, model_identity, open_inputs)
+    from .stream import (
+        ImageInputs,
+        check_cluster,
+        default_chunk_size,
+        explain_to_folder,
+        input_range,
+        model_identity,
+        open_inputs,
+    )
 
     check_method(args.method)
     check_parameters(args.method, [key for key, _ in args.param])

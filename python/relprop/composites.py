@@ -2,7 +2,19 @@
 from __future__ import annotations
 
 from . import layers as L
-from .rules import RULES, Epsilon, Flat, Gamma, AlphaBeta, Norm, Pass, Rule, WinnerTakeAll, ZBox, ZPlus
+from .rules import (
+    RULES,
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Norm,
+    Pass,
+    Rule,
+    WinnerTakeAll,
+    ZBox,
+    ZPlus,
+)
 
 COMPOSITES: dict = {}
 
@@ -135,8 +147,8 @@ def as_composite(spec, **kwargs) -> Composite:
             return COMPOSITES[spec](**kwargs)
         if spec in RULES:
             return as_composite(RULES[spec](**kwargs))
-        raise ValueError(f"unknown LRP rule or composite {spec!r}; composites: {sorted(COMPOSITES)}, "
-                         f"rules: {sorted(RULES)}")
+        raise ValueError(f"unknown LRP rule or composite {spec!r}; "
+                         f"composites: {sorted(COMPOSITES)}, rules: {sorted(RULES)}")
     raise TypeError(f"expected a Composite, a Rule or a name, got {type(spec).__name__}")
 
 

@@ -45,9 +45,9 @@ from ._common import is_int
 from .evaluate import ORDERS, PixelFlipping, _fill_values, _region_ranks
 from .evaluate import pixel_flipping as _pixel_flipping
 from .graph import Graph
+from .inputs import NpyFile, default_chunk_size
 from .methods import explain as _explain
 from .ops import get_num_threads, set_num_threads
-from .inputs import NpyFile, default_chunk_size
 
 __all__ = ["explain", "from_npy", "pixel_flipping", "use_worker_threads", "worker_threads"]
 

@@ -17,8 +17,15 @@ from . import io
 from . import layers as L
 from ._common import map_batches
 from ._validate import as_float_array, check_size
-from .engine import (GradientStep, TraceStep, backward_walk, find_fusions, forward_pass,
-                     fused_forward, run)
+from .engine import (
+    GradientStep,
+    TraceStep,
+    backward_walk,
+    find_fusions,
+    forward_pass,
+    fused_forward,
+    run,
+)
 
 #: The default name of a network's input.
 INPUT = "input"

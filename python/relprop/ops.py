@@ -6,7 +6,7 @@ released inside every kernel.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 
@@ -768,7 +768,7 @@ class Algorithm(NamedTuple):
     Winograd output tile (4 or 2; None for direct)."""
 
     name: str
-    tile: Optional[int] = None
+    tile: int | None = None
 
 
 def conv2d_algorithm(x_shape, w_shape, stride, padding, dtype, backward=False, *, groups=1,

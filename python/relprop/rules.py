@@ -167,10 +167,10 @@ def _check_stabilizer(rule, name="stabilizer"):
 @register_rule("epsilon")
 @dataclass(frozen=True)
 class Epsilon(Rule):
-    """LRP-epsilon: ``R_j = a_j sum_k w_jk R_k / stab(z_k)``, ``z = Wa + b``.  ``Epsilon(0)`` is LRP-0.
+    """LRP-epsilon: ``R_j = a_j sum_k w_jk R_k / stab(z_k)``, ``z = Wa + b``.
 
-    Where a denominator is exactly 0 (only possible with epsilon = 0) the relevance of that
-    output goes nowhere: its inputs get 0, not NaN (Zennit gives NaN).
+    ``Epsilon(0)`` is LRP-0.  Where a denominator is exactly 0 (only possible with epsilon = 0)
+    the relevance of that output goes nowhere: its inputs get 0, not NaN (Zennit gives NaN).
     """
 
     epsilon: float = 1e-6
@@ -325,7 +325,8 @@ class ZBox(Rule):
         try:
             bad = np.any(lo > hi)
         except ValueError:
-            raise ValueError(f"low {lo.shape} and high {hi.shape} must have compatible shapes") from None
+            raise ValueError(f"low {lo.shape} and high {hi.shape} must have compatible "
+                             "shapes") from None
         if bad:
             raise ValueError("ZBox needs low <= high")
         object.__setattr__(self, "low", lo)

@@ -29,11 +29,11 @@ import tempfile
 import zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _harness  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 import relprop  # noqa: E402
+
+import _harness  # noqa: E402
 
 _TMP = tempfile.mkdtemp(prefix="relprop-fuzz-load-")
 _PATH = os.path.join(_TMP, "model.npz")

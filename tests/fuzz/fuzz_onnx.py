@@ -4,8 +4,9 @@
     python tests/fuzz/fuzz_onnx.py -max_total_time=60
 
 Without atheris the same command runs a plain random-mutation loop (see ``_harness.py``).
-The property: ``from_onnx`` returns a Graph (a Sequential for chains) or raises ValueError (MemoryError for a model
-that declares more than memory holds), never anything else, never a crash; a network it
+The property: ``from_onnx`` returns a Graph (a Sequential for chains) or raises ValueError
+(MemoryError for a model that declares more than memory holds), never anything else, never a
+crash; a network it
 returns runs a forward pass or raises ValueError/MemoryError.
 
 The first byte of an input is a flag (bit 0: run the onnxruntime self-check, ``check=True``);
@@ -20,13 +21,13 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _harness  # noqa: E402
-
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import relprop  # noqa: E402
+
+import _harness  # noqa: E402
 
 
 def _model(nodes, inits, in_shape, out_shape, opset=13):

@@ -16,8 +16,15 @@ import numpy as np
 
 from .. import layers as L
 from ..graph import INPUT
-from ._common import (CHECK_RTOL, GraphBuilder, adaptive_avg_pool, is_identity_window, probe,
-                      self_check, softmax)
+from ._common import (
+    CHECK_RTOL,
+    GraphBuilder,
+    adaptive_avg_pool,
+    is_identity_window,
+    probe,
+    self_check,
+    softmax,
+)
 
 #: The operators from_onnx reads, for error messages.
 SUPPORTED = ("Conv (group, dilations), Gemm, MatMul (+ Add as its bias), Add/Sum of tensors, "

@@ -16,8 +16,15 @@ import numpy as np
 
 from .. import layers as L
 from ..graph import INPUT
-from ._common import (CHECK_RTOL, GraphBuilder, adaptive_avg_pool, as_input_shape,
-                      is_identity_window, probe, self_check)
+from ._common import (
+    CHECK_RTOL,
+    GraphBuilder,
+    adaptive_avg_pool,
+    as_input_shape,
+    is_identity_window,
+    probe,
+    self_check,
+)
 
 #: What from_torch reads, for error messages.
 SUPPORTED = ("modules Linear, Conv2d (groups, dilation), ReLU, ReLU6, Hardtanh(0, 6), MaxPool2d, "

@@ -2,8 +2,8 @@
 
 Preprocessing (the same for training, the tests and :func:`digits_data`): the 8x8 images of
 ``sklearn.datasets.load_digits`` (pixel values 0..16) divided by 16, so inputs lie in
-``[0, 1]``, float32.  The CNN and the ResNet take ``(n, 1, 8, 8)`` (NCHW, one channel); the MLP takes the
-row-major flattened ``(n, 64)``.  Both output 10 class scores (logits, before softmax).
+``[0, 1]``, float32.  The CNN and the ResNet take ``(n, 1, 8, 8)`` (NCHW, one channel); the MLP
+takes the row-major flattened ``(n, 64)``.  Both output 10 class scores (logits, before softmax).
 
 Split: ``train_test_split(data, target, test_size=0.25, random_state=0, stratify=target)``;
 the models were trained on the 1347 training samples and are evaluated on the 450 test

@@ -1,8 +1,8 @@
 """Train the bundled digits models and write them as relprop package data.
 
-Run ``python -m relprop.models.train_digits [--out DIR] [--models NAMES]`` (needs torch and scikit-learn; CPU,
-about a minute on two cores; without them it says how to install them and exits with
-status 2).  The script is deterministic: fixed seeds, one thread,
+Run ``python -m relprop.models.train_digits [--out DIR] [--models NAMES]`` (needs torch and
+scikit-learn; CPU, about a minute on two cores; without them it says how to install them and
+exits with status 2).  The script is deterministic: fixed seeds, one thread,
 ``torch.use_deterministic_algorithms``.  It writes
 
 * ``digits_cnn.npz`` - Conv2d(1,16,3,p1)-ReLU-Conv2d(16,32,3,p1)-ReLU-MaxPool2d(2)-Flatten-

@@ -55,7 +55,8 @@ def gamma(M, b, a, r, gamma, stabilizer):
 def zbox(M, b, a, r, low, high, stabilizer):
     low, high = np.broadcast_to(low, a.shape), np.broadcast_to(high, a.shape)
     c = _c(a, M) - _c(low, pos(M)) - _c(high, neg(M))
-    d = _c(a, M).sum(-1) + b - (_c(low, pos(M)).sum(-1) + pos(b)) - (_c(high, neg(M)).sum(-1) + neg(b))
+    d = (_c(a, M).sum(-1) + b - (_c(low, pos(M)).sum(-1) + pos(b))
+         - (_c(high, neg(M)).sum(-1) + neg(b)))
     return _redistribute(c, d, r, stabilizer)
 
 

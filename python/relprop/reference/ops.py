@@ -281,7 +281,8 @@ def winograd_matrices(tile):
     """``(BT, G, AT)`` of F(tile x tile, 3x3) as float64 arrays."""
     from fractions import Fraction
 
-    return tuple(np.array([[float(Fraction(v)) for v in row] for row in WINOGRAD_FRACTIONS[tile][k]])
+    return tuple(np.array([[float(Fraction(v)) for v in row]
+                           for row in WINOGRAD_FRACTIONS[tile][k]])
                  for k in ("BT", "G", "AT"))
 
 
