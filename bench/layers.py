@@ -248,7 +248,7 @@ class Block:
     def packed(self, role, w=None):
         w = self.w if w is None else w
         layer = self.layer
-        small = (len(self.x) <= L_PACK_MAX_BATCH) if not self.conv else layer._small(self.x)
+        small = (len(self.x) <= L_PACK_MAX_BATCH) if not self.conv else layer._small(self.x.shape)
         if role in ("forward", "backward") and self.conv:
             t = self.tile(role == "backward")
             if t:
