@@ -1,4 +1,5 @@
-"""Shared test configuration: hypothesis profiles and the thread-count fixture."""
+"""Shared test configuration: hypothesis profiles, the thread-count and instruction-set
+fixtures."""
 import os
 
 import numpy as np
@@ -40,3 +41,14 @@ def conv_algorithm(request):
     relprop.set_conv_algorithm(request.param)
     yield request.param
     relprop.set_conv_algorithm(None)
+
+
+@pytest.fixture(params=__import__("relprop").ops.supported_isas())
+def isa(request):
+    """Each instruction set this CPU supports in turn (restored afterwards)."""
+    from relprop import ops
+
+    old = ops.isa()
+    ops.set_isa(request.param)
+    yield request.param
+    ops.set_isa(old)

@@ -1,4 +1,5 @@
-"""Hypothesis strategies for kernel problems, and the error-model tolerance."""
+"""Hypothesis strategies for kernel problems, the error-model tolerance, and small helpers
+of the kernel tests."""
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -186,3 +187,19 @@ def winograd_problems(draw, wide=False, max_c=6):
     wt = draw(arrays(dtype, (c_out, c_in, 3, 3)))
     b = draw(st.one_of(st.none(), arrays(dtype, (c_out,))))
     return x, wt, b, (ph, pw), tile
+
+
+def f64(a):
+    return None if a is None else np.asarray(a, dtype=np.float64)
+
+
+def with_threads(n, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on ``n`` threads."""
+    import relprop as rp
+
+    old = rp.get_num_threads()
+    rp.set_num_threads(n)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        rp.set_num_threads(old)

@@ -22,14 +22,6 @@ SIZES = st.one_of(st.integers(1, 40), st.sampled_from([1, 2, 5, 6, 7, 12, 13, 16
                                                        47, 97, 130]))
 
 
-@pytest.fixture(params=ISAS)
-def isa(request):
-    old = ops.isa()
-    ops.set_isa(request.param)
-    yield request.param
-    ops.set_isa(old)
-
-
 def operands(m, n, k, dtype, trans_a, trans_b, seed):
     rng = np.random.default_rng(seed)
     a = rng.uniform(-1, 1, (k, m) if trans_a else (m, k)).astype(dtype)

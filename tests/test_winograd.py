@@ -9,36 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 
-import relprop as rp
 from relprop import _core, ops
 from relprop import reference as ref
 from relprop.reference import ops as ref_ops
 
-from strategies import sum_tolerance, winograd_problems
+from strategies import f64, sum_tolerance, winograd_problems, with_threads
 
 ISAS = ops.supported_isas()
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    old = ops.isa()
-    ops.set_isa(request.param)
-    yield request.param
-    ops.set_isa(old)
-
-
-def f64(a):
-    return None if a is None else np.asarray(a, dtype=np.float64)
-
-
-def with_threads(n, fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` on ``n`` threads."""
-    old = rp.get_num_threads()
-    rp.set_num_threads(n)
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        rp.set_num_threads(old)
 
 
 def winograd_tolerance(dtype, c_sum, tile, bound):
