@@ -430,14 +430,17 @@ def test_tasks_run_with_the_workers_thread_count(client):
 
 @pytest.mark.slow
 def test_cluster_survives_a_killed_worker(client, digits, cnn):
-    x = np.tile(digits, (4, 1, 1, 1))  # 3600 digits, 24 chunks of about 1 s of work
+    x = np.tile(digits, (8, 1, 1, 1))  # 7200 digits, 48 chunks
+    t0 = time.perf_counter()
+    rp.explain(cnn, x[:150], cnn(x[:150]).argmax(axis=1), "integrated_gradients", steps=32)
+    job = 48 * (time.perf_counter() - t0) / 2  # about the job's length on two workers
     R = rd.explain(cnn, da.from_array(x, chunks=150), "pred", "integrated_gradients", steps=32)
     fut = client.compute(R)
     pids = client.run(os.getpid)
     deadline = time.monotonic() + TIMEOUT
     while not all(client.processing().values()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(1.5)  # some chunks done (held by the workers), others running
+    time.sleep(min(1.5, 0.25 * job))  # some chunks done (held by the workers), others running
     busy = [w for w, tasks in client.processing().items() if tasks and w in pids]
     assert busy, "no worker was running a task"
     os.kill(pids[busy[0]], signal.SIGKILL)
