@@ -47,30 +47,44 @@ inline int threads_for(int nthreads, std::int64_t tasks, std::int64_t work) {
   return t;
 }
 
-// Runs body(t) for t = 0, ..., tasks - 1 on nt threads (OpenMP, static schedule: task t runs on
-// the same thread for any call with the same nt).  No exception may leave an OpenMP region (the
-// process would end), so one thrown by a body (std::bad_alloc from a scratch buffer) is caught
-// in its thread, the tasks not yet started are skipped, and the first exception is rethrown
-// here after the threads have joined, as hnswlib's ParallelFor does.
-template <class Body>
-void parallel_for(int nt, std::int64_t tasks, Body&& body) {
-  std::exception_ptr error;
-  std::atomic<bool> failed{false};
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (std::int64_t t = 0; t < tasks; ++t) {
-    if (failed.load(std::memory_order_relaxed)) continue;
+// What an OpenMP loop's tasks share to carry an exception out of the region: no exception may
+// leave an OpenMP region (the process would end), so one thrown by a task (std::bad_alloc from
+// a scratch buffer) is caught in its thread, the tasks not yet started are skipped, and the
+// first exception is rethrown after the threads have joined, as hnswlib's ParallelFor does.
+class TaskErrors {
+ public:
+  template <class Body>
+  void run(Body& body, std::int64_t t) {
+    if (failed_.load(std::memory_order_relaxed)) return;
     try {
       body(t);
     } catch (...) {
-#pragma omp critical(relprop_parallel_for_error)
+#pragma omp critical(relprop_task_errors)
       {
-        if (!error) error = std::current_exception();
+        if (!error_) error_ = std::current_exception();
       }
-      failed.store(true, std::memory_order_relaxed);
+      failed_.store(true, std::memory_order_relaxed);
     }
   }
+  void rethrow() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  std::exception_ptr error_;
+  std::atomic<bool> failed_{false};
+};
+
+// Runs body(t) for t = 0, ..., tasks - 1 on nt threads (OpenMP, static schedule: task t runs on
+// the same thread for any call with the same nt); an exception a task throws is rethrown here
+// (TaskErrors).
+template <class Body>
+void parallel_for(int nt, std::int64_t tasks, Body&& body) {
+  TaskErrors errors;
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (std::int64_t t = 0; t < tasks; ++t) errors.run(body, t);
   (void)nt;
-  if (error) std::rethrow_exception(error);
+  errors.rethrow();
 }
 
 // parallel_for with a dynamic schedule: each task goes to the next free thread, so a thread
@@ -79,23 +93,11 @@ void parallel_for(int nt, std::int64_t tasks, Body&& body) {
 // fixed values); exceptions are handled as in parallel_for.
 template <class Body>
 void parallel_for_dynamic(int nt, std::int64_t tasks, Body&& body) {
-  std::exception_ptr error;
-  std::atomic<bool> failed{false};
+  TaskErrors errors;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-  for (std::int64_t t = 0; t < tasks; ++t) {
-    if (failed.load(std::memory_order_relaxed)) continue;
-    try {
-      body(t);
-    } catch (...) {
-#pragma omp critical(relprop_parallel_for_dynamic_error)
-      {
-        if (!error) error = std::current_exception();
-      }
-      failed.store(true, std::memory_order_relaxed);
-    }
-  }
+  for (std::int64_t t = 0; t < tasks; ++t) errors.run(body, t);
   (void)nt;
-  if (error) std::rethrow_exception(error);
+  errors.rethrow();
 }
 
 }  // namespace relprop
