@@ -481,11 +481,9 @@ def _fold_batchnorms(nodes, output):
     return out, output
 
 
-def _schedule(nodes, input_name, output, where) -> Schedule:
-    """The nodes in topological order (ties kept in the given order, the output last), with
-    tensor numbers; raises ValueError on a cycle or a node the output does not depend on."""
-    by_name = {n.name: n for n in nodes}
-    # the output's ancestors
+def ancestors(by_name, output, input_name=INPUT) -> set:
+    """The names of ``output`` and of every node it depends on (``by_name``: name -> Node; the
+    network input ``input_name`` is not a node)."""
     needed, stack = set(), [output]
     while stack:
         name = stack.pop()
@@ -493,6 +491,14 @@ def _schedule(nodes, input_name, output, where) -> Schedule:
             continue
         needed.add(name)
         stack.extend(by_name[name].inputs)
+    return needed
+
+
+def _schedule(nodes, input_name, output, where) -> Schedule:
+    """The nodes in topological order (ties kept in the given order, the output last), with
+    tensor numbers; raises ValueError on a cycle or a node the output does not depend on."""
+    by_name = {n.name: n for n in nodes}
+    needed = ancestors(by_name, output, input_name)
     dead = [n.name for n in nodes if n.name not in needed]
     if dead:
         raise ValueError(f"{where(dead[0])} does not contribute to the output {output!r}"

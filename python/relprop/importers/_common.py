@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import layers as L
-from ..graph import INPUT, Graph, Node, Sequential
+from ..graph import INPUT, Graph, Node, Sequential, ancestors
 
 #: Relative tolerance of the import self-check: ``max|relprop - source| <= rtol * max|source|``.
 CHECK_RTOL = 1e-4
@@ -119,14 +119,7 @@ class GraphBuilder:
         if output == INPUT:
             raise ValueError(f"{where}: the model has no layers relprop can use (its output is "
                              "its input)")
-        by_name = {n.name: n for n in self.nodes}
-        needed, stack = set(), [output]
-        while stack:
-            name = stack.pop()
-            if name in needed or name == INPUT:
-                continue
-            needed.add(name)
-            stack.extend(by_name[name].inputs)
+        needed = ancestors({n.name: n for n in self.nodes}, output)
         nodes = [n for n in self.nodes if n.name in needed]
         chain = all(n.inputs == ((INPUT,) if i == 0 else (nodes[i - 1].name,))
                     for i, n in enumerate(nodes)) and nodes[-1].name == output
