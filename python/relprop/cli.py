@@ -493,7 +493,6 @@ def explain_report(args, net, inputs, kwargs):
     labels = load_labels(args.inputs)
     if labels is not None and len(labels) != len(rows):
         labels = None
-    fixed = parse_target(args.target)
     params = _params_text(kwargs)
     method = args.method + (f" ({params})" if params else "")
     columns = ["sample"] + (["input", f"heatmap\n{method}"] if drawn else []) + \

@@ -533,21 +533,18 @@ class Conv2d(Linear):
         oh, ow = _window_out(self, x_shape[2:], self._extent(), self.stride, self.padding)
         return x_shape[0] * oh * ow <= PACK_MAX_PIXELS
 
-    def _forward_packing(self, x_shape, w, tile):
+    def _packing(self, x_shape, w, tile, backward):
+        """The packed weights of a call on inputs of ``x_shape`` (Winograd's with ``tile``,
+        else the direct method's), for the forward pass or the ``backward`` one."""
         small = self._small(x_shape)
+        suffix = "-backward" if backward else ""
         if tile:
-            return self.packed_weights(w, f"winograd{tile}", self._keep_winograd(w, small))
-        return self.packed_weights(w, "forward", small)
-
-    def _backward_packing(self, x_shape, w, tile):
-        small = self._small(x_shape)
-        if tile:
-            return self.packed_weights(w, f"winograd{tile}-backward", self._keep_winograd(w, small))
-        return self.packed_weights(w, "backward", small)
+            return self.packed_weights(w, f"winograd{tile}{suffix}", self._keep_winograd(w, small))
+        return self.packed_weights(w, "backward" if backward else "forward", small)
 
     def apply(self, x, w, b, exact=False, relu=False):
         tile = self._winograd_tile(x.shape, w, False, exact)
-        packed = self._forward_packing(x.shape, w, tile)
+        packed = self._packing(x.shape, w, tile, False)
         if tile:
             return ops.conv2d_winograd_forward(x, w, b, self.padding, packed, tile=tile, relu=relu)
         return ops.conv2d_forward(x, w, b, self.stride, self.padding, packed, relu=relu,
@@ -565,7 +562,7 @@ class Conv2d(Linear):
         w, b = self.params(x.dtype)
         tile = self._winograd_tile(x.shape, w, False)
         return ops.conv2d_forward_relu_maxpool(x, w, b, self.stride, self.padding,
-                                               self._forward_packing(x.shape, w, tile), tile=tile,
+                                               self._packing(x.shape, w, tile, False), tile=tile,
                                                **self._geometry())
 
     def backward_relu_pool(self, g, argmax, pooled, x, mask=False):
@@ -575,7 +572,7 @@ class Conv2d(Linear):
         w = self.params(g.dtype)[0]
         tile = self._winograd_tile(x.shape, w, True)
         return ops.conv2d_backward_pooled(g, argmax, w, x.shape[2:], self.stride, self.padding,
-                                          self._backward_packing(x.shape, w, tile), pooled=pooled,
+                                          self._packing(x.shape, w, tile, True), pooled=pooled,
                                           mask=x if mask else None, tile=tile, **self._geometry())
 
     def apply_split(self, x, w, b, split, exact=False):
@@ -584,7 +581,7 @@ class Conv2d(Linear):
                          for sl in (slice(None, split), slice(split, None)))
         # one pass for both weight sets, written to two outputs
         tile = self._winograd_tile(x.shape, w, False, exact)
-        packed = self._forward_packing(x.shape, w, tile)
+        packed = self._packing(x.shape, w, tile, False)
         if tile:
             return ops.conv2d_winograd_forward(x, w, b, self.padding, packed, tile=tile,
                                                split=split)
@@ -593,7 +590,7 @@ class Conv2d(Linear):
 
     def apply_t(self, g, w, x_shape, exact=False, mask=None):
         tile = self._winograd_tile(x_shape, w, True, exact)
-        packed = self._backward_packing(x_shape, w, tile)
+        packed = self._packing(x_shape, w, tile, True)
         if tile:
             return ops.conv2d_winograd_backward(g, w, x_shape[2:], self.padding, packed, tile=tile,
                                                 mask=mask)
@@ -603,7 +600,7 @@ class Conv2d(Linear):
     def lrp_epsilon(self, r, z, a, w, eps, exact=False):
         tile = self._winograd_tile(a.shape, w, True, exact)
         return ops.conv2d_lrp_epsilon(r, z, a, w, eps, self.stride, self.padding,
-                                      self._backward_packing(a.shape, w, tile), tile=tile,
+                                      self._packing(a.shape, w, tile, True), tile=tile,
                                       **self._geometry())
 
     def apply_t_stacked(self, g, w, x_shape, exact=False):
