@@ -13,7 +13,9 @@ relevance of every sample in the driver's memory:
 * in-process, T threads: ``np.load``, the predicted classes, ``relprop.explain`` (batch 64);
 * Dask, W workers x T threads (``LocalCluster(processes=True)``, started before the clock):
   ``relprop.dask.from_npy`` (workers read their chunks), ``relprop.dask.explain(net, x, "pred")``
-  (batch 64 inside a task), ``compute()``; the first job on a cluster is a warm-up.
+  (batch 64 inside a task), ``compute()``; the first job on a cluster is a warm-up.  Small
+  chunks run twice: as relprop.dask merges them into tasks by default, and with
+  ``chunks_per_task=1`` (a task per chunk).
 
 The relevance of every run is hashed: all configurations must give the same bytes.  Also timed:
 ``relprop explain`` streaming to disk (digits only; wall clock of the command, cluster start
@@ -40,7 +42,7 @@ METHOD = "lrp.epsilon_plus_flat"
 BATCH = 64
 #: name: (samples, chunk, small chunk (about 10 ms of work on one thread) or None, description)
 MODELS = {
-    "digits": (100_000, 4096, 256, "bundled digits CNN (1x8x8)"),
+    "digits": (100_000, 4096, 336, "bundled digits CNN (1x8x8)"),
     "cifar": (20_000, 64, None, "CIFAR-size VGG-style CNN (3x32x32, bench/models.py)"),
 }
 #: (label, kind, workers, threads per worker); the passive one runs with OMP_WAIT_POLICY=passive
@@ -115,6 +117,7 @@ def one(args):
 
         import relprop.dask as rd
 
+        per_task = args.chunks_per_task or None
         with LocalCluster(n_workers=args.workers, threads_per_worker=args.threads,
                           processes=True, dashboard_address=":0",
                           silence_logs=logging.ERROR) as cluster, Client(cluster):
@@ -123,15 +126,16 @@ def one(args):
             time.sleep(0.2)
             t0 = time.perf_counter()
             x = rd.from_npy(args.path, chunks=args.chunk)
-            R = rd.explain(net, x, "pred", METHOD, batch_size=BATCH).compute()
+            R = rd.explain(net, x, "pred", METHOD, batch_size=BATCH,
+                           chunks_per_task=per_task).compute()
             seconds = time.perf_counter() - t0
     print(json.dumps({"seconds": seconds, "n": len(R), "digest": digest(R)}))
 
 
-def run_one(model, path, kind, workers, threads, chunk, passive=False):
+def run_one(model, path, kind, workers, threads, chunk, per_task=0, passive=False):
     cmd = [sys.executable, __file__, "--one", "--model", model, "--path", str(path),
            "--kind", kind, "--workers", str(workers), "--threads", str(threads),
-           "--chunk", str(chunk)]
+           "--chunk", str(chunk), "--chunks-per-task", str(per_task)]
     env = dict(os.environ, OMP_WAIT_POLICY="passive") if passive else None
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=7200, env=env)
     if proc.returncode != 0:
@@ -188,7 +192,7 @@ def main():
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     for opt in ("--model", "--path", "--kind"):
         ap.add_argument(opt, help=argparse.SUPPRESS)
-    for opt in ("--workers", "--threads", "--chunk"):
+    for opt in ("--workers", "--threads", "--chunk", "--chunks-per-task"):
         ap.add_argument(opt, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -209,16 +213,17 @@ def main():
             n //= 5 if model == "digits" else 10
         path = tmp / f"{model}.npy"
         make_inputs(model, n, path)
-        runs = [(label, kind, w, t, chunk) for label, kind, w, t in CONFIGS]
+        runs = [(label, kind, w, t, chunk, 0) for label, kind, w, t in CONFIGS]
         if small and not args.no_small_chunks:
-            runs += [(label + f", chunks of {small}", kind, w, t, small)
-                     for label, kind, w, t in CONFIGS if kind == "dask" and w * t == 2]
+            for per_task, how in ((0, "merged into tasks (default)"), (1, "a task per chunk")):
+                runs += [(f"{label}, chunks of {small}, {how}", kind, w, t, small, per_task)
+                         for label, kind, w, t in CONFIGS if kind == "dask" and w * t == 2]
         times = {r[0]: [] for r in runs}
         digests = set()
         for rnd in range(repeats):
             order = runs[rnd % len(runs):] + runs[:rnd % len(runs)]
-            for label, kind, w, t, c in order:
-                res = run_one(model, path, kind, w, t, c, passive="passive" in label)
+            for label, kind, w, t, c, per_task in order:
+                res = run_one(model, path, kind, w, t, c, per_task, passive="passive" in label)
                 times[label].append(res["seconds"])
                 digests.add(res["digest"])
                 print(f"  {model} round {rnd + 1}: {label}: {n / res['seconds']:,.0f} samples/s "
@@ -226,12 +231,13 @@ def main():
         rate = {k: n / statistics.median(v) for k, v in times.items()}
         lines = [f"## {desc}, {n:,} samples", "",
                  f"Chunks of {chunk} samples (tasks), {-(-n // chunk)} tasks"
-                 + (f"; small chunks: {small} samples" if small and not args.no_small_chunks
-                    else "")
+                 + (f"; small chunks: {small} samples, "
+                    f"{1000 * small / rate['in-process, 1 thread']:.1f} ms of work each on one "
+                    "thread (in-process rate)" if small and not args.no_small_chunks else "")
                  + f". Relevance identical in every run: {'yes' if len(digests) == 1 else 'NO'}.",
                  "", "| configuration | samples/s | s per chunk per thread | Dask overhead "
                  "vs in-process | runs (s) |", "|---|---:|---:|---:|---|"]
-        for label, kind, w, t, c in runs:
+        for label, kind, w, t, c, _ in runs:
             r = rate[label]
             ref = rate["in-process, 2 threads" if w * t == 2 else "in-process, 1 thread"]
             over = "" if kind == "local" else f"{100 * (1 - r / ref):+.1f}%"

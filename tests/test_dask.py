@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import relprop as rp
 from relprop import models
+from relprop.inputs import default_chunk_size
 
 da = pytest.importorskip("dask.array")
 rd = pytest.importorskip("relprop.dask")
@@ -260,6 +261,128 @@ def test_a_nan_chunk_raises_the_in_process_error(digits, cnn):
     assert str(got.value) == str(want.value)
 
 
+# ------------------------------------------------------------------ small chunks, one task --
+def explain_tasks(arr, prefix="relprop-explain-"):
+    """(tasks that run the method, tasks that cut their results into chunks) of ``arr``'s
+    graph (before optimization, which may fuse a run of one chunk with its cut)."""
+    names = [k[0] if isinstance(k, tuple) else k for k in dict(arr.__dask_graph__())]
+    cut = sum("-cut-" in n for n in names)
+    return sum(n.startswith(prefix) for n in names) - cut, cut
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 50), min_size=1, max_size=40),
+       seconds=st.floats(1e-7, 1e-2), threads=st.integers(1, 8), k=st.integers(1, 6),
+       itemsize=st.sampled_from([4, 8]))
+def test_task_runs_cover_the_chunks_in_order_within_the_limit(sizes, seconds, threads, k,
+                                                              itemsize):
+    """Runs are consecutive chunks, in order, all of them; each at most the limit (work, the
+    default chunk size, the minimum task count) unless one chunk is larger; no two neighbours
+    would fit together; an explicit count groups exactly that many."""
+    n = sum(sizes)
+    dtype = np.float32 if itemsize == 4 else np.float64
+    x = da.zeros((n, 1, 8, 8), chunks=(tuple(sizes), 1, 8, 8), dtype=dtype)
+    source = _Registered()
+    rd._NPY_FILES[x.name] = source
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rd, "_threads_total", lambda: threads)
+        runs = rd._task_runs(x, None, seconds)
+        explicit = rd._task_runs(x, k, seconds)
+    limit = min(rd.TASK_SECONDS / seconds, default_chunk_size((1, 8, 8), itemsize),
+                n / (rd.MIN_TASKS_PER_THREAD * threads))
+    if runs is None:  # nothing to merge
+        assert len(sizes) < 2 or all(a + b > limit for a, b in zip(sizes, sizes[1:]))
+    else:
+        assert tuple(c for run in runs for c in run) == tuple(sizes)
+        assert len(runs) < len(sizes)
+        assert all(sum(run) <= limit or len(run) == 1 for run in runs)
+        assert all(sum(a) + b[0] > limit for a, b in zip(runs, runs[1:]))
+    if k == 1 or len(sizes) == 1:
+        assert explicit is None
+    else:
+        assert [len(run) for run in explicit] == [min(k, len(sizes) - i)
+                                                  for i in range(0, len(sizes), k)]
+
+
+class _Registered:
+    """Stands for a .npy file behind an array (only its registration matters here)."""
+
+
+def test_small_chunks_of_a_npy_share_tasks_and_keep_their_chunks(tmp_path, digits, cnn):
+    """Chunks of 12 digits (a third of a millisecond of work): runs of them are explained by
+    one task each, the result is cut back into the chunks of x, with the in-process bits."""
+    np.save(tmp_path / "x.npy", digits)
+    x = rd.from_npy(tmp_path / "x.npy", chunks=12)  # 75 chunks
+    n = len(digits)
+    classes = (np.arange(n) * 3) % 10
+    root = (digits * 0.5).astype(np.float32)
+    cases = [("pred", "lrp.epsilon_plus_flat", {}),
+             (classes, "gradient", {}),
+             (da.from_array(classes, chunks=100), "lrp.epsilon_gamma_box", {"low": 0.0,
+                                                                            "high": 1.0}),
+             (np.ones((n, 10), np.float32), "guided_backprop", {}),
+             (4, "taylor", {"root": root}),
+             (4, "integrated_gradients", {"steps": 3, "baseline": da.from_array(root,
+                                                                               chunks=50)})]
+    for target, method, kw in cases:
+        R = rd.explain(cnn, x, target, method, **kw)
+        assert R.chunks == x.chunks
+        tasks, _ = explain_tasks(R)
+        assert 1 < tasks < 75 // 2, (method, tasks)
+        got = R.compute(scheduler="threads")
+        want = reference(cnn, digits, target if not isinstance(target, da.Array) else classes,
+                         method, **{k: (root if isinstance(v, da.Array) else v)
+                                    for k, v in kw.items()})
+        np.testing.assert_array_equal(got, want, strict=True)
+
+
+def test_chunks_per_task_is_explicit_or_follows_the_work(monkeypatch, tmp_path, digits, cnn):
+    np.save(tmp_path / "x.npy", digits)
+    x = rd.from_npy(tmp_path / "x.npy", chunks=12)
+    # one task per chunk on request: no cutting
+    R = rd.explain(cnn, x, 1, chunks_per_task=1)
+    assert explain_tasks(R) == (75, 0)
+    # an explicit count also merges chunks of other arrays (rechunked first)
+    xa = chunked(digits, (7, 100, 1, 300, 492))
+    R = rd.explain(cnn, xa, "pred", "gradient", chunks_per_task=2)
+    assert R.chunks == xa.chunks and explain_tasks(R)[0] == 3
+    np.testing.assert_array_equal(R.compute(scheduler="sync"),
+                                  reference(cnn, digits, "pred", "gradient"))
+    # by default only .npy arrays are merged (another x would need a task per chunk to
+    # rechunk it, and a transfer between workers)
+    assert explain_tasks(rd.explain(cnn, chunked(digits, (12,) * 75), 1))[0] == 75
+    # the estimate decides: a slow network (per FLOP) keeps a task per chunk
+    monkeypatch.setattr(rd, "FLOP_RATE", 1e3)
+    assert explain_tasks(rd.explain(cnn, x, 1))[0] == 75
+    # SmoothGrad's noisy copies count as work
+    monkeypatch.setattr(rd, "FLOP_RATE", 25e9)
+    plain = explain_tasks(rd.explain(cnn, x, 1, "gradient"))[0]
+    noisy = explain_tasks(rd.explain(cnn, x, 1, "smoothgrad", n=400))[0]
+    assert plain < noisy == 75
+
+
+def test_chunks_per_task_errors(digits, cnn):
+    x = chunked(digits, (100,) * 9)
+    for bad, err in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError),
+                     ("2", TypeError)):
+        with pytest.raises(err, match="chunks_per_task"):
+            rd.explain(cnn, x, 1, chunks_per_task=bad)
+        with pytest.raises(err, match="chunks_per_task"):
+            rd.pixel_flipping(cnn, x, x, 1, chunks_per_task=bad)
+    unknown = x[x[:, 0, 0, 0] >= 0]  # unknown chunk sizes
+    with pytest.raises(ValueError, match="unknown chunk sizes"):
+        rd.explain(cnn, unknown, 1, chunks_per_task=2)
+
+
+def test_npy_arrays_of_different_chunks_have_different_keys(tmp_path, digits):
+    """Two arrays of one file with different chunks in one graph must not share keys."""
+    np.save(tmp_path / "x.npy", digits)
+    a, b = rd.from_npy(tmp_path / "x.npy", chunks=100), rd.from_npy(tmp_path / "x.npy", chunks=300)
+    assert a.name != b.name
+    np.testing.assert_array_equal(da.concatenate([a, b]).compute(scheduler="sync"),
+                                  np.concatenate([digits, digits]))
+
+
 # ------------------------------------------------------------------------ pixel flipping --
 @pytest.mark.parametrize("fill,patch,order,target", [
     (0.0, 1, "most_relevant_first", "pred"),
@@ -379,6 +502,23 @@ def test_cluster_pixel_flipping(client, digits, cnn):
                             steps=8, fill="uniform", patch=2, seed=3)
     np.testing.assert_array_equal(compute(client, got.curves), want.curves)
     np.testing.assert_array_equal(compute(client, got.auc), want.auc)
+
+
+def test_cluster_small_chunks_share_tasks(client, tmp_path, digits, cnn):
+    np.save(tmp_path / "x.npy", digits)
+    x = rd.from_npy(tmp_path / "x.npy", chunks=10)
+    R = rd.explain(cnn, x, "pred", "lrp.epsilon_alpha2_beta1")
+    assert R.chunks == x.chunks and explain_tasks(R)[0] < 90 // 2
+    np.testing.assert_array_equal(compute(client, R),
+                                  reference(cnn, digits, "pred", "lrp.epsilon_alpha2_beta1"),
+                                  strict=True)
+    R0 = rp.explain(cnn, digits[:300], 2)
+    pf = rd.pixel_flipping(cnn, x[:300], da.from_array(R0, chunks=77), 2, steps=6,
+                           fill="uniform", seed=5, chunks_per_task=4)
+    want = rp.evaluate.pixel_flipping(cnn, digits[:300], R0, 2, steps=6, fill="uniform", seed=5)
+    assert pf.curves.chunks[0] == (10,) * 30
+    np.testing.assert_array_equal(compute(client, pf.curves), want.curves)
+    np.testing.assert_array_equal(compute(client, pf.auc), want.auc)
 
 
 def test_cluster_nan_chunk_raises_the_in_process_error_and_stays_usable(client, digits, cnn):

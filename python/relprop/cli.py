@@ -689,14 +689,13 @@ def run_info(args):
     name_w = max(4, *(len(n.name) for n in net.nodes)) + 2
     head = f"{'#':>3}  " + ("" if chain else f"{'node':<{name_w}}{'inputs':<{2 * name_w}}")
     print(f"{head}{'layer':<36}{'output shape':<18}{'params':>10}{'FLOPs':>14}")
-    total_p = total_f = 0
+    total_p = 0
     for i, node in enumerate(net.nodes):
         layer = node.layer
         params = sum(int(a.size) for a in layer.arrays().values())
         total_p += params
         if shapes:
             flops = layer.flops([shapes[t] for t in node.inputs], shapes[node.name])
-            total_f += flops
             out, f = str(shapes[node.name]), f"{flops:,}"
         else:
             out, f = "?", "?"
@@ -705,7 +704,7 @@ def run_info(args):
     dtypes = sorted({str(n.layer.weight.dtype) for n in net.nodes if n.layer.linear})
     print(f"parameters: {total_p:,} ({', '.join(dtypes)})")
     if shapes:
-        print(f"FLOPs per sample: {total_f:,} (forward pass; a multiply-add counts as 2)")
+        print(f"FLOPs per sample: {net.flops():,} (forward pass; a multiply-add counts as 2)")
     return 0
 
 

@@ -17,6 +17,12 @@ of ``xgboost.dask`` and ``lightgbm.dask``.
   ``dask.distributed`` client, a future: the scheduler keeps one copy, each worker fetches it
   once), and tasks hold only the key, so the graph does not grow with the model's size times
   the chunks.
+* Small chunks share a task: Dask spends a few milliseconds around every task (scheduler,
+  the worker's event loop, the hand-over to its thread), a fifth of a 10 ms chunk.  When the
+  chunks of ``x`` hold less than about :data:`TASK_SECONDS` of work (estimated from the
+  network's FLOPs), runs of consecutive chunks are explained by one task and its result is
+  cut back into ``x``'s chunks where it was computed (``chunks_per_task=``; arrays from
+  :func:`from_npy` are read a run at a time).
 * On a distributed worker each task runs relprop's kernels on the worker's threads, shared
   by the tasks running there (:func:`use_worker_threads`; ``xgboost.dask`` sets ``nthread``
   to the worker's thread count likewise).
@@ -28,6 +34,8 @@ does not import this module.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import os
 import string
 import uuid
 import weakref
@@ -37,11 +45,13 @@ import numpy as np
 try:
     import dask
     import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
 except ImportError as exc:  # pragma: no cover - tested in a subprocess without dask
     raise ImportError("relprop.dask needs Dask: pip install 'relprop[dask]' (dask[array] and "
                       f"distributed; {exc})") from None
 
 from ._common import is_int
+from .averaged import integrated_gradients, smoothgrad
 from .evaluate import ORDERS, PixelFlipping, _fill_values, _region_ranks
 from .evaluate import pixel_flipping as _pixel_flipping
 from .graph import Graph
@@ -53,6 +63,20 @@ __all__ = ["explain", "from_npy", "pixel_flipping", "use_worker_threads", "worke
 
 #: Parameters of methods that may hold one row per sample (chunked along with ``x``).
 PER_SAMPLE_PARAMS = ("root", "baseline")
+
+#: Seconds of work (on one thread) a task aims at when the chunks of ``x`` hold less.  Dask
+#: spends 1-3 ms of CPU around each task on a 2-core machine where the scheduler shares the
+#: cores (measured: 20-30% of the throughput at chunks of 10 ms, 0-7% at 100 ms and more).
+TASK_SECONDS = 0.1
+#: Forward-pass FLOPs per second on one thread that the work estimate assumes: what LRP on the
+#: bundled digits CNN reaches per FLOP of its forward pass (prediction, forward and backward
+#: pass) on an AVX-512 core.  Small layers are the slowest per FLOP, so the estimate errs long
+#: for larger networks (whose chunks then stay one task each), and a slower CPU makes the tasks
+#: longer, never shorter, than TASK_SECONDS.
+FLOP_RATE = 25e9
+#: Merging chunks keeps at least this many tasks per worker thread (all threads busy, a
+#: balanced end).
+MIN_TASKS_PER_THREAD = 4
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,6 +311,104 @@ def _blocks(x, kind, targ, extras):
 
 
 # --------------------------------------------------------------------------------------------
+# Tasks: runs of small chunks
+# --------------------------------------------------------------------------------------------
+#: The .npy file behind each :func:`from_npy` array (by the array's name), so that tasks can
+#: read a run of its chunks at a time.
+_NPY_FILES = weakref.WeakValueDictionary()
+
+
+def _default(fn, name):
+    return inspect.signature(fn).parameters[name].default
+
+
+def _passes(method, params):
+    """Work per sample of ``method`` in units of one explanation (SmoothGrad's noisy copies,
+    the points on Integrated Gradients' path)."""
+    if method == "smoothgrad":
+        return int(params.get("n", _default(smoothgrad, "n")))
+    if method == "integrated_gradients":
+        return int(params.get("steps", _default(integrated_gradients, "steps"))) + 1
+    return 1
+
+
+def _threads_total():
+    """The threads that will run the tasks: the workers' of the active distributed client,
+    else this machine's."""
+    client = _active_client()
+    if client is not None:
+        return max(1, sum(client.nthreads().values()))
+    return os.cpu_count() or 1
+
+
+def _check_chunks_per_task(chunks_per_task, x):
+    if chunks_per_task is None:
+        return None
+    from ._validate import as_int
+
+    k = as_int(chunks_per_task, "chunks_per_task", minimum=1)
+    if k > 1 and not _known(x):
+        raise ValueError("x has unknown chunk sizes; call x.compute_chunk_sizes() to merge its "
+                         "chunks into tasks (chunks_per_task)")
+    return k
+
+
+def _task_runs(x, chunks_per_task, seconds_per_sample):
+    """The tasks' runs of consecutive batch-axis chunk sizes of ``x`` (a tuple of tuples), or
+    None for one task per chunk.
+
+    ``chunks_per_task`` None: runs of at most :data:`TASK_SECONDS` of estimated work (at most
+    the default chunk size of :func:`from_npy`, at least :data:`MIN_TASKS_PER_THREAD` tasks per
+    thread), only for :func:`from_npy` arrays, whose runs are read whole (any other ``x`` would
+    be rechunked: a task per chunk and a transfer between workers again)."""
+    sizes = x.chunks[0]
+    if chunks_per_task is None:
+        if x.name not in _NPY_FILES or len(sizes) < 2:
+            return None
+        limit = min(TASK_SECONDS / max(seconds_per_sample, 1e-12),
+                    default_chunk_size(x.shape[1:], x.dtype.itemsize),
+                    int(x.shape[0]) / (MIN_TASKS_PER_THREAD * _threads_total()))
+        runs, run = [], []
+        for size in sizes:
+            if run and sum(run) + size > limit:
+                runs.append(tuple(run))
+                run = []
+            run.append(size)
+        runs.append(tuple(run))
+    else:
+        runs = [sizes[i:i + chunks_per_task] for i in range(0, len(sizes), chunks_per_task)]
+    return None if len(runs) == len(sizes) else tuple(runs)
+
+
+def _in_runs(x, runs):
+    """``x`` with a batch-axis chunk per run: a :func:`from_npy` array is read a run at a time
+    (the read fuses into the task), any other is rechunked."""
+    f = _NPY_FILES.get(x.name)
+    sizes = tuple(sum(run) for run in runs)
+    return _npy_array(f, sizes) if f is not None else x.rechunk({0: sizes})
+
+
+def _rows(block, start, stop):
+    return block[start:stop].copy()
+
+
+def _cut(a, runs):
+    """``a``, with a batch-axis block per run, as blocks of the runs' chunk sizes: a task per
+    block copies its rows out of its run's result, on the worker that holds it."""
+    sizes = tuple(size for run in runs for size in run)
+    name = f"{a.name}-cut-{dask.base.tokenize(runs)}"
+    rest = (0,) * (a.ndim - 1)
+    dsk, i = {}, 0
+    for r, run in enumerate(runs):
+        start = 0
+        for size in run:
+            dsk[(name, i) + rest] = (_rows, (a.name, r) + rest, start, start + size)
+            start, i = start + size, i + 1
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[a])
+    return da.Array(graph, name, (sizes,) + a.chunks[1:], meta=a._meta)
+
+
+# --------------------------------------------------------------------------------------------
 # explain
 # --------------------------------------------------------------------------------------------
 def _predicted(net, x, batch_size):
@@ -303,7 +425,7 @@ def _explain_block(x, *rest, net, method, kind, target, names, params):
         return _explain(net, x, target, method, **params, **dict(zip(names, rest)))
 
 
-def explain(net, x, target, method="lrp.epsilon_plus_flat", **params):
+def explain(net, x, target, method="lrp.epsilon_plus_flat", *, chunks_per_task=None, **params):
     """Explain ``net`` on the dask array ``x``, block by block: a lazy dask array.
 
     Parameters
@@ -317,6 +439,14 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", **params):
     method : str
         A :func:`relprop.explain` name: "gradient", "gradient_x_input", "lrp.epsilon_plus_flat",
         "lrp.epsilon_gamma_box", ...
+    chunks_per_task : int, optional
+        Consecutive chunks of ``x`` explained by one task (its result is cut back into the
+        chunks of ``x`` on the worker that computed it).  Default: for :func:`from_npy` arrays
+        whose chunks hold less than :data:`TASK_SECONDS` of work (estimated from the
+        network's FLOPs), as many as make about that much (at most the default chunk size of
+        :func:`from_npy`, and at least :data:`MIN_TASKS_PER_THREAD` tasks per worker thread);
+        otherwise 1.  Another ``x`` with more than 1 is rechunked first.  Never changes the
+        result.
     **params
         The method's keyword arguments (``batch_size`` bounds the samples per kernel call
         inside a task).  ``root``/``baseline`` arrays with a row per sample are chunked along
@@ -347,7 +477,11 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", **params):
     if method == "smoothgrad" and params.get("seed") is not None and x.numblocks[0] > 1:
         raise ValueError("smoothgrad with a seed draws its noise over the whole batch, so the "
                          "chunks of x would change it: use one chunk, or seed=None")
-    kind, targ = _target(target, x, net)
+    chunks_per_task = _check_chunks_per_task(chunks_per_task, x)
+    runs = _task_runs(x, chunks_per_task, net.flops(x.shape[1:]) * _passes(method, params)
+                      / FLOP_RATE)
+    xt = x if runs is None else _in_runs(x, runs)  # a chunk per task
+    kind, targ = _target(target, xt, net)
     names, extras, fixed = [], [], {}
     for key, v in params.items():
         if key in PER_SAMPLE_PARAMS and (isinstance(v, da.Array) or (
@@ -357,7 +491,7 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", **params):
                 raise ValueError(f"{key} has shape {v.shape}; per-sample {key} must be shaped "
                                  f"like x {x.shape}")
             names.append(key)
-            extras.append(_batch_aligned(v, x, key, "bcdefgh"[:x.ndim - 1]).rechunk(x.chunks))
+            extras.append(_batch_aligned(v, xt, key, "bcdefgh"[:x.ndim - 1]).rechunk(xt.chunks))
         else:
             fixed[key] = v
     # check method, parameters and target now, on one zero sample
@@ -365,16 +499,17 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", **params):
     first = {k: np.zeros_like(probe) for k in names}
     _explain(net, probe, _probe_target(kind, targ, dtype), method, **fixed, **first)
 
-    ind, pairs = _blocks(x, kind, targ, extras)
+    ind, pairs = _blocks(xt, kind, targ, extras)
     net_arg, net_key = _shipped(net)
-    token = dask.base.tokenize(net_key, x.name, kind, targ if kind == "int" else
+    token = dask.base.tokenize(net_key, xt.name, kind, targ if kind == "int" else
                                getattr(targ, "name", None), method, fixed,
                                [a.name for a in extras], names)
-    return da.blockwise(
+    out = da.blockwise(
         _explain_block, ind, *pairs, name=f"relprop-explain-{token}", dtype=dtype,
         concatenate=True, meta=np.empty((0,) * x.ndim, dtype=dtype), net=net_arg,
         method=method, kind=kind, target=targ if kind == "int" else None, names=names,
         params=fixed)
+    return out if runs is None else _cut(out, runs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,7 +550,8 @@ def _auc(curves, steps):
 
 
 def pixel_flipping(net, x, R, target, steps=None, patch=1, fill=0.0,
-                   order="most_relevant_first", *, seed=0, batch_size=None, check_finite=True):
+                   order="most_relevant_first", *, seed=0, batch_size=None, check_finite=True,
+                   chunks_per_task=None):
     """Region perturbation (:func:`relprop.evaluate.pixel_flipping`) over a dask array, block by
     block; bitwise the in-process result.
 
@@ -431,6 +567,8 @@ def pixel_flipping(net, x, R, target, steps=None, patch=1, fill=0.0,
         As for :func:`relprop.evaluate.pixel_flipping`.  ``fill`` may be an array with a row
         per sample (NumPy or dask); ``fill="uniform"`` draws, block by block, the numbers the
         in-process call draws from ``seed`` (an int, or None for fresh noise).
+    chunks_per_task : int, optional
+        As for :func:`explain` (the work of a sample: ``steps + 1`` forward passes).
 
     Returns
     -------
@@ -443,7 +581,6 @@ def pixel_flipping(net, x, R, target, steps=None, patch=1, fill=0.0,
     R, _ = _check_x(R, net, name="R")
     if tuple(R.shape) != tuple(x.shape):
         raise ValueError(f"R has shape {R.shape} but x has shape {x.shape}")
-    R = R.rechunk(x.chunks)
     if not _known(x):
         raise ValueError("x has unknown chunk sizes; call x.compute_chunk_sizes() first")
     if order not in ORDERS:
@@ -455,6 +592,11 @@ def pixel_flipping(net, x, R, target, steps=None, patch=1, fill=0.0,
     steps = n_regions if steps is None else as_int(steps, "steps", minimum=1)
     if batch_size is not None:
         batch_size = as_int(batch_size, "batch_size", minimum=1)
+    chunks_per_task = _check_chunks_per_task(chunks_per_task, x)
+    # a forward pass is about a quarter of an explanation with its prediction (FLOP_RATE)
+    runs = _task_runs(x, chunks_per_task, net.flops(x.shape[1:]) * (steps + 1) / 4 / FLOP_RATE)
+    x = x if runs is None else _in_runs(x, runs)  # a chunk per task
+    R = R.rechunk(x.chunks)
     kind, targ = _target(target, x, net)
     per_sample_fill = False
     if isinstance(fill, str):
@@ -493,6 +635,8 @@ def pixel_flipping(net, x, R, target, steps=None, patch=1, fill=0.0,
         batch_size=batch_size, check_finite=check_finite)
     auc = curves.map_blocks(_auc, steps=steps, drop_axis=1, dtype=np.float64,
                             meta=np.empty((0,), dtype=np.float64))
+    if runs is not None:
+        curves, auc = _cut(curves, runs), _cut(auc, runs)
     return PixelFlipping(curves, np.arange(steps + 1) / steps, auc)
 
 
@@ -523,6 +667,15 @@ def from_npy(path, chunks=None):
         chunks = default_chunk_size(f.shape[1:], max(4, f.dtype.itemsize))
     elif not is_int(chunks) or chunks < 1:
         raise ValueError(f"chunks must be a positive number of samples, got {chunks!r}")
-    return da.from_array(f, chunks=(int(chunks),) + f.shape[1:], lock=False, asarray=False,
-                         meta=np.empty((0,) * f.ndim, dtype=f.dtype),
-                         name=f"relprop-npy-{dask.base.tokenize(f)}")
+    return _npy_array(f, int(chunks))
+
+
+def _npy_array(f, batch_chunks):
+    """The :class:`NpyFile` ``f`` as a dask array with ``batch_chunks`` (an int or sizes) along
+    the batch axis; registered so that :func:`explain` can read runs of its chunks."""
+    chunks = (batch_chunks,) + f.shape[1:]
+    arr = da.from_array(f, chunks=chunks, lock=False, asarray=False,
+                        meta=np.empty((0,) * f.ndim, dtype=f.dtype),
+                        name=f"relprop-npy-{dask.base.tokenize(f, chunks)}")
+    _NPY_FILES[arr.name] = f
+    return arr

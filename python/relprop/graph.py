@@ -208,6 +208,17 @@ class Graph:
                 cache[input_shape] = hit
         return dict(hit)
 
+    def flops(self, input_shape=None) -> int:
+        """Forward-pass FLOPs per sample (a multiply-add counts 2; bias adds, ReLU, additions
+        and pooling count 1 per element), as ``relprop info`` lists them; ``input_shape``
+        defaults to the network's."""
+        shape = self.input_shape if input_shape is None else input_shape
+        if shape is None:
+            raise ValueError("the network has no input shape: pass input_shape")
+        shapes = self.tensor_shapes(shape)
+        return sum(int(node.layer.flops([shapes[t] for t in node.inputs], shapes[node.name]))
+                   for node in self.nodes)
+
     @property
     def layers(self):
         """The nodes' layers, in topological order."""
