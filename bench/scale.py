@@ -3,7 +3,8 @@ and what Dask costs against in-process.
 
     python bench/scale.py                       # digits CNN on 100,000, CIFAR-size CNN on 20,000
     python bench/scale.py --quick               # 20,000 / 2,000 samples, 1 round
-    python bench/scale.py --models digits --repeats 5
+    python bench/scale.py --models digits --repeats 5 --no-cli \
+        --output bench/results_scale_small_chunks.md
 
 Every measurement runs in a fresh process (``--one``), so thread pools and caches of one
 configuration never serve another; rounds interleave the configurations (rotated order) and
@@ -15,7 +16,9 @@ relevance of every sample in the driver's memory:
   ``relprop.dask.from_npy`` (workers read their chunks), ``relprop.dask.explain(net, x, "pred")``
   (batch 64 inside a task), ``compute()``; the first job on a cluster is a warm-up.  Small
   chunks run twice: as relprop.dask merges them into tasks by default, and with
-  ``chunks_per_task=1`` (a task per chunk).
+  ``chunks_per_task=1`` (a task per chunk);
+* what Dask alone costs for as many chunks: the same ``from_npy`` array read and copied block by
+  block (``map_blocks(np.copy)``) on 2 workers, in both chunk sizes.
 
 The relevance of every run is hashed: all configurations must give the same bytes.  Also timed:
 ``relprop explain`` streaming to disk (digits only; wall clock of the command, cluster start
@@ -110,6 +113,21 @@ def one(args):
         pred = net.forward(x, batch_size=BATCH).argmax(axis=1)
         R = rp.explain(net, x, pred, METHOD, batch_size=BATCH)
         seconds = time.perf_counter() - t0
+    elif args.kind == "floor":  # Dask alone: the same chunks read and copied, no explanation
+        import logging
+
+        from distributed import Client, LocalCluster
+
+        import relprop.dask as rd
+
+        with LocalCluster(n_workers=args.workers, threads_per_worker=args.threads,
+                          processes=True, dashboard_address=":0",
+                          silence_logs=logging.ERROR) as cluster, Client(cluster):
+            rd.from_npy(args.path, chunks=args.chunk).map_blocks(np.copy).compute()
+            time.sleep(0.2)
+            t0 = time.perf_counter()
+            R = rd.from_npy(args.path, chunks=args.chunk).map_blocks(np.copy).compute()
+            seconds = time.perf_counter() - t0
     else:
         import logging
 
@@ -218,6 +236,7 @@ def main():
             for per_task, how in ((0, "merged into tasks (default)"), (1, "a task per chunk")):
                 runs += [(f"{label}, chunks of {small}, {how}", kind, w, t, small, per_task)
                          for label, kind, w, t in CONFIGS if kind == "dask" and w * t == 2]
+            runs += [(f"floor {c}", "floor", 2, 1, c, 0) for c in (chunk, small)]
         times = {r[0]: [] for r in runs}
         digests = set()
         for rnd in range(repeats):
@@ -225,7 +244,8 @@ def main():
             for label, kind, w, t, c, per_task in order:
                 res = run_one(model, path, kind, w, t, c, per_task, passive="passive" in label)
                 times[label].append(res["seconds"])
-                digests.add(res["digest"])
+                if kind != "floor":
+                    digests.add(res["digest"])
                 print(f"  {model} round {rnd + 1}: {label}: {n / res['seconds']:,.0f} samples/s "
                       f"(load {os.getloadavg()[0]:.1f})", flush=True)
         rate = {k: n / statistics.median(v) for k, v in times.items()}
@@ -238,6 +258,8 @@ def main():
                  "", "| configuration | samples/s | s per chunk per thread | Dask overhead "
                  "vs in-process | runs (s) |", "|---|---:|---:|---:|---|"]
         for label, kind, w, t, c, _ in runs:
+            if kind == "floor":
+                continue
             r = rate[label]
             ref = rate["in-process, 2 threads" if w * t == 2 else "in-process, 1 thread"]
             over = "" if kind == "local" else f"{100 * (1 - r / ref):+.1f}%"
@@ -252,6 +274,14 @@ def main():
         lines += ["", f"Scaling, 2 worker processes against 1 (1 thread each): **{scaling:.2f}x**; "
                   f"in-process 2 threads against 1: "
                   f"{rate['in-process, 2 threads'] / rate['in-process, 1 thread']:.2f}x.", ""]
+        if small and not args.no_small_chunks:
+            floor = {c: statistics.median(times[f"floor {c}"]) for c in (chunk, small)}
+            extra = (floor[small] - floor[chunk]) / (-(-n // small) + n // -chunk)
+            lines += [f"What Dask alone costs (LocalCluster 2 workers x 1 thread, the same "
+                      f"inputs read and copied chunk by chunk, no explanation): "
+                      f"{1000 * floor[chunk]:.0f} ms in chunks of {chunk}, "
+                      f"{1000 * floor[small]:.0f} ms in chunks of {small}: "
+                      f"{1000 * extra:.2f} ms per extra chunk.", ""]
         if model == "digits" and not args.no_cli:
             cli = {"relprop explain --threads 2": ["--threads", "2"],
                    "relprop explain --workers 2 --threads 1": ["--workers", "2", "--threads", "1"],
