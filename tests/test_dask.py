@@ -169,17 +169,20 @@ def test_targets_numpy_dask_and_seeds(digits, cnn):
                                   rp.gradient(cnn, digits, seed))
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(cuts=st.lists(st.integers(1, 899), max_size=8, unique=True),
        method=st.sampled_from(["lrp.epsilon_plus_flat", "lrp.epsilon_alpha2_beta1", "gradient",
                                "guided_backprop"]),
-       graph=st.booleans())
-def test_any_chunking_gives_the_same_bits(digits, cnn, cuts, method, graph):
-    """Chunk boundaries never change a sample's result (batch invariance of the kernels)."""
+       graph=st.booleans(), per_task=st.sampled_from([None, 1, 2, 3]))
+def test_any_chunking_gives_the_same_bits(digits, cnn, cuts, method, graph, per_task):
+    """Chunk boundaries (and runs of chunks in a task) never change a sample's result (batch
+    invariance of the kernels)."""
     net = residual_graph(np.random.default_rng(3)) if graph else cnn
     edges = [0] + sorted(cuts) + [900]
     x = chunked(digits, np.diff(edges))
-    got = rd.explain(net, x, "pred", method).compute(scheduler="sync")
+    R = rd.explain(net, x, "pred", method, chunks_per_task=per_task)
+    assert R.chunks == x.chunks
+    got = R.compute(scheduler="sync")
     np.testing.assert_array_equal(got, reference(net, digits, "pred", method))
 
 
