@@ -524,6 +524,26 @@ def test_cluster_small_chunks_share_tasks(client, tmp_path, digits, cnn):
     np.testing.assert_array_equal(compute(client, pf.auc), want.auc)
 
 
+def test_asynchronous_client(tmp_path, digits, cnn):
+    """An asynchronous default client (dask.compute refuses it): the graph is built for it and
+    ``await client.compute(R)`` gives the in-process bits."""
+    import asyncio
+
+    distributed = pytest.importorskip("distributed")
+    np.save(tmp_path / "x.npy", digits)
+
+    async def run():
+        async with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                            asynchronous=True, dashboard_address=":0") as lc, \
+                distributed.Client(lc, asynchronous=True) as c:
+            R = rd.explain(cnn, rd.from_npy(tmp_path / "x.npy", chunks=30), "pred")
+            return R.chunks, await asyncio.wait_for(c.compute(R), TIMEOUT)
+
+    chunks, got = asyncio.run(run())
+    assert chunks[0] == (30,) * 30
+    np.testing.assert_array_equal(got, reference(cnn, digits, "pred", "lrp.epsilon_plus_flat"))
+
+
 def test_cluster_nan_chunk_raises_the_in_process_error_and_stays_usable(client, digits, cnn):
     bad = digits.copy()
     bad[555, 0, 2, 2] = np.nan

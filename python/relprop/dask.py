@@ -164,13 +164,16 @@ def worker_threads():
 
 
 def _active_client():
-    """The ``dask.distributed`` client that ``compute()`` would use now, or None."""
+    """The ``dask.distributed`` client that ``compute()`` would use now (or, for an
+    asynchronous client, ``client.compute``), or None."""
     try:
         from distributed import default_client
 
         client = default_client()
     except (ImportError, ValueError):
         return None
+    if getattr(client, "asynchronous", False):
+        return client  # dask.base.get_scheduler() refuses it; client.compute(R) works
     sched = dask.base.get_scheduler()
     return client if getattr(sched, "__self__", None) is client else None
 
@@ -333,11 +336,14 @@ def _passes(method, params):
 
 
 def _threads_total():
-    """The threads that will run the tasks: the workers' of the active distributed client,
-    else this machine's."""
+    """The threads that will run the tasks: the workers' of the active distributed client
+    (when it can be asked without waiting: not an asynchronous client, some workers), else this
+    machine's."""
     client = _active_client()
-    if client is not None:
-        return max(1, sum(client.nthreads().values()))
+    if client is not None and not getattr(client, "asynchronous", False):
+        threads = sum(client.nthreads().values())
+        if threads:
+            return threads
     return os.cpu_count() or 1
 
 
