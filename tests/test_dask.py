@@ -364,7 +364,7 @@ def test_chunks_per_task_is_explicit_or_follows_the_work(monkeypatch, tmp_path, 
     assert plain < noisy == 75
 
 
-def test_chunks_per_task_errors(digits, cnn):
+def test_chunks_per_task_errors(tmp_path, digits, cnn):
     x = chunked(digits, (100,) * 9)
     for bad, err in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError),
                      ("2", TypeError)):
@@ -372,6 +372,14 @@ def test_chunks_per_task_errors(digits, cnn):
             rd.explain(cnn, x, 1, chunks_per_task=bad)
         with pytest.raises(err, match="chunks_per_task"):
             rd.pixel_flipping(cnn, x, x, 1, chunks_per_task=bad)
+    # the work estimate leaves bad counts to the method's own errors
+    np.save(tmp_path / "x.npy", digits)
+    xn = rd.from_npy(tmp_path / "x.npy", chunks=10)
+    for bad, err in (("x", TypeError), (-3, ValueError), (2.5, TypeError)):
+        with pytest.raises(err, match="n must be"):
+            rd.explain(cnn, xn, 1, "smoothgrad", n=bad)
+        with pytest.raises(err, match="steps must be"):
+            rd.explain(cnn, xn, 1, "integrated_gradients", steps=bad)
     unknown = x[x[:, 0, 0, 0] >= 0]  # unknown chunk sizes
     with pytest.raises(ValueError, match="unknown chunk sizes"):
         rd.explain(cnn, unknown, 1, chunks_per_task=2)

@@ -327,12 +327,14 @@ def _default(fn, name):
 
 def _passes(method, params):
     """Work per sample of ``method`` in units of one explanation (SmoothGrad's noisy copies,
-    the points on Integrated Gradients' path)."""
+    the points on Integrated Gradients' path); a bad count is left to the method to refuse."""
     if method == "smoothgrad":
-        return int(params.get("n", _default(smoothgrad, "n")))
-    if method == "integrated_gradients":
-        return int(params.get("steps", _default(integrated_gradients, "steps"))) + 1
-    return 1
+        count = params.get("n", _default(smoothgrad, "n"))
+    elif method == "integrated_gradients":
+        count = params.get("steps", _default(integrated_gradients, "steps"))
+    else:
+        return 1
+    return max(1, int(count)) + (method == "integrated_gradients") if is_int(count) else 1
 
 
 def _threads_total():
