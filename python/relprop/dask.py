@@ -66,7 +66,8 @@ PER_SAMPLE_PARAMS = ("root", "baseline")
 
 #: Seconds of work (on one thread) a task aims at when the chunks of ``x`` hold less.  Dask
 #: spends 1-3 ms of CPU around each task on a 2-core machine where the scheduler shares the
-#: cores (measured: 20-30% of the throughput at chunks of 10 ms, 0-7% at 100 ms and more).
+#: cores (measured, a task per chunk: 17-32% of the throughput at chunks of 10 ms, 0.6-12% at
+#: 100 ms and more; bench/results_scale.md).
 TASK_SECONDS = 0.1
 #: Forward-pass FLOPs per second on one thread that the work estimate assumes: what LRP on the
 #: bundled digits CNN reaches per FLOP of its forward pass (prediction, forward and backward
