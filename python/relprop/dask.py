@@ -330,12 +330,12 @@ def _passes(method, params):
     """Work per sample of ``method`` in units of one explanation (SmoothGrad's noisy copies,
     the points on Integrated Gradients' path); a bad count is left to the method to refuse."""
     if method == "smoothgrad":
-        count = params.get("n", _default(smoothgrad, "n"))
+        count, extra = params.get("n", _default(smoothgrad, "n")), 0
     elif method == "integrated_gradients":
-        count = params.get("steps", _default(integrated_gradients, "steps"))
+        count, extra = params.get("steps", _default(integrated_gradients, "steps")), 1
     else:
         return 1
-    return max(1, int(count)) + (method == "integrated_gradients") if is_int(count) else 1
+    return max(1, int(count)) + extra if is_int(count) else 1
 
 
 def _threads_total():
@@ -350,16 +350,19 @@ def _threads_total():
     return os.cpu_count() or 1
 
 
-def _check_chunks_per_task(chunks_per_task, x):
-    if chunks_per_task is None:
-        return None
-    from ._validate import as_int
+def _per_task(x, chunks_per_task, seconds_per_sample):
+    """``(xt, runs)``: ``x`` with a batch-axis chunk per task, and the runs of ``x``'s chunks
+    the tasks cover (None, and ``xt`` is ``x``, for a task per chunk); checks
+    ``chunks_per_task``."""
+    if chunks_per_task is not None:
+        from ._validate import as_int
 
-    k = as_int(chunks_per_task, "chunks_per_task", minimum=1)
-    if k > 1 and not _known(x):
-        raise ValueError("x has unknown chunk sizes; call x.compute_chunk_sizes() to merge its "
-                         "chunks into tasks (chunks_per_task)")
-    return k
+        chunks_per_task = as_int(chunks_per_task, "chunks_per_task", minimum=1)
+        if chunks_per_task > 1 and not _known(x):
+            raise ValueError("x has unknown chunk sizes; call x.compute_chunk_sizes() to merge "
+                             "its chunks into tasks (chunks_per_task)")
+    runs = _task_runs(x, chunks_per_task, seconds_per_sample)
+    return (x, None) if runs is None else (_in_runs(x, runs), runs)
 
 
 def _task_runs(x, chunks_per_task, seconds_per_sample):
@@ -486,10 +489,8 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", *, chunks_per_task=N
     if method == "smoothgrad" and params.get("seed") is not None and x.numblocks[0] > 1:
         raise ValueError("smoothgrad with a seed draws its noise over the whole batch, so the "
                          "chunks of x would change it: use one chunk, or seed=None")
-    chunks_per_task = _check_chunks_per_task(chunks_per_task, x)
-    runs = _task_runs(x, chunks_per_task, net.flops(x.shape[1:]) * _passes(method, params)
-                      / FLOP_RATE)
-    xt = x if runs is None else _in_runs(x, runs)  # a chunk per task
+    xt, runs = _per_task(x, chunks_per_task,
+                         net.flops(x.shape[1:]) * _passes(method, params) / FLOP_RATE)
     kind, targ = _target(target, xt, net)
     names, extras, fixed = [], [], {}
     for key, v in params.items():
@@ -601,10 +602,8 @@ def pixel_flipping(net, x, R, target, steps=None, patch=1, fill=0.0,
     steps = n_regions if steps is None else as_int(steps, "steps", minimum=1)
     if batch_size is not None:
         batch_size = as_int(batch_size, "batch_size", minimum=1)
-    chunks_per_task = _check_chunks_per_task(chunks_per_task, x)
     # a forward pass is about a quarter of an explanation with its prediction (FLOP_RATE)
-    runs = _task_runs(x, chunks_per_task, net.flops(x.shape[1:]) * (steps + 1) / 4 / FLOP_RATE)
-    x = x if runs is None else _in_runs(x, runs)  # a chunk per task
+    x, runs = _per_task(x, chunks_per_task, net.flops(x.shape[1:]) * (steps + 1) / 4 / FLOP_RATE)
     R = R.rechunk(x.chunks)
     kind, targ = _target(target, x, net)
     per_sample_fill = False
