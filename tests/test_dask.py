@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -279,9 +280,10 @@ def explain_tasks(arr, prefix="relprop-explain-"):
        itemsize=st.sampled_from([4, 8]))
 def test_task_runs_cover_the_chunks_in_order_within_the_limit(sizes, seconds, threads, k,
                                                               itemsize):
-    """Runs are consecutive chunks, in order, all of them; each at most the limit (work, the
-    default chunk size, the minimum task count) unless one chunk is larger; no two neighbours
-    would fit together; an explicit count groups exactly that many."""
+    """Runs are consecutive chunks, in order, all of them; each at most its limit (work, the
+    default chunk size, the minimum task count, the tail's share of the samples left) unless
+    one chunk is larger; a run and the next chunk would not fit together; an explicit count
+    groups exactly that many."""
     n = sum(sizes)
     dtype = np.float32 if itemsize == 4 else np.float64
     x = da.zeros((n, 1, 8, 8), chunks=(tuple(sizes), 1, 8, 8), dtype=dtype)
@@ -291,15 +293,22 @@ def test_task_runs_cover_the_chunks_in_order_within_the_limit(sizes, seconds, th
         mp.setattr(rd, "_threads_total", lambda: threads)
         runs = rd._task_runs(x, None, seconds)
         explicit = rd._task_runs(x, k, seconds)
-    limit = min(rd.TASK_SECONDS / seconds, default_chunk_size((1, 8, 8), itemsize),
-                n / (rd.MIN_TASKS_PER_THREAD * threads))
+    cap = min(rd.TASK_SECONDS / seconds, default_chunk_size((1, 8, 8), itemsize),
+              n / (rd.MIN_TASKS_PER_THREAD * threads))
+
+    def limits(runs):  # each run's limit, from the samples left when it starts
+        left = n - np.cumsum([0] + [sum(run) for run in runs[:-1]])
+        return [min(cap, rd.TAIL_SHARE * rest / threads) for rest in left]
+
     if runs is None:  # nothing to merge
-        assert len(sizes) < 2 or all(a + b > limit for a, b in zip(sizes, sizes[1:]))
+        chunks = [(size,) for size in sizes]
+        assert all(sum(a) + b[0] > lim for a, b, lim in zip(chunks, chunks[1:], limits(chunks)))
     else:
         assert tuple(c for run in runs for c in run) == tuple(sizes)
         assert len(runs) < len(sizes)
-        assert all(sum(run) <= limit or len(run) == 1 for run in runs)
-        assert all(sum(a) + b[0] > limit for a, b in zip(runs, runs[1:]))
+        lims = limits(runs)
+        assert all(sum(run) <= lim or len(run) == 1 for run, lim in zip(runs, lims))
+        assert all(sum(a) + b[0] > lim for a, b, lim in zip(runs, runs[1:], lims))
     if k == 1 or len(sizes) == 1:
         assert explicit is None
     else:
@@ -597,6 +606,28 @@ def test_tasks_run_with_the_workers_thread_count(client):
         # two tasks running at once share them, one each
         both = c2.map(_threads_of_two_tasks, [0, 1], pure=False)
         assert c2.gather(both) == [1, 1]
+
+
+@pytest.mark.parametrize("threads, executing, ready, leaving, want", [
+    (2, 1, 0, 0, 2),  # alone: all the worker's threads
+    (2, 2, 0, 0, 1),  # two running: one each
+    (2, 2, 0, 1, 2),  # one ends, nothing waits: the other gets both
+    (2, 2, 1, 1, 1),  # one ends, a task waits to take its thread: the other keeps one
+    (2, 1, 1, 0, 1),  # a task about to start beside it counts
+    (8, 3, 0, 0, 2),
+    (8, 3, 9, 0, 1),
+    (1, 1, 4, 0, 1),
+])
+def test_worker_threads_are_shared_by_the_tasks_running_or_about_to(monkeypatch, threads,
+                                                                    executing, ready, leaving,
+                                                                    want):
+    from relprop import ops
+
+    monkeypatch.setattr(ops, "_threads", ops._threads)  # restored after the test
+    state = types.SimpleNamespace(nthreads=threads, executing_count=executing,
+                                  ready=[object()] * ready)
+    assert rd._share_threads(types.SimpleNamespace(state=state), leaving) == want
+    assert rp.get_num_threads() == want
 
 
 @pytest.mark.slow

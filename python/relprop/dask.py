@@ -75,9 +75,13 @@ TASK_SECONDS = 0.1
 #: for larger networks (whose chunks then stay one task each), and a slower CPU makes the tasks
 #: longer, never shorter, than TASK_SECONDS.
 FLOP_RATE = 25e9
-#: Merging chunks keeps at least this many tasks per worker thread (all threads busy, a
-#: balanced end).
+#: Merging chunks keeps at least this many tasks per worker thread (all threads busy from the
+#: start).
 MIN_TASKS_PER_THREAD = 4
+#: ... and the last tasks shrink (guided self-scheduling): a task takes at most this fraction,
+#: per worker thread, of the samples not yet in a task, down to one chunk, so that the threads
+#: finish within about a chunk of each other instead of one waiting for another's last task.
+TAIL_SHARE = 0.5
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,9 +97,12 @@ def _worker():
 
 
 def _share_threads(worker, leaving=0):
-    total = int(worker.state.nthreads)
-    running = max(1, int(worker.state.executing_count) - leaving)
-    n = max(1, total // running)
+    state = worker.state
+    total = int(state.nthreads)
+    # the tasks running there and those ready to take a thread as soon as one is free: a task
+    # that ends leaves its threads to the others only when no task waits to start
+    busy = int(state.executing_count) - leaving + len(state.ready)
+    n = max(1, total // min(total, max(1, busy)))
     if get_num_threads() != n:
         set_num_threads(n)
     return n
@@ -104,11 +111,11 @@ def _share_threads(worker, leaving=0):
 def use_worker_threads():
     """Inside a ``dask.distributed`` worker, run relprop's kernels on the worker's threads
     (``Worker.state.nthreads``), shared by the tasks running on it: a worker with T threads
-    running k tasks gives each ``T // k`` (at least 1; all T to a task running alone), so
-    its tasks never ask for more threads than it has.  Returns that count; elsewhere does
-    nothing and returns None.  (The nanny starts workers with ``OMP_NUM_THREADS=1``, which would
-    pin a lone task to one thread; all the machine's cores per task would oversubscribe it.)
-    Thread counts never change results."""
+    running k tasks (counting those ready to start there) gives each ``T // k`` (at least 1;
+    all T to a task running alone), so its tasks never ask for more threads than it has.
+    Returns that count; elsewhere does nothing and returns None.  (The nanny starts workers
+    with ``OMP_NUM_THREADS=1``, which would pin a lone task to one thread; all the machine's
+    cores per task would oversubscribe it.)  Thread counts never change results."""
     worker = _worker()
     return None if worker is None else _share_threads(worker)
 
@@ -371,19 +378,23 @@ def _task_runs(x, chunks_per_task, seconds_per_sample):
 
     ``chunks_per_task`` None: runs of at most :data:`TASK_SECONDS` of estimated work (at most
     the default chunk size of :func:`from_npy`, at least :data:`MIN_TASKS_PER_THREAD` tasks per
-    thread), only for :func:`from_npy` arrays, whose runs are read whole (any other ``x`` would
-    be rechunked: a task per chunk and a transfer between workers again)."""
+    thread, shrinking at the end: :data:`TAIL_SHARE`), only for :func:`from_npy` arrays, whose
+    runs are read whole (any other ``x`` would be rechunked: a task per chunk and a transfer
+    between workers again)."""
     sizes = x.chunks[0]
     if chunks_per_task is None:
         if x.name not in _NPY_FILES or len(sizes) < 2:
             return None
+        threads = _threads_total()
+        left = int(x.shape[0])  # samples not yet in a closed run
         limit = min(TASK_SECONDS / max(seconds_per_sample, 1e-12),
                     default_chunk_size(x.shape[1:], x.dtype.itemsize),
-                    int(x.shape[0]) / (MIN_TASKS_PER_THREAD * _threads_total()))
+                    left / (MIN_TASKS_PER_THREAD * threads))
         runs, run = [], []
         for size in sizes:
-            if run and sum(run) + size > limit:
+            if run and sum(run) + size > min(limit, TAIL_SHARE * left / threads):
                 runs.append(tuple(run))
+                left -= sum(run)
                 run = []
             run.append(size)
         runs.append(tuple(run))
