@@ -22,7 +22,8 @@ of ``xgboost.dask`` and ``lightgbm.dask``.
   chunks of ``x`` hold less than about :data:`TASK_SECONDS` of work (estimated from the
   network's FLOPs), runs of consecutive chunks are explained by one task and its result is
   cut back into ``x``'s chunks where it was computed (``chunks_per_task=``; arrays from
-  :func:`from_npy` are read a run at a time).
+  :func:`from_npy` are read a run at a time); the last runs shrink, so no worker waits for
+  another's last long task.
 * On a distributed worker each task runs relprop's kernels on the worker's threads, shared
   by the tasks running there (:func:`use_worker_threads`; ``xgboost.dask`` sets ``nthread``
   to the worker's thread count likewise).
@@ -467,9 +468,10 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", *, chunks_per_task=N
         chunks of ``x`` on the worker that computed it).  Default: for :func:`from_npy` arrays
         whose chunks hold less than :data:`TASK_SECONDS` of work (estimated from the
         network's FLOPs), as many as make about that much (at most the default chunk size of
-        :func:`from_npy`, and at least :data:`MIN_TASKS_PER_THREAD` tasks per worker thread);
-        otherwise 1.  Another ``x`` with more than 1 is rechunked first.  Never changes the
-        result.
+        :func:`from_npy`, and at least :data:`MIN_TASKS_PER_THREAD` tasks per worker thread;
+        the last tasks shrink down to a chunk, :data:`TAIL_SHARE`, so the workers finish
+        together); otherwise 1.  Another ``x`` with more than 1 is rechunked first.  Never
+        changes the result.
     **params
         The method's keyword arguments (``batch_size`` bounds the samples per kernel call
         inside a task).  ``root``/``baseline`` arrays with a row per sample are chunked along
