@@ -67,6 +67,17 @@ def test_graph_errors_name_the_node():
         rp.Sequential([rp.Add()])
 
 
+def test_flops_per_node_and_in_all():
+    """A 1x1 convolution of 2 -> 3 channels then a ReLU: 3 outputs of 2 multiply-adds and a
+    bias add per pixel, and one per element for the ReLU; the FLOPs follow the input shape."""
+    net = rp.Graph([("conv", rp.Conv2d(np.ones((3, 2, 1, 1)), np.zeros(3)), "input"),
+                    ("relu", rp.ReLU(), "conv")])
+    with pytest.raises(ValueError, match="no input shape"):
+        net.flops()
+    assert net.node_flops((2, 4, 5)) == [3 * 20 * (2 * 2 + 1), 3 * 20]
+    assert net.flops((2, 4, 5)) == 3 * 20 * 6 and net.flops((2, 8, 5)) == 2 * 3 * 20 * 6
+
+
 def test_nodes_are_put_in_topological_order_and_batchnorm_folded(rng):
     # given out of order; the BatchNorm after conv "b" (read only by it) is folded into "b",
     # the one after the Add is not (an Add is not linear) and stays an affine node

@@ -690,13 +690,13 @@ def run_info(args):
     head = f"{'#':>3}  " + ("" if chain else f"{'node':<{name_w}}{'inputs':<{2 * name_w}}")
     print(f"{head}{'layer':<36}{'output shape':<18}{'params':>10}{'FLOPs':>14}")
     total_p = 0
+    flops = net.node_flops() if shapes else None
     for i, node in enumerate(net.nodes):
         layer = node.layer
         params = sum(int(a.size) for a in layer.arrays().values())
         total_p += params
         if shapes:
-            flops = layer.flops([shapes[t] for t in node.inputs], shapes[node.name])
-            out, f = str(shapes[node.name]), f"{flops:,}"
+            out, f = str(shapes[node.name]), f"{flops[i]:,}"
         else:
             out, f = "?", "?"
         where = "" if chain else f"{node.name:<{name_w}}{', '.join(node.inputs):<{2 * name_w}}"
@@ -704,7 +704,7 @@ def run_info(args):
     dtypes = sorted({str(n.layer.weight.dtype) for n in net.nodes if n.layer.linear})
     print(f"parameters: {total_p:,} ({', '.join(dtypes)})")
     if shapes:
-        print(f"FLOPs per sample: {net.flops():,} (forward pass; a multiply-add counts as 2)")
+        print(f"FLOPs per sample: {sum(flops):,} (forward pass; a multiply-add counts as 2)")
     return 0
 
 

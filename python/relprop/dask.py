@@ -391,13 +391,14 @@ def _task_runs(x, chunks_per_task, seconds_per_sample):
         limit = min(TASK_SECONDS / max(seconds_per_sample, 1e-12),
                     default_chunk_size(x.shape[1:], x.dtype.itemsize),
                     left / (MIN_TASKS_PER_THREAD * threads))
-        runs, run = [], []
+        runs, run, held = [], [], 0  # held: the samples of the open run
         for size in sizes:
-            if run and sum(run) + size > min(limit, TAIL_SHARE * left / threads):
+            if run and held + size > min(limit, TAIL_SHARE * left / threads):
                 runs.append(tuple(run))
-                left -= sum(run)
-                run = []
+                left -= held
+                run, held = [], 0
             run.append(size)
+            held += size
         runs.append(tuple(run))
     else:
         runs = [sizes[i:i + chunks_per_task] for i in range(0, len(sizes), chunks_per_task)]

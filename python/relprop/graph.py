@@ -208,16 +208,20 @@ class Graph:
                 cache[input_shape] = hit
         return dict(hit)
 
-    def flops(self, input_shape=None) -> int:
-        """Forward-pass FLOPs per sample (a multiply-add counts 2; bias adds, ReLU, additions
-        and pooling count 1 per element), as ``relprop info`` lists them; ``input_shape``
-        defaults to the network's."""
+    def node_flops(self, input_shape=None) -> list:
+        """Forward-pass FLOPs per sample of each node, in topological order (a multiply-add
+        counts 2; bias adds, ReLU, additions and pooling count 1 per element), as
+        ``relprop info`` lists them; ``input_shape`` defaults to the network's."""
         shape = self.input_shape if input_shape is None else input_shape
         if shape is None:
             raise ValueError("the network has no input shape: pass input_shape")
         shapes = self.tensor_shapes(shape)
-        return sum(int(node.layer.flops([shapes[t] for t in node.inputs], shapes[node.name]))
-                   for node in self.nodes)
+        return [int(node.layer.flops([shapes[t] for t in node.inputs], shapes[node.name]))
+                for node in self.nodes]
+
+    def flops(self, input_shape=None) -> int:
+        """Forward-pass FLOPs per sample: the sum of :meth:`node_flops`."""
+        return sum(self.node_flops(input_shape))
 
     @property
     def layers(self):
