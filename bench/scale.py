@@ -11,7 +11,7 @@ configuration never serve another; rounds interleave the configurations (rotated
 the report gives medians.  Each run reads the inputs from a ``.npy`` on disk and ends with the
 relevance of every sample in the driver's memory:
 
-* in-process, T threads: ``np.load``, the predicted classes, ``relprop.explain`` (batch 64);
+* in-process, T threads: ``np.load``, ``relprop.explain(net, x, "pred")`` (batch 64);
 * Dask, W workers x T threads (``LocalCluster(processes=True)``, started before the clock):
   ``relprop.dask.from_npy`` (workers read their chunks), ``relprop.dask.explain(net, x, "pred")``
   (batch 64 inside a task), ``compute()``; the first job on a cluster is a warm-up.  Small
@@ -45,7 +45,7 @@ METHOD = "lrp.epsilon_plus_flat"
 BATCH = 64
 #: name: (samples, chunk, small chunk (about 10 ms of work on one thread) or None, description)
 MODELS = {
-    "digits": (100_000, 4096, 336, "bundled digits CNN (1x8x8)"),
+    "digits": (100_000, 4096, 480, "bundled digits CNN (1x8x8)"),
     "cifar": (20_000, 64, None, "CIFAR-size VGG-style CNN (3x32x32, bench/models.py)"),
 }
 #: (label, kind, workers, threads per worker); the passive one runs with OMP_WAIT_POLICY=passive
@@ -110,8 +110,7 @@ def one(args):
         time.sleep(0.2)
         t0 = time.perf_counter()
         x = np.load(args.path)
-        pred = net.forward(x, batch_size=BATCH).argmax(axis=1)
-        R = rp.explain(net, x, pred, METHOD, batch_size=BATCH)
+        R = rp.explain(net, x, "pred", METHOD, batch_size=BATCH)
         seconds = time.perf_counter() - t0
     else:  # "dask", or "floor": Dask alone, the same chunks read and copied, no explanation
         import logging

@@ -71,9 +71,7 @@ def chunked(a, sizes):
 
 
 def reference(net, x, target, method, **kw):
-    """The in-process result on the whole batch ("pred": the predicted classes)."""
-    if isinstance(target, str):
-        target = net(x).argmax(axis=1)
+    """The in-process result on the whole batch."""
     return rp.explain(net, x, target, method, **kw)
 
 

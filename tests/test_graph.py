@@ -182,7 +182,9 @@ def test_dag_lrp_matches_reference_tensor_by_tensor(net, composite, positive, co
     f = net(x)
     want_in = ref.lrp(net, x, ref.seed(1, f, scale=True), rules)
     got = rp.lrp(net, x, 1, name, layerwise=True, **kw)
-    assert_allclose(got["input"], want_in, rtol=1e-9, atol=1e-12)
+    # error relative to the relevance's scale: Winograd's transforms mix an output's terms
+    # with its neighbours', so an element that cancels carries its neighbours' rounding
+    assert_allclose(got["input"], want_in, rtol=1e-9, atol=1e-9 * np.abs(want_in).max())
     assert_allclose(rp.lrp(net, x, 1, name, **kw), got["input"], rtol=0, atol=0)
 
 

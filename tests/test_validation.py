@@ -40,7 +40,7 @@ def test_bad_inputs_raise_clear_errors(cnn, method, x, exc, match):
     ([0, 1, 2], ValueError, "3 classes for a batch of 2"),
     ([0, 9], ValueError, "out of range"),
     (1.5, TypeError, "target"),
-    ("cat", TypeError, "target"),
+    ("cat", ValueError, "'pred', got 'cat'"),
     (np.ones((2, 4)), ValueError, "seed has shape"),
     (np.full((2, 5), np.nan), ValueError, "NaN"),
 ])

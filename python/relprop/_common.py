@@ -13,18 +13,60 @@ def is_int(t):
     return isinstance(t, (numbers.Integral, np.integer)) and not isinstance(t, (bool, np.bool_))
 
 
+#: The target that explains each sample's predicted class, ``argmax`` of its output.
+PRED = "pred"
+
+
+class Predicted:
+    """The target "pred" that also keeps the outputs it saw (``outputs``, one array per batch,
+    in order): a caller that needs the scores reads them from the explanation's own forward
+    pass instead of running another."""
+
+    def __init__(self):
+        self.outputs = []
+
+
+def is_pred(t):
+    return isinstance(t, Predicted) or (isinstance(t, str) and t == PRED)
+
+
+def predicted(net, x, target, batch_size=None):
+    """``target`` for methods that evaluate the network away from ``x`` (Taylor's root, the
+    points of SmoothGrad and Integrated Gradients, pixel flipping): "pred" becomes the classes
+    predicted at ``x`` (one forward pass); any other target is returned as is."""
+    if not is_pred(target):
+        return target
+    return pred_classes(target, net.forward(x, batch_size=batch_size, check_finite=False))
+
+
+def pred_classes(target, out):
+    """The classes of the target "pred" (or a :class:`Predicted`, which keeps ``out``)."""
+    if out.ndim != 2:
+        raise ValueError(f"target {PRED!r} needs an output of shape (n, n_out), got {out.shape}")
+    if isinstance(target, Predicted):
+        target.outputs.append(out)
+    return out.argmax(axis=1)
+
+
 def seed(target, out: np.ndarray, scale: bool) -> np.ndarray:
     """The output seed for ``target`` given the network output ``out`` (n, n_out).
 
     * an int: the same class for every sample;
     * a sequence of n ints: one class per sample;
+    * "pred" (or a :class:`Predicted`): each sample's class ``argmax(out)`` (the first of
+      tied maxima);
     * an array shaped like ``out``: used as the seed directly.
 
-    With ints the seed is one-hot, times ``out`` when ``scale`` (LRP: relevance starts as the
-    explained score).
+    With classes the seed is one-hot, times ``out`` when ``scale`` (LRP: relevance starts as
+    the explained score).
     """
     n = out.shape[0]
-    if is_int(target):
+    if isinstance(target, str) and target != PRED:
+        raise ValueError(f"target must be an int, a sequence of ints, a float seed array or "
+                         f"{PRED!r}, got {target!r}")
+    if is_pred(target):
+        classes = pred_classes(target, out)
+    elif is_int(target):
         c = int(target)
         if out.ndim == 2 and not 0 <= c < out.shape[1]:  # before np.full: 2**63 would overflow
             raise ValueError(f"target {c} is out of range for {out.shape[1]} outputs "
@@ -70,7 +112,7 @@ def chunks(x: np.ndarray, target, batch_size):
         yield slice(0, n), target
         return
     bs = as_int(batch_size, "batch_size", minimum=1)
-    per_sample = not is_int(target)
+    per_sample = not (is_int(target) or is_pred(target))
     if per_sample:
         t = np.asarray(target)
         if t.ndim == 0 or t.shape[0] != n:

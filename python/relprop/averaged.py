@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import check_batch_size, finite_result, row_targets
+from ._common import check_batch_size, finite_result, predicted, row_targets
 from ._validate import as_float_array, as_int, as_scalar, check_size
 from .engine import gradient_pass
 
@@ -22,7 +22,7 @@ def averaged_gradient(net, x, target, points, weights, batch_size=None):
     ----------
     net : Sequential
     x : array (n, *input_shape), already validated by ``net.check_input``
-    target : int, sequence of n ints, or float array (n, n_out)
+    target : int, sequence of n ints, float array (n, n_out), or "pred"
     points : callable ``(i, k) -> array (len(i), *input_shape)``
         The input rows for sample indices ``i`` and point indices ``k`` (called once per chunk,
         with ``i`` non-decreasing).
@@ -63,7 +63,7 @@ def smoothgrad(net, x, target, n=16, sigma=0.15, seed=None, *, batch_size=None,
     ----------
     net : Sequential
     x : array (n_samples, *input_shape)
-    target : int, sequence of n_samples ints, or float array (n_samples, n_out)
+    target : int, sequence of n_samples ints, float array (n_samples, n_out), or "pred"
         As for :func:`relprop.gradient`; expanded along with ``x`` to every noisy copy.
     n : int
         Noisy copies per sample.
@@ -100,6 +100,7 @@ def smoothgrad(net, x, target, n=16, sigma=0.15, seed=None, *, batch_size=None,
         return (x[i] + scale[i] * noise).astype(x.dtype)
 
     weights = np.full(n, 1.0 / n)
+    target = predicted(net, x, target, batch_size)  # the class at x, not at the copies
     return finite_result(lambda xc, tc: averaged_gradient(net, xc, tc, points, weights,
                                                            batch_size), x, target)
 
@@ -138,7 +139,7 @@ def integrated_gradients(net, x, target, baseline=None, steps=32, quadrature="ri
     ----------
     net : Sequential
     x : array (n, *input_shape)
-    target : int, sequence of n ints, or float array (n, n_out)
+    target : int, sequence of n ints, float array (n, n_out), or "pred"
         As for :func:`relprop.gradient`; expanded along with ``x`` to every path point.
     baseline : None, float, or array
         ``x'``: zeros (None), a constant, one sample ``input_shape`` (broadcast) or an array
@@ -191,5 +192,6 @@ def integrated_gradients(net, x, target, baseline=None, steps=32, quadrature="ri
     def points(i, k):
         return base[i] + alphas[k].reshape(shape) * diff[i]
 
+    target = predicted(net, x, target, batch_size)  # the class at x, not along the path
     return finite_result(lambda xc, tc: diff * averaged_gradient(net, xc, tc, points, weights,
                                                                   batch_size), x, target)

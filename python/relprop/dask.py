@@ -51,7 +51,7 @@ except ImportError as exc:  # pragma: no cover - tested in a subprocess without 
     raise ImportError("relprop.dask needs Dask: pip install 'relprop[dask]' (dask[array] and "
                       f"distributed; {exc})") from None
 
-from ._common import is_int
+from ._common import PRED, is_int
 from .averaged import integrated_gradients, smoothgrad
 from .evaluate import ORDERS, PixelFlipping, _fill_values, _region_ranks
 from .evaluate import pixel_flipping as _pixel_flipping
@@ -70,12 +70,12 @@ PER_SAMPLE_PARAMS = ("root", "baseline")
 #: cores (measured, a task per chunk: 17-32% of the throughput at chunks of 10 ms, 0.6-12% at
 #: 100 ms and more; bench/results_scale.md).
 TASK_SECONDS = 0.1
-#: Forward-pass FLOPs per second on one thread that the work estimate assumes: what LRP on the
-#: bundled digits CNN reaches per FLOP of its forward pass (prediction, forward and backward
-#: pass) on an AVX-512 core.  Small layers are the slowest per FLOP, so the estimate errs long
-#: for larger networks (whose chunks then stay one task each), and a slower CPU makes the tasks
-#: longer, never shorter, than TASK_SECONDS.
-FLOP_RATE = 25e9
+#: Forward-pass FLOPs per second on one thread that the work estimate assumes: what LRP of the
+#: predicted class (a forward and a backward pass) on the bundled digits CNN reaches per FLOP of
+#: its forward pass on an AVX-512 core (30e9 measured).  Small layers are the slowest per FLOP,
+#: so the estimate errs long for larger networks (whose chunks then stay one task each), and a
+#: slower CPU makes the tasks longer, never shorter, than TASK_SECONDS.
+FLOP_RATE = 30e9
 #: Merging chunks keeps at least this many tasks per worker thread (all threads busy from the
 #: start).
 MIN_TASKS_PER_THREAD = 4
@@ -272,13 +272,13 @@ def _batch_aligned(a, x, name, trailing):
 
 
 def _target(target, x, net):
-    """``(kind, arg)``: "pred", "int" (arg the class), "classes" or "seed" (arg a dask array
-    aligned with ``x``)."""
+    """``(kind, arg)``: "pred" (arg "pred"), "int" (arg the class), "classes" or "seed" (arg a
+    dask array aligned with ``x``)."""
     if isinstance(target, str):
         if target != "pred":
             raise ValueError(f"target must be an int, an array of ints, a float seed array or "
                              f"'pred', got {target!r}")
-        return "pred", None
+        return "pred", PRED
     if is_int(target):
         return "int", int(target)
     t = target if isinstance(target, da.Array) else np.asarray(target)
@@ -302,7 +302,7 @@ def _target(target, x, net):
 
 def _probe_target(kind, arg, dtype):
     """A target for a one-sample probe (per-sample targets are checked by the tasks)."""
-    if kind == "int":
+    if kind in ("int", "pred"):
         return arg
     if kind == "seed":
         return np.zeros((1,) + tuple(arg.shape[1:]), dtype=dtype)
@@ -436,17 +436,11 @@ def _cut(a, runs):
 # --------------------------------------------------------------------------------------------
 # explain
 # --------------------------------------------------------------------------------------------
-def _predicted(net, x, batch_size):
-    return net.forward(x, batch_size=batch_size).reshape(len(x), -1).argmax(axis=1)
-
-
 def _explain_block(x, *rest, net, method, kind, target, names, params):
     rest = list(rest)
     if kind in ("classes", "seed"):
         target = rest.pop(0)
     with worker_threads():
-        if kind == "pred":
-            target = _predicted(net, x, params.get("batch_size"))
         return _explain(net, x, target, method, **params, **dict(zip(names, rest)))
 
 
@@ -460,7 +454,7 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", *, chunks_per_task=N
         Its chunks along the batch axis are the tasks; other axes are rechunked whole.
     target : int, array of ints (n,), float array (n, n_out), or "pred"
         As for :func:`relprop.explain` (NumPy or dask arrays, rechunked like ``x``); "pred"
-        explains each sample's predicted class (``net(x).argmax(axis=1)``).
+        explains each sample's predicted class.
     method : str
         A :func:`relprop.explain` name: "gradient", "gradient_x_input", "lrp.epsilon_plus_flat",
         "lrp.epsilon_gamma_box", ...
@@ -531,7 +525,7 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", *, chunks_per_task=N
     out = da.blockwise(
         _explain_block, ind, *pairs, name=f"relprop-explain-{token}", dtype=dtype,
         concatenate=True, meta=np.empty((0,) * x.ndim, dtype=dtype), net=net_arg,
-        method=method, kind=kind, target=targ if kind == "int" else None, names=names,
+        method=method, kind=kind, target=targ if kind in ("int", "pred") else None, names=names,
         params=fixed)
     return out if runs is None else _cut(out, runs)
 
@@ -555,8 +549,6 @@ def _flip(x, R, idx, *rest, net, kind, target, fill, per_sample_fill, seed, step
     if per_sample_fill:
         fill = rest.pop(0)
     x = net.check_input(x, check_finite)
-    if kind == "pred":
-        target = _predicted(net, x, batch_size)
     if isinstance(fill, str) and fill == "uniform":
         # the in-process draw is rng.random(x.shape) over the whole batch, one 64-bit draw per
         # element: this block's part starts idx[0] * sample size draws into the stream
@@ -652,7 +644,7 @@ def pixel_flipping(net, x, R, target, steps=None, patch=1, fill=0.0,
         _flip_block, ind[0] + "q", *pairs, new_axes={"q": steps + 1},
         name=f"relprop-pixel-flipping-{token}", dtype=np.float64, concatenate=True,
         meta=np.empty((0, 0), dtype=np.float64), net=net_arg, kind=kind,
-        target=targ if kind == "int" else None, fill=None if per_sample_fill else fill,
+        target=targ if kind in ("int", "pred") else None, fill=None if per_sample_fill else fill,
         per_sample_fill=per_sample_fill, seed=seed, steps=steps, patch=patch, order=order,
         batch_size=batch_size, check_finite=check_finite)
     auc = curves.map_blocks(_auc, steps=steps, drop_axis=1, dtype=np.float64,

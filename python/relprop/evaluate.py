@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import check_batch_size, row_targets
+from ._common import check_batch_size, predicted, row_targets
 from ._common import seed as output_seed
 from ._validate import as_float_array, as_int
 
@@ -116,7 +116,7 @@ def pixel_flipping(net, x, R, target, steps=None, patch=1, fill=0.0,
     x : array (n, *input_shape)
     R : array shaped like ``x``
         The explanation to evaluate (e.g. from :func:`relprop.explain`).
-    target : int, sequence of n ints, or float array (n, n_out)
+    target : int, sequence of n ints, float array (n, n_out), or "pred"
         The explained score: ``f_t`` for a class, ``sum(seed * f)`` for a seed array.
     steps : int, optional
         Perturbation steps; by default one region per step (``steps = P``).
@@ -157,7 +157,7 @@ def pixel_flipping(net, x, R, target, steps=None, patch=1, fill=0.0,
     n = x.shape[0]
     rows = n * (steps + 1)
     step = check_batch_size(batch_size, rows)
-    take_target = row_targets(target, n)
+    take_target = row_targets(predicted(net, x, target, step), n)  # "pred": the class at x
     curves = np.empty(rows)
     for start in range(0, rows, step):
         idx = np.arange(start, min(rows, start + step))
@@ -243,7 +243,7 @@ def conservation_report(net, X, target, method="lrp.epsilon", *, batch_size=None
     ----------
     net : Sequential
     X : array (n, *input_shape)
-    target : int, sequence of n ints, or float array (n, n_out)
+    target : int, sequence of n ints, float array (n, n_out), or "pred"
     method : str
         A name for :func:`relprop.explain`; ``kwargs`` go to it.
     batch_size : int, optional
@@ -256,6 +256,7 @@ def conservation_report(net, X, target, method="lrp.epsilon", *, batch_size=None
     from .methods import explain
 
     X = net.check_input(X)
+    target = predicted(net, X, target, batch_size)  # "pred": one class for both sides
     R = explain(net, X, target, method=method, batch_size=batch_size, **kwargs)
     return _conservation(method, _explained_score(net, X, target),
                          R.reshape(len(X), -1).sum(axis=1).astype(np.float64))
@@ -301,7 +302,7 @@ def compare(net, x, target, methods=DEFAULT_METHODS, *, steps=None, patch=1, fil
     ----------
     net : Sequential
     x : array (n, *input_shape)
-    target : int, sequence of n ints, or float array (n, n_out)
+    target : int, sequence of n ints, float array (n, n_out), or "pred"
     methods : sequence of str
         Names for :func:`relprop.explain`, plus "random": a uniform random attribution drawn
         from ``seed`` (the baseline a useful explanation must beat).
@@ -320,6 +321,7 @@ def compare(net, x, target, methods=DEFAULT_METHODS, *, steps=None, patch=1, fil
     from .methods import explain
 
     x = net.check_input(x)
+    target = predicted(net, x, target, batch_size)  # "pred": the same classes for every method
     method_kwargs = dict(method_kwargs or {})
     score = _explained_score(net, x, target)
     rows = []

@@ -18,9 +18,10 @@ def lrp(net, x, target, rule_or_composite="epsilon_plus_flat", *, batch_size=Non
     ----------
     net : Graph or Sequential
     x : array (n, *input_shape)
-    target : int, sequence of n ints, or float array (n, n_out)
-        With ints, relevance starts as one-hot times ``f(x)`` (so it sums to about the explained
-        score ``f_t(x)``); an array is used as the output relevance directly.
+    target : int, sequence of n ints, float array (n, n_out), or "pred"
+        With classes, relevance starts as one-hot times ``f(x)`` (so it sums to about the
+        explained score ``f_t(x)``); "pred": each sample's predicted class (from this pass's
+        forward pass); an array is used as the output relevance directly.
     rule_or_composite : Composite, Rule or str
         A composite (``relprop.composites``), a rule for every Dense/Conv2d (``relprop.rules``), or
         a registered name such as "epsilon_plus_flat" or "epsilon" (``kwargs`` go to its

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import composites
-from ._common import map_batches
+from ._common import map_batches, predicted
 from ._validate import as_float_array, as_int, as_scalar
 from .averaged import integrated_gradients, smoothgrad
 from .engine import gradient_pass, score_and_grad
@@ -39,8 +39,9 @@ def _doc(fn, text):
     ----------
     net : Sequential
     x : array (n, *input_shape)
-    target : int, sequence of n ints, or float array (n, n_out)
-        The explained output: one class for all, one per sample, or a seed used directly.
+    target : int, sequence of n ints, float array (n, n_out), or "pred"
+        The explained output: one class for all, one per sample, each sample's predicted class
+        ("pred", from this pass's own forward pass), or a seed used directly.
     batch_size : int, optional
         Process this many samples at a time.
     check_finite : bool
@@ -125,6 +126,7 @@ def taylor(net, x, target, root="zero", *, max_steps=50, tol=1e-5, return_info=F
         except ValueError:
             raise ValueError(f"root has shape {root_arr.shape}, not broadcastable to x "
                              f"{x.shape}") from None
+    target = predicted(net, x, target, batch_size)  # the class at x, not at the root
     infos = []
 
     def one(xc, tc, rc):
@@ -203,7 +205,8 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", **kwargs):
     "taylor", "deconvnet", "guided_backprop", ...) or ``"lrp.<name>"`` with a composite or rule
     name ("lrp.epsilon_plus_flat", "lrp.epsilon_gamma_box", "lrp.epsilon", ...).  ``kwargs`` go
     to the method (for LRP: ``batch_size``, ``check_finite``, and the composite's parameters,
-    e.g. ``low``/``high`` for epsilon_gamma_box).
+    e.g. ``low``/``high`` for epsilon_gamma_box).  ``target="pred"`` explains each sample's
+    predicted class without a forward pass of its own.
     """
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, got {type(method).__name__}")

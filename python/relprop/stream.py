@@ -32,6 +32,7 @@ from collections import deque
 
 import numpy as np
 
+from ._common import Predicted
 from .inputs import CHUNK_BYTES, MAX_CHUNK, NpyFile, default_chunk_size  # noqa: F401 (API)
 
 #: The progress record's file name and format tag.
@@ -201,11 +202,15 @@ def explain_chunk(net, x, target, method, params, batch_size=None):
     """
     from .methods import explain
 
-    out = net.forward(x, batch_size=batch_size)
-    scores = out.reshape(len(out), -1)
-    t = scores.argmax(axis=1) if target is None else target
-    R = explain(net, x, t, method, batch_size=batch_size, **params)
-    classes = np.broadcast_to(np.asarray(t, dtype=np.int64), (len(x),))
+    if target is None:  # the scores from the explanation's own forward pass
+        pred = Predicted()
+        R = explain(net, x, pred, method, batch_size=batch_size, **params)
+        scores = np.concatenate(pred.outputs)
+        classes = scores.argmax(axis=1)
+    else:
+        R = explain(net, x, target, method, batch_size=batch_size, **params)
+        scores = net.forward(x, batch_size=batch_size).reshape(len(x), -1)
+        classes = np.full(len(x), target, dtype=np.int64)
     picked = scores[np.arange(len(x)), classes].astype(np.float64)
     sums = R.reshape(len(R), -1).sum(axis=1).astype(np.float64)
     return R, np.array(classes), picked, sums
