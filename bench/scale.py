@@ -19,6 +19,12 @@ relevance of every sample in the driver's memory:
   ``chunks_per_task=1`` (a task per chunk);
 * what Dask alone costs for as many chunks: the same ``from_npy`` array read and copied block by
   block (``map_blocks(np.copy)``) on 2 workers, in both chunk sizes.
+* Dask's overhead, paired: this VM's speed changes for tens of seconds at a time (the in-process
+  2-thread job takes 1.3 s or 2.1 s for the same work, both threads busy throughout, while
+  single-threaded processes keep their pace), so a fresh process per run compares runs made in
+  different states.  One process per cluster therefore also alternates the in-process job (in
+  that process, as many threads as the cluster) with the Dask job, ``--pairs`` times, and the
+  overhead is taken from the median of the pairs' ratios.
 
 The relevance of every run is hashed: all configurations must give the same bytes.  Also timed:
 ``relprop explain`` streaming to disk (digits only; wall clock of the command, cluster start
@@ -103,45 +109,64 @@ def one(args):
     import relprop as rp
 
     net = build_net(args.model)
+    def local():
+        x = np.load(args.path)
+        return rp.explain(net, x, "pred", METHOD, batch_size=BATCH)
+
+    def timed(job):
+        t0 = time.perf_counter()
+        out = job()
+        return time.perf_counter() - t0, out
+
     if args.kind == "local":
         rp.set_num_threads(args.threads)
         xw = np.load(args.path, mmap_mode="r")[:2 * BATCH]
         rp.explain(net, np.asarray(xw), 0, METHOD, batch_size=BATCH)  # warm-up
         time.sleep(0.2)
-        t0 = time.perf_counter()
-        x = np.load(args.path)
-        R = rp.explain(net, x, "pred", METHOD, batch_size=BATCH)
-        seconds = time.perf_counter() - t0
-    else:  # "dask", or "floor": Dask alone, the same chunks read and copied, no explanation
-        import logging
+        seconds, R = timed(local)
+        print(json.dumps({"seconds": seconds, "n": len(R), "digest": digest(R)}))
+        return
+    # "dask"; "floor": Dask alone, the same chunks read and copied, no explanation; "paired":
+    # in-process (in this process, as many threads as the cluster) and Dask jobs alternating
+    import logging
 
-        from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster
 
-        import relprop.dask as rd
+    import relprop.dask as rd
 
-        def job(n=None):
-            x = rd.from_npy(args.path, chunks=args.chunk)
-            x = x if n is None else x[:n]  # (a slice is no longer a from_npy array)
-            if args.kind == "floor":
-                return x.map_blocks(np.copy).compute()
-            return rd.explain(net, x, "pred", METHOD, batch_size=BATCH,
-                              chunks_per_task=args.chunks_per_task or None).compute()
+    def job(n=None):
+        x = rd.from_npy(args.path, chunks=args.chunk)
+        x = x if n is None else x[:n]  # (a slice is no longer a from_npy array)
+        if args.kind == "floor":
+            return x.map_blocks(np.copy).compute()
+        return rd.explain(net, x, "pred", METHOD, batch_size=BATCH,
+                          chunks_per_task=args.chunks_per_task or None).compute()
 
-        with LocalCluster(n_workers=args.workers, threads_per_worker=args.threads,
-                          processes=True, dashboard_address=":0",
-                          silence_logs=logging.ERROR) as cluster, Client(cluster):
-            job(2 * args.chunk)  # warm-up
+    with LocalCluster(n_workers=args.workers, threads_per_worker=args.threads,
+                      processes=True, dashboard_address=":0",
+                      silence_logs=logging.ERROR) as cluster, Client(cluster):
+        job(2 * args.chunk)  # warm-up
+        if args.kind == "paired":
+            rp.set_num_threads(args.workers * args.threads)
+            local()
             time.sleep(0.2)
-            t0 = time.perf_counter()
-            R = job()
-            seconds = time.perf_counter() - t0
+            pairs, digests = [], set()
+            for i in range(args.pairs):
+                first, second = (local, job) if i % 2 == 0 else (job, local)
+                (t1, r1), (t2, r2) = timed(first), timed(second)
+                pairs.append((t1, t2) if i % 2 == 0 else (t2, t1))  # (in-process, Dask)
+                digests |= {digest(r1), digest(r2)}
+            print(json.dumps({"pairs": pairs, "digests": sorted(digests)}))
+            return
+        time.sleep(0.2)
+        seconds, R = timed(job)
     print(json.dumps({"seconds": seconds, "n": len(R), "digest": digest(R)}))
 
 
-def run_one(model, path, kind, workers, threads, chunk, per_task=0, passive=False):
+def run_one(model, path, kind, workers, threads, chunk, per_task=0, passive=False, pairs=0):
     cmd = [sys.executable, __file__, "--one", "--model", model, "--path", str(path),
            "--kind", kind, "--workers", str(workers), "--threads", str(threads),
-           "--chunk", str(chunk), "--chunks-per-task", str(per_task)]
+           "--chunk", str(chunk), "--chunks-per-task", str(per_task), "--pairs", str(pairs)]
     env = dict(os.environ, OMP_WAIT_POLICY="passive") if passive else None
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=7200, env=env)
     if proc.returncode != 0:
@@ -198,6 +223,8 @@ def main():
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     for opt in ("--model", "--path", "--kind"):
         ap.add_argument(opt, help=argparse.SUPPRESS)
+    ap.add_argument("--pairs", type=int, default=8,
+                    help="in-process/Dask pairs per cluster for the paired overhead (default 8)")
     for opt in ("--workers", "--threads", "--chunk", "--chunks-per-task"):
         ap.add_argument(opt, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -236,6 +263,14 @@ def main():
                     digests.add(res["digest"])
                 print(f"  {model} round {rnd + 1}: {label}: {n / res['seconds']:,.0f} samples/s "
                       f"(load {os.getloadavg()[0]:.1f})", flush=True)
+        paired = {}
+        for w, t in ((2, 1), (1, 2)):
+            for c in (chunk,) + ((small,) if small and not args.no_small_chunks else ()):
+                res = run_one(model, path, "paired", w, t, c, pairs=1 if args.quick else args.pairs)
+                paired[w, t, c] = res["pairs"]
+                digests.update(res["digests"])
+                print(f"  {model} paired {w}x{t}, chunks of {c}: "
+                      + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in res["pairs"]), flush=True)
         rate = {k: n / statistics.median(v) for k, v in times.items()}
         lines = [f"## {desc}, {n:,} samples", "",
                  f"Chunks of {chunk} samples (tasks), {-(-n // chunk)} tasks"
@@ -262,6 +297,21 @@ def main():
         lines += ["", f"Scaling, 2 worker processes against 1 (1 thread each): **{scaling:.2f}x**; "
                   f"in-process 2 threads against 1: "
                   f"{rate['in-process, 2 threads'] / rate['in-process, 1 thread']:.2f}x.", ""]
+        lines += ["Dask's overhead, paired: in one process, a LocalCluster and the in-process job "
+                  "on as many threads alternate (in-process then Dask, Dask then in-process, ...), "
+                  "so both sides of a pair meet the machine in the same state; overhead = 1 - "
+                  "1 / (median of the pairs' Dask/in-process time ratios). Chunks merged into "
+                  "tasks as by default.", "",
+                  "| cluster | chunks | pairs | in-process (s, median) | Dask (s, median) | "
+                  "overhead | per pair |", "|---|---:|---:|---:|---:|---:|---|"]
+        for (w, t, c), prs in paired.items():
+            ratio = statistics.median(b / a for a, b in prs)
+            lines.append(f"| {w} worker{'s' if w > 1 else ''} x {t} thread{'s' if t > 1 else ''} "
+                         f"| {c} | {len(prs)} | {statistics.median(a for a, _ in prs):.2f} | "
+                         f"{statistics.median(b for _, b in prs):.2f} | "
+                         f"**{100 * (1 - 1 / ratio):+.1f}%** | "
+                         + ", ".join(f"{100 * (1 - a / b):+.0f}%" for a, b in prs) + " |")
+        lines.append("")
         if small and not args.no_small_chunks:
             floor = {c: statistics.median(times[f"floor {c}"]) for c in (chunk, small)}
             extra = (floor[small] - floor[chunk]) / (-(-n // small) + n // -chunk)
