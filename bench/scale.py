@@ -263,9 +263,10 @@ def main():
                     digests.add(res["digest"])
                 print(f"  {model} round {rnd + 1}: {label}: {n / res['seconds']:,.0f} samples/s "
                       f"(load {os.getloadavg()[0]:.1f})", flush=True)
+        # paired, for the models with small chunks (the CIFAR-size CNN's would take 20 min)
         paired = {}
-        for w, t in ((2, 1), (1, 2)):
-            for c in (chunk,) + ((small,) if small and not args.no_small_chunks else ()):
+        for w, t in ((2, 1), (1, 2)) if small and not args.no_small_chunks else ():
+            for c in (chunk, small):
                 res = run_one(model, path, "paired", w, t, c, pairs=1 if args.quick else args.pairs)
                 paired[w, t, c] = res["pairs"]
                 digests.update(res["digests"])
@@ -297,21 +298,23 @@ def main():
         lines += ["", f"Scaling, 2 worker processes against 1 (1 thread each): **{scaling:.2f}x**; "
                   f"in-process 2 threads against 1: "
                   f"{rate['in-process, 2 threads'] / rate['in-process, 1 thread']:.2f}x.", ""]
-        lines += ["Dask's overhead, paired: in one process, a LocalCluster and the in-process job "
-                  "on as many threads alternate (in-process then Dask, Dask then in-process, ...), "
-                  "so both sides of a pair meet the machine in the same state; overhead = 1 - "
-                  "1 / (median of the pairs' Dask/in-process time ratios). Chunks merged into "
-                  "tasks as by default.", "",
-                  "| cluster | chunks | pairs | in-process (s, median) | Dask (s, median) | "
-                  "overhead | per pair |", "|---|---:|---:|---:|---:|---:|---|"]
-        for (w, t, c), prs in paired.items():
-            ratio = statistics.median(b / a for a, b in prs)
-            lines.append(f"| {w} worker{'s' if w > 1 else ''} x {t} thread{'s' if t > 1 else ''} "
-                         f"| {c} | {len(prs)} | {statistics.median(a for a, _ in prs):.2f} | "
-                         f"{statistics.median(b for _, b in prs):.2f} | "
-                         f"**{100 * (1 - 1 / ratio):+.1f}%** | "
-                         + ", ".join(f"{100 * (1 - a / b):+.0f}%" for a, b in prs) + " |")
-        lines.append("")
+        if paired:
+            lines += ["Dask's overhead, paired: in one process, a LocalCluster and the in-process "
+                      "job on as many threads alternate (in-process then Dask, Dask then "
+                      "in-process, ...), so both sides of a pair meet the machine in the same "
+                      "state; overhead = 1 - 1 / (median of the pairs' Dask/in-process time "
+                      "ratios). Chunks merged into tasks as by default.", "",
+                      "| cluster | chunks | pairs | in-process (s, median) | Dask (s, median) | "
+                      "overhead | per pair |", "|---|---:|---:|---:|---:|---:|---|"]
+            for (w, t, c), prs in paired.items():
+                ratio = statistics.median(b / a for a, b in prs)
+                lines.append(f"| {w} worker{'s' if w > 1 else ''} x {t} "
+                             f"thread{'s' if t > 1 else ''} | {c} | {len(prs)} | "
+                             f"{statistics.median(a for a, _ in prs):.2f} | "
+                             f"{statistics.median(b for _, b in prs):.2f} | "
+                             f"**{100 * (1 - 1 / ratio):+.1f}%** | "
+                             + ", ".join(f"{100 * (1 - a / b):+.0f}%" for a, b in prs) + " |")
+            lines.append("")
         if small and not args.no_small_chunks:
             floor = {c: statistics.median(times[f"floor {c}"]) for c in (chunk, small)}
             extra = (floor[small] - floor[chunk]) / (-(-n // small) + n // -chunk)
