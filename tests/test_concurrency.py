@@ -167,3 +167,109 @@ def test_kernels_release_the_gil(one_thread):
     assert t1 - t0 > 4 * sys.getswitchinterval()
     assert inside, (f"no call of thread B ended in the middle of thread A's {t1 - t0:.3f} s "
                     f"kernel: the GIL was held ({len(beats)} calls of B in all)")
+
+
+# ------------------------------------------------------------------------------------------
+# Small batches side by side (relprop._common.SAMPLE_PARALLEL_FLOPS)
+# ------------------------------------------------------------------------------------------
+SIDE_BY_SIDE = {
+    "forward": lambda net, x, bs: net.forward(x, batch_size=bs),
+    "gradient": lambda net, x, bs: rp.gradient(net, x, "pred", batch_size=bs),
+    "gradient_x_input": lambda net, x, bs: rp.gradient_x_input(net, x, 3, batch_size=bs),
+    "taylor": lambda net, x, bs: rp.taylor(net, x, 2, "nearest", max_steps=2, batch_size=bs),
+    "lrp.epsilon_plus_flat": lambda net, x, bs: rp.lrp(net, x, "pred", batch_size=bs),
+    "lrp.epsilon_gamma_box": lambda net, x, bs: rp.explain(
+        net, x, np.arange(len(x)) % 10, "lrp.epsilon_gamma_box", low=-3.0, high=3.0,
+        batch_size=bs),
+}
+
+
+@pytest.fixture
+def spy_threads(monkeypatch):
+    """The names of the threads that ran the batches of ``map_batches``."""
+    from relprop import _common
+
+    names = []
+    real = _common.finite_result
+
+    def spying(fn, x, *args):
+        names.append(threading.current_thread().name)
+        return real(fn, x, *args)
+
+    monkeypatch.setattr(_common, "finite_result", spying)
+    return names
+
+
+@pytest.mark.parametrize("call", SIDE_BY_SIDE, ids=str)
+def test_small_batches_run_side_by_side_with_the_sequential_bits(call, spy_threads):
+    net = make_net()
+    x = np.random.default_rng(3).normal(size=(45, 3, 16, 16)).astype(np.float32)
+    rp.set_num_threads(1)
+    try:
+        want = SIDE_BY_SIDE[call](net, x, 8)
+        assert not any(n.startswith("relprop-batch") for n in spy_threads)
+        rp.set_num_threads(2)
+        spy_threads.clear()
+        got = SIDE_BY_SIDE[call](net, x, 8)
+    finally:
+        rp.set_num_threads(0)
+    assert sum(n.startswith("relprop-batch") for n in spy_threads) >= 6  # 6 batches of 8
+    assert_array_equal(got, want)
+
+
+def test_large_batches_and_taylor_infos_stay_in_order(spy_threads, monkeypatch):
+    from relprop import _common
+
+    net = make_net()
+    x = np.random.default_rng(4).normal(size=(30, 3, 16, 16)).astype(np.float32)
+    rp.set_num_threads(2)
+    try:
+        monkeypatch.setattr(_common, "SAMPLE_PARALLEL_FLOPS", net.flops() * 8 - 1)
+        rp.gradient(net, x, 1, batch_size=8)  # a batch of 8 is one FLOP too many
+        assert not any(n.startswith("relprop-batch") for n in spy_threads)
+        monkeypatch.setattr(_common, "SAMPLE_PARALLEL_FLOPS", 1 << 28)
+        R, info = rp.taylor(net, x, 1, "nearest", max_steps=2, batch_size=4, return_info=True)
+        R1, info1 = rp.taylor(net, x, 1, "nearest", max_steps=2, return_info=True)
+    finally:
+        rp.set_num_threads(0)
+    assert_array_equal(info.root, info1.root)  # the roots of every batch, in order
+    assert_array_equal(R, R1)
+
+
+def test_side_by_side_raises_the_first_failing_batch(monkeypatch):
+    net = make_net()
+    x = np.random.default_rng(5).normal(size=(40, 3, 16, 16)).astype(np.float32)
+    seed = np.eye(10, dtype=np.float32)[np.arange(40) % 10]
+    for i in (17, 33):  # the 3rd and the 5th batch of 8 overflow: x * dF/dx is 1e30 * 1e30 * w
+        x[i] *= np.float32(1e30)
+        seed[i] *= np.float32(1e30)
+    rp.set_num_threads(2)
+    try:
+        with pytest.raises(ValueError, match="overflowed") as side:
+            rp.gradient_x_input(net, x, seed, batch_size=8)
+        rp.set_num_threads(1)
+        with pytest.raises(ValueError, match="overflowed") as one:
+            rp.gradient_x_input(net, x, seed, batch_size=8)
+    finally:
+        rp.set_num_threads(0)
+    assert str(side.value) == str(one.value)
+
+
+def test_local_threads_is_per_python_thread():
+    from relprop.ops import local_threads
+
+    rp.set_num_threads(2)
+    seen = {}
+    try:
+        with local_threads(1):
+            seen["inside"] = rp.get_num_threads()
+            t = threading.Thread(target=lambda: seen.setdefault("other", rp.get_num_threads()))
+            t.start()
+            t.join()
+        seen["after"] = rp.get_num_threads()
+        with pytest.raises(ValueError, match="n must be"):
+            with local_threads(0):
+                pass
+    finally:
+        rp.set_num_threads(0)
+    assert seen == {"inside": 1, "other": 2, "after": 2}

@@ -274,7 +274,7 @@ class Graph:
         scores overflow to inf/NaN raises ``ValueError`` (whatever ``check_finite``, which
         governs the check of ``x`` only)."""
         x = self.check_input(x, check_finite)
-        return map_batches(lambda xc, _: self._forward(xc), x, 0, batch_size)
+        return map_batches(lambda xc, _: self._forward(xc), x, 0, batch_size, net=self)
 
     __call__ = forward
 

@@ -47,7 +47,7 @@ def lrp(net, x, target, rule_or_composite="epsilon_plus_flat", *, batch_size=Non
         if isinstance(net, Sequential):
             return levels
         return dict(zip([net.input_name] + [node.name for node in net.nodes], levels))
-    return map_batches(lambda xc, tc: _lrp(net, xc, tc, rules), x, target, batch_size)
+    return map_batches(lambda xc, tc: _lrp(net, xc, tc, rules), x, target, batch_size, net=net)
 
 
 def _lrp(net, x, target, rules, layerwise=False):

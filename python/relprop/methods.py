@@ -27,7 +27,7 @@ def _method(relu_mode, post=None):
             g = gradient_pass(net, xc, tc, relu_mode)
             return g if post is None else post(xc, g)
 
-        return map_batches(one, x, target, batch_size)
+        return map_batches(one, x, target, batch_size, net=net)
 
     return run
 
@@ -158,7 +158,8 @@ def taylor(net, x, target, root="zero", *, max_steps=50, tol=1e-5, return_info=F
             infos.append(TaylorInfo(r0, f_root, f_x - _sum(rel), steps))
         return rel
 
-    rel = map_batches(one, x, target, batch_size, root_arr)
+    # (batches side by side, except when their infos are collected in order)
+    rel = map_batches(one, x, target, batch_size, root_arr, net=None if return_info else net)
     if not return_info:
         return rel
     info = TaylorInfo(np.concatenate([i.root for i in infos]),

@@ -6,6 +6,8 @@ released inside every kernel.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -13,6 +15,12 @@ import numpy as np
 from . import _core
 
 _threads = 0  # 0: the OpenMP default (all cores)
+_local = threading.local()  # .n: this Python thread's count (local_threads)
+
+
+def _nt() -> int:
+    """The kernels' thread count for the calling Python thread (0: the OpenMP default)."""
+    return getattr(_local, "n", _threads)
 
 # The GEMM micro-kernels' instruction set: the best this CPU supports, or RELPROP_ISA
 # (avx512, avx2, generic, auto).  An unknown or unsupported value raises ValueError here, at
@@ -76,6 +84,8 @@ def set_num_threads(n: int) -> None:
     """Set the number of threads relprop's kernels use (``0`` restores the default).
 
     Results do not depend on it: every reduction runs in the same order for any thread count.
+    Calls whose batches are small run them side by side, a kernel thread each
+    (``relprop._common.SAMPLE_PARALLEL_FLOPS``).
     """
     from ._validate import as_threads
 
@@ -84,8 +94,28 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """The number of threads the kernels use."""
-    return _threads if _threads > 0 else int(_core.default_threads())
+    """The number of threads the kernels use (called from this Python thread)."""
+    n = _nt()
+    return n if n > 0 else int(_core.default_threads())
+
+
+@contextlib.contextmanager
+def local_threads(n: int):
+    """Kernels called from this Python thread use ``n`` threads inside the block, whatever
+    :func:`set_num_threads` says for the others (the batch loop's worker threads run a kernel
+    thread each)."""
+    from ._validate import as_threads
+
+    n = as_threads(n, "n", minimum=1)
+    old = getattr(_local, "n", None)
+    _local.n = n
+    try:
+        yield
+    finally:
+        if old is None:
+            del _local.n
+        else:
+            _local.n = old
 
 
 def memory_stats() -> dict:
@@ -127,8 +157,8 @@ def dense_forward(x, w, b=None, packed=None, *, relu=False):
     result is bitwise the same).  ``relu=True``: ``max(y, 0)`` (NaN kept) written by the GEMM's
     store, bitwise ``relu_forward(dense_forward(x, w, b))``."""
     if relu:
-        return _core.dense_forward(x, _c(w, x.dtype), _bias(b, x.dtype), _threads, packed, True)
-    return _core.dense_forward(x, _c(w, x.dtype), _bias(b, x.dtype), _threads, packed)
+        return _core.dense_forward(x, _c(w, x.dtype), _bias(b, x.dtype), _nt(), packed, True)
+    return _core.dense_forward(x, _c(w, x.dtype), _bias(b, x.dtype), _nt(), packed)
 
 
 def dense_backward(g, w, packed=None, *, mask=None):
@@ -139,9 +169,9 @@ def dense_backward(g, w, packed=None, *, mask=None):
     output (``relu(z) > 0`` exactly where ``z > 0``), so the ReLU's backward pass costs nothing.
     """
     if mask is not None:
-        return _core.dense_backward(g, _c(w, g.dtype), _threads, packed,
+        return _core.dense_backward(g, _c(w, g.dtype), _nt(), packed,
                                     _like(_array(mask, "mask"), g.dtype, "mask", "g"))
-    return _core.dense_backward(g, _c(w, g.dtype), _threads, packed)
+    return _core.dense_backward(g, _c(w, g.dtype), _nt(), packed)
 
 
 def dense_lrp_epsilon(r, z, a, w, eps, packed=None):
@@ -166,7 +196,7 @@ def dense_lrp_epsilon(r, z, a, w, eps, packed=None):
     r = _array(r, "r")
     return _core.dense_lrp_epsilon(r, _like(_array(z, "z"), r.dtype, "z", "r"),
                                    _like(_array(a, "a"), r.dtype, "a", "r"), _c(w, r.dtype),
-                                   float(eps), _threads, packed)
+                                   float(eps), _nt(), packed)
 
 
 def dense_pack(w, forward):
@@ -246,8 +276,8 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), packed=None, *, 
     s, p, d, g = _conv_args(stride, padding, dilation, groups)
     if relu:
         return _core.conv2d_forward(x, _like(w, x.dtype, "w"), _like(b, x.dtype, "b"), s, p,
-                                    _threads, packed, d, g, True)
-    return _core.conv2d_forward(x, _like(w, x.dtype, "w"), _like(b, x.dtype, "b"), s, p, _threads,
+                                    _nt(), packed, d, g, True)
+    return _core.conv2d_forward(x, _like(w, x.dtype, "w"), _like(b, x.dtype, "b"), s, p, _nt(),
                                 packed, d, g)
 
 
@@ -279,7 +309,7 @@ def conv2d_forward_split(x, w, b, split, stride=(1, 1), padding=(0, 0), packed=N
     x = _array(x, "x")
     s, p, d, g = _conv_args(stride, padding, dilation, groups)
     return _core.conv2d_forward_split(x, _like(w, x.dtype, "w"), _like(b, x.dtype, "b"),
-                                      int(split), s, p, _threads, packed, d, g)
+                                      int(split), s, p, _nt(), packed, d, g)
 
 
 def conv2d_pack(w, backward=False, stride=(1, 1), padding=(0, 0), *, dilation=(1, 1), groups=1):
@@ -323,15 +353,15 @@ def conv2d_backward(g, w, in_hw, stride=(1, 1), padding=(0, 0), packed=None, *, 
     s, p, d, gr = _conv_args(stride, padding, dilation, groups)
     if mask is not None:
         return _core.conv2d_backward(g_, _like(w, g_.dtype, "w", "g"), as_pair(in_hw, "in_hw", 1),
-                                     s, p, _threads, packed, d, gr,
+                                     s, p, _nt(), packed, d, gr,
                                      _like(_array(mask, "mask"), g_.dtype, "mask", "g"))
     return _core.conv2d_backward(g_, _like(w, g_.dtype, "w", "g"), as_pair(in_hw, "in_hw", 1), s,
-                                 p, _threads, packed, d, gr)
+                                 p, _nt(), packed, d, gr)
 
 
 def maxpool2d_forward(x, kernel, stride, padding=(0, 0)):
     """Max pooling; returns ``(y, argmax)`` with argmax the flat index in each input plane."""
-    return _core.maxpool2d_forward(x, kernel, stride, padding, _threads)
+    return _core.maxpool2d_forward(x, kernel, stride, padding, _nt())
 
 
 def maxpool2d_backward(g, argmax, in_hw, kernel, stride, padding=(0, 0), *, mask=None):
@@ -344,19 +374,19 @@ def maxpool2d_backward(g, argmax, in_hw, kernel, stride, padding=(0, 0), *, mask
     windows (stride >= kernel)."""
     if mask is not None:
         g = _array(g, "g")
-        return _core.maxpool2d_backward(g, argmax, tuple(in_hw), kernel, stride, padding, _threads,
+        return _core.maxpool2d_backward(g, argmax, tuple(in_hw), kernel, stride, padding, _nt(),
                                         _like(_array(mask, "mask"), g.dtype, "mask", "g"))
-    return _core.maxpool2d_backward(g, argmax, tuple(in_hw), kernel, stride, padding, _threads)
+    return _core.maxpool2d_backward(g, argmax, tuple(in_hw), kernel, stride, padding, _nt())
 
 
 def avgpool2d_forward(x, kernel, stride, padding=(0, 0)):
     """Average pooling with zero padding counted (torch's ``count_include_pad=True``)."""
-    return _core.avgpool2d_forward(x, kernel, stride, padding, _threads)
+    return _core.avgpool2d_forward(x, kernel, stride, padding, _nt())
 
 
 def avgpool2d_backward(g, in_hw, kernel, stride, padding=(0, 0)):
     """Transpose of :func:`avgpool2d_forward`."""
-    return _core.avgpool2d_backward(g, tuple(in_hw), kernel, stride, padding, _threads)
+    return _core.avgpool2d_backward(g, tuple(in_hw), kernel, stride, padding, _nt())
 
 
 def adaptive_avgpool2d_forward(x, out_hw):
@@ -378,7 +408,7 @@ def adaptive_avgpool2d_forward(x, out_hw):
     from ._validate import as_pair
 
     x = _array(x, "x")
-    return _core.adaptive_avgpool2d_forward(x, as_pair(out_hw, "out_hw", minimum=1), _threads)
+    return _core.adaptive_avgpool2d_forward(x, as_pair(out_hw, "out_hw", minimum=1), _nt())
 
 
 def adaptive_avgpool2d_backward(g, in_hw):
@@ -387,12 +417,12 @@ def adaptive_avgpool2d_backward(g, in_hw):
     from ._validate import as_pair
 
     g = _array(g, "g")
-    return _core.adaptive_avgpool2d_backward(g, as_pair(in_hw, "in_hw", minimum=1), _threads)
+    return _core.adaptive_avgpool2d_backward(g, as_pair(in_hw, "in_hw", minimum=1), _nt())
 
 
 def relu6_forward(x):
     """``min(max(x, 0), 6)`` (``torch.nn.ReLU6``) for an array of any shape; NaN stays NaN."""
-    return _core.relu6_forward(_array(x, "x"), _threads)
+    return _core.relu6_forward(_array(x, "x"), _nt())
 
 
 def relu6_backward(g, x, mode="gradient"):
@@ -410,7 +440,7 @@ def relu6_backward(g, x, mode="gradient"):
         raise ValueError(f"mode must be one of {sorted(RELU_MODES)}, got {mode!r}")
     g = _array(g, "g")
     return _core.relu6_backward(g, _like(_array(x, "x"), g.dtype, "x", "g"), RELU_MODES[mode],
-                                _threads)
+                                _nt())
 
 
 def channel_affine(x, scale, shift=None):
@@ -438,12 +468,12 @@ def channel_affine(x, scale, shift=None):
     """
     x = _array(x, "x")
     return _core.channel_affine(x, _like(scale, x.dtype, "scale"), _like(shift, x.dtype, "shift"),
-                                _threads)
+                                _nt())
 
 
 def relu_forward(x):
     """``max(x, 0)``."""
-    return _core.relu_forward(x, _threads)
+    return _core.relu_forward(x, _nt())
 
 
 RELU_MODES = {"gradient": 0, "deconvnet": 1, "guided": 2}
@@ -452,7 +482,7 @@ RELU_MODES = {"gradient": 0, "deconvnet": 1, "guided": 2}
 def relu_backward(g, x, mode="gradient"):
     """ReLU backward with input ``x``: gradient ``g*(x>0)``, deconvnet ``max(g,0)``,
     guided ``g*(x>0)*(g>0)``."""
-    return _core.relu_backward(g, _c(x, g.dtype), RELU_MODES[mode], _threads)
+    return _core.relu_backward(g, _c(x, g.dtype), RELU_MODES[mode], _nt())
 
 
 def lrp_divide(r, z, eps, shift=None):
@@ -461,7 +491,7 @@ def lrp_divide(r, z, eps, shift=None):
     ``shift`` (one sample, shaped like ``r[:1]``): divide by the stabilized ``z - shift``
     instead, without a batch-sized temporary."""
     shift = None if shift is None else _c(shift, r.dtype)
-    return _core.lrp_divide(r, _c(z, r.dtype), float(eps), _threads, shift)
+    return _core.lrp_divide(r, _c(z, r.dtype), float(eps), _nt(), shift)
 
 
 def lrp_gamma_shares(r, p, n, gamma, eps, z=None):
@@ -471,20 +501,20 @@ def lrp_gamma_shares(r, p, n, gamma, eps, z=None):
     ``u = (1+gamma) s1 + s2``, ``v = s1 + (1+gamma) s2`` (divisions as :func:`lrp_divide`)."""
     return _core.lrp_gamma_shares(r, _c(p, r.dtype), _c(n, r.dtype),
                                   None if z is None else _c(z, r.dtype), float(gamma), float(eps),
-                                  _threads)
+                                  _nt())
 
 
 def lrp_alpha_beta_shares(r, p, n, alpha, beta, eps):
     """The stacked shares ``[alpha r / stab(p); -beta r / stab(n)]`` of LRP-alpha-beta on
     ``[W+; W-]`` (channel axis doubled; divisions as :func:`lrp_divide`)."""
     return _core.lrp_alpha_beta_shares(r, _c(p, r.dtype), _c(n, r.dtype), float(alpha),
-                                       float(beta), float(eps), _threads)
+                                       float(beta), float(eps), _nt())
 
 
 def gemm(a, b, trans_a=False, trans_b=False):
     """``op(a) @ op(b)`` on relprop's GEMM core (2-D arrays of one float dtype)."""
     a = _c(a, a.dtype)
-    return _core.gemm(a, _c(b, a.dtype), bool(trans_a), bool(trans_b), _threads)
+    return _core.gemm(a, _c(b, a.dtype), bool(trans_a), bool(trans_b), _nt())
 
 
 # ------------------------------------------------------------------------------------------
@@ -534,7 +564,7 @@ def conv2d_winograd_pack(w, tile=4, backward=False):
         (``ValueError``).
     """
     tile, _ = _winograd_args(tile, 1, 0)
-    return _core.conv2d_winograd_pack(np.ascontiguousarray(w), tile, bool(backward), _threads)
+    return _core.conv2d_winograd_pack(np.ascontiguousarray(w), tile, bool(backward), _nt())
 
 
 def conv2d_winograd_forward(x, w, b=None, padding=(1, 1), packed=None, *, tile=4, split=None,
@@ -597,9 +627,9 @@ def conv2d_winograd_forward(x, w, b=None, padding=(1, 1), packed=None, *, tile=4
         if split:
             raise ValueError("relu=True needs one output (split=None)")
         return _core.conv2d_winograd_forward(x, _c(w, x.dtype), _bias(b, x.dtype), padding, tile,
-                                             0, _threads, packed, 0, True)
+                                             0, _nt(), packed, 0, True)
     return _core.conv2d_winograd_forward(x, _c(w, x.dtype), _bias(b, x.dtype), padding, tile,
-                                         split, _threads, packed)
+                                         split, _nt(), packed)
 
 
 def conv2d_winograd_backward(g, w, in_hw, padding=(1, 1), packed=None, *, tile=4,
@@ -617,10 +647,10 @@ def conv2d_winograd_backward(g, w, in_hw, padding=(1, 1), packed=None, *, tile=4
     tile, padding = _winograd_args(tile, stride, padding)
     if mask is not None:
         return _core.conv2d_winograd_backward(g, _c(w, g.dtype), tuple(in_hw), padding, tile,
-                                              _threads, packed, 0,
+                                              _nt(), packed, 0,
                                               _like(_array(mask, "mask"), g.dtype, "mask", "g"))
     return _core.conv2d_winograd_backward(g, _c(w, g.dtype), tuple(in_hw), padding, tile,
-                                          _threads, packed)
+                                          _nt(), packed)
 
 
 # ------------------------------------------------------------------------------------------
@@ -680,7 +710,7 @@ def conv2d_forward_relu_maxpool(x, w, b=None, stride=(1, 1), padding=(0, 0), pac
     w = _like(w, x.dtype, "w")
     s, p, d, g = _conv_args(stride, padding, dilation, groups)
     t = _fused_tile(tile, w.shape, s, p, d, g)
-    return _core.conv2d_forward_relu_maxpool(x, w, _like(b, x.dtype, "b"), s, p, _threads, packed,
+    return _core.conv2d_forward_relu_maxpool(x, w, _like(b, x.dtype, "b"), s, p, _nt(), packed,
                                              d, g, t)
 
 
@@ -728,7 +758,7 @@ def conv2d_backward_pooled(g, argmax, w, in_hw, stride=(1, 1), padding=(0, 0), p
     return _core.conv2d_backward_pooled(
         g, np.ascontiguousarray(argmax),
         None if pooled is None else _like(_array(pooled, "pooled"), g.dtype, "pooled", "g"), w,
-        as_pair(in_hw, "in_hw", 1), s, p, _threads, packed, d, gr,
+        as_pair(in_hw, "in_hw", 1), s, p, _nt(), packed, d, gr,
         None if mask is None else _like(_array(mask, "mask"), g.dtype, "mask", "g"), t)
 
 
@@ -760,7 +790,7 @@ def conv2d_lrp_epsilon(r, z, a, w, eps, stride=(1, 1), padding=(0, 0), packed=No
     t = _fused_tile(tile, w.shape, s, p, d, gr)
     return _core.conv2d_lrp_epsilon(r, _like(_array(z, "z"), r.dtype, "z", "r"),
                                     _like(_array(a, "a"), r.dtype, "a", "r"), w, float(eps), s, p,
-                                    _threads, packed, d, gr, t)
+                                    _nt(), packed, d, gr, t)
 
 
 class Algorithm(NamedTuple):
