@@ -273,3 +273,26 @@ def test_local_threads_is_per_python_thread():
     finally:
         rp.set_num_threads(0)
     assert seen == {"inside": 1, "other": 2, "after": 2}
+
+
+def _gradient_in_batches(net, x):
+    return rp.gradient(net, x, 1, batch_size=4)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_runs_batches_side_by_side():
+    """The child of a fork has none of the batch pool's threads; it must start its own instead
+    of waiting forever on the parent's."""
+    import multiprocessing as mp
+
+    net = make_net()
+    x = np.random.default_rng(6).normal(size=(24, 3, 16, 16)).astype(np.float32)
+    rp.set_num_threads(2)
+    try:
+        want = rp.gradient(net, x, 1, batch_size=4)  # the parent's pool is up
+        ctx = mp.get_context("fork")
+        with ctx.Pool(1) as pool:
+            got = pool.apply_async(_gradient_in_batches, (net, x)).get(timeout=60)
+    finally:
+        rp.set_num_threads(0)
+    assert_array_equal(got, want)

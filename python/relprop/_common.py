@@ -3,6 +3,7 @@ stand-ins for arrays whose values a backward pass does not read."""
 from __future__ import annotations
 
 import numbers
+import os
 import threading
 
 import numpy as np
@@ -137,6 +138,16 @@ SAMPLE_PARALLEL_FLOPS = 1 << 28
 _POOL = []  # [ThreadPoolExecutor], created on first use, grown with the thread count
 _POOL_LOCK = threading.Lock()
 _IN_POOL = threading.local()
+
+
+def _forget_pool():  # a forked child has none of the pool's threads: it starts a new pool
+    global _POOL_LOCK
+    _POOL.clear()
+    _POOL_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _batch_threads(net, x, batches, rows):
