@@ -296,3 +296,36 @@ def test_a_forked_child_runs_batches_side_by_side():
     finally:
         rp.set_num_threads(0)
     assert_array_equal(got, want)
+
+
+def test_side_by_side_runs_at_most_the_thread_count(monkeypatch):
+    """After a call on 4 threads, a call on 2 runs at most 2 batches at a time."""
+    from relprop import _common
+
+    active, peak, lock = [0], [0], threading.Lock()
+    real = _common.finite_result
+
+    def counting(fn, x, *args):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.002)  # long enough for the others to start if they may
+            return real(fn, x, *args)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(_common, "finite_result", counting)
+    net = make_net()
+    x = np.random.default_rng(7).normal(size=(64, 3, 16, 16)).astype(np.float32)
+    try:
+        rp.set_num_threads(4)
+        rp.gradient(net, x, 1, batch_size=4)
+        assert peak[0] == 4
+        peak[0] = 0
+        rp.set_num_threads(2)
+        rp.gradient(net, x, 1, batch_size=4)
+    finally:
+        rp.set_num_threads(0)
+    assert peak[0] == 2

@@ -135,19 +135,19 @@ def chunks(x: np.ndarray, target, batch_size):
 #: batch's memory to one at a time.
 SAMPLE_PARALLEL_FLOPS = 1 << 28
 
-_POOL = []  # [ThreadPoolExecutor], created on first use, grown with the thread count
+_POOLS = {}  # thread count -> ThreadPoolExecutor of that many threads, made on first use
 _POOL_LOCK = threading.Lock()
 _IN_POOL = threading.local()
 
 
-def _forget_pool():  # a forked child has none of the pool's threads: it starts a new pool
+def _forget_pools():  # a forked child has none of the pools' threads: it starts new pools
     global _POOL_LOCK
-    _POOL.clear()
+    _POOLS.clear()
     _POOL_LOCK = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
+    os.register_at_fork(after_in_child=_forget_pools)
 
 
 def _batch_threads(net, x, batches, rows):
@@ -164,12 +164,14 @@ def _batch_threads(net, x, batches, rows):
 
 
 def _pool(threads):
+    """The batch pool of ``threads`` threads: calls at that thread count share it, so they
+    never run more batches at once than that, whatever the pools of other counts do."""
     from concurrent.futures import ThreadPoolExecutor
 
     with _POOL_LOCK:
-        if not _POOL or _POOL[0]._max_workers < threads:
-            _POOL[:] = [ThreadPoolExecutor(threads, thread_name_prefix="relprop-batch")]
-        return _POOL[0]
+        if threads not in _POOLS:
+            _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="relprop-batch")
+        return _POOLS[threads]
 
 
 def _in_pool(fn, *args):
