@@ -29,7 +29,11 @@ class Predicted:
 
 
 def is_pred(t):
-    return isinstance(t, Predicted) or (isinstance(t, str) and t == PRED)
+    """Whether ``t`` is the target "pred" (any other string raises ValueError)."""
+    if isinstance(t, str) and t != PRED:
+        raise ValueError(f"target must be an int, a sequence of ints, a float seed array or "
+                         f"{PRED!r}, got {t!r}")
+    return isinstance(t, (str, Predicted))
 
 
 def predicted(net, x, target, batch_size=None):
@@ -63,9 +67,6 @@ def seed(target, out: np.ndarray, scale: bool) -> np.ndarray:
     the explained score).
     """
     n = out.shape[0]
-    if isinstance(target, str) and target != PRED:
-        raise ValueError(f"target must be an int, a sequence of ints, a float seed array or "
-                         f"{PRED!r}, got {target!r}")
     if is_pred(target):
         classes = pred_classes(target, out)
     elif is_int(target):

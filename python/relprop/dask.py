@@ -51,7 +51,7 @@ except ImportError as exc:  # pragma: no cover - tested in a subprocess without 
     raise ImportError("relprop.dask needs Dask: pip install 'relprop[dask]' (dask[array] and "
                       f"distributed; {exc})") from None
 
-from ._common import PRED, is_int
+from ._common import PRED, is_int, is_pred
 from .averaged import integrated_gradients, smoothgrad
 from .evaluate import ORDERS, PixelFlipping, _fill_values, _region_ranks
 from .evaluate import pixel_flipping as _pixel_flipping
@@ -274,10 +274,7 @@ def _batch_aligned(a, x, name, trailing):
 def _target(target, x, net):
     """``(kind, arg)``: "pred" (arg "pred"), "int" (arg the class), "classes" or "seed" (arg a
     dask array aligned with ``x``)."""
-    if isinstance(target, str):
-        if target != "pred":
-            raise ValueError(f"target must be an int, an array of ints, a float seed array or "
-                             f"'pred', got {target!r}")
+    if is_pred(target):
         return "pred", PRED
     if is_int(target):
         return "int", int(target)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import check_batch_size, predicted, row_targets
+from ._common import check_batch_size, is_pred, pred_classes, predicted, row_targets
 from ._common import seed as output_seed
 from ._validate import as_float_array, as_int
 
@@ -232,8 +232,12 @@ def _conservation(method, score, rel):
 
 
 def _explained_score(net, x, target):
+    """``(score, target)``: the explained score per sample and the target, "pred" resolved to
+    the classes of the same forward pass."""
     out = net.forward(x, check_finite=False)
-    return output_seed(target, out, scale=True).reshape(len(x), -1).sum(axis=1)
+    if is_pred(target):
+        target = pred_classes(target, out)
+    return output_seed(target, out, scale=True).reshape(len(x), -1).sum(axis=1), target
 
 
 def conservation_report(net, X, target, method="lrp.epsilon", *, batch_size=None, **kwargs):
@@ -256,10 +260,9 @@ def conservation_report(net, X, target, method="lrp.epsilon", *, batch_size=None
     from .methods import explain
 
     X = net.check_input(X)
-    target = predicted(net, X, target, batch_size)  # "pred": one class for both sides
+    score, target = _explained_score(net, X, target)  # "pred": one class for both sides
     R = explain(net, X, target, method=method, batch_size=batch_size, **kwargs)
-    return _conservation(method, _explained_score(net, X, target),
-                         R.reshape(len(X), -1).sum(axis=1).astype(np.float64))
+    return _conservation(method, score, R.reshape(len(X), -1).sum(axis=1).astype(np.float64))
 
 
 @dataclass
@@ -321,9 +324,8 @@ def compare(net, x, target, methods=DEFAULT_METHODS, *, steps=None, patch=1, fil
     from .methods import explain
 
     x = net.check_input(x)
-    target = predicted(net, x, target, batch_size)  # "pred": the same classes for every method
     method_kwargs = dict(method_kwargs or {})
-    score = _explained_score(net, x, target)
+    score, target = _explained_score(net, x, target)  # "pred": the same classes for every method
     rows = []
     for name in methods:
         if name == "random":

@@ -215,9 +215,16 @@ class Graph:
         shape = self.input_shape if input_shape is None else input_shape
         if shape is None:
             raise ValueError("the network has no input shape: pass input_shape")
-        shapes = self.tensor_shapes(shape)
-        return [int(node.layer.flops([shapes[t] for t in node.inputs], shapes[node.name]))
-                for node in self.nodes]
+        shape = tuple(int(s) for s in shape)
+        cache = self.__dict__.setdefault("_flops", {})  # (the batch loop asks on every call)
+        hit = cache.get(shape)
+        if hit is None:
+            shapes = self.tensor_shapes(shape)
+            hit = [int(node.layer.flops([shapes[t] for t in node.inputs], shapes[node.name]))
+                   for node in self.nodes]
+            if len(cache) < 16:
+                cache[shape] = hit
+        return list(hit)
 
     def flops(self, input_shape=None) -> int:
         """Forward-pass FLOPs per sample: the sum of :meth:`node_flops`."""
