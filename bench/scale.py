@@ -18,13 +18,15 @@ relevance of every sample in the driver's memory:
   chunks run twice: as relprop.dask merges them into tasks by default, and with
   ``chunks_per_task=1`` (a task per chunk);
 * what Dask alone costs for as many chunks: the same ``from_npy`` array read and copied block by
-  block (``map_blocks(np.copy)``) on 2 workers, in both chunk sizes.
+  block (``map_blocks(np.copy)``) on both cluster shapes of 2 threads, in both chunk sizes.
 * Dask's overhead, paired: this VM's speed changes for tens of seconds at a time (the in-process
   2-thread job takes 1.3 s or 2.1 s for the same work, both threads busy throughout, while
   single-threaded processes keep their pace), so a fresh process per run compares runs made in
   different states.  One process per cluster therefore also alternates the in-process job (in
   that process, as many threads as the cluster) with the Dask job, ``--pairs`` times, and the
   overhead is taken from the median of the pairs' ratios.
+* Scaling, paired: one cluster of 2 workers alternates jobs held to one worker and jobs spread
+  over both, ``--scaling-pairs`` times, for the same reason.
 
 The relevance of every run is hashed: all configurations must give the same bytes.  Also timed:
 ``relprop explain`` streaming to disk (digits only; wall clock of the command, cluster start
@@ -134,18 +136,32 @@ def one(args):
 
     import relprop.dask as rd
 
-    def job(n=None):
+    def job(n=None, workers=None):
         x = rd.from_npy(args.path, chunks=args.chunk)
         x = x if n is None else x[:n]  # (a slice is no longer a from_npy array)
         if args.kind == "floor":
             return x.map_blocks(np.copy).compute()
-        return rd.explain(net, x, "pred", METHOD, batch_size=BATCH,
-                          chunks_per_task=args.chunks_per_task or None).compute()
+        R = rd.explain(net, x, "pred", METHOD, batch_size=BATCH,
+                       chunks_per_task=args.chunks_per_task or None)
+        return client.compute(R, workers=workers, allow_other_workers=False).result()
 
     with LocalCluster(n_workers=args.workers, threads_per_worker=args.threads,
                       processes=True, dashboard_address=":0",
-                      silence_logs=logging.ERROR) as cluster, Client(cluster):
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         job(2 * args.chunk)  # warm-up
+        if args.kind == "scaling":
+            # the same cluster of 2 workers, its jobs alternately held to one worker and spread
+            # over both: (one worker, two workers) seconds per pair
+            one_worker = [sorted(client.scheduler_info()["workers"])[0]]
+            job(2 * args.chunk, one_worker)
+            pairs, digests = [], set()
+            for i in range(args.pairs):
+                first, second = (one_worker, None) if i % 2 == 0 else (None, one_worker)
+                (t1, r1), (t2, r2) = (timed(lambda w=w: job(workers=w)) for w in (first, second))
+                pairs.append((t1, t2) if i % 2 == 0 else (t2, t1))
+                digests |= {digest(r1), digest(r2)}
+            print(json.dumps({"pairs": pairs, "digests": sorted(digests)}))
+            return
         if args.kind == "paired":
             rp.set_num_threads(args.workers * args.threads)
             local()
@@ -225,6 +241,8 @@ def main():
         ap.add_argument(opt, help=argparse.SUPPRESS)
     ap.add_argument("--pairs", type=int, default=8,
                     help="in-process/Dask pairs per cluster for the paired overhead (default 8)")
+    ap.add_argument("--scaling-pairs", type=int, default=5,
+                    help="one-worker/two-worker pairs for the paired scaling (default 5)")
     for opt in ("--workers", "--threads", "--chunk", "--chunks-per-task"):
         ap.add_argument(opt, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -251,7 +269,8 @@ def main():
             for per_task, how in ((0, "merged into tasks (default)"), (1, "a task per chunk")):
                 runs += [(f"{label}, chunks of {small}, {how}", kind, w, t, small, per_task)
                          for label, kind, w, t in CONFIGS if kind == "dask" and w * t == 2]
-            runs += [(f"floor {c}", "floor", 2, 1, c, 0) for c in (chunk, small)]
+            runs += [(f"floor {w}x{t} {c}", "floor", w, t, c, 0) for c in (chunk, small)
+                     for w, t in ((2, 1), (1, 2))]
         times = {r[0]: [] for r in runs}
         digests = set()
         for rnd in range(repeats):
@@ -272,6 +291,13 @@ def main():
                 digests.update(res["digests"])
                 print(f"  {model} paired {w}x{t}, chunks of {c}: "
                       + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in res["pairs"]), flush=True)
+        # scaling, paired: one cluster of 2 workers, jobs held to one worker or spread over both
+        res = run_one(model, path, "scaling", 2, 1, chunk,
+                      pairs=1 if args.quick else args.scaling_pairs)
+        scaling_pairs = res["pairs"]
+        digests.update(res["digests"])
+        print(f"  {model} scaling pairs: "
+              + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in scaling_pairs), flush=True)
         rate = {k: n / statistics.median(v) for k, v in times.items()}
         lines = [f"## {desc}, {n:,} samples", "",
                  f"Chunks of {chunk} samples (tasks), {-(-n // chunk)} tasks"
@@ -297,7 +323,14 @@ def main():
             "LocalCluster 1 worker x 1 thread"]
         lines += ["", f"Scaling, 2 worker processes against 1 (1 thread each): **{scaling:.2f}x**; "
                   f"in-process 2 threads against 1: "
-                  f"{rate['in-process, 2 threads'] / rate['in-process, 1 thread']:.2f}x.", ""]
+                  f"{rate['in-process, 2 threads'] / rate['in-process, 1 thread']:.2f}x.", "",
+                  "Scaling, paired: one LocalCluster of 2 workers x 1 thread runs the job "
+                  "alternately held to one worker "
+                  "(`client.compute(R, workers=[w])`) and spread over both, so both sides of a "
+                  "pair meet the machine in the same state; median of the pairs' ratios "
+                  f"(one worker's time / both workers' time) over {len(scaling_pairs)} pairs: "
+                  f"**{statistics.median(a / b for a, b in scaling_pairs):.2f}x** (per pair: "
+                  + ", ".join(f"{a / b:.2f}" for a, b in scaling_pairs) + ").", ""]
         if paired:
             lines += ["Dask's overhead, paired: in one process, a LocalCluster and the in-process "
                       "job on as many threads alternate (in-process then Dask, Dask then "
@@ -316,13 +349,20 @@ def main():
                              + ", ".join(f"{100 * (1 - a / b):+.0f}%" for a, b in prs) + " |")
             lines.append("")
         if small and not args.no_small_chunks:
-            floor = {c: statistics.median(times[f"floor {c}"]) for c in (chunk, small)}
-            extra = (floor[small] - floor[chunk]) / (-(-n // small) + n // -chunk)
-            lines += [f"What Dask alone costs (LocalCluster 2 workers x 1 thread, the same "
-                      f"inputs read and copied chunk by chunk, no explanation): "
-                      f"{1000 * floor[chunk]:.0f} ms in chunks of {chunk}, "
-                      f"{1000 * floor[small]:.0f} ms in chunks of {small}: "
-                      f"{1000 * extra:.2f} ms per extra chunk.", ""]
+            local = statistics.median(times["in-process, 2 threads"])
+            lines += ["What Dask alone costs: the same inputs read and copied chunk by chunk "
+                      "(`map_blocks(np.copy)`, no explanation) and gathered, against the "
+                      "in-process explanation on 2 threads:", ""]
+            for w, t in ((2, 1), (1, 2)):
+                floor = {c: statistics.median(times[f"floor {w}x{t} {c}"]) for c in (chunk, small)}
+                extra = (floor[small] - floor[chunk]) / (-(-n // small) + n // -chunk)
+                lines.append(f"- {w} worker{'s' if w > 1 else ''} x {t} thread"
+                             f"{'s' if t > 1 else ''}: {1000 * floor[chunk]:.0f} ms in chunks of "
+                             f"{chunk} ({100 * floor[chunk] / local:.0f}% of in-process), "
+                             f"{1000 * floor[small]:.0f} ms in chunks of {small} "
+                             f"({100 * floor[small] / local:.0f}%): {1000 * extra:.2f} ms per "
+                             "extra chunk.")
+            lines.append("")
         if model == "digits" and not args.no_cli:
             cli = {"relprop explain --threads 2": ["--threads", "2"],
                    "relprop explain --workers 2 --threads 1": ["--workers", "2", "--threads", "1"],
