@@ -251,6 +251,11 @@ def test_bad_arguments_are_named(digits, cnn):
         rd.pixel_flipping(models.digits_mlp(), xf, xf, 1, patch=2)
     with pytest.raises(ValueError, match="not broadcastable"):
         rd.pixel_flipping(cnn, x, x, 1, fill=np.zeros(3))
+    with pytest.raises(ValueError, match=r"baseline has shape \(3, 1, 8, 8\), not broadcastable "
+                                         r"to x \(900, 1, 8, 8\)"):
+        rd.explain(cnn, x, 1, "integrated_gradients", baseline=np.zeros((3, 1, 8, 8)))
+    with pytest.raises(TypeError, match="method 'gradient' takes no parameter 'foo'"):
+        rd.explain(cnn, x, 1, "gradient", foo=1)
 
 
 def test_a_nan_chunk_raises_the_in_process_error(digits, cnn):

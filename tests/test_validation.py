@@ -115,6 +115,30 @@ def test_bad_method_arguments(cnn):
         rp.set_num_threads(-1)
 
 
+@pytest.mark.parametrize("method, wrong, listed", [
+    ("gradient", "foo", "batch_size, check_finite"),
+    ("guided_backprop", "epsilon", "batch_size, check_finite"),
+    ("taylor", "steps", "root, max_steps"),
+    ("smoothgrad", "sigmaa", "n, sigma, seed"),
+    ("integrated_gradients", "step", "baseline, steps"),
+    ("lrp.epsilon_plus_flat", "gamma", "layerwise, epsilon, stabilizer"),
+    ("lrp.epsilon", "eps", "layerwise, epsilon"),
+])
+def test_explain_names_a_methods_parameters(cnn, method, wrong, listed):
+    """A parameter the method does not take: a TypeError naming the method and what it takes
+    (not a nested function's name, nor a composite's constructor alone)."""
+    x = np.ones((1, 3, 12, 12))
+    with pytest.raises(TypeError, match=f"method '{method}' takes no parameter '{wrong}'; "
+                                        f"its parameters: .*{listed}"):
+        rp.explain(cnn, x, 0, method, **{wrong: 1})
+    if not method.startswith("lrp."):  # called directly: Python's message, with its own name
+        name = method.split(".")[-1]
+        with pytest.raises(TypeError, match=rf"^{name}\(\) got an unexpected keyword"):
+            getattr(rp, name)(cnn, x, 0, **{wrong: 1})
+    # and the parameters it lists are taken
+    rp.explain(cnn, x, 0, method, batch_size=1)
+
+
 def test_oversized_shapes_raise_before_allocating():
     net = rp.Sequential([rp.Flatten(), rp.Dense(np.ones((1 << 20, 4), dtype=np.float32))])
     x = np.broadcast_to(np.float32(1), (1 << 16, 4))  # 64k x 1M outputs = 2**36 elements

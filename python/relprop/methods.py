@@ -7,6 +7,7 @@ in chunks so that memory stays bounded.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +33,8 @@ def _method(relu_mode, post=None):
     return run
 
 
-def _doc(fn, text):
+def _doc(fn, name, text):
+    fn.__name__ = fn.__qualname__ = name  # names it in Python's own argument errors
     fn.__doc__ = text + """
 
     Parameters
@@ -54,21 +56,17 @@ def _doc(fn, text):
     return fn
 
 
-gradient = _doc(_method("gradient"), "Sensitivity ``dF/dx`` with ``F = sum(seed * f(x))``.")
-gradient.__name__ = "gradient"
-sensitivity = _doc(_method("gradient", lambda x, g: g * g),
+gradient = _doc(_method("gradient"), "gradient",
+                "Sensitivity ``dF/dx`` with ``F = sum(seed * f(x))``.")
+sensitivity = _doc(_method("gradient", lambda x, g: g * g), "sensitivity",
                    "Sensitivity analysis: the squared gradient ``(dF/dx)**2``.")
-sensitivity.__name__ = "sensitivity"
-gradient_x_input = _doc(_method("gradient", lambda x, g: x * g),
+gradient_x_input = _doc(_method("gradient", lambda x, g: x * g), "gradient_x_input",
                         "Gradient x input ``x * dF/dx``; for a bias-free ReLU network its sum "
                         "equals ``F(x)``.")
-gradient_x_input.__name__ = "gradient_x_input"
-deconvnet = _doc(_method("deconvnet"),
+deconvnet = _doc(_method("deconvnet"), "deconvnet",
                  "DeconvNet: a gradient pass whose ReLU backward is ``max(0, g)``.")
-deconvnet.__name__ = "deconvnet"
-guided_backprop = _doc(_method("guided"),
+guided_backprop = _doc(_method("guided"), "guided_backprop",
                        "Guided backprop: ReLU backward is ``g * (z > 0) * (g > 0)``.")
-guided_backprop.__name__ = "guided_backprop"
 
 
 @dataclass
@@ -212,8 +210,31 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", **kwargs):
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, got {type(method).__name__}")
     if method.startswith("lrp."):
-        return lrp(net, x, target, method[4:], **kwargs)
+        name = method[4:]
+        maker = composites.COMPOSITES.get(name) or composites.RULES.get(name)
+        if maker is not None:  # (an unknown name: lrp's error lists the names)
+            _check_params(method, (lrp, maker), kwargs)
+        return lrp(net, x, target, name, **kwargs)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {sorted(METHODS)} or "
                          f"'lrp.<composite or rule>' ({sorted(composites.COMPOSITES)})")
+    _check_params(method, (METHODS[method],), kwargs)
     return METHODS[method](net, x, target, **kwargs)
+
+
+#: Arguments that :func:`explain` passes itself, never among a method's keyword parameters.
+_POSITIONAL = ("net", "x", "target", "rule_or_composite")
+
+
+def _check_params(method, fns, kwargs):
+    """TypeError naming ``method`` and the parameters it takes when ``kwargs`` holds others
+    (``fns``: the functions or classes the keyword arguments go to)."""
+    sigs = [inspect.signature(fn).parameters for fn in fns]  # each passes **kwargs to the next
+    if any(p.kind is p.VAR_KEYWORD for p in sigs[-1].values()):
+        return  # the last one takes any keyword
+    taken = [name for sig in sigs for name, p in sig.items()
+             if name not in _POSITIONAL and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(kwargs) - set(taken))
+    if unknown:
+        raise TypeError(f"method {method!r} takes no parameter "
+                        f"{', '.join(map(repr, unknown))}; its parameters: {', '.join(taken)}")
