@@ -428,6 +428,40 @@ def test_cli_on_an_existing_scheduler(tmp_path, digits_npy):
                                   relprop.explain(net, xs, net(xs).argmax(axis=1)))
 
 
+def test_cli_refuses_a_server_that_is_not_a_scheduler(tmp_path, digits_npy):
+    """--scheduler pointing at another protocol's server: a clear error at once (a Client read
+    its bytes as a frame length of exabytes, then took 20 s to close itself)."""
+    pytest.importorskip("distributed")
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer():  # an HTTP server's reply to whatever comes
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(1 << 16)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 64)
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        path, _ = digits_npy
+        t0 = time.perf_counter()
+        proc = run("explain", "digits_cnn", path, "-o", tmp_path / "o", "--scheduler",
+                   f"tcp://127.0.0.1:{port}", timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "cannot reach the Dask scheduler (not a Dask scheduler" in proc.stderr
+        assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+        assert time.perf_counter() - t0 < 10
+    finally:
+        server.close()
+
+
 def test_cluster_flag_errors(tmp_path, digits_npy):
     pytest.importorskip("distributed")
     path, _ = digits_npy
@@ -437,7 +471,12 @@ def test_cluster_flag_errors(tmp_path, digits_npy):
     assert proc.returncode == 2 and "exclude each other" in proc.stderr
     proc = run("explain", "digits_cnn", path, "-o", out, "--workers", 0)
     assert proc.returncode == 2 and "--workers must be at least 1" in proc.stderr
-    proc = run("explain", "digits_cnn", path, "-o", out, "--scheduler", "tcp://127.0.0.1:9",
-               timeout=120)  # an error, not a hang
-    assert proc.returncode == 2 and "cannot reach the Dask scheduler" in proc.stderr
+    for address in ("tcp://127.0.0.1:9", "127.0.0.1:9", "nonsense", "tcp://localhost"):
+        t0 = time.perf_counter()
+        proc = run("explain", "digits_cnn", path, "-o", out, "--scheduler", address,
+                   timeout=120)  # an error, not a hang
+        assert proc.returncode == 2, proc.stderr
+        assert f"--scheduler {address}: cannot reach the Dask scheduler" in proc.stderr
+        assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+        assert time.perf_counter() - t0 < 10  # a refused port or a bad address: at once
     assert not (out / "relevance.npy").exists()

@@ -554,8 +554,9 @@ def _cluster(args):
     def cm():
         if args.scheduler is not None:
             try:
-                client = Client(args.scheduler, timeout=10, set_as_default=False)
-            except (OSError, TimeoutError) as exc:
+                _reach(args.scheduler, SCHEDULER_TIMEOUT)
+                client = Client(args.scheduler, timeout=SCHEDULER_TIMEOUT, set_as_default=False)
+            except (OSError, TimeoutError, ValueError) as exc:
                 raise ValueError(f"--scheduler {args.scheduler}: cannot reach the Dask "
                                  f"scheduler ({exc})") from None
             with client:
@@ -568,6 +569,44 @@ def _cluster(args):
             yield client
 
     return cm()
+
+
+#: Seconds to wait for a --scheduler to answer.
+SCHEDULER_TIMEOUT = 10
+
+
+def _reach(address, timeout):
+    """Ask ``address`` who it is before a ``distributed.Client`` exists: a malformed address
+    raises ValueError, a port that refuses OSError at once, a server that is not a Dask
+    scheduler (or does not answer within ``timeout``) ValueError.  (A Client that fails to
+    connect retries until its timeout, and then spends twice as long closing itself when it
+    is collected; a server of another protocol can make it read a frame length of exabytes.)"""
+    import asyncio
+    import socket
+
+    from distributed.comm import connect
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    scheme, location = parse_address(address)
+    if scheme in ("tcp", "tls"):  # a refused port at once (connect() retries until timeout)
+        socket.create_connection(parse_host_port(location), timeout=timeout).close()
+
+    async def identity():
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity"})
+            return await asyncio.wait_for(comm.read(), timeout)
+        finally:
+            comm.abort()
+
+    try:
+        answer = asyncio.run(identity())
+    except (OSError, ValueError, TimeoutError, asyncio.TimeoutError):
+        raise
+    except Exception:  # whatever another protocol's bytes make of the handshake
+        raise ValueError("not a Dask scheduler: its answer is not Dask's protocol") from None
+    if not isinstance(answer, dict) or answer.get("type") != "Scheduler":
+        raise ValueError(f"not a Dask scheduler (it answered {str(answer)[:80]!r})")
 
 
 def cli_explain(args):
