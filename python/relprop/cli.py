@@ -576,11 +576,12 @@ SCHEDULER_TIMEOUT = 10
 
 
 def _reach(address, timeout):
-    """Ask ``address`` who it is before a ``distributed.Client`` exists: a malformed address
-    raises ValueError, a port that refuses OSError at once, a server that is not a Dask
-    scheduler (or does not answer within ``timeout``) ValueError.  (A Client that fails to
-    connect retries until its timeout, and then spends twice as long closing itself when it
-    is collected; a server of another protocol can make it read a frame length of exabytes.)"""
+    """Ask a ``tcp://`` ``address`` who it is before a ``distributed.Client`` exists: a
+    malformed address raises ValueError, a port that refuses OSError at once, a server that is
+    not a Dask scheduler (or does not answer within ``timeout``) ValueError.  (A Client that
+    fails to connect retries until its timeout, and then spends twice as long closing itself
+    when it is collected; a server of another protocol can make it read a frame length of
+    exabytes.)"""
     import asyncio
     import socket
 
@@ -588,8 +589,10 @@ def _reach(address, timeout):
     from distributed.comm.addressing import parse_address, parse_host_port
 
     scheme, location = parse_address(address)
-    if scheme in ("tcp", "tls"):  # a refused port at once (connect() retries until timeout)
-        socket.create_connection(parse_host_port(location), timeout=timeout).close()
+    if scheme != "tcp":  # TLS, UCX, ...: left to the Client (and the cluster's own settings)
+        return
+    # a refused port at once (connect() retries until its timeout)
+    socket.create_connection(parse_host_port(location), timeout=timeout).close()
 
     async def identity():
         comm = await connect(address, timeout=timeout)
