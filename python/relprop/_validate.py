@@ -60,6 +60,10 @@ def check_size(shape, what: str) -> None:
 
 def as_int(value, name: str, minimum: int | None = None) -> int:
     """An integer argument (bools and floats are refused)."""
+    if type(value) is int:  # the common case, without the ABC checks below (kernel calls)
+        if minimum is not None and value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        return value
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     if not isinstance(value, (numbers.Integral, np.integer)):
