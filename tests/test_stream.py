@@ -124,6 +124,12 @@ def test_npyfile_errors(tmp_path):
     np.save(tmp_path / "o.npy", np.array([1, "a"], dtype=object))
     with pytest.raises(ValueError, match="o.npy"):
         stream.NpyFile(tmp_path / "o.npy")
+    np.save(tmp_path / "s.npy", np.float32(3))  # a 0-d array: no samples, no len()
+    with pytest.raises(TypeError, match="0-dimensional"):
+        len(stream.NpyFile(tmp_path / "s.npy"))
+    proc = run("explain", "digits_cnn", tmp_path / "s.npy", "-o", tmp_path / "out")
+    assert proc.returncode == 2, proc.stderr  # was an IndexError traceback
+    assert "INPUTS has shape () but the model expects (n, 1, 8, 8)" in proc.stderr
 
 
 def test_open_inputs_is_lazy_for_npy_and_image_folders(tmp_path, digits_npy):

@@ -278,6 +278,8 @@ class NpyFile:
         del mm
 
     def __len__(self):
+        if not self.ndim:
+            raise TypeError(f"{self.path}: len() of a 0-dimensional array")
         return self.shape[0]
 
     def __getstate__(self):

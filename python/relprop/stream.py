@@ -87,7 +87,8 @@ class NpyInputs(Inputs):
 
     def __init__(self, path):
         self.file = NpyFile(path)
-        self.n, self.sample_shape = len(self.file), self.file.shape[1:]
+        self.n = self.file.shape[0] if self.file.ndim else 0  # (0-d: refused by the caller)
+        self.sample_shape = self.file.shape[1:]
         self.identity = _file_identity(path)
 
     def read(self, start, stop):
