@@ -207,6 +207,12 @@ def test_user_errors_print_one_line(tmp_path):
     assert_user_error(run("explain", "digits_cnn", "digits", "-m", "lrp.epsilon",
                           "-p", "gamma=2", "-o", out), "gamma")
     assert_user_error(run("explain", "digits_cnn"), "required")
+    (tmp_path / "afile").write_text("")  # OUTDIR a file: was "[Errno 17] File exists"
+    assert_user_error(run("explain", "digits_cnn", "digits", "-o", tmp_path / "afile"),
+                      "afile: the output folder exists as a file")
+    assert_user_error(run("demo", "--out", tmp_path / "afile"), "exists as a file")
+    assert_user_error(run("explain", "digits_cnn", "digits", "--threads", 100000, "-o", out),
+                      "--threads=100000 threads is more than")  # was "n=100000"
     assert_user_error(run("frobnicate"), "frobnicate")
     assert not out.exists() or not (out / "relevance.npy").exists()
 

@@ -137,21 +137,11 @@ def method_parameters(name):
     ValueError
         ``name`` is not a method (see :func:`check_method`).
     """
-    import inspect
-
-    from .composites import COMPOSITES
-    from .methods import METHODS
-    from .rules import RULES
+    from .methods import parameters
 
     check_method(name)
-    if name.startswith("lrp."):
-        fn = COMPOSITES.get(name[4:]) or RULES[name[4:]]
-    else:
-        fn = METHODS[name]
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    skip = {"net", "x", "target", *CLI_SET_PARAMETERS}
-    return {p.name: p.default for p in inspect.signature(fn).parameters.values()
-            if p.kind in kinds and p.name not in skip}
+    return {key: default for key, default in (parameters(name) or {}).items()
+            if key not in CLI_SET_PARAMETERS}
 
 
 def describe_parameters(name):
@@ -291,11 +281,22 @@ def _numbers(score, rel):
     return (f"f(x) {score:.3f}", f"sum R {rel:.3f}", f"gap {score - rel:+.3f}")
 
 
+def check_run_flags(args):
+    """Flags every run checks before any work: --threads, and OUTDIR (a folder or nothing)."""
+    from ._validate import as_threads
+
+    if args.threads is not None:
+        as_threads(args.threads, "--threads", minimum=0)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"{args.out}: the output folder exists as a file")
+
+
 def run_demo(args):
     from . import conservation, explain, get_num_threads, models, render, set_num_threads
 
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
+    check_run_flags(args)
     if args.threads is not None:
         set_num_threads(args.threads)
     net = getattr(models, args.model)()
@@ -634,6 +635,7 @@ def cli_explain(args):
     if args.chunk_size is not None and args.chunk_size < 1:
         raise ValueError(f"--chunk-size must be at least 1, got {args.chunk_size}")
     distributed = args.workers is not None or args.scheduler is not None
+    check_run_flags(args)
     cluster = _cluster(args)  # checks the flags before any work
     if args.threads is not None and not distributed:
         set_num_threads(args.threads)

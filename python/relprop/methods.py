@@ -210,31 +210,44 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", **kwargs):
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, got {type(method).__name__}")
     if method.startswith("lrp."):
-        name = method[4:]
-        maker = composites.COMPOSITES.get(name) or composites.RULES.get(name)
-        if maker is not None:  # (an unknown name: lrp's error lists the names)
-            _check_params(method, (lrp, maker), kwargs)
-        return lrp(net, x, target, name, **kwargs)
+        _check_params(method, kwargs)
+        return lrp(net, x, target, method[4:], **kwargs)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {sorted(METHODS)} or "
                          f"'lrp.<composite or rule>' ({sorted(composites.COMPOSITES)})")
-    _check_params(method, (METHODS[method],), kwargs)
+    _check_params(method, kwargs)
     return METHODS[method](net, x, target, **kwargs)
+
+
+def parameters(method):
+    """``{parameter: default}`` of the keyword parameters :func:`explain` passes on for the
+    method named ``method``, in signature order (for "lrp.<name>": LRP's own, then the
+    composite's or rule's constructor's); ``inspect.Parameter.empty`` for none.  None for an
+    unknown name, or when the last callee takes any keyword."""
+    if method.startswith("lrp."):
+        maker = composites.COMPOSITES.get(method[4:]) or composites.RULES.get(method[4:])
+        callees = None if maker is None else (lrp, maker)  # each passes **kwargs to the next
+    else:
+        callees = (METHODS[method],) if method in METHODS else None
+    if callees is None:
+        return None
+    sigs = [inspect.signature(fn).parameters for fn in callees]
+    if any(p.kind is p.VAR_KEYWORD for p in sigs[-1].values()):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {name: p.default for sig in sigs for name, p in sig.items()
+            if p.kind in kinds and name not in _POSITIONAL}
 
 
 #: Arguments that :func:`explain` passes itself, never among a method's keyword parameters.
 _POSITIONAL = ("net", "x", "target", "rule_or_composite")
 
 
-def _check_params(method, fns, kwargs):
+def _check_params(method, kwargs):
     """TypeError naming ``method`` and the parameters it takes when ``kwargs`` holds others
-    (``fns``: the functions or classes the keyword arguments go to)."""
-    sigs = [inspect.signature(fn).parameters for fn in fns]  # each passes **kwargs to the next
-    if any(p.kind is p.VAR_KEYWORD for p in sigs[-1].values()):
-        return  # the last one takes any keyword
-    taken = [name for sig in sigs for name, p in sig.items()
-             if name not in _POSITIONAL and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    unknown = sorted(set(kwargs) - set(taken))
+    (an unknown method is left to its own error)."""
+    taken = parameters(method)
+    unknown = [] if taken is None else sorted(set(kwargs) - set(taken))
     if unknown:
         raise TypeError(f"method {method!r} takes no parameter "
                         f"{', '.join(map(repr, unknown))}; its parameters: {', '.join(taken)}")
