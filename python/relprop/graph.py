@@ -190,23 +190,33 @@ class Graph:
         return sinks[0]
 
     # --- shapes -----------------------------------------------------------------------------
+    def _memo(self, name, key, compute):
+        """``compute()``, remembered under ``key`` in the network's cache ``name`` (data derived
+        from the nodes, which never change; at most 16 keys per cache)."""
+        cache = self.__dict__.setdefault(name, {})
+        if key in cache:
+            return cache[key]
+        value = compute()
+        if len(cache) < 16:
+            cache[key] = value
+        return value
+
     def tensor_shapes(self, input_shape) -> dict:
         """Per-sample shape of every tensor: ``{input_name: input_shape, node: output shape}``
         (computed once per input shape: every call checks its input with it)."""
         input_shape = tuple(int(s) for s in input_shape)
-        cache = self.__dict__.setdefault("_shapes", {})
-        hit = cache.get(input_shape)
-        if hit is None:
-            hit = {self.input_name: input_shape}
+
+        def walk():
+            shapes = {self.input_name: input_shape}
             for node in self.nodes:
                 try:
-                    out = node.layer.output_shape(*(hit[t] for t in node.inputs))
+                    out = node.layer.output_shape(*(shapes[t] for t in node.inputs))
                 except ValueError as exc:
                     raise ValueError(f"{self._where(node.name)}: {exc}") from None
-                hit[node.name] = tuple(int(s) for s in out)
-            if len(cache) < 16:
-                cache[input_shape] = hit
-        return dict(hit)
+                shapes[node.name] = tuple(int(s) for s in out)
+            return shapes
+
+        return dict(self._memo("_shapes", input_shape, walk))
 
     def node_flops(self, input_shape=None) -> list:
         """Forward-pass FLOPs per sample of each node, in topological order (a multiply-add
@@ -216,15 +226,13 @@ class Graph:
         if shape is None:
             raise ValueError("the network has no input shape: pass input_shape")
         shape = tuple(int(s) for s in shape)
-        cache = self.__dict__.setdefault("_flops", {})  # (the batch loop asks on every call)
-        hit = cache.get(shape)
-        if hit is None:
+
+        def count():  # (remembered: the batch loop asks on every call)
             shapes = self.tensor_shapes(shape)
-            hit = [int(node.layer.flops([shapes[t] for t in node.inputs], shapes[node.name]))
-                   for node in self.nodes]
-            if len(cache) < 16:
-                cache[shape] = hit
-        return list(hit)
+            return [int(node.layer.flops([shapes[t] for t in node.inputs], shapes[node.name]))
+                    for node in self.nodes]
+
+        return list(self._memo("_flops", shape, count))
 
     def flops(self, input_shape=None) -> int:
         """Forward-pass FLOPs per sample: the sum of :meth:`node_flops`."""
@@ -288,10 +296,7 @@ class Graph:
     def fusions(self, gradient=True):
         """Where the forward pass (and with ``gradient`` the gradient's backward pass) runs
         several nodes as one kernel: :class:`relprop.engine.Fusions` (made once)."""
-        cache = self.__dict__.setdefault("_fusions", {})
-        if gradient not in cache:
-            cache[gradient] = find_fusions(self.schedule, gradient)
-        return cache[gradient]
+        return self._memo("_fusions", gradient, lambda: find_fusions(self.schedule, gradient))
 
     def _forward(self, x):
         sched = self.schedule
