@@ -499,12 +499,10 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", *, chunks_per_task=N
     kind, targ = _target(target, xt, net)
     names, extras, fixed = [], [], {}
     for key, v in params.items():
-        if key in PER_SAMPLE_PARAMS and isinstance(v, np.ndarray) and v.ndim == x.ndim and \
-                v.shape[0] not in (1, x.shape[0]):  # (the probe below would name its own x)
-            raise ValueError(f"{key} has shape {v.shape}, not broadcastable to x {x.shape}")
         if key in PER_SAMPLE_PARAMS and (isinstance(v, da.Array) or (
-                isinstance(v, np.ndarray) and v.ndim == x.ndim and v.shape[0] == x.shape[0]
-                and v.shape[0] > 1)):
+                isinstance(v, np.ndarray) and v.ndim == x.ndim and v.shape[0] != 1)):
+            if isinstance(v, np.ndarray) and v.shape[0] != x.shape[0]:  # (not the probe's x)
+                raise ValueError(f"{key} has shape {v.shape}, not broadcastable to x {x.shape}")
             if tuple(v.shape) != tuple(x.shape):
                 raise ValueError(f"{key} has shape {v.shape}; per-sample {key} must be shaped "
                                  f"like x {x.shape}")
