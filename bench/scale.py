@@ -120,6 +120,17 @@ def one(args):
         out = job()
         return time.perf_counter() - t0, out
 
+    def alternate(a, b):
+        """Print ``args.pairs`` pairs of seconds ``(a, b)``, run a then b, b then a, ..., and
+        the digests of their results."""
+        pairs, digests = [], set()
+        for i in range(args.pairs):
+            first, second = (a, b) if i % 2 == 0 else (b, a)
+            (t1, r1), (t2, r2) = timed(first), timed(second)
+            pairs.append((t1, t2) if i % 2 == 0 else (t2, t1))
+            digests |= {digest(r1), digest(r2)}
+        print(json.dumps({"pairs": pairs, "digests": sorted(digests)}))
+
     if args.kind == "local":
         rp.set_num_threads(args.threads)
         xw = np.load(args.path, mmap_mode="r")[:2 * BATCH]
@@ -128,8 +139,8 @@ def one(args):
         seconds, R = timed(local)
         print(json.dumps({"seconds": seconds, "n": len(R), "digest": digest(R)}))
         return
-    # "dask"; "floor": Dask alone, the same chunks read and copied, no explanation; "paired":
-    # in-process (in this process, as many threads as the cluster) and Dask jobs alternating
+    # "dask"; "floor": Dask alone, the same chunks read and copied, no explanation; "paired",
+    # "scaling": two jobs alternating
     import logging
 
     from distributed import Client, LocalCluster
@@ -150,30 +161,16 @@ def one(args):
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         job(2 * args.chunk)  # warm-up
         if args.kind == "scaling":
-            # the same cluster of 2 workers, its jobs alternately held to one worker and spread
-            # over both: (one worker, two workers) seconds per pair
+            # the same cluster of 2 workers, its jobs held to one worker against spread over both
             one_worker = [sorted(client.scheduler_info()["workers"])[0]]
             job(2 * args.chunk, one_worker)
-            pairs, digests = [], set()
-            for i in range(args.pairs):
-                first, second = (one_worker, None) if i % 2 == 0 else (None, one_worker)
-                (t1, r1), (t2, r2) = (timed(lambda w=w: job(workers=w)) for w in (first, second))
-                pairs.append((t1, t2) if i % 2 == 0 else (t2, t1))
-                digests |= {digest(r1), digest(r2)}
-            print(json.dumps({"pairs": pairs, "digests": sorted(digests)}))
-            return
+            return alternate(lambda: job(workers=one_worker), job)
         if args.kind == "paired":
+            # in-process (in this process, as many threads as the cluster) against Dask
             rp.set_num_threads(args.workers * args.threads)
             local()
             time.sleep(0.2)
-            pairs, digests = [], set()
-            for i in range(args.pairs):
-                first, second = (local, job) if i % 2 == 0 else (job, local)
-                (t1, r1), (t2, r2) = timed(first), timed(second)
-                pairs.append((t1, t2) if i % 2 == 0 else (t2, t1))  # (in-process, Dask)
-                digests |= {digest(r1), digest(r2)}
-            print(json.dumps({"pairs": pairs, "digests": sorted(digests)}))
-            return
+            return alternate(local, job)
         time.sleep(0.2)
         seconds, R = timed(job)
     print(json.dumps({"seconds": seconds, "n": len(R), "digest": digest(R)}))
