@@ -1,0 +1,74 @@
+"""Random draws that depend only on (seed, sample index): the same bits however a job is cut.
+
+Every method that draws random numbers (SmoothGrad's noise, pixel flipping's uniform fill,
+activation maximization's starting points, the metrics' subsets and noise) draws what belongs
+to sample ``i`` of the whole input from that sample's own stream:
+
+    numpy.random.default_rng(numpy.random.SeedSequence(seed, spawn_key=(i, *stream)))
+
+which is the ``i``-th child of ``SeedSequence(seed).spawn(...)`` (NumPy's documented way to
+make independent streams), so a user can reproduce any sample's draws with NumPy alone.
+``i`` is the sample's index in the whole input: an in-process call on a slice of a dataset
+passes ``sample_offset=`` (the index of its first sample); streaming, ``--workers`` and
+``relprop.dask`` pass the chunk's offset.  ``stream`` separates the draws of different kinds
+for one sample (a metric's subsets and its noise).  Chunk size, batch size, workers, threads
+and resume therefore never change a draw.
+
+A ``numpy.random.Generator`` passed as ``seed`` still works in-process (draws are taken from it
+in sample order, sample-major), but it cannot be split across chunks: chunked paths refuse it
+(:func:`check_seed` with ``chunked=``).
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def check_seed(seed, *, chunked=None):
+    """``seed`` validated: an int >= 0 or a ``numpy.random.Generator``; None becomes a fresh int
+    (from the operating system's entropy, drawn once, so one call's samples all use it).
+
+    ``chunked``: the name of a path that cuts the input into pieces run apart (e.g.
+    "relprop.dask.explain"); a Generator is then refused with the reason, since its draws
+    would depend on the cut."""
+    if seed is None:
+        return int(np.random.SeedSequence().entropy % (1 << 63))
+    if isinstance(seed, np.random.Generator):
+        if chunked:
+            raise TypeError(f"{chunked}: seed must be an int (or None), not a "
+                            "numpy.random.Generator: the input is cut into chunks, and a "
+                            "generator's draws would depend on the cut; an int seed draws each "
+                            "sample's numbers from (seed, sample index)")
+        return seed
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (numbers.Integral, np.integer)):
+        raise TypeError(f"seed must be an int, None or a numpy.random.Generator, got "
+                        f"{type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    return int(seed)
+
+
+def check_offset(sample_offset):
+    """``sample_offset`` validated: the index of a call's first sample in the whole input."""
+    if isinstance(sample_offset, (bool, np.bool_)) or not isinstance(
+            sample_offset, (numbers.Integral, np.integer)):
+        raise TypeError(f"sample_offset must be an int, got {type(sample_offset).__name__}")
+    if sample_offset < 0:
+        raise ValueError(f"sample_offset must be >= 0, got {sample_offset}")
+    return int(sample_offset)
+
+
+def sample_rng(seed, index, *stream) -> np.random.Generator:
+    """The generator of sample ``index`` (in the whole input) for an int ``seed``; with a
+    Generator ``seed``, that generator (draws in call order)."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(int(index),)
+                                                        + tuple(int(s) for s in stream)))
+
+
+def per_sample(seed, indices, draw, *stream):
+    """``np.stack([draw(sample_rng(seed, i, *stream)) for i in indices])``: one draw per sample
+    (``indices`` are indices in the whole input, offset included)."""
+    return np.stack([draw(sample_rng(seed, i, *stream)) for i in indices])

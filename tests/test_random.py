@@ -1,0 +1,53 @@
+"""The random-draw scheme of relprop._random: a sample's draws depend on (seed, sample index)."""
+import numpy as np
+import pytest
+
+from relprop import _random
+
+
+def test_sample_stream_is_numpys_spawned_child():
+    # the documented equivalence: sample i's stream is child i of SeedSequence(seed).spawn()
+    children = np.random.SeedSequence(1234).spawn(5)
+    for i, child in enumerate(children):
+        want = np.random.default_rng(child).standard_normal(7)
+        got = _random.sample_rng(1234, i).standard_normal(7)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_streams_differ_by_sample_seed_and_stream():
+    draw = [_random.sample_rng(s, i, *k).random(4) for s, i, k in
+            [(0, 0, ()), (0, 1, ()), (1, 0, ()), (0, 0, (1,))]]
+    for a in range(len(draw)):
+        for b in range(a + 1, len(draw)):
+            assert not np.array_equal(draw[a], draw[b])
+
+
+def test_per_sample_is_independent_of_the_cut():
+    whole = _random.per_sample(7, range(10), lambda g: g.standard_normal(3))
+    parts = np.concatenate([_random.per_sample(7, range(a, b), lambda g: g.standard_normal(3))
+                            for a, b in [(0, 3), (3, 4), (4, 10)]])
+    np.testing.assert_array_equal(parts, whole)
+
+
+def test_check_seed():
+    assert _random.check_seed(5) == 5
+    assert isinstance(_random.check_seed(None), int)
+    assert _random.check_seed(None) != _random.check_seed(None)
+    g = np.random.default_rng(0)
+    assert _random.check_seed(g) is g
+    with pytest.raises(TypeError, match="relprop.dask.explain: seed must be an int"):
+        _random.check_seed(g, chunked="relprop.dask.explain")
+    with pytest.raises(TypeError, match="seed must be an int"):
+        _random.check_seed(1.5)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        _random.check_seed(True)
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        _random.check_seed(-1)
+
+
+def test_check_offset():
+    assert _random.check_offset(np.int64(3)) == 3
+    with pytest.raises(ValueError, match="sample_offset must be >= 0"):
+        _random.check_offset(-2)
+    with pytest.raises(TypeError, match="sample_offset must be an int"):
+        _random.check_offset(2.0)
