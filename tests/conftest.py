@@ -1,5 +1,11 @@
 """Shared test configuration: hypothesis profiles, the thread-count and instruction-set
-fixtures."""
+fixtures, and strict skips.
+
+Strict skips: with ``RELPROP_STRICT_SKIPS=1`` in the environment (``.ci/run`` sets it: CI installs
+every peer and Chromium) a test that skips fails instead, unless its reason starts with
+``"platform: "``, i.e. what the operating system or the Python version lacks.  A missing peer, a
+missing browser or a skip left behind then fails the run instead of hiding a failure.
+"""
 import os
 
 import numpy as np
@@ -15,6 +21,43 @@ settings.register_profile("dev", max_examples=20, deadline=None, suppress_health
 settings.register_profile("long", max_examples=500, deadline=None,
                           suppress_health_check=_SUPPRESS)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+STRICT_SKIPS = os.environ.get("RELPROP_STRICT_SKIPS", "") not in ("", "0")
+#: How a skip's reason starts when the platform lacks what the test needs (allowed in CI).
+PLATFORM = "platform: "
+
+
+def _skip_reason(report):
+    if hasattr(report, "wasxfail"):
+        return report.wasxfail
+    if isinstance(report.longrepr, tuple):  # (path, line, "Skipped: <reason>")
+        return report.longrepr[2].removeprefix("Skipped: ")
+    return str(report.longrepr)
+
+
+def _fail_unexplained_skip(report):
+    if STRICT_SKIPS and report.skipped and not _skip_reason(report).startswith(PLATFORM):
+        report.outcome = "failed"
+        report.longrepr = (f"skipped under RELPROP_STRICT_SKIPS=1 without a {PLATFORM!r} reason: "
+                           f"{_skip_reason(report)}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    _fail_unexplained_skip((yield).get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    _fail_unexplained_skip((yield).get_result())  # a module-level importorskip
+
+
+def pytest_terminal_summary(terminalreporter):
+    if STRICT_SKIPS:
+        skipped = len(terminalreporter.stats.get("skipped", []))
+        terminalreporter.write_line(f"RELPROP_STRICT_SKIPS=1: {skipped} skipped, each for a "
+                                    f"platform reason; any other skip failed")
 
 
 @pytest.fixture

@@ -279,7 +279,7 @@ def _gradient_in_batches(net, x):
     return rp.gradient(net, x, 1, batch_size=4)
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="platform: needs os.fork (POSIX)")
 def test_a_forked_child_runs_batches_side_by_side():
     """The child of a fork has none of the batch pool's threads; it must start its own instead
     of waiting forever on the parent's."""

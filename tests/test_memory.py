@@ -115,8 +115,8 @@ def test_pool_never_holds_more_than_the_peak_in_use():
     assert rp.ops.memory_stats()["pool_cached_bytes"] == 0
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="free ranges are cut on POSIX, "
-                    "grown on Linux")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="platform: free ranges are "
+                    "grown with mremap (Linux)")
 def test_pool_cuts_merges_and_grows_free_ranges():
     rp.release_memory()
     big = rp.ops.relu_forward(np.ones((2, 1 << 20), dtype=np.float32))  # 8 MiB: peak in use

@@ -22,3 +22,7 @@ def test_readme_has_the_two_setup_commands():
         commands[marker] = body.group(1).strip()
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert commands["test-command"] in ci_lines, "CI must run README's test command verbatim"
+    # ... with strict skips (tests/conftest.py), as README says
+    strict = "export RELPROP_STRICT_SKIPS=1"
+    assert strict in ci_lines[:ci_lines.index(commands["test-command"])]
+    assert "`.ci/run` runs exactly that second command, with `RELPROP_STRICT_SKIPS=1`" in README

@@ -2,7 +2,7 @@
 the reference forward pass, and rendered by a real browser (headless Chromium).
 
 The browser tests need ``chromium`` (Debian's package; ``.ci/run`` installs it when missing) and
-skip without it.
+skip without it (and fail under ``RELPROP_STRICT_SKIPS=1``, as in CI).
 """
 import html.parser
 import os

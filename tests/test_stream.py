@@ -362,7 +362,8 @@ def peak_rss_mb(*args):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"),
+                    reason="platform: reads VmHWM from /proc (Linux)")
 def test_200000_digits_stream_in_bounded_memory(tmp_path, digits_npy):
     _, x = digits_npy
     big = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32,

@@ -19,7 +19,6 @@ Where Zennit merges a BatchNorm it leaves it computing ``x / sqrt(1 + eps)``: th
 have ``eps = 0`` in these models (relprop folds exactly).
 """
 import functools
-import inspect
 import json
 import os
 import warnings
@@ -28,7 +27,6 @@ import numpy as np
 import pytest
 
 import relprop as rp
-from relprop import ops
 
 import nets
 
@@ -55,19 +53,6 @@ COMPOSITES = {
 }
 SHAPE = (3, nets.TV_SIZE, nets.TV_SIZE)
 TARGETS = [7, 421]  # one class per sample; LRP explains the first sample (Zennit is slow)
-
-
-def _missing_kernels(name):
-    """The kernels (from the kernels branch) that model ``name`` needs and ops lacks."""
-    need = []
-    if name.startswith("densenet") and not hasattr(ops, "channel_affine"):
-        need.append("channel_affine (unfolded BatchNorm)")
-    if name.startswith("mobilenet"):
-        if not hasattr(ops, "relu6_forward"):
-            need.append("relu6")
-        if "groups" not in inspect.signature(ops.conv2d_forward).parameters:
-            need.append("grouped conv2d")
-    return need
 
 
 # --- Zennit's side ------------------------------------------------------------------------------
@@ -205,9 +190,6 @@ def export(model, path, dynamo):
 
 @pytest.fixture(scope="module", params=MODELS)
 def case(request, tmp_path_factory):
-    missing = _missing_kernels(request.param)
-    if missing:
-        pytest.skip(f"{request.param} needs kernels not on this branch yet: {missing}")
     return Case(request.param, tmp_path_factory.mktemp(request.param))
 
 
@@ -299,8 +281,6 @@ def test_identity_adaptive_pool_is_skipped_by_every_importer(tmp_path):
         assert _rel(net(x), want) <= 1e-4
 
 
-@pytest.mark.skipif(not hasattr(ops, "adaptive_avgpool2d_forward"),
-                    reason="needs the adaptive_avgpool2d kernels (kernels branch)")
 def test_upsampling_adaptive_pool_matches_torch_and_zennit():
     """VGG11-BN unmodified at 64 pixels: its AdaptiveAvgPool2d(7) spreads a 2x2 map over 7x7,
     an AdaptiveAvgPool2d node (neither exporter writes it as plain ONNX: from_torch only),
