@@ -84,20 +84,27 @@ def test_integrated_gradients_matches_reference(method, problem, steps, baseline
             "batch": rng.normal(size=x.shape)}[baseline]
     got = rp.integrated_gradients(net, x, target, baseline=base, steps=steps, quadrature=method,
                                   batch_size=batch_size)
-    alphas, weights = QUADRATURES[method](steps)
     want = ref_extra.integrated_gradients(net, x, target, 0.0 if base is None else base,
-                                          alphas, weights)
+                                          steps, method)
     assert got.shape == x.shape and got.dtype == np.float64
     assert_allclose(got, want, rtol=1e-9, atol=1e-12 * (np.abs(want).max() + 1))
 
 
-@pytest.mark.parametrize("method,steps", [("riemann_trapezoid", 2), ("riemann_middle", 1),
-                                          ("riemann_left", 1), ("gausslegendre", 1)])
-def test_quadrature_weights_sum_to_one(method, steps):
+@pytest.mark.parametrize("method,steps,degree", [
+    ("riemann_trapezoid", 2, 1), ("riemann_middle", 1, 1), ("riemann_left", 1, 0),
+    ("riemann_right", 1, 0), ("gausslegendre", 1, None)])
+def test_quadratures_integrate_polynomials_up_to_their_degree(method, steps, degree):
+    """The reference rules are right: exact for polynomials up to their degree (Gauss-Legendre
+    on s points: 2s - 1) on [0, 1], where the integral of t^p is 1 / (p + 1); the package's
+    points and weights are the reference's."""
     for s in (steps, steps + 1, 17):
-        alphas, weights = QUADRATURES[method](s)
-        assert len(alphas) == len(weights) == s
-        assert abs(weights.sum() - 1) < 1e-12 and alphas.min() >= 0 and alphas.max() <= 1
+        alphas, weights = ref_extra.quadrature(method, s)
+        assert len(alphas) == len(weights) == s and 0 <= alphas.min() <= alphas.max() <= 1
+        for p in range(2 * s if degree is None else degree + 1):
+            assert abs(weights @ alphas ** p - 1 / (p + 1)) < 1e-12, (s, p)
+        got_alphas, got_weights = QUADRATURES[method](s)
+        assert_allclose(got_alphas, alphas, rtol=0, atol=1e-14)
+        assert_allclose(got_weights, weights, rtol=0, atol=1e-14)
 
 
 def _explained(net, x, target):
@@ -136,8 +143,7 @@ def test_integrated_gradients_completeness(kind):
 def test_integrated_gradients_float32(rng):
     net = nets.cnn(rng)
     x = rng.normal(size=(2, 3, 12, 12))
-    alphas, weights = QUADRATURES["gausslegendre"](8)
-    want = ref_extra.integrated_gradients(net, x, 3, 0.0, alphas, weights)
+    want = ref_extra.integrated_gradients(net, x, 3, 0.0, 8, "gausslegendre")
     got = rp.explain(net, x.astype(np.float32), 3, method="integrated_gradients", steps=8,
                      quadrature="gausslegendre")
     assert got.dtype == np.float32

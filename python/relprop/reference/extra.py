@@ -18,8 +18,34 @@ def smoothgrad(net, x, target, n, sigma, seed_):
     return total / n
 
 
-def integrated_gradients(net, x, target, baseline, alphas, weights):
-    """``(x - x') * sum_k weights[k] grad(x' + alphas[k] (x - x'))``."""
+def quadrature(rule, steps):
+    """``(alphas, weights)`` of a quadrature rule on [0, 1] with ``steps`` points, from its
+    definition: the Riemann sums take the left ends, right ends or midpoints of ``steps`` equal
+    cells; the trapezoidal rule the ends of ``steps - 1`` cells, each end weighted half a cell;
+    Gauss-Legendre the eigenvalues of the Jacobi matrix of the Legendre polynomials (Golub and
+    Welsch 1969), weighted by the squared first components of the eigenvectors."""
+    k = np.arange(steps, dtype=np.float64)
+    if rule == "riemann_left":
+        return k / steps, np.full(steps, 1 / steps)
+    if rule == "riemann_right":
+        return (k + 1) / steps, np.full(steps, 1 / steps)
+    if rule == "riemann_middle":
+        return (k + 0.5) / steps, np.full(steps, 1 / steps)
+    if rule == "riemann_trapezoid":
+        weights = np.full(steps, 1 / (steps - 1))
+        weights[[0, -1]] /= 2
+        return k / (steps - 1), weights
+    if rule == "gausslegendre":  # on [-1, 1], then mapped to [0, 1]
+        off = k[1:] / np.sqrt(4 * k[1:] ** 2 - 1)
+        nodes, vectors = np.linalg.eigh(np.diag(off, 1) + np.diag(off, -1))
+        return (1 + nodes) / 2, vectors[0] ** 2
+    raise ValueError(f"reference: unknown quadrature {rule}")
+
+
+def integrated_gradients(net, x, target, baseline, steps, rule):
+    """``(x - x') * sum_k weights[k] grad(x' + alphas[k] (x - x'))`` with the points and weights
+    of :func:`quadrature`."""
+    alphas, weights = quadrature(rule, steps)
     total = np.zeros_like(x)
     for a, w in zip(alphas, weights):
         total += w * gradient(net, baseline + a * (x - baseline), target)
