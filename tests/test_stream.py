@@ -458,13 +458,12 @@ def test_cli_refuses_a_server_that_is_not_a_scheduler(tmp_path, digits_npy):
     threading.Thread(target=answer, daemon=True).start()
     try:
         path, _ = digits_npy
-        t0 = time.perf_counter()
         proc = run("explain", "digits_cnn", path, "-o", tmp_path / "o", "--scheduler",
                    f"tcp://127.0.0.1:{port}", timeout=120)
         assert proc.returncode == 2, proc.stderr
+        # the server's answer was read and refused (not a connection that timed out)
         assert "cannot reach the Dask scheduler (not a Dask scheduler" in proc.stderr
         assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
-        assert time.perf_counter() - t0 < 10
     finally:
         server.close()
 
@@ -478,12 +477,15 @@ def test_cluster_flag_errors(tmp_path, digits_npy):
     assert proc.returncode == 2 and "exclude each other" in proc.stderr
     proc = run("explain", "digits_cnn", path, "-o", out, "--workers", 0)
     assert proc.returncode == 2 and "--workers must be at least 1" in proc.stderr
-    for address in ("tcp://127.0.0.1:9", "127.0.0.1:9", "nonsense", "tcp://localhost"):
-        t0 = time.perf_counter()
+    # a refused port or a bad address, said as such (a Client would retry until it timed out)
+    for address, cause in [("tcp://127.0.0.1:9", "Connection refused"),
+                           ("127.0.0.1:9", "Connection refused"),
+                           ("nonsense", "missing port number"),
+                           ("tcp://localhost", "missing port number")]:
         proc = run("explain", "digits_cnn", path, "-o", out, "--scheduler", address,
                    timeout=120)  # an error, not a hang
         assert proc.returncode == 2, proc.stderr
-        assert f"--scheduler {address}: cannot reach the Dask scheduler" in proc.stderr
+        assert f"--scheduler {address}: cannot reach the Dask scheduler (" in proc.stderr
+        assert cause in proc.stderr and "Timed out" not in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
-        assert time.perf_counter() - t0 < 10  # a refused port or a bad address: at once
     assert not (out / "relevance.npy").exists()
