@@ -403,6 +403,12 @@ def test_conv_fused_match_reference(p, seed):
                                None if b is None else np.abs(f64(b)), s, pad), 2, 2)[0]
         tol = sum_tolerance(x.dtype, tol_terms, bound_p)
         assert np.all(np.abs(pooled - want_p) <= tol)
+        n, c, ph, pw = pooled.shape
+        y64 = ref.relu_forward(ref.conv2d_forward(f64(x), f64(w), f64(b), s, pad))
+        top = np.sort(y64[:, :, :2 * ph, :2 * pw].reshape(n, c, ph, 2, pw, 2)
+                      .transpose(0, 1, 2, 4, 3, 5).reshape(n, c, ph, pw, 4))
+        clear = (top[..., 3] - top[..., 2] > 2 * tol) & (top[..., 3] > tol)
+        assert_array_equal(arg[clear], want_a[clear])
         gp = signed(rng, pooled.shape, x.dtype)
         mask = signed(rng, x.shape, x.dtype)
         # with the relprop winners, the twin's backward pass is the same maths
