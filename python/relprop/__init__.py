@@ -7,12 +7,11 @@ with a NumPy twin in :mod:`relprop.reference`.
 """
 from __future__ import annotations
 
-from . import composites, evaluate, rules
+from . import composites, rules
 from ._core import __version__
 from .averaged import integrated_gradients, smoothgrad
 from .composites import Composite
 from .graph import Graph, Node, Sequential, Trace, load
-from .importers import from_onnx, from_sklearn, from_torch
 from .layers import (
     AdaptiveAvgPool2d,
     Add,
@@ -45,7 +44,6 @@ from .methods import (
     taylor,
 )
 from .ops import get_num_threads, set_num_threads
-from .prototypes import GaussianPrior, Prototypes, activation_maximization
 
 
 def show_config(file=None, peak=False) -> dict:
@@ -69,16 +67,30 @@ def show_config(file=None, peak=False) -> dict:
     return cfg
 
 
-_LAZY_SUBMODULES = ("models", "render", "plot", "cli", "stream", "dask")
+_LAZY_SUBMODULES = ("models", "render", "plot", "cli", "stream", "dask", "evaluate")
+#: Names imported on first use, from the submodule that defines them: ``import relprop`` stays
+#: light (tests/test_import.py lists what it may not import).
+_LAZY_NAMES = {"from_onnx": "importers", "from_sklearn": "importers", "from_torch": "importers",
+               "GaussianPrior": "prototypes", "Prototypes": "prototypes",
+               "activation_maximization": "prototypes"}
 
 
 def __getattr__(name):
-    """Submodules imported on first use (``relprop.models``, ``relprop.render``, ...)."""
-    if name in _LAZY_SUBMODULES:
-        import importlib
+    """Submodules (``relprop.models``, ``relprop.render``, ...) and the names of
+    :data:`_LAZY_NAMES` imported on first use."""
+    import importlib
 
+    if name in _LAZY_SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY_NAMES[name]}"), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | set(_LAZY_SUBMODULES))
 
 
 __all__ = [

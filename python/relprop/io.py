@@ -10,7 +10,6 @@ import json
 import math
 import os
 import tokenize
-import zipfile
 import zlib
 
 import numpy as np
@@ -38,6 +37,8 @@ def read_model(path):
     all, a description of at most :data:`MAX_DESCRIPTION_BYTES`.  A corrupted or truncated file
     raises ``ValueError`` (a missing one ``FileNotFoundError``).
     """
+    import zipfile  # here: it brings shutil, bz2, lzma, pathlib, ... (tests/test_import.py)
+
     try:
         with open(os.fspath(path), "rb") as fh, zipfile.ZipFile(fh) as zf:
             return _read_npz(zf, path)
