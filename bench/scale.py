@@ -236,8 +236,8 @@ def main():
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     for opt in ("--model", "--path", "--kind"):
         ap.add_argument(opt, help=argparse.SUPPRESS)
-    ap.add_argument("--pairs", type=int, default=8,
-                    help="in-process/Dask pairs per cluster for the paired overhead (default 8)")
+    ap.add_argument("--pairs", type=int, default=10,
+                    help="in-process/Dask pairs per cluster for the paired overhead (default 10)")
     ap.add_argument("--scaling-pairs", type=int, default=5,
                     help="one-worker/two-worker pairs for the paired scaling (default 5)")
     for opt in ("--workers", "--threads", "--chunk", "--chunks-per-task"):
@@ -247,7 +247,9 @@ def main():
         return one(args)
 
     repeats = 1 if args.quick else args.repeats
-    report = ["# relprop at scale: in-process and on Dask", "", machine(), "",
+    command = " ".join(["python bench/scale.py", *sys.argv[1:]])
+    report = ["# relprop at scale: in-process and on Dask", "", f"Made by `{command}`.", "",
+              machine(), "",
               f"Method {METHOD}, target: each sample's predicted class, kernel batch {BATCH}. "
               f"Medians of {repeats} interleaved round(s); every run in a fresh process. "
               "Overhead: 1 - (Dask samples/s) / (in-process samples/s on as many threads, "
@@ -309,10 +311,10 @@ def main():
                 continue
             r = rate[label]
             ref = rate["in-process, 2 threads" if w * t == 2 else "in-process, 1 thread"]
-            over = "" if kind == "local" else f"{100 * (1 - r / ref):+.1f}%"
+            over = "" if kind == "local" else f"{100 * (1 - r / ref):+.0f}%"
             if kind == "dask" and w * t == 2:
                 passive = rate["in-process, 2 threads, OMP_WAIT_POLICY=passive"]
-                over += f" ({100 * (1 - r / passive):+.1f}% vs passive)"
+                over += f" ({100 * (1 - r / passive):+.0f}% vs passive)"
             per_chunk = c / (r / (w * t))
             lines.append(f"| {label} | {r:,.0f} | {per_chunk * 1000:.0f} ms | {over} | "
                          + ", ".join(f"{s:.2f}" for s in times[label]) + " |")
@@ -333,17 +335,21 @@ def main():
                       "job on as many threads alternate (in-process then Dask, Dask then "
                       "in-process, ...), so both sides of a pair meet the machine in the same "
                       "state; overhead = 1 - 1 / (median of the pairs' Dask/in-process time "
-                      "ratios). Chunks merged into tasks as by default.", "",
+                      "ratios), with the middle half of the pairs' overheads beside it (to "
+                      "whole percents: pairs of one run spread over tens of percents). Chunks "
+                      "merged into tasks as by default.", "",
                       "| cluster | chunks | pairs | in-process (s, median) | Dask (s, median) | "
-                      "overhead | per pair |", "|---|---:|---:|---:|---:|---:|---|"]
+                      "overhead (middle half) | per pair |", "|---|---:|---:|---:|---:|---:|---|"]
             for (w, t, c), prs in paired.items():
                 ratio = statistics.median(b / a for a, b in prs)
+                overs = [100 * (1 - a / b) for a, b in prs]
+                q1, _, q3 = statistics.quantiles(overs, n=4) if len(prs) > 1 else overs * 3
                 lines.append(f"| {w} worker{'s' if w > 1 else ''} x {t} "
                              f"thread{'s' if t > 1 else ''} | {c} | {len(prs)} | "
                              f"{statistics.median(a for a, _ in prs):.2f} | "
                              f"{statistics.median(b for _, b in prs):.2f} | "
-                             f"**{100 * (1 - 1 / ratio):+.1f}%** | "
-                             + ", ".join(f"{100 * (1 - a / b):+.0f}%" for a, b in prs) + " |")
+                             f"**{100 * (1 - 1 / ratio):+.0f}%** ({q1:+.0f}% to {q3:+.0f}%) | "
+                             + ", ".join(f"{o:+.0f}%" for o in overs) + " |")
             lines.append("")
         if small and not args.no_small_chunks:
             local = statistics.median(times["in-process, 2 threads"])

@@ -32,3 +32,15 @@ def test_readme_does_not_cite_issue_tracker_numbers():
     """The README speaks of the project, not of its issue tracker ("issue 4's targets")."""
     assert not re.search(r"\bissues? #?\d", README, re.I), re.findall(r".{30}issues? #?\d.{20}",
                                                                      README, re.I)
+
+
+def test_every_bench_command_is_listed_for_a_rerun():
+    """bench/README.md lists every bench script, and every bench command that README quotes
+    (a number's command) runs a script that exists and is in that list."""
+    listed = (ROOT / "bench" / "README.md").read_text()
+    scripts = {p.name for p in (ROOT / "bench").glob("*.py")}
+    assert {s for s in scripts if f"`{s}`" not in listed} == set()
+    quoted = set(re.findall(r"python bench/(\w+\.py)", README))
+    assert quoted and quoted <= scripts, quoted - scripts
+    for command in re.findall(r"`(python bench/[^`]+)`", README):
+        assert " ".join(command.split()) in listed, command

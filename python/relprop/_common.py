@@ -132,8 +132,8 @@ def chunks(x: np.ndarray, target, batch_size):
 #: other, and threads that share every layer's data suffer most when a VM's cores are far
 #: apart: the digits CNN in batches of 64 (44 MFLOP) took 2.05 s per 100,000 samples on 2
 #: threads for tens of seconds at a time on a 2-vCPU AMD EPYC, 1.35 s batch by batch
-#: (bitwise the same result: kernels are batch- and thread-invariant).  Larger batches keep a
-#: batch's memory to one at a time.
+#: (bitwise the same result: kernels are batch- and thread-invariant; ``python bench/pairs.py
+#: side-by-side`` compares the two).  Larger batches keep a batch's memory to one at a time.
 SAMPLE_PARALLEL_FLOPS = 1 << 28
 
 _POOLS = {}  # thread count -> ThreadPoolExecutor of that many threads, made on first use

@@ -127,7 +127,8 @@ def use_worker_threads():
 #: by page and unmapped again, which cost the digits CNN a fifth more CPU in a worker than
 #: in-process (200,000 page faults per 100,000 samples instead of 2,000), and the heap's top is
 #: given back to the system whenever 64 KiB of it are free, to be faulted in again by the next
-#: chunk (54,000 page faults for 50,000 digits in chunks of 256; 4,600 without).  relprop's
+#: chunk (54,000 page faults for 50,000 digits in chunks of 256; 4,600 without;
+#: ``python bench/worker_faults.py`` counts them).  relprop's
 #: tasks set both to what glibc's adaptive thresholds can reach (mmap 32 MiB, trim twice that):
 #: a worker keeps at most that much free memory at the top of its heap.
 WORKER_MMAP_THRESHOLD = 32 << 20
