@@ -44,17 +44,28 @@ def forward_pass(net, x, step):
     return values[n], saved
 
 
-def backward_walk(net, step, saved, g, levels=False):
+def backward_walk(net, step, saved, g, levels=False, arrive=None):
     """Run ``step.backward`` from ``g`` (shaped like the output) down to the input, dropping
     each node's ``saved`` entry once used.  Returns what reaches the input, or with ``levels``
-    a list of what reached every tensor (0 the input, ``i + 1`` the output of node ``i``)."""
+    a list of what reached every tensor (0 the input, ``i + 1`` the output of node ``i``).
+
+    ``arrive(i, g, pending)``, if given, sees what arrived at node ``i``'s output (None if
+    nothing did) before the node's step uses it, and returns what the step is to use (None:
+    skip the node); ``pending`` (tensor number -> array) is what has arrived so far at tensors
+    still to come, which it may change (concept relevance masks channels and cuts off the
+    branches parallel to a conditioned node: :mod:`relprop.concepts`)."""
     sched = net.schedule
     n = len(sched.nodes)
     grads = {n: g}
     del g
     reached = [None] * (n + 1) if levels else None
     for i in range(n - 1, -1, -1):
-        g = grads.pop(i + 1)
+        g = grads.pop(i + 1, None)
+        if arrive is not None:
+            g = arrive(i, g, grads)
+        if g is None:
+            saved[i] = None
+            continue
         if levels:
             reached[i + 1] = g
         back = step.backward(i, sched.nodes[i], saved[i], g)

@@ -103,6 +103,10 @@ class Graph:
     output : str, optional
         The node whose output is the network output; by default the one node that no other
         node reads.
+    aliases : dict of str to str, optional
+        Other names of nodes (``{alias: node name}``, e.g. the module paths an importer saw):
+        :meth:`node_name` resolves them (an alias that is also a node's name means that node).
+        A BatchNorm folded into the layer before it becomes an alias of that layer's node.
 
     Raises
     ------
@@ -125,7 +129,8 @@ class Graph:
         ], input_shape=(8, 16, 16))
     """
 
-    def __init__(self, nodes, input_shape=None, *, input_name=INPUT, output=None):
+    def __init__(self, nodes, input_shape=None, *, input_name=INPUT, output=None,
+                 aliases=None):
         if not isinstance(input_name, str) or not input_name:
             raise TypeError(f"input_name must be a non-empty string, got {input_name!r}")
         nodes = [_as_node(n) for n in nodes]
@@ -133,10 +138,12 @@ class Graph:
             raise ValueError(f"{type(self).__name__} needs at least one node")
         self.input_name = input_name
         self._check_nodes(nodes)
-        nodes, output = _fold_batchnorms(nodes, self._output_of(nodes, output))
+        given = {n.name for n in nodes}
+        nodes, output, renamed = _fold_batchnorms(nodes, self._output_of(nodes, output))
         self.output = output
         self.schedule = _schedule(nodes, input_name, output, self._where)
         self.nodes = self.schedule.nodes
+        self.aliases = _aliases(aliases, renamed, given, {n.name for n in self.nodes})
         self.input_shape = None
         self.output_shape = None
         if input_shape is not None:
@@ -249,7 +256,8 @@ class Graph:
 
     def with_input_shape(self, input_shape):
         """The same network with another ``input_shape`` (checked)."""
-        return Graph(self.nodes, input_shape, input_name=self.input_name, output=self.output)
+        return Graph(self.nodes, input_shape, input_name=self.input_name, output=self.output,
+                     aliases=self.aliases)
 
     def node(self, name) -> Node:
         """The node called ``name``."""
@@ -257,6 +265,22 @@ class Graph:
             if node.name == name:
                 return node
         raise KeyError(f"no node {name!r}")
+
+    def node_name(self, name) -> str:
+        """The name of the node that ``name`` (a node name or one of :attr:`aliases`) means.
+
+        Raises
+        ------
+        KeyError
+            ``name`` is neither (the message lists some of the names there are).
+        """
+        if isinstance(name, str) and (name in self.aliases or
+                                      any(n.name == name for n in self.nodes)):
+            return self.aliases.get(name, name)
+        names = [n.name for n in self.nodes]
+        raise KeyError(f"no node {name!r} in the network (nodes: {names[:8]}"
+                       f"{' ...' if len(names) > 8 else ''}"
+                       + (f"; aliases: {sorted(self.aliases)[:8]}" if self.aliases else "") + ")")
 
     def __len__(self):
         return len(self.nodes)
@@ -355,6 +379,8 @@ class Graph:
                 "network": "sequential" if isinstance(self, Sequential) else "graph",
                 "input_shape": list(self.input_shape) if self.input_shape else None,
                 "input_name": self.input_name, "output": self.output, "nodes": []}
+        if self.aliases:
+            desc["aliases"] = self.aliases
         arrays = {}
         for i, node in enumerate(self.nodes):
             desc["nodes"].append({"name": node.name, "kind": node.layer.kind,
@@ -376,6 +402,10 @@ class Sequential(Graph):
         Shape of one sample, e.g. ``(3, 32, 32)``.  When given, the layers are checked against
         it now, and inputs are checked against it on every call.
 
+    aliases : dict of str to str, optional
+        Other names of layers, ``{alias: position in layers}`` (as a string; an importer passes
+        the module paths): :meth:`node_name` resolves them to the node the layer ended in.
+
     The nodes are named by position after folding ("0", "1", ...): composites' ``overrides``
     take these indices, and ``lrp(..., layerwise=True)`` returns a list (the relevance at every
     layer's input, then the output relevance).
@@ -386,7 +416,7 @@ class Sequential(Graph):
         Layers whose shapes do not chain (the message names the layer).
     """
 
-    def __init__(self, layers, input_shape=None):
+    def __init__(self, layers, input_shape=None, *, aliases=None):
         layers = list(layers)
         for layer in layers:
             if not isinstance(layer, L.Layer):
@@ -398,16 +428,28 @@ class Sequential(Graph):
             raise ValueError("Sequential needs at least one layer")
         chain = [Node(f"_{i}", layer, (INPUT if i == 0 else f"_{i - 1}",))
                  for i, layer in enumerate(layers)]
-        folded, _ = _fold_batchnorms(chain, chain[-1].name)
-        nodes = [Node(str(i), node.layer, (INPUT if i == 0 else str(i - 1),))
+        folded, _, renamed = _fold_batchnorms(chain, chain[-1].name)
+        position = {node.name: str(i) for i, node in enumerate(folded)}
+        nodes = [Node(position[node.name], node.layer, (INPUT if i == 0 else str(i - 1),))
                  for i, node in enumerate(folded)]
-        super().__init__(nodes, input_shape)
+        final = {str(i): position[renamed.get(f"_{i}", f"_{i}")] for i in range(len(layers))}
+        if aliases is not None:
+            if not isinstance(aliases, dict):
+                raise TypeError(f"aliases must be a dict, got {type(aliases).__name__}")
+            bad = [t for t in aliases.values() if t not in final]
+            if bad:
+                raise ValueError(f"aliases name layer {bad[0]!r}, not a position in layers "
+                                 f"(0..{len(layers) - 1})")
+            aliases = {a: final[t] for a, t in aliases.items() if a != final[t]}
+        super().__init__(nodes, input_shape, aliases=aliases)
 
     def _where(self, name):
         return f"layer {name}"
 
     def with_input_shape(self, input_shape):
-        return Sequential(self.layers, input_shape)
+        net = Sequential(self.layers, input_shape)
+        net.aliases = dict(self.aliases)
+        return net
 
     def shapes(self, input_shape) -> list:
         """Per-sample shapes: of the input, then after every layer."""
@@ -463,15 +505,20 @@ def _from_description(desc, arrays, path) -> Graph:
     if extra:
         raise ValueError(f"{path}: unexpected arrays {sorted(extra)[:5]}")
     try:
+        aliases = desc.get("aliases")
+        if aliases is not None and (not isinstance(aliases, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in aliases.items())):
+            raise ValueError(f"bad aliases {str(aliases)[:80]!r} (a dict of names)")
         if version == 1 or desc.get("network") == "sequential":
-            return Sequential(layers, input_shape=shape)
+            return Sequential(layers, input_shape=shape, aliases=aliases)
         nodes = []
         for spec, layer in zip(specs, layers):
             name, inputs = spec.get("name"), spec.get("inputs")
             if not isinstance(inputs, list):
                 raise ValueError(f"node {name!r} has no list of inputs")
             nodes.append(Node(name, layer, tuple(inputs)))
-        kw = {"input_name": desc.get("input_name", "input"), "output": desc.get("output")}
+        kw = {"input_name": desc.get("input_name", "input"), "output": desc.get("output"),
+              "aliases": aliases}
         return Graph(nodes, input_shape=shape, **kw)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path}: {exc}") from None
@@ -479,7 +526,8 @@ def _from_description(desc, arrays, path) -> Graph:
 
 def _fold_batchnorms(nodes, output):
     """Fold every BatchNorm whose input is a Dense/Conv2d that nothing else reads into that
-    layer; the folded node keeps the linear layer's name and takes the BatchNorm's readers."""
+    layer; the folded node keeps the linear layer's name and takes the BatchNorm's readers.
+    Returns ``(nodes, output, {folded BatchNorm's name: its layer's name})``."""
     readers = {}
     for node in nodes:
         for t in node.inputs:
@@ -505,7 +553,26 @@ def _fold_batchnorms(nodes, output):
         if node.name in by_name:
             n = by_name[node.name]
             out.append(Node(n.name, n.layer, tuple(renamed.get(t, t) for t in n.inputs)))
-    return out, output
+    return out, output, renamed
+
+
+def _aliases(aliases, renamed, given, names) -> dict:
+    """A network's aliases: ``aliases`` (``{alias: node name given}``, checked) followed
+    through the folds ``renamed``, and the folded BatchNorms' names."""
+    out = dict(renamed)
+    if aliases is None:
+        return out
+    if not isinstance(aliases, dict):
+        raise TypeError(f"aliases must be a dict, got {type(aliases).__name__}")
+    for alias, target in aliases.items():
+        if not isinstance(alias, str) or not isinstance(target, str):
+            raise TypeError(f"aliases map names to names, got {alias!r}: {target!r}")
+        if target not in given and target not in out:
+            raise ValueError(f"alias {alias!r} names {target!r}, which is not a node")
+        target = out.get(target, target)
+        if alias not in names:  # a node's own name wins over an alias
+            out[alias] = target
+    return out
 
 
 def ancestors(by_name, output, input_name=INPUT) -> set:

@@ -124,8 +124,9 @@ class GraphBuilder:
         chain = all(n.inputs == ((INPUT,) if i == 0 else (nodes[i - 1].name,))
                     for i, n in enumerate(nodes)) and nodes[-1].name == output
         try:
-            if chain:
-                return Sequential([n.layer for n in nodes], input_shape=input_shape)
+            if chain:  # the names stay as aliases of the positions (CRP conditions use them)
+                return Sequential([n.layer for n in nodes], input_shape=input_shape,
+                                  aliases={n.name: str(i) for i, n in enumerate(nodes)})
             return Graph(nodes, input_shape=input_shape, output=output)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{where}: {exc}") from None

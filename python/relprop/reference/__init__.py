@@ -6,7 +6,7 @@ definition); LRP rules are written from their formulas on the layer's matrix (a 
 average pooling materialized as a dense matrix per sample, Zennit's ``as_matrix``), so they share
 no code path with the kernels.
 """
-from .lrp import RULE_FUNCTIONS, lrp, lrp_layer, lrp_node
+from .lrp import RULE_FUNCTIONS, lrp, lrp_conditional, lrp_layer, lrp_node
 from .network import (
     as_matrix,
     backward,
@@ -57,7 +57,7 @@ __all__ = [
     "conv2d_forward_split", "conv2d_lrp_epsilon", "conv2d_winograd_backward",
     "conv2d_winograd_forward", "conv2d_winograd_pack", "deconvnet", "dense_backward",
     "dense_forward", "dense_lrp_epsilon", "forward", "gradient", "gradient_x_input",
-    "guided_backprop", "lrp",
+    "guided_backprop", "lrp", "lrp_conditional",
     "lrp_alpha_beta_shares", "lrp_divide", "lrp_gamma_shares", "lrp_layer", "lrp_node",
     "maxpool2d_backward", "maxpool2d_forward", "relu6_backward", "relu6_forward", "relu_backward",
     "relu_forward", "seed", "sensitivity", "taylor", "winograd_abs", "winograd_matrices",

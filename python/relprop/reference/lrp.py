@@ -148,3 +148,60 @@ def lrp(net, x, r_out, rules, messages=None):
         for t, rt in zip(node.inputs, sent):
             rel[t] = rel[t] + rt if t in rel else rt
     return rel[net.input_name]
+
+
+def lrp_conditional(net, x, r_out, rules, masks, exclude_parallel=True, messages=None):
+    """Concept-conditional LRP of one condition (DESIGN.md section 2.4), from the definition.
+
+    ``masks``: ``{node name: 0/1 array (C,)}``, multiplied into the relevance arriving at the
+    node's output (channels on axis 1) before its rule reads it.  With ``exclude_parallel``
+    the conditioned nodes ``c_1, ..., c_m`` (from the output down) lie on one path, and
+    relevance flows only along paths output -> c_1 -> ... -> c_m -> input: the nodes are cut
+    into segments (0: those that read c_1's output; i: c_i and the nodes between c_i and
+    c_i+1; m: c_m and the nodes it reads), and a node of segment i sends relevance only to
+    nodes of its own segment and to c_i+1 (segment m: to the input too); what it would send
+    elsewhere is dropped.  ``messages`` as for :func:`lrp`."""
+    names = [node.name for node in net.nodes]
+    inputs = {node.name: node.inputs for node in net.nodes}
+
+    def below(name):  # every node whose output ``name`` reads, directly or not
+        out, todo = set(), list(inputs[name])
+        while todo:
+            t = todo.pop()
+            if t != net.input_name and t not in out:
+                out.add(t)
+                todo.extend(inputs[t])
+        return out
+
+    segment, chain = {n: 0 for n in names}, []
+    if exclude_parallel and masks:
+        chain = sorted(masks, key=names.index, reverse=True)  # the output side first
+        ends = [None] + chain + [None]
+        segment = {}
+        for s, (upper, lower) in enumerate(zip(ends, ends[1:])):
+            for n in names:
+                if (upper is None or n in below(upper) or n == upper) and \
+                        (lower is None or lower in below(n)):
+                    segment[n] = s
+
+    def receives(t, s):  # whether tensor t may take relevance from a node of segment s
+        if t == net.input_name:
+            return s == len(chain)
+        return segment.get(t) == s or (s < len(chain) and t == chain[s])
+
+    vals = dict(zip([net.input_name] + names, forward(net, x)))
+    rel = {net.output: r_out}
+    for node, rule in zip(reversed(net.nodes), reversed(rules)):
+        r = rel.pop(node.name, None)
+        if r is None:
+            continue
+        if node.name in masks:
+            m = np.asarray(masks[node.name], dtype=r.dtype)
+            r = r * m.reshape((1, -1) + (1,) * (r.ndim - 2))
+        sent = lrp_node(node.layer, rule, [vals[t] for t in node.inputs], r)
+        if messages is not None:
+            messages[node.name] = (r, sent)
+        for t, rt in zip(node.inputs, sent):
+            if receives(t, segment[node.name]):
+                rel[t] = rel[t] + rt if t in rel else rt
+    return rel.get(net.input_name, np.zeros_like(x))

@@ -1,0 +1,361 @@
+"""Concept relevance (relprop.concepts): against the NumPy twin of the masking
+(``reference.lrp_conditional``) on random graphs, against zennit-crp 0.6 on chains and
+torchvision's ResNet and VGG in float64, and conservation."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import relprop as rp
+import relprop.concepts as C
+from relprop import reference as ref
+
+import nets
+from strategies import dags
+
+
+def _rel(got, want):
+    return float(np.abs(np.asarray(got) - want).max() / np.abs(want).max())
+
+
+def _draw_condition(draw, net, exclude_parallel):
+    """A condition on 0-2 nodes of ``net`` (on one path when ``exclude_parallel``)."""
+    shapes = net.tensor_shapes(net.input_shape)
+    names = [n.name for n in net.nodes]
+    picked = []
+    for _ in range(draw(st.integers(0, 2))):
+        name = draw(st.sampled_from(names))
+        if exclude_parallel and picked:
+            i, j = sorted((names.index(name), names.index(picked[0])))
+            if i == j or i not in C.relevance.upstream(net.schedule, j):
+                continue
+        picked.append(name)
+    cond = {}
+    for name in picked:
+        c = shapes[name][0]
+        cond[name] = draw(st.lists(st.integers(0, c - 1), min_size=1, max_size=c, unique=True))
+    y = draw(st.sampled_from([None, 0, 2, "pred", [0, 1]]))
+    if y is not None:
+        cond["y"] = y
+    return cond
+
+
+@given(net=dags(), data=st.data(), exclude=st.booleans(),
+       composite=st.sampled_from(["epsilon_plus_flat", "epsilon_alpha2_beta1", "epsilon"]))
+def test_conditional_matches_reference(net, data, exclude, composite):
+    """Every sample under every condition = the twin's walk, condition by condition; the
+    recorded relevance = what the twin's rule at that node read."""
+    x = np.random.default_rng(1).uniform(-1, 1, (2,) + net.input_shape)
+    conds = [_draw_condition(data.draw, net, exclude) for _ in range(data.draw(st.integers(1, 3)))]
+    names = [n.name for n in net.nodes]
+    got = C.conditional(net, x, conds, composite, record=names, exclude_parallel=exclude)
+    rules = rp.composites.as_composite(composite).rules(net)
+    out = ref.forward(net, x)[-1]
+    np.testing.assert_allclose(got.prediction, out, rtol=1e-12, atol=1e-12)
+    for j, cond in enumerate(conds):
+        y = cond.get("y")
+        seed = np.zeros_like(out)
+        for s in range(len(x)):
+            cls = [int(out[s].argmax())] if y == "pred" else [y] if isinstance(y, int) else y
+            seed[s] = out[s] if y is None else 0
+            if y is not None:
+                seed[s, cls] = out[s, cls]
+        masks = {}
+        for name, chans in cond.items():
+            if name != "y":
+                masks[name] = np.isin(np.arange(net.tensor_shapes(net.input_shape)[name][0]),
+                                      chans).astype(float)
+        messages = {}
+        want = ref.lrp_conditional(net, x, seed, rules, masks, exclude, messages)
+        scale = max(np.abs(want).max(), 1e-30)
+        assert np.abs(got.heatmap[:, j] - want).max() <= 1e-9 * scale
+        for name in names:
+            r = messages[name][0] if name in messages else 0 * got.relevances[name][:, j]
+            assert np.abs(got.relevances[name][:, j] - r).max() <= 1e-9 * max(
+                np.abs(r).max(), scale)
+
+
+@pytest.mark.parametrize("exclude", [True, False])
+def test_relevance_around_a_conditioned_node_is_cut_off(exclude):
+    """An identity shortcut from the input around a conditioned convolution: what the addition
+    sends to the input directly arrives before the walk reaches the convolution, and is cut
+    off for the condition (exclude_parallel), as the twin says."""
+    rng = np.random.default_rng(3)
+    net = rp.Graph([("conv", rp.Conv2d(nets.conv_w(rng, 2, 2, 3), padding=1), "input"),
+                    ("relu", rp.ReLU(), "conv"),
+                    ("conv2", rp.Conv2d(nets.conv_w(rng, 2, 2, 1)), "relu"),
+                    ("add", rp.Add(), ["conv2", "input"]),
+                    ("side", rp.Conv2d(nets.conv_w(rng, 2, 2, 1)), "input"),
+                    ("cat", rp.Concat(), ["add", "side"]),
+                    ("flat", rp.Flatten(), "cat"),
+                    ("fc", rp.Dense(nets.dense_w(rng, 3, 4 * 4 * 4)), "flat")],
+                   input_shape=(2, 4, 4))
+    x = rng.uniform(0, 1, (2, 2, 4, 4))
+    conds = [{"conv": [0], "y": 1}, {"conv2": [1], "y": 1}, {"y": 1}]
+    got = C.conditional(net, x, conds, "epsilon", exclude_parallel=exclude)
+    rules = rp.composites.as_composite("epsilon").rules(net)
+    out = net(x)
+    seed = np.zeros_like(out)
+    seed[:, 1] = out[:, 1]
+    for j, cond in enumerate(conds):
+        masks = {k: np.isin(np.arange(2), v).astype(float) for k, v in cond.items() if k != "y"}
+        want = ref.lrp_conditional(net, x, seed, rules, masks, exclude)
+        assert _rel(got.heatmap[:, j], want) <= 1e-12
+    plain = rp.lrp(net, x, 1, "epsilon")
+    np.testing.assert_allclose(got.heatmap[:, 2], plain, rtol=1e-12, atol=1e-15)
+    for j in range(2):  # a batch of one condition cuts whole arrays instead of rows
+        alone = C.conditional(net, x, conds[j:j + 1], "epsilon", exclude_parallel=exclude)
+        np.testing.assert_allclose(alone.heatmap[:, 0], got.heatmap[:, j], rtol=1e-13,
+                                   atol=1e-16)
+
+
+def test_conditional_is_batch_and_thread_invariant(nthreads):
+    net = nets.cnn(np.random.default_rng(0))
+    x = np.random.default_rng(1).uniform(0, 1, (5,) + net.input_shape).astype(np.float32)
+    conds = [{"0": [0, 2], "y": 1}, {"2": [1], "y": "pred"}, {"0": [1]}]
+    whole = C.conditional(net, x, conds, record=["2"])
+    parts = C.conditional(net, x, conds, record=["2"], batch_size=2)
+    one = C.conditional(net, x[3:4], conds, record=["2"])
+    assert np.array_equal(whole.heatmap, parts.heatmap)
+    assert np.array_equal(whole.relevances["2"], parts.relevances["2"])
+    assert np.array_equal(whole.heatmap[3:4], one.heatmap)
+
+
+# --- conservation -------------------------------------------------------------------------------
+def _bias_free_resnet():
+    return rp.models.digits_resnet()  # no biases: LRP-0 conserves f exactly
+
+
+def test_channels_of_a_node_without_parallel_branch_sum_to_the_heatmap():
+    """Conditioned on each channel of a node every path goes through, the heatmaps add up to
+    the unconditioned heatmap (the rules are linear in the relevance)."""
+    net, (x, y) = _bias_free_resnet(), rp.models.digits_data()
+    x, y = x[:3], int(y[0])
+    node = net.nodes[0].name  # the stem: every path from the input goes through it
+    c = net.tensor_shapes(net.input_shape)[node][0]
+    got = C.conditional(net, x, [{node: [ch], "y": y} for ch in range(c)])
+    whole = rp.lrp(net, x, y, "epsilon_plus_flat")
+    np.testing.assert_allclose(got.heatmap.sum(axis=1), whole, atol=1e-5 * np.abs(whole).max())
+
+
+def test_bias_free_lrp0_channel_heatmap_sums_to_its_relevance():
+    net, (x, _) = _bias_free_resnet(), rp.models.digits_data()
+    x = x[:2].astype(np.float64)
+    node = net.nodes[0].name
+    c = net.tensor_shapes(net.input_shape)[node][0]
+    comp = rp.Composite([("linear", rp.rules.Epsilon(0))])
+    got = C.conditional(net, x, [{node: [ch], "y": 4} for ch in range(c)], comp)
+    per_channel = C.channel_relevance(net, x, 4, [node], comp, abs_norm=False)[node]
+    np.testing.assert_allclose(got.heatmap.reshape(2, c, -1).sum(axis=2), per_channel,
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_inside_a_residual_block_the_shortcut_share_is_excluded():
+    """With exclude_parallel, all channels of the block's first convolution give what went
+    through the block's branch: f_y less what the addition sent to the shortcut (bias-free,
+    LRP-0)."""
+    net, (x, _) = _bias_free_resnet(), rp.models.digits_data()
+    x = x[:2].astype(np.float64)
+    add = next(n for n in net.nodes if n.layer.kind == "add")
+    names = [n.name for n in net.nodes]
+    # the branch: the add's input that is not its shortcut (the shortcut is read elsewhere too)
+    shortcut = min(add.inputs, key=lambda t: names.index(t) if t in names else -1)
+    branch_conv = next(n for n in net.nodes if n.layer.kind == "conv2d"
+                       and n.inputs == (shortcut,))
+    c = net.tensor_shapes(net.input_shape)[branch_conv.name][0]
+    comp = rp.Composite([("linear", rp.rules.Epsilon(0))], stabilizer=0)
+    got = C.conditional(net, x, [{branch_conv.name: [ch], "y": 4} for ch in range(c)], comp)
+    messages = {}
+    rules = comp.rules(net)
+    out = net(x)
+    seed = np.zeros_like(out)
+    seed[:, 4] = out[:, 4]
+    ref.lrp(net, x, seed, rules, messages)
+    to_shortcut = messages[add.name][1][list(add.inputs).index(shortcut)]
+    branch = got.heatmap.reshape(2, -1).sum(axis=1) if c == 1 else \
+        got.heatmap.reshape(2, c, -1).sum(axis=(1, 2))
+    np.testing.assert_allclose(branch + to_shortcut.reshape(2, -1).sum(axis=1), out[:, 4],
+                               rtol=1e-9)
+    assert np.abs(to_shortcut).sum() > 1e-3 * np.abs(out[:, 4]).sum()  # a share was excluded
+
+
+# --- arguments ----------------------------------------------------------------------------------
+def test_a_folded_batchnorm_means_its_convolution():
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(4 * 6 * 6, 3)).eval()
+    net = rp.from_torch(m, (1, 8, 8))
+    x = np.random.default_rng(0).uniform(size=(2, 1, 8, 8)).astype(np.float32)
+    by_bn = C.conditional(net, x, [{"1": [2], "y": 1}], record=["1"])
+    by_conv = C.conditional(net, x, [{"0": [2], "y": 1}], record=["0"])
+    assert np.array_equal(by_bn.heatmap, by_conv.heatmap)
+    assert np.array_equal(by_bn.relevances["1"], by_conv.relevances["0"])
+
+
+@pytest.mark.parametrize("conds, exc, match", [
+    ([], ValueError, "conditions is empty"),
+    ("y", TypeError, "list of dicts"),
+    ([["0"]], TypeError, "condition 0: a condition is a dict"),
+    ([{"nope": [0]}], ValueError, "condition 0: no node 'nope'"),
+    ([{"0": [9]}], ValueError, "node .0.: channel 9 is out of range for 6 channels"),
+    ([{"0": ["a"]}], TypeError, "channels must be ints"),
+    ([{"y": 1}, {"y": 7}], ValueError, "condition 1: class 7 is out of range for 5"),
+    ([{"y": "best"}], ValueError, "'y' must be an int, a list of ints or 'pred'"),
+    ([{"y": 1.5}], TypeError, "'y' must be an int"),
+])
+def test_bad_conditions_are_refused(conds, exc, match):
+    net = nets.cnn(np.random.default_rng(0), channels=1, size=8)
+    x = np.zeros((1,) + net.input_shape)
+    with pytest.raises(exc, match=match):
+        C.conditional(net, x, conds)
+
+
+def test_parallel_nodes_in_one_condition_are_refused():
+    rng = np.random.default_rng(0)
+    net = rp.Graph([("a", rp.Conv2d(nets.conv_w(rng, 2, 1, 3), padding=1), "input"),
+                    ("b", rp.Conv2d(nets.conv_w(rng, 2, 1, 1)), "input"),
+                    ("add", rp.Add(), ["a", "b"]), ("flat", rp.Flatten(), "add"),
+                    ("fc", rp.Dense(nets.dense_w(rng, 3, 2 * 4 * 4)), "flat")],
+                   input_shape=(1, 4, 4))
+    x = rng.uniform(size=(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="nodes 'a' and 'b' are parallel"):
+        C.conditional(net, x, [{"a": [0], "b": [1], "y": 0}])
+    masked = C.conditional(net, x, [{"a": [0], "b": [1], "y": 0}], exclude_parallel=False)
+    rules = rp.composites.as_composite("epsilon_plus_flat").rules(net)
+    seed = np.zeros((1, 3))
+    seed[0, 0] = net(x)[0, 0]
+    want = ref.lrp_conditional(net, x, seed, rules, {"a": [1, 0], "b": [0, 1]}, False)
+    np.testing.assert_allclose(masked.heatmap[:, 0], want, rtol=1e-12, atol=1e-15)
+
+
+# --- zennit-crp ---------------------------------------------------------------------------------
+class _Crp:
+    """zennit-crp's CondAttribution returning the input gradient whole (its default sums the
+    channels), on the (sample, condition) grid: one call per condition with as many copies of
+    it as samples (zennit-crp pairs data and conditions one to one when their counts agree)."""
+
+    def __init__(self, model):
+        from crp.attribution import CondAttribution
+
+        class Full(CondAttribution):
+            def heatmap_modifier(self, data, on_device=None):
+                return data.grad.detach()
+
+        self.att = Full(model)
+
+    def __call__(self, x, conds, composite, record=()):
+        import torch
+
+        heat, rels = [], {}
+        for cond in conds:
+            data = torch.from_numpy(x).requires_grad_(True)
+            kw = {} if "y" in cond else {"init_rel": lambda f: f}
+            res = self.att(data, [cond] * len(x), composite, record_layer=list(record), **kw)
+            heat.append(res.heatmap.numpy())
+            for name, r in res.relevances.items():
+                rels.setdefault(name, []).append(r.numpy())
+        return np.stack(heat, 1), {name: np.stack(r, 1) for name, r in rels.items()}
+
+
+def _check_crp(net, model, x, conds, composite, zennit_composite, record):
+    pytest.importorskip("crp")
+    heat, rels = _Crp(model)(x, conds, zennit_composite, record)
+    got = C.conditional(net, x, conds, composite, record=record)
+    assert np.abs(heat).max() > 0
+    assert _rel(got.heatmap, heat) <= 1e-7
+    for name in record:
+        # zennit-crp records twice the relevance at a conditioned node (torch 2.x runs its
+        # retain_grad hook in the partial and in the final backward pass)
+        twice = np.array([name in c for c in conds]).reshape((1, -1) + (1,) * (
+            rels[name].ndim - 2))
+        want = np.where(twice, rels[name] / 2, rels[name])
+        assert np.abs(got.relevances[name] - want).max() <= 1e-7 * np.abs(heat).max() + \
+            1e-7 * np.abs(want).max()
+    return got
+
+
+def test_conditional_matches_zennit_crp_on_a_chain():
+    torch = pytest.importorskip("torch")
+    zc = pytest.importorskip("zennit.composites")
+    from torch import nn
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1),
+                      nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 12),
+                      nn.ReLU(), nn.Linear(12, 5)).double().eval()
+    net = rp.from_torch(m, (3, 8, 8))
+    x = np.random.default_rng(0).uniform(0, 1, (2, 3, 8, 8))
+    conds = [{"2": [1, 3], "y": 2}, {"6": list(range(7)), "2": [0, 1, 2], "y": 2},
+             {"6": [5], "y": 4}]
+    _check_crp(net, m, x, conds[:1] + conds[2:], "epsilon_plus_flat", zc.EpsilonPlusFlat(),
+               ["2", "6", "0"])
+    _check_crp(net, m, x, conds[1:2], rp.composites.EpsilonGammaBox(low=0, high=1),
+               zc.EpsilonGammaBox(low=0, high=1),
+               ["2", "6"])
+    # no "y": the whole output is the seed (zennit-crp's init_rel=lambda f: f)
+    _check_crp(net, m, x, [{"2": [1]}, {"2": [4]}], "epsilon_plus_flat", zc.EpsilonPlusFlat(),
+               ["2"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn"])
+def test_conditional_matches_zennit_crp_on_torchvision(name):
+    pytest.importorskip("torchvision")
+    zc = pytest.importorskip("zennit.composites")
+    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+
+    model = nets.torchvision_model(name).double()
+    size = nets.TV_SIZE  # at 32 pixels ResNet's last pooling is the identity: relprop skips it
+    net = rp.from_torch(model, (3, size, size))
+    x = np.random.default_rng(0).uniform(0, 1, (1, 3, size, size))
+    if name.startswith("resnet"):
+        # inside a residual block (its shortcut excluded), and two nodes on one path, one of
+        # them a BatchNorm folded into its convolution
+        conds = [{"layer2.0.conv1": [1, 3], "y": 2}, {"layer2.0.conv1": [0, 5], "y": 7}]
+        conds2 = [{"layer3.0.bn2": [4, 9, 17], "layer2.0.conv1": [1, 3, 8], "y": 7}]
+        record = ["layer2.0.conv1", "layer1.1.conv2", "layer2.0.downsample.0", "layer3.0.conv1"]
+        canonizers = [ResNetCanonizer()]
+    else:
+        conds = [{"features.4": [1, 3], "y": 2}, {"features.4": [0], "y": 7}]
+        conds2 = [{"features.12": list(range(0, 256, 2)), "features.4": list(range(0, 128, 2)),
+                   "y": 7}]
+        record = ["features.4", "features.8", "features.0"]
+        canonizers = [VGGCanonizer()]
+    got = _check_crp(net, model, x, conds, "epsilon_plus_flat",
+                     zc.EpsilonPlusFlat(canonizers=canonizers), record)
+    if name.startswith("resnet"):  # the shortcut around the conditioned node gets nothing
+        assert not got.relevances["layer2.0.downsample.0"].any()
+    _check_crp(net, model, x, conds2, "epsilon_plus_flat",
+               zc.EpsilonPlusFlat(canonizers=canonizers), record[:2])
+
+
+def test_aliases_name_nodes_and_survive_save_and_load(tmp_path):
+    """The module paths of an imported chain and the names of folded BatchNorms stay usable
+    in conditions, also after the model file round trip."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    torch.manual_seed(0)
+    features = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout())
+    m = nn.Sequential(features, nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    net = rp.from_torch(m, (1, 8, 8))  # a chain: nodes named by position
+    assert net.node_name("0.1") == "0" and net.node_name("0.2") == "1"  # the BN folded
+    assert net.node_name("2") == "2"  # a node's own name wins over an alias (torch's Linear)
+    net.save(tmp_path / "m.npz")
+    again = rp.load(tmp_path / "m.npz")
+    assert again.aliases == net.aliases
+    rng = np.random.default_rng(0)
+    graph = rp.Graph([("conv", rp.Conv2d(nets.conv_w(rng, 2, 1, 3)), "input"),
+                      ("bn", rp.BatchNorm2d(np.ones(2), np.zeros(2), np.zeros(2), np.ones(2)),
+                       "conv"),
+                      ("flat", rp.Flatten(), "bn"),
+                      ("fc", rp.Dense(nets.dense_w(rng, 3, 2 * 6 * 6)), "flat")],
+                     input_shape=(1, 8, 8), aliases={"head": "fc"})
+    assert graph.aliases == {"bn": "conv", "head": "fc"}
+    graph.save(tmp_path / "g.npz")
+    assert rp.load(tmp_path / "g.npz").node_name("bn") == "conv"
+    with pytest.raises(KeyError, match="no node 'nope'"):
+        graph.node_name("nope")
