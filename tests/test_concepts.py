@@ -359,3 +359,150 @@ def test_aliases_name_nodes_and_survive_save_and_load(tmp_path):
     assert rp.load(tmp_path / "g.npz").node_name("bn") == "conv"
     with pytest.raises(KeyError, match="no node 'nope'"):
         graph.node_name("nope")
+
+
+# --- atlas --------------------------------------------------------------------------------------
+def _atlas_equal(a, b):
+    assert a.layers == b.layers and a.k == b.k and a.n_samples == b.n_samples
+    for name in a.layers:
+        for x, y in ((a.relmax, b.relmax), (a.actmax, b.actmax)):
+            assert np.array_equal(x[name][0], y[name][0]) and np.array_equal(x[name][1], y[name][1])
+        assert np.array_equal(a.relmax_neurons[name], b.relmax_neurons[name])
+        assert np.array_equal(a.actmax_neurons[name], b.actmax_neurons[name])
+        assert np.array_equal(a.class_relevance[name], b.class_relevance[name])
+    assert np.array_equal(a.class_counts, b.class_counts)
+
+
+def _digits_atlas(**kw):
+    net, (x, y) = rp.models.digits_resnet(), rp.models.digits_data()
+    return rc_atlas(net, x[:150], ["block1.conv1", "block2.conv2", "fc"], labels=y[:150], k=6,
+                    **kw)
+
+
+def rc_atlas(*args, **kw):
+    return C.atlas(*args, **kw)
+
+
+def test_atlas_is_batch_and_thread_invariant(nthreads):
+    whole = _digits_atlas()
+    for bs in (1, 7, 64):
+        _atlas_equal(whole, _digits_atlas(batch_size=bs))
+
+
+def test_atlas_class_relevance_is_the_mean_channel_relevance_per_label():
+    net, (x, y) = rp.models.digits_resnet(), rp.models.digits_data()
+    x, y = x[:150].astype(np.float64), y[:150]
+    got = C.atlas(net, x, ["block2.conv2"], labels=y, k=3)
+    rel = C.channel_relevance(net, x, y, ["block2.conv2"])["block2.conv2"]
+    want = np.stack([rel[y == c].mean(axis=0) if (y == c).any() else np.zeros(rel.shape[1])
+                     for c in range(10)])
+    np.testing.assert_allclose(got.class_relevance["block2.conv2"], want, rtol=1e-12, atol=1e-15)
+    assert np.array_equal(got.class_counts, np.bincount(y, minlength=10))
+    # the ranking is that of the channel relevance: best first, ties to the lower index
+    order = np.lexsort((np.arange(len(x))[:, None].repeat(rel.shape[1], 1), -rel), axis=0)[:3]
+    assert np.array_equal(got.relmax["block2.conv2"][0], order.T)
+
+
+def test_atlas_ties_go_to_the_lower_sample_index():
+    net, (x, y) = rp.models.digits_resnet(), rp.models.digits_data()
+    x = np.concatenate([x[:5], x[:5], x[:5]])  # every sample three times: exact ties
+    y = np.concatenate([y[:5]] * 3)
+    got = C.atlas(net, x, ["block2.conv1"], labels=y, k=3, batch_size=4)
+    idx, val = got.relmax["block2.conv1"]
+    assert (val[:, 0] == val[:, 1]).all() and (val[:, 1] == val[:, 2]).all()
+    first = idx[:, 0]
+    assert (first < 5).all()  # the first copy wins, then the others in order
+    assert ((idx[:, 1] == first + 5) | (val[:, 0] == 0)).all()
+    assert (np.diff(idx, axis=1) > 0).all()
+
+
+def test_atlas_saves_and_loads_without_pickle(tmp_path):
+    a = _digits_atlas()
+    a.save(tmp_path / "atlas.npz")
+    with np.load(tmp_path / "atlas.npz", allow_pickle=False) as f:
+        assert "relmax.0.indices" in f.files
+    _atlas_equal(a, C.Atlas.load(tmp_path / "atlas.npz"))
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="bad.npz"):
+        C.Atlas.load(tmp_path / "bad.npz")
+    net = rp.models.digits_resnet()
+    net.save(tmp_path / "model.npz")
+    with pytest.raises(ValueError, match="not a relprop atlas"):
+        C.Atlas.load(tmp_path / "model.npz")
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    ({"labels": None}, ValueError, "target='label' needs labels="),
+    ({"labels": np.zeros(3, int)}, ValueError, "labels has 3 entries for 10 samples"),
+    ({"labels": np.zeros(10)}, TypeError, "labels must be a 1-d array of ints"),
+    ({"labels": np.full(10, 10)}, ValueError, "label 10 is out of range for 10 outputs"),
+    ({"target": "best"}, ValueError, "target must be 'label', 'pred' or a class"),
+    ({"target": 11}, ValueError, "target 11 is out of range"),
+    ({"target": "pred", "k": 0}, ValueError, "k"),
+    ({"target": "pred", "layers": ["nope"]}, ValueError, "no node 'nope'"),
+])
+def test_bad_atlas_arguments_are_refused(kw, exc, match):
+    net, (x, _) = rp.models.digits_resnet(), rp.models.digits_data()
+    kw = {"layers": ["fc"], **kw}
+    with pytest.raises(exc, match=match):
+        C.atlas(net, x[:10], **kw)
+
+
+def test_atlas_matches_zennit_crp_feature_visualization(tmp_path):
+    """zennit-crp's FeatureVisualization.run with its defaults (ChannelConcept, max_target
+    "sum", abs_norm) on the same data: the same top-k samples per channel (where values are
+    not tied: zennit-crp breaks ties arbitrarily), the same values and the same most relevant
+    (active) neurons."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("crp")
+    zc = pytest.importorskip("zennit.composites")
+    from crp.attribution import CondAttribution
+    from crp.concepts import ChannelConcept
+    from crp.helper import load_maximization
+    from crp.visualization import FeatureVisualization
+    from torch import nn
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1),
+                      nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 12),
+                      nn.ReLU(), nn.Linear(12, 5)).double().eval()
+    net = rp.from_torch(m, (3, 8, 8))
+    n, k, layers = 60, 8, ["0", "2", "6"]
+    x = torch.rand(n, 3, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 5, (n,))
+    fv = FeatureVisualization(CondAttribution(m), [(x[i], int(y[i])) for i in range(n)],
+                              {name: ChannelConcept() for name in layers}, path=tmp_path)
+    fv.run(zc.EpsilonPlusFlat(), 0, n, batch_size=16)
+    got = C.atlas(net, x.numpy(), layers, labels=y.numpy(), k=k, batch_size=16)
+    for name in layers:
+        for table, neurons, maxi in ((got.relmax, got.relmax_neurons, fv.RelMax),
+                                     (got.actmax, got.actmax_neurons, fv.ActMax)):
+            d, v, rf = (a[:k].T for a in load_maximization(maxi.PATH, name))
+            assert np.abs(table[name][1] - v).max() <= 1e-12
+            _, full_v, _ = load_maximization(maxi.PATH, name)
+            tied = np.array([[np.sum(np.abs(full_v[:, c] - val) <= 1e-12) > 1 for val in row]
+                             for c, row in enumerate(v)])
+            assert (~tied).sum() > 0.3 * tied.size
+            assert np.array_equal(table[name][0][~tied], d[~tied])
+            assert np.array_equal(neurons[name][~tied], rf[~tied])
+
+
+@given(st.lists(st.floats(-1e300, 1e300, allow_nan=False) | st.floats(-1e-300, 1e-300),
+                min_size=1, max_size=30), st.integers(1, 29))
+def test_exact_sums_do_not_depend_on_grouping(values, cut):
+    """The class sums behind Atlas.class_relevance are exact: any grouping of partial sums
+    gives the correctly rounded mean (a float accumulation would depend on the grouping)."""
+    from fractions import Fraction
+
+    from relprop.concepts.maximization import ExactSum
+
+    v = np.array(values, dtype=np.float64)[:, None]
+    groups = np.arange(len(v)) % 2
+    whole = ExactSum.of(v, groups, 2)
+    parts = ExactSum.of(v[:cut], groups[:cut], 2) + ExactSum.of(v[cut:], groups[cut:], 2)
+    counts = np.bincount(groups, minlength=2)
+    assert np.array_equal(whole.mean(counts), parts.mean(counts))
+    for g in range(2):
+        if counts[g]:
+            exact = sum((Fraction(float(a)) for a in v[groups == g, 0]), Fraction(0))
+            assert whole.mean(counts)[g, 0] == float(exact / int(counts[g]))

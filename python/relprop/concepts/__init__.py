@@ -3,10 +3,13 @@ Achtibat et al., Nature Machine Intelligence 2023; the numbers are those of zenn
 
 * :func:`conditional`: heatmaps conditioned on channels of hidden nodes (an ``(n, k)`` grid of
   samples and conditions, from one forward pass per sample);
-* :func:`channel_relevance`: the relevance of every channel of some nodes.
+* :func:`channel_relevance`: the relevance of every channel of some nodes;
+* :func:`atlas`: per channel, the samples of a dataset in which it is most relevant and most
+  active (relevance and activation maximization), as an :class:`Atlas`.
 
 Definitions: docs/DESIGN.md, section 2.4.
 """
+from .maximization import Atlas, atlas
 from .relevance import Conditional, channel_relevance, conditional
 
-__all__ = ["Conditional", "channel_relevance", "conditional"]
+__all__ = ["Atlas", "Conditional", "atlas", "channel_relevance", "conditional"]

@@ -118,8 +118,8 @@ def conditional(net, x, conditions, composite="epsilon_plus_flat", *, record=(),
             for name, i in recorded.items()}
     pred = None
     for sl, _ in chunks(x, 0, step):
-        out, h, got = walk.run(x[sl], lambda out: condition_seeds(conds, out),
-                               set(recorded.values()))
+        out, h, got, _ = walk.run(x[sl], lambda out: condition_seeds(conds, out),
+                                  set(recorded.values()))
         if pred is None:
             pred = np.empty((n,) + out.shape[1:], out.dtype)
         pred[sl] = out
@@ -166,7 +166,8 @@ def channel_relevance(net, x, target, layers, composite="epsilon_plus_flat", *, 
     out = {name: np.empty((len(x), shapes[net.nodes[i].name][0]), x.dtype)
            for name, i in nodes.items()}
     for sl, t in chunks(x, target, check_batch_size(batch_size, len(x))):
-        _, _, got = walk.run(x[sl], lambda o, t=t: seed(t, o, scale=True), set(nodes.values()))
+        _, _, got, _ = walk.run(x[sl], lambda o, t=t: seed(t, o, scale=True),
+                                set(nodes.values()))
         for name, i in nodes.items():
             out[name][sl] = channel_sums(got[i], abs_norm)
     return out
@@ -349,10 +350,11 @@ class ConditionedWalk:
                     if i not in through:
                         self.beside[i] = self.beside.get(i, False) | self.cut[c]
 
-    def run(self, x, make_seed, record=()):
-        """``(output, input relevance (n * k, ...), {node in record: its relevance})``."""
+    def run(self, x, make_seed, record=(), outputs=()):
+        """``(output, input relevance (n * k, ...), {node in record: its relevance (n * k,
+        ...)}, {node in outputs: its output (n, ...)})``."""
         n, k, dtype = len(x), self.k, x.dtype
-        step = RepeatedLrpStep(self.net, self.rules, k)
+        step = RepeatedLrpStep(self.net, self.rules, k, outputs)
         out, saved = forward_pass(self.net, x, step)
         got = {}
 
@@ -383,7 +385,7 @@ class ConditionedWalk:
         for i in record:
             if got[i] is None:  # cut off: nothing arrived
                 got[i] = np.zeros((n * k,) + shapes[self.net.nodes[i].name], dtype)
-        return out, r, got
+        return out, r, got, step.outputs
 
 
 class RepeatedLrpStep(LrpStep):
@@ -391,9 +393,16 @@ class RepeatedLrpStep(LrpStep):
     ``s * k + j``) from one forward pass: what the forward pass kept is repeated per node,
     when the walk reaches it."""
 
-    def __init__(self, net, rules, k):
+    def __init__(self, net, rules, k, outputs=()):
         super().__init__(net, rules)
         self.k = k
+        self.keep, self.outputs = set(outputs), {}  # nodes whose output to keep, and those
+
+    def forward(self, i, node, ins):
+        y, saved = super().forward(i, node, ins)
+        if i in self.keep:
+            self.outputs[i] = y
+        return y, saved
 
     def backward(self, i, node, saved, r):
         return super().backward(i, node, _repeat(saved, self.k), r)
