@@ -80,17 +80,24 @@ def test_least_relevant_first_is_most_relevant_first_of_minus_r(rng):
 
 
 def test_pixel_flipping_uniform_fill(rng):
-    """'uniform' noise stays in each sample's range: the end point is the score of an input
-    fully replaced by such noise, and the start point is the score of x."""
+    """'uniform' noise stays in each sample's range and is drawn per sample from (seed, its
+    index in the whole input), with NumPy's own SeedSequence children: the end point is the
+    score of an input fully replaced by that noise, the start point the score of x; a slice
+    with its sample_offset gets the same rows."""
     net = nets.mlp(rng, (5, 8, 3))
     x = rng.normal(size=(4, 5))
-    res = rp.evaluate.pixel_flipping(net, x, rng.normal(size=x.shape), 2, fill="uniform", seed=1)
+    R = rng.normal(size=x.shape)
+    res = rp.evaluate.pixel_flipping(net, x, R, 2, fill="uniform", seed=1)
     out = ref.forward(net, x)[-1]
     assert_allclose(res.curves[:, 0], out[:, 2], rtol=1e-12)
-    noise = np.random.default_rng(1).random(x.shape)
+    noise = np.stack([np.random.default_rng(np.random.SeedSequence(1, spawn_key=(i,))).random(5)
+                      for i in range(4)])
     lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
     assert_allclose(res.curves[:, -1], ref.forward(net, lo + (hi - lo) * noise)[-1][:, 2],
                     rtol=1e-9)
+    part = rp.evaluate.pixel_flipping(net, x[2:], R[2:], 2, fill="uniform", seed=1,
+                                      sample_offset=2)
+    np.testing.assert_array_equal(part.curves, res.curves[2:])
 
 
 @pytest.mark.parametrize("kwargs,err,match", [
@@ -100,7 +107,7 @@ def test_pixel_flipping_uniform_fill(rng):
     ({"fill": "median"}, ValueError, "fill must be"),
     ({"fill": np.zeros(3)}, ValueError, r"fill has shape \(3,\)"),
     ({"steps": 0}, ValueError, "steps must be >= 1"),
-    ({"target": [0, 1, 2]}, ValueError, "3 entries for a batch of 2"),
+    ({"target": [0, 1, 2]}, ValueError, "3 classes for a batch of 2"),
 ])
 def test_pixel_flipping_errors(rng, kwargs, err, match):
     net = nets.mlp(rng, (6, 8, 3))

@@ -87,3 +87,15 @@ def test_digits_train_split_without_scikit_learn(tmp_path):
     shape, message = proc.stdout.strip().splitlines()
     assert shape == str((450, 1, 8, 8))  # the test split ships with relprop
     assert "pip install scikit-learn" in message and "No module named 'sklearn'" in message
+
+
+def test_road_without_scipy_says_pip_install_extra(tmp_path):
+    code = ("import numpy as np, relprop.metrics as M\n"
+            "try:\n"
+            "    M.impute(np.zeros((1, 4, 4)), [5])\n"
+            "except ImportError as exc:\n"
+            "    print(exc)\n")
+    proc = _run(_without(tmp_path, "scipy"), "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install 'relprop[metrics]'" in proc.stdout
+    assert "No module named 'scipy'" in proc.stdout

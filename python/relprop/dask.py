@@ -52,12 +52,14 @@ except ImportError as exc:  # pragma: no cover - tested in a subprocess without 
                       f"distributed; {exc})") from None
 
 from ._common import PRED, is_int, is_pred
+from ._random import check_seed
 from .averaged import integrated_gradients, smoothgrad
-from .evaluate import ORDERS, PixelFlipping, _fill_values, _region_ranks
-from .evaluate import pixel_flipping as _pixel_flipping
 from .graph import Graph
 from .inputs import NpyFile, default_chunk_size
 from .methods import explain as _explain
+from .metrics import ORDERS, Curves
+from .metrics import pixel_flipping as _pixel_flipping
+from .metrics._base import FILLS, grid_regions
 from .ops import get_num_threads, set_num_threads
 
 __all__ = ["explain", "from_npy", "pixel_flipping", "use_worker_threads", "worker_threads"]
@@ -547,16 +549,9 @@ def _flip(x, R, idx, *rest, net, kind, target, fill, per_sample_fill, seed, step
         target = rest.pop(0)
     if per_sample_fill:
         fill = rest.pop(0)
-    x = net.check_input(x, check_finite)
-    if isinstance(fill, str) and fill == "uniform":
-        # the in-process draw is rng.random(x.shape) over the whole batch, one 64-bit draw per
-        # element: this block's part starts idx[0] * sample size draws into the stream
-        bits = np.random.PCG64(seed)
-        if len(idx):
-            bits.advance(int(idx[0]) * int(np.prod(x.shape[1:])))
-        fill = _fill_values(x, "uniform", np.random.Generator(bits))
     pf = _pixel_flipping(net, x, R, target, steps=steps, patch=patch, fill=fill, order=order,
-                         seed=seed, batch_size=batch_size, check_finite=check_finite)
+                         seed=seed, sample_offset=int(idx[0]) if len(idx) else 0,
+                         batch_size=batch_size, check_finite=check_finite)
     return pf.curves
 
 
@@ -603,7 +598,7 @@ def pixel_flipping(net, x, R, target, steps=None, patch=1, fill=0.0,
     from ._validate import as_int
 
     patch = as_int(patch, "patch", minimum=1)
-    n_regions = _region_ranks(np.zeros((1,) + tuple(x.shape[1:])), patch, order)[1]
+    n_regions = grid_regions(tuple(x.shape[1:]), patch, "together").size
     steps = n_regions if steps is None else as_int(steps, "steps", minimum=1)
     if batch_size is not None:
         batch_size = as_int(batch_size, "batch_size", minimum=1)
@@ -613,12 +608,11 @@ def pixel_flipping(net, x, R, target, steps=None, patch=1, fill=0.0,
     kind, targ = _target(target, x, net)
     per_sample_fill = False
     if isinstance(fill, str):
-        if fill not in ("mean", "uniform"):
-            raise ValueError(f"fill must be a number, 'mean', 'uniform' or an array, got "
+        if fill not in FILLS:
+            raise ValueError(f"fill must be a number, one of {FILLS} or an array, got "
                              f"{fill!r}")
-        if fill == "uniform" and seed is not None and not is_int(seed):
-            raise TypeError(f"relprop.dask.pixel_flipping: seed must be an int or None, got "
-                            f"{type(seed).__name__}")
+        if fill == "uniform":  # one int for all blocks; each sample draws from (seed, index)
+            seed = check_seed(seed, chunked="relprop.dask.pixel_flipping")
     elif isinstance(fill, da.Array) or (np.ndim(fill) == x.ndim and np.shape(fill)[0] > 1):
         if tuple(fill.shape) != tuple(x.shape):
             raise ValueError(f"fill has shape {fill.shape}; a fill with a row per sample must "
@@ -650,7 +644,8 @@ def pixel_flipping(net, x, R, target, steps=None, patch=1, fill=0.0,
                             meta=np.empty((0,), dtype=np.float64))
     if runs is not None:
         curves, auc = _cut(curves, runs), _cut(auc, runs)
-    return PixelFlipping(curves, np.arange(steps + 1) / steps, auc)
+    return Curves(auc, "lower" if order == ORDERS[0] else "higher", curves,
+                  np.arange(steps + 1) / steps, None)
 
 
 # --------------------------------------------------------------------------------------------

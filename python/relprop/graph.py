@@ -371,6 +371,61 @@ class Graph:
         step = GradientStep(relu_mode, self.fusions(relu_mode == "gradient"))
         return run(self, x, step, checked_seed)
 
+    # --- copies -----------------------------------------------------------------------------
+    def randomized(self, nodes, seed=0):
+        """A copy of the network whose ``nodes`` have their parameters redrawn (the model
+        parameter randomization test, :func:`relprop.metrics.model_parameter_randomization`).
+
+        Every parameter array of a named node's layer (its ``arrays()``) is replaced by an array
+        of the same shape drawn with replacement from its own entries: the parameters keep
+        their scale and sign constraints (a BatchNorm's variance stays positive) and lose what
+        was learned.  Node ``j`` (in :attr:`nodes` order) draws from
+        ``numpy.random.default_rng(SeedSequence(seed, spawn_key=(j,)))``, so its draw does not
+        depend on which other nodes are randomized.
+
+        Parameters
+        ----------
+        nodes : sequence of str
+            Names of nodes with parameters.
+        seed : int
+
+        Returns
+        -------
+        Graph
+            Of the same class (a :class:`Sequential` stays one); the other nodes share their
+            layers with this network.
+
+        Raises
+        ------
+        ValueError
+            An unknown node, or one without parameters.
+        """
+        from ._random import check_seed
+
+        seed = check_seed(seed)
+        if isinstance(seed, np.random.Generator):
+            raise TypeError("seed must be an int: each node draws from (seed, its position)")
+        names = [nodes] if isinstance(nodes, str) else list(nodes)
+        where = {node.name: j for j, node in enumerate(self.nodes)}
+        layers = list(self.layers)
+        for name in names:
+            if name not in where:
+                raise ValueError(f"no node {name!r} to randomize; nodes: {list(where)[:20]}")
+            j = where[name]
+            layer = layers[j]
+            arrays = layer.arrays()
+            if not arrays:
+                raise ValueError(f"{self._where(name)} ({layer.describe()}) has no parameters "
+                                 "to randomize")
+            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(j,)))
+            drawn = {k: rng.choice(a.ravel(), size=a.shape).astype(a.dtype)
+                     for k, a in arrays.items()}
+            layers[j] = type(layer).from_config(layer.config(), drawn)
+        if isinstance(self, Sequential):
+            return Sequential(layers, self.input_shape)
+        nodes = [Node(node.name, layer, node.inputs) for node, layer in zip(self.nodes, layers)]
+        return Graph(nodes, self.input_shape, input_name=self.input_name, output=self.output)
+
     # --- files ------------------------------------------------------------------------------
     def save(self, path):
         """Write the network to ``path`` (.npz: parameters plus a JSON description, format

@@ -56,15 +56,18 @@ def pixel_flipping(net, x, R, target, steps, patch, fill):
     """Most-relevant-first region perturbation, one sample and one step at a time.
 
     ``fill`` is an array shaped like ``x``.  Images: regions are the ``patch x patch`` cells of
-    a grid from the top left, ranked by their relevance summed over channels; other inputs:
-    every element is a region.  Returns the score curves ``(n, steps + 1)``.
+    a grid over the image padded to a multiple of ``patch`` (the lesser half of the padding
+    before), ranked by their relevance summed over channels; other inputs: every element is a
+    region.  Returns the score curves ``(n, steps + 1)``.
     """
     curves = np.zeros((len(x), steps + 1))
     for i in range(len(x)):
         if x.ndim == 4:
             h, w = x.shape[2:]
-            cells = [(r, c) for r in range(0, h, patch) for c in range(0, w, patch)]
-            scores = [R[i, :, r:r + patch, c:c + patch].sum() for r, c in cells]
+            top, left = (-h % patch) // 2, (-w % patch) // 2
+            cells = [(max(r, 0), max(c, 0), r + patch, c + patch)
+                     for r in range(-top, h, patch) for c in range(-left, w, patch)]
+            scores = [R[i, :, r:r1, c:c1].sum() for r, c, r1, c1 in cells]
         else:
             cells = list(range(x[i].size))
             scores = list(R[i].ravel())
@@ -73,8 +76,8 @@ def pixel_flipping(net, x, R, target, steps, patch, fill):
             xi = x[i].copy()
             for j in ranked[:int(round(k * len(cells) / steps))]:
                 if x.ndim == 4:
-                    r, c = cells[j]
-                    xi[:, r:r + patch, c:c + patch] = fill[i, :, r:r + patch, c:c + patch]
+                    r, c, r1, c1 = cells[j]
+                    xi[:, r:r1, c:c1] = fill[i, :, r:r1, c:c1]
                 else:
                     xi.flat[j] = fill[i].flat[j]
             out = forward(net, xi[None])[-1]

@@ -1,0 +1,230 @@
+"""relprop.metrics beyond the numbers of Quantus (tests/test_metrics_quantus.py): random draws
+as a function of (seed, sample index), batch invariance, the reference twin of the ordered
+perturbations, the statistics against SciPy and scikit-image, ``Graph.randomized``, the model
+parameter randomization test on relprop's own randomization, and errors."""
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+import relprop as rp
+import relprop.metrics as M
+from relprop.reference import extra as ref_extra
+
+import nets
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    rng = np.random.default_rng(11)
+    net = nets.cnn(rng, channels=1, size=8, n_out=4)
+    x = rng.uniform(0, 1, (6, 1, 8, 8)).astype(np.float32)
+    return net.with_input_shape((1, 8, 8)), x, rng.normal(size=x.shape).astype(np.float32)
+
+
+METHOD = {"method": "gradient_x_input"}
+#: Every metric that draws random numbers, with small settings.
+RANDOM = {
+    "pixel_flipping": dict(steps=8, fill="uniform"),
+    "faithfulness_correlation": dict(runs=5, subset=6),
+    "monotonicity_correlation": dict(steps=4, runs=3),
+    "road": dict(percentages=[10, 50]),
+    "max_sensitivity": dict(runs=3, **METHOD),
+    "avg_sensitivity": dict(runs=3, **METHOD),
+    "local_lipschitz_estimate": dict(runs=3, **METHOD),
+    "random_logit": dict(**METHOD),
+    "completeness": dict(fill="uniform"),
+    "non_sensitivity": dict(fill="uniform", patch=4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RANDOM))
+def test_draws_depend_on_the_sample_index_only(cnn, name):
+    """A slice with its sample_offset gets the rows of the whole call, and the batch size
+    changes nothing: the same bits."""
+    net, x, R = cnn
+    fn, kw = getattr(M, name), RANDOM[name]
+    t = np.array([0, 1, 2, 3, 0, 1])
+    whole = fn(net, x, R, t, seed=5, **kw)
+    part = fn(net, x[2:], R[2:], t[2:], seed=5, sample_offset=2, batch_size=3, **kw)
+    other = fn(net, x, R, t, seed=6, **kw)
+    changed = False
+    for field in type(whole).per_sample_fields():
+        assert_array_equal(getattr(part, field), getattr(whole, field)[2:])
+        changed |= not np.array_equal(getattr(other, field), getattr(whole, field),
+                                      equal_nan=True)
+    assert changed
+
+
+def test_default_subsets_are_the_documented_draws(cnn):
+    """Sample i's subsets come from SeedSequence(seed, spawn_key=(i, 1)) (stream 1), one
+    choice without replacement per run: NumPy alone reproduces them."""
+    net, x, R = cnn
+    subsets = np.stack([
+        np.stack([rng.choice(64, 6, replace=False) for _ in range(5)])
+        for rng in (np.random.default_rng(np.random.SeedSequence(3, spawn_key=(i, 1)))
+                    for i in range(6))])
+    a = M.faithfulness_correlation(net, x, R, 1, runs=5, subset=6, seed=3)
+    b = M.faithfulness_correlation(net, x, R, 1, runs=5, subset=6, subsets=subsets)
+    assert_array_equal(a.scores, b.scores)
+
+
+@pytest.mark.parametrize("patch", [1, 3])
+def test_pixel_maps_rank_pixels(cnn, patch):
+    """R of one value per pixel (n, 1, h, w) on 3-channel images: the reference twin."""
+    rng = np.random.default_rng(2)
+    net = nets.cnn(rng, channels=3, size=8, n_out=4)
+    x = rng.normal(size=(3, 3, 8, 8))
+    R = rng.normal(size=(3, 1, 8, 8))
+    got = M.pixel_flipping(net, x, R, [0, 1, 2], steps=5, patch=patch)
+    n_cells = (-(-8 // patch)) ** 2
+    want = ref_extra.pixel_flipping(net, x, R, [0, 1, 2], min(5, n_cells), patch,
+                                    np.zeros_like(x))
+    assert_allclose(got.curves, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["pixel_flipping", "selectivity", "sensitivity_n", "irof",
+                                  "monotonicity", "faithfulness_estimate"])
+def test_batch_size_changes_nothing(cnn, name):
+    net, x, R = cnn
+    kw = {"patch": 2} if name == "selectivity" else {}
+    a = getattr(M, name)(net, x, R, 1, batch_size=5, **kw)
+    b = getattr(M, name)(net, x, R, 1, **kw)
+    for field in type(a).per_sample_fields():
+        assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+# ----------------------------------------------------------------------------- statistics --
+def test_statistics_are_scipys_and_scikit_images():
+    stats = pytest.importorskip("scipy.stats")
+    metrics = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(0)
+    a = np.round(rng.normal(size=(5, 40)), 1)  # ties for the ranks
+    b = rng.normal(size=(5, 40)) + a
+    assert_allclose(M._base.pearson(a, b), [stats.pearsonr(u, v)[0] for u, v in zip(a, b)],
+                    rtol=1e-12)
+    assert_allclose(M._base.spearman(a, b), [stats.spearmanr(u, v)[0] for u, v in zip(a, b)],
+                    rtol=1e-12)
+    want = [metrics.structural_similarity(u, v, data_range=max(u.max(), v.max())
+                                          - min(u.min(), v.min())) for u, v in zip(a, b)]
+    assert_allclose(M._base.ssim(a, b), want, rtol=1e-10)
+
+
+# --------------------------------------------------------------------- Graph.randomized --
+def test_randomized_redraws_each_array_from_its_own_entries():
+    net = rp.models.digits_cnn()
+    names = [node.name for node in net.nodes if node.layer.arrays()]
+    r = net.randomized(names[-1:], seed=4)
+    assert type(r) is type(net)
+    for node, old in zip(r.nodes, net.nodes):
+        for key, a in node.layer.arrays().items():
+            b = old.layer.arrays()[key]
+            if node.name == names[-1]:
+                assert a.shape == b.shape and a.dtype == b.dtype and not np.array_equal(a, b)
+                assert np.isin(a, b).all()  # drawn from the layer's own entries
+            else:
+                assert a is b
+    again = net.randomized(names[-1:], seed=4)
+    assert_array_equal(again.layers[-1].weight, r.layers[-1].weight)
+    both = net.randomized(names, seed=4)  # a node's draw does not depend on the others
+    assert_array_equal(both.layers[-1].weight, r.layers[-1].weight)
+    assert not np.array_equal(net.randomized(names[-1:], seed=5).layers[-1].weight,
+                              r.layers[-1].weight)
+
+
+def test_randomized_graph_keeps_its_structure():
+    net = rp.models.digits_resnet()
+    name = next(node.name for node in net.nodes if node.layer.arrays())
+    r = net.randomized([name], seed=0)
+    assert isinstance(r, rp.Graph) and [n.name for n in r.nodes] == [n.name for n in net.nodes]
+    x = rp.models.digits_data()[0][:4]
+    assert not np.allclose(r(x), net(x))
+
+
+@pytest.mark.parametrize("nodes,seed,err,match", [
+    (["nope"], 0, ValueError, "no node 'nope'"),
+    (["1"], 0, ValueError, "has no parameters"),
+    (["0"], np.random.default_rng(0), TypeError, "seed must be an int"),
+])
+def test_randomized_errors(nodes, seed, err, match):
+    with pytest.raises(err, match=match):
+        rp.models.digits_cnn().randomized(nodes, seed)
+
+
+def test_mprt_on_relprop_randomization(cnn):
+    """Cascading from the top: the explanation of each randomized network, compared with
+    SciPy's Spearman correlation of the absolute values."""
+    stats = pytest.importorskip("scipy.stats")
+    net, x, _ = cnn
+    t = [0, 1, 2, 3, 0, 1]
+    R = rp.explain(net, x, t, method="gradient_x_input")
+    got = M.model_parameter_randomization(net, x, R, t, method="gradient_x_input", seed=2)
+    names = [node.name for node in net.nodes if node.layer.arrays()][::-1]
+    assert got.layers == ["original"] + names
+    for k in range(len(names) + 1):
+        Rk = rp.explain(net.randomized(names[:k], seed=2) if k else net, x, t,
+                        method="gradient_x_input")
+        want = [stats.spearmanr(np.abs(a.ravel()), np.abs(b.ravel()))[0]
+                for a, b in zip(R, Rk)]
+        assert_allclose(got.similarities[:, k], want, rtol=1e-10)
+    assert_array_equal(got.scores, got.similarities[:, -1])
+
+
+# ------------------------------------------------------------------------------- segments --
+def test_segment_grid_without_scikit_image(cnn, monkeypatch):
+    net, x, R = cnn
+    monkeypatch.setitem(__import__("sys").modules, "skimage.segmentation", None)
+    segs, how = M.segment(x, "auto")
+    assert how == "grid" and segs.shape == (6, 8, 8)
+    # 8 x 8 pixels, about 100 segments: cells of 1 pixel
+    assert_array_equal(segs[0], np.arange(64).reshape(8, 8))
+    assert M.irof(net, x, R, 0).segmentation == "grid"
+    with pytest.raises(ImportError, match="scikit-image"):
+        M.segment(x, "slic")
+
+
+# --------------------------------------------------------------------------------- errors --
+@pytest.mark.parametrize("call,err,match", [
+    (lambda n, x, R: M.pixel_flipping(n, x, R[:, :, :4], 0), ValueError, "R has shape"),
+    (lambda n, x, R: M.pixel_flipping(n, x, R, 0, order="up"), ValueError, "order must be"),
+    (lambda n, x, R: M.pixel_flipping(n, x, R, 0, channels="x"), ValueError, "channels must"),
+    (lambda n, x, R: M.pixel_flipping(n, x, R, 0, fill="black"), ValueError, "fill must be"),
+    (lambda n, x, R: M.pixel_flipping(n, x, R, 0, fill=object()), TypeError, "fill must be"),
+    (lambda n, x, R: M.pixel_flipping(n, x, R, 9), ValueError, "out of range"),
+    (lambda n, x, R: M.faithfulness_correlation(n, x, R, 0, subset=64), ValueError,
+     "smaller than the 64 regions"),
+    (lambda n, x, R: M.faithfulness_correlation(n, x, R, 0, runs=2, subset=3,
+                                                subsets=np.zeros((6, 2, 2), int)),
+     ValueError, r"subsets must be ints of shape"),
+    (lambda n, x, R: M.monotonicity_correlation(n, x, R, 0, steps=2, runs=2,
+                                                noise=np.zeros(3)), ValueError, "noise has"),
+    (lambda n, x, R: M.road(n, x, R, np.zeros((6, 4))), ValueError, "needs classes"),
+    (lambda n, x, R: M.road(n, x, R, 0, percentages=[120]), ValueError, "percentages"),
+    (lambda n, x, R: M.irof(n, x, R, 0, segments=np.zeros((6, 8), int)), ValueError,
+     "segments must be"),
+    (lambda n, x, R: M.random_logit(n, x, R, 0, classes=np.zeros(6, int)), ValueError,
+     "other than the target"),
+    (lambda n, x, R: M.max_sensitivity(n, x, R, 0, runs=2, noise=np.zeros((6, 3, 1, 8, 8))),
+     ValueError, "noise has shape"),
+    (lambda n, x, R: M.max_sensitivity(n, x, R, 0, method="nope"), ValueError,
+     "unknown method"),
+    (lambda n, x, R: M.model_parameter_randomization(n, x, R, 0, order="up"), ValueError,
+     "order must be"),
+    (lambda n, x, R: M.top_k_intersection(n, x, R, 0, np.ones_like(x), k=64), ValueError,
+     "k must be smaller"),
+    (lambda n, x, R: M.pointing_game(n, x, R, 0, 2 * np.ones_like(x)), ValueError, "0/1"),
+    (lambda n, x, R: M.pointing_game(n, x, R, 0, np.ones((6, 8, 8))), ValueError,
+     "masks have shape"),
+])
+def test_errors(cnn, call, err, match):
+    net, x, R = cnn
+    with pytest.raises(err, match=match):
+        call(net, x, R)
+
+
+def test_road_and_irof_need_images():
+    rng = np.random.default_rng(0)
+    net = nets.mlp(rng, (6, 8, 3))
+    x = rng.normal(size=(2, 6))
+    for fn in (M.road, M.irof):
+        with pytest.raises(ValueError, match="needs images"):
+            fn(net, x, x, 0)
