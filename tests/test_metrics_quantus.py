@@ -429,3 +429,230 @@ def test_localisation_on_rgb_pools_the_channels(rgb):
     want = quantus.RelevanceMassAccuracy(**PLAIN)(model, x, y, a.sum(axis=1, keepdims=True),
                                                   masks)
     close(M.relevance_mass_accuracy(net, x, a, y, np.repeat(masks, 3, axis=1)).scores, want)
+
+
+# ----------------------------------------------------------------- "Coming from Quantus" --
+def test_row_black_baseline(grey):
+    """Quantus's "black" is each sample's minimum over all of x (its default baseline):
+    relprop's fill="min"; relprop's fill=0.0 is another baseline."""
+    model, net, x, a, y = grey
+    want = quantus.PixelFlipping(features_in_step=8, **PLAIN)(model, x, y, a, softmax=False)
+    close(M.pixel_flipping(net, x, a, y, steps=8, fill="min").curves[:, 1:], want)
+    zero = M.pixel_flipping(net, x, a, y, steps=8, fill=0.0).curves[:, 1:]
+    assert np.abs(zero - np.array(want)).max() > 1e-3
+
+
+@pytest.mark.parametrize("name,cls,kw", [
+    ("pixel_flipping", "PixelFlipping", {"features_in_step": 8}),
+    ("selectivity", "Selectivity", {"patch_size": 4}),
+    ("sensitivity_n", "SensitivityN", {"features_in_step": 8, "return_aggregate": False}),
+])
+def test_row_softmax(grey, name, cls, kw):
+    """Quantus scores softmax(f) by default in its perturbation metrics; relprop explains and
+    scores logits unless softmax=True."""
+    model, net, x, a, y = grey
+    want = getattr(quantus, cls)(**PLAIN, **kw)(model, x, y, a)  # Quantus's default softmax
+    steps = {"patch": 4} if name == "selectivity" else {"steps": 8}
+    got = getattr(M, name)(net, x, a, y, fill="min", softmax=True, **steps)
+    close(got.correlations if name == "sensitivity_n" else got.curves[:, 1:], want)
+
+
+def test_row_batch_wide_normalise(grey):
+    """Quantus's default normalise divides every attribution by the largest magnitude in the
+    whole batch, so one sample's scores move with another's attributions; relprop's do not."""
+    model, net, x, a, y = grey
+    kw = {"disable_warnings": True}
+    alone = quantus.RandomLogit(num_classes=5, **kw)(model, x[:2], y[:2], a[:2], **EXPLAIN)
+    b = a[:2].copy()
+    b[1] *= 100.0
+    moved = quantus.RandomLogit(num_classes=5, **kw)(model, x[:2], y[:2], b, **EXPLAIN)
+    assert abs(alone[0] - moved[0]) > 1e-3  # sample 0 changed with sample 1's attributions
+    classes = np.array([1, 0])  # (Quantus re-seeds: its draws here, see test_random_logit)
+    got = [M.random_logit(net, x[:2], r, y[:2], method=METHOD, classes=classes).scores[0]
+           for r in (a[:2], b)]
+    assert got[0] == got[1]
+
+
+def test_row_region_curves_without_the_unperturbed_point(rgb):
+    """Quantus's region curves are the drops f(x) - f(x after k regions) for k = 1..K;
+    relprop's curves are the scores for k = 0..K (curves[:, 0] = f(x))."""
+    model, net, x, a, y = rgb
+    want = np.array(quantus.RegionPerturbation(patch_size=4, regions_evaluation=5, **PLAIN)(
+        model, x, y, a, softmax=False))
+    got = M.region_perturbation(net, x, a, y, regions=5, patch=4, fill="min")
+    assert want.shape == (3, 5) and got.curves.shape == (3, 6)
+    close(got.curves[:, 0], model(torch.tensor(x)).detach().numpy()[np.arange(3), y])
+    close(got.curves[:, :1] - got.curves[:, 1:], want)
+
+
+def test_row_channels_apart(rgb):
+    """Quantus's per-feature metrics rank channel values: the first step of one feature
+    changes one channel of a pixel.  relprop ranks pixels (all channels) unless
+    channels="apart"."""
+    model, net, x, a, y = rgb
+    seen = []
+    from quantus.functions import perturb_func
+
+    original = perturb_func.batch_baseline_replacement_by_indices
+
+    def spy(arr, indices, **kw):
+        out = original(arr=arr, indices=indices, **kw)
+        seen.append(out.copy())
+        return out
+
+    want = quantus.PixelFlipping(features_in_step=12, perturb_func=spy, **PLAIN)(
+        model, x, y, a, softmax=False)
+    changed = (seen[0] != x.reshape(3, -1)).reshape(x.shape)
+    assert changed.sum(axis=(1, 2, 3)).tolist() == [12] * 3
+    assert changed.any(axis=1).sum() > 12  # the 12 values lie in more than 12 / 3 pixels
+    close(M.pixel_flipping(net, x, a, y, steps=36, fill="min", channels="apart").curves[:, 1:],
+          want)
+    together = M.pixel_flipping(net, x, a, y, steps=12, fill="min").curves[:, 1:]
+    assert not np.allclose(together, np.array(want)[:, 2::3], rtol=1e-3)
+
+
+def test_row_monotonicity_defect(grey):
+    """Quantus's Monotonicity writes the baseline into the baseline image: its curve is flat
+    and every attribution, even the negated one, is monotonic.  relprop inserts x's values
+    (the published metric; Quantus agrees given that perturb_func, test_monotonicity)."""
+    model, net, x, a, y = grey
+    for attribution in (a, -a):
+        want = quantus.Monotonicity(features_in_step=4, abs=False, **PLAIN)(
+            model, x, y, attribution, softmax=False)
+        assert want == [True] * 4
+    got = M.monotonicity(net, x, a, y, steps=16, fill="min")
+    assert got.scores.tolist() != [1.0] * 4
+
+
+def test_row_completeness_exact_equality():
+    """Quantus's Completeness tests float equality: gradient x input of a bias-free ReLU
+    network conserves f(x) - f(0) up to rounding, which Quantus calls incomplete; relprop
+    reports the gap and a tolerance (rtol=1e-4)."""
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32, bias=False),
+                                torch.nn.ReLU(), torch.nn.Linear(32, 4, bias=False)).eval()
+    net = rp.from_torch(model, (1, 8, 8))
+    x, _ = problem(6, 1, 8, seed=8)
+    y = np.arange(6) % 4
+    a = rp.gradient_x_input(net, x, y)
+    want = quantus.Completeness(perturb_baseline=0.0, **PLAIN)(model, x, y, a, softmax=False)
+    got = M.completeness(net, x, a, y, fill=0.0)
+    assert not all(want) and got.scores.tolist() == [1.0] * 6
+    assert np.all(np.abs(got.gaps) <= got.tolerance)
+
+
+def test_row_np_trapz(grey, monkeypatch):
+    """Quantus's IROF (and get_auc_score, return_auc_per_sample) call np.trapz, which NumPy
+    2.4 removed; relprop's areas work with today's NumPy."""
+    model, net = cnn(1, 16)
+    x, a = problem(2, 1, 16, seed=3)
+    monkeypatch.delattr(np, "trapz", raising=False)
+    if np.lib.NumpyVersion(np.__version__) < "2.4.0":
+        pytest.skip("this NumPy still has np.trapz")
+    with pytest.raises(AttributeError, match="trapz"):
+        quantus.IROF(perturb_baseline=0.0, **PLAIN)(model, x, np.array([0, 1]), a,
+                                                    softmax=False)
+    assert np.isfinite(M.irof(net, x, a, [0, 1], fill=0.0).quantus_auc).all()
+
+
+def test_row_random_logit_reseeds(grey):
+    """Quantus's RandomLogit calls np.random.seed(42) for every batch: the samples at the same
+    place of each batch get the same other class.  relprop draws sample i's from (seed, i)."""
+    model, net, x, a, y = grey
+    y = np.zeros(4, int)
+    with recorded("randint") as draws:
+        quantus.RandomLogit(num_classes=5, **PLAIN)(model, x, y, a, softmax=False,
+                                                    batch_size=2, **EXPLAIN)
+    assert_equal = np.testing.assert_array_equal
+    assert_equal(draws[0], draws[1])
+    got = M.random_logit(net, x, a, y, method=METHOD, seed=9)
+    drawn = [np.random.default_rng(np.random.SeedSequence(9, spawn_key=(i,))).integers(4)
+             for i in range(4)]
+    assert_equal(got.classes, np.array(drawn) + 1)  # every class but 0
+
+
+def test_row_mprt_reinitialization(grey):
+    """Quantus re-initializes torch modules (reset_parameters after torch.manual_seed(seed +
+    1)); relprop's Graph.randomized redraws each array from its own entries, a different draw
+    (test_model_parameter_randomization passes Quantus's networks through nets=)."""
+    from quantus.helpers.model.pytorch_model import PyTorchModel
+
+    model, net, x, _, y = grey
+    name, reset = next(iter(PyTorchModel(copy.deepcopy(model)).get_random_layer_generator()))
+    theirs = reset[int(name)].weight.detach().numpy()
+    ours = net.randomized([net.nodes[-1].name], seed=42).layers[-1].weight
+    original = model[int(name)].weight.detach().numpy()
+    assert np.isin(ours, original).all() and not np.isin(theirs, original).any()
+
+
+def test_row_absolute_values(grey, masks):
+    """Quantus takes |a| by default in AttributionLocalisation (and Monotonicity,
+    MonotonicityCorrelation, NonSensitivity, Sparseness, Complexity, MPRT); relprop takes R
+    as given where the definition does not say |R|: pass np.abs(R)."""
+    model, net, x, a, y = grey
+    want = quantus.AttributionLocalisation(**PLAIN)(model, x, y, a, masks)
+    close(M.attribution_localisation(net, x, np.abs(a), y, masks).scores, want)
+
+
+def test_row_irof_batch_padding():
+    """Quantus's IROF pads the curves of a batch to the largest segment count and takes
+    np.trapz over the padding: a sample's score depends on its batch.  relprop's does not
+    (with the same segments, given to both)."""
+    model, net = cnn(1, 16)
+    x, a = problem(2, 1, 16, seed=3)
+    y = np.array([0, 1])
+    segments = np.stack([M.segment(x[:1], "grid")[0][0] // 4, M.segment(x[:1], "grid")[0][0]])
+    from quantus.helpers import utils
+
+    def given(batch):  # Quantus segments sample after sample: hand it ours in turn
+        pending = list(batch)
+        return lambda img, segmentation_method: pending.pop(0)
+
+    metric = quantus.IROF(perturb_baseline=0.0, return_aggregate=False, **PLAIN)
+    original = utils.get_superpixel_segments
+    try:
+        utils.get_superpixel_segments = given(segments)
+        together = metric(model, x, y, a, softmax=False)
+        utils.get_superpixel_segments = given(segments[:1])
+        alone = metric(model, x[:1], y[:1], a[:1], softmax=False)
+    finally:
+        utils.get_superpixel_segments = original
+    got = M.irof(net, x, a, y, segments=segments, fill=0.0)
+    assert got.segmentation == "given" and got.counts.tolist() == [16, 64]
+    close(got.counts[:1] - got.quantus_auc[:1], alone)
+    assert abs(together[0] - alone[0]) > 1e-3
+
+
+
+def test_row_road_reads_the_first_batch():
+    """Quantus's ROAD reports the accuracy of its first batch only (batch_size samples);
+    relprop's accuracy is over all samples (here: those of the first batch, to compare)."""
+    model, net = cnn(1, 16)
+    x, a = problem(5, 1, 16, seed=4)
+    y = net(x).argmax(axis=1)
+    y[:2] = (y[:2] + 1) % 5
+    with recorded("randn") as draws:
+        want = quantus.ROAD(percentages=[50], **PLAIN)(model, x, y, a, softmax=False,
+                                                       batch_size=2)
+    noise = np.zeros((5, 1, 1, 256))
+    order = np.argsort(-a.reshape(5, -1), axis=1, kind="stable")
+    for i in range(5):
+        noise[i, 0][:, order[i, :128]] = draws[i]
+    got = M.road(net, x, a, y, percentages=[50], noise=noise.reshape(5, 1, 1, 16, 16))
+    assert want[50] == got.correct[:2].mean() == 0.0 and got.accuracy[0] > 0
+
+
+def test_row_attribution_localisation_weighted(grey, masks):
+    """Quantus's weighted AttributionLocalisation divides the mask's size by x_batch[2:].size
+    (the batch without its first two samples), so the score depends on the batch size;
+    relprop weighs by the mask's share of the pixels."""
+    model, net, x, a, y = grey
+    b = np.abs(a)
+    four = quantus.AttributionLocalisation(weighted=True, **PLAIN)(model, x, y, b, masks)
+    three = quantus.AttributionLocalisation(weighted=True, **PLAIN)(model, x[:3], y[:3],
+                                                                    b[:3], masks[:3])
+    assert abs(four[0] - three[0]) > 1e-3
+    plain = quantus.AttributionLocalisation(**PLAIN)(model, x, y, b, masks)
+    share = masks.reshape(4, -1).mean(axis=1)
+    close(M.attribution_localisation(net, x, b, y, masks, weighted=True).scores,
+          np.array(plain) * share)
