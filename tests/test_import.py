@@ -19,7 +19,7 @@ HEAVY = {
     # relprop's parts that are imported when used
     "relprop.importers", "relprop.evaluate", "relprop.prototypes", "relprop.models",
     "relprop.render", "relprop.plot", "relprop.cli", "relprop.stream", "relprop.dask",
-    "relprop.inputs", "relprop.reference",
+    "relprop.inputs", "relprop.reference", "relprop.metrics", "relprop.quantus",
 }
 
 

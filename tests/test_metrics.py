@@ -141,7 +141,7 @@ def test_randomized_graph_keeps_its_structure():
 
 
 @pytest.mark.parametrize("nodes,seed,err,match", [
-    (["nope"], 0, ValueError, "no node 'nope'"),
+    (["nope"], 0, ValueError, "cannot randomize: no node 'nope'"),
     (["1"], 0, ValueError, "has no parameters"),
     (["0"], np.random.default_rng(0), TypeError, "seed must be an int"),
 ])

@@ -68,7 +68,7 @@ def show_config(file=None, peak=False) -> dict:
 
 
 _LAZY_SUBMODULES = ("models", "render", "plot", "cli", "stream", "dask", "evaluate",
-                    "concepts")
+                    "concepts", "metrics")
 #: Names imported on first use, from the submodule that defines them: ``import relprop`` stays
 #: light (tests/test_import.py lists what it may not import).
 _LAZY_NAMES = {"from_onnx": "importers", "from_sklearn": "importers", "from_torch": "importers",

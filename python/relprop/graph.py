@@ -386,7 +386,7 @@ class Graph:
         Parameters
         ----------
         nodes : sequence of str
-            Names of nodes with parameters.
+            Names (or :attr:`aliases`) of nodes with parameters.
         seed : int
 
         Returns
@@ -409,8 +409,10 @@ class Graph:
         where = {node.name: j for j, node in enumerate(self.nodes)}
         layers = list(self.layers)
         for name in names:
-            if name not in where:
-                raise ValueError(f"no node {name!r} to randomize; nodes: {list(where)[:20]}")
+            try:
+                name = self.node_name(name)
+            except KeyError as exc:
+                raise ValueError(f"cannot randomize: {exc.args[0]}") from None
             j = where[name]
             layer = layers[j]
             arrays = layer.arrays()
@@ -421,10 +423,13 @@ class Graph:
             drawn = {k: rng.choice(a.ravel(), size=a.shape).astype(a.dtype)
                      for k, a in arrays.items()}
             layers[j] = type(layer).from_config(layer.config(), drawn)
-        if isinstance(self, Sequential):
-            return Sequential(layers, self.input_shape)
+        return self._with_layers(layers)
+
+    def _with_layers(self, layers):
+        """The same network with ``layers`` (one per node, in order) in its nodes."""
         nodes = [Node(node.name, layer, node.inputs) for node, layer in zip(self.nodes, layers)]
-        return Graph(nodes, self.input_shape, input_name=self.input_name, output=self.output)
+        return Graph(nodes, self.input_shape, input_name=self.input_name, output=self.output,
+                     aliases=self.aliases)
 
     # --- files ------------------------------------------------------------------------------
     def save(self, path):
@@ -503,6 +508,11 @@ class Sequential(Graph):
 
     def with_input_shape(self, input_shape):
         net = Sequential(self.layers, input_shape)
+        net.aliases = dict(self.aliases)
+        return net
+
+    def _with_layers(self, layers):
+        net = Sequential(layers, self.input_shape)
         net.aliases = dict(self.aliases)
         return net
 
