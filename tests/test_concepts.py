@@ -155,7 +155,7 @@ def test_inside_a_residual_block_the_shortcut_share_is_excluded():
     through the block's branch: f_y less what the addition sent to the shortcut (bias-free,
     LRP-0)."""
     net, (x, _) = _bias_free_resnet(), rp.models.digits_data()
-    x = x[:2].astype(np.float64)
+    x = x[:1].astype(np.float64)
     add = next(n for n in net.nodes if n.layer.kind == "add")
     names = [n.name for n in net.nodes]
     # the branch: the add's input that is not its shortcut (the shortcut is read elsewhere too)
@@ -172,9 +172,8 @@ def test_inside_a_residual_block_the_shortcut_share_is_excluded():
     seed[:, 4] = out[:, 4]
     ref.lrp(net, x, seed, rules, messages)
     to_shortcut = messages[add.name][1][list(add.inputs).index(shortcut)]
-    branch = got.heatmap.reshape(2, -1).sum(axis=1) if c == 1 else \
-        got.heatmap.reshape(2, c, -1).sum(axis=(1, 2))
-    np.testing.assert_allclose(branch + to_shortcut.reshape(2, -1).sum(axis=1), out[:, 4],
+    branch = got.heatmap.reshape(1, c, -1).sum(axis=(1, 2))
+    np.testing.assert_allclose(branch + to_shortcut.reshape(1, -1).sum(axis=1), out[:, 4],
                                rtol=1e-9)
     assert np.abs(to_shortcut).sum() > 1e-3 * np.abs(out[:, 4]).sum()  # a share was excluded
 
@@ -385,7 +384,7 @@ def rc_atlas(*args, **kw):
 
 def test_atlas_is_batch_and_thread_invariant(nthreads):
     whole = _digits_atlas()
-    for bs in (1, 7, 64):
+    for bs in (9, 64):
         _atlas_equal(whole, _digits_atlas(batch_size=bs))
 
 

@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._common import PRED, check_batch_size, is_int, pred_classes
+from .._common import (
+    PRED,
+    _batch_threads,
+    _side_by_side,
+    check_batch_size,
+    is_int,
+    pred_classes,
+)
 from .._validate import as_int
 from ..composites import as_composite
 from .relevance import Condition, ConditionedWalk, _node_indices, channel_sums
@@ -151,10 +158,16 @@ def atlas(net, x, layers, composite="epsilon_plus_flat", *, target=LABEL, labels
     n = x.shape[0]
     labels = part.check_labels(labels, n)
     step = check_batch_size(batch_size, 256)
-    acc = None
-    for start in range(0, n, step):
+    starts = range(0, n, step)
+
+    def run(start):
         stop = min(n, start + step)
-        chunk = part(x[start:stop], start, None if labels is None else labels[start:stop])
+        return part(x[start:stop], start, None if labels is None else labels[start:stop])
+
+    # small batches run side by side, a batch per thread (as the methods' batches do)
+    threads = _batch_threads(net, x, len(starts), min(step, n))
+    acc = None
+    for chunk in (map(run, starts) if threads == 1 else _side_by_side(run, starts, threads)):
         acc = chunk if acc is None else acc.merge(chunk)
     return acc.finish(part)
 
