@@ -505,3 +505,58 @@ def test_exact_sums_do_not_depend_on_grouping(values, cut):
         if counts[g]:
             exact = sum((Fraction(float(a)) for a in v[groups == g, 0]), Fraction(0))
             assert whole.mean(counts)[g, 0] == float(exact / int(counts[g]))
+
+
+# --- relprop.dask.atlas -------------------------------------------------------------------------
+@pytest.mark.parametrize("chunks, split_every, scheduler", [
+    (13, 2, "threads"), (64, 8, "sync"), (150, 8, "threads"), ((100, 7, 43), 3, "processes")])
+def test_dask_atlas_gives_the_in_process_bits(chunks, split_every, scheduler, tmp_path):
+    dask = pytest.importorskip("dask")
+    da = pytest.importorskip("dask.array")
+    import relprop.dask as rd
+
+    net, (x, y) = rp.models.digits_resnet(), rp.models.digits_data()
+    x, y = x[:150], y[:150]
+    want = _digits_atlas()
+    np.save(tmp_path / "x.npy", x)
+    xs = rd.from_npy(tmp_path / "x.npy", chunks=chunks) if isinstance(chunks, int) \
+        else da.from_array(x, chunks=(chunks, 1, 8, 8))
+    ys = da.from_array(y, chunks=37) if scheduler == "threads" else y
+    with dask.config.set(scheduler=scheduler):
+        got = rd.atlas(net, xs, ["block1.conv1", "block2.conv2", "fc"], labels=ys, k=6,
+                       split_every=split_every, batch_size=16)
+    _atlas_equal(want, got)
+
+
+def test_dask_atlas_checks_its_arguments_before_computing():
+    da = pytest.importorskip("dask.array")
+    import relprop.dask as rd
+
+    net, (x, y) = rp.models.digits_resnet(), rp.models.digits_data()
+    xs = da.from_array(x[:20], chunks=10)
+    with pytest.raises(ValueError, match="target='label' needs labels="):
+        rd.atlas(net, xs, ["fc"])
+    with pytest.raises(ValueError, match="labels has 5 entries for 20 samples"):
+        rd.atlas(net, xs, ["fc"], labels=y[:5])
+    with pytest.raises(ValueError, match="labels must be ints of shape"):
+        rd.atlas(net, xs, ["fc"], labels=da.from_array(y[:5], chunks=5))
+    with pytest.raises(ValueError, match="no node 'nope'"):
+        rd.atlas(net, xs, ["nope"], target="pred")
+    with pytest.raises(TypeError, match="must be a dask array"):
+        rd.atlas(net, x, ["fc"], target="pred")
+
+
+@pytest.mark.slow
+def test_dask_atlas_on_a_cluster_of_two_workers():
+    distributed = pytest.importorskip("distributed")
+    da = pytest.importorskip("dask.array")
+    import relprop.dask as rd
+
+    net, (x, _) = rp.models.digits_resnet(), rp.models.digits_data()
+    want = C.atlas(net, x, ["block2.conv1", "fc"], target="pred", k=5)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster):
+        got = rd.atlas(net, da.from_array(x, chunks=50), ["block2.conv1", "fc"],
+                       target="pred", k=5)
+    _atlas_equal(want, got)

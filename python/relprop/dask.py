@@ -62,7 +62,8 @@ from .metrics import pixel_flipping as _pixel_flipping
 from .metrics._base import FILLS, grid_regions
 from .ops import get_num_threads, set_num_threads
 
-__all__ = ["explain", "from_npy", "pixel_flipping", "use_worker_threads", "worker_threads"]
+__all__ = ["atlas", "explain", "from_npy", "pixel_flipping", "use_worker_threads",
+           "worker_threads"]
 
 #: Parameters of methods that may hold one row per sample (chunked along with ``x``).
 PER_SAMPLE_PARAMS = ("root", "baseline")
@@ -651,6 +652,98 @@ def pixel_flipping(net, x, R, target, steps=None, patch=1, fill=0.0,
 # --------------------------------------------------------------------------------------------
 # inputs
 # --------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------
+# concept atlas
+# --------------------------------------------------------------------------------------------
+def _atlas_block(x, labels, start, *, net, args):
+    from .concepts.maximization import AtlasBuilder
+
+    layers, composite, target, k, abs_norm, batch_size, params = args
+    builder = AtlasBuilder(net, x.shape[1:], layers, composite, target, k, abs_norm,
+                           **params)
+    with worker_threads():
+        return _atlas_parts(builder, x, start, labels, batch_size)
+
+
+def _atlas_parts(builder, x, start, labels, batch_size):
+    """The :class:`relprop.concepts.maximization.Partial` of one block, in passes of at most
+    ``batch_size`` samples."""
+    acc = None
+    for lo in range(0, len(x), batch_size):
+        hi = min(len(x), lo + batch_size)
+        part = builder(x[lo:hi], start + lo, None if labels is None else labels[lo:hi])
+        acc = part if acc is None else acc.merge(part)
+    return acc
+
+
+def _merge_parts(*parts):
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.merge(p)
+    return out
+
+
+def atlas(net, x, layers, composite="epsilon_plus_flat", *, target="label", labels=None, k=8,
+          abs_norm=True, batch_size=256, split_every=8, **rule_params):
+    """:func:`relprop.concepts.atlas` of the dask array ``x``: a task per block, the blocks'
+    top-k tables and class sums merged in a tree reduction (``split_every`` at a time).  The
+    merges are exact and associative, so the atlas is bitwise the in-process one, for any
+    chunking and scheduler.
+
+    Parameters
+    ----------
+    net : Sequential or Graph
+    x : dask.array.Array (n, *input_shape)
+    layers, composite, target, k, abs_norm, rule_params
+        As for :func:`relprop.concepts.atlas`.
+    labels : array (n,) of ints (NumPy or dask), optional
+        Required for ``target="label"``; chunked along with ``x``.
+    batch_size : int
+        Samples per pass inside a task.
+    split_every : int
+        Partial results merged by one task of the reduction.
+
+    Returns
+    -------
+    relprop.concepts.Atlas
+        Computed with the active scheduler.
+    """
+    from .concepts.maximization import AtlasBuilder
+
+    net = _check_net(net)
+    x, _ = _check_x(x, net)
+    if not _known(x):
+        raise ValueError("x has an unknown number of samples (compute its chunk sizes first)")
+    builder = AtlasBuilder(net, x.shape[1:], layers, composite, target, k, abs_norm,
+                           **rule_params)  # checks everything but the data now
+    n = int(x.shape[0])
+    if isinstance(labels, da.Array):  # values are checked where the blocks are computed
+        if labels.shape != (n,) or labels.dtype.kind not in "iu":
+            raise ValueError(f"labels must be ints of shape ({n},), got dtype {labels.dtype} "
+                             f"and shape {labels.shape}")
+        labels = labels.rechunk((x.chunks[0],))
+    elif labels is not None or builder.target == "label":
+        labels = da.from_array(builder.check_labels(labels, n), chunks=(x.chunks[0],))
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    split_every = int(split_every)
+    if split_every < 2:
+        raise ValueError(f"split_every must be at least 2, got {split_every}")
+    net_arg, _ = _shipped(net)
+    args = (tuple(builder.nodes), composite, builder.target, builder.k, builder.abs_norm,
+            batch_size, rule_params)
+    xs = x.to_delayed().ravel()
+    ls = labels.to_delayed().ravel() if labels is not None else [None] * len(xs)
+    starts = np.cumsum((0,) + x.chunks[0])[:-1]
+    block = dask.delayed(_atlas_block, pure=True)
+    level = [block(xb, lb, int(s), net=net_arg, args=args) for xb, lb, s in zip(xs, ls, starts)]
+    merge = dask.delayed(_merge_parts, pure=True)
+    while len(level) > 1:
+        level = [merge(*level[i:i + split_every]) for i in range(0, len(level), split_every)]
+    return level[0].compute().finish(builder)
+
+
 def from_npy(path, chunks=None):
     """A ``.npy`` file as a dask array whose blocks are read where they are computed (each
     task reads its rows; the file must be visible to the workers, e.g. on a shared disk).

@@ -224,6 +224,8 @@ class AtlasBuilder:
 
     def __call__(self, x, start, labels=None) -> Partial:
         x = self.net.check_input(np.asarray(x), self.check_finite)
+        if labels is not None:
+            labels = self._labels(labels, len(x))
         classes = []
 
         def make_seed(out):
