@@ -43,8 +43,7 @@ CLEAN = (ValueError, TypeError, MemoryError)
 EXAMPLES = 3 * settings.default.max_examples
 FUZZ = settings(max_examples=EXAMPLES, deadline=None)
 
-LINEAR_RULES = [name for name, cls in rp.rules.RULES.items()
-                if {rp.Dense, rp.Conv2d} <= set(cls.applies_to)]
+LINEAR_RULES = [name for name, cls in rp.rules.RULES.items() if "linear" in cls.applies_to]
 OTHER_RULES = sorted(set(rp.rules.RULES) - set(LINEAR_RULES))
 COMPOSITE_KWARGS = {"epsilon_gamma_box": {"low": -1.0, "high": 1.0}}
 

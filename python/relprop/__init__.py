@@ -1,6 +1,7 @@
 """relprop: fast, faithful explanations of ReLU networks on the CPU.
 
-Networks are graphs of layers (:class:`Graph`: Dense, Conv2d, ReLU, pooling, Add, Concat, ...)
+Networks are graphs of layers (:class:`Graph`: Dense, Conv2d, ReLU, pooling, Add, Concat, ...:
+the layer types of :mod:`relprop.layers`)
 or their chain special case :class:`Sequential`; the methods (gradient family, Taylor, LRP with
 Zennit-compatible rules and composites, deconvnet, guided backprop) run on C++/OpenMP kernels
 with a NumPy twin in :mod:`relprop.reference`.
@@ -12,24 +13,9 @@ from ._core import __version__
 from .averaged import integrated_gradients, smoothgrad
 from .composites import Composite
 from .graph import Graph, Node, Sequential, Trace, load
-from .layers import (
-    AdaptiveAvgPool2d,
-    Add,
-    AvgPool2d,
-    BatchNorm1d,
-    BatchNorm2d,
-    Concat,
-    Conv2d,
-    Dense,
-    Flatten,
-    GlobalAvgPool2d,
-    MaxPool2d,
-    ReLU,
-    ReLU6,
-    get_conv_algorithm,
-    release_memory,
-    set_conv_algorithm,
-)
+from .layers import *  # noqa: F403 (every registered layer type: relprop.layers.__all__)
+from .layers import __all__ as _layer_types
+from .layers import get_conv_algorithm, release_memory, set_conv_algorithm
 from .lrp import conservation, lrp
 from .methods import (
     METHODS,
@@ -97,9 +83,7 @@ def __dir__():
 __all__ = [
     "GaussianPrior", "Prototypes", "activation_maximization", "evaluate", "integrated_gradients",
     "smoothgrad",
-    "AdaptiveAvgPool2d", "Add", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Composite", "Concat",
-    "Conv2d", "Dense", "Flatten", "GlobalAvgPool2d", "Graph", "MaxPool2d", "METHODS", "Node",
-    "ReLU", "ReLU6", "Sequential", "TaylorInfo", "Trace",
+    *_layer_types, "Composite", "Graph", "METHODS", "Node", "Sequential", "TaylorInfo", "Trace",
     "__version__", "composites", "conservation", "deconvnet", "explain",
     "from_onnx", "from_sklearn", "from_torch", "get_num_threads",
     "gradient", "gradient_x_input", "guided_backprop", "load", "lrp", "pool_channels",

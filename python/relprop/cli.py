@@ -178,12 +178,11 @@ def check_parameters(name, keys):
 
 def methods_help():
     """The methods of :func:`relprop.explain` and their ``-p`` parameters, one per line."""
-    from . import layers as L
     from .composites import COMPOSITES
     from .methods import METHODS
     from .rules import RULES
 
-    rules = [r for r, cls in RULES.items() if L.Dense in getattr(cls, "applies_to", ())]
+    rules = [r for r, cls in RULES.items() if "linear" in cls.applies_to]
     names = (list(METHODS) + [f"lrp.{c}" for c in COMPOSITES] + [f"lrp.{r}" for r in rules])
     width = max(map(len, names)) + 2
     lines = ["methods (-m) and their parameters (-p KEY=VALUE, defaults shown):"]

@@ -1,26 +1,13 @@
 """Composites: which LRP rule each layer gets (Zennit's layer maps), and the named presets."""
 from __future__ import annotations
 
+from dataclasses import fields
+
 from . import layers as L
-from .rules import (
-    RULES,
-    AlphaBeta,
-    Epsilon,
-    Flat,
-    Gamma,
-    Norm,
-    Pass,
-    Rule,
-    WinnerTakeAll,
-    ZBox,
-    ZPlus,
-)
+from ._validate import as_scalar
+from .rules import RULES, AlphaBeta, Epsilon, Flat, Gamma, Rule, ZBox, ZPlus
 
 COMPOSITES: dict = {}
-
-_KINDS = {"dense": L.Dense, "conv2d": L.Conv2d, "linear": (L.Dense, L.Conv2d),
-          "maxpool2d": L.MaxPool2d, "avgpool2d": L.AvgPool2d, "globalavgpool2d": L.GlobalAvgPool2d,
-          "adaptiveavgpool2d": L.AdaptiveAvgPool2d, "add": L.Add}
 
 
 def register_composite(name):
@@ -31,11 +18,19 @@ def register_composite(name):
 
 
 def _types(t):
-    if isinstance(t, str):
-        if t not in _KINDS:
-            raise ValueError(f"unknown layer type {t!r}; use one of {sorted(_KINDS)}")
-        t = _KINDS[t]
-    return t if isinstance(t, tuple) else (t,)
+    """A layer_map key as a tuple of slot names, kinds and layer classes (ValueError for a
+    name no layer type takes)."""
+    out = t if isinstance(t, tuple) else (t,)
+    for name in out:
+        if isinstance(name, str) and not L.slot_types(name):
+            raise ValueError(f"unknown layer type {name!r}; use a layer class, or a slot or "
+                             f"kind: {L.slot_names()}")
+    return out
+
+
+def _matches(layer, types):
+    return any(layer.kind == t or t in layer.slots if isinstance(t, str) else isinstance(layer, t)
+               for t in types)
 
 
 def _check_rule(rule, where):
@@ -50,8 +45,10 @@ class Composite:
     Parameters
     ----------
     layer_map : list of (layer types, Rule) or dict
-        Types are layer classes or names ("dense", "conv2d", "linear", "avgpool2d", "add",
-        ...); the first matching entry wins.
+        Types are composite slots ("dense", "convolution", "linear" = both, "activation",
+        "avgpool", "maxpool", "sum", ...: each layer type lists the slots it takes, as Zennit's
+        layer types), kinds ("conv2d", ...), layer classes, or tuples of these; the first
+        matching entry wins.
     first_map : list of (layer types, Rule), or a Rule, optional
         For the input layers: the Dense/Conv2d nodes that read the network input with no other
         Dense/Conv2d on the way (in a chain, the first linear layer: Zennit's
@@ -62,18 +59,18 @@ class Composite:
         Rules for given nodes, above everything else.  In a :class:`relprop.Sequential` the
         nodes are named by layer index, and ints are accepted.
     stabilizer : float
-        Stabilizer of the default Norm rule of average pooling and Add nodes.
+        Stabilizer of the default rules that take one (Norm for average pooling and Add).
 
-    Nodes without a rule keep their defaults: Norm for average pooling and additions,
-    winner-take-all for max pooling; activations, Flatten, unfolded BatchNorm and Concat pass
-    relevance through.
+    Nodes without a rule get their layer type's default (``default_rule``): Norm for average
+    pooling and additions, winner-take-all for max pooling, Pass for activations, Flatten,
+    unfolded BatchNorm and Concat.
     """
 
     def __init__(self, layer_map=(), first_map=(), overrides=None, stabilizer=1e-6):
         if isinstance(layer_map, dict):
             layer_map = list(layer_map.items())
         if isinstance(first_map, Rule):
-            first_map = [((L.Dense, L.Conv2d), first_map)]
+            first_map = [("linear", first_map)]
         self.layer_map = [(_types(t), _check_rule(r, "layer_map")) for t, r in layer_map]
         self.first_map = [(_types(t), _check_rule(r, "first_map")) for t, r in first_map]
         self.overrides = {}
@@ -81,14 +78,24 @@ class Composite:
             if isinstance(k, bool) or not isinstance(k, (int, str)):
                 raise TypeError(f"overrides keys are node names (or layer indices), got {k!r}")
             self.overrides[str(k)] = _check_rule(r, f"overrides[{k!r}]")
-        self.defaults = [((L.AvgPool2d, L.GlobalAvgPool2d, L.AdaptiveAvgPool2d, L.Add),
-                          Norm(stabilizer)),
-                         ((L.MaxPool2d,), WinnerTakeAll()),
-                         ((L.ReLU, L.ReLU6, L.Flatten, L.BatchNorm, L.Concat), Pass())]
+        self.stabilizer = as_scalar(stabilizer, "stabilizer", minimum=0.0)
+        self._defaults = {}
 
     def __repr__(self):
         return (f"{type(self).__name__}(layer_map={self.layer_map}, first_map={self.first_map}, "
                 f"overrides={self.overrides})")
+
+    def default(self, layer):
+        """The rule of ``layer``'s type where the composite names none (None if it has no
+        default), made once per rule name; rules with a stabilizer get the composite's."""
+        name = layer.default_rule
+        if name is None:
+            return None
+        if name not in self._defaults:
+            cls = RULES[name]
+            takes = "stabilizer" in {f.name for f in fields(cls)}
+            self._defaults[name] = cls(stabilizer=self.stabilizer) if takes else cls()
+        return self._defaults[name]
 
     def rules(self, net) -> list:
         """The rule of every node of ``net``, in ``net.nodes`` order (raises ValueError for a
@@ -103,23 +110,23 @@ class Composite:
             layer = node.layer
             rule = self.overrides.get(node.name)
             if rule is None and node.name in first:
-                rule = next((r for t, r in self.first_map if isinstance(layer, t)), None)
+                rule = next((r for t, r in self.first_map if _matches(layer, t)), None)
             if rule is None:
-                rule = next((r for t, r in self.layer_map + self.defaults if isinstance(layer, t)),
-                            None)
+                rule = next((r for t, r in self.layer_map if _matches(layer, t)), None)
+            if rule is None:
+                rule = self.default(layer)
             where = f"{'layer' if type(net).__name__ == 'Sequential' else 'node'} {node.name}"
             if rule is None:
                 raise ValueError(f"no LRP rule for {where} ({layer!r})")
-            if not isinstance(layer, rule.applies_to):
+            if not rule.applies(layer):
                 raise ValueError(f"rule {rule!r} cannot be applied to {where} ({layer!r})")
             out.append(rule)
         return out
 
-
     def _first_layers(self, net) -> set:
         """Names of the input layers whose type ``first_map`` names."""
-        types = tuple(t for ts, _ in self.first_map for t in ts)
-        return {n for n in input_layers(net) if isinstance(net.node(n).layer, types)}
+        return {n for n in input_layers(net)
+                if any(_matches(net.node(n).layer, t) for t, _ in self.first_map)}
 
 
 def input_layers(net) -> set:
@@ -141,7 +148,7 @@ def as_composite(spec, **kwargs) -> Composite:
     if isinstance(spec, Composite):
         return spec
     if isinstance(spec, Rule):
-        return Composite([((L.Dense, L.Conv2d), spec)])
+        return Composite([("linear", spec)])
     if isinstance(spec, str):
         if spec in COMPOSITES:
             return COMPOSITES[spec](**kwargs)
@@ -155,33 +162,34 @@ def as_composite(spec, **kwargs) -> Composite:
 @register_composite("epsilon_plus")
 def EpsilonPlus(epsilon=1e-6, stabilizer=1e-6):
     """ZPlus for Conv2d, Epsilon for Dense."""
-    return Composite([(L.Conv2d, ZPlus(stabilizer)), (L.Dense, Epsilon(epsilon))],
+    return Composite([("convolution", ZPlus(stabilizer)), ("dense", Epsilon(epsilon))],
                      stabilizer=stabilizer)
 
 
 @register_composite("epsilon_plus_flat")
 def EpsilonPlusFlat(epsilon=1e-6, stabilizer=1e-6):
     """Flat for the first linear layer, ZPlus for other Conv2d, Epsilon for other Dense."""
-    return Composite([(L.Conv2d, ZPlus(stabilizer)), (L.Dense, Epsilon(epsilon))],
+    return Composite([("convolution", ZPlus(stabilizer)), ("dense", Epsilon(epsilon))],
                      first_map=Flat(stabilizer), stabilizer=stabilizer)
 
 
 @register_composite("epsilon_gamma_box")
 def EpsilonGammaBox(low, high, epsilon=1e-6, gamma=0.25, stabilizer=1e-6):
     """ZBox(low, high) for the first Conv2d, Gamma for other Conv2d, Epsilon for Dense."""
-    return Composite([(L.Conv2d, Gamma(gamma, stabilizer)), (L.Dense, Epsilon(epsilon))],
-                     first_map=[(L.Conv2d, ZBox(low, high, stabilizer))], stabilizer=stabilizer)
+    return Composite([("convolution", Gamma(gamma, stabilizer)), ("dense", Epsilon(epsilon))],
+                     first_map=[("convolution", ZBox(low, high, stabilizer))],
+                     stabilizer=stabilizer)
 
 
 @register_composite("epsilon_alpha2_beta1")
 def EpsilonAlpha2Beta1(epsilon=1e-6, stabilizer=1e-6):
     """AlphaBeta(2, 1) for Conv2d, Epsilon for Dense."""
-    return Composite([(L.Conv2d, AlphaBeta(2, 1, stabilizer)), (L.Dense, Epsilon(epsilon))],
+    return Composite([("convolution", AlphaBeta(2, 1, stabilizer)), ("dense", Epsilon(epsilon))],
                      stabilizer=stabilizer)
 
 
 @register_composite("epsilon_alpha2_beta1_flat")
 def EpsilonAlpha2Beta1Flat(epsilon=1e-6, stabilizer=1e-6):
     """Flat for the first linear layer, AlphaBeta(2, 1) for other Conv2d, Epsilon for Dense."""
-    return Composite([(L.Conv2d, AlphaBeta(2, 1, stabilizer)), (L.Dense, Epsilon(epsilon))],
+    return Composite([("convolution", AlphaBeta(2, 1, stabilizer)), ("dense", Epsilon(epsilon))],
                      first_map=Flat(stabilizer), stabilizer=stabilizer)

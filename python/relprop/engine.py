@@ -117,9 +117,10 @@ NO_FUSIONS = Fusions()
 
 
 def find_fusions(schedule, gradient=True):
-    """The :class:`Fusions` of a schedule; ``gradient=False`` leaves out those whose backward
-    pass is the gradient's only (the ReLU masks, and the pooling fusions whose backward pass
-    needs them)."""
+    """The :class:`Fusions` of a schedule, from the layers' fusion traits (``takes_epilogue``,
+    ``epilogue``, ``fuses_pool``; :mod:`relprop.layers.base`); ``gradient=False`` leaves out
+    those whose backward pass is the gradient's only (the ReLU masks, and the pooling fusions
+    whose backward pass needs them)."""
     nodes, inputs, uses = schedule.nodes, schedule.inputs, schedule.uses
     reader = {}
     for i, ids in enumerate(inputs):
@@ -130,20 +131,16 @@ def find_fusions(schedule, gradient=True):
         i = reader.get(t)
         return i if i is not None and uses[t] == 1 else None
 
-    def linear(layer):
-        return layer.kind in ("dense", "conv2d")
-
     relu, pool, through, pool_through = set(), set(), set(), set()
     masked, mask_through = set(), set()
     for i, node in enumerate(nodes):
-        if not linear(node.layer):
+        if not node.layer.takes_epilogue:
             continue
         j = only_reader(i + 1)
-        if j is None or nodes[j].layer.kind != "relu":
+        if j is None or nodes[j].layer.epilogue != "relu":
             continue
         k = only_reader(j + 1)
-        if gradient and k is not None and node.layer.kind == "conv2d" and \
-                node.layer.fuses_pool(nodes[k].layer):
+        if gradient and k is not None and node.layer.fuses_pool(nodes[k].layer):
             pool.add(i)
             pool_through |= {j, k}
         else:
@@ -152,8 +149,8 @@ def find_fusions(schedule, gradient=True):
     if gradient:
         for k, node in enumerate(nodes):
             t = inputs[k][0]
-            if linear(node.layer) and t > 0 and nodes[t - 1].layer.kind == "relu" and \
-                    only_reader(t) == k:
+            if node.layer.takes_epilogue and t > 0 and nodes[t - 1].layer.epilogue == "relu" \
+                    and only_reader(t) == k:
                 masked.add(k)
                 mask_through.add(t - 1)
     return Fusions(*map(frozenset, (relu, pool, through, pool_through, masked, mask_through)))

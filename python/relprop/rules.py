@@ -36,7 +36,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import layers as L
 from . import ops
 from ._validate import as_float_array, as_scalar
 
@@ -143,11 +142,16 @@ def _signed_t(layer, a, shares, exact=False):
 class Rule:
     """Base class: a rule for linear layers (Dense, Conv2d)."""
 
-    applies_to = (L.Dense, L.Conv2d)
+    #: The composite slots (``relprop.layers.slot_types``) of the layers the rule applies to.
+    applies_to = ("linear",)
     uses_parts = False
     #: Whether the rule's layer runs the direct method (see AlphaBeta and ZBox), whatever the
     #: convolution algorithm.
     exact = False
+
+    def applies(self, layer) -> bool:
+        """Whether the rule applies to ``layer`` (one of its slots is in ``applies_to``)."""
+        return any(slot in self.applies_to for slot in layer.slots)
 
     def reads(self, parts=False):
         """What :meth:`relevance` reads of the forward pass: ``"a"`` (the layer input) and/or
@@ -405,7 +409,7 @@ class Norm(Rule):
     (Zennit's Norm rule, which its ResNet canonizer gives the residual sums)."""
 
     stabilizer: float = 1e-6
-    applies_to = (L.AvgPool2d, L.GlobalAvgPool2d, L.AdaptiveAvgPool2d, L.Add)
+    applies_to = ("avgpool", "sum")
 
     def __post_init__(self):
         _check_stabilizer(self)
@@ -428,7 +432,7 @@ class WinnerTakeAll(Rule):
     """For MaxPool2d: all relevance of a window goes to its winning input (the gradient, with
     the winners of the forward pass)."""
 
-    applies_to = (L.MaxPool2d,)
+    applies_to = ("maxpool",)
 
     def reads(self, parts=False):
         return ""
@@ -443,7 +447,7 @@ class Pass(Rule):
     """Activations, Flatten and unfolded BatchNorm: relevance passes through unchanged
     (reshaped); Concat: relevance is sliced back to its inputs."""
 
-    applies_to = (L.ReLU, L.ReLU6, L.Flatten, L.BatchNorm, L.Concat)
+    applies_to = ("activation", "reshape", "batchnorm", "concat")
 
     def reads(self, parts=False):
         return ""

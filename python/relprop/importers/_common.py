@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import layers as L
 from ..graph import INPUT, Graph, Node, Sequential, ancestors
 
 #: Relative tolerance of the import self-check: ``max|relprop - source| <= rtol * max|source|``.
@@ -47,33 +46,6 @@ def as_input_shape(input_shape):
     if not shape or any(s <= 0 for s in shape):
         raise ValueError(f"input_shape must be positive sizes, got {shape}")
     return shape
-
-
-# --- pooling windows that every importer reads alike ------------------------------------------
-def is_identity_window(kernel, stride, padding):
-    """A pooling whose window is one element, moved one element at a time: the identity."""
-    return tuple(kernel) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
-
-
-def adaptive_avg_pool(shape, size, where):
-    """The layer of ``AdaptiveAvgPool2d(size)`` on per-sample input ``shape`` (c, h, w): None
-    where it is the identity (``size`` is the input size), GlobalAvgPool2d for size 1, an
-    AvgPool2d where ``size`` divides the input, else AdaptiveAvgPool2d.  ``None`` in ``size``
-    keeps that input size."""
-    if len(shape) != 3:
-        raise ValueError(f"{where}: adaptive average pooling expects (channels, height, width) "
-                         f"per sample, got shape {tuple(shape)}")
-    h, w = shape[1:]
-    oh, ow = (h if size[0] is None else int(size[0])), (w if size[1] is None else int(size[1]))
-    if oh <= 0 or ow <= 0:
-        raise ValueError(f"{where}: output size {(oh, ow)} must be positive")
-    if (oh, ow) == (h, w):
-        return None
-    if (oh, ow) == (1, 1):
-        return L.GlobalAvgPool2d()
-    if h % oh == 0 and w % ow == 0:
-        return L.AvgPool2d((h // oh, w // ow))
-    return L.AdaptiveAvgPool2d((oh, ow))
 
 
 class GraphBuilder:

@@ -16,23 +16,20 @@ import numpy as np
 
 from .. import layers as L
 from ..graph import INPUT
-from ._common import (
-    CHECK_RTOL,
-    GraphBuilder,
-    adaptive_avg_pool,
-    is_identity_window,
-    probe,
-    self_check,
-    softmax,
-)
+from ..layers.linear import bias_vector
+from ._common import CHECK_RTOL, GraphBuilder, probe, self_check, softmax
 
-#: The operators from_onnx reads, for error messages.
-SUPPORTED = ("Conv (group, dilations), Gemm, MatMul (+ Add as its bias), Add/Sum of tensors, "
-             "Concat (channel axis), Relu, Clip(0, 6), Clip(0), MaxPool, AveragePool, "
-             "GlobalAveragePool, ReduceMean over (2, 3), Flatten, Reshape/Squeeze as a flatten, "
-             "BatchNormalization, Dropout, Identity, Softmax (as the last node); constant and "
-             "shape subgraphs (Constant, Shape, Gather, Unsqueeze, Squeeze, Concat, Slice, Cast, "
-             "Reshape, arithmetic) are folded")
+#: Operators that are the identity (plumbing, besides the layer types' OnnxOp entries).
+_ALIASES = ("Dropout", "Identity")
+
+
+def supported():
+    """The operators from_onnx reads, for error messages: the layer types' entries and the
+    plumbing."""
+    ops = sorted(L.import_table(L.OnnxOp)) + list(_ALIASES)
+    return (f"{', '.join(ops)}, Softmax (as the last node); constant and shape subgraphs "
+            "(Constant, Shape, Gather, Unsqueeze, Squeeze, Concat, Slice, Cast, Reshape, "
+            "arithmetic) are folded")
 
 #: Batch sizes of the two evaluations of shape subgraphs for a model with a dynamic batch.
 _WORLDS = (3, 5)
@@ -212,6 +209,7 @@ class _Reader:
             for x in n.input:
                 self.readers.setdefault(x, []).append(n)
         self.softmax = False
+        self.ops = L.import_table(L.OnnxOp)  # the layer types' converters by operator
 
     def _input_info(self, vi):
         from onnx import TensorProto
@@ -253,17 +251,6 @@ class _Reader:
 
     def shape(self, node, i=0):
         return self.b.shapes[self.tensor(node, i)]
-
-    def add(self, node, layer, inputs, suffix=""):
-        """Add ``layer`` for ``node`` (None: ``node``'s output aliases its first input)."""
-        if layer is None:
-            self.data[node.output[0]] = inputs[0] if isinstance(inputs, list) else inputs
-            return
-        inputs = inputs if isinstance(inputs, list) else [inputs]
-        base = (node.name or node.output[0]) + suffix
-        name = self.b.add(base, layer, inputs, _node_where(node))
-        self.data[node.output[0]] = name
-        return name
 
     # --- the walk -----------------------------------------------------------------------------
     def run(self):
@@ -329,7 +316,7 @@ class _Reader:
                           self.opset) for k in (0, 1)]
         except _Unsupported:
             raise ValueError(f"{where}: the operator {node.op_type!r} on constants is not "
-                             f"supported; relprop reads {SUPPORTED}") from None
+                             f"supported; relprop reads {supported()}") from None
         except Exception as exc:  # numpy refuses inconsistent constants
             raise ValueError(f"{where}: cannot be evaluated on its constant inputs "
                              f"({type(exc).__name__}: {exc})") from None
@@ -337,232 +324,109 @@ class _Reader:
         self.consts[node.output[0]] = _Const(outs[0]) if same else _Const(outs[0], outs[1])
 
     def _op(self, node, where):
-        op, attrs = node.op_type, _attrs(node)
-        if op == "Conv":
-            self._conv(node, attrs, where)
-        elif op == "Gemm":
-            if attrs.get("transA", 0):
-                raise ValueError(f"{where}: transA=1 is not supported")
-            b = self.const(node, 1, "B")
-            if b.ndim != 2:
-                raise ValueError(f"{where}: B must be 2-D, got shape {b.shape}")
-            w = (b if attrs.get("transB", 0) else b.T) * attrs.get("alpha", 1.0)
-            c = self.const(node, 2, "C", required=False)
-            bias = None
-            if c is not None:
-                bias = _vector(c * attrs.get("beta", 1.0), w.shape[0], where, "C")
-            self.add(node, L.Dense(w.astype(b.dtype), bias), self.tensor(node))
-        elif op == "MatMul":
-            b = self.const(node, 1, "the second input")
-            if b.ndim != 2:
-                raise ValueError(f"{where}: the weight must be 2-D, got shape {b.shape}")
-            self.add(node, L.Dense(b.T), self.tensor(node))
-        elif op in ("Add", "Sum"):
-            self._add(node, where)
-        elif op == "Concat":
-            ins = [x for x in node.input if x]
-            if any(x not in self.data for x in ins):
-                raise ValueError(f"{where}: concatenates data with constants; not supported")
-            names = [self.data[x] for x in ins]
-            rank = len(self.b.shapes[names[0]]) + 1
-            axis = attrs.get("axis", 1)
-            if axis != 1 and axis + rank != 1:
-                raise ValueError(f"{where}: concatenation along axis={axis} is not supported "
-                                 "(only the channel axis, 1)")
-            self.add(node, L.Concat() if len(names) > 1 else None, names)
-        elif op == "Relu":
-            self.add(node, L.ReLU(), self.tensor(node))
-        elif op == "Clip":
-            self.add(node, self._clip(node, attrs, where), self.tensor(node))
-        elif op in ("MaxPool", "AveragePool"):
-            if op == "MaxPool" and attrs.get("storage_order", 0):
-                raise ValueError(f"{where}: storage_order=1 is not supported")
-            kernel, strides, pads, _ = _window_attrs(attrs, where)
-            if op == "AveragePool" and any(pads) and not attrs.get("count_include_pad", 0):
-                raise ValueError(f"{where}: count_include_pad=0 with padding is not supported")
-            layer = None
-            if not is_identity_window(kernel, strides, pads):
-                layer = (L.MaxPool2d if op == "MaxPool" else L.AvgPool2d)(kernel, strides, pads)
-            self.add(node, layer, self.tensor(node))
-        elif op == "GlobalAveragePool":
-            self.add(node, adaptive_avg_pool(self.shape(node), (1, 1), where), self.tensor(node))
-        elif op == "ReduceMean":
-            self._reduce_mean(node, attrs, where)
-        elif op == "Flatten":
-            axis = attrs.get("axis", 1)
-            if axis != 1:
-                raise ValueError(f"{where}: axis={axis} is not supported (only 1)")
-            self.add(node, L.Flatten() if len(self.shape(node)) > 1 else None, self.tensor(node))
-        elif op == "Reshape":
-            self._reshape(node, attrs, where)
-        elif op == "Squeeze":
-            self._squeeze(node, attrs, where)
-        elif op == "BatchNormalization":
-            if attrs.get("training_mode", 0):
-                raise ValueError(f"{where}: training_mode=1 is not supported")
-            scale, shift, mean, var = (self.const(node, i, n) for i, n in
-                                       enumerate(("scale", "B", "mean", "var"), start=1))
-            shape = self.shape(node)
-            cls = L.BatchNorm2d if len(shape) == 3 else L.BatchNorm1d
-            try:
-                bn = cls(scale, shift, mean, var, eps=float(attrs.get("epsilon", 1e-5)))
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"{where}: {exc}") from None
-            self.add(node, bn, self.tensor(node))
-        elif op in ("Dropout", "Identity"):
-            self.add(node, None, self.tensor(node))
-        elif op in _ACTIVATIONS:
-            raise ValueError(f"{where}: the activation {op} is not supported (relprop explains "
-                             "ReLU networks: Relu, Clip(0, 6))")
+        entry = self.ops.get(node.op_type)
+        if entry is not None:
+            call = _Call(self, node, where)
+            call.result(entry[0].convert(call))
+        elif node.op_type in _ALIASES:
+            self.data[node.output[0]] = self.tensor(node)
+        elif node.op_type in _ACTIVATIONS:
+            raise ValueError(f"{where}: the activation {node.op_type} is not supported; relprop "
+                             f"reads {supported()}")
         else:
-            raise ValueError(f"{where}: unsupported ONNX operator {op!r}; relprop reads "
-                             f"{SUPPORTED}")
+            raise ValueError(f"{where}: unsupported ONNX operator {node.op_type!r}; relprop reads "
+                             f"{supported()}")
 
-    def _conv(self, node, attrs, where):
-        w = self.const(node, 1, "W")
-        if w.ndim != 4:
-            raise ValueError(f"{where}: only 2-D convolutions are supported (W shape {w.shape})")
-        attrs.setdefault("kernel_shape", w.shape[2:])
-        kernel, strides, pads, dilation = _window_attrs(attrs, where, pooling=False)
-        if tuple(kernel) != tuple(w.shape[2:]):
-            raise ValueError(f"{where}: kernel_shape {tuple(kernel)} disagrees with W of shape "
-                             f"{w.shape}")
-        try:
-            layer = L.Conv2d(w, self.const(node, 2, "B", required=False), strides, pads,
-                             dilation=dilation, groups=attrs.get("group", 1))
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"{where}: {exc}") from None
-        self.add(node, layer, self.tensor(node))
-
-    def _clip(self, node, attrs, where):
-        if self.opset < 11:
-            low, high = attrs.get("min", None), attrs.get("max", None)
-        else:
-            low = self.const(node, 1, "min", required=False)
-            high = self.const(node, 2, "max", required=False)
-        low = None if low is None else float(np.asarray(low).reshape(-1)[0]) \
-            if np.asarray(low).size == 1 else np.nan
-        high = None if high is None else float(np.asarray(high).reshape(-1)[0]) \
-            if np.asarray(high).size == 1 else np.nan
-        if low == 0 and (high is None or high == np.inf):
-            return L.ReLU()
-        if low == 0 and high == 6:
-            return L.ReLU6()
-        raise ValueError(f"{where}: the activation Clip(min={low}, max={high}) is not supported "
-                         "(only Clip(0) = ReLU and Clip(0, 6) = ReLU6)")
-
-    def _add(self, node, where):
-        ins = [x for x in node.input if x]
-        data = [x for x in ins if x in self.data]
-        if len(data) == len(ins):
-            if len(data) == 1:
-                self.add(node, None, self.data[data[0]])
-            else:
-                self.add(node, L.Add(), [self.data[x] for x in data])
-            return
-        if node.op_type != "Add" or len(ins) != 2:
-            raise ValueError(f"{where}: sums data with constants; not supported")
-        self._add_bias(node, data[0], next(x for x in ins if x not in self.data), where)
-
-    def _add_bias(self, node, x, c, where):
-        """``linear(..) + c`` with a per-output constant: folded into the linear layer's bias
-        when nothing else reads the linear layer's output."""
+    def fold_bias(self, node, where):
+        """``linear(..) + c`` with a per-output constant ``c``: folded into the bias of the
+        linear layer that makes the other operand when nothing else reads its output; returns
+        that layer's tensor."""
+        x = next(i for i in node.input if i in self.data)
+        c = next(i for i in node.input if i and i not in self.data)
         src = self.data[x]
         i = next((k for k, n in enumerate(self.b.nodes) if n.name == src), None)
         prev = self.b.nodes[i].layer if i is not None else None
-        if not isinstance(prev, (L.Dense, L.Conv2d)) or len(self.readers.get(x, [])) != 1 or \
+        if not (prev is not None and prev.linear) or len(self.readers.get(x, [])) != 1 or \
                 x == self.output_name:
             raise ValueError(f"{where}: adds a constant to {x!r}; supported only as the bias of "
                              "the MatMul/Gemm/Conv right before it, read by nothing else")
-        cv = self.consts[c]
-        if not cv.same():
-            raise ValueError(f"{where}: the added constant depends on the batch size")
-        cv = cv.v[0]
+        cv = self.const(node, list(node.input).index(c), "the added constant")
         n = prev.weight.shape[0]
         if isinstance(prev, L.Conv2d) and cv.ndim >= 3 and cv.shape[-2:] != (1, 1):
             raise ValueError(f"{where}: Add of shape {cv.shape} is not a per-channel bias")
-        bias = _vector(cv, n, where, "Add operand").astype(prev.weight.dtype)
+        bias = bias_vector(cv, n, _Call(self, node, where), "Add operand").astype(
+            prev.weight.dtype)
         if prev.bias is not None:
             bias = prev.bias + bias
         node_i = self.b.nodes[i]
         self.b.nodes[i] = type(node_i)(node_i.name, prev.with_parameters(prev.weight, bias),
                                        node_i.inputs)
-        self.data[node.output[0]] = src
+        return src
 
-    def _reduce_mean(self, node, attrs, where):
-        shape = self.shape(node)
-        if self.opset >= 18:
-            axes = self.const(node, 1, "axes", required=False)
-        else:
-            axes = attrs.get("axes", None)
-        axes = None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
-        rank = len(shape) + 1
-        if len(shape) != 3 or axes is None or sorted(a % rank for a in axes) != [2, 3]:
-            raise ValueError(f"{where}: ReduceMean over axes {axes} of per-sample shape "
-                             f"{tuple(shape)} is not supported (only over height and width)")
-        pooled = adaptive_avg_pool(shape, (1, 1), where)
-        if attrs.get("keepdims", 1):
-            self.add(node, pooled, self.tensor(node))
-            return
-        x = self.tensor(node)
-        if pooled is not None:
-            x = self.b.add(node.name or node.output[0], pooled, [x], where)
-        self.data[node.output[0]] = self.b.add((node.name or node.output[0]) + ".flatten",
-                                               L.Flatten(), [x], where)
 
-    def _reshape(self, node, attrs, where):
-        shape = self.shape(node)
-        c = self.consts.get(node.input[1]) if len(node.input) > 1 else None
+class _Call:
+    """What a converter sees of one ONNX node (:mod:`relprop.layers.base`): ``node``,
+    ``where``, ``attrs``, ``opset``, ``inputs`` (the relprop names of its data inputs),
+    ``n_inputs`` (of all its inputs), ``shape`` (of its first data input), ``worlds`` (the
+    batch sizes of the two evaluations of shape subgraphs), ``error``, ``const``, ``window``,
+    ``targets``, ``add``, ``add_bias``."""
+
+    def __init__(self, reader, node, where):
+        self.reader, self.node, self.where = reader, node, where
+        self.attrs, self.opset, self.worlds = _attrs(node), reader.opset, reader.worlds
+        present = [x for x in node.input if x]
+        self.inputs = [reader.data[x] for x in present if x in reader.data]
+        self.n_inputs = len(present)
+
+    @property
+    def shape(self):
+        return self.reader.b.shapes[self.inputs[0]]
+
+    def error(self, msg):
+        return ValueError(f"{self.where}: {msg}")
+
+    def const(self, i, what, required=True):
+        return self.reader.const(self.node, i, what, required)
+
+    def window(self, pooling=True):
+        """``(kernel, strides, pads, dilations)`` of a Conv or pooling, pads symmetric."""
+        return _window_attrs(self.attrs, self.where, pooling)
+
+    def targets(self, i, what):
+        """Input ``i``, a constant that may depend on the batch size, as a list of ints per
+        batch size of ``worlds``."""
+        c = self.reader.consts.get(self.node.input[i]) if i < len(self.node.input) else None
         if c is None:
-            raise ValueError(f"{where}: the target shape must be a constant (or computed from "
-                             "shapes only)")
-        flat = int(np.prod(shape))
-        allowzero = attrs.get("allowzero", 0)
-        targets = [[int(v) for v in np.asarray(t).reshape(-1)] for t in c.v]
+            raise self.error(f"{what} must be a constant (or computed from shapes only)")
+        return [[int(v) for v in np.asarray(t).reshape(-1)] for t in c.v]
 
-        def resolved(t, batch):
-            full = (batch,) + tuple(shape)
-            if not allowzero:
-                t = [full[k] if v == 0 and k < len(full) else v for k, v in enumerate(t)]
-            return t
+    def add(self, layer, inputs=None, suffix=""):
+        """Add ``layer`` reading ``inputs`` (default: the data inputs) named after the node;
+        returns its tensor's name."""
+        base = (self.node.name or self.node.output[0]) + suffix
+        return self.reader.b.add(base, layer, self.inputs if inputs is None else inputs,
+                                 self.where)
 
-        def is_flatten(t, batch):
-            return len(t) == 2 and ((t[0] == batch and t[1] in (flat, -1)) or
-                                    (t[0] == -1 and t[1] == flat))
+    def add_bias(self):
+        return self.reader.fold_bias(self.node, self.where)
 
-        def is_same(t, batch):
-            return t == [batch, *shape]
-
-        ts = [resolved(t, b) for t, b in zip(targets, self.worlds)]
-        if all(is_flatten(t, b) for t, b in zip(ts, self.worlds)):
-            self.add(node, L.Flatten() if len(shape) > 1 else None, self.tensor(node))
-        elif all(is_same(t, b) for t, b in zip(ts, self.worlds)):
-            self.add(node, None, self.tensor(node))
-        else:
-            raise ValueError(f"{where}: Reshape to {targets[0]} from per-sample shape "
-                             f"{tuple(shape)} is not a flatten (n, -1); not supported")
-
-    def _squeeze(self, node, attrs, where):
-        shape = self.shape(node)
-        if self.opset >= 13:
-            axes = self.const(node, 1, "axes", required=False)
-        else:
-            axes = attrs.get("axes", None)
-        rank = len(shape) + 1
-        axes = None if axes is None else sorted(int(a) % rank for a in np.asarray(axes).reshape(-1))
-        full = (None,) + tuple(shape)
-        if axes is None:
-            axes = [k for k in range(1, rank) if full[k] == 1]
-        if 0 in axes or any(full[k] != 1 for k in axes):
-            raise ValueError(f"{where}: Squeeze of axes {axes} of per-sample shape {tuple(shape)} "
-                             "is not supported")
-        kept = [full[k] for k in range(1, rank) if k not in axes]
-        if len(kept) != 1:
-            raise ValueError(f"{where}: Squeeze to per-sample shape {tuple(kept)} is not a "
-                             "flatten; not supported")
-        self.add(node, L.Flatten() if len(shape) > 1 else None, self.tensor(node))
+    def result(self, value):
+        """Record a converter's result as the node's output (see :mod:`relprop.layers.base`)."""
+        if value is None:
+            value = self.inputs[0]
+        if isinstance(value, L.Layer):
+            value = [value]
+        if isinstance(value, list):
+            out = self.inputs[0]
+            for k, layer in enumerate(v for v in value if v is not None):
+                out = self.add(layer, None if k == 0 else [out], "" if k == 0 else
+                               f".{layer.kind}")
+            value = out
+        self.reader.data[self.node.output[0]] = value
 
 
+#: Activation operators, named as such where relprop refuses them (an OnnxOp entry of a layer
+#: type is looked up first).
 _ACTIVATIONS = {"LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Gelu",
                 "HardSigmoid", "HardSwish", "Softplus", "Softsign", "ThresholdedRelu", "Mish",
                 "Erf", "Exp", "Log", "LogSoftmax"}
@@ -641,15 +505,6 @@ def _eval(op, ins, attrs, opset):
             np.float32(0)
         return np.full([int(v) for v in x.reshape(-1)], fill, dtype=np.asarray(fill).dtype)
     raise _Unsupported(op)
-
-
-def _vector(v, n, where, what):
-    v = np.asarray(v)
-    if v.size == 1:
-        return np.full(n, v.reshape(()), dtype=v.dtype)
-    if v.size != n or max(v.shape) != n:
-        raise ValueError(f"{where}: {what} of shape {v.shape} is not a bias of length {n}")
-    return v.reshape(n)
 
 
 def from_onnx(path_or_model, *, check=True, rtol=CHECK_RTOL):

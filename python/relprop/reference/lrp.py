@@ -8,7 +8,7 @@ contributions ``c[n, k, j]`` of input j to output k and the denominators ``d[n, 
 import numpy as np
 
 from . import ops
-from .network import as_matrix, forward, layer_backward
+from .network import as_matrix, forward, layer_backward, layer_forward
 
 pos = lambda v: np.maximum(v, 0)  # noqa: E731
 neg = lambda v: np.minimum(v, 0)  # noqa: E731
@@ -83,15 +83,15 @@ def _bound(v, shape):
 
 
 def lrp_node(layer, rule, xs, r):
-    """Relevance of each of a node's inputs ``xs`` (a list) from ``r`` under ``rule``: Add and
-    Concat nodes, then every single-input layer through :func:`lrp_layer`."""
+    """Relevance of each of a node's inputs ``xs`` (a list) from ``r`` under ``rule``: nodes of
+    several inputs (Norm on a sum: ``R_i = x_i r / stab(sum_j x_j)``; Pass: the backward pass,
+    Concat's slicing), then every single-input layer through :func:`lrp_layer`."""
     name = type(rule).__name__
-    if layer.kind == "add" and name == "Norm":  # R_i = x_i r / stab(sum_j x_j)
-        s = ops.lrp_divide(r, sum(xs[1:], xs[0]), rule.stabilizer)
+    if len(xs) > 1 and name == "Norm":
+        s = ops.lrp_divide(r, layer_forward(layer, *xs), rule.stabilizer)
         return [x * s for x in xs]
-    if layer.kind == "concat" and name == "Pass":  # sliced back
-        bounds = np.cumsum([0] + [x.shape[1] for x in xs])
-        return [r[:, lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+    if len(xs) > 1 and name == "Pass":
+        return layer_backward(layer, r, xs)
     if len(xs) != 1:
         raise ValueError(f"reference: no twin for rule {name} on {layer.kind}")
     return [lrp_layer(layer, rule, xs[0], r)]

@@ -1,101 +1,22 @@
 """Reference forward/backward passes through a relprop network (a graph: its nodes in order,
 each reading named tensors) and the gradient methods.
 
-Layers are read through their public attributes (``kind``, ``weight``, ``bias``, ``stride``,
-``padding``, ``kernel_size``, ...); nothing of relprop's compute path is used.
+Each layer runs through the twin of its kind (:mod:`relprop.reference.layers`); nothing of
+relprop's compute path is used.
 """
 import numpy as np
 
-from . import ops
-
-
-def _window(layer, shape):
-    if layer.kind == "globalavgpool2d":
-        hw = tuple(shape[-2:])
-        return hw, hw, (0, 0)
-    return layer.kernel_size, layer.stride, layer.padding
-
-
-def _conv_kw(layer):
-    """Dilation and groups of a Conv2d, where they differ from the defaults."""
-    kw = {}
-    if getattr(layer, "dilation", (1, 1)) != (1, 1):
-        kw["dilation"] = layer.dilation
-    if getattr(layer, "groups", 1) != 1:
-        kw["groups"] = layer.groups
-    return kw
-
-
-def _affine(layer, dtype):
-    """``(s, t)`` of an unfolded BatchNorm: ``y = x * s + t`` per channel."""
-    s = layer.scale / np.sqrt(layer.var + layer.eps)
-    return s.astype(dtype), (layer.shift - layer.mean * s).astype(dtype)
+from .layers import twin
 
 
 def layer_forward(layer, *xs):
-    k = layer.kind
-    x = xs[0]
-    if k == "dense":
-        return ops.dense_forward(x, layer.weight.astype(x.dtype), _b(layer, x.dtype))
-    if k == "conv2d":
-        return ops.conv2d_forward(x, layer.weight.astype(x.dtype), _b(layer, x.dtype),
-                                  layer.stride, layer.padding, **_conv_kw(layer))
-    if k == "relu":
-        return ops.relu_forward(x)
-    if k == "relu6":
-        return ops.relu6_forward(x)
-    if k == "flatten":
-        return x.reshape(len(x), -1)
-    if k == "maxpool2d":
-        return ops.maxpool2d_forward(x, *_window(layer, x.shape))[0]
-    if k in ("avgpool2d", "globalavgpool2d"):
-        return ops.avgpool2d_forward(x, *_window(layer, x.shape))
-    if k == "adaptiveavgpool2d":
-        return ops.adaptive_avgpool2d_forward(x, layer.output_size)
-    if k.startswith("batchnorm"):
-        s, t = _affine(layer, x.dtype)
-        return ops.channel_affine(x, s, t)
-    if k == "add":
-        return sum(xs[1:], xs[0])
-    if k == "concat":
-        return np.concatenate(xs, axis=1)
-    raise ValueError(f"reference: unknown layer {k}")
-
-
-def _b(layer, dtype):
-    return None if layer.bias is None else layer.bias.astype(dtype)
+    """The output of ``layer`` on its inputs (its twin's forward pass)."""
+    return twin(layer).forward(layer, *xs)
 
 
 def layer_backward(layer, g, xs, relu_mode="gradient"):
     """The vector-Jacobian product w.r.t. each input (a list)."""
-    k = layer.kind
-    x = xs[0]
-    if k == "dense":
-        return [ops.dense_backward(g, layer.weight.astype(g.dtype))]
-    if k == "conv2d":
-        return [ops.conv2d_backward(g, layer.weight.astype(g.dtype), x.shape[2:], layer.stride,
-                                    layer.padding, **_conv_kw(layer))]
-    if k == "relu":
-        return [ops.relu_backward(g, x, relu_mode)]
-    if k == "relu6":
-        return [ops.relu6_backward(g, x, relu_mode)]
-    if k == "flatten":
-        return [g.reshape(x.shape)]
-    if k == "maxpool2d":
-        _, arg = ops.maxpool2d_forward(x, *_window(layer, x.shape))
-        return [ops.maxpool2d_backward(g, arg, x.shape[2:], *_window(layer, x.shape))]
-    if k in ("avgpool2d", "globalavgpool2d"):
-        return [ops.avgpool2d_backward(g, x.shape[2:], *_window(layer, x.shape))]
-    if k == "adaptiveavgpool2d":
-        return [ops.adaptive_avgpool2d_backward(g, x.shape[2:])]
-    if k.startswith("batchnorm"):
-        return [ops.channel_affine(g, _affine(layer, g.dtype)[0])]
-    if k == "add":
-        return [g for _ in xs]
-    if k == "concat":
-        bounds = np.cumsum([0] + [a.shape[1] for a in xs])
-        return [g[:, lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
-    raise ValueError(f"reference: unknown layer {k}")
+    return list(twin(layer).backward(layer, g, xs, relu_mode))
 
 
 def _tensors(net):
@@ -170,17 +91,12 @@ def as_matrix(layer, in_shape, dtype=np.float64, weight=None):
     """
     size = int(np.prod(in_shape))
     basis = np.eye(size, dtype=dtype).reshape((size,) + tuple(in_shape))
-    k = layer.kind
-    if k in ("dense", "conv2d"):
+    apply = twin(layer).apply
+    if apply is not None:
         w = (layer.weight if weight is None else weight).astype(dtype)
-        if k == "dense":
-            cols = ops.dense_forward(basis, w)
-            bias = np.zeros(w.shape[0]) if layer.bias is None else layer.bias.astype(dtype)
-        else:
-            cols = ops.conv2d_forward(basis, w, None, layer.stride, layer.padding,
-                                      **_conv_kw(layer))
-            b = np.zeros(w.shape[0]) if layer.bias is None else layer.bias.astype(dtype)
-            bias = np.broadcast_to(b[:, None, None], cols.shape[1:]).ravel()
+        cols = apply(layer, basis, w, None)
+        b = np.zeros(w.shape[0]) if layer.bias is None else layer.bias.astype(dtype)
+        bias = np.broadcast_to(b.reshape((-1,) + (1,) * (cols.ndim - 2)), cols.shape[1:]).ravel()
     else:
         cols = layer_forward(layer, basis)
         bias = np.zeros(cols[0].size)

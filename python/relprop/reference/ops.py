@@ -400,3 +400,8 @@ def winograd_abs(x, w, padding=(1, 1), *, tile=4, backward=False):
         padding = tuple(2 - p for p in _pair(padding))
     u = np.einsum("ku,ocuv,lv->kloc", G, w, G)
     return _winograd(np.abs(x).astype(np.float64), u, bt, at, padding, tile)
+
+
+#: Every kernel's twin (the public functions of this module).
+__all__ = [name for name, fn in list(globals().items()) if callable(fn)
+           and not name.startswith("_") and getattr(fn, "__module__", None) == __name__]

@@ -1,24 +1,5 @@
-"""Layers: the nodes of a :class:`relprop.Graph` (and of its chain, :class:`relprop.Sequential`).
-
-Every layer describes itself, so that the engine, the rules, the loader and ``relprop info``
-need no per-kind code:
-
-* ``output_shape(*shapes)`` - the per-sample output shape for per-sample input shapes
-  (validates, raising ``ValueError``);
-* ``forward(*xs) -> (y, state)`` - the output and what the backward pass needs besides the
-  inputs (pooling winners);
-* ``vjp(g, xs, state, relu_mode) -> tuple`` - the vector-Jacobian product w.r.t. each input;
-  it reads the values of the inputs only where ``backward_reads_input`` (ReLU, ReLU6),
-  otherwise their shapes; single-input layers implement ``backward(g, x, state, relu_mode)``;
-* ``config()`` / ``arrays()`` / ``from_config(cfg, arrays)`` - the JSON description and the
-  parameters, for save and load; ``kind`` names the layer in files;
-* ``flops(in_shapes, out_shape)`` and ``describe()`` - for ``relprop info``.
-
-Linear layers (:class:`Dense`, :class:`Conv2d`) also expose ``apply(x, w, b)``,
-``apply_split`` and ``apply_t(g, w, x_shape)`` with explicit parameters, so that LRP rules can
-run the same kernels on rule-modified weights (made once per layer, rule and dtype by
-:meth:`Linear.modified`).
-"""
+"""Layers with weights: Dense and Conv2d (the ``linear`` slot: LRP's linear rules apply to
+them), and the packed weight copies they keep for small calls."""
 from __future__ import annotations
 
 import threading
@@ -26,101 +7,21 @@ import weakref
 
 import numpy as np
 
-from . import ops
-from ._validate import as_float_array, as_int, as_pair, as_scalar
-
-#: Layer classes by ``kind`` (the name in model files), filled by :func:`register_layer`.
-LAYER_TYPES: dict = {}
-
-
-def register_layer(cls):
-    """Class decorator: make ``cls`` loadable by its ``kind``."""
-    LAYER_TYPES[cls.kind] = cls
-    return cls
-
-
-def _pair_text(p):
-    return str(p[0]) if p[0] == p[1] else f"{p[0]}x{p[1]}"
-
-
-def _numel(shape):
-    return int(np.prod(shape, dtype=np.int64))
-
-
-class Layer:
-    """Base class of all layers (single input unless ``n_inputs`` says otherwise)."""
-
-    kind = "layer"
-    #: Number of inputs, or None for any number >= 2 (Add, Concat).
-    n_inputs = 1
-    linear = False
-    #: Whether the backward pass reads the values of the inputs (not only their shapes).
-    backward_reads_input = False
-    #: A layer whose output is cheap to remake from its inputs (element-wise, reshaping, sums,
-    #: concatenations): the LRP walk remakes it instead of keeping it.
-    remakable = False
-
-    # --- shapes and the two passes ----------------------------------------------------------
-    def output_shape(self, *shapes) -> tuple:
-        return tuple(shapes[0])
-
-    def forward(self, *xs):
-        raise NotImplementedError
-
-    def backward(self, g, x, state, relu_mode="gradient"):
-        raise NotImplementedError
-
-    def vjp(self, g, xs, state, relu_mode="gradient"):
-        """The vector-Jacobian product ``g`` -> one array per input."""
-        return (self.backward(g, xs[0], state, relu_mode),)
-
-    # --- description --------------------------------------------------------------------------
-    def config(self) -> dict:
-        return {}
-
-    def arrays(self) -> dict:
-        return {}
-
-    @classmethod
-    def from_config(cls, cfg: dict, arrays: dict):
-        """The layer described by ``cfg`` (its ``config()``) and ``arrays`` (its ``arrays()``);
-        raises ValueError on a bad description."""
-        return cls(**{k: v for k, v in cfg.items() if k in cls._config_args})
-
-    _config_args = ()
-
-    def flops(self, in_shapes, out_shape) -> int:
-        """FLOPs for one sample (a multiply-add counts 2; adds, comparisons 1 per element)."""
-        return 0
-
-    def describe(self) -> str:
-        return type(self).__name__
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v}" for k, v in self.config().items())
-        return f"{type(self).__name__}({args})"
-
-    def _need_rank(self, shape, rank, what):
-        if len(shape) != rank:
-            raise ValueError(f"{self!r} expects {what} per sample (rank {rank}), got shape "
-                             f"{tuple(shape)}")
-
-    # Layers are shipped between processes (pickle) by relprop.dask: their caches and locks
-    # stay behind.
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        for key in ("_cache", "_packed", "_lock"):
-            state.pop(key, None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        if isinstance(self, Linear):  # unpickled arrays are writeable copies
-            self._weight = _read_only(self._weight)
-            if self._bias is not None:
-                self._bias = _read_only(self._bias)
-            self._init_caches()
-
+from .. import ops
+from .._validate import as_float_array, as_int, as_pair
+from .base import (
+    Layer,
+    OnnxOp,
+    TorchModule,
+    cfg_int,
+    cfg_pair,
+    numel,
+    pair_text,
+    read_only,
+    register_layer,
+    window_out,
+)
+from .pooling import MaxPool2d
 
 # Small batches spend much of a Dense or Conv2d layer's time packing its weights for the GEMM,
 # so for small calls (at most PACK_MAX_BATCH samples for Dense, PACK_MAX_PIXELS output pixels
@@ -158,17 +59,14 @@ def release_memory() -> None:
     ops.release_pool()
 
 
-def _read_only(a):
-    """A read-only view of ``a`` (``a`` itself keeps its flags)."""
-    v = a.view()
-    v.flags.writeable = False
-    return v
-
-
 class Linear(Layer):
-    """A layer ``y = W x + b`` (Dense or Conv2d): holds the parameters and their modified copies."""
+    """A layer ``y = W x + b`` (Dense or Conv2d): holds the parameters and their modified copies.
+
+    Composites must name its rule (no default); its kernels apply a ReLU reading it alone in
+    their store, and the mask of a ReLU it alone reads in their backward store."""
 
     linear = True
+    takes_epilogue = True
 
     def __init__(self, weight, bias, weight_rank):
         w = as_float_array(weight, "weight")
@@ -182,8 +80,15 @@ class Linear(Layer):
             if b.shape != (w.shape[0],):
                 raise ValueError(f"{type(self).__name__} bias must have shape ({w.shape[0]},), got "
                                  f"{b.shape}")
-            bias = _read_only(b)
-        self._weight, self._bias = _read_only(w), bias
+            bias = read_only(b)
+        self._weight, self._bias = read_only(w), bias
+        self._init_caches()
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._weight = read_only(self._weight)  # unpickled arrays are writeable copies
+        if self._bias is not None:
+            self._bias = read_only(self._bias)
         self._init_caches()
 
     def _init_caches(self):
@@ -309,6 +214,13 @@ class Dense(Linear):
     """Fully connected layer ``y = x W^T + b``; weight ``(out, in)`` as ``torch.nn.Linear``."""
 
     kind = "dense"
+    slots = ("dense", "linear")
+    imports = (
+        TorchModule(("Linear",), lambda m, ctx: Dense(
+            ctx.array(m.weight), None if m.bias is None else ctx.array(m.bias))),
+        OnnxOp(("Gemm",), lambda ctx: _onnx_gemm(ctx)),
+        OnnxOp(("MatMul",), lambda ctx: _onnx_matmul(ctx)),
+    )
 
     def __init__(self, weight, bias=None):
         super().__init__(weight, bias, 2)
@@ -318,7 +230,7 @@ class Dense(Linear):
 
     @classmethod
     def from_config(cls, cfg, arrays):
-        want = (_cfg_int(cfg, "out_features"), _cfg_int(cfg, "in_features"))
+        want = (cfg_int(cfg, "out_features"), cfg_int(cfg, "in_features"))
         return cls(*cls._parameters(cls, cfg, arrays, want))
 
     def _pack(self, w, role):
@@ -339,7 +251,7 @@ class Dense(Linear):
         return f"Dense {self.in_features}->{self.out_features}"
 
     def flops(self, in_shapes, out_shape):
-        return 2 * self.weight.size + (_numel(out_shape) if self.bias is not None else 0)
+        return 2 * self.weight.size + (numel(out_shape) if self.bias is not None else 0)
 
     def output_shape(self, shape):
         if len(shape) != 1 or shape[0] != self.in_features:
@@ -401,6 +313,11 @@ class Conv2d(Linear):
     """
 
     kind = "conv2d"
+    slots = ("convolution", "linear")
+    imports = (
+        TorchModule(("Conv2d",), lambda m, ctx: _torch_conv2d(m, ctx)),
+        OnnxOp(("Conv",), lambda ctx: _onnx_conv(ctx)),
+    )
 
     def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
                  algorithm="auto"):
@@ -463,15 +380,15 @@ class Conv2d(Linear):
 
     @classmethod
     def from_config(cls, cfg, arrays):
-        k = _cfg_pair(cfg, "kernel_size")
-        groups = _cfg_int(cfg, "groups", 1)
-        want = (_cfg_int(cfg, "out_channels"), _cfg_int(cfg, "in_channels") // max(groups, 1), *k)
+        k = cfg_pair(cfg, "kernel_size")
+        groups = cfg_int(cfg, "groups", 1)
+        want = (cfg_int(cfg, "out_channels"), cfg_int(cfg, "in_channels") // max(groups, 1), *k)
         w, b = cls._parameters(cls, cfg, arrays, want)
         algorithm = cfg.get("algorithm", "auto")
         if algorithm not in CONV_ALGORITHMS:
             raise ValueError(f"has a bad 'algorithm': {algorithm!r}")
-        return cls(w, b, _cfg_pair(cfg, "stride"), _cfg_pair(cfg, "padding"),
-                   _cfg_pair(cfg, "dilation", (1, 1)), groups, algorithm)
+        return cls(w, b, cfg_pair(cfg, "stride"), cfg_pair(cfg, "padding"),
+                   cfg_pair(cfg, "dilation", (1, 1)), groups, algorithm)
 
     def config(self):
         o, _, kh, kw = self.weight.shape
@@ -488,17 +405,17 @@ class Conv2d(Linear):
 
     def describe(self):
         o, _, kh, kw = self.weight.shape
-        text = (f"Conv2d {self.in_channels}->{o} {kh}x{kw} stride {_pair_text(self.stride)} "
-                f"pad {_pair_text(self.padding)}")
+        text = (f"Conv2d {self.in_channels}->{o} {kh}x{kw} stride {pair_text(self.stride)} "
+                f"pad {pair_text(self.padding)}")
         if self.dilation != (1, 1):
-            text += f" dil {_pair_text(self.dilation)}"
+            text += f" dil {pair_text(self.dilation)}"
         if self.groups != 1:
             text += " depthwise" if self.groups == self.in_channels else f" groups {self.groups}"
         return text
 
     def flops(self, in_shapes, out_shape):
-        n_out = _numel(out_shape)
-        return n_out * 2 * _numel(self.weight.shape[1:]) + (n_out if self.bias is not None else 0)
+        n_out = numel(out_shape)
+        return n_out * 2 * numel(self.weight.shape[1:]) + (n_out if self.bias is not None else 0)
 
     def output_shape(self, shape):
         self._need_rank(shape, 3, "(channels, height, width)")
@@ -507,7 +424,7 @@ class Conv2d(Linear):
         if c != self.in_channels:
             raise ValueError(f"{self!r} expects {self.in_channels} input channels, got shape "
                              f"{tuple(shape)}")
-        return (o,) + _window_out(self, (h, w), self._extent(), self.stride, self.padding)
+        return (o,) + window_out(self, (h, w), self._extent(), self.stride, self.padding)
 
     def _extent(self):
         """The window's extent: the kernel size with dilation."""
@@ -530,7 +447,7 @@ class Conv2d(Linear):
         return small or w.shape[0] * w.shape[1] <= WINOGRAD_KEEP_PAIRS
 
     def _small(self, x_shape):
-        oh, ow = _window_out(self, x_shape[2:], self._extent(), self.stride, self.padding)
+        oh, ow = window_out(self, x_shape[2:], self._extent(), self.stride, self.padding)
         return x_shape[0] * oh * ow <= PACK_MAX_PIXELS
 
     def _packing(self, x_shape, w, tile, backward):
@@ -550,10 +467,10 @@ class Conv2d(Linear):
         return ops.conv2d_forward(x, w, b, self.stride, self.padding, packed, relu=relu,
                                   **self._geometry())
 
-    #: Whether :meth:`forward_relu_pool` can stand for this layer, a ReLU and ``pool``.
-    @staticmethod
-    def fuses_pool(pool):
-        return (pool.kind == "maxpool2d" and pool.kernel_size == (2, 2)
+    def fuses_pool(self, pool):
+        """Whether :meth:`forward_relu_pool` can stand for this layer, a ReLU and ``pool``: a
+        2x2 stride-2 max pooling without padding."""
+        return (isinstance(pool, MaxPool2d) and pool.kernel_size == (2, 2)
                 and pool.stride == (2, 2) and pool.padding == (0, 0))
 
     def forward_relu_pool(self, x):
@@ -612,400 +529,65 @@ class Conv2d(Linear):
         return out
 
 
-def _window_out(layer, hw, k, s, p):
-    oh = (hw[0] + 2 * p[0] - k[0]) // s[0] + 1
-    ow = (hw[1] + 2 * p[1] - k[1]) // s[1] + 1
-    if hw[0] + 2 * p[0] < k[0] or hw[1] + 2 * p[1] < k[1] or oh < 1 or ow < 1:
-        raise ValueError(f"{layer!r}: window {tuple(k)} does not fit the padded input "
-                         f"({hw[0] + 2 * p[0]}, {hw[1] + 2 * p[1]})")
-    return (oh, ow)
-
-
-class _Elementwise(Layer):
-    """A layer applied element by element (shape preserved)."""
-
-    remakable = True
-
-    def flops(self, in_shapes, out_shape):
-        return _numel(out_shape)
-
-
-@register_layer
-class ReLU(_Elementwise):
-    """``max(x, 0)``."""
-
-    kind = "relu"
-    backward_reads_input = True
-
-    def forward(self, x):
-        return ops.relu_forward(x), None
-
-    def backward(self, g, x, state, relu_mode="gradient"):
-        return ops.relu_backward(g, x, relu_mode)
-
-
-@register_layer
-class ReLU6(_Elementwise):
-    """``min(max(x, 0), 6)`` (MobileNetV2).  Gradient ``g * (0 < x < 6)``; deconvnet and guided
-    backprop treat it as the rectifier it is (``max(g, 0)``, ``g * (0 < x < 6) * (g > 0)``)."""
-
-    kind = "relu6"
-    backward_reads_input = True
-
-    def forward(self, x):
-        return ops.relu6_forward(x), None
-
-    def backward(self, g, x, state, relu_mode="gradient"):
-        return ops.relu6_backward(g, x, relu_mode)
-
-
-@register_layer
-class Flatten(Layer):
-    """C-order flatten of all but the batch axis."""
-
-    kind = "flatten"
-    remakable = True
-
-    def output_shape(self, shape):
-        return (_numel(shape),)
-
-    def forward(self, x):
-        return x.reshape(x.shape[0], -1), None
-
-    def backward(self, g, x, state, relu_mode="gradient"):
-        return g.reshape(x.shape)
-
-
-class _Pool(Layer):
-    def __init__(self, kernel_size, stride=None, padding=0):
-        self.kernel_size = as_pair(kernel_size, "kernel_size", minimum=1)
-        self.stride = self.kernel_size if stride is None else as_pair(stride, "stride", minimum=1)
-        self.padding = as_pair(padding, "padding", minimum=0)
-        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
-            raise ValueError(f"{type(self).__name__}: padding {self.padding} must be at most half "
-                             f"of kernel_size {self.kernel_size}")
-
-    @classmethod
-    def from_config(cls, cfg, arrays):
-        return cls(_cfg_pair(cfg, "kernel_size"), _cfg_pair(cfg, "stride"),
-                   _cfg_pair(cfg, "padding"))
-
-    def config(self):
-        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
-                "padding": list(self.padding)}
-
-    def describe(self):
-        return (f"{type(self).__name__} {_pair_text(self.kernel_size)} stride "
-                f"{_pair_text(self.stride)} pad {_pair_text(self.padding)}")
-
-    def flops(self, in_shapes, out_shape):
-        return _numel(out_shape) * self.kernel_size[0] * self.kernel_size[1]
-
-    def output_shape(self, shape):
-        self._need_rank(shape, 3, "(channels, height, width)")
-        return (shape[0],) + _window_out(self, shape[1:], self.kernel_size, self.stride,
-                                         self.padding)
-
-
-@register_layer
-class MaxPool2d(_Pool):
-    """Max pooling as ``torch.nn.MaxPool2d``; ties go to the first maximum in the window."""
-
-    kind = "maxpool2d"
-
-    def forward(self, x):
-        return ops.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
-
-    def backward(self, g, x, state, relu_mode="gradient"):
-        return ops.maxpool2d_backward(g, state, x.shape[2:], self.kernel_size, self.stride,
-                                      self.padding)
-
-
-@register_layer
-class AvgPool2d(_Pool):
-    """Average pooling as ``torch.nn.AvgPool2d`` with ``count_include_pad=True``."""
-
-    kind = "avgpool2d"
-
-    def forward(self, x):
-        return ops.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding), None
-
-    def backward(self, g, x, state, relu_mode="gradient"):
-        return ops.avgpool2d_backward(g, x.shape[2:], self.kernel_size, self.stride, self.padding)
-
-
-@register_layer
-class GlobalAvgPool2d(Layer):
-    """Mean over height and width: ``(n, c, h, w) -> (n, c, 1, 1)`` (``AdaptiveAvgPool2d(1)``)."""
-
-    kind = "globalavgpool2d"
-
-    def output_shape(self, shape):
-        self._need_rank(shape, 3, "(channels, height, width)")
-        return (shape[0], 1, 1)
-
-    def flops(self, in_shapes, out_shape):
-        return _numel(in_shapes[0])
-
-    @staticmethod
-    def window(x_shape):
-        hw = tuple(int(s) for s in x_shape[-2:])
-        return hw, hw, (0, 0)
-
-    def forward(self, x):
-        return ops.avgpool2d_forward(x, *self.window(x.shape)), None
-
-    def backward(self, g, x, state, relu_mode="gradient"):
-        return ops.avgpool2d_backward(g, x.shape[2:], *self.window(x.shape))
-
-
-@register_layer
-class AdaptiveAvgPool2d(Layer):
-    """``torch.nn.AdaptiveAvgPool2d(output_size)``: output ``(i, j)`` averages the input rows
-    ``[floor(i h / oh), ceil((i + 1) h / oh))`` and likewise the columns (any output size,
-    also larger than the input)."""
-
-    kind = "adaptiveavgpool2d"
-
-    def __init__(self, output_size):
-        self.output_size = as_pair(output_size, "output_size", minimum=1)
-
-    @classmethod
-    def from_config(cls, cfg, arrays):
-        return cls(_cfg_pair(cfg, "output_size"))
-
-    def config(self):
-        return {"output_size": list(self.output_size)}
-
-    def describe(self):
-        return f"AdaptiveAvgPool2d {_pair_text(self.output_size)}"
-
-    def flops(self, in_shapes, out_shape):
-        c, h, w = in_shapes[0]
-        oh, ow = self.output_size
-        # each output sums a window of at most ceil(h / oh) + 1 rows and columns
-        return c * oh * ow * (-(-h // oh) + 1) * (-(-w // ow) + 1)
-
-    def output_shape(self, shape):
-        self._need_rank(shape, 3, "(channels, height, width)")
-        return (shape[0],) + self.output_size
-
-    def forward(self, x):
-        return ops.adaptive_avgpool2d_forward(x, self.output_size), None
-
-    def backward(self, g, x, state, relu_mode="gradient"):
-        return ops.adaptive_avgpool2d_backward(g, x.shape[2:])
-
-
-@register_layer
-class BatchNorm(Layer):
-    """Inference-mode batch normalization ``scale * (x - mean) / sqrt(var + eps) + shift`` over
-    the channel axis (axis 1).
-
-    Right after a Dense or Conv2d whose output nothing else reads, a network folds it into that
-    layer (canonization).  Anywhere else (DenseNet's BatchNorm before a convolution) it stays a
-    node: the affine map ``x * s + t`` per channel, with ``s = scale / sqrt(var + eps)`` and
-    ``t = shift - mean * s``; LRP passes relevance through it unchanged (Zennit's Pass rule for
-    BatchNorm), gradients go through the affine map.
-    """
-
-    kind = "batchnorm"
-    expects = None  # folds into any linear layer
-    _rank = None
-
-    def __init__(self, scale, shift, mean, var, eps=1e-5):
-        self.eps = as_scalar(eps, "eps", minimum=0.0)
-        arrs = [as_float_array(a, n, dtype=np.float64)
-                for a, n in ((scale, "scale"), (shift, "shift"), (mean, "mean"), (var, "var"))]
-        shape = arrs[0].shape
-        if len(shape) != 1 or any(a.shape != shape for a in arrs):
-            raise ValueError(f"{type(self).__name__}: scale, shift, mean, var must be 1-D of one "
-                             f"length, got shapes {[a.shape for a in arrs]}")
-        if np.any(arrs[3] + self.eps <= 0):
-            raise ValueError(f"{type(self).__name__}: var + eps must be positive")
-        self.scale, self.shift, self.mean, self.var = arrs
-        self._affine = {}
-
-    @property
-    def features(self):
-        return int(self.scale.shape[0])
-
-    @classmethod
-    def from_config(cls, cfg, arrays):
-        missing = [k for k in ("scale", "shift", "mean", "var") if k not in arrays]
-        if missing:
-            raise ValueError(f"missing {missing}")
-        layer = cls(arrays["scale"], arrays["shift"], arrays["mean"], arrays["var"],
-                    cfg.get("eps", 1e-5))
-        if layer.features != _cfg_int(cfg, "features"):
-            raise ValueError(f"{layer.features} features != declared {cfg['features']}")
-        return layer
-
-    def config(self):
-        return {"features": self.features, "eps": self.eps}
-
-    def arrays(self):
-        return {"scale": self.scale, "shift": self.shift, "mean": self.mean, "var": self.var}
-
-    def describe(self):
-        return f"{type(self).__name__} {self.features} (affine, not folded)"
-
-    def flops(self, in_shapes, out_shape):
-        return 2 * _numel(out_shape)
-
-    def can_fold_into(self, layer) -> bool:
-        return isinstance(layer, self.expects or Linear) and layer.weight.shape[0] == self.features
-
-    def fold_into(self, layer: Linear) -> Linear:
-        """The layer ``self(layer(x))`` as one Dense/Conv2d."""
-        expects = self.expects or Linear
-        if not isinstance(layer, expects):
-            raise ValueError(f"{self!r} can only be folded into a preceding "
-                             f"{' or '.join(t.__name__ for t in _as_tuple(expects))}, not "
-                             f"{layer!r}")
-        out = layer.weight.shape[0]
-        if self.features != out:
-            raise ValueError(f"{self!r} has {self.features} features but {layer!r} has "
-                             f"{out} outputs")
-        s = self.scale / np.sqrt(self.var + self.eps)
-        w = layer.weight.astype(np.float64) * s.reshape((-1,) + (1,) * (layer.weight.ndim - 1))
-        b = np.zeros(out) if layer.bias is None else layer.bias.astype(np.float64)
-        b = (b - self.mean) * s + self.shift
-        dtype = layer.weight.dtype
-        return layer.with_parameters(w.astype(dtype), b.astype(dtype))
-
-    def affine(self, dtype):
-        """``(s, t)`` of the affine map in ``dtype`` (cached)."""
-        dtype = np.dtype(dtype)
-        hit = self._affine.get(dtype.str)
-        if hit is None:
-            s = self.scale / np.sqrt(self.var + self.eps)
-            t = self.shift - self.mean * s
-            hit = self._affine.setdefault(dtype.str, (s.astype(dtype), t.astype(dtype)))
-        return hit
-
-    def output_shape(self, shape):
-        if self._rank is not None:
-            self._need_rank(shape, self._rank, f"{self._rank}-D features")
-        if not shape or shape[0] != self.features:
-            raise ValueError(f"{self!r} expects {self.features} channels, got shape "
-                             f"{tuple(shape)}")
-        return tuple(shape)
-
-    def forward(self, x):
-        s, t = self.affine(x.dtype)
-        return ops.channel_affine(x, s, t), None
-
-    def backward(self, g, x, state, relu_mode="gradient"):
-        return ops.channel_affine(g, self.affine(g.dtype)[0])
-
-
-def _as_tuple(t):
-    return t if isinstance(t, tuple) else (t,)
-
-
-@register_layer
-class BatchNorm1d(BatchNorm):
-    """BatchNorm over the features of a Dense output."""
-
-    kind = "batchnorm1d"
-    expects = (Dense,)
-    _rank = 1
-
-
-@register_layer
-class BatchNorm2d(BatchNorm):
-    """BatchNorm over the channels of a Conv2d output."""
-
-    kind = "batchnorm2d"
-    expects = (Conv2d,)
-    _rank = 3
-
-
-@register_layer
-class Add(Layer):
-    """The element-wise sum of two or more inputs of one shape (a residual connection).
-
-    LRP splits relevance in proportion to each input's share of the sum (the Norm rule:
-    ``R_i = x_i * R / stab(sum_j x_j)``, Zennit's ResNet canonizer)."""
-
-    kind = "add"
-    n_inputs = None
-    remakable = True
-
-    def output_shape(self, *shapes):
-        if len(shapes) < 2:
-            raise ValueError(f"Add needs at least two inputs, got {len(shapes)}")
-        if any(tuple(s) != tuple(shapes[0]) for s in shapes):
-            raise ValueError(f"Add needs inputs of one shape, got {[tuple(s) for s in shapes]}")
-        return tuple(shapes[0])
-
-    def flops(self, in_shapes, out_shape):
-        return (len(in_shapes) - 1) * _numel(out_shape)
-
-    def forward(self, *xs):
-        y = xs[0] + xs[1]
-        for x in xs[2:]:
-            y += x
-        return y, None
-
-    def vjp(self, g, xs, state, relu_mode="gradient"):
-        return (g,) * len(xs)
-
-
-@register_layer
-class Concat(Layer):
-    """Concatenation of two or more inputs along the channel axis (axis 1 of the batch).
-
-    LRP slices relevance back to the inputs."""
-
-    kind = "concat"
-    n_inputs = None
-    remakable = True
-
-    def output_shape(self, *shapes):
-        if len(shapes) < 2:
-            raise ValueError(f"Concat needs at least two inputs, got {len(shapes)}")
-        first = tuple(shapes[0])
-        if any(len(s) != len(first) or tuple(s[1:]) != first[1:] for s in shapes):
-            raise ValueError("Concat needs inputs that differ only in their channels, got "
-                             f"{[tuple(s) for s in shapes]}")
-        return (sum(int(s[0]) for s in shapes),) + first[1:]
-
-    def forward(self, *xs):
-        return np.concatenate(xs, axis=1), None
-
-    def vjp(self, g, xs, state, relu_mode="gradient"):
-        out, start = [], 0
-        for x in xs:
-            stop = start + x.shape[1]
-            out.append(np.ascontiguousarray(g[:, start:stop]))
-            start = stop
-        return tuple(out)
-
-
-# --- reading a layer's description (model files) ---------------------------------------------
-def _cfg_value(cfg, key, default):
-    if key not in cfg:
-        if default is None:
-            raise ValueError(f"lacks '{key}'")
-        return default
-    return cfg[key]
-
-
-def _cfg_int(cfg, key, default=None):
-    val = _cfg_value(cfg, key, default)
-    if not isinstance(val, int) or isinstance(val, bool) or not 0 < val < (1 << 31):
-        raise ValueError(f"has a bad '{key}': {val!r}")
-    return val
-
-
-def _cfg_pair(cfg, key, default=None):
-    val = _cfg_value(cfg, key, default)
-    if isinstance(val, (list, tuple)):
-        if len(val) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in val):
-            raise ValueError(f"has a bad '{key}': {val!r}")
-        return tuple(val)
-    if not isinstance(val, int) or isinstance(val, bool):
-        raise ValueError(f"has a bad '{key}': {val!r}")
-    return val
+# --- importer converters ------------------------------------------------------------------------
+def bias_vector(v, n, ctx, what):
+    """A constant ``v`` as a bias of length ``n`` (a scalar is broadcast)."""
+    v = np.asarray(v)
+    if v.size == 1:
+        return np.full(n, v.reshape(()), dtype=v.dtype)
+    if v.size != n or max(v.shape) != n:
+        raise ctx.error(f"{what} of shape {v.shape} is not a bias of length {n}")
+    return v.reshape(n)
+
+
+def _onnx_gemm(ctx):
+    if ctx.attrs.get("transA", 0):
+        raise ctx.error("transA=1 is not supported")
+    b = ctx.const(1, "B")
+    if b.ndim != 2:
+        raise ctx.error(f"B must be 2-D, got shape {b.shape}")
+    w = (b if ctx.attrs.get("transB", 0) else b.T) * ctx.attrs.get("alpha", 1.0)
+    c = ctx.const(2, "C", required=False)
+    bias = None if c is None else bias_vector(c * ctx.attrs.get("beta", 1.0), w.shape[0], ctx, "C")
+    return Dense(w.astype(b.dtype), bias)
+
+
+def _onnx_matmul(ctx):
+    b = ctx.const(1, "the second input")
+    if b.ndim != 2:
+        raise ctx.error(f"the weight must be 2-D, got shape {b.shape}")
+    return Dense(b.T)
+
+
+def _torch_conv2d(m, ctx):
+    if m.padding_mode != "zeros":
+        raise ctx.error(f"padding_mode={m.padding_mode!r} is not supported")
+    if isinstance(m.padding, str):
+        if m.padding == "valid":
+            padding = (0, 0)
+        else:  # "same": d (k - 1) in total per axis
+            if any((d * (k - 1)) % 2 for k, d in zip(m.kernel_size, m.dilation)):
+                raise ctx.error(f"padding='same' with kernel {tuple(m.kernel_size)} and dilation "
+                                f"{tuple(m.dilation)} pads asymmetrically; relprop supports "
+                                "symmetric padding only")
+            padding = tuple(d * (k - 1) // 2 for k, d in zip(m.kernel_size, m.dilation))
+    else:
+        padding = ctx.pair(m.padding, "padding")
+    return Conv2d(ctx.array(m.weight), None if m.bias is None else ctx.array(m.bias),
+                  stride=tuple(m.stride), padding=padding, dilation=tuple(m.dilation),
+                  groups=m.groups)
+
+
+def _onnx_conv(ctx):
+    w = ctx.const(1, "W")
+    if w.ndim != 4:
+        raise ctx.error(f"only 2-D convolutions are supported (W shape {w.shape})")
+    ctx.attrs.setdefault("kernel_shape", w.shape[2:])
+    kernel, strides, pads, dilation = ctx.window(pooling=False)
+    if tuple(kernel) != tuple(w.shape[2:]):
+        raise ctx.error(f"kernel_shape {tuple(kernel)} disagrees with W of shape {w.shape}")
+    try:
+        return Conv2d(w, ctx.const(2, "B", required=False), strides, pads, dilation=dilation,
+                      groups=ctx.attrs.get("group", 1))
+    except (ValueError, TypeError) as exc:
+        raise ctx.error(str(exc)) from None

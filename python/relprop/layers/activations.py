@@ -1,0 +1,104 @@
+"""Element-wise activations: ReLU, ReLU6."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops
+from .base import Layer, OnnxOp, TorchFunction, TorchMethod, TorchModule, numel, register_layer
+
+
+class Elementwise(Layer):
+    """A layer applied element by element (shape preserved); LRP passes relevance through
+    (Zennit's Pass rule for its Activation types)."""
+
+    slots = ("activation",)
+    default_rule = "pass"
+    remakable = True
+
+    def flops(self, in_shapes, out_shape):
+        return numel(out_shape)
+
+
+@register_layer
+class ReLU(Elementwise):
+    """``max(x, 0)``; deconvnet's backward pass is ``max(g, 0)``, guided backprop's
+    ``g * (x > 0) * (g > 0)``."""
+
+    kind = "relu"
+    backward_reads_input = True
+    epilogue = "relu"
+    imports = (
+        TorchModule(("ReLU",), lambda m, ctx: ReLU()),
+        TorchFunction(("torch.nn.functional.relu", "torch.nn.functional.relu_", "torch.relu",
+                       "torch.relu_"), ("input", ("inplace", False)), lambda a, ctx: ReLU()),
+        TorchMethod(("relu", "relu_"), ("input",), lambda a, ctx: ReLU()),
+        OnnxOp(("Relu",), lambda ctx: ReLU()),
+    )
+
+    def forward(self, x):
+        return ops.relu_forward(x), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return ops.relu_backward(g, x, relu_mode)
+
+
+def clamp_layer(low, high, ctx, what="clamp", text=None):
+    """The layer of ``clamp(x, low, high)``: ReLU for (0, None or inf), ReLU6 for (0, 6);
+    anything else raises the importer's ValueError naming ``text`` (default
+    ``what(low, high)``)."""
+    if low == 0 and (high is None or high == float("inf")):
+        return ReLU()
+    if low == 0 and high == 6:
+        return ReLU6()
+    raise ctx.error(f"the activation {text or f'{what}({low}, {high})'} is not supported (only "
+                    "ReLU = clamp(0) and ReLU6 = clamp(0, 6))")
+
+
+def _onnx_clip(ctx):
+    """ONNX Clip: bounds as attributes (opset < 11) or constant inputs."""
+    if ctx.opset < 11:
+        low, high = ctx.attrs.get("min", None), ctx.attrs.get("max", None)
+    else:
+        low = ctx.const(1, "min", required=False)
+        high = ctx.const(2, "max", required=False)
+
+    def scalar(v):
+        if v is None:
+            return None
+        v = np.asarray(v).reshape(-1)
+        return float(v[0]) if v.size == 1 else float("nan")
+
+    low, high = scalar(low), scalar(high)
+    return clamp_layer(low, high, ctx, text=f"Clip(min={low}, max={high})")
+
+
+_CLAMP = (("input", ("min", None), ("max", None)),
+          lambda a, ctx: clamp_layer(a["min"], a["max"], ctx))
+
+
+@register_layer
+class ReLU6(Elementwise):
+    """``min(max(x, 0), 6)`` (MobileNetV2).  Gradient ``g * (0 < x < 6)``; deconvnet and guided
+    backprop treat it as the rectifier it is (``max(g, 0)``, ``g * (0 < x < 6) * (g > 0)``).
+    Its importer entries are the clamps: ``clamp(0)`` is a ReLU, ``clamp(0, 6)`` a ReLU6."""
+
+    kind = "relu6"
+    backward_reads_input = True
+    imports = (
+        TorchModule(("ReLU6", "Hardtanh"),
+                    lambda m, ctx: clamp_layer(m.min_val, m.max_val, ctx, type(m).__name__)),
+        TorchFunction(("torch.nn.functional.relu6",), ("input", ("inplace", False)),
+                      lambda a, ctx: ReLU6()),
+        TorchFunction(("torch.nn.functional.hardtanh", "torch.nn.functional.hardtanh_"),
+                      ("input", ("min_val", -1.0), ("max_val", 1.0), ("inplace", False)),
+                      lambda a, ctx: clamp_layer(a["min_val"], a["max_val"], ctx, "hardtanh")),
+        TorchFunction(("torch.clamp", "torch.clip"), *_CLAMP),
+        TorchMethod(("clamp", "clamp_", "clip"), *_CLAMP),
+        OnnxOp(("Clip",), _onnx_clip),
+    )
+
+    def forward(self, x):
+        return ops.relu6_forward(x), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return ops.relu6_backward(g, x, relu_mode)

@@ -1,0 +1,272 @@
+"""What a layer type is: the :class:`Layer` protocol every description follows, the registry
+of layer types (:data:`LAYER_TYPES`, :func:`register_layer`) and the importer entries a
+description lists (:class:`TorchModule`, :class:`TorchFunction`, :class:`TorchMethod`,
+:class:`OnnxOp`).
+
+A layer class *is* its type's description, read by every other module:
+
+============================  ==================================================================
+``kind``                      its name in model files and in the registry
+``config()`` /                its JSON description and parameters (save), and the layer they
+``arrays()`` /                describe (load)
+``from_config()``
+``output_shape()``,           per-sample shapes (validated), FLOPs per sample, one line for
+``flops()``, ``describe()``   ``relprop info``
+``forward()``, ``backward()`` the kernels of its two steps (``vjp()`` for several inputs)
+/ ``vjp()``
+``slots``                     the composite slots it takes, most specific first ("convolution",
+                              "dense", "linear", "activation", "avgpool", "maxpool", "sum", ...):
+                              composites and rules map slots to rules, as Zennit's layer types
+``default_rule``              the LRP rule it gets where a composite names none (a name of
+                              :data:`relprop.rules.RULES`; None: a composite must give one)
+``imports``                   the torch module types, torch.fx functions and methods and ONNX
+                              operators the importers map to it, each with its converter
+``epilogue``,                 what it may fuse with (:func:`relprop.engine.find_fusions`)
+``takes_epilogue``,
+``fuses_pool()``
+reference twin                ``relprop.reference.layers.TWINS[kind]`` (the reference never
+                              imports this package)
+============================  ==================================================================
+
+Adding a layer type is its description (a class here, registered with
+:func:`register_layer`), its kernel if it is new (``relprop.ops``), its twin and its tests;
+DEVELOPERS.md says how.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+#: Layer classes by ``kind`` (the name in model files), filled by :func:`register_layer`.
+LAYER_TYPES: dict = {}
+
+
+def register_layer(cls):
+    """Class decorator: register the layer type ``cls`` under its ``kind`` (loading, slots,
+    importers and the reference read the registry).  Raises ValueError for a kind taken by
+    another class."""
+    other = LAYER_TYPES.get(cls.kind)
+    if other is not None and other is not cls:
+        raise ValueError(f"layer kind {cls.kind!r} is taken by {other.__name__}")
+    LAYER_TYPES[cls.kind] = cls
+    return cls
+
+
+def slot_types(slot) -> tuple:
+    """The registered layer classes that take the composite slot ``slot`` (or whose kind it
+    is), in registration order; empty for an unknown name."""
+    return tuple(cls for cls in LAYER_TYPES.values() if slot in cls.slots or slot == cls.kind)
+
+
+def slot_names() -> list:
+    """Every slot and kind a composite or rule may name."""
+    return sorted({s for cls in LAYER_TYPES.values() for s in cls.slots} | set(LAYER_TYPES))
+
+
+# --- importer entries ---------------------------------------------------------------------------
+# A converter returns a Layer (added reading the call's data inputs in argument order), a list
+# of Layers (a chain, the first reading the data inputs), None (the call is the identity: its
+# value is its first data input), or any value the importer's context made (``ctx.add(...)``
+# results, tuples of them, shape values).  ``ctx`` is the importer's view of the call: ``where``
+# (for messages), ``shape`` (the first data input's per-sample shape), ``error(msg)`` (a
+# ValueError naming the call), ``pair(v, name)``, ``add(layer, inputs)`` and the framework's own
+# (torch: ``array(tensor)``, ``constant(v, name)``, ``describe(v)``, ``batch``; ONNX: ``attrs``,
+# ``opset``, ``const(i, what)``, ``window()``, ``targets(i)``, ``add_bias(...)``).  Names that
+# the installed framework lacks are skipped.
+
+@dataclass(frozen=True)
+class TorchModule:
+    """``torch.nn`` module classes by name (subclasses included); ``convert(module, ctx)``."""
+
+    names: tuple
+    convert: Callable
+
+
+@dataclass(frozen=True)
+class TorchFunction:
+    """torch.fx ``call_function`` targets by dotted name ("torch.nn.functional.relu",
+    "operator.add"); ``convert(args, ctx)`` with the arguments bound by ``params``: names, or
+    ``(name, default)`` pairs, in positional order; a name with a leading ``*`` collects the
+    remaining positional arguments (a list)."""
+
+    names: tuple
+    params: tuple
+    convert: Callable
+
+
+@dataclass(frozen=True)
+class TorchMethod:
+    """Tensor methods by name (``x.relu()``), bound and converted as :class:`TorchFunction`
+    (the tensor is the first parameter)."""
+
+    names: tuple
+    params: tuple
+    convert: Callable
+
+
+@dataclass(frozen=True)
+class OnnxOp:
+    """ONNX operator types (default domain); ``convert(ctx)``."""
+
+    names: tuple
+    convert: Callable
+
+
+def import_table(entry_type) -> dict:
+    """``{name: (entry, layer class)}`` of every registered description's entries of
+    ``entry_type``; raises ValueError where two descriptions claim one name."""
+    table = {}
+    for cls in LAYER_TYPES.values():
+        for entry in vars(cls).get("imports", ()):  # a subclass lists its own
+            if not isinstance(entry, entry_type):
+                continue
+            for name in entry.names:
+                if name in table and table[name][1] is not cls:
+                    raise ValueError(f"{entry_type.__name__} {name!r} is claimed by "
+                                     f"{table[name][1].__name__} and {cls.__name__}")
+                table[name] = (entry, cls)
+    return table
+
+
+# --- the protocol -------------------------------------------------------------------------------
+class Layer:
+    """Base class of all layers (single input unless ``n_inputs`` says otherwise): see the
+    module docstring for what a layer class describes."""
+
+    kind = "layer"
+    #: Composite slots, most specific first (see :func:`slot_types`).
+    slots: tuple = ()
+    #: The rule a composite gives where it names none (a ``relprop.rules.RULES`` name).
+    default_rule = None
+    #: Importer entries (:class:`TorchModule`, :class:`TorchFunction`, :class:`TorchMethod`,
+    #: :class:`OnnxOp`).
+    imports: tuple = ()
+    #: Number of inputs, or None for any number >= 2 (Add, Concat).
+    n_inputs = 1
+    #: A linear map ``y = W x + b`` with parameters (Dense, Conv2d): what LRP's linear rules
+    #: (and a composite's first layer) apply to.
+    linear = False
+    #: Whether the backward pass reads the values of the inputs (not only their shapes).
+    backward_reads_input = False
+    #: A layer whose output is cheap to remake from its inputs (element-wise, reshaping, sums,
+    #: concatenations): the LRP walk remakes it instead of keeping it.
+    remakable = False
+    #: Fusion traits.  ``epilogue``: the element-wise step this layer is, when the kernel that
+    #: makes its input can apply it in its store ("relu"), or None.  ``takes_epilogue``: this
+    #: layer's kernels apply its reader's epilogue (``forward(x, relu=True)``) and, backward, the
+    #: mask of the epilogue that made its input (``backward_masked``).
+    epilogue = None
+    takes_epilogue = False
+
+    # --- shapes and the two passes ----------------------------------------------------------
+    def output_shape(self, *shapes) -> tuple:
+        return tuple(shapes[0])
+
+    def forward(self, *xs):
+        raise NotImplementedError
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        raise NotImplementedError
+
+    def vjp(self, g, xs, state, relu_mode="gradient"):
+        """The vector-Jacobian product ``g`` -> one array per input."""
+        return (self.backward(g, xs[0], state, relu_mode),)
+
+    def fuses_pool(self, pool) -> bool:
+        """Whether this layer, a ReLU and ``pool`` run as one kernel (``forward_relu_pool``)."""
+        return False
+
+    # --- description --------------------------------------------------------------------------
+    def config(self) -> dict:
+        return {}
+
+    def arrays(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_config(cls, cfg: dict, arrays: dict):
+        """The layer described by ``cfg`` (its ``config()``) and ``arrays`` (its ``arrays()``);
+        raises ValueError on a bad description."""
+        return cls(**{k: v for k, v in cfg.items() if k in cls._config_args})
+
+    _config_args = ()
+
+    def flops(self, in_shapes, out_shape) -> int:
+        """FLOPs for one sample (a multiply-add counts 2; adds, comparisons 1 per element)."""
+        return 0
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+    def _need_rank(self, shape, rank, what):
+        if len(shape) != rank:
+            raise ValueError(f"{self!r} expects {what} per sample (rank {rank}), got shape "
+                             f"{tuple(shape)}")
+
+    # Layers are shipped between processes (pickle) by relprop.dask: their caches and locks
+    # stay behind (see Linear).
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for key in ("_cache", "_packed", "_lock"):
+            state.pop(key, None)
+        return state
+
+
+# --- helpers of the descriptions ----------------------------------------------------------------
+def pair_text(p):
+    return str(p[0]) if p[0] == p[1] else f"{p[0]}x{p[1]}"
+
+
+def numel(shape):
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def read_only(a):
+    """A read-only view of ``a`` (``a`` itself keeps its flags)."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def window_out(layer, hw, k, s, p):
+    """The output size of a window ``k`` with stride ``s`` and padding ``p`` on ``hw``
+    (ValueError naming ``layer`` where it does not fit)."""
+    oh = (hw[0] + 2 * p[0] - k[0]) // s[0] + 1
+    ow = (hw[1] + 2 * p[1] - k[1]) // s[1] + 1
+    if hw[0] + 2 * p[0] < k[0] or hw[1] + 2 * p[1] < k[1] or oh < 1 or ow < 1:
+        raise ValueError(f"{layer!r}: window {tuple(k)} does not fit the padded input "
+                         f"({hw[0] + 2 * p[0]}, {hw[1] + 2 * p[1]})")
+    return (oh, ow)
+
+
+# reading a layer's description (model files)
+def _cfg_value(cfg, key, default):
+    if key not in cfg:
+        if default is None:
+            raise ValueError(f"lacks '{key}'")
+        return default
+    return cfg[key]
+
+
+def cfg_int(cfg, key, default=None):
+    val = _cfg_value(cfg, key, default)
+    if not isinstance(val, int) or isinstance(val, bool) or not 0 < val < (1 << 31):
+        raise ValueError(f"has a bad '{key}': {val!r}")
+    return val
+
+
+def cfg_pair(cfg, key, default=None):
+    val = _cfg_value(cfg, key, default)
+    if isinstance(val, (list, tuple)):
+        if len(val) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in val):
+            raise ValueError(f"has a bad '{key}': {val!r}")
+        return tuple(val)
+    if not isinstance(val, int) or isinstance(val, bool):
+        raise ValueError(f"has a bad '{key}': {val!r}")
+    return val

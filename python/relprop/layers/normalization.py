@@ -1,0 +1,168 @@
+"""Normalization: inference-mode BatchNorm (folded into the Dense/Conv2d before it where it
+can be, else an affine node)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops
+from .._validate import as_float_array, as_scalar
+from .base import Layer, OnnxOp, TorchModule, cfg_int, numel, register_layer
+from .linear import Conv2d, Dense, Linear
+
+
+@register_layer
+class BatchNorm(Layer):
+    """Inference-mode batch normalization ``scale * (x - mean) / sqrt(var + eps) + shift`` over
+    the channel axis (axis 1).
+
+    Right after a Dense or Conv2d whose output nothing else reads, a network folds it into that
+    layer (canonization).  Anywhere else (DenseNet's BatchNorm before a convolution) it stays a
+    node: the affine map ``x * s + t`` per channel, with ``s = scale / sqrt(var + eps)`` and
+    ``t = shift - mean * s``; LRP passes relevance through it unchanged (Zennit's Pass rule for
+    BatchNorm), gradients go through the affine map.
+    """
+
+    kind = "batchnorm"
+    slots = ("batchnorm",)
+    default_rule = "pass"
+    imports = (
+        TorchModule(("BatchNorm1d", "BatchNorm2d"), lambda m, ctx: _torch_batchnorm(m, ctx)),
+        OnnxOp(("BatchNormalization",), lambda ctx: _onnx_batchnorm(ctx)),
+    )
+    expects = None  # folds into any linear layer
+    _rank = None
+
+    def __init__(self, scale, shift, mean, var, eps=1e-5):
+        self.eps = as_scalar(eps, "eps", minimum=0.0)
+        arrs = [as_float_array(a, n, dtype=np.float64)
+                for a, n in ((scale, "scale"), (shift, "shift"), (mean, "mean"), (var, "var"))]
+        shape = arrs[0].shape
+        if len(shape) != 1 or any(a.shape != shape for a in arrs):
+            raise ValueError(f"{type(self).__name__}: scale, shift, mean, var must be 1-D of one "
+                             f"length, got shapes {[a.shape for a in arrs]}")
+        if np.any(arrs[3] + self.eps <= 0):
+            raise ValueError(f"{type(self).__name__}: var + eps must be positive")
+        self.scale, self.shift, self.mean, self.var = arrs
+        self._affine = {}
+
+    @property
+    def features(self):
+        return int(self.scale.shape[0])
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        missing = [k for k in ("scale", "shift", "mean", "var") if k not in arrays]
+        if missing:
+            raise ValueError(f"missing {missing}")
+        layer = cls(arrays["scale"], arrays["shift"], arrays["mean"], arrays["var"],
+                    cfg.get("eps", 1e-5))
+        if layer.features != cfg_int(cfg, "features"):
+            raise ValueError(f"{layer.features} features != declared {cfg['features']}")
+        return layer
+
+    def config(self):
+        return {"features": self.features, "eps": self.eps}
+
+    def arrays(self):
+        return {"scale": self.scale, "shift": self.shift, "mean": self.mean, "var": self.var}
+
+    def describe(self):
+        return f"{type(self).__name__} {self.features} (affine, not folded)"
+
+    def flops(self, in_shapes, out_shape):
+        return 2 * numel(out_shape)
+
+    def can_fold_into(self, layer) -> bool:
+        return isinstance(layer, self.expects or Linear) and layer.weight.shape[0] == self.features
+
+    def fold_into(self, layer: Linear) -> Linear:
+        """The layer ``self(layer(x))`` as one Dense/Conv2d."""
+        expects = self.expects or Linear
+        if not isinstance(layer, expects):
+            raise ValueError(f"{self!r} can only be folded into a preceding "
+                             f"{' or '.join(t.__name__ for t in _as_tuple(expects))}, not "
+                             f"{layer!r}")
+        out = layer.weight.shape[0]
+        if self.features != out:
+            raise ValueError(f"{self!r} has {self.features} features but {layer!r} has "
+                             f"{out} outputs")
+        s = self.scale / np.sqrt(self.var + self.eps)
+        w = layer.weight.astype(np.float64) * s.reshape((-1,) + (1,) * (layer.weight.ndim - 1))
+        b = np.zeros(out) if layer.bias is None else layer.bias.astype(np.float64)
+        b = (b - self.mean) * s + self.shift
+        dtype = layer.weight.dtype
+        return layer.with_parameters(w.astype(dtype), b.astype(dtype))
+
+    def affine(self, dtype):
+        """``(s, t)`` of the affine map in ``dtype`` (cached)."""
+        dtype = np.dtype(dtype)
+        hit = self._affine.get(dtype.str)
+        if hit is None:
+            s = self.scale / np.sqrt(self.var + self.eps)
+            t = self.shift - self.mean * s
+            hit = self._affine.setdefault(dtype.str, (s.astype(dtype), t.astype(dtype)))
+        return hit
+
+    def output_shape(self, shape):
+        if self._rank is not None:
+            self._need_rank(shape, self._rank, f"{self._rank}-D features")
+        if not shape or shape[0] != self.features:
+            raise ValueError(f"{self!r} expects {self.features} channels, got shape "
+                             f"{tuple(shape)}")
+        return tuple(shape)
+
+    def forward(self, x):
+        s, t = self.affine(x.dtype)
+        return ops.channel_affine(x, s, t), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return ops.channel_affine(g, self.affine(g.dtype)[0])
+
+
+def _as_tuple(t):
+    return t if isinstance(t, tuple) else (t,)
+
+
+@register_layer
+class BatchNorm1d(BatchNorm):
+    """BatchNorm over the features of a Dense output."""
+
+    kind = "batchnorm1d"
+    expects = (Dense,)
+    _rank = 1
+
+
+@register_layer
+class BatchNorm2d(BatchNorm):
+    """BatchNorm over the channels of a Conv2d output."""
+
+    kind = "batchnorm2d"
+    expects = (Conv2d,)
+    _rank = 3
+
+
+# --- importer converters ------------------------------------------------------------------------
+def _batchnorm(ctx, scale, shift, mean, var, eps):
+    """BatchNorm2d on per-sample (c, h, w) inputs, else BatchNorm1d."""
+    cls = BatchNorm2d if len(ctx.shape) == 3 else BatchNorm1d
+    try:
+        return cls(scale, shift, mean, var, eps=eps)
+    except (ValueError, TypeError) as exc:
+        raise ctx.error(str(exc)) from None
+
+
+def _torch_batchnorm(m, ctx):
+    if m.running_mean is None or m.running_var is None:
+        raise ctx.error("track_running_stats=False (no running statistics) is not supported")
+    n = m.num_features
+    scale = ctx.array(m.weight) if m.affine else np.ones(n)
+    shift = ctx.array(m.bias) if m.affine else np.zeros(n)
+    return _batchnorm(ctx, scale, shift, ctx.array(m.running_mean), ctx.array(m.running_var),
+                      float(m.eps))
+
+
+def _onnx_batchnorm(ctx):
+    if ctx.attrs.get("training_mode", 0):
+        raise ctx.error("training_mode=1 is not supported")
+    params = (ctx.const(i, n) for i, n in enumerate(("scale", "B", "mean", "var"), start=1))
+    return _batchnorm(ctx, *params, float(ctx.attrs.get("epsilon", 1e-5)))

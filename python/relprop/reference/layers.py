@@ -1,0 +1,146 @@
+"""The reference twin of every layer type, by kind: its forward pass and its vector-Jacobian
+product in plain NumPy (:mod:`relprop.reference.ops`), read from the layer's public attributes
+(``weight``, ``bias``, ``stride``, ``padding``, ``kernel_size``, ...).  Nothing of relprop's
+compute path is used; a new layer type registers its twin here with :func:`register_twin`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import ops
+
+
+@dataclass(frozen=True)
+class Twin:
+    """``forward(layer, *xs) -> y``; ``backward(layer, g, xs, relu_mode) -> [gx per input]``;
+    for layers with weights also ``apply(layer, x, w, b) -> y`` with explicit parameters (the
+    layer's matrix of rule-modified weights, :func:`relprop.reference.as_matrix`)."""
+
+    forward: Callable
+    backward: Callable
+    apply: Callable = None
+
+
+#: Twins by layer kind.
+TWINS: dict = {}
+
+
+def register_twin(*kinds, forward, backward, apply=None):
+    """Register the twin of the layer types ``kinds``."""
+    for kind in kinds:
+        TWINS[kind] = Twin(forward, backward, apply)
+
+
+def twin(layer) -> Twin:
+    """The twin of ``layer``'s kind (ValueError if it has none)."""
+    hit = TWINS.get(layer.kind)
+    if hit is None:
+        raise ValueError(f"reference: no twin for layer kind {layer.kind!r}")
+    return hit
+
+
+def _b(layer, dtype):
+    return None if layer.bias is None else layer.bias.astype(dtype)
+
+
+# --- layers with weights ------------------------------------------------------------------------
+def _conv_kw(layer):
+    """Dilation and groups of a Conv2d, where they differ from the defaults."""
+    kw = {}
+    if getattr(layer, "dilation", (1, 1)) != (1, 1):
+        kw["dilation"] = layer.dilation
+    if getattr(layer, "groups", 1) != 1:
+        kw["groups"] = layer.groups
+    return kw
+
+
+def _dense_apply(layer, x, w, b):
+    return ops.dense_forward(x, w, b)
+
+
+def _conv_apply(layer, x, w, b):
+    return ops.conv2d_forward(x, w, b, layer.stride, layer.padding, **_conv_kw(layer))
+
+
+register_twin(
+    "dense",
+    forward=lambda layer, x: _dense_apply(layer, x, layer.weight.astype(x.dtype),
+                                          _b(layer, x.dtype)),
+    backward=lambda layer, g, xs, mode: [ops.dense_backward(g, layer.weight.astype(g.dtype))],
+    apply=_dense_apply)
+register_twin(
+    "conv2d",
+    forward=lambda layer, x: _conv_apply(layer, x, layer.weight.astype(x.dtype),
+                                         _b(layer, x.dtype)),
+    backward=lambda layer, g, xs, mode: [ops.conv2d_backward(
+        g, layer.weight.astype(g.dtype), xs[0].shape[2:], layer.stride, layer.padding,
+        **_conv_kw(layer))],
+    apply=_conv_apply)
+
+
+# --- activations --------------------------------------------------------------------------------
+register_twin("relu", forward=lambda layer, x: ops.relu_forward(x),
+              backward=lambda layer, g, xs, mode: [ops.relu_backward(g, xs[0], mode)])
+register_twin("relu6", forward=lambda layer, x: ops.relu6_forward(x),
+              backward=lambda layer, g, xs, mode: [ops.relu6_backward(g, xs[0], mode)])
+
+
+# --- pooling ------------------------------------------------------------------------------------
+def _window(layer, shape):
+    return layer.kernel_size, layer.stride, layer.padding
+
+
+def _global(layer, shape):
+    hw = tuple(shape[-2:])
+    return hw, hw, (0, 0)
+
+
+def _maxpool_backward(layer, g, xs, mode):
+    x = xs[0]
+    _, arg = ops.maxpool2d_forward(x, *_window(layer, x.shape))
+    return [ops.maxpool2d_backward(g, arg, x.shape[2:], *_window(layer, x.shape))]
+
+
+register_twin("maxpool2d",
+              forward=lambda layer, x: ops.maxpool2d_forward(x, *_window(layer, x.shape))[0],
+              backward=_maxpool_backward)
+for _kind, _win in (("avgpool2d", _window), ("globalavgpool2d", _global)):
+    register_twin(_kind,
+                  forward=lambda layer, x, w=_win: ops.avgpool2d_forward(x, *w(layer, x.shape)),
+                  backward=lambda layer, g, xs, mode, w=_win: [ops.avgpool2d_backward(
+                      g, xs[0].shape[2:], *w(layer, xs[0].shape))])
+register_twin("adaptiveavgpool2d",
+              forward=lambda layer, x: ops.adaptive_avgpool2d_forward(x, layer.output_size),
+              backward=lambda layer, g, xs, mode: [ops.adaptive_avgpool2d_backward(
+                  g, xs[0].shape[2:])])
+
+
+# --- shapes, merges, normalization --------------------------------------------------------------
+register_twin("flatten", forward=lambda layer, x: x.reshape(len(x), -1),
+              backward=lambda layer, g, xs, mode: [g.reshape(xs[0].shape)])
+
+
+def _concat_backward(layer, g, xs, mode):
+    bounds = np.cumsum([0] + [a.shape[1] for a in xs])
+    return [g[:, lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+register_twin("add", forward=lambda layer, *xs: sum(xs[1:], xs[0]),
+              backward=lambda layer, g, xs, mode: [g for _ in xs])
+register_twin("concat", forward=lambda layer, *xs: np.concatenate(xs, axis=1),
+              backward=_concat_backward)
+
+
+def _affine(layer, dtype):
+    """``(s, t)`` of an unfolded BatchNorm: ``y = x * s + t`` per channel."""
+    s = layer.scale / np.sqrt(layer.var + layer.eps)
+    return s.astype(dtype), (layer.shift - layer.mean * s).astype(dtype)
+
+
+register_twin("batchnorm", "batchnorm1d", "batchnorm2d",
+              forward=lambda layer, x: ops.channel_affine(x, *_affine(layer, x.dtype)),
+              backward=lambda layer, g, xs, mode: [ops.channel_affine(
+                  g, _affine(layer, g.dtype)[0])])

@@ -1,0 +1,126 @@
+"""The layer registry: every layer type is described once (relprop.layers), and the composites,
+rules, importers, model files and the reference read that description; a type registered here,
+in the test, is imported, saved, explained and twinned with no other module touched."""
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+import relprop as rp
+from relprop import layers as L
+from relprop import reference as ref
+from relprop.composites import Composite
+from relprop.reference.layers import TWINS
+from relprop.rules import RULES
+
+import nets
+
+
+def test_every_layer_type_is_described_once():
+    assert set(L.__all__) == {cls.__name__ for cls in L.LAYER_TYPES.values()}
+    assert set(L.__all__) <= set(rp.__all__)
+    for kind, cls in L.LAYER_TYPES.items():
+        assert cls.kind == kind and cls.slots, kind
+        assert kind in TWINS, f"{kind} has no reference twin"
+        if cls.default_rule is not None:
+            rule = RULES[cls.default_rule]
+            assert any(slot in rule.applies_to for slot in cls.slots), kind
+    for entry_type in (L.TorchModule, L.TorchFunction, L.TorchMethod, L.OnnxOp):
+        L.import_table(entry_type)  # raises where two types claim one name
+    with pytest.raises(ValueError, match="'relu' is taken by ReLU"):
+        L.register_layer(type("Other", (L.Layer,), {"kind": "relu"}))
+
+
+def test_slots_name_layer_types():
+    assert set(L.slot_types("linear")) == {rp.Dense, rp.Conv2d}
+    assert L.slot_types("convolution") == (rp.Conv2d,)
+    assert L.slot_types("conv2d") == (rp.Conv2d,)  # a kind names its type
+    assert {rp.ReLU, rp.ReLU6} <= set(L.slot_types("activation"))
+    with pytest.raises(ValueError, match="unknown layer type 'convolutions'.*'convolution'"):
+        Composite([("convolutions", rp.rules.Epsilon())])
+    with pytest.raises(ValueError, match="cannot be applied to layer 1"):
+        rp.lrp(rp.Sequential([rp.Dense(np.ones((2, 3))), rp.ReLU()]), np.ones((1, 3)), 0,
+               Composite([("dense", rp.rules.Epsilon()), ("activation", rp.rules.Epsilon())]))
+
+
+class Negate(L.Elementwise):
+    """``-x``: a layer type that only this test registers."""
+
+    kind = "test_negate"
+    imports = (L.TorchFunction(("torch.neg",), ("input",), lambda a, ctx: Negate()),
+               L.TorchMethod(("neg",), ("input",), lambda a, ctx: Negate()),
+               L.OnnxOp(("Neg",), lambda ctx: Negate()))
+
+    def forward(self, x):
+        return -x, None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return -g
+
+
+@pytest.fixture
+def negate():
+    L.register_layer(Negate)
+    ref.register_twin("test_negate", forward=lambda layer, x: -x,
+                      backward=lambda layer, g, xs, mode: [-g])
+    try:
+        yield Negate
+    finally:
+        del L.LAYER_TYPES["test_negate"], TWINS["test_negate"]
+
+
+def test_a_registered_layer_type_is_read_everywhere(negate, rng, tmp_path):
+    torch = pytest.importorskip("torch")
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = torch.nn.Linear(4, 5), torch.nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(torch.neg(self.fc1(x)).neg().neg()))
+
+    torch.manual_seed(0)
+    module = M().double()
+    net = rp.from_torch(module, (4,))  # the importer's tables come from the registry
+    assert [layer.kind for layer in net.layers] == ["dense"] + ["test_negate"] * 3 + \
+        ["relu", "dense"]
+    net.save(tmp_path / "m.npz")
+    back = rp.load(tmp_path / "m.npz")  # loaded by kind
+    x = rng.normal(size=(3, 4))
+    assert_allclose(back(x), module(torch.from_numpy(x)).detach().numpy(), rtol=1e-12)
+    # the composite gives it its type's default rule (Pass: an activation), the reference its
+    # twin
+    R = rp.lrp(back, x, 1, "epsilon_plus")
+    rules = rp.composites.EpsilonPlus().rules(back)
+    seed = ref.seed(1, ref.forward(back, x)[-1], scale=True)
+    assert_allclose(R, ref.lrp(back, x, seed, rules), rtol=1e-10, atol=1e-12)
+    assert_allclose(rp.gradient(back, x, 1), ref.gradient(back, x, 1), rtol=1e-12)
+
+
+def test_a_registered_layer_type_is_read_by_from_onnx(negate, rng):
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = rng.normal(size=(3, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["n"], name="neg"),
+         helper.make_node("MatMul", ["n", "w"], ["y"], name="fc")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(w, "w")])
+    net = rp.from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                       check=False)
+    assert [layer.kind for layer in net.layers] == ["test_negate", "dense"]
+    x = rng.normal(size=(2, 3)).astype(np.float32)
+    assert_allclose(net(x), -x @ w, rtol=1e-6)
+
+
+def test_default_rules_come_from_the_layer_types(rng):
+    net = rp.Sequential([rp.Conv2d(nets.conv_w(rng, 2, 3, 3)), rp.ReLU(), rp.MaxPool2d(1, 1),
+                         rp.AvgPool2d(2), rp.Flatten(), rp.Dense(nets.dense_w(rng, 2, 2))],
+                        input_shape=(3, 4, 4))
+    rules = Composite([("linear", rp.rules.Epsilon())], stabilizer=1e-3).rules(net)
+    for node, rule in zip(net.nodes, rules):
+        if not node.layer.linear:
+            assert rule.registry_name == node.layer.default_rule
+    assert [r.stabilizer for r in rules if r.registry_name == "norm"] == [1e-3]
