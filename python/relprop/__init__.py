@@ -9,12 +9,11 @@ with a NumPy twin in :mod:`relprop.reference`.
 from __future__ import annotations
 
 from . import composites, rules
+from . import layers as _layers
 from ._core import __version__
 from .averaged import integrated_gradients, smoothgrad
 from .composites import Composite
 from .graph import Graph, Node, Sequential, Trace, load
-from .layers import *  # noqa: F403 (every registered layer type: relprop.layers.__all__)
-from .layers import __all__ as _layer_types
 from .layers import get_conv_algorithm, release_memory, set_conv_algorithm
 from .lrp import conservation, lrp
 from .methods import (
@@ -79,6 +78,10 @@ def __getattr__(name):
 def __dir__():
     return sorted(set(globals()) | set(__all__) | set(_LAZY_SUBMODULES))
 
+
+# every registered layer type (relprop.layers.__all__): a new one needs no line here
+_layer_types = _layers.__all__
+globals().update({name: getattr(_layers, name) for name in _layer_types})
 
 __all__ = [
     "GaussianPrior", "Prototypes", "activation_maximization", "evaluate", "integrated_gradients",
