@@ -560,3 +560,96 @@ def test_dask_atlas_on_a_cluster_of_two_workers():
         got = rd.atlas(net, da.from_array(x, chunks=50), ["block2.conv1", "fc"],
                        target="pred", k=5)
     _atlas_equal(want, got)
+
+
+# --- references ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_references_match_zennit_crp_get_max_reference(tmp_path):
+    """get_max_reference(..., rf=True) heatmaps (channels summed, as zennit-crp returns them)
+    on the reference samples both pick (zennit-crp breaks ties arbitrarily), and the crops of
+    its plot helper (get_crop_range of the blurred, max-normalized heatmap)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("crp")
+    zc = pytest.importorskip("zennit.composites")
+    from crp.attribution import CondAttribution
+    from crp.concepts import ChannelConcept
+    from crp.helper import max_norm
+    from crp.image import get_crop_range
+    from crp.visualization import FeatureVisualization
+    from torch import nn
+    from torchvision.transforms.functional import gaussian_blur
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1),
+                      nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                      nn.Flatten(), nn.Linear(8 * 8 * 8, 5)).double().eval()
+    net = rp.from_torch(m, (3, 16, 16))
+    n, k, layers, channels = 40, 4, ["2", "5"], [0, 1, 3]
+    x = torch.rand(n, 3, 16, 16, dtype=torch.float64)
+    y = torch.randint(0, 5, (n,))
+    fv = FeatureVisualization(CondAttribution(m), [(x[i], int(y[i])) for i in range(n)],
+                              {name: ChannelConcept() for name in layers}, path=tmp_path)
+    fv.run(zc.EpsilonPlusFlat(), 0, n, batch_size=16)
+    atlas = C.atlas(net, x.numpy(), layers, labels=y.numpy(), k=k)
+    compared = 0
+    for name in layers:
+        for mode in ("relevance", "activation"):
+            want = fv.get_max_reference(channels, name, mode, (0, k), zc.EpsilonPlusFlat(),
+                                        rf=True, plot_fn=None)
+            got = C.references(atlas, net, x.numpy(), name, channels, mode=mode)
+            assert got.heatmaps.shape == (3, k, 3, 16, 16)
+            for j, c in enumerate(channels):
+                data, heat = want[c]
+                same = [np.array_equal(data[b].numpy(), x[got.indices[j, b]].numpy())
+                        for b in range(k)]
+                for b in np.flatnonzero(same):
+                    h = heat[b].numpy()
+                    if not np.abs(h).max() > 0:
+                        continue
+                    assert _rel(got.heatmaps[j, b].sum(axis=0), h) <= 1e-12
+                    blurred = max_norm(gaussian_blur(heat[b][None], kernel_size=19)[0])
+                    r1, r2, c1, c2 = (int(v) for v in get_crop_range(blurred, 0.1))
+                    box = got.boxes[j, b]
+                    assert np.array_equal(h[r1:r2, c1:c2], h[box[0]:box[1], box[2]:box[3]])
+                    compared += 1
+    assert compared >= 20
+
+
+def test_crop_box_blurs_as_torchvision():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    from torchvision.transforms.functional import gaussian_blur as tv_blur
+
+    from relprop.concepts.references import gaussian_blur
+
+    h = np.random.default_rng(0).normal(size=(20, 24))
+    for size in (3, 19):
+        want = tv_blur(torch.from_numpy(h)[None], kernel_size=size)[0].numpy()
+        np.testing.assert_allclose(gaussian_blur(h, size), want, rtol=1e-12, atol=1e-14)
+    assert C.crop_box(np.zeros((8, 8))) == (0, 8, 0, 8)  # nothing to crop: the whole image
+
+
+def test_references_start_at_the_neuron_and_check_their_arguments():
+    """The walk from one neuron of a node: bias-free LRP-0 conserves its seed, the channel's
+    activation at that neuron, down to the input."""
+    net, (x, y) = _bias_free_resnet(), rp.models.digits_data()
+    x, y = x[:40].astype(np.float64), y[:40]
+    comp = rp.Composite([("linear", rp.rules.Epsilon(0))], stabilizer=0)
+    atlas = C.atlas(net, x, ["block1.conv2", "fc"], comp, labels=y, k=3)
+    got = C.references(atlas, net, x, "block1.conv2", [2, 5], composite=comp, crop=False)
+    acts = net.trace(x).inputs[[n.name for n in net.nodes].index("block1.conv2") + 1]
+    for j, c in enumerate([2, 5]):
+        for b in range(3):
+            a = acts[got.indices[j, b], c].ravel()[got.neurons[j, b]]
+            assert got.heatmaps[j, b].sum() == pytest.approx(a, rel=1e-9, abs=1e-12)
+    assert (got.boxes == [0, 8, 0, 8]).all()
+    dense = C.references(atlas, net, x, "fc", 1, mode="activation")
+    assert dense.heatmaps.shape == (1, 3, 1, 8, 8)
+    with pytest.raises(ValueError, match="not in the atlas"):
+        C.references(atlas, net, x, "block2.conv1", 0)
+    with pytest.raises(ValueError, match="channel out of range"):
+        C.references(atlas, net, x, "fc", 10)
+    with pytest.raises(ValueError, match="mode must be"):
+        C.references(atlas, net, x, "fc", 1, mode="both")
+    with pytest.raises(ValueError, match="x has 10 samples, the atlas was made of 40"):
+        C.references(atlas, net, x[:10], "fc", 1)

@@ -5,11 +5,15 @@ Achtibat et al., Nature Machine Intelligence 2023; the numbers are those of zenn
   samples and conditions, from one forward pass per sample);
 * :func:`channel_relevance`: the relevance of every channel of some nodes;
 * :func:`atlas`: per channel, the samples of a dataset in which it is most relevant and most
-  active (relevance and activation maximization), as an :class:`Atlas`.
+  active (relevance and activation maximization), as an :class:`Atlas`;
+* :func:`references`: a channel's heatmaps on its reference samples, from its most relevant
+  neuron (its receptive field), with their crops.
 
 Definitions: docs/DESIGN.md, section 2.4.
 """
 from .maximization import Atlas, atlas
+from .references import References, crop_box, references
 from .relevance import Conditional, channel_relevance, conditional
 
-__all__ = ["Atlas", "Conditional", "atlas", "channel_relevance", "conditional"]
+__all__ = ["Atlas", "Conditional", "References", "atlas", "channel_relevance", "conditional",
+           "crop_box", "references"]
