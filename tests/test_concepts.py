@@ -653,3 +653,72 @@ def test_references_start_at_the_neuron_and_check_their_arguments():
         C.references(atlas, net, x, "fc", 1, mode="both")
     with pytest.raises(ValueError, match="x has 10 samples, the atlas was made of 40"):
         C.references(atlas, net, x[:10], "fc", 1)
+
+
+# --- attribution graph --------------------------------------------------------------------------
+def _check_attribution_graph(model, net, x, composite, root, channel):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("crp")
+    from crp.attribution import AttributionGraph, CondAttribution
+    from crp.concepts import ChannelConcept
+    from crp.graph import trace_model_graph
+    from crp.helper import get_layer_names
+    from torch import nn
+
+    names = get_layer_names(model, [nn.Conv2d, nn.Linear])
+    xt = torch.from_numpy(x)
+    graph = trace_model_graph(model, xt, names)
+    att = AttributionGraph(CondAttribution(model), graph, {n: ChannelConcept() for n in names})
+    for target in (2, None):
+        nodes, edges = att(xt.clone().requires_grad_(True), composite, channel, root, target,
+                           width=[3, 2], verbose=False)
+        got = C.attribution_graph(net, x, target, root, channel, width=(3, 2))
+        assert sorted(got.nodes) == sorted(nodes) and len(nodes) > 4
+        assert set(got.edges) == set(edges)
+        for key, lower in edges.items():
+            mine = {(n, c): s for n, c, s in got.edges[key]}
+            assert set(mine) == {(n, c) for n, c, _ in lower}
+            for n, c, s in lower:
+                assert mine[n, c] == pytest.approx(s, abs=1e-9)
+
+
+def test_attribution_graph_matches_zennit_crp_on_a_chain():
+    torch = pytest.importorskip("torch")
+    zc = pytest.importorskip("zennit.composites")
+    from torch import nn
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1),
+                      nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 12),
+                      nn.ReLU(), nn.Linear(12, 5)).double().eval()
+    net = rp.from_torch(m, (3, 8, 8))
+    x = np.random.default_rng(0).uniform(0, 1, (1, 3, 8, 8))
+    _check_attribution_graph(m, net, x, zc.EpsilonPlusFlat(), "6", 3)
+
+
+@pytest.mark.slow
+def test_attribution_graph_matches_zennit_crp_on_resnet18():
+    pytest.importorskip("torchvision")
+    zc = pytest.importorskip("zennit.composites")
+    from zennit.torchvision import ResNetCanonizer
+
+    model = nets.torchvision_model("resnet18").double()
+    net = rp.from_torch(model, (3, nets.TV_SIZE, nets.TV_SIZE))
+    x = np.random.default_rng(0).uniform(0, 1, (1, 3, nets.TV_SIZE, nets.TV_SIZE))
+    _check_attribution_graph(model, net, x, zc.EpsilonPlusFlat(canonizers=[ResNetCanonizer()]),
+                             "layer3.0.conv2", 5)
+
+
+def test_attribution_graph_arguments():
+    net, (x, _) = _bias_free_resnet(), rp.models.digits_data()
+    got = C.attribution_graph(net, x[0], 3, "block2.conv2", 1, width=2)
+    assert got.nodes[0] == ("block2.conv2", 1) and len(got.nodes) == 3
+    assert [n for n, _, _ in got.edges["block2.conv2", 1]] == ["block2.conv1"] * 2
+    with pytest.raises(ValueError, match="one sample"):
+        C.attribution_graph(net, x[:2], 3, "block2.conv2", 1)
+    with pytest.raises(ValueError, match="channel 99 is out of range"):
+        C.attribution_graph(net, x[:1], 3, "block2.conv2", 99)
+    with pytest.raises(TypeError, match="target must be a class"):
+        C.attribution_graph(net, x[:1], "pred", "block2.conv2", 1)
+    with pytest.raises(ValueError, match="width must be positive"):
+        C.attribution_graph(net, x[:1], 3, "block2.conv2", 1, width=(2, 0))

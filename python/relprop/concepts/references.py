@@ -10,8 +10,7 @@ import numpy as np
 
 from .._common import check_batch_size, is_int
 from ..composites import as_composite
-from ..engine import backward_walk, forward_pass
-from .relevance import RepeatedLrpStep, _node_indices
+from .relevance import Condition, ConditionedWalk, _node_indices
 
 #: The defaults of zennit-crp's plot helpers: a Gaussian blur of this window (sigma = 0.15 *
 #: window + 0.35, torchvision's default), and the crop keeps where the blurred, max-normalized
@@ -98,6 +97,7 @@ def references(atlas, net, x, node, channels, *, mode="relevance", crop=True,
         raise ValueError(f"x has {len(x)} samples, the atlas was made of {atlas.n_samples}")
     i = _node_indices(net, [node], "node")[node]
     rules = as_composite(composite, **rule_params).rules(net)
+    walk = ConditionedWalk(net, rules, [Condition(None, {})], net.tensor_shapes(x.shape[1:]))
     idx, neu = idx_all[chans], neu_all[chans]
     m, k = idx.shape
     rows = idx.ravel()
@@ -108,7 +108,7 @@ def references(atlas, net, x, node, channels, *, mode="relevance", crop=True,
     heat = np.empty((len(rows),) + xs.shape[1:], xs.dtype)
     for lo in range(0, len(rows), step):
         sl = slice(lo, min(len(rows), lo + step))
-        heat[sl] = _from_neuron(net, rules, i, xs[where[sl]], np.repeat(chans, k)[sl],
+        heat[sl] = _from_neuron(walk, i, xs[where[sl]], np.repeat(chans, k)[sl],
                                 neu.ravel()[sl])
     heat = heat.reshape((m, k) + xs.shape[1:])
     boxes = np.empty((m, k, 4), dtype=np.int64)
@@ -122,28 +122,19 @@ def references(atlas, net, x, node, channels, *, mode="relevance", crop=True,
     return References(node, mode, chans, idx, neu, heat, boxes)
 
 
-def _from_neuron(net, rules, i, x, channels, neurons):
+def _from_neuron(walk, i, x, channels, neurons):
     """Input relevance of a walk that starts at node ``i``, seeded with its output at
     (channel, flat neuron) of each row and zero elsewhere (zennit-crp's ``mask_rf`` with
     ``start_layer``)."""
-    step = RepeatedLrpStep(net, rules, 1, {i})
-    out, saved = forward_pass(net, x, step)
-    a = step.outputs[i]
-    flat = a.reshape(len(a), a.shape[1], -1)
-    seed = np.zeros_like(flat)
-    rows = np.arange(len(a))
-    seed[rows, channels, neurons] = flat[rows, channels, neurons]
-    seed = seed.reshape(a.shape)
 
-    def arrive(j, g, pending):
-        if j > i:
-            return None  # the walk starts at node i
-        if j == i:
-            pending.clear()
-            return seed
-        return g
+    def seed(a):
+        flat = a.reshape(len(a), a.shape[1], -1)
+        out = np.zeros_like(flat)
+        rows = np.arange(len(a))
+        out[rows, channels, neurons] = flat[rows, channels, neurons]
+        return out.reshape(a.shape)
 
-    return backward_walk(net, step, saved, np.zeros_like(out), arrive=arrive)
+    return walk.run(x, seed, start=i)[1]
 
 
 def crop_box(heatmap, threshold=CROP_THRESHOLD, kernel_size=CROP_KERNEL, image=None):

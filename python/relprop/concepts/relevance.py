@@ -350,11 +350,14 @@ class ConditionedWalk:
                     if i not in through:
                         self.beside[i] = self.beside.get(i, False) | self.cut[c]
 
-    def run(self, x, make_seed, record=(), outputs=()):
+    def run(self, x, make_seed, record=(), outputs=(), start=None):
         """``(output, input relevance (n * k, ...), {node in record: its relevance (n * k,
-        ...)}, {node in outputs: its output (n, ...)})``."""
+        ...)}, {node in outputs: its output (n, ...)})``.  ``make_seed(output)`` gives the
+        output relevance of the ``n * k`` rows; with ``start`` (a node index) the walk starts at
+        that node instead, from ``make_seed(its output)`` (zennit-crp's ``start_layer``)."""
         n, k, dtype = len(x), self.k, x.dtype
-        step = RepeatedLrpStep(self.net, self.rules, k, outputs)
+        keep = set(outputs) | ({start} if start is not None else set())
+        step = RepeatedLrpStep(self.net, self.rules, k, keep)
         out, saved = forward_pass(self.net, x, step)
         got = {}
 
@@ -363,6 +366,11 @@ class ConditionedWalk:
             return a.reshape(a.shape + (1,) * (ndim - a.ndim))
 
         def arrive(i, g, pending):
+            if start is not None and i >= start:
+                if i > start:
+                    return None  # the walk starts at node ``start``
+                pending.clear()
+                g = make_seed(step.outputs[start])
             beside = self.beside.get(i)
             if beside is not None and g is not None:
                 g = None if beside.all() else g * rows(~beside, g.ndim)
@@ -380,7 +388,8 @@ class ConditionedWalk:
                 got[i] = g
             return g
 
-        r = backward_walk(self.net, step, saved, make_seed(out), arrive=arrive)
+        r = backward_walk(self.net, step, saved, make_seed(out) if start is None else
+                          np.zeros((0,), dtype), arrive=arrive)
         shapes = self.net.tensor_shapes(x.shape[1:])
         for i in record:
             if got[i] is None:  # cut off: nothing arrived
