@@ -200,12 +200,35 @@ def test_per_sample_root_and_baseline_are_chunked_with_x(digits, cnn):
     np.testing.assert_array_equal(got, rp.taylor(cnn, digits, 4, root=one))
 
 
-def test_smoothgrad_with_a_seed_needs_one_chunk(digits, cnn):
-    with pytest.raises(ValueError, match="smoothgrad with a seed"):
-        rd.explain(cnn, da.from_array(digits, chunks=100), 1, "smoothgrad", seed=0)
-    got = rd.explain(cnn, da.from_array(digits[:50], chunks=-1), 1, "smoothgrad", n=4, seed=0)
-    np.testing.assert_array_equal(got.compute(scheduler="sync"),
-                                  rp.smoothgrad(cnn, digits[:50], 1, n=4, seed=0))
+@settings(max_examples=10, deadline=None)
+@given(cuts=st.lists(st.integers(1, 119), max_size=6, unique=True),
+       per_task=st.sampled_from([None, 1, 3]), offset=st.sampled_from([0, 1000]))
+def test_smoothgrad_gives_the_in_process_bits_for_any_chunking(digits, cnn, cuts, per_task,
+                                                                offset):
+    """Each sample's noise comes from (seed, its index): chunks, runs of chunks in a task and
+    a user's sample_offset give the in-process bits (the noise used to restart in every
+    chunk, so a seeded SmoothGrad over several chunks was refused)."""
+    x = digits[:120]
+    edges = [0] + sorted(cuts) + [120]
+    R = rd.explain(cnn, chunked(x, np.diff(edges)), "pred", "smoothgrad", n=3, seed=5,
+                   sample_offset=offset, chunks_per_task=per_task)
+    want = rp.smoothgrad(cnn, x, "pred", n=3, seed=5, sample_offset=offset)
+    np.testing.assert_array_equal(R.compute(scheduler="sync"), want, strict=True)
+
+
+def test_smoothgrad_refuses_a_generator_and_draws_one_seed(digits, cnn):
+    x = da.from_array(digits[:40], chunks=20)
+    with pytest.raises(TypeError, match="relprop.dask.explain: seed must be an int .* "
+                                        "would depend on the cut"):
+        rd.explain(cnn, x, 1, "smoothgrad", seed=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="sample_offset must be >= 0"):
+        rd.explain(cnn, x, 1, "smoothgrad", seed=0, sample_offset=-1)
+    with pytest.raises(ValueError, match="unknown chunk sizes"):
+        rd.explain(cnn, x[x[:, 0, 0, 0] >= 0], 1, "smoothgrad", seed=0)
+    # seed=None: one seed for the call (so both halves, identical inputs, get other noise)
+    twice = da.concatenate([x[:20], x[:20]])
+    got = rd.explain(cnn, twice, 1, "smoothgrad", n=2).compute(scheduler="sync")
+    assert not np.array_equal(got[:20], got[20:])
 
 
 def test_float64_inputs_stay_float64(digits, cnn):

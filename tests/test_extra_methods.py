@@ -56,6 +56,51 @@ def test_smoothgrad_float32_and_explain(rng):
     assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
 
 
+def test_smoothgrad_bits_depend_on_the_seed_and_sample_index_only(rng):
+    """Sample i's noise comes from (seed, sample_offset + i): the same bits for any batch
+    size (a sample's copies cut between batches of rows included), thread count, and for any
+    slice of the input explained with its offset; identical samples at other indices get other
+    noise; a Generator seed still works in-process (blocks drawn sample after sample)."""
+    net = rp.models.digits_cnn()
+    x = rp.models.digits_data()[0][:23]
+    x[7] = x[3]
+    kw = dict(n=5, sigma=0.3, seed=9)
+    whole = rp.smoothgrad(net, x, "pred", **kw)
+    assert_allclose(whole, ref_extra.smoothgrad(net, x.astype(np.float64),
+                                                net(x).argmax(axis=1), 5, 0.3, 9),
+                    rtol=2e-3, atol=2e-4 * np.abs(whole).max())
+    assert not np.array_equal(whole[3], whole[7])
+    old = rp.get_num_threads()
+    try:
+        for threads in (1, 2):
+            rp.set_num_threads(threads)
+            for batch_size in (1, 3, 7, 64):  # rows of (sample, copy); 5 copies per sample
+                np.testing.assert_array_equal(
+                    rp.smoothgrad(net, x, "pred", batch_size=batch_size, **kw), whole,
+                    strict=True)
+            for a, b in ((0, 4), (4, 5), (5, 23), (11, 17)):
+                got = rp.explain(net, x[a:b], "pred", "smoothgrad", sample_offset=a, **kw)
+                np.testing.assert_array_equal(got, whole[a:b], strict=True)
+    finally:
+        rp.set_num_threads(old)
+    g = rp.smoothgrad(net, x, 1, n=5, sigma=0.3, seed=np.random.default_rng(4), batch_size=4)
+    assert_allclose(g, ref_extra.smoothgrad(net, x.astype(np.float64), 1, 5, 0.3,
+                                            np.random.default_rng(4)),
+                    rtol=2e-3, atol=2e-4 * np.abs(g).max())
+
+
+def test_integrated_gradients_bits_do_not_depend_on_batch_size():
+    """A sample's path points are summed in point order, one at a time, also when a batch of
+    rows cuts them apart (they were summed per chunk of rows, then added: other rounding)."""
+    net = rp.models.digits_cnn()
+    x = rp.models.digits_data()[0][:9]
+    whole = rp.integrated_gradients(net, x, "pred", steps=7)
+    for batch_size in (1, 4, 10, 63):
+        np.testing.assert_array_equal(
+            rp.integrated_gradients(net, x, "pred", steps=7, batch_size=batch_size), whole,
+            strict=True)
+
+
 def test_smoothgrad_without_noise_is_the_gradient(rng):
     net = nets.mlp(rng)
     x = rng.normal(size=(5, 12))
@@ -156,6 +201,10 @@ def test_integrated_gradients_float32(rng):
     (lambda net, x: rp.smoothgrad(net, x, [0, 1], n=2), ValueError, "2 entries for a batch of 3"),
     (lambda net, x: rp.smoothgrad(net, x, 9), ValueError, "out of range"),
     (lambda net, x: rp.smoothgrad(net, x, 0, batch_size=0), ValueError, "batch_size"),
+    (lambda net, x: rp.smoothgrad(net, x, 0, seed=1.5), TypeError, "seed must be an int"),
+    (lambda net, x: rp.smoothgrad(net, x, 0, seed=-1), ValueError, "seed must be >= 0"),
+    (lambda net, x: rp.smoothgrad(net, x, 0, sample_offset=-1), ValueError,
+     "sample_offset must be >= 0"),
     (lambda net, x: rp.smoothgrad(net, x[:, :5], 0), ValueError, r"\(n, 12\)"),
     (lambda net, x: rp.integrated_gradients(net, x, 0, quadrature="simpson"), ValueError,
      "quadrature must be one of"),

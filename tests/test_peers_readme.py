@@ -168,9 +168,9 @@ def test_row_zennit_smoothgrad_differs(problem, monkeypatch):
     model, net, x, c, onehot, _ = problem
     n_iter, sigma, seed = 5, 0.2, 3
     ours = rp.smoothgrad(net, x, c, n=n_iter - 1, sigma=sigma, seed=seed)
-    # relprop's draws: one standard normal array, sample-major (all copies of sample 0, ...)
-    noise = np.random.default_rng(seed).standard_normal((len(x) * (n_iter - 1),) + SHAPE)
-    noise = noise.reshape((len(x), n_iter - 1) + SHAPE)
+    # relprop's draws: sample i's copies are one block from SeedSequence(seed, spawn_key=(i,))
+    noise = np.stack([np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,)))
+                      .standard_normal((n_iter - 1,) + SHAPE) for i in range(len(x))])
     draws = iter(range(n_iter - 1))
     monkeypatch.setattr(torch, "randn_like", lambda a: torch.from_numpy(noise[:, next(draws)]))
     want = zennit(za.SmoothGrad, model, x, onehot, noise_level=sigma, n_iter=n_iter)

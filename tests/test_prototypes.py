@@ -79,8 +79,9 @@ def test_activation_maximization_matches_reference(problem, steps, l2, init, use
     # the start point and the l2 center, as documented
     mid = (np.full(shape, (low + high) / 2) if prior is None else prior.mean.reshape(shape))
     center = np.broadcast_to(x_init if init == "array" else mid, full)
-    start = (np.random.default_rng(3).uniform(low, high, size=full) if init == "random"
-             else center)
+    # "random": class c starts from its own stream, (seed, c)
+    start = (np.stack([np.random.default_rng(np.random.SeedSequence(3, spawn_key=(c,))).uniform(
+        low, high, size=shape) for c in targets]) if init == "random" else center)
     want, trace = ref_extra.activation_maximization(
         net, targets, center, start, steps, 0.05, l2, low, high,
         None if prior is None else (prior.mean, prior.precision, prior.weight))
@@ -99,6 +100,29 @@ def test_activation_maximization_box_per_channel(rng):
     p = res.prototypes
     assert (p[:, 0] >= -1).all() and (p[:, 0] <= 0).all()
     assert (p[:, 1] >= 0).all() and (p[:, 1] <= 2).all()
+
+
+def test_random_starts_depend_on_the_class_only(rng):
+    """init="random": a class's start comes from (seed, class), so its prototype is the same
+    bits whatever other classes are asked for, in any order, on any thread count; a Generator
+    seed still works (starts drawn in the order of the targets)."""
+    net = nets.cnn(rng, channels=1, size=6, n_out=4)
+    kw = dict(steps=6, lr=0.1, init="random", seed=11, dtype=np.float32)
+    whole = rp.activation_maximization(net, [0, 1, 2, 3], **kw).prototypes
+    old = rp.get_num_threads()
+    try:
+        for threads in (1, 2):
+            rp.set_num_threads(threads)
+            for targets in ([2], [3, 1], [1, 3, 0, 2, 2]):
+                got = rp.activation_maximization(net, targets, **kw).prototypes
+                np.testing.assert_array_equal(got, whole[targets], strict=True)
+    finally:
+        rp.set_num_threads(old)
+    res = rp.activation_maximization(net, [3, 1], steps=1, lr=0.0, init="random",
+                                     seed=np.random.default_rng(5))
+    g = np.random.default_rng(5)
+    start = np.stack([g.uniform(0, 1, size=net.input_shape) for _ in range(2)])
+    assert_allclose(res.scores[0], ref.forward(net, start)[-1][[0, 1], [3, 1]], rtol=1e-12)
 
 
 @pytest.mark.parametrize("kwargs,err,match", [

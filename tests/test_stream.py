@@ -346,6 +346,43 @@ def test_derived_box_bounds_are_kept_for_resume(tmp_path, digits_npy):
     np.testing.assert_array_equal(np.load(tmp_path / "o" / "relevance.npy"), want)
 
 
+def test_random_methods_give_the_in_process_bits_for_any_chunking_and_a_resume(tmp_path,
+                                                                              digits_npy):
+    """SmoothGrad draws each sample's noise from (seed, its index in INPUTS): chunks of 150,
+    64 and 16 and a run resumed after a kill give bytes equal to one in-process call (the noise
+    used to restart in every chunk: relevance 0.99 apart where the largest is 7.1); without
+    -p seed the run draws one, says so and keeps it for --resume."""
+    _, x = digits_npy
+    np.save(tmp_path / "x.npy", x[:150])
+    net = models.digits_cnn()
+    want = relprop.smoothgrad(net, x[:150], "pred", n=3, seed=4)
+    base = ["explain", "digits_cnn", tmp_path / "x.npy", "-m", "smoothgrad", "-p", "n=3",
+            "-p", "seed=4", "-o", None, "--chunk-size", None]
+    outs = []
+    for chunk in (150, 64, 16):
+        out = tmp_path / f"c{chunk}"
+        base[-3], base[-1] = out, chunk
+        proc = run(*base, "--batch-size", 5)
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_array_equal(np.load(out / "relevance.npy"), want, strict=True)
+        outs.append(read_out(out))
+    assert outs[0] == outs[1] == outs[2]
+    base[-3] = out = tmp_path / "resumed"
+    run_killed("data-synced", 3, *base)
+    assert record(out)["done"] == 32
+    assert run(*base, "--resume").returncode == 0
+    assert read_out(out) == outs[0]
+    # no seed: one is drawn for the run, logged, and kept by --resume
+    unseeded = [a for a in base if a not in ("-p", "seed=4")][:5] + ["-p", "n=3"] + base[-4:]
+    unseeded[unseeded.index("-o") + 1] = out = tmp_path / "unseeded"
+    run_killed("data-synced", 2, *unseeded)
+    seed = record(out)["derived"]["seed"]
+    proc = run(*unseeded, "--resume")
+    assert proc.returncode == 0 and f"seed={seed} (drawn at random" in proc.stdout, proc.stdout
+    np.testing.assert_array_equal(np.load(out / "relevance.npy"),
+                                  relprop.smoothgrad(net, x[:150], "pred", n=3, seed=seed))
+
+
 # ------------------------------------------------------------------------------- memory --
 #: The CLI, then its peak RSS: VmHWM of /proc/self/status (ru_maxrss would count the memory of
 #: the pytest process the child was forked from).
@@ -418,6 +455,18 @@ def test_cli_on_a_local_cluster_resumes_a_local_run(tmp_path, digits_npy):
     assert proc.returncode == 0, proc.stderr
     assert "2 Dask worker(s)" in proc.stdout
     assert read_out(tmp_path / "out") == read_out(tmp_path / "clean")
+
+
+def test_cli_on_a_local_cluster_gives_a_random_methods_in_process_bits(tmp_path, digits_npy):
+    pytest.importorskip("distributed")
+    _, x = digits_npy
+    np.save(tmp_path / "x.npy", x[:150])
+    proc = run("explain", "digits_cnn", tmp_path / "x.npy", "-m", "smoothgrad", "-p", "n=3",
+               "-p", "seed=4", "-o", tmp_path / "o", "--chunk-size", 16, "--workers", 2,
+               "--threads", 1)
+    assert proc.returncode == 0, proc.stderr
+    want = relprop.smoothgrad(models.digits_cnn(), x[:150], "pred", n=3, seed=4)
+    np.testing.assert_array_equal(np.load(tmp_path / "o" / "relevance.npy"), want, strict=True)
 
 
 def test_cli_on_an_existing_scheduler(tmp_path, digits_npy):

@@ -11,12 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import check_batch_size, finite_result, predicted, row_targets
+from ._random import check_offset, check_seed, sample_rng
 from ._validate import as_float_array, as_int, as_scalar, check_size
 from .engine import gradient_pass
 
 
 def averaged_gradient(net, x, target, points, weights, batch_size=None):
-    """``sum_k weights[k] * dF/dx`` at ``points(sample_rows, k_rows)``, for every sample of ``x``.
+    """``sum_k weights[k] * dF/dx`` at ``points(sample_rows, k_rows)``, for every sample of ``x``,
+    summed in the order of ``k`` (bitwise the same for any ``batch_size``).
 
     Parameters
     ----------
@@ -46,13 +48,40 @@ def averaged_gradient(net, x, target, points, weights, batch_size=None):
         i, kk = idx // k, idx % k
         g = gradient_pass(net, points(i, kk), take_target(i))
         g *= w[kk].reshape((-1,) + (1,) * (x.ndim - 1))
-        first = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])  # rows are sample-major
-        out[i[first]] += np.add.reduceat(g, first, axis=0)
+        # each sample's terms are added in point order, one at a time, so its sum rounds
+        # alike however the rows are cut into chunks (a sample appears once per point)
+        for j in range(kk.min(), kk.max() + 1):
+            at = kk == j
+            out[i[at]] += g[at]
     return out
 
 
-def smoothgrad(net, x, target, n=16, sigma=0.15, seed=None, *, batch_size=None,
-               check_finite=True):
+class _NoiseBlocks:
+    """SmoothGrad's noise: sample ``i`` (``offset + i`` in the whole input) gets its ``n``
+    copies' noise as one block of standard normals ``(n, *shape)`` (float64) from its own
+    stream (:mod:`relprop._random`); the last block is kept, since a sample's copies may
+    straddle two chunks of rows."""
+
+    def __init__(self, seed, offset, n, shape):
+        self.seed, self.offset, self.size = seed, offset, (n,) + tuple(shape)
+        self.last = (None, None)
+
+    def block(self, i):
+        if self.last[0] != i:
+            self.last = (i, sample_rng(self.seed, self.offset + i).standard_normal(self.size))
+        return self.last[1]
+
+    def rows(self, i, k):
+        """The noise of rows ``(i[r], k[r])``, with ``i`` non-decreasing: ``(len(i), *shape)``."""
+        out = np.empty((len(i),) + self.size[1:])
+        edges = np.r_[np.flatnonzero(np.r_[True, i[1:] != i[:-1]]), len(i)]
+        for a, b in zip(edges[:-1], edges[1:]):
+            out[a:b] = self.block(int(i[a]))[k[a:b]]
+        return out
+
+
+def smoothgrad(net, x, target, n=16, sigma=0.15, seed=None, *, sample_offset=0,
+               batch_size=None, check_finite=True):
     """SmoothGrad [Smilkov2017]_: the gradient averaged over noisy copies of the input.
 
     ``R = 1/n sum_j dF/dx (x + e_j)``, ``e_j ~ N(0, (sigma * (max(x) - min(x)))^2)`` per
@@ -69,10 +98,16 @@ def smoothgrad(net, x, target, n=16, sigma=0.15, seed=None, *, batch_size=None,
         Noisy copies per sample.
     sigma : float
         Noise standard deviation relative to each sample's range ``max - min``.
-    seed : int or numpy.random.Generator, optional
-        Seeds the noise (``numpy.random.default_rng(seed)``); None draws fresh noise.  The noise
-        is drawn in float64, sample-major (all copies of sample 0, then of sample 1, ...), so a
-        given seed gives the same noise for any ``batch_size``.
+    seed : int, numpy.random.Generator or None
+        Seeds the noise.  With an int, sample ``i`` of ``x`` draws the standard normals of its
+        ``n`` copies as one block ``(n, *input_shape)`` (float64) from
+        ``numpy.random.default_rng(numpy.random.SeedSequence(seed, spawn_key=(sample_offset +
+        i,)))`` (:mod:`relprop._random`), so its noise depends only on the seed and its index
+        in the whole input: never on ``batch_size``, threads, or how the input was cut.  A
+        Generator gives the samples' blocks in order; None draws a fresh int seed.
+    sample_offset : int
+        The index of ``x[0]`` in the whole input (for a slice of a dataset explained on its
+        own: the same noise as in the whole).
     batch_size : int, optional
         Rows of the expanded batch (``n_samples * n`` noisy copies) per batched gradient pass;
         bounds memory.  All rows at once by default.
@@ -83,6 +118,13 @@ def smoothgrad(net, x, target, n=16, sigma=0.15, seed=None, *, batch_size=None,
     -------
     array shaped like ``x``
 
+    Raises
+    ------
+    TypeError
+        A seed or offset that is not an int (or, for the seed, a Generator).
+    ValueError
+        A negative seed or offset, ``n < 1``, ``sigma < 0``, or NaN/Inf in ``x``.
+
     References
     ----------
     .. [Smilkov2017] D. Smilkov et al., "SmoothGrad: removing noise by adding noise", 2017.
@@ -90,14 +132,13 @@ def smoothgrad(net, x, target, n=16, sigma=0.15, seed=None, *, batch_size=None,
     x = net.check_input(x, check_finite)
     n = as_int(n, "n", minimum=1)
     sigma = as_scalar(sigma, "sigma", minimum=0.0)
-    rng = np.random.default_rng(seed)
+    noise = _NoiseBlocks(check_seed(seed), check_offset(sample_offset), n, x.shape[1:])
     flat = x.reshape(len(x), -1)
     scale = sigma * (flat.max(axis=1).astype(np.float64) - flat.min(axis=1))
     scale = scale.reshape((-1,) + (1,) * (x.ndim - 1))
 
     def points(i, k):
-        noise = rng.standard_normal((len(i),) + x.shape[1:])
-        return (x[i] + scale[i] * noise).astype(x.dtype)
+        return (x[i] + scale[i] * noise.rows(i, k)).astype(x.dtype)
 
     weights = np.full(n, 1.0 / n)
     target = predicted(net, x, target, batch_size)  # the class at x, not at the copies

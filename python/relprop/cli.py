@@ -112,8 +112,9 @@ def check_method(name):
 
 
 #: Keyword arguments of the methods that ``-p`` cannot set: the command sets them itself
-#: (``batch_size`` is ``--batch-size``), or they change what the method returns.
-CLI_SET_PARAMETERS = ("batch_size", "check_finite", "return_info", "layerwise")
+#: (``batch_size`` is ``--batch-size``, ``sample_offset`` each sample's index in INPUTS), or
+#: they change what the method returns.
+CLI_SET_PARAMETERS = ("batch_size", "sample_offset", "check_finite", "return_info", "layerwise")
 #: Methods whose ``low``/``high`` default to the range of INPUTS in ``explain`` and ``evaluate``.
 BOX_METHODS = ("lrp.epsilon_gamma_box", "lrp.zbox")
 
@@ -163,6 +164,8 @@ def describe_parameters(name):
 def check_parameters(name, keys):
     """Raise ValueError unless every ``-p`` key in ``keys`` is a parameter of the method
     ``name``; the message names the parameters the method accepts."""
+    from .methods import parameters
+
     accepted = method_parameters(name)
     for key in keys:
         if key in accepted:
@@ -170,6 +173,9 @@ def check_parameters(name, keys):
         if key == "batch_size":
             raise ValueError(f"-p batch_size: set the batch size with --batch-size; {name} "
                              f"accepts {describe_parameters(name)}")
+        if key == "sample_offset" and key in (parameters(name) or {}):
+            raise ValueError(f"-p sample_offset: {name} draws each sample's random numbers "
+                             f"from its index in INPUTS; it accepts {describe_parameters(name)}")
         if not accepted:
             raise ValueError(f"-p {key}=...: {name} takes no parameters")
         raise ValueError(f"-p {key}=...: {name} has no parameter {key!r}; it accepts "

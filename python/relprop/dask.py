@@ -52,11 +52,12 @@ except ImportError as exc:  # pragma: no cover - tested in a subprocess without 
                       f"distributed; {exc})") from None
 
 from ._common import PRED, is_int, is_pred
-from ._random import check_seed
+from ._random import check_offset, check_seed
 from .averaged import integrated_gradients, smoothgrad
 from .graph import Graph
 from .inputs import NpyFile, default_chunk_size
 from .methods import explain as _explain
+from .methods import parameters as _parameters
 from .metrics import ORDERS, Curves
 from .metrics import pixel_flipping as _pixel_flipping
 from .metrics._base import FILLS, grid_regions
@@ -437,10 +438,13 @@ def _cut(a, runs):
 # --------------------------------------------------------------------------------------------
 # explain
 # --------------------------------------------------------------------------------------------
-def _explain_block(x, *rest, net, method, kind, target, names, params):
+def _explain_block(x, *rest, net, method, kind, target, names, params, offset):
     rest = list(rest)
     if kind in ("classes", "seed"):
         target = rest.pop(0)
+    if offset is not None:  # the block's first sample index (in the whole x), from its arange
+        idx = rest.pop()
+        params = {**params, "sample_offset": offset + (int(idx[0]) if len(idx) else 0)}
     with worker_threads():
         return _explain(net, x, target, method, **params, **dict(zip(names, rest)))
 
@@ -471,7 +475,10 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", *, chunks_per_task=N
     **params
         The method's keyword arguments (``batch_size`` bounds the samples per kernel call
         inside a task).  ``root``/``baseline`` arrays with a row per sample are chunked along
-        with ``x``.
+        with ``x``.  A method that draws random numbers (SmoothGrad) draws those of each sample
+        from (``seed``, the sample's index in ``x`` plus ``sample_offset``), so the result is
+        bitwise the in-process one for any chunks; its ``seed`` must be an int (None draws one
+        for the whole call).
 
     Returns
     -------
@@ -481,12 +488,12 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", *, chunks_per_task=N
     Raises
     ------
     TypeError
-        ``net``, ``x``, ``target`` or a parameter of the wrong type.
+        ``net``, ``x``, ``target`` or a parameter of the wrong type; a
+        ``numpy.random.Generator`` as ``seed`` (its draws would depend on the chunks).
     ValueError
-        Shapes that do not fit, an unknown method, a target out of range; SmoothGrad with a
-        ``seed`` over several chunks (its noise is drawn over the whole batch, so chunks would
-        change it); ``return_info``.  Checked now, on one sample; errors in the data (NaN) are
-        raised by ``compute()``, as in-process.
+        Shapes that do not fit, an unknown method, a target out of range; ``return_info``; a
+        random method on ``x`` of unknown chunk sizes.  Checked now, on one sample; errors in
+        the data (NaN) are raised by ``compute()``, as in-process.
     """
     net = _check_net(net)
     x, dtype = _check_x(x, net)
@@ -495,9 +502,15 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", *, chunks_per_task=N
     if params.get("return_info"):
         raise ValueError("return_info is not supported by relprop.dask.explain (it returns "
                          "relevance only)")
-    if method == "smoothgrad" and params.get("seed") is not None and x.numblocks[0] > 1:
-        raise ValueError("smoothgrad with a seed draws its noise over the whole batch, so the "
-                         "chunks of x would change it: use one chunk, or seed=None")
+    taken = _parameters(method) or {}
+    if "seed" in taken:  # one int for all blocks: sample i draws from (seed, i)
+        params["seed"] = check_seed(params.get("seed"), chunked="relprop.dask.explain")
+    offset = None
+    if "sample_offset" in taken:  # each block passes the index of its first sample
+        offset = check_offset(params.pop("sample_offset", 0))
+        if not _known(x):
+            raise ValueError(f"x has unknown chunk sizes; call x.compute_chunk_sizes() first "
+                             f"({method}'s random draws depend on each sample's index)")
     xt, runs = _per_task(x, chunks_per_task,
                          net.flops(x.shape[1:]) * _passes(method, params) / FLOP_RATE)
     kind, targ = _target(target, xt, net)
@@ -520,15 +533,17 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", *, chunks_per_task=N
     _explain(net, probe, _probe_target(kind, targ, dtype), method, **fixed, **first)
 
     ind, pairs = _blocks(xt, kind, targ, extras)
+    if offset is not None:
+        pairs += [da.arange(xt.shape[0], chunks=(xt.chunks[0],)), ind[0]]
     net_arg, net_key = _shipped(net)
     token = dask.base.tokenize(net_key, xt.name, kind, targ if kind == "int" else
                                getattr(targ, "name", None), method, fixed,
-                               [a.name for a in extras], names)
+                               [a.name for a in extras], names, offset)
     out = da.blockwise(
         _explain_block, ind, *pairs, name=f"relprop-explain-{token}", dtype=dtype,
         concatenate=True, meta=np.empty((0,) * x.ndim, dtype=dtype), net=net_arg,
         method=method, kind=kind, target=targ if kind in ("int", "pred") else None, names=names,
-        params=fixed)
+        params=fixed, offset=offset)
     return out if runs is None else _cut(out, runs)
 
 

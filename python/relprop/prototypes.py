@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._random import check_seed, sample_rng
 from ._validate import as_float_array, as_int, as_scalar
 from .engine import score_and_grad
 
@@ -179,13 +180,17 @@ def activation_maximization(net, targets, input_shape=None, steps=200, lr=0.05, 
         The box (e.g. per-channel bounds of shape ``(c, 1, 1)``).
     init : "mean", "random" or array
         The start ``x0``: "mean" is the prior's mean when a prior is given, else the middle of
-        the box ``(low + high) / 2``; "random" starts uniformly at random in the box (seeded by
+        the box ``(low + high) / 2``; "random" starts uniformly at random in the box (see
         ``seed``) with the l2 term still centered on the "mean" point; an array (one sample,
         broadcast, or ``(n_classes, *input_shape)``) is both the start and the center.
     prior : GaussianPrior, optional
         A density model whose ``weight * neg_log_density`` is subtracted from the objective.
-    seed : int
-        Seeds ``init="random"``.
+    seed : int or numpy.random.Generator
+        Seeds ``init="random"``: with an int, the start of class ``c`` is
+        ``rng.uniform(low, high)`` (float64) with ``rng`` the stream of index ``c``,
+        ``numpy.random.default_rng(numpy.random.SeedSequence(seed, spawn_key=(c,)))``
+        (:mod:`relprop._random`), so a class's prototype does not depend on the other classes
+        asked for; a Generator draws the starts in the order of ``targets``.
     beta1, beta2 : float
         Adam's moment decay rates.
     dtype : float32 or float64
@@ -224,8 +229,12 @@ def activation_maximization(net, targets, input_shape=None, steps=200, lr=0.05, 
             raise ValueError(f"init must be 'mean', 'random' or an array, got {init!r}")
         center = (prior.mean.reshape(shape) if prior is not None else (lo + hi) / 2)
         x0 = np.ascontiguousarray(np.broadcast_to(center, full), dtype=dtype)
-        x = (np.random.default_rng(seed).uniform(lo, hi).astype(dtype) if init == "random"
-             else x0.copy())
+        if init == "random":
+            seed = check_seed(seed)
+            x = np.stack([sample_rng(seed, c).uniform(lo[j], hi[j])
+                          for j, c in enumerate(t)]).astype(dtype)
+        else:
+            x = x0.copy()
     else:
         x0 = np.ascontiguousarray(_bound(init, "init", full, dtype))
         x = x0.copy()

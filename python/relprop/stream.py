@@ -193,16 +193,19 @@ def input_range(inputs, chunk_size):
 # --------------------------------------------------------------------------------------------
 # One chunk
 # --------------------------------------------------------------------------------------------
-def explain_chunk(net, x, target, method, params, batch_size=None):
-    """Explain one chunk: ``(R, targets, scores, sums)``.
+def explain_chunk(net, x, target, method, params, batch_size=None, start=0):
+    """Explain one chunk, samples ``start:start + len(x)`` of the input: ``(R, targets,
+    scores, sums)``.
 
     ``target`` is a class index or None for each sample's predicted class; ``targets`` (n,)
     are the explained classes, ``scores`` (n,) their scores ``f_t(x)`` and ``sums`` (n,) the
-    relevance sums, the columns of ``explained.csv``.  The same function runs in this process
-    and on Dask workers.
+    relevance sums, the columns of ``explained.csv``.  A method that draws random numbers gets
+    ``sample_offset=start``.  The same function runs in this process and on Dask workers.
     """
-    from .methods import explain
+    from .methods import explain, parameters
 
+    if "sample_offset" in (parameters(method) or {}):
+        params = {**params, "sample_offset": start}
     if target is None:  # the scores from the explanation's own forward pass
         pred = Predicted()
         R = explain(net, x, pred, method, batch_size=batch_size, **params)
@@ -217,12 +220,12 @@ def explain_chunk(net, x, target, method, params, batch_size=None):
     return R, np.array(classes), picked, sums
 
 
-def _chunk_task(net, x, target, method, params, batch_size):
+def _chunk_task(net, x, target, method, params, batch_size, start):
     """:func:`explain_chunk` as a Dask task, on the worker's threads."""
     from .dask import worker_threads
 
     with worker_threads():
-        return explain_chunk(net, x, target, method, params, batch_size)
+        return explain_chunk(net, x, target, method, params, batch_size, start)
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,12 +247,12 @@ class LocalRunner:
     def __init__(self, net, target, method, params, batch_size):
         self.args = (net, target, method, params, batch_size)
 
-    def submit(self, x):
+    def submit(self, x, start):
         net, target, method, params, batch_size = self.args
 
         class Lazy:
             def result(self_):
-                return explain_chunk(net, x, target, method, params, batch_size)
+                return explain_chunk(net, x, target, method, params, batch_size, start)
 
         return Lazy()
 
@@ -276,14 +279,14 @@ class ClientRunner:
             self.net = client.submit(_identity, net, pure=False)
         self.args = (target, method, params, batch_size)
 
-    def submit(self, x):
+    def submit(self, x, start):
         import dask
 
         target, method, params, batch_size = self.args
         # the chunk's inputs travel with its task on purpose: a lost task can be rerun
         with dask.config.set({"distributed.admin.large-graph-warning-threshold": "4GiB"}):
             return self.client.submit(_chunk_task, self.net, x, target, method, params,
-                                      batch_size, pure=False)
+                                      batch_size, start, pure=False)
 
     def cancel(self, pending):
         if pending:
@@ -571,7 +574,8 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
         Run the chunks on this Dask client instead of this process.
     derive : callable, optional
         ``derive() -> dict`` of parameters computed from the inputs for a new run (e.g. the
-        input range); a resumed run takes them from the record.
+        input range); a resumed run takes them from the record, as it takes the ``seed`` that
+        a new run draws for a random method given none.
     log : callable
         Where messages go.
     progress : bool, optional
@@ -595,6 +599,12 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
     if heatmaps and len(inputs.sample_shape) != 3:
         raise ValueError(f"heatmaps need image inputs (n, c, h, w); these are "
                          f"{(n,) + tuple(inputs.sample_shape)}")
+    from ._random import check_seed
+    from .methods import parameters
+
+    random = "seed" in (parameters(method) or {})
+    if random and params.get("seed") is not None:  # (None: drawn below, once for the run)
+        check_seed(params["seed"], chunked="relprop explain")
     run = dict(run or {})
     run.update({"method": method, "params": dict(params), "target": "pred" if target is None
                 else int(target), "n": n, "sample_shape": list(inputs.sample_shape),
@@ -618,8 +628,12 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
                 "starting over (pass --resume to continue it)")
     if derived is None:
         derived = derive() if derive is not None else {}
+        if random and params.get("seed") is None:  # one seed for every chunk, kept for resume
+            derived["seed"] = check_seed(None)
     for key, v in derived.items():
-        log(f"{method}: {key}={v:g} (the range of INPUTS; set it with -p {key}=...)")
+        why = "drawn at random" if key == "seed" else "the range of INPUTS"
+        log(f"{method}: {key}={v if isinstance(v, int) else format(v, 'g')} ({why}; set it "
+            f"with -p {key}=...)")
     params = {**params, **derived}
     if heatmaps:
         from .inputs import _heatmap_scale
@@ -644,7 +658,7 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
                 stop = min(n, start + chunk)
                 xb = inputs.read(start, stop)
                 pending.append((start, stop, xb if heatmaps and overlay else None,
-                                runner.submit(xb)))
+                                runner.submit(xb, start)))
                 del xb
             if not pending:
                 break

@@ -5,10 +5,15 @@ import numpy as np
 from .network import forward, gradient, seed
 
 
-def smoothgrad(net, x, target, n, sigma, seed_):
-    """``1/n sum_j grad(x + sigma * (max - min) * e_j)``; the noise ``e`` is drawn in float64,
-    all copies of sample 0 first, then sample 1, ... from ``default_rng(seed_)``."""
-    noise = np.random.default_rng(seed_).standard_normal((len(x), n) + x.shape[1:])
+def smoothgrad(net, x, target, n, sigma, seed_, offset=0):
+    """``1/n sum_j grad(x + sigma * (max - min) * e_j)``; the noise of sample ``i`` is one
+    float64 block of standard normals ``(n, *sample_shape)``: for an int ``seed_`` from
+    ``default_rng(SeedSequence(seed_, spawn_key=(offset + i,)))``, for a Generator from it,
+    sample after sample."""
+    noise = np.stack([
+        (seed_ if isinstance(seed_, np.random.Generator) else np.random.default_rng(
+            np.random.SeedSequence(seed_, spawn_key=(offset + i,)))).standard_normal(
+                (n,) + x.shape[1:]) for i in range(len(x))])
     total = np.zeros_like(x)
     for j in range(n):
         xj = np.empty_like(x)
