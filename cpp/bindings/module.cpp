@@ -554,6 +554,30 @@ CArray<T> relu_backward(const CArray<T>& g, const CArray<T>& x, int mode, int nt
 }
 
 template <typename T>
+CArray<T> leaky_relu_forward(const CArray<T>& x, double slope, int nthreads) {
+  CArray<T> y = like(x);
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::leaky_relu_forward<T>(x.data(), yp, x.size(), slope, nthreads);
+  }
+  return y;
+}
+
+template <typename T>
+CArray<T> leaky_relu_backward(const CArray<T>& g, const CArray<T>& x, double slope,
+                              int nthreads) {
+  check_same_shape(g, x, "leaky_relu_backward");
+  CArray<T> gx = like(g);
+  T* gp = gx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::leaky_relu_backward<T>(g.data(), x.data(), gp, g.size(), slope, nthreads);
+  }
+  return gx;
+}
+
+template <typename T>
 CArray<T> relu6_forward(const CArray<T>& x, int nthreads) {
   CArray<T> y = like(x);
   T* yp = y.mutable_data();
@@ -737,6 +761,10 @@ void define(py::module_& m) {
         "nthreads"_a, "x (n, c, h, w) -> (n, c, oh, ow), torch's AdaptiveAvgPool2d windows.");
   m.def("adaptive_avgpool2d_backward", &adaptive_avgpool2d_backward<T>, nc("grad"), "in_hw"_a,
         "nthreads"_a, "grad (n, c, oh, ow) -> (n, c, h, w): transpose of the forward.");
+  m.def("leaky_relu_forward", &leaky_relu_forward<T>, nc("x"), "slope"_a, "nthreads"_a,
+        "x > 0 ? x : slope * x.");
+  m.def("leaky_relu_backward", &leaky_relu_backward<T>, nc("grad"), nc("x"), "slope"_a,
+        "nthreads"_a, "x > 0 ? grad : slope * grad.");
   m.def("relu6_forward", &relu6_forward<T>, nc("x"), "nthreads"_a, "min(max(x, 0), 6).");
   m.def("relu6_backward", &relu6_backward<T>, nc("grad"), nc("x"), "mode"_a, "nthreads"_a,
         "mode 0: grad*(0<x<6), 1: max(grad, 0), 2: grad*(0<x<6)*(grad>0).");

@@ -1,4 +1,4 @@
-// Element-wise kernels: ReLU, ReLU6 and their backward variants, the per-channel affine map
+// Element-wise kernels: ReLU, LeakyReLU, ReLU6 and their backward variants, the per-channel affine map
 // (inference BatchNorm), the LRP stabilized division and the stacked shares of the rules on
 // [W+; W-].
 #include "gemm_impl.hpp"
@@ -34,6 +34,25 @@ void relu_backward(const T* g, const T* x, T* gx, idx size, int mode, int nthrea
       const T gi = g[i];
       gx[i] = (x[i] > T(0) && gi > T(0)) ? gi : T(0);
     }
+  }
+}
+
+template <typename T>
+void leaky_relu_forward(const T* x, T* y, idx size, double slope, int nthreads) {
+  [[maybe_unused]] const int nt = threads_for(nthreads, size, size);
+  const T a = static_cast<T>(slope);
+#pragma omp parallel for simd schedule(static) num_threads(nt)
+  for (idx i = 0; i < size; ++i) y[i] = x[i] > T(0) ? x[i] : a * x[i];  // NaN: a * NaN
+}
+
+template <typename T>
+void leaky_relu_backward(const T* g, const T* x, T* gx, idx size, double slope, int nthreads) {
+  [[maybe_unused]] const int nt = threads_for(nthreads, size, size);
+  const T a = static_cast<T>(slope);
+#pragma omp parallel for simd schedule(static) num_threads(nt)
+  for (idx i = 0; i < size; ++i) {
+    const T gi = g[i];  // loaded unconditionally so that the loop vectorizes
+    gx[i] = x[i] > T(0) ? gi : a * gi;
   }
 }
 
@@ -198,6 +217,8 @@ void lrp_alpha_beta_shares(const T* r, const T* p, const T* n, T* out, idx sampl
 }
 
 #define RELPROP_INSTANTIATE(T)                                                                 \
+  template void leaky_relu_forward<T>(const T*, T*, idx, double, int);                         \
+  template void leaky_relu_backward<T>(const T*, const T*, T*, idx, double, int);              \
   template void relu6_forward<T>(const T*, T*, idx, int);                                      \
   template void relu6_backward<T>(const T*, const T*, T*, idx, int, int);                      \
   template void channel_affine<T>(const T*, const T*, const T*, T*, idx, idx, idx, int);       \

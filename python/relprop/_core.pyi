@@ -458,6 +458,30 @@ def gemm(a: _F64, b: _F64, trans_a: bool, trans_b: bool, nthreads: _Int) -> _F64
 def gemm_blocks(double_precision: bool) -> dict: ...
 def isa() -> str: ...
 @typing.overload
+def leaky_relu_backward(grad: _F32, x: _F32, slope: _Float, nthreads: _Int) -> _F32:
+    """
+    x > 0 ? grad : slope * grad.
+    """
+
+@typing.overload
+def leaky_relu_backward(grad: _F64, x: _F64, slope: _Float, nthreads: _Int) -> _F64:
+    """
+    x > 0 ? grad : slope * grad.
+    """
+
+@typing.overload
+def leaky_relu_forward(x: _F32, slope: _Float, nthreads: _Int) -> _F32:
+    """
+    x > 0 ? x : slope * x.
+    """
+
+@typing.overload
+def leaky_relu_forward(x: _F64, slope: _Float, nthreads: _Int) -> _F64:
+    """
+    x > 0 ? x : slope * x.
+    """
+
+@typing.overload
 def lrp_alpha_beta_shares(
     r: _F32, p: _F32, n: _F32, alpha: _Float, beta: _Float, eps: _Float, nthreads: _Int
 ) -> _F32: ...

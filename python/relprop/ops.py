@@ -471,6 +471,29 @@ def channel_affine(x, scale, shift=None):
                                 _nt())
 
 
+def leaky_relu_forward(x, negative_slope=0.01):
+    """``x`` where ``x > 0``, else ``negative_slope * x`` (``torch.nn.LeakyReLU``), for an array
+    of any shape; NaN stays NaN."""
+    return _core.leaky_relu_forward(_array(x, "x"), float(negative_slope), _nt())
+
+
+def leaky_relu_backward(g, x, negative_slope=0.01):
+    """The vector-Jacobian product of :func:`leaky_relu_forward` at ``x`` (shaped like ``g``):
+    ``g`` where ``x > 0``, else ``negative_slope * g`` (torch's gradient, 0 counted as
+    negative).
+
+    Raises
+    ------
+    ValueError
+        If ``g`` and ``x`` differ in shape.
+    TypeError
+        If they are not float32/float64 arrays of one dtype.
+    """
+    g = _array(g, "g")
+    return _core.leaky_relu_backward(g, _like(_array(x, "x"), g.dtype, "x", "g"),
+                                     float(negative_slope), _nt())
+
+
 def relu_forward(x):
     """``max(x, 0)``."""
     return _core.relu_forward(x, _nt())

@@ -225,6 +225,14 @@ void relu6_forward(const T* x, T* y, idx size, int nthreads);
 template <typename T>
 void relu6_backward(const T* g, const T* x, T* gx, idx size, int mode, int nthreads);
 
+// y = x > 0 ? x : slope * x   (torch's leaky_relu; NaN stays NaN)
+template <typename T>
+void leaky_relu_forward(const T* x, T* y, idx size, double slope, int nthreads);
+
+// Its backward with input x:  gx = x > 0 ? g : slope * g
+template <typename T>
+void leaky_relu_backward(const T* g, const T* x, T* gx, idx size, double slope, int nthreads);
+
 // y = max(x, 0)
 template <typename T>
 void relu_forward(const T* x, T* y, idx size, int nthreads);

@@ -1,9 +1,10 @@
-"""Element-wise activations: ReLU, ReLU6."""
+"""Element-wise activations: ReLU, LeakyReLU, ReLU6."""
 from __future__ import annotations
 
 import numpy as np
 
 from .. import ops
+from .._validate import as_scalar
 from .base import Layer, OnnxOp, TorchFunction, TorchMethod, TorchModule, numel, register_layer
 
 
@@ -40,6 +41,42 @@ class ReLU(Elementwise):
 
     def backward(self, g, x, state, relu_mode="gradient"):
         return ops.relu_backward(g, x, relu_mode)
+
+
+@register_layer
+class LeakyReLU(Elementwise):
+    """``x`` for ``x > 0``, else ``negative_slope * x`` (``torch.nn.LeakyReLU``).
+
+    Piecewise linear and positively homogeneous, as ReLU; unlike ReLU not a rectifier, so
+    deconvnet and guided backprop pass its gradient (their rules are ReLU's only, as in Captum),
+    and LRP passes relevance through it (Zennit's Pass for its activations)."""
+
+    kind = "leaky_relu"
+    backward_reads_input = True
+    _config_args = ("negative_slope",)
+    imports = (
+        TorchModule(("LeakyReLU",), lambda m, ctx: LeakyReLU(m.negative_slope)),
+        TorchFunction(("torch.nn.functional.leaky_relu", "torch.nn.functional.leaky_relu_"),
+                      ("input", ("negative_slope", 0.01), ("inplace", False)),
+                      lambda a, ctx: LeakyReLU(ctx.constant(a["negative_slope"],
+                                                            "negative_slope"))),
+        OnnxOp(("LeakyRelu",), lambda ctx: LeakyReLU(ctx.attrs.get("alpha", 0.01))),
+    )
+
+    def __init__(self, negative_slope=0.01):
+        self.negative_slope = as_scalar(negative_slope, "negative_slope")
+
+    def config(self):
+        return {"negative_slope": self.negative_slope}
+
+    def describe(self):
+        return f"LeakyReLU {self.negative_slope:g}"
+
+    def forward(self, x):
+        return ops.leaky_relu_forward(x, self.negative_slope), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return ops.leaky_relu_backward(g, x, self.negative_slope)
 
 
 def clamp_layer(low, high, ctx, what="clamp", text=None):

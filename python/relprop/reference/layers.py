@@ -84,6 +84,10 @@ register_twin(
 # --- activations --------------------------------------------------------------------------------
 register_twin("relu", forward=lambda layer, x: ops.relu_forward(x),
               backward=lambda layer, g, xs, mode: [ops.relu_backward(g, xs[0], mode)])
+register_twin("leaky_relu",
+              forward=lambda layer, x: ops.leaky_relu_forward(x, layer.negative_slope),
+              backward=lambda layer, g, xs, mode: [ops.leaky_relu_backward(
+                  g, xs[0], layer.negative_slope)])
 register_twin("relu6", forward=lambda layer, x: ops.relu6_forward(x),
               backward=lambda layer, g, xs, mode: [ops.relu6_backward(g, xs[0], mode)])
 

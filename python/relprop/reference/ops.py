@@ -214,6 +214,14 @@ def adaptive_avgpool2d_backward(g, in_hw):
     return gx
 
 
+def leaky_relu_forward(x, negative_slope=0.01):
+    return np.where(x > 0, x, x * np.asarray(negative_slope, dtype=x.dtype))
+
+
+def leaky_relu_backward(g, x, negative_slope=0.01):
+    return np.where(x > 0, g, g * np.asarray(negative_slope, dtype=g.dtype))
+
+
 def relu6_forward(x):
     return np.clip(x, 0, 6)
 
