@@ -490,9 +490,8 @@ def test_depthwise_rows_do_not_depend_on_batch(isa):
 
 
 def test_scratch_failure_in_depthwise_is_memory_error():
-    # the depthwise kernel takes its per-thread buffers inside the parallel region: a failed
-    # allocation there must come out as MemoryError, not end the process (planes of 3 MB,
-    # larger than any other test's, so that the buffers must grow)
+    # a failed allocation of the depthwise kernel's per-thread buffers (planes of 3 MB) must
+    # come out as MemoryError, not end the process
     from relprop import _core
 
     x = np.ones((1, 2, 600, 600))

@@ -20,6 +20,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 import relprop as rp
+from relprop.reference import ops as ref_ops
 
 N_DIGITS = 10_000
 BATCH = 256
@@ -168,6 +169,54 @@ def test_pool_blocks_never_overlap_under_random_sizes_and_threads():
     rp.release_memory()
 
 
+def _held_by_kernels(call):
+    """``(result, bytes the call held at its peak beyond its result)``, after a fresh start of
+    the pool; the call's memory must be in use no more once it returned."""
+    rp.release_memory()
+    rp.ops.reset_memory_peak()
+    before = rp.ops.memory_stats()["current_bytes"]
+    out = call()
+    after = rp.ops.memory_stats()
+    # the result itself, on the pool (in whole pages) unless it is small
+    pooled = 0 if out.flags.owndata else -(-out.nbytes // 4096) * 4096
+    assert after["current_bytes"] - before == pooled
+    return out, after["peak_bytes"] - before - pooled
+
+
+def test_kernel_workspaces_are_counted_and_released():
+    """Every scratch byte a kernel holds is counted while the call runs, kept mapped by the
+    pool once it returned, and given back by release_memory: the GEMM's packed panels of B
+    (kb x min(nc, n) elements per thread) and the depthwise convolution's zero-padded planes
+    (they were per-thread buffers that nothing counted or freed)."""
+    rp.set_num_threads(1)
+    try:
+        blocks = rp.ops.gemm_blocks(np.float32)
+        k, n = 512, 4096
+        a = np.ones((15, k), np.float32)  # a result of 240 KiB: NumPy's, not the pool's
+        b = np.ones((k, n), np.float32)
+        c, held = _held_by_kernels(lambda: rp.ops.gemm(a, b))
+        assert_allclose(c, a @ b)
+        steps = -(-k // blocks["kc"])
+        panel = -(-k // steps) * min(blocks["nc"], n) * 4
+        assert held >= panel
+        assert rp.ops.memory_stats()["pool_cached_bytes"] >= panel  # mapped for the next call
+        rp.release_memory()
+        assert rp.ops.memory_stats()["pool_cached_bytes"] == 0
+
+        x = np.ones((1, 2, 600, 600), np.float32)
+        w = np.ones((2, 1, 3, 3), np.float32)
+        y, held = _held_by_kernels(lambda: rp.ops.conv2d_forward(x, w, None, 1, 4, dilation=4,
+                                                                 groups=2))
+        assert_allclose(y, ref_ops.conv2d_forward(x, w, None, 1, 4, dilation=4, groups=2),
+                        rtol=1e-6)
+        assert held >= 608 * 608 * 4  # one padded plane
+        del y
+        rp.release_memory()
+        assert rp.ops.memory_stats()["pool_cached_bytes"] == 0
+    finally:
+        rp.set_num_threads(0)
+
+
 def test_small_outputs_are_numpys():
     y = rp.ops.relu_forward(np.ones((3, 100), dtype=np.float32))
     assert y.flags.owndata
@@ -278,9 +327,9 @@ if True:
 @pytest.mark.parametrize("name", ["gemm", "conv2d_forward", "conv2d_backward",
                                   "conv2d_backward_cols"])
 def test_allocation_failure_inside_a_kernel_is_a_memory_error(name):
-    # The GEMM's scratch buffers grow inside OpenMP regions; a failure there must reach Python
-    # as MemoryError (not end the process), and the next call must work.  Run in a subprocess
-    # (a fresh process has no scratch buffers yet) with the test-only failure switch on.
+    # A kernel's workspace (relprop/workspace.hpp) is made before its OpenMP regions; a failed
+    # allocation must reach Python as MemoryError (not end the process), and the next call must
+    # work.  Run in a subprocess with the test-only failure switch on.
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", _ALLOCATION_FAILURE, name], capture_output=True,

@@ -17,6 +17,7 @@
 #include "relprop/parallel.hpp"
 #include "relprop/pool.hpp"
 #include "relprop/winograd.hpp"
+#include "relprop/workspace.hpp"
 
 namespace py = pybind11;
 using namespace pybind11::literals;
@@ -1064,20 +1065,20 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_isa_from_env", &relprop::set_isa_from_env);
   m.def("fma_peak_gflops", &relprop::fma_peak_gflops, "nthreads"_a,
         py::call_guard<py::gil_scoped_release>());
-  // Bytes in the kernels' counted scratch buffers (relprop/memory.hpp), for memory tests
+  // Bytes of the kernels' workspaces and of pooled outputs in use (relprop/memory.hpp)
   m.def("memory_stats", [] {
     return py::dict("current_bytes"_a = relprop::memory::current_bytes(),
                     "peak_bytes"_a = relprop::memory::peak_bytes());
   });
   m.def("reset_memory_peak", [] { relprop::memory::reset_peak(); });
-  // Test-only: make the growth of GEMM scratch buffers fail (std::bad_alloc -> MemoryError).
+  // Test-only: make every workspace allocation fail (std::bad_alloc -> MemoryError).
   m.def("_fail_scratch_allocations", &relprop::testing::fail_allocations, "on"_a);
   // Output blocks kept for reuse (relprop/pool.hpp) and their release to the system
   m.def("pool_cached_bytes", &relprop::pool::cached_bytes);
   m.def("release_memory", &relprop::pool::release_cached);
-  // The counter's own test: the stats while a counted buffer of `bytes` is alive.
+  // The counter's own test: the stats while a workspace of `bytes` is alive.
   m.def("_memory_probe", [](std::size_t bytes) {
-    std::vector<unsigned char, relprop::CountingAllocator<unsigned char>> buf(bytes);
+    relprop::Workspace<unsigned char> buf(static_cast<idx>(bytes));
     return py::dict("current_bytes"_a = relprop::memory::current_bytes(),
                     "peak_bytes"_a = relprop::memory::peak_bytes());
   }, "bytes"_a);

@@ -18,14 +18,13 @@
 #include <algorithm>
 #include <cstdint>
 #include <utility>
-#include <vector>
 
 #include "gemm_impl.hpp"
+#include "maxpool_2x2.hpp"
 #include "relprop/check.hpp"
 #include "relprop/kernels.hpp"
-#include "relprop/memory.hpp"
 #include "relprop/parallel.hpp"
-#include "workspace.hpp"
+#include "relprop/workspace.hpp"
 
 namespace relprop {
 
@@ -49,10 +48,6 @@ void Window2d::validate() const {
 }
 
 namespace {
-
-// Scratch vectors are counted (relprop::memory) so tests can bound the kernels' memory.
-template <typename T>
-using Buffer = std::vector<T, CountingAllocator<T>>;
 
 using detail::GemmArgs;
 using detail::GemmImpl;
@@ -118,7 +113,9 @@ void run_batch(const GemmImpl<T>& impl, const BatchGemm<T>& bg, int nthreads) {
   const int nt = threads_for(nthreads, units * ((bg.m + impl.mr - 1) / impl.mr),
                              bg.n * bg.m * bg.P * bg.k);
   if (nt <= 1) {
-    for (idx s = 0; s < bg.n; ++s) detail::run_tile(impl, bg.sample(s), 0, bg.m, 0, bg.P);
+    Workspace<T> buf(detail::tile_scratch_size(impl, bg.sample(0), bg.m, bg.P).total());
+    for (idx s = 0; s < bg.n; ++s)
+      detail::run_tile(impl, bg.sample(s), 0, bg.m, 0, bg.P, buf.data());
     return;
   }
   const detail::Split sp =
@@ -128,6 +125,10 @@ void run_batch(const GemmImpl<T>& impl, const BatchGemm<T>& bg, int nthreads) {
   // on a dynamic schedule: a thread the operating system takes away holds up one chunk (every
   // strip's im2col panel is packed by the one task that multiplies it, either way)
   const idx chunks = std::min<idx>(units, std::max<idx>(sp.tn, (4 * nt + sp.tm - 1) / sp.tm));
+  const detail::TileScratch ts =
+      detail::tile_scratch_size(impl, bg.sample(0), (sm + sp.tm - 1) / sp.tm * impl.mr,
+                                std::min(bg.P, (units + chunks - 1) / chunks * impl.nr));
+  Workspace<T> buf(ts.total(), nt);
   parallel_for_dynamic(nt, sp.tm * chunks, [&](idx t) {
     idx lo_m, hi_m, u0, u1;
     detail::share(sm, sp.tm, static_cast<int>(t / chunks), lo_m, hi_m);
@@ -137,7 +138,7 @@ void run_batch(const GemmImpl<T>& impl, const BatchGemm<T>& bg, int nthreads) {
       const idx s = u / strips, first = u % strips;
       const idx last = std::min(strips, first + (u1 - u));  // strips of sample s in [u0, u1)
       detail::run_tile(impl, bg.sample(s), i0, i1, first * impl.nr,
-                       std::min(last * impl.nr, bg.P));
+                       std::min(last * impl.nr, bg.P), buf.part(thread_index()));
       u += last - first;
     }
   });
@@ -251,10 +252,9 @@ void forward_impl(const T* x, const T* w, const T* b, T* y, T* y2, const Window2
   const bool stack = groups > 1 && split < c_out;
   RELPROP_CHECK(!(stack && packed), "conv2d_forward_split with groups > 1 packs its weights "
                 "itself: packed must be null");
-  Buffer<T> ws(static_cast<size_t>(stack ? c_out * K : 0)), bs;
+  Workspace<T> ws(stack ? c_out * K : 0), bs(stack && b ? c_out : 0);
   if (stack) {
     const idx m2 = m - m1;
-    if (b) bs.resize(static_cast<size_t>(c_out));
     for (idx gi = 0; gi < groups; ++gi) {
       std::copy(w + gi * m1 * K, w + (gi + 1) * m1 * K, ws.data() + gi * m * K);
       std::copy(w + (split + gi * m2) * K, w + (split + (gi + 1) * m2) * K,
@@ -267,7 +267,7 @@ void forward_impl(const T* x, const T* w, const T* b, T* y, T* y2, const Window2
     w = ws.data();
     if (b) b = bs.data();
   }
-  Buffer<T> wp(static_cast<size_t>(packed ? 0 : conv2d_packed_size<T>(g, c_out, groups)));
+  Workspace<T> wp(packed ? 0 : conv2d_packed_size<T>(g, c_out, groups));
   if (!packed) {
     conv2d_pack(w, g, c_out, groups, wp.data());
     packed = wp.data();
@@ -349,7 +349,7 @@ void conv2d_pack_backward(const T* w, const Window2d& g, idx c_out, idx groups, 
     return;
   }
   const idx K2 = cog * khw, block = impl.packed_a_size(cig, K2);
-  Buffer<T> wt(static_cast<size_t>(cig * K2));
+  Workspace<T> wt(cig * K2);
   for (idx gi = 0; gi < groups; ++gi) {
     const T* wg = w + gi * cog * K;
     for (idx o = 0; o < cog; ++o)
@@ -379,7 +379,7 @@ void backward_impl(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out,
   const auto& impl = detail::active_gemm<T>();
   const idx P = g.oh() * g.ow(), S = g.c * g.h * g.w, khw = g.kh * g.kw;
   const idx cig = g.c / groups, cog = c_out / groups, K = cig * khw;
-  Buffer<T> wp(static_cast<size_t>(packed ? 0 : conv2d_backward_packed_size<T>(g, c_out, groups)));
+  Workspace<T> wp(packed ? 0 : conv2d_backward_packed_size<T>(g, c_out, groups));
   if (!packed) {
     conv2d_pack_backward(w, g, c_out, groups, wp.data());
     packed = wp.data();
@@ -413,20 +413,22 @@ void backward_impl(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out,
   };
   const int nt = threads_for(nthreads, units * K, units * P * K * cog);
   if (nt > 1 && units >= nt) {
-    // one cols buffer per thread, allocated here, outside the parallel region
-    Buffer<T> all_cols(static_cast<size_t>(nt * K * P));
+    // one cols buffer and the GEMM's packing buffers per thread, allocated here, outside the
+    // parallel region
+    Workspace<T> all_cols(K * P, nt);
+    Workspace<T> tiles(detail::tile_scratch_size(impl, unit(0).first.sample(0), K, P).total(), nt);
     parallel_for(nt, units, [&](idx u) {
-      T* cols = all_cols.data() + static_cast<idx>(thread_index()) * K * P;
+      T* cols = all_cols.part(thread_index());
       auto [one, gxu] = unit(u);
       one.y = cols;
-      detail::run_tile(impl, one.sample(0), 0, K, 0, P);
+      detail::run_tile(impl, one.sample(0), 0, K, 0, P, tiles.part(thread_index()));
       std::fill(gxu, gxu + cig * plane, T(0));
       col2im(cols, gxu, g, 0, cig);
       if (aux) epilogue_pass(gxu, aux + (gxu - gx), cig * plane, epi);
     });
     return;
   }
-  Buffer<T> cols(static_cast<size_t>(K * P));
+  Workspace<T> cols(K * P);
   for (idx u = 0; u < units; ++u) {
     auto [one, gxu] = unit(u);
     one.y = cols.data();
@@ -477,7 +479,7 @@ void conv2d_forward_relu_maxpool(const T* x, const T* w, const T* b, T* pooled,
   if (groups > 1) {
     // grouped and depthwise: the convolution with its ReLU into a workspace, then the pooling
     // plane by plane (the same arithmetic, unfused)
-    detail::Workspace<T> y(g.n * c_out * P);
+    Workspace<T> y(g.n * c_out * P);
     forward_impl<T>(x, w, b, y.data(), nullptr, g, c_out, c_out, groups, nthreads, packed,
                     detail::Epilogue::relu);
     const int nt = threads_for(nthreads, g.n * c_out, g.n * c_out * P);
@@ -489,7 +491,7 @@ void conv2d_forward_relu_maxpool(const T* x, const T* w, const T* b, T* pooled,
   }
   const auto& impl = detail::active_gemm<T>();
   const idx K = g.c * g.kh * g.kw, m = c_out;
-  Buffer<T> wp(static_cast<size_t>(packed ? 0 : conv2d_packed_size<T>(g, c_out, 1)));
+  Workspace<T> wp(packed ? 0 : conv2d_packed_size<T>(g, c_out, 1));
   if (!packed) {
     conv2d_pack(w, g, c_out, 1, wp.data());
     packed = wp.data();
@@ -517,13 +519,19 @@ void conv2d_forward_relu_maxpool(const T* x, const T* w, const T* b, T* pooled,
   // bands in chunks on a dynamic schedule, as run_batch (a scratch per thread)
   const int ntt = sp.tm * sp.tn;
   const idx chunks = std::min<idx>(units, std::max<idx>(sp.tn, (4 * ntt + sp.tm - 1) / sp.tm));
-  detail::Workspace<T> scratch(ntt * rows_max * band_px);
+  Workspace<T> bands_out(rows_max * band_px, ntt);
+  GemmArgs<T> shape;  // the GEMM of a band, as far as its packing buffers go
+  shape.k = K;
+  shape.apack = packed;
+  shape.im = plain ? nullptr : &im;
+  shape.csb = 1;
+  Workspace<T> tiles(detail::tile_scratch_size(impl, shape, rows_max, band_px).total(), ntt);
   parallel_for_dynamic(ntt, sp.tm * chunks, [&](idx t) {
     idx lo_m, hi_m, u0, u1;
     detail::share(sm, sp.tm, static_cast<int>(t / chunks), lo_m, hi_m);
     detail::share(units, static_cast<int>(chunks), static_cast<int>(t % chunks), u0, u1);
     const idx i0 = lo_m * impl.mr, i1 = std::min(hi_m * impl.mr, m);
-    T* c = scratch.data() + static_cast<idx>(thread_index()) * rows_max * band_px;
+    T* c = bands_out.part(thread_index());
     for (idx u = u0; u < u1 && i0 < i1; ++u) {
       const idx si = u / bands, band = u % bands;
       const idx p0 = band * rb, prows = std::min(rb, ph - p0), r0 = 2 * p0;
@@ -545,7 +553,7 @@ void conv2d_forward_relu_maxpool(const T* x, const T* w, const T* b, T* pooled,
       ga.ldc = px;
       ga.row_bias = b;
       ga.epilogue = detail::Epilogue::relu;
-      detail::run_tile(impl, ga, i0, i1, 0, px);
+      detail::run_tile(impl, ga, i0, i1, 0, px, tiles.part(thread_index()));
       for (idx i = i0; i < i1; ++i) {
         const idx at = (si * m + i) * ph * pw + p0 * pw;
         detail::maxpool_2x2_plane(c + (i - i0) * px, pooled + at, arg + at, ow, prows, pw,
@@ -567,7 +575,7 @@ void conv2d_backward_pooled(const T* gp, const std::int64_t* arg, const T* poole
   // the convolution's output gradient: the pooled gradient at the winners (where pooled > 0:
   // the ReLU between the convolution and the pooling), 0 elsewhere; then the backward pass
   // with the ReLU mask of the layer below in its store
-  detail::Workspace<T> gy(g.n * c_out * oh * ow);
+  Workspace<T> gy(g.n * c_out * oh * ow);
   const Window2d pg{g.n, c_out, oh, ow, 2, 2, 2, 2, 0, 0};
   maxpool2d_backward_masked<T>(gp, arg, pooled, gy.data(), pg, nthreads);
   backward_impl<T>(gy.data(), w, gx, g, c_out, groups, nthreads, packed,
@@ -583,7 +591,7 @@ void conv2d_lrp_epsilon(const T* r, const T* z, const T* a, const T* w, T* ra, c
   // s = r / stab(z) into a workspace (one pass), then the backward pass with the product by
   // a in its store
   const idx len = c_out * g.oh() * g.ow();
-  detail::Workspace<T> s(g.n * len);
+  Workspace<T> s(g.n * len);
   lrp_divide<T>(r, z, nullptr, s.data(), g.n, len, eps, nthreads);
   backward_impl<T>(s.data(), w, ra, g, c_out, groups, nthreads, packed, detail::Epilogue::scale,
                    a);

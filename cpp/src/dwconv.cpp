@@ -32,6 +32,7 @@
 #include "relprop/check.hpp"
 #include "relprop/kernels.hpp"
 #include "relprop/parallel.hpp"
+#include "relprop/workspace.hpp"
 
 namespace relprop {
 
@@ -96,19 +97,30 @@ idx slack(const DwImpl<T>& impl, idx width) {
 }
 
 
-// Per-thread scratch of `size` elements whose zeros (padding) are written once per call: the
+// A buffer of `size` elements for each of a call's nt threads, allocated before the parallel
+// region, whose zeros (padding) are written once per call, by the thread on its first plane: the
 // buffers' layout is the same for every plane of a call, and each plane overwrites only the
-// elements inside the image.  `fresh` has one flag per thread of the call.
+// elements inside the image.
 template <typename T>
-T* zeroed_scratch(std::vector<char>& fresh, idx size) {
-  T* buf = detail::scratch<T>(2, static_cast<size_t>(size));
-  char& f = fresh[static_cast<size_t>(thread_index())];
-  if (f) {
-    std::fill(buf, buf + size, T(0));
-    f = 0;
+class ZeroedBuffers {
+ public:
+  ZeroedBuffers(idx size, int nt)
+      : size_(size), bufs_(size, nt), fresh_(static_cast<size_t>(nt), 1) {}
+  T* get() {  // the calling thread's
+    const int t = thread_index();
+    T* buf = bufs_.part(t);
+    if (fresh_[static_cast<size_t>(t)]) {
+      std::fill(buf, buf + size_, T(0));
+      fresh_[static_cast<size_t>(t)] = 0;
+    }
+    return buf;
   }
-  return buf;
-}
+
+ private:
+  idx size_;
+  Workspace<T> bufs_;
+  std::vector<char> fresh_;
+};
 
 // Small planes (rows shorter than two vectors) run channel-blocked: a vector holds one pixel of
 // w channels (impl.w), so no lane is wasted on short rows and any stride reads whole vectors;
@@ -171,11 +183,11 @@ void forward_blocked(const DwImpl<T>& impl, const T* x, const T* w, const T* b, 
   const idx xb = Hp * Wp * W, yb = P * W, blocks = (C + W - 1) / W, tasks = g.n * blocks;
   const idx m1 = split / C, m2 = (c_out - split) / C;
   const int nt = threads_for(nthreads, tasks, g.n * c_out * P * khw);
-  std::vector<char> fresh(static_cast<size_t>(nt), 1);
+  ZeroedBuffers<T> bufs(xb + yb + khw * W + W, nt);
   parallel_for(nt, tasks, [&](idx t) {
     const idx s = t / blocks, c0 = (t % blocks) * W;
     const int lanes = static_cast<int>(std::min(W, C - c0));
-    T* xs = zeroed_scratch<T>(fresh, xb + yb + khw * W + W);
+    T* xs = bufs.get();
     T* ys = xs + xb;
     T* wt = ys + yb;
     T* bias = wt + khw * W;
@@ -216,11 +228,11 @@ void backward_blocked(const DwImpl<T>& impl, const T* gy, const T* w, T* gx, con
   const idx rows_in = std::min(oh, Rn), cols_in = std::min(ow, Cn);
   const idx blocks = (C + W - 1) / W, tasks = g.n * blocks;
   const int nt = threads_for(nthreads, tasks, g.n * c_out * P * khw);
-  std::vector<char> fresh(static_cast<size_t>(nt), 1);
+  ZeroedBuffers<T> bufs(m * plane + S * W + m * khw * W + W, nt);
   parallel_for(nt, tasks, [&](idx t) {
     const idx s = t / blocks, c0 = (t % blocks) * W;
     const int lanes = static_cast<int>(std::min(W, C - c0));
-    T* gb = zeroed_scratch<T>(fresh, m * plane + S * W + m * khw * W + W);
+    T* gb = bufs.get();
     T* xg = gb + m * plane;
     T* wt = xg + S * W;
     const T* zero = wt + m * khw * W;  // never written: zeros
@@ -293,10 +305,10 @@ void depthwise_forward(const T* x, const T* w, const T* b, T* y, T* y2, const Wi
   const idx m1 = split / C, m2 = (c_out - split) / C, planes = g.n * C;
   const idx in_plane = g.h * g.w, out_plane = oh * ow;
   const int nt = threads_for(nthreads, planes, planes * (c_out / C) * out_plane * khw);
-  std::vector<char> fresh(static_cast<size_t>(nt), 1);
+  ZeroedBuffers<T> bufs(nph * plane + tmp_size, nt);
   parallel_for(nt, planes, [&](idx t) {
     const idx s = t / C, c = t % C;
-    T* buf = zeroed_scratch<T>(fresh, nph * plane + tmp_size);
+    T* buf = bufs.get();
     const T* xs = x + t * in_plane;
     for (const Part& pt : parts)
       impl.gather(buf + pt.p * plane + pt.r0 * Wq + pt.c0, Wq, xs + pt.src, g.sh * g.w,
@@ -347,10 +359,10 @@ void depthwise_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c
   const idx planes = g.n * C, in_plane = g.h * g.w, out_plane = oh * ow;
   const idx rows_in = std::min(oh, Rn), cols_in = std::min(ow, Cn);
   const int nt = threads_for(nthreads, planes, planes * m * out_plane * khw);
-  std::vector<char> fresh(static_cast<size_t>(nt), 1);
+  ZeroedBuffers<T> bufs(m * plane + tmp_size, nt);
   parallel_for(nt, planes, [&](idx t) {
     const idx s = t / C, c = t % C;
-    T* buf = zeroed_scratch<T>(fresh, m * plane + tmp_size);
+    T* buf = bufs.get();
     for (idx k = 0; k < m; ++k)  // gy plane k of channel c at (Fu, Fv) in the zero-padded buffer
       impl.gather(buf + k * plane + Fu * Wg + Fv, Wg, gy + (s * c_out + c * m + k) * out_plane, ow,
                   rows_in, cols_in, 1);

@@ -1,10 +1,9 @@
 // The GEMM core's dispatch and threading (baseline instruction set): which ISA's kernels run,
-// how C is cut among threads, per-thread scratch buffers, and the measured FMA peak.
+// how C is cut among threads, the buffers each thread packs into, and the measured FMA peak.
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <new>
 #include <string>
 #include <vector>
 
@@ -13,8 +12,8 @@
 #include "relprop/check.hpp"
 #include "relprop/cpu.hpp"
 #include "relprop/gemm.hpp"
-#include "relprop/memory.hpp"
 #include "relprop/parallel.hpp"
+#include "relprop/workspace.hpp"
 
 namespace relprop {
 
@@ -130,12 +129,7 @@ void set_isa_from_env() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Threading and scratch memory
-
-namespace testing {
-std::atomic<bool> g_fail_allocations{false};
-void fail_allocations(bool on) { g_fail_allocations.store(on, std::memory_order_relaxed); }
-}  // namespace testing
+// Threading and the tiles' buffers
 
 namespace detail {
 
@@ -171,46 +165,23 @@ const GemmImpl<double>& active_gemm<double>() {
   }
 }
 
-namespace {
-
-struct Scratch {
-  static constexpr int kSlots = 3;
-  void* ptr[kSlots] = {};
-  std::size_t bytes[kSlots] = {};
-  ~Scratch() {
-    for (int s = 0; s < kSlots; ++s) release(s);
-  }
-  // Not counted by relprop::memory: these per-thread caches live as long as their thread and
-  // are freed at thread exit, at times no measurement could bracket.
-  void release(int slot) {
-    std::free(ptr[slot]);
-    ptr[slot] = nullptr;
-    bytes[slot] = 0;
-  }
-  void* get(int slot, std::size_t want) {
-    if (want > bytes[slot]) {
-      release(slot);
-      if (testing::g_fail_allocations.load(std::memory_order_relaxed)) throw std::bad_alloc();
-      const std::size_t size = (want + 63) / 64 * 64;
-      void* p = std::aligned_alloc(64, size);
-      if (!p) throw std::bad_alloc();
-      ptr[slot] = p;
-      bytes[slot] = size;
-    }
-    return ptr[slot];
-  }
-};
-
-thread_local Scratch t_scratch;
-
-}  // namespace
-
 template <typename T>
-T* scratch(int slot, std::size_t elements) {
-  return static_cast<T*>(t_scratch.get(slot, elements * sizeof(T)));
+TileScratch tile_scratch_size(const GemmImpl<T>& impl, const GemmArgs<T>& g, idx rows, idx cols) {
+  // what tile() packs: blocks of up to mc rows (in strips of mr) by kb steps of A, with the A
+  // prologue followed by as many quotients; B in panels of kb steps by up to nc columns (in
+  // strips of nr), or one strip at a time where tile() streams B
+  const idx kb = block_k(impl.kc, g.k);
+  const auto round = [](idx e) {
+    constexpr idx unit = static_cast<idx>(64 / sizeof(T));
+    return (e + unit - 1) / unit * unit;
+  };
+  const auto up = [](idx v, idx to) { return (v + to - 1) / to * to; };
+  TileScratch s;
+  if (!g.apack) s.wa = round(std::min(impl.mc, up(rows, impl.mr)) * kb * (g.a_den ? 2 : 1));
+  const bool stream_b = rows <= impl.mc && (g.im || g.csb != 1);
+  if (!g.bpack) s.wb = round(kb * (stream_b ? impl.nr : up(std::min(impl.nc, cols), impl.nr)));
+  return s;
 }
-template float* scratch<float>(int, std::size_t);
-template double* scratch<double>(int, std::size_t);
 
 Split choose_split(idx m, idx n, idx k, int mr, int nr, int nt, bool pack_a) {
   (void)k;
@@ -236,12 +207,11 @@ Split choose_split(idx m, idx n, idx k, int mr, int nr, int nt, bool pack_a) {
 }
 
 template <typename T>
-void run_tile(const GemmImpl<T>& impl, const GemmArgs<T>& g, idx i0, idx i1, idx j0, idx j1) {
-  // (with the A prologue, wa also holds a block of quotients: see tile())
-  T* wa = g.apack ? nullptr
-                  : scratch<T>(0, static_cast<std::size_t>(impl.wa_size() * (g.a_den ? 2 : 1)));
-  T* wb = g.bpack ? nullptr : scratch<T>(1, static_cast<std::size_t>(impl.wb_size(j1 - j0)));
-  impl.tile(impl, g, i0, i1, j0, j1, wa, wb);
+void run_tile(const GemmImpl<T>& impl, const GemmArgs<T>& g, idx i0, idx i1, idx j0, idx j1,
+              T* buf) {
+  // this tile's parts, at most those buf was sized for (the sizes grow with rows and columns)
+  const TileScratch s = tile_scratch_size(impl, g, i1 - i0, j1 - j0);
+  impl.tile(impl, g, i0, i1, j0, j1, s.wa ? buf : nullptr, s.wb ? buf + s.wa : nullptr);
 }
 
 namespace {
@@ -272,11 +242,11 @@ void init_only(const GemmArgs<T>& g) {
 template <typename T>
 void run_dynamic(const GemmImpl<T>& impl, const GemmArgs<T>& g, int nt) {
   GemmArgs<T> h = g;
-  std::vector<T, CountingAllocator<T>> ap;
-  if (!g.apack && !g.a_den) {
+  const bool pack = !g.apack && !g.a_den;
+  Workspace<T> ap(pack ? impl.packed_a_size(g.m, g.k) : 0);
+  if (pack) {
     const idx kb = block_k(impl.kc, g.k), mpad = (g.m + impl.mr - 1) / impl.mr * impl.mr;
     const idx blocks = (g.k + kb - 1) / kb;
-    ap.resize(static_cast<std::size_t>(impl.packed_a_size(g.m, g.k)));
     T* dst = ap.data();
     // block pc of the whole packing is the packing of A's steps [pc, pc + kc) alone
     parallel_for(static_cast<int>(std::min<idx>(nt, blocks)), blocks, [&](idx b) {
@@ -288,6 +258,9 @@ void run_dynamic(const GemmImpl<T>& impl, const GemmArgs<T>& g, int nt) {
   const idx sm = (g.m + impl.mr - 1) / impl.mr, sn = (g.n + impl.nr - 1) / impl.nr;
   const Split s = choose_split(g.m, g.n, g.k, impl.mr, impl.nr, nt, false);
   const idx chunks = std::min<idx>(sn, std::max<idx>(s.tn, (4 * nt + s.tm - 1) / s.tm));
+  const TileScratch ts = tile_scratch_size(impl, h, (sm + s.tm - 1) / s.tm * impl.mr,
+                                           (sn + chunks - 1) / chunks * impl.nr);
+  Workspace<T> buf(ts.total(), nt);
   parallel_for_dynamic(nt, s.tm * chunks, [&](idx t) {
     idx lo_m, hi_m, lo_n, hi_n;
     share(sm, s.tm, static_cast<int>(t / chunks), lo_m, hi_m);
@@ -295,7 +268,7 @@ void run_dynamic(const GemmImpl<T>& impl, const GemmArgs<T>& g, int nt) {
     const idx i1 = hi_m * impl.mr < h.m ? hi_m * impl.mr : h.m;
     const idx j1 = hi_n * impl.nr < h.n ? hi_n * impl.nr : h.n;
     if (lo_m * impl.mr < i1 && lo_n * impl.nr < j1)
-      run_tile(impl, h, lo_m * impl.mr, i1, lo_n * impl.nr, j1);
+      run_tile(impl, h, lo_m * impl.mr, i1, lo_n * impl.nr, j1, buf.part(thread_index()));
   });
 }
 
@@ -314,11 +287,12 @@ void run_gemm(const GemmImpl<T>& impl, const GemmArgs<T>& g, int nthreads) {
     constexpr idx kUnit = 64;  // columns per unit of work (whole cache lines)
     const idx units = (g.n + kUnit - 1) / kUnit;
     const int nt = threads_for(nthreads, units, g.n * g.k);
+    Workspace<T> tmp(std::min(GemmImpl<T>::gemv_chunk, (units + nt - 1) / nt * kUnit), nt);
     parallel_for(nt, nt, [&](idx t) {
       idx u0, u1;
       share(units, nt, static_cast<int>(t), u0, u1);
       const idx j0 = u0 * kUnit, j1 = u1 * kUnit < g.n ? u1 * kUnit : g.n;
-      if (j0 < j1) impl.gemv(impl, g, j0, j1, scratch<T>(2, GemmImpl<T>::gemv_chunk));
+      if (j0 < j1) impl.gemv(impl, g, j0, j1, tmp.part(t));
     });
     return;
   }
@@ -326,7 +300,7 @@ void run_gemm(const GemmImpl<T>& impl, const GemmArgs<T>& g, int nthreads) {
     // a few rows and B with contiguous columns (a Dense layer's forward pass on a small batch,
     // B = w^T): A packed first, so that tile() streams B strip by strip through all its
     // steps (each row of w read front to back, once) instead of block by block
-    std::vector<T, CountingAllocator<T>> ap(static_cast<std::size_t>(impl.packed_a_size(g.m, g.k)));
+    Workspace<T> ap(impl.packed_a_size(g.m, g.k));
     impl.pack_a(impl, g.a, g.rsa, g.csa, g.m, g.k, ap.data());
     GemmArgs<T> h = g;
     h.apack = ap.data();
@@ -336,14 +310,16 @@ void run_gemm(const GemmImpl<T>& impl, const GemmArgs<T>& g, int nthreads) {
   const idx sm = (g.m + impl.mr - 1) / impl.mr, sn = (g.n + impl.nr - 1) / impl.nr;
   const int nt = threads_for(nthreads, sm * sn, g.m * g.n * g.k);
   if (nt <= 1) {
-    run_tile(impl, g, 0, g.m, 0, g.n);
+    Workspace<T> buf(tile_scratch_size(impl, g, g.m, g.n).total());
+    run_tile(impl, g, 0, g.m, 0, g.n, buf.data());
     return;
   }
   run_dynamic(impl, g, nt);
 }
 
-#define RELPROP_INSTANTIATE(T)                                                              \
-  template void run_tile<T>(const GemmImpl<T>&, const GemmArgs<T>&, idx, idx, idx, idx); \
+#define RELPROP_INSTANTIATE(T)                                                                \
+  template TileScratch tile_scratch_size<T>(const GemmImpl<T>&, const GemmArgs<T>&, idx, idx); \
+  template void run_tile<T>(const GemmImpl<T>&, const GemmArgs<T>&, idx, idx, idx, idx, T*);   \
   template void run_gemm<T>(const GemmImpl<T>&, const GemmArgs<T>&, int);
 RELPROP_INSTANTIATE(float)
 RELPROP_INSTANTIATE(double)

@@ -550,8 +550,8 @@ void tile(const GemmImpl<typename K::T>& impl, const GemmArgs<typename K::T>& g,
         const T* ap = g.apack + pc * mpad + ic * kc;
         if (!g.apack && g.a_den && g.csa == 1) {
           // the prologue: the block's quotients row by row (vectorized), then packed from
-          // there (wa holds 2 mc kc elements when a_den is set)
-          T* q = wa + impl.mc * impl.kc;
+          // there (they follow the packed block in wa: see tile_scratch_size)
+          T* q = wa + min_idx(impl.mc, (i1 - i0 + MR - 1) / MR * MR) * kb;
           for (idx i = 0; i < mc; ++i) {
             const T* ai = g.a + (ic + i) * g.rsa + pc;
             const T* di = g.a_den + (ic + i) * g.rsa + pc;

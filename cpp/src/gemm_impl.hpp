@@ -100,8 +100,8 @@ struct GemmImpl {
   Isa isa;
   int mr, nr;      // register tile of C
   idx mc, kc, nc;  // cache blocks (mc a multiple of mr, nc of nr)
-  // C(i, j) for i0 <= i < i1, j0 <= j < j1 (i0 a multiple of mr).  wa holds mc*kc elements
-  // (unused with apack), wb kc * round_up(min(nc, j1 - j0), nr); both 64-byte aligned.
+  // C(i, j) for i0 <= i < i1, j0 <= j < j1 (i0 a multiple of mr), packing into wa and wb
+  // (64-byte aligned, of the sizes tile_scratch_size gives; see tile() in gemm_driver.hpp).
   void (*tile)(const GemmImpl& impl, const GemmArgs<T>& g, idx i0, idx i1, idx j0, idx j1, T* wa,
                T* wb);
   // Packs the whole m x k matrix A(i, p) = a[i*rsa + p*csa] into dst, which holds
@@ -123,8 +123,6 @@ struct GemmImpl {
   // no copy of them is compiled with ISA-specific instructions.)
   idx packed_a_size(idx m, idx k) const { return (m + mr - 1) / mr * mr * k; }
   idx packed_b_size(idx k, idx n) const { return (n + nr - 1) / nr * nr * k; }
-  idx wa_size() const { return mc * kc; }
-  idx wb_size(idx cols) const { return kc * (((cols < nc ? cols : nc) + nr - 1) / nr * nr); }
 };
 
 // Tables defined by the micro-kernel translation units (only those compiled for this target).
@@ -153,10 +151,16 @@ const GemmImpl<float>& active_gemm<float>();
 template <>
 const GemmImpl<double>& active_gemm<double>();
 
-// Per-thread, 64-byte aligned scratch buffers that grow as needed and live as long as the
-// thread (slot 0: A panels, 1: B panels, 2: free for callers such as Conv2d).
+// The buffers tile() packs into for tiles of g of at most rows x cols: A panels (wa; with the A
+// prologue also a block of quotients) and B panels (wb), in elements, each a multiple of 64
+// bytes.  A caller running tiles on nt threads makes Workspace<T>(wa + wb, nt) before its
+// parallel region and gives each thread its part (relprop/workspace.hpp).
+struct TileScratch {
+  idx wa = 0, wb = 0;
+  idx total() const { return wa + wb; }
+};
 template <typename T>
-T* scratch(int slot, std::size_t elements);
+TileScratch tile_scratch_size(const GemmImpl<T>& impl, const GemmArgs<T>& g, idx rows, idx cols);
 
 // A rectangle of C per thread: rows [i0, i1), columns [j0, j1).
 struct Split {
@@ -178,9 +182,11 @@ template <typename T>
 void run_gemm(const GemmImpl<T>& impl, const GemmArgs<T>& g, int nthreads);
 
 // Runs the rectangle [i0, i1) x [j0, j1) of g on the calling thread (any thread, also inside
-// an OpenMP region), with this thread's scratch buffers.
+// an OpenMP region), packing into buf: tile_scratch_size(impl, g, rows, cols).total()
+// elements for some rows >= i1 - i0 and cols >= j1 - j0 (null when that is 0).
 template <typename T>
-void run_tile(const GemmImpl<T>& impl, const GemmArgs<T>& g, idx i0, idx i1, idx j0, idx j1);
+void run_tile(const GemmImpl<T>& impl, const GemmArgs<T>& g, idx i0, idx i1, idx j0, idx j1,
+              T* buf);
 
 }  // namespace detail
 }  // namespace relprop

@@ -4,17 +4,16 @@
 #include <cstdint>
 #include <limits>
 #include <type_traits>
-#include <vector>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 
+#include "maxpool_2x2.hpp"
 #include "relprop/check.hpp"
 #include "relprop/kernels.hpp"
-#include "relprop/memory.hpp"
 #include "relprop/parallel.hpp"
-#include "workspace.hpp"
+#include "relprop/workspace.hpp"
 
 namespace relprop {
 
@@ -190,14 +189,14 @@ void maxpool2d_forward(const T* x, T* y, std::int64_t* arg, const Window2d& g, i
                    g.w < (idx(1) << 30);  // lane offsets up to w + 1 fit in int32
   const bool rowwise = row_path(g);
   // the row path's work space, one per thread, allocated here (outside the parallel region)
-  std::vector<T, CountingAllocator<T>> work(static_cast<size_t>(rowwise ? nt * row_work(g) : 0));
+  Workspace<T> work(rowwise ? row_work(g) : 0, nt);
   parallel_for(nt, planes, [&](idx pl) {
     const T* xs = x + pl * g.h * g.w;
     if (two) {
       maxpool_2x2_plane(xs, y + pl * oh * ow, arg + pl * oh * ow, g.w, oh, ow);
     } else if (rowwise) {
       maxpool_rows(xs, y + pl * oh * ow, arg + pl * oh * ow, g,
-                   work.data() + static_cast<idx>(thread_index()) * row_work(g));
+                   work.part(thread_index()));
     } else {
       for (idx p = 0; p < oh; ++p)
         for (idx q = 0; q < ow; ++q)
@@ -321,9 +320,9 @@ void adaptive_avgpool2d_forward(const T* x, T* y, idx planes, idx h, idx w, idx 
   if (planes == 0) return;
   const int nt = threads_for(nthreads, planes, planes * (h * w + oh * ow));
   // one row of column sums per thread, allocated outside the parallel region
-  std::vector<T, CountingAllocator<T>> all(static_cast<size_t>(nt * w));
+  Workspace<T> all(w, nt);
   parallel_for(nt, planes, [&](idx pl) {
-    T* cols = all.data() + static_cast<idx>(thread_index()) * w;
+    T* cols = all.part(thread_index());
     const T* xs = x + pl * h * w;
     T* ys = y + pl * oh * ow;
     for (idx i = 0; i < oh; ++i) {
@@ -354,9 +353,9 @@ void adaptive_avgpool2d_backward(const T* gy, T* gx, idx planes, idx h, idx w, i
                 "), output (", oh, ", ", ow, ")");
   if (planes == 0) return;
   const int nt = threads_for(nthreads, planes, planes * (h * w + oh * ow));
-  std::vector<T, CountingAllocator<T>> all(static_cast<size_t>(nt * w));
+  Workspace<T> all(w, nt);
   parallel_for(nt, planes, [&](idx pl) {
-    T* row = all.data() + static_cast<idx>(thread_index()) * w;
+    T* row = all.part(thread_index());
     const T* gs = gy + pl * oh * ow;
     T* gxs = gx + pl * h * w;
     std::fill(gxs, gxs + h * w, T(0));

@@ -13,18 +13,16 @@
 #include <atomic>
 #include <exception>
 
+#include "gemm_driver.hpp"  // block_k: the GEMM core's blocks of steps (packed-B layout)
 #include "relprop/check.hpp"
 #include "relprop/parallel.hpp"
-#include "relprop/pool.hpp"
-#include "gemm_driver.hpp"  // block_k: the GEMM core's blocks of steps (packed-B layout)
+#include "relprop/workspace.hpp"
 #include "winograd_impl.hpp"
-#include "workspace.hpp"
 
 namespace relprop {
 
 namespace {
 
-using detail::Workspace;
 using detail::GemmArgs;
 using detail::GemmImpl;
 using detail::WinoGeom;
@@ -178,7 +176,7 @@ void run(const WinoGeom& g, const T* x, const T* u, const detail::WinoOut<T>& ou
       ga.c = ga.c2 = mm + xi * b.m_stride;  // rows from m2 = o0 on go to c2 + (i - o0) * ldc
       ga.m2 = o0;
       ga.ldc = ga.n;
-      detail::run_tile(impl, ga, o0, o1, 0, ga.n);
+      detail::run_tile<T>(impl, ga, o0, o1, 0, ga.n, nullptr);  // both packed: no buffers
     }
     kern.output[mi](g, b, mm, o0, o1, out, work);
   };
@@ -186,20 +184,20 @@ void run(const WinoGeom& g, const T* x, const T* u, const detail::WinoOut<T>& ou
   const idx per_thread = v_size + m_size + work_size;
   if (nt == 1 || blocks >= 2 * nt || strips < 2) {
     const int ntb = static_cast<int>(std::min<idx>(nt, blocks));
-    Workspace<T> buf(ntb * per_thread);
+    Workspace<T> buf(per_thread, ntb);
     parallel_for_dynamic(ntb, blocks, [&](idx bi) {
-      T* v = buf.data() + thread_index() * per_thread;
+      T* v = buf.part(thread_index());
       rows(bi, 0, g.c_out, v, v + v_size, v + v_size + m_size);
     });
     return;
   }
   const int ntc = static_cast<int>(std::min<idx>(nt, strips));
-  Workspace<T> buf(ntc * per_thread);
+  Workspace<T> buf(per_thread, ntc);
   parallel_for(ntc, ntc, [&](idx t) {
     idx s0, s1;
     detail::share(strips, ntc, static_cast<int>(t), s0, s1);
     const idx o0 = s0 * impl.mr, o1 = std::min(s1 * impl.mr, g.c_out);
-    T* v = buf.data() + t * per_thread;
+    T* v = buf.part(t);
     for (idx bi = 0; bi < blocks; ++bi) rows(bi, o0, o1, v, v + v_size, v + v_size + m_size);
   });
 }
@@ -253,13 +251,13 @@ void winograd_pack(const T* w, idx c_out, idx c_in, int tile, bool backward, T* 
   // and each plane's row is written contiguously (writing them pair by pair scattered a2
   // stores over a2 planes: 76 ms instead of about 2 for 512 x 512 channels).
   [[maybe_unused]] const int nt = threads_for(nthreads, rows, c_out * c_in * a2 * 8);
-  Workspace<double> lines(nt * 9 * k);  // the kernels of one row per thread
+  Workspace<double> lines(9 * k, nt);  // the kernels of one row per thread
   const double(*G)[3] = tile == 4 ? kG4 : kG2;
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (idx row = 0; row < rows; ++row) {
     // U[i, j] of every col, a vector of cols at a time (the loops over cols vectorize): the
     // kernels f[p][q], then G f, then (G f) G^T, in float64
-    double* fl = lines.data() + static_cast<idx>(thread_index()) * 9 * k;  // f[p][q], every col
+    double* fl = lines.part(thread_index());  // f[p][q], every col
     for (idx col = 0; col < k; ++col) {
       const idx o = backward ? col : row, c = backward ? row : col;
       const T* src = w + (o * c_in + c) * 9;

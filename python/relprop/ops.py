@@ -119,10 +119,11 @@ def local_threads(n: int):
 
 
 def memory_stats() -> dict:
-    """Memory of the kernels, in bytes: ``current_bytes`` and ``peak_bytes`` of their counted
-    scratch buffers and of the output arrays on relprop's pool (outputs of 256 KiB or more,
-    which ``tracemalloc`` does not see; smaller outputs are NumPy's, which it does), and
-    ``pool_cached_bytes``, freed output blocks the pool keeps for reuse (see
+    """Memory of the kernels, in bytes: ``current_bytes`` and ``peak_bytes`` of their
+    workspaces (every scratch buffer a kernel holds, only while it runs) and of the output
+    arrays on relprop's pool (outputs of 256 KiB or more, which ``tracemalloc`` does not see;
+    smaller outputs are NumPy's, which it does), and ``pool_cached_bytes``, the freed output
+    and workspace blocks of 256 KiB or more that the pool keeps mapped for reuse (see
     :func:`relprop.release_memory`).  The peak is process-wide, over all threads, since the last
     :func:`reset_memory_peak`.
     """
@@ -132,7 +133,7 @@ def memory_stats() -> dict:
 
 
 def release_pool() -> None:
-    """Return the output blocks relprop's pool keeps for reuse to the system (see
+    """Return the blocks relprop's pool keeps for reuse to the system (see
     :func:`relprop.release_memory`, which also drops the layers' packed weights)."""
     _core.release_memory()
 

@@ -35,10 +35,4 @@ struct GemmBlocks {
 template <typename T>
 GemmBlocks gemm_blocks();
 
-namespace testing {
-// Test-only: while on, every growth of a GEMM scratch buffer throws std::bad_alloc (buffers
-// are grown inside OpenMP regions, where an exception must be carried out of the region).
-void fail_allocations(bool on);
-}  // namespace testing
-
 }  // namespace relprop

@@ -1,17 +1,14 @@
-// Counting allocator: the bytes the kernels hold in scratch buffers, for memory-bound tests.
+// Counters of the memory the kernels hold: their workspaces (relprop/workspace.hpp) and the
+// output blocks in use on relprop's pool (relprop/pool.hpp), for relprop.ops.memory_stats().
 //
-//   std::vector<T, relprop::CountingAllocator<T>> cols(n);   // counted while it lives
 //   relprop::memory::current_bytes(), peak_bytes(), reset_peak()
 //
 // The counters are process-wide atomics (relaxed: they order nothing, they only count), so
-// buffers made inside OpenMP regions are counted from every thread.  Memory returned to Python
-// (NumPy arrays) is not counted here: tracemalloc sees it.
+// memory taken by any thread is counted.  Small outputs (NumPy's own arrays) are not counted
+// here: tracemalloc sees them.
 #pragma once
 #include <atomic>
 #include <cstddef>
-#include <limits>
-#include <new>
-#include <utility>
 
 namespace relprop {
 namespace memory {
@@ -37,50 +34,4 @@ inline std::size_t peak_bytes() noexcept { return g_peak.load(std::memory_order_
 inline void reset_peak() noexcept { g_peak.store(current_bytes(), std::memory_order_relaxed); }
 
 }  // namespace memory
-
-// A std::allocator that reports every allocation to relprop::memory (throws std::bad_alloc
-// like std::allocator; never use it where the exception could leave an OpenMP region).
-template <typename T>
-struct CountingAllocator {
-  using value_type = T;
-
-  CountingAllocator() noexcept = default;
-  template <typename U>
-  CountingAllocator(const CountingAllocator<U>&) noexcept {}
-
-  T* allocate(std::size_t n) {
-    if (n > std::numeric_limits<std::size_t>::max() / sizeof(T)) throw std::bad_array_new_length();
-    T* p = static_cast<T*>(::operator new(n * sizeof(T)));
-    memory::note_alloc(n * sizeof(T));
-    return p;
-  }
-
-  void deallocate(T* p, std::size_t n) noexcept {
-    // counted first: n comes from the vector's pointers, which GCC 12 would otherwise see used
-    // after the delete (a false -Wuse-after-free)
-    memory::note_free(n * sizeof(T));
-    ::operator delete(p);
-  }
-
-  // `std::vector<T, CountingAllocator<T>> v(n)` default-initializes: no zero fill of scratch
-  // that the kernels write before they read it (packed panels, column buffers).
-  template <typename U>
-  void construct(U* p) noexcept {
-    ::new (static_cast<void*>(p)) U;
-  }
-  template <typename U, typename... Args>
-  void construct(U* p, Args&&... args) {
-    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
-  }
-};
-
-template <typename T, typename U>
-bool operator==(const CountingAllocator<T>&, const CountingAllocator<U>&) noexcept {
-  return true;
-}
-template <typename T, typename U>
-bool operator!=(const CountingAllocator<T>&, const CountingAllocator<U>&) noexcept {
-  return false;
-}
-
 }  // namespace relprop

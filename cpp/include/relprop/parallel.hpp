@@ -48,9 +48,10 @@ inline int threads_for(int nthreads, std::int64_t tasks, std::int64_t work) {
 }
 
 // What an OpenMP loop's tasks share to carry an exception out of the region: no exception may
-// leave an OpenMP region (the process would end), so one thrown by a task (std::bad_alloc from
-// a scratch buffer) is caught in its thread, the tasks not yet started are skipped, and the
-// first exception is rethrown after the threads have joined, as hnswlib's ParallelFor does.
+// leave an OpenMP region (the process would end).  Kernels allocate before their regions
+// (relprop/workspace.hpp), so their tasks do not throw; should one, the exception is caught in
+// its thread, the tasks not yet started are skipped, and the first exception is rethrown after
+// the threads have joined, as hnswlib's ParallelFor does.
 class TaskErrors {
  public:
   template <class Body>

@@ -45,15 +45,16 @@ def release_packed():
 
 
 def release_memory() -> None:
-    """Return the output blocks relprop keeps for reuse to the system.
+    """Return the memory relprop keeps for reuse to the system.
 
-    Large outputs (activations, relevances) are allocated from a pool: memory freed by one call
-    is taken by the next call's outputs that fit in it, already mapped, which saves the
+    Large outputs (activations, relevances) and the kernels' large scratch buffers
+    (workspaces, held only during a kernel call) are allocated from a pool: memory freed by one
+    call is taken by the next call's requests that fit in it, already mapped, which saves the
     operating system's page faults and zeroing (about a fifth of a CNN's gradient).  The pool
-    never holds more than the largest amount of output memory in use at any earlier moment
+    never holds more than the largest amount of memory in use from it at any earlier moment
     minus what is in use now, so it does not raise the process's memory high-water mark; this
     call frees it, and the packed weight copies that Dense and Conv2d layers keep for small
-    calls.
+    calls.  :func:`relprop.ops.memory_stats` shows both.
     """
     release_packed()
     ops.release_pool()

@@ -1,5 +1,5 @@
-// Kernel workspaces from relprop's pool, and the 2x2 max pooling of one plane: internals
-// shared by the baseline translation units (conv2d.cpp, winograd.cpp, pooling.cpp).
+// The 2x2 max pooling of one plane: internals shared by the baseline translation units
+// (conv2d.cpp, pooling.cpp).
 #pragma once
 #include <cstdint>
 #include <type_traits>
@@ -9,28 +9,9 @@
 #endif
 
 #include "relprop/gemm.hpp"
-#include "relprop/pool.hpp"
 
 namespace relprop {
 namespace detail {
-
-// Workspace of `elements` T from relprop's pool: the same sizes come back on every call of a
-// layer, already mapped (a fresh allocation of megabytes would page-fault on every call); the
-// pool counts it and relprop.release_memory() returns it to the system.
-template <typename T>
-struct Workspace {
-  T* p = nullptr;
-  explicit Workspace(idx elements)
-      : p(elements > 0 ? static_cast<T*>(pool::acquire(static_cast<std::size_t>(elements) *
-                                                       sizeof(T)))
-                       : nullptr) {}
-  ~Workspace() {
-    if (p) pool::release(p);
-  }
-  Workspace(const Workspace&) = delete;
-  Workspace& operator=(const Workspace&) = delete;
-  T* data() const { return p; }
-};
 
 // `val` replaces the running maximum `best` if it is larger, or if it is the first NaN.
 template <typename T>
