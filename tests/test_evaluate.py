@@ -145,20 +145,32 @@ def test_conservation_report_lrp0_bias_free_is_exact(rng):
     assert rep.max_abs <= 1e-9 * np.abs(rep.score).max()
 
 
-def test_compare_rows_and_markdown(rng):
+def test_compare_table_and_markdown(rng):
     net = nets.cnn(rng)
     x = rng.normal(size=(3, 3, 12, 12))
     table = rp.evaluate.compare(net, x, [0, 1, 2], ["gradient_x_input", "lrp.epsilon", "random"],
-                                steps=4, patch=3)
-    assert [r["method"] for r in table.rows] == ["gradient_x_input", "lrp.epsilon", "random"]
+                                ["pixel_flipping", "max_sensitivity"], steps=4, patch=3, runs=2)
+    assert table.methods == ["gradient_x_input", "lrp.epsilon", "random"]
     R = ref.gradient_x_input(net, x, [0, 1, 2])
     want = ref_extra.pixel_flipping(net, x, R, [0, 1, 2], 4, 3, np.zeros_like(x))
     auc = np.trapezoid(want, np.linspace(0, 1, 5), axis=1).mean()
-    assert_allclose(table.rows[0]["auc"], auc, rtol=1e-9)
-    assert table.rows[2]["conservation_error"] is None and table.rows[2]["samples_per_s"] is None
+    assert_allclose(table.value("gradient_x_input", "pixel_flipping"), auc, rtol=1e-9)
+    assert table.results[("random", "max_sensitivity")] is None  # nothing to re-explain
     md = table.to_markdown().splitlines()
-    assert md[0].startswith("| method | pixel-flipping AUC (lower is better)")
-    assert len(md) == 2 + 3 and md[-1].startswith("| random |") and "n/a" in md[-1]
+    assert md[0] == ("| method | pixel_flipping (lower is better) | max_sensitivity (lower is "
+                     "better) |")
+    assert len(md) == 2 + 3 and md[-1].startswith("| random |") and md[-1].endswith("| n/a |")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"metrics": ["nope"]}, "unknown metric 'nope'"),
+    ({"metrics": ["pointing_game"]}, "needs the masks"),
+    ({"metrics": ["pixel_flipping"], "runs": 3}, "no metric of .* takes runs"),
+])
+def test_compare_errors(rng, kwargs, match):
+    net = nets.mlp(rng, (6, 8, 3))
+    with pytest.raises(ValueError, match=match):
+        rp.metrics.compare(net, rng.normal(size=(2, 6)), 0, ["gradient"], **kwargs)
 
 
 # --- the bundled digits CNN ------------------------------------------------------------------
@@ -194,19 +206,25 @@ def _run_cli(argv):
     return out.getvalue()
 
 
+def _row(text, method):
+    """The cells of ``method``'s row of a printed table."""
+    (line,) = [t for t in text.splitlines() if t.startswith(f"| {method} |")]
+    return [c.strip() for c in line.split("|")[2:-1]]
+
+
 def test_cli_evaluate_on_bundled_model(digits):
     net, x, y = digits
     text = _run_cli(["digits_cnn", "digits", "--limit", "12", "--methods",
-                     "gradient_x_input,random", "--steps", "8", "--target", "label"])
+                     "gradient_x_input,random", "--steps", "8", "--target", "label",
+                     "--metrics", "pixel_flipping,faithfulness_estimate"])
     lines = text.splitlines()
-    assert lines[1].startswith("| method | pixel-flipping AUC")
-    R = ref.gradient_x_input(net, x[:12].astype(np.float64), y[:12])
-    want = ref_extra.pixel_flipping(net, x[:12].astype(np.float64), R, y[:12], 8, 1,
-                                    np.zeros(x[:12].shape))
+    assert lines[1] == ("| method | pixel_flipping (lower is better) | faithfulness_estimate "
+                        "(higher is better) |")
+    x64 = x[:12].astype(np.float64)
+    R = ref.gradient_x_input(net, x64, y[:12])
+    want = ref_extra.pixel_flipping(net, x64, R, y[:12], 8, 1, np.zeros(x[:12].shape))
     auc = np.trapezoid(want, np.linspace(0, 1, 9), axis=1).mean()
-    row = lines[3].split("|")
-    assert row[1].strip() == "gradient_x_input"
-    assert_allclose(float(row[2]), auc, rtol=1e-3)
+    assert_allclose(float(_row(text, "gradient_x_input")[0]), auc, rtol=1e-3)
     assert lines[4].startswith("| random |")
 
 
@@ -217,17 +235,45 @@ def test_cli_evaluate_on_files(tmp_path, rng):
     np.save(tmp_path / "in.npy", rng.normal(size=(4, 6)))
     for inputs, target in (("in.npz", "label"), ("in.npy", "1"), ("in.npy", "pred")):
         text = _run_cli([str(tmp_path / "m.npz"), str(tmp_path / inputs), "--methods",
-                         "gradient", "--target", target, "--fill", "mean"])
-        assert "| gradient |" in text
+                         "gradient", "--target", target, "--fill", "mean",
+                         "--metrics", "pixel_flipping,sparseness"])
+        assert "| gradient |" in text and "fill=mean" in text
     with pytest.raises(ValueError, match="--target label needs INPUTS with labels"):
         _run_cli([str(tmp_path / "m.npz"), str(tmp_path / "in.npy"), "--target", "label"])
     with pytest.raises(ValueError, match="unknown method 'lrp.nope'"):
         _run_cli([str(tmp_path / "m.npz"), str(tmp_path / "in.npy"), "--methods", "lrp.nope"])
+    with pytest.raises(ValueError, match="unknown metric 'nope'"):
+        _run_cli([str(tmp_path / "m.npz"), str(tmp_path / "in.npy"), "--metrics", "nope"])
+
+
+def test_cli_evaluate_metric_families_parameters_and_masks(tmp_path):
+    """--metrics takes families, --set gives a parameter to the metrics that take it, --masks
+    feeds the localisation metrics: the numbers of relprop.metrics on the same inputs."""
+    from relprop.models import digits_cnn, digits_data
+
+    x, y = digits_data("test")
+    x = x[:6]
+    masks = (x > 0.5).astype(np.float32)
+    np.save(tmp_path / "masks.npy", masks)
+    text = _run_cli(["digits_cnn", "digits", "--limit", "6", "--methods", "gradient",
+                     "--metrics", "localisation,max_sensitivity", "--masks",
+                     str(tmp_path / "masks.npy"), "--set", "runs=3", "--set", "k=5"])
+    net = digits_cnn()
+    pred = ref.forward(net, x.astype(np.float64))[-1].argmax(axis=1)
+    R = rp.gradient(net, x, pred)
+    cells = _row(text, "gradient")
+    assert len(cells) == 6
+    want = rp.metrics.relevance_mass_accuracy(net, x, R, pred, masks).mean
+    assert_allclose(float(cells[1]), want, rtol=1e-3)
+    want = rp.metrics.top_k_intersection(net, x, R, pred, masks, k=5).mean
+    assert_allclose(float(cells[3]), want, rtol=1e-3)
+    want = rp.metrics.max_sensitivity(net, x, R, pred, method="gradient", runs=3).mean
+    assert_allclose(float(cells[5]), want, rtol=1e-3)
 
 
 def test_relprop_evaluate_command(capsys):
     assert cli.main(["evaluate", "digits_mlp", "digits", "--limit", "10", "--steps", "4",
-                     "--methods", "lrp.epsilon,random"]) == 0
+                     "--methods", "lrp.epsilon,random", "--metrics", "pixel_flipping"]) == 0
     out = capsys.readouterr().out
     assert "| lrp.epsilon |" in out and "| random |" in out
     assert cli.main(["evaluate", "digits_mlp", "digits", "--methods", "nope"]) == 2
@@ -242,12 +288,11 @@ def test_cli_evaluate_on_the_bundled_graph():
     x, y = digits_data("test")
     x = x[:6]
     text = _run_cli(["digits_resnet", "digits", "--limit", "6", "--methods",
-                     "lrp.epsilon_plus_flat", "--steps", "4", "--target", "label"])
+                     "lrp.epsilon_plus_flat", "--steps", "4", "--target", "label",
+                     "--metrics", "pixel_flipping"])
     rules = rp.composites.as_composite("epsilon_plus_flat").rules(net)
     x64 = x.astype(np.float64)
     R = ref.lrp(net, x64, ref.seed(y[:6], ref.forward(net, x64)[-1], scale=True), rules)
     want = ref_extra.pixel_flipping(net, x64, R, y[:6], 4, 1, np.zeros(x.shape))
     auc = np.trapezoid(want, np.linspace(0, 1, 5), axis=1).mean()
-    row = text.splitlines()[3].split("|")
-    assert row[1].strip() == "lrp.epsilon_plus_flat"
-    assert_allclose(float(row[2]), auc, rtol=1e-3)
+    assert_allclose(float(_row(text, "lrp.epsilon_plus_flat")[0]), auc, rtol=1e-3)

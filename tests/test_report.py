@@ -291,3 +291,82 @@ def test_page_renders_heatmaps_in_a_browser(demo, explained, tmp_path, which):
         ((red & region).sum(), (blue & region).sum())
     red_b, blue_b = red_and_blue(blank)
     assert not (red_b & region).any() and not (blue_b & region).any()
+
+
+# ----------------------------------------------------------------------------- evaluate --
+EVAL_METRICS = ["pixel_flipping", "abpc", "road", "model_parameter_randomization",
+                "faithfulness_correlation"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluate") / "report"
+    proc = run("evaluate", "digits_cnn", "digits", "--limit", 8, "--methods",
+               "lrp.epsilon_plus_flat,random", "--metrics", ",".join(EVAL_METRICS),
+               "--steps", 8, "--patch", 2, "--set", "regions=6", "--set", "subset=8",
+               "--report", out)
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out / 'index.html'}" in proc.stdout
+    return out, proc.stdout
+
+
+def _svgs(page):
+    """The page's charts: per ``<svg>``, its title and its polylines' points ``(k, 2)``."""
+    text = pathlib.Path(page).read_text()
+    charts = []
+    for svg in re.findall(r"<svg.*?</svg>", text, re.S):
+        title = re.search(r'font-size="13">([^<]*)</text>', svg).group(1)
+        lines = [np.array([[float(v) for v in p.split(",")] for p in pts.split()])
+                 for pts in re.findall(r'<polyline points="([^"]*)"', svg)]
+        charts.append((title, lines))
+    return charts
+
+
+def test_evaluate_report_has_the_printed_table_and_the_curves(evaluated):
+    out, stdout = evaluated
+    t = parse(out / "index.html")
+    head, rows = t.rows[0], t.rows[1:]
+    assert [c["lines"][0] for c in head] == ["method"] + EVAL_METRICS
+    printed = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+               for line in stdout.splitlines() if line.startswith("| ") and "---" not in line}
+    for row in rows:
+        method = row[0]["lines"][0]
+        assert [c["lines"][0] for c in row[1:]] == printed[method]
+    assert printed["random"][EVAL_METRICS.index("model_parameter_randomization")] == "n/a"
+    # the curves: one line per method (two for abpc), at the mean curve of relprop.metrics
+    import relprop as rp
+
+    net = models.digits_cnn()
+    x = models.digits_data()[0][:8]
+    pred = net(x).argmax(axis=1)
+    R = rp.explain(net, x, pred, method="lrp.epsilon_plus_flat")
+    charts = dict(_svgs(out / "index.html"))
+    assert set(charts) == {"pixel_flipping", "abpc", "road", "model_parameter_randomization"}
+    assert [len(lines) for lines in charts.values()] == [2, 4, 2, 1]
+    want = rp.metrics.pixel_flipping(net, x, R, pred, steps=8, patch=2).curves.mean(axis=0)
+    got = charts["pixel_flipping"][0]
+    assert got.shape == (9, 2) and np.all(np.diff(got[:, 0]) > 0)
+    fit = np.polyfit(want, got[:, 1], 1)  # pixel height is an affine map of the value ...
+    assert fit[0] < 0 and np.abs(np.polyval(fit, want) - got[:, 1]).max() < 0.1  # ... going up
+    layers = rp.metrics.model_parameter_randomization(net, x, R, pred).layers
+    assert len(charts["model_parameter_randomization"][0]) == len(layers)
+
+
+def test_evaluate_report_renders_its_charts_in_a_browser(evaluated, tmp_path):
+    """In the screenshot, the first two line colours (one per method) are drawn, and they
+    vanish from a copy of the page without its figures."""
+    out, _ = evaluated
+    page = tmp_path / "site" / "index.html"
+    shutil.copytree(out, page.parent)
+    shown = screenshot(page, tmp_path / "shown.png", tmp_path / "profile", size=(1400, 2400))
+    text = page.read_text()
+    page.write_text(re.sub(r'<div class="figures">.*?</div>\n', "", text, flags=re.S))
+    blank = screenshot(page, tmp_path / "blank.png", tmp_path / "profile", size=(1400, 2400))
+
+    def near(rgb, colour):
+        want = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+        return (np.abs(rgb - want).max(axis=-1) <= 24).sum()
+
+    for colour in render.LINE_COLOURS[:2]:
+        assert near(shown, colour) >= 300, colour
+        assert near(blank, colour) == 0, colour

@@ -30,8 +30,8 @@ Adding a subcommand
 Write one function ``add_<name>_parser(subparsers)`` that creates the sub-parser with
 ``subparsers.add_parser(...)`` and sets ``func=`` (a callable taking the parsed ``args``),
 then add it to :data:`SUBCOMMANDS`.  Raise ``ValueError`` for user mistakes.  The helpers
-:func:`load_model`, :func:`load_inputs` (from :mod:`relprop.inputs`) and :func:`resolve_target`
-(or :func:`parse_target`) read MODEL, INPUTS and ``--target`` the same way for every
+:func:`load_model`, :func:`load_inputs` (from :mod:`relprop.inputs`) and :func:`parse_target`
+read MODEL, INPUTS and ``--target`` the same way for every
 subcommand.
 """
 from __future__ import annotations
@@ -84,17 +84,6 @@ def parse_target(spec):
         return int(spec)
     except ValueError:
         raise ValueError(f"--target must be 'pred' or a class index, got {spec!r}") from None
-
-
-def resolve_target(spec, net, x, batch_size=None):
-    """``--target`` for the inputs ``x``: the predicted classes (n,) for "pred", else an int."""
-    fixed = parse_target(spec)
-    if fixed is not None:
-        return fixed
-    n = len(x)
-    bs = n if batch_size is None else batch_size
-    return np.concatenate([net.forward(np.asarray(x[i:i + bs])).reshape(
-        min(bs, n - i), -1).argmax(axis=1) for i in range(0, n, bs)])
 
 
 def check_method(name):
@@ -761,16 +750,22 @@ def run_info(args):
 # relprop evaluate
 # --------------------------------------------------------------------------------------------
 def add_evaluate_parser(subparsers):
-    """``relprop evaluate MODEL INPUTS``: compare methods with :func:`relprop.evaluate.compare`."""
-    from .evaluate import DEFAULT_METHODS, ORDERS
+    """``relprop evaluate MODEL INPUTS``: every method under every metric
+    (:func:`relprop.metrics.compare`)."""
+    from .metrics import DEFAULT_METHODS, FAMILIES, ORDERS
 
+    families = ", ".join(f"{k} ({', '.join(f.__name__ for f in v)})" for k, v in
+                         FAMILIES.items())
     p = subparsers.add_parser(
-        "evaluate", help="compare explanation methods by pixel flipping and conservation",
-        description="Explain INPUTS with several methods and print a markdown table: mean "
-                    "pixel-flipping AUC (regions perturbed most relevant first: lower is "
-                    "better), mean relative conservation error |f - sum R| / |f|, and "
-                    "samples/s of the explanation.  'random' is a random attribution, the "
-                    "baseline a useful explanation must beat.")
+        "evaluate", help="score explanation methods with evaluation metrics (relprop.metrics)",
+        formatter_class=_HelpFormatter,
+        description="Explain INPUTS with several methods, score every explanation with every "
+                    "metric and print a markdown table: a row per method, a column per metric "
+                    "(the mean score over the inputs, or the metric's batch statistic) with "
+                    "the direction of 'better'.  'random' is a random attribution, the "
+                    "baseline a useful explanation must beat.  --report also writes a web page "
+                    "with the table and the metrics' curves.",
+        epilog=f"metrics (--metrics, by name or by family): {families}")
     p.add_argument("model", metavar="MODEL",
                    help="relprop .npz, .onnx, or a bundled model: digits_cnn, digits_mlp")
     p.add_argument("inputs", metavar="INPUTS",
@@ -783,32 +778,75 @@ def add_evaluate_parser(subparsers):
                    help="comma-separated method names (relprop.explain names, and 'random'; "
                         "lrp.epsilon_gamma_box and lrp.zbox get low/high = the range of INPUTS); "
                         f"default {','.join(DEFAULT_METHODS)}")
+    p.add_argument("--metrics", default="faithfulness",
+                   help="comma-separated metric names or families (listed below; default "
+                        "faithfulness)")
     p.add_argument("--limit", type=int, default=None, help="use the first LIMIT inputs only")
     p.add_argument("--steps", type=int, default=None,
-                   help="perturbation steps (default: one region per step)")
-    p.add_argument("--patch", type=int, default=1, help="region size in pixels (images)")
-    p.add_argument("--fill", default="0",
-                   help="value of perturbed pixels: a number, 'mean' or 'uniform' (default 0)")
-    p.add_argument("--order", choices=ORDERS, default=ORDERS[0])
+                   help="perturbation steps (default: each metric's)")
+    p.add_argument("--patch", type=int, default=None,
+                   help="region side in pixels (images; default: each metric's)")
+    p.add_argument("--fill", default=None,
+                   help="value of perturbed pixels: a number, 'mean', 'min' or 'uniform' "
+                        "(default: each metric's)")
+    p.add_argument("--order", choices=ORDERS, default=None,
+                   help="for the metrics that take an order (default: each metric's)")
+    p.add_argument("--set", type=_param, action="append", default=[], metavar="KEY=VALUE",
+                   dest="params",
+                   help="a metric parameter, repeatable, given to the metrics that take it "
+                        "(e.g. --set runs=10 --set subset=16)")
+    p.add_argument("--masks", default=None, metavar="FILE",
+                   help="a .npy of object masks (n, *input_shape) or (n, 1, h, w), for the "
+                        "localisation metrics")
     p.add_argument("--seed", type=int, default=0,
-                   help="seeds the random baseline, smoothgrad and fill=uniform (default 0)")
+                   help="seeds the random baseline, smoothgrad and the metrics' draws "
+                        "(default 0)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="rows per batched pass (default: all at once)")
+                   help="rows per batched pass (default: about 256 MiB of activations)")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="also write DIR/index.html: the table and each metric's mean curve "
+                        "per method (open it in a browser)")
     p.add_argument("--strict", action="store_true", help=STRICT_HELP)
     p.set_defaults(func=run_evaluate)
     return p
 
 
+def parse_metrics(text):
+    """``--metrics``: names and families, in order, without repeats."""
+    from .metrics import FAMILIES, METRICS
+
+    out = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        if item in FAMILIES:
+            names = [f.__name__ for f in FAMILIES[item]]
+        elif item in METRICS:
+            names = [item]
+        else:
+            raise ValueError(f"unknown metric {item!r}; use one of {', '.join(METRICS)} or a "
+                             f"family: {', '.join(FAMILIES)}")
+        out += [m for m in names if m not in out]
+    if not out:
+        raise ValueError("--metrics names no metric")
+    return out
+
+
 def run_evaluate(args, file=None):
-    """Run ``relprop evaluate`` with parsed ``args``: print the comparison table; returns 0."""
-    from .evaluate import compare
+    """Run ``relprop evaluate`` with parsed ``args``: print the comparison table (and write
+    the report); returns 0."""
+    from .metrics import compare
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
         if m != "random":
             check_method(m)
+    metrics = parse_metrics(args.metrics)
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    if args.report is not None and os.path.exists(args.report) and \
+            not os.path.isdir(args.report):
+        raise ValueError(f"{args.report}: the report folder exists as a file")
     net = load_model(args.model)
     x = np.asarray(load_inputs(args.inputs, net, args.strict)[0][:args.limit])
     if args.target == "label":
@@ -818,21 +856,31 @@ def run_evaluate(args, file=None):
                              "'digits')")
         target = np.asarray(labels[:len(x)], dtype=np.int64)
     else:
-        target = resolve_target(args.target, net, x, args.batch_size)
-    try:
-        fill = float(args.fill)
-    except ValueError:
-        fill = args.fill
+        target = parse_target(args.target)
+        target = "pred" if target is None else target
+    masks = None if args.masks is None else np.load(args.masks, allow_pickle=False)[:len(x)]
+    params = {k: v for k, v in (("steps", args.steps), ("patch", args.patch),
+                                ("order", args.order)) if v is not None}
+    if args.fill is not None:
+        try:
+            params["fill"] = float(args.fill)
+        except ValueError:
+            params["fill"] = args.fill
+    params.update(dict(args.params))
     kwargs = {"smoothgrad": {"seed": args.seed}}
     box = {"low": float(x.min()), "high": float(x.max())}  # as 'relprop explain' does
-    kwargs.update({m: box for m in ("lrp.epsilon_gamma_box", "lrp.zbox")})
-    table = compare(net, x, target, methods, steps=args.steps, patch=args.patch, fill=fill,
-                    order=args.order, seed=args.seed, batch_size=args.batch_size,
-                    method_kwargs=kwargs)
-    print(f"{args.model} on {len(x)} inputs of {args.inputs}: target={args.target}, "
-          f"steps={args.steps or 'one region each'}, patch={args.patch}, fill={args.fill}, "
-          f"order={args.order}", file=file)
+    kwargs.update({m: box for m in BOX_METHODS})
+    table = compare(net, x, target, methods, metrics, masks=masks, seed=args.seed,
+                    batch_size=args.batch_size, method_kwargs=kwargs, **params)
+    shown = ", ".join(f"{k}={v}" for k, v in params.items()) or "each metric's defaults"
+    print(f"{args.model} on {len(x)} inputs of {args.inputs}: target={args.target}, {shown}",
+          file=file)
     print(table.to_markdown(), file=file)
+    if args.report is not None:
+        page = table.write_html(os.path.join(args.report, "index.html"),
+                                title=f"relprop evaluate: {args.model} on {args.inputs}")
+        print(f"wrote {page} (open it in a browser: the table and the metrics' curves)",
+              file=file)
     return 0
 
 

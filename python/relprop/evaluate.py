@@ -1,10 +1,9 @@
-"""Telling good explanations from bad: conservation over a dataset, and a comparison table of
-methods by pixel flipping (:func:`relprop.metrics.pixel_flipping`, also reachable here under
-its old name) and conservation.
+"""Telling good explanations from bad: conservation over a dataset; pixel flipping and the
+comparison table of methods live in :mod:`relprop.metrics` (reachable here under their old
+names).
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,11 +11,11 @@ import numpy as np
 from . import metrics
 from ._common import is_pred, pred_classes
 from ._common import seed as output_seed
-from .metrics import ORDERS
 
 #: The old names: pixel flipping lives in :mod:`relprop.metrics` with the other metrics.
 pixel_flipping = metrics.pixel_flipping
 PixelFlipping = metrics.Curves
+ORDERS = metrics.ORDERS
 
 
 @dataclass
@@ -113,84 +112,7 @@ def conservation_report(net, X, target, method="lrp.epsilon", *, batch_size=None
     return _conservation(method, score, R.reshape(len(X), -1).sum(axis=1).astype(np.float64))
 
 
-@dataclass
-class Comparison:
-    """A table comparing explanation methods; ``rows`` are dicts with keys ``method``, ``auc``
-    (mean pixel-flipping AUC), ``conservation_error`` (mean relative) and ``samples_per_s``."""
-
-    rows: list
-    settings: dict
-
-    def to_markdown(self) -> str:
-        """The table as GitHub markdown (``n/a`` for the random baseline's error and speed)."""
-        def fmt(v, spec):
-            return "n/a" if v is None else format(v, spec)
-
-        order = self.settings.get("order", ORDERS[0])
-        better = "lower" if order == ORDERS[0] else "higher"
-        lines = [f"| method | pixel-flipping AUC ({better} is better) | conservation error | "
-                 "samples/s |", "|---|---:|---:|---:|"]
-        for r in self.rows:
-            lines.append(f"| {r['method']} | {fmt(r['auc'], '.4g')} | "
-                         f"{fmt(r['conservation_error'], '.3g')} | "
-                         f"{fmt(r['samples_per_s'], '.0f')} |")
-        return "\n".join(lines)
-
-    def __str__(self):
-        return self.to_markdown()
-
-
-DEFAULT_METHODS = ("lrp.epsilon_plus_flat", "lrp.epsilon", "gradient_x_input", "gradient",
-                   "guided_backprop", "integrated_gradients", "smoothgrad", "random")
-
-
-def compare(net, x, target, methods=DEFAULT_METHODS, *, steps=None, patch=1, fill=0.0,
-            order="most_relevant_first", seed=0, batch_size=None, method_kwargs=None):
-    """Explain ``x`` with every method, then score each explanation by pixel flipping and
-    conservation.
-
-    Parameters
-    ----------
-    net : Sequential
-    x : array (n, *input_shape)
-    target : int, sequence of n ints, float array (n, n_out), or "pred"
-    methods : sequence of str
-        Names for :func:`relprop.explain`, plus "random": a uniform random attribution drawn
-        from ``seed`` (the baseline a useful explanation must beat).
-    steps, patch, fill, order, seed, batch_size
-        As for :func:`pixel_flipping` (``batch_size`` also goes to the methods).
-    method_kwargs : dict, optional
-        Extra keyword arguments per method name, e.g. ``{"smoothgrad": {"seed": 0}}``.
-
-    Returns
-    -------
-    Comparison
-        ``rows`` (list of dicts: method, auc, conservation_error, samples_per_s) and
-        ``to_markdown()``.  samples/s times the explanation alone (wall clock, one run after
-        a warm-up call on two samples).
-    """
-    from .methods import explain
-
-    x = net.check_input(x)
-    method_kwargs = dict(method_kwargs or {})
-    score, target = _explained_score(net, x, target)  # "pred": the same classes for every method
-    rows = []
-    for name in methods:
-        if name == "random":
-            R = np.random.default_rng(seed).random(x.shape).astype(x.dtype)
-            rate = err = None
-        else:
-            kw = method_kwargs.get(name, {})
-            t_small = target if np.ndim(target) == 0 else np.asarray(target)[:2]
-            explain(net, x[:2], t_small, method=name, **kw)  # warm-up: rule caches, threads
-            t0 = time.perf_counter()
-            R = explain(net, x, target, method=name, batch_size=batch_size, **kw)
-            rate = len(x) / max(time.perf_counter() - t0, 1e-9)
-            err = _conservation(name, score, R.reshape(len(x), -1).sum(axis=1)).mean_rel
-        pf = pixel_flipping(net, x, R, target, steps=steps, patch=patch, fill=fill, order=order,
-                            seed=seed, batch_size=batch_size, check_finite=False)
-        rows.append({"method": name, "auc": pf.mean_auc, "conservation_error": err,
-                     "samples_per_s": rate})
-    settings = {"n": len(x), "steps": steps, "patch": patch, "fill": fill, "order": order,
-                "seed": seed}
-    return Comparison(rows, settings)
+#: The comparison table lives in :mod:`relprop.metrics` (every method under every metric).
+compare = metrics.compare
+Comparison = metrics.Comparison
+DEFAULT_METHODS = metrics.DEFAULT_METHODS

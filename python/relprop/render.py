@@ -327,7 +327,102 @@ table.grid img { display: block; margin: 0 auto; image-rendering: pixelated; }
 .sub { display: block; font-weight: normal; font-size: .8em; color: #444; }
 .legend span { display: inline-block; width: 1em; height: 1em; vertical-align: middle;
                border: 1px solid #999; margin: 0 .25em 0 .75em; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; margin-top: 1.5em; }
+figure { margin: 0; }
+figcaption { font-size: .9em; max-width: 30em; }
 """
+
+#: The colours of :func:`line_chart`'s lines, in order (distinct for readers with the common
+#: colour-vision deficiencies: Okabe and Ito's palette), then repeated dashed.
+LINE_COLOURS = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442",
+                "#000000")
+
+
+def _ticks(lo, hi, k=5):
+    """About ``k`` round tick values covering ``[lo, hi]``."""
+    span = hi - lo
+    step = 10 ** np.floor(np.log10(span / k))
+    step *= next(m for m in (1, 2, 2.5, 5, 10) if span / (step * m) <= k)
+    ticks = np.arange(np.ceil(lo / step) * step, hi + step / 2, step)
+    return np.where(np.abs(ticks) < step * 1e-9, 0.0, ticks)  # no "-0"
+
+
+def line_chart(series, xs, *, title, xlabel, ylabel, xticklabels=None, width=460,
+               height=300):
+    """An SVG line chart (a string to put into a page): one line per series.
+
+    Parameters
+    ----------
+    series : sequence of (str, array (k,))
+        Each line's name (in the legend) and values at ``xs`` (NaN values are left out).
+    xs : array (k,)
+    title, xlabel, ylabel : str
+    xticklabels : sequence of str, optional
+        Labels of the points of ``xs`` (e.g. layer names) instead of numeric ticks.
+    width, height : int
+        Pixels.
+
+    Returns
+    -------
+    str
+        ``<svg>...</svg>``: lines in :data:`LINE_COLOURS` (the 9th and later dashed), axes
+        with ticks, and a legend below the plot.
+    """
+    xs = np.asarray(xs, dtype=np.float64)
+    ys = [np.asarray(v, dtype=np.float64) for _, v in series]
+    finite = np.concatenate([v[np.isfinite(v)] for v in ys] + [np.zeros(0)])
+    lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = 0.05 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    x0, x1 = float(xs.min()), float(xs.max()) if xs.max() > xs.min() else float(xs.min()) + 1
+    left, right, top = 62, 12, 28
+    legend_h = 16 * len(series) + 8
+    plot_h = height - top - 44
+    total_h = height + legend_h
+
+    def px(x):
+        return left + (x - x0) / (x1 - x0) * (width - left - right)
+
+    def py(y):
+        return top + (hi - y) / (hi - lo) * plot_h
+
+    esc = html.escape
+    parts = [f'<svg width="{width}" height="{total_h}" '
+             f'viewBox="0 0 {width} {total_h}" font-family="sans-serif" font-size="11">',
+             f'<text x="{width / 2:.1f}" y="16" text-anchor="middle" font-size="13">'
+             f'{esc(title)}</text>',
+             f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{plot_h}" '
+             'fill="none" stroke="#888"/>']
+    for t in _ticks(lo, hi):
+        parts.append(f'<line x1="{left - 4}" x2="{left}" y1="{py(t):.1f}" y2="{py(t):.1f}" '
+                     f'stroke="#888"/><text x="{left - 6}" y="{py(t) + 4:.1f}" '
+                     f'text-anchor="end">{t:.4g}</text>')
+    ticks = (list(zip(xs, xticklabels)) if xticklabels is not None else
+             [(t, f"{t:.3g}") for t in _ticks(x0, x1)])
+    for t, label in ticks:
+        parts.append(f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{top + plot_h}" '
+                     f'y2="{top + plot_h + 4}" stroke="#888"/><text x="{px(t):.1f}" '
+                     f'y="{top + plot_h + 16}" text-anchor="middle">{esc(str(label))}</text>')
+    parts.append(f'<text x="{(left + width - right) / 2:.1f}" y="{top + plot_h + 32}" '
+                 f'text-anchor="middle">{esc(xlabel)}</text>')
+    parts.append(f'<text transform="translate(14 {top + plot_h / 2:.1f}) rotate(-90)" '
+                 f'text-anchor="middle">{esc(ylabel)}</text>')
+    for k, ((name, _), v) in enumerate(zip(series, ys)):
+        colour = LINE_COLOURS[k % len(LINE_COLOURS)]
+        dash = ' stroke-dasharray="6 3"' if k >= len(LINE_COLOURS) else ""
+        ok = np.isfinite(v)
+        points = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(xs[ok], v[ok]))
+        parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" '
+                     f'stroke-width="2"{dash}><title>{esc(name)}</title></polyline>')
+        ly = height + 16 * k
+        parts.append(f'<line x1="{left}" x2="{left + 24}" y1="{ly}" y2="{ly}" '
+                     f'stroke="{colour}" stroke-width="2"{dash}/><text x="{left + 30}" '
+                     f'y="{ly + 4}">{esc(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
 
 
 def _png_size(path):
@@ -353,8 +448,16 @@ def _head(text):
     return html.escape(lines[0]) + sub
 
 
+def _figures(figures):
+    if not figures:
+        return ""
+    items = "".join(f"<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>\n"
+                    for svg, caption in figures)
+    return f'<div class="figures">\n{items}</div>\n'
+
+
 def write_html(path, columns, rows, *, title, intro=(), row_heads=None, images_dir="cells",
-               legend=True):
+               legend=True, figures=()):
     """Write a labelled grid of images and numbers as one plain HTML page (no JavaScript).
 
     Images given as arrays are written as PNG files (:func:`save_png`, no Pillow) into
@@ -380,6 +483,8 @@ def write_html(path, columns, rows, *, title, intro=(), row_heads=None, images_d
         width and height of its PNG file, so the layout stays when an image is missing.
     legend : bool
         Show the colour legend of :func:`heatmap` (red = positive, white = 0, blue = negative).
+    figures : sequence of (str, str)
+        ``(svg, caption)`` pairs shown below the table (e.g. from :func:`line_chart`).
 
     Returns
     -------
@@ -435,7 +540,8 @@ def write_html(path, columns, rows, *, title, intro=(), row_heads=None, images_d
             f'<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n'
             f'<h1>{html.escape(title)}</h1>\n{paras}\n'
             f'<table class="grid">\n<thead><tr>{heads}</tr></thead>\n<tbody>\n'
-            + "\n".join(body) + "\n</tbody>\n</table>\n</body>\n</html>\n")
+            + "\n".join(body) + "\n</tbody>\n</table>\n" + _figures(figures)
+            + "</body>\n</html>\n")
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(page)
     return path

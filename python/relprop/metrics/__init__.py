@@ -80,6 +80,9 @@ FAMILIES = {
 }
 METRICS = {fn.__name__: fn for fns in FAMILIES.values() for fn in fns}
 
-__all__ = ["FAMILIES", "METRICS", "ORDERS", "Curves", "Result", "impute", "segment",
-           *METRICS, "ABPC", "Completeness", "Correlation", "IROF", "MPRT", "Monotonicity",
-           "NonSensitivity", "ROAD", "RandomLogit", "Sensitivity", "SensitivityN"]
+from .compare import DEFAULT_METHODS, DEFAULT_METRICS, Comparison, compare  # noqa: E402
+
+__all__ = ["DEFAULT_METHODS", "DEFAULT_METRICS", "FAMILIES", "METRICS", "ORDERS", "Comparison",
+           "Curves", "Result", "compare", "impute", "segment", *METRICS, "ABPC", "Completeness",
+           "Correlation", "IROF", "MPRT", "Monotonicity", "NonSensitivity", "ROAD",
+           "RandomLogit", "Sensitivity", "SensitivityN"]

@@ -315,6 +315,13 @@ def perturbed_scores(net, x, target, per_sample_rows, make, batch_size=None):
 # --------------------------------------------------------------------------------------------
 # Statistics
 # --------------------------------------------------------------------------------------------
+def nanmean(values) -> float:
+    """The mean of ``values`` without its NaNs (NaN if none is left)."""
+    v = np.asarray(values, dtype=np.float64)
+    ok = ~np.isnan(v)
+    return float(v[ok].mean()) if ok.any() else float("nan")
+
+
 def trapezoid01(curves):
     """The trapezoid area of each curve ``(n, k + 1)`` over ``[0, 1]`` (equal spacing)."""
     steps = curves.shape[1] - 1
@@ -407,7 +414,7 @@ class Result:
     scores : array (n,)
         One score per sample.
     better : str
-        "higher" or "lower": which scores are better.
+        "higher" or "lower": which scores (and :attr:`summary`) are better.
     """
 
     scores: np.ndarray
@@ -416,9 +423,13 @@ class Result:
     @property
     def mean(self) -> float:
         """The mean score over the samples (NaN scores left out)."""
-        s = np.asarray(self.scores, dtype=np.float64)
-        ok = ~np.isnan(s)
-        return float(s[ok].mean()) if ok.any() else float("nan")
+        return nanmean(self.scores)
+
+    @property
+    def summary(self) -> float:
+        """The metric's one number for the batch: the mean score (a batch-level metric
+        overrides it with its statistic)."""
+        return self.mean
 
     @classmethod
     def per_sample_fields(cls):

@@ -45,7 +45,6 @@ from ._base import (
     NOISE,
     ORDERS,
     SUBSETS,
-    Curves,
     Result,
     Target,
     batch_field,
@@ -56,6 +55,7 @@ from ._base import (
     fill_values,
     grid_regions,
     is_image,
+    nanmean,
     pearson,
     perturbed,
     perturbed_scores,
@@ -273,11 +273,25 @@ def selectivity(net, x, R, target, patch=8, fill=0.0, order="most_relevant_first
 
 
 @dataclass
-class SensitivityN(Curves):
-    """The result of :func:`sensitivity_n`: the curves of :class:`Curves` (``scores`` their
-    area over [0, 1]), ``relevance`` (n, steps): the relevance of the regions removed at each
-    step, and ``n_max`` the steps whose correlation :attr:`correlations` reports."""
+class SensitivityN(Result):
+    """The result of :func:`sensitivity_n`.
 
+    Attributes
+    ----------
+    scores : array (n,)
+        Per sample, Pearson's correlation over the steps of the drop ``f(x) - f(x after k
+        steps)`` with the relevance removed in those k steps (higher is better).
+    curves : array (n, steps + 1)
+        The explained score after 0, 1, ..., steps steps.
+    fractions : array (steps + 1,)
+    relevance : array (n, steps)
+        The relevance of the regions removed at each step.
+    n_max : int
+        The steps whose correlation :attr:`correlations` reports.
+    """
+
+    curves: np.ndarray
+    fractions: np.ndarray = batch_field()
     relevance: np.ndarray
     n_max: int = batch_field()
 
@@ -287,6 +301,11 @@ class SensitivityN(Curves):
         and the relevance removed at step k, for k = 1 .. n_max (Quantus's ``SensitivityN``)."""
         drops = self.curves[:, :1] - self.curves[:, 1:self.n_max + 1]
         return pearson(np.asarray(drops).T, np.asarray(self.relevance[:, :self.n_max]).T)
+
+    @property
+    def summary(self) -> float:
+        """The mean of :attr:`correlations` (Quantus's aggregate)."""
+        return nanmean(self.correlations)
 
 
 def sensitivity_n(net, x, R, target, steps=None, patch=1, fill=0.0, *, n_max=0.8,
@@ -311,8 +330,8 @@ def sensitivity_n(net, x, R, target, steps=None, patch=1, fill=0.0, *, n_max=0.8
     Returns
     -------
     SensitivityN
-        ``curves`` (n, steps + 1) and ``relevance`` (n, steps) per sample; ``correlations``
-        (n_max,) the batch statistic.
+        ``scores`` (n,), ``curves`` (n, steps + 1) and ``relevance`` (n, steps) per sample;
+        ``correlations`` (n_max,) the batch statistic, ``summary`` its mean.
     """
     x, R, t, regions, rel, pos = _setup(net, x, R, target, patch, channels, ORDERS[0], softmax,
                                         batch_size, check_finite)
@@ -321,9 +340,10 @@ def sensitivity_n(net, x, R, target, steps=None, patch=1, fill=0.0, *, n_max=0.8
     counts = step_counts(regions.size, steps)
     curves = _ordered(net, x, t, regions, pos, counts,
                       fill_values(x, fill, seed, sample_offset), "remove", batch_size)
-    return SensitivityN(trapezoid01(curves), "higher", curves, np.arange(steps + 1) / steps,
-                        trapezoid1(curves[:, 1:]), _group_sums(rel, pos, counts),
-                        int(n_max * steps))
+    step_rel = _group_sums(rel, pos, counts)
+    drops = curves[:, :1] - curves[:, 1:]
+    return SensitivityN(pearson(drops, np.cumsum(step_rel, axis=1)), "higher", curves,
+                        np.arange(steps + 1) / steps, step_rel, int(n_max * steps))
 
 
 @dataclass
@@ -474,7 +494,7 @@ def monotonicity_correlation(net, x, R, target, steps=None, patch=1, runs=100, *
     return Correlation(spearman(step_rel, variance), "higher", step_rel, variance)
 
 
-def faithfulness_correlation(net, x, R, target, runs=100, subset=224, fill=0.0, *, patch=1,
+def faithfulness_correlation(net, x, R, target, runs=100, subset=None, fill=0.0, *, patch=1,
                              channels="together", subsets=None, seed=0, sample_offset=0,
                              softmax=False, batch_size=None, check_finite=True):
     """Faithfulness correlation [Bhatt2020]_: remove a random subset of ``subset`` regions,
@@ -487,8 +507,10 @@ def faithfulness_correlation(net, x, R, target, runs=100, subset=224, fill=0.0, 
         As for :func:`pixel_flipping`.
     runs : int
         Random subsets per sample (Quantus's ``nr_runs``).
-    subset : int
-        Regions per subset (Quantus's ``subset_size``), fewer than the regions of a sample.
+    subset : int, optional
+        Regions per subset (Quantus's ``subset_size``), fewer than the regions of a sample;
+        by default 224 (Quantus's default), or a quarter of the regions when a sample has fewer
+        than 896.
     subsets : int array (n, runs, subset), optional
         The subsets (region numbers) to use; by default drawn without replacement per run
         from ``(seed, sample_offset + i)``.
@@ -505,8 +527,8 @@ def faithfulness_correlation(net, x, R, target, runs=100, subset=224, fill=0.0, 
                                         batch_size, check_finite)
     n, size = len(x), regions.size
     runs = as_int(runs, "runs", minimum=1)
-    subset = as_int(subset, "subset", minimum=1)
-    if subset >= size:
+    subset = min(224, size // 4) if subset is None else as_int(subset, "subset", minimum=1)
+    if not 0 < subset < size:
         raise ValueError(f"subset must be smaller than the {size} regions of a sample, got "
                          f"{subset}")
     if subsets is None:
