@@ -26,6 +26,8 @@ in (``subsets=``, ``noise=``), e.g. those Quantus made.  The exact definitions, 
 relate to Quantus's, are in each function's docstring and ``docs/DESIGN.md`` (section 2.5).
 """
 from ._base import ORDERS, Curves, Result
+from ._registry import FAMILIES, METRICS
+from .compare import DEFAULT_METHODS, DEFAULT_METRICS, Comparison, compare
 from .complexity import (
     Completeness,
     NonSensitivity,
@@ -65,24 +67,13 @@ from .localisation import (
 from .randomization import MPRT, RandomLogit, model_parameter_randomization, random_logit
 from .robustness import Sensitivity, avg_sensitivity, local_lipschitz_estimate, max_sensitivity
 
-#: Every metric by name, with its family: "faithfulness", "robustness", "randomization",
-#: "complexity", "localisation" (the localisation metrics take masks as fifth argument, the
-#: robustness and randomization ones a method).
-FAMILIES = {
-    "faithfulness": (pixel_flipping, region_perturbation, abpc, selectivity, sensitivity_n,
-                     irof, road, monotonicity, monotonicity_correlation, faithfulness_estimate,
-                     faithfulness_correlation),
-    "robustness": (max_sensitivity, avg_sensitivity, local_lipschitz_estimate),
-    "randomization": (model_parameter_randomization, random_logit),
-    "complexity": (sparseness, complexity, completeness, non_sensitivity),
-    "localisation": (pointing_game, relevance_mass_accuracy, relevance_rank_accuracy,
-                     top_k_intersection, attribution_localisation),
-}
-METRICS = {fn.__name__: fn for fns in FAMILIES.values() for fn in fns}
-
-from .compare import DEFAULT_METHODS, DEFAULT_METRICS, Comparison, compare  # noqa: E402
-
 __all__ = ["DEFAULT_METHODS", "DEFAULT_METRICS", "FAMILIES", "METRICS", "ORDERS", "Comparison",
-           "Curves", "Result", "compare", "impute", "segment", *METRICS, "ABPC", "Completeness",
-           "Correlation", "IROF", "MPRT", "Monotonicity", "NonSensitivity", "ROAD",
-           "RandomLogit", "Sensitivity", "SensitivityN"]
+           "Curves", "Result", "compare", "impute", "segment", "pixel_flipping",
+           "region_perturbation", "abpc", "selectivity", "sensitivity_n", "irof", "road",
+           "monotonicity", "monotonicity_correlation", "faithfulness_estimate",
+           "faithfulness_correlation", "max_sensitivity", "avg_sensitivity",
+           "local_lipschitz_estimate", "model_parameter_randomization", "random_logit",
+           "sparseness", "complexity", "completeness", "non_sensitivity", "pointing_game",
+           "relevance_mass_accuracy", "relevance_rank_accuracy", "top_k_intersection",
+           "attribution_localisation", "ABPC", "Completeness", "Correlation", "IROF", "MPRT",
+           "Monotonicity", "NonSensitivity", "ROAD", "RandomLogit", "Sensitivity", "SensitivityN"]

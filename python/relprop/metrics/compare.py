@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._random import check_offset, check_seed, per_sample
-from . import FAMILIES, METRICS
 from ._base import Curves, Target, nanmean
+from ._registry import FAMILIES, METRICS
 from .faithfulness import ABPC, IROF, ROAD, Monotonicity, SensitivityN
 from .randomization import MPRT
 
