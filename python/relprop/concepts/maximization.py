@@ -53,8 +53,9 @@ class Atlas:
         most relevant (most active) neuron in each of those samples: where
         :func:`relprop.concepts.references` seeds its receptive-field heatmaps.
     class_relevance : dict of str to array (n_classes, C)
-        Per explained class (the label, the prediction or the fixed class), the mean channel
-        relevance over the samples explained for it (0 for a class without samples).
+        Per explained class (the label, the prediction or the fixed class), the mean over the
+        samples explained for it of each channel's relevance share (the abs-normalized channel
+        relevance, whatever ``abs_norm``; 0 for a class without samples).
     class_counts : array (n_classes,)
         How many samples were explained for each class.
     n_samples : int
@@ -251,7 +252,8 @@ class AtlasBuilder:
             rs, as_ = channel_sums(r, self.abs_norm), channel_sums(a, self.abs_norm)
             part.tables[name] = (_top(rs, index, _argmax(r), self.k),
                                  _top(as_, index, _argmax(a), self.k))
-            part.sums[name] = ExactSum.of(rs.astype(np.float64), classes[0], self.n_classes)
+            shares = rs if self.abs_norm else channel_sums(r, True)
+            part.sums[name] = ExactSum.of(shares.astype(np.float64), classes[0], self.n_classes)
         return part
 
 
@@ -311,38 +313,34 @@ def _merge(a, b, k):
 
 
 class ExactSum:
-    """Exact sums of float64 values per (group, column), as Python ints scaled by 2**1127:
-    adding partial sums in any grouping gives the same result, so means over a dataset do not
+    """Sums per (group, column) of values in [-1, 1] (channel relevance shares), each rounded to
+    a multiple of 2**-52 and added as integers (two int64 limbs: ``hi * 2**32 + lo``): adding
+    partial sums in any grouping gives the same integers, so the means over a dataset do not
     depend on how it was cut."""
 
-    SHIFT = 1127  # 2**SHIFT * value is an integer for every finite float64 value
+    SCALE = 2.0 ** 52
+    ROWS = 1024  # rows summed in one int64 pass: 1024 * 2**52 < 2**63
 
-    def __init__(self, ints):
-        self.ints = ints  # object array (groups, columns) of Python ints
+    def __init__(self, hi, lo):
+        self.hi, self.lo = hi, lo  # int64 (groups, columns); lo in [0, 2**32)
 
     @classmethod
     def of(cls, values, groups, n_groups):
-        """``values`` (rows, columns) summed per group (``groups``: the row's group)."""
-        f, e = np.frexp(values)
-        mant = np.ldexp(f, 53).astype(np.int64)  # values = mant * 2**(e - 53), exactly
-        out = np.zeros((n_groups, values.shape[1]), dtype=object)
-        out[...] = 0
-        for exp in np.unique(e[mant != 0]):
-            m = np.where(e == exp, mant, 0)
-            for lo in range(0, len(m), 1024):  # 1024 * 2**53 fits in an int64
-                s = np.zeros((n_groups, values.shape[1]), dtype=np.int64)
-                np.add.at(s, groups[lo:lo + 1024], m[lo:lo + 1024])
-                out += s.astype(object) * (1 << int(exp + cls.SHIFT - 53))
-        return cls(out)
+        """``values`` (rows, columns) in [-1, 1], summed per group (``groups``: each row's)."""
+        q = np.rint(np.clip(values, -1, 1) * cls.SCALE).astype(np.int64)
+        out = cls(*(np.zeros((n_groups, values.shape[1]), dtype=np.int64) for _ in range(2)))
+        for lo in range(0, len(q), cls.ROWS):
+            s = np.zeros_like(out.hi)
+            np.add.at(s, groups[lo:lo + cls.ROWS], q[lo:lo + cls.ROWS])
+            out = out + cls(s >> 32, s & 0xFFFFFFFF)
+        return out
 
     def __add__(self, other):
-        return ExactSum(self.ints + other.ints)
+        lo = self.lo + other.lo
+        return ExactSum(self.hi + other.hi + (lo >> 32), lo & 0xFFFFFFFF)
 
     def mean(self, counts):
-        """The means, correctly rounded to float64 (0 where a group has no rows)."""
-        out = np.zeros(self.ints.shape, dtype=np.float64)
-        for g in range(self.ints.shape[0]):
-            if counts[g]:
-                den = int(counts[g]) << self.SHIFT
-                out[g] = [v / den for v in self.ints[g]]
-        return out
+        """The means (0 where a group has no rows): a function of the exact sums."""
+        total = self.hi * 2.0 ** -20 + self.lo * 2.0 ** -52
+        c = np.asarray(counts, dtype=np.float64)[:, None]
+        return np.divide(total, c, out=np.zeros_like(total), where=c > 0)
