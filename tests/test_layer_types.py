@@ -124,3 +124,39 @@ def test_default_rules_come_from_the_layer_types(rng):
         if not node.layer.linear:
             assert rule.registry_name == node.layer.default_rule
     assert [r.stabilizer for r in rules if r.registry_name == "norm"] == [1e-3]
+
+
+class Reverse(L.Layer):
+    """The features of a sample in reverse order: a layer type that moves elements (only this
+    test registers it)."""
+
+    kind = "test_reverse"
+    slots = ("reshape",)
+    default_rule = "pass"
+
+    def forward(self, x):
+        return np.ascontiguousarray(x[:, ::-1]), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return np.ascontiguousarray(g[:, ::-1])
+
+
+def test_pass_moves_relevance_with_the_elements(rng):
+    """Pass hands relevance straight through element-wise layers and moves it as the gradient
+    does through layers that move elements (here a reversal, where passing it unchanged would
+    give it to the wrong inputs): LRP-0 stays gradient x input, and the reference agrees."""
+    L.register_layer(Reverse)
+    ref.register_twin("test_reverse", forward=lambda layer, x: x[:, ::-1],
+                      backward=lambda layer, g, xs, mode: [g[:, ::-1]])
+    try:
+        net = rp.Sequential([rp.Dense(nets.dense_w(rng, 6, 4)), rp.ReLU(), Reverse(),
+                             rp.Dense(nets.dense_w(rng, 3, 6))], input_shape=(4,))
+        x = rng.normal(size=(5, 4))
+        comp = Composite([("linear", rp.rules.Epsilon(0))])
+        assert [r.registry_name for r in comp.rules(net)][1:3] == ["pass", "pass"]
+        R = rp.lrp(net, x, 2, comp)
+        assert_allclose(R, rp.gradient_x_input(net, x, 2), rtol=1e-10, atol=1e-12)
+        seed = ref.seed(2, ref.forward(net, x)[-1], scale=True)
+        assert_allclose(R, ref.lrp(net, x, seed, comp.rules(net)), rtol=1e-10, atol=1e-12)
+    finally:
+        del L.LAYER_TYPES["test_reverse"], TWINS["test_reverse"]

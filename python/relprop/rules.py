@@ -444,10 +444,14 @@ class WinnerTakeAll(Rule):
 @register_rule("pass")
 @dataclass(frozen=True)
 class Pass(Rule):
-    """Activations, Flatten and unfolded BatchNorm: relevance passes through unchanged
-    (reshaped); Concat: relevance is sliced back to its inputs."""
+    """Relevance passes through unchanged: straight through element-wise layers (activations,
+    unfolded BatchNorm: ``layer.elementwise``), and with the elements through layers that move,
+    copy or drop them (reshapes, slices, concatenations, upsampling), as their gradient moves it
+    (Zennit's behaviour for what it does not hook: the gradient).  Interpolations whose weights
+    sum to one, nearest copies and permutations conserve it; what a slice or a crop drops is
+    lost."""
 
-    applies_to = ("activation", "reshape", "batchnorm", "concat")
+    applies_to = ("activation", "reshape", "batchnorm", "concat", "upsample")
 
     def reads(self, parts=False):
         return ""
@@ -455,4 +459,6 @@ class Pass(Rule):
     def relevance(self, layer, a, z, r, parts=None, state=None):
         if isinstance(a, tuple):
             return layer.vjp(r, a, state)
-        return r.reshape(a.shape)
+        if layer.elementwise:
+            return r
+        return layer.backward(r, a, state)

@@ -15,6 +15,7 @@ class Elementwise(Layer):
     slots = ("activation",)
     default_rule = "pass"
     remakable = True
+    elementwise = True
 
     def flops(self, in_shapes, out_shape):
         return numel(out_shape)

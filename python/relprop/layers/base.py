@@ -17,6 +17,9 @@ A layer class *is* its type's description, read by every other module:
 ``slots``                     the composite slots it takes, most specific first ("convolution",
                               "dense", "linear", "activation", "avgpool", "maxpool", "sum", ...):
                               composites and rules map slots to rules, as Zennit's layer types
+``elementwise``               whether Pass hands relevance straight through it (activations,
+                              BatchNorm) or moves it as the gradient does (reshapes, slices,
+                              concatenations, upsampling)
 ``default_rule``              the LRP rule it gets where a composite names none (a name of
                               :data:`relprop.rules.RULES`; None: a composite must give one)
 ``imports``                   the torch module types, torch.fx functions and methods and ONNX
@@ -150,6 +153,10 @@ class Layer:
     linear = False
     #: Whether the backward pass reads the values of the inputs (not only their shapes).
     backward_reads_input = False
+    #: An element-wise layer (output element i is a function of input element i alone:
+    #: activations, BatchNorm): the Pass rule hands relevance straight through it, while
+    #: through any other layer it moves relevance as the gradient does (``backward``).
+    elementwise = False
     #: A layer whose output is cheap to remake from its inputs (element-wise, reshaping, sums,
     #: concatenations): the LRP walk remakes it instead of keeping it.
     remakable = False

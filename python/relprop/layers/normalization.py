@@ -25,6 +25,7 @@ class BatchNorm(Layer):
     kind = "batchnorm"
     slots = ("batchnorm",)
     default_rule = "pass"
+    elementwise = True
     imports = (
         TorchModule(("BatchNorm1d", "BatchNorm2d"), lambda m, ctx: _torch_batchnorm(m, ctx)),
         OnnxOp(("BatchNormalization",), lambda ctx: _onnx_batchnorm(ctx)),

@@ -102,8 +102,8 @@ def lrp_layer(layer, rule, a, r):
     (a relprop rule object, read through its class name and parameters)."""
     name = type(rule).__name__
     n = len(a)
-    if name == "Pass":
-        return r.reshape(a.shape)
+    if name == "Pass":  # straight through element-wise layers, else as the gradient
+        return r if layer.elementwise else layer_backward(layer, r, [a])[0]
     if name == "WinnerTakeAll":
         return layer_backward(layer, r, [a])[0]
     M, b = as_matrix(layer, a.shape[1:], a.dtype)
