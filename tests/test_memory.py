@@ -217,6 +217,57 @@ def test_kernel_workspaces_are_counted_and_released():
         rp.set_num_threads(0)
 
 
+_FORK = """
+import os, sys, threading, time
+import numpy as np
+import relprop as rp
+from relprop import _core
+
+a = np.arange(512 * 512, dtype=np.float32).reshape(512, 512) % 7
+if sys.argv[1] == "teams":  # this thread runs a team of two threads before it forks
+    rp.set_num_threads(2)
+    want = rp.ops.gemm(a, a)
+else:  # another thread holds the pool's lock as this one forks
+    rp.set_num_threads(1)
+    want = rp.ops.gemm(a, a)
+    holder = threading.Thread(target=_core._hold_pool_lock, args=(0.5,))
+    holder.start()
+    while not _core._pool_lock_held():
+        time.sleep(0.001)
+rp.set_num_threads(2)
+pid = os.fork()
+if pid == 0:  # a 1 MiB result from the pool, a convolution's workspace, two threads asked for
+    x = np.ones((2, 8, 64, 64), np.float32)
+    w = np.ones((8, 8, 3, 3), np.float32)
+    ok = (rp.ops.gemm(a, a) == want).all() and (rp.ops.conv2d_forward(x, w) == 72).all()
+    os._exit(0 if ok else 1)
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("child", os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    print("child hangs")
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+@pytest.mark.parametrize("case", ["pool lock", "teams"])
+def test_a_forked_child_runs_kernels(case):
+    """A forked child can run kernels (pthread_atfork in relprop/fork.hpp): it does not inherit
+    the pool's lock held by a thread it does not have ("pool lock"), and the thread that forked
+    does not wait for OpenMP threads that did not survive the fork ("teams", GNU libgomp)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _FORK, case], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["child", "0"]  # not "child hangs" (killed after 30 s)
+
+
 def test_small_outputs_are_numpys():
     y = rp.ops.relu_forward(np.ones((3, 100), dtype=np.float32))
     assert y.flags.owndata

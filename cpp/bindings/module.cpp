@@ -6,12 +6,17 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "relprop/check.hpp"
 #include "relprop/cpu.hpp"
+#include "relprop/fork.hpp"
 #include "relprop/kernels.hpp"
 #include "relprop/memory.hpp"
 #include "relprop/parallel.hpp"
@@ -25,6 +30,8 @@ using relprop::idx;
 using relprop::Window2d;
 
 namespace {
+
+std::atomic<bool> g_pool_lock_held{false};  // _hold_pool_lock holds it
 
 template <typename T>
 using CArray = py::array_t<T, py::array::c_style>;
@@ -1082,6 +1089,16 @@ PYBIND11_MODULE(_core, m) {
     return py::dict("current_bytes"_a = relprop::memory::current_bytes(),
                     "peak_bytes"_a = relprop::memory::peak_bytes());
   }, "bytes"_a);
+  // Test-only: hold the pool's lock for `seconds` (without the GIL), as a kernel allocating on
+  // another thread would at the moment of a fork; _pool_lock_held() says when it has it.
+  m.def("_hold_pool_lock", [](double seconds) {
+    std::lock_guard<std::mutex> lock(relprop::pool::state().mu);
+    g_pool_lock_held.store(true);
+    std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+    g_pool_lock_held.store(false);
+  }, "seconds"_a, py::call_guard<py::gil_scoped_release>());
+  m.def("_pool_lock_held", [] { return g_pool_lock_held.load(); });
+  relprop::register_fork_handlers();
   define<float>(m);
   define<double>(m);
   define_winograd<float>(m);

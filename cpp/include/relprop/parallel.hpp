@@ -20,10 +20,21 @@ inline bool has_openmp() {
 #endif
 }
 
+namespace detail {
+// Whether this thread has asked for a team of several OpenMP threads, and whether it must not
+// any more: in a forked child, the thread that forked runs kernels on one thread (see
+// relprop/fork.hpp).
+inline thread_local bool t_started_team = false;
+inline thread_local bool t_one_thread = false;
+}  // namespace detail
+
 // nthreads <= 0 means "the OpenMP default".
 inline int resolve_threads(int nthreads) {
 #ifdef _OPENMP
-  return nthreads > 0 ? nthreads : omp_get_max_threads();
+  if (detail::t_one_thread) return 1;
+  const int t = nthreads > 0 ? nthreads : omp_get_max_threads();
+  if (t > 1) detail::t_started_team = true;
+  return t;
 #else
   (void)nthreads;
   return 1;

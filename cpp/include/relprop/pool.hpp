@@ -241,6 +241,11 @@ inline void release_cached() noexcept {
   s.peak_live = s.live_bytes;
 }
 
+// fork(): the lock is taken before the fork and let go after it, in the parent and in the
+// child, so that the child's pool is consistent and free (see relprop/fork.hpp).
+inline void before_fork() { state().mu.lock(); }
+inline void after_fork() { state().mu.unlock(); }
+
 inline std::size_t cached_bytes() noexcept {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
