@@ -172,3 +172,43 @@ def torch_branchy(bias=True, seed=0):
 
     torch.manual_seed(seed)
     return Branchy().eval()
+
+
+def onnx_export(module, path, shape, dynamo=True, batch=2):
+    """``module`` (in float32) written to ``path`` by torch's ONNX exporter with a dynamic
+    batch: the torch.export-based one (``dynamo=True``, torch's default) or the
+    TorchScript-based one (``dynamo=False``)."""
+    import warnings
+
+    import torch
+
+    x = torch.zeros((batch,) + tuple(shape))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            torch.onnx.export(module, (x,), str(path), dynamo=True, input_names=["x"],
+                              dynamic_shapes=({0: torch.export.Dim("n")},),
+                              external_data=False, verbose=False)
+        else:
+            torch.onnx.export(module, (x,), str(path), dynamo=False, input_names=["x"],
+                              dynamic_axes={"x": {0: "n"}})
+    return path
+
+
+def imported(module, shape, path, tmp_path):
+    """``module`` (a float64 torch module) through ``path``: "from_torch" (the module itself),
+    "onnx_dynamo" or "onnx_legacy" (a float32 copy exported with a dynamic batch, then read
+    by from_onnx, which checks itself against onnxruntime)."""
+    import copy
+
+    import relprop as rp
+
+    if path == "from_torch":
+        return rp.from_torch(module, shape)
+    file = onnx_export(copy.deepcopy(module).float(), tmp_path / f"{path}.onnx", shape,
+                       dynamo=path == "onnx_dynamo")
+    return rp.from_onnx(file)
+
+
+#: The three ways a torch module reaches relprop.
+IMPORT_PATHS = ("from_torch", "onnx_dynamo", "onnx_legacy")

@@ -513,8 +513,8 @@ def from_onnx(path_or_model, *, check=True, rtol=CHECK_RTOL):
     Reads DAGs, those of both of torch's exporters included (``torch.onnx.export`` with the
     default ``dynamo=True`` and with ``dynamo=False``), with a fixed or a dynamic batch.
     Operators: Conv (group, dilations, symmetric pads), Gemm, MatMul (an Add of a constant
-    right after it, or after a Gemm/Conv, is its bias), Add/Sum of data tensors, Concat on the
-    channel axis, Relu, Clip(0, 6) (ReLU6) and Clip(0), MaxPool, AveragePool,
+    right after it, or after a Gemm/Conv, is its bias), Add/Sum of data tensors, Concat on any
+    axis but the batch's, Relu, Clip(0, 6) (ReLU6) and Clip(0), MaxPool, AveragePool,
     GlobalAveragePool, ReduceMean over height and width, Flatten, Reshape and Squeeze as a
     flatten, BatchNormalization (folded into the Conv/Gemm/MatMul before it where nothing else
     reads that output, else an affine node), Dropout and Identity (skipped); a Softmax as the

@@ -422,7 +422,7 @@ def from_torch(module, input_shape, *, check=True, rtol=CHECK_RTOL):
     module : torch.nn.Module
         Read in eval mode (BatchNorm with its running statistics, Dropout skipped): torchvision's
         ResNets, DenseNets, MobileNetV2, VGGs and AlexNet, ``nn.Sequential`` stacks, and modules
-        whose forward uses ``+``/``torch.add`` of two tensors, ``torch.cat(..., 1)``,
+        whose forward uses ``+``/``torch.add`` of two tensors, ``torch.cat`` (any dim but 0),
         ``torch.flatten(x, 1)``, ``x.view(x.size(0), -1)``, functional relu/relu6/hardtanh(0, 6),
         adaptive/average/max pooling and dropout.  Layers: Linear, Conv2d (groups, dilation,
         symmetric padding), ReLU, ReLU6, Hardtanh(0, 6), MaxPool2d, AvgPool2d,

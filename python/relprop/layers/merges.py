@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Layer, OnnxOp, TorchFunction, TorchMethod, numel, register_layer
+from .._validate import as_int
+from .base import Layer, OnnxOp, TorchFunction, TorchMethod, cfg_int, numel, register_layer
 
 
 def _torch_add(a, ctx):
@@ -65,32 +66,39 @@ class Add(Layer):
         return (g,) * len(xs)
 
 
+def batch_axis(axis, rank, ctx, what):
+    """``axis`` (an int; negative counts from the end) of a batch of rank ``rank`` as a
+    non-negative axis; ValueError naming ``what`` for the batch axis or one out of range."""
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise ctx.error(f"{what}={axis!r} must be an int")
+    k = int(axis) + rank if axis < 0 else int(axis)
+    if not 0 < k < rank:
+        raise ctx.error(f"{what}={axis} is not supported: it must name an axis of the samples "
+                        f"(1..{rank - 1} or -{rank - 1}..-1), not the batch axis 0")
+    return k
+
+
 def _torch_cat(a, ctx):
     items = a["tensors"]
     if not isinstance(items, (list, tuple)) or not items:
         raise ctx.error(f"expects a list of tensors, got {items!r}")
     for v in items:
         ctx.tensor(v, "every concatenated value")
-    dim = ctx.constant(a["dim"], "dim")
-    if dim != 1 and dim + len(ctx.shape) + 1 != 1:
-        raise ctx.error(f"concatenation along dim={dim} is not supported (only the channel axis, "
-                        "dim=1)")
-    return Concat() if len(items) > 1 else None
+    axis = batch_axis(ctx.constant(a["dim"], "dim"), len(ctx.shape) + 1, ctx, "dim")
+    return Concat(axis) if len(items) > 1 else None
 
 
 def _onnx_concat(ctx):
     if len(ctx.inputs) != ctx.n_inputs:
         raise ctx.error("concatenates data with constants; not supported")
-    axis = ctx.attrs.get("axis", 1)
-    if axis != 1 and axis + len(ctx.shape) + 1 != 1:
-        raise ctx.error(f"concatenation along axis={axis} is not supported (only the channel "
-                        "axis, 1)")
-    return Concat() if len(ctx.inputs) > 1 else None
+    axis = batch_axis(ctx.attrs.get("axis", 1), len(ctx.shape) + 1, ctx, "axis")
+    return Concat(axis) if len(ctx.inputs) > 1 else None
 
 
 @register_layer
 class Concat(Layer):
-    """Concatenation of two or more inputs along the channel axis (axis 1 of the batch).
+    """Concatenation of two or more inputs along ``axis`` (an axis of the batch: 1, the
+    channels, by default; never 0, the batch axis), the inputs alike on every other axis.
 
     LRP slices relevance back to the inputs."""
 
@@ -105,22 +113,38 @@ class Concat(Layer):
         OnnxOp(("Concat",), _onnx_concat),
     )
 
+    def __init__(self, axis=1):
+        self.axis = as_int(axis, "axis", minimum=1)
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        return cls(cfg_int(cfg, "axis", 1))
+
+    def config(self):
+        return {} if self.axis == 1 else {"axis": self.axis}
+
+    def describe(self):
+        return "Concat" if self.axis == 1 else f"Concat axis {self.axis}"
+
     def output_shape(self, *shapes):
         if len(shapes) < 2:
             raise ValueError(f"Concat needs at least two inputs, got {len(shapes)}")
-        first = tuple(shapes[0])
-        if any(len(s) != len(first) or tuple(s[1:]) != first[1:] for s in shapes):
-            raise ValueError("Concat needs inputs that differ only in their channels, got "
-                             f"{[tuple(s) for s in shapes]}")
-        return (sum(int(s[0]) for s in shapes),) + first[1:]
+        first, k = tuple(shapes[0]), self.axis - 1  # k: the axis of a sample
+        if k >= len(first) or any(len(s) != len(first) or tuple(s[:k]) != first[:k]
+                                  or tuple(s[k + 1:]) != first[k + 1:] for s in shapes):
+            raise ValueError(f"Concat along axis {self.axis} needs inputs that differ only on "
+                             f"that axis, got per-sample shapes {[tuple(s) for s in shapes]}")
+        return first[:k] + (sum(int(s[k]) for s in shapes),) + first[k + 1:]
 
     def forward(self, *xs):
-        return np.concatenate(xs, axis=1), None
+        return np.concatenate(xs, axis=self.axis), None
 
     def vjp(self, g, xs, state, relu_mode="gradient"):
         out, start = [], 0
+        index = [slice(None)] * g.ndim
         for x in xs:
-            stop = start + x.shape[1]
-            out.append(np.ascontiguousarray(g[:, start:stop]))
+            stop = start + x.shape[self.axis]
+            index[self.axis] = slice(start, stop)
+            out.append(np.ascontiguousarray(g[tuple(index)]))
             start = stop
         return tuple(out)

@@ -128,13 +128,14 @@ register_twin("flatten", forward=lambda layer, x: x.reshape(len(x), -1),
 
 
 def _concat_backward(layer, g, xs, mode):
-    bounds = np.cumsum([0] + [a.shape[1] for a in xs])
-    return [g[:, lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+    bounds = np.cumsum([0] + [a.shape[layer.axis] for a in xs])
+    return [np.take(g, np.arange(lo, hi), axis=layer.axis)
+            for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 register_twin("add", forward=lambda layer, *xs: sum(xs[1:], xs[0]),
               backward=lambda layer, g, xs, mode: [g for _ in xs])
-register_twin("concat", forward=lambda layer, *xs: np.concatenate(xs, axis=1),
+register_twin("concat", forward=lambda layer, *xs: np.concatenate(xs, axis=layer.axis),
               backward=_concat_backward)
 
 

@@ -1,0 +1,108 @@
+"""Per-sample tensors of any rank, and the layers that move their elements: Concat along any
+axis.  Each against its NumPy twin (forward, the vector-Jacobian product by the adjoint
+identity, LRP), torch (forward and float64 autograd through from_torch) and both ONNX
+exporters, and through model files."""
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+import relprop as rp
+from relprop import reference as ref
+from relprop.reference.network import layer_backward, layer_forward
+
+import nets
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+def _adjoint(layer, xs, rng):
+    """``<layer(xs), g> = sum_i <x_i, vjp(g)_i>`` for a layer linear in its inputs."""
+    y = layer.forward(*xs)[0]
+    g = rng.normal(size=y.shape)
+    back = layer.vjp(g, xs, None)
+    assert_allclose(np.vdot(y, g), sum(np.vdot(x, b) for x, b in zip(xs, back)), rtol=1e-12)
+    return y, back
+
+
+def _torch_checks(module, net, x, target, rtol=1e-12):
+    """relprop's forward and gradient against torch (float64), and its LRP against the
+    reference twin."""
+    xt = torch.from_numpy(x).requires_grad_(True)
+    out = module(xt)
+    assert_allclose(net(x), out.detach().numpy(), rtol=rtol, atol=rtol * abs(out).max().item())
+    out[:, target].sum().backward()
+    want = xt.grad.numpy()
+    assert_allclose(rp.gradient(net, x, target), want, rtol=1e-10, atol=1e-12 * abs(want).max())
+    R = rp.lrp(net, x, target, "epsilon_plus_flat")
+    rules = rp.composites.EpsilonPlusFlat().rules(net)
+    seed = ref.seed(target, ref.forward(net, x)[-1], scale=True)
+    assert_allclose(R, ref.lrp(net, x, seed, rules), rtol=1e-9, atol=1e-12 * abs(R).max())
+
+
+# --- Concat along any axis ----------------------------------------------------------------------
+def test_concat_along_any_axis_matches_twin_and_is_adjoint(rng):
+    for shapes, axis in [([(2, 3, 4, 5), (2, 3, 1, 5)], 2), ([(2, 3, 4, 5)] * 3, 3),
+                         ([(2, 4, 2, 3, 3), (2, 4, 1, 3, 3)], 2), ([(3, 2), (3, 5)], 1)]:
+        xs = [rng.normal(size=s) for s in shapes]
+        layer = rp.Concat(axis)
+        y, back = _adjoint(layer, xs, rng)
+        assert_array_equal(y, layer_forward(layer, *xs))
+        assert_array_equal(y, np.concatenate(xs, axis=axis))
+        for b, want in zip(layer.vjp(y, xs, None), layer_backward(layer, y, xs)):
+            assert b.flags.c_contiguous
+            assert_array_equal(b, want)
+        assert layer.output_shape(*(s[1:] for s in shapes)) == y.shape[1:]
+    with pytest.raises(ValueError, match=r"along axis 2 needs inputs that differ only on that"):
+        rp.Concat(2).output_shape((3, 4, 5), (2, 4, 5))
+    with pytest.raises(ValueError, match="axis must be >= 1"):
+        rp.Concat(0)
+
+
+class Cat(nn.Module):
+    """Concatenations along the height (dim 2), the width (dim -1) and the features of a
+    flattened pair."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, (3, 1), stride=(3, 1))
+        self.c = nn.Conv2d(3, 4, (1, 3))
+        self.fc = nn.Linear(4 * 8 * 5 + 4 * 6 * 8, 3)
+
+    def forward(self, x):
+        a = torch.relu(self.a(x))
+        h = torch.cat([a, torch.relu(self.b(x))], dim=2)
+        w = torch.cat((self.c(x), a), -1)
+        return self.fc(torch.cat([h.flatten(1), torch.relu(w).flatten(1)], 1))
+
+
+@pytest.mark.parametrize("path", nets.IMPORT_PATHS)
+def test_concat_along_any_axis_imported(tmp_path, rng, path):
+    torch.manual_seed(0)
+    module = Cat().double().eval()
+    net = nets.imported(module, (3, 6, 5), path, tmp_path)
+    axes = sorted(n.layer.axis for n in net.nodes if n.layer.kind == "concat")
+    assert axes == [1, 2, 3]
+    x = rng.normal(size=(3, 3, 6, 5))
+    if path == "from_torch":
+        _torch_checks(module, net, x, 1)
+        net.save(tmp_path / "m.npz")
+        back = rp.load(tmp_path / "m.npz")
+        assert [n.layer.describe() for n in back.nodes if n.layer.kind == "concat"][:2] == \
+            ["Concat axis 2", "Concat axis 3"]
+        assert_array_equal(back(x), net(x))
+    else:  # a float32 file, checked against onnxruntime when read
+        with torch.no_grad():
+            want = module(torch.from_numpy(x)).numpy()
+        assert_allclose(net(x.astype(np.float32)), want, rtol=1e-4, atol=1e-4 * abs(want).max())
+
+
+def test_concat_of_the_batch_axis_is_refused():
+    class M(nn.Module):
+        def forward(self, x):
+            return torch.cat([x, x], 0)
+
+    with pytest.raises(ValueError, match=r"node 'cat'.*dim=0 is not supported: it must name an "
+                                         r"axis of the samples \(1..3 or -3..-1\)"):
+        rp.from_torch(M(), (2, 3, 3))
