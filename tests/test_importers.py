@@ -349,10 +349,10 @@ def test_from_onnx_torch_export_matches_torch_and_onnxruntime(tmp_path, dynamo):
     assert len(relprop.from_onnx(onnx.load(str(path)))) == len(net)
 
 
-def _graph(nodes, inits, in_shape, out_shape, name="g"):
+def _graph(nodes, inits, in_shape, out_shape, name="g", batch="n"):
     g = helper.make_graph(
-        nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", *in_shape])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", *out_shape])],
+        nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *in_shape])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, *out_shape])],
         [numpy_helper.from_array(np.asarray(v, np.int64 if np.asarray(v).dtype.kind == "i"
                                             else np.float32), k) for k, v in inits.items()])
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
@@ -412,6 +412,42 @@ def test_from_onnx_gemm_transb_and_global_pool():
     net = relprop.from_onnx(model)
     x = rng.standard_normal((4, 3, 9, 9)).astype(np.float32)
     assert _rel_err(net(x), _ort(model, x)) <= 1e-5
+
+
+@needs_onnx
+def test_from_onnx_export_batch_baked_into_a_dynamic_batch_file():
+    """torch's exporters write what a model computes in Python from the batch size as
+    constants: a Reshape to (2, -1) in a file with a dynamic batch axis is a flatten of each
+    sample (the self-check runs at that batch, where onnxruntime can run the file), while two
+    different baked batches, or a leading constant in a fixed-batch file that is not its batch,
+    mix samples and are refused."""
+    rng = np.random.default_rng(7)
+
+    def model(targets, batch="n"):
+        inits = {"w": rng.standard_normal((3, 2, 3, 3)), "mm": rng.standard_normal((27, 4))}
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv")]
+        for k, t in enumerate(targets):
+            inits[f"t{k}"] = np.array(t)
+            nodes.append(helper.make_node("Reshape", [nodes[-1].output[0], f"t{k}"], [f"r{k}"],
+                                          name=f"reshape{k}"))
+        nodes.append(helper.make_node("MatMul", [nodes[-1].output[0], "mm"], ["y"], name="fc"))
+        return _graph(nodes, inits, (2, 5, 5), (4,), batch=batch)
+
+    baked = model([[2, -1], [0, 27]])
+    net = relprop.from_onnx(baked)  # onnxruntime at batch 2
+    assert [layer.kind for layer in net.layers] == ["conv2d", "flatten", "dense"]
+    x = rng.standard_normal((5, 2, 5, 5)).astype(np.float32)
+    rows = np.concatenate([_ort(baked, x[i:i + 2]) for i in (0, 2)] + [net(x[4:])])
+    assert _rel_err(net(x), rows) <= 1e-5
+    with pytest.raises(ValueError, match=r"'reshape1' \(Reshape\): holds the batch size 3 as a "
+                                         "constant where the batch belongs, and another node "
+                                         "holds 2"):
+        relprop.from_onnx(model([[2, 27], [3, 27]]))
+    fixed = model([[2, -1]], batch=2)  # a fixed batch: its own
+    assert [layer.kind for layer in relprop.from_onnx(fixed).layers][1] == "flatten"
+    with pytest.raises(ValueError, match=r"'reshape0' \(Reshape\): Reshape to \[4, -1\] from "
+                                         r"per-sample shape \(3, 3, 3\) mixes samples"):
+        relprop.from_onnx(model([[4, -1]], batch=2), check=False)
 
 
 def _chain(op, **attrs):

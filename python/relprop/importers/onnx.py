@@ -201,6 +201,7 @@ class _Reader:
         self.input_name, self.output_name = data_inputs[0].name, g.output[0].name
         self.input_shape, self.batch, self.dtype = self._input_info(data_inputs[0])
         self.worlds = (self.batch,) * 2 if self.batch else _WORLDS
+        self.baked = None  # the export batch a dynamic-batch file's Reshapes hold as constants
         self.nodes = _topological(list(g.node), set(self.consts) | {self.input_name}, where)
         self.b = GraphBuilder(self.input_shape)
         self.data = {self.input_name: INPUT}  # ONNX tensor -> relprop tensor
@@ -368,8 +369,8 @@ class _Call:
     """What a converter sees of one ONNX node (:mod:`relprop.layers.base`): ``node``,
     ``where``, ``attrs``, ``opset``, ``inputs`` (the relprop names of its data inputs),
     ``n_inputs`` (of all its inputs), ``shape`` (of its first data input), ``worlds`` (the
-    batch sizes of the two evaluations of shape subgraphs), ``error``, ``const``, ``window``,
-    ``targets``, ``add``, ``add_bias``."""
+    batch sizes of the two evaluations of shape subgraphs), ``dynamic`` (whether the file's batch
+    axis is), ``error``, ``const``, ``window``, ``targets``, ``bake``, ``add``, ``add_bias``."""
 
     def __init__(self, reader, node, where):
         self.reader, self.node, self.where = reader, node, where
@@ -377,6 +378,7 @@ class _Call:
         present = [x for x in node.input if x]
         self.inputs = [reader.data[x] for x in present if x in reader.data]
         self.n_inputs = len(present)
+        self.dynamic = reader.batch is None
 
     @property
     def shape(self):
@@ -399,6 +401,19 @@ class _Call:
         if c is None:
             raise self.error(f"{what} must be a constant (or computed from shapes only)")
         return [[int(v) for v in np.asarray(t).reshape(-1)] for t in c.v]
+
+    def bake(self, batch):
+        """Record that this node holds the export batch ``batch`` as a constant where the batch
+        belongs (a dynamic-batch file: torch's exporters write what the model computed in Python
+        from the batch size as constants); the self-check runs at that batch.  Two different
+        baked batches raise ValueError."""
+        baked = self.reader.baked
+        if baked is not None and baked != batch:
+            raise self.error(f"holds the batch size {batch} as a constant where the batch "
+                             f"belongs, and another node holds {baked}: export the model with a "
+                             "dynamic batch that its forward reads from the input "
+                             "(x.size(0), x.shape[0] or -1)")
+        self.reader.baked = batch
 
     def add(self, layer, inputs=None, suffix=""):
         """Add ``layer`` reading ``inputs`` (default: the data inputs) named after the node;
@@ -579,10 +594,10 @@ def from_onnx(path_or_model, *, check=True, rtol=CHECK_RTOL):
                                         providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ValueError(f"{where}: onnxruntime cannot load the model ({exc})") from None
-        n = reader.batch or 2
+        n = reader.batch or reader.baked or 2
         if n * int(np.prod(net.input_shape)) > _MAX_PROBE_ELEMENTS:
-            raise ValueError(f"{where}: the model declares a fixed batch of {n}, too large for the "
-                             "onnxruntime self-check; pass check=False to skip it")
+            raise ValueError(f"{where}: onnxruntime runs the model at a batch of {n} only, too "
+                             "large for the self-check; pass check=False to skip it")
         x = probe(net.input_shape, reader.dtype, n=n)
         try:
             want = sess.run(None, {reader.input_name: x})[0]

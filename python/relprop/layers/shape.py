@@ -37,25 +37,57 @@ def _onnx_flatten(ctx):
     return Flatten() if len(ctx.shape) > 1 else None
 
 
-def _onnx_reshape(ctx):
-    """Reshape to a constant target (per batch size of the importer's two evaluations): a
-    flatten, or the identity."""
-    shape, flat = ctx.shape, numel(ctx.shape)
-    targets = ctx.targets(1, "the target shape")
-    allowzero = ctx.attrs.get("allowzero", 0)
-
-    def resolved(t, batch):
-        full = (batch,) + tuple(shape)
-        return t if allowzero else [full[k] if v == 0 and k < len(full) else v
-                                    for k, v in enumerate(t)]
-
-    ts = [resolved(t, b) for t, b in zip(targets, ctx.worlds)]
-    if all(len(t) == 2 and ((t[0] == b and t[1] in (flat, -1)) or (t[0] == -1 and t[1] == flat))
-           for t, b in zip(ts, ctx.worlds)):
-        return Flatten() if len(shape) > 1 else None
-    if all(t == [b, *shape] for t, b in zip(ts, ctx.worlds)):
+def _per_sample(rest, n):
+    """The per-sample shape ``rest`` (one -1 resolved) for samples of ``n`` elements, or None
+    where ``rest`` does not hold ``n`` elements."""
+    if rest.count(-1) > 1 or any(v == 0 or v < -1 for v in rest):
         return None
-    raise ctx.error(f"Reshape to {targets[0]} from per-sample shape {tuple(shape)} is not a "
+    if -1 in rest:
+        known = numel([v for v in rest if v != -1])
+        if n % known:
+            return None
+        rest = [n // known if v == -1 else v for v in rest]
+    return tuple(rest) if numel(rest) == n else None
+
+
+def onnx_target(ctx):
+    """The per-sample target shape of an ONNX Reshape (input 1, a constant for each batch size
+    of ``ctx.worlds``) whose leading dimension is the batch: ``-1`` or the batch size itself
+    (computed from the input's shape).  In a file with a dynamic batch axis, a leading constant
+    that does not follow the batch is the export batch baked in by the exporter (what the
+    model computed in Python from ``x.size(0)``): batch-preserving, and recorded with
+    ``ctx.bake``.  Returns ``(shape, fixed)``: ``fixed`` where the file's batch is fixed and the
+    target names it (relprop cannot tell there whether the model keeps samples apart at other
+    batch sizes).  ValueError for a target that mixes samples."""
+    n = numel(ctx.shape)
+    targets = ctx.targets(1, "the target shape")
+    resolved = []
+    for t, b in zip(targets, ctx.worlds):
+        if not ctx.attrs.get("allowzero", 0):  # a 0 copies the input's dimension
+            full = (b,) + tuple(ctx.shape)
+            t = [full[k] if v == 0 and k < len(full) else v for k, v in enumerate(t)]
+        rest = _per_sample(t[1:], n) if t and (t[0] != -1 or -1 not in t[1:]) else None
+        resolved.append((t[0] if t else None, rest))
+    (lead, rest), (lead2, rest2) = resolved
+    follows = all(v in (-1, b) for v, b in zip((lead, lead2), ctx.worlds))
+    baked = ctx.dynamic and lead == lead2 != -1
+    if rest is None or rest != rest2 or not (follows or baked):
+        raise ctx.error(f"Reshape to {targets[0]} from per-sample shape {tuple(ctx.shape)} mixes "
+                        "samples (its leading dimension is not the batch); relprop reshapes each "
+                        "sample alone")
+    if baked:
+        ctx.bake(lead)
+    return rest, lead != -1 and not ctx.dynamic
+
+
+def _onnx_reshape(ctx):
+    """Reshape to a constant target: a flatten, or the identity."""
+    target, _ = onnx_target(ctx)
+    if target == tuple(ctx.shape):
+        return None
+    if len(target) == 1:
+        return Flatten()
+    raise ctx.error(f"Reshape to per-sample shape {target} from {tuple(ctx.shape)} is not a "
                     "flatten (n, -1); not supported")
 
 
