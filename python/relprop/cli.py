@@ -885,10 +885,131 @@ def run_evaluate(args, file=None):
 
 
 # --------------------------------------------------------------------------------------------
+# relprop concepts
+# --------------------------------------------------------------------------------------------
+def add_concepts_parser(subparsers):
+    p = subparsers.add_parser(
+        "concepts", help="the concept atlas of a dataset: each channel's most relevant samples",
+        formatter_class=_HelpFormatter,
+        description="Relevance maximization (Concept Relevance Propagation): explain each "
+                    "sample of INPUTS and write OUT/atlas.npz, per channel of every node of "
+                    "--layers the K samples in which it is most relevant and most active, as "
+                    "relprop.concepts.atlas (Atlas.load reads it).  INPUTS are read a chunk at "
+                    "a time and OUT/atlas_state.npz keeps the samples done, for --resume.")
+    p.add_argument("model", metavar="MODEL",
+                   help="relprop .npz (net.save), .onnx, or a bundled model: digits_cnn, "
+                        "digits_mlp, digits_resnet")
+    p.add_argument("inputs", metavar="INPUTS",
+                   help="as for relprop explain: a .npy, an .npz with 'x' (and labels 'y'), "
+                        "images, a folder of images, or 'digits'")
+    p.add_argument("--layers", required=True,
+                   help="comma-separated node names (relprop info MODEL lists them; the module "
+                        "paths of an imported model work too)")
+    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
+    p.add_argument("--k", type=int, default=8, help="reference samples per channel (default 8)")
+    p.add_argument("--target", default=None,
+                   help="'label' (the labels of INPUTS: the default when it has them), 'pred' "
+                        "(the default otherwise) or a class index")
+    p.add_argument("--composite", default="epsilon_plus_flat",
+                   help="LRP composite or rule (default epsilon_plus_flat)")
+    p.add_argument("-p", "--param", type=_param, action="append", default=[],
+                   metavar="KEY=VALUE", help="composite parameter, repeatable")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per pass (default 64)")
+    p.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                   help="samples per chunk: read, merged and recorded together (default 1024)")
+    p.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")
+    p.add_argument("--input-shape", type=str, default=None,
+                   help="per-sample shape, e.g. 1,8,8 (for an .npz model saved without one)")
+    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    p.add_argument("--report", action="store_true",
+                   help="also write OUT/index.html, a page to open in a browser: per node and "
+                        "channel its reference samples beside their heatmaps (cropped to the "
+                        "receptive field of the channel's most relevant neuron) and its top "
+                        "classes, sortable by relevance")
+    p.add_argument("--report-channels", type=int, default=32, metavar="N",
+                   help="channels per node on the page: the N most relevant (default 32)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in OUT after its last completed chunk "
+                        "(same arguments required)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run on a local Dask cluster of N worker processes (needs relprop[dask])")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on the Dask cluster whose scheduler is at ADDRESS")
+    p.set_defaults(func=run_concepts)
+    return p
+
+
+#: Samples per chunk of ``relprop concepts`` unless --chunk-size says otherwise.
+CONCEPTS_CHUNK = 1024
+
+
+def run_concepts(args):
+    from . import set_num_threads
+    from .concepts.folder import atlas_to_folder
+    from .concepts.maximization import AtlasBuilder
+    from .stream import check_cluster, model_identity, open_inputs
+
+    for flag, v in (("--k", args.k), ("--batch-size", args.batch_size),
+                    ("--chunk-size", args.chunk_size), ("--report-channels",
+                                                        args.report_channels)):
+        if v is not None and v < 1:
+            raise ValueError(f"{flag} must be at least 1, got {v}")
+    check_run_flags(args)
+    cluster = _cluster(args)
+    if args.threads is not None and args.workers is None and args.scheduler is None:
+        set_num_threads(args.threads)
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    net = load_model(args.model, shape)
+    inputs = open_inputs(args.inputs, net, args.strict)
+    labels = load_labels(args.inputs)
+    if labels is not None and len(labels) != inputs.n:
+        labels = None
+    target = args.target or ("label" if labels is not None else "pred")
+    if target not in ("label", "pred"):
+        target = parse_target(target)
+    if target == "label" and labels is None:
+        raise ValueError(f"--target label: {args.inputs} has no labels (an .npz with 'y', or "
+                         "digits); use --target pred")
+    layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+    params = dict(args.param)
+    builder = AtlasBuilder(net, inputs.sample_shape, layers, args.composite, target, args.k,
+                           True, **params)
+    labels = builder.check_labels(labels if target == "label" else None, inputs.n)
+    run = {"model": model_identity(args.model, shape), "inputs": inputs.identity,
+           "layers": list(builder.nodes), "k": args.k, "target": target,
+           "composite": args.composite, "params": params}
+    with cluster as client:
+        if client is not None:
+            check_cluster(client)
+        res = atlas_to_folder(builder, inputs, args.out, labels=labels,
+                              chunk_size=args.chunk_size or CONCEPTS_CHUNK,
+                              batch_size=args.batch_size, run=run, resume=args.resume,
+                              client=client, log=lambda msg: None)
+    atlas, n, done = res["atlas"], res["n"], res["done_before"]
+    if done == n:
+        print(f"nothing to do: all {n} input(s) were done")
+    else:
+        print(f"atlas of {n - done} input(s)" + (f" (after {done} done before)" if done else "")
+              + f" of {args.inputs} in {res['seconds']:.2f} s: {len(layers)} node(s), "
+              f"{args.k} reference(s) per channel, target {target}")
+    print(f"wrote {os.path.join(args.out, 'atlas.npz')}")
+    if args.report:
+        from .concepts.report import write_report
+
+        page = write_report(args.out, atlas, net, inputs, args.composite, params,
+                            channels=args.report_channels, title=f"{args.model} on "
+                            f"{args.inputs}", invert=args.inputs == "digits")
+        print(f"wrote {page} (open it in a browser: per channel its reference samples, their "
+              "heatmaps and its top classes)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------
 #: One entry per subcommand: ``add(subparsers)`` creates it and sets ``func``.
-SUBCOMMANDS = [add_demo_parser, add_explain_parser, add_info_parser, add_evaluate_parser]
+SUBCOMMANDS = [add_demo_parser, add_explain_parser, add_info_parser, add_evaluate_parser,
+               add_concepts_parser]
 
 
 class _HelpFormatter(argparse.HelpFormatter):

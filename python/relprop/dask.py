@@ -670,25 +670,14 @@ def pixel_flipping(net, x, R, target, steps=None, patch=1, fill=0.0,
 # --------------------------------------------------------------------------------------------
 # concept atlas
 # --------------------------------------------------------------------------------------------
-def _atlas_block(x, labels, start, *, net, args):
+def _atlas_block(x, labels, start, *, net, spec, batch_size):
+    """The partial atlas of one block (``spec``: ``AtlasBuilder.spec``)."""
     from .concepts.maximization import AtlasBuilder
 
-    layers, composite, target, k, abs_norm, batch_size, params = args
-    builder = AtlasBuilder(net, x.shape[1:], layers, composite, target, k, abs_norm,
-                           **params)
+    *args, params = spec
     with worker_threads():
-        return _atlas_parts(builder, x, start, labels, batch_size)
-
-
-def _atlas_parts(builder, x, start, labels, batch_size):
-    """The :class:`relprop.concepts.maximization.Partial` of one block, in passes of at most
-    ``batch_size`` samples."""
-    acc = None
-    for lo in range(0, len(x), batch_size):
-        hi = min(len(x), lo + batch_size)
-        part = builder(x[lo:hi], start + lo, None if labels is None else labels[lo:hi])
-        acc = part if acc is None else acc.merge(part)
-    return acc
+        builder = AtlasBuilder(net, x.shape[1:], *args, **params)
+        return builder.run(x, start, labels, batch_size)
 
 
 def _merge_parts(*parts):
@@ -746,13 +735,12 @@ def atlas(net, x, layers, composite="epsilon_plus_flat", *, target="label", labe
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
     net_arg, _ = _shipped(net)
-    args = (tuple(builder.nodes), composite, builder.target, builder.k, builder.abs_norm,
-            batch_size, rule_params)
     xs = x.to_delayed().ravel()
     ls = labels.to_delayed().ravel() if labels is not None else [None] * len(xs)
     starts = np.cumsum((0,) + x.chunks[0])[:-1]
     block = dask.delayed(_atlas_block, pure=True)
-    level = [block(xb, lb, int(s), net=net_arg, args=args) for xb, lb, s in zip(xs, ls, starts)]
+    level = [block(xb, lb, int(s), net=net_arg, spec=builder.spec, batch_size=batch_size)
+             for xb, lb, s in zip(xs, ls, starts)]
     merge = dask.delayed(_merge_parts, pure=True)
     while len(level) > 1:
         level = [merge(*level[i:i + split_every]) for i in range(0, len(level), split_every)]

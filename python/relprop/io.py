@@ -23,10 +23,19 @@ MAX_DESCRIPTION_BYTES = 1 << 24
 
 
 def write_model(path, desc: dict, arrays: dict):
-    """Write the description ``desc`` (JSON-able) and the ``arrays`` to ``path``."""
-    meta = np.frombuffer(json.dumps(desc).encode(), dtype=np.uint8)
-    with open(os.fspath(path), "wb") as fh:
-        np.savez(fh, __relprop__=meta, **arrays)
+    """Write the description ``desc`` (JSON-able) and the ``arrays`` to ``path``: an ``.npz``
+    (``numpy.load`` reads it) whose bytes are a function of its contents (every entry dated
+    1980-01-01, where ``numpy.savez`` writes the time), so that the same network or atlas
+    gives the same file."""
+    import zipfile  # here: see read_model
+
+    meta = np.frombuffer(json.dumps(desc, sort_keys=True).encode(), dtype=np.uint8)
+    with open(os.fspath(path), "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED,
+                                                             allowZip64=True) as zf:
+        for name, arr in [("__relprop__", meta)] + list(arrays.items()):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as out:
+                npy.write_array(out, np.asanyarray(arr), allow_pickle=False)
 
 
 def read_model(path):

@@ -202,6 +202,19 @@ class AtlasBuilder:
         self.check_finite = check_finite
         rules = as_composite(composite, **rule_params).rules(net)
         self.walk = ConditionedWalk(net, rules, [Condition(None, {})], self.shapes)
+        #: what makes the same builder elsewhere: AtlasBuilder(net, shape, *spec[:-1], **spec[-1])
+        self.spec = (tuple(self.nodes), composite, self.target, self.k, self.abs_norm,
+                     dict(rule_params))
+
+    def run(self, x, start, labels, batch_size):
+        """The :class:`Partial` of ``x`` (samples ``start:start + len(x)``), in passes of at
+        most ``batch_size`` samples."""
+        acc = None
+        for lo in range(0, len(x), batch_size):
+            hi = min(len(x), lo + batch_size)
+            part = self(x[lo:hi], start + lo, None if labels is None else labels[lo:hi])
+            acc = part if acc is None else acc.merge(part)
+        return acc
 
     def check_labels(self, labels, n):
         if self.target != LABEL:

@@ -64,7 +64,8 @@ def references(atlas, net, x, node, channels, *, mode="relevance", crop=True,
         From :func:`relprop.concepts.atlas` of ``net`` on ``x`` (``node`` among its layers).
     net : Graph or Sequential
     x : array (n, *input_shape)
-        The dataset the atlas was made of (only the reference samples are read).
+        The dataset the atlas was made of (only the reference samples are read: ``x[rows]``
+        with an array of row indices, so a memory map or any object that indexes so works).
     node : str
     channels : int or sequence of ints
     mode : "relevance" or "activation"
@@ -102,7 +103,7 @@ def references(atlas, net, x, node, channels, *, mode="relevance", crop=True,
     m, k = idx.shape
     rows = idx.ravel()
     read = np.unique(rows)  # sorted: each reference sample read once
-    xs = net.check_input(np.asarray(x)[read], check_finite)
+    xs = net.check_input(np.asarray(x[read]), check_finite)
     where = np.searchsorted(read, rows)
     step = check_batch_size(batch_size, len(rows))
     heat = np.empty((len(rows),) + xs.shape[1:], xs.dtype)
