@@ -455,6 +455,60 @@ def test_pixel_flipping_gives_the_in_process_bits(digits, cnn, fill, patch, orde
     assert got.mean_auc == pytest.approx(want.mean_auc, rel=1e-12)
 
 
+# ------------------------------------------------------------------------------- metrics --
+METRIC_CASES = {  # small settings; metrics that draw, that re-explain, batch statistics, masks
+    "faithfulness_correlation": dict(runs=6, subset=8, seed=3),
+    "monotonicity_correlation": dict(steps=8, runs=3),
+    "sensitivity_n": dict(steps=8),
+    "road": dict(percentages=[10, 60]),
+    "irof": dict(segmentation="grid"),
+    "max_sensitivity": dict(method="gradient", runs=2),
+    "random_logit": dict(method="gradient_x_input"),
+    "model_parameter_randomization": dict(method="gradient", order="independent"),
+    "pointing_game": dict(),
+    "completeness": dict(fill="uniform"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(METRIC_CASES))
+def test_metrics_give_the_in_process_bits(digits, cnn, name):
+    """Every per-sample field bitwise the in-process one, and the batch statistics computed
+    from the gathered fields equal too."""
+    x = digits[:100]
+    pred = cnn(x).argmax(axis=1)
+    R = rp.explain(cnn, x, pred, method="gradient_x_input")
+    masks = (x > 0.5).astype(np.float32)
+    extra = (masks,) if name == "pointing_game" else ()
+    fn = getattr(rp.metrics, name)
+    want = fn(cnn, x, R, pred, *extra, **METRIC_CASES[name])
+    got = rd.metric(name, cnn, chunked(x, (40, 1, 59)), da.from_array(R, chunks=30), "pred",
+                    *(da.from_array(m, chunks=25) for m in extra), **METRIC_CASES[name])
+    assert type(got) is type(want)
+    for field in type(want).per_sample_fields():
+        value = getattr(got, field)
+        if field in getattr(type(want), "variable_width", ()):
+            assert value is None
+            continue
+        np.testing.assert_array_equal(value.compute(scheduler="threads"), getattr(want, field),
+                                      err_msg=field)
+    for stat in ("correlations", "accuracy"):
+        if hasattr(want, stat):
+            np.testing.assert_array_equal(np.asarray(getattr(got, stat)), getattr(want, stat))
+    np.testing.assert_array_equal(got.summary, want.summary)
+
+
+def test_metric_errors(digits, cnn):
+    x = chunked(digits[:100], (50, 50))
+    with pytest.raises(ValueError, match="unknown metric 'nope'"):
+        rd.metric("nope", cnn, x, x, 1)
+    with pytest.raises(ValueError, match="pointing_game needs masks"):
+        rd.metric("pointing_game", cnn, x, x, 1)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        rd.metric("faithfulness_correlation", cnn, x, x, 1, seed=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="subset must be smaller"):  # checked on one sample
+        rd.metric("faithfulness_correlation", cnn, x, x, 1, subset=64)
+
+
 # ------------------------------------------------------------------------------ from_npy --
 def test_from_npy_reads_rows_where_computed(tmp_path, digits, cnn):
     np.save(tmp_path / "x.npy", digits)

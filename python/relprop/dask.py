@@ -35,6 +35,7 @@ does not import this module.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import os
 import string
@@ -58,12 +59,9 @@ from .graph import Graph
 from .inputs import NpyFile, default_chunk_size
 from .methods import explain as _explain
 from .methods import parameters as _parameters
-from .metrics import ORDERS, Curves
-from .metrics import pixel_flipping as _pixel_flipping
-from .metrics._base import FILLS, grid_regions
 from .ops import get_num_threads, set_num_threads
 
-__all__ = ["atlas", "explain", "from_npy", "pixel_flipping", "use_worker_threads",
+__all__ = ["atlas", "explain", "from_npy", "metric", "pixel_flipping", "use_worker_threads",
            "worker_threads"]
 
 #: Parameters of methods that may hold one row per sample (chunked along with ``x``).
@@ -548,120 +546,171 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", *, chunks_per_task=N
 
 
 # --------------------------------------------------------------------------------------------
-# pixel flipping
+# metrics
 # --------------------------------------------------------------------------------------------
-def _flip_block(x, R, idx, *rest, net, kind, target, fill, per_sample_fill, seed, steps,
-                patch, order, batch_size, check_finite):
-    with worker_threads():
-        return _flip(x, R, idx, *rest, net=net, kind=kind, target=target, fill=fill,
-                     per_sample_fill=per_sample_fill, seed=seed, steps=steps, patch=patch,
-                     order=order, batch_size=batch_size, check_finite=check_finite)
+#: Metric parameters that may hold one row per sample (chunked along with ``x``).
+PER_SAMPLE_METRIC_PARAMS = ("fill", "noise", "subsets", "classes", "segments")
 
 
-def _flip(x, R, idx, *rest, net, kind, target, fill, per_sample_fill, seed, steps, patch,
-          order, batch_size, check_finite):
+def _layout(result):
+    """``[(field, trailing shape, dtype)]`` of a result's per-sample fields of fixed width
+    (IROF's curves, as long as each sample's segment count, are left out)."""
+    out = []
+    for f in type(result).per_sample_fields():
+        if f in getattr(type(result), "variable_width", ()):
+            continue
+        v = np.asarray(getattr(result, f))
+        out.append((f, v.shape[1:], v.dtype))
+    return out
+
+
+def _pack(result, layout):
+    """A result's per-sample fields side by side in one float64 array (n, width)."""
+    n = len(result.scores)
+    return np.concatenate([np.asarray(getattr(result, f), dtype=np.float64).reshape(n, -1)
+                           for f, _, _ in layout], axis=1)
+
+
+def _metric_block(x, R, idx, *rest, net, metric_name, kind, target, masks, names, params,
+                  offset, layout):
+    from .metrics import METRICS
+
     rest = list(rest)
     if kind in ("classes", "seed"):
         target = rest.pop(0)
-    if per_sample_fill:
-        fill = rest.pop(0)
-    pf = _pixel_flipping(net, x, R, target, steps=steps, patch=patch, fill=fill, order=order,
-                         seed=seed, sample_offset=int(idx[0]) if len(idx) else 0,
-                         batch_size=batch_size, check_finite=check_finite)
-    return pf.curves
+    args = (rest.pop(0),) if masks else ()
+    kw = {**params, **dict(zip(names, rest))}
+    if offset is not None:  # the block's first sample index in the whole x
+        kw["sample_offset"] = offset + (int(idx[0]) if len(idx) else 0)
+    with worker_threads():
+        return _pack(METRICS[metric_name](net, x, R, target, *args, **kw), layout)
 
 
-def _auc(curves, steps):
-    return (curves[:, :-1] + curves[:, 1:]).sum(axis=1) / (2 * steps)
-
-
-def pixel_flipping(net, x, R, target, steps=None, patch=1, fill=0.0,
-                   order="most_relevant_first", *, seed=0, batch_size=None, check_finite=True,
-                   chunks_per_task=None):
-    """Region perturbation (:func:`relprop.evaluate.pixel_flipping`) over a dask array, block by
-    block; bitwise the in-process result.
+def metric(name, net, x, R, target, masks=None, *, chunks_per_task=None, **params):
+    """The metric ``name`` of :mod:`relprop.metrics` over dask arrays, block by block: bitwise
+    the in-process result (random draws follow each sample's index in ``x``).
 
     Parameters
     ----------
+    name : str
+        A :data:`relprop.metrics.METRICS` name ("pixel_flipping", "faithfulness_correlation",
+        "max_sensitivity", ...).
     net : Sequential or Graph
     x, R : dask.array.Array (n, *input_shape)
-        The inputs and their explanation (e.g. from :func:`explain`); ``R`` is rechunked like
-        ``x``.
+        The inputs and their explanation (e.g. from :func:`explain`); ``R`` (shaped like
+        ``x``, or ``(n, 1, h, w)``) is rechunked like ``x``.
     target : int, array of ints (n,), float array (n, n_out), or "pred"
-        The explained score, as for :func:`explain`.
-    steps, patch, fill, order, seed, batch_size, check_finite
-        As for :func:`relprop.evaluate.pixel_flipping`.  ``fill`` may be an array with a row
-        per sample (NumPy or dask); ``fill="uniform"`` draws, block by block, the numbers the
-        in-process call draws from ``seed`` (an int, or None for fresh noise).
+        As for :func:`explain` ("pred": the classes predicted at ``x``, block by block).
+    masks : dask or NumPy array, optional
+        The localisation metrics' masks (rechunked like ``x``).
     chunks_per_task : int, optional
-        As for :func:`explain` (the work of a sample: ``steps + 1`` forward passes).
+        As for :func:`explain` (the work of a sample is estimated from the metric's run on one
+        sample, made now to check the arguments).
+    **params
+        The metric's parameters.  ``fill``, ``noise``, ``subsets``, ``classes`` and
+        ``segments`` may hold a row per sample (NumPy or dask; chunked along with ``x``);
+        ``seed`` must be an int (None draws one for the whole call); ``sample_offset`` is the
+        index of ``x[0]`` in a larger input.
 
     Returns
     -------
-    relprop.evaluate.PixelFlipping
-        ``curves`` (n, steps + 1) and ``auc`` (n,) are lazy dask arrays, ``fractions`` a NumPy
-        array; ``mean_auc`` computes.
+    relprop.metrics.Result
+        The metric's result class, its per-sample fields lazy dask arrays chunked like ``x``
+        (IROF's ``curves``, whose width is each sample's segment count, is None); its
+        batch-level statistics (``SensitivityN.correlations``, ``ROAD.accuracy``,
+        ``summary``) are computed from them.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As the in-process metric (checked now, on one sample), and for a ``seed`` that is a
+        ``numpy.random.Generator`` or ``x`` of unknown chunk sizes.
     """
+    import time
+
+    from .metrics import METRICS
+    from .metrics.compare import NEED_MASKS, metric_parameters
+
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; the metrics: {', '.join(METRICS)}")
     net = _check_net(net)
     x, dtype = _check_x(x, net)
     R, _ = _check_x(R, net, name="R")
-    if tuple(R.shape) != tuple(x.shape):
+    pixel = len(x.shape) == 4 and tuple(R.shape) == (x.shape[0], 1) + tuple(x.shape[2:])
+    if tuple(R.shape) != tuple(x.shape) and not pixel:
         raise ValueError(f"R has shape {R.shape} but x has shape {x.shape}")
     if not _known(x):
         raise ValueError("x has unknown chunk sizes; call x.compute_chunk_sizes() first")
-    if order not in ORDERS:
-        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-    from ._validate import as_int
-
-    patch = as_int(patch, "patch", minimum=1)
-    n_regions = grid_regions(tuple(x.shape[1:]), patch, "together").size
-    steps = n_regions if steps is None else as_int(steps, "steps", minimum=1)
-    if batch_size is not None:
-        batch_size = as_int(batch_size, "batch_size", minimum=1)
-    # a forward pass is about a quarter of an explanation with its prediction (FLOP_RATE)
-    x, runs = _per_task(x, chunks_per_task, net.flops(x.shape[1:]) * (steps + 1) / 4 / FLOP_RATE)
-    R = R.rechunk(x.chunks)
+    if (name in NEED_MASKS) != (masks is not None):
+        raise ValueError(f"{name} {'needs' if name in NEED_MASKS else 'takes no'} masks")
+    taken = metric_parameters(name)
+    if "seed" in taken:  # one int for all blocks: sample i draws from (seed, i)
+        params["seed"] = check_seed(params.get("seed", 0), chunked=f"relprop.dask.{name}")
+    offset = check_offset(params.pop("sample_offset", 0)) if "sample_offset" in taken else None
+    n = int(x.shape[0])
+    names, extras, fixed = [], [], {}
+    for key, v in params.items():
+        if key in PER_SAMPLE_METRIC_PARAMS and (isinstance(v, da.Array) or (
+                isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == n
+                and not (key == "fill" and v.ndim != len(x.shape)))):
+            names.append(key)
+            extras.append(v)
+        else:
+            fixed[key] = v
+    # check the arguments now, on one sample (zeros, and the first row of per-sample ones)
+    probe = np.zeros((1,) + tuple(x.shape[1:]), dtype=dtype)
     kind, targ = _target(target, x, net)
-    per_sample_fill = False
-    if isinstance(fill, str):
-        if fill not in FILLS:
-            raise ValueError(f"fill must be a number, one of {FILLS} or an array, got "
-                             f"{fill!r}")
-        if fill == "uniform":  # one int for all blocks; each sample draws from (seed, index)
-            seed = check_seed(seed, chunked="relprop.dask.pixel_flipping")
-    elif isinstance(fill, da.Array) or (np.ndim(fill) == x.ndim and np.shape(fill)[0] > 1):
-        if tuple(fill.shape) != tuple(x.shape):
-            raise ValueError(f"fill has shape {fill.shape}; a fill with a row per sample must "
-                             f"be shaped like x {x.shape}")
-        per_sample_fill = True
-        fill = _batch_aligned(fill, x, "fill", "bcdefgh"[:x.ndim - 1]).rechunk(x.chunks)
-    else:
-        f = np.asarray(fill)
-        try:
-            np.broadcast_to(f, (1,) + tuple(x.shape[1:]))
-        except ValueError:
-            raise ValueError(f"fill has shape {f.shape}, not broadcastable to x "
-                             f"{x.shape}") from None
-    idx = da.arange(x.shape[0], chunks=(x.chunks[0],))
-    ind, pairs = _blocks(x, kind, targ, [fill] if per_sample_fill else [])
-    pairs[2:2] = [R, ind, idx, ind[0]]
+    t0 = targ[:1] if kind in ("classes", "seed") else targ
+    first = [np.asarray(a[:1]) for a in ([targ] if kind in ("classes", "seed") else [])]
+    rows = {k: np.asarray(v[:1]) for k, v in zip(names, extras)}
+    args = (np.zeros((1,) + tuple(np.shape(masks)[1:])),) if masks is not None else ()
+    start = time.perf_counter()
+    res = METRICS[name](net, probe, np.zeros((1,) + tuple(R.shape[1:]), dtype=dtype),
+                        first[0] if first else t0, *args, **fixed, **rows)
+    seconds = time.perf_counter() - start
+    layout = _layout(res)
+    width = sum(int(np.prod(shape)) for _, shape, _ in layout)
+    xt, runs = _per_task(x, chunks_per_task, seconds)
+    kind, targ = _target(target, xt, net)
+    trailing = "bcdefgh"
+    aligned = [_batch_aligned(v, xt, k, trailing[:np.ndim(v) - 1]) for k, v in
+               zip(names, extras)]
+    if masks is not None:
+        aligned.insert(0, _batch_aligned(masks, xt, "masks", trailing[:np.ndim(masks) - 1]))
+    ind, pairs = _blocks(xt, kind, targ, [])
+    idx = da.arange(n, chunks=(xt.chunks[0],))
+    pairs[2:2] = [R.rechunk({0: xt.chunks[0]}), ind[:len(R.shape)], idx, ind[0]]
+    for a in aligned:
+        pairs += [a, ind[0] + trailing[:a.ndim - 1]]
     net_arg, net_key = _shipped(net)
-    token = dask.base.tokenize(net_key, x.name, R.name, kind, targ if kind == "int"
-                               else getattr(targ, "name", None), steps, patch,
-                               fill.name if per_sample_fill else fill, order, seed, batch_size)
-    curves = da.blockwise(
-        _flip_block, ind[0] + "q", *pairs, new_axes={"q": steps + 1},
-        name=f"relprop-pixel-flipping-{token}", dtype=np.float64, concatenate=True,
-        meta=np.empty((0, 0), dtype=np.float64), net=net_arg, kind=kind,
-        target=targ if kind in ("int", "pred") else None, fill=None if per_sample_fill else fill,
-        per_sample_fill=per_sample_fill, seed=seed, steps=steps, patch=patch, order=order,
-        batch_size=batch_size, check_finite=check_finite)
-    auc = curves.map_blocks(_auc, steps=steps, drop_axis=1, dtype=np.float64,
-                            meta=np.empty((0,), dtype=np.float64))
+    token = dask.base.tokenize(net_key, name, xt.name, R.name, kind, targ if kind == "int"
+                               else getattr(targ, "name", None), fixed,
+                               [a.name for a in aligned], names, offset)
+    packed = da.blockwise(
+        _metric_block, ind[0] + "q", *pairs, new_axes={"q": width},
+        name=f"relprop-metric-{name}-{token}", dtype=np.float64, concatenate=True,
+        meta=np.empty((0, 0), dtype=np.float64), net=net_arg, metric_name=name, kind=kind,
+        target=targ if kind in ("int", "pred") else None, masks=masks is not None,
+        names=names, params=fixed, offset=offset, layout=layout)
     if runs is not None:
-        curves, auc = _cut(curves, runs), _cut(auc, runs)
-    return Curves(auc, "lower" if order == ORDERS[0] else "higher", curves,
-                  np.arange(steps + 1) / steps, None)
+        packed = _cut(packed, runs)
+    values, col = {}, 0
+    for f, shape, ftype in layout:
+        w = int(np.prod(shape))
+        values[f] = packed[:, col:col + w].reshape((n,) + tuple(shape)).astype(ftype)
+        col += w
+    cls = type(res)
+    kwargs = {f.name: values.get(f.name, getattr(res, f.name) if f.metadata.get("batch")
+                                 else None) for f in dataclasses.fields(cls)}
+    return cls(**kwargs)
+
+
+def pixel_flipping(net, x, R, target, steps=None, patch=1, fill=0.0,
+                   order="most_relevant_first", *, chunks_per_task=None, **params):
+    """:func:`relprop.metrics.pixel_flipping` over dask arrays: ``metric("pixel_flipping",
+    ...)`` (see :func:`metric`)."""
+    return metric("pixel_flipping", net, x, R, target, steps=steps, patch=patch, fill=fill,
+                  order=order, chunks_per_task=chunks_per_task, **params)
 
 
 # --------------------------------------------------------------------------------------------

@@ -335,7 +335,10 @@ def trapezoid1(curves):
 
 def pearson(a, b):
     """Pearson's correlation of the rows of ``a`` and ``b`` ``(n, k)``; NaN where a row is
-    constant."""
+    constant.  (Computed on C-ordered copies: NumPy's sums, and so the bits, depend on the
+    memory layout.)"""
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    b = np.ascontiguousarray(b, dtype=np.float64)
     a = a - a.mean(axis=1, keepdims=True)
     b = b - b.mean(axis=1, keepdims=True)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)

@@ -594,6 +594,9 @@ class IROF(Result):
     quantus_auc: np.ndarray
     segmentation: str = batch_field()
 
+    #: Per-sample fields as wide as each sample's segment count (left out by relprop.dask).
+    variable_width = ("curves",)
+
 
 def segment(x, segmentation="auto"):
     """Superpixels of images ``x`` (n, c, h, w): ``(segments (n, h, w) int, method)``.
