@@ -27,6 +27,9 @@ of ``xgboost.dask`` and ``lightgbm.dask``.
 * On a distributed worker each task runs relprop's kernels on the worker's threads, shared
   by the tasks running there (:func:`use_worker_threads`; ``xgboost.dask`` sets ``nthread``
   to the worker's thread count likewise).
+* A worker keeps the memory relprop reuses (its pool of outputs and kernel workspaces) from
+  task to task, and gives it back once it has run no relprop task for
+  :data:`WORKER_IDLE_SECONDS` (:func:`release_workers` does it at once).
 * Networks pickle (their layers leave caches behind); loading model *files* never unpickles.
 
 Needs ``pip install 'relprop[dask]'`` (``dask[array]`` and ``distributed``); ``import relprop``
@@ -61,8 +64,8 @@ from .methods import explain as _explain
 from .methods import parameters as _parameters
 from .ops import get_num_threads, set_num_threads
 
-__all__ = ["atlas", "explain", "from_npy", "metric", "pixel_flipping", "use_worker_threads",
-           "worker_threads"]
+__all__ = ["atlas", "explain", "from_npy", "metric", "pixel_flipping", "release_worker_memory",
+           "release_workers", "use_worker_threads", "worker_threads"]
 
 #: Parameters of methods that may hold one row per sample (chunked along with ``x``).
 PER_SAMPLE_PARAMS = ("root", "baseline")
@@ -137,42 +140,137 @@ WORKER_MMAP_THRESHOLD = 32 << 20
 _MALLOC_TUNED = []
 
 
+def _glibc():
+    """glibc (ctypes), or None elsewhere."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
 def _tune_malloc():
     """Set glibc's mmap and trim thresholds once per worker process (see
     WORKER_MMAP_THRESHOLD)."""
     if _MALLOC_TUNED:
         return
     _MALLOC_TUNED.append(True)
-    import os
-
     if (WORKER_MMAP_THRESHOLD is None or "MALLOC_TRIM_THRESHOLD_" not in os.environ
             or "MALLOC_MMAP_THRESHOLD_" in os.environ):
         return  # glibc's threshold is adaptive, or someone chose it
-    try:
-        import ctypes
-        import ctypes.util
-
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = _glibc()
+    if libc is not None:
         libc.mallopt(-3, int(WORKER_MMAP_THRESHOLD))  # M_MMAP_THRESHOLD
         libc.mallopt(-1, int(2 * WORKER_MMAP_THRESHOLD))  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
+
+
+#: A worker gives back the memory relprop keeps for reuse (:func:`release_worker_memory`)
+#: once no relprop task has run on it for this many seconds (None: never).  Between the tasks
+#: of a job it keeps that memory, already mapped: a task that finds its outputs and workspaces
+#: in the pool pays no page faults for them.  When the job ends, or the worker turns to other
+#: work, the memory goes back after this delay; a release that comes too early only costs the
+#: next task the page faults of what it takes again.
+WORKER_IDLE_SECONDS = 5.0
+
+
+def release_worker_memory():
+    """Give back what relprop keeps for reuse in this process: :func:`relprop.release_memory`
+    (the pool's mapped blocks, the layers' packed weights) and, with glibc, the free memory at
+    the top of the heap that :data:`WORKER_MMAP_THRESHOLD` lets a worker keep
+    (``malloc_trim``).  Workers call it when idle (:data:`WORKER_IDLE_SECONDS`);
+    :func:`release_workers` calls it on every worker of a client."""
+    from .layers import release_memory
+
+    release_memory()
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def release_workers(client=None):
+    """Run :func:`release_worker_memory` on every worker of ``client`` (default: the current
+    ``dask.distributed`` client) now, e.g. when a job's result is in: workers also do it by
+    themselves after :data:`WORKER_IDLE_SECONDS` without a relprop task."""
+    if client is None:
+        from distributed import default_client
+
+        client = default_client()
+    client.run(release_worker_memory)
+
+
+class _IdleRelease:
+    """Calls ``release()`` once ``delay`` seconds pass with no task running (tasks report with
+    :meth:`started` and :meth:`ended`); ``timer(delay, fn, args)`` makes a started, cancellable
+    timer (``threading.Timer``; tests pass their own)."""
+
+    def __init__(self, release, timer=None):
+        import threading
+
+        self._release, self._timer_type = release, timer
+        self._lock = threading.Lock()
+        self._running = 0
+        self._epoch = 0  # counts starts and ends: a timer from an older epoch does nothing
+        self._timer = None
+
+    def _cancel(self):
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def started(self):
+        with self._lock:
+            self._running += 1
+            self._epoch += 1
+            self._cancel()
+
+    def ended(self):
+        with self._lock:
+            self._running -= 1
+            self._epoch += 1
+            if self._running == 0 and WORKER_IDLE_SECONDS is not None:
+                self._timer = self._start_timer(WORKER_IDLE_SECONDS, self._fire, (self._epoch,))
+
+    def _start_timer(self, delay, fn, args):
+        if self._timer_type is not None:
+            return self._timer_type(delay, fn, args)
+        import threading
+
+        timer = threading.Timer(delay, fn, args)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _fire(self, epoch):
+        with self._lock:
+            if self._running or epoch != self._epoch:
+                return  # a task ran since
+            self._timer = None
+        self._release()
+
+
+_IDLE = _IdleRelease(lambda: release_worker_memory())
 
 
 @contextlib.contextmanager
 def worker_threads():
     """:func:`use_worker_threads` for the duration of a task; when the task ends, the tasks
     still running on the worker get its threads back.  Also sets the worker's malloc
-    threshold once (:data:`WORKER_MMAP_THRESHOLD`)."""
+    threshold once (:data:`WORKER_MMAP_THRESHOLD`), and gives back relprop's memory once the
+    worker has run no relprop task for :data:`WORKER_IDLE_SECONDS`."""
     worker = _worker()
     if worker is not None:
         _tune_malloc()
         _share_threads(worker)
+        _IDLE.started()
     try:
         yield
     finally:
         if worker is not None:
             _share_threads(worker, leaving=1)
+            _IDLE.ended()
 
 
 def _active_client():

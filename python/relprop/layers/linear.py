@@ -54,7 +54,8 @@ def release_memory() -> None:
     never holds more than the largest amount of memory in use from it at any earlier moment
     minus what is in use now, so it does not raise the process's memory high-water mark; this
     call frees it, and the packed weight copies that Dense and Conv2d layers keep for small
-    calls.  :func:`relprop.ops.memory_stats` shows both.
+    calls.  :func:`relprop.ops.memory_stats` shows both.  Workers of ``relprop.dask`` call
+    it when they have been idle for a while (``relprop.dask.WORKER_IDLE_SECONDS``).
     """
     release_packed()
     ops.release_pool()
