@@ -59,10 +59,12 @@ def to_torch(net, dtype="float64"):
         elif k == "flatten":
             m = torch.nn.Flatten()
         elif k == "maxpool2d":
-            m = torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
+            m = torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding,
+                                   ceil_mode=layer.ceil_mode)
         elif k == "avgpool2d":
             m = torch.nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding,
-                                   count_include_pad=True)
+                                   ceil_mode=layer.ceil_mode,
+                                   count_include_pad=layer.count_include_pad)
         elif k == "globalavgpool2d":
             m = torch.nn.AdaptiveAvgPool2d(1)
         else:

@@ -141,10 +141,10 @@ def test_from_torch_same_padding_and_single_module():
     (lambda: nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")), (2, 8, 8),
      "padding_mode"),
     (lambda: nn.Sequential(nn.Conv2d(1, 1, 4, padding="same")), (1, 8, 8), "asymmetric"),
-    (lambda: nn.Sequential(nn.MaxPool2d(2, ceil_mode=True)), (1, 5, 5), "ceil_mode"),
+    (lambda: nn.Sequential(nn.MaxPool2d(2, return_indices=True)), (1, 5, 5), "return_indices"),
     (lambda: nn.Sequential(nn.MaxPool2d(3, dilation=2)), (1, 8, 8), "dilation"),
-    (lambda: nn.Sequential(nn.AvgPool2d(3, padding=1, count_include_pad=False)), (1, 8, 8),
-     "count_include_pad"),
+    (lambda: nn.Sequential(nn.AvgPool2d(3, padding=1, divisor_override=2)), (1, 8, 8),
+     "divisor_override"),
     (lambda: nn.Sequential(nn.Flatten(0)), (4,), "start_dim"),
     (lambda: nn.Sequential(nn.BatchNorm2d(4, track_running_stats=False)), (4, 3, 3),
      "track_running_stats"),
@@ -496,8 +496,8 @@ def test_from_onnx_unsupported_attributes():
         with pytest.raises(ValueError, match=match):
             relprop.from_onnx(model, check=False)
     model = _graph([helper.make_node("MaxPool", ["x"], ["y"], name="mp", kernel_shape=[2, 2],
-                                     ceil_mode=1)], {}, (1, 5, 5), (1, 3, 3))
-    with pytest.raises(ValueError, match="ceil_mode"):
+                                     storage_order=1)], {}, (1, 5, 5), (1, 2, 2))
+    with pytest.raises(ValueError, match="storage_order"):
         relprop.from_onnx(model)
     model = _graph([helper.make_node("Flatten", ["x"], ["y"], name="fl", axis=2)], {},
                    (2, 3), (6,))

@@ -156,8 +156,9 @@ const T* optional_packed(const py::object& packed, const char* gemm, const CArra
 }
 
 template <typename T>
-Window2d window(const CArray<T>& x, Pair k, Pair s, Pair p) {
+Window2d window(const CArray<T>& x, Pair k, Pair s, Pair p, bool ceil = false) {
   Window2d g{x.shape(0), x.shape(1), x.shape(2), x.shape(3), k[0], k[1], s[0], s[1], p[0], p[1]};
+  g.ceil = ceil;
   g.validate();
   return g;
 }
@@ -388,9 +389,9 @@ py::tuple conv2d_forward_split(const CArray<T>& x, const CArray<T>& w, const py:
 // Geometry of a backward pass: from the input size hw and the output gradient gy.
 template <typename T>
 Window2d backward_window(const CArray<T>& gy, idx c, Pair hw, Pair k, Pair s, Pair p,
-                         Pair d = Pair{1, 1}) {
+                         Pair d = Pair{1, 1}, bool ceil = false) {
   check_ndim(gy, 4, "grad");
-  Window2d g{gy.shape(0), c, hw[0], hw[1], k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1]};
+  Window2d g{gy.shape(0), c, hw[0], hw[1], k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], ceil};
   g.validate();
   RELPROP_CHECK(gy.shape(2) == g.oh() && gy.shape(3) == g.ow(), "grad spatial shape (", gy.shape(2),
                 ", ", gy.shape(3), ") must equal the output shape (", g.oh(), ", ", g.ow(), ")");
@@ -423,9 +424,9 @@ CArray<T> conv2d_backward(const CArray<T>& gy, const CArray<T>& w, Pair hw, Pair
 }
 
 template <typename T>
-py::tuple maxpool2d_forward(const CArray<T>& x, Pair k, Pair s, Pair p, int nthreads) {
+py::tuple maxpool2d_forward(const CArray<T>& x, Pair k, Pair s, Pair p, int nthreads, bool ceil) {
   check_ndim(x, 4, "x");
-  const Window2d g = window(x, k, s, p);
+  const Window2d g = window(x, k, s, p, ceil);
   RELPROP_CHECK(2 * p[0] <= k[0] && 2 * p[1] <= k[1], "padding must be at most half the kernel size");
   CArray<T> y = output<T>({g.n, g.c, g.oh(), g.ow()});
   CArray<std::int64_t> arg = output<std::int64_t>({g.n, g.c, g.oh(), g.ow()});
@@ -440,8 +441,8 @@ py::tuple maxpool2d_forward(const CArray<T>& x, Pair k, Pair s, Pair p, int nthr
 
 template <typename T>
 CArray<T> maxpool2d_backward(const CArray<T>& gy, const CArray<std::int64_t>& arg, Pair hw, Pair k,
-                             Pair s, Pair p, int nthreads, const py::object& mask) {
-  const Window2d g = backward_window(gy, gy.shape(1), hw, k, s, p);
+                             Pair s, Pair p, int nthreads, const py::object& mask, bool ceil) {
+  const Window2d g = backward_window(gy, gy.shape(1), hw, k, s, p, Pair{1, 1}, ceil);
   RELPROP_CHECK(arg.ndim() == 4 && arg.size() == gy.size(), "argmax must have the shape of grad");
   CArray<T> keep;
   const T* mp = optional_array<T>(mask, shape_of(gy), "mask", keep);
@@ -458,26 +459,30 @@ CArray<T> maxpool2d_backward(const CArray<T>& gy, const CArray<std::int64_t>& ar
 }
 
 template <typename T>
-CArray<T> avgpool2d_forward(const CArray<T>& x, Pair k, Pair s, Pair p, int nthreads) {
+CArray<T> avgpool2d_forward(const CArray<T>& x, Pair k, Pair s, Pair p, int nthreads, bool ceil,
+                            bool count_pad) {
   check_ndim(x, 4, "x");
-  const Window2d g = window(x, k, s, p);
+  const Window2d g = window(x, k, s, p, ceil);
+  RELPROP_CHECK(2 * p[0] <= k[0] && 2 * p[1] <= k[1], "padding must be at most half the kernel size");
   CArray<T> y = output<T>({g.n, g.c, g.oh(), g.ow()});
   T* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;
-    relprop::avgpool2d_forward<T>(x.data(), yp, g, nthreads);
+    relprop::avgpool2d_forward<T>(x.data(), yp, g, count_pad, nthreads);
   }
   return y;
 }
 
 template <typename T>
-CArray<T> avgpool2d_backward(const CArray<T>& gy, Pair hw, Pair k, Pair s, Pair p, int nthreads) {
-  const Window2d g = backward_window(gy, gy.shape(1), hw, k, s, p);
+CArray<T> avgpool2d_backward(const CArray<T>& gy, Pair hw, Pair k, Pair s, Pair p, int nthreads,
+                             bool ceil, bool count_pad) {
+  const Window2d g = backward_window(gy, gy.shape(1), hw, k, s, p, Pair{1, 1}, ceil);
+  RELPROP_CHECK(2 * p[0] <= k[0] && 2 * p[1] <= k[1], "padding must be at most half the kernel size");
   CArray<T> gx = output<T>({g.n, g.c, g.h, g.w});
   T* gp = gx.mutable_data();
   {
     py::gil_scoped_release nogil;
-    relprop::avgpool2d_backward<T>(gy.data(), gp, g, nthreads);
+    relprop::avgpool2d_backward<T>(gy.data(), gp, g, count_pad, nthreads);
   }
   return gx;
 }
@@ -758,13 +763,13 @@ void define(py::module_& m) {
         "grad (n, c_out, oh, ow) -> (n, c_in, h, w) with (h, w) = in_hw; see "
         "relprop.ops.conv2d_backward.");
   m.def("maxpool2d_forward", &maxpool2d_forward<T>, nc("x"), "kernel"_a, "stride"_a, "padding"_a,
-        "nthreads"_a);
+        "nthreads"_a, "ceil_mode"_a = false);
   m.def("maxpool2d_backward", &maxpool2d_backward<T>, nc("grad"), nc("argmax"), "in_hw"_a, "kernel"_a,
-        "stride"_a, "padding"_a, "nthreads"_a, "mask"_a = py::none());
+        "stride"_a, "padding"_a, "nthreads"_a, "mask"_a = py::none(), "ceil_mode"_a = false);
   m.def("avgpool2d_forward", &avgpool2d_forward<T>, nc("x"), "kernel"_a, "stride"_a, "padding"_a,
-        "nthreads"_a);
+        "nthreads"_a, "ceil_mode"_a = false, "count_include_pad"_a = true);
   m.def("avgpool2d_backward", &avgpool2d_backward<T>, nc("grad"), "in_hw"_a, "kernel"_a, "stride"_a,
-        "padding"_a, "nthreads"_a);
+        "padding"_a, "nthreads"_a, "ceil_mode"_a = false, "count_include_pad"_a = true);
   m.def("adaptive_avgpool2d_forward", &adaptive_avgpool2d_forward<T>, nc("x"), "out_hw"_a,
         "nthreads"_a, "x (n, c, h, w) -> (n, c, oh, ow), torch's AdaptiveAvgPool2d windows.");
   m.def("adaptive_avgpool2d_backward", &adaptive_avgpool2d_backward<T>, nc("grad"), "in_hw"_a,

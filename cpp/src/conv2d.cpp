@@ -40,7 +40,10 @@ void Window2d::validate() const {
                     ph <= kMax && pw <= kMax && dh <= kMax && dw <= kMax,
                 "window sizes, strides, paddings and dilations must be below 2**31");
   const idx eh = dh * (kh - 1) + 1, ew = dw * (kw - 1) + 1;  // < 2**62: no overflow
-  RELPROP_CHECK(h + 2 * ph >= eh && w + 2 * pw >= ew, "window (", kh, ", ", kw, ")",
+  // ceil mode: the windows may reach past the padding, as long as there is one (torch's rule)
+  const idx slack_h = ceil ? sh - 1 : 0, slack_w = ceil ? sw - 1 : 0;
+  RELPROP_CHECK(h + 2 * ph + slack_h >= eh && w + 2 * pw + slack_w >= ew, "window (", kh, ", ",
+                kw, ")",
                 (dh > 1 || dw > 1) ? " dilated to (" : "", (dh > 1 || dw > 1) ? eh : kh,
                 (dh > 1 || dw > 1) ? ", " : "", (dh > 1 || dw > 1) ? ew : kw,
                 (dh > 1 || dw > 1) ? ")" : "", " larger than the padded input (", h + 2 * ph,

@@ -66,10 +66,16 @@ inline void window_max(const T* xs, const Window2d& g, idx p, idx q, T& out, std
 constexpr idx kMaxTaps = 64;
 constexpr idx kMaxPhases = 4;
 
+// Whether maxpool_2x2_plane runs the window g: 2x2, stride 2, every window inside the input.
+bool two_path(const Window2d& g) {
+  return g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 &&
+         2 * g.oh() <= g.h && 2 * g.ow() <= g.w &&
+         g.w < (idx(1) << 30);  // lane offsets up to w + 1 fit in int32
+}
+
 // Whether maxpool_rows runs the window g (else the generic loops).
 bool row_path(const Window2d& g) {
-  return g.kh * g.kw <= kMaxTaps && g.sw <= kMaxPhases && g.w < (idx(1) << 30) &&
-         !(g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0);
+  return g.kh * g.kw <= kMaxTaps && g.sw <= kMaxPhases && g.w < (idx(1) << 30) && !two_path(g);
 }
 
 // Elements of maxpool_rows' work space: the plane's rows, each split into sw phases of
@@ -185,9 +191,7 @@ void maxpool2d_forward(const T* x, T* y, std::int64_t* arg, const Window2d& g, i
   g.validate();
   const idx oh = g.oh(), ow = g.ow(), planes = g.n * g.c;
   const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
-  const bool two = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 &&
-                   g.w < (idx(1) << 30);  // lane offsets up to w + 1 fit in int32
-  const bool rowwise = row_path(g);
+  const bool two = two_path(g), rowwise = row_path(g);
   // the row path's work space, one per thread, allocated here (outside the parallel region)
   Workspace<T> work(rowwise ? row_work(g) : 0, nt);
   parallel_for(nt, planes, [&](idx pl) {
@@ -261,11 +265,27 @@ void maxpool2d_backward_masked(const T* gy, const std::int64_t* arg, const T* y,
   unpool<T>(gy, arg, y, gx, g, nthreads);
 }
 
+namespace {
+
+// 1 / the count of window (p, q) of an average pooling (see avgpool2d_forward): its rows and
+// columns within [-ph, h + ph) x [-pw, w + pw) with count_pad, else within the input.  `full`
+// (1 / (kh * kw)) where the window counts kh * kw taps, so those windows keep their bits.
 template <typename T>
-void avgpool2d_forward(const T* x, T* y, const Window2d& g, int nthreads) {
+inline T inverse_count(const Window2d& g, idx p, idx q, bool count_pad, T full) {
+  const idx top = p * g.sh - g.ph, left = q * g.sw - g.pw;
+  const idx ph = count_pad ? g.ph : 0, pw = count_pad ? g.pw : 0;
+  const idx nr = std::min(top + g.kh, g.h + ph) - std::max(top, -ph);
+  const idx nc = std::min(left + g.kw, g.w + pw) - std::max(left, -pw);
+  return nr == g.kh && nc == g.kw ? full : T(1) / (static_cast<T>(nr) * static_cast<T>(nc));
+}
+
+}  // namespace
+
+template <typename T>
+void avgpool2d_forward(const T* x, T* y, const Window2d& g, bool count_pad, int nthreads) {
   g.validate();
   const idx oh = g.oh(), ow = g.ow(), planes = g.n * g.c;
-  const T scale = T(1) / (static_cast<T>(g.kh) * static_cast<T>(g.kw));  // no int overflow
+  const T full = T(1) / (static_cast<T>(g.kh) * static_cast<T>(g.kw));  // no int overflow
   [[maybe_unused]] const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (idx pl = 0; pl < planes; ++pl) {
@@ -276,16 +296,16 @@ void avgpool2d_forward(const T* x, T* y, const Window2d& g, int nthreads) {
         const Span r = rows(g, p), c = cols(g, q);
         for (idx i = r.lo; i < r.hi; ++i)
           for (idx j = c.lo; j < c.hi; ++j) acc += xs[i * g.w + j];
-        y[(pl * oh + p) * ow + q] = acc * scale;
+        y[(pl * oh + p) * ow + q] = acc * inverse_count(g, p, q, count_pad, full);
       }
   }
 }
 
 template <typename T>
-void avgpool2d_backward(const T* gy, T* gx, const Window2d& g, int nthreads) {
+void avgpool2d_backward(const T* gy, T* gx, const Window2d& g, bool count_pad, int nthreads) {
   g.validate();
   const idx oh = g.oh(), ow = g.ow(), planes = g.n * g.c, S = g.h * g.w;
-  const T scale = T(1) / (static_cast<T>(g.kh) * static_cast<T>(g.kw));  // no int overflow
+  const T full = T(1) / (static_cast<T>(g.kh) * static_cast<T>(g.kw));  // no int overflow
   [[maybe_unused]] const int nt = threads_for(nthreads, planes, planes * oh * ow * window_area(g));
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (idx pl = 0; pl < planes; ++pl) {
@@ -293,7 +313,7 @@ void avgpool2d_backward(const T* gy, T* gx, const Window2d& g, int nthreads) {
     std::fill(gxs, gxs + S, T(0));
     for (idx p = 0; p < oh; ++p)
       for (idx q = 0; q < ow; ++q) {
-        const T share = gy[(pl * oh + p) * ow + q] * scale;
+        const T share = gy[(pl * oh + p) * ow + q] * inverse_count(g, p, q, count_pad, full);
         const Span r = rows(g, p), c = cols(g, q);
         for (idx i = r.lo; i < r.hi; ++i)
           for (idx j = c.lo; j < c.hi; ++j) gxs[i * g.w + j] += share;
@@ -382,8 +402,8 @@ void adaptive_avgpool2d_backward(const T* gy, T* gx, idx planes, idx h, idx w, i
   template void maxpool2d_backward<T>(const T*, const std::int64_t*, T*, const Window2d&, int);  \
   template void maxpool2d_backward_masked<T>(const T*, const std::int64_t*, const T*, T*,         \
                                              const Window2d&, int);                               \
-  template void avgpool2d_forward<T>(const T*, T*, const Window2d&, int);                        \
-  template void avgpool2d_backward<T>(const T*, T*, const Window2d&, int);                       \
+  template void avgpool2d_forward<T>(const T*, T*, const Window2d&, bool, int);                  \
+  template void avgpool2d_backward<T>(const T*, T*, const Window2d&, bool, int);                 \
   template void adaptive_avgpool2d_forward<T>(const T*, T*, idx, idx, idx, idx, idx, int);       \
   template void adaptive_avgpool2d_backward<T>(const T*, T*, idx, idx, idx, idx, idx, int);
 RELPROP_INSTANTIATE(float)

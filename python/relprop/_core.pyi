@@ -72,19 +72,45 @@ def adaptive_avgpool2d_forward(x: _F64, out_hw: _Pair, nthreads: _Int) -> _F64:
 
 @typing.overload
 def avgpool2d_backward(
-    grad: _F32, in_hw: _Pair, kernel: _Pair, stride: _Pair, padding: _Pair, nthreads: _Int
+    grad: _F32,
+    in_hw: _Pair,
+    kernel: _Pair,
+    stride: _Pair,
+    padding: _Pair,
+    nthreads: _Int,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
 ) -> _F32: ...
 @typing.overload
 def avgpool2d_backward(
-    grad: _F64, in_hw: _Pair, kernel: _Pair, stride: _Pair, padding: _Pair, nthreads: _Int
+    grad: _F64,
+    in_hw: _Pair,
+    kernel: _Pair,
+    stride: _Pair,
+    padding: _Pair,
+    nthreads: _Int,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
 ) -> _F64: ...
 @typing.overload
 def avgpool2d_forward(
-    x: _F32, kernel: _Pair, stride: _Pair, padding: _Pair, nthreads: _Int
+    x: _F32,
+    kernel: _Pair,
+    stride: _Pair,
+    padding: _Pair,
+    nthreads: _Int,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
 ) -> _F32: ...
 @typing.overload
 def avgpool2d_forward(
-    x: _F64, kernel: _Pair, stride: _Pair, padding: _Pair, nthreads: _Int
+    x: _F64,
+    kernel: _Pair,
+    stride: _Pair,
+    padding: _Pair,
+    nthreads: _Int,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
 ) -> _F64: ...
 @typing.overload
 def channel_affine(x: _F32, scale: _F32, shift: typing.Any, nthreads: _Int) -> _F32:
@@ -513,6 +539,7 @@ def maxpool2d_backward(
     padding: _Pair,
     nthreads: _Int,
     mask: typing.Any = None,
+    ceil_mode: bool = False,
 ) -> _F32: ...
 @typing.overload
 def maxpool2d_backward(
@@ -524,14 +551,15 @@ def maxpool2d_backward(
     padding: _Pair,
     nthreads: _Int,
     mask: typing.Any = None,
+    ceil_mode: bool = False,
 ) -> _F64: ...
 @typing.overload
 def maxpool2d_forward(
-    x: _F32, kernel: _Pair, stride: _Pair, padding: _Pair, nthreads: _Int
+    x: _F32, kernel: _Pair, stride: _Pair, padding: _Pair, nthreads: _Int, ceil_mode: bool = False
 ) -> tuple: ...
 @typing.overload
 def maxpool2d_forward(
-    x: _F64, kernel: _Pair, stride: _Pair, padding: _Pair, nthreads: _Int
+    x: _F64, kernel: _Pair, stride: _Pair, padding: _Pair, nthreads: _Int, ceil_mode: bool = False
 ) -> tuple: ...
 def memory_stats() -> dict: ...
 def pool_cached_bytes() -> int: ...

@@ -360,12 +360,17 @@ def conv2d_backward(g, w, in_hw, stride=(1, 1), padding=(0, 0), packed=None, *, 
                                  p, _nt(), packed, d, gr)
 
 
-def maxpool2d_forward(x, kernel, stride, padding=(0, 0)):
-    """Max pooling; returns ``(y, argmax)`` with argmax the flat index in each input plane."""
-    return _core.maxpool2d_forward(x, kernel, stride, padding, _nt())
+def maxpool2d_forward(x, kernel, stride, padding=(0, 0), *, ceil_mode=False):
+    """Max pooling; returns ``(y, argmax)`` with argmax the flat index in each input plane.
+
+    ``ceil_mode`` (torch's): output sizes rounded up, less a last window that would start past
+    the input and its left padding; the last windows may reach past the padding (those taps are
+    not visited)."""
+    return _core.maxpool2d_forward(x, kernel, stride, padding, _nt(), bool(ceil_mode))
 
 
-def maxpool2d_backward(g, argmax, in_hw, kernel, stride, padding=(0, 0), *, mask=None):
+def maxpool2d_backward(g, argmax, in_hw, kernel, stride, padding=(0, 0), *, mask=None,
+                       ceil_mode=False):
     """Route ``g`` to the winners recorded in ``argmax``.
 
     ``mask`` (shaped like ``g``), optional: route ``g`` only where ``mask > 0`` (0 elsewhere).
@@ -376,18 +381,27 @@ def maxpool2d_backward(g, argmax, in_hw, kernel, stride, padding=(0, 0), *, mask
     if mask is not None:
         g = _array(g, "g")
         return _core.maxpool2d_backward(g, argmax, tuple(in_hw), kernel, stride, padding, _nt(),
-                                        _like(_array(mask, "mask"), g.dtype, "mask", "g"))
-    return _core.maxpool2d_backward(g, argmax, tuple(in_hw), kernel, stride, padding, _nt())
+                                        _like(_array(mask, "mask"), g.dtype, "mask", "g"),
+                                        bool(ceil_mode))
+    return _core.maxpool2d_backward(g, argmax, tuple(in_hw), kernel, stride, padding, _nt(),
+                                    ceil_mode=bool(ceil_mode))
 
 
-def avgpool2d_forward(x, kernel, stride, padding=(0, 0)):
-    """Average pooling with zero padding counted (torch's ``count_include_pad=True``)."""
-    return _core.avgpool2d_forward(x, kernel, stride, padding, _nt())
+def avgpool2d_forward(x, kernel, stride, padding=(0, 0), *, ceil_mode=False,
+                      count_include_pad=True):
+    """Average pooling as ``torch.nn.functional.avg_pool2d``: each window's sum divided by its
+    count, the window's taps inside the input plus, with ``count_include_pad``, those in the
+    zero padding (never those past the padding that ``ceil_mode`` adds; ``ceil_mode`` as
+    :func:`maxpool2d_forward`).  The padding must be at most half the kernel."""
+    return _core.avgpool2d_forward(x, kernel, stride, padding, _nt(), bool(ceil_mode),
+                                   bool(count_include_pad))
 
 
-def avgpool2d_backward(g, in_hw, kernel, stride, padding=(0, 0)):
+def avgpool2d_backward(g, in_hw, kernel, stride, padding=(0, 0), *, ceil_mode=False,
+                       count_include_pad=True):
     """Transpose of :func:`avgpool2d_forward`."""
-    return _core.avgpool2d_backward(g, tuple(in_hw), kernel, stride, padding, _nt())
+    return _core.avgpool2d_backward(g, tuple(in_hw), kernel, stride, padding, _nt(),
+                                    bool(ceil_mode), bool(count_include_pad))
 
 
 def adaptive_avgpool2d_forward(x, out_hw):

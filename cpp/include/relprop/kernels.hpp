@@ -10,16 +10,29 @@ namespace relprop {
 
 // Geometry of a 2-D window operation (Conv2d, MaxPool2d, AvgPool2d) on an NCHW tensor.
 // Dilation (dh, dw) spaces the window's taps: tap (u, v) reads input (p*sh + u*dh - ph,
-// q*sw + v*dw - pw); the pooling kernels take dh = dw = 1 only.
+// q*sw + v*dw - pw); the pooling kernels take dh = dw = 1 only.  ceil (pooling only, torch's
+// ceil_mode): the output sizes are rounded up instead of down, less a last window that would
+// start past the input and its left padding (p*sh >= h + ph), so the last windows may reach
+// past the padding (those taps are never visited, nor counted by an average).
 struct Window2d {
   idx n, c, h, w;     // input (n, c, h, w)
   idx kh, kw;         // window
   idx sh, sw;         // stride
   idx ph, pw;         // zero padding
   idx dh = 1, dw = 1;  // dilation
-  idx oh() const { return (h + 2 * ph - dh * (kh - 1) - 1) / sh + 1; }
-  idx ow() const { return (w + 2 * pw - dw * (kw - 1) - 1) / sw + 1; }
+  bool ceil = false;   // ceil mode (pooling)
+  idx oh() const { return out_size(h, kh, sh, ph, dh); }
+  idx ow() const { return out_size(w, kw, sw, pw, dw); }
   void validate() const;  // throws std::invalid_argument on an impossible geometry
+
+ private:
+  // validate() keeps in + 2 p - d (k - 1) - 1 (+ s - 1 in ceil mode) >= 0
+  idx out_size(idx in, idx k, idx s, idx p, idx d) const {
+    const idx span = in + 2 * p - d * (k - 1) - 1;
+    if (!ceil) return span / s + 1;
+    const idx out = (span + s - 1) / s + 1;
+    return (out - 1) * s >= in + p ? out - 1 : out;
+  }
 };
 
 // y[n, o] = sum_i x[n, i] * w[o, i] + b[o]          x (n, in), w (out, in), b (out) or null
@@ -187,13 +200,16 @@ template <typename T>
 void maxpool2d_backward_masked(const T* gy, const std::int64_t* arg, const T* y, T* gx,
                                const Window2d& g, int nthreads);
 
-// y = sum over each window / (kh * kw)   (zero padding counted, as torch's count_include_pad=True)
+// y = sum over each window / its count, as torch's avg_pool2d: the count is the window's taps
+// inside the input plus, with count_pad (torch's count_include_pad=True), those in the zero
+// padding; never those past the padding (ceil mode).  kh * kw for every window of a floor-mode
+// pooling that counts its padding.
 template <typename T>
-void avgpool2d_forward(const T* x, T* y, const Window2d& g, int nthreads);
+void avgpool2d_forward(const T* x, T* y, const Window2d& g, bool count_pad, int nthreads);
 
 // gx = transpose of avgpool2d_forward applied to gy
 template <typename T>
-void avgpool2d_backward(const T* gy, T* gx, const Window2d& g, int nthreads);
+void avgpool2d_backward(const T* gy, T* gx, const Window2d& g, bool count_pad, int nthreads);
 
 // Adaptive average pooling (torch.nn.AdaptiveAvgPool2d) of x (n*c planes of h x w) to
 // y (n*c planes of oh x ow): output (i, j) averages rows [floor(i*h/oh), ceil((i+1)*h/oh)) and

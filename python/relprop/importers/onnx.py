@@ -168,8 +168,6 @@ def _window_attrs(attrs, where, pooling=True):
         raise ValueError(f"{where}: dilations {list(dilation)} are not 2-D")
     if pooling and dilation != (1, 1):
         raise ValueError(f"{where}: dilations {list(dilation)} are not supported for pooling")
-    if attrs.get("ceil_mode", 0):
-        raise ValueError(f"{where}: ceil_mode=1 is not supported")
     strides = tuple(attrs.get("strides", (1, 1)))
     return kernel, strides, _symmetric_pads(attrs, kernel, dilation, where), dilation
 

@@ -471,9 +471,9 @@ class Conv2d(Linear):
 
     def fuses_pool(self, pool):
         """Whether :meth:`forward_relu_pool` can stand for this layer, a ReLU and ``pool``: a
-        2x2 stride-2 max pooling without padding."""
+        2x2 stride-2 max pooling without padding (floor mode)."""
         return (isinstance(pool, MaxPool2d) and pool.kernel_size == (2, 2)
-                and pool.stride == (2, 2) and pool.padding == (0, 0))
+                and pool.stride == (2, 2) and pool.padding == (0, 0) and not pool.ceil_mode)
 
     def forward_relu_pool(self, x):
         """This layer, a ReLU and a 2x2 stride-2 max pooling in one kernel: ``(pooled,

@@ -1,7 +1,9 @@
 """Pooling: MaxPool2d, AvgPool2d, GlobalAvgPool2d, AdaptiveAvgPool2d.
 
 A pooling whose window is one element moved one element at a time is the identity, and every
-importer skips it alike (:func:`pool_layer`, :func:`adaptive_avg_pool`)."""
+importer skips it alike (:func:`pool_layer`, :func:`adaptive_avg_pool`); likewise an importer
+drops ``ceil_mode`` and ``count_include_pad=False`` where they change nothing on the input
+shape it reads."""
 from __future__ import annotations
 
 import numpy as np
@@ -22,13 +24,32 @@ from .base import (
 )
 
 
-class Pool(Layer):
-    """A pooling window: ``kernel_size``, ``stride`` (default: the kernel size), ``padding``."""
+def _flag(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+
+def pool_size(n, k, s, p, ceil_mode):
+    """torch's pooling output size on ``n`` inputs: ``(n + 2p - k) / s`` rounded down (or up,
+    ``ceil_mode``) plus one, less a last window that would start past the input and its left
+    padding (0 where no window fits)."""
+    span = n + 2 * p - k
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    return out - 1 if ceil_mode and (out - 1) * s >= n + p else max(out, 0)
+
+
+class Pool(Layer):
+    """A pooling window: ``kernel_size``, ``stride`` (default: the kernel size), ``padding``
+    (at most half the kernel) and ``ceil_mode`` (torch's: output sizes rounded up instead of
+    down, less a last window that would start past the input and its left padding; the last
+    windows may then reach past the padding, where they read nothing)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
         self.kernel_size = as_pair(kernel_size, "kernel_size", minimum=1)
         self.stride = self.kernel_size if stride is None else as_pair(stride, "stride", minimum=1)
         self.padding = as_pair(padding, "padding", minimum=0)
+        self.ceil_mode = _flag(ceil_mode, "ceil_mode")
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(f"{type(self).__name__}: padding {self.padding} must be at most half "
                              f"of kernel_size {self.kernel_size}")
@@ -36,23 +57,48 @@ class Pool(Layer):
     @classmethod
     def from_config(cls, cfg, arrays):
         return cls(cfg_pair(cfg, "kernel_size"), cfg_pair(cfg, "stride"),
-                   cfg_pair(cfg, "padding"))
+                   cfg_pair(cfg, "padding"), **cls._flags(cfg))
+
+    @classmethod
+    def _flags(cls, cfg):
+        """The keyword arguments of the flags in ``cfg`` (a model file's)."""
+        val = cfg.get("ceil_mode", False)
+        if not isinstance(val, bool):
+            raise ValueError(f"has a bad 'ceil_mode': {val!r}")
+        return {"ceil_mode": val}
 
     def config(self):
-        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
-                "padding": list(self.padding)}
+        cfg = {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
+               "padding": list(self.padding)}
+        if self.ceil_mode:  # written where it differs from the default, as Conv2d's dilation
+            cfg["ceil_mode"] = True
+        return cfg
 
     def describe(self):
         return (f"{type(self).__name__} {pair_text(self.kernel_size)} stride "
-                f"{pair_text(self.stride)} pad {pair_text(self.padding)}")
+                f"{pair_text(self.stride)} pad {pair_text(self.padding)}"
+                + (" ceil" if self.ceil_mode else ""))
 
     def flops(self, in_shapes, out_shape):
         return numel(out_shape) * self.kernel_size[0] * self.kernel_size[1]
 
+    def kernel_args(self):
+        """The keyword arguments of the pooling kernels (``relprop.ops``)."""
+        return {"kernel": self.kernel_size, "stride": self.stride, "padding": self.padding,
+                "ceil_mode": self.ceil_mode}
+
     def output_shape(self, shape):
         self._need_rank(shape, 3, "(channels, height, width)")
-        return (shape[0],) + window_out(self, shape[1:], self.kernel_size, self.stride,
-                                        self.padding)
+        if not self.ceil_mode:
+            return (shape[0],) + window_out(self, shape[1:], self.kernel_size, self.stride,
+                                            self.padding)
+        out = tuple(pool_size(*a, True) for a in zip(shape[1:], self.kernel_size, self.stride,
+                                                     self.padding))
+        if min(out) < 1:
+            raise ValueError(f"{self!r}: no window fits the padded input "
+                             f"({shape[1] + 2 * self.padding[0]}, "
+                             f"{shape[2] + 2 * self.padding[1]})")
+        return (shape[0],) + out
 
 
 def is_identity_window(kernel, stride, padding):
@@ -60,17 +106,26 @@ def is_identity_window(kernel, stride, padding):
     return tuple(kernel) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
 
 
-def pool_layer(cls, ctx, kernel, stride=None, padding=0, *, ceil_mode=False, dilation=1):
-    """``cls(kernel, stride, padding)`` for an importer (``stride`` None: the kernel), or None
-    where the window is the identity; ValueError for what relprop's poolings lack."""
-    if ctx.pair(dilation, "dilation") != (1, 1):
-        raise ctx.error(f"max pooling with dilation={dilation} is not supported")
-    if ceil_mode:
-        raise ctx.error("ceil_mode=True is not supported")
-    k = ctx.pair(kernel, "kernel_size")
-    s = ctx.pair(stride or kernel, "stride")
-    p = ctx.pair(padding, "padding")
-    return None if is_identity_window(k, s, p) else cls(k, s, p)
+def pool_layer(cls, ctx, kernel, stride, padding, ceil_mode=False, **flags):
+    """``cls(kernel, stride, padding, ceil_mode, **flags)`` for an importer (pairs), or None
+    where the window is the identity; ``ceil_mode`` is dropped where the output on the input
+    shape ``ctx.shape`` is the same without it."""
+    if is_identity_window(kernel, stride, padding):
+        return None
+    if ceil_mode and len(ctx.shape) == 3 and all(
+            pool_size(*a, True) == pool_size(*a, False)
+            for a in zip(ctx.shape[1:], kernel, stride, padding)):
+        ceil_mode = False
+    return cls(kernel, stride, padding, bool(ceil_mode), **flags)
+
+
+def _torch_pool(cls, a, ctx, **flags):
+    """The pooling layer of a torch call's (or module's) arguments ``a``."""
+    if ctx.pair(a.get("dilation", 1), "dilation") != (1, 1):
+        raise ctx.error(f"pooling with dilation={a['dilation']} is not supported")
+    return pool_layer(cls, ctx, ctx.pair(a["kernel_size"], "kernel_size"),
+                      ctx.pair(a["stride"] or a["kernel_size"], "stride"),
+                      ctx.pair(a["padding"], "padding"), a["ceil_mode"], **flags)
 
 
 _MAX_POOL_PARAMS = ("input", "kernel_size", ("stride", None), ("padding", 0), ("dilation", 1),
@@ -89,8 +144,7 @@ def _attributes(m, params):
 def _torch_max_pool(a, ctx):
     if a["return_indices"]:
         raise ctx.error("return_indices=True is not supported")
-    return pool_layer(MaxPool2d, ctx, a["kernel_size"], a["stride"], a["padding"],
-                      ceil_mode=a["ceil_mode"], dilation=a["dilation"])
+    return _torch_pool(MaxPool2d, a, ctx)
 
 
 def _onnx_pool(cls):
@@ -98,9 +152,11 @@ def _onnx_pool(cls):
         if ctx.attrs.get("storage_order", 0):
             raise ctx.error("storage_order=1 is not supported")
         kernel, strides, pads, _ = ctx.window(pooling=True)
-        if cls is AvgPool2d and any(pads) and not ctx.attrs.get("count_include_pad", 0):
-            raise ctx.error("count_include_pad=0 with padding is not supported")
-        return None if is_identity_window(kernel, strides, pads) else cls(kernel, strides, pads)
+        flags = {}
+        if cls is AvgPool2d:  # ONNX's default is count_include_pad=0, torch's True
+            flags["count_include_pad"] = bool(ctx.attrs.get("count_include_pad", 0))
+        return pool_layer(cls, ctx, kernel, strides, pads, ctx.attrs.get("ceil_mode", 0),
+                          **flags)
     return convert
 
 
@@ -121,11 +177,10 @@ class MaxPool2d(Pool):
     )
 
     def forward(self, x):
-        return ops.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        return ops.maxpool2d_forward(x, **self.kernel_args())
 
     def backward(self, g, x, state, relu_mode="gradient"):
-        return ops.maxpool2d_backward(g, state, x.shape[2:], self.kernel_size, self.stride,
-                                      self.padding)
+        return ops.maxpool2d_backward(g, state, x.shape[2:], **self.kernel_args())
 
 
 class AvgPool(Layer):
@@ -136,17 +191,16 @@ class AvgPool(Layer):
 
 
 def _torch_avg_pool(a, ctx):
-    if not a["count_include_pad"] and ctx.pair(a["padding"], "padding") != (0, 0):
-        raise ctx.error("count_include_pad=False with padding is not supported")
     if a["divisor_override"] is not None:
         raise ctx.error(f"divisor_override={a['divisor_override']} is not supported")
-    return pool_layer(AvgPool2d, ctx, a["kernel_size"], a["stride"], a["padding"],
-                      ceil_mode=a["ceil_mode"])
+    return _torch_pool(AvgPool2d, a, ctx, count_include_pad=bool(a["count_include_pad"]))
 
 
 @register_layer
 class AvgPool2d(AvgPool, Pool):
-    """Average pooling as ``torch.nn.AvgPool2d`` with ``count_include_pad=True``."""
+    """Average pooling as ``torch.nn.AvgPool2d``: each window's sum over its count, the
+    window's taps inside the input plus, with ``count_include_pad`` (the default), those in the
+    zero padding; the taps past the padding that ``ceil_mode`` adds are never counted."""
 
     kind = "avgpool2d"
     imports = (
@@ -156,11 +210,37 @@ class AvgPool2d(AvgPool, Pool):
         OnnxOp(("AveragePool",), lambda ctx: _onnx_pool(AvgPool2d)(ctx)),
     )
 
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        # without padding the count is the window's taps in the input either way
+        self.count_include_pad = (_flag(count_include_pad, "count_include_pad")
+                                  or self.padding == (0, 0))
+
+    @classmethod
+    def _flags(cls, cfg):
+        val = cfg.get("count_include_pad", True)
+        if not isinstance(val, bool):
+            raise ValueError(f"has a bad 'count_include_pad': {val!r}")
+        return {**super()._flags(cfg), "count_include_pad": val}
+
+    def config(self):
+        cfg = super().config()
+        if not self.count_include_pad:
+            cfg["count_include_pad"] = False
+        return cfg
+
+    def describe(self):
+        return super().describe() + ("" if self.count_include_pad else " pad uncounted")
+
+    def kernel_args(self):
+        return {**super().kernel_args(), "count_include_pad": self.count_include_pad}
+
     def forward(self, x):
-        return ops.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding), None
+        return ops.avgpool2d_forward(x, **self.kernel_args()), None
 
     def backward(self, g, x, state, relu_mode="gradient"):
-        return ops.avgpool2d_backward(g, x.shape[2:], self.kernel_size, self.stride, self.padding)
+        return ops.avgpool2d_backward(g, x.shape[2:], **self.kernel_args())
 
 
 def adaptive_avg_pool(shape, size, ctx):

@@ -94,28 +94,42 @@ register_twin("relu6", forward=lambda layer, x: ops.relu6_forward(x),
 
 # --- pooling ------------------------------------------------------------------------------------
 def _window(layer, shape):
-    return layer.kernel_size, layer.stride, layer.padding
+    kw = {"ceil_mode": layer.ceil_mode}
+    if hasattr(layer, "count_include_pad"):
+        kw["count_include_pad"] = layer.count_include_pad
+    return (layer.kernel_size, layer.stride, layer.padding), kw
 
 
 def _global(layer, shape):
     hw = tuple(shape[-2:])
-    return hw, hw, (0, 0)
+    return (hw, hw, (0, 0)), {}
+
+
+def _maxpool(layer, x):
+    args, kw = _window(layer, x.shape)
+    return ops.maxpool2d_forward(x, *args, **kw)
 
 
 def _maxpool_backward(layer, g, xs, mode):
-    x = xs[0]
-    _, arg = ops.maxpool2d_forward(x, *_window(layer, x.shape))
-    return [ops.maxpool2d_backward(g, arg, x.shape[2:], *_window(layer, x.shape))]
+    args, kw = _window(layer, xs[0].shape)
+    return [ops.maxpool2d_backward(g, _maxpool(layer, xs[0])[1], xs[0].shape[2:], *args, **kw)]
 
 
-register_twin("maxpool2d",
-              forward=lambda layer, x: ops.maxpool2d_forward(x, *_window(layer, x.shape))[0],
+def _avgpool_forward(layer, x, window):
+    args, kw = window(layer, x.shape)
+    return ops.avgpool2d_forward(x, *args, **kw)
+
+
+def _avgpool_backward(layer, g, xs, window):
+    args, kw = window(layer, xs[0].shape)
+    return [ops.avgpool2d_backward(g, xs[0].shape[2:], *args, **kw)]
+
+
+register_twin("maxpool2d", forward=lambda layer, x: _maxpool(layer, x)[0],
               backward=_maxpool_backward)
 for _kind, _win in (("avgpool2d", _window), ("globalavgpool2d", _global)):
-    register_twin(_kind,
-                  forward=lambda layer, x, w=_win: ops.avgpool2d_forward(x, *w(layer, x.shape)),
-                  backward=lambda layer, g, xs, mode, w=_win: [ops.avgpool2d_backward(
-                      g, xs[0].shape[2:], *w(layer, xs[0].shape))])
+    register_twin(_kind, forward=lambda layer, x, w=_win: _avgpool_forward(layer, x, w),
+                  backward=lambda layer, g, xs, mode, w=_win: _avgpool_backward(layer, g, xs, w))
 register_twin("adaptiveavgpool2d",
               forward=lambda layer, x: ops.adaptive_avgpool2d_forward(x, layer.output_size),
               backward=lambda layer, g, xs, mode: [ops.adaptive_avgpool2d_backward(

@@ -78,23 +78,35 @@ def _conv2d_backward(g, w, in_hw, stride=1, padding=0, *, dilation=1, groups=1):
     return gp[:, :, ph:ph + h, pw:pw + wd]
 
 
-def _windows(h, w, kernel, stride, padding):
+def _pool_size(n, k, s, p, ceil_mode):
+    """torch's pooling output size: ``(n + 2p - k) / s`` rounded down (or up, ``ceil_mode``)
+    plus one, less a last window that would start past the input and its left padding."""
+    span = n + 2 * p - k
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    return out - 1 if ceil_mode and (out - 1) * s >= n + p else out
+
+
+def _windows(h, w, kernel, stride, padding, ceil_mode=False):
+    """``(p, q, cells, padded)`` per window: its input cells and the number of its taps inside
+    the zero-padded input."""
     (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
-    for p in range(_out_size(h, kh, sh, ph)):
-        for q in range(_out_size(w, kw, sw, pw)):
-            cells = [(i, j) for i in range(p * sh - ph, p * sh - ph + kh)
-                     for j in range(q * sw - pw, q * sw - pw + kw) if 0 <= i < h and 0 <= j < w]
-            yield p, q, cells
+    for p in range(_pool_size(h, kh, sh, ph, ceil_mode)):
+        for q in range(_pool_size(w, kw, sw, pw, ceil_mode)):
+            rows = range(p * sh - ph, p * sh - ph + kh)
+            cols = range(q * sw - pw, q * sw - pw + kw)
+            cells = [(i, j) for i in rows for j in cols if 0 <= i < h and 0 <= j < w]
+            padded = (sum(-ph <= i < h + ph for i in rows) * sum(-pw <= j < w + pw for j in cols))
+            yield p, q, cells, padded
 
 
-def maxpool2d_forward(x, kernel, stride, padding=0):
+def maxpool2d_forward(x, kernel, stride, padding=0, *, ceil_mode=False):
     """Max over each window; argmax = flat index of the first maximum (row-major)."""
     n, c, h, w = x.shape
-    wins = list(_windows(h, w, kernel, stride, padding))
+    wins = list(_windows(h, w, kernel, stride, padding, ceil_mode))
     oh, ow = wins[-1][0] + 1, wins[-1][1] + 1
     y = np.empty((n, c, oh, ow), dtype=x.dtype)
     arg = np.empty((n, c, oh, ow), dtype=np.int64)
-    for p, q, cells in wins:
+    for p, q, cells, _ in wins:
         vals = np.stack([x[:, :, i, j] for i, j in cells], axis=-1)
         k = vals.argmax(axis=-1)  # first maximum
         y[:, :, p, q] = np.take_along_axis(vals, k[..., None], -1)[..., 0]
@@ -103,7 +115,7 @@ def maxpool2d_forward(x, kernel, stride, padding=0):
     return y, arg
 
 
-def maxpool2d_backward(g, arg, in_hw, kernel, stride, padding=0, *, mask=None):
+def maxpool2d_backward(g, arg, in_hw, kernel, stride, padding=0, *, mask=None, ceil_mode=False):
     """Each g to its window's winner (only where mask > 0, if given)."""
     if mask is not None:
         g = np.where(mask > 0, g, 0).astype(g.dtype)
@@ -116,24 +128,25 @@ def maxpool2d_backward(g, arg, in_hw, kernel, stride, padding=0, *, mask=None):
     return gx.reshape(n, c, h, w)
 
 
-def avgpool2d_forward(x, kernel, stride, padding=0):
-    """Window sums over kh*kw (zero padding counted)."""
-    kh, kw = _pair(kernel)
+def avgpool2d_forward(x, kernel, stride, padding=0, *, ceil_mode=False, count_include_pad=True):
+    """Window sums over the window's count: its cells in the input, plus those in the zero
+    padding with ``count_include_pad`` (torch's avg_pool2d)."""
     n, c, h, w = x.shape
-    wins = list(_windows(h, w, kernel, stride, padding))
+    wins = list(_windows(h, w, kernel, stride, padding, ceil_mode))
     y = np.zeros((n, c, wins[-1][0] + 1, wins[-1][1] + 1), dtype=x.dtype)
-    for p, q, cells in wins:
-        y[:, :, p, q] = sum(x[:, :, i, j] for i, j in cells) / (kh * kw)
+    for p, q, cells, padded in wins:
+        y[:, :, p, q] = (sum(x[:, :, i, j] for i, j in cells)
+                         / (padded if count_include_pad else len(cells)))
     return y
 
 
-def avgpool2d_backward(g, in_hw, kernel, stride, padding=0):
-    kh, kw = _pair(kernel)
+def avgpool2d_backward(g, in_hw, kernel, stride, padding=0, *, ceil_mode=False,
+                       count_include_pad=True):
     n, c = g.shape[:2]
     gx = np.zeros((n, c) + tuple(in_hw), dtype=g.dtype)
-    for p, q, cells in _windows(in_hw[0], in_hw[1], kernel, stride, padding):
+    for p, q, cells, padded in _windows(in_hw[0], in_hw[1], kernel, stride, padding, ceil_mode):
         for i, j in cells:
-            gx[:, :, i, j] += g[:, :, p, q] / (kh * kw)
+            gx[:, :, i, j] += g[:, :, p, q] / (padded if count_include_pad else len(cells))
     return gx
 
 
