@@ -591,6 +591,29 @@ CArray<T> leaky_relu_backward(const CArray<T>& g, const CArray<T>& x, double slo
 }
 
 template <typename T>
+CArray<T> activation_forward(const CArray<T>& x, int op, int nthreads) {
+  CArray<T> y = like(x);
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::activation_forward<T>(x.data(), yp, x.size(), op, nthreads);
+  }
+  return y;
+}
+
+template <typename T>
+CArray<T> activation_backward(const CArray<T>& g, const CArray<T>& x, int op, int nthreads) {
+  check_same_shape(g, x, "activation_backward");
+  CArray<T> gx = like(g);
+  T* gp = gx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::activation_backward<T>(g.data(), x.data(), gp, g.size(), op, nthreads);
+  }
+  return gx;
+}
+
+template <typename T>
 CArray<T> relu6_forward(const CArray<T>& x, int nthreads) {
   CArray<T> y = like(x);
   T* yp = y.mutable_data();
@@ -778,6 +801,10 @@ void define(py::module_& m) {
         "x > 0 ? x : slope * x.");
   m.def("leaky_relu_backward", &leaky_relu_backward<T>, nc("grad"), nc("x"), "slope"_a,
         "nthreads"_a, "x > 0 ? grad : slope * grad.");
+  m.def("activation_forward", &activation_forward<T>, nc("x"), "op"_a, "nthreads"_a,
+        "act(x) for the smooth activation numbered op (relprop.ops.ACTIVATIONS).");
+  m.def("activation_backward", &activation_backward<T>, nc("grad"), nc("x"), "op"_a,
+        "nthreads"_a, "grad * act'(x) for the activation numbered op.");
   m.def("relu6_forward", &relu6_forward<T>, nc("x"), "nthreads"_a, "min(max(x, 0), 6).");
   m.def("relu6_backward", &relu6_backward<T>, nc("grad"), nc("x"), "mode"_a, "nthreads"_a,
         "mode 0: grad*(0<x<6), 1: max(grad, 0), 2: grad*(0<x<6)*(grad>0).");

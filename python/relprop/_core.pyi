@@ -47,6 +47,30 @@ def _hold_pool_lock(seconds: _Float) -> None: ...
 def _memory_probe(bytes: _Int) -> dict: ...
 def _pool_lock_held() -> bool: ...
 @typing.overload
+def activation_backward(grad: _F32, x: _F32, op: _Int, nthreads: _Int) -> _F32:
+    """
+    grad * act'(x) for the activation numbered op.
+    """
+
+@typing.overload
+def activation_backward(grad: _F64, x: _F64, op: _Int, nthreads: _Int) -> _F64:
+    """
+    grad * act'(x) for the activation numbered op.
+    """
+
+@typing.overload
+def activation_forward(x: _F32, op: _Int, nthreads: _Int) -> _F32:
+    """
+    act(x) for the smooth activation numbered op (relprop.ops.ACTIVATIONS).
+    """
+
+@typing.overload
+def activation_forward(x: _F64, op: _Int, nthreads: _Int) -> _F64:
+    """
+    act(x) for the smooth activation numbered op (relprop.ops.ACTIVATIONS).
+    """
+
+@typing.overload
 def adaptive_avgpool2d_backward(grad: _F32, in_hw: _Pair, nthreads: _Int) -> _F32:
     """
     grad (n, c, oh, ow) -> (n, c, h, w): transpose of the forward.

@@ -231,6 +231,24 @@ template <typename T>
 void channel_affine(const T* x, const T* scale, const T* shift, T* y, idx n, idx channels,
                     idx inner, int nthreads);
 
+// y = act(x) element by element, for the smooth activation numbered op (NaN stays NaN):
+//   0 sigmoid      1 / (1 + e^-x)
+//   1 SiLU         x / (1 + e^-x)
+//   2 tanh
+//   3 GELU         x Phi(x) = x (1 + erf(x / sqrt 2)) / 2
+//   4 GELU (tanh)  x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2
+//   5 hard sigmoid min(max(x + 3, 0), 6) / 6
+//   6 hard swish   x min(max(x + 3, 0), 6) / 6
+// float: vectorized with the active ISA (activation_math.hpp says how, and how accurate); double:
+// the C library.  Throws std::invalid_argument for another op.
+template <typename T>
+void activation_forward(const T* x, T* y, idx size, int op, int nthreads);
+
+// gx = g * act'(x) for the activation numbered op (hard sigmoid and hard swish with torch's
+// one-sided values at their kinks: 1/6 on (-3, 3) only; 0 up to -3, x / 3 + 1/2 below 3, 1 from 3)
+template <typename T>
+void activation_backward(const T* g, const T* x, T* gx, idx size, int op, int nthreads);
+
 // y = min(max(x, 0), 6)   (NaN stays NaN)
 template <typename T>
 void relu6_forward(const T* x, T* y, idx size, int nthreads);

@@ -235,6 +235,68 @@ def leaky_relu_backward(g, x, negative_slope=0.01):
     return np.where(x > 0, g, g * np.asarray(negative_slope, dtype=g.dtype))
 
 
+def _erfc(v):
+    """erfc element by element (NumPy has none; the C library's, through math)."""
+    import math
+
+    return np.frompyfunc(math.erfc, 1, 1)(v).astype(np.float64)
+
+
+def _sigmoid(v):
+    """1 / (1 + e^-v) without overflow: e^-|v| in both halves."""
+    t = np.exp(-np.abs(v))
+    return np.where(v >= 0, 1, t) / (1 + t)
+
+
+_GELU_K = np.sqrt(2 / np.pi)
+
+
+def activation_forward(x, op):
+    """The smooth activations, from their definitions in float64 (rounded to ``x``'s dtype)."""
+    v = np.asarray(x, dtype=np.float64)
+    if op == "sigmoid":
+        y = _sigmoid(v)
+    elif op == "silu":
+        y = v * _sigmoid(v)
+    elif op == "tanh":
+        y = np.tanh(v)
+    elif op == "gelu":
+        y = v * 0.5 * _erfc(-v / np.sqrt(2))
+    elif op == "gelu_tanh":  # x (1 + tanh(u)) / 2 = x sigmoid(2 u)
+        y = v * _sigmoid(2 * _GELU_K * (v + 0.044715 * v ** 3))
+    elif op == "hardsigmoid":
+        y = np.clip(v + 3, 0, 6) / 6
+    elif op == "hardswish":
+        y = v * np.clip(v + 3, 0, 6) / 6
+    else:
+        raise ValueError(op)
+    return y.astype(x.dtype)
+
+
+def activation_backward(g, x, op):
+    """``g`` times the derivative of :func:`activation_forward` at ``x`` (float64, rounded);
+    hardsigmoid and hardswish with torch's one-sided values at their kinks."""
+    v = np.asarray(x, dtype=np.float64)
+    if op == "sigmoid":
+        d = _sigmoid(v) * _sigmoid(-v)
+    elif op == "silu":
+        d = _sigmoid(v) * (1 + v * _sigmoid(-v))
+    elif op == "tanh":
+        d = 1 / np.cosh(v) ** 2
+    elif op == "gelu":
+        d = 0.5 * _erfc(-v / np.sqrt(2)) + v * np.exp(-v * v / 2) / np.sqrt(2 * np.pi)
+    elif op == "gelu_tanh":
+        a = 2 * _GELU_K * (v + 0.044715 * v ** 3)
+        d = _sigmoid(a) + v * 2 * _GELU_K * (1 + 3 * 0.044715 * v * v) * _sigmoid(a) * _sigmoid(-a)
+    elif op == "hardsigmoid":
+        d = np.where((v > -3) & (v < 3), 1 / 6, 0)
+    elif op == "hardswish":
+        d = np.where(v <= -3, 0, np.where(v < 3, v / 3 + 0.5, 1))
+    else:
+        raise ValueError(op)
+    return (np.asarray(g, dtype=np.float64) * d).astype(g.dtype)
+
+
 def relu6_forward(x):
     return np.clip(x, 0, 6)
 
