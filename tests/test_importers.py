@@ -450,6 +450,28 @@ def test_from_onnx_export_batch_baked_into_a_dynamic_batch_file():
         relprop.from_onnx(model([[4, -1]], batch=2), check=False)
 
 
+@needs_onnx
+def test_from_onnx_folds_mod_on_constants():
+    """The TorchScript exporter computes nn.Unflatten's target with Mod: fmod=0 takes the sign
+    of the divisor, fmod=1 that of the dividend (C's fmod)."""
+    rng = np.random.default_rng(8)
+
+    def model(fmod):
+        inits = {"w": rng.standard_normal((4, 2, 3, 3)), "a": np.array([-9]),
+                 "b": np.array([45]), "lead": np.array([-1]), "mm": rng.standard_normal((36, 2))}
+        return _graph([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                       helper.make_node("Mod", ["a", "b"], ["m"], name="mod", fmod=fmod),
+                       helper.make_node("Concat", ["lead", "m"], ["t"], name="target", axis=0),
+                       helper.make_node("Reshape", ["c", "t"], ["f"], name="flat"),
+                       helper.make_node("MatMul", ["f", "mm"], ["y"], name="fc")],
+                      inits, (2, 5, 5), (2,))
+
+    net = relprop.from_onnx(model(0))  # -9 mod 45 = 36: a flatten
+    assert [layer.kind for layer in net.layers] == ["conv2d", "flatten", "dense"]
+    with pytest.raises(ValueError, match=r"Reshape to \[-1, -9\]"):  # fmod(-9, 45) = -9
+        relprop.from_onnx(model(1), check=False)
+
+
 def _chain(op, **attrs):
     return _graph([helper.make_node("Relu", ["x"], ["r"], name="first"),
                    helper.make_node(op, ["r"], ["y"], name="the_node", **attrs)], {}, (4,), (4,))

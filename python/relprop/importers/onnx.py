@@ -504,6 +504,8 @@ def _eval(op, ins, attrs, opset):
             return (a // b).astype(a.dtype)
         return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
                 "Div": np.divide}[op](a, b).astype(np.result_type(a, b))
+    if op == "Mod":  # fmod=0: the sign of the divisor (integers); fmod=1: C's fmod
+        return (np.fmod if attrs.get("fmod", 0) else np.mod)(*ins).astype(np.result_type(*ins))
     if op == "Neg":
         return -x
     if op == "Sqrt":
