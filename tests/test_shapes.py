@@ -106,3 +106,91 @@ def test_concat_of_the_batch_axis_is_refused():
     with pytest.raises(ValueError, match=r"node 'cat'.*dim=0 is not supported: it must name an "
                                          r"axis of the samples \(1..3 or -3..-1\)"):
         rp.from_torch(M(), (2, 3, 3))
+
+
+# --- Reshape ------------------------------------------------------------------------------------
+def test_reshape_layer_matches_twin(rng):
+    layer = rp.Reshape((2, -1, 5))
+    assert layer.output_shape((6, 2, 5)) == (2, 6, 5)
+    x = rng.normal(size=(3, 6, 2, 5))
+    y, _ = layer.forward(x)
+    assert_array_equal(y, layer_forward(layer, x))
+    assert_array_equal(y, x.reshape(3, 2, 6, 5))
+    g = rng.normal(size=y.shape)
+    assert_array_equal(layer.backward(g, x, None), layer_backward(layer, g, [x])[0])
+    assert layer.describe() == "Reshape to (2, -1, 5)"
+    assert isinstance(rp.Flatten(), rp.Reshape) and rp.Flatten().config() == {}
+    with pytest.raises(ValueError, match=r"cannot hold per-sample shape \(7,\)"):
+        layer.output_shape((7,))
+    with pytest.raises(ValueError, match="at most one of them -1"):
+        rp.Reshape((-1, -1))
+    with pytest.raises(TypeError, match="sequence of ints"):
+        rp.Reshape(3)
+
+
+class Reshapes(nn.Module):
+    """Every spelling of a per-sample reshape, through tensors of rank 2 to 5 per sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 6, 3, padding=1)
+        self.unflat = nn.Unflatten(2, (4, 5))
+        self.conv2 = nn.Conv2d(6, 5, 1)
+        self.fc = nn.Linear(5 * 4 * 5, 3)
+
+    def forward(self, x):
+        n, c, h, w = x.size()
+        y = torch.relu(self.conv(x))
+        y = y.view(n, 2, 3, h, w).flatten(2, 3)                # (2, 12, 5)
+        y = y.reshape(-1, 6, h * w).unsqueeze(2).squeeze(2)    # (6, 20)
+        y = torch.relu(self.conv2(self.unflat(y)))              # (5, 4, 5)
+        y = torch.reshape(y, (x.shape[0], 5, 20)).unflatten(-1, (4, -1))
+        return self.fc(torch.flatten(y, 1))
+
+
+@pytest.mark.parametrize("path", nets.IMPORT_PATHS)
+def test_reshapes_imported(tmp_path, rng, path):
+    torch.manual_seed(1)
+    module = Reshapes().double().eval()
+    net = nets.imported(module, (4, 4, 5), path, tmp_path)
+    assert {n.layer.kind for n in net.nodes} >= {"reshape", "flatten"}
+    x = rng.normal(size=(3, 4, 4, 5))
+    if path == "from_torch":  # (the exporters merge reshapes in a row)
+        ranks = {len(s) for s in net.tensor_shapes(net.input_shape).values()}
+        assert ranks == {1, 2, 3, 4}
+        _torch_checks(module, net, x, 2)
+        net.save(tmp_path / "m.npz")
+        assert_array_equal(rp.load(tmp_path / "m.npz")(x), net(x))
+    else:
+        with torch.no_grad():
+            want = module(torch.from_numpy(x)).numpy()
+        assert_allclose(net(x.astype(np.float32)), want, rtol=1e-4, atol=1e-4 * abs(want).max())
+
+
+def test_reshapes_that_mix_samples_are_refused(tmp_path):
+    cases = [(lambda x: x.view(-1, 2), r"node 'view'.*reshape to \(-1, 2\) from per-sample shape "
+                                       r"\(2, 3, 3\) mixes samples"),
+             (lambda x: x.reshape(2, x.size(0), 9), "reshape to .* mixes samples"),
+             (lambda x: torch.flatten(x, 0), "start_dim=0 is not supported"),
+             (lambda x: x.squeeze(), "squeeze.. without dims would also squeeze the batch"),
+             (lambda x: x.unsqueeze(0), "dim=0 is not supported")]
+
+    class M(nn.Module):
+        def __init__(self, fn):
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, x):
+            return self.fn(x)
+
+    for fn, match in cases:
+        with pytest.raises(ValueError, match=match):
+            rp.from_torch(M(fn), (2, 3, 3))
+    # a fixed-batch file: the flatten and the identity are read as ever, other reshapes refused
+    # with the advice to export with a dynamic batch
+    m = Reshapes().eval()
+    path = tmp_path / "fixed.onnx"
+    torch.onnx.export(m, (torch.zeros(2, 4, 4, 5),), str(path), dynamo=False, input_names=["x"])
+    with pytest.raises(ValueError, match=r"Reshape to per-sample shape \(2, 3, 4, 5\) in a file "
+                                         r"whose batch is fixed at 2.*dynamic_axes"):
+        rp.from_onnx(path)

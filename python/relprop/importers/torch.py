@@ -423,13 +423,15 @@ def from_torch(module, input_shape, *, check=True, rtol=CHECK_RTOL):
         Read in eval mode (BatchNorm with its running statistics, Dropout skipped): torchvision's
         ResNets, DenseNets, MobileNetV2, VGGs and AlexNet, ``nn.Sequential`` stacks, and modules
         whose forward uses ``+``/``torch.add`` of two tensors, ``torch.cat`` (any dim but 0),
-        ``torch.flatten(x, 1)``, ``x.view(x.size(0), -1)``, functional relu/relu6/hardtanh(0, 6),
+        per-sample reshapes (``torch.flatten``, ``x.view(x.size(0), ...)``, ``reshape``,
+        ``unflatten``, ``squeeze``/``unsqueeze`` of axes but the batch's), functional
+        relu/relu6/hardtanh(0, 6),
         adaptive/average/max pooling and dropout.  Layers: Linear, Conv2d (groups, dilation,
         symmetric padding), ReLU, ReLU6, Hardtanh(0, 6), MaxPool2d, AvgPool2d,
         AdaptiveAvgPool2d (the identity where the output size is the input's, a global or fixed
-        average pooling where it divides the input), Flatten, BatchNorm1d/2d (folded into the
-        Dense/Conv2d before it where nothing else reads that layer's output, else an affine
-        node), Dropout and Identity (skipped).  Parameters are copied (float32/float64 kept,
+        average pooling where it divides the input), Flatten, Unflatten, BatchNorm1d/2d (folded
+        into the Dense/Conv2d before it where nothing else reads that layer's output, else an
+        affine node), Dropout and Identity (skipped).  Parameters are copied (float32/float64 kept,
         other float dtypes converted to float32).  The module's train/eval mode is left as it
         was.
     input_shape : tuple of int

@@ -1,40 +1,97 @@
-"""Shape operations: Flatten."""
+"""Shape operations: Reshape (and Flatten, its common case): the samples' elements in C order,
+read into another per-sample shape, each sample alone."""
 from __future__ import annotations
 
 import numpy as np
 
+from .._validate import as_int
 from .base import Layer, OnnxOp, TorchFunction, TorchMethod, TorchModule, numel, register_layer
+from .merges import batch_axis
 
 
-def _torch_flatten(shape, start, end, ctx):
-    rank = len(shape) + 1
-    start, end = start + rank if start < 0 else start, end + rank if end < 0 else end
-    if start != 1 or end != rank - 1:
-        raise ctx.error(f"flatten from dimension {start} to {end} is not supported (only all but "
-                        "the batch dimension: start_dim=1, end_dim=-1)")
-    return None if len(shape) == 1 else Flatten()
+def reshape_layer(shape, target):
+    """The layer that reshapes samples of ``shape`` to ``target``: None (the identity), Flatten
+    (to one axis) or Reshape."""
+    target = tuple(int(v) for v in target)
+    if target == tuple(shape):
+        return None
+    return Flatten() if len(target) == 1 else Reshape(target)
+
+
+def _torch_target(target, ctx, what):
+    """The per-sample shape of ``x.view(*target)``: its leading entry must be the batch size
+    (``x.size(0)``) or -1 standing for it."""
+    if len(target) == 1 and isinstance(target[0], (list, tuple)):
+        target = target[0]
+    target = [ctx.constant(v, "the target shape") for v in target]
+    lead, rest = (target[0], target[1:]) if target else (None, [])
+    ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in rest) and \
+        (lead is ctx.batch or (lead == -1 and -1 not in rest))
+    per = _per_sample(list(rest), numel(ctx.shape)) if ok else None
+    if per is None:
+        raise ctx.error(f"{what} to {tuple(target)} from per-sample shape {tuple(ctx.shape)} "
+                        "mixes samples (its leading dimension must be the batch: x.size(0), "
+                        "x.shape[0] or -1); relprop reshapes each sample alone")
+    return per
 
 
 def _torch_reshape(a, ctx):
-    """``x.view(*shape)`` / ``x.reshape(shape)``: a flatten ``(n, -1)``, or the identity."""
-    shape, target = ctx.shape, list(a["shape"])
-    if len(target) == 1 and isinstance(target[0], (list, tuple)):
-        target = list(target[0])
-    n = ctx.batch
-    if len(target) == 2 and (target[0] is n or target[0] == -1) and \
-            (target[1] == numel(shape) or (target[1] == -1 and target[0] is n)):
-        return None if len(shape) == 1 else Flatten()
-    if target and target[0] is n and tuple(target[1:]) == tuple(shape):
-        return None
-    raise ctx.error(f"reshape to {tuple(target)} from per-sample shape {tuple(shape)} is not a "
-                    "flatten (n, -1); not supported")
+    """``x.view(*shape)``, ``x.reshape(shape)``, ``torch.reshape(x, shape)``."""
+    return reshape_layer(ctx.shape, _torch_target(a["shape"], ctx, "reshape"))
+
+
+def _torch_flatten(shape, start, end, ctx):
+    """``torch.flatten(x, start_dim, end_dim)``: the axes from ``start_dim`` to ``end_dim``
+    merged (never the batch axis)."""
+    rank = len(shape) + 1
+    start = batch_axis(ctx.constant(start, "start_dim"), rank, ctx, "start_dim")
+    end = batch_axis(ctx.constant(end, "end_dim"), rank, ctx, "end_dim")
+    if start > end:
+        raise ctx.error(f"flatten from dimension {start} to {end}: start_dim must not follow "
+                        "end_dim")
+    merged = numel(shape[start - 1:end])
+    return reshape_layer(shape, tuple(shape[:start - 1]) + (merged,) + tuple(shape[end:]))
+
+
+def _torch_unflatten(shape, dim, sizes, ctx):
+    """``x.unflatten(dim, sizes)`` / ``nn.Unflatten``: axis ``dim`` split into ``sizes`` (one of
+    them may be -1)."""
+    k = batch_axis(ctx.constant(dim, "dim"), len(shape) + 1, ctx, "dim") - 1
+    split = _per_sample(list(ctx.constant(tuple(sizes), "sizes")), shape[k])
+    if split is None:
+        raise ctx.error(f"unflatten of dimension {k + 1} (size {shape[k]}) into {tuple(sizes)} "
+                        "does not fit")
+    return reshape_layer(shape, tuple(shape[:k]) + split + tuple(shape[k + 1:]))
+
+
+def _torch_unsqueeze(a, ctx):
+    shape = ctx.shape
+    k = batch_axis(ctx.constant(a["dim"], "dim"), len(shape) + 2, ctx, "dim") - 1
+    return reshape_layer(shape, tuple(shape[:k]) + (1,) + tuple(shape[k:]))
+
+
+def _torch_squeeze(a, ctx):
+    """``x.squeeze(dim)``: the named axes of size 1 dropped (others kept, as torch keeps them);
+    without ``dim`` refused (it would drop the batch axis of a single sample too)."""
+    shape, dims = ctx.shape, ctx.constant(a["dim"], "dim")
+    if dims is None:
+        raise ctx.error("squeeze() without dims would also squeeze the batch axis of a single "
+                        "sample; name the dims (x.squeeze(2))")
+    return _squeezed(shape, dims, ctx)
+
+
+def _squeezed(shape, dims, ctx):
+    dims = [dims] if isinstance(dims, (int, np.integer)) else list(dims)
+    axes = {batch_axis(d, len(shape) + 1, ctx, "dim") - 1 for d in dims}
+    return reshape_layer(shape, [v for k, v in enumerate(shape) if k not in axes or v != 1])
 
 
 def _onnx_flatten(ctx):
     axis = ctx.attrs.get("axis", 1)
     if axis != 1:
-        raise ctx.error(f"axis={axis} is not supported (only 1)")
-    return Flatten() if len(ctx.shape) > 1 else None
+        raise ctx.error(f"axis={axis} is not supported (only 1: Flatten with another axis mixes "
+                        "the batch with the samples' axes)")
+    return reshape_layer(ctx.shape, (numel(ctx.shape),))
 
 
 def _per_sample(rest, n):
@@ -81,63 +138,152 @@ def onnx_target(ctx):
 
 
 def _onnx_reshape(ctx):
-    """Reshape to a constant target: a flatten, or the identity."""
-    target, _ = onnx_target(ctx)
-    if target == tuple(ctx.shape):
-        return None
-    if len(target) == 1:
-        return Flatten()
-    raise ctx.error(f"Reshape to per-sample shape {target} from {tuple(ctx.shape)} is not a "
-                    "flatten (n, -1); not supported")
+    """Reshape to a constant target whose leading dimension is the batch (:func:`onnx_target`).
+    In a file whose batch is fixed, only the flatten and the identity (read as ever) take it
+    from the file; other targets need a file with a dynamic batch axis."""
+    target, fixed = onnx_target(ctx)
+    if fixed and len(target) != 1 and target != tuple(ctx.shape):
+        b = ctx.worlds[0]
+        raise ctx.error(f"Reshape to per-sample shape {target} in a file whose batch is fixed at "
+                        f"{b}: relprop cannot tell whether the model keeps samples apart at "
+                        "other batch sizes; export it with a dynamic batch axis "
+                        "(torch.onnx.export(..., dynamic_axes={'x': {0: 'n'}}), or "
+                        "dynamic_shapes with dynamo=True)")
+    return reshape_layer(ctx.shape, target)
+
+
+def _onnx_axes(ctx):
+    """The ``axes`` of a Squeeze/Unsqueeze: input 1 from opset 13, an attribute before."""
+    axes = ctx.const(1, "axes", required=False) if ctx.opset >= 13 else \
+        ctx.attrs.get("axes", None)
+    return None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
 
 
 def _onnx_squeeze(ctx):
-    shape = ctx.shape
-    axes = ctx.const(1, "axes", required=False) if ctx.opset >= 13 else \
-        ctx.attrs.get("axes", None)
+    shape, axes = ctx.shape, _onnx_axes(ctx)
+    if axes is None:  # every axis of size 1 but the batch's
+        return reshape_layer(shape, [v for v in shape if v != 1])
     rank = len(shape) + 1
-    axes = None if axes is None else sorted(int(a) % rank for a in np.asarray(axes).reshape(-1))
-    full = (None,) + tuple(shape)
+    bad = [a for a in axes if not -rank <= a < rank or (a % rank and shape[a % rank - 1] != 1)]
+    if bad:
+        raise ctx.error(f"Squeeze of axes {axes} of per-sample shape {tuple(shape)}: axis "
+                        f"{bad[0]} is not an axis of size 1")
+    return _squeezed(shape, axes, ctx)
+
+
+def _onnx_unsqueeze(ctx):
+    shape, axes = ctx.shape, _onnx_axes(ctx)
     if axes is None:
-        axes = [k for k in range(1, rank) if full[k] == 1]
-    if 0 in axes or any(full[k] != 1 for k in axes):
-        raise ctx.error(f"Squeeze of axes {axes} of per-sample shape {tuple(shape)} is not "
-                        "supported")
-    kept = [full[k] for k in range(1, rank) if k not in axes]
-    if len(kept) != 1:
-        raise ctx.error(f"Squeeze to per-sample shape {tuple(kept)} is not a flatten; not "
-                        "supported")
-    return Flatten() if len(shape) > 1 else None
+        raise ctx.error("missing axes")
+    rank = len(shape) + 1 + len(axes)
+    out = list(shape)
+    for k in sorted(batch_axis(a, rank, ctx, "axes") for a in axes):
+        out.insert(k - 1, 1)
+    return reshape_layer(shape, out)
 
 
 _FLATTEN = (("input", ("start_dim", 0), ("end_dim", -1)),
             lambda a, ctx: _torch_flatten(ctx.shape, a["start_dim"], a["end_dim"], ctx))
+_UNFLATTEN = (("input", "dim", "sizes"),
+              lambda a, ctx: _torch_unflatten(ctx.shape, a["dim"], a["sizes"], ctx))
+_SQUEEZE = (("input", ("dim", None)), _torch_squeeze)
+_UNSQUEEZE = (("input", "dim"), _torch_unsqueeze)
 
 
 @register_layer
-class Flatten(Layer):
-    """C-order flatten of all but the batch axis (relevance passes through, reshaped)."""
+class Reshape(Layer):
+    """Each sample's elements, in C order, read into the per-sample shape ``shape`` (one entry
+    may be -1: what the others leave), as ``x.reshape(n, *shape)`` (``x.view``, ``torch.flatten``
+    of some axes, ``unflatten``, ``unsqueeze``, ``squeeze``: relprop never moves data across
+    samples).
 
-    kind = "flatten"
+    Gradient and relevance (Pass) are reshaped back."""
+
+    kind = "reshape"
     slots = ("reshape",)
     default_rule = "pass"
     remakable = True
+    imports = (
+        TorchModule(("Unflatten",), lambda m, ctx: _torch_unflatten(
+            ctx.shape, m.dim, m.unflattened_size, ctx)),
+        TorchFunction(("torch.reshape",), ("input", "shape"), _torch_reshape),
+        TorchMethod(("view", "reshape"), ("input", "*shape"), _torch_reshape),
+        TorchMethod(("unflatten",), *_UNFLATTEN),
+        TorchFunction(("torch.unflatten",), *_UNFLATTEN),
+        TorchFunction(("torch.squeeze",), *_SQUEEZE),
+        TorchMethod(("squeeze",), *_SQUEEZE),
+        TorchFunction(("torch.unsqueeze",), *_UNSQUEEZE),
+        TorchMethod(("unsqueeze",), *_UNSQUEEZE),
+        OnnxOp(("Reshape",), _onnx_reshape),
+        OnnxOp(("Squeeze",), _onnx_squeeze),
+        OnnxOp(("Unsqueeze",), _onnx_unsqueeze),
+    )
+
+    def __init__(self, shape):
+        try:
+            shape = tuple(as_int(v, "shape") for v in shape)
+        except TypeError:
+            raise TypeError(f"Reshape shape must be a sequence of ints, got {shape!r}") from None
+        if not shape or shape.count(-1) > 1 or any(v == 0 or v < -1 for v in shape):
+            raise ValueError(f"Reshape shape must be positive sizes, at most one of them -1, got "
+                             f"{shape}")
+        self.shape = shape
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        shape = cfg.get("shape")
+        if not isinstance(shape, list):
+            raise ValueError(f"has a bad 'shape': {shape!r}")
+        return cls(shape)
+
+    def config(self):
+        return {"shape": list(self.shape)}
+
+    def describe(self):
+        return f"Reshape to {self.shape}"
+
+    def output_shape(self, shape):
+        out = _per_sample(list(self.shape), numel(shape))
+        if out is None:
+            raise ValueError(f"{self!r} cannot hold per-sample shape {tuple(shape)} "
+                             f"({numel(shape)} elements)")
+        return out
+
+    def forward(self, x):
+        return x.reshape((x.shape[0],) + self.output_shape(x.shape[1:])), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return g.reshape(x.shape)
+
+
+@register_layer
+class Flatten(Reshape):
+    """C-order flatten of all but the batch axis: ``Reshape((-1,))``."""
+
+    kind = "flatten"
     imports = (
         TorchModule(("Flatten",), lambda m, ctx: _torch_flatten(ctx.shape, m.start_dim,
                                                                 m.end_dim, ctx)),
         TorchFunction(("torch.flatten",), *_FLATTEN),
         TorchMethod(("flatten",), *_FLATTEN),
-        TorchMethod(("view", "reshape"), ("input", "*shape"), _torch_reshape),
         OnnxOp(("Flatten",), _onnx_flatten),
-        OnnxOp(("Reshape",), _onnx_reshape),
-        OnnxOp(("Squeeze",), _onnx_squeeze),
     )
+
+    def __init__(self):
+        super().__init__((-1,))
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        return cls()
+
+    def config(self):
+        return {}
+
+    def describe(self):
+        return "Flatten"
 
     def output_shape(self, shape):
         return (numel(shape),)
 
     def forward(self, x):
         return x.reshape(x.shape[0], -1), None
-
-    def backward(self, g, x, state, relu_mode="gradient"):
-        return g.reshape(x.shape)

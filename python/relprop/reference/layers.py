@@ -137,7 +137,8 @@ register_twin("adaptiveavgpool2d",
 
 
 # --- shapes, merges, normalization --------------------------------------------------------------
-register_twin("flatten", forward=lambda layer, x: x.reshape(len(x), -1),
+register_twin("flatten", "reshape",
+              forward=lambda layer, x: x.reshape((len(x),) + tuple(layer.shape)),
               backward=lambda layer, g, xs, mode: [g.reshape(xs[0].shape)])
 
 
