@@ -14,6 +14,7 @@ import relprop as rp
 from relprop import ops
 from relprop import reference as ref
 
+import nets
 from strategies import DTYPES, arrays, f64, sum_tolerance, with_threads
 
 torch = pytest.importorskip("torch")
@@ -200,23 +201,15 @@ def test_lrp_matches_zennit(rng, composite):
     assert_allclose(got, want, rtol=1e-7, atol=1e-10 * abs(want).max())
 
 
-@pytest.mark.parametrize("dynamo", [True, False], ids=["torch.export", "torchscript"])
-def test_from_onnx_of_both_exporters(tmp_path, rng, dynamo):
+@pytest.mark.parametrize("path", nets.IMPORT_PATHS[1:])
+def test_from_onnx_of_both_exporters(tmp_path, rng, path):
     pytest.importorskip("onnxruntime")
-    module = _net(torch.float32)
-    path = tmp_path / "m.onnx"
-    if dynamo:
-        torch.onnx.export(module, (torch.zeros(2, 3, 12, 12),), str(path), dynamo=True,
-                          input_names=["x"], dynamic_shapes=({0: torch.export.Dim("n")},),
-                          external_data=False, verbose=False)
-    else:
-        torch.onnx.export(module, (torch.zeros(2, 3, 12, 12),), str(path), dynamo=False,
-                          input_names=["x"], dynamic_axes={"x": {0: "n"}})
-    net = rp.from_onnx(path)  # checks itself against onnxruntime
+    module = _net()
+    net = nets.imported(module, (3, 12, 12), path, tmp_path)  # checks itself: onnxruntime
     assert _modes(net) == MODES
     x = rng.normal(size=(3, 3, 12, 12)).astype(np.float32)
     with torch.no_grad():
-        want = module(torch.from_numpy(x)).numpy()
+        want = module(torch.from_numpy(x).double()).numpy()
     assert_allclose(net(x), want, rtol=1e-5, atol=1e-5 * abs(want).max())
 
 
@@ -258,3 +251,45 @@ def test_saved_and_loaded(tmp_path, rng):
     x = rng.normal(size=(2, 2, 12, 12))
     assert_array_equal(back(x), net(x))
     assert_allclose(net(x), ref.forward(net, x)[-1], rtol=1e-12)
+
+
+class Functional(nn.Module):
+    """Every functional form of a 2-D pooling and of a mean head, on a 9x9 map."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        a = F.max_pool2d(y, 3, 2, ceil_mode=True)
+        b = torch.max_pool2d(y, 3, 3, 1, 1, True)
+        c = F.avg_pool2d(y, kernel_size=3, stride=2, padding=1, ceil_mode=True,
+                         count_include_pad=False)
+        d = F.adaptive_avg_pool2d(c, 1)
+        e = F.adaptive_avg_pool2d(y, (3, 3))
+        return (a.mean((2, 3)) + b.mean([2, 3]) + torch.mean(d, dim=(-2, -1))
+                + torch.flatten(e.mean(dim=[2, 3], keepdim=True), 1))
+
+
+FUNCTIONAL_POOLS = sorted([
+    "MaxPool2d 3 stride 2 pad 0",  # ceil mode dropped: 9 -> 4 either way
+    "MaxPool2d 3 stride 3 pad 1 ceil",  # 9 -> 4, not 3
+    "AvgPool2d 3 stride 2 pad 1 pad uncounted", "GlobalAvgPool2d", "AvgPool2d 3 stride 3 pad 0",
+    "GlobalAvgPool2d", "GlobalAvgPool2d", "GlobalAvgPool2d"])  # the mean heads
+
+
+@pytest.mark.parametrize("path", nets.IMPORT_PATHS)
+def test_functional_forms(tmp_path, rng, path):
+    torch.manual_seed(0)
+    module = Functional().double().eval()
+    net = nets.imported(module, (3, 9, 9), path, tmp_path)
+    pools = sorted(n.layer.describe() for n in net.nodes if "Pool" in n.layer.describe())
+    assert pools == FUNCTIONAL_POOLS
+    x = rng.normal(size=(2, 3, 9, 9))
+    xt = torch.from_numpy(x).requires_grad_()
+    out = module(xt)
+    out[:, 1].sum().backward()
+    tol = 1e-10 if path == "from_torch" else 1e-5  # the ONNX files hold float32 weights
+    assert_allclose(net(x), out.detach().numpy(), rtol=tol, atol=tol)
+    assert_allclose(rp.gradient(net, x, 1), xt.grad.numpy(), rtol=tol, atol=tol)

@@ -171,8 +171,8 @@ class MaxPool2d(Pool):
     imports = (
         TorchModule(("MaxPool2d",), lambda m, ctx: _torch_max_pool(
             _attributes(m, _MAX_POOL_PARAMS), ctx)),
-        TorchFunction(("torch.nn.functional.max_pool2d", "torch.nn.functional._max_pool2d"),
-                      _MAX_POOL_PARAMS, _torch_max_pool),
+        TorchFunction(("torch.nn.functional.max_pool2d", "torch.nn.functional._max_pool2d",
+                       "torch.max_pool2d"), _MAX_POOL_PARAMS, _torch_max_pool),
         OnnxOp(("MaxPool",), lambda ctx: _onnx_pool(MaxPool2d)(ctx)),
     )
 
