@@ -106,13 +106,15 @@ def torchvision_model(name, seed=0):
     VGG's and AlexNet's AdaptiveAvgPool2d is replaced by nn.Identity and the first classifier
     layer sized for the feature map of a TV_SIZE input (at 224 pixels that pooling is the
     identity, which relprop skips and Zennit gives the Norm rule; its non-identity cases are
-    tested on their own)."""
+    tested on their own).  GoogLeNet comes without its auxiliary heads (eval mode never runs
+    them)."""
     import torch
     import torchvision
     from torch import nn
 
     torch.manual_seed(seed)
-    model = getattr(torchvision.models, name)(weights=None)
+    kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+    model = getattr(torchvision.models, name)(weights=None, **kwargs)
     if name.startswith("vgg"):
         model.avgpool = nn.Identity()
         model.classifier[0] = nn.Linear(512 * (TV_SIZE // 32) ** 2, 4096)

@@ -11,9 +11,13 @@ relprop does:
 * DenseNet: the stem's BatchNorm and each dense layer's second one merged into the conv before
   it (NamedMergeBatchNorm), the others left to Zennit's Pass rule; the functional relu and
   adaptive_avg_pool2d of its forward swapped for modules, which Zennit's hooks see;
-* MobileNetV2: Conv-BN pairs merged (SequentialMergeBatchNorm), the inverted-residual addition
-  routed through Zennit's Sum by :class:`InvertedResidualCanonizer` (written here, as Zennit's
-  ResNet one), the functional pool swapped for a module.
+* MobileNetV2 and MnasNet: Conv-BN pairs merged (SequentialMergeBatchNorm), the
+  inverted-residual addition routed through Zennit's Sum by :class:`InvertedResidualCanonizer`
+  (written here, as Zennit's ResNet one), the functional pool (MnasNet: ``x.mean([2, 3])``)
+  swapped for a module;
+* GoogLeNet: each BasicConv2d's BatchNorm merged into its conv (NamedMergeBatchNorm); its
+  functional relu needs no module (the rules after it give no relevance where it is 0);
+* SqueezeNet: none (its poolings are modules).
 
 Where Zennit merges a BatchNorm it leaves it computing ``x / sqrt(1 + eps)``: the merged ones
 have ``eps = 0`` in these models (relprop folds exactly).
@@ -41,7 +45,8 @@ from zennit.torchvision import ResNetCanonizer, VGGCanonizer  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-MODELS = ["resnet18", "resnet50", "densenet121", "mobilenet_v2", "vgg11_bn", "alexnet"]
+MODELS = ["resnet18", "resnet50", "densenet121", "mobilenet_v2", "vgg11_bn", "alexnet",
+          "squeezenet1_0", "squeezenet1_1", "googlenet", "mnasnet0_5"]
 PATHS = ["from_torch", "onnx_dynamo", "onnx_legacy"]
 COMPOSITES = {
     "epsilon_plus_flat": (lambda: rp.composites.EpsilonPlusFlat(),
@@ -57,44 +62,56 @@ TARGETS = [7, 421]  # one class per sample; LRP explains the first sample (Zenni
 
 # --- Zennit's side ------------------------------------------------------------------------------
 class InvertedResidualCanonizer(AttributeCanonizer):
-    """MobileNetV2's ``x + conv(x)`` through a Sum module (Zennit's composites give it Norm),
-    as Zennit's ResNet canonizers do for the residual blocks."""
+    """MobileNetV2's ``x + conv(x)`` and MnasNet's ``layers(x) + x`` through a Sum module
+    (Zennit's composites give it Norm), as Zennit's ResNet canonizers do for the residual
+    blocks."""
 
     def __init__(self):
         super().__init__(self._attribute_map)
 
     @classmethod
     def _attribute_map(cls, name, module):
+        from torchvision.models.mnasnet import _InvertedResidual
         from torchvision.models.mobilenetv2 import InvertedResidual
 
         if isinstance(module, InvertedResidual) and module.use_res_connect:
             return {"forward": cls.forward.__get__(module), "canonizer_sum": Sum()}
+        if isinstance(module, _InvertedResidual) and module.apply_residual:
+            return {"forward": cls.mnasnet_forward.__get__(module), "canonizer_sum": Sum()}
         return None
 
     @staticmethod
     def forward(self, x):
         return self.canonizer_sum(torch.stack([x, self.conv(x)], dim=-1))
 
+    @staticmethod
+    def mnasnet_forward(self, x):
+        return self.canonizer_sum(torch.stack([self.layers(x), x], dim=-1))
+
     def copy(self):
         return InvertedResidualCanonizer()
 
 
 class ModulePoolCanonizer(AttributeCanonizer):
-    """DenseNet's and MobileNetV2's forward with their functional relu and global average pool
-    as modules, so that Zennit's hooks see them (Pass for the relu, Norm for the pool)."""
+    """DenseNet's, MobileNetV2's and MnasNet's forward with their functional relu and global
+    average pool (MnasNet: its mean over height and width) as modules, so that Zennit's hooks
+    see them (Pass for the relu, Norm for the pool; DESIGN 2.1)."""
 
     def __init__(self):
         super().__init__(self._attribute_map)
 
     @classmethod
     def _attribute_map(cls, name, module):
-        from torchvision.models import DenseNet, MobileNetV2
+        from torchvision.models import DenseNet, MNASNet, MobileNetV2
 
         if isinstance(module, DenseNet):
             return {"forward": cls.densenet_forward.__get__(module), "canonizer_relu": nn.ReLU(),
                     "canonizer_pool": nn.AdaptiveAvgPool2d((1, 1))}
         if isinstance(module, MobileNetV2):
             return {"forward": cls.mobilenet_forward.__get__(module),
+                    "canonizer_pool": nn.AdaptiveAvgPool2d((1, 1))}
+        if isinstance(module, MNASNet):
+            return {"forward": cls.mnasnet_forward.__get__(module),
                     "canonizer_pool": nn.AdaptiveAvgPool2d((1, 1))}
         return None
 
@@ -107,6 +124,10 @@ class ModulePoolCanonizer(AttributeCanonizer):
     def mobilenet_forward(self, x):
         out = self.canonizer_pool(self.features(x))
         return self.classifier(torch.flatten(out, 1))
+
+    @staticmethod
+    def mnasnet_forward(self, x):
+        return self.classifier(torch.flatten(self.canonizer_pool(self.layers(x)), 1))
 
     def copy(self):
         return ModulePoolCanonizer()
@@ -121,8 +142,11 @@ def canonizers(name, model):
         merges = [((n[:-len("norm0")] + "conv0",) if n.endswith("norm0") else
                    (n[:-len("norm2")] + "conv1",), n) for n in nets.merged_batchnorms(name, model)]
         return [NamedMergeBatchNorm(merges), ModulePoolCanonizer()]
-    if name.startswith("mobilenet"):
+    if name.startswith("mobilenet") or name.startswith("mnasnet"):
         return [SequentialMergeBatchNorm(), InvertedResidualCanonizer(), ModulePoolCanonizer()]
+    if name == "googlenet":
+        convs = [n for n, m in model.named_modules() if type(m).__name__ == "BasicConv2d"]
+        return [NamedMergeBatchNorm([((n + ".conv",), n + ".bn") for n in convs])]
     return []
 
 
