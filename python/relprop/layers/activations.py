@@ -1,4 +1,4 @@
-"""Element-wise activations: ReLU, LeakyReLU, ReLU6."""
+"""Element-wise activations: ReLU, LeakyReLU, ReLU6 and the smooth ones (GELU, ...)."""
 from __future__ import annotations
 
 import numpy as np
@@ -140,3 +140,62 @@ class ReLU6(Elementwise):
 
     def backward(self, g, x, state, relu_mode="gradient"):
         return ops.relu6_backward(g, x, relu_mode)
+
+
+# --- smooth activations (one kernel pair: ops.activation_forward/backward) ----------------------
+class Smooth(Elementwise):
+    """A smooth activation computed by :func:`relprop.ops.activation_forward` with the op
+    ``self.op`` (a name of ``ops.ACTIVATIONS``).  Not a rectifier: deconvnet and guided backprop
+    pass its gradient; LRP passes relevance through it (Zennit's Pass for its activations)."""
+
+    backward_reads_input = True
+    op = None
+
+    def forward(self, x):
+        return ops.activation_forward(x, self.op), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return ops.activation_backward(g, x, self.op)
+
+
+def _choice(value, name, choices, ctx=None):
+    """``value`` (a str, or ONNX's bytes) if it is one of ``choices``, else ValueError (the
+    importer's, naming the call, with ``ctx``)."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if value not in choices:
+        msg = f"{name} must be one of {choices}, got {value!r}"
+        raise ctx.error(msg) if ctx is not None else ValueError(msg)
+    return value
+
+
+_GELU_FORMS = ("none", "tanh")
+
+
+@register_layer
+class GELU(Smooth):
+    """``x Phi(x)`` with ``Phi`` the standard normal distribution function (``approximate=
+    "none"``), or its tanh form ``x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2``
+    (``approximate="tanh"``), as ``torch.nn.GELU``."""
+
+    kind = "gelu"
+    _config_args = ("approximate",)
+    imports = (
+        TorchModule(("GELU",), lambda m, ctx: GELU(_choice(m.approximate, "approximate",
+                                                          _GELU_FORMS, ctx))),
+        TorchFunction(("torch.nn.functional.gelu",), ("input", ("approximate", "none")),
+                      lambda a, ctx: GELU(_choice(ctx.constant(a["approximate"], "approximate"),
+                                                  "approximate", _GELU_FORMS, ctx))),
+        OnnxOp(("Gelu",), lambda ctx: GELU(_choice(ctx.attrs.get("approximate", "none"),
+                                                   "approximate", _GELU_FORMS, ctx))),
+    )
+
+    def __init__(self, approximate="none"):
+        self.approximate = _choice(approximate, "approximate", _GELU_FORMS)
+        self.op = "gelu" if self.approximate == "none" else "gelu_tanh"
+
+    def config(self):
+        return {"approximate": self.approximate}
+
+    def describe(self):
+        return "GELU" if self.approximate == "none" else "GELU (tanh)"

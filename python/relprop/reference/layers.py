@@ -91,6 +91,12 @@ register_twin("leaky_relu",
 register_twin("relu6", forward=lambda layer, x: ops.relu6_forward(x),
               backward=lambda layer, g, xs, mode: [ops.relu6_backward(g, xs[0], mode)])
 
+# the smooth activations: ops.activation_forward/backward with the layer's op
+for _kind in ("gelu",):
+    register_twin(_kind, forward=lambda layer, x: ops.activation_forward(x, layer.op),
+                  backward=lambda layer, g, xs, mode: [ops.activation_backward(g, xs[0],
+                                                                               layer.op)])
+
 
 # --- pooling ------------------------------------------------------------------------------------
 def _window(layer, shape):
