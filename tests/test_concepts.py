@@ -724,3 +724,22 @@ def test_attribution_graph_arguments():
         C.attribution_graph(net, x[:1], "pred", "block2.conv2", 1)
     with pytest.raises(ValueError, match="width must be positive"):
         C.attribution_graph(net, x[:1], 3, "block2.conv2", 1, width=(2, 0))
+
+
+def test_atlas_memory_is_one_chunk_plus_its_tables():
+    """The peak (tracemalloc and relprop's counted buffers, as tests/test_memory.py measures
+    it) of an atlas of 10,000 digits in chunks of 256 stays below the bound of an explanation
+    in such chunks, the same for 2,000 digits; one chunk of 2,500 exceeds it."""
+    from test_memory import FACTOR, activation_bytes, peak_bytes
+
+    net, (x, y) = rp.models.digits_cnn(), rp.models.digits_data()
+    limit = FACTOR * activation_bytes(net, 256)
+    peaks = []
+    for n in (2000, 10_000):
+        X, Y = np.resize(x, (n,) + x.shape[1:]), np.resize(y, n)
+        _, peak = peak_bytes(lambda: C.atlas(net, X, ["0", "2"], labels=Y, batch_size=256))
+        peaks.append(peak)
+    assert max(peaks) < limit and peaks[1] < 1.1 * peaks[0], (peaks, limit)
+    _, whole = peak_bytes(lambda: C.atlas(net, X[:2500], ["0", "2"], labels=Y[:2500],
+                                          batch_size=2500))
+    assert whole > limit
