@@ -654,6 +654,98 @@ def test_cluster_nan_chunk_raises_the_in_process_error_and_stays_usable(client, 
     np.testing.assert_array_equal(again, rp.gradient(cnn, digits, 1))
 
 
+def _set_isa(name):
+    from relprop import ops
+
+    ops.set_isa(name)
+
+
+def _set_version(version):
+    import relprop
+
+    relprop.__version__ = version
+
+
+try:
+    from distributed import WorkerPlugin as _WorkerPlugin
+except ImportError:  # (the tests that use it skip)
+    _WorkerPlugin = object
+
+
+class _OtherISA(_WorkerPlugin):
+    """A worker plugin: workers started after it is registered run ``isa``."""
+
+    def __init__(self, isa, existing):
+        self.isa, self.existing = isa, set(existing)
+
+    def setup(self, worker):
+        if worker.address not in self.existing:
+            _set_isa(self.isa)
+
+
+def _other_isa():
+    from relprop import ops
+
+    others = [i for i in ops.supported_isas() if i != ops.isa()]
+    if not others:
+        pytest.skip("this CPU runs one instruction set only")
+    return others[-1]
+
+
+def test_a_worker_of_another_relprop_or_isa_is_refused_in_every_task(digits, cnn):
+    """Every entry point's tasks check their worker: a worker switched to other kernels (or
+    reporting another version) fails the job with both named, as do a worker that joins later
+    and one that its nanny restarts (the CLI checked the workers once, at the start; the
+    library not at all: LRP came back 2.4e-7 off without a word)."""
+    distributed = pytest.importorskip("distributed")
+    from relprop import __version__, ops
+
+    other, isa = _other_isa(), ops.isa()
+    R = rp.explain(cnn, digits[:200], "pred")
+    labels = np.arange(200) % 10
+    chunks = iter(range(50, 0, -1))  # other keys for every job (an erred key keeps its error)
+
+    def x():
+        return da.from_array(digits[:200], chunks=next(chunks))
+
+    jobs = {"explain": lambda: rd.explain(cnn, x(), "pred"),
+            "pixel_flipping": lambda: rd.pixel_flipping(cnn, x(), da.from_array(R, chunks=50),
+                                                        "pred", steps=4).curves}
+    other_isa = f"runs relprop {__version__} on {other}, the client relprop {__version__} on {isa}"
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster, timeout="60s") as client:
+        first = next(iter(client.scheduler_info()["workers"]))
+        compute(client, jobs["explain"]())  # a matching worker: fine
+        client.run(_set_isa, other)
+        for job in jobs.values():
+            with pytest.raises(rd.ClusterMismatch, match=f"Dask worker {first} {other_isa}"):
+                compute(client, job())
+        with pytest.raises(rd.ClusterMismatch, match=other_isa):
+            rd.atlas(cnn, x(), ["0"], labels=labels, k=2)
+        client.run(_set_isa, isa)
+        client.run(_set_version, "0.0.0")
+        with pytest.raises(rd.ClusterMismatch, match=f"runs relprop 0.0.0 on {isa}, the client "
+                                                     f"relprop {__version__} on {isa}"):
+            compute(client, jobs["explain"]())
+        client.run(_set_version, __version__)
+        # workers that start later (joining, or restarted by their nanny) run other kernels
+        client.register_plugin(_OtherISA(other, [first]), name="relprop-test-other-isa")
+        cluster.scale(2)
+        client.wait_for_workers(2, timeout=TIMEOUT)
+        late = next(w for w in client.scheduler_info()["workers"] if w != first)
+        with pytest.raises(rd.ClusterMismatch, match=f"Dask worker {late} {other_isa}"):
+            client.compute(jobs["explain"](), workers=[late]).result(timeout=TIMEOUT)
+        np.testing.assert_array_equal(  # the first worker still gives the in-process bits
+            client.compute(jobs["explain"](), workers=[first]).result(timeout=TIMEOUT),
+            rp.explain(cnn, digits[:200], "pred"))
+        client.restart_workers([first], timeout=TIMEOUT)
+        restarted = next(w for w in client.scheduler_info()["workers"] if w != late)
+        assert restarted != first
+        with pytest.raises(rd.ClusterMismatch, match=f"Dask worker {restarted} {other_isa}"):
+            client.compute(jobs["explain"](), workers=[restarted]).result(timeout=TIMEOUT)
+
+
 def _threads_in_task(_):
     return rd.use_worker_threads(), rp.get_num_threads()
 

@@ -469,6 +469,37 @@ def test_cli_on_a_local_cluster_gives_a_random_methods_in_process_bits(tmp_path,
     np.testing.assert_array_equal(np.load(tmp_path / "o" / "relevance.npy"), want, strict=True)
 
 
+def test_a_killed_worker_loses_nothing(tmp_path, digits_npy):
+    """relprop explain on a cluster (explain_to_folder with a client, as --workers runs it):
+    a worker killed while chunks are in flight changes nothing in the output (its chunks are
+    recomputed from their graphs, which carry the inputs)."""
+    distributed = pytest.importorskip("distributed")
+    _, x = digits_npy
+    net = models.digits_cnn()
+    want = relprop.explain(net, x[:1200], "pred")
+
+    class KillOnRead(stream.ArrayInputs):
+        """Kills a worker that has tasks when chunk 4 is read (chunks 0-3 are in flight)."""
+
+        def read(self, start, stop):
+            if start == 400 and not killed:
+                busy = [w for w, t in client.processing().items() if t]
+                pid = client.run(os.getpid, workers=busy[:1])[busy[0]]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(busy[0])
+            return super().read(start, stop)
+
+    killed = []
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster, timeout="60s", set_as_default=False) as client:
+        res = stream.explain_to_folder(net, KillOnRead(x[:1200], {"name": "x"}), tmp_path / "o",
+                                       method="lrp.epsilon_plus_flat", params={},
+                                       chunk_size=100, client=client, log=lambda m: None)
+    assert killed and res["n"] == 1200
+    np.testing.assert_array_equal(np.load(tmp_path / "o" / "relevance.npy"), want, strict=True)
+
+
 def test_cli_on_an_existing_scheduler(tmp_path, digits_npy):
     distributed = pytest.importorskip("distributed")
     _, x = digits_npy
@@ -482,6 +513,34 @@ def test_cli_on_an_existing_scheduler(tmp_path, digits_npy):
     xs = x[:300]
     np.testing.assert_array_equal(np.load(tmp_path / "o" / "relevance.npy"),
                                   relprop.explain(net, xs, net(xs).argmax(axis=1)))
+
+
+def _set_isa(name):
+    from relprop import ops
+
+    ops.set_isa(name)
+
+
+def test_cli_refuses_a_worker_of_another_instruction_set(tmp_path, digits_npy):
+    distributed = pytest.importorskip("distributed")
+    from relprop import ops
+
+    others = [i for i in ops.supported_isas() if i != ops.isa()]
+    if not others:
+        pytest.skip("this CPU runs one instruction set only")
+    _, x = digits_npy
+    np.save(tmp_path / "x.npy", x[:300])
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as client:
+        client.run(_set_isa, others[0])
+        proc = run("explain", "digits_cnn", tmp_path / "x.npy", "-o", tmp_path / "o",
+                   "--chunk-size", 100, "--scheduler", cluster.scheduler_address)
+    v = relprop.__version__
+    assert proc.returncode == 2, proc.stderr
+    assert f"runs relprop {v} on {others[0]}, the client relprop {v} on {ops.isa()}" \
+        in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "o" / "relevance.npy").exists()
 
 
 def test_cli_refuses_a_server_that_is_not_a_scheduler(tmp_path, digits_npy):

@@ -37,6 +37,7 @@ subcommand.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import textwrap
@@ -525,8 +526,6 @@ def explain_report(args, net, inputs, kwargs):
 
 def _cluster(args):
     """A context manager giving a distributed Client (or None) for ``--workers``/``--scheduler``."""
-    import contextlib
-
     if args.workers is None and args.scheduler is None:
         return contextlib.nullcontext(None)
     if args.workers is not None and args.scheduler is not None:
@@ -555,6 +554,9 @@ def _cluster(args):
                 raise ValueError(f"--scheduler {args.scheduler}: cannot reach the Dask "
                                  f"scheduler ({exc})") from None
             with client:
+                if not client.nthreads():
+                    raise ValueError(f"--scheduler {args.scheduler}: the Dask cluster has no "
+                                     "workers")
                 yield client
             return
         threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
@@ -564,6 +566,21 @@ def _cluster(args):
             yield client
 
     return cm()
+
+
+@contextlib.contextmanager
+def _mismatch_as_error(client):
+    """A cluster job's :class:`relprop.dask.ClusterMismatch` (a worker of another relprop or
+    instruction set) as the command's error."""
+    if client is None:
+        yield
+        return
+    from .dask import ClusterMismatch
+
+    try:
+        yield
+    except ClusterMismatch as exc:
+        raise ValueError(str(exc)) from None
 
 
 #: Seconds to wait for a --scheduler to answer.
@@ -614,7 +631,6 @@ def cli_explain(args):
     from . import set_num_threads
     from .stream import (
         ImageInputs,
-        check_cluster,
         default_chunk_size,
         explain_to_folder,
         input_range,
@@ -655,9 +671,8 @@ def cli_explain(args):
         print(msg, flush=True)
 
     run = {"model": model_identity(args.model, shape), "inputs": inputs.identity}
-    with cluster as client:
+    with cluster as client, _mismatch_as_error(client):
         if client is not None:
-            check_cluster(client)
             where = (f"{len(client.nthreads())} Dask worker(s), "
                      f"{sum(client.nthreads().values())} thread(s)")
             log(f"running on {where}")
@@ -947,7 +962,7 @@ def run_concepts(args):
     from . import set_num_threads
     from .concepts.folder import atlas_to_folder
     from .concepts.maximization import AtlasBuilder
-    from .stream import check_cluster, model_identity, open_inputs
+    from .stream import model_identity, open_inputs
 
     for flag, v in (("--k", args.k), ("--batch-size", args.batch_size),
                     ("--chunk-size", args.chunk_size), ("--report-channels",
@@ -978,9 +993,7 @@ def run_concepts(args):
     run = {"model": model_identity(args.model, shape), "inputs": inputs.identity,
            "layers": list(builder.nodes), "k": args.k, "target": target,
            "composite": args.composite, "params": params}
-    with cluster as client:
-        if client is not None:
-            check_cluster(client)
+    with cluster as client, _mismatch_as_error(client):
         res = atlas_to_folder(builder, inputs, args.out, labels=labels,
                               chunk_size=args.chunk_size or CONCEPTS_CHUNK,
                               batch_size=args.batch_size, run=run, resume=args.resume,

@@ -30,7 +30,25 @@ of ``xgboost.dask`` and ``lightgbm.dask``.
 * A worker keeps the memory relprop reuses (its pool of outputs and kernel workspaces) from
   task to task, and gives it back once it has run no relprop task for
   :data:`WORKER_IDLE_SECONDS` (:func:`release_workers` does it at once).
+* Every task first checks that its worker runs the relprop version and instruction set of the
+  process that built the graph, and raises :class:`ClusterMismatch` naming both otherwise
+  (other ISAs round differently: results would depend on where a chunk ran).  Checking in the
+  task catches workers that a nanny restarted or that joined late, which a check at the start
+  would miss.
 * Networks pickle (their layers leave caches behind); loading model *files* never unpickles.
+
+Writing an entry point (``relprop.dask.<name>``): check the arguments on the client (a probe
+on one sample catches what the data cannot change), ship the network with ``_shipped(net)``
+(one key, shipped once per network and client) and wrap every function that runs relprop on a
+block in :func:`task`::
+
+    R = da.blockwise(task(_my_block), "ab", x, "ab", net=_shipped(net)[0], ...)
+    parts = [dask.delayed(task(_my_block))(xb, net=...) for xb in x.to_delayed().ravel()]
+
+:func:`task` records this process's relprop version and ISA when the graph is built; on a
+worker it checks them (:func:`check_environment`), then runs the block on the worker's threads
+(:func:`worker_threads`).  Random draws take the block's first sample index (a
+``da.arange(n, chunks=x.chunks[0])`` beside ``x`` gives it) as ``sample_offset``.
 
 Needs ``pip install 'relprop[dask]'`` (``dask[array]`` and ``distributed``); ``import relprop``
 does not import this module.
@@ -61,11 +79,13 @@ from .averaged import integrated_gradients, smoothgrad
 from .graph import Graph
 from .inputs import NpyFile, default_chunk_size
 from .methods import explain as _explain
+from .methods import explain_and_output
 from .methods import parameters as _parameters
 from .ops import get_num_threads, set_num_threads
 
-__all__ = ["atlas", "explain", "from_npy", "metric", "pixel_flipping", "release_worker_memory",
-           "release_workers", "use_worker_threads", "worker_threads"]
+__all__ = ["ClusterMismatch", "atlas", "check_environment", "environment", "explain", "from_npy",
+           "metric", "pixel_flipping", "release_worker_memory", "release_workers", "task",
+           "use_worker_threads", "worker_threads"]
 
 #: Parameters of methods that may hold one row per sample (chunked along with ``x``).
 PER_SAMPLE_PARAMS = ("root", "baseline")
@@ -273,6 +293,54 @@ def worker_threads():
             _IDLE.ended()
 
 
+class ClusterMismatch(RuntimeError):
+    """A Dask worker runs another relprop version or instruction set than the process that
+    built the graph (its results could differ in the last bits)."""
+
+
+def environment():
+    """``(relprop version, instruction set)`` of this process: what a task's worker must
+    match."""
+    from . import __version__, ops
+
+    return __version__, ops.isa()
+
+
+def check_environment(expected):
+    """Raise :class:`ClusterMismatch` unless this process runs the relprop version and
+    instruction set ``expected`` (from :func:`environment` where the graph was built)."""
+    here = environment()
+    if tuple(here) != tuple(expected):
+        worker = _worker()
+        where = f"Dask worker {worker.address}" if worker is not None else "this process"
+        raise ClusterMismatch(
+            f"{where} runs relprop {here[0]} on {here[1]}, the client relprop {expected[0]} on "
+            f"{expected[1]}: results would depend on where a chunk ran (install the same relprop "
+            "everywhere; set RELPROP_ISA to one instruction set on every machine)")
+
+
+class task:
+    """``fn`` as a relprop Dask task: each call checks the worker's relprop version and
+    instruction set against those of the process that made this object
+    (:func:`check_environment`), then runs ``fn`` on the worker's threads
+    (:func:`worker_threads`).  Make it where the graph is built (see the module docstring)."""
+
+    def __init__(self, fn):
+        self.fn, self.expected = fn, environment()
+
+    def __call__(self, *args, **kwargs):
+        check_environment(self.expected)
+        with worker_threads():
+            return self.fn(*args, **kwargs)
+
+    def __repr__(self):
+        return f"task({getattr(self.fn, '__name__', self.fn)})"
+
+    def __dask_tokenize__(self):
+        return ("relprop.dask.task", getattr(self.fn, "__module__", None),
+                getattr(self.fn, "__qualname__", repr(self.fn)), self.expected)
+
+
 def _active_client():
     """The ``dask.distributed`` client that ``compute()`` would use now (or, for an
     asynchronous client, ``client.compute``), or None."""
@@ -310,23 +378,34 @@ def _net_token(net):
     return tok
 
 
+#: The network futures shipped to each client: ``{net: future}`` (held while the network lives)
+_SHIPPED = weakref.WeakKeyDictionary()
+
+
 def _shipped(net):
     """``(argument, key)``: ``net`` as one key of the graph.
 
     With a distributed client active, a future of a task that returns the network: the
     scheduler holds one copy (the task's argument), a worker computes it and the others fetch
     it when they first need it, and if every holder dies the scheduler reruns it (a scattered
-    future would be lost).  The key is new per call: reusing one key races with the release of
-    an earlier call's future.  Without a client, a delayed object of one key.
+    future would be lost).  The future is kept for the network's lifetime and used again by
+    later calls with the same client, so a network is shipped once however many calls use it
+    (a new call takes a new key only when the old future is gone, e.g. after a restart:
+    submitting a key again races with the release of the old one).  Without a client, a
+    delayed object of one key.
     """
     key = f"relprop-net-{_net_token(net)}"
     client = _active_client()
-    if client is not None:
-        key = f"{key}-{uuid.uuid4().hex}"
-        # the network is sent once, on purpose: no large-graph warning for it
-        with dask.config.set({"distributed.admin.large-graph-warning-threshold": "64GiB"}):
-            return client.submit(_identity, net, key=key), key
-    return dask.delayed(net, name=key, pure=True), key
+    if client is None:
+        return dask.delayed(net, name=key, pure=True), key
+    held = _SHIPPED.get(net)
+    if held is not None and held.client is client and held.status in ("pending", "finished"):
+        return held, held.key
+    # the network is sent once, on purpose: no large-graph warning for it
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": "64GiB"}):
+        fut = client.submit(_identity, net, key=f"{key}-{uuid.uuid4().hex}")
+    _SHIPPED[net] = fut
+    return fut, fut.key
 
 
 # --------------------------------------------------------------------------------------------
@@ -534,18 +613,36 @@ def _cut(a, runs):
 # --------------------------------------------------------------------------------------------
 # explain
 # --------------------------------------------------------------------------------------------
-def _explain_block(x, *rest, net, method, kind, target, names, params, offset):
+def _explain_block(x, *rest, net, method, kind, target, names, params, offset, with_output):
     rest = list(rest)
     if kind in ("classes", "seed"):
         target = rest.pop(0)
     if offset is not None:  # the block's first sample index (in the whole x), from its arange
         idx = rest.pop()
         params = {**params, "sample_offset": offset + (int(idx[0]) if len(idx) else 0)}
-    with worker_threads():
-        return _explain(net, x, target, method, **params, **dict(zip(names, rest)))
+    return (explain_and_output if with_output else _explain)(
+        net, x, target, method, **params, **dict(zip(names, rest)))
 
 
-def explain(net, x, target, method="lrp.epsilon_plus_flat", *, chunks_per_task=None, **params):
+def _parts(pairs, shapes):
+    """The arrays of the blocks of ``pairs``, a dask array whose blocks are tuples: part ``i``
+    has its batch-axis chunks and the trailing shape ``shapes[i]`` (a getitem task per block
+    and part)."""
+    import operator
+
+    out = []
+    for i, (name, shape, meta) in enumerate(shapes):
+        rest = (0,) * len(shape)
+        dsk = {(name, b) + rest: (operator.getitem, (pairs.name, b) + (0,) * (pairs.ndim - 1), i)
+               for b in range(pairs.numblocks[0])}
+        graph = HighLevelGraph.from_collections(name, dsk, dependencies=[pairs])
+        out.append(da.Array(graph, name, (pairs.chunks[0],) + tuple((s,) for s in shape),
+                            meta=meta))
+    return out
+
+
+def explain(net, x, target, method="lrp.epsilon_plus_flat", *, chunks_per_task=None,
+            return_output=False, **params):
     """Explain ``net`` on the dask array ``x``, block by block: a lazy dask array.
 
     Parameters
@@ -568,6 +665,9 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", *, chunks_per_task=N
         the last tasks shrink down to a chunk, :data:`TAIL_SHARE`, so the workers finish
         together); otherwise 1.  Another ``x`` with more than 1 is rechunked first.  Never
         changes the result.
+    return_output : bool
+        Also return the network's output at ``x``, computed by the same tasks (for "pred",
+        that of the explanation's own forward pass: :func:`relprop.methods.explain_and_output`).
     **params
         The method's keyword arguments (``batch_size`` bounds the samples per kernel call
         inside a task).  ``root``/``baseline`` arrays with a row per sample are chunked along
@@ -579,7 +679,8 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", *, chunks_per_task=N
     Returns
     -------
     dask.array.Array
-        Shaped like ``x``, float dtype of ``x``, chunked like ``x`` along the batch axis.
+        Shaped like ``x``, float dtype of ``x``, chunked like ``x`` along the batch axis; with
+        ``return_output``, ``(R, out)``, ``out`` of shape ``(n, *output_shape)`` chunked alike.
 
     Raises
     ------
@@ -626,7 +727,8 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", *, chunks_per_task=N
     # check method, parameters and target now, on one zero sample
     probe = np.zeros((1,) + tuple(x.shape[1:]), dtype=dtype)
     first = {k: np.zeros_like(probe) for k in names}
-    _explain(net, probe, _probe_target(kind, targ, dtype), method, **fixed, **first)
+    _, f = explain_and_output(net, probe, _probe_target(kind, targ, dtype), method, **fixed,
+                              **first)
 
     ind, pairs = _blocks(xt, kind, targ, extras)
     if offset is not None:
@@ -634,13 +736,20 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", *, chunks_per_task=N
     net_arg, net_key = _shipped(net)
     token = dask.base.tokenize(net_key, xt.name, kind, targ if kind == "int" else
                                getattr(targ, "name", None), method, fixed,
-                               [a.name for a in extras], names, offset)
+                               [a.name for a in extras], names, offset, return_output)
+    meta = np.empty((0,) * x.ndim, dtype=dtype)
     out = da.blockwise(
-        _explain_block, ind, *pairs, name=f"relprop-explain-{token}", dtype=dtype,
-        concatenate=True, meta=np.empty((0,) * x.ndim, dtype=dtype), net=net_arg,
-        method=method, kind=kind, target=targ if kind in ("int", "pred") else None, names=names,
-        params=fixed, offset=offset)
-    return out if runs is None else _cut(out, runs)
+        task(_explain_block), ind, *pairs, name=f"relprop-explain-{token}", dtype=dtype,
+        concatenate=True, meta=meta, net=net_arg, method=method, kind=kind,
+        target=targ if kind in ("int", "pred") else None, names=names, params=fixed,
+        offset=offset, with_output=return_output)
+    outs = [out]
+    if return_output:
+        outs = _parts(out, [(f"relprop-explain-relevance-{token}", x.shape[1:], meta),
+                            (f"relprop-explain-output-{token}", f.shape[1:], f[:0])])
+    if runs is not None:
+        outs = [_cut(a, runs) for a in outs]
+    return tuple(outs) if return_output else outs[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -680,8 +789,7 @@ def _metric_block(x, R, idx, *rest, net, metric_name, kind, target, masks, names
     kw = {**params, **dict(zip(names, rest))}
     if offset is not None:  # the block's first sample index in the whole x
         kw["sample_offset"] = offset + (int(idx[0]) if len(idx) else 0)
-    with worker_threads():
-        return _pack(METRICS[metric_name](net, x, R, target, *args, **kw), layout)
+    return _pack(METRICS[metric_name](net, x, R, target, *args, **kw), layout)
 
 
 def metric(name, net, x, R, target, masks=None, *, chunks_per_task=None, **params):
@@ -785,7 +893,7 @@ def metric(name, net, x, R, target, masks=None, *, chunks_per_task=None, **param
                                else getattr(targ, "name", None), fixed,
                                [a.name for a in aligned], names, offset)
     packed = da.blockwise(
-        _metric_block, ind[0] + "q", *pairs, new_axes={"q": width},
+        task(_metric_block), ind[0] + "q", *pairs, new_axes={"q": width},
         name=f"relprop-metric-{name}-{token}", dtype=np.float64, concatenate=True,
         meta=np.empty((0, 0), dtype=np.float64), net=net_arg, metric_name=name, kind=kind,
         target=targ if kind in ("int", "pred") else None, masks=masks is not None,
@@ -822,9 +930,8 @@ def _atlas_block(x, labels, start, *, net, spec, batch_size):
     from .concepts.maximization import AtlasBuilder
 
     *args, params = spec
-    with worker_threads():
-        builder = AtlasBuilder(net, x.shape[1:], *args, **params)
-        return builder.run(x, start, labels, batch_size)
+    builder = AtlasBuilder(net, x.shape[1:], *args, **params)
+    return builder.run(x, start, labels, batch_size)
 
 
 def _merge_parts(*parts):
@@ -885,7 +992,7 @@ def atlas(net, x, layers, composite="epsilon_plus_flat", *, target="label", labe
     xs = x.to_delayed().ravel()
     ls = labels.to_delayed().ravel() if labels is not None else [None] * len(xs)
     starts = np.cumsum((0,) + x.chunks[0])[:-1]
-    block = dask.delayed(_atlas_block, pure=True)
+    block = dask.delayed(task(_atlas_block), pure=True)
     level = [block(xb, lb, int(s), net=net_arg, spec=builder.spec, batch_size=batch_size)
              for xb, lb, s in zip(xs, ls, starts)]
     merge = dask.delayed(_merge_parts, pure=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import composites
-from ._common import map_batches, predicted
+from ._common import Predicted, is_pred, map_batches, predicted
 from ._validate import as_float_array, as_int, as_scalar
 from .averaged import integrated_gradients, smoothgrad
 from .engine import gradient_pass, score_and_grad
@@ -217,6 +217,18 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", **kwargs):
                          f"'lrp.<composite or rule>' ({sorted(composites.COMPOSITES)})")
     _check_params(method, kwargs)
     return METHODS[method](net, x, target, **kwargs)
+
+
+def explain_and_output(net, x, target, method="lrp.epsilon_plus_flat", **kwargs):
+    """:func:`explain` and the network's output at ``x``: ``(R, out)``, ``out`` of shape
+    ``(n, *output_shape)``.  For ``target="pred"`` the output is that of the explanation's own
+    forward pass (no second one); for other targets one more forward pass computes it."""
+    if is_pred(target):
+        pred = Predicted()
+        R = explain(net, x, pred, method, **kwargs)
+        return R, np.concatenate(pred.outputs)
+    R = explain(net, x, target, method, **kwargs)
+    return R, net.forward(x, batch_size=kwargs.get("batch_size"), check_finite=False)
 
 
 def parameters(method):

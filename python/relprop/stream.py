@@ -16,10 +16,11 @@ Output folder (``OUTDIR``):
   ``resume=True`` continues after the last completed chunk, and refuses a record written with
   other arguments.
 
-A chunk is explained by :func:`explain_chunk`, in this process or as a task of a
-``dask.distributed`` client (the network is sent once, each task carries its chunk of inputs,
-and results are written in order).  Results are bitwise the same either way, for any chunk,
-batch or thread count, so a run may be resumed with other threads, batch size or workers.
+A chunk is explained by :func:`explain_chunk` in this process, or by
+:func:`relprop.dask.explain` on a ``dask.distributed`` client (:class:`DaskRunner`: the network
+is sent once, each chunk's inputs travel in its graph, results are written in order).  Results
+are bitwise the same either way, for any chunk, batch or thread count, so a run may be resumed
+with other threads, batch size or workers.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from collections import deque
 
 import numpy as np
 
-from ._common import Predicted
+from ._common import PRED
 from .inputs import CHUNK_BYTES, MAX_CHUNK, NpyFile, default_chunk_size  # noqa: F401 (API)
 
 #: The progress record's file name and format tag.
@@ -193,52 +194,41 @@ def input_range(inputs, chunk_size):
 # --------------------------------------------------------------------------------------------
 # One chunk
 # --------------------------------------------------------------------------------------------
-def explain_chunk(net, x, target, method, params, batch_size=None, start=0):
-    """Explain one chunk, samples ``start:start + len(x)`` of the input: ``(R, targets,
-    scores, sums)``.
-
-    ``target`` is a class index or None for each sample's predicted class; ``targets`` (n,)
-    are the explained classes, ``scores`` (n,) their scores ``f_t(x)`` and ``sums`` (n,) the
-    relevance sums, the columns of ``explained.csv``.  A method that draws random numbers gets
-    ``sample_offset=start``.  The same function runs in this process and on Dask workers.
-    """
-    from .methods import explain, parameters
+def _at(method, params, start):
+    """``params`` for the chunk of samples from ``start``: a method that draws random numbers
+    gets ``sample_offset=start``."""
+    from .methods import parameters
 
     if "sample_offset" in (parameters(method) or {}):
-        params = {**params, "sample_offset": start}
-    if target is None:  # the scores from the explanation's own forward pass
-        pred = Predicted()
-        R = explain(net, x, pred, method, batch_size=batch_size, **params)
-        scores = np.concatenate(pred.outputs)
-        classes = scores.argmax(axis=1)
-    else:
-        R = explain(net, x, target, method, batch_size=batch_size, **params)
-        scores = net.forward(x, batch_size=batch_size).reshape(len(x), -1)
-        classes = np.full(len(x), target, dtype=np.int64)
-    picked = scores[np.arange(len(x)), classes].astype(np.float64)
-    sums = R.reshape(len(R), -1).sum(axis=1).astype(np.float64)
-    return R, np.array(classes), picked, sums
+        return {**params, "sample_offset": start}
+    return params
 
 
-def _chunk_task(net, x, target, method, params, batch_size, start):
-    """:func:`explain_chunk` as a Dask task, on the worker's threads."""
-    from .dask import worker_threads
+def table(R, out, target):
+    """The columns of ``explained.csv`` for a chunk's relevance ``R`` and network output
+    ``out``: ``(targets, scores, sums)``, the explained classes (``target``, or each sample's
+    predicted class for None), their scores ``f_t(x)`` and the relevance sums, each (n,)."""
+    n = len(R)
+    scores = out.reshape(n, -1)
+    classes = scores.argmax(axis=1) if target is None else np.full(n, target, dtype=np.int64)
+    picked = scores[np.arange(n), classes].astype(np.float64)
+    return classes, picked, R.reshape(n, -1).sum(axis=1, dtype=np.float64)
 
-    with worker_threads():
-        return explain_chunk(net, x, target, method, params, batch_size, start)
+
+def explain_chunk(net, x, target, method, params, batch_size=None, start=0):
+    """Explain one chunk, samples ``start:start + len(x)`` of the input, in this process:
+    ``(R, out)``, the relevance and the network's output (that of the explanation's own
+    forward pass for ``target`` None, each sample's predicted class).  A method that draws
+    random numbers gets ``sample_offset=start``."""
+    from .methods import explain_and_output
+
+    return explain_and_output(net, x, PRED if target is None else target, method,
+                              batch_size=batch_size, **_at(method, params, start))
 
 
 # --------------------------------------------------------------------------------------------
 # Runners: the chunks in this process or on a Dask client
 # --------------------------------------------------------------------------------------------
-class _Done:
-    def __init__(self, value):
-        self.value = value
-
-    def result(self):
-        return self.value
-
-
 class LocalRunner:
     """Runs each chunk in this process, when its result is asked for."""
 
@@ -260,38 +250,48 @@ class LocalRunner:
         pass
 
 
-class ClientRunner:
-    """Runs chunks as tasks of a ``dask.distributed`` client, a window of them in flight.
+class DaskRunner:
+    """Runs each chunk as a :func:`relprop.dask.explain` job on a ``dask.distributed`` client,
+    a window of them in flight.
 
-    The network is submitted once as a task of its own (held by a worker, copied to the others
-    when they need it, recomputed from the scheduler's copy if every holder dies); each chunk
-    task carries its inputs, so a chunk whose worker dies is rerun elsewhere.
+    The chunk's inputs travel from this process in its graph (the workers need not see this
+    machine's files, and a chunk whose worker dies is recomputed from the graph); the network
+    is shipped once (:mod:`relprop.dask`), and every task checks its worker's relprop version
+    and instruction set.
     """
 
     def __init__(self, client, net, target, method, params, batch_size):
-        import dask
-
-        from .dask import _identity
-
         self.client = client
         self.window = max(2, 2 * sum(client.nthreads().values()) + 1)
-        with dask.config.set({"distributed.admin.large-graph-warning-threshold": "4GiB"}):
-            self.net = client.submit(_identity, net, pure=False)
-        self.args = (target, method, params, batch_size)
+        self.args = (net, PRED if target is None else target, method, params, batch_size)
 
     def submit(self, x, start):
         import dask
+        import dask.array as da
 
-        target, method, params, batch_size = self.args
-        # the chunk's inputs travel with its task on purpose: a lost task can be rerun
-        with dask.config.set({"distributed.admin.large-graph-warning-threshold": "4GiB"}):
-            return self.client.submit(_chunk_task, self.net, x, target, method, params,
-                                      batch_size, start, pure=False)
+        from . import dask as rd
+
+        net, target, method, params, batch_size = self.args
+        # the chunk travels in its graph, on purpose: no large-graph warning for it
+        with self.client.as_current(), dask.config.set(
+                {"distributed.admin.large-graph-warning-threshold": "4GiB"}):
+            R, out = rd.explain(net, da.from_array(x, chunks=x.shape), target, method,
+                                return_output=True, batch_size=batch_size,
+                                **_at(method, params, start))
+            futures = self.client.compute([R, out])
+
+        class Both:
+            def result(self_):
+                return tuple(f.result() for f in futures)
+
+            def cancel(self_):
+                self.client.cancel(futures)
+
+        return Both()
 
     def cancel(self, pending):
-        if pending:
-            self.client.cancel(list(pending))
-        self.client.cancel([self.net])
+        for job in pending:
+            job.cancel()
 
 
 # --------------------------------------------------------------------------------------------
@@ -642,7 +642,7 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
         os.makedirs(out.heat_dir, exist_ok=True)
 
     runner = (LocalRunner(net, target, method, params, batch_size) if client is None else
-              ClientRunner(client, net, target, method, params, batch_size))
+              DaskRunner(client, net, target, method, params, batch_size))
     starts = list(range(done, n, chunk))
     bar = Progress(n, done, method, progress) if len(starts) > 1 else None
     pending = deque()
@@ -664,7 +664,8 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
                 break
             start, stop, xb, fut = pending.popleft()
             try:
-                R, classes, scores, sums = fut.result()
+                R, outputs = fut.result()
+                classes, scores, sums = table(R, outputs, target)
             except TypeError as exc:  # a -p the method does not take
                 raise ValueError(f"{method}: {exc}") from None
             except ValueError as exc:
@@ -690,36 +691,8 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
         if bar is not None:
             bar.close()
         out.close()
-    if client is not None:
-        runner.cancel([])
     seconds = time.perf_counter() - t0
     return {"n": n, "done_before": done, "seconds": seconds,
             "rate": (n - done) / max(seconds, 1e-9), "heatmaps": n if heatmaps else 0,
             "derived": derived, "relevance": out.rel_path, "csv": out.csv_path,
             "heat_dir": out.heat_dir, "chunk_size": chunk}
-
-
-# --------------------------------------------------------------------------------------------
-# Dask clusters
-# --------------------------------------------------------------------------------------------
-def check_cluster(client):
-    """Raise ValueError unless every worker runs this relprop version on this ISA (other
-    ISAs round differently, and results must not depend on where a chunk ran)."""
-    from . import __version__, ops
-
-    here = (__version__, ops.isa())
-    there = client.run(_worker_relprop)
-    if not there:
-        raise ValueError("the Dask cluster has no workers")
-    bad = {w: v for w, v in there.items() if tuple(v) != here}
-    if bad:
-        w, v = next(iter(bad.items()))
-        raise ValueError(f"Dask worker {w} runs relprop {v[0]} on {v[1]}, this process relprop "
-                         f"{here[0]} on {here[1]}: results would depend on where a chunk ran "
-                         "(install the same relprop everywhere; set RELPROP_ISA to one ISA)")
-
-
-def _worker_relprop():
-    from . import __version__, ops
-
-    return (__version__, ops.isa())

@@ -155,7 +155,7 @@ def atlas_to_folder(builder, inputs, outdir, *, labels=None, chunk_size, batch_s
 def _on_cluster(client, builder, inputs, starts, chunk_size, labels_of, batch_size):
     """The chunks' partial results, in order, computed as tasks of ``client`` (two per worker
     thread in flight; the network sent once; each task carries its chunk)."""
-    from ..dask import _atlas_block, _identity
+    from ..dask import _atlas_block, _identity, task
 
     n = inputs.n
     net = client.submit(_identity, builder.net, pure=False)
@@ -164,7 +164,7 @@ def _on_cluster(client, builder, inputs, starts, chunk_size, labels_of, batch_si
 
     def submit(s):
         e = min(n, s + chunk_size)
-        return client.submit(_atlas_block, inputs.read(s, e), labels_of(s, e), s, net=net,
+        return client.submit(task(_atlas_block), inputs.read(s, e), labels_of(s, e), s, net=net,
                              spec=builder.spec, batch_size=batch_size, pure=False)
 
     it = iter(starts)
