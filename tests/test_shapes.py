@@ -11,6 +11,7 @@ from relprop import reference as ref
 from relprop.reference.network import layer_backward, layer_forward
 
 import nets
+from strategies import with_threads
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -194,3 +195,80 @@ def test_reshapes_that_mix_samples_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"Reshape to per-sample shape \(2, 3, 4, 5\) in a file "
                                          r"whose batch is fixed at 2.*dynamic_axes"):
         rp.from_onnx(path)
+
+
+# --- Permute ------------------------------------------------------------------------------------
+def test_permute_layer_matches_twin_and_is_adjoint(rng):
+    for dims, shape in [((0, 2, 1, 3, 4), (2, 3, 4, 2, 5)), ((0, 2, 3, 1), (3, 4, 2, 5)),
+                        ((0, 3, 1, 2), (1, 2, 3, 4)), ((0, 1), (4, 3))]:
+        layer = rp.Permute(dims)
+        x = rng.normal(size=shape)
+        y, back = _adjoint(layer, (x,), rng)
+        assert y.flags.c_contiguous and back[0].flags.c_contiguous
+        assert_array_equal(y, layer_forward(layer, x))
+        assert layer.output_shape(shape[1:]) == y.shape[1:]
+        g = rng.normal(size=y.shape)
+        assert_array_equal(layer.backward(g, x, None), layer_backward(layer, g, [x])[0])
+    with pytest.raises(ValueError, match="leaves the batch axis 0 first"):
+        rp.Permute((1, 0, 2))
+    with pytest.raises(ValueError, match=r"expects 3 axes per sample \(rank 3\), got shape"):
+        rp.Permute((0, 2, 1, 3)).output_shape((4, 5))
+
+
+class Permutes(nn.Module):
+    """ShuffleNetV2's channel shuffle, a channels-last round trip, a spatial transpose and
+    movedim, between convolutions (so that a wrong order changes the numbers)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 4, (3, 1))
+        self.fc = nn.Linear(4 * 3 * 4, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        n, c, h, w = y.size()
+        y = y.view(n, 3, c // 3, h, w)
+        y = torch.transpose(y, 1, 2).contiguous().view(n, -1, h, w)  # channel shuffle
+        y = y.permute(0, 2, 3, 1).permute((0, 3, 1, 2))             # channels last and back
+        y = torch.relu(self.conv2(y.transpose(2, 3)))                 # (4, 3, 4)
+        y = torch.movedim(y, 1, 3).movedim(3, 1)
+        return self.fc(y.flatten(1))
+
+
+@pytest.mark.parametrize("path", nets.IMPORT_PATHS)
+def test_permutes_imported(tmp_path, rng, path):
+    torch.manual_seed(2)
+    module = Permutes().double().eval()
+    net = nets.imported(module, (3, 4, 5), path, tmp_path)
+    assert "permute" in {n.layer.kind for n in net.nodes}
+    x = rng.normal(size=(3, 3, 4, 5))
+    if path == "from_torch":
+        dims = [n.layer.dims for n in net.nodes if n.layer.kind == "permute"]
+        assert dims == [(0, 2, 1, 3, 4), (0, 2, 3, 1), (0, 3, 1, 2), (0, 1, 3, 2),
+                        (0, 2, 3, 1), (0, 3, 1, 2)]
+        _torch_checks(module, net, x, 0)
+        net.save(tmp_path / "m.npz")
+        assert_array_equal(rp.load(tmp_path / "m.npz")(x), net(x))
+        R = rp.lrp(net, x, 0, "epsilon_plus_flat")
+        assert_array_equal(with_threads(1, rp.lrp, net, x, 0, "epsilon_plus_flat"), R)
+    else:
+        with torch.no_grad():
+            want = module(torch.from_numpy(x)).numpy()
+        assert_allclose(net(x.astype(np.float32)), want, rtol=1e-4, atol=1e-4 * abs(want).max())
+
+
+def test_permutes_of_the_batch_axis_are_refused():
+    class M(nn.Module):
+        def __init__(self, fn):
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, x):
+            return self.fn(x)
+
+    for fn, match in [(lambda x: x.permute(1, 0, 2), r"permute \(1, 0, 2\) moves the batch axis"),
+                      (lambda x: x.transpose(0, 1), "dim0=0 is not supported"),
+                      (lambda x: x.permute(0, 1, 1), "not a permutation of the 3 axes")]:
+        with pytest.raises(ValueError, match=match):
+            rp.from_torch(M(fn), (3, 4))

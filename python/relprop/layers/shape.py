@@ -1,5 +1,6 @@
-"""Shape operations: Reshape (and Flatten, its common case): the samples' elements in C order,
-read into another per-sample shape, each sample alone."""
+"""Shape operations, each sample alone: Reshape (and Flatten, its common case): the samples'
+elements in C order, read into another per-sample shape; Permute: the samples' axes in another
+order."""
 from __future__ import annotations
 
 import numpy as np
@@ -287,3 +288,120 @@ class Flatten(Reshape):
 
     def forward(self, x):
         return x.reshape(x.shape[0], -1), None
+
+
+def permute_layer(dims):
+    """Permute(dims), or None where ``dims`` keeps every axis in place."""
+    dims = tuple(int(d) for d in dims)
+    return None if dims == tuple(range(len(dims))) else Permute(dims)
+
+
+def _batch_dims(dims, rank, ctx, what):
+    """``dims`` (ints, negative counting from the end) as non-negative axes of a batch of
+    ``rank`` axes; the batch axis may only stay where it is."""
+    out = [d + rank if isinstance(d, (int, np.integer)) and d < 0 else d for d in dims]
+    if sorted(out) != list(range(rank)):
+        raise ctx.error(f"{what} {tuple(dims)} is not a permutation of the {rank} axes")
+    if out[0] != 0:
+        raise ctx.error(f"{what} {tuple(dims)} moves the batch axis; relprop permutes the axes "
+                        "of each sample (the first entry must be 0)")
+    return out
+
+
+def _torch_permute(a, ctx):
+    dims = a["dims"]
+    if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+        dims = dims[0]
+    dims = [ctx.constant(d, "dims") for d in dims]
+    return permute_layer(_batch_dims(dims, len(ctx.shape) + 1, ctx, "permute"))
+
+
+def _torch_transpose(a, ctx):
+    rank = len(ctx.shape) + 1
+    d0, d1 = (batch_axis(ctx.constant(a[k], k), rank, ctx, k) for k in ("dim0", "dim1"))
+    dims = list(range(rank))
+    dims[d0], dims[d1] = d1, d0
+    return permute_layer(dims)
+
+
+def _torch_movedim(a, ctx):
+    rank = len(ctx.shape) + 1
+    src, dst = (ctx.constant(a[k], k) for k in ("source", "destination"))
+    src, dst = ([v] if isinstance(v, (int, np.integer)) else list(v) for v in (src, dst))
+    if len(src) != len(dst):
+        raise ctx.error(f"movedim of {src} to {dst}: as many sources as destinations needed")
+    src = [batch_axis(v, rank, ctx, "source") for v in src]
+    dst = [batch_axis(v, rank, ctx, "destination") for v in dst]
+    dims = [None] * rank
+    for s, d in zip(src, dst):
+        dims[d] = s
+    rest = iter(k for k in range(rank) if k not in src)
+    return permute_layer([next(rest) if d is None else d for d in dims])
+
+
+def _onnx_transpose(ctx):
+    rank = len(ctx.shape) + 1
+    perm = ctx.attrs.get("perm", list(range(rank))[::-1])
+    return permute_layer(_batch_dims(list(perm), rank, ctx, "perm"))
+
+
+_PERMUTE = (("input", "*dims"), _torch_permute)
+_TRANSPOSE = (("input", "dim0", "dim1"), _torch_transpose)
+_MOVEDIM = (("input", "source", "destination"), _torch_movedim)
+
+
+@register_layer
+class Permute(Layer):
+    """The axes of each sample in another order: ``x.permute(dims)``, ``dims`` a permutation of
+    the batch's axes that leaves the batch axis first (``dims[0] == 0``); ``x.transpose``,
+    ``x.movedim`` and ONNX Transpose are permutations too.
+
+    Gradient and relevance (Pass) are permuted back."""
+
+    kind = "permute"
+    slots = ("reshape",)
+    default_rule = "pass"
+    remakable = True
+    imports = (
+        TorchFunction(("torch.permute",), ("input", "dims"), _torch_permute),
+        TorchMethod(("permute",), *_PERMUTE),
+        TorchFunction(("torch.transpose", "torch.swapaxes", "torch.swapdims"), *_TRANSPOSE),
+        TorchMethod(("transpose", "swapaxes", "swapdims"), *_TRANSPOSE),
+        TorchFunction(("torch.movedim", "torch.moveaxis"), *_MOVEDIM),
+        TorchMethod(("movedim", "moveaxis"), *_MOVEDIM),
+        OnnxOp(("Transpose",), _onnx_transpose),
+    )
+
+    def __init__(self, dims):
+        try:
+            dims = tuple(as_int(d, "dims") for d in dims)
+        except TypeError:
+            raise TypeError(f"Permute dims must be a sequence of ints, got {dims!r}") from None
+        if sorted(dims) != list(range(len(dims))) or len(dims) < 2 or dims[0] != 0:
+            raise ValueError(f"Permute dims must be a permutation of 0..{len(dims) - 1} that "
+                             f"leaves the batch axis 0 first, got {dims}")
+        self.dims = dims
+        self.inverse = tuple(int(d) for d in np.argsort(dims))
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        dims = cfg.get("dims")
+        if not isinstance(dims, list):
+            raise ValueError(f"has a bad 'dims': {dims!r}")
+        return cls(dims)
+
+    def config(self):
+        return {"dims": list(self.dims)}
+
+    def describe(self):
+        return f"Permute {self.dims}"
+
+    def output_shape(self, shape):
+        self._need_rank(shape, len(self.dims) - 1, f"{len(self.dims) - 1} axes")
+        return tuple(shape[d - 1] for d in self.dims[1:])
+
+    def forward(self, x):
+        return np.ascontiguousarray(x.transpose(self.dims)), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return np.ascontiguousarray(g.transpose(self.inverse))

@@ -146,6 +146,8 @@ register_twin("adaptiveavgpool2d",
 register_twin("flatten", "reshape",
               forward=lambda layer, x: x.reshape((len(x),) + tuple(layer.shape)),
               backward=lambda layer, g, xs, mode: [g.reshape(xs[0].shape)])
+register_twin("permute", forward=lambda layer, x: np.transpose(x, layer.dims),
+              backward=lambda layer, g, xs, mode: [np.transpose(g, np.argsort(layer.dims))])
 
 
 def _concat_backward(layer, g, xs, mode):
