@@ -160,3 +160,82 @@ def test_pass_moves_relevance_with_the_elements(rng):
         assert_allclose(R, ref.lrp(net, x, seed, comp.rules(net)), rtol=1e-10, atol=1e-12)
     finally:
         del L.LAYER_TYPES["test_reverse"], TWINS["test_reverse"]
+
+
+class Half(L.Layer):
+    """The first or second half of a sample's features: a layer type (only this test registers
+    it) whose importer entries make both halves at once, a tuple (``x.unsafe_chunk(2, 1)``, an
+    ONNX node of two outputs)."""
+
+    kind = "test_half"
+    slots = ("reshape",)
+    default_rule = "pass"
+    _config_args = ("which",)
+    imports = (L.TorchMethod(("unsafe_chunk",), ("input", "chunks", ("dim", 0)),
+                             lambda a, ctx: (ctx.add(Half(0)), ctx.add(Half(1)))),
+               L.OnnxOp(("TestHalves",), lambda ctx: (ctx.add(Half(0)), ctx.add(Half(1)))))
+
+    def __init__(self, which=0):
+        self.which = which
+
+    def config(self):
+        return {"which": self.which}
+
+    def output_shape(self, shape):
+        return (shape[0] // 2,)
+
+    def forward(self, x):
+        k = x.shape[1] // 2
+        return np.ascontiguousarray(x[:, self.which * k:(self.which + 1) * k]), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        out, k = np.zeros(x.shape, g.dtype), x.shape[1] // 2
+        out[:, self.which * k:(self.which + 1) * k] = g
+        return out
+
+
+def test_a_converter_makes_one_tensor_per_output(rng):
+    """A converter's tuple: torch's value of the call (its items picked by getitem), one
+    tensor per output of an ONNX node."""
+    pytest.importorskip("onnx")
+    torch = pytest.importorskip("torch")
+    from onnx import TensorProto, helper, numpy_helper
+
+    L.register_layer(Half)
+    ref.register_twin("test_half", forward=lambda layer, x: Half.forward(layer, x)[0],
+                      backward=lambda layer, g, xs, mode: [Half.backward(layer, g, xs[0], None)])
+    try:
+        class M(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc1, self.fc2 = torch.nn.Linear(2, 3), torch.nn.Linear(2, 3)
+
+            def forward(self, x):
+                halves = x.unsafe_chunk(2, 1)
+                return self.fc1(halves[0]) + self.fc2(torch.relu(halves[1]))
+
+        torch.manual_seed(0)
+        module = M().double()
+        net = rp.from_torch(module, (4,))
+        assert sorted(n.layer.kind for n in net.nodes).count("test_half") == 2
+        x = rng.normal(size=(5, 4))
+        xt = torch.from_numpy(x).requires_grad_()
+        module(xt)[:, 1].sum().backward()
+        assert_allclose(rp.gradient(net, x, 1), xt.grad.numpy(), rtol=1e-12)
+
+        w1, w2 = (rng.normal(size=(2, 3)).astype(np.float32) for _ in range(2))
+        graph = helper.make_graph(
+            [helper.make_node("TestHalves", ["x"], ["a", "b"], name="halves", domain="test"),
+             helper.make_node("MatMul", ["a", "w1"], ["y1"], name="fc1"),
+             helper.make_node("MatMul", ["b", "w2"], ["y2"], name="fc2"),
+             helper.make_node("Add", ["y1", "y2"], ["y"], name="add")], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+            [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                        helper.make_opsetid("test", 1)])
+        net = rp.from_onnx(model, check=False)
+        x = x.astype(np.float32)
+        assert_allclose(net(x), x[:, :2] @ w1 + x[:, 2:] @ w2, rtol=1e-5)
+    finally:
+        del L.LAYER_TYPES["test_half"], TWINS["test_half"]

@@ -265,10 +265,6 @@ class _Reader:
             if not reads_data and node.op_type not in ("Softmax",):
                 self._fold(node, where)
                 continue
-            for extra in node.output[1:]:
-                if extra and (extra in self.readers or extra == self.output_name):
-                    raise ValueError(f"{where}: its output {extra!r} is used; only the first "
-                                     "output of a data node is supported")
             if node.op_type == "Softmax":
                 if node.output[0] != self.output_name:
                     raise ValueError(f"{where}: Softmax is only supported as the last node")
@@ -276,6 +272,11 @@ class _Reader:
                 self.data[node.output[0]] = self.tensor(node)
                 continue
             self._op(node, where)
+            for extra in node.output[1:]:
+                if extra and extra not in self.data and (extra in self.readers or
+                                                         extra == self.output_name):
+                    raise ValueError(f"{where}: its output {extra!r} is used; relprop reads the "
+                                     f"first output of {node.op_type} only")
         if self.output_name not in self.data:
             raise ValueError(f"{self.where}: the output {self.output_name!r} is a constant (it "
                              "does not depend on the input)")
@@ -424,7 +425,12 @@ class _Call:
         return self.reader.fold_bias(self.node, self.where)
 
     def result(self, value):
-        """Record a converter's result as the node's output (see :mod:`relprop.layers.base`)."""
+        """Record a converter's result as the node's output (see :mod:`relprop.layers.base`;
+        a tuple holds one tensor per output)."""
+        if isinstance(value, tuple):
+            for name, v in zip(self.node.output, value):
+                self.reader.data[name] = v
+            return
         if value is None:
             value = self.inputs[0]
         if isinstance(value, L.Layer):

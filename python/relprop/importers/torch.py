@@ -310,6 +310,9 @@ class _Reader:
         target = node.target
         if target in self.tables["arithmetic"]:
             args = [self._value(v) for v in node.args]
+            if target is operator.getitem and isinstance(args[0], (tuple, list)) and \
+                    not _tensors(args[1:]):  # an item of a call's tuple (torch.chunk's)
+                return args[0][self._constant(args[1], node, "the index")]
             if not any(_tensors(a) or isinstance(a, _Attr) for a in args) or \
                     target is getattr:
                 return self._shape_arith(node, args, where)

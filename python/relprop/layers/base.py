@@ -72,7 +72,9 @@ def slot_names() -> list:
 # A converter returns a Layer (added reading the call's data inputs in argument order), a list
 # of Layers (a chain, the first reading the data inputs), None (the call is the identity: its
 # value is its first data input), or any value the importer's context made (``ctx.add(...)``
-# results, tuples of them, shape values).  ``ctx`` is the importer's view of the call: ``where``
+# results, tuples of them, shape values): for ONNX a tuple of tensors holds one per output of
+# the node (Split), for torch it is the call's value (``torch.chunk``; indexing it with
+# ``operator.getitem`` picks one).  ``ctx`` is the importer's view of the call: ``where``
 # (for messages), ``shape`` (the first data input's per-sample shape), ``error(msg)`` (a
 # ValueError naming the call), ``pair(v, name)``, ``add(layer, inputs)`` and the framework's own
 # (torch: ``array(tensor)``, ``constant(v, name)``, ``describe(v)``, ``batch``; ONNX: ``attrs``,
