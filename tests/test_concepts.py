@@ -276,16 +276,24 @@ def _check_crp(net, model, x, conds, composite, zennit_composite, record):
     return got
 
 
-def test_conditional_matches_zennit_crp_on_a_chain():
-    torch = pytest.importorskip("torch")
-    zc = pytest.importorskip("zennit.composites")
+def _torch_chain():
+    """A float64 torch chain (conv, ReLU, conv, ReLU, max pool, Dense, ReLU, Dense) on 8x8
+    images and its relprop import (nodes named by the module positions)."""
+    import torch
     from torch import nn
 
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1),
                       nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 12),
                       nn.ReLU(), nn.Linear(12, 5)).double().eval()
-    net = rp.from_torch(m, (3, 8, 8))
+    return m, rp.from_torch(m, (3, 8, 8))
+
+
+def test_conditional_matches_zennit_crp_on_a_chain():
+    pytest.importorskip("torch")
+    zc = pytest.importorskip("zennit.composites")
+
+    m, net = _torch_chain()
     x = np.random.default_rng(0).uniform(0, 1, (2, 3, 8, 8))
     conds = [{"2": [1, 3], "y": 2}, {"6": list(range(7)), "2": [0, 1, 2], "y": 2},
              {"6": [5], "y": 4}]
@@ -459,13 +467,8 @@ def test_atlas_matches_zennit_crp_feature_visualization(tmp_path):
     from crp.concepts import ChannelConcept
     from crp.helper import load_maximization
     from crp.visualization import FeatureVisualization
-    from torch import nn
 
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1),
-                      nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 12),
-                      nn.ReLU(), nn.Linear(12, 5)).double().eval()
-    net = rp.from_torch(m, (3, 8, 8))
+    m, net = _torch_chain()
     n, k, layers = 60, 8, ["0", "2", "6"]
     x = torch.rand(n, 3, 8, 8, dtype=torch.float64)
     y = torch.randint(0, 5, (n,))
@@ -685,15 +688,10 @@ def _check_attribution_graph(model, net, x, composite, root, channel):
 
 
 def test_attribution_graph_matches_zennit_crp_on_a_chain():
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     zc = pytest.importorskip("zennit.composites")
-    from torch import nn
 
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1),
-                      nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 12),
-                      nn.ReLU(), nn.Linear(12, 5)).double().eval()
-    net = rp.from_torch(m, (3, 8, 8))
+    m, net = _torch_chain()
     x = np.random.default_rng(0).uniform(0, 1, (1, 3, 8, 8))
     _check_attribution_graph(m, net, x, zc.EpsilonPlusFlat(), "6", 3)
 
@@ -737,7 +735,8 @@ def test_atlas_memory_is_one_chunk_plus_its_tables():
     peaks = []
     for n in (2000, 10_000):
         X, Y = np.resize(x, (n,) + x.shape[1:]), np.resize(y, n)
-        _, peak = peak_bytes(lambda: C.atlas(net, X, ["0", "2"], labels=Y, batch_size=256))
+        _, peak = peak_bytes(lambda X=X, Y=Y: C.atlas(net, X, ["0", "2"], labels=Y,
+                                                      batch_size=256))
         peaks.append(peak)
     assert max(peaks) < limit and peaks[1] < 1.1 * peaks[0], (peaks, limit)
     _, whole = peak_bytes(lambda: C.atlas(net, X[:2500], ["0", "2"], labels=Y[:2500],

@@ -47,16 +47,6 @@ def _digest(arrays):
     return h.hexdigest()
 
 
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path, write):
     """``write(tmp)``, fsync, then rename over ``path``."""
     tmp = path + ".tmp"
@@ -64,6 +54,8 @@ def _write_atomic(path, write):
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    from ..stream import _fsync_dir
+
     _fsync_dir(os.path.dirname(path) or ".")
 
 
