@@ -35,7 +35,7 @@ def test_vjp_is_backward_of_the_trace_keeping_only_what_it_reads(rng, mode):
 
 
 def test_shapes_are_validated_when_built():
-    with pytest.raises(ValueError, match=r"layer 1: Dense.*expects \(5,\)"):
+    with pytest.raises(ValueError, match=r"layer 1: Dense.*expects \(\.\.\., 5\)"):
         rp.Sequential([rp.Dense(np.ones((4, 3))), rp.Dense(np.ones((2, 5)))], input_shape=(3,))
     with pytest.raises(ValueError, match="layer 0: Conv2d.*4 input channels"):
         rp.Sequential([rp.Conv2d(np.ones((2, 4, 3, 3)))], input_shape=(3, 8, 8))

@@ -213,7 +213,10 @@ class Linear(Layer):
 
 @register_layer
 class Dense(Linear):
-    """Fully connected layer ``y = x W^T + b``; weight ``(out, in)`` as ``torch.nn.Linear``."""
+    """Fully connected layer ``y = x W^T + b``; weight ``(out, in)`` as ``torch.nn.Linear``,
+    applied to the last axis of its input: per-sample shape ``(..., in)`` -> ``(..., out)``
+    (``(in,)`` for an MLP, ``(tokens, in)`` or ``(h, w, in)`` elsewhere), every row of the
+    ``(n * ..., in)`` matrix alone."""
 
     kind = "dense"
     slots = ("dense", "linear")
@@ -253,17 +256,26 @@ class Dense(Linear):
         return f"Dense {self.in_features}->{self.out_features}"
 
     def flops(self, in_shapes, out_shape):
-        return 2 * self.weight.size + (numel(out_shape) if self.bias is not None else 0)
+        rows = numel(in_shapes[0][:-1])
+        return rows * 2 * self.weight.size + (numel(out_shape) if self.bias is not None else 0)
 
     def output_shape(self, shape):
-        if len(shape) != 1 or shape[0] != self.in_features:
-            raise ValueError(f"{self!r} expects ({self.in_features},) per sample, got "
-                             f"{tuple(shape)} (add a Flatten layer before it?)")
-        return (self.out_features,)
+        if len(shape) < 1 or shape[-1] != self.in_features:
+            raise ValueError(f"{self!r} expects (..., {self.in_features}) per sample (its last "
+                             f"axis), got {tuple(shape)} (add a Flatten layer before it?)")
+        return tuple(shape[:-1]) + (self.out_features,)
+
+    # The kernels multiply 2-D (rows, features) matrices: an input (n, ..., in) is the matrix of
+    # its n * ... rows (a view), the output is shaped back.
+    @staticmethod
+    def _rows(a):
+        return None if a is None else a.reshape(-1, a.shape[-1])
 
     def apply(self, x, w, b, exact=False, relu=False):
-        small = len(x) <= PACK_MAX_BATCH
-        return ops.dense_forward(x, w, b, self.packed_weights(w, "forward", small), relu=relu)
+        rows = self._rows(x)
+        small = len(rows) <= PACK_MAX_BATCH
+        y = ops.dense_forward(rows, w, b, self.packed_weights(w, "forward", small), relu=relu)
+        return y.reshape(x.shape[:-1] + (w.shape[0],))
 
     def apply_split(self, x, w, b, split, exact=False):
         # two GEMMs on the row blocks of w (contiguous): no stacked output to split
@@ -271,12 +283,27 @@ class Dense(Linear):
                      for sl in (slice(None, split), slice(split, None)))
 
     def apply_t(self, g, w, x_shape, exact=False, mask=None):
-        small = len(g) <= PACK_MAX_BATCH
-        return ops.dense_backward(g, w, self.packed_weights(w, "backward", small), mask=mask)
+        rows = self._rows(g)
+        small = len(rows) <= PACK_MAX_BATCH
+        gx = ops.dense_backward(rows, w, self.packed_weights(w, "backward", small),
+                                mask=self._rows(mask))
+        return gx.reshape(x_shape)
 
     def lrp_epsilon(self, r, z, a, w, eps, exact=False):
-        small = len(r) <= PACK_MAX_BATCH
-        return ops.dense_lrp_epsilon(r, z, a, w, eps, self.packed_weights(w, "backward", small))
+        rows = self._rows(r)
+        small = len(rows) <= PACK_MAX_BATCH
+        return ops.dense_lrp_epsilon(rows, self._rows(z), self._rows(a), w, eps,
+                                     self.packed_weights(w, "backward", small)).reshape(a.shape)
+
+    def apply_t_stacked(self, g, w, x_shape, exact=False):
+        if len(x_shape) == 2:  # rows [g1 g2]: one GEMM on the stacked weights
+            return self.apply_t(g, w, x_shape, exact)
+        # the stacked shares double the first axis after the batch: g = [g1; g2] per sample
+        half = w.shape[0] // 2
+        g = g.reshape((len(g), 2) + tuple(x_shape[1:-1]) + (half,))
+        out = self.apply_t(np.ascontiguousarray(g[:, 0]), w[:half], x_shape, exact)
+        out += self.apply_t(np.ascontiguousarray(g[:, 1]), w[half:], x_shape, exact)
+        return out
 
 
 #: Convolution algorithms: "auto" chooses per call from the shapes (``ops.conv2d_algorithm``:

@@ -95,8 +95,9 @@ def as_matrix(layer, in_shape, dtype=np.float64, weight=None):
     if apply is not None:
         w = (layer.weight if weight is None else weight).astype(dtype)
         cols = apply(layer, basis, w, None)
-        b = np.zeros(w.shape[0]) if layer.bias is None else layer.bias.astype(dtype)
-        bias = np.broadcast_to(b.reshape((-1,) + (1,) * (cols.ndim - 2)), cols.shape[1:]).ravel()
+        b = None if layer.bias is None else layer.bias.astype(dtype)
+        # the bias where the layer puts it (channels, or a Dense's last axis): its image of 0
+        bias = apply(layer, np.zeros((1,) + tuple(in_shape), dtype), w, b).ravel()
     else:
         cols = layer_forward(layer, basis)
         bias = np.zeros(cols[0].size)
