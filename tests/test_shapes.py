@@ -272,3 +272,88 @@ def test_permutes_of_the_batch_axis_are_refused():
                       (lambda x: x.permute(0, 1, 1), "not a permutation of the 3 axes")]:
         with pytest.raises(ValueError, match=match):
             rp.from_torch(M(fn), (3, 4))
+
+
+# --- Slice --------------------------------------------------------------------------------------
+def test_slice_layer_matches_twin_and_is_adjoint(rng):
+    for args, shape in [((1, 1, 5, 2), (2, 6, 3)), ((2, 0, 1), (3, 2, 4, 5)),
+                        ((3, 2, 5), (1, 2, 3, 5, 2)), ((1, 3, 4), (2, 4))]:
+        layer = rp.Slice(*args)
+        x = rng.normal(size=shape)
+        y, back = _adjoint(layer, (x,), rng)
+        assert y.flags.c_contiguous
+        assert_array_equal(y, layer_forward(layer, x))
+        assert layer.output_shape(shape[1:]) == y.shape[1:]
+        g = rng.normal(size=y.shape)
+        assert_array_equal(layer.backward(g, x, None), layer_backward(layer, g, [x])[0])
+    with pytest.raises(ValueError, match="stop must be >= 3"):
+        rp.Slice(1, 2, 2)
+    with pytest.raises(ValueError, match="does not fit per-sample shape"):
+        rp.Slice(2, 0, 5).output_shape((3, 4))
+
+
+class Slices(nn.Module):
+    """ShuffleNetV2's chunk, torch.split into sizes and into pieces of a size, and indexing
+    with steps, an int (the axis dropped), None and ... ."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 6, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(12 + 32 + 16, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        y1, y2 = y.chunk(2, dim=1)
+        z = torch.cat((y1, torch.relu(self.b(y2))[:, :3]), 1)
+        top, bottom = torch.split(z, [2, 4], dim=2)
+        left, row = bottom[:, 1:5:2], top[:, 0]
+        cols = left.split(4, -1)
+        return self.fc(torch.cat([row.flatten(1), cols[0].flatten(1),
+                                  cols[1][..., None].flatten(1)], 1))
+
+
+@pytest.mark.parametrize("path", nets.IMPORT_PATHS)
+def test_slices_imported(tmp_path, rng, path):
+    torch.manual_seed(3)
+    module = Slices().double().eval()
+    net = nets.imported(module, (4, 6, 6), path, tmp_path)
+    assert "slice" in {n.layer.kind for n in net.nodes}
+    x = rng.normal(size=(3, 4, 6, 6))
+    if path == "from_torch":
+        assert [n.layer.describe() for n in net.nodes if n.layer.kind == "slice"] == [
+            "Slice axis 1 0:3", "Slice axis 1 3:6", "Slice axis 1 0:3", "Slice axis 2 0:2",
+            "Slice axis 2 2:6", "Slice axis 1 1:5:2", "Slice axis 1 0:1", "Slice axis 3 0:4",
+            "Slice axis 3 4:6"]
+        _torch_checks(module, net, x, 1)
+        net.save(tmp_path / "m.npz")
+        assert_array_equal(rp.load(tmp_path / "m.npz")(x), net(x))
+        # relevance crosses a chunk as its gradient: each half of the chunked tensor gets what
+        # its branch sent to its slice
+        levels = rp.lrp(net, x, 1, "epsilon_plus_flat", layerwise=True)
+        halves = [n.name for n in net.nodes if n.inputs == ("relu",)]
+        assert len(halves) == 2
+        assert_array_equal(levels["relu"][:, :3], levels[halves[0]])
+        assert_array_equal(levels["relu"][:, 3:], levels[halves[1]])
+    else:
+        with torch.no_grad():
+            want = module(torch.from_numpy(x)).numpy()
+        assert_allclose(net(x.astype(np.float32)), want, rtol=1e-4, atol=1e-4 * abs(want).max())
+
+
+def test_slices_of_the_batch_axis_are_refused():
+    class M(nn.Module):
+        def __init__(self, fn):
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, x):
+            return self.fn(x)
+
+    for fn, match in [(lambda x: x[1:], "does not take the batch axis whole"),
+                      (lambda x: x.chunk(2, 0), "dim=0 is not supported"),
+                      (lambda x: x[:, 2:2], "is empty or reversed"),
+                      (lambda x: x[:, [0, 1]], r"index \[0, 1\] is not supported"),
+                      (lambda x: torch.split(x, [1, 1], 1), r"sizes \[1, 1\] do not add up")]:
+        with pytest.raises(ValueError, match=match):
+            rp.from_torch(M(fn), (3, 4))

@@ -428,7 +428,8 @@ def from_torch(module, input_shape, *, check=True, rtol=CHECK_RTOL):
         whose forward uses ``+``/``torch.add`` of two tensors, ``torch.cat`` (any dim but 0),
         per-sample reshapes (``torch.flatten``, ``x.view(x.size(0), ...)``, ``reshape``,
         ``unflatten``, ``squeeze``/``unsqueeze`` of axes but the batch's; ``permute``,
-        ``transpose``, ``movedim`` that keep the batch axis first), functional
+        ``transpose``, ``movedim`` that keep the batch axis first; ``torch.chunk``/``split``
+        and indexing of each sample's axes), functional
         relu/relu6/hardtanh(0, 6),
         adaptive/average/max pooling and dropout.  Layers: Linear, Conv2d (groups, dilation,
         symmetric padding), ReLU, ReLU6, Hardtanh(0, 6), MaxPool2d, AvgPool2d,

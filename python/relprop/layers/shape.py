@@ -6,7 +6,16 @@ from __future__ import annotations
 import numpy as np
 
 from .._validate import as_int
-from .base import Layer, OnnxOp, TorchFunction, TorchMethod, TorchModule, numel, register_layer
+from .base import (
+    Layer,
+    OnnxOp,
+    TorchFunction,
+    TorchMethod,
+    TorchModule,
+    cfg_int,
+    numel,
+    register_layer,
+)
 from .merges import batch_axis
 
 
@@ -405,3 +414,225 @@ class Permute(Layer):
 
     def backward(self, g, x, state, relu_mode="gradient"):
         return np.ascontiguousarray(g.transpose(self.inverse))
+
+
+def _pieces(size, sizes, ctx, what):
+    """``(start, stop)`` of consecutive pieces of the given ``sizes`` covering ``size``."""
+    if any(s < 0 for s in sizes) or sum(sizes) != size:
+        raise ctx.error(f"{what} sizes {list(sizes)} do not add up to the axis' {size}")
+    bounds = np.cumsum([0] + list(sizes))
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _split(ctx, axis, sizes, what):
+    """One Slice per piece of ``axis`` (an axis of the batch), as a tuple of tensors (an empty
+    piece refused)."""
+    size = ctx.shape[axis - 1]
+    pieces = _pieces(size, sizes, ctx, what)
+    if any(a == b for a, b in pieces):
+        raise ctx.error(f"{what} into pieces {list(sizes)} makes an empty piece; not supported")
+    return tuple(ctx.add(Slice(axis, a, b)) for a, b in pieces)
+
+
+def _chunk_sizes(size, chunks):
+    """torch.chunk's pieces: ``ceil(size / chunks)`` each, the last one what remains."""
+    step = -(-size // chunks)
+    return [min(step, size - k) for k in range(0, size, step)]
+
+
+def _torch_chunk(a, ctx):
+    axis = batch_axis(ctx.constant(a["dim"], "dim"), len(ctx.shape) + 1, ctx, "dim")
+    chunks = as_int(ctx.constant(a["chunks"], "chunks"), "chunks", minimum=1)
+    return _split(ctx, axis, _chunk_sizes(ctx.shape[axis - 1], chunks), "chunk")
+
+
+def _torch_split(a, ctx):
+    axis = batch_axis(ctx.constant(a["dim"], "dim"), len(ctx.shape) + 1, ctx, "dim")
+    size, sizes = ctx.shape[axis - 1], ctx.constant(a["split_size_or_sections"], "split sizes")
+    if isinstance(sizes, (int, np.integer)):
+        step = as_int(sizes, "split_size", minimum=1)
+        sizes = [min(step, size - k) for k in range(0, size, step)]
+    return _split(ctx, axis, [int(s) for s in sizes], "split")
+
+
+def _torch_getitem(a, ctx):
+    """``x[index]`` with slices (step >= 1), ints, None and ``...`` on the axes of each sample
+    (the batch axis taken whole): Slices, then a Reshape dropping the int-indexed axes and
+    adding the None ones."""
+    index = a["index"] if isinstance(a["index"], tuple) else (a["index"],)
+    shape = tuple(ctx.shape)
+    index = [ctx.constant(k, "an index") for k in index]
+    if any(k is Ellipsis for k in index):
+        at = index.index(Ellipsis)
+        fill = len(shape) + 1 - sum(k is not None for k in index if k is not Ellipsis)
+        index = index[:at] + [slice(None)] * fill + index[at + 1:]
+    if not index or index[0] != slice(None):
+        raise ctx.error(f"the index {a['index']!r} does not take the batch axis whole "
+                        "(x[:, ...]); relprop indexes the axes of each sample")
+    layers, out, axis = [], [], 1
+    for k in index[1:]:
+        if k is None:
+            out.append(1)
+            continue
+        if axis > len(shape):
+            raise ctx.error(f"too many indices for per-sample shape {shape}")
+        size = shape[axis - 1]
+        if isinstance(k, slice):
+            start, stop, step = k.indices(size)
+            if step < 1 or start >= stop:
+                raise ctx.error(f"the slice {k} of an axis of {size} is empty or reversed; not "
+                                "supported")
+            layers.append(slice_layer(axis, start, stop, step, size))
+            out.append(len(range(start, stop, step)))
+        elif isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+            if not -size <= k < size:
+                raise ctx.error(f"index {k} is out of range for an axis of {size}")
+            layers.append(slice_layer(axis, k % size, k % size + 1, 1, size))
+        else:
+            raise ctx.error(f"index {k!r} is not supported (slices, ints, None and ...)")
+        axis += 1
+    out += list(shape[axis - 1:])
+    kept = [layer for layer in layers if layer is not None]
+    return kept + [reshape_layer(_sliced(shape, kept), out)]
+
+
+def _sliced(shape, slices):
+    for layer in slices:
+        shape = layer.output_shape(shape)
+    return shape
+
+
+def _onnx_split(ctx):
+    rank = len(ctx.shape) + 1
+    axis = batch_axis(ctx.attrs.get("axis", 0), rank, ctx, "axis")
+    size, n = ctx.shape[axis - 1], len(ctx.node.output)
+    sizes = ctx.const(1, "split", required=False) if ctx.opset >= 13 else \
+        ctx.attrs.get("split", None)
+    if sizes is not None:
+        sizes = [int(s) for s in np.asarray(sizes).reshape(-1)]
+    elif "num_outputs" in ctx.attrs:
+        sizes = _chunk_sizes(size, int(ctx.attrs["num_outputs"]))
+    else:
+        if size % n:
+            raise ctx.error(f"cannot split an axis of {size} into {n} equal pieces")
+        sizes = [size // n] * n
+    return _split(ctx, axis, sizes, "Split")
+
+
+def _onnx_slice(ctx):
+    if ctx.opset < 10:
+        starts, ends = ctx.attrs["starts"], ctx.attrs["ends"]
+        axes, steps = ctx.attrs.get("axes"), None
+    else:
+        starts, ends = ctx.const(1, "starts"), ctx.const(2, "ends")
+        axes, steps = ctx.const(3, "axes", required=False), ctx.const(4, "steps", required=False)
+    starts, ends = (np.asarray(v).reshape(-1).tolist() for v in (starts, ends))
+    rank = len(ctx.shape) + 1
+    axes = list(range(len(starts))) if axes is None else np.asarray(axes).reshape(-1).tolist()
+    steps = [1] * len(starts) if steps is None else np.asarray(steps).reshape(-1).tolist()
+    layers = []
+    for start, end, ax, step in zip(starts, ends, axes, steps):
+        ax = ax + rank if ax < 0 else ax
+        if step < 1:
+            raise ctx.error(f"steps {steps} are not supported (only positive steps)")
+        if ax == 0:  # the batch axis, only whole
+            if start == 0 and end >= 2 ** 31 - 1 and step == 1:
+                continue
+            raise ctx.error("slices the batch axis; relprop slices the axes of each sample")
+        ax = batch_axis(ax, rank, ctx, "axes")
+        size = ctx.shape[ax - 1]
+        lo, hi = (min(max(v + size if v < 0 else v, 0), size) for v in (start, end))
+        if lo >= hi:
+            raise ctx.error(f"the slice {start}:{end} of an axis of {size} is empty")
+        layers.append(slice_layer(ax, lo, hi, step, size))
+    return layers
+
+
+def _onnx_gather(ctx):
+    """Gather of one constant index on an axis of each sample (``x[:, 0]``): a Slice, and the
+    axis dropped where the index is a scalar."""
+    shape, rank = tuple(ctx.shape), len(ctx.shape) + 1
+    axis = batch_axis(ctx.attrs.get("axis", 0), rank, ctx, "axis")
+    index = ctx.const(1, "indices")
+    if index.size != 1:
+        raise ctx.error(f"Gather of {index.size} indices on data is not supported (one index)")
+    size = shape[axis - 1]
+    k = int(index.reshape(-1)[0]) % size
+    out = shape[:axis - 1] + (1,) * index.ndim + shape[axis:]
+    return [slice_layer(axis, k, k + 1, 1, size),
+            reshape_layer(shape[:axis - 1] + (1,) + shape[axis:], out)]
+
+
+def slice_layer(axis, start, stop, step, size):
+    """Slice(axis, start, stop, step), or None where it takes the whole axis of ``size``."""
+    if (start, step) == (0, 1) and stop == size:
+        return None
+    return Slice(axis, start, min(stop, size), step)
+
+
+_CHUNK = (("input", "chunks", ("dim", 0)), _torch_chunk)
+_SPLIT = (("input", "split_size_or_sections", ("dim", 0)), _torch_split)
+
+
+@register_layer
+class Slice(Layer):
+    """The elements ``start:stop:step`` of axis ``axis`` of the batch (an axis of each sample:
+    ``axis >= 1``; ``0 <= start < stop``, ``step >= 1``), as ``x[:, ..., start:stop:step]``.
+    ``torch.chunk``/``split`` make one per piece, indexing ``x[:, 2:5]``, ``x[:, 0]`` (with a
+    Reshape dropping the axis) and ONNX Split/Slice/Gather (one index) theirs.
+
+    The gradient, and relevance (Pass), go back to the sliced elements; the others get zero
+    from this node (what another slice of the same tensor reads reaches it from that one)."""
+
+    kind = "slice"
+    slots = ("reshape",)
+    default_rule = "pass"
+    remakable = True
+    imports = (
+        TorchFunction(("torch.chunk",), *_CHUNK),
+        TorchMethod(("chunk",), *_CHUNK),
+        TorchFunction(("torch.split",), ("tensor", "split_size_or_sections", ("dim", 0)),
+                      _torch_split),
+        TorchMethod(("split",), *_SPLIT),
+        TorchFunction(("operator.getitem",), ("input", "index"), _torch_getitem),
+        OnnxOp(("Split",), _onnx_split),
+        OnnxOp(("Slice",), _onnx_slice),
+        OnnxOp(("Gather",), _onnx_gather),
+    )
+
+    def __init__(self, axis, start, stop, step=1):
+        self.axis = as_int(axis, "axis", minimum=1)
+        self.start = as_int(start, "start", minimum=0)
+        self.stop = as_int(stop, "stop", minimum=self.start + 1)
+        self.step = as_int(step, "step", minimum=1)
+        self._index = (slice(None),) * self.axis + (slice(self.start, self.stop, self.step),)
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        return cls(cfg_int(cfg, "axis"), cfg.get("start", 0), cfg_int(cfg, "stop"),
+                   cfg_int(cfg, "step", 1))
+
+    def config(self):
+        cfg = {"axis": self.axis, "start": self.start, "stop": self.stop}
+        if self.step != 1:
+            cfg["step"] = self.step
+        return cfg
+
+    def describe(self):
+        step = f":{self.step}" if self.step != 1 else ""
+        return f"Slice axis {self.axis} {self.start}:{self.stop}{step}"
+
+    def output_shape(self, shape):
+        if len(shape) < self.axis or shape[self.axis - 1] < self.stop:
+            raise ValueError(f"{self!r} does not fit per-sample shape {tuple(shape)}")
+        k = self.axis - 1
+        return tuple(shape[:k]) + (len(range(self.start, self.stop, self.step)),) + \
+            tuple(shape[k + 1:])
+
+    def forward(self, x):
+        return np.ascontiguousarray(x[self._index]), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        out = np.zeros(x.shape, dtype=g.dtype)
+        out[self._index] = g
+        return out

@@ -150,6 +150,23 @@ register_twin("permute", forward=lambda layer, x: np.transpose(x, layer.dims),
               backward=lambda layer, g, xs, mode: [np.transpose(g, np.argsort(layer.dims))])
 
 
+def _slice_backward(layer, g, xs, mode):
+    out = np.zeros(xs[0].shape, g.dtype)
+    for k, at in enumerate(range(layer.start, layer.stop, layer.step)):
+        dst = [slice(None)] * out.ndim
+        dst[layer.axis] = at
+        src = [slice(None)] * g.ndim
+        src[layer.axis] = k
+        out[tuple(dst)] = g[tuple(src)]
+    return [out]
+
+
+register_twin("slice",
+              forward=lambda layer, x: np.take(
+                  x, np.arange(layer.start, layer.stop, layer.step), axis=layer.axis),
+              backward=_slice_backward)
+
+
 def _concat_backward(layer, g, xs, mode):
     bounds = np.cumsum([0] + [a.shape[layer.axis] for a in xs])
     return [np.take(g, np.arange(lo, hi), axis=layer.axis)
@@ -172,3 +189,4 @@ register_twin("batchnorm", "batchnorm1d", "batchnorm2d",
               forward=lambda layer, x: ops.channel_affine(x, *_affine(layer, x.dtype)),
               backward=lambda layer, g, xs, mode: [ops.channel_affine(
                   g, _affine(layer, g.dtype)[0])])
+
