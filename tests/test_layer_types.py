@@ -115,6 +115,51 @@ def test_a_registered_layer_type_is_read_by_from_onnx(negate, rng):
     assert_allclose(net(x), -x @ w, rtol=1e-6)
 
 
+class Scaled(L.Elementwise):
+    """``x * s`` for a module parameter ``s`` (only this test registers it): its converter
+    reads the parameter the call gets (``ctx.parameter``)."""
+
+    kind = "test_scaled"
+    imports = (L.TorchFunction(("torch.mul",), ("input", "other"),
+                               lambda a, ctx: Scaled(ctx.parameter(a["other"], "other"))),)
+
+    def __init__(self, s):
+        self.s = s
+
+    def forward(self, x):
+        return x * self.s, None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return g * self.s
+
+
+def test_a_converter_reads_the_module_parameters_a_function_gets(rng):
+    torch = pytest.importorskip("torch")
+
+    class M(torch.nn.Module):
+        def __init__(self, constant=False):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+            self.scale = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+            self.register_buffer("stats", torch.tensor([3.0, 1.0, 2.0]))
+            self.constant = constant
+
+        def forward(self, x):
+            y = torch.mul(torch.mul(self.fc(x), self.scale), self.stats)
+            return torch.mul(y, 2.0) if self.constant else y
+
+    L.register_layer(Scaled)
+    try:
+        net = rp.from_torch(M().double(), (4,))
+        assert [layer.s.tolist() for layer in net.layers[1:]] == [[1.0, -2.0, 0.5],
+                                                                  [3.0, 1.0, 2.0]]
+        with pytest.raises(ValueError, match="'mul_2'.*other must be a parameter or buffer of "
+                                             "the module, got 2.0"):
+            rp.from_torch(M(constant=True).double(), (4,))
+    finally:
+        del L.LAYER_TYPES["test_scaled"]
+
+
 def test_default_rules_come_from_the_layer_types(rng):
     net = rp.Sequential([rp.Conv2d(nets.conv_w(rng, 2, 3, 3)), rp.ReLU(), rp.MaxPool2d(1, 1),
                          rp.AvgPool2d(2), rp.Flatten(), rp.Dense(nets.dense_w(rng, 2, 2))],

@@ -155,7 +155,8 @@ def _tensors(v):
 class _Call:
     """What a converter sees of one call (:mod:`relprop.layers.base`): ``where``, ``shape``
     (of its first data input), ``inputs`` (its data inputs' names), ``batch`` (the batch size in
-    shape arithmetic), ``error``, ``pair``, ``array``, ``constant``, ``tensor``, ``is_tensor``,
+    shape arithmetic), ``error``, ``pair``, ``array``, ``constant``, ``parameter``, ``tensor``,
+    ``is_tensor``,
     ``describe`` and ``add``."""
 
     batch = BATCH
@@ -188,6 +189,11 @@ class _Call:
 
     def constant(self, v, what):
         return self.reader._constant(v, self.node, what)
+
+    def parameter(self, v, what):
+        """The module's parameter or buffer that the call reads (``F.prelu(x, self.weight)``)
+        as an array (:meth:`array`); ValueError for any other value."""
+        return self.reader._parameter(v, self.node, what)
 
     def tensor(self, v, what):
         return self.reader._tensor(v, self.node, what)
@@ -273,6 +279,19 @@ class _Reader:
                              "input only (no constant tensors in the data path)")
         raise ValueError(f"{self._where(node)}: {what} is {v!r}, not a tensor computed from "
                          "the input")
+
+    def _parameter(self, v, node, what):
+        import torch
+
+        value = None
+        if isinstance(v, _Attr):
+            value = self.root
+            for part in v.target.split("."):
+                value = getattr(value, part)
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{self._where(node)}: {what} must be a parameter or buffer of the "
+                             f"module, got {_describe(v)}")
+        return _np(value)
 
     def _constant(self, v, node, what):
         if isinstance(v, (_Tensor, _Attr)) or (isinstance(v, (list, tuple)) and any(

@@ -77,7 +77,8 @@ def slot_names() -> list:
 # ``operator.getitem`` picks one).  ``ctx`` is the importer's view of the call: ``where``
 # (for messages), ``shape`` (the first data input's per-sample shape), ``error(msg)`` (a
 # ValueError naming the call), ``pair(v, name)``, ``add(layer, inputs)`` and the framework's own
-# (torch: ``array(tensor)``, ``constant(v, name)``, ``describe(v)``, ``batch``; ONNX: ``attrs``,
+# (torch: ``array(tensor)``, ``constant(v, name)``, ``parameter(v, name)`` (a module parameter
+# the call reads), ``describe(v)``, ``batch``; ONNX: ``attrs``,
 # ``opset``, ``const(i, what)``, ``window()``, ``targets(i)``, ``add_bias(...)``).  Names that
 # the installed framework lacks are skipped.
 
