@@ -284,3 +284,47 @@ def test_a_converter_makes_one_tensor_per_output(rng):
         assert_allclose(net(x), x[:, :2] @ w1 + x[:, 2:] @ w2, rtol=1e-5)
     finally:
         del L.LAYER_TYPES["test_half"], TWINS["test_half"]
+
+
+class RmsNorm(L.Layer):
+    """``x / s(x)`` with ``s = sqrt(mean(x^2) + 1)`` per sample: a layer linear once ``s`` is
+    held constant (only this test registers it)."""
+
+    kind = "test_rms_norm"
+    slots = ("sum",)  # a slot whose default rule is Norm
+    default_rule = "norm"
+
+    @staticmethod
+    def scale(x):
+        return np.sqrt((x * x).mean(axis=1, keepdims=True) + 1)
+
+    def forward(self, x):
+        return x / self.scale(x), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        s = self.scale(x)
+        return g / s - x * (g * x).mean(axis=1, keepdims=True) / s ** 3
+
+    def linear_backward(self, g, x, state):
+        return g / self.scale(x)
+
+
+def test_norm_redistributes_by_the_layers_linear_map(rng):
+    """The Norm rule takes a layer's linear_backward (here with the scale frozen, which passes
+    relevance straight through: R_x = x (r / y) / s = r), not its gradient; the reference, by
+    the twin's frozen map, agrees."""
+    L.register_layer(RmsNorm)
+    ref.register_twin("test_rms_norm", forward=lambda layer, x: x / RmsNorm.scale(x),
+                      backward=lambda layer, g, xs, mode: [RmsNorm().backward(g, xs[0], None)],
+                      linear=lambda layer, a, v: v / RmsNorm.scale(a))
+    try:
+        net = rp.Sequential([rp.Dense(nets.dense_w(rng, 6, 4)), RmsNorm(),
+                             rp.Dense(nets.dense_w(rng, 3, 6))], input_shape=(4,))
+        x = rng.normal(size=(5, 4))
+        comp = Composite([("linear", rp.rules.Epsilon(0))], stabilizer=0.0)
+        levels = rp.lrp(net, x, 1, comp, layerwise=True)
+        assert_allclose(levels[1], levels[2], rtol=1e-12)  # straight through
+        seed = ref.seed(1, ref.forward(net, x)[-1], scale=True)
+        assert_allclose(levels[0], ref.lrp(net, x, seed, comp.rules(net)), rtol=1e-10)
+    finally:
+        del L.LAYER_TYPES["test_rms_norm"], TWINS["test_rms_norm"]

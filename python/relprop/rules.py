@@ -406,7 +406,9 @@ class Flat(_Uniform):
 class Norm(Rule):
     """For average pooling and additions: Epsilon with the layer as the linear map,
     ``R_j = a_j sum_k p_jk R_k / stab(z_k)``; for ``Add`` that is ``R_i = x_i R / stab(sum x)``
-    (Zennit's Norm rule, which its ResNet canonizer gives the residual sums)."""
+    (Zennit's Norm rule, which its ResNet canonizer gives the residual sums).  The map is the
+    layer's ``linear_backward`` (transposed): its gradient, or, for a layer linear once a factor
+    is held constant, that map (LayerNorm with its standard deviation frozen)."""
 
     stabilizer: float = 1e-6
     applies_to = ("avgpool", "sum")
@@ -423,7 +425,7 @@ class Norm(Rule):
         s = ops.lrp_divide(r, z, self.stabilizer)
         if isinstance(a, tuple):  # several inputs: their vjp may share s, so no in-place product
             return tuple(np.multiply(x, g) for x, g in zip(a, layer.vjp(s, a, state)))
-        return _times(a, layer.backward(s, a, state))
+        return _times(a, layer.linear_backward(s, a, state))
 
 
 @register_rule("winner_take_all")

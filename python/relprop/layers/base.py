@@ -12,8 +12,8 @@ A layer class *is* its type's description, read by every other module:
 ``from_config()``
 ``output_shape()``,           per-sample shapes (validated), FLOPs per sample, one line for
 ``flops()``, ``describe()``   ``relprop info``
-``forward()``, ``backward()`` the kernels of its two steps (``vjp()`` for several inputs)
-/ ``vjp()``
+``forward()``, ``backward()`` the kernels of its two steps (``vjp()`` for several inputs;
+/ ``vjp()``                   ``linear_backward()``: the linear map the Norm rule sees)
 ``slots``                     the composite slots it takes, most specific first ("convolution",
                               "dense", "linear", "activation", "avgpool", "maxpool", "sum", ...):
                               composites and rules map slots to rules, as Zennit's layer types
@@ -183,6 +183,13 @@ class Layer:
     def vjp(self, g, xs, state, relu_mode="gradient"):
         """The vector-Jacobian product ``g`` -> one array per input."""
         return (self.backward(g, xs[0], state, relu_mode),)
+
+    def linear_backward(self, g, x, state):
+        """The transpose of the linear map LRP's Norm rule redistributes by, applied to ``g``:
+        the gradient (``backward``) for a linear layer (pooling, a scale), and for a layer that
+        is linear once a factor of its input is held constant (LayerNorm's standard deviation)
+        the transpose of that map at ``x``."""
+        return self.backward(g, x, state)
 
     def fuses_pool(self, pool) -> bool:
         """Whether this layer, a ReLU and ``pool`` run as one kernel (``forward_relu_pool``)."""

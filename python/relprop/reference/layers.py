@@ -17,21 +17,25 @@ from . import ops
 class Twin:
     """``forward(layer, *xs) -> y``; ``backward(layer, g, xs, relu_mode) -> [gx per input]``;
     for layers with weights also ``apply(layer, x, w, b) -> y`` with explicit parameters (the
-    layer's matrix of rule-modified weights, :func:`relprop.reference.as_matrix`)."""
+    layer's matrix of rule-modified weights, :func:`relprop.reference.as_matrix`); for layers
+    that LRP's Norm rule sees as linear once a factor of the input is held constant
+    (LayerNorm's standard deviation) ``linear(layer, a, v) -> `` that map, made at ``a``,
+    applied to ``v`` (both shaped like the input)."""
 
     forward: Callable
     backward: Callable
     apply: Callable = None
+    linear: Callable = None
 
 
 #: Twins by layer kind.
 TWINS: dict = {}
 
 
-def register_twin(*kinds, forward, backward, apply=None):
+def register_twin(*kinds, forward, backward, apply=None, linear=None):
     """Register the twin of the layer types ``kinds``."""
     for kind in kinds:
-        TWINS[kind] = Twin(forward, backward, apply)
+        TWINS[kind] = Twin(forward, backward, apply, linear)
 
 
 def twin(layer) -> Twin:

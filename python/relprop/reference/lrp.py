@@ -8,7 +8,8 @@ contributions ``c[n, k, j]`` of input j to output k and the denominators ``d[n, 
 import numpy as np
 
 from . import ops
-from .network import as_matrix, forward, layer_backward, layer_forward
+from .layers import twin
+from .network import as_matrix, forward, frozen_matrices, layer_backward, layer_forward
 
 pos = lambda v: np.maximum(v, 0)  # noqa: E731
 neg = lambda v: np.minimum(v, 0)  # noqa: E731
@@ -106,8 +107,12 @@ def lrp_layer(layer, rule, a, r):
         return r if layer.elementwise else layer_backward(layer, r, [a])[0]
     if name == "WinnerTakeAll":
         return layer_backward(layer, r, [a])[0]
-    M, b = as_matrix(layer, a.shape[1:], a.dtype)
     a2, r2 = a.reshape(n, -1), r.reshape(n, -1)
+    if name == "Norm" and twin(layer).linear is not None:  # per sample: the map at a, and z = y
+        c = a2[:, None, :] * frozen_matrices(layer, a)
+        z = layer_forward(layer, a).reshape(n, -1)
+        return _redistribute(c, z, r2, rule.stabilizer).reshape(a.shape)
+    M, b = as_matrix(layer, a.shape[1:], a.dtype)
     if name == "Epsilon":
         R = epsilon(M, b, a2, r2, rule.epsilon)
     elif name == "Norm":

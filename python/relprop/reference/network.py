@@ -102,3 +102,15 @@ def as_matrix(layer, in_shape, dtype=np.float64, weight=None):
         cols = layer_forward(layer, basis)
         bias = np.zeros(cols[0].size)
     return cols.reshape(size, -1).T.copy(), np.asarray(bias, dtype=dtype).copy()
+
+
+def frozen_matrices(layer, a):
+    """The linear map of a layer whose twin gives one (``Twin.linear``: LayerNorm with its
+    standard deviation held constant), made at each sample of ``a``: ``(n, out_size, in_size)``
+    on flattened samples."""
+    lin = twin(layer).linear
+    shape = a.shape[1:]
+    size = int(np.prod(shape))
+    basis = np.eye(size, dtype=a.dtype).reshape((size,) + shape)
+    return np.stack([lin(layer, np.broadcast_to(a[i], basis.shape), basis).reshape(size, -1).T
+                     for i in range(len(a))])
