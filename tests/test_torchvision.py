@@ -17,7 +17,11 @@ relprop does:
   swapped for a module;
 * GoogLeNet: each BasicConv2d's BatchNorm merged into its conv (NamedMergeBatchNorm); its
   functional relu needs no module (the rules after it give no relevance where it is 0);
-* SqueezeNet: none (its poolings are modules).
+* SqueezeNet: none (its poolings are modules);
+* ShuffleNetV2: Conv-BN pairs merged (SequentialMergeBatchNorm), its ``x.mean([2, 3])`` swapped
+  for a module; its channel shuffles (view, transpose, view), chunks and concatenations are
+  functions Zennit does not hook, so relevance crosses them as the gradient, as relprop's Pass
+  moves it.
 
 Where Zennit merges a BatchNorm it leaves it computing ``x / sqrt(1 + eps)``: the merged ones
 have ``eps = 0`` in these models (relprop folds exactly).
@@ -46,7 +50,8 @@ from zennit.torchvision import ResNetCanonizer, VGGCanonizer  # noqa: E402
 pytestmark = pytest.mark.slow
 
 MODELS = ["resnet18", "resnet50", "densenet121", "mobilenet_v2", "vgg11_bn", "alexnet",
-          "squeezenet1_0", "squeezenet1_1", "googlenet", "mnasnet0_5"]
+          "squeezenet1_0", "squeezenet1_1", "googlenet", "mnasnet0_5", "shufflenet_v2_x0_5",
+          "shufflenet_v2_x1_0"]
 PATHS = ["from_torch", "onnx_dynamo", "onnx_legacy"]
 COMPOSITES = {
     "epsilon_plus_flat": (lambda: rp.composites.EpsilonPlusFlat(),
@@ -93,16 +98,17 @@ class InvertedResidualCanonizer(AttributeCanonizer):
 
 
 class ModulePoolCanonizer(AttributeCanonizer):
-    """DenseNet's, MobileNetV2's and MnasNet's forward with their functional relu and global
-    average pool (MnasNet: its mean over height and width) as modules, so that Zennit's hooks
-    see them (Pass for the relu, Norm for the pool; DESIGN 2.1)."""
+    """DenseNet's, MobileNetV2's, MnasNet's and ShuffleNetV2's forward with their functional
+    relu and global average pool (MnasNet, ShuffleNetV2: a mean over height and width) as
+    modules, so that Zennit's hooks see them (Pass for the relu, Norm for the pool; DESIGN
+    2.1)."""
 
     def __init__(self):
         super().__init__(self._attribute_map)
 
     @classmethod
     def _attribute_map(cls, name, module):
-        from torchvision.models import DenseNet, MNASNet, MobileNetV2
+        from torchvision.models import DenseNet, MNASNet, MobileNetV2, ShuffleNetV2
 
         if isinstance(module, DenseNet):
             return {"forward": cls.densenet_forward.__get__(module), "canonizer_relu": nn.ReLU(),
@@ -112,6 +118,9 @@ class ModulePoolCanonizer(AttributeCanonizer):
                     "canonizer_pool": nn.AdaptiveAvgPool2d((1, 1))}
         if isinstance(module, MNASNet):
             return {"forward": cls.mnasnet_forward.__get__(module),
+                    "canonizer_pool": nn.AdaptiveAvgPool2d((1, 1))}
+        if isinstance(module, ShuffleNetV2):
+            return {"forward": cls.shufflenet_forward.__get__(module),
                     "canonizer_pool": nn.AdaptiveAvgPool2d((1, 1))}
         return None
 
@@ -129,6 +138,12 @@ class ModulePoolCanonizer(AttributeCanonizer):
     def mnasnet_forward(self, x):
         return self.classifier(torch.flatten(self.canonizer_pool(self.layers(x)), 1))
 
+    @staticmethod
+    def shufflenet_forward(self, x):
+        x = self.maxpool(self.conv1(x))
+        x = self.conv5(self.stage4(self.stage3(self.stage2(x))))
+        return self.fc(torch.flatten(self.canonizer_pool(x), 1))
+
     def copy(self):
         return ModulePoolCanonizer()
 
@@ -144,6 +159,8 @@ def canonizers(name, model):
         return [NamedMergeBatchNorm(merges), ModulePoolCanonizer()]
     if name.startswith("mobilenet") or name.startswith("mnasnet"):
         return [SequentialMergeBatchNorm(), InvertedResidualCanonizer(), ModulePoolCanonizer()]
+    if name.startswith("shufflenet"):  # the shuffles, chunks and concatenations: gradients
+        return [SequentialMergeBatchNorm(), ModulePoolCanonizer()]
     if name == "googlenet":
         convs = [n for n, m in model.named_modules() if type(m).__name__ == "BasicConv2d"]
         return [NamedMergeBatchNorm([((n + ".conv",), n + ".bn") for n in convs])]
