@@ -59,9 +59,10 @@ def dense_problems(draw):
 
 
 #: Layer kinds :func:`dags` draws from; "extended" adds grouped/dilated convolutions, ReLU6,
-#: LeakyReLU, unfolded BatchNorm and adaptive pooling.
+#: LeakyReLU, PReLU, unfolded BatchNorm and adaptive pooling.
 DAG_OPS = ("conv", "relu", "pool", "add", "concat", "residual", "block")
-DAG_OPS_EXTENDED = DAG_OPS + ("grouped", "dilated", "relu6", "leaky", "batchnorm", "adaptive")
+DAG_OPS_EXTENDED = DAG_OPS + ("grouped", "dilated", "relu6", "leaky", "prelu", "batchnorm",
+                              "adaptive")
 
 
 @st.composite
@@ -74,9 +75,9 @@ def dags(draw, bias=True, extended=False, max_ops=8, n_out=3, homogeneous=False)
     node reaches the output.
 
     ``extended`` adds grouped and depthwise convolutions (multipliers 1 and 2), dilated ones,
-    ReLU6, LeakyReLU, unfolded BatchNorms and adaptive average pooling; ``homogeneous`` keeps
-    the network positively homogeneous, for conservation tests: no ReLU6 (it clips), bias-free
-    BatchNorms (shift = mean * scale / sqrt(var + eps))."""
+    ReLU6, LeakyReLU, PReLU, unfolded BatchNorms and adaptive average pooling; ``homogeneous``
+    keeps the network positively homogeneous, for conservation tests: no ReLU6 (it clips),
+    bias-free BatchNorms (shift = mean * scale / sqrt(var + eps))."""
     import relprop as rp
 
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
@@ -130,6 +131,8 @@ def dags(draw, bias=True, extended=False, max_ops=8, n_out=3, homogeneous=False)
             new(rp.ReLU6(), [src])
         elif op == "leaky":
             new(rp.LeakyReLU(draw(st.sampled_from([0.01, 0.3]))), [src])
+        elif op == "prelu":  # a slope per channel or one for all, of either sign
+            new(rp.PReLU(rng.uniform(-0.5, 1.5, draw(st.sampled_from([1, c])))), [src])
         elif op == "batchnorm":
             scale, mean, var = rng.uniform(0.5, 2, c), rng.normal(size=c), rng.uniform(0.5, 2, c)
             shift = (mean * scale / np.sqrt(var + 1e-5) if homogeneous

@@ -117,8 +117,8 @@ def _inputs(net, n, dtype, positive=False, seed=0):
 
 def _decision_margin(net, acts):
     """How close the forward pass comes to a decision that the gradient pass depends on
-    discontinuously, relative to the scale of the tensor decided on: a ReLU's or LeakyReLU's
-    input to 0 (a ReLU6's to 0 and 6), the largest value of a max-pooling window to the
+    discontinuously, relative to the scale of the tensor decided on: a ReLU's, LeakyReLU's or
+    PReLU's input to 0 (a ReLU6's to 0 and 6), the largest value of a max-pooling window to the
     runner-up.  Exact zeros and ties (outputs of a ReLU read by a ReLU or a pooling) are
     decided alike in every precision.  (The sign tests of deconvnet and guided backprop on the
     gradient are continuous: ``max(g, 0)``.)"""
@@ -126,7 +126,7 @@ def _decision_margin(net, acts):
     margin = np.inf
     for node in net.nodes:
         z, layer = vals[node.inputs[0]], node.layer
-        if layer.kind in ("relu", "leaky_relu"):
+        if layer.kind in ("relu", "leaky_relu", "prelu"):
             gaps = np.abs(z)
         elif layer.kind == "relu6":
             gaps = np.minimum(np.abs(z), np.abs(z - 6))

@@ -566,6 +566,45 @@ CArray<T> relu_backward(const CArray<T>& g, const CArray<T>& x, int mode, int nt
   return gx;
 }
 
+// x as (n, channels, inner) rows for PReLU's slopes a: (channels,) along axis 1 of x, or (1,)
+// for every element (channels = 1, inner = a sample's size)
+template <typename T>
+std::array<idx, 3> prelu_rows(const CArray<T>& x, const CArray<T>& a) {
+  RELPROP_CHECK(x.ndim() >= 1, "x must have a sample axis");
+  const idx n = x.shape(0), per = n > 0 ? x.size() / n : 0;
+  if (a.ndim() == 1 && a.shape(0) == 1) return {n, 1, per};
+  RELPROP_CHECK(x.ndim() >= 2 && a.ndim() == 1 && a.shape(0) == x.shape(1),
+                "weight must have shape (1,) or (", x.ndim() >= 2 ? x.shape(1) : 1,
+                ",) (one slope, or one per channel of x), got ", shape_text(a));
+  return {n, x.shape(1), x.shape(1) > 0 ? per / x.shape(1) : 0};
+}
+
+template <typename T>
+CArray<T> prelu_forward(const CArray<T>& x, const CArray<T>& a, int nthreads) {
+  const auto r = prelu_rows(x, a);
+  CArray<T> y = like(x);
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::prelu_forward<T>(x.data(), a.data(), yp, r[0], r[1], r[2], nthreads);
+  }
+  return y;
+}
+
+template <typename T>
+CArray<T> prelu_backward(const CArray<T>& g, const CArray<T>& x, const CArray<T>& a,
+                         int nthreads) {
+  check_same_shape(g, x, "prelu_backward");
+  const auto r = prelu_rows(x, a);
+  CArray<T> gx = like(g);
+  T* gp = gx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::prelu_backward<T>(g.data(), x.data(), a.data(), gp, r[0], r[1], r[2], nthreads);
+  }
+  return gx;
+}
+
 template <typename T>
 CArray<T> leaky_relu_forward(const CArray<T>& x, double slope, int nthreads) {
   CArray<T> y = like(x);
@@ -797,6 +836,10 @@ void define(py::module_& m) {
         "nthreads"_a, "x (n, c, h, w) -> (n, c, oh, ow), torch's AdaptiveAvgPool2d windows.");
   m.def("adaptive_avgpool2d_backward", &adaptive_avgpool2d_backward<T>, nc("grad"), "in_hw"_a,
         "nthreads"_a, "grad (n, c, oh, ow) -> (n, c, h, w): transpose of the forward.");
+  m.def("prelu_forward", &prelu_forward<T>, nc("x"), nc("weight"), "nthreads"_a,
+        "x > 0 ? x : weight[c] * x, c along axis 1 (weight (1,): one slope for all).");
+  m.def("prelu_backward", &prelu_backward<T>, nc("grad"), nc("x"), nc("weight"), "nthreads"_a,
+        "x > 0 ? grad : weight[c] * grad.");
   m.def("leaky_relu_forward", &leaky_relu_forward<T>, nc("x"), "slope"_a, "nthreads"_a,
         "x > 0 ? x : slope * x.");
   m.def("leaky_relu_backward", &leaky_relu_backward<T>, nc("grad"), nc("x"), "slope"_a,

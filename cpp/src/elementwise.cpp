@@ -1,6 +1,6 @@
-// Element-wise kernels: ReLU, LeakyReLU, ReLU6 and their backward variants, the per-channel affine map
-// (inference BatchNorm), the LRP stabilized division and the stacked shares of the rules on
-// [W+; W-].
+// Element-wise kernels: ReLU, LeakyReLU, PReLU, ReLU6 and their backward variants, the
+// per-channel affine map (inference BatchNorm), the LRP stabilized division and the stacked
+// shares of the rules on [W+; W-].
 #include "gemm_impl.hpp"
 #include "relprop/check.hpp"
 #include "relprop/kernels.hpp"
@@ -107,6 +107,63 @@ void for_row_blocks(idx samples, idx len, int nthreads, Body body) {
     const idx s = t / blocks, j0 = (t % blocks) * kBlock;
     body(s, j0, j0 + kBlock < len ? j0 + kBlock : len);
   }
+}
+
+// Rows (sample, channel) of `inner` elements in blocks, each with its channel's slope; with
+// inner == 1 (a (n, c) array) the loop runs along the channels of each sample instead.
+template <typename T>
+void prelu_forward(const T* x, const T* a, T* y, idx n, idx channels, idx inner, int nthreads) {
+  if (n * channels * inner == 0) return;
+  if (inner == 1) {
+    [[maybe_unused]] const int nt = threads_for(nthreads, n, n * channels);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (idx s = 0; s < n; ++s) {
+      const T* xs = x + s * channels;
+      T* ys = y + s * channels;
+#pragma omp simd
+      for (idx c = 0; c < channels; ++c) ys[c] = xs[c] > T(0) ? xs[c] : a[c] * xs[c];
+    }
+    return;
+  }
+  for_row_blocks(n * channels, inner, nthreads, [&](idx row, idx j0, idx j1) {
+    const T slope = a[row % channels];
+    const T* xr = x + row * inner;
+    T* yr = y + row * inner;
+#pragma omp simd
+    for (idx j = j0; j < j1; ++j) yr[j] = xr[j] > T(0) ? xr[j] : slope * xr[j];
+  });
+}
+
+template <typename T>
+void prelu_backward(const T* g, const T* x, const T* a, T* gx, idx n, idx channels, idx inner,
+                    int nthreads) {
+  if (n * channels * inner == 0) return;
+  if (inner == 1) {
+    [[maybe_unused]] const int nt = threads_for(nthreads, n, n * channels);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (idx s = 0; s < n; ++s) {
+      const T* gs = g + s * channels;
+      const T* xs = x + s * channels;
+      T* out = gx + s * channels;
+#pragma omp simd
+      for (idx c = 0; c < channels; ++c) {
+        const T gc = gs[c];  // loaded unconditionally so that the loop vectorizes
+        out[c] = xs[c] > T(0) ? gc : a[c] * gc;
+      }
+    }
+    return;
+  }
+  for_row_blocks(n * channels, inner, nthreads, [&](idx row, idx j0, idx j1) {
+    const T slope = a[row % channels];
+    const T* gr = g + row * inner;
+    const T* xr = x + row * inner;
+    T* out = gx + row * inner;
+#pragma omp simd
+    for (idx j = j0; j < j1; ++j) {
+      const T gj = gr[j];
+      out[j] = xr[j] > T(0) ? gj : slope * gj;
+    }
+  });
 }
 
 // One pass: rows (sample, channel) of `inner` elements in blocks; with inner == 1 (a (n, c)
@@ -217,6 +274,8 @@ void lrp_alpha_beta_shares(const T* r, const T* p, const T* n, T* out, idx sampl
 }
 
 #define RELPROP_INSTANTIATE(T)                                                                 \
+  template void prelu_forward<T>(const T*, const T*, T*, idx, idx, idx, int);                  \
+  template void prelu_backward<T>(const T*, const T*, const T*, T*, idx, idx, idx, int);       \
   template void leaky_relu_forward<T>(const T*, T*, idx, double, int);                         \
   template void leaky_relu_backward<T>(const T*, const T*, T*, idx, double, int);              \
   template void relu6_forward<T>(const T*, T*, idx, int);                                      \

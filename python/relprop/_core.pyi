@@ -587,6 +587,30 @@ def maxpool2d_forward(
 ) -> tuple: ...
 def memory_stats() -> dict: ...
 def pool_cached_bytes() -> int: ...
+@typing.overload
+def prelu_backward(grad: _F32, x: _F32, weight: _F32, nthreads: _Int) -> _F32:
+    """
+    x > 0 ? grad : weight[c] * grad.
+    """
+
+@typing.overload
+def prelu_backward(grad: _F64, x: _F64, weight: _F64, nthreads: _Int) -> _F64:
+    """
+    x > 0 ? grad : weight[c] * grad.
+    """
+
+@typing.overload
+def prelu_forward(x: _F32, weight: _F32, nthreads: _Int) -> _F32:
+    """
+    x > 0 ? x : weight[c] * x, c along axis 1 (weight (1,): one slope for all).
+    """
+
+@typing.overload
+def prelu_forward(x: _F64, weight: _F64, nthreads: _Int) -> _F64:
+    """
+    x > 0 ? x : weight[c] * x, c along axis 1 (weight (1,): one slope for all).
+    """
+
 def release_memory() -> None: ...
 @typing.overload
 def relu6_backward(grad: _F32, x: _F32, mode: _Int, nthreads: _Int) -> _F32:

@@ -539,6 +539,46 @@ def channel_affine(x, scale, shift=None):
                                 _nt())
 
 
+def prelu_forward(x, weight):
+    """``x`` where ``x > 0``, else ``weight[c] * x`` with ``c`` the channel (axis 1 of ``x``;
+    ``torch.nn.PReLU``); a ``weight`` of one element is every element's slope.  NaN stays NaN.
+
+    Parameters
+    ----------
+    x : ndarray, (n, c, ...), float32 or float64 ((n, ...) with one slope)
+    weight : ndarray, (c,) or (1,), of x's dtype
+
+    Returns
+    -------
+    y : ndarray, the shape of x
+
+    Raises
+    ------
+    ValueError
+        If ``weight`` is neither (1,) nor (c,).
+    TypeError
+        If ``weight`` is a float array of the other precision.
+    """
+    x = _array(x, "x")
+    return _core.prelu_forward(x, _like(weight, x.dtype, "weight"), _nt())
+
+
+def prelu_backward(g, x, weight):
+    """The vector-Jacobian product of :func:`prelu_forward` at ``x`` (shaped like ``g``): ``g``
+    where ``x > 0``, else ``weight[c] * g`` (torch's gradient, 0 counted as negative).
+
+    Raises
+    ------
+    ValueError
+        If ``g`` and ``x`` differ in shape, or ``weight`` is neither (1,) nor (c,).
+    TypeError
+        If they are not float32/float64 arrays of one dtype.
+    """
+    g = _array(g, "g")
+    return _core.prelu_backward(g, _like(_array(x, "x"), g.dtype, "x", "g"),
+                                _like(weight, g.dtype, "weight", "g"), _nt())
+
+
 def leaky_relu_forward(x, negative_slope=0.01):
     """``x`` where ``x > 0``, else ``negative_slope * x`` (``torch.nn.LeakyReLU``), for an array
     of any shape; NaN stays NaN."""

@@ -259,6 +259,16 @@ void relu6_forward(const T* x, T* y, idx size, int nthreads);
 template <typename T>
 void relu6_backward(const T* g, const T* x, T* gx, idx size, int mode, int nthreads);
 
+// y = x > 0 ? x : a[c] * x over rows of `inner` elements (torch's prelu): x (n, channels, inner)
+// C-contiguous, a (channels) slopes (one for all elements: channels = 1, inner = a sample's size)
+template <typename T>
+void prelu_forward(const T* x, const T* a, T* y, idx n, idx channels, idx inner, int nthreads);
+
+// Its backward with input x:  gx = x > 0 ? g : a[c] * g
+template <typename T>
+void prelu_backward(const T* g, const T* x, const T* a, T* gx, idx n, idx channels, idx inner,
+                    int nthreads);
+
 // y = x > 0 ? x : slope * x   (torch's leaky_relu; NaN stays NaN)
 template <typename T>
 void leaky_relu_forward(const T* x, T* y, idx size, double slope, int nthreads);

@@ -1,11 +1,21 @@
-"""Element-wise activations: ReLU, LeakyReLU, ReLU6 and the smooth ones (GELU, ...)."""
+"""Element-wise activations: ReLU, LeakyReLU, PReLU, ReLU6 and the smooth ones (GELU, ...)."""
 from __future__ import annotations
 
 import numpy as np
 
 from .. import ops
-from .._validate import as_scalar
-from .base import Layer, OnnxOp, TorchFunction, TorchMethod, TorchModule, numel, register_layer
+from .._validate import as_float_array, as_scalar
+from .base import (
+    Layer,
+    OnnxOp,
+    TorchFunction,
+    TorchMethod,
+    TorchModule,
+    cfg_int,
+    numel,
+    read_only,
+    register_layer,
+)
 
 
 class Elementwise(Layer):
@@ -78,6 +88,79 @@ class LeakyReLU(Elementwise):
 
     def backward(self, g, x, state, relu_mode="gradient"):
         return ops.leaky_relu_backward(g, x, self.negative_slope)
+
+
+def _onnx_prelu(ctx):
+    """ONNX PRelu: a constant slope that broadcasts as one value, or one per channel (axis 1)."""
+    slope = np.asarray(ctx.const(1, "slope"))
+    if slope.size == 1:
+        return PReLU(slope.reshape(1))
+    rank = len(ctx.shape) + 1
+    dims = (1,) * (rank - slope.ndim) + slope.shape  # broadcast against the input, from the right
+    if len(dims) != rank or dims[1] != ctx.shape[0] or any(d != 1 for d in dims[:1] + dims[2:]):
+        raise ctx.error(f"a slope of shape {slope.shape} is not one slope per channel of a "
+                        f"tensor of per-sample shape {tuple(ctx.shape)}")
+    return PReLU(slope.reshape(-1))
+
+
+@register_layer
+class PReLU(Elementwise):
+    """``x`` for ``x > 0``, else ``weight[c] * x`` (``torch.nn.PReLU``): ``weight`` holds a
+    slope per channel (axis 1 of the tensor: a Dense output's units, an image's channels), or
+    one slope for every element.
+
+    Piecewise linear and positively homogeneous, as LeakyReLU: LRP passes relevance through it
+    (Zennit's Pass for its activations), deconvnet and guided backprop pass its gradient (their
+    rule is ReLU's only, as in Captum)."""
+
+    kind = "prelu"
+    backward_reads_input = True
+    imports = (
+        TorchModule(("PReLU",), lambda m, ctx: PReLU(ctx.array(m.weight))),
+        TorchFunction(("torch.nn.functional.prelu", "torch.prelu"), ("input", "weight"),
+                      lambda a, ctx: PReLU(ctx.parameter(a["weight"], "weight"))),
+        OnnxOp(("PRelu",), _onnx_prelu),
+    )
+
+    def __init__(self, weight):
+        w = as_float_array(weight, "weight")
+        if w.ndim != 1 or w.size == 0:
+            raise ValueError(f"PReLU weight must have shape (1,) or (channels,), got {w.shape}")
+        self.weight = read_only(w)
+
+    @property
+    def num_parameters(self):
+        return self.weight.shape[0]
+
+    def config(self):
+        return {"num_parameters": int(self.num_parameters)}
+
+    def arrays(self):
+        return {"weight": self.weight}
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        n, w = cfg_int(cfg, "num_parameters"), arrays.get("weight")
+        if w is None or w.shape != (n,):
+            raise ValueError(f"needs a weight of shape ({n},), got "
+                             f"{None if w is None else w.shape}")
+        return cls(w)
+
+    def describe(self):
+        n = self.num_parameters
+        return f"PReLU {n} slope{'s' if n > 1 else ''}"
+
+    def output_shape(self, shape):
+        if self.num_parameters > 1 and shape[0] != self.num_parameters:
+            raise ValueError(f"{self!r} has a slope per channel: expects {self.num_parameters} "
+                             f"channels, got per-sample shape {tuple(shape)}")
+        return tuple(shape)
+
+    def forward(self, x):
+        return ops.prelu_forward(x, self.weight.astype(x.dtype, copy=False)), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return ops.prelu_backward(g, x, self.weight.astype(g.dtype, copy=False))
 
 
 def clamp_layer(low, high, ctx, what="clamp", text=None):

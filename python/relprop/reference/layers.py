@@ -92,6 +92,8 @@ register_twin("leaky_relu",
               forward=lambda layer, x: ops.leaky_relu_forward(x, layer.negative_slope),
               backward=lambda layer, g, xs, mode: [ops.leaky_relu_backward(
                   g, xs[0], layer.negative_slope)])
+register_twin("prelu", forward=lambda layer, x: ops.prelu_forward(x, layer.weight),
+              backward=lambda layer, g, xs, mode: [ops.prelu_backward(g, xs[0], layer.weight)])
 register_twin("relu6", forward=lambda layer, x: ops.relu6_forward(x),
               backward=lambda layer, g, xs, mode: [ops.relu6_backward(g, xs[0], mode)])
 

@@ -227,6 +227,20 @@ def adaptive_avgpool2d_backward(g, in_hw):
     return gx
 
 
+def _slopes(weight, x):
+    """PReLU's slopes broadcast against x (n, c, ...): per channel, or one for all."""
+    w = np.asarray(weight, dtype=x.dtype)
+    return w.reshape((1, -1) + (1,) * (x.ndim - 2)) if w.size > 1 else w.reshape(())
+
+
+def prelu_forward(x, weight):
+    return np.where(x > 0, x, _slopes(weight, x) * x)
+
+
+def prelu_backward(g, x, weight):
+    return np.where(x > 0, g, _slopes(weight, g) * g)
+
+
 def leaky_relu_forward(x, negative_slope=0.01):
     return np.where(x > 0, x, x * np.asarray(negative_slope, dtype=x.dtype))
 
