@@ -835,7 +835,7 @@ def metric(name, net, x, R, target, masks=None, *, chunks_per_task=None, **param
     import time
 
     from .metrics import METRICS
-    from .metrics.compare import NEED_MASKS, metric_parameters
+    from .metrics.comparison import NEED_MASKS, metric_parameters
 
     if name not in METRICS:
         raise ValueError(f"unknown metric {name!r}; the metrics: {', '.join(METRICS)}")

@@ -27,7 +27,7 @@ relate to Quantus's, are in each function's docstring and ``docs/DESIGN.md`` (se
 """
 from ._base import ORDERS, Curves, Result
 from ._registry import FAMILIES, METRICS
-from .compare import DEFAULT_METHODS, DEFAULT_METRICS, Comparison, compare
+from .comparison import DEFAULT_METHODS, DEFAULT_METRICS, Comparison, compare
 from .complexity import (
     Completeness,
     NonSensitivity,
