@@ -228,3 +228,97 @@ def test_road_and_irof_need_images():
     for fn in (M.road, M.irof):
         with pytest.raises(ValueError, match="needs images"):
             fn(net, x, x, 0)
+
+
+# ----------------------------------------------------------------- incremental forward pass --
+@pytest.fixture
+def cone_always(monkeypatch):
+    """Steps of one region each run through the incremental forward pass on any network."""
+    import relprop.metrics.faithfulness as F
+
+    monkeypatch.setattr(F, "CONE_MIN_FLOPS", 0)
+
+
+def _full_passes(monkeypatch):
+    import relprop.metrics.faithfulness as F
+
+    monkeypatch.setattr(F, "CONE_MIN_FLOPS", float("inf"))
+
+
+@pytest.mark.parametrize("size,patch", [(12, 3), (13, 4), (9, 1)])
+def test_cone_is_the_reference_in_float64(cone_always, size, patch):
+    """Region perturbation through the cone (a stride-2 convolution, max and average pooling
+    in the chain; patches that do not divide the image) = the reference twin's full passes."""
+    from relprop.metrics._cone import Cone
+
+    rng = np.random.default_rng(size)
+    net = nets.cnn(rng, channels=2, size=size, n_out=4)
+    assert Cone(net, net.input_shape, patch).usable
+    x = rng.normal(size=(3, 2, size, size))
+    R = rng.normal(size=x.shape)
+    n_cells = (-(-size // patch)) ** 2
+    got = M.region_perturbation(net, x, R, [0, 1, 3], regions=n_cells, patch=patch)
+    want = ref_extra.pixel_flipping(net, x, R, [0, 1, 3], n_cells, patch, np.zeros_like(x))
+    assert_allclose(got.curves, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("region_perturbation", {"regions": 20, "patch": 2}),
+    ("region_perturbation", {"regions": 20, "patch": 2, "order": "least_relevant_first"}),
+    ("selectivity", {"patch": 3}),
+    ("pixel_flipping", {"fill": "uniform", "channels": "apart"}),
+    ("monotonicity", {"patch": 4}),
+    ("faithfulness_estimate", {"patch": 3}),
+    ("irof", {"segments": "per sample"}),
+])
+def test_cone_gives_the_bits_of_full_passes(cone_always, monkeypatch, name, kw):
+    """float32 with every convolution direct: the cone's scores are bitwise those of the full
+    passes (steps of one region each, every mode: remove, insert, alone, per-sample
+    segments)."""
+    rng = np.random.default_rng(5)
+    net = nets.cnn(rng, channels=2, size=12, n_out=4)
+    x = rng.normal(size=(4, 2, 12, 12)).astype(np.float32)
+    R = rng.normal(size=x.shape).astype(np.float32)
+    if kw.get("segments") == "per sample":  # superpixels of different counts per sample
+        kw = {"segments": np.stack([(np.arange(144).reshape(12, 12) // d) % 7 * d
+                                    for d in (1, 2, 3, 5)]), "fill": 0.0}
+    rp.set_conv_algorithm("direct")
+    try:
+        cone = getattr(M, name)(net, x, R, [0, 1, 2, 3], **kw)
+        _full_passes(monkeypatch)
+        full = getattr(M, name)(net, x, R, [0, 1, 2, 3], **kw)
+    finally:
+        rp.set_conv_algorithm(None)
+    for field in type(full).per_sample_fields():
+        assert_array_equal(getattr(cone, field), getattr(full, field), err_msg=field)
+
+
+def test_cone_with_the_default_algorithms_is_within_the_winograd_bound(cone_always, monkeypatch):
+    """Full maps with Winograd where it is faster, crops direct: the curves agree within 1e-5
+    of the largest score (DESIGN 2.5)."""
+    rng = np.random.default_rng(6)
+    net = rp.Sequential([rp.Conv2d(nets.conv_w(rng, 16, 3, 3), padding=1), rp.ReLU(),
+                         rp.Conv2d(nets.conv_w(rng, 16, 16, 3), padding=1), rp.ReLU(),
+                         rp.MaxPool2d(2), rp.Flatten(),
+                         rp.Dense(nets.dense_w(rng, 5, 16 * 16 * 16))], input_shape=(3, 32, 32))
+    x = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
+    R = rng.normal(size=x.shape).astype(np.float32)
+    cone = M.region_perturbation(net, x, R, [0, 1], regions=16, patch=4)
+    _full_passes(monkeypatch)
+    full = M.region_perturbation(net, x, R, [0, 1], regions=16, patch=4)
+    assert_allclose(cone.curves, full.curves, rtol=0, atol=1e-5 * np.abs(full.curves).max())
+
+
+def test_cone_on_a_graph_stops_where_the_chain_branches(cone_always):
+    """digits_resnet: the stem convolution feeds a residual block (two readers): the cone keeps
+    the stem only, the rest runs as the suffix; float64 = the reference twin."""
+    from relprop.metrics._cone import Cone
+
+    net = rp.models.digits_resnet()
+    x = rp.models.digits_data()[0][:3].astype(np.float64)
+    cone = Cone(net, net.input_shape, 1)
+    assert len(cone.stages) >= 1 and cone.boundary != net.output
+    R = np.random.default_rng(0).normal(size=x.shape)
+    got = M.pixel_flipping(net, x, R, [0, 1, 2], fill=0.0)
+    want = ref_extra.pixel_flipping(net, x, R, [0, 1, 2], 64, 1, np.zeros_like(x))
+    assert_allclose(got.curves, want, rtol=1e-9, atol=1e-12)

@@ -76,6 +76,24 @@ def _better(order):
     return "lower" if order == ORDERS[0] else "higher"
 
 
+#: Networks of at least this many forward FLOPs per sample run steps of one region each through
+#: the incremental forward pass (:mod:`relprop.metrics._cone`); below it the batched full
+#: passes of all rows are faster than the steps one after another.
+CONE_MIN_FLOPS = 20e6
+
+
+def _cone(net, x, regions, counts):
+    """The :class:`~relprop.metrics._cone.Cone` for rows of one region per step, or None."""
+    from ._cone import Cone
+
+    steps = np.diff(np.concatenate(([0], np.asarray(counts))))
+    if not is_image(x) or steps.max(initial=0) > 1 or net.flops(x.shape[1:]) < CONE_MIN_FLOPS:
+        return None
+    side = max(1, int(round(np.sqrt(x.shape[2] * x.shape[3] / regions.size))))
+    cone = Cone(net, x.shape[1:], side)
+    return cone if cone.usable else None
+
+
 def _ordered(net, x, t, regions, pos, counts, fill, mode, batch_size):
     """The explained score of the rows ``k = 0 .. len(counts) - 1`` of every sample, where
     row k perturbs (``mode``) the regions at positions below ``counts[k]``:
@@ -84,7 +102,14 @@ def _ordered(net, x, t, regions, pos, counts, fill, mode, batch_size):
     * "insert": those regions keep ``x``, the rest take the fill values;
     * "alone": the regions at positions ``counts[k - 1] .. counts[k] - 1`` take the fill values
       (row 0 is ``x``).
+
+    Steps of one region each on large networks go through the incremental forward pass.
     """
+    cone = _cone(net, x, regions, counts)
+    if cone is not None:
+        from ._cone import scores
+
+        return scores(cone, x, t, regions, pos, counts, fill, mode, batch_size)
     fill = np.broadcast_to(fill, x.shape)
     counts = np.asarray(counts)
     below = np.concatenate(([0], counts[:-1]))
