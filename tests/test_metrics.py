@@ -237,6 +237,7 @@ def cone_always(monkeypatch):
     import relprop.metrics.faithfulness as F
 
     monkeypatch.setattr(F, "CONE_MIN_FLOPS", 0)
+    monkeypatch.setattr(F, "CONE_MIN_SAVING", 0)
 
 
 def _full_passes(monkeypatch):

@@ -89,8 +89,9 @@ def _window(layer):
 
 class Cone:
     """The incremental forward pass of ``net`` on inputs of per-sample ``shape`` (images)
-    whose steps change regions of about ``side`` pixels a side; None-like (``usable`` False)
-    where the network starts with no window layer."""
+    whose steps change regions of about ``side`` pixels a side (``usable`` False where the
+    network starts with no window layer; ``saving``: a full pass's forward FLOPs over a step's,
+    estimated from the cone of one region in the middle of the image)."""
 
     def __init__(self, net, shape, side):
         from ..graph import Graph, Sequential
@@ -106,7 +107,7 @@ class Cone:
         self.stages = []
         tensor, h, w = net.input_name, shape[1], shape[2]
         rect = np.array([(h - side) // 2, (h + side) // 2, (w - side) // 2, (w + side) // 2])
-        names = []
+        names, shares = [], []  # the chain's nodes; the share of each node's output in the cone
         for node in net.nodes:
             if node.inputs != (tensor,) or readers.get(tensor, 0) != 1 or node.name == net.output:
                 break
@@ -120,12 +121,19 @@ class Cone:
                 rect = np.array([r[0][0], r[0][1], r[1][0], r[1][1]])
                 self.stages.append([node.layer, win, [node.layer]])
                 h, w = out[1], out[2]
+                share = (rect[1] - rect[0]) * (rect[3] - rect[2]) / (h * w)
             elif getattr(node.layer, "elementwise", False) and self.stages:
                 self.stages[-1][2].append(node.layer)  # runs with the window before it
             else:
                 break
             names.append(node.name)
+            shares.append(share)
             tensor = node.name
+        flops = dict(zip((node.name for node in net.nodes), net.node_flops(shape)))
+        total, chain = sum(flops.values()), sum(flops[name] for name in names)
+        cone = sum(flops[name] * share for name, share in zip(names, shares))
+        #: The forward FLOPs of a step over those of a full pass (the cone of one region).
+        self.saving = total / max(1.0, total - chain + cone)
         self.usable = bool(self.stages)
         if not self.usable:
             return
@@ -152,10 +160,10 @@ class Cone:
             acts.append(full.forward(acts[-1], check_finite=False))
         return acts
 
-    def update(self, acts, rects):
+    def update(self, acts, rects, keep=False):
         """Propagate changes of the input rectangles ``rects`` (rows, 4: ``r0, r1, c0, c1``;
-        empty where ``r0 >= r1``) through the stages, in place; returns the undo list (the
-        replaced regions, to restore with :meth:`restore`)."""
+        empty where ``r0 >= r1``) through the stages, in place; with ``keep``, returns the
+        replaced regions (to restore with :meth:`restore`)."""
         undo = []
         rects = np.asarray(rects, dtype=np.int64)
         for j, (_, win, chain) in enumerate(self.stages):
@@ -176,7 +184,8 @@ class Cone:
                     r, c = o0[i] - a0[i] // win.s[0], q0[i] - b0[i] // win.s[1]
                     part = y[n, :, r:r + o1[i] - o0[i], c:c + q1[i] - q0[i]]
                     region = (i, slice(None), slice(o0[i], o1[i]), slice(q0[i], q1[i]))
-                    undo.append((j + 1, region, dst[region].copy()))
+                    if keep:
+                        undo.append((j + 1, region, dst[region].copy()))
                     dst[region] = part
             rects = np.stack([np.where(live, o0, 0), np.where(live, o1, 0),
                               np.where(live, q0, 0), np.where(live, q1, 0)], axis=1)
@@ -247,7 +256,7 @@ def scores(cone, x, t, regions, pos, counts, fill, mode, batch_size=None):
             rect = _union(box_rows, by_rank[i, lo:hi], regions.count[i] if
                           len(regions.count) > 1 else regions.count[0], lo)
             inputs = _write(acts[0], p, lo, hi, rect, xi if mode == "insert" else fi)
-            undo = cone.update(acts, rect)
+            undo = cone.update(acts, rect, keep=mode == "alone")
             out[i, k] = t.score(cone.output(acts), i)
             if mode == "alone":
                 cone.restore(acts, undo)

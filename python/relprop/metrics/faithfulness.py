@@ -76,10 +76,12 @@ def _better(order):
     return "lower" if order == ORDERS[0] else "higher"
 
 
-#: Networks of at least this many forward FLOPs per sample run steps of one region each through
-#: the incremental forward pass (:mod:`relprop.metrics._cone`); below it the batched full
-#: passes of all rows are faster than the steps one after another.
+#: Steps of one region each run through the incremental forward pass
+#: (:mod:`relprop.metrics._cone`) on networks of at least this many forward FLOPs per sample
+#: where a step costs at most 1 / CONE_MIN_SAVING of a full pass's FLOPs; elsewhere the batched
+#: full passes of all rows, which run fewer and larger kernel calls, are faster.
 CONE_MIN_FLOPS = 20e6
+CONE_MIN_SAVING = 3.0
 
 
 def _cone(net, x, regions, counts):
@@ -91,7 +93,7 @@ def _cone(net, x, regions, counts):
         return None
     side = max(1, int(round(np.sqrt(x.shape[2] * x.shape[3] / regions.size))))
     cone = Cone(net, x.shape[1:], side)
-    return cone if cone.usable else None
+    return cone if cone.usable and cone.saving >= CONE_MIN_SAVING else None
 
 
 def _ordered(net, x, t, regions, pos, counts, fill, mode, batch_size):
