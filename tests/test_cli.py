@@ -217,6 +217,50 @@ def test_user_errors_print_one_line(tmp_path):
     assert not out.exists() or not (out / "relevance.npy").exists()
 
 
+def test_bad_parameter_values_are_user_errors_checked_before_any_work(tmp_path):
+    """-p values a method refuses (checked on one zero sample before the run), a target out of
+    range and an output overflowing float32 are the user's: one line, status 2."""
+    out = tmp_path / "out"
+    assert_user_error(run("explain", "digits_cnn", "digits", "-m", "smoothgrad", "-p",
+                          "seed=abc", "-o", out), "smoothgrad: ", "seed must be an int")
+    assert_user_error(run("explain", "digits_cnn", "digits", "-m", "lrp.epsilon", "-p",
+                          "epsilon=-1", "-o", out), "lrp.epsilon: ", "epsilon")
+    assert not (out / "relevance.npy").exists()
+    big = relprop.Sequential([relprop.Flatten(), relprop.Dense(np.full((10, 64), 1e38,
+                                                                     np.float32))],
+                             input_shape=(1, 8, 8))  # zeros pass; the digits overflow
+    big.save(tmp_path / "big.npz")
+    assert_user_error(run("explain", tmp_path / "big.npz", "digits", "-m", "gradient", "-o",
+                          out), "samples 0..449 of INPUTS", "overflowed")
+
+
+@pytest.mark.parametrize("error", [TypeError, ValueError, MemoryError])
+@pytest.mark.parametrize("where", ["method", "table"])
+def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path, error, where):
+    """An error inside relprop while a chunk is explained or written is a bug, not a user
+    mistake: it leaves main() with its traceback (a TypeError was reported as a bad -p
+    parameter, any ValueError as a problem of the samples, a MemoryError as a usage error)."""
+    from relprop import methods, stream
+
+    def inject(module, name, when=lambda *a: True):
+        real = getattr(module, name)
+
+        def broken(*args, **kwargs):
+            if when(*args):
+                raise error("injected bug")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, broken)
+
+    if where == "method":  # (the one-sample check of the parameters passes)
+        inject(methods, "gradient_pass", lambda net, x, *a: len(x) > 1)
+    else:
+        inject(stream, "table")
+    with pytest.raises(error, match="injected bug"):
+        cli.main(["explain", "digits_cnn", "digits", "-m", "gradient", "-o",
+                  str(tmp_path / "o")])
+
+
 def test_unknown_method_parameter_names_the_accepted_ones(tmp_path):
     """-p eps=0.1 printed "Epsilon.__init__() got an unexpected keyword argument 'eps'"."""
     out = tmp_path / "out"

@@ -235,11 +235,16 @@ def map_batches(fn, x: np.ndarray, target, batch_size, *extra, net=None):
     return out
 
 
+class NonFiniteResult(ValueError):
+    """A finite input gave inf/NaN: the result overflowed its dtype (large weights, inputs or
+    target seeds)."""
+
+
 def finite_result(fn, x, *args):
     with np.errstate(over="ignore", invalid="ignore"):  # reported below, with the cause
         out = fn(x, *args)
     if not np.isfinite(out).all() and np.isfinite(x).all():
-        raise ValueError(f"the result overflowed: a finite input gave inf/NaN in {out.dtype} "
+        raise NonFiniteResult(f"the result overflowed: a finite input gave inf/NaN in {out.dtype} "
                          "(a large target seed, input or weights; float64 has more range)")
     return out
 

@@ -22,17 +22,20 @@ refuses such images instead.  Inputs that need other preprocessing should be giv
 
 User mistakes (a missing file, an unsupported model, a wrong input shape, an unknown method)
 print one line ``relprop: error: ...`` to stderr and exit with status 2; set
-``RELPROP_DEBUG=1`` for the traceback.  When the reader of stdout goes away (``relprop demo |
+``RELPROP_DEBUG=1`` for the traceback.  They are :class:`relprop.inputs.UsageError`: each
+command checks the user's arguments and files before the work (:func:`user_input` turns what
+the loaders and checks raise into one), so that any other exception is a bug and keeps its
+traceback.  When the reader of stdout goes away (``relprop demo |
 head``) a command stops quietly with status 141 (128 + SIGPIPE), as Unix tools do.
 
 Adding a subcommand
 -------------------
 Write one function ``add_<name>_parser(subparsers)`` that creates the sub-parser with
 ``subparsers.add_parser(...)`` and sets ``func=`` (a callable taking the parsed ``args``),
-then add it to :data:`SUBCOMMANDS`.  Raise ``ValueError`` for user mistakes.  The helpers
-:func:`load_model`, :func:`load_inputs` (from :mod:`relprop.inputs`) and :func:`parse_target`
-read MODEL, INPUTS and ``--target`` the same way for every
-subcommand.
+then add it to :data:`SUBCOMMANDS`.  Raise :class:`UsageError` for user mistakes, and run
+the steps that read the user's files or check their arguments inside ``with user_input():``.
+The helpers :func:`load_model`, :func:`load_inputs` (from :mod:`relprop.inputs`) and
+:func:`parse_target` read MODEL, INPUTS and ``--target`` the same way for every subcommand.
 """
 from __future__ import annotations
 
@@ -46,7 +49,15 @@ import time
 import numpy as np
 
 # load_model and load_inputs read MODEL and INPUTS for every subcommand (see above)
-from .inputs import _heatmap_scale, load_inputs, load_labels, load_model, warn_conversions
+from .inputs import (
+    UsageError,
+    _heatmap_scale,
+    load_inputs,
+    load_labels,
+    load_model,
+    user_input,
+    warn_conversions,
+)
 
 #: The models ``relprop demo --model`` explains, with how the demo names them.
 DEMO_MODELS = {"digits_resnet": "digits ResNet", "digits_cnn": "digits CNN"}
@@ -70,10 +81,10 @@ def parse_shape(text):
     try:
         shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
     except ValueError:
-        raise ValueError(f"--input-shape must be comma-separated sizes like 1,8,8, got "
+        raise UsageError(f"--input-shape must be comma-separated sizes like 1,8,8, got "
                          f"{text!r}") from None
     if not shape or any(s <= 0 for s in shape):
-        raise ValueError(f"--input-shape must be positive sizes, got {text!r}")
+        raise UsageError(f"--input-shape must be positive sizes, got {text!r}")
     return shape
 
 
@@ -84,7 +95,7 @@ def parse_target(spec):
     try:
         return int(spec)
     except ValueError:
-        raise ValueError(f"--target must be 'pred' or a class index, got {spec!r}") from None
+        raise UsageError(f"--target must be 'pred' or a class index, got {spec!r}") from None
 
 
 def check_method(name):
@@ -96,7 +107,7 @@ def check_method(name):
     if name in METHODS or (name.startswith("lrp.") and (name[4:] in COMPOSITES or
                                                          name[4:] in RULES)):
         return
-    raise ValueError(f"unknown method {name!r}; use one of {', '.join(sorted(METHODS))}, or "
+    raise UsageError(f"unknown method {name!r}; use one of {', '.join(sorted(METHODS))}, or "
                      f"lrp.<composite> ({', '.join(sorted(COMPOSITES))}) or lrp.<rule> "
                      f"({', '.join(sorted(RULES))})")
 
@@ -161,14 +172,14 @@ def check_parameters(name, keys):
         if key in accepted:
             continue
         if key == "batch_size":
-            raise ValueError(f"-p batch_size: set the batch size with --batch-size; {name} "
+            raise UsageError(f"-p batch_size: set the batch size with --batch-size; {name} "
                              f"accepts {describe_parameters(name)}")
         if key == "sample_offset" and key in (parameters(name) or {}):
-            raise ValueError(f"-p sample_offset: {name} draws each sample's random numbers "
+            raise UsageError(f"-p sample_offset: {name} draws each sample's random numbers "
                              f"from its index in INPUTS; it accepts {describe_parameters(name)}")
         if not accepted:
-            raise ValueError(f"-p {key}=...: {name} takes no parameters")
-        raise ValueError(f"-p {key}=...: {name} has no parameter {key!r}; it accepts "
+            raise UsageError(f"-p {key}=...: {name} takes no parameters")
+        raise UsageError(f"-p {key}=...: {name} has no parameter {key!r}; it accepts "
                          f"{describe_parameters(name)}")
 
 
@@ -281,16 +292,17 @@ def check_run_flags(args):
     from ._validate import as_threads
 
     if args.threads is not None:
-        as_threads(args.threads, "--threads", minimum=0)
+        with user_input():
+            as_threads(args.threads, "--threads", minimum=0)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise ValueError(f"{args.out}: the output folder exists as a file")
+        raise UsageError(f"{args.out}: the output folder exists as a file")
 
 
 def run_demo(args):
     from . import conservation, explain, get_num_threads, models, render, set_num_threads
 
     if args.n < 1:
-        raise ValueError(f"--n must be at least 1, got {args.n}")
+        raise UsageError(f"--n must be at least 1, got {args.n}")
     check_run_flags(args)
     if args.threads is not None:
         set_num_threads(args.threads)
@@ -298,7 +310,7 @@ def run_demo(args):
     what = DEMO_MODELS[args.model]
     x_all, y_all = models.digits_data()
     if args.n > len(x_all):
-        raise ValueError(f"--n must be at most {len(x_all)} (the digits test split), got {args.n}")
+        raise UsageError(f"--n must be at most {len(x_all)} (the digits test split), got {args.n}")
     n_all = len(x_all)
     pred_all = net.forward(x_all).argmax(axis=1)
     idx = _demo_samples(y_all, args.n)
@@ -529,19 +541,19 @@ def _cluster(args):
     if args.workers is None and args.scheduler is None:
         return contextlib.nullcontext(None)
     if args.workers is not None and args.scheduler is not None:
-        raise ValueError("--workers and --scheduler exclude each other: --workers starts a local "
+        raise UsageError("--workers and --scheduler exclude each other: --workers starts a local "
                          "cluster, --scheduler uses an existing one")
     if args.scheduler is not None and args.threads is not None:
-        raise ValueError("--threads does not apply with --scheduler (the cluster's workers have "
+        raise UsageError("--threads does not apply with --scheduler (the cluster's workers have "
                          "their own thread counts)")
     if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
     try:
         import logging
 
         from distributed import Client, LocalCluster
     except ImportError:
-        raise ImportError("--workers and --scheduler need Dask: pip install 'relprop[dask]'") \
+        raise UsageError("--workers and --scheduler need Dask: pip install 'relprop[dask]'") \
             from None
 
     @contextlib.contextmanager
@@ -551,11 +563,11 @@ def _cluster(args):
                 _reach(args.scheduler, SCHEDULER_TIMEOUT)
                 client = Client(args.scheduler, timeout=SCHEDULER_TIMEOUT, set_as_default=False)
             except (OSError, TimeoutError, ValueError) as exc:
-                raise ValueError(f"--scheduler {args.scheduler}: cannot reach the Dask "
+                raise UsageError(f"--scheduler {args.scheduler}: cannot reach the Dask "
                                  f"scheduler ({exc})") from None
             with client:
                 if not client.nthreads():
-                    raise ValueError(f"--scheduler {args.scheduler}: the Dask cluster has no "
+                    raise UsageError(f"--scheduler {args.scheduler}: the Dask cluster has no "
                                      "workers")
                 yield client
             return
@@ -580,7 +592,7 @@ def _mismatch_as_error(client):
     try:
         yield
     except ClusterMismatch as exc:
-        raise ValueError(str(exc)) from None
+        raise UsageError(str(exc)) from exc
 
 
 #: Seconds to wait for a --scheduler to answer.
@@ -641,9 +653,9 @@ def cli_explain(args):
     check_method(args.method)
     check_parameters(args.method, [key for key, _ in args.param])
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.chunk_size is not None and args.chunk_size < 1:
-        raise ValueError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+        raise UsageError(f"--chunk-size must be at least 1, got {args.chunk_size}")
     distributed = args.workers is not None or args.scheduler is not None
     check_run_flags(args)
     cluster = _cluster(args)  # checks the flags before any work
@@ -839,11 +851,11 @@ def parse_metrics(text):
         elif item in METRICS:
             names = [item]
         else:
-            raise ValueError(f"unknown metric {item!r}; use one of {', '.join(METRICS)} or a "
+            raise UsageError(f"unknown metric {item!r}; use one of {', '.join(METRICS)} or a "
                              f"family: {', '.join(FAMILIES)}")
         out += [m for m in names if m not in out]
     if not out:
-        raise ValueError("--metrics names no metric")
+        raise UsageError("--metrics names no metric")
     return out
 
 
@@ -858,22 +870,23 @@ def run_evaluate(args, file=None):
             check_method(m)
     metrics = parse_metrics(args.metrics)
     if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {args.limit}")
+        raise UsageError(f"--limit must be at least 1, got {args.limit}")
     if args.report is not None and os.path.exists(args.report) and \
             not os.path.isdir(args.report):
-        raise ValueError(f"{args.report}: the report folder exists as a file")
+        raise UsageError(f"{args.report}: the report folder exists as a file")
     net = load_model(args.model)
     x = np.asarray(load_inputs(args.inputs, net, args.strict)[0][:args.limit])
     if args.target == "label":
         labels = load_labels(args.inputs)
         if labels is None:
-            raise ValueError("--target label needs INPUTS with labels ('y' in an .npz, or "
+            raise UsageError("--target label needs INPUTS with labels ('y' in an .npz, or "
                              "'digits')")
         target = np.asarray(labels[:len(x)], dtype=np.int64)
     else:
         target = parse_target(args.target)
         target = "pred" if target is None else target
-    masks = None if args.masks is None else np.load(args.masks, allow_pickle=False)[:len(x)]
+    with user_input(f"--masks {args.masks}: "):
+        masks = None if args.masks is None else np.load(args.masks, allow_pickle=False)[:len(x)]
     params = {k: v for k, v in (("steps", args.steps), ("patch", args.patch),
                                 ("order", args.order)) if v is not None}
     if args.fill is not None:
@@ -885,6 +898,9 @@ def run_evaluate(args, file=None):
     kwargs = {"smoothgrad": {"seed": args.seed}}
     box = {"low": float(x.min()), "high": float(x.max())}  # as 'relprop explain' does
     kwargs.update({m: box for m in BOX_METHODS})
+    with user_input():  # the metrics, target, masks and parameters, checked on one sample
+        compare(net, x[:1], target if np.ndim(target) == 0 else target[:1], [], metrics,
+                masks=None if masks is None else masks[:1], seed=args.seed, **params)
     table = compare(net, x, target, methods, metrics, masks=masks, seed=args.seed,
                     batch_size=args.batch_size, method_kwargs=kwargs, **params)
     shown = ", ".join(f"{k}={v}" for k, v in params.items()) or "each metric's defaults"
@@ -968,7 +984,7 @@ def run_concepts(args):
                     ("--chunk-size", args.chunk_size), ("--report-channels",
                                                         args.report_channels)):
         if v is not None and v < 1:
-            raise ValueError(f"{flag} must be at least 1, got {v}")
+            raise UsageError(f"{flag} must be at least 1, got {v}")
     check_run_flags(args)
     cluster = _cluster(args)
     if args.threads is not None and args.workers is None and args.scheduler is None:
@@ -983,13 +999,14 @@ def run_concepts(args):
     if target not in ("label", "pred"):
         target = parse_target(target)
     if target == "label" and labels is None:
-        raise ValueError(f"--target label: {args.inputs} has no labels (an .npz with 'y', or "
+        raise UsageError(f"--target label: {args.inputs} has no labels (an .npz with 'y', or "
                          "digits); use --target pred")
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
     params = dict(args.param)
-    builder = AtlasBuilder(net, inputs.sample_shape, layers, args.composite, target, args.k,
-                           True, **params)
-    labels = builder.check_labels(labels if target == "label" else None, inputs.n)
+    with user_input():
+        builder = AtlasBuilder(net, inputs.sample_shape, layers, args.composite, target,
+                               args.k, True, **params)
+        labels = builder.check_labels(labels if target == "label" else None, inputs.n)
     run = {"model": model_identity(args.model, shape), "inputs": inputs.identity,
            "layers": list(builder.nodes), "k": args.k, "target": target,
            "composite": args.composite, "params": params}
@@ -1089,7 +1106,7 @@ def main(argv=None):
         return status
     except BrokenPipeError:
         return _stdout_gone()
-    except (ValueError, TypeError, OSError, ImportError, MemoryError) as exc:
+    except (UsageError, OSError) as exc:  # anything else is a bug: its traceback shows
         if os.environ.get("RELPROP_DEBUG"):
             raise
         msg = " ".join(str(exc).split()) or type(exc).__name__

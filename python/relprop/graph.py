@@ -15,7 +15,7 @@ import numpy as np
 
 from . import io
 from . import layers as L
-from ._common import map_batches
+from ._common import NonFiniteResult, map_batches
 from ._validate import as_float_array, check_size
 from .engine import (
     GradientStep,
@@ -697,7 +697,9 @@ def _schedule(nodes, input_name, output, where) -> Schedule:
 
 
 def _check_overflow(x, out):
-    """Raise ValueError where a finite input ``x`` gave a non-finite output (an overflow)."""
+    """Raise :class:`NonFiniteResult` (a ValueError) where a finite input ``x`` gave a
+    non-finite output (an overflow)."""
     if not np.isfinite(out).all() and np.isfinite(x).all():
-        raise ValueError(f"the forward pass overflowed: a finite input gave inf/NaN outputs in "
-                         f"{out.dtype} (inputs or weights too large; float64 has more range)")
+        raise NonFiniteResult(f"the forward pass overflowed: a finite input gave inf/NaN "
+                              f"outputs in {out.dtype} (inputs or weights too large; float64 "
+                              "has more range)")

@@ -1,14 +1,39 @@
 """Reading MODEL and INPUTS as the command line and the streaming runs do: bundled model
 names and model files (:func:`load_model`), arrays and image files (:func:`load_inputs`,
 :func:`read_images`; see :mod:`relprop.cli` for the conversions), and the labels that come with
-them (:func:`load_labels`).
+them (:func:`load_labels`).  A mistake in what the user gave is a :class:`UsageError`
+(:func:`user_input` turns the loaders' and checks' errors into one).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
 import numpy as np
+
+
+class UsageError(ValueError):
+    """A mistake in what the user gave a command: an argument, a file, INPUTS, a missing
+    optional package, a cluster that cannot run the job.  ``relprop`` prints it as one line,
+    ``relprop: error: ...``, and exits with status 2; any other exception is a bug and keeps
+    its traceback."""
+
+
+@contextlib.contextmanager
+def user_input(prefix=""):
+    """A step that reads or checks what the user gave (a ``with`` block or a decorated
+    function): the ValueError, TypeError, OSError or ImportError it raises (relprop's argument
+    checks, the loaders' refusals, a missing file or optional package) becomes a
+    :class:`UsageError` with the message ``prefix + message``.  :func:`load_model`,
+    :func:`load_inputs` and :func:`load_labels` raise their errors so."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except (ValueError, TypeError, OSError, ImportError) as exc:
+        raise UsageError(prefix + (" ".join(str(exc).split()) or type(exc).__name__)) from exc
+
 
 #: Image file types read from an INPUTS folder.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -20,6 +45,7 @@ MAX_CHUNK = 4096
 HEATMAP_PIXELS = 128
 
 
+@user_input()
 def load_model(spec, input_shape=None):
     """A network from a bundled model name, a relprop ``.npz`` or an ``.onnx`` file.
 
@@ -183,6 +209,7 @@ def warn_conversions(conversions, input_shape, warn=_warn):
              f"{input_shape}: {_some(resized)} (--strict refuses instead)")
 
 
+@user_input()
 def load_inputs(spec, net, strict=False):
     """``(x, names)``: the INPUTS of a subcommand as an array ``(n, *input_shape)`` and a name
     per sample (image file stems, or zero-padded indices).  Arrays are memory-mapped.  Images
@@ -227,6 +254,7 @@ def load_inputs(spec, net, strict=False):
     return x, [f"{i:0{width}d}" for i in range(len(x))]
 
 
+@user_input()
 def load_labels(spec):
     """The labels that come with INPUTS: the bundled digits' or an .npz's ``y`` (else None)."""
     if spec == "digits":

@@ -33,8 +33,8 @@ from collections import deque
 
 import numpy as np
 
-from ._common import PRED
-from .inputs import CHUNK_BYTES, MAX_CHUNK, NpyFile, default_chunk_size  # noqa: F401 (API)
+from ._common import PRED, NonFiniteResult
+from .inputs import CHUNK_BYTES, MAX_CHUNK, NpyFile, UsageError, default_chunk_size, user_input  # noqa: F401 (API)
 
 #: The progress record's file name and format tag.
 RECORD = "progress.json"
@@ -117,6 +117,7 @@ class ImageInputs(Inputs):
         return [os.path.splitext(os.path.basename(p))[0] for p in self.paths[start:stop]]
 
 
+@user_input()
 def open_inputs(spec, net, strict=False) -> Inputs:
     """INPUTS as :class:`Inputs`, checked against the network's input shape but not read yet
     (a ``.npy`` file and image folders are read chunk by chunk; an ``.npz`` and ``digits`` are
@@ -182,6 +183,7 @@ def model_identity(spec, input_shape=None):
     return out
 
 
+@user_input()
 def input_range(inputs, chunk_size):
     """``(min, max)`` over all of ``inputs``, reading one chunk at a time."""
     lo, hi = np.inf, -np.inf
@@ -340,11 +342,11 @@ def read_record(outdir):
         with open(path) as fh:
             rec = json.load(fh)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable progress record ({exc})") from None
+        raise UsageError(f"{path}: not a readable progress record ({exc})") from None
     if not isinstance(rec, dict) or rec.get("format") != RECORD_FORMAT:
-        raise ValueError(f"{path}: not a relprop progress record")
+        raise UsageError(f"{path}: not a relprop progress record")
     if rec.get("version") != RECORD_VERSION:
-        raise ValueError(f"{path}: progress record version {rec.get('version')!r}; this relprop "
+        raise UsageError(f"{path}: progress record version {rec.get('version')!r}; this relprop "
                          f"reads version {RECORD_VERSION} (start over without --resume)")
     return rec
 
@@ -393,28 +395,28 @@ class OutputFolder:
             return None
         diff = _differences(rec.get("run", {}), self.run)
         if diff:
-            raise ValueError(f"--resume: {self.outdir} holds a run with other arguments ("
+            raise UsageError(f"--resume: {self.outdir} holds a run with other arguments ("
                              + "; ".join(diff) + "); rerun with the same arguments, or without "
                              "--resume to start over")
         done, csv_bytes = int(rec["done"]), int(rec["csv_bytes"])
         if not 0 <= done <= self.n:
-            raise ValueError(f"{self.record_path}: {done} samples done of {self.n}")
+            raise UsageError(f"{self.record_path}: {done} samples done of {self.n}")
         if done > 0:
             try:
                 rel = np.load(self.rel_path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as exc:
-                raise ValueError(f"--resume: {self.rel_path} is missing or damaged ({exc}); "
+                raise UsageError(f"--resume: {self.rel_path} is missing or damaged ({exc}); "
                                  "start over without --resume") from None
             shape, dtype = tuple(rec["shape"]), np.dtype(rec["dtype"])
             if rel.shape != shape or rel.dtype != dtype:
-                raise ValueError(f"--resume: {self.rel_path} has shape {rel.shape} and dtype "
+                raise UsageError(f"--resume: {self.rel_path} has shape {rel.shape} and dtype "
                                  f"{rel.dtype}, the progress record says {shape} {dtype}; "
                                  "start over without --resume")
             self._rel_offset, self.shape, self.dtype = int(rel.offset), shape, dtype
             del rel
             size = os.path.getsize(self.csv_path) if os.path.exists(self.csv_path) else -1
             if size < csv_bytes:
-                raise ValueError(f"--resume: {self.csv_path} is shorter than the progress "
+                raise UsageError(f"--resume: {self.csv_path} is shorter than the progress "
                                  "record says; start over without --resume")
             self._open(csv_bytes)
         self.done, self.derived, self._csv_bytes = done, dict(rec.get("derived", {})), csv_bytes
@@ -545,6 +547,20 @@ class Progress:
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
+def _read(inputs, start, stop):
+    """Samples ``start:stop`` of INPUTS, checked: a file that cannot be read or NaN/Inf values
+    are the user's :class:`UsageError`, naming the samples."""
+    where = f"samples {start}..{stop - 1} of INPUTS"
+    with user_input(f"{where}: "):
+        x = inputs.read(start, stop)
+    if x.dtype.kind in "fc":
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if bad.any():
+            raise UsageError(f"{where}: sample {start + int(np.argmax(bad))} contains NaN or "
+                             "infinite values")
+    return x
+
+
 def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk_size=None,
                       batch_size=None, heatmaps=None, overlay=False, resume=False, run=None,
                       client=None, derive=None, log=print, progress=None):
@@ -588,23 +604,24 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
         ``heatmaps`` (PNG count or 0), ``derived``, and the output paths.
     """
     from . import render
-    from ._validate import as_int
-
-    n = inputs.n
-    chunk = default_chunk_size(inputs.sample_shape) if chunk_size is None else as_int(
-        chunk_size, "chunk_size", minimum=1)
-    if batch_size is not None:
-        batch_size = as_int(batch_size, "batch_size", minimum=1)
-    heatmaps = bool(inputs.images if heatmaps is None else heatmaps) or bool(overlay)
-    if heatmaps and len(inputs.sample_shape) != 3:
-        raise ValueError(f"heatmaps need image inputs (n, c, h, w); these are "
-                         f"{(n,) + tuple(inputs.sample_shape)}")
     from ._random import check_seed
+    from ._validate import as_int
     from .methods import parameters
 
+    n = inputs.n
     random = "seed" in (parameters(method) or {})
+    with user_input():
+        chunk = default_chunk_size(inputs.sample_shape) if chunk_size is None else as_int(
+            chunk_size, "chunk_size", minimum=1)
+        if batch_size is not None:
+            batch_size = as_int(batch_size, "batch_size", minimum=1)
     if random and params.get("seed") is not None:  # (None: drawn below, once for the run)
-        check_seed(params["seed"], chunked="relprop explain")
+        with user_input(f"{method}: "):
+            check_seed(params["seed"], chunked="relprop explain")
+    heatmaps = bool(inputs.images if heatmaps is None else heatmaps) or bool(overlay)
+    if heatmaps and len(inputs.sample_shape) != 3:
+        raise UsageError(f"heatmaps need image inputs (n, c, h, w); these are "
+                         f"{(n,) + tuple(inputs.sample_shape)}")
     run = dict(run or {})
     run.update({"method": method, "params": dict(params), "target": "pred" if target is None
                 else int(target), "n": n, "sample_shape": list(inputs.sample_shape),
@@ -635,6 +652,10 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
         log(f"{method}: {key}={v if isinstance(v, int) else format(v, 'g')} ({why}; set it "
             f"with -p {key}=...)")
     params = {**params, **derived}
+    if n > done:  # the method, its parameters and the target, checked now on one zero sample
+        with user_input(f"{method}: "):
+            explain_chunk(net, np.zeros((1,) + tuple(inputs.sample_shape), np.float32), target,
+                          method, params, batch_size)
     if heatmaps:
         from .inputs import _heatmap_scale
 
@@ -656,7 +677,7 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
                 if start is None:
                     break
                 stop = min(n, start + chunk)
-                xb = inputs.read(start, stop)
+                xb = _read(inputs, start, stop)
                 pending.append((start, stop, xb if heatmaps and overlay else None,
                                 runner.submit(xb, start)))
                 del xb
@@ -665,11 +686,9 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
             start, stop, xb, fut = pending.popleft()
             try:
                 R, outputs = fut.result()
-                classes, scores, sums = table(R, outputs, target)
-            except TypeError as exc:  # a -p the method does not take
-                raise ValueError(f"{method}: {exc}") from None
-            except ValueError as exc:
-                raise ValueError(f"samples {start}..{stop - 1} of INPUTS: {exc}") from None
+            except NonFiniteResult as exc:  # finite inputs, a result beyond the dtype's range
+                raise UsageError(f"samples {start}..{stop - 1} of INPUTS: {exc}") from exc
+            classes, scores, sums = table(R, outputs, target)
             if not started:
                 out.start(inputs.sample_shape, R.dtype, derived)
                 started = True

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from ..inputs import UsageError
 from .maximization import ExactSum, Partial
 
 STATE = "atlas_state.npz"
@@ -80,16 +81,16 @@ def load_state(outdir, run, names):
     try:
         desc, arrays = read_model(path)
     except ValueError as exc:
-        raise ValueError(f"{exc}: the state file is damaged: start over without --resume") \
+        raise UsageError(f"{exc}: the state file is damaged: start over without --resume") \
             from None
     if desc.get("format") != STATE_FORMAT or desc.get("version") != STATE_VERSION:
-        raise ValueError(f"{path}: not a relprop concepts state (version {STATE_VERSION})")
+        raise UsageError(f"{path}: not a relprop concepts state (version {STATE_VERSION})")
     if desc.get("run") != run:
         diff = "; ".join(_differences(desc.get("run") or {}, run)[:6])
-        raise ValueError(f"{path}: written by a run with other arguments ({diff}): start over "
+        raise UsageError(f"{path}: written by a run with other arguments ({diff}): start over "
                          "without --resume, or resume with the same arguments")
     if _digest(arrays) != desc.get("sha256"):
-        raise ValueError(f"{path}: its arrays do not match their checksum: the state file is "
+        raise UsageError(f"{path}: its arrays do not match their checksum: the state file is "
                          "damaged: start over without --resume")
     tables, sums = {}, {}
     for i, name in enumerate(names):
@@ -137,7 +138,7 @@ def atlas_to_folder(builder, inputs, outdir, *, labels=None, chunk_size, batch_s
         save_state(outdir, run, stop, acc, names)
         log(f"{stop}/{n} samples")
     if acc is None:
-        raise ValueError("INPUTS has no samples")
+        raise UsageError("INPUTS has no samples")
     atlas = acc.finish(builder)
     _write_atomic(os.path.join(outdir, ATLAS), atlas.save)
     return {"atlas": atlas, "n": n, "done_before": done_before,
