@@ -24,7 +24,6 @@ from ._base import (
     Result,
     Target,
     check_inputs,
-    check_relevance,
     fill_values,
     grid_regions,
     perturbed_scores,
@@ -32,8 +31,7 @@ from ._base import (
 
 
 def _abs_rows(net, x, R, check_finite):
-    x = net.check_input(x, check_finite)
-    R = check_relevance(R, x, check_finite)
+    R = check_inputs(net, x, R, check_finite)[1]
     return np.abs(R.reshape(len(R), -1).astype(np.float64))
 
 
@@ -174,3 +172,8 @@ def non_sensitivity(net, x, R, target, fill=0.0, *, eps=1e-5, patch=1, channels=
                     - t.at_x[:, None])
     disagree = (change < eps) ^ (rel < eps)
     return NonSensitivity(disagree.sum(axis=1).astype(np.float64), "lower", change, rel)
+
+
+#: This module's family and its metrics, in order (:data:`relprop.metrics.FAMILIES`).
+FAMILY = "complexity"
+FUNCTIONS = (sparseness, complexity, completeness, non_sensitivity)

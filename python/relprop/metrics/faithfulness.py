@@ -857,3 +857,10 @@ def road(net, x, R, target, percentages=range(1, 100, 2), order="most_relevant_f
     correct = both[:, 1:, 1] == classes[:, None]
     fractions = np.array([0.0] + [p / 100 for p in pcts])
     return ROAD(correct.mean(axis=1), _better(order), curves, fractions, correct)
+
+
+#: This module's family and its metrics, in order (:data:`relprop.metrics.FAMILIES`).
+FAMILY = "faithfulness"
+FUNCTIONS = (pixel_flipping, region_perturbation, abpc, selectivity, sensitivity_n, irof, road,
+             monotonicity, monotonicity_correlation, faithfulness_estimate,
+             faithfulness_correlation)

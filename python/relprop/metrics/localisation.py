@@ -20,13 +20,12 @@ from __future__ import annotations
 import numpy as np
 
 from .._validate import as_float_array, as_int
-from ._base import Result, check_relevance, is_image
+from ._base import Result, check_inputs, is_image
 
 
 def _maps(net, x, R, masks, check_finite):
     """``(relevance (n, d) float64, masks (n, d) bool)``: pixel maps for images."""
-    x = net.check_input(x, check_finite)
-    R = check_relevance(R, x, check_finite)
+    x, R = check_inputs(net, x, R, check_finite)
     m = np.asarray(masks)
     if m.dtype == bool:
         m = m.astype(np.float64)
@@ -178,3 +177,9 @@ def attribution_localisation(net, x, R, target, masks, *, weighted=False, positi
     if weighted:
         ratio = ratio * m.sum(axis=1) / a.shape[1]
     return Result(_empty_nan(ratio, m), "higher")
+
+
+#: This module's family and its metrics, in order (:data:`relprop.metrics.FAMILIES`).
+FAMILY = "localisation"
+FUNCTIONS = (pointing_game, relevance_mass_accuracy, relevance_rank_accuracy,
+             top_k_intersection, attribution_localisation)

@@ -177,3 +177,8 @@ def random_logit(net, x, R, target, method="lrp.epsilon_plus_flat", *, classes=N
 
     Rp = explain(net, x, classes, method=method, batch_size=batch_size, **params)
     return RandomLogit(_similarities(R, Rp, absolute, compare), "lower", classes)
+
+
+#: This module's family and its metrics, in order (:data:`relprop.metrics.FAMILIES`).
+FAMILY = "randomization"
+FUNCTIONS = (model_parameter_randomization, random_logit)

@@ -172,3 +172,8 @@ def local_lipschitz_estimate(net, x, R, target, method="lrp.epsilon_plus_flat", 
     return _robustness(net, x, R, target, method, runs, noise,
                        lambda rng, shape: rng.normal(0.0, std, shape), seed, sample_offset,
                        lipschitz, np.nanmax, nan_on_change, batch_size, check_finite, params)
+
+
+#: This module's family and its metrics, in order (:data:`relprop.metrics.FAMILIES`).
+FAMILY = "robustness"
+FUNCTIONS = (max_sensitivity, avg_sensitivity, local_lipschitz_estimate)
