@@ -60,7 +60,7 @@ def test_graph_errors_name_the_node():
     with pytest.raises(ValueError, match=r"node 'add': Add needs inputs of one shape"):
         rp.Graph([("a", conv, "input"), ("add", rp.Add(), ["a", "input"])],
                  input_shape=(1, 4, 4))
-    with pytest.raises(ValueError, match="Concat needs inputs that differ only in their channels"):
+    with pytest.raises(ValueError, match="Concat along axis 1 needs inputs that differ only on"):
         rp.Graph([("p", rp.MaxPool2d(2), "input"), ("c", rp.Concat(), ["p", "input"])],
                  input_shape=(1, 4, 4))
     with pytest.raises(ValueError, match="Sequential takes single-input layers"):
