@@ -366,7 +366,7 @@ def block_fns(blk, rng):
         eps = 1e-6
         if conv:
             w2, b2, wr = R.plus_params(layer, x.dtype)
-            zr = layer.apply_split(x, w2, b2, w2.shape[0] // 2)[1]  # z+
+            zr = layer.apply_split(x, w2, b2)[1]  # z+
         else:
             wr, zr = w, blk.z
         r = rng.standard_normal(zr.shape).astype(x.dtype)

@@ -38,8 +38,8 @@ def test_layers_run_the_algorithm_they_are_given(rng, dtype):
     assert_array_equal(layer.forward(x)[0], wino)
     assert_array_equal(layer.backward(g, x, None),
                        ops.conv2d_winograd_backward(g, w, (12, 12), (1, 1), tile=tiles[1]))
-    for got, want in zip(layer.apply_split(x, w, b, 5),
-                         ops.conv2d_winograd_forward(x, w, b, (1, 1), tile=tiles[0], split=5)):
+    for got, want in zip(layer.apply_split(x, w, b),  # the two halves of the outputs
+                         ops.conv2d_winograd_forward(x, w, b, (1, 1), tile=tiles[0], split=8)):
         assert_array_equal(got, want)
     assert_array_equal(layer.forward(x, exact=True)[0], direct)  # what AlphaBeta/ZBox ask for
     rp.set_conv_algorithm("direct")  # the process-wide override wins over the layer's own

@@ -328,3 +328,72 @@ def test_norm_redistributes_by_the_layers_linear_map(rng):
         assert_allclose(levels[0], ref.lrp(net, x, seed, comp.rules(net)), rtol=1e-10)
     finally:
         del L.LAYER_TYPES["test_rms_norm"], TWINS["test_rms_norm"]
+
+
+class DenseT(L.Linear):
+    """``y = x W + b`` with the weight ``(in, out)``: a linear layer type (only this test
+    registers it) whose weight keeps its outputs on axis 1, as ConvTranspose2d's does; the
+    rules' stacked weights stack its inputs, and it runs the two halves apart."""
+
+    kind = "test_dense_t"
+    slots = ("dense", "linear")
+    takes_epilogue = False
+
+    def __init__(self, weight, bias=None):
+        super().__init__(weight, bias, 2, outputs=np.shape(weight)[1])
+
+    def output_shape(self, shape):
+        return (self.weight.shape[1],)
+
+    def apply(self, x, w, b, exact=False, relu=False):
+        return x @ w if b is None else x @ w + b
+
+    def apply_t(self, g, w, x_shape, exact=False, mask=None):
+        return g @ w.T
+
+    def apply_split(self, x, w, b, exact=False):
+        (w1, w2), (b1, b2) = np.split(w, 2), (None, None) if b is None else np.split(b, 2)
+        return self.apply(x, w1, b1), self.apply(x, w2, b2)
+
+    def apply_t_stacked(self, g, w, x_shape, exact=False):
+        (w1, w2), (g1, g2) = np.split(w, 2), np.split(g, 2, axis=1)
+        return g1 @ w1.T + g2 @ w2.T
+
+    def lrp_epsilon(self, r, z, a, w, eps, exact=False):
+        return a * self.apply_t(rp.ops.lrp_divide(r, z, eps), w, a.shape)
+
+
+@pytest.mark.parametrize("rule", [rp.rules.Epsilon(0.01), rp.rules.ZPlus(), rp.rules.Gamma(0.3),
+                                  rp.rules.AlphaBeta(2, 1), rp.rules.WSquare(), rp.rules.Flat(),
+                                  rp.rules.ZBox(-2.0, 2.0)], ids=lambda r: type(r).__name__)
+def test_rules_on_a_layer_whose_weight_keeps_outputs_elsewhere(rule, rng):
+    """Every linear rule stacks rule-modified weights along axis 0 and takes each half of the
+    biases by its own length, and the layer runs stacked weights its own way: a layer whose
+    weight is (in, out) with in != out gets the numbers of Dense on the transposed weight,
+    and of the reference."""
+    L.register_layer(DenseT)
+    ref.register_twin("test_dense_t", forward=lambda layer, x: x @ layer.weight + layer.bias,
+                      backward=lambda layer, g, xs, mode: [g @ layer.weight.T],
+                      apply=lambda layer, x, w, b: x @ w if b is None else x @ w + b)
+    try:
+        w1, w2 = rng.normal(size=(5, 7)), rng.normal(size=(7, 3))
+        b1, b2 = rng.normal(size=7), rng.normal(size=3)
+        net = rp.Sequential([DenseT(w1, b1), rp.ReLU(), DenseT(w2, b2)], input_shape=(5,))
+        dense = rp.Sequential([rp.Dense(w1.T, b1), rp.ReLU(), rp.Dense(w2.T, b2)],
+                              input_shape=(5,))
+        x = rng.normal(size=(4, 5))
+        comp = Composite([("linear", rule)])
+        R = rp.lrp(net, x, 1, comp)
+        assert_allclose(R, rp.lrp(dense, x, 1, comp), rtol=1e-12, atol=1e-12)
+        seed = ref.seed(1, ref.forward(net, x)[-1], scale=True)
+        assert_allclose(R, ref.lrp(net, x, seed, comp.rules(net)), rtol=1e-9, atol=1e-12)
+    finally:
+        del L.LAYER_TYPES["test_dense_t"], TWINS["test_dense_t"]
+
+
+def test_batchnorm_folds_only_where_the_weight_keeps_outputs_on_axis_0(rng):
+    """A BatchNorm scales a layer's outputs: folded into Dense and Conv2d (outputs on axis 0),
+    not into a layer whose weight keeps them elsewhere, even where the sizes agree."""
+    bn = rp.BatchNorm(rng.uniform(1, 2, 5), np.zeros(5), np.zeros(5), np.ones(5))
+    assert bn.can_fold_into(rp.Dense(rng.normal(size=(5, 5))))
+    assert not bn.can_fold_into(DenseT(rng.normal(size=(5, 5))))

@@ -58,8 +58,11 @@ def _neg(a):
     return np.minimum(a, 0)
 
 
+# Stacked parameters: two weight arrays concatenated along axis 0 (the output axis of Dense
+# and Conv2d; ConvTranspose2d's (in, out, kh, kw) stacks its inputs, and runs the halves apart)
+# and their biases concatenated, each half taken back by its own length.
 def _stack(w, b):
-    """``[W+; W-]`` and ``[b+; b-]`` along the output axis."""
+    """``[W+; W-]`` and ``[b+; b-]``."""
     return (np.concatenate([_pos(w), _neg(w)]),
             None if b is None else np.concatenate([_pos(b), _neg(b)]))
 
@@ -67,14 +70,13 @@ def _stack(w, b):
 def signed_params(layer, dtype):
     """``(w2, b2, (w+, b+), (w-, b-))``: the stacked weights and views of their two halves."""
     w2, b2 = layer.modified("+-", _stack, dtype)
-    out = w2.shape[0] // 2
-    halves = [(w2[:out], None if b2 is None else b2[:out]),
-              (w2[out:], None if b2 is None else b2[out:])]
-    return w2, b2, halves[0], halves[1]
+    wp, wn = np.split(w2, 2)
+    bp, bn = (None, None) if b2 is None else np.split(b2, 2)
+    return w2, b2, (wp, bp), (wn, bn)
 
 
 def _with_plus(w, b):
-    """``[W; W+]`` and ``[b; b+]`` along the output axis."""
+    """``[W; W+]`` and ``[b; b+]``."""
     return (np.concatenate([w, _pos(w)]),
             None if b is None else np.concatenate([b, _pos(b)]))
 
@@ -92,10 +94,10 @@ def split_forward(layer, a, both=True, exact=False):
     Two GEMM units either way."""
     if both:
         w2, b2, _, _ = signed_params(layer, a.dtype)
-        zp, zn = layer.apply_split(a, w2, b2, w2.shape[0] // 2, exact)
+        zp, zn = layer.apply_split(a, w2, b2, exact)
         return zp + zn, (zp, zn)
     w2, b2, _ = plus_params(layer, a.dtype)
-    z, zp = layer.apply_split(a, w2, b2, w2.shape[0] // 2)
+    z, zp = layer.apply_split(a, w2, b2)
     return z, (zp, None)
 
 

@@ -70,7 +70,9 @@ class Linear(Layer):
     linear = True
     takes_epilogue = True
 
-    def __init__(self, weight, bias, weight_rank):
+    def __init__(self, weight, bias, weight_rank, outputs=None):
+        """``outputs``: the number of outputs (channels), the bias' length (default: the
+        weight's first axis)."""
         w = as_float_array(weight, "weight")
         if w.ndim != weight_rank:
             raise ValueError(f"{type(self).__name__} weight must have {weight_rank} dimensions, "
@@ -79,8 +81,9 @@ class Linear(Layer):
             raise ValueError(f"{type(self).__name__} weight must not be empty, got shape {w.shape}")
         if bias is not None:
             b = as_float_array(bias, "bias", dtype=w.dtype)
-            if b.shape != (w.shape[0],):
-                raise ValueError(f"{type(self).__name__} bias must have shape ({w.shape[0]},), got "
+            outputs = w.shape[0] if outputs is None else outputs
+            if b.shape != (outputs,):
+                raise ValueError(f"{type(self).__name__} bias must have shape ({outputs},), got "
                                  f"{b.shape}")
             bias = read_only(b)
         self._weight, self._bias = read_only(w), bias
@@ -192,9 +195,10 @@ class Linear(Layer):
     def apply(self, x, w, b, exact=False, relu=False):
         raise NotImplementedError
 
-    def apply_split(self, x, w, b, split, exact=False):
-        """``apply`` with stacked weights, returned as two outputs: output features (channels)
-        ``[0, split)`` and ``[split, out)``."""
+    def apply_split(self, x, w, b, exact=False):
+        """``apply`` with two weight arrays stacked along axis 0 and their biases concatenated
+        (the rules' ``[W+; W-]``), returned as two outputs: the first array's and the
+        second's."""
         raise NotImplementedError
 
     def apply_t(self, g, w, x_shape, exact=False, mask=None):
@@ -277,8 +281,9 @@ class Dense(Linear):
         y = ops.dense_forward(rows, w, b, self.packed_weights(w, "forward", small), relu=relu)
         return y.reshape(x.shape[:-1] + (w.shape[0],))
 
-    def apply_split(self, x, w, b, split, exact=False):
+    def apply_split(self, x, w, b, exact=False):
         # two GEMMs on the row blocks of w (contiguous): no stacked output to split
+        split = w.shape[0] // 2
         return tuple(self.apply(x, w[sl], None if b is None else b[sl])
                      for sl in (slice(None, split), slice(split, None)))
 
@@ -521,7 +526,8 @@ class Conv2d(Linear):
                                           self._packing(x.shape, w, tile, True), pooled=pooled,
                                           mask=x if mask else None, tile=tile, **self._geometry())
 
-    def apply_split(self, x, w, b, split, exact=False):
+    def apply_split(self, x, w, b, exact=False):
+        split = w.shape[0] // 2
         if self.groups != 1:  # stacking breaks the groups: one call per weight set
             return tuple(self.apply(x, w[sl], None if b is None else b[sl], exact)
                          for sl in (slice(None, split), slice(split, None)))

@@ -30,7 +30,7 @@ class BatchNorm(Layer):
         TorchModule(("BatchNorm1d", "BatchNorm2d"), lambda m, ctx: _torch_batchnorm(m, ctx)),
         OnnxOp(("BatchNormalization",), lambda ctx: _onnx_batchnorm(ctx)),
     )
-    expects = None  # folds into any linear layer
+    expects = (Dense, Conv2d)  # whose weights keep the outputs on axis 0
     _rank = None
 
     def __init__(self, scale, shift, mean, var, eps=1e-5):
@@ -74,11 +74,11 @@ class BatchNorm(Layer):
         return 2 * numel(out_shape)
 
     def can_fold_into(self, layer) -> bool:
-        return isinstance(layer, self.expects or Linear) and layer.weight.shape[0] == self.features
+        return isinstance(layer, self.expects) and layer.weight.shape[0] == self.features
 
     def fold_into(self, layer: Linear) -> Linear:
         """The layer ``self(layer(x))`` as one Dense/Conv2d."""
-        expects = self.expects or Linear
+        expects = self.expects
         if not isinstance(layer, expects):
             raise ValueError(f"{self!r} can only be folded into a preceding "
                              f"{' or '.join(t.__name__ for t in _as_tuple(expects))}, not "
