@@ -278,6 +278,15 @@ def test_relprop_evaluate_command(capsys):
     assert "| lrp.epsilon |" in out and "| random |" in out
     assert cli.main(["evaluate", "digits_mlp", "digits", "--methods", "nope"]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
+    # metric parameters the metrics refuse are usage errors, found on one sample before the
+    # work (the re-explaining metrics run there too)
+    for bad, message in ((["--metrics", "faithfulness_correlation", "--set", "subset=100"],
+                          "subset must be smaller than the 64 regions"),
+                         (["--metrics", "max_sensitivity", "--set", "runs=0"],
+                          "runs must be >= 1")):
+        assert cli.main(["evaluate", "digits_cnn", "digits", "--limit", "3", "--methods",
+                         "random,gradient", *bad]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_cli_evaluate_on_the_bundled_graph():

@@ -898,9 +898,13 @@ def run_evaluate(args, file=None):
     kwargs = {"smoothgrad": {"seed": args.seed}}
     box = {"low": float(x.min()), "high": float(x.max())}  # as 'relprop explain' does
     kwargs.update({m: box for m in BOX_METHODS})
-    with user_input():  # the metrics, target, masks and parameters, checked on one sample
-        compare(net, x[:1], target if np.ndim(target) == 0 else target[:1], [], metrics,
-                masks=None if masks is None else masks[:1], seed=args.seed, **params)
+    # the metrics, their parameters, the target and the masks, checked on one sample (with a
+    # method that explains, so that the metrics that re-explain run too)
+    probe = [next((m for m in methods if m != "random"), "random")] if methods else []
+    with user_input():
+        compare(net, x[:1], target if np.ndim(target) == 0 else target[:1], probe, metrics,
+                masks=None if masks is None else masks[:1], seed=args.seed,
+                method_kwargs=kwargs, **params)
     table = compare(net, x, target, methods, metrics, masks=masks, seed=args.seed,
                     batch_size=args.batch_size, method_kwargs=kwargs, **params)
     shown = ", ".join(f"{k}={v}" for k, v in params.items()) or "each metric's defaults"
