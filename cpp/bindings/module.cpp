@@ -704,6 +704,76 @@ CArray<T> channel_affine(const CArray<T>& x, const CArray<T>& scale, const py::o
   return y;
 }
 
+// An optional vector of c elements (None: null), kept alive in `keep`.
+template <typename T>
+const T* optional_vector(const py::object& a, idx c, const char* name, CArray<T>& keep) {
+  if (a.is_none()) return nullptr;
+  if (!py::isinstance<CArray<T>>(a))
+    throw py::type_error(std::string(name) + " must be a C-contiguous array of x's dtype");
+  keep = py::reinterpret_borrow<CArray<T>>(a);
+  RELPROP_CHECK(keep.ndim() == 1 && keep.shape(0) == c, name, " must have shape (", c,
+                ",) (the normalized axis), got ", shape_text(keep));
+  return keep.data();
+}
+
+void check_axis_split(py::ssize_t size, idx outer, idx c, idx inner, const char* what) {
+  RELPROP_CHECK(outer >= 0 && c > 0 && inner > 0 && outer * c * inner == size, what,
+                ": outer * c * inner must be the size of x (", size, "), got ", outer, " * ", c,
+                " * ", inner);
+}
+
+// x viewed as (outer, c, inner) -> (y, mean, rstd); mean and rstd (outer * inner,)
+template <typename T>
+py::tuple layer_norm_forward(const CArray<T>& x, const py::object& weight, const py::object& bias,
+                             idx outer, idx c, idx inner, double eps, int nthreads) {
+  check_axis_split(x.size(), outer, c, inner, "layer_norm_forward");
+  CArray<T> kw, kb;
+  const T* w = optional_vector<T>(weight, c, "weight", kw);
+  const T* b = optional_vector<T>(bias, c, "bias", kb);
+  CArray<T> y = like(x);
+  CArray<T> mean = output<T>({static_cast<py::ssize_t>(outer * inner)});
+  CArray<T> rstd = output<T>({static_cast<py::ssize_t>(outer * inner)});
+  T *yp = y.mutable_data(), *mp = mean.mutable_data(), *rp = rstd.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::layer_norm_forward<T>(x.data(), w, b, yp, mp, rp, outer, c, inner, eps, nthreads);
+  }
+  return py::make_tuple(y, mean, rstd);
+}
+
+template <typename T>
+CArray<T> layer_norm_backward(const CArray<T>& g, const py::object& x, const py::object& weight,
+                              const py::object& mean, const CArray<T>& rstd, idx outer, idx c,
+                              idx inner, bool frozen_std, int nthreads) {
+  check_axis_split(g.size(), outer, c, inner, "layer_norm_backward");
+  RELPROP_CHECK(rstd.size() == outer * inner, "layer_norm_backward: rstd must have ",
+                outer * inner, " elements, got ", rstd.size());
+  CArray<T> kw, kx, km;
+  const T* w = optional_vector<T>(weight, c, "weight", kw);
+  const T *xp = nullptr, *mp = nullptr;
+  if (!frozen_std) {
+    RELPROP_CHECK(!x.is_none() && !mean.is_none(),
+                  "layer_norm_backward: the gradient reads x and mean");
+    if (!py::isinstance<CArray<T>>(x) || !py::isinstance<CArray<T>>(mean))
+      throw py::type_error("x and mean must be C-contiguous arrays of grad's dtype");
+    kx = py::reinterpret_borrow<CArray<T>>(x);
+    km = py::reinterpret_borrow<CArray<T>>(mean);
+    check_same_shape(g, kx, "layer_norm_backward");
+    RELPROP_CHECK(km.size() == outer * inner, "layer_norm_backward: mean must have ",
+                  outer * inner, " elements, got ", km.size());
+    xp = kx.data();
+    mp = km.data();
+  }
+  CArray<T> gx = like(g);
+  T* gp = gx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::layer_norm_backward<T>(g.data(), xp, w, mp, rstd.data(), gp, outer, c, inner,
+                                    frozen_std, nthreads);
+  }
+  return gx;
+}
+
 template <typename T>
 CArray<T> lrp_divide(const CArray<T>& r, const CArray<T>& z, double eps, int nthreads,
                      const py::object& shift) {
@@ -853,6 +923,12 @@ void define(py::module_& m) {
         "mode 0: grad*(0<x<6), 1: max(grad, 0), 2: grad*(0<x<6)*(grad>0).");
   m.def("channel_affine", &channel_affine<T>, nc("x"), nc("scale"), "shift"_a, "nthreads"_a,
         "x (n, c, ...) * scale[c] + shift[c] (shift None: 0).");
+  m.def("layer_norm_forward", &layer_norm_forward<T>, nc("x"), "weight"_a, "bias"_a, "outer"_a,
+        "c"_a, "inner"_a, "eps"_a, "nthreads"_a,
+        "x as (outer, c, inner) normalized over c -> (y, mean, rstd), mean and rstd (outer*inner,).");
+  m.def("layer_norm_backward", &layer_norm_backward<T>, nc("grad"), "x"_a, "weight"_a, "mean"_a,
+        nc("rstd"), "outer"_a, "c"_a, "inner"_a, "frozen_std"_a, "nthreads"_a,
+        "The gradient of layer_norm_forward w.r.t. x (frozen_std: with rstd held constant).");
   m.def("relu_forward", &relu_forward<T>, nc("x"), "nthreads"_a);
   m.def("relu_backward", &relu_backward<T>, nc("grad"), nc("x"), "mode"_a, "nthreads"_a);
   m.def("lrp_divide", &lrp_divide<T>, nc("r"), nc("z"), "eps"_a, "nthreads"_a,

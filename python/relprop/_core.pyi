@@ -510,6 +510,70 @@ def gemm(a: _F64, b: _F64, trans_a: bool, trans_b: bool, nthreads: _Int) -> _F64
 def gemm_blocks(double_precision: bool) -> dict: ...
 def isa() -> str: ...
 @typing.overload
+def layer_norm_backward(
+    grad: _F32,
+    x: typing.Any,
+    weight: typing.Any,
+    mean: typing.Any,
+    rstd: _F32,
+    outer: _Int,
+    c: _Int,
+    inner: _Int,
+    frozen_std: bool,
+    nthreads: _Int,
+) -> _F32:
+    """
+    The gradient of layer_norm_forward w.r.t. x (frozen_std: with rstd held constant).
+    """
+
+@typing.overload
+def layer_norm_backward(
+    grad: _F64,
+    x: typing.Any,
+    weight: typing.Any,
+    mean: typing.Any,
+    rstd: _F64,
+    outer: _Int,
+    c: _Int,
+    inner: _Int,
+    frozen_std: bool,
+    nthreads: _Int,
+) -> _F64:
+    """
+    The gradient of layer_norm_forward w.r.t. x (frozen_std: with rstd held constant).
+    """
+
+@typing.overload
+def layer_norm_forward(
+    x: _F32,
+    weight: typing.Any,
+    bias: typing.Any,
+    outer: _Int,
+    c: _Int,
+    inner: _Int,
+    eps: _Float,
+    nthreads: _Int,
+) -> tuple:
+    """
+    x as (outer, c, inner) normalized over c -> (y, mean, rstd), mean and rstd (outer*inner,).
+    """
+
+@typing.overload
+def layer_norm_forward(
+    x: _F64,
+    weight: typing.Any,
+    bias: typing.Any,
+    outer: _Int,
+    c: _Int,
+    inner: _Int,
+    eps: _Float,
+    nthreads: _Int,
+) -> tuple:
+    """
+    x as (outer, c, inner) normalized over c -> (y, mean, rstd), mean and rstd (outer*inner,).
+    """
+
+@typing.overload
 def leaky_relu_backward(grad: _F32, x: _F32, slope: _Float, nthreads: _Int) -> _F32:
     """
     x > 0 ? grad : slope * grad.

@@ -435,6 +435,76 @@ def adaptive_avgpool2d_backward(g, in_hw):
     return _core.adaptive_avgpool2d_backward(g, as_pair(in_hw, "in_hw", minimum=1), _nt())
 
 
+def _axis_split(shape, axis):
+    """``(axis, outer, c, inner)``: an array of ``shape`` seen as (outer, c, inner) around
+    ``axis`` (ValueError for an axis it does not have)."""
+    from ._validate import as_int
+
+    axis = as_int(axis, "axis")
+    if not -len(shape) <= axis < len(shape):
+        raise ValueError(f"axis {axis} is out of range for an array of shape {tuple(shape)}")
+    axis %= len(shape)
+    return (axis, int(np.prod(shape[:axis], dtype=np.int64)), int(shape[axis]),
+            int(np.prod(shape[axis + 1:], dtype=np.int64)))
+
+
+def layer_norm_forward(x, weight=None, bias=None, axis=-1, eps=1e-5):
+    """Layer normalization of ``x`` over one ``axis``: ``(x - mean) / sqrt(var + eps) * weight +
+    bias``, mean and (biased) variance over that axis (``torch.nn.LayerNorm`` over the last axis;
+    ConvNeXt's over the channels, ``axis=1`` of NCHW).  Sums in double, in a fixed order.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64, any shape
+    weight, bias : ndarray, (x.shape[axis],), optional (1 and 0 when None)
+    axis : int
+    eps : float, >= 0
+
+    Returns
+    -------
+    (y, mean, rstd) : y shaped like ``x``; the mean and ``1 / sqrt(var + eps)`` shaped like ``x``
+    without ``axis`` (what :func:`layer_norm_backward` reads).
+
+    Raises
+    ------
+    ValueError
+        An axis out of range, weight or bias of another length, eps < 0.
+    TypeError
+        Float arrays of different dtypes.
+    """
+    x = _array(x, "x")
+    axis, outer, c, inner = _axis_split(x.shape, axis)
+    y, mean, rstd = _core.layer_norm_forward(x, _like(weight, x.dtype, "weight"),
+                                             _like(bias, x.dtype, "bias"), outer, c, inner,
+                                             float(eps), _nt())
+    stats = x.shape[:axis] + x.shape[axis + 1:]
+    return y, mean.reshape(stats), rstd.reshape(stats)
+
+
+def layer_norm_backward(g, x, weight, mean, rstd, axis=-1, frozen_std=False):
+    """The vector-Jacobian product of :func:`layer_norm_forward` w.r.t. ``x`` (shaped like
+    ``g``), from the ``mean`` and ``rstd`` it returned; with ``frozen_std`` the transpose of the
+    map with the standard deviation held constant, ``u - mean(u)`` with ``u = g weight rstd``
+    (``x`` and ``mean`` unread: pass None), LRP's identity rule for LayerNorm.
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not fit.
+    TypeError
+        Float arrays of different dtypes.
+    """
+    g = _array(g, "g")
+    axis, outer, c, inner = _axis_split(g.shape, axis)
+    if frozen_std:
+        x = mean = None
+    else:
+        x, mean = _like(x, g.dtype, "x", "g"), _like(mean, g.dtype, "mean", "g")
+    return _core.layer_norm_backward(g, x, _like(weight, g.dtype, "weight", "g"), mean,
+                                     _like(rstd, g.dtype, "rstd", "g"), outer, c, inner,
+                                     bool(frozen_std), _nt())
+
+
 #: The smooth activations of :func:`activation_forward`, in the kernel's numbering.
 ACTIVATIONS = ("sigmoid", "silu", "tanh", "gelu", "gelu_tanh", "hardsigmoid", "hardswish")
 

@@ -413,7 +413,7 @@ class Norm(Rule):
     is held constant, that map (LayerNorm with its standard deviation frozen)."""
 
     stabilizer: float = 1e-6
-    applies_to = ("avgpool", "sum")
+    applies_to = ("avgpool", "sum", "layernorm")
 
     def __post_init__(self):
         _check_stabilizer(self)

@@ -231,6 +231,25 @@ template <typename T>
 void channel_affine(const T* x, const T* scale, const T* shift, T* y, idx n, idx channels,
                     idx inner, int nthreads);
 
+// Layer normalization of x viewed as (outer, c, inner) over its c axis (torch's LayerNorm over
+// the last axis: inner = 1; over the channels of NCHW: outer = n, inner = h * w): for every
+// column (o, i)
+//   mean = sum_k x[o, k, i] / c,  var = sum_k (x[o, k, i] - mean)^2 / c,
+//   rstd = 1 / sqrt(var + eps),   y[o, k, i] = (x[o, k, i] - mean) * rstd * w[k] + b[k]
+// (w, b null: 1, 0), with mean and rstd (outer * inner) kept for the backward pass; sums in
+// double in a fixed order.  Throws std::invalid_argument for c < 1 or eps < 0.
+template <typename T>
+void layer_norm_forward(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, idx outer,
+                        idx c, idx inner, double eps, int nthreads);
+
+// Its vector-Jacobian product w.r.t. x, per column, with u_k = g_k w_k rstd and
+// xhat_k = (x_k - mean) rstd:  gx_k = u_k - mean_k(u) - xhat_k mean_k(u xhat)   (the gradient);
+// with frozen_std the map with rstd held constant, gx_k = u_k - mean_k(u) (x and mean unread:
+// LRP's identity rule for LayerNorm, as LXT detaches the standard deviation).
+template <typename T>
+void layer_norm_backward(const T* g, const T* x, const T* w, const T* mean, const T* rstd, T* gx,
+                         idx outer, idx c, idx inner, bool frozen_std, int nthreads);
+
 // y = act(x) element by element, for the smooth activation numbered op (NaN stays NaN):
 //   0 sigmoid      1 / (1 + e^-x)
 //   1 SiLU         x / (1 + e^-x)

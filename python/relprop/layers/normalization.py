@@ -1,12 +1,12 @@
 """Normalization: inference-mode BatchNorm (folded into the Dense/Conv2d before it where it
-can be, else an affine node)."""
+can be, else an affine node) and LayerNorm."""
 from __future__ import annotations
 
 import numpy as np
 
 from .. import ops
 from .._validate import as_float_array, as_scalar
-from .base import Layer, OnnxOp, TorchModule, cfg_int, numel, register_layer
+from .base import Layer, OnnxOp, TorchFunction, TorchModule, cfg_int, numel, register_layer
 from .linear import Conv2d, Dense, Linear
 
 
@@ -167,3 +167,141 @@ def _onnx_batchnorm(ctx):
         raise ctx.error("training_mode=1 is not supported")
     params = (ctx.const(i, n) for i, n in enumerate(("scale", "B", "mean", "var"), start=1))
     return _batchnorm(ctx, *params, float(ctx.attrs.get("epsilon", 1e-5)))
+
+
+# --- layer normalization ------------------------------------------------------------------------
+#: The axes LayerNorm normalizes over: a sample's last (torch.nn.LayerNorm: ViT's tokens, the
+#: features of an MLP) or its first, the channels of NCHW (ConvNeXt's LayerNorm2d).
+LAYER_NORM_AXES = {"last": -1, "channels": 1}
+
+
+@register_layer
+class LayerNorm(Layer):
+    """Layer normalization over one axis of each sample: ``(x - mean) / sqrt(var + eps) * weight
+    + bias``, mean and (biased) variance over the last axis (``axis="last"``, as
+    ``torch.nn.LayerNorm(d)``) or over the channels (``axis="channels"``, axis 1 of NCHW, as
+    ConvNeXt normalizes between its permutes); weight and bias ``(d,)`` or None (1 and 0).
+
+    LRP: the Norm rule on the map with the standard deviation held constant, ``R_x = x *
+    A^T (R_y / stab(y))`` with ``A = diag(weight / std) (I - 1/d)`` along the axis: the identity
+    rule for the division by the standard deviation with the centering kept as the linear map it
+    is, as LXT's ``layer_norm_forward`` computes it (conserving without a bias); gradients go
+    through the whole map.
+    """
+
+    kind = "layernorm"
+    slots = ("layernorm",)
+    default_rule = "norm"
+    backward_reads_input = True
+    imports = (
+        TorchModule(("LayerNorm",), lambda m, ctx: _torch_layernorm(m, ctx)),
+        TorchFunction(("torch.nn.functional.layer_norm",),
+                      ("input", "normalized_shape", ("weight", None), ("bias", None),
+                       ("eps", 1e-5)), lambda a, ctx: _torch_f_layernorm(a, ctx)),
+        OnnxOp(("LayerNormalization",), lambda ctx: _onnx_layernorm(ctx)),
+    )
+
+    def __init__(self, weight=None, bias=None, eps=1e-5, axis="last", features=None):
+        if axis not in LAYER_NORM_AXES:
+            raise ValueError(f"LayerNorm axis must be one of {sorted(LAYER_NORM_AXES)}, got "
+                             f"{axis!r}")
+        self.axis = axis
+        self.eps = as_scalar(eps, "eps", minimum=0.0)
+        self.weight = None if weight is None else as_float_array(weight, "weight")
+        self.bias = None if bias is None else as_float_array(bias, "bias")
+        sizes = {len(a) if a.ndim == 1 else -1 for a in (self.weight, self.bias) if a is not None}
+        if features is not None:
+            sizes.add(int(features))
+        if len(sizes) != 1 or min(sizes) < 1:
+            raise ValueError("LayerNorm: weight and bias must be 1-D of one length d >= 1 (or, "
+                             f"with neither, give features=d); got weight "
+                             f"{None if weight is None else self.weight.shape}, bias "
+                             f"{None if bias is None else self.bias.shape}, features={features}")
+        self.features = sizes.pop()
+        self._params = {}
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        layer = cls(arrays.get("weight"), arrays.get("bias"), cfg.get("eps", 1e-5),
+                    cfg.get("axis", "last"), cfg_int(cfg, "features"))
+        return layer
+
+    def config(self):
+        return {"features": self.features, "eps": self.eps, "axis": self.axis}
+
+    def arrays(self):
+        return {k: v for k, v in (("weight", self.weight), ("bias", self.bias)) if v is not None}
+
+    def describe(self):
+        where = "channels" if self.axis == "channels" else "last axis"
+        return f"LayerNorm {self.features} ({where})"
+
+    def flops(self, in_shapes, out_shape):
+        return 8 * numel(out_shape)
+
+    def output_shape(self, shape):
+        at = LAYER_NORM_AXES[self.axis] - 1 if self.axis == "channels" else -1
+        if not shape or shape[at] != self.features:
+            where = "channels (first axis)" if self.axis == "channels" else "last axis"
+            raise ValueError(f"{self!r} expects {self.features} features on its {where} per "
+                             f"sample, got shape {tuple(shape)}")
+        return tuple(shape)
+
+    def params(self, dtype):
+        """``(weight, bias)`` in ``dtype`` (cached; None where absent)."""
+        dtype = np.dtype(dtype)
+        hit = self._params.get(dtype.str)
+        if hit is None:
+            hit = self._params.setdefault(dtype.str, tuple(
+                None if a is None else np.ascontiguousarray(a, dtype=dtype)
+                for a in (self.weight, self.bias)))
+        return hit
+
+    def forward(self, x):
+        w, b = self.params(x.dtype)
+        y, mean, rstd = ops.layer_norm_forward(x, w, b, LAYER_NORM_AXES[self.axis], self.eps)
+        return y, (mean, rstd)
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        mean, rstd = state
+        return ops.layer_norm_backward(g, x, self.params(g.dtype)[0], mean, rstd,
+                                       LAYER_NORM_AXES[self.axis])
+
+    def linear_backward(self, g, x, state):
+        return ops.layer_norm_backward(g, None, self.params(g.dtype)[0], None, state[1],
+                                       LAYER_NORM_AXES[self.axis], frozen_std=True)
+
+
+def _layernorm(ctx, normalized_shape, weight, bias, eps):
+    shape = tuple(normalized_shape) if isinstance(normalized_shape, (list, tuple)) else \
+        (normalized_shape,)
+    if len(shape) != 1:
+        raise ctx.error(f"LayerNorm over the last {len(shape)} axes {shape} is not supported "
+                        "(relprop normalizes over one axis)")
+    try:
+        return LayerNorm(weight, bias, eps, "last", features=int(shape[0]))
+    except (ValueError, TypeError) as exc:
+        raise ctx.error(str(exc)) from None
+
+
+def _torch_layernorm(m, ctx):
+    weight = None if getattr(m, "weight", None) is None else ctx.array(m.weight)
+    bias = None if getattr(m, "bias", None) is None else ctx.array(m.bias)
+    return _layernorm(ctx, m.normalized_shape, weight, bias, float(m.eps))
+
+
+def _torch_f_layernorm(a, ctx):
+    weight, bias = (None if a[k] is None else ctx.parameter(a[k], k) for k in ("weight", "bias"))
+    return _layernorm(ctx, ctx.constant(a["normalized_shape"], "normalized_shape"), weight, bias,
+                      float(ctx.constant(a["eps"], "eps")))
+
+
+def _onnx_layernorm(ctx):
+    axis = ctx.attrs.get("axis", -1)
+    rank = len(ctx.shape) + 1
+    if axis % rank != rank - 1:
+        raise ctx.error(f"LayerNormalization over axes {axis}..{rank - 1} is not supported "
+                        "(relprop normalizes over one axis, the last)")
+    scale = ctx.const(1, "Scale")
+    return _layernorm(ctx, scale.shape, scale, ctx.const(2, "B", required=False),
+                      float(ctx.attrs.get("epsilon", 1e-5)))

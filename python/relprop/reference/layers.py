@@ -196,3 +196,29 @@ register_twin("batchnorm", "batchnorm1d", "batchnorm2d",
               backward=lambda layer, g, xs, mode: [ops.channel_affine(
                   g, _affine(layer, g.dtype)[0])])
 
+
+def _ln_axis(layer):
+    return 1 if layer.axis == "channels" else -1
+
+
+def _ln_frozen(layer, a, v):
+    """LayerNorm's map with the standard deviation of ``a`` held constant (no bias), applied to
+    ``v``: ``(v - mean(v)) / std(a) * weight``."""
+    axis = _ln_axis(layer)
+    rstd = np.expand_dims(ops.layer_norm_forward(a, axis=axis, eps=layer.eps)[2], axis)
+    shape = [1] * v.ndim
+    shape[axis] = -1
+    w = 1.0 if layer.weight is None else layer.weight.reshape(shape)
+    return (v - v.mean(axis=axis, keepdims=True)) * rstd * w
+
+
+def _ln_backward(layer, g, xs, mode):
+    _, mean, rstd = ops.layer_norm_forward(xs[0], layer.weight, layer.bias, _ln_axis(layer),
+                                           layer.eps)
+    return [ops.layer_norm_backward(g, xs[0], layer.weight, mean, rstd, _ln_axis(layer))]
+
+
+register_twin("layernorm",
+              forward=lambda layer, x: ops.layer_norm_forward(x, layer.weight, layer.bias,
+                                                              _ln_axis(layer), layer.eps)[0],
+              backward=_ln_backward, linear=_ln_frozen)

@@ -249,6 +249,38 @@ def leaky_relu_backward(g, x, negative_slope=0.01):
     return np.where(x > 0, g, g * np.asarray(negative_slope, dtype=g.dtype))
 
 
+def layer_norm_forward(x, weight=None, bias=None, axis=-1, eps=1e-5):
+    """(y, mean, rstd) of layer normalization over ``axis``, from the definition (in float64,
+    rounded to x's dtype)."""
+    v = np.asarray(x, dtype=np.float64)
+    mean = v.mean(axis=axis, keepdims=True)
+    rstd = 1 / np.sqrt(((v - mean) ** 2).mean(axis=axis, keepdims=True) + eps)
+    shape = [1] * v.ndim
+    shape[axis] = -1
+    w = 1.0 if weight is None else np.reshape(weight, shape)
+    b = 0.0 if bias is None else np.reshape(bias, shape)
+    y = (v - mean) * rstd * w + b
+    return (y.astype(x.dtype), np.squeeze(mean, axis).astype(x.dtype),
+            np.squeeze(rstd, axis).astype(x.dtype))
+
+
+def layer_norm_backward(g, x, weight, mean, rstd, axis=-1, frozen_std=False):
+    """The gradient of :func:`layer_norm_forward` w.r.t. x: the transpose of its Jacobian
+    ``rstd W (I - 1/c) - rstd W xhat xhat^T / c`` per column (``frozen_std``: of ``rstd W (I -
+    1/c)``, the map with the standard deviation held constant)."""
+    gd = np.asarray(g, dtype=np.float64)
+    r = np.expand_dims(np.asarray(rstd, dtype=np.float64), axis)
+    shape = [1] * gd.ndim
+    shape[axis] = -1
+    w = 1.0 if weight is None else np.reshape(weight, shape).astype(np.float64)
+    u = gd * w * r
+    gx = u - u.mean(axis=axis, keepdims=True)
+    if not frozen_std:
+        xhat = (np.asarray(x, np.float64) - np.expand_dims(np.asarray(mean, np.float64), axis)) * r
+        gx = gx - xhat * (u * xhat).mean(axis=axis, keepdims=True)
+    return gx.astype(g.dtype)
+
+
 def _erfc(v):
     """erfc element by element (NumPy has none; the C library's, through math)."""
     import math
