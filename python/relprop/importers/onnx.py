@@ -533,17 +533,18 @@ def from_onnx(path_or_model, *, check=True, rtol=CHECK_RTOL):
 
     Reads DAGs, those of both of torch's exporters included (``torch.onnx.export`` with the
     default ``dynamo=True`` and with ``dynamo=False``), with a fixed or a dynamic batch.
-    Operators: Conv (group, dilations, symmetric pads), Gemm, MatMul (an Add of a constant right
-    after it, or after a Gemm/Conv, is its bias), Add/Sum of data tensors, Concat on any axis
-    but the batch's, Relu, Clip(0, 6) (ReLU6) and Clip(0), MaxPool, AveragePool,
-    GlobalAveragePool, ReduceMean over height and width, Flatten, Reshape (its leading dimension
-    the batch, or the export batch baked into a dynamic-batch file), Squeeze and Unsqueeze of
-    axes but the batch's, Transpose keeping the batch axis first, Split, Slice and Gather (one
-    index) on axes but the batch's, BatchNormalization (folded into the Conv/Gemm/MatMul before
-    it where nothing else reads that output, else an affine node), Dropout and Identity
-    (skipped); a Softmax as the last node is dropped (relprop explains the scores before it).
-    Subgraphs on constants and shapes are folded away. Poolings whose window is the identity are
-    skipped. The data input needs a fixed per-sample shape; element type float32 or float64.
+    Operators: Conv and ConvTranspose (group, dilations, symmetric pads, output padding), Gemm,
+    MatMul (an Add of a constant right after it, or after a Gemm/Conv, is its bias), Add/Sum of
+    data tensors, Concat on any axis but the batch's, Relu, Clip(0, 6) (ReLU6) and Clip(0),
+    MaxPool, AveragePool, GlobalAveragePool, ReduceMean over height and width, Flatten, Reshape
+    (its leading dimension the batch, or the export batch baked into a dynamic-batch file),
+    Squeeze and Unsqueeze of axes but the batch's, Transpose keeping the batch axis first,
+    Split, Slice and Gather (one index) on axes but the batch's, BatchNormalization (folded into
+    the Conv/Gemm/MatMul before it where nothing else reads that output, else an affine node),
+    Dropout and Identity (skipped); a Softmax as the last node is dropped (relprop explains the
+    scores before it). Subgraphs on constants and shapes are folded away. Poolings whose window
+    is the identity are skipped. The data input needs a fixed per-sample shape; element type
+    float32 or float64.
 
     Parameters
     ----------

@@ -12,6 +12,7 @@ from .._validate import as_float_array, as_int, as_pair
 from .base import (
     Layer,
     OnnxOp,
+    TorchFunction,
     TorchModule,
     cfg_int,
     cfg_pair,
@@ -564,6 +565,144 @@ class Conv2d(Linear):
         return out
 
 
+@register_layer
+class ConvTranspose2d(Linear):
+    """Transposed 2-D convolution as ``torch.nn.ConvTranspose2d`` (NCHW, zero padding); weight
+    ``(in, out // groups, kh, kw)``, and ``stride``, ``padding``, ``output_padding``,
+    ``dilation``, ``groups`` as torch's (``output_padding`` below ``stride`` or ``dilation``).
+
+    It is the adjoint of the Conv2d with its weight, stride, padding, dilation and groups, from
+    ``out`` to ``in`` channels (``conv``): its forward pass is that convolution's backward pass
+    (plus the bias) and its backward pass that convolution's forward pass, the same kernels,
+    algorithms and packings (an ``output_padding`` of a stride or more, which needs a larger
+    dilation, gives that convolution zero inputs past the last).  It takes the composites'
+    convolution slot, as Zennit's Convolution type covers ConvTranspose2d, so its LRP rules are
+    Conv2d's."""
+
+    kind = "convtranspose2d"
+    slots = ("convolution", "linear")
+    takes_epilogue = False  # its kernels apply no ReLU store or mask
+    imports = (
+        TorchModule(("ConvTranspose2d",), lambda m, ctx: _torch_conv_transpose2d(m, ctx)),
+        TorchFunction(("torch.nn.functional.conv_transpose2d", "torch.conv_transpose2d"),
+                      ("input", "weight", ("bias", None), ("stride", 1), ("padding", 0),
+                       ("output_padding", 0), ("groups", 1), ("dilation", 1)),
+                      lambda a, ctx: _torch_conv_transpose2d_function(a, ctx)),
+        OnnxOp(("ConvTranspose",), lambda ctx: _onnx_conv_transpose(ctx)),
+    )
+
+    def __init__(self, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1,
+                 groups=1, algorithm="auto"):
+        groups = as_int(groups, "groups", minimum=1)
+        w = as_float_array(weight, "weight")
+        super().__init__(w, bias, 4, outputs=w.shape[1] * groups if w.ndim == 4 else None)
+        self.conv = Conv2d(self.weight, None, stride, padding, dilation, groups, algorithm)
+        self.stride, self.padding = self.conv.stride, self.conv.padding
+        self.dilation, self.groups, self.algorithm = self.conv.dilation, groups, algorithm
+        self.output_padding = as_pair(output_padding, "output_padding", minimum=0)
+        if any(op >= max(s, d) for op, s, d in zip(self.output_padding, self.stride,
+                                                     self.dilation)):
+            raise ValueError(f"ConvTranspose2d output_padding {self.output_padding} must be "
+                             f"smaller than the stride {self.stride} or the dilation "
+                             f"{self.dilation}")
+
+    @property
+    def in_channels(self):
+        return self.weight.shape[0]
+
+    @property
+    def out_channels(self):
+        return self.weight.shape[1] * self.groups
+
+    def with_parameters(self, weight, bias):
+        return ConvTranspose2d(weight, bias, self.stride, self.padding, self.output_padding,
+                               self.dilation, self.groups, self.algorithm)
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        k = cfg_pair(cfg, "kernel_size")
+        groups = cfg_int(cfg, "groups", 1)
+        want = (cfg_int(cfg, "in_channels"), cfg_int(cfg, "out_channels") // groups, *k)
+        w, b = cls._parameters(cls, cfg, arrays, want)
+        algorithm = cfg.get("algorithm", "auto")
+        if algorithm not in CONV_ALGORITHMS:
+            raise ValueError(f"has a bad 'algorithm': {algorithm!r}")
+        return cls(w, b, cfg_pair(cfg, "stride"), cfg_pair(cfg, "padding"),
+                   cfg_pair(cfg, "output_padding", (0, 0)), cfg_pair(cfg, "dilation", (1, 1)),
+                   groups, algorithm)
+
+    def config(self):
+        cfg = self.conv.config()
+        cfg["in_channels"], cfg["out_channels"] = int(self.in_channels), int(self.out_channels)
+        if self.output_padding != (0, 0):
+            cfg["output_padding"] = list(self.output_padding)
+        return cfg
+
+    def describe(self):
+        _, _, kh, kw = self.weight.shape
+        text = (f"ConvTranspose2d {self.in_channels}->{self.out_channels} {kh}x{kw} stride "
+                f"{pair_text(self.stride)} pad {pair_text(self.padding)}")
+        if self.output_padding != (0, 0):
+            text += f" outpad {pair_text(self.output_padding)}"
+        if self.dilation != (1, 1):
+            text += f" dil {pair_text(self.dilation)}"
+        if self.groups != 1:
+            text += f" groups {self.groups}"
+        return text
+
+    def flops(self, in_shapes, out_shape):
+        per_input = 2 * numel(self.weight.shape[1:])
+        return numel(in_shapes[0]) * per_input + (numel(out_shape) if self.bias is not None
+                                                  else 0)
+
+    def _sizes(self, hw):
+        """``(out, extra)``: the output size for an input of size ``hw``, and the zero rows and
+        columns the adjoint convolution's output needs beyond the input to have that input
+        size (``output_padding // stride``: none unless the output padding reaches the
+        stride)."""
+        out = tuple((h - 1) * s - 2 * p + e + op for h, s, p, e, op in zip(
+            hw, self.stride, self.padding, self.conv._extent(), self.output_padding))
+        if min(out) < 1:
+            raise ValueError(f"{self!r}: an input of {tuple(hw)} gives no output ({out})")
+        return out, tuple(op // s for op, s in zip(self.output_padding, self.stride))
+
+    def output_shape(self, shape):
+        self._need_rank(shape, 3, "(channels, height, width)")
+        if shape[0] != self.in_channels:
+            raise ValueError(f"{self!r} expects {self.in_channels} input channels, got shape "
+                             f"{tuple(shape)}")
+        return (self.out_channels,) + self._sizes(shape[1:])[0]
+
+    def apply(self, x, w, b, exact=False, relu=False):
+        out, extra = self._sizes(x.shape[2:])
+        if any(extra):
+            x = np.pad(x, ((0, 0), (0, 0), (0, extra[0]), (0, extra[1])))
+        y = self.conv.apply_t(x, w, (len(x), w.shape[1] * self.groups) + out, exact)
+        if b is not None:
+            y += b.reshape(-1, 1, 1)
+        return y
+
+    def apply_t(self, g, w, x_shape, exact=False, mask=None):
+        gx = self.conv.apply(g, w, None, exact)
+        h, wd = x_shape[2:]
+        return np.ascontiguousarray(gx[:, :, :h, :wd]) if gx.shape[2:] != (h, wd) else gx
+
+    def apply_split(self, x, w, b, exact=False):
+        # the stacked weights stack the inputs (axis 0): one call per weight set
+        b = (None, None) if b is None else np.split(b, 2)
+        return tuple(self.apply(x, wk, bk, exact) for wk, bk in zip(np.split(w, 2), b))
+
+    def apply_t_stacked(self, g, w, x_shape, exact=False):
+        (w1, w2), (g1, g2) = np.split(w, 2), np.split(g, 2, axis=1)
+        out = self.apply_t(np.ascontiguousarray(g1), w1, x_shape, exact)
+        out += self.apply_t(np.ascontiguousarray(g2), w2, x_shape, exact)
+        return out
+
+    def lrp_epsilon(self, r, z, a, w, eps, exact=False):
+        out = self.apply_t(ops.lrp_divide(r, z, eps), w, a.shape, exact)
+        return np.multiply(out, a, out=out)
+
+
 # --- importer converters ------------------------------------------------------------------------
 def bias_vector(v, n, ctx, what):
     """A constant ``v`` as a bias of length ``n`` (a scalar is broadcast)."""
@@ -626,3 +765,47 @@ def _onnx_conv(ctx):
                       groups=ctx.attrs.get("group", 1))
     except (ValueError, TypeError) as exc:
         raise ctx.error(str(exc)) from None
+
+
+def _conv_transpose2d(ctx, weight, bias, stride, padding, output_padding, groups, dilation):
+    try:
+        return ConvTranspose2d(weight, bias, stride, padding, output_padding, dilation, groups)
+    except (ValueError, TypeError) as exc:
+        raise ctx.error(str(exc)) from None
+
+
+def _torch_conv_transpose2d(m, ctx):
+    if m.padding_mode != "zeros":
+        raise ctx.error(f"padding_mode={m.padding_mode!r} is not supported")
+    return _conv_transpose2d(ctx, ctx.array(m.weight),
+                             None if m.bias is None else ctx.array(m.bias), tuple(m.stride),
+                             ctx.pair(m.padding, "padding"), tuple(m.output_padding), m.groups,
+                             tuple(m.dilation))
+
+
+def _torch_conv_transpose2d_function(a, ctx):
+    bias = None if a["bias"] is None else ctx.parameter(a["bias"], "bias")
+    args = [ctx.constant(a[k], k) for k in ("stride", "padding", "output_padding", "groups",
+                                             "dilation")]
+    return _conv_transpose2d(ctx, ctx.parameter(a["weight"], "weight"), bias, *args)
+
+
+def _onnx_conv_transpose(ctx):
+    w = ctx.const(1, "W")
+    if w.ndim != 4:
+        raise ctx.error(f"only 2-D transposed convolutions are supported (W shape {w.shape})")
+    auto = ctx.attrs.get("auto_pad", b"NOTSET")
+    if (auto.decode() if isinstance(auto, bytes) else auto) not in ("NOTSET", "VALID"):
+        raise ctx.error(f"auto_pad={auto!r} is not supported (explicit pads)")
+    ctx.attrs.setdefault("kernel_shape", w.shape[2:])
+    kernel, strides, pads, dilation = ctx.window(pooling=False)
+    if tuple(kernel) != tuple(w.shape[2:]):
+        raise ctx.error(f"kernel_shape {tuple(kernel)} disagrees with W of shape {w.shape}")
+    outpad = tuple(ctx.attrs.get("output_padding", (0, 0)))
+    if "output_shape" in ctx.attrs:  # the output padding that gives it
+        shape = tuple(ctx.attrs["output_shape"])[-2:]
+        base = [(h - 1) * s - 2 * p + d * (k - 1) + 1 for h, s, p, d, k in
+                zip(ctx.shape[1:], strides, pads, dilation, kernel)]
+        outpad = tuple(o - b for o, b in zip(shape, base))
+    return _conv_transpose2d(ctx, w, ctx.const(2, "B", required=False), strides, pads, outpad,
+                             ctx.attrs.get("group", 1), dilation)

@@ -85,6 +85,35 @@ register_twin(
     apply=_conv_apply)
 
 
+def _convt_out(layer, hw):
+    """The output size of a ConvTranspose2d on inputs of size ``hw`` (torch's formula)."""
+    return tuple((h - 1) * s - 2 * p + d * (k - 1) + op + 1 for h, s, p, d, k, op in zip(
+        hw, layer.stride, layer.padding, layer.dilation, layer.weight.shape[2:],
+        layer.output_padding))
+
+
+def _convt_apply(layer, x, w, b):
+    """The transposed convolution: each input scattered over its window of the output (the
+    transpose of conv2d_forward, on the whole output: rows beyond the windows stay 0)."""
+    y = ops.conv2d_backward(x, w, _convt_out(layer, x.shape[2:]), layer.stride, layer.padding,
+                            **_conv_kw(layer))
+    return y if b is None else y + b[None, :, None, None]
+
+
+def _convt_backward(layer, g, xs, mode):
+    h, w = xs[0].shape[2:]
+    gx = ops.conv2d_forward(g, layer.weight.astype(g.dtype), None, layer.stride, layer.padding,
+                            **_conv_kw(layer))
+    return [gx[:, :, :h, :w]]  # (outputs beyond the windows make more rows, all 0)
+
+
+register_twin(
+    "convtranspose2d",
+    forward=lambda layer, x: _convt_apply(layer, x, layer.weight.astype(x.dtype),
+                                          _b(layer, x.dtype)),
+    backward=_convt_backward, apply=_convt_apply)
+
+
 # --- activations --------------------------------------------------------------------------------
 register_twin("relu", forward=lambda layer, x: ops.relu_forward(x),
               backward=lambda layer, g, xs, mode: [ops.relu_backward(g, xs[0], mode)])
