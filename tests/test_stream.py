@@ -322,6 +322,103 @@ def test_resume_refuses_damaged_outputs(tmp_path, digits_npy):
     assert proc.returncode == 2 and "not a relprop progress record" in proc.stderr
 
 
+def _overwrite(path, offset, data):
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(data)
+
+
+def _chunk_offsets(out, i):
+    """(relevance.npy offset, explained.csv offset) of chunk i's first bytes."""
+    rec = record(out)
+    start, _, c0 = rec["chunks"][i][:3]
+    rel = np.load(out / "relevance.npy", mmap_mode="r")
+    return int(rel.offset) + start * rel[0].nbytes, c0
+
+
+def test_resume_verifies_the_chunks_and_recomputes_the_damaged(tmp_path, digits_npy):
+    """A few bytes overwritten inside relevance.npy or explained.csv after a finished run:
+    --resume finds them against the chunks' checksums and recomputes those chunks in place (it
+    kept the damaged bytes, status 0); relprop verify reports them (status 1)."""
+    pytest.importorskip("PIL")
+    _, x = digits_npy
+    np.save(tmp_path / "x.npy", x[:250])
+    args = ["explain", "digits_cnn", tmp_path / "x.npy", "-o", None, "--chunk-size", 60,
+            "--heatmaps"]
+    args[4] = clean = tmp_path / "clean"
+    assert run(*args).returncode == 0
+    proc = run("verify", clean)
+    assert proc.returncode == 0 and "all 5 chunk(s) match their checksums" in proc.stdout, proc
+    args[4] = out = tmp_path / "out"
+    assert run(*args).returncode == 0
+    rel_at, _ = _chunk_offsets(out, 1)
+    _, csv_at = _chunk_offsets(out, 3)
+    _overwrite(out / "relevance.npy", rel_at + 100, b"\x00\x01\x02\x03")
+    csv = (out / "explained.csv").read_bytes()
+    _overwrite(out / "explained.csv", csv_at, b"X" if csv[csv_at:csv_at + 1] != b"X" else b"Y")
+    (out / "heatmaps" / "070.png").unlink()
+    proc = run("verify", out)
+    assert proc.returncode == 1, proc
+    assert "chunk 1 (samples 60..119): relevance.npy differ" in proc.stdout, proc.stdout
+    assert "chunk 3 (samples 180..239): explained.csv differ" in proc.stdout, proc.stdout
+    proc = run(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "verified all 5 chunks" in proc.stdout
+    assert "chunk 1 (samples 60..119) did not match its checksum (relevance.npy): " \
+        "recomputed" in proc.stdout, proc.stdout
+    assert "chunk 3 (samples 180..239) did not match its checksum (explained.csv)" in proc.stdout
+    assert read_out(out) == read_out(clean)
+    assert (out / "heatmaps" / "070.png").read_bytes() == \
+        (clean / "heatmaps" / "070.png").read_bytes()
+    assert run("verify", out).returncode == 0
+
+
+def test_resume_verifies_the_last_two_chunks_when_all_would_cost_too_much(tmp_path,
+                                                                          digits_npy):
+    """Verifying every chunk costs more than a tenth of the run so far (the record says the
+    run took no time): the last two are verified, damage before them is left to relprop
+    verify."""
+    _, x = digits_npy
+    np.save(tmp_path / "x.npy", x[:250])
+    args = ["explain", "digits_cnn", tmp_path / "x.npy", "-o", tmp_path / "out",
+            "--chunk-size", 60]
+    assert run(*args).returncode == 0
+    clean = read_out(tmp_path / "out")
+    rec = record(tmp_path / "out")
+    rec["seconds"] = 0.0
+    (tmp_path / "out" / "progress.json").write_text(json.dumps(rec))
+    early, _ = _chunk_offsets(tmp_path / "out", 0)
+    late, _ = _chunk_offsets(tmp_path / "out", 3)
+    for at in (early, late):
+        _overwrite(tmp_path / "out" / "relevance.npy", at, b"\xff" * 8)
+    proc = run(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "verified the last 2 of 5 chunks" in proc.stdout, proc.stdout
+    assert "chunk 3 (samples 180..239) did not match" in proc.stdout
+    assert "chunk 0 " not in proc.stdout
+    rel, csv = read_out(tmp_path / "out")
+    assert rel != clean[0] and csv == clean[1]
+    proc = run("verify", tmp_path / "out")
+    assert proc.returncode == 1 and "chunk 0 (samples 0..59): relevance.npy" in proc.stdout
+
+
+def test_resume_refuses_a_chunk_recomputed_other_than_its_checksum(tmp_path, digits_npy):
+    _, x = digits_npy
+    np.save(tmp_path / "x.npy", x[:150])
+    args = ["explain", "digits_cnn", tmp_path / "x.npy", "-o", tmp_path / "out",
+            "--chunk-size", 60]
+    assert run(*args).returncode == 0
+    rec = record(tmp_path / "out")
+    rec["chunks"][1][4] ^= 1  # its relevance checksum, no longer that of its bytes
+    (tmp_path / "out" / "progress.json").write_text(json.dumps(rec))
+    proc = run(*args, "--resume")
+    assert proc.returncode == 2
+    assert "chunk 1 (samples 60..119) was recomputed with other bytes than its checksums" \
+        in proc.stderr, proc.stderr
+    proc = run("verify", tmp_path / "nothing")
+    assert proc.returncode == 2 and "no progress record" in proc.stderr
+
+
 def test_resume_without_a_record_starts(tmp_path, digits_npy):
     _, x = digits_npy
     np.save(tmp_path / "x.npy", x[:20])

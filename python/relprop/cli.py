@@ -1,9 +1,11 @@
-"""The ``relprop`` command line: ``demo``, ``explain``, ``info``, ``evaluate``.
+"""The ``relprop`` command line: ``demo``, ``explain``, ``verify``, ``info``, ``evaluate``,
+``concepts``.
 
 ``relprop demo`` explains digits with a bundled model (the ResNet by default) under several
 methods and writes a web page (``index.html``: a labelled grid of heatmaps) and a PNG grid;
 ``relprop explain MODEL INPUTS -m METHOD -o OUTDIR`` explains your own inputs, streaming them
 chunk by chunk (``--resume``, ``--workers``; ``--report`` adds a web page);
+``relprop verify OUTDIR`` checks such a folder against its checksums;
 ``relprop evaluate MODEL INPUTS`` compares methods by pixel flipping; ``relprop info MODEL``
 lists layers, shapes, parameters and FLOPs.  Run ``relprop CMD --help``.
 
@@ -725,6 +727,57 @@ def run_explain(args):
 
 
 # --------------------------------------------------------------------------------------------
+# relprop verify
+# --------------------------------------------------------------------------------------------
+def add_verify_parser(subparsers):
+    p = subparsers.add_parser(
+        "verify", help="check an explain run's output folder against its checksums",
+        description="Check OUTDIR, the output folder of 'relprop explain', against its "
+                    "progress record: relevance.npy's shape and type, and the bytes of every "
+                    "completed chunk in relevance.npy and explained.csv against the chunk's "
+                    "CRC-32.  Prints what it found; exit status 0 when everything matches, 1 "
+                    "when something is damaged ('relprop explain ... --resume' with the run's "
+                    "arguments recomputes damaged chunks).  Heatmap PNGs are not checked.")
+    p.add_argument("out", metavar="OUTDIR", help="the output folder of a relprop explain run")
+    p.set_defaults(func=run_verify)
+    return p
+
+
+def run_verify(args):
+    from .stream import RECORD, Checker, describe_chunk, read_record
+
+    rec = read_record(args.out)
+    if rec is None:
+        raise UsageError(f"{args.out}: no progress record ({RECORD}): not the output folder of "
+                         "a relprop explain run")
+    run, done, n = rec.get("run", {}), int(rec["done"]), int(rec["n"])
+    state = "complete" if done == n else "interrupted: 'relprop explain ... --resume' continues it"
+    print(f"{args.out}: relprop explain with {run.get('method')}, {done} of {n} samples done in "
+          f"{len(rec.get('chunks', []))} chunk(s) ({state})")
+    try:
+        checker = Checker(args.out, rec)
+    except (OSError, ValueError) as exc:
+        print(f"relevance.npy: missing or damaged ({' '.join(str(exc).split())})")
+        return 1
+    problems = []
+    if checker.shape != tuple(rec["shape"]) or checker.dtype != np.dtype(rec["dtype"]):
+        problems.append(f"relevance.npy: shape {checker.shape} and dtype {checker.dtype}, the "
+                        f"progress record says {tuple(rec['shape'])} {np.dtype(rec['dtype'])}")
+    for i, files in checker.check(range(len(checker.chunks))):
+        problems.append(f"{describe_chunk(i, checker.chunks[i])}: {' and '.join(files)} "
+                        "differ(s) from its checksum")
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"damaged: {len(problems)} problem(s); 'relprop explain' with the run's arguments "
+              "and --resume recomputes damaged chunks")
+        return 1
+    print(f"all {len(checker.chunks)} chunk(s) match their checksums "
+          f"({checker.bytes:,} bytes of relevance.npy and explained.csv)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # relprop info
 # --------------------------------------------------------------------------------------------
 def add_info_parser(subparsers):
@@ -1042,7 +1095,8 @@ def run_concepts(args):
 # main
 # --------------------------------------------------------------------------------------------
 #: One entry per subcommand: ``add(subparsers)`` creates it and sets ``func``.
-SUBCOMMANDS = [add_demo_parser, add_explain_parser, add_info_parser, add_evaluate_parser,
+SUBCOMMANDS = [add_demo_parser, add_explain_parser, add_verify_parser, add_info_parser,
+               add_evaluate_parser,
                add_concepts_parser]
 
 

@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import time
+import zlib
 from collections import deque
 
 import numpy as np
@@ -39,7 +40,10 @@ from .inputs import CHUNK_BYTES, MAX_CHUNK, NpyFile, UsageError, default_chunk_s
 #: The progress record's file name and format tag.
 RECORD = "progress.json"
 RECORD_FORMAT = "relprop-explain-progress"
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+#: --resume verifies every written chunk when that is estimated (from the last two) to take at
+#: most this share of the run's time so far, else the last two only.
+VERIFY_SHARE = 0.1
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,7 +319,7 @@ def _fsync_dir(path):
 def _write_json_atomic(path, obj):
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=True)
+        json.dump(obj, fh, sort_keys=True, separators=(",", ":"))
         fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())
@@ -328,6 +332,65 @@ def _pwrite_all(fd, data, offset):
     while view:
         k = os.pwrite(fd, view, offset)
         view, offset = view[k:], offset + k
+
+
+def _crc(fd, offset, size):
+    """CRC-32 of ``size`` bytes of ``fd`` from ``offset`` (None when the file is shorter)."""
+    crc = 0
+    while size > 0:
+        block = os.pread(fd, min(size, 1 << 24), offset)
+        if not block:
+            return None
+        crc = zlib.crc32(block, crc)
+        offset, size = offset + len(block), size - len(block)
+    return crc
+
+
+def csv_text(names, classes, scores, sums):
+    """The rows of ``explained.csv`` for a chunk, as bytes."""
+    return "".join(f"{name},{t},{s:.6g},{r:.6g}\n"
+                   for name, t, s, r in zip(names, classes, scores, sums)).encode()
+
+
+class Checker:
+    """Compares the chunks of a run's files with the checksums of its progress record.
+
+    Each entry of the record's ``chunks`` is ``[start, stop, csv_start, csv_stop, rel_crc,
+    csv_crc]``: samples ``start:stop`` fill rows ``start:stop`` of ``relevance.npy`` and bytes
+    ``csv_start:csv_stop`` of ``explained.csv``, whose CRC-32 are ``rel_crc`` and ``csv_crc``.
+    """
+
+    def __init__(self, outdir, rec):
+        self.chunks = [tuple(int(v) for v in c) for c in rec.get("chunks", [])]
+        rel = np.load(os.path.join(outdir, "relevance.npy"), mmap_mode="r", allow_pickle=False)
+        self.shape, self.dtype, self.offset = rel.shape, rel.dtype, int(rel.offset)
+        self.row_bytes = int(np.prod(rel.shape[1:], dtype=np.int64)) * rel.dtype.itemsize
+        del rel
+        self.paths = [os.path.join(outdir, name) for name in ("relevance.npy", "explained.csv")]
+        self.bytes = sum((c[1] - c[0]) * self.row_bytes + c[3] - c[2] for c in self.chunks)
+
+    def damaged(self, chunk):
+        """The files (names) whose bytes of ``chunk`` differ from its checksums."""
+        start, stop, c0, c1, rel_crc, csv_crc = chunk
+        out = []
+        for path, offset, size, crc in (
+                (self.paths[0], self.offset + start * self.row_bytes,
+                 (stop - start) * self.row_bytes, rel_crc), (self.paths[1], c0, c1 - c0, csv_crc)):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                if _crc(fd, offset, size) != crc:
+                    out.append(os.path.basename(path))
+            finally:
+                os.close(fd)
+        return out
+
+    def check(self, indices):
+        """``[(index, files)]`` of the chunks at ``indices`` that differ from their checksums."""
+        return [(i, bad) for i in indices for bad in [self.damaged(self.chunks[i])] if bad]
+
+
+def describe_chunk(i, chunk):
+    return f"chunk {i} (samples {chunk[0]}..{chunk[1] - 1})"
 
 
 def read_record(outdir):
@@ -386,10 +449,13 @@ class OutputFolder:
         self._rel_fd = self._csv = None
 
     # -- resume ---------------------------------------------------------------------------
-    def resume_point(self):
-        """Check the record against this run: ``(done, derived)`` to continue from, or None
-        when OUTDIR holds no run.  Raises ValueError when OUTDIR holds a run with other
-        arguments or damaged files."""
+    def resume_point(self, log=print):
+        """Check the record against this run and the written chunks against their checksums:
+        ``(done, derived, damaged)`` to continue from, or None when OUTDIR holds no run.
+        ``damaged`` lists ``(index, files)`` of the chunks whose bytes differ (see
+        :meth:`rewrite`): the last two chunks are always verified, all of them when that is
+        estimated to take at most :data:`VERIFY_SHARE` of the run's time so far.  Raises
+        UsageError when OUTDIR holds a run with other arguments or damaged files."""
         rec = read_record(self.outdir)
         if rec is None:
             return None
@@ -401,27 +467,47 @@ class OutputFolder:
         done, csv_bytes = int(rec["done"]), int(rec["csv_bytes"])
         if not 0 <= done <= self.n:
             raise UsageError(f"{self.record_path}: {done} samples done of {self.n}")
+        damaged = []
         if done > 0:
             try:
-                rel = np.load(self.rel_path, mmap_mode="r", allow_pickle=False)
+                self.checker = Checker(self.outdir, rec)
             except (OSError, ValueError) as exc:
                 raise UsageError(f"--resume: {self.rel_path} is missing or damaged ({exc}); "
                                  "start over without --resume") from None
             shape, dtype = tuple(rec["shape"]), np.dtype(rec["dtype"])
-            if rel.shape != shape or rel.dtype != dtype:
-                raise UsageError(f"--resume: {self.rel_path} has shape {rel.shape} and dtype "
-                                 f"{rel.dtype}, the progress record says {shape} {dtype}; "
-                                 "start over without --resume")
-            self._rel_offset, self.shape, self.dtype = int(rel.offset), shape, dtype
-            del rel
+            if self.checker.shape != shape or self.checker.dtype != dtype:
+                raise UsageError(f"--resume: {self.rel_path} has shape {self.checker.shape} and "
+                                 f"dtype {self.checker.dtype}, the progress record says {shape} "
+                                 f"{dtype}; start over without --resume")
+            self._rel_offset, self.shape, self.dtype = self.checker.offset, shape, dtype
             size = os.path.getsize(self.csv_path) if os.path.exists(self.csv_path) else -1
             if size < csv_bytes:
                 raise UsageError(f"--resume: {self.csv_path} is shorter than the progress "
                                  "record says; start over without --resume")
+            damaged = self._verify(float(rec.get("seconds", 0.0)), log)
             self._open(csv_bytes)
         self.done, self.derived, self._csv_bytes = done, dict(rec.get("derived", {})), csv_bytes
-        self._record = rec
-        return done, self.derived
+        self.chunks = list(self.checker.chunks) if done else []
+        self.seconds = float(rec.get("seconds", 0.0))
+        return done, self.derived, damaged
+
+    def _verify(self, seconds, log):
+        """The damaged chunks among the last two, or among all when that is cheap enough."""
+        checker, t0 = self.checker, time.perf_counter()
+        count = len(checker.chunks)
+        damaged = checker.check(range(max(0, count - 2), count))
+        last = checker.chunks[max(0, count - 2):]
+        took = time.perf_counter() - t0
+        tail = sum((c[1] - c[0]) * checker.row_bytes + c[3] - c[2] for c in last)
+        estimate = took * (checker.bytes - tail) / max(tail, 1)
+        if count > 2 and estimate <= VERIFY_SHARE * seconds:
+            damaged = checker.check(range(count - 2)) + damaged
+            log(f"--resume: verified all {count} chunks written against their checksums")
+        elif count > 2:
+            log(f"--resume: verified the last 2 of {count} chunks written against their "
+                f"checksums (all would take about {estimate:.1f} s; relprop verify OUTDIR "
+                "checks them all)")
+        return damaged
 
     def previous_progress(self):
         """``(done, n)`` of the run OUTDIR holds (whatever its arguments), or None."""
@@ -435,6 +521,7 @@ class OutputFolder:
     def start(self, sample_shape, dtype, derived):
         """Start a new run: drop any old record, create ``relevance.npy`` ``(n,
         *sample_shape)`` and the CSV header, and record zero samples done."""
+        self.chunks, self.seconds = [], 0.0
         os.makedirs(self.outdir, exist_ok=True)
         for path in (self.record_path, self.record_path + ".tmp"):
             if os.path.exists(path):
@@ -458,36 +545,59 @@ class OutputFolder:
         self._csv_bytes = csv_bytes
 
     # -- chunks ---------------------------------------------------------------------------
-    def write(self, start, R, rows):
-        """Write the relevance and CSV rows of samples ``start:start + len(R)`` (not yet
-        committed)."""
+    def write(self, start, R, text):
+        """Write the relevance and the CSV rows (bytes) of samples ``start:start + len(R)``
+        (not yet committed)."""
         if start != self.done:
             raise ValueError(f"chunks must be written in order: got samples from {start}, "
                              f"{self.done} are done")
+        R = self._fits(start, R)
+        _pwrite_all(self._rel_fd, R, self._rel_offset + start * self._row_bytes(R))
+        self._csv.write(text)
+        self._pending = [start, start + len(R), self._csv_bytes, self._csv_bytes + len(text),
+                         zlib.crc32(R), zlib.crc32(text)]
+
+    def _fits(self, start, R):
         R = np.ascontiguousarray(R, dtype=self.dtype)
         if R.shape[1:] != self.shape[1:] or start + len(R) > self.n:
             raise ValueError(f"a chunk of shape {R.shape} at {start} does not fit "
                              f"{self.rel_path} {self.shape}")
-        row_bytes = R[0].nbytes if len(R) else 0
-        _pwrite_all(self._rel_fd, R, self._rel_offset + start * row_bytes)
-        text = "".join(f"{name},{t},{s:.6g},{r:.6g}\n" for name, t, s, r in rows).encode()
-        self._csv.write(text)
-        self._pending = (start + len(R), len(text))
+        return R
 
-    def commit(self):
-        """Make the written chunk durable, then record it as done."""
-        done, nbytes = self._pending
+    def _row_bytes(self, R):
+        return R[0].nbytes if len(R) else 0
+
+    def commit(self, seconds):
+        """Make the written chunk durable, then record it as done (``seconds``: the run's
+        time so far, all runs of it together)."""
+        chunk = self._pending
         self._csv.flush()
         os.fsync(self._csv.fileno())
         os.fsync(self._rel_fd)
-        self.done, self._csv_bytes = done, self._csv_bytes + nbytes
+        self.done, self._csv_bytes, self.seconds = chunk[1], chunk[3], seconds
+        self.chunks.append(chunk)
         self._write_record()
+
+    def rewrite(self, i, R, text):
+        """Write chunk ``i`` again (recomputed: its bytes must match its checksums, else
+        UsageError naming it) and make it durable."""
+        start, stop, c0, c1, rel_crc, csv_crc = self.chunks[i]
+        R = self._fits(start, R)
+        if len(R) != stop - start or zlib.crc32(R) != rel_crc or zlib.crc32(text) != csv_crc:
+            raise UsageError(f"--resume: {describe_chunk(i, self.chunks[i])} was recomputed with "
+                             "other bytes than its checksums say (other INPUTS, model or "
+                             "relprop?); start over without --resume")
+        _pwrite_all(self._rel_fd, R, self._rel_offset + start * self._row_bytes(R))
+        _pwrite_all(self._csv.fileno(), text, c0)
+        os.fsync(self._rel_fd)
+        os.fsync(self._csv.fileno())
 
     def _write_record(self):
         _write_json_atomic(self.record_path, {
             "format": RECORD_FORMAT, "version": RECORD_VERSION, "run": self.run,
             "derived": self.derived, "n": self.n, "done": self.done,
-            "shape": list(self.shape), "dtype": self.dtype.str, "csv_bytes": self._csv_bytes})
+            "shape": list(self.shape), "dtype": self.dtype.str, "csv_bytes": self._csv_bytes,
+            "seconds": self.seconds, "chunks": self.chunks})
 
     def close(self):
         if self._rel_fd is not None:
@@ -630,13 +740,13 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
     from . import __version__
     run["relprop"] = __version__
     out = OutputFolder(outdir, run, n)
-    done, derived = 0, None
+    done, derived, damaged = 0, None, []
     if resume:
-        point = out.resume_point()
+        point = out.resume_point(log)
         if point is None:
             log(f"--resume: no progress record in {out.outdir}: starting from the beginning")
         else:
-            done, derived = point
+            done, derived, damaged = point
             log(f"--resume: {done} of {n} samples were done; continuing")
     else:
         prev = out.previous_progress()
@@ -664,11 +774,35 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
 
     runner = (LocalRunner(net, target, method, params, batch_size) if client is None else
               DaskRunner(client, net, target, method, params, batch_size))
+    def draw(R, xb, names):
+        rgb = render.heatmap(R, overlay=xb)
+        for i, name in enumerate(names):
+            render.save_png(os.path.join(out.heat_dir, f"{name}.png"),
+                            render.upscale(rgb[i], scale))
+
+    def explained(fut, start, stop):
+        """A chunk's relevance and CSV rows (bytes), from its runner's result."""
+        try:
+            R, outputs = fut.result()
+        except NonFiniteResult as exc:  # finite inputs, a result beyond the dtype's range
+            raise UsageError(f"samples {start}..{stop - 1} of INPUTS: {exc}") from exc
+        names = inputs.names(start, stop)
+        return R, names, csv_text(names, *table(R, outputs, target))
+
+    for i, files in damaged:  # recomputed in place: the bytes must match their checksums
+        start, stop = out.chunks[i][:2]
+        xb = _read(inputs, start, stop)
+        R, names, text = explained(runner.submit(xb, start), start, stop)
+        out.rewrite(i, R, text)
+        if heatmaps:
+            draw(R, xb if overlay else None, names)
+        log(f"--resume: {describe_chunk(i, out.chunks[i])} did not match its checksum "
+            f"({', '.join(files)}): recomputed")
     starts = list(range(done, n, chunk))
     bar = Progress(n, done, method, progress) if len(starts) > 1 else None
     pending = deque()
     started = done > 0
-    t0 = time.perf_counter()
+    t0, before = time.perf_counter(), out.seconds if started else 0.0
     try:
         it = iter(starts)
         while True:
@@ -684,22 +818,14 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
             if not pending:
                 break
             start, stop, xb, fut = pending.popleft()
-            try:
-                R, outputs = fut.result()
-            except NonFiniteResult as exc:  # finite inputs, a result beyond the dtype's range
-                raise UsageError(f"samples {start}..{stop - 1} of INPUTS: {exc}") from exc
-            classes, scores, sums = table(R, outputs, target)
+            R, names, text = explained(fut, start, stop)
             if not started:
                 out.start(inputs.sample_shape, R.dtype, derived)
                 started = True
-            names = inputs.names(start, stop)
-            out.write(start, R, zip(names, classes, scores, sums))
+            out.write(start, R, text)
             if heatmaps:
-                rgb = render.heatmap(R, overlay=xb)
-                for i, name in enumerate(names):
-                    render.save_png(os.path.join(out.heat_dir, f"{name}.png"),
-                                    render.upscale(rgb[i], scale))
-            out.commit()
+                draw(R, xb, names)
+            out.commit(before + time.perf_counter() - t0)
             del R, xb
             if bar is not None:
                 bar.update(stop - start)
