@@ -59,10 +59,10 @@ def dense_problems(draw):
 
 
 #: Layer kinds :func:`dags` draws from; "extended" adds grouped/dilated convolutions, ReLU6,
-#: LeakyReLU, PReLU, unfolded BatchNorm and adaptive pooling.
+#: LeakyReLU, PReLU, Hardtanh, unfolded BatchNorm and adaptive pooling.
 DAG_OPS = ("conv", "relu", "pool", "add", "concat", "residual", "block")
-DAG_OPS_EXTENDED = DAG_OPS + ("grouped", "dilated", "relu6", "leaky", "prelu", "batchnorm",
-                              "adaptive")
+DAG_OPS_EXTENDED = DAG_OPS + ("grouped", "dilated", "relu6", "leaky", "prelu", "hardtanh",
+                              "batchnorm", "adaptive")
 
 
 @st.composite
@@ -75,15 +75,15 @@ def dags(draw, bias=True, extended=False, max_ops=8, n_out=3, homogeneous=False)
     node reaches the output.
 
     ``extended`` adds grouped and depthwise convolutions (multipliers 1 and 2), dilated ones,
-    ReLU6, LeakyReLU, PReLU, unfolded BatchNorms and adaptive average pooling; ``homogeneous``
-    keeps the network positively homogeneous, for conservation tests: no ReLU6 (it clips),
-    bias-free BatchNorms (shift = mean * scale / sqrt(var + eps))."""
+    ReLU6, LeakyReLU, PReLU, Hardtanh, unfolded BatchNorms and adaptive average pooling;
+    ``homogeneous`` keeps the network positively homogeneous, for conservation tests: no ReLU6
+    or Hardtanh (they clip), bias-free BatchNorms (shift = mean * scale / sqrt(var + eps))."""
     import relprop as rp
 
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     ops = DAG_OPS_EXTENDED if extended else DAG_OPS
     if homogeneous:
-        ops = tuple(o for o in ops if o != "relu6")
+        ops = tuple(o for o in ops if o not in ("relu6", "hardtanh"))
     c0, hw = draw(st.integers(1, 3)), draw(st.sampled_from([4, 5, 8]))
     shapes, readers, nodes = {"input": (c0, hw, hw)}, {"input": 0}, []
 
@@ -131,6 +131,9 @@ def dags(draw, bias=True, extended=False, max_ops=8, n_out=3, homogeneous=False)
             new(rp.ReLU6(), [src])
         elif op == "leaky":
             new(rp.LeakyReLU(draw(st.sampled_from([0.01, 0.3]))), [src])
+        elif op == "hardtanh":
+            new(rp.Hardtanh(*draw(st.sampled_from([(-1.0, 1.0), (-0.5, 2.0), (-1.0, None)]))),
+                [src])
         elif op == "prelu":  # a slope per channel or one for all, of either sign
             new(rp.PReLU(rng.uniform(-0.5, 1.5, draw(st.sampled_from([1, c])))), [src])
         elif op == "batchnorm":

@@ -118,10 +118,10 @@ def _inputs(net, n, dtype, positive=False, seed=0):
 def _decision_margin(net, acts):
     """How close the forward pass comes to a decision that the gradient pass depends on
     discontinuously, relative to the scale of the tensor decided on: a ReLU's, LeakyReLU's or
-    PReLU's input to 0 (a ReLU6's to 0 and 6), the largest value of a max-pooling window to the
-    runner-up.  Exact zeros and ties (outputs of a ReLU read by a ReLU or a pooling) are
-    decided alike in every precision.  (The sign tests of deconvnet and guided backprop on the
-    gradient are continuous: ``max(g, 0)``.)"""
+    PReLU's input to 0 (a ReLU6's to 0 and 6, a Hardtanh's to its bounds), the largest value of
+    a max-pooling window to the runner-up.  Exact zeros and ties (outputs of a ReLU read by a
+    ReLU or a pooling) are decided alike in every precision.  (The sign tests of deconvnet and
+    guided backprop on the gradient are continuous: ``max(g, 0)``.)"""
     vals = dict(zip([net.input_name] + [node.name for node in net.nodes], acts))
     margin = np.inf
     for node in net.nodes:
@@ -130,6 +130,8 @@ def _decision_margin(net, acts):
             gaps = np.abs(z)
         elif layer.kind == "relu6":
             gaps = np.minimum(np.abs(z), np.abs(z - 6))
+        elif layer.kind == "hardtanh":
+            gaps = np.minimum(np.abs(z - layer.min_val), np.abs(z - layer.max_val))
         elif layer.kind == "maxpool2d":
             (ph, pw), (sh, sw) = layer.padding, layer.stride
             zp = np.pad(z, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)

@@ -136,8 +136,8 @@ def test_from_torch_same_padding_and_single_module():
 @pytest.mark.parametrize("module, shape, match", [
     (lambda: nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Tanh())), (4,),
      r"module '1\.0' \(Tanh\): the activation Tanh is not supported"),
-    (lambda: nn.Sequential(nn.Linear(4, 4), nn.Hardtanh(-1, 1)), (4,),
-     r"module '1' \(Hardtanh\): the activation Hardtanh\(-1"),
+    (lambda: nn.Sequential(nn.Linear(4, 4), nn.Hardshrink()), (4,),
+     r"module '1' \(Hardshrink\): the activation Hardshrink is not supported"),
     (lambda: nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")), (2, 8, 8),
      "padding_mode"),
     (lambda: nn.Sequential(nn.Conv2d(1, 1, 4, padding="same")), (1, 8, 8), "asymmetric"),
@@ -272,7 +272,9 @@ def test_from_torch_unsupported_graph_parts_name_the_node():
         (lambda s, x: s.conv(x) + s.offset,
          "node 'add'.*adds tensor 'conv' and attribute 'offset'"),
         (lambda s, x: F.elu(s.conv(x)), "elu is not supported"),
-        (lambda s, x: F.hardtanh(s.conv(x)), r"hardtanh\(-1.0, 1.0\) is not supported"),
+        (lambda s, x: F.hardtanh(s.conv(x), 1.0, -1.0),
+         r"hardtanh\(1.0, -1.0\): Hardtanh needs min_val < max_val"),
+        (lambda s, x: torch.clamp(s.conv(x), min=s.offset), "min must be a constant"),
     ]
     for forward, match in cases:
         with pytest.raises(ValueError, match=match):
@@ -623,8 +625,8 @@ def test_from_onnx_graph_errors_name_the_node():
                                          r"'second' \(Relu\)"):
         relprop.from_onnx(cycle)
     cases = [
-        ([helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip")],
-         r"'clip' \(Clip\): the activation Clip\(min=-1.0, max=1.0\) is not supported"),
+        ([helper.make_node("Clip", ["x", "hi", "lo"], ["y"], name="clip")],
+         r"'clip' \(Clip\): Clip\(min=1.0, max=-1.0\): Hardtanh needs min_val < max_val"),
         ([helper.make_node("Sigmoid", ["x"], ["y"], name="sig")],
          r"'sig' \(Sigmoid\): the activation Sigmoid is not supported"),
         ([helper.make_node("Concat", ["x", "x"], ["y"], name="cat", axis=0)],

@@ -566,6 +566,30 @@ CArray<T> relu_backward(const CArray<T>& g, const CArray<T>& x, int mode, int nt
   return gx;
 }
 
+template <typename T>
+CArray<T> hardtanh_forward(const CArray<T>& x, double lo, double hi, int nthreads) {
+  CArray<T> y = like(x);
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::hardtanh_forward<T>(x.data(), yp, x.size(), lo, hi, nthreads);
+  }
+  return y;
+}
+
+template <typename T>
+CArray<T> hardtanh_backward(const CArray<T>& g, const CArray<T>& x, double lo, double hi,
+                            int nthreads) {
+  check_same_shape(g, x, "hardtanh_backward");
+  CArray<T> gx = like(g);
+  T* gp = gx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::hardtanh_backward<T>(g.data(), x.data(), gp, g.size(), lo, hi, nthreads);
+  }
+  return gx;
+}
+
 // x as (n, channels, inner) rows for PReLU's slopes a: (channels,) along axis 1 of x, or (1,)
 // for every element (channels = 1, inner = a sample's size)
 template <typename T>
@@ -906,6 +930,10 @@ void define(py::module_& m) {
         "nthreads"_a, "x (n, c, h, w) -> (n, c, oh, ow), torch's AdaptiveAvgPool2d windows.");
   m.def("adaptive_avgpool2d_backward", &adaptive_avgpool2d_backward<T>, nc("grad"), "in_hw"_a,
         "nthreads"_a, "grad (n, c, oh, ow) -> (n, c, h, w): transpose of the forward.");
+  m.def("hardtanh_forward", &hardtanh_forward<T>, nc("x"), "min_val"_a, "max_val"_a, "nthreads"_a,
+        "min(max(x, min_val), max_val).");
+  m.def("hardtanh_backward", &hardtanh_backward<T>, nc("grad"), nc("x"), "min_val"_a,
+        "max_val"_a, "nthreads"_a, "x <= min_val or x >= max_val ? 0 : grad.");
   m.def("prelu_forward", &prelu_forward<T>, nc("x"), nc("weight"), "nthreads"_a,
         "x > 0 ? x : weight[c] * x, c along axis 1 (weight (1,): one slope for all).");
   m.def("prelu_backward", &prelu_backward<T>, nc("grad"), nc("x"), nc("weight"), "nthreads"_a,

@@ -1,4 +1,4 @@
-// Element-wise kernels: ReLU, LeakyReLU, PReLU, ReLU6 and their backward variants, the
+// Element-wise kernels: ReLU, LeakyReLU, PReLU, ReLU6, Hardtanh and their backward variants, the
 // per-channel affine map (inference BatchNorm), the LRP stabilized division and the stacked
 // shares of the rules on [W+; W-].
 #include "gemm_impl.hpp"
@@ -34,6 +34,26 @@ void relu_backward(const T* g, const T* x, T* gx, idx size, int mode, int nthrea
       const T gi = g[i];
       gx[i] = (x[i] > T(0) && gi > T(0)) ? gi : T(0);
     }
+  }
+}
+
+template <typename T>
+void hardtanh_forward(const T* x, T* y, idx size, double lo, double hi, int nthreads) {
+  [[maybe_unused]] const int nt = threads_for(nthreads, size, size);
+  const T a = static_cast<T>(lo), b = static_cast<T>(hi);
+#pragma omp parallel for simd schedule(static) num_threads(nt)
+  for (idx i = 0; i < size; ++i) y[i] = x[i] < a ? a : (x[i] > b ? b : x[i]);  // NaN: x
+}
+
+template <typename T>
+void hardtanh_backward(const T* g, const T* x, T* gx, idx size, double lo, double hi,
+                       int nthreads) {
+  [[maybe_unused]] const int nt = threads_for(nthreads, size, size);
+  const T a = static_cast<T>(lo), b = static_cast<T>(hi);
+#pragma omp parallel for simd schedule(static) num_threads(nt)
+  for (idx i = 0; i < size; ++i) {
+    const T gi = g[i];  // loaded unconditionally so that the loop vectorizes
+    gx[i] = x[i] <= a || x[i] >= b ? T(0) : gi;
   }
 }
 
@@ -274,6 +294,8 @@ void lrp_alpha_beta_shares(const T* r, const T* p, const T* n, T* out, idx sampl
 }
 
 #define RELPROP_INSTANTIATE(T)                                                                 \
+  template void hardtanh_forward<T>(const T*, T*, idx, double, double, int);                   \
+  template void hardtanh_backward<T>(const T*, const T*, T*, idx, double, double, int);        \
   template void prelu_forward<T>(const T*, const T*, T*, idx, idx, idx, int);                  \
   template void prelu_backward<T>(const T*, const T*, const T*, T*, idx, idx, idx, int);       \
   template void leaky_relu_forward<T>(const T*, T*, idx, double, int);                         \

@@ -508,6 +508,34 @@ def gemm(a: _F32, b: _F32, trans_a: bool, trans_b: bool, nthreads: _Int) -> _F32
 @typing.overload
 def gemm(a: _F64, b: _F64, trans_a: bool, trans_b: bool, nthreads: _Int) -> _F64: ...
 def gemm_blocks(double_precision: bool) -> dict: ...
+@typing.overload
+def hardtanh_backward(
+    grad: _F32, x: _F32, min_val: _Float, max_val: _Float, nthreads: _Int
+) -> _F32:
+    """
+    x <= min_val or x >= max_val ? 0 : grad.
+    """
+
+@typing.overload
+def hardtanh_backward(
+    grad: _F64, x: _F64, min_val: _Float, max_val: _Float, nthreads: _Int
+) -> _F64:
+    """
+    x <= min_val or x >= max_val ? 0 : grad.
+    """
+
+@typing.overload
+def hardtanh_forward(x: _F32, min_val: _Float, max_val: _Float, nthreads: _Int) -> _F32:
+    """
+    min(max(x, min_val), max_val).
+    """
+
+@typing.overload
+def hardtanh_forward(x: _F64, min_val: _Float, max_val: _Float, nthreads: _Int) -> _F64:
+    """
+    min(max(x, min_val), max_val).
+    """
+
 def isa() -> str: ...
 @typing.overload
 def layer_norm_backward(

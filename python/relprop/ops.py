@@ -609,6 +609,29 @@ def channel_affine(x, scale, shift=None):
                                 _nt())
 
 
+def hardtanh_forward(x, min_val=-1.0, max_val=1.0):
+    """``min(max(x, min_val), max_val)`` (``torch.nn.Hardtanh``, ``torch.clamp``) for an array of
+    any shape; the bounds may be infinite; NaN stays NaN."""
+    return _core.hardtanh_forward(_array(x, "x"), float(min_val), float(max_val), _nt())
+
+
+def hardtanh_backward(g, x, min_val=-1.0, max_val=1.0):
+    """The vector-Jacobian product of :func:`hardtanh_forward` at ``x`` (torch's hardtanh
+    gradient): ``g`` where ``min_val < x < max_val``, 0 where ``x`` is at or beyond a bound
+    (``g`` where ``x`` is NaN).
+
+    Raises
+    ------
+    ValueError
+        If ``g`` and ``x`` differ in shape.
+    TypeError
+        If they are not float32/float64 arrays of one dtype.
+    """
+    g = _array(g, "g")
+    return _core.hardtanh_backward(g, _like(_array(x, "x"), g.dtype, "x", "g"), float(min_val),
+                                   float(max_val), _nt())
+
+
 def prelu_forward(x, weight):
     """``x`` where ``x > 0``, else ``weight[c] * x`` with ``c`` the channel (axis 1 of ``x``;
     ``torch.nn.PReLU``); a ``weight`` of one element is every element's slope.  NaN stays NaN.

@@ -288,6 +288,15 @@ template <typename T>
 void prelu_backward(const T* g, const T* x, const T* a, T* gx, idx n, idx channels, idx inner,
                     int nthreads);
 
+// y = min(max(x, lo), hi)   (torch's hardtanh; lo, hi may be infinite; NaN stays NaN)
+template <typename T>
+void hardtanh_forward(const T* x, T* y, idx size, double lo, double hi, int nthreads);
+
+// Its backward with input x:  gx = (x <= lo || x >= hi) ? 0 : g   (torch's: NaN passes g)
+template <typename T>
+void hardtanh_backward(const T* g, const T* x, T* gx, idx size, double lo, double hi,
+                       int nthreads);
+
 // y = x > 0 ? x : slope * x   (torch's leaky_relu; NaN stays NaN)
 template <typename T>
 void leaky_relu_forward(const T* x, T* y, idx size, double slope, int nthreads);

@@ -449,10 +449,10 @@ def from_torch(module, input_shape, *, check=True, rtol=CHECK_RTOL):
         ``unflatten``, ``squeeze``/``unsqueeze`` of axes but the batch's; ``permute``,
         ``transpose``, ``movedim`` that keep the batch axis first; ``torch.chunk``/``split``
         and indexing of each sample's axes), functional
-        relu/relu6/hardtanh(0, 6),
+        relu/relu6/leaky_relu/prelu/hardtanh, clamps,
         adaptive/average/max pooling, ``F.conv_transpose2d`` with the module's parameters and
         dropout.  Layers: Linear, Conv2d and ConvTranspose2d (groups, dilation, symmetric
-        padding; output padding), ReLU, ReLU6, Hardtanh(0, 6), MaxPool2d, AvgPool2d,
+        padding; output padding), ReLU, ReLU6, LeakyReLU, PReLU, Hardtanh, MaxPool2d, AvgPool2d,
         AdaptiveAvgPool2d (the identity where the output size is the input's, a global or fixed
         average pooling where it divides the input), Flatten, Unflatten, BatchNorm1d/2d (folded
         into the Dense/Conv2d before it where nothing else reads that layer's output, else an

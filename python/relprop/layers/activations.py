@@ -1,5 +1,8 @@
-"""Element-wise activations: ReLU, LeakyReLU, PReLU, ReLU6 and the smooth ones (GELU, ...)."""
+"""Element-wise activations: ReLU, LeakyReLU, PReLU, ReLU6, Hardtanh and the smooth ones (GELU,
+...)."""
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 
@@ -163,59 +166,83 @@ class PReLU(Elementwise):
         return ops.prelu_backward(g, x, self.weight.astype(g.dtype, copy=False))
 
 
-def clamp_layer(low, high, ctx, what="clamp", text=None):
-    """The layer of ``clamp(x, low, high)``: ReLU for (0, None or inf), ReLU6 for (0, 6);
-    anything else raises the importer's ValueError naming ``text`` (default
-    ``what(low, high)``)."""
+def clamp_layer(low, high, ctx, text):
+    """The layer of ``clamp(x, low, high)`` (a bound None: none): ReLU for (0, None or inf) and
+    ReLU6 for (0, 6), which keep their kinds, else Hardtanh; ValueError naming the call
+    (``text``) for bounds that are not numbers with low < high."""
     if low == 0 and (high is None or high == float("inf")):
         return ReLU()
     if low == 0 and high == 6:
         return ReLU6()
-    raise ctx.error(f"the activation {text or f'{what}({low}, {high})'} is not supported (only "
-                    "ReLU = clamp(0) and ReLU6 = clamp(0, 6))")
+    try:
+        return Hardtanh(low, high)
+    except (TypeError, ValueError) as exc:
+        raise ctx.error(f"{text}: {exc}") from None
 
 
 def _onnx_clip(ctx):
-    """ONNX Clip: bounds as attributes (opset < 11) or constant inputs."""
+    """ONNX Clip: bounds as attributes (opset < 11) or constant inputs (scalars)."""
     if ctx.opset < 11:
         low, high = ctx.attrs.get("min", None), ctx.attrs.get("max", None)
     else:
         low = ctx.const(1, "min", required=False)
         high = ctx.const(2, "max", required=False)
 
-    def scalar(v):
+    def scalar(v, name):
         if v is None:
             return None
-        v = np.asarray(v).reshape(-1)
-        return float(v[0]) if v.size == 1 else float("nan")
+        v = np.asarray(v)
+        if v.size != 1:
+            raise ctx.error(f"a {name} bound of shape {v.shape} is not supported (one number)")
+        return float(v.reshape(-1)[0])
 
-    low, high = scalar(low), scalar(high)
-    return clamp_layer(low, high, ctx, text=f"Clip(min={low}, max={high})")
+    low, high = scalar(low, "min"), scalar(high, "max")
+    return clamp_layer(low, high, ctx, f"Clip(min={low}, max={high})")
 
 
-_CLAMP = (("input", ("min", None), ("max", None)),
-          lambda a, ctx: clamp_layer(a["min"], a["max"], ctx))
+def _onnx_max_min(ctx):
+    """ONNX Max or Min of the data and one constant number: a clamp from below or above (the
+    dynamo exporter writes ``torch.clamp(x, 0)`` as ``Max(x, 0)``)."""
+    op = ctx.node.op_type
+    if len(ctx.inputs) != 1 or ctx.n_inputs != 2:
+        raise ctx.error(f"{op} is supported of one tensor and one constant number only")
+    for k in (1, 0):  # Max and Min commute: the constant may be either operand
+        try:
+            c = np.asarray(ctx.const(k, "the constant operand"))
+            break
+        except ValueError:
+            if k == 0:
+                raise
+    if c.size != 1:
+        raise ctx.error(f"{op} with a constant of shape {c.shape} is not supported (one number)")
+    c = float(c.reshape(-1)[0])
+    low, high = (c, None) if op == "Max" else (None, c)
+    return clamp_layer(low, high, ctx, f"{op}(x, {c})")
+
+
+def _torch_clamp(names, text):
+    """The converter of a clamp whose bounds are the arguments ``names``."""
+    def convert(a, ctx):
+        low, high = (ctx.constant(a[name], name) for name in names)
+        return clamp_layer(low, high, ctx, f"{text}({low}, {high})")
+    return convert
+
+
+_CLAMP = (("input", ("min", None), ("max", None)), _torch_clamp(("min", "max"), "clamp"))
 
 
 @register_layer
 class ReLU6(Elementwise):
     """``min(max(x, 0), 6)`` (MobileNetV2).  Gradient ``g * (0 < x < 6)``; deconvnet and guided
     backprop treat it as the rectifier it is (``max(g, 0)``, ``g * (0 < x < 6) * (g > 0)``).
-    Its importer entries are the clamps: ``clamp(0)`` is a ReLU, ``clamp(0, 6)`` a ReLU6."""
+    ``Hardtanh(0, 6)`` and ``clamp(0, 6)`` import as ReLU6 (and ``clamp(0)`` as ReLU)."""
 
     kind = "relu6"
     backward_reads_input = True
     imports = (
-        TorchModule(("ReLU6", "Hardtanh"),
-                    lambda m, ctx: clamp_layer(m.min_val, m.max_val, ctx, type(m).__name__)),
+        TorchModule(("ReLU6",), lambda m, ctx: ReLU6()),
         TorchFunction(("torch.nn.functional.relu6",), ("input", ("inplace", False)),
                       lambda a, ctx: ReLU6()),
-        TorchFunction(("torch.nn.functional.hardtanh", "torch.nn.functional.hardtanh_"),
-                      ("input", ("min_val", -1.0), ("max_val", 1.0), ("inplace", False)),
-                      lambda a, ctx: clamp_layer(a["min_val"], a["max_val"], ctx, "hardtanh")),
-        TorchFunction(("torch.clamp", "torch.clip"), *_CLAMP),
-        TorchMethod(("clamp", "clamp_", "clip"), *_CLAMP),
-        OnnxOp(("Clip",), _onnx_clip),
     )
 
     def forward(self, x):
@@ -223,6 +250,61 @@ class ReLU6(Elementwise):
 
     def backward(self, g, x, state, relu_mode="gradient"):
         return ops.relu6_backward(g, x, relu_mode)
+
+
+def _bound(value, name, none):
+    """A Hardtanh bound: a real number, infinite, or None (``none``)."""
+    if value is None:
+        return none
+    if isinstance(value, (numbers.Real, np.floating)) and np.isinf(value):
+        return float(value)
+    return as_scalar(value, name)
+
+
+@register_layer
+class Hardtanh(Elementwise):
+    """``min(max(x, min_val), max_val)`` (``torch.nn.Hardtanh``, ``torch.clamp``, ONNX Clip;
+    a bound may be infinite: one-sided clamps).  Gradient ``g`` where ``min_val < x < max_val``,
+    0 where ``x`` is at or beyond a bound (torch's hardtanh; ``torch.clamp``'s own gradient is
+    ``g`` at a bound: only inputs exactly there differ).  Piecewise linear, not a rectifier:
+    deconvnet and guided backprop pass its gradient (their rule is ReLU's only, as in Captum),
+    LRP passes relevance through it (Zennit's Pass for its activations).  The importers make
+    ReLU of ``(0, inf)`` and ReLU6 of ``(0, 6)``."""
+
+    kind = "hardtanh"
+    backward_reads_input = True
+    _config_args = ("min_val", "max_val")
+    imports = (
+        TorchModule(("Hardtanh",), lambda m, ctx: clamp_layer(
+            m.min_val, m.max_val, ctx, f"Hardtanh({m.min_val}, {m.max_val})")),
+        TorchFunction(("torch.nn.functional.hardtanh", "torch.nn.functional.hardtanh_"),
+                      ("input", ("min_val", -1.0), ("max_val", 1.0), ("inplace", False)),
+                      _torch_clamp(("min_val", "max_val"), "hardtanh")),
+        TorchFunction(("torch.clamp", "torch.clip"), *_CLAMP),
+        TorchMethod(("clamp", "clamp_", "clip"), *_CLAMP),
+        OnnxOp(("Clip",), _onnx_clip),
+        OnnxOp(("Max", "Min"), _onnx_max_min),
+    )
+
+    def __init__(self, min_val=-1.0, max_val=1.0):
+        self.min_val = _bound(min_val, "min_val", -np.inf)
+        self.max_val = _bound(max_val, "max_val", np.inf)
+        if not self.min_val < self.max_val:
+            raise ValueError(f"Hardtanh needs min_val < max_val, got {self.min_val} and "
+                             f"{self.max_val}")
+
+    def config(self):  # infinite bounds as null: standard JSON
+        return {"min_val": None if np.isinf(self.min_val) else self.min_val,
+                "max_val": None if np.isinf(self.max_val) else self.max_val}
+
+    def describe(self):
+        return f"Hardtanh [{self.min_val:g}, {self.max_val:g}]"
+
+    def forward(self, x):
+        return ops.hardtanh_forward(x, self.min_val, self.max_val), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return ops.hardtanh_backward(g, x, self.min_val, self.max_val)
 
 
 # --- smooth activations (one kernel pair: ops.activation_forward/backward) ----------------------

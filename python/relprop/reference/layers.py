@@ -123,6 +123,10 @@ register_twin("leaky_relu",
                   g, xs[0], layer.negative_slope)])
 register_twin("prelu", forward=lambda layer, x: ops.prelu_forward(x, layer.weight),
               backward=lambda layer, g, xs, mode: [ops.prelu_backward(g, xs[0], layer.weight)])
+register_twin("hardtanh",
+              forward=lambda layer, x: ops.hardtanh_forward(x, layer.min_val, layer.max_val),
+              backward=lambda layer, g, xs, mode: [ops.hardtanh_backward(
+                  g, xs[0], layer.min_val, layer.max_val)])
 register_twin("relu6", forward=lambda layer, x: ops.relu6_forward(x),
               backward=lambda layer, g, xs, mode: [ops.relu6_backward(g, xs[0], mode)])
 

@@ -227,6 +227,16 @@ def adaptive_avgpool2d_backward(g, in_hw):
     return gx
 
 
+def hardtanh_forward(x, min_val=-1.0, max_val=1.0):
+    lo, hi = x.dtype.type(min_val), x.dtype.type(max_val)
+    return np.where(x < lo, lo, np.where(x > hi, hi, x))
+
+
+def hardtanh_backward(g, x, min_val=-1.0, max_val=1.0):
+    lo, hi = x.dtype.type(min_val), x.dtype.type(max_val)
+    return np.where((x <= lo) | (x >= hi), 0, g).astype(g.dtype)
+
+
 def _slopes(weight, x):
     """PReLU's slopes broadcast against x (n, c, ...): per channel, or one for all."""
     w = np.asarray(weight, dtype=x.dtype)

@@ -1,0 +1,217 @@
+"""Hardtanh: the kernel against its NumPy twin and torch (any bounds, infinite ones too, inputs
+exactly at a bound), the layer in networks against the reference (gradient, LRP), both
+importers (nn.Hardtanh, F.hardtanh, torch.clamp and x.clamp with one or two bounds, ONNX Clip
+of both exporters; ReLU and ReLU6 keep their kinds), model files, and the peers: torch autograd
+for the gradient, Zennit for LRP (its Pass rule for activations), Captum for deconvnet and
+guided backprop (which override ReLU modules only: a Hardtanh passes its gradient)."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose, assert_array_equal
+
+import relprop as rp
+from relprop import ops
+from relprop import reference as ref
+
+import nets
+from strategies import DTYPES, arrays, f64, with_threads
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+INF = float("inf")
+BOUNDS = [(-1.0, 1.0), (0.0, 6.0), (-2.5, 0.5), (-INF, 1.0), (-1.0, INF), (0.25, 3.0)]
+
+
+@given(DTYPES, st.sampled_from(BOUNDS), st.data())
+def test_kernel_matches_twin_and_torch(dtype, bounds, data):
+    lo, hi = bounds
+    shape = data.draw(st.sampled_from([(1,), (3, 5), (2, 3, 4, 5), (1, 70)]))
+    x = data.draw(arrays(dtype, shape, lo=-4.0, hi=4.0))
+    x.flat[:2] = [lo if np.isfinite(lo) else 0.0, hi if np.isfinite(hi) else 0.0][:x.size]
+    g = data.draw(arrays(dtype, shape))
+    y = ops.hardtanh_forward(x, lo, hi)
+    gx = ops.hardtanh_backward(g, x, lo, hi)
+    assert_array_equal(y, ref.hardtanh_forward(x, lo, hi))
+    assert_array_equal(gx, ref.hardtanh_backward(g, x, lo, hi))
+    for n in (1, 2):
+        assert_array_equal(with_threads(n, ops.hardtanh_forward, x, lo, hi), y)
+        assert_array_equal(with_threads(n, ops.hardtanh_backward, g, x, lo, hi), gx)
+    xt = torch.from_numpy(x).requires_grad_()
+    yt = F.hardtanh(xt, lo, hi)
+    yt.backward(torch.from_numpy(g))
+    assert_array_equal(y, yt.detach().numpy())
+    assert_array_equal(gx, xt.grad.numpy())  # 0 at the bounds, as torch's
+    # the gradient is the transpose of the Jacobian (difference quotients away from the kinks)
+    t = 1e-3
+    near = (abs(x - np.float64(lo)) < 2 * t) | (abs(x - np.float64(hi)) < 2 * t)
+    u = np.where(near, 0, data.draw(arrays(dtype, shape)))
+    ju = (f64(ops.hardtanh_forward(x + t * u, lo, hi)) - f64(y)) / t
+    err = np.finfo(dtype).eps * (abs(f64(x)) + t * abs(f64(u))) / t
+    assert abs(np.vdot(ju, f64(g)) - np.vdot(f64(u), f64(gx))) <= np.vdot(err, abs(f64(g))) + 1e-12
+
+
+def test_nan_and_errors():
+    x = np.array([np.nan, -2.0, 3.0])
+    assert_array_equal(ops.hardtanh_forward(x, -1.0, 2.0), [np.nan, -1.0, 2.0])
+    assert_array_equal(ops.hardtanh_backward(np.ones(3), x, -1.0, 2.0), [1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="shape"):
+        ops.hardtanh_backward(x, x[:2])
+    with pytest.raises(TypeError, match="float32"):
+        ops.hardtanh_backward(x, x.astype(np.float32))
+    with pytest.raises(ValueError, match="min_val < max_val, got 1.0 and 1.0"):
+        rp.Hardtanh(1.0, 1.0)
+    with pytest.raises(ValueError, match="min_val must be finite, got nan"):
+        rp.Hardtanh(np.nan, 1.0)
+    with pytest.raises(TypeError, match="max_val must be a real number"):
+        rp.Hardtanh(0.0, "6")
+
+
+class Net(nn.Module):
+    """Every spelling of a clamp: nn.Hardtanh, F.hardtanh (keywords), torch.clamp with a lower
+    bound only, x.clamp with an upper one, ReLU6 as Hardtanh(0, 6) and clamp(0, 6), ReLU as
+    clamp(0); a ReLU module for the backprop variants."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.act1 = nn.Hardtanh(-1.0, 2.0)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.six = nn.Hardtanh(0.0, 6.0)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        y = self.pool(self.act1(self.conv1(x)))
+        z = self.conv2(y)
+        y = F.hardtanh(z, min_val=-0.5, max_val=0.5) + torch.clamp(z, min=-0.2) + y
+        # (a clamp right before another: torch 2.14's dynamo exporter merges the two Clips into
+        # one whose bounds it never writes, a file onnxruntime refuses)
+        y = self.six(y) + torch.clamp(y, 0, 6) + torch.clamp(y, 0) + y.clamp(max=1.5)
+        return self.fc(torch.flatten(self.relu(y), 1))
+
+
+KINDS = [("act1", "hardtanh", (-1.0, 2.0)), ("hardtanh", "hardtanh", (-0.5, 0.5)),
+         ("clamp", "hardtanh", (-0.2, INF)), ("six", "relu6", None), ("clamp_1", "relu6", None),
+         ("clamp_2", "relu", None), ("clamp_3", "hardtanh", (-INF, 1.5))]
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return Net().double().eval()
+
+
+def _kinds(net):
+    return [(n.name, n.layer.kind, (n.layer.min_val, n.layer.max_val)
+             if n.layer.kind == "hardtanh" else None)
+            for n in net.nodes if n.layer.kind in ("hardtanh", "relu6") or
+            n.name.startswith("clamp")]
+
+
+def test_from_torch_gradient_and_reference(rng):
+    module = _net()
+    net = rp.from_torch(module, (3, 8, 8))
+    assert _kinds(net) == KINDS
+    x = rng.normal(size=(4, 3, 8, 8))
+    xt = torch.from_numpy(x).requires_grad_()
+    module(xt)[:, 2].sum().backward()
+    assert_allclose(rp.gradient(net, x, 2), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    assert_allclose(rp.gradient(net, x, 2), ref.gradient(net, x, 2), rtol=1e-10, atol=1e-13)
+    R = rp.lrp(net, x, 2, "epsilon_plus_flat")
+    rules = rp.composites.EpsilonPlusFlat().rules(net)
+    assert {r.registry_name for n, r in zip(net.nodes, rules) if n.layer.kind == "hardtanh"} \
+        == {"pass"}  # the activation slot's default
+    want = ref.lrp(net, x, ref.seed(2, ref.forward(net, x)[-1], scale=True), rules)
+    assert_allclose(R, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
+
+
+def test_lrp_matches_zennit(rng):
+    zc = pytest.importorskip("zennit.composites")
+    from zennit.attribution import Gradient
+
+    # Zennit hooks modules: compare on a chain of them (a functional clamp gets the gradient)
+    m = _net()
+    chain = nn.Sequential(m.conv1, m.act1, m.pool, m.conv2, nn.Hardtanh(-0.5, 0.5), nn.Flatten(),
+                          m.fc)
+    net = rp.from_torch(chain, (3, 8, 8))
+    x = rng.normal(size=(1, 3, 8, 8))
+    seed = np.zeros((1, 5))
+    seed[0, 3] = net(x)[0, 3]
+    with Gradient(model=chain, composite=zc.EpsilonPlusFlat()) as attributor:
+        _, want = attributor(torch.from_numpy(x).requires_grad_(), torch.from_numpy(seed))
+    got = rp.lrp(net, x, seed, "epsilon_plus_flat")
+    want = want.detach().numpy()
+    assert_allclose(got, want, rtol=1e-7, atol=1e-10 * abs(want).max())
+
+
+@pytest.mark.parametrize("method,captum_name", [("deconvnet", "Deconvolution"),
+                                                ("guided_backprop", "GuidedBackprop")])
+def test_deconvnet_and_guided_backprop_pass_its_gradient_as_captum(rng, method, captum_name):
+    """Captum overrides nn.ReLU modules only; the net's Hardtanhs pass their gradient.  (Its
+    ReLU6 modules would too in Captum; relprop keeps the rectifier rule for ReLU6: chain without
+    them here.)"""
+    captum = pytest.importorskip("captum.attr")
+    m = _net()
+    chain = nn.Sequential(m.conv1, m.act1, m.pool, m.conv2, nn.Hardtanh(-0.5, 0.5), m.relu,
+                          nn.Flatten(), m.fc)
+    net = rp.from_torch(chain, (3, 8, 8))
+    x = rng.normal(size=(3, 3, 8, 8))
+    got = rp.explain(net, x, 1, method)
+    xt = torch.from_numpy(x).requires_grad_()
+    with pytest.warns(UserWarning, match="backward hooks on ReLU"):
+        want = getattr(captum, captum_name)(chain).attribute(xt, target=1)
+    assert_allclose(got, want.detach().numpy(), rtol=1e-10, atol=1e-12)
+    assert_allclose(got, getattr(ref, method)(net, x, 1), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", nets.IMPORT_PATHS[1:])
+def test_from_onnx_of_both_exporters(tmp_path, rng, path):
+    pytest.importorskip("onnxruntime")
+    module = _net()
+    net = nets.imported(module, (3, 8, 8), path, tmp_path)  # checks itself: onnxruntime
+    bounds = sorted((n.layer.min_val, n.layer.max_val) for n in net.nodes
+                    if n.layer.kind == "hardtanh")
+    assert_allclose(bounds, sorted(b for _, k, b in KINDS if k == "hardtanh"), rtol=1e-7)
+    # (the exporters may merge the equal Clip(0, 6) of self.six and torch.clamp)
+    assert {n.layer.kind for n in net.nodes} >= {"relu", "relu6"}
+    x = rng.normal(size=(3, 3, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x).double()).numpy()
+    assert_allclose(net(x), want, rtol=1e-5, atol=1e-5 * abs(want).max())
+
+
+def test_saved_and_loaded(tmp_path, rng):
+    net = rp.Sequential([rp.Dense(rng.normal(size=(6, 4))), rp.Hardtanh(-0.5, 0.75),
+                         rp.Dense(rng.normal(size=(2, 6))), rp.Hardtanh(max_val=None)],
+                        input_shape=(4,))
+    net.save(tmp_path / "m.npz")
+    back = rp.load(tmp_path / "m.npz")
+    assert [layer.describe() for layer in back.layers[1::2]] == ["Hardtanh [-0.5, 0.75]",
+                                                                "Hardtanh [-1, inf]"]
+    x = rng.normal(size=(5, 4))
+    assert_array_equal(back(x), net(x))
+    assert_allclose(net(x), ref.forward(net, x)[-1], rtol=1e-12)
+
+
+def test_onnx_max_and_min_of_a_constant_are_clamps(rng):
+    """Max(x, c) clamps from below, Min(x, c) from above (either operand order): the dynamo
+    exporter writes torch.clamp(x, 0) as Max(x, 0).  Max of two tensors is refused."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    def model(nodes, consts):
+        graph = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["n", 4])],
+            [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["n", 4])],
+            [numpy_helper.from_array(np.asarray(v, np.float64), k) for k, v in consts.items()])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    net = rp.from_onnx(model([helper.make_node("Max", ["x", "zero"], ["m"], name="max"),
+                              helper.make_node("Min", ["c", "m"], ["y"], name="min")],
+                             {"zero": 0.0, "c": [2.5]}))  # = onnxruntime
+    assert [layer.describe() for layer in net.layers] == ["ReLU", "Hardtanh [-inf, 2.5]"]
+    with pytest.raises(ValueError, match="'max' \\(Max\\): Max is supported of one tensor"):
+        rp.from_onnx(model([helper.make_node("Max", ["x", "x"], ["y"], name="max")], {}))
