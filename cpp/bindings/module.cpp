@@ -521,6 +521,47 @@ CArray<T> adaptive_avgpool2d_backward(const CArray<T>& gy, Pair in_hw, int nthre
   return gx;
 }
 
+// The upsampling of planes of in_hw to out_hw (relprop::Upsample2d).
+relprop::Upsample2d upsample2d(idx planes, Pair in_hw, Pair out_hw, int mode, bool align_corners,
+                               std::array<double, 2> scale) {
+  RELPROP_CHECK(in_hw[0] > 0 && in_hw[1] > 0 && out_hw[0] > 0 && out_hw[1] > 0,
+                "upsample2d: sizes must be positive, got input (", in_hw[0], ", ", in_hw[1],
+                "), output (", out_hw[0], ", ", out_hw[1], ")");
+  return {planes, in_hw[0], in_hw[1], out_hw[0], out_hw[1], mode, align_corners, scale[0],
+          scale[1]};
+}
+
+template <typename T>
+CArray<T> upsample2d_forward(const CArray<T>& x, Pair out_hw, int mode, bool align_corners,
+                             std::array<double, 2> scale, int nthreads) {
+  check_ndim(x, 4, "x");
+  const relprop::Upsample2d u = upsample2d(x.shape(0) * x.shape(1), {x.shape(2), x.shape(3)},
+                                           out_hw, mode, align_corners, scale);
+  CArray<T> y = output<T>({x.shape(0), x.shape(1), out_hw[0], out_hw[1]});
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::upsample2d_forward<T>(x.data(), yp, u, nthreads);
+  }
+  return y;
+}
+
+template <typename T>
+CArray<T> upsample2d_backward(const CArray<T>& gy, Pair in_hw, int mode, bool align_corners,
+                              std::array<double, 2> scale, int nthreads) {
+  check_ndim(gy, 4, "grad");
+  const relprop::Upsample2d u = upsample2d(gy.shape(0) * gy.shape(1), in_hw,
+                                           {gy.shape(2), gy.shape(3)}, mode, align_corners,
+                                           scale);
+  CArray<T> gx = output<T>({gy.shape(0), gy.shape(1), in_hw[0], in_hw[1]});
+  T* gp = gx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::upsample2d_backward<T>(gy.data(), gp, u, nthreads);
+  }
+  return gx;
+}
+
 // "(1, 3, 4)": the shape of a, its first axis replaced by `first` if that is >= 0.
 template <typename T>
 std::string shape_text(const CArray<T>& a, py::ssize_t first = -1) {
@@ -934,6 +975,13 @@ void define(py::module_& m) {
         "min(max(x, min_val), max_val).");
   m.def("hardtanh_backward", &hardtanh_backward<T>, nc("grad"), nc("x"), "min_val"_a,
         "max_val"_a, "nthreads"_a, "x <= min_val or x >= max_val ? 0 : grad.");
+  m.def("upsample2d_forward", &upsample2d_forward<T>, nc("x"), "out_hw"_a, "mode"_a,
+        "align_corners"_a, "scale"_a, "nthreads"_a,
+        "x (n, c, h, w) -> (n, c, oh, ow): mode 0 nearest, 1 bilinear, as torch's interpolate "
+        "(scale: the scale factors given, or <= 0).");
+  m.def("upsample2d_backward", &upsample2d_backward<T>, nc("grad"), "in_hw"_a, "mode"_a,
+        "align_corners"_a, "scale"_a, "nthreads"_a,
+        "grad (n, c, oh, ow) -> (n, c, h, w): transpose of the forward.");
   m.def("prelu_forward", &prelu_forward<T>, nc("x"), nc("weight"), "nthreads"_a,
         "x > 0 ? x : weight[c] * x, c along axis 1 (weight (1,): one slope for all).");
   m.def("prelu_backward", &prelu_backward<T>, nc("grad"), nc("x"), nc("weight"), "nthreads"_a,

@@ -740,6 +740,59 @@ def reset_memory_peak() -> None: ...
 def set_isa(name: str) -> None: ...
 def set_isa_from_env() -> None: ...
 def supported_isas() -> list[str]: ...
+@typing.overload
+def upsample2d_backward(
+    grad: _F32,
+    in_hw: _Pair,
+    mode: _Int,
+    align_corners: bool,
+    scale: typing.Annotated[collections.abc.Sequence[_Float], "FixedSize(2)"],
+    nthreads: _Int,
+) -> _F32:
+    """
+    grad (n, c, oh, ow) -> (n, c, h, w): transpose of the forward.
+    """
+
+@typing.overload
+def upsample2d_backward(
+    grad: _F64,
+    in_hw: _Pair,
+    mode: _Int,
+    align_corners: bool,
+    scale: typing.Annotated[collections.abc.Sequence[_Float], "FixedSize(2)"],
+    nthreads: _Int,
+) -> _F64:
+    """
+    grad (n, c, oh, ow) -> (n, c, h, w): transpose of the forward.
+    """
+
+@typing.overload
+def upsample2d_forward(
+    x: _F32,
+    out_hw: _Pair,
+    mode: _Int,
+    align_corners: bool,
+    scale: typing.Annotated[collections.abc.Sequence[_Float], "FixedSize(2)"],
+    nthreads: _Int,
+) -> _F32:
+    """
+    x (n, c, h, w) -> (n, c, oh, ow): mode 0 nearest, 1 bilinear, as torch's interpolate (scale: the
+    scale factors given, or <= 0).
+    """
+
+@typing.overload
+def upsample2d_forward(
+    x: _F64,
+    out_hw: _Pair,
+    mode: _Int,
+    align_corners: bool,
+    scale: typing.Annotated[collections.abc.Sequence[_Float], "FixedSize(2)"],
+    nthreads: _Int,
+) -> _F64:
+    """
+    x (n, c, h, w) -> (n, c, oh, ow): mode 0 nearest, 1 bilinear, as torch's interpolate (scale: the
+    scale factors given, or <= 0).
+    """
 
 __version__: str
 openmp: bool

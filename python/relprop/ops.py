@@ -435,6 +435,63 @@ def adaptive_avgpool2d_backward(g, in_hw):
     return _core.adaptive_avgpool2d_backward(g, as_pair(in_hw, "in_hw", minimum=1), _nt())
 
 
+#: Upsampling modes of :func:`upsample2d_forward`, by their kernel's number.
+UPSAMPLE_MODES = ("nearest", "bilinear")
+
+
+def _upsample_args(mode, align_corners, scale):
+    from ._validate import as_scalar
+
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f"mode must be one of {UPSAMPLE_MODES}, got {mode!r}")
+    if align_corners and mode != "bilinear":
+        raise ValueError("align_corners applies to bilinear upsampling only")
+    scale = (0.0, 0.0) if scale is None else tuple(
+        as_scalar(s, "scale", minimum=0.0) for s in (scale if np.ndim(scale) else (scale,) * 2))
+    if len(scale) != 2:
+        raise ValueError(f"scale must be a number or a pair, got {scale}")
+    return UPSAMPLE_MODES.index(mode), bool(align_corners), scale
+
+
+def upsample2d_forward(x, out_hw, mode="nearest", align_corners=False, scale=None):
+    """Upsampling of the planes of ``x`` to ``out_hw`` as ``torch.nn.functional.interpolate``.
+
+    ``mode`` "nearest": output ``d`` reads input ``min(floor(d * s), in - 1)`` with ``s``
+    computed in float32 (as torch, for every dtype); "bilinear": two taps per axis, with
+    ``align_corners`` the corners of input and output aligned (``s = (in - 1) / (out - 1)``),
+    else pixel centres (``(d + 0.5) s - 0.5``, clamped at 0).  ``s`` is ``1 / scale`` where
+    the scale factors torch was given are passed as ``scale`` (its default for ``scale_factor``
+    without ``recompute_scale_factor``), else ``in / out``.  Any sizes, also smaller than the
+    input.
+
+    Parameters
+    ----------
+    x : ndarray, (n, c, h, w), float32 or float64
+    out_hw : int or pair of ints >= 1
+    mode : "nearest" or "bilinear"
+    align_corners : bool
+    scale : float or pair of floats, optional
+
+    Returns
+    -------
+    y : ndarray, (n, c, oh, ow)
+    """
+    from ._validate import as_pair
+
+    return _core.upsample2d_forward(_array(x, "x"), as_pair(out_hw, "out_hw", minimum=1),
+                                    *_upsample_args(mode, align_corners, scale), _nt())
+
+
+def upsample2d_backward(g, in_hw, mode="nearest", align_corners=False, scale=None):
+    """Transpose of :func:`upsample2d_forward`: ``g`` (n, c, oh, ow) -> (n, c, h, w) for inputs
+    of size ``in_hw``, each input summing the output gradients it was copied or interpolated
+    into (in a fixed order: the same bits for any thread count and batch)."""
+    from ._validate import as_pair
+
+    return _core.upsample2d_backward(_array(g, "g"), as_pair(in_hw, "in_hw", minimum=1),
+                                     *_upsample_args(mode, align_corners, scale), _nt())
+
+
 def _axis_split(shape, axis):
     """``(axis, outer, c, inner)``: an array of ``shape`` seen as (outer, c, inner) around
     ``axis`` (ValueError for an axis it does not have)."""

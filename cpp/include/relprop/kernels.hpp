@@ -225,6 +225,27 @@ template <typename T>
 void adaptive_avgpool2d_backward(const T* gy, T* gx, idx planes, idx h, idx w, idx oh, idx ow,
                                  int nthreads);
 
+// Upsampling of `planes` planes of h x w to oh x ow as torch's interpolate: mode 0 nearest
+// (source index floor(d * s) in float, s = 1 / scale if the scale factor `scale` > 0 was given,
+// else in / out; torch's exact cases for out == in and out == 2 in), mode 1 bilinear (two taps
+// per axis: align_corners, or half-pixel centres clamped at 0; ratio and weights in T, as
+// torch's opmath).  Separable: each output row mixes its two source rows, then each output
+// column its two taps of that.
+struct Upsample2d {
+  idx planes, h, w, oh, ow;
+  int mode;
+  bool align_corners;
+  double scale_h, scale_w;  // the scale factors given to torch, or <= 0 (from the sizes)
+};
+
+template <typename T>
+void upsample2d_forward(const T* x, T* y, const Upsample2d& u, int nthreads);
+
+// gx = transpose of upsample2d_forward applied to gy (per plane, in a fixed order: output rows
+// in order, each gathered onto the input columns, then added to its source rows).
+template <typename T>
+void upsample2d_backward(const T* gy, T* gx, const Upsample2d& u, int nthreads);
+
 // y = x * scale[c] + shift[c] over rows of `inner` elements: x (n, c, inner...) C-contiguous,
 // c = channels (an unfolded inference BatchNorm); shift may be null (then y = x * scale[c]).
 template <typename T>

@@ -1,4 +1,4 @@
-"""Pooling: MaxPool2d, AvgPool2d, GlobalAvgPool2d, AdaptiveAvgPool2d.
+"""Pooling and upsampling: MaxPool2d, AvgPool2d, GlobalAvgPool2d, AdaptiveAvgPool2d, Upsample.
 
 A pooling whose window is one element moved one element at a time is the identity, and every
 importer skips it alike (:func:`pool_layer`, :func:`adaptive_avg_pool`); likewise an importer
@@ -372,3 +372,179 @@ class AdaptiveAvgPool2d(AvgPool):
 
     def backward(self, g, x, state, relu_mode="gradient"):
         return ops.adaptive_avgpool2d_backward(g, x.shape[2:])
+
+
+# --- upsampling ---------------------------------------------------------------------------------
+def _scale_pair(v, name):
+    """A scale factor (a number or a pair) as a pair of positive floats."""
+    from .._validate import as_scalar
+
+    pair = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be a number or a pair, got {v!r}")
+    out = tuple(as_scalar(s, name) for s in pair)
+    if min(out) <= 0:
+        raise ValueError(f"{name} must be positive, got {v!r}")
+    return out
+
+
+def upsample_layer(ctx, size, scale, mode, align_corners, recompute=False):
+    """The layer of ``F.interpolate(x, size, scale_factor, mode, align_corners,
+    recompute_scale_factor)`` on the importer's input, or None where it is the identity."""
+    shape = ctx.shape
+    if len(shape) != 3:
+        raise ctx.error(f"upsampling expects (channels, height, width) per sample, got "
+                        f"{tuple(shape)}")
+    if mode not in ops.UPSAMPLE_MODES:
+        raise ctx.error(f"mode={mode!r} is not supported (only {', '.join(ops.UPSAMPLE_MODES)})")
+    if (size is None) == (scale is None):
+        raise ctx.error("needs a size or a scale_factor (one of them)")
+    try:
+        if scale is not None and recompute:  # torch then interpolates by the sizes
+            sf = _scale_pair(scale, "scale_factor")
+            size, scale = tuple(int(np.floor(float(n) * s)) for n, s in zip(shape[1:], sf)), None
+        layer = Upsample(size=size, scale_factor=scale, mode=mode,
+                         align_corners=bool(align_corners) and mode == "bilinear")
+        out = layer.output_shape(shape)
+    except (ValueError, TypeError) as exc:
+        raise ctx.error(str(exc)) from None
+    return None if out == tuple(shape) else layer
+
+
+def _torch_interpolate(a, ctx):
+    if a.get("antialias"):
+        raise ctx.error("antialias=True is not supported")
+    size, scale = ctx.constant(a["size"], "size"), ctx.constant(a["scale_factor"], "scale_factor")
+    return upsample_layer(ctx, size, scale, a["mode"], a["align_corners"],
+                          a.get("recompute_scale_factor"))
+
+
+def _onnx_resize(ctx):
+    def text(name, default):
+        v = ctx.attrs.get(name, default)
+        return v.decode() if isinstance(v, bytes) else v
+
+    mode, transform = text("mode", "nearest"), text("coordinate_transformation_mode", "half_pixel")
+    if ctx.attrs.get("antialias", 0) or ctx.attrs.get("axes") is not None:
+        raise ctx.error("antialias and axes are not supported")
+    nearest = text("nearest_mode", "round_prefer_floor")
+    if mode == "nearest" and transform == "asymmetric" and nearest == "floor":
+        mode, align = "nearest", False  # torch's nearest
+    elif mode == "linear" and transform in ("align_corners", "pytorch_half_pixel", "half_pixel"):
+        mode, align = "bilinear", transform == "align_corners"
+    else:
+        raise ctx.error(f"mode={mode!r} with coordinate_transformation_mode={transform!r} is not "
+                        "supported (torch's nearest and bilinear: asymmetric/floor, "
+                        "align_corners, pytorch_half_pixel)")
+    scales = ctx.const(2, "scales", required=False)
+    if scales is not None and scales.size:
+        scales = [float(s) for s in scales.reshape(-1)]
+        if len(scales) != 4 or scales[:2] != [1.0, 1.0]:
+            raise ctx.error(f"scales {scales} resize the batch or the channels")
+        return upsample_layer(ctx, None, tuple(scales[2:]), mode, align)
+    sizes = ctx.targets(3, "sizes")
+    if any(len(s) != 4 or s[1] != ctx.shape[0] or s[2:] != sizes[0][2:] for s in sizes) or \
+            any(s[0] != b for s, b in zip(sizes, ctx.worlds)):
+        raise ctx.error(f"sizes {sizes[0]} resize the batch or the channels")
+    return upsample_layer(ctx, tuple(sizes[0][2:]), None, mode, align)
+
+
+_INTERPOLATE = ("input", ("size", None), ("scale_factor", None), ("mode", "nearest"),
+                ("align_corners", None), ("recompute_scale_factor", None), ("antialias", False))
+
+
+def _torch_upsample_module(m, ctx, mode=None, align=None):
+    return upsample_layer(ctx, m.size, m.scale_factor, mode or m.mode,
+                          m.align_corners if align is None else align,
+                          getattr(m, "recompute_scale_factor", None))
+
+
+@register_layer
+class Upsample(Layer):
+    """Upsampling of each channel's plane as ``torch.nn.Upsample`` and ``F.interpolate``: to
+    ``size`` or by ``scale_factor`` (a number or a pair; the output ``floor(h * scale)``),
+    ``mode`` "nearest" or "bilinear" (``align_corners``: the corner pixels aligned, else the
+    pixel centres), with torch's source positions (``ops.upsample2d_forward``).
+
+    Zennit hooks no upsampling: gradient and relevance (Pass) cross it through its transpose,
+    which conserves relevance (each output's weights sum to one: nearest copies sum back)."""
+
+    kind = "upsample"
+    slots = ("upsample",)
+    default_rule = "pass"
+    remakable = True
+    imports = (
+        TorchModule(("Upsample",), _torch_upsample_module),
+        TorchModule(("UpsamplingNearest2d",),
+                    lambda m, ctx: _torch_upsample_module(m, ctx, "nearest", False)),
+        TorchModule(("UpsamplingBilinear2d",),
+                    lambda m, ctx: _torch_upsample_module(m, ctx, "bilinear", True)),
+        TorchFunction(("torch.nn.functional.interpolate", "torch.nn.functional.upsample"),
+                      _INTERPOLATE, _torch_interpolate),
+        TorchFunction(("torch.nn.functional.upsample_nearest",),
+                      ("input", ("size", None), ("scale_factor", None)),
+                      lambda a, ctx: _torch_interpolate(dict(a, mode="nearest",
+                                                             align_corners=None), ctx)),
+        TorchFunction(("torch.nn.functional.upsample_bilinear",),
+                      ("input", ("size", None), ("scale_factor", None)),
+                      lambda a, ctx: _torch_interpolate(dict(a, mode="bilinear",
+                                                             align_corners=True), ctx)),
+        OnnxOp(("Resize",), _onnx_resize),
+    )
+
+    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=False):
+        if (size is None) == (scale_factor is None):
+            raise ValueError("Upsample needs a size or a scale_factor (one of them)")
+        self.size = None if size is None else as_pair(size, "size", minimum=1)
+        self.scale_factor = None if scale_factor is None else _scale_pair(scale_factor,
+                                                                           "scale_factor")
+        if mode not in ops.UPSAMPLE_MODES:
+            raise ValueError(f"Upsample mode must be one of {ops.UPSAMPLE_MODES}, got {mode!r}")
+        self.mode, self.align_corners = mode, _flag(align_corners, "align_corners")
+        if self.align_corners and mode != "bilinear":
+            raise ValueError("Upsample align_corners applies to mode='bilinear' only")
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        size, scale = cfg.get("size"), cfg.get("scale_factor")
+        return cls(None if size is None else cfg_pair(cfg, "size"), scale, cfg.get("mode"),
+                   cfg.get("align_corners", False))
+
+    def config(self):
+        cfg = {"mode": self.mode}
+        if self.size is not None:
+            cfg["size"] = list(self.size)
+        else:
+            cfg["scale_factor"] = list(self.scale_factor)
+        if self.align_corners:
+            cfg["align_corners"] = True
+        return cfg
+
+    def describe(self):
+        how = (f"to {pair_text(self.size)}" if self.size is not None else
+               f"x{self.scale_factor[0]:g}" if self.scale_factor[0] == self.scale_factor[1] else
+               f"x{self.scale_factor[0]:g}x{self.scale_factor[1]:g}")
+        return f"Upsample {self.mode} {how}" + (" align corners" if self.align_corners else "")
+
+    def _out(self, hw):
+        if self.size is not None:
+            return self.size
+        out = tuple(int(np.floor(float(n) * s)) for n, s in zip(hw, self.scale_factor))
+        if min(out) < 1:
+            raise ValueError(f"{self!r} makes no output of an input of {tuple(hw)}")
+        return out
+
+    def output_shape(self, shape):
+        self._need_rank(shape, 3, "(channels, height, width)")
+        return (shape[0],) + self._out(shape[1:])
+
+    def flops(self, in_shapes, out_shape):
+        return 6 * numel(out_shape) if self.mode == "bilinear" else 0  # nearest copies
+
+    def forward(self, x):
+        return ops.upsample2d_forward(x, self._out(x.shape[2:]), self.mode, self.align_corners,
+                                      self.scale_factor), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return ops.upsample2d_backward(g, x.shape[2:], self.mode, self.align_corners,
+                                       self.scale_factor)

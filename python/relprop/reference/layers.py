@@ -181,6 +181,20 @@ register_twin("adaptiveavgpool2d",
                   g, xs[0].shape[2:])])
 
 
+def _upsample_out(layer, hw):
+    if layer.size is not None:
+        return layer.size
+    return tuple(int(np.floor(n * s)) for n, s in zip(hw, layer.scale_factor))
+
+
+register_twin("upsample",
+              forward=lambda layer, x: ops.upsample2d_forward(
+                  x, _upsample_out(layer, x.shape[2:]), layer.mode, layer.align_corners,
+                  layer.scale_factor),
+              backward=lambda layer, g, xs, mode: [ops.upsample2d_backward(
+                  g, xs[0].shape[2:], layer.mode, layer.align_corners, layer.scale_factor)])
+
+
 # --- shapes, merges, normalization --------------------------------------------------------------
 register_twin("flatten", "reshape",
               forward=lambda layer, x: x.reshape((len(x),) + tuple(layer.shape)),

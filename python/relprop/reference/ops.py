@@ -237,6 +237,52 @@ def hardtanh_backward(g, x, min_val=-1.0, max_val=1.0):
     return np.where((x <= lo) | (x >= hi), 0, g).astype(g.dtype)
 
 
+def _interpolation(n_in, n_out, mode, align_corners, scale, dtype):
+    """The matrix ``A (n_out, n_in)`` of torch's 1-D interpolation: ``out = A @ in``.  Nearest:
+    ``A[d, min(floor(d * s), n_in - 1)] = 1`` with ``s`` in float32 (``1 / scale``, or
+    ``n_in / n_out``; the copy and the doubling exactly); bilinear: the source position
+    ``s d`` (``align_corners``, ``s = (n_in - 1) / (n_out - 1)``) or ``s (d + 0.5) - 0.5``
+    clamped at 0, split between its two neighbours, in ``dtype``."""
+    a = np.zeros((n_out, n_in), dtype=dtype)
+    f32 = np.float32
+    for d in range(n_out):
+        if n_out == n_in:
+            a[d, d] = 1
+        elif mode == "nearest":
+            if n_out == 2 * n_in:
+                a[d, d // 2] = 1
+                continue
+            s = f32(1.0 / scale) if scale else f32(n_in) / f32(n_out)
+            a[d, min(int(np.floor(f32(d) * s)), n_in - 1)] = 1
+        else:
+            t = np.dtype(dtype).type
+            if align_corners:
+                s = t(n_in - 1) / t(n_out - 1) if n_out > 1 else t(0)
+                src = s * t(d)
+            else:
+                s = t(1.0 / scale) if scale else t(n_in) / t(n_out)
+                src = max(s * (t(d) + t(0.5)) - t(0.5), t(0))
+            k = min(int(np.floor(f32(src))), n_in - 1)
+            lam = min(max(src - t(k), t(0)), t(1))
+            a[d, k] += t(1) - lam
+            a[d, min(k + 1, n_in - 1)] += lam
+    return a
+
+
+def upsample2d_forward(x, out_hw, mode="nearest", align_corners=False, scale=None):
+    scale = (None, None) if scale is None else _pair(scale)
+    ah = _interpolation(x.shape[2], out_hw[0], mode, align_corners, scale[0], x.dtype)
+    aw = _interpolation(x.shape[3], out_hw[1], mode, align_corners, scale[1], x.dtype)
+    return np.einsum("ih,nchw,jw->ncij", ah, x, aw)
+
+
+def upsample2d_backward(g, in_hw, mode="nearest", align_corners=False, scale=None):
+    scale = (None, None) if scale is None else _pair(scale)
+    ah = _interpolation(in_hw[0], g.shape[2], mode, align_corners, scale[0], g.dtype)
+    aw = _interpolation(in_hw[1], g.shape[3], mode, align_corners, scale[1], g.dtype)
+    return np.einsum("ih,ncij,jw->nchw", ah, g, aw)
+
+
 def _slopes(weight, x):
     """PReLU's slopes broadcast against x (n, c, ...): per channel, or one for all."""
     w = np.asarray(weight, dtype=x.dtype)
