@@ -79,14 +79,14 @@ def test_streamed_chunks_score_the_class_they_explain(problem, method):
     explicit target."""
     net, x, classes = problem
     kw = KWARGS.get(method, {})
-    R, explained, scores, sums = explain_chunk(net, x, None, method, kw, batch_size=7)
-    assert_array_equal(explained, classes)
-    assert_allclose(scores, net(x)[np.arange(len(x)), classes], rtol=1e-5)
+    R, out = explain_chunk(net, x, None, method, kw, batch_size=7)
+    assert_array_equal(out.argmax(axis=1), classes)
+    f = net(x)  # (the explanation's forward pass may run another conv algorithm: rounding)
+    assert_allclose(out, f, rtol=0, atol=1e-5 * np.abs(f).max())
     assert_array_equal(R, rp.explain(net, x, classes, method, batch_size=7, **kw))
-    assert_allclose(sums, R.reshape(len(x), -1).sum(axis=1))
-    R3, explained3, scores3, _ = explain_chunk(net, x, 3, method, kw, batch_size=7)
-    assert_array_equal(explained3, np.full(len(x), 3))
-    assert_allclose(scores3, net(x)[:, 3], rtol=1e-5)
+    R3, out3 = explain_chunk(net, x, 3, method, kw, batch_size=7)
+    assert_allclose(out3, f, rtol=0, atol=1e-5 * np.abs(f).max())
+    assert_array_equal(R3, rp.explain(net, x, 3, method, batch_size=7, **kw))
 
 
 def test_bad_string_targets(problem):
