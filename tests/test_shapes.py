@@ -1,7 +1,7 @@
 """Per-sample tensors of any rank, and the layers that move their elements: Concat along any
-axis.  Each against its NumPy twin (forward, the vector-Jacobian product by the adjoint
-identity, LRP), torch (forward and float64 autograd through from_torch) and both ONNX
-exporters, and through model files."""
+axis, Reshape (and Flatten), Permute, Slice, Pad. Each against its NumPy twin (forward, the
+vector-Jacobian product by the adjoint identity, LRP), torch (forward and float64 autograd
+through from_torch) and both ONNX exporters, and through model files."""
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
@@ -15,6 +15,7 @@ from strategies import with_threads
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
+F = torch.nn.functional
 
 
 def _adjoint(layer, xs, rng):
@@ -357,3 +358,81 @@ def test_slices_of_the_batch_axis_are_refused():
                       (lambda x: torch.split(x, [1, 1], 1), r"sizes \[1, 1\] do not add up")]:
         with pytest.raises(ValueError, match=match):
             rp.from_torch(M(fn), (3, 4))
+
+
+# --- Pad ----------------------------------------------------------------------------------------
+def test_pad_layer_matches_twin_and_torch(rng):
+    for pads, shape in [((1, 2, 0, 3), (2, 3, 4, 5)), ((-1, 2, 1, -2), (2, 3, 4, 5)),
+                        ((2, -3), (2, 4, 6)), ((1, 1, 1, 1, 1, 1), (1, 2, 3, 4)),
+                        ((0, 0, -1, 0, 2, 1), (2, 3, 4, 5))]:
+        layer = rp.Pad(pads)
+        x = rng.normal(size=shape)
+        y, back = _adjoint(layer, (x,), rng)
+        assert_array_equal(y, layer_forward(layer, x))
+        assert_array_equal(y, F.pad(torch.from_numpy(x), pads).numpy())
+        assert layer.output_shape(shape[1:]) == y.shape[1:]
+        g = rng.normal(size=y.shape)
+        assert_array_equal(layer.backward(g, x, None), layer_backward(layer, g, [x])[0])
+    with pytest.raises(ValueError, match="pairs"):
+        rp.Pad((1, 2, 3))
+    with pytest.raises(ValueError, match="leaves nothing"):
+        rp.Pad((-3, 0)).output_shape((2, 3))
+    with pytest.raises(ValueError, match="pads 3 axes of a sample of 2"):
+        rp.Pad((1,) * 6).output_shape((2, 3))
+
+
+class Pads(nn.Module):
+    """nn.ZeroPad2d, F.pad with a crop, ConstantPad1d(.., 0), and a U-Net's pad of an
+    upsampled map to its skip's size from shape arithmetic."""
+
+    def __init__(self):
+        super().__init__()
+        self.zero = nn.ZeroPad2d((1, 0, 2, 1))
+        self.conv = nn.Conv2d(3, 4, 3, stride=2)
+        self.pad1 = nn.ConstantPad1d(2, 0.0)
+        self.fc = nn.Linear(4 * 9 * 10 + 8 * 9, 3)
+
+    def forward(self, x):
+        skip = torch.relu(self.zero(x))                        # (3, 9, 9)
+        y = torch.relu(self.conv(skip))                         # (4, 4, 4)
+        dy, dx = skip.size()[2] - y.size()[2], skip.size(3) - y.size(3)
+        y = F.pad(y, [dx // 2, dx - dx // 2 + 1, dy // 2, dy - dy // 2])   # (4, 9, 10)
+        z = F.pad(skip.flatten(2)[:, 0], (-1, -2))              # (81,) cropped to (78,)
+        z = self.pad1(z.view(z.size(0), 6, 13))[:, :, :9]       # (6, 17), sliced to (6, 9)
+        return self.fc(torch.cat([y.flatten(1), z.flatten(1), z[:, :2].flatten(1)], 1))
+
+
+@pytest.mark.parametrize("path", nets.IMPORT_PATHS)
+def test_pads_imported(tmp_path, rng, path):
+    torch.manual_seed(4)
+    module = Pads().double().eval()
+    net = nets.imported(module, (3, 6, 8), path, tmp_path)
+    assert "pad" in {n.layer.kind for n in net.nodes}
+    x = rng.normal(size=(3, 3, 6, 8))
+    if path == "from_torch":
+        assert [n.layer.pads for n in net.nodes if n.layer.kind == "pad"] == [
+            (1, 0, 2, 1), (2, 4, 2, 3), (-1, -2), (2, 2)]
+        _torch_checks(module, net, x, 2)
+        net.save(tmp_path / "m.npz")
+        assert_array_equal(rp.load(tmp_path / "m.npz")(x), net(x))
+    else:
+        with torch.no_grad():
+            want = module(torch.from_numpy(x)).numpy()
+        assert_allclose(net(x.astype(np.float32)), want, rtol=1e-4, atol=1e-4 * abs(want).max())
+
+
+def test_pads_of_other_values_and_modes_are_refused():
+    class M(nn.Module):
+        def __init__(self, fn):
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, x):
+            return self.fn(x)
+
+    for fn, match in [(lambda x: F.pad(x, (1, 1), value=1.0), "constant 1.0 is not supported"),
+                      (lambda x: F.pad(x, (1, 1), mode="reflect"), "mode='reflect'"),
+                      (nn.ConstantPad2d(1, 2.0), "constant 2.0"),
+                      (nn.ReflectionPad2d(1), "ReflectionPad2d is not supported")]:
+        with pytest.raises(ValueError, match=match):
+            rp.from_torch(M(fn) if not isinstance(fn, nn.Module) else fn, (2, 3, 3))

@@ -540,12 +540,12 @@ def from_onnx(path_or_model, *, check=True, rtol=CHECK_RTOL):
     AveragePool, GlobalAveragePool, ReduceMean over height and width, Resize (torch's nearest
     and bilinear), Flatten, Reshape (its leading dimension the batch, or the export batch baked
     into a dynamic-batch file), Squeeze and Unsqueeze of axes but the batch's, Transpose keeping
-    the batch axis first, Split, Slice and Gather (one index) on axes but the batch's,
-    BatchNormalization (folded into the Conv/Gemm/MatMul before it where nothing else reads that
-    output, else an affine node), Dropout and Identity (skipped); a Softmax as the last node is
-    dropped (relprop explains the scores before it). Subgraphs on constants and shapes are
-    folded away. Poolings whose window is the identity are skipped. The data input needs a fixed
-    per-sample shape; element type float32 or float64.
+    the batch axis first, Split, Slice and Gather (one index) on axes but the batch's, Pad of
+    zeros, BatchNormalization (folded into the Conv/Gemm/MatMul before it where nothing else
+    reads that output, else an affine node), Dropout and Identity (skipped); a Softmax as the
+    last node is dropped (relprop explains the scores before it). Subgraphs on constants and
+    shapes are folded away. Poolings whose window is the identity are skipped. The data input
+    needs a fixed per-sample shape; element type float32 or float64.
 
     Parameters
     ----------

@@ -1,6 +1,6 @@
 """Shape operations, each sample alone: Reshape (and Flatten, its common case): the samples'
 elements in C order, read into another per-sample shape; Permute: the samples' axes in another
-order."""
+order; Slice: a range of one axis; Pad: zeros around (or crops of) the trailing axes."""
 from __future__ import annotations
 
 import numpy as np
@@ -636,3 +636,142 @@ class Slice(Layer):
         out = np.zeros(x.shape, dtype=g.dtype)
         out[self._index] = g
         return out
+
+
+def _torch_pad_value(value, ctx):
+    if value not in (None, 0, 0.0):
+        raise ctx.error(f"padding with the constant {value} is not supported (only zeros: a "
+                        "constant would be an input relprop cannot explain)")
+
+
+def _torch_pad(a, ctx):
+    if a["mode"] != "constant":
+        raise ctx.error(f"mode={a['mode']!r} is not supported (only constant zero padding)")
+    _torch_pad_value(ctx.constant(a["value"], "value"), ctx)
+    return pad_layer(ctx, ctx.constant(a["pad"], "pad"))
+
+
+def _torch_pad_module(m, ctx):
+    _torch_pad_value(getattr(m, "value", 0), ctx)
+    return pad_layer(ctx, m.padding)
+
+
+def pad_layer(ctx, pads):
+    """Pad(pads) on the importer's input, or None where every amount is 0."""
+    pads = tuple(int(p) for p in pads)
+    try:
+        layer = Pad(pads)
+        layer.output_shape(ctx.shape)
+    except (ValueError, TypeError) as exc:
+        raise ctx.error(str(exc)) from None
+    return None if not any(pads) else layer
+
+
+def _onnx_pad(ctx):
+    mode = ctx.attrs.get("mode", b"constant")
+    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+        raise ctx.error(f"mode={mode!r} is not supported (only constant zero padding)")
+    if ctx.opset < 11:
+        pads, value, axes = ctx.attrs.get("pads"), ctx.attrs.get("value", 0.0), None
+    else:
+        pads = ctx.const(1, "pads")
+        value = ctx.const(2, "constant_value", required=False)
+        axes = ctx.const(3, "axes", required=False)
+    value = 0.0 if value is None or np.asarray(value).size == 0 else \
+        float(np.asarray(value).reshape(-1)[0])
+    if value != 0:
+        raise ctx.error(f"padding with the constant {value} is not supported (only zeros)")
+    rank = len(ctx.shape) + 1
+    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    axes = list(range(rank)) if axes is None else [int(a) % rank
+                                                   for a in np.asarray(axes).reshape(-1)]
+    k = len(axes)
+    begin, end = [0] * rank, [0] * rank
+    for ax, b, e in zip(axes, pads[:k], pads[k:]):
+        begin[ax], end[ax] = b, e
+    if begin[0] or end[0]:
+        raise ctx.error("pads the batch axis; relprop pads the axes of each sample")
+    first = next((ax for ax in range(1, rank) if begin[ax] or end[ax]), rank)
+    return pad_layer(ctx, [v for ax in range(rank - 1, first - 1, -1)
+                           for v in (begin[ax], end[ax])])
+
+
+_PAD_MODULES = tuple(f"{kind}Pad{d}d" for kind in ("Zero", "Constant") for d in (1, 2, 3))
+
+
+@register_layer
+class Pad(Layer):
+    """Zero padding of each sample's trailing axes, ``pads`` as torch's ``F.pad``: ``(left,
+    right)`` of the last axis, then ``(top, bottom)`` of the one before, and so on; a negative
+    amount crops (``nn.ZeroPad2d``, ``ConstantPad*d(.., 0)``, ONNX Pad of zeros).
+
+    The gradient, and relevance (Pass: Zennit hooks no padding), go back to the input elements
+    (the padded zeros' share is dropped, as what a crop removes)."""
+
+    kind = "pad"
+    slots = ("reshape",)
+    default_rule = "pass"
+    remakable = True
+    imports = (
+        TorchModule(_PAD_MODULES, _torch_pad_module),
+        TorchFunction(("torch.nn.functional.pad",),
+                      ("input", "pad", ("mode", "constant"), ("value", None)), _torch_pad),
+        OnnxOp(("Pad",), _onnx_pad),
+    )
+
+    def __init__(self, pads):
+        try:
+            pads = tuple(as_int(p, "pads") for p in pads)
+        except TypeError:
+            raise TypeError(f"Pad pads must be a sequence of ints, got {pads!r}") from None
+        if not pads or len(pads) % 2:
+            raise ValueError(f"Pad pads must be (before, after) pairs, last axis first, got "
+                             f"{pads}")
+        self.pads = pads
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        pads = cfg.get("pads")
+        if not isinstance(pads, list):
+            raise ValueError(f"has a bad 'pads': {pads!r}")
+        return cls(pads)
+
+    def config(self):
+        return {"pads": list(self.pads)}
+
+    def describe(self):
+        return f"Pad {self.pads}"
+
+    def _widths(self, rank):
+        """``(before, after)`` per axis of a sample of ``rank`` axes."""
+        k = len(self.pads) // 2
+        if k > rank:
+            raise ValueError(f"{self!r} pads {k} axes of a sample of {rank}")
+        pairs = [(self.pads[2 * i], self.pads[2 * i + 1]) for i in range(k)][::-1]
+        return [(0, 0)] * (rank - k) + pairs
+
+    def output_shape(self, shape):
+        out = tuple(n + b + a for n, (b, a) in zip(shape, self._widths(len(shape))))
+        if min(out) < 1:
+            raise ValueError(f"{self!r} leaves nothing of per-sample shape {tuple(shape)}")
+        return out
+
+    def _regions(self, shape):
+        """The input elements kept and where they go in the output (index tuples)."""
+        src, dst = [slice(None)], [slice(None)]
+        for n, (b, a) in zip(shape, self._widths(len(shape))):
+            src.append(slice(max(-b, 0), n - max(-a, 0)))
+            dst.append(slice(max(b, 0), max(b, 0) + n - max(-b, 0) - max(-a, 0)))
+        return tuple(src), tuple(dst)
+
+    def forward(self, x):
+        y = np.zeros((len(x),) + self.output_shape(x.shape[1:]), dtype=x.dtype)
+        src, dst = self._regions(x.shape[1:])
+        y[dst] = x[src]
+        return y, None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        gx = np.zeros(x.shape, dtype=g.dtype)
+        src, dst = self._regions(x.shape[1:])
+        gx[src] = g[dst]
+        return gx

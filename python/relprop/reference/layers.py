@@ -214,6 +214,25 @@ def _slice_backward(layer, g, xs, mode):
     return [out]
 
 
+def _pad_widths(layer, rank):
+    """torch's F.pad amounts (last axis first) as (before, after) per axis of the batch."""
+    pairs = list(zip(layer.pads[::2], layer.pads[1::2]))[::-1]
+    return [(0, 0)] * (rank - len(pairs)) + pairs
+
+
+def _pad_forward(layer, x):
+    widths = _pad_widths(layer, x.ndim)
+    y = np.pad(x, [(max(b, 0), max(a, 0)) for b, a in widths])
+    return y[tuple(slice(max(-b, 0), y.shape[k] - max(-a, 0)) for k, (b, a) in enumerate(widths))]
+
+
+def _pad_backward(layer, g, xs, mode):
+    # the transpose: crop what the padding added, pad back what it cropped
+    inverse = type("Inverse", (), {"pads": tuple(-p for p in layer.pads)})()
+    return [_pad_forward(inverse, g)]
+
+
+register_twin("pad", forward=_pad_forward, backward=_pad_backward)
 register_twin("slice",
               forward=lambda layer, x: np.take(
                   x, np.arange(layer.start, layer.stop, layer.step), axis=layer.axis),
