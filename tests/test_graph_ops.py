@@ -1,7 +1,8 @@
 """Kernels of graph networks (ResNet, DenseNet, MobileNetV2) against their NumPy twins:
-grouped, depthwise and dilated Conv2d, adaptive average pooling, ReLU6 and the per-channel
-affine map; adjoint (dot-product) tests of every backward, thread-count invariance, every ISA
-this CPU supports, packing identities and the errors on bad input."""
+grouped, depthwise and dilated Conv2d, adaptive average pooling and the per-channel affine map
+(ReLU6 runs Hardtanh's kernels: tests/test_hardtanh.py); adjoint (dot-product) tests of every
+backward, thread-count invariance, every ISA this CPU supports, packing identities and the
+errors on bad input."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -316,7 +317,7 @@ def test_depthwise_and_grouped_match_torch():
 
 
 # ------------------------------------------------------------------------------------------
-# Adaptive average pooling, ReLU6, channel affine
+# Adaptive average pooling, channel affine
 
 @st.composite
 def adaptive_problems(draw):
@@ -375,40 +376,6 @@ def test_adaptive_avgpool_bad_input():
         ops.adaptive_avgpool2d_forward(np.ones((1, 1, 4, 4), np.int64), 2)
 
 
-@given(DTYPES, st.data())
-def test_relu6_matches_reference(dtype, data):
-    shape = data.draw(st.sampled_from([(1,), (3, 5), (2, 3, 4, 5)]))
-    x = data.draw(arrays(dtype, shape, lo=-8.0, hi=8.0))
-    x.flat[:3] = [0.0, 6.0, 3.0][:x.size]  # the kinks: gradient 0 at 0 and 6, as torch
-    g = data.draw(arrays(dtype, shape))
-    assert_array_equal(ops.relu6_forward(x), ref.relu6_forward(x))
-    for mode in ("gradient", "deconvnet", "guided"):
-        assert_array_equal(ops.relu6_backward(g, x, mode), ref.relu6_backward(g, x, mode))
-    # the gradient is the transpose of the Jacobian diag(0 < x < 6) at x: <J u, g> = <u, J^T g>
-    # with J u the directional derivative (f(x + t u) - f(x)) / t away from the kinks
-    u = data.draw(arrays(dtype, shape))
-    t = 1e-3
-    kinks = (abs(x) < 2 * t) | (abs(x - 6) < 2 * t)
-    u, g = np.where(kinks, 0, u), np.where(kinks, 0, g)
-    ju = (f64(ops.relu6_forward(x + t * u)) - f64(ops.relu6_forward(x))) / t
-    lhs, rhs = np.vdot(ju, f64(g)), np.vdot(f64(u), f64(ops.relu6_backward(g, x)))
-    # the difference quotient's rounding: x + t u is rounded by up to half an ulp of it, and
-    # that error is divided by t (a tolerance relative to J u fails where u is small)
-    err = np.finfo(dtype).eps * (abs(f64(x)) + t * abs(f64(u))) / t
-    assert abs(lhs - rhs) <= np.vdot(err, abs(f64(g))) + 1e-12 * g.size
-
-
-def test_relu6_nan_and_errors():
-    x = np.array([np.nan, -np.inf, np.inf, 5.5])
-    assert_array_equal(ops.relu6_forward(x), [np.nan, 0.0, 6.0, 5.5])
-    with pytest.raises(ValueError, match="mode must be one of"):
-        ops.relu6_backward(x, x, "sign")
-    with pytest.raises(ValueError, match="same shape"):
-        ops.relu6_backward(x, x[:3])
-    with pytest.raises(TypeError, match="dtype float32 but g has dtype float64"):
-        ops.relu6_backward(x, x.astype(np.float32))
-
-
 @given(DTYPES, st.sampled_from([(3, 4), (2, 3, 5), (1, 4, 3, 2), (2, 3, 2, 2, 3), (2, 5, 4099)]),
        st.booleans(), st.data())
 def test_channel_affine_matches_reference_and_is_adjoint(dtype, shape, with_shift, data):
@@ -464,7 +431,7 @@ def _graph_kernels_once(rng, dtype):
                 ops.conv2d_backward(u(1, 20, 112, 112), wb, (112, 112), 1, 1, groups=20)]
         out += [ops.adaptive_avgpool2d_forward(x, (5, 7)),
                 ops.adaptive_avgpool2d_backward(u(n, 24, 30, 4), (21, 19)),
-                ops.relu6_forward(7 * x), ops.relu6_backward(x, 7 * x, "guided"),
+                ops.hardtanh_forward(7 * x, 0.0, 6.0), ops.hardtanh_backward(x, 7 * x, 0.0, 6.0),
                 ops.channel_affine(big, u(20), u(20)), ops.channel_affine(x[:, :, 0, 0], u(24))]
     return out
 

@@ -215,3 +215,25 @@ def test_onnx_max_and_min_of_a_constant_are_clamps(rng):
     assert [layer.describe() for layer in net.layers] == ["ReLU", "Hardtanh [-inf, 2.5]"]
     with pytest.raises(ValueError, match="'max' \\(Max\\): Max is supported of one tensor"):
         rp.from_onnx(model([helper.make_node("Max", ["x", "x"], ["y"], name="max")], {}))
+
+
+@pytest.mark.parametrize("method,captum_name", [("deconvnet", "Deconvolution"),
+                                                ("guided_backprop", "GuidedBackprop")])
+def test_relu6_passes_its_gradient_under_deconvnet_and_guided_backprop(rng, method,
+                                                                       captum_name):
+    """ReLU6 is Hardtanh(0, 6) with a kind of its own: Captum's hooks take nn.ReLU modules
+    only, so nn.ReLU6 passes its gradient g * (0 < x < 6) there, and in relprop (it used to get
+    the rectifier rules max(g, 0) and g * (0 < x < 6) * (g > 0))."""
+    captum = pytest.importorskip("captum.attr")
+    torch.manual_seed(1)
+    chain = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU6(), nn.Conv2d(6, 6, 3),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(6 * 6 * 6, 4)).double().eval()
+    net = rp.from_torch(chain, (3, 8, 8))
+    assert [layer.kind for layer in net.layers][1] == "relu6"
+    x = 4 * rng.normal(size=(3, 3, 8, 8))  # inputs on both sides of 0 and of 6
+    got = rp.explain(net, x, 2, method)
+    xt = torch.from_numpy(x).requires_grad_()
+    with pytest.warns(UserWarning, match="backward hooks on ReLU"):
+        want = getattr(captum, captum_name)(chain).attribute(xt, target=2)
+    assert_allclose(got, want.detach().numpy(), rtol=1e-10, atol=1e-12)
+    assert_allclose(got, getattr(ref, method)(net, x, 2), rtol=1e-10, atol=1e-12)

@@ -717,30 +717,6 @@ CArray<T> activation_backward(const CArray<T>& g, const CArray<T>& x, int op, in
   return gx;
 }
 
-template <typename T>
-CArray<T> relu6_forward(const CArray<T>& x, int nthreads) {
-  CArray<T> y = like(x);
-  T* yp = y.mutable_data();
-  {
-    py::gil_scoped_release nogil;
-    relprop::relu6_forward<T>(x.data(), yp, x.size(), nthreads);
-  }
-  return y;
-}
-
-template <typename T>
-CArray<T> relu6_backward(const CArray<T>& g, const CArray<T>& x, int mode, int nthreads) {
-  check_same_shape(g, x, "relu6_backward");
-  RELPROP_CHECK(mode >= 0 && mode <= 2, "mode must be 0, 1 or 2, got ", mode);
-  CArray<T> gx = like(g);
-  T* gp = gx.mutable_data();
-  {
-    py::gil_scoped_release nogil;
-    relprop::relu6_backward<T>(g.data(), x.data(), gp, g.size(), mode, nthreads);
-  }
-  return gx;
-}
-
 // y[n, c, ...] = x[n, c, ...] * scale[c] + shift[c]
 template <typename T>
 CArray<T> channel_affine(const CArray<T>& x, const CArray<T>& scale, const py::object& shift,
@@ -994,9 +970,6 @@ void define(py::module_& m) {
         "act(x) for the smooth activation numbered op (relprop.ops.ACTIVATIONS).");
   m.def("activation_backward", &activation_backward<T>, nc("grad"), nc("x"), "op"_a,
         "nthreads"_a, "grad * act'(x) for the activation numbered op.");
-  m.def("relu6_forward", &relu6_forward<T>, nc("x"), "nthreads"_a, "min(max(x, 0), 6).");
-  m.def("relu6_backward", &relu6_backward<T>, nc("grad"), nc("x"), "mode"_a, "nthreads"_a,
-        "mode 0: grad*(0<x<6), 1: max(grad, 0), 2: grad*(0<x<6)*(grad>0).");
   m.def("channel_affine", &channel_affine<T>, nc("x"), nc("scale"), "shift"_a, "nthreads"_a,
         "x (n, c, ...) * scale[c] + shift[c] (shift None: 0).");
   m.def("layer_norm_forward", &layer_norm_forward<T>, nc("x"), "weight"_a, "bias"_a, "outer"_a,

@@ -1,6 +1,6 @@
-// Element-wise kernels: ReLU, LeakyReLU, PReLU, ReLU6, Hardtanh and their backward variants, the
-// per-channel affine map (inference BatchNorm), the LRP stabilized division and the stacked
-// shares of the rules on [W+; W-].
+// Element-wise kernels: ReLU, LeakyReLU, PReLU, Hardtanh (ReLU6's too) and their backward
+// variants, the per-channel affine map (inference BatchNorm), the LRP stabilized division and
+// the stacked shares of the rules on [W+; W-].
 #include "gemm_impl.hpp"
 #include "relprop/check.hpp"
 #include "relprop/kernels.hpp"
@@ -73,39 +73,6 @@ void leaky_relu_backward(const T* g, const T* x, T* gx, idx size, double slope, 
   for (idx i = 0; i < size; ++i) {
     const T gi = g[i];  // loaded unconditionally so that the loop vectorizes
     gx[i] = x[i] > T(0) ? gi : a * gi;
-  }
-}
-
-template <typename T>
-void relu6_forward(const T* x, T* y, idx size, int nthreads) {
-  [[maybe_unused]] const int nt = threads_for(nthreads, size, size);
-#pragma omp parallel for simd schedule(static) num_threads(nt)
-  for (idx i = 0; i < size; ++i) {
-    const T v = x[i];
-    const T lo = v > T(0) ? v : T(0);
-    y[i] = v != v ? v : (lo < T(6) ? lo : T(6));  // NaN stays
-  }
-}
-
-template <typename T>
-void relu6_backward(const T* g, const T* x, T* gx, idx size, int mode, int nthreads) {
-  RELPROP_CHECK(mode >= 0 && mode <= 2, "relu6_backward: mode must be 0, 1 or 2, got ", mode);
-  [[maybe_unused]] const int nt = threads_for(nthreads, size, size);
-  if (mode == 0) {
-#pragma omp parallel for simd schedule(static) num_threads(nt)
-    for (idx i = 0; i < size; ++i) {
-      const T gi = g[i];  // loaded unconditionally so that the loop vectorizes
-      gx[i] = (x[i] > T(0) && x[i] < T(6)) ? gi : T(0);
-    }
-  } else if (mode == 1) {
-#pragma omp parallel for simd schedule(static) num_threads(nt)
-    for (idx i = 0; i < size; ++i) gx[i] = g[i] > T(0) ? g[i] : T(0);
-  } else {
-#pragma omp parallel for simd schedule(static) num_threads(nt)
-    for (idx i = 0; i < size; ++i) {
-      const T gi = g[i];
-      gx[i] = (x[i] > T(0) && x[i] < T(6) && gi > T(0)) ? gi : T(0);
-    }
   }
 }
 
@@ -300,8 +267,6 @@ void lrp_alpha_beta_shares(const T* r, const T* p, const T* n, T* out, idx sampl
   template void prelu_backward<T>(const T*, const T*, const T*, T*, idx, idx, idx, int);       \
   template void leaky_relu_forward<T>(const T*, T*, idx, double, int);                         \
   template void leaky_relu_backward<T>(const T*, const T*, T*, idx, double, int);              \
-  template void relu6_forward<T>(const T*, T*, idx, int);                                      \
-  template void relu6_backward<T>(const T*, const T*, T*, idx, int, int);                      \
   template void channel_affine<T>(const T*, const T*, const T*, T*, idx, idx, idx, int);       \
   template void relu_forward<T>(const T*, T*, idx, int);                                       \
   template void relu_backward<T>(const T*, const T*, T*, idx, int, int);                       \

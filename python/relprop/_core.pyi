@@ -705,30 +705,6 @@ def prelu_forward(x: _F64, weight: _F64, nthreads: _Int) -> _F64:
 
 def release_memory() -> None: ...
 @typing.overload
-def relu6_backward(grad: _F32, x: _F32, mode: _Int, nthreads: _Int) -> _F32:
-    """
-    mode 0: grad*(0<x<6), 1: max(grad, 0), 2: grad*(0<x<6)*(grad>0).
-    """
-
-@typing.overload
-def relu6_backward(grad: _F64, x: _F64, mode: _Int, nthreads: _Int) -> _F64:
-    """
-    mode 0: grad*(0<x<6), 1: max(grad, 0), 2: grad*(0<x<6)*(grad>0).
-    """
-
-@typing.overload
-def relu6_forward(x: _F32, nthreads: _Int) -> _F32:
-    """
-    min(max(x, 0), 6).
-    """
-
-@typing.overload
-def relu6_forward(x: _F64, nthreads: _Int) -> _F64:
-    """
-    min(max(x, 0), 6).
-    """
-
-@typing.overload
 def relu_backward(grad: _F32, x: _F32, mode: _Int, nthreads: _Int) -> _F32: ...
 @typing.overload
 def relu_backward(grad: _F64, x: _F64, mode: _Int, nthreads: _Int) -> _F64: ...

@@ -615,29 +615,6 @@ def activation_backward(g, x, op):
                                      _activation(op), _nt())
 
 
-def relu6_forward(x):
-    """``min(max(x, 0), 6)`` (``torch.nn.ReLU6``) for an array of any shape; NaN stays NaN."""
-    return _core.relu6_forward(_array(x, "x"), _nt())
-
-
-def relu6_backward(g, x, mode="gradient"):
-    """ReLU6 backward with input ``x`` (same shape as ``g``): gradient ``g * (0 < x < 6)``,
-    deconvnet ``max(g, 0)``, guided ``g * (0 < x < 6) * (g > 0)``.
-
-    Raises
-    ------
-    ValueError
-        On an unknown ``mode`` or shapes that differ.
-    TypeError
-        If ``g`` and ``x`` are not float32/float64 arrays of one dtype.
-    """
-    if mode not in RELU_MODES:
-        raise ValueError(f"mode must be one of {sorted(RELU_MODES)}, got {mode!r}")
-    g = _array(g, "g")
-    return _core.relu6_backward(g, _like(_array(x, "x"), g.dtype, "x", "g"), RELU_MODES[mode],
-                                _nt())
-
-
 def channel_affine(x, scale, shift=None):
     """``y[n, c, ...] = x[n, c, ...] * scale[c] + shift[c]`` in one pass (an inference
     BatchNorm, unfolded): x of any rank >= 2 with the channel axis 1.

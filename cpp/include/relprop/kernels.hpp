@@ -289,16 +289,6 @@ void activation_forward(const T* x, T* y, idx size, int op, int nthreads);
 template <typename T>
 void activation_backward(const T* g, const T* x, T* gx, idx size, int op, int nthreads);
 
-// y = min(max(x, 0), 6)   (NaN stays NaN)
-template <typename T>
-void relu6_forward(const T* x, T* y, idx size, int nthreads);
-
-// Backward of ReLU6 with input x:  mode 0 gradient  g * (0 < x < 6)
-//                                   mode 1 deconvnet max(g, 0)
-//                                   mode 2 guided    g * (0 < x < 6) * (g > 0)
-template <typename T>
-void relu6_backward(const T* g, const T* x, T* gx, idx size, int mode, int nthreads);
-
 // y = x > 0 ? x : a[c] * x over rows of `inner` elements (torch's prelu): x (n, channels, inner)
 // C-contiguous, a (channels) slopes (one for all elements: channels = 1, inner = a sample's size)
 template <typename T>

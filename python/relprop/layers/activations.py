@@ -233,9 +233,11 @@ _CLAMP = (("input", ("min", None), ("max", None)), _torch_clamp(("min", "max"), 
 
 @register_layer
 class ReLU6(Elementwise):
-    """``min(max(x, 0), 6)`` (MobileNetV2).  Gradient ``g * (0 < x < 6)``; deconvnet and guided
-    backprop treat it as the rectifier it is (``max(g, 0)``, ``g * (0 < x < 6) * (g > 0)``).
-    ``Hardtanh(0, 6)`` and ``clamp(0, 6)`` import as ReLU6 (and ``clamp(0)`` as ReLU)."""
+    """``min(max(x, 0), 6)`` (MobileNetV2): Hardtanh's kernels with the bounds (0, 6), its own
+    kind (as torch's and Zennit's, and for models that name it).  Deconvnet and guided backprop
+    pass its gradient ``g * (0 < x < 6)`` (their rule is ReLU's only, as in Captum, whose
+    hooks take ``nn.ReLU`` modules).  ``Hardtanh(0, 6)`` and ``clamp(0, 6)`` import as ReLU6
+    (and ``clamp(0)`` as ReLU)."""
 
     kind = "relu6"
     backward_reads_input = True
@@ -246,10 +248,10 @@ class ReLU6(Elementwise):
     )
 
     def forward(self, x):
-        return ops.relu6_forward(x), None
+        return ops.hardtanh_forward(x, 0.0, 6.0), None
 
     def backward(self, g, x, state, relu_mode="gradient"):
-        return ops.relu6_backward(g, x, relu_mode)
+        return ops.hardtanh_backward(g, x, 0.0, 6.0)
 
 
 def _bound(value, name, none):

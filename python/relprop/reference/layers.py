@@ -127,8 +127,8 @@ register_twin("hardtanh",
               forward=lambda layer, x: ops.hardtanh_forward(x, layer.min_val, layer.max_val),
               backward=lambda layer, g, xs, mode: [ops.hardtanh_backward(
                   g, xs[0], layer.min_val, layer.max_val)])
-register_twin("relu6", forward=lambda layer, x: ops.relu6_forward(x),
-              backward=lambda layer, g, xs, mode: [ops.relu6_backward(g, xs[0], mode)])
+register_twin("relu6", forward=lambda layer, x: ops.hardtanh_forward(x, 0.0, 6.0),
+              backward=lambda layer, g, xs, mode: [ops.hardtanh_backward(g, xs[0], 0.0, 6.0)])
 
 # the smooth activations: ops.activation_forward/backward with the layer's op
 for _kind in ("gelu",):

@@ -399,21 +399,6 @@ def activation_backward(g, x, op):
     return (np.asarray(g, dtype=np.float64) * d).astype(g.dtype)
 
 
-def relu6_forward(x):
-    return np.clip(x, 0, 6)
-
-
-def relu6_backward(g, x, mode="gradient"):
-    inside = (x > 0) & (x < 6)
-    if mode == "gradient":
-        return np.where(inside, g, 0)
-    if mode == "deconvnet":
-        return np.maximum(g, 0)
-    if mode == "guided":
-        return np.where(inside & (g > 0), g, 0)
-    raise ValueError(mode)
-
-
 def channel_affine(x, scale, shift=None):
     """x * scale[c] + shift[c] along axis 1."""
     shape = (1, -1) + (1,) * (x.ndim - 2)
