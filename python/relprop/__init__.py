@@ -8,7 +8,7 @@ with a NumPy twin in :mod:`relprop.reference`.
 """
 from __future__ import annotations
 
-from . import composites, rules
+from . import composites, rules, targets
 from . import layers as _layers
 from ._core import __version__
 from .averaged import integrated_gradients, smoothgrad
@@ -90,6 +90,6 @@ __all__ = [
     "__version__", "composites", "conservation", "deconvnet", "explain",
     "from_onnx", "from_sklearn", "from_torch", "get_num_threads",
     "gradient", "gradient_x_input", "guided_backprop", "load", "lrp", "pool_channels",
-    "release_memory", "rules", "sensitivity", "set_num_threads", "show_config", "taylor",
+    "release_memory", "rules", "sensitivity", "set_num_threads", "show_config", "targets", "taylor",
     "get_conv_algorithm", "set_conv_algorithm",
 ]

@@ -17,6 +17,10 @@ def is_int(t):
 
 #: The target that explains each sample's predicted class, ``argmax`` of its output.
 PRED = "pred"
+#: What the errors for a class target on a dense output advise.
+DENSE_HINT = ("for a dense output (e.g. a segmentation map) pass a seed array shaped like it: "
+              "relprop.targets.region(net(x), cls, mask) explains class cls on the pixels of "
+              "mask")
 
 
 class Predicted:
@@ -48,7 +52,8 @@ def predicted(net, x, target, batch_size=None):
 def pred_classes(target, out):
     """The classes of the target "pred" (or a :class:`Predicted`, which keeps ``out``)."""
     if out.ndim != 2:
-        raise ValueError(f"target {PRED!r} needs an output of shape (n, n_out), got {out.shape}")
+        raise ValueError(f"target {PRED!r} needs an output of shape (n, n_out), got "
+                         f"{out.shape}; {DENSE_HINT}")
     if isinstance(target, Predicted):
         target.outputs.append(out)
     return out.argmax(axis=1)
@@ -96,7 +101,7 @@ def seed(target, out: np.ndarray, scale: bool) -> np.ndarray:
                             f"{type(target).__name__} with dtype {t.dtype} and shape {t.shape}")
     if out.ndim != 2:
         raise ValueError(f"class targets need an output of shape (n, n_out), got {out.shape}; "
-                         "pass an array seed instead")
+                         f"{DENSE_HINT}")
     n_out = out.shape[1]
     bad = (classes < 0) | (classes >= n_out)
     if bad.any():
