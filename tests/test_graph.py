@@ -290,6 +290,36 @@ def test_layerwise_relevance_is_keyed_by_node(rng):
     assert_allclose(cut, f, rtol=1e-9)
 
 
+def test_a_rule_may_send_an_input_nothing(rng):
+    """A rule's result may hold None for an input that receives nothing (CP-LRP's queries and
+    keys): the nodes whose output then receives nothing are skipped (their rules never run),
+    their tensors hold zeros in the layerwise result, and the rest is unchanged."""
+
+    class SecondOnly(rp.rules.Pass):  # relevance to the addition's second input alone
+        applies_to = ("sum",)
+
+        def relevance(self, layer, a, z, r, parts=None, state=None):
+            return (None, r)
+
+    class NeverRun(rp.rules.Epsilon):
+        def relevance(self, layer, a, z, r, parts=None, state=None):
+            raise AssertionError(f"the rule of {layer!r} ran")
+
+    net = _residual(rng, bias=False)
+    x = rng.uniform(0, 1, (2, 2, 6, 6))
+    comp = rp.Composite([("linear", rp.rules.Epsilon(0))], stabilizer=0.0,
+                        overrides={"add": SecondOnly(), "conv2": NeverRun(0), "conv3": NeverRun(0)})
+    levels = rp.lrp(net, x, 4, comp, layerwise=True)
+    for name in ("conv3", "relu2", "conv2"):
+        assert_array_equal(levels[name], np.zeros((2,) + net.tensor_shapes((2, 6, 6))[name]))
+    assert_array_equal(levels["relu1"], levels["add"])
+    eps0 = rp.rules.Epsilon(0)
+    want = (ref.lrp_layer(net.node("conv1").layer, eps0, x, levels["relu1"])
+            + ref.lrp_layer(net.node("side").layer, eps0, x, levels["side"]))
+    assert_allclose(levels["input"], want, rtol=1e-10, atol=1e-14)
+    assert_array_equal(rp.lrp(net, x, 4, comp), levels["input"])
+
+
 def test_composites_map_graph_nodes(rng):
     net = _residual(rng)
     comp = rp.composites.EpsilonGammaBox(low=-1, high=1)

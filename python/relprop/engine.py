@@ -8,7 +8,9 @@ A method is a *step*: an object with
   its output and whatever its backward step will read (references to inputs, the output,
   pooling winners, ...; nothing else is kept);
 * ``backward(i, node, saved, g) -> tuple``: map ``g``, the sum of what the node's consumers sent
-  back to its output (gradient or relevance), to one array per input.
+  back to its output (gradient or relevance), to one array per input, or None for an input that
+  receives nothing (CP-LRP sends no relevance to an attention's queries and keys): a tensor
+  that receives nothing from any consumer is skipped, and so is the node that made it.
 
 Tensors are numbered: 0 is the network input, ``i + 1`` the output of node ``i`` (the nodes in
 topological order, the network's output node last).  A tensor's value is dropped as soon as its
@@ -47,7 +49,8 @@ def forward_pass(net, x, step):
 def backward_walk(net, step, saved, g, levels=False, arrive=None):
     """Run ``step.backward`` from ``g`` (shaped like the output) down to the input, dropping
     each node's ``saved`` entry once used.  Returns what reaches the input, or with ``levels``
-    a list of what reached every tensor (0 the input, ``i + 1`` the output of node ``i``).
+    a list of what reached every tensor (0 the input, ``i + 1`` the output of node ``i``); None
+    where nothing did (a step sent None to it, or only nodes that received nothing read it).
 
     ``arrive(i, g, pending)``, if given, sees what arrived at node ``i``'s output (None if
     nothing did) before the node's step uses it, and returns what the step is to use (None:
@@ -72,9 +75,10 @@ def backward_walk(net, step, saved, g, levels=False, arrive=None):
         saved[i] = None
         del g
         for t, gt in zip(sched.inputs[i], back):
-            grads[t] = gt if t not in grads else grads[t] + gt
+            if gt is not None:
+                grads[t] = gt if t not in grads else grads[t] + gt
         del back
-    g = grads.pop(0)
+    g = grads.pop(0, None)
     if levels:
         reached[0] = g
         return reached

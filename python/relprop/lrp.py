@@ -52,7 +52,13 @@ def lrp(net, x, target, rule_or_composite="epsilon_plus_flat", *, batch_size=Non
 
 def _lrp(net, x, target, rules, layerwise=False):
     out, r = run(net, x, LrpStep(net, rules), lambda z: seed(target, z, scale=True), layerwise)
-    return r
+    if not layerwise:
+        return np.zeros_like(x) if r is None else r
+    # tensors that received no relevance (a rule sent none there) hold zeros
+    shapes = net.tensor_shapes(x.shape[1:])
+    names = [net.input_name] + [node.name for node in net.nodes]
+    return [np.zeros((len(x),) + shapes[name], x.dtype) if v is None else v
+            for name, v in zip(names, r)]
 
 
 class LrpStep:
