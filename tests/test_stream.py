@@ -50,17 +50,19 @@ def write(self, start, R, rows):
             os.ftruncate(self._csv.fileno(), size - 9)  # a row cut in the middle
         die()
 
-def record(path, obj):
-    if obj["done"] > 0:
+def record(path, obj, durable=True):
+    counts = path.endswith("progress.json") and obj["done"] > seen.get("done", 0)
+    if counts:  # the record that counts a new chunk (not a sync point's)
         seen["record"] += 1
-    if seen["record"] == at and obj["done"] > 0:
-        if point == "data-synced":  # the chunk's data are durable, the record is not yet
+        seen["done"] = obj["done"]
+    if counts and seen["record"] == at:
+        if point == "data-synced":  # the chunk's data are written, the record is not yet
             die()
         if point == "record-tmp-written":  # the new record written beside the old one
             with open(path + ".tmp", "w") as fh:
                 fh.write(str(obj)[: len(str(obj)) // 2])
             die()
-    orig_record(path, obj)
+    orig_record(path, obj, durable)
 
 stream.OutputFolder.write = write
 stream._write_json_atomic = record
@@ -336,6 +338,21 @@ def _chunk_offsets(out, i):
     return int(rel.offset) + start * rel[0].nbytes, c0
 
 
+def finished_run(tmp_path, x):
+    """``relprop explain``'s arguments for ``x`` in chunks of 60 into tmp_path/out, run once."""
+    np.save(tmp_path / "x.npy", x)
+    args = ["explain", "digits_cnn", tmp_path / "x.npy", "-o", tmp_path / "out",
+            "--chunk-size", 60]
+    assert run(*args).returncode == 0
+    return args
+
+
+def edit_record(out, change):
+    rec = record(out)
+    change(rec)
+    (out / "progress.json").write_text(json.dumps(rec))
+
+
 def test_resume_verifies_the_chunks_and_recomputes_the_damaged(tmp_path, digits_npy):
     """A few bytes overwritten inside relevance.npy or explained.csv after a finished run:
     --resume finds them against the chunks' checksums and recomputes those chunks in place (it
@@ -378,15 +395,9 @@ def test_resume_verifies_the_last_two_chunks_when_all_would_cost_too_much(tmp_pa
     """Verifying every chunk costs more than a tenth of the run so far (the record says the
     run took no time): the last two are verified, damage before them is left to relprop
     verify."""
-    _, x = digits_npy
-    np.save(tmp_path / "x.npy", x[:250])
-    args = ["explain", "digits_cnn", tmp_path / "x.npy", "-o", tmp_path / "out",
-            "--chunk-size", 60]
-    assert run(*args).returncode == 0
+    args = finished_run(tmp_path, digits_npy[1][:250])
     clean = read_out(tmp_path / "out")
-    rec = record(tmp_path / "out")
-    rec["seconds"] = 0.0
-    (tmp_path / "out" / "progress.json").write_text(json.dumps(rec))
+    edit_record(tmp_path / "out", lambda rec: rec.update(seconds=0.0))
     early, _ = _chunk_offsets(tmp_path / "out", 0)
     late, _ = _chunk_offsets(tmp_path / "out", 3)
     for at in (early, late):
@@ -403,20 +414,65 @@ def test_resume_verifies_the_last_two_chunks_when_all_would_cost_too_much(tmp_pa
 
 
 def test_resume_refuses_a_chunk_recomputed_other_than_its_checksum(tmp_path, digits_npy):
-    _, x = digits_npy
-    np.save(tmp_path / "x.npy", x[:150])
-    args = ["explain", "digits_cnn", tmp_path / "x.npy", "-o", tmp_path / "out",
-            "--chunk-size", 60]
-    assert run(*args).returncode == 0
-    rec = record(tmp_path / "out")
-    rec["chunks"][1][4] ^= 1  # its relevance checksum, no longer that of its bytes
-    (tmp_path / "out" / "progress.json").write_text(json.dumps(rec))
+    args = finished_run(tmp_path, digits_npy[1][:150])
+    # chunk 1's relevance checksum, no longer that of its bytes
+    edit_record(tmp_path / "out", lambda rec: rec["chunks"][1].__setitem__(4, ~rec["chunks"][1][4]))
     proc = run(*args, "--resume")
     assert proc.returncode == 2
     assert "chunk 1 (samples 60..119) was recomputed with other bytes than its checksums" \
         in proc.stderr, proc.stderr
     proc = run("verify", tmp_path / "nothing")
     assert proc.returncode == 2 and "no progress record" in proc.stderr
+
+
+def test_chunks_after_the_last_sync_point_are_verified_on_resume(tmp_path, digits_npy):
+    """After an OS crash, chunks counted after the last sync point may not be on disk: --resume
+    verifies them even when verifying all would cost too much (here: a run that took no time),
+    and recomputes those that do not match."""
+    args = finished_run(tmp_path, digits_npy[1][:300])
+    out = tmp_path / "out"
+    clean = read_out(out)
+    rec = record(out)
+    edit_record(out, lambda rec: rec.update(seconds=0.0, synced=rec["chunks"][1][1]))
+    rel_at, _ = _chunk_offsets(out, 2)  # chunk 2 of 5: after the sync point, not the last two
+    _overwrite(out / "relevance.npy", rel_at, bytes(60 * 256))  # never reached the disk
+    proc = run(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "verified the last 3 of 5 chunks" in proc.stdout, proc.stdout
+    assert "chunk 2 (samples 120..179) did not match its checksum" in proc.stdout
+    assert read_out(out) == clean and rec["synced"] == 300
+
+
+def test_an_unreadable_record_falls_back_to_the_last_sync_point(tmp_path, digits_npy):
+    args = finished_run(tmp_path, digits_npy[1][:300])
+    out = tmp_path / "out"
+    clean = read_out(out)
+    (out / "progress.json").write_bytes(b"")  # the crash lost its contents
+    proc = run(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "continuing from the last sync point" in proc.stdout
+    assert read_out(out) == clean and record(out)["done"] == 300
+
+
+def test_a_run_fsyncs_at_sync_points_not_per_chunk(tmp_path, digits_npy, monkeypatch):
+    """50 chunks, sync points far apart: the data and the records are fsynced at the start and
+    at the end (four fsyncs per chunk before), and the files are those of a run that syncs
+    after every chunk."""
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    x = digits_npy[1][:500]
+    net = models.digits_cnn()
+    kw = dict(method="gradient", params={}, chunk_size=10, log=lambda m: None)
+    monkeypatch.setattr(stream, "SYNC_SECONDS", 1e9)
+    stream.explain_to_folder(net, stream.ArrayInputs(x, {"name": "x"}), tmp_path / "a", **kw)
+    assert len(calls) <= 6, len(calls)
+    monkeypatch.setattr(stream, "SYNC_SECONDS", 0.0)
+    monkeypatch.setattr(stream, "SYNC_SHARE", 1e12)  # a sync point after every chunk
+    stream.explain_to_folder(net, stream.ArrayInputs(x, {"name": "x"}), tmp_path / "b", **kw)
+    assert len(calls) > 100
+    assert read_out(tmp_path / "a") == read_out(tmp_path / "b")
+    assert record(tmp_path / "a")["synced"] == 500
 
 
 def test_resume_without_a_record_starts(tmp_path, digits_npy):

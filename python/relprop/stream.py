@@ -9,12 +9,29 @@ Output folder (``OUTDIR``):
   read it with ``np.load(path, mmap_mode="r")``.
 * ``explained.csv`` (name, target, score, relevance sum), appended per chunk.
 * ``heatmaps/NAME.png`` per image input (per sample of an array input with ``heatmaps=True``).
-* ``progress.json``, the progress record: the run's arguments and the number of samples whose
-  chunks are complete.  It is replaced (write, fsync, rename) only after the chunk's relevance
-  and CSV rows are written and fsynced, so a run killed at any moment (SIGKILL, power loss)
-  loses at most the chunk in flight and never counts a partly written chunk as done;
-  ``resume=True`` continues after the last completed chunk, and refuses a record written with
-  other arguments.
+* ``progress.json``, the progress record: the run's arguments, the samples done, and each
+  completed chunk's place in the files with the CRC-32 of its bytes there.
+* ``progress.synced.json``, the record as of the last sync point.
+
+What must be durable, in which order:
+
+* A kill (SIGKILL, the OOM killer, Ctrl-C) leaves everything already written in the page
+  cache, so only the order of the writes matters: a chunk's relevance and CSV rows are
+  written first, then ``progress.json`` is replaced (write a temporary file, rename) to count
+  it.  A run killed at any moment loses at most the chunk in flight and never counts a partly
+  written chunk as done, without any fsync.
+* An operating system crash or power loss can lose or reorder what was not yet synced.  A
+  sync point (every :data:`SYNC_SECONDS` or more, so that syncing takes at most
+  :data:`SYNC_SHARE` of the run; and at the end) fsyncs both data files, then records the
+  samples now durable (``synced``) in ``progress.synced.json``, written durably (fsync, rename,
+  fsync of the folder).  Chunks counted after it may not have reached the disk: ``--resume``
+  always verifies those against their checksums (and the last two, or all when cheap) and
+  recomputes any that do not match; a ``progress.json`` the crash left unreadable is replaced
+  by ``progress.synced.json``.  So a crash loses at most the chunks since the last sync point,
+  and never counts damaged bytes as done.
+
+``resume=True`` continues after the last completed chunk, and refuses a record written with
+other arguments.
 
 A chunk is explained by :func:`explain_chunk` in this process, or by
 :func:`relprop.dask.explain` on a ``dask.distributed`` client (:class:`DaskRunner`: the network
@@ -39,11 +56,17 @@ from .inputs import CHUNK_BYTES, MAX_CHUNK, NpyFile, UsageError, default_chunk_s
 
 #: The progress record's file name and format tag.
 RECORD = "progress.json"
+#: The record as of the last sync point (written durably).
+SYNCED = "progress.synced.json"
 RECORD_FORMAT = "relprop-explain-progress"
 RECORD_VERSION = 2
 #: --resume verifies every written chunk when that is estimated (from the last two) to take at
 #: most this share of the run's time so far, else the last two only.
 VERIFY_SHARE = 0.1
+#: Sync points (fsync of the data, then a durable record): at least this many seconds apart,
+#: and further apart when they are slow, so that they take at most SYNC_SHARE of the run.
+SYNC_SECONDS = 1.0
+SYNC_SHARE = 0.01
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,15 +339,20 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def _write_json_atomic(path, obj):
+def _write_json_atomic(path, obj, durable=True):
+    """Replace ``path`` by ``obj`` as JSON: a temporary file renamed over it, so readers find
+    the old or the new record, never a mix.  ``durable``: fsync the file before the rename and
+    the folder after it (else a crash may lose the new record, or leave it unreadable)."""
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
         json.dump(obj, fh, sort_keys=True, separators=(",", ":"))
         fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path) or ".")
+    if durable:
+        _fsync_dir(os.path.dirname(path) or ".")
 
 
 def _pwrite_all(fd, data, offset):
@@ -348,8 +376,8 @@ def _crc(fd, offset, size):
 
 def csv_text(names, classes, scores, sums):
     """The rows of ``explained.csv`` for a chunk, as bytes."""
-    return "".join(f"{name},{t},{s:.6g},{r:.6g}\n"
-                   for name, t, s, r in zip(names, classes, scores, sums)).encode()
+    return "".join(map("{},{},{:.6g},{:.6g}\n".format, names, np.asarray(classes).tolist(),
+                       np.asarray(scores).tolist(), np.asarray(sums).tolist())).encode()
 
 
 class Checker:
@@ -394,13 +422,27 @@ def describe_chunk(i, chunk):
 
 
 def read_record(outdir):
-    """The progress record of ``outdir`` (a dict), or None when there is none.
+    """The progress record of ``outdir`` (a dict), or None when there is none.  When
+    ``progress.json`` is unreadable (a crash before it reached the disk), the record of the last
+    sync point, ``progress.synced.json``, stands in (its ``"from_sync_point"`` is True).
 
-    Raises ValueError for a record that is not one.
+    Raises UsageError for a record that is not one.
     """
     path = os.path.join(outdir, RECORD)
     if not os.path.exists(path):
         return None
+    try:
+        return _load_record(path)
+    except UsageError:
+        synced = os.path.join(outdir, SYNCED)
+        if not os.path.exists(synced):
+            raise
+    rec = _load_record(synced)
+    rec["from_sync_point"] = True
+    return rec
+
+
+def _load_record(path):
     try:
         with open(path) as fh:
             rec = json.load(fh)
@@ -444,7 +486,9 @@ class OutputFolder:
         self.csv_path = os.path.join(self.outdir, "explained.csv")
         self.heat_dir = os.path.join(self.outdir, "heatmaps")
         self.record_path = os.path.join(self.outdir, RECORD)
-        self.done = 0
+        self.synced_path = os.path.join(self.outdir, SYNCED)
+        self.done = self.synced = 0
+        self._last_sync, self._sync_seconds = time.perf_counter(), 0.0
         self.derived = {}
         self._rel_fd = self._csv = None
 
@@ -484,29 +528,39 @@ class OutputFolder:
             if size < csv_bytes:
                 raise UsageError(f"--resume: {self.csv_path} is shorter than the progress "
                                  "record says; start over without --resume")
-            damaged = self._verify(float(rec.get("seconds", 0.0)), log)
+            if rec.get("from_sync_point"):
+                log(f"--resume: {self.record_path} is unreadable (a crash?): continuing from "
+                    f"the last sync point, {SYNCED}")
+            damaged = self._verify(float(rec.get("seconds", 0.0)), int(rec.get("synced", 0)),
+                                   log)
             self._open(csv_bytes)
         self.done, self.derived, self._csv_bytes = done, dict(rec.get("derived", {})), csv_bytes
+        self.synced = int(rec.get("synced", 0))
         self.chunks = list(self.checker.chunks) if done else []
         self.seconds = float(rec.get("seconds", 0.0))
+        if rec.get("from_sync_point"):  # the record OUTDIR holds again
+            self.shape, self.dtype = tuple(rec["shape"]), np.dtype(rec["dtype"])
+            self._write_record()
         return done, self.derived, damaged
 
-    def _verify(self, seconds, log):
-        """The damaged chunks among the last two, or among all when that is cheap enough."""
+    def _verify(self, seconds, synced, log):
+        """The damaged chunks among those counted after the last sync point and the last two,
+        or among all when that is cheap enough."""
         checker, t0 = self.checker, time.perf_counter()
         count = len(checker.chunks)
-        damaged = checker.check(range(max(0, count - 2), count))
-        last = checker.chunks[max(0, count - 2):]
+        first = min([count - 2] + [i for i, c in enumerate(checker.chunks) if c[1] > synced])
+        damaged = checker.check(range(max(0, first), count))
+        last = checker.chunks[max(0, first):]
         took = time.perf_counter() - t0
         tail = sum((c[1] - c[0]) * checker.row_bytes + c[3] - c[2] for c in last)
         estimate = took * (checker.bytes - tail) / max(tail, 1)
-        if count > 2 and estimate <= VERIFY_SHARE * seconds:
-            damaged = checker.check(range(count - 2)) + damaged
+        if first > 0 and estimate <= VERIFY_SHARE * seconds:
+            damaged = checker.check(range(first)) + damaged
             log(f"--resume: verified all {count} chunks written against their checksums")
-        elif count > 2:
-            log(f"--resume: verified the last 2 of {count} chunks written against their "
-                f"checksums (all would take about {estimate:.1f} s; relprop verify OUTDIR "
-                "checks them all)")
+        elif first > 0:
+            log(f"--resume: verified the last {count - first} of {count} chunks written "
+                f"against their checksums (all would take about {estimate:.1f} s; relprop "
+                "verify OUTDIR checks them all)")
         return damaged
 
     def previous_progress(self):
@@ -523,9 +577,10 @@ class OutputFolder:
         *sample_shape)`` and the CSV header, and record zero samples done."""
         self.chunks, self.seconds = [], 0.0
         os.makedirs(self.outdir, exist_ok=True)
-        for path in (self.record_path, self.record_path + ".tmp"):
-            if os.path.exists(path):
-                os.remove(path)
+        for path in (self.record_path, self.synced_path):
+            for p in (path, path + ".tmp"):
+                if os.path.exists(p):
+                    os.remove(p)
         self.shape, self.dtype = (self.n,) + tuple(sample_shape), np.dtype(dtype)
         rel = np.lib.format.open_memmap(self.rel_path, mode="w+", dtype=self.dtype,
                                         shape=self.shape)
@@ -568,15 +623,31 @@ class OutputFolder:
         return R[0].nbytes if len(R) else 0
 
     def commit(self, seconds):
-        """Make the written chunk durable, then record it as done (``seconds``: the run's
-        time so far, all runs of it together)."""
+        """Record the written chunk as done (``seconds``: the run's time so far, all runs of it
+        together), after its bytes reached the operating system; a sync point when one is due
+        (see the module docstring)."""
         chunk = self._pending
         self._csv.flush()
-        os.fsync(self._csv.fileno())
-        os.fsync(self._rel_fd)
         self.done, self._csv_bytes, self.seconds = chunk[1], chunk[3], seconds
         self.chunks.append(chunk)
-        self._write_record()
+        self._write_record(durable=False)
+        now = time.perf_counter()
+        if now - self._last_sync >= max(SYNC_SECONDS, self._sync_seconds / SYNC_SHARE):
+            self.sync()
+
+    def sync(self):
+        """A sync point: the data files made durable, then ``synced`` recorded durably."""
+        if self._rel_fd is None or self.synced == self.done:
+            return
+        t0 = time.perf_counter()
+        self._csv.flush()
+        os.fsync(self._rel_fd)
+        os.fsync(self._csv.fileno())
+        self.synced = self.done
+        self._write_record(durable=False)
+        _write_json_atomic(self.synced_path, self._record(), durable=True)
+        self._last_sync = time.perf_counter()
+        self._sync_seconds = self._last_sync - t0
 
     def rewrite(self, i, R, text):
         """Write chunk ``i`` again (recomputed: its bytes must match its checksums, else
@@ -592,15 +663,19 @@ class OutputFolder:
         os.fsync(self._rel_fd)
         os.fsync(self._csv.fileno())
 
-    def _write_record(self):
-        _write_json_atomic(self.record_path, {
-            "format": RECORD_FORMAT, "version": RECORD_VERSION, "run": self.run,
-            "derived": self.derived, "n": self.n, "done": self.done,
-            "shape": list(self.shape), "dtype": self.dtype.str, "csv_bytes": self._csv_bytes,
-            "seconds": self.seconds, "chunks": self.chunks})
+    def _record(self):
+        return {"format": RECORD_FORMAT, "version": RECORD_VERSION, "run": self.run,
+                "derived": self.derived, "n": self.n, "done": self.done, "synced": self.synced,
+                "shape": list(self.shape), "dtype": self.dtype.str, "csv_bytes": self._csv_bytes,
+                "seconds": self.seconds, "chunks": self.chunks}
+
+    def _write_record(self, durable=True):
+        _write_json_atomic(self.record_path, self._record(), durable)
 
     def close(self):
+        """A last sync point, then the files closed."""
         if self._rel_fd is not None:
+            self.sync()
             os.close(self._rel_fd)
             self._rel_fd = None
         if self._csv is not None:
