@@ -46,11 +46,12 @@ def is_graph(name):
     return MODELS[name][1] == "torchvision"
 
 
-def torchvision_model(name, seed=0, calibration=16):
+def torchvision_model(name, seed=0, calibration=16, shape=None):
     """torchvision's ``name`` with its own random initialization and realistic BatchNorm
     statistics: the running mean and variance of every BatchNorm are those of its input on
-    ``calibration`` images (uniform in [-2, 2]; one pass in training mode with momentum 1), so
-    each BatchNorm normalizes as a trained one does; eval mode, no gradients for parameters."""
+    ``calibration`` images (uniform in [-2, 2], of ``shape``, by default that of MODELS; one
+    pass in training mode with momentum 1), so each BatchNorm normalizes as a trained one does;
+    eval mode, no gradients for parameters."""
     import torch
     import torchvision
 
@@ -59,7 +60,7 @@ def torchvision_model(name, seed=0, calibration=16):
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = 1.0
-    x = torch.from_numpy(inputs(name, calibration, seed=seed + 100))
+    x = torch.from_numpy(inputs(name, calibration, seed=seed + 100, shape=shape))
     model.train()
     with torch.no_grad():
         model(x)
@@ -146,9 +147,10 @@ def torch_net(name, params):
     return nn.Sequential(*mods).eval()
 
 
-def inputs(name, batch, seed=1):
-    """Inputs in [-2, 2] (inside EpsilonGammaBox's box [-3, 3])."""
-    shape = MODELS[name][0]
+def inputs(name, batch, seed=1, shape=None):
+    """Inputs in [-2, 2] (inside EpsilonGammaBox's box [-3, 3]) of model ``name``'s shape (or
+    ``shape``)."""
+    shape = MODELS[name][0] if shape is None else tuple(shape)
     rng = np.random.default_rng(seed)
     return rng.uniform(-2, 2, (batch,) + shape).astype(np.float32)
 

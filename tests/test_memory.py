@@ -281,10 +281,21 @@ def test_explaining_10000_digits_in_chunks_stays_below_the_bound(net, digits):
     assert R.shape == X.shape and np.isfinite(R).all()
     assert peak < limit, f"peak {peak / 1e6:.1f} MB over the bound {limit / 1e6:.1f} MB"
     # the bound is not vacuous: without chunks, a quarter of the digits already exceeds it
-    _, unchunked = peak_bytes(lambda: rp.lrp(net, X[:N_DIGITS // 4], y[:N_DIGITS // 4]))
+    _, unchunked = peak_bytes(lambda: rp.lrp(net, X[:N_DIGITS // 4], y[:N_DIGITS // 4],
+                                             batch_size=N_DIGITS // 4))
     assert unchunked > limit, f"unchunked {unchunked / 1e6:.1f} MB, bound {limit / 1e6:.1f} MB"
     # and chunks change nothing but memory
-    assert_allclose(R[:600], rp.lrp(net, X[:600], y[:600]), rtol=1e-5, atol=1e-7)
+    assert_allclose(R[:600], rp.lrp(net, X[:600], y[:600], batch_size=600), rtol=1e-5,
+                    atol=1e-7)
+
+
+@pytest.mark.slow
+def test_explaining_10000_digits_by_default_stays_below_the_bound(net, digits):
+    """Without batch_size=, batches of relprop.default_batch_size(net) (it was one batch)."""
+    X, y = digits
+    limit = bound(net, N_DIGITS, batch=rp.default_batch_size(net))
+    R, peak = peak_bytes(lambda: rp.lrp(net, X, y))
+    assert peak < limit, f"peak {peak / 1e6:.1f} MB over the bound {limit / 1e6:.1f} MB"
 
 
 # every method that explains a batch, with the arguments that keep it quick here
@@ -313,7 +324,7 @@ def test_every_method_stays_below_the_bound_in_chunks(net, digits, name):
     R, peak = peak_bytes(lambda: CHUNKED[name](net, X, y, batch_size=BATCH))
     assert R.shape == X.shape
     assert peak < limit, f"{name}: peak {peak / 1e6:.1f} MB over the bound {limit / 1e6:.1f} MB"
-    _, unchunked = peak_bytes(lambda: CHUNKED[name](net, X, y))
+    _, unchunked = peak_bytes(lambda: CHUNKED[name](net, X, y, batch_size=len(X)))
     assert unchunked > limit, f"{name}: unchunked {unchunked / 1e6:.1f} MB, bound not exceeded"
 
 

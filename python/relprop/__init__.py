@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from . import composites, rules, targets
 from . import layers as _layers
+from ._common import default_batch_size
 from ._core import __version__
 from .averaged import integrated_gradients, smoothgrad
 from .composites import Composite
@@ -32,7 +33,8 @@ from .ops import get_num_threads, set_num_threads
 
 
 def show_config(file=None, peak=False) -> dict:
-    """Print (and return) version, GEMM instruction set, OpenMP support and thread count.
+    """Print (and return) version, GEMM instruction set, OpenMP support, thread count and the
+    CPU's cache sizes (which :func:`default_batch_size` reads).
 
     Parameters
     ----------
@@ -43,9 +45,11 @@ def show_config(file=None, peak=False) -> dict:
         current thread count (``fma_peak_gflops``); takes about half a second.
     """
     from . import _core, ops
+    from ._common import cache_sizes
 
     cfg = {"version": __version__, "isa": ops.isa(), "supported_isas": ops.supported_isas(),
-           "openmp": bool(_core.openmp), "threads": get_num_threads()}
+           "openmp": bool(_core.openmp), "threads": get_num_threads(),
+           "caches": {f"L{level}": size for level, size in cache_sizes().items()}}
     if peak:
         cfg["fma_peak_gflops"] = round(ops.fma_peak_gflops(), 1)
     print("\n".join(f"{k}: {v}" for k, v in cfg.items()), file=file)
@@ -87,7 +91,7 @@ __all__ = [
     "GaussianPrior", "Prototypes", "activation_maximization", "evaluate", "integrated_gradients",
     "smoothgrad",
     *_layer_types, "Composite", "Graph", "METHODS", "Node", "Sequential", "TaylorInfo", "Trace",
-    "__version__", "composites", "conservation", "deconvnet", "explain",
+    "__version__", "composites", "conservation", "deconvnet", "default_batch_size", "explain",
     "from_onnx", "from_sklearn", "from_torch", "get_num_threads",
     "gradient", "gradient_x_input", "guided_backprop", "load", "lrp", "pool_channels",
     "release_memory", "rules", "sensitivity", "set_num_threads", "show_config", "targets", "taylor",

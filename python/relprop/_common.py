@@ -2,6 +2,7 @@
 stand-ins for arrays whose values a backward pass does not read."""
 from __future__ import annotations
 
+import functools
 import numbers
 import os
 import threading
@@ -210,17 +211,19 @@ def _side_by_side(run, pieces, threads):
             fut.cancel()
 
 
-def map_batches(fn, x: np.ndarray, target, batch_size, *extra, net=None):
-    """Apply ``fn(x_chunk, target_chunk, *extra_chunks)`` over chunks and stack the results.
+def map_batches(fn, x: np.ndarray, target, batch_size, *extra, net, side_by_side=True):
+    """Apply ``fn(x_chunk, target_chunk, *extra_chunks)`` over batches of ``batch_size``
+    samples (None: :func:`default_batch_size` of ``net``) and stack the results.
 
     ``extra`` are arrays with the batch on axis 0 (sliced along with ``x``) or None.  A result
-    with inf/NaN from a finite chunk (an overflow) raises ValueError.  With ``net`` (whose
-    FLOPs size the batches), small batches run side by side on the threads
-    (:data:`SAMPLE_PARALLEL_FLOPS`); ``fn`` must then be safe to call from several threads.
+    with inf/NaN from a finite chunk (an overflow) raises ValueError.  Small batches run side by
+    side on the threads (:data:`SAMPLE_PARALLEL_FLOPS`) unless ``side_by_side`` is False;
+    ``fn`` must then be safe to call from several threads.
     """
-    if batch_size is None:
+    step = batch_rows(batch_size, net, x)
+    if step >= x.shape[0]:
         return finite_result(fn, x, target, *extra)
-    pieces = list(chunks(x, target, batch_size))
+    pieces = list(chunks(x, target, step))
     if isinstance(target, Predicted):  # a recorder per batch, read back in order
         pieces = [(sl, Predicted()) for sl, _ in pieces]
 
@@ -228,7 +231,7 @@ def map_batches(fn, x: np.ndarray, target, batch_size, *extra, net=None):
         sl, t = piece
         return finite_result(fn, x[sl], t, *(e if e is None else e[sl] for e in extra))
 
-    threads = _batch_threads(net, x, len(pieces), pieces[0][0].stop - pieces[0][0].start)
+    threads = _batch_threads(net, x, len(pieces), step) if side_by_side else 1
     parts = map(run, pieces) if threads == 1 else _side_by_side(run, pieces, threads)
     out = None
     for (sl, t), part in zip(pieces, parts):
@@ -263,6 +266,101 @@ def row_targets(target, n):
         raise ValueError(f"target has {t.shape[0] if t.ndim else 0} entries for a batch of {n} "
                          "samples")
     return lambda rows: t[rows]
+
+
+# --- the default batch size --------------------------------------------------------------------
+#: What one batch costs beyond the work of its samples, in FLOPs a core could do meanwhile:
+#: relprop's own handling of each node of the network (Python, kernel calls and their
+#: arguments: some tens of microseconds) ...
+NODE_FLOPS = 1 << 20
+#: ... and of each byte of weights (read by the forward and the backward pass, packed for the
+#: GEMM, the rules' modified copies, Winograd's transforms).
+WEIGHT_FLOPS_PER_BYTE = 32
+#: The default batch does at least this many times these fixed costs in forward FLOPs, so that
+#: they are at most about 1/16 of its time.
+WORK_PER_FIXED = 16
+#: Networks with fewer forward FLOPs per byte of their activations than this are bound by
+#: memory (small layers); their default batch keeps its activations within half of the
+#: last-level cache where the fixed costs allow.
+MEMORY_BOUND_FLOPS_PER_BYTE = 64
+#: Cache sizes where the system does not tell them (bytes, by level).
+FALLBACK_CACHES = {1: 32 << 10, 2: 1 << 20, 3: 16 << 20}
+
+
+def cache_sizes() -> dict:
+    """The data caches of the CPU that runs this process: ``{level: bytes}`` of one cache of
+    each level (Linux sysfs; :data:`FALLBACK_CACHES` elsewhere)."""
+    return dict(_caches())
+
+
+@functools.cache
+def _caches():
+    root = "/sys/devices/system/cpu/cpu0/cache"
+
+    def read(entry, name):
+        with open(os.path.join(root, entry, name)) as f:
+            return f.read().strip()
+
+    found = {}
+    try:
+        for entry in sorted(e for e in os.listdir(root) if e.startswith("index")):
+            if read(entry, "type") in ("Data", "Unified"):
+                size = read(entry, "size")
+                unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+                found[int(read(entry, "level"))] = int(size.rstrip("KMG")) * unit
+    except (OSError, ValueError):
+        found = {}
+    return tuple(sorted((found or FALLBACK_CACHES).items()))
+
+
+def default_batch_size(net, input_shape=None, dtype=np.float32) -> int:
+    """The samples per batch of the methods' ``batch_size=None``, from the network alone.
+
+    A batch costs relprop some fixed work besides its samples' (each node's handling,
+    :data:`NODE_FLOPS`; each weight byte's, :data:`WEIGHT_FLOPS_PER_BYTE`); the default is the
+    smallest batch whose forward FLOPs are :data:`WORK_PER_FIXED` times that.  For networks bound
+    by memory (:data:`MEMORY_BOUND_FLOPS_PER_BYTE`) it is at most as many samples as fill half
+    of the last-level cache with their activations (every tensor of the network), unless that
+    leaves the fixed costs above a quarter of the work.  Results never depend on it: kernels
+    give a sample the same bits in any batch.
+
+    Parameters
+    ----------
+    net : Graph
+    input_shape : tuple, optional
+        One sample's shape (default: the network's).
+    dtype : float32 or float64
+
+    Returns
+    -------
+    int, at least 1
+    """
+    shape = net.input_shape if input_shape is None else tuple(int(s) for s in input_shape)
+    if shape is None:
+        raise ValueError("the network has no input shape: pass input_shape")
+    itemsize = np.dtype(dtype).itemsize
+
+    def compute():
+        flops = max(1, net.flops(shape))
+        activations = itemsize * sum(int(np.prod(s)) for s in net.tensor_shapes(shape).values())
+        weights = sum(a.nbytes for layer in net.layers for a in layer.arrays().values())
+        fixed = len(net.nodes) * NODE_FLOPS + weights * WEIGHT_FLOPS_PER_BYTE
+        batch = -(-WORK_PER_FIXED * fixed // flops)
+        if flops < MEMORY_BOUND_FLOPS_PER_BYTE * activations:
+            last = max(cache_sizes().items())[1]
+            cached = last // 2 // activations
+            batch = min(batch, max(cached, -(-4 * fixed // flops)))
+        return max(1, int(batch))
+
+    return net._memo("_default_batch", (shape, itemsize), compute)
+
+
+def batch_rows(batch_size, net, x):
+    """Samples per batch: ``batch_size`` checked, or :func:`default_batch_size` of ``net`` for
+    None."""
+    if batch_size is None:
+        return default_batch_size(net, x.shape[1:], x.dtype)
+    return as_int(batch_size, "batch_size", minimum=1)
 
 
 def check_batch_size(batch_size, rows):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import check_batch_size, finite_result, predicted, row_targets
+from ._common import batch_rows, finite_result, predicted, row_targets
 from ._random import check_offset, check_seed, sample_rng
 from ._validate import as_float_array, as_int, as_scalar, check_size
 from .engine import gradient_pass
@@ -30,7 +30,8 @@ def averaged_gradient(net, x, target, points, weights, batch_size=None):
         with ``i`` non-decreasing).
     weights : array (k,)
     batch_size : int, optional
-        Rows (sample x point) per batched gradient pass; all rows at once by default.
+        Rows (sample x point) per batched gradient pass (default:
+        :func:`relprop.default_batch_size` of ``net``).
 
     Returns
     -------
@@ -38,7 +39,7 @@ def averaged_gradient(net, x, target, points, weights, batch_size=None):
     """
     n, k = x.shape[0], len(weights)
     rows = n * k
-    step = check_batch_size(batch_size, rows)
+    step = batch_rows(batch_size, net, x)
     check_size((min(step, rows),) + x.shape[1:], "an expanded batch")
     take_target = row_targets(target, n)
     w = np.asarray(weights, dtype=x.dtype)
@@ -110,7 +111,7 @@ def smoothgrad(net, x, target, n=16, sigma=0.15, seed=None, *, sample_offset=0,
         own: the same noise as in the whole).
     batch_size : int, optional
         Rows of the expanded batch (``n_samples * n`` noisy copies) per batched gradient pass;
-        bounds memory.  All rows at once by default.
+        bounds memory (default: :func:`relprop.default_batch_size` of ``net``).
     check_finite : bool
         Raise ValueError on NaN/Inf in ``x`` (default).
 
@@ -197,7 +198,7 @@ def integrated_gradients(net, x, target, baseline=None, steps=32, quadrature="ri
         trapezoid.
     batch_size : int, optional
         Rows of the expanded batch (``n * steps`` path points) per batched gradient pass; bounds
-        memory.  All rows at once by default.
+        memory (default: :func:`relprop.default_batch_size` of ``net``).
     check_finite : bool
         Raise ValueError on NaN/Inf in ``x`` (default).
 

@@ -309,7 +309,8 @@ class Graph:
     def forward(self, x, check_finite=True, batch_size=None):
         """Output scores ``f(x)`` (logits), shape ``(n, *output_shape)``.
 
-        ``batch_size`` runs the batch in chunks of that many samples.  A finite ``x`` whose
+        ``batch_size`` runs the batch in chunks of that many samples (default:
+        :func:`relprop.default_batch_size`).  A finite ``x`` whose
         scores overflow to inf/NaN raises ``ValueError`` (whatever ``check_finite``, which
         governs the check of ``x`` only)."""
         x = self.check_input(x, check_finite)

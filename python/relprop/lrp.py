@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import chunks, map_batches, seed, shape_only
+from ._common import batch_rows, chunks, map_batches, seed, shape_only
 from .composites import as_composite
 from .engine import run
 from .graph import Sequential
@@ -27,7 +27,8 @@ def lrp(net, x, target, rule_or_composite="epsilon_plus_flat", *, batch_size=Non
         a registered name such as "epsilon_plus_flat" or "epsilon" (``kwargs`` go to its
         constructor).
     batch_size : int, optional
-        Process this many samples at a time.
+        Process this many samples at a time (default: :func:`relprop.default_batch_size` of
+        ``net``; the result does not depend on it).
     layerwise : bool
         Return the relevance of every tensor instead: for a :class:`relprop.Sequential` a list
         ``R`` with ``R[i]`` shaped like the input of layer ``i`` and ``R[-1]`` the output
@@ -42,7 +43,8 @@ def lrp(net, x, target, rule_or_composite="epsilon_plus_flat", *, batch_size=Non
     x = net.check_input(x, check_finite)
     rules = as_composite(rule_or_composite, **kwargs).rules(net)
     if layerwise:
-        parts = [_lrp(net, x[sl], t, rules, True) for sl, t in chunks(x, target, batch_size)]
+        parts = [_lrp(net, x[sl], t, rules, True)
+                 for sl, t in chunks(x, target, batch_rows(batch_size, net, x))]
         levels = [np.concatenate(level) for level in zip(*parts)]
         if isinstance(net, Sequential):
             return levels

@@ -45,7 +45,8 @@ def _doc(fn, name, text):
         The explained output: one class for all, one per sample, each sample's predicted class
         ("pred", from this pass's own forward pass), or a seed used directly.
     batch_size : int, optional
-        Process this many samples at a time.
+        Process this many samples at a time (default: :func:`relprop.default_batch_size` of
+        ``net``; the result does not depend on it).
     check_finite : bool
         Raise ValueError on NaN/Inf in ``x`` (default).
 
@@ -157,7 +158,7 @@ def taylor(net, x, target, root="zero", *, max_steps=50, tol=1e-5, return_info=F
         return rel
 
     # (batches side by side, except when their infos are collected in order)
-    rel = map_batches(one, x, target, batch_size, root_arr, net=None if return_info else net)
+    rel = map_batches(one, x, target, batch_size, root_arr, net=net, side_by_side=not return_info)
     if not return_info:
         return rel
     info = TaylorInfo(np.concatenate([i.root for i in infos]),
