@@ -397,3 +397,82 @@ def test_batchnorm_folds_only_where_the_weight_keeps_outputs_on_axis_0(rng):
     bn = rp.BatchNorm(rng.uniform(1, 2, 5), np.zeros(5), np.zeros(5), np.ones(5))
     assert bn.can_fold_into(rp.Dense(rng.normal(size=(5, 5))))
     assert not bn.can_fold_into(DenseT(rng.normal(size=(5, 5))))
+
+
+class Bilinear(L.Layer):
+    """``y_k = x1 A_k x2 + b_k`` of two data tensors (``torch.nn.Bilinear``): a layer type of a
+    module called with several arguments (only this test registers it); with a parameter as the
+    second operand the map is linear in the first: a Dense."""
+
+    kind = "test_bilinear"
+    slots = ("sum",)
+    n_inputs = 2
+    backward_reads_input = True
+    imports = (L.TorchModule(("Bilinear",), lambda m, ctx: Bilinear.convert(m, ctx),
+                             params=("input1", "input2")),)
+
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+
+    @staticmethod
+    def convert(m, ctx):
+        a, b = ctx.array(m.weight), ctx.array(m.bias)
+        if ctx.is_parameter(ctx.args["input2"]):  # one operand fixed: linear in the other
+            x2 = ctx.parameter(ctx.args["input2"], "input2")
+            return rp.Dense(np.einsum("kij,j->ki", a, x2[0]), b)
+        return Bilinear(a, b)
+
+    def output_shape(self, s1, s2):
+        return (self.a.shape[0],)
+
+    def forward(self, x1, x2):
+        return np.einsum("ni,kij,nj->nk", x1, self.a, x2) + self.b, None
+
+    def vjp(self, g, xs, state, relu_mode="gradient"):
+        x1, x2 = xs
+        return (np.einsum("nk,kij,nj->ni", g, self.a, x2),
+                np.einsum("nk,kij,ni->nj", g, self.a, x1))
+
+
+def test_modules_of_several_arguments_shape_checks_and_expanded_parameters(rng):
+    """from_torch reads modules called with several tensors (``TorchModule.params``, keywords
+    too), a parameter expanded over the batch (``p.expand(x.size(0), -1)``), and the checks
+    torch.fx records on shapes (``torch._assert(x.shape[1] == 4, ...)``, evaluated now)."""
+    torch = pytest.importorskip("torch")
+
+    class M(torch.nn.Module):
+        def __init__(self, fixed=False, batch=True):
+            super().__init__()
+            self.fc1, self.fc2 = torch.nn.Linear(4, 3), torch.nn.Linear(4, 2)
+            self.bil = torch.nn.Bilinear(3, 2, 5)
+            self.token = torch.nn.Parameter(torch.randn(1, 2))
+            self.fixed, self.batch = fixed, batch
+
+        def forward(self, x):
+            torch._assert(x.shape[1] == 4, "four features")
+            if self.fixed:
+                return self.bil(self.fc1(x), self.token.expand(x.shape[0] if self.batch else 3,
+                                                               -1))
+            return self.bil(self.fc1(x), input2=self.fc2(x))
+
+    L.register_layer(Bilinear)
+    try:
+        torch.manual_seed(0)
+        for fixed in (False, True):
+            module = M(fixed).double().eval()
+            net = rp.from_torch(module, (4,))
+            assert ("test_bilinear" in [n.layer.kind for n in net.nodes]) != fixed
+            x = rng.normal(size=(3, 4))
+            xt = torch.from_numpy(x).requires_grad_()
+            out = module(xt)
+            out[:, 1].sum().backward()
+            assert_allclose(net(x), out.detach().numpy(), rtol=1e-12)
+            assert_allclose(rp.gradient(net, x, 1), xt.grad.numpy(), rtol=1e-12)
+        with pytest.raises(ValueError, match="_assert.*assertion fails on the input shape "
+                                             r"\(5,\): four features"):
+            rp.from_torch(M().double(), (5,))
+        with pytest.raises(ValueError, match=r"expand of attribute 'token' of shape \(1, 2\) "
+                                             r"to \(3, -1\).*over the batch only"):
+            rp.from_torch(M(True, batch=False).double(), (4,))
+    finally:
+        del L.LAYER_TYPES["test_bilinear"]

@@ -60,16 +60,21 @@ def _pair(v, name, where):
 _ALIAS_MODULES = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
                   "FeatureAlphaDropout", "Identity")
 _DROPOUT = ("input", ("p", 0.5), ("training", True), ("inplace", False))
-#: Functions and methods that are the identity (in eval mode) or read shapes, by their params.
-_PLUMBING_FUNCTIONS = {"torch.nn.functional.dropout": _DROPOUT,
-                       "torch.nn.functional.dropout2d": _DROPOUT}
+#: Functions and methods that are the identity (in eval mode), read shapes, check them or
+#: expand a parameter over the batch, by their params (and the plumbing's name, None for the
+#: identity).
+_PLUMBING_FUNCTIONS = {"torch.nn.functional.dropout": (_DROPOUT, None),
+                       "torch.nn.functional.dropout2d": (_DROPOUT, None),
+                       "torch._assert": (("condition", "message"), "assert")}
 _PLUMBING_METHODS = {"contiguous": ("input", ("memory_format", None)),
                      "clone": ("input", ("memory_format", None)),
-                     "size": ("input", ("dim", None)), "dim": ("input",)}
-#: Python operators on shapes (``x.size(0) * 2``, ``x.shape[1]``), evaluated at import time
-#: when no tensor is among their arguments (``+`` of two tensors is an Add).
+                     "size": ("input", ("dim", None)), "dim": ("input",),
+                     "expand": ("input", "*sizes")}
+#: Python operators on shapes (``x.size(0) * 2``, ``x.shape[1]``, ``h == 224``), evaluated at
+#: import time when no tensor is among their arguments (``+`` of two tensors is an Add).
 _SHAPE_ARITHMETIC = ("operator.add", "operator.iadd", "operator.mul", "operator.sub",
-                     "operator.floordiv", "operator.getitem", "builtins.getattr")
+                     "operator.floordiv", "operator.getitem", "operator.eq", "operator.ne",
+                     "builtins.getattr")
 
 
 def _resolve(dotted):
@@ -84,19 +89,19 @@ def _resolve(dotted):
 
 def _tables():
     """The dispatch tables, made from the registry (per import: a layer type registered later
-    is read too): ``modules`` {torch.nn class:
-    converter, or None for the identity}, ``functions`` {callable: (params, converter or
-    None)}, ``methods`` {name: (params, converter, or the plumbing's name)}, ``arithmetic``
+    is read too): ``modules`` {torch.nn class: TorchModule entry, or None for the identity},
+    ``functions`` {callable: (params, converter, or the plumbing's name, None for the
+    identity)}, ``methods`` {name: (params, converter, or the plumbing's name)}, ``arithmetic``
     (the shape operators) and ``supported`` (for error messages)."""
     from torch import nn
 
-    modules = {getattr(nn, name): entry.convert
+    modules = {getattr(nn, name): entry
                for name, (entry, _) in L.import_table(L.TorchModule).items()
                if hasattr(nn, name)}
     modules.update({getattr(nn, name): None for name in _ALIAS_MODULES if hasattr(nn, name)})
     functions = {name: (entry.params, entry.convert)
                  for name, (entry, _) in L.import_table(L.TorchFunction).items()}
-    functions.update({name: (params, None) for name, params in _PLUMBING_FUNCTIONS.items()})
+    functions.update(_PLUMBING_FUNCTIONS)
     methods = {name: (entry.params, entry.convert)
                for name, (entry, _) in L.import_table(L.TorchMethod).items()}
     methods.update({name: (params, name) for name, params in _PLUMBING_METHODS.items()})
@@ -155,15 +160,15 @@ def _tensors(v):
 class _Call:
     """What a converter sees of one call (:mod:`relprop.layers.base`): ``where``, ``shape``
     (of its first data input), ``inputs`` (its data inputs' names), ``batch`` (the batch size in
-    shape arithmetic), ``error``, ``pair``, ``array``, ``constant``, ``parameter``, ``tensor``,
-    ``is_tensor``,
-    ``describe`` and ``add``."""
+    shape arithmetic), ``args`` (a module's bound arguments, with ``TorchModule.params``),
+    ``error``, ``pair``, ``array``, ``constant``, ``parameter``, ``is_parameter``, ``tensor``,
+    ``is_tensor``, ``describe`` and ``add``."""
 
     batch = BATCH
 
-    def __init__(self, reader, node, where, inputs, names):
+    def __init__(self, reader, node, where, inputs, names, args=None):
         self.reader, self.node, self.where = reader, node, where
-        self.inputs, self.names = inputs, names
+        self.inputs, self.names, self.args = inputs, names, args
 
     @property
     def shape(self):
@@ -191,9 +196,15 @@ class _Call:
         return self.reader._constant(v, self.node, what)
 
     def parameter(self, v, what):
-        """The module's parameter or buffer that the call reads (``F.prelu(x, self.weight)``)
-        as an array (:meth:`array`); ValueError for any other value."""
+        """The module's parameter or buffer that the call reads (``F.prelu(x, self.weight)``),
+        or one expanded over the batch (``self.token.expand(x.size(0), -1, -1)``: its batch
+        axis of size 1 kept), as an array (:meth:`array`); ValueError for any other value."""
         return self.reader._parameter(v, self.node, what)
+
+    @staticmethod
+    def is_parameter(v):
+        """Whether ``v`` is a value :meth:`parameter` reads."""
+        return isinstance(v, (_Attr, _Expanded))
 
     def tensor(self, v, what):
         return self.reader._tensor(v, self.node, what)
@@ -273,16 +284,18 @@ class _Reader:
     def _tensor(self, v, node, what):
         if isinstance(v, _Tensor):
             return v.name
-        if isinstance(v, _Attr):
-            raise ValueError(f"{self._where(node)}: {what} is the module attribute "
-                             f"{v.target!r}, a constant; relprop reads tensors computed from the "
-                             "input only (no constant tensors in the data path)")
+        if isinstance(v, (_Attr, _Expanded)):
+            raise ValueError(f"{self._where(node)}: {what} is {_describe(v)}, a constant; "
+                             "relprop reads tensors computed from the input only (no constant "
+                             "tensors in the data path)")
         raise ValueError(f"{self._where(node)}: {what} is {v!r}, not a tensor computed from "
                          "the input")
 
     def _parameter(self, v, node, what):
         import torch
 
+        if isinstance(v, _Expanded):
+            return v.value.copy()
         value = None
         if isinstance(v, _Attr):
             value = self.root
@@ -294,8 +307,8 @@ class _Reader:
         return _np(value)
 
     def _constant(self, v, node, what):
-        if isinstance(v, (_Tensor, _Attr)) or (isinstance(v, (list, tuple)) and any(
-                isinstance(a, (_Tensor, _Attr)) for a in v)):
+        if isinstance(v, _VALUES) or (isinstance(v, (list, tuple)) and any(
+                isinstance(a, _VALUES) for a in v)):
             raise ValueError(f"{self._where(node)}: {what} must be a constant, not a tensor")
         return v
 
@@ -305,12 +318,20 @@ class _Reader:
         m = self.root.get_submodule(target) if target else self.root
         path = target or type(m).__name__
         where = f"module '{path}' ({type(m).__name__})"
-        if len(node.args) != 1 or node.kwargs:
-            raise ValueError(f"{where}: called with {len(node.args)} arguments and keywords "
-                             f"{sorted(node.kwargs)}; relprop's layers take one tensor")
-        x = self._tensor(self._value(node.args[0]), node, f"the input of {where}")
         modules = self.tables["modules"]
         cls = next((c for c in type(m).__mro__ if c in modules), None)
+        entry = None if cls is None else modules[cls]
+        args = None
+        if entry is not None and entry.params is not None:  # a module of several arguments
+            args = {k: self._value(v) for k, v in _bind(node, entry.params, where).items()}
+            inputs = [t for v in args.values() for t in _tensors(v)]
+            if not inputs:
+                self._tensor(next(iter(args.values())), node, f"the input of {where}")
+        else:
+            if len(node.args) != 1 or node.kwargs:
+                raise ValueError(f"{where}: called with {len(node.args)} arguments and keywords "
+                                 f"{sorted(node.kwargs)}; relprop's layers take one tensor")
+            inputs = [self._tensor(self._value(node.args[0]), node, f"the input of {where}")]
         if cls is None:
             activation = type(m).__module__.startswith("torch.nn.modules.activation")
             raise ValueError(f"{where}: {'the activation ' if activation else ''}"
@@ -318,11 +339,11 @@ class _Reader:
                              f"{self.tables['supported']}")
         first = target not in self.called
         self.called.add(target)
-        convert = modules[cls]
-        if convert is None:  # the identity
-            return _Tensor(x)
-        call = _Call(self, node, where, [x], (path, node.name) if first else (node.name,))
-        return call.result(convert(m, call))
+        if entry is None:  # the identity
+            return _Tensor(inputs[0])
+        call = _Call(self, node, where, inputs, (path, node.name) if first else (node.name,),
+                     args)
+        return call.result(entry.convert(m, call))
 
     def _call_function(self, node):
         where = self._where(node)
@@ -332,7 +353,7 @@ class _Reader:
             if target is operator.getitem and isinstance(args[0], (tuple, list)) and \
                     not _tensors(args[1:]):  # an item of a call's tuple (torch.chunk's)
                 return args[0][self._constant(args[1], node, "the index")]
-            if not any(_tensors(a) or isinstance(a, _Attr) for a in args) or \
+            if not any(_tensors(a) or isinstance(a, _VALUES) for a in args) or \
                     target is getattr:
                 return self._shape_arith(node, args, where)
             if target not in self.tables["functions"]:
@@ -356,6 +377,10 @@ class _Reader:
         """Bind the call's arguments and run its converter (or the plumbing named ``convert``,
         None for the identity)."""
         a = {k: self._value(v) for k, v in _bind(node, params, where).items()}
+        if convert == "assert":  # the model's own check of shapes (ViT's image size)
+            return self._assert(node, a, where)
+        if convert == "expand":
+            return self._expand(node, a, where)
         inputs = [t for v in a.values() for t in _tensors(v)]
         if not inputs:  # names the non-tensor first argument
             self._tensor(next(iter(a.values())), node, "the input")
@@ -369,8 +394,48 @@ class _Reader:
         call = _Call(self, node, where, inputs, (node.name,))
         return call.result(convert(a, call))
 
+    def _assert(self, node, a, where):
+        """``torch._assert(condition, message)`` on shapes: checked now."""
+        cond = self._constant(a["condition"], node, "the asserted condition")
+        if not isinstance(cond, (bool, np.bool_)):
+            raise ValueError(f"{where}: asserts {_describe(cond)}; relprop evaluates "
+                             "assertions on shapes only")
+        if not cond:
+            raise ValueError(f"{where}: the module's assertion fails on the input shape "
+                             f"{self.input_shape}: {a['message']}")
+        return None
+
+    def _expand(self, node, a, where):
+        """``v.expand(*sizes)``: a module parameter whose batch axis (leading, of size 1)
+        expands to the batch (``self.token.expand(x.size(0), -1, -1)``: the same values for
+        every sample; its other axes as ``sizes`` say), or a tensor expanded to its own shape
+        (the identity)."""
+        v, sizes = a["input"], list(a["sizes"])
+        if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+            sizes = list(sizes[0])
+        sizes = [self._constant(s, node, "the expanded sizes") for s in sizes]
+        if isinstance(v, _Tensor):
+            full = (BATCH,) + self.b.shapes[v.name]
+            if len(sizes) == len(full) and all(s == -1 or s is f or s == f
+                                               for s, f in zip(sizes, full)):
+                return v
+            raise ValueError(f"{where}: expand of {_describe(v)} {full} to {tuple(sizes)} is "
+                             "not supported (relprop broadcasts no data)")
+        value = self._parameter(v, node, "the expanded value")
+        per = list(value.shape[1:])
+        ok = bool(sizes) and sizes[0] is BATCH and value.ndim == len(sizes) and value.shape[0] == 1
+        for k, s in enumerate(sizes[1:] if ok else ()):
+            if s != -1 and s != per[k]:
+                ok = per[k] == 1 and isinstance(s, (int, np.integer)) and s > 0
+                per[k] = s
+        if not ok:
+            raise ValueError(f"{where}: expand of {_describe(v)} of shape {value.shape} to "
+                             f"{tuple(sizes)}: relprop expands a parameter over the batch only "
+                             "(p.expand(x.size(0), -1, ...) with p of leading size 1)")
+        return _Expanded(np.ascontiguousarray(np.broadcast_to(value, (1,) + tuple(per))))
+
     def _shape_arith(self, node, args, where):
-        if node.kwargs or any(_tensors(v) or isinstance(v, _Attr) for v in args[1:]):
+        if node.kwargs or any(_tensors(v) or isinstance(v, _VALUES) for v in args[1:]):
             raise ValueError(f"{where}: {_target_name(node.target)} on tensors is not "
                              f"supported; from_torch reads {self.tables['supported']}")
         if node.target is getattr:
@@ -397,6 +462,22 @@ class _Attr:
 
     def __repr__(self):
         return f"attribute {self.target!r}"
+
+
+class _Expanded:
+    """A module parameter expanded over the batch: ``value`` (1, ...) is every sample's."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self):
+        return f"a parameter of shape {self.value.shape[1:]} expanded over the batch"
+
+
+#: Values that are not constants: tensors, module attributes and their expansions.
+_VALUES = (_Tensor, _Attr, _Expanded)
 
 
 def _describe(v):

@@ -78,16 +78,22 @@ def slot_names() -> list:
 # (for messages), ``shape`` (the first data input's per-sample shape), ``error(msg)`` (a
 # ValueError naming the call), ``pair(v, name)``, ``add(layer, inputs)`` and the framework's own
 # (torch: ``array(tensor)``, ``constant(v, name)``, ``parameter(v, name)`` (a module parameter
-# the call reads), ``describe(v)``, ``batch``; ONNX: ``attrs``,
+# the call reads, or one expanded over the batch: ``self.token.expand(n, -1, -1)``),
+# ``is_parameter(v)``, ``describe(v)``, ``batch``, ``args`` (a module's bound arguments, with
+# ``TorchModule.params``); ONNX: ``attrs``,
 # ``opset``, ``const(i, what)``, ``window()``, ``targets(i)``, ``add_bias(...)``).  Names that
 # the installed framework lacks are skipped.
 
 @dataclass(frozen=True)
 class TorchModule:
-    """``torch.nn`` module classes by name (subclasses included); ``convert(module, ctx)``."""
+    """``torch.nn`` module classes by name (subclasses included); ``convert(module, ctx)``.
+    A module called with one tensor needs no ``params``; one called with several arguments
+    (``nn.MultiheadAttention(q, k, v, need_weights=False)``) names them in ``params`` as
+    :class:`TorchFunction` does, and its converter finds them bound in ``ctx.args``."""
 
     names: tuple
     convert: Callable
+    params: tuple = None
 
 
 @dataclass(frozen=True)
