@@ -366,3 +366,50 @@ class GELU(Smooth):
 
     def describe(self):
         return "GELU" if self.approximate == "none" else "GELU (tanh)"
+
+
+_INPLACE = ("input", ("inplace", False))
+
+
+@register_layer
+class SiLU(Smooth):
+    """``x * sigmoid(x)`` (``torch.nn.SiLU``, EfficientNet's swish).  torch's ONNX exporters
+    write it as ``Mul(x, Sigmoid(x))``, which from_onnx reads back as a SiLU (the Mul
+    description)."""
+
+    kind = "silu"
+    op = "silu"
+    imports = (
+        TorchModule(("SiLU",), lambda m, ctx: SiLU()),
+        TorchFunction(("torch.nn.functional.silu",), _INPLACE, lambda a, ctx: SiLU()),
+    )
+
+
+@register_layer
+class Sigmoid(Smooth):
+    """``1 / (1 + e^-x)`` (``torch.nn.Sigmoid``)."""
+
+    kind = "sigmoid"
+    op = "sigmoid"
+    imports = (
+        TorchModule(("Sigmoid",), lambda m, ctx: Sigmoid()),
+        TorchFunction(("torch.sigmoid", "torch.nn.functional.sigmoid", "torch.special.expit"),
+                      ("input",), lambda a, ctx: Sigmoid()),
+        TorchMethod(("sigmoid", "sigmoid_"), ("input",), lambda a, ctx: Sigmoid()),
+        OnnxOp(("Sigmoid",), lambda ctx: Sigmoid()),
+    )
+
+
+@register_layer
+class Tanh(Smooth):
+    """``tanh(x)`` (``torch.nn.Tanh``)."""
+
+    kind = "tanh"
+    op = "tanh"
+    imports = (
+        TorchModule(("Tanh",), lambda m, ctx: Tanh()),
+        TorchFunction(("torch.tanh", "torch.nn.functional.tanh"), ("input",),
+                      lambda a, ctx: Tanh()),
+        TorchMethod(("tanh", "tanh_"), ("input",), lambda a, ctx: Tanh()),
+        OnnxOp(("Tanh",), lambda ctx: Tanh()),
+    )
