@@ -52,7 +52,8 @@ def test_kernels_match_twins_on_every_isa_and_thread_count(isa, dtype, op, data)
     want_y = ref.activation_forward(x64, op)
     want_g = ref.activation_backward(g64, x64, op)
     assert np.all(np.abs(y - want_y) <= _bound(x, op, False, dtype))
-    assert np.all(np.abs(gx - want_g) <= np.abs(g64) * _bound(x, op, True, dtype))
+    tiny = float(np.finfo(dtype).tiny)  # g * act'(x) may round into the subnormals
+    assert np.all(np.abs(gx - want_g) <= np.abs(g64) * _bound(x, op, True, dtype) + tiny)
     for n in (1, 2):
         assert_array_equal(with_threads(n, ops.activation_forward, x, op), y)
         assert_array_equal(with_threads(n, ops.activation_backward, g, x, op), gx)
