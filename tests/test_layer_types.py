@@ -31,8 +31,8 @@ def test_every_layer_type_is_described_once():
 
 
 def test_slots_name_layer_types():
-    assert set(L.slot_types("linear")) == {rp.Dense, rp.Conv2d, rp.ConvTranspose2d}
-    assert L.slot_types("convolution") == (rp.Conv2d, rp.ConvTranspose2d)
+    assert set(L.slot_types("linear")) == {rp.Dense, rp.Conv2d, rp.ConvTranspose2d, rp.Conv1d}
+    assert L.slot_types("convolution") == (rp.Conv2d, rp.ConvTranspose2d, rp.Conv1d)
     assert L.slot_types("conv2d") == (rp.Conv2d,)  # a kind names its type
     assert {rp.ReLU, rp.ReLU6} <= set(L.slot_types("activation"))
     with pytest.raises(ValueError, match="unknown layer type 'convolutions'.*'convolution'"):

@@ -533,7 +533,8 @@ def from_onnx(path_or_model, *, check=True, rtol=CHECK_RTOL):
 
     Reads DAGs, those of both of torch's exporters included (``torch.onnx.export`` with the
     default ``dynamo=True`` and with ``dynamo=False``), with a fixed or a dynamic batch.
-    Operators: Conv and ConvTranspose (group, dilations, symmetric pads, output padding), Gemm,
+    Operators: Conv (2-D and 1-D) and ConvTranspose (group, dilations, symmetric pads, output
+    padding), Gemm,
     MatMul (an Add of a constant right after it, or after a Gemm/Conv, is its bias), Add/Sum of
     data tensors, Concat on any axis but the batch's, Relu, LeakyRelu, PRelu, Clip (ReLU6 for
     (0, 6), ReLU for (0), Hardtanh otherwise; also Max and Min of a constant), MaxPool,

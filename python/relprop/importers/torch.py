@@ -531,16 +531,16 @@ def from_torch(module, input_shape, *, check=True, rtol=CHECK_RTOL):
         ``permute``, ``transpose``, ``movedim`` that keep the batch axis first;
         ``torch.chunk``/``split`` and indexing of each sample's axes; ``F.pad`` with zeros),
         functional relu/relu6/leaky_relu/prelu/hardtanh, clamps, adaptive/average/max pooling,
-        ``F.interpolate`` (nearest, bilinear), ``F.conv_transpose2d`` with the module's
-        parameters and dropout. Layers: Linear, Conv2d and ConvTranspose2d (groups, dilation,
-        symmetric padding; output padding), ReLU, ReLU6, LeakyReLU, PReLU, Hardtanh, MaxPool2d,
-        AvgPool2d, AdaptiveAvgPool2d (the identity where the output size is the input's, a
-        global or fixed average pooling where it divides the input), Upsample and
+        ``F.interpolate`` (nearest, bilinear), ``F.conv_transpose2d`` and ``F.conv1d`` with the
+        module's parameters and dropout. Layers: Linear, Conv2d, ConvTranspose2d and Conv1d
+        (groups, dilation, symmetric padding; output padding), ReLU, ReLU6, LeakyReLU, PReLU,
+        Hardtanh, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d (the identity where the output size is
+        the input's, a global or fixed average pooling where it divides the input), Upsample and
         UpsamplingNearest2d/Bilinear2d, Flatten, Unflatten, ZeroPad1d/2d/3d, ConstantPad1d/2d/3d
-        (zeros), BatchNorm1d/2d (folded into the Dense/Conv2d before it where nothing else reads
-        that layer's output, else an affine node), Dropout and Identity (skipped). Parameters
-        are copied (float32/float64 kept, other float dtypes converted to float32). The module's
-        train/eval mode is left as it was.
+        (zeros), BatchNorm1d/2d (folded into the Dense/Conv1d/Conv2d before it where nothing
+        else reads that layer's output, else an affine node), Dropout and Identity (skipped).
+        Parameters are copied (float32/float64 kept, other float dtypes converted to float32).
+        The module's train/eval mode is left as it was.
     input_shape : tuple of int
         Shape of one sample, e.g. ``(3, 224, 224)``.
     check : bool

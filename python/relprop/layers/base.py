@@ -268,6 +268,19 @@ def window_out(layer, hw, k, s, p):
     return (oh, ow)
 
 
+def plane_window(attrs):
+    """The ONNX window attributes ``attrs`` of a 1-D Conv or pooling (``kernel_shape`` ``[k]``,
+    ``strides``, ``dilations``, ``pads`` ``[begin, end]``) rewritten in place as those of the
+    2-D window on ``(1, L)`` planes that a 1-D layer runs (what ``ctx.window()`` reads)."""
+    for key in ("kernel_shape", "strides", "dilations"):
+        if key in attrs:
+            attrs[key] = [1] + list(attrs[key])
+    if "pads" in attrs:
+        pads = list(attrs["pads"])
+        attrs["pads"] = [0] + pads[:len(pads) // 2] + [0] + pads[len(pads) // 2:]
+    return attrs
+
+
 # reading a layer's description (model files)
 def _cfg_value(cfg, key, default):
     if key not in cfg:

@@ -1,5 +1,5 @@
-"""Layers with weights: Dense and Conv2d (the ``linear`` slot: LRP's linear rules apply to
-them), and the packed weight copies they keep for small calls."""
+"""Layers with weights: Dense, Conv2d, ConvTranspose2d and Conv1d (the ``linear`` slot: LRP's
+linear rules apply to them), and the packed weight copies they keep for small calls."""
 from __future__ import annotations
 
 import threading
@@ -18,6 +18,7 @@ from .base import (
     cfg_pair,
     numel,
     pair_text,
+    plane_window,
     read_only,
     register_layer,
     window_out,
@@ -703,6 +704,125 @@ class ConvTranspose2d(Linear):
         return np.multiply(out, a, out=out)
 
 
+def _plane(a):
+    """An ``(n, c, L)`` array (or weight ``(out, in, k)``) as its ``(n, c, 1, L)`` planes, and a
+    shape likewise: a view, no copy."""
+    if isinstance(a, tuple):
+        return a[:2] + (1,) + a[2:]
+    return a.reshape(_plane(a.shape))
+
+
+def _line(a):
+    """The inverse of :func:`_plane` for arrays."""
+    return a.reshape(a.shape[:2] + a.shape[3:])
+
+
+@register_layer
+class Conv1d(Linear):
+    """1-D convolution as ``torch.nn.Conv1d`` (NCL, zero padding); weight ``(out, in // groups,
+    k)`` and int ``stride``, ``padding``, ``dilation``, ``groups`` as torch's.
+
+    It runs as the Conv2d of its samples seen as ``(c, 1, L)`` planes with the ``(1, k)`` kernel
+    (``self.conv``; views, no copies): the same kernels and packings, bitwise.  It takes the
+    composites' convolution slot, as Zennit's Convolution type covers Conv1d, so its LRP rules
+    are Conv2d's (ZBox as EpsilonGammaBox's first layer too).  ONNX Conv with a 3-D weight is
+    read by Conv2d's entry."""
+
+    kind = "conv1d"
+    slots = ("convolution", "linear")
+    imports = (
+        TorchModule(("Conv1d",), lambda m, ctx: _conv1d(
+            ctx, ctx.array(m.weight), None if m.bias is None else ctx.array(m.bias),
+            m.stride[0], _torch_padding(m.padding, m.kernel_size, m.dilation, ctx)[0],
+            m.dilation[0], m.groups, m.padding_mode)),
+        TorchFunction(("torch.nn.functional.conv1d", "torch.conv1d"),
+                      ("input", "weight", ("bias", None), ("stride", 1), ("padding", 0),
+                       ("dilation", 1), ("groups", 1)),
+                      lambda a, ctx: _torch_conv1d_function(a, ctx)),
+    )
+
+    def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+        super().__init__(weight, bias, 3)
+        self.stride = as_int(stride, "stride", minimum=1)
+        self.padding = as_int(padding, "padding", minimum=0)
+        self.dilation = as_int(dilation, "dilation", minimum=1)
+        self.groups = as_int(groups, "groups", minimum=1)
+        if self.weight.shape[0] % self.groups:
+            raise ValueError(f"Conv1d with groups={self.groups} needs a number of output "
+                             f"channels divisible by it, got weight {self.weight.shape}")
+        self.conv = Conv2d(_plane(self.weight), None, (1, self.stride), (0, self.padding),
+                           (1, self.dilation), self.groups)
+
+    @property
+    def in_channels(self):
+        return self.weight.shape[1] * self.groups
+
+    def with_parameters(self, weight, bias):
+        return Conv1d(weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        groups = cfg_int(cfg, "groups", 1)
+        want = (cfg_int(cfg, "out_channels"), cfg_int(cfg, "in_channels") // max(groups, 1),
+                cfg_int(cfg, "kernel_size"))
+        w, b = cls._parameters(cls, cfg, arrays, want)
+        return cls(w, b, cfg.get("stride", 1), cfg.get("padding", 0), cfg.get("dilation", 1),
+                   groups)
+
+    def config(self):
+        o, _, k = self.weight.shape
+        cfg = {"in_channels": int(self.in_channels), "out_channels": int(o),
+               "kernel_size": int(k), "stride": self.stride, "padding": self.padding}
+        if self.dilation != 1:
+            cfg["dilation"] = self.dilation
+        if self.groups != 1:
+            cfg["groups"] = self.groups
+        return cfg
+
+    def describe(self):
+        o, _, k = self.weight.shape
+        text = f"Conv1d {self.in_channels}->{o} {k} stride {self.stride} pad {self.padding}"
+        if self.dilation != 1:
+            text += f" dil {self.dilation}"
+        if self.groups != 1:
+            text += " depthwise" if self.groups == self.in_channels else f" groups {self.groups}"
+        return text
+
+    def flops(self, in_shapes, out_shape):
+        n_out = numel(out_shape)
+        return n_out * 2 * numel(self.weight.shape[1:]) + (n_out if self.bias is not None else 0)
+
+    def output_shape(self, shape):
+        self._need_rank(shape, 2, "(channels, length)")
+        if shape[0] != self.in_channels:
+            raise ValueError(f"{self!r} expects {self.in_channels} input channels, got shape "
+                             f"{tuple(shape)}")
+        o, _, k = self.weight.shape
+        extent, padded = self.dilation * (k - 1) + 1, shape[1] + 2 * self.padding
+        if padded < extent:
+            raise ValueError(f"{self!r}: kernel {k} (extent {extent}) does not fit the padded "
+                             f"input ({padded})")
+        return (o, (padded - extent) // self.stride + 1)
+
+    def apply(self, x, w, b, exact=False, relu=False):
+        return _line(self.conv.apply(_plane(x), _plane(w), b, exact, relu))
+
+    def apply_split(self, x, w, b, exact=False):
+        return tuple(_line(y) for y in self.conv.apply_split(_plane(x), _plane(w), b, exact))
+
+    def apply_t(self, g, w, x_shape, exact=False, mask=None):
+        return _line(self.conv.apply_t(_plane(g), _plane(w), _plane(tuple(x_shape)), exact,
+                                       None if mask is None else _plane(mask)))
+
+    def lrp_epsilon(self, r, z, a, w, eps, exact=False):
+        return _line(self.conv.lrp_epsilon(_plane(r), _plane(z), _plane(a), _plane(w), eps,
+                                           exact))
+
+    def apply_t_stacked(self, g, w, x_shape, exact=False):
+        return _line(self.conv.apply_t_stacked(_plane(g), _plane(w), _plane(tuple(x_shape)),
+                                               exact))
+
+
 # --- importer converters ------------------------------------------------------------------------
 def bias_vector(v, n, ctx, what):
     """A constant ``v`` as a bias of length ``n`` (a scalar is broadcast)."""
@@ -733,36 +853,78 @@ def _onnx_matmul(ctx):
     return Dense(b.T)
 
 
+def _torch_padding(padding, kernel, dilation, ctx):
+    """A torch convolution's padding per axis: ``"valid"`` none, ``"same"`` ``d (k - 1) / 2``
+    (ValueError where that is odd: asymmetric), else as given (a tuple)."""
+    kernel, dilation = tuple(kernel), tuple(dilation)
+    if padding == "valid":
+        return (0,) * len(kernel)
+    if padding == "same":
+        if any((d * (k - 1)) % 2 for k, d in zip(kernel, dilation)):
+            raise ctx.error(f"padding='same' with kernel {kernel} and dilation {dilation} pads "
+                            "asymmetrically; relprop supports symmetric padding only")
+        return tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
+    return tuple(padding)
+
+
 def _torch_conv2d(m, ctx):
     if m.padding_mode != "zeros":
         raise ctx.error(f"padding_mode={m.padding_mode!r} is not supported")
-    if isinstance(m.padding, str):
-        if m.padding == "valid":
-            padding = (0, 0)
-        else:  # "same": d (k - 1) in total per axis
-            if any((d * (k - 1)) % 2 for k, d in zip(m.kernel_size, m.dilation)):
-                raise ctx.error(f"padding='same' with kernel {tuple(m.kernel_size)} and dilation "
-                                f"{tuple(m.dilation)} pads asymmetrically; relprop supports "
-                                "symmetric padding only")
-            padding = tuple(d * (k - 1) // 2 for k, d in zip(m.kernel_size, m.dilation))
-    else:
-        padding = ctx.pair(m.padding, "padding")
+    padding = (_torch_padding(m.padding, m.kernel_size, m.dilation, ctx)
+               if isinstance(m.padding, str) else ctx.pair(m.padding, "padding"))
     return Conv2d(ctx.array(m.weight), None if m.bias is None else ctx.array(m.bias),
                   stride=tuple(m.stride), padding=padding, dilation=tuple(m.dilation),
                   groups=m.groups)
 
 
-def _onnx_conv(ctx):
-    w = ctx.const(1, "W")
-    if w.ndim != 4:
-        raise ctx.error(f"only 2-D convolutions are supported (W shape {w.shape})")
-    ctx.attrs.setdefault("kernel_shape", w.shape[2:])
-    kernel, strides, pads, dilation = ctx.window(pooling=False)
-    if tuple(kernel) != tuple(w.shape[2:]):
-        raise ctx.error(f"kernel_shape {tuple(kernel)} disagrees with W of shape {w.shape}")
+def _conv1d(ctx, weight, bias, stride, padding, dilation, groups, padding_mode="zeros"):
+    if padding_mode != "zeros":
+        raise ctx.error(f"padding_mode={padding_mode!r} is not supported")
     try:
-        return Conv2d(w, ctx.const(2, "B", required=False), strides, pads, dilation=dilation,
-                      groups=ctx.attrs.get("group", 1))
+        return Conv1d(weight, bias, stride, padding, dilation, groups)
+    except (ValueError, TypeError) as exc:
+        raise ctx.error(str(exc)) from None
+
+
+def _int1(v, name, ctx):
+    """A torch 1-D argument (an int or a 1-tuple) as an int."""
+    v = ctx.constant(v, name)
+    if isinstance(v, (tuple, list)):
+        if len(v) != 1:
+            raise ctx.error(f"{name}={v} is not a 1-D value")
+        v = v[0]
+    return v
+
+
+def _torch_conv1d_function(a, ctx):
+    w = ctx.parameter(a["weight"], "weight")
+    if w.ndim != 3:
+        raise ctx.error(f"conv1d weight must be 3-D, got shape {w.shape}")
+    dilation = _int1(a["dilation"], "dilation", ctx)
+    padding = a["padding"]
+    if isinstance(padding, str):
+        padding = _torch_padding(padding, w.shape[2:], (dilation,), ctx)
+    return _conv1d(ctx, w, None if a["bias"] is None else ctx.parameter(a["bias"], "bias"),
+                   _int1(a["stride"], "stride", ctx), _int1(padding, "padding", ctx), dilation,
+                   ctx.constant(a["groups"], "groups"))
+
+
+def _onnx_conv(ctx):
+    """ONNX Conv: a Conv2d, or with a 3-D weight a Conv1d (its window read as its planes')."""
+    w = ctx.const(1, "W")
+    if w.ndim not in (3, 4):
+        raise ctx.error(f"only 1-D and 2-D convolutions are supported (W shape {w.shape})")
+    if w.ndim == 3:
+        plane_window(ctx.attrs)
+    ctx.attrs.setdefault("kernel_shape", (1,) * (4 - w.ndim) + w.shape[2:])
+    kernel, strides, pads, dilation = ctx.window(pooling=False)
+    if tuple(kernel[4 - w.ndim:]) != tuple(w.shape[2:]):
+        raise ctx.error(f"kernel_shape {tuple(kernel)} disagrees with W of shape {w.shape}")
+    b, groups = ctx.const(2, "B", required=False), ctx.attrs.get("group", 1)
+    if w.ndim == 3:
+        return _conv1d(ctx, w, b, strides[1], pads[1], dilation[1], groups)
+    try:
+        return Conv2d(w, b, strides, pads, dilation=dilation, groups=groups)
     except (ValueError, TypeError) as exc:
         raise ctx.error(str(exc)) from None
 

@@ -7,7 +7,7 @@ import numpy as np
 from .. import ops
 from .._validate import as_float_array, as_scalar
 from .base import Layer, OnnxOp, TorchFunction, TorchModule, cfg_int, numel, register_layer
-from .linear import Conv2d, Dense, Linear
+from .linear import Conv1d, Conv2d, Dense, Linear
 
 
 @register_layer
@@ -30,8 +30,8 @@ class BatchNorm(Layer):
         TorchModule(("BatchNorm1d", "BatchNorm2d"), lambda m, ctx: _torch_batchnorm(m, ctx)),
         OnnxOp(("BatchNormalization",), lambda ctx: _onnx_batchnorm(ctx)),
     )
-    expects = (Dense, Conv2d)  # whose weights keep the outputs on axis 0
-    _rank = None
+    expects = (Dense, Conv1d, Conv2d)  # whose weights keep the outputs on axis 0
+    _ranks = None  # the per-sample ranks it takes (None: any)
 
     def __init__(self, scale, shift, mean, var, eps=1e-5):
         self.eps = as_scalar(eps, "eps", minimum=0.0)
@@ -105,8 +105,10 @@ class BatchNorm(Layer):
         return hit
 
     def output_shape(self, shape):
-        if self._rank is not None:
-            self._need_rank(shape, self._rank, f"{self._rank}-D features")
+        if self._ranks is not None and len(shape) not in self._ranks:
+            ranks = " or ".join(map(str, self._ranks))
+            raise ValueError(f"{self!r} expects per-sample rank {ranks}, got shape "
+                             f"{tuple(shape)}")
         if not shape or shape[0] != self.features:
             raise ValueError(f"{self!r} expects {self.features} channels, got shape "
                              f"{tuple(shape)}")
@@ -126,11 +128,12 @@ def _as_tuple(t):
 
 @register_layer
 class BatchNorm1d(BatchNorm):
-    """BatchNorm over the features of a Dense output."""
+    """BatchNorm over the features of a Dense output, or the channels of a Conv1d's (torch's
+    BatchNorm1d on (N, C) and (N, C, L))."""
 
     kind = "batchnorm1d"
-    expects = (Dense,)
-    _rank = 1
+    expects = (Dense, Conv1d)
+    _ranks = (1, 2)
 
 
 @register_layer
@@ -139,7 +142,7 @@ class BatchNorm2d(BatchNorm):
 
     kind = "batchnorm2d"
     expects = (Conv2d,)
-    _rank = 3
+    _ranks = (3,)
 
 
 # --- importer converters ------------------------------------------------------------------------

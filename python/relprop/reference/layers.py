@@ -85,6 +85,54 @@ register_twin(
     apply=_conv_apply)
 
 
+def _conv1d(x, w, b, stride, padding, dilation, groups):
+    """y[n, o, t] = b[o] + sum_{c, u} w[o, c, u] x_pad[n, gi C + c, t stride + u dilation] for
+    output channel o of group gi (C = the input channels per group), written for one axis (the
+    layer runs the 2-D kernels on (c, 1, L) planes)."""
+    n, c, length = x.shape
+    o, cg, k = w.shape
+    out = (length + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding)))
+    y = np.zeros((n, o, out), dtype=x.dtype)
+    og = o // groups
+    for gi in range(groups):
+        for u in range(k):
+            taps = xp[:, gi * cg:(gi + 1) * cg, u * dilation:u * dilation + stride * (out - 1) + 1:
+                      stride]
+            y[:, gi * og:(gi + 1) * og] += np.einsum("ncl,oc->nol", taps,
+                                                      w[gi * og:(gi + 1) * og, :, u])
+    return y if b is None else y + b[None, :, None]
+
+
+def _conv1d_t(g, w, length, stride, padding, dilation, groups):
+    """The transpose of :func:`_conv1d` (without bias): each output gradient scattered over its
+    taps."""
+    n, o, out = g.shape
+    _, cg, k = w.shape
+    gp = np.zeros((n, cg * groups, length + 2 * padding), dtype=g.dtype)
+    og = o // groups
+    for gi in range(groups):
+        for u in range(k):
+            gp[:, gi * cg:(gi + 1) * cg, u * dilation:u * dilation + stride * (out - 1) + 1:
+               stride] += np.einsum("nol,oc->ncl", g[:, gi * og:(gi + 1) * og],
+                                    w[gi * og:(gi + 1) * og, :, u])
+    return gp[:, :, padding:padding + length]
+
+
+def _conv1d_apply(layer, x, w, b):
+    return _conv1d(x, w, b, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+
+register_twin(
+    "conv1d",
+    forward=lambda layer, x: _conv1d_apply(layer, x, layer.weight.astype(x.dtype),
+                                           _b(layer, x.dtype)),
+    backward=lambda layer, g, xs, mode: [_conv1d_t(
+        g, layer.weight.astype(g.dtype), xs[0].shape[2], layer.stride, layer.padding,
+        layer.dilation, layer.groups)],
+    apply=_conv1d_apply)
+
+
 def _convt_out(layer, hw):
     """The output size of a ConvTranspose2d on inputs of size ``hw`` (torch's formula)."""
     return tuple((h - 1) * s - 2 * p + d * (k - 1) + op + 1 for h, s, p, d, k, op in zip(
