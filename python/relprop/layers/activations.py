@@ -309,11 +309,12 @@ class Hardtanh(Elementwise):
         return ops.hardtanh_backward(g, x, self.min_val, self.max_val)
 
 
-# --- smooth activations (one kernel pair: ops.activation_forward/backward) ----------------------
-class Smooth(Elementwise):
-    """A smooth activation computed by :func:`relprop.ops.activation_forward` with the op
-    ``self.op`` (a name of ``ops.ACTIVATIONS``).  Not a rectifier: deconvnet and guided backprop
-    pass its gradient; LRP passes relevance through it (Zennit's Pass for its activations)."""
+# --- the activations of one kernel pair: ops.activation_forward/backward -------------------------
+class KernelActivation(Elementwise):
+    """An activation computed by :func:`relprop.ops.activation_forward` with the op ``self.op``
+    (a name of ``ops.ACTIVATIONS``: the smooth ones and the hard sigmoid and swish).  Not a
+    rectifier: deconvnet and guided backprop pass its gradient; LRP passes relevance through it
+    (Zennit's Pass for its activations)."""
 
     backward_reads_input = True
     op = None
@@ -340,7 +341,7 @@ _GELU_FORMS = ("none", "tanh")
 
 
 @register_layer
-class GELU(Smooth):
+class GELU(KernelActivation):
     """``x Phi(x)`` with ``Phi`` the standard normal distribution function (``approximate=
     "none"``), or its tanh form ``x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2``
     (``approximate="tanh"``), as ``torch.nn.GELU``."""
@@ -372,7 +373,7 @@ _INPLACE = ("input", ("inplace", False))
 
 
 @register_layer
-class SiLU(Smooth):
+class SiLU(KernelActivation):
     """``x * sigmoid(x)`` (``torch.nn.SiLU``, EfficientNet's swish).  torch's ONNX exporters
     write it as ``Mul(x, Sigmoid(x))``, which from_onnx reads back as a SiLU (the Mul
     description)."""
@@ -386,7 +387,7 @@ class SiLU(Smooth):
 
 
 @register_layer
-class Sigmoid(Smooth):
+class Sigmoid(KernelActivation):
     """``1 / (1 + e^-x)`` (``torch.nn.Sigmoid``)."""
 
     kind = "sigmoid"
@@ -401,7 +402,7 @@ class Sigmoid(Smooth):
 
 
 @register_layer
-class Tanh(Smooth):
+class Tanh(KernelActivation):
     """``tanh(x)`` (``torch.nn.Tanh``)."""
 
     kind = "tanh"
@@ -412,4 +413,41 @@ class Tanh(Smooth):
                       lambda a, ctx: Tanh()),
         TorchMethod(("tanh", "tanh_"), ("input",), lambda a, ctx: Tanh()),
         OnnxOp(("Tanh",), lambda ctx: Tanh()),
+    )
+
+
+def _onnx_hardsigmoid(ctx):
+    alpha, beta = ctx.attrs.get("alpha", 0.2), ctx.attrs.get("beta", 0.5)
+    if abs(alpha - 1 / 6) > 1e-6 or beta != 0.5:
+        raise ctx.error(f"HardSigmoid(alpha={alpha:g}, beta={beta:g}) is not supported (only "
+                        "torch's, alpha=1/6 and beta=1/2)")
+    return Hardsigmoid()
+
+
+@register_layer
+class Hardsigmoid(KernelActivation):
+    """``min(max(x + 3, 0), 6) / 6`` (``torch.nn.Hardsigmoid``, MobileNetV3's gates); its
+    gradient ``1/6`` strictly inside ``(-3, 3)``, as torch's."""
+
+    kind = "hardsigmoid"
+    op = "hardsigmoid"
+    imports = (
+        TorchModule(("Hardsigmoid",), lambda m, ctx: Hardsigmoid()),
+        TorchFunction(("torch.nn.functional.hardsigmoid",), _INPLACE,
+                      lambda a, ctx: Hardsigmoid()),
+        OnnxOp(("HardSigmoid",), _onnx_hardsigmoid),
+    )
+
+
+@register_layer
+class Hardswish(KernelActivation):
+    """``x * min(max(x + 3, 0), 6) / 6`` (``torch.nn.Hardswish``, MobileNetV3); its gradient
+    0 up to -3, ``x / 3 + 1/2`` below 3 and 1 from 3, as torch's."""
+
+    kind = "hardswish"
+    op = "hardswish"
+    imports = (
+        TorchModule(("Hardswish",), lambda m, ctx: Hardswish()),
+        TorchFunction(("torch.nn.functional.hardswish",), _INPLACE, lambda a, ctx: Hardswish()),
+        OnnxOp(("HardSwish",), lambda ctx: Hardswish()),
     )

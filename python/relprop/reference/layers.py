@@ -178,8 +178,8 @@ register_twin("hardtanh",
 register_twin("relu6", forward=lambda layer, x: ops.hardtanh_forward(x, 0.0, 6.0),
               backward=lambda layer, g, xs, mode: [ops.hardtanh_backward(g, xs[0], 0.0, 6.0)])
 
-# the smooth activations: ops.activation_forward/backward with the layer's op
-for _kind in ("gelu", "silu", "sigmoid", "tanh"):
+# the activations of ops.activation_forward/backward, with the layer's op
+for _kind in ("gelu", "silu", "sigmoid", "tanh", "hardsigmoid", "hardswish"):
     register_twin(_kind, forward=lambda layer, x: ops.activation_forward(x, layer.op),
                   backward=lambda layer, g, xs, mode: [ops.activation_backward(g, xs[0],
                                                                                layer.op)])
