@@ -476,3 +476,51 @@ def test_modules_of_several_arguments_shape_checks_and_expanded_parameters(rng):
             rp.from_torch(M(True, batch=False).double(), (4,))
     finally:
         del L.LAYER_TYPES["test_bilinear"]
+
+
+class Follow(L.Elementwise):
+    """The identity, which remembers the kind of the layer that feeds it (only this test
+    registers it): a layer type that depends on its producer."""
+
+    kind = "test_follow"
+
+    def __init__(self, after=None):
+        self.after = after
+
+    def config(self):
+        return {"after": self.after}
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        return cls(cfg.get("after"))
+
+    def resolve(self, producers):
+        kind = "input" if producers[0] is None else producers[0].kind
+        return self if self.after == kind else Follow(kind)
+
+    def forward(self, x):
+        return x, None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return g
+
+
+def test_layers_resolve_from_their_producers(rng, tmp_path):
+    """A network asks each layer what it is given the layers that feed it (Layer.resolve), in
+    Graph and Sequential alike, and model files keep the answer."""
+    L.register_layer(Follow)
+    ref.register_twin("test_follow", forward=lambda layer, x: x,
+                      backward=lambda layer, g, xs, mode: [g])
+    try:
+        net = rp.Sequential([Follow(), rp.Dense(nets.dense_w(rng, 3, 4)), Follow(), rp.ReLU(),
+                             Follow("relu")], input_shape=(4,))
+        assert [layer.after for layer in net.layers if layer.kind == "test_follow"] == \
+            ["input", "dense", "relu"]
+        graph = rp.Graph([("a", Follow(), "input"), ("b", rp.ReLU(), "a"),
+                          ("c", Follow(), "b")])
+        assert graph.node("c").layer.after == "relu" and graph.node("a").layer.after == "input"
+        net.save(tmp_path / "m.npz")
+        assert [layer.config() for layer in rp.load(tmp_path / "m.npz").layers] == \
+            [layer.config() for layer in net.layers]
+    finally:
+        del L.LAYER_TYPES["test_follow"], TWINS["test_follow"]

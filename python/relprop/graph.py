@@ -140,6 +140,7 @@ class Graph:
         self._check_nodes(nodes)
         given = {n.name for n in nodes}
         nodes, output, renamed = _fold_batchnorms(nodes, self._output_of(nodes, output))
+        nodes = _resolve(nodes)
         self.output = output
         self.schedule = _schedule(nodes, input_name, output, self._where)
         self.nodes = self.schedule.nodes
@@ -620,6 +621,17 @@ def _fold_batchnorms(nodes, output):
             n = by_name[node.name]
             out.append(Node(n.name, n.layer, tuple(renamed.get(t, t) for t in n.inputs)))
     return out, output, renamed
+
+
+def _resolve(nodes):
+    """Each node with its layer as the layer's type resolves it from the layers that make its
+    inputs (``Layer.resolve``; None for the network input)."""
+    made = {n.name: n.layer for n in nodes}
+    out = []
+    for n in nodes:
+        layer = n.layer.resolve([made.get(t) for t in n.inputs])
+        out.append(n if layer is n.layer else Node(n.name, layer, n.inputs))
+    return out
 
 
 def _aliases(aliases, renamed, given, names) -> dict:

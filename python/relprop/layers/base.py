@@ -24,6 +24,8 @@ A layer class *is* its type's description, read by every other module:
                               :data:`relprop.rules.RULES`; None: a composite must give one)
 ``imports``                   the torch module types, torch.fx functions and methods and ONNX
                               operators the importers map to it, each with its converter
+``resolve()``                 what it becomes given the layers that feed it (a network asks
+                              when it is built)
 ``epilogue``,                 what it may fuse with (:func:`relprop.engine.find_fusions`)
 ``takes_epilogue``,
 ``fuses_pool()``
@@ -196,6 +198,12 @@ class Layer:
         is linear once a factor of its input is held constant (LayerNorm's standard deviation)
         the transpose of that map at ``x``."""
         return self.backward(g, x, state)
+
+    def resolve(self, producers):
+        """This layer as it stands in a network, given the layers that make its inputs (one per
+        input, None for the network input): itself, unless its type depends on what feeds it
+        (a product takes a Sigmoid-made operand for a gate).  Called when a network is built."""
+        return self
 
     def fuses_pool(self, pool) -> bool:
         """Whether this layer, a ReLU and ``pool`` run as one kernel (``forward_relu_pool``)."""
