@@ -121,8 +121,19 @@ def torchvision_model(name, seed=0):
     elif name == "alexnet":
         model.avgpool = nn.Identity()
         model.classifier[1] = nn.Linear(256, 4096)
-    merged = set(merged_batchnorms(name, model))
-    gen = torch.Generator().manual_seed(seed + 1)
+    return dyadic_batchnorms(model, merged_batchnorms(name, model), seed + 1).eval()
+
+
+def dyadic_batchnorms(model, merged, seed):
+    """``model`` with every BatchNorm2d's running statistics and affine parameters random, the
+    ``merged`` ones (names) with ``eps = 0`` and values on a coarse dyadic grid, so that
+    ``weight / sqrt(var)`` is a power of two and folding them is exact in float32 as in
+    float64."""
+    import torch
+    from torch import nn
+
+    merged = set(merged)
+    gen = torch.Generator().manual_seed(seed)
 
     def grid(lo, hi, step, n):  # values lo, lo + step, ..., hi
         k = int(round((hi - lo) / step))
