@@ -64,9 +64,10 @@ def test_matches_twin_bitwise_on_any_thread_count_and_is_adjoint(problem):
     for n in (1, 2):
         assert_array_equal(with_threads(n, lambda: layer.forward(x)[0]), y)
         assert_array_equal(with_threads(n, layer.backward, g, x, None), gx)
-    # the backward pass is the forward pass's transpose (the bias aside)
+    # the backward pass is the forward pass's transpose (the bias aside); y's rounding is
+    # relative to |W||x| + |b| (a bias can absorb a tiny W x whole), gx's to |x||gx|
     lin = f64(y) if layer.bias is None else f64(y) - f64(layer.bias).reshape(-1, 1, 1)
-    scale = np.vdot(abs(lin), abs(f64(g))) + 1e-30
+    scale = np.vdot(bound + bias, abs(f64(g))) + np.vdot(abs(f64(x)), abs(f64(gx))) + 1e-30
     tol = 1e-5 if x.dtype == np.float32 else 1e-12
     assert abs(np.vdot(lin, f64(g)) - np.vdot(f64(x), f64(gx))) <= tol * scale
 
