@@ -84,6 +84,28 @@ def test_small_networks_run_their_default_batches_side_by_side():
     assert batch * flops <= _common.SAMPLE_PARALLEL_FLOPS
 
 
+def test_split_batches_hold_the_fixed_costs_of_every_thread():
+    """A network whose samples are too large to run side by side has its batches' kernels split
+    over the threads while their fixed costs run on one: its default grows with the threads; a
+    small network's batches run side by side, a thread each, and its default does not."""
+    rng = np.random.default_rng(2)
+    big = rp.Sequential([rp.Conv2d(rng.normal(size=(64, 3, 3, 3)), padding=1), rp.ReLU(),
+                         rp.Conv2d(rng.normal(size=(64, 64, 3, 3)), padding=1), rp.ReLU(),
+                         rp.GlobalAvgPool2d(), rp.Flatten(), rp.Dense(rng.normal(size=(10, 64)))],
+                        input_shape=(3, 64, 64))
+    assert big.flops() > _common.SAMPLE_PARALLEL_FLOPS
+    small = rp.models.digits_cnn()
+    try:
+        rp.set_num_threads(1)
+        one = rp.default_batch_size(big), rp.default_batch_size(small)
+        rp.set_num_threads(4)
+        four = rp.default_batch_size(big), rp.default_batch_size(small)
+    finally:
+        rp.set_num_threads(0)
+    assert 3 * one[0] <= four[0] <= 5 * one[0]
+    assert four[1] == one[1]
+
+
 def test_the_default_batch_is_checked():
     net = rp.Sequential([rp.Flatten(), rp.Dense(np.ones((2, 4)))])
     with pytest.raises(ValueError, match="no input shape"):

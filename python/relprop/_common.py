@@ -276,12 +276,12 @@ NODE_FLOPS = 1 << 20
 #: ... and of each byte of weights (read by the forward and the backward pass, packed for the
 #: GEMM, the rules' modified copies, Winograd's transforms).
 WEIGHT_FLOPS_PER_BYTE = 32
-#: The default batch does at least this many times these fixed costs in forward FLOPs, so that
-#: they are at most about 1/16 of its time.
+#: The default batch does about this many times these fixed costs in forward FLOPs, so that
+#: they are about 1/16 of its time.
 WORK_PER_FIXED = 16
 #: Networks with fewer forward FLOPs per byte of their activations than this are bound by
 #: memory (small layers); their default batch keeps its activations within half of the
-#: last-level cache where the fixed costs allow.
+#: last-level cache.
 MEMORY_BOUND_FLOPS_PER_BYTE = 64
 #: Cache sizes where the system does not tell them (bytes, by level).
 FALLBACK_CACHES = {1: 32 << 10, 2: 1 << 20, 3: 16 << 20}
@@ -317,12 +317,16 @@ def default_batch_size(net, input_shape=None, dtype=np.float32) -> int:
     """The samples per batch of the methods' ``batch_size=None``, from the network alone.
 
     A batch costs relprop some fixed work besides its samples' (each node's handling,
-    :data:`NODE_FLOPS`; each weight byte's, :data:`WEIGHT_FLOPS_PER_BYTE`); the default is the
-    smallest batch whose forward FLOPs are :data:`WORK_PER_FIXED` times that.  For networks bound
-    by memory (:data:`MEMORY_BOUND_FLOPS_PER_BYTE`) it is at most as many samples as fill half
-    of the last-level cache with their activations (every tensor of the network), unless that
-    leaves the fixed costs above a quarter of the work.  Results never depend on it: kernels
-    give a sample the same bits in any batch.
+    :data:`NODE_FLOPS`; each weight byte's, :data:`WEIGHT_FLOPS_PER_BYTE`), which one thread
+    does.  Batches small enough to run side by side (:data:`SAMPLE_PARALLEL_FLOPS`) each pay
+    their own on their thread: the default is the batch whose forward FLOPs are
+    :data:`WORK_PER_FIXED` times those costs, if running side by side keeps at least half of
+    it.  A larger batch has its kernels split over the threads while its fixed costs run on
+    one: it holds that work per thread (:func:`relprop.get_num_threads` times as much).  For
+    networks bound by memory (:data:`MEMORY_BOUND_FLOPS_PER_BYTE`) a batch's activations (every
+    tensor of the network) fill at most half of the last-level cache, unless that leaves less
+    than a quarter of the batch.  Rounded to a multiple of 16 samples from 16 on.  Results never
+    depend on it: kernels give a sample the same bits in any batch.
 
     Parameters
     ----------
@@ -335,24 +339,29 @@ def default_batch_size(net, input_shape=None, dtype=np.float32) -> int:
     -------
     int, at least 1
     """
+    from .ops import get_num_threads
+
     shape = net.input_shape if input_shape is None else tuple(int(s) for s in input_shape)
     if shape is None:
         raise ValueError("the network has no input shape: pass input_shape")
     itemsize = np.dtype(dtype).itemsize
+    threads = get_num_threads()
 
     def compute():
         flops = max(1, net.flops(shape))
         activations = itemsize * sum(int(np.prod(s)) for s in net.tensor_shapes(shape).values())
         weights = sum(a.nbytes for layer in net.layers for a in layer.arrays().values())
         fixed = len(net.nodes) * NODE_FLOPS + weights * WEIGHT_FLOPS_PER_BYTE
-        batch = -(-WORK_PER_FIXED * fixed // flops)
+        batch = WORK_PER_FIXED * fixed / flops
+        side = SAMPLE_PARALLEL_FLOPS // flops  # the largest batch that runs side by side
+        if 2 * side < batch:
+            batch, side = batch * threads, None
         if flops < MEMORY_BOUND_FLOPS_PER_BYTE * activations:
-            last = max(cache_sizes().items())[1]
-            cached = last // 2 // activations
-            batch = min(batch, max(cached, -(-4 * fixed // flops)))
-        return max(1, int(batch))
+            batch = min(batch, max(max(cache_sizes().values()) / 2 / activations, batch / 4))
+        batch = max(1, round(batch / 16) * 16 if batch >= 16 else round(batch))
+        return batch if side is None else max(1, min(batch, side))
 
-    return net._memo("_default_batch", (shape, itemsize), compute)
+    return net._memo("_default_batch", (shape, itemsize, threads), compute)
 
 
 def batch_rows(batch_size, net, x):
