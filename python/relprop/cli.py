@@ -860,7 +860,9 @@ def add_evaluate_parser(subparsers):
                         f"default {','.join(DEFAULT_METHODS)}")
     p.add_argument("--metrics", default="faithfulness",
                    help="comma-separated metric names or families (listed below; default "
-                        "faithfulness)")
+                        "faithfulness, in which monotonicity_correlation (100 random values per "
+                        "step) and road (a sparse solve per sample and percentage) take the "
+                        "longest)")
     p.add_argument("--limit", type=int, default=None, help="use the first LIMIT inputs only")
     p.add_argument("--steps", type=int, default=None,
                    help="perturbation steps (default: each metric's)")
