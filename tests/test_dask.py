@@ -688,8 +688,8 @@ def _other_isa():
 
     others = [i for i in ops.supported_isas() if i != ops.isa()]
     if not others:
-        pytest.skip("this CPU runs one instruction set only")
-    return others[-1]
+        pytest.skip("the client runs the generic kernels, the only ones this CPU has")
+    return "generic" if "generic" in others else others[0]
 
 
 def test_a_worker_of_another_relprop_or_isa_is_refused_in_every_task(digits, cnn):

@@ -15,7 +15,8 @@ of ``xgboost.dask`` and ``lightgbm.dask``.
   (relprop's results do not depend on the batch a sample is in, nor on thread counts).
 * The network travels to each worker once: it is one key of the graph (with a
   ``dask.distributed`` client, a future: the scheduler keeps one copy, each worker fetches it
-  once), and tasks hold only the key, so the graph does not grow with the model's size times
+  once, and later calls with the same network and client use it again while the network
+  lives), and tasks hold only the key, so the graph does not grow with the model's size times
   the chunks.
 * Small chunks share a task: Dask spends a few milliseconds around every task (scheduler,
   the worker's event loop, the hand-over to its thread), a fifth of a 10 ms chunk.  When the
