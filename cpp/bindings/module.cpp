@@ -717,6 +717,70 @@ CArray<T> activation_backward(const CArray<T>& g, const CArray<T>& x, int op, in
   return gx;
 }
 
+// The shapes of attention's operands (n, tq, heads*dk), (n, tk, heads*dk), (n, tk, heads*dv),
+// checked: {n, tq, tk, dk, dv}.
+template <typename T>
+std::array<idx, 5> attention_shapes(const CArray<T>& q, const CArray<T>& k, const CArray<T>& v,
+                                    idx heads, const char* what) {
+  check_ndim(q, 3, "q");
+  check_ndim(k, 3, "k");
+  check_ndim(v, 3, "v");
+  RELPROP_CHECK(heads > 0, what, ": heads must be > 0, got ", heads);
+  RELPROP_CHECK(k.shape(0) == q.shape(0) && v.shape(0) == q.shape(0) && k.shape(1) == v.shape(1) &&
+                    k.shape(2) == q.shape(2) && q.shape(2) % heads == 0 && v.shape(2) % heads == 0,
+                what, ": q (n, tq, heads*dk), k (n, tk, heads*dk) and v (n, tk, heads*dv) with ",
+                heads, " heads needed, got ", shape_text(q), ", ", shape_text(k), ", ",
+                shape_text(v));
+  return {q.shape(0), q.shape(1), k.shape(1), q.shape(2) / heads, v.shape(2) / heads};
+}
+
+// -> (out (n, tq, heads*dv), a (n, heads, tq, tk))
+template <typename T>
+py::tuple attention_forward(const CArray<T>& q, const CArray<T>& k, const CArray<T>& v, idx heads,
+                            double scale, int nthreads) {
+  const auto [n, tq, tk, dk, dv] = attention_shapes(q, k, v, heads, "attention_forward");
+  CArray<T> out = output<T>({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(tq),
+                             static_cast<py::ssize_t>(heads * dv)});
+  CArray<T> a = output<T>({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(heads),
+                           static_cast<py::ssize_t>(tq), static_cast<py::ssize_t>(tk)});
+  T *op = out.mutable_data(), *ap = a.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::attention_forward<T>(q.data(), k.data(), v.data(), op, ap, n, tq, tk, heads, dk, dv,
+                                  scale, nthreads);
+  }
+  return py::make_tuple(out, a);
+}
+
+// -> (gq, gk, gv), each None unless asked for
+template <typename T>
+py::tuple attention_backward(const CArray<T>& g, const CArray<T>& q, const CArray<T>& k,
+                             const CArray<T>& v, const CArray<T>& a, idx heads, double scale,
+                             bool want_q, bool want_k, bool want_v, int nthreads) {
+  const auto [n, tq, tk, dk, dv] = attention_shapes(q, k, v, heads, "attention_backward");
+  RELPROP_CHECK(g.ndim() == 3 && g.shape(0) == n && g.shape(1) == tq && g.shape(2) == heads * dv,
+                "attention_backward: grad must have the output's shape (", n, ", ", tq, ", ",
+                heads * dv, "), got ", shape_text(g));
+  RELPROP_CHECK(a.ndim() == 4 && a.shape(0) == n && a.shape(1) == heads && a.shape(2) == tq &&
+                    a.shape(3) == tk,
+                "attention_backward: a must have shape (", n, ", ", heads, ", ", tq, ", ", tk,
+                "), got ", shape_text(a));
+  CArray<T> gq, gk, gv;
+  T *qp = nullptr, *kp = nullptr, *vp = nullptr;
+  if (want_q) qp = (gq = like(q)).mutable_data();
+  if (want_k) kp = (gk = like(k)).mutable_data();
+  if (want_v) vp = (gv = like(v)).mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    relprop::attention_backward<T>(g.data(), q.data(), k.data(), v.data(), a.data(), qp, kp, vp,
+                                   n, tq, tk, heads, dk, dv, scale, nthreads);
+  }
+  auto out = [](bool want, const CArray<T>& x) -> py::object {
+    return want ? py::object(x) : py::object(py::none());
+  };
+  return py::make_tuple(out(want_q, gq), out(want_k, gk), out(want_v, gv));
+}
+
 // y[n, c, ...] = x[n, c, ...] * scale[c] + shift[c]
 template <typename T>
 CArray<T> channel_affine(const CArray<T>& x, const CArray<T>& scale, const py::object& shift,
@@ -978,6 +1042,13 @@ void define(py::module_& m) {
   m.def("layer_norm_backward", &layer_norm_backward<T>, nc("grad"), "x"_a, "weight"_a, "mean"_a,
         nc("rstd"), "outer"_a, "c"_a, "inner"_a, "frozen_std"_a, "nthreads"_a,
         "The gradient of layer_norm_forward w.r.t. x (frozen_std: with rstd held constant).");
+  m.def("attention_forward", &attention_forward<T>, nc("q"), nc("k"), nc("v"), "heads"_a,
+        "scale"_a, "nthreads"_a,
+        "q (n, tq, heads*dk), k (n, tk, heads*dk), v (n, tk, heads*dv) -> (out (n, tq, "
+        "heads*dv), a (n, heads, tq, tk)): per head softmax(scale q k^T) v and the weights.");
+  m.def("attention_backward", &attention_backward<T>, nc("grad"), nc("q"), nc("k"), nc("v"),
+        nc("a"), "heads"_a, "scale"_a, "want_q"_a, "want_k"_a, "want_v"_a, "nthreads"_a,
+        "The gradients of attention_forward w.r.t. q, k, v (None where not wanted).");
   m.def("relu_forward", &relu_forward<T>, nc("x"), "nthreads"_a);
   m.def("relu_backward", &relu_backward<T>, nc("grad"), nc("x"), "mode"_a, "nthreads"_a);
   m.def("lrp_divide", &lrp_divide<T>, nc("r"), nc("z"), "eps"_a, "nthreads"_a,

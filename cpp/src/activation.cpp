@@ -12,7 +12,6 @@
 namespace relprop {
 
 namespace detail {
-namespace {
 
 const ActImpl& active_act() {
   switch (active_isa()) {
@@ -28,6 +27,8 @@ const ActImpl& active_act() {
       return generic::act_f32;
   }
 }
+
+namespace {
 
 constexpr idx kBlock = 8192;  // elements per task
 constexpr idx kWork = 16;     // multiply-adds per element, roughly (threads_for's unit)

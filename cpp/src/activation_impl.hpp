@@ -14,6 +14,9 @@ struct ActImpl {
   void (*forward)(int op, const float* x, float* y, idx n);
   // gx[i] = g[i] * act'(x[i]) for i < n
   void (*backward)(int op, const float* g, const float* x, float* gx, idx n);
+  // The exponentials of a softmax row, in place: s[j] = exp(s[j] * scale - m) for j < n with
+  // m = max_j s[j] * scale (returned); a NaN stays NaN (attention.cpp normalizes the row)
+  float (*softmax_exp)(float* s, idx n, float scale);
 };
 
 namespace generic {
@@ -25,6 +28,9 @@ extern const ActImpl act_f32;
 namespace avx512 {
 extern const ActImpl act_f32;
 }
+
+// The loops of the active ISA (see relprop/cpu.hpp).
+const ActImpl& active_act();
 
 }  // namespace detail
 }  // namespace relprop

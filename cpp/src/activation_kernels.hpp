@@ -1,7 +1,8 @@
 // The float loops of the activation kernels, compiled once per ISA (activation_generic.cpp,
 // activation_avx2.cpp, activation_avx512.cpp): one `omp simd` loop per activation over the
 // scalar functions of activation_math.hpp, which the compiler vectorizes with the unit's
-// instruction set.  Internal linkage (see gemm_driver.hpp).
+// instruction set, and the exponentials of a softmax row (attention.cpp).  Internal linkage
+// (see gemm_driver.hpp).
 #pragma once
 #include "activation_impl.hpp"
 #include "activation_math.hpp"
@@ -62,7 +63,24 @@ void act_backward_any(int op, const float* g, const float* x, float* gx, idx n) 
   by_op<BackwardLoop>(op, g, x, gx, n);
 }
 
-constexpr ActImpl act_table(Isa isa) { return ActImpl{isa, act_forward_any, act_backward_any}; }
+float softmax_exp_loop(float* s, idx n, float scale) {
+  float m = -HUGE_VALF;
+#pragma omp simd reduction(max : m)
+  for (idx j = 0; j < n; ++j) {
+    const float v = s[j] * scale;
+    m = v > m ? v : m;
+  }
+#pragma omp simd
+  for (idx j = 0; j < n; ++j) {
+    const float v = s[j] * scale;
+    s[j] = v != v ? v : exp_f(v - m);
+  }
+  return m;
+}
+
+constexpr ActImpl act_table(Isa isa) {
+  return ActImpl{isa, act_forward_any, act_backward_any, softmax_exp_loop};
+}
 
 }  // namespace
 }  // namespace detail

@@ -95,6 +95,60 @@ def adaptive_avgpool2d_forward(x: _F64, out_hw: _Pair, nthreads: _Int) -> _F64:
     """
 
 @typing.overload
+def attention_backward(
+    grad: _F32,
+    q: _F32,
+    k: _F32,
+    v: _F32,
+    a: _F32,
+    heads: _Int,
+    scale: _Float,
+    want_q: bool,
+    want_k: bool,
+    want_v: bool,
+    nthreads: _Int,
+) -> tuple:
+    """
+    The gradients of attention_forward w.r.t. q, k, v (None where not wanted).
+    """
+
+@typing.overload
+def attention_backward(
+    grad: _F64,
+    q: _F64,
+    k: _F64,
+    v: _F64,
+    a: _F64,
+    heads: _Int,
+    scale: _Float,
+    want_q: bool,
+    want_k: bool,
+    want_v: bool,
+    nthreads: _Int,
+) -> tuple:
+    """
+    The gradients of attention_forward w.r.t. q, k, v (None where not wanted).
+    """
+
+@typing.overload
+def attention_forward(
+    q: _F32, k: _F32, v: _F32, heads: _Int, scale: _Float, nthreads: _Int
+) -> tuple:
+    """
+    q (n, tq, heads*dk), k (n, tk, heads*dk), v (n, tk, heads*dv) -> (out (n, tq, heads*dv), a (n,
+    heads, tq, tk)): per head softmax(scale q k^T) v and the weights.
+    """
+
+@typing.overload
+def attention_forward(
+    q: _F64, k: _F64, v: _F64, heads: _Int, scale: _Float, nthreads: _Int
+) -> tuple:
+    """
+    q (n, tq, heads*dk), k (n, tk, heads*dk), v (n, tk, heads*dv) -> (out (n, tq, heads*dv), a (n,
+    heads, tq, tk)): per head softmax(scale q k^T) v and the weights.
+    """
+
+@typing.overload
 def avgpool2d_backward(
     grad: _F32,
     in_hw: _Pair,

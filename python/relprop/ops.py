@@ -562,6 +562,69 @@ def layer_norm_backward(g, x, weight, mean, rstd, axis=-1, frozen_std=False):
                                      bool(frozen_std), _nt())
 
 
+def attention_forward(q, k, v, heads, scale=None):
+    """Multi-head scaled dot-product attention (the core of ``torch.nn.MultiheadAttention``,
+    without its projections): for each sample and head ``h`` (the columns ``[h d, (h + 1) d)``
+    of each operand), ``A = softmax(scale Q_h K_h^T)`` over each row and ``O_h = A V_h``.
+
+    Parameters
+    ----------
+    q : ndarray (n, tq, heads * dk), float32 or float64
+    k : ndarray (n, tk, heads * dk)
+    v : ndarray (n, tk, heads * dv)
+    heads : int
+    scale : float, optional
+        ``1 / sqrt(dk)`` by default (torch's).
+
+    Returns
+    -------
+    (out, a) : out (n, tq, heads * dv); a (n, heads, tq, tk) the attention weights, which
+    :func:`attention_backward` reads.
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not fit, heads < 1, a scale that is not finite.
+    TypeError
+        Arrays of different float dtypes.
+    """
+    q = _array(q, "q")
+    k, v = _like(k, q.dtype, "k", "q"), _like(v, q.dtype, "v", "q")
+    return _core.attention_forward(q, k, v, int(heads), _scale(scale, q, heads), _nt())
+
+
+def attention_backward(g, q, k, v, a, heads, scale=None, wanted="qkv"):
+    """The vector-Jacobian products of :func:`attention_forward` from ``g`` (shaped like its
+    output) and its weights ``a``: ``gV_h = A^T G_h``, ``gS = scale A (G_h V_h^T - rowsum(A G_h
+    V_h^T))``, ``gQ_h = gS K_h``, ``gK_h = gS^T Q_h``.  ``wanted`` names the ones to compute
+    ("v" alone skips the attention weights' gradient); the others come back as None.
+
+    Returns
+    -------
+    (gq, gk, gv) : shaped like q, k, v, or None.
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not fit.
+    TypeError
+        Arrays of different float dtypes.
+    """
+    g = _array(g, "g")
+    q, k, v, a = (_like(t, g.dtype, name, "g") for t, name in ((q, "q"), (k, "k"), (v, "v"),
+                                                               (a, "a")))
+    return _core.attention_backward(g, q, k, v, a, int(heads), _scale(scale, q, heads),
+                                    "q" in wanted, "k" in wanted, "v" in wanted, _nt())
+
+
+def _scale(scale, q, heads):
+    """The scale of attention's scores: ``scale``, or ``1 / sqrt(dk)`` (torch's default)."""
+    if scale is not None:
+        return float(scale)
+    dk = q.shape[-1] // max(int(heads), 1) if q.ndim else 0
+    return 1.0 / np.sqrt(dk) if dk > 0 else 1.0
+
+
 #: The smooth activations of :func:`activation_forward`, in the kernel's numbering.
 ACTIVATIONS = ("sigmoid", "silu", "tanh", "gelu", "gelu_tanh", "hardsigmoid", "hardswish")
 

@@ -320,6 +320,30 @@ void leaky_relu_backward(const T* g, const T* x, T* gx, idx size, double slope, 
 template <typename T>
 void relu_forward(const T* x, T* y, idx size, int nthreads);
 
+// Multi-head scaled dot-product attention (the core of torch.nn.MultiheadAttention, without
+// its projections): q (n, tq, heads*dk), k (n, tk, heads*dk), v (n, tk, heads*dv); for each
+// sample s and head h, with X_h the columns [h*d, (h+1)*d) of X[s],
+//   S = scale * Q_h K_h^T (tq x tk),  A = softmax of each row of S,  O_h = A V_h
+// into out (n, tq, heads*dv), and A into a (n, heads, tq, tk), kept for the backward pass.
+// Each (sample, head) is computed by one thread: the products on the GEMM core (each entry
+// summed in its fixed order), the softmax with a row's maximum subtracted, exp vectorized with
+// the active ISA (the activations' exp, activation_math.hpp: every ISA the same bits), the sum
+// in double in a fixed order and each quotient rounded once; so results do not depend on the
+// thread count or the batch.  A row holding a NaN gives NaN.
+template <typename T>
+void attention_forward(const T* q, const T* k, const T* v, T* out, T* a, idx n, idx tq, idx tk,
+                       idx heads, idx dk, idx dv, double scale, int nthreads);
+
+// Its vector-Jacobian products from g (n, tq, heads*dv), with A from attention_forward:
+//   gV_h = A^T G_h,  gA = G_h V_h^T,  gS = scale * A * (gA - rowsum(A * gA)),
+//   gQ_h = gS K_h,   gK_h = gS^T Q_h
+// (the row sums in double); any of gq, gk, gv may be null: not computed (LRP's CP rule needs
+// gV alone, and then neither gA nor gS is made).
+template <typename T>
+void attention_backward(const T* g, const T* q, const T* k, const T* v, const T* a, T* gq, T* gk,
+                        T* gv, idx n, idx tq, idx tk, idx heads, idx dk, idx dv, double scale,
+                        int nthreads);
+
 // Backward of ReLU with input x:  mode 0 gradient  g * (x > 0)
 //                                  mode 1 deconvnet max(g, 0)
 //                                  mode 2 guided    g * (x > 0) * (g > 0)

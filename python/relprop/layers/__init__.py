@@ -8,7 +8,8 @@ holds), registered by kind in :data:`LAYER_TYPES`; the families live in their ow
 * :mod:`~relprop.layers.activations` - ReLU, ReLU6;
 * :mod:`~relprop.layers.shape` - Flatten;
 * :mod:`~relprop.layers.merges` - Add, Concat;
-* :mod:`~relprop.layers.normalization` - BatchNorm1d/2d.
+* :mod:`~relprop.layers.normalization` - BatchNorm1d/2d, LayerNorm;
+* :mod:`~relprop.layers.attention` - Attention (multi-head scaled dot-product).
 
 Composites and rules read the layer types' slots (:func:`slot_types`), the importers build
 their dispatch tables from the registry (:func:`import_table`), the engine reads the fusion
@@ -16,7 +17,15 @@ traits, and ``relprop.reference`` keeps a twin per kind.
 """
 from __future__ import annotations
 
-from . import activations, linear, merges, normalization, pooling, shape  # noqa: F401 (registry)
+from . import (  # noqa: F401 (the registry)
+    activations,
+    attention,
+    linear,
+    merges,
+    normalization,
+    pooling,
+    shape,
+)
 from .activations import Elementwise  # noqa: F401
 from .base import (  # noqa: F401
     LAYER_TYPES,

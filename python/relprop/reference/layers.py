@@ -299,6 +299,14 @@ register_twin("concat", forward=lambda layer, *xs: np.concatenate(xs, axis=layer
               backward=_concat_backward)
 
 
+register_twin("attention",
+              forward=lambda layer, q, k, v: ops.attention_forward(q, k, v, layer.heads,
+                                                                   layer.scale)[0],
+              backward=lambda layer, g, xs, mode: list(ops.attention_backward(
+                  g, *xs, ops.attention_forward(*xs, layer.heads, layer.scale)[1], layer.heads,
+                  layer.scale)))
+
+
 def _affine(layer, dtype):
     """``(s, t)`` of an unfolded BatchNorm: ``y = x * s + t`` per channel."""
     s = layer.scale / np.sqrt(layer.var + layer.eps)

@@ -337,6 +337,47 @@ def layer_norm_backward(g, x, weight, mean, rstd, axis=-1, frozen_std=False):
     return gx.astype(g.dtype)
 
 
+def _heads(t, heads):
+    """(n, t, heads * d) -> (n, heads, t, d) in float64."""
+    n, tokens, width = t.shape
+    return np.asarray(t, np.float64).reshape(n, tokens, heads, width // heads).transpose(0, 2, 1, 3)
+
+
+def _merge(t):
+    """(n, heads, t, d) -> (n, t, heads * d)."""
+    n, heads, tokens, d = t.shape
+    return t.transpose(0, 2, 1, 3).reshape(n, tokens, heads * d)
+
+
+def _attention_scale(q, heads, scale):
+    return 1.0 / np.sqrt(q.shape[-1] // heads) if scale is None else float(scale)
+
+
+def attention_forward(q, k, v, heads, scale=None):
+    """Per head ``A = softmax(scale Q K^T)`` (each row), ``O = A V``, from the definition."""
+    s = _attention_scale(q, heads, scale) * np.einsum("nhid,nhjd->nhij", _heads(q, heads),
+                                                       _heads(k, heads))
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    a = e / e.sum(axis=-1, keepdims=True)
+    out = np.einsum("nhij,nhjd->nhid", a, _heads(v, heads))
+    return _merge(out).astype(q.dtype), a.astype(q.dtype)
+
+
+def attention_backward(g, q, k, v, a, heads, scale=None, wanted="qkv"):
+    """The gradients of :func:`attention_forward`, the softmax's through its Jacobian
+    ``diag(A) - A A^T`` per row."""
+    scale = _attention_scale(q, heads, scale)
+    gh, qh, kh, vh = (_heads(t, heads) for t in (g, q, k, v))
+    a = np.asarray(a, np.float64)
+    # jac[..., i, j, k] = dA_ij / dS_ik = A_ij (delta_jk - A_ik)
+    jac = a[..., :, :, None] * (np.eye(a.shape[-1]) - a[..., :, None, :])
+    ga = np.einsum("nhid,nhjd->nhij", gh, vh)
+    gs = scale * np.einsum("nhijk,nhij->nhik", jac, ga)
+    out = {"q": np.einsum("nhij,nhjd->nhid", gs, kh), "k": np.einsum("nhij,nhid->nhjd", gs, qh),
+           "v": np.einsum("nhij,nhid->nhjd", a, gh)}
+    return tuple(_merge(out[c]).astype(g.dtype) if c in wanted else None for c in "qkv")
+
+
 def _erfc(v):
     """erfc element by element (NumPy has none; the C library's, through math)."""
     import math
