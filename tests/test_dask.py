@@ -467,6 +467,10 @@ METRIC_CASES = {  # small settings; metrics that draw, that re-explain, batch st
     "model_parameter_randomization": dict(method="gradient", order="independent"),
     "pointing_game": dict(),
     "completeness": dict(fill="uniform"),
+    # re-explaining with a method that draws: each row's draws are its sample's
+    "max_sensitivity/smoothgrad": dict(method="smoothgrad", n=2, runs=2, seed=4),
+    "random_logit/smoothgrad": dict(method="smoothgrad", n=2),
+    "model_parameter_randomization/smoothgrad": dict(method="smoothgrad", n=2, nodes=["0"]),
 }
 
 
@@ -479,10 +483,11 @@ def test_metrics_give_the_in_process_bits(digits, cnn, name):
     R = rp.explain(cnn, x, pred, method="gradient_x_input")
     masks = (x > 0.5).astype(np.float32)
     extra = (masks,) if name == "pointing_game" else ()
+    name, kw = name.split("/")[0], METRIC_CASES[name]
     fn = getattr(rp.metrics, name)
-    want = fn(cnn, x, R, pred, *extra, **METRIC_CASES[name])
+    want = fn(cnn, x, R, pred, *extra, **kw)
     got = rd.metric(name, cnn, chunked(x, (40, 1, 59)), da.from_array(R, chunks=30), "pred",
-                    *(da.from_array(m, chunks=25) for m in extra), **METRIC_CASES[name])
+                    *(da.from_array(m, chunks=25) for m in extra), **kw)
     assert type(got) is type(want)
     for field in type(want).per_sample_fields():
         value = getattr(got, field)

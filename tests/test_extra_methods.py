@@ -59,8 +59,9 @@ def test_smoothgrad_float32_and_explain(rng):
 def test_smoothgrad_bits_depend_on_the_seed_and_sample_index_only(rng):
     """Sample i's noise comes from (seed, sample_offset + i): the same bits for any batch
     size (a sample's copies cut between batches of rows included), thread count, and for any
-    slice of the input explained with its offset; identical samples at other indices get other
-    noise; a Generator seed still works in-process (blocks drawn sample after sample)."""
+    slice of the input explained with its offset, samples in any order with their indices;
+    identical samples at other indices get other noise; a Generator seed still works
+    in-process (blocks drawn sample after sample)."""
     net = rp.models.digits_cnn()
     x = rp.models.digits_data()[0][:23]
     x[7] = x[3]
@@ -81,6 +82,9 @@ def test_smoothgrad_bits_depend_on_the_seed_and_sample_index_only(rng):
             for a, b in ((0, 4), (4, 5), (5, 23), (11, 17)):
                 got = rp.explain(net, x[a:b], "pred", "smoothgrad", sample_offset=a, **kw)
                 np.testing.assert_array_equal(got, whole[a:b], strict=True)
+            pick = [11, 3, 3, 20]  # each sample's own index: its noise in the whole
+            got = rp.smoothgrad(net, x[pick], "pred", sample_offset=pick, batch_size=4, **kw)
+            np.testing.assert_array_equal(got, whole[pick], strict=True)
     finally:
         rp.set_num_threads(old)
     g = rp.smoothgrad(net, x, 1, n=5, sigma=0.3, seed=np.random.default_rng(4), batch_size=4)

@@ -22,8 +22,15 @@ def cnn():
 
 
 METHOD = {"method": "gradient_x_input"}
-#: Every metric that draws random numbers, with small settings.
+#: ... re-explaining with a method that draws random numbers too
+SMOOTHGRAD = {"method": "smoothgrad", "n": 2}
+#: Every metric that draws random numbers, with small settings ("name/method": the metric
+#: re-explaining with that method).
 RANDOM = {
+    "max_sensitivity/smoothgrad": dict(runs=3, **SMOOTHGRAD),
+    "local_lipschitz_estimate/smoothgrad": dict(runs=2, **SMOOTHGRAD),
+    "random_logit/smoothgrad": dict(**SMOOTHGRAD),
+    "model_parameter_randomization/smoothgrad": dict(nodes=["0"], **SMOOTHGRAD),
     "pixel_flipping": dict(steps=8, fill="uniform"),
     "faithfulness_correlation": dict(runs=5, subset=6),
     "monotonicity_correlation": dict(steps=4, runs=3),
@@ -42,7 +49,7 @@ def test_draws_depend_on_the_sample_index_only(cnn, name):
     """A slice with its sample_offset gets the rows of the whole call, and the batch size
     changes nothing: the same bits."""
     net, x, R = cnn
-    fn, kw = getattr(M, name), RANDOM[name]
+    fn, kw = getattr(M, name.split("/")[0]), RANDOM[name]
     t = np.array([0, 1, 2, 3, 0, 1])
     whole = fn(net, x, R, t, seed=5, **kw)
     part = fn(net, x[2:], R[2:], t[2:], seed=5, sample_offset=2, batch_size=3, **kw)
@@ -53,6 +60,28 @@ def test_draws_depend_on_the_sample_index_only(cnn, name):
         changed |= not np.array_equal(getattr(other, field), getattr(whole, field),
                                       equal_nan=True)
     assert changed
+
+
+def test_a_random_method_re_explains_each_sample_with_its_draws(cnn):
+    """A metric that re-explains with SmoothGrad draws the noise of every row, perturbed copies
+    included, as its sample's (seed, sample_offset + i): unperturbed, the re-explanation is R
+    itself, for any batch size (the method used to draw a fresh seed on every call, so no two
+    runs agreed and the change was never zero)."""
+    net, x, R = cnn
+    t = np.array([0, 1, 2, 3])
+    kw = dict(seed=5, sample_offset=2, batch_size=3, method="smoothgrad", n=3)
+    R = rp.smoothgrad(net, x[2:], t, n=3, seed=5, sample_offset=2)
+    for fn in (M.max_sensitivity, M.avg_sensitivity):
+        assert_array_equal(fn(net, x[2:], R, t, runs=2, radius=0.0, **kw).values, 0.0)
+    assert_array_equal(M.local_lipschitz_estimate(net, x[2:], R, t, runs=2, std=0.0,
+                                                  **kw).values, 0.0)
+    mprt = M.model_parameter_randomization(net, x[2:], R, t, nodes=[], similarity_func="pearson",
+                                           absolute=False, **kw)
+    assert_allclose(mprt.similarities[:, 0], 1.0, rtol=1e-12)  # "original": R again
+    other = np.array([1, 2, 3, 0])  # R of the other classes: what random_logit re-explains
+    Rc = rp.smoothgrad(net, x[2:], other, n=3, seed=5, sample_offset=2)
+    assert_allclose(M.random_logit(net, x[2:], Rc, t, classes=other, **kw).scores, 1.0,
+                    rtol=1e-12)
 
 
 def test_default_subsets_are_the_documented_draws(cnn):

@@ -51,3 +51,17 @@ def test_check_offset():
         _random.check_offset(-2)
     with pytest.raises(TypeError, match="sample_offset must be an int"):
         _random.check_offset(2.0)
+
+
+def test_sample_indices():
+    np.testing.assert_array_equal(_random.sample_indices(np.int64(3), 4), [3, 4, 5, 6])
+    np.testing.assert_array_equal(_random.sample_indices([7, 7, 2], 3), [7, 7, 2])
+    assert _random.sample_indices(np.arange(2, dtype=np.uint8), 2).dtype == np.int64
+    for bad, err, match in [(2.0, TypeError, "an int .* or an array of ints"),
+                            (np.array([1.0, 2.0]), TypeError, "an array of ints"),
+                            (True, TypeError, "an array of ints"),
+                            ([1, 2], ValueError, r"shape \(3,\) for 3 samples"),
+                            ([1, -1, 0], ValueError, "sample_offset must be >= 0"),
+                            (-1, ValueError, "sample_offset must be >= 0")]:
+        with pytest.raises(err, match=match):
+            _random.sample_indices(bad, 3)

@@ -10,7 +10,10 @@ which is the ``i``-th child of ``SeedSequence(seed).spawn(...)`` (NumPy's docume
 make independent streams), so a user can reproduce any sample's draws with NumPy alone.
 ``i`` is the sample's index in the whole input: an in-process call on a slice of a dataset
 passes ``sample_offset=`` (the index of its first sample); streaming, ``--workers`` and
-``relprop.dask`` pass the chunk's offset.  ``stream`` separates the draws of different kinds
+``relprop.dask`` pass the chunk's offset.  A call whose samples are not consecutive in the
+whole input (a metric re-explaining perturbed copies, several per sample) passes each
+sample's index instead (``sample_offset=`` an int array, :func:`sample_indices`).  ``stream``
+separates the draws of different kinds
 for one sample (a metric's subsets and its noise).  Chunk size, batch size, workers, threads
 and resume therefore never change a draw.
 
@@ -57,6 +60,27 @@ def check_offset(sample_offset):
     if sample_offset < 0:
         raise ValueError(f"sample_offset must be >= 0, got {sample_offset}")
     return int(sample_offset)
+
+
+def sample_indices(sample_offset, n):
+    """The indices in the whole input of a call's ``n`` samples, int64 ``(n,)``:
+    ``sample_offset + arange(n)`` for an int, or ``sample_offset`` itself as each sample's index
+    (a sequence of ``n`` ints >= 0)."""
+    if isinstance(sample_offset, (numbers.Integral, np.integer)) and not isinstance(
+            sample_offset, (bool, np.bool_)):
+        return check_offset(sample_offset) + np.arange(n, dtype=np.int64)
+    idx = np.asarray(sample_offset) if isinstance(sample_offset, (list, tuple, np.ndarray)) \
+        else None
+    if idx is None or idx.dtype.kind not in "iu":
+        raise TypeError(f"sample_offset must be an int (the first sample's index) or an array "
+                        f"of ints (each sample's index), got {type(sample_offset).__name__}"
+                        + ("" if idx is None else f" of {idx.dtype}"))
+    if idx.shape != (n,):
+        raise ValueError(f"sample_offset as an array holds each sample's index: shape ({n},) "
+                         f"for {n} samples, got {idx.shape}")
+    if n and idx.min() < 0:
+        raise ValueError(f"sample_offset must be >= 0, got {int(idx.min())}")
+    return idx.astype(np.int64)
 
 
 def sample_rng(seed, index, *stream) -> np.random.Generator:

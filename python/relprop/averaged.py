@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import batch_rows, finite_result, predicted, row_targets
-from ._random import check_offset, check_seed, sample_rng
+from ._random import check_seed, sample_indices, sample_rng
 from ._validate import as_float_array, as_int, as_scalar, check_size
 from .engine import gradient_pass
 
@@ -58,18 +58,18 @@ def averaged_gradient(net, x, target, points, weights, batch_size=None):
 
 
 class _NoiseBlocks:
-    """SmoothGrad's noise: sample ``i`` (``offset + i`` in the whole input) gets its ``n``
+    """SmoothGrad's noise: sample ``i`` (``index[i]`` in the whole input) gets its ``n``
     copies' noise as one block of standard normals ``(n, *shape)`` (float64) from its own
     stream (:mod:`relprop._random`); the last block is kept, since a sample's copies may
     straddle two chunks of rows."""
 
-    def __init__(self, seed, offset, n, shape):
-        self.seed, self.offset, self.size = seed, offset, (n,) + tuple(shape)
+    def __init__(self, seed, index, n, shape):
+        self.seed, self.index, self.size = seed, index, (n,) + tuple(shape)
         self.last = (None, None)
 
     def block(self, i):
         if self.last[0] != i:
-            self.last = (i, sample_rng(self.seed, self.offset + i).standard_normal(self.size))
+            self.last = (i, sample_rng(self.seed, self.index[i]).standard_normal(self.size))
         return self.last[1]
 
     def rows(self, i, k):
@@ -106,9 +106,11 @@ def smoothgrad(net, x, target, n=16, sigma=0.15, seed=None, *, sample_offset=0,
         i,)))`` (:mod:`relprop._random`), so its noise depends only on the seed and its index
         in the whole input: never on ``batch_size``, threads, or how the input was cut.  A
         Generator gives the samples' blocks in order; None draws a fresh int seed.
-    sample_offset : int
+    sample_offset : int or int array (n_samples,)
         The index of ``x[0]`` in the whole input (for a slice of a dataset explained on its
-        own: the same noise as in the whole).
+        own: the same noise as in the whole); or each sample's index (for samples that are not
+        consecutive, e.g. a metric's perturbed copies of one sample: each gets its sample's
+        noise).
     batch_size : int, optional
         Rows of the expanded batch (``n_samples * n`` noisy copies) per batched gradient pass;
         bounds memory (default: :func:`relprop.default_batch_size` of ``net``).
@@ -122,9 +124,10 @@ def smoothgrad(net, x, target, n=16, sigma=0.15, seed=None, *, sample_offset=0,
     Raises
     ------
     TypeError
-        A seed or offset that is not an int (or, for the seed, a Generator).
+        A seed that is not an int (or a Generator), an offset that is not an int (or ints).
     ValueError
-        A negative seed or offset, ``n < 1``, ``sigma < 0``, or NaN/Inf in ``x``.
+        A negative seed or offset, an offset array not of ``n_samples`` indices, ``n < 1``,
+        ``sigma < 0``, or NaN/Inf in ``x``.
 
     References
     ----------
@@ -133,7 +136,7 @@ def smoothgrad(net, x, target, n=16, sigma=0.15, seed=None, *, sample_offset=0,
     x = net.check_input(x, check_finite)
     n = as_int(n, "n", minimum=1)
     sigma = as_scalar(sigma, "sigma", minimum=0.0)
-    noise = _NoiseBlocks(check_seed(seed), check_offset(sample_offset), n, x.shape[1:])
+    noise = _NoiseBlocks(check_seed(seed), sample_indices(sample_offset, len(x)), n, x.shape[1:])
     flat = x.reshape(len(x), -1)
     scale = sigma * (flat.max(axis=1).astype(np.float64) - flat.min(axis=1))
     scale = scale.reshape((-1,) + (1,) * (x.ndim - 1))

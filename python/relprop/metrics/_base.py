@@ -216,6 +216,20 @@ def fill_values(x, fill, seed=0, sample_offset=0, *, chunked=None):
     return f
 
 
+def method_draws(method, seed, index):
+    """The arguments that make ``method``, if it draws random numbers (SmoothGrad: it takes
+    ``sample_offset``), draw those of each re-explained row from its sample's stream:
+    ``seed`` (the metric's) and ``sample_offset=index`` (the rows' sample indices in the whole
+    input, repeated for a sample's perturbed copies).  A row re-explained unperturbed then gets
+    ``R``'s bits when ``R`` is the method's with the same seed, whatever the batch or chunk;
+    ``{}`` for a deterministic method."""
+    from ..methods import parameters
+
+    if "sample_offset" not in (parameters(method) or {}):
+        return {}
+    return {"seed": seed, "sample_offset": index}
+
+
 def rows_of(a, i):
     """Rows ``i`` of ``a``, an array with a row per sample or one broadcast to all."""
     return a[i] if a.ndim and a.shape[0] != 1 else a

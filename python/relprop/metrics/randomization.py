@@ -15,7 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._random import check_offset, check_seed, sample_rng
-from ._base import Result, Target, batch_field, check_choice, check_inputs, like, similarity
+from ._base import (
+    Result,
+    Target,
+    batch_field,
+    check_choice,
+    check_inputs,
+    like,
+    method_draws,
+    similarity,
+)
 
 LAYER_ORDERS = ("top_down", "bottom_up", "independent")
 
@@ -31,11 +40,12 @@ def _similarities(R, Rp, absolute, compare):
     return compare(a, b)
 
 
-def _explain(net, x, t, method, batch_size, params):
+def _explain(net, x, t, method, batch_size, params, seed, first):
+    """``x`` explained by ``method`` (a random one's draws from ``(seed, first + i)``)."""
     from ..methods import explain
 
     return explain(net, x, t.rows(np.arange(len(x))), method=method, batch_size=batch_size,
-                   **params)
+                   **params, **method_draws(method, seed, first))
 
 
 @dataclass
@@ -59,8 +69,8 @@ class MPRT(Result):
 
 def model_parameter_randomization(net, x, R, target, method="lrp.epsilon_plus_flat", *,
                                   order="top_down", nodes=None, nets=None, seed=0,
-                                  similarity_func="spearman", absolute=True, batch_size=None,
-                                  check_finite=True, **params):
+                                  sample_offset=0, similarity_func="spearman", absolute=True,
+                                  batch_size=None, check_finite=True, **params):
     """Model parameter randomization test [Adebayo2018]_ (MPRT): randomize the network's
     parameters node by node and compare ``R`` with the explanation of each randomized network.
 
@@ -86,8 +96,13 @@ def model_parameter_randomization(net, x, R, target, method="lrp.epsilon_plus_fl
     nets : iterable of (name, network), optional
         The randomized networks themselves, instead of ``net.randomized`` (e.g. Quantus's
         randomized torch model imported at each step with :func:`relprop.from_torch`).
-    seed : int
-        Seeds :meth:`relprop.Graph.randomized`.
+    seed : int or None
+        Seeds :meth:`relprop.Graph.randomized` (None: one int drawn for every step) and a
+        method that draws random numbers (SmoothGrad): sample ``i`` draws from ``(seed,
+        sample_offset + i)`` on every network, as ``relprop.explain(..., seed=seed,
+        sample_offset=sample_offset)`` of ``x``.
+    sample_offset : int
+        The index of ``x[0]`` in the whole input.
     similarity_func : "spearman", "pearson" or "ssim"
         Spearman's rank correlation by default (as Quantus's MPRT).
     absolute : bool
@@ -104,6 +119,7 @@ def model_parameter_randomization(net, x, R, target, method="lrp.epsilon_plus_fl
     check_choice(order, "order", LAYER_ORDERS)
     compare = similarity(similarity_func)
     t = Target(net, x, target, False, batch_size)
+    seed, first = check_seed(seed), check_offset(sample_offset)
     if nets is None:
         if nodes is None:
             nodes = [node.name for node in net.nodes if node.layer.arrays()]
@@ -114,10 +130,11 @@ def model_parameter_randomization(net, x, R, target, method="lrp.epsilon_plus_fl
         else:
             nets = ((name, net.randomized(steps[:k + 1], seed)) for k, name in enumerate(steps))
     names, sims = ["original"], [_similarities(R, _explain(net, x, t, method, batch_size,
-                                                           params), absolute, compare)]
+                                                           params, seed, first),
+                                               absolute, compare)]
     for name, randomized in nets:
         names.append(name)
-        Rp = _explain(randomized, x, t, method, batch_size, params)
+        Rp = _explain(randomized, x, t, method, batch_size, params, seed, first)
         sims.append(_similarities(R, Rp, absolute, compare))
     sims = np.stack(sims, axis=1)
     return MPRT(sims[:, -1], "lower", sims, names)
@@ -147,6 +164,8 @@ def random_logit(net, x, R, target, method="lrp.epsilon_plus_flat", *, classes=N
     classes : int array (n,), optional
         The other classes to explain; by default drawn from ``(seed, sample_offset + i)``.
     seed, sample_offset : int
+        Also seed a method that draws random numbers (SmoothGrad), sample ``i`` from ``(seed,
+        sample_offset + i)`` as ``relprop.explain(..., seed=seed, sample_offset=...)``.
     similarity_func : "ssim", "spearman" or "pearson"
     absolute : bool
         Compare absolute values.
@@ -163,8 +182,8 @@ def random_logit(net, x, R, target, method="lrp.epsilon_plus_flat", *, classes=N
     n, n_out = len(x), t.n_out
     if n_out < 2:
         raise ValueError("random_logit needs at least two outputs")
+    s, first = check_seed(seed), check_offset(sample_offset)
     if classes is None:
-        s, first = check_seed(seed), check_offset(sample_offset)
         drawn = np.array([sample_rng(s, first + i).integers(n_out - 1) for i in range(n)])
         classes = drawn + (drawn >= own)  # the d-th of the classes other than the target
     else:
@@ -175,7 +194,8 @@ def random_logit(net, x, R, target, method="lrp.epsilon_plus_flat", *, classes=N
             raise ValueError(f"classes must be classes 0..{n_out - 1} other than the target")
     from ..methods import explain
 
-    Rp = explain(net, x, classes, method=method, batch_size=batch_size, **params)
+    Rp = explain(net, x, classes, method=method, batch_size=batch_size, **params,
+                 **method_draws(method, s, first))
     return RandomLogit(_similarities(R, Rp, absolute, compare), "lower", classes)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._random import check_offset, check_seed, sample_rng
 from .._validate import as_int, as_scalar
-from ._base import NOISE, Result, Target, check_inputs, like, rows_per_pass
+from ._base import NOISE, Result, Target, check_inputs, like, method_draws, rows_per_pass
 
 
 @dataclass
@@ -29,10 +29,10 @@ class Sensitivity(Result):
     values: np.ndarray
 
 
-def _noise_rows(x, runs, noise, draw, seed, sample_offset):
+def _noise_rows(x, runs, noise, draw, seed, first):
     """``noise(i, r)``: the perturbation of rows ``(i, r)``, from the array ``noise`` (n, runs,
-    *shape) or drawn by ``draw(rng, shape)`` from ``(seed, sample_offset + i)``, stream (NOISE,
-    r)."""
+    *shape) or drawn by ``draw(rng, shape)`` from ``(seed, first + i)``, stream (NOISE, r)
+    (``seed`` and ``first`` checked)."""
     n = len(x)
     if noise is not None:
         noise = np.asarray(noise, dtype=np.float64)
@@ -40,7 +40,6 @@ def _noise_rows(x, runs, noise, draw, seed, sample_offset):
             raise ValueError(f"noise has shape {noise.shape}, must be (n, runs, *x.shape[1:]) = "
                              f"{(n, runs) + x.shape[1:]}")
         return lambda i, r: noise[i, r]
-    seed, first = check_seed(seed), check_offset(sample_offset)
     return lambda i, r: np.stack([draw(sample_rng(seed, first + a, NOISE, b), x.shape[1:])
                                   for a, b in zip(i, r)])
 
@@ -49,12 +48,14 @@ def _robustness(net, x, R, target, method, runs, noise, draw, seed, sample_offse
                 reduce, nan_on_change, batch_size, check_finite, params):
     """``reduce`` over the runs of ``change(R rows, re-explanations, x rows, perturbed rows)``,
     the perturbed rows ``x + noise`` explained by ``method`` (``noise`` and ``draw`` as for
-    :func:`_noise_rows`)."""
+    :func:`_noise_rows`; a method that draws random numbers draws a row's as its sample's,
+    :func:`method_draws`)."""
     from ..methods import explain
 
     x, R = check_inputs(net, x, R, check_finite)
     runs = as_int(runs, "runs", minimum=1)
-    noise_rows = _noise_rows(x, runs, noise, draw, seed, sample_offset)
+    seed, first = check_seed(seed), check_offset(sample_offset)
+    noise_rows = _noise_rows(x, runs, noise, draw, seed, first)
     t = Target(net, x, target, False, batch_size)
     pred = t.output.argmax(axis=1)
     n = len(x)
@@ -67,7 +68,7 @@ def _robustness(net, x, R, target, method, runs, noise, draw, seed, sample_offse
         i, r = rows // runs, rows % runs
         xp = (x[i].astype(np.float64) + noise_rows(i, r)).astype(x.dtype)
         Rp = like(explain(net, xp, t.rows(i), method=method, batch_size=batch_size,
-                               **params), R.shape[1:])
+                          **params, **method_draws(method, seed, first + i)), R.shape[1:])
         values[rows] = change(flat_R[i], Rp.reshape(len(rows), -1).astype(np.float64),
                               x[i].reshape(len(rows), -1), xp.reshape(len(rows), -1))
         if nan_on_change:
@@ -113,6 +114,11 @@ def max_sensitivity(net, x, R, target, method="lrp.epsilon_plus_flat", *, runs=2
     noise : array (n, runs, *input_shape), optional
         The perturbations themselves; by default drawn from ``(seed, sample_offset + i)``.
     seed, sample_offset : int
+        Sample ``i`` draws its perturbations from ``(seed, sample_offset + i)``; a method that
+        draws random numbers (SmoothGrad) draws those of every perturbed copy of sample ``i``
+        from there too (its stream, as ``relprop.explain(..., seed=seed,
+        sample_offset=sample_offset)`` of ``x``), so that the change measures the perturbation
+        alone, whatever the batch or chunk.
     nan_on_change : bool
         Leave out (NaN) the runs whose perturbation changes the predicted class (Quantus's
         ``return_nan_when_prediction_changes``; the maximum is then over the others).
