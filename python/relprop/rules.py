@@ -433,8 +433,8 @@ class Norm(Rule):
 @register_rule("winner_take_all")
 @dataclass(frozen=True)
 class WinnerTakeAll(Rule):
-    """For MaxPool2d: all relevance of a window goes to its winning input (the gradient, with
-    the winners of the forward pass)."""
+    """For max poolings (2-D, 1-D): all relevance of a window goes to its winning input (the
+    gradient, with the winners of the forward pass)."""
 
     applies_to = ("maxpool",)
 

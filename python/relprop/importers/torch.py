@@ -534,8 +534,9 @@ def from_torch(module, input_shape, *, check=True, rtol=CHECK_RTOL):
         ``F.interpolate`` (nearest, bilinear), ``F.conv_transpose2d`` and ``F.conv1d`` with the
         module's parameters and dropout. Layers: Linear, Conv2d, ConvTranspose2d and Conv1d
         (groups, dilation, symmetric padding; output padding), ReLU, ReLU6, LeakyReLU, PReLU,
-        Hardtanh, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d (the identity where the output size is
-        the input's, a global or fixed average pooling where it divides the input), Upsample and
+        Hardtanh, MaxPool1d/2d, AvgPool1d/2d, AdaptiveAvgPool1d/2d (the identity where the
+        output size is the input's, a global or fixed average pooling where it divides the
+        input), Upsample and
         UpsamplingNearest2d/Bilinear2d, Flatten, Unflatten, ZeroPad1d/2d/3d, ConstantPad1d/2d/3d
         (zeros), BatchNorm1d/2d (folded into the Dense/Conv1d/Conv2d before it where nothing
         else reads that layer's output, else an affine node), Dropout and Identity (skipped).

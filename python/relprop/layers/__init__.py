@@ -4,7 +4,8 @@ Each layer class is the one description of its type (:mod:`relprop.layers.base` 
 holds), registered by kind in :data:`LAYER_TYPES`; the families live in their own modules:
 
 * :mod:`~relprop.layers.linear` - Dense, Conv2d (weights; the GEMM and convolution kernels);
-* :mod:`~relprop.layers.pooling` - MaxPool2d, AvgPool2d, GlobalAvgPool2d, AdaptiveAvgPool2d;
+* :mod:`~relprop.layers.pooling` - MaxPool2d, AvgPool2d, GlobalAvgPool2d, AdaptiveAvgPool2d
+  and their 1-D forms;
 * :mod:`~relprop.layers.activations` - ReLU, ReLU6;
 * :mod:`~relprop.layers.shape` - Flatten;
 * :mod:`~relprop.layers.merges` - Add, Concat;

@@ -276,6 +276,17 @@ def window_out(layer, hw, k, s, p):
     return (oh, ow)
 
 
+def single(v, name, ctx):
+    """A torch call's 1-D argument (an int or a 1-tuple) as an int (ValueError naming the call
+    for anything else)."""
+    v = ctx.constant(v, name)
+    if isinstance(v, (tuple, list)):
+        if len(v) != 1:
+            raise ctx.error(f"{name}={v} is not a 1-D value")
+        v = v[0]
+    return v
+
+
 def plane_window(attrs):
     """The ONNX window attributes ``attrs`` of a 1-D Conv or pooling (``kernel_shape`` ``[k]``,
     ``strides``, ``dilations``, ``pads`` ``[begin, end]``) rewritten in place as those of the

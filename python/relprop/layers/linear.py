@@ -21,6 +21,7 @@ from .base import (
     plane_window,
     read_only,
     register_layer,
+    single,
     window_out,
 )
 from .pooling import MaxPool2d
@@ -886,26 +887,16 @@ def _conv1d(ctx, weight, bias, stride, padding, dilation, groups, padding_mode="
         raise ctx.error(str(exc)) from None
 
 
-def _int1(v, name, ctx):
-    """A torch 1-D argument (an int or a 1-tuple) as an int."""
-    v = ctx.constant(v, name)
-    if isinstance(v, (tuple, list)):
-        if len(v) != 1:
-            raise ctx.error(f"{name}={v} is not a 1-D value")
-        v = v[0]
-    return v
-
-
 def _torch_conv1d_function(a, ctx):
     w = ctx.parameter(a["weight"], "weight")
     if w.ndim != 3:
         raise ctx.error(f"conv1d weight must be 3-D, got shape {w.shape}")
-    dilation = _int1(a["dilation"], "dilation", ctx)
+    dilation = single(a["dilation"], "dilation", ctx)
     padding = a["padding"]
     if isinstance(padding, str):
         padding = _torch_padding(padding, w.shape[2:], (dilation,), ctx)
     return _conv1d(ctx, w, None if a["bias"] is None else ctx.parameter(a["bias"], "bias"),
-                   _int1(a["stride"], "stride", ctx), _int1(padding, "padding", ctx), dilation,
+                   single(a["stride"], "stride", ctx), single(padding, "padding", ctx), dilation,
                    ctx.constant(a["groups"], "groups"))
 
 

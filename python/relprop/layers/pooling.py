@@ -1,4 +1,6 @@
-"""Pooling and upsampling: MaxPool2d, AvgPool2d, GlobalAvgPool2d, AdaptiveAvgPool2d, Upsample.
+"""Pooling and upsampling: MaxPool2d, AvgPool2d, GlobalAvgPool2d, AdaptiveAvgPool2d, their 1-D
+forms MaxPool1d, AvgPool1d, AdaptiveAvgPool1d (signals: the 2-D kernels on (c, 1, L) planes),
+and Upsample.
 
 A pooling whose window is one element moved one element at a time is the identity, and every
 importer skips it alike (:func:`pool_layer`, :func:`adaptive_avg_pool`); likewise an importer
@@ -9,17 +11,20 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
-from .._validate import as_pair
+from .._validate import as_int, as_pair
 from .base import (
     Layer,
     OnnxOp,
     TorchFunction,
     TorchMethod,
     TorchModule,
+    cfg_int,
     cfg_pair,
     numel,
     pair_text,
+    plane_window,
     register_layer,
+    single,
     window_out,
 )
 
@@ -39,18 +44,36 @@ def pool_size(n, k, s, p, ceil_mode):
     return out - 1 if ceil_mode and (out - 1) * s >= n + p else max(out, 0)
 
 
+def _plane(rank, kernel, stride, padding):
+    """A window as pairs: a 1-D pooling's (ints) on the (1, L) planes its kernels run on."""
+    if rank == 2:
+        return tuple(kernel), tuple(stride), tuple(padding)
+    return (1, kernel), (1, stride), (0, padding)
+
+
+def _text(v):
+    return pair_text(v) if isinstance(v, tuple) else str(v)
+
+
 class Pool(Layer):
-    """A pooling window: ``kernel_size``, ``stride`` (default: the kernel size), ``padding``
-    (at most half the kernel) and ``ceil_mode`` (torch's: output sizes rounded up instead of
-    down, less a last window that would start past the input and its left padding; the last
-    windows may then reach past the padding, where they read nothing)."""
+    """A pooling window over a sample's last ``rank`` axes (2: pairs, 1: ints): ``kernel_size``,
+    ``stride`` (default: the kernel size), ``padding`` (at most half the kernel) and
+    ``ceil_mode`` (torch's: output sizes rounded up instead of down, less a last window that
+    would start past the input and its left padding; the last windows may then reach past the
+    padding, where they read nothing).  A 1-D pooling runs the 2-D kernels on its samples seen
+    as ``(c, 1, L)`` planes (views), the window ``(1, k)``."""
+
+    rank = 2
+    _SHAPES = {2: "(channels, height, width)", 1: "(channels, length)"}
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
-        self.kernel_size = as_pair(kernel_size, "kernel_size", minimum=1)
-        self.stride = self.kernel_size if stride is None else as_pair(stride, "stride", minimum=1)
-        self.padding = as_pair(padding, "padding", minimum=0)
+        arg = as_pair if self.rank == 2 else as_int
+        self.kernel_size = arg(kernel_size, "kernel_size", minimum=1)
+        self.stride = self.kernel_size if stride is None else arg(stride, "stride", minimum=1)
+        self.padding = arg(padding, "padding", minimum=0)
         self.ceil_mode = _flag(ceil_mode, "ceil_mode")
-        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+        kernel, _, pads = self.window()
+        if any(2 * p > k for p, k in zip(pads, kernel)):
             raise ValueError(f"{type(self).__name__}: padding {self.padding} must be at most half "
                              f"of kernel_size {self.kernel_size}")
 
@@ -68,37 +91,55 @@ class Pool(Layer):
         return {"ceil_mode": val}
 
     def config(self):
-        cfg = {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
-               "padding": list(self.padding)}
+        value = list if self.rank == 2 else int
+        cfg = {"kernel_size": value(self.kernel_size), "stride": value(self.stride),
+               "padding": value(self.padding)}
         if self.ceil_mode:  # written where it differs from the default, as Conv2d's dilation
             cfg["ceil_mode"] = True
         return cfg
 
     def describe(self):
-        return (f"{type(self).__name__} {pair_text(self.kernel_size)} stride "
-                f"{pair_text(self.stride)} pad {pair_text(self.padding)}"
+        return (f"{type(self).__name__} {_text(self.kernel_size)} stride "
+                f"{_text(self.stride)} pad {_text(self.padding)}"
                 + (" ceil" if self.ceil_mode else ""))
 
     def flops(self, in_shapes, out_shape):
-        return numel(out_shape) * self.kernel_size[0] * self.kernel_size[1]
+        return numel(out_shape) * numel(self.window()[0])
+
+    def window(self):
+        """``(kernel, stride, padding)`` as pairs (a 1-D pooling's on its planes)."""
+        return _plane(self.rank, self.kernel_size, self.stride, self.padding)
 
     def kernel_args(self):
         """The keyword arguments of the pooling kernels (``relprop.ops``)."""
-        return {"kernel": self.kernel_size, "stride": self.stride, "padding": self.padding,
+        kernel, stride, padding = self.window()
+        return {"kernel": kernel, "stride": stride, "padding": padding,
                 "ceil_mode": self.ceil_mode}
 
+    def planes(self, a):
+        """An input or output ``(n, c, ...)`` as the ``(n, c, h, w)`` planes of the kernels."""
+        return a if self.rank == 2 else a.reshape(a.shape[:2] + (1,) + a.shape[2:])
+
+    def unplanes(self, a):
+        """The inverse of :meth:`planes`."""
+        return a if self.rank == 2 else a.reshape(a.shape[:2] + a.shape[3:])
+
+    def plane_hw(self, shape):
+        """The plane size ``(h, w)`` of an input of ``shape`` (with or without the batch)."""
+        return tuple(shape[-2:]) if self.rank == 2 else (1, shape[-1])
+
     def output_shape(self, shape):
-        self._need_rank(shape, 3, "(channels, height, width)")
+        self._need_rank(shape, self.rank + 1, self._SHAPES[self.rank])
+        kernel, stride, padding = self.window()
+        hw = self.plane_hw(shape)
         if not self.ceil_mode:
-            return (shape[0],) + window_out(self, shape[1:], self.kernel_size, self.stride,
-                                            self.padding)
-        out = tuple(pool_size(*a, True) for a in zip(shape[1:], self.kernel_size, self.stride,
-                                                     self.padding))
-        if min(out) < 1:
-            raise ValueError(f"{self!r}: no window fits the padded input "
-                             f"({shape[1] + 2 * self.padding[0]}, "
-                             f"{shape[2] + 2 * self.padding[1]})")
-        return (shape[0],) + out
+            out = window_out(self, hw, kernel, stride, padding)
+        else:
+            out = tuple(pool_size(*a, True) for a in zip(hw, kernel, stride, padding))
+            if min(out) < 1:
+                raise ValueError(f"{self!r}: no window fits the padded input "
+                                 f"{tuple(n + 2 * p for n, p in zip(hw, padding))}")
+        return (shape[0],) + out[2 - self.rank:]
 
 
 def is_identity_window(kernel, stride, padding):
@@ -107,14 +148,16 @@ def is_identity_window(kernel, stride, padding):
 
 
 def pool_layer(cls, ctx, kernel, stride, padding, ceil_mode=False, **flags):
-    """``cls(kernel, stride, padding, ceil_mode, **flags)`` for an importer (pairs), or None
-    where the window is the identity; ``ceil_mode`` is dropped where the output on the input
-    shape ``ctx.shape`` is the same without it."""
-    if is_identity_window(kernel, stride, padding):
+    """``cls(kernel, stride, padding, ceil_mode, **flags)`` for an importer (pairs, or ints for
+    a 1-D pooling), or None where the window is the identity; ``ceil_mode`` is dropped where
+    the output on the input shape ``ctx.shape`` is the same without it."""
+    window = _plane(cls.rank, kernel, stride, padding)
+    if is_identity_window(*window):
         return None
-    if ceil_mode and len(ctx.shape) == 3 and all(
-            pool_size(*a, True) == pool_size(*a, False)
-            for a in zip(ctx.shape[1:], kernel, stride, padding)):
+    shape = ctx.shape
+    hw = shape[1:] if cls.rank == 2 else (1,) + tuple(shape[1:])
+    if ceil_mode and len(shape) == cls.rank + 1 and all(
+            pool_size(*a, True) == pool_size(*a, False) for a in zip(hw, *window)):
         ceil_mode = False
     return cls(kernel, stride, padding, bool(ceil_mode), **flags)
 
@@ -123,9 +166,10 @@ def _torch_pool(cls, a, ctx, **flags):
     """The pooling layer of a torch call's (or module's) arguments ``a``."""
     if ctx.pair(a.get("dilation", 1), "dilation") != (1, 1):
         raise ctx.error(f"pooling with dilation={a['dilation']} is not supported")
-    return pool_layer(cls, ctx, ctx.pair(a["kernel_size"], "kernel_size"),
-                      ctx.pair(a["stride"] or a["kernel_size"], "stride"),
-                      ctx.pair(a["padding"], "padding"), a["ceil_mode"], **flags)
+    arg = ctx.pair if cls.rank == 2 else (lambda v, name: single(v, name, ctx))
+    return pool_layer(cls, ctx, arg(a["kernel_size"], "kernel_size"),
+                      arg(a["stride"] or a["kernel_size"], "stride"),
+                      arg(a["padding"], "padding"), a["ceil_mode"], **flags)
 
 
 _MAX_POOL_PARAMS = ("input", "kernel_size", ("stride", None), ("padding", 0), ("dilation", 1),
@@ -141,46 +185,77 @@ def _attributes(m, params):
                                                 for p in params[1:])}
 
 
-def _torch_max_pool(a, ctx):
+def _torch_entries(name, functions, params, convert):
+    """A pooling's torch entries: the module ``nn.<name>`` and the ``functions`` taking
+    ``params``, read by ``convert(cls, a, ctx)`` with ``cls`` the layer type named ``name``
+    (looked up when a model is imported, as the class is being defined here)."""
+    def read(a, ctx):
+        return convert(globals()[name], a, ctx)
+    return (TorchModule((name,), lambda m, ctx: read(_attributes(m, params), ctx)),
+            TorchFunction(functions, params, read))
+
+
+def _torch_max_pool(cls, a, ctx):
     if a["return_indices"]:
         raise ctx.error("return_indices=True is not supported")
-    return _torch_pool(MaxPool2d, a, ctx)
+    return _torch_pool(cls, a, ctx)
 
 
-def _onnx_pool(cls):
-    def convert(ctx):
-        if ctx.attrs.get("storage_order", 0):
-            raise ctx.error("storage_order=1 is not supported")
-        kernel, strides, pads, _ = ctx.window(pooling=True)
-        flags = {}
-        if cls is AvgPool2d:  # ONNX's default is count_include_pad=0, torch's True
-            flags["count_include_pad"] = bool(ctx.attrs.get("count_include_pad", 0))
-        return pool_layer(cls, ctx, kernel, strides, pads, ctx.attrs.get("ceil_mode", 0),
-                          **flags)
-    return convert
+def _onnx_pool(ctx, two, one):
+    """The layer of an ONNX pooling: the 2-D layer type ``two``, or ``one`` for a 1-D
+    kernel_shape (its window read as its planes')."""
+    if ctx.attrs.get("storage_order", 0):
+        raise ctx.error("storage_order=1 is not supported")
+    cls = two
+    if len(ctx.attrs.get("kernel_shape", ())) == 1:
+        cls = one
+        plane_window(ctx.attrs)
+    window = ctx.window(pooling=True)[:3]
+    if cls.rank == 1:
+        window = tuple(v[1] for v in window)
+    flags = {}
+    if issubclass(cls, AvgPool):  # ONNX's default is count_include_pad=0, torch's True
+        flags["count_include_pad"] = bool(ctx.attrs.get("count_include_pad", 0))
+    return pool_layer(cls, ctx, *window, ctx.attrs.get("ceil_mode", 0), **flags)
+
+
+class MaxPool(Pool):
+    """Max pooling as torch's; ties go to the first maximum in the window (row-major).  LRP gives
+    a window's relevance to its winner (winner-take-all: the gradient)."""
+
+    slots = ("maxpool",)
+    default_rule = "winner_take_all"
+
+    def forward(self, x):
+        y, winners = ops.maxpool2d_forward(self.planes(x), **self.kernel_args())
+        return self.unplanes(y), winners
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return self.unplanes(ops.maxpool2d_backward(
+            self.planes(g), state, self.plane_hw(x.shape), **self.kernel_args()))
 
 
 @register_layer
-class MaxPool2d(Pool):
-    """Max pooling as ``torch.nn.MaxPool2d``; ties go to the first maximum in the window.  LRP
-    gives a window's relevance to its winner (winner-take-all: the gradient)."""
+class MaxPool2d(MaxPool):
+    """Max pooling as ``torch.nn.MaxPool2d``."""
 
     kind = "maxpool2d"
-    slots = ("maxpool",)
-    default_rule = "winner_take_all"
-    imports = (
-        TorchModule(("MaxPool2d",), lambda m, ctx: _torch_max_pool(
-            _attributes(m, _MAX_POOL_PARAMS), ctx)),
-        TorchFunction(("torch.nn.functional.max_pool2d", "torch.nn.functional._max_pool2d",
-                       "torch.max_pool2d"), _MAX_POOL_PARAMS, _torch_max_pool),
-        OnnxOp(("MaxPool",), lambda ctx: _onnx_pool(MaxPool2d)(ctx)),
-    )
+    imports = _torch_entries("MaxPool2d", ("torch.nn.functional.max_pool2d",
+                                           "torch.nn.functional._max_pool2d", "torch.max_pool2d"),
+                             _MAX_POOL_PARAMS, _torch_max_pool) + (
+        OnnxOp(("MaxPool",), lambda ctx: _onnx_pool(ctx, MaxPool2d, MaxPool1d)),)
 
-    def forward(self, x):
-        return ops.maxpool2d_forward(x, **self.kernel_args())
 
-    def backward(self, g, x, state, relu_mode="gradient"):
-        return ops.maxpool2d_backward(g, state, x.shape[2:], **self.kernel_args())
+@register_layer
+class MaxPool1d(MaxPool):
+    """Max pooling as ``torch.nn.MaxPool1d`` (ONNX MaxPool with a 1-D kernel is read by
+    MaxPool2d's entry)."""
+
+    kind = "maxpool1d"
+    rank = 1
+    imports = _torch_entries("MaxPool1d", ("torch.nn.functional.max_pool1d",
+                                           "torch.nn.functional._max_pool1d", "torch.max_pool1d"),
+                             _MAX_POOL_PARAMS, _torch_max_pool)
 
 
 class AvgPool(Layer):
@@ -190,32 +265,23 @@ class AvgPool(Layer):
     default_rule = "norm"
 
 
-def _torch_avg_pool(a, ctx):
-    if a["divisor_override"] is not None:
+def _torch_avg_pool(cls, a, ctx):
+    if a.get("divisor_override") is not None:
         raise ctx.error(f"divisor_override={a['divisor_override']} is not supported")
-    return _torch_pool(AvgPool2d, a, ctx, count_include_pad=bool(a["count_include_pad"]))
+    return _torch_pool(cls, a, ctx, count_include_pad=bool(a["count_include_pad"]))
 
 
-@register_layer
-class AvgPool2d(AvgPool, Pool):
-    """Average pooling as ``torch.nn.AvgPool2d``: each window's sum over its count, the
-    window's taps inside the input plus, with ``count_include_pad`` (the default), those in the
-    zero padding; the taps past the padding that ``ceil_mode`` adds are never counted."""
-
-    kind = "avgpool2d"
-    imports = (
-        TorchModule(("AvgPool2d",), lambda m, ctx: _torch_avg_pool(
-            _attributes(m, _AVG_POOL_PARAMS), ctx)),
-        TorchFunction(("torch.nn.functional.avg_pool2d",), _AVG_POOL_PARAMS, _torch_avg_pool),
-        OnnxOp(("AveragePool",), lambda ctx: _onnx_pool(AvgPool2d)(ctx)),
-    )
+class WindowAvgPool(AvgPool, Pool):
+    """Average pooling as torch's: each window's sum over its count, the window's taps inside
+    the input plus, with ``count_include_pad`` (the default), those in the zero padding; the
+    taps past the padding that ``ceil_mode`` adds are never counted."""
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
                  count_include_pad=True):
         super().__init__(kernel_size, stride, padding, ceil_mode)
         # without padding the count is the window's taps in the input either way
         self.count_include_pad = (_flag(count_include_pad, "count_include_pad")
-                                  or self.padding == (0, 0))
+                                  or not any(self.window()[2]))
 
     @classmethod
     def _flags(cls, cfg):
@@ -237,20 +303,51 @@ class AvgPool2d(AvgPool, Pool):
         return {**super().kernel_args(), "count_include_pad": self.count_include_pad}
 
     def forward(self, x):
-        return ops.avgpool2d_forward(x, **self.kernel_args()), None
+        return self.unplanes(ops.avgpool2d_forward(self.planes(x), **self.kernel_args())), None
 
     def backward(self, g, x, state, relu_mode="gradient"):
-        return ops.avgpool2d_backward(g, x.shape[2:], **self.kernel_args())
+        return self.unplanes(ops.avgpool2d_backward(
+            self.planes(g), self.plane_hw(x.shape), **self.kernel_args()))
+
+
+@register_layer
+class AvgPool2d(WindowAvgPool):
+    """Average pooling as ``torch.nn.AvgPool2d``."""
+
+    kind = "avgpool2d"
+    imports = _torch_entries("AvgPool2d", ("torch.nn.functional.avg_pool2d",), _AVG_POOL_PARAMS,
+                             _torch_avg_pool) + (
+        OnnxOp(("AveragePool",), lambda ctx: _onnx_pool(ctx, AvgPool2d, AvgPool1d)),)
+
+
+@register_layer
+class AvgPool1d(WindowAvgPool):
+    """Average pooling as ``torch.nn.AvgPool1d`` (ONNX AveragePool with a 1-D kernel is read by
+    AvgPool2d's entry)."""
+
+    kind = "avgpool1d"
+    rank = 1
+    imports = _torch_entries("AvgPool1d", ("torch.nn.functional.avg_pool1d", "torch.avg_pool1d"),
+                             _AVG_POOL_PARAMS[:-1], _torch_avg_pool)  # no divisor_override
 
 
 def adaptive_avg_pool(shape, size, ctx):
-    """The layer of ``AdaptiveAvgPool2d(size)`` on per-sample input ``shape`` (c, h, w): None
-    where it is the identity (``size`` is the input size), GlobalAvgPool2d for size 1, an
-    AvgPool2d where ``size`` divides the input, else AdaptiveAvgPool2d.  ``None`` in ``size``
-    keeps that input size."""
+    """The layer of an adaptive average pooling to ``size`` on per-sample input ``shape``:
+    ``(c, h, w)`` and a pair (``None`` in it keeps that input size), or ``(c, L)`` and an int.
+    None where it is the identity (``size`` is the input size); GlobalAvgPool2d for (1, 1); an
+    AvgPool2d (AvgPool1d) where ``size`` divides the input, a 1-D one to 1 excepted; else
+    AdaptiveAvgPool2d (AdaptiveAvgPool1d)."""
+    if len(shape) == 2:
+        length, out = shape[1], int(size)
+        if out <= 0:
+            raise ctx.error(f"output size {out} must be positive")
+        if out == length:
+            return None
+        return AvgPool1d(length // out) if length % out == 0 and out > 1 else \
+            AdaptiveAvgPool1d(out)
     if len(shape) != 3:
-        raise ctx.error("adaptive average pooling expects (channels, height, width) per sample, "
-                        f"got shape {tuple(shape)}")
+        raise ctx.error("adaptive average pooling expects (channels, height, width) or "
+                        f"(channels, length) per sample, got shape {tuple(shape)}")
     h, w = shape[1:]
     oh, ow = (h if size[0] is None else int(size[0])), (w if size[1] is None else int(size[1]))
     if oh <= 0 or ow <= 0:
@@ -264,17 +361,23 @@ def adaptive_avg_pool(shape, size, ctx):
     return AdaptiveAvgPool2d((oh, ow))
 
 
+def _global(shape):
+    """The output size of a global average pooling of per-sample ``shape``."""
+    return 1 if len(shape) == 2 else (1, 1)
+
+
 def _spatial_mean(ctx, axes, keepdims):
-    """``x.mean(axes)`` over height and width: a global average pooling (and a Flatten unless
-    ``keepdims``)."""
+    """``x.mean(axes)`` over height and width, or a signal's length: a global average pooling
+    (and a Flatten unless ``keepdims``)."""
     shape = ctx.shape
     rank = len(shape) + 1
-    if len(shape) != 3 or axes is None or sorted(a % rank for a in axes) != [2, 3]:
+    want = [2, 3] if len(shape) == 3 else [2]
+    if len(shape) not in (2, 3) or axes is None or sorted(a % rank for a in axes) != want:
         raise ctx.error(f"mean over {axes} of per-sample shape {tuple(shape)} is not supported "
-                        "(only over height and width, (2, 3))")
+                        "(only over height and width, (2, 3), or a signal's length, 2)")
     from .shape import Flatten
 
-    return [adaptive_avg_pool(shape, (1, 1), ctx)] + ([] if keepdims else [Flatten()])
+    return [adaptive_avg_pool(shape, _global(shape), ctx)] + ([] if keepdims else [Flatten()])
 
 
 def _torch_mean(a, ctx):
@@ -298,13 +401,15 @@ _MEAN = (("input", ("dim", None), ("keepdim", False), ("dtype", None)), _torch_m
 @register_layer
 class GlobalAvgPool2d(AvgPool):
     """Mean over height and width: ``(n, c, h, w) -> (n, c, 1, 1)`` (``AdaptiveAvgPool2d(1)``,
-    ``x.mean((2, 3))``)."""
+    ``x.mean((2, 3))``).  Its entries read a signal's mean too (``x.mean(2)``, ONNX
+    GlobalAveragePool and ReduceMean on ``(n, c, L)``: AdaptiveAvgPool1d(1))."""
 
     kind = "globalavgpool2d"
     imports = (
         TorchFunction(("torch.mean",), *_MEAN),
         TorchMethod(("mean",), *_MEAN),
-        OnnxOp(("GlobalAveragePool",), lambda ctx: adaptive_avg_pool(ctx.shape, (1, 1), ctx)),
+        OnnxOp(("GlobalAveragePool",),
+               lambda ctx: adaptive_avg_pool(ctx.shape, _global(ctx.shape), ctx)),
         OnnxOp(("ReduceMean",), _onnx_reduce_mean),
     )
 
@@ -372,6 +477,53 @@ class AdaptiveAvgPool2d(AvgPool):
 
     def backward(self, g, x, state, relu_mode="gradient"):
         return ops.adaptive_avgpool2d_backward(g, x.shape[2:])
+
+
+@register_layer
+class AdaptiveAvgPool1d(AvgPool):
+    """``torch.nn.AdaptiveAvgPool1d(output_size)``: output ``i`` averages the inputs
+    ``[floor(i L / o), ceil((i + 1) L / o))`` (any output size), by the 2-D kernels on
+    ``(c, 1, L)`` planes.  The importers make it where no simpler pooling is the same
+    (:func:`adaptive_avg_pool`: the identity, an AvgPool1d where the size divides the input),
+    and for a signal's mean (``x.mean(2)``, ONNX GlobalAveragePool and ReduceMean)."""
+
+    kind = "adaptiveavgpool1d"
+    imports = (
+        TorchModule(("AdaptiveAvgPool1d",), lambda m, ctx: adaptive_avg_pool(
+            ctx.shape, single(m.output_size, "output_size", ctx), ctx)),
+        TorchFunction(("torch.nn.functional.adaptive_avg_pool1d", "torch.adaptive_avg_pool1d"),
+                      ("input", "output_size"), lambda a, ctx: adaptive_avg_pool(
+                          ctx.shape, single(a["output_size"], "output_size", ctx), ctx)),
+    )
+
+    def __init__(self, output_size):
+        self.output_size = as_int(output_size, "output_size", minimum=1)
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        return cls(cfg_int(cfg, "output_size"))
+
+    def config(self):
+        return {"output_size": self.output_size}
+
+    def describe(self):
+        return f"AdaptiveAvgPool1d {self.output_size}"
+
+    def flops(self, in_shapes, out_shape):
+        c, length = in_shapes[0]
+        return c * self.output_size * (-(-length // self.output_size) + 1)
+
+    def output_shape(self, shape):
+        self._need_rank(shape, 2, "(channels, length)")
+        return (shape[0], self.output_size)
+
+    def forward(self, x):
+        y = ops.adaptive_avgpool2d_forward(x[:, :, None], (1, self.output_size))
+        return y.reshape(y.shape[:2] + y.shape[3:]), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        gx = ops.adaptive_avgpool2d_backward(g[:, :, None], (1, x.shape[2]))
+        return gx.reshape(x.shape)
 
 
 # --- upsampling ---------------------------------------------------------------------------------

@@ -229,6 +229,68 @@ register_twin("adaptiveavgpool2d",
                   g, xs[0].shape[2:])])
 
 
+# 1-D poolings, written for one axis (the layers run the 2-D kernels on (c, 1, L) planes)
+def _windows1d(layer, length):
+    """Per output: ``(start, stop, padded)``, its window clipped to the input and its count of
+    taps inside the zero-padded input (torch's pooling sizes, ceil mode included)."""
+    k, s, p = layer.kernel_size, layer.stride, layer.padding
+    for t in range(ops._pool_size(length, k, s, p, layer.ceil_mode)):
+        lo = t * s - p
+        yield max(lo, 0), min(lo + k, length), min(lo + k, length + p) - max(lo, -p)
+
+
+def _maxpool1d(layer, x):
+    """``(y, winners)``: each window's maximum and the index of its first maximum."""
+    wins = list(_windows1d(layer, x.shape[2]))
+    at = np.stack([a + np.argmax(x[:, :, a:b], axis=2) for a, b, _ in wins], axis=2)
+    return np.take_along_axis(x, at, axis=2), at
+
+
+def _maxpool1d_backward(layer, g, xs, mode):
+    gx = np.zeros_like(xs[0], dtype=g.dtype)
+    at = _maxpool1d(layer, xs[0])[1]
+    for i in range(g.shape[0]):
+        for c in range(g.shape[1]):
+            np.add.at(gx[i, c], at[i, c], g[i, c])
+    return [gx]
+
+
+def _avg_count(layer, a, b, padded):
+    return padded if layer.count_include_pad else b - a
+
+
+def _avgpool1d(layer, x):
+    return np.stack([x[:, :, a:b].sum(axis=2) / _avg_count(layer, a, b, padded)
+                     for a, b, padded in _windows1d(layer, x.shape[2])], axis=2)
+
+
+def _avgpool1d_backward(layer, g, xs, mode):
+    gx = np.zeros(xs[0].shape, dtype=g.dtype)
+    for t, (a, b, padded) in enumerate(_windows1d(layer, xs[0].shape[2])):
+        gx[:, :, a:b] += (g[:, :, t] / _avg_count(layer, a, b, padded))[:, :, None]
+    return [gx]
+
+
+def _adaptive1d(layer, length):
+    o = layer.output_size
+    return [((t * length) // o, -((-(t + 1) * length) // o)) for t in range(o)]
+
+
+def _adaptive_avgpool1d_backward(layer, g, xs, mode):
+    gx = np.zeros(xs[0].shape, dtype=g.dtype)
+    for t, (a, b) in enumerate(_adaptive1d(layer, xs[0].shape[2])):
+        gx[:, :, a:b] += (g[:, :, t] / (b - a))[:, :, None]
+    return [gx]
+
+
+register_twin("maxpool1d", forward=lambda layer, x: _maxpool1d(layer, x)[0],
+              backward=_maxpool1d_backward)
+register_twin("avgpool1d", forward=_avgpool1d, backward=_avgpool1d_backward)
+register_twin("adaptiveavgpool1d", forward=lambda layer, x: np.stack(
+    [x[:, :, a:b].mean(axis=2) for a, b in _adaptive1d(layer, x.shape[2])], axis=2),
+    backward=_adaptive_avgpool1d_backward)
+
+
 def _upsample_out(layer, hw):
     if layer.size is not None:
         return layer.size
