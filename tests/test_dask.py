@@ -579,6 +579,16 @@ def test_cluster_gives_the_in_process_bits(client, tmp_path, digits, cnn, method
                                           strict=True)
 
 
+def test_cluster_smoothgrad_gives_the_in_process_bits(client, digits, cnn):
+    """Seeded SmoothGrad on worker processes: each sample's noise from (seed, its index), a
+    task per chunk, as one in-process call."""
+    x = digits[:200]
+    got = compute(client, rd.explain(cnn, chunked(x, (50, 1, 80, 69)), "pred", "smoothgrad",
+                                     n=2, seed=3, sample_offset=5, chunks_per_task=1))
+    np.testing.assert_array_equal(got, rp.smoothgrad(cnn, x, "pred", n=2, seed=3,
+                                                     sample_offset=5), strict=True)
+
+
 def _network_fetches(dask_worker):
     """How many times this worker received a relprop network from another worker."""
     return sum(str(k).startswith("relprop-net-") for entry in dask_worker.transfer_incoming_log
