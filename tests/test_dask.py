@@ -703,7 +703,7 @@ def _other_isa():
 
     others = [i for i in ops.supported_isas() if i != ops.isa()]
     if not others:
-        pytest.skip("the client runs the generic kernels, the only ones this CPU has")
+        pytest.skip("platform: this CPU runs one instruction set only (none to switch a worker to)")
     return "generic" if "generic" in others else others[0]
 
 

@@ -254,7 +254,7 @@ else:
 """
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="platform: needs os.fork (POSIX)")
 @pytest.mark.parametrize("case", ["pool lock", "teams"])
 def test_a_forked_child_runs_kernels(case):
     """A forked child can run kernels (pthread_atfork in relprop/fork.hpp): it does not inherit

@@ -680,7 +680,7 @@ def test_cli_refuses_a_worker_of_another_instruction_set(tmp_path, digits_npy):
 
     others = [i for i in ops.supported_isas() if i != ops.isa()]
     if not others:
-        pytest.skip("the client runs the generic kernels, the only ones this CPU has")
+        pytest.skip("platform: this CPU runs one instruction set only (none to switch a worker to)")
     _, x = digits_npy
     np.save(tmp_path / "x.npy", x[:300])
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
