@@ -3,6 +3,9 @@ array shaped like the output is the output relevance; rp.targets.region builds t
 class on a region (one-hot at the class on the mask times the output), whose LRP relevance sums
 to the region's score; class targets and "pred" on a dense output are refused with that
 hint."""
+import os
+import re
+
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
@@ -84,3 +87,97 @@ def test_class_targets_on_a_dense_output_are_refused_with_the_hint(rng, method):
             rp.explain(net, x, target, method)
     R = rp.explain(net, x, rp.targets.region(net(x), 1, np.ones((6, 6), bool)), method)
     assert R.shape == x.shape and np.abs(R).max() > 0
+
+
+def test_dask_explains_dense_seeds_bitwise(rng):
+    da = pytest.importorskip("dask.array")
+    from relprop import dask as rd
+
+    net = _segmenter(rng)
+    x = rng.uniform(-1, 1, size=(5, 2, 6, 6))
+    seeds = rp.targets.region(net(x), 2, rng.uniform(size=(5, 6, 6)) < 0.5)
+    want = rp.lrp(net, x, seeds, "epsilon_plus_flat")
+    got = rd.explain(net, da.from_array(x, chunks=2), seeds, "lrp.epsilon_plus_flat")
+    assert_array_equal(got.compute(scheduler="sync"), want)
+
+
+def _seed_run(tmp_path, rng, n=5):
+    """A segmenter's model file, its inputs and the region seeds of its class-1 pixels (files
+    in tmp_path), and ``relprop explain``'s arguments for them (chunks of 2 samples)."""
+    net = _segmenter(rng)
+    net.save(tmp_path / "seg.npz")
+    x = rng.uniform(-1, 1, size=(n, 2, 6, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = net(x)
+    seeds = rp.targets.region(out, 1, out.argmax(axis=1) == 1)
+    np.save(tmp_path / "seeds.npy", seeds)
+    args = ["explain", str(tmp_path / "seg.npz"), str(tmp_path / "x.npy"), "-o",
+            str(tmp_path / "out"), "--target", str(tmp_path / "seeds.npy"), "--chunk-size", "2"]
+    return net, x, out, seeds, args
+
+
+def test_cli_explains_seed_files_chunk_by_chunk(tmp_path, rng, capsys):
+    """relprop explain --target SEEDS.npy: each chunk explains its samples' seeds, bitwise the
+    in-process result; explained.csv's and the report's score is sum(seed * f(x)); a resumed
+    run must find the same seed file."""
+    import csv
+    import html
+
+    from relprop import cli
+
+    net, x, out, seeds, args = _seed_run(tmp_path, rng)
+    args += ["--report"]
+    assert cli.main(args) == 0
+    R = np.load(tmp_path / "out" / "relevance.npy")
+    assert_array_equal(R, rp.lrp(net, x, seeds, "epsilon_plus_flat"))
+    with open(tmp_path / "out" / "explained.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["target"] for r in rows] == ["seed"] * 5
+    score = (seeds.astype(np.float64) * out).reshape(5, -1).sum(1)
+    assert np.abs(score).min() > 0
+    assert_allclose([float(r["score"]) for r in rows], score, rtol=1e-5)
+    page = html.unescape((tmp_path / "out" / "index.html").read_text())
+    assert "sum(seed * f(x))" in page
+    for s in score:
+        assert f"{s:.6g}" in page
+    assert cli.main(args + ["--resume"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    np.save(tmp_path / "seeds.npy", seeds * 2)  # another file of the same size
+    st = os.stat(tmp_path / "seeds.npy")  # (written within the clock's tick of the first?)
+    os.utime(tmp_path / "seeds.npy", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert cli.main(args + ["--resume"]) == 2
+    assert "target" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda s: s[:, :2], r"shape \(5, 3, 6, 6\); got float32 \(5, 2, 6, 6\)"),
+    (lambda s: s[:4], r"shape \(5, 3, 6, 6\); got float32 \(4, 3, 6, 6\)"),
+    (lambda s: s.astype(np.int32), r"needs a float array .* got int32"),
+    (lambda s: np.where(np.arange(5)[:, None, None, None] == 3, np.nan, s),
+     r"the seed of sample 3 contains NaN"),
+    (lambda s: s.tobytes()[:50], r"not a readable \.npy"),
+])
+def test_cli_refuses_wrong_seed_files(tmp_path, rng, capsys, bad, message):
+    from relprop import cli
+
+    *_, seeds, args = _seed_run(tmp_path, rng)
+    wrong = bad(seeds)
+    if isinstance(wrong, bytes):
+        (tmp_path / "seeds.npy").write_bytes(wrong)
+    else:
+        np.save(tmp_path / "seeds.npy", wrong)
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"--target \S*seeds\.npy: .*" + message, err), err
+
+
+@pytest.mark.slow
+def test_cli_explains_seed_files_on_a_local_cluster(tmp_path, rng):
+    """--workers: the chunks' seeds travel with them; bitwise the in-process result."""
+    pytest.importorskip("distributed")
+    from relprop import cli
+
+    net, x, _, seeds, args = _seed_run(tmp_path, rng)
+    assert cli.main(args + ["--workers", "1", "--threads", "1"]) == 0
+    assert_array_equal(np.load(tmp_path / "out" / "relevance.npy"),
+                       rp.lrp(net, x, seeds, "epsilon_plus_flat"))

@@ -22,6 +22,8 @@ from torch import nn  # noqa: E402
 from zennit.attribution import Gradient  # noqa: E402
 from zennit.canonizers import SequentialMergeBatchNorm  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 SHAPE = (3, 16, 16)
 CLASSES = 3
 COMPOSITES = {

@@ -100,6 +100,21 @@ def parse_target(spec):
         raise UsageError(f"--target must be 'pred' or a class index, got {spec!r}") from None
 
 
+def explain_target(spec):
+    """``relprop explain --target``: None for "pred", a class index, or for a ``.npy`` file the
+    output seeds it holds (:class:`relprop.stream.Seeds`, one per sample)."""
+    if isinstance(spec, str) and spec.lower().endswith(".npy"):
+        from .stream import Seeds
+
+        with user_input("--target "):
+            return Seeds(spec)
+    try:
+        return parse_target(spec)
+    except UsageError:
+        raise UsageError(f"--target must be 'pred', a class index or a .npy file of output "
+                         f"seeds, got {spec!r}") from None
+
+
 def check_method(name):
     """Raise ValueError unless ``name`` is a method :func:`relprop.explain` knows."""
     from .composites import COMPOSITES
@@ -409,8 +424,10 @@ def add_explain_parser(subparsers):
                    help="method parameter, repeatable (e.g. -p epsilon=0.1); the parameters of "
                         "each method are listed below")
     p.add_argument("--target", default="pred",
-                   help="class to explain: 'pred' (each sample's predicted class, default) or "
-                        "an index")
+                   help="what to explain: 'pred' (each sample's predicted class, default), a "
+                        "class index, or FILE.npy: one output seed per sample (floats shaped "
+                        "like the model's output, e.g. relprop.targets.region of a "
+                        "segmentation map), whose score sum(seed * f(x)) explained.csv gives")
     p.add_argument("--batch-size", type=int, default=64, help="samples per batch (default 64)")
     p.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")
     p.add_argument("--input-shape", type=str, default=None,
@@ -457,8 +474,10 @@ def explain_report(args, net, inputs, kwargs):
     (``explained.csv``, ``relevance.npy``, the heatmaps) and INPUTS, read chunk by chunk;
     returns its path."""
     from . import render
+    from .stream import Seeds, seed_scores
 
-    fixed = parse_target(args.target)
+    fixed = explain_target(args.target)
+    seeds = isinstance(fixed, Seeds)
     shape = tuple(inputs.sample_shape)
     images = len(shape) == 3
     n_features = None if images else int(np.prod(shape))
@@ -468,7 +487,7 @@ def explain_report(args, net, inputs, kwargs):
         next(fh)
         for line in fh:
             name, target, _, _ = line.rstrip("\n").rsplit(",", 3)
-            rows.append([name, int(target), None, None, None])  # f(x), sum R in full below
+            rows.append([name, target if seeds else int(target), None, None, None])
     rel_all = np.load(os.path.join(args.out, "relevance.npy"), mmap_mode="r")
     heat_dir, input_dir = (os.path.join(args.out, d) for d in ("heatmaps", "inputs"))
     if drawn:
@@ -479,10 +498,14 @@ def explain_report(args, net, inputs, kwargs):
     for start in range(0, len(rows), step):
         stop = min(len(rows), start + step)
         xb = inputs.read(start, stop)
-        scores = net.forward(xb).reshape(stop - start, -1)
-        for i in range(start, stop):
+        out = net.forward(xb)
+        scores = out.reshape(stop - start, -1)
+        if seeds:  # no single predicted class
+            explained = seed_scores(fixed.read(start, stop), out)
+        for i in range(start, stop):  # f(x) and sum R in full (the CSV rounds them)
             row = rows[i]
-            row[2:] = [int(scores[i - start].argmax()), float(scores[i - start, row[1]]),
+            row[2:] = ["-" if seeds else int(scores[i - start].argmax()),
+                       float(explained[i - start] if seeds else scores[i - start, row[1]]),
                        float(np.sum(rel_all[i], dtype=np.float64))]
         if not drawn:
             continue
@@ -520,6 +543,8 @@ def explain_report(args, net, inputs, kwargs):
         cells.append(row)
     intro = [f"{args.model} explained on {args.inputs} with {method}: {len(rows)} sample(s), "
              "one per row.  Target: " + ("each sample's predicted class." if fixed is None
+                                          else f"the output seeds of {args.target} (f(x): "
+                                          "sum(seed * f(x)))." if seeds
                                           else f"class {fixed} for every sample."),
              "f(x) is the explained score (the target's output); sum R, the sum of the "
              "relevance; gap = f(x) - sum R.  LRP conserves the score up to what biases and "
@@ -666,7 +691,7 @@ def cli_explain(args):
     shape = parse_shape(args.input_shape) if args.input_shape else None
     net = load_model(args.model, shape)
     inputs = open_inputs(args.inputs, net, args.strict)
-    fixed = parse_target(args.target)
+    fixed = explain_target(args.target)
     params = dict(args.param)
     chunk = args.chunk_size or default_chunk_size(inputs.sample_shape)
 

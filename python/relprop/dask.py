@@ -468,14 +468,18 @@ def _target(target, x, net):
             raise ValueError(f"target {bad} is out of range for {n_out} outputs "
                              f"(valid: 0..{n_out - 1})")
         return "classes", _batch_aligned(t, x, "target", "")
-    if t.dtype.kind == "f" and t.ndim == 2:
+    if t.dtype.kind == "f" and t.ndim >= 2:
         if net.output_shape is not None and tuple(t.shape[1:]) != tuple(net.output_shape):
             raise ValueError(f"target seed has shape {t.shape} but the output has shape "
                              f"(n, {', '.join(map(str, net.output_shape))})")
-        return "seed", _batch_aligned(t, x, "target", "z")
+        return "seed", _batch_aligned(t, x, "target", _SEED_AXES[:t.ndim - 1])
     raise TypeError(f"target must be an int, 'pred', an array of ints (one per sample) or a "
-                    f"float seed array (n, n_out); got {type(target).__name__} with dtype "
-                    f"{t.dtype} and shape {t.shape}")
+                    f"float seed array shaped like the output (n, ...); got "
+                    f"{type(target).__name__} with dtype {t.dtype} and shape {t.shape}")
+
+
+#: blockwise's indices of a seed's axes after the batch (whole; none of x's: those are a, b, ...)
+_SEED_AXES = "zyxwvuts"
 
 
 def _probe_target(kind, arg, dtype):
@@ -494,7 +498,7 @@ def _blocks(x, kind, targ, extras):
     if kind == "classes":
         pairs += [targ, ind[0]]
     elif kind == "seed":
-        pairs += [targ, ind[0] + "z"]
+        pairs += [targ, ind[0] + _SEED_AXES[:targ.ndim - 1]]
     for a in extras:
         pairs += [a, ind]
     return ind, pairs

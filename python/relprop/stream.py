@@ -7,7 +7,9 @@ Output folder (``OUTDIR``):
 * ``relevance.npy`` ``(n, *input_shape)``, created with :func:`numpy.lib.format.open_memmap`
   and filled chunk by chunk (positional writes, never mapped: memory stays bounded by the chunk);
   read it with ``np.load(path, mmap_mode="r")``.
-* ``explained.csv`` (name, target, score, relevance sum), appended per chunk.
+* ``explained.csv`` (name, target, score, relevance sum), appended per chunk: the target is
+  the class explained (its score ``f_t(x)``), or ``seed`` for a seed array of ``--target
+  FILE.npy`` (its score ``sum(seed * f(x))``).
 * ``heatmaps/NAME.png`` per image input (per sample of an array input with ``heatmaps=True``).
 * ``progress.json``, the progress record: the run's arguments, the samples done, and each
   completed chunk's place in the files with the CRC-32 of its bytes there.
@@ -191,6 +193,57 @@ def open_inputs(spec, net, strict=False) -> Inputs:
     return ArrayInputs(x, identity)
 
 
+class Seeds:
+    """The target of ``relprop explain --target FILE.npy``: one output seed per sample (a float
+    array shaped like the network's output, used as the output relevance or gradient seed; for
+    a dense output built with :func:`relprop.targets.region`), read chunk by chunk.
+
+    Raises
+    ------
+    ValueError
+        An unreadable file.
+    UsageError
+        (:meth:`check`) Not a float array of one seed per sample of INPUTS; (:meth:`read`)
+        seeds with NaN or infinite values.
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.file = NpyFile(self.path)
+        self.identity = _file_identity(self.path)
+
+    def check(self, net, inputs):
+        """Refuse seeds that are not ``(n, *output_shape)`` floats for these INPUTS."""
+        out = net.tensor_shapes(inputs.sample_shape)[net.output]
+        want = (inputs.n,) + tuple(out)
+        if self.file.dtype.kind != "f" or self.file.shape != want:
+            raise UsageError(f"--target {self.path}: needs a float array of one output seed per "
+                             f"sample of INPUTS, shape {want}; got {self.file.dtype} "
+                             f"{self.file.shape}")
+
+    def read(self, start, stop):
+        """The seeds of samples ``start:stop``, checked as :func:`_read` checks INPUTS."""
+        where = f"--target {self.path}: samples {start}..{stop - 1}"
+        with user_input(f"{where}: "):
+            seeds = self.file.read(start, stop)
+        bad = ~np.isfinite(seeds.reshape(len(seeds), -1)).all(axis=1)
+        if bad.any():
+            raise UsageError(f"--target {self.path}: the seed of sample "
+                             f"{start + int(np.argmax(bad))} contains NaN or infinite values")
+        return seeds
+
+
+def chunk_target(target, start, stop):
+    """The target of samples ``start:stop``: a class or None (each sample's predicted class)
+    as given, or those samples' seeds."""
+    return target.read(start, stop) if isinstance(target, Seeds) else target
+
+
+def seed_scores(seeds, out):
+    """``sum(seed * f(x))`` per sample (float64, (n,)): the score explained for output seeds."""
+    return (np.asarray(seeds, np.float64) * out).reshape(len(out), -1).sum(axis=1)
+
+
 def model_identity(spec, input_shape=None):
     """What identifies MODEL for a resumed run: a bundled model's name, else the file's path
     and SHA-256 (so a retrained model in the same file is noticed)."""
@@ -236,12 +289,15 @@ def _at(method, params, start):
 def table(R, out, target):
     """The columns of ``explained.csv`` for a chunk's relevance ``R`` and network output
     ``out``: ``(targets, scores, sums)``, the explained classes (``target``, or each sample's
-    predicted class for None), their scores ``f_t(x)`` and the relevance sums, each (n,)."""
+    predicted class for None) and their scores ``f_t(x)``, or for the chunk's seeds (an array)
+    "seed" and ``sum(seed * f(x))``, and the relevance sums, each (n,)."""
     n = len(R)
+    sums = R.reshape(n, -1).sum(axis=1, dtype=np.float64)
+    if isinstance(target, np.ndarray):
+        return ["seed"] * n, seed_scores(target, out), sums
     scores = out.reshape(n, -1)
     classes = scores.argmax(axis=1) if target is None else np.full(n, target, dtype=np.int64)
-    picked = scores[np.arange(n), classes].astype(np.float64)
-    return classes, picked, R.reshape(n, -1).sum(axis=1, dtype=np.float64)
+    return classes, scores[np.arange(n), classes].astype(np.float64), sums
 
 
 def explain_chunk(net, x, target, method, params, batch_size=None, start=0):
@@ -263,11 +319,13 @@ class LocalRunner:
 
     window = 1
 
-    def __init__(self, net, target, method, params, batch_size):
-        self.args = (net, target, method, params, batch_size)
+    def __init__(self, net, method, params, batch_size):
+        self.args = (net, method, params, batch_size)
 
-    def submit(self, x, start):
-        net, target, method, params, batch_size = self.args
+    def submit(self, x, target, start):
+        """Samples ``x`` from ``start`` on, explained for ``target`` (theirs: a class, None
+        or their seeds)."""
+        net, method, params, batch_size = self.args
 
         class Lazy:
             def result(self_):
@@ -289,22 +347,23 @@ class DaskRunner:
     and instruction set.
     """
 
-    def __init__(self, client, net, target, method, params, batch_size):
+    def __init__(self, client, net, method, params, batch_size):
         self.client = client
         self.window = max(2, 2 * sum(client.nthreads().values()) + 1)
-        self.args = (net, PRED if target is None else target, method, params, batch_size)
+        self.args = (net, method, params, batch_size)
 
-    def submit(self, x, start):
+    def submit(self, x, target, start):
         import dask
         import dask.array as da
 
         from . import dask as rd
 
-        net, target, method, params, batch_size = self.args
+        net, method, params, batch_size = self.args
         # the chunk travels in its graph, on purpose: no large-graph warning for it
         with self.client.as_current(), dask.config.set(
                 {"distributed.admin.large-graph-warning-threshold": "4GiB"}):
-            R, out = rd.explain(net, da.from_array(x, chunks=x.shape), target, method,
+            R, out = rd.explain(net, da.from_array(x, chunks=x.shape),
+                                PRED if target is None else target, method,
                                 return_output=True, batch_size=batch_size,
                                 **_at(method, params, start))
             futures = self.client.compute([R, out])
@@ -759,8 +818,9 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
     outdir : str
     method : str
         A :func:`relprop.explain` name; ``params`` its keyword arguments.
-    target : int or None
-        The class to explain, or None for each sample's predicted class.
+    target : int, None or Seeds
+        The class to explain, None for each sample's predicted class, or a :class:`Seeds`
+        file of output seeds (checked against ``net`` and ``inputs`` here).
     chunk_size : int, optional
         Samples per chunk (written and recorded together); :func:`default_chunk_size` by
         default.  ``batch_size`` bounds the samples per kernel call within a chunk.
@@ -808,9 +868,13 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
         raise UsageError(f"heatmaps need image inputs (n, c, h, w); these are "
                          f"{(n,) + tuple(inputs.sample_shape)}")
     run = dict(run or {})
-    run.update({"method": method, "params": dict(params), "target": "pred" if target is None
-                else int(target), "n": n, "sample_shape": list(inputs.sample_shape),
-                "chunk_size": chunk, "heatmaps": bool(heatmaps), "overlay": bool(overlay)})
+    if isinstance(target, Seeds):
+        target.check(net, inputs)
+    recorded = ("pred" if target is None else target.identity if isinstance(target, Seeds)
+                else int(target))
+    run.update({"method": method, "params": dict(params), "target": recorded, "n": n,
+                "sample_shape": list(inputs.sample_shape), "chunk_size": chunk,
+                "heatmaps": bool(heatmaps), "overlay": bool(overlay)})
     run = json.loads(json.dumps(run))  # as it will read back
     from . import __version__
     run["relprop"] = __version__
@@ -839,35 +903,42 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
     params = {**params, **derived}
     if n > done:  # the method, its parameters and the target, checked now on one zero sample
         with user_input(f"{method}: "):
-            explain_chunk(net, np.zeros((1,) + tuple(inputs.sample_shape), np.float32), target,
-                          method, params, batch_size)
+            explain_chunk(net, np.zeros((1,) + tuple(inputs.sample_shape), np.float32),
+                          chunk_target(target, 0, 1), method, params, batch_size)
     if heatmaps:
         from .inputs import _heatmap_scale
 
         scale = _heatmap_scale(inputs.sample_shape)
         os.makedirs(out.heat_dir, exist_ok=True)
 
-    runner = (LocalRunner(net, target, method, params, batch_size) if client is None else
-              DaskRunner(client, net, target, method, params, batch_size))
+    runner = (LocalRunner(net, method, params, batch_size) if client is None else
+              DaskRunner(client, net, method, params, batch_size))
+
     def draw(R, xb, names):
         rgb = render.heatmap(R, overlay=xb)
         for i, name in enumerate(names):
             render.save_png(os.path.join(out.heat_dir, f"{name}.png"),
                             render.upscale(rgb[i], scale))
 
+    def submit(start, stop):
+        """Chunk ``start:stop`` read and submitted: ``(inputs, job)``."""
+        xb = _read(inputs, start, stop)
+        return xb, runner.submit(xb, chunk_target(target, start, stop), start)
+
     def explained(fut, start, stop):
-        """A chunk's relevance and CSV rows (bytes), from its runner's result."""
+        """A chunk's relevance and CSV rows (bytes), from its runner's result (its seeds read
+        again: a window of chunks in flight holds none)."""
         try:
             R, outputs = fut.result()
         except NonFiniteResult as exc:  # finite inputs, a result beyond the dtype's range
             raise UsageError(f"samples {start}..{stop - 1} of INPUTS: {exc}") from exc
         names = inputs.names(start, stop)
-        return R, names, csv_text(names, *table(R, outputs, target))
+        return R, names, csv_text(names, *table(R, outputs, chunk_target(target, start, stop)))
 
     for i, files in damaged:  # recomputed in place: the bytes must match their checksums
         start, stop = out.chunks[i][:2]
-        xb = _read(inputs, start, stop)
-        R, names, text = explained(runner.submit(xb, start), start, stop)
+        xb, fut = submit(start, stop)
+        R, names, text = explained(fut, start, stop)
         out.rewrite(i, R, text)
         if heatmaps:
             draw(R, xb if overlay else None, names)
@@ -886,9 +957,8 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
                 if start is None:
                     break
                 stop = min(n, start + chunk)
-                xb = _read(inputs, start, stop)
-                pending.append((start, stop, xb if heatmaps and overlay else None,
-                                runner.submit(xb, start)))
+                xb, fut = submit(start, stop)
+                pending.append((start, stop, xb if heatmaps and overlay else None, fut))
                 del xb
             if not pending:
                 break
