@@ -78,6 +78,9 @@ def test_a_random_method_re_explains_each_sample_with_its_draws(cnn):
     mprt = M.model_parameter_randomization(net, x[2:], R, t, nodes=[], similarity_func="pearson",
                                            absolute=False, **kw)
     assert_allclose(mprt.similarities[:, 0], 1.0, rtol=1e-12)  # "original": R again
+    g = [M.max_sensitivity(net, x[2:], R, t, runs=2, seed=np.random.default_rng(1),
+                           batch_size=b, method="smoothgrad", n=3).values for b in (3, None)]
+    assert_array_equal(g[0], g[1])  # a Generator: perturbations in row order, any batch
     other = np.array([1, 2, 3, 0])  # R of the other classes: what random_logit re-explains
     Rc = rp.smoothgrad(net, x[2:], other, n=3, seed=5, sample_offset=2)
     assert_allclose(M.random_logit(net, x[2:], Rc, t, classes=other, **kw).scores, 1.0,

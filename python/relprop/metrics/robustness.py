@@ -56,6 +56,9 @@ def _robustness(net, x, R, target, method, runs, noise, draw, seed, sample_offse
     runs = as_int(runs, "runs", minimum=1)
     seed, first = check_seed(seed), check_offset(sample_offset)
     noise_rows = _noise_rows(x, runs, noise, draw, seed, first)
+    # a Generator gives the perturbations in row order; the method's draws would interleave
+    # with them by batch, so the method gets an int seed drawn from it first
+    method_seed = int(seed.integers(1 << 63)) if isinstance(seed, np.random.Generator) else seed
     t = Target(net, x, target, False, batch_size)
     pred = t.output.argmax(axis=1)
     n = len(x)
@@ -68,7 +71,7 @@ def _robustness(net, x, R, target, method, runs, noise, draw, seed, sample_offse
         i, r = rows // runs, rows % runs
         xp = (x[i].astype(np.float64) + noise_rows(i, r)).astype(x.dtype)
         Rp = like(explain(net, xp, t.rows(i), method=method, batch_size=batch_size,
-                          **params, **method_draws(method, seed, first + i)), R.shape[1:])
+                          **params, **method_draws(method, method_seed, first + i)), R.shape[1:])
         values[rows] = change(flat_R[i], Rp.reshape(len(rows), -1).astype(np.float64),
                               x[i].reshape(len(rows), -1), xp.reshape(len(rows), -1))
         if nan_on_change:
