@@ -536,6 +536,18 @@ def test_random_methods_give_the_in_process_bits_for_any_chunking_and_a_resume(t
                                   relprop.smoothgrad(net, x[:150], "pred", n=3, seed=seed))
 
 
+def test_a_generator_seed_is_refused_with_the_reason(tmp_path, digits_npy):
+    """Chunks are explained apart, so a numpy.random.Generator's draws would depend on the
+    cut: explain_to_folder refuses it before any work (the CLI's -p seed is an int)."""
+    _, x = digits_npy
+    with pytest.raises(stream.UsageError, match="relprop explain: seed must be an int .* "
+                                                "would depend on the cut"):
+        stream.explain_to_folder(models.digits_cnn(), stream.ArrayInputs(x[:20], {"name": "x"}),
+                                 tmp_path / "o", method="smoothgrad",
+                                 params={"seed": np.random.default_rng(0)}, log=lambda m: None)
+    assert not (tmp_path / "o" / "relevance.npy").exists()
+
+
 # ------------------------------------------------------------------------------- memory --
 #: The CLI, then its peak RSS: VmHWM of /proc/self/status (ru_maxrss would count the memory of
 #: the pytest process the child was forked from).
