@@ -125,9 +125,9 @@ def torchvision_model(name, seed=0):
 
 
 def dyadic_batchnorms(model, merged, seed):
-    """``model`` with every BatchNorm2d's running statistics and affine parameters random, the
-    ``merged`` ones (names) with ``eps = 0`` and values on a coarse dyadic grid, so that
-    ``weight / sqrt(var)`` is a power of two and folding them is exact in float32 as in
+    """``model`` with every BatchNorm's (1-D and 2-D) running statistics and affine parameters
+    random, the ``merged`` ones (names) with ``eps = 0`` and values on a coarse dyadic grid, so
+    that ``weight / sqrt(var)`` is a power of two and folding them is exact in float32 as in
     float64."""
     import torch
     from torch import nn
@@ -141,7 +141,7 @@ def dyadic_batchnorms(model, merged, seed):
 
     with torch.no_grad():
         for bn_name, m in model.named_modules():
-            if not isinstance(m, nn.BatchNorm2d):
+            if not isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 continue
             c = m.num_features
             root = grid(0.5, 2.0, 1 / 16, c)  # sqrt(running_var)
