@@ -269,8 +269,8 @@ def test_from_torch_unsupported_graph_parts_name_the_node():
         (lambda s, x: torch.flatten(s.conv(x), 0), "node 'flatten'.*start_dim=0"),
         (lambda s, x: s.conv(x).view(2, x.size(0), -1), r"node 'view'.*mixes samples"),
         (lambda s, x: s.conv(x) * 2, "node 'mul'.*on tensors is not supported"),
-        (lambda s, x: s.conv(x) + s.offset,
-         "node 'add'.*adds tensor 'conv' and attribute 'offset'"),
+        (lambda s, x: s.conv(x) + s.wide,  # a parameter per sample of a batch of 3
+         r"node 'add'.*the added parameter of shape \(3, 2, 4, 4\) has a batch axis of 3"),
         (lambda s, x: F.elu(s.conv(x)), "elu is not supported"),
         (lambda s, x: F.hardtanh(s.conv(x), 1.0, -1.0),
          r"hardtanh\(1.0, -1.0\): Hardtanh needs min_val < max_val"),
@@ -278,8 +278,8 @@ def test_from_torch_unsupported_graph_parts_name_the_node():
     ]
     for forward, match in cases:
         with pytest.raises(ValueError, match=match):
-            relprop.from_torch(module(forward, offset=nn.Parameter(torch.ones(2, 1, 1))),
-                               (2, 4, 4))
+            relprop.from_torch(module(forward, offset=nn.Parameter(torch.ones(2, 1, 1)),
+                                      wide=nn.Parameter(torch.ones(3, 2, 4, 4))), (2, 4, 4))
 
     def data_dependent(s, x):
         y = s.conv(x)

@@ -525,9 +525,11 @@ def from_torch(module, input_shape, *, check=True, rtol=CHECK_RTOL):
     module : torch.nn.Module
         Read in eval mode (BatchNorm with its running statistics, Dropout skipped):
         torchvision's ResNets, DenseNets, MobileNetV2, VGGs and AlexNet, ``nn.Sequential``
-        stacks, and modules whose forward uses ``+``/``torch.add`` of two tensors, ``torch.cat``
-        (any dim but 0), per-sample reshapes (``torch.flatten``, ``x.view(x.size(0), ...)``,
-        ``reshape``, ``unflatten``, ``squeeze``/``unsqueeze`` of axes but the batch's;
+        stacks, and modules whose forward uses ``+``/``torch.add`` of two tensors or of a tensor
+        and a parameter (a position embedding), ``torch.cat`` (any dim but 0; of tensors and
+        parameters expanded over the batch: a class token), per-sample reshapes
+        (``torch.flatten``, ``x.view(x.size(0), ...)``, ``reshape``, ``unflatten``,
+        ``squeeze``/``unsqueeze`` of axes but the batch's;
         ``permute``, ``transpose``, ``movedim`` that keep the batch axis first;
         ``torch.chunk``/``split`` and indexing of each sample's axes; ``F.pad`` with zeros),
         functional relu/relu6/leaky_relu/prelu/hardtanh, clamps, adaptive/average/max pooling,
@@ -539,7 +541,8 @@ def from_torch(module, input_shape, *, check=True, rtol=CHECK_RTOL):
         input), Upsample and
         UpsamplingNearest2d/Bilinear2d, Flatten, Unflatten, ZeroPad1d/2d/3d, ConstantPad1d/2d/3d
         (zeros), BatchNorm1d/2d (folded into the Dense/Conv1d/Conv2d before it where nothing
-        else reads that layer's output, else an affine node), Dropout and Identity (skipped).
+        else reads that layer's output, else an affine node), Dropout and Identity (skipped);
+        LayerNorm, GELU and batch-first MultiheadAttention (torchvision's VisionTransformer).
         Parameters are copied (float32/float64 kept, other float dtypes converted to float32).
         The module's train/eval mode is left as it was.
     input_shape : tuple of int

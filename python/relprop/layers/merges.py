@@ -1,20 +1,46 @@
-"""Layers of several inputs: Add, Concat."""
+"""Layers of several inputs: Add, Concat (either with constant operands too: ViT's position
+embedding and class token)."""
 from __future__ import annotations
 
 import numpy as np
 
-from .._validate import as_int
+from .._validate import as_float_array, as_int
 from .base import Layer, OnnxOp, TorchFunction, TorchMethod, cfg_int, numel, register_layer
+
+
+def _constant(value, name):
+    """A constant operand as a float array (float32/float64 kept: the model's dtype)."""
+    return as_float_array(value, name)
+
+
+def _per_sample(c, rank, ctx, what):
+    """A module parameter ``c`` that a call combines with a batch of rank ``rank``: without
+    its leading batch axis of size 1 where it has one (``pos_embedding`` (1, T, D)); other
+    constants broadcast to each sample as torch aligns trailing axes."""
+    if c.ndim == rank:
+        if c.shape[0] != 1:
+            raise ctx.error(f"{what} of shape {c.shape} has a batch axis of {c.shape[0]}; "
+                            "relprop takes constants that are the same for every sample")
+        c = c[0]
+    elif c.ndim > rank:
+        raise ctx.error(f"{what} of shape {c.shape} has more axes than the batch ({rank})")
+    return c
 
 
 def _torch_add(a, ctx):
     x, y = a["input"], a["other"]
-    if not (ctx.is_tensor(x) and ctx.is_tensor(y)):
-        raise ctx.error(f"adds {ctx.describe(x)} and {ctx.describe(y)}; relprop supports the sum "
-                        "of two tensors computed from the input only (no constant offsets)")
     if a["alpha"] != 1:
         raise ctx.error(f"alpha={a['alpha']} is not supported")
-    return Add()
+    if ctx.is_tensor(x) and ctx.is_tensor(y):
+        return Add()
+    c = y if ctx.is_tensor(x) else x
+    if not (ctx.is_tensor(x) or ctx.is_tensor(y)) or not ctx.is_parameter(c):
+        raise ctx.error(f"adds {ctx.describe(x)} and {ctx.describe(y)}; relprop supports the sum "
+                        "of two tensors computed from the input, or of one and a parameter of "
+                        "the module (a position embedding)")
+    c = _per_sample(ctx.parameter(c, "the added parameter"), len(ctx.shape) + 1, ctx,
+                    "the added parameter")
+    return Add(constant=c)
 
 
 def _onnx_sum(ctx):
@@ -30,10 +56,13 @@ _ADD = (("input", "other", ("alpha", 1)), _torch_add)
 
 @register_layer
 class Add(Layer):
-    """The element-wise sum of two or more inputs of one shape (a residual connection).
+    """The element-wise sum of two or more inputs of one shape (a residual connection), or of
+    one input and a ``constant`` (ViT's position embedding; per-sample shaped, or broadcast to
+    each sample as NumPy aligns trailing axes).
 
-    LRP splits relevance in proportion to each input's share of the sum (the Norm rule:
-    ``R_i = x_i * R / stab(sum_j x_j)``, Zennit's ResNet canonizer)."""
+    LRP splits relevance in proportion to each operand's share of the sum (the Norm rule:
+    ``R_i = x_i * R / stab(sum_j x_j + c)``, Zennit's ResNet canonizer); the constant's share
+    stays with it, as a bias's does."""
 
     kind = "add"
     slots = ("sum",)
@@ -46,7 +75,32 @@ class Add(Layer):
         OnnxOp(("Add", "Sum"), _onnx_sum),
     )
 
+    def __init__(self, constant=None):
+        self.constant = None if constant is None else _constant(constant, "constant")
+        if self.constant is not None:
+            self.n_inputs = 1  # the input and the constant
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        return cls(arrays.get("constant"))
+
+    def arrays(self):
+        return {} if self.constant is None else {"constant": self.constant}
+
+    def describe(self):
+        return "Add" if self.constant is None else f"Add constant {self.constant.shape}"
+
     def output_shape(self, *shapes):
+        if self.constant is not None:
+            try:
+                ok = np.broadcast_shapes(self.constant.shape, shapes[0]) == tuple(shapes[0])
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"Add of a constant of shape {self.constant.shape} needs "
+                                 "samples it broadcasts to without growing, got "
+                                 f"{tuple(shapes[0])}")
+            return tuple(shapes[0])
         if len(shapes) < 2:
             raise ValueError(f"Add needs at least two inputs, got {len(shapes)}")
         if any(tuple(s) != tuple(shapes[0]) for s in shapes):
@@ -54,13 +108,18 @@ class Add(Layer):
         return tuple(shapes[0])
 
     def flops(self, in_shapes, out_shape):
-        return (len(in_shapes) - 1) * numel(out_shape)
+        return (len(in_shapes) - (self.constant is None)) * numel(out_shape)
 
     def forward(self, *xs):
+        if self.constant is not None:
+            return xs[0] + self.constant.astype(xs[0].dtype, copy=False), None
         y = xs[0] + xs[1]
         for x in xs[2:]:
             y += x
         return y, None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return g
 
     def vjp(self, g, xs, state, relu_mode="gradient"):
         return (g,) * len(xs)
@@ -82,10 +141,19 @@ def _torch_cat(a, ctx):
     items = a["tensors"]
     if not isinstance(items, (list, tuple)) or not items:
         raise ctx.error(f"expects a list of tensors, got {items!r}")
+    rank = len(ctx.shape) + 1
+    operands = []
     for v in items:
-        ctx.tensor(v, "every concatenated value")
-    axis = batch_axis(ctx.constant(a["dim"], "dim"), len(ctx.shape) + 1, ctx, "dim")
-    return Concat(axis) if len(items) > 1 else None
+        if ctx.is_parameter(v):  # ViT's class token, expanded over the batch
+            operands.append(_per_sample(ctx.parameter(v, "a concatenated parameter"), rank, ctx,
+                                        "a concatenated parameter"))
+        else:
+            ctx.tensor(v, "every concatenated value")
+            operands.append(None)
+    axis = batch_axis(ctx.constant(a["dim"], "dim"), rank, ctx, "dim")
+    if len(items) == 1:
+        return None
+    return Concat(axis, operands if any(v is not None for v in operands) else None)
 
 
 def _onnx_concat(ctx):
@@ -97,10 +165,13 @@ def _onnx_concat(ctx):
 
 @register_layer
 class Concat(Layer):
-    """Concatenation of two or more inputs along ``axis`` (an axis of the batch: 1, the
-    channels, by default; never 0, the batch axis), the inputs alike on every other axis.
+    """Concatenation of two or more operands along ``axis`` (an axis of the batch: 1, the
+    channels, by default; never 0, the batch axis), the operands alike on every other axis.
+    ``constants``, if given, lists the operands: an array for a constant (per-sample shaped,
+    the same for every sample: ViT's class token) and None for each input in turn, so
+    ``Concat(1, [token, None])`` puts ``token`` before its one input's tokens.
 
-    LRP slices relevance back to the inputs."""
+    LRP slices relevance back to the inputs (what lands on a constant stays there)."""
 
     kind = "concat"
     slots = ("concat",)
@@ -113,38 +184,83 @@ class Concat(Layer):
         OnnxOp(("Concat",), _onnx_concat),
     )
 
-    def __init__(self, axis=1):
+    def __init__(self, axis=1, constants=None):
         self.axis = as_int(axis, "axis", minimum=1)
+        self.constants = None
+        if constants is not None:
+            if not isinstance(constants, (list, tuple)) or len(constants) < 2 or \
+                    not any(v is None for v in constants):
+                raise TypeError("constants must be the list of operands, an array for each "
+                                "constant and None for each input in turn (at least one), "
+                                f"two or more in all; got {constants!r}")
+            self.constants = tuple(None if v is None else _constant(v, f"constants[{k}]")
+                                   for k, v in enumerate(constants))
+            self.n_inputs = sum(v is None for v in self.constants)
 
     @classmethod
     def from_config(cls, cfg, arrays):
-        return cls(cfg_int(cfg, "axis", 1))
+        at, n = cfg.get("constants"), cfg.get("operands")
+        if at is None:
+            return cls(cfg_int(cfg, "axis", 1))
+        if not isinstance(at, list) or not isinstance(n, int) or \
+                any(f"constant{k}" not in arrays for k in at):
+            raise ValueError(f"has bad 'constants' {at!r} or 'operands' {n!r} (positions of "
+                             "arrays 'constant<k>' among the operands)")
+        return cls(cfg_int(cfg, "axis", 1),
+                   [arrays[f"constant{k}"] if k in at else None for k in range(n)])
 
     def config(self):
-        return {} if self.axis == 1 else {"axis": self.axis}
+        cfg = {} if self.axis == 1 else {"axis": self.axis}
+        if self.constants is not None:
+            cfg["constants"] = [k for k, v in enumerate(self.constants) if v is not None]
+            cfg["operands"] = len(self.constants)
+        return cfg
+
+    def arrays(self):
+        return {f"constant{k}": v for k, v in enumerate(self.constants or ()) if v is not None}
 
     def describe(self):
-        return "Concat" if self.axis == 1 else f"Concat axis {self.axis}"
+        text = "Concat" if self.axis == 1 else f"Concat axis {self.axis}"
+        return text + (f" with constants at {self.config()['constants']}"
+                       if self.constants is not None else "")
+
+    def _operands(self, xs, constant):
+        """The inputs ``xs`` with ``constant(c)`` in each constant's place."""
+        if self.constants is None:
+            return list(xs)
+        it = iter(xs)
+        return [next(it) if c is None else constant(c) for c in self.constants]
 
     def output_shape(self, *shapes):
-        if len(shapes) < 2:
+        if self.constants is None and len(shapes) < 2:
             raise ValueError(f"Concat needs at least two inputs, got {len(shapes)}")
-        first, k = tuple(shapes[0]), self.axis - 1  # k: the axis of a sample
-        if k >= len(first) or any(len(s) != len(first) or tuple(s[:k]) != first[:k]
-                                  or tuple(s[k + 1:]) != first[k + 1:] for s in shapes):
+        shapes = [tuple(s) for s in self._operands(shapes, lambda c: c.shape)]
+        first, k = shapes[0], self.axis - 1  # k: the axis of a sample
+        if k >= len(first) or any(len(s) != len(first) or s[:k] != first[:k]
+                                  or s[k + 1:] != first[k + 1:] for s in shapes):
             raise ValueError(f"Concat along axis {self.axis} needs inputs that differ only on "
-                             f"that axis, got per-sample shapes {[tuple(s) for s in shapes]}")
+                             f"that axis, got per-sample shapes {shapes}")
         return first[:k] + (sum(int(s[k]) for s in shapes),) + first[k + 1:]
 
     def forward(self, *xs):
-        return np.concatenate(xs, axis=self.axis), None
+        n, dt = len(xs[0]), xs[0].dtype
+        parts = self._operands(xs, lambda c: np.broadcast_to(c.astype(dt, copy=False),
+                                                             (n,) + c.shape))
+        return np.concatenate(parts, axis=self.axis), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return self.vjp(g, (x,), state)[0]
 
     def vjp(self, g, xs, state, relu_mode="gradient"):
+        """The slices of ``g`` of each input (the constants' dropped)."""
         out, start = [], 0
         index = [slice(None)] * g.ndim
-        for x in xs:
-            stop = start + x.shape[self.axis]
+        sizes = self._operands([x.shape[self.axis] for x in xs],
+                               lambda c: -c.shape[self.axis - 1])  # < 0: a constant's
+        for size in sizes:
+            stop = start + abs(size)
             index[self.axis] = slice(start, stop)
-            out.append(np.ascontiguousarray(g[tuple(index)]))
+            if size >= 0:
+                out.append(np.ascontiguousarray(g[tuple(index)]))
             start = stop
         return tuple(out)

@@ -20,7 +20,8 @@ class Twin:
     layer's matrix of rule-modified weights, :func:`relprop.reference.as_matrix`); for layers
     that LRP's Norm rule sees as linear once a factor of the input is held constant
     (LayerNorm's standard deviation) ``linear(layer, a, v) -> `` that map, made at ``a``,
-    applied to ``v`` (both shaped like the input)."""
+    applied to ``v`` (both shaped like the input); an addition of a constant gives the identity
+    (the constant is its bias)."""
 
     forward: Callable
     backward: Callable
@@ -349,15 +350,33 @@ register_twin("slice",
               backward=_slice_backward)
 
 
+def _concat_operands(layer, xs):
+    """The inputs with the constants (repeated over the batch) in their places."""
+    if layer.constants is None:
+        return list(xs)
+    it = iter(xs)
+    return [next(it) if c is None else np.repeat(c[None].astype(xs[0].dtype), len(xs[0]), 0)
+            for c in layer.constants]
+
+
 def _concat_backward(layer, g, xs, mode):
-    bounds = np.cumsum([0] + [a.shape[layer.axis] for a in xs])
+    parts = _concat_operands(layer, xs)
+    bounds = np.cumsum([0] + [a.shape[layer.axis] for a in parts])
     return [np.take(g, np.arange(lo, hi), axis=layer.axis)
-            for lo, hi in zip(bounds[:-1], bounds[1:])]
+            for lo, hi, a in zip(bounds[:-1], bounds[1:], parts) if any(a is x for x in xs)]
 
 
-register_twin("add", forward=lambda layer, *xs: sum(xs[1:], xs[0]),
-              backward=lambda layer, g, xs, mode: [g for _ in xs])
-register_twin("concat", forward=lambda layer, *xs: np.concatenate(xs, axis=layer.axis),
+def _add_forward(layer, *xs):
+    y = sum(xs[1:], xs[0])
+    return y if layer.constant is None else y + layer.constant.astype(y.dtype)
+
+
+# Add's map, for the Norm rule: the sum of the inputs (a constant is its bias)
+register_twin("add", forward=_add_forward, backward=lambda layer, g, xs, mode: [g for _ in xs],
+              linear=lambda layer, a, v: v)
+register_twin("concat",
+              forward=lambda layer, *xs: np.concatenate(_concat_operands(layer, xs),
+                                                        axis=layer.axis),
               backward=_concat_backward)
 
 
