@@ -71,8 +71,9 @@ def test_nan_and_errors():
 
 class Net(nn.Module):
     """Every spelling of a clamp: nn.Hardtanh, F.hardtanh (keywords), torch.clamp with a lower
-    bound only, x.clamp with an upper one, ReLU6 as Hardtanh(0, 6) and clamp(0, 6), ReLU as
-    clamp(0); a ReLU module for the backprop variants."""
+    bound only, x.clamp with an upper one, torch.clamp_min and x.clamp_max, ReLU6 as
+    Hardtanh(0, 6) and clamp(0, 6), ReLU as clamp(0) and clamp_min(0); a ReLU module for the
+    backprop variants."""
 
     def __init__(self):
         super().__init__()
@@ -87,7 +88,8 @@ class Net(nn.Module):
     def forward(self, x):
         y = self.pool(self.act1(self.conv1(x)))
         z = self.conv2(y)
-        y = F.hardtanh(z, min_val=-0.5, max_val=0.5) + torch.clamp(z, min=-0.2) + y
+        y = (F.hardtanh(z, min_val=-0.5, max_val=0.5) + torch.clamp(z, min=-0.2) + y
+             + torch.clamp_min(z, -0.3) + z.clamp_max(0.4) + z.clamp_min(0))
         # (a clamp right before another: torch 2.14's dynamo exporter merges the two Clips into
         # one whose bounds it never writes, a file onnxruntime refuses)
         y = self.six(y) + torch.clamp(y, 0, 6) + torch.clamp(y, 0) + y.clamp(max=1.5)
@@ -95,7 +97,8 @@ class Net(nn.Module):
 
 
 KINDS = [("act1", "hardtanh", (-1.0, 2.0)), ("hardtanh", "hardtanh", (-0.5, 0.5)),
-         ("clamp", "hardtanh", (-0.2, INF)), ("six", "relu6", None), ("clamp_1", "relu6", None),
+         ("clamp", "hardtanh", (-0.2, INF)), ("clamp_min", "hardtanh", (-0.3, INF)),
+         ("clamp_max", "hardtanh", (-INF, 0.4)), ("clamp_min_1", "relu", None), ("six", "relu6", None), ("clamp_1", "relu6", None),
          ("clamp_2", "relu", None), ("clamp_3", "hardtanh", (-INF, 1.5))]
 
 

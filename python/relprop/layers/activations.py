@@ -221,14 +221,17 @@ def _onnx_max_min(ctx):
 
 
 def _torch_clamp(names, text):
-    """The converter of a clamp whose bounds are the arguments ``names``."""
+    """The converter of a clamp whose bounds are the arguments ``names`` (a name None: no such
+    bound)."""
     def convert(a, ctx):
-        low, high = (ctx.constant(a[name], name) for name in names)
+        low, high = (None if name is None else ctx.constant(a[name], name) for name in names)
         return clamp_layer(low, high, ctx, f"{text}({low}, {high})")
     return convert
 
 
 _CLAMP = (("input", ("min", None), ("max", None)), _torch_clamp(("min", "max"), "clamp"))
+_CLAMP_MIN = (("input", "min"), _torch_clamp(("min", None), "clamp_min"))
+_CLAMP_MAX = (("input", "max"), _torch_clamp((None, "max"), "clamp_max"))
 
 
 @register_layer
@@ -265,7 +268,8 @@ def _bound(value, name, none):
 
 @register_layer
 class Hardtanh(Elementwise):
-    """``min(max(x, min_val), max_val)`` (``torch.nn.Hardtanh``, ``torch.clamp``, ONNX Clip;
+    """``min(max(x, min_val), max_val)`` (``torch.nn.Hardtanh``, ``torch.clamp``,
+    ``clamp_min``, ``clamp_max``, ONNX Clip;
     a bound may be infinite: one-sided clamps).  Gradient ``g`` where ``min_val < x < max_val``,
     0 where ``x`` is at or beyond a bound (torch's hardtanh; ``torch.clamp``'s own gradient is
     ``g`` at a bound: only inputs exactly there differ).  Piecewise linear, not a rectifier:
@@ -284,6 +288,10 @@ class Hardtanh(Elementwise):
                       _torch_clamp(("min_val", "max_val"), "hardtanh")),
         TorchFunction(("torch.clamp", "torch.clip"), *_CLAMP),
         TorchMethod(("clamp", "clamp_", "clip"), *_CLAMP),
+        TorchFunction(("torch.clamp_min",), *_CLAMP_MIN),
+        TorchMethod(("clamp_min", "clamp_min_"), *_CLAMP_MIN),
+        TorchFunction(("torch.clamp_max",), *_CLAMP_MAX),
+        TorchMethod(("clamp_max", "clamp_max_"), *_CLAMP_MAX),
         OnnxOp(("Clip",), _onnx_clip),
         OnnxOp(("Max", "Min"), _onnx_max_min),
     )
