@@ -98,7 +98,8 @@ class Net(nn.Module):
 
 KINDS = [("act1", "hardtanh", (-1.0, 2.0)), ("hardtanh", "hardtanh", (-0.5, 0.5)),
          ("clamp", "hardtanh", (-0.2, INF)), ("clamp_min", "hardtanh", (-0.3, INF)),
-         ("clamp_max", "hardtanh", (-INF, 0.4)), ("clamp_min_1", "relu", None), ("six", "relu6", None), ("clamp_1", "relu6", None),
+         ("clamp_max", "hardtanh", (-INF, 0.4)), ("clamp_min_1", "relu", None),
+         ("six", "relu6", None), ("clamp_1", "relu6", None),
          ("clamp_2", "relu", None), ("clamp_3", "hardtanh", (-INF, 1.5))]
 
 
