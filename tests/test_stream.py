@@ -425,6 +425,31 @@ def test_resume_refuses_a_chunk_recomputed_other_than_its_checksum(tmp_path, dig
     assert proc.returncode == 2 and "no progress record" in proc.stderr
 
 
+def test_verify_checks_what_lies_outside_the_chunks(tmp_path, digits_npy):
+    """relprop verify checks everything: the CSV header, bytes after relevance.npy's array and,
+    after a finished run, after the last chunk's rows (all passed as matching: only the chunks
+    were checked); --resume repairs them to the clean run's bytes."""
+    args = finished_run(tmp_path, digits_npy[1][:150])
+    out = tmp_path / "out"
+    clean = read_out(out)
+    _overwrite(out / "explained.csv", 0, b"nome")
+    with open(out / "explained.csv", "ab") as fh:
+        fh.write(b"extra,1,2,3\n")
+    with open(out / "relevance.npy", "ab") as fh:
+        fh.write(bytes(256))
+    proc = run("verify", out)
+    assert proc.returncode == 1, proc
+    for problem in ("explained.csv: its header is not 'name,target,score,relevance_sum'",
+                    "relevance.npy: 38,784 bytes, its array 38,528",
+                    "explained.csv: 12 bytes after the last chunk's rows", "3 problem(s)"):
+        assert problem in proc.stdout, proc.stdout
+    proc = run(*args, "--resume")
+    assert proc.returncode == 0 and "relevance.npy: 38,784 bytes, its array 38,528: repaired" \
+        in proc.stdout, proc.stdout
+    assert read_out(out) == clean and (out / "relevance.npy").stat().st_size == 38_528
+    assert run("verify", out).returncode == 0
+
+
 def test_chunks_after_the_last_sync_point_are_verified_on_resume(tmp_path, digits_npy):
     """After an OS crash, chunks counted after the last sync point may not be on disk: --resume
     verifies them even when verifying all would cost too much (here: a run that took no time),

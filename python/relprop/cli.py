@@ -760,7 +760,9 @@ def add_verify_parser(subparsers):
         description="Check OUTDIR, the output folder of 'relprop explain', against its "
                     "progress record: relevance.npy's shape and type, and the bytes of every "
                     "completed chunk in relevance.npy and explained.csv against the chunk's "
-                    "CRC-32.  Prints what it found; exit status 0 when everything matches, 1 "
+                    "CRC-32, the CSV header, and that nothing follows the array or (for a "
+                    "finished run) the last chunk's rows.  Prints what it found; exit status 0 "
+                    "when everything matches, 1 "
                     "when something is damaged ('relprop explain ... --resume' with the run's "
                     "arguments recomputes damaged chunks).  Heatmap PNGs are not checked.")
     p.add_argument("out", metavar="OUTDIR", help="the output folder of a relprop explain run")
@@ -788,6 +790,7 @@ def run_verify(args):
     if checker.shape != tuple(rec["shape"]) or checker.dtype != np.dtype(rec["dtype"]):
         problems.append(f"relevance.npy: shape {checker.shape} and dtype {checker.dtype}, the "
                         f"progress record says {tuple(rec['shape'])} {np.dtype(rec['dtype'])}")
+    problems += checker.frame(complete=done == n)
     for i, files in checker.check(range(len(checker.chunks))):
         problems.append(f"{describe_chunk(i, checker.chunks[i])}: {' and '.join(files)} "
                         "differ(s) from its checksum")
@@ -795,7 +798,7 @@ def run_verify(args):
         print(line)
     if problems:
         print(f"damaged: {len(problems)} problem(s); 'relprop explain' with the run's arguments "
-              "and --resume recomputes damaged chunks")
+              "and --resume repairs them (it recomputes damaged chunks)")
         return 1
     print(f"all {len(checker.chunks)} chunk(s) match their checksums "
           f"({checker.bytes:,} bytes of relevance.npy and explained.csv)")

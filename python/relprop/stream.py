@@ -62,6 +62,8 @@ RECORD = "progress.json"
 SYNCED = "progress.synced.json"
 RECORD_FORMAT = "relprop-explain-progress"
 RECORD_VERSION = 2
+#: The first line of ``explained.csv`` (the chunks' rows follow it).
+CSV_HEADER = b"name,target,score,relevance_sum\n"
 #: --resume verifies every written chunk when that is estimated (from the last two) to take at
 #: most this share of the run's time so far, else the last two only.
 VERIFY_SHARE = 0.1
@@ -475,6 +477,26 @@ class Checker:
         """``[(index, files)]`` of the chunks at ``indices`` that differ from their checksums."""
         return [(i, bad) for i in indices for bad in [self.damaged(self.chunks[i])] if bad]
 
+    def frame(self, complete):
+        """What lies outside the chunks, as problems (text): ``explained.csv``'s header,
+        ``relevance.npy``'s length (its array, nothing after), and for a ``complete`` run bytes
+        of ``explained.csv`` after the last chunk's rows (an interrupted run may hold the rows
+        of the chunk in flight there; --resume drops them)."""
+        out = []
+        with open(self.paths[1], "rb") as fh:
+            head = fh.read(len(CSV_HEADER))
+        if head != CSV_HEADER:
+            out.append(f"explained.csv: its header is not {CSV_HEADER.decode().strip()!r}")
+        want = self.offset + self.shape[0] * self.row_bytes
+        have = os.path.getsize(self.paths[0])
+        if have != want:
+            out.append(f"relevance.npy: {have:,} bytes, its array {want:,}")
+        end = self.chunks[-1][3] if self.chunks else len(CSV_HEADER)
+        have = os.path.getsize(self.paths[1])
+        if complete and have > end:
+            out.append(f"explained.csv: {have - end:,} bytes after the last chunk's rows")
+        return out
+
 
 def describe_chunk(i, chunk):
     return f"chunk {i} (samples {chunk[0]}..{chunk[1] - 1})"
@@ -592,6 +614,7 @@ class OutputFolder:
                     f"the last sync point, {SYNCED}")
             damaged = self._verify(float(rec.get("seconds", 0.0)), int(rec.get("synced", 0)),
                                    log)
+            self._repair_frame(log)
             self._open(csv_bytes)
         self.done, self.derived, self._csv_bytes = done, dict(rec.get("derived", {})), csv_bytes
         self.synced = int(rec.get("synced", 0))
@@ -622,6 +645,19 @@ class OutputFolder:
                 "verify OUTDIR checks them all)")
         return damaged
 
+    def _repair_frame(self, log):
+        """Rewrite a damaged CSV header and cut bytes after relevance.npy's array (what
+        :meth:`Checker.frame` finds outside the chunks; the CSV's tail goes in :meth:`_open`)."""
+        for problem in self.checker.frame(complete=False):
+            log(f"--resume: {problem}: repaired")
+        with open(self.csv_path, "r+b") as fh:
+            if fh.read(len(CSV_HEADER)) != CSV_HEADER:
+                fh.seek(0)
+                fh.write(CSV_HEADER)
+        want = self.checker.offset + self.checker.shape[0] * self.checker.row_bytes
+        if os.path.getsize(self.rel_path) > want:
+            os.truncate(self.rel_path, want)
+
     def previous_progress(self):
         """``(done, n)`` of the run OUTDIR holds (whatever its arguments), or None."""
         try:
@@ -645,8 +681,8 @@ class OutputFolder:
                                         shape=self.shape)
         self._rel_offset = int(rel.offset)
         del rel
-        with open(self.csv_path, "w") as fh:
-            fh.write("name,target,score,relevance_sum\n")
+        with open(self.csv_path, "wb") as fh:
+            fh.write(CSV_HEADER)
         self.done, self.derived = 0, dict(derived)
         self._open(os.path.getsize(self.csv_path))
         self._write_record()
