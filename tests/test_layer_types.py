@@ -120,7 +120,7 @@ class Scaled(L.Elementwise):
     reads the parameter the call gets (``ctx.parameter``)."""
 
     kind = "test_scaled"
-    imports = (L.TorchFunction(("torch.mul",), ("input", "other"),
+    imports = (L.TorchFunction(("torch.multiply",), ("input", "other"),  # Mul has torch.mul
                                lambda a, ctx: Scaled(ctx.parameter(a["other"], "other"))),)
 
     def __init__(self, s):
@@ -145,15 +145,15 @@ def test_a_converter_reads_the_module_parameters_a_function_gets(rng):
             self.constant = constant
 
         def forward(self, x):
-            y = torch.mul(torch.mul(self.fc(x), self.scale), self.stats)
-            return torch.mul(y, 2.0) if self.constant else y
+            y = torch.multiply(torch.multiply(self.fc(x), self.scale), self.stats)
+            return torch.multiply(y, 2.0) if self.constant else y
 
     L.register_layer(Scaled)
     try:
         net = rp.from_torch(M().double(), (4,))
         assert [layer.s.tolist() for layer in net.layers[1:]] == [[1.0, -2.0, 0.5],
                                                                   [3.0, 1.0, 2.0]]
-        with pytest.raises(ValueError, match="'mul_2'.*other must be a parameter or buffer of "
+        with pytest.raises(ValueError, match="'multiply_2'.*other must be a parameter or buffer of "
                                              "the module, got 2.0"):
             rp.from_torch(M(constant=True).double(), (4,))
     finally:

@@ -133,7 +133,7 @@ def test_lrp_matches_zennit(name, rng):
 
 
 @pytest.mark.parametrize("dynamo", [True, False], ids=["torch.export", "torchscript"])
-@pytest.mark.parametrize("name", sorted(set(LAYERS) - {"silu"}))
+@pytest.mark.parametrize("name", sorted(LAYERS))
 def test_from_onnx_of_both_exporters(tmp_path, rng, name, dynamo):
     pytest.importorskip("onnxruntime")
     module = _net(name).float()

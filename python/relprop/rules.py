@@ -413,7 +413,7 @@ class Norm(Rule):
     is held constant, that map (LayerNorm with its standard deviation frozen)."""
 
     stabilizer: float = 1e-6
-    applies_to = ("avgpool", "sum", "layernorm")
+    applies_to = ("avgpool", "sum", "layernorm", "scale")
 
     def __post_init__(self):
         _check_stabilizer(self)
@@ -466,3 +466,29 @@ class Pass(Rule):
         if layer.elementwise:
             return r
         return layer.backward(r, a, state)
+
+
+@register_rule("product")
+@dataclass(frozen=True)
+class Product(Rule):
+    """For the product of two tensors (Mul): a gate (the operand a Sigmoid or Hardsigmoid made,
+    ``Mul.gate``) gets no relevance and the other operand all of it, the gate held constant (as
+    LXT's CP-LRP treats gated units; a squeeze-and-excitation branch receives nothing); without
+    a gate, half to each operand (AttnLRP's uniform rule).  An operand broadcast over the other
+    gets its relevance summed over the broadcast axes.  Conserving."""
+
+    applies_to = ("product",)
+
+    def reads(self, parts=False):
+        return ""
+
+    def relevance(self, layer, a, z, r, parts=None, state=None):
+        from .layers.merges import reduce_to
+
+        gate = layer.gate if layer.gate in (0, 1) else None
+        if gate is not None:
+            out = [None, None]  # the gate's branch receives nothing (its rules do not run)
+            out[1 - gate] = reduce_to(r, a[1 - gate].shape[1:])
+            return tuple(out)
+        half = r * np.asarray(0.5, dtype=r.dtype)
+        return reduce_to(half, a[0].shape[1:]), reduce_to(half.copy(), a[1].shape[1:])

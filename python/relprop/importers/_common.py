@@ -84,6 +84,10 @@ class GraphBuilder:
         self.shapes[name] = tuple(int(s) for s in out)
         return name
 
+    def producer(self, name):
+        """The node that makes tensor ``name`` (None for the network input)."""
+        return next((n for n in reversed(self.nodes) if n.name == name), None)
+
     def build(self, output, input_shape, where):
         """The network whose output is tensor ``output``: a Sequential when the nodes that
         reach it form a chain, else a Graph (nodes the output does not depend on are left

@@ -389,6 +389,10 @@ class _Call:
     def const(self, i, what, required=True):
         return self.reader.const(self.node, i, what, required)
 
+    def producer(self, name):
+        """The relprop node that makes tensor ``name`` (None for the network input)."""
+        return self.reader.b.producer(getattr(name, "name", name))
+
     def window(self, pooling=True):
         """``(kernel, strides, pads, dilations)`` of a Conv or pooling, pads symmetric."""
         return _window_attrs(self.attrs, self.where, pooling)

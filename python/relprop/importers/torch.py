@@ -65,6 +65,10 @@ _DROPOUT = ("input", ("p", 0.5), ("training", True), ("inplace", False))
 #: identity).
 _PLUMBING_FUNCTIONS = {"torch.nn.functional.dropout": (_DROPOUT, None),
                        "torch.nn.functional.dropout2d": (_DROPOUT, None),
+                       # torchvision's stochastic depth (EfficientNet, ConvNeXt): a residual
+                       # branch dropped at random in training, the identity in eval
+                       "torchvision.ops.stochastic_depth.stochastic_depth":
+                           (("input", "p", "mode", ("training", True)), None),
                        "torch._assert": (("condition", "message"), "assert")}
 _PLUMBING_METHODS = {"contiguous": ("input", ("memory_format", None)),
                      "clone": ("input", ("memory_format", None)),
@@ -194,6 +198,10 @@ class _Call:
 
     def constant(self, v, what):
         return self.reader._constant(v, self.node, what)
+
+    def producer(self, name):
+        """The relprop node that makes tensor ``name`` (None for the network input)."""
+        return self.reader.b.producer(getattr(name, "name", name))
 
     def parameter(self, v, what):
         """The module's parameter or buffer that the call reads (``F.prelu(x, self.weight)``),

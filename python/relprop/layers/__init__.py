@@ -8,8 +8,8 @@ holds), registered by kind in :data:`LAYER_TYPES`; the families live in their ow
   and their 1-D forms;
 * :mod:`~relprop.layers.activations` - ReLU, ReLU6;
 * :mod:`~relprop.layers.shape` - Flatten;
-* :mod:`~relprop.layers.merges` - Add, Concat;
-* :mod:`~relprop.layers.normalization` - BatchNorm1d/2d, LayerNorm;
+* :mod:`~relprop.layers.merges` - Add, Concat, Mul;
+* :mod:`~relprop.layers.normalization` - BatchNorm1d/2d, LayerNorm, Scale;
 * :mod:`~relprop.layers.attention` - Attention (multi-head scaled dot-product).
 
 Composites and rules read the layer types' slots (:func:`slot_types`), the importers build

@@ -400,6 +400,7 @@ class Sigmoid(KernelActivation):
 
     kind = "sigmoid"
     op = "sigmoid"
+    gating = True
     imports = (
         TorchModule(("Sigmoid",), lambda m, ctx: Sigmoid()),
         TorchFunction(("torch.sigmoid", "torch.nn.functional.sigmoid", "torch.special.expit"),
@@ -439,6 +440,7 @@ class Hardsigmoid(KernelActivation):
 
     kind = "hardsigmoid"
     op = "hardsigmoid"
+    gating = True
     imports = (
         TorchModule(("Hardsigmoid",), lambda m, ctx: Hardsigmoid()),
         TorchFunction(("torch.nn.functional.hardsigmoid",), _INPLACE,

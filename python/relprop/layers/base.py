@@ -78,7 +78,8 @@ def slot_names() -> list:
 # the node (Split), for torch it is the call's value (``torch.chunk``; indexing it with
 # ``operator.getitem`` picks one).  ``ctx`` is the importer's view of the call: ``where``
 # (for messages), ``shape`` (the first data input's per-sample shape), ``error(msg)`` (a
-# ValueError naming the call), ``pair(v, name)``, ``add(layer, inputs)`` and the framework's own
+# ValueError naming the call), ``pair(v, name)``, ``add(layer, inputs)``, ``producer(tensor)``
+# (the node made so far that makes a data input, None for the input) and the framework's own
 # (torch: ``array(tensor)``, ``constant(v, name)``, ``parameter(v, name)`` (a module parameter
 # the call reads, or one expanded over the batch: ``self.token.expand(n, -1, -1)``),
 # ``is_parameter(v)``, ``describe(v)``, ``batch``, ``args`` (a module's bound arguments, with
@@ -171,6 +172,9 @@ class Layer:
     #: A layer whose output is cheap to remake from its inputs (element-wise, reshaping, sums,
     #: concatenations): the LRP walk remakes it instead of keeping it.
     remakable = False
+    #: A gate: its outputs lie in (0, 1) and scale another tensor (Sigmoid, Hardsigmoid), so a
+    #: product it feeds gives the other operand all relevance (``Mul.resolve``).
+    gating = False
     #: Fusion traits.  ``epilogue``: the element-wise step this layer is, when the kernel that
     #: makes its input can apply it in its store ("relu"), or None.  ``takes_epilogue``: this
     #: layer's kernels apply its reader's epilogue (``forward(x, relu=True)``) and, backward, the

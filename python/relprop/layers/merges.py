@@ -1,11 +1,12 @@
 """Layers of several inputs: Add, Concat (either with constant operands too: ViT's position
-embedding and class token)."""
+embedding and class token), Mul."""
 from __future__ import annotations
 
 import numpy as np
 
 from .._validate import as_float_array, as_int
 from .base import Layer, OnnxOp, TorchFunction, TorchMethod, cfg_int, numel, register_layer
+from .normalization import Scale
 
 
 def _constant(value, name):
@@ -264,3 +265,132 @@ class Concat(Layer):
                 out.append(np.ascontiguousarray(g[tuple(index)]))
             start = stop
         return tuple(out)
+
+
+# --- products ------------------------------------------------------------------------------------
+def reduce_to(t, shape):
+    """``t`` (n, ...) summed over the axes that a per-sample ``shape`` broadcasts to it (the
+    vector-Jacobian product of a broadcast)."""
+    lead = t.ndim - 1 - len(shape)
+    axes = tuple(range(1, 1 + lead)) + tuple(
+        1 + lead + k for k, s in enumerate(shape) if s == 1 and t.shape[1 + lead + k] != 1)
+    return t.sum(axis=axes).reshape((len(t),) + tuple(shape)) if axes else t
+
+
+def batch_aligned(t, rank):
+    """``t`` (n, ...) with unit axes after the batch axis up to ``rank``: a sample's shape
+    broadcast by NumPy's rules while the batch axis stays first."""
+    return t.reshape(t.shape[:1] + (1,) * (rank - t.ndim) + t.shape[1:])
+
+
+def _silu_of(ctx, inputs):
+    """``x * sigmoid(x)`` (either order, the sigmoid reading x alone): a SiLU of x, as torch's
+    ONNX exporters write F.silu; None for any other product."""
+    from .activations import Sigmoid, SiLU
+
+    for j in (0, 1):
+        p = ctx.producer(inputs[j])
+        other = getattr(inputs[1 - j], "name", inputs[1 - j])
+        if p is not None and isinstance(p.layer, Sigmoid) and tuple(p.inputs) == (other,):
+            return ctx.add(SiLU(), [other])
+    return None
+
+
+def _factor(value, ctx):
+    """A constant factor as a per-sample weight (:func:`_per_sample`; a number as float64)."""
+    w = np.asarray(value, dtype=np.float64 if np.isscalar(value) else None)
+    return _per_sample(w, len(ctx.shape) + 1, ctx, "the factor")
+
+
+def _torch_mul(a, ctx):
+    x, y = a["input"], a["other"]
+    if ctx.is_tensor(x) and ctx.is_tensor(y):
+        return _silu_of(ctx, [x, y]) or Mul()
+    if not (ctx.is_tensor(x) or ctx.is_tensor(y)):  # names the first (not a tensor at all)
+        ctx.tensor(x, "the input")
+    t, c = (x, y) if ctx.is_tensor(x) else (y, x)
+    w = ctx.parameter(c, "the factor") if ctx.is_parameter(c) else \
+        ctx.constant(c, "the factor")
+    try:
+        return ctx.add(Scale(_factor(w, ctx)), [t])
+    except (ValueError, TypeError) as exc:
+        raise ctx.error(str(exc)) from None
+
+
+def _onnx_mul(ctx):
+    if len(ctx.inputs) == 2:
+        return _silu_of(ctx, ctx.inputs) or Mul()
+    data = 0 if ctx.node.input[0] in ctx.reader.data else 1
+    w = _factor(ctx.const(1 - data, "the factor"), ctx)
+    try:
+        return Scale(w)
+    except (ValueError, TypeError) as exc:
+        raise ctx.error(str(exc)) from None
+
+
+_MUL = (("input", "other"), _torch_mul)
+
+
+@register_layer
+class Mul(Layer):
+    """The element-wise product of two inputs broadcast against each other (NumPy's rules on
+    each sample's shape): a squeeze-and-excitation gate ``x * s`` with ``s`` (c, 1, 1).
+
+    ``gate``: the input that gates the other (0 or 1), None, or "auto" (the default), resolved
+    when the network is built: the input made by a gating layer (Sigmoid, Hardsigmoid; the
+    ``gating`` trait) when exactly one is.  LRP (the Product rule): a gate gets no relevance and
+    the other input all of it (the gate held constant, as LXT's CP-LRP treats gated units);
+    without a gate each input gets half (AttnLRP's uniform rule).  A product with a parameter
+    or a number is a :class:`relprop.layers.normalization.Scale`.
+    """
+
+    kind = "mul"
+    slots = ("product",)
+    default_rule = "product"
+    n_inputs = 2
+    backward_reads_input = True
+    remakable = True
+    imports = (
+        TorchFunction(("operator.mul", "operator.imul", "torch.mul"), *_MUL),
+        TorchMethod(("mul", "mul_", "__mul__"), *_MUL),
+        OnnxOp(("Mul",), _onnx_mul),
+    )
+
+    def __init__(self, gate="auto"):
+        if gate not in ("auto", None, 0, 1) or isinstance(gate, bool):
+            raise ValueError(f"Mul gate must be 'auto', None, 0 or 1, got {gate!r}")
+        self.gate = gate
+
+    def config(self):
+        return {"gate": self.gate}
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        return cls(cfg.get("gate", "auto"))
+
+    def describe(self):
+        return "Mul" + ("" if self.gate in ("auto", None) else f" (input {self.gate} gates)")
+
+    def resolve(self, producers):
+        if self.gate != "auto":
+            return self
+        gates = [i for i, p in enumerate(producers) if p is not None and p.gating]
+        return Mul(gates[0] if len(gates) == 1 else None)
+
+    def output_shape(self, *shapes):
+        try:
+            return tuple(np.broadcast_shapes(*(tuple(s) for s in shapes)))
+        except ValueError:
+            raise ValueError(f"Mul needs inputs that broadcast against each other, got "
+                             f"{[tuple(s) for s in shapes]}") from None
+
+    def flops(self, in_shapes, out_shape):
+        return numel(out_shape)
+
+    def forward(self, a, b):
+        rank = max(a.ndim, b.ndim)  # a sample's axes align from the last, the batch's first
+        return np.multiply(batch_aligned(a, rank), batch_aligned(b, rank)), None
+
+    def vjp(self, g, xs, state, relu_mode="gradient"):
+        a, b = (batch_aligned(x, g.ndim) for x in xs)
+        return reduce_to(g * b, xs[0].shape[1:]), reduce_to(g * a, xs[1].shape[1:])

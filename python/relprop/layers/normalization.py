@@ -1,5 +1,5 @@
-"""Normalization: inference-mode BatchNorm (folded into the Dense/Conv2d before it where it
-can be, else an affine node) and LayerNorm."""
+"""Normalization and scaling: inference-mode BatchNorm (folded into the Dense/Conv2d before it
+where it can be, else an affine node), LayerNorm, and Scale (a product with a parameter)."""
 from __future__ import annotations
 
 import numpy as np
@@ -308,3 +308,70 @@ def _onnx_layernorm(ctx):
     scale = ctx.const(1, "Scale")
     return _layernorm(ctx, scale.shape, scale, ctx.const(2, "B", required=False),
                       float(ctx.attrs.get("epsilon", 1e-5)))
+
+
+# --- a product with a parameter ------------------------------------------------------------------
+@register_layer
+class Scale(Layer):
+    """``x * weight`` with a parameter ``weight`` broadcast against each sample: ``(c, 1, 1)``
+    per channel (ConvNeXt's layer scale), ``(d,)`` per feature of the last axis, a scalar.
+
+    A linear map: LRP's Norm rule (``R_x = x w R / stab(x w)``, relevance straight through up
+    to the stabilizer); gradients ``g * w``.  Made by the importers from a product with a
+    module parameter or a number (the Mul description's entries)."""
+
+    kind = "scale"
+    slots = ("scale",)
+    default_rule = "norm"
+
+    def __init__(self, weight):
+        self.weight = as_float_array(weight, "weight")
+        self._cache = {}
+
+    @classmethod
+    def from_config(cls, cfg, arrays):
+        if "weight" not in arrays:
+            raise ValueError("missing weight")
+        return cls(arrays["weight"])
+
+    def config(self):
+        return {"shape": list(self.weight.shape)}
+
+    def arrays(self):
+        return {"weight": self.weight}
+
+    def describe(self):
+        return f"Scale {'x'.join(map(str, self.weight.shape)) or 'scalar'}"
+
+    def flops(self, in_shapes, out_shape):
+        return numel(out_shape)
+
+    def output_shape(self, shape):
+        if self.weight.ndim > len(shape) or tuple(np.broadcast_shapes(
+                tuple(shape), self.weight.shape)) != tuple(shape):
+            raise ValueError(f"{type(self).__name__} of shape {self.weight.shape} does not "
+                             f"broadcast against samples of shape {tuple(shape)} (it may not "
+                             "grow them)")
+        return tuple(shape)
+
+    def _apply(self, x):
+        """``x * weight``: as one per-channel pass (``ops.channel_affine`` on the view of ``x``
+        around the weight's one axis longer than 1), else NumPy's broadcast product."""
+        dtype = x.dtype.str
+        w = self._cache.get(dtype)
+        if w is None:
+            w = self._cache.setdefault(dtype, np.ascontiguousarray(self.weight, dtype=x.dtype))
+        long = [k for k, s in enumerate(w.shape) if s != 1]
+        if len(long) > 1:
+            return x * w
+        axis = x.ndim - w.ndim + (long[0] if long else w.ndim)  # the weight's axis in x
+        outer = int(np.prod(x.shape[:axis], dtype=np.int64))
+        c = x.shape[axis] if long else 1
+        x3 = x.reshape(outer, c, -1)
+        return ops.channel_affine(x3, w.reshape(c)).reshape(x.shape)
+
+    def forward(self, x):
+        return self._apply(x), None
+
+    def backward(self, g, x, state, relu_mode="gradient"):
+        return self._apply(g)

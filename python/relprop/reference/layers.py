@@ -425,3 +425,31 @@ register_twin("layernorm",
               forward=lambda layer, x: ops.layer_norm_forward(x, layer.weight, layer.bias,
                                                               _ln_axis(layer), layer.eps)[0],
               backward=_ln_backward, linear=_ln_frozen)
+
+
+def reduce_to(t, shape):
+    """``t`` (n, ...) summed to the per-sample ``shape`` it was broadcast from."""
+    lead = t.ndim - 1 - len(shape)
+    t = t.sum(axis=tuple(range(1, 1 + lead))) if lead else t
+    axes = tuple(1 + k for k, s in enumerate(shape) if s == 1 and t.shape[1 + k] != 1)
+    return t.sum(axis=axes, keepdims=True) if axes else t
+
+
+def _per_sample(t, rank):
+    """``t`` (n, ...) as ``rank`` axes: a sample's axes aligned from the last."""
+    return t.reshape((len(t),) + (1,) * (rank - t.ndim) + t.shape[1:])
+
+
+def _mul(layer, a, b):
+    rank = max(a.ndim, b.ndim)
+    return _per_sample(a, rank) * _per_sample(b, rank)
+
+
+def _mul_backward(layer, g, xs, mode):
+    a, b = (_per_sample(x, g.ndim) for x in xs)
+    return [reduce_to(g * b, xs[0].shape[1:]), reduce_to(g * a, xs[1].shape[1:])]
+
+
+register_twin("mul", forward=_mul, backward=_mul_backward)
+register_twin("scale", forward=lambda layer, x: x * layer.weight.astype(x.dtype),
+              backward=lambda layer, g, xs, mode: [g * layer.weight.astype(g.dtype)])

@@ -8,7 +8,7 @@ contributions ``c[n, k, j]`` of input j to output k and the denominators ``d[n, 
 import numpy as np
 
 from . import ops
-from .layers import twin
+from .layers import reduce_to, twin
 from .network import as_matrix, forward, frozen_matrices, layer_backward, layer_forward
 
 pos = lambda v: np.maximum(v, 0)  # noqa: E731
@@ -93,6 +93,10 @@ def lrp_node(layer, rule, xs, r):
         return [x * s for x in xs]
     if len(xs) > 1 and name == "Pass":
         return layer_backward(layer, r, xs)
+    if name == "Product":  # the gate gets nothing, else half each; summed where broadcast
+        shares = [np.zeros_like(r) if k == layer.gate else r if layer.gate in (0, 1) else r / 2
+                  for k in range(2)]
+        return [reduce_to(s, x.shape[1:]) for s, x in zip(shares, xs)]
     if len(xs) != 1:
         raise ValueError(f"reference: no twin for rule {name} on {layer.kind}")
     return [lrp_layer(layer, rule, xs[0], r)]
