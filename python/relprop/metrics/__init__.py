@@ -21,9 +21,11 @@ also return ``curves`` ``(n, steps + 1)``, the explained score after 0, 1, ..., 
   :func:`top_k_intersection`, :func:`attribution_localisation`.
 
 Random draws (noise, subsets, uniform fills) follow :mod:`relprop._random`: sample ``i``'s
-draws are a function of ``(seed, sample_offset + i)``, and the draws themselves can be passed
-in (``subsets=``, ``noise=``), e.g. those Quantus made.  The exact definitions, and how they
-relate to Quantus's, are in each function's docstring and ``docs/DESIGN.md`` (section 2.5).
+draws are a function of ``(seed, sample_offset + i)``, those of a method that a metric
+re-explains with (SmoothGrad) too, for every perturbed copy of the sample; the draws
+themselves can be passed in (``subsets=``, ``noise=``), e.g. those Quantus made.  The exact
+definitions, and how they relate to Quantus's, are in each function's docstring and
+``docs/DESIGN.md`` (section 2.5).
 """
 from ._base import ORDERS, Curves, Result
 from ._registry import FAMILIES, METRICS
