@@ -632,11 +632,13 @@ def test_progress_without_tqdm(monkeypatch, capsys):
 
 # ------------------------------------------------------------------------- on a cluster --
 def test_cli_on_a_local_cluster_resumes_a_local_run(tmp_path, digits_npy):
+    """A seeded SmoothGrad run killed in this process and resumed on 2 workers: the bytes of
+    an uninterrupted local run, the relevance of one in-process call."""
     pytest.importorskip("distributed")
     _, x = digits_npy
     np.save(tmp_path / "x.npy", x[:1000])
-    args = ["explain", "digits_cnn", tmp_path / "x.npy", "-m", "gradient", "-o", None,
-            "--chunk-size", 128]
+    args = ["explain", "digits_cnn", tmp_path / "x.npy", "-m", "smoothgrad", "-p", "n=2",
+            "-p", "seed=7", "-o", None, "--chunk-size", 128]
     args[args.index("-o") + 1] = tmp_path / "clean"
     assert run(*args, "--threads", 1).returncode == 0
     args[args.index("-o") + 1] = tmp_path / "out"
@@ -645,6 +647,8 @@ def test_cli_on_a_local_cluster_resumes_a_local_run(tmp_path, digits_npy):
     assert proc.returncode == 0, proc.stderr
     assert "2 Dask worker(s)" in proc.stdout
     assert read_out(tmp_path / "out") == read_out(tmp_path / "clean")
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "relevance.npy"), relprop.smoothgrad(
+        models.digits_cnn(), x[:1000], "pred", n=2, seed=7), strict=True)
 
 
 def test_cli_on_a_local_cluster_gives_a_random_methods_in_process_bits(tmp_path, digits_npy):
