@@ -90,3 +90,140 @@ def test_imports_torchvisions_vit(rng):
     with torch.no_grad():
         want32 = module.float()(torch.from_numpy(x.astype(np.float32))).numpy()
     assert_allclose(net(x.astype(np.float32)), want32, atol=2e-5 * np.abs(want32).max())
+
+
+def _lxt_patched(module):
+    """``module`` with LXT 2.1's patches for torchvision's vision_transformer (the map
+    ``lxt.efficient.monkey_patch(vision_transformer)`` applies: ``models/vit_torch.py``'s
+    ``cp_LRP``, GELU's identity rule, LayerNorm's detached standard deviation, CP-LRP's detached
+    queries and keys) applied to its instances, not to the classes (which would change torch
+    for every later test)."""
+    import types
+
+    models = pytest.importorskip("lxt.efficient.models")
+    for cls, patch in models.get_default_map(vision_transformer).items():
+        fn, keep = patch.args[0], patch.keywords.get("keep_original", False)
+        for m in module.modules():
+            if isinstance(m, cls):
+                if keep:
+                    m.original_forward = m.forward
+                m.forward = types.MethodType(fn, m)
+    return module
+
+
+def test_attnlrp_is_lxts_gradient_x_input(rng):
+    """relprop's "attnlrp" with a class target (one-hot times f_c) = LXT's ``x * x.grad`` after
+    ``y[0, c].backward()`` on torchvision's ViT patched by LXT (float64)."""
+    net = rp.from_torch(vit(), (3, 32, 32))
+    module = _lxt_patched(vit())
+    x = rng.uniform(-1, 1, size=(1, 3, 32, 32))
+    for c in (3, 7):
+        xt = torch.from_numpy(x).requires_grad_()
+        module(xt)[0, c].backward()
+        want = (xt * xt.grad).detach().numpy()
+        R = rp.lrp(net, x, c, "attnlrp")
+        assert_allclose(R, want, rtol=1e-7, atol=1e-7 * np.abs(want).max())
+    assert (R != want).any()  # (two computations, not one: rounding differs)
+
+
+def test_attnlrp_matches_the_reference(rng):
+    net = rp.from_torch(vit(), (3, 32, 32))
+    x = rng.uniform(-1, 1, size=(1, 3, 32, 32))
+    for name in ("attnlrp",):
+        rules = rp.composites.as_composite(name).rules(net)
+        want = ref.lrp(net, x, ref.seed(5, ref.forward(net, x)[-1], scale=True), rules)
+        assert_allclose(rp.lrp(net, x, 5, name), want, rtol=1e-9, atol=1e-12 * abs(want).max())
+
+
+def test_attnlrp_is_a_transformers_default(rng, tmp_path):
+    net = rp.from_torch(vit(), (3, 32, 32))
+    x = rng.uniform(-1, 1, size=(1, 3, 32, 32))
+    want = rp.lrp(net, x, 2, "attnlrp")
+    assert_array_equal(rp.lrp(net, x, 2), want)
+    assert_array_equal(rp.explain(net, x, 2), want)
+    assert rp.methods.lrp_method(net) == "lrp.attnlrp"
+    with pytest.raises(ValueError, match="node encoder.layers.encoder_layer_0.self_attention."
+                                         "attention .*with the composite 'attnlrp'"):
+        rp.lrp(net, x, 2, "epsilon_plus_flat")
+    # relprop explain: the same default, from a model file
+    from relprop import cli
+
+    net.save(tmp_path / "vit.npz")
+    np.save(tmp_path / "x.npy", x)
+    assert cli.main(["explain", str(tmp_path / "vit.npz"), str(tmp_path / "x.npy"),
+                     "--target", "2", "-o", str(tmp_path / "out")]) == 0
+    assert_allclose(np.load(tmp_path / "out" / "relevance.npy"), want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("heads, tq, tk, dk, dv, scale", [(1, 3, 4, 2, 3, None),
+                                                          (3, 5, 2, 4, 2, 0.7)])
+def test_attnlrp_full_rules_match_their_definitions(rng, heads, tq, tk, dk, dv, scale):
+    """AttnLRP's uniform and softmax rules (relprop: gradient x input with LXT's factors) = the
+    reference written from the rules' definitions (contributions, per sample and head), and
+    their conservation: the values take half the relevance, the queries and keys the same
+    amount, their sum what the softmax rule leaves of the other half."""
+    layer = rp.Attention(heads, scale)
+    q, k = rng.normal(size=(2, tq, heads * dk)), rng.normal(size=(2, tk, heads * dk))
+    v = rng.normal(size=(2, tk, heads * dv))
+    z, state = layer.forward(q, k, v)
+    r = rng.normal(size=z.shape)
+    got = rp.rules.UniformSoftmax(0.0).relevance(layer, (q, k, v), z, r, state=state)
+    want = ref.uniform_softmax(q, k, v, r, heads, scale, 0.0)
+    for g, w in zip(got, want):
+        assert_allclose(g, w, rtol=1e-9, atol=1e-12 * np.abs(w).max())
+    total = r.sum((1, 2))
+    rq, rk, rv = (t.sum((1, 2)) for t in got)
+    assert_allclose(rv, total / 2, rtol=1e-12)
+    assert_allclose(rq, rk, rtol=1e-10)
+    # the softmax rule's sum: S R_A summed less (A S summed) (R_A summed), per row
+    s = _scores(q, k, heads, scale)
+    a = state.reshape(s.shape)
+    ra = np.einsum("nhik,nkhj,nihj->nhik", a, v.reshape(2, tk, heads, dv),
+                   (r / z).reshape(2, tq, heads, dv)) / 2
+    left = (s * ra).sum((1, 2, 3)) - ((a * s).sum(3) * ra.sum(3)).sum((1, 2))
+    assert_allclose(rq + rk, left, rtol=1e-9)
+
+
+def _scores(q, k, heads, scale):
+    """The scores ``scale Q_h K_h^T``, (n, heads, tq, tk)."""
+    n, tq, d = q.shape
+    dk = d // heads
+    scale = 1 / np.sqrt(dk) if scale is None else scale
+    qh, kh = q.reshape(n, tq, heads, dk), k.reshape(n, -1, heads, dk)
+    return scale * np.einsum("nihd,nkhd->nhik", qh, kh)
+
+
+def _lxt_attnlrp(module):
+    """``module`` with LXT's AttnLRP rules inside attention, as ``lxt.efficient.patches``'
+    ``wrap_attention_forward`` puts them around the attention function of its transformers
+    models (the gradient of the values divided by 2, of the queries and keys by 4), here around
+    nn.MultiheadAttention, and LXT's vit_torch patches elsewhere."""
+    import types
+
+    rules = pytest.importorskip("lxt.efficient.rules")
+    _lxt_patched(module)
+
+    def forward(self, query, key, value, *args, **kwargs):
+        return self.original_forward(rules.divide_gradient(query, 4),
+                                     rules.divide_gradient(key, 4),
+                                     rules.divide_gradient(value, 2), *args, **kwargs)
+
+    for m in module.modules():
+        if isinstance(m, torch.nn.MultiheadAttention):
+            m.forward = types.MethodType(forward, m)
+    return module
+
+
+def test_attnlrp_full_on_vit_is_lxts_attnlrp_and_the_reference(rng):
+    net = rp.from_torch(vit(), (3, 32, 32))
+    module = _lxt_attnlrp(vit())
+    x = rng.uniform(-1, 1, size=(1, 3, 32, 32))
+    xt = torch.from_numpy(x).requires_grad_()
+    module(xt)[0, 4].backward()
+    want = (xt * xt.grad).detach().numpy()
+    R = rp.lrp(net, x, 4, "attnlrp_full")
+    assert_allclose(R, want, rtol=1e-7, atol=1e-7 * np.abs(want).max())
+    assert np.abs(R - rp.lrp(net, x, 4, "attnlrp")).max() > 1e-3 * np.abs(R).max()
+    rules = rp.composites.as_composite("attnlrp_full").rules(net)
+    ref_R = ref.lrp(net, x, ref.seed(4, ref.forward(net, x)[-1], scale=True), rules)
+    assert_allclose(R, ref_R, rtol=1e-9, atol=1e-12 * np.abs(ref_R).max())

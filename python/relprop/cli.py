@@ -416,8 +416,9 @@ def add_explain_parser(subparsers):
                    help="a .npy array (n, *input_shape), an .npz with 'x', an image, a folder "
                         "of PNG/JPEG images (converted to the model's (1|3, h, w): grayscale or "
                         "RGB, resized bilinearly, pixel/255), or 'digits'")
-    p.add_argument("-m", "--method", default="lrp.epsilon_plus_flat",
-                   help="a method listed below (default lrp.epsilon_plus_flat)")
+    p.add_argument("-m", "--method", default="lrp",
+                   help="a method listed below (default lrp: LRP with the model's default "
+                        "composite, lrp.epsilon_plus_flat, or lrp.attnlrp for a transformer)")
     p.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder")
     p.add_argument("-p", "--param", type=_param, action="append", default=[],
                    metavar="KEY=VALUE",
@@ -668,6 +669,7 @@ def cli_explain(args):
     Dask (see :mod:`relprop.stream`):
     returns ``(net, inputs, params)`` (the parameters with those derived from the inputs)."""
     from . import set_num_threads
+    from .methods import lrp_method
     from .stream import (
         ImageInputs,
         default_chunk_size,
@@ -677,8 +679,9 @@ def cli_explain(args):
         open_inputs,
     )
 
-    check_method(args.method)
-    check_parameters(args.method, [key for key, _ in args.param])
+    if args.method != "lrp":  # else the model's default composite, checked once it is loaded
+        check_method(args.method)
+        check_parameters(args.method, [key for key, _ in args.param])
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.chunk_size is not None and args.chunk_size < 1:
@@ -690,6 +693,9 @@ def cli_explain(args):
         set_num_threads(args.threads)
     shape = parse_shape(args.input_shape) if args.input_shape else None
     net = load_model(args.model, shape)
+    if args.method == "lrp":
+        args.method = lrp_method(net)
+        check_parameters(args.method, [key for key, _ in args.param])
     inputs = open_inputs(args.inputs, net, args.strict)
     fixed = explain_target(args.target)
     params = dict(args.param)

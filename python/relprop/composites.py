@@ -5,7 +5,19 @@ from dataclasses import fields
 
 from . import layers as L
 from ._validate import as_scalar
-from .rules import RULES, AlphaBeta, Epsilon, Flat, Gamma, Rule, ZBox, ZPlus
+from .rules import (
+    CPLRP,
+    RULES,
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Norm,
+    Rule,
+    UniformSoftmax,
+    ZBox,
+    ZPlus,
+)
 
 COMPOSITES: dict = {}
 
@@ -117,7 +129,10 @@ class Composite:
                 rule = self.default(layer)
             where = f"{'layer' if type(net).__name__ == 'Sequential' else 'node'} {node.name}"
             if rule is None:
-                raise ValueError(f"no LRP rule for {where} ({layer!r})")
+                hint = (f"; explain a network with {type(layer).__name__} layers with the "
+                        f"composite {' or '.join(map(repr, layer.composites))}"
+                        if layer.composites else "")
+                raise ValueError(f"no LRP rule for {where} ({layer!r}){hint}")
             if not rule.applies(layer):
                 raise ValueError(f"rule {rule!r} cannot be applied to {where} ({layer!r})")
             out.append(rule)
@@ -140,6 +155,14 @@ def input_layers(net) -> set:
             else:
                 reached.add(node.name)
     return found
+
+
+def default_composite(net) -> str:
+    """The composite LRP uses on ``net`` where none is named: the first that a layer type of the
+    network is made for (``Layer.composites``: "attnlrp" for a transformer's attention), else
+    "epsilon_plus_flat"."""
+    return next((n.layer.composites[0] for n in net.nodes if n.layer.composites),
+                "epsilon_plus_flat")
 
 
 def as_composite(spec, **kwargs) -> Composite:
@@ -193,3 +216,23 @@ def EpsilonAlpha2Beta1Flat(epsilon=1e-6, stabilizer=1e-6):
     """Flat for the first linear layer, AlphaBeta(2, 1) for other Conv2d, Epsilon for Dense."""
     return Composite([("convolution", AlphaBeta(2, 1, stabilizer)), ("dense", Epsilon(epsilon))],
                      first_map=Flat(stabilizer), stabilizer=stabilizer)
+
+
+@register_composite("attnlrp")
+def AttnLRP(epsilon=0.0, stabilizer=0.0):
+    """LXT 2.1's rules for torchvision's ViT (``lxt.efficient``'s ``vit_torch`` patch): CP-LRP
+    inside attention (relevance to the values only), linear layers as gradient x input
+    (Epsilon(0)), LayerNorm by the identity rule (Norm with its standard deviation held
+    constant), additions by Norm, Pass for GELU.  With the defaults (no stabilizer) the
+    relevance is LXT's ``x * x.grad``; a unit whose denominator is exactly 0 sends nothing."""
+    return Composite([("attention", CPLRP(stabilizer)), ("linear", Epsilon(epsilon)),
+                      ("layernorm", Norm(stabilizer))], stabilizer=stabilizer)
+
+
+@register_composite("attnlrp_full")
+def AttnLRPFull(epsilon=0.0, stabilizer=0.0):
+    """"attnlrp" with AttnLRP's rules inside attention instead of CP-LRP: the uniform rule on
+    the two products and the softmax rule (:class:`relprop.rules.UniformSoftmax`), so the queries
+    and keys receive relevance too."""
+    return Composite([("attention", UniformSoftmax(stabilizer)), ("linear", Epsilon(epsilon)),
+                      ("layernorm", Norm(stabilizer))], stabilizer=stabilizer)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import batch_rows, chunks, map_batches, seed, shape_only
-from .composites import as_composite
+from .composites import as_composite, default_composite
 from .engine import run
 from .graph import Sequential
 
 
-def lrp(net, x, target, rule_or_composite="epsilon_plus_flat", *, batch_size=None,
+def lrp(net, x, target, rule_or_composite=None, *, batch_size=None,
         check_finite=True, layerwise=False, **kwargs):
     """Layer-wise relevance propagation of the explained score down to the input.
 
@@ -22,10 +22,12 @@ def lrp(net, x, target, rule_or_composite="epsilon_plus_flat", *, batch_size=Non
         With classes, relevance starts as one-hot times ``f(x)`` (so it sums to about the
         explained score ``f_t(x)``); "pred": each sample's predicted class (from this pass's
         forward pass); an array is used as the output relevance directly.
-    rule_or_composite : Composite, Rule or str
+    rule_or_composite : Composite, Rule, str or None
         A composite (``relprop.composites``), a rule for every Dense/Conv2d (``relprop.rules``), or
         a registered name such as "epsilon_plus_flat" or "epsilon" (``kwargs`` go to its
-        constructor).
+        constructor); None: the network's default
+        (:func:`relprop.composites.default_composite`: "epsilon_plus_flat", "attnlrp" for a
+        transformer).
     batch_size : int, optional
         Process this many samples at a time (default: :func:`relprop.default_batch_size` of
         ``net``; the result does not depend on it).
@@ -41,6 +43,8 @@ def lrp(net, x, target, rule_or_composite="epsilon_plus_flat", *, batch_size=Non
     array shaped like ``x``: the input relevance (a list or dict of arrays with ``layerwise``).
     """
     x = net.check_input(x, check_finite)
+    if rule_or_composite is None:
+        rule_or_composite = default_composite(net)
     rules = as_composite(rule_or_composite, **kwargs).rules(net)
     if layerwise:
         parts = [_lrp(net, x[sl], t, rules, True)

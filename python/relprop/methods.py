@@ -198,18 +198,20 @@ METHODS = {
 }
 
 
-def explain(net, x, target, method="lrp.epsilon_plus_flat", **kwargs):
+def explain(net, x, target, method="lrp", **kwargs):
     """Explain ``net``'s output ``target`` at ``x`` with a method given by name.
 
     ``method`` is one of :data:`METHODS` ("gradient", "sensitivity", "gradient_x_input",
-    "taylor", "deconvnet", "guided_backprop", ...) or ``"lrp.<name>"`` with a composite or rule
-    name ("lrp.epsilon_plus_flat", "lrp.epsilon_gamma_box", "lrp.epsilon", ...).  ``kwargs`` go
+    "taylor", "deconvnet", "guided_backprop", ...), ``"lrp.<name>"`` with a composite or rule
+    name ("lrp.epsilon_plus_flat", "lrp.epsilon_gamma_box", "lrp.epsilon", "lrp.attnlrp", ...)
+    or ``"lrp"``, the network's default composite (:func:`lrp_method`).  ``kwargs`` go
     to the method (for LRP: ``batch_size``, ``check_finite``, and the composite's parameters,
     e.g. ``low``/``high`` for epsilon_gamma_box).  ``target="pred"`` explains each sample's
     predicted class without a forward pass of its own.
     """
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, got {type(method).__name__}")
+    method = lrp_method(net, method)
     if method.startswith("lrp."):
         _check_params(method, kwargs)
         return lrp(net, x, target, method[4:], **kwargs)
@@ -220,7 +222,14 @@ def explain(net, x, target, method="lrp.epsilon_plus_flat", **kwargs):
     return METHODS[method](net, x, target, **kwargs)
 
 
-def explain_and_output(net, x, target, method="lrp.epsilon_plus_flat", **kwargs):
+def lrp_method(net, method="lrp"):
+    """``method`` with "lrp" named: ``"lrp.<the network's default composite>"``
+    ("lrp.epsilon_plus_flat", "lrp.attnlrp" for a transformer:
+    :func:`relprop.composites.default_composite`); any other name as it is."""
+    return f"lrp.{composites.default_composite(net)}" if method == "lrp" else method
+
+
+def explain_and_output(net, x, target, method="lrp", **kwargs):
     """:func:`explain` and the network's output at ``x``: ``(R, out)``, ``out`` of shape
     ``(n, *output_shape)``.  For ``target="pred"`` the output is that of the explanation's own
     forward pass (no second one); for other targets one more forward pass computes it."""

@@ -430,6 +430,45 @@ class Norm(Rule):
         return _times(a, layer.linear_backward(s, a, state))
 
 
+@register_rule("cp_lrp")
+@dataclass(frozen=True)
+class CPLRP(Rule):
+    """CP-LRP for attention (Ali et al. 2022, "XAI for Transformers: Better Explanations through
+    Conservative Propagation"; LXT's ``cp_multi_head_attention_forward``): the attention weights
+    ``A`` are held constant, so each head's output ``A V_h`` is a linear map of the values and
+    ``R_v = v * A^T (R / stab(z))`` head by head; the queries and keys receive no relevance
+    (None: the walk skips the nodes that only make them)."""
+
+    stabilizer: float = 1e-6
+    applies_to = ("attention",)
+
+    def __post_init__(self):
+        _check_stabilizer(self)
+
+    def relevance(self, layer, a, z, r, parts=None, state=None):
+        s = ops.lrp_divide(r, z, self.stabilizer)
+        return None, None, _times(a[2], layer.vjp(s, a, state, wanted="v")[2])
+
+
+@register_rule("uniform_softmax")
+@dataclass(frozen=True)
+class UniformSoftmax(CPLRP):
+    """AttnLRP's rules inside attention (Achtibat et al., ICML 2024): the uniform rule on the
+    products ``A V_h`` and ``Q_h K_h^T`` (each operand takes half the relevance of a product,
+    split by its contributions ``x_i y_k / z``), the softmax rule on ``A = softmax(S)``
+    (``R_S = S * (R_A - A * rowsum(R_A))``).  Only the output's denominator is stabilized (the
+    inner ones are gradient x input, as LXT computes them): with ``s = R / stab(z)`` and the
+    attention's gradients ``(gq, gk, gv)`` of ``s``, ``R_v = v * gv / 2``, ``R_q = q * gq / 4``
+    and ``R_k = k * gk / 4`` (LXT's ``divide_gradient`` of value by 2, query and key by 4).
+    The values keep half the relevance; the softmax rule, like a bias, absorbs part of the
+    other half."""
+
+    def relevance(self, layer, a, z, r, parts=None, state=None):
+        s = ops.lrp_divide(r, z, self.stabilizer)
+        shares = zip(a, layer.vjp(s, a, state), (0.25, 0.25, 0.5))
+        return tuple(_times(x, np.multiply(g, f, out=g)) for x, g, f in shares)
+
+
 @register_rule("winner_take_all")
 @dataclass(frozen=True)
 class WinnerTakeAll(Rule):

@@ -60,6 +60,7 @@ class Attention(Layer):
 
     kind = "attention"
     slots = ("attention",)
+    composites = ("attnlrp", "attnlrp_full")
     n_inputs = 3
     backward_reads_input = True
     imports = (TorchModule(("MultiheadAttention",), _torch_mha, params=_MHA_PARAMS),)

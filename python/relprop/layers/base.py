@@ -22,6 +22,7 @@ A layer class *is* its type's description, read by every other module:
                               concatenations, upsampling)
 ``default_rule``              the LRP rule it gets where a composite names none (a name of
                               :data:`relprop.rules.RULES`; None: a composite must give one)
+``composites``                the composites made for networks with it (LRP's default there)
 ``imports``                   the torch module types, torch.fx functions and methods and ONNX
                               operators the importers map to it, each with its converter
 ``resolve()``                 what it becomes given the layers that feed it (a network asks
@@ -155,6 +156,10 @@ class Layer:
     slots: tuple = ()
     #: The rule a composite gives where it names none (a ``relprop.rules.RULES`` name).
     default_rule = None
+    #: The composites made for networks with this layer type, where a composite must name its
+    #: rule (attention: "attnlrp"): the first is LRP's default on such a network, and the hint
+    #: where another composite names none.
+    composites: tuple = ()
     #: Importer entries (:class:`TorchModule`, :class:`TorchFunction`, :class:`TorchMethod`,
     #: :class:`OnnxOp`).
     imports: tuple = ()

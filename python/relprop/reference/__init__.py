@@ -8,7 +8,7 @@ no code path with the kernels.
 """
 from . import ops
 from .layers import TWINS, register_twin
-from .lrp import RULE_FUNCTIONS, lrp, lrp_conditional, lrp_layer, lrp_node
+from .lrp import RULE_FUNCTIONS, lrp, lrp_conditional, lrp_layer, lrp_node, uniform_softmax
 from .network import (
     as_matrix,
     backward,
@@ -25,4 +25,4 @@ from .ops import *  # noqa: F401,F403 (every kernel's twin, under the kernel's n
 
 __all__ = ["RULE_FUNCTIONS", "TWINS", "as_matrix", "backward", "deconvnet", "forward", "gradient",
            "gradient_x_input", "guided_backprop", "lrp", "lrp_conditional", "lrp_layer", "lrp_node",
-           "register_twin", "seed", "sensitivity", "taylor", *ops.__all__]
+           "register_twin", "seed", "sensitivity", "taylor", "uniform_softmax", *ops.__all__]

@@ -76,6 +76,33 @@ RULE_FUNCTIONS = {"Epsilon": epsilon, "ZPlus": zplus, "AlphaBeta": alpha_beta, "
                   "ZBox": zbox, "WSquare": wsquare, "Flat": flat, "Norm": epsilon}
 
 
+def uniform_softmax(q, k, v, r, heads, scale, stabilizer):
+    """AttnLRP's rules inside attention from their definitions, per sample and head: the
+    uniform rule on ``O = A V`` (``A_ik`` and ``V_kj`` each take half of ``A_ik V_kj R_ij /
+    stab(O_ij)``), the softmax rule on ``A = softmax(S)`` (``R_S = S (R_A - A rowsum(R_A))``),
+    the uniform rule on ``S = scale Q K^T`` (``Q_id`` and ``K_jd`` each take half of ``scale
+    Q_id K_jd R_S_ij / S_ij``).  Returns ``[R_q, R_k, R_v]``."""
+    dk, dv = q.shape[2] // heads, v.shape[2] // heads
+    scale = 1 / np.sqrt(dk) if scale is None else scale
+    out = [np.zeros_like(t) for t in (q, k, v)]
+    for b in range(len(q)):
+        for h in range(heads):
+            cq, cv = slice(h * dk, (h + 1) * dk), slice(h * dv, (h + 1) * dv)
+            Q, K, V = q[b, :, cq], k[b, :, cq], v[b, :, cv]
+            S = scale * Q @ K.T
+            A = np.exp(S - S.max(1, keepdims=True))
+            A /= A.sum(1, keepdims=True)
+            s = ops.lrp_divide(r[b, :, cv], A @ V, stabilizer)
+            share = A[:, :, None] * V[None] * s[:, None]
+            out[2][b, :, cv] = share.sum(0) / 2
+            RA = share.sum(2) / 2
+            RS = S * (RA - A * RA.sum(1, keepdims=True))
+            share = scale * Q[:, None, :] * K[None] * (RS / S)[:, :, None]
+            out[0][b, :, cq] = share.sum(1) / 2
+            out[1][b, :, cq] = share.sum(0) / 2
+    return out
+
+
 def _bound(v, shape):
     v = np.asarray(v, dtype=np.float64)
     if v.ndim == 1 and len(shape) > 1:
@@ -88,6 +115,11 @@ def lrp_node(layer, rule, xs, r):
     several inputs (Norm on a sum: ``R_i = x_i r / stab(sum_j x_j)``; Pass: the backward pass,
     Concat's slicing), then every single-input layer through :func:`lrp_layer`."""
     name = type(rule).__name__
+    if name == "UniformSoftmax":
+        return uniform_softmax(*xs, r, layer.heads, layer.scale, rule.stabilizer)
+    if name == "CPLRP":  # the attention weights constant: the values' linear map, A^T per head
+        s = ops.lrp_divide(r, layer_forward(layer, *xs), rule.stabilizer)
+        return [None, None, xs[2] * layer_backward(layer, s, xs)[2]]
     if len(xs) > 1 and name == "Norm":
         s = ops.lrp_divide(r, layer_forward(layer, *xs), rule.stabilizer)
         return [x * s for x in xs]
@@ -150,13 +182,16 @@ def lrp(net, x, r_out, rules, messages=None):
     vals = dict(zip(names, forward(net, x)))
     rel = {net.output: r_out}
     for node, rule in zip(reversed(net.nodes), reversed(rules)):
-        r = rel.pop(node.name)
+        r = rel.pop(node.name, None)
+        if r is None:  # nothing reached the node (CP-LRP's queries and keys)
+            continue
         sent = lrp_node(node.layer, rule, [vals[t] for t in node.inputs], r)
         if messages is not None:
             messages[node.name] = (r, sent)
         for t, rt in zip(node.inputs, sent):
-            rel[t] = rel[t] + rt if t in rel else rt
-    return rel[net.input_name]
+            if rt is not None:
+                rel[t] = rel[t] + rt if t in rel else rt
+    return rel.get(net.input_name, np.zeros_like(x))
 
 
 def lrp_conditional(net, x, r_out, rules, masks, exclude_parallel=True, messages=None):
@@ -211,6 +246,6 @@ def lrp_conditional(net, x, r_out, rules, masks, exclude_parallel=True, messages
         if messages is not None:
             messages[node.name] = (r, sent)
         for t, rt in zip(node.inputs, sent):
-            if receives(t, segment[node.name]):
+            if rt is not None and receives(t, segment[node.name]):
                 rel[t] = rel[t] + rt if t in rel else rt
     return rel.get(net.input_name, np.zeros_like(x))
