@@ -47,7 +47,7 @@ from zennit.canonizers import AttributeCanonizer, NamedMergeBatchNorm, Sequentia
 from zennit.layer import Sum  # noqa: E402
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 MODELS = ["resnet18", "resnet50", "densenet121", "mobilenet_v2", "vgg11_bn", "alexnet",
           "squeezenet1_0", "squeezenet1_1", "googlenet", "mnasnet0_5", "shufflenet_v2_x0_5",
@@ -232,16 +232,6 @@ def export(model, path, dynamo):
 @pytest.fixture(scope="module", params=MODELS)
 def case(request, tmp_path_factory):
     return Case(request.param, tmp_path_factory.mktemp(request.param))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """torch in float64 runs these small convolutions about three times faster on one thread
-    than on two on the 2-core CI machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 # the errors, for the record (RELPROP_TV_REPORT=path.json writes them)
