@@ -448,6 +448,9 @@ def test_verify_checks_what_lies_outside_the_chunks(tmp_path, digits_npy):
         in proc.stdout, proc.stdout
     assert read_out(out) == clean and (out / "relevance.npy").stat().st_size == 38_528
     assert run("verify", out).returncode == 0
+    (out / "explained.csv").unlink()  # a missing file is damage too (status 1), not an error
+    proc = run("verify", out)
+    assert proc.returncode == 1 and "explained.csv: missing or unreadable" in proc.stdout, proc
 
 
 def test_chunks_after_the_last_sync_point_are_verified_on_resume(tmp_path, digits_npy):

@@ -796,10 +796,14 @@ def run_verify(args):
     if checker.shape != tuple(rec["shape"]) or checker.dtype != np.dtype(rec["dtype"]):
         problems.append(f"relevance.npy: shape {checker.shape} and dtype {checker.dtype}, the "
                         f"progress record says {tuple(rec['shape'])} {np.dtype(rec['dtype'])}")
-    problems += checker.frame(complete=done == n)
-    for i, files in checker.check(range(len(checker.chunks))):
-        problems.append(f"{describe_chunk(i, checker.chunks[i])}: {' and '.join(files)} "
-                        "differ(s) from its checksum")
+    try:
+        problems += checker.frame(complete=done == n)
+        for i, files in checker.check(range(len(checker.chunks))):
+            problems.append(f"{describe_chunk(i, checker.chunks[i])}: {' and '.join(files)} "
+                            "differ(s) from its checksum")
+    except OSError as exc:  # as relevance.npy above: --resume cannot continue, start over
+        print(f"explained.csv: missing or unreadable ({' '.join(str(exc).split())})")
+        return 1
     for line in problems:
         print(line)
     if problems:
