@@ -16,11 +16,12 @@ INPUTS is a ``.npy`` array ``(n, *input_shape)`` (or one sample ``input_shape``)
 with an array ``x``, a PNG/JPEG/BMP image, a folder of them, or ``digits`` (the bundled
 digits test split).  Images are read with Pillow and converted to the model's input shape
 ``(c, h, w)``: to grayscale (``c == 1``) or RGB (``c == 3``), resized to ``(h, w)`` with
-bilinear filtering when their size differs, and scaled to ``[0, 1]`` (pixel / 255; no mean
-or std normalization, no inversion).  Each kind of conversion (a colour mode, a resize) is
-reported once on stderr as ``relprop: warning: ...`` with the images it touched; ``--strict``
-refuses such images instead.  Inputs that need other preprocessing should be given as a
-``.npy`` array.
+bilinear filtering when their size differs, and scaled to ``[0, 1]`` (pixel / 255; no
+inversion), then with ``--mean``/``--std`` normalized per channel as torchvision's
+``Normalize`` does (:class:`relprop.inputs.Normalization`).  Each kind of conversion (a colour
+mode, a resize) is reported once on stderr as ``relprop: warning: ...`` with the images it
+touched; ``--strict`` refuses such images instead.  Inputs that need other preprocessing
+should be given as a ``.npy`` array.
 
 User mistakes (a missing file, an unsupported model, a wrong input shape, an unknown method)
 print one line ``relprop: error: ...`` to stderr and exit with status 2; set
@@ -54,9 +55,12 @@ import numpy as np
 from .inputs import (
     UsageError,
     _heatmap_scale,
+    class_label,
+    load_class_names,
     load_inputs,
     load_labels,
     load_model,
+    normalization,
     user_input,
     warn_conversions,
 )
@@ -73,6 +77,8 @@ DEMO_METHODS = (
 )
 STRICT_HELP = ("refuse images whose channels or size differ from the model's input instead of "
                "converting them (converted images are named on stderr)")
+#: ``--mean``/``--std`` of torchvision's ImageNet models (shown in the help).
+IMAGENET_NORMALIZATION = ("0.485,0.456,0.406", "0.229,0.224,0.225")
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,6 +220,30 @@ def methods_help():
         lines += textwrap.wrap(describe_parameters(n), 96, initial_indent=f"  {n:<{width}}",
                                subsequent_indent=" " * (width + 4), break_on_hyphens=False)
     return "\n".join(lines)
+
+
+def _channel_values(text):
+    """``--mean``/``--std``: ``"0.485,0.456,0.406"`` -> ``(0.485, 0.456, 0.406)``."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like "
+                                         f"{IMAGENET_NORMALIZATION[0]}, got {text!r}") from None
+
+
+def add_image_arguments(p, pixel_units):
+    """``--mean``, ``--std`` and ``--classes`` of ``explain`` and ``evaluate``; ``pixel_units``
+    names the command's values that stay in pixel units under a normalization."""
+    mean, std = IMAGENET_NORMALIZATION
+    p.add_argument("--mean", type=_channel_values, default=None, metavar="R,G,B",
+                   help="normalize image INPUTS per channel as (pixel/255 - mean) / std, as "
+                        "torchvision's Normalize after ToTensor (its ImageNet models: --mean "
+                        f"{mean} --std {std}); {pixel_units} stay in pixel units (pixel/255)")
+    p.add_argument("--std", type=_channel_values, default=None, metavar="R,G,B",
+                   help="the standard deviations of --mean's normalization")
+    p.add_argument("--classes", default=None, metavar="FILE",
+                   help="class names, one per line in the order of the model's outputs, shown "
+                        "beside the class indices")
 
 
 def _param(text):
@@ -435,6 +465,8 @@ def add_explain_parser(subparsers):
                    help="per-sample shape, e.g. 1,8,8 (for an .npz model saved without one)")
     p.add_argument("--overlay", action="store_true", help="draw heatmaps over the inputs")
     p.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    add_image_arguments(p, "lrp.zbox's and lrp.epsilon_gamma_box's low/high (default 0 and 1 "
+                           "with a normalization: the pixel range, converted per channel)")
     p.add_argument("--report", action="store_true",
                    help="also write OUTDIR/index.html, a page to open in a browser: per sample "
                         "the input, the heatmap, label, target and predicted class, f(x), "
@@ -470,10 +502,14 @@ def _strip(rgb):
     return np.repeat(np.repeat(rgb, s, axis=-2), 16, axis=-3)
 
 
-def explain_report(args, net, inputs, kwargs):
+def explain_report(args, net, inputs, kwargs, class_names=None, notes=()):
     """Write ``OUTDIR/index.html`` for ``relprop explain --report`` from the run's files
     (``explained.csv``, ``relevance.npy``, the heatmaps) and INPUTS, read chunk by chunk;
-    returns its path."""
+    returns its path.  ``kwargs``: the method's parameters as the user gave them (or their
+    defaults); ``class_names``: a name per class; ``notes``: paragraphs for the page's
+    introduction."""
+    import csv
+
     from . import render
     from .stream import Seeds, seed_scores
 
@@ -484,10 +520,8 @@ def explain_report(args, net, inputs, kwargs):
     n_features = None if images else int(np.prod(shape))
     drawn = images or n_features <= MAX_STRIP_FEATURES
     rows = []
-    with open(os.path.join(args.out, "explained.csv")) as fh:
-        next(fh)
-        for line in fh:
-            name, target, _, _ = line.rstrip("\n").rsplit(",", 3)
+    with open(os.path.join(args.out, "explained.csv"), newline="") as fh:
+        for name, target, *_ in list(csv.reader(fh))[1:]:
             rows.append([name, target if seeds else int(target), None, None, None])
     rel_all = np.load(os.path.join(args.out, "relevance.npy"), mmap_mode="r")
     heat_dir, input_dir = (os.path.join(args.out, d) for d in ("heatmaps", "inputs"))
@@ -511,7 +545,7 @@ def explain_report(args, net, inputs, kwargs):
         if not drawn:
             continue
         if images:  # the run drew the heatmaps
-            pics = render.image(xb, invert=args.inputs == "digits")
+            pics = render.image(inputs.pixels(xb), invert=args.inputs == "digits")
         else:
             view_x = xb.reshape(stop - start, 1, 1, -1)
             view_r = np.asarray(rel_all[start:stop]).reshape(stop - start, 1, 1, -1)
@@ -538,20 +572,21 @@ def explain_report(args, net, inputs, kwargs):
             row += [render.Cell(src=f"inputs/{name}.png", alt=f"input {name}", kind="input"),
                     render.Cell(src=f"heatmaps/{name}.png", alt=f"heatmap of {name}",
                                 kind="heatmap")]
-        label = "unknown" if labels is None else str(int(labels[k]))
-        row += [label, str(target), str(pred)]
+        label = "unknown" if labels is None else class_label(int(labels[k]), class_names)
+        row += [label, class_label(target, class_names), class_label(pred, class_names)]
         row += [render.Cell(lines=(f"{v:.6g}",), kind="num") for v in (score, rel, score - rel)]
         cells.append(row)
     intro = [f"{args.model} explained on {args.inputs} with {method}: {len(rows)} sample(s), "
              "one per row.  Target: " + ("each sample's predicted class." if fixed is None
                                           else f"the output seeds of {args.target} (f(x): "
                                           "sum(seed * f(x)))." if seeds
-                                          else f"class {fixed} for every sample."),
+                                          else f"class {class_label(fixed, class_names)} for "
+                                          "every sample."),
              "f(x) is the explained score (the target's output); sum R, the sum of the "
              "relevance; gap = f(x) - sum R.  LRP conserves the score up to what biases and "
              "stabilizers absorb (a small gap); the gradient family is not meant to.",
              "label: the labels that come with INPUTS ('y' of an .npz, or the digits'); "
-             "unknown otherwise."]
+             "unknown otherwise.", *notes]
     if not drawn:
         intro.append(f"No pictures: inputs of {n_features} features are neither images nor "
                      f"at most {MAX_STRIP_FEATURES} features (relevance.npy has the relevance).")
@@ -696,14 +731,19 @@ def cli_explain(args):
     if args.method == "lrp":
         args.method = lrp_method(net)
         check_parameters(args.method, [key for key, _ in args.param])
-    inputs = open_inputs(args.inputs, net, args.strict)
+    inputs = open_inputs(args.inputs, net, args.strict, args.mean, args.std)
+    class_names = None if args.classes is None else load_class_names(args.classes, net)
     fixed = explain_target(args.target)
     params = dict(args.param)
     chunk = args.chunk_size or default_chunk_size(inputs.sample_shape)
+    norm = getattr(inputs, "normalization", None)
+    box, normalized_box = box_bounds(args.method, params, norm)
 
     def derive():
         out = {}
-        if args.method in BOX_METHODS:
+        if box is not None:
+            out = normalized_box
+        elif args.method in BOX_METHODS:
             missing = [k for k in ("low", "high") if k not in params]
             if missing:
                 lo, hi = input_range(inputs, chunk)
@@ -726,7 +766,9 @@ def cli_explain(args):
             chunk_size=chunk, batch_size=args.batch_size,
             heatmaps=args.heatmaps or (args.report and len(inputs.sample_shape) == 3) or None,
             overlay=args.overlay, resume=args.resume, run=run, client=client,
-            derive=derive, log=log)
+            derive=derive, class_names=class_names, log=log,
+            why={k: f"{k}={v:g} in pixel units, normalized per channel"
+                 for k, v in (box or {}).items()})
     if isinstance(inputs, ImageInputs):
         warn_conversions(inputs.conversions, inputs.sample_shape)
     n, done = res["n"], res["done_before"]
@@ -744,14 +786,38 @@ def cli_explain(args):
     else:
         print(f"no heatmap PNGs: inputs of shape {tuple(inputs.sample_shape)} are not images "
               "(relevance.npy has the relevance per feature)")
-    print(f"wrote {res['csv']}")
-    return net, inputs, {**params, **res["derived"]}
+    print(f"wrote {res['csv']}" + (" (with the targets' class names)" if class_names else ""))
+    shown = {**params, **res["derived"], **(box or {})}  # low/high in pixel units
+    notes = [] if norm is None else [f"Inputs {norm.describe()}; the pictures show them in "
+                                     "pixels."] + box_notes(box, res["derived"])
+    return net, inputs, shown, class_names, notes
+
+
+def box_bounds(method, params, norm):
+    """``(pixels, normalized)``: the bounds ``{"low": .., "high": ..}`` of a box method under
+    the normalization ``norm`` in pixel units (given in ``params``, else 0 and 1: the pixel
+    range) and converted per channel; ``(None, None)`` for other methods or no normalization."""
+    if norm is None or method not in BOX_METHODS:
+        return None, None
+    pixels = {"low": params.get("low", 0.0), "high": params.get("high", 1.0)}
+    return pixels, {key: norm.bounds(v) for key, v in pixels.items()}
+
+
+def box_notes(box, converted):
+    """The box bounds ``box`` (pixel units) and ``converted`` (on the normalized inputs) in
+    words (none without a box)."""
+    if box is None:
+        return []
+    low, high = (", ".join(format(v, ".4g") for v in converted[k]) for k in ("low", "high"))
+    return [f"The box bounds low={box['low']:g}, high={box['high']:g} are in pixel units "
+            f"(pixel/255); on the normalized inputs they are low=[{low}], high=[{high}] per "
+            "channel."]
 
 
 def run_explain(args):
-    net, inputs, params = cli_explain(args)
+    net, inputs, params, class_names, notes = cli_explain(args)
     if args.report:
-        page = explain_report(args, net, inputs, params)
+        page = explain_report(args, net, inputs, params, class_names, notes)
         print(f"wrote {page} (open it in a browser: input, heatmap, classes, f(x), sum R and "
               "the gap per sample)")
     return 0
@@ -927,6 +993,7 @@ def add_evaluate_parser(subparsers):
                    help="also write DIR/index.html: the table and each metric's mean curve "
                         "per method (open it in a browser)")
     p.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    add_image_arguments(p, "--fill numbers and the box methods' low/high (0 and 1)")
     p.set_defaults(func=run_evaluate)
     return p
 
@@ -968,7 +1035,11 @@ def run_evaluate(args, file=None):
             not os.path.isdir(args.report):
         raise UsageError(f"{args.report}: the report folder exists as a file")
     net = load_model(args.model)
-    x = np.asarray(load_inputs(args.inputs, net, args.strict)[0][:args.limit])
+    x = np.asarray(load_inputs(args.inputs, net, args.strict, args.mean, args.std)[0]
+                   [:args.limit])
+    with user_input():
+        norm = normalization(args.mean, args.std, net.input_shape)
+    class_names = None if args.classes is None else load_class_names(args.classes, net)
     if args.target == "label":
         labels = load_labels(args.inputs)
         if labels is None:
@@ -988,9 +1059,13 @@ def run_evaluate(args, file=None):
         except ValueError:
             params["fill"] = args.fill
     params.update(dict(args.params))
+    fill = params.get("fill")
+    if norm is not None and not isinstance(fill, (str, type(None))):  # pixel units
+        params["fill"] = np.asarray(norm.bounds(fill), x.dtype).reshape(-1, 1, 1)
     kwargs = {"smoothgrad": {"seed": args.seed}}
-    box = {"low": float(x.min()), "high": float(x.max())}  # as 'relprop explain' does
-    kwargs.update({m: box for m in BOX_METHODS})
+    box = box_bounds(BOX_METHODS[0], {}, norm)[1] or {"low": float(x.min()),
+                                                       "high": float(x.max())}
+    kwargs.update({m: box for m in BOX_METHODS})  # as 'relprop explain' does
     # the metrics, their parameters, the target and the masks, checked on one sample (with a
     # method that explains, so that the metrics that re-explain run too)
     probe = [next((m for m in methods if m != "random"), "random")] if methods else []
@@ -1000,16 +1075,32 @@ def run_evaluate(args, file=None):
                 method_kwargs=kwargs, **params)
     table = compare(net, x, target, methods, metrics, masks=masks, seed=args.seed,
                     batch_size=args.batch_size, method_kwargs=kwargs, **params)
+    if fill is not None:  # as given (pixel units)
+        params["fill"] = table.settings["fill"] = fill
     shown = ", ".join(f"{k}={v}" for k, v in params.items()) or "each metric's defaults"
-    print(f"{args.model} on {len(x)} inputs of {args.inputs}: target={args.target}, {shown}",
-          file=file)
+    head = f"{args.model} on {len(x)} inputs of {args.inputs}: target={args.target}, {shown}"
+    notes = [] if norm is None else [f"Inputs {norm.describe()}; --fill numbers and the box "
+                                     "methods' low=0, high=1 are in pixel units."]
+    if class_names is not None:
+        notes.append("Classes explained: " + _classes_explained(net, x, target, class_names))
+    print("\n".join([head] + notes), file=file)
     print(table.to_markdown(), file=file)
     if args.report is not None:
         page = table.write_html(os.path.join(args.report, "index.html"),
-                                title=f"relprop evaluate: {args.model} on {args.inputs}")
+                                title=f"relprop evaluate: {args.model} on {args.inputs}",
+                                notes=notes)
         print(f"wrote {page} (open it in a browser: the table and the metrics' curves)",
               file=file)
     return 0
+
+
+def _classes_explained(net, x, target, class_names):
+    """The classes that ``target`` (an index, an array of them or "pred") explains on ``x``,
+    with their counts, in words: ``"226 briard (3), 281 tabby (1)"``."""
+    if isinstance(target, str):
+        target = net.forward(x).reshape(len(x), -1).argmax(axis=1)
+    classes, counts = np.unique(np.broadcast_to(target, (len(x),)), return_counts=True)
+    return ", ".join(f"{class_label(int(k), class_names)} ({c})" for k, c in zip(classes, counts))
 
 
 # --------------------------------------------------------------------------------------------

@@ -82,6 +82,90 @@ def load_model(spec, input_shape=None):
     return net
 
 
+class Normalization:
+    """The per-channel normalization ``(x - mean) / std`` of images read as pixel / 255 (what
+    ``torchvision.transforms.Normalize`` applies after ``ToTensor``; ImageNet models take
+    ``mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)``).  Values "in pixel units" are on
+    the pixel / 255 scale, before the normalization.
+
+    Parameters
+    ----------
+    mean, std : sequence of float
+        One value per channel (or one for all), ``std > 0``.
+    channels : int
+        The images' channels.
+
+    Raises
+    ------
+    ValueError
+        Not one value per channel (or one), non-finite values, or ``std <= 0``.
+    """
+
+    def __init__(self, mean, std, channels):
+        vals = []
+        for name, v in (("mean", mean), ("std", std)):
+            a = np.asarray(v, dtype=np.float64).reshape(-1)
+            if a.size == 1:
+                a = np.repeat(a, channels)
+            if a.size != channels or not np.isfinite(a).all():
+                raise ValueError(f"{name} must be {channels} finite value(s), one per channel "
+                                 f"of the model's input, got {_floats(v)}")
+            vals.append(a)
+        if (vals[1] <= 0).any():
+            raise ValueError(f"std must be positive, got {_floats(vals[1])}")
+        self.mean, self.std = vals
+
+    @staticmethod
+    def _col(v):
+        return v.reshape(-1, 1, 1)
+
+    def __call__(self, x):
+        """Images ``(..., c, h, w)`` in pixel units, normalized (in their dtype)."""
+        x = np.asarray(x)
+        dt = x.dtype if x.dtype.kind == "f" else np.float64
+        return ((x - self._col(self.mean).astype(dt)) / self._col(self.std).astype(dt))
+
+    def pixels(self, x):
+        """Normalized images ``(..., c, h, w)`` back in pixel units (for display)."""
+        x = np.asarray(x, dtype=np.float64)
+        return x * self._col(self.std) + self._col(self.mean)
+
+    def bounds(self, v):
+        """A bound in pixel units (a number, or one per channel) as a per-channel list on the
+        normalized images: ``(v - mean) / std``."""
+        v = np.broadcast_to(np.asarray(v, dtype=np.float64).reshape(-1), self.mean.shape)
+        return ((v - self.mean) / self.std).tolist()
+
+    def identity(self):
+        """What a resumed run must find unchanged."""
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    def describe(self):
+        return (f"normalized per channel as (pixel / 255 - mean) / std with mean="
+                f"{_floats(self.mean)}, std={_floats(self.std)}")
+
+
+def _floats(v):
+    return ",".join(f"{x:.6g}" for x in np.ravel(v))
+
+
+def normalization(mean, std, input_shape):
+    """A :class:`Normalization` for images of ``input_shape`` ``(c, h, w)``, or None when both
+    ``mean`` and ``std`` are None.
+
+    Raises
+    ------
+    ValueError
+        Only one of them, a model that does not take images, or bad values.
+    """
+    if mean is None and std is None:
+        return None
+    if mean is None or std is None:
+        raise ValueError("mean and std go together: give both (std=1 or mean=0 for one alone)")
+    _check_image_shape(input_shape)
+    return Normalization(mean, std, input_shape[0])
+
+
 def _image_files(folder):
     files = sorted(f for f in os.listdir(folder)
                    if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith("."))
@@ -143,8 +227,10 @@ def check_images(paths, input_shape):
             raise ValueError(f"{path}: not a readable image ({exc})") from None
 
 
-def read_images(paths, input_shape, strict=False, warn=_warn, conversions=None):
-    """Images as a float32 batch ``(n, *input_shape)`` in ``[0, 1]`` (see the module docstring).
+def read_images(paths, input_shape, strict=False, warn=_warn, conversions=None, mean=None,
+                std=None):
+    """Images as a float32 batch ``(n, *input_shape)``: pixel / 255 in ``[0, 1]``, or with
+    ``mean`` and ``std`` ``(pixel / 255 - mean) / std`` per channel (see :mod:`relprop.cli`).
 
     Parameters
     ----------
@@ -160,16 +246,20 @@ def read_images(paths, input_shape, strict=False, warn=_warn, conversions=None):
     conversions : dict, optional
         Collect the conversions here instead of warning (for reading in chunks: one
         :func:`warn_conversions` at the end names them all).
+    mean, std : sequence of float, optional
+        The per-channel normalization (:class:`Normalization`; both or neither), e.g.
+        torchvision's ImageNet ``(0.485, 0.456, 0.406)``, ``(0.229, 0.224, 0.225)``.
 
     Raises
     ------
     ValueError
-        A model that does not take images, an unreadable image, or (``strict``) an image that
-        would need converting.
+        A model that does not take images, an unreadable image, (``strict``) an image that
+        would need converting, or a bad ``mean``/``std``.
     ImportError
         Pillow is not installed.
     """
     Image, Unidentified = _check_image_shape(input_shape)
+    norm = normalization(mean, std, input_shape)
     c, h, w = input_shape
     mode = "L" if c == 1 else "RGB"
     out = np.empty((len(paths), c, h, w), dtype=np.float32)
@@ -192,7 +282,7 @@ def read_images(paths, input_shape, strict=False, warn=_warn, conversions=None):
         out[i] = a[None] if c == 1 else a.transpose(2, 0, 1)
     if conversions is None:
         warn_conversions(seen, input_shape, warn)
-    return out
+    return out if norm is None else norm(out)
 
 
 def warn_conversions(conversions, input_shape, warn=_warn):
@@ -210,11 +300,13 @@ def warn_conversions(conversions, input_shape, warn=_warn):
 
 
 @user_input()
-def load_inputs(spec, net, strict=False):
+def load_inputs(spec, net, strict=False, mean=None, std=None):
     """``(x, names)``: the INPUTS of a subcommand as an array ``(n, *input_shape)`` and a name
     per sample (image file stems, or zero-padded indices).  Arrays are memory-mapped.  Images
     that need converting to the model's input shape are converted with a warning on stderr, or
-    refused with ``strict`` (see :func:`read_images`)."""
+    refused with ``strict``, and normalized with ``mean`` and ``std`` (see
+    :func:`read_images`); an array is refused with them (it is given as the model takes it)."""
+    _only_images(spec, mean, std)
     if spec == "digits":
         from .models import digits_data
 
@@ -222,10 +314,10 @@ def load_inputs(spec, net, strict=False):
         x = digits_data("test", flat=flat)[0]
     elif not os.path.exists(spec):
         raise ValueError(f"{spec}: no such file or folder")
-    elif os.path.isdir(spec) or spec.lower().endswith(IMAGE_SUFFIXES):
+    elif _is_images(spec):
         paths = _image_files(spec) if os.path.isdir(spec) else [spec]
         names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-        return read_images(paths, net.input_shape, strict), names
+        return read_images(paths, net.input_shape, strict, mean=mean, std=std), names
     elif spec.lower().endswith(".npy"):
         try:
             x = np.load(spec, mmap_mode="r", allow_pickle=False)
@@ -254,6 +346,20 @@ def load_inputs(spec, net, strict=False):
     return x, [f"{i:0{width}d}" for i in range(len(x))]
 
 
+def _is_images(spec):
+    """Whether INPUTS ``spec`` names an image file or a folder (of images)."""
+    spec = os.fspath(spec)
+    return spec != "digits" and os.path.exists(spec) and (
+        os.path.isdir(spec) or spec.lower().endswith(IMAGE_SUFFIXES))
+
+
+def _only_images(spec, mean, std):
+    """Refuse ``mean``/``std`` for INPUTS that are not images."""
+    if (mean is not None or std is not None) and not _is_images(spec):
+        raise ValueError(f"{spec}: mean and std normalize images (pixel / 255); an array or "
+                         "'digits' is given as the model takes it (normalize it yourself)")
+
+
 @user_input()
 def load_labels(spec):
     """The labels that come with INPUTS: the bundled digits' or an .npz's ``y`` (else None)."""
@@ -265,6 +371,39 @@ def load_labels(spec):
         with np.load(spec, allow_pickle=False) as d:
             return d["y"] if "y" in d.files else None
     return None
+
+
+def load_class_names(path, net):
+    """The class names of ``path``, a text file of one name per line in the order of the
+    model's outputs (surrounding spaces and trailing blank lines dropped), as a list.
+
+    Raises
+    ------
+    UsageError
+        A missing or unreadable file (not UTF-8 text), an empty name, or not one name per
+        output of ``net``.
+    """
+    with user_input(f"--classes {path}: "):
+        with open(path, encoding="utf-8") as fh:
+            names = [line.strip() for line in fh.read().splitlines()]
+        while names and not names[-1]:
+            names.pop()
+        if "" in names:
+            raise ValueError(f"line {names.index('') + 1} is empty; give one class name per "
+                             "line")
+        n_out = None if net.output_shape is None else int(np.prod(net.output_shape))
+        if n_out is not None and len(names) != n_out:
+            raise ValueError(f"{len(names)} class name(s), but the model has {n_out} outputs; "
+                             "give one name per output, in order")
+    return names
+
+
+def class_label(k, class_names):
+    """Class ``k`` as shown: ``"226 briard"`` with names, else ``"226"`` (what is not a class
+    index, a "seed" target, as it is)."""
+    if class_names is None or not isinstance(k, (int, np.integer)):
+        return str(k)
+    return f"{k} {class_names[k]}"
 
 
 def _heatmap_scale(input_shape):

@@ -97,6 +97,10 @@ class Inputs:
         """Samples ``start:stop`` as an array ``(stop - start, *sample_shape)``."""
         raise NotImplementedError
 
+    def pixels(self, x) -> np.ndarray:
+        """Samples ``x`` read from here as they are shown (images un-normalized)."""
+        return x
+
     def names(self, start, stop) -> list:
         """A name per sample (image file stems, or zero-padded indices)."""
         width = len(str(self.n - 1))
@@ -128,46 +132,68 @@ class NpyInputs(Inputs):
 
 
 class ImageInputs(Inputs):
-    """Image files, decoded a chunk at a time (see :func:`relprop.inputs.read_images`)."""
+    """Image files, decoded a chunk at a time (see :func:`relprop.inputs.read_images`) and
+    normalized with ``normalization`` (a :class:`relprop.inputs.Normalization`, or None)."""
 
     images = True
 
-    def __init__(self, paths, sample_shape, identity, strict=False):
+    def __init__(self, paths, sample_shape, identity, strict=False, normalization=None):
         self.paths, self.n, self.sample_shape = list(paths), len(paths), tuple(sample_shape)
         self.identity, self.strict = identity, strict
+        self.normalization = normalization
+        if normalization is not None:
+            self.identity = {**identity, "normalization": normalization.identity()}
         #: the conversions made so far (see :func:`relprop.inputs.read_images`)
         self.conversions = {}
 
     def read(self, start, stop):
         from .inputs import read_images
 
+        norm = self.normalization
         return read_images(self.paths[start:stop], self.sample_shape, self.strict,
-                           conversions=self.conversions)
+                           conversions=self.conversions,
+                           mean=None if norm is None else norm.mean,
+                           std=None if norm is None else norm.std)
+
+    def pixels(self, x):
+        return x if self.normalization is None else self.normalization.pixels(x)
 
     def names(self, start, stop):
         return [os.path.splitext(os.path.basename(p))[0] for p in self.paths[start:stop]]
 
 
 @user_input()
-def open_inputs(spec, net, strict=False) -> Inputs:
+def open_inputs(spec, net, strict=False, mean=None, std=None) -> Inputs:
     """INPUTS as :class:`Inputs`, checked against the network's input shape but not read yet
     (a ``.npy`` file and image folders are read chunk by chunk; an ``.npz`` and ``digits`` are
     loaded whole).  With ``strict``, images that would need converting are refused now (their
-    headers are read), before any work.
+    headers are read), before any work.  Images are normalized with ``mean`` and ``std`` (see
+    :func:`relprop.inputs.read_images`; part of the inputs' ``identity``); arrays are refused
+    with them.
 
     Raises
     ------
     ValueError
         A missing or unreadable file, no images in a folder, a shape the network does not
-        take, or (``strict``) an image of other channels or size.
+        take, (``strict``) an image of other channels or size, or ``mean``/``std`` that are
+        bad or given for an array.
     """
-    from .inputs import IMAGE_SUFFIXES, _image_files, check_images, load_inputs, read_images
+    from .inputs import (
+        _image_files,
+        _is_images,
+        _only_images,
+        check_images,
+        load_inputs,
+        normalization,
+        read_images,
+    )
 
     spec = os.fspath(spec)
-    if spec != "digits" and os.path.exists(spec) and (
-            os.path.isdir(spec) or spec.lower().endswith(IMAGE_SUFFIXES)):
+    _only_images(spec, mean, std)
+    if _is_images(spec):
         paths = _image_files(spec) if os.path.isdir(spec) else [spec]
         read_images([], net.input_shape)  # checks the input shape (and Pillow) now
+        norm = normalization(mean, std, net.input_shape)
         if strict:
             check_images(paths, net.input_shape)
         if os.path.isdir(spec):
@@ -179,7 +205,7 @@ def open_inputs(spec, net, strict=False) -> Inputs:
                         "mtime_ns": max(s.st_mtime_ns for s in stats)}
         else:
             identity = _file_identity(spec)
-        return ImageInputs(paths, net.input_shape, identity, strict)
+        return ImageInputs(paths, net.input_shape, identity, strict, norm)
     if spec.lower().endswith(".npy") and os.path.isfile(spec):
         inputs = NpyInputs(spec)
         shape = inputs.file.shape
@@ -435,9 +461,29 @@ def _crc(fd, offset, size):
     return crc
 
 
-def csv_text(names, classes, scores, sums):
-    """The rows of ``explained.csv`` for a chunk, as bytes."""
-    return "".join(map("{},{},{:.6g},{:.6g}\n".format, names, np.asarray(classes).tolist(),
+def csv_header(named=False):
+    """The first line of ``explained.csv`` (bytes): :data:`CSV_HEADER`, or with class names
+    (``named``) a ``class`` column, the target's name, after the target."""
+    return CSV_HEADER.replace(b"target,", b"target,class,") if named else CSV_HEADER
+
+
+def _named(run):
+    """Whether the run (its record's ``run``) names its classes in ``explained.csv``."""
+    return "class_names_sha256" in run
+
+
+def _csv_field(text):
+    """``text`` as a CSV field (quoted when it holds a comma, a quote or a line break)."""
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\r\n') else text
+
+
+def csv_text(names, classes, scores, sums, class_names=None):
+    """The rows of ``explained.csv`` for a chunk, as bytes (with ``class_names``, a list of
+    names by class index, the target's name after its index)."""
+    classes = np.asarray(classes).tolist()
+    named = ([""] * len(classes) if class_names is None else  # (no name for a "seed")
+             [(_csv_field(class_names[c]) if isinstance(c, int) else "") + "," for c in classes])
+    return "".join(map("{},{},{}{:.6g},{:.6g}\n".format, map(_csv_field, names), classes, named,
                        np.asarray(scores).tolist(), np.asarray(sums).tolist())).encode()
 
 
@@ -456,6 +502,7 @@ class Checker:
         self.row_bytes = int(np.prod(rel.shape[1:], dtype=np.int64)) * rel.dtype.itemsize
         del rel
         self.paths = [os.path.join(outdir, name) for name in ("relevance.npy", "explained.csv")]
+        self.header = csv_header(_named(rec.get("run", {})))
         self.bytes = sum((c[1] - c[0]) * self.row_bytes + c[3] - c[2] for c in self.chunks)
 
     def damaged(self, chunk):
@@ -484,14 +531,14 @@ class Checker:
         of the chunk in flight there; --resume drops them)."""
         out = []
         with open(self.paths[1], "rb") as fh:
-            head = fh.read(len(CSV_HEADER))
-        if head != CSV_HEADER:
-            out.append(f"explained.csv: its header is not {CSV_HEADER.decode().strip()!r}")
+            head = fh.read(len(self.header))
+        if head != self.header:
+            out.append(f"explained.csv: its header is not {self.header.decode().strip()!r}")
         want = self.offset + self.shape[0] * self.row_bytes
         have = os.path.getsize(self.paths[0])
         if have != want:
             out.append(f"relevance.npy: {have:,} bytes, its array {want:,}")
-        end = self.chunks[-1][3] if self.chunks else len(CSV_HEADER)
+        end = self.chunks[-1][3] if self.chunks else len(self.header)
         have = os.path.getsize(self.paths[1])
         if complete and have > end:
             out.append(f"explained.csv: {have - end:,} bytes after the last chunk's rows")
@@ -563,6 +610,7 @@ class OutputFolder:
 
     def __init__(self, outdir, run, n):
         self.outdir, self.run, self.n = os.fspath(outdir), run, int(n)
+        self.header = csv_header(_named(run))
         self.rel_path = os.path.join(self.outdir, "relevance.npy")
         self.csv_path = os.path.join(self.outdir, "explained.csv")
         self.heat_dir = os.path.join(self.outdir, "heatmaps")
@@ -651,9 +699,9 @@ class OutputFolder:
         for problem in self.checker.frame(complete=False):
             log(f"--resume: {problem}: repaired")
         with open(self.csv_path, "r+b") as fh:
-            if fh.read(len(CSV_HEADER)) != CSV_HEADER:
+            if fh.read(len(self.header)) != self.header:
                 fh.seek(0)
-                fh.write(CSV_HEADER)
+                fh.write(self.header)
         want = self.checker.offset + self.checker.shape[0] * self.checker.row_bytes
         if os.path.getsize(self.rel_path) > want:
             os.truncate(self.rel_path, want)
@@ -682,7 +730,7 @@ class OutputFolder:
         self._rel_offset = int(rel.offset)
         del rel
         with open(self.csv_path, "wb") as fh:
-            fh.write(CSV_HEADER)
+            fh.write(self.header)
         self.done, self.derived = 0, dict(derived)
         self._open(os.path.getsize(self.csv_path))
         self._write_record()
@@ -843,7 +891,8 @@ def _read(inputs, start, stop):
 
 def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk_size=None,
                       batch_size=None, heatmaps=None, overlay=False, resume=False, run=None,
-                      client=None, derive=None, log=print, progress=None):
+                      client=None, derive=None, why=None, class_names=None, log=print,
+                      progress=None):
     """Explain ``inputs`` chunk by chunk into ``outdir`` (see the module docstring).
 
     Parameters
@@ -873,6 +922,11 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
         ``derive() -> dict`` of parameters computed from the inputs for a new run (e.g. the
         input range); a resumed run takes them from the record, as it takes the ``seed`` that
         a new run draws for a random method given none.
+    why : dict, optional
+        Per derived parameter, where its value comes from (logged; default "the range of
+        INPUTS").
+    class_names : list of str, optional
+        A name per class (output index): ``explained.csv`` gets a ``class`` column.
     log : callable
         Where messages go.
     progress : bool, optional
@@ -911,6 +965,8 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
     run.update({"method": method, "params": dict(params), "target": recorded, "n": n,
                 "sample_shape": list(inputs.sample_shape), "chunk_size": chunk,
                 "heatmaps": bool(heatmaps), "overlay": bool(overlay)})
+    if class_names is not None:  # (they are in explained.csv)
+        run["class_names_sha256"] = hashlib.sha256("\n".join(class_names).encode()).hexdigest()
     run = json.loads(json.dumps(run))  # as it will read back
     from . import __version__
     run["relprop"] = __version__
@@ -932,10 +988,12 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
         derived = derive() if derive is not None else {}
         if random and params.get("seed") is None:  # one seed for every chunk, kept for resume
             derived["seed"] = check_seed(None)
+    why = {"seed": "drawn at random", **(why or {})}
     for key, v in derived.items():
-        why = "drawn at random" if key == "seed" else "the range of INPUTS"
-        log(f"{method}: {key}={v if isinstance(v, int) else format(v, 'g')} ({why}; set it "
-            f"with -p {key}=...)")
+        value = (v if isinstance(v, int) else format(v, "g") if np.ndim(v) == 0 else
+                 "[" + ", ".join(format(e, ".6g") for e in v) + "]")
+        log(f"{method}: {key}={value} ({why.get(key, 'the range of INPUTS')}; set it with "
+            f"-p {key}=...)")
     params = {**params, **derived}
     if n > done:  # the method, its parameters and the target, checked now on one zero sample
         with user_input(f"{method}: "):
@@ -951,7 +1009,7 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
               DaskRunner(client, net, method, params, batch_size))
 
     def draw(R, xb, names):
-        rgb = render.heatmap(R, overlay=xb)
+        rgb = render.heatmap(R, overlay=None if xb is None else inputs.pixels(xb))
         for i, name in enumerate(names):
             render.save_png(os.path.join(out.heat_dir, f"{name}.png"),
                             render.upscale(rgb[i], scale))
@@ -969,7 +1027,8 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
         except NonFiniteResult as exc:  # finite inputs, a result beyond the dtype's range
             raise UsageError(f"samples {start}..{stop - 1} of INPUTS: {exc}") from exc
         names = inputs.names(start, stop)
-        return R, names, csv_text(names, *table(R, outputs, chunk_target(target, start, stop)))
+        return R, names, csv_text(names, *table(R, outputs, chunk_target(target, start, stop)),
+                                  class_names)
 
     for i, files in damaged:  # recomputed in place: the bytes must match their checksums
         start, stop = out.chunks[i][:2]

@@ -106,9 +106,9 @@ class Comparison:
                 out.append((svg, f"{metric}: {chart.caption}"))
         return out
 
-    def write_html(self, path, title="relprop evaluate"):
-        """The table and the curves as one page (no JavaScript), its folder made if missing;
-        returns ``path``."""
+    def write_html(self, path, title="relprop evaluate", notes=()):
+        """The table and the curves as one page (no JavaScript), its folder made if missing,
+        with ``notes`` (paragraphs) after the introduction; returns ``path``."""
         import os
 
         from ..render import write_html
@@ -119,7 +119,8 @@ class Comparison:
         heads = ["method"] + [f"{m}\n({self.better(m)} is better)" for m in self.metrics]
         settings = ", ".join(f"{k}={v}" for k, v in self.settings.items())
         intro = [f"Each method explains the same inputs; each metric scores the explanations "
-                 f"(the mean over the samples, or the metric's batch statistic). {settings}."]
+                 f"(the mean over the samples, or the metric's batch statistic). {settings}.",
+                 *notes]
         return write_html(path, heads, rows, title=title, intro=intro, row_heads=self.methods,
                           legend=False, figures=self.figures())
 
