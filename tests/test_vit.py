@@ -227,3 +227,37 @@ def test_attnlrp_full_on_vit_is_lxts_attnlrp_and_the_reference(rng):
     rules = rp.composites.as_composite("attnlrp_full").rules(net)
     ref_R = ref.lrp(net, x, ref.seed(4, ref.forward(net, x)[-1], scale=True), rules)
     assert_allclose(R, ref_R, rtol=1e-9, atol=1e-12 * np.abs(ref_R).max())
+
+
+def test_attnlrp_conserves_without_biases_and_constants(rng):
+    """With every bias, LayerNorm shift, class token and position embedding zero, "attnlrp"
+    conserves the class score (each rule is LRP-0 on a map without bias), which the
+    conservation report shows; pixel flipping runs on the transformer."""
+    module = vit()
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("bias") or name in ("class_token", "encoder.pos_embedding"):
+                p.zero_()
+    net = rp.from_torch(module, (3, 32, 32))
+    x = rng.uniform(-1, 1, size=(2, 3, 32, 32))
+    R = rp.lrp(net, x, 6)
+    report = rp.conservation(net, x, 6, R)
+    assert_allclose(report["relevance"], net(x)[:, 6], rtol=1e-10)
+    assert_allclose(report["difference"], 0, atol=1e-10 * np.abs(net(x)[:, 6]).max())
+    curve = rp.metrics.pixel_flipping(net, x, R, 6, steps=4, patch=8).curves
+    assert_allclose(curve[:, 0], net(x)[:, 6], rtol=1e-12)
+    assert_allclose(curve[:, -1], net(np.zeros_like(x))[:, 6], rtol=1e-12)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_onnx_export_of_attention_is_refused_with_advice(tmp_path, dynamo):
+    pytest.importorskip("onnx")
+    import warnings
+
+    path = tmp_path / "vit.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(vit(dtype=torch.float32), torch.zeros(1, 3, 32, 32), path,
+                          dynamo=dynamo, input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    with pytest.raises(ValueError, match="Softmax is only supported as the last.*from_torch"):
+        rp.from_onnx(path)

@@ -265,9 +265,7 @@ class _Reader:
             if not reads_data and node.op_type not in ("Softmax",):
                 self._fold(node, where)
                 continue
-            if node.op_type == "Softmax":
-                if node.output[0] != self.output_name:
-                    raise ValueError(f"{where}: Softmax is only supported as the last node")
+            if node.op_type == "Softmax":  # the last node (from_onnx refused any other)
                 self.softmax = True
                 self.data[node.output[0]] = self.tensor(node)
                 continue
@@ -589,6 +587,14 @@ def from_onnx(path_or_model, *, check=True, rtol=CHECK_RTOL):
     except Exception as exc:  # onnx.checker.ValidationError and protobuf errors
         first = (str(exc).strip().splitlines() or [""])[0]
         raise ValueError(f"{where}: invalid ONNX model ({type(exc).__name__}: {first})") from None
+    inner = [n for n in g.node if n.op_type == "Softmax" and
+             not {o.name for o in g.output} & set(n.output)]
+    if inner:  # before any other node's error: what the file is, and what to do instead
+        raise ValueError(f"{where}: {_node_where(inner[0])}: Softmax is only supported as the "
+                         "last node (dropped: relprop explains the scores before it); attention "
+                         "decomposed into MatMul and Softmax is not read from ONNX files: import "
+                         "the torch module with relprop.from_torch (nn.MultiheadAttention with "
+                         "batch_first=True)")
     try:
         reader = _Reader(model, where)
         output = reader.run()
