@@ -122,3 +122,30 @@ def test_default_lrp_conserves_without_biases(case):
     c = int(out.argmax())
     lrp0 = rp.Composite([("linear", rp.rules.Epsilon(0))], stabilizer=0.0)
     assert abs(rp.lrp(net, x, c, lrp0).sum() - out[c]) <= 1e-9 * abs(out[c])
+
+
+# torch.export takes 30-50 s per model on a loaded 2-core machine: it runs on the two models
+# whose patterns are new to it here (SiLU; permutes, LayerNorm, layer scale); the others'
+# operators have their own tests (test_smooth_layers.py, test_products.py)
+ONNX_CASES = [(name, False) for name in MODELS] + [("efficientnet_b0", True),
+                                                    ("convnext_tiny", True)]
+
+
+@pytest.mark.parametrize("name, dynamo", ONNX_CASES, ids=[
+    f"{n}-{'torch.export' if d else 'torchscript'}" for n, d in ONNX_CASES])
+def test_onnx_files_of_both_exporters(name, dynamo, tmp_path):
+    """The exporters' files give from_torch's network: the same layers (SiLU written as
+    Mul(x, Sigmoid(x)) read as one, the gates resolved, the layer scales), the same outputs."""
+    pytest.importorskip("onnxruntime")
+    model = nets.torchvision_model(name)
+    path = nets.onnx_export(model, tmp_path / "m.onnx", SHAPE, dynamo=dynamo)
+    got = rp.from_onnx(path)  # checks itself against onnxruntime
+
+    def layers(g):
+        return sorted(n.layer.describe() for n in g.nodes if n.layer.kind != "permute")
+
+    assert layers(got) == layers(rp.from_torch(model, SHAPE, check=False))
+    x = np.random.default_rng(3).normal(size=(1,) + SHAPE).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    assert _rel(got(x), want) <= 1e-4
