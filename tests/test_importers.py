@@ -415,6 +415,25 @@ def test_from_onnx_gemm_transb_and_global_pool():
 
 
 @needs_onnx
+@pytest.mark.parametrize("shape,kind", [((3, 9, 9), "MaxPool2d 9"), ((3, 9), "MaxPool1d 9")])
+def test_from_onnx_global_max_pool(shape, kind):
+    """GlobalMaxPool (other exporters than torch's write it) of an image or a signal is the max
+    pooling whose window is the whole input."""
+    rng = np.random.default_rng(6)
+    model = _graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1] * 2 * len(shape[1:])),
+         helper.make_node("GlobalMaxPool", ["c"], ["g"], name="gmp"),
+         helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+         helper.make_node("Gemm", ["f", "gw", "gb"], ["y"], name="gemm", transB=1)],
+        {"w": rng.standard_normal((5, 3) + (3,) * len(shape[1:])),
+         "gw": rng.standard_normal((2, 5)), "gb": rng.standard_normal((1, 2))}, shape, (2,))
+    net = relprop.from_onnx(model)
+    assert net.nodes[1].layer.describe().startswith(kind + " stride")
+    x = rng.standard_normal((4,) + shape).astype(np.float32)
+    assert _rel_err(net(x), _ort(model, x)) <= 1e-5
+
+
+@needs_onnx
 def test_from_onnx_export_batch_baked_into_a_dynamic_batch_file():
     """torch's exporters write what a model computes in Python from the batch size as
     constants: a Reshape to (2, -1) in a file with a dynamic batch axis is a flatten of each

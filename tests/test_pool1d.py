@@ -120,20 +120,69 @@ class Functional(nn.Module):
                 + y.mean(-1, keepdim=True).flatten(1))
 
 
-@pytest.mark.parametrize("path", nets.IMPORT_PATHS)
-def test_functional_forms(tmp_path, rng, path):
+def _imported_as_torch(module_type, x, path, tmp_path, target=1):
+    """A ``module_type()`` (float64) imported through ``path``, its forward and its gradient of
+    ``target`` checked against torch's on ``x`` (1e-10; 1e-5 through ONNX, whose files hold
+    float32 weights; the ONNX importer checks itself against onnxruntime)."""
     torch.manual_seed(0)
-    module = Functional().double().eval()
-    net = nets.imported(module, (2, 15), path, tmp_path)  # the ONNX ones check themselves
-    x = rng.normal(size=(2, 2, 15))
+    module = module_type().double().eval()
+    net = nets.imported(module, x.shape[1:], path, tmp_path)
     xt = torch.from_numpy(x).requires_grad_()
     out = module(xt)
-    out[:, 1].sum().backward()
-    tol = 1e-10 if path == "from_torch" else 1e-5  # the ONNX files hold float32 weights
+    out[:, target].sum().backward()
+    tol = 1e-10 if path == "from_torch" else 1e-5
     assert_allclose(net(x), out.detach().numpy(), rtol=tol, atol=tol)
-    assert_allclose(rp.gradient(net, x, 1), xt.grad.numpy(), rtol=tol, atol=tol)
+    assert_allclose(rp.gradient(net, x, target), xt.grad.numpy(), rtol=tol, atol=tol)
+    return net
+
+
+@pytest.mark.parametrize("path", nets.IMPORT_PATHS)
+def test_functional_forms(tmp_path, rng, path):
+    net = _imported_as_torch(Functional, rng.normal(size=(2, 2, 15)), path, tmp_path)
     if path == "from_torch":
         assert [n.layer.describe() for n in net.nodes][1:6] == [
             "MaxPool1d 2 stride 2 pad 0 ceil", "MaxPool1d 3 stride 2 pad 1",
             "AvgPool1d 3 stride 1 pad 1 pad uncounted", "AvgPool1d 3 stride 3 pad 0",
             "AdaptiveAvgPool1d 1"]
+
+
+class MaxHeads(nn.Module):
+    """Adaptive and global max poolings, 1-D and 2-D: each is a MaxPool whose windows tile the
+    input (the output size divides it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 4, 3, padding=1)
+        self.amp1 = nn.AdaptiveMaxPool1d(4)  # 12 -> 4: MaxPool1d(3)
+        self.amp2 = nn.AdaptiveMaxPool2d(1)  # (4, 1, 12) -> (4, 1, 1): MaxPool2d((1, 12))
+
+    def forward(self, x):
+        y = self.conv(x)
+        a = self.amp1(y).amax(-1)  # a signal's global max: MaxPool1d(4)
+        b = F.adaptive_max_pool1d(y, 1).flatten(1)  # MaxPool1d(12)
+        c = self.amp2(y[:, :, None]).flatten(1)
+        d = torch.amax(F.adaptive_max_pool2d(y.unsqueeze(2), (1, 6)), (2, 3))
+        return a + b + c + d
+
+
+@pytest.mark.parametrize("path", nets.IMPORT_PATHS)
+def test_adaptive_and_global_max_pooling(tmp_path, rng, path):
+    net = _imported_as_torch(MaxHeads, rng.normal(size=(3, 2, 12)), path, tmp_path, target=2)
+    if path == "from_torch":
+        assert [n.layer.describe() for n in net.nodes if "Pool" in n.layer.describe()] == [
+            "MaxPool1d 3 stride 3 pad 0", "MaxPool1d 4 stride 4 pad 0",
+            "MaxPool1d 12 stride 12 pad 0", "MaxPool2d 1x12 stride 1x12 pad 0",
+            "MaxPool2d 1x2 stride 1x2 pad 0", "MaxPool2d 1x6 stride 1x6 pad 0"]
+
+
+def test_adaptive_max_pooling_refused_where_windows_overlap():
+    class Overlap(nn.Module):
+        def forward(self, x):
+            return F.adaptive_max_pool1d(x, 5)
+
+    with pytest.raises(ValueError, match=r"adaptive max pooling to 5 of per-sample shape "
+                                         r"\(2, 12\) is not supported \(only to sizes that "
+                                         r"divide the input's\)"):
+        rp.from_torch(Overlap(), (2, 12))
+    with pytest.raises(ValueError, match="return_indices=True is not supported"):
+        rp.from_torch(nn.AdaptiveMaxPool1d(3, return_indices=True), (2, 12))

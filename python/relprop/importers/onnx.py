@@ -540,8 +540,8 @@ def from_onnx(path_or_model, *, check=True, rtol=CHECK_RTOL):
     MatMul (an Add of a constant right after it, or after a Gemm/Conv, is its bias), Add/Sum of
     data tensors, Concat on any axis but the batch's, Relu, LeakyRelu, PRelu, Clip (ReLU6 for
     (0, 6), ReLU for (0), Hardtanh otherwise; also Max and Min of a constant), MaxPool,
-    AveragePool (2-D and 1-D), GlobalAveragePool, ReduceMean over height and width (or a signal's
-    length), Resize (torch's nearest
+    AveragePool (2-D and 1-D), GlobalAveragePool, GlobalMaxPool, ReduceMean and ReduceMax over
+    height and width (or a signal's length), Resize (torch's nearest
     and bilinear), Flatten, Reshape (its leading dimension the batch, or the export batch baked
     into a dynamic-batch file), Squeeze and Unsqueeze of axes but the batch's, Transpose keeping
     the batch axis first, Split, Slice and Gather (one index) on axes but the batch's, Pad of

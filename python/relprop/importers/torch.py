@@ -546,7 +546,7 @@ def from_torch(module, input_shape, *, check=True, rtol=CHECK_RTOL):
         (groups, dilation, symmetric padding; output padding), ReLU, ReLU6, LeakyReLU, PReLU,
         Hardtanh, MaxPool1d/2d, AvgPool1d/2d, AdaptiveAvgPool1d/2d (the identity where the
         output size is the input's, a global or fixed average pooling where it divides the
-        input), Upsample and
+        input), AdaptiveMaxPool1d/2d to sizes that divide the input (a max pooling), Upsample and
         UpsamplingNearest2d/Bilinear2d, Flatten, Unflatten, ZeroPad1d/2d/3d, ConstantPad1d/2d/3d
         (zeros), BatchNorm1d/2d (folded into the Dense/Conv1d/Conv2d before it where nothing
         else reads that layer's output, else an affine node), Dropout and Identity (skipped);

@@ -219,6 +219,105 @@ def _onnx_pool(ctx, two, one):
     return pool_layer(cls, ctx, *window, ctx.attrs.get("ceil_mode", 0), **flags)
 
 
+def _adaptive_sizes(shape, size, ctx, what):
+    """``(sizes, out)``: the input's and the output's sizes (pairs, or 1-tuples for a signal) of
+    an adaptive ``what`` pooling to ``size`` on per-sample input ``shape``: ``(c, h, w)`` and a
+    pair (``None`` in it keeps that input size), or ``(c, L)`` and an int."""
+    if len(shape) not in (2, 3):
+        raise ctx.error(f"adaptive {what} pooling expects (channels, height, width) or "
+                        f"(channels, length) per sample, got shape {tuple(shape)}")
+    sizes = tuple(shape[1:])
+    out = tuple(n if o is None else int(o)
+                for n, o in zip(sizes, (size,) if len(sizes) == 1 else size))
+    if min(out) <= 0:
+        raise ctx.error(f"output size {out if len(out) == 2 else out[0]} must be positive")
+    return sizes, out
+
+
+def adaptive_avg_pool(shape, size, ctx):
+    """The layer of an adaptive average pooling to ``size`` on per-sample input ``shape``
+    (:func:`_adaptive_sizes`).  None where it is the identity (``size`` is the input size);
+    GlobalAvgPool2d for (1, 1); an AvgPool2d (AvgPool1d) where ``size`` divides the input, a 1-D
+    one to 1 excepted; else AdaptiveAvgPool2d (AdaptiveAvgPool1d)."""
+    sizes, out = _adaptive_sizes(shape, size, ctx, "average")
+    if out == sizes:
+        return None
+    if len(out) == 1:
+        return AvgPool1d(sizes[0] // out[0]) if sizes[0] % out[0] == 0 and out[0] > 1 else \
+            AdaptiveAvgPool1d(out[0])
+    if out == (1, 1):
+        return GlobalAvgPool2d()
+    if all(n % o == 0 for n, o in zip(sizes, out)):
+        return AvgPool2d(tuple(n // o for n, o in zip(sizes, out)))
+    return AdaptiveAvgPool2d(out)
+
+
+def adaptive_max_pool(shape, size, ctx, return_indices=False):
+    """The layer of an adaptive max pooling to ``size`` on per-sample input ``shape``
+    (:func:`_adaptive_sizes`): None where it is the identity; where ``size`` divides the input,
+    the MaxPool2d (MaxPool1d) whose windows tile it, torch's adaptive windows then; else
+    ValueError (torch's windows would overlap or differ in size)."""
+    if return_indices:
+        raise ctx.error("return_indices=True is not supported")
+    sizes, out = _adaptive_sizes(shape, size, ctx, "max")
+    if out == sizes:
+        return None
+    if any(n % o for n, o in zip(sizes, out)):
+        raise ctx.error(f"adaptive max pooling to {out if len(out) == 2 else out[0]} of "
+                        f"per-sample shape {tuple(shape)} is not supported (only to sizes that "
+                        "divide the input's)")
+    kernel = tuple(n // o for n, o in zip(sizes, out))
+    return MaxPool2d(kernel) if len(kernel) == 2 else MaxPool1d(kernel[0])
+
+
+def _global(shape):
+    """The output size of a global pooling of per-sample ``shape``."""
+    return 1 if len(shape) == 2 else (1, 1)
+
+
+def _spatial(ctx, axes, keepdims, what, pool):
+    """``x.<what>(axes)`` over height and width, or a signal's length: the global pooling
+    ``pool(shape, size, ctx)`` (and a Flatten unless ``keepdims``)."""
+    shape = ctx.shape
+    rank = len(shape) + 1
+    want = [2, 3] if len(shape) == 3 else [2]
+    if len(shape) not in (2, 3) or axes is None or sorted(a % rank for a in axes) != want:
+        raise ctx.error(f"{what} over {axes} of per-sample shape {tuple(shape)} is not supported "
+                        "(only over height and width, (2, 3), or a signal's length, 2)")
+    from .shape import Flatten
+
+    return [pool(shape, _global(shape), ctx)] + ([] if keepdims else [Flatten()])
+
+
+def _dims(dims):
+    return (dims,) if isinstance(dims, int) else (None if dims is None else tuple(dims))
+
+
+def _torch_mean(a, ctx):
+    if a["dtype"] is not None:
+        raise ctx.error(f"mean with dtype={a['dtype']} is not supported")
+    return _spatial(ctx, _dims(a["dim"]), a["keepdim"], "mean", adaptive_avg_pool)
+
+
+def _torch_amax(a, ctx):
+    return _spatial(ctx, _dims(a["dim"]) or None, a["keepdim"], "amax", adaptive_max_pool)
+
+
+def _onnx_reduce(what, pool):
+    """The converter of ONNX ReduceMean or ReduceMax: a global pooling (:func:`_spatial`)."""
+    def convert(ctx):
+        axes = ctx.const(1, "axes", required=False) if ctx.opset >= 18 else \
+            ctx.attrs.get("axes", None)
+        axes = None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+        return _spatial(ctx, axes, ctx.attrs.get("keepdims", 1), what, pool)
+    return convert
+
+
+_MEAN = (("input", ("dim", None), ("keepdim", False), ("dtype", None)), _torch_mean)
+_AMAX = (("input", ("dim", ()), ("keepdim", False)), _torch_amax)
+_ADAPTIVE_MAX = ("input", "output_size", ("return_indices", False))
+
+
 class MaxPool(Pool):
     """Max pooling as torch's; ties go to the first maximum in the window (row-major).  LRP gives
     a window's relevance to its winner (winner-take-all: the gradient)."""
@@ -237,25 +336,47 @@ class MaxPool(Pool):
 
 @register_layer
 class MaxPool2d(MaxPool):
-    """Max pooling as ``torch.nn.MaxPool2d``."""
+    """Max pooling as ``torch.nn.MaxPool2d``; also what an adaptive or global max pooling is
+    where its output size divides the input (:func:`adaptive_max_pool`)."""
 
     kind = "maxpool2d"
     imports = _torch_entries("MaxPool2d", ("torch.nn.functional.max_pool2d",
                                            "torch.nn.functional._max_pool2d", "torch.max_pool2d"),
                              _MAX_POOL_PARAMS, _torch_max_pool) + (
-        OnnxOp(("MaxPool",), lambda ctx: _onnx_pool(ctx, MaxPool2d, MaxPool1d)),)
+        OnnxOp(("MaxPool",), lambda ctx: _onnx_pool(ctx, MaxPool2d, MaxPool1d)),
+        # adaptive max poolings to sizes that divide the input, global ones (a signal's too)
+        TorchModule(("AdaptiveMaxPool2d",), lambda m, ctx: adaptive_max_pool(
+            ctx.shape, ctx.pair(m.output_size, "output_size"), ctx, m.return_indices)),
+        TorchFunction(("torch.nn.functional.adaptive_max_pool2d",), _ADAPTIVE_MAX,
+                      lambda a, ctx: adaptive_max_pool(
+                          ctx.shape, ctx.pair(ctx.constant(a["output_size"], "output_size"),
+                                              "output_size"), ctx, a["return_indices"])),
+        TorchFunction(("torch.amax",), *_AMAX),
+        TorchMethod(("amax",), *_AMAX),
+        OnnxOp(("GlobalMaxPool",),
+               lambda ctx: adaptive_max_pool(ctx.shape, _global(ctx.shape), ctx)),
+        OnnxOp(("ReduceMax",), _onnx_reduce("max", adaptive_max_pool)),
+    )
 
 
 @register_layer
 class MaxPool1d(MaxPool):
-    """Max pooling as ``torch.nn.MaxPool1d`` (ONNX MaxPool with a 1-D kernel is read by
-    MaxPool2d's entry)."""
+    """Max pooling as ``torch.nn.MaxPool1d`` (ONNX MaxPool with a 1-D kernel, GlobalMaxPool and
+    ReduceMax of a signal are read by MaxPool2d's entries); also ``AdaptiveMaxPool1d`` where its
+    output size divides the input."""
 
     kind = "maxpool1d"
     rank = 1
     imports = _torch_entries("MaxPool1d", ("torch.nn.functional.max_pool1d",
                                            "torch.nn.functional._max_pool1d", "torch.max_pool1d"),
-                             _MAX_POOL_PARAMS, _torch_max_pool)
+                             _MAX_POOL_PARAMS, _torch_max_pool) + (
+        TorchModule(("AdaptiveMaxPool1d",), lambda m, ctx: adaptive_max_pool(
+            ctx.shape, single(m.output_size, "output_size", ctx), ctx, m.return_indices)),
+        TorchFunction(("torch.nn.functional.adaptive_max_pool1d",), _ADAPTIVE_MAX,
+                      lambda a, ctx: adaptive_max_pool(
+                          ctx.shape, single(a["output_size"], "output_size", ctx), ctx,
+                          a["return_indices"])),
+    )
 
 
 class AvgPool(Layer):
@@ -331,71 +452,6 @@ class AvgPool1d(WindowAvgPool):
                              _AVG_POOL_PARAMS[:-1], _torch_avg_pool)  # no divisor_override
 
 
-def adaptive_avg_pool(shape, size, ctx):
-    """The layer of an adaptive average pooling to ``size`` on per-sample input ``shape``:
-    ``(c, h, w)`` and a pair (``None`` in it keeps that input size), or ``(c, L)`` and an int.
-    None where it is the identity (``size`` is the input size); GlobalAvgPool2d for (1, 1); an
-    AvgPool2d (AvgPool1d) where ``size`` divides the input, a 1-D one to 1 excepted; else
-    AdaptiveAvgPool2d (AdaptiveAvgPool1d)."""
-    if len(shape) == 2:
-        length, out = shape[1], int(size)
-        if out <= 0:
-            raise ctx.error(f"output size {out} must be positive")
-        if out == length:
-            return None
-        return AvgPool1d(length // out) if length % out == 0 and out > 1 else \
-            AdaptiveAvgPool1d(out)
-    if len(shape) != 3:
-        raise ctx.error("adaptive average pooling expects (channels, height, width) or "
-                        f"(channels, length) per sample, got shape {tuple(shape)}")
-    h, w = shape[1:]
-    oh, ow = (h if size[0] is None else int(size[0])), (w if size[1] is None else int(size[1]))
-    if oh <= 0 or ow <= 0:
-        raise ctx.error(f"output size {(oh, ow)} must be positive")
-    if (oh, ow) == (h, w):
-        return None
-    if (oh, ow) == (1, 1):
-        return GlobalAvgPool2d()
-    if h % oh == 0 and w % ow == 0:
-        return AvgPool2d((h // oh, w // ow))
-    return AdaptiveAvgPool2d((oh, ow))
-
-
-def _global(shape):
-    """The output size of a global average pooling of per-sample ``shape``."""
-    return 1 if len(shape) == 2 else (1, 1)
-
-
-def _spatial_mean(ctx, axes, keepdims):
-    """``x.mean(axes)`` over height and width, or a signal's length: a global average pooling
-    (and a Flatten unless ``keepdims``)."""
-    shape = ctx.shape
-    rank = len(shape) + 1
-    want = [2, 3] if len(shape) == 3 else [2]
-    if len(shape) not in (2, 3) or axes is None or sorted(a % rank for a in axes) != want:
-        raise ctx.error(f"mean over {axes} of per-sample shape {tuple(shape)} is not supported "
-                        "(only over height and width, (2, 3), or a signal's length, 2)")
-    from .shape import Flatten
-
-    return [adaptive_avg_pool(shape, _global(shape), ctx)] + ([] if keepdims else [Flatten()])
-
-
-def _torch_mean(a, ctx):
-    if a["dtype"] is not None:
-        raise ctx.error(f"mean with dtype={a['dtype']} is not supported")
-    dims = a["dim"]
-    dims = (dims,) if isinstance(dims, int) else (None if dims is None else tuple(dims))
-    return _spatial_mean(ctx, dims, a["keepdim"])
-
-
-def _onnx_reduce_mean(ctx):
-    axes = ctx.const(1, "axes", required=False) if ctx.opset >= 18 else \
-        ctx.attrs.get("axes", None)
-    axes = None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
-    return _spatial_mean(ctx, axes, ctx.attrs.get("keepdims", 1))
-
-
-_MEAN = (("input", ("dim", None), ("keepdim", False), ("dtype", None)), _torch_mean)
 
 
 @register_layer
@@ -410,7 +466,7 @@ class GlobalAvgPool2d(AvgPool):
         TorchMethod(("mean",), *_MEAN),
         OnnxOp(("GlobalAveragePool",),
                lambda ctx: adaptive_avg_pool(ctx.shape, _global(ctx.shape), ctx)),
-        OnnxOp(("ReduceMean",), _onnx_reduce_mean),
+        OnnxOp(("ReduceMean",), _onnx_reduce("mean", adaptive_avg_pool)),
     )
 
     def output_shape(self, shape):
