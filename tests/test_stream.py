@@ -264,7 +264,8 @@ def test_resume_after_kills_at_random_moments(tmp_path, digits_npy):
         if proc.returncode == 0:
             break
         if (out / "progress.json").exists():
-            assert record(out)["done"] % 700 == 0
+            done = record(out)["done"]  # whole chunks, or all (the last chunk is partial)
+            assert done % 700 == 0 or done == len(big), done
     assert kills >= 1
     proc = run(*args, "--resume")
     assert proc.returncode == 0, proc.stderr
