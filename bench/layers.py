@@ -120,8 +120,8 @@ def layer_fns(x, w, b, g, padding, tiles=TILES):
 
 
 def _auto(x, w, padding, backward):
-    a = ops.conv2d_algorithm(x.shape, w.shape, (1, 1), padding, x.dtype, backward=backward)
-    return a.name if a.name == "direct" else f"f{a.tile}"
+    a = ops.conv2d_plan(x.shape, w.shape, (1, 1), padding, x.dtype, backward)
+    return f"f{a.tile}" if a.tile else "direct"
 
 
 def layer_rows(name, batch, threads, repeats, peaks, tiles=TILES, layers=None, log=None,
@@ -231,29 +231,18 @@ class Block:
         self.out = self.pooled if pool else self.y
         self.below = None  # the Block before (its ReLU's backward is fused into this one's)
 
-    def tile(self, backward=False):
-        """The Winograd tile the layer's auto algorithm runs (None: direct)."""
-        if not self.conv:
-            return None
-        return self.layer._winograd_tile(self.x.shape, self.w, backward)
+    def plan(self, backward=False, w=None):
+        """The layer's plan of the pass (relprop.plans) with its weights or ``w``."""
+        return self.layer.plan(self.w if w is None else w, self.x.shape, backward)
 
     def algorithm(self, backward=False):
         if not self.conv:
             return "dense" if len(self.x) > 1 else "dense (gemv)"
-        t = self.tile(backward)
-        if self.layer.groups > 1 and self.layer.groups == self.layer.in_channels:
-            return "depthwise"
-        return f"winograd F{t}" if t else "direct"
+        return self.plan(backward).algorithm
 
     def packed(self, role, w=None):
-        w = self.w if w is None else w
-        layer = self.layer
-        small = (len(self.x) <= L_PACK_MAX_BATCH) if not self.conv else layer._small(self.x.shape)
-        if role in ("forward", "backward") and self.conv:
-            t = self.tile(role == "backward")
-            if t:
-                role = f"winograd{t}" + ("-backward" if role == "backward" else "")
-        return layer.packed_weights(w, role, small)
+        """The packing the layer's plan keeps for this call (None: packed per call)."""
+        return self.plan(role == "backward", w).packing(len(self.x))
 
     def macs(self):
         """Multiply-adds of the layer (direct method) for the whole batch."""
@@ -261,8 +250,6 @@ class Block:
             return self.w.size * self.z.shape[2] * self.z.shape[3] * len(self.x)
         return self.w.size * len(self.x)
 
-
-L_PACK_MAX_BATCH = 16
 
 
 def model_blocks(name, batch, seed=1):
@@ -297,7 +284,8 @@ def block_fns(blk, rng):
     layer, x, w, b = blk.layer, blk.x, blk.w, blk.b
     conv, hw = blk.conv, x.shape[2:]
     fns = {}
-    tile_f, tile_b = blk.tile(False), blk.tile(True)
+    geom = dict(dilation=layer.dilation, groups=layer.groups) if conv else {}
+    algo_f, algo_b = (blk.algorithm(False), blk.algorithm(True)) if conv else (None, None)
     pf, pb = blk.packed("forward"), blk.packed("backward")
 
     def unfused_forward():
@@ -310,14 +298,11 @@ def block_fns(blk, rng):
     def fused_forward():
         if blk.pool:
             return ops.conv2d_forward_relu_maxpool(x, w, b, layer.stride, layer.padding, pf,
-                                                   tile=tile_f, **layer._geometry())
+                                                   algorithm=algo_f, **geom)
         if not conv:
             return ops.dense_forward(x, w, b, pf, relu=blk.relu)
-        if tile_f:
-            return ops.conv2d_winograd_forward(x, w, b, layer.padding, pf, tile=tile_f,
-                                               relu=blk.relu)
         return ops.conv2d_forward(x, w, b, layer.stride, layer.padding, pf, relu=blk.relu,
-                                  **layer._geometry())
+                                  algorithm=algo_f, **geom)
 
     fns[("forward", "unfused")], fns[("forward", "fused")] = unfused_forward, fused_forward
 
@@ -349,14 +334,11 @@ def block_fns(blk, rng):
     def fused_backward():
         if blk.pool:
             return ops.conv2d_backward_pooled(g_out, blk.arg, w, hw, layer.stride, layer.padding,
-                                              pb, mask=mask, tile=tile_b, **layer._geometry())
+                                              pb, mask=mask, algorithm=algo_b, **geom)
         if not conv:
             return ops.dense_backward(g_out, w, pb, mask=mask)
-        if tile_b:
-            return ops.conv2d_winograd_backward(g_y, w, hw, layer.padding, pb, tile=tile_b,
-                                                mask=mask)
         return ops.conv2d_backward(g_y, w, hw, layer.stride, layer.padding, pb, mask=mask,
-                                   **layer._geometry())
+                                   algorithm=algo_b, **geom)
 
     fns[("gradient", "unfused")], fns[("gradient", "fused")] = unfused_backward, fused_backward
 
@@ -371,7 +353,7 @@ def block_fns(blk, rng):
             wr, zr = w, blk.z
         r = rng.standard_normal(zr.shape).astype(x.dtype)
         pr = blk.packed("backward", wr)
-        tile_r = blk.tile(True)
+        algo_r = blk.plan(True, wr).algorithm if conv else None
 
         def unfused_lrp():
             s = ops.lrp_divide(r, zr, eps)
@@ -381,7 +363,7 @@ def block_fns(blk, rng):
         def fused_lrp():
             if conv:
                 return ops.conv2d_lrp_epsilon(r, zr, x, wr, eps, layer.stride, layer.padding, pr,
-                                              tile=tile_r, **layer._geometry())
+                                              algorithm=algo_r, **geom)
             return ops.dense_lrp_epsilon(r, zr, x, wr, eps, pr)
 
         fns[("lrp", "unfused")], fns[("lrp", "fused")] = unfused_lrp, fused_lrp

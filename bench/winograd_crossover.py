@@ -1,20 +1,32 @@
-"""Where Winograd beats the direct convolution: a grid of stride-1 3x3 layers (channels x image
-size x batch), forward and backward, timed with the direct method, F(4x4, 3x3) and F(2x2, 3x3).
-The rule of ``relprop.ops.conv2d_algorithm`` was read off this table; rerun it to check the
-rule on another machine.
+"""Where Winograd beats the direct convolution, per instruction set: a grid of stride-1 3x3
+layers (channels x image size x batch), forward and backward, timed with the direct method,
+F(4x4, 3x3) and F(2x2, 3x3); then the crossover thresholds of the planner's rule fitted to
+those times, printed as the ISA's table (``relprop.ops.isa_table()["winograd"]``, kept in
+``cpp/src/isa_table.cpp``) beside the table the build has.
 
-    python bench/winograd_crossover.py --threads 1 --clock thread   # robust on a busy machine
-    python bench/winograd_crossover.py --threads 2
+    python bench/winograd_crossover.py --save crossover.json           # every ISA, 1 thread
+    python bench/winograd_crossover.py --fit crossover.json            # the tables again
 
-``--clock thread`` times the calling thread's CPU time (1 thread only: unaffected by other
-processes taking the core away); ``wall`` (default) the elapsed time.  Medians of interleaved
-repeats (``--stat min``: minima, which filter out the time slices a busy machine takes away
-from one of several threads).  Each line gives the times in ms, the fastest method and what
-``auto`` picks.
+The rule (``relprop.ops.conv2d_plan`` for float32 with ``algorithm="auto"``), per sample and
+never per batch: direct if the pass reads or writes fewer than ``min_channels`` channels or a
+sample takes fewer than ``min_macs`` multiply-adds; else F(4x4) if a sample has at least
+``f4_min_tiles`` of its 4x4 tiles; else F(2x2) if it has ``f2_min_tiles`` 2x2 tiles; else
+direct.  The fit picks, per ISA, the thresholds that minimize the geometric mean of
+``time(chosen) / time(fastest)`` over the grid (both batch sizes and directions), so the
+rule is the one this grid says is best where a per-sample rule must pick one algorithm for
+every batch.
+
+Timing on a shared machine is noisy: ``--clock thread`` (the default) times the calling
+thread's CPU time on 1 thread (a core taken away by another process does not count), and every
+time is the median of interleaved repeats.  The ISAs are measured one after another in one
+process (``relprop.ops.set_isa``).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
+import math
 import statistics
 import sys
 import time
@@ -30,8 +42,12 @@ from relprop import ops  # noqa: E402
 import layers as L  # noqa: E402
 
 CHANNELS = (8, 16, 32, 64, 128, 256, 512)
-SIZES = (7, 14, 28, 56, 112, 224)
+SIZES = (5, 7, 10, 14, 20, 28, 56, 112, 224)
 BATCHES = (1, 8)
+#: Candidate thresholds of the fit.
+CANDIDATES = {"min_channels": (1, 4, 8, 16, 32), "min_macs": tuple(2 ** k for k in range(12, 23)),
+              "f4_min_tiles": (1, 4, 9, 16, 25, 36, 49, 64, 10 ** 9),
+              "f2_min_tiles": (1, 4, 9, 16, 25, 36, 49, 64, 10 ** 9)}
 
 
 def grid(max_gflop):
@@ -42,41 +58,97 @@ def grid(max_gflop):
                     yield c, c, hw, n
     for c_in, c_out, hw, n in [(3, 64, 224, 1), (3, 64, 32, 8), (64, 8, 56, 8), (8, 64, 56, 8),
                                (16, 128, 28, 8), (128, 16, 28, 8), (512, 64, 14, 8),
-                               (64, 512, 14, 8)]:
+                               (64, 512, 14, 8), (4, 64, 56, 1), (64, 4, 56, 1)]:
         yield c_in, c_out, hw, n
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--clock", choices=["wall", "thread"], default="wall")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--stat", choices=["median", "min"], default="median",
-                   help="statistic of the repeats (min filters out a busy machine's preemptions)")
-    p.add_argument("--max-gflop", type=float, default=6.0,
-                   help="skip layers of more direct-method GFLOP than this")
-    opts = p.parse_args(argv)
-    if opts.clock == "thread" and opts.threads != 1:
-        p.error("--clock thread needs --threads 1")
-    rp.set_num_threads(opts.threads)
-    clock = time.thread_time if opts.clock == "thread" else time.perf_counter
-    print(f"# {L.cpu_model()}, ISA {ops.isa()}, {opts.threads} thread(s), clock {opts.clock}, "
-          f"{opts.stat} of {opts.repeats} interleaved repeats")
-    print("# c_in c_out hw n pass | direct f4 f2 (ms) | best auto")
+def measure(isa, opts, clock):
+    """[{c_in, c_out, hw, n, pass, ms: {direct, f4, f2}}] under ``isa``."""
+    ops.set_isa(isa)
     rng = np.random.default_rng(0)
+    rows = []
     for c_in, c_out, hw, n in grid(opts.max_gflop):
         x = np.maximum(rng.standard_normal((n, c_in, hw, hw)), 0).astype(np.float32)
         w = (rng.standard_normal((c_out, c_in, 3, 3)) * np.sqrt(2 / (9 * c_in))).astype(np.float32)
         g = rng.standard_normal((n, c_out, hw, hw)).astype(np.float32)
         times = L.time_interleaved(L.layer_fns(x, w, None, g, (1, 1)), opts.repeats, clock=clock)
         for d in ("fwd", "bwd"):
-            stat = statistics.median if opts.stat == "median" else min
-            ms = {m: stat(times[(d, m)]) * 1e3 for m in ("direct", "f4", "f2")}
-            best = min(ms, key=ms.get)
-            auto = L._auto(x, w, (1, 1), d == "bwd")
-            print(f"{c_in:4d} {c_out:4d} {hw:4d} {n:2d} {d} | "
-                  + " ".join(f"{ms[m]:9.3f}" for m in ("direct", "f4", "f2"))
-                  + f" | {best:6s} {auto:6s}" + ("" if best == auto else "  <-"), flush=True)
+            ms = {m: statistics.median(times[(d, m)]) * 1e3 for m in ("direct", "f4", "f2")}
+            rows.append({"c_in": c_in, "c_out": c_out, "hw": hw, "n": n, "pass": d, "ms": ms})
+            print(f"{isa:7s} {c_in:4d} {c_out:4d} {hw:4d} {n:2d} {d} | "
+                  + " ".join(f"{ms[m]:9.3f}" for m in ("direct", "f4", "f2")), flush=True)
+    return rows
+
+
+def choose(row, t):
+    """The algorithm ("direct", "f4", "f2") the rule with thresholds ``t`` picks for ``row``
+    (padding 1: the pass's output is hw x hw; backward reads c_out and writes c_in)."""
+    cin, cout = (row["c_out"], row["c_in"]) if row["pass"] == "bwd" else (row["c_in"],
+                                                                         row["c_out"])
+    hw = row["hw"]
+    if min(cin, cout) < t["min_channels"] or 9 * cin * cout * hw * hw < t["min_macs"]:
+        return "direct"
+    if math.ceil(hw / 4) ** 2 >= t["f4_min_tiles"]:
+        return "f4"
+    if math.ceil(hw / 2) ** 2 >= t["f2_min_tiles"]:
+        return "f2"
+    return "direct"
+
+
+def loss(rows, t):
+    """Geometric mean of time(chosen) / time(fastest) over ``rows``."""
+    return math.exp(statistics.fmean(math.log(r["ms"][choose(r, t)] / min(r["ms"].values()))
+                                     for r in rows))
+
+
+def fit(rows):
+    """The thresholds of :data:`CANDIDATES` with the least :func:`loss` (ties: the first in
+    the candidates' order, the most conservative)."""
+    best = None
+    for values in itertools.product(*CANDIDATES.values()):
+        t = dict(zip(CANDIDATES, values))
+        score = loss(rows, t)
+        if best is None or score < best[0] - 1e-12:
+            best = (score, t)
+    return best
+
+
+def report(isa, rows, cpu):
+    score, t = fit(rows)
+    built = ops.isa_table(isa)["winograd"]
+    rule = {k: built[k] for k in CANDIDATES}
+    print(f"\n## {isa} ({cpu}; {len(rows)} passes; thread CPU time, medians)")
+    print(f"fitted: {t}  (time / fastest, geometric mean: {score:.4f})")
+    print(f"built:  {rule}  measured={built['measured']}  ({loss(rows, rule):.4f})")
+    direct = loss(rows, {**t, "min_channels": 10 ** 9})
+    f4 = loss(rows, {"min_channels": 1, "min_macs": 1, "f4_min_tiles": 1, "f2_min_tiles": 1})
+    print(f"always direct: {direct:.4f}, always F(4x4) where it applies: {f4:.4f}")
+    return t
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--isa", default=",".join(ops.supported_isas()),
+                   help="comma-separated ISAs to measure (default: every supported one)")
+    p.add_argument("--clock", choices=["wall", "thread"], default="thread")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--max-gflop", type=float, default=6.0,
+                   help="skip layers of more direct-method GFLOP than this")
+    p.add_argument("--save", metavar="FILE.json", help="write the times there")
+    p.add_argument("--fit", metavar="FILE.json", help="fit saved times instead of measuring")
+    opts = p.parse_args(argv)
+    rp.set_num_threads(1)
+    clock = time.thread_time if opts.clock == "thread" else time.perf_counter
+    if opts.fit:
+        data = json.loads(Path(opts.fit).read_text())
+    else:
+        data = {"cpu": L.cpu_model(), "clock": opts.clock, "repeats": opts.repeats, "isas": {}}
+        for isa in opts.isa.split(","):
+            data["isas"][isa] = measure(isa, opts, clock)
+            if opts.save:
+                Path(opts.save).write_text(json.dumps(data))
+    for isa, rows in data["isas"].items():
+        report(isa, rows, data["cpu"])
 
 
 if __name__ == "__main__":

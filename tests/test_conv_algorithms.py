@@ -29,9 +29,8 @@ def test_layers_run_the_algorithm_they_are_given(rng, dtype):
     x = rng.uniform(0, 1, (2, 16, 12, 12)).astype(dtype)
     g = rng.normal(size=(2, 16, 12, 12)).astype(dtype)
     # "winograd" takes the tile "auto" would choose, and F(4x4) where "auto" stays direct
-    tiles = [alg.tile if alg.name == "winograd" else 4
-             for alg in (ops.conv2d_algorithm(x.shape, w.shape, 1, 1, dtype, backward)
-                         for backward in (False, True))]
+    tiles = [ops.conv2d_plan(x.shape, w.shape, 1, 1, dtype, backward, request="auto").tile or 4
+             for backward in (False, True)]
     wino = ops.conv2d_winograd_forward(x, w, b, (1, 1), tile=tiles[0])
     direct = ops.conv2d_forward(x, w, b, (1, 1), (1, 1))
     assert not np.array_equal(wino, direct)  # so that the checks below tell them apart
@@ -48,9 +47,9 @@ def test_layers_run_the_algorithm_they_are_given(rng, dtype):
     assert_array_equal(_layer(rng, "direct").with_parameters(w, b).forward(x)[0], direct)
     auto = layer.with_parameters(w, b)
     auto.algorithm = "auto"
-    alg = ops.conv2d_algorithm(x.shape, w.shape, (1, 1), (1, 1), dtype)
-    want = direct if alg.name == "direct" else ops.conv2d_winograd_forward(x, w, b, (1, 1),
-                                                                           tile=alg.tile)
+    alg = ops.conv2d_plan(x.shape, w.shape, (1, 1), (1, 1), dtype)
+    want = direct if alg.tile is None else ops.conv2d_winograd_forward(x, w, b, (1, 1),
+                                                                       tile=alg.tile)
     assert_array_equal(auto.forward(x)[0], want)
 
 
@@ -86,13 +85,15 @@ def test_small_calls_keep_winograd_packings(rng):
     y = layer.forward(x)[0]
     g = layer.backward(np.ones_like(y), x, None)
     w, b = layer.params(np.float32)
-    tile = ops.conv2d_algorithm(x.shape, w.shape, 1, 1, np.float32).tile or 4
-    assert {key[0] for key in layer._packed} == {f"winograd{tile}", f"winograd{tile}-backward"}
+    tile = ops.conv2d_plan(x.shape, w.shape, 1, 1, np.float32).tile or 4
+    kept = [p._packed for p in layer._plans.values() if p._packed is not None]
+    assert sorted(k.gemm for k in kept) == [f"conv2d_winograd_backward_f{tile}",
+                                             f"conv2d_winograd_forward_f{tile}"]
     assert_array_equal(y, ops.conv2d_winograd_forward(x, w, b, (1, 1), tile=tile))
     assert_array_equal(g, ops.conv2d_winograd_backward(np.ones_like(y), w, (8, 8), (1, 1),
                                                        tile=tile))
     rp.release_memory()
-    assert not layer._packed
+    assert all(p._packed is None for p in layer._plans.values())
 
 
 def test_a_sample_does_not_depend_on_its_batch_with_auto(rng):
@@ -101,7 +102,7 @@ def test_a_sample_does_not_depend_on_its_batch_with_auto(rng):
                          rp.MaxPool2d(2), _layer(rng, c=16), rp.ReLU(), rp.Flatten(),
                          rp.Dense(nets.dense_w(rng, 4, 16 * 64))], input_shape=(16, 16, 16))
     x = rng.uniform(0, 1, (40, 16, 16, 16)).astype(np.float32)
-    assert ops.conv2d_algorithm(x.shape, (16, 16, 3, 3), 1, 1, np.float32).name == "winograd"
+    assert ops.conv2d_plan(x.shape, (16, 16, 3, 3), 1, 1, np.float32).tile is not None
     for fn in (net.forward, lambda xs: rp.gradient(net, xs, 1),
                lambda xs: rp.lrp(net, xs, 1, "epsilon_plus_flat")):
         full = fn(x)

@@ -25,6 +25,11 @@ from strategies import (
 P2 = ((2, 2), (2, 2), (0, 0))  # the fused pooling: window, stride, padding
 
 
+
+def wino(tile):
+    """The algorithm of Winograd's tile (None: the direct method, the planner's choice)."""
+    return None if tile is None else f"winograd{tile}"
+
 def signed(rng, shape, dtype, zeros=0.2):
     """Uniform values in [-1, 1] with a share of exact zeros (ReLU kinks, masks, ties, zero
     denominators)."""
@@ -109,7 +114,7 @@ def test_dense_fused_match_reference(p, seed):
 def test_dense_epilogues_across_cache_blocks(isa, dtype):
     # m, n, k beyond the register tile and the mc / nc / kc blocks of the ISA in use: the
     # epilogue runs once, on the last block of steps, after every partial sum
-    blk = ops.gemm_blocks(dtype)
+    blk = ops.isa_table()["gemm"][np.dtype(dtype).name]
     rng = np.random.default_rng(5)
     n, i, o = 2 * blk["mr"] + 1, 2 * blk["kc"] + 3, blk["nc"] + blk["nr"] + 1
     x, w, b = signed(rng, (n, i), dtype), signed(rng, (o, i), dtype), signed(rng, o, dtype)
@@ -218,7 +223,7 @@ def test_winograd_epilogues_are_the_unfused_passes(isa, p, seed):
                                          mask))
     z = signed(rng, y.shape, x.dtype)
     assert_array_equal(
-        ops.conv2d_lrp_epsilon(g, z, x, w, 1e-2, 1, pad, tile=tile),
+        ops.conv2d_lrp_epsilon(g, z, x, w, 1e-2, 1, pad, algorithm=wino(tile)),
         x * ops.conv2d_winograd_backward(ops.lrp_divide(g, z, 1e-2), w, hw, pad, tile=tile))
 
 
@@ -233,7 +238,7 @@ def check_pooled(x, w, b, s, pad, rng, tile=None, **kw):
         y = ops.conv2d_forward(x, w, b, s, pad, **kw)
     else:
         y = ops.conv2d_winograd_forward(x, w, b, pad, tile=tile)
-    pooled, arg = ops.conv2d_forward_relu_maxpool(x, w, b, s, pad, tile=tile, **kw)
+    pooled, arg = ops.conv2d_forward_relu_maxpool(x, w, b, s, pad, algorithm=wino(tile), **kw)
     assert pooled.shape == arg.shape == y.shape[:2] + (y.shape[2] // 2, y.shape[3] // 2)
     assert arg.dtype == np.int64
     if min(y.shape[2:]) < 2:
@@ -250,10 +255,11 @@ def check_pooled(x, w, b, s, pad, rng, tile=None, **kw):
         want = ops.conv2d_backward(gy, w, hw, s, pad, **kw)
     else:
         want = ops.conv2d_winograd_backward(gy, w, hw, pad, tile=tile)
-    got = ops.conv2d_backward_pooled(gp, arg, w, hw, s, pad, pooled=pooled, tile=tile, **kw)
+    got = ops.conv2d_backward_pooled(gp, arg, w, hw, s, pad, pooled=pooled, algorithm=wino(tile),
+                                     **kw)
     assert_array_equal(got, want)
     got = ops.conv2d_backward_pooled(gp, arg, w, hw, s, pad, pooled=pooled, mask=mask,
-                                     tile=tile, **kw)
+                                     algorithm=wino(tile), **kw)
     assert_array_equal(got, ops.relu_backward(want, mask))
     # without pooled: no ReLU between the convolution and the pooling
     gy = ops.maxpool2d_backward(gp, arg, y.shape[2:], *P2)
@@ -261,7 +267,8 @@ def check_pooled(x, w, b, s, pad, rng, tile=None, **kw):
         want = ops.conv2d_backward(gy, w, hw, s, pad, **kw)
     else:
         want = ops.conv2d_winograd_backward(gy, w, hw, pad, tile=tile)
-    assert_array_equal(ops.conv2d_backward_pooled(gp, arg, w, hw, s, pad, tile=tile, **kw), want)
+    assert_array_equal(ops.conv2d_backward_pooled(gp, arg, w, hw, s, pad, algorithm=wino(tile),
+                                                  **kw), want)
 
 
 @given(st.one_of(conv_problems(), conv_problems(wide=True)), st.floats(-1, 0.5),
@@ -289,7 +296,7 @@ def test_relu_maxpool_keeps_nan_winners(isa, dtype, tile):
     x[0, 1, 4, 5] = np.nan
     x[1, :, 7:9, 2:4] = np.nan
     w, b = signed(rng, (5, 3, 3, 3), dtype), signed(rng, 5, dtype)
-    pooled, arg = ops.conv2d_forward_relu_maxpool(x, w, b, 1, 1, tile=tile)
+    pooled, arg = ops.conv2d_forward_relu_maxpool(x, w, b, 1, 1, algorithm=wino(tile))
     assert np.isnan(pooled).any()
     check_pooled(x, w, b, 1, 1, rng, tile=tile)
 
@@ -312,33 +319,35 @@ def test_relu_maxpool_bitwise_the_same_for_any_threads_batch_and_packing(isa):
     x = signed(rng, (3, 8, 21, 19), np.float32)
     w, b = signed(rng, (24, 8, 3, 3), np.float32), signed(rng, 24, np.float32)
     for tile in (None, 2, 4):
-        full = with_threads(1, ops.conv2d_forward_relu_maxpool, x, w, b, 1, 1, tile=tile)
+        full = with_threads(1, ops.conv2d_forward_relu_maxpool, x, w, b, 1, 1,
+                            algorithm=wino(tile))
         gp = signed(rng, full[0].shape, np.float32)
         back = with_threads(1, ops.conv2d_backward_pooled, gp, full[1], w, x.shape[2:], 1, 1,
-                            pooled=full[0], mask=x, tile=tile)
+                            pooled=full[0], mask=x, algorithm=wino(tile))
         packed = (ops.conv2d_pack(w) if tile is None else ops.conv2d_winograd_pack(w, tile))
         packed_b = (ops.conv2d_pack(w, True, 1, 1) if tile is None
                     else ops.conv2d_winograd_pack(w, tile, backward=True))
         for nt in (2, 0):
             got = with_threads(nt, ops.conv2d_forward_relu_maxpool, x, w, b, 1, 1, packed,
-                               tile=tile)
+                               algorithm=wino(tile))
             assert_array_equal(got[0], full[0])
             assert_array_equal(got[1], full[1])
             assert_array_equal(with_threads(nt, ops.conv2d_backward_pooled, gp, full[1], w,
                                             x.shape[2:], 1, 1, packed_b, pooled=full[0], mask=x,
-                                            tile=tile), back)
+                                            algorithm=wino(tile)), back)
         for i in range(len(x)):
-            one = ops.conv2d_forward_relu_maxpool(x[i:i + 1], w, b, 1, 1, tile=tile)
+            one = ops.conv2d_forward_relu_maxpool(x[i:i + 1], w, b, 1, 1, algorithm=wino(tile))
             assert_array_equal(one[0], full[0][i:i + 1])
             assert_array_equal(one[1], full[1][i:i + 1])
             assert_array_equal(ops.conv2d_backward_pooled(
                 gp[i:i + 1], full[1][i:i + 1], w, x.shape[2:], 1, 1, pooled=full[0][i:i + 1],
-                mask=x[i:i + 1], tile=tile), back[i:i + 1])
+                mask=x[i:i + 1], algorithm=wino(tile)), back[i:i + 1])
         if tile:  # every Winograd block size (tasks of blocks, or of channels per block)
             for nt in (1, 2):
                 for block_tiles in (1, 3, 24):
-                    got = _core.conv2d_forward_relu_maxpool(x, w, b, (1, 1), (1, 1), nt, None,
-                                                            (1, 1), 1, tile, block_tiles)
+                    got = _core.conv2d_forward_relu_maxpool(
+                        x, w, b, (1, 1), (1, 1), nt, None, (1, 1), 1,
+                        ops.CONV_ALGORITHMS.index(wino(tile)), block_tiles)
                     assert_array_equal(got[0], full[0])
                     assert_array_equal(got[1], full[1])
 
@@ -356,7 +365,7 @@ def test_fused_epilogues_do_not_depend_on_threads(isa):
         lambda: ops.conv2d_lrp_epsilon(g, g, x, w, 1e-3, 1, 1),
         lambda: ops.conv2d_winograd_forward(x, w, b, 1, tile=4, relu=True),
         lambda: ops.conv2d_winograd_backward(g, w, x.shape[2:], 1, tile=2, mask=x),
-        lambda: ops.conv2d_lrp_epsilon(g, g, x, w, 1e-3, 1, 1, tile=4),
+        lambda: ops.conv2d_lrp_epsilon(g, g, x, w, 1e-3, 1, 1, algorithm=wino(4)),
         lambda: ops.dense_forward(xd, wd, bd, relu=True),
         lambda: ops.dense_backward(gd, wd, mask=xd),
         lambda: ops.dense_lrp_epsilon(gd, gd, xd, wd, 0.0),
@@ -431,8 +440,9 @@ def test_winograd_fused_match_reference(p, seed):
     tol = sum_tolerance(x.dtype, w.shape[1] + 4 * (tile + 2) + 2, bound)
     assert np.all(np.abs(got - want) <= tol)
     if min(got.shape[2:]) >= 2:
-        pooled, _ = ops.conv2d_forward_relu_maxpool(x, w, b, 1, pad, tile=tile)
-        want_p, _ = ref.conv2d_forward_relu_maxpool(f64(x), f64(w), f64(b), 1, pad, tile=tile)
+        pooled, _ = ops.conv2d_forward_relu_maxpool(x, w, b, 1, pad, algorithm=wino(tile))
+        want_p, _ = ref.conv2d_forward_relu_maxpool(f64(x), f64(w), f64(b), 1, pad,
+                                                    algorithm=wino(tile))
         assert np.all(np.abs(pooled - want_p) <= ref.maxpool2d_forward(tol, 2, 2)[0])
     g = signed(rng, got.shape, x.dtype)
     mask = signed(rng, x.shape, x.dtype)
@@ -481,12 +491,13 @@ def test_fused_ops_reject_bad_inputs():
                            mask=np.ones((2, 4), np.float32))
     with pytest.raises(ValueError, match="pool"):
         ops.conv2d_forward_relu_maxpool(x, w, None, 1, 1, pool=3)
-    with pytest.raises(ValueError, match="3x3 kernel"):
-        ops.conv2d_forward_relu_maxpool(x, np.ones((4, 3, 5, 5), np.float32), None, 1, 2, tile=4)
+    with pytest.raises(ValueError, match="'winograd4' cannot run the forward pass of a 5x5"):
+        ops.conv2d_forward_relu_maxpool(x, np.ones((4, 3, 5, 5), np.float32), None, 1, 2,
+                                        algorithm=wino(4))
     with pytest.raises(ValueError, match="stride"):
-        ops.conv2d_forward_relu_maxpool(x, w, None, 2, 1, tile=4)
-    with pytest.raises(ValueError, match="tile"):
-        ops.conv2d_lrp_epsilon(g, g, x, w, 0.1, 1, 1, tile=3)
+        ops.conv2d_forward_relu_maxpool(x, w, None, 2, 1, algorithm=wino(4))
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        ops.conv2d_lrp_epsilon(g, g, x, w, 0.1, 1, 1, algorithm=wino(3))
     with pytest.raises(ValueError, match="grad must have shape"):
         ops.conv2d_backward_pooled(g, arg, w, (8, 8), 1, 1)
     with pytest.raises(ValueError, match="argmax must have the shape"):
@@ -507,7 +518,7 @@ def test_fused_ops_reject_bad_inputs():
     with pytest.raises(ValueError, match="packed"):
         ops.conv2d_forward_relu_maxpool(x, w, None, 1, 1, ops.conv2d_winograd_pack(w, 4))
     with pytest.raises(ValueError, match="packed"):
-        ops.conv2d_forward_relu_maxpool(x, w, None, 1, 1, ops.conv2d_pack(w), tile=4)
+        ops.conv2d_forward_relu_maxpool(x, w, None, 1, 1, ops.conv2d_pack(w), algorithm=wino(4))
 
 
 def test_core_rejects_unvalidated_fused_input():

@@ -215,7 +215,7 @@ def test_packings_of_other_weights_are_refused(isa, dtype):
     # Packed panels are padded to the register tile, so weights of different shapes can pack to
     # the same size: the shapes below are chosen from this ISA's tile so that each pair does,
     # and a check of the size alone would let the wrong weights through.
-    blocks = ops.gemm_blocks(dtype)
+    blocks = ops.isa_table()["gemm"][np.dtype(dtype).name]
     mr, nr = blocks["mr"], blocks["nr"]
     assert mr > 1 and nr > 1
     ones = lambda *shape: np.ones(shape, dtype)  # noqa: E731

@@ -121,7 +121,7 @@ def test_grouped_dilated_conv_backward_matches_reference_and_is_adjoint(p, seed)
 def depthwise_widths(dtype):
     """Output row lengths around the depthwise kernel's blocking under the ISA in use: rows of
     one lane, a vector, several rows per register block, a whole block, and longer rows."""
-    blk = ops.depthwise_blocks(dtype)
+    blk = ops.isa_table()["depthwise"][np.dtype(dtype).name]
     lanes, nb = blk["lanes"], blk["vectors"]
     return sorted({1, max(1, lanes // 2 - 1), lanes // 2, lanes - 1, lanes, lanes + 1,
                    2 * lanes - 1, 2 * lanes + 3, nb * lanes, nb * lanes + lanes // 2 + 1})
@@ -140,7 +140,7 @@ def test_depthwise_every_isa_and_row_length(isa, dtype, k, s, pad, d, mult):
     pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
     k, s, pad, d = pair(k), pair(s), pair(pad), pair(d)
     rng = np.random.default_rng(7)
-    c = ops.depthwise_blocks(dtype)["lanes"] + 3
+    c = ops.isa_table()["depthwise"][np.dtype(dtype).name]["lanes"] + 3
     w = rng.uniform(-1, 1, (c * mult, 1) + k).astype(dtype)
     b = rng.uniform(-1, 1, c * mult).astype(dtype)
     for ow in depthwise_widths(dtype):

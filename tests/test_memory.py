@@ -190,7 +190,7 @@ def test_kernel_workspaces_are_counted_and_released():
     (they were per-thread buffers that nothing counted or freed)."""
     rp.set_num_threads(1)
     try:
-        blocks = rp.ops.gemm_blocks(np.float32)
+        blocks = rp.ops.isa_table()["gemm"]["float32"]
         k, n = 512, 4096
         a = np.ones((15, k), np.float32)  # a result of 240 KiB: NumPy's, not the pool's
         b = np.ones((k, n), np.float32)

@@ -142,44 +142,49 @@ def test_forward_and_gradient_match_torch(rng):
     assert_allclose(rp.gradient(net32, x32, 1), xt32.grad.numpy(), rtol=1e-4, atol=1e-5)
 
 
+def _packed(layer):
+    """Whether any plan of ``layer`` keeps a packing."""
+    return any(plan._packed is not None for plan in layer._plans.values())
+
+
 def test_small_batches_use_packed_dense_weights_with_the_same_bits(rng):
-    # Dense layers keep packed weights for batches of at most PACK_MAX_BATCH samples: a
+    # Dense layers' plans keep packed weights for batches of at most PACK_MAX_BATCH samples: a
     # sample's scores, gradient and LRP relevance must not depend on that (batch invariance)
-    from relprop import layers
+    from relprop import plans
 
     net = nets.mlp(rng, sizes=(64, 300, 200, 10))
     x = rng.uniform(-1, 1, (40, 64)).astype(np.float32)
     rp.release_memory()
-    assert all(not layer._packed for layer in net.layers if isinstance(layer, rp.Dense))
-    big = layers.PACK_MAX_BATCH + 1
+    assert all(not _packed(layer) for layer in net.layers if isinstance(layer, rp.Dense))
+    big = plans.PACK_MAX_BATCH + 1
     for fn in (lambda xs: net.forward(xs), lambda xs: rp.gradient(net, xs, 1),
                lambda xs: rp.lrp(net, xs, 1, "epsilon_plus_flat"),
                lambda xs: rp.lrp(net, xs, 1, "zplus")):
         full = fn(x[:big])
         for i in (0, 7, big - 1):
             assert_array_equal(fn(x[i:i + 1]), full[i:i + 1])
-    assert all(layer._packed for layer in net.layers if isinstance(layer, rp.Dense))
+    assert all(_packed(layer) for layer in net.layers if isinstance(layer, rp.Dense))
     rp.release_memory()
-    assert all(not layer._packed for layer in net.layers if isinstance(layer, rp.Dense))
+    assert all(not _packed(layer) for layer in net.layers if isinstance(layer, rp.Dense))
 
 
 def test_small_calls_use_packed_conv_weights_with_the_same_bits(rng):
-    from relprop import layers
+    from relprop import plans
 
     net = nets.cnn(rng)  # 12x12 inputs: a sample is 144 output pixels of the first conv
     x = rng.uniform(-1, 1, (9, 3, 12, 12)).astype(np.float32)
     rp.release_memory()
     convs = [layer for layer in net.layers if isinstance(layer, rp.Conv2d)]
-    assert 9 * 144 > layers.PACK_MAX_PIXELS  # the whole batch is packed per call
+    assert 9 * 144 > plans.PACK_MAX_PIXELS  # the whole batch is packed per call
     for fn in (lambda xs: net.forward(xs), lambda xs: rp.lrp(net, xs, 1, "epsilon_gamma_box",
                                                              low=-1.0, high=1.0),
                lambda xs: rp.lrp(net, xs, 1, "epsilon_alpha2_beta1")):
         full = fn(x)
         for i in (0, 8):
             assert_array_equal(fn(x[i:i + 1]), full[i:i + 1])
-    assert all(layer._packed for layer in convs)
+    assert all(_packed(layer) for layer in convs)
     rp.release_memory()
-    assert not any(layer._packed for layer in convs)
+    assert not any(_packed(layer) for layer in convs)
 
 
 def test_parameters_are_read_only(rng):

@@ -232,7 +232,7 @@ def test_packed_weights_give_the_same_bits(isa, dtype, tile):
 def test_packings_of_other_weights_tiles_or_directions_are_refused(isa):
     # The transformed weights are packed in strips of the ISA's mr rows (c_out forward, c_in
     # backward): 1 and mr rows pack to the same size, so the size alone proves nothing.
-    mr = ops.gemm_blocks(np.float32)["mr"]
+    mr = ops.isa_table()["gemm"]["float32"]["mr"]
     assert mr > 1
     ones = lambda *shape: np.ones(shape, np.float32)  # noqa: E731
     x = ones(1, 2, 6, 6)
@@ -298,55 +298,3 @@ def test_bad_inputs_raise_value_error(call, match):
     x, w = np.ones((1, 2, 6, 6)), np.ones((4, 2, 3, 3))
     with pytest.raises(ValueError, match=match):
         call(x, w)
-
-
-# ------------------------------------------------------------------------------------------
-# the auto choice
-
-@pytest.mark.parametrize("kwargs", [dict(stride=2), dict(stride=(1, 2)), dict(padding=3),
-                                    dict(dtype=np.float64), dict(groups=2), dict(dilation=2),
-                                    dict(w_shape=(64, 64, 5, 5)), dict(w_shape=(64, 64, 1, 1))])
-def test_algorithm_is_direct_where_winograd_does_not_apply(kwargs):
-    args = dict(x_shape=(8, 64, 56, 56), w_shape=(64, 64, 3, 3), stride=1, padding=1,
-                dtype=np.float32)
-    assert ops.conv2d_algorithm(**args) == ("winograd", 4)
-    extra = {k: kwargs.pop(k) for k in ("groups", "dilation") if k in kwargs}
-    args.update(kwargs)
-    for backward in (False, True):
-        assert ops.conv2d_algorithm(**args, backward=backward, **extra) == ("direct", None)
-
-
-def test_algorithm_depends_on_one_sample_only(isa):
-    # F(4x4) once a sample has 16 of its tiles, else F(2x2) if it has 16 of those, else direct;
-    # few channels and tiny layers stay direct; never the batch (results must not depend on it)
-    algo = lambda n, hw, c=64, c_out=64: ops.conv2d_algorithm(  # noqa: E731
-        (n, c, hw, hw), (c_out, c, 3, 3), 1, 1, np.float32)
-    for n in (1, 2, 7, 64):
-        assert algo(n, 16) == algo(n, 13) == ("winograd", 4)   # 16 F(4x4) tiles
-        assert algo(n, 12) == algo(n, 7) == ("winograd", 2)    # 9 F(4x4), 16 F(2x2) tiles
-        assert algo(n, 6) == ("direct", None)                  # 9 F(2x2) tiles
-        assert algo(n, 56, c=3) == ("direct", None)            # first layer
-        assert algo(n, 56, c_out=4) == ("direct", None)
-        assert algo(n, 9, c=8, c_out=8) == ("direct", None)    # 9*8*8*81 multiply-adds
-    # the backward pass is the convolution with the channels swapped
-    for c_in, c_out, n, hw in [(3, 64, 8, 56), (64, 3, 8, 56), (16, 256, 1, 14), (512, 64, 1, 7),
-                               (64, 128, 2, 9)]:
-        for pad in (0, 1, 2):
-            back = ops.conv2d_algorithm((n, c_in, hw, hw), (c_out, c_in, 3, 3), 1, pad,
-                                        np.float32, backward=True)
-            oh = hw + 2 * pad - 2
-            assert back == ops.conv2d_algorithm((n, c_out, oh, oh), (c_in, c_out, 3, 3), 1,
-                                                2 - pad, np.float32)
-
-
-@pytest.mark.parametrize("shape", [(1, 64, 14, 14), (2, 64, 7, 7), (1, 16, 30, 30)])
-def test_the_chosen_algorithm_runs(shape):
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, shape).astype(np.float32)
-    w = rng.uniform(-1, 1, (32, shape[1], 3, 3)).astype(np.float32)
-    a = ops.conv2d_algorithm(x.shape, w.shape, 1, 1, x.dtype)
-    y = (ops.conv2d_forward(x, w, None, 1, 1) if a.name == "direct"
-         else ops.conv2d_winograd_forward(x, w, tile=a.tile))
-    if a.name == "winograd":
-        check_forward(y, x, w, None, (1, 1), a.tile)
-    assert y.shape == (shape[0], 32, shape[2], shape[3])

@@ -21,6 +21,7 @@
 #include "relprop/memory.hpp"
 #include "relprop/parallel.hpp"
 #include "relprop/pool.hpp"
+#include "relprop/plan.hpp"
 #include "relprop/winograd.hpp"
 #include "relprop/workspace.hpp"
 
@@ -263,16 +264,27 @@ Window2d pack_window(const CArray<T>& w, Pair s, Pair p, const ConvParams& cp) {
   return g;
 }
 
-// The GEMM (or direct kernel) of a conv2d_forward pass.
-inline const char* conv_forward_gemm(const Window2d& g, idx groups) {
-  return relprop::conv2d_depthwise(g, groups) ? "conv2d_depthwise_forward" : "conv2d_forward";
+// The algorithm of a convolution call: `code` (a relprop::ConvAlgo), or for -1 what
+// plan_conv2d gives without Winograd (ConvRequest::direct).
+template <typename T>
+relprop::ConvAlgo conv_algo(int code, const Window2d& g, idx c_out, idx groups, bool backward) {
+  if (code < 0)
+    return relprop::plan_conv2d<T>(g, c_out, groups, backward, relprop::ConvRequest::direct).algo;
+  RELPROP_CHECK(code <= static_cast<int>(relprop::ConvAlgo::col2im),
+                "unknown convolution algorithm code ", code);
+  return static_cast<relprop::ConvAlgo>(code);
 }
 
-// The GEMM of a conv2d_backward pass (see conv2d_pack_backward).
-inline const char* conv_backward_gemm(const Window2d& g, idx c_out, idx groups) {
-  if (relprop::conv2d_depthwise(g, groups)) return "conv2d_depthwise_backward";
-  return relprop::conv2d_backward_flipped(g, c_out, groups) ? "conv2d_backward_flipped"
-                                                            : "conv2d_backward";
+std::string winograd_gemm(int tile, bool backward);
+
+// The GEMM (or direct kernel) a packing for `algo` is made for: one name per packed layout.
+std::string conv_gemm(relprop::ConvAlgo algo, bool backward) {
+  using relprop::ConvAlgo;
+  if (const int tile = relprop::conv_algo_tile(algo)) return winograd_gemm(tile, backward);
+  if (algo == ConvAlgo::depthwise)
+    return backward ? "conv2d_depthwise_backward" : "conv2d_depthwise_forward";
+  if (!backward) return "conv2d_forward";  // gemm and gemm1x1: one layout
+  return algo == ConvAlgo::col2im ? "conv2d_backward" : "conv2d_backward_flipped";
 }
 
 // PackedWeights of w for `gemm`: `size` elements filled by pack(dst) without the GIL.
@@ -292,21 +304,30 @@ PackedWeights packed_for(const char* gemm, const CArray<T>& w, idx size, Pack pa
 }
 
 // PackedWeights for conv2d_forward, or for conv2d_backward with stride s, padding p (and, for
-// either, dilation d and `groups`).
+// either, dilation d and `groups`), by the algorithm `algo` (-1: plan_conv2d's without
+// Winograd; Winograd: its transformed weights).
 template <typename T>
 PackedWeights conv2d_pack(const CArray<T>& w, bool backward, Pair s, Pair p, Pair d,
-                          idx groups) {
+                          idx groups, int algo, int nthreads) {
   const ConvParams cp = conv_params(groups, d);
   const Window2d g = pack_window(w, s, p, cp);
   const idx c_out = w.shape(0);
+  const relprop::ConvAlgo a = conv_algo<T>(algo, g, c_out, groups, backward);
+  relprop::check_conv_algo(a, g, c_out, groups, backward);
+  const std::string gemm = conv_gemm(a, backward);
+  if (const int tile = relprop::conv_algo_tile(a))
+    return packed_for<T>(
+        gemm.c_str(), w, relprop::winograd_packed_size<T>(c_out, g.c, tile, backward),
+        [&](T* dst) {
+          relprop::winograd_pack<T>(w.data(), c_out, g.c, tile, backward, dst, nthreads);
+        });
   if (backward)
     return packed_for<T>(
-        conv_backward_gemm(g, c_out, groups), w,
-        relprop::conv2d_backward_packed_size<T>(g, c_out, groups),
-        [&](T* dst) { relprop::conv2d_pack_backward<T>(w.data(), g, c_out, groups, dst); }, cp);
+        gemm.c_str(), w, relprop::conv2d_backward_packed_size<T>(g, c_out, groups, a),
+        [&](T* dst) { relprop::conv2d_pack_backward<T>(w.data(), g, c_out, groups, a, dst); }, cp);
   return packed_for<T>(
-      conv_forward_gemm(g, groups), w, relprop::conv2d_packed_size<T>(g, c_out, groups),
-      [&](T* dst) { relprop::conv2d_pack<T>(w.data(), g, c_out, groups, dst); }, cp);
+      gemm.c_str(), w, relprop::conv2d_packed_size<T>(g, c_out, groups, a),
+      [&](T* dst) { relprop::conv2d_pack<T>(w.data(), g, c_out, groups, a, dst); }, cp);
 }
 
 // PackedWeights for dense_forward (forward=true) or dense_backward, under the ISA in use.
@@ -330,27 +351,39 @@ Window2d conv_window(const CArray<T>& x, const CArray<T>& w, Pair s, Pair p,
   return g;
 }
 
+// None, or the packing of w for `algo` (as conv2d_pack made it).
 template <typename T>
-const T* conv_packed(const CArray<T>& w, const Window2d& g, const ConvParams& cp,
-                     const py::object& packed) {
-  return optional_packed<T>(packed, conv_forward_gemm(g, cp.groups), w,
-                            relprop::conv2d_packed_size<T>(g, w.shape(0), cp.groups), cp);
+const T* conv_packed(const py::object& packed, const CArray<T>& w, const Window2d& g,
+                     const ConvParams& cp, relprop::ConvAlgo algo, bool backward) {
+  if (packed.is_none()) return nullptr;
+  const idx c_out = w.shape(0);
+  relprop::check_conv_algo(algo, g, c_out, cp.groups, backward);
+  const std::string gemm = conv_gemm(algo, backward);
+  if (const int tile = relprop::conv_algo_tile(algo))
+    return optional_packed<T>(packed, gemm.c_str(), w,
+                              relprop::winograd_packed_size<T>(c_out, g.c, tile, backward));
+  const idx size = backward ? relprop::conv2d_backward_packed_size<T>(g, c_out, cp.groups, algo)
+                            : relprop::conv2d_packed_size<T>(g, c_out, cp.groups, algo);
+  return optional_packed<T>(packed, gemm.c_str(), w, size, cp);
 }
 
 template <typename T>
 CArray<T> conv2d_forward(const CArray<T>& x, const CArray<T>& w, const py::object& b, Pair s, Pair p,
-                         int nthreads, const py::object& packed, Pair d, idx groups, bool relu) {
+                         int nthreads, const py::object& packed, Pair d, idx groups, bool relu,
+                         int algo) {
   const ConvParams cp = conv_params(groups, d);
   const Window2d g = conv_window(x, w, s, p, cp);
   const idx c_out = w.shape(0);
+  const relprop::ConvAlgo a = conv_algo<T>(algo, g, c_out, groups, false);
   CArray<T> keep;
   const T* bp = optional_bias<T>(b, c_out, keep);
-  const T* pp = conv_packed<T>(w, g, cp, packed);
+  const T* pp = conv_packed<T>(packed, w, g, cp, a, false);
   CArray<T> y = output<T>({g.n, c_out, g.oh(), g.ow()});
   T* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;
-    relprop::conv2d_forward<T>(x.data(), w.data(), bp, yp, g, c_out, groups, nthreads, pp, relu);
+    relprop::conv2d_forward<T>(x.data(), w.data(), bp, yp, g, c_out, groups, a, nthreads, pp,
+                               relu);
   }
   return y;
 }
@@ -359,10 +392,11 @@ CArray<T> conv2d_forward(const CArray<T>& x, const CArray<T>& w, const py::objec
 template <typename T>
 py::tuple conv2d_forward_split(const CArray<T>& x, const CArray<T>& w, const py::object& b,
                                idx split, Pair s, Pair p, int nthreads,
-                               const py::object& packed, Pair d, idx groups) {
+                               const py::object& packed, Pair d, idx groups, int algo) {
   const ConvParams cp = conv_params(groups, d);
   const Window2d g = conv_window(x, w, s, p, cp);
   const idx c_out = w.shape(0);
+  const relprop::ConvAlgo a = conv_algo<T>(algo, g, c_out, groups, false);
   RELPROP_CHECK(split > 0 && split < c_out, "split must be in [1, ", c_out - 1, "], got ", split);
   RELPROP_CHECK(split % groups == 0 && (c_out - split) % groups == 0, "split=", split,
                 " must cut weight.shape[0]=", c_out, " into two multiples of groups=", groups,
@@ -373,7 +407,7 @@ py::tuple conv2d_forward_split(const CArray<T>& x, const CArray<T>& w, const py:
                 "packed=None");
   CArray<T> keep;
   const T* bp = optional_bias<T>(b, c_out, keep);
-  const T* pp = conv_packed<T>(w, g, cp, packed);
+  const T* pp = conv_packed<T>(packed, w, g, cp, a, false);
   CArray<T> y = output<T>({g.n, split, g.oh(), g.ow()});
   CArray<T> y2 = output<T>({g.n, c_out - split, g.oh(), g.ow()});
   T* yp = y.mutable_data();
@@ -381,7 +415,7 @@ py::tuple conv2d_forward_split(const CArray<T>& x, const CArray<T>& w, const py:
   {
     py::gil_scoped_release nogil;
     relprop::conv2d_forward_split<T>(x.data(), w.data(), bp, yp, y2p, g, c_out, split, groups,
-                                     nthreads, pp);
+                                     a, nthreads, pp);
   }
   return py::make_tuple(y, y2);
 }
@@ -401,7 +435,7 @@ Window2d backward_window(const CArray<T>& gy, idx c, Pair hw, Pair k, Pair s, Pa
 template <typename T>
 CArray<T> conv2d_backward(const CArray<T>& gy, const CArray<T>& w, Pair hw, Pair s, Pair p,
                           int nthreads, const py::object& packed, Pair d, idx groups,
-                          const py::object& mask) {
+                          const py::object& mask, int algo) {
   const ConvParams cp = conv_params(groups, d);
   check_ndim(w, 4, "weight");
   RELPROP_CHECK(w.shape(0) % groups == 0, "weight.shape[0]=", w.shape(0),
@@ -410,15 +444,15 @@ CArray<T> conv2d_backward(const CArray<T>& gy, const CArray<T>& w, Pair hw, Pair
   const idx c_out = w.shape(0);
   RELPROP_CHECK(gy.shape(1) == c_out, "grad.shape[1]=", gy.shape(1), " must equal ", c_out,
                 " (weight.shape[0])");
-  const T* pp = optional_packed<T>(packed, conv_backward_gemm(g, c_out, groups), w,
-                                   relprop::conv2d_backward_packed_size<T>(g, c_out, groups), cp);
+  const relprop::ConvAlgo a = conv_algo<T>(algo, g, c_out, groups, true);
+  const T* pp = conv_packed<T>(packed, w, g, cp, a, true);
   CArray<T> keep;
   const T* mp = optional_array<T>(mask, {g.n, g.c, g.h, g.w}, "mask", keep);
   CArray<T> gx = output<T>({g.n, g.c, g.h, g.w});
   T* gp = gx.mutable_data();
   {
     py::gil_scoped_release nogil;
-    relprop::conv2d_backward<T>(gy.data(), w.data(), gp, g, c_out, groups, nthreads, pp, mp);
+    relprop::conv2d_backward<T>(gy.data(), w.data(), gp, g, c_out, groups, a, nthreads, pp, mp);
   }
   return gx;
 }
@@ -983,20 +1017,22 @@ void define(py::module_& m) {
   const Pair one{1, 1};
   m.def("conv2d_forward", &conv2d_forward<T>, nc("x"), nc("weight"), "bias"_a, "stride"_a, "padding"_a,
         "nthreads"_a, "packed"_a = py::none(), "dilation"_a = one, "groups"_a = 1,
-        "relu"_a = false,
+        "relu"_a = false, "algo"_a = -1,
         "x (n, c_in, h, w), weight (c_out, c_in/groups, kh, kw) -> (n, c_out, oh, ow); see "
         "relprop.ops.conv2d_forward.");
   m.def("conv2d_forward_split", &conv2d_forward_split<T>, nc("x"), nc("weight"), "bias"_a,
         "split"_a, "stride"_a, "padding"_a, "nthreads"_a, "packed"_a = py::none(),
-        "dilation"_a = one, "groups"_a = 1,
+        "dilation"_a = one, "groups"_a = 1, "algo"_a = -1,
         "(conv(x, weight[:split]), conv(x, weight[split:])) from one pass; see "
         "relprop.ops.conv2d_forward_split.");
   m.def("conv2d_pack", &conv2d_pack<T>, nc("weight"), "backward"_a = false,
         "stride"_a = one, "padding"_a = Pair{0, 0}, "dilation"_a = one, "groups"_a = 1,
-        "PackedWeights of weight for conv2d_forward, or conv2d_backward with backward=True.");
+        "algo"_a = -1, "nthreads"_a = 0,
+        "PackedWeights of weight for conv2d_forward, or conv2d_backward with backward=True, by "
+        "the algorithm algo.");
   m.def("conv2d_backward", &conv2d_backward<T>, nc("grad"), nc("weight"), "in_hw"_a, "stride"_a,
         "padding"_a, "nthreads"_a, "packed"_a = py::none(), "dilation"_a = one, "groups"_a = 1,
-        "mask"_a = py::none(),
+        "mask"_a = py::none(), "algo"_a = -1,
         "grad (n, c_out, oh, ow) -> (n, c_in, h, w) with (h, w) = in_hw; see "
         "relprop.ops.conv2d_backward.");
   m.def("maxpool2d_forward", &maxpool2d_forward<T>, nc("x"), "kernel"_a, "stride"_a, "padding"_a,
@@ -1152,49 +1188,29 @@ CArray<T> conv2d_winograd_backward(const CArray<T>& gy, const CArray<T>& w, Pair
 }
 
 // ---------------------------------------------------------------------------------------------
-// Fused convolutions: tile 0 runs the direct method (packed from conv2d_pack), tile 2 or 4
-// Winograd F(tile x tile, 3x3) (packed from conv2d_winograd_pack).
-
-// The fused kernels' packed weights for the direct method or Winograd.
-template <typename T>
-const T* fused_packed(const py::object& packed, const CArray<T>& w, const Window2d& g,
-                      const ConvParams& cp, int tile, bool backward) {
-  if (tile != 0) {
-    relprop::winograd_validate(g, tile);
-    RELPROP_CHECK(cp.groups == 1 && cp.dilation == (Pair{1, 1}),
-                  "Winograd convolution needs groups=1 and dilation 1");
-    return winograd_packed<T>(packed, w, tile, backward);
-  }
-  const idx c_out = w.shape(0);
-  if (backward)
-    return optional_packed<T>(packed, conv_backward_gemm(g, c_out, cp.groups), w,
-                              relprop::conv2d_backward_packed_size<T>(g, c_out, cp.groups), cp);
-  return conv_packed<T>(w, g, cp, packed);
-}
+// Fused convolutions, by the algorithm `algo` (a relprop::ConvAlgo code; -1: plan_conv2d's
+// without Winograd), packed from conv2d_pack for that algorithm.
 
 // (pooled, argmax) of maxpool2d(relu(conv2d(x, w, b))) with a 2x2 window, stride 2.
 template <typename T>
 py::tuple conv2d_forward_relu_maxpool(const CArray<T>& x, const CArray<T>& w, const py::object& b,
                                       Pair s, Pair p, int nthreads, const py::object& packed,
-                                      Pair d, idx groups, int tile, idx block_tiles) {
+                                      Pair d, idx groups, int algo, idx block_tiles) {
   const ConvParams cp = conv_params(groups, d);
   const Window2d g = conv_window(x, w, s, p, cp);
   const idx c_out = w.shape(0);
+  const relprop::ConvAlgo a = conv_algo<T>(algo, g, c_out, groups, false);
   CArray<T> keep;
   const T* bp = optional_bias<T>(b, c_out, keep);
-  const T* pp = fused_packed<T>(packed, w, g, cp, tile, false);
+  const T* pp = conv_packed<T>(packed, w, g, cp, a, false);
   CArray<T> y = output<T>({g.n, c_out, g.oh() / 2, g.ow() / 2});
   CArray<std::int64_t> arg = output<std::int64_t>({g.n, c_out, g.oh() / 2, g.ow() / 2});
   T* yp = y.mutable_data();
   std::int64_t* ap = arg.mutable_data();
   {
     py::gil_scoped_release nogil;
-    if (tile)
-      relprop::winograd_forward_relu_maxpool<T>(x.data(), w.data(), bp, yp, ap, g, c_out, tile,
-                                                nthreads, pp, block_tiles);
-    else
-      relprop::conv2d_forward_relu_maxpool<T>(x.data(), w.data(), bp, yp, ap, g, c_out, groups,
-                                              nthreads, pp);
+    relprop::conv2d_forward_relu_maxpool<T>(x.data(), w.data(), bp, yp, ap, g, c_out, groups, a,
+                                            nthreads, pp, block_tiles);
   }
   return py::make_tuple(y, arg);
 }
@@ -1204,7 +1220,7 @@ template <typename T>
 CArray<T> conv2d_backward_pooled(const CArray<T>& gp, const CArray<std::int64_t>& arg,
                                  const py::object& pooled, const CArray<T>& w, Pair hw, Pair s,
                                  Pair p, int nthreads, const py::object& packed, Pair d,
-                                 idx groups, const py::object& mask, int tile) {
+                                 idx groups, const py::object& mask, int algo) {
   const ConvParams cp = conv_params(groups, d);
   check_ndim(w, 4, "weight");
   check_ndim(gp, 4, "grad");
@@ -1222,17 +1238,14 @@ CArray<T> conv2d_backward_pooled(const CArray<T>& gp, const CArray<std::int64_t>
   CArray<T> keep_p, keep_m;
   const T* yp = optional_array<T>(pooled, pshape, "pooled", keep_p);
   const T* mp = optional_array<T>(mask, {g.n, g.c, g.h, g.w}, "mask", keep_m);
-  const T* pp = fused_packed<T>(packed, w, g, cp, tile, true);
+  const relprop::ConvAlgo a = conv_algo<T>(algo, g, c_out, groups, true);
+  const T* pp = conv_packed<T>(packed, w, g, cp, a, true);
   CArray<T> gx = output<T>({g.n, g.c, g.h, g.w});
   T* gxp = gx.mutable_data();
   {
     py::gil_scoped_release nogil;
-    if (tile)
-      relprop::winograd_backward_pooled<T>(gp.data(), arg.data(), yp, w.data(), gxp, g, c_out,
-                                           tile, nthreads, pp, mp);
-    else
-      relprop::conv2d_backward_pooled<T>(gp.data(), arg.data(), yp, w.data(), gxp, g, c_out,
-                                         groups, nthreads, pp, mp);
+    relprop::conv2d_backward_pooled<T>(gp.data(), arg.data(), yp, w.data(), gxp, g, c_out,
+                                       groups, a, nthreads, pp, mp);
   }
   return gx;
 }
@@ -1241,7 +1254,7 @@ CArray<T> conv2d_backward_pooled(const CArray<T>& gp, const CArray<std::int64_t>
 template <typename T>
 CArray<T> conv2d_lrp_epsilon(const CArray<T>& r, const CArray<T>& z, const CArray<T>& a,
                              const CArray<T>& w, double eps, Pair s, Pair p, int nthreads,
-                             const py::object& packed, Pair d, idx groups, int tile) {
+                             const py::object& packed, Pair d, idx groups, int algo) {
   const ConvParams cp = conv_params(groups, d);
   const Window2d g = conv_window(a, w, s, p, cp);
   const idx c_out = w.shape(0);
@@ -1249,17 +1262,14 @@ CArray<T> conv2d_lrp_epsilon(const CArray<T>& r, const CArray<T>& z, const CArra
   CArray<T> keep_r, keep_z;
   optional_array<T>(r, rshape, "r", keep_r);
   optional_array<T>(z, rshape, "z", keep_z);
-  const T* pp = fused_packed<T>(packed, w, g, cp, tile, true);
+  const relprop::ConvAlgo al = conv_algo<T>(algo, g, c_out, groups, true);
+  const T* pp = conv_packed<T>(packed, w, g, cp, al, true);
   CArray<T> ra = output<T>({g.n, g.c, g.h, g.w});
   T* rp = ra.mutable_data();
   {
     py::gil_scoped_release nogil;
-    if (tile)
-      relprop::winograd_lrp_epsilon<T>(r.data(), z.data(), a.data(), w.data(), rp, g, c_out, tile,
-                                       eps, nthreads, pp);
-    else
-      relprop::conv2d_lrp_epsilon<T>(r.data(), z.data(), a.data(), w.data(), rp, g, c_out, groups,
-                                     eps, nthreads, pp);
+    relprop::conv2d_lrp_epsilon<T>(r.data(), z.data(), a.data(), w.data(), rp, g, c_out, groups,
+                                   al, eps, nthreads, pp);
   }
   return ra;
 }
@@ -1278,17 +1288,17 @@ void define_winograd(py::module_& m) {
   const Pair one{1, 1};
   m.def("conv2d_forward_relu_maxpool", &conv2d_forward_relu_maxpool<T>, nc("x"), nc("weight"),
         "bias"_a, "stride"_a, "padding"_a, "nthreads"_a, "packed"_a = py::none(),
-        "dilation"_a = one, "groups"_a = 1, "tile"_a = 0, "block_tiles"_a = 0,
+        "dilation"_a = one, "groups"_a = 1, "algo"_a = -1, "block_tiles"_a = 0,
         "(pooled, argmax) of a 2x2 stride-2 max pooling of relu(conv2d(x, weight, bias)); see "
         "relprop.ops.conv2d_forward_relu_maxpool.");
   m.def("conv2d_backward_pooled", &conv2d_backward_pooled<T>, nc("grad"), nc("argmax"),
         "pooled"_a, nc("weight"), "in_hw"_a, "stride"_a, "padding"_a, "nthreads"_a,
         "packed"_a = py::none(), "dilation"_a = one, "groups"_a = 1, "mask"_a = py::none(),
-        "tile"_a = 0, "The backward pass of conv2d_forward_relu_maxpool; see "
+        "algo"_a = -1, "The backward pass of conv2d_forward_relu_maxpool; see "
         "relprop.ops.conv2d_backward_pooled.");
   m.def("conv2d_lrp_epsilon", &conv2d_lrp_epsilon<T>, nc("r"), nc("z"), nc("a"), nc("weight"),
         "eps"_a, "stride"_a, "padding"_a, "nthreads"_a, "packed"_a = py::none(),
-        "dilation"_a = one, "groups"_a = 1, "tile"_a = 0,
+        "dilation"_a = one, "groups"_a = 1, "algo"_a = -1,
         "a * conv2d_backward(lrp_divide(r, z, eps), weight); see relprop.ops.conv2d_lrp_epsilon.");
 }
 
@@ -1325,19 +1335,52 @@ PYBIND11_MODULE(_core, m) {
   // GEMM instruction set (relprop/cpu.hpp); relprop.ops applies RELPROP_ISA at import
   m.def("isa", [] { return std::string(relprop::isa_name(relprop::active_isa())); });
   m.def("supported_isas", &relprop::supported_isas);
-  // The register tile and cache blocks of the active ISA's GEMM for one dtype (tests derive
-  // their shapes from them).
-  m.def("gemm_blocks", [](bool double_precision) {
-    const relprop::GemmBlocks b = double_precision ? relprop::gemm_blocks<double>()
-                                                   : relprop::gemm_blocks<float>();
-    return py::dict("mr"_a = b.mr, "nr"_a = b.nr, "mc"_a = b.mc, "kc"_a = b.kc, "nc"_a = b.nc);
-  }, "double_precision"_a);
-  // The depthwise row kernel's vector lanes and vectors per register block (ISA in use).
-  m.def("depthwise_blocks", [](bool double_precision) {
-    const relprop::DepthwiseBlocks b = double_precision ? relprop::depthwise_blocks<double>()
-                                                        : relprop::depthwise_blocks<float>();
-    return py::dict("lanes"_a = b.lanes, "vectors"_a = b.vectors);
-  }, "double_precision"_a);
+  // The table of an ISA ("" for the one in use): GEMM blocking, depthwise tiles, Winograd
+  // crossovers (relprop/plan.hpp; tests derive their shapes from it).
+  m.def("isa_table", [](const std::string& name) {
+    const relprop::IsaConfig c = relprop::isa_config(
+        name.empty() ? relprop::active_isa() : relprop::parse_isa(name));
+    const auto gemm = [](const relprop::GemmBlocks& b) {
+      return py::dict("mr"_a = b.mr, "nr"_a = b.nr, "mc"_a = b.mc, "kc"_a = b.kc, "nc"_a = b.nc);
+    };
+    const auto dw = [](const relprop::DepthwiseBlocks& b) {
+      return py::dict("lanes"_a = b.lanes, "vectors"_a = b.vectors);
+    };
+    const relprop::WinogradCrossover& w = c.winograd;
+    return py::dict(
+        "isa"_a = relprop::isa_name(c.isa),
+        "gemm"_a = py::dict("float32"_a = gemm(c.gemm_f32), "float64"_a = gemm(c.gemm_f64)),
+        "depthwise"_a = py::dict("float32"_a = dw(c.depthwise_f32),
+                                 "float64"_a = dw(c.depthwise_f64)),
+        "winograd"_a = py::dict("min_channels"_a = w.min_channels, "min_macs"_a = w.min_macs,
+                                "f4_min_tiles"_a = w.f4_min_tiles,
+                                "f2_min_tiles"_a = w.f2_min_tiles, "measured"_a = w.measured));
+  }, "name"_a = "");
+  // The plan of a convolution pass on one sample (c_in, h, w) (relprop/plan.hpp).
+  m.def("conv2d_plan", [](idx c_in, Pair hw, std::vector<idx> w_shape, Pair s, Pair p, Pair d,
+                          idx groups, bool double_precision, bool backward, int request) {
+    RELPROP_CHECK(w_shape.size() == 4, "the weight shape must have 4 entries, got ",
+                  w_shape.size());
+    const idx c_out = w_shape[0];
+    Window2d g{1, c_in, hw[0], hw[1], w_shape[2], w_shape[3], s[0], s[1], p[0], p[1], d[0], d[1]};
+    g.validate();
+    RELPROP_CHECK(groups >= 1 && c_in % groups == 0 && c_out > 0 && c_out % groups == 0 &&
+                      w_shape[1] * groups == c_in,
+                  "a weight of shape ", shape_string(w_shape), " with groups=", groups,
+                  " does not fit ", c_in, " input channels");
+    RELPROP_CHECK(request >= 0 && request <= 2, "request must be 0 (auto), 1 (direct) or 2 "
+                  "(winograd), got ", request);
+    const auto req = static_cast<relprop::ConvRequest>(request);
+    const relprop::ConvPlan plan =
+        double_precision ? relprop::plan_conv2d<double>(g, c_out, groups, backward, req)
+                         : relprop::plan_conv2d<float>(g, c_out, groups, backward, req);
+    const idx itemsize = double_precision ? 8 : 4;
+    return py::dict("algorithm"_a = relprop::conv_algo_name(plan.algo),
+                    "code"_a = static_cast<int>(plan.algo),
+                    "packed_bytes"_a = plan.packed * itemsize,
+                    "workspace_bytes"_a = plan.workspace);
+  }, "c_in"_a, "in_hw"_a, "weight_shape"_a, "stride"_a, "padding"_a, "dilation"_a, "groups"_a,
+        "double_precision"_a, "backward"_a, "request"_a);
   m.def("set_isa", [](const std::string& name) { relprop::set_isa(relprop::parse_isa(name)); },
         "name"_a);
   m.def("set_isa_from_env", &relprop::set_isa_from_env);

@@ -5,6 +5,7 @@
 // the thread count or the batch.
 #include "activation_impl.hpp"
 #include "activation_math.hpp"
+#include "isa_table.hpp"
 #include "relprop/check.hpp"
 #include "relprop/kernels.hpp"
 #include "relprop/parallel.hpp"
@@ -13,20 +14,7 @@ namespace relprop {
 
 namespace detail {
 
-const ActImpl& active_act() {
-  switch (active_isa()) {
-#if defined(RELPROP_HAVE_AVX512)
-    case Isa::avx512:
-      return avx512::act_f32;
-#endif
-#if defined(RELPROP_HAVE_AVX2)
-    case Isa::avx2:
-      return avx2::act_f32;
-#endif
-    default:
-      return generic::act_f32;
-  }
-}
+const ActImpl& active_act() { return *isa_table().activation; }
 
 namespace {
 

@@ -1,16 +1,16 @@
-// Conv2d on the GEMM core as an implicit GEMM: per sample (and group), y (c_out/G, oh*ow) =
+// Conv2d's kernels, each running the algorithm it is given (relprop/plan.hpp chooses it): on the
+// GEMM core as an implicit GEMM: per sample (and group), y (c_out/G, oh*ow) =
 // W_g (c_out/G, K) times the im2col matrix of the group's input channels (K, oh*ow),
 // K = c_in/G*kh*kw.  The weights are packed once per call for all samples (one packed block
 // per group); the im2col matrix is never stored: the GEMM packs its panels straight from the
-// image, with dilated taps (1x1 stride-1 unpadded convolutions read x as a plain matrix).  The
-// bias is added in the GEMM's epilogue.  Depthwise convolutions (G = c_in) run the direct
-// kernels of dwconv.cpp instead.
+// image, with dilated taps (gemm1x1: 1x1 stride-1 unpadded convolutions read x as a plain
+// matrix).  The bias is added in the GEMM's epilogue.  Depthwise convolutions (G = c_in) run
+// the direct kernels of dwconv.cpp, Winograd the kernels of winograd.cpp.
 //
-// Backward (w.r.t. x): with stride 1 and padding <= dilation*(kernel size - 1) it is itself a
-// convolution, of gy with the flipped, transposed kernel, the same dilation and padding
-// dilation*(kernel - 1) - padding, so it runs on the same implicit GEMM; otherwise (and for
-// few input channels per group) cols = W_g^T gy_g per sample and group and col2im scatters it
-// back.
+// Backward (w.r.t. x): flipped: with stride 1 and padding <= dilation*(kernel size - 1) it is
+// itself a convolution, of gy with the flipped, transposed kernel, the same dilation and
+// padding dilation*(kernel - 1) - padding, on the same implicit GEMM; col2im: cols = W_g^T gy_g
+// per sample and group, scattered back by col2im.
 //
 // Threads split the (groups x samples x pixel strips) range and, when that is too short, the
 // output channels, into one rectangle per thread; every output element is reduced in the same
@@ -24,6 +24,8 @@
 #include "relprop/check.hpp"
 #include "relprop/kernels.hpp"
 #include "relprop/parallel.hpp"
+#include "relprop/plan.hpp"
+#include "relprop/winograd.hpp"
 #include "relprop/workspace.hpp"
 
 namespace relprop {
@@ -210,16 +212,19 @@ void check_groups(const Window2d& g, idx c_out, idx groups) {
 }  // namespace
 
 template <typename T>
-idx conv2d_packed_size(const Window2d& g, idx c_out, idx groups) {
-  if (conv2d_depthwise(g, groups)) return c_out * g.kh * g.kw;
+idx conv2d_packed_size(const Window2d& g, idx c_out, idx groups, ConvAlgo algo) {
+  check_conv_algo(algo, g, c_out, groups, false);
+  RELPROP_CHECK(conv_algo_tile(algo) == 0, "Winograd's packing is winograd_pack's");
+  if (algo == ConvAlgo::depthwise) return c_out * g.kh * g.kw;
   const idx K = g.c / groups * g.kh * g.kw;
   return groups * detail::active_gemm<T>().packed_a_size(c_out / groups, K);
 }
 
 template <typename T>
-void conv2d_pack(const T* w, const Window2d& g, idx c_out, idx groups, T* dst) {
+void conv2d_pack(const T* w, const Window2d& g, idx c_out, idx groups, ConvAlgo algo, T* dst) {
   check_groups(g, c_out, groups);
-  if (conv2d_depthwise(g, groups)) {  // the direct kernel reads w as it is
+  check_conv_algo(algo, g, c_out, groups, false);
+  if (algo == ConvAlgo::depthwise) {  // the direct kernel reads w as it is
     std::copy(w, w + c_out * g.kh * g.kw, dst);
     return;
   }
@@ -231,18 +236,20 @@ void conv2d_pack(const T* w, const Window2d& g, idx c_out, idx groups, T* dst) {
 
 namespace {
 
-// conv2d_forward_split with an epilogue on y (relu, or none; split == c_out for relu).
+// conv2d_forward_split by gemm, gemm1x1 or depthwise, with an epilogue on y (relu, or none;
+// split == c_out for relu).
 template <typename T>
 void forward_impl(const T* x, const T* w, const T* b, T* y, T* y2, const Window2d& g,
-                  idx c_out, idx split, idx groups, int nthreads, const T* packed,
+                  idx c_out, idx split, idx groups, ConvAlgo algo, int nthreads, const T* packed,
                   detail::Epilogue epi) {
   g.validate();
   check_groups(g, c_out, groups);
+  check_conv_algo(algo, g, c_out, groups, false);
   RELPROP_CHECK(split > 0 && split <= c_out, "split must be in [1, ", c_out, "], got ", split);
   RELPROP_CHECK(split % groups == 0, "split=", split, " must be a multiple of groups=", groups,
                 " (both halves are grouped convolutions)");
   if (g.n == 0) return;
-  if (conv2d_depthwise(g, groups)) {
+  if (algo == ConvAlgo::depthwise) {
     depthwise_forward<T>(x, packed ? packed : w, b, y, y2, g, c_out, split, nthreads);
     epilogue_planes<T>(y, nullptr, g.n * split, g.oh() * g.ow(), epi, nthreads);
     return;
@@ -270,16 +277,16 @@ void forward_impl(const T* x, const T* w, const T* b, T* y, T* y2, const Window2
     w = ws.data();
     if (b) b = bs.data();
   }
-  Workspace<T> wp(packed ? 0 : conv2d_packed_size<T>(g, c_out, groups));
+  Workspace<T> wp(packed ? 0 : conv2d_packed_size<T>(g, c_out, groups, algo));
   if (!packed) {
-    conv2d_pack(w, g, c_out, groups, wp.data());
+    conv2d_pack(w, g, c_out, groups, algo, wp.data());
     packed = wp.data();
   }
   Im2col im{cig, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh(), g.ow()};
   im.dh = g.dh;
   im.dw = g.dw;
-  // A 1x1 stride-1 unpadded convolution multiplies by x itself, a (c_in, h*w) matrix.
-  const bool plain = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+  // gemm1x1: a 1x1 stride-1 unpadded convolution multiplies by x itself, a (c_in, h*w) matrix.
+  const bool plain = algo == ConvAlgo::gemm1x1;
   BatchGemm<T> bg{g.n * groups, m, K, P, packed, plain ? nullptr : &im,
                   x, g.c * g.h * g.w, y, split * P, b};
   bg.samples = g.n;
@@ -300,52 +307,57 @@ void forward_impl(const T* x, const T* w, const T* b, T* y, T* y2, const Window2
 
 template <typename T>
 void conv2d_forward(const T* x, const T* w, const T* b, T* y, const Window2d& g, idx c_out,
-                    idx groups, int nthreads, const T* packed, bool relu) {
-  forward_impl<T>(x, w, b, y, nullptr, g, c_out, c_out, groups, nthreads, packed,
+                    idx groups, ConvAlgo algo, int nthreads, const T* packed, bool relu) {
+  if (const int tile = conv_algo_tile(algo)) {
+    check_conv_algo(algo, g, c_out, groups, false);
+    winograd_forward<T>(x, w, b, y, nullptr, g, c_out, c_out, tile, nthreads, packed, 0, relu);
+    return;
+  }
+  forward_impl<T>(x, w, b, y, nullptr, g, c_out, c_out, groups, algo, nthreads, packed,
                   relu ? detail::Epilogue::relu : detail::Epilogue::none);
 }
 
 template <typename T>
 void conv2d_forward_split(const T* x, const T* w, const T* b, T* y, T* y2, const Window2d& g,
-                          idx c_out, idx split, idx groups, int nthreads, const T* packed) {
-  forward_impl<T>(x, w, b, y, y2, g, c_out, split, groups, nthreads, packed,
+                          idx c_out, idx split, idx groups, ConvAlgo algo, int nthreads,
+                          const T* packed) {
+  if (const int tile = conv_algo_tile(algo)) {
+    check_conv_algo(algo, g, c_out, groups, false);
+    winograd_forward<T>(x, w, b, y, y2, g, c_out, split, tile, nthreads, packed);
+    return;
+  }
+  forward_impl<T>(x, w, b, y, y2, g, c_out, split, groups, algo, nthreads, packed,
                   detail::Epilogue::none);
 }
 
 // The backward pass multiplies by one of two matrices made from each group's weights w_g:
-// for a stride-1 window whose padding is at most the dilated kernel's extent less one, the
-// flipped kernel W'[c, o, u, v] = w_g[o, c, kh-1-u, kw-1-v] (c_in/G, c_out/G*kh*kw) of the
-// transposed convolution gx = conv(gy, W') (same dilation, padding dh*(kh-1)-ph,
-// dw*(kw-1)-pw); else W_g^T (K, c_out/G) into columns that col2im adds up.  Few input
-// channels per group (a first layer) take the second way too: the flipped convolution would
-// pack kh*kw*c_out/G values per pixel for only c_in/G multiply-adds each.  Depthwise
-// convolutions take neither (dwconv.cpp).
-bool conv2d_backward_flipped(const Window2d& g, idx c_out, idx groups) {
-  if (groups < 1 || conv2d_depthwise(g, groups)) return false;
-  return g.sh == 1 && g.sw == 1 && g.ph <= g.dh * (g.kh - 1) && g.pw <= g.dw * (g.kw - 1) &&
-         g.c / groups * 8 > c_out / groups;
-}
-
+// flipped (and gemm1x1), the flipped kernel W'[c, o, u, v] = w_g[o, c, kh-1-u, kw-1-v]
+// (c_in/G, c_out/G*kh*kw) of the transposed convolution gx = conv(gy, W') (same dilation,
+// padding dh*(kh-1)-ph, dw*(kw-1)-pw); col2im, W_g^T (K, c_out/G) into columns that col2im
+// adds up.  Depthwise convolutions take neither (dwconv.cpp).
 template <typename T>
-idx conv2d_backward_packed_size(const Window2d& g, idx c_out, idx groups) {
-  if (conv2d_depthwise(g, groups)) return c_out * g.kh * g.kw;
+idx conv2d_backward_packed_size(const Window2d& g, idx c_out, idx groups, ConvAlgo algo) {
+  check_conv_algo(algo, g, c_out, groups, true);
+  RELPROP_CHECK(conv_algo_tile(algo) == 0, "Winograd's packing is winograd_pack's");
+  if (algo == ConvAlgo::depthwise) return c_out * g.kh * g.kw;
   const auto& impl = detail::active_gemm<T>();
   const idx cig = g.c / groups, cog = c_out / groups, K = cig * g.kh * g.kw;
-  return groups * (conv2d_backward_flipped(g, c_out, groups)
-                       ? impl.packed_a_size(cig, cog * g.kh * g.kw)
-                       : impl.packed_a_size(K, cog));
+  return groups * (algo == ConvAlgo::col2im ? impl.packed_a_size(K, cog)
+                                            : impl.packed_a_size(cig, cog * g.kh * g.kw));
 }
 
 template <typename T>
-void conv2d_pack_backward(const T* w, const Window2d& g, idx c_out, idx groups, T* dst) {
+void conv2d_pack_backward(const T* w, const Window2d& g, idx c_out, idx groups, ConvAlgo algo,
+                          T* dst) {
   check_groups(g, c_out, groups);
-  if (conv2d_depthwise(g, groups)) {
+  check_conv_algo(algo, g, c_out, groups, true);
+  if (algo == ConvAlgo::depthwise) {
     std::copy(w, w + c_out * g.kh * g.kw, dst);
     return;
   }
   const auto& impl = detail::active_gemm<T>();
   const idx khw = g.kh * g.kw, cig = g.c / groups, cog = c_out / groups, K = cig * khw;
-  if (!conv2d_backward_flipped(g, c_out, groups)) {
+  if (algo == ConvAlgo::col2im) {
     const idx block = impl.packed_a_size(K, cog);
     for (idx gi = 0; gi < groups; ++gi)
       impl.pack_a(impl, w + gi * cog * K, 1, K, K, cog, dst + gi * block);
@@ -367,14 +379,23 @@ void conv2d_pack_backward(const T* w, const Window2d& g, idx c_out, idx groups, 
 
 namespace {
 
-// conv2d_backward with the epilogue epi (mask, scale: aux shaped like gx) on gx.
+// conv2d_backward with the epilogue epi (mask, scale: aux shaped like gx) on gx, by any
+// backward algorithm (Winograd's kernels take the epilogue as their mask or their product).
 template <typename T>
 void backward_impl(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, idx groups,
-                   int nthreads, const T* packed, detail::Epilogue epi, const T* aux) {
+                   ConvAlgo algo, int nthreads, const T* packed, detail::Epilogue epi,
+                   const T* aux) {
   g.validate();
   check_groups(g, c_out, groups);
+  check_conv_algo(algo, g, c_out, groups, true);
   if (g.n == 0) return;
-  if (conv2d_depthwise(g, groups)) {
+  if (const int tile = conv_algo_tile(algo)) {
+    RELPROP_CHECK(epi == detail::Epilogue::none || epi == detail::Epilogue::mask,
+                  "Winograd's backward pass takes a mask, not this epilogue");
+    winograd_backward<T>(gy, w, gx, g, c_out, tile, nthreads, packed, 0, aux);
+    return;
+  }
+  if (algo == ConvAlgo::depthwise) {
     depthwise_backward<T>(gy, packed ? packed : w, gx, g, c_out, nthreads);
     epilogue_planes<T>(gx, aux, g.n * g.c, g.h * g.w, epi, nthreads);
     return;
@@ -382,17 +403,17 @@ void backward_impl(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out,
   const auto& impl = detail::active_gemm<T>();
   const idx P = g.oh() * g.ow(), S = g.c * g.h * g.w, khw = g.kh * g.kw;
   const idx cig = g.c / groups, cog = c_out / groups, K = cig * khw;
-  Workspace<T> wp(packed ? 0 : conv2d_backward_packed_size<T>(g, c_out, groups));
+  Workspace<T> wp(packed ? 0 : conv2d_backward_packed_size<T>(g, c_out, groups, algo));
   if (!packed) {
-    conv2d_pack_backward(w, g, c_out, groups, wp.data());
+    conv2d_pack_backward(w, g, c_out, groups, algo, wp.data());
     packed = wp.data();
   }
-  if (conv2d_backward_flipped(g, c_out, groups)) {
+  if (algo != ConvAlgo::col2im) {  // flipped, gemm1x1
     Im2col im{cog, g.oh(), g.ow(), g.kh, g.kw, 1, 1, g.dh * (g.kh - 1) - g.ph,
               g.dw * (g.kw - 1) - g.pw, g.h, g.w};
     im.dh = g.dh;
     im.dw = g.dw;
-    const bool plain = khw == 1;
+    const bool plain = algo == ConvAlgo::gemm1x1;
     BatchGemm<T> bg{g.n * groups, cig, cog * khw, g.h * g.w, packed, plain ? nullptr : &im,
                     gy, c_out * P, gx, S, nullptr};
     bg.samples = g.n;
@@ -450,8 +471,8 @@ void backward_impl(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out,
 
 template <typename T>
 void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, idx groups,
-                     int nthreads, const T* packed, const T* mask) {
-  backward_impl<T>(gy, w, gx, g, c_out, groups, nthreads, packed,
+                     ConvAlgo algo, int nthreads, const T* packed, const T* mask) {
+  backward_impl<T>(gy, w, gx, g, c_out, groups, algo, nthreads, packed,
                    mask ? detail::Epilogue::mask : detail::Epilogue::none, mask);
 }
 
@@ -473,17 +494,23 @@ void check_pool(const Window2d& g) {
 template <typename T>
 void conv2d_forward_relu_maxpool(const T* x, const T* w, const T* b, T* pooled,
                                  std::int64_t* arg, const Window2d& g, idx c_out, idx groups,
-                                 int nthreads, const T* packed) {
+                                 ConvAlgo algo, int nthreads, const T* packed, idx block_tiles) {
   g.validate();
   check_groups(g, c_out, groups);
+  check_conv_algo(algo, g, c_out, groups, false);
   check_pool(g);
+  if (const int tile = conv_algo_tile(algo)) {
+    winograd_forward_relu_maxpool<T>(x, w, b, pooled, arg, g, c_out, tile, nthreads, packed,
+                                     block_tiles);
+    return;
+  }
   const idx oh = g.oh(), ow = g.ow(), ph = oh / 2, pw = ow / 2, P = oh * ow;
   if (g.n == 0 || ph == 0 || pw == 0) return;
   if (groups > 1) {
     // grouped and depthwise: the convolution with its ReLU into a workspace, then the pooling
     // plane by plane (the same arithmetic, unfused)
     Workspace<T> y(g.n * c_out * P);
-    forward_impl<T>(x, w, b, y.data(), nullptr, g, c_out, c_out, groups, nthreads, packed,
+    forward_impl<T>(x, w, b, y.data(), nullptr, g, c_out, c_out, groups, algo, nthreads, packed,
                     detail::Epilogue::relu);
     const int nt = threads_for(nthreads, g.n * c_out, g.n * c_out * P);
     parallel_for(nt, g.n * c_out, [&](idx t) {
@@ -494,15 +521,15 @@ void conv2d_forward_relu_maxpool(const T* x, const T* w, const T* b, T* pooled,
   }
   const auto& impl = detail::active_gemm<T>();
   const idx K = g.c * g.kh * g.kw, m = c_out;
-  Workspace<T> wp(packed ? 0 : conv2d_packed_size<T>(g, c_out, 1));
+  Workspace<T> wp(packed ? 0 : conv2d_packed_size<T>(g, c_out, 1, algo));
   if (!packed) {
-    conv2d_pack(w, g, c_out, 1, wp.data());
+    conv2d_pack(w, g, c_out, 1, algo, wp.data());
     packed = wp.data();
   }
   Im2col im{g.c, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, oh, ow};
   im.dh = g.dh;
   im.dw = g.dw;
-  const bool plain = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+  const bool plain = algo == ConvAlgo::gemm1x1;
   // Bands of rb pooled rows (2 rb rows of the convolution, in the trailing odd row, which no
   // window reads, none): a thread computes a band's channels [i0, i1) into its scratch (bias
   // and ReLU in the GEMM's store), then pools them from there: the convolution's output never
@@ -568,11 +595,16 @@ void conv2d_forward_relu_maxpool(const T* x, const T* w, const T* b, T* pooled,
 
 template <typename T>
 void conv2d_backward_pooled(const T* gp, const std::int64_t* arg, const T* pooled, const T* w,
-                            T* gx, const Window2d& g, idx c_out, idx groups, int nthreads,
-                            const T* packed, const T* mask) {
+                            T* gx, const Window2d& g, idx c_out, idx groups, ConvAlgo algo,
+                            int nthreads, const T* packed, const T* mask) {
   g.validate();
   check_groups(g, c_out, groups);
+  check_conv_algo(algo, g, c_out, groups, true);
   check_pool(g);
+  if (const int tile = conv_algo_tile(algo)) {
+    winograd_backward_pooled<T>(gp, arg, pooled, w, gx, g, c_out, tile, nthreads, packed, mask);
+    return;
+  }
   if (g.n == 0) return;
   const idx oh = g.oh(), ow = g.ow();
   // the convolution's output gradient: the pooled gradient at the winners (where pooled > 0:
@@ -581,42 +613,51 @@ void conv2d_backward_pooled(const T* gp, const std::int64_t* arg, const T* poole
   Workspace<T> gy(g.n * c_out * oh * ow);
   const Window2d pg{g.n, c_out, oh, ow, 2, 2, 2, 2, 0, 0};
   maxpool2d_backward_masked<T>(gp, arg, pooled, gy.data(), pg, nthreads);
-  backward_impl<T>(gy.data(), w, gx, g, c_out, groups, nthreads, packed,
+  backward_impl<T>(gy.data(), w, gx, g, c_out, groups, algo, nthreads, packed,
                    mask ? detail::Epilogue::mask : detail::Epilogue::none, mask);
 }
 
 template <typename T>
 void conv2d_lrp_epsilon(const T* r, const T* z, const T* a, const T* w, T* ra, const Window2d& g,
-                        idx c_out, idx groups, double eps, int nthreads, const T* packed) {
+                        idx c_out, idx groups, ConvAlgo algo, double eps, int nthreads,
+                        const T* packed) {
   g.validate();
   check_groups(g, c_out, groups);
+  check_conv_algo(algo, g, c_out, groups, true);
+  if (const int tile = conv_algo_tile(algo)) {
+    winograd_lrp_epsilon<T>(r, z, a, w, ra, g, c_out, tile, eps, nthreads, packed);
+    return;
+  }
   if (g.n == 0) return;
   // s = r / stab(z) into a workspace (one pass), then the backward pass with the product by
   // a in its store
   const idx len = c_out * g.oh() * g.ow();
   Workspace<T> s(g.n * len);
   lrp_divide<T>(r, z, nullptr, s.data(), g.n, len, eps, nthreads);
-  backward_impl<T>(s.data(), w, ra, g, c_out, groups, nthreads, packed, detail::Epilogue::scale,
-                   a);
+  backward_impl<T>(s.data(), w, ra, g, c_out, groups, algo, nthreads, packed,
+                   detail::Epilogue::scale, a);
 }
 
 #define RELPROP_INSTANTIATE(T)                                                                 \
   template void conv2d_forward_relu_maxpool<T>(const T*, const T*, const T*, T*, std::int64_t*, \
-                                               const Window2d&, idx, idx, int, const T*);      \
+                                               const Window2d&, idx, idx, ConvAlgo, int,        \
+                                               const T*, idx);                                  \
   template void conv2d_backward_pooled<T>(const T*, const std::int64_t*, const T*, const T*, T*, \
-                                          const Window2d&, idx, idx, int, const T*, const T*);  \
+                                          const Window2d&, idx, idx, ConvAlgo, int, const T*,    \
+                                          const T*);                                            \
   template void conv2d_lrp_epsilon<T>(const T*, const T*, const T*, const T*, T*,               \
-                                      const Window2d&, idx, idx, double, int, const T*);       \
-  template idx conv2d_packed_size<T>(const Window2d&, idx, idx);                                \
-  template void conv2d_pack<T>(const T*, const Window2d&, idx, idx, T*);                         \
+                                      const Window2d&, idx, idx, ConvAlgo, double, int,         \
+                                      const T*);                                                \
+  template idx conv2d_packed_size<T>(const Window2d&, idx, idx, ConvAlgo);                      \
+  template void conv2d_pack<T>(const T*, const Window2d&, idx, idx, ConvAlgo, T*);               \
   template void conv2d_forward<T>(const T*, const T*, const T*, T*, const Window2d&, idx, idx,  \
-                                  int, const T*, bool);                                          \
+                                  ConvAlgo, int, const T*, bool);                               \
   template void conv2d_forward_split<T>(const T*, const T*, const T*, T*, T*, const Window2d&,  \
-                                        idx, idx, idx, int, const T*);                          \
-  template void conv2d_backward<T>(const T*, const T*, T*, const Window2d&, idx, idx, int,      \
-                                   const T*, const T*);                                          \
-  template idx conv2d_backward_packed_size<T>(const Window2d&, idx, idx);                       \
-  template void conv2d_pack_backward<T>(const T*, const Window2d&, idx, idx, T*);
+                                        idx, idx, idx, ConvAlgo, int, const T*);                \
+  template void conv2d_backward<T>(const T*, const T*, T*, const Window2d&, idx, idx, ConvAlgo, \
+                                   int, const T*, const T*);                                    \
+  template idx conv2d_backward_packed_size<T>(const Window2d&, idx, idx, ConvAlgo);             \
+  template void conv2d_pack_backward<T>(const T*, const Window2d&, idx, idx, ConvAlgo, T*);
 RELPROP_INSTANTIATE(float)
 RELPROP_INSTANTIATE(double)
 #undef RELPROP_INSTANTIATE

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "dwconv_impl.hpp"
+#include "isa_table.hpp"
 #include "relprop/check.hpp"
 #include "relprop/kernels.hpp"
 #include "relprop/parallel.hpp"
@@ -38,38 +39,8 @@ namespace relprop {
 
 namespace detail {
 template <typename T>
-const DwImpl<T>& active_dwconv();
-
-template <>
-const DwImpl<float>& active_dwconv<float>() {
-  switch (active_isa()) {
-#if defined(RELPROP_HAVE_AVX512)
-    case Isa::avx512:
-      return avx512::dw_f32;
-#endif
-#if defined(RELPROP_HAVE_AVX2)
-    case Isa::avx2:
-      return avx2::dw_f32;
-#endif
-    default:
-      return generic::dw_f32;
-  }
-}
-
-template <>
-const DwImpl<double>& active_dwconv<double>() {
-  switch (active_isa()) {
-#if defined(RELPROP_HAVE_AVX512)
-    case Isa::avx512:
-      return avx512::dw_f64;
-#endif
-#if defined(RELPROP_HAVE_AVX2)
-    case Isa::avx2:
-      return avx2::dw_f64;
-#endif
-    default:
-      return generic::dw_f64;
-  }
+const DwImpl<T>& active_dwconv() {
+  return *isa_table().kernels<T>().depthwise;
 }
 }  // namespace detail
 
@@ -402,14 +373,7 @@ void depthwise_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c
   });
 }
 
-template <typename T>
-DepthwiseBlocks depthwise_blocks() {
-  const auto& impl = detail::active_dwconv<T>();
-  return DepthwiseBlocks{impl.w, impl.nb};
-}
-
 #define RELPROP_INSTANTIATE(T)                                                                 \
-  template DepthwiseBlocks depthwise_blocks<T>();                                              \
   template void depthwise_forward<T>(const T*, const T*, const T*, T*, T*, const Window2d&, idx, \
                                      idx, int);                                                \
   template void depthwise_backward<T>(const T*, const T*, T*, const Window2d&, idx, int);

@@ -9,6 +9,7 @@
 
 #include "gemm_driver.hpp"  // block_k (the blocks of steps of the packed layouts)
 #include "gemm_impl.hpp"
+#include "isa_table.hpp"
 #include "relprop/check.hpp"
 #include "relprop/cpu.hpp"
 #include "relprop/gemm.hpp"
@@ -135,34 +136,12 @@ namespace detail {
 
 template <>
 const GemmImpl<float>& active_gemm<float>() {
-  switch (active_isa()) {
-#if defined(RELPROP_HAVE_AVX512)
-    case Isa::avx512:
-      return avx512::f32;
-#endif
-#if defined(RELPROP_HAVE_AVX2)
-    case Isa::avx2:
-      return avx2::f32;
-#endif
-    default:
-      return generic::f32;
-  }
+  return *isa_table().f32.gemm;
 }
 
 template <>
 const GemmImpl<double>& active_gemm<double>() {
-  switch (active_isa()) {
-#if defined(RELPROP_HAVE_AVX512)
-    case Isa::avx512:
-      return avx512::f64;
-#endif
-#if defined(RELPROP_HAVE_AVX2)
-    case Isa::avx2:
-      return avx2::f64;
-#endif
-    default:
-      return generic::f64;
-  }
+  return *isa_table().f64.gemm;
 }
 
 template <typename T>
@@ -380,14 +359,7 @@ void gemm_packed_b(idx m, idx n, idx k, const T* a, idx rsa, idx csa, const T* b
   detail::run_gemm(detail::active_gemm<T>(), g, nthreads);
 }
 
-template <typename T>
-GemmBlocks gemm_blocks() {
-  const auto& impl = detail::active_gemm<T>();
-  return GemmBlocks{impl.mr, impl.nr, impl.mc, impl.kc, impl.nc};
-}
-
 #define RELPROP_INSTANTIATE(T)                                                                \
-  template GemmBlocks gemm_blocks<T>();                                                       \
   template void gemm<T>(idx, idx, idx, const T*, idx, idx, const T*, idx, idx, T*, idx, bool, \
                         int);                                                                 \
   template idx packed_b_size<T>(idx, idx);                                                    \

@@ -18,6 +18,7 @@
 #include "relprop/parallel.hpp"
 #include "relprop/workspace.hpp"
 #include "winograd_impl.hpp"
+#include "isa_table.hpp"
 
 namespace relprop {
 
@@ -41,38 +42,8 @@ constexpr double kG2[4][3] = {{1.0, 0.0, 0.0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}
 inline int alpha_of(int tile) { return tile + 2; }
 
 template <typename T>
-const WinoKernels<T>& active_wino();
-
-template <>
-const WinoKernels<float>& active_wino<float>() {
-  switch (active_isa()) {
-#if defined(RELPROP_HAVE_AVX512)
-    case Isa::avx512:
-      return detail::avx512::wino_f32;
-#endif
-#if defined(RELPROP_HAVE_AVX2)
-    case Isa::avx2:
-      return detail::avx2::wino_f32;
-#endif
-    default:
-      return detail::generic::wino_f32;
-  }
-}
-
-template <>
-const WinoKernels<double>& active_wino<double>() {
-  switch (active_isa()) {
-#if defined(RELPROP_HAVE_AVX512)
-    case Isa::avx512:
-      return detail::avx512::wino_f64;
-#endif
-#if defined(RELPROP_HAVE_AVX2)
-    case Isa::avx2:
-      return detail::avx2::wino_f64;
-#endif
-    default:
-      return detail::generic::wino_f64;
-  }
+const WinoKernels<T>& active_wino() {
+  return *detail::isa_table().kernels<T>().winograd;
 }
 
 void check_tile(int tile) {
@@ -107,6 +78,18 @@ idx choose_block_tiles(const WinoGeom& g, const GemmImpl<T>& impl) {
   const idx cap = kMaxBlockBytes / (a2 * (g.c_in + g.c_out) * idx(sizeof(T)));
   const idx tiles = (balance + nr - 1) / nr * nr;
   return tiles <= cap ? tiles : std::max<idx>(nr, cap / nr * nr);
+}
+
+// The elements of a block's transformed inputs V (c_in x nb, padded to the micro-kernel's nr)
+// and products M (c_out x nb), alpha^2 of each: a thread's buffers, with the transforms' work.
+template <typename T>
+idx block_v_size(const WinoGeom& g, const GemmImpl<T>& impl, idx nb) {
+  return alpha_of(g.m) * alpha_of(g.m) * detail::wino_stride(g.c_in * ((nb + impl.nr - 1) /
+                                                                        impl.nr * impl.nr));
+}
+
+inline idx block_m_size(const WinoGeom& g, idx nb) {
+  return alpha_of(g.m) * alpha_of(g.m) * detail::wino_stride(g.c_out * nb);
 }
 
 // out (y and y2, or the pooled output; see WinoOut) = the convolution described by g of x with
@@ -146,12 +129,10 @@ void run(const WinoGeom& g, const T* x, const T* u, const detail::WinoOut<T>& ou
     nb_max = std::max(nr, (tiles + 2 * nt0 - 1) / (2 * nt0) / nr * nr);
   }
   const idx blocks = (tiles + nb_max - 1) / nb_max;
-  const idx npad_max = (nb_max + impl.nr - 1) / impl.nr * impl.nr;
   const idx psize = impl.packed_a_size(g.c_out, g.c_in);
   const idx kb = detail::block_k(impl.kc, g.c_in);
   const idx work_size = detail::wino_work_size(g.m, impl.nr);
-  const idx v_size = a2 * detail::wino_stride(g.c_in * npad_max);
-  const idx m_size = a2 * detail::wino_stride(g.c_out * nb_max);
+  const idx v_size = block_v_size(g, impl, nb_max), m_size = block_m_size(g, nb_max);
   const idx strips = (g.c_out + impl.mr - 1) / impl.mr;  // of output channels
   const int nt = threads_for(nthreads, std::max(blocks, strips), macs);
   const auto block = [&](idx bi) {
@@ -224,6 +205,17 @@ WinoGeom geometry(int tile, idx n, idx c_in, idx c_out, idx h, idx w, idx ph, id
 void winograd_validate(const Window2d& g, int tile) {
   check_window(g);
   check_tile(tile);
+}
+
+template <typename T>
+idx winograd_workspace(const Window2d& g, idx c_out, int tile, bool backward) {
+  winograd_validate(g, tile);
+  const WinoGeom wg = backward ? geometry(tile, 1, c_out, g.c, g.oh(), g.ow(), 2 - g.ph, 2 - g.pw)
+                               : geometry(tile, 1, g.c, c_out, g.h, g.w, g.ph, g.pw);
+  const GemmImpl<T>& impl = detail::active_gemm<T>();
+  const idx nb = std::min(wg.th * wg.tw, choose_block_tiles(wg, impl));
+  return (block_v_size(wg, impl, nb) + block_m_size(wg, nb) +
+          detail::wino_work_size(wg.m, impl.nr)) * idx(sizeof(T));
 }
 
 template <typename T>
@@ -406,6 +398,7 @@ void winograd_lrp_epsilon(const T* r, const T* z, const T* a, const T* w, T* ra,
 
 #define RELPROP_INSTANTIATE(T)                                                                 \
   template idx winograd_packed_size<T>(idx, idx, int, bool);                                    \
+  template idx winograd_workspace<T>(const Window2d&, idx, int, bool);                          \
   template void winograd_pack<T>(const T*, idx, idx, int, bool, T*, int);                      \
   template void winograd_forward<T>(const T*, const T*, const T*, T*, T*, const Window2d&, idx, \
                                     idx, int, int, const T*, idx, bool);                        \

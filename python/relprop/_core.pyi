@@ -214,6 +214,7 @@ def conv2d_backward(
     dilation: _Pair = [1, 1],
     groups: _Int = 1,
     mask: typing.Any = None,
+    algo: _Int = -1,
 ) -> _F32:
     """
     grad (n, c_out, oh, ow) -> (n, c_in, h, w) with (h, w) = in_hw; see relprop.ops.conv2d_backward.
@@ -231,6 +232,7 @@ def conv2d_backward(
     dilation: _Pair = [1, 1],
     groups: _Int = 1,
     mask: typing.Any = None,
+    algo: _Int = -1,
 ) -> _F64:
     """
     grad (n, c_out, oh, ow) -> (n, c_in, h, w) with (h, w) = in_hw; see relprop.ops.conv2d_backward.
@@ -250,7 +252,7 @@ def conv2d_backward_pooled(
     dilation: _Pair = [1, 1],
     groups: _Int = 1,
     mask: typing.Any = None,
-    tile: _Int = 0,
+    algo: _Int = -1,
 ) -> _F32:
     """
     The backward pass of conv2d_forward_relu_maxpool; see relprop.ops.conv2d_backward_pooled.
@@ -270,7 +272,7 @@ def conv2d_backward_pooled(
     dilation: _Pair = [1, 1],
     groups: _Int = 1,
     mask: typing.Any = None,
-    tile: _Int = 0,
+    algo: _Int = -1,
 ) -> _F64:
     """
     The backward pass of conv2d_forward_relu_maxpool; see relprop.ops.conv2d_backward_pooled.
@@ -288,6 +290,7 @@ def conv2d_forward(
     dilation: _Pair = [1, 1],
     groups: _Int = 1,
     relu: bool = False,
+    algo: _Int = -1,
 ) -> _F32:
     """
     x (n, c_in, h, w), weight (c_out, c_in/groups, kh, kw) -> (n, c_out, oh, ow); see
@@ -306,6 +309,7 @@ def conv2d_forward(
     dilation: _Pair = [1, 1],
     groups: _Int = 1,
     relu: bool = False,
+    algo: _Int = -1,
 ) -> _F64:
     """
     x (n, c_in, h, w), weight (c_out, c_in/groups, kh, kw) -> (n, c_out, oh, ow); see
@@ -323,7 +327,7 @@ def conv2d_forward_relu_maxpool(
     packed: typing.Any = None,
     dilation: _Pair = [1, 1],
     groups: _Int = 1,
-    tile: _Int = 0,
+    algo: _Int = -1,
     block_tiles: _Int = 0,
 ) -> tuple:
     """
@@ -342,7 +346,7 @@ def conv2d_forward_relu_maxpool(
     packed: typing.Any = None,
     dilation: _Pair = [1, 1],
     groups: _Int = 1,
-    tile: _Int = 0,
+    algo: _Int = -1,
     block_tiles: _Int = 0,
 ) -> tuple:
     """
@@ -362,6 +366,7 @@ def conv2d_forward_split(
     packed: typing.Any = None,
     dilation: _Pair = [1, 1],
     groups: _Int = 1,
+    algo: _Int = -1,
 ) -> tuple:
     """
     (conv(x, weight[:split]), conv(x, weight[split:])) from one pass; see
@@ -380,6 +385,7 @@ def conv2d_forward_split(
     packed: typing.Any = None,
     dilation: _Pair = [1, 1],
     groups: _Int = 1,
+    algo: _Int = -1,
 ) -> tuple:
     """
     (conv(x, weight[:split]), conv(x, weight[split:])) from one pass; see
@@ -399,7 +405,7 @@ def conv2d_lrp_epsilon(
     packed: typing.Any = None,
     dilation: _Pair = [1, 1],
     groups: _Int = 1,
-    tile: _Int = 0,
+    algo: _Int = -1,
 ) -> _F32:
     """
     a * conv2d_backward(lrp_divide(r, z, eps), weight); see relprop.ops.conv2d_lrp_epsilon.
@@ -418,7 +424,7 @@ def conv2d_lrp_epsilon(
     packed: typing.Any = None,
     dilation: _Pair = [1, 1],
     groups: _Int = 1,
-    tile: _Int = 0,
+    algo: _Int = -1,
 ) -> _F64:
     """
     a * conv2d_backward(lrp_divide(r, z, eps), weight); see relprop.ops.conv2d_lrp_epsilon.
@@ -432,9 +438,12 @@ def conv2d_pack(
     padding: _Pair = [0, 0],
     dilation: _Pair = [1, 1],
     groups: _Int = 1,
+    algo: _Int = -1,
+    nthreads: _Int = 0,
 ) -> PackedWeights:
     """
-    PackedWeights of weight for conv2d_forward, or conv2d_backward with backward=True.
+    PackedWeights of weight for conv2d_forward, or conv2d_backward with backward=True, by the
+    algorithm algo.
     """
 
 @typing.overload
@@ -445,11 +454,26 @@ def conv2d_pack(
     padding: _Pair = [0, 0],
     dilation: _Pair = [1, 1],
     groups: _Int = 1,
+    algo: _Int = -1,
+    nthreads: _Int = 0,
 ) -> PackedWeights:
     """
-    PackedWeights of weight for conv2d_forward, or conv2d_backward with backward=True.
+    PackedWeights of weight for conv2d_forward, or conv2d_backward with backward=True, by the
+    algorithm algo.
     """
 
+def conv2d_plan(
+    c_in: _Int,
+    in_hw: _Pair,
+    weight_shape: collections.abc.Sequence[_Int],
+    stride: _Pair,
+    padding: _Pair,
+    dilation: _Pair,
+    groups: _Int,
+    double_precision: bool,
+    backward: bool,
+    request: _Int,
+) -> dict: ...
 @typing.overload
 def conv2d_winograd_backward(
     grad: _F32,
@@ -555,13 +579,11 @@ def dense_lrp_epsilon(
 def dense_pack(weight: _F32, forward: bool) -> PackedWeights: ...
 @typing.overload
 def dense_pack(weight: _F64, forward: bool) -> PackedWeights: ...
-def depthwise_blocks(double_precision: bool) -> dict: ...
 def fma_peak_gflops(nthreads: _Int) -> float: ...
 @typing.overload
 def gemm(a: _F32, b: _F32, trans_a: bool, trans_b: bool, nthreads: _Int) -> _F32: ...
 @typing.overload
 def gemm(a: _F64, b: _F64, trans_a: bool, trans_b: bool, nthreads: _Int) -> _F64: ...
-def gemm_blocks(double_precision: bool) -> dict: ...
 @typing.overload
 def hardtanh_backward(
     grad: _F32, x: _F32, min_val: _Float, max_val: _Float, nthreads: _Int
@@ -591,6 +613,7 @@ def hardtanh_forward(x: _F64, min_val: _Float, max_val: _Float, nthreads: _Int) 
     """
 
 def isa() -> str: ...
+def isa_table(name: str = "") -> dict: ...
 @typing.overload
 def layer_norm_backward(
     grad: _F32,

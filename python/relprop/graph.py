@@ -246,6 +246,27 @@ class Graph:
         """Forward-pass FLOPs per sample: the sum of :meth:`node_flops`."""
         return sum(self.node_flops(input_shape))
 
+    def plans(self, input_shape=None) -> list:
+        """The plans (:mod:`relprop.plans`) of every node's forward and backward pass with its
+        own weights, for inputs of ``input_shape`` (default: the network's), in topological
+        order: ``[(forward plan, backward plan)]``, ``(None, None)`` for layers without
+        weights; what ``relprop info`` lists.  A node the forward pass fuses with its ReLU and
+        max pooling runs these plans in the fused kernels."""
+        shape = self.input_shape if input_shape is None else tuple(int(s) for s in input_shape)
+        if shape is None:
+            raise ValueError("the network has no input shape: pass input_shape")
+        shapes = self.tensor_shapes(shape)
+        out = []
+        for node in self.nodes:
+            layer = node.layer
+            if not layer.linear:
+                out.append((None, None))
+                continue
+            w = layer.params(layer.weight.dtype)[0]
+            x_shape = (1,) + shapes[node.inputs[0]]
+            out.append((layer.plan(w, x_shape), layer.plan(w, x_shape, backward=True)))
+        return out
+
     @property
     def layers(self):
         """The nodes' layers, in topological order."""

@@ -54,18 +54,23 @@ def set_isa(name: str) -> None:
     _core.set_isa(name)
 
 
-def gemm_blocks(dtype=np.float32) -> dict:
-    """The register tile ``mr x nr`` and cache blocks ``mc, kc, nc`` of the GEMM of the ISA in
-    use for ``dtype`` (float32 or float64)."""
-    return dict(_core.gemm_blocks(np.dtype(dtype) == np.float64))
+def isa_table(isa=None) -> dict:
+    """The table of an instruction set (default: the one in use), built once in the kernels
+    and read by them and by the planner (:func:`conv2d_plan`).
 
-
-def depthwise_blocks(dtype=np.float32) -> dict:
-    """The vector ``lanes`` and the ``vectors`` per register block of the depthwise
-    convolution's row kernel under the ISA in use for ``dtype``: output rows of up to
-    ``vectors`` vectors are computed several at a time, longer ones in blocks (tests derive
-    their row lengths from these)."""
-    return dict(_core.depthwise_blocks(np.dtype(dtype) == np.float64))
+    Returns
+    -------
+    dict
+        ``isa``; ``gemm[dtype]``: the GEMM's register tile ``mr x nr`` and cache blocks ``mc,
+        kc, nc``; ``depthwise[dtype]``: the depthwise row kernel's vector ``lanes`` and
+        ``vectors`` per register block (rows of up to that many vectors are computed several at
+        a time); ``winograd``: the crossovers of the auto rule (``min_channels``,
+        ``min_macs``, ``f4_min_tiles``, ``f2_min_tiles``) and whether they were ``measured`` on
+        this ISA (``bench/winograd_crossover.py``).  ``dtype`` is "float32" or "float64".
+    """
+    if isa is not None and not isinstance(isa, str):
+        raise TypeError(f"isa must be a string, got {type(isa).__name__}")
+    return dict(_core.isa_table(isa or ""))
 
 
 def fma_peak_gflops(nthreads=None) -> float:
@@ -235,8 +240,91 @@ def _conv_args(stride, padding, dilation, groups):
             as_pair(dilation, "dilation", minimum=1), as_int(groups, "groups", minimum=1))
 
 
+#: Conv2d's algorithms, by their code in the kernels (``relprop/plan.hpp``'s ConvAlgo): the
+#: implicit GEMM (``gemm1x1``: a 1x1 stride-1 layer multiplies by x itself), the depthwise
+#: kernel, Winograd F(2x2, 3x3) and F(4x4, 3x3), and for the backward pass the transposed
+#: convolution with the flipped kernel or ``W^T`` and col2im.  :func:`conv2d_plan` chooses.
+CONV_ALGORITHMS = ("gemm", "gemm1x1", "depthwise", "winograd2", "winograd4", "flipped", "col2im")
+#: What a layer asks :func:`conv2d_plan` for (``Conv2d(algorithm=...)``).
+CONV_REQUESTS = ("auto", "direct", "winograd")
+
+
+def _algo(algorithm):
+    """The kernels' code of ``algorithm`` (None: -1, the planner's choice without Winograd)."""
+    if algorithm is None:
+        return -1
+    if algorithm not in CONV_ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {CONV_ALGORITHMS} or None, got "
+                         f"{algorithm!r}")
+    return CONV_ALGORITHMS.index(algorithm)
+
+
+class ConvPlan(NamedTuple):
+    """A convolution pass's plan: the ``algorithm`` (one of :data:`CONV_ALGORITHMS`), the bytes
+    of its packed weights and of the ``workspace`` a call takes per thread besides its output,
+    the packed weights and the GEMM core's thread buffers (col2im's columns, Winograd's
+    transformed blocks)."""
+
+    algorithm: str
+    packed_bytes: int
+    workspace_bytes: int
+
+    @property
+    def tile(self):
+        """The Winograd tile (4 or 2), or None."""
+        return {"winograd4": 4, "winograd2": 2}.get(self.algorithm)
+
+
+def conv2d_plan(x_shape, w_shape, stride=1, padding=0, dtype=np.float32, backward=False, *,
+                dilation=1, groups=1, request="auto") -> ConvPlan:
+    """The plan of a convolution's forward pass or (``backward``) its vector-Jacobian product
+    w.r.t. the input: which algorithm runs it, chosen by the kernels' planner from the shape of
+    one sample, the dtype, the direction and the table of the ISA in use
+    (:func:`isa_table`), never from the batch, so that a sample's result does not depend on
+    the batch it is explained in.
+
+    Depthwise layers (``groups == c_in > 1``) run the depthwise kernel; ``request="auto"``
+    runs float32 stride-1 3x3 layers (dilation 1, groups 1, padding <= 2) by Winograd where the
+    table's crossovers say it pays: with ``(cin, cout)`` the channels the pass reads and writes
+    and ``oh x ow`` its output, direct if ``min(cin, cout) < min_channels`` or a sample takes
+    fewer than ``min_macs`` multiply-adds (``9 cin cout oh ow``), else F(4x4) if a sample has
+    at least ``f4_min_tiles`` 4x4 tiles, else F(2x2) if it has ``f2_min_tiles`` 2x2 tiles,
+    else direct (float64 stays direct: its direct result is exact to ~1e-16 already);
+    ``"winograd"`` takes the auto tile or F(4x4) wherever Winograd applies (any float dtype);
+    ``"direct"`` never Winograd.  Otherwise: forward ``gemm1x1`` (1x1, stride 1, no padding)
+    or ``gemm``; backward ``flipped`` (stride 1, padding at most the dilated kernel's extent
+    less one, at least ``c_out / 8`` input channels per group; ``gemm1x1`` for a 1x1 kernel)
+    or ``col2im``.
+
+    Parameters
+    ----------
+    x_shape : (n, c_in, h, w) or (c_in, h, w); w_shape : (c_out, c_in // groups, kh, kw)
+    stride, padding, dilation : int or pair;  groups : int;  dtype : the computation dtype
+    backward : the plan of the backward pass (w.r.t. the input)
+    request : "auto", "direct" or "winograd" (:data:`CONV_REQUESTS`)
+
+    Returns
+    -------
+    ConvPlan
+    """
+    from ._validate import as_int, as_pair
+
+    if request not in CONV_REQUESTS:
+        raise ValueError(f"request must be one of {CONV_REQUESTS}, got {request!r}")
+    c, h, w = (int(v) for v in tuple(x_shape)[-3:])
+    info = _core.conv2d_plan(c, (h, w), [int(v) for v in w_shape],
+                             as_pair(stride, "stride", minimum=1),
+                             as_pair(padding, "padding", minimum=0),
+                             as_pair(dilation, "dilation", minimum=1),
+                             as_int(groups, "groups", minimum=1),
+                             np.dtype(dtype) == np.float64, bool(backward),
+                             CONV_REQUESTS.index(request))
+    return ConvPlan(str(info["algorithm"]), int(info["packed_bytes"]),
+                    int(info["workspace_bytes"]))
+
+
 def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), packed=None, *, dilation=(1, 1),
-                   groups=1, relu=False):
+                   groups=1, relu=False, algorithm=None):
     """2-D cross-correlation as ``torch.nn.functional.conv2d`` (zero padding).
 
     ``y[n, o, p, q] = b[o] + sum_{c, u, v} w[o, c, u, v] * x[n, g*C + c, p*sh + u*dh - ph,
@@ -250,8 +338,8 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), packed=None, *, 
     b : ndarray, (c_out,), optional
     stride, padding, dilation : int or pair of ints (sh, sw), (ph, pw), (dh, dw)
     packed : PackedWeights, optional
-        ``conv2d_pack(w, dilation=dilation, groups=groups)`` made under the ISA in use: skips
-        packing ``w``; the result is bitwise the same.
+        ``conv2d_pack(w, dilation=dilation, groups=groups, algorithm=algorithm)`` made under the
+        ISA in use: skips packing ``w``; the result is bitwise the same.
     groups : int
         ``c_in`` and ``c_out`` must be multiples of it.  ``groups == c_in`` (depthwise, any
         channel multiplier ``c_out // c_in``) runs a direct vectorized kernel; ``1 < groups <
@@ -259,6 +347,10 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), packed=None, *, 
     relu : bool
         ``max(y, 0)`` (NaN kept) instead of ``y``, written by the GEMM's store (depthwise: a pass
         over each plane right after the kernel): bitwise ``relu_forward(conv2d_forward(...))``.
+    algorithm : str, optional
+        One of :data:`CONV_ALGORITHMS` that can run the layer (a forward one; Winograd's error
+        bound: :func:`conv2d_winograd_forward`); None: :func:`conv2d_plan`'s with
+        ``request="direct"``.
 
     Returns
     -------
@@ -275,15 +367,12 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), packed=None, *, 
     """
     x = _array(x, "x")
     s, p, d, g = _conv_args(stride, padding, dilation, groups)
-    if relu:
-        return _core.conv2d_forward(x, _like(w, x.dtype, "w"), _like(b, x.dtype, "b"), s, p,
-                                    _nt(), packed, d, g, True)
     return _core.conv2d_forward(x, _like(w, x.dtype, "w"), _like(b, x.dtype, "b"), s, p, _nt(),
-                                packed, d, g)
+                                packed, d, g, bool(relu), _algo(algorithm))
 
 
 def conv2d_forward_split(x, w, b, split, stride=(1, 1), padding=(0, 0), packed=None, *,
-                         dilation=(1, 1), groups=1):
+                         dilation=(1, 1), groups=1, algorithm=None):
     """Two convolutions of ``x`` in one pass: ``(conv2d_forward(x, w[:split], b[:split]),
     conv2d_forward(x, w[split:], b[split:]))`` with the same stride, padding, dilation and
     groups (LRP's z and z+ from stacked weights).
@@ -302,6 +391,7 @@ def conv2d_forward_split(x, w, b, split, stride=(1, 1), padding=(0, 0), packed=N
     x : ndarray, (n, c_in, h, w)
     w : ndarray, (c_out, c_in // groups, kh, kw); b : (c_out,) or None
     split : int, 0 < split < c_out
+    algorithm : as :func:`conv2d_forward`'s
 
     Returns
     -------
@@ -310,25 +400,29 @@ def conv2d_forward_split(x, w, b, split, stride=(1, 1), padding=(0, 0), packed=N
     x = _array(x, "x")
     s, p, d, g = _conv_args(stride, padding, dilation, groups)
     return _core.conv2d_forward_split(x, _like(w, x.dtype, "w"), _like(b, x.dtype, "b"),
-                                      int(split), s, p, _nt(), packed, d, g)
+                                      int(split), s, p, _nt(), packed, d, g, _algo(algorithm))
 
 
-def conv2d_pack(w, backward=False, stride=(1, 1), padding=(0, 0), *, dilation=(1, 1), groups=1):
+def conv2d_pack(w, backward=False, stride=(1, 1), padding=(0, 0), *, dilation=(1, 1), groups=1,
+                algorithm=None):
     """``w`` (c_out, c_in // groups, kh, kw) packed for :func:`conv2d_forward` (and
     :func:`conv2d_forward_split` with ``groups == 1`` or depthwise), or with ``backward`` for
-    :func:`conv2d_backward` with that stride, padding and dilation.
+    :func:`conv2d_backward` with that stride, padding and dilation, by ``algorithm`` (as
+    :func:`conv2d_forward`'s; Winograd's are its transformed weights,
+    :func:`conv2d_winograd_pack`).
 
     Returns a ``PackedWeights`` that records the ISA, the GEMM (``conv2d_forward``,
-    ``conv2d_backward``, ``conv2d_backward_flipped``, ``conv2d_depthwise_forward`` or
-    ``conv2d_depthwise_backward``), the dtype, the weight's shape, ``groups`` and ``dilation``;
-    a kernel given a packing that differs in any of them raises ``ValueError``."""
+    ``conv2d_backward``, ``conv2d_backward_flipped``, ``conv2d_depthwise_forward``,
+    ``conv2d_depthwise_backward``, ``conv2d_winograd_forward_f4``, ...), the dtype, the
+    weight's shape, ``groups`` and ``dilation``; a kernel given a packing that differs in any
+    of them raises ``ValueError``."""
     w = _array(w, "w")
     s, p, d, g = _conv_args(stride, padding, dilation, groups)
-    return _core.conv2d_pack(w, bool(backward), s, p, d, g)
+    return _core.conv2d_pack(w, bool(backward), s, p, d, g, _algo(algorithm), _nt())
 
 
 def conv2d_backward(g, w, in_hw, stride=(1, 1), padding=(0, 0), packed=None, *, dilation=(1, 1),
-                    groups=1, mask=None):
+                    groups=1, mask=None, algorithm=None):
     """Vector-Jacobian product of :func:`conv2d_forward` w.r.t. x (the transposed convolution).
 
     Parameters
@@ -343,6 +437,9 @@ def conv2d_backward(g, w, in_hw, stride=(1, 1), padding=(0, 0), packed=None, *, 
         ``gx * (mask > 0)`` written by the backward GEMM's store (the col2im and depthwise paths:
         right after each unit's gx is made), bitwise ``relu_backward(conv2d_backward(...),
         mask)``: pass the layer's input when it is a ReLU's output.
+    algorithm : str, optional
+        A backward one of :data:`CONV_ALGORITHMS` that can run the layer; None:
+        :func:`conv2d_plan`'s with ``request="direct"``.
 
     Returns
     -------
@@ -352,12 +449,9 @@ def conv2d_backward(g, w, in_hw, stride=(1, 1), padding=(0, 0), packed=None, *, 
 
     g_ = _array(g, "g")
     s, p, d, gr = _conv_args(stride, padding, dilation, groups)
-    if mask is not None:
-        return _core.conv2d_backward(g_, _like(w, g_.dtype, "w", "g"), as_pair(in_hw, "in_hw", 1),
-                                     s, p, _nt(), packed, d, gr,
-                                     _like(_array(mask, "mask"), g_.dtype, "mask", "g"))
+    mask = None if mask is None else _like(_array(mask, "mask"), g_.dtype, "mask", "g")
     return _core.conv2d_backward(g_, _like(w, g_.dtype, "w", "g"), as_pair(in_hw, "in_hw", 1), s,
-                                 p, _nt(), packed, d, gr)
+                                 p, _nt(), packed, d, gr, mask, _algo(algorithm))
 
 
 def maxpool2d_forward(x, kernel, stride, padding=(0, 0), *, ceil_mode=False):
@@ -976,34 +1070,19 @@ def conv2d_winograd_backward(g, w, in_hw, padding=(1, 1), packed=None, *, tile=4
 
 # ------------------------------------------------------------------------------------------
 # Fused layer steps: convolution + ReLU + 2x2 max pooling, its backward pass from the pooled
-# gradient, LRP-epsilon (``tile``: None for the direct method, 2 or 4 for Winograd)
-
-
-def _fused_tile(tile, w_shape, stride, padding, dilation, groups):
-    """0 for the direct method, or the Winograd tile (2 or 4), validated for the layer."""
-    if tile is None:
-        return 0
-    from ._validate import as_int, as_pair
-
-    tile, _ = _winograd_args(tile, stride, padding)
-    if tuple(w_shape[2:]) != (3, 3):
-        raise ValueError(f"tile={tile}: Winograd convolution needs a 3x3 kernel, got weight of "
-                         f"shape {tuple(w_shape)}")
-    if as_pair(dilation, "dilation", minimum=1) != (1, 1) or as_int(groups, "groups") != 1:
-        raise ValueError(f"tile={tile}: Winograd convolution needs dilation 1 and groups 1, got "
-                         f"dilation={dilation}, groups={groups}")
-    return tile
+# gradient, LRP-epsilon (``algorithm``: as conv2d_forward's / conv2d_backward's, Winograd
+# included)
 
 
 def conv2d_forward_relu_maxpool(x, w, b=None, stride=(1, 1), padding=(0, 0), packed=None, *,
-                                dilation=(1, 1), groups=1, tile=None, pool=2):
+                                dilation=(1, 1), groups=1, algorithm=None, pool=2):
     """A convolution, its bias, a ReLU and a 2x2 stride-2 max pooling in one kernel.
 
     Returns ``(pooled, argmax)``, bitwise ``maxpool2d_forward(relu_forward(conv2d_forward(x, w,
-    b, ...)), 2, 2)`` (with ``tile``: of ``conv2d_winograd_forward``): ``argmax`` is each
-    window's winner as :func:`maxpool2d_forward` reports it, the flat index in the ``oh x ow``
-    plane of the convolution's output (first maximum in row-major window order, NaN wins).  The
-    convolution's output never goes to memory: the direct method computes bands of output rows
+    b, ..., algorithm=algorithm)), 2, 2)``: ``argmax`` is each window's winner as
+    :func:`maxpool2d_forward` reports it, the flat index in the ``oh x ow`` plane of the
+    convolution's output (first maximum in row-major window order, NaN wins).  The
+    convolution's output never goes to memory: the implicit GEMM computes bands of output rows
     into a thread's scratch (bias and ReLU in the GEMM's store) and pools them from there;
     Winograd's output transform pools each tile (the windows lie inside tiles).  With
     ``groups > 1`` the convolution and its ReLU are made in a workspace, then pooled.
@@ -1013,10 +1092,8 @@ def conv2d_forward_relu_maxpool(x, w, b=None, stride=(1, 1), padding=(0, 0), pac
 
     Parameters
     ----------
-    x, w, b, stride, padding, dilation, groups : as :func:`conv2d_forward`
-    packed : ``conv2d_pack(w, ...)`` (direct) or ``conv2d_winograd_pack(w, tile)``, or None
-    tile : None for the direct method, or 2 / 4 for Winograd F(tile x tile, 3x3) (stride-1 3x3
-        layers, padding <= 2, groups 1, dilation 1)
+    x, w, b, stride, padding, dilation, groups, algorithm : as :func:`conv2d_forward`
+    packed : ``conv2d_pack(w, ..., algorithm=algorithm)``, or None
     pool : the pooling window and stride: must be 2
 
     Returns
@@ -1028,41 +1105,37 @@ def conv2d_forward_relu_maxpool(x, w, b=None, stride=(1, 1), padding=(0, 0), pac
     if as_pair(pool, "pool") != (2, 2):
         raise ValueError(f"pool={pool}: the fused pooling is 2x2 with stride 2")
     x = _array(x, "x")
-    w = _like(w, x.dtype, "w")
     s, p, d, g = _conv_args(stride, padding, dilation, groups)
-    t = _fused_tile(tile, w.shape, s, p, d, g)
-    return _core.conv2d_forward_relu_maxpool(x, w, _like(b, x.dtype, "b"), s, p, _nt(), packed,
-                                             d, g, t)
+    return _core.conv2d_forward_relu_maxpool(x, _like(w, x.dtype, "w"), _like(b, x.dtype, "b"), s,
+                                             p, _nt(), packed, d, g, _algo(algorithm))
 
 
 def conv2d_backward_pooled(g, argmax, w, in_hw, stride=(1, 1), padding=(0, 0), packed=None, *,
-                           pooled=None, mask=None, dilation=(1, 1), groups=1, tile=None):
+                           pooled=None, mask=None, dilation=(1, 1), groups=1, algorithm=None):
     """The backward pass of :func:`conv2d_forward_relu_maxpool` from the pooled gradient.
 
     ``g`` and ``argmax`` (and ``pooled``) are (n, c_out, oh // 2, ow // 2); the gradient of the
     convolution's output is ``g`` at the winners ``argmax`` where ``pooled > 0`` (the ReLU
     between the convolution and the pooling; without ``pooled``: everywhere) and 0 elsewhere;
-    the result is its :func:`conv2d_backward` (with ``tile``: :func:`conv2d_winograd_backward`)
-    times ``mask > 0`` if ``mask`` is given.  Bitwise::
+    the result is its :func:`conv2d_backward` (by ``algorithm``) times ``mask > 0`` if ``mask``
+    is given.  Bitwise::
 
         conv2d_backward(relu_backward(maxpool2d_backward(g, argmax, (oh, ow), 2, 2), y), w,
-                        in_hw, ..., mask=mask)
+                        in_hw, ..., mask=mask, algorithm=algorithm)
 
     for the convolution's output ``y`` whose ReLU and pooling gave ``pooled`` and ``argmax``.
     That gradient is made in a workspace (one pass, in place of the pooling's and the ReLU's
     backward passes and their two arrays); the ReLU mask of the layer below is applied in the
-    backward GEMM's store.
+    backward pass's store.
 
     Parameters
     ----------
     g : (n, c_out, oh // 2, ow // 2) the pooled output's gradient
     argmax : int64, same shape, from :func:`conv2d_forward_relu_maxpool`
-    w, in_hw, stride, padding, dilation, groups : as :func:`conv2d_backward`
-    packed : ``conv2d_pack(w, True, stride, padding, ...)`` (direct) or
-        ``conv2d_winograd_pack(w, tile, backward=True)``, or None
+    w, in_hw, stride, padding, dilation, groups, algorithm : as :func:`conv2d_backward`
+    packed : ``conv2d_pack(w, True, stride, padding, ..., algorithm=algorithm)``, or None
     pooled : the pooled output, optional (its ReLU mask)
     mask : (n, c_in, h, w), optional: the layer's input when it is a ReLU's output
-    tile : None (direct) or 2 / 4 (Winograd)
 
     Returns
     -------
@@ -1073,33 +1146,31 @@ def conv2d_backward_pooled(g, argmax, w, in_hw, stride=(1, 1), padding=(0, 0), p
     g = _array(g, "g")
     w = _like(w, g.dtype, "w", "g")
     s, p, d, gr = _conv_args(stride, padding, dilation, groups)
-    t = _fused_tile(tile, w.shape, s, p, d, gr)
     if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int64:
         raise TypeError("argmax must be an int64 array (from conv2d_forward_relu_maxpool)")
     return _core.conv2d_backward_pooled(
         g, np.ascontiguousarray(argmax),
         None if pooled is None else _like(_array(pooled, "pooled"), g.dtype, "pooled", "g"), w,
         as_pair(in_hw, "in_hw", 1), s, p, _nt(), packed, d, gr,
-        None if mask is None else _like(_array(mask, "mask"), g.dtype, "mask", "g"), t)
+        None if mask is None else _like(_array(mask, "mask"), g.dtype, "mask", "g"),
+        _algo(algorithm))
 
 
 def conv2d_lrp_epsilon(r, z, a, w, eps, stride=(1, 1), padding=(0, 0), packed=None, *,
-                       dilation=(1, 1), groups=1, tile=None):
+                       dilation=(1, 1), groups=1, algorithm=None):
     """LRP-epsilon of a convolution: ``a * conv2d_backward(r / stab(z), w)``.
 
-    Bitwise ``a * conv2d_backward(lrp_divide(r, z, eps), w, a.shape[2:], ...)`` (with ``tile``:
-    ``conv2d_winograd_backward``); the quotients go to a workspace in one pass and the product
-    with ``a`` is made by the backward GEMM's store (Winograd: the output transform), without
-    the two intermediate output arrays.
+    Bitwise ``a * conv2d_backward(lrp_divide(r, z, eps), w, a.shape[2:], ...,
+    algorithm=algorithm)``; the quotients go to a workspace in one pass and the product with
+    ``a`` is made by the backward pass's store (Winograd: the output transform), without the
+    two intermediate output arrays.
 
     Parameters
     ----------
     r, z : (n, c_out, oh, ow) the upper relevance and the layer's output ``conv(a, w) + b``
     a : (n, c_in, h, w) the layer's input
-    w, stride, padding, dilation, groups : as :func:`conv2d_backward`
-    packed : ``conv2d_pack(w, True, stride, padding, ...)`` or
-        ``conv2d_winograd_pack(w, tile, backward=True)``, or None
-    tile : None (direct) or 2 / 4 (Winograd)
+    w, stride, padding, dilation, groups, algorithm : as :func:`conv2d_backward`
+    packed : ``conv2d_pack(w, True, stride, padding, ..., algorithm=algorithm)``, or None
 
     Returns
     -------
@@ -1108,98 +1179,6 @@ def conv2d_lrp_epsilon(r, z, a, w, eps, stride=(1, 1), padding=(0, 0), packed=No
     r = _array(r, "r")
     w = _like(w, r.dtype, "w", "r")
     s, p, d, gr = _conv_args(stride, padding, dilation, groups)
-    t = _fused_tile(tile, w.shape, s, p, d, gr)
     return _core.conv2d_lrp_epsilon(r, _like(_array(z, "z"), r.dtype, "z", "r"),
                                     _like(_array(a, "a"), r.dtype, "a", "r"), w, float(eps), s, p,
-                                    _nt(), packed, d, gr, t)
-
-
-class Algorithm(NamedTuple):
-    """A convolution algorithm: ``name`` is ``"direct"`` or ``"winograd"``, ``tile`` the
-    Winograd output tile (4 or 2; None for direct)."""
-
-    name: str
-    tile: int | None = None
-
-
-def conv2d_algorithm(x_shape, w_shape, stride, padding, dtype, backward=False, *, groups=1,
-                     dilation=1) -> Algorithm:
-    """The convolution algorithm ``auto`` runs for a layer: ``Algorithm("direct")`` or
-    ``Algorithm("winograd", tile)``, for its forward pass or (``backward``) its vector-Jacobian
-    product w.r.t. the input.
-
-    Winograd needs a 3x3 kernel, stride 1, dilation 1, groups 1, padding 0..2 in each direction
-    and float32; anything else is direct (float64 too: its direct result is already exact to
-    ~1e-16, and its Winograd speed-up was not measured).  The choice depends on the layer and the
-    size of one sample only, never on the batch (nor on the thread count), so that a sample's
-    result does not depend on the batch it is explained in (chunks, dask).  With ``(cin,
-    cout)`` the channels the pass reads and writes (forward ``(c_in, c_out)``, backward
-    ``(c_out, c_in)``) and ``oh x ow`` the size of the pass's output (backward: the input's):
-
-    1. direct if ``cin < 8`` or ``cout < 8`` (first layers: the transforms cost about as much as
-       the multiply-adds they save) or if a sample takes fewer than 2**16 multiply-adds
-       (``9 cin cout oh ow``: fixed costs dominate);
-    2. F(4x4, 3x3) if a sample has at least 16 of its tiles, ``ceil(oh / 4) * ceil(ow / 4)``
-       (outputs of 13x13 and more);
-    3. else F(2x2, 3x3) if a sample has at least 16 of its tiles (7x7 to 12x12);
-    4. else direct.
-
-    Measured (``python bench/winograd_crossover.py --clock thread``; AMD EPYC (Zen 5), AVX-512,
-    1 thread, CPU ms of the forward pass, direct / F4 / F2, channels ``c -> c``, batch ``n``)::
-
-        c    7x7 n=1             7x7 n=8            14x14 n=1          28x28 n=1
-        8    .005/.014/.012      .024/.020/.024     .010/.015/.015     .024/.022/.024
-        64   .039/.080/.044      .286/.124/.183     .114/.089/.082     .361/.188/.227
-        512  2.02/5.02/2.27      13.3/5.82/7.68     5.36/4.98/3.70     16.7/8.86/12.7
-
-        c    56x56 n=1           112x112 n=1        224x224 n=1
-        64   1.24/.562/.743      6.07/2.04/2.73     24.4/7.71/15.4
-        128  4.83/1.80/2.30      18.0/6.18/9.11
-        256  17.4/9.11/9.58
-
-    and for few channels ``3 -> 64`` at 224x224: 1.83 / 2.03 / 3.34 (direct).  The best
-    algorithm depends on the batch where images are small (7x7: direct for one sample, F(4x4)
-    for eight); a per-sample rule must pick one: F(2x2) at 7x7 loses 12% against direct on one
-    sample and wins 1.7x on eight, F(4x4) at 14x14 wins on one sample and more on eight.  The
-    backward passes behave alike (the same kernel on swapped channels), except where the direct
-    backward multiplies by ``W^T`` (``8 c_in <= c_out``): there direct is a few percent faster on
-    small layers (``8 -> 64`` at 56x56, batch 8: 2.03 / 2.18 ms), which rule 1 does not catch.
-
-    Parameters
-    ----------
-    x_shape : (n, c_in, h, w);  w_shape : (c_out, c_in, kh, kw)
-    stride, padding, dilation : int or pair;  groups : int;  dtype : the computation dtype
-    backward : the rule for the backward pass (w.r.t. the input)
-    """
-    _, _, h, w = (int(v) for v in x_shape)
-    c_out, c_in = int(w_shape[0]), int(w_shape[1])
-    if not _winograd_eligible(w_shape, stride, padding, dtype, groups, dilation):
-        return Algorithm("direct")
-    from ._validate import as_pair
-
-    ph, pw = as_pair(padding, "padding")
-    oh, ow = (h, w) if backward else (h + 2 * ph - 2, w + 2 * pw - 2)  # the pass's output
-    cin, cout = (c_out, c_in) if backward else (c_in, c_out)
-    if oh < 1 or ow < 1 or cin < 8 or cout < 8 or 9 * cin * cout * oh * ow < 2**16:
-        return Algorithm("direct")
-    for tile in (4, 2):
-        if -(-oh // tile) * -(-ow // tile) >= WINOGRAD_MIN_TILES:
-            return Algorithm("winograd", tile)
-    return Algorithm("direct")
-
-
-#: Tiles per sample from which ``conv2d_algorithm`` takes a Winograd tile size.
-WINOGRAD_MIN_TILES = 16
-
-
-def _winograd_eligible(w_shape, stride, padding, dtype, groups, dilation):
-    from ._validate import as_pair
-
-    try:
-        stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
-        groups, dilation = int(groups), as_pair(dilation, "dilation")
-    except (TypeError, ValueError):
-        return False
-    return (tuple(int(v) for v in w_shape[2:]) == (3, 3) and stride == (1, 1)
-            and dilation == (1, 1) and groups == 1 and max(padding) <= 2
-            and np.dtype(dtype) == np.float32)
+                                    _nt(), packed, d, gr, _algo(algorithm))

@@ -27,12 +27,11 @@ template <typename T>
 void gemm_packed_b(idx m, idx n, idx k, const T* a, idx rsa, idx csa, const T* bpack, T* c,
                    idx ldc, bool accumulate, int nthreads);
 
-// The register tile (mr x nr) and cache blocks (mc, kc, nc) of the active ISA's GEMM for T.
+// The register tile (mr x nr) and cache blocks (mc, kc, nc) of an ISA's GEMM (its table:
+// relprop/plan.hpp's isa_config).
 struct GemmBlocks {
   int mr, nr;
   idx mc, kc, nc;
 };
-template <typename T>
-GemmBlocks gemm_blocks();
 
 }  // namespace relprop

@@ -71,65 +71,94 @@ void dense_pack(const T* w, idx in, idx out, bool forward, T* dst);
 //   y[n, o, p, q] = b[o] + sum_{c < c_in/G, u, v} w[o, c, u, v]
 //                          * x[n, gi*c_in/G + c, p*sh + u*dh - ph, q*sw + v*dw - pw]
 // x (n, c_in, h, w) as in `g`; w (c_out, c_in/G, kh, kw); b (c_out) or null;
-// y (n, c_out, oh, ow).  G = 1 is the dense convolution, one implicit GEMM per sample; for
-// 1 < G < c_in one implicit GEMM per (sample, group) on the group's channel slices; for
-// G = c_in > 1 (depthwise, any channel multiplier c_out/G) a direct vectorized kernel
-// (dwconv.cpp), not a GEMM.
-// packed: null, or w packed by conv2d_pack for the same c_in, kernel and groups under the ISA
-// in use (then w is unused).
-// relu: y = max(y, 0) (NaN kept), bitwise relu_forward of the plain y: in the GEMM's store
-// (depthwise: in a pass over each plane right after the kernel).
+// y (n, c_out, oh, ow).
+//
+// Every conv2d_* kernel runs the algorithm it is given (plan_conv2d in relprop/plan.hpp chooses
+// it; a kernel given one that cannot run its pass throws std::invalid_argument):
+//   gemm       implicit GEMM, per sample and group: W_g times the im2col matrix of the group's
+//              input channels, never stored (the GEMM packs its panels from the image)
+//   gemm1x1    the same for a 1x1 kernel with stride 1 (and, forward, no padding): x itself is
+//              the matrix (backward: the flipped path below with a 1x1 kernel)
+//   depthwise  G = c_in > 1 (any channel multiplier c_out/G): the direct vectorized kernel of
+//              dwconv.cpp, not a GEMM
+//   winograd2, winograd4  Winograd F(2x2, 3x3) / F(4x4, 3x3) (relprop/winograd.hpp): 3x3,
+//              stride 1, padding <= 2, G = 1, dilation 1
+//   flipped    backward only: the implicit GEMM of the transposed convolution, gy with the
+//              flipped, channel-transposed kernel (stride 1, padding <= dh*(kh-1), dw*(kw-1))
+//   col2im     backward only: cols = W_g^T gy_g per sample and group, scattered back by col2im
+enum class ConvAlgo : int {
+  gemm = 0,
+  gemm1x1 = 1,
+  depthwise = 2,
+  winograd2 = 3,
+  winograd4 = 4,
+  flipped = 5,
+  col2im = 6
+};
+
+// y = conv(x, w, b) by `algo`.  packed: null, or w packed by conv2d_pack for the same c_in,
+// kernel, groups and algorithm under the ISA in use (Winograd: winograd_pack; then w is
+// unused).  relu: y = max(y, 0) (NaN kept), bitwise relu_forward of the plain y: in the GEMM's
+// store (depthwise: a pass over each plane right after the kernel; Winograd: the output
+// transform).
 template <typename T>
 void conv2d_forward(const T* x, const T* w, const T* b, T* y, const Window2d& g, idx c_out,
-                    idx groups, int nthreads, const T* packed = nullptr, bool relu = false);
+                    idx groups, ConvAlgo algo, int nthreads, const T* packed = nullptr,
+                    bool relu = false);
 
 // The pooled layer's forward pass:  pooled = maxpool2d_forward(relu(conv2d_forward(x, w, b)))
 // with a 2x2 window, stride 2, no padding, and arg its winners (flat index in the oh x ow plane
 // of the convolution's output; first maximum in row-major window order), bitwise.  pooled and
-// arg are (n, c_out, oh / 2, ow / 2).  G = 1: the convolution runs in bands of output rows
-// whose output stays in a thread's scratch (bias and ReLU in the GEMM's store) and is pooled
-// from there; G > 1 (grouped, depthwise): the convolution with its ReLU into a workspace, then
-// the pooling.  packed as conv2d_forward's.
+// arg are (n, c_out, oh / 2, ow / 2).  gemm, G = 1: the convolution runs in bands of output
+// rows whose output stays in a thread's scratch (bias and ReLU in the GEMM's store) and is
+// pooled from there; G > 1 (grouped, depthwise): the convolution with its ReLU into a
+// workspace, then the pooling; Winograd pools in the output transform.  packed as
+// conv2d_forward's; block_tiles: Winograd's tiles per block (tests; 0 chooses).
 template <typename T>
 void conv2d_forward_relu_maxpool(const T* x, const T* w, const T* b, T* pooled,
                                  std::int64_t* arg, const Window2d& g, idx c_out, idx groups,
-                                 int nthreads, const T* packed = nullptr);
+                                 ConvAlgo algo, int nthreads, const T* packed = nullptr,
+                                 idx block_tiles = 0);
 
 // Two convolutions of x that share one pass over it, with the weights w1 = w[0, split) and
 // w2 = w[split, c_out) (stacked along the output axis, biases likewise), each with `groups`
 // groups:  y (n, split, oh, ow) = conv(x, w1, b1) and y2 (n, c_out - split, oh, ow) =
 // conv(x, w2, b2).  For G = 1 that is conv2d_forward's output cut at channel split (LRP's z
-// and z+ from one GEMM); for G > 1 split and c_out - split must be multiples of G, each
-// group's GEMM runs on the rows of both halves stacked (packed = null: the stacked rows are
-// packed here), and the depthwise kernel makes both outputs from each input plane.
+// and z+ from one GEMM, or one Winograd pass); for G > 1 split and c_out - split must be
+// multiples of G, each group's GEMM runs on the rows of both halves stacked (packed = null:
+// the stacked rows are packed here), and the depthwise kernel makes both outputs from each
+// input plane.
 template <typename T>
 void conv2d_forward_split(const T* x, const T* w, const T* b, T* y, T* y2, const Window2d& g,
-                          idx c_out, idx split, idx groups, int nthreads,
+                          idx c_out, idx split, idx groups, ConvAlgo algo, int nthreads,
                           const T* packed = nullptr);
 
-// True where conv2d_* run the depthwise kernel: groups == c_in > 1.
+// True where the geometry is depthwise: groups == c_in > 1.
 inline bool conv2d_depthwise(const Window2d& g, idx groups) { return groups > 1 && g.c == groups; }
 
-// w (c_out, c_in/G, kh, kw) packed for conv2d_forward (reads g.c, g.kh, g.kw only):
-// conv2d_packed_size elements in the layout of the GEMM instruction set in use (per group,
-// the group's (c_out/G, c_in/G*kh*kw) matrix in the GEMM's row strips; depthwise: w as is);
-// results are bitwise those of the unpacked w.
+// w (c_out, c_in/G, kh, kw) packed for conv2d_forward by algo gemm, gemm1x1 or depthwise (reads
+// g.c, g.kh, g.kw only): conv2d_packed_size elements in the layout of the GEMM instruction set
+// in use (per group, the group's (c_out/G, c_in/G*kh*kw) matrix in the GEMM's row strips;
+// depthwise: w as is); results are bitwise those of the unpacked w.
 template <typename T>
-idx conv2d_packed_size(const Window2d& g, idx c_out, idx groups);
+idx conv2d_packed_size(const Window2d& g, idx c_out, idx groups, ConvAlgo algo);
 template <typename T>
-void conv2d_pack(const T* w, const Window2d& g, idx c_out, idx groups, T* dst);
+void conv2d_pack(const T* w, const Window2d& g, idx c_out, idx groups, ConvAlgo algo, T* dst);
 
 // gx = vector-Jacobian product of conv2d_forward w.r.t. x:   gy (n, c_out, oh, ow) -> gx (n, c_in, h, w)
 //   gx[n, gi*c_in/G + c, i, j] = sum over (o in group gi, p, q, u, v) with
 //     p*sh + u*dh - ph = i and q*sw + v*dw - pw = j  of  w[o, c, u, v] * gy[n, o, p, q]
-// packed: null, or w packed by conv2d_pack_backward for g's kernel, stride, padding and
-// dilation and the same groups under the ISA in use (then w is unused).
+// by `algo` (flipped, gemm1x1, col2im, depthwise, winograd2/4).  packed: null, or w packed by
+// conv2d_pack_backward for g's kernel, stride, padding and dilation, the same groups and algo
+// under the ISA in use (Winograd: winograd_pack(backward = true); then w is unused).
 // mask (shaped like gx) or null: gx = 0 where mask <= 0 (or NaN), bitwise
 // relu_backward(gx, mask) (mask = the layer's input, a ReLU's output, or that ReLU's input): in
-// the GEMM's store (col2im and depthwise: right after each unit's gx is made).
+// the GEMM's store (col2im and depthwise: right after each unit's gx is made; Winograd: the
+// output transform).
 template <typename T>
 void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out, idx groups,
-                     int nthreads, const T* packed = nullptr, const T* mask = nullptr);
+                     ConvAlgo algo, int nthreads, const T* packed = nullptr,
+                     const T* mask = nullptr);
 
 // The backward pass of conv2d_forward_relu_maxpool: gp, arg (and pooled, if not null) are
 // (n, c_out, oh / 2, ow / 2); the convolution's output gradient is gp at the winners arg
@@ -137,29 +166,29 @@ void conv2d_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_ou
 //   gx = conv2d_backward(maxpool2d_backward_masked(gp, arg, pooled), w, mask)
 // bitwise conv2d_backward(relu_backward(maxpool2d_backward(gp, arg), y), w, mask) for the
 // convolution's output y whose pooling gave pooled and arg (the windows are disjoint).  The
-// output gradient is made in a workspace (one pass) and read by the backward pass.
+// output gradient is made in a workspace (one pass) and read by the backward pass (`algo`, a
+// backward algorithm).
 template <typename T>
 void conv2d_backward_pooled(const T* gp, const std::int64_t* arg, const T* pooled, const T* w,
-                            T* gx, const Window2d& g, idx c_out, idx groups, int nthreads,
-                            const T* packed = nullptr, const T* mask = nullptr);
+                            T* gx, const Window2d& g, idx c_out, idx groups, ConvAlgo algo,
+                            int nthreads, const T* packed = nullptr, const T* mask = nullptr);
 
 // LRP-epsilon of a convolution:  ra = a * conv2d_backward(lrp_divide(r, z, eps), w), bitwise:
 // r, z (n, c_out, oh, ow), a and ra shaped like x.  The quotients go to a workspace (one
-// pass), the product with a is in the backward GEMM's store.
+// pass), the product with a is in the backward pass's store (`algo`, a backward algorithm).
 template <typename T>
 void conv2d_lrp_epsilon(const T* r, const T* z, const T* a, const T* w, T* ra, const Window2d& g,
-                        idx c_out, idx groups, double eps, int nthreads,
+                        idx c_out, idx groups, ConvAlgo algo, double eps, int nthreads,
                         const T* packed = nullptr);
 
-// w packed for conv2d_backward (which reads c_in, kh, kw, stride, padding and dilation of g
-// only): conv2d_backward_packed_size elements; results are bitwise those of the unpacked w.
+// w packed for conv2d_backward by algo flipped, gemm1x1, col2im or depthwise (reads c_in, kh,
+// kw, stride, padding and dilation of g only): conv2d_backward_packed_size elements; results
+// are bitwise those of the unpacked w.
 template <typename T>
-idx conv2d_backward_packed_size(const Window2d& g, idx c_out, idx groups);
-// Whether conv2d_backward multiplies by the flipped kernel (else by W^T, or depthwise; see
-// conv2d.cpp).
-bool conv2d_backward_flipped(const Window2d& g, idx c_out, idx groups);
+idx conv2d_backward_packed_size(const Window2d& g, idx c_out, idx groups, ConvAlgo algo);
 template <typename T>
-void conv2d_pack_backward(const T* w, const Window2d& g, idx c_out, idx groups, T* dst);
+void conv2d_pack_backward(const T* w, const Window2d& g, idx c_out, idx groups, ConvAlgo algo,
+                          T* dst);
 
 // The depthwise kernels behind conv2d_* for groups == c_in (dwconv.cpp), channel multiplier
 // m = c_out / c_in: output channel o = c*m + k filters input channel c with w[o, 0].
@@ -174,13 +203,11 @@ template <typename T>
 void depthwise_backward(const T* gy, const T* w, T* gx, const Window2d& g, idx c_out,
                         int nthreads);
 
-// The depthwise row kernel of the ISA in use for T: vector lanes and vectors per register
-// block (for tests that cover every blocking).
+// The depthwise row kernel of an ISA: vector lanes and vectors per register block (its
+// table: relprop/plan.hpp's isa_config).
 struct DepthwiseBlocks {
   int lanes, vectors;
 };
-template <typename T>
-DepthwiseBlocks depthwise_blocks();
 
 // y = max over each window (padding = -inf); arg[n, c, p, q] = flat index (within the h*w plane)
 // of the first maximum in row-major window order.

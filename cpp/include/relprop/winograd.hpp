@@ -22,6 +22,11 @@ void winograd_validate(const Window2d& g, int tile);
 
 template <typename T>
 idx winograd_packed_size(idx c_out, idx c_in, int tile, bool backward);
+
+// Bytes of the buffers a Winograd pass of one sample takes on one thread (its transformed
+// inputs and products of one block of tiles, and the transforms' work).
+template <typename T>
+idx winograd_workspace(const Window2d& g, idx c_out, int tile, bool backward);
 template <typename T>
 void winograd_pack(const T* w, idx c_out, idx c_in, int tile, bool backward, T* dst,
                    int nthreads);

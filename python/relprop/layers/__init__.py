@@ -42,8 +42,6 @@ from .base import (  # noqa: F401
 )
 from .linear import (  # noqa: F401
     CONV_ALGORITHMS,
-    PACK_MAX_BATCH,
-    PACK_MAX_PIXELS,
     Linear,
     get_conv_algorithm,
     release_memory,

@@ -253,7 +253,7 @@ class Layer:
     # stay behind (see Linear).
     def __getstate__(self):
         state = self.__dict__.copy()
-        for key in ("_cache", "_packed", "_lock"):
+        for key in ("_cache", "_plans", "_lock"):
             state.pop(key, None)
         return state
 

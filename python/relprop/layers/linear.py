@@ -1,13 +1,14 @@
 """Layers with weights: Dense, Conv2d, ConvTranspose2d and Conv1d (the ``linear`` slot: LRP's
-linear rules apply to them), and the packed weight copies they keep for small calls."""
+linear rules apply to them).  They describe; their passes run through plans
+(:mod:`relprop.plans`), made once per weights, input shape, dtype and direction and cached on
+the layer."""
 from __future__ import annotations
 
 import threading
-import weakref
 
 import numpy as np
 
-from .. import ops
+from .. import ops, plans
 from .._validate import as_float_array, as_int, as_pair
 from .base import (
     Layer,
@@ -26,26 +27,6 @@ from .base import (
 )
 from .pooling import MaxPool2d
 
-# Small batches spend much of a Dense or Conv2d layer's time packing its weights for the GEMM,
-# so for small calls (at most PACK_MAX_BATCH samples for Dense, PACK_MAX_PIXELS output pixels
-# for Conv2d) a layer keeps its weights packed: one copy per weight array (rule-modified ones
-# too) and direction, for weights of at most PACK_MAX_BYTES.  Results are bitwise the same;
-# relprop.release_memory() drops the copies.
-PACK_MAX_BATCH = 16
-PACK_MAX_PIXELS = 1024
-PACK_MAX_BYTES = 32 << 20
-#: Winograd's transformed weights are also kept for large calls up to this many channel pairs
-#: (128 x 128: 2.4 MB of F(4x4) packing); their transform costs more than their packing saves.
-WINOGRAD_KEEP_PAIRS = 128 * 128
-_PACKING_LAYERS = weakref.WeakSet()
-
-
-def release_packed():
-    """Drop the packed weight copies of every layer."""
-    for layer in list(_PACKING_LAYERS):
-        with layer._lock:
-            layer._packed.clear()
-
 
 def release_memory() -> None:
     """Return the memory relprop keeps for reuse to the system.
@@ -56,11 +37,12 @@ def release_memory() -> None:
     operating system's page faults and zeroing (about a fifth of a CNN's gradient).  The pool
     never holds more than the largest amount of memory in use from it at any earlier moment
     minus what is in use now, so it does not raise the process's memory high-water mark; this
-    call frees it, and the packed weight copies that Dense and Conv2d layers keep for small
-    calls.  :func:`relprop.ops.memory_stats` shows both.  Workers of ``relprop.dask`` call
-    it when they have been idle for a while (``relprop.dask.WORKER_IDLE_SECONDS``).
+    call frees it, and the packed weights that the plans of Dense and Conv2d layers keep
+    (:mod:`relprop.plans`).  :func:`relprop.ops.memory_stats` shows both.  Workers of
+    ``relprop.dask`` call it when they have been idle for a while
+    (``relprop.dask.WORKER_IDLE_SECONDS``).
     """
-    release_packed()
+    plans.release_packed()
     ops.release_pool()
 
 
@@ -101,7 +83,7 @@ class Linear(Layer):
 
     def _init_caches(self):
         self._cache = {}
-        self._packed = {}
+        self._plans = {}
         self._lock = threading.Lock()
 
     # Read-only: rule-modified and packed copies of the parameters are cached, so they must not
@@ -153,23 +135,30 @@ class Linear(Layer):
                 hit = self._cache.setdefault(ck, hit)
         return hit
 
-    def packed_weights(self, w, role, small):
-        """``w`` packed for the GEMM of ``role`` (cached), or None unless the call is ``small``
-        (see PACK_MAX_BATCH) and ``w`` at most PACK_MAX_BYTES."""
-        if not small or w.nbytes > PACK_MAX_BYTES:
-            return None
-        # the key is the memory of w; the entry keeps w alive, so that memory is not reused
-        key = (role, w.__array_interface__["data"][0], w.shape, w.strides, w.dtype.str,
-               ops.isa())
-        hit = self._packed.get(key)
-        if hit is None:
-            hit = (w, self._pack(w, role))
-            with self._lock:
-                hit = self._packed.setdefault(key, hit)
-            _PACKING_LAYERS.add(self)
-        return hit[1]
+    #: Plans kept per layer (beyond, a call makes its plan and lets it go).
+    MAX_PLANS = 64
 
-    def _pack(self, w, role):
+    def plan(self, w, x_shape, backward=False, exact=False):
+        """The plan (:mod:`relprop.plans`) of this layer's forward pass, or its ``backward``
+        pass, with the weights ``w`` (its own or rule-modified ones, in the computation's dtype)
+        on inputs of shape ``x_shape`` (the batch is ignored: one sample's shape decides), made
+        once and cached; ``exact`` asks for the direct method (see ``rules.AlphaBeta``)."""
+        request = self._request(exact)
+        # the key holds the memory of w; the plan keeps w alive, so that memory is not reused
+        key = (w.__array_interface__["data"][0], w.shape, w.strides, w.dtype.str,
+               tuple(x_shape[1:]), backward, request, ops.isa())
+        hit = self._plans.get(key)
+        if hit is None:
+            hit = self._make_plan(w, tuple(int(s) for s in x_shape[1:]), backward, request)
+            if len(self._plans) < self.MAX_PLANS:
+                with self._lock:
+                    hit = self._plans.setdefault(key, hit)
+        return hit
+
+    def _request(self, exact):
+        return None
+
+    def _make_plan(self, w, sample, backward, request):
         raise NotImplementedError
 
     def params(self, dtype):
@@ -245,8 +234,8 @@ class Dense(Linear):
         want = (cfg_int(cfg, "out_features"), cfg_int(cfg, "in_features"))
         return cls(*cls._parameters(cls, cfg, arrays, want))
 
-    def _pack(self, w, role):
-        return ops.dense_pack(w, role == "forward")
+    def _make_plan(self, w, sample, backward, request):
+        return plans.DensePlan(w, backward)
 
     @property
     def in_features(self):
@@ -279,10 +268,8 @@ class Dense(Linear):
         return None if a is None else a.reshape(-1, a.shape[-1])
 
     def apply(self, x, w, b, exact=False, relu=False):
-        rows = self._rows(x)
-        small = len(rows) <= PACK_MAX_BATCH
-        y = ops.dense_forward(rows, w, b, self.packed_weights(w, "forward", small), relu=relu)
-        return y.reshape(x.shape[:-1] + (w.shape[0],))
+        return self.plan(w, x.shape).forward(self._rows(x), b, relu).reshape(
+            x.shape[:-1] + (w.shape[0],))
 
     def apply_split(self, x, w, b, exact=False):
         # two GEMMs on the row blocks of w (contiguous): no stacked output to split
@@ -291,17 +278,12 @@ class Dense(Linear):
                      for sl in (slice(None, split), slice(split, None)))
 
     def apply_t(self, g, w, x_shape, exact=False, mask=None):
-        rows = self._rows(g)
-        small = len(rows) <= PACK_MAX_BATCH
-        gx = ops.dense_backward(rows, w, self.packed_weights(w, "backward", small),
-                                mask=self._rows(mask))
-        return gx.reshape(x_shape)
+        return self.plan(w, x_shape, True).backward(self._rows(g), self._rows(mask)).reshape(
+            x_shape)
 
     def lrp_epsilon(self, r, z, a, w, eps, exact=False):
-        rows = self._rows(r)
-        small = len(rows) <= PACK_MAX_BATCH
-        return ops.dense_lrp_epsilon(rows, self._rows(z), self._rows(a), w, eps,
-                                     self.packed_weights(w, "backward", small)).reshape(a.shape)
+        return self.plan(w, a.shape, True).lrp_epsilon(
+            self._rows(r), self._rows(z), self._rows(a), eps).reshape(a.shape)
 
     def apply_t_stacked(self, g, w, x_shape, exact=False):
         if len(x_shape) == 2:  # rows [g1 g2]: one GEMM on the stacked weights
@@ -314,10 +296,11 @@ class Dense(Linear):
         return out
 
 
-#: Convolution algorithms: "auto" chooses per call from the shapes (``ops.conv2d_algorithm``:
-#: Winograd for stride-1 3x3 float32 layers where it is faster), "direct" always runs the
-#: implicit GEMM, "winograd" runs Winograd F(4x4, 3x3) wherever it applies (any float dtype).
-CONV_ALGORITHMS = ("auto", "direct", "winograd")
+#: What a Conv2d asks its plans for (``ops.conv2d_plan``'s ``request``): "auto" chooses from the
+#: layer and one sample's shape (Winograd for stride-1 3x3 float32 layers where the ISA's table
+#: says it is faster), "direct" never runs Winograd, "winograd" runs it wherever it applies
+#: (any float dtype).
+CONV_ALGORITHMS = ops.CONV_REQUESTS
 _algorithm_override = None
 
 
@@ -342,11 +325,13 @@ class Conv2d(Linear):
     """2-D convolution as ``torch.nn.Conv2d`` (NCHW, zero padding); weight
     ``(out, in // groups, kh, kw)``.  ``groups == in`` is a depthwise convolution.
 
-    ``algorithm`` (see :data:`CONV_ALGORITHMS`): "auto" (default) runs stride-1 3x3 float32
-    layers by Winograd's F(4x4, 3x3) or F(2x2, 3x3) where that is faster (4x or 2.25x fewer
+    ``algorithm`` (see :data:`CONV_ALGORITHMS`) is what the layer's plans ask the planner for
+    (``ops.conv2d_plan``): "auto" (default) runs stride-1 3x3 float32 layers by Winograd's
+    F(4x4, 3x3) or F(2x2, 3x3) where the ISA's table says that is faster (4x or 2.25x fewer
     multiply-adds; error at most 1e-5 of the largest output, ``ops.conv2d_winograd_forward``),
-    everything else by the implicit GEMM; "direct" never uses Winograd; "winograd" always
-    (F(4x4); the layer must be stride-1 3x3 with padding <= 2, dilation 1, groups 1).
+    everything else by the implicit GEMM or the depthwise kernel; "direct" never uses Winograd;
+    "winograd" always (F(4x4) where "auto" would not; the layer must be stride-1 3x3 with
+    padding <= 2, dilation 1, groups 1).  :meth:`plan` gives the plan of each pass.
     """
 
     kind = "conv2d"
@@ -369,47 +354,25 @@ class Conv2d(Linear):
         if algorithm not in CONV_ALGORITHMS:
             raise ValueError(f"Conv2d algorithm must be one of {CONV_ALGORITHMS}, got "
                              f"{algorithm!r}")
-        self.winograd_applies = (self.weight.shape[2:] == (3, 3) and self.stride == (1, 1)
-                                 and self.dilation == (1, 1) and self.groups == 1
-                                 and max(self.padding) <= 2)
-        if algorithm == "winograd" and not self.winograd_applies:
+        winograd_applies = (self.weight.shape[2:] == (3, 3) and self.stride == (1, 1)
+                            and self.dilation == (1, 1) and self.groups == 1
+                            and max(self.padding) <= 2)
+        if algorithm == "winograd" and not winograd_applies:
             raise ValueError(f"Conv2d algorithm='winograd' needs a 3x3 kernel, stride 1, "
                              f"dilation 1, groups 1 and padding <= 2; got weight "
                              f"{self.weight.shape}, stride {self.stride}, padding "
                              f"{self.padding}, dilation {self.dilation}, groups {self.groups}")
         self.algorithm = algorithm
 
-    def _winograd_tile(self, x_shape, w, backward, exact=False):
-        """The Winograd tile a call runs with, or None for the direct method."""
-        name = _algorithm_override or self.algorithm
-        if exact or name == "direct" or not self.winograd_applies:
-            return None
-        # the choice depends on one sample's shape only: made once per shape
-        key = (name, tuple(x_shape[1:]), w.shape, w.dtype.str, backward, ops.isa())
-        cache = self.__dict__.setdefault("_tiles", {})
-        tile = cache.get(key, 0)
-        if tile == 0:
-            alg = ops.conv2d_algorithm(x_shape, w.shape, self.stride, self.padding, w.dtype,
-                                       backward)
-            tile = alg.tile if alg.name == "winograd" else (4 if name == "winograd" else None)
-            if len(cache) < 64:
-                cache[key] = tile
-        return tile
+    def _request(self, exact):
+        return "direct" if exact else (_algorithm_override or self.algorithm)
+
+    def _make_plan(self, w, sample, backward, request):
+        return plans.ConvPlan(self, w, sample, backward, request)
 
     @property
     def in_channels(self):
         return self.weight.shape[1] * self.groups
-
-    def _geometry(self):
-        """Keyword arguments of the conv kernels besides stride and padding (only the ones that
-        differ from the default, so that plain convolutions call the kernels as they always
-        did)."""
-        kw = {}
-        if self.dilation != (1, 1):
-            kw["dilation"] = self.dilation
-        if self.groups != 1:
-            kw["groups"] = self.groups
-        return kw
 
     def with_parameters(self, weight, bias):
         return Conv2d(weight, bias, self.stride, self.padding, self.dilation, self.groups,
@@ -468,41 +431,8 @@ class Conv2d(Linear):
         kh, kw = self.weight.shape[2:]
         return (self.dilation[0] * (kh - 1) + 1, self.dilation[1] * (kw - 1) + 1)
 
-    def _pack(self, w, role):
-        if role.startswith("winograd"):  # "winograd{tile}" or "winograd{tile}-backward"
-            return ops.conv2d_winograd_pack(w, int(role[8]), role.endswith("backward"))
-        return ops.conv2d_pack(w, role == "backward", self.stride, self.padding,
-                               **self._geometry())
-
-    @staticmethod
-    def _keep_winograd(w, small):
-        """Whether to keep Winograd's transformed weights of ``w`` (as packings, like the direct
-        method's for small calls): for small calls, where transforming them would take a good
-        share of the call, and for weights of at most WINOGRAD_KEEP_PAIRS channel pairs, whose
-        packings are small (transformed weights are 4x, or 1.8x, the weights: kept for every
-        large layer of ResNet-50 they held 255 MB more during an LRP call at batch 8)."""
-        return small or w.shape[0] * w.shape[1] <= WINOGRAD_KEEP_PAIRS
-
-    def _small(self, x_shape):
-        oh, ow = window_out(self, x_shape[2:], self._extent(), self.stride, self.padding)
-        return x_shape[0] * oh * ow <= PACK_MAX_PIXELS
-
-    def _packing(self, x_shape, w, tile, backward):
-        """The packed weights of a call on inputs of ``x_shape`` (Winograd's with ``tile``,
-        else the direct method's), for the forward pass or the ``backward`` one."""
-        small = self._small(x_shape)
-        suffix = "-backward" if backward else ""
-        if tile:
-            return self.packed_weights(w, f"winograd{tile}{suffix}", self._keep_winograd(w, small))
-        return self.packed_weights(w, "backward" if backward else "forward", small)
-
     def apply(self, x, w, b, exact=False, relu=False):
-        tile = self._winograd_tile(x.shape, w, False, exact)
-        packed = self._packing(x.shape, w, tile, False)
-        if tile:
-            return ops.conv2d_winograd_forward(x, w, b, self.padding, packed, tile=tile, relu=relu)
-        return ops.conv2d_forward(x, w, b, self.stride, self.padding, packed, relu=relu,
-                                  **self._geometry())
+        return self.plan(w, x.shape, False, exact).forward(x, b, relu)
 
     def fuses_pool(self, pool):
         """Whether :meth:`forward_relu_pool` can stand for this layer, a ReLU and ``pool``: a
@@ -514,20 +444,14 @@ class Conv2d(Linear):
         """This layer, a ReLU and a 2x2 stride-2 max pooling in one kernel: ``(pooled,
         argmax)``, bitwise the three layers apart (``ops.conv2d_forward_relu_maxpool``)."""
         w, b = self.params(x.dtype)
-        tile = self._winograd_tile(x.shape, w, False)
-        return ops.conv2d_forward_relu_maxpool(x, w, b, self.stride, self.padding,
-                                               self._packing(x.shape, w, tile, False), tile=tile,
-                                               **self._geometry())
+        return self.plan(w, x.shape).forward_relu_pool(x, b)
 
     def backward_relu_pool(self, g, argmax, pooled, x, mask=False):
         """The gradient of :meth:`forward_relu_pool` w.r.t. ``x`` (a stand-in with its shape
         will do) from the pooled gradient ``g``; with ``mask`` also times ``x > 0``
         (``ops.conv2d_backward_pooled``)."""
-        w = self.params(g.dtype)[0]
-        tile = self._winograd_tile(x.shape, w, True)
-        return ops.conv2d_backward_pooled(g, argmax, w, x.shape[2:], self.stride, self.padding,
-                                          self._packing(x.shape, w, tile, True), pooled=pooled,
-                                          mask=x if mask else None, tile=tile, **self._geometry())
+        return self.plan(self.params(g.dtype)[0], x.shape, True).backward_pooled(
+            g, argmax, pooled, x.shape, x if mask else None)
 
     def apply_split(self, x, w, b, exact=False):
         split = w.shape[0] // 2
@@ -535,28 +459,13 @@ class Conv2d(Linear):
             return tuple(self.apply(x, w[sl], None if b is None else b[sl], exact)
                          for sl in (slice(None, split), slice(split, None)))
         # one pass for both weight sets, written to two outputs
-        tile = self._winograd_tile(x.shape, w, False, exact)
-        packed = self._packing(x.shape, w, tile, False)
-        if tile:
-            return ops.conv2d_winograd_forward(x, w, b, self.padding, packed, tile=tile,
-                                               split=split)
-        return ops.conv2d_forward_split(x, w, b, split, self.stride, self.padding, packed,
-                                        **self._geometry())
+        return self.plan(w, x.shape, False, exact).forward_split(x, b, split)
 
     def apply_t(self, g, w, x_shape, exact=False, mask=None):
-        tile = self._winograd_tile(x_shape, w, True, exact)
-        packed = self._packing(x_shape, w, tile, True)
-        if tile:
-            return ops.conv2d_winograd_backward(g, w, x_shape[2:], self.padding, packed, tile=tile,
-                                                mask=mask)
-        return ops.conv2d_backward(g, w, x_shape[2:], self.stride, self.padding, packed, mask=mask,
-                                   **self._geometry())
+        return self.plan(w, x_shape, True, exact).backward(g, x_shape, mask)
 
     def lrp_epsilon(self, r, z, a, w, eps, exact=False):
-        tile = self._winograd_tile(a.shape, w, True, exact)
-        return ops.conv2d_lrp_epsilon(r, z, a, w, eps, self.stride, self.padding,
-                                      self._packing(a.shape, w, tile, True), tile=tile,
-                                      **self._geometry())
+        return self.plan(w, a.shape, True, exact).lrp_epsilon(r, z, a, eps)
 
     def apply_t_stacked(self, g, w, x_shape, exact=False):
         if self.groups == 1:
@@ -674,6 +583,12 @@ class ConvTranspose2d(Linear):
             raise ValueError(f"{self!r} expects {self.in_channels} input channels, got shape "
                              f"{tuple(shape)}")
         return (self.out_channels,) + self._sizes(shape[1:])[0]
+
+    def plan(self, w, x_shape, backward=False, exact=False):
+        """The plan of the pass: the adjoint convolution's other pass, whose input is this
+        layer's output (its plans, cached on ``conv``)."""
+        out = (self.out_channels,) + self._sizes(tuple(x_shape[2:]))[0]
+        return self.conv.plan(w, (1,) + out, not backward, exact)
 
     def apply(self, x, w, b, exact=False, relu=False):
         out, extra = self._sizes(x.shape[2:])
@@ -804,6 +719,10 @@ class Conv1d(Linear):
             raise ValueError(f"{self!r}: kernel {k} (extent {extent}) does not fit the padded "
                              f"input ({padded})")
         return (o, (padded - extent) // self.stride + 1)
+
+    def plan(self, w, x_shape, backward=False, exact=False):
+        """The plan of the pass: its planes' convolution's (``conv``'s, cached there)."""
+        return self.conv.plan(_plane(w), _plane(tuple(x_shape)), backward, exact)
 
     def apply(self, x, w, b, exact=False, relu=False):
         return _line(self.conv.apply(_plane(x), _plane(w), b, exact, relu))

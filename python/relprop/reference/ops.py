@@ -557,27 +557,31 @@ def conv2d_winograd_backward(g, w, in_hw, padding=(1, 1), packed=None, *, tile=4
 
 
 # ------------------------------------------------------------------------------------------
-# Fused layer steps, written as the compositions they stand for (tile None: the direct
-# convolution; 2 or 4: Winograd F(tile x tile, 3x3))
+# Fused layer steps, written as the compositions they stand for (algorithm "winograd2" or
+# "winograd4": Winograd F(2x2, 3x3) / F(4x4, 3x3); any other: the direct convolution)
 
-def _conv(x, w, b, stride, padding, dilation, groups, tile):
-    if tile is None:
+def _tile(algorithm):
+    return {"winograd2": 2, "winograd4": 4}.get(algorithm)
+
+
+def _conv(x, w, b, stride, padding, dilation, groups, algorithm):
+    if _tile(algorithm) is None:
         return conv2d_forward(x, w, b, stride, padding, dilation=dilation, groups=groups)
-    return conv2d_winograd_forward(x, w, b, padding, tile=tile)
+    return conv2d_winograd_forward(x, w, b, padding, tile=_tile(algorithm))
 
 
-def _conv_t(g, w, in_hw, stride, padding, dilation, groups, tile, mask=None):
-    if tile is None:
+def _conv_t(g, w, in_hw, stride, padding, dilation, groups, algorithm, mask=None):
+    if _tile(algorithm) is None:
         return conv2d_backward(g, w, in_hw, stride, padding, dilation=dilation, groups=groups,
                                mask=mask)
-    return conv2d_winograd_backward(g, w, in_hw, padding, tile=tile, mask=mask)
+    return conv2d_winograd_backward(g, w, in_hw, padding, tile=_tile(algorithm), mask=mask)
 
 
 def conv2d_forward_relu_maxpool(x, w, b=None, stride=1, padding=0, *, dilation=1, groups=1,
-                                tile=None, pool=2):
+                                algorithm=None, pool=2):
     """(pooled, argmax) of the 2x2 stride-2 max pooling of relu(conv2d(x, w, b))."""
     assert _pair(pool) == (2, 2)
-    y = relu_forward(_conv(x, w, b, stride, padding, dilation, groups, tile))
+    y = relu_forward(_conv(x, w, b, stride, padding, dilation, groups, algorithm))
     if y.shape[2] < 2 or y.shape[3] < 2:
         shape = y.shape[:2] + (y.shape[2] // 2, y.shape[3] // 2)
         return np.zeros(shape, y.dtype), np.zeros(shape, np.int64)
@@ -585,20 +589,21 @@ def conv2d_forward_relu_maxpool(x, w, b=None, stride=1, padding=0, *, dilation=1
 
 
 def conv2d_backward_pooled(g, argmax, w, in_hw, stride=1, padding=0, *, pooled=None, mask=None,
-                           dilation=1, groups=1, tile=None):
+                           dilation=1, groups=1, algorithm=None):
     """conv2d_backward of g routed to the winners argmax (where pooled > 0, if given)."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (w.shape[2:], _pair(stride), _pair(padding),
                                               _pair(dilation))
     oh = _out_size(in_hw[0], kh, sh, ph, dh)
     ow = _out_size(in_hw[1], kw, sw, pw, dw)
     gy = maxpool2d_backward(g, argmax, (oh, ow), 2, 2, mask=pooled)
-    return _conv_t(gy, w, in_hw, stride, padding, dilation, groups, tile, mask)
+    return _conv_t(gy, w, in_hw, stride, padding, dilation, groups, algorithm, mask)
 
 
-def conv2d_lrp_epsilon(r, z, a, w, eps, stride=1, padding=0, *, dilation=1, groups=1, tile=None):
+def conv2d_lrp_epsilon(r, z, a, w, eps, stride=1, padding=0, *, dilation=1, groups=1,
+                       algorithm=None):
     """a * conv2d_backward(r / stab(z), w): LRP-epsilon of a convolution."""
     s = lrp_divide(r, z, eps)
-    return a * _conv_t(s, w, a.shape[2:], stride, padding, dilation, groups, tile)
+    return a * _conv_t(s, w, a.shape[2:], stride, padding, dilation, groups, algorithm)
 
 
 def winograd_abs(x, w, padding=(1, 1), *, tile=4, backward=False):
