@@ -177,6 +177,33 @@ def test_info_counts_parameters_and_flops():
     assert "Conv2d 16->32 3x3" in proc.stdout and "(32, 4, 4)" in proc.stdout
 
 
+def test_info_lists_every_layers_plan():
+    # the algorithm of each pass of each layer with weights and its workspace, as the planner
+    # gives them for one sample under the ISA in use
+    proc = run("info", "digits_cnn")
+    assert proc.returncode == 0, proc.stderr
+    net = models.digits_cnn()
+    lines = proc.stdout.splitlines()
+    assert "plan (fwd / bwd)" in lines[1]
+    shapes = net.tensor_shapes(net.input_shape)
+    for i, node in enumerate(net.nodes):
+        row = next(line for line in lines if line.startswith(f"{i:>3}  "))
+        layer = node.layer
+        if not layer.linear:
+            assert "gemm" not in row and "winograd" not in row
+            continue
+        if isinstance(layer, relprop.Dense):
+            assert row.rstrip().endswith("gemm                    0 / 0")
+            continue
+        x = (1,) + shapes[node.inputs[0]]
+        fwd, bwd = (relprop.ops.conv2d_plan(x, layer.weight.shape, layer.stride, layer.padding,
+                                            np.float32, backward) for backward in (False, True))
+        algo = fwd.algorithm if fwd.algorithm == bwd.algorithm else \
+            f"{fwd.algorithm} / {bwd.algorithm}"
+        assert f"  {algo}" in row and f"{fwd.workspace_bytes:,} / {bwd.workspace_bytes:,}" in row
+    assert "plans: instruction set " + relprop.ops.isa() in proc.stdout
+
+
 def test_info_onnx_and_npz_without_shape(tmp_path):
     model = _digits_cnn_onnx(tmp_path / "digits.onnx")
     proc = run("info", model)

@@ -886,11 +886,14 @@ def run_verify(args):
 # --------------------------------------------------------------------------------------------
 def add_info_parser(subparsers):
     p = subparsers.add_parser(
-        "info", help="layers (or graph nodes), shapes, parameters and FLOPs of a model",
+        "info", help="layers (or graph nodes), shapes, parameters, FLOPs and plans of a model",
         description="Print MODEL's layers, or for a graph its nodes with their inputs, with "
                     "output shapes, parameter counts and FLOPs per sample (a multiply-add counts "
                     "as 2 FLOPs; bias adds, ReLU, additions and pooling comparisons/adds count 1 "
-                    "per element).")
+                    "per element), and the plan of each layer with weights for that input "
+                    "shape under the instruction set in use: the algorithm of its forward and "
+                    "backward pass and the bytes of workspace each call takes per thread "
+                    "(besides its output, its packed weights and the GEMM's thread buffers).")
     p.add_argument("model", metavar="MODEL", help="relprop .npz, .onnx, or digits_cnn/digits_mlp")
     p.add_argument("--input-shape", type=str, default=None,
                    help="per-sample shape, e.g. 1,8,8 (for an .npz model saved without one)")
@@ -898,7 +901,17 @@ def add_info_parser(subparsers):
     return p
 
 
+def _plan_text(plans):
+    """'algorithm (fwd / bwd)' and 'workspace bytes (fwd / bwd)' of a node's plans."""
+    fwd, bwd = plans
+    if fwd is None:
+        return "", ""
+    algo = fwd.algorithm if fwd.algorithm == bwd.algorithm else f"{fwd.algorithm} / {bwd.algorithm}"
+    return algo, f"{fwd.workspace_bytes:,} / {bwd.workspace_bytes:,}"
+
+
 def run_info(args):
+    from . import ops
     from .graph import Sequential
 
     shape = parse_shape(args.input_shape) if args.input_shape else None
@@ -907,26 +920,31 @@ def run_info(args):
     chain = isinstance(net, Sequential)
     print(f"{args.model}: {len(net)} {'layers' if chain else 'nodes'}"
           + (f", input {net.input_shape} -> output {net.output_shape}" if shapes else
-             ", input shape unknown (pass --input-shape for shapes and FLOPs)"))
+             ", input shape unknown (pass --input-shape for shapes, FLOPs and plans)"))
     name_w = max(4, *(len(n.name) for n in net.nodes)) + 2
     head = f"{'#':>3}  " + ("" if chain else f"{'node':<{name_w}}{'inputs':<{2 * name_w}}")
-    print(f"{head}{'layer':<36}{'output shape':<18}{'params':>10}{'FLOPs':>14}")
+    print(f"{head}{'layer':<36}{'output shape':<18}{'params':>10}{'FLOPs':>14}"
+          + (f"  {'plan (fwd / bwd)':<24}{'workspace B (fwd / bwd)'}" if shapes else ""))
     total_p = 0
     flops = net.node_flops() if shapes else None
+    plans = net.plans() if shapes else None
     for i, node in enumerate(net.nodes):
         layer = node.layer
         params = sum(int(a.size) for a in layer.arrays().values())
         total_p += params
-        if shapes:
-            out, f = str(shapes[node.name]), f"{flops[i]:,}"
-        else:
-            out, f = "?", "?"
         where = "" if chain else f"{node.name:<{name_w}}{', '.join(node.inputs):<{2 * name_w}}"
-        print(f"{i:>3}  {where}{layer.describe():<36}{out:<18}{params:>10,}{f:>14}")
+        if shapes:
+            algo, work = _plan_text(plans[i])
+            print(f"{i:>3}  {where}{layer.describe():<36}{str(shapes[node.name]):<18}"
+                  f"{params:>10,}{flops[i]:>14,}  {algo:<24}{work}".rstrip())
+        else:
+            print(f"{i:>3}  {where}{layer.describe():<36}{'?':<18}{params:>10,}{'?':>14}")
     dtypes = sorted({str(n.layer.weight.dtype) for n in net.nodes if n.layer.linear})
     print(f"parameters: {total_p:,} ({', '.join(dtypes)})")
     if shapes:
         print(f"FLOPs per sample: {sum(flops):,} (forward pass; a multiply-add counts as 2)")
+        print(f"plans: instruction set {ops.isa()}, for one sample's shape (relprop.ops."
+              "conv2d_plan; the batch never changes them)")
     return 0
 
 
