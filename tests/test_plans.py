@@ -183,3 +183,19 @@ def test_layers_plan_once_per_sample_shape(rng):
     assert layer.plan(w, x.shape) is plan
     dense = rp.Dense(nets.dense_w(rng, 4, 6))
     assert dense.plan(dense.params(np.float64)[0], (3, 6)).algorithm == "gemm"
+
+
+def test_every_layer_with_weights_has_its_plans(rng):
+    # Conv1d runs as the Conv2d of its (c, 1, L) planes and ConvTranspose2d as its adjoint
+    # convolution's other pass: Graph.plans (relprop info) gives those convolutions' plans
+    c1 = rp.Conv1d(rng.standard_normal((6, 2, 3)).astype(np.float32), padding=1)
+    ct = rp.ConvTranspose2d(rng.standard_normal((6, 4, 2, 2)).astype(np.float32), stride=2)
+    net = rp.Sequential([c1, rp.Reshape((6, 4, 4)), ct], input_shape=(2, 16))
+    got = [tuple((p.algorithm, p.workspace_bytes) for p in pair)
+           for pair in net.plans() if pair[0] is not None]
+    want = [tuple((lambda q: (q.algorithm, q.workspace_bytes))(
+        ops.conv2d_plan(x, w.shape, s, p, np.float32, backward)) for backward in bwd)
+        for x, w, s, p, bwd in [((1, 2, 1, 16), c1.weight[:, :, None], (1, 1), (0, 1),
+                                 (False, True)),
+                                ((1, 4, 8, 8), ct.weight, (2, 2), (0, 0), (True, False))]]
+    assert got == want
