@@ -4,8 +4,11 @@ F(4x4, 3x3) and F(2x2, 3x3); then the crossover thresholds of the planner's rule
 those times, printed as the ISA's table (``relprop.ops.isa_table()["winograd"]``, kept in
 ``cpp/src/isa_table.cpp``) beside the table the build has.
 
-    python bench/winograd_crossover.py --save crossover.json           # every ISA, 1 thread
-    python bench/winograd_crossover.py --fit crossover.json            # the tables again
+    python bench/winograd_crossover.py --isa avx512,avx2,generic --repeats 7 \
+        --save bench/winograd_crossover.json        # measure (generic only to check the model)
+    python bench/winograd_crossover.py --fit bench/winograd_crossover.json   # the tables again
+
+(bench/winograd_crossover.md: the last run's output, the machine and what was decided.)
 
 The rule (``relprop.ops.conv2d_plan`` for float32 with ``algorithm="auto"``), per sample and
 never per batch: direct if the pass reads or writes fewer than ``min_channels`` channels or a
@@ -15,6 +18,16 @@ direct.  The fit picks, per ISA, the thresholds that minimize the geometric mean
 ``time(chosen) / time(fastest)`` over the grid (both batch sizes and directions), so the
 rule is the one this grid says is best where a per-sample rule must pick one algorithm for
 every batch.
+
+An ISA that is not measured (``--derive generic``, the default: the baseline build runs on
+CPUs this bench does not see) gets its table from a cost model instead, marked "not
+measured": a pass's time is ``macs / R + elements / V + c`` (the GEMM's multiply-adds, the
+elements the transforms or the im2col panels touch, and a fixed cost per call), with
+``R``, ``V``, ``c`` fitted to the measured ISA ``--model-from`` (relative least squares over
+every pass and algorithm); the derived ISA's ``R`` and ``V`` are those times its vector width
+over the measured one's (the table's depthwise ``lanes``), ``c`` unchanged; the thresholds
+are then fitted to the modeled times of the same grid.  Where the derived ISA could be run,
+the report shows how the derived thresholds do on its measured times.
 
 Timing on a shared machine is noisy: ``--clock thread`` (the default) times the calling
 thread's CPU time on 1 thread (a core taken away by another process does not count), and every
@@ -113,6 +126,87 @@ def fit(rows):
     return best
 
 
+#: The cost model's terms: multiply-adds and elements of the direct method and of Winograd's
+#: (their GEMMs differ in shape, their element passes in kind), and a cost per call of each.
+TERMS = ("direct macs", "winograd macs", "direct elements", "winograd elements",
+         "direct call", "winograd call")
+RATE_TERMS = 4  # the first four scale with the vector width, the calls' costs do not
+
+
+def work(row, alg):
+    """The cost model's features of ``row``'s pass by ``alg`` (see :data:`TERMS`)."""
+    cin, cout = (row["c_out"], row["c_in"]) if row["pass"] == "bwd" else (row["c_in"],
+                                                                         row["c_out"])
+    n, hw = row["n"], row["hw"]
+    if alg == "direct":  # im2col panels of 9 cin values per output pixel
+        return 9 * cin * cout * n * hw * hw, 0, 9 * cin * n * hw * hw, 0, 1, 0
+    m = int(alg[1])
+    points = n * math.ceil(hw / m) ** 2 * (m + 2) ** 2  # transform points of the batch
+    return 0, points * cin * cout, 0, points * (cin + cout), 0, 1
+
+
+def cost_model(rows):
+    """The cost per unit of each of :data:`TERMS` in ms, fitted by least squares to every pass
+    and algorithm of ``rows`` relative to each time, and the geometric mean of the model's time
+    over the measured one's (|log|)."""
+    feats, times = [], []
+    for r in rows:
+        for alg, ms in r["ms"].items():
+            feats.append(work(r, alg))
+            times.append(ms)
+    a = np.array(feats, float) / np.array(times)[:, None]
+    coef = np.maximum(np.linalg.lstsq(a, np.ones(len(times)), rcond=None)[0], 0)
+    err = math.exp(statistics.fmean(abs(math.log(max(f @ coef, 1e-12) / t))
+                                    for f, t in zip(np.array(feats, float), times)))
+    return tuple(coef), err
+
+
+def modeled(rows, coef, scale):
+    """``rows`` with the times of the cost model ``coef`` whose rates are ``scale`` times as
+    fast."""
+    unit = np.array(coef) / np.array([scale] * RATE_TERMS + [1] * (len(TERMS) - RATE_TERMS))
+    return [{**r, "ms": {alg: float(np.array(work(r, alg), float) @ unit) for alg in r["ms"]}}
+            for r in rows]
+
+
+def lanes(isa):
+    return ops.isa_table(isa)["depthwise"]["float32"]["lanes"]
+
+
+def derive(isa, base, rows, measured=None):
+    """The table of ``isa`` from the cost model fitted to ``base``'s measured ``rows``; with
+    ``measured`` (``isa``'s own times, where this machine runs it) how it does on those."""
+    coef, err = cost_model(rows)
+    scale = lanes(isa) / lanes(base)
+    score, t = fit(modeled(rows, coef, scale))
+    print(f"\n## {isa} (not measured: cost model of {base}'s times, rates x {scale:g})")
+    print(f"model of {base} (ms per 1e6 multiply-adds or elements, ms per call): "
+          + ", ".join(f"{k} {c * (1 if k.endswith('call') else 1e6):.4g}"
+                      for k, c in zip(TERMS, coef))
+          + f"; model / measured, geometric mean of |log|: {err:.3f}")
+    print(f"derived: {t}  (on the modeled times: {score:.4f})")
+    built = ops.isa_table(isa)["winograd"]
+    print(f"built:   { {k: built[k] for k in CANDIDATES} }  measured={built['measured']}")
+    print(f"         {built['source']}")
+    if measured:
+        own_score, own = fit(measured)
+        print(f"check on {isa}'s measured times: derived {loss(measured, t):.4f}, fitted to "
+              f"them {own} {own_score:.4f}")
+    return t
+
+
+def differences(rows, old, new):
+    """Where the rules ``old`` and ``new`` choose differently: how many passes, and
+    time(old's choice) / time(new's) over them (median, range): how clear a change would be."""
+    ratios = [r["ms"][choose(r, old)] / r["ms"][choose(r, new)] for r in rows
+              if choose(r, old) != choose(r, new)]
+    if not ratios:
+        return "the two rules choose alike on every pass"
+    return (f"they differ on {len(ratios)} of {len(rows)} passes: time(built) / time(fitted) "
+            f"median {statistics.median(ratios):.3f}, from {min(ratios):.3f} to "
+            f"{max(ratios):.3f}")
+
+
 def report(isa, rows, cpu):
     score, t = fit(rows)
     built = ops.isa_table(isa)["winograd"]
@@ -120,6 +214,8 @@ def report(isa, rows, cpu):
     print(f"\n## {isa} ({cpu}; {len(rows)} passes; thread CPU time, medians)")
     print(f"fitted: {t}  (time / fastest, geometric mean: {score:.4f})")
     print(f"built:  {rule}  measured={built['measured']}  ({loss(rows, rule):.4f})")
+    print(f"        {built['source']}")
+    print(differences(rows, rule, t))
     direct = loss(rows, {**t, "min_channels": 10 ** 9})
     f4 = loss(rows, {"min_channels": 1, "min_macs": 1, "f4_min_tiles": 1, "f2_min_tiles": 1})
     print(f"always direct: {direct:.4f}, always F(4x4) where it applies: {f4:.4f}")
@@ -136,6 +232,10 @@ def main(argv=None):
                    help="skip layers of more direct-method GFLOP than this")
     p.add_argument("--save", metavar="FILE.json", help="write the times there")
     p.add_argument("--fit", metavar="FILE.json", help="fit saved times instead of measuring")
+    p.add_argument("--derive", default="generic",
+                   help="comma-separated ISAs whose table comes from the cost model")
+    p.add_argument("--model-from", default="avx2",
+                   help="the measured ISA the cost model is fitted to")
     opts = p.parse_args(argv)
     rp.set_num_threads(1)
     clock = time.thread_time if opts.clock == "thread" else time.perf_counter
@@ -147,8 +247,13 @@ def main(argv=None):
             data["isas"][isa] = measure(isa, opts, clock)
             if opts.save:
                 Path(opts.save).write_text(json.dumps(data))
+    derived = [isa for isa in opts.derive.split(",") if isa]
     for isa, rows in data["isas"].items():
-        report(isa, rows, data["cpu"])
+        if isa not in derived:
+            report(isa, rows, data["cpu"])
+    if derived and opts.model_from in data["isas"]:
+        for isa in derived:
+            derive(isa, opts.model_from, data["isas"][opts.model_from], data["isas"].get(isa))
 
 
 if __name__ == "__main__":

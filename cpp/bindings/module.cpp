@@ -1354,7 +1354,8 @@ PYBIND11_MODULE(_core, m) {
                                  "float64"_a = dw(c.depthwise_f64)),
         "winograd"_a = py::dict("min_channels"_a = w.min_channels, "min_macs"_a = w.min_macs,
                                 "f4_min_tiles"_a = w.f4_min_tiles,
-                                "f2_min_tiles"_a = w.f2_min_tiles, "measured"_a = w.measured));
+                                "f2_min_tiles"_a = w.f2_min_tiles, "measured"_a = w.measured,
+                                "source"_a = w.source));
   }, "name"_a = "");
   // The plan of a convolution pass on one sample (c_in, h, w) (relprop/plan.hpp).
   m.def("conv2d_plan", [](idx c_in, Pair hw, std::vector<idx> w_shape, Pair s, Pair p, Pair d,

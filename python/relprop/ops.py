@@ -65,8 +65,10 @@ def isa_table(isa=None) -> dict:
         kc, nc``; ``depthwise[dtype]``: the depthwise row kernel's vector ``lanes`` and
         ``vectors`` per register block (rows of up to that many vectors are computed several at
         a time); ``winograd``: the crossovers of the auto rule (``min_channels``,
-        ``min_macs``, ``f4_min_tiles``, ``f2_min_tiles``) and whether they were ``measured`` on
-        this ISA (``bench/winograd_crossover.py``).  ``dtype`` is "float32" or "float64".
+        ``min_macs``, ``f4_min_tiles``, ``f2_min_tiles``), whether they were ``measured`` on
+        this ISA (``bench/winograd_crossover.py``) and their ``source`` (the CPU they were
+        measured on, or the cost model they were derived from).  ``dtype`` is "float32" or
+        "float64".
     """
     if isa is not None and not isinstance(isa, str):
         raise TypeError(f"isa must be a string, got {type(isa).__name__}")

@@ -16,7 +16,8 @@ struct WinogradCrossover {
   idx min_macs;      // direct if a sample takes fewer multiply-adds (9 c_in c_out oh ow)
   idx f4_min_tiles;  // F(4x4, 3x3) from this many 4x4 tiles of a sample's output
   idx f2_min_tiles;  // else F(2x2, 3x3) from this many 2x2 tiles
-  bool measured;     // measured on this ISA (bench/winograd_crossover.py), else derived
+  bool measured;       // measured on this ISA (bench/winograd_crossover.py), else derived
+  const char* source;  // where the numbers come from: the CPU measured on, or the cost model
 };
 
 // The tuned numbers of one instruction set.
