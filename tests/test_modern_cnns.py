@@ -8,6 +8,10 @@ eval mode, float64, one 32x32 sample.
 * forward = torch; gradient, gradient x input, SmoothGrad (its noise redrawn here from the
   documented streams) and Integrated Gradients (Gauss-Legendre) = torch autograd within 1e-8
   of the largest value;
+* ``zennit_compat=True`` (the gradient across the SE products, layer scales and LayerNorms,
+  which Zennit hooks no rule on) = Zennit 0.5.1 in float64 within 1e-7 (EpsilonPlusFlat,
+  EpsilonGammaBox), its BatchNorms merged (SequentialMergeBatchNorm) and the residual sums
+  routed through its Sum (:class:`ResidualSumCanonizer`, written here as Zennit's ResNet one);
 * default LRP (DESIGN 2.6: Pass for the activations, the Product rule for the gates, Norm for
   LayerNorm, layer scale, pooling and residual sums): on a bias-free copy (biases, BatchNorm
   shifts and means, LayerNorm biases zero) the relevance sums to ``f_c`` with LRP-0 on the
@@ -149,3 +153,103 @@ def test_onnx_files_of_both_exporters(name, dynamo, tmp_path):
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     assert _rel(got(x), want) <= 1e-4
+
+
+# --- zennit_compat = Zennit ------------------------------------------------------------------
+def _residual_sum_canonizer():
+    """A Zennit canonizer that routes the four families' residual additions through
+    ``zennit.layer.Sum`` (which its composites give the Norm rule), as its ResNet canonizer
+    does for ResNets."""
+    from torchvision.models.convnext import CNBlock
+    from torchvision.models.efficientnet import MBConv
+    from torchvision.models.mobilenetv3 import InvertedResidual
+    from torchvision.models.regnet import ResBottleneckBlock
+    from zennit.canonizers import AttributeCanonizer
+    from zennit.layer import Sum
+
+    def added(self, a, b):
+        return self.canonizer_sum(torch.stack([a, b], dim=-1))
+
+    def mbconv(self, x):  # efficientnet's MBConv, mobilenet_v3's InvertedResidual
+        return added(self, self.stochastic_depth(self.block(x))
+                     if hasattr(self, "stochastic_depth") else self.block(x), x)
+
+    def cnblock(self, x):
+        return added(self, self.stochastic_depth(self.layer_scale * self.block(x)), x)
+
+    def regnet(self, x):
+        return self.activation(added(self, x if self.proj is None else self.proj(x), self.f(x)))
+
+    def attribute_map(name, module):
+        if isinstance(module, (MBConv, InvertedResidual)) and module.use_res_connect:
+            forward = mbconv
+        elif isinstance(module, CNBlock):
+            forward = cnblock
+        elif isinstance(module, ResBottleneckBlock):
+            forward = regnet
+        else:
+            return None
+        return {"forward": forward.__get__(module), "canonizer_sum": Sum()}
+
+    class ResidualSumCanonizer(AttributeCanonizer):
+        def __init__(self):
+            super().__init__(attribute_map)
+
+        def copy(self):
+            return ResidualSumCanonizer()
+
+    return ResidualSumCanonizer()
+
+
+def identity_pools_skipped(model, x):
+    """A copy of ``model`` whose AdaptiveAvgPool2d modules that meet a 1x1 map (the identity:
+    the last stages' squeeze-and-excitation pools and the head's at 32 pixels) are
+    nn.Identity, as every relprop importer skips them (DESIGN 2.1); Zennit would give them
+    Norm, whose stabilizer changes ``R`` by ``1e-6 / |a|``."""
+    model = copy.deepcopy(model)
+    ones = []
+    hooks = [m.register_forward_hook(
+        lambda m, inp, out, name=name: ones.append(name) if inp[0].shape[-2:] == (1, 1) else None)
+        for name, m in model.named_modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
+    with torch.no_grad():
+        model(torch.from_numpy(x))
+    for h in hooks:
+        h.remove()
+    assert ones
+    for name in ones:
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, nn.Identity())
+    return model
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_gamma_box"])
+def test_zennit_compat_matches_zennit(case, composite):
+    zc = pytest.importorskip("zennit.composites")
+    from zennit.attribution import Gradient
+    from zennit.canonizers import SequentialMergeBatchNorm
+
+    name, model, net, x = case
+    kw = {"low": -3.0, "high": 3.0} if composite == "epsilon_gamma_box" else {}
+    out = net(x)
+    seed = np.zeros_like(out)
+    c = int(out.argmax())
+    seed[0, c] = out[0, c]
+    zennit_model = identity_pools_skipped(model, x)
+    canonizers = [SequentialMergeBatchNorm(), _residual_sum_canonizer()]
+    zcomp = {"epsilon_plus_flat": zc.EpsilonPlusFlat,
+             "epsilon_gamma_box": zc.EpsilonGammaBox}[composite](canonizers=canonizers, **kw)
+    xt = torch.from_numpy(x).requires_grad_()
+    with Gradient(model=zennit_model, composite=zcomp) as attributor:
+        _, want = attributor(xt, torch.from_numpy(seed))
+    want = want.detach().numpy()
+    levels = rp.lrp(net, x, seed, composite, zennit_compat=True, layerwise=True, **kw)
+    got = levels[net.input_name]
+    assert np.isfinite(want).all()
+    if name == "convnext_tiny" and composite == "epsilon_plus_flat":
+        # the stem's LayerNorm crossed as a gradient sends relevance that sums to zero over
+        # the channels of each pixel, which Flat on the non-overlapping 4x4 stem adds up:
+        # both heatmaps are rounding noise
+        stem = np.abs(levels["features.0.0"]).max()
+        assert np.abs(got).max() <= 1e-12 * stem and np.abs(want).max() <= 1e-12 * stem
+        return
+    assert _rel(got, want) <= 1e-7

@@ -275,3 +275,24 @@ def test_bad_input_is_refused(rng):
 
     with pytest.raises(ValueError, match=r"factor of shape \(2, 3, 4\) has more axes than the"):
         rp.from_torch(Outer(), (4,))
+
+
+def test_zennit_compat_crosses_products_as_the_gradient(rng):
+    """``zennit_compat=True``: the products (gated or not), the layer scales and the LayerNorms
+    get the Gradient rule (what Zennit does where it hooks no rule), = the reference; the gate
+    branch then receives relevance."""
+    net = rp.from_torch(_se(), (3, 6, 6))
+    x = rng.normal(size=(2, 3, 6, 6))
+    comp = rp.composites.EpsilonPlusFlat(zennit_compat=True)
+    rules = comp.rules(net)
+    assert {r.registry_name for n, r in zip(net.nodes, rules)
+            if n.layer.kind in ("mul", "scale")} == {"gradient"}
+    assert {r.registry_name for n, r in zip(net.nodes, rp.composites.EpsilonPlusFlat().rules(net))
+            if n.layer.kind == "mul"} == {"product"}
+    got = rp.lrp(net, x, 1, comp)
+    want = ref.lrp(net, x, ref.seed(1, ref.forward(net, x)[-1], scale=True), rules)
+    assert_allclose(got, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
+    R = rp.lrp(net, x, 1, comp, layerwise=True)
+    gated = next(n for n in net.nodes if isinstance(n.layer, rp.Mul) and n.layer.gate == 0)
+    assert np.abs(R[gated.inputs[0]]).max() > 0
+    assert not np.allclose(got, rp.lrp(net, x, 1, "epsilon_plus_flat"))

@@ -12,6 +12,7 @@ from .rules import (
     Epsilon,
     Flat,
     Gamma,
+    Gradient,
     Norm,
     Rule,
     UniformSoftmax,
@@ -182,39 +183,58 @@ def as_composite(spec, **kwargs) -> Composite:
     raise TypeError(f"expected a Composite, a Rule or a name, got {type(spec).__name__}")
 
 
+#: Where Zennit 0.5.1 hooks no rule (no module of its types runs there), relevance crosses as
+#: the gradient: the products of two tensors (squeeze-and-excitation), the products with a
+#: parameter (layer scale) and LayerNorm.  The CNN composites' ``zennit_compat=True`` gives them
+#: the Gradient rule, to compare with Zennit; by default they keep their conserving rules
+#: (Product, Norm).
+ZENNIT_UNHOOKED = ("product", "scale", "layernorm")
+
+
+def _zennit(layer_map, zennit_compat):
+    """``layer_map``, with ``zennit_compat`` preceded by the Gradient rule for what Zennit
+    hooks no rule on (:data:`ZENNIT_UNHOOKED`)."""
+    return [(ZENNIT_UNHOOKED, Gradient())] + layer_map if zennit_compat else layer_map
+
+
 @register_composite("epsilon_plus")
-def EpsilonPlus(epsilon=1e-6, stabilizer=1e-6):
+def EpsilonPlus(epsilon=1e-6, stabilizer=1e-6, zennit_compat=False):
     """ZPlus for Conv2d, Epsilon for Dense."""
-    return Composite([("convolution", ZPlus(stabilizer)), ("dense", Epsilon(epsilon))],
+    return Composite(_zennit([("convolution", ZPlus(stabilizer)), ("dense", Epsilon(epsilon))],
+                             zennit_compat),
                      stabilizer=stabilizer)
 
 
 @register_composite("epsilon_plus_flat")
-def EpsilonPlusFlat(epsilon=1e-6, stabilizer=1e-6):
+def EpsilonPlusFlat(epsilon=1e-6, stabilizer=1e-6, zennit_compat=False):
     """Flat for the first linear layer, ZPlus for other Conv2d, Epsilon for other Dense."""
-    return Composite([("convolution", ZPlus(stabilizer)), ("dense", Epsilon(epsilon))],
+    return Composite(_zennit([("convolution", ZPlus(stabilizer)), ("dense", Epsilon(epsilon))],
+                             zennit_compat),
                      first_map=Flat(stabilizer), stabilizer=stabilizer)
 
 
 @register_composite("epsilon_gamma_box")
-def EpsilonGammaBox(low, high, epsilon=1e-6, gamma=0.25, stabilizer=1e-6):
+def EpsilonGammaBox(low, high, epsilon=1e-6, gamma=0.25, stabilizer=1e-6, zennit_compat=False):
     """ZBox(low, high) for the first Conv2d, Gamma for other Conv2d, Epsilon for Dense."""
-    return Composite([("convolution", Gamma(gamma, stabilizer)), ("dense", Epsilon(epsilon))],
+    return Composite(_zennit([("convolution", Gamma(gamma, stabilizer)),
+                              ("dense", Epsilon(epsilon))], zennit_compat),
                      first_map=[("convolution", ZBox(low, high, stabilizer))],
                      stabilizer=stabilizer)
 
 
 @register_composite("epsilon_alpha2_beta1")
-def EpsilonAlpha2Beta1(epsilon=1e-6, stabilizer=1e-6):
+def EpsilonAlpha2Beta1(epsilon=1e-6, stabilizer=1e-6, zennit_compat=False):
     """AlphaBeta(2, 1) for Conv2d, Epsilon for Dense."""
-    return Composite([("convolution", AlphaBeta(2, 1, stabilizer)), ("dense", Epsilon(epsilon))],
+    return Composite(_zennit([("convolution", AlphaBeta(2, 1, stabilizer)),
+                              ("dense", Epsilon(epsilon))], zennit_compat),
                      stabilizer=stabilizer)
 
 
 @register_composite("epsilon_alpha2_beta1_flat")
-def EpsilonAlpha2Beta1Flat(epsilon=1e-6, stabilizer=1e-6):
+def EpsilonAlpha2Beta1Flat(epsilon=1e-6, stabilizer=1e-6, zennit_compat=False):
     """Flat for the first linear layer, AlphaBeta(2, 1) for other Conv2d, Epsilon for Dense."""
-    return Composite([("convolution", AlphaBeta(2, 1, stabilizer)), ("dense", Epsilon(epsilon))],
+    return Composite(_zennit([("convolution", AlphaBeta(2, 1, stabilizer)),
+                              ("dense", Epsilon(epsilon))], zennit_compat),
                      first_map=Flat(stabilizer), stabilizer=stabilizer)
 
 

@@ -531,3 +531,23 @@ class Product(Rule):
             return tuple(out)
         half = r * np.asarray(0.5, dtype=r.dtype)
         return reduce_to(half, a[0].shape[1:]), reduce_to(half.copy(), a[1].shape[1:])
+
+
+@register_rule("gradient")
+@dataclass(frozen=True)
+class Gradient(Rule):
+    """Relevance crosses the layer as the gradient does, ``R_x = J^T R`` (its vector-Jacobian
+    product at the layer's inputs): what Zennit 0.5.1 does at every operation it hooks no rule
+    on, so the composites' ``zennit_compat=True`` gives it to the products of two tensors
+    (``R_x = s R``, ``R_s = x R``: squeeze-and-excitation), the products with a parameter
+    (``w R``: layer scale) and LayerNorm.  Not conserving."""
+
+    applies_to = ("product", "scale", "layernorm")
+
+    def reads(self, parts=False):
+        return "a"
+
+    def relevance(self, layer, a, z, r, parts=None, state=None):
+        if isinstance(a, tuple):
+            return layer.vjp(r, a, state)
+        return layer.backward(r, a, state)

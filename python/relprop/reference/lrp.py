@@ -123,7 +123,7 @@ def lrp_node(layer, rule, xs, r):
     if len(xs) > 1 and name == "Norm":
         s = ops.lrp_divide(r, layer_forward(layer, *xs), rule.stabilizer)
         return [x * s for x in xs]
-    if len(xs) > 1 and name == "Pass":
+    if len(xs) > 1 and name == "Pass" or name == "Gradient":
         return layer_backward(layer, r, xs)
     if name == "Product":  # the gate gets nothing, else half each; summed where broadcast
         shares = [np.zeros_like(r) if k == layer.gate else r if layer.gate in (0, 1) else r / 2
