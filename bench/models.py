@@ -1,6 +1,7 @@
 """The benchmark models, with seeded random weights built in NumPy (He-normal, so activations
 keep their scale through deep stacks and never become subnormal), as relprop networks and as
-identical torch modules; and two torchvision graphs (ResNet-50, MobileNetV2) with torchvision's
+identical torch modules; and four torchvision graphs (ResNet-50, MobileNetV2, EfficientNet-B0,
+ConvNeXt-Tiny) with torchvision's
 initialization and realistic BatchNorm statistics, imported with ``relprop.from_torch``."""
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ MODELS = {
     # torchvision graphs: the spec names the torchvision model
     "resnet50": ((3, 224, 224), "torchvision", 8),
     "mobilenet_v2": ((3, 224, 224), "torchvision", 8),
+    # beyond piecewise-linear (issue 27): SiLU and sigmoid gates; GELU, LayerNorm, layer scale
+    "efficientnet_b0": ((3, 224, 224), "torchvision", 8),
+    "convnext_tiny": ((3, 224, 224), "torchvision", 8),
 }
 #: (batch, threads) pairs measured for the torchvision graphs (one large model's worth of time)
 GRAPH_RUNS = [(1, 1), (8, 2)]

@@ -1,7 +1,7 @@
 """relprop beside its peers, in one process: samples/s of every method on three chains (an MLP,
-a CIFAR-size CNN, VGG-16) and two torchvision graphs (ResNet-50, MobileNetV2: batch 1 on one
-thread, batch 8 on two; Zennit with its canonizers), the GEMM core against NumPy, and the peak
-memory of an LRP call.
+a CIFAR-size CNN, VGG-16) and four torchvision graphs (ResNet-50, MobileNetV2, EfficientNet-B0,
+ConvNeXt-Tiny: batch 1 on one thread, batch 8 on two; Zennit with its canonizers), the GEMM
+core against NumPy, and the peak memory of an LRP call.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/run.py            # full (~30 min)
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/run.py --quick    # < 2 min
@@ -165,12 +165,14 @@ class Peers:
         """Zennit's canonizers for the graphs: its ResNet canonizer (BatchNorms merged, the
         residual sums through its Sum layer, as relprop's Add), and for MobileNetV2 its
         BatchNorm merging (Zennit has no canonizer for the inverted-residual sum; the tests'
-        one does not change the cost)."""
+        one does not change the cost), and so for EfficientNet-B0 and ConvNeXt-Tiny (relprop's
+        default rules there are its conserving ones, Zennit's the gradient across the
+        squeeze-and-excitation products and LayerNorms: the same cost)."""
         if self.name == "resnet50":
             from zennit.torchvision import ResNetCanonizer
 
             return [ResNetCanonizer()]
-        if self.name == "mobilenet_v2":
+        if self.name in ("mobilenet_v2", "efficientnet_b0", "convnext_tiny"):
             from zennit.canonizers import SequentialMergeBatchNorm
 
             return [SequentialMergeBatchNorm()]
@@ -554,7 +556,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small subset (< 2 min)")
     p.add_argument("--models", default=None,
-                   help="comma-separated: mlp,cifar_cnn,vgg16,resnet50,mobilenet_v2")
+                   help="comma-separated: mlp,cifar_cnn,vgg16,resnet50,mobilenet_v2,"
+                        "efficientnet_b0,convnext_tiny")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement")
