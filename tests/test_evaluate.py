@@ -90,7 +90,7 @@ def test_pixel_flipping_uniform_fill(rng):
     res = rp.evaluate.pixel_flipping(net, x, R, 2, fill="uniform", seed=1)
     out = ref.forward(net, x)[-1]
     assert_allclose(res.curves[:, 0], out[:, 2], rtol=1e-12)
-    noise = np.stack([np.random.default_rng(np.random.SeedSequence(1, spawn_key=(i,))).random(5)
+    noise = np.stack([np.random.default_rng(np.random.SeedSequence(1, spawn_key=(i, 3))).random(5)
                       for i in range(4)])
     lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
     assert_allclose(res.curves[:, -1], ref.forward(net, lo + (hi - lo) * noise)[-1][:, 2],

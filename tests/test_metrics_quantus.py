@@ -566,7 +566,7 @@ def test_row_random_logit_reseeds(grey):
     assert_equal = np.testing.assert_array_equal
     assert_equal(draws[0], draws[1])
     got = M.random_logit(net, x, a, y, method=METHOD, seed=9)
-    drawn = [np.random.default_rng(np.random.SeedSequence(9, spawn_key=(i,))).integers(4)
+    drawn = [np.random.default_rng(np.random.SeedSequence(9, spawn_key=(i, 4))).integers(4)
              for i in range(4)]
     assert_equal(got.classes, np.array(drawn) + 1)  # every class but 0
 

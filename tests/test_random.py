@@ -65,3 +65,22 @@ def test_sample_indices():
                             (-1, ValueError, "sample_offset must be >= 0")]:
         with pytest.raises(err, match=match):
             _random.sample_indices(bad, 3)
+
+
+def test_no_two_kinds_of_draws_share_a_stream(rng):
+    """A metric's draws, the randomized parameters and a method's own draws (stream ()) come
+    from distinct streams: random_logit re-explaining with SmoothGrad, or a fill next to
+    SmoothGrad's noise, would otherwise reuse the method's numbers for the same sample (the
+    fill's and random_logit's streams: tests/test_evaluate.py, tests/test_metrics_quantus.py)."""
+    import nets
+    streams = [(), *[(s,) for s in (_random.SUBSETS, _random.NOISE, _random.FILL,
+                                    _random.CLASSES, _random.PARAMETERS)]]
+    assert len(set(streams)) == len(streams)
+    # Graph.randomized: node j's parameters from (seed, j, PARAMETERS), not sample j's stream
+    net = nets.mlp(rng, (6, 5, 4))
+    j = next(k for k, layer in enumerate(net.layers) if layer.arrays())
+    name = net.nodes[j].name
+    got = net.randomized([name], seed=11).layers[j].arrays()
+    draw = _random.sample_rng(11, j, _random.PARAMETERS)
+    for key, a in net.layers[j].arrays().items():
+        np.testing.assert_array_equal(got[key], draw.choice(a.ravel(), size=a.shape))

@@ -27,6 +27,15 @@ import numbers
 
 import numpy as np
 
+#: The streams of one sample's draws (``stream`` in :func:`sample_rng`), in one table so that no
+#: two kinds of draws share numbers.  A method's own draws (SmoothGrad's noise, activation
+#: maximization's starting points, the random baseline attribution) use the sample's stream
+#: ``()``; a metric's draws use theirs, so that a metric re-explaining with SmoothGrad never
+#: reuses its method's noise: random subsets, noise (then the step or run), uniform fill values,
+#: ``random_logit``'s other class; ``Graph.randomized`` draws node ``j``'s parameters from the
+#: stream ``(PARAMETERS,)`` of index ``j``.
+SUBSETS, NOISE, FILL, CLASSES, PARAMETERS = 1, 2, 3, 4, 5
+
 
 def check_seed(seed, *, chunked=None):
     """``seed`` validated: an int >= 0 or a ``numpy.random.Generator``; None becomes a fresh int

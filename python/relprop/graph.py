@@ -403,7 +403,8 @@ class Graph:
         of the same shape drawn with replacement from its own entries: the parameters keep
         their scale and sign constraints (a BatchNorm's variance stays positive) and lose what
         was learned.  Node ``j`` (in :attr:`nodes` order) draws from
-        ``numpy.random.default_rng(SeedSequence(seed, spawn_key=(j,)))``, so its draw does not
+        ``numpy.random.default_rng(SeedSequence(seed, spawn_key=(j, 5)))`` (the stream
+        ``relprop._random.PARAMETERS``, apart from every sample's draws), so its draw does not
         depend on which other nodes are randomized.
 
         Parameters
@@ -423,7 +424,7 @@ class Graph:
         ValueError
             An unknown node, or one without parameters.
         """
-        from ._random import check_seed
+        from ._random import PARAMETERS, check_seed, sample_rng
 
         seed = check_seed(seed)
         if isinstance(seed, np.random.Generator):
@@ -442,7 +443,7 @@ class Graph:
             if not arrays:
                 raise ValueError(f"{self._where(name)} ({layer.describe()}) has no parameters "
                                  "to randomize")
-            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(j,)))
+            rng = sample_rng(seed, j, PARAMETERS)
             drawn = {k: rng.choice(a.ravel(), size=a.shape).astype(a.dtype)
                      for k, a in arrays.items()}
             layers[j] = type(layer).from_config(layer.config(), drawn)

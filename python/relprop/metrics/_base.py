@@ -18,13 +18,10 @@ import numpy as np
 
 from .._common import is_int, is_pred
 from .._common import seed as output_seed
-from .._random import check_offset, check_seed, per_sample
+from .._random import FILL, check_offset, check_seed, per_sample
 from .._validate import as_float_array, as_int
 
 ORDERS = ("most_relevant_first", "least_relevant_first")
-#: The streams of a sample's draws (:func:`relprop._random.sample_rng`): the fill values (the
-#: sample's own stream), random subsets, noise (then the step or run).
-SUBSETS, NOISE = 1, 2
 CHANNELS = ("together", "apart")
 #: Bytes of activations per forward pass of perturbed inputs when ``batch_size`` is None.
 PASS_BYTES = 256 << 20
@@ -202,7 +199,7 @@ def fill_values(x, fill, seed=0, sample_offset=0, *, chunked=None):
         seed = check_seed(seed, chunked=chunked)
         hi = flat.max(axis=1).reshape(rows)
         first = check_offset(sample_offset)
-        noise = per_sample(seed, range(first, first + n), lambda r: r.random(x.shape[1:]))
+        noise = per_sample(seed, range(first, first + n), lambda r: r.random(x.shape[1:]), FILL)
         return (lo + (hi - lo) * noise).astype(x.dtype)
     if isinstance(fill, bool) or not isinstance(fill, (int, float, np.number, np.ndarray, list,
                                                        tuple)):

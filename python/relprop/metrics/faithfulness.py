@@ -39,12 +39,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._random import check_offset, check_seed, sample_rng
+from .._random import NOISE, SUBSETS, check_offset, check_seed, sample_rng
 from .._validate import as_int, as_scalar
 from ._base import (
-    NOISE,
     ORDERS,
-    SUBSETS,
     Result,
     Target,
     batch_field,

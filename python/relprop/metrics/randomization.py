@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._random import check_offset, check_seed, sample_rng
+from .._random import CLASSES, check_offset, check_seed, sample_rng
 from ._base import (
     Result,
     Target,
@@ -184,7 +184,8 @@ def random_logit(net, x, R, target, method="lrp.epsilon_plus_flat", *, classes=N
         raise ValueError("random_logit needs at least two outputs")
     s, first = check_seed(seed), check_offset(sample_offset)
     if classes is None:
-        drawn = np.array([sample_rng(s, first + i).integers(n_out - 1) for i in range(n)])
+        drawn = np.array([sample_rng(s, first + i, CLASSES).integers(n_out - 1)
+                          for i in range(n)])
         classes = drawn + (drawn >= own)  # the d-th of the classes other than the target
     else:
         classes = np.asarray(classes)

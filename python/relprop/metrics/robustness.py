@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._random import check_offset, check_seed, sample_rng
+from .._random import NOISE, check_offset, check_seed, sample_rng
 from .._validate import as_int, as_scalar
-from ._base import NOISE, Result, Target, check_inputs, like, method_draws, rows_per_pass
+from ._base import Result, Target, check_inputs, like, method_draws, rows_per_pass
 
 
 @dataclass
