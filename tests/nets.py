@@ -107,13 +107,14 @@ def torchvision_model(name, seed=0):
     layer sized for the feature map of a TV_SIZE input (at 224 pixels that pooling is the
     identity, which relprop skips and Zennit gives the Norm rule; its non-identity cases are
     tested on their own).  GoogLeNet comes without its auxiliary heads (eval mode never runs
-    them)."""
+    them), as Inception v3."""
     import torch
     import torchvision
     from torch import nn
 
     torch.manual_seed(seed)
-    kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+    kwargs = ({"aux_logits": False, "init_weights": True}
+              if name in ("googlenet", "inception_v3") else {})
     model = getattr(torchvision.models, name)(weights=None, **kwargs)
     if name.startswith("vgg"):
         model.avgpool = nn.Identity()
