@@ -144,3 +144,34 @@ def test_oversized_shapes_raise_before_allocating():
     x = np.broadcast_to(np.float32(1), (1 << 16, 4))  # 64k x 1M outputs = 2**36 elements
     with pytest.raises(MemoryError, match="batch_size"):
         net(x[:, :, None][:, :, 0])
+
+
+@pytest.mark.parametrize("layers, shape, match", [
+    ([rp.Upsample(scale_factor=1e12)], (1, 2, 2), "per-sample shape .* more than relprop's limit"),
+    ([rp.Pad((10**9,) * 4)], (2, 3, 3), "per-sample shape .* more than relprop's limit"),
+    ([rp.Upsample(size=(1 << 30, 1 << 30))], (1, 2, 2), "per-sample shape .* more than"),
+    ([rp.Pad((-7, 7))], (2, 6), "crops more than per-sample shape"),
+    ([rp.Pad((3, -100))], (2, 6), "crops more than per-sample shape"),
+])
+def test_layers_whose_output_cannot_exist_are_refused_when_built(layers, shape, match):
+    """A sample's activation beyond MAX_ELEMENTS (no batch size helps), or a crop of more than
+    an axis holds (torch refuses it; the zeros would be silently wrong): a ValueError naming the
+    layer when the network is built, not a MemoryError or NumPy's broadcast error at run time."""
+    with pytest.raises(ValueError, match=f"layer 0: .*{match}"):
+        rp.Sequential(layers, input_shape=shape)
+
+
+def test_pad_crop_of_a_whole_axis_matches_torch():
+    torch = pytest.importorskip("torch")
+    x = np.arange(12.0).reshape(1, 2, 6)
+    net = rp.Sequential([rp.Pad((-6, 6))], input_shape=(2, 6))
+    assert_allclose(net(x), torch.nn.functional.pad(torch.tensor(x), (-6, 6)).numpy())
+
+
+@pytest.mark.parametrize("make", [lambda v: rp.MaxPool1d(2, stride=v), lambda v: rp.AvgPool1d(v),
+                                  lambda v: rp.AvgPool1d(2, stride=v),
+                                  lambda v: rp.AdaptiveAvgPool1d(v)])
+def test_one_d_pool_sizes_beyond_the_kernels_range_are_refused(make):
+    """As Conv1d's and the 2-D layers': not a pybind11 signature dump from the kernel call."""
+    with pytest.raises(ValueError, match="must be at most 2147483647"):
+        make(1 << 63)

@@ -93,17 +93,21 @@ def as_threads(value, name: str, minimum: int = 0) -> int:
 MAX_WINDOW = (1 << 31) - 1
 
 
+def as_window(value, name: str, minimum: int = 0) -> int:
+    """An int kernel size, stride, padding, ... (a 1-D layer's), at most MAX_WINDOW."""
+    value = as_int(value, name, minimum)
+    if value > MAX_WINDOW:
+        raise ValueError(f"{name} must be at most {MAX_WINDOW}, got {value!r}")
+    return value
+
+
 def as_pair(value, name: str, minimum: int = 0) -> tuple[int, int]:
     """An int or a pair of ints (as torch's kernel_size/stride/padding), at most MAX_WINDOW."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(f"{name} must be an int or a pair, got {value!r}")
-        pair = (as_int(value[0], name, minimum), as_int(value[1], name, minimum))
-    else:
-        pair = (as_int(value, name, minimum),) * 2
-    if max(pair) > MAX_WINDOW:
-        raise ValueError(f"{name} must be at most {MAX_WINDOW}, got {value!r}")
-    return pair
+        return (as_window(value[0], name, minimum), as_window(value[1], name, minimum))
+    return (as_window(value, name, minimum),) * 2
 
 
 def as_scalar(value, name: str, minimum: float | None = None) -> float:

@@ -9,6 +9,7 @@ nothing else reads is folded into that layer.  All methods run on :mod:`relprop.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from . import io
 from . import layers as L
 from ._common import NonFiniteResult, map_batches
-from ._validate import as_float_array, check_size
+from ._validate import MAX_ELEMENTS, as_float_array, check_size
 from .engine import (
     GradientStep,
     TraceStep,
@@ -222,6 +223,10 @@ class Graph:
                 except ValueError as exc:
                     raise ValueError(f"{self._where(node.name)}: {exc}") from None
                 shapes[node.name] = tuple(int(s) for s in out)
+                if math.prod(shapes[node.name]) > MAX_ELEMENTS:  # one sample: no batch size helps
+                    raise ValueError(f"{self._where(node.name)}: its output of per-sample shape "
+                                     f"{shapes[node.name]} is more than relprop's limit of "
+                                     f"{MAX_ELEMENTS} elements")
             return shapes
 
         return dict(self._memo("_shapes", input_shape, walk))

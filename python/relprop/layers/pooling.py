@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
-from .._validate import as_int, as_pair
+from .._validate import as_pair, as_window
 from .base import (
     Layer,
     OnnxOp,
@@ -67,7 +67,7 @@ class Pool(Layer):
     _SHAPES = {2: "(channels, height, width)", 1: "(channels, length)"}
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
-        arg = as_pair if self.rank == 2 else as_int
+        arg = as_pair if self.rank == 2 else as_window
         self.kernel_size = arg(kernel_size, "kernel_size", minimum=1)
         self.stride = self.kernel_size if stride is None else arg(stride, "stride", minimum=1)
         self.padding = arg(padding, "padding", minimum=0)
@@ -553,7 +553,7 @@ class AdaptiveAvgPool1d(AvgPool):
     )
 
     def __init__(self, output_size):
-        self.output_size = as_int(output_size, "output_size", minimum=1)
+        self.output_size = as_window(output_size, "output_size", minimum=1)
 
     @classmethod
     def from_config(cls, cfg, arrays):

@@ -751,7 +751,11 @@ class Pad(Layer):
         return [(0, 0)] * (rank - k) + pairs
 
     def output_shape(self, shape):
-        out = tuple(n + b + a for n, (b, a) in zip(shape, self._widths(len(shape))))
+        widths = self._widths(len(shape))
+        if any(n + min(b, 0) + min(a, 0) < 0 for n, (b, a) in zip(shape, widths)):
+            raise ValueError(f"{self!r} crops more than per-sample shape {tuple(shape)} holds "
+                             "(a negative pad may remove at most its axis' elements)")
+        out = tuple(n + b + a for n, (b, a) in zip(shape, widths))
         if min(out) < 1:
             raise ValueError(f"{self!r} leaves nothing of per-sample shape {tuple(shape)}")
         return out
