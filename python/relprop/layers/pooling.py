@@ -13,6 +13,7 @@ import numpy as np
 from .. import ops
 from .._validate import as_pair, as_window
 from .base import (
+    LAYER_TYPES,
     Layer,
     OnnxOp,
     TorchFunction,
@@ -284,9 +285,9 @@ def _spatial(ctx, axes, keepdims, what, pool):
     if len(shape) not in (2, 3) or axes is None or sorted(a % rank for a in axes) != want:
         raise ctx.error(f"{what} over {axes} of per-sample shape {tuple(shape)} is not supported "
                         "(only over height and width, (2, 3), or a signal's length, 2)")
-    from .shape import Flatten
-
-    return [pool(shape, _global(shape), ctx)] + ([] if keepdims else [Flatten()])
+    # by kind: layers.shape imports lead back here (shape, merges, normalization, linear)
+    flatten = LAYER_TYPES["flatten"]
+    return [pool(shape, _global(shape), ctx)] + ([] if keepdims else [flatten()])
 
 
 def _dims(dims):
