@@ -261,6 +261,24 @@ def test_bad_parameter_values_are_user_errors_checked_before_any_work(tmp_path):
                           out), "samples 0..449 of INPUTS", "overflowed")
 
 
+@pytest.mark.parametrize("y, words", [
+    (np.array([0, 1]), ["2 labels 'y' for 4 samples 'x'"]),
+    (np.array([0, 1, 2, 10]), ["label 10 is out of range for 10 outputs"]),
+    (np.array([0.5, 1, 2, 3]), ["labels 'y' must be a 1-d array of ints", "float64"]),
+    (np.zeros((4, 2), int), ["labels 'y' must be a 1-d array of ints", "(4, 2)"]),
+])
+def test_labels_that_do_not_fit_their_inputs_are_user_errors(tmp_path, y, words):
+    """An .npz whose 'y' is not one class per sample of 'x': evaluate raised a traceback (status
+    1) or truncated float labels silently; concepts dropped them for --target pred silently."""
+    xy = tmp_path / "xy.npz"
+    np.savez(xy, x=np.zeros((4, 1, 8, 8), np.float32), y=y)
+    if "out of range" not in words[0]:  # concepts checks the range with its own words
+        assert_user_error(run("concepts", "digits_cnn", xy, "--layers", "0", "-o",
+                              tmp_path / "c"), "xy.npz: ", *words)
+    assert_user_error(run("evaluate", "digits_cnn", xy, "--target", "label", "--methods",
+                          "gradient", "--metrics", "sparseness"), "xy.npz: ", *words)
+
+
 @pytest.mark.parametrize("error", [TypeError, ValueError, MemoryError])
 @pytest.mark.parametrize("where", ["method", "table"])
 def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path, error, where):

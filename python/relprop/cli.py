@@ -558,8 +558,9 @@ def explain_report(args, net, inputs, kwargs, class_names=None, notes=()):
             render.save_png(os.path.join(input_dir, f"{name}.png"),
                             render.upscale(pics[i - start], scale))
     del rel_all
-    labels = load_labels(args.inputs)
-    if labels is not None and len(labels) != len(rows):
+    try:  # the report's label column only: INPUTS' labels that do not fit are left out
+        labels = load_labels(args.inputs, len(rows))
+    except UsageError:
         labels = None
     params = _params_text(kwargs)
     method = args.method + (f" ({params})" if params else "")
@@ -1053,13 +1054,14 @@ def run_evaluate(args, file=None):
             not os.path.isdir(args.report):
         raise UsageError(f"{args.report}: the report folder exists as a file")
     net = load_model(args.model)
-    x = np.asarray(load_inputs(args.inputs, net, args.strict, args.mean, args.std)[0]
-                   [:args.limit])
+    x_all = load_inputs(args.inputs, net, args.strict, args.mean, args.std)[0]
+    x = np.asarray(x_all[:args.limit])
     with user_input():
         norm = normalization(args.mean, args.std, net.input_shape)
     class_names = None if args.classes is None else load_class_names(args.classes, net)
     if args.target == "label":
-        labels = load_labels(args.inputs)
+        out = net.output_shape
+        labels = load_labels(args.inputs, len(x_all), out[0] if out and len(out) == 1 else None)
         if labels is None:
             raise UsageError("--target label needs INPUTS with labels ('y' in an .npz, or "
                              "'digits')")
@@ -1198,9 +1200,7 @@ def run_concepts(args):
     shape = parse_shape(args.input_shape) if args.input_shape else None
     net = load_model(args.model, shape)
     inputs = open_inputs(args.inputs, net, args.strict)
-    labels = load_labels(args.inputs)
-    if labels is not None and len(labels) != inputs.n:
-        labels = None
+    labels = load_labels(args.inputs, inputs.n)
     target = args.target or ("label" if labels is not None else "pred")
     if target not in ("label", "pred"):
         target = parse_target(target)

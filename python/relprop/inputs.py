@@ -361,16 +361,30 @@ def _only_images(spec, mean, std):
 
 
 @user_input()
-def load_labels(spec):
-    """The labels that come with INPUTS: the bundled digits' or an .npz's ``y`` (else None)."""
+def load_labels(spec, n, n_classes=None):
+    """The labels that come with INPUTS: the bundled digits' or an .npz's ``y`` (else None),
+    checked: ``n`` ints (one per sample of INPUTS), in ``0..n_classes - 1`` when given."""
     if spec == "digits":
         from .models import digits_data
 
-        return digits_data("test")[1]
-    if spec.lower().endswith(".npz"):
+        y = digits_data("test")[1]
+    elif spec.lower().endswith(".npz"):
         with np.load(spec, allow_pickle=False) as d:
-            return d["y"] if "y" in d.files else None
-    return None
+            if "y" not in d.files:
+                return None
+            y = d["y"]
+    else:
+        return None
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise TypeError(f"{spec}: labels 'y' must be a 1-d array of ints (one class per sample), "
+                        f"got dtype {y.dtype} and shape {y.shape}")
+    if len(y) != n:
+        raise ValueError(f"{spec}: {len(y)} labels 'y' for {n} samples 'x'; give one per sample")
+    if n_classes is not None and len(y) and not 0 <= y.min() <= y.max() < n_classes:
+        bad = int(y[(y < 0) | (y >= n_classes)][0])
+        raise ValueError(f"{spec}: label {bad} is out of range for {n_classes} outputs "
+                         f"(valid: 0..{n_classes - 1})")
+    return y
 
 
 def load_class_names(path, net):
