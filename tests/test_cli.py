@@ -279,6 +279,26 @@ def test_labels_that_do_not_fit_their_inputs_are_user_errors(tmp_path, y, words)
                           "gradient", "--metrics", "sparseness"), "xy.npz: ", *words)
 
 
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+@pytest.mark.parametrize("x, words", [
+    (np.ones((2, 1, 8, 8), bool), ["INPUTS has unsupported dtype bool"]),
+    (np.ones((2, 1, 8, 8), complex), ["INPUTS has unsupported dtype complex128"]),
+    (np.full((2, 1, 8, 8), np.nan), ["samples 0..1 of INPUTS: sample 0 contains NaN"]),
+])
+def test_inputs_of_a_bad_dtype_or_values_are_user_errors_in_every_subcommand(tmp_path, suffix,
+                                                                             x, words):
+    """explain and concepts raised a TypeError traceback (status 1) for bool or complex INPUTS,
+    and concepts a ValueError traceback for NaN ones (its chunks were read unchecked)."""
+    path = tmp_path / f"x{suffix}"
+    np.save(path, x) if suffix == ".npy" else np.savez(path, x=x)
+    if "NaN" not in words[0]:  # evaluate checks its whole x, with the library's words
+        assert_user_error(run("evaluate", "digits_cnn", path, "--methods", "gradient",
+                              "--metrics", "sparseness"), *words)
+    assert_user_error(run("explain", "digits_cnn", path, "-o", tmp_path / "e"), *words)
+    assert_user_error(run("concepts", "digits_cnn", path, "--layers", "0", "--target", "pred",
+                          "-o", tmp_path / "c"), *words)
+
+
 @pytest.mark.parametrize("error", [TypeError, ValueError, MemoryError])
 @pytest.mark.parametrize("where", ["method", "table"])
 def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path, error, where):

@@ -12,6 +12,8 @@ import sys
 
 import numpy as np
 
+from ._validate import float_dtype
+
 
 class UsageError(ValueError):
     """A mistake in what the user gave a command: an argument, a file, INPUTS, a missing
@@ -342,6 +344,7 @@ def load_inputs(spec, net, strict=False, mean=None, std=None):
                          f"(n, {', '.join(map(str, net.input_shape))})")
     if x.ndim < 2 or x.shape[0] == 0:
         raise ValueError(f"{spec}: INPUTS must be a non-empty batch (n, ...), got shape {x.shape}")
+    float_dtype(x.dtype, f"{spec}: INPUTS")
     width = len(str(len(x) - 1))
     return x, [f"{i:0{width}d}" for i in range(len(x))]
 

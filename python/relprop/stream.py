@@ -54,6 +54,7 @@ from collections import deque
 import numpy as np
 
 from ._common import PRED, NonFiniteResult
+from ._validate import float_dtype
 from .inputs import CHUNK_BYTES, MAX_CHUNK, NpyFile, UsageError, default_chunk_size, user_input  # noqa: F401 (API)
 
 #: The progress record's file name and format tag.
@@ -211,6 +212,8 @@ def open_inputs(spec, net, strict=False, mean=None, std=None) -> Inputs:
         shape = inputs.file.shape
         if len(shape) >= 2 and shape[0] > 0 and (net.input_shape is None or
                                                  shape[1:] == net.input_shape):
+            with user_input():
+                float_dtype(inputs.file.dtype, f"{spec}: INPUTS")
             return inputs  # a batch: read chunk by chunk
     # anything else (and the error messages) as every subcommand reads INPUTS; not used for a
     # .npy batch because it makes a name per sample
@@ -250,7 +253,7 @@ class Seeds:
                              f"{self.file.shape}")
 
     def read(self, start, stop):
-        """The seeds of samples ``start:stop``, checked as :func:`_read` checks INPUTS."""
+        """The seeds of samples ``start:stop``, checked as :func:`read_checked` checks INPUTS."""
         where = f"--target {self.path}: samples {start}..{stop - 1}"
         with user_input(f"{where}: "):
             seeds = self.file.read(start, stop)
@@ -875,7 +878,7 @@ class Progress:
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
-def _read(inputs, start, stop):
+def read_checked(inputs, start, stop):
     """Samples ``start:stop`` of INPUTS, checked: a file that cannot be read or NaN/Inf values
     are the user's :class:`UsageError`, naming the samples."""
     where = f"samples {start}..{stop - 1} of INPUTS"
@@ -1016,7 +1019,7 @@ def explain_to_folder(net, inputs, outdir, *, method, params, target=None, chunk
 
     def submit(start, stop):
         """Chunk ``start:stop`` read and submitted: ``(inputs, job)``."""
-        xb = _read(inputs, start, stop)
+        xb = read_checked(inputs, start, stop)
         return xb, runner.submit(xb, chunk_target(target, start, stop), start)
 
     def explained(fut, start, stop):

@@ -110,6 +110,8 @@ def atlas_to_folder(builder, inputs, outdir, *, labels=None, chunk_size, batch_s
     chunks as tasks, their results merged in order.  Returns ``{"atlas", "n", "done_before",
     "seconds"}``.
     """
+    from ..stream import read_checked
+
     os.makedirs(outdir, exist_ok=True)
     names = tuple(builder.nodes)
     run = {**run, "chunk_size": int(chunk_size)}
@@ -128,7 +130,7 @@ def atlas_to_folder(builder, inputs, outdir, *, labels=None, chunk_size, batch_s
         return None if labels is None else labels[start:stop]
 
     if client is None:
-        parts = (builder.run(inputs.read(s, min(n, s + chunk_size)), s,
+        parts = (builder.run(read_checked(inputs, s, min(n, s + chunk_size)), s,
                              labels_of(s, min(n, s + chunk_size)), batch_size) for s in starts)
     else:
         parts = _on_cluster(client, builder, inputs, starts, chunk_size, labels_of, batch_size)
@@ -149,6 +151,7 @@ def _on_cluster(client, builder, inputs, starts, chunk_size, labels_of, batch_si
     """The chunks' partial results, in order, computed as tasks of ``client`` (two per worker
     thread in flight; the network sent once; each task carries its chunk)."""
     from ..dask import _atlas_block, _identity, task
+    from ..stream import read_checked
 
     n = inputs.n
     net = client.submit(_identity, builder.net, pure=False)
@@ -157,8 +160,8 @@ def _on_cluster(client, builder, inputs, starts, chunk_size, labels_of, batch_si
 
     def submit(s):
         e = min(n, s + chunk_size)
-        return client.submit(task(_atlas_block), inputs.read(s, e), labels_of(s, e), s, net=net,
-                             spec=builder.spec, batch_size=batch_size, pure=False)
+        return client.submit(task(_atlas_block), read_checked(inputs, s, e), labels_of(s, e), s,
+                             net=net, spec=builder.spec, batch_size=batch_size, pure=False)
 
     it = iter(starts)
     for s in it:
