@@ -279,6 +279,17 @@ def test_labels_that_do_not_fit_their_inputs_are_user_errors(tmp_path, y, words)
                           "gradient", "--metrics", "sparseness"), "xy.npz: ", *words)
 
 
+@pytest.mark.parametrize("flags, words", [
+    (["--methods", " , "], ["--methods names no method"]),
+    (["--batch-size", "0"], ["--batch-size must be at least 1, got 0"]),
+])
+def test_evaluate_flags_are_checked(flags, words):
+    """Were a StopIteration and a ValueError traceback (status 1)."""
+    args = {"--methods": "gradient", "--metrics": "sparseness", **dict(zip(flags[::2],
+                                                                          flags[1::2]))}
+    assert_user_error(run("evaluate", "digits_cnn", "digits", *sum(args.items(), ())), *words)
+
+
 @pytest.mark.parametrize("suffix", [".npy", ".npz"])
 @pytest.mark.parametrize("x, words", [
     (np.ones((2, 1, 8, 8), bool), ["INPUTS has unsupported dtype bool"]),

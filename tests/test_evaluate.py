@@ -173,6 +173,18 @@ def test_compare_errors(rng, kwargs, match):
         rp.metrics.compare(net, rng.normal(size=(2, 6)), 0, ["gradient"], **kwargs)
 
 
+@pytest.mark.parametrize("methods, metrics", [
+    ([], ["sparseness"]), (["gradient"], []), ("gradient", ["sparseness"]),
+    (["gradient"], "sparseness"), (["gradient", "gradient"], ["sparseness"]),
+])
+def test_compare_needs_distinct_methods_and_metrics(rng, methods, metrics):
+    """No method gave an empty Comparison whose table raised StopIteration; a string was taken
+    letter by letter; a name given twice overwrote its first results."""
+    net = nets.mlp(rng, (6, 8, 3))
+    with pytest.raises(ValueError, match="must be a non-empty sequence of distinct names"):
+        rp.metrics.compare(net, rng.normal(size=(2, 6)), 0, methods, metrics)
+
+
 # --- the bundled digits CNN ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -1043,13 +1043,16 @@ def run_evaluate(args, file=None):
     the report); returns 0."""
     from .metrics import compare
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
     for m in methods:
         if m != "random":
             check_method(m)
+    if not methods:
+        raise UsageError("--methods names no method")
     metrics = parse_metrics(args.metrics)
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit must be at least 1, got {args.limit}")
+    for flag, v in (("--limit", args.limit), ("--batch-size", args.batch_size)):
+        if v is not None and v < 1:
+            raise UsageError(f"{flag} must be at least 1, got {v}")
     if args.report is not None and os.path.exists(args.report) and \
             not os.path.isdir(args.report):
         raise UsageError(f"{args.report}: the report folder exists as a file")
@@ -1088,7 +1091,7 @@ def run_evaluate(args, file=None):
     kwargs.update({m: box for m in BOX_METHODS})  # as 'relprop explain' does
     # the metrics, their parameters, the target and the masks, checked on one sample (with a
     # method that explains, so that the metrics that re-explain run too)
-    probe = [next((m for m in methods if m != "random"), "random")] if methods else []
+    probe = [next((m for m in methods if m != "random"), "random")]
     with user_input():
         compare(net, x[:1], target if np.ndim(target) == 0 else target[:1], probe, metrics,
                 masks=None if masks is None else masks[:1], seed=args.seed,

@@ -213,12 +213,16 @@ def compare(net, x, target, methods=DEFAULT_METHODS, metrics=DEFAULT_METRICS, *,
     Raises
     ------
     ValueError
-        An unknown metric, a localisation metric without ``masks``, a parameter no metric
-        takes.
+        No methods or metrics (or one named twice), an unknown metric, a localisation metric
+        without ``masks``, a parameter no metric takes.
     """
     from ..methods import explain
 
     x = net.check_input(x)
+    for what, names in (("methods", methods), ("metrics", metrics)):
+        if isinstance(names, str) or not len(names) or len(set(names)) != len(names):
+            raise ValueError(f"{what} must be a non-empty sequence of distinct names, got "
+                             f"{names!r}")
     for m in metrics:
         if m not in METRICS:
             raise ValueError(f"unknown metric {m!r}; the metrics: {', '.join(METRICS)}")
