@@ -175,3 +175,19 @@ def test_one_d_pool_sizes_beyond_the_kernels_range_are_refused(make):
     """As Conv1d's and the 2-D layers': not a pybind11 signature dump from the kernel call."""
     with pytest.raises(ValueError, match="must be at most 2147483647"):
         make(1 << 63)
+
+
+@pytest.mark.parametrize("shape, exc, match", [
+    ((3.5, 12, 12), TypeError, r"input_shape must be a sequence of ints, got \(3.5, 12, 12\)"),
+    ((3, 12, 12.0), TypeError, "input_shape must be a sequence of ints"),
+    ((3, 0, 12), ValueError, r"input_shape must be positive sizes, got \(3, 0, 12\)"),
+    ((True, 12, 12), TypeError, "input_shape must be a sequence of ints"),
+])
+def test_sample_shapes_are_ints_not_truncated_floats(cnn, shape, exc, match):
+    """A per-sample shape of 3.5 was truncated to 3 (the network built, planned and counted
+    for a shape nobody gave); every entry point that takes one refuses it the same way."""
+    with pytest.raises(exc, match=match):
+        rp.Sequential(list(cnn.layers), input_shape=shape)
+    for call in (cnn.plans, cnn.node_flops, cnn.tensor_shapes):
+        with pytest.raises(exc, match=match):
+            call(shape)

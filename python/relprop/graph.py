@@ -17,7 +17,7 @@ import numpy as np
 from . import io
 from . import layers as L
 from ._common import NonFiniteResult, map_batches
-from ._validate import MAX_ELEMENTS, as_float_array, check_size
+from ._validate import MAX_ELEMENTS, as_float_array, as_int, check_size
 from .engine import (
     GradientStep,
     TraceStep,
@@ -149,9 +149,9 @@ class Graph:
         self.input_shape = None
         self.output_shape = None
         if input_shape is not None:
-            shape = tuple(int(s) for s in input_shape)
-            if not shape or any(s <= 0 for s in shape):
-                raise ValueError(f"input_shape must be positive sizes, got {tuple(input_shape)}")
+            shape = _sizes(input_shape)
+            if not shape:
+                raise ValueError(f"input_shape must be positive sizes, got {shape}")
             self.output_shape = self.tensor_shapes(shape)[self.output]
             self.input_shape = shape
 
@@ -213,7 +213,7 @@ class Graph:
     def tensor_shapes(self, input_shape) -> dict:
         """Per-sample shape of every tensor: ``{input_name: input_shape, node: output shape}``
         (computed once per input shape: every call checks its input with it)."""
-        input_shape = tuple(int(s) for s in input_shape)
+        input_shape = _sizes(input_shape)
 
         def walk():
             shapes = {self.input_name: input_shape}
@@ -238,7 +238,7 @@ class Graph:
         shape = self.input_shape if input_shape is None else input_shape
         if shape is None:
             raise ValueError("the network has no input shape: pass input_shape")
-        shape = tuple(int(s) for s in shape)
+        shape = _sizes(shape)
 
         def count():  # (remembered: the batch loop asks on every call)
             shapes = self.tensor_shapes(shape)
@@ -257,7 +257,7 @@ class Graph:
         order: ``[(forward plan, backward plan)]``, ``(None, None)`` for layers without
         weights; what ``relprop info`` lists.  A node the forward pass fuses with its ReLU and
         max pooling runs these plans in the fused kernels."""
-        shape = self.input_shape if input_shape is None else tuple(int(s) for s in input_shape)
+        shape = self.input_shape if input_shape is None else input_shape
         if shape is None:
             raise ValueError("the network has no input shape: pass input_shape")
         shapes = self.tensor_shapes(shape)
@@ -616,6 +616,16 @@ def _from_description(desc, arrays, path) -> Graph:
         return Graph(nodes, input_shape=shape, **kw)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path}: {exc}") from None
+
+
+def _sizes(shape) -> tuple:
+    """A per-sample shape as a tuple of ints >= 1 (not truncated floats: 3.5 is refused)."""
+    try:
+        return tuple(as_int(s, "input_shape", minimum=1) for s in shape)
+    except ValueError:
+        raise ValueError(f"input_shape must be positive sizes, got {shape!r}") from None
+    except TypeError:
+        raise TypeError(f"input_shape must be a sequence of ints, got {shape!r}") from None
 
 
 def _fold_batchnorms(nodes, output):
