@@ -36,6 +36,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import relprop as rp
 import relprop.io as rp_network
+from relprop._common import NonFiniteResult
 from relprop.reference import network as ref_net
 
 CLEAN = (ValueError, TypeError, MemoryError)
@@ -890,3 +891,60 @@ def test_a_huge_padded_window_costs_no_more_than_the_input(cls):
     assert_allclose(y, np.broadcast_to(want[..., None], (3, 2, 1, 20)).reshape(3, 2, 4, 5),
                     rtol=1e-12)
     assert rp.gradient(net, x, np.ones((3, 40))).shape == x.shape
+
+
+def _new_layer_nets():
+    """One network per family of the layer types of issues 24.3 and 27."""
+    r = np.random.default_rng(0)
+    d = 4
+    return [
+        rp.Sequential([rp.Conv1d(r.normal(size=(4, 2, 3)), np.ones(4), stride=2, padding=1),
+                       rp.PReLU(np.full(4, 0.2)), rp.MaxPool1d(2), rp.AvgPool1d(2, stride=1,
+                                                                                padding=1),
+                       rp.AdaptiveAvgPool1d(2), rp.LayerNorm(np.ones(2), np.zeros(2)),
+                       rp.Hardtanh(-2, 2), rp.GELU("tanh")], input_shape=(2, 10)),
+        rp.Sequential([rp.ConvTranspose2d(r.normal(size=(2, 3, 3, 3)), np.ones(3), stride=2,
+                                          padding=1, output_padding=1), rp.LeakyReLU(0.1),
+                       rp.Upsample(scale_factor=2, mode="bilinear"), rp.Upsample(size=(9, 9)),
+                       rp.Pad((1, 1, 2, 2)), rp.Scale(np.ones((3, 1, 1))),
+                       rp.LayerNorm(np.ones(3), axis="channels"), rp.SiLU()],
+                      input_shape=(2, 3, 3)),
+        rp.Graph([("q", rp.Dense(r.normal(size=(d, d))), ["input"]),
+                  ("a", rp.Attention(2), ["q", "input", "input"]),
+                  ("m", rp.Mul(), ["a", "input"]), ("p", rp.Permute((0, 2, 1)), ["m"]),
+                  ("c", rp.Concat(axis=2), ["p", "p"]), ("r", rp.Reshape((-1,)), ["c"]),
+                  ("s", rp.Slice(1, 0, 10), ["r"])], input_shape=(3, d), output="s"),
+    ]
+
+
+@pytest.mark.parametrize("k", range(3))
+def test_bad_descriptions_of_new_layer_types_are_refused_or_run(tmp_path, k):
+    """Every entry of every layer description set to a bad value (negative, zero, huge, of the
+    wrong type) or left out: a ValueError on load, or a network that runs on its input shape;
+    never another exception, and never an absurd allocation (a huge Upsample, Pad or pooling
+    size is refused when the network is built)."""
+    net = _new_layer_nets()[k]
+    net.save(tmp_path / "ok.npz")
+    desc, arrays = rp_network.read_model(tmp_path / "ok.npz")
+    key = "layers" if "layers" in desc else "nodes"
+    bads = [-1, 0, 1 << 40, 1 << 63, "x", None, [1, 2, 3], [], 1.5, True, [-5, -5],
+            [1 << 40, 1 << 40]]
+    x = np.random.default_rng(1).normal(size=(1,) + net.input_shape)
+    for i, spec in enumerate(desc[key]):
+        for name in [n for n in spec if n not in ("kind", "name", "inputs")]:
+            for bad in bads + ["drop"]:
+                d = json.loads(json.dumps(desc))
+                if bad == "drop":
+                    del d[key][i][name]
+                else:
+                    d[key][i][name] = bad
+                rp_network.write_model(tmp_path / "bad.npz", d, arrays)
+                try:
+                    loaded = rp.load(tmp_path / "bad.npz")
+                except ValueError:
+                    continue
+                assert (spec["kind"], name) != ("scale", "shape"), bad  # must agree with weight
+                try:
+                    assert np.isfinite(loaded(x)).all(), (spec["kind"], name, bad)
+                except NonFiniteResult:  # LayerNorm's eps=0 (torch's too) on a padded zero
+                    assert (spec["kind"], name, bad) == ("layernorm", "eps", 0)

@@ -332,6 +332,9 @@ class Scale(Layer):
     def from_config(cls, cfg, arrays):
         if "weight" not in arrays:
             raise ValueError("missing weight")
+        if cfg.get("shape") != list(arrays["weight"].shape):
+            raise ValueError(f"has 'shape' {cfg.get('shape')!r} but a weight of shape "
+                             f"{arrays['weight'].shape}")
         return cls(arrays["weight"])
 
     def config(self):
