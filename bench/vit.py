@@ -7,7 +7,7 @@ the peer alternate for ``--rounds`` rounds (a then b, b then a, ...), so that bo
 machine in the same state; the report gives each side's median time per call, samples/s and the
 ratio peer / relprop (above 1: relprop is faster). Tasks:
 
-* forward: ``net(x)`` against ``model(x)`` under ``torch.no_grad()``;
+* forward: ``net(x)`` against ``model(x)`` under ``torch.inference_mode()``;
 * gradient: ``rp.gradient(net, x, c)`` against autograd's ``x.grad`` of ``y[:, c].sum()``;
 * LRP: ``rp.lrp(net, x, c)`` (the composite "attnlrp") against LXT 2.1's ``x * x.grad`` on the
   model patched by ``lxt.efficient.monkey_patch(vision_transformer)``'s map (applied to a copy's
@@ -70,7 +70,7 @@ def lxt_patched(module):
 def tasks(net, module, patched):
     """``{task: (relprop job, peer job)}``, each job a function of x (a NumPy array)."""
     def torch_forward(x):
-        with torch.no_grad():
+        with torch.inference_mode():
             return module(torch.from_numpy(x)).numpy()
 
     def grad_of(m, times_input):
@@ -105,7 +105,10 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     module, shape = model(args.quick)
     net = rp.from_torch(module, shape)
-    jobs = tasks(net, module, lxt_patched(module))
+    patched = lxt_patched(module)
+    for m in (module, patched):  # gradients with parameters frozen, as their users run them
+        m.requires_grad_(False)
+    jobs = tasks(net, module, patched)
     rng = np.random.default_rng(0)
     print(f"{'vit (quick)' if args.quick else 'vit_b_16'} {shape}, float32, {args.rounds} "
           "alternating rounds per cell; times are medians per call")
