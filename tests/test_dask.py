@@ -896,7 +896,7 @@ def test_fifty_jobs_do_not_grow_worker_memory(digits):
     used = []
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=":0") as cluster, \
-            distributed.Client(cluster, timeout="60s", set_as_default=False) as client:
+            distributed.Client(cluster, timeout="60s") as client:  # the default while open
         for job in range(50):
             got = compute(client, rd.explain(net, xd, 0, "lrp.epsilon"))
             if job in (9, 49):
