@@ -12,6 +12,7 @@ where the activations of one chunk are every layer's input and output for ``batc
 samples (the trace the backward pass reuses) and FACTOR = 5 leaves room for a rule's
 temporaries (LRP-gamma keeps up to four layer-sized arrays next to the trace).
 """
+import os
 import sys
 import tracemalloc
 
@@ -183,6 +184,11 @@ def _held_by_kernels(call):
     return out, after["peak_bytes"] - before - pooled
 
 
+#: .ci/sanitize preloads ASan: its build takes every workspace from the heap at its exact size,
+#: so that an access past it is reported (cpp/include/relprop/workspace.hpp), never the pool
+ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
 def test_kernel_workspaces_are_counted_and_released():
     """Every scratch byte a kernel holds is counted while the call runs, kept mapped by the
     pool once it returned, and given back by release_memory: the GEMM's packed panels of B
@@ -199,7 +205,8 @@ def test_kernel_workspaces_are_counted_and_released():
         steps = -(-k // blocks["kc"])
         panel = -(-k // steps) * min(blocks["nc"], n) * 4
         assert held >= panel
-        assert rp.ops.memory_stats()["pool_cached_bytes"] >= panel  # mapped for the next call
+        if not ASAN:  # mapped for the next call (under ASan workspaces live on the heap)
+            assert rp.ops.memory_stats()["pool_cached_bytes"] >= panel
         rp.release_memory()
         assert rp.ops.memory_stats()["pool_cached_bytes"] == 0
 
