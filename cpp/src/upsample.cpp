@@ -101,6 +101,19 @@ class Plan {
   bool linear_;
 };
 
+// body(rows' taps, columns' taps, linear, plane, row) for every plane on the threads (the
+// arguments checked first), with `row` one input row of scratch per thread.
+template <typename T, class Body>
+void for_each_plane(const Upsample2d& u, int nthreads, Body body) {
+  const Plan<T> plan(u);
+  if (u.planes == 0) return;
+  const int nt = threads_for(nthreads, u.planes, u.planes * u.oh * (u.w + u.ow));
+  Workspace<T> all(u.w, nt);
+  parallel_for(nt, u.planes, [&](idx pl) {
+    body(plan.rows(), plan.cols(), plan.linear(), pl, all.part(thread_index()));
+  });
+}
+
 }  // namespace
 
 // Per plane and output row: the row's two source rows mixed into `row` (nearest: the source row
@@ -108,15 +121,8 @@ class Plan {
 // one before is a copy of it.
 template <typename T>
 void upsample2d_forward(const T* x, T* y, const Upsample2d& u, int nthreads) {
-  const Plan<T> plan(u);
-  if (u.planes == 0) return;
-  const Taps<T>& r = plan.rows();
-  const Taps<T>& c = plan.cols();
-  const bool linear = plan.linear();
-  const int nt = threads_for(nthreads, u.planes, u.planes * u.oh * (u.w + u.ow));
-  Workspace<T> all(u.w, nt);
-  parallel_for(nt, u.planes, [&](idx pl) {
-    T* row = all.part(thread_index());
+  for_each_plane<T>(u, nthreads, [&](const Taps<T>& r, const Taps<T>& c, bool linear, idx pl,
+                                     T* row) {
     const T* xs = x + pl * u.h * u.w;
     T* ys = y + pl * u.oh * u.ow;
     for (idx i = 0; i < u.oh; ++i) {
@@ -145,15 +151,8 @@ void upsample2d_forward(const T* x, T* y, const Upsample2d& u, int nthreads) {
 // (output columns in order, tap 0 then tap 1), then added to the row's source rows.
 template <typename T>
 void upsample2d_backward(const T* gy, T* gx, const Upsample2d& u, int nthreads) {
-  const Plan<T> plan(u);
-  if (u.planes == 0) return;
-  const Taps<T>& r = plan.rows();
-  const Taps<T>& c = plan.cols();
-  const bool linear = plan.linear();
-  const int nt = threads_for(nthreads, u.planes, u.planes * u.oh * (u.w + u.ow));
-  Workspace<T> all(u.w, nt);
-  parallel_for(nt, u.planes, [&](idx pl) {
-    T* row = all.part(thread_index());
+  for_each_plane<T>(u, nthreads, [&](const Taps<T>& r, const Taps<T>& c, bool linear, idx pl,
+                                     T* row) {
     const T* gs = gy + pl * u.oh * u.ow;
     T* gxs = gx + pl * u.h * u.w;
     std::fill(gxs, gxs + u.h * u.w, T(0));
