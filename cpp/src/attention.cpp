@@ -46,25 +46,6 @@ void softmax_row(double* s, idx n, double scale) {
   for (idx j = 0; j < n; ++j) s[j] /= sum;
 }
 
-// One GEMM problem C (m x n) = A B with A(i, p) = a[i*rsa + p*csa], B(p, j) = b[p*rsb + j*csb].
-template <typename T>
-detail::GemmArgs<T> product(idx m, idx n, idx k, const T* a, idx rsa, idx csa, const T* b,
-                            idx rsb, idx csb, T* c, idx ldc) {
-  detail::GemmArgs<T> g;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.a = a;
-  g.rsa = rsa;
-  g.csa = csa;
-  g.b = b;
-  g.rsb = rsb;
-  g.csb = csb;
-  g.c = c;
-  g.ldc = ldc;
-  return g;
-}
-
 // The shapes of one call and the operands of a (sample, head) pair.
 struct Heads {
   idx n, tq, tk, heads, dk, dv;
@@ -112,11 +93,11 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, T* a, idx n, 
   const detail::GemmImpl<T>& impl = detail::active_gemm<T>();
   const idx dq = h.dq(), dw = h.dw();
   auto scores = [&](idx s, idx hd) {  // S = Q_h K_h^T into A's block
-    return product<T>(tq, tk, dk, q + s * tq * dq + hd * dk, dq, 1, k + s * tk * dq + hd * dk, 1,
+    return detail::gemm_args<T>(tq, tk, dk, q + s * tq * dq + hd * dk, dq, 1, k + s * tk * dq + hd * dk, 1,
                       dq, a + (s * heads + hd) * tq * tk, tk);
   };
   auto values = [&](idx s, idx hd) {  // O_h = A V_h
-    return product<T>(tq, dv, tk, a + (s * heads + hd) * tq * tk, tk, 1,
+    return detail::gemm_args<T>(tq, dv, tk, a + (s * heads + hd) * tq * tk, tk, 1,
                       v + s * tk * dw + hd * dv, dw, 1, out + s * tq * dw + hd * dv, dw);
   };
   for_units<T>(h, {scores(0, 0), values(0, 0)}, 0, nthreads, [&](idx s, idx hd, T*, T* gemm) {
@@ -138,19 +119,19 @@ void attention_backward(const T* g, const T* q, const T* k, const T* v, const T*
   const idx dq = h.dq(), dw = h.dw();
   const bool scores = gq || gk;  // gA and gS needed
   auto grad_v = [&](idx s, idx hd) {  // gV_h = A^T G_h
-    return product<T>(tk, dv, tq, a + (s * heads + hd) * tq * tk, 1, tk, g + s * tq * dw + hd * dv,
+    return detail::gemm_args<T>(tk, dv, tq, a + (s * heads + hd) * tq * tk, 1, tk, g + s * tq * dw + hd * dv,
                       dw, 1, gv + s * tk * dw + hd * dv, dw);
   };
   auto grad_a = [&](idx s, idx hd, T* ga) {  // gA = G_h V_h^T
-    return product<T>(tq, tk, dv, g + s * tq * dw + hd * dv, dw, 1, v + s * tk * dw + hd * dv, 1,
+    return detail::gemm_args<T>(tq, tk, dv, g + s * tq * dw + hd * dv, dw, 1, v + s * tk * dw + hd * dv, 1,
                       dw, ga, tk);
   };
   auto grad_q = [&](idx s, idx hd, const T* gs) {  // gQ_h = gS K_h
-    return product<T>(tq, dk, tk, gs, tk, 1, k + s * tk * dq + hd * dk, dq, 1,
+    return detail::gemm_args<T>(tq, dk, tk, gs, tk, 1, k + s * tk * dq + hd * dk, dq, 1,
                       gq + s * tq * dq + hd * dk, dq);
   };
   auto grad_k = [&](idx s, idx hd, const T* gs) {  // gK_h = gS^T Q_h
-    return product<T>(tk, dk, tq, gs, 1, tk, q + s * tq * dq + hd * dk, dq, 1,
+    return detail::gemm_args<T>(tk, dk, tq, gs, 1, tk, q + s * tq * dq + hd * dk, dq, 1,
                       gk + s * tk * dq + hd * dk, dq);
   };
   const idx unit = 64 / sizeof(T);

@@ -11,27 +11,21 @@ namespace relprop {
 
 namespace {
 
+// C (m, n) = A (m, k) . B (k, n), A and C row-major, B = w at strides (rsb, csb) or packed.
+template <typename T>
+detail::GemmArgs<T> dense_args(idx m, idx n, idx k, const T* a, const T* w, idx rsb, idx csb,
+                               const T* packed, T* c) {
+  detail::GemmArgs<T> g = packed ? detail::gemm_args(m, n, k, a, k, 1, c, n)
+                                 : detail::gemm_args(m, n, k, a, k, 1, w, rsb, csb, c, n);
+  g.bpack = packed;
+  return g;
+}
+
 // The GEMM gx (n, in) = A (n, out) . w (out, in) of the backward pass (A = g, or r / stab(z)).
 template <typename T>
 detail::GemmArgs<T> backward_args(const T* a, const T* w, T* gx, idx n, idx in, idx out,
                                   const T* packed) {
-  detail::GemmArgs<T> g;
-  g.m = n;
-  g.n = in;
-  g.k = out;
-  g.a = a;
-  g.rsa = out;
-  g.csa = 1;
-  if (packed) {
-    g.bpack = packed;
-  } else {
-    g.b = w;  // B = w
-    g.rsb = in;
-    g.csb = 1;
-  }
-  g.c = gx;
-  g.ldc = in;
-  return g;
+  return dense_args(n, in, out, a, w, in, 1, packed, gx);
 }
 
 }  // namespace
@@ -41,22 +35,7 @@ void dense_forward(const T* x, const T* w, const T* b, T* y, idx n, idx in, idx 
                    int nthreads, const T* packed, bool relu) {
   // y (n, out) = x (n, in) . w^T (in, out) + b: the bias is each column's init, as it was
   // when it was copied into y and the products accumulated onto it (b + s_0 + s_1 + ...)
-  detail::GemmArgs<T> g;
-  g.m = n;
-  g.n = out;
-  g.k = in;
-  g.a = x;
-  g.rsa = in;
-  g.csa = 1;
-  if (packed) {
-    g.bpack = packed;
-  } else {
-    g.b = w;  // B = w^T
-    g.rsb = 1;
-    g.csb = in;
-  }
-  g.c = y;
-  g.ldc = out;
+  detail::GemmArgs<T> g = dense_args(n, out, in, x, w, 1, in, packed, y);  // B = w^T
   g.col_bias = b;
   g.epilogue = relu ? detail::Epilogue::relu : detail::Epilogue::none;
   detail::run_gemm(detail::active_gemm<T>(), g, nthreads);

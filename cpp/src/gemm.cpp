@@ -309,34 +309,11 @@ RELPROP_INSTANTIATE(double)
 // ---------------------------------------------------------------------------------------------
 // Public entry points
 
-namespace {
-
-// A GEMM problem with A and C set (B is the caller's).
-template <typename T>
-detail::GemmArgs<T> args_a_c(idx m, idx n, idx k, const T* a, idx rsa, idx csa, T* c, idx ldc,
-                             bool accumulate) {
-  detail::GemmArgs<T> g;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.a = a;
-  g.rsa = rsa;
-  g.csa = csa;
-  g.c = c;
-  g.ldc = ldc;
-  g.accumulate = accumulate;
-  return g;
-}
-
-}  // namespace
-
 template <typename T>
 void gemm(idx m, idx n, idx k, const T* a, idx rsa, idx csa, const T* b, idx rsb, idx csb, T* c,
           idx ldc, bool accumulate, int nthreads) {
-  detail::GemmArgs<T> g = args_a_c(m, n, k, a, rsa, csa, c, ldc, accumulate);
-  g.b = b;
-  g.rsb = rsb;
-  g.csb = csb;
+  detail::GemmArgs<T> g = detail::gemm_args(m, n, k, a, rsa, csa, b, rsb, csb, c, ldc);
+  g.accumulate = accumulate;
   detail::run_gemm(detail::active_gemm<T>(), g, nthreads);
 }
 
@@ -354,7 +331,8 @@ void pack_b(idx k, idx n, const T* b, idx rsb, idx csb, T* dst) {
 template <typename T>
 void gemm_packed_b(idx m, idx n, idx k, const T* a, idx rsa, idx csa, const T* bpack, T* c,
                    idx ldc, bool accumulate, int nthreads) {
-  detail::GemmArgs<T> g = args_a_c(m, n, k, a, rsa, csa, c, ldc, accumulate);
+  detail::GemmArgs<T> g = detail::gemm_args(m, n, k, a, rsa, csa, c, ldc);
+  g.accumulate = accumulate;
   g.bpack = bpack;
   detail::run_gemm(detail::active_gemm<T>(), g, nthreads);
 }

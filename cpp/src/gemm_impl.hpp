@@ -94,6 +94,33 @@ struct GemmArgs {
   T a_eps = T(0);
 };
 
+// A problem with A(i, p) = a[i*rsa + p*csa] and C(i, j) = c[i*ldc + j]; B is the caller's to
+// give (b, im or bpack).
+template <typename T>
+GemmArgs<T> gemm_args(idx m, idx n, idx k, const T* a, idx rsa, idx csa, T* c, idx ldc) {
+  GemmArgs<T> g;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.a = a;
+  g.rsa = rsa;
+  g.csa = csa;
+  g.c = c;
+  g.ldc = ldc;
+  return g;
+}
+
+// ... and B(p, j) = b[p*rsb + j*csb].
+template <typename T>
+GemmArgs<T> gemm_args(idx m, idx n, idx k, const T* a, idx rsa, idx csa, const T* b, idx rsb,
+                      idx csb, T* c, idx ldc) {
+  GemmArgs<T> g = gemm_args(m, n, k, a, rsa, csa, c, ldc);
+  g.b = b;
+  g.rsb = rsb;
+  g.csb = csb;
+  return g;
+}
+
 // The kernels of one ISA and element type, with its register tile and cache blocks.
 template <typename T>
 struct GemmImpl {
