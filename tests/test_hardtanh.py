@@ -4,6 +4,7 @@ importers (nn.Hardtanh, F.hardtanh, torch.clamp and x.clamp with one or two boun
 of both exporters; ReLU and ReLU6 keep their kinds), model files, and the peers: torch autograd
 for the gradient, Zennit for LRP (its Pass rule for activations), Captum for deconvnet and
 guided backprop (which override ReLU modules only: a Hardtanh passes its gradient)."""
+import checks
 import numpy as np
 import pytest
 from hypothesis import given
@@ -12,10 +13,9 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import relprop as rp
 from relprop import ops
-from relprop import reference as ref
 
 import nets
-from strategies import DTYPES, arrays, f64, with_threads
+from strategies import DTYPES, arrays
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -31,26 +31,8 @@ def test_kernel_matches_twin_and_torch(dtype, bounds, data):
     shape = data.draw(st.sampled_from([(1,), (3, 5), (2, 3, 4, 5), (1, 70)]))
     x = data.draw(arrays(dtype, shape, lo=-4.0, hi=4.0))
     x.flat[:2] = [lo if np.isfinite(lo) else 0.0, hi if np.isfinite(hi) else 0.0][:x.size]
-    g = data.draw(arrays(dtype, shape))
-    y = ops.hardtanh_forward(x, lo, hi)
-    gx = ops.hardtanh_backward(g, x, lo, hi)
-    assert_array_equal(y, ref.hardtanh_forward(x, lo, hi))
-    assert_array_equal(gx, ref.hardtanh_backward(g, x, lo, hi))
-    for n in (1, 2):
-        assert_array_equal(with_threads(n, ops.hardtanh_forward, x, lo, hi), y)
-        assert_array_equal(with_threads(n, ops.hardtanh_backward, g, x, lo, hi), gx)
-    xt = torch.from_numpy(x).requires_grad_()
-    yt = F.hardtanh(xt, lo, hi)
-    yt.backward(torch.from_numpy(g))
-    assert_array_equal(y, yt.detach().numpy())
-    assert_array_equal(gx, xt.grad.numpy())  # 0 at the bounds, as torch's
-    # the gradient is the transpose of the Jacobian (difference quotients away from the kinks)
-    t = 1e-3
-    near = (abs(x - np.float64(lo)) < 2 * t) | (abs(x - np.float64(hi)) < 2 * t)
-    u = np.where(near, 0, data.draw(arrays(dtype, shape)))
-    ju = (f64(ops.hardtanh_forward(x + t * u, lo, hi)) - f64(y)) / t
-    err = np.finfo(dtype).eps * (abs(f64(x)) + t * abs(f64(u))) / t
-    assert abs(np.vdot(ju, f64(g)) - np.vdot(f64(u), f64(gx))) <= np.vdot(err, abs(f64(g))) + 1e-12
+    checks.elementwise_kernel(data, "hardtanh", x, (lo, hi), lambda xt: F.hardtanh(xt, lo, hi),
+                              kinks=bounds)  # torch's gradient at the bounds is 0, as relprop's
 
 
 def test_nan_and_errors():
@@ -120,55 +102,29 @@ def test_from_torch_gradient_and_reference(rng):
     net = rp.from_torch(module, (3, 8, 8))
     assert _kinds(net) == KINDS
     x = rng.normal(size=(4, 3, 8, 8))
-    xt = torch.from_numpy(x).requires_grad_()
-    module(xt)[:, 2].sum().backward()
-    assert_allclose(rp.gradient(net, x, 2), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
-    assert_allclose(rp.gradient(net, x, 2), ref.gradient(net, x, 2), rtol=1e-10, atol=1e-13)
-    R = rp.lrp(net, x, 2, "epsilon_plus_flat")
-    rules = rp.composites.EpsilonPlusFlat().rules(net)
+    rules = checks.as_torch_and_reference(module, net, x, 2)
     assert {r.registry_name for n, r in zip(net.nodes, rules) if n.layer.kind == "hardtanh"} \
         == {"pass"}  # the activation slot's default
-    want = ref.lrp(net, x, ref.seed(2, ref.forward(net, x)[-1], scale=True), rules)
-    assert_allclose(R, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
 
 
 def test_lrp_matches_zennit(rng):
-    zc = pytest.importorskip("zennit.composites")
-    from zennit.attribution import Gradient
-
     # Zennit hooks modules: compare on a chain of them (a functional clamp gets the gradient)
     m = _net()
     chain = nn.Sequential(m.conv1, m.act1, m.pool, m.conv2, nn.Hardtanh(-0.5, 0.5), nn.Flatten(),
                           m.fc)
-    net = rp.from_torch(chain, (3, 8, 8))
-    x = rng.normal(size=(1, 3, 8, 8))
-    seed = np.zeros((1, 5))
-    seed[0, 3] = net(x)[0, 3]
-    with Gradient(model=chain, composite=zc.EpsilonPlusFlat()) as attributor:
-        _, want = attributor(torch.from_numpy(x).requires_grad_(), torch.from_numpy(seed))
-    got = rp.lrp(net, x, seed, "epsilon_plus_flat")
-    want = want.detach().numpy()
-    assert_allclose(got, want, rtol=1e-7, atol=1e-10 * abs(want).max())
+    checks.lrp_as_zennit(chain, rp.from_torch(chain, (3, 8, 8)), rng.normal(size=(1, 3, 8, 8)), 3)
 
 
-@pytest.mark.parametrize("method,captum_name", [("deconvnet", "Deconvolution"),
-                                                ("guided_backprop", "GuidedBackprop")])
-def test_deconvnet_and_guided_backprop_pass_its_gradient_as_captum(rng, method, captum_name):
+@pytest.mark.parametrize("method", checks.CAPTUM_BACKPROP)
+def test_deconvnet_and_guided_backprop_pass_its_gradient_as_captum(rng, method):
     """Captum overrides nn.ReLU modules only; the net's Hardtanhs pass their gradient.  (Its
     ReLU6 modules would too in Captum; relprop keeps the rectifier rule for ReLU6: chain without
     them here.)"""
-    captum = pytest.importorskip("captum.attr")
     m = _net()
     chain = nn.Sequential(m.conv1, m.act1, m.pool, m.conv2, nn.Hardtanh(-0.5, 0.5), m.relu,
                           nn.Flatten(), m.fc)
     net = rp.from_torch(chain, (3, 8, 8))
-    x = rng.normal(size=(3, 3, 8, 8))
-    got = rp.explain(net, x, 1, method)
-    xt = torch.from_numpy(x).requires_grad_()
-    with pytest.warns(UserWarning, match="backward hooks on ReLU"):
-        want = getattr(captum, captum_name)(chain).attribute(xt, target=1)
-    assert_allclose(got, want.detach().numpy(), rtol=1e-10, atol=1e-12)
-    assert_allclose(got, getattr(ref, method)(net, x, 1), rtol=1e-10, atol=1e-12)
+    checks.backprop_as_captum(chain, net, rng.normal(size=(3, 3, 8, 8)), 1, method)
 
 
 @pytest.mark.parametrize("path", nets.IMPORT_PATHS[1:])
@@ -181,23 +137,16 @@ def test_from_onnx_of_both_exporters(tmp_path, rng, path):
     assert_allclose(bounds, sorted(b for _, k, b in KINDS if k == "hardtanh"), rtol=1e-7)
     # (the exporters may merge the equal Clip(0, 6) of self.six and torch.clamp)
     assert {n.layer.kind for n in net.nodes} >= {"relu", "relu6"}
-    x = rng.normal(size=(3, 3, 8, 8)).astype(np.float32)
-    with torch.no_grad():
-        want = module(torch.from_numpy(x).double()).numpy()
-    assert_allclose(net(x), want, rtol=1e-5, atol=1e-5 * abs(want).max())
+    checks.onnx_forward_as_torch(net, module, rng.normal(size=(3, 3, 8, 8)).astype(np.float32))
 
 
 def test_saved_and_loaded(tmp_path, rng):
     net = rp.Sequential([rp.Dense(rng.normal(size=(6, 4))), rp.Hardtanh(-0.5, 0.75),
                          rp.Dense(rng.normal(size=(2, 6))), rp.Hardtanh(max_val=None)],
                         input_shape=(4,))
-    net.save(tmp_path / "m.npz")
-    back = rp.load(tmp_path / "m.npz")
+    back = checks.saved_and_loaded(net, tmp_path, rng.normal(size=(5, 4)))
     assert [layer.describe() for layer in back.layers[1::2]] == ["Hardtanh [-0.5, 0.75]",
                                                                 "Hardtanh [-1, inf]"]
-    x = rng.normal(size=(5, 4))
-    assert_array_equal(back(x), net(x))
-    assert_allclose(net(x), ref.forward(net, x)[-1], rtol=1e-12)
 
 
 def test_onnx_max_and_min_of_a_constant_are_clamps(rng):
@@ -221,23 +170,15 @@ def test_onnx_max_and_min_of_a_constant_are_clamps(rng):
         rp.from_onnx(model([helper.make_node("Max", ["x", "x"], ["y"], name="max")], {}))
 
 
-@pytest.mark.parametrize("method,captum_name", [("deconvnet", "Deconvolution"),
-                                                ("guided_backprop", "GuidedBackprop")])
-def test_relu6_passes_its_gradient_under_deconvnet_and_guided_backprop(rng, method,
-                                                                       captum_name):
+@pytest.mark.parametrize("method", checks.CAPTUM_BACKPROP)
+def test_relu6_passes_its_gradient_under_deconvnet_and_guided_backprop(rng, method):
     """ReLU6 is Hardtanh(0, 6) with a kind of its own: Captum's hooks take nn.ReLU modules
     only, so nn.ReLU6 passes its gradient g * (0 < x < 6) there, and in relprop (it used to get
     the rectifier rules max(g, 0) and g * (0 < x < 6) * (g > 0))."""
-    captum = pytest.importorskip("captum.attr")
     torch.manual_seed(1)
     chain = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU6(), nn.Conv2d(6, 6, 3),
                           nn.ReLU(), nn.Flatten(), nn.Linear(6 * 6 * 6, 4)).double().eval()
     net = rp.from_torch(chain, (3, 8, 8))
     assert [layer.kind for layer in net.layers][1] == "relu6"
     x = 4 * rng.normal(size=(3, 3, 8, 8))  # inputs on both sides of 0 and of 6
-    got = rp.explain(net, x, 2, method)
-    xt = torch.from_numpy(x).requires_grad_()
-    with pytest.warns(UserWarning, match="backward hooks on ReLU"):
-        want = getattr(captum, captum_name)(chain).attribute(xt, target=2)
-    assert_allclose(got, want.detach().numpy(), rtol=1e-10, atol=1e-12)
-    assert_allclose(got, getattr(ref, method)(net, x, 2), rtol=1e-10, atol=1e-12)
+    checks.backprop_as_captum(chain, net, x, 2, method)

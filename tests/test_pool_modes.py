@@ -4,6 +4,7 @@ windows reaching past the padding, a window larger than the padded input), the t
 the Jacobian, thread invariance; the layers in networks against torch autograd, the reference
 and Zennit, through from_torch (modules and functions) and both ONNX exporters; model files;
 and the fused convolution + ReLU + 2x2 max pooling, which floor mode only may take."""
+import checks
 import numpy as np
 import pytest
 from hypothesis import given
@@ -166,39 +167,20 @@ def test_from_torch_gradient_lrp_and_reference(rng):
     module = _net()
     net = rp.from_torch(module, (3, 12, 12))
     assert _modes(net) == MODES
-    x = rng.normal(size=(2, 3, 12, 12))
-    xt = torch.from_numpy(x).requires_grad_()
-    module(xt)[:, 3].sum().backward()
-    assert_allclose(rp.gradient(net, x, 3), xt.grad.numpy(), rtol=1e-10, atol=1e-13)
-    assert_allclose(rp.gradient(net, x, 3), ref.gradient(net, x, 3), rtol=1e-10, atol=1e-13)
-    R = rp.lrp(net, x, 3, "epsilon_plus_flat")
-    rules = rp.composites.EpsilonPlusFlat().rules(net)
-    want = ref.lrp(net, x, ref.seed(3, ref.forward(net, x)[-1], scale=True), rules)
-    assert_allclose(R, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
+    checks.as_torch_and_reference(module, net, rng.normal(size=(2, 3, 12, 12)), 3)
 
 
-@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_gamma_box"])
-def test_lrp_matches_zennit(rng, composite):
+@pytest.mark.parametrize("composite,kw", [("EpsilonPlusFlat", {}),
+                                          ("EpsilonGammaBox", {"low": -3.0, "high": 3.0})],
+                         ids=["epsilon_plus_flat", "epsilon_gamma_box"])
+def test_lrp_matches_zennit(rng, composite, kw):
     """Zennit hooks modules: its Norm rule for the average pooling module and the gradient
     (winner takes all) for the max pooling, on a chain of modules."""
-    zc = pytest.importorskip("zennit.composites")
-    from zennit.attribution import Gradient
-
     m = _net()
     chain = nn.Sequential(m.conv1, m.relu, m.pool1, m.conv2, m.relu, m.pool2, nn.Flatten(),
                           nn.Linear(8 * 4 * 4, 5).double())
     net = rp.from_torch(chain, (3, 12, 12))
-    x = rng.normal(size=(1, 3, 12, 12))
-    seed = np.zeros((1, 5))
-    seed[0, 2] = net(x)[0, 2]
-    ours, theirs = {"epsilon_plus_flat": (rp.composites.EpsilonPlusFlat(), zc.EpsilonPlusFlat()),
-                    "epsilon_gamma_box": (rp.composites.EpsilonGammaBox(low=-3.0, high=3.0),
-                                          zc.EpsilonGammaBox(low=-3.0, high=3.0))}[composite]
-    with Gradient(model=chain, composite=theirs) as attributor:
-        _, want = attributor(torch.from_numpy(x).requires_grad_(), torch.from_numpy(seed))
-    got = rp.lrp(net, x, seed, ours)
-    want = want.detach().numpy()
-    assert_allclose(got, want, rtol=1e-7, atol=1e-10 * abs(want).max())
+    checks.lrp_as_zennit(chain, net, rng.normal(size=(1, 3, 12, 12)), 2, composite, **kw)
 
 
 @pytest.mark.parametrize("path", nets.IMPORT_PATHS[1:])
@@ -207,10 +189,7 @@ def test_from_onnx_of_both_exporters(tmp_path, rng, path):
     module = _net()
     net = nets.imported(module, (3, 12, 12), path, tmp_path)  # checks itself: onnxruntime
     assert _modes(net) == MODES
-    x = rng.normal(size=(3, 3, 12, 12)).astype(np.float32)
-    with torch.no_grad():
-        want = module(torch.from_numpy(x).double()).numpy()
-    assert_allclose(net(x), want, rtol=1e-5, atol=1e-5 * abs(want).max())
+    checks.onnx_forward_as_torch(net, module, rng.normal(size=(3, 3, 12, 12)).astype(np.float32))
 
 
 def test_importers_drop_modes_that_change_nothing(rng):
@@ -243,14 +222,10 @@ def test_saved_and_loaded(tmp_path, rng):
                          rp.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
                          rp.AvgPool2d(3, 1, 1, count_include_pad=False), rp.Flatten()],
                         input_shape=(2, 12, 12))
-    net.save(tmp_path / "m.npz")
-    back = rp.load(tmp_path / "m.npz")
+    back = checks.saved_and_loaded(net, tmp_path, rng.normal(size=(2, 2, 12, 12)))
     assert [layer.describe() for layer in back.layers[:3]] == [
         "MaxPool2d 3 stride 2 pad 0 ceil", "AvgPool2d 3 stride 2 pad 1 ceil pad uncounted",
         "AvgPool2d 3 stride 1 pad 1 pad uncounted"]
-    x = rng.normal(size=(2, 2, 12, 12))
-    assert_array_equal(back(x), net(x))
-    assert_allclose(net(x), ref.forward(net, x)[-1], rtol=1e-12)
 
 
 class Functional(nn.Module):

@@ -4,18 +4,18 @@ form with the module's parameter, ONNX PRelu of both exporters), model files, an
 torch autograd for the gradient, Zennit for LRP (its Pass rule for activations), Captum for
 deconvnet and guided backprop (which override ReLU modules only: a PReLU passes its
 gradient)."""
+import checks
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from numpy.testing import assert_allclose, assert_array_equal
+from numpy.testing import assert_array_equal
 
 import relprop as rp
 from relprop import ops
-from relprop import reference as ref
 
 import nets
-from strategies import DTYPES, arrays, f64, with_threads
+from strategies import DTYPES, arrays, f64
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -28,25 +28,8 @@ def test_kernel_matches_twin_and_torch(dtype, shared, data):
     x = data.draw(arrays(dtype, shape, lo=-4.0, hi=4.0))
     x.flat[:2] = [0.0, -0.0]  # the kink: torch's gradient there is the slope's
     w = data.draw(arrays(dtype, (1,) if shared else (shape[1],), lo=-1.5, hi=1.5))
-    g = data.draw(arrays(dtype, shape))
-    y = ops.prelu_forward(x, w)
-    gx = ops.prelu_backward(g, x, w)
-    assert_array_equal(y, ref.prelu_forward(x, w))
-    assert_array_equal(gx, ref.prelu_backward(g, x, w))
-    for n in (1, 2):
-        assert_array_equal(with_threads(n, ops.prelu_forward, x, w), y)
-        assert_array_equal(with_threads(n, ops.prelu_backward, g, x, w), gx)
-    xt = torch.from_numpy(x).requires_grad_()
-    yt = F.prelu(xt, torch.from_numpy(w))
-    yt.backward(torch.from_numpy(g))
-    assert_array_equal(y, yt.detach().numpy())
-    assert_array_equal(gx, xt.grad.numpy())
-    # the gradient is the transpose of the Jacobian (difference quotients away from 0)
-    u = np.where(abs(x) < 2e-3, 0, data.draw(arrays(dtype, shape)))
-    t = 1e-3
-    ju = (f64(ops.prelu_forward(x + t * u, w)) - f64(y)) / t
-    err = np.finfo(dtype).eps * (1 + abs(f64(w)).max()) * (abs(f64(x)) + t * abs(f64(u))) / t
-    assert abs(np.vdot(ju, f64(g)) - np.vdot(f64(u), f64(gx))) <= np.vdot(err, abs(f64(g))) + 1e-12
+    checks.elementwise_kernel(data, "prelu", x, (w,), lambda xt: F.prelu(xt, torch.from_numpy(w)),
+                              lipschitz=1 + abs(f64(w)).max())
 
 
 def test_nan_and_errors():
@@ -103,63 +86,33 @@ def test_from_torch_gradient_and_reference(rng):
     net = rp.from_torch(module, (3, 8, 8))
     assert _slopes(net) == [("act1", 8), ("prelu", 1), ("act2", 6)]
     x = rng.normal(size=(4, 3, 8, 8))
-    xt = torch.from_numpy(x).requires_grad_()
-    module(xt)[:, 2].sum().backward()
-    assert_allclose(rp.gradient(net, x, 2), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
-    assert_allclose(rp.gradient(net, x, 2), ref.gradient(net, x, 2), rtol=1e-10, atol=1e-13)
-    R = rp.lrp(net, x, 2, "epsilon_plus_flat")
-    rules = rp.composites.EpsilonPlusFlat().rules(net)
+    rules = checks.as_torch_and_reference(module, net, x, 2)
     assert [r.registry_name for n, r in zip(net.nodes, rules) if n.layer.kind == "prelu"] \
         == ["pass"] * 3  # the activation slot's default
-    want = ref.lrp(net, x, ref.seed(2, ref.forward(net, x)[-1], scale=True), rules)
-    assert_allclose(R, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
     # LRP-0 is gradient x input, as for ReLU: prelu(z) = prelu'(z) z
-    lrp0 = rp.lrp(net, x, 2, rp.Composite([("linear", rp.rules.Epsilon(0))], stabilizer=0.0))
-    assert_allclose(lrp0, rp.gradient_x_input(net, x, 2), rtol=1e-9, atol=1e-12)
+    checks.lrp0_is_gradient_x_input(net, x, 2)
 
 
 def test_zero_root_taylor_is_gradient_x_input_without_biases(rng):
     """A bias-free PReLU network is positively homogeneous, as a ReLU network: Taylor's "zero"
     root gives gradient x input, and sum R = f_t(x)."""
     net = rp.from_torch(_net(bias=False), (3, 8, 8))
-    x = rng.normal(size=(3, 3, 8, 8))
-    R = rp.taylor(net, x, 1, root="zero")
-    assert_allclose(R, rp.gradient_x_input(net, x, 1), rtol=1e-9, atol=1e-12)
-    assert_allclose(R.reshape(3, -1).sum(1), net(x)[:, 1], rtol=1e-9)
+    checks.zero_root_taylor(net, rng.normal(size=(3, 3, 8, 8)), 1)
 
 
 def test_lrp_matches_zennit(rng):
-    zc = pytest.importorskip("zennit.composites")
-    from zennit.attribution import Gradient
-
     # Zennit hooks modules: compare on a chain of them (F.prelu would get the gradient there)
     m = _net()
     chain = nn.Sequential(m.conv1, m.act1, m.pool, m.conv2, nn.PReLU(8).double(), nn.Flatten(),
                           m.fc1, m.act2, m.fc2)
-    net = rp.from_torch(chain, (3, 8, 8))
-    x = rng.normal(size=(1, 3, 8, 8))
-    seed = np.zeros((1, 5))
-    seed[0, 3] = net(x)[0, 3]
-    with Gradient(model=chain, composite=zc.EpsilonPlusFlat()) as attributor:
-        _, want = attributor(torch.from_numpy(x).requires_grad_(), torch.from_numpy(seed))
-    got = rp.lrp(net, x, seed, "epsilon_plus_flat")
-    want = want.detach().numpy()
-    assert_allclose(got, want, rtol=1e-7, atol=1e-10 * abs(want).max())
+    checks.lrp_as_zennit(chain, rp.from_torch(chain, (3, 8, 8)), rng.normal(size=(1, 3, 8, 8)), 3)
 
 
-@pytest.mark.parametrize("method,captum_name", [("deconvnet", "Deconvolution"),
-                                                ("guided_backprop", "GuidedBackprop")])
-def test_deconvnet_and_guided_backprop_pass_its_gradient_as_captum(rng, method, captum_name):
-    captum = pytest.importorskip("captum.attr")
+@pytest.mark.parametrize("method", checks.CAPTUM_BACKPROP)
+def test_deconvnet_and_guided_backprop_pass_its_gradient_as_captum(rng, method):
     module = _net()
     net = rp.from_torch(module, (3, 8, 8))
-    x = rng.normal(size=(3, 3, 8, 8))
-    got = rp.explain(net, x, 1, method)
-    xt = torch.from_numpy(x).requires_grad_()
-    with pytest.warns(UserWarning, match="backward hooks on ReLU"):
-        want = getattr(captum, captum_name)(module).attribute(xt, target=1)
-    assert_allclose(got, want.detach().numpy(), rtol=1e-10, atol=1e-12)
-    assert_allclose(got, getattr(ref, method)(net, x, 1), rtol=1e-10, atol=1e-12)
+    checks.backprop_as_captum(module, net, rng.normal(size=(3, 3, 8, 8)), 1, method)
 
 
 @pytest.mark.parametrize("path", nets.IMPORT_PATHS[1:])
@@ -168,10 +121,7 @@ def test_from_onnx_of_both_exporters(tmp_path, rng, path):
     module = _net()
     net = nets.imported(module, (3, 8, 8), path, tmp_path)  # checks itself: onnxruntime
     assert sorted(n for _, n in _slopes(net)) == [1, 6, 8]
-    x = rng.normal(size=(3, 3, 8, 8)).astype(np.float32)
-    with torch.no_grad():
-        want = module(torch.from_numpy(x).double()).numpy()
-    assert_allclose(net(x), want, rtol=1e-5, atol=1e-5 * abs(want).max())
+    checks.onnx_forward_as_torch(net, module, rng.normal(size=(3, 3, 8, 8)).astype(np.float32))
 
 
 def test_onnx_slope_shapes(rng):
@@ -201,10 +151,6 @@ def test_onnx_slope_shapes(rng):
 def test_saved_and_loaded(tmp_path, rng):
     net = rp.Sequential([rp.Dense(rng.normal(size=(6, 4))), rp.PReLU(np.linspace(-1, 1, 6)),
                          rp.Dense(rng.normal(size=(2, 6))), rp.PReLU([0.2])], input_shape=(4,))
-    net.save(tmp_path / "m.npz")
-    back = rp.load(tmp_path / "m.npz")
+    back = checks.saved_and_loaded(net, tmp_path, rng.normal(size=(5, 4)))
     assert [layer.describe() for layer in back.layers[1::2]] == ["PReLU 6 slopes",
                                                                 "PReLU 1 slope"]
-    x = rng.normal(size=(5, 4))
-    assert_array_equal(back(x), net(x))
-    assert_allclose(net(x), ref.forward(net, x)[-1], rtol=1e-12)
