@@ -70,6 +70,27 @@ def as_torch_and_reference(module, net, x, target):
     return rules
 
 
+def imported_as_torch(module_type, x, path, tmp_path, target=1):
+    """A ``module_type()`` (float64, seed 0) imported through ``path`` (``nets.IMPORT_PATHS``),
+    its forward and its gradient of ``target`` checked against torch's on ``x`` (1e-10; 1e-5
+    through ONNX, whose files hold float32 weights; the ONNX importer checks itself against
+    onnxruntime).  Returns the network."""
+    import torch
+
+    import nets
+
+    torch.manual_seed(0)
+    module = module_type().double().eval()
+    net = nets.imported(module, x.shape[1:], path, tmp_path)
+    xt = torch.from_numpy(x).requires_grad_()
+    out = module(xt)
+    out[:, target].sum().backward()
+    tol = 1e-10 if path == "from_torch" else 1e-5
+    assert_allclose(net(x), out.detach().numpy(), rtol=tol, atol=tol)
+    assert_allclose(rp.gradient(net, x, target), xt.grad.numpy(), rtol=tol, atol=tol)
+    return net
+
+
 def onnx_forward_as_torch(net, module, x, tol=1e-5):
     """``net``, read from an ONNX file of the float64 torch ``module`` (float32 weights), on
     ``x`` in float32: ``module``'s forward on ``x`` in float64, to ``tol`` (relative, and of the

@@ -2,11 +2,12 @@
 against their NumPy twins (written for one axis) and torch on random geometries (ceil_mode,
 count_include_pad), the transpose of the Jacobian, thread invariance; errors and model files;
 every functional form through from_torch and both ONNX exporters."""
+import checks
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from numpy.testing import assert_allclose, assert_array_equal
+from numpy.testing import assert_array_equal
 
 import relprop as rp
 from relprop.reference.layers import twin
@@ -93,13 +94,10 @@ def test_errors_and_model_files(tmp_path, rng):
     net = rp.Sequential([rp.MaxPool1d(3, 2, 1, ceil_mode=True),
                          rp.AvgPool1d(3, 1, 1, count_include_pad=False),
                          rp.AdaptiveAvgPool1d(4), rp.Flatten()], input_shape=(2, 12))
-    net.save(tmp_path / "m.npz")
-    back = rp.load(tmp_path / "m.npz")
+    back = checks.saved_and_loaded(net, tmp_path, rng.normal(size=(2, 2, 12)))
     assert [layer.describe() for layer in back.layers] == [
         "MaxPool1d 3 stride 2 pad 1 ceil", "AvgPool1d 3 stride 1 pad 1 pad uncounted",
         "AdaptiveAvgPool1d 4", "Flatten"]
-    x = rng.normal(size=(2, 2, 12))
-    assert_array_equal(back(x), net(x))
 
 
 class Functional(nn.Module):
@@ -120,25 +118,9 @@ class Functional(nn.Module):
                 + y.mean(-1, keepdim=True).flatten(1))
 
 
-def _imported_as_torch(module_type, x, path, tmp_path, target=1):
-    """A ``module_type()`` (float64) imported through ``path``, its forward and its gradient of
-    ``target`` checked against torch's on ``x`` (1e-10; 1e-5 through ONNX, whose files hold
-    float32 weights; the ONNX importer checks itself against onnxruntime)."""
-    torch.manual_seed(0)
-    module = module_type().double().eval()
-    net = nets.imported(module, x.shape[1:], path, tmp_path)
-    xt = torch.from_numpy(x).requires_grad_()
-    out = module(xt)
-    out[:, target].sum().backward()
-    tol = 1e-10 if path == "from_torch" else 1e-5
-    assert_allclose(net(x), out.detach().numpy(), rtol=tol, atol=tol)
-    assert_allclose(rp.gradient(net, x, target), xt.grad.numpy(), rtol=tol, atol=tol)
-    return net
-
-
 @pytest.mark.parametrize("path", nets.IMPORT_PATHS)
 def test_functional_forms(tmp_path, rng, path):
-    net = _imported_as_torch(Functional, rng.normal(size=(2, 2, 15)), path, tmp_path)
+    net = checks.imported_as_torch(Functional, rng.normal(size=(2, 2, 15)), path, tmp_path)
     if path == "from_torch":
         assert [n.layer.describe() for n in net.nodes][1:6] == [
             "MaxPool1d 2 stride 2 pad 0 ceil", "MaxPool1d 3 stride 2 pad 1",
@@ -167,7 +149,7 @@ class MaxHeads(nn.Module):
 
 @pytest.mark.parametrize("path", nets.IMPORT_PATHS)
 def test_adaptive_and_global_max_pooling(tmp_path, rng, path):
-    net = _imported_as_torch(MaxHeads, rng.normal(size=(3, 2, 12)), path, tmp_path, target=2)
+    net = checks.imported_as_torch(MaxHeads, rng.normal(size=(3, 2, 12)), path, tmp_path, target=2)
     if path == "from_torch":
         assert [n.layer.describe() for n in net.nodes if "Pool" in n.layer.describe()] == [
             "MaxPool1d 3 stride 3 pad 0", "MaxPool1d 4 stride 4 pad 0",
