@@ -102,6 +102,18 @@ def onnx_forward_as_torch(net, module, x, tol=1e-5):
     assert_allclose(net(np.asarray(x, np.float32)), want, rtol=tol, atol=tol * abs(want).max())
 
 
+def path_checks(module, net, x, target, path, tmp_path):
+    """The checks of ``net``, imported from the float64 torch ``module`` through ``path``
+    (``nets.IMPORT_PATHS``): from torch, :func:`as_torch_and_reference` and
+    :func:`saved_and_loaded` (returns the copy); from an ONNX file (float32 weights, checked
+    against onnxruntime when read), the forward as torch's to 1e-4 (returns None)."""
+    if path != "from_torch":
+        onnx_forward_as_torch(net, module, x, tol=1e-4)
+        return None
+    as_torch_and_reference(module, net, x, target)
+    return saved_and_loaded(net, tmp_path, x)
+
+
 def lrp0_is_gradient_x_input(net, x, target):
     """LRP-0 (Epsilon(0) on every linear layer, no stabilizer) of a network whose activations
     are their derivative times their input, as ReLU's (relu(z) = relu'(z) z): gradient x
@@ -160,3 +172,22 @@ def saved_and_loaded(net, tmp_path, x):
     assert_array_equal(back(x), net(x))
     assert_allclose(net(x), ref.forward(net, x)[-1], rtol=1e-12)
     return back
+
+
+def refused_by_from_torch(cases, shape):
+    """For each ``(fn, match)`` of ``cases``, ``from_torch`` of a module computing ``fn`` (a
+    function of the input, or a module) on samples of ``shape`` raises a ValueError whose
+    message matches ``match``."""
+    import torch
+
+    class Apply(torch.nn.Module):
+        def __init__(self, fn):
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, x):
+            return self.fn(x)
+
+    for fn, match in cases:
+        with pytest.raises(ValueError, match=match):
+            rp.from_torch(fn if isinstance(fn, torch.nn.Module) else Apply(fn), shape)

@@ -4,7 +4,6 @@ importers (nn.Hardtanh, F.hardtanh, torch.clamp and x.clamp with one or two boun
 of both exporters; ReLU and ReLU6 keep their kinds), model files, and the peers: torch autograd
 for the gradient, Zennit for LRP (its Pass rule for activations), Captum for deconvnet and
 guided backprop (which override ReLU modules only: a Hardtanh passes its gradient)."""
-import checks
 import numpy as np
 import pytest
 from hypothesis import given
@@ -14,6 +13,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 import relprop as rp
 from relprop import ops
 
+import checks
 import nets
 from strategies import DTYPES, arrays
 

@@ -2,7 +2,6 @@
 reference (gradient, LRP), both importers, model files, and the peers: torch autograd for the
 gradient, Zennit for LRP (its Pass rule for activations), Captum for deconvnet and guided
 backprop (which override ReLU modules only: a LeakyReLU passes its gradient)."""
-import checks
 import numpy as np
 import pytest
 from hypothesis import given
@@ -12,6 +11,7 @@ from numpy.testing import assert_array_equal
 import relprop as rp
 from relprop import ops
 
+import checks
 import nets
 from strategies import DTYPES, arrays
 

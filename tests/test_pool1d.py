@@ -2,7 +2,6 @@
 against their NumPy twins (written for one axis) and torch on random geometries (ceil_mode,
 count_include_pad), the transpose of the Jacobian, thread invariance; errors and model files;
 every functional form through from_torch and both ONNX exporters."""
-import checks
 import numpy as np
 import pytest
 from hypothesis import given
@@ -12,6 +11,7 @@ from numpy.testing import assert_array_equal
 import relprop as rp
 from relprop.reference.layers import twin
 
+import checks
 import nets
 from strategies import DTYPES, arrays, f64, sum_tolerance, with_threads
 

@@ -4,7 +4,6 @@ windows reaching past the padding, a window larger than the padded input), the t
 the Jacobian, thread invariance; the layers in networks against torch autograd, the reference
 and Zennit, through from_torch (modules and functions) and both ONNX exporters; model files;
 and the fused convolution + ReLU + 2x2 max pooling, which floor mode only may take."""
-import checks
 import numpy as np
 import pytest
 from hypothesis import given
@@ -15,6 +14,7 @@ import relprop as rp
 from relprop import ops
 from relprop import reference as ref
 
+import checks
 import nets
 from strategies import DTYPES, arrays, f64, sum_tolerance, with_threads
 

@@ -4,7 +4,6 @@ form with the module's parameter, ONNX PRelu of both exporters), model files, an
 torch autograd for the gradient, Zennit for LRP (its Pass rule for activations), Captum for
 deconvnet and guided backprop (which override ReLU modules only: a PReLU passes its
 gradient)."""
-import checks
 import numpy as np
 import pytest
 from hypothesis import given
@@ -14,6 +13,7 @@ from numpy.testing import assert_array_equal
 import relprop as rp
 from relprop import ops
 
+import checks
 import nets
 from strategies import DTYPES, arrays, f64
 

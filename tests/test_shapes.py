@@ -7,9 +7,9 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 import relprop as rp
-from relprop import reference as ref
 from relprop.reference.network import layer_backward, layer_forward
 
+import checks
 import nets
 from strategies import with_threads
 
@@ -25,21 +25,6 @@ def _adjoint(layer, xs, rng):
     back = layer.vjp(g, xs, None)
     assert_allclose(np.vdot(y, g), sum(np.vdot(x, b) for x, b in zip(xs, back)), rtol=1e-12)
     return y, back
-
-
-def _torch_checks(module, net, x, target, rtol=1e-12):
-    """relprop's forward and gradient against torch (float64), and its LRP against the
-    reference twin."""
-    xt = torch.from_numpy(x).requires_grad_(True)
-    out = module(xt)
-    assert_allclose(net(x), out.detach().numpy(), rtol=rtol, atol=rtol * abs(out).max().item())
-    out[:, target].sum().backward()
-    want = xt.grad.numpy()
-    assert_allclose(rp.gradient(net, x, target), want, rtol=1e-10, atol=1e-12 * abs(want).max())
-    R = rp.lrp(net, x, target, "epsilon_plus_flat")
-    rules = rp.composites.EpsilonPlusFlat().rules(net)
-    seed = ref.seed(target, ref.forward(net, x)[-1], scale=True)
-    assert_allclose(R, ref.lrp(net, x, seed, rules), rtol=1e-9, atol=1e-12 * abs(R).max())
 
 
 # --- Concat along any axis ----------------------------------------------------------------------
@@ -87,17 +72,10 @@ def test_concat_along_any_axis_imported(tmp_path, rng, path):
     axes = sorted(n.layer.axis for n in net.nodes if n.layer.kind == "concat")
     assert axes == [1, 2, 3]
     x = rng.normal(size=(3, 3, 6, 5))
+    back = checks.path_checks(module, net, x, 1, path, tmp_path)
     if path == "from_torch":
-        _torch_checks(module, net, x, 1)
-        net.save(tmp_path / "m.npz")
-        back = rp.load(tmp_path / "m.npz")
         assert [n.layer.describe() for n in back.nodes if n.layer.kind == "concat"][:2] == \
             ["Concat axis 2", "Concat axis 3"]
-        assert_array_equal(back(x), net(x))
-    else:  # a float32 file, checked against onnxruntime when read
-        with torch.no_grad():
-            want = module(torch.from_numpy(x)).numpy()
-        assert_allclose(net(x.astype(np.float32)), want, rtol=1e-4, atol=1e-4 * abs(want).max())
 
 
 def test_concat_of_the_batch_axis_is_refused():
@@ -160,13 +138,7 @@ def test_reshapes_imported(tmp_path, rng, path):
     if path == "from_torch":  # (the exporters merge reshapes in a row)
         ranks = {len(s) for s in net.tensor_shapes(net.input_shape).values()}
         assert ranks == {1, 2, 3, 4}
-        _torch_checks(module, net, x, 2)
-        net.save(tmp_path / "m.npz")
-        assert_array_equal(rp.load(tmp_path / "m.npz")(x), net(x))
-    else:
-        with torch.no_grad():
-            want = module(torch.from_numpy(x)).numpy()
-        assert_allclose(net(x.astype(np.float32)), want, rtol=1e-4, atol=1e-4 * abs(want).max())
+    checks.path_checks(module, net, x, 2, path, tmp_path)
 
 
 def test_reshapes_that_mix_samples_are_refused(tmp_path):
@@ -177,17 +149,7 @@ def test_reshapes_that_mix_samples_are_refused(tmp_path):
              (lambda x: x.squeeze(), "squeeze.. without dims would also squeeze the batch"),
              (lambda x: x.unsqueeze(0), "dim=0 is not supported")]
 
-    class M(nn.Module):
-        def __init__(self, fn):
-            super().__init__()
-            self.fn = fn
-
-        def forward(self, x):
-            return self.fn(x)
-
-    for fn, match in cases:
-        with pytest.raises(ValueError, match=match):
-            rp.from_torch(M(fn), (2, 3, 3))
+    checks.refused_by_from_torch(cases, (2, 3, 3))
     # a fixed-batch file: the flatten and the identity are read as ever, other reshapes refused
     # with the advice to export with a dynamic batch
     m = Reshapes().eval()
@@ -248,31 +210,16 @@ def test_permutes_imported(tmp_path, rng, path):
         dims = [n.layer.dims for n in net.nodes if n.layer.kind == "permute"]
         assert dims == [(0, 2, 1, 3, 4), (0, 2, 3, 1), (0, 3, 1, 2), (0, 1, 3, 2),
                         (0, 2, 3, 1), (0, 3, 1, 2)]
-        _torch_checks(module, net, x, 0)
-        net.save(tmp_path / "m.npz")
-        assert_array_equal(rp.load(tmp_path / "m.npz")(x), net(x))
         R = rp.lrp(net, x, 0, "epsilon_plus_flat")
         assert_array_equal(with_threads(1, rp.lrp, net, x, 0, "epsilon_plus_flat"), R)
-    else:
-        with torch.no_grad():
-            want = module(torch.from_numpy(x)).numpy()
-        assert_allclose(net(x.astype(np.float32)), want, rtol=1e-4, atol=1e-4 * abs(want).max())
+    checks.path_checks(module, net, x, 0, path, tmp_path)
 
 
 def test_permutes_of_the_batch_axis_are_refused():
-    class M(nn.Module):
-        def __init__(self, fn):
-            super().__init__()
-            self.fn = fn
-
-        def forward(self, x):
-            return self.fn(x)
-
-    for fn, match in [(lambda x: x.permute(1, 0, 2), r"permute \(1, 0, 2\) moves the batch axis"),
-                      (lambda x: x.transpose(0, 1), "dim0=0 is not supported"),
-                      (lambda x: x.permute(0, 1, 1), "not a permutation of the 3 axes")]:
-        with pytest.raises(ValueError, match=match):
-            rp.from_torch(M(fn), (3, 4))
+    checks.refused_by_from_torch([
+        (lambda x: x.permute(1, 0, 2), r"permute \(1, 0, 2\) moves the batch axis"),
+        (lambda x: x.transpose(0, 1), "dim0=0 is not supported"),
+        (lambda x: x.permute(0, 1, 1), "not a permutation of the 3 axes")], (3, 4))
 
 
 # --- Slice --------------------------------------------------------------------------------------
@@ -326,9 +273,6 @@ def test_slices_imported(tmp_path, rng, path):
             "Slice axis 1 0:3", "Slice axis 1 3:6", "Slice axis 1 0:3", "Slice axis 2 0:2",
             "Slice axis 2 2:6", "Slice axis 1 1:5:2", "Slice axis 1 0:1", "Slice axis 3 0:4",
             "Slice axis 3 4:6"]
-        _torch_checks(module, net, x, 1)
-        net.save(tmp_path / "m.npz")
-        assert_array_equal(rp.load(tmp_path / "m.npz")(x), net(x))
         # relevance crosses a chunk as its gradient: each half of the chunked tensor gets what
         # its branch sent to its slice
         levels = rp.lrp(net, x, 1, "epsilon_plus_flat", layerwise=True)
@@ -336,28 +280,16 @@ def test_slices_imported(tmp_path, rng, path):
         assert len(halves) == 2
         assert_array_equal(levels["relu"][:, :3], levels[halves[0]])
         assert_array_equal(levels["relu"][:, 3:], levels[halves[1]])
-    else:
-        with torch.no_grad():
-            want = module(torch.from_numpy(x)).numpy()
-        assert_allclose(net(x.astype(np.float32)), want, rtol=1e-4, atol=1e-4 * abs(want).max())
+    checks.path_checks(module, net, x, 1, path, tmp_path)
 
 
 def test_slices_of_the_batch_axis_are_refused():
-    class M(nn.Module):
-        def __init__(self, fn):
-            super().__init__()
-            self.fn = fn
-
-        def forward(self, x):
-            return self.fn(x)
-
-    for fn, match in [(lambda x: x[1:], "does not take the batch axis whole"),
-                      (lambda x: x.chunk(2, 0), "dim=0 is not supported"),
-                      (lambda x: x[:, 2:2], "is empty or reversed"),
-                      (lambda x: x[:, [0, 1]], r"index \[0, 1\] is not supported"),
-                      (lambda x: torch.split(x, [1, 1], 1), r"sizes \[1, 1\] do not add up")]:
-        with pytest.raises(ValueError, match=match):
-            rp.from_torch(M(fn), (3, 4))
+    checks.refused_by_from_torch([
+        (lambda x: x[1:], "does not take the batch axis whole"),
+        (lambda x: x.chunk(2, 0), "dim=0 is not supported"),
+        (lambda x: x[:, 2:2], "is empty or reversed"),
+        (lambda x: x[:, [0, 1]], r"index \[0, 1\] is not supported"),
+        (lambda x: torch.split(x, [1, 1], 1), r"sizes \[1, 1\] do not add up")], (3, 4))
 
 
 # --- Pad ----------------------------------------------------------------------------------------
@@ -412,27 +344,12 @@ def test_pads_imported(tmp_path, rng, path):
     if path == "from_torch":
         assert [n.layer.pads for n in net.nodes if n.layer.kind == "pad"] == [
             (1, 0, 2, 1), (2, 4, 2, 3), (-1, -2), (2, 2)]
-        _torch_checks(module, net, x, 2)
-        net.save(tmp_path / "m.npz")
-        assert_array_equal(rp.load(tmp_path / "m.npz")(x), net(x))
-    else:
-        with torch.no_grad():
-            want = module(torch.from_numpy(x)).numpy()
-        assert_allclose(net(x.astype(np.float32)), want, rtol=1e-4, atol=1e-4 * abs(want).max())
+    checks.path_checks(module, net, x, 2, path, tmp_path)
 
 
 def test_pads_of_other_values_and_modes_are_refused():
-    class M(nn.Module):
-        def __init__(self, fn):
-            super().__init__()
-            self.fn = fn
-
-        def forward(self, x):
-            return self.fn(x)
-
-    for fn, match in [(lambda x: F.pad(x, (1, 1), value=1.0), "constant 1.0 is not supported"),
-                      (lambda x: F.pad(x, (1, 1), mode="reflect"), "mode='reflect'"),
-                      (nn.ConstantPad2d(1, 2.0), "constant 2.0"),
-                      (nn.ReflectionPad2d(1), "ReflectionPad2d is not supported")]:
-        with pytest.raises(ValueError, match=match):
-            rp.from_torch(M(fn) if not isinstance(fn, nn.Module) else fn, (2, 3, 3))
+    checks.refused_by_from_torch([
+        (lambda x: F.pad(x, (1, 1), value=1.0), "constant 1.0 is not supported"),
+        (lambda x: F.pad(x, (1, 1), mode="reflect"), "mode='reflect'"),
+        (nn.ConstantPad2d(1, 2.0), "constant 2.0"),
+        (nn.ReflectionPad2d(1), "ReflectionPad2d is not supported")], (2, 3, 3))

@@ -13,6 +13,7 @@ import relprop as rp
 from relprop import ops
 from relprop import reference as ref
 
+import checks
 import nets
 from strategies import DTYPES, arrays, f64, with_threads
 
@@ -150,32 +151,15 @@ def test_imported(tmp_path, rng, path):
     net = nets.imported(module, (3, 4, 4), path, tmp_path)
     ups = [n.layer.describe() for n in net.nodes if n.layer.kind == "upsample"]
     assert len(ups) == 4
-    x = rng.normal(size=(2, 3, 4, 4))
-    xt = torch.from_numpy(x).requires_grad_(True)
-    out = module(xt)
     if path == "from_torch":
         assert ups == ["Upsample nearest x2", "Upsample bilinear to 5x7 align corners",
                        "Upsample bilinear x2 align corners", "Upsample bilinear x1.5"]
-        assert_allclose(net(x), out.detach().numpy(), rtol=1e-12, atol=1e-12)
-        out[:, 1].sum().backward()
-        assert_allclose(rp.gradient(net, x, 1), xt.grad.numpy(), rtol=1e-10, atol=1e-13)
-        R = rp.lrp(net, x, 1, "epsilon_plus_flat")
-        rules = rp.composites.EpsilonPlusFlat().rules(net)
-        seed = ref.seed(1, ref.forward(net, x)[-1], scale=True)
-        assert_allclose(R, ref.lrp(net, x, seed, rules), rtol=1e-9, atol=1e-12 * abs(R).max())
-        net.save(tmp_path / "m.npz")
-        assert_array_equal(rp.load(tmp_path / "m.npz")(x), net(x))
-    else:
-        want = out.detach().numpy()
-        assert_allclose(net(x.astype(np.float32)), want, rtol=1e-4, atol=1e-4 * abs(want).max())
+    checks.path_checks(module, net, rng.normal(size=(2, 3, 4, 4)), 1, path, tmp_path)
 
 
 def test_relevance_crosses_upsampling_conserved_and_as_zennit(rng):
     """LRP-0 on a bias-free chain conserves the score through upsampling (its weights sum to
     one), and EpsilonPlusFlat equals Zennit's, which hooks no Upsample module (the gradient)."""
-    zc = pytest.importorskip("zennit.composites")
-    from zennit.attribution import Gradient
-
     torch.manual_seed(2)
     chain = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.ReLU(),
                           nn.Upsample(scale_factor=2, mode="bilinear"),
@@ -185,26 +169,12 @@ def test_relevance_crosses_upsampling_conserved_and_as_zennit(rng):
     x = rng.uniform(-1, 1, size=(2, 3, 4, 4))
     R = rp.lrp(net, x, 0, rp.Composite([("linear", rp.rules.Epsilon(0))], stabilizer=0.0))
     assert_allclose(R.reshape(2, -1).sum(1), net(x)[:, 0], rtol=1e-10)
-    out = net(x)
-    seed = np.zeros_like(out)
-    seed[:, 0] = out[:, 0]
-    with Gradient(model=chain, composite=zc.EpsilonPlusFlat()) as attributor:
-        _, want = attributor(torch.from_numpy(x).requires_grad_(), torch.from_numpy(seed))
-    got = rp.lrp(net, x, seed, "epsilon_plus_flat")
-    assert_allclose(got, want.detach().numpy(), rtol=1e-7, atol=1e-10 * abs(got).max())
+    checks.lrp_as_zennit(chain, net, x, 0)
 
 
 def test_unsupported_interpolations_are_refused():
-    class M(nn.Module):
-        def __init__(self, kw):
-            super().__init__()
-            self.kw = kw
-
-        def forward(self, x):
-            return F.interpolate(x, **self.kw)
-
-    for kw, match in [({"scale_factor": 2, "mode": "bicubic"}, "mode='bicubic' is not supported"),
-                      ({"scale_factor": 2, "mode": "bilinear", "antialias": True}, "antialias"),
-                      ({"scale_factor": 2, "mode": "nearest-exact"}, "nearest-exact")]:
-        with pytest.raises(ValueError, match=match):
-            rp.from_torch(M(kw), (1, 3, 3))
+    checks.refused_by_from_torch([
+        (lambda x, kw=kw: F.interpolate(x, **kw), match) for kw, match in [
+            ({"scale_factor": 2, "mode": "bicubic"}, "mode='bicubic' is not supported"),
+            ({"scale_factor": 2, "mode": "bilinear", "antialias": True}, "antialias"),
+            ({"scale_factor": 2, "mode": "nearest-exact"}, "nearest-exact")]], (1, 3, 3))
