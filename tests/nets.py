@@ -1,4 +1,6 @@
 """Random relprop networks for tests, and their torch twins (same weights)."""
+import functools
+
 import numpy as np
 
 import relprop as rp
@@ -217,14 +219,66 @@ def imported(module, shape, path, tmp_path):
     by from_onnx, which checks itself against onnxruntime)."""
     import copy
 
-    import relprop as rp
+    import torch
 
     if path == "from_torch":
         return rp.from_torch(module, shape)
-    file = onnx_export(copy.deepcopy(module).float(), tmp_path / f"{path}.onnx", shape,
-                       dynamo=path == "onnx_dynamo")
+    if any(p.dtype != torch.float32 for p in module.parameters()):
+        module = copy.deepcopy(module).float()
+    file = onnx_export(module, tmp_path / f"{path}.onnx", shape, dynamo=path == "onnx_dynamo")
     return rp.from_onnx(file)
 
 
 #: The three ways a torch module reaches relprop.
 IMPORT_PATHS = ("from_torch", "onnx_dynamo", "onnx_legacy")
+
+
+def relative_error(got, want):
+    """The largest difference relative to the largest magnitude of ``want``."""
+    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
+
+
+class ModelCase:
+    """A torch model (``model`` in float32, ``model64`` in float64) on samples of ``shape``, an
+    input ``x``, the seeds ``onehot`` (of the gradient) and ``seed`` (of Zennit's LRP), and
+    what the tests compare with, each made on first use: torch's float32 forward, its float64
+    gradient, Zennit's relevance of the first sample (the composite ``zennit_composite(name)``
+    gives), and the networks imported through each of ``IMPORT_PATHS`` (ONNX files in
+    ``tmp``).  Subclasses set those attributes and ``zennit_composite``.  (The caches are on
+    the instance: functools.lru_cache on a method would keep every case, and its networks,
+    alive until the end of the session.)"""
+
+    def __init__(self):
+        self._zennit, self._nets = {}, {}
+
+    @functools.cached_property
+    def forward32(self):
+        import torch
+
+        with torch.no_grad():
+            return self.model(torch.from_numpy(self.x.astype(np.float32))).numpy()
+
+    @functools.cached_property
+    def gradient64(self):
+        import torch
+
+        xt = torch.from_numpy(self.x).requires_grad_(True)
+        (self.model64(xt) * torch.from_numpy(self.onehot)).sum().backward()
+        return xt.grad.numpy()
+
+    def zennit(self, composite):
+        import torch
+        from zennit.attribution import Gradient
+
+        if composite not in self._zennit:
+            xt = torch.from_numpy(self.x[:1]).requires_grad_(True)
+            with Gradient(model=self.model64,
+                          composite=self.zennit_composite(composite)) as attributor:
+                _, rel = attributor(xt, torch.from_numpy(self.seed[:1]))
+            self._zennit[composite] = rel.detach().numpy()
+        return self._zennit[composite]
+
+    def net(self, path):
+        if path not in self._nets:
+            self._nets[path] = imported(self.model, self.shape, path, self.tmp)
+        return self._nets[path]

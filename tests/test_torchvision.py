@@ -32,10 +32,8 @@ relprop does:
 Where Zennit merges a BatchNorm it leaves it computing ``x / sqrt(1 + eps)``: the merged ones
 have ``eps = 0`` in these models (relprop folds exactly).
 """
-import functools
 import json
 import os
-import warnings
 from unittest import mock
 
 import numpy as np
@@ -225,11 +223,12 @@ def canonizers(name, model):
 
 
 # --- one model, built once ----------------------------------------------------------------------
-class Case:
+class Case(nets.ModelCase):
     """A torchvision model with its inputs, references and imported networks, each made on
     first use."""
 
     def __init__(self, name, tmp):
+        super().__init__()
         self.name, self.tmp = name, tmp
         size = SIZES.get(name, nets.TV_SIZE)
         self.shape = (3, size, size)
@@ -237,56 +236,10 @@ class Case:
         self.model64 = nets.torchvision_model(name).double()
         rng = np.random.default_rng(5)
         self.x = rng.uniform(-1, 1, (len(TARGETS),) + self.shape)
-        self.seed = np.eye(1000)[TARGETS]
-        self._zennit, self._nets = {}, {}
+        self.seed = self.onehot = np.eye(1000)[TARGETS]
 
-    @functools.cached_property
-    def forward32(self):
-        with torch.no_grad():
-            return self.model(torch.from_numpy(self.x.astype(np.float32))).numpy()
-
-    @functools.cached_property
-    def gradient64(self):
-        xt = torch.from_numpy(self.x).requires_grad_(True)
-        (self.model64(xt) * torch.from_numpy(self.seed)).sum().backward()
-        return xt.grad.numpy()
-
-    # (caches on the instance: functools.lru_cache on a method would keep every Case, and its
-    # networks, alive until the end of the session)
-    def zennit(self, composite):
-        if composite not in self._zennit:
-            comp = COMPOSITES[composite][1](canonizers(self.name, self.model64))
-            xt = torch.from_numpy(self.x[:1]).requires_grad_(True)
-            with Gradient(model=self.model64, composite=comp) as attributor:
-                _, rel = attributor(xt, torch.from_numpy(self.seed[:1]))
-            self._zennit[composite] = rel.detach().numpy()
-        return self._zennit[composite]
-
-    def net(self, path):
-        if path not in self._nets:
-            if path == "from_torch":
-                self._nets[path] = rp.from_torch(self.model, self.shape)
-            else:
-                file = self.tmp / f"{self.name}_{path}.onnx"
-                export(self.model, self.shape, file, dynamo=path == "onnx_dynamo")
-                self._nets[path] = rp.from_onnx(file)
-        return self._nets[path]
-
-
-def export(model, shape, path, dynamo):
-    """``model`` (inputs of ``shape``) written by torch's exporter to ``path``, with a dynamic
-    batch."""
-    x = torch.zeros((2,) + shape)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["x"],
-                              dynamic_shapes=({0: torch.export.Dim("n")},),
-                              external_data=False, verbose=False)
-        else:
-            torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"],
-                              dynamic_axes={"x": {0: "n"}})
-    return path
+    def zennit_composite(self, name):
+        return COMPOSITES[name][1](canonizers(self.name, self.model64))
 
 
 #: the Case of the model under test (the tests run model by model): one model's networks alive
@@ -321,17 +274,13 @@ def _record(case, path, what, err):
             json.dump(ERRORS, f, indent=1, sort_keys=True)
 
 
-def _rel(got, want):
-    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
-
-
 def test_forward_matches_torch(case_path):
     case, path = case_path
     net = case.net(path)
     assert isinstance(net, rp.Graph)
     got = net(case.x.astype(np.float32))
     assert got.dtype == np.float32
-    err = _rel(got, case.forward32)
+    err = nets.relative_error(got, case.forward32)
     _record(case, path, "forward", err)
     assert err <= 1e-4
     # the dynamic batch: one sample alone gives its row of the batch
@@ -342,7 +291,7 @@ def test_forward_matches_torch(case_path):
 def test_gradient_matches_autograd(case_path):
     case, path = case_path
     got = rp.gradient(case.net(path), case.x, case.seed)
-    err = _rel(got, case.gradient64)
+    err = nets.relative_error(got, case.gradient64)
     _record(case, path, "gradient", err)
     assert err <= 1e-9
 
@@ -353,7 +302,7 @@ def test_lrp_matches_zennit(case_path, composite):
     want = case.zennit(composite)
     assert np.isfinite(want).all() and np.abs(want).max() > 0
     got = rp.lrp(case.net(path), case.x[:1], case.seed[:1], COMPOSITES[composite][0]())
-    err = _rel(got, want)
+    err = nets.relative_error(got, want)
     _record(case, path, composite, err)
     assert err <= 1e-7
 
@@ -371,11 +320,11 @@ def test_identity_adaptive_pool_is_skipped_by_every_importer(tmp_path):
         want = model(torch.from_numpy(x)).numpy()
     nets_ = [rp.from_torch(model, shape)]
     for dynamo in (True, False):
-        nets_.append(rp.from_onnx(export(model, shape, tmp_path / f"alexnet_{dynamo}.onnx",
-                                         dynamo)))
+        nets_.append(rp.from_onnx(nets.onnx_export(model, tmp_path / f"alexnet_{dynamo}.onnx",
+                                                   shape, dynamo)))
     for net in nets_:
         assert [layer.kind for layer in net.layers][12:15] == ["maxpool2d", "flatten", "dense"]
-        assert _rel(net(x), want) <= 1e-4
+        assert nets.relative_error(net(x), want) <= 1e-4
 
 
 def test_upsampling_adaptive_pool_matches_torch_and_zennit():
@@ -398,11 +347,11 @@ def test_upsampling_adaptive_pool_matches_torch_and_zennit():
     xt = torch.from_numpy(x).requires_grad_(True)
     out = model(xt)
     out[0, 3].backward()
-    assert _rel(net(x), out.detach().numpy()) <= 1e-12
-    assert _rel(rp.gradient(net, x, 3), xt.grad.numpy()) <= 1e-9
+    assert nets.relative_error(net(x), out.detach().numpy()) <= 1e-12
+    assert nets.relative_error(rp.gradient(net, x, 3), xt.grad.numpy()) <= 1e-9
     seed = np.eye(1000)[[3]]
     xt = torch.from_numpy(x).requires_grad_(True)
     with Gradient(model=model, composite=zc.EpsilonPlusFlat(canonizers=[VGGCanonizer()])) as a:
         _, want = a(xt, torch.from_numpy(seed))
     got = rp.lrp(net, x, seed, rp.composites.EpsilonPlusFlat())
-    assert _rel(got, want.detach().numpy()) <= 1e-7
+    assert nets.relative_error(got, want.detach().numpy()) <= 1e-7

@@ -7,8 +7,6 @@ target equal to Zennit's (float64, 1e-7) for EpsilonPlusFlat and EpsilonGammaBox
 SequentialMergeBatchNorm (the BatchNorms merged exactly: eps 0, dyadic statistics).  Zennit
 hooks neither the upsampling, the concatenations nor the max pooling: relevance crosses them as
 the gradient, as relprop's Pass and winner-take-all move it."""
-import functools
-
 import numpy as np
 import pytest
 
@@ -19,7 +17,6 @@ import nets
 torch = pytest.importorskip("torch")
 zc = pytest.importorskip("zennit.composites")
 from torch import nn  # noqa: E402
-from zennit.attribution import Gradient  # noqa: E402
 from zennit.canonizers import SequentialMergeBatchNorm  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -71,18 +68,19 @@ class UNet(nn.Module):
         return self.head(d1)
 
 
-class Case:
+class Case(nets.ModelCase):
     """A U-Net (random weights, dyadic BatchNorms), an input, the region target of class 1 on
     a rectangle, torch's and Zennit's references, each imported network made on first use."""
 
     def __init__(self, up, tmp):
+        super().__init__()
         torch.manual_seed(3)
         model = UNet(up)
         bns = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
         self.model = nets.dyadic_batchnorms(model, bns, 4)
         self.model64 = nets.dyadic_batchnorms(UNet(up), bns, 4).double()
         self.model64.load_state_dict(self.model.state_dict())
-        self.tmp, self._nets, self._zennit = tmp, {}, {}
+        self.tmp, self.shape = tmp, SHAPE
         self.x = np.random.default_rng(6).uniform(-1, 1, (2,) + SHAPE)
         with torch.no_grad():
             out = self.model64(torch.from_numpy(self.x)).numpy()
@@ -91,38 +89,13 @@ class Case:
         self.seed = rp.targets.region(out, 1, mask)
         self.onehot = rp.targets.region(out, 1, mask, scale=False)
 
-    @functools.cached_property
-    def forward32(self):
-        with torch.no_grad():
-            return self.model(torch.from_numpy(self.x.astype(np.float32))).numpy()
-
-    @functools.cached_property
-    def gradient64(self):
-        xt = torch.from_numpy(self.x).requires_grad_(True)
-        (self.model64(xt) * torch.from_numpy(self.onehot)).sum().backward()
-        return xt.grad.numpy()
-
-    def zennit(self, composite):
-        if composite not in self._zennit:
-            xt = torch.from_numpy(self.x[:1]).requires_grad_(True)
-            with Gradient(model=self.model64, composite=COMPOSITES[composite][1]()) as attributor:
-                _, rel = attributor(xt, torch.from_numpy(self.seed[:1]))
-            self._zennit[composite] = rel.detach().numpy()
-        return self._zennit[composite]
-
-    def net(self, path):
-        if path not in self._nets:
-            self._nets[path] = nets.imported(self.model, SHAPE, path, self.tmp)
-        return self._nets[path]
+    def zennit_composite(self, name):
+        return COMPOSITES[name][1]()
 
 
 @pytest.fixture(scope="module", params=["transpose", "upsample"])
 def case(request, tmp_path_factory):
     return Case(request.param, tmp_path_factory.mktemp(request.param))
-
-
-def _rel(got, want):
-    return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
 
 
 @pytest.mark.parametrize("path", nets.IMPORT_PATHS)
@@ -132,12 +105,13 @@ def test_forward_matches_torch(case, path):
     assert {"concat", "maxpool2d"} <= kinds
     assert ("convtranspose2d" in kinds) == (case.model.up1.__class__ is nn.ConvTranspose2d)
     assert net.output_shape == (CLASSES,) + SHAPE[1:]
-    assert _rel(net(case.x.astype(np.float32)), case.forward32) <= 1e-4
+    assert nets.relative_error(net(case.x.astype(np.float32)), case.forward32) <= 1e-4
 
 
 @pytest.mark.parametrize("path", nets.IMPORT_PATHS)
 def test_gradient_of_a_region_matches_autograd(case, path):
-    assert _rel(rp.gradient(case.net(path), case.x, case.onehot), case.gradient64) <= 1e-8
+    got = rp.gradient(case.net(path), case.x, case.onehot)
+    assert nets.relative_error(got, case.gradient64) <= 1e-8
 
 
 @pytest.mark.parametrize("composite", sorted(COMPOSITES))
@@ -146,4 +120,4 @@ def test_lrp_of_a_region_matches_zennit(case, path, composite):
     want = case.zennit(composite)
     assert np.isfinite(want).all() and np.abs(want).max() > 0
     got = rp.lrp(case.net(path), case.x[:1], case.seed[:1], COMPOSITES[composite][0]())
-    assert _rel(got, want) <= 1e-7
+    assert nets.relative_error(got, want) <= 1e-7
