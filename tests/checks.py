@@ -48,10 +48,11 @@ def elementwise_kernel(data, name, x, args, torch_fn, kinks=(0.0,), lipschitz=1.
     assert abs(np.vdot(ju, f64(g)) - np.vdot(f64(u), f64(gx))) <= np.vdot(err, abs(f64(g))) + 1e-12
 
 
-def as_torch_and_reference(module, net, x, target):
+def as_torch_and_reference(module, net, x, target, composite="epsilon_plus_flat"):
     """``net``, imported from the float64 torch ``module``, on ``x`` (float64): its forward and
     its gradient of ``target`` as torch's (autograd), the gradient as the reference's, and its
-    LRP (EpsilonPlusFlat) as the reference's.  Returns the composite's rules."""
+    LRP with ``composite`` (a name of ``relprop.composites``) as the reference's.  Returns the
+    composite's rules."""
     import torch
 
     xt = torch.from_numpy(x).requires_grad_()
@@ -63,9 +64,10 @@ def as_torch_and_reference(module, net, x, target):
     assert_allclose(got, want, rtol=1e-10, atol=1e-12 * abs(want).max())
     want = ref.gradient(net, x, target)
     assert_allclose(got, want, rtol=1e-10, atol=1e-13 * abs(want).max())
-    rules = rp.composites.EpsilonPlusFlat().rules(net)
+    composite = rp.composites.as_composite(composite)
+    rules = composite.rules(net)
     want = ref.lrp(net, x, ref.seed(target, ref.forward(net, x)[-1], scale=True), rules)
-    assert_allclose(rp.lrp(net, x, target, "epsilon_plus_flat"), want, rtol=1e-9,
+    assert_allclose(rp.lrp(net, x, target, composite), want, rtol=1e-9,
                     atol=1e-12 * abs(want).max())
     return rules
 
@@ -91,14 +93,15 @@ def imported_as_torch(module_type, x, path, tmp_path, target=1):
     return net
 
 
-def onnx_forward_as_torch(net, module, x, tol=1e-5):
-    """``net``, read from an ONNX file of the float64 torch ``module`` (float32 weights), on
-    ``x`` in float32: ``module``'s forward on ``x`` in float64, to ``tol`` (relative, and of the
-    largest output)."""
+def float32_as_torch(net, module, x, tol=1e-5):
+    """``net`` on ``x`` in float32 (read from an ONNX file of ``module``, which holds float32
+    weights, or made by from_torch in float32): torch's ``module`` on ``x`` in the module's
+    dtype, to ``tol`` (relative, and of the largest output)."""
     import torch
 
+    dtype = next(module.parameters()).dtype
     with torch.no_grad():
-        want = module(torch.from_numpy(np.asarray(x, np.float64))).numpy()
+        want = module(torch.from_numpy(np.asarray(x)).to(dtype)).numpy()
     assert_allclose(net(np.asarray(x, np.float32)), want, rtol=tol, atol=tol * abs(want).max())
 
 
@@ -108,7 +111,7 @@ def path_checks(module, net, x, target, path, tmp_path):
     :func:`saved_and_loaded` (returns the copy); from an ONNX file (float32 weights, checked
     against onnxruntime when read), the forward as torch's to 1e-4 (returns None)."""
     if path != "from_torch":
-        onnx_forward_as_torch(net, module, x, tol=1e-4)
+        float32_as_torch(net, module, x, tol=1e-4)
         return None
     as_torch_and_reference(module, net, x, target)
     return saved_and_loaded(net, tmp_path, x)

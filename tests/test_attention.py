@@ -13,6 +13,7 @@ import relprop as rp
 from relprop import ops
 from relprop import reference as ref
 
+import checks
 from strategies import DTYPES, arrays, with_threads
 
 
@@ -188,15 +189,8 @@ def test_from_torch_forward_and_gradient(rng, kw):
     assert {"attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.attention",
             "attn.out_proj"} <= set(names)
     x = rng.normal(size=(3, 4, 5))
-    xt = torch.from_numpy(x).requires_grad_()
-    out = module(xt)
-    out[:, 2].sum().backward()
-    assert_allclose(net(x), out.detach().numpy(), rtol=1e-12, atol=1e-13)
-    assert_allclose(rp.gradient(net, x, 2), xt.grad.numpy(), rtol=1e-10, atol=1e-13)
-    assert_allclose(rp.gradient(net, x, 2), ref.gradient(net, x, 2), rtol=1e-10, atol=1e-14)
-    with torch.no_grad():
-        want32 = module.float()(torch.from_numpy(x.astype(np.float32))).numpy()
-    assert_allclose(net(x.astype(np.float32)), want32, rtol=1e-5, atol=1e-5 * abs(want32).max())
+    checks.as_torch_and_reference(module, net, x, 2, "attnlrp")
+    checks.float32_as_torch(net, module.float(), x)
 
 
 def test_saved_and_loaded(tmp_path, rng):

@@ -137,7 +137,7 @@ def test_from_onnx_of_both_exporters(tmp_path, rng, path):
     assert_allclose(bounds, sorted(b for _, k, b in KINDS if k == "hardtanh"), rtol=1e-7)
     # (the exporters may merge the equal Clip(0, 6) of self.six and torch.clamp)
     assert {n.layer.kind for n in net.nodes} >= {"relu", "relu6"}
-    checks.onnx_forward_as_torch(net, module, rng.normal(size=(3, 3, 8, 8)).astype(np.float32))
+    checks.float32_as_torch(net, module, rng.normal(size=(3, 3, 8, 8)).astype(np.float32))
 
 
 def test_saved_and_loaded(tmp_path, rng):

@@ -17,6 +17,7 @@ from relprop import ops
 from relprop import reference as ref
 from relprop.rules import Epsilon
 
+import checks
 import nets
 from strategies import DTYPES, arrays, with_threads
 
@@ -125,20 +126,9 @@ def test_from_torch_forward_gradient_and_lrp(rng, functional):
     assert len(norms) == 1 and norms[0].layer.axis == "last"
     assert_allclose(norms[0].layer.weight, module.norm.weight.detach().numpy())
     x = rng.normal(size=(3, 4, 5))
-    xt = torch.from_numpy(x).requires_grad_()
-    out = module(xt)
-    out[:, 2].sum().backward()
-    assert_allclose(net(x), out.detach().numpy(), rtol=1e-12, atol=1e-13)
-    assert_allclose(rp.gradient(net, x, 2), xt.grad.numpy(), rtol=1e-10, atol=1e-13)
-    assert_allclose(rp.gradient(net, x, 2), ref.gradient(net, x, 2), rtol=1e-10, atol=1e-14)
-    with torch.no_grad():
-        want32 = module.float()(torch.from_numpy(x.astype(np.float32))).numpy()
-    assert_allclose(net(x.astype(np.float32)), want32, rtol=1e-5, atol=1e-5 * abs(want32).max())
-    rules = rp.composites.EpsilonPlusFlat().rules(net)
+    rules = checks.as_torch_and_reference(module, net, x, 2)
     assert [r.registry_name for n, r in zip(net.nodes, rules) if n in norms] == ["norm"]
-    R = rp.lrp(net, x, 2, "epsilon_plus_flat")
-    want = ref.lrp(net, x, ref.seed(2, ref.forward(net, x)[-1], scale=True), rules)
-    assert_allclose(R, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
+    checks.float32_as_torch(net, module.float(), x)
 
 
 def test_lrp_is_lxts_layer_norm_in_gradient_x_input(rng):

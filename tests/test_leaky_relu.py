@@ -107,7 +107,7 @@ def test_from_onnx_of_both_exporters(tmp_path, rng, path):
     net = nets.imported(module, (3, 8, 8), path, tmp_path)  # checks itself: onnxruntime
     assert sorted(n.layer.negative_slope for n in net.nodes if n.layer.kind == "leaky_relu") \
         == pytest.approx([0.05, 0.2])
-    checks.onnx_forward_as_torch(net, module, rng.normal(size=(3, 3, 8, 8)).astype(np.float32))
+    checks.float32_as_torch(net, module, rng.normal(size=(3, 3, 8, 8)).astype(np.float32))
 
 
 def test_saved_and_loaded(tmp_path, rng):

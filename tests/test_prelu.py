@@ -121,7 +121,7 @@ def test_from_onnx_of_both_exporters(tmp_path, rng, path):
     module = _net()
     net = nets.imported(module, (3, 8, 8), path, tmp_path)  # checks itself: onnxruntime
     assert sorted(n for _, n in _slopes(net)) == [1, 6, 8]
-    checks.onnx_forward_as_torch(net, module, rng.normal(size=(3, 3, 8, 8)).astype(np.float32))
+    checks.float32_as_torch(net, module, rng.normal(size=(3, 3, 8, 8)).astype(np.float32))
 
 
 def test_onnx_slope_shapes(rng):
