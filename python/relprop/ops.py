@@ -235,6 +235,13 @@ def _like(a, dtype, name, ref="x"):
     return np.ascontiguousarray(a, dtype=dtype)
 
 
+def _grad_and_input(g, x):
+    """``g`` and ``x`` as C-contiguous arrays of ``g``'s float dtype, for a backward kernel
+    (``TypeError`` for other dtypes, or ``x`` of the other precision)."""
+    g = _array(g, "g")
+    return g, _like(_array(x, "x"), g.dtype, "x", "g")
+
+
 def _conv_args(stride, padding, dilation, groups):
     from ._validate import as_int, as_pair
 
@@ -769,9 +776,8 @@ def activation_backward(g, x, op):
     TypeError
         If they are not float32/float64 arrays of one dtype.
     """
-    g = _array(g, "g")
-    return _core.activation_backward(g, _like(_array(x, "x"), g.dtype, "x", "g"),
-                                     _activation(op), _nt())
+    g, x = _grad_and_input(g, x)
+    return _core.activation_backward(g, x, _activation(op), _nt())
 
 
 def channel_affine(x, scale, shift=None):
@@ -820,9 +826,8 @@ def hardtanh_backward(g, x, min_val=-1.0, max_val=1.0):
     TypeError
         If they are not float32/float64 arrays of one dtype.
     """
-    g = _array(g, "g")
-    return _core.hardtanh_backward(g, _like(_array(x, "x"), g.dtype, "x", "g"), float(min_val),
-                                   float(max_val), _nt())
+    g, x = _grad_and_input(g, x)
+    return _core.hardtanh_backward(g, x, float(min_val), float(max_val), _nt())
 
 
 def prelu_forward(x, weight):
@@ -860,9 +865,8 @@ def prelu_backward(g, x, weight):
     TypeError
         If they are not float32/float64 arrays of one dtype.
     """
-    g = _array(g, "g")
-    return _core.prelu_backward(g, _like(_array(x, "x"), g.dtype, "x", "g"),
-                                _like(weight, g.dtype, "weight", "g"), _nt())
+    g, x = _grad_and_input(g, x)
+    return _core.prelu_backward(g, x, _like(weight, g.dtype, "weight", "g"), _nt())
 
 
 def leaky_relu_forward(x, negative_slope=0.01):
@@ -883,9 +887,8 @@ def leaky_relu_backward(g, x, negative_slope=0.01):
     TypeError
         If they are not float32/float64 arrays of one dtype.
     """
-    g = _array(g, "g")
-    return _core.leaky_relu_backward(g, _like(_array(x, "x"), g.dtype, "x", "g"),
-                                     float(negative_slope), _nt())
+    g, x = _grad_and_input(g, x)
+    return _core.leaky_relu_backward(g, x, float(negative_slope), _nt())
 
 
 def relu_forward(x):
