@@ -77,6 +77,14 @@ def as_int(value, name: str, minimum: int | None = None) -> int:
     return value
 
 
+def as_ints(values, name: str) -> tuple:
+    """A sequence of integers as a tuple (``TypeError`` naming ``name`` for anything else)."""
+    try:
+        return tuple(as_int(v, name) for v in values)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of ints, got {values!r}") from None
+
+
 def as_threads(value, name: str, minimum: int = 0) -> int:
     """A thread count: OpenMP ends the whole process when it cannot create the threads it is
     asked for, so counts far beyond the machine (more than ``max(256, 4 * cpu_count)``) raise."""

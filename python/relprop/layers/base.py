@@ -325,6 +325,14 @@ def cfg_int(cfg, key, default=None):
     return val
 
 
+def cfg_list(cfg, key):
+    """A list of a model file's config (its layer's constructor checks the elements)."""
+    val = cfg.get(key)
+    if not isinstance(val, list):
+        raise ValueError(f"has a bad '{key}': {val!r}")
+    return val
+
+
 def cfg_pair(cfg, key, default=None):
     val = _cfg_value(cfg, key, default)
     if isinstance(val, (list, tuple)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import as_int
+from .._validate import as_int, as_ints
 from .base import (
     Layer,
     OnnxOp,
@@ -13,6 +13,7 @@ from .base import (
     TorchMethod,
     TorchModule,
     cfg_int,
+    cfg_list,
     numel,
     register_layer,
 )
@@ -230,10 +231,7 @@ class Reshape(Layer):
     )
 
     def __init__(self, shape):
-        try:
-            shape = tuple(as_int(v, "shape") for v in shape)
-        except TypeError:
-            raise TypeError(f"Reshape shape must be a sequence of ints, got {shape!r}") from None
+        shape = as_ints(shape, "Reshape shape")
         if not shape or shape.count(-1) > 1 or any(v == 0 or v < -1 for v in shape):
             raise ValueError(f"Reshape shape must be positive sizes, at most one of them -1, got "
                              f"{shape}")
@@ -241,10 +239,7 @@ class Reshape(Layer):
 
     @classmethod
     def from_config(cls, cfg, arrays):
-        shape = cfg.get("shape")
-        if not isinstance(shape, list):
-            raise ValueError(f"has a bad 'shape': {shape!r}")
-        return cls(shape)
+        return cls(cfg_list(cfg, "shape"))
 
     def config(self):
         return {"shape": list(self.shape)}
@@ -382,10 +377,7 @@ class Permute(Layer):
     )
 
     def __init__(self, dims):
-        try:
-            dims = tuple(as_int(d, "dims") for d in dims)
-        except TypeError:
-            raise TypeError(f"Permute dims must be a sequence of ints, got {dims!r}") from None
+        dims = as_ints(dims, "Permute dims")
         if sorted(dims) != list(range(len(dims))) or len(dims) < 2 or dims[0] != 0:
             raise ValueError(f"Permute dims must be a permutation of 0..{len(dims) - 1} that "
                              f"leaves the batch axis 0 first, got {dims}")
@@ -394,10 +386,7 @@ class Permute(Layer):
 
     @classmethod
     def from_config(cls, cfg, arrays):
-        dims = cfg.get("dims")
-        if not isinstance(dims, list):
-            raise ValueError(f"has a bad 'dims': {dims!r}")
-        return cls(dims)
+        return cls(cfg_list(cfg, "dims"))
 
     def config(self):
         return {"dims": list(self.dims)}
@@ -720,10 +709,7 @@ class Pad(Layer):
     )
 
     def __init__(self, pads):
-        try:
-            pads = tuple(as_int(p, "pads") for p in pads)
-        except TypeError:
-            raise TypeError(f"Pad pads must be a sequence of ints, got {pads!r}") from None
+        pads = as_ints(pads, "Pad pads")
         if not pads or len(pads) % 2:
             raise ValueError(f"Pad pads must be (before, after) pairs, last axis first, got "
                              f"{pads}")
@@ -731,10 +717,7 @@ class Pad(Layer):
 
     @classmethod
     def from_config(cls, cfg, arrays):
-        pads = cfg.get("pads")
-        if not isinstance(pads, list):
-            raise ValueError(f"has a bad 'pads': {pads!r}")
-        return cls(pads)
+        return cls(cfg_list(cfg, "pads"))
 
     def config(self):
         return {"pads": list(self.pads)}
