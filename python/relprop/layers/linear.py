@@ -320,6 +320,20 @@ def get_conv_algorithm():
     return _algorithm_override
 
 
+def _groups_text(conv):
+    """A convolution's groups for its description: "" (one group), " depthwise" or " groups g"."""
+    if conv.groups == 1:
+        return ""
+    return " depthwise" if conv.groups == conv.in_channels else f" groups {conv.groups}"
+
+
+def _conv_flops(conv, out_shape):
+    """A convolution's FLOPs for one sample: a multiply-add per output and weight of its
+    group, the bias added to each output."""
+    n_out = numel(out_shape)
+    return n_out * 2 * numel(conv.weight.shape[1:]) + (n_out if conv.bias is not None else 0)
+
+
 @register_layer
 class Conv2d(Linear):
     """2-D convolution as ``torch.nn.Conv2d`` (NCHW, zero padding); weight
@@ -409,13 +423,10 @@ class Conv2d(Linear):
                 f"pad {pair_text(self.padding)}")
         if self.dilation != (1, 1):
             text += f" dil {pair_text(self.dilation)}"
-        if self.groups != 1:
-            text += " depthwise" if self.groups == self.in_channels else f" groups {self.groups}"
-        return text
+        return text + _groups_text(self)
 
     def flops(self, in_shapes, out_shape):
-        n_out = numel(out_shape)
-        return n_out * 2 * numel(self.weight.shape[1:]) + (n_out if self.bias is not None else 0)
+        return _conv_flops(self, out_shape)
 
     def output_shape(self, shape):
         self._need_rank(shape, 3, "(channels, height, width)")
@@ -700,13 +711,10 @@ class Conv1d(Linear):
         text = f"Conv1d {self.in_channels}->{o} {k} stride {self.stride} pad {self.padding}"
         if self.dilation != 1:
             text += f" dil {self.dilation}"
-        if self.groups != 1:
-            text += " depthwise" if self.groups == self.in_channels else f" groups {self.groups}"
-        return text
+        return text + _groups_text(self)
 
     def flops(self, in_shapes, out_shape):
-        n_out = numel(out_shape)
-        return n_out * 2 * numel(self.weight.shape[1:]) + (n_out if self.bias is not None else 0)
+        return _conv_flops(self, out_shape)
 
     def output_shape(self, shape):
         self._need_rank(shape, 2, "(channels, length)")
