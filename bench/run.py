@@ -1,6 +1,6 @@
 """relprop beside its peers, in one process: samples/s of every method on three chains (an MLP,
 a CIFAR-size CNN, VGG-16) and four torchvision graphs (ResNet-50, MobileNetV2, EfficientNet-B0,
-ConvNeXt-Tiny: batch 1 on one thread, batch 8 on two; Zennit with its canonizers), the GEMM
+ConvNeXt-Tiny: batch 1 on one and two threads, batch 8 on two; Zennit with its canonizers), the GEMM
 core against NumPy, and the peak memory of an LRP call.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/run.py            # full (~30 min)
@@ -272,7 +272,7 @@ def bench_model(name, batches, threads, peaks, opts, rows):
         # one warm-up for relprop only, two timed calls
         slow = (name == "vgg16" or graph) and batch > 1
         repeats = 2 if slow else opts.repeats
-        # the graphs: batch 1 on one thread, the large batch on two (M.GRAPH_RUNS)
+        # the graphs: only the (batch, threads) pairs of M.GRAPH_RUNS
         runs = [t for t in threads if not graph or (batch, t) in M.GRAPH_RUNS]
         for t in runs:
             rp.set_num_threads(t)
