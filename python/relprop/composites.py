@@ -13,6 +13,7 @@ from .rules import (
     Flat,
     Gamma,
     Gradient,
+    Identity,
     Norm,
     Rule,
     UniformSoftmax,
@@ -243,10 +244,12 @@ def AttnLRP(epsilon=0.0, stabilizer=0.0):
     """LXT 2.1's rules for torchvision's ViT (``lxt.efficient``'s ``vit_torch`` patch): CP-LRP
     inside attention (relevance to the values only), linear layers as gradient x input
     (Epsilon(0)), LayerNorm by the identity rule (Norm with its standard deviation held
-    constant), additions by Norm, Pass for GELU.  With the defaults (no stabilizer) the
-    relevance is LXT's ``x * x.grad``; a unit whose denominator is exactly 0 sends nothing."""
+    constant), additions by Norm, LXT's identity rule for GELU (:class:`Identity`).  With the
+    defaults (no stabilizer) every rule has a gradient form and the relevance is computed as
+    LXT's ``x * x.grad`` (:func:`relprop.lrp.lrp`)."""
     return Composite([("attention", CPLRP(stabilizer)), ("linear", Epsilon(epsilon)),
-                      ("layernorm", Norm(stabilizer))], stabilizer=stabilizer)
+                      ("layernorm", Norm(stabilizer)), ("activation", Identity())],
+                     stabilizer=stabilizer)
 
 
 @register_composite("attnlrp_full")
@@ -255,4 +258,5 @@ def AttnLRPFull(epsilon=0.0, stabilizer=0.0):
     the two products and the softmax rule (:class:`relprop.rules.UniformSoftmax`), so the queries
     and keys receive relevance too."""
     return Composite([("attention", UniformSoftmax(stabilizer)), ("linear", Epsilon(epsilon)),
-                      ("layernorm", Norm(stabilizer))], stabilizer=stabilizer)
+                      ("layernorm", Norm(stabilizer)), ("activation", Identity())],
+                     stabilizer=stabilizer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import ops
 from ._common import batch_rows, chunks, map_batches, seed, shape_only
 from .composites import as_composite, default_composite
 from .engine import run
@@ -56,8 +57,23 @@ def lrp(net, x, target, rule_or_composite=None, *, batch_size=None,
     return map_batches(lambda xc, tc: _lrp(net, xc, tc, rules), x, target, batch_size, net=net)
 
 
-def _lrp(net, x, target, rules, layerwise=False):
-    out, r = run(net, x, LrpStep(net, rules), lambda z: seed(target, z, scale=True), layerwise)
+def _lrp(net, x, target, rules, layerwise=False, gradient=None):
+    """The relevance of one batch (with ``layerwise``, of every tensor); ``gradient``: whether
+    to walk in the gradient form (None: wherever every rule has it)."""
+    if gradient is None:
+        gradient = all(r.has_gradient(node.layer) for r, node in zip(rules, net.nodes))
+    if gradient:
+        step = GradientFormStep(rules, layerwise)
+        # R = z * g at the output: g = R / z (the one-hot seed where f_t != 0)
+        out, r = run(net, x, step, lambda z: ops.lrp_divide(seed(target, z, scale=True), z, 0.0),
+                     layerwise)
+        if layerwise:
+            r = [None if g is None else v * g for v, g in zip(step.values, r)]  # g may alias
+        else:
+            r = None if r is None else x * r
+    else:
+        out, r = run(net, x, LrpStep(net, rules), lambda z: seed(target, z, scale=True),
+                     layerwise)
     if not layerwise:
         return np.zeros_like(x) if r is None else r
     # tensors that received no relevance (a rule sent none there) hold zeros
@@ -65,6 +81,35 @@ def _lrp(net, x, target, rules, layerwise=False):
     names = [net.input_name] + [node.name for node in net.nodes]
     return [np.zeros((len(x),) + shapes[name], x.dtype) if v is None else v
             for name, v in zip(names, r)]
+
+
+class GradientFormStep:
+    """The engine step of LRP where every rule has a gradient form (:meth:`Rule.gradient`,
+    e.g. "attnlrp" with its defaults, LRP-0): the walk carries ``g`` with ``R = value * g`` at
+    every tensor, through each rule's modified gradient, and the input relevance is ``x * g``
+    (LXT's ``x * x.grad``).  The forward pass keeps what the rules' gradients read
+    (:meth:`Rule.gradient_reads`); with ``keep_values`` also every tensor's value
+    (``values``: the input, then each node's output), for the relevance of every tensor."""
+
+    def __init__(self, rules, keep_values=False):
+        self.rules = rules
+        self.values = [] if keep_values else None
+
+    def forward(self, i, node, ins):
+        rule, layer = self.rules[i], node.layer
+        y, state = layer.forward(*ins)
+        if self.values is not None:
+            if i == 0:
+                self.values.append(ins[0])
+            self.values.append(y)
+        reads = rule.gradient_reads(layer)
+        kept = [v if "a" in reads else shape_only(v) for v in ins]
+        return y, (kept, y if "z" in reads else None, state)
+
+    def backward(self, i, node, saved, g):
+        kept, z, state = saved
+        a = kept[0] if len(kept) == 1 else tuple(kept)
+        return self.rules[i].gradient(node.layer, a, z, g, state)
 
 
 class LrpStep:

@@ -29,6 +29,14 @@ Flat        -                              as WSquare
 
 Memory: :meth:`Rule.reads` says which of ``a`` and ``z`` a rule reads, so the walk keeps only
 those (and drops each layer's share as soon as its relevance is computed).
+
+The gradient form: a rule without a stabilizer that is ``R_in = a * M^T (R / z)`` for a linear
+map ``M`` (Epsilon(0), Norm(0), CP-LRP(0), the uniform softmax rule with no stabilizer,
+winner-take-all, Pass) is, with ``R = z * g`` at every tensor, the map ``g -> M^T g``
+(:meth:`Rule.gradient`; Pass through an element-wise layer ``g -> g * y / x``).  Where every rule
+of a walk has it, LRP is ``x * g`` of that modified gradient, as LXT computes it
+(:func:`relprop.lrp.lrp`): no quotient ``R / z`` is formed, so a unit whose ``z`` is near 0
+amplifies no rounding error (DESIGN.md, "LRP as a modified gradient").
 """
 from __future__ import annotations
 
@@ -165,6 +173,29 @@ class Rule:
     def relevance(self, layer, a, z, r, parts=None, state=None):
         raise NotImplementedError
 
+    def has_gradient(self, layer) -> bool:
+        """Whether the rule has a gradient form (:meth:`gradient`) on ``layer``: rules with a
+        stabilizer have none (their quotient is not ``R / z``), nor has a subclass that
+        redefines :meth:`relevance` without its gradient."""
+        owner = next(c for c in type(self).__mro__ if "relevance" in c.__dict__)
+        return (("gradient" in owner.__dict__ or "_gradient_applies" in owner.__dict__)
+                and self._gradient_applies(layer))
+
+    def _gradient_applies(self, layer):
+        return False
+
+    def gradient_reads(self, layer):
+        """What :meth:`gradient` reads of the forward pass: "a" (the input values) where the
+        layer's backward pass reads them, "z" (the output) where the rule needs it."""
+        return "a" if layer.backward_reads_input else ""
+
+    def gradient(self, layer, a, z, g, state=None):
+        """The rule as a modified gradient (where :meth:`has_gradient`): with ``R = z * g`` at the
+        layer's output, one array per input ``h`` (None for an input that receives nothing)
+        such that :meth:`relevance` gives ``a * h``; here the layer's vector-Jacobian product,
+        the map of Epsilon(0) and winner-take-all."""
+        return layer.vjp(g, a if isinstance(a, tuple) else (a,), state)
+
 
 def _check_stabilizer(rule, name="stabilizer"):
     object.__setattr__(rule, name, as_scalar(getattr(rule, name), name, minimum=0.0))
@@ -183,6 +214,9 @@ class Epsilon(Rule):
 
     def __post_init__(self):
         _check_stabilizer(self, "epsilon")
+
+    def _gradient_applies(self, layer):
+        return self.epsilon == 0
 
     def relevance(self, layer, a, z, r, parts=None, state=None):
         return layer.lrp_epsilon(r, z, a, layer.params(a.dtype)[0], self.epsilon)
@@ -429,6 +463,17 @@ class Norm(Rule):
             return tuple(np.multiply(x, g) for x, g in zip(a, layer.vjp(s, a, state)))
         return _times(a, layer.linear_backward(s, a, state))
 
+    def _gradient_applies(self, layer):
+        return self.stabilizer == 0
+
+    def gradient_reads(self, layer):
+        return "a"  # the map may be taken at the input (linear_backward)
+
+    def gradient(self, layer, a, z, g, state=None):
+        if isinstance(a, tuple):
+            return layer.vjp(g, a, state)
+        return (layer.linear_backward(g, a, state),)
+
 
 @register_rule("cp_lrp")
 @dataclass(frozen=True)
@@ -449,6 +494,12 @@ class CPLRP(Rule):
         s = ops.lrp_divide(r, z, self.stabilizer)
         return None, None, _times(a[2], layer.vjp(s, a, state, wanted="v")[2])
 
+    def _gradient_applies(self, layer):
+        return self.stabilizer == 0
+
+    def gradient(self, layer, a, z, g, state=None):
+        return None, None, layer.vjp(g, a, state, wanted="v")[2]
+
 
 @register_rule("uniform_softmax")
 @dataclass(frozen=True)
@@ -468,6 +519,10 @@ class UniformSoftmax(CPLRP):
         shares = zip(a, layer.vjp(s, a, state), (0.25, 0.25, 0.5))
         return tuple(_times(x, np.multiply(g, f, out=g)) for x, g, f in shares)
 
+    def gradient(self, layer, a, z, g, state=None):
+        return tuple(np.multiply(h, f, out=h) for h, f in zip(layer.vjp(g, a, state),
+                                                            (0.25, 0.25, 0.5)))
+
 
 @register_rule("winner_take_all")
 @dataclass(frozen=True)
@@ -479,6 +534,9 @@ class WinnerTakeAll(Rule):
 
     def reads(self, parts=False):
         return ""
+
+    def _gradient_applies(self, layer):
+        return True  # the winner's input is the output: R = z * g moves as g does
 
     def relevance(self, layer, a, z, r, parts=None, state=None):
         return layer.backward(r, a, state)
@@ -505,6 +563,55 @@ class Pass(Rule):
         if layer.elementwise:
             return r
         return layer.backward(r, a, state)
+
+    def _gradient_applies(self, layer):
+        # R = z * g cannot hold relevance where a = 0 and z = f(0) != 0 (a sigmoid, a shift)
+        return not layer.elementwise or layer.zero_preserving
+
+    def gradient_reads(self, layer):
+        return "az" if layer.elementwise else super().gradient_reads(layer)
+
+    def gradient(self, layer, a, z, g, state=None):
+        if not layer.elementwise:  # elements moved, copied or dropped: R = z * g moves as g
+            return super().gradient(layer, a, z, g, state)
+        # R_in = R_out: a * h = z * g, so h = g * z / a (0 where a = 0: there z = f(0) = 0
+        # carries no relevance, the layer being zero_preserving)
+        h = np.divide(z, a, out=np.zeros_like(g), where=a != 0)
+        return (np.multiply(h, g, out=h),)
+
+
+@register_rule("identity")
+@dataclass(frozen=True)
+class Identity(Rule):
+    """LXT's identity rule for element-wise activations (``identity_rule_implicit``: the
+    gradient ``f(x) / (x + epsilon)``): ``R_in = R_out * a / (a + epsilon)``, which is Pass's
+    ``R_in = R_out`` but where ``|a|`` is within a few ``epsilon`` of 0; 0 where ``a + epsilon``
+    is 0.  The activations' rule of "attnlrp", so that it is LXT's to the last digits."""
+
+    epsilon: float = 1e-10
+    applies_to = ("activation",)
+
+    def __post_init__(self):
+        _check_stabilizer(self, "epsilon")
+
+    def reads(self, parts=False):
+        return "a"
+
+    def _ratio(self, num, a):
+        den = a + self.epsilon
+        return np.divide(num, den, out=np.zeros_like(num), where=den != 0)
+
+    def relevance(self, layer, a, z, r, parts=None, state=None):
+        return _times(r, self._ratio(a, a))
+
+    def _gradient_applies(self, layer):
+        return layer.zero_preserving
+
+    def gradient_reads(self, layer):
+        return "az"
+
+    def gradient(self, layer, a, z, g, state=None):
+        return (_times(g, self._ratio(z, a)),)
 
 
 @register_rule("product")

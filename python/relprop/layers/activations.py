@@ -29,6 +29,7 @@ class Elementwise(Layer):
     default_rule = "pass"
     remakable = True
     elementwise = True
+    zero_preserving = True  # but for the gates and clamps away from 0
 
     def flops(self, in_shapes, out_shape):
         return numel(out_shape)
@@ -310,6 +311,10 @@ class Hardtanh(Elementwise):
     def describe(self):
         return f"Hardtanh [{self.min_val:g}, {self.max_val:g}]"
 
+    @property
+    def zero_preserving(self):
+        return self.min_val <= 0 <= self.max_val
+
     def forward(self, x):
         return ops.hardtanh_forward(x, self.min_val, self.max_val), None
 
@@ -401,6 +406,7 @@ class Sigmoid(KernelActivation):
     kind = "sigmoid"
     op = "sigmoid"
     gating = True
+    zero_preserving = False  # f(0) = 1/2
     imports = (
         TorchModule(("Sigmoid",), lambda m, ctx: Sigmoid()),
         TorchFunction(("torch.sigmoid", "torch.nn.functional.sigmoid", "torch.special.expit"),
@@ -441,6 +447,7 @@ class Hardsigmoid(KernelActivation):
     kind = "hardsigmoid"
     op = "hardsigmoid"
     gating = True
+    zero_preserving = False  # f(0) = 1/2
     imports = (
         TorchModule(("Hardsigmoid",), lambda m, ctx: Hardsigmoid()),
         TorchFunction(("torch.nn.functional.hardsigmoid",), _INPLACE,

@@ -174,6 +174,10 @@ class Layer:
     #: activations, BatchNorm): the Pass rule hands relevance straight through it, while
     #: through any other layer it moves relevance as the gradient does (``backward``).
     elementwise = False
+    #: An element-wise layer with ``f(0) = 0`` (ReLU, GELU, ...; not a sigmoid, not BatchNorm's
+    #: shift): relevance through it is its output times a modified gradient (LRP's gradient
+    #: form, :meth:`relprop.rules.Rule.gradient`).
+    zero_preserving = False
     #: A layer whose output is cheap to remake from its inputs (element-wise, reshaping, sums,
     #: concatenations): the LRP walk remakes it instead of keeping it.
     remakable = False

@@ -143,6 +143,9 @@ def lrp_layer(layer, rule, a, r):
         return r if layer.elementwise else layer_backward(layer, r, [a])[0]
     if name == "WinnerTakeAll":
         return layer_backward(layer, r, [a])[0]
+    if name == "Identity":  # LXT's: the share a / (a + epsilon) of r, per element
+        den = a + rule.epsilon
+        return np.where(den != 0, r * a / np.where(den != 0, den, 1), 0)
     a2, r2 = a.reshape(n, -1), r.reshape(n, -1)
     if name == "Norm" and twin(layer).linear is not None:  # per sample: the map at a, and z = y
         c = a2[:, None, :] * frozen_matrices(layer, a)
