@@ -221,3 +221,37 @@ def test_core_rejects_unvalidated_input():
                             None, 1)
     with pytest.raises(ValueError, match="weight.shape"):
         _core.dense_forward(x, np.ones((4, 5), dtype=np.float32), None, 1)
+
+
+def test_kernel_entry_points_take_any_layout_and_name_bad_dtypes():
+    """Every kernel entry point of relprop.ops takes a non-contiguous float array (copied to
+    C order), and refuses other dtypes, or operands of the other precision, with a TypeError
+    naming the operand (not pybind's 'incompatible function arguments', nor a silent cast)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 6, 6, 3)).transpose(0, 3, 1, 2)  # float64, not C-contiguous
+    assert not x.flags.c_contiguous
+    assert_array_equal(ops.relu_forward(x), np.maximum(x, 0))
+    assert_array_equal(ops.relu_backward(x, x), x * (x > 0))
+    y, argmax = ops.maxpool2d_forward(x, (2, 2), (2, 2))
+    assert_array_equal(y, ops.maxpool2d_forward(np.ascontiguousarray(x), (2, 2), (2, 2))[0])
+    assert_array_equal(ops.avgpool2d_forward(x, (2, 2), (2, 2)),
+                       ops.avgpool2d_forward(np.ascontiguousarray(x), (2, 2), (2, 2)))
+    a, w = rng.normal(size=(5, 4)).T, rng.normal(size=(3, 5))
+    assert_allclose(ops.dense_forward(a, w), a @ w.T, rtol=1e-12)
+    assert_allclose(ops.gemm(a, w.T), a @ w.T, rtol=1e-12)
+    with pytest.raises(TypeError, match="x has dtype int64"):
+        ops.relu_forward(np.arange(4))
+    with pytest.raises(TypeError, match="x has dtype float32 but g has dtype float64"):
+        ops.relu_backward(x, x.astype(np.float32))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        ops.relu_backward(x, x, "guided-backprop")
+    with pytest.raises(TypeError, match="w has dtype float32 but x has dtype float64"):
+        ops.dense_forward(a, w.astype(np.float32))
+    with pytest.raises(TypeError, match="w has dtype float32 but g has dtype float64"):
+        ops.dense_backward(a @ w.T, w.astype(np.float32))
+    with pytest.raises(TypeError, match="b has dtype float32 but a has dtype float64"):
+        ops.gemm(a, w.T.astype(np.float32))
+    with pytest.raises(TypeError, match="r has dtype int64"):
+        ops.lrp_divide(np.arange(3), np.ones(3), 0.0)
+    with pytest.raises(TypeError, match="g has dtype int64"):
+        ops.avgpool2d_backward(np.zeros((1, 1, 2, 2), np.int64), (4, 4), (2, 2), (2, 2))

@@ -154,19 +154,17 @@ def _c(a, dtype):
     return np.ascontiguousarray(a, dtype=dtype)
 
 
-def _bias(b, dtype):
-    return None if b is None else _c(b, dtype)
-
-
 def dense_forward(x, w, b=None, packed=None, *, relu=False):
     """``y = x @ w.T + b``: x (n, in), w (out, in), b (out,) -> (n, out).
 
     ``packed``: ``dense_pack(w, True)`` made under the ISA in use (skips packing ``w``; the
     result is bitwise the same).  ``relu=True``: ``max(y, 0)`` (NaN kept) written by the GEMM's
     store, bitwise ``relu_forward(dense_forward(x, w, b))``."""
+    x = _array(x, "x")
+    w, b = _like(w, x.dtype, "w"), _like(b, x.dtype, "b")
     if relu:
-        return _core.dense_forward(x, _c(w, x.dtype), _bias(b, x.dtype), _nt(), packed, True)
-    return _core.dense_forward(x, _c(w, x.dtype), _bias(b, x.dtype), _nt(), packed)
+        return _core.dense_forward(x, w, b, _nt(), packed, True)
+    return _core.dense_forward(x, w, b, _nt(), packed)
 
 
 def dense_backward(g, w, packed=None, *, mask=None):
@@ -176,10 +174,12 @@ def dense_backward(g, w, packed=None, *, mask=None):
     ``relu_backward(dense_backward(g, w), mask)``; pass the layer's input when it is a ReLU's
     output (``relu(z) > 0`` exactly where ``z > 0``), so the ReLU's backward pass costs nothing.
     """
+    g = _array(g, "g")
+    w = _like(w, g.dtype, "w", "g")
     if mask is not None:
-        return _core.dense_backward(g, _c(w, g.dtype), _nt(), packed,
+        return _core.dense_backward(g, w, _nt(), packed,
                                     _like(_array(mask, "mask"), g.dtype, "mask", "g"))
-    return _core.dense_backward(g, _c(w, g.dtype), _nt(), packed)
+    return _core.dense_backward(g, w, _nt(), packed)
 
 
 def dense_lrp_epsilon(r, z, a, w, eps, packed=None):
@@ -469,7 +469,8 @@ def maxpool2d_forward(x, kernel, stride, padding=(0, 0), *, ceil_mode=False):
     ``ceil_mode`` (torch's): output sizes rounded up, less a last window that would start past
     the input and its left padding; the last windows may reach past the padding (those taps are
     not visited)."""
-    return _core.maxpool2d_forward(x, kernel, stride, padding, _nt(), bool(ceil_mode))
+    return _core.maxpool2d_forward(_array(x, "x"), kernel, stride, padding, _nt(),
+                                   bool(ceil_mode))
 
 
 def maxpool2d_backward(g, argmax, in_hw, kernel, stride, padding=(0, 0), *, mask=None,
@@ -481,8 +482,8 @@ def maxpool2d_backward(g, argmax, in_hw, kernel, stride, padding=(0, 0), *, mask
     and the pooling's backward pass in one: bitwise ``relu_backward(maxpool2d_backward(g,
     argmax, ...), x)`` for the ReLU's input ``x`` (``x`` at a winner is ``y``).  Needs disjoint
     windows (stride >= kernel)."""
+    g = _array(g, "g")
     if mask is not None:
-        g = _array(g, "g")
         return _core.maxpool2d_backward(g, argmax, tuple(in_hw), kernel, stride, padding, _nt(),
                                         _like(_array(mask, "mask"), g.dtype, "mask", "g"),
                                         bool(ceil_mode))
@@ -496,15 +497,15 @@ def avgpool2d_forward(x, kernel, stride, padding=(0, 0), *, ceil_mode=False,
     count, the window's taps inside the input plus, with ``count_include_pad``, those in the
     zero padding (never those past the padding that ``ceil_mode`` adds; ``ceil_mode`` as
     :func:`maxpool2d_forward`).  The padding must be at most half the kernel."""
-    return _core.avgpool2d_forward(x, kernel, stride, padding, _nt(), bool(ceil_mode),
-                                   bool(count_include_pad))
+    return _core.avgpool2d_forward(_array(x, "x"), kernel, stride, padding, _nt(),
+                                   bool(ceil_mode), bool(count_include_pad))
 
 
 def avgpool2d_backward(g, in_hw, kernel, stride, padding=(0, 0), *, ceil_mode=False,
                        count_include_pad=True):
     """Transpose of :func:`avgpool2d_forward`."""
-    return _core.avgpool2d_backward(g, tuple(in_hw), kernel, stride, padding, _nt(),
-                                    bool(ceil_mode), bool(count_include_pad))
+    return _core.avgpool2d_backward(_array(g, "g"), tuple(in_hw), kernel, stride, padding,
+                                    _nt(), bool(ceil_mode), bool(count_include_pad))
 
 
 def adaptive_avgpool2d_forward(x, out_hw):
@@ -893,7 +894,7 @@ def leaky_relu_backward(g, x, negative_slope=0.01):
 
 def relu_forward(x):
     """``max(x, 0)``."""
-    return _core.relu_forward(x, _nt())
+    return _core.relu_forward(_array(x, "x"), _nt())
 
 
 RELU_MODES = {"gradient": 0, "deconvnet": 1, "guided": 2}
@@ -902,7 +903,10 @@ RELU_MODES = {"gradient": 0, "deconvnet": 1, "guided": 2}
 def relu_backward(g, x, mode="gradient"):
     """ReLU backward with input ``x``: gradient ``g*(x>0)``, deconvnet ``max(g,0)``,
     guided ``g*(x>0)*(g>0)``."""
-    return _core.relu_backward(g, _c(x, g.dtype), RELU_MODES[mode], _nt())
+    if mode not in RELU_MODES:
+        raise ValueError(f"mode must be one of {tuple(RELU_MODES)}, got {mode!r}")
+    g, x = _grad_and_input(g, x)
+    return _core.relu_backward(g, x, RELU_MODES[mode], _nt())
 
 
 def lrp_divide(r, z, eps, shift=None):
@@ -910,6 +914,7 @@ def lrp_divide(r, z, eps, shift=None):
 
     ``shift`` (one sample, shaped like ``r[:1]``): divide by the stabilized ``z - shift``
     instead, without a batch-sized temporary."""
+    r = _array(r, "r")
     shift = None if shift is None else _c(shift, r.dtype)
     return _core.lrp_divide(r, _c(z, r.dtype), float(eps), _nt(), shift)
 
@@ -919,6 +924,7 @@ def lrp_gamma_shares(r, p, n, gamma, eps, z=None):
     ``p`` and ``n`` the positive and negative parts of ``z`` (``z = p + n`` unless given):
     ``s1 = [z > 0] r / stab((1+gamma) p + n)``, ``s2 = [z < 0] r / stab(p + (1+gamma) n)``,
     ``u = (1+gamma) s1 + s2``, ``v = s1 + (1+gamma) s2`` (divisions as :func:`lrp_divide`)."""
+    r = _array(r, "r")
     return _core.lrp_gamma_shares(r, _c(p, r.dtype), _c(n, r.dtype),
                                   None if z is None else _c(z, r.dtype), float(gamma), float(eps),
                                   _nt())
@@ -927,14 +933,15 @@ def lrp_gamma_shares(r, p, n, gamma, eps, z=None):
 def lrp_alpha_beta_shares(r, p, n, alpha, beta, eps):
     """The stacked shares ``[alpha r / stab(p); -beta r / stab(n)]`` of LRP-alpha-beta on
     ``[W+; W-]`` (channel axis doubled; divisions as :func:`lrp_divide`)."""
+    r = _array(r, "r")
     return _core.lrp_alpha_beta_shares(r, _c(p, r.dtype), _c(n, r.dtype), float(alpha),
                                        float(beta), float(eps), _nt())
 
 
 def gemm(a, b, trans_a=False, trans_b=False):
     """``op(a) @ op(b)`` on relprop's GEMM core (2-D arrays of one float dtype)."""
-    a = _c(a, a.dtype)
-    return _core.gemm(a, _c(b, a.dtype), bool(trans_a), bool(trans_b), _nt())
+    a = _array(a, "a")
+    return _core.gemm(a, _like(b, a.dtype, "b", "a"), bool(trans_a), bool(trans_b), _nt())
 
 
 # ------------------------------------------------------------------------------------------
@@ -1043,13 +1050,13 @@ def conv2d_winograd_forward(x, w, b=None, padding=(1, 1), packed=None, *, tile=4
     from ._validate import as_int
 
     split = 0 if split is None else as_int(split, "split", minimum=1)
+    x = _array(x, "x")
+    w, b = _like(w, x.dtype, "w"), _like(b, x.dtype, "b")
     if relu:
         if split:
             raise ValueError("relu=True needs one output (split=None)")
-        return _core.conv2d_winograd_forward(x, _c(w, x.dtype), _bias(b, x.dtype), padding, tile,
-                                             0, _nt(), packed, 0, True)
-    return _core.conv2d_winograd_forward(x, _c(w, x.dtype), _bias(b, x.dtype), padding, tile,
-                                         split, _nt(), packed)
+        return _core.conv2d_winograd_forward(x, w, b, padding, tile, 0, _nt(), packed, 0, True)
+    return _core.conv2d_winograd_forward(x, w, b, padding, tile, split, _nt(), packed)
 
 
 def conv2d_winograd_backward(g, w, in_hw, padding=(1, 1), packed=None, *, tile=4,
@@ -1065,12 +1072,12 @@ def conv2d_winograd_backward(g, w, in_hw, padding=(1, 1), packed=None, *, tile=4
     :func:`conv2d_winograd_forward`.
     """
     tile, padding = _winograd_args(tile, stride, padding)
+    g = _array(g, "g")
+    w = _like(w, g.dtype, "w", "g")
     if mask is not None:
-        return _core.conv2d_winograd_backward(g, _c(w, g.dtype), tuple(in_hw), padding, tile,
-                                              _nt(), packed, 0,
+        return _core.conv2d_winograd_backward(g, w, tuple(in_hw), padding, tile, _nt(), packed, 0,
                                               _like(_array(mask, "mask"), g.dtype, "mask", "g"))
-    return _core.conv2d_winograd_backward(g, _c(w, g.dtype), tuple(in_hw), padding, tile,
-                                          _nt(), packed)
+    return _core.conv2d_winograd_backward(g, w, tuple(in_hw), padding, tile, _nt(), packed)
 
 
 # ------------------------------------------------------------------------------------------
