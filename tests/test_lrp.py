@@ -1,4 +1,6 @@
 """LRP: every rule x layer type against the reference, conservation, composites, seeds."""
+import importlib
+
 import numpy as np
 import pytest
 from hypothesis import assume, given
@@ -278,3 +280,35 @@ def test_lrp_is_thread_count_invariant_and_chunkable(rng):
     assert_array_equal(a, b)
     assert_allclose(rp.lrp(net, x, 1, "epsilon_gamma_box", low=-3, high=3, batch_size=2), a,
                     rtol=1e-6)
+
+
+@pytest.mark.parametrize("rule", [rp.rules.ZPlus(), rp.rules.AlphaBeta(2, 1),
+                                  rp.rules.Gamma(0.25)], ids=repr)
+def test_parts_are_chosen_by_the_network_not_the_batch(rng, rule):
+    """Rules with (z+, z-) parts take them from the forward pass where the network makes the
+    input non-negative (after a ReLU, and what pools or moves it), never because a batch's
+    data happens to be: a sample whose 3 input values are all >= 0 gets, alone, bitwise what
+    it gets beside samples with negative values."""
+    net = rp.Sequential([rp.Dense(rng.normal(size=(8, 3)), rng.normal(size=8) * 0.1), rp.ReLU(),
+                         rp.Dense(rng.normal(size=(8, 8)), rng.normal(size=8) * 0.1), rp.ReLU(),
+                         rp.Dense(rng.normal(size=(4, 8)))], input_shape=(3,))
+    x = rng.uniform(-1, 1, (32, 3))
+    assert 0 < (x.min(axis=1) >= 0).sum() < 32
+    full = rp.lrp(net, x, 1, rule)
+    for i in range(len(x)):
+        assert_array_equal(rp.lrp(net, x[i:i + 1], 1, rule), full[i:i + 1])
+    graph = rp.from_torch(_relu_pool_net(), (2, 4, 4))
+    step = importlib.import_module("relprop.lrp").LrpStep(graph, [rule] * len(graph.nodes))
+    kinds = [node.layer.kind for node in graph.nodes]
+    assert [k for k, v in zip(kinds, step.nonnegative[1:]) if v] == ["relu", "maxpool2d",
+                                                                      "flatten"]
+    assert not step.nonnegative[0]
+
+
+def _relu_pool_net():
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+                               torch.nn.Linear(12, 5)).double().eval()

@@ -120,18 +120,25 @@ class LrpStep:
     can be remade from data kept anyway (relu(z) from a kept z, relu(z+ + z-) from kept parts,
     a sum from the summands its Norm rule keeps).
     Nodes whose rule uses (z+, z-) compute them in the forward pass when their input is
-    non-negative (see :mod:`relprop.rules`).
+    non-negative by the network (:meth:`Layer.nonnegative`: a ReLU's output, and what pools or
+    moves it), never from the data, so that a sample's algorithm, and its bits, do not depend
+    on the samples beside it (see :mod:`relprop.rules`).
     """
 
     def __init__(self, net, rules):
         self.rules = rules
         self.inputs = net.schedule.inputs
         self.remake = [None] * (len(rules) + 1)  # per tensor: a function that remakes it
+        # per tensor: non-negative by the network (a ReLU's output and what moves or pools it;
+        # not the network input), whatever the data: where the parts are made
+        self.nonnegative = [False]
+        for ids, node in zip(self.inputs, net.schedule.nodes):
+            self.nonnegative.append(node.layer.nonnegative([self.nonnegative[t] for t in ids]))
 
     def forward(self, i, node, ins):
         rule, layer = self.rules[i], node.layer
         parts = state = None
-        if rule.uses_parts and ins[0].min() >= 0:
+        if rule.uses_parts and self.nonnegative[self.inputs[i][0]]:
             y, parts = rule.forward_parts(layer, ins[0])
         elif rule.exact:
             y, state = layer.forward(ins[0], exact=True)

@@ -9,7 +9,9 @@ weights they need are made once per (layer, modification, dtype) by :meth:`Linea
 cached on the layer.
 
 Rules with ``uses_parts`` (ZPlus, AlphaBeta, Gamma) get ``parts = (z+, z-)`` when the layer input
-is non-negative (every layer after a ReLU): the walk's forward pass then runs the layer as one
+is non-negative by the network (every layer after a ReLU, :meth:`Layer.nonnegative`; decided
+from the graph, not from the data, so the batch never changes a sample's algorithm): the walk's
+forward pass then runs the layer as one
 GEMM on the stacked weights ``[W+; W-]`` (biases ``[b+; b-]``), written straight into two
 outputs ``z+ = W+ a + b+`` and ``z- = W- a + b-``, and takes ``z = z+ + z-``, so no rule needs a
 second forward pass (ZPlus, which reads only ``z+``, runs ``[W; W+]`` for ``z`` and ``z+``).

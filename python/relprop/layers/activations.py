@@ -51,6 +51,9 @@ class ReLU(Elementwise):
         OnnxOp(("Relu",), lambda ctx: ReLU()),
     )
 
+    def nonnegative(self, inputs):
+        return True
+
     def forward(self, x):
         return ops.relu_forward(x), None
 
@@ -251,6 +254,9 @@ class ReLU6(Elementwise):
                       lambda a, ctx: ReLU6()),
     )
 
+    def nonnegative(self, inputs):
+        return True
+
     def forward(self, x):
         return ops.hardtanh_forward(x, 0.0, 6.0), None
 
@@ -314,6 +320,9 @@ class Hardtanh(Elementwise):
     @property
     def zero_preserving(self):
         return self.min_val <= 0 <= self.max_val
+
+    def nonnegative(self, inputs):
+        return self.min_val >= 0 or (all(inputs) and self.max_val >= 0)
 
     def forward(self, x):
         return ops.hardtanh_forward(x, self.min_val, self.max_val), None
@@ -415,6 +424,9 @@ class Sigmoid(KernelActivation):
         OnnxOp(("Sigmoid",), lambda ctx: Sigmoid()),
     )
 
+    def nonnegative(self, inputs):
+        return True
+
 
 @register_layer
 class Tanh(KernelActivation):
@@ -454,6 +466,9 @@ class Hardsigmoid(KernelActivation):
                       lambda a, ctx: Hardsigmoid()),
         OnnxOp(("HardSigmoid",), _onnx_hardsigmoid),
     )
+
+    def nonnegative(self, inputs):
+        return True
 
 
 @register_layer

@@ -147,6 +147,11 @@ def import_table(entry_type) -> dict:
 
 
 # --- the protocol -------------------------------------------------------------------------------
+#: The composite slots of layers whose output is non-negative where their inputs are (they move,
+#: copy, pool, sum or interpolate elements with non-negative weights): ``Layer.nonnegative``.
+NONNEGATIVE_SLOTS = ("reshape", "concat", "upsample", "maxpool", "avgpool", "sum")
+
+
 class Layer:
     """Base class of all layers (single input unless ``n_inputs`` says otherwise): see the
     module docstring for what a layer class describes."""
@@ -211,6 +216,15 @@ class Layer:
         is linear once a factor of its input is held constant (LayerNorm's standard deviation)
         the transpose of that map at ``x``."""
         return self.backward(g, x, state)
+
+    def nonnegative(self, inputs) -> bool:
+        """Whether every output element is >= 0 (or NaN) when the inputs ``inputs[i]`` says
+        are non-negative are (one bool per input): LRP's rules with ``(z+, z-)`` parts take
+        them from the forward pass where a layer's input is (``relprop.lrp.LrpStep``), decided
+        from the network, not from the data, so that a sample's algorithm does not depend on
+        its batch.  Here: layers that move, copy, pool, sum or interpolate with non-negative
+        weights (the slots of ``NONNEGATIVE_SLOTS``) keep it."""
+        return bool(inputs) and all(inputs) and any(s in NONNEGATIVE_SLOTS for s in self.slots)
 
     def resolve(self, producers):
         """This layer as it stands in a network, given the layers that make its inputs (one per
