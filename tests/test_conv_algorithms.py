@@ -3,10 +3,11 @@ the process-wide override, the rules that keep the direct method, and every meth
 Winograd against the direct float64 map."""
 import numpy as np
 import pytest
-from numpy.testing import assert_array_equal
+from numpy.testing import assert_allclose, assert_array_equal
 
 import relprop as rp
 from relprop import ops
+from relprop import reference as ref
 
 import nets
 
@@ -109,6 +110,38 @@ def test_a_sample_does_not_depend_on_its_batch_with_auto(rng):
         for i in (0, 39):
             assert_array_equal(fn(x[i:i + 1]), full[i:i + 1])
         assert_array_equal(fn(x[3:20]), full[3:20])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
+def test_planes_smaller_than_a_strip_give_the_bits_of_one_sample(rng, dtype, size):
+    """Output planes of fewer pixels than a strip of the GEMM's micro-kernel (down to 1x1) are
+    multiplied with the batch's samples side by side (conv2d.cpp's run_gathered): every pass
+    (forward, the split forward of ZPlus, the flipped backward, LRP-epsilon; grouped, strided
+    and dilated layers among them) gives each sample bitwise what it gives alone, and the
+    float64 reference's numbers.  (With 1x1 inputs of 3 values, some samples are non-negative
+    and others not: AlphaBeta takes its z+ and z- parts where the network, not the batch's
+    data, says the input is non-negative.)"""
+    def conv(i, o, **kw):
+        return rp.Conv2d(rng.normal(size=(o, i // kw.get("groups", 1), 3, 3)) / 6,
+                         rng.normal(size=o) * 0.1, **kw)
+
+    net = rp.Sequential([conv(3, 8, padding=1), rp.ReLU(), conv(8, 8, padding=1, groups=2),
+                         rp.ReLU(), conv(8, 8, padding=2, dilation=2), rp.ReLU(),
+                         conv(8, 8, padding=1, stride=2), rp.ReLU(), rp.Flatten(),
+                         rp.Dense(rng.normal(size=(4, 8 * ((size + 1) // 2) ** 2)))],
+                        input_shape=(3, size, size))
+    net = rp.Sequential([_cast(layer, dtype) for layer in net.layers], input_shape=net.input_shape)
+    x = rng.uniform(-1, 1, (7, 3, size, size)).astype(dtype)
+    for fn in (net.forward, lambda xs: rp.gradient(net, xs, 1),
+               lambda xs: rp.lrp(net, xs, 1, "epsilon_plus_flat"),
+               lambda xs: rp.lrp(net, xs, 1, "epsilon_alpha2_beta1"),
+               lambda xs: rp.lrp(net, xs, 1, "epsilon")):
+        full = fn(x)
+        for i in range(len(x)):
+            assert_array_equal(fn(x[i:i + 1]), full[i:i + 1])
+    if dtype == np.float64:
+        assert_allclose(net.forward(x), ref.forward(net, x)[-1], rtol=1e-12, atol=1e-14)
 
 
 def _cnn(rng):

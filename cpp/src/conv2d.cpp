@@ -110,9 +110,90 @@ struct BatchGemm {
   }
 };
 
+// Planes of fewer pixels than a strip of the micro-kernel (a deep layer of a small image, down
+// to 1x1): the products one per sample would fill their strips mostly with padding and read
+// all of A once per sample, so run_gathered takes a group's samples kGatherCols columns at a
+// time: their B matrices side by side as one explicit (k, ns * P) matrix, one GEMM on the
+// threads, then each sample's C copied to its place.  Each C(i, j) is summed as the per-sample
+// tile sums it (the same packed A, the same B values, blocks of steps and micro-kernel: the
+// GEMM's order does not depend on the other columns), so the bits are those of the products
+// one per sample, whatever the batch.
+constexpr idx kGatherCols = 256;
+
+// Sample gs's B (bg.k, bg.P) into columns [j0, j0 + P) of cols (leading dimension ld): its
+// im2col matrix (Im2col's definition: row (c, u, v) = c * kh * kw + u * kw + v, column
+// oh * ow + ow, zero in the padding), or its row-major matrix.
+template <typename T>
+void gather_b(const BatchGemm<T>& bg, const GemmArgs<T>& gs, T* cols, idx ld, idx j0) {
+  const idx P = bg.P;
+  if (!bg.im) {
+    for (idx p = 0; p < bg.k; ++p) std::copy(gs.b + p * P, gs.b + (p + 1) * P, cols + p * ld + j0);
+    return;
+  }
+  const Im2col& g = *bg.im;
+  for (idx c = 0; c < g.c; ++c)
+    for (idx u = 0; u < g.kh; ++u)
+      for (idx v = 0; v < g.kw; ++v) {
+        T* d = cols + ((c * g.kh + u) * g.kw + v) * ld + j0;
+        for (idx oh = 0; oh < g.oh; ++oh) {
+          const idx i = oh * g.sh + u * g.dh - g.ph;
+          for (idx ow = 0; ow < g.ow; ++ow) {
+            const idx j = ow * g.sw + v * g.dw - g.pw;
+            d[oh * g.ow + ow] = i >= 0 && i < g.h && j >= 0 && j < g.w
+                                    ? gs.b[(c * g.h + i) * g.w + j]
+                                    : T(0);
+          }
+        }
+      }
+}
+
+template <typename T>
+void run_gathered(const GemmImpl<T>& impl, const BatchGemm<T>& bg, int nthreads) {
+  const idx per = bg.samples > 0 ? bg.samples : bg.n, P = bg.P, m = bg.m;
+  const idx block = std::min(per, std::max<idx>(1, kGatherCols / P));
+  Workspace<T> cols(bg.k * block * P), cs(m * block * P), xs(bg.aux ? m * block * P : 0);
+  for (idx gi = 0; gi < bg.n / per; ++gi)
+    for (idx s0 = 0; s0 < per; s0 += block) {
+      const idx ns = std::min(block, per - s0), ld = ns * P;
+      parallel_for(threads_for(nthreads, ns, ns * bg.k * P), ns, [&](idx j) {
+        const GemmArgs<T> gs = bg.sample(gi * per + s0 + j);
+        gather_b(bg, gs, cols.data(), ld, j * P);
+        if (bg.aux)
+          for (idx i = 0; i < m; ++i)
+            std::copy(gs.aux + i * P, gs.aux + (i + 1) * P, xs.data() + i * ld + j * P);
+      });
+      GemmArgs<T> g = bg.sample(gi * per + s0);  // the group's A, bias and epilogue
+      g.n = ld;
+      g.b = cols.data();
+      g.im = nullptr;
+      g.rsb = ld;
+      g.csb = 1;
+      g.c = cs.data();
+      g.ldc = ld;
+      g.c2 = nullptr;
+      g.m2 = 0;
+      if (bg.aux) {
+        g.aux = xs.data();
+        g.ldx = ld;
+      }
+      detail::run_gemm(impl, g, nthreads);
+      parallel_for(threads_for(nthreads, ns, ns * m * P), ns, [&](idx j) {
+        const GemmArgs<T> gs = bg.sample(gi * per + s0 + j);
+        for (idx i = 0; i < m; ++i) {
+          T* dst = gs.c2 && i >= gs.m2 ? gs.c2 + (i - gs.m2) * P : gs.c + i * P;
+          std::copy(cs.data() + i * ld + j * P, cs.data() + i * ld + (j + 1) * P, dst);
+        }
+      });
+    }
+}
+
 template <typename T>
 void run_batch(const GemmImpl<T>& impl, const BatchGemm<T>& bg, int nthreads) {
   if (bg.n <= 0) return;
+  if (bg.P < impl.nr && (bg.samples > 0 ? bg.samples : bg.n) > 1) {
+    run_gathered(impl, bg, nthreads);
+    return;
+  }
   const idx strips = (bg.P + impl.nr - 1) / impl.nr;  // pixel strips per sample
   const idx units = bg.n * strips;
   const int nt = threads_for(nthreads, units * ((bg.m + impl.mr - 1) / impl.mr),
