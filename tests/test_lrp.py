@@ -312,3 +312,33 @@ def _relu_pool_net():
     return torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.ReLU(),
                                torch.nn.MaxPool2d(2), torch.nn.Flatten(),
                                torch.nn.Linear(12, 5)).double().eval()
+
+
+def test_remaking_a_residual_stream_is_linear_in_its_depth(rng, monkeypatch):
+    """The LRP walk remakes cheap tensors (a ReLU of a sum of parts) instead of keeping them,
+    but never through more than MAX_REMAKE_DEPTH layers: remaking a block's output must not
+    remake the whole residual stream below it at every reader (16 blocks: at most 48 sums
+    made, the forward pass's included, where remaking without a limit made 288)."""
+    import torch
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return torch.relu(self.conv(x) + x)
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.ReLU(),
+                                 *[Block() for _ in range(16)], torch.nn.Flatten(),
+                                 torch.nn.Linear(4 * 6 * 6, 3)).double().eval()
+    net = rp.from_torch(module, (2, 6, 6))
+    x = rng.uniform(-1, 1, (2, 2, 6, 6))
+    want = rp.lrp(net, x, 1, "epsilon_plus_flat")
+    made = []
+    add = type(net.node("add").layer)
+    forward = add.forward
+    monkeypatch.setattr(add, "forward", lambda self, *xs: made.append(1) or forward(self, *xs))
+    assert_array_equal(rp.lrp(net, x, 1, "epsilon_plus_flat"), want)
+    assert len(made) <= 3 * 16

@@ -129,6 +129,7 @@ class LrpStep:
         self.rules = rules
         self.inputs = net.schedule.inputs
         self.remake = [None] * (len(rules) + 1)  # per tensor: a function that remakes it
+        self.depth = [0] * (len(rules) + 1)  # per tensor: the layers its remaker runs
         # per tensor: non-negative by the network (a ReLU's output and what moves or pools it;
         # not the network input), whatever the data: where the parts are made
         self.nonnegative = [False]
@@ -152,7 +153,8 @@ class LrpStep:
             below = kept  # what the output can be remade from
         else:
             kept = [shape_only(v) for v in ins]
-        self.remake[i + 1] = _remaker(layer, y, "z" in reads, parts, below)
+        self.remake[i + 1], self.depth[i + 1] = _remaker(layer, y, "z" in reads, parts, below,
+                                                         [self.depth[t] for t in ids])
         return y, (kept, y if "z" in reads else None, state, parts)
 
     def backward(self, i, node, saved, r):
@@ -166,19 +168,28 @@ class LrpStep:
         return self.rules[i].relevance(node.layer, tuple(a), z, r, parts, state)
 
 
-def _remaker(layer, y, z_kept, parts, below):
-    """A function that remakes ``y``, the output of ``layer``, from data the walk keeps (bitwise
-    as the forward pass made it), or None.  ``below``: per input, a kept array or a function
-    that remakes it, or None."""
+#: The most layers one remaking may run (a ReLU of a sum of a convolution's parts: 3).  A
+#: deeper chain is kept instead: else remaking a residual block's output would remake the
+#: residual stream below it, block by block, at every reader (quadratic in the depth: ResNet-50's
+#: sums were remade 115 times for 16 nodes).
+MAX_REMAKE_DEPTH = 3
+
+
+def _remaker(layer, y, z_kept, parts, below, depths):
+    """``(remake, depth)``: a function that remakes ``y``, the output of ``layer``, from data the
+    walk keeps (bitwise as the forward pass made it), and the layers it runs; or ``(None, 0)``.
+    ``below``: per input, a kept array or a function that remakes it, or None; ``depths``: the
+    inputs' remakers' layers."""
     if layer.remakable:
-        if any(v is None for v in below):
-            return None
-        return lambda: layer.forward(*(v() if callable(v) else v for v in below))[0]
+        depth = 1 + max((d for v, d in zip(below, depths) if callable(v)), default=0)
+        if any(v is None for v in below) or depth > MAX_REMAKE_DEPTH:
+            return None, 0
+        return lambda: layer.forward(*(v() if callable(v) else v for v in below))[0], depth
     if z_kept:
-        return lambda: y
+        return lambda: y, 0
     if parts is not None and parts[1] is not None:  # z = z+ + z-, as split_forward adds them
-        return lambda: parts[0] + parts[1]
-    return None
+        return lambda: parts[0] + parts[1], 1
+    return None, 0
 
 
 def conservation(net, x, target, R, *, batch_size=None):
