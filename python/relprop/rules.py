@@ -116,6 +116,11 @@ def _times(a, c):
     return np.multiply(c, a, out=c)
 
 
+def _quotient(num, den):
+    """``num / den``, 0 where ``den`` is 0 (the gradient forms' ratios of element-wise layers)."""
+    return np.divide(num, den, out=np.zeros_like(num), where=den != 0)
+
+
 def _swapped(w, b):
     """``[W-; W+]`` (no bias): applied transposed to stacked shares ``[u; v]`` it gives
     ``W-^T u + W+^T v``."""
@@ -578,8 +583,7 @@ class Pass(Rule):
             return super().gradient(layer, a, z, g, state)
         # R_in = R_out: a * h = z * g, so h = g * z / a (0 where a = 0: there z = f(0) = 0
         # carries no relevance, the layer being zero_preserving)
-        h = np.divide(z, a, out=np.zeros_like(g), where=a != 0)
-        return (np.multiply(h, g, out=h),)
+        return (_times(g, _quotient(z, a)),)
 
 
 @register_rule("identity")
@@ -599,12 +603,8 @@ class Identity(Rule):
     def reads(self, parts=False):
         return "a"
 
-    def _ratio(self, num, a):
-        den = a + self.epsilon
-        return np.divide(num, den, out=np.zeros_like(num), where=den != 0)
-
     def relevance(self, layer, a, z, r, parts=None, state=None):
-        return _times(r, self._ratio(a, a))
+        return _times(r, _quotient(a, a + self.epsilon))
 
     def _gradient_applies(self, layer):
         return layer.zero_preserving
@@ -613,7 +613,7 @@ class Identity(Rule):
         return "az"
 
     def gradient(self, layer, a, z, g, state=None):
-        return (_times(g, self._ratio(z, a)),)
+        return (_times(g, _quotient(z, a + self.epsilon)),)
 
 
 @register_rule("product")
